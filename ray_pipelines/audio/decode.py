@@ -1,0 +1,277 @@
+"""Decode windows of audio files without decoding whole files.
+
+``AudioFile`` opens an input (a local path, any fsspec URL, or a member of a
+tar shard given by its byte range) with soundfile (libsndfile: WAV, FLAC,
+OGG, MP3, ...) and falls back to PyAV (FFmpeg: m4a/aac, opus, ...) for what
+libsndfile cannot read. ``read(start, n)`` seeks to the window, so a 3 s
+crop of a one-hour file reads a few seconds of it (object stores serve it
+with range requests).
+
+Every failure raises :class:`DecodeError` with a short reason that ends up
+in the job's error rows.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ..storage import get_fs
+
+
+class DecodeError(Exception):
+    """An input that cannot become audio; ``str(e)`` is the reason recorded."""
+
+
+# Reasons that may heal by themselves (storage hiccups, a file still uploading):
+# such inputs are retried on the next run instead of being committed as failed.
+RETRYABLE_PREFIXES = ("unreadable:", "missing:", "lost:")
+
+
+def is_retryable(reason: str) -> bool:
+    return reason.startswith(RETRYABLE_PREFIXES)
+
+
+class _RangeFile(io.RawIOBase):
+    """A read-only, seekable view of ``[offset, offset + size)`` of a file (a tar member)."""
+
+    def __init__(self, raw, offset: int, size: int):
+        self._raw, self._offset, self._size, self._pos = raw, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = min(max(0, base + pos), self._size)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self._size - self._pos
+        n = remaining if n is None or n < 0 else min(n, remaining)
+        if n <= 0:
+            return b""
+        self._raw.seek(self._offset + self._pos)
+        data = self._raw.read(n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@dataclass(frozen=True)
+class InputAudio:
+    """Where an input's bytes are: a URL, and for tar members their byte range."""
+
+    uri: str
+    size: int = -1
+    member_offset: int = -1
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "InputAudio":
+        return cls(uri=str(row["uri"]), size=int(row.get("size", -1)), member_offset=int(row.get("member_offset", -1)))
+
+
+class AudioFile:
+    """An open audio input. Use as a context manager.
+
+    ``sample_rate``, ``frames`` (per channel, at the native rate) and
+    ``channels`` come from the header; ``read`` returns float32 ``[C, n]``.
+    """
+
+    def __init__(self, source: InputAudio, storage_options: dict[str, Any] | None = None):
+        self.source = source
+        self._raw = None
+        self._sf: sf.SoundFile | None = None
+        self._av_audio: np.ndarray | None = None
+        self.backend = ""
+        try:
+            fs, path = get_fs(source.uri, storage_options)
+            self._raw = fs.open(path, "rb")
+        except FileNotFoundError:
+            raise DecodeError("missing: file not found") from None
+        except Exception as e:  # network or permission errors: retryable on a later run
+            raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _stream(self):
+        if self.source.member_offset >= 0:
+            return _RangeFile(self._raw, self.source.member_offset, self.source.size)
+        self._raw.seek(0)
+        return self._raw
+
+    def _open(self) -> None:
+        if self.source.size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        try:
+            self._sf = sf.SoundFile(self._stream())
+            self.backend = "soundfile"
+            self.sample_rate = int(self._sf.samplerate)
+            self.frames = int(self._sf.frames)
+            self.channels = int(self._sf.channels)
+        except Exception as sf_error:
+            self._sf = None
+            try:
+                self._open_with_pyav()
+            except DecodeError as av_error:
+                raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
+        if self.sample_rate <= 0 or self.channels <= 0:
+            raise DecodeError("undecodable: header has no sample rate or channels")
+
+    def _open_with_pyav(self) -> None:
+        """Decode the whole stream with PyAV (formats libsndfile lacks are short clips in practice)."""
+        import av  # imported lazily: only formats libsndfile cannot read need it
+
+        try:
+            with av.open(self._stream(), mode="r") as container:
+                if not container.streams.audio:
+                    raise DecodeError("no audio stream")
+                stream = container.streams.audio[0]
+                resampler = av.AudioResampler(format="fltp")
+                chunks = []
+                for frame in container.decode(stream):
+                    for out in resampler.resample(frame):
+                        chunks.append(out.to_ndarray())
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray())
+                if not chunks:
+                    raise DecodeError("no audio frames decoded")
+                self.sample_rate = int(stream.codec_context.sample_rate or stream.rate)
+        except DecodeError:
+            raise
+        except Exception as e:
+            raise DecodeError(_first_line(e)) from None
+        self._av_audio = np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.float32)
+        self.channels, self.frames = self._av_audio.shape
+        self.backend = "pyav"
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+    def read(self, start: int, num_frames: int) -> np.ndarray:
+        """Frames ``[start, start + num_frames)`` clipped to the file, as float32 ``[C, n]``."""
+        start = max(0, min(int(start), self.frames))
+        num_frames = max(0, min(int(num_frames), self.frames - start))
+        if self._av_audio is not None:
+            return self._av_audio[:, start:start + num_frames]
+        try:
+            self._sf.seek(start)
+            data = self._sf.read(num_frames, dtype="float32", always_2d=True)
+        except Exception as e:
+            raise DecodeError(f"truncated or corrupt: {_first_line(e)}") from None
+        if data.shape[0] < num_frames:
+            raise DecodeError(
+                f"truncated: header promises {self.frames} frames, decoding stopped at {start + data.shape[0]}")
+        return np.ascontiguousarray(data.T)
+
+    def close(self) -> None:
+        if self._sf is not None:
+            self._sf.close()
+            self._sf = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+    def __enter__(self) -> "AudioFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error, without libsndfile's 'Error opening <object repr>:' prefix."""
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return re.sub(r"^Error opening .*?: ", "", line)
+
+
+def conform_channels(audio: np.ndarray, channels: int | None) -> np.ndarray:
+    """``[C, n]`` -> mono ``[n]`` (channels None), or exactly ``channels`` rows.
+
+    Mono input is repeated to fill more channels; extra channels are dropped
+    (the first ones kept), as stable-audio-tools does.
+    """
+    if channels is None:
+        return audio.mean(axis=0) if audio.shape[0] > 1 else audio[0]
+    if audio.shape[0] == channels:
+        return audio
+    if audio.shape[0] == 1:
+        return np.repeat(audio, channels, axis=0)
+    if audio.shape[0] > channels:
+        return audio[:channels]
+    return np.concatenate([audio, np.repeat(audio[-1:], channels - audio.shape[0], axis=0)], axis=0)
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample along the last axis with soxr (high quality, deterministic)."""
+    if orig_sr == target_sr or audio.shape[-1] == 0:
+        return audio.astype(np.float32, copy=False)
+    if audio.ndim == 1:
+        return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+    return np.ascontiguousarray(soxr.resample(audio.T, orig_sr, target_sr, quality="HQ").T, dtype=np.float32)
+
+
+def crop_or_pad(audio: np.ndarray, length: int) -> np.ndarray:
+    """Exactly ``length`` samples along the last axis: cut, or zero-pad at the end."""
+    n = audio.shape[-1]
+    if n == length:
+        return audio
+    if n > length:
+        return audio[..., :length]
+    pad = [(0, 0)] * (audio.ndim - 1) + [(0, length - n)]
+    return np.pad(audio, pad)
+
+
+def load_window(audio_file: AudioFile, start_seconds: float, duration: float, sample_rate: int,
+                channels: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode ``duration`` seconds from ``start_seconds``, resampled and padded.
+
+    Returns the window (``[n]`` mono or ``[C, n]``) of exactly
+    ``round(duration * sample_rate)`` samples, and how many of them are real
+    audio (the rest is zero padding).
+    """
+    sr = audio_file.sample_rate
+    start = int(round(start_seconds * sr))
+    native = audio_file.read(start, int(math.ceil(duration * sr)))
+    audio = resample(conform_channels(native, channels), sr, sample_rate)
+    length = int(round(duration * sample_rate))
+    valid = min(length, int(round(native.shape[-1] * sample_rate / sr)))
+    return crop_or_pad(audio, length), valid
+
+
+def check_finite(audio: np.ndarray) -> None:
+    if not np.isfinite(audio).all():
+        bad = int((~np.isfinite(audio)).sum())
+        raise DecodeError(f"non-finite samples: {bad} NaN/inf values")
+
+
+def check_not_silent(audio: np.ndarray, threshold_db: float | None) -> None:
+    """Reject a window whose peak is below ``threshold_db`` dBFS (None: never)."""
+    if threshold_db is None:
+        return
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak <= 10.0 ** (threshold_db / 20.0):
+        level = -math.inf if peak == 0 else 20 * math.log10(peak)
+        raise DecodeError(f"silent: peak {level:.1f} dBFS is below {threshold_db:g} dBFS")

@@ -1,0 +1,80 @@
+"""``ray-pipelines <job> --config FILE [--set key=value ...]`` and the tool commands.
+
+Jobs live in the top-level ``jobs`` package (``jobs/<name>.py``), each with a
+``JOB`` class; ``python -m jobs.<name>`` runs the same code as this CLI.
+Exit codes: 0 the job ran (even with error rows), 2 bad config or output
+conflict, 1 the job could not run (storage unreachable, Ray failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+# job name -> module holding JOB (a Job subclass)
+JOBS = {
+    "augment": "jobs.augment",
+}
+# tool commands -> module holding main(argv)
+TOOLS: dict[str, str] = {}
+
+
+def job_parser(name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"ray-pipelines {name}", description=f"Run the {name} job.")
+    parser.add_argument("--config", "-c", help="YAML config file (see jobs/configs/).")
+    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a config key (dotted for nested keys); repeatable.")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an output written with another config instead of refusing.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide Ray Data progress bars.")
+    parser.add_argument("--quiet", "-q", action="store_true", help="Only print the summary.")
+    return parser
+
+
+def run_job_command(name: str, argv: Sequence[str]) -> int:
+    from .config import ConfigError, load_config
+    from .engine.manifest import OutputConflict
+    from .engine.runner import run_job
+    from .engine.summary import format_summary
+    from .sources import SourceError
+
+    args = job_parser(name).parse_args(list(argv))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job_cls = importlib.import_module(JOBS[name]).JOB
+    try:
+        config = load_config(job_cls.config_model, args.config, args.overrides)
+        job = job_cls(config)
+        result = run_job(job, address=args.address, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ConfigError, OutputConflict) as e:
+        print(f"ray-pipelines {name}: {e}", file=sys.stderr)
+        return 2
+    except SourceError as e:
+        print(f"ray-pipelines {name}: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = sorted([*JOBS, *TOOLS])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: ray-pipelines {{{','.join(commands)}}} [options]\n"
+              "Run `ray-pipelines <command> --help` for a command's options.")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in JOBS:
+        return run_job_command(command, rest)
+    if command in TOOLS:
+        return int(importlib.import_module(TOOLS[command]).main(rest) or 0)
+    print(f"ray-pipelines: unknown command {command!r}; choose one of {', '.join(commands)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Job configuration: YAML files validated by pydantic.
+
+Every job's config extends :class:`CommonConfig`. Unknown keys and bad
+values fail before any work starts, with the offending key named. The
+config fingerprint covers only the fields that change output bytes, so a
+rerun with another ``limit``, pool size or input glob resumes the same
+output instead of being refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .storage import SECRET_OPTION_KEYS
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the problem."""
+
+
+class ActorPool(BaseModel):
+    """An autoscaling actor pool: between ``min`` and ``max`` actors."""
+
+    model_config = ConfigDict(extra="forbid")
+    min: int = Field(1, ge=1)
+    max: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ActorPool":
+        if self.max < self.min:
+            raise ValueError(f"actors.max ({self.max}) is smaller than actors.min ({self.min})")
+        return self
+
+
+class CommonConfig(BaseModel):
+    """Keys every job understands."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    input: str | list[str] = Field(
+        ..., description="Path, glob, fsspec URL (s3://bucket/prefix/**/*.flac), directory, "
+        "a .txt/.lst file listing inputs, or .tar shards; or a list of those.")
+    output: str = Field(..., description="Output root: local path or fsspec URL.")
+    seed: int = Field(0, description="Job seed; every random draw derives from it.")
+    limit: int | None = Field(None, ge=1, description="Process at most N inputs (after sorting keys).")
+    batch_size: int = Field(32, ge=1, description="Rows per batch handed to an actor.")
+    actors: int | ActorPool | None = Field(
+        None, description="Actor pool size, or {min, max}. Default: one per CPU (CPU) or per GPU.")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor. 0 = CPU. Unset: use GPUs when the cluster has them.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options (endpoint_url, region). Never secrets.")
+    extensions: list[str] = Field(
+        default_factory=lambda: ["wav", "flac", "ogg", "mp3", "m4a", "aac", "opus", "aiff", "aif"],
+        description="File extensions taken from directories, globs and tar shards.")
+    keep_list: str | None = Field(None, description="File of keys: process only these.")
+    ignore_list: str | None = Field(None, description="File of keys: skip these.")
+    inputs_per_block: int = Field(8, ge=1, description="Inputs per decode block (a crash loses at most one block).")
+    max_errored_blocks: int = Field(
+        16, ge=0, description="Blocks whose worker crashed repeatedly that the job tolerates "
+        "(their inputs become error rows) before it fails.")
+    rows_per_file: int = Field(2048, ge=1, description="Most rows in one Parquet shard file.")
+    compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = "snappy"
+
+    # Fields that change how a job runs but not the bytes it writes.
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "input", "output", "limit", "batch_size", "actors", "num_gpus", "storage_options",
+        "keep_list", "ignore_list", "inputs_per_block", "max_errored_blocks", "rows_per_file",
+        "compression",
+    })
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        leaked = sorted(k for k in value if k.lower() in SECRET_OPTION_KEYS)
+        if leaked:
+            raise ValueError(
+                f"storage_options must not hold secrets ({', '.join(leaked)}); "
+                "set them in the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, value: list[str]) -> list[str]:
+        return [v.lower().lstrip(".") for v in value]
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The output-relevant part of the config (runtime-only keys left out)."""
+        return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
+
+    def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
+        """SHA-256 of :meth:`fingerprinted` plus ``extra`` (e.g. model weight hashes)."""
+        data = {**self.fingerprinted(), **({"_extra": extra} if extra else {})}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> nested dict, values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        dotted, raw = pair.split("=", 1)
+        if not dotted:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {part} is not a mapping")
+        node[leaf] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(model: type[CommonConfig], path: str | Path | None, overrides: list[str] | None = None,
+                defaults: dict[str, Any] | None = None) -> CommonConfig:
+    """Read YAML (if any), apply ``--set`` overrides, validate with ``model``."""
+    data: dict[str, Any] = dict(defaults or {})
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        data = _deep_merge(data, loaded)
+    data = _deep_merge(data, parse_overrides(overrides or []))
+    return validate_config(model, data)
+
+
+def validate_config(model: type[CommonConfig], data: dict[str, Any]) -> CommonConfig:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = ["invalid config:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(root)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            value = item.get("input")
+            shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
+            lines.append(f"  {key}: {item['msg']}{shown}")
+    return "\n".join(lines)

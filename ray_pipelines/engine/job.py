@@ -1,0 +1,91 @@
+"""What a job is: the few things that differ between augment, teacher, encode, ..."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from ..config import CommonConfig
+from ..sources import InputItem, list_inputs
+from ..storage import Storage
+from .manifest import default_is_data_file
+from .sink import ShardSink
+
+
+@dataclass
+class StageSpec:
+    """One actor-pool stage: a callable class and its constructor kwargs.
+
+    ``gpu``: the stage benefits from a GPU (it gets ``num_gpus`` per actor when
+    the cluster has GPUs); CPU-only stages never ask for one.
+    """
+
+    cls: type
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    gpu: bool = True
+
+
+class Job(abc.ABC):
+    """A job: its config model, how inputs become rows, its stages, its sink.
+
+    The engine (``run_job``) does the rest: listing, skipping committed
+    inputs, the Ray Data plan, manifests, commit and the summary.
+    """
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[CommonConfig]]
+    index_column: ClassVar[str] = "index"      # the per-input sample number column (version, window, ...)
+    rows_label: ClassVar[str] = "rows"          # what a written row is, for the summary
+
+    def __init__(self, config: CommonConfig):
+        self.config = config
+
+    # ---- planning (driver) -------------------------------------------------------
+    def list_inputs(self) -> list[InputItem]:
+        items: dict[str, InputItem] = {}
+        for spec in self.config.inputs():
+            for item in list_inputs(spec, self.config.extensions, self.config.storage_options):
+                items.setdefault(item.key, item)
+        return [items[k] for k in sorted(items)]
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        """Anything besides the config that changes output bytes (model weight hashes)."""
+        return {}
+
+    # ---- per-row work (workers) ------------------------------------------------
+    @abc.abstractmethod
+    def decoder(self) -> Callable:
+        """A callable for CPU tasks: input rows -> sample rows (see engine.decode)."""
+
+    @abc.abstractmethod
+    def stages(self) -> list[StageSpec]:
+        """Actor-pool stages, in order."""
+
+    # ---- output -----------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def output_columns(self) -> list[str]:
+        """Columns written to the data files, in order."""
+
+    def schema_metadata(self) -> dict[str, str]:
+        return {}
+
+    def make_sink(self, fingerprint: str) -> ShardSink:
+        cfg = self.config
+        return ShardSink(output=cfg.output, storage_options=cfg.storage_options, fingerprint=fingerprint,
+                         index_column=self.index_column, output_columns=self.output_columns,
+                         rows_per_file=cfg.rows_per_file, compression=cfg.compression,
+                         schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()})
+
+    def is_data_file(self, relpath: str) -> bool:
+        return default_is_data_file(relpath)
+
+    def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write job-specific extras next to the data; returns entries for the summary."""
+        return {}
+
+    def throughput_units(self, rows: int) -> dict[str, float]:
+        """Extra throughput figures for the summary, e.g. ``{"views": 2 * rows}``."""
+        return {}

@@ -1,0 +1,147 @@
+"""The shard sink: Parquet files named from their content, plus a per-rank manifest.
+
+Each Ray write task receives some blocks of output rows. It sorts its rows
+by (key, index), writes them as one or more ``<split>/part-<hash>.parquet``
+files (the hash covers the config fingerprint and the rows' keys, never a
+run id), then writes ``_manifests/part-<hash>.json`` naming those files, the
+sample indices written per input, and the error rows. The manifest is
+written last, so its presence means the files are complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data.block import BlockAccessor
+from ray.data.datasource import Datasink
+
+from ..audio.decode import is_retryable
+from ..storage import Storage
+from .arrow import table_from_columns
+from .manifest import MANIFEST_DIR
+
+# Bookkeeping columns every row carries through the pipeline; never written as data.
+KEY, ERROR, SPLIT, EXPECTED, ETAG = "key", "error", "split", "samples_per_input", "etag"
+TARGET_ROW_GROUP_BYTES = 32 * 1024 * 1024
+
+
+def content_hash(fingerprint: str, keys: Iterable[str], indices: Iterable[int]) -> str:
+    h = hashlib.blake2b(digest_size=10)
+    h.update(fingerprint.encode())
+    for key, index in zip(keys, indices):
+        h.update(f"\n{key}\x1f{int(index)}".encode())
+    return h.hexdigest()
+
+
+def concat_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(batches) == 1:
+        return batches[0]
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+class ShardSink(Datasink):
+    """Writes output rows as Parquet shards and per-rank manifests.
+
+    Subclasses change the file layout by overriding :meth:`write_split`
+    (e.g. one ``.npy`` per sample) and keep the manifest bookkeeping.
+    """
+
+    def __init__(self, *, output: str, storage_options: dict[str, Any] | None, fingerprint: str,
+                 index_column: str, output_columns: list[str], rows_per_file: int = 512,
+                 compression: str = "snappy", schema_metadata: dict[str, str] | None = None):
+        self.output = output
+        self.storage_options = storage_options or {}
+        self.fingerprint = fingerprint
+        self.index_column = index_column
+        self.output_columns = output_columns
+        self.rows_per_file = rows_per_file
+        self.compression = None if compression == "none" else compression
+        self.schema_metadata = schema_metadata or {}
+        self.write_returns: list[dict[str, Any]] = []
+
+    # ---- Datasink interface -----------------------------------------------------
+    def write(self, blocks: Iterable, ctx) -> dict[str, Any]:
+        batches = [BlockAccessor.for_block(b).to_numpy() for b in blocks]
+        batches = [b for b in batches if len(b.get(KEY, ())) > 0]
+        if not batches:
+            return {"rows": 0, "error_rows": 0, "files": 0, "bytes": 0}
+        return self.write_rows(concat_batches(batches), rank=int(getattr(ctx, "task_idx", 0)))
+
+    def on_write_complete(self, write_result) -> None:
+        returns = getattr(write_result, "write_returns", write_result)
+        self.write_returns = [r for r in returns if r]
+
+    # ---- the work --------------------------------------------------------------
+    def write_rows(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
+        storage = Storage(self.output, self.storage_options)
+        keys = columns[KEY].astype(str)
+        indices = columns[self.index_column].astype(np.int64)
+        order = np.lexsort((indices, keys))
+        columns = {name: values[order] for name, values in columns.items()}
+        keys, indices = keys[order], indices[order]
+        errors = columns[ERROR].astype(str)
+        ok = errors == ""
+
+        inputs: dict[str, dict[str, Any]] = {}
+        for i, key in enumerate(keys):
+            entry = inputs.setdefault(key, {"expected": 0, "written": [], "etag": ""})
+            entry["expected"] = max(entry["expected"], int(columns[EXPECTED][i]))
+            if ETAG in columns:
+                entry["etag"] = str(columns[ETAG][i])
+            if ok[i]:
+                entry["written"].append(int(indices[i]))
+        error_rows = [
+            {"key": keys[i], "index": int(indices[i]), "reason": errors[i], "retry": is_retryable(errors[i])}
+            for i in np.flatnonzero(~ok)]
+
+        files: list[dict[str, Any]] = []
+        schema: dict[str, Any] = {}
+        if ok.any():
+            good = {name: values[ok] for name, values in columns.items()}
+            splits = good[SPLIT].astype(str) if SPLIT in good else np.full(int(ok.sum()), "", dtype=object)
+            for split in sorted(set(splits)):
+                rows = {name: values[splits == split] for name, values in good.items()}
+                for start in range(0, len(rows[KEY]), self.rows_per_file):
+                    chunk = {name: values[start:start + self.rows_per_file] for name, values in rows.items()}
+                    record, schema = self.write_split(storage, split, chunk)
+                    files.extend(record)
+
+        part = {
+            "rank": rank,
+            "fingerprint": self.fingerprint,
+            "files": files,
+            "inputs": inputs,
+            "errors": error_rows,
+            "schema": schema,
+        }
+        name = content_hash(self.fingerprint, keys, indices)
+        storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part)
+        return {"rows": int(ok.sum()), "error_rows": len(error_rows), "files": len(files),
+                "bytes": sum(int(f["bytes"]) for f in files)}
+
+    def write_split(self, storage: Storage, split: str, rows: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Write one file of ``rows`` (sorted, all in ``split``); return its file records and schema."""
+        table = table_from_columns({c: rows[c] for c in self.output_columns},
+                                   {"ray_pipelines.fingerprint": self.fingerprint, **self.schema_metadata})
+        name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column])
+        relpath = f"{split}/part-{name}.parquet" if split else f"part-{name}.parquet"
+        row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+        with storage.open_atomic(relpath) as f:
+            pq.write_table(table, f, row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes),
+                           compression=self.compression)
+        size = storage.fs.size(storage.abspath(relpath))
+        return [{"path": relpath, "split": split, "rows": table.num_rows, "bytes": int(size)}], describe_schema(table.schema)
+
+
+def describe_schema(schema: pa.Schema) -> dict[str, Any]:
+    out = {}
+    for field in schema:
+        entry: dict[str, Any] = {"type": str(field.type)}
+        if isinstance(field.type, pa.FixedShapeTensorType):
+            entry = {"type": "fixed_shape_tensor", "dtype": str(field.type.value_type), "shape": list(field.type.shape)}
+        out[field.name] = entry
+    return out

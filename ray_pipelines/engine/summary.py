@@ -1,0 +1,35 @@
+"""The table printed at the end of a job."""
+
+from __future__ import annotations
+
+from .runner import JobResult
+
+
+def format_summary(job_name: str, result: JobResult, rows_label: str = "rows",
+                   units: dict[str, float] | None = None) -> str:
+    c = result.counts
+    seconds = max(result.seconds, 1e-9)
+    run_seconds = max(result.manifest["timings"].get("run_seconds", seconds), 1e-9)
+    splits = ", ".join(f"{name or 'all'} {rows}" for name, rows in sorted(result.manifest["splits"].items()))
+    lines = [
+        ("output", result.output),
+        ("ray", result.ray or "not started (nothing to do)"),
+        ("inputs listed", c["listed"]),
+        ("already committed", f"{c['skipped_already_committed']} (skipped before reading)"),
+        ("processed this run", c["processed_this_run"]),
+        (f"{rows_label} in output", f"{c['rows_written']}" + (f" ({splits})" if splits else "")),
+        (f"{rows_label} this run", result.run_rows),
+        ("inputs with errors", f"{c['errors']} ({c['error_rows']} error rows, see errors.jsonl)"
+         if c["errors"] else "0"),
+    ]
+    if c.get("lost"):
+        lines.append(("lost (retried next run)", c["lost"]))
+    if c["processed_this_run"]:
+        lines.append(("throughput", f"{c['processed_this_run'] / run_seconds:.1f} inputs/s, "
+                                    f"{result.run_rows / run_seconds:.1f} {rows_label}/s"))
+        for unit, amount in (units or {}).items():
+            lines.append(("", f"{amount / run_seconds:.1f} {unit}/s"))
+    lines.append(("time", f"{seconds:.1f} s"))
+    width = max(len(label) for label, _ in lines)
+    body = "\n".join(f"  {label:<{width}}  {value}" for label, value in lines)
+    return f"\n{job_name} job finished\n{body}\n"

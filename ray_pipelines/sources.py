@@ -1,0 +1,194 @@
+"""Listing inputs: one row per audio input with a stable key.
+
+A key is the input's path relative to its source root (the directory of a
+glob's non-wildcard prefix, the directory given, or the shard for a tar
+member), so it stays the same wherever the data is mounted and whatever
+else is added to the source. Listing reads no audio, only names and sizes
+(and tar headers).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import posixpath
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from .storage import get_fs, split_protocol, to_url
+
+LIST_FILE_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+class SourceError(RuntimeError):
+    """The source cannot be listed at all (missing path, unreachable storage)."""
+
+
+@dataclass
+class InputItem:
+    """One input to a job. Tar members carry the shard URL plus byte range."""
+
+    key: str
+    uri: str
+    size: int
+    etag: str = ""             # etag or mtime: tells a changed input from a committed one
+    member_offset: int = -1    # >= 0 for a tar member: data offset inside the shard
+    error: str = ""            # listing-time error (e.g. unsafe tar member name)
+    source: str = ""           # where it came from, for people: the URL, or shard URL#member
+    extra: dict[str, Any] = field(default_factory=dict)   # job columns (e.g. label, split)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        extra = row.pop("extra")
+        row["source"] = self.source or self.uri
+        row.update(extra)
+        return row
+
+
+def _has_magic(path: str) -> bool:
+    return globlib.has_magic(path)
+
+
+def _glob_root(path: str) -> str:
+    """The directory part of ``path`` before its first wildcard."""
+    parts = path.split("/")
+    fixed = []
+    for part in parts:
+        if _has_magic(part):
+            break
+        fixed.append(part)
+    return "/".join(fixed[:-1] if len(fixed) == len(parts) else fixed)
+
+
+def _etag_of(info: dict[str, Any]) -> str:
+    for name in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(name) is not None:
+            return str(info[name]).strip('"')
+    return ""
+
+
+def _is_audio(path: str, extensions: Iterable[str]) -> bool:
+    return posixpath.splitext(path)[1].lower().lstrip(".") in set(extensions)
+
+
+def _is_tar(path: str) -> bool:
+    return path.lower().endswith(".tar")
+
+
+def list_inputs(spec: str, extensions: Iterable[str], storage_options: dict[str, Any] | None = None) -> list[InputItem]:
+    """List every input named by ``spec``: a glob, directory, file, list file or tar shard(s)."""
+    extensions = list(extensions)
+    protocol, _ = split_protocol(spec)
+    fs, path = get_fs(spec, storage_options)
+    try:
+        if path.lower().endswith(LIST_FILE_EXTENSIONS) and not _has_magic(path):
+            return _list_from_list_file(fs, path, extensions, storage_options)
+        if _has_magic(path):
+            root = _glob_root(path)
+            infos = fs.glob(path, detail=True)
+            files = {p: i for p, i in infos.items() if i.get("type", "file") == "file"}
+        elif fs.isdir(path):
+            root = path.rstrip("/")
+            files = fs.find(root, detail=True)
+        elif fs.exists(path):
+            root = posixpath.dirname(path.rstrip("/"))
+            files = {path: fs.info(path)}
+        else:
+            raise SourceError(f"input not found: {spec}")
+    except SourceError:
+        raise
+    except FileNotFoundError:
+        raise SourceError(f"input not found: {spec}") from None
+    except Exception as e:  # unreachable endpoint, missing bucket, permissions
+        raise SourceError(f"cannot list input {spec}: {type(e).__name__}: {e}") from None
+
+    items: list[InputItem] = []
+    shards: list[tuple[str, str, dict[str, Any]]] = []
+    for file_path, info in sorted(files.items()):
+        key = _relative_key(file_path, root)
+        if _is_tar(file_path):
+            shards.append((file_path, key, info))
+        elif _is_audio(file_path, extensions):
+            items.append(InputItem(key=key, uri=to_url(fs, file_path), size=int(info.get("size") or 0),
+                                   etag=_etag_of(info)))
+    if shards:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for members in pool.map(lambda s: _list_tar(fs, *s, extensions), shards):
+                items.extend(members)
+    return sorted(items, key=lambda i: i.key)
+
+
+def _relative_key(file_path: str, root: str) -> str:
+    root = root.rstrip("/")
+    if root and file_path.startswith(root + "/"):
+        return file_path[len(root) + 1:]
+    return file_path.lstrip("/")
+
+
+def _list_from_list_file(fs, path: str, extensions: list[str], storage_options) -> list[InputItem]:
+    """A text file with one input per line (paths relative to the list file, or URLs)."""
+    with fs.open(path, "r") as f:
+        lines = [line.strip() for line in f]
+    base = posixpath.dirname(path)
+    items: list[InputItem] = []
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        if "://" not in line and not line.startswith("/"):
+            line_path = posixpath.join(base, line)
+            entry_spec = to_url(fs, line_path)
+            key = line
+        else:
+            entry_spec = line
+            key = split_protocol(line)[1].lstrip("/")
+        entry_fs, entry_path = get_fs(entry_spec, storage_options)
+        try:
+            info = entry_fs.info(entry_path)
+        except FileNotFoundError:
+            items.append(InputItem(key=key, uri=entry_spec, size=0, error="missing: listed in the list file but not found"))
+            continue
+        if _is_tar(entry_path):
+            items.extend(_list_tar(entry_fs, entry_path, key, info, extensions))
+        else:
+            items.append(InputItem(key=key, uri=to_url(entry_fs, entry_path), size=int(info.get("size") or 0),
+                                   etag=_etag_of(info)))
+    return items
+
+
+def _safe_member_name(name: str) -> bool:
+    normal = posixpath.normpath(name)
+    return not (name.startswith("/") or normal.startswith("..") or "/../" in f"/{name}/" or normal == ".")
+
+
+def _list_tar(fs, shard_path: str, shard_key: str, info: dict[str, Any], extensions: list[str]) -> list[InputItem]:
+    """One item per audio member of a WebDataset-style shard (key = shard key + member name)."""
+    shard_url = to_url(fs, shard_path)
+    etag = _etag_of(info)
+    items: list[InputItem] = []
+    try:
+        with fs.open(shard_path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile() or not _is_audio(member.name, extensions):
+                    continue
+                key = f"{shard_key}/{member.name}"
+                if not _safe_member_name(member.name):
+                    items.append(InputItem(key=key, uri=shard_url, size=member.size, etag=etag,
+                                           error=f"unsafe tar member name {member.name!r}: it escapes its folder"))
+                    continue
+                items.append(InputItem(key=key, uri=shard_url, size=member.size, etag=etag,
+                                       member_offset=member.offset_data, source=f"{shard_url}#{member.name}"))
+    except tarfile.TarError as e:
+        items.append(InputItem(key=shard_key, uri=shard_url, size=int(info.get("size") or 0), etag=etag,
+                               error=f"unreadable tar shard: {e}"))
+    return items
+
+
+def read_key_list(spec: str, storage_options: dict[str, Any] | None = None) -> set[str]:
+    """Keys from a keep/ignore list file (one key per line, '#' comments)."""
+    fs, path = get_fs(spec, storage_options)
+    try:
+        with fs.open(path, "r") as f:
+            return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    except FileNotFoundError:
+        raise SourceError(f"key list not found: {spec}") from None

@@ -1,0 +1,49 @@
+"""Log-mel spectrograms, batched, on any device, split in two steps so that
+augmentations can act on the STFT magnitudes in between."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+
+
+class LogMelSpectrogram(torch.nn.Module):
+    """``[B, T]`` audio -> ``[B, n_mels, frames]`` decibels of mel power (floor 1e-10).
+
+    ``power`` gives the STFT power ``[B, n_fft//2+1, frames]``; ``from_power``
+    projects it to log-mel. ``top_db`` clips each
+    spectrogram at its own peak minus ``top_db`` (per sample, not per batch).
+    Frames = 1 + T // hop_length (centred STFT).
+    """
+
+    def __init__(self, sample_rate: int, n_fft: int = 2048, hop_length: int = 512, n_mels: int = 128,
+                 f_min: float = 0.0, f_max: float | None = None, top_db: float | None = 80.0):
+        super().__init__()
+        self.sample_rate, self.n_fft, self.hop_length, self.top_db = sample_rate, n_fft, hop_length, top_db
+        fb = torchaudio.functional.melscale_fbanks(
+            n_fft // 2 + 1, f_min, f_max if f_max is not None else sample_rate / 2.0, n_mels, sample_rate,
+            norm="slaney", mel_scale="slaney")
+        self.register_buffer("mel_basis", fb.T.contiguous(), persistent=False)   # [n_mels, F]
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def power(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(audio, self.n_fft, self.hop_length, window=self.window, center=True,
+                          pad_mode="reflect", return_complex=True)
+        return torch.view_as_real(spec).square().sum(-1)   # cheaper than complex abs() then square
+
+    def from_power(self, power: torch.Tensor) -> torch.Tensor:
+        mel = torch.matmul(self.mel_basis, power)                          # [B, n_mels, N]
+        db = 10.0 * torch.log10(mel.clamp_min(1e-10))
+        if self.top_db is not None:
+            db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - self.top_db)
+        return db
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.from_power(self.power(audio))
+
+    def frequencies(self) -> torch.Tensor:
+        """Centre frequency (Hz) of each STFT bin."""
+        return torch.linspace(0, self.sample_rate / 2, self.n_fft // 2 + 1, device=self.window.device)
+
+    def frames(self, num_samples: int) -> int:
+        return 1 + num_samples // self.hop_length

@@ -1,0 +1,167 @@
+"""Filesystem access for local paths and any fsspec URL (s3://, gs://, ...).
+
+Credentials never pass through here: fsspec/s3fs read them from the
+environment (AWS_ACCESS_KEY_ID, ...), so configs, manifests and task
+arguments stay free of secrets. ``storage_options`` carries only endpoint,
+region and similar settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import threading
+from typing import Any, BinaryIO, Iterator
+
+import fsspec
+
+# Keys that must never appear in storage_options: they belong in the environment.
+SECRET_OPTION_KEYS = frozenset(
+    {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
+     "aws_session_token", "session_token", "client_secret", "access_key", "secret_key"}
+)
+
+
+def split_protocol(url: str) -> tuple[str, str]:
+    """``("s3", "bucket/key")`` for ``s3://bucket/key``; ``("file", path)`` for paths."""
+    if "://" in url:
+        protocol, path = url.split("://", 1)
+        return protocol, path
+    return "file", url
+
+
+def fs_options(protocol: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Translate the project's storage_options into fsspec constructor kwargs."""
+    options = dict(storage_options or {})
+    if protocol in ("s3", "s3a"):
+        client_kwargs = dict(options.pop("client_kwargs", {}) or {})
+        if "endpoint_url" in options:
+            client_kwargs["endpoint_url"] = options.pop("endpoint_url")
+        if "region" in options:
+            client_kwargs["region_name"] = options.pop("region")
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+    return options
+
+
+def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for ``url`` and the path inside it (no protocol)."""
+    protocol, path = split_protocol(url)
+    if protocol == "file":
+        fs = fsspec.filesystem("file")
+        return fs, os.path.abspath(path)
+    fs = fsspec.filesystem(protocol, **fs_options(protocol, storage_options))
+    return fs, path
+
+
+def join_url(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URL with forward slashes."""
+    protocol, path = split_protocol(base)
+    joined = posixpath.join(path.rstrip("/") or "/", *parts) if protocol != "file" else os.path.join(path, *parts)
+    return joined if protocol == "file" else f"{protocol}://{joined}"
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Re-attach the filesystem's protocol to a bare path listed by ``fs``."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return path
+    return f"{protocol}://{path}"
+
+
+class Storage:
+    """One output root: small helpers to read and write files under it."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+        self.root = root.rstrip("/") if "://" in root else os.path.abspath(root)
+        self.storage_options = storage_options or {}
+        self.fs, self.path = get_fs(self.root, self.storage_options)
+
+    def abspath(self, relpath: str) -> str:
+        return os.path.join(self.path, relpath) if is_local(self.fs) else posixpath.join(self.path, relpath)
+
+    def url(self, relpath: str) -> str:
+        return join_url(self.root, relpath)
+
+    def exists(self, relpath: str) -> bool:
+        return self.fs.exists(self.abspath(relpath))
+
+    def makedirs(self, relpath: str = "") -> None:
+        self.fs.makedirs(self.abspath(relpath), exist_ok=True)
+
+    @contextlib.contextmanager
+    def open_atomic(self, relpath: str) -> Iterator[BinaryIO]:
+        """A binary file that appears at ``relpath`` whole or not at all.
+
+        Local disk: a temp file renamed into place on success. Object stores:
+        the upload completes only when the file closes without error.
+        """
+        target = self.abspath(relpath)
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        if is_local(self.fs):
+            tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+            try:
+                with open(tmp, "wb") as f:
+                    yield f
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            f = self.fs.open(target, "wb")
+            try:
+                yield f
+            except BaseException:
+                f.discard() if hasattr(f, "discard") else None   # abort a multipart upload
+                raise
+            f.close()
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        with self.open_atomic(relpath) as f:
+            f.write(data)
+
+    def write_json(self, relpath: str, obj: Any) -> None:
+        self.write_bytes(relpath, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+    def read_json(self, relpath: str) -> Any:
+        with self.fs.open(self.abspath(relpath), "rb") as f:
+            return json.loads(f.read())
+
+    def list(self, relpath: str) -> list[str]:
+        """Paths (relative to the root) of the files directly under ``relpath``."""
+        base = self.abspath(relpath)
+        if not self.fs.exists(base):
+            return []
+        self.fs.invalidate_cache(base)
+        out = []
+        for info in self.fs.ls(base, detail=True):
+            if info.get("type") == "file":
+                out.append(posixpath.join(relpath, posixpath.basename(info["name"].rstrip("/"))))
+        return sorted(out)
+
+    def remove(self, relpath: str) -> None:
+        path = self.abspath(relpath)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def is_empty(self) -> bool:
+        if not self.fs.exists(self.path):
+            return True
+        self.fs.invalidate_cache(self.path)
+        return not self.fs.ls(self.path)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
+
+
+def _json_default(value: Any) -> Any:
+    """Let numpy scalars and paths pass through json.dumps."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

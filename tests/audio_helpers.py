@@ -1,0 +1,79 @@
+"""Real encoded audio for tests: generated signals written by real encoders."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_AUDIO = REPO.parent / "shared" / "audio"
+
+FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+
+
+def tone(seconds: float, sample_rate: int = 44100, freq: float = 440.0, channels: int = 1,
+         amplitude: float = 0.5, seed: int = 0) -> np.ndarray:
+    """A sine plus a little noise, ``[n]`` or ``[n, channels]`` float32."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    rng = np.random.default_rng(seed)
+    x = amplitude * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)
+    x = x.astype(np.float32)
+    return x if channels == 1 else np.stack([x * (0.5 + 0.5 * c / channels) for c in range(channels)], axis=1)
+
+
+def write_audio(path: Path, audio: np.ndarray, sample_rate: int = 44100) -> Path:
+    """Encode with libsndfile in the format named by the file extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt, subtype = FORMATS[path.suffix.lstrip(".").lower()]
+    sf.write(str(path), audio, sample_rate, format=fmt, subtype=subtype)
+    return path
+
+
+def make_library(root: Path, n_per_format: int = 2, seconds: float = 2.0) -> list[Path]:
+    """A folder of tones in every format: ``root/<fmt>/tone_<i>.<fmt>``."""
+    paths = []
+    for fmt in FORMATS:
+        for i in range(n_per_format):
+            paths.append(write_audio(root / fmt / f"tone_{i}.{fmt}",
+                                     tone(seconds, freq=220.0 * (i + 1), seed=i)))
+    return paths
+
+
+def copy_shared(dest: Path, subdir: str = "sonic-pi", limit_per_folder: int | None = None) -> Path:
+    """Copy real recordings from ../shared/audio (read-only there) into ``dest``."""
+    source = SHARED_AUDIO / subdir
+    if not source.exists():
+        import pytest
+
+        pytest.skip(f"real recordings not found at {source}")
+    if limit_per_folder is None:
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+        return dest
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        for f in sorted(folder.iterdir())[:limit_per_folder]:
+            (dest / folder.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dest / folder.name / f.name)
+    return dest
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    """A WebDataset-style shard with the given member names and bytes (names not sanitised)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def encoded_bytes(audio: np.ndarray, fmt: str = "flac", sample_rate: int = 44100) -> bytes:
+    buffer = io.BytesIO()
+    f, subtype = FORMATS[fmt]
+    sf.write(buffer, audio, sample_rate, format=f, subtype=subtype)
+    return buffer.getvalue()
