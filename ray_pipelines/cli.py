@@ -17,9 +17,16 @@ from typing import Sequence
 # job name -> module holding JOB (a Job subclass)
 JOBS = {
     "augment": "jobs.augment",
+    "teacher": "jobs.teacher",
+    "encode": "jobs.encode",
+    "features": "jobs.features",
+    "score": "jobs.score",
 }
 # tool commands -> module holding main(argv)
-TOOLS: dict[str, str] = {}
+TOOLS = {
+    "preview": "jobs.preview",     # spectrogram preview grid of an output
+    "filter": "jobs.filter",       # re-run score filters from stored scores
+}
 
 
 def job_parser(name: str) -> argparse.ArgumentParser:
