@@ -1,0 +1,232 @@
+"""Reconstruction models behind one interface.
+
+Every model the score job uses is a :class:`Reconstructor`::
+
+    reconstruct(mel [B, 1, n_mels, T], mask [B, 1, n_mels, T] bool | None) -> [B, 1, n_mels, T]
+
+``mask`` (True = hidden) is given when the job's ``mask_ratio`` is above 0,
+for masked autoencoders; the job draws it per item from (seed, key, item),
+so a score never depends on the batch an item landed in.
+
+Three kinds (``ModelSpec.kind``):
+
+- ``reference``: :class:`ReferenceMAE`, a small masked autoencoder whose
+  weights come from a seed. It is untrained: it is there for the demo, the
+  tests and the benchmark; plug in your trained model for real scores.
+- ``torchscript``: a ``torch.jit.save`` archive.
+- ``factory``: ``package.module:function`` returning an ``nn.Module``, plus an
+  optional checkpoint (a state dict) read with ``torch.load(weights_only=True)``.
+
+A user module is called as ``module.reconstruct(mel, mask)`` when it has a
+``reconstruct`` method (``reconstruct(mel)`` without a mask), else as
+``module(mel)`` with hidden positions zeroed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import math
+from typing import Any, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from ..storage import get_fs
+
+
+class Reconstructor(Protocol):
+    def reconstruct(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+class ModelSpec(BaseModel):
+    """Which model reconstructs the spectrograms."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["reference", "torchscript", "factory"] = "reference"
+    path: str | None = Field(None, description="torchscript: the archive (local path or fsspec URL).")
+    factory: str | None = Field(None, description="factory: 'package.module:function' returning an nn.Module.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="factory: keyword arguments.")
+    checkpoint: str | None = Field(None, description="factory: state dict file, read with weights_only=True.")
+    # The reference model's shape and weight seed.
+    seed: int = Field(0, description="reference: weight seed.")
+    patch: tuple[int, int] = Field((16, 16), description="reference: patch size (mel bins, frames).")
+    dim: int = Field(64, gt=0)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ModelSpec":
+        if self.kind == "torchscript" and not self.path:
+            raise ValueError("model.kind torchscript needs model.path (the torch.jit.save archive)")
+        if self.kind == "factory":
+            if not self.factory or ":" not in self.factory:
+                raise ValueError("model.kind factory needs model.factory as 'package.module:function'")
+        if self.kind == "reference" and self.dim % (2 * self.heads):
+            raise ValueError(f"model.dim ({self.dim}) must be a multiple of 2 * model.heads ({2 * self.heads})")
+        return self
+
+
+class ReferenceMAE(nn.Module):
+    """A small SimMIM-style masked autoencoder with seeded weights.
+
+    Patchify ``[B, 1, n_mels, T]`` into ``patch``-sized tokens, replace hidden
+    patches by a learned mask token, add fixed 2-D sinusoidal positions, run
+    a pre-norm transformer encoder, project each token back to its patch.
+    Inputs whose size is not a multiple of the patch are zero-padded and the
+    output cropped back. Weights depend only on ``seed`` (the global RNG is
+    left untouched).
+    """
+
+    def __init__(self, patch: tuple[int, int] = (16, 16), dim: int = 64, depth: int = 2, heads: int = 4,
+                 seed: int = 0):
+        super().__init__()
+        self.patch = (int(patch[0]), int(patch[1]))
+        self.dim = dim
+        area = self.patch[0] * self.patch[1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.embed = nn.Linear(area, dim)
+            self.mask_token = nn.Parameter(0.02 * torch.randn(dim))
+            layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, area)
+        self._positions: dict[tuple[int, int, str], torch.Tensor] = {}
+
+    def _grid(self, height: int, width: int) -> tuple[int, int]:
+        return math.ceil(height / self.patch[0]), math.ceil(width / self.patch[1])
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, H, W]`` -> ``[B, rows * cols, ph * pw]`` (zero-padded to whole patches)."""
+        b, _, h, w = x.shape
+        rows, cols = self._grid(h, w)
+        ph, pw = self.patch
+        x = nn.functional.pad(x, (0, cols * pw - w, 0, rows * ph - h))
+        x = x.reshape(b, rows, ph, cols, pw).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, rows * cols, ph * pw)
+
+    def unpatchify(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        b = tokens.shape[0]
+        rows, cols = self._grid(height, width)
+        ph, pw = self.patch
+        x = tokens.reshape(b, rows, cols, ph, pw).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, 1, rows * ph, cols * pw)[:, :, :height, :width]
+
+    def positions(self, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+        """Fixed 2-D sinusoidal embeddings ``[rows * cols, dim]``: half the channels per axis."""
+        cache_key = (rows, cols, str(device))
+        if cache_key not in self._positions:
+            quarter = self.dim // 4
+            freqs = 1.0 / (10000.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+
+            def axis(n: int) -> torch.Tensor:
+                angles = torch.arange(n, dtype=torch.float32)[:, None] * freqs[None, :]
+                return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+            r, c = axis(rows), axis(cols)
+            grid = torch.cat([r[:, None, :].expand(rows, cols, -1), c[None, :, :].expand(rows, cols, -1)], dim=-1)
+            table = grid.reshape(rows * cols, -1)
+            if table.shape[1] < self.dim:   # dim not a multiple of 4: pad the last channels
+                table = nn.functional.pad(table, (0, self.dim - table.shape[1]))
+            self._positions[cache_key] = table.to(device)
+        return self._positions[cache_key]
+
+    def reconstruct(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, height, width = mel.shape
+        tokens = self.embed(self.patchify(mel))
+        if mask is not None:
+            hidden = self.patchify(mask.to(mel.dtype)).amax(dim=-1) > 0      # a patch is hidden if any bin is
+            tokens = torch.where(hidden[..., None], self.mask_token.to(tokens.dtype), tokens)
+        rows, cols = self._grid(height, width)
+        tokens = tokens + self.positions(rows, cols, tokens.device).to(tokens.dtype)
+        out = self.head(self.norm(self.encoder(tokens)))
+        return self.unpatchify(out, height, width)
+
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.reconstruct(mel, mask)
+
+
+class ModuleReconstructor(nn.Module):
+    """Adapts a user module (eager or TorchScript) to :class:`Reconstructor`."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.has_reconstruct = hasattr(module, "reconstruct")
+
+    def reconstruct(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.has_reconstruct:
+            return self.module.reconstruct(mel, mask) if mask is not None else self.module.reconstruct(mel)
+        return self.module(mel if mask is None else mel.masked_fill(mask, 0.0))
+
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.reconstruct(mel, mask)
+
+
+def reference_mae(patch: tuple[int, int] = (16, 16), dim: int = 64, depth: int = 2, heads: int = 4,
+                  seed: int = 0) -> ReferenceMAE:
+    """A ``module:factory`` entry point for the reference model (``ray_pipelines.scoring.models:reference_mae``)."""
+    return ReferenceMAE(tuple(patch), dim, depth, heads, seed)
+
+
+def _read_bytes(url: str, storage_options: dict[str, Any] | None) -> bytes:
+    fs, path = get_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def load_state_dict(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict (a bare one, or under 'state_dict' / 'model'), weights only."""
+    state = torch.load(io.BytesIO(_read_bytes(url, storage_options)), map_location="cpu", weights_only=True)
+    for name in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(name), dict):
+            state = state[name]
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {url} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def build_model(spec: ModelSpec, device: torch.device | str = "cpu",
+                storage_options: dict[str, Any] | None = None) -> nn.Module:
+    """The model ``spec`` names, in eval mode on ``device``, with a ``reconstruct`` method."""
+    if spec.kind == "reference":
+        model: nn.Module = ReferenceMAE(spec.patch, spec.dim, spec.depth, spec.heads, spec.seed)
+    elif spec.kind == "torchscript":
+        module = torch.jit.load(io.BytesIO(_read_bytes(spec.path, storage_options)), map_location="cpu")
+        model = ModuleReconstructor(module)
+    else:
+        module_name, function = spec.factory.split(":", 1)
+        module = getattr(importlib.import_module(module_name), function)(**spec.kwargs)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"model.factory {spec.factory} returned a {type(module).__name__}, not an nn.Module")
+        if spec.checkpoint:
+            module.load_state_dict(load_state_dict(spec.checkpoint, storage_options))
+        model = ModuleReconstructor(module)
+    return model.to(device).eval()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """A digest of every parameter and buffer (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}\x1f{t.dtype}\x1f{list(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_model(model: nn.Module, n_mels: int, frames: int, masked: bool) -> None:
+    """Fail early, naming the shapes, when the model does not map ``[B, 1, n_mels, T]`` to itself."""
+    mel = torch.zeros(2, 1, n_mels, frames)
+    mask = torch.zeros(2, 1, n_mels, frames, dtype=torch.bool) if masked else None
+    device = next(iter(model.parameters()), torch.zeros(0)).device
+    with torch.inference_mode():
+        out = model.reconstruct(mel.to(device), None if mask is None else mask.to(device))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(mel.shape):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model maps [B, 1, {n_mels}, {frames}] to {got}; "
+                         f"reconstruct must return the input's shape")

@@ -1,0 +1,74 @@
+"""Config validation: clear errors naming the key, before any work starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jobs.augment import AugmentConfig
+from ray_pipelines.config import ConfigError, load_config, parse_overrides
+
+REPO_ARGS = ["--set", "input=/tmp/in", "--set", "output=/tmp/out"]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_mirror_the_notebook(tmp_path):
+    cfg = load_config(AugmentConfig, write(tmp_path, "input: a\noutput: b\n"))
+    assert (cfg.num_versions, cfg.sample_rate, cfg.n_mels, cfg.duration) == (5, 22050, 128, 3.0)
+    assert (cfg.num_waveform_augs, cfg.num_spectrogram_augs, cfg.val_fraction) == (3, 2, 0.2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("input: a\noutput: b\nnum_verions: 3\n", "num_verions: unknown key"),
+    ("input: a\noutput: b\nnum_versions: 0\n", "num_versions: Input should be greater than or equal to 1"),
+    ("output: b\n", "input: required key is missing"),
+    ("input: a\noutput: b\nwaveform_pool: {gain: {min_db: 3, max_db: 1}}\n", "gain.min_db (3.0) is larger than gain.max_db"),
+    ("input: a\noutput: b\nnum_waveform_augs: 12\n", "num_waveform_augs (12) exceeds"),
+    ("input: a\noutput: b\nstorage_options: {secret: x}\n", "must not hold secrets (secret)"),
+    ("input: a\noutput: b\nwaveform_pool: {gain: {min_dB: 3}}\n", "waveform_pool.gain.min_dB: unknown key"),
+    ("- just\n- a list\n", "must hold a mapping"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(AugmentConfig, write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    assert parse_overrides(["a.b=3", "c=[1, 2]", "d=x"]) == {"a": {"b": 3}, "c": [1, 2], "d": "x"}
+    cfg = load_config(AugmentConfig, write(tmp_path, "input: a\noutput: b\n"),
+                      ["waveform_pool.gain=null", "dtype=float16", "num_versions=2"])
+    assert cfg.waveform_pool.gain is None and cfg.dtype == "float16" and cfg.num_versions == 2
+    with pytest.raises(ConfigError, match="expects key=value"):
+        parse_overrides(["novalue"])
+
+
+def test_fingerprint_ignores_runtime_keys_only(tmp_path):
+    base = load_config(AugmentConfig, None, ["input=a", "output=b"])
+    runtime = load_config(AugmentConfig, None, ["input=other", "output=b", "limit=3", "actors=2", "batch_size=4"])
+    changed = load_config(AugmentConfig, None, ["input=a", "output=b", "n_mels=64"])
+    assert base.fingerprint() == runtime.fingerprint()
+    assert base.fingerprint() != changed.fingerprint()
+    assert base.fingerprint() != base.fingerprint({"weights": "abc"})
+
+
+def test_cli_exits_2_on_a_bad_config_before_starting_ray(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jobs.augment", "--config", str(write(tmp_path, "input: a\n"))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "output: required key is missing" in result.stderr
+    assert "ray" not in result.stdout.lower()
+
+
+def test_cli_exits_1_when_the_input_cannot_be_listed(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ray_pipelines.cli", "augment", "--set",
+                             f"input={tmp_path}/missing", "--set", f"output={tmp_path}/out"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "input not found" in result.stderr
