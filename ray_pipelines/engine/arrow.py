@@ -46,7 +46,21 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         column = column.combine_chunks()
     if isinstance(column.type, pa.FixedShapeTensorType):
         return column.to_numpy_ndarray()
+    if pa.types.is_fixed_size_list(column.type) and column.null_count == 0:
+        return fixed_size_list_to_numpy(column)
     return column.to_numpy(zero_copy_only=False)
+
+
+def fixed_size_list_to_numpy(column: pa.FixedSizeListArray) -> np.ndarray:
+    """Nested fixed-size lists of numbers (how Hugging Face datasets stores fixed-length
+    arrays) -> ``[n, *shape]``; anything else -> an object array, as before."""
+    shape, values = [], column
+    while pa.types.is_fixed_size_list(values.type):
+        shape.append(values.type.list_size)
+        values = values.flatten()
+    if values.null_count or not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        return column.to_numpy(zero_copy_only=False)
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), *shape)
 
 
 def table_to_numpy(table: pa.Table, columns: list[str] | None = None) -> dict[str, Any]:

@@ -111,8 +111,8 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str) -> list[
     """Build and run the Ray Data plan; returns what each write task reported."""
     cfg = job.config
     stages = job.stages()
-    plan = plan_pool(cfg, uses_gpu=any(s.gpu for s in stages))
     num_blocks = max(1, math.ceil(len(pending) / cfg.inputs_per_block))
+    plan = plan_pool(cfg, uses_gpu=any(s.gpu for s in stages), max_useful=num_blocks)
     with warnings.catch_warnings():
         # Retry and restart bounds are only reachable through ray_remote_args in Ray 2.60,
         # which warns that the keyword moves in 2.64.

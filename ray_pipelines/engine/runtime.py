@@ -44,12 +44,13 @@ class PoolPlan:
     decode_cpus: float    # per decode task
 
 
-def plan_pool(cfg: CommonConfig, uses_gpu: bool = True) -> PoolPlan:
+def plan_pool(cfg: CommonConfig, uses_gpu: bool = True, max_useful: int | None = None) -> PoolPlan:
     """Pool size and per-actor resources from the config and the cluster.
 
     GPU when the cluster has one and ``num_gpus`` is unset (or > 0). On CPU the
     actors share all CPUs but ``CPU_RESERVE`` (decode then fuses into the
-    actors; see docs/architecture.md).
+    actors; see docs/architecture.md). ``max_useful`` (the number of input
+    blocks) caps the pool: more actors than blocks would only sit idle.
     """
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 1))
@@ -68,6 +69,9 @@ def plan_pool(cfg: CommonConfig, uses_gpu: bool = True) -> PoolPlan:
         low = high = max(1, int(gpus // num_gpus))
     else:
         low = high = max(1, int(cpus))
+    if max_useful is not None:
+        high = max(1, min(high, max_useful))
+        low = min(low, high)
     if num_gpus > 0:
         return PoolPlan(low, high, num_gpus, num_cpus=1.0, decode_cpus=1.0)
     per_actor = max(0.1, round((cpus - CPU_RESERVE) / high, 3))

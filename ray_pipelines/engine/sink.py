@@ -123,10 +123,14 @@ class ShardSink(Datasink):
         return {"rows": int(ok.sum()), "error_rows": len(error_rows), "files": len(files),
                 "bytes": sum(int(f["bytes"]) for f in files)}
 
+    def make_table(self, rows: dict[str, np.ndarray]) -> pa.Table:
+        """The Arrow table of one file's rows (override to choose other column types)."""
+        return table_from_columns({c: rows[c] for c in self.output_columns},
+                                  {"ray_pipelines.fingerprint": self.fingerprint, **self.schema_metadata})
+
     def write_split(self, storage: Storage, split: str, rows: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Write one file of ``rows`` (sorted, all in ``split``); return its file records and schema."""
-        table = table_from_columns({c: rows[c] for c in self.output_columns},
-                                   {"ray_pipelines.fingerprint": self.fingerprint, **self.schema_metadata})
+        table = self.make_table(rows)
         name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column])
         relpath = f"{split}/part-{name}.parquet" if split else f"part-{name}.parquet"
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))

@@ -1,0 +1,134 @@
+"""Load any configured encoder behind the :class:`Encoder` interface, and inspect it.
+
+``load_encoder`` runs once per actor (and once on the driver, which also
+probes the model with a short silent input to learn its output channels and
+check that continuous/discrete matches the config before any work starts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .base import Encoder, ModelLoadError, ModuleEncoder
+from .config import ModelConfig
+from .reference import ReferenceAutoencoder
+from .user import build_from_factory, load_torchscript, read_model_file
+
+
+@dataclass(frozen=True)
+class LoadedEncoder:
+    encoder: Encoder
+    weights_sha256: str      # what the weights are (enters the job's config fingerprint)
+
+
+def load_encoder(model: ModelConfig, *, sample_rate: int | None = None, channels: int | None = None,
+                 is_discrete: bool = False, storage_options: dict[str, Any] | None = None) -> LoadedEncoder:
+    """Build the encoder ``model`` describes (on the CPU, in eval mode, no grads).
+
+    ``sample_rate``/``channels`` (the job's ``sample_rate``/``audio_channels``)
+    fill in what the model does not declare and must agree with what it does.
+    """
+    digest = hashlib.sha256()
+    if model.kind == "builtin":
+        if is_discrete:
+            raise ModelLoadError("is_discrete: the built-in reference model is a continuous VAE; "
+                                 "set is_discrete: false or load a discrete model")
+        encoder: Encoder = ReferenceAutoencoder(model.builtin)
+        for name, tensor in encoder.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    elif model.kind == "torchscript":
+        data = read_model_file(model.path, storage_options)
+        digest.update(data)
+        module = load_torchscript(data, model.path)
+        encoder = ModuleEncoder(module, sample_rate=sample_rate, channels=channels,
+                                downsampling_ratio=model.downsampling_ratio, is_discrete=is_discrete,
+                                name=f"the TorchScript model {model.path}")
+    elif model.kind == "factory":
+        checkpoint = read_model_file(model.checkpoint, storage_options) if model.checkpoint else None
+        digest.update(model.factory.encode())
+        if checkpoint is not None:
+            digest.update(checkpoint)
+        module = build_from_factory(model.factory, model.factory_kwargs, checkpoint, model.checkpoint or "")
+        if isinstance(module, Encoder):
+            encoder = module
+        else:
+            encoder = ModuleEncoder(module, sample_rate=sample_rate, channels=channels,
+                                    downsampling_ratio=model.downsampling_ratio, is_discrete=is_discrete,
+                                    name=f"the model from {model.factory}")
+    elif model.kind == "stable-audio-tools":
+        from .stable_audio import import_factory, load_stable_audio
+
+        import_factory()   # fail on a missing package before reading a large checkpoint
+        config_data = read_model_file(model.path, storage_options)
+        checkpoint = read_model_file(model.checkpoint, storage_options)
+        digest.update(config_data)
+        digest.update(checkpoint)
+        encoder = load_stable_audio(config_data, model.path, checkpoint, model.checkpoint)
+        if encoder.is_discrete != is_discrete:
+            raise ModelLoadError(f"is_discrete: the config says {is_discrete} but the model's bottleneck is "
+                                 f"{'discrete' if encoder.is_discrete else 'continuous'}")
+    else:  # pragma: no cover - the config's Literal keeps this out
+        raise ModelLoadError(f"unknown model.kind {model.kind!r}")
+    _check_agrees(encoder, sample_rate, channels)
+    encoder.eval().requires_grad_(False)
+    return LoadedEncoder(encoder, digest.hexdigest())
+
+
+def _check_agrees(encoder: Encoder, sample_rate: int | None, channels: int | None) -> None:
+    for key, configured, declared in (("sample_rate", sample_rate, encoder.sample_rate),
+                                      ("audio_channels", channels, encoder.channels)):
+        if configured is not None and configured != declared:
+            raise ModelLoadError(f"{key}: the config says {configured} but the model takes {declared}; "
+                                 f"remove {key} from the config (it comes from the model) or fix it")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the job needs to know about a model before it runs."""
+
+    sample_rate: int
+    channels: int
+    downsampling_ratio: int
+    is_discrete: bool
+    has_posterior: bool
+    latent_channels: int       # D (continuous) or Q (codebooks)
+    output_dtype: str          # of encode(), at float32
+    weights_sha256: str
+    description: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def inspect_encoder(loaded: LoadedEncoder, *, sample_size: int, is_discrete: bool) -> ModelInfo:
+    """Probe ``encode`` on a short silent input and check it against the config."""
+    encoder = loaded.encoder
+    ratio = encoder.downsampling_ratio
+    if sample_size % ratio:
+        below, above = sample_size // ratio * ratio, (sample_size // ratio + 1) * ratio
+        raise ModelLoadError(f"sample_size: {sample_size} is not a multiple of the model's downsampling ratio "
+                             f"{ratio}; use {below or above} or {above}")
+    length = min(sample_size, 16 * ratio)
+    try:
+        with torch.inference_mode():
+            out = encoder.encode(torch.zeros(1, encoder.channels, length))
+    except Exception as e:
+        raise ModelLoadError(f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelLoadError(f"the model's encode must return [B, D, N]; it returned {shape} for [1, C, T]")
+    integer = not (out.dtype.is_floating_point or out.dtype.is_complex)
+    if is_discrete and not integer:
+        raise ModelLoadError(f"is_discrete: true, but the model returns {out.dtype} latents, not integer tokens")
+    if not is_discrete and integer:
+        raise ModelLoadError(f"the model returns integer tokens ({out.dtype}); set is_discrete: true")
+    return ModelInfo(sample_rate=encoder.sample_rate, channels=encoder.channels, downsampling_ratio=ratio,
+                     is_discrete=is_discrete, has_posterior=encoder.has_posterior, latent_channels=int(out.shape[1]),
+                     output_dtype=str(out.dtype).replace("torch.", ""), weights_sha256=loaded.weights_sha256,
+                     description=encoder.describe())

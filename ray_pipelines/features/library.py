@@ -1,0 +1,99 @@
+"""A music library as labelled songs: the label is the first folder under the root.
+
+    rock/Album/01 song.mp3      -> label "rock"
+    rock/CD1/extras/02.flac     -> label "rock" (deeper folders keep the label)
+    jazz/.cache/x.mp3           -> skipped when ".*" is in skip_dirs
+    loose.mp3                   -> unlabelled (no folder), reported and left out
+
+Paths are relative to the source root the engine lists from (the directory,
+the glob's fixed prefix, the list file's folder; for a tar shard, the member
+name inside the shard), so a library reads the same from disk, S3 or tars.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from dataclasses import dataclass, field
+
+from ..sources import InputItem
+
+
+def library_path(item: InputItem) -> str:
+    """The path that carries the label: the key, or the member name for a tar member."""
+    if item.member_offset >= 0 and "#" in item.source:
+        return item.source.split("#", 1)[1]
+    return item.key
+
+
+def label_of(path: str) -> str | None:
+    """The first path component, or None for a file directly at the root."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    return parts[0] if len(parts) > 1 else None
+
+
+def in_skipped_dir(path: str, skip_dirs: list[str]) -> bool:
+    """Whether any folder of ``path`` (at any depth, not the file name) matches a skip pattern."""
+    folders = [p for p in posixpath.dirname(path).split("/") if p]
+    return any(fnmatch.fnmatchcase(folder, pattern) for folder in folders for pattern in skip_dirs)
+
+
+@dataclass
+class LibraryScan:
+    """The outcome of scanning: kept songs with their labels, and what was left out and why."""
+
+    items: list[InputItem]                                   # kept songs, sorted by key
+    labels: dict[str, str]                                   # key -> label name, kept songs only
+    songs_per_label: dict[str, int]                          # kept labels -> songs
+    dropped: dict[str, int] = field(default_factory=dict)    # labels under min_per_label -> songs
+    unlabelled: list[str] = field(default_factory=list)      # keys of files at the root
+    skipped: int = 0                                         # files inside skip_dirs
+
+
+def scan_library(items: list[InputItem], *, skip_dirs: list[str], min_per_label: int,
+                 always_keep: set[str] = frozenset()) -> LibraryScan:
+    """Label every listed file and drop labels with fewer than ``min_per_label`` songs.
+
+    ``always_keep`` names labels that stay whatever their count (labels an
+    earlier run of the same output already wrote rows for).
+    """
+    by_label: dict[str, list[InputItem]] = {}
+    unlabelled: list[str] = []
+    skipped = 0
+    for item in sorted(items, key=lambda i: i.key):
+        path = library_path(item)
+        if in_skipped_dir(path, skip_dirs):
+            skipped += 1
+            continue
+        label = label_of(path)
+        if label is None:
+            unlabelled.append(item.key)
+            continue
+        by_label.setdefault(label, []).append(item)
+
+    kept_items: list[InputItem] = []
+    labels: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    for label in sorted(by_label):
+        songs = by_label[label]
+        if len(songs) < min_per_label and label not in always_keep:
+            dropped[label] = len(songs)
+            continue
+        counts[label] = len(songs)
+        for item in songs:
+            labels[item.key] = label
+            kept_items.append(item)
+    kept_items.sort(key=lambda i: i.key)
+    return LibraryScan(items=kept_items, labels=labels, songs_per_label=counts, dropped=dropped,
+                       unlabelled=unlabelled, skipped=skipped)
+
+
+def extend_label_names(known: list[str], current: list[str]) -> list[str]:
+    """Label names in index order: ``known`` ones keep their index, new ones follow, sorted.
+
+    A fresh output gets the sorted names; a rerun after a new genre folder
+    appeared appends it, so labels already written keep their integer.
+    """
+    seen = set(known)
+    return list(known) + sorted(name for name in set(current) if name not in seen)

@@ -1,0 +1,135 @@
+"""PyTorch datasets over the encode job's output: ``(latents [C, N], metadata)`` pairs.
+
+- :class:`EncodedLatents` (map-style) reads the ``sat`` layout through
+  ``filelist.txt``: each item is ``{rank}/{id}.npy`` and its ``.json``.
+- :class:`EncodedShardRows` (iterable, streaming) reads the ``parquet`` layout.
+- :func:`open_encoded` picks the right one from the output's ``_job.json``.
+
+``metadata["padding_mask"]`` is a bool tensor ``[N]`` (True = real audio).
+With ``latent_crop_length = L`` every item is exactly ``L`` frames: longer
+latents are cropped at a start drawn per (seed, epoch, key, window) among
+the starts that keep at least one real frame (or at 0 with
+``random_crop=False``); shorter ones are zero-padded with mask 0, like
+stable-audio-tools' pre-encoded dataset.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..encoders.sat_sink import FILELIST
+from ..seeding import sample_rng
+from ..storage import Storage
+from .parquet import ShardRows, list_shards
+
+
+def crop_latents(latents: np.ndarray, mask: np.ndarray, length: int,
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``[C, N]`` latents and ``[N]`` mask -> exactly ``length`` frames, and the crop start.
+
+    The start is uniform over the starts whose crop holds at least one real
+    frame (0 when ``rng`` is None); shorter inputs are zero-padded.
+    """
+    frames = latents.shape[-1]
+    if frames <= length:
+        pad = length - frames
+        return (np.pad(latents, [(0, 0)] * (latents.ndim - 1) + [(0, pad)]),
+                np.pad(mask, (0, pad)), 0)
+    start = 0
+    if rng is not None:
+        cumulative = np.concatenate([[0], np.cumsum(np.asarray(mask, dtype=np.int64) > 0)])
+        real_in_crop = cumulative[length:] - cumulative[:-length]      # one per start 0..N-L
+        candidates = np.flatnonzero(real_in_crop > 0)
+        if len(candidates) == 0:                                       # no real frame at all
+            candidates = np.arange(frames - length + 1)
+        start = int(candidates[rng.integers(len(candidates))])
+    return latents[..., start:start + length], mask[start:start + length], start
+
+
+class _Cropper:
+    """Shared by both datasets: mask to bool tensor, optional crop, tensors out."""
+
+    def __init__(self, latent_crop_length: int | None, random_crop: bool, seed: int):
+        self.latent_crop_length = latent_crop_length
+        self.random_crop = random_crop
+        self.seed = seed
+
+    def __call__(self, latents: np.ndarray, metadata: dict[str, Any], epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        mask = np.asarray(metadata["padding_mask"], dtype=np.uint8)
+        if self.latent_crop_length is not None:
+            rng = (sample_rng(self.seed, "crop", epoch, metadata.get("key", ""), int(metadata.get("window", 0)))
+                   if self.random_crop else None)
+            latents, mask, start = crop_latents(latents, mask, self.latent_crop_length, rng)
+            metadata["latent_crop_start"] = start
+            metadata["latent_crop_length"] = self.latent_crop_length
+        metadata["padding_mask"] = torch.from_numpy(mask.astype(bool))
+        return torch.from_numpy(np.array(latents, copy=True)), metadata
+
+
+class EncodedLatents(Dataset):
+    """The ``sat`` layout: items listed in ``filelist.txt``, each an ``.npy`` and its ``.json``."""
+
+    def __init__(self, output: str, *, latent_crop_length: int | None = None, random_crop: bool = True,
+                 seed: int = 0, storage_options: dict[str, Any] | None = None):
+        self.storage = Storage(output, storage_options)
+        if not self.storage.exists(FILELIST):
+            raise FileNotFoundError(f"{output} has no {FILELIST}: is it an encode job's committed sat-layout output?")
+        with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
+            self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
+        self.crop = _Cropper(latent_crop_length, random_crop, seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        relpath = self.files[index]
+        with self.storage.fs.open(self.storage.abspath(relpath), "rb") as f:
+            latents = np.load(f, allow_pickle=False)
+        metadata = self.storage.read_json(posixpath.splitext(relpath)[0] + ".json")
+        metadata["latent_filename"] = self.storage.url(relpath)
+        return self.crop(latents, metadata, self.epoch)
+
+
+class EncodedShardRows(ShardRows):
+    """The ``parquet`` layout, streamed row group by row group (see :class:`ShardRows`)."""
+
+    def __init__(self, output: str, *, latent_crop_length: int | None = None, random_crop: bool = True,
+                 seed: int = 0, storage_options: dict[str, Any] | None = None, **kwargs):
+        super().__init__(list_shards(output, storage_options=storage_options), seed=seed,
+                         storage_options=storage_options, **kwargs)
+        self.crop = _Cropper(latent_crop_length, random_crop, seed)
+        self.transform = self._to_item
+
+    def _to_item(self, row: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        metadata = {name: (value.tolist() if isinstance(value, np.ndarray) and name != "padding_mask" else
+                           value.item() if isinstance(value, np.generic) else value)
+                    for name, value in row.items() if name != "latents"}
+        return self.crop(row["latents"], metadata, self.epoch)
+
+
+def open_encoded(output: str, layout: str | None = None, **kwargs) -> EncodedLatents | EncodedShardRows:
+    """The dataset for an encode output; ``layout`` (``sat``/``parquet``) picks one of a ``both`` output."""
+    storage = Storage(output, kwargs.get("storage_options"))
+    written = storage.read_json("_job.json").get("config", {}).get("layout", "sat") if storage.exists("_job.json") else "sat"
+    chosen = layout or ("sat" if written in ("sat", "both") else "parquet")
+    if written != "both" and chosen != written:
+        raise ValueError(f"{output} was written with layout {written!r}, not {chosen!r}")
+    return EncodedLatents(output, **kwargs) if chosen == "sat" else EncodedShardRows(output, **kwargs)
+
+
+def collate_encoded(items: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Stack latents ``[B, C, N]`` (items must share a length: use ``latent_crop_length``); keep metadata a list."""
+    return torch.stack([latents for latents, _ in items]), [metadata for _, metadata in items]
+
+
+def read_details(output: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    return Storage(output, storage_options).read_json("details.json")

@@ -1,0 +1,156 @@
+"""Everything derived from the stored scores: summaries, filter decisions, groups, plots.
+
+Written next to the scores by the score job (after commit) and again by
+``ray-pipelines filter`` (from stored scores, nothing recomputed)::
+
+    summary/<split>.csv       the summary CSV format (one row) per split
+    summary.json              the same, plus item counts, for every split
+    filter.json               the settings, the bounds actually used, counts
+    kept.txt / ignored.txt    input keys, one per line (keep_list / ignore_list for other jobs)
+    decisions.csv             filename,item,split,kept,reason per item (and per failed input)
+    groups.csv                split,group,label,decided_by,items,kept_items,votes
+    histograms/<score>.png    histogram per split with the cut lines
+
+An input key is kept when every one of its items is kept; a key with an
+ignored item, or that failed to decode (errors.jsonl), is ignored. Every
+key therefore lands in exactly one of kept.txt and ignored.txt.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..storage import Storage
+from .filters import SCORES, FilterResult, FilterRule, run_filters
+from .groups import vote_groups
+from .plots import figure_png, histogram_figure
+from .summary import split_summary, summary_csv
+from .table import ScoreTable, read_predictions
+
+
+class FilterSettings(BaseModel):
+    """The filter section of a score config (also a config file of its own for ``ray-pipelines filter``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reconstruction_loss: FilterRule = Field(default_factory=FilterRule)
+    signal_energy: FilterRule = Field(default_factory=FilterRule)
+    train_split: str = Field("train", description="The split whose scores define the bounds.")
+    all_filtered_label: str = Field("good", description="Label of a group whose items were all filtered out; "
+                                                        "also wins ties it takes part in.")
+    predictions: str | None = Field(None, description="CSV (filename, prediction[, item]) voted on per group "
+                                                      "instead of the class labels.")
+    histogram_bins: int = Field(50, ge=1)
+
+    def rules(self) -> dict[str, FilterRule]:
+        return {name: getattr(self, name) for name in SCORES}
+
+
+def _csv(rows: list[list[Any]], header: list[str]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _json_number(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def write_summaries(storage: Storage, table: ScoreTable, bins: int = 50) -> dict[str, dict[str, Any]]:
+    summaries = {}
+    splits = table["split"].astype(str)
+    for split in sorted(set(splits)):
+        rows = splits == split
+        summary = split_summary(table["reconstruction_loss"][rows], table["signal_energy"][rows], bins)
+        storage.write_bytes(f"summary/{split or 'all'}.csv", summary_csv(summary).encode())
+        summaries[split] = {k: (_json_number(v) if isinstance(v, float) else v) for k, v in summary.items()}
+    storage.write_json("summary.json", summaries)
+    return summaries
+
+
+def item_labels(table: ScoreTable, settings: FilterSettings, storage_options: dict[str, Any] | None) -> np.ndarray:
+    """What each item votes for: its prediction when a predictions file is given, else its class."""
+    if not settings.predictions:
+        return table["class"]
+    predictions = read_predictions(settings.predictions, storage_options)
+    return np.array([predictions.get((k, int(i)), "") for k, i in zip(table["key"], table["item"])], dtype=object)
+
+
+def key_lists(table: ScoreTable, kept: np.ndarray, errors: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(kept keys, ignored keys): a key is kept when all its items are, and it has no error."""
+    all_kept: dict[str, bool] = {}
+    for key, keep in zip(table["key"], kept):
+        all_kept[key] = all_kept.get(key, True) and bool(keep)
+    for key in errors:
+        all_kept[key] = False
+    return sorted(k for k, v in all_kept.items() if v), sorted(k for k, v in all_kept.items() if not v)
+
+
+def write_filter_outputs(storage: Storage, table: ScoreTable, settings: FilterSettings,
+                         errors: dict[str, str] | None = None, scores_from: str = "",
+                         storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the filters on ``table`` and write filter.json, the key lists, decisions, groups, plots."""
+    errors = errors or {}
+    splits = table["split"].astype(str)
+    result: FilterResult = run_filters({name: table[name] for name in SCORES}, splits, settings.rules(),
+                                       settings.train_split)
+    kept_keys, ignored_keys = key_lists(table, result.kept, errors)
+    storage.write_bytes("kept.txt", "".join(f"{k}\n" for k in kept_keys).encode())
+    storage.write_bytes("ignored.txt", "".join(f"{k}\n" for k in ignored_keys).encode())
+
+    decisions = [[table["key"][i], int(table["item"][i]), splits[i], int(result.kept[i]), result.reasons[i]]
+                 for i in range(len(table))]
+    decisions += [[key, -1, "", 0, f"error: {reason}"] for key, reason in sorted(errors.items())]
+    storage.write_bytes("decisions.csv", _csv(decisions, ["filename", "item", "split", "kept", "reason"]))
+
+    labels = item_labels(table, settings, storage_options)
+    groups = vote_groups(table["group"], splits, labels, result.kept, settings.all_filtered_label)
+    storage.write_bytes("groups.csv", _csv(
+        [[g.split, g.group, g.label, g.decided_by, g.items, g.kept_items, g.votes_text()] for g in groups],
+        ["split", "group", "label", "decided_by", "items", "kept_items", "votes"]))
+
+    for name in SCORES:
+        bounds = result.bounds[name]
+        by_split = {s: table[name][splits == s] for s in sorted(set(splits))}
+        figure = histogram_figure(by_split, name, bounds.low, bounds.high, settings.histogram_bins)
+        storage.write_bytes(f"histograms/{name}.png", figure_png(figure))
+
+    counts = {s: {"items": int((splits == s).sum()), "kept": int((result.kept & (splits == s)).sum()),
+                  "ignored": int((~result.kept & (splits == s)).sum())} for s in sorted(set(splits))}
+    report = {
+        "scores": scores_from,
+        "train_split": settings.train_split,
+        "bounds": {name: result.bounds[name].report for name in SCORES},
+        "counts": counts,
+        "keys": {"kept": len(kept_keys), "ignored": len(ignored_keys), "errors": len(errors)},
+        "groups": {"groups": len(groups), "all_filtered": sum(g.decided_by == "all_filtered" for g in groups),
+                   "ties": sum(g.decided_by == "tie" for g in groups),
+                   "labels": "predictions" if settings.predictions else "class"},
+        "settings": settings.model_dump(mode="json"),
+    }
+    storage.write_json("filter.json", report)
+    return report
+
+
+def format_filter_report(report: dict[str, Any]) -> str:
+    """A few lines for people: the bounds used and what was kept."""
+    lines = [f"filter (bounds from the {report['train_split']!r} split)"]
+    for name, bounds in report["bounds"].items():
+        low, high = bounds.get("low"), bounds.get("high")
+        span = "keep all" if bounds["mode"] == "none" else \
+            f"keep [{'-inf' if low is None else f'{low:.6g}'}, {'inf' if high is None else f'{high:.6g}'}]"
+        lines.append(f"  {name:<20} {bounds['mode']:<10} {span}" + (f"  ({bounds['note']})" if "note" in bounds else ""))
+    for split, c in report["counts"].items():
+        lines.append(f"  {split or 'all':<20} {c['kept']} kept, {c['ignored']} ignored of {c['items']}")
+    k = report["keys"]
+    lines.append(f"  keys                 {k['kept']} kept, {k['ignored']} ignored ({k['errors']} errors)")
+    g = report["groups"]
+    if g["groups"]:
+        lines.append(f"  groups               {g['groups']} ({g['ties']} ties, {g['all_filtered']} all filtered)")
+    return "\n".join(lines)

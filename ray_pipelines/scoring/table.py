@@ -1,0 +1,120 @@
+"""The stored scores: read from a score job's output (Parquet) or a scores CSV, written as CSV.
+
+CSV columns: ``filename,split,class,group,reconstruction_loss,signal_energy,item``
+(the first six are the evaluation script's; ``item`` numbers the items of one
+input, 0 for files). Floats are written with ``repr`` (shortest text that
+reads back to the same float).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..storage import Storage, get_fs
+
+PARQUET_COLUMNS = ("key", "item", "split", "class", "group", "reconstruction_loss", "signal_energy")
+CSV_COLUMNS = ("filename", "split", "class", "group", "reconstruction_loss", "signal_energy", "item")
+
+
+@dataclass
+class ScoreTable:
+    """Scores of every item, sorted by (key, item). Columns are NumPy arrays named as in Parquet."""
+
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.columns["key"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "ScoreTable":
+        n = len(columns["key"])
+        data = {
+            "key": np.asarray(columns["key"], dtype=object).astype(str).astype(object),
+            "item": np.asarray(columns.get("item", np.zeros(n)), dtype=np.int64),
+            "split": np.asarray(columns["split"], dtype=object).astype(str).astype(object),
+            "class": np.asarray(columns.get("class", [""] * n), dtype=object).astype(str).astype(object),
+            "group": np.asarray(columns.get("group", [""] * n), dtype=object).astype(str).astype(object),
+            "reconstruction_loss": np.asarray(columns["reconstruction_loss"], dtype=np.float64),
+            "signal_energy": np.asarray(columns["signal_energy"], dtype=np.float64),
+        }
+        order = np.lexsort((data["item"], data["key"].astype(str)))
+        return cls({name: values[order] for name, values in data.items()})
+
+    @classmethod
+    def from_output(cls, root: str, storage_options: dict[str, Any] | None = None,
+                    manifest: dict[str, Any] | None = None) -> "ScoreTable":
+        """Every score file a committed score job output lists in its manifest."""
+        storage = Storage(root, storage_options)
+        manifest = manifest or storage.read_json("manifest.json")
+        parts: dict[str, list[Any]] = {name: [] for name in PARQUET_COLUMNS}
+        for record in manifest.get("files", []):
+            if not record["path"].endswith(".parquet"):
+                continue
+            with storage.fs.open(storage.abspath(record["path"]), "rb") as f:
+                table = pq.read_table(f, columns=list(PARQUET_COLUMNS))
+            for name in PARQUET_COLUMNS:
+                parts[name].extend(table.column(name).to_pylist())
+        return cls.from_columns(parts)
+
+    @classmethod
+    def from_csv(cls, url: str, storage_options: dict[str, Any] | None = None) -> "ScoreTable":
+        """A scores CSV (this job's, or the evaluation script's: filename, split, scores; class/group/item optional)."""
+        fs, path = get_fs(url, storage_options)
+        with fs.open(path, "r") as f:
+            rows = list(csv.DictReader(f))
+        missing = [c for c in ("filename", "split", "reconstruction_loss", "signal_energy")
+                   if rows and c not in rows[0]]
+        if missing:
+            raise ValueError(f"{url}: missing column(s) {', '.join(missing)}")
+        return cls.from_columns({
+            "key": [r["filename"] for r in rows], "item": [int(r.get("item") or 0) for r in rows],
+            "split": [r["split"] for r in rows], "class": [r.get("class") or "" for r in rows],
+            "group": [r.get("group") or "" for r in rows],
+            "reconstruction_loss": [float(r["reconstruction_loss"]) for r in rows],
+            "signal_energy": [float(r["signal_energy"]) for r in rows],
+        })
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        c = self.columns
+        for i in range(len(self)):
+            writer.writerow([c["key"][i], c["split"][i], c["class"][i], c["group"][i],
+                             repr(float(c["reconstruction_loss"][i])), repr(float(c["signal_energy"][i])),
+                             int(c["item"][i])])
+        return buffer.getvalue()
+
+
+def read_errors(root: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """``{key: reason}`` from an output's errors.jsonl (empty when there is none)."""
+    storage = Storage(root, storage_options)
+    if not storage.exists("errors.jsonl"):
+        return {}
+    errors: dict[str, str] = {}
+    with storage.fs.open(storage.abspath("errors.jsonl"), "r") as f:
+        for line in f:
+            if line.strip():
+                entry = json.loads(line)
+                errors.setdefault(entry["key"], entry.get("reason", "error"))
+    return errors
+
+
+def read_predictions(url: str, storage_options: dict[str, Any] | None = None) -> dict[tuple[str, int], str]:
+    """``{(filename, item): prediction}`` from a CSV with columns filename, prediction (item optional)."""
+    fs, path = get_fs(url, storage_options)
+    with fs.open(path, "r") as f:
+        rows = list(csv.DictReader(f))
+    if rows and ("filename" not in rows[0] or "prediction" not in rows[0]):
+        raise ValueError(f"{url}: a predictions CSV needs the columns filename and prediction")
+    return {(r["filename"], int(r.get("item") or 0)): r["prediction"] for r in rows}

@@ -1,0 +1,155 @@
+"""The encode stage: padded windows of audio -> latents (or tokens), padding mask and metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..encoders.base import Encoder
+from ..encoders.config import ModelConfig
+from ..encoders.functional import posterior_noise, sample_posterior
+from ..encoders.loading import load_encoder
+from ..padding import latent_padding_mask
+from .device import pick_device
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def window_metadata(start_seconds: np.ndarray, file_seconds: np.ndarray, sample_size: int,
+                    sample_rate: int) -> dict[str, np.ndarray]:
+    """stable-audio-tools' per-sample metadata for windows of ``sample_size`` samples.
+
+    ``seconds_start = floor(start)``, ``seconds_total = ceil(file length)`` (whole
+    seconds, as its dataset writes them) and ``timestamps = [start, end]`` as
+    fractions of ``max(file length, sample_size)`` (its PadCrop convention).
+    """
+    start_seconds = np.asarray(start_seconds, dtype=np.float64)
+    file_seconds = np.asarray(file_seconds, dtype=np.float64)
+    start = np.round(start_seconds * sample_rate)
+    total = np.maximum(np.round(file_seconds * sample_rate), sample_size)
+    timestamps = np.stack([start / total, np.minimum(start + sample_size, total) / total], axis=1)
+    return {
+        "seconds_start": np.floor(start_seconds + 1e-9).astype(np.int64),
+        "seconds_total": np.ceil(file_seconds - 1e-9).astype(np.int64),
+        "timestamps": timestamps,
+    }
+
+
+class EncodeStage:
+    """``{"key", "window", "audio" [B, C, T], "valid_samples", "error", ...}`` -> ``latents [B, D, N]`` + mask.
+
+    The model is loaded once per actor, moved to ``cuda`` when the actor has a
+    GPU, and cast to fp16 (``precision="fp16"``, pre_encode's ``model_half``) or
+    bf16. On CUDA rows are encoded ``batch_size`` at a time; on CPU one at a
+    time, so every row's bytes are independent of how rows were batched (CPU
+    convolution kernels differ by batch size in the last bit; the speed is the
+    same). A VAE's posterior is sampled with noise drawn per (seed, key, window),
+    or its mean is taken. A row the model fails on, or whose latents are not
+    finite, becomes an error row; the others go on.
+    """
+
+    def __init__(self, *, model: dict[str, Any], sample_size: int, seed: int = 0, sample_rate: int | None = None,
+                 audio_channels: int | None = None, is_discrete: bool = False, sample_posterior: bool = True,
+                 precision: str = "fp32", batch_size: int = 1, storage_options: dict[str, Any] | None = None,
+                 device: str | None = None):
+        self.device = pick_device(device)
+        loaded = load_encoder(ModelConfig.model_validate(model), sample_rate=sample_rate, channels=audio_channels,
+                              is_discrete=is_discrete, storage_options=storage_options)
+        self.encoder: Encoder = loaded.encoder
+        self.dtype = PRECISIONS[precision]
+        self.encoder.to(device=self.device, dtype=self.dtype)
+        self.sample_size = sample_size
+        self.seed = seed
+        self.is_discrete = is_discrete
+        self.sample_posterior = sample_posterior and not is_discrete and self.encoder.has_posterior
+        self.out_dtype = np.dtype(np.int64 if is_discrete else (np.float16 if precision == "fp16" else np.float32))
+        self.micro_batch = max(1, batch_size) if self.device.type == "cuda" else 1
+        self.sample_rate = self.encoder.sample_rate
+        self.ratio = self.encoder.downsampling_ratio
+        self._latent_shape: tuple[int, int] | None = None
+
+    # ---- the model --------------------------------------------------------------
+    def encode(self, audio: torch.Tensor, keys: list[str], windows: list[int]) -> torch.Tensor:
+        """``[b, C, T]`` -> ``[b, D, N]`` on the CPU: latents in float32 (or tokens in int64)."""
+        x = audio.to(self.device, self.dtype, non_blocking=True)
+        with torch.inference_mode():
+            if self.sample_posterior:
+                mean, std = self.encoder.posterior(x)
+                z = sample_posterior(mean, std, posterior_noise(self.seed, keys, windows, tuple(mean.shape[1:])))
+            else:
+                z = self.encoder.encode(x)
+        if self.is_discrete:
+            return z.to(torch.int64).cpu()
+        return z.float().cpu()
+
+    def latent_shape(self) -> tuple[int, int]:
+        """``(D, N)`` for a full window (probed once when no row has been encoded yet)."""
+        if self._latent_shape is None:
+            z = self.encode(torch.zeros(1, self.encoder.channels, self.sample_size), ["probe"], [0])
+            self._latent_shape = tuple(z.shape[1:])
+        return self._latent_shape
+
+    def _encode_rows(self, audio: np.ndarray, keys: list[str], windows: list[int]) -> list[np.ndarray | str]:
+        """Per row: latents ``[D, N]`` in the output dtype, or an error reason."""
+        try:
+            z = self.encode(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), keys, windows)
+        except Exception as e:
+            if len(keys) > 1:   # find the row that fails; encode the others
+                return [r for i in range(len(keys))
+                        for r in self._encode_rows(audio[i:i + 1], keys[i:i + 1], windows[i:i + 1])]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return [f"encode failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+        self._latent_shape = tuple(z.shape[1:])
+        out: list[np.ndarray | str] = []
+        for row in z.numpy():
+            if not self.is_discrete and not np.isfinite(row).all():
+                out.append("non-finite latents: the model produced NaN/inf"
+                           + (" (fp16 overflow? try bf16)" if self.dtype == torch.float16 else ""))
+                continue
+            value = row.astype(self.out_dtype)
+            if self.out_dtype == np.float16 and not np.isfinite(value).all():
+                out.append("non-finite latents: values overflow float16; try bf16 (stored as float32)")
+                continue
+            out.append(value)
+        return out
+
+    # ---- the batch ----------------------------------------------------------------
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        audio = batch.pop("audio")
+        if audio.ndim == 2:   # mono decoded as [B, T]
+            audio = audio[:, None, :]
+        n = len(audio)
+        errors = np.array([str(e) for e in batch["error"]], dtype=object)
+        valid = np.asarray(batch["valid_samples"], dtype=np.int64)
+        empty = (errors == "") & (valid <= 0)
+        errors[empty] = "empty window: no audio samples in it"
+        keys = [str(k) for k in batch["key"]]
+        windows = [int(w) for w in batch["window"]]
+
+        results: dict[int, np.ndarray] = {}
+        todo = np.flatnonzero(errors == "")
+        for start in range(0, len(todo), self.micro_batch):
+            rows = todo[start:start + self.micro_batch]
+            encoded = self._encode_rows(audio[rows], [keys[i] for i in rows], [windows[i] for i in rows])
+            for i, value in zip(rows, encoded):
+                if isinstance(value, str):
+                    errors[i] = value
+                else:
+                    results[int(i)] = value
+
+        dims, frames = self.latent_shape()
+        latents = np.zeros((n, dims, frames), dtype=self.out_dtype)
+        for i, value in results.items():
+            latents[i] = value
+        mask = latent_padding_mask(np.where(errors == "", valid, 0), self.ratio, frames)
+        batch.update(window_metadata(batch["start_seconds"], batch["file_seconds"], self.sample_size, self.sample_rate))
+        batch["latents"] = latents
+        batch["padding_mask"] = mask
+        batch["error"] = errors
+        batch["sample_rate"] = np.full(n, self.sample_rate, dtype=np.int64)
+        batch["path"] = np.array([str(s) for s in batch["source"]], dtype=object)
+        batch["relpath"] = np.array(keys, dtype=object)
+        return batch

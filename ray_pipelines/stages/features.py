@@ -1,0 +1,57 @@
+"""The features stage: 16 kHz snippets -> AST input values ``[max_length, n_mels]``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..features.kaldi import AST_MEAN, AST_STD, ASTFeatures
+from .device import pick_device
+
+
+class FeaturesStage:
+    """``{"audio" [B, T], "valid_samples" [B], "error", ...}`` -> ``input_values [B, max_length, n_mels]``.
+
+    ``valid_samples`` says how much of a snippet is real audio (a song shorter
+    than one snippet is padded by the decoder): features come from the real
+    part only and are padded with zero frames, as the AST feature extractor
+    does for short audio. Error rows get zeros (the sink drops them).
+
+    On CPU every snippet is computed on its own, so its bytes never depend on
+    which rows shared its batch; on CUDA the full-length snippets of a batch
+    go through at once.
+    """
+
+    def __init__(self, *, sample_rate: int = 16000, n_mels: int = 128, max_length: int = 1024,
+                 normalize: bool = True, mean: float = AST_MEAN, std: float = AST_STD, device: str | None = None):
+        self.device = pick_device(device)
+        self.features = ASTFeatures(sample_rate, n_mels, max_length, normalize, mean, std).to(self.device)
+        self.shape = (max_length, n_mels)
+
+    def compute(self, audio: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Features of ``audio [B, T]`` given each row's real length ``valid [B]``."""
+        out = np.zeros((len(audio), *self.shape), dtype=np.float32)
+        full = valid >= audio.shape[-1]
+        with torch.inference_mode():
+            if self.device.type == "cuda" and full.any():
+                rows = np.flatnonzero(full)
+                wave = torch.from_numpy(np.ascontiguousarray(audio[rows], dtype=np.float32)).to(self.device)
+                out[rows] = self.features(wave).cpu().numpy()
+                pending = np.flatnonzero(~full)
+            else:
+                pending = np.arange(len(audio))
+            for i in pending:
+                wave = torch.from_numpy(np.ascontiguousarray(audio[i], dtype=np.float32)).to(self.device)
+                out[i] = self.features(wave, int(valid[i])).cpu().numpy()
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        audio = batch.pop("audio")
+        valid = batch.pop("valid_samples", None)
+        valid = np.full(len(audio), audio.shape[-1]) if valid is None else valid.astype(np.int64)
+        values = np.zeros((len(audio), *self.shape), dtype=np.float32)
+        ok = np.flatnonzero(batch["error"] == "")
+        if len(ok):
+            values[ok] = self.compute(audio[ok], valid[ok])
+        batch["input_values"] = values
+        return batch

