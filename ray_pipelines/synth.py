@@ -79,7 +79,8 @@ class SynthParams:
 
 # ---- draws ------------------------------------------------------------------------------
 def _log_uniform(u: float, low: float, high: float) -> float:
-    return float(np.exp(np.log(low) + u * (np.log(high) - np.log(low))))
+    value = float(np.exp(np.log(low) + u * (np.log(high) - np.log(low))))
+    return min(max(value, low), high)          # exp(log(...)) may land a hair outside the range
 
 
 def draw_params(cfg: SynthConfig, seed: int, key: str, index: int) -> SynthParams:

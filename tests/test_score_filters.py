@@ -97,7 +97,7 @@ def test_empty_train_split_leaves_only_hard_cutoffs():
 
 
 def test_statistics_come_from_train_only_and_apply_to_every_split():
-    splits = np.array(["train"] * 10 + ["val"] * 3 + ["test"] * 0)
+    splits = np.array(["train"] * 10 + ["val"] * 3)
     loss = np.concatenate([ONE_TO_TEN, [100.0, 5.0, -10.0]])     # val outliers must not move the bounds
     energy = np.ones(13)
     result = run_filters({"reconstruction_loss": loss, "signal_energy": energy}, splits,

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+import jobs.score as score_job
 from ray_pipelines.config import load_config
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.scoring.filters import FilterRule, compute_bounds
@@ -56,8 +57,8 @@ def scored(tmp_path_factory, ray_local):
         "input": str(root / "mels"), "output": str(root / "out"), "source": "pt", "n_mels": N_MELS,
         "frames": FRAMES, "group_pattern": r"/(patient\d+)_", "model": MODEL, "batch_size": 4, "actors": 1,
         "filter": {"reconstruction_loss": {"mode": "median"}, "signal_energy": {"mode": "median"}}}))
-    config = load_config(__import__("jobs.score").score.ScoreConfig, config_path)
-    result = run_job(__import__("jobs.score").score.JOB(config), progress=False)
+    config = load_config(score_job.ScoreConfig, config_path)
+    result = run_job(score_job.JOB(config), progress=False)
     return root, tensors, result, config
 
 
@@ -153,13 +154,58 @@ def test_filter_tool_reruns_filters_from_stored_scores(scored, tmp_path):
 
 def test_rerun_with_another_filter_recomputes_nothing(scored):
     root, _, _, config = scored
-    import jobs.score
-
     changed = config.model_copy(update={"filter": config.filter.model_copy(
         update={"signal_energy": FilterRule(mode="hardcode", bounds=(0.0, 0.5))})})
-    result = run_job(jobs.score.JOB(changed), progress=False)
+    result = run_job(score_job.JOB(changed), progress=False)
     assert result.run_rows == 0 and result.counts["skipped_already_committed"] == result.counts["listed"]
     report = json.loads((root / "out/filter.json").read_text())
     assert report["bounds"]["signal_energy"]["high"] == 0.5
     energies = [float(r["signal_energy"]) for r in read_csv(root / "out/scores.csv")]
     assert report["counts"]["train"]["kept"] + report["counts"]["val"]["kept"] == sum(e <= 0.5 for e in energies)
+
+
+def test_score_job_on_audio_files_through_the_cli(tmp_path, ray_local, capsys):
+    """Audio inputs: decoded by the engine, log-mel in the stage; config file plus --set, via main()."""
+    from ray_pipelines.engine.decode import WindowDecoder
+    from tests.audio_helpers import tone, write_audio
+
+    audio = tmp_path / "audio"
+    write_audio(audio / "train/good/patient1_a.flac", tone(0.7, freq=440.0, seed=1))
+    write_audio(audio / "train/bad/patient1_b.wav", tone(0.7, freq=880.0, amplitude=0.05, seed=2))
+    write_audio(audio / "train/good/patient2_silent.wav", np.zeros(30000, dtype=np.float32))
+    write_audio(audio / "val/good/patient3_short.wav", tone(0.01, seed=3))       # below min_duration
+    write_audio(audio / "loose.wav", tone(0.7, seed=4))                           # no {split}/ folder
+    config = {"input": str(audio), "output": str(tmp_path / "out"), "duration": 0.5, "n_mels": 16,
+              "n_fft": 512, "hop_length": 256, "min_duration": 0.1, "group_pattern": r"/(patient\d+)_",
+              "normalize": {"mean": -40.0, "std": 20.0}, "actors": 1, "batch_size": 4,
+              "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2}}
+    (tmp_path / "score.yaml").write_text(yaml.safe_dump(config))
+    assert score_job.main(["--config", str(tmp_path / "score.yaml"), "--no-progress", "--quiet",
+                           "--set", "filter.signal_energy.mode=hardcode",
+                           "--set", "filter.signal_energy.bounds=[0.0, 5.0]"]) == 0
+    assert "items in output" in capsys.readouterr().out
+
+    out = tmp_path / "out"
+    errors = {e["key"]: e["reason"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    assert errors["val/good/patient3_short.wav"].startswith("too short")
+    assert errors["loose.wav"].startswith("no split: key does not match split_pattern")
+    rows = {r["filename"]: r for r in read_csv(out / "scores.csv")}
+    assert sorted(rows) == ["train/bad/patient1_b.wav", "train/good/patient1_a.flac", "train/good/patient2_silent.wav"]
+    assert (rows["train/good/patient1_a.flac"]["class"], rows["train/good/patient1_a.flac"]["group"]) == \
+        ("good", "patient1")
+    # the silent clip sits at the -100 dB floor: normalised to -3 everywhere, energy 9 -> above the cut
+    assert float(rows["train/good/patient2_silent.wav"]["signal_energy"]) == pytest.approx(9.0)
+    assert (out / "ignored.txt").read_text().split() == ["loose.wav", "train/good/patient2_silent.wav",
+                                                         "val/good/patient3_short.wav"]
+
+    # the scores equal the stage run here on the engine's own decoding of the same files
+    job = score_job.JOB(load_config(score_job.ScoreConfig, tmp_path / "score.yaml"))
+    decoder: WindowDecoder = job.decoder()
+    inputs = {i.key: i.to_row() for i in job.list_inputs()}
+    keys = sorted(rows)
+    decoded = [decoder.decode_input(inputs[k])[0] for k in keys]
+    local = ScoreStage(**job.stage_kwargs())(
+        {"key": np.array(keys, dtype=object), "item": np.zeros(len(keys), np.int64),
+         "error": np.array([""] * len(keys), dtype=object), "audio": np.stack([d["audio"] for d in decoded])})
+    assert [float(rows[k]["reconstruction_loss"]) for k in keys] == local["reconstruction_loss"].tolist()
+    assert [float(rows[k]["signal_energy"]) for k in keys] == local["signal_energy"].tolist()

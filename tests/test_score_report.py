@@ -107,3 +107,27 @@ def test_histogram_draws_the_cut_lines_that_are_set():
     assert lines == [1.5]
     figure = histogram_figure({"train": np.zeros(0)}, "loss", low=None, high=7.0)
     assert [line.get_xdata()[0] for line in figure.axes[0].lines] == [7.0]
+
+
+def test_stale_errors_from_an_earlier_attempt_do_not_ignore_scored_keys(tmp_path):
+    from ray_pipelines.scoring.table import live_errors
+
+    table = small_table()
+    errors = [("train/good/p0_0.pt", -1, "unreadable: timeout"),      # retried and scored since
+              ("val/bad/p9_0.pt", 0, "lost: ..."),                     # same (key, item) scored since
+              ("shard/key.wav", 1, "wrong shape"),                     # never scored
+              ("gone.pt", -1, "missing: file not found")]
+    assert live_errors(table, errors) == {"shard/key.wav": "wrong shape", "gone.pt": "missing: file not found"}
+    write_filter_outputs(Storage(str(tmp_path)), table, FilterSettings(signal_energy=FilterRule(mode="none")), errors)
+    assert "train/good/p0_0.pt" in (tmp_path / "kept.txt").read_text().split()
+    assert (tmp_path / "ignored.txt").read_text().split() == ["gone.pt", "shard/key.wav", "val/bad/p9_0.pt"]
+
+
+def test_an_output_without_any_score_still_gets_its_reports(tmp_path):
+    empty = ScoreTable.from_columns({"key": [], "split": [], "reconstruction_loss": [], "signal_energy": []})
+    storage = Storage(str(tmp_path))
+    assert write_summaries(storage, empty) == {}
+    report = write_filter_outputs(storage, empty, FilterSettings(), [("a.pt", -1, "undecodable")])
+    assert report["keys"] == {"kept": 0, "ignored": 1, "errors": 1}
+    assert (tmp_path / "ignored.txt").read_text() == "a.pt\n" and (tmp_path / "kept.txt").read_text() == ""
+    assert (tmp_path / "histograms/signal_energy.png").exists()

@@ -171,11 +171,11 @@ def test_stage_resamples_per_teacher_and_keeps_error_rows(tmp_path):
 
 
 def test_stage_autocast_bf16_stays_close_to_float32():
-    t = np.arange(N) / SR
-    audio = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)[None]
+    n = int(0.3 * SR)
+    audio = (0.3 * np.sin(2 * np.pi * 330 * np.arange(n) / SR)).astype(np.float32)[None]
     results = {}
     for autocast in (None, "bf16"):
-        stage = TeacherStage(teachers=[{"kind": "torchcrepe", "capacity": "tiny"}], sample_rate=SR, num_samples=N,
+        stage = TeacherStage(teachers=[{"kind": "torchcrepe", "capacity": "tiny"}], sample_rate=SR, num_samples=n,
                              autocast=autocast, input_column="audio")
         batch = {"key": np.array(["a"], dtype=object), "error": np.array([""], dtype=object), "audio": audio.copy()}
         results[autocast] = stage(batch)["crepe_tiny_f0"][0, 3:-3]
@@ -186,7 +186,8 @@ def test_stage_autocast_bf16_stays_close_to_float32():
 @pytest.mark.parametrize("change, message", [
     ({"teachers": [{"kind": "pesto"}, {"kind": "pesto"}]}, "teacher names repeat: pesto"),
     ({"input": "audio/"}, "synth is set but input is 'audio/'"),
-    ({"teachers": [{"kind": "loudness", "name": "x"}]}, "clash"),
+    ({"teachers": [{"kind": "torchscript", "name": "start", "path": "a.ts", "sample_rate": 1,
+                    "outputs": {"seconds": "tensor"}}]}, "clash with the job's own columns: start_seconds"),
     ({"teachers": [{"kind": "torchscript", "name": "a", "path": "a.ts", "sample_rate": 1},
                    {"kind": "torchscript", "name": "b", "path": "b.ts", "sample_rate": 1}]}, "only one teacher may output y"),
     ({"synth": {"f0_range": [500, 100]}}, "f0_range"),

@@ -136,9 +136,16 @@ class ShardSink(Datasink):
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
         with storage.open_atomic(relpath) as f:
             pq.write_table(table, f, row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes),
-                           compression=self.compression)
+                           compression=self.compression, use_dictionary=dictionary_columns(table.schema))
         size = storage.fs.size(storage.abspath(relpath))
         return [{"path": relpath, "split": split, "rows": table.num_rows, "bytes": int(size)}], describe_schema(table.schema)
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary-encoding: not tensors. Tensor values almost never repeat, and
+    Parquet's failed dictionary attempt costs more than writing them plainly."""
+    return [f.name for f in schema
+            if not (isinstance(f.type, pa.FixedShapeTensorType) or pa.types.is_fixed_size_list(f.type))]
 
 
 def describe_schema(schema: pa.Schema) -> dict[str, Any]:

@@ -69,3 +69,37 @@ def huggingface_metadata(label_names: list[str], max_length: int, n_mels: int) -
     """Parquet schema metadata that ``datasets`` reads its features from."""
     features = datasets_features(label_names, max_length, n_mels)
     return {"huggingface": json.dumps({"info": {"features": features}}, sort_keys=True)}
+
+
+def load_hf_dataset(output: str, split: str | None = None, *, storage_options: dict[str, Any] | None = None,
+                    **load_kwargs: Any):
+    """The output as a Hugging Face ``DatasetDict`` (or one split's ``Dataset``), with ``label``
+    a ClassLabel over the full ``labels.json``.
+
+    Plain ``load_dataset("parquet", data_files=...)`` takes the features of the
+    first file it opens; after a rerun appended a new label, shards written
+    before it name fewer labels. Passing the features from ``labels.json``
+    makes every split agree. Needs ``datasets`` (a dev extra, not a run-time
+    dependency of the job).
+    """
+    import datasets
+
+    from ..storage import Storage
+
+    storage = Storage(output, storage_options)
+    manifest = storage.read_json("manifest.json")
+    config = manifest["config"]
+    if config.get("tensor_type", NESTED_LIST) != NESTED_LIST:
+        raise ValueError(f"{output} was written with tensor_type {config['tensor_type']!r}, which datasets "
+                         "cannot read; rerun with tensor_type: nested_list")
+    names = storage.read_json("labels.json")
+    features = datasets.Features.from_dict(datasets_features(names, config["max_length"], config["n_mels"]))
+    files: dict[str, list[str]] = {}
+    for record in manifest["files"]:
+        if split is None or record["split"] == split:
+            files.setdefault(record["split"], []).append(storage.url(record["path"]))
+    if not files:
+        raise ValueError(f"no data files in {output}" + (f" for split {split!r}" if split else ""))
+    loaded = datasets.load_dataset("parquet", data_files=files, features=features,
+                                   storage_options=storage_options or None, **load_kwargs)
+    return loaded[split] if split is not None else loaded

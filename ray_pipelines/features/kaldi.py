@@ -90,8 +90,8 @@ def power_spectrum(frames: torch.Tensor, fft_size: int, window: torch.Tensor,
     if preemphasis:
         previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
         frames = frames - preemphasis * previous
-    spectrum = torch.fft.rfft(frames * window, n=fft_size)
-    return spectrum.abs().pow(2.0)
+    frames = torch.nn.functional.pad(frames * window, (0, fft_size - frames.shape[-1]))
+    return torch.fft.rfft(frames).abs().pow(2.0)
 
 
 def log_mel(power: torch.Tensor, banks: torch.Tensor) -> torch.Tensor:
@@ -135,6 +135,8 @@ class ASTFeatures(torch.nn.Module):
     def fbank(self, waveform: torch.Tensor) -> torch.Tensor:
         """Unpadded log-mel filterbank ``[..., frames, n_mels]``."""
         frames = frames_of(waveform, self.size, self.shift)
+        if frames.shape[-2] == 0:    # shorter than one frame: no frames (some FFT backends reject empty input)
+            return waveform.new_zeros((*waveform.shape[:-1], 0, self.n_mels))
         return log_mel(power_spectrum(frames, self.fft_size, self.window), self.banks)
 
     def forward(self, waveform: torch.Tensor, num_valid: int | None = None) -> torch.Tensor:

@@ -106,8 +106,10 @@ def list_shard_inputs(root: str, column: str, index_column: str | None, splits: 
                       storage_options: dict[str, Any] | None) -> tuple[list[InputItem], dict[str, str]]:
     """One item per source key of a committed job output, with where each of its rows lies.
 
-    Returns the items and each key's shard split. Reads only the key and index
-    columns. ``extra["locations"]`` is JSON ``[[file, row_group, row, index], ...]``.
+    Returns the items and each key's shard split. Reads only the key, index and
+    ``source`` columns (an item's source is the source job's, e.g. the audio
+    file, when the shards have that column). ``extra["locations"]`` is JSON
+    ``[[file, row_group, row, index], ...]``.
     """
     storage = Storage(root, storage_options)
     if not storage.exists("manifest.json"):
@@ -117,6 +119,7 @@ def list_shard_inputs(root: str, column: str, index_column: str | None, splits: 
              and (splits is None or f.get("split") in splits)]
     locations: dict[str, list[list[Any]]] = {}
     shard_split: dict[str, str] = {}
+    sources: dict[str, str] = {}
     for record in files:
         with storage.fs.open(storage.abspath(record["path"]), "rb") as f:
             parquet = pq.ParquetFile(f)
@@ -127,18 +130,19 @@ def list_shard_inputs(root: str, column: str, index_column: str | None, splits: 
             index_name = index_column or next((n for n in KNOWN_INDEX_COLUMNS if n in names), None)
             if index_name is not None and index_name not in names:
                 raise SourceError(f"shard_index_column {index_name!r} is not in {storage.url(record['path'])}")
+            wanted = ["key"] + [n for n in (index_name, "source") if n in names]
             for group in range(parquet.num_row_groups):
-                wanted = ["key"] + ([index_name] if index_name else [])
                 table = parquet.read_row_group(group, columns=wanted)
                 keys = table.column("key").to_pylist()
                 indices = table.column(index_name).to_pylist() if index_name else [None] * len(keys)
-                for row, (key, index) in enumerate(zip(keys, indices)):
+                origins = table.column("source").to_pylist() if "source" in wanted else [None] * len(keys)
+                for row, (key, index, origin) in enumerate(zip(keys, indices, origins)):
                     entry = locations.setdefault(key, [])
                     entry.append([record["path"], group, row, int(index) if index is not None else len(entry)])
                     shard_split.setdefault(key, record.get("split", ""))
+                    sources.setdefault(key, origin or storage.url(record["path"]))
     etag = str(manifest.get("fingerprint", ""))[:16]
-    items = [InputItem(key=key, uri=storage.root, size=0, etag=etag,
-                       source=storage.url(locs[0][0]),
+    items = [InputItem(key=key, uri=storage.root, size=0, etag=etag, source=sources[key],
                        extra={"locations": json.dumps(sorted(locs, key=lambda loc: loc[3]))})
              for key, locs in sorted(locations.items())]
     return items, shard_split

@@ -19,8 +19,11 @@ def histogram_figure(values_by_split: dict[str, np.ndarray], name: str, low: flo
     figure = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    finite = {s: v[np.isfinite(v)] for s, v in ((s, np.asarray(v, np.float64)) for s, v in values_by_split.items())}
-    everything = np.concatenate([v for v in finite.values()] + [np.zeros(0)])
+    finite = {}
+    for split, values in values_by_split.items():
+        values = np.asarray(values, dtype=np.float64)
+        finite[split] = values[np.isfinite(values)]
+    everything = np.concatenate([*finite.values(), np.zeros(0)])
     edges = np.histogram_bin_edges(everything, bins=bins) if len(everything) else np.linspace(0, 1, bins + 1)
     for split, values in sorted(finite.items()):
         counts, _ = np.histogram(values, bins=edges)
@@ -31,7 +34,8 @@ def histogram_figure(values_by_split: dict[str, np.ndarray], name: str, low: flo
     axes.set_xlabel(name)
     axes.set_ylabel("items")
     axes.set_title(f"{name} by split")
-    axes.legend(fontsize="small")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
     figure.tight_layout()
     return figure
 

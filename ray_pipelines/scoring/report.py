@@ -30,7 +30,7 @@ from .filters import SCORES, FilterResult, FilterRule, run_filters
 from .groups import vote_groups
 from .plots import figure_png, histogram_figure
 from .summary import split_summary, summary_csv
-from .table import ScoreTable, read_predictions
+from .table import ScoreTable, live_errors, read_predictions
 
 
 class FilterSettings(BaseModel):
@@ -93,10 +93,14 @@ def key_lists(table: ScoreTable, kept: np.ndarray, errors: dict[str, str]) -> tu
 
 
 def write_filter_outputs(storage: Storage, table: ScoreTable, settings: FilterSettings,
-                         errors: dict[str, str] | None = None, scores_from: str = "",
+                         errors: list[tuple[str, int, str]] | dict[str, str] | None = None, scores_from: str = "",
                          storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the filters on ``table`` and write filter.json, the key lists, decisions, groups, plots."""
-    errors = errors or {}
+    """Run the filters on ``table`` and write filter.json, the key lists, decisions, groups, plots.
+
+    ``errors``: errors.jsonl entries ``(key, index, reason)`` (stale ones are
+    dropped), or ``{key: reason}`` already resolved.
+    """
+    errors = errors if isinstance(errors, dict) else live_errors(table, errors or [])
     splits = table["split"].astype(str)
     result: FilterResult = run_filters({name: table[name] for name in SCORES}, splits, settings.rules(),
                                        settings.train_split)

@@ -96,18 +96,39 @@ class ScoreTable:
         return buffer.getvalue()
 
 
-def read_errors(root: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """``{key: reason}`` from an output's errors.jsonl (empty when there is none)."""
+def read_errors(root: str, storage_options: dict[str, Any] | None = None) -> list[tuple[str, int, str]]:
+    """``(key, index, reason)`` per line of an output's errors.jsonl (none when there is no such file).
+
+    Index -1 means the whole input failed.
+    """
     storage = Storage(root, storage_options)
     if not storage.exists("errors.jsonl"):
-        return {}
-    errors: dict[str, str] = {}
+        return []
+    errors = []
     with storage.fs.open(storage.abspath("errors.jsonl"), "r") as f:
         for line in f:
             if line.strip():
                 entry = json.loads(line)
-                errors.setdefault(entry["key"], entry.get("reason", "error"))
+                errors.append((entry["key"], int(entry.get("index", -1)), entry.get("reason", "error")))
     return errors
+
+
+def live_errors(table: "ScoreTable", errors: list[tuple[str, int, str]]) -> dict[str, str]:
+    """``{key: reason}`` of the errors the scores do not contradict.
+
+    errors.jsonl keeps a retryable error (storage hiccup) from an earlier
+    attempt even after a later run scored that input; such an error is stale
+    when its (key, index) -- or, for a whole-input error, any item of its key
+    -- has a score.
+    """
+    scored = set(zip(table["key"].tolist(), table["item"].tolist()))
+    scored_keys = {key for key, _ in scored}
+    live: dict[str, str] = {}
+    for key, index, reason in errors:
+        if (key, index) in scored or (index == -1 and key in scored_keys):
+            continue
+        live.setdefault(key, reason)
+    return live
 
 
 def read_predictions(url: str, storage_options: dict[str, Any] | None = None) -> dict[tuple[str, int], str]:

@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 from typing import Any, Callable, Literal
 
 import torch
@@ -197,7 +198,10 @@ class TorchScriptSpec(UserSpecBase):
     def _load(self) -> tuple[torch.nn.Module, bytes]:
         data = read_bytes(self.path)
         try:
-            return torch.jit.load(io.BytesIO(data), map_location="cpu"), data
+            with warnings.catch_warnings():
+                # torch 2.14 marks TorchScript deprecated; it is still the one self-contained model file format.
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(io.BytesIO(data), map_location="cpu"), data
         except Exception as e:
             raise TeacherLoadError(f"{self.path} is not a TorchScript model: {type(e).__name__}: "
                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None

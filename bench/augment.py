@@ -1,0 +1,168 @@
+"""Benchmark of the augment job: ``python -m bench.augment [--quick]``.
+
+Measures, on the same machine in one run:
+1. baseline: the seed notebook's approach, a per-file loop of CPU
+   augmentations as audiomentations does them (librosa pitch shift and time
+   stretch, torchaudio biquad filters, gain, noise, shift, polarity), then
+   MelSpectrogram and masking, writing one ``.pt`` per sample;
+2. stage loop: ``AugmentStage`` called in a plain loop on pre-decoded audio
+   (one process, one thread): the ceiling per core for the pipeline;
+3. pipeline: the whole augment job on embedded Ray (decode, augment, write
+   Parquet, commit) using every core;
+and peak memory (whole process tree) of the pipeline at two dataset sizes.
+Views/s are per CPU core, ratios are against the numbers of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import make_clips, run_measured, table
+
+VIEWS_PER_CLIP = 5 * 2   # num_versions x two views, the defaults
+
+
+def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
+    """The notebook: decode, then per version and view random torchaudio augmentations, save .pt."""
+    import random
+
+    import librosa
+    import soundfile as sf
+    import torchaudio.functional as AF
+    import torchaudio.transforms as T
+
+    sr, n = 22050, 66150
+    mel = T.MelSpectrogram(sr, n_fft=2048, hop_length=512, n_mels=128)
+    to_db = T.AmplitudeToDB(top_db=80)
+    fmask, tmask = T.FrequencyMasking(24), T.TimeMasking(26)
+    rng = random.Random(seed)
+
+    def wave_aug(name, x):
+        if name == "gain":
+            return x * 10 ** (rng.uniform(-6, 6) / 20)
+        if name == "noise":
+            snr = rng.uniform(10, 40)
+            noise = torch.randn_like(x)
+            return x + noise * torch.sqrt(x.pow(2).mean() / (noise.pow(2).mean() * 10 ** (snr / 10)))
+        if name == "shift":
+            return torch.roll(x, int(rng.uniform(-0.25, 0.25) * n), -1)
+        if name == "pitch":   # audiomentations.PitchShift: librosa (soxr resampling)
+            y = librosa.effects.pitch_shift(x.numpy(), sr=sr, n_steps=rng.uniform(-2, 2))
+            return torch.from_numpy(y)
+        if name == "stretch":  # audiomentations.TimeStretch(leave_length_unchanged=True)
+            y = torch.from_numpy(librosa.effects.time_stretch(x.numpy(), rate=rng.uniform(0.8, 1.25)))
+            return torch.nn.functional.pad(y, (0, max(0, n - y.shape[-1])))[..., :n]
+        if name == "lowpass":
+            return AF.lowpass_biquad(x, sr, rng.uniform(2000, 8000))
+        if name == "highpass":
+            return AF.highpass_biquad(x, sr, rng.uniform(50, 500))
+        if name == "bandpass":
+            return AF.bandpass_biquad(x, sr, rng.uniform(500, 4000))
+        return -x
+
+    names = ["gain", "noise", "shift", "pitch", "stretch", "lowpass", "highpass", "bandpass", "polarity"]
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for i, path in enumerate(clips):
+        audio, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        x = AF.resample(torch.from_numpy(audio.mean(axis=1)), file_sr, sr)
+        for version in range(5):
+            offset = rng.randint(0, max(0, x.shape[-1] - n))
+            crop = torch.nn.functional.pad(x[offset:offset + n], (0, max(0, n - x[offset:offset + n].shape[-1])))
+            views = []
+            for _ in range(2):
+                y = crop[None]
+                for name in rng.sample(names, 3):
+                    y = wave_aug(name, y)
+                views.append(tmask(fmask(to_db(mel(y)))))
+            torch.save({"view1": views[0], "view2": views[1]}, out / f"{i}_{version}.pt")
+    return len(clips) * VIEWS_PER_CLIP / (time.perf_counter() - start)
+
+
+def stage_loop(clips: list[Path]) -> float:
+    """AugmentStage in a plain loop over decoded clips, one thread (decode not timed)."""
+    from jobs.augment import AugmentConfig, AugmentJob
+    from ray_pipelines.stages.augment import AugmentStage
+
+    job = AugmentJob(AugmentConfig(input="-", output="-"))
+    decoder, stage = job.decoder(), AugmentStage(**job.stage_kwargs())
+    batches = [decoder({"key": np.array([str(p)], dtype=object), "uri": np.array([str(p)], dtype=object),
+                        "size": np.array([p.stat().st_size]), "member_offset": np.array([-1]),
+                        "etag": np.array([""], dtype=object), "error": np.array([""], dtype=object),
+                        "skip": np.array([None], dtype=object), "source": np.array([str(p)], dtype=object)})
+               for p in clips]
+    start = time.perf_counter()
+    views = 0
+    for batch in batches:
+        views += 2 * len(stage(dict(batch))["view1"])
+    return views / (time.perf_counter() - start)
+
+
+def pipeline_child(args: argparse.Namespace) -> None:
+    """Run in a child process: the augment job on embedded Ray; prints JSON."""
+    from jobs.augment import AugmentConfig, AugmentJob
+    from ray_pipelines.config import validate_config
+    from ray_pipelines.engine.runner import run_job
+
+    cfg = validate_config(AugmentConfig, {"input": args.input, "output": args.output, "limit": args.limit})
+    result = run_job(AugmentJob(cfg), overwrite=True, progress=False)
+    print(json.dumps({"views": 2 * result.run_rows, "seconds": result.manifest["timings"]["run_seconds"],
+                      "total_seconds": result.seconds, "errors": result.counts["errors"]}))
+
+
+def pipeline(input_dir: Path, output: Path, limit: int) -> tuple[dict, int]:
+    out, peak = run_measured(["-m", "bench.augment", "--child", "--input", str(input_dir), "--output",
+                              str(output), "--limit", str(limit)])
+    return json.loads(out.strip().splitlines()[-1]), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input"), parser.add_argument("--output"), parser.add_argument("--limit", type=int)
+    args = parser.parse_args()
+    if args.child:
+        return pipeline_child(args)
+
+    cores = os.cpu_count() or 1
+    small, large = (40, 200) if args.quick else (200, 2000)
+    work = Path(tempfile.mkdtemp(prefix="bench-augment-"))
+    clips_dir = make_clips(work / "clips", large)
+    clips = sorted(clips_dir.rglob("*.flac"))
+
+    torch.set_num_threads(cores)
+    baseline(clips[:1], work / "warmup")            # librosa / torch first-call costs, untimed
+    base = baseline(clips[: 10 if args.quick else 30], work / "pt")
+    torch.set_num_threads(1)
+    loop = stage_loop(clips[: 20 if args.quick else 60])
+    small_run, small_peak = pipeline(clips_dir, work / "out-small", small)
+    large_run, large_peak = pipeline(clips_dir, work / "out-large", large)
+    pipe = large_run["views"] / large_run["seconds"]
+
+    rows = [
+        ["notebook baseline (per-file loop, .pt per sample)", f"{base / cores:.1f}", "1.00x"],
+        ["augment stage, plain loop (1 thread)", f"{loop:.1f}", f"{loop / (base / cores):.2f}x"],
+        [f"augment job on Ray ({large} clips, {cores} cores)", f"{pipe / cores:.1f}", f"{pipe / base:.2f}x"],
+    ]
+    print(f"\naugment benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(table(rows, ["what", "views/s per core", "vs baseline"]))
+    print(f"\npipeline per core / stage loop per core: {pipe / cores / loop:.2f} (target >= 0.80)")
+    print(f"peak memory (process tree): {small} clips {small_peak / 2**20:.0f} MiB, {large} clips "
+          f"{large_peak / 2**20:.0f} MiB, ratio {large_peak / small_peak:.2f} (target <= 1.25)")
+    print(f"end-to-end incl. Ray start-up and commit: {large_run['views'] / large_run['total_seconds'] / cores:.1f} "
+          "views/s per core")
+
+
+if __name__ == "__main__":
+    main()

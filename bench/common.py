@@ -1,0 +1,90 @@
+"""Shared benchmark helpers: sample inputs, process-tree memory sampling, tables."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "audio" / "sonic-pi"
+
+
+def make_clips(dest: Path, count: int, seconds: float = 4.0, sample_rate: int = 44100) -> Path:
+    """``count`` FLAC inputs: the real recordings (cycled under new names), else generated tones."""
+    dest.mkdir(parents=True, exist_ok=True)
+    existing = sorted(dest.rglob("*.flac"))
+    if len(existing) >= count:
+        return dest
+    real = sorted(SHARED.rglob("*.flac")) if SHARED.exists() else []
+    rng = np.random.default_rng(0)
+    for i in range(len(existing), count):
+        target = dest / f"c{i // 500:03d}" / f"clip{i:06d}.flac"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if real:
+            shutil.copy(real[i % len(real)], target)
+        else:
+            t = np.arange(int(seconds * sample_rate)) / sample_rate
+            x = 0.3 * np.sin(2 * np.pi * (100 + 10 * (i % 50)) * t) + 0.05 * rng.standard_normal(t.shape)
+            sf.write(target, x.astype(np.float32), sample_rate)
+    return dest
+
+
+class TreeMemory:
+    """Peak resident memory of a process and all its descendants, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(0.2)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(args: list[str]) -> tuple[str, int]:
+    """Run a child Python command; return its stdout and the peak RSS of its process tree."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    with TreeMemory(proc.pid) as memory:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{err[-3000:]}")
+    return out, memory.peak
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])

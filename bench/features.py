@@ -1,0 +1,220 @@
+"""Benchmark of the features job: ``python -m bench.features [--quick] [--formats mp3,flac]``.
+
+A music library of 3-minute, 44.1 kHz stereo songs (compressed: MP3 and
+FLAC), made from the real recordings in ../shared/audio/sonic-pi (loops over
+an ambient bed) where present, else generated tones; a few distinct songs are
+encoded once (cached under bench-output/features/) and hard-linked under
+several labels. Measured in one run, per format:
+
+1. baseline: the notebook's approach, a per-song loop (decode the whole
+   song, resample it to 16 kHz, cut the snippets, call
+   ``transformers.ASTFeatureExtractor``, collect into a Hugging Face dataset
+   saved every 2,000 snippets), one process with one torch thread;
+2. decode + stage loop: the job's WindowDecoder and FeaturesStage called in a
+   plain loop (one process, one thread): the ceiling per core;
+3. the features job on embedded Ray with every core: listing, decode,
+   features, Parquet, commit and the balance report.
+
+Snippets/s are per CPU core; ratios are against the baseline of the same run.
+Default settings are the job's: 6 snippets of 10.24 s per song, 128 mel bins,
+1024 frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from bench.common import REPO, SHARED, table
+
+SAMPLE_RATE = 44100
+SONG_SECONDS = 180.0
+DISTINCT_SONGS = 3
+SNIPPETS, SNIPPET_SECONDS = 6, 10.24
+CACHE = REPO / "bench-output" / "features"
+FORMATS = {"mp3": ("MP3", "MPEG_LAYER_III"), "flac": ("FLAC", "PCM_16")}
+
+
+def _stereo(path: Path) -> np.ndarray:
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    assert sr == SAMPLE_RATE, path
+    return audio if audio.shape[1] == 2 else np.repeat(audio, 2, axis=1)
+
+
+def compose_song(seed: int, seconds: float = SONG_SECONDS) -> np.ndarray:
+    """``[n, 2]`` float32: real loops end to end over a looped ambient bed (or tones without them)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    loops = sorted((SHARED / "loop").glob("*.flac")) if SHARED.exists() else []
+    beds = sorted((SHARED / "ambient").glob("*.flac")) if SHARED.exists() else []
+    if not loops:
+        t = np.arange(n) / SAMPLE_RATE
+        f0 = 110.0 * (1 + seed)
+        x = sum(0.2 / h * np.sin(2 * np.pi * f0 * h * t) for h in range(1, 6)) + 0.02 * rng.standard_normal(n)
+        return np.stack([x, 0.9 * x], axis=1).astype(np.float32)
+    parts, length = [], 0
+    while length < n:
+        part = _stereo(loops[int(rng.integers(len(loops)))]) * float(rng.uniform(0.5, 1.0))
+        parts.append(part)
+        length += len(part)
+    song = np.concatenate(parts)[:n]
+    bed = _stereo(beds[seed % len(beds)])
+    song += 0.3 * np.resize(bed, (n // len(bed) + 1) * len(bed) * 2).reshape(-1, 2)[:n]
+    return (0.9 * song / max(1e-6, float(np.abs(song).max()))).astype(np.float32)
+
+
+def make_library(fmt: str, songs: int) -> Path:
+    """``songs`` songs in folders of 8 (labels), hard links to a few distinct encoded songs."""
+    labels = max(1, songs // 8)
+    sources = []
+    for i in range(DISTINCT_SONGS):
+        path = CACHE / "songs" / f"song{i}.{fmt}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fmt_name, subtype = FORMATS[fmt]
+            tmp = path.with_suffix(f".tmp.{fmt}")
+            sf.write(str(tmp), compose_song(i), SAMPLE_RATE, format=fmt_name, subtype=subtype)
+            tmp.rename(path)
+        sources.append(path)
+    library = CACHE / f"library-{fmt}-{songs}-in-{labels}"
+    if library.exists() and len(list(library.rglob(f"*.{fmt}"))) == songs:
+        return library
+    shutil.rmtree(library, ignore_errors=True)
+    for i in range(songs):
+        target = library / f"genre{i % labels}" / f"track{i:04d}.{fmt}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(sources[i % len(sources)], target)
+        except OSError:
+            shutil.copy(sources[i % len(sources)], target)
+    return library
+
+
+def snippet_starts(seconds: float) -> list[float]:
+    room = seconds - SNIPPET_SECONDS
+    return [0.0] if room <= 0 else [room * i / (SNIPPETS - 1) for i in range(SNIPPETS)]
+
+
+def baseline(paths: list[Path], out: Path) -> float:
+    """The notebook: per song, decode all of it, resample, cut snippets, ASTFeatureExtractor,
+    collect into a datasets.Dataset saved every 2,000 snippets. Returns snippets/s (one core)."""
+    import datasets
+    import soxr
+    import torch
+    from transformers import ASTFeatureExtractor
+
+    torch.set_num_threads(1)
+    extractor = ASTFeatureExtractor()
+    length = int(SNIPPET_SECONDS * 16000)
+    rows: dict[str, list] = {"input_values": [], "label": [], "path": []}
+    saved, shards = 0, 0
+
+    def flush() -> None:
+        nonlocal shards
+        datasets.Dataset.from_dict(rows).save_to_disk(str(out / f"shard{shards:04d}"))
+        shards += 1
+        for values in rows.values():
+            values.clear()
+
+    start = time.perf_counter()
+    for path in paths:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        wave = soxr.resample(audio.mean(axis=1), sr, 16000, quality="HQ").astype(np.float32)
+        for offset in snippet_starts(len(audio) / sr):
+            first = int(round(offset * 16000))
+            snippet = wave[first:first + length]
+            features = extractor(snippet, sampling_rate=16000, return_tensors="np")["input_values"][0]
+            rows["input_values"].append(features)
+            rows["label"].append(path.parent.name)
+            rows["path"].append(str(path))
+            saved += 1
+        if len(rows["path"]) >= 2000:
+            flush()
+    if rows["path"]:
+        flush()
+    return saved / (time.perf_counter() - start)
+
+
+def stage_loop(paths: list[Path]) -> float:
+    """WindowDecoder + FeaturesStage in a plain loop, one process and thread: snippets/s."""
+    import torch
+
+    from jobs.features import FeaturesConfig, FeaturesJob
+    from ray_pipelines.engine.decode import rows_to_batch
+    from ray_pipelines.stages.features import FeaturesStage
+
+    torch.set_num_threads(1)
+    job = FeaturesJob(FeaturesConfig(input="-", output="-"))
+    decoder, stage = job.decoder(), FeaturesStage(**job.stages()[0].kwargs)
+    start, snippets = time.perf_counter(), 0
+    for path in paths:
+        rows = decoder.decode_input({"key": path.name, "uri": str(path), "size": path.stat().st_size,
+                                     "member_offset": -1, "label": 0, "path": path.name, "split": "train"})
+        snippets += len(stage(rows_to_batch(rows))["input_values"])
+    return snippets / (time.perf_counter() - start)
+
+
+def pipeline(library: Path, output: Path) -> dict:
+    from jobs.features import FeaturesConfig, FeaturesJob
+    from ray_pipelines.config import validate_config
+    from ray_pipelines.engine.runner import run_job
+
+    cfg = validate_config(FeaturesConfig, {"input": str(library), "output": str(output)})
+    started = time.perf_counter()
+    result = run_job(FeaturesJob(cfg), overwrite=True, progress=False)
+    return {"snippets": result.run_rows, "run_seconds": result.manifest["timings"]["run_seconds"],
+            "job_seconds": time.perf_counter() - started, "errors": result.counts["errors"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute once songs are cached)")
+    parser.add_argument("--formats", default="mp3,flac", help="comma-separated: mp3, flac")
+    args = parser.parse_args()
+    import ray
+
+    cores = os.cpu_count() or 1
+    base_songs, loop_songs, job_songs = (4, 4, 16) if args.quick else (10, 10, 64)
+    work = Path(tempfile.mkdtemp(prefix="bench-features-"))
+    ray_started = time.perf_counter()
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_seconds = time.perf_counter() - ray_started
+
+    rows, notes = [], []
+    for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
+        library = make_library(fmt, job_songs)
+        paths = sorted(library.rglob(f"*.{fmt}"))
+        base = baseline(paths[:base_songs], work / f"hf-{fmt}")
+        loop = stage_loop(paths[:loop_songs])
+        run = pipeline(library, work / f"out-{fmt}")
+        job = run["snippets"] / run["run_seconds"] / cores
+        end_to_end = run["snippets"] / (run["job_seconds"] + ray_seconds) / cores
+        rows += [
+            [fmt, "baseline: per-song loop, ASTFeatureExtractor, HF dataset (1 core)", f"{base:.1f}", "1.00x"],
+            [fmt, "decode + features stage, plain loop (1 thread)", f"{loop:.1f}", f"{loop / base:.2f}x"],
+            [fmt, f"features job on Ray, {job_songs} songs, {cores} cores (run)", f"{job:.1f}", f"{job / base:.2f}x"],
+            [fmt, "  the same incl. Ray start-up, listing and commit", f"{end_to_end:.1f}", f"{end_to_end / base:.2f}x"],
+        ]
+        notes.append(f"{fmt}: {run['snippets']} snippets, {run['errors']} errors; pipeline/stage-loop per core "
+                     f"{job / loop:.2f}; target >= 70 snippets/s per core: {'met' if job >= 70 else 'NOT met'}, "
+                     f">= 3x baseline: {'met' if job >= 3 * base else 'NOT met'}")
+    ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nfeatures benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
+          f"load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}; songs {SONG_SECONDS:.0f} s 44.1 kHz "
+          f"stereo, {SNIPPETS} x {SNIPPET_SECONDS} s snippets, 128 x 1024 features")
+    print(table(rows, ["format", "what", "snippets/s per core", "vs baseline"]))
+    print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Benchmark of the score job: ``python -m bench.score [--quick] [--items N]``.
+
+Measures, on the same machine in one run, over one folder of ``.pt`` mel
+spectrograms (``{split}/{class}/*.pt``, ``[1, 128, 130]`` float32, the augment
+job's default shape) and the built-in reference model at its default size:
+
+1. baseline: the evaluation script's per-file loop: ``torch.load``, model
+   forward on one item, append the scores to a list; run with torch's
+   default threads (one per core) and with one thread, the faster of the
+   two is the reference (1.00x);
+2. stage loop: ``torch.load`` per file plus ``ScoreStage`` on batches, in one
+   process on one thread: what batching alone gives, per core;
+3. the score job on embedded Ray (list, decode, score, write Parquet,
+   commit, reports), using every core. Ray is started before the clock
+   starts; its start-up is reported on its own line.
+
+It also checks that the job and the baseline computed the same scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import run_measured, table
+
+N_MELS, FRAMES = 128, 130
+
+
+def make_pt_folder(dest: Path, count: int) -> list[Path]:
+    """``count`` mel tensors under ``{train,val}/{good,bad}/`` (generated once, reused)."""
+    existing = sorted(dest.rglob("*.pt"))
+    if len(existing) >= count:
+        return existing[:count]
+    generator = torch.Generator().manual_seed(0)
+    for i in range(count):
+        split = "val" if i % 5 == 0 else "train"
+        cls = "bad" if i % 7 == 0 else "good"
+        path = dest / split / cls / f"patient{i % 97:03d}_{i:06d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torch.randn(1, N_MELS, FRAMES, generator=generator) * 20 - 40, path)
+    return sorted(dest.rglob("*.pt"))
+
+
+def normalise(mel: torch.Tensor) -> torch.Tensor:
+    return (mel + 40.0) / 20.0
+
+
+def baseline(files: list[Path]) -> tuple[float, dict[str, float]]:
+    """The per-file loop; returns items/s and the losses by key."""
+    from ray_pipelines.scoring.models import ReferenceMAE
+
+    model = ReferenceMAE().eval()
+    root = files[0].parents[2]
+    losses: dict[str, float] = {}
+    scores = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for path in files:
+            mel = normalise(torch.load(path, weights_only=True))[None]
+            reconstruction = model.reconstruct(mel)
+            loss = float((reconstruction.double() - mel.double()).square().mean())
+            scores.append((str(path), loss, float(mel.double().square().mean())))
+    seconds = time.perf_counter() - start
+    for path, loss, _ in scores:
+        losses[Path(path).relative_to(root).as_posix()] = loss
+    return len(files) / seconds, losses
+
+
+def stage_loop(files: list[Path], batch_size: int) -> float:
+    """torch.load per file and ScoreStage per batch, one thread."""
+    from ray_pipelines.stages.score import ScoreStage
+
+    stage = ScoreStage(model={"kind": "reference"}, n_mels=N_MELS, frames=FRAMES, batch_size=batch_size,
+                       normalize={"mean": -40.0, "std": 20.0})          # pick_device: one CPU thread
+    start = time.perf_counter()
+    for begin in range(0, len(files), batch_size):
+        chunk = files[begin:begin + batch_size]
+        mels = np.stack([torch.load(p, weights_only=True).numpy() for p in chunk])
+        stage({"key": np.array([str(p) for p in chunk], dtype=object), "item": np.zeros(len(chunk), np.int64),
+               "error": np.array([""] * len(chunk), dtype=object), "mel": mels})
+    return len(files) / (time.perf_counter() - start)
+
+
+def job_child(args: argparse.Namespace) -> None:
+    """In a child process: start Ray, then time the score job; prints JSON."""
+    import ray
+
+    from jobs.score import ScoreConfig, ScoreJob
+    from ray_pipelines.config import validate_config
+    from ray_pipelines.engine.runner import run_job
+
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    ray_seconds = time.perf_counter() - started
+    cfg = validate_config(ScoreConfig, {
+        "input": args.input, "output": args.output, "source": "pt", "n_mels": N_MELS, "frames": FRAMES,
+        "normalize": {"mean": -40.0, "std": 20.0}, "batch_size": args.batch_size,
+        "group_pattern": r"/(patient\d+)_"})
+    result = run_job(ScoreJob(cfg), overwrite=True, progress=False)
+    print(json.dumps({"items": result.run_rows, "run_seconds": result.manifest["timings"]["run_seconds"],
+                      "total_seconds": result.seconds, "ray_seconds": ray_seconds,
+                      "errors": result.counts["errors"]}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (well under a minute of work)")
+    parser.add_argument("--items", type=int, help="items for the job (default 6000, quick 1500)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input"), parser.add_argument("--output")
+    args = parser.parse_args()
+    if args.child:
+        return job_child(args)
+
+    cores = os.cpu_count() or 1
+    items = args.items or (1500 if args.quick else 6000)
+    work = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    files = make_pt_folder(work / "mels", items)
+    loop_files = files[:: max(1, items // (300 if args.quick else 1000))]
+
+    # The baseline as people run it (torch's default: a thread per core) and on one thread;
+    # the faster of the two is the reference.
+    torch.set_num_threads(cores)
+    base_all, base_losses = baseline(loop_files)
+    torch.set_num_threads(1)
+    base_one, _ = baseline(loop_files)
+    base = max(base_all, base_one)
+    loop = stage_loop(loop_files, args.batch_size)
+    out, peak = run_measured(["-m", "bench.score", "--child", "--input", str(work / "mels"), "--output",
+                              str(work / "scores"), "--batch-size", str(args.batch_size)])
+    run = json.loads(out.strip().splitlines()[-1])
+    job = run["items"] / run["run_seconds"]
+    end_to_end = run["items"] / run["total_seconds"]
+
+    with open(work / "scores" / "scores.csv") as f:
+        job_losses = {r["filename"]: float(r["reconstruction_loss"]) for r in csv.DictReader(f)}
+    diffs = [abs(job_losses[k] - v) / abs(v) for k, v in base_losses.items()]
+
+    rows = [
+        [f"per-file loop: torch.load, forward, append ({len(loop_files)} files, {cores} threads)",
+         f"{base_all:.0f}", f"{base_all / base:.2f}x"],
+        [f"per-file loop: torch.load, forward, append ({len(loop_files)} files, 1 thread)",
+         f"{base_one:.0f}", f"{base_one / base:.2f}x"],
+        [f"ScoreStage loop, batch {args.batch_size} (1 process, 1 thread)", f"{loop:.0f}", f"{loop / base:.2f}x"],
+        [f"score job on Ray, run phase ({run['items']} files, {cores} cores)", f"{job:.0f}", f"{job / base:.2f}x"],
+        ["score job end to end (+ listing, commit, CSV, summaries, filters, plots)", f"{end_to_end:.0f}",
+         f"{end_to_end / base:.2f}x"],
+    ]
+    print(f"\nscore benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
+          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(f"items: [1, {N_MELS}, {FRAMES}] float32 .pt files; model: reference MAE (dim 64, depth 2, patch 16x16)")
+    print(table(rows, ["what", "items/s", "vs baseline"]))
+    print(f"\njob / faster baseline: {job / base:.2f}x (target >= 5x on CPU)")
+    print(f"Ray start-up (not in the job's time): {run['ray_seconds']:.1f} s; peak memory of the job's process "
+          f"tree: {peak / 2**20:.0f} MiB; errors: {run['errors']}")
+    print(f"scores agree with the baseline: max relative difference {max(diffs):.2e} over {len(diffs)} files")
+
+
+if __name__ == "__main__":
+    main()

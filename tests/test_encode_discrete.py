@@ -1,0 +1,54 @@
+"""A discrete model (argmin against fixed codebooks, built here) writes integer tokens."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.encode import EncodeConfig, EncodeJob
+from ray_pipelines.config import validate_config
+from ray_pipelines.engine.runner import run_job
+from tests.audio_helpers import SHARED_AUDIO
+from tests.test_encode_units import tokenizer_checkpoint
+
+
+def test_discrete_model_writes_integer_tokens(tmp_path, ray_local):
+    source = SHARED_AUDIO / "sonic-pi"
+    if not source.exists():
+        pytest.skip("real recordings not found")
+    (tmp_path / "in").mkdir()
+    for rel in ("bass/bass_hit_c.flac", "ambient/ambi_choir.flac"):
+        shutil.copy(source / rel, tmp_path / "in")
+    factory, checkpoint = tokenizer_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    job = EncodeJob(validate_config(EncodeConfig, {
+        "input": str(tmp_path / "in"), "output": str(out), "sample_size": 32768, "actors": 1, "is_discrete": True,
+        "layout": "both", "model": {"kind": "factory", "factory": factory, "checkpoint": str(checkpoint)}}))
+    assert job.model.is_discrete and job.model.latent_channels == 2
+    result = run_job(job, progress=False)
+    assert result.counts["rows_written"] == 2 and result.manifest["schema"]["latents"]["dtype"] == "int64"
+
+    # Tokens computed here from the checkpoint alone: features = strided projection,
+    # token = index of the nearest codeword in each codebook.
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    weight, codebooks = state["proj.weight"].numpy().astype(np.float64), state["codebooks"].numpy().astype(np.float64)
+    rows = [item.to_row() for item in job.list_inputs()]
+    decoded = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
+    for line in (out / "filelist.txt").read_text().splitlines():
+        tokens = np.load(out / line)
+        md = json.loads((out / line[:-4]).with_suffix(".json").read_text())
+        assert tokens.dtype == np.int64 and tokens.shape == (2, 128)
+        assert tokens.min() >= 0 and tokens.max() < 32 and len(np.unique(tokens)) > 2
+        audio = decoded["audio"][list(decoded["key"]).index(md["key"])].astype(np.float64)     # [2, T]
+        frames = audio.reshape(2, 128, 256)                                                    # [C, N, hop]
+        feats = np.einsum("fch,cnh->nf", weight, frames)                                       # [N, F]
+        dist = ((feats[None, :, None, :] - codebooks[:, None, :, :]) ** 2).sum(-1)             # [Q, N, K]
+        expected = dist.argmin(-1)
+        margin = np.sort(dist, axis=-1)[..., 1] - np.sort(dist, axis=-1)[..., 0]
+        clear = margin > 1e-4            # float32 vs float64 may only disagree on near-ties
+        assert clear.mean() > 0.95 and np.array_equal(tokens[clear], expected[clear])
+        assert md["padding_mask"] == [1] * -(-md["valid_samples"] // 256) + [0] * (128 - -(-md["valid_samples"] // 256))
