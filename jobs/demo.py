@@ -44,7 +44,7 @@ def main() -> int:
     audio = make_sample_audio()
     print(f"demo: sample audio in {audio}")
     return run_job_command("augment", ["--config", str(REPO / "jobs/configs/augment.yaml"),
-                                       "--set", f"input={audio}", "--set", f"output={OUTPUT}", "--no-progress"])
+                                       "--set", f"input={audio}", "--set", f"output={OUTPUT}"])
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     except SourceError as e:
         print(f"ray-pipelines {name}: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # storage or Ray failures: one clear line, the traceback in the log
+        logging.getLogger("ray_pipelines").debug("job failed", exc_info=True)
+        print(f"ray-pipelines {name}: the job could not run: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)))
     return 0
 

@@ -170,6 +170,24 @@ def test_stage_resamples_per_teacher_and_keeps_error_rows(tmp_path):
     assert list(out["error"]) == ["", "undecodable: junk"] and not out["y"][1].any()
 
 
+def test_stage_bytes_do_not_depend_on_the_batch_on_cpu():
+    n = int(0.3 * SR)
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal((3, n))).astype(np.float32)
+    stage = TeacherStage(teachers=[{"kind": "torchcrepe", "capacity": "tiny"}, {"kind": "loudness"}],
+                         sample_rate=SR, num_samples=n, input_column="audio", chunk_size=32)
+
+    def batch(rows):
+        return {"key": np.array(["k"] * len(rows), dtype=object), "error": np.array([""] * len(rows), dtype=object),
+                "audio": audio[rows].copy()}
+
+    together = stage(batch([0, 1, 2]))
+    for i in range(3):
+        alone = stage(batch([i]))
+        for name in ("crepe_tiny_f0", "crepe_tiny_periodicity", "loudness_db"):
+            assert np.array_equal(alone[name][0], together[name][i])
+
+
 def test_stage_autocast_bf16_stays_close_to_float32():
     n = int(0.3 * SR)
     audio = (0.3 * np.sin(2 * np.pi * 330 * np.arange(n) / SR)).astype(np.float32)[None]
