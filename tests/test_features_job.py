@@ -22,7 +22,7 @@ from tests.audio_helpers import copy_shared
 
 SPLITS = ["test", "train", "validate"]
 OPTIONS = {"snippets_per_song": 2, "snippet_seconds": 1.0, "max_length": 48, "n_mels": 32, "seed": 0,
-           "batch_size": 8}
+           "batch_size": 8, "actors": 1}
 HELD_BACK = ["bass/bass_woodsy_c.flac", "bass/bass_voxy_hit_c.flac", "loop/loop_amen.flac", "loop/loop_safari.flac"]
 
 

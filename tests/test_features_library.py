@@ -190,3 +190,15 @@ def test_sink_types_and_readback(tmp_path, tensor_type):
     else:
         assert b"huggingface" not in metadata
         assert table.schema.field("input_values").type.extension_name == "arrow.fixed_shape_tensor"
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    from ray_pipelines.config import load_config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("features*.yaml"))
+    assert len(files) >= 3
+    for path in files:
+        cfg = load_config(FeaturesConfig, path)
+        assert abs(sum(cfg.splits.values()) - 1) < 1e-9 and cfg.min_per_label >= 2

@@ -208,11 +208,14 @@ class AugmentationPool:
     # ---- applying ------------------------------------------------------------------
     def _steps(self, names: tuple[str, ...], x: torch.Tensor, views: list[ViewParams], apply) -> torch.Tensor:
         """Run each step in ``names`` on the rows whose view chose it."""
-        out = x.clone()
+        out = x
         for name in names:
             rows = [i for i, v in enumerate(views) if name in v.waveform]
-            if rows:
+            if len(rows) == len(views):      # every row chose it (always so for one view): no gather
+                out = apply(name, out, views)
+            elif rows:
                 index = torch.tensor(rows, device=x.device)
+                out = out.clone() if out is x else out
                 out[index] = apply(name, out[index], [views[i] for i in rows])
         return out
 

@@ -1,0 +1,33 @@
+"""``python -m bench [--quick] [job ...]``: run the benchmarks, one table each.
+
+Each benchmark compares the job with the approach it replaces in the same
+run and prints ratios; absolute numbers on shared machines are noise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+BENCHMARKS = ["augment", "teacher", "encode", "features", "score"]
+
+
+def main(argv: list[str]) -> int:
+    flags = [a for a in argv if a.startswith("-")]
+    chosen = [a for a in argv if not a.startswith("-")] or BENCHMARKS
+    failed = []
+    for name in chosen:
+        if importlib.util.find_spec(f"bench.{name}") is None:
+            print(f"bench.{name}: not present, skipped")
+            continue
+        print(f"\n=== bench.{name} {' '.join(flags)}", flush=True)
+        if subprocess.call([sys.executable, "-m", f"bench.{name}", *flags]) != 0:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
