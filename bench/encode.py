@@ -111,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
                 "model": model, "model_half": precision == "fp16", "bf16": precision == "bf16",
                 "inputs_per_block": max(1, args.batch_size * 2)}
 
+    threads = min(actors, cpus)
+    min_seconds = 1.0 if args.quick else 5.0
     bare_rate, bare_clips, bare_seconds = bare_model(model, args.sample_size, args.batch_size, precision, device,
-                                                     threads=min(actors, cpus), min_seconds=5.0 if not args.quick else 1.0)
+                                                     threads, min_seconds)
+    # The stage's CPU path encodes one window at a time (see EncodeStage); show what that costs alone.
+    single = bare_model(model, args.sample_size, 1, precision, device, threads, min_seconds) if not cuda else None
     torch.set_num_threads(cpus)
 
     work = Path(tempfile.mkdtemp(prefix="bench-encode-"))
@@ -132,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nencode benchmark: built-in VAE (hidden {args.hidden}), {args.sample_size} samples/clip, "
           f"batch {args.batch_size}, {precision}, device {device} ({name}), {actors} actor(s)\n")
     rows = [
-        ("bare model, batched" + (f" ({min(actors, cpus)} threads)" if not cuda else ""), bare_clips, bare_seconds,
-         bare_rate),
+        (f"bare model, batch {args.batch_size}" + (f" ({threads} threads)" if not cuda else ""), bare_clips,
+         bare_seconds, bare_rate),
+        *([(f"bare model, batch 1 ({threads} threads)", single[1], single[2], single[0])] if single else []),
         (f"encode job, end to end ({large_rows} clips)", large_rows, large_seconds, end_to_end),
         (f"encode job, marginal ({large_rows}-{small_rows} clips)", large_rows - small_rows,
          large_seconds - small_seconds, marginal),

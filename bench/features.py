@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -96,6 +97,53 @@ def make_library(fmt: str, songs: int) -> Path:
         except OSError:
             shutil.copy(sources[i % len(sources)], target)
     return library
+
+
+class TreeCPU:
+    """CPU seconds (user + system) used by this process and all its descendants (Ray's raylet,
+    workers and actors) while the block runs, sampled every 0.2 s so that processes that
+    exit (finished actors) are counted up to their last sample."""
+
+    def __init__(self):
+        import psutil
+
+        self.root = psutil.Process()
+        self.seen: dict[int, float] = {}
+        self.before: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[int, float]:
+        import psutil
+
+        out = {}
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                out[proc.pid] = times.user + times.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for pid, seconds in self._sample().items():
+                self.seen[pid] = max(self.seen.get(pid, 0.0), seconds)
+
+    def __enter__(self) -> "TreeCPU":
+        self.before = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for pid, seconds in self._sample().items():
+            self.seen[pid] = max(self.seen.get(pid, 0.0), seconds)
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds - self.before.get(pid, 0.0) for pid, seconds in self.seen.items())
 
 
 def snippet_starts(seconds: float) -> list[float]:

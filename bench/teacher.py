@@ -195,7 +195,7 @@ def gpu_section(args: argparse.Namespace, work: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
-    parser.add_argument("--samples", type=int, help="clips per measurement (default 96, quick 24)")
+    parser.add_argument("--samples", type=int, help="clips per measurement (default 64, quick 24)")
     parser.add_argument("--teachers", default="pesto,loudness", help=f"comma-separated: {', '.join(TEACHERS)}")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers = CPU actors")
     parser.add_argument("--block", type=int, default=16, help="clips per block and per teacher call")
@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.samples = args.samples or (24 if args.quick else 96)
+    args.samples = args.samples or (24 if args.quick else 64)
     if args.child:
         return job_child(args)
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from jobs.encode import EncodeConfig, EncodeJob
@@ -58,8 +59,17 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
         time.sleep(0.02)
+    # Kill the driver and every process it started at once (Ray workers run in their own
+    # process groups: left alone they would finish their write tasks after the "kill").
+    tree = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait()
+    psutil.wait_procs(tree, timeout=10)
     assert list((out / "_manifests").glob("part-*.json")) and not (out / "_SUCCESS").exists(), \
         "the run should have been killed mid-way"
     # What a killed writer can leave: a sample in no manifest (in a rank folder the resumed

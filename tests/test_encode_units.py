@@ -19,7 +19,8 @@ from ray_pipelines.audio.decode import DecodeError
 from ray_pipelines.config import ConfigError, validate_config
 from ray_pipelines.encoders import (ModelConfig, ModelLoadError, ReferenceAutoencoder, ReferenceModelConfig,
                                     inspect_encoder, load_encoder, posterior_noise)
-from ray_pipelines.encoders.sat_sink import id_collisions, is_encode_data_file, is_sample_file, sample_id
+from ray_pipelines.encoders.sat_sink import (id_collisions, is_encode_data_file, is_sample_file, sample_id,
+                                             write_filelist)
 from ray_pipelines.padding import audio_padding_mask, downsample_mask, latent_padding_mask
 from ray_pipelines.readers.encode import crop_latents
 from ray_pipelines.stages.encode import EncodeStage, window_metadata
@@ -264,6 +265,19 @@ def test_stage_shapes_dtypes_mask_and_batch_independent_bytes():
     assert bf16["latents"].dtype == np.float32
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stage_on_cuda_in_fp16_matches_the_cpu():
+    rng = np.random.default_rng(1)
+    audio = (0.3 * rng.standard_normal((4, 2, 4096))).astype(np.float32)
+    kwargs = dict(model=SMALL_BUILTIN, sample_size=4096, seed=1, batch_size=4)
+    cpu = EncodeStage(**kwargs, device="cpu")(batch_of(audio, [4096, 3000, 100, 4096]))
+    stage = EncodeStage(**kwargs, precision="fp16")
+    assert stage.device.type == "cuda" and stage.micro_batch == 4
+    gpu = stage(batch_of(audio, [4096, 3000, 100, 4096]))
+    assert gpu["latents"].dtype == np.float16 and np.array_equal(gpu["padding_mask"], cpu["padding_mask"])
+    assert np.abs(gpu["latents"].astype(np.float32) - cpu["latents"]).max() < 0.05
+
+
 def test_stage_turns_model_failures_into_error_rows(tmp_path):
     factory = f"{write_model(tmp_path, 'identity', IDENTITY_MODEL)}:make_identity"
     stage = EncodeStage(model={"kind": "factory", "factory": factory}, sample_size=64, sample_rate=16000,
@@ -294,6 +308,17 @@ def test_sample_ids_are_stable_13_digit_hashes_and_cleanup_knows_sample_files():
              {"path": "1/1111111111111.npy", "key": "b", "window": 0},
              {"path": "1/2222222222222.npy", "key": "c", "window": 0}]
     assert [c["id"] for c in id_collisions(files)] == ["1111111111111"]
+
+
+def test_filelist_lists_each_window_once(tmp_path):
+    from ray_pipelines.storage import Storage
+
+    files = [{"path": "3/1111111111111.npy", "key": "a", "window": 0},
+             {"path": "0/1111111111111.npy", "key": "a", "window": 0},     # the same window, twice committed
+             {"path": "0/1111111111111.json"}, {"path": "0/2222222222222.npy", "key": "b", "window": 1},
+             {"path": "part-x.parquet"}]
+    assert write_filelist(Storage(str(tmp_path)), files) == ["0/1111111111111.npy", "0/2222222222222.npy"]
+    assert (tmp_path / "filelist.txt").read_text() == "0/1111111111111.npy\n0/2222222222222.npy\n"
 
 
 def test_crop_keeps_a_real_frame_and_pads_short_latents():

@@ -45,6 +45,13 @@ class HalfGain(torch.nn.Module):
         return 0.5 * x
 
 
+class LogExcessPeak(torch.nn.Module):
+    """NaN for clips whose peak is under 0.2: a teacher that breaks on some inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x.abs().amax(dim=-1, keepdim=True) - 0.2)
+
+
 # ---- the generator -------------------------------------------------------------------------
 def test_validation_draws_ignore_the_seed_and_cover_the_ranges():
     cfg = SynthConfig(num_samples=10, validation=True, f0_range=(100.0, 1000.0), db_range=(-30.0, -10.0))
@@ -170,6 +177,18 @@ def test_stage_resamples_per_teacher_and_keeps_error_rows(tmp_path):
     assert list(out["error"]) == ["", "undecodable: junk"] and not out["y"][1].any()
 
 
+def test_non_finite_teacher_output_becomes_an_error_row(tmp_path):
+    path = tmp_path / "peak.ts"
+    torch.jit.script(LogExcessPeak()).save(str(path))
+    stage = TeacherStage(teachers=[{"kind": "torchscript", "name": "peak", "path": str(path), "sample_rate": SR,
+                                    "outputs": {"log": "tensor"}}], sample_rate=SR, num_samples=100)
+    audio = np.stack([np.full(100, 0.5), np.full(100, 0.1)]).astype(np.float32)
+    out = stage({"key": np.array(["loud", "quiet"], dtype=object), "error": np.array(["", ""], dtype=object),
+                 "audio": audio})
+    assert list(out["error"]) == ["", "non-finite teacher output: peak_log"]
+    assert out["peak_log"][0, 0] == pytest.approx(np.log(0.3), rel=1e-5)
+
+
 def test_stage_bytes_do_not_depend_on_the_batch_on_cpu():
     n = int(0.3 * SR)
     rng = np.random.default_rng(0)
@@ -198,6 +217,24 @@ def test_stage_autocast_bf16_stays_close_to_float32():
         batch = {"key": np.array(["a"], dtype=object), "error": np.array([""], dtype=object), "audio": audio.copy()}
         results[autocast] = stage(batch)["crepe_tiny_f0"][0, 3:-3]
     assert np.abs(results["bf16"] / results[None] - 1).max() < 0.02
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stage_on_cuda_batches_and_matches_cpu():
+    n = int(0.5 * SR)
+    t = np.arange(n) / SR
+    audio = np.stack([0.3 * np.sin(2 * np.pi * f * t) for f in (220.0, 330.0, 440.0, 660.0)]).astype(np.float32)
+    teachers = [{"kind": "pesto"}, {"kind": "torchcrepe", "capacity": "full"}, {"kind": "loudness"}]
+    out = {}
+    for device in ("cpu", "cuda"):
+        stage = TeacherStage(teachers=teachers, sample_rate=SR, num_samples=n, input_column="audio", device=device)
+        assert stage.chunk_size == (32 if device == "cuda" else 1)
+        out[device] = stage({"key": np.array(list("abcd"), dtype=object), "error": np.array([""] * 4, dtype=object),
+                             "audio": audio.copy()})
+    for name in ("pesto_f0", "crepe_full_f0"):
+        assert np.abs(out["cuda"][name][:, 3:-3] / out["cpu"][name][:, 3:-3] - 1).max() < 1e-3
+    assert np.abs(out["cuda"]["loudness_db"] - out["cpu"]["loudness_db"]).max() < 0.01
 
 
 # ---- config and planning ------------------------------------------------------------------------

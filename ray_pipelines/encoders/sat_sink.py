@@ -38,9 +38,11 @@ FILELIST = "filelist.txt"
 DETAILS = "details.json"
 # {rank}/{13 digits}.npy|.json, and the temp files a killed writer may leave next to them.
 _SAMPLE_FILE = re.compile(r"^(?:[\w.=-]+/)?\d+/\d{%d}\.(npy|json)(\.tmp-[\w.-]+)?$" % ID_DIGITS)
-# Metadata columns copied into each sample's .json (besides padding_mask).
-METADATA_COLUMNS = ("key", "window", "seconds_start", "seconds_total", "timestamps", "sample_rate", "path",
-                    "relpath", "start_seconds", "valid_samples", "samples_per_input")
+# Columns copied into each sample's .json (besides padding_mask), under these names.
+METADATA_COLUMNS = {"key": "key", "window": "window", "seconds_start": "seconds_start",
+                    "seconds_total": "seconds_total", "timestamps": "timestamps", "sample_rate": "sample_rate",
+                    "path": "path", "relpath": "relpath", "start_seconds": "start_seconds",
+                    "valid_samples": "valid_samples", "samples_per_input": "num_windows"}
 
 
 def sample_id(key: str, window: int) -> str:
@@ -60,9 +62,9 @@ def is_encode_data_file(relpath: str) -> bool:
 
 def sample_metadata(rows: dict[str, np.ndarray], i: int) -> dict[str, Any]:
     md: dict[str, Any] = {"padding_mask": [int(v) for v in rows["padding_mask"][i]]}
-    for name in METADATA_COLUMNS:
-        if name in rows:
-            value = rows[name][i]
+    for column, name in METADATA_COLUMNS.items():
+        if column in rows:
+            value = rows[column][i]
             md[name] = value.tolist() if hasattr(value, "tolist") else value
     md["latent_shape"] = list(rows["latents"][i].shape)
     return md
@@ -140,7 +142,17 @@ def id_collisions(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_filelist(storage: Storage, files: list[dict[str, Any]]) -> list[str]:
-    """``filelist.txt``: every committed ``.npy``, relative to the root, sorted."""
-    paths = sorted({f["path"] for f in files if f["path"].endswith(".npy") and is_sample_file(f["path"])})
+    """``filelist.txt``: every committed ``.npy``, relative to the root, sorted; one per window.
+
+    Should two manifests name the same window (writers of a killed run that
+    finished after the resumed run had started), the window is listed once,
+    under its first path.
+    """
+    chosen: dict[tuple[str, int] | str, str] = {}
+    for f in sorted(files, key=lambda f: f["path"]):
+        path = f["path"]
+        if path.endswith(".npy") and is_sample_file(path):
+            chosen.setdefault((f["key"], int(f["window"])) if "key" in f else path, path)
+    paths = sorted(chosen.values())
     storage.write_bytes(FILELIST, "".join(p + "\n" for p in paths).encode())
     return paths

@@ -80,7 +80,16 @@ def balance_chart(report: dict[str, Any]) -> bytes:
     under, over = set(report["under_represented"]), set(report["over_represented"])
     for tick, name in zip(axes[1].get_xticklabels(), names):
         tick.set_color("tab:red" if name in under else "tab:blue" if name in over else "black")
-    fig.tight_layout()
+    library = report.get("library") or {}
+    notes = []
+    if library.get("dropped_labels"):
+        notes.append("dropped (fewer than min_per_label songs): "
+                     + ", ".join(f"{name} ({count})" for name, count in library["dropped_labels"].items()))
+    if library.get("unlabelled_files"):
+        notes.append(f"{library['unlabelled_files']} files without a label folder left out")
+    if notes:
+        fig.text(0.01, 0.005, "; ".join(notes), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.03 if notes else 0, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..storage import Storage, get_fs
@@ -56,15 +57,15 @@ class ScoreTable:
         """Every score file a committed score job output lists in its manifest."""
         storage = Storage(root, storage_options)
         manifest = manifest or storage.read_json("manifest.json")
-        parts: dict[str, list[Any]] = {name: [] for name in PARQUET_COLUMNS}
+        tables = []
         for record in manifest.get("files", []):
-            if not record["path"].endswith(".parquet"):
-                continue
-            with storage.fs.open(storage.abspath(record["path"]), "rb") as f:
-                table = pq.read_table(f, columns=list(PARQUET_COLUMNS))
-            for name in PARQUET_COLUMNS:
-                parts[name].extend(table.column(name).to_pylist())
-        return cls.from_columns(parts)
+            if record["path"].endswith(".parquet"):
+                with storage.fs.open(storage.abspath(record["path"]), "rb") as f:
+                    tables.append(pq.read_table(f, columns=list(PARQUET_COLUMNS)))
+        if not tables:
+            return cls.from_columns({name: [] for name in PARQUET_COLUMNS})
+        table = pa.concat_tables(tables)
+        return cls.from_columns({name: table.column(name).to_numpy() for name in PARQUET_COLUMNS})
 
     @classmethod
     def from_csv(cls, url: str, storage_options: dict[str, Any] | None = None) -> "ScoreTable":

@@ -79,9 +79,12 @@ class TeacherStage:
     def run_teachers(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """``[B, T]`` at the job's rate on the device -> ``{column: [B, ...]}`` float32."""
         out: dict[str, torch.Tensor] = {}
+        at_rate: dict[int, torch.Tensor] = {}       # teachers of one rate share the resampled clips
         with torch.inference_mode():
             for teacher in self.teachers:
-                inputs = self.resample(audio, self.sample_rate, teacher.sample_rate)
+                if teacher.sample_rate not in at_rate:
+                    at_rate[teacher.sample_rate] = self.resample(audio, self.sample_rate, teacher.sample_rate)
+                inputs = at_rate[teacher.sample_rate]
                 with self._autocast():
                     results = teacher(inputs)
                 for spec in teacher.outputs:
