@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ray_pipelines.audio.decode import DecodeError
 from ray_pipelines.config import CommonConfig
 from ray_pipelines.encoders.config import ModelConfig
 from ray_pipelines.encoders.loading import ModelInfo, inspect_encoder, load_encoder
 from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_encode_data_file, write_filelist
-from ray_pipelines.engine.decode import Window, WindowDecoder
+from ray_pipelines.encoders.windows import EncodeDecoder, WindowPlan
+from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.seeding import unit_interval
@@ -73,37 +72,6 @@ class EncodeConfig(CommonConfig):
     @property
     def precision(self) -> str:
         return "fp16" if self.model_half else "bf16" if self.bf16 else "fp32"
-
-
-class WindowPlan:
-    """Which windows of ``sample_size`` samples an input yields.
-
-    ``first``: one, from the start (pre_encode's behaviour). ``all``:
-    ``ceil(length / sample_size)`` consecutive windows, so every sample falls in
-    exactly one window; the last is padded. Every window carries the file's
-    duration for the metadata.
-    """
-
-    def __init__(self, mode: str, sample_size: int, sample_rate: int):
-        self.mode, self.sample_size, self.sample_rate = mode, sample_size, sample_rate
-
-    def __call__(self, key: str, file_seconds: float) -> list[Window]:
-        samples = int(round(file_seconds * self.sample_rate))
-        if samples <= 0:
-            raise DecodeError("empty: no audio samples")
-        count = 1 if self.mode == "first" else math.ceil(samples / self.sample_size)
-        return [Window(w, w * self.sample_size / self.sample_rate, {"file_seconds": float(file_seconds)})
-                for w in range(count)]
-
-
-class EncodeDecoder(WindowDecoder):
-    """The engine's decoder, with ``file_seconds`` on every row (error rows too, so batches stack)."""
-
-    def decode_input(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        rows = super().decode_input(item)
-        for row in rows:
-            row.setdefault("file_seconds", 0.0)
-        return rows
 
 
 class EncodeJob(Job):
@@ -221,6 +189,7 @@ class EncodeJob(Job):
 
 
 JOB = EncodeJob
+__all__ = ["JOB", "EncodeConfig", "EncodeDecoder", "EncodeJob", "WindowPlan", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

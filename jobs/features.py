@@ -65,6 +65,7 @@ class FeaturesConfig(CommonConfig):
         NESTED_LIST, description="nested_list: readable by Hugging Face datasets; fixed_shape_tensor: the Arrow "
                                  "tensor extension type (datasets cannot read it).")
     batch_size: int = Field(16, ge=1)
+    inputs_per_block: int = Field(16, ge=1, description="Songs per decode block (x snippets_per_song rows).")
     rows_per_file: int = Field(256, ge=1, description="A snippet is max_length * n_mels * 4 bytes (512 KiB).")
 
     @field_validator("splits")

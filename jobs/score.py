@@ -77,6 +77,9 @@ class ScoreConfig(CommonConfig):
     model: ModelSpec = Field(default_factory=ModelSpec)
     mask_ratio: float = Field(0.0, ge=0, lt=1, description="Share of patches hidden from the model (MAE).")
     mask_patch: tuple[int, int] = Field((16, 16), description="Mask patch size (mel bins, frames).")
+    forward_batch: int | None = Field(
+        None, ge=1, description="Rows per model forward, padded to exactly this (scores' bytes depend on it). "
+        "Default 16 on CPU, 64 on CUDA.")
 
     # derived outputs; changing them re-derives the outputs without recomputing scores
     filter: FilterSettings = Field(default_factory=FilterSettings)
@@ -174,7 +177,7 @@ class ScoreJob(Job):
             spectrogram = dict(sample_rate=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length, n_mels=c.n_mels,
                                f_min=c.f_min, f_max=c.f_max, top_db=c.top_db)
         return dict(model=c.model.model_dump(mode="json"), n_mels=c.n_mels, frames=c.mel_frames,
-                    batch_size=c.batch_size, seed=c.seed, mask_ratio=c.mask_ratio, mask_patch=tuple(c.mask_patch),
+                    forward_batch=c.forward_batch, seed=c.seed, mask_ratio=c.mask_ratio, mask_patch=tuple(c.mask_patch),
                     spectrogram=spectrogram, normalize=c.normalize.model_dump() if c.normalize else None,
                     storage_options=c.storage_options)
 

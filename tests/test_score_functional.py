@@ -63,7 +63,7 @@ def mel_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def stage(**kwargs) -> ScoreStage:
-    return ScoreStage(**{"model": SMALL_MODEL, "n_mels": 16, "frames": 22, "batch_size": 4, **kwargs})
+    return ScoreStage(**{"model": SMALL_MODEL, "n_mels": 16, "frames": 22, "forward_batch": 4, **kwargs})
 
 
 def test_stage_scores_do_not_depend_on_batch_company():
@@ -116,3 +116,17 @@ def test_conform_mel_accepts_two_layouts_and_names_what_is_wrong():
     bad[0, 0] = np.nan
     assert conform_mel(bad, 16, 22)[1] == "non-finite values: 1 NaN/inf in the spectrogram"
     assert conform_mel(torch.ones(16, 22, dtype=torch.complex64), 16, 22)[1].startswith("wrong dtype")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stage_on_cuda_matches_cpu_and_keeps_batch_independence():
+    batch = mel_batch(7)
+    on_gpu = stage(device="cuda", mask_ratio=0.5, mask_patch=(8, 8))
+    assert next(on_gpu.model.parameters()).is_cuda and on_gpu.forward_batch == 4
+    gpu = on_gpu({k: v.copy() for k, v in batch.items()})
+    cpu = stage(mask_ratio=0.5, mask_patch=(8, 8))({k: v.copy() for k, v in batch.items()})
+    assert gpu["reconstruction_loss"] == pytest.approx(cpu["reconstruction_loss"], rel=1e-4)
+    assert gpu["signal_energy"] == pytest.approx(cpu["signal_energy"], rel=1e-6)
+    one = on_gpu({k: v[2:3].copy() for k, v in batch.items()})
+    assert one["reconstruction_loss"][0] == gpu["reconstruction_loss"][2]

@@ -87,7 +87,7 @@ def test_scores_of_a_pt_folder(scored):
     loss = {r["filename"]: float(r["reconstruction_loss"]) for r in rows}
     for key in keys:
         assert energy[key] == pytest.approx(float(np.square(tensors[key].astype(np.float64)).mean()), rel=1e-12)
-    local = ScoreStage(model=MODEL, n_mels=N_MELS, frames=FRAMES, batch_size=4)(
+    local = ScoreStage(**score_job.JOB(config).stage_kwargs())(
         {"key": np.array(keys, dtype=object), "item": np.zeros(len(keys), np.int64),
          "error": np.array([""] * len(keys), dtype=object), "mel": np.stack([tensors[k] for k in keys])})
     assert [loss[k] for k in keys] == local["reconstruction_loss"].tolist()     # same bytes as in the job

@@ -52,7 +52,7 @@ def mel_batch(n: int = 3) -> dict[str, np.ndarray]:
 
 
 def run_stage(model: dict, **kwargs) -> dict[str, np.ndarray]:
-    return ScoreStage(model=model, n_mels=16, frames=22, batch_size=2, **kwargs)(mel_batch())
+    return ScoreStage(model=model, n_mels=16, frames=22, forward_batch=2, **kwargs)(mel_batch())
 
 
 def test_reference_weights_come_from_the_seed_alone():

@@ -4,14 +4,27 @@
 ``sample_rate``, ``channels`` and ``downsampling_ratio``. Kinds: the built-in
 reference VAE, a TorchScript file, ``module:factory`` + checkpoint, and
 stable-audio-tools model configs (optional package, imported lazily).
+
+The names below are imported on first use: the torch-free modules of this
+package (``sat_sink``, ``windows``) run in decode and write tasks, which
+should not pay for importing torch.
 """
 
-from .base import Encoder, ModelLoadError, ModuleEncoder
-from .config import ModelConfig
-from .functional import posterior_noise, sample_posterior
-from .loading import LoadedEncoder, ModelInfo, inspect_encoder, load_encoder
-from .reference import ReferenceAutoencoder, ReferenceModelConfig
+from __future__ import annotations
 
-__all__ = ["Encoder", "LoadedEncoder", "ModelConfig", "ModelInfo", "ModelLoadError", "ModuleEncoder",
-           "ReferenceAutoencoder", "ReferenceModelConfig", "inspect_encoder", "load_encoder", "posterior_noise",
-           "sample_posterior"]
+import importlib
+
+_EXPORTS = {
+    "Encoder": "base", "ModelLoadError": "base", "ModuleEncoder": "base",
+    "ModelConfig": "config",
+    "posterior_noise": "functional", "sample_posterior": "functional",
+    "LoadedEncoder": "loading", "ModelInfo": "loading", "inspect_encoder": "loading", "load_encoder": "loading",
+    "ReferenceAutoencoder": "reference", "ReferenceModelConfig": "reference",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

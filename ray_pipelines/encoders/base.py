@@ -72,21 +72,21 @@ class ModuleEncoder(Encoder):
         self.downsampling_ratio = _resolve(name, "downsampling_ratio", _attr(module, ("downsampling_ratio",)),
                                            downsampling_ratio, "model.downsampling_ratio")
         self.is_discrete = is_discrete
-        self._encode = getattr(module, "encode", None) or module
-        self._posterior = getattr(module, "posterior", None)
+        self._module_has_encode = callable(getattr(module, "encode", None))
+        self._module_has_posterior = callable(getattr(module, "posterior", None))
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        return self._encode(audio)
+        return self.module.encode(audio) if self._module_has_encode else self.module(audio)
 
     def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self._posterior is None:
+        if not self._module_has_posterior:
             return None
-        mean, std = self._posterior(audio)
+        mean, std = self.module.posterior(audio)
         return mean, std
 
     @property
     def has_posterior(self) -> bool:
-        return self._posterior is not None
+        return self._module_has_posterior
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "module": type(self.module).__name__}

@@ -15,6 +15,10 @@ from .device import pick_device
 
 # Columns handed on to the sink; the spectrogram itself is dropped here, it is not written.
 PASS_COLUMNS = ("key", "item", "samples_per_input", "split", "error", "etag", "source", "class", "group")
+# Rows per model forward unless configured. On CPU small chunks keep the activations in cache
+# (the reference model runs about 1.5x faster per item at 16 than at 1 or 64 on one core).
+CPU_FORWARD_BATCH = 16
+CUDA_FORWARD_BATCH = 64
 
 
 class ScoreStage:
@@ -25,28 +29,32 @@ class ScoreStage:
     before both scores. With ``mask_ratio > 0`` each item's model input hides
     a random set of ``mask_patch`` patches drawn from ``(seed, key, item)``.
 
-    Rows go through the model in chunks of exactly ``batch_size`` (the last
-    one zero-padded): every forward has the same shape, so an item's score is
-    the same bytes whichever rows shared its batch (a matrix multiply's
-    summation order depends on the shapes, not on the other rows' values).
+    Rows go through the model in chunks of exactly ``forward_batch`` rows
+    (the last one zero-padded; default 16 on CPU, 64 on CUDA): every forward
+    has the same shape, so an item's score is the same bytes whichever rows
+    shared its batch (a matrix multiply's summation order depends on the
+    shapes, not on the other rows' values).
     """
 
-    def __init__(self, *, model: dict[str, Any], n_mels: int, frames: int, batch_size: int, seed: int = 0,
-                 mask_ratio: float = 0.0, mask_patch: tuple[int, int] = (16, 16),
+    def __init__(self, *, model: dict[str, Any], n_mels: int, frames: int, forward_batch: int | None = None,
+                 seed: int = 0, mask_ratio: float = 0.0, mask_patch: tuple[int, int] = (16, 16),
                  spectrogram: dict[str, Any] | None = None, normalize: dict[str, float] | None = None,
                  storage_options: dict[str, Any] | None = None, device: str | None = None):
         self.device = pick_device(device)
         self.model = build_model(ModelSpec.model_validate(model), self.device, storage_options)
-        self.n_mels, self.frames, self.batch_size = n_mels, frames, batch_size
+        self.n_mels, self.frames = n_mels, frames
+        self.forward_batch = forward_batch or (CUDA_FORWARD_BATCH if self.device.type == "cuda" else CPU_FORWARD_BATCH)
         self.seed, self.mask_ratio, self.mask_patch = seed, mask_ratio, (int(mask_patch[0]), int(mask_patch[1]))
         self.spectrogram = LogMelSpectrogram(**spectrogram).to(self.device) if spectrogram else None
         self.normalize = normalize
 
-    def masks(self, keys: list[str], items: list[int]) -> torch.Tensor:
-        """``[B, 1, n_mels, frames]`` bool, one seeded mask per (key, item)."""
-        return torch.stack([random_patch_mask(self.n_mels, self.frames, self.mask_patch, self.mask_ratio,
-                                              sample_rng(self.seed, key, int(item), "mask"))
-                            for key, item in zip(keys, items)])[:, None]
+    def masks(self, keys: list[str], items: list[int], rows: int) -> torch.Tensor:
+        """``[rows, 1, n_mels, frames]`` bool: one seeded mask per (key, item), nothing hidden in padding rows."""
+        masks = torch.zeros(rows, 1, self.n_mels, self.frames, dtype=torch.bool)
+        for i, (key, item) in enumerate(zip(keys, items)):
+            masks[i, 0] = random_patch_mask(self.n_mels, self.frames, self.mask_patch, self.mask_ratio,
+                                            sample_rng(self.seed, key, int(item), "mask"))
+        return masks
 
     def to_mel(self, payload: torch.Tensor) -> torch.Tensor:
         """Input payload (mels, or audio when a spectrogram is configured) -> normalised ``[B, 1, n_mels, T]``."""
@@ -57,7 +65,7 @@ class ScoreStage:
 
     def score(self, payload: np.ndarray, keys: list[str], items: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Scores of ``n`` rows of ``payload`` (float64 ``[n]`` each)."""
-        n, size = len(payload), self.batch_size
+        n, size = len(payload), self.forward_batch
         losses, energies = [], []
         with torch.inference_mode():
             for start in range(0, n, size):
@@ -68,9 +76,7 @@ class ScoreStage:
                 mel = self.to_mel(torch.from_numpy(chunk).to(self.device))
                 mask = None
                 if self.mask_ratio > 0:
-                    pad = [""] * (size - real)
-                    mask = self.masks(keys[start:start + real] + pad, items[start:start + real] + [0] * len(pad))
-                    mask = mask.to(self.device)
+                    mask = self.masks(keys[start:start + real], items[start:start + real], size).to(self.device)
                 reconstruction = self.model.reconstruct(mel, mask)
                 losses.append(reconstruction_mse(mel, reconstruction)[:real].cpu().numpy())
                 energies.append(signal_energy(mel)[:real].cpu().numpy())
@@ -85,8 +91,9 @@ class ScoreStage:
         energy = np.full(n, np.nan)
         ok = np.flatnonzero(batch["error"] == "")
         if len(ok):
+            rows = payload if len(ok) == n else payload[ok]      # no copy in the common case
             keys = [str(k) for k in batch["key"][ok]]
-            loss[ok], energy[ok] = self.score(payload[ok], keys, batch["item"][ok].astype(int).tolist())
+            loss[ok], energy[ok] = self.score(rows, keys, batch["item"][ok].astype(int).tolist())
         out = {name: batch[name] for name in PASS_COLUMNS if name in batch}
         out["reconstruction_loss"] = loss
         out["signal_energy"] = energy
