@@ -75,6 +75,33 @@ def make_identity(**kwargs):
 '''
 
 
+# A user VAE: a posterior (mean, std) besides encode (its mean).
+VAE_MODEL = '''
+import torch
+from torch import nn
+
+
+class TinyVAE(nn.Module):
+    sample_rate, channels, downsampling_ratio = 16000, 1, 64
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, kernel_size=64, stride=64)
+
+    def posterior(self, audio):
+        mean, scale = self.conv(audio).chunk(2, dim=1)
+        return mean, nn.functional.softplus(scale) + 1e-4
+
+    def encode(self, audio):
+        return self.posterior(audio)[0]
+
+
+def make_vae():
+    torch.manual_seed(0)
+    return TinyVAE()
+'''
+
+
 def write_model(folder: Path, name: str, source: str) -> Path:
     path = folder / f"{name}.py"
     path.write_text(textwrap.dedent(source))
@@ -265,6 +292,19 @@ def test_stage_shapes_dtypes_mask_and_batch_independent_bytes():
     assert bf16["latents"].dtype == np.float32
 
 
+def test_a_user_vae_posterior_is_sampled_per_key(tmp_path):
+    model = {"kind": "factory", "factory": f"{write_model(tmp_path, 'tiny_vae', VAE_MODEL)}:make_vae"}
+    audio = (0.3 * np.random.default_rng(2).standard_normal((2, 1, 640))).astype(np.float32)
+    sampled = EncodeStage(model=model, sample_size=640, seed=4)
+    assert sampled.sample_posterior and sampled.encoder.has_posterior
+    a = sampled(batch_of(audio, [640, 640], ["a.wav", "b.wav"]))["latents"]
+    b = sampled(batch_of(audio[::-1].copy(), [640, 640], ["b.wav", "a.wav"]))["latents"]
+    assert a.shape == (2, 2, 10) and np.array_equal(a[0], b[1]) and np.array_equal(a[1], b[0])
+    mean = EncodeStage(model=model, sample_size=640, seed=4, sample_posterior=False)(batch_of(audio, [640, 640]))
+    expected = sampled.encoder.encode(torch.from_numpy(audio[:1])).numpy()[0]
+    assert np.array_equal(mean["latents"][0], expected) and not np.array_equal(a[0], expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_stage_on_cuda_in_fp16_matches_the_cpu():
     rng = np.random.default_rng(1)
@@ -333,3 +373,18 @@ def test_crop_keeps_a_real_frame_and_pads_short_latents():
     assert crop_latents(latents, mask, 8)[2] == 0
     padded, m, start = crop_latents(latents, mask, 25)
     assert padded.shape == (1, 25) and m.tolist() == mask.tolist() + [0] * 5 and start == 0
+
+
+def test_limit_batches_and_shuffle_pick_the_inputs(tmp_path):
+    for i in range(6):
+        (tmp_path / f"clip{i}.wav").write_bytes(b"RIFF")
+
+    def keys(**settings):
+        cfg = validate_config(EncodeConfig, {"input": str(tmp_path), "output": str(tmp_path / "out"),
+                                             "model": SMALL_BUILTIN, "sample_size": 512, **settings})
+        return sorted(item.key for item in EncodeJob(cfg).list_inputs())
+    assert keys(limit_batches=2, batch_size=2) == ["clip0.wav", "clip1.wav", "clip2.wav", "clip3.wav"]
+    shuffled = keys(limit_batches=1, batch_size=3, shuffle=True)
+    assert len(shuffled) == 3 and shuffled == keys(limit_batches=1, batch_size=3, shuffle=True)
+    assert {tuple(keys(limit=3, shuffle=True, seed=s)) for s in range(6)} != {("clip0.wav", "clip1.wav", "clip2.wav")}
+    assert keys() == [f"clip{i}.wav" for i in range(6)]

@@ -154,7 +154,7 @@ class OutputState:
 
         errors: list[dict[str, Any]] = []
         for part in parts:
-            errors.extend(e for e in part.get("errors", []))
+            errors.extend(e for e in part.get("errors", []) if not _superseded(e, progress))
         errors.extend(listing_errors)
         logged = {(e["key"], int(e.get("index", -1))) for e in errors}
         lost = []
@@ -200,6 +200,14 @@ class OutputState:
         self.storage.write_json(MANIFEST_FILE, manifest)
         self.storage.write_bytes(SUCCESS_FILE, b"")
         return manifest
+
+
+def _superseded(error: dict[str, Any], progress: Progress) -> bool:
+    """A retryable error that a later run healed: its sample (or whole input) is now written."""
+    if not error.get("retry"):
+        return False
+    index = int(error.get("index", -1))
+    return progress.is_done(error["key"]) if index < 0 else index in progress.written.get(error["key"], set())
 
 
 def default_is_data_file(relpath: str) -> bool:

@@ -29,7 +29,23 @@ def format_summary(job_name: str, result: JobResult, rows_label: str = "rows",
                                     f"{result.run_rows / run_seconds:.1f} {rows_label}/s"))
         for unit, amount in (units or {}).items():
             lines.append(("", f"{amount / run_seconds:.1f} {unit}/s"))
+    for label, value in (result.extra or {}).items():   # what the job's after_commit reported
+        shown = _short(value)
+        if shown is not None:
+            lines.append((str(label), shown))
     lines.append(("time", f"{seconds:.1f} s"))
     width = max(len(label) for label, _ in lines)
     body = "\n".join(f"  {label:<{width}}  {value}" for label, value in lines)
     return f"\n{job_name} job finished\n{body}\n"
+
+
+def _short(value) -> str | None:
+    """A one-line form of a reported value: scalars, and small flat dicts or lists; else None."""
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    scalar = (str, int, float, bool, type(None))
+    if isinstance(value, dict) and len(value) <= 8 and all(isinstance(v, scalar) for v in value.values()):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, scalar) for v in value):
+        return ", ".join(str(v) for v in value)
+    return None
