@@ -9,12 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 from jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.config import validate_config
+from ray_pipelines.encoders.sat_sink import npy_bytes, sample_id
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.stages.encode import EncodeStage
 from tests.audio_helpers import REPO, SHARED_AUDIO
 
 SETTINGS = {"sample_size": 32768, "windows": "all", "seed": 11, "actors": 1}
@@ -43,14 +46,22 @@ def clips(tmp_path_factory) -> Path:
     return root
 
 
-def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path, ray_local):
-    reference = tmp_path / "reference"
-    first = run_job(EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(reference),
-                                                             **SETTINGS})), progress=False)
-    expected = by_id(reference)
-    assert len(expected) == first.counts["rows_written"] > len(CLIPS)    # some clips span several windows
+def uninterrupted(job: EncodeJob) -> dict[str, bytes]:
+    """Sample id -> .npy bytes of every window, decoded and encoded here in one go (what an
+    uninterrupted run writes: test_encode_job checks a run against the same computation)."""
+    rows = [item.to_row() for item in job.list_inputs()]
+    decoded = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
+    out = EncodeStage(**job.stage_kwargs())(decoded)
+    assert (out["error"] == "").all()
+    return {sample_id(k, w): npy_bytes(z) for k, w, z in zip(out["key"], out["window"], out["latents"])}
 
+
+def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path, ray_local):
     out = tmp_path / "killed"
+    job = EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(out), **SETTINGS}))
+    expected = uninterrupted(job)
+    assert len(expected) > len(CLIPS)    # some clips span several windows
+
     args = [sys.executable, "-m", "jobs.encode", "--no-progress", "--quiet",
             *[a for k, v in {**SETTINGS, "inputs_per_block": 1}.items() for a in ("--set", f"{k}={v}")],
             "--set", f"input={clips}", "--set", f"output={out}"]
@@ -81,13 +92,13 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path
     (out / "0").mkdir(exist_ok=True)
     (out / "0" / f"{some_id}.npy.tmp-1-2").write_bytes(b"partial")
 
-    resumed = run_job(EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(out),
-                                                               **SETTINGS})), progress=False)
+    resumed = run_job(job, progress=False)
     counts = resumed.counts
     assert counts["skipped_already_committed"] >= 1 and counts["duplicates"] == 0
     assert counts["orphans_removed"] >= 3 and counts["rows_written"] == len(expected)
     assert by_id(out) == expected                         # same ids, byte-identical .npy
 
+    # Rerunning the same config: nothing left to do, nothing changes.
     again = run_job(EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(out),
                                                              **SETTINGS})), progress=False)
     assert again.counts["processed_this_run"] == 0 and by_id(out) == expected

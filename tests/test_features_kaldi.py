@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ray_pipelines.audio.decode import AudioFile, InputAudio, load_window
-from ray_pipelines.features.kaldi import AST_MEAN, AST_STD, ASTFeatures, kaldi_mel_banks
+from ray_pipelines.features.kaldi import AST_MEAN, AST_STD, ASTFeatures, kaldi_mel_banks, num_frames
 from ray_pipelines.stages.features import FeaturesStage
 from tests.audio_helpers import SHARED_AUDIO
 
@@ -95,7 +95,8 @@ def test_short_audio_is_featurised_then_padded_with_zero_frames():
     audio, valid = real_audio(REAL[2])           # tabla_na: 0.72 s
     assert valid < len(audio) and not audio[valid:].any()
     raw = ASTFeatures(normalize=False)(torch.from_numpy(audio), valid).numpy()
-    frames = 1 + (valid - 400) // 160
+    frames = num_frames(valid, 400, 160)
+    assert frames == 1 + (valid - 400) // 160 and num_frames(399, 400, 160) == 0
     assert raw[:frames].std() > 0 and not raw[frames:].any()     # the extractor pads with 0 before normalising
     padded_audio = ASTFeatures(normalize=False)(torch.from_numpy(audio)).numpy()
     assert not np.allclose(padded_audio, raw)    # featurising the zero-padded audio would differ

@@ -69,8 +69,8 @@ class Progress:
         """Every sample of the input is written or failed for good (or the whole input failed)."""
         if -1 in self.final_errors.get(key, {}):
             return True
-        expected = self.expected.get(key)
-        return expected is not None and len(self.done_indices(key)) >= expected
+        expected = self.expected.get(key, 0)    # 0: only a whole-input error was seen, which was retryable
+        return expected > 0 and len(self.done_indices(key)) >= expected
 
 
 class OutputState:
