@@ -288,7 +288,7 @@ def main() -> None:
     import ray
 
     cores = os.cpu_count() or 1
-    base_songs, loop_songs, small_songs, large_songs = (4, 4, 16, 48) if args.quick else (10, 10, 32, 320)
+    base_songs, loop_songs, small_songs, large_songs = (4, 4, 16, 48) if args.quick else (10, 10, 32, 256)
     work = Path(tempfile.mkdtemp(prefix="bench-features-"))
     ray_started = time.perf_counter()
     ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -182,7 +182,8 @@ class EncodeJob(Job):
             "samples": len(samples) if c.layout != "parquet" else manifest["counts"]["rows_written"],
             "id_collisions": collisions,
         })
-        return {"samples": len(samples), "id_collisions": len(collisions)}
+        return {"samples in filelist.txt": len(samples) if c.layout != "parquet" else "-",
+                "sample id collisions": len(collisions)}
 
     def throughput_units(self, rows: int) -> dict[str, float]:
         return {"audio seconds": rows * self.config.sample_size / self.sample_rate}

@@ -205,8 +205,13 @@ class FeaturesJob(Job):
             report["library"] = describe(self.plan, c.min_per_label)
         storage.write_json(BALANCE_JSON, report)
         storage.write_bytes(BALANCE_PNG, balance_chart(report))
-        return {"labels": names, "dropped_labels": report.get("library", {}).get("dropped_labels", {}),
-                "under_represented": report["under_represented"], "over_represented": report["over_represented"]}
+        # Shown in the job summary (short values) and returned to callers in JobResult.extra.
+        dropped = report.get("library", {}).get("dropped_labels", {})
+        return {"labels": f"{len(names)} (labels.json)",
+                "dropped labels": dropped or "none",
+                "under-represented": report["under_represented"] or "none",
+                "over-represented": report["over_represented"] or "none",
+                "class balance": f"{BALANCE_JSON}, {BALANCE_PNG}"}
 
     def throughput_units(self, rows: int) -> dict[str, float]:
         return {"audio seconds": rows * self.config.snippet_seconds}

@@ -72,7 +72,7 @@ def test_labels_are_sorted_folders_and_small_labels_are_dropped_and_reported(run
     assert labels == ["ambient", "bass", "bass_drum", "drum_kit", "electronic", "loop", "tabla"]
     balance = json.loads((run1 / "balance.json").read_text())
     assert balance["library"]["dropped_labels"] == {"percussion": 5}
-    assert runs["first"].extra["dropped_labels"] == {"percussion": 5}
+    assert runs["first"].extra["dropped labels"] == {"percussion": 5}
     rows = read_rows(run1)
     assert not any(p.startswith("percussion/") for p in rows["path"])
     assert (run1 / "balance.png").read_bytes()[:4] == b"\x89PNG"

@@ -202,3 +202,20 @@ def test_example_configs_load():
     for path in files:
         cfg = load_config(FeaturesConfig, path)
         assert abs(sum(cfg.splits.values()) - 1) < 1e-9 and cfg.min_per_label >= 2
+
+
+def test_library_on_s3_is_scanned_planned_and_recorded(s3_bucket):
+    bucket, options, fs = s3_bucket
+    for label, count in (("rock", 3), ("jazz", 3), ("solo", 1)):
+        for i in range(count):
+            fs.pipe(f"{bucket}/music/{label}/cd{i % 2}/s{i}.flac", encoded_bytes(tone(0.05, seed=i), "flac"))
+    fs.pipe(f"{bucket}/music/readme.txt", b"not audio")
+    out = Storage(f"s3://{bucket}/out", options)
+    items = list_inputs(f"s3://{bucket}/music", ["flac"], options)
+    plan = plan_library(items, storage=out, seed=0, fractions=SPLITS, skip_dirs=[], min_per_label=3)
+    save_plan(out, plan, 0, SPLITS)
+    assert plan.names == ["jazz", "rock"] and plan.scan.dropped == {"solo": 1}
+    recorded = Storage(f"s3://{bucket}/out", options).read_json(SPLITS_FILE)["songs"]
+    assert set(recorded) == {f"{label}/cd{i % 2}/s{i}.flac" for label in ("rock", "jazz") for i in range(3)}
+    for label in ("rock", "jazz"):
+        assert {v["split"] for k, v in recorded.items() if v["label"] == label} == set(SPLITS)

@@ -120,16 +120,33 @@ def _scalar(value: Any) -> Any:
 
 
 def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Stack row dicts into a NumPy batch (tensors stacked, strings as object arrays)."""
+    """Stack row dicts into a NumPy batch (tensors stacked, strings as object arrays).
+
+    Rows may differ in columns (an error row lacks a window's extra columns):
+    a missing value becomes a blank of the column's kind (zeros, "", 0).
+    """
     if not rows:
         return {}
+    names = list(dict.fromkeys(name for row in rows for name in row))
     batch: dict[str, np.ndarray] = {}
-    for name in rows[0]:
-        values = [r[name] for r in rows]
-        if isinstance(values[0], np.ndarray):
+    for name in names:
+        present = next(r[name] for r in rows if name in r)
+        blank = _blank_like(present)
+        values = [r.get(name, blank) for r in rows]
+        if isinstance(present, np.ndarray):
             batch[name] = np.stack(values)
-        elif isinstance(values[0], str) or values[0] is None:
+        elif isinstance(present, str) or present is None:
             batch[name] = np.array(["" if v is None else v for v in values], dtype=object)
         else:
             batch[name] = np.asarray(values)
     return batch
+
+
+def _blank_like(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return np.zeros_like(value)
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.number)):
+        return type(value)(0)
+    return ""

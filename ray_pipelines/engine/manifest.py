@@ -21,6 +21,7 @@ import json
 import platform
 import posixpath
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -82,8 +83,12 @@ class OutputState:
 
     # ---- before a run ------------------------------------------------------------
     def prepare(self, job: str, fingerprint: str, config: dict[str, Any], fingerprinted: dict[str, Any],
-                overwrite: bool) -> bool:
-        """Claim the output for this job and config. Returns True when it resumes earlier work.
+                overwrite: bool) -> str:
+        """Claim the output for this job and config; returns this run's id.
+
+        The run id in ``_job.json`` fences off an earlier run's stray writers (Ray
+        workers that outlive a killed driver): a write task commits its manifest
+        only while ``_job.json`` still names its run (see ``ShardSink``).
 
         Raises :class:`OutputConflict` when the output belongs to another job or
         config fingerprint and ``overwrite`` is false.
@@ -108,9 +113,10 @@ class OutputState:
             self.storage.remove("")
         self.storage.makedirs(MANIFEST_DIR)
         self.storage.remove(SUCCESS_FILE)
+        run_id = uuid.uuid4().hex
         self.storage.write_json(JOB_FILE, {"job": job, "fingerprint": fingerprint, "config": config,
-                                           "fingerprinted": fingerprinted})
-        return existing is not None and not overwrite
+                                           "fingerprinted": fingerprinted, "run_id": run_id})
+        return run_id
 
     def load_parts(self) -> list[dict[str, Any]]:
         parts = []

@@ -62,7 +62,7 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     storage = Storage(cfg.output, cfg.storage_options)
     fingerprint = cfg.fingerprint(job.fingerprint_extra())
     state = OutputState(storage, job.is_data_file)
-    state.prepare(job.name, fingerprint, cfg.model_dump(mode="json"), cfg.fingerprinted(), overwrite)
+    run_id = state.prepare(job.name, fingerprint, cfg.model_dump(mode="json"), cfg.fingerprinted(), overwrite)
 
     rows = select_inputs(job)
     listed_at = time.time()
@@ -81,7 +81,7 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     if pending:
         how = connect(address)
         configure_data_context(cfg, progress)
-        run_rows = sum(r["rows"] for r in _execute(job, pending, fingerprint))
+        run_rows = sum(r["rows"] for r in _execute(job, pending, fingerprint, run_id))
     ran_at = time.time()
 
     manifest = state.commit(
@@ -107,7 +107,7 @@ class DecodeThenStage:
         return self.stage(decoded) if decoded else decoded
 
 
-def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str) -> list[dict[str, Any]]:
+def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> list[dict[str, Any]]:
     """Build and run the Ray Data plan; returns what each write task reported."""
     cfg = job.config
     stages = job.stages()
@@ -137,5 +137,6 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str) -> list[
                 batch_format="numpy", compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
                 num_gpus=gpus or None, **actor_args)
         sink = job.make_sink(fingerprint)
+        sink.run_id = run_id
         ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES})
     return sink.write_returns

@@ -30,8 +30,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"cluster at {address}"
+    # Keep idle workers: otherwise every write task pays a fresh worker's start-up
+    # (about 1 CPU-second per block, measured in bench/encode.py).
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+             log_to_driver=True, configure_logging=False, _system_config={"kill_idle_workers_interval_ms": 0})
     return "embedded local Ray"
 
 

@@ -22,7 +22,7 @@ from ray.data.datasource import Datasink
 from ..audio.decode import is_retryable
 from ..storage import Storage
 from .arrow import table_from_columns
-from .manifest import MANIFEST_DIR
+from .manifest import JOB_FILE, MANIFEST_DIR
 
 # Bookkeeping columns every row carries through the pipeline; never written as data.
 KEY, ERROR, SPLIT, EXPECTED, ETAG = "key", "error", "split", "samples_per_input", "etag"
@@ -61,6 +61,7 @@ class ShardSink(Datasink):
         self.rows_per_file = rows_per_file
         self.compression = None if compression == "none" else compression
         self.schema_metadata = schema_metadata or {}
+        self.run_id = ""      # set by the runner; fences off writers of an earlier, killed run
         self.write_returns: list[dict[str, Any]] = []
 
     # ---- Datasink interface -----------------------------------------------------
@@ -118,6 +119,10 @@ class ShardSink(Datasink):
             "errors": error_rows,
             "schema": schema,
         }
+        if self.run_id and storage.read_json(JOB_FILE).get("run_id") != self.run_id:
+            # A newer run owns the output (this task outlived a killed driver): leave the
+            # files as orphans for that run's commit to remove, and commit nothing.
+            return {"rows": 0, "error_rows": 0, "files": 0, "bytes": 0, "fenced": True}
         name = content_hash(self.fingerprint, keys, indices)
         storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part)
         return {"rows": int(ok.sum()), "error_rows": len(error_rows), "files": len(files),

@@ -84,7 +84,7 @@ def load_hf_dataset(output: str, split: str | None = None, *, storage_options: d
     """
     import datasets
 
-    from ..storage import Storage
+    from ..storage import Storage, fs_options, split_protocol
 
     storage = Storage(output, storage_options)
     manifest = storage.read_json("manifest.json")
@@ -100,6 +100,8 @@ def load_hf_dataset(output: str, split: str | None = None, *, storage_options: d
             files.setdefault(record["split"], []).append(storage.url(record["path"]))
     if not files:
         raise ValueError(f"no data files in {output}" + (f" for split {split!r}" if split else ""))
-    loaded = datasets.load_dataset("parquet", data_files=files, features=features,
-                                   storage_options=storage_options or None, **load_kwargs)
+    protocol = split_protocol(storage.root)[0]
+    options = fs_options(protocol, storage_options) if protocol != "file" else None
+    loaded = datasets.load_dataset("parquet", data_files=files, features=features, storage_options=options,
+                                   **load_kwargs)
     return loaded[split] if split is not None else loaded

@@ -1,0 +1,69 @@
+"""The shard sink and the commit without Ray: content names, manifests, the run fence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ray_pipelines.engine.manifest import OutputState
+from ray_pipelines.engine.sink import ShardSink
+from ray_pipelines.storage import Storage
+
+
+def rows(keys, versions, error=None) -> dict[str, np.ndarray]:
+    n = len(keys)
+    return {"key": np.array(keys, dtype=object), "version": np.array(versions),
+            "view1": np.arange(n * 6, dtype=np.float32).reshape(n, 1, 2, 3),
+            "error": np.array(error or [""] * n, dtype=object), "split": np.array(["train"] * n, dtype=object),
+            "samples_per_input": np.full(n, 2), "etag": np.array(["e"] * n, dtype=object)}
+
+
+def sink(out) -> ShardSink:
+    return ShardSink(output=str(out), storage_options=None, fingerprint="f" * 64, index_column="version",
+                     output_columns=["key", "version", "view1"])
+
+
+def prepare(out) -> tuple[OutputState, str]:
+    state = OutputState(Storage(str(out)))
+    return state, state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+
+
+def test_names_come_from_content_and_rows_are_sorted(tmp_path):
+    state, run_id = prepare(tmp_path)
+    a, b = sink(tmp_path), sink(tmp_path)
+    a.run_id = b.run_id = run_id
+    a.write_rows(rows(["b", "a", "a"], [0, 1, 0]), rank=0)
+    first = sorted(p.name for p in tmp_path.glob("train/*.parquet"))
+    b.write_rows(rows(["a", "b", "a"], [0, 0, 1]), rank=7)      # same rows, other order and rank
+    assert sorted(p.name for p in tmp_path.glob("train/*.parquet")) == first
+    table = pq.read_table(tmp_path / "train" / first[0])
+    assert list(zip(table.column("key").to_pylist(), table.column("version").to_pylist())) == [
+        ("a", 0), ("a", 1), ("b", 0)]
+    progress = state.progress()
+    assert progress.written == {"a": {0, 1}, "b": {0}} and progress.is_done("a") and not progress.is_done("b")
+
+
+def test_a_stale_run_commits_nothing_and_its_files_are_removed(tmp_path):
+    state, old_run = prepare(tmp_path)
+    stale = sink(tmp_path)
+    stale.run_id = old_run
+    state.prepare("augment", "f" * 64, {}, {}, overwrite=False)          # a new run takes over
+    result = stale.write_rows(rows(["a", "a"], [0, 1]), rank=0)
+    assert result["fenced"] and not list((tmp_path / "_manifests").glob("*.json"))
+    assert len(list(tmp_path.glob("train/*.parquet"))) == 1             # written, but committed by no manifest
+    manifest = state.commit(job="augment", fingerprint="f" * 64, config={}, listed=1, skipped=0,
+                            processed_keys=["a"], listing_errors=[], timings={})
+    assert not list(tmp_path.glob("train/*.parquet"))
+    assert manifest["counts"]["orphans_removed"] == 1 and manifest["counts"]["lost"] == 1
+
+
+def test_error_rows_go_to_the_manifest_not_the_data(tmp_path):
+    state, run_id = prepare(tmp_path)
+    s = sink(tmp_path)
+    s.run_id = run_id
+    s.write_rows(rows(["a", "a"], [0, 1], error=["", "silent: peak -120.0 dBFS is below -90 dBFS"]), rank=0)
+    table = pq.read_table(next(tmp_path.glob("train/*.parquet")))
+    assert table.num_rows == 1
+    progress = state.progress()
+    assert progress.final_errors == {"a": {1: "silent: peak -120.0 dBFS is below -90 dBFS"}}
+    assert progress.is_done("a")          # one written, one failed for good: nothing left to do
