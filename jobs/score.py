@@ -25,7 +25,8 @@ from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.scoring.inputs import (INDEX_COLUMN, FirstWindow, PathLabels, ShardDecoder, TensorFileDecoder,
                                           list_shard_inputs, list_tensor_files)
-from ray_pipelines.scoring.models import ModelSpec, build_model, check_model, weights_sha256
+from ray_pipelines.models import weights_sha256
+from ray_pipelines.scoring.models import ModelSpec, build_model, check_model
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.table import ScoreTable, read_errors
 from ray_pipelines.sources import InputItem
@@ -152,6 +153,8 @@ class ScoreJob(Job):
             try:
                 model = build_model(c.model, "cpu", c.storage_options)
                 check_model(model, c.n_mels, c.mel_frames, masked=c.mask_ratio > 0)
+            except ConfigError as e:      # already says what is wrong (e.g. model file not found)
+                raise ConfigError(f"model ({c.model.kind}): {e}") from None
             except Exception as e:
                 raise ConfigError(f"model ({c.model.kind}): {type(e).__name__}: {e}") from None
             self._model_fingerprint = {"model_weights_sha256": weights_sha256(model)}

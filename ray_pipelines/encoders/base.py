@@ -18,11 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ConfigError
-
-
-class ModelLoadError(ConfigError):
-    """A model that cannot be loaded or does not fit the job's config; the message says why."""
+from ..models import ModelLoadError   # noqa: F401  (re-exported: the encoders' load error)
 
 
 class Encoder(nn.Module):

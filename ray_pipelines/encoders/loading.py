@@ -16,7 +16,7 @@ import torch
 from .base import Encoder, ModelLoadError, ModuleEncoder
 from .config import ModelConfig
 from .reference import ReferenceAutoencoder
-from .user import build_from_factory, load_torchscript, read_model_file
+from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def load_encoder(model: ModelConfig, *, sample_rate: int | None = None, channels
         digest.update(model.factory.encode())
         if checkpoint is not None:
             digest.update(checkpoint)
-        module = build_from_factory(model.factory, model.factory_kwargs, checkpoint, model.checkpoint or "")
+        state = load_state_dict(checkpoint, model.checkpoint) if checkpoint is not None else None
+        module = build_from_factory(model.factory, model.factory_kwargs, state, model.checkpoint or "")
         if isinstance(module, Encoder):
             encoder = module
         else:

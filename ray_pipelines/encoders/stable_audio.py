@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import Encoder, ModelLoadError
-from .user import load_state_dict
+from ..models import load_state_dict
 
 INSTALL_HINT = ("model.kind 'stable-audio-tools' needs the optional stable-audio-tools package, which is not "
                 "installed in this environment (on the driver and every worker): "

@@ -24,9 +24,6 @@ A user module is called as ``module.reconstruct(mel, mask)`` when it has a
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import io
 import math
 from typing import Any, Literal, Protocol
 
@@ -34,7 +31,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from ..storage import get_fs
+from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
+
 
 
 class Reconstructor(Protocol):
@@ -173,50 +171,18 @@ def reference_mae(patch: tuple[int, int] = (16, 16), dim: int = 64, depth: int =
     return ReferenceMAE(tuple(patch), dim, depth, heads, seed)
 
 
-def _read_bytes(url: str, storage_options: dict[str, Any] | None) -> bytes:
-    fs, path = get_fs(url, storage_options)
-    with fs.open(path, "rb") as f:
-        return f.read()
-
-
-def load_state_dict(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """A checkpoint's state dict (a bare one, or under 'state_dict' / 'model'), weights only."""
-    state = torch.load(io.BytesIO(_read_bytes(url, storage_options)), map_location="cpu", weights_only=True)
-    for name in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(name), dict):
-            state = state[name]
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {url} holds a {type(state).__name__}, not a state dict")
-    return state
-
-
 def build_model(spec: ModelSpec, device: torch.device | str = "cpu",
                 storage_options: dict[str, Any] | None = None) -> nn.Module:
     """The model ``spec`` names, in eval mode on ``device``, with a ``reconstruct`` method."""
     if spec.kind == "reference":
         model: nn.Module = ReferenceMAE(spec.patch, spec.dim, spec.depth, spec.heads, spec.seed)
     elif spec.kind == "torchscript":
-        module = torch.jit.load(io.BytesIO(_read_bytes(spec.path, storage_options)), map_location="cpu")
-        model = ModuleReconstructor(module)
+        model = ModuleReconstructor(load_torchscript(read_model_file(spec.path, storage_options), spec.path))
     else:
-        module_name, function = spec.factory.split(":", 1)
-        module = getattr(importlib.import_module(module_name), function)(**spec.kwargs)
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"model.factory {spec.factory} returned a {type(module).__name__}, not an nn.Module")
-        if spec.checkpoint:
-            module.load_state_dict(load_state_dict(spec.checkpoint, storage_options))
-        model = ModuleReconstructor(module)
+        state = (load_state_dict(read_model_file(spec.checkpoint, storage_options), spec.checkpoint)
+                 if spec.checkpoint else None)
+        model = ModuleReconstructor(build_from_factory(spec.factory, spec.kwargs, state, spec.checkpoint or ""))
     return model.to(device).eval()
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """A digest of every parameter and buffer (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}\x1f{t.dtype}\x1f{list(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def check_model(model: nn.Module, n_mels: int, frames: int, masked: bool) -> None:

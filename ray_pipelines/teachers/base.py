@@ -18,18 +18,15 @@ from typing import Any, Literal
 
 import torch
 
-from ..config import ConfigError
+from ..models import ModelLoadError
 
 # "waveform": audio at the teacher's rate, resampled back to the job's rate and
 # cut/padded to the job's clip length before it is stored; "tensor": stored as is.
 OutputKind = Literal["waveform", "tensor"]
 
 
-class TeacherLoadError(ConfigError):
-    """A teacher that cannot be built (bad checkpoint, missing factory); the message says why.
-
-    A :class:`~ray_pipelines.config.ConfigError`, so the CLI reports it like a bad config (exit 2).
-    """
+# A teacher that cannot be built: the shared user-model error (a ConfigError: CLI exit 2).
+TeacherLoadError = ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -97,10 +94,6 @@ def file_sha256(path: str) -> str:
     """SHA-256 of a local file (cached per path, size and mtime: weight files are read once)."""
     stat = os.stat(path)
     return _file_sha256(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-
-
-def bytes_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def describe(teacher_identity: dict[str, Any]) -> str:

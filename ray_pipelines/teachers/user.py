@@ -13,117 +13,18 @@ is refused with a :class:`TeacherLoadError` saying what to save instead.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-import io
-import os
-import pickle
 import re
-import sys
-import warnings
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
 
-from ..storage import get_fs
-from .base import OutputKind, Teacher, TeacherLoadError, TeacherOutput, bytes_sha256
+from ..models import (build_from_factory, bytes_sha256, factory_code_sha256, load_state_dict, load_torchscript,
+                      read_model_file)
+from .base import OutputKind, Teacher, TeacherLoadError, TeacherOutput
 from .spec import TeacherSpecBase
 
 InputLayout = Literal["batch_time", "batch_channel_time"]
-
-
-# ---- loading ---------------------------------------------------------------------------
-def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """A model file from a local path or any fsspec URL."""
-    try:
-        fs, path = get_fs(uri, storage_options)
-        with fs.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise TeacherLoadError(f"model file not found: {uri}") from None
-    except Exception as e:
-        raise TeacherLoadError(f"cannot read model file {uri}: {type(e).__name__}: {e}") from None
-
-
-def load_weights_only(data: bytes, uri: str) -> Any:
-    """``torch.load(weights_only=True)``; a checkpoint that needs code is refused, saying why."""
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
-        needs = f" (it needs {', '.join(dict.fromkeys(found))})" if found else ""
-        raise TeacherLoadError(
-            f"checkpoint {uri} needs pickled code to load{needs}. Checkpoints are loaded with "
-            "torch.load(weights_only=True), which never runs code from a file. Save the weights only "
-            "(torch.save(model.state_dict(), path)) and build the model with a module:factory teacher, "
-            "or export it with torch.jit.script / torch.jit.trace and use kind: torchscript") from None
-    except Exception as e:
-        raise TeacherLoadError(f"checkpoint {uri} cannot be loaded: {type(e).__name__}: {e}") from None
-
-
-def state_dict_of(checkpoint: Any, key: str | None, uri: str) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint: itself, ``checkpoint[key]``, or the usual ``state_dict``/``model``."""
-    if key is not None:
-        if not isinstance(checkpoint, dict) or key not in checkpoint:
-            raise TeacherLoadError(f"checkpoint {uri} has no entry {key!r} (state_dict_key)")
-        checkpoint = checkpoint[key]
-    elif isinstance(checkpoint, dict) and not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        for candidate in ("state_dict", "model", "model_state_dict"):
-            if isinstance(checkpoint.get(candidate), dict):
-                checkpoint = checkpoint[candidate]
-                break
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise TeacherLoadError(f"checkpoint {uri} holds no state dict of tensors; set state_dict_key")
-    return checkpoint
-
-
-def resolve_factory(reference: str) -> Callable[..., torch.nn.Module]:
-    """``package.module:name`` or ``path/to/file.py:name`` -> the callable."""
-    target, _, attribute = reference.rpartition(":")
-    if not target or not attribute:
-        raise TeacherLoadError(f"factory {reference!r} must look like 'package.module:function' or 'file.py:function'")
-    try:
-        if target.endswith(".py"):
-            module = _module_from_file(target)
-        else:
-            module = importlib.import_module(target)
-    except TeacherLoadError:
-        raise
-    except Exception as e:
-        raise TeacherLoadError(f"factory {reference!r}: cannot import {target}: {type(e).__name__}: {e}") from None
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise TeacherLoadError(f"factory {reference!r}: {target} has no callable {attribute!r}")
-    return factory
-
-
-def _module_from_file(path: str):
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise TeacherLoadError(f"factory file not found: {path}")
-    name = "_teacher_factory_" + bytes_sha256(path.encode())[:12]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def factory_code_sha256(reference: str) -> str:
-    """Hash of the factory's source file, so editing the model code changes the fingerprint."""
-    factory = resolve_factory(reference)
-    try:
-        source = inspect.getsourcefile(factory)
-    except TypeError:
-        source = None
-    if not source or not os.path.exists(source):
-        return ""
-    with open(source, "rb") as f:
-        return bytes_sha256(f.read())
 
 
 # ---- the teacher ------------------------------------------------------------------------
@@ -196,15 +97,8 @@ class TorchScriptSpec(UserSpecBase):
     path: str = Field(..., description="TorchScript file: local path or fsspec URL.")
 
     def _load(self) -> tuple[torch.nn.Module, bytes]:
-        data = read_bytes(self.path)
-        try:
-            with warnings.catch_warnings():
-                # torch 2.14 marks TorchScript deprecated; it is still the one self-contained model file format.
-                warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(io.BytesIO(data), map_location="cpu"), data
-        except Exception as e:
-            raise TeacherLoadError(f"{self.path} is not a TorchScript model: {type(e).__name__}: "
-                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        data = read_model_file(self.path)
+        return load_torchscript(data, self.path), data
 
     def build(self) -> ModelTeacher:
         module, _ = self._load()
@@ -212,7 +106,7 @@ class TorchScriptSpec(UserSpecBase):
                             self.version)
 
     def identity(self) -> dict[str, Any]:
-        return self.base_identity(self.version, bytes_sha256(read_bytes(self.path)), self.sample_rate)
+        return self.base_identity(self.version, bytes_sha256(read_model_file(self.path)), self.sample_rate)
 
 
 class FactorySpec(UserSpecBase):
@@ -227,24 +121,17 @@ class FactorySpec(UserSpecBase):
     def load_state_dict(self) -> tuple[dict[str, torch.Tensor] | None, bytes]:
         if self.checkpoint is None:
             return None, b""
-        data = read_bytes(self.checkpoint)
-        return state_dict_of(load_weights_only(data, self.checkpoint), self.state_dict_key, self.checkpoint), data
+        data = read_model_file(self.checkpoint)
+        return load_state_dict(data, self.checkpoint, self.state_dict_key), data
 
     def build(self) -> ModelTeacher:
         state, _ = self.load_state_dict()
-        factory = resolve_factory(self.factory)
         try:
-            module = factory(**self.kwargs)
+            module = build_from_factory(self.factory, self.kwargs, state, self.checkpoint or "")
+        except TeacherLoadError:
+            raise
         except Exception as e:
             raise TeacherLoadError(f"factory {self.factory} failed: {type(e).__name__}: {e}") from None
-        if not isinstance(module, torch.nn.Module):
-            raise TeacherLoadError(f"factory {self.factory} returned {type(module).__name__}, not a torch.nn.Module")
-        if state is not None:
-            try:
-                module.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise TeacherLoadError(f"checkpoint {self.checkpoint} does not fit {self.factory}: "
-                                       f"{str(e).splitlines()[0]}") from None
         return ModelTeacher(self.name, self.kind, module, self.sample_rate, self.outputs, self.input_layout,
                             self.version)
 
