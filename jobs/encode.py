@@ -26,9 +26,10 @@ from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_
 from ray_pipelines.encoders.windows import EncodeDecoder, WindowPlan
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.engine.runner import apply_key_lists
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.seeding import unit_interval
-from ray_pipelines.sources import InputItem, read_key_list
+from ray_pipelines.sources import InputItem
 from ray_pipelines.stages.encode import EncodeStage
 from ray_pipelines.storage import Storage
 
@@ -103,14 +104,8 @@ class EncodeJob(Job):
     def list_inputs(self) -> list[InputItem]:
         """Listed inputs; with ``limit_batches`` only the first (or, ``shuffle``, a seeded random)
         ``limit_batches * batch_size`` of those the keep/ignore lists allow."""
-        items = super().list_inputs()
         c = self.config
-        if c.keep_list:
-            keep = read_key_list(c.keep_list, c.storage_options)
-            items = [i for i in items if i.key in keep]
-        if c.ignore_list:
-            ignore = read_key_list(c.ignore_list, c.storage_options)
-            items = [i for i in items if i.key not in ignore]
+        items = apply_key_lists(super().list_inputs(), c)     # before the limit_batches budget
         if c.shuffle:
             items.sort(key=lambda i: unit_interval(c.seed, "shuffle", i.key))
         budget = [n for n in (c.limit, c.limit_batches * c.batch_size if c.limit_batches else None) if n]

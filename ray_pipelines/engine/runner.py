@@ -16,7 +16,8 @@ from typing import Any
 import ray
 from ray.data import ActorPoolStrategy
 
-from ..sources import read_key_list
+from ..config import CommonConfig
+from ..sources import InputItem, read_key_list
 from ..storage import Storage
 from .job import Job, StageSpec
 from .manifest import OutputState
@@ -39,16 +40,21 @@ class JobResult:
         return self.manifest["counts"]
 
 
-def select_inputs(job: Job) -> list[dict[str, Any]]:
-    """Listed inputs after keep/ignore lists and ``limit`` (applied to sorted keys)."""
-    cfg = job.config
-    items = job.list_inputs()
+def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem]:
+    """Only ``keep_list`` keys (when given), none of the ``ignore_list`` keys."""
     if cfg.keep_list:
         keep = read_key_list(cfg.keep_list, cfg.storage_options)
         items = [i for i in items if i.key in keep]
     if cfg.ignore_list:
         ignore = read_key_list(cfg.ignore_list, cfg.storage_options)
         items = [i for i in items if i.key not in ignore]
+    return items
+
+
+def select_inputs(job: Job) -> list[dict[str, Any]]:
+    """Listed inputs after keep/ignore lists and ``limit`` (applied to sorted keys)."""
+    cfg = job.config
+    items = apply_key_lists(job.list_inputs(), cfg)
     items.sort(key=lambda i: i.key)
     if cfg.limit is not None:
         items = items[: cfg.limit]
