@@ -295,32 +295,34 @@ def main() -> None:
     ray_seconds = time.perf_counter() - ray_started
 
     rows, notes = [], []
-    for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
-        paths = sorted(make_library(fmt, large_songs).rglob(f"*.{fmt}"))
-        base = baseline(paths[:base_songs], work / f"hf-{fmt}")
-        loop = stage_loop(paths[:loop_songs])
-        small, _, _ = pipeline(make_library(fmt, small_songs), work / f"out-{fmt}-small", cores)
-        run, whole, errors = pipeline(make_library(fmt, large_songs), work / f"out-{fmt}", cores)
-        whole.wall += ray_seconds
-        steady = marginal(small, run)
-        for what, m in [("baseline: per-song loop, ASTFeatureExtractor, HF dataset (1 core)", base),
-                        ("decode + features stage, plain loop (1 thread, no Parquet)", loop),
-                        (f"features job on Ray, {large_songs} songs, {cores} cores: run", run),
-                        ("  the same incl. Ray start-up, listing and commit", whole),
-                        (f"  per added snippet ({large_songs} minus {small_songs} songs): steady state", steady)]:
-            rows.append([fmt, what, m.snippets, f"{m.per_core:.1f}", f"{m.per_cpu_second:.1f}",
-                         f"{m.per_cpu_second / base.per_cpu_second:.2f}x"])
-        startup = small.cpu - small.snippets / steady.per_cpu_second
-        spent = ", ".join(f"{kind} {1000 * seconds / run.snippets:.1f}"
-                          for kind, seconds in sorted((run.breakdown or {}).items(), key=lambda kv: -kv[1]))
-        notes.append(f"{fmt}: CPU ms per snippet in the {large_songs}-song run: {spent}; plain loop "
-                     f"{1000 / loop.per_cpu_second:.1f}")
-        notes.append(f"{fmt}: {errors} errors; start-up costs about {startup:.0f} CPU-s per run; steady state per "
-                     f"CPU-second {steady.per_cpu_second:.1f} (target 70: {'met' if steady.per_cpu_second >= 70 else 'NOT met'}), "
-                     f"{steady.per_cpu_second / base.per_cpu_second:.2f}x the baseline (target 3x: "
-                     f"{'met' if steady.per_cpu_second >= 3 * base.per_cpu_second else 'NOT met'})")
-    ray.shutdown()
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        for fmt in [f.strip() for f in args.formats.split(",") if f.strip()]:
+            paths = sorted(make_library(fmt, large_songs).rglob(f"*.{fmt}"))
+            base = baseline(paths[:base_songs], work / f"hf-{fmt}")
+            loop = stage_loop(paths[:loop_songs])
+            small, _, _ = pipeline(make_library(fmt, small_songs), work / f"out-{fmt}-small", cores)
+            run, whole, errors = pipeline(make_library(fmt, large_songs), work / f"out-{fmt}", cores)
+            whole.wall += ray_seconds
+            steady = marginal(small, run)
+            for what, m in [("baseline: per-song loop, ASTFeatureExtractor, HF dataset (1 core)", base),
+                            ("decode + features stage, plain loop (1 thread, no Parquet)", loop),
+                            (f"features job on Ray, {large_songs} songs, {cores} cores: run", run),
+                            ("  the same incl. Ray start-up, listing and commit", whole),
+                            (f"  per added snippet ({large_songs} minus {small_songs} songs): steady state", steady)]:
+                rows.append([fmt, what, m.snippets, f"{m.per_core:.1f}", f"{m.per_cpu_second:.1f}",
+                             f"{m.per_cpu_second / base.per_cpu_second:.2f}x"])
+            startup = small.cpu - small.snippets / steady.per_cpu_second
+            spent = ", ".join(f"{kind} {1000 * seconds / run.snippets:.1f}"
+                              for kind, seconds in sorted((run.breakdown or {}).items(), key=lambda kv: -kv[1]))
+            notes.append(f"{fmt}: CPU ms per snippet in the {large_songs}-song run: {spent}; plain loop "
+                         f"{1000 / loop.per_cpu_second:.1f}")
+            rate, ratio = steady.per_cpu_second, steady.per_cpu_second / base.per_cpu_second
+            notes.append(f"{fmt}: {errors} errors; start-up costs about {startup:.0f} CPU-s per run; steady state "
+                         f"{rate:.1f} snippets per CPU-second (target 70: {'met' if rate >= 70 else 'NOT met'}), "
+                         f"{ratio:.2f}x the baseline (target 3x: {'met' if ratio >= 3 else 'NOT met'})")
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nfeatures benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
           f"load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}; songs {SONG_SECONDS:.0f} s 44.1 kHz "

@@ -58,7 +58,8 @@ def data_files(storage: Storage, split: str | None) -> list[tuple[str, int]]:
         files = [(f["path"], int(f["rows"])) for f in storage.read_json("manifest.json")["files"]
                  if f["path"].endswith(".parquet") and (split is None or f.get("split") == split)]
     else:
-        found = sorted(p[len(storage.path):].lstrip("/") for p in storage.fs.find(storage.path) if p.endswith(".parquet"))
+        found = sorted(p[len(storage.path):].lstrip("/") for p in storage.fs.find(storage.path)
+                       if p.endswith(".parquet"))
         files = [(p, pq.ParquetFile(storage.fs.open(storage.abspath(p), "rb")).metadata.num_rows)
                  for p in found if split is None or p.split("/")[0] == split]
     if not files:

@@ -51,7 +51,8 @@ class LibraryPlan:
         return out
 
 
-def read_memory(storage: Storage, seed: int, fractions: dict[str, float]) -> tuple[list[str], dict[str, dict[str, str]]]:
+def read_memory(storage: Storage, seed: int,
+                fractions: dict[str, float]) -> tuple[list[str], dict[str, dict[str, str]]]:
     """Label names and song assignments an earlier run of this output recorded."""
     names = storage.read_json(LABELS_FILE) if storage.exists(LABELS_FILE) else []
     songs: dict[str, dict[str, str]] = {}
