@@ -144,5 +144,8 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
                 num_gpus=gpus or None, **actor_args)
         sink = job.make_sink(fingerprint)
         sink.run_id = run_id
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES})
+        # One writer per actor keeps up; more would only start more worker processes
+        # (each pays seconds of imports) for the same bytes.
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES},
+                          concurrency=plan.max_size)
     return sink.write_returns

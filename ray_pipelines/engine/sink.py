@@ -79,20 +79,22 @@ class ShardSink(Datasink):
     # ---- the work --------------------------------------------------------------
     def write_rows(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
         storage = Storage(self.output, self.storage_options)
-        keys = columns[KEY].astype(str)
-        indices = columns[self.index_column].astype(np.int64)
-        order = np.lexsort((indices, keys))
-        columns = {name: values[order] for name, values in columns.items()}
-        keys, indices = keys[order], indices[order]
-        errors = columns[ERROR].astype(str)
+        # Sort and group on small index arrays; tensor data is gathered once, per file.
+        order = np.lexsort((columns[self.index_column].astype(np.int64), columns[KEY].astype(str)))
+        keys = columns[KEY].astype(str)[order]
+        indices = columns[self.index_column].astype(np.int64)[order]
+        errors = columns[ERROR].astype(str)[order]
+        expected = columns[EXPECTED][order]
+        etags = columns[ETAG].astype(str)[order] if ETAG in columns else None
+        splits = columns[SPLIT].astype(str)[order] if SPLIT in columns else np.full(len(keys), "", dtype=object)
         ok = errors == ""
 
         inputs: dict[str, dict[str, Any]] = {}
         for i, key in enumerate(keys):
             entry = inputs.setdefault(key, {"expected": 0, "written": [], "etag": ""})
-            entry["expected"] = max(entry["expected"], int(columns[EXPECTED][i]))
-            if ETAG in columns:
-                entry["etag"] = str(columns[ETAG][i])
+            entry["expected"] = max(entry["expected"], int(expected[i]))
+            if etags is not None:
+                entry["etag"] = etags[i]
             if ok[i]:
                 entry["written"].append(int(indices[i]))
         error_rows = [
@@ -101,15 +103,12 @@ class ShardSink(Datasink):
 
         files: list[dict[str, Any]] = []
         schema: dict[str, Any] = {}
-        if ok.any():
-            good = {name: values[ok] for name, values in columns.items()}
-            splits = good[SPLIT].astype(str) if SPLIT in good else np.full(int(ok.sum()), "", dtype=object)
-            for split in sorted(set(splits)):
-                rows = {name: values[splits == split] for name, values in good.items()}
-                for start in range(0, len(rows[KEY]), self.rows_per_file):
-                    chunk = {name: values[start:start + self.rows_per_file] for name, values in rows.items()}
-                    record, schema = self.write_split(storage, split, chunk)
-                    files.extend(record)
+        for split in sorted(set(splits[ok])):
+            rows = order[ok & (splits == split)]          # original positions, in (key, index) order
+            for start in range(0, len(rows), self.rows_per_file):
+                take = rows[start:start + self.rows_per_file]
+                record, schema = self.write_split(storage, split, {name: values[take] for name, values in columns.items()})
+                files.extend(record)
 
         part = {
             "rank": rank,
