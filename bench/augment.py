@@ -88,23 +88,26 @@ def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
     return len(clips) * VIEWS_PER_CLIP / (time.perf_counter() - start)
 
 
-def stage_loop(clips: list[Path]) -> float:
-    """AugmentStage in a plain loop over decoded clips, one thread (decode not timed)."""
+def stage_loop(clips: list[Path]) -> tuple[float, float]:
+    """The job's work in a plain loop, one thread: views/s of (decode + stage, stage alone)."""
     from jobs.augment import AugmentConfig, AugmentJob
     from ray_pipelines.stages.augment import AugmentStage
 
     job = AugmentJob(AugmentConfig(input="-", output="-"))
     decoder, stage = job.decoder(), AugmentStage(**job.stage_kwargs())
+    started = time.perf_counter()
     batches = [decoder({"key": np.array([str(p)], dtype=object), "uri": np.array([str(p)], dtype=object),
                         "size": np.array([p.stat().st_size]), "member_offset": np.array([-1]),
                         "etag": np.array([""], dtype=object), "error": np.array([""], dtype=object),
                         "skip": np.array([None], dtype=object), "source": np.array([str(p)], dtype=object)})
                for p in clips]
+    decode_seconds = time.perf_counter() - started
     start = time.perf_counter()
     views = 0
     for batch in batches:
         views += 2 * len(stage(dict(batch))["view1"])
-    return views / (time.perf_counter() - start)
+    stage_seconds = time.perf_counter() - start
+    return views / (decode_seconds + stage_seconds), views / stage_seconds
 
 
 def pipeline_child(args: argparse.Namespace) -> None:
@@ -144,20 +147,30 @@ def main() -> None:
     baseline(clips[:1], work / "warmup")            # librosa / torch first-call costs, untimed
     base = baseline(clips[: 10 if args.quick else 30], work / "pt")
     torch.set_num_threads(1)
-    loop = stage_loop(clips[: 20 if args.quick else 60])
+    # Best of three: short loops are noisy on shared machines, and the fastest loop is the
+    # strictest reference for the pipeline.
+    loops = [stage_loop(clips[: 20 if args.quick else 60]) for _ in range(3)]
+    loop, stage_only = max(l for l, _ in loops), max(s for _, s in loops)
     small_run, small_peak = pipeline(clips_dir, work / "out-small", small)
     large_run, large_peak = pipeline(clips_dir, work / "out-large", large)
     pipe = large_run["views"] / large_run["seconds"]
+    # Marginal rate (large run minus small run): cancels actor start-up (torch imports).
+    marginal = (large_run["views"] - small_run["views"]) / max(1e-9, large_run["seconds"] - small_run["seconds"])
 
+    per_core_base = base / cores
     rows = [
-        ["notebook baseline (per-file loop, .pt per sample)", f"{base / cores:.1f}", "1.00x"],
-        ["augment stage, plain loop (1 thread)", f"{loop:.1f}", f"{loop / (base / cores):.2f}x"],
-        [f"augment job on Ray ({large} clips, {cores} cores)", f"{pipe / cores:.1f}", f"{pipe / base:.2f}x"],
+        ["notebook baseline (per-file loop, .pt per sample)", f"{per_core_base:.1f}", "1.00x"],
+        ["decode + augment stage, plain loop (1 thread)", f"{loop:.1f}", f"{loop / per_core_base:.2f}x"],
+        ["augment stage alone, plain loop (1 thread)", f"{stage_only:.1f}", f"{stage_only / per_core_base:.2f}x"],
+        [f"augment job on Ray, {large} clips, {cores} cores, run", f"{pipe / cores:.1f}", f"{pipe / base:.2f}x"],
+        [f"augment job on Ray, marginal ({large} minus {small} clips)", f"{marginal / cores:.1f}",
+         f"{marginal / base:.2f}x"],
     ]
     print(f"\naugment benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
           f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     print(table(rows, ["what", "views/s per core", "vs baseline"]))
-    print(f"\npipeline per core / stage loop per core: {pipe / cores / loop:.2f} (target >= 0.80)")
+    print(f"\npipeline (marginal) per core / decode + stage loop: {marginal / cores / loop:.2f} (target >= 0.80); "
+          f"/ stage alone: {marginal / cores / stage_only:.2f}")
     print(f"peak memory (process tree): {small} clips {small_peak / 2**20:.0f} MiB, {large} clips "
           f"{large_peak / 2**20:.0f} MiB, ratio {large_peak / small_peak:.2f} (target <= 1.25)")
     print(f"end-to-end incl. Ray start-up and commit: {large_run['views'] / large_run['total_seconds'] / cores:.1f} "

@@ -52,7 +52,7 @@ class ShardSink(Datasink):
 
     def __init__(self, *, output: str, storage_options: dict[str, Any] | None, fingerprint: str,
                  index_column: str, output_columns: list[str], rows_per_file: int = 512,
-                 compression: str = "snappy", schema_metadata: dict[str, str] | None = None):
+                 compression: str = "zstd", schema_metadata: dict[str, str] | None = None):
         self.output = output
         self.storage_options = storage_options or {}
         self.fingerprint = fingerprint
