@@ -218,9 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     def rate(m, i):
         return m[0] / max(m[i], 1e-9)
 
-    print(f"\njob / bare model, marginal: {rate(marginal, 1) / rate(ceiling, 1):.0%} by wall clock, "
-          f"{rate(marginal, 2) / rate(best, 2):.0%} by CPU time (target >= 90%); "
-          f"end to end: {rate(large, 1) / rate(ceiling, 1):.0%} by wall clock")
+    if marginal[1] <= 0 or marginal[2] <= 0:
+        # The larger run was not measurably slower: too few clips to see past start-up.
+        print(f"\njob / bare model, marginal: n/a (run too small, use more --clips); "
+              f"end to end: {rate(large, 1) / rate(ceiling, 1):.0%} by wall clock")
+    else:
+        print(f"\njob / bare model, marginal: {rate(marginal, 1) / rate(ceiling, 1):.0%} by wall clock, "
+              f"{rate(marginal, 2) / rate(best, 2):.0%} by CPU time (target >= 90%); "
+              f"end to end: {rate(large, 1) / rate(ceiling, 1):.0%} by wall clock")
     if not cuda:
         print("CPU only: wall-clock figures move with whatever else runs on the machine; CPU time (this process "
               "and every Ray process) does not. The fp16 CUDA comparison needs a GPU machine.")
