@@ -36,6 +36,8 @@ def test_names_come_from_content_and_rows_are_sorted(tmp_path):
     first = sorted(p.name for p in tmp_path.glob("train/*.parquet"))
     b.write_rows(rows(["a", "b", "a"], [0, 0, 1]), rank=7)      # same rows, other order and rank
     assert sorted(p.name for p in tmp_path.glob("train/*.parquet")) == first
+    metadata = pq.ParquetFile(tmp_path / "train" / first[0]).metadata
+    assert {metadata.row_group(0).column(i).compression for i in range(3)} == {"ZSTD"}    # the default codec
     table = pq.read_table(tmp_path / "train" / first[0])
     assert list(zip(table.column("key").to_pylist(), table.column("version").to_pylist())) == [
         ("a", 0), ("a", 1), ("b", 0)]
