@@ -138,7 +138,7 @@ def job_run(inputs: Path, output: Path, clips: int, settings: dict) -> tuple[int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=24, help="N: the job runs N and 2N clips")
+    parser.add_argument("--clips", type=int, default=64, help="N: the job runs N and 2N clips (fewer: start-up noise)")
     parser.add_argument("--sample-size", type=int, default=1320960, help="samples per clip (pre_encode's default, "
                                                                          "30 s at 44.1 kHz)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--actors", type=int, default=None, help="default: one per GPU, else one per CPU")
     parser.add_argument("--hidden", type=int, default=8, help="built-in model width (bigger = heavier model)")
-    parser.add_argument("--keep-idle-workers", action="store_true",
-                        help="start Ray with idle-worker killing off (kill_idle_workers_interval_ms=0): write "
-                             "tasks then reuse a warm worker instead of starting a process per block")
+    parser.add_argument("--keep-idle-workers", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep idle Ray workers (kill_idle_workers_interval_ms=0), as the engine's embedded "
+                             "Ray does: write tasks reuse a warm worker instead of starting a process per block")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not a measurement)")
     args = parser.parse_args(argv)
     if args.quick:
