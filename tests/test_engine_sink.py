@@ -54,7 +54,7 @@ def test_a_stale_run_commits_nothing_and_its_files_are_removed(tmp_path):
     assert result["fenced"] and not list((tmp_path / "_manifests").glob("*.json"))
     assert len(list(tmp_path.glob("train/*.parquet"))) == 1             # written, but committed by no manifest
     manifest = state.commit(job="augment", fingerprint="f" * 64, config={}, listed=1, skipped=0,
-                            processed_keys=["a"], listing_errors=[], timings={})
+                            processed_keys=["a"], timings={})
     assert not list(tmp_path.glob("train/*.parquet"))
     assert manifest["counts"]["orphans_removed"] == 1 and manifest["counts"]["lost"] == 1
 

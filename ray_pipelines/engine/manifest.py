@@ -126,10 +126,7 @@ class OutputState:
         return parts
 
     def progress(self) -> Progress:
-        progress = Progress()
-        for part in self.load_parts():
-            progress.add_part(part)
-        return progress
+        return progress_of(self.load_parts())
 
     # ---- after a run -------------------------------------------------------------
     def remove_orphans(self, progress: Progress) -> list[str]:
@@ -149,19 +146,16 @@ class OutputState:
         return removed
 
     def commit(self, *, job: str, fingerprint: str, config: dict[str, Any], listed: int, skipped: int,
-               processed_keys: list[str], listing_errors: list[dict[str, Any]], timings: dict[str, float],
+               processed_keys: list[str], timings: dict[str, float],
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Merge per-rank manifests into manifest.json and errors.jsonl, then write _SUCCESS."""
         parts = self.load_parts()
-        progress = Progress()
-        for part in parts:
-            progress.add_part(part)
+        progress = progress_of(parts)
         orphans = self.remove_orphans(progress)
 
         errors: list[dict[str, Any]] = []
         for part in parts:
             errors.extend(e for e in part.get("errors", []) if not _superseded(e, progress))
-        errors.extend(listing_errors)
         logged = {(e["key"], int(e.get("index", -1))) for e in errors}
         lost = []
         for key in processed_keys:
@@ -206,6 +200,13 @@ class OutputState:
         self.storage.write_json(MANIFEST_FILE, manifest)
         self.storage.write_bytes(SUCCESS_FILE, b"")
         return manifest
+
+
+def progress_of(parts: list[dict[str, Any]]) -> Progress:
+    progress = Progress()
+    for part in parts:
+        progress.add_part(part)
+    return progress
 
 
 def _superseded(error: dict[str, Any], progress: Progress) -> bool:

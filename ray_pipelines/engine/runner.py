@@ -66,9 +66,11 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     cfg = job.config
     started = time.time()
     storage = Storage(cfg.output, cfg.storage_options)
-    fingerprint = cfg.fingerprint(job.fingerprint_extra())
+    fingerprint_extra = job.fingerprint_extra()      # may hash model weights: once per run
+    fingerprint = cfg.fingerprint(fingerprint_extra)
+    config = cfg.model_dump(mode="json")
     state = OutputState(storage, job.is_data_file)
-    run_id = state.prepare(job.name, fingerprint, cfg.model_dump(mode="json"), cfg.fingerprinted(), overwrite)
+    run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite)
 
     rows = select_inputs(job)
     listed_at = time.time()
@@ -91,11 +93,11 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     ran_at = time.time()
 
     manifest = state.commit(
-        job=job.name, fingerprint=fingerprint, config=cfg.model_dump(mode="json"), listed=len(rows),
-        skipped=skipped, processed_keys=[r["key"] for r in pending], listing_errors=[],
+        job=job.name, fingerprint=fingerprint, config=config, listed=len(rows),
+        skipped=skipped, processed_keys=[r["key"] for r in pending],
         timings={"list_seconds": round(listed_at - started, 3), "run_seconds": round(ran_at - listed_at, 3),
                  "commit_seconds": round(time.time() - ran_at, 3)},
-        extra={"fingerprint_extra": job.fingerprint_extra()})
+        extra={"fingerprint_extra": fingerprint_extra})
     extra = job.after_commit(storage, manifest)
     return JobResult(manifest=manifest, seconds=time.time() - started, output=storage.root, ray=how,
                      run_rows=run_rows, extra=extra)
@@ -137,7 +139,8 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
                                 max_retries=MAX_TASK_RETRIES)
         for stage in stages:
             gpus = plan.num_gpus if stage.gpu else 0.0
-            batch_size = stage.batch_size or cfg.batch_size if stage.cls is not DecodeThenStage else None
+            # DecodeThenStage takes whole input blocks; other stages take rows in batches.
+            batch_size = None if stage.cls is DecodeThenStage else (stage.batch_size or cfg.batch_size)
             ds = ds.map_batches(
                 stage.cls, fn_constructor_kwargs=stage.kwargs, batch_size=batch_size,
                 batch_format="numpy", compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .parquet import ShardRows, list_shards, to_tensor
+from ..engine.arrow import table_to_numpy
+from .parquet import list_shards, open_parquet, to_tensor
 
 
 class ContrastiveViews(Dataset):
@@ -24,16 +25,13 @@ class ContrastiveViews(Dataset):
 
     def __init__(self, output: str, split: str = "train", *, seed: int = 0,
                  storage_options: dict[str, Any] | None = None):
-        import pyarrow.parquet as pq
-
         self.files = list_shards(output, split, storage_options)
         self.storage_options = storage_options
         self.seed = seed
         self.epoch = 0
-        reader = ShardRows(self.files, storage_options=storage_options)
         clips: dict[str, dict[int, tuple[int, int, int]]] = {}
         for file_index, path in enumerate(self.files):
-            pf = reader._open(path)
+            pf = open_parquet(path, storage_options)
             for group in range(pf.num_row_groups):
                 table = pf.read_row_group(group, columns=["key", "version"])
                 for row, (key, version) in enumerate(zip(table.column("key").to_pylist(),
@@ -43,9 +41,7 @@ class ContrastiveViews(Dataset):
         self.locations = [clips[k] for k in self.keys]
         rng = np.random.default_rng(seed)
         self.offsets = rng.integers(0, 1 << 30, size=len(self.keys))
-        self._reader = reader
         self._cache: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None
-        del pq
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -59,10 +55,8 @@ class ContrastiveViews(Dataset):
         return versions[(epoch + int(self.offsets[index])) % len(versions)]
 
     def _row_group(self, file_index: int, group: int) -> dict[str, np.ndarray]:
-        from ..engine.arrow import table_to_numpy
-
         if self._cache is None or self._cache[0] != (file_index, group):
-            pf = self._reader._open(self.files[file_index])
+            pf = open_parquet(self.files[file_index], self.storage_options)
             table = pf.read_row_group(group, columns=["view1", "view2"])
             self._cache = ((file_index, group), table_to_numpy(table))
         return self._cache[1]

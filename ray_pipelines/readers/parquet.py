@@ -9,7 +9,6 @@ reproducibly per ``(seed, epoch)``.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from typing import Any, Callable, Iterator
 
@@ -33,6 +32,12 @@ def list_shards(output: str, split: str | None = None, storage_options: dict[str
         splits = sorted({f.get("split") for f in manifest["files"]})
         raise ValueError(f"split {split!r} not in {output} (splits: {', '.join(splits)})")
     return [storage.url(f["path"]) for f in files if f["path"].endswith(".parquet")]
+
+
+def open_parquet(url: str, storage_options: dict[str, Any] | None = None) -> pq.ParquetFile:
+    """A Parquet shard (local path or fsspec URL), opened for row-group reads."""
+    storage = Storage(posixpath.dirname(url), storage_options)
+    return pq.ParquetFile(storage.fs.open(storage.abspath(posixpath.basename(url)), "rb"))
 
 
 class ShardRows(IterableDataset):
@@ -60,8 +65,7 @@ class ShardRows(IterableDataset):
         self.epoch = epoch
 
     def _open(self, url: str) -> pq.ParquetFile:
-        storage = Storage(posixpath.dirname(url), self.storage_options)
-        return pq.ParquetFile(storage.fs.open(storage.abspath(posixpath.basename(url)), "rb"))
+        return open_parquet(url, self.storage_options)
 
     def units(self) -> list[tuple[str, int]]:
         """(file, row group) pairs: the unit of work split among workers."""
@@ -115,7 +119,3 @@ def _buffer_shuffle(rows: Iterator[Any], size: int, rng: np.random.Generator) ->
 
 def to_tensor(value: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(value, copy=True))
-
-
-def read_manifest(output: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    return json.loads(json.dumps(Storage(output, storage_options).read_json("manifest.json")))
