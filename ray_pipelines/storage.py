@@ -114,7 +114,8 @@ class Storage:
             try:
                 yield f
             except BaseException:
-                f.discard() if hasattr(f, "discard") else None   # abort a multipart upload
+                if hasattr(f, "discard"):      # abort a multipart upload: nothing appears
+                    f.discard()
                 raise
             f.close()
 
