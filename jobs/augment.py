@@ -43,6 +43,9 @@ class AugmentConfig(CommonConfig):
     spectrogram_pool: SpectrogramPoolConfig = Field(default_factory=SpectrogramPoolConfig)
     dtype: Literal["float32", "float16"] = "float32"
     batch_size: int = Field(32, ge=1)
+    # 32 clips (320 views, about 21 MB) per block: per-block costs (a write task, the driver's
+    # scheduling) fall to a tenth of the work, where 8 left a quarter of the CPU outside the actors.
+    inputs_per_block: int = Field(32, ge=1, description="Clips per block (a crash loses at most one block).")
     rows_per_file: int = Field(512, ge=1)
 
     @model_validator(mode="after")
@@ -82,6 +85,9 @@ class AugmentJob(Job):
     config_model = AugmentConfig
     index_column = "version"
     rows_label = "rows"
+    # 8 clips of decoded crops (about 10 MB) stay in cache between decode and augment:
+    # 10 % more views per CPU-second than a whole 32-clip block at once.
+    decode_chunk = 8
 
     @property
     def output_columns(self) -> list[str]:

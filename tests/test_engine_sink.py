@@ -38,6 +38,11 @@ def test_names_come_from_content_and_rows_are_sorted(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("train/*.parquet")) == first
     metadata = pq.ParquetFile(tmp_path / "train" / first[0]).metadata
     assert {metadata.row_group(0).column(i).compression for i in range(3)} == {"ZSTD"}    # the default codec
+    # Statistics for the scalar columns (readers can skip row groups by key), none for tensor values.
+    stats = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).statistics
+             for i in range(metadata.num_columns)}
+    assert stats["key"].min == "a" and stats["key"].max == "b" and stats["version"].max == 1
+    assert stats["view1.list.element"] is None
     table = pq.read_table(tmp_path / "train" / first[0])
     assert list(zip(table.column("key").to_pylist(), table.column("version").to_pylist())) == [
         ("a", 0), ("a", 1), ("b", 0)]

@@ -142,6 +142,28 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return batch
 
 
+def concat_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate NumPy batches; a column some batches lack (an all-error batch has no window
+    extras) is filled with blanks of the column's kind, as in :func:`rows_to_batch`."""
+    batches = [b for b in batches if b]
+    if len(batches) <= 1:
+        return batches[0] if batches else {}
+    names = list(dict.fromkeys(name for b in batches for name in b))
+    out = {}
+    for name in names:
+        template = next(b[name] for b in batches if name in b)
+        parts = []
+        for b in batches:
+            if name in b:
+                parts.append(b[name])
+            else:
+                rows = len(next(iter(b.values())))
+                blank = "" if template.dtype == object else 0
+                parts.append(np.full((rows, *template.shape[1:]), blank, dtype=template.dtype))
+        out[name] = np.concatenate(parts)
+    return out
+
+
 def _blank_like(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return np.zeros_like(value)

@@ -38,6 +38,9 @@ class Job(abc.ABC):
     config_model: ClassVar[type[CommonConfig]]
     index_column: ClassVar[str] = "index"      # the per-input sample number column (version, window, ...)
     rows_label: ClassVar[str] = "rows"          # what a written row is, for the summary
+    # On CPU clusters the first actor decodes its own blocks, this many inputs at a time
+    # (None: the whole block at once). Jobs whose decoded inputs are large set a few.
+    decode_chunk: ClassVar[int | None] = None
 
     def __init__(self, config: CommonConfig):
         self.config = config

@@ -19,6 +19,7 @@ from ray.data import ActorPoolStrategy
 from ..config import CommonConfig
 from ..sources import InputItem, read_key_list
 from ..storage import Storage
+from .decode import concat_batches
 from .job import Job, StageSpec
 from .manifest import OutputState
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
@@ -33,11 +34,21 @@ class JobResult:
     output: str
     ray: str = ""
     run_rows: int = 0          # rows written by this run (the manifest counts the whole output)
+    writes: list[dict[str, Any]] = field(default_factory=list)   # what each write task reported
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
         return self.manifest["counts"]
+
+    @property
+    def steady_rows_per_second(self) -> float | None:
+        """Rows/s between the first and the last write task's finish: the pipeline's rate once
+        it is full, without Ray's and the actors' start-up. None with fewer than 3 writes."""
+        done = sorted((w["finished_at"], w["rows"]) for w in self.writes if "finished_at" in w)
+        if len(done) < 3 or done[-1][0] <= done[0][0]:
+            return None
+        return sum(rows for _, rows in done[1:]) / (done[-1][0] - done[0][0])
 
 
 def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem]:
@@ -85,11 +96,11 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     skipped = len(rows) - len(pending)
     log.info("%s: %d inputs listed, %d already committed, %d to process", job.name, len(rows), skipped, len(pending))
 
-    how, run_rows = "", 0
+    how, writes = "", []
     if pending:
         how = connect(address)
         configure_data_context(cfg, progress)
-        run_rows = sum(r["rows"] for r in _execute(job, pending, fingerprint, run_id))
+        writes = _execute(job, pending, fingerprint, run_id)
     ran_at = time.time()
 
     manifest = state.commit(
@@ -100,19 +111,29 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
         extra={"fingerprint_extra": fingerprint_extra})
     extra = job.after_commit(storage, manifest)
     return JobResult(manifest=manifest, seconds=time.time() - started, output=storage.root, ray=how,
-                     run_rows=run_rows, extra=extra)
+                     run_rows=sum(w["rows"] for w in writes), writes=writes, extra=extra)
 
 
 class DecodeThenStage:
-    """An actor stage with the decoder in front: input rows in, stage output out."""
+    """An actor stage with the decoder in front: input rows in, stage output out.
 
-    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any]):
+    ``chunk`` inputs at a time go through decode and stage (None: the whole block):
+    large blocks keep per-block costs low, small chunks keep the decoded audio in cache.
+    """
+
+    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None):
         self.decoder = decoder
         self.stage = stage_cls(**stage_kwargs)
+        self.chunk = chunk
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        decoded = self.decoder(batch)
-        return self.stage(decoded) if decoded else decoded
+        n = len(next(iter(batch.values()), ()))
+        size = self.chunk or max(1, n)
+        outputs = []
+        for start in range(0, n, size):
+            decoded = self.decoder({name: values[start:start + size] for name, values in batch.items()})
+            outputs.append(self.stage(decoded) if decoded else decoded)
+        return concat_batches(outputs)
 
 
 def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> list[dict[str, Any]]:
@@ -133,7 +154,8 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
             # audio never crosses the object store and no CPU sits reserved for decode tasks.
             first, *rest = stages
             stages = [StageSpec(DecodeThenStage, {"decoder": job.decoder(), "stage_cls": first.cls,
-                                                  "stage_kwargs": first.kwargs}, batch_size=None), *rest]
+                                                  "stage_kwargs": first.kwargs, "chunk": job.decode_chunk},
+                                batch_size=None), *rest]
         else:
             ds = ds.map_batches(job.decoder(), batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
                                 max_retries=MAX_TASK_RETRIES)

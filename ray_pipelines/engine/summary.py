@@ -29,6 +29,9 @@ def format_summary(job_name: str, result: JobResult, rows_label: str = "rows",
                                     f"{result.run_rows / run_seconds:.1f} {rows_label}/s"))
         for unit, amount in (units or {}).items():
             lines.append(("", f"{amount / run_seconds:.1f} {unit}/s"))
+        steady = result.steady_rows_per_second
+        if steady is not None:
+            lines.append(("steady state", f"{steady:.1f} {rows_label}/s (between the first and last write)"))
     for label, value in (result.extra or {}).items():   # what the job's after_commit reported
         shown = _short(value)
         if shown is not None:
