@@ -106,10 +106,10 @@ def job_child(args: argparse.Namespace) -> None:
     from jobs.score import ScoreConfig, ScoreJob
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
+    from ray_pipelines.engine.runtime import connect
 
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    connect(num_cpus=os.cpu_count(), quiet=True)     # embedded Ray exactly as the jobs start it
     ray_seconds = time.perf_counter() - started
     cfg = validate_config(ScoreConfig, {
         "input": args.input, "output": args.output, "source": "pt", "n_mels": N_MELS, "frames": FRAMES,

@@ -122,10 +122,10 @@ def job_child(args: argparse.Namespace) -> None:
     from jobs.teacher import JOB, TeacherConfig
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
+    from ray_pipelines.engine.runtime import connect
 
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    connect(num_cpus=args.workers, quiet=True)       # embedded Ray exactly as the jobs start it
     ray_seconds = time.perf_counter() - started
     teachers = [TEACHERS[name] for name in args.teachers.split(",")]
     config = {"input": "synth://", "output": args.output, "synth": synth_block(args.samples), "teachers": teachers,

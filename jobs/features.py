@@ -116,6 +116,7 @@ class FeaturesJob(Job):
     config_model = FeaturesConfig
     index_column = "snippet"
     rows_label = "snippets"
+    decode_chunk = 2       # songs decoded then featurised together: 12 snippets, about 8 MB of audio
 
     def __init__(self, config: FeaturesConfig):
         super().__init__(config)

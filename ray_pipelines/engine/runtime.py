@@ -19,8 +19,9 @@ WRITE_TASK_CPUS = 0.25
 MAX_TASK_RETRIES = 2
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Attach to a cluster (``address`` or ``RAY_ADDRESS``) or start an embedded one.
+def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> str:
+    """Attach to a cluster (``address`` or ``RAY_ADDRESS``) or start an embedded one
+    (``quiet``: workers' logs stay in Ray's log files instead of the driver's output).
 
     Returns how it connected, for the summary.
     """
@@ -33,7 +34,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     # Keep idle workers: otherwise every write task pays a fresh worker's start-up
     # (about 1 CPU-second per block, measured in bench/encode.py).
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             log_to_driver=True, configure_logging=False, _system_config={"kill_idle_workers_interval_ms": 0})
+             log_to_driver=not quiet, configure_logging=False, _system_config={"kill_idle_workers_interval_ms": 0})
     return "embedded local Ray"
 
 
