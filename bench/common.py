@@ -73,6 +73,74 @@ class TreeMemory:
         self._thread.join()
 
 
+class TreeCPU:
+    """CPU seconds (user + system) used by this process and all its descendants (Ray's raylet,
+    workers and actors) while the block runs, sampled every ``interval`` seconds so that
+    processes that exit (finished actors) are counted up to their last sample; ``by_kind``
+    splits them into the driver, the actors, the write tasks and Ray's own services."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.root = psutil.Process()
+        self.seen: dict[int, float] = {}
+        self.kinds: dict[int, str] = {}
+        self.before: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _kind(self, proc) -> str:
+        if proc.pid == self.root.pid:
+            return "driver"
+        title = " ".join(proc.cmdline())
+        if "MapWorker" in title:
+            return "actors"
+        if title.startswith("ray::IDLE") or "Write" in title:
+            return "write tasks"
+        return "Ray services"
+
+    def _sample(self) -> dict[int, float]:
+        out = {}
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                out[proc.pid] = times.user + times.system
+                if self.kinds.get(proc.pid) in (None, "write tasks", "Ray services"):
+                    kind = self._kind(proc)   # an idle worker may become an actor: keep the most specific
+                    if self.kinds.get(proc.pid) != "actors":
+                        self.kinds[proc.pid] = kind
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for pid, seconds in self._sample().items():
+                self.seen[pid] = max(self.seen.get(pid, 0.0), seconds)
+
+    def __enter__(self) -> "TreeCPU":
+        self.before = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for pid, seconds in self._sample().items():
+            self.seen[pid] = max(self.seen.get(pid, 0.0), seconds)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.by_kind.values())
+
+    @property
+    def by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, seconds in self.seen.items():
+            kind = self.kinds.get(pid, "Ray services")
+            out[kind] = out.get(kind, 0.0) + seconds - self.before.get(pid, 0.0)
+        return out
+
+
 def run_measured(args: list[str]) -> tuple[str, int]:
     """Run a child Python command; return its stdout and the peak RSS of its process tree."""
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -25,12 +25,13 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.common import TreeCPU
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "audio" / "sonic-pi"
@@ -79,50 +80,6 @@ def bare_model(model: dict, sample_size: int, batch_size: int, precision: str, d
     return iterations * batch_size, time.perf_counter() - started, time.process_time() - cpu_started
 
 
-class TreeCPU:
-    """CPU seconds spent by this process and all its descendants (Ray's daemons and workers) while
-    in the block, sampled every 0.1 s so workers that exit before the end still count."""
-
-    def __init__(self):
-        import psutil
-
-        self.psutil = psutil
-        self.root = psutil.Process()
-        self.start: dict[int, float] = {}
-        self.last: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> dict[int, float]:
-        out = {}
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            try:
-                t = proc.cpu_times()
-                out[proc.pid] = t.user + t.system
-            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
-                pass
-        return out
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self.last.update(self._sample())
-
-    def __enter__(self) -> "TreeCPU":
-        self.start = self._sample()
-        self.last = dict(self.start)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.last.update(self._sample())
-
-    @property
-    def seconds(self) -> float:
-        return sum(value - self.start.get(pid, 0.0) for pid, value in self.last.items())
-
-
 def job_run(inputs: Path, output: Path, clips: int, settings: dict) -> tuple[int, float, float]:
     """One encode job over the first ``clips`` inputs: (clips written, run seconds, CPU seconds)."""
     from jobs.encode import EncodeConfig, EncodeJob
@@ -131,7 +88,7 @@ def job_run(inputs: Path, output: Path, clips: int, settings: dict) -> tuple[int
 
     cfg = validate_config(EncodeConfig, {"input": str(inputs), "output": str(output), "limit": clips, **settings})
     job = EncodeJob(cfg)
-    with TreeCPU() as cpu:
+    with TreeCPU(interval=0.1) as cpu:
         result = run_job(job, progress=False)
     return result.run_rows, result.manifest["timings"]["run_seconds"], cpu.seconds
 
@@ -205,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', idle workers kept' if args.keep_idle_workers else ''}; load average before: {load_before}\n")
     where = "1 thread" if not cuda else "GPU"
     rows = [(f"bare model, batch {args.batch_size} ({where})", bare),
-            *([(f"bare model, batch 1 (1 thread, as the stage)", single)] if single else []),
+            *([("bare model, batch 1 (1 thread, as the stage)", single)] if single else []),
             *([(f"bare model x {parallel} actors (ceiling)", ceiling)] if parallel > 1 else []),
             (f"encode job, end to end ({large[0]} clips)", large),
             (f"encode job, marginal ({large[0]} - {small[0]} clips)", marginal)]

@@ -30,7 +30,6 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from bench.common import REPO, SHARED, table
+from bench.common import REPO, SHARED, TreeCPU, table
 
 SAMPLE_RATE = 44100
 SONG_SECONDS = 180.0
@@ -101,77 +100,6 @@ def make_library(fmt: str, songs: int) -> Path:
         except OSError:
             shutil.copy(sources[i % len(sources)], target)
     return library
-
-
-class TreeCPU:
-    """CPU seconds (user + system) used by this process and all its descendants (Ray's raylet,
-    workers and actors) while the block runs, sampled every 0.2 s so that processes that
-    exit (finished actors) are counted up to their last sample; ``by_kind`` splits them into
-    the driver, the decode + features actors, the write tasks and Ray's own services."""
-
-    def __init__(self):
-        import psutil
-
-        self.root = psutil.Process()
-        self.seen: dict[int, float] = {}
-        self.kinds: dict[int, str] = {}
-        self.before: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _kind(self, proc) -> str:
-        if proc.pid == self.root.pid:
-            return "driver"
-        title = " ".join(proc.cmdline())
-        if "MapWorker" in title:
-            return "actors"
-        if title.startswith("ray::IDLE") or "Write" in title:
-            return "write tasks"
-        return "Ray services"
-
-    def _sample(self) -> dict[int, float]:
-        import psutil
-
-        out = {}
-        for proc in [self.root, *self.root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                out[proc.pid] = times.user + times.system
-                if self.kinds.get(proc.pid) in (None, "write tasks", "Ray services"):
-                    kind = self._kind(proc)   # an idle worker may become an actor: keep the most specific
-                    if self.kinds.get(proc.pid) != "actors":
-                        self.kinds[proc.pid] = kind
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return out
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            for pid, seconds in self._sample().items():
-                self.seen[pid] = max(self.seen.get(pid, 0.0), seconds)
-
-    def __enter__(self) -> "TreeCPU":
-        self.before = self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        for pid, seconds in self._sample().items():
-            self.seen[pid] = max(self.seen.get(pid, 0.0), seconds)
-
-    @property
-    def seconds(self) -> float:
-        return sum(self.by_kind.values())
-
-    @property
-    def by_kind(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for pid, seconds in self.seen.items():
-            kind = self.kinds.get(pid, "Ray services")
-            out[kind] = out.get(kind, 0.0) + seconds - self.before.get(pid, 0.0)
-        return out
 
 
 def snippet_starts(seconds: float) -> list[float]:
