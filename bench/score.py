@@ -101,8 +101,6 @@ def stage_loop(files: list[Path], forward_batch: int, block: int = 64) -> float:
 
 def job_child(args: argparse.Namespace) -> None:
     """In a child process: start Ray, then time the score job; prints JSON."""
-    import ray
-
     from jobs.score import ScoreConfig, ScoreJob
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
@@ -157,7 +155,9 @@ def main() -> None:
     small, run = runs
     job = run["items"] / run["run_seconds"]
     # Once the actors are up: the larger run minus the smaller, and between the first and last write.
-    marginal = (run["items"] - small["items"]) / max(1e-9, run["run_seconds"] - small["run_seconds"])
+    extra_seconds = run["run_seconds"] - small["run_seconds"]
+    # At small sizes start-up noise can exceed the extra files' time: then there is no marginal rate.
+    marginal = (run["items"] - small["items"]) / extra_seconds if extra_seconds > 0.5 else float("nan")
     steady = run["steady"] or marginal
     end_to_end = run["items"] / run["total_seconds"]
     # The machine may be shared: measure the 1-thread baseline again after the jobs and use the mean.

@@ -117,8 +117,6 @@ def stage_loop(num_samples: int, teachers: list[dict], batch: int) -> tuple[int,
 
 def job_child(args: argparse.Namespace) -> None:
     """In a child process: the teacher job on embedded Ray; prints JSON."""
-    import ray
-
     from jobs.teacher import JOB, TeacherConfig
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
