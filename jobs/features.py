@@ -67,6 +67,9 @@ class FeaturesConfig(CommonConfig):
     batch_size: int = Field(16, ge=1)
     inputs_per_block: int = Field(16, ge=1, description="Songs per decode block (x snippets_per_song rows).")
     rows_per_file: int = Field(256, ge=1, description="A snippet is max_length * n_mels * 4 bytes (512 KiB).")
+    compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
+        "lz4", description="Parquet codec. Features are noisy floats: zstd level 1 leaves 0.81 of the bytes, "
+        "lz4 0.86 at four fifths of zstd's write CPU (both with byte-stream-split floats).")
 
     @field_validator("splits")
     @classmethod

@@ -79,6 +79,10 @@ def test_outputs_layout_shapes_and_manifest(reference, clips):
     views = table.column("view1").combine_chunks().to_numpy_ndarray()
     assert views.shape == (table.num_rows, 1, 32, 63) and np.isfinite(views).all()
     assert table.column("source").to_pylist()[0].startswith(str(clips))
+    # Float tensors are stored byte-stream-split (smaller, faster to read); scalars dictionary-encoded.
+    encodings = {c.path_in_schema: c.encodings for c in (pq.ParquetFile(path).metadata.row_group(0).column(i)
+                                                         for i in range(4))}
+    assert "BYTE_STREAM_SPLIT" in encodings["view1.list.element"] and "RLE_DICTIONARY" in encodings["key"]
     # Every file is named in a per-rank manifest and in manifest.json.
     listed = {f["path"] for f in manifest["files"]}
     assert listed == {str(p.relative_to(out)) for p in out.glob("*/part-*.parquet")}
@@ -98,6 +102,28 @@ def test_same_bytes_with_two_actors_and_other_block_sizes(reference, clips, tmp_
     out = tmp_path / "two"
     run_job(AugmentJob(config(clips, out, actors=2, batch_size=3, inputs_per_block=1)), progress=False)
     assert rows_by_key(out) == rows_by_key(ref_out)
+
+
+class WriteTasksAugmentJob(AugmentJob):
+    """The augment job with its shards written by Ray write tasks (the GPU-cluster path)
+    instead of inside the CPU actors."""
+
+    def make_sink(self, fingerprint):
+        sink = super().make_sink(fingerprint)
+        sink.layout_uses_rank = True     # the runner keeps such sinks out of the actors
+        return sink
+
+
+def test_same_files_whether_actors_or_write_tasks_write_them(reference, clips, tmp_path, ray_local):
+    ref_out, _ = reference
+    out = tmp_path / "write-tasks"
+    result = run_job(WriteTasksAugmentJob(config(clips, out, actors=1)), progress=False)
+    files = sorted(p.relative_to(out) for p in out.glob("*/part-*.parquet"))
+    assert files == sorted(p.relative_to(ref_out) for p in ref_out.glob("*/part-*.parquet"))
+    assert all((out / f).read_bytes() == (ref_out / f).read_bytes() for f in files)
+    # Either way the driver gets one report per block with the same keys.
+    assert sum(w["rows"] for w in result.writes) == result.run_rows == result.counts["rows_written"]
+    assert all(set(w) == {"rows", "error_rows", "files", "bytes", "fenced", "finished_at"} for w in result.writes)
 
 
 def test_rerun_skips_everything_and_refuses_another_config(reference, clips, tmp_path, ray_local):

@@ -74,3 +74,19 @@ def test_error_rows_go_to_the_manifest_not_the_data(tmp_path):
     progress = state.progress()
     assert progress.final_errors == {"a": {1: "silent: peak -120.0 dBFS is below -90 dBFS"}}
     assert progress.is_done("a")          # one written, one failed for good: nothing left to do
+
+
+def test_byte_stream_split_goes_to_float_tensor_values_only():
+    import pyarrow as pa
+
+    from ray_pipelines.engine.arrow import column_array
+    from ray_pipelines.engine.sink import float_tensor_leaves
+    from ray_pipelines.features.hf import nested_list_array
+
+    x = np.zeros((2, 4, 3), dtype=np.float32)
+    schema = pa.schema([("mel", column_array(x).type), ("features", nested_list_array(x).type),
+                        ("latents16", column_array(x.astype(np.float16)).type),
+                        ("tokens", column_array(x.astype(np.int64)).type), ("score", pa.float64())])
+    # Parquet leaf paths (what pyarrow's use_byte_stream_split matches); float16 and integer
+    # tensors stay plain so readers older than format 2.11 can read them.
+    assert float_tensor_leaves(schema) == ["mel.list.element", "features.list.element.list.element"]

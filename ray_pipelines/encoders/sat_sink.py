@@ -83,6 +83,8 @@ class SatSink(ShardSink):
     object stores go through a small thread pool (two small PUTs per sample).
     """
 
+    layout_uses_rank = True
+
     def __init__(self, *, write_parquet: bool = False, io_threads: int = 8, **kwargs):
         super().__init__(**kwargs)
         self.write_parquet = write_parquet

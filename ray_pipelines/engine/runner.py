@@ -2,6 +2,10 @@
 
     list inputs ─► drop committed ─► from_items ─► decode (CPU tasks) ─► stages (actor pools)
                                                  ─► ShardSink (write tasks) ─► commit (driver)
+
+On a CPU cluster a one-stage job runs as a single actor pool instead: each actor
+decodes its input block, runs the stage and writes the shards itself
+(DecodeStageWrite), so neither audio nor output tensors cross the object store.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -22,6 +27,7 @@ from ..storage import Storage
 from .decode import concat_batches
 from .job import Job, StageSpec
 from .manifest import OutputState
+from .sink import ShardSink
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
 
 log = logging.getLogger(__name__)
@@ -136,6 +142,22 @@ class DecodeThenStage:
         return concat_batches(outputs)
 
 
+class DecodeStageWrite(DecodeThenStage):
+    """:class:`DecodeThenStage` that also writes its output (``sink.write_block``) and returns
+    only the write report, one row per block. For CPU clusters: on a GPU cluster the shards
+    are written by CPU tasks so the GPU actors never wait on Parquet encoding."""
+
+    def __init__(self, sink: ShardSink, **decode_then_stage):
+        super().__init__(**decode_then_stage)
+        self.sink = sink
+        self.blocks_written = 0      # the report's "rank": informational, names no file
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        report = self.sink.write_block(super().__call__(batch), rank=self.blocks_written)
+        self.blocks_written += 1
+        return {name: np.array([value]) for name, value in report.items()}
+
+
 def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> list[dict[str, Any]]:
     """Build and run the Ray Data plan; returns what each write task reported."""
     cfg = job.config
@@ -149,28 +171,41 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
         actor_args = dict(num_cpus=plan.num_cpus, max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
+        sink = job.make_sink(fingerprint)
+        sink.run_id = run_id
+        fused_write = False
         if plan.num_gpus == 0:
             # CPU cluster: the first actor stage decodes its own input block, so decoded
             # audio never crosses the object store and no CPU sits reserved for decode tasks.
             first, *rest = stages
-            stages = [StageSpec(DecodeThenStage, {"decoder": job.decoder(), "stage_cls": first.cls,
-                                                  "stage_kwargs": first.kwargs, "chunk": job.decode_chunk},
-                                batch_size=None), *rest]
+            fused = {"decoder": job.decoder(), "stage_cls": first.cls, "stage_kwargs": first.kwargs,
+                     "chunk": job.decode_chunk}
+            # A one-stage job's actors also write their output (unless the sink lays files
+            # out by write-task rank): no output tensors through the object store, no write tasks.
+            fused_write = not rest and not sink.layout_uses_rank
+            if fused_write:
+                stages = [StageSpec(DecodeStageWrite, {"sink": sink, **fused}, batch_size=None)]
+            else:
+                stages = [StageSpec(DecodeThenStage, fused, batch_size=None), *rest]
         else:
             ds = ds.map_batches(job.decoder(), batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
                                 max_retries=MAX_TASK_RETRIES)
         for stage in stages:
             gpus = plan.num_gpus if stage.gpu else 0.0
-            # DecodeThenStage takes whole input blocks; other stages take rows in batches.
-            batch_size = None if stage.cls is DecodeThenStage else (stage.batch_size or cfg.batch_size)
+            # Decoding stages take whole input blocks; other stages take rows in batches.
+            batch_size = None if issubclass(stage.cls, DecodeThenStage) else (stage.batch_size or cfg.batch_size)
             ds = ds.map_batches(
                 stage.cls, fn_constructor_kwargs=stage.kwargs, batch_size=batch_size,
                 batch_format="numpy", compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
                 num_gpus=gpus or None, **actor_args)
-        sink = job.make_sink(fingerprint)
-        sink.run_id = run_id
+        if fused_write:
+            return [{name: _python(value) for name, value in row.items()} for row in ds.take_all()]
         # One writer per actor keeps up; more would only start more worker processes
         # (each pays seconds of imports) for the same bytes.
         ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES},
                           concurrency=plan.max_size)
     return sink.write_returns
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

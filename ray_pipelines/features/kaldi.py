@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from ..spectrogram import complex_power
+
 AST_MEAN = -4.2677393      # AudioSet log-mel statistics used by ASTFeatureExtractor
 AST_STD = 4.5689974
 AST_SAMPLE_RATE = 16000
@@ -88,7 +90,7 @@ def power_spectrum(frames: torch.Tensor, fft_size: int, window: torch.Tensor,
     """Kaldi's per-frame processing: remove DC, pre-emphasise, window, |FFT|^2.
 
     Written into one zero-padded buffer in place (no intermediate frame copies), and the power
-    taken as re² + im² (no square root): a third faster than the step-by-step form on CPU.
+    taken as re² + im² (no square root, see ``complex_power``).
     """
     padded = frames.new_zeros((*frames.shape[:-1], fft_size))
     body = padded[..., :frames.shape[-1]]
@@ -98,7 +100,7 @@ def power_spectrum(frames: torch.Tensor, fft_size: int, window: torch.Tensor,
         body[..., 1:] -= preemphasis * body[..., :-1]      # the right side is computed before the update
         body[..., :1] = first
     body *= window
-    return torch.view_as_real(torch.fft.rfft(padded)).pow(2).sum(-1)
+    return complex_power(torch.fft.rfft(padded))
 
 
 def log_mel(power: torch.Tensor, banks: torch.Tensor) -> torch.Tensor:
