@@ -13,7 +13,7 @@ Measures, on the same machine in one run:
 3. pipeline: the whole augment job on embedded Ray (decode, augment, write
    Parquet, commit) using every core, its rate once running measured two
    ways: marginal (large run minus small run) and steady state (between the
-   large run's first and last write);
+   large run's writes while every writer was busy);
 and peak memory (whole process tree) of the pipeline at two dataset sizes.
 Views/s are per CPU core, ratios are against the numbers of the same run.
 """
@@ -193,7 +193,7 @@ def main() -> None:
     pipe = large_run["views"] / large_run["seconds"]
     # Marginal rate (large run minus small run): cancels actor start-up (torch imports).
     marginal = (large_run["views"] - small_run["views"]) / max(1e-9, large_run["seconds"] - small_run["seconds"])
-    # Steady state of the large run: between its first and last write (no start-up, no tail).
+    # Steady state of the large run: while every writer was busy (no start-up, no tail).
     steady = large_run["steady_views_per_second"] or marginal
 
     per_core_base = base / cores
@@ -208,7 +208,7 @@ def main() -> None:
         [f"augment job on Ray, {large} clips, {cores} cores, run", f"{pipe / cores:.1f}", f"{pipe / base:.2f}x"],
         [f"augment job on Ray, marginal ({large} minus {small} clips)", f"{marginal / cores:.1f}",
          f"{marginal / base:.2f}x"],
-        [f"augment job on Ray, steady state ({large} clips, first to last write)", f"{steady / cores:.1f}",
+        [f"augment job on Ray, steady state ({large} clips, all writers busy)", f"{steady / cores:.1f}",
          f"{steady / base:.2f}x"],
     ]
     print(f"\naugment benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "

@@ -187,7 +187,7 @@ def stage_loop(paths: list[Path]) -> Measure:
 
 def pipeline(library: Path, output: Path, cores: int) -> tuple[Measure, Measure, int, float | None]:
     """The job on the running embedded Ray: (the run, the whole job call), its error count, and its
-    steady-state snippets/s (between the first and the last write)."""
+    steady-state snippets/s (while every writer was busy)."""
     from jobs.features import FeaturesConfig, FeaturesJob
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
@@ -244,7 +244,7 @@ def main() -> None:
                              f"{m.per_cpu_second / base.per_cpu_second:.2f}x"])
             if steady_rate:
                 per_core = steady_rate / cores
-                rows.append([fmt, f"  steady state of the {large_songs}-song run (first to last write)", "",
+                rows.append([fmt, f"  steady state of the {large_songs}-song run (all writers busy)", "",
                              f"{per_core:.1f}", "", f"{per_core / base.per_cpu_second:.2f}x (wall)"])
             startup = small.cpu - small.snippets / steady.per_cpu_second
             spent = ", ".join(f"{kind} {1000 * seconds / run.snippets:.1f}"

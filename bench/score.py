@@ -154,7 +154,7 @@ def main() -> None:
         runs.append(json.loads(out.strip().splitlines()[-1]))
     small, run = runs
     job = run["items"] / run["run_seconds"]
-    # Once the actors are up: the larger run minus the smaller, and between the first and last write.
+    # Once the actors are up: the larger run minus the smaller, and while every writer was busy.
     extra_seconds = run["run_seconds"] - small["run_seconds"]
     # At small sizes start-up noise can exceed the extra files' time: then there is no marginal rate.
     marginal = (run["items"] - small["items"]) / extra_seconds if extra_seconds > 0.5 else float("nan")
@@ -182,7 +182,7 @@ def main() -> None:
          f"{end_to_end / base:.2f}x"],
         [f"score job once running: marginal ({run['items']} minus {small['items']} files)", f"{marginal:.0f}",
          f"{marginal / base:.2f}x"],
-        [f"score job once running: steady state ({run['items']} files, first to last write)", f"{steady:.0f}",
+        [f"score job once running: steady state ({run['items']} files, all writers busy)", f"{steady:.0f}",
          f"{steady / base:.2f}x"],
     ]
     print(f"\nscore benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "

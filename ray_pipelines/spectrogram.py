@@ -3,6 +3,8 @@ augmentations can act on the STFT magnitudes in between."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torchaudio
 
@@ -13,6 +15,35 @@ def complex_power(spec: torch.Tensor) -> torch.Tensor:
     (one 3 s spectrogram: 82 µs instead of 507 µs; complex ``abs()`` would also take a square root)."""
     squares = torch.view_as_real(spec).square()
     return squares[..., 0] + squares[..., 1]
+
+
+class FilterbankProjection(torch.nn.Module):
+    """A filterbank ``weights [M, F]`` applied to axis ``F`` of ``x [..., F, N]`` -> ``[..., M, N]``.
+
+    Mel filters are triangles over a few FFT bins (each bin feeds at most two of them: 2,018 of
+    131,200 weights are non-zero at the augment defaults), so on CPU the product runs as a sparse
+    (CSR) matrix product: 4-5x faster than the dense one (a 3 s log-mel: 0.09 ms instead of
+    0.39 ms), equal to it up to float32 rounding (another summation order). Other devices use the
+    dense product, which their matrix units do fast.
+    """
+
+    def __init__(self, weights: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weights", weights.contiguous(), persistent=False)
+        self._sparse: torch.Tensor | None = None     # CSR copy of the weights, made on first CPU use
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return torch.matmul(self.weights, x)
+        if self._sparse is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)      # "sparse CSR support is in beta"
+                self._sparse = self.weights.to_sparse_csr()
+        if x.dim() == 2:
+            return self._sparse @ x
+        f, n = x.shape[-2:]
+        flat = x.movedim(-2, 0).reshape(f, -1)                       # [F, ... * N]
+        return (self._sparse @ flat).reshape(-1, *x.shape[:-2], n).movedim(0, -2)
 
 
 class LogMelSpectrogram(torch.nn.Module):
@@ -31,7 +62,7 @@ class LogMelSpectrogram(torch.nn.Module):
         fb = torchaudio.functional.melscale_fbanks(
             n_fft // 2 + 1, f_min, f_max if f_max is not None else sample_rate / 2.0, n_mels, sample_rate,
             norm="slaney", mel_scale="slaney")
-        self.register_buffer("mel_basis", fb.T.contiguous(), persistent=False)   # [n_mels, F]
+        self.mel_basis = FilterbankProjection(fb.T)                           # [n_mels, F]
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def power(self, audio: torch.Tensor) -> torch.Tensor:
@@ -40,7 +71,7 @@ class LogMelSpectrogram(torch.nn.Module):
         return complex_power(spec)
 
     def from_power(self, power: torch.Tensor) -> torch.Tensor:
-        mel = torch.matmul(self.mel_basis, power)                          # [B, n_mels, N]
+        mel = self.mel_basis(power)                                        # [B, n_mels, N]
         db = 10.0 * torch.log10(mel.clamp_min(1e-10))
         if self.top_db is not None:
             db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - self.top_db)

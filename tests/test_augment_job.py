@@ -123,7 +123,7 @@ def test_same_files_whether_actors_or_write_tasks_write_them(reference, clips, t
     assert all((out / f).read_bytes() == (ref_out / f).read_bytes() for f in files)
     # Either way the driver gets one report per block with the same keys.
     assert sum(w["rows"] for w in result.writes) == result.run_rows == result.counts["rows_written"]
-    assert all(set(w) == {"rows", "error_rows", "files", "bytes", "fenced", "finished_at"} for w in result.writes)
+    assert all(set(w) == {"rows", "error_rows", "files", "bytes", "fenced", "finished_at", "writer"} for w in result.writes)
 
 
 def test_rerun_skips_everything_and_refuses_another_config(reference, clips, tmp_path, ray_local):

@@ -60,9 +60,18 @@ def test_concat_batches_fills_columns_a_batch_lacks():
     assert concat_batches([second]) is second and concat_batches([]) == {}
 
 
-def test_steady_rate_is_rows_after_the_first_write_over_the_span():
-    writes = [{"rows": 10, "finished_at": 100.0}, {"rows": 30, "finished_at": 104.0},
-              {"rows": 20, "finished_at": 102.0}, {"rows": 0, "fenced": True}]
-    result = JobResult(manifest={}, seconds=9.0, output="", writes=writes)
-    assert result.steady_rows_per_second == (30 + 20) / 4.0
-    assert JobResult(manifest={}, seconds=1.0, output="", writes=writes[:2]).steady_rows_per_second is None
+def test_steady_rate_counts_rows_while_every_writer_was_busy():
+    one = [{"rows": 10, "finished_at": 100.0}, {"rows": 30, "finished_at": 104.0},
+           {"rows": 20, "finished_at": 102.0}, {"rows": 0, "fenced": True}]
+    result = JobResult(manifest={}, seconds=9.0, output="", writes=one)
+    assert result.steady_rows_per_second == (30 + 20) / 4.0          # one writer: first to last write
+    assert JobResult(manifest={}, seconds=1.0, output="", writes=one[:2]).steady_rows_per_second is None
+    # Two writers, the second started 10 s late and the first finished 6 s early: only the
+    # 10 s in which both ran count (rows finished in (110, 120]).
+    a = [{"rows": 10, "finished_at": t, "writer": "a"} for t in (100.0, 105.0, 110.0, 115.0, 120.0)]
+    b = [{"rows": 10, "finished_at": t, "writer": "b"} for t in (110.0, 114.0, 118.0, 122.0, 126.0)]
+    both = JobResult(manifest={}, seconds=30.0, output="", writes=a + b)
+    assert both.steady_rows_per_second == 10 * 4 / 10.0
+    # Writers that never overlapped: back to the span of all writes.
+    apart = [{**w, "writer": "b", "finished_at": w["finished_at"] + 30} for w in a]
+    assert JobResult(manifest={}, seconds=60.0, output="", writes=a + apart).steady_rows_per_second == 90 / 50.0

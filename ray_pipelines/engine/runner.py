@@ -49,12 +49,23 @@ class JobResult:
 
     @property
     def steady_rows_per_second(self) -> float | None:
-        """Rows/s between the first and the last write task's finish: the pipeline's rate once
-        it is full, without Ray's and the actors' start-up. None with fewer than 3 writes."""
-        done = sorted((w["finished_at"], w["rows"]) for w in self.writes if "finished_at" in w)
+        """Rows/s once the pipeline is full: rows finished while every writer was running
+        (after the last writer's first write, up to the first writer's last write), so neither
+        Ray's and the actors' staggered start-up nor the uneven tail count. Falls back to the
+        span from the first to the last write when the writers never overlapped; None with
+        fewer than 3 writes."""
+        done = sorted((w["finished_at"], w["rows"], w.get("writer", "")) for w in self.writes if "finished_at" in w)
         if len(done) < 3 or done[-1][0] <= done[0][0]:
             return None
-        return sum(rows for _, rows in done[1:]) / (done[-1][0] - done[0][0])
+        by_writer: dict[str, list[float]] = {}
+        for at, _, writer in done:
+            by_writer.setdefault(writer, []).append(at)
+        start = max(times[0] for times in by_writer.values())
+        end = min(times[-1] for times in by_writer.values())
+        if end <= start:
+            start, end = done[0][0], done[-1][0]
+        rows = sum(n for at, n, _ in done if start < at <= end)
+        return rows / (end - start) if rows else None
 
 
 def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem]:

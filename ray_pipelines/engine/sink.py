@@ -11,6 +11,8 @@ written last, so its presence means the files are complete.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
 from typing import Any, Iterable
 
@@ -157,9 +159,10 @@ class ShardSink(Datasink):
 
 
 def report(rows: int = 0, error_rows: int = 0, files: int = 0, bytes: int = 0, fenced: bool = False) -> dict[str, Any]:
-    """What a write reports to the driver (``JobResult.writes``): the same keys every time."""
+    """What a write reports to the driver (``JobResult.writes``): the same keys every time
+    (``writer`` names the process that wrote, for the steady-state rate)."""
     return {"rows": rows, "error_rows": error_rows, "files": files, "bytes": bytes, "fenced": fenced,
-            "finished_at": time.time()}
+            "finished_at": time.time(), "writer": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def scalar_columns(schema: pa.Schema) -> list[str]:

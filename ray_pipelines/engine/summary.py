@@ -31,7 +31,7 @@ def format_summary(job_name: str, result: JobResult, rows_label: str = "rows",
             lines.append(("", f"{amount / run_seconds:.1f} {unit}/s"))
         steady = result.steady_rows_per_second
         if steady is not None:
-            lines.append(("steady state", f"{steady:.1f} {rows_label}/s (between the first and last write)"))
+            lines.append(("steady state", f"{steady:.1f} {rows_label}/s (while every writer was busy)"))
     for label, value in (result.extra or {}).items():   # what the job's after_commit reported
         shown = _short(value)
         if shown is not None:

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ..spectrogram import complex_power
+from ..spectrogram import FilterbankProjection, complex_power
 
 AST_MEAN = -4.2677393      # AudioSet log-mel statistics used by ASTFeatureExtractor
 AST_STD = 4.5689974
@@ -103,9 +103,9 @@ def power_spectrum(frames: torch.Tensor, fft_size: int, window: torch.Tensor,
     return complex_power(torch.fft.rfft(padded))
 
 
-def log_mel(power: torch.Tensor, banks: torch.Tensor) -> torch.Tensor:
+def log_mel(power: torch.Tensor, banks: FilterbankProjection) -> torch.Tensor:
     """``[..., frames, F]`` power -> ``[..., frames, n_mels]`` natural-log mel energies."""
-    return torch.matmul(power, banks.T).clamp_min(FLOAT32_EPSILON).log()
+    return banks(power.transpose(-1, -2)).transpose(-1, -2).clamp_min(FLOAT32_EPSILON).log()
 
 
 def pad_or_crop(features: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -139,7 +139,7 @@ class ASTFeatures(torch.nn.Module):
         self.do_normalize, self.mean, self.std = normalize, mean, std
         self.size, self.shift, self.fft_size = frame_sizes(sample_rate, frame_length_ms, frame_shift_ms)
         self.register_buffer("window", torch.hann_window(self.size, periodic=False), persistent=False)
-        self.register_buffer("banks", kaldi_mel_banks(n_mels, self.fft_size, float(sample_rate)), persistent=False)
+        self.banks = FilterbankProjection(kaldi_mel_banks(n_mels, self.fft_size, float(sample_rate)))
 
     def fbank(self, waveform: torch.Tensor) -> torch.Tensor:
         """Unpadded log-mel filterbank ``[..., frames, n_mels]``."""
