@@ -170,7 +170,7 @@ class DecodeStageWrite(DecodeThenStage):
 
 
 def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> list[dict[str, Any]]:
-    """Build and run the Ray Data plan; returns what each write task reported."""
+    """Build and run the Ray Data plan; returns what each write (in an actor or a write task) reported."""
     cfg = job.config
     stages = job.stages()
     num_blocks = max(1, math.ceil(len(pending) / cfg.inputs_per_block))

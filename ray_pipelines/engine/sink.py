@@ -1,6 +1,7 @@
 """The shard sink: Parquet files named from their content, plus a per-rank manifest.
 
-Each Ray write task receives some blocks of output rows. It sorts its rows
+Each writer (a CPU actor writing its own block, or a Ray write task) gets a
+block of output rows (``write_block``). It sorts its rows
 by (key, index), writes them as one or more ``<split>/part-<hash>.parquet``
 files (the hash covers the config fingerprint and the rows' keys, never a
 run id), then writes ``_manifests/part-<hash>.json`` naming those files, the
@@ -80,8 +81,7 @@ class ShardSink(Datasink):
 
     # ---- the work --------------------------------------------------------------
     def write_block(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
-        """Write a batch of output rows (possibly none); returns the write report, whose keys are
-        always ``REPORT_KEYS``."""
+        """Write a batch of output rows (possibly none); returns the write report (:func:`report`)."""
         if len(columns.get(KEY, ())) == 0:
             return report()
         return self.write_rows(columns, rank)
