@@ -111,11 +111,12 @@ class WindowDecoder:
         names = list(batch)
         rows: list[dict[str, Any]] = []
         for i in range(len(batch["key"])):
-            rows.extend(self.decode_input({name: _scalar(batch[name][i]) for name in names}))
+            rows.extend(self.decode_input({name: python_scalar(batch[name][i]) for name in names}))
         return rows_to_batch(rows)
 
 
-def _scalar(value: Any) -> Any:
+def python_scalar(value: Any) -> Any:
+    """A NumPy scalar as the Python value (int, float, str, bool); anything else unchanged."""
     return value.item() if isinstance(value, np.generic) else value
 
 

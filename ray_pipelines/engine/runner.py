@@ -24,7 +24,7 @@ from ray.data import ActorPoolStrategy
 from ..config import CommonConfig
 from ..sources import InputItem, read_key_list
 from ..storage import Storage
-from .decode import concat_batches
+from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
 from .manifest import OutputState
 from .sink import ShardSink
@@ -210,13 +210,9 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
                 batch_format="numpy", compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
                 num_gpus=gpus or None, **actor_args)
         if fused_write:
-            return [{name: _python(value) for name, value in row.items()} for row in ds.take_all()]
+            return [{name: python_scalar(value) for name, value in row.items()} for row in ds.take_all()]
         # One writer per actor keeps up; more would only start more worker processes
         # (each pays seconds of imports) for the same bytes.
         ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES},
                           concurrency=plan.max_size)
     return sink.write_returns
-
-
-def _python(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..engine.arrow import column_to_numpy
-from ..engine.decode import Window, rows_to_batch
+from ..engine.decode import Window, python_scalar, rows_to_batch
 from ..sources import InputItem, SourceError, list_inputs
 from ..splits import train_val_split
 from ..storage import Storage, get_fs
@@ -200,7 +200,7 @@ class TensorRows:
         names = list(batch)
         rows: list[dict[str, Any]] = []
         for i in range(len(batch["key"])):
-            item = {name: _scalar(batch[name][i]) for name in names}
+            item = {name: python_scalar(batch[name][i]) for name in names}
             if item.get("error"):
                 rows.append(self.row(item, -1, 0, str(item["error"]), None))
                 continue
@@ -305,7 +305,3 @@ def torch_load_reason(data: bytes, error: Exception) -> str:
         return f"not loadable with weights_only=True: {detail}"
     first = lines[0].split(". ")[0] if lines else type(error).__name__
     return f"corrupt torch file: {first}"
-
-
-def _scalar(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
