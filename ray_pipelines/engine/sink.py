@@ -89,9 +89,10 @@ class ShardSink(Datasink):
     def write_rows(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
         storage = Storage(self.output, self.storage_options)
         # Sort and group on small index arrays; tensor data is gathered once, per file.
-        order = np.lexsort((columns[self.index_column].astype(np.int64), columns[KEY].astype(str)))
-        keys = columns[KEY].astype(str)[order]
-        indices = columns[self.index_column].astype(np.int64)[order]
+        keys = columns[KEY].astype(str)
+        indices = columns[self.index_column].astype(np.int64)
+        order = np.lexsort((indices, keys))
+        keys, indices = keys[order], indices[order]
         errors = columns[ERROR].astype(str)[order]
         expected = columns[EXPECTED][order]
         etags = columns[ETAG].astype(str)[order] if ETAG in columns else None
