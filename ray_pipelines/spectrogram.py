@@ -30,20 +30,16 @@ class FilterbankProjection(torch.nn.Module):
     def __init__(self, weights: torch.Tensor):
         super().__init__()
         self.register_buffer("weights", weights.contiguous(), persistent=False)
-        self._sparse: torch.Tensor | None = None     # CSR copy of the weights, made on first CPU use
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # "sparse CSR support is in beta"
+            self.sparse = self.weights.to_sparse_csr()        # stays on CPU: only the CPU path uses it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return torch.matmul(self.weights, x)
-        if self._sparse is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)      # "sparse CSR support is in beta"
-                self._sparse = self.weights.to_sparse_csr()
-        if x.dim() == 2:
-            return self._sparse @ x
         f, n = x.shape[-2:]
         flat = x.movedim(-2, 0).reshape(f, -1)                       # [F, ... * N]
-        return (self._sparse @ flat).reshape(-1, *x.shape[:-2], n).movedim(0, -2)
+        return (self.sparse @ flat).reshape(-1, *x.shape[:-2], n).movedim(0, -2)
 
 
 class LogMelSpectrogram(torch.nn.Module):
