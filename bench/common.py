@@ -104,10 +104,9 @@ class TreeCPU:
             try:
                 times = proc.cpu_times()
                 out[proc.pid] = times.user + times.system
-                if self.kinds.get(proc.pid) in (None, "write tasks", "Ray services"):
-                    kind = self._kind(proc)   # an idle worker may become an actor: keep the most specific
-                    if self.kinds.get(proc.pid) != "actors":
-                        self.kinds[proc.pid] = kind
+                if self.kinds.get(proc.pid) not in ("driver", "actors"):
+                    # An idle worker may become an actor: reclassify until it is the most specific.
+                    self.kinds[proc.pid] = self._kind(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         return out
