@@ -229,7 +229,8 @@ def conform_channels(audio: np.ndarray, channels: int | None) -> np.ndarray:
         total = audio[0] + audio[1]
         for c in range(2, audio.shape[0]):
             total += audio[c]
-        return total / np.float32(audio.shape[0])
+        total /= np.float32(audio.shape[0])      # in place: the same values, one buffer fewer
+        return total
     if audio.shape[0] == channels:
         return audio
     if audio.shape[0] == 1:

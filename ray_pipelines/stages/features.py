@@ -28,30 +28,26 @@ class FeaturesStage:
         self.features = ASTFeatures(sample_rate, n_mels, max_length, normalize, mean, std).to(self.device)
         self.shape = (max_length, n_mels)
 
-    def compute(self, audio: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Features of ``audio [B, T]`` given each row's real length ``valid [B]``."""
-        out = np.zeros((len(audio), *self.shape), dtype=np.float32)
-        full = valid >= audio.shape[-1]
+    def compute_into(self, values: np.ndarray, audio: np.ndarray, valid: np.ndarray, rows: np.ndarray) -> None:
+        """Features of ``audio[rows]`` written to ``values[rows]``, given each row's real length
+        ``valid``. Straight into the output: no second batch-sized buffer to fill and copy."""
         with torch.inference_mode():
-            if self.device.type == "cuda" and full.any():
-                rows = np.flatnonzero(full)
-                wave = torch.from_numpy(np.ascontiguousarray(audio[rows], dtype=np.float32)).to(self.device)
-                out[rows] = self.features(wave).cpu().numpy()
-                pending = np.flatnonzero(~full)
-            else:
-                pending = np.arange(len(audio))
+            pending = rows
+            if self.device.type == "cuda":
+                full = rows[valid[rows] >= audio.shape[-1]]
+                if len(full):
+                    wave = torch.from_numpy(np.ascontiguousarray(audio[full], dtype=np.float32)).to(self.device)
+                    values[full] = self.features(wave).cpu().numpy()
+                    pending = rows[valid[rows] < audio.shape[-1]]
             for i in pending:
                 wave = torch.from_numpy(np.ascontiguousarray(audio[i], dtype=np.float32)).to(self.device)
-                out[i] = self.features(wave, int(valid[i])).cpu().numpy()
-        return out
+                values[i] = self.features(wave, int(valid[i])).cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")
         valid = batch.pop("valid_samples", None)
         valid = np.full(len(audio), audio.shape[-1]) if valid is None else valid.astype(np.int64)
         values = np.zeros((len(audio), *self.shape), dtype=np.float32)
-        ok = np.flatnonzero(batch["error"] == "")
-        if len(ok):
-            values[ok] = self.compute(audio[ok], valid[ok])
+        self.compute_into(values, audio, valid, np.flatnonzero(batch["error"] == ""))
         batch["input_values"] = values
         return batch
