@@ -33,12 +33,12 @@ class FeaturesStage:
         ``valid``. Straight into the output: no second batch-sized buffer to fill and copy."""
         with torch.inference_mode():
             pending = rows
-            if self.device.type == "cuda":
-                full = rows[valid[rows] >= audio.shape[-1]]
+            if self.device.type == "cuda":      # full-length rows go through as one batch
+                whole = valid[rows] >= audio.shape[-1]
+                full, pending = rows[whole], rows[~whole]
                 if len(full):
                     wave = torch.from_numpy(np.ascontiguousarray(audio[full], dtype=np.float32)).to(self.device)
                     values[full] = self.features(wave).cpu().numpy()
-                    pending = rows[valid[rows] < audio.shape[-1]]
             for i in pending:
                 wave = torch.from_numpy(np.ascontiguousarray(audio[i], dtype=np.float32)).to(self.device)
                 values[i] = self.features(wave, int(valid[i])).cpu().numpy()
