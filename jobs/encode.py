@@ -145,7 +145,7 @@ class EncodeJob(Job):
         c = self.config
         kwargs = dict(output=c.output, storage_options=c.storage_options, fingerprint=fingerprint,
                       index_column=self.index_column, output_columns=self.output_columns,
-                      rows_per_file=c.rows_per_file, compression=c.compression,
+                      rows_per_file=c.rows_per_file, compression=c.compression, direct_io=c.direct_io,
                       schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()})
         if c.layout == "parquet":
             return ShardSink(**kwargs)

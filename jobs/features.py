@@ -193,7 +193,7 @@ class FeaturesJob(Job):
         c = self.config
         return FeaturesSink(output=c.output, storage_options=c.storage_options, fingerprint=fingerprint,
                             index_column=self.index_column, output_columns=self.output_columns,
-                            rows_per_file=c.rows_per_file, compression=c.compression,
+                            rows_per_file=c.rows_per_file, compression=c.compression, direct_io=c.direct_io,
                             schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
                             tensor_type=c.tensor_type)
 

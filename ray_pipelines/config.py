@@ -68,12 +68,16 @@ class CommonConfig(BaseModel):
     rows_per_file: int = Field(2048, ge=1, description="Most rows in one Parquet shard file.")
     compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
         "zstd", description="Parquet codec. zstd: log-mels shrink to about a quarter, as fast to write as none.")
+    direct_io: bool = Field(
+        True, description="Local output: write Parquet shards past the page cache (O_DIRECT), which saves "
+        "copying every byte into fresh kernel pages (about 1 ms of CPU per 440 KB on a VM). false: through the "
+        "page cache, whose write-back is asynchronous (a slow disk). Object stores ignore it.")
 
     # Fields that change how a job runs but not the bytes it writes.
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "input", "output", "limit", "batch_size", "actors", "num_gpus", "storage_options",
         "keep_list", "ignore_list", "inputs_per_block", "max_errored_blocks", "rows_per_file",
-        "compression",
+        "compression", "direct_io",
     })
 
     @field_validator("storage_options")

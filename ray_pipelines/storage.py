@@ -17,6 +17,8 @@ from typing import Any, BinaryIO, Iterator
 
 import fsspec
 
+from .direct_io import DirectFile
+
 # Keys that must never appear in storage_options: they belong in the environment.
 SECRET_OPTION_KEYS = frozenset(
     {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
@@ -92,18 +94,19 @@ class Storage:
         self.fs.makedirs(self.abspath(relpath), exist_ok=True)
 
     @contextlib.contextmanager
-    def open_atomic(self, relpath: str) -> Iterator[BinaryIO]:
+    def open_atomic(self, relpath: str, direct: bool = False) -> Iterator[BinaryIO]:
         """A binary file that appears at ``relpath`` whole or not at all.
 
-        Local disk: a temp file renamed into place on success. Object stores:
-        the upload completes only when the file closes without error.
+        Local disk: a temp file renamed into place on success; ``direct`` writes it
+        past the page cache (bulk data not read back soon: see ``direct_io``). Object
+        stores: the upload completes only when the file closes without error.
         """
         target = self.abspath(relpath)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         if is_local(self.fs):
             tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
             try:
-                with open(tmp, "wb") as f:
+                with (DirectFile(tmp) if direct else open(tmp, "wb")) as f:
                     yield f
                 os.replace(tmp, target)
             finally:

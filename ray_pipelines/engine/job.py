@@ -79,7 +79,7 @@ class Job(abc.ABC):
         cfg = self.config
         return ShardSink(output=cfg.output, storage_options=cfg.storage_options, fingerprint=fingerprint,
                          index_column=self.index_column, output_columns=self.output_columns,
-                         rows_per_file=cfg.rows_per_file, compression=cfg.compression,
+                         rows_per_file=cfg.rows_per_file, compression=cfg.compression, direct_io=cfg.direct_io,
                          schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()})
 
     def is_data_file(self, relpath: str) -> bool:

@@ -58,7 +58,8 @@ class ShardSink(Datasink):
 
     def __init__(self, *, output: str, storage_options: dict[str, Any] | None, fingerprint: str,
                  index_column: str, output_columns: list[str], rows_per_file: int = 512,
-                 compression: str = "zstd", schema_metadata: dict[str, str] | None = None):
+                 compression: str = "zstd", schema_metadata: dict[str, str] | None = None,
+                 direct_io: bool = True):
         self.output = output
         self.storage_options = storage_options or {}
         self.fingerprint = fingerprint
@@ -67,6 +68,7 @@ class ShardSink(Datasink):
         self.rows_per_file = rows_per_file
         self.compression = None if compression == "none" else compression
         self.schema_metadata = schema_metadata or {}
+        self.direct_io = direct_io    # local shard files past the page cache (ray_pipelines/direct_io.py)
         self.run_id = ""      # set by the runner; fences off writers of an earlier, killed run
         self.write_returns: list[dict[str, Any]] = []
 
@@ -149,7 +151,7 @@ class ShardSink(Datasink):
         relpath = f"{split}/part-{name}.parquet" if split else f"part-{name}.parquet"
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
         scalars = scalar_columns(table.schema)
-        with storage.open_atomic(relpath) as f:
+        with storage.open_atomic(relpath, direct=self.direct_io) as f:
             pq.write_table(table, f, row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes),
                            compression=self.compression,
                            compression_level=ZSTD_LEVEL if self.compression == "zstd" else None,
