@@ -69,9 +69,10 @@ class CommonConfig(BaseModel):
     compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
         "zstd", description="Parquet codec. zstd: log-mels shrink to about a quarter, as fast to write as none.")
     direct_io: bool = Field(
-        True, description="Local output: write Parquet shards past the page cache (O_DIRECT), which saves "
-        "copying every byte into fresh kernel pages (about 1 ms of CPU per 440 KB on a VM). false: through the "
-        "page cache, whose write-back is asynchronous (a slow disk). Object stores ignore it.")
+        True, description="Output on a local disk (ext4, xfs, btrfs, f2fs): write Parquet shards past the page "
+        "cache (O_DIRECT), which saves copying every byte into fresh kernel pages (about 1 ms of CPU per 440 KB "
+        "on a VM). false: through the page cache, whose write-back is asynchronous (a slow disk). Other "
+        "filesystems (NFS, FUSE, tmpfs) and object stores always write the ordinary way.")
 
     # Fields that change how a job runs but not the bytes it writes.
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({

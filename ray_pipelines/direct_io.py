@@ -9,9 +9,12 @@ about 0.02 ms per 440 KB (bench/features.py; docs/benchmarks.md).
 
 ``O_DIRECT`` wants the buffer address, file offset and length aligned to the
 device's block size: whole 4 KiB blocks go direct, and the file's last partial
-block is written through the page cache. Where a filesystem refuses
-``O_DIRECT`` (tmpfs, some network mounts) or the platform lacks it, the file is
-written the ordinary way: the bytes are the same either way.
+block is written through the page cache. Only local block-device filesystems
+take this path (``DIRECT_FILESYSTEMS``, looked up in the mount table): on network
+and FUSE mounts a direct write waits on the server, on tmpfs the page cache is
+the storage, and overlayfs and others have refused or mishandled it in some
+kernels. There, on platforms without ``O_DIRECT``, and on any filesystem that
+refuses it, the file is written the ordinary way: the bytes are the same.
 """
 
 from __future__ import annotations
@@ -21,16 +24,44 @@ import fcntl
 import io
 import mmap
 import os
+import re
 import threading
 
 BLOCK = 4096                      # the largest logical block size in use; a multiple of all others
 STAGING_BYTES = 4 * 1024 * 1024   # per open file; freed buffers are reused by the next file
+DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+MOUNTS = "/proc/self/mounts"
 _free_buffers: list[mmap.mmap] = []
 _lock = threading.Lock()
 
 
 def supported() -> bool:
     return hasattr(os, "O_DIRECT")
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem holding ``path`` (``ext4``, ``nfs4``, ...), from the mount table;
+    ``""`` where there is none to read (not Linux)."""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open(MOUNTS) as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # \040 = space
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fields[2]
+    except OSError:
+        return ""
+    return kind
+
+
+def goes_direct(path: str) -> bool:
+    """Whether a new file at ``path`` would be written past the page cache (see the module docstring)."""
+    return supported() and filesystem_type(os.path.dirname(os.path.abspath(path)) or ".") in DIRECT_FILESYSTEMS
 
 
 def _take_buffer() -> mmap.mmap:
@@ -60,7 +91,7 @@ class DirectFile(io.RawIOBase):
         self._fill = 0
         self._written = 0
         self.direct_bytes = 0
-        self._direct = supported()
+        self._direct = goes_direct(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
         try:
             self._fd = os.open(path, flags | (os.O_DIRECT if self._direct else 0), 0o644)

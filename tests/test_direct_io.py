@@ -15,9 +15,9 @@ from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.storage import Storage
 
 
-def accepts_o_direct(folder) -> bool:
-    """Whether this filesystem takes an aligned O_DIRECT write (ext4, xfs, tmpfs on Linux 6.6+)."""
-    if not direct_io.supported():
+def goes_direct(folder) -> bool:
+    """Whether DirectFile bypasses the cache here: a local filesystem that takes an aligned O_DIRECT write."""
+    if not direct_io.goes_direct(os.path.join(folder, "probe")):
         return False
     probe = os.path.join(folder, "probe")
     try:
@@ -53,7 +53,7 @@ def test_same_bytes_and_whole_blocks_go_direct(tmp_path, size):
     f = write_in_chunks(tmp_path / "out.bin", data, rng)
     assert (tmp_path / "out.bin").read_bytes() == data
     # Every whole block went past the page cache; the partial last one went through it.
-    expected = size - size % BLOCK if accepts_o_direct(tmp_path) else 0
+    expected = size - size % BLOCK if goes_direct(tmp_path) else 0
     assert f.direct_bytes == expected
 
 
@@ -65,6 +65,33 @@ def test_files_open_at_once_do_not_share_a_staging_buffer(tmp_path):
             fa.write(a[start:start + 100_000])
             fb.write(b[start:start + 100_000])
     assert (tmp_path / "a").read_bytes() == a and (tmp_path / "b").read_bytes() == b
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a tmpfs at /dev/shm")
+def test_tmpfs_is_written_through_the_cache():
+    data = bytes(range(256)) * 100
+    path = f"/dev/shm/ray-pipelines-direct-io-{os.getpid()}"
+    try:
+        with DirectFile(path) as f:
+            f.write(data)
+        with open(path, "rb") as written:
+            assert written.read() == data
+        assert direct_io.filesystem_type("/dev/shm") == "tmpfs" and f.direct_bytes == 0
+    finally:
+        os.remove(path)
+
+
+def test_the_mount_table_names_the_innermost_mount(tmp_path, monkeypatch):
+    table = tmp_path / "mounts"
+    table.write_text("/dev/vda / ext4 rw 0 0\n"
+                     "server:/data /mnt/my\\040data nfs4 rw 0 0\n"       # a space in the mount point
+                     "tmpfs /mnt/my\\040data/scratch tmpfs rw 0 0\n")
+    monkeypatch.setattr(direct_io, "MOUNTS", str(table))
+    assert direct_io.filesystem_type("/mnt/my data/run1") == "nfs4"
+    assert direct_io.filesystem_type("/mnt/my data/scratch/x") == "tmpfs"
+    assert direct_io.filesystem_type("/mnt/my datax") == "ext4"               # a sibling, not inside
+    assert not direct_io.goes_direct("/mnt/my data/run1/part.parquet")
+    assert direct_io.goes_direct("/home/user/part.parquet") == direct_io.supported()
 
 
 def test_without_o_direct_the_file_is_written_the_ordinary_way(tmp_path, monkeypatch):
