@@ -13,7 +13,9 @@ several labels. Measured in one run, per format:
 2. decode + stage loop: the job's WindowDecoder and FeaturesStage called in a
    plain loop (one process, one thread): the ceiling per core;
 3. the features job on embedded Ray with every core: listing, decode,
-   features, Parquet, commit and the balance report.
+   features, Parquet, commit and the balance report;
+4. once, the sink alone: the same real features written as Parquet shards
+   through the page cache and past it (``direct_io``), alternating.
 
 Per core is reported two ways: snippets per wall-clock second divided by the
 cores given, and snippets per CPU-second actually used (the whole process
@@ -185,6 +187,34 @@ def stage_loop(paths: list[Path]) -> Measure:
     return Measure(snippets, time.perf_counter() - wall, time.process_time() - cpu)
 
 
+def shard_writes(paths: list[Path], out: Path, repeats: int = 20) -> dict[bool, float]:
+    """The sink alone: real features written as new Parquet shards with ``direct_io`` off and on,
+    alternating (about 0.5 GB each, kept until the end as a job keeps its output); CPU ms per snippet
+    of this process, user + system (the page-cache copy is system time)."""
+    from jobs.features import FeaturesConfig, FeaturesJob
+    from ray_pipelines.engine.decode import rows_to_batch
+    from ray_pipelines.features.sink import FeaturesSink
+    from ray_pipelines.stages.features import FeaturesStage
+
+    job = FeaturesJob(FeaturesConfig(input="-", output=str(out)))
+    decoder, stage = job.decoder(), FeaturesStage(**job.stages()[0].kwargs)
+    rows = [row for path in paths for row in decoder.decode_input(
+        {"key": path.name, "uri": str(path), "size": path.stat().st_size, "member_offset": -1,
+         "label": 0, "path": path.name, "split": "train"})]
+    batch = stage(rows_to_batch(rows))
+    cpu = {False: 0.0, True: 0.0}
+    for i in range(repeats):
+        for direct in ((False, True) if i % 2 == 0 else (True, False)):
+            sink = FeaturesSink(output=str(out / str(direct)), storage_options=None, fingerprint="f" * 64,
+                                index_column=job.index_column, output_columns=job.output_columns,
+                                rows_per_file=256, compression="lz4", direct_io=direct)
+            renamed = {**batch, "key": np.array([f"{i}/{k}" for k in batch["key"]], dtype=object)}
+            started = time.process_time()
+            sink.write_rows(renamed, rank=0)
+            cpu[direct] += time.process_time() - started
+    return {direct: 1000 * seconds / (repeats * len(batch["key"])) for direct, seconds in cpu.items()}
+
+
 def pipeline(library: Path, output: Path, cores: int) -> tuple[Measure, Measure, int, float | None]:
     """The job on the running embedded Ray: (the run, the whole job call), its error count, and its
     steady-state snippets/s (while every writer was busy)."""
@@ -204,9 +234,17 @@ def pipeline(library: Path, output: Path, cores: int) -> tuple[Measure, Measure,
 
 def marginal(small: Measure, large: Measure) -> Measure:
     """The cost of the snippets the large run did beyond the small one: start-up (actor and
-    writer processes importing torch and Ray Data, the driver's planning) cancels out."""
-    return Measure(large.snippets - small.snippets, max(1e-9, large.wall - small.wall),
-                   max(1e-9, large.cpu - small.cpu), large.cores)
+    writer processes importing torch and Ray Data, the driver's planning) cancels out. Where the large
+    run did not take longer (``--quick`` sizes on a noisy machine) there is no rate: NaN, shown "n/a"."""
+    def more(large_value: float, small_value: float) -> float:
+        return large_value - small_value if large_value > small_value else float("nan")
+
+    return Measure(large.snippets - small.snippets, more(large.wall, small.wall), more(large.cpu, small.cpu),
+                   large.cores)
+
+
+def shown(value: float, suffix: str = "") -> str:
+    return f"{value:.{2 if suffix else 1}f}{suffix}" if np.isfinite(value) else "n/a"
 
 
 def main() -> None:
@@ -231,6 +269,12 @@ def main() -> None:
             paths = sorted(make_library(fmt, large_songs).rglob(f"*.{fmt}"))
             base = baseline(paths[:base_songs], work / f"hf-{fmt}")
             loop = stage_loop(paths[:loop_songs])
+            if not notes:        # once: the sink does not depend on the source format
+                writes = shard_writes(paths[:loop_songs], work / "shards", repeats=4 if args.quick else 20)
+                shutil.rmtree(work / "shards", ignore_errors=True)
+                notes.append(f"writing shards (the sink alone, lz4): {writes[False]:.2f} CPU ms per snippet through "
+                             f"the page cache, {writes[True]:.2f} past it (direct_io, the default): "
+                             f"{writes[False] / writes[True]:.2f}x less")
             small, _, _, _ = pipeline(make_library(fmt, small_songs), work / f"out-{fmt}-small", cores)
             run, whole, errors, steady_rate = pipeline(make_library(fmt, large_songs), work / f"out-{fmt}", cores)
             whole.wall += ray_seconds
@@ -240,8 +284,8 @@ def main() -> None:
                             (f"features job on Ray, {large_songs} songs, {cores} cores: run", run),
                             ("  the same incl. Ray start-up, listing and commit", whole),
                             (f"  per added snippet ({large_songs} minus {small_songs} songs)", steady)]:
-                rows.append([fmt, what, m.snippets, f"{m.per_core:.1f}", f"{m.per_cpu_second:.1f}",
-                             f"{m.per_cpu_second / base.per_cpu_second:.2f}x"])
+                rows.append([fmt, what, m.snippets, shown(m.per_core), shown(m.per_cpu_second),
+                             shown(m.per_cpu_second / base.per_cpu_second, "x")])
             if steady_rate:
                 per_core = steady_rate / cores
                 rows.append([fmt, f"  steady state of the {large_songs}-song run (all writers busy)", "",
