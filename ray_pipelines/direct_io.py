@@ -20,7 +20,6 @@ refuses it, the file is written the ordinary way: the bytes are the same.
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import mmap
 import os
@@ -79,7 +78,7 @@ def _give_back(buffer: mmap.mmap) -> None:
 class DirectFile(io.RawIOBase):
     """A write-only file that sends whole blocks with ``O_DIRECT`` (see the module docstring).
 
-    Writes are sequential only (no ``seek``): what Parquet and ``.npy`` writers need.
+    Writes are sequential only (no ``seek``), which is all the Parquet writer needs.
     ``direct_bytes`` counts the bytes that went past the page cache.
     """
 
@@ -145,10 +144,12 @@ class DirectFile(io.RawIOBase):
             except OSError as e:
                 if e.errno != errno.EINVAL or not self._direct:
                     raise
-                self._drop_direct()       # accepted at open, refused at write (some FUSE mounts)
+                self._drop_direct()       # the flag accepted at open, the write refused
         self._written += len(view)
 
     def _drop_direct(self) -> None:
+        import fcntl   # POSIX only; reached only where O_DIRECT exists (Linux)
+
         fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         self._direct = False
 
