@@ -60,7 +60,7 @@ def filesystem_type(path: str) -> str:
 
 def goes_direct(path: str) -> bool:
     """Whether a new file at ``path`` would be written past the page cache (see the module docstring)."""
-    return supported() and filesystem_type(os.path.dirname(os.path.abspath(path)) or ".") in DIRECT_FILESYSTEMS
+    return supported() and filesystem_type(os.path.dirname(os.path.abspath(path))) in DIRECT_FILESYSTEMS
 
 
 def _take_buffer() -> mmap.mmap:
@@ -111,7 +111,7 @@ class DirectFile(io.RawIOBase):
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        if self._buf is None:
+        if self._buf is None:      # not direct: the writer's own pieces (large: Parquet pages) as they come
             self._write_all(view)
             return len(view)
         pos = 0
