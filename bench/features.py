@@ -168,22 +168,32 @@ def baseline(paths: list[Path], out: Path) -> Measure:
     return Measure(saved, time.perf_counter() - wall, time.process_time() - cpu)
 
 
+def job_parts():
+    """The features job on its defaults, its decoder and its features stage, as the actors build them."""
+    from jobs.features import FeaturesConfig, FeaturesJob
+    from ray_pipelines.stages.features import FeaturesStage
+
+    job = FeaturesJob(FeaturesConfig(input="-", output="-"))
+    return job, job.decoder(), FeaturesStage(**job.stages()[0].kwargs)
+
+
+def song_row(path: Path) -> dict:
+    """One song as the decoder's input row (a listing row of the job)."""
+    return {"key": path.name, "uri": str(path), "size": path.stat().st_size, "member_offset": -1,
+            "label": 0, "path": path.name, "split": "train"}
+
+
 def stage_loop(paths: list[Path]) -> Measure:
     """WindowDecoder + FeaturesStage in a plain loop, one process and thread (no Parquet)."""
     import torch
 
-    from jobs.features import FeaturesConfig, FeaturesJob
     from ray_pipelines.engine.decode import rows_to_batch
-    from ray_pipelines.stages.features import FeaturesStage
 
     torch.set_num_threads(1)
-    job = FeaturesJob(FeaturesConfig(input="-", output="-"))
-    decoder, stage = job.decoder(), FeaturesStage(**job.stages()[0].kwargs)
+    _, decoder, stage = job_parts()
     wall, cpu, snippets = time.perf_counter(), time.process_time(), 0
     for path in paths:
-        rows = decoder.decode_input({"key": path.name, "uri": str(path), "size": path.stat().st_size,
-                                     "member_offset": -1, "label": 0, "path": path.name, "split": "train"})
-        snippets += len(stage(rows_to_batch(rows))["input_values"])
+        snippets += len(stage(rows_to_batch(decoder.decode_input(song_row(path))))["input_values"])
     return Measure(snippets, time.perf_counter() - wall, time.process_time() - cpu)
 
 
@@ -191,17 +201,11 @@ def shard_writes(paths: list[Path], out: Path, repeats: int = 20) -> dict[bool, 
     """The sink alone: real features written as new Parquet shards with ``direct_io`` off and on,
     alternating (about 0.5 GB each, kept until the end as a job keeps its output); CPU ms per snippet
     of this process, user + system (the page-cache copy is system time)."""
-    from jobs.features import FeaturesConfig, FeaturesJob
     from ray_pipelines.engine.decode import rows_to_batch
     from ray_pipelines.features.sink import FeaturesSink
-    from ray_pipelines.stages.features import FeaturesStage
 
-    job = FeaturesJob(FeaturesConfig(input="-", output=str(out)))
-    decoder, stage = job.decoder(), FeaturesStage(**job.stages()[0].kwargs)
-    rows = [row for path in paths for row in decoder.decode_input(
-        {"key": path.name, "uri": str(path), "size": path.stat().st_size, "member_offset": -1,
-         "label": 0, "path": path.name, "split": "train"})]
-    batch = stage(rows_to_batch(rows))
+    job, decoder, stage = job_parts()
+    batch = stage(rows_to_batch([row for path in paths for row in decoder.decode_input(song_row(path))]))
     cpu = {False: 0.0, True: 0.0}
     for i in range(repeats):
         for direct in ((False, True) if i % 2 == 0 else (True, False)):
