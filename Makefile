@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[teachers,dev]'
+	$(PY) -m pip install --quiet -e '.[flac,teachers,dev]'
 	$(PY) -m pip check
 	touch $(STAMP)
 

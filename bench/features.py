@@ -219,6 +219,31 @@ def shard_writes(paths: list[Path], out: Path, repeats: int = 20) -> dict[bool, 
     return {direct: 1000 * seconds / (repeats * len(batch["key"])) for direct, seconds in cpu.items()}
 
 
+def flac_decoders(paths: list[Path], repeats: int = 3) -> dict[str, float]:
+    """The job's decoder (six windows per song, mono mix, soxr) on FLAC songs, with FLAC read through
+    libsndfile and through libFLAC directly (``RAY_PIPELINES_LIBFLAC=off`` or not), alternating:
+    CPU ms per snippet of each."""
+    from ray_pipelines.audio import flac
+
+    _, decoder, _ = job_parts()
+    cpu, snippets = {"libsndfile": 0.0, "libFLAC": 0.0}, {"libsndfile": 0, "libFLAC": 0}
+    saved = os.environ.get(flac.LIBRARY_ENV)
+    try:
+        for i in range(repeats):
+            for name in (("libsndfile", "libFLAC") if i % 2 == 0 else ("libFLAC", "libsndfile")):
+                os.environ[flac.LIBRARY_ENV] = "off" if name == "libsndfile" else (saved or "")
+                started = time.process_time()
+                for path in paths:
+                    snippets[name] += len(decoder.decode_input(song_row(path)))
+                cpu[name] += time.process_time() - started
+    finally:
+        if saved is None:
+            os.environ.pop(flac.LIBRARY_ENV, None)
+        else:
+            os.environ[flac.LIBRARY_ENV] = saved
+    return {name: 1000 * seconds / snippets[name] for name, seconds in cpu.items()}
+
+
 def pipeline(library: Path, output: Path, cores: int) -> tuple[Measure, Measure, int, float | None]:
     """The job on the running embedded Ray: (the run, the whole job call), its error count, and its
     steady-state snippets/s (while every writer was busy)."""
@@ -258,6 +283,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
+    from ray_pipelines.audio.flac import available as flac_available
     from ray_pipelines.engine.runtime import connect
 
     cores = os.cpu_count() or 1
@@ -279,6 +305,12 @@ def main() -> None:
                 notes.append(f"writing shards (the sink alone, lz4): {writes[False]:.2f} CPU ms per snippet through "
                              f"the page cache, {writes[True]:.2f} past it (direct_io, the default): "
                              f"{writes[False] / writes[True]:.2f}x less")
+            if fmt == "flac" and flac_available():
+                decode = flac_decoders(paths[:loop_songs], repeats=2 if args.quick else 4)
+                notes.append(f"flac: the job's decoder (windows, mono, soxr): {decode['libsndfile']:.2f} CPU ms per "
+                             f"snippet reading FLAC through libsndfile, {decode['libFLAC']:.2f} through libFLAC "
+                             f"directly (the default where installed): "
+                             f"{decode['libsndfile'] / decode['libFLAC']:.2f}x less")
             small, _, _, _ = pipeline(make_library(fmt, small_songs), work / f"out-{fmt}-small", cores)
             run, whole, errors, steady_rate = pipeline(make_library(fmt, large_songs), work / f"out-{fmt}", cores)
             whole.wall += ray_seconds
