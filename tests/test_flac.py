@@ -123,3 +123,49 @@ def test_flac_magic_without_a_flac_stream_falls_back_and_fails_clearly(tmp_path)
         flac.FlacReader(str(path))
     with pytest.raises(DecodeError, match="undecodable"):
         AudioFile(InputAudio(str(path), path.stat().st_size))
+
+
+class FailingAfter(io.RawIOBase):
+    """A real file whose reads fail past ``limit`` bytes, as a dropped connection would."""
+
+    def __init__(self, path, limit: int):
+        self._file, self._limit = open(path, "rb"), limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def readinto(self, buffer) -> int:
+        if self._file.tell() + len(buffer) > self._limit:
+            raise ConnectionError("connection reset by peer")
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def test_a_storage_error_mid_window_is_retryable_not_corrupt(tmp_path):
+    from ray_pipelines.audio.decode import is_retryable
+
+    path = write_audio(tmp_path / "a.flac", tone(20.0, 44100))
+    with FailingAfter(path, path.stat().st_size // 2) as source, flac.FlacReader(source) as reader:
+        np.testing.assert_array_equal(reader.read(0, 44100), libsndfile_window(path, 0, 44100))
+        with pytest.raises(flac.FlacReadError, match="ConnectionError: connection reset"):
+            reader.read(15 * 44100, 44100)
+    # AudioFile turns it into a retryable reason (the input is tried again on the next run).
+    size = path.stat().st_size
+    with AudioFile(InputAudio(str(path), size)) as audio, FailingAfter(path, size // 2) as source:
+        audio._flac.close()
+        audio._flac = flac.FlacReader(source)       # the same file behind a connection that drops
+        with pytest.raises(DecodeError) as error:
+            audio.read(15 * 44100, 44100)
+    assert str(error.value).startswith("unreadable: ") and is_retryable(str(error.value))

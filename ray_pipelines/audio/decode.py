@@ -3,10 +3,10 @@
 ``AudioFile`` opens an input (a local path, any fsspec URL, or a member of a
 tar shard given by its byte range) with soundfile (libsndfile: WAV, FLAC,
 OGG, MP3, ...) and falls back to PyAV (FFmpeg: m4a/aac, opus, ...) for what
-libsndfile cannot read. FLAC goes to libFLAC directly when it is installed
-(``flac.py``: the same samples, a fifth less time). ``read(start, n)`` seeks to the window, so a 3 s
-crop of a one-hour file reads a few seconds of it (object stores serve it
-with range requests).
+libsndfile cannot read; FLAC goes to libFLAC directly when it is installed
+(``flac.py``: the same samples in a fifth less time). ``read(start, n)``
+seeks to the window, so a 3 s crop of a one-hour file reads a few seconds of
+it (object stores serve it with range requests).
 
 Every failure raises :class:`DecodeError` with a short reason that ends up
 in the job's error rows.
@@ -160,10 +160,13 @@ class AudioFile:
 
     def _starts_with(self, magic: bytes) -> bool:
         stream = self._stream()
-        if isinstance(stream, str):
-            with open(stream, "rb") as f:
-                return f.read(len(magic)) == magic
-        return stream.read(len(magic)) == magic
+        try:
+            if isinstance(stream, str):
+                with open(stream, "rb") as f:
+                    return f.read(len(magic)) == magic
+            return stream.read(len(magic)) == magic
+        except Exception as e:  # storage errors: retryable on a later run, as at open
+            raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
 
     def _open_with_pyav(self) -> None:
         """Decode the whole stream with PyAV (formats libsndfile lacks are short clips in practice)."""
@@ -206,6 +209,8 @@ class AudioFile:
         if self._flac is not None:
             try:
                 return self._flac.read(start, num_frames)
+            except flac.FlacReadError as e:
+                raise DecodeError(f"unreadable: {e}") from None
             except flac.FlacError as e:
                 raise DecodeError(f"truncated or corrupt: {e}") from None
         try:

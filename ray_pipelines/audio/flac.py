@@ -48,6 +48,10 @@ class FlacError(Exception):
     """The stream cannot be read as FLAC (at open), or is corrupt or truncated (at read)."""
 
 
+class FlacReadError(FlacError):
+    """Reading the underlying file failed (a storage error: it may heal by itself)."""
+
+
 class _FrameHeader(ctypes.Structure):
     _fields_ = [("blocksize", ctypes.c_uint32), ("sample_rate", ctypes.c_uint32), ("channels", ctypes.c_uint32),
                 ("channel_assignment", ctypes.c_int), ("bits_per_sample", ctypes.c_uint32),
@@ -169,6 +173,7 @@ class FlacReader:
         self._lib, self._source, self._size = lib, source, size
         self._info: _StreamInfo | None = None
         self._error: str | None = None
+        self._read_failed = False                 # the error is the file's, not the stream's
         self._window: np.ndarray | None = None     # the int32 [C, n] window being filled during a read
         self._rows: list[int] = []                 # its rows' addresses
         self._filled = 0
@@ -216,27 +221,31 @@ class FlacReader:
         out = np.empty((self.channels, num_frames), dtype=np.float32)
         if num_frames == 0:
             return out
-        self._window, self._filled, self._error = _int_buffer(self.channels, num_frames), 0, None
+        self._window, self._filled = _int_buffer(self.channels, num_frames), 0
+        self._error, self._read_failed = None, False
         self._rows = [row.ctypes.data for row in self._window]
         lib, decoder = self._lib, self._decoder
         try:
             # The seek decodes the frame holding `start` and hands it over cut to begin there.
             if not lib.FLAC__stream_decoder_seek_absolute(decoder, start):
                 lib.FLAC__stream_decoder_flush(decoder)
-                raise FlacError(f"seek to frame {start} failed" + (f" ({self._error})" if self._error else ""))
+                raise self._failure(f"seek to frame {start} failed" + (f" ({self._error})" if self._error else ""))
             while self._filled < num_frames and self._error is None:
                 if lib.FLAC__stream_decoder_get_state(decoder) == _STATE_END_OF_STREAM:
                     break
                 if not lib.FLAC__stream_decoder_process_single(decoder):
                     break
             if self._error is not None:
-                raise FlacError(self._error)
+                raise self._failure(self._error)
             if self._filled < num_frames:
                 raise FlacError(f"stream ends at frame {start + self._filled}, STREAMINFO promises {self.frames}")
             np.multiply(self._window, np.float32(2.0 ** (1 - self.bits_per_sample)), out=out, dtype=np.float32)
         finally:
             self._window = None
         return out
+
+    def _failure(self, message: str) -> FlacError:
+        return (FlacReadError if self._read_failed else FlacError)(message)
 
     def close(self) -> None:
         if getattr(self, "_decoder", None):
@@ -279,7 +288,7 @@ class FlacReader:
             view = (ctypes.c_char * wanted).from_address(buffer)
             got = self._source.readinto(memoryview(view).cast("B"))
         except Exception as e:
-            self._error = f"read failed: {type(e).__name__}: {e}"
+            self._error, self._read_failed = f"{type(e).__name__}: {e}", True
             return _READ_ABORT
         size_p[0] = got or 0
         return _READ_CONTINUE if got else _READ_END_OF_STREAM
