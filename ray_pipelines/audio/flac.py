@@ -172,8 +172,7 @@ class FlacReader:
             source.seek(0)
         self._lib, self._source, self._size = lib, source, size
         self._info: _StreamInfo | None = None
-        self._error: str | None = None
-        self._read_failed = False                 # the error is the file's, not the stream's
+        self._error: FlacError | None = None       # the first failure a callback saw (FlacReadError: the file's)
         self._window: np.ndarray | None = None     # the int32 [C, n] window being filled during a read
         self._rows: list[int] = []                 # its rows' addresses
         self._filled = 0
@@ -207,7 +206,7 @@ class FlacReader:
         if status != _INIT_OK:
             raise FlacError(f"libFLAC init status {status}")
         if not lib.FLAC__stream_decoder_process_until_end_of_metadata(self._decoder) or self._info is None:
-            raise FlacError(self._error or "no STREAMINFO block")
+            raise self._error or FlacError("no STREAMINFO block")
         info = self._info
         if info.total_samples == 0 or info.channels == 0 or info.sample_rate == 0:
             raise FlacError("STREAMINFO does not give the length")     # a streamed FLAC: libsndfile copes
@@ -222,30 +221,29 @@ class FlacReader:
         if num_frames == 0:
             return out
         self._window, self._filled = _int_buffer(self.channels, num_frames), 0
-        self._error, self._read_failed = None, False
+        self._error = None
         self._rows = [row.ctypes.data for row in self._window]
         lib, decoder = self._lib, self._decoder
         try:
             # The seek decodes the frame holding `start` and hands it over cut to begin there.
             if not lib.FLAC__stream_decoder_seek_absolute(decoder, start):
                 lib.FLAC__stream_decoder_flush(decoder)
-                raise self._failure(f"seek to frame {start} failed" + (f" ({self._error})" if self._error else ""))
+                if self._error is not None:
+                    raise type(self._error)(f"seek to frame {start} failed ({self._error})")
+                raise FlacError(f"seek to frame {start} failed")
             while self._filled < num_frames and self._error is None:
                 if lib.FLAC__stream_decoder_get_state(decoder) == _STATE_END_OF_STREAM:
                     break
                 if not lib.FLAC__stream_decoder_process_single(decoder):
                     break
             if self._error is not None:
-                raise self._failure(self._error)
+                raise self._error
             if self._filled < num_frames:
                 raise FlacError(f"stream ends at frame {start + self._filled}, STREAMINFO promises {self.frames}")
             np.multiply(self._window, np.float32(2.0 ** (1 - self.bits_per_sample)), out=out, dtype=np.float32)
         finally:
             self._window = None
         return out
-
-    def _failure(self, message: str) -> FlacError:
-        return (FlacReadError if self._read_failed else FlacError)(message)
 
     def close(self) -> None:
         if getattr(self, "_decoder", None):
@@ -266,7 +264,7 @@ class FlacReader:
         count = min(header.blocksize, window.shape[1] - self._filled)
         if count > 0:
             if header.channels != window.shape[0]:
-                self._error = f"a frame has {header.channels} channels, STREAMINFO {window.shape[0]}"
+                self._error = FlacError(f"a frame has {header.channels} channels, STREAMINFO {window.shape[0]}")
                 return _WRITE_ABORT
             offset = self._filled * 4
             for channel, row in enumerate(self._rows):
@@ -280,7 +278,7 @@ class FlacReader:
 
     def _on_error(self, _decoder, status, _client) -> None:
         if self._error is None:
-            self._error = f"libFLAC: {_ERRORS.get(status, f'error {status}')}"
+            self._error = FlacError(f"libFLAC: {_ERRORS.get(status, f'error {status}')}")
 
     def _on_read(self, _decoder, buffer, size_p, _client) -> int:
         try:
@@ -288,7 +286,7 @@ class FlacReader:
             view = (ctypes.c_char * wanted).from_address(buffer)
             got = self._source.readinto(memoryview(view).cast("B"))
         except Exception as e:
-            self._error, self._read_failed = f"{type(e).__name__}: {e}", True
+            self._error = FlacReadError(f"{type(e).__name__}: {e}")
             return _READ_ABORT
         size_p[0] = got or 0
         return _READ_CONTINUE if got else _READ_END_OF_STREAM
