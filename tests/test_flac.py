@@ -169,3 +169,21 @@ def test_a_storage_error_mid_window_is_retryable_not_corrupt(tmp_path):
         with pytest.raises(DecodeError) as error:
             audio.read(15 * 44100, 44100)
     assert str(error.value).startswith("unreadable: ") and is_retryable(str(error.value))
+
+
+def test_a_storage_error_at_the_magic_probe_is_retryable(tmp_path):
+    from ray_pipelines.audio.decode import is_retryable
+
+    path = write_audio(tmp_path / "a.flac", tone(2.0))
+    tar_path = tmp_path / "shard.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(path, arcname="a.flac")
+    with tarfile.open(tar_path) as tar:
+        member = tar.getmember("a.flac")
+    with AudioFile(InputAudio(str(tar_path), member.size, member.offset_data)) as audio, \
+            FailingAfter(tar_path, 0) as dropped:
+        audio._raw.close()
+        audio._raw = dropped                   # the shard behind a connection that drops at once
+        with pytest.raises(DecodeError) as error:
+            audio._open()
+    assert str(error.value).startswith("unreadable: ConnectionError") and is_retryable(str(error.value))
