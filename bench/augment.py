@@ -35,7 +35,7 @@ import torch
 
 from bench.common import REPO, make_clips, run_measured, table
 
-VIEWS_PER_CLIP = 5 * 2   # num_versions x two views, the defaults
+VIEWS_PER_CLIP = 5 * 2  # num_versions x two views, the defaults
 
 
 def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
@@ -62,7 +62,7 @@ def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
             return x + noise * torch.sqrt(x.pow(2).mean() / (noise.pow(2).mean() * 10 ** (snr / 10)))
         if name == "shift":
             return torch.roll(x, int(rng.uniform(-0.25, 0.25) * n), -1)
-        if name == "pitch":   # audiomentations.PitchShift: librosa (soxr resampling)
+        if name == "pitch":  # audiomentations.PitchShift: librosa (soxr resampling)
             y = librosa.effects.pitch_shift(x.numpy(), sr=sr, n_steps=rng.uniform(-2, 2))
             return torch.from_numpy(y)
         if name == "stretch":  # audiomentations.TimeStretch(leave_length_unchanged=True)
@@ -84,7 +84,7 @@ def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
         x = AF.resample(torch.from_numpy(audio.mean(axis=1)), file_sr, sr)
         for version in range(5):
             offset = rng.randint(0, max(0, x.shape[-1] - n))
-            crop = torch.nn.functional.pad(x[offset:offset + n], (0, max(0, n - x[offset:offset + n].shape[-1])))
+            crop = torch.nn.functional.pad(x[offset : offset + n], (0, max(0, n - x[offset : offset + n].shape[-1])))
             views = []
             for _ in range(2):
                 y = crop[None]
@@ -97,17 +97,27 @@ def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
 
 def stage_loop(clips: list[Path]) -> tuple[float, float]:
     """The job's work in a plain loop, one thread: views/s of (decode + stage, stage alone)."""
-    from jobs.augment import AugmentConfig, AugmentJob
+    from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
     from ray_pipelines.stages.augment import AugmentStage
 
     job = AugmentJob(AugmentConfig(input="-", output="-"))
     decoder, stage = job.decoder(), AugmentStage(**job.stage_kwargs())
     started = time.perf_counter()
-    batches = [decoder({"key": np.array([str(p)], dtype=object), "uri": np.array([str(p)], dtype=object),
-                        "size": np.array([p.stat().st_size]), "member_offset": np.array([-1]),
-                        "etag": np.array([""], dtype=object), "error": np.array([""], dtype=object),
-                        "skip": np.array([None], dtype=object), "source": np.array([str(p)], dtype=object)})
-               for p in clips]
+    batches = [
+        decoder(
+            {
+                "key": np.array([str(p)], dtype=object),
+                "uri": np.array([str(p)], dtype=object),
+                "size": np.array([p.stat().st_size]),
+                "member_offset": np.array([-1]),
+                "etag": np.array([""], dtype=object),
+                "error": np.array([""], dtype=object),
+                "skip": np.array([None], dtype=object),
+                "source": np.array([str(p)], dtype=object),
+            }
+        )
+        for p in clips
+    ]
     decode_seconds = time.perf_counter() - started
     start = time.perf_counter()
     views = 0
@@ -120,41 +130,69 @@ def stage_loop(clips: list[Path]) -> tuple[float, float]:
 def loop_child(args: argparse.Namespace) -> None:
     """Run in a child process: warm up, wait for the common start, best of three stage loops; prints JSON."""
     torch.set_num_threads(1)
-    clips = sorted(Path(args.input).rglob("*.flac"))[args.offset:args.offset + args.limit]
+    clips = sorted(Path(args.input).rglob("*.flac"))[args.offset : args.offset + args.limit]
     stage_loop(clips[:10])
     time.sleep(max(0.0, args.start_at - time.time()))
     loops = [stage_loop(clips) for _ in range(3)]
-    print(json.dumps({"loop": max(l for l, _ in loops), "stage": max(s for _, s in loops)}))
+    print(json.dumps({"loop": max(lp for lp, _ in loops), "stage": max(s for _, s in loops)}))
 
 
 def parallel_loops(clips_dir: Path, cores: int, clips: int) -> tuple[float, float]:
     """One plain loop per core, all at once (each on its own clips): per-core views/s of
     (decode + stage, stage alone) when the loops share the machine as the pipeline's actors do."""
-    start_at = time.time() + 30.0        # after every child has imported torch and warmed up
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.augment", "--loop-child", "--input", str(clips_dir),
-                               "--offset", str(i * clips), "--limit", str(clips), "--start-at", str(start_at)],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True) for i in range(cores)]
+    start_at = time.time() + 30.0  # after every child has imported torch and warmed up
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.augment",
+                "--loop-child",
+                "--input",
+                str(clips_dir),
+                "--offset",
+                str(i * clips),
+                "--limit",
+                str(clips),
+                "--start-at",
+                str(start_at),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(cores)
+    ]
     results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     return (sum(r["loop"] for r in results) / cores, sum(r["stage"] for r in results) / cores)
 
 
 def pipeline_child(args: argparse.Namespace) -> None:
     """Run in a child process: the augment job on embedded Ray; prints JSON."""
-    from jobs.augment import AugmentConfig, AugmentJob
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
+    from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 
     cfg = validate_config(AugmentConfig, {"input": args.input, "output": args.output, "limit": args.limit})
     result = run_job(AugmentJob(cfg), overwrite=True, progress=False)
     steady = result.steady_rows_per_second
-    print(json.dumps({"views": 2 * result.run_rows, "seconds": result.manifest["timings"]["run_seconds"],
-                      "total_seconds": result.seconds, "errors": result.counts["errors"],
-                      "steady_views_per_second": 2 * steady if steady else None}))
+    print(
+        json.dumps(
+            {
+                "views": 2 * result.run_rows,
+                "seconds": result.manifest["timings"]["run_seconds"],
+                "total_seconds": result.seconds,
+                "errors": result.counts["errors"],
+                "steady_views_per_second": 2 * steady if steady else None,
+            }
+        )
+    )
 
 
 def pipeline(input_dir: Path, output: Path, limit: int) -> tuple[dict, int]:
-    out, peak = run_measured(["-m", "bench.augment", "--child", "--input", str(input_dir), "--output",
-                              str(output), "--limit", str(limit)])
+    out, peak = run_measured(
+        ["-m", "bench.augment", "--child", "--input", str(input_dir), "--output", str(output), "--limit", str(limit)]
+    )
     return json.loads(out.strip().splitlines()[-1]), peak
 
 
@@ -178,7 +216,7 @@ def main() -> None:
     clips = sorted(clips_dir.rglob("*.flac"))
 
     torch.set_num_threads(cores)
-    baseline(clips[:1], work / "warmup")            # librosa / torch first-call costs, untimed
+    baseline(clips[:1], work / "warmup")  # librosa / torch first-call costs, untimed
     base = baseline(clips[: 10 if args.quick else 30], work / "pt")
     torch.set_num_threads(1)
     # One untimed pass (first calls are slower: allocator, kernels), then the best of three:
@@ -186,7 +224,7 @@ def main() -> None:
     loop_clips = clips[: 20 if args.quick else 100]
     stage_loop(loop_clips[:10])
     loops = [stage_loop(loop_clips) for _ in range(3)]
-    loop, stage_only = max(l for l, _ in loops), max(s for _, s in loops)
+    loop, stage_only = max(lp for lp, _ in loops), max(s for _, s in loops)
     loop_shared, stage_shared = parallel_loops(clips_dir, cores, len(loop_clips))
     small_run, small_peak = pipeline(clips_dir, work / "out-small", small)
     large_run, large_peak = pipeline(clips_dir, work / "out-large", large)
@@ -201,28 +239,50 @@ def main() -> None:
         ["notebook baseline (per-file loop, .pt per sample)", f"{per_core_base:.1f}", "1.00x"],
         ["decode + augment stage, plain loop (1 thread)", f"{loop:.1f}", f"{loop / per_core_base:.2f}x"],
         ["augment stage alone, plain loop (1 thread)", f"{stage_only:.1f}", f"{stage_only / per_core_base:.2f}x"],
-        [f"decode + augment stage, {cores} plain loops at once (one per core)", f"{loop_shared:.1f}",
-         f"{loop_shared / per_core_base:.2f}x"],
-        [f"augment stage alone, {cores} plain loops at once", f"{stage_shared:.1f}",
-         f"{stage_shared / per_core_base:.2f}x"],
+        [
+            f"decode + augment stage, {cores} plain loops at once (one per core)",
+            f"{loop_shared:.1f}",
+            f"{loop_shared / per_core_base:.2f}x",
+        ],
+        [
+            f"augment stage alone, {cores} plain loops at once",
+            f"{stage_shared:.1f}",
+            f"{stage_shared / per_core_base:.2f}x",
+        ],
         [f"augment job on Ray, {large} clips, {cores} cores, run", f"{pipe / cores:.1f}", f"{pipe / base:.2f}x"],
-        [f"augment job on Ray, marginal ({large} minus {small} clips)", f"{marginal / cores:.1f}",
-         f"{marginal / base:.2f}x"],
-        [f"augment job on Ray, steady state ({large} clips, all writers busy)", f"{steady / cores:.1f}",
-         f"{steady / base:.2f}x"],
+        [
+            f"augment job on Ray, marginal ({large} minus {small} clips)",
+            f"{marginal / cores:.1f}",
+            f"{marginal / base:.2f}x",
+        ],
+        [
+            f"augment job on Ray, steady state ({large} clips, all writers busy)",
+            f"{steady / cores:.1f}",
+            f"{steady / base:.2f}x",
+        ],
     ]
-    print(f"\naugment benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"\naugment benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
     print(table(rows, ["what", "views/s per core", "vs baseline"]))
-    print(f"\npipeline per core / decode + stage loops on the same {cores} cores (target >= 0.80): marginal "
-          f"{marginal / cores / loop_shared:.2f}, steady state {steady / cores / loop_shared:.2f}")
-    print(f"  against one loop alone on an otherwise idle machine: marginal {marginal / cores / loop:.2f}, "
-          f"steady state {steady / cores / loop:.2f}; against the stage alone (no decode), loops at once: "
-          f"marginal {marginal / cores / stage_shared:.2f}, steady state {steady / cores / stage_shared:.2f}")
-    print(f"peak memory (process tree): {small} clips {small_peak / 2**20:.0f} MiB, {large} clips "
-          f"{large_peak / 2**20:.0f} MiB, ratio {large_peak / small_peak:.2f} (target <= 1.25)")
-    print(f"end-to-end incl. Ray start-up and commit: {large_run['views'] / large_run['total_seconds'] / cores:.1f} "
-          "views/s per core")
+    print(
+        f"\npipeline per core / decode + stage loops on the same {cores} cores (target >= 0.80): marginal "
+        f"{marginal / cores / loop_shared:.2f}, steady state {steady / cores / loop_shared:.2f}"
+    )
+    print(
+        f"  against one loop alone on an otherwise idle machine: marginal {marginal / cores / loop:.2f}, "
+        f"steady state {steady / cores / loop:.2f}; against the stage alone (no decode), loops at once: "
+        f"marginal {marginal / cores / stage_shared:.2f}, steady state {steady / cores / stage_shared:.2f}"
+    )
+    print(
+        f"peak memory (process tree): {small} clips {small_peak / 2**20:.0f} MiB, {large} clips "
+        f"{large_peak / 2**20:.0f} MiB, ratio {large_peak / small_peak:.2f} (target <= 1.25)"
+    )
+    print(
+        f"end-to-end incl. Ray start-up and commit: {large_run['views'] / large_run['total_seconds'] / cores:.1f} "
+        "views/s per core"
+    )
 
 
 if __name__ == "__main__":

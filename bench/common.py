@@ -64,7 +64,7 @@ class TreeMemory:
             self.peak = max(self.peak, self._sample())
             time.sleep(0.2)
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
 
@@ -87,7 +87,7 @@ class TreeCPU:
         self.seen: dict[int, float] = {}
         self.kinds: dict[int, str] = {}
         self.before: dict[int, float] = {}
-        self.sampling = 0.0       # CPU seconds this object spent sampling
+        self.sampling = 0.0  # CPU seconds this object spent sampling
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -126,9 +126,9 @@ class TreeCPU:
             for pid, seconds in self._sample().items():
                 self.seen[pid] = max(self.seen.get(pid, 0.0), seconds)
 
-    def __enter__(self) -> "TreeCPU":
+    def __enter__(self) -> TreeCPU:
         self.before = self._sample()
-        self.sampling = 0.0       # the first sample ran before the driver's starting CPU was read
+        self.sampling = 0.0  # the first sample ran before the driver's starting CPU was read
         self._thread.start()
         return self
 
@@ -155,8 +155,9 @@ class TreeCPU:
 
 def run_measured(args: list[str]) -> tuple[str, int]:
     """Run a child Python command; return its stdout and the peak RSS of its process tree."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     with TreeMemory(proc.pid) as memory:
         out, err = proc.communicate()
     if proc.returncode != 0:
@@ -166,5 +167,8 @@ def run_measured(args: list[str]) -> tuple[str, int]:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])

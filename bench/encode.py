@@ -53,8 +53,15 @@ def make_inputs(dest: Path, count: int) -> Path:
     return dest
 
 
-def bare_model(model: dict, sample_size: int, batch_size: int, precision: str, device: torch.device,
-               threads: int, min_seconds: float) -> tuple[int, float, float]:
+def bare_model(
+    model: dict,
+    sample_size: int,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    threads: int,
+    min_seconds: float,
+) -> tuple[int, float, float]:
     """``encoder.encode`` alone, in a loop: (clips, wall seconds, CPU seconds of this process)."""
     from ray_pipelines.encoders import ModelConfig, load_encoder
     from ray_pipelines.stages.encode import PRECISIONS
@@ -82,9 +89,9 @@ def bare_model(model: dict, sample_size: int, batch_size: int, precision: str, d
 
 def job_run(inputs: Path, output: Path, clips: int, settings: dict) -> tuple[int, float, float]:
     """One encode job over the first ``clips`` inputs: (clips written, run seconds, CPU seconds)."""
-    from jobs.encode import EncodeConfig, EncodeJob
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
+    from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 
     cfg = validate_config(EncodeConfig, {"input": str(inputs), "output": str(output), "limit": clips, **settings})
     job = EncodeJob(cfg)
@@ -96,17 +103,23 @@ def job_run(inputs: Path, output: Path, clips: int, settings: dict) -> tuple[int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=64, help="N: the job runs N and 2N clips (fewer: start-up noise)")
-    parser.add_argument("--sample-size", type=int, default=1320960, help="samples per clip (pre_encode's default, "
-                                                                         "30 s at 44.1 kHz)")
+    parser.add_argument(
+        "--sample-size", type=int, default=1320960, help="samples per clip (pre_encode's default, 30 s at 44.1 kHz)"
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--inputs-per-block", type=int, default=8, help="the engine's unit of work (default 8)")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
-                        help="default: fp16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["fp32", "fp16", "bf16"], default=None, help="default: fp16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--actors", type=int, default=None, help="default: one per GPU, else one per CPU")
     parser.add_argument("--hidden", type=int, default=8, help="built-in model width (bigger = heavier model)")
-    parser.add_argument("--keep-idle-workers", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep idle Ray workers (kill_idle_workers_interval_ms=0), as the engine's embedded "
-                             "Ray does: write tasks reuse a warm worker instead of starting a process per block")
+    parser.add_argument(
+        "--keep-idle-workers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep idle Ray workers (kill_idle_workers_interval_ms=0), as the engine's embedded "
+        "Ray does: write tasks reuse a warm worker instead of starting a process per block",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not a measurement)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -120,9 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     actors = args.actors or (torch.cuda.device_count() if cuda else cpus)
     model = {"kind": "builtin", "builtin": {"hidden": args.hidden}}
-    settings = {"sample_size": args.sample_size, "batch_size": args.batch_size, "actors": actors, "seed": 0,
-                "model": model, "model_half": precision == "fp16", "bf16": precision == "bf16",
-                "inputs_per_block": args.inputs_per_block}
+    settings = {
+        "sample_size": args.sample_size,
+        "batch_size": args.batch_size,
+        "actors": actors,
+        "seed": 0,
+        "model": model,
+        "model_half": precision == "fp16",
+        "bf16": precision == "bf16",
+        "inputs_per_block": args.inputs_per_block,
+    }
 
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     # The bare model as each actor runs it: one thread on CPU (Ray scales by actors), the GPU on CUDA.
@@ -143,8 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = make_inputs(work / "inputs", 2 * args.clips)
         system = {"kill_idle_workers_interval_ms": 0} if args.keep_idle_workers else None
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _system_config=system)
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _system_config=system,
+        )
         # A first small job starts Ray Data's own session actors, so the two measured runs
         # differ only in their number of clips.
         job_run(inputs, work / "warm-up", 2, {**settings, "sample_size": settings["sample_size"] // 8})
@@ -156,36 +182,50 @@ def main(argv: list[str] | None = None) -> int:
     marginal = tuple(b - a for a, b in zip(small, large))
 
     name = torch.cuda.get_device_name(0) if cuda else f"{platform.processor() or platform.machine()} CPU, {cpus} cores"
-    print(f"\nencode benchmark: built-in VAE (hidden {args.hidden}), {args.sample_size} samples/clip, "
-          f"batch {args.batch_size}, {precision}, device {device} ({name}), {actors} actor(s), "
-          f"{args.inputs_per_block} inputs per block"
-          f"{', idle workers kept' if args.keep_idle_workers else ''}; load average before: {load_before}\n")
+    print(
+        f"\nencode benchmark: built-in VAE (hidden {args.hidden}), {args.sample_size} samples/clip, "
+        f"batch {args.batch_size}, {precision}, device {device} ({name}), {actors} actor(s), "
+        f"{args.inputs_per_block} inputs per block"
+        f"{', idle workers kept' if args.keep_idle_workers else ''}; load average before: {load_before}\n"
+    )
     where = "1 thread" if not cuda else "GPU"
-    rows = [(f"bare model, batch {args.batch_size} ({where})", bare),
-            *([("bare model, batch 1 (1 thread, as the stage)", single)] if single else []),
-            *([(f"bare model x {parallel} actors (ceiling)", ceiling)] if parallel > 1 else []),
-            (f"encode job, end to end ({large[0]} clips)", large),
-            (f"encode job, marginal ({large[0]} - {small[0]} clips)", marginal)]
-    print(f"| {'measurement':<46} | {'clips':>5} | {'wall s':>7} | {'clips/s':>7} | {'CPU s':>7} | {'clips/CPU-s':>11} |")
+    rows = [
+        (f"bare model, batch {args.batch_size} ({where})", bare),
+        *([("bare model, batch 1 (1 thread, as the stage)", single)] if single else []),
+        *([(f"bare model x {parallel} actors (ceiling)", ceiling)] if parallel > 1 else []),
+        (f"encode job, end to end ({large[0]} clips)", large),
+        (f"encode job, marginal ({large[0]} - {small[0]} clips)", marginal),
+    ]
+    print(
+        f"| {'measurement':<46} | {'clips':>5} | {'wall s':>7} | {'clips/s':>7} | {'CPU s':>7} | {'clips/CPU-s':>11} |"
+    )
     print(f"|{'-' * 48}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 13}|")
     for label, (clips, wall, cpu) in rows:
-        print(f"| {label:<46} | {clips:>5} | {wall:>7.2f} | {clips / max(wall, 1e-9):>7.2f} | {cpu:>7.2f} | "
-              f"{clips / max(cpu, 1e-9):>11.2f} |")
+        print(
+            f"| {label:<46} | {clips:>5} | {wall:>7.2f} | {clips / max(wall, 1e-9):>7.2f} | {cpu:>7.2f} | "
+            f"{clips / max(cpu, 1e-9):>11.2f} |"
+        )
 
     def rate(m, i):
         return m[0] / max(m[i], 1e-9)
 
     if marginal[1] <= 0 or marginal[2] <= 0:
         # The larger run was not measurably slower: too few clips to see past start-up.
-        print(f"\njob / bare model, marginal: n/a (run too small, use more --clips); "
-              f"end to end: {rate(large, 1) / rate(ceiling, 1):.0%} by wall clock")
+        print(
+            f"\njob / bare model, marginal: n/a (run too small, use more --clips); "
+            f"end to end: {rate(large, 1) / rate(ceiling, 1):.0%} by wall clock"
+        )
     else:
-        print(f"\njob / bare model, marginal: {rate(marginal, 1) / rate(ceiling, 1):.0%} by wall clock, "
-              f"{rate(marginal, 2) / rate(best, 2):.0%} by CPU time (target >= 90%); "
-              f"end to end: {rate(large, 1) / rate(ceiling, 1):.0%} by wall clock")
+        print(
+            f"\njob / bare model, marginal: {rate(marginal, 1) / rate(ceiling, 1):.0%} by wall clock, "
+            f"{rate(marginal, 2) / rate(best, 2):.0%} by CPU time (target >= 90%); "
+            f"end to end: {rate(large, 1) / rate(ceiling, 1):.0%} by wall clock"
+        )
     if not cuda:
-        print("CPU only: wall-clock figures move with whatever else runs on the machine; CPU time (this process "
-              "and every Ray process) does not. The fp16 CUDA comparison needs a GPU machine.")
+        print(
+            "CPU only: wall-clock figures move with whatever else runs on the machine; CPU time (this process "
+            "and every Ray process) does not. The fp16 CUDA comparison needs a GPU machine."
+        )
     return 0
 
 

@@ -112,10 +112,10 @@ def snippet_starts(seconds: float) -> list[float]:
 @dataclass
 class Measure:
     snippets: int
-    wall: float          # seconds
-    cpu: float           # CPU seconds used (this process, or the whole process tree for Ray)
-    cores: int = 1       # cores the measured thing was given
-    breakdown: dict[str, float] | None = None   # CPU seconds by process kind (Ray runs)
+    wall: float  # seconds
+    cpu: float  # CPU seconds used (this process, or the whole process tree for Ray)
+    cores: int = 1  # cores the measured thing was given
+    breakdown: dict[str, float] | None = None  # CPU seconds by process kind (Ray runs)
 
     @property
     def per_core(self) -> float:
@@ -155,7 +155,7 @@ def baseline(paths: list[Path], out: Path) -> Measure:
         wave = soxr.resample(audio.mean(axis=1), sr, 16000, quality="HQ").astype(np.float32)
         for offset in snippet_starts(len(audio) / sr):
             first = int(round(offset * 16000))
-            snippet = wave[first:first + length]
+            snippet = wave[first : first + length]
             features = extractor(snippet, sampling_rate=16000, return_tensors="np")["input_values"][0]
             rows["input_values"].append(features)
             rows["label"].append(path.parent.name)
@@ -170,7 +170,7 @@ def baseline(paths: list[Path], out: Path) -> Measure:
 
 def job_parts():
     """The features job on its defaults, its decoder and its features stage, as the actors build them."""
-    from jobs.features import FeaturesConfig, FeaturesJob
+    from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob
     from ray_pipelines.stages.features import FeaturesStage
 
     job = FeaturesJob(FeaturesConfig(input="-", output="-"))
@@ -179,8 +179,15 @@ def job_parts():
 
 def song_row(path: Path) -> dict:
     """One song as the decoder's input row (a listing row of the job)."""
-    return {"key": path.name, "uri": str(path), "size": path.stat().st_size, "member_offset": -1,
-            "label": 0, "path": path.name, "split": "train"}
+    return {
+        "key": path.name,
+        "uri": str(path),
+        "size": path.stat().st_size,
+        "member_offset": -1,
+        "label": 0,
+        "path": path.name,
+        "split": "train",
+    }
 
 
 def stage_loop(paths: list[Path]) -> Measure:
@@ -208,10 +215,17 @@ def shard_writes(paths: list[Path], out: Path, repeats: int = 20) -> dict[bool, 
     batch = stage(rows_to_batch([row for path in paths for row in decoder.decode_input(song_row(path))]))
     cpu = {False: 0.0, True: 0.0}
     for i in range(repeats):
-        for direct in ((False, True) if i % 2 == 0 else (True, False)):
-            sink = FeaturesSink(output=str(out / str(direct)), storage_options=None, fingerprint="f" * 64,
-                                index_column=job.index_column, output_columns=job.output_columns,
-                                rows_per_file=256, compression="lz4", direct_io=direct)
+        for direct in (False, True) if i % 2 == 0 else (True, False):
+            sink = FeaturesSink(
+                output=str(out / str(direct)),
+                storage_options=None,
+                fingerprint="f" * 64,
+                index_column=job.index_column,
+                output_columns=job.output_columns,
+                rows_per_file=256,
+                compression="lz4",
+                direct_io=direct,
+            )
             renamed = {**batch, "key": np.array([f"{i}/{k}" for k in batch["key"]], dtype=object)}
             started = time.process_time()
             sink.write_rows(renamed, rank=0)
@@ -230,7 +244,7 @@ def flac_decoders(paths: list[Path], repeats: int = 3) -> dict[str, float]:
     saved = os.environ.get(flac.LIBRARY_ENV)
     try:
         for i in range(repeats):
-            for name in (("libsndfile", "libFLAC") if i % 2 == 0 else ("libFLAC", "libsndfile")):
+            for name in ("libsndfile", "libFLAC") if i % 2 == 0 else ("libFLAC", "libsndfile"):
                 os.environ[flac.LIBRARY_ENV] = "off" if name == "libsndfile" else (saved or "")
                 started = time.process_time()
                 for path in paths:
@@ -247,9 +261,9 @@ def flac_decoders(paths: list[Path], repeats: int = 3) -> dict[str, float]:
 def pipeline(library: Path, output: Path, cores: int) -> tuple[Measure, Measure, int, float | None]:
     """The job on the running embedded Ray: (the run, the whole job call), its error count, and its
     steady-state snippets/s (while every writer was busy)."""
-    from jobs.features import FeaturesConfig, FeaturesJob
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
+    from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob
 
     cfg = validate_config(FeaturesConfig, {"input": str(library), "output": str(output)})
     started = time.perf_counter()
@@ -258,18 +272,25 @@ def pipeline(library: Path, output: Path, cores: int) -> tuple[Measure, Measure,
     total = time.perf_counter() - started
     run = Measure(result.run_rows, result.manifest["timings"]["run_seconds"], cpu.seconds, cores)
     run.breakdown = cpu.by_kind
-    return run, Measure(result.run_rows, total, cpu.seconds, cores), result.counts["errors"], result.steady_rows_per_second
+    return (
+        run,
+        Measure(result.run_rows, total, cpu.seconds, cores),
+        result.counts["errors"],
+        result.steady_rows_per_second,
+    )
 
 
 def marginal(small: Measure, large: Measure) -> Measure:
     """The cost of the snippets the large run did beyond the small one: start-up (actor and
     writer processes importing torch and Ray Data, the driver's planning) cancels out. Where the large
     run did not take longer (``--quick`` sizes on a noisy machine) there is no rate: NaN, shown "n/a"."""
+
     def more(large_value: float, small_value: float) -> float:
         return large_value - small_value if large_value > small_value else float("nan")
 
-    return Measure(large.snippets - small.snippets, more(large.wall, small.wall), more(large.cpu, small.cpu),
-                   large.cores)
+    return Measure(
+        large.snippets - small.snippets, more(large.wall, small.wall), more(large.cpu, small.cpu), large.cores
+    )
 
 
 def shown(value: float, suffix: str = "") -> str:
@@ -290,7 +311,7 @@ def main() -> None:
     base_songs, loop_songs, small_songs, large_songs = (4, 4, 16, 48) if args.quick else (10, 10, 32, 512)
     work = Path(tempfile.mkdtemp(prefix="bench-features-"))
     ray_started = time.perf_counter()
-    connect(num_cpus=cores, quiet=True)       # embedded Ray exactly as the jobs start it
+    connect(num_cpus=cores, quiet=True)  # embedded Ray exactly as the jobs start it
     ray_seconds = time.perf_counter() - ray_started
 
     rows, notes = [], []
@@ -299,54 +320,97 @@ def main() -> None:
             paths = sorted(make_library(fmt, large_songs).rglob(f"*.{fmt}"))
             base = baseline(paths[:base_songs], work / f"hf-{fmt}")
             loop = stage_loop(paths[:loop_songs])
-            if not notes:        # once: the sink does not depend on the source format
+            if not notes:  # once: the sink does not depend on the source format
                 writes = shard_writes(paths[:loop_songs], work / "shards", repeats=4 if args.quick else 20)
                 shutil.rmtree(work / "shards", ignore_errors=True)
-                notes.append(f"writing shards (the sink alone, lz4): {writes[False]:.2f} CPU ms per snippet through "
-                             f"the page cache, {writes[True]:.2f} past it (direct_io, the default): "
-                             f"{writes[False] / writes[True]:.2f}x less")
+                notes.append(
+                    f"writing shards (the sink alone, lz4): {writes[False]:.2f} CPU ms per snippet through "
+                    f"the page cache, {writes[True]:.2f} past it (direct_io, the default): "
+                    f"{writes[False] / writes[True]:.2f}x less"
+                )
             if fmt == "flac" and flac_available():
                 decode = flac_decoders(paths[:loop_songs], repeats=2 if args.quick else 4)
-                notes.append(f"flac: the job's decoder (windows, mono, soxr): {decode['libsndfile']:.2f} CPU ms per "
-                             f"snippet reading FLAC through libsndfile, {decode['libFLAC']:.2f} through libFLAC "
-                             f"directly (the default where installed): "
-                             f"{decode['libsndfile'] / decode['libFLAC']:.2f}x less")
+                notes.append(
+                    f"flac: the job's decoder (windows, mono, soxr): {decode['libsndfile']:.2f} CPU ms per "
+                    f"snippet reading FLAC through libsndfile, {decode['libFLAC']:.2f} through libFLAC "
+                    f"directly (the default where installed): "
+                    f"{decode['libsndfile'] / decode['libFLAC']:.2f}x less"
+                )
             small, _, _, _ = pipeline(make_library(fmt, small_songs), work / f"out-{fmt}-small", cores)
             run, whole, errors, steady_rate = pipeline(make_library(fmt, large_songs), work / f"out-{fmt}", cores)
             whole.wall += ray_seconds
             steady = marginal(small, run)
-            for what, m in [("baseline: per-song loop, ASTFeatureExtractor, HF dataset (1 core)", base),
-                            ("decode + features stage, plain loop (1 thread, no Parquet)", loop),
-                            (f"features job on Ray, {large_songs} songs, {cores} cores: run", run),
-                            ("  the same incl. Ray start-up, listing and commit", whole),
-                            (f"  per added snippet ({large_songs} minus {small_songs} songs)", steady)]:
-                rows.append([fmt, what, m.snippets, shown(m.per_core), shown(m.per_cpu_second),
-                             shown(m.per_cpu_second / base.per_cpu_second, "x")])
+            for what, m in [
+                ("baseline: per-song loop, ASTFeatureExtractor, HF dataset (1 core)", base),
+                ("decode + features stage, plain loop (1 thread, no Parquet)", loop),
+                (f"features job on Ray, {large_songs} songs, {cores} cores: run", run),
+                ("  the same incl. Ray start-up, listing and commit", whole),
+                (f"  per added snippet ({large_songs} minus {small_songs} songs)", steady),
+            ]:
+                rows.append(
+                    [
+                        fmt,
+                        what,
+                        m.snippets,
+                        shown(m.per_core),
+                        shown(m.per_cpu_second),
+                        shown(m.per_cpu_second / base.per_cpu_second, "x"),
+                    ]
+                )
             if steady_rate:
                 per_core = steady_rate / cores
-                rows.append([fmt, f"  steady state of the {large_songs}-song run (all writers busy)", "",
-                             f"{per_core:.1f}", "", f"{per_core / base.per_cpu_second:.2f}x (wall)"])
+                rows.append(
+                    [
+                        fmt,
+                        f"  steady state of the {large_songs}-song run (all writers busy)",
+                        "",
+                        f"{per_core:.1f}",
+                        "",
+                        f"{per_core / base.per_cpu_second:.2f}x (wall)",
+                    ]
+                )
             startup = small.cpu - small.snippets / steady.per_cpu_second
-            spent = ", ".join(f"{kind} {1000 * seconds / run.snippets:.1f}"
-                              for kind, seconds in sorted((run.breakdown or {}).items(), key=lambda kv: -kv[1]))
-            notes.append(f"{fmt}: CPU ms per snippet in the {large_songs}-song run: {spent}; plain loop "
-                         f"{1000 / loop.per_cpu_second:.1f}")
+            spent = ", ".join(
+                f"{kind} {1000 * seconds / run.snippets:.1f}"
+                for kind, seconds in sorted((run.breakdown or {}).items(), key=lambda kv: -kv[1])
+            )
+            notes.append(
+                f"{fmt}: CPU ms per snippet in the {large_songs}-song run: {spent}; plain loop "
+                f"{1000 / loop.per_cpu_second:.1f}"
+            )
             rate, ratio = steady.per_cpu_second, steady.per_cpu_second / base.per_cpu_second
-            notes.append(f"{fmt}: {errors} errors; start-up costs about {startup:.0f} CPU-s per run; per added "
-                         f"snippet {rate:.1f} snippets per CPU-second (target 70: {'met' if rate >= 70 else 'NOT met'}), "
-                         f"{ratio:.2f}x the baseline (target 3x: {'met' if ratio >= 3 else 'NOT met'})")
+            notes.append(
+                f"{fmt}: {errors} errors; start-up costs about {startup:.0f} CPU-s per run; per added "
+                f"snippet {rate:.1f} snippets per CPU-second (target 70: {'met' if rate >= 70 else 'NOT met'}), "
+                f"{ratio:.2f}x the baseline (target 3x: {'met' if ratio >= 3 else 'NOT met'})"
+            )
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nfeatures benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
-          f"load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}; songs {SONG_SECONDS:.0f} s 44.1 kHz "
-          f"stereo, {SNIPPETS} x {SNIPPET_SECONDS} s snippets, 128 x 1024 features")
-    print(table(rows, ["format", "what", "snippets", "snippets/s per core (wall)", "snippets per CPU-second",
-                       "vs baseline (CPU)"]))
+    print(
+        f"\nfeatures benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
+        f"load average {load:.1f} at the end, {time.strftime('%Y-%m-%d')}; songs {SONG_SECONDS:.0f} s 44.1 kHz "
+        f"stereo, {SNIPPETS} x {SNIPPET_SECONDS} s snippets, 128 x 1024 features"
+    )
+    print(
+        table(
+            rows,
+            [
+                "format",
+                "what",
+                "snippets",
+                "snippets/s per core (wall)",
+                "snippets per CPU-second",
+                "vs baseline (CPU)",
+            ],
+        )
+    )
     print("\n".join(notes))
-    print("Per CPU-second is the per-core rate that holds whatever else shares the machine; the wall-clock "
-          "column divides by all cores and drops when other work runs.")
+    print(
+        "Per CPU-second is the per-core rate that holds whatever else shares the machine; the wall-clock "
+        "column divides by all cores and drops when other work runs."
+    )
 
 
 if __name__ == "__main__":

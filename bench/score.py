@@ -65,7 +65,7 @@ def baseline(files: list[Path], budget_seconds: float = 30.0) -> tuple[float, di
     from ray_pipelines.scoring.functional import reconstruction_mse, signal_energy
     from ray_pipelines.scoring.models import ReferenceMAE
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # as the job's stage picks it
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as the job's stage picks it
     model = ReferenceMAE().eval().to(device)
     root = files[0].parents[2]
     losses: dict[str, float] = {}
@@ -88,36 +88,65 @@ def stage_loop(files: list[Path], forward_batch: int, block: int = 64) -> float:
     """torch.load per file and ScoreStage per block of files, one thread."""
     from ray_pipelines.stages.score import ScoreStage
 
-    stage = ScoreStage(model={"kind": "reference"}, n_mels=N_MELS, frames=FRAMES, forward_batch=forward_batch,
-                       normalize={"mean": -40.0, "std": 20.0})          # pick_device: one CPU thread
+    stage = ScoreStage(
+        model={"kind": "reference"},
+        n_mels=N_MELS,
+        frames=FRAMES,
+        forward_batch=forward_batch,
+        normalize={"mean": -40.0, "std": 20.0},
+    )  # pick_device: one CPU thread
     start = time.perf_counter()
     for begin in range(0, len(files), block):
-        chunk = files[begin:begin + block]
+        chunk = files[begin : begin + block]
         mels = np.stack([torch.load(p, weights_only=True).numpy() for p in chunk])
-        stage({"key": np.array([str(p) for p in chunk], dtype=object), "item": np.zeros(len(chunk), np.int64),
-               "error": np.array([""] * len(chunk), dtype=object), "mel": mels})
+        stage(
+            {
+                "key": np.array([str(p) for p in chunk], dtype=object),
+                "item": np.zeros(len(chunk), np.int64),
+                "error": np.array([""] * len(chunk), dtype=object),
+                "mel": mels,
+            }
+        )
     return len(files) / (time.perf_counter() - start)
 
 
 def job_child(args: argparse.Namespace) -> None:
     """In a child process: start Ray, then time the score job; prints JSON."""
-    from jobs.score import ScoreConfig, ScoreJob
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
     from ray_pipelines.engine.runtime import connect
+    from ray_pipelines.jobs.score import ScoreConfig, ScoreJob
 
     started = time.perf_counter()
-    connect(num_cpus=os.cpu_count(), quiet=True)     # embedded Ray exactly as the jobs start it
+    connect(num_cpus=os.cpu_count(), quiet=True)  # embedded Ray exactly as the jobs start it
     ray_seconds = time.perf_counter() - started
-    cfg = validate_config(ScoreConfig, {
-        "input": args.input, "output": args.output, "source": "pt", "n_mels": N_MELS, "frames": FRAMES,
-        "normalize": {"mean": -40.0, "std": 20.0}, "forward_batch": args.forward_batch,
-        "group_pattern": r"/(patient\d+)_", "limit": args.limit})
+    cfg = validate_config(
+        ScoreConfig,
+        {
+            "input": args.input,
+            "output": args.output,
+            "source": "pt",
+            "n_mels": N_MELS,
+            "frames": FRAMES,
+            "normalize": {"mean": -40.0, "std": 20.0},
+            "forward_batch": args.forward_batch,
+            "group_pattern": r"/(patient\d+)_",
+            "limit": args.limit,
+        },
+    )
     result = run_job(ScoreJob(cfg), overwrite=True, progress=False)
-    print(json.dumps({"items": result.run_rows, "run_seconds": result.manifest["timings"]["run_seconds"],
-                      "steady": result.steady_rows_per_second,
-                      "total_seconds": result.seconds, "ray_seconds": ray_seconds,
-                      "errors": result.counts["errors"]}))
+    print(
+        json.dumps(
+            {
+                "items": result.run_rows,
+                "run_seconds": result.manifest["timings"]["run_seconds"],
+                "steady": result.steady_rows_per_second,
+                "total_seconds": result.seconds,
+                "ray_seconds": ray_seconds,
+                "errors": result.counts["errors"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -148,9 +177,21 @@ def main() -> None:
     loop = stage_loop(loop_files, args.forward_batch)
     runs = []
     for limit in (items // 5, items):
-        out, peak = run_measured(["-m", "bench.score", "--child", "--input", str(work / "mels"), "--output",
-                                  str(work / f"scores-{limit}"), "--forward-batch", str(args.forward_batch),
-                                  "--limit", str(limit)])
+        out, peak = run_measured(
+            [
+                "-m",
+                "bench.score",
+                "--child",
+                "--input",
+                str(work / "mels"),
+                "--output",
+                str(work / f"scores-{limit}"),
+                "--forward-batch",
+                str(args.forward_batch),
+                "--limit",
+                str(limit),
+            ]
+        )
         runs.append(json.loads(out.strip().splitlines()[-1]))
     small, run = runs
     job = run["items"] / run["run_seconds"]
@@ -171,31 +212,58 @@ def main() -> None:
     diffs = [abs(job_losses[k] - v) / abs(v) for losses in (base_losses, one_losses) for k, v in losses.items()]
 
     rows = [
-        [f"per-file loop: torch.load, forward, append ({len(base_losses)} files, {cores} threads)",
-         f"{base_all:.0f}", f"{base_all / base:.2f}x"],
-        [f"per-file loop: torch.load, forward, append ({len(one_losses)} files, 1 thread; mean of before and "
-         f"after the jobs: {base_one_before:.0f}, {base_one_after:.0f})", f"{base_one:.0f}", f"{base_one / base:.2f}x"],
-        [f"ScoreStage loop, forwards of {args.forward_batch} (1 process, 1 thread)", f"{loop:.0f}",
-         f"{loop / base:.2f}x"],
+        [
+            f"per-file loop: torch.load, forward, append ({len(base_losses)} files, {cores} threads)",
+            f"{base_all:.0f}",
+            f"{base_all / base:.2f}x",
+        ],
+        [
+            f"per-file loop: torch.load, forward, append ({len(one_losses)} files, 1 thread; mean of before and "
+            f"after the jobs: {base_one_before:.0f}, {base_one_after:.0f})",
+            f"{base_one:.0f}",
+            f"{base_one / base:.2f}x",
+        ],
+        [
+            f"ScoreStage loop, forwards of {args.forward_batch} (1 process, 1 thread)",
+            f"{loop:.0f}",
+            f"{loop / base:.2f}x",
+        ],
         [f"score job on Ray, run phase ({run['items']} files, {cores} cores)", f"{job:.0f}", f"{job / base:.2f}x"],
-        ["score job end to end (+ listing, commit, CSV, summaries, filters, plots)", f"{end_to_end:.0f}",
-         f"{end_to_end / base:.2f}x"],
-        [f"score job once running: marginal ({run['items']} minus {small['items']} files)", f"{marginal:.0f}",
-         f"{marginal / base:.2f}x"],
-        [f"score job once running: steady state ({run['items']} files, all writers busy)", f"{steady:.0f}",
-         f"{steady / base:.2f}x"],
+        [
+            "score job end to end (+ listing, commit, CSV, summaries, filters, plots)",
+            f"{end_to_end:.0f}",
+            f"{end_to_end / base:.2f}x",
+        ],
+        [
+            f"score job once running: marginal ({run['items']} minus {small['items']} files)",
+            f"{marginal:.0f}",
+            f"{marginal / base:.2f}x",
+        ],
+        [
+            f"score job once running: steady state ({run['items']} files, all writers busy)",
+            f"{steady:.0f}",
+            f"{steady / base:.2f}x",
+        ],
     ]
-    print(f"\nscore benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
-          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"\nscore benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
+        f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
     print(f"items: [1, {N_MELS}, {FRAMES}] float32 .pt files; model: reference MAE (dim 64, depth 2, patch 16x16)")
     print(table(rows, ["what", "items/s", "vs baseline"]))
-    print(f"\njob / faster baseline: run phase {job / base:.2f}x, once running {marginal / base:.2f}x (marginal) and "
-          f"{steady / base:.2f}x (steady state) (target >= 5x on CPU); ceiling here: {cores} cores x "
-          f"{loop / base:.2f} (batching gain per core) = {cores * loop / base:.2f}x")
-    print(f"job run phase: {small['items']} files in {small['run_seconds']:.1f} s, {run['items']} files in "
-          f"{run['run_seconds']:.1f} s (the difference is what the extra files cost once the actors are up)")
-    print(f"Ray start-up (not in the job's time): {run['ray_seconds']:.1f} s; peak memory of the larger job's process "
-          f"tree: {peak / 2**20:.0f} MiB; errors: {run['errors']}")
+    print(
+        f"\njob / faster baseline: run phase {job / base:.2f}x, once running {marginal / base:.2f}x (marginal) and "
+        f"{steady / base:.2f}x (steady state) (target >= 5x on CPU); ceiling here: {cores} cores x "
+        f"{loop / base:.2f} (batching gain per core) = {cores * loop / base:.2f}x"
+    )
+    print(
+        f"job run phase: {small['items']} files in {small['run_seconds']:.1f} s, {run['items']} files in "
+        f"{run['run_seconds']:.1f} s (the difference is what the extra files cost once the actors are up)"
+    )
+    print(
+        f"Ray start-up (not in the job's time): {run['ray_seconds']:.1f} s; peak memory of the larger job's process "
+        f"tree: {peak / 2**20:.0f} MiB; errors: {run['errors']}"
+    )
     print(f"scores agree with the baseline: max relative difference {max(diffs):.2e} over {len(diffs)} files")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

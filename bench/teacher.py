@@ -59,14 +59,17 @@ class PerSampleTeacher(Dataset):
         self.length = int(round(SAMPLE_RATE * DURATION))
         self.teachers = None
 
-    def _setup(self) -> None:      # once per worker process, like a model held by the dataset
+    def _setup(self) -> None:  # once per worker process, like a model held by the dataset
         import torchaudio
 
         from ray_pipelines.teachers import build_teacher
 
         self.teachers = [build_teacher(spec) for spec in self.specs]
-        self.resamplers = {t.sample_rate: torchaudio.transforms.Resample(SAMPLE_RATE, t.sample_rate)
-                           for t in self.teachers if t.sample_rate != SAMPLE_RATE}
+        self.resamplers = {
+            t.sample_rate: torchaudio.transforms.Resample(SAMPLE_RATE, t.sample_rate)
+            for t in self.teachers
+            if t.sample_rate != SAMPLE_RATE
+        }
 
     def __len__(self) -> int:
         return self.synth.num_samples
@@ -99,17 +102,29 @@ def time_loader(dataset: Dataset, workers: int) -> tuple[int, float]:
 
 def stage_loop(num_samples: int, teachers: list[dict], batch: int) -> tuple[int, float]:
     """``TeacherStage`` in a plain loop, one thread, on clips generated beforehand (not timed)."""
-    from jobs.teacher import JOB, TeacherConfig
     from ray_pipelines.config import validate_config
+    from ray_pipelines.jobs.teacher import JOB, TeacherConfig
     from ray_pipelines.stages.teacher import TeacherStage
 
     torch.set_num_threads(1)
-    job = JOB(validate_config(TeacherConfig, {"input": "synth://", "output": "-", "synth": synth_block(num_samples),
-                                              "teachers": teachers, "batch_size": batch}))
+    job = JOB(
+        validate_config(
+            TeacherConfig,
+            {
+                "input": "synth://",
+                "output": "-",
+                "synth": synth_block(num_samples),
+                "teachers": teachers,
+                "batch_size": batch,
+            },
+        )
+    )
     decoder, stage = job.decoder(), TeacherStage(**job.stage_kwargs())
     rows = [item.to_row() for item in job.list_inputs()]
-    batches = [decoder({name: np.array([r[name] for r in rows[i:i + batch]], dtype=object) for name in rows[0]})
-               for i in range(0, len(rows), batch)]
+    batches = [
+        decoder({name: np.array([r[name] for r in rows[i : i + batch]], dtype=object) for name in rows[0]})
+        for i in range(0, len(rows), batch)
+    ]
     start = time.perf_counter()
     done = sum(len(stage(dict(b))["x"]) for b in batches)
     return done, time.perf_counter() - start
@@ -117,29 +132,57 @@ def stage_loop(num_samples: int, teachers: list[dict], batch: int) -> tuple[int,
 
 def job_child(args: argparse.Namespace) -> None:
     """In a child process: the teacher job on embedded Ray; prints JSON."""
-    from jobs.teacher import JOB, TeacherConfig
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
     from ray_pipelines.engine.runtime import connect
+    from ray_pipelines.jobs.teacher import JOB, TeacherConfig
 
     started = time.perf_counter()
-    connect(num_cpus=args.workers, quiet=True)       # embedded Ray exactly as the jobs start it
+    connect(num_cpus=args.workers, quiet=True)  # embedded Ray exactly as the jobs start it
     ray_seconds = time.perf_counter() - started
     teachers = [TEACHERS[name] for name in args.teachers.split(",")]
-    config = {"input": "synth://", "output": args.output, "synth": synth_block(args.samples), "teachers": teachers,
-              "inputs_per_block": args.block, "batch_size": args.block}
+    config = {
+        "input": "synth://",
+        "output": args.output,
+        "synth": synth_block(args.samples),
+        "teachers": teachers,
+        "inputs_per_block": args.block,
+        "batch_size": args.block,
+    }
     if args.gpu:
         config.update(num_gpus=1, autocast=args.autocast or None)
     else:
         config.update(num_gpus=0, actors=args.workers)
     result = run_job(JOB(validate_config(TeacherConfig, config)), overwrite=True, progress=False)
-    print(json.dumps({"rows": result.run_rows, "seconds": result.seconds, "ray_seconds": ray_seconds,
-                      "errors": result.counts["error_rows"], "bytes": sum(f["bytes"] for f in result.manifest["files"])}))
+    print(
+        json.dumps(
+            {
+                "rows": result.run_rows,
+                "seconds": result.seconds,
+                "ray_seconds": ray_seconds,
+                "errors": result.counts["error_rows"],
+                "bytes": sum(f["bytes"] for f in result.manifest["files"]),
+            }
+        )
+    )
 
 
 def run_job_child(args: argparse.Namespace, output: Path, gpu: bool = False) -> tuple[dict, int]:
-    command = ["-m", "bench.teacher", "--child", "--output", str(output), "--samples", str(args.samples),
-               "--teachers", args.teachers, "--workers", str(args.workers), "--block", str(args.block)]
+    command = [
+        "-m",
+        "bench.teacher",
+        "--child",
+        "--output",
+        str(output),
+        "--samples",
+        str(args.samples),
+        "--teachers",
+        args.teachers,
+        "--workers",
+        str(args.workers),
+        "--block",
+        str(args.block),
+    ]
     if gpu:
         command += ["--gpu", "--autocast", args.autocast or ""]
     out, peak = run_measured(command)
@@ -159,9 +202,12 @@ class GpuBusy:
             if line.strip().isdigit():
                 self.samples.append(int(line.strip()))
 
-    def __enter__(self) -> "GpuBusy":
-        self._proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                       "-lms", "100"], stdout=subprocess.PIPE, text=True)
+    def __enter__(self) -> GpuBusy:
+        self._proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._thread.start()
         return self
 
@@ -175,7 +221,7 @@ class GpuBusy:
         busy = [i for i, s in enumerate(self.samples) if s > 0]
         if not busy:
             return 0.0
-        window = self.samples[busy[0]:busy[-1] + 1]
+        window = self.samples[busy[0] : busy[-1] + 1]
         return float(np.mean(window))
 
 
@@ -185,9 +231,11 @@ def gpu_section(args: argparse.Namespace, work: Path) -> str:
     gpu_args = argparse.Namespace(**{**vars(args), "teachers": "pesto,crepe_full", "block": 256})
     with GpuBusy() as busy:
         run, _ = run_job_child(gpu_args, work / "out-gpu", gpu=True)
-    return (f"GPU ({torch.cuda.get_device_name(0)}): pesto + crepe_full, {run['rows']} clips, "
-            f"{run['rows'] / run['seconds']:.1f} samples/s (whole job), GPU busy {busy.steady_state():.0f}% "
-            "in steady state (target >= 80%)")
+    return (
+        f"GPU ({torch.cuda.get_device_name(0)}): pesto + crepe_full, {run['rows']} clips, "
+        f"{run['rows'] / run['seconds']:.1f} samples/s (whole job), GPU busy {busy.steady_state():.0f}% "
+        "in steady state (target >= 80%)"
+    )
 
 
 def main() -> None:
@@ -227,22 +275,50 @@ def main() -> None:
     read = read_rows / read_seconds
     n = args.workers
     rows = [
-        [f"baseline: per-sample teacher in {n} DataLoader workers (CPU)", base_rows, f"{base_seconds:.1f}",
-         f"{base:.2f}", f"{base / n:.2f}", "1.00x"],
-        [f"teacher stage, plain loop, 1 thread, batches of {args.block}", loop_rows, f"{loop_seconds:.1f}",
-         f"{loop:.2f}", f"{loop:.2f}", f"{loop / (base / n):.2f}x per core"],
-        [f"teacher job: {n} CPU actors, batches of {args.block} (whole job)", run["rows"], f"{run['seconds']:.1f}",
-         f"{job:.2f}", f"{job / n:.2f}", f"{job / base:.2f}x"],
-        [f"reading the cache: TeacherCache, {n} DataLoader workers", read_rows, f"{read_seconds:.1f}",
-         f"{read:.1f}", f"{read / n:.1f}", f"{read / base:.1f}x"],
+        [
+            f"baseline: per-sample teacher in {n} DataLoader workers (CPU)",
+            base_rows,
+            f"{base_seconds:.1f}",
+            f"{base:.2f}",
+            f"{base / n:.2f}",
+            "1.00x",
+        ],
+        [
+            f"teacher stage, plain loop, 1 thread, batches of {args.block}",
+            loop_rows,
+            f"{loop_seconds:.1f}",
+            f"{loop:.2f}",
+            f"{loop:.2f}",
+            f"{loop / (base / n):.2f}x per core",
+        ],
+        [
+            f"teacher job: {n} CPU actors, batches of {args.block} (whole job)",
+            run["rows"],
+            f"{run['seconds']:.1f}",
+            f"{job:.2f}",
+            f"{job / n:.2f}",
+            f"{job / base:.2f}x",
+        ],
+        [
+            f"reading the cache: TeacherCache, {n} DataLoader workers",
+            read_rows,
+            f"{read_seconds:.1f}",
+            f"{read:.1f}",
+            f"{read / n:.1f}",
+            f"{read / base:.1f}x",
+        ],
     ]
-    print(f"\nteacher benchmark: {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
-          f"teachers {args.teachers}; load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+    print(
+        f"\nteacher benchmark: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+        f"teachers {args.teachers}; load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+    )
     print(table(rows, ["what", "clips", "seconds", "samples/s", "per core", "vs baseline"]))
-    print(f"\njob / baseline: {job / base:.2f}x (target >= 20x); the job's time includes actor start-up and "
-          f"commit, not Ray start-up ({run['ray_seconds']:.1f} s); {run['bytes'] / run['rows'] / 1024:.0f} KiB "
-          f"per clip on disk; peak memory of the job's process tree (Ray included) {job_peak / 2**20:.0f} MiB")
+    print(
+        f"\njob / baseline: {job / base:.2f}x (target >= 20x); the job's time includes actor start-up and "
+        f"commit, not Ray start-up ({run['ray_seconds']:.1f} s); {run['bytes'] / run['rows'] / 1024:.0f} KiB "
+        f"per clip on disk; peak memory of the job's process tree (Ray included) {job_peak / 2**20:.0f} MiB"
+    )
     print(gpu_line)
 
 

@@ -1,5 +1,4 @@
-"""Job entry points: ``python -m jobs.<name> --config FILE`` (same as ``ray-pipelines <name>``).
-
-Each module defines the job's config model, its ``Job`` subclass (``JOB``)
-and ``main``; the signal processing and the engine live in ``ray_pipelines``.
-"""
+"""Thin entry points for a checkout: ``python -m jobs.<name> --config NAME`` runs
+``ray-pipelines <name>``. The jobs themselves live in ``ray_pipelines.jobs``; this folder is
+not installed (``jobs`` is a name other projects use). ``jobs/configs`` links to the packaged
+example configs in ``ray_pipelines/configs``."""

@@ -1,7 +1,7 @@
 """``ray-pipelines <job> --config FILE [--set key=value ...]`` and the tool commands.
 
-Jobs live in the top-level ``jobs`` package (``jobs/<name>.py``), each with a
-``JOB`` class; ``python -m jobs.<name>`` runs the same code as this CLI.
+Jobs live in ``ray_pipelines.jobs`` (``ray_pipelines/jobs/<name>.py``), each with a ``JOB``
+class; ``python -m jobs.<name>`` in a checkout runs the same code as this CLI.
 Exit codes: 0 the job ran (even with error rows), 2 bad config or output
 conflict, 1 the job could not run (storage unreachable, Ray failure).
 """
@@ -12,31 +12,41 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # job name -> module holding JOB (a Job subclass)
 JOBS = {
-    "augment": "jobs.augment",
-    "teacher": "jobs.teacher",
-    "encode": "jobs.encode",
-    "features": "jobs.features",
-    "score": "jobs.score",
+    "augment": "ray_pipelines.jobs.augment",
+    "teacher": "ray_pipelines.jobs.teacher",
+    "encode": "ray_pipelines.jobs.encode",
+    "features": "ray_pipelines.jobs.features",
+    "score": "ray_pipelines.jobs.score",
 }
 # tool commands -> module holding main(argv)
 TOOLS = {
-    "preview": "jobs.preview",     # spectrogram preview grid of an output
-    "filter": "jobs.filter",       # re-run score filters from stored scores
+    "preview": "ray_pipelines.jobs.preview",  # spectrogram preview grid of an output
+    "filter": "ray_pipelines.jobs.filter",  # re-run score filters from stored scores
 }
 
 
 def job_parser(name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"ray-pipelines {name}", description=f"Run the {name} job.")
-    parser.add_argument("--config", "-c", help="YAML config file (see jobs/configs/).")
-    parser.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a config key (dotted for nested keys); repeatable.")
+    parser.add_argument(
+        "--config", "-c", help="YAML config file, or the name of a packaged example config (e.g. augment)."
+    )
+    parser.add_argument(
+        "--set",
+        "-s",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a config key (dotted for nested keys); repeatable.",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray).")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="Replace an output written with another config instead of refusing.")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace an output written with another config instead of refusing."
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide Ray Data progress bars.")
     parser.add_argument("--quiet", "-q", action="store_true", help="Only print the summary.")
     return parser
@@ -50,8 +60,9 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     from .sources import SourceError
 
     args = job_parser(name).parse_args(list(argv))
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     job_cls = importlib.import_module(JOBS[name]).JOB
     try:
         config = load_config(job_cls.config_model, args.config, args.overrides)
@@ -75,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = sorted([*JOBS, *TOOLS])
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: ray-pipelines {{{','.join(commands)}}} [options]\n"
-              "Run `ray-pipelines <command> --help` for a command's options.")
+        print(
+            f"usage: ray-pipelines {{{','.join(commands)}}} [options]\n"
+            "Run `ray-pipelines <command> --help` for a command's options."
+        )
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command in JOBS:

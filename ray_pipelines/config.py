@@ -32,7 +32,7 @@ class ActorPool(BaseModel):
     max: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ActorPool":
+    def _ordered(self) -> ActorPool:
         if self.max < self.min:
             raise ValueError(f"actors.max ({self.max}) is smaller than actors.min ({self.min})")
         return self
@@ -44,42 +44,67 @@ class CommonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     input: str | list[str] = Field(
-        ..., description="Path, glob, fsspec URL (s3://bucket/prefix/**/*.flac), directory, "
-        "a .txt/.lst file listing inputs, or .tar shards; or a list of those.")
+        ...,
+        description="Path, glob, fsspec URL (s3://bucket/prefix/**/*.flac), directory, "
+        "a .txt/.lst file listing inputs, or .tar shards; or a list of those.",
+    )
     output: str = Field(..., description="Output root: local path or fsspec URL.")
     seed: int = Field(0, description="Job seed; every random draw derives from it.")
     limit: int | None = Field(None, ge=1, description="Process at most N inputs (after sorting keys).")
     batch_size: int = Field(32, ge=1, description="Rows per batch handed to an actor.")
     actors: int | ActorPool | None = Field(
-        None, description="Actor pool size, or {min, max}. Default: one per CPU (CPU) or per GPU.")
+        None, description="Actor pool size, or {min, max}. Default: one per CPU (CPU) or per GPU."
+    )
     num_gpus: float | None = Field(
-        None, ge=0, description="GPUs per actor. 0 = CPU. Unset: use GPUs when the cluster has them.")
+        None, ge=0, description="GPUs per actor. 0 = CPU. Unset: use GPUs when the cluster has them."
+    )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options (endpoint_url, region). Never secrets.")
+        default_factory=dict, description="fsspec options (endpoint_url, region). Never secrets."
+    )
     extensions: list[str] = Field(
         default_factory=lambda: ["wav", "flac", "ogg", "mp3", "m4a", "aac", "opus", "aiff", "aif"],
-        description="File extensions taken from directories, globs and tar shards.")
+        description="File extensions taken from directories, globs and tar shards.",
+    )
     keep_list: str | None = Field(None, description="File of keys: process only these.")
     ignore_list: str | None = Field(None, description="File of keys: skip these.")
     inputs_per_block: int = Field(8, ge=1, description="Inputs per decode block (a crash loses at most one block).")
     max_errored_blocks: int = Field(
-        16, ge=0, description="Blocks whose worker crashed repeatedly that the job tolerates "
-        "(their inputs become error rows) before it fails.")
+        16,
+        ge=0,
+        description="Blocks whose worker crashed repeatedly that the job tolerates "
+        "(their inputs become error rows) before it fails.",
+    )
     rows_per_file: int = Field(2048, ge=1, description="Most rows in one Parquet shard file.")
     compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
-        "zstd", description="Parquet codec. zstd: log-mels shrink to about a quarter, as fast to write as none.")
+        "zstd", description="Parquet codec. zstd: log-mels shrink to about a quarter, as fast to write as none."
+    )
     direct_io: bool = Field(
-        True, description="Output on a local disk (ext4, xfs, btrfs, f2fs): write Parquet shards past the page "
+        True,
+        description="Output on a local disk (ext4, xfs, btrfs, f2fs): write Parquet shards past the page "
         "cache (O_DIRECT), which saves copying every byte into fresh kernel pages (about 1 ms of CPU per 440 KB "
         "on a VM). false: through the page cache, whose write-back is asynchronous (a slow disk). Other "
-        "filesystems (NFS, FUSE, tmpfs) and object stores always write the ordinary way.")
+        "filesystems (NFS, FUSE, tmpfs) and object stores always write the ordinary way.",
+    )
 
     # Fields that change how a job runs but not the bytes it writes.
-    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
-        "input", "output", "limit", "batch_size", "actors", "num_gpus", "storage_options",
-        "keep_list", "ignore_list", "inputs_per_block", "max_errored_blocks", "rows_per_file",
-        "compression", "direct_io",
-    })
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "input",
+            "output",
+            "limit",
+            "batch_size",
+            "actors",
+            "num_gpus",
+            "storage_options",
+            "keep_list",
+            "ignore_list",
+            "inputs_per_block",
+            "max_errored_blocks",
+            "rows_per_file",
+            "compression",
+            "direct_io",
+        }
+    )
 
     @field_validator("storage_options")
     @classmethod
@@ -88,7 +113,8 @@ class CommonConfig(BaseModel):
         if leaked:
             raise ValueError(
                 f"storage_options must not hold secrets ({', '.join(leaked)}); "
-                "set them in the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+                "set them in the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            )
         return value
 
     @field_validator("extensions")
@@ -140,13 +166,43 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_config(model: type[CommonConfig], path: str | Path | None, overrides: list[str] | None = None,
-                defaults: dict[str, Any] | None = None) -> CommonConfig:
-    """Read YAML (if any), apply ``--set`` overrides, validate with ``model``."""
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_config_names() -> list[str]:
+    """Names of the example configs shipped in the package (``--config augment``)."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(spec: str | Path) -> Path:
+    """A config file path, or the name of a packaged example config (``augment``, ``teacher-audio.yaml``).
+
+    A file that exists wins; a bare name (no folder) is looked up among the packaged configs.
+    """
+    path = Path(spec)
+    if path.is_file() or len(path.parts) > 1:
+        return path
+    packaged = PACKAGED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if packaged.is_file():
+        return packaged
+    raise ConfigError(
+        f"no config file {spec!r} here and no packaged config of that name; packaged configs: "
+        f"{', '.join(packaged_config_names())}"
+    )
+
+
+def load_config(
+    model: type[CommonConfig],
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> CommonConfig:
+    """Read YAML (a file, or a packaged config by name), apply ``--set`` overrides, validate with ``model``."""
     data: dict[str, Any] = dict(defaults or {})
     if path is not None:
+        path = resolve_config_path(path)
         try:
-            text = Path(path).read_text()
+            text = path.read_text()
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
         try:

@@ -26,8 +26,8 @@ import os
 import re
 import threading
 
-BLOCK = 4096                      # the largest logical block size in use; a multiple of all others
-STAGING_BYTES = 4 * 1024 * 1024   # per open file; freed buffers are reused by the next file
+BLOCK = 4096  # the largest logical block size in use; a multiple of all others
+STAGING_BYTES = 4 * 1024 * 1024  # per open file; freed buffers are reused by the next file
 DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
 MOUNTS = "/proc/self/mounts"
 _free_buffers: list[mmap.mmap] = []
@@ -67,7 +67,7 @@ def _take_buffer() -> mmap.mmap:
     with _lock:
         if _free_buffers:
             return _free_buffers.pop()
-    return mmap.mmap(-1, STAGING_BYTES)      # anonymous maps are page-aligned
+    return mmap.mmap(-1, STAGING_BYTES)  # anonymous maps are page-aligned
 
 
 def _give_back(buffer: mmap.mmap) -> None:
@@ -97,7 +97,7 @@ class DirectFile(io.RawIOBase):
         except OSError as e:
             if not self._direct or e.errno != errno.EINVAL:
                 raise
-            self._direct = False            # the filesystem refuses O_DIRECT: write through the cache
+            self._direct = False  # the filesystem refuses O_DIRECT: write through the cache
             self._fd = os.open(path, flags, 0o644)
         if self._direct:
             self._staging = _take_buffer()
@@ -111,13 +111,13 @@ class DirectFile(io.RawIOBase):
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        if self._buf is None:      # not direct: the writer's own pieces (large: Parquet pages) as they come
+        if self._buf is None:  # not direct: the writer's own pieces (large: Parquet pages) as they come
             self._write_all(view)
             return len(view)
         pos = 0
         while pos < len(view):
             take = min(len(view) - pos, STAGING_BYTES - self._fill)
-            self._buf[self._fill:self._fill + take] = view[pos:pos + take]
+            self._buf[self._fill : self._fill + take] = view[pos : pos + take]
             self._fill += take
             pos += take
             if self._fill == STAGING_BYTES:
@@ -130,7 +130,7 @@ class DirectFile(io.RawIOBase):
         if whole:
             self._write_all(self._buf[:whole])
             rest = self._fill - whole
-            self._buf[:rest] = self._buf[whole:self._fill]
+            self._buf[:rest] = self._buf[whole : self._fill]
             self._fill = rest
 
     def _write_all(self, view: memoryview) -> None:
@@ -144,11 +144,11 @@ class DirectFile(io.RawIOBase):
             except OSError as e:
                 if e.errno != errno.EINVAL or not self._direct:
                     raise
-                self._drop_direct()       # the flag accepted at open, the write refused
+                self._drop_direct()  # the flag accepted at open, the write refused
         self._written += len(view)
 
     def _drop_direct(self) -> None:
-        import fcntl   # POSIX only; reached only where O_DIRECT exists (Linux)
+        import fcntl  # POSIX only; reached only where O_DIRECT exists (Linux)
 
         fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         self._direct = False
@@ -159,10 +159,10 @@ class DirectFile(io.RawIOBase):
         try:
             if self._fd >= 0 and self._buf is not None:
                 self._flush_blocks()
-                if self._fill:           # the last partial block goes through the page cache
+                if self._fill:  # the last partial block goes through the page cache
                     if self._direct:
                         self._drop_direct()
-                    self._write_all(self._buf[:self._fill])
+                    self._write_all(self._buf[: self._fill])
                     self._fill = 0
         finally:
             if self._buf is not None:

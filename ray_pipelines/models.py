@@ -21,7 +21,8 @@ import pickle
 import re
 import sys
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,10 +75,12 @@ def load_checkpoint(data: bytes, name: str) -> Any:
             f"checkpoint {name} needs pickled code to load{needs}. Checkpoints are loaded with "
             "torch.load(weights_only=True), which never runs code from a file. Save the weights only "
             "(torch.save(model.state_dict(), path)) and build the model with a module:factory, "
-            "or export it with torch.jit.script / torch.jit.trace and load it as TorchScript") from None
+            "or export it with torch.jit.script / torch.jit.trace and load it as TorchScript"
+        ) from None
     except Exception as e:
-        raise ModelLoadError(f"cannot load checkpoint {name} with torch.load(weights_only=True): "
-                             f"{type(e).__name__}: {_first_line(e)}") from None
+        raise ModelLoadError(
+            f"cannot load checkpoint {name} with torch.load(weights_only=True): {type(e).__name__}: {_first_line(e)}"
+        ) from None
 
 
 def state_dict_of(checkpoint: Any, name: str, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -93,8 +96,9 @@ def state_dict_of(checkpoint: Any, name: str, key: str | None = None) -> dict[st
                 checkpoint = checkpoint[candidate]
                 break
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ModelLoadError(f"checkpoint {name} is not a state dict (a mapping of names to tensors); "
-                             "set state_dict_key")
+        raise ModelLoadError(
+            f"checkpoint {name} is not a state dict (a mapping of names to tensors); set state_dict_key"
+        )
     return checkpoint
 
 
@@ -106,7 +110,7 @@ def load_torchscript(data: bytes, name: str) -> nn.Module:
     """A ``torch.jit.save`` file, on CPU."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)      # torch.jit is deprecated for torch.export
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated for torch.export
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as e:
@@ -119,7 +123,9 @@ def resolve_factory(reference: str) -> Callable[..., Any]:
     if not target or not attribute:
         raise ModelLoadError(f"factory {reference!r} must look like 'package.module:function' or 'file.py:function'")
     try:
-        module = _module_from_file(target) if target.endswith(".py") or "/" in target else importlib.import_module(target)
+        module = (
+            _module_from_file(target) if target.endswith(".py") or "/" in target else importlib.import_module(target)
+        )
     except ModelLoadError:
         raise
     except Exception as e:
@@ -160,8 +166,12 @@ def factory_code_sha256(reference: str) -> str:
         return bytes_sha256(f.read())
 
 
-def build_from_factory(reference: str, kwargs: dict[str, Any] | None = None,
-                       state: dict[str, torch.Tensor] | None = None, checkpoint_name: str = "") -> nn.Module:
+def build_from_factory(
+    reference: str,
+    kwargs: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    checkpoint_name: str = "",
+) -> nn.Module:
     """Call the factory and load ``state`` (strictly) into the module it returns."""
     module = resolve_factory(reference)(**(kwargs or {}))
     if not isinstance(module, nn.Module):
@@ -170,8 +180,9 @@ def build_from_factory(reference: str, kwargs: dict[str, Any] | None = None,
         try:
             module.load_state_dict(state)
         except RuntimeError as e:
-            raise ModelLoadError(f"checkpoint {checkpoint_name} does not fit the model from {reference}: "
-                                 f"{_first_line(e)} ...") from None
+            raise ModelLoadError(
+                f"checkpoint {checkpoint_name} does not fit the model from {reference}: {_first_line(e)} ..."
+            ) from None
     return module
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import glob as globlib
 import posixpath
 import tarfile
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .storage import get_fs, split_protocol, to_url
 
@@ -32,11 +33,11 @@ class InputItem:
     key: str
     uri: str
     size: int
-    etag: str = ""             # etag or mtime: tells a changed input from a committed one
-    member_offset: int = -1    # >= 0 for a tar member: data offset inside the shard
-    error: str = ""            # listing-time error (e.g. unsafe tar member name)
-    source: str = ""           # where it came from, for people: the URL, or shard URL#member
-    extra: dict[str, Any] = field(default_factory=dict)   # job columns (e.g. label, split)
+    etag: str = ""  # etag or mtime: tells a changed input from a committed one
+    member_offset: int = -1  # >= 0 for a tar member: data offset inside the shard
+    error: str = ""  # listing-time error (e.g. unsafe tar member name)
+    source: str = ""  # where it came from, for people: the URL, or shard URL#member
+    extra: dict[str, Any] = field(default_factory=dict)  # job columns (e.g. label, split)
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -110,8 +111,9 @@ def list_inputs(spec: str, extensions: Iterable[str], storage_options: dict[str,
         if _is_tar(file_path):
             shards.append((file_path, key, info))
         elif _is_audio(file_path, extensions):
-            items.append(InputItem(key=key, uri=to_url(fs, file_path), size=int(info.get("size") or 0),
-                                   etag=_etag_of(info)))
+            items.append(
+                InputItem(key=key, uri=to_url(fs, file_path), size=int(info.get("size") or 0), etag=_etag_of(info))
+            )
     if shards:
         with ThreadPoolExecutor(max_workers=8) as pool:
             for members in pool.map(lambda s: _list_tar(fs, *s, extensions), shards):
@@ -122,7 +124,7 @@ def list_inputs(spec: str, extensions: Iterable[str], storage_options: dict[str,
 def _relative_key(file_path: str, root: str) -> str:
     root = root.rstrip("/")
     if root and file_path.startswith(root + "/"):
-        return file_path[len(root) + 1:]
+        return file_path[len(root) + 1 :]
     return file_path.lstrip("/")
 
 
@@ -146,13 +148,18 @@ def _list_from_list_file(fs, path: str, extensions: list[str], storage_options) 
         try:
             info = entry_fs.info(entry_path)
         except FileNotFoundError:
-            items.append(InputItem(key=key, uri=entry_spec, size=0, error="missing: listed in the list file but not found"))
+            items.append(
+                InputItem(key=key, uri=entry_spec, size=0, error="missing: listed in the list file but not found")
+            )
             continue
         if _is_tar(entry_path):
             items.extend(_list_tar(entry_fs, entry_path, key, info, extensions))
         else:
-            items.append(InputItem(key=key, uri=to_url(entry_fs, entry_path), size=int(info.get("size") or 0),
-                                   etag=_etag_of(info)))
+            items.append(
+                InputItem(
+                    key=key, uri=to_url(entry_fs, entry_path), size=int(info.get("size") or 0), etag=_etag_of(info)
+                )
+            )
     return items
 
 
@@ -173,14 +180,36 @@ def _list_tar(fs, shard_path: str, shard_key: str, info: dict[str, Any], extensi
                     continue
                 key = f"{shard_key}/{member.name}"
                 if not _safe_member_name(member.name):
-                    items.append(InputItem(key=key, uri=shard_url, size=member.size, etag=etag,
-                                           error=f"unsafe tar member name {member.name!r}: it escapes its folder"))
+                    items.append(
+                        InputItem(
+                            key=key,
+                            uri=shard_url,
+                            size=member.size,
+                            etag=etag,
+                            error=f"unsafe tar member name {member.name!r}: it escapes its folder",
+                        )
+                    )
                     continue
-                items.append(InputItem(key=key, uri=shard_url, size=member.size, etag=etag,
-                                       member_offset=member.offset_data, source=f"{shard_url}#{member.name}"))
+                items.append(
+                    InputItem(
+                        key=key,
+                        uri=shard_url,
+                        size=member.size,
+                        etag=etag,
+                        member_offset=member.offset_data,
+                        source=f"{shard_url}#{member.name}",
+                    )
+                )
     except tarfile.TarError as e:
-        items.append(InputItem(key=shard_key, uri=shard_url, size=int(info.get("size") or 0), etag=etag,
-                               error=f"unreadable tar shard: {e}"))
+        items.append(
+            InputItem(
+                key=shard_key,
+                uri=shard_url,
+                size=int(info.get("size") or 0),
+                etag=etag,
+                error=f"unreadable tar shard: {e}",
+            )
+        )
     return items
 
 

@@ -31,14 +31,14 @@ class FilterbankProjection(torch.nn.Module):
         super().__init__()
         self.register_buffer("weights", weights.contiguous(), persistent=False)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)      # "sparse CSR support is in beta"
-            self.sparse = self.weights.to_sparse_csr()        # stays on CPU: only the CPU path uses it
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            self.sparse = self.weights.to_sparse_csr()  # stays on CPU: only the CPU path uses it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return torch.matmul(self.weights, x)
         f, n = x.shape[-2:]
-        flat = x.movedim(-2, 0).reshape(f, -1)                       # [F, ... * N]
+        flat = x.movedim(-2, 0).reshape(f, -1)  # [F, ... * N]
         return (self.sparse @ flat).reshape(-1, *x.shape[:-2], n).movedim(0, -2)
 
 
@@ -51,23 +51,38 @@ class LogMelSpectrogram(torch.nn.Module):
     Frames = 1 + T // hop_length (centred STFT).
     """
 
-    def __init__(self, sample_rate: int, n_fft: int = 2048, hop_length: int = 512, n_mels: int = 128,
-                 f_min: float = 0.0, f_max: float | None = None, top_db: float | None = 80.0):
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int = 2048,
+        hop_length: int = 512,
+        n_mels: int = 128,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        top_db: float | None = 80.0,
+    ):
         super().__init__()
         self.sample_rate, self.n_fft, self.hop_length, self.top_db = sample_rate, n_fft, hop_length, top_db
         fb = torchaudio.functional.melscale_fbanks(
-            n_fft // 2 + 1, f_min, f_max if f_max is not None else sample_rate / 2.0, n_mels, sample_rate,
-            norm="slaney", mel_scale="slaney")
-        self.mel_basis = FilterbankProjection(fb.T)                           # [n_mels, F]
+            n_fft // 2 + 1,
+            f_min,
+            f_max if f_max is not None else sample_rate / 2.0,
+            n_mels,
+            sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.mel_basis = FilterbankProjection(fb.T)  # [n_mels, F]
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def power(self, audio: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(audio, self.n_fft, self.hop_length, window=self.window, center=True,
-                          pad_mode="reflect", return_complex=True)
+        spec = torch.stft(
+            audio, self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="reflect", return_complex=True
+        )
         return complex_power(spec)
 
     def from_power(self, power: torch.Tensor) -> torch.Tensor:
-        mel = self.mel_basis(power)                                        # [B, n_mels, N]
+        mel = self.mel_basis(power)  # [B, n_mels, N]
         db = 10.0 * torch.log10(mel.clamp_min(1e-10))
         if self.top_db is not None:
             db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - self.top_db)

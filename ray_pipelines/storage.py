@@ -13,7 +13,8 @@ import json
 import os
 import posixpath
 import threading
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 
@@ -21,8 +22,19 @@ from .direct_io import DirectFile
 
 # Keys that must never appear in storage_options: they belong in the environment.
 SECRET_OPTION_KEYS = frozenset(
-    {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
-     "aws_session_token", "session_token", "client_secret", "access_key", "secret_key"}
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "session_token",
+        "client_secret",
+        "access_key",
+        "secret_key",
+    }
 )
 
 
@@ -106,7 +118,7 @@ class Storage:
         if is_local(self.fs):
             tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
             try:
-                with (DirectFile(tmp) if direct else open(tmp, "wb")) as f:
+                with DirectFile(tmp) if direct else open(tmp, "wb") as f:
                     yield f
                 os.replace(tmp, target)
             finally:
@@ -117,7 +129,7 @@ class Storage:
             try:
                 yield f
             except BaseException:
-                if hasattr(f, "discard"):      # abort a multipart upload: nothing appears
+                if hasattr(f, "discard"):  # abort a multipart upload: nothing appears
                     f.discard()
                 raise
             f.close()

@@ -32,8 +32,8 @@ from .seeding import sample_rng
 Family = Literal["sine", "harmonic", "sawtooth", "square", "noise_bursts"]
 FAMILIES: tuple[str, ...] = ("sine", "harmonic", "sawtooth", "square", "noise_bursts")
 UNPITCHED = frozenset({"noise_bursts"})
-VALIDATION_SEED = 0x5EED_FA11          # fixed: validation details never follow the job seed
-GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0     # Weyl sequence step: a 2-D grid without rows or columns
+VALIDATION_SEED = 0x5EED_FA11  # fixed: validation details never follow the job seed
+GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0  # Weyl sequence step: a 2-D grid without rows or columns
 FADE_SECONDS = 0.005
 
 
@@ -43,16 +43,19 @@ class SynthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_samples: int = Field(1000, ge=1, description="How many clips to generate.")
-    validation: bool = Field(False, description="A deterministic validation set (split 'val'): the same on "
-                                                "every run whatever the seed. Otherwise a training set "
-                                                "(split 'train') drawn from the seed.")
+    validation: bool = Field(
+        False,
+        description="A deterministic validation set (split 'val'): the same on "
+        "every run whatever the seed. Otherwise a training set "
+        "(split 'train') drawn from the seed.",
+    )
     families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     f0_range: tuple[float, float] = Field((50.0, 2000.0), description="f0 in Hz, drawn log-uniformly.")
     db_range: tuple[float, float] = Field((-40.0, -12.0), description="RMS level in dBFS, drawn uniformly.")
     max_partials: int = Field(16, ge=2, description="Most partials of a 'harmonic' signal (fundamental included).")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "SynthConfig":
+    def _ranges(self) -> SynthConfig:
         lo, hi = self.f0_range
         if not 0 < lo <= hi:
             raise ValueError(f"f0_range must be 0 < low <= high, got {list(self.f0_range)}")
@@ -74,20 +77,20 @@ class SynthParams:
     family: str
     f0: float
     db: float
-    phase: float          # start phase in cycles, [0, 1)
+    phase: float  # start phase in cycles, [0, 1)
 
 
 # ---- draws ------------------------------------------------------------------------------
 def _log_uniform(u: float, low: float, high: float) -> float:
     value = float(np.exp(np.log(low) + u * (np.log(high) - np.log(low))))
-    return min(max(value, low), high)          # exp(log(...)) may land a hair outside the range
+    return min(max(value, low), high)  # exp(log(...)) may land a hair outside the range
 
 
 def draw_params(cfg: SynthConfig, seed: int, key: str, index: int) -> SynthParams:
     """Family, f0, level and phase of sample ``index`` (named ``key``)."""
     if cfg.validation:
-        u = (index + 0.5) / cfg.num_samples                 # f0: evenly over the log range
-        v = (0.5 + index * GOLDEN) % 1.0                    # level: a Weyl sequence, independent of f0
+        u = (index + 0.5) / cfg.num_samples  # f0: evenly over the log range
+        v = (0.5 + index * GOLDEN) % 1.0  # level: a Weyl sequence, independent of f0
         family = cfg.families[index % len(cfg.families)]
         low_db, high_db = cfg.db_range
         return SynthParams(family, _log_uniform(u, *cfg.f0_range), float(low_db + v * (high_db - low_db)), 0.0)
@@ -113,8 +116,9 @@ def sine(f0: float, num_samples: int, sample_rate: int, phase: float = 0.0) -> n
     return np.sin(2 * np.pi * phase_ramp(f0, num_samples, sample_rate, phase))
 
 
-def harmonic(f0: float, num_samples: int, sample_rate: int, rng: np.random.Generator, max_partials: int,
-             phase: float = 0.0) -> np.ndarray:
+def harmonic(
+    f0: float, num_samples: int, sample_rate: int, rng: np.random.Generator, max_partials: int, phase: float = 0.0
+) -> np.ndarray:
     """Fundamental (amplitude 1) plus random overtones, all below Nyquist."""
     below_nyquist = max(1, int((sample_rate / 2 - 1e-9) // f0))
     count = min(int(rng.integers(2, max_partials + 1)), below_nyquist)
@@ -161,13 +165,14 @@ def noise_bursts(num_samples: int, sample_rate: int, rng: np.random.Generator) -
         envelope = np.ones(length)
         ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
         envelope[:fade] = ramp
-        envelope[length - fade:] = ramp[::-1]
-        gate[start:start + length] = np.maximum(gate[start:start + length], envelope)
+        envelope[length - fade :] = ramp[::-1]
+        gate[start : start + length] = np.maximum(gate[start : start + length], envelope)
     return rng.standard_normal(num_samples) * gate, gate
 
 
-def generate(params: SynthParams, num_samples: int, sample_rate: int, rng: np.random.Generator,
-             max_partials: int = 16) -> np.ndarray:
+def generate(
+    params: SynthParams, num_samples: int, sample_rate: int, rng: np.random.Generator, max_partials: int = 16
+) -> np.ndarray:
     """One clip (float64 ``[num_samples]``) at the level ``params.db``."""
     gate = None
     if params.family == "sine":
@@ -183,13 +188,14 @@ def generate(params: SynthParams, num_samples: int, sample_rate: int, rng: np.ra
     else:
         raise ValueError(f"unknown signal family {params.family!r}")
     sounding = signal if gate is None else signal[gate > 0.5]
-    rms = float(np.sqrt(np.mean(sounding ** 2))) if sounding.size else 0.0
-    target = 10.0 ** (params.db / 20.0) / np.sqrt(2.0)     # a full-scale sine (RMS 1/sqrt 2) is 0 dBFS
+    rms = float(np.sqrt(np.mean(sounding**2))) if sounding.size else 0.0
+    target = 10.0 ** (params.db / 20.0) / np.sqrt(2.0)  # a full-scale sine (RMS 1/sqrt 2) is 0 dBFS
     return signal * (target / rms) if rms > 0 else signal
 
 
-def synth_sample(cfg: SynthConfig, seed: int, key: str, index: int, sample_rate: int,
-                 num_samples: int) -> tuple[np.ndarray, SynthParams]:
+def synth_sample(
+    cfg: SynthConfig, seed: int, key: str, index: int, sample_rate: int, num_samples: int
+) -> tuple[np.ndarray, SynthParams]:
     """Sample ``index`` of the set: its audio and what was drawn for it."""
     params = draw_params(cfg, seed, key, index)
     audio = generate(params, num_samples, sample_rate, detail_rng(cfg, seed, key), cfg.max_partials)

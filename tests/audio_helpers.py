@@ -13,11 +13,22 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
 
-FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
 
 
-def tone(seconds: float, sample_rate: int = 44100, freq: float = 440.0, channels: int = 1,
-         amplitude: float = 0.5, seed: int = 0) -> np.ndarray:
+def tone(
+    seconds: float,
+    sample_rate: int = 44100,
+    freq: float = 440.0,
+    channels: int = 1,
+    amplitude: float = 0.5,
+    seed: int = 0,
+) -> np.ndarray:
     """A sine plus a little noise, ``[n]`` or ``[n, channels]`` float32."""
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate
     rng = np.random.default_rng(seed)
@@ -39,8 +50,7 @@ def make_library(root: Path, n_per_format: int = 2, seconds: float = 2.0) -> lis
     paths = []
     for fmt in FORMATS:
         for i in range(n_per_format):
-            paths.append(write_audio(root / fmt / f"tone_{i}.{fmt}",
-                                     tone(seconds, freq=220.0 * (i + 1), seed=i)))
+            paths.append(write_audio(root / fmt / f"tone_{i}.{fmt}", tone(seconds, freq=220.0 * (i + 1), seed=i)))
     return paths
 
 

@@ -51,10 +51,10 @@ def test_pitch_shift_moves_the_peak_by_the_semitone_factor():
 
 def test_time_stretch_compresses_time_and_pads_with_silence():
     power = torch.zeros(1, 5, 40)
-    power[0, :, 20] = 1.0                                # an onset at frame 20
+    power[0, :, 20] = 1.0  # an onset at frame 20
     faster = F.time_stretch(power, torch.tensor([2.0]))
-    assert int(faster[0, 0].argmax()) == 10             # comes twice as early
-    assert faster[0, :, 21:].abs().max() == 0           # past the input: silence
+    assert int(faster[0, 0].argmax()) == 10  # comes twice as early
+    assert faster[0, :, 21:].abs().max() == 0  # past the input: silence
     torch.testing.assert_close(F.time_stretch(power, torch.tensor([1.0])), power)
 
 
@@ -74,7 +74,9 @@ def test_masks_fill_exactly_the_band():
 
 
 def make_pool(**kw) -> AugmentationPool:
-    args = dict(num_waveform_augs=3, num_spectrogram_augs=2, sample_rate=22050, num_samples=66150, n_mels=128, frames=130)
+    args = dict(
+        num_waveform_augs=3, num_spectrogram_augs=2, sample_rate=22050, num_samples=66150, n_mels=128, frames=130
+    )
     args.update(kw)
     return AugmentationPool(WaveformPoolConfig(), SpectrogramPoolConfig(), **args)
 
@@ -103,33 +105,56 @@ def test_every_pool_entry_gets_chosen():
 
 
 def test_disabled_entries_are_never_drawn():
-    pool = AugmentationPool(WaveformPoolConfig(pitch_shift=None, noise=None), SpectrogramPoolConfig(time_mask=None),
-                            3, 1, 22050, 66150, 128, 130)
+    pool = AugmentationPool(
+        WaveformPoolConfig(pitch_shift=None, noise=None),
+        SpectrogramPoolConfig(time_mask=None),
+        3,
+        1,
+        22050,
+        66150,
+        128,
+        130,
+    )
     for seed in range(50):
         p = pool.draw(sample_rng(seed, "k", 0, 1))
         assert "pitch_shift" not in p.waveform and "noise" not in p.waveform and p.spectrogram == ("frequency_mask",)
 
 
 def stage(**kw) -> AugmentStage:
-    args = dict(seed=0, sample_rate=22050, duration=3.0, n_mels=128, n_fft=2048, hop_length=512, f_min=0.0,
-                f_max=None, top_db=80.0, num_waveform_augs=3, num_spectrogram_augs=2,
-                waveform_pool=WaveformPoolConfig().model_dump(), spectrogram_pool=SpectrogramPoolConfig().model_dump())
+    args = dict(
+        seed=0,
+        sample_rate=22050,
+        duration=3.0,
+        n_mels=128,
+        n_fft=2048,
+        hop_length=512,
+        f_min=0.0,
+        f_max=None,
+        top_db=80.0,
+        num_waveform_augs=3,
+        num_spectrogram_augs=2,
+        waveform_pool=WaveformPoolConfig().model_dump(),
+        spectrogram_pool=SpectrogramPoolConfig().model_dump(),
+    )
     args.update(kw)
     return AugmentStage(**args)
 
 
 def batch(n: int, length: int = 66150) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {"key": np.array([f"k{i}" for i in range(n)], dtype=object), "version": np.arange(n) % 3,
-            "audio": (0.1 * rng.standard_normal((n, length))).astype(np.float32),
-            "error": np.array([""] * (n - 1) + ["undecodable: x"], dtype=object)}
+    return {
+        "key": np.array([f"k{i}" for i in range(n)], dtype=object),
+        "version": np.arange(n) % 3,
+        "audio": (0.1 * rng.standard_normal((n, length))).astype(np.float32),
+        "error": np.array([""] * (n - 1) + ["undecodable: x"], dtype=object),
+    }
 
 
 def test_stage_shapes_views_differ_and_error_rows_are_zero():
     out = stage()(batch(4))
     assert out["view1"].shape == (4, 1, 128, 130) and out["view1"].dtype == np.float32
     assert "audio" not in out
-    assert not np.array_equal(out["view1"][0], out["view2"][0])      # two independent views
+    assert not np.array_equal(out["view1"][0], out["view2"][0])  # two independent views
     assert np.all(out["view1"][3] == 0) and np.all(out["view2"][3] == 0)
     assert np.isfinite(out["view1"]).all()
 
@@ -153,7 +178,11 @@ def test_seeds_and_splits_are_pure_functions():
     splits = [train_val_split(0, k, 0.2) for k in keys]
     assert 0.17 < splits.count("val") / len(keys) < 0.23
     assert splits == [train_val_split(0, k, 0.2) for k in keys]
-    assert {assign_split(3, k, {"train": 0.7, "validate": 0.1, "test": 0.2}) for k in keys} == {"train", "validate", "test"}
+    assert {assign_split(3, k, {"train": 0.7, "validate": 0.1, "test": 0.2}) for k in keys} == {
+        "train",
+        "validate",
+        "test",
+    }
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -16,14 +16,23 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.manifest import OutputConflict
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, copy_shared, encoded_bytes, make_library, tone, write_audio, write_tar
 
-SMALL = dict(num_versions=2, duration=1.0, sample_rate=16000, n_mels=32, n_fft=512, hop_length=256,
-             batch_size=4, inputs_per_block=2, seed=3)
+SMALL = dict(
+    num_versions=2,
+    duration=1.0,
+    sample_rate=16000,
+    n_mels=32,
+    n_fft=512,
+    hop_length=256,
+    batch_size=4,
+    inputs_per_block=2,
+    seed=3,
+)
 
 
 def config(input_dir, output, **overrides) -> AugmentConfig:
@@ -80,8 +89,9 @@ def test_outputs_layout_shapes_and_manifest(reference, clips):
     assert views.shape == (table.num_rows, 1, 32, 63) and np.isfinite(views).all()
     assert table.column("source").to_pylist()[0].startswith(str(clips))
     # Float tensors are stored byte-stream-split (smaller, faster to read); scalars dictionary-encoded.
-    encodings = {c.path_in_schema: c.encodings for c in (pq.ParquetFile(path).metadata.row_group(0).column(i)
-                                                         for i in range(4))}
+    encodings = {
+        c.path_in_schema: c.encodings for c in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(4))
+    }
     assert "BYTE_STREAM_SPLIT" in encodings["view1.list.element"] and "RLE_DICTIONARY" in encodings["key"]
     # Every file is named in a per-rank manifest and in manifest.json.
     listed = {f["path"] for f in manifest["files"]}
@@ -110,7 +120,7 @@ class WriteTasksAugmentJob(AugmentJob):
 
     def make_sink(self, fingerprint):
         sink = super().make_sink(fingerprint)
-        sink.layout_uses_rank = True     # the runner keeps such sinks out of the actors
+        sink.layout_uses_rank = True  # the runner keeps such sinks out of the actors
         return sink
 
 
@@ -123,7 +133,9 @@ def test_same_files_whether_actors_or_write_tasks_write_them(reference, clips, t
     assert all((out / f).read_bytes() == (ref_out / f).read_bytes() for f in files)
     # Either way the driver gets one report per block with the same keys.
     assert sum(w["rows"] for w in result.writes) == result.run_rows == result.counts["rows_written"]
-    assert all(set(w) == {"rows", "error_rows", "files", "bytes", "fenced", "finished_at", "writer"} for w in result.writes)
+    assert all(
+        set(w) == {"rows", "error_rows", "files", "bytes", "fenced", "finished_at", "writer"} for w in result.writes
+    )
 
 
 def test_rerun_skips_everything_and_refuses_another_config(reference, clips, tmp_path, ray_local):
@@ -165,7 +177,14 @@ def test_bad_inputs_become_error_rows_and_the_rest_completes(tmp_path, ray_local
     result = run_job(AugmentJob(config(src, out)), progress=False)
 
     errors = {json.loads(line)["key"]: json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()}
-    assert set(errors) == {"zero.wav", "truncated.flac", "text.wav", "nan.wav", "too_short.wav", "shard.tar/../evil.wav"}
+    assert set(errors) == {
+        "zero.wav",
+        "truncated.flac",
+        "text.wav",
+        "nan.wav",
+        "too_short.wav",
+        "shard.tar/../evil.wav",
+    }
     assert errors["zero.wav"]["reason"] == "empty file (0 bytes)"
     assert errors["truncated.flac"]["reason"].startswith(("truncated", "undecodable"))
     assert errors["text.wav"]["reason"].startswith("undecodable")
@@ -183,11 +202,25 @@ def test_bad_inputs_become_error_rows_and_the_rest_completes(tmp_path, ray_local
 def test_resume_after_a_killed_run_equals_an_uninterrupted_run(reference, clips, tmp_path, ray_local):
     ref_out, _ = reference
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "jobs.augment", "--no-progress", "--quiet",
-            *[a for k, v in {**SMALL, "actors": 1, "inputs_per_block": 1, "batch_size": 1}.items()
-              for a in ("--set", f"{k}={v}")],
-            "--set", f"input={clips}", "--set", f"output={out}"]
-    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.augment",
+        "--no-progress",
+        "--quiet",
+        *[
+            a
+            for k, v in {**SMALL, "actors": 1, "inputs_per_block": 1, "batch_size": 1}.items()
+            for a in ("--set", f"{k}={v}")
+        ],
+        "--set",
+        f"input={clips}",
+        "--set",
+        f"output={out}",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
         time.sleep(0.02)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from jobs.augment import AugmentConfig
 from ray_pipelines.config import ConfigError, load_config, parse_overrides
+from ray_pipelines.jobs.augment import AugmentConfig
 
 REPO_ARGS = ["--set", "input=/tmp/in", "--set", "output=/tmp/out"]
 
@@ -25,16 +25,22 @@ def test_defaults_mirror_the_notebook(tmp_path):
     assert (cfg.num_waveform_augs, cfg.num_spectrogram_augs, cfg.val_fraction) == (3, 2, 0.2)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("input: a\noutput: b\nnum_verions: 3\n", "num_verions: unknown key"),
-    ("input: a\noutput: b\nnum_versions: 0\n", "num_versions: Input should be greater than or equal to 1"),
-    ("output: b\n", "input: required key is missing"),
-    ("input: a\noutput: b\nwaveform_pool: {gain: {min_db: 3, max_db: 1}}\n", "gain.min_db (3.0) is larger than gain.max_db"),
-    ("input: a\noutput: b\nnum_waveform_augs: 12\n", "num_waveform_augs (12) exceeds"),
-    ("input: a\noutput: b\nstorage_options: {secret: x}\n", "must not hold secrets (secret)"),
-    ("input: a\noutput: b\nwaveform_pool: {gain: {min_dB: 3}}\n", "waveform_pool.gain.min_dB: unknown key"),
-    ("- just\n- a list\n", "must hold a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("input: a\noutput: b\nnum_verions: 3\n", "num_verions: unknown key"),
+        ("input: a\noutput: b\nnum_versions: 0\n", "num_versions: Input should be greater than or equal to 1"),
+        ("output: b\n", "input: required key is missing"),
+        (
+            "input: a\noutput: b\nwaveform_pool: {gain: {min_db: 3, max_db: 1}}\n",
+            "gain.min_db (3.0) is larger than gain.max_db",
+        ),
+        ("input: a\noutput: b\nnum_waveform_augs: 12\n", "num_waveform_augs (12) exceeds"),
+        ("input: a\noutput: b\nstorage_options: {secret: x}\n", "must not hold secrets (secret)"),
+        ("input: a\noutput: b\nwaveform_pool: {gain: {min_dB: 3}}\n", "waveform_pool.gain.min_dB: unknown key"),
+        ("- just\n- a list\n", "must hold a mapping"),
+    ],
+)
 def test_bad_configs_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(AugmentConfig, write(tmp_path, text))
@@ -43,8 +49,11 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
 
 def test_overrides_are_typed_and_nested(tmp_path):
     assert parse_overrides(["a.b=3", "c=[1, 2]", "d=x"]) == {"a": {"b": 3}, "c": [1, 2], "d": "x"}
-    cfg = load_config(AugmentConfig, write(tmp_path, "input: a\noutput: b\n"),
-                      ["waveform_pool.gain=null", "dtype=float16", "num_versions=2"])
+    cfg = load_config(
+        AugmentConfig,
+        write(tmp_path, "input: a\noutput: b\n"),
+        ["waveform_pool.gain=null", "dtype=float16", "num_versions=2"],
+    )
     assert cfg.waveform_pool.gain is None and cfg.dtype == "float16" and cfg.num_versions == 2
     with pytest.raises(ConfigError, match="expects key=value"):
         parse_overrides(["novalue"])
@@ -60,15 +69,31 @@ def test_fingerprint_ignores_runtime_keys_only(tmp_path):
 
 
 def test_cli_exits_2_on_a_bad_config_before_starting_ray(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "jobs.augment", "--config", str(write(tmp_path, "input: a\n"))],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.augment", "--config", str(write(tmp_path, "input: a\n"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "output: required key is missing" in result.stderr
     assert "ray" not in result.stdout.lower()
 
 
 def test_cli_exits_1_when_the_input_cannot_be_listed(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "ray_pipelines.cli", "augment", "--set",
-                             f"input={tmp_path}/missing", "--set", f"output={tmp_path}/out"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray_pipelines.cli",
+            "augment",
+            "--set",
+            f"input={tmp_path}/missing",
+            "--set",
+            f"output={tmp_path}/out",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and "input not found" in result.stderr

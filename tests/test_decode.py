@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ray_pipelines.audio.decode import (AudioFile, DecodeError, InputAudio, check_finite, check_not_silent,
-                                        conform_channels, crop_or_pad, load_window)
+from ray_pipelines.audio.decode import (
+    AudioFile,
+    DecodeError,
+    InputAudio,
+    check_finite,
+    check_not_silent,
+    conform_channels,
+    crop_or_pad,
+    load_window,
+)
 from tests.audio_helpers import FORMATS, SHARED_AUDIO, tone, write_audio
 
 
@@ -45,7 +53,7 @@ def test_long_file_is_read_partially_not_decoded_whole(tmp_path):
     cut = tmp_path / "long_cut.flac"
     cut.write_bytes(data[: len(data) // 2])
     with open_path(cut) as f:
-        assert f.duration == pytest.approx(60.0)      # the header still promises 60 s
+        assert f.duration == pytest.approx(60.0)  # the header still promises 60 s
         window, _ = load_window(f, 5.0, 3.0, 22050)
         assert np.abs(window).max() > 0.3
         with pytest.raises(DecodeError, match="truncated|corrupt"):
@@ -61,10 +69,13 @@ def test_short_file_is_zero_padded_and_reports_valid_samples(tmp_path):
     assert np.all(window[11100:] == 0) and np.abs(window[:11000]).max() > 0.3
 
 
-@pytest.mark.parametrize("name, content, reason", [
-    ("zero.wav", b"", "empty file"),
-    ("text.wav", b"this is not audio\n" * 20, "undecodable"),
-])
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("zero.wav", b"", "empty file"),
+        ("text.wav", b"this is not audio\n" * 20, "undecodable"),
+    ],
+)
 def test_bad_files_raise_clear_reasons(tmp_path, name, content, reason):
     path = tmp_path / name
     path.write_bytes(content)

@@ -39,14 +39,15 @@ def write_in_chunks(path, data: bytes, rng) -> DirectFile:
         pos = 0
         while pos < len(data):
             take = int(rng.integers(1, STAGING_BYTES // 2))
-            assert f.write(memoryview(data)[pos:pos + take]) == len(data[pos:pos + take])
+            assert f.write(memoryview(data)[pos : pos + take]) == len(data[pos : pos + take])
             pos += take
             assert f.tell() == min(pos, len(data))
     return f
 
 
-@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, STAGING_BYTES, STAGING_BYTES + 5,
-                                  2 * STAGING_BYTES + 3 * BLOCK + 17])
+@pytest.mark.parametrize(
+    "size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, STAGING_BYTES, STAGING_BYTES + 5, 2 * STAGING_BYTES + 3 * BLOCK + 17]
+)
 def test_same_bytes_and_whole_blocks_go_direct(tmp_path, size):
     rng = np.random.default_rng(size)
     data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
@@ -61,9 +62,9 @@ def test_files_open_at_once_do_not_share_a_staging_buffer(tmp_path):
     rng = np.random.default_rng(1)
     a, b = (rng.integers(0, 256, STAGING_BYTES + 1000, dtype=np.uint8).tobytes() for _ in range(2))
     with DirectFile(str(tmp_path / "a")) as fa, DirectFile(str(tmp_path / "b")) as fb:
-        for start in range(0, len(a), 100_000):       # interleaved: each file's bytes stay its own
-            fa.write(a[start:start + 100_000])
-            fb.write(b[start:start + 100_000])
+        for start in range(0, len(a), 100_000):  # interleaved: each file's bytes stay its own
+            fa.write(a[start : start + 100_000])
+            fb.write(b[start : start + 100_000])
     assert (tmp_path / "a").read_bytes() == a and (tmp_path / "b").read_bytes() == b
 
 
@@ -83,19 +84,21 @@ def test_tmpfs_is_written_through_the_cache():
 
 def test_the_mount_table_names_the_innermost_mount(tmp_path, monkeypatch):
     table = tmp_path / "mounts"
-    table.write_text("/dev/vda / ext4 rw 0 0\n"
-                     "server:/data /mnt/my\\040data nfs4 rw 0 0\n"       # a space in the mount point
-                     "tmpfs /mnt/my\\040data/scratch tmpfs rw 0 0\n")
+    table.write_text(
+        "/dev/vda / ext4 rw 0 0\n"
+        "server:/data /mnt/my\\040data nfs4 rw 0 0\n"  # a space in the mount point
+        "tmpfs /mnt/my\\040data/scratch tmpfs rw 0 0\n"
+    )
     monkeypatch.setattr(direct_io, "MOUNTS", str(table))
     assert direct_io.filesystem_type("/mnt/my data/run1") == "nfs4"
     assert direct_io.filesystem_type("/mnt/my data/scratch/x") == "tmpfs"
-    assert direct_io.filesystem_type("/mnt/my datax") == "ext4"               # a sibling, not inside
+    assert direct_io.filesystem_type("/mnt/my datax") == "ext4"  # a sibling, not inside
     assert not direct_io.goes_direct("/mnt/my data/run1/part.parquet")
     assert direct_io.goes_direct("/home/user/part.parquet") == direct_io.supported()
 
 
 def test_without_o_direct_the_file_is_written_the_ordinary_way(tmp_path, monkeypatch):
-    monkeypatch.delattr(os, "O_DIRECT", raising=False)      # a platform without it (macOS)
+    monkeypatch.delattr(os, "O_DIRECT", raising=False)  # a platform without it (macOS)
     data = bytes(range(256)) * 100
     with DirectFile(str(tmp_path / "out.bin")) as f:
         f.write(data)
@@ -113,17 +116,28 @@ def test_a_failed_write_leaves_no_file(tmp_path):
 
 def test_parquet_shards_are_the_same_bytes_either_way(tmp_path):
     n = 40
-    rows = {"key": np.array([f"k{i:02d}" for i in range(n)], dtype=object), "version": np.zeros(n, dtype=np.int64),
-            "view1": np.random.default_rng(0).standard_normal((n, 256, 128)).astype(np.float32),
-            "error": np.array([""] * n, dtype=object), "split": np.array(["train"] * n, dtype=object),
-            "samples_per_input": np.ones(n, dtype=np.int64), "etag": np.array([""] * n, dtype=object)}
+    rows = {
+        "key": np.array([f"k{i:02d}" for i in range(n)], dtype=object),
+        "version": np.zeros(n, dtype=np.int64),
+        "view1": np.random.default_rng(0).standard_normal((n, 256, 128)).astype(np.float32),
+        "error": np.array([""] * n, dtype=object),
+        "split": np.array(["train"] * n, dtype=object),
+        "samples_per_input": np.ones(n, dtype=np.int64),
+        "etag": np.array([""] * n, dtype=object),
+    }
     files = {}
     for direct in (True, False):
         out = tmp_path / str(direct)
-        sink = ShardSink(output=str(out), storage_options=None, fingerprint="f" * 64, index_column="version",
-                         output_columns=["key", "version", "view1"], direct_io=direct)
+        sink = ShardSink(
+            output=str(out),
+            storage_options=None,
+            fingerprint="f" * 64,
+            index_column="version",
+            output_columns=["key", "version", "view1"],
+            direct_io=direct,
+        )
         report = sink.write_rows(rows, rank=0)
-        assert report["rows"] == n and report["bytes"] > STAGING_BYTES    # more than one staging buffer
+        assert report["rows"] == n and report["bytes"] > STAGING_BYTES  # more than one staging buffer
         files[direct] = {p.name: p.read_bytes() for p in out.glob("train/*.parquet")}
     assert files[True] == files[False] and len(files[True]) == 1
     table = pq.read_table(next((tmp_path / "True").glob("train/*.parquet")))

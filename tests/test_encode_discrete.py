@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from tests.audio_helpers import SHARED_AUDIO
 from tests.test_encode_units import tokenizer_checkpoint
 
@@ -25,9 +25,20 @@ def test_discrete_model_writes_integer_tokens(tmp_path, ray_local):
         shutil.copy(source / rel, tmp_path / "in")
     factory, checkpoint = tokenizer_checkpoint(tmp_path)
     out = tmp_path / "out"
-    job = EncodeJob(validate_config(EncodeConfig, {
-        "input": str(tmp_path / "in"), "output": str(out), "sample_size": 32768, "actors": 1, "is_discrete": True,
-        "layout": "both", "model": {"kind": "factory", "factory": factory, "checkpoint": str(checkpoint)}}))
+    job = EncodeJob(
+        validate_config(
+            EncodeConfig,
+            {
+                "input": str(tmp_path / "in"),
+                "output": str(out),
+                "sample_size": 32768,
+                "actors": 1,
+                "is_discrete": True,
+                "layout": "both",
+                "model": {"kind": "factory", "factory": factory, "checkpoint": str(checkpoint)},
+            },
+        )
+    )
     assert job.model.is_discrete and job.model.latent_channels == 2
     result = run_job(job, progress=False)
     assert result.counts["rows_written"] == 2 and result.manifest["schema"]["latents"]["dtype"] == "int64"
@@ -43,12 +54,12 @@ def test_discrete_model_writes_integer_tokens(tmp_path, ray_local):
         md = json.loads((out / line[:-4]).with_suffix(".json").read_text())
         assert tokens.dtype == np.int64 and tokens.shape == (2, 128)
         assert tokens.min() >= 0 and tokens.max() < 32 and len(np.unique(tokens)) > 2
-        audio = decoded["audio"][list(decoded["key"]).index(md["key"])].astype(np.float64)     # [2, T]
-        frames = audio.reshape(2, 128, 256)                                                    # [C, N, hop]
-        feats = np.einsum("fch,cnh->nf", weight, frames)                                       # [N, F]
-        dist = ((feats[None, :, None, :] - codebooks[:, None, :, :]) ** 2).sum(-1)             # [Q, N, K]
+        audio = decoded["audio"][list(decoded["key"]).index(md["key"])].astype(np.float64)  # [2, T]
+        frames = audio.reshape(2, 128, 256)  # [C, N, hop]
+        feats = np.einsum("fch,cnh->nf", weight, frames)  # [N, F]
+        dist = ((feats[None, :, None, :] - codebooks[:, None, :, :]) ** 2).sum(-1)  # [Q, N, K]
         expected = dist.argmin(-1)
         margin = np.sort(dist, axis=-1)[..., 1] - np.sort(dist, axis=-1)[..., 0]
-        clear = margin > 1e-4            # float32 vs float64 may only disagree on near-ties
+        clear = margin > 1e-4  # float32 vs float64 may only disagree on near-ties
         assert clear.mean() > 0.95 and np.array_equal(tokens[clear], expected[clear])
         assert md["padding_mask"] == [1] * -(-md["valid_samples"] // 256) + [0] * (128 - -(-md["valid_samples"] // 256))

@@ -12,27 +12,36 @@ import pytest
 import soundfile as sf
 import torch
 
-from jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.config import validate_config
 from ray_pipelines.encoders.sat_sink import sample_id
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.readers.encode import collate_encoded, open_encoded
 from ray_pipelines.stages.encode import EncodeStage
 from tests.audio_helpers import SHARED_AUDIO
 from tests.test_encode_units import IDENTITY_MODEL, write_model
 
-SAMPLE_SIZE = 32768          # 0.74 s at 44.1 kHz; 128 latent frames at the built-in model's ratio 256
-CLIPS = {                    # real recordings: (file, frames at 44.1 kHz)
-    "bass_hit_c.flac": ("bass/bass_hit_c.flac", 26868),       # shorter than sample_size: padded
-    "loop_amen.flac": ("loop/loop_amen.flac", 77321),         # three windows with windows: all
-    "tabla_ke1.flac": ("tabla/tabla_ke1.flac", 1915),         # mono, very short
+SAMPLE_SIZE = 32768  # 0.74 s at 44.1 kHz; 128 latent frames at the built-in model's ratio 256
+CLIPS = {  # real recordings: (file, frames at 44.1 kHz)
+    "bass_hit_c.flac": ("bass/bass_hit_c.flac", 26868),  # shorter than sample_size: padded
+    "loop_amen.flac": ("loop/loop_amen.flac", 77321),  # three windows with windows: all
+    "tabla_ke1.flac": ("tabla/tabla_ke1.flac", 1915),  # mono, very short
     "elec_flip.flac": ("electronic/elec_flip.flac", 3297),
 }
 
 
 def config(input_dir, output, **overrides) -> EncodeConfig:
-    return validate_config(EncodeConfig, {"input": str(input_dir), "output": str(output), "sample_size": SAMPLE_SIZE,
-                                          "seed": 3, "actors": 1, **overrides})
+    return validate_config(
+        EncodeConfig,
+        {
+            "input": str(input_dir),
+            "output": str(output),
+            "sample_size": SAMPLE_SIZE,
+            "seed": 3,
+            "actors": 1,
+            **overrides,
+        },
+    )
 
 
 def samples(out: Path) -> dict[tuple[str, int], tuple[np.ndarray, dict]]:
@@ -117,12 +126,12 @@ def test_padding_mask_is_zero_exactly_where_the_window_is_padding(encoded):
     out, _, _ = encoded
     found = samples(out)
     _, md = found[("bass_hit_c.flac", 0)]
-    real = -(-26868 // 256)                  # 105 frames hold real audio, the last one partly
+    real = -(-26868 // 256)  # 105 frames hold real audio, the last one partly
     assert md["padding_mask"] == [1] * real + [0] * (128 - real)
     assert md["valid_samples"] == 26868 and md["sample_rate"] == 44100
     assert (md["seconds_start"], md["seconds_total"], md["timestamps"]) == (0, 1, [0.0, 1.0])
     assert md["relpath"] == "bass_hit_c.flac" and md["path"].endswith("/bass_hit_c.flac")
-    assert found[("tabla_ke1.flac", 0)][1]["padding_mask"] == [1] * 8 + [0] * 120   # 1915 samples
+    assert found[("tabla_ke1.flac", 0)][1]["padding_mask"] == [1] * 8 + [0] * 120  # 1915 samples
 
 
 def test_windows_all_covers_every_sample_once(encoded):
@@ -144,8 +153,14 @@ def test_windows_all_tiles_a_long_file_exactly(tmp_path, ray_local):
     shutil.copy(speech, tmp_path / "in" / "speech.wav")
     factory = f"{write_model(tmp_path, 'identity', IDENTITY_MODEL)}:make_identity"
     out = tmp_path / "out"
-    run_job(EncodeJob(config(tmp_path / "in", out, sample_size=65536, windows="all",
-                             model={"kind": "factory", "factory": factory})), progress=False)
+    run_job(
+        EncodeJob(
+            config(
+                tmp_path / "in", out, sample_size=65536, windows="all", model={"kind": "factory", "factory": factory}
+            )
+        ),
+        progress=False,
+    )
     reference, rate = sf.read(speech, dtype="float32")
     found = samples(out)
     count = -(-len(reference) // 65536)
@@ -154,7 +169,7 @@ def test_windows_all_tiles_a_long_file_exactly(tmp_path, ray_local):
     joined = np.concatenate([latents[0, : md["valid_samples"]] for latents, md in pieces])
     assert np.array_equal(joined, reference)
     last, md = pieces[-1]
-    assert md["valid_samples"] == len(reference) - (count - 1) * 65536 and not last[0, md["valid_samples"]:].any()
+    assert md["valid_samples"] == len(reference) - (count - 1) * 65536 and not last[0, md["valid_samples"] :].any()
     assert sum(md["padding_mask"]) == md["valid_samples"]
 
 
@@ -168,7 +183,9 @@ def test_reader_yields_latents_and_metadata_from_both_layouts(encoded):
     batch, metadata = collate_encoded([sat[i] for i in range(len(sat))])
     assert batch.shape == (6, 16, 64) and all(m["padding_mask"].any() for m in metadata)
 
-    items = {(md["key"], md["window"]): (z, md) for z, md in open_encoded(str(out), "parquet", latent_crop_length=64, seed=1)}
+    items = {
+        (md["key"], md["window"]): (z, md) for z, md in open_encoded(str(out), "parquet", latent_crop_length=64, seed=1)
+    }
     for i in range(len(sat)):
         z, md = sat[i]
         other, other_md = items[(md["key"], md["window"])]

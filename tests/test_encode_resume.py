@@ -13,23 +13,29 @@ import numpy as np
 import psutil
 import pytest
 
-from jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.config import validate_config
 from ray_pipelines.encoders.sat_sink import npy_bytes, sample_id
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.stages.encode import EncodeStage
 from tests.audio_helpers import REPO, SHARED_AUDIO
 
 SETTINGS = {"sample_size": 32768, "windows": "all", "seed": 11, "actors": 1}
-CLIPS = ["ambient/ambi_choir.flac", "bass/bass_hit_c.flac", "bass_drum/bd_boom.flac", "electronic/elec_chime.flac",
-         "loop/loop_amen.flac"]
+CLIPS = [
+    "ambient/ambi_choir.flac",
+    "bass/bass_hit_c.flac",
+    "bass_drum/bd_boom.flac",
+    "electronic/elec_chime.flac",
+    "loop/loop_amen.flac",
+]
 
 
 def by_id(out: Path) -> dict[str, bytes]:
     """Sample id -> .npy bytes, from filelist.txt; checks the files on disk are exactly those listed."""
     listed = (out / "filelist.txt").read_text().splitlines()
     assert sorted(str(p.relative_to(out)) for p in out.glob("[0-9]*/*")) == sorted(
-        [*listed, *(p[:-4] + ".json" for p in listed)])
+        [*listed, *(p[:-4] + ".json" for p in listed)]
+    )
     ids = [Path(p).stem for p in listed]
     assert len(ids) == len(set(ids)), "duplicate sample ids"
     return {Path(p).stem: (out / p).read_bytes() for p in listed}
@@ -60,13 +66,23 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path
     out = tmp_path / "killed"
     job = EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(out), **SETTINGS}))
     expected = uninterrupted(job)
-    assert len(expected) > len(CLIPS)    # some clips span several windows
+    assert len(expected) > len(CLIPS)  # some clips span several windows
 
-    args = [sys.executable, "-m", "jobs.encode", "--no-progress", "--quiet",
-            *[a for k, v in {**SETTINGS, "inputs_per_block": 1}.items() for a in ("--set", f"{k}={v}")],
-            "--set", f"input={clips}", "--set", f"output={out}"]
-    proc = subprocess.Popen(args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.encode",
+        "--no-progress",
+        "--quiet",
+        *[a for k, v in {**SETTINGS, "inputs_per_block": 1}.items() for a in ("--set", f"{k}={v}")],
+        "--set",
+        f"input={clips}",
+        "--set",
+        f"output={out}",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
         time.sleep(0.02)
@@ -81,8 +97,9 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path
             pass
     proc.wait()
     psutil.wait_procs(tree, timeout=10)
-    assert list((out / "_manifests").glob("part-*.json")) and not (out / "_SUCCESS").exists(), \
+    assert list((out / "_manifests").glob("part-*.json")) and not (out / "_SUCCESS").exists(), (
         "the run should have been killed mid-way"
+    )
     # What a killed writer can leave: a sample in no manifest (in a rank folder the resumed
     # run may not use) and a temp file.
     some_id = next(iter(expected))
@@ -96,9 +113,10 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path
     counts = resumed.counts
     assert counts["skipped_already_committed"] >= 1 and counts["duplicates"] == 0
     assert counts["orphans_removed"] >= 3 and counts["rows_written"] == len(expected)
-    assert by_id(out) == expected                         # same ids, byte-identical .npy
+    assert by_id(out) == expected  # same ids, byte-identical .npy
 
     # Rerunning the same config: nothing left to do, nothing changes.
-    again = run_job(EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(out),
-                                                             **SETTINGS})), progress=False)
+    again = run_job(
+        EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(out), **SETTINGS})), progress=False
+    )
     assert again.counts["processed_this_run"] == 0 and by_id(out) == expected

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.readers.encode import EncodedLatents
 from ray_pipelines.stages.encode import EncodeStage
 from tests.audio_helpers import SHARED_AUDIO
@@ -25,9 +25,19 @@ def test_encode_from_and_to_s3(s3_bucket, ray_local):
     for rel in CLIPS:
         fs.put(str(SHARED_AUDIO / "sonic-pi" / rel), f"{bucket}/raw/{rel}")
     output = f"s3://{bucket}/latents/v1"
-    job = EncodeJob(validate_config(EncodeConfig, {
-        "input": f"s3://{bucket}/raw/**/*.flac", "output": output, "storage_options": options,
-        "sample_size": 32768, "actors": 1, "seed": 1}))
+    job = EncodeJob(
+        validate_config(
+            EncodeConfig,
+            {
+                "input": f"s3://{bucket}/raw/**/*.flac",
+                "output": output,
+                "storage_options": options,
+                "sample_size": 32768,
+                "actors": 1,
+                "seed": 1,
+            },
+        )
+    )
     result = run_job(job, progress=False)
     assert result.counts["rows_written"] == 3 and result.counts["errors"] == 0
 
@@ -41,10 +51,10 @@ def test_encode_from_and_to_s3(s3_bucket, ray_local):
     for line in listed:
         md = json.loads(fs.cat(f"{root}/{line[:-4]}.json"))
         metadata[md["key"]] = md
-    assert sorted(metadata) == sorted(CLIPS)                       # keys: paths under the glob's root
+    assert sorted(metadata) == sorted(CLIPS)  # keys: paths under the glob's root
     assert metadata["bass/bass_hit_c.flac"]["path"] == f"s3://{bucket}/raw/bass/bass_hit_c.flac"
     assert sum(metadata["bass/bass_hit_c.flac"]["padding_mask"]) == -(-26868 // 256)
-    assert sum(metadata["loop/loop_amen.flac"]["padding_mask"]) == 128   # windows: first, longer than a window
+    assert sum(metadata["loop/loop_amen.flac"]["padding_mask"]) == 128  # windows: first, longer than a window
 
     # The reader streams the same layout over S3; latents equal the stage's on the same audio.
     dataset = EncodedLatents(output, storage_options=options)

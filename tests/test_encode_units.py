@@ -14,13 +14,25 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.encode import EncodeConfig, EncodeJob, WindowPlan, main
 from ray_pipelines.audio.decode import DecodeError
 from ray_pipelines.config import ConfigError, validate_config
-from ray_pipelines.encoders import (ModelConfig, ModelLoadError, ReferenceAutoencoder, ReferenceModelConfig,
-                                    inspect_encoder, load_encoder, posterior_noise)
-from ray_pipelines.encoders.sat_sink import (id_collisions, is_encode_data_file, is_sample_file, sample_id,
-                                             write_filelist)
+from ray_pipelines.encoders import (
+    ModelConfig,
+    ModelLoadError,
+    ReferenceAutoencoder,
+    ReferenceModelConfig,
+    inspect_encoder,
+    load_encoder,
+    posterior_noise,
+)
+from ray_pipelines.encoders.sat_sink import (
+    id_collisions,
+    is_encode_data_file,
+    is_sample_file,
+    sample_id,
+    write_filelist,
+)
+from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob, WindowPlan, main
 from ray_pipelines.padding import audio_padding_mask, downsample_mask, latent_padding_mask
 from ray_pipelines.readers.encode import crop_latents
 from ray_pipelines.stages.encode import EncodeStage, window_metadata
@@ -29,7 +41,7 @@ from ray_pipelines.stages.encode import EncodeStage, window_metadata
 
 # Discrete: frame features (a strided convolution), then for each of Q codebooks the
 # index of the nearest codeword (argmin of distances): tokens [B, Q, N].
-CODEBOOK_MODEL = '''
+CODEBOOK_MODEL = """
 import torch
 from torch import nn
 
@@ -50,11 +62,11 @@ class CodebookTokenizer(nn.Module):
 
 def make_tokenizer(**kwargs):
     return CodebookTokenizer(**kwargs)
-'''
+"""
 
 # Identity "encoder" (ratio 1): its latents are the decoded window itself, so the
 # output shows exactly which samples each window holds.
-IDENTITY_MODEL = '''
+IDENTITY_MODEL = """
 import torch
 from torch import nn
 
@@ -72,11 +84,11 @@ class Identity(nn.Module):
 
 def make_identity(**kwargs):
     return Identity(**kwargs)
-'''
+"""
 
 
 # A user VAE: a posterior (mean, std) besides encode (its mean).
-VAE_MODEL = '''
+VAE_MODEL = """
 import torch
 from torch import nn
 
@@ -99,7 +111,7 @@ class TinyVAE(nn.Module):
 def make_vae():
     torch.manual_seed(0)
     return TinyVAE()
-'''
+"""
 
 
 def write_model(folder: Path, name: str, source: str) -> Path:
@@ -112,8 +124,10 @@ def tokenizer_checkpoint(folder: Path, seed: int = 5) -> tuple[str, Path]:
     """The codebook model's file and a weights-only checkpoint of seeded weights."""
     source = write_model(folder, "codebook_model", CODEBOOK_MODEL)
     generator = torch.Generator().manual_seed(seed)
-    state = {"proj.weight": torch.randn(8, 2, 256, generator=generator) * 0.05,
-             "codebooks": torch.randn(2, 32, 8, generator=generator) * 0.1}
+    state = {
+        "proj.weight": torch.randn(8, 2, 256, generator=generator) * 0.05,
+        "codebooks": torch.randn(2, 32, 8, generator=generator) * 0.1,
+    }
     checkpoint = folder / "codebook.pt"
     torch.save({"state_dict": state}, checkpoint)
     return f"{source}:make_tokenizer", checkpoint
@@ -123,18 +137,26 @@ def batch_of(audio: np.ndarray, valid: list[int], keys: list[str] | None = None)
     """A decoded batch as the engine's decoder makes it."""
     n = len(audio)
     keys = keys or [f"clip{i}.wav" for i in range(n)]
-    return {"key": np.array(keys, dtype=object), "window": np.zeros(n, dtype=np.int64),
-            "samples_per_input": np.ones(n, dtype=np.int64), "split": np.array([""] * n, dtype=object),
-            "error": np.array([""] * n, dtype=object), "etag": np.array([""] * n, dtype=object),
-            "source": np.array([f"/data/{k}" for k in keys], dtype=object),
-            "start_seconds": np.zeros(n), "file_seconds": np.array(valid) / 44100.0,
-            "valid_samples": np.array(valid, dtype=np.int64), "audio": audio.astype(np.float32)}
+    return {
+        "key": np.array(keys, dtype=object),
+        "window": np.zeros(n, dtype=np.int64),
+        "samples_per_input": np.ones(n, dtype=np.int64),
+        "split": np.array([""] * n, dtype=object),
+        "error": np.array([""] * n, dtype=object),
+        "etag": np.array([""] * n, dtype=object),
+        "source": np.array([f"/data/{k}" for k in keys], dtype=object),
+        "start_seconds": np.zeros(n),
+        "file_seconds": np.array(valid) / 44100.0,
+        "valid_samples": np.array(valid, dtype=np.int64),
+        "audio": audio.astype(np.float32),
+    }
 
 
 SMALL_BUILTIN = {"kind": "builtin", "builtin": {"hidden": 4, "latent_dim": 4, "strides": [4, 4]}}
 
 
 # ---- padding masks --------------------------------------------------------------------
+
 
 def test_padding_mask_is_one_on_real_samples_and_any_real_sample_makes_a_frame_real():
     mask = audio_padding_mask(np.array([0, 1, 300, 1024]), 1024)
@@ -156,6 +178,7 @@ def test_window_metadata_follows_stable_audio_tools_conventions():
 
 
 # ---- encoders ---------------------------------------------------------------------------
+
 
 def test_builtin_model_has_seeded_weights_and_the_documented_shapes():
     a, b = ReferenceAutoencoder(), ReferenceAutoencoder()
@@ -186,7 +209,7 @@ def test_torchscript_model_loads_with_declared_attributes_and_clear_errors(tmp_p
     model = module.CodebookTokenizer()
     torch.nn.init.normal_(model.codebooks)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)   # torch.jit is deprecated, TorchScript files still load
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, TorchScript files still load
         scripted = torch.jit.script(model)
     path = tmp_path / "tokenizer.ts"
     scripted.save(str(path))
@@ -227,14 +250,27 @@ def test_factory_checkpoint_is_loaded_weights_only(tmp_path):
 def test_missing_stable_audio_tools_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     try:
         import stable_audio_tools  # noqa: F401
+
         pytest.skip("stable-audio-tools is installed here")
     except ImportError:
         pass
     (tmp_path / "model_config.json").write_text('{"model_type": "autoencoder", "sample_rate": 44100}')
     (tmp_path / "model.ckpt").write_bytes(b"")
-    code = main(["--no-progress", "--set", f"input={tmp_path}", "--set", f"output={tmp_path / 'out'}",
-                 "--set", "model.kind=stable-audio-tools", "--set", f"model.path={tmp_path / 'model_config.json'}",
-                 "--set", f"model.checkpoint={tmp_path / 'model.ckpt'}"])
+    code = main(
+        [
+            "--no-progress",
+            "--set",
+            f"input={tmp_path}",
+            "--set",
+            f"output={tmp_path / 'out'}",
+            "--set",
+            "model.kind=stable-audio-tools",
+            "--set",
+            f"model.path={tmp_path / 'model_config.json'}",
+            "--set",
+            f"model.checkpoint={tmp_path / 'model.ckpt'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "needs the optional stable-audio-tools package" in err and "pip install stable-audio-tools" in err
@@ -250,7 +286,12 @@ def test_config_checks_name_the_key():
     with pytest.raises(ModelLoadError, match="sample_size: 1000 is not a multiple"):
         EncodeJob(cfg)
     defaults = validate_config(EncodeConfig, {"input": "x", "output": "y"})
-    assert (defaults.batch_size, defaults.sample_size, defaults.model_half, defaults.is_discrete) == (1, 1320960, False, False)
+    assert (defaults.batch_size, defaults.sample_size, defaults.model_half, defaults.is_discrete) == (
+        1,
+        1320960,
+        False,
+        False,
+    )
     # limit_batches and shuffle pick inputs; they do not change what is written
     other = validate_config(EncodeConfig, {"input": "x", "output": "y", "limit_batches": 3, "shuffle": True})
     assert other.fingerprint() == defaults.fingerprint()
@@ -268,6 +309,7 @@ def test_window_plan_covers_the_file_with_consecutive_windows():
 
 # ---- the stage ---------------------------------------------------------------------------
 
+
 def test_stage_shapes_dtypes_mask_and_batch_independent_bytes():
     rng = np.random.default_rng(0)
     audio = (0.3 * rng.standard_normal((3, 2, 512))).astype(np.float32)
@@ -282,7 +324,7 @@ def test_stage_shapes_dtypes_mask_and_batch_independent_bytes():
     assert alone["latents"][0].tobytes() == out["latents"][1].tobytes()
     # the posterior is sampled per key; its mean is the model's encode
     mean = EncodeStage(model=SMALL_BUILTIN, sample_size=512, seed=1, sample_posterior=False)(batch_of(audio, [512] * 3))
-    expected = np.concatenate([stage.encoder.encode(torch.from_numpy(audio[i:i + 1])).numpy() for i in range(3)])
+    expected = np.concatenate([stage.encoder.encode(torch.from_numpy(audio[i : i + 1])).numpy() for i in range(3)])
     assert np.array_equal(mean["latents"], expected) and not np.array_equal(mean["latents"], out["latents"])
 
     half = EncodeStage(model=SMALL_BUILTIN, sample_size=512, seed=1, precision="fp16")(batch_of(audio, [512] * 3))
@@ -320,8 +362,9 @@ def test_stage_on_cuda_in_fp16_matches_the_cpu():
 
 def test_stage_turns_model_failures_into_error_rows(tmp_path):
     factory = f"{write_model(tmp_path, 'identity', IDENTITY_MODEL)}:make_identity"
-    stage = EncodeStage(model={"kind": "factory", "factory": factory}, sample_size=64, sample_rate=16000,
-                        audio_channels=1, batch_size=4)
+    stage = EncodeStage(
+        model={"kind": "factory", "factory": factory}, sample_size=64, sample_rate=16000, audio_channels=1, batch_size=4
+    )
     audio = np.ones((3, 1, 64), dtype=np.float32)
     audio[1] *= 1000.0
     batch = batch_of(audio, [64, 64, 0])
@@ -335,6 +378,7 @@ def test_stage_turns_model_failures_into_error_rows(tmp_path):
 
 # ---- output naming and the reader --------------------------------------------------------
 
+
 def test_sample_ids_are_stable_13_digit_hashes_and_cleanup_knows_sample_files():
     ids = {sample_id(f"dir/file{i}.flac", w) for i in range(50) for w in range(4)}
     assert len(ids) == 200 and all(len(i) == 13 and i.isdigit() for i in ids)
@@ -344,19 +388,24 @@ def test_sample_ids_are_stable_13_digit_hashes_and_cleanup_knows_sample_files():
     for other in ("details.json", "filelist.txt", "manifest.json", "0/123.npy", "0/0123456789012.txt"):
         assert not is_sample_file(other) and not is_encode_data_file(other)
     assert is_encode_data_file("part-abc.parquet")
-    files = [{"path": "0/1111111111111.npy", "key": "a", "window": 0},
-             {"path": "1/1111111111111.npy", "key": "b", "window": 0},
-             {"path": "1/2222222222222.npy", "key": "c", "window": 0}]
+    files = [
+        {"path": "0/1111111111111.npy", "key": "a", "window": 0},
+        {"path": "1/1111111111111.npy", "key": "b", "window": 0},
+        {"path": "1/2222222222222.npy", "key": "c", "window": 0},
+    ]
     assert [c["id"] for c in id_collisions(files)] == ["1111111111111"]
 
 
 def test_filelist_lists_each_window_once(tmp_path):
     from ray_pipelines.storage import Storage
 
-    files = [{"path": "3/1111111111111.npy", "key": "a", "window": 0},
-             {"path": "0/1111111111111.npy", "key": "a", "window": 0},     # the same window, twice committed
-             {"path": "0/1111111111111.json"}, {"path": "0/2222222222222.npy", "key": "b", "window": 1},
-             {"path": "part-x.parquet"}]
+    files = [
+        {"path": "3/1111111111111.npy", "key": "a", "window": 0},
+        {"path": "0/1111111111111.npy", "key": "a", "window": 0},  # the same window, twice committed
+        {"path": "0/1111111111111.json"},
+        {"path": "0/2222222222222.npy", "key": "b", "window": 1},
+        {"path": "part-x.parquet"},
+    ]
     assert write_filelist(Storage(str(tmp_path)), files) == ["0/1111111111111.npy", "0/2222222222222.npy"]
     assert (tmp_path / "filelist.txt").read_text() == "0/1111111111111.npy\n0/2222222222222.npy\n"
 
@@ -367,9 +416,9 @@ def test_crop_keeps_a_real_frame_and_pads_short_latents():
     starts = set()
     for seed in range(200):
         cropped, m, start = crop_latents(latents, mask, 8, np.random.default_rng(seed))
-        assert cropped.shape == (1, 8) and m.any() and np.array_equal(cropped[0], latents[0, start:start + 8])
+        assert cropped.shape == (1, 8) and m.any() and np.array_equal(cropped[0], latents[0, start : start + 8])
         starts.add(start)
-    assert starts == set(range(5))          # every start that keeps a real frame, and only those
+    assert starts == set(range(5))  # every start that keeps a real frame, and only those
     assert crop_latents(latents, mask, 8)[2] == 0
     padded, m, start = crop_latents(latents, mask, 25)
     assert padded.shape == (1, 25) and m.tolist() == mask.tolist() + [0] * 5 and start == 0
@@ -380,9 +429,18 @@ def test_limit_batches_and_shuffle_pick_the_inputs(tmp_path):
         (tmp_path / f"clip{i}.wav").write_bytes(b"RIFF")
 
     def keys(**settings):
-        cfg = validate_config(EncodeConfig, {"input": str(tmp_path), "output": str(tmp_path / "out"),
-                                             "model": SMALL_BUILTIN, "sample_size": 512, **settings})
+        cfg = validate_config(
+            EncodeConfig,
+            {
+                "input": str(tmp_path),
+                "output": str(tmp_path / "out"),
+                "model": SMALL_BUILTIN,
+                "sample_size": 512,
+                **settings,
+            },
+        )
         return sorted(item.key for item in EncodeJob(cfg).list_inputs())
+
     assert keys(limit_batches=2, batch_size=2) == ["clip0.wav", "clip1.wav", "clip2.wav", "clip3.wav"]
     shuffled = keys(limit_batches=1, batch_size=3, shuffle=True)
     assert len(shuffled) == 3 and shuffled == keys(limit_batches=1, batch_size=3, shuffle=True)

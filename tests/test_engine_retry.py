@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import tone, write_audio
 
 
@@ -15,9 +15,19 @@ def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_pa
     write_audio(src / "here.wav", tone(1.0))
     listing = src / "inputs.txt"
     listing.write_text("here.wav\nlater.wav\n")
-    cfg = validate_config(AugmentConfig, {"input": str(listing), "output": str(tmp_path / "out"), "num_versions": 1,
-                                          "duration": 0.5, "n_mels": 16, "sample_rate": 16000, "n_fft": 512,
-                                          "hop_length": 256})
+    cfg = validate_config(
+        AugmentConfig,
+        {
+            "input": str(listing),
+            "output": str(tmp_path / "out"),
+            "num_versions": 1,
+            "duration": 0.5,
+            "n_mels": 16,
+            "sample_rate": 16000,
+            "n_fft": 512,
+            "hop_length": 256,
+        },
+    )
     first = run_job(AugmentJob(cfg), progress=False)
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [(e["key"], e["retry"]) for e in errors] == [("later.wav", True)]

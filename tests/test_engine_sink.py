@@ -12,15 +12,25 @@ from ray_pipelines.storage import Storage
 
 def rows(keys, versions, error=None) -> dict[str, np.ndarray]:
     n = len(keys)
-    return {"key": np.array(keys, dtype=object), "version": np.array(versions),
-            "view1": np.arange(n * 6, dtype=np.float32).reshape(n, 1, 2, 3),
-            "error": np.array(error or [""] * n, dtype=object), "split": np.array(["train"] * n, dtype=object),
-            "samples_per_input": np.full(n, 2), "etag": np.array(["e"] * n, dtype=object)}
+    return {
+        "key": np.array(keys, dtype=object),
+        "version": np.array(versions),
+        "view1": np.arange(n * 6, dtype=np.float32).reshape(n, 1, 2, 3),
+        "error": np.array(error or [""] * n, dtype=object),
+        "split": np.array(["train"] * n, dtype=object),
+        "samples_per_input": np.full(n, 2),
+        "etag": np.array(["e"] * n, dtype=object),
+    }
 
 
 def sink(out) -> ShardSink:
-    return ShardSink(output=str(out), storage_options=None, fingerprint="f" * 64, index_column="version",
-                     output_columns=["key", "version", "view1"])
+    return ShardSink(
+        output=str(out),
+        storage_options=None,
+        fingerprint="f" * 64,
+        index_column="version",
+        output_columns=["key", "version", "view1"],
+    )
 
 
 def prepare(out) -> tuple[OutputState, str]:
@@ -34,18 +44,23 @@ def test_names_come_from_content_and_rows_are_sorted(tmp_path):
     a.run_id = b.run_id = run_id
     a.write_rows(rows(["b", "a", "a"], [0, 1, 0]), rank=0)
     first = sorted(p.name for p in tmp_path.glob("train/*.parquet"))
-    b.write_rows(rows(["a", "b", "a"], [0, 0, 1]), rank=7)      # same rows, other order and rank
+    b.write_rows(rows(["a", "b", "a"], [0, 0, 1]), rank=7)  # same rows, other order and rank
     assert sorted(p.name for p in tmp_path.glob("train/*.parquet")) == first
     metadata = pq.ParquetFile(tmp_path / "train" / first[0]).metadata
-    assert {metadata.row_group(0).column(i).compression for i in range(3)} == {"ZSTD"}    # the default codec
+    assert {metadata.row_group(0).column(i).compression for i in range(3)} == {"ZSTD"}  # the default codec
     # Statistics for the scalar columns (readers can skip row groups by key), none for tensor values.
-    stats = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).statistics
-             for i in range(metadata.num_columns)}
+    stats = {
+        metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).statistics
+        for i in range(metadata.num_columns)
+    }
     assert stats["key"].min == "a" and stats["key"].max == "b" and stats["version"].max == 1
     assert stats["view1.list.element"] is None
     table = pq.read_table(tmp_path / "train" / first[0])
     assert list(zip(table.column("key").to_pylist(), table.column("version").to_pylist())) == [
-        ("a", 0), ("a", 1), ("b", 0)]
+        ("a", 0),
+        ("a", 1),
+        ("b", 0),
+    ]
     progress = state.progress()
     assert progress.written == {"a": {0, 1}, "b": {0}} and progress.is_done("a") and not progress.is_done("b")
 
@@ -54,12 +69,13 @@ def test_a_stale_run_commits_nothing_and_its_files_are_removed(tmp_path):
     state, old_run = prepare(tmp_path)
     stale = sink(tmp_path)
     stale.run_id = old_run
-    state.prepare("augment", "f" * 64, {}, {}, overwrite=False)          # a new run takes over
+    state.prepare("augment", "f" * 64, {}, {}, overwrite=False)  # a new run takes over
     result = stale.write_rows(rows(["a", "a"], [0, 1]), rank=0)
     assert result["fenced"] and not list((tmp_path / "_manifests").glob("*.json"))
-    assert len(list(tmp_path.glob("train/*.parquet"))) == 1             # written, but committed by no manifest
-    manifest = state.commit(job="augment", fingerprint="f" * 64, config={}, listed=1, skipped=0,
-                            processed_keys=["a"], timings={})
+    assert len(list(tmp_path.glob("train/*.parquet"))) == 1  # written, but committed by no manifest
+    manifest = state.commit(
+        job="augment", fingerprint="f" * 64, config={}, listed=1, skipped=0, processed_keys=["a"], timings={}
+    )
     assert not list(tmp_path.glob("train/*.parquet"))
     assert manifest["counts"]["orphans_removed"] == 1 and manifest["counts"]["lost"] == 1
 
@@ -73,7 +89,7 @@ def test_error_rows_go_to_the_manifest_not_the_data(tmp_path):
     assert table.num_rows == 1
     progress = state.progress()
     assert progress.final_errors == {"a": {1: "silent: peak -120.0 dBFS is below -90 dBFS"}}
-    assert progress.is_done("a")          # one written, one failed for good: nothing left to do
+    assert progress.is_done("a")  # one written, one failed for good: nothing left to do
 
 
 def test_byte_stream_split_goes_to_float_tensor_values_only():
@@ -84,9 +100,15 @@ def test_byte_stream_split_goes_to_float_tensor_values_only():
     from ray_pipelines.features.hf import nested_list_array
 
     x = np.zeros((2, 4, 3), dtype=np.float32)
-    schema = pa.schema([("mel", column_array(x).type), ("features", nested_list_array(x).type),
-                        ("latents16", column_array(x.astype(np.float16)).type),
-                        ("tokens", column_array(x.astype(np.int64)).type), ("score", pa.float64())])
+    schema = pa.schema(
+        [
+            ("mel", column_array(x).type),
+            ("features", nested_list_array(x).type),
+            ("latents16", column_array(x.astype(np.float16)).type),
+            ("tokens", column_array(x.astype(np.int64)).type),
+            ("score", pa.float64()),
+        ]
+    )
     # Parquet leaf paths (what pyarrow's use_byte_stream_split matches); float16 and integer
     # tensors stay plain so readers older than format 2.11 can read them.
     assert float_tensor_leaves(schema) == ["mel.list.element", "features.list.element.list.element"]

@@ -26,18 +26,25 @@ class Energy:
 
 def input_rows(paths) -> dict[str, np.ndarray]:
     n = len(paths)
-    return {"key": np.array([p.name for p in paths], dtype=object), "uri": np.array([str(p) for p in paths], dtype=object),
-            "size": np.array([p.stat().st_size for p in paths]), "member_offset": np.full(n, -1),
-            "etag": np.array([""] * n, dtype=object), "error": np.array([""] * n, dtype=object)}
+    return {
+        "key": np.array([p.name for p in paths], dtype=object),
+        "uri": np.array([str(p) for p in paths], dtype=object),
+        "size": np.array([p.stat().st_size for p in paths]),
+        "member_offset": np.full(n, -1),
+        "etag": np.array([""] * n, dtype=object),
+        "error": np.array([""] * n, dtype=object),
+    }
 
 
 def test_chunked_decode_then_stage_equals_the_whole_block(tmp_path):
-    good = [write_audio(tmp_path / f"{name}.flac", tone(1.0, 16000, freq=220.0 * (i + 1)), 16000)
-            for i, name in enumerate(["a", "b", "e"])]
+    good = [
+        write_audio(tmp_path / f"{name}.flac", tone(1.0, 16000, freq=220.0 * (i + 1)), 16000)
+        for i, name in enumerate(["a", "b", "e"])
+    ]
     bad = [tmp_path / "c.flac", tmp_path / "d.flac"]
     for path in bad:
         path.write_bytes(b"not audio at all")
-    paths = sorted(good + bad)          # a, b, c, d, e: chunks of two put c and d (errors only) together
+    paths = sorted(good + bad)  # a, b, c, d, e: chunks of two put c and d (errors only) together
     decoder = WindowDecoder(plan=two_windows, sample_rate=16000, duration=0.5, index_column="window")
     whole = DecodeThenStage(decoder, Energy, {"scale": 2.0})(input_rows(paths))
     chunked = DecodeThenStage(decoder, Energy, {"scale": 2.0}, chunk=2)(input_rows(paths))
@@ -45,14 +52,17 @@ def test_chunked_decode_then_stage_equals_the_whole_block(tmp_path):
     for name in whole:
         np.testing.assert_array_equal(chunked[name], whole[name])
     assert whole["key"].tolist() == ["a.flac", "a.flac", "b.flac", "b.flac", "c.flac", "d.flac", "e.flac", "e.flac"]
-    assert whole["window_label"].tolist()[4:6] == ["", ""]         # error rows: the extra column blank
+    assert whole["window_label"].tolist()[4:6] == ["", ""]  # error rows: the extra column blank
     assert [e.split(":")[0] for e in whole["error"]] == ["", "", "", "", "undecodable", "undecodable", "", ""]
     assert np.all(whole["energy"][[0, 1, 2, 3, 6, 7]] > 0.1)
 
 
 def test_concat_batches_fills_columns_a_batch_lacks():
-    first = {"key": np.array(["a"], dtype=object), "x": np.ones((1, 2, 3), np.float32),
-             "label": np.array(["l"], dtype=object)}
+    first = {
+        "key": np.array(["a"], dtype=object),
+        "x": np.ones((1, 2, 3), np.float32),
+        "label": np.array(["l"], dtype=object),
+    }
     second = {"key": np.array(["b", "c"], dtype=object), "x": np.full((2, 2, 3), 2, np.float32)}
     out = concat_batches([first, {}, second])
     assert out["key"].tolist() == ["a", "b", "c"] and out["x"].shape == (3, 2, 3)
@@ -61,10 +71,14 @@ def test_concat_batches_fills_columns_a_batch_lacks():
 
 
 def test_steady_rate_counts_rows_while_every_writer_was_busy():
-    one = [{"rows": 10, "finished_at": 100.0}, {"rows": 30, "finished_at": 104.0},
-           {"rows": 20, "finished_at": 102.0}, {"rows": 0, "fenced": True}]
+    one = [
+        {"rows": 10, "finished_at": 100.0},
+        {"rows": 30, "finished_at": 104.0},
+        {"rows": 20, "finished_at": 102.0},
+        {"rows": 0, "fenced": True},
+    ]
     result = JobResult(manifest={}, seconds=9.0, output="", writes=one)
-    assert result.steady_rows_per_second == (30 + 20) / 4.0          # one writer: first to last write
+    assert result.steady_rows_per_second == (30 + 20) / 4.0  # one writer: first to last write
     assert JobResult(manifest={}, seconds=1.0, output="", writes=one[:2]).steady_rows_per_second is None
     # Two writers, the second started 10 s late and the first finished 6 s early: only the
     # 10 s in which both ran count (rows finished in (110, 120]).

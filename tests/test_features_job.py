@@ -13,16 +13,23 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs.features import FeaturesConfig, FeaturesJob, SnippetPlan
 from ray_pipelines.audio.decode import AudioFile, InputAudio, load_window
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import table_to_numpy
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SnippetPlan
 from tests.audio_helpers import copy_shared
 
 SPLITS = ["test", "train", "validate"]
-OPTIONS = {"snippets_per_song": 2, "snippet_seconds": 1.0, "max_length": 48, "n_mels": 32, "seed": 0,
-           "batch_size": 8, "actors": 1}
+OPTIONS = {
+    "snippets_per_song": 2,
+    "snippet_seconds": 1.0,
+    "max_length": 48,
+    "n_mels": 32,
+    "seed": 0,
+    "batch_size": 8,
+    "actors": 1,
+}
 HELD_BACK = ["bass/bass_woodsy_c.flac", "bass/bass_voxy_hit_c.flac", "loop/loop_amen.flac", "loop/loop_safari.flac"]
 
 
@@ -59,7 +66,7 @@ def runs(ray_local, tmp_path_factory):
     shutil.copy(library / "percussion" / "perc_bell.flac", library / "percussion" / "perc_bell_copy.flac")
     config_file = root / "features.yaml"
     config_file.write_text(yaml.safe_dump({"input": str(library), "output": str(output), **OPTIONS}))
-    from jobs.features import main
+    from ray_pipelines.jobs.features import main
 
     assert main(["--config", str(config_file), "--no-progress", "--quiet"]) == 0
     second = json.loads((output / "manifest.json").read_text())
@@ -171,13 +178,17 @@ def test_rerun_after_adding_songs_keeps_splits_and_only_processes_new_songs(runs
     labels = json.loads((output / "labels.json").read_text())
     assert labels == ["ambient", "bass", "bass_drum", "drum_kit", "electronic", "loop", "tabla", "percussion"]
     old_rows, rows = read_rows(run1), read_rows(output)
-    old = {(p, int(s)): (split, int(label)) for p, s, split, label in
-           zip(old_rows["path"], old_rows["snippet"], old_rows["split"], old_rows["label"])}
-    now = {(p, int(s)): (split, int(label)) for p, s, split, label in
-           zip(rows["path"], rows["snippet"], rows["split"], rows["label"])}
-    assert len(now) == len(rows["path"])                      # no duplicates
-    assert {k: now[k] for k in old} == old                    # earlier rows untouched
-    assert {p for p, _ in set(now) - set(old)} == set(new)    # only new songs were processed
+    old = {
+        (p, int(s)): (split, int(label))
+        for p, s, split, label in zip(old_rows["path"], old_rows["snippet"], old_rows["split"], old_rows["label"])
+    }
+    now = {
+        (p, int(s)): (split, int(label))
+        for p, s, split, label in zip(rows["path"], rows["snippet"], rows["split"], rows["label"])
+    }
+    assert len(now) == len(rows["path"])  # no duplicates
+    assert {k: now[k] for k in old} == old  # earlier rows untouched
+    assert {p for p, _ in set(now) - set(old)} == set(new)  # only new songs were processed
     assert {now[k][1] for k in now if k[0].startswith("percussion/")} == {7}
     perc = {now[k][0] for k in now if k[0].startswith("percussion/")}
     assert perc == set(SPLITS)

@@ -40,23 +40,30 @@ def reference(audio: np.ndarray, **kwargs) -> np.ndarray:
 def test_matches_ast_feature_extractor_on_real_audio(relpath):
     audio, valid = real_audio(relpath)
     ours = ASTFeatures()(torch.from_numpy(audio), valid).numpy()
-    expected = reference(audio[:valid])          # the extractor sees the real audio, unpadded
+    expected = reference(audio[:valid])  # the extractor sees the real audio, unpadded
     assert ours.shape == expected.shape == (1024, 128)
     assert np.abs(ours - expected).max() < 1e-5
-    assert np.isfinite(ours).all() and ours.std() > 0.05    # real content, not padding only
+    assert np.isfinite(ours).all() and ours.std() > 0.05  # real content, not padding only
 
 
-@pytest.mark.parametrize("options", [
-    dict(num_mel_bins=64, max_length=512),
-    dict(num_mel_bins=128, max_length=300),                   # crops the 1022 frames
-    dict(num_mel_bins=40, max_length=1024, do_normalize=False),
-    dict(mean=-3.0, std=2.5),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(num_mel_bins=64, max_length=512),
+        dict(num_mel_bins=128, max_length=300),  # crops the 1022 frames
+        dict(num_mel_bins=40, max_length=1024, do_normalize=False),
+        dict(mean=-3.0, std=2.5),
+    ],
+)
 def test_options_match_the_extractor(options):
     audio, valid = real_audio(REAL[0])
-    ours = ASTFeatures(n_mels=options.get("num_mel_bins", 128), max_length=options.get("max_length", 1024),
-                       normalize=options.get("do_normalize", True), mean=options.get("mean", AST_MEAN),
-                       std=options.get("std", AST_STD))(torch.from_numpy(audio), valid).numpy()
+    ours = ASTFeatures(
+        n_mels=options.get("num_mel_bins", 128),
+        max_length=options.get("max_length", 1024),
+        normalize=options.get("do_normalize", True),
+        mean=options.get("mean", AST_MEAN),
+        std=options.get("std", AST_STD),
+    )(torch.from_numpy(audio), valid).numpy()
     expected = reference(audio[:valid], **options)
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() < 1e-5
@@ -78,7 +85,7 @@ def test_unpadded_fbank_matches_torchaudio_kaldi():
     expected = kaldi.fbank(wave[None], sample_frequency=16000, window_type="hanning", num_mel_bins=128, dither=0.0)
     ours = ASTFeatures().fbank(wave)
     assert ours.shape == expected.shape == (298, 128)
-    assert (ours - expected).abs().max() < 1e-4      # natural-log units, before normalisation
+    assert (ours - expected).abs().max() < 1e-4  # natural-log units, before normalisation
 
 
 @pytest.mark.parametrize("bins", [23, 64, 128])
@@ -92,14 +99,14 @@ def test_mel_banks_are_kaldis(bins):
 
 
 def test_short_audio_is_featurised_then_padded_with_zero_frames():
-    audio, valid = real_audio(REAL[2])           # tabla_na: 0.72 s
+    audio, valid = real_audio(REAL[2])  # tabla_na: 0.72 s
     assert valid < len(audio) and not audio[valid:].any()
     raw = ASTFeatures(normalize=False)(torch.from_numpy(audio), valid).numpy()
     frames = num_frames(valid, 400, 160)
     assert frames == 1 + (valid - 400) // 160 and num_frames(399, 400, 160) == 0
-    assert raw[:frames].std() > 0 and not raw[frames:].any()     # the extractor pads with 0 before normalising
+    assert raw[:frames].std() > 0 and not raw[frames:].any()  # the extractor pads with 0 before normalising
     padded_audio = ASTFeatures(normalize=False)(torch.from_numpy(audio)).numpy()
-    assert not np.allclose(padded_audio, raw)    # featurising the zero-padded audio would differ
+    assert not np.allclose(padded_audio, raw)  # featurising the zero-padded audio would differ
 
 
 def test_audio_shorter_than_one_frame_gives_padding_only():
@@ -131,18 +138,21 @@ def test_stage_rows_error_rows_and_batch_independence():
     assert "audio" not in out and "valid_samples" not in out
     values = out["input_values"]
     assert values.shape == (3, 128, 64) and values.dtype == np.float32
-    assert not values[2].any()                    # error row: zeros, dropped by the sink
+    assert not values[2].any()  # error row: zeros, dropped by the sink
     expected = reference(short[:short_valid], num_mel_bins=64, max_length=128)
     assert np.abs(values[1] - expected).max() < 1e-5
     alone = stage({k: v[:1] for k, v in batch.items()})["input_values"][0]
-    assert np.array_equal(alone, values[0])       # same bytes whatever shares the batch
+    assert np.array_equal(alone, values[0])  # same bytes whatever shares the batch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     audio, valid = real_audio(REAL[0])
-    batch = {"audio": np.stack([audio, audio]), "valid_samples": np.array([valid, valid // 2]),
-             "error": np.array(["", ""], dtype=object)}
+    batch = {
+        "audio": np.stack([audio, audio]),
+        "valid_samples": np.array([valid, valid // 2]),
+        "error": np.array(["", ""], dtype=object),
+    }
     cpu = FeaturesStage(device="cpu")(dict(batch))["input_values"]
     gpu = FeaturesStage(device="cuda")(dict(batch))["input_values"]
     assert np.abs(cpu - gpu).max() < 1e-4

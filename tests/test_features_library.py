@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.features import FeaturesConfig, FeaturesJob, SnippetPlan
 from ray_pipelines.config import ConfigError, validate_config
 from ray_pipelines.features.catalog import LABELS_FILE, SPLITS_FILE, plan_library, save_plan
 from ray_pipelines.features.library import extend_label_names, in_skipped_dir, label_of, scan_library
 from ray_pipelines.features.report import balance_chart, balance_report
-from ray_pipelines.features.split import assign_splits
 from ray_pipelines.features.sink import FeaturesSink
+from ray_pipelines.features.split import assign_splits
+from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SnippetPlan
 from ray_pipelines.sources import list_inputs
 from ray_pipelines.storage import Storage
 from tests.audio_helpers import encoded_bytes, tone, write_audio, write_tar
@@ -33,13 +33,27 @@ def touch_library(root, layout: dict[str, int], ext: str = "wav") -> None:
 
 def scan(root, **kwargs):
     items = list_inputs(str(root), kwargs.pop("extensions", ["mp3", "flac", "ogg", "wav", "m4a"]))
-    return scan_library(items, skip_dirs=kwargs.pop("skip_dirs", ["__MACOSX", ".*"]),
-                        min_per_label=kwargs.pop("min_per_label", 6), **kwargs)
+    return scan_library(
+        items,
+        skip_dirs=kwargs.pop("skip_dirs", ["__MACOSX", ".*"]),
+        min_per_label=kwargs.pop("min_per_label", 6),
+        **kwargs,
+    )
 
 
 def test_label_is_the_first_folder_and_skip_dirs_apply_at_any_depth(tmp_path):
-    touch_library(tmp_path, {"rock/Album A": 4, "rock/CD2/bonus": 3, "rock/CD2/.cache": 2, "jazz": 6,
-                             "jazz/__MACOSX": 2, ".hidden": 7, "thin": 5})
+    touch_library(
+        tmp_path,
+        {
+            "rock/Album A": 4,
+            "rock/CD2/bonus": 3,
+            "rock/CD2/.cache": 2,
+            "jazz": 6,
+            "jazz/__MACOSX": 2,
+            ".hidden": 7,
+            "thin": 5,
+        },
+    )
     write_audio(tmp_path / "loose.wav", tone(0.05, 8000), 8000)
     (tmp_path / "jazz" / "cover.jpg").write_bytes(b"not audio")
     result = scan(tmp_path)
@@ -61,8 +75,11 @@ def test_extensions_and_min_per_label_options(tmp_path):
 
 
 def test_tar_members_are_labelled_by_their_own_folders(tmp_path):
-    members = {f"{label}/s{i}.flac": encoded_bytes(tone(0.05, seed=i), "flac")
-               for label in ("house", "techno") for i in range(3)}
+    members = {
+        f"{label}/s{i}.flac": encoded_bytes(tone(0.05, seed=i), "flac")
+        for label in ("house", "techno")
+        for i in range(3)
+    }
     write_tar(tmp_path / "shard-000.tar", members)
     result = scan(tmp_path / "shard-000.tar", min_per_label=3)
     assert result.songs_per_label == {"house": 3, "techno": 3}
@@ -79,8 +96,9 @@ def test_path_helpers():
 def test_plan_is_recorded_and_honoured_by_the_next_run(tmp_path):
     library, out = tmp_path / "lib", Storage(str(tmp_path / "out"))
     touch_library(library, {"rock": 6, "jazz": 6, "pop": 4})
-    first = plan_library(list_inputs(str(library), ["wav"]), storage=out, seed=1, fractions=SPLITS,
-                         skip_dirs=[], min_per_label=6)
+    first = plan_library(
+        list_inputs(str(library), ["wav"]), storage=out, seed=1, fractions=SPLITS, skip_dirs=[], min_per_label=6
+    )
     save_plan(out, first, 1, SPLITS)
     assert out.read_json(LABELS_FILE) == ["jazz", "rock"]
     recorded = out.read_json(SPLITS_FILE)["songs"]
@@ -94,15 +112,17 @@ def test_plan_is_recorded_and_honoured_by_the_next_run(tmp_path):
     other = next(s for s in SPLITS if s != recorded[key]["split"])
     recorded[key]["split"] = other
     out.write_json(SPLITS_FILE, {"seed": 1, "fractions": SPLITS, "songs": recorded})
-    touch_library(library, {"pop": 6, "rock": 9})       # pop reaches 6, rock grows
-    second = plan_library(list_inputs(str(library), ["wav"]), storage=out, seed=1, fractions=SPLITS,
-                          skip_dirs=[], min_per_label=6)
-    assert second.names == ["jazz", "rock", "pop"]       # a new label is appended, old indices kept
+    touch_library(library, {"pop": 6, "rock": 9})  # pop reaches 6, rock grows
+    second = plan_library(
+        list_inputs(str(library), ["wav"]), storage=out, seed=1, fractions=SPLITS, skip_dirs=[], min_per_label=6
+    )
+    assert second.names == ["jazz", "rock", "pop"]  # a new label is appended, old indices kept
     assert second.songs[key]["split"] == other
     assert all(second.songs[k] == v for k, v in recorded.items())
     # Memory from another seed is ignored.
-    third = plan_library(list_inputs(str(library), ["wav"]), storage=out, seed=2, fractions=SPLITS,
-                         skip_dirs=[], min_per_label=6)
+    third = plan_library(
+        list_inputs(str(library), ["wav"]), storage=out, seed=2, fractions=SPLITS, skip_dirs=[], min_per_label=6
+    )
     fresh = assign_splits(third.scan.labels, SPLITS, 2).splits
     assert {k: third.songs[k]["split"] for k in fresh} == fresh
 
@@ -114,20 +134,22 @@ def test_snippet_plan_spreads_windows_evenly():
     starts = [w.start for w in windows]
     assert starts[0] == 0 and starts[-1] + 10.24 == pytest.approx(61.2)
     assert np.allclose(np.diff(starts), (61.2 - 10.24) / 5)
-    assert [(w.index, w.start) for w in plan("k", 10.0)] == [(0, 0.0)]      # shorter: one padded snippet
+    assert [(w.index, w.start) for w in plan("k", 10.0)] == [(0, 0.0)]  # shorter: one padded snippet
     assert [(w.index, w.start) for w in plan("k", 10.24)] == [(0, 0.0)]
-    assert SnippetPlan(1, 2.0)("k", 10.0)[0].start == pytest.approx(4.0)    # one snippet: centred
+    assert SnippetPlan(1, 2.0)("k", 10.0)[0].start == pytest.approx(4.0)  # one snippet: centred
 
 
 def test_config_validation():
     base = {"input": "lib", "output": "out"}
     assert validate_config(FeaturesConfig, base).extensions == ["mp3", "flac", "ogg", "wav", "m4a"]
-    for bad, words in [({"splits": {"train": 0.7, "test": 0.2}}, "sum to 1"),
-                       ({"splits": {"tr/ain": 1.0}}, "folder names"),
-                       ({"min_per_label": 2}, "min_per_label"),
-                       ({"snippet_seconds": 0.01}, "shorter than one"),
-                       ({"n_mels": 3}, "n_mels"),
-                       ({"tensor_type": "torch"}, "tensor_type")]:
+    for bad, words in [
+        ({"splits": {"train": 0.7, "test": 0.2}}, "sum to 1"),
+        ({"splits": {"tr/ain": 1.0}}, "folder names"),
+        ({"min_per_label": 2}, "min_per_label"),
+        ({"snippet_seconds": 0.01}, "shorter than one"),
+        ({"n_mels": 3}, "n_mels"),
+        ({"tensor_type": "torch"}, "tensor_type"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             validate_config(FeaturesConfig, {**base, **bad})
 
@@ -157,25 +179,33 @@ def test_balance_report_percentiles_and_chart():
 def test_sink_types_and_readback(tmp_path, tensor_type):
     from ray_pipelines.engine.arrow import table_to_numpy
 
-    cfg = validate_config(FeaturesConfig, {"input": "lib", "output": str(tmp_path), "max_length": 8, "n_mels": 4,
-                                           "tensor_type": tensor_type})
+    cfg = validate_config(
+        FeaturesConfig,
+        {"input": "lib", "output": str(tmp_path), "max_length": 8, "n_mels": 4, "tensor_type": tensor_type},
+    )
     job = FeaturesJob(cfg)
     job.plan = None
     Storage(str(tmp_path)).write_json(LABELS_FILE, ["jazz", "rock"])
     sink = job.make_sink("f" * 64)
     assert isinstance(sink, FeaturesSink)
     values = np.random.default_rng(0).standard_normal((3, 8, 4)).astype(np.float32)
-    rows = {"key": np.array(["rock/b", "jazz/a", "rock/b"], dtype=object), "snippet": np.array([1, 0, 0]),
-            "error": np.array(["", "", ""], dtype=object), "split": np.array(["train"] * 3, dtype=object),
-            "samples_per_input": np.array([2, 1, 2]), "etag": np.array(["", "", ""], dtype=object),
-            "input_values": values, "label": np.array([1, 0, 1]), "path": np.array(["rock/b", "jazz/a", "rock/b"],
-                                                                                    dtype=object),
-            "start_seconds": np.array([1.5, 0.0, 0.0])}
+    rows = {
+        "key": np.array(["rock/b", "jazz/a", "rock/b"], dtype=object),
+        "snippet": np.array([1, 0, 0]),
+        "error": np.array(["", "", ""], dtype=object),
+        "split": np.array(["train"] * 3, dtype=object),
+        "samples_per_input": np.array([2, 1, 2]),
+        "etag": np.array(["", "", ""], dtype=object),
+        "input_values": values,
+        "label": np.array([1, 0, 1]),
+        "path": np.array(["rock/b", "jazz/a", "rock/b"], dtype=object),
+        "start_seconds": np.array([1.5, 0.0, 0.0]),
+    }
     sink.write_rows(rows, rank=0)
     (path,) = list((tmp_path / "train").glob("part-*.parquet"))
     table = pq.read_table(path)
     back = table_to_numpy(table)
-    order = [1, 2, 0]                        # the sink sorts by (key, snippet)
+    order = [1, 2, 0]  # the sink sorts by (key, snippet)
     assert np.array_equal(back["input_values"], values[order])
     assert back["label"].tolist() == [0, 1, 1] and back["snippet"].tolist() == [0, 0, 1]
     assert str(table.schema.field("label").type) == "int64"
@@ -197,7 +227,7 @@ def test_example_configs_load():
 
     from ray_pipelines.config import load_config
 
-    files = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("features*.yaml"))
+    files = sorted((Path(__file__).resolve().parents[1] / "ray_pipelines" / "configs").glob("features*.yaml"))
     assert len(files) >= 3
     for path in files:
         cfg = load_config(FeaturesConfig, path)

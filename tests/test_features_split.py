@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ray_pipelines.features.split import (DEFAULT_SPLITS, assign_splits, distance, hash_point, intervals,
-                                          split_of_point)
+from ray_pipelines.features.split import DEFAULT_SPLITS, assign_splits, distance, hash_point, intervals, split_of_point
 from tests.audio_helpers import SHARED_AUDIO
 
 SPLIT_NAMES = sorted(DEFAULT_SPLITS)
@@ -21,8 +20,11 @@ def sonic_pi_labels() -> dict[str, str]:
 
 
 def random_library(rng: np.random.Generator, labels: int, low: int, high: int, prefix: str = "") -> dict[str, str]:
-    return {f"{prefix}l{i}/song{j:03d}-{rng.integers(1 << 30)}.mp3": f"l{i}"
-            for i in range(labels) for j in range(int(rng.integers(low, high + 1)))}
+    return {
+        f"{prefix}l{i}/song{j:03d}-{rng.integers(1 << 30)}.mp3": f"l{i}"
+        for i in range(labels)
+        for j in range(int(rng.integers(low, high + 1)))
+    }
 
 
 def covered(labels: dict[str, str], splits: dict[str, str]) -> dict[str, set[str]]:
@@ -40,7 +42,7 @@ def test_intervals_are_laid_out_in_name_order_and_points_fall_in_them():
     assert split_of_point(0.5, DEFAULT_SPLITS) == "train"
     assert split_of_point(0.95, DEFAULT_SPLITS) == "validate"
     assert split_of_point(1.0 - 1e-17, DEFAULT_SPLITS) == "validate"
-    assert intervals({"b": 0.5, "a": 0.5}) == intervals({"a": 0.5, "b": 0.5})   # config order is irrelevant
+    assert intervals({"b": 0.5, "a": 0.5}) == intervals({"a": 0.5, "b": 0.5})  # config order is irrelevant
     assert distance(0.5, (0.2, 0.9)) == 0 and distance(0.1, (0.2, 0.9)) == pytest.approx(0.1)
 
 
@@ -77,8 +79,9 @@ def test_fractions_are_followed_on_a_large_label():
 
 def test_small_label_is_balanced_without_emptying_another_split():
     # Three songs whose hash points all land in train: balancing must fill test and validate.
-    keys = [k for k in (f"jazz/{i}.mp3" for i in range(200))
-            if split_of_point(hash_point(0, k), DEFAULT_SPLITS) == "train"][:3]
+    keys = [
+        k for k in (f"jazz/{i}.mp3" for i in range(200)) if split_of_point(hash_point(0, k), DEFAULT_SPLITS) == "train"
+    ][:3]
     result = assign_splits({k: "jazz" for k in keys}, DEFAULT_SPLITS, seed=0)
     assert sorted(result.splits.values()) == SPLIT_NAMES
     assert len(result.moved) == 2
@@ -107,7 +110,7 @@ def test_adding_songs_never_moves_an_earlier_song():
         assert all(second.splits[k] == first.splits[k] for k in library)
         sizes = {label: sum(1 for v in grown.values() if v == label) for label in set(grown.values())}
         for label, splits in covered(grown, second.splits).items():
-            if sizes[label] >= len(SPLIT_NAMES):     # what min_per_label guarantees in the job
+            if sizes[label] >= len(SPLIT_NAMES):  # what min_per_label guarantees in the job
                 assert splits == set(SPLIT_NAMES), (trial, label)
             else:
                 assert label in second.uncovered

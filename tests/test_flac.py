@@ -21,14 +21,21 @@ SHARED_FLAC = sorted((SHARED_AUDIO / "sonic-pi").glob("*/*.flac"))
 
 def libsndfile_window(path, start: int, n: int) -> np.ndarray:
     """libsndfile's float32 ``[C, n]`` for the window, sliced from a whole decode (no seek)."""
-    return sf.read(str(path), dtype="float32", always_2d=True)[0][start:start + n].T
+    return sf.read(str(path), dtype="float32", always_2d=True)[0][start : start + n].T
 
 
 def windows_of(frames: int) -> list[tuple[int, int]]:
     """Starts and lengths across FLAC frame boundaries (4,096 or 4,608 samples), to the last frame
     and past it (reads are clipped to the file)."""
-    windows = [(0, 1), (0, 5000), (4095, 4098), (frames // 3, frames // 2), (frames - 777, 777),
-               (frames - 10, 100), (frames, 10)]
+    windows = [
+        (0, 1),
+        (0, 5000),
+        (4095, 4098),
+        (frames // 3, frames // 2),
+        (frames - 777, 777),
+        (frames - 10, 100),
+        (frames, 10),
+    ]
     return [(max(0, start), n) for start, n in windows]
 
 
@@ -59,7 +66,7 @@ def test_file_objects_and_tar_members_read_like_the_path(tmp_path):
         member = tar.getmember("a/stereo.flac")
     expected = libsndfile_window(path, 100_000, 50_000)
 
-    with open(path, "rb") as f, flac.FlacReader(f) as reader:             # size found by seeking
+    with open(path, "rb") as f, flac.FlacReader(f) as reader:  # size found by seeking
         np.testing.assert_array_equal(reader.read(100_000, 50_000), expected)
     with open(path, "rb") as f, flac.FlacReader(io.BufferedReader(f), size=path.stat().st_size) as reader:
         np.testing.assert_array_equal(reader.read(100_000, 50_000), expected)
@@ -93,7 +100,7 @@ def test_truncated_file_reads_up_to_the_cut_then_fails_clearly(tmp_path):
     cut = tmp_path / "cut.flac"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with flac.FlacReader(str(cut)) as reader:
-        assert reader.frames == 30 * 44100                   # STREAMINFO still promises all of it
+        assert reader.frames == 30 * 44100  # STREAMINFO still promises all of it
         np.testing.assert_array_equal(reader.read(44100, 44100), libsndfile_window(path, 44100, 44100))
         with pytest.raises(flac.FlacError):
             reader.read(25 * 44100, 44100)
@@ -108,7 +115,7 @@ def test_damaged_frames_are_an_error_not_silence(tmp_path):
     path = write_audio(tmp_path / "a.flac", tone(4.0, 44100, freq=300.0))
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 64] = bytes(64)              # zeroes inside a frame: its CRC no longer matches
+    data[middle : middle + 64] = bytes(64)  # zeroes inside a frame: its CRC no longer matches
     broken = tmp_path / "broken.flac"
     broken.write_bytes(bytes(data))
     with flac.FlacReader(str(broken)) as reader:
@@ -165,7 +172,7 @@ def test_a_storage_error_mid_window_is_retryable_not_corrupt(tmp_path):
     size = path.stat().st_size
     with AudioFile(InputAudio(str(path), size)) as audio, FailingAfter(path, size // 2) as source:
         audio._flac.close()
-        audio._flac = flac.FlacReader(source)       # the same file behind a connection that drops
+        audio._flac = flac.FlacReader(source)  # the same file behind a connection that drops
         with pytest.raises(DecodeError) as error:
             audio.read(15 * 44100, 44100)
     assert str(error.value).startswith("unreadable: ") and is_retryable(str(error.value))
@@ -180,10 +187,12 @@ def test_a_storage_error_at_the_magic_probe_is_retryable(tmp_path):
         tar.add(path, arcname="a.flac")
     with tarfile.open(tar_path) as tar:
         member = tar.getmember("a.flac")
-    with AudioFile(InputAudio(str(tar_path), member.size, member.offset_data)) as audio, \
-            FailingAfter(tar_path, 0) as dropped:
+    with (
+        AudioFile(InputAudio(str(tar_path), member.size, member.offset_data)) as audio,
+        FailingAfter(tar_path, 0) as dropped,
+    ):
         audio._raw.close()
-        audio._raw = dropped                   # the shard behind a connection that drops at once
+        audio._raw = dropped  # the shard behind a connection that drops at once
         with pytest.raises(DecodeError) as error:
             audio._open()
     assert str(error.value).startswith("unreadable: ConnectionError") and is_retryable(str(error.value))

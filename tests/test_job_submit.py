@@ -35,18 +35,54 @@ def ray_head(tmp_path_factory):
     temp_dir = str(tmp_path_factory.mktemp("rayhead"))
     port, dashboard = free_port(), free_port()
     # As after `source .venv/bin/activate`: the job's `python` is the project's.
-    env = {**os.environ, "RAY_AUTH_MODE": "token",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     started = subprocess.run(
-        [RAY, "start", "--head", "--num-cpus", "2", "--disable-usage-stats", "--port", str(port),
-         "--dashboard-port", str(dashboard), "--dashboard-host", "127.0.0.1", "--temp-dir", temp_dir,
-         "--include-dashboard", "true",
-         # Every other port free too: other Ray instances on this machine hold the defaults.
-         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-         "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-         "--ray-client-server-port", str(free_port()), "--min-worker-port", "20000", "--max-worker-port", "29999"],
-        env=env, capture_output=True, text=True, timeout=120)
+        [
+            RAY,
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+            "--port",
+            str(port),
+            "--dashboard-port",
+            str(dashboard),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--temp-dir",
+            temp_dir,
+            "--include-dashboard",
+            "true",
+            # Every other port free too: other Ray instances on this machine hold the defaults.
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--node-manager-port",
+            str(free_port()),
+            "--object-manager-port",
+            str(free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--min-worker-port",
+            "20000",
+            "--max-worker-port",
+            "29999",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert started.returncode == 0, started.stderr
     try:
         yield f"http://127.0.0.1:{dashboard}", env
@@ -68,10 +104,32 @@ def test_ray_job_submit_runs_the_augment_job(ray_head, tmp_path):
     for i in range(2):
         write_audio(audio / f"clip{i}.wav", tone(1.0, freq=300.0 + 100 * i))
     out = tmp_path / "out"
-    command = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-               "python", "-m", "jobs.augment", "--no-progress", "--config", "jobs/configs/augment.yaml",
-               "--set", f"input={audio}", "--set", f"output={out}", "--set", "num_versions=1",
-               "--set", "duration=1.0", "--set", "n_mels=32"]
+    command = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "-m",
+        "jobs.augment",
+        "--no-progress",
+        "--config",
+        "jobs/configs/augment.yaml",
+        "--set",
+        f"input={audio}",
+        "--set",
+        f"output={out}",
+        "--set",
+        "num_versions=1",
+        "--set",
+        "duration=1.0",
+        "--set",
+        "n_mels=32",
+    ]
     deadline = time.time() + 90
     while True:
         submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

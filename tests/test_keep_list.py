@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-import jobs.augment as augment_job
-from tests.audio_helpers import tone, write_audio
+import ray_pipelines.jobs.augment as augment_job
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job, select_inputs
+from tests.audio_helpers import tone, write_audio
 
-TINY = {"num_versions": 1, "duration": 0.5, "n_mels": 16, "num_waveform_augs": 1, "num_spectrogram_augs": 1,
-        "actors": 1}
+TINY = {
+    "num_versions": 1,
+    "duration": 0.5,
+    "n_mels": 16,
+    "num_waveform_augs": 1,
+    "num_spectrogram_augs": 1,
+    "actors": 1,
+}
 
 
 def test_keep_list_on_the_augment_job_processes_only_the_kept_keys(tmp_path, ray_local):
@@ -19,19 +25,30 @@ def test_keep_list_on_the_augment_job_processes_only_the_kept_keys(tmp_path, ray
         write_audio(tmp_path / "audio" / key, tone(0.6, freq=200.0 + 50 * i, seed=i))
     # a kept.txt as the score job writes it (one key per line), plus a comment, a blank line and a key
     # that is not in the input at all
-    (tmp_path / "kept.txt").write_text("# kept by the score job\ngood/good_0.wav\n\nbad/bad_2.wav\n"
-                                       "good/good_2.wav\nnot/there.wav\n")
+    (tmp_path / "kept.txt").write_text(
+        "# kept by the score job\ngood/good_0.wav\n\nbad/bad_2.wav\ngood/good_2.wav\nnot/there.wav\n"
+    )
     (tmp_path / "ignored.txt").write_text("good/good_2.wav\n")
-    config = validate_config(augment_job.AugmentConfig, {
-        "input": str(tmp_path / "audio"), "output": str(tmp_path / "out"), "keep_list": str(tmp_path / "kept.txt"),
-        "ignore_list": str(tmp_path / "ignored.txt"), **TINY})
+    config = validate_config(
+        augment_job.AugmentConfig,
+        {
+            "input": str(tmp_path / "audio"),
+            "output": str(tmp_path / "out"),
+            "keep_list": str(tmp_path / "kept.txt"),
+            "ignore_list": str(tmp_path / "ignored.txt"),
+            **TINY,
+        },
+    )
     job = augment_job.JOB(config)
     assert [row["key"] for row in select_inputs(job)] == ["bad/bad_2.wav", "good/good_0.wav"]
 
     result = run_job(job, progress=False)
     assert result.counts["listed"] == 2 and result.counts["rows_written"] == 2
-    written = sorted(k for path in (tmp_path / "out").rglob("part-*.parquet")
-                     for k in pq.read_table(path, columns=["key"]).column("key").to_pylist())
+    written = sorted(
+        k
+        for path in (tmp_path / "out").rglob("part-*.parquet")
+        for k in pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    )
     assert written == ["bad/bad_2.wav", "good/good_0.wav"]
     # the lists are runtime settings: a run without them resumes the same output with the rest
     unfiltered = config.model_copy(update={"keep_list": None, "ignore_list": None})

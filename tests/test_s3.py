@@ -6,9 +6,9 @@ import json
 
 import pyarrow.parquet as pq
 
-from jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.readers import ContrastiveViews
 from tests.audio_helpers import encoded_bytes, tone, write_tar
 
@@ -21,10 +21,20 @@ def test_augment_from_s3_to_s3(s3_bucket, ray_local, tmp_path):
     shard = write_tar(tmp_path / "shard-0.tar", {"a.wav": encoded_bytes(tone(1.0), "wav")})
     fs.put(str(shard), f"{bucket}/raw/shards/shard-0.tar")
 
-    cfg = validate_config(AugmentConfig, {
-        "input": [f"s3://{bucket}/raw/**/*.flac", f"s3://{bucket}/raw/shards/*.tar"],
-        "output": f"s3://{bucket}/views", "storage_options": options,
-        "num_versions": 2, "duration": 1.0, "sample_rate": 16000, "n_mels": 32, "n_fft": 512, "hop_length": 256})
+    cfg = validate_config(
+        AugmentConfig,
+        {
+            "input": [f"s3://{bucket}/raw/**/*.flac", f"s3://{bucket}/raw/shards/*.tar"],
+            "output": f"s3://{bucket}/views",
+            "storage_options": options,
+            "num_versions": 2,
+            "duration": 1.0,
+            "sample_rate": 16000,
+            "n_mels": 32,
+            "n_fft": 512,
+            "hop_length": 256,
+        },
+    )
     result = run_job(AugmentJob(cfg), progress=False)
 
     assert result.counts["listed"] == 5 and result.counts["errors"] == 1

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs.filter import load_filter_settings
-from jobs.score import ScoreConfig
 from ray_pipelines.config import ConfigError, load_config, validate_config
+from ray_pipelines.jobs.filter import load_filter_settings
+from ray_pipelines.jobs.score import ScoreConfig
 from ray_pipelines.scoring.inputs import PathLabels
 
-CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "ray_pipelines" / "configs"
 
 
 @pytest.mark.parametrize("name", ["score.yaml", "score-pt.yaml", "score-shards.yaml"])
@@ -22,8 +22,9 @@ def test_example_configs_validate(name):
 
 
 def test_filter_section_file_and_overrides():
-    settings = load_filter_settings(str(CONFIGS / "score-filter.yaml"), ["signal_energy.mode=percentile",
-                                                                         "signal_energy.upper_quantile=0.9"])
+    settings = load_filter_settings(
+        str(CONFIGS / "score-filter.yaml"), ["signal_energy.mode=percentile", "signal_energy.upper_quantile=0.9"]
+    )
     assert settings.reconstruction_loss.hard_high == 7.0
     assert (settings.signal_energy.mode, settings.signal_energy.upper_quantile) == ("percentile", 0.9)
     with pytest.raises(ConfigError, match="signal_energy.mode"):
@@ -46,8 +47,9 @@ def test_bad_values_are_named():
 
 def test_filter_settings_do_not_change_the_fingerprint_but_scoring_settings_do():
     base = validate_config(ScoreConfig, {"input": "in", "output": "out"})
-    refiltered = validate_config(ScoreConfig, {"input": "in", "output": "out",
-                                               "filter": {"signal_energy": {"mode": "none"}}})
+    refiltered = validate_config(
+        ScoreConfig, {"input": "in", "output": "out", "filter": {"signal_energy": {"mode": "none"}}}
+    )
     rescored = validate_config(ScoreConfig, {"input": "in", "output": "out", "mask_ratio": 0.5})
     assert base.fingerprint() == refiltered.fingerprint() != rescored.fingerprint()
 

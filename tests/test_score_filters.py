@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from ray_pipelines.scoring.filters import FilterRule, compute_bounds, run_filters
 
-ONE_TO_TEN = np.arange(1.0, 11.0)   # sorted; quantile q sits at position 9q (linear interpolation)
+ONE_TO_TEN = np.arange(1.0, 11.0)  # sorted; quantile q sits at position 9q (linear interpolation)
 
 
 def kept_values(rule: FilterRule, train: np.ndarray, values: np.ndarray | None = None) -> list[float]:
@@ -23,16 +23,16 @@ def test_median_iqr_by_hand():
     bounds = compute_bounds(FilterRule(mode="median"), ONE_TO_TEN)
     assert (bounds.low, bounds.high) == pytest.approx((3.25 - 1.5 * 4.5, 7.75 + 1.5 * 4.5))
     assert bounds.report["statistics"] == pytest.approx({"q1": 3.25, "median": 5.5, "q3": 7.75, "iqr": 4.5})
-    narrow = FilterRule(mode="median", k=0.25)                     # [2.125, 8.875]
+    narrow = FilterRule(mode="median", k=0.25)  # [2.125, 8.875]
     assert kept_values(narrow, ONE_TO_TEN) == [3, 4, 5, 6, 7, 8]
 
 
 def test_mean_std_by_hand_population_and_sample():
-    population = math.sqrt(8.25)          # mean 5.5; sum of squared deviations 82.5 over 10
+    population = math.sqrt(8.25)  # mean 5.5; sum of squared deviations 82.5 over 10
     sample = math.sqrt(82.5 / 9)
     bounds = compute_bounds(FilterRule(mode="mean"), ONE_TO_TEN)
     assert (bounds.low, bounds.high) == pytest.approx((5.5 - 1.5 * population, 5.5 + 1.5 * population))
-    assert kept_values(FilterRule(mode="mean"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7, 8, 9]   # [1.19, 9.81]
+    assert kept_values(FilterRule(mode="mean"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7, 8, 9]  # [1.19, 9.81]
     assert kept_values(FilterRule(mode="mean", ddof=1), ONE_TO_TEN) == list(range(1, 11))  # [0.96, 10.04]
     assert compute_bounds(FilterRule(mode="mean", ddof=1), ONE_TO_TEN).high == pytest.approx(5.5 + 1.5 * sample)
 
@@ -48,13 +48,12 @@ def test_percentile_by_hand():
 def test_hardcode_defaults_and_inclusive_bounds():
     bounds = compute_bounds(FilterRule(mode="hardcode"), ONE_TO_TEN)
     assert (bounds.low, bounds.high) == (1.5, 7.0)
-    assert kept_values(FilterRule(mode="hardcode"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7]    # 7.0 itself is kept
-    assert kept_values(FilterRule(mode="hardcode", bounds=(2.0, 5.0)), np.array([1.0, 2.0, 2.0, 5.0, 5.5])) == \
-        [2, 2, 5]
+    assert kept_values(FilterRule(mode="hardcode"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7]  # 7.0 itself is kept
+    assert kept_values(FilterRule(mode="hardcode", bounds=(2.0, 5.0)), np.array([1.0, 2.0, 2.0, 5.0, 5.5])) == [2, 2, 5]
 
 
 def test_hard_cutoffs_replace_computed_bounds():
-    rule = FilterRule(mode="median", hard_high=6.0)                # computed [-3.5, 14.5] -> [-3.5, 6]
+    rule = FilterRule(mode="median", hard_high=6.0)  # computed [-3.5, 14.5] -> [-3.5, 6]
     bounds = compute_bounds(rule, ONE_TO_TEN)
     assert (bounds.low, bounds.high) == pytest.approx((-3.5, 6.0))
     assert bounds.report["computed"] == pytest.approx({"low": -3.5, "high": 14.5})
@@ -78,8 +77,7 @@ def test_ties_in_quantiles_and_on_the_bounds():
     flat = compute_bounds(FilterRule(mode="median"), np.full(4, 3.0))
     assert (flat.low, flat.high) == (3.0, 3.0)
     assert flat.keep(np.array([3.0, 3.0, 3.0000001, 2.9999999])).tolist() == [True, True, False, False]
-    assert compute_bounds(FilterRule(mode="mean"), np.full(4, 3.0)).keep(np.array([3.0, 3.1])).tolist() == \
-        [True, False]
+    assert compute_bounds(FilterRule(mode="mean"), np.full(4, 3.0)).keep(np.array([3.0, 3.1])).tolist() == [True, False]
 
 
 def test_empty_train_split_leaves_only_hard_cutoffs():
@@ -98,19 +96,26 @@ def test_empty_train_split_leaves_only_hard_cutoffs():
 
 def test_statistics_come_from_train_only_and_apply_to_every_split():
     splits = np.array(["train"] * 10 + ["val"] * 3)
-    loss = np.concatenate([ONE_TO_TEN, [100.0, 5.0, -10.0]])     # val outliers must not move the bounds
+    loss = np.concatenate([ONE_TO_TEN, [100.0, 5.0, -10.0]])  # val outliers must not move the bounds
     energy = np.ones(13)
-    result = run_filters({"reconstruction_loss": loss, "signal_energy": energy}, splits,
-                         {"reconstruction_loss": FilterRule(mode="median"), "signal_energy": FilterRule(mode="none")})
-    assert (result.bounds["reconstruction_loss"].low, result.bounds["reconstruction_loss"].high) == \
-        pytest.approx((-3.5, 14.5))
+    result = run_filters(
+        {"reconstruction_loss": loss, "signal_energy": energy},
+        splits,
+        {"reconstruction_loss": FilterRule(mode="median"), "signal_energy": FilterRule(mode="none")},
+    )
+    assert (result.bounds["reconstruction_loss"].low, result.bounds["reconstruction_loss"].high) == pytest.approx(
+        (-3.5, 14.5)
+    )
     assert result.kept.tolist() == [True] * 10 + [False, True, False]
     assert result.bounds["reconstruction_loss"].report["rejected"] == {"train": 0, "val": 2}
     assert result.reasons[10] == "reconstruction_loss 100 above 14.5"
     assert result.reasons[12] == "reconstruction_loss -10 below -3.5"
     # a split with no items is fine too
-    nothing = run_filters({"reconstruction_loss": np.zeros(0), "signal_energy": np.zeros(0)}, np.zeros(0, str),
-                          {"reconstruction_loss": FilterRule(), "signal_energy": FilterRule()})
+    nothing = run_filters(
+        {"reconstruction_loss": np.zeros(0), "signal_energy": np.zeros(0)},
+        np.zeros(0, str),
+        {"reconstruction_loss": FilterRule(), "signal_energy": FilterRule()},
+    )
     assert nothing.kept.tolist() == [] and nothing.bounds["signal_energy"].low is None
 
 
@@ -118,8 +123,10 @@ def test_union_of_the_two_filters_and_non_finite_scores():
     splits = np.array(["train"] * 6)
     loss = np.array([1.0, 1.0, 9.0, 9.0, 1.0, np.nan])
     energy = np.array([2.0, 8.0, 2.0, 8.0, 2.0, 2.0])
-    rules = {"reconstruction_loss": FilterRule(mode="hardcode", bounds=(0.0, 5.0)),
-             "signal_energy": FilterRule(mode="hardcode", bounds=(0.0, 5.0))}
+    rules = {
+        "reconstruction_loss": FilterRule(mode="hardcode", bounds=(0.0, 5.0)),
+        "signal_energy": FilterRule(mode="hardcode", bounds=(0.0, 5.0)),
+    }
     result = run_filters({"reconstruction_loss": loss, "signal_energy": energy}, splits, rules)
     assert result.kept.tolist() == [True, False, False, False, True, False]
     assert result.reasons[1] == "signal_energy 8 above 5"

@@ -22,8 +22,8 @@ class Zeros(torch.nn.Module):
 
 
 def test_signal_energy_of_a_known_tensor():
-    mel = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[0.0, 0.0], [0.0, -2.0]]]])   # [2, 1, 2, 2]
-    assert signal_energy(mel).tolist() == [7.5, 1.0]            # (1+4+9+16)/4, 4/4
+    mel = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[0.0, 0.0], [0.0, -2.0]]]])  # [2, 1, 2, 2]
+    assert signal_energy(mel).tolist() == [7.5, 1.0]  # (1+4+9+16)/4, 4/4
     assert signal_energy(mel).dtype == torch.float64
     assert signal_energy(mel.half()).tolist() == [7.5, 1.0]
 
@@ -42,9 +42,9 @@ def test_patch_mask_hides_whole_patches_from_the_seed_alone():
     # 16 x 22 with 8 x 8 patches: a 2 x 3 grid (the last column is 6 frames wide)
     mask = random_patch_mask(16, 22, (8, 8), 0.5, sample_rng(0, "a.pt", 0, "mask"))
     assert mask.shape == (16, 22) and mask.dtype == torch.bool
-    blocks = [mask[r:r + 8, c:c + 8] for r in (0, 8) for c in (0, 8, 16)]
-    assert all(bool(b.all()) or not bool(b.any()) for b in blocks)            # whole patches only
-    assert sum(bool(b.all()) for b in blocks) == 6 - int(6 * 0.5)             # MAE's count
+    blocks = [mask[r : r + 8, c : c + 8] for r in (0, 8) for c in (0, 8, 16)]
+    assert all(bool(b.all()) or not bool(b.any()) for b in blocks)  # whole patches only
+    assert sum(bool(b.all()) for b in blocks) == 6 - int(6 * 0.5)  # MAE's count
     again = random_patch_mask(16, 22, (8, 8), 0.5, sample_rng(0, "a.pt", 0, "mask"))
     other = [random_patch_mask(16, 22, (8, 8), 0.5, sample_rng(0, "a.pt", v, "mask")) for v in range(1, 6)]
     assert torch.equal(mask, again) and any(not torch.equal(mask, o) for o in other)
@@ -55,11 +55,16 @@ def test_patch_mask_hides_whole_patches_from_the_seed_alone():
 
 def mel_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     mel = np.random.default_rng(seed).normal(size=(n, 1, 16, 22)).astype(np.float32)
-    return {"key": np.array([f"train/good/{i}.pt" for i in range(n)], dtype=object),
-            "item": np.zeros(n, dtype=np.int64), "split": np.array(["train"] * n, dtype=object),
-            "error": np.array([""] * n, dtype=object), "samples_per_input": np.ones(n, dtype=np.int64),
-            "class": np.array(["good"] * n, dtype=object), "group": np.array([""] * n, dtype=object),
-            "mel": mel}
+    return {
+        "key": np.array([f"train/good/{i}.pt" for i in range(n)], dtype=object),
+        "item": np.zeros(n, dtype=np.int64),
+        "split": np.array(["train"] * n, dtype=object),
+        "error": np.array([""] * n, dtype=object),
+        "samples_per_input": np.ones(n, dtype=np.int64),
+        "class": np.array(["good"] * n, dtype=object),
+        "group": np.array([""] * n, dtype=object),
+        "mel": mel,
+    }
 
 
 def stage(**kwargs) -> ScoreStage:
@@ -72,8 +77,8 @@ def test_stage_scores_do_not_depend_on_batch_company():
         score = stage(**extra)
         whole = score({k: v.copy() for k, v in batch.items()})
         for i in (0, 3, 6):
-            one = score({k: v[i:i + 1].copy() for k, v in batch.items()})
-            assert one["reconstruction_loss"][0] == whole["reconstruction_loss"][i]   # bitwise
+            one = score({k: v[i : i + 1].copy() for k, v in batch.items()})
+            assert one["reconstruction_loss"][0] == whole["reconstruction_loss"][i]  # bitwise
             assert one["signal_energy"][0] == whole["signal_energy"][i]
     masked, plain = stage(mask_ratio=0.5, mask_patch=(8, 8))(mel_batch(3)), stage()(mel_batch(3))
     assert not np.array_equal(masked["reconstruction_loss"], plain["reconstruction_loss"])
@@ -94,7 +99,7 @@ def test_stage_passes_error_rows_through_and_drops_the_payload():
 
 def test_stage_from_audio_computes_the_log_mel_and_normalises_it():
     rng = np.random.default_rng(1)
-    audio = (0.3 * np.sin(2 * np.pi * 440 * np.arange(4000) / 8000) + 0.01 * rng.normal(size=4000))
+    audio = 0.3 * np.sin(2 * np.pi * 440 * np.arange(4000) / 8000) + 0.01 * rng.normal(size=4000)
     spectrogram = dict(sample_rate=8000, n_fft=256, hop_length=128, n_mels=16, f_min=0.0, f_max=None, top_db=80.0)
     batch = mel_batch(2)
     del batch["mel"]

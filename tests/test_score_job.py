@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-import jobs.score as score_job
+import ray_pipelines.jobs.score as score_job
 from ray_pipelines.config import load_config
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.scoring.filters import FilterRule, compute_bounds
@@ -38,9 +38,9 @@ def write_pt_folder(root: Path) -> dict[str, np.ndarray]:
                     key = f"{split}/{cls}/patient{patient}_{i}.pt"
                     mel = torch.randn(1, N_MELS, FRAMES, generator=generator) * scale
                     if key == "train/bad/patient3_1.pt":
-                        mel = mel * 10          # an outlier the median rule catches
+                        mel = mel * 10  # an outlier the median rule catches
                     (root / key).parent.mkdir(parents=True, exist_ok=True)
-                    torch.save(mel if i == 0 else mel[0], root / key)   # both layouts
+                    torch.save(mel if i == 0 else mel[0], root / key)  # both layouts
                     tensors[key] = mel.numpy()
     (root / "train/good/garbage.pt").write_bytes(b"this is not a torch file")
     torch.save(torch.zeros(N_MELS, FRAMES + 1), root / "val/good/wrong_shape.pt")
@@ -53,10 +53,22 @@ def scored(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("score_pt")
     tensors = write_pt_folder(root / "mels")
     config_path = root / "score.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "input": str(root / "mels"), "output": str(root / "out"), "source": "pt", "n_mels": N_MELS,
-        "frames": FRAMES, "group_pattern": r"/(patient\d+)_", "model": MODEL, "batch_size": 4, "actors": 1,
-        "filter": {"reconstruction_loss": {"mode": "median"}, "signal_energy": {"mode": "median"}}}))
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "input": str(root / "mels"),
+                "output": str(root / "out"),
+                "source": "pt",
+                "n_mels": N_MELS,
+                "frames": FRAMES,
+                "group_pattern": r"/(patient\d+)_",
+                "model": MODEL,
+                "batch_size": 4,
+                "actors": 1,
+                "filter": {"reconstruction_loss": {"mode": "median"}, "signal_energy": {"mode": "median"}},
+            }
+        )
+    )
     config = load_config(score_job.ScoreConfig, config_path)
     result = run_job(score_job.JOB(config), progress=False)
     return root, tensors, result, config
@@ -88,16 +100,30 @@ def test_scores_of_a_pt_folder(scored):
     for key in keys:
         assert energy[key] == pytest.approx(float(np.square(tensors[key].astype(np.float64)).mean()), rel=1e-12)
     local = ScoreStage(**score_job.JOB(config).stage_kwargs())(
-        {"key": np.array(keys, dtype=object), "item": np.zeros(len(keys), np.int64),
-         "error": np.array([""] * len(keys), dtype=object), "mel": np.stack([tensors[k] for k in keys])})
-    assert [loss[k] for k in keys] == local["reconstruction_loss"].tolist()     # same bytes as in the job
+        {
+            "key": np.array(keys, dtype=object),
+            "item": np.zeros(len(keys), np.int64),
+            "error": np.array([""] * len(keys), dtype=object),
+            "mel": np.stack([tensors[k] for k in keys]),
+        }
+    )
+    assert [loss[k] for k in keys] == local["reconstruction_loss"].tolist()  # same bytes as in the job
 
     # the Parquet scores hold the same numbers, one folder per split
     table = pq.read_table(sorted((out / "train").glob("part-*.parquet"))[0])
-    assert table.column_names == ["key", "item", "split", "class", "group", "reconstruction_loss",
-                                  "signal_energy", "source"]
-    assert all(loss[k] == v for k, v in zip(table.column("key").to_pylist(),
-                                            table.column("reconstruction_loss").to_pylist()))
+    assert table.column_names == [
+        "key",
+        "item",
+        "split",
+        "class",
+        "group",
+        "reconstruction_loss",
+        "signal_energy",
+        "source",
+    ]
+    assert all(
+        loss[k] == v for k, v in zip(table.column("key").to_pylist(), table.column("reconstruction_loss").to_pylist())
+    )
 
 
 def test_summaries_filters_and_groups_of_the_job(scored):
@@ -114,28 +140,47 @@ def test_summaries_filters_and_groups_of_the_job(scored):
     assert report["bounds"]["reconstruction_loss"]["high"] == pytest.approx(expected.high, rel=1e-12)
     kept = (out / "kept.txt").read_text().split()
     ignored = (out / "ignored.txt").read_text().split()
-    assert "train/bad/patient3_1.pt" in ignored                      # the x10 outlier
+    assert "train/bad/patient3_1.pt" in ignored  # the x10 outlier
     assert {"train/good/garbage.pt", "val/good/wrong_shape.pt", "val/bad/a_dict.pt"} <= set(ignored)
-    assert sorted(kept + ignored) == sorted([*tensors, "train/good/garbage.pt", "val/good/wrong_shape.pt",
-                                            "val/bad/a_dict.pt"])
+    assert sorted(kept + ignored) == sorted(
+        [*tensors, "train/good/garbage.pt", "val/good/wrong_shape.pt", "val/bad/a_dict.pt"]
+    )
     groups = {(g["split"], g["group"]): g for g in read_csv(out / "groups.csv")}
     assert len(groups) == 4
-    assert groups["train", "patient3"]["kept_items"] == str(4 - sum(k.startswith("train/") and "patient3" in k
-                                                                    for k in ignored))
+    assert groups["train", "patient3"]["kept_items"] == str(
+        4 - sum(k.startswith("train/") and "patient3" in k for k in ignored)
+    )
     assert (out / "histograms/signal_energy.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_filter_tool_reruns_filters_from_stored_scores(scored, tmp_path):
     root, tensors, _, _ = scored
-    from jobs.filter import main as filter_main
+    from ray_pipelines.jobs.filter import main as filter_main
 
     out = root / "out"
     parquet_before = {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet")}
-    assert filter_main([str(out), "--config", str(root / "score.yaml"), "--set", "reconstruction_loss.mode=hardcode",
-                        "--set", "reconstruction_loss.bounds=[0.0, 2.0]", "--set", "signal_energy.mode=none",
-                        "--output", str(tmp_path / "refiltered")]) == 0
+    assert (
+        filter_main(
+            [
+                str(out),
+                "--config",
+                str(root / "score.yaml"),
+                "--set",
+                "reconstruction_loss.mode=hardcode",
+                "--set",
+                "reconstruction_loss.bounds=[0.0, 2.0]",
+                "--set",
+                "signal_energy.mode=none",
+                "--output",
+                str(tmp_path / "refiltered"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "refiltered/filter.json").read_text())
-    assert report["bounds"]["reconstruction_loss"]["high"] == 2.0 and report["bounds"]["signal_energy"]["mode"] == "none"
+    assert (
+        report["bounds"]["reconstruction_loss"]["high"] == 2.0 and report["bounds"]["signal_energy"]["mode"] == "none"
+    )
     losses = {r["filename"]: float(r["reconstruction_loss"]) for r in read_csv(out / "scores.csv")}
     kept = (tmp_path / "refiltered/kept.txt").read_text().split()
     assert kept == sorted(k for k, v in losses.items() if 0.0 <= v <= 2.0)
@@ -145,8 +190,20 @@ def test_filter_tool_reruns_filters_from_stored_scores(scored, tmp_path):
     csv_copy = tmp_path / "csv" / "scores.csv"
     csv_copy.parent.mkdir()
     csv_copy.write_text((out / "scores.csv").read_text())
-    assert filter_main([str(csv_copy), "--set", "reconstruction_loss.mode=hardcode",
-                        "--set", "reconstruction_loss.bounds=[0.0, 2.0]", "--set", "signal_energy.mode=none"]) == 0
+    assert (
+        filter_main(
+            [
+                str(csv_copy),
+                "--set",
+                "reconstruction_loss.mode=hardcode",
+                "--set",
+                "reconstruction_loss.bounds=[0.0, 2.0]",
+                "--set",
+                "signal_energy.mode=none",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "csv/kept.txt").read_text().split() == kept
     assert filter_main([str(tmp_path / "nowhere")]) == 1
     assert filter_main([str(out), "--set", "reconstruction_loss.mode=bogus"]) == 2
@@ -154,8 +211,11 @@ def test_filter_tool_reruns_filters_from_stored_scores(scored, tmp_path):
 
 def test_rerun_with_another_filter_recomputes_nothing(scored):
     root, _, _, config = scored
-    changed = config.model_copy(update={"filter": config.filter.model_copy(
-        update={"signal_energy": FilterRule(mode="hardcode", bounds=(0.0, 0.5))})})
+    changed = config.model_copy(
+        update={
+            "filter": config.filter.model_copy(update={"signal_energy": FilterRule(mode="hardcode", bounds=(0.0, 0.5))})
+        }
+    )
     result = run_job(score_job.JOB(changed), progress=False)
     assert result.run_rows == 0 and result.counts["skipped_already_committed"] == result.counts["listed"]
     report = json.loads((root / "out/filter.json").read_text())
@@ -173,16 +233,38 @@ def test_score_job_on_audio_files_through_the_cli(tmp_path, ray_local, capsys):
     write_audio(audio / "train/good/patient1_a.flac", tone(0.7, freq=440.0, seed=1))
     write_audio(audio / "train/bad/patient1_b.wav", tone(0.7, freq=880.0, amplitude=0.05, seed=2))
     write_audio(audio / "train/good/patient2_silent.wav", np.zeros(30000, dtype=np.float32))
-    write_audio(audio / "val/good/patient3_short.wav", tone(0.01, seed=3))       # below min_duration
-    write_audio(audio / "loose.wav", tone(0.7, seed=4))                           # no {split}/ folder
-    config = {"input": str(audio), "output": str(tmp_path / "out"), "duration": 0.5, "n_mels": 16,
-              "n_fft": 512, "hop_length": 256, "min_duration": 0.1, "group_pattern": r"/(patient\d+)_",
-              "normalize": {"mean": -40.0, "std": 20.0}, "actors": 1, "batch_size": 4,
-              "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2}}
+    write_audio(audio / "val/good/patient3_short.wav", tone(0.01, seed=3))  # below min_duration
+    write_audio(audio / "loose.wav", tone(0.7, seed=4))  # no {split}/ folder
+    config = {
+        "input": str(audio),
+        "output": str(tmp_path / "out"),
+        "duration": 0.5,
+        "n_mels": 16,
+        "n_fft": 512,
+        "hop_length": 256,
+        "min_duration": 0.1,
+        "group_pattern": r"/(patient\d+)_",
+        "normalize": {"mean": -40.0, "std": 20.0},
+        "actors": 1,
+        "batch_size": 4,
+        "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2},
+    }
     (tmp_path / "score.yaml").write_text(yaml.safe_dump(config))
-    assert score_job.main(["--config", str(tmp_path / "score.yaml"), "--no-progress", "--quiet",
-                           "--set", "filter.signal_energy.mode=hardcode",
-                           "--set", "filter.signal_energy.bounds=[0.0, 5.0]"]) == 0
+    assert (
+        score_job.main(
+            [
+                "--config",
+                str(tmp_path / "score.yaml"),
+                "--no-progress",
+                "--quiet",
+                "--set",
+                "filter.signal_energy.mode=hardcode",
+                "--set",
+                "filter.signal_energy.bounds=[0.0, 5.0]",
+            ]
+        )
+        == 0
+    )
     assert "items in output" in capsys.readouterr().out
 
     out = tmp_path / "out"
@@ -191,12 +273,17 @@ def test_score_job_on_audio_files_through_the_cli(tmp_path, ray_local, capsys):
     assert errors["loose.wav"].startswith("no split: key does not match split_pattern")
     rows = {r["filename"]: r for r in read_csv(out / "scores.csv")}
     assert sorted(rows) == ["train/bad/patient1_b.wav", "train/good/patient1_a.flac", "train/good/patient2_silent.wav"]
-    assert (rows["train/good/patient1_a.flac"]["class"], rows["train/good/patient1_a.flac"]["group"]) == \
-        ("good", "patient1")
+    assert (rows["train/good/patient1_a.flac"]["class"], rows["train/good/patient1_a.flac"]["group"]) == (
+        "good",
+        "patient1",
+    )
     # the silent clip sits at the -100 dB floor: normalised to -3 everywhere, energy 9 -> above the cut
     assert float(rows["train/good/patient2_silent.wav"]["signal_energy"]) == pytest.approx(9.0)
-    assert (out / "ignored.txt").read_text().split() == ["loose.wav", "train/good/patient2_silent.wav",
-                                                         "val/good/patient3_short.wav"]
+    assert (out / "ignored.txt").read_text().split() == [
+        "loose.wav",
+        "train/good/patient2_silent.wav",
+        "val/good/patient3_short.wav",
+    ]
 
     # the scores equal the stage run here on the engine's own decoding of the same files
     job = score_job.JOB(load_config(score_job.ScoreConfig, tmp_path / "score.yaml"))
@@ -205,7 +292,12 @@ def test_score_job_on_audio_files_through_the_cli(tmp_path, ray_local, capsys):
     keys = sorted(rows)
     decoded = [decoder.decode_input(inputs[k])[0] for k in keys]
     local = ScoreStage(**job.stage_kwargs())(
-        {"key": np.array(keys, dtype=object), "item": np.zeros(len(keys), np.int64),
-         "error": np.array([""] * len(keys), dtype=object), "audio": np.stack([d["audio"] for d in decoded])})
+        {
+            "key": np.array(keys, dtype=object),
+            "item": np.zeros(len(keys), np.int64),
+            "error": np.array([""] * len(keys), dtype=object),
+            "audio": np.stack([d["audio"] for d in decoded]),
+        }
+    )
     assert [float(rows[k]["reconstruction_loss"]) for k in keys] == local["reconstruction_loss"].tolist()
     assert [float(rows[k]["signal_energy"]) for k in keys] == local["signal_energy"].tolist()

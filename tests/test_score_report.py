@@ -25,9 +25,16 @@ def test_score_stats_by_hand_and_the_summary_csv_round_trip():
     empty = score_stats(np.zeros(0), bins=2)
     assert empty["count"] == 0 and np.isnan(empty["mean"]) and empty["histogram_counts"] == [0, 0]
 
-    summary = {"mean": 2.5, "std": 0.5, "histogram_bins": [1.0, 2.5, 4.0], "histogram_counts": [2, 2],
-               "energy_mean": 7.0, "energy_std": 1.0, "energy_histogram_bins": [6.0, 8.0],
-               "energy_histogram_counts": [4]}
+    summary = {
+        "mean": 2.5,
+        "std": 0.5,
+        "histogram_bins": [1.0, 2.5, 4.0],
+        "histogram_counts": [2, 2],
+        "energy_mean": 7.0,
+        "energy_std": 1.0,
+        "energy_histogram_bins": [6.0, 8.0],
+        "energy_histogram_counts": [4],
+    }
     text = summary_csv(summary)
     assert text.splitlines()[0] == ",".join(SUMMARY_COLUMNS)
     assert read_summary_csv(text) == summary
@@ -36,12 +43,17 @@ def test_score_stats_by_hand_and_the_summary_csv_round_trip():
 def small_table() -> ScoreTable:
     # train: losses 1..8 (median rule: Q1 2.75, Q3 6.25, IQR 3.5 -> [-2.5, 11.5]); val holds an outlier
     keys = [f"train/good/p{i % 2}_{i}.pt" for i in range(8)] + ["val/bad/p9_0.pt", "val/good/p9_1.pt"]
-    return ScoreTable.from_columns({
-        "key": keys, "item": [0] * 10, "split": ["train"] * 8 + ["val"] * 2,
-        "class": ["good"] * 8 + ["bad", "good"], "group": [k.split("/")[2][:2] for k in keys],
-        "reconstruction_loss": [1.0, 2, 3, 4, 5, 6, 7, 8, 50.0, 3.0],
-        "signal_energy": [2.0] * 9 + [9.0],
-    })
+    return ScoreTable.from_columns(
+        {
+            "key": keys,
+            "item": [0] * 10,
+            "split": ["train"] * 8 + ["val"] * 2,
+            "class": ["good"] * 8 + ["bad", "good"],
+            "group": [k.split("/")[2][:2] for k in keys],
+            "reconstruction_loss": [1.0, 2, 3, 4, 5, 6, 7, 8, 50.0, 3.0],
+            "signal_energy": [2.0] * 9 + [9.0],
+        }
+    )
 
 
 def test_filter_outputs_partition_every_key_and_record_the_bounds(tmp_path):
@@ -53,36 +65,45 @@ def test_filter_outputs_partition_every_key_and_record_the_bounds(tmp_path):
     assert report["bounds"]["signal_energy"]["high"] == 7.0
     kept = (tmp_path / "kept.txt").read_text().split()
     ignored = (tmp_path / "ignored.txt").read_text().split()
-    assert ignored == ["train/good/broken.pt", "val/bad/p9_0.pt", "val/good/p9_1.pt"]   # error, loss, energy
+    assert ignored == ["train/good/broken.pt", "val/bad/p9_0.pt", "val/good/p9_1.pt"]  # error, loss, energy
     assert len(kept) == 8 and not set(kept) & set(ignored)
-    assert report["counts"] == {"train": {"items": 8, "kept": 8, "ignored": 0},
-                                "val": {"items": 2, "kept": 0, "ignored": 2}}
+    assert report["counts"] == {
+        "train": {"items": 8, "kept": 8, "ignored": 0},
+        "val": {"items": 2, "kept": 0, "ignored": 2},
+    }
     on_disk = json.loads((tmp_path / "filter.json").read_text())
     assert on_disk["bounds"]["reconstruction_loss"]["high"] == pytest.approx(11.5)
     assert on_disk["settings"]["signal_energy"]["mode"] == "hardcode"
 
     decisions = list(csv.DictReader(io.StringIO((tmp_path / "decisions.csv").read_text())))
     reasons = {d["filename"]: d["reason"] for d in decisions if d["kept"] == "0"}
-    assert reasons == {"val/bad/p9_0.pt": "reconstruction_loss 50 above 11.5",
-                       "val/good/p9_1.pt": "signal_energy 9 above 7", "train/good/broken.pt": "error: undecodable"}
+    assert reasons == {
+        "val/bad/p9_0.pt": "reconstruction_loss 50 above 11.5",
+        "val/good/p9_1.pt": "signal_energy 9 above 7",
+        "train/good/broken.pt": "error: undecodable",
+    }
     groups = list(csv.DictReader(io.StringIO((tmp_path / "groups.csv").read_text())))
     assert [(g["split"], g["group"], g["label"], g["decided_by"]) for g in groups] == [
-        ("train", "p0", "good", "majority"), ("train", "p1", "good", "majority"),
-        ("val", "p9", "good", "all_filtered")]
+        ("train", "p0", "good", "majority"),
+        ("train", "p1", "good", "majority"),
+        ("val", "p9", "good", "all_filtered"),
+    ]
     for name in ("reconstruction_loss", "signal_energy"):
         assert (tmp_path / "histograms" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_predictions_replace_class_labels_in_the_vote(tmp_path):
     predictions = tmp_path / "predictions.csv"
-    predictions.write_text("filename,prediction\n" + "".join(
-        f"train/good/p0_{i}.pt,{'bad' if i < 4 else 'good'}\n" for i in range(0, 8, 2)))
+    predictions.write_text(
+        "filename,prediction\n"
+        + "".join(f"train/good/p0_{i}.pt,{'bad' if i < 4 else 'good'}\n" for i in range(0, 8, 2))
+    )
     storage = Storage(str(tmp_path / "out"))
     settings = FilterSettings(predictions=str(predictions))
     write_filter_outputs(storage, small_table(), settings)
     groups = {g["group"]: g for g in csv.DictReader(io.StringIO((tmp_path / "out/groups.csv").read_text()))}
-    assert (groups["p0"]["label"], groups["p0"]["votes"]) == ("good", "bad=2;good=2")   # a tie: "good" wins
-    assert groups["p1"]["decided_by"] == "no_votes"                                      # no predictions for p1
+    assert (groups["p0"]["label"], groups["p0"]["votes"]) == ("good", "bad=2;good=2")  # a tie: "good" wins
+    assert groups["p1"]["decided_by"] == "no_votes"  # no predictions for p1
 
 
 def test_summaries_per_split_and_the_csv_table_round_trip(tmp_path):
@@ -96,7 +117,9 @@ def test_summaries_per_split_and_the_csv_table_round_trip(tmp_path):
     back = ScoreTable.from_csv(str(tmp_path / "scores.csv"))
     for name in table.columns:
         assert back[name].tolist() == table[name].tolist()
-    (tmp_path / "old.csv").write_text("filename,split,reconstruction_loss,signal_energy\nb.pt,val,1.5,2\na.pt,train,1,2\n")
+    (tmp_path / "old.csv").write_text(
+        "filename,split,reconstruction_loss,signal_energy\nb.pt,val,1.5,2\na.pt,train,1,2\n"
+    )
     old = ScoreTable.from_csv(str(tmp_path / "old.csv"))
     assert old["key"].tolist() == ["a.pt", "b.pt"] and old["class"].tolist() == ["", ""]
 
@@ -113,10 +136,12 @@ def test_stale_errors_from_an_earlier_attempt_do_not_ignore_scored_keys(tmp_path
     from ray_pipelines.scoring.table import live_errors
 
     table = small_table()
-    errors = [("train/good/p0_0.pt", -1, "unreadable: timeout"),      # retried and scored since
-              ("val/bad/p9_0.pt", 0, "lost: ..."),                     # same (key, item) scored since
-              ("shard/key.wav", 1, "wrong shape"),                     # never scored
-              ("gone.pt", -1, "missing: file not found")]
+    errors = [
+        ("train/good/p0_0.pt", -1, "unreadable: timeout"),  # retried and scored since
+        ("val/bad/p9_0.pt", 0, "lost: ..."),  # same (key, item) scored since
+        ("shard/key.wav", 1, "wrong shape"),  # never scored
+        ("gone.pt", -1, "missing: file not found"),
+    ]
     assert live_errors(table, errors) == {"shard/key.wav": "wrong shape", "gone.pt": "missing: file not found"}
     write_filter_outputs(Storage(str(tmp_path)), table, FilterSettings(signal_energy=FilterRule(mode="none")), errors)
     assert "train/good/p0_0.pt" in (tmp_path / "kept.txt").read_text().split()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.filter import main as filter_main
+from ray_pipelines.jobs.filter import main as filter_main
 from ray_pipelines.scoring.inputs import PathLabels, TensorFileDecoder, list_tensor_files
 from ray_pipelines.scoring.models import ModelSpec, build_model
 
@@ -28,9 +28,12 @@ def test_pt_inputs_and_a_model_from_s3(s3_bucket):
     fs.pipe(f"{bucket}/mels/val/bad/b.pt", b"garbage")
     fs.pipe(f"{bucket}/mels/val/bad/notes.txt", b"not listed")
     items = PathLabels(r"^([^/]+)/", r"^[^/]+/([^/]+)/", None).label(
-        list_tensor_files([f"s3://{bucket}/mels"], options))
-    assert [(i.key, i.extra["split"], i.extra["class"]) for i in items] == [("train/good/a.pt", "train", "good"),
-                                                                          ("val/bad/b.pt", "val", "bad")]
+        list_tensor_files([f"s3://{bucket}/mels"], options)
+    )
+    assert [(i.key, i.extra["split"], i.extra["class"]) for i in items] == [
+        ("train/good/a.pt", "train", "good"),
+        ("val/bad/b.pt", "val", "bad"),
+    ]
     rows = [i.to_row() for i in items]
     batch = {name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]}
     out = TensorFileDecoder(n_mels=16, frames=22, storage_options=options)(batch)
@@ -38,8 +41,9 @@ def test_pt_inputs_and_a_model_from_s3(s3_bucket):
     assert out["error"][1].startswith("undecodable: not a torch.save file")
 
     fs.pipe(f"{bucket}/models/identity.pt", _scripted_identity())
-    model = build_model(ModelSpec(kind="torchscript", path=f"s3://{bucket}/models/identity.pt"),
-                        storage_options=options)
+    model = build_model(
+        ModelSpec(kind="torchscript", path=f"s3://{bucket}/models/identity.pt"), storage_options=options
+    )
     assert torch.equal(model.reconstruct(mel[None, None]), mel[None, None])
 
 
@@ -56,8 +60,20 @@ def test_filter_tool_reads_and_writes_s3(s3_bucket):
     lines += ["val/bad/x.pt,val,bad,p9,99.0,2.0"]
     fs.pipe(f"{bucket}/eval/scores.csv", ("\n".join(lines) + "\n").encode())
     endpoint = f"endpoint_url={options['endpoint_url']}"
-    assert filter_main([f"s3://{bucket}/eval/scores.csv", "--storage-option", endpoint,
-                        "--set", "signal_energy.mode=none", "--output", f"s3://{bucket}/filtered"]) == 0
+    assert (
+        filter_main(
+            [
+                f"s3://{bucket}/eval/scores.csv",
+                "--storage-option",
+                endpoint,
+                "--set",
+                "signal_energy.mode=none",
+                "--output",
+                f"s3://{bucket}/filtered",
+            ]
+        )
+        == 0
+    )
     assert fs.cat(f"{bucket}/filtered/ignored.txt") == b"val/bad/x.pt\n"
     assert len(fs.cat(f"{bucket}/filtered/kept.txt").split()) == 10
     assert fs.exists(f"{bucket}/filtered/histograms/reconstruction_loss.png")

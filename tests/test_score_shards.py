@@ -12,15 +12,23 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import jobs.augment as augment_job
-import jobs.score as score_job
-from tests.audio_helpers import tone, write_audio
+import ray_pipelines.jobs.augment as augment_job
+import ray_pipelines.jobs.score as score_job
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
+from tests.audio_helpers import tone, write_audio
 
-TINY_AUGMENT = {"num_versions": 2, "duration": 0.5, "n_mels": 16, "num_waveform_augs": 1,
-                "num_spectrogram_augs": 1, "val_fraction": 0.5, "actors": 1, "seed": 3}
+TINY_AUGMENT = {
+    "num_versions": 2,
+    "duration": 0.5,
+    "n_mels": 16,
+    "num_waveform_augs": 1,
+    "num_spectrogram_augs": 1,
+    "val_fraction": 0.5,
+    "actors": 1,
+    "seed": 3,
+}
 FRAMES = 1 + int(round(0.5 * 22050)) // 512
 
 
@@ -30,8 +38,9 @@ def augmented(tmp_path_factory, ray_local):
     for cls, freq in (("good", 330.0), ("bad", 990.0)):
         for i in range(2):
             write_audio(root / "audio" / cls / f"{cls}_{i}.flac", tone(0.8, freq=freq * (1 + i), seed=i))
-    config = validate_config(augment_job.AugmentConfig, {"input": str(root / "audio"), "output": str(root / "augment"),
-                                                         **TINY_AUGMENT})
+    config = validate_config(
+        augment_job.AugmentConfig, {"input": str(root / "audio"), "output": str(root / "augment"), **TINY_AUGMENT}
+    )
     result = run_job(augment_job.JOB(config), progress=False)
     assert result.counts["rows_written"] == 8
     return root
@@ -49,28 +58,42 @@ def augment_views(output) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
 
 def test_score_job_reads_the_augment_jobs_shards(augmented):
     root = augmented
-    config = validate_config(score_job.ScoreConfig, {
-        "input": str(root / "augment"), "output": str(root / "scores"), "source": "shards",
-        "tensor_column": "view1", "split_pattern": None, "class_pattern": r"^([^/]+)/",
-        "n_mels": 16, "frames": FRAMES, "normalize": {"mean": -40.0, "std": 20.0}, "actors": 1, "batch_size": 4,
-        "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2},
-        "filter": {"train_split": "train"}})
+    config = validate_config(
+        score_job.ScoreConfig,
+        {
+            "input": str(root / "augment"),
+            "output": str(root / "scores"),
+            "source": "shards",
+            "tensor_column": "view1",
+            "split_pattern": None,
+            "class_pattern": r"^([^/]+)/",
+            "n_mels": 16,
+            "frames": FRAMES,
+            "normalize": {"mean": -40.0, "std": 20.0},
+            "actors": 1,
+            "batch_size": 4,
+            "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2},
+            "filter": {"train_split": "train"},
+        },
+    )
     result = run_job(score_job.JOB(config), progress=False)
     assert result.counts["listed"] == 4 and result.counts["rows_written"] == 8 and result.counts["errors"] == 0
 
     views = augment_views(root / "augment")
     rows = list(csv.DictReader(io.StringIO((root / "scores/scores.csv").read_text())))
-    assert sorted((r["filename"], int(r["item"])) for r in rows) == sorted(views)   # every (key, version)
+    assert sorted((r["filename"], int(r["item"])) for r in rows) == sorted(views)  # every (key, version)
     for row in rows:
         split, mel = views[row["filename"], int(row["item"])]
-        assert row["split"] == split                                  # the shard's split
+        assert row["split"] == split  # the shard's split
         assert row["class"] == row["filename"].split("/")[0]
         normalised = (mel.astype(np.float32) + 40.0) / 20.0
-        assert float(row["signal_energy"]) == pytest.approx(np.square(normalised.astype(np.float64)).mean(),
-                                                             rel=1e-6)
-    sources = {s for path in (root / "scores").rglob("part-*.parquet")
-               for s in pq.read_table(path, columns=["source"]).column("source").to_pylist()}
-    assert sources == {str(p) for p in (root / "audio").rglob("*.flac")}     # the augment rows' own source
+        assert float(row["signal_energy"]) == pytest.approx(np.square(normalised.astype(np.float64)).mean(), rel=1e-6)
+    sources = {
+        s
+        for path in (root / "scores").rglob("part-*.parquet")
+        for s in pq.read_table(path, columns=["source"]).column("source").to_pylist()
+    }
+    assert sources == {str(p) for p in (root / "audio").rglob("*.flac")}  # the augment rows' own source
     kept = (root / "scores/kept.txt").read_text().split()
     ignored = (root / "scores/ignored.txt").read_text().split()
     assert sorted(kept + ignored) == sorted({k for k, _ in views})  # one line per input key, not per version

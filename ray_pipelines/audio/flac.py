@@ -40,8 +40,14 @@ _SEEK_OK, _SEEK_ERROR = 0, 1
 _TELL_OK, _TELL_ERROR = 0, 1
 _LENGTH_OK, _LENGTH_UNSUPPORTED = 0, 2
 _METADATA_STREAMINFO = 0
-_ERRORS = {0: "lost sync", 1: "bad frame header", 2: "frame CRC mismatch", 3: "unparseable stream",
-           4: "bad metadata", 5: "out of bounds"}
+_ERRORS = {
+    0: "lost sync",
+    1: "bad frame header",
+    2: "frame CRC mismatch",
+    3: "unparseable stream",
+    4: "bad metadata",
+    5: "out of bounds",
+}
 
 
 class FlacError(Exception):
@@ -53,22 +59,39 @@ class FlacReadError(FlacError):
 
 
 class _FrameHeader(ctypes.Structure):
-    _fields_ = [("blocksize", ctypes.c_uint32), ("sample_rate", ctypes.c_uint32), ("channels", ctypes.c_uint32),
-                ("channel_assignment", ctypes.c_int), ("bits_per_sample", ctypes.c_uint32),
-                ("number_type", ctypes.c_int), ("number", ctypes.c_uint64), ("crc", ctypes.c_uint8)]
+    _fields_ = [
+        ("blocksize", ctypes.c_uint32),
+        ("sample_rate", ctypes.c_uint32),
+        ("channels", ctypes.c_uint32),
+        ("channel_assignment", ctypes.c_int),
+        ("bits_per_sample", ctypes.c_uint32),
+        ("number_type", ctypes.c_int),
+        ("number", ctypes.c_uint64),
+        ("crc", ctypes.c_uint8),
+    ]
 
 
 class _StreamInfo(ctypes.Structure):
-    _fields_ = [("min_blocksize", ctypes.c_uint32), ("max_blocksize", ctypes.c_uint32),
-                ("min_framesize", ctypes.c_uint32), ("max_framesize", ctypes.c_uint32),
-                ("sample_rate", ctypes.c_uint32), ("channels", ctypes.c_uint32),
-                ("bits_per_sample", ctypes.c_uint32), ("total_samples", ctypes.c_uint64),
-                ("md5sum", ctypes.c_ubyte * 16)]
+    _fields_ = [
+        ("min_blocksize", ctypes.c_uint32),
+        ("max_blocksize", ctypes.c_uint32),
+        ("min_framesize", ctypes.c_uint32),
+        ("max_framesize", ctypes.c_uint32),
+        ("sample_rate", ctypes.c_uint32),
+        ("channels", ctypes.c_uint32),
+        ("bits_per_sample", ctypes.c_uint32),
+        ("total_samples", ctypes.c_uint64),
+        ("md5sum", ctypes.c_ubyte * 16),
+    ]
 
 
 class _Metadata(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("is_last", ctypes.c_int), ("length", ctypes.c_uint32),
-                ("stream_info", _StreamInfo)]     # the first member of the data union
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("is_last", ctypes.c_int),
+        ("length", ctypes.c_uint32),
+        ("stream_info", _StreamInfo),
+    ]  # the first member of the data union
 
 
 _Decoder = ctypes.c_void_p
@@ -79,8 +102,9 @@ _SEEK = ctypes.CFUNCTYPE(ctypes.c_int, _Decoder, ctypes.c_uint64, _Client)
 _TELL = ctypes.CFUNCTYPE(ctypes.c_int, _Decoder, _u64_p, _Client)
 _LENGTH = ctypes.CFUNCTYPE(ctypes.c_int, _Decoder, _u64_p, _Client)
 _EOF = ctypes.CFUNCTYPE(ctypes.c_int, _Decoder, _Client)
-_WRITE = ctypes.CFUNCTYPE(ctypes.c_int, _Decoder, ctypes.POINTER(_FrameHeader),
-                          ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)), _Client)
+_WRITE = ctypes.CFUNCTYPE(
+    ctypes.c_int, _Decoder, ctypes.POINTER(_FrameHeader), ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)), _Client
+)
 _METADATA = ctypes.CFUNCTYPE(None, _Decoder, ctypes.POINTER(_Metadata), _Client)
 _ERROR = ctypes.CFUNCTYPE(None, _Decoder, ctypes.c_int, _Client)
 
@@ -107,8 +131,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "FLAC__stream_decoder_delete": ([p], None),
         "FLAC__stream_decoder_finish": ([p], ctypes.c_int),
         "FLAC__stream_decoder_init_file": ([p, ctypes.c_char_p, _WRITE, _METADATA, _ERROR, _Client], ctypes.c_int),
-        "FLAC__stream_decoder_init_stream": ([p, _READ, _SEEK, _TELL, _LENGTH, _EOF, _WRITE, _METADATA, _ERROR,
-                                              _Client], ctypes.c_int),
+        "FLAC__stream_decoder_init_stream": (
+            [p, _READ, _SEEK, _TELL, _LENGTH, _EOF, _WRITE, _METADATA, _ERROR, _Client],
+            ctypes.c_int,
+        ),
         "FLAC__stream_decoder_process_until_end_of_metadata": ([p], ctypes.c_int),
         "FLAC__stream_decoder_process_single": ([p], ctypes.c_int),
         "FLAC__stream_decoder_seek_absolute": ([p, ctypes.c_uint64], ctypes.c_int),
@@ -121,7 +147,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(choice: str) -> ctypes.CDLL | None:
     if choice.lower() in ("off", "0", "no", "false"):
         return None
@@ -129,7 +155,7 @@ def _load(choice: str) -> ctypes.CDLL | None:
     for path in filter(None, candidates):
         try:
             return _bind(ctypes.CDLL(path))
-        except (OSError, AttributeError):      # missing, or too old to have these functions
+        except (OSError, AttributeError):  # missing, or too old to have these functions
             continue
     return None
 
@@ -152,7 +178,7 @@ def _int_buffer(channels: int, frames: int) -> np.ndarray:
     buffer = getattr(_scratch, "buffer", None)
     if buffer is None or buffer.size < channels * frames:
         buffer = _scratch.buffer = np.empty(channels * frames, dtype=np.int32)
-    return buffer[:channels * frames].reshape(channels, frames)
+    return buffer[: channels * frames].reshape(channels, frames)
 
 
 class FlacReader:
@@ -167,16 +193,16 @@ class FlacReader:
         lib = library()
         if lib is None:
             raise FlacError("libFLAC is not available")
-        if size < 0 and not isinstance(source, str):     # libFLAC's seek needs the length
+        if size < 0 and not isinstance(source, str):  # libFLAC's seek needs the length
             size = source.seek(0, os.SEEK_END)
             source.seek(0)
         self._lib, self._source, self._size = lib, source, size
         self._info: _StreamInfo | None = None
-        self._error: FlacError | None = None       # the first failure a callback saw (FlacReadError: the file's)
-        self._window: np.ndarray | None = None     # the int32 [C, n] window being filled during a read
-        self._rows: list[int] = []                 # its rows' addresses
+        self._error: FlacError | None = None  # the first failure a callback saw (FlacReadError: the file's)
+        self._window: np.ndarray | None = None  # the int32 [C, n] window being filled during a read
+        self._rows: list[int] = []  # its rows' addresses
         self._filled = 0
-        self._callbacks = self._make_callbacks()      # kept referenced while libFLAC holds them
+        self._callbacks = self._make_callbacks()  # kept referenced while libFLAC holds them
         self._decoder = lib.FLAC__stream_decoder_new()
         if not self._decoder:
             raise MemoryError("libFLAC could not allocate a decoder")
@@ -187,29 +213,47 @@ class FlacReader:
             raise
 
     def _make_callbacks(self) -> dict:
-        callbacks = {"write": _WRITE(self._on_write), "metadata": _METADATA(self._on_metadata),
-                     "error": _ERROR(self._on_error)}
+        callbacks = {
+            "write": _WRITE(self._on_write),
+            "metadata": _METADATA(self._on_metadata),
+            "error": _ERROR(self._on_error),
+        }
         if not isinstance(self._source, str):
-            callbacks.update(read=_READ(self._on_read), seek=_SEEK(self._on_seek), tell=_TELL(self._on_tell),
-                             length=_LENGTH(self._on_length), eof=_EOF(self._on_eof))
+            callbacks.update(
+                read=_READ(self._on_read),
+                seek=_SEEK(self._on_seek),
+                tell=_TELL(self._on_tell),
+                length=_LENGTH(self._on_length),
+                eof=_EOF(self._on_eof),
+            )
         return callbacks
 
     def _init(self) -> None:
         c, lib = self._callbacks, self._lib
         if isinstance(self._source, str):
-            status = lib.FLAC__stream_decoder_init_file(self._decoder, os.fsencode(self._source), c["write"],
-                                                        c["metadata"], c["error"], None)
+            status = lib.FLAC__stream_decoder_init_file(
+                self._decoder, os.fsencode(self._source), c["write"], c["metadata"], c["error"], None
+            )
         else:
-            status = lib.FLAC__stream_decoder_init_stream(self._decoder, c["read"], c["seek"], c["tell"],
-                                                          c["length"], c["eof"], c["write"], c["metadata"],
-                                                          c["error"], None)
+            status = lib.FLAC__stream_decoder_init_stream(
+                self._decoder,
+                c["read"],
+                c["seek"],
+                c["tell"],
+                c["length"],
+                c["eof"],
+                c["write"],
+                c["metadata"],
+                c["error"],
+                None,
+            )
         if status != _INIT_OK:
             raise FlacError(f"libFLAC init status {status}")
         if not lib.FLAC__stream_decoder_process_until_end_of_metadata(self._decoder) or self._info is None:
             raise self._error or FlacError("no STREAMINFO block")
         info = self._info
         if info.total_samples == 0 or info.channels == 0 or info.sample_rate == 0:
-            raise FlacError("STREAMINFO does not give the length")     # a streamed FLAC: libsndfile copes
+            raise FlacError("STREAMINFO does not give the length")  # a streamed FLAC: libsndfile copes
         self.sample_rate, self.channels = int(info.sample_rate), int(info.channels)
         self.bits_per_sample, self.frames = int(info.bits_per_sample), int(info.total_samples)
 
@@ -258,7 +302,7 @@ class FlacReader:
 
     def _on_write(self, _decoder, frame, buffer, _client) -> int:
         window = self._window
-        if window is None:           # decoding outside a read (libFLAC does not, but be safe)
+        if window is None:  # decoding outside a read (libFLAC does not, but be safe)
             return _WRITE_CONTINUE
         header = frame.contents
         count = min(header.blocksize, window.shape[1] - self._filled)
@@ -274,7 +318,7 @@ class FlacReader:
 
     def _on_metadata(self, _decoder, metadata, _client) -> None:
         if metadata.contents.type == _METADATA_STREAMINFO:
-            self._info = _StreamInfo.from_buffer_copy(metadata.contents.stream_info)   # only valid in here
+            self._info = _StreamInfo.from_buffer_copy(metadata.contents.stream_info)  # only valid in here
 
     def _on_error(self, _decoder, status, _client) -> None:
         if self._error is None:
@@ -317,7 +361,7 @@ class FlacReader:
         except Exception:
             return 1
 
-    def __enter__(self) -> "FlacReader":
+    def __enter__(self) -> FlacReader:
         return self
 
     def __exit__(self, *exc) -> None:

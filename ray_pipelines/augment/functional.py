@@ -25,6 +25,7 @@ _EPS = 1e-10
 
 # ---- waveform ------------------------------------------------------------------------
 
+
 def gain(x: torch.Tensor, gain_db: torch.Tensor) -> torch.Tensor:
     """Scale each sample by ``gain_db`` decibels."""
     return x * torch.pow(10.0, gain_db / 20.0).to(x.dtype)[:, None]
@@ -56,11 +57,12 @@ def add_noise(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> tor
 
 # ---- STFT magnitudes -------------------------------------------------------------------
 
+
 def _interpolate(mag: torch.Tensor, position: torch.Tensor, dim: int) -> torch.Tensor:
     """Linear interpolation of ``mag [B, F, N]`` along ``dim`` at fractional ``position``
     (``[B, F]`` for dim 1, ``[B, N]`` for dim 2); positions outside the axis read zero."""
     size = mag.shape[dim]
-    padded = torch.nn.functional.pad(mag, (0, 1) if dim == 2 else (0, 0, 0, 1))   # a zero slice at the end
+    padded = torch.nn.functional.pad(mag, (0, 1) if dim == 2 else (0, 0, 0, 1))  # a zero slice at the end
     valid = (position >= 0) & (position <= size - 1)
     position = torch.where(valid, position, torch.full_like(position, float(size)))
     index0 = position.floor().long().clamp(max=size)
@@ -105,8 +107,10 @@ def apply_response(power: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
 
 # ---- log-mel masks ---------------------------------------------------------------------
 
-def mask_along_axis(spec: torch.Tensor, start: torch.Tensor, width: torch.Tensor, value: torch.Tensor,
-                    axis: int) -> torch.Tensor:
+
+def mask_along_axis(
+    spec: torch.Tensor, start: torch.Tensor, width: torch.Tensor, value: torch.Tensor, axis: int
+) -> torch.Tensor:
     """SpecAugment mask: set ``[start, start + width)`` along ``axis`` (1: freq, 2: time) of
     ``[B, F, N]`` to ``value`` per sample (width 0: unchanged)."""
     size = spec.shape[axis]

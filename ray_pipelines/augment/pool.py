@@ -121,7 +121,7 @@ class ViewParams:
     band_hz: tuple[float, float] = (0.0, 0.0)
     snr_db: float = 0.0
     noise_seed: int = 0
-    masks: dict[str, tuple[int, int]] = field(default_factory=dict)   # name -> (start, width)
+    masks: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, width)
 
 
 def _validate_ranges(pool: BaseModel) -> None:
@@ -139,9 +139,17 @@ def _validate_ranges(pool: BaseModel) -> None:
 class AugmentationPool:
     """Draws per-view parameters and applies them to batches of views."""
 
-    def __init__(self, waveform: WaveformPoolConfig, spectrogram: SpectrogramPoolConfig,
-                 num_waveform_augs: int, num_spectrogram_augs: int, sample_rate: int,
-                 num_samples: int, n_mels: int, frames: int):
+    def __init__(
+        self,
+        waveform: WaveformPoolConfig,
+        spectrogram: SpectrogramPoolConfig,
+        num_waveform_augs: int,
+        num_spectrogram_augs: int,
+        sample_rate: int,
+        num_samples: int,
+        n_mels: int,
+        frames: int,
+    ):
         _validate_ranges(waveform)
         _validate_ranges(spectrogram)
         self.waveform = waveform
@@ -149,11 +157,15 @@ class AugmentationPool:
         self.waveform_names = [n for n in WAVEFORM_ORDER if getattr(waveform, n) is not None]
         self.spectrogram_names = [n for n in SPECTROGRAM_ORDER if getattr(spectrogram, n) is not None]
         if num_waveform_augs > len(self.waveform_names):
-            raise ValueError(f"num_waveform_augs ({num_waveform_augs}) exceeds the {len(self.waveform_names)} "
-                             "enabled waveform augmentations")
+            raise ValueError(
+                f"num_waveform_augs ({num_waveform_augs}) exceeds the {len(self.waveform_names)} "
+                "enabled waveform augmentations"
+            )
         if num_spectrogram_augs > len(self.spectrogram_names):
-            raise ValueError(f"num_spectrogram_augs ({num_spectrogram_augs}) exceeds the "
-                             f"{len(self.spectrogram_names)} enabled spectrogram augmentations")
+            raise ValueError(
+                f"num_spectrogram_augs ({num_spectrogram_augs}) exceeds the "
+                f"{len(self.spectrogram_names)} enabled spectrogram augmentations"
+            )
         self.num_waveform_augs = num_waveform_augs
         self.num_spectrogram_augs = num_spectrogram_augs
         self.sample_rate = sample_rate
@@ -183,7 +195,9 @@ class AugmentationPool:
             lo, hi = np.log(w.time_stretch.min_rate), np.log(w.time_stretch.max_rate)
             p.stretch_rate = float(np.exp(lo + u[2] * (hi - lo)))
         if w.pitch_shift:
-            p.semitones = w.pitch_shift.min_semitones + u[3] * (w.pitch_shift.max_semitones - w.pitch_shift.min_semitones)
+            p.semitones = w.pitch_shift.min_semitones + u[3] * (
+                w.pitch_shift.max_semitones - w.pitch_shift.min_semitones
+            )
         if w.lowpass:
             p.lowpass_hz = _log_uniform(u[4], w.lowpass.min_cutoff_hz, w.lowpass.max_cutoff_hz)
         if w.highpass:
@@ -191,7 +205,8 @@ class AugmentationPool:
         if w.bandpass:
             center = _log_uniform(u[6], w.bandpass.min_center_hz, w.bandpass.max_center_hz)
             octaves = w.bandpass.min_bandwidth_octaves + u[7] * (
-                w.bandpass.max_bandwidth_octaves - w.bandpass.min_bandwidth_octaves)
+                w.bandpass.max_bandwidth_octaves - w.bandpass.min_bandwidth_octaves
+            )
             p.band_hz = (center / 2 ** (octaves / 2), center * 2 ** (octaves / 2))
         if w.noise:
             p.snr_db = w.noise.min_snr_db + u[8] * (w.noise.max_snr_db - w.noise.min_snr_db)
@@ -211,7 +226,7 @@ class AugmentationPool:
         out = x
         for name in names:
             rows = [i for i, v in enumerate(views) if name in v.waveform]
-            if len(rows) == len(views):      # every row chose it (always so for one view): no gather
+            if len(rows) == len(views):  # every row chose it (always so for one view): no gather
                 out = apply(name, out, views)
             elif rows:
                 index = torch.tensor(rows, device=x.device)
@@ -225,8 +240,9 @@ class AugmentationPool:
 
     def apply_spectral(self, power: torch.Tensor, views: list[ViewParams], freqs: torch.Tensor) -> torch.Tensor:
         """Time stretch, pitch shift and filters on STFT power ``[B, F, N]`` (bin centres ``freqs``)."""
-        return self._steps(SPECTRAL_STEPS, power, views,
-                           lambda name, mag, chosen: self._spectral_step(name, mag, chosen, freqs))
+        return self._steps(
+            SPECTRAL_STEPS, power, views, lambda name, mag, chosen: self._spectral_step(name, mag, chosen, freqs)
+        )
 
     @staticmethod
     def _param(views: list[ViewParams], attr: str, like: torch.Tensor, index: int | None = None) -> torch.Tensor:
@@ -244,7 +260,9 @@ class AugmentationPool:
             return F.add_noise(x, self._noise(views, x), self._param(views, "snr_db", x))
         raise KeyError(name)
 
-    def _spectral_step(self, name: str, mag: torch.Tensor, views: list[ViewParams], freqs: torch.Tensor) -> torch.Tensor:
+    def _spectral_step(
+        self, name: str, mag: torch.Tensor, views: list[ViewParams], freqs: torch.Tensor
+    ) -> torch.Tensor:
         if name == "time_stretch":
             return F.time_stretch(mag, self._param(views, "stretch_rate", mag))
         if name == "pitch_shift":
@@ -255,8 +273,9 @@ class AugmentationPool:
         elif name == "highpass":
             response = F.butterworth_response(freqs, self._param(views, "highpass_hz", mag), order, highpass=True)
         elif name == "bandpass":
-            response = (F.butterworth_response(freqs, self._param(views, "band_hz", mag, 0), order, highpass=True)
-                        * F.butterworth_response(freqs, self._param(views, "band_hz", mag, 1), order, highpass=False))
+            response = F.butterworth_response(
+                freqs, self._param(views, "band_hz", mag, 0), order, highpass=True
+            ) * F.butterworth_response(freqs, self._param(views, "band_hz", mag, 1), order, highpass=False)
         else:
             raise KeyError(name)
         return F.apply_response(mag, response)
@@ -265,8 +284,9 @@ class AugmentationPool:
         """White Gaussian noise, one independent stream per view (NumPy on CPU, torch on GPU)."""
         t = x.shape[-1]
         if x.device.type == "cpu":
-            rows = [np.random.Generator(np.random.PCG64(v.noise_seed)).standard_normal(t, dtype=np.float32)
-                    for v in views]
+            rows = [
+                np.random.Generator(np.random.PCG64(v.noise_seed)).standard_normal(t, dtype=np.float32) for v in views
+            ]
             return torch.from_numpy(np.stack(rows)).to(x.dtype)
         noise = torch.empty((len(views), t), device=x.device, dtype=x.dtype)
         for i, v in enumerate(views):

@@ -15,11 +15,18 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Encoder": "base", "ModelLoadError": "base", "ModuleEncoder": "base",
+    "Encoder": "base",
+    "ModelLoadError": "base",
+    "ModuleEncoder": "base",
     "ModelConfig": "config",
-    "posterior_noise": "functional", "sample_posterior": "functional",
-    "LoadedEncoder": "loading", "ModelInfo": "loading", "inspect_encoder": "loading", "load_encoder": "loading",
-    "ReferenceAutoencoder": "reference", "ReferenceModelConfig": "reference",
+    "posterior_noise": "functional",
+    "sample_posterior": "functional",
+    "LoadedEncoder": "loading",
+    "ModelInfo": "loading",
+    "inspect_encoder": "loading",
+    "load_encoder": "loading",
+    "ReferenceAutoencoder": "reference",
+    "ReferenceModelConfig": "reference",
 }
 __all__ = sorted(_EXPORTS)
 

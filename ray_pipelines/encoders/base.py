@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import ModelLoadError   # noqa: F401  (re-exported: the encoders' load error)
+from ..models import ModelLoadError  # noqa: F401  (re-exported: the encoders' load error)
 
 
 class Encoder(nn.Module):
@@ -41,8 +41,13 @@ class Encoder(nn.Module):
         return type(self).posterior is not Encoder.posterior
 
     def describe(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "sample_rate": self.sample_rate, "channels": self.channels,
-                "downsampling_ratio": self.downsampling_ratio, "is_discrete": self.is_discrete}
+        return {
+            "class": type(self).__name__,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "downsampling_ratio": self.downsampling_ratio,
+            "is_discrete": self.is_discrete,
+        }
 
 
 # Attribute names user modules commonly use for the input channel count.
@@ -59,14 +64,27 @@ class ModuleEncoder(Encoder):
     a value given in both places must agree.
     """
 
-    def __init__(self, module: nn.Module, *, sample_rate: int | None = None, channels: int | None = None,
-                 downsampling_ratio: int | None = None, is_discrete: bool = False, name: str = "model"):
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        sample_rate: int | None = None,
+        channels: int | None = None,
+        downsampling_ratio: int | None = None,
+        is_discrete: bool = False,
+        name: str = "model",
+    ):
         super().__init__()
         self.module = module
         self.sample_rate = _resolve(name, "sample_rate", _attr(module, ("sample_rate",)), sample_rate, "sample_rate")
         self.channels = _resolve(name, "channels", _attr(module, CHANNEL_ATTRIBUTES), channels, "audio_channels")
-        self.downsampling_ratio = _resolve(name, "downsampling_ratio", _attr(module, ("downsampling_ratio",)),
-                                           downsampling_ratio, "model.downsampling_ratio")
+        self.downsampling_ratio = _resolve(
+            name,
+            "downsampling_ratio",
+            _attr(module, ("downsampling_ratio",)),
+            downsampling_ratio,
+            "model.downsampling_ratio",
+        )
         self.is_discrete = is_discrete
         self._module_has_encode = callable(getattr(module, "encode", None))
         self._module_has_posterior = callable(getattr(module, "posterior", None))
@@ -100,8 +118,10 @@ def _attr(module: nn.Module, names: tuple[str, ...]) -> int | None:
 
 def _resolve(model: str, what: str, declared: int | None, configured: int | None, key: str) -> int:
     if declared is not None and configured is not None and declared != configured:
-        raise ModelLoadError(f"{key}: the config says {configured} but {model} declares {what} = {declared}; "
-                             f"remove {key} from the config or fix it")
+        raise ModelLoadError(
+            f"{key}: the config says {configured} but {model} declares {what} = {declared}; "
+            f"remove {key} from the config or fix it"
+        )
     value = declared if declared is not None else configured
     if value is None:
         raise ModelLoadError(f"{key}: {model} does not declare {what}; set {key} in the config")

@@ -32,11 +32,12 @@ class ModelConfig(BaseModel):
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="Weights (state dict) for factory / stable-audio-tools.")
     downsampling_ratio: int | None = Field(
-        None, ge=1, description="Audio samples per latent frame, for models that do not declare it.")
+        None, ge=1, description="Audio samples per latent frame, for models that do not declare it."
+    )
     builtin: ReferenceModelConfig = Field(default_factory=ReferenceModelConfig)
 
     @model_validator(mode="after")
-    def _kind_has_its_keys(self) -> "ModelConfig":
+    def _kind_has_its_keys(self) -> ModelConfig:
         needs = {"torchscript": ("path",), "factory": ("factory",), "stable-audio-tools": ("path", "checkpoint")}
         missing = [f"model.{name}" for name in needs.get(self.kind, ()) if not getattr(self, name)]
         if missing:

@@ -13,20 +13,26 @@ from typing import Any
 
 import torch
 
+from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
 from .base import Encoder, ModelLoadError, ModuleEncoder
 from .config import ModelConfig
 from .reference import ReferenceAutoencoder
-from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
 
 
 @dataclass(frozen=True)
 class LoadedEncoder:
     encoder: Encoder
-    weights_sha256: str      # what the weights are (enters the job's config fingerprint)
+    weights_sha256: str  # what the weights are (enters the job's config fingerprint)
 
 
-def load_encoder(model: ModelConfig, *, sample_rate: int | None = None, channels: int | None = None,
-                 is_discrete: bool = False, storage_options: dict[str, Any] | None = None) -> LoadedEncoder:
+def load_encoder(
+    model: ModelConfig,
+    *,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    is_discrete: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> LoadedEncoder:
     """Build the encoder ``model`` describes (on the CPU, in eval mode, no grads).
 
     ``sample_rate``/``channels`` (the job's ``sample_rate``/``audio_channels``)
@@ -35,8 +41,10 @@ def load_encoder(model: ModelConfig, *, sample_rate: int | None = None, channels
     digest = hashlib.sha256()
     if model.kind == "builtin":
         if is_discrete:
-            raise ModelLoadError("is_discrete: the built-in reference model is a continuous VAE; "
-                                 "set is_discrete: false or load a discrete model")
+            raise ModelLoadError(
+                "is_discrete: the built-in reference model is a continuous VAE; "
+                "set is_discrete: false or load a discrete model"
+            )
         encoder: Encoder = ReferenceAutoencoder(model.builtin)
         for name, tensor in encoder.state_dict().items():
             digest.update(name.encode())
@@ -45,9 +53,14 @@ def load_encoder(model: ModelConfig, *, sample_rate: int | None = None, channels
         data = read_model_file(model.path, storage_options)
         digest.update(data)
         module = load_torchscript(data, model.path)
-        encoder = ModuleEncoder(module, sample_rate=sample_rate, channels=channels,
-                                downsampling_ratio=model.downsampling_ratio, is_discrete=is_discrete,
-                                name=f"the TorchScript model {model.path}")
+        encoder = ModuleEncoder(
+            module,
+            sample_rate=sample_rate,
+            channels=channels,
+            downsampling_ratio=model.downsampling_ratio,
+            is_discrete=is_discrete,
+            name=f"the TorchScript model {model.path}",
+        )
     elif model.kind == "factory":
         checkpoint = read_model_file(model.checkpoint, storage_options) if model.checkpoint else None
         digest.update(model.factory.encode())
@@ -58,21 +71,28 @@ def load_encoder(model: ModelConfig, *, sample_rate: int | None = None, channels
         if isinstance(module, Encoder):
             encoder = module
         else:
-            encoder = ModuleEncoder(module, sample_rate=sample_rate, channels=channels,
-                                    downsampling_ratio=model.downsampling_ratio, is_discrete=is_discrete,
-                                    name=f"the model from {model.factory}")
+            encoder = ModuleEncoder(
+                module,
+                sample_rate=sample_rate,
+                channels=channels,
+                downsampling_ratio=model.downsampling_ratio,
+                is_discrete=is_discrete,
+                name=f"the model from {model.factory}",
+            )
     elif model.kind == "stable-audio-tools":
         from .stable_audio import import_factory, load_stable_audio
 
-        import_factory()   # fail on a missing package before reading a large checkpoint
+        import_factory()  # fail on a missing package before reading a large checkpoint
         config_data = read_model_file(model.path, storage_options)
         checkpoint = read_model_file(model.checkpoint, storage_options)
         digest.update(config_data)
         digest.update(checkpoint)
         encoder = load_stable_audio(config_data, model.path, checkpoint, model.checkpoint)
         if encoder.is_discrete != is_discrete:
-            raise ModelLoadError(f"is_discrete: the config says {is_discrete} but the model's bottleneck is "
-                                 f"{'discrete' if encoder.is_discrete else 'continuous'}")
+            raise ModelLoadError(
+                f"is_discrete: the config says {is_discrete} but the model's bottleneck is "
+                f"{'discrete' if encoder.is_discrete else 'continuous'}"
+            )
     else:  # pragma: no cover - the config's Literal keeps this out
         raise ModelLoadError(f"unknown model.kind {model.kind!r}")
     _check_agrees(encoder, sample_rate, channels)
@@ -81,11 +101,15 @@ def load_encoder(model: ModelConfig, *, sample_rate: int | None = None, channels
 
 
 def _check_agrees(encoder: Encoder, sample_rate: int | None, channels: int | None) -> None:
-    for key, configured, declared in (("sample_rate", sample_rate, encoder.sample_rate),
-                                      ("audio_channels", channels, encoder.channels)):
+    for key, configured, declared in (
+        ("sample_rate", sample_rate, encoder.sample_rate),
+        ("audio_channels", channels, encoder.channels),
+    ):
         if configured is not None and configured != declared:
-            raise ModelLoadError(f"{key}: the config says {configured} but the model takes {declared}; "
-                                 f"remove {key} from the config (it comes from the model) or fix it")
+            raise ModelLoadError(
+                f"{key}: the config says {configured} but the model takes {declared}; "
+                f"remove {key} from the config (it comes from the model) or fix it"
+            )
 
 
 @dataclass(frozen=True)
@@ -97,8 +121,8 @@ class ModelInfo:
     downsampling_ratio: int
     is_discrete: bool
     has_posterior: bool
-    latent_channels: int       # D (continuous) or Q (codebooks)
-    output_dtype: str          # of encode(), at float32
+    latent_channels: int  # D (continuous) or Q (codebooks)
+    output_dtype: str  # of encode(), at float32
     weights_sha256: str
     description: dict[str, Any]
 
@@ -112,15 +136,19 @@ def inspect_encoder(loaded: LoadedEncoder, *, sample_size: int, is_discrete: boo
     ratio = encoder.downsampling_ratio
     if sample_size % ratio:
         below, above = sample_size // ratio * ratio, (sample_size // ratio + 1) * ratio
-        raise ModelLoadError(f"sample_size: {sample_size} is not a multiple of the model's downsampling ratio "
-                             f"{ratio}; use {below or above} or {above}")
+        raise ModelLoadError(
+            f"sample_size: {sample_size} is not a multiple of the model's downsampling ratio "
+            f"{ratio}; use {below or above} or {above}"
+        )
     length = min(sample_size, 16 * ratio)
     try:
         with torch.inference_mode():
             out = encoder.encode(torch.zeros(1, encoder.channels, length))
     except Exception as e:
-        raise ModelLoadError(f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ModelLoadError(
+            f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelLoadError(f"the model's encode must return [B, D, N]; it returned {shape} for [1, C, T]")
@@ -129,7 +157,14 @@ def inspect_encoder(loaded: LoadedEncoder, *, sample_size: int, is_discrete: boo
         raise ModelLoadError(f"is_discrete: true, but the model returns {out.dtype} latents, not integer tokens")
     if not is_discrete and integer:
         raise ModelLoadError(f"the model returns integer tokens ({out.dtype}); set is_discrete: true")
-    return ModelInfo(sample_rate=encoder.sample_rate, channels=encoder.channels, downsampling_ratio=ratio,
-                     is_discrete=is_discrete, has_posterior=encoder.has_posterior, latent_channels=int(out.shape[1]),
-                     output_dtype=str(out.dtype).replace("torch.", ""), weights_sha256=loaded.weights_sha256,
-                     description=encoder.describe())
+    return ModelInfo(
+        sample_rate=encoder.sample_rate,
+        channels=encoder.channels,
+        downsampling_ratio=ratio,
+        is_discrete=is_discrete,
+        has_posterior=encoder.has_posterior,
+        latent_channels=int(out.shape[1]),
+        output_dtype=str(out.dtype).replace("torch.", ""),
+        weights_sha256=loaded.weights_sha256,
+        description=encoder.describe(),
+    )

@@ -47,14 +47,26 @@ def _down_block(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     # runs at the full audio rate but the input convolution (that keeps the model cheap).
     return nn.Sequential(
         nn.Conv1d(in_channels, out_channels, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
-        nn.ELU(), nn.Conv1d(out_channels, out_channels, kernel_size=3, padding=1), nn.ELU())
+        nn.ELU(),
+        nn.Conv1d(out_channels, out_channels, kernel_size=3, padding=1),
+        nn.ELU(),
+    )
 
 
 def _up_block(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     return nn.Sequential(
-        nn.ConvTranspose1d(in_channels, out_channels, kernel_size=2 * stride, stride=stride,
-                           padding=math.ceil(stride / 2), output_padding=stride % 2),
-        nn.ELU(), nn.Conv1d(out_channels, out_channels, kernel_size=3, padding=1), nn.ELU())
+        nn.ConvTranspose1d(
+            in_channels,
+            out_channels,
+            kernel_size=2 * stride,
+            stride=stride,
+            padding=math.ceil(stride / 2),
+            output_padding=stride % 2,
+        ),
+        nn.ELU(),
+        nn.Conv1d(out_channels, out_channels, kernel_size=3, padding=1),
+        nn.ELU(),
+    )
 
 
 class ReferenceAutoencoder(Encoder):
@@ -67,22 +79,26 @@ class ReferenceAutoencoder(Encoder):
         self.channels = config.channels
         self.downsampling_ratio = config.downsampling_ratio
         self.latent_dim = config.latent_dim
-        widths = [config.hidden * min(2 ** i, 4) for i in range(len(config.strides) + 1)]
+        widths = [config.hidden * min(2**i, 4) for i in range(len(config.strides) + 1)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.encoder = nn.Sequential(
                 nn.Conv1d(config.channels, widths[0], kernel_size=7, padding=3),
                 *[_down_block(widths[i], widths[i + 1], s) for i, s in enumerate(config.strides)],
-                nn.Conv1d(widths[-1], 2 * config.latent_dim, kernel_size=3, padding=1))
+                nn.Conv1d(widths[-1], 2 * config.latent_dim, kernel_size=3, padding=1),
+            )
             self.decoder = nn.Sequential(
-                nn.Conv1d(config.latent_dim, widths[-1], kernel_size=3, padding=1), nn.ELU(),
+                nn.Conv1d(config.latent_dim, widths[-1], kernel_size=3, padding=1),
+                nn.ELU(),
                 *[_up_block(widths[i + 1], widths[i], s) for i, s in reversed(list(enumerate(config.strides)))],
-                nn.Conv1d(widths[0], config.channels, kernel_size=7, padding=3), nn.Tanh())
+                nn.Conv1d(widths[0], config.channels, kernel_size=7, padding=3),
+                nn.Tanh(),
+            )
         self.eval().requires_grad_(False)
 
     def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, scale = self.encoder(audio).chunk(2, dim=1)
-        return mean, F.softplus(scale) + 1e-4   # stable-audio-tools' VAE bottleneck convention
+        return mean, F.softplus(scale) + 1e-4  # stable-audio-tools' VAE bottleneck convention
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """The posterior mean."""

@@ -37,17 +37,26 @@ ID_DIGITS = 13
 FILELIST = "filelist.txt"
 DETAILS = "details.json"
 # {rank}/{13 digits}.npy|.json, and the temp files a killed writer may leave next to them.
-_SAMPLE_FILE = re.compile(r"^(?:[\w.=-]+/)?\d+/\d{%d}\.(npy|json)(\.tmp-[\w.-]+)?$" % ID_DIGITS)
+_SAMPLE_FILE = re.compile(rf"^(?:[\w.=-]+/)?\d+/\d{{{ID_DIGITS}}}\.(npy|json)(\.tmp-[\w.-]+)?$")
 # Columns copied into each sample's .json (besides padding_mask), under these names.
-METADATA_COLUMNS = {"key": "key", "window": "window", "seconds_start": "seconds_start",
-                    "seconds_total": "seconds_total", "timestamps": "timestamps", "sample_rate": "sample_rate",
-                    "path": "path", "relpath": "relpath", "start_seconds": "start_seconds",
-                    "valid_samples": "valid_samples", "samples_per_input": "num_windows"}
+METADATA_COLUMNS = {
+    "key": "key",
+    "window": "window",
+    "seconds_start": "seconds_start",
+    "seconds_total": "seconds_total",
+    "timestamps": "timestamps",
+    "sample_rate": "sample_rate",
+    "path": "path",
+    "relpath": "relpath",
+    "start_seconds": "start_seconds",
+    "valid_samples": "valid_samples",
+    "samples_per_input": "num_windows",
+}
 
 
 def sample_id(key: str, window: int) -> str:
     """13 digits, a pure function of (key, window): stable across runs, retries and machines."""
-    return f"{derive_seed(0, 'sat-sample-id', key, int(window)) % 10 ** ID_DIGITS:0{ID_DIGITS}d}"
+    return f"{derive_seed(0, 'sat-sample-id', key, int(window)) % 10**ID_DIGITS:0{ID_DIGITS}d}"
 
 
 def is_sample_file(relpath: str) -> bool:
@@ -92,16 +101,18 @@ class SatSink(ShardSink):
         self.rank = 0
 
     def write_rows(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
-        self.rank = rank   # one write task at a time per sink copy; read by write_split
+        self.rank = rank  # one write task at a time per sink copy; read by write_split
         return super().write_rows(columns, rank)
 
-    def write_split(self, storage: Storage, split: str, rows: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def write_split(
+        self, storage: Storage, split: str, rows: dict[str, np.ndarray]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         records: list[dict[str, Any]] = []
         schema: dict[str, Any] = {}
         if self.write_parquet:
             records, schema = super().write_split(storage, split, rows)
         folder = posixpath.join(split, str(self.rank)) if split else str(self.rank)
-        count_rows = not self.write_parquet   # rows are counted once, by the Parquet files when both exist
+        count_rows = not self.write_parquet  # rows are counted once, by the Parquet files when both exist
 
         def write_one(i: int) -> list[dict[str, Any]]:
             key, window = str(rows[KEY][i]), int(rows[self.index_column][i])
@@ -110,9 +121,17 @@ class SatSink(ShardSink):
             meta = json.dumps(sample_metadata(rows, i)).encode()
             storage.write_bytes(stem + ".npy", data)
             storage.write_bytes(stem + ".json", meta)
-            return [{"path": stem + ".npy", "split": split, "rows": int(count_rows), "bytes": len(data),
-                     "key": key, "window": window},
-                    {"path": stem + ".json", "split": split, "rows": 0, "bytes": len(meta)}]
+            return [
+                {
+                    "path": stem + ".npy",
+                    "split": split,
+                    "rows": int(count_rows),
+                    "bytes": len(data),
+                    "key": key,
+                    "window": window,
+                },
+                {"path": stem + ".json", "split": split, "rows": 0, "bytes": len(meta)},
+            ]
 
         indices = range(len(rows[KEY]))
         if is_local(storage.fs) or self.io_threads <= 1:
@@ -124,7 +143,8 @@ class SatSink(ShardSink):
         latents = rows["latents"]
         return records, schema or {
             "latents": {"type": "npy", "dtype": str(latents.dtype), "shape": list(latents.shape[1:])},
-            "padding_mask": {"type": "json", "length": int(rows["padding_mask"].shape[1])}}
+            "padding_mask": {"type": "json", "length": int(rows["padding_mask"].shape[1])},
+        }
 
 
 def id_collisions(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,8 +158,7 @@ def id_collisions(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = (f["key"], int(f["window"]), f["path"])
         other = seen.setdefault(sid, mine)
         if other[:2] != mine[:2]:
-            collisions.append({"id": sid, "samples": [list(other), list(mine)],
-                               "overwritten": other[2] == mine[2]})
+            collisions.append({"id": sid, "samples": [list(other), list(mine)], "overwritten": other[2] == mine[2]})
     return collisions
 
 

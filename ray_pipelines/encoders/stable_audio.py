@@ -14,12 +14,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Encoder, ModelLoadError
 from ..models import load_state_dict
+from .base import Encoder, ModelLoadError
 
-INSTALL_HINT = ("model.kind 'stable-audio-tools' needs the optional stable-audio-tools package, which is not "
-                "installed in this environment (on the driver and every worker): "
-                "pip install stable-audio-tools; or export the encoder as TorchScript and use model.kind torchscript")
+INSTALL_HINT = (
+    "model.kind 'stable-audio-tools' needs the optional stable-audio-tools package, which is not "
+    "installed in this environment (on the driver and every worker): "
+    "pip install stable-audio-tools; or export the encoder as TorchScript and use model.kind torchscript"
+)
 
 
 def import_factory():
@@ -29,8 +31,9 @@ def import_factory():
     except ImportError as e:
         missing = getattr(e, "name", "") or ""
         if missing and not missing.startswith("stable_audio_tools"):
-            raise ModelLoadError(f"stable-audio-tools is installed but cannot be imported: it needs {missing!r} "
-                                 f"({e})") from None
+            raise ModelLoadError(
+                f"stable-audio-tools is installed but cannot be imported: it needs {missing!r} ({e})"
+            ) from None
         raise ModelLoadError(INSTALL_HINT) from None
     return create_model_from_config
 
@@ -41,8 +44,10 @@ def parse_model_config(data: bytes, name: str) -> dict[str, Any]:
     except ValueError as e:
         raise ModelLoadError(f"model.path {name} is not a JSON model config: {e}") from None
     if config.get("model_type") != "autoencoder":
-        raise ModelLoadError(f"model.path {name}: model_type is {config.get('model_type')!r}; pre-encoding needs an "
-                             "'autoencoder' model config")
+        raise ModelLoadError(
+            f"model.path {name}: model_type is {config.get('model_type')!r}; pre-encoding needs an "
+            "'autoencoder' model config"
+        )
     if "sample_rate" not in config:
         raise ModelLoadError(f"model.path {name} has no sample_rate")
     return config
@@ -86,12 +91,17 @@ class StableAudioEncoder(Encoder):
         return self.is_vae
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "latent_dim": getattr(self.model, "latent_dim", None),
-                "bottleneck": type(getattr(self.model, "bottleneck", None)).__name__,
-                "model_config": self.model_config}
+        return {
+            **super().describe(),
+            "latent_dim": getattr(self.model, "latent_dim", None),
+            "bottleneck": type(getattr(self.model, "bottleneck", None)).__name__,
+            "model_config": self.model_config,
+        }
 
 
-def load_stable_audio(config_data: bytes, config_name: str, checkpoint: bytes, checkpoint_name: str) -> StableAudioEncoder:
+def load_stable_audio(
+    config_data: bytes, config_name: str, checkpoint: bytes, checkpoint_name: str
+) -> StableAudioEncoder:
     create_model_from_config = import_factory()
     model_config = parse_model_config(config_data, config_name)
     model = create_model_from_config(model_config)
@@ -99,10 +109,11 @@ def load_stable_audio(config_data: bytes, config_name: str, checkpoint: bytes, c
     # Training checkpoints wrap the autoencoder; unwrapped ones are its own state dict.
     prefix = "autoencoder."
     if state and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ModelLoadError(f"checkpoint {checkpoint_name} does not fit the model in {config_name}: "
-                             f"{str(e).splitlines()[0]} ...") from None
+        raise ModelLoadError(
+            f"checkpoint {checkpoint_name} does not fit the model in {config_name}: {str(e).splitlines()[0]} ..."
+        ) from None
     return StableAudioEncoder(model.eval().requires_grad_(False), model_config)

@@ -31,8 +31,10 @@ class WindowPlan:
         if samples <= 0:
             raise DecodeError("empty: no audio samples")
         count = 1 if self.mode == "first" else math.ceil(samples / self.sample_size)
-        return [Window(w, w * self.sample_size / self.sample_rate, {"file_seconds": float(file_seconds)})
-                for w in range(count)]
+        return [
+            Window(w, w * self.sample_size / self.sample_rate, {"file_seconds": float(file_seconds)})
+            for w in range(count)
+        ]
 
 
 class EncodeDecoder(WindowDecoder):

@@ -9,8 +9,9 @@ wrong becomes an error row with a reason; nothing raises out of here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,9 @@ ROW_COLUMNS = ("key", "split", "samples_per_input", "error", "etag", "source")
 
 @dataclass(frozen=True)
 class Window:
-    index: int            # sample index within the input (version, window, snippet number)
-    start: float          # seconds from the start of the file
-    extra: dict[str, Any] | None = None   # per-window job columns
+    index: int  # sample index within the input (version, window, snippet number)
+    start: float  # seconds from the start of the file
+    extra: dict[str, Any] | None = None  # per-window job columns
 
 
 class WindowDecoder:
@@ -34,11 +35,21 @@ class WindowDecoder:
     ``split_of(key)`` names its split unless the input row already has one.
     """
 
-    def __init__(self, *, plan: Callable[[str, float], list[Window]], sample_rate: int, duration: float,
-                 index_column: str, split_of: Callable[[str], str] | None = None, channels: int | None = None,
-                 min_duration: float = 0.0, silence_db: float | None = None,
-                 storage_options: dict[str, Any] | None = None, passthrough: tuple[str, ...] = (),
-                 valid_column: str | None = None):
+    def __init__(
+        self,
+        *,
+        plan: Callable[[str, float], list[Window]],
+        sample_rate: int,
+        duration: float,
+        index_column: str,
+        split_of: Callable[[str], str] | None = None,
+        channels: int | None = None,
+        min_duration: float = 0.0,
+        silence_db: float | None = None,
+        storage_options: dict[str, Any] | None = None,
+        passthrough: tuple[str, ...] = (),
+        valid_column: str | None = None,
+    ):
         self.plan = plan
         self.sample_rate = sample_rate
         self.duration = duration
@@ -56,8 +67,17 @@ class WindowDecoder:
         shape = (self.num_samples,) if self.channels is None else (self.channels, self.num_samples)
         return np.zeros(shape, dtype=np.float32)
 
-    def _row(self, item: dict[str, Any], index: int, expected: int, error: str, audio: np.ndarray | None,
-             start: float = 0.0, valid: int = 0, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _row(
+        self,
+        item: dict[str, Any],
+        index: int,
+        expected: int,
+        error: str,
+        audio: np.ndarray | None,
+        start: float = 0.0,
+        valid: int = 0,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         row = {
             "key": item["key"],
             self.index_column: index,
@@ -84,23 +104,27 @@ class WindowDecoder:
         try:
             with AudioFile(InputAudio.from_row(item), self.storage_options) as audio_file:
                 if audio_file.duration < self.min_duration:
-                    raise DecodeError(f"too short: {audio_file.duration:.3f} s is below min_duration "
-                                      f"{self.min_duration:g} s")
+                    raise DecodeError(
+                        f"too short: {audio_file.duration:.3f} s is below min_duration {self.min_duration:g} s"
+                    )
                 windows = self.plan(item["key"], audio_file.duration)
                 rows = []
                 for window in windows:
                     if window.index in skip:
                         continue
                     try:
-                        audio, valid = load_window(audio_file, window.start, self.duration, self.sample_rate,
-                                                   self.channels)
+                        audio, valid = load_window(
+                            audio_file, window.start, self.duration, self.sample_rate, self.channels
+                        )
                         check_finite(audio)
                         check_not_silent(audio, self.silence_db)
-                        rows.append(self._row(item, window.index, len(windows), "", audio, window.start, valid,
-                                              window.extra))
+                        rows.append(
+                            self._row(item, window.index, len(windows), "", audio, window.start, valid, window.extra)
+                        )
                     except DecodeError as e:
-                        rows.append(self._row(item, window.index, len(windows), str(e), None, window.start,
-                                              extra=window.extra))
+                        rows.append(
+                            self._row(item, window.index, len(windows), str(e), None, window.start, extra=window.extra)
+                        )
                 return rows
         except DecodeError as e:
             return [self._row(item, -1, 0, str(e), None)]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from ..config import CommonConfig
 from ..sources import InputItem, list_inputs
@@ -36,8 +37,8 @@ class Job(abc.ABC):
 
     name: ClassVar[str]
     config_model: ClassVar[type[CommonConfig]]
-    index_column: ClassVar[str] = "index"      # the per-input sample number column (version, window, ...)
-    rows_label: ClassVar[str] = "rows"          # what a written row is, for the summary
+    index_column: ClassVar[str] = "index"  # the per-input sample number column (version, window, ...)
+    rows_label: ClassVar[str] = "rows"  # what a written row is, for the summary
     # On CPU clusters the first actor decodes its own blocks, this many inputs at a time
     # (None: the whole block at once). Jobs whose decoded inputs are large set a few.
     decode_chunk: ClassVar[int | None] = None
@@ -77,10 +78,17 @@ class Job(abc.ABC):
 
     def make_sink(self, fingerprint: str) -> ShardSink:
         cfg = self.config
-        return ShardSink(output=cfg.output, storage_options=cfg.storage_options, fingerprint=fingerprint,
-                         index_column=self.index_column, output_columns=self.output_columns,
-                         rows_per_file=cfg.rows_per_file, compression=cfg.compression, direct_io=cfg.direct_io,
-                         schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()})
+        return ShardSink(
+            output=cfg.output,
+            storage_options=cfg.storage_options,
+            fingerprint=fingerprint,
+            index_column=self.index_column,
+            output_columns=self.output_columns,
+            rows_per_file=cfg.rows_per_file,
+            compression=cfg.compression,
+            direct_io=cfg.direct_io,
+            schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
+        )
 
     def is_data_file(self, relpath: str) -> bool:
         return default_is_data_file(relpath)

@@ -22,8 +22,9 @@ import platform
 import posixpath
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..storage import Storage
 
@@ -42,9 +43,9 @@ class OutputConflict(RuntimeError):
 class Progress:
     """What committed manifests say about each input key."""
 
-    written: dict[str, set[int]] = field(default_factory=dict)      # key -> sample indices written
-    expected: dict[str, int] = field(default_factory=dict)          # key -> samples the input yields
-    final_errors: dict[str, dict[int, str]] = field(default_factory=dict)   # key -> {index: reason}; -1 = whole input
+    written: dict[str, set[int]] = field(default_factory=dict)  # key -> sample indices written
+    expected: dict[str, int] = field(default_factory=dict)  # key -> samples the input yields
+    final_errors: dict[str, dict[int, str]] = field(default_factory=dict)  # key -> {index: reason}; -1 = whole input
     etags: dict[str, str] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
@@ -70,7 +71,7 @@ class Progress:
         """Every sample of the input is written or failed for good (or the whole input failed)."""
         if -1 in self.final_errors.get(key, {}):
             return True
-        expected = self.expected.get(key, 0)    # 0: only a whole-input error was seen, which was retryable
+        expected = self.expected.get(key, 0)  # 0: only a whole-input error was seen, which was retryable
         return expected > 0 and len(self.done_indices(key)) >= expected
 
 
@@ -82,8 +83,9 @@ class OutputState:
         self.is_data_file = is_data_file or default_is_data_file
 
     # ---- before a run ------------------------------------------------------------
-    def prepare(self, job: str, fingerprint: str, config: dict[str, Any], fingerprinted: dict[str, Any],
-                overwrite: bool) -> str:
+    def prepare(
+        self, job: str, fingerprint: str, config: dict[str, Any], fingerprinted: dict[str, Any], overwrite: bool
+    ) -> str:
         """Claim the output for this job and config; returns this run's id.
 
         The run id in ``_job.json`` fences off an earlier run's stray writers (Ray
@@ -97,25 +99,37 @@ class OutputState:
         if existing is None and not self.storage.is_empty() and not overwrite:
             raise OutputConflict(
                 f"output {self.storage.root} is not empty and was not written by ray-pipelines; "
-                "choose another output or pass --overwrite to replace its contents")
+                "choose another output or pass --overwrite to replace its contents"
+            )
         if existing is not None and not overwrite:
             if existing.get("job") != job:
                 raise OutputConflict(
                     f"output {self.storage.root} holds a '{existing.get('job')}' job's data, not '{job}'; "
-                    "choose another output or pass --overwrite")
+                    "choose another output or pass --overwrite"
+                )
             if existing.get("fingerprint") != fingerprint:
                 changed = _changed_keys(existing.get("fingerprinted", {}), fingerprinted)
                 raise OutputConflict(
                     f"output {self.storage.root} was written with another config (fingerprint "
-                    f"{existing.get('fingerprint', '?')[:12]} != {fingerprint[:12]}; changed: {', '.join(changed) or '?'}). "
-                    "Use a new output path for a new version, or pass --overwrite to replace it")
+                    f"{existing.get('fingerprint', '?')[:12]} != {fingerprint[:12]}; "
+                    f"changed: {', '.join(changed) or '?'}). "
+                    "Use a new output path for a new version, or pass --overwrite to replace it"
+                )
         if overwrite and not self.storage.is_empty():
             self.storage.remove("")
         self.storage.makedirs(MANIFEST_DIR)
         self.storage.remove(SUCCESS_FILE)
         run_id = uuid.uuid4().hex
-        self.storage.write_json(JOB_FILE, {"job": job, "fingerprint": fingerprint, "config": config,
-                                           "fingerprinted": fingerprinted, "run_id": run_id})
+        self.storage.write_json(
+            JOB_FILE,
+            {
+                "job": job,
+                "fingerprint": fingerprint,
+                "config": config,
+                "fingerprinted": fingerprinted,
+                "run_id": run_id,
+            },
+        )
         return run_id
 
     def load_parts(self) -> list[dict[str, Any]]:
@@ -138,16 +152,25 @@ class OutputState:
             return removed
         fs.invalidate_cache(root)
         for path in fs.find(root):
-            rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.relpath(path, root)
+            rel = path[len(root) :].lstrip("/") if path.startswith(root) else posixpath.relpath(path, root)
             if rel.startswith(MANIFEST_DIR + "/") or rel in referenced or not self.is_data_file(rel):
                 continue
             fs.rm(path)
             removed.append(rel)
         return removed
 
-    def commit(self, *, job: str, fingerprint: str, config: dict[str, Any], listed: int, skipped: int,
-               processed_keys: list[str], timings: dict[str, float],
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def commit(
+        self,
+        *,
+        job: str,
+        fingerprint: str,
+        config: dict[str, Any],
+        listed: int,
+        skipped: int,
+        processed_keys: list[str],
+        timings: dict[str, float],
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Merge per-rank manifests into manifest.json and errors.jsonl, then write _SUCCESS."""
         parts = self.load_parts()
         progress = progress_of(parts)
@@ -160,9 +183,15 @@ class OutputState:
         lost = []
         for key in processed_keys:
             if not progress.is_done(key) and (key, -1) not in logged:
-                lost.append({"key": key, "index": -1, "retry": True,
-                             "reason": "lost: its block failed after bounded retries (worker crash or out of "
-                                       "memory); it will be retried on the next run"})
+                lost.append(
+                    {
+                        "key": key,
+                        "index": -1,
+                        "retry": True,
+                        "reason": "lost: its block failed after bounded retries (worker crash or out of "
+                        "memory); it will be retried on the next run",
+                    }
+                )
         errors.extend(lost)
         errors.sort(key=lambda e: (e["key"], int(e.get("index", -1))))
 

@@ -27,8 +27,8 @@ from ..storage import Storage
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
 from .manifest import OutputState
-from .sink import ShardSink
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
+from .sink import ShardSink
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class JobResult:
     seconds: float
     output: str
     ray: str = ""
-    run_rows: int = 0          # rows written by this run (the manifest counts the whole output)
-    writes: list[dict[str, Any]] = field(default_factory=list)   # what each write task reported
+    run_rows: int = 0  # rows written by this run (the manifest counts the whole output)
+    writes: list[dict[str, Any]] = field(default_factory=list)  # what each write task reported
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -94,7 +94,7 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     cfg = job.config
     started = time.time()
     storage = Storage(cfg.output, cfg.storage_options)
-    fingerprint_extra = job.fingerprint_extra()      # may hash model weights: once per run
+    fingerprint_extra = job.fingerprint_extra()  # may hash model weights: once per run
     fingerprint = cfg.fingerprint(fingerprint_extra)
     config = cfg.model_dump(mode="json")
     state = OutputState(storage, job.is_data_file)
@@ -121,14 +121,29 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     ran_at = time.time()
 
     manifest = state.commit(
-        job=job.name, fingerprint=fingerprint, config=config, listed=len(rows),
-        skipped=skipped, processed_keys=[r["key"] for r in pending],
-        timings={"list_seconds": round(listed_at - started, 3), "run_seconds": round(ran_at - listed_at, 3),
-                 "commit_seconds": round(time.time() - ran_at, 3)},
-        extra={"fingerprint_extra": fingerprint_extra})
+        job=job.name,
+        fingerprint=fingerprint,
+        config=config,
+        listed=len(rows),
+        skipped=skipped,
+        processed_keys=[r["key"] for r in pending],
+        timings={
+            "list_seconds": round(listed_at - started, 3),
+            "run_seconds": round(ran_at - listed_at, 3),
+            "commit_seconds": round(time.time() - ran_at, 3),
+        },
+        extra={"fingerprint_extra": fingerprint_extra},
+    )
     extra = job.after_commit(storage, manifest)
-    return JobResult(manifest=manifest, seconds=time.time() - started, output=storage.root, ray=how,
-                     run_rows=sum(w["rows"] for w in writes), writes=writes, extra=extra)
+    return JobResult(
+        manifest=manifest,
+        seconds=time.time() - started,
+        output=storage.root,
+        ray=how,
+        run_rows=sum(w["rows"] for w in writes),
+        writes=writes,
+        extra=extra,
+    )
 
 
 class DecodeThenStage:
@@ -148,7 +163,7 @@ class DecodeThenStage:
         size = self.chunk or max(1, n)
         outputs = []
         for start in range(0, n, size):
-            decoded = self.decoder({name: values[start:start + size] for name, values in batch.items()})
+            decoded = self.decoder({name: values[start : start + size] for name, values in batch.items()})
             outputs.append(self.stage(decoded) if decoded else decoded)
         return concat_batches(outputs)
 
@@ -161,7 +176,7 @@ class DecodeStageWrite(DecodeThenStage):
     def __init__(self, sink: ShardSink, **decode_then_stage):
         super().__init__(**decode_then_stage)
         self.sink = sink
-        self.blocks_written = 0      # the report's "rank": informational, names no file
+        self.blocks_written = 0  # the report's "rank": informational, names no file
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         report = self.sink.write_block(super().__call__(batch), rank=self.blocks_written)
@@ -189,8 +204,12 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
             # CPU cluster: the first actor stage decodes its own input block, so decoded
             # audio never crosses the object store and no CPU sits reserved for decode tasks.
             first, *rest = stages
-            fused = {"decoder": job.decoder(), "stage_cls": first.cls, "stage_kwargs": first.kwargs,
-                     "chunk": job.decode_chunk}
+            fused = {
+                "decoder": job.decoder(),
+                "stage_cls": first.cls,
+                "stage_kwargs": first.kwargs,
+                "chunk": job.decode_chunk,
+            }
             # A one-stage job's actors also write their output (unless the sink lays files
             # out by write-task rank): no output tensors through the object store, no write tasks.
             fused_write = not rest and not sink.layout_uses_rank
@@ -199,20 +218,33 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
             else:
                 stages = [StageSpec(DecodeThenStage, fused, batch_size=None), *rest]
         else:
-            ds = ds.map_batches(job.decoder(), batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
-                                max_retries=MAX_TASK_RETRIES)
+            ds = ds.map_batches(
+                job.decoder(),
+                batch_size=None,
+                batch_format="numpy",
+                num_cpus=plan.decode_cpus,
+                max_retries=MAX_TASK_RETRIES,
+            )
         for stage in stages:
             gpus = plan.num_gpus if stage.gpu else 0.0
             # Decoding stages take whole input blocks; other stages take rows in batches.
             batch_size = None if issubclass(stage.cls, DecodeThenStage) else (stage.batch_size or cfg.batch_size)
             ds = ds.map_batches(
-                stage.cls, fn_constructor_kwargs=stage.kwargs, batch_size=batch_size,
-                batch_format="numpy", compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
-                num_gpus=gpus or None, **actor_args)
+                stage.cls,
+                fn_constructor_kwargs=stage.kwargs,
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
+                num_gpus=gpus or None,
+                **actor_args,
+            )
         if fused_write:
             return [{name: python_scalar(value) for name, value in row.items()} for row in ds.take_all()]
         # One writer per actor keeps up; more would only start more worker processes
         # (each pays seconds of imports) for the same bytes.
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES},
-                          concurrency=plan.max_size)
+        ds.write_datasink(
+            sink,
+            ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES},
+            concurrency=plan.max_size,
+        )
     return sink.write_returns

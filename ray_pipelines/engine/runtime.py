@@ -33,8 +33,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return f"cluster at {address}"
     # Keep idle workers: otherwise every write task pays a fresh worker's start-up
     # (about 1 CPU-second per block, measured in bench/encode.py).
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             log_to_driver=not quiet, configure_logging=False, _system_config={"kill_idle_workers_interval_ms": 0})
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=not quiet,
+        configure_logging=False,
+        _system_config={"kill_idle_workers_interval_ms": 0},
+    )
     return "embedded local Ray"
 
 
@@ -43,8 +49,8 @@ class PoolPlan:
     min_size: int
     max_size: int
     num_gpus: float
-    num_cpus: float       # per actor
-    decode_cpus: float    # per decode task
+    num_cpus: float  # per actor
+    decode_cpus: float  # per decode task
 
 
 def plan_pool(cfg: CommonConfig, uses_gpu: bool = True, max_useful: int | None = None) -> PoolPlan:
@@ -62,8 +68,9 @@ def plan_pool(cfg: CommonConfig, uses_gpu: bool = True, max_useful: int | None =
     if not uses_gpu:
         num_gpus = 0.0
     if num_gpus > 0 and gpus == 0:
-        raise ConfigError(f"num_gpus: {num_gpus} GPUs per actor asked for, but the cluster has no GPU "
-                          "(set num_gpus: 0 to run on CPU)")
+        raise ConfigError(
+            f"num_gpus: {num_gpus} GPUs per actor asked for, but the cluster has no GPU (set num_gpus: 0 to run on CPU)"
+        )
     if isinstance(cfg.actors, ActorPool):
         low, high = cfg.actors.min, cfg.actors.max
     elif isinstance(cfg.actors, int):

@@ -15,7 +15,8 @@ import hashlib
 import os
 import socket
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,10 +57,19 @@ class ShardSink(Datasink):
     # (ranks from ctx.task_idx) and is never run inside the actors.
     layout_uses_rank = False
 
-    def __init__(self, *, output: str, storage_options: dict[str, Any] | None, fingerprint: str,
-                 index_column: str, output_columns: list[str], rows_per_file: int = 512,
-                 compression: str = "zstd", schema_metadata: dict[str, str] | None = None,
-                 direct_io: bool = True):
+    def __init__(
+        self,
+        *,
+        output: str,
+        storage_options: dict[str, Any] | None,
+        fingerprint: str,
+        index_column: str,
+        output_columns: list[str],
+        rows_per_file: int = 512,
+        compression: str = "zstd",
+        schema_metadata: dict[str, str] | None = None,
+        direct_io: bool = True,
+    ):
         self.output = output
         self.storage_options = storage_options or {}
         self.fingerprint = fingerprint
@@ -68,8 +78,8 @@ class ShardSink(Datasink):
         self.rows_per_file = rows_per_file
         self.compression = None if compression == "none" else compression
         self.schema_metadata = schema_metadata or {}
-        self.direct_io = direct_io    # local shard files past the page cache (ray_pipelines/direct_io.py)
-        self.run_id = ""      # set by the runner; fences off writers of an earlier, killed run
+        self.direct_io = direct_io  # local shard files past the page cache (ray_pipelines/direct_io.py)
+        self.run_id = ""  # set by the runner; fences off writers of an earlier, killed run
         self.write_returns: list[dict[str, Any]] = []
 
     # ---- Datasink interface -----------------------------------------------------
@@ -111,15 +121,18 @@ class ShardSink(Datasink):
                 entry["written"].append(int(indices[i]))
         error_rows = [
             {"key": keys[i], "index": int(indices[i]), "reason": errors[i], "retry": is_retryable(errors[i])}
-            for i in np.flatnonzero(~ok)]
+            for i in np.flatnonzero(~ok)
+        ]
 
         files: list[dict[str, Any]] = []
         schema: dict[str, Any] = {}
         for split in sorted(set(splits[ok])):
-            rows = order[ok & (splits == split)]          # original positions, in (key, index) order
+            rows = order[ok & (splits == split)]  # original positions, in (key, index) order
             for start in range(0, len(rows), self.rows_per_file):
-                take = rows[start:start + self.rows_per_file]
-                record, schema = self.write_split(storage, split, {name: values[take] for name, values in columns.items()})
+                take = rows[start : start + self.rows_per_file]
+                record, schema = self.write_split(
+                    storage, split, {name: values[take] for name, values in columns.items()}
+                )
                 files.extend(record)
 
         part = {
@@ -136,15 +149,20 @@ class ShardSink(Datasink):
             return report(fenced=True)
         name = content_hash(self.fingerprint, keys, indices)
         storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part)
-        return report(rows=int(ok.sum()), error_rows=len(error_rows), files=len(files),
-                      bytes=sum(int(f["bytes"]) for f in files))
+        return report(
+            rows=int(ok.sum()), error_rows=len(error_rows), files=len(files), bytes=sum(int(f["bytes"]) for f in files)
+        )
 
     def make_table(self, rows: dict[str, np.ndarray]) -> pa.Table:
         """The Arrow table of one file's rows (override to choose other column types)."""
-        return table_from_columns({c: rows[c] for c in self.output_columns},
-                                  {"ray_pipelines.fingerprint": self.fingerprint, **self.schema_metadata})
+        return table_from_columns(
+            {c: rows[c] for c in self.output_columns},
+            {"ray_pipelines.fingerprint": self.fingerprint, **self.schema_metadata},
+        )
 
-    def write_split(self, storage: Storage, split: str, rows: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def write_split(
+        self, storage: Storage, split: str, rows: dict[str, np.ndarray]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Write one file of ``rows`` (sorted, all in ``split``); return its file records and schema."""
         table = self.make_table(rows)
         name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column])
@@ -152,28 +170,45 @@ class ShardSink(Datasink):
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
         scalars = scalar_columns(table.schema)
         with storage.open_atomic(relpath, direct=self.direct_io) as f:
-            pq.write_table(table, f, row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes),
-                           compression=self.compression,
-                           compression_level=ZSTD_LEVEL if self.compression == "zstd" else None,
-                           use_dictionary=scalars, write_statistics=scalars,
-                           use_byte_stream_split=float_tensor_leaves(table.schema) or False)
+            pq.write_table(
+                table,
+                f,
+                row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes),
+                compression=self.compression,
+                compression_level=ZSTD_LEVEL if self.compression == "zstd" else None,
+                use_dictionary=scalars,
+                write_statistics=scalars,
+                use_byte_stream_split=float_tensor_leaves(table.schema) or False,
+            )
         size = storage.fs.size(storage.abspath(relpath))
-        return [{"path": relpath, "split": split, "rows": table.num_rows, "bytes": int(size)}], describe_schema(table.schema)
+        return [{"path": relpath, "split": split, "rows": table.num_rows, "bytes": int(size)}], describe_schema(
+            table.schema
+        )
 
 
 def report(rows: int = 0, error_rows: int = 0, files: int = 0, bytes: int = 0, fenced: bool = False) -> dict[str, Any]:
     """What a write reports to the driver (``JobResult.writes``): the same keys every time
     (``writer`` names the process that wrote, for the steady-state rate)."""
-    return {"rows": rows, "error_rows": error_rows, "files": files, "bytes": bytes, "fenced": fenced,
-            "finished_at": time.time(), "writer": f"{socket.gethostname()}:{os.getpid()}"}
+    return {
+        "rows": rows,
+        "error_rows": error_rows,
+        "files": files,
+        "bytes": bytes,
+        "fenced": fenced,
+        "finished_at": time.time(),
+        "writer": f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 def scalar_columns(schema: pa.Schema) -> list[str]:
     """Columns worth dictionary encoding and min/max statistics: not tensors. Tensor values almost
     never repeat (Parquet's failed dictionary attempt costs more than writing them plainly), and the
     minimum of a million spectrogram bins selects nothing."""
-    return [f.name for f in schema
-            if not (isinstance(f.type, pa.FixedShapeTensorType) or pa.types.is_fixed_size_list(f.type))]
+    return [
+        f.name
+        for f in schema
+        if not (isinstance(f.type, pa.FixedShapeTensorType) or pa.types.is_fixed_size_list(f.type))
+    ]
 
 
 def float_tensor_leaves(schema: pa.Schema) -> list[str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .runner import JobResult
 
 
-def format_summary(job_name: str, result: JobResult, rows_label: str = "rows",
-                   units: dict[str, float] | None = None) -> str:
+def format_summary(
+    job_name: str, result: JobResult, rows_label: str = "rows", units: dict[str, float] | None = None
+) -> str:
     c = result.counts
     seconds = max(result.seconds, 1e-9)
     run_seconds = max(result.manifest["timings"].get("run_seconds", seconds), 1e-9)
@@ -19,20 +20,27 @@ def format_summary(job_name: str, result: JobResult, rows_label: str = "rows",
         ("processed this run", c["processed_this_run"]),
         (f"{rows_label} in output", f"{c['rows_written']}" + (f" ({splits})" if splits else "")),
         (f"{rows_label} this run", result.run_rows),
-        ("inputs with errors", f"{c['errors']} ({c['error_rows']} error rows, see errors.jsonl)"
-         if c["errors"] else "0"),
+        (
+            "inputs with errors",
+            f"{c['errors']} ({c['error_rows']} error rows, see errors.jsonl)" if c["errors"] else "0",
+        ),
     ]
     if c.get("lost"):
         lines.append(("lost (retried next run)", c["lost"]))
     if c["processed_this_run"]:
-        lines.append(("throughput", f"{c['processed_this_run'] / run_seconds:.1f} inputs/s, "
-                                    f"{result.run_rows / run_seconds:.1f} {rows_label}/s"))
+        lines.append(
+            (
+                "throughput",
+                f"{c['processed_this_run'] / run_seconds:.1f} inputs/s, "
+                f"{result.run_rows / run_seconds:.1f} {rows_label}/s",
+            )
+        )
         for unit, amount in (units or {}).items():
             lines.append(("", f"{amount / run_seconds:.1f} {unit}/s"))
         steady = result.steady_rows_per_second
         if steady is not None:
             lines.append(("steady state", f"{steady:.1f} {rows_label}/s (while every writer was busy)"))
-    for label, value in (result.extra or {}).items():   # what the job's after_commit reported
+    for label, value in (result.extra or {}).items():  # what the job's after_commit reported
         shown = _short(value)
         if shown is not None:
             lines.append((str(label), shown))

@@ -31,10 +31,10 @@ SPLITS_FILE = "splits.json"
 
 @dataclass
 class LibraryPlan:
-    names: list[str]                          # label names in index order
-    songs: dict[str, dict[str, str]]          # key -> {"label", "split"}: every song of this output
-    scan: LibraryScan                         # this run's listing: kept songs, dropped labels, ...
-    assignment: SplitAssignment               # this run's split decisions (moved keys, uncovered labels)
+    names: list[str]  # label names in index order
+    songs: dict[str, dict[str, str]]  # key -> {"label", "split"}: every song of this output
+    scan: LibraryScan  # this run's listing: kept songs, dropped labels, ...
+    assignment: SplitAssignment  # this run's split decisions (moved keys, uncovered labels)
     new_labels: list[str] = field(default_factory=list)
 
     def label_index(self, name: str) -> int:
@@ -51,8 +51,9 @@ class LibraryPlan:
         return out
 
 
-def read_memory(storage: Storage, seed: int,
-                fractions: dict[str, float]) -> tuple[list[str], dict[str, dict[str, str]]]:
+def read_memory(
+    storage: Storage, seed: int, fractions: dict[str, float]
+) -> tuple[list[str], dict[str, dict[str, str]]]:
     """Label names and song assignments an earlier run of this output recorded."""
     names = storage.read_json(LABELS_FILE) if storage.exists(LABELS_FILE) else []
     songs: dict[str, dict[str, str]] = {}
@@ -60,29 +61,43 @@ def read_memory(storage: Storage, seed: int,
         recorded = storage.read_json(SPLITS_FILE)
         if recorded.get("seed") == seed and recorded.get("fractions") == fractions:
             songs = recorded.get("songs", {})
-        else:   # the engine refuses a changed config first; this guards hand-edited files
+        else:  # the engine refuses a changed config first; this guards hand-edited files
             log.warning("%s was written with another seed or split fractions; ignoring it", SPLITS_FILE)
     return list(names), songs
 
 
-def plan_library(items: list[InputItem], *, storage: Storage, seed: int, fractions: dict[str, float],
-                 skip_dirs: list[str], min_per_label: int) -> LibraryPlan:
+def plan_library(
+    items: list[InputItem],
+    *,
+    storage: Storage,
+    seed: int,
+    fractions: dict[str, float],
+    skip_dirs: list[str],
+    min_per_label: int,
+) -> LibraryPlan:
     """Scan, keep labels, and split songs, honouring what the output already recorded."""
     known_names, recorded = read_memory(storage, seed, fractions)
     scan = scan_library(items, skip_dirs=skip_dirs, min_per_label=min_per_label, always_keep=set(known_names))
     labels = scan.labels
-    fixed = {key: recorded[key]["split"] for key in labels if key in recorded}   # recorded songs never move
+    fixed = {key: recorded[key]["split"] for key in labels if key in recorded}  # recorded songs never move
     assignment = assign_splits(labels, fractions, seed, fixed)
     names = extend_label_names(known_names, list(scan.songs_per_label))
     songs = {**recorded, **{key: {"label": labels[key], "split": split} for key, split in assignment.splits.items()}}
-    return LibraryPlan(names=names, songs=songs, scan=scan, assignment=assignment,
-                       new_labels=[n for n in names if n not in set(known_names)])
+    return LibraryPlan(
+        names=names,
+        songs=songs,
+        scan=scan,
+        assignment=assignment,
+        new_labels=[n for n in names if n not in set(known_names)],
+    )
 
 
 def save_plan(storage: Storage, plan: LibraryPlan, seed: int, fractions: dict[str, float]) -> None:
     storage.write_json(LABELS_FILE, plan.names)
-    storage.write_json(SPLITS_FILE, {"seed": seed, "fractions": fractions,
-                                     "songs": {key: plan.songs[key] for key in sorted(plan.songs)}})
+    storage.write_json(
+        SPLITS_FILE,
+        {"seed": seed, "fractions": fractions, "songs": {key: plan.songs[key] for key in sorted(plan.songs)}},
+    )
 
 
 def describe(plan: LibraryPlan, min_per_label: int) -> dict[str, Any]:

@@ -71,8 +71,9 @@ def huggingface_metadata(label_names: list[str], max_length: int, n_mels: int) -
     return {"huggingface": json.dumps({"info": {"features": features}}, sort_keys=True)}
 
 
-def load_hf_dataset(output: str, split: str | None = None, *, storage_options: dict[str, Any] | None = None,
-                    **load_kwargs: Any):
+def load_hf_dataset(
+    output: str, split: str | None = None, *, storage_options: dict[str, Any] | None = None, **load_kwargs: Any
+):
     """The output as a Hugging Face ``DatasetDict`` (or one split's ``Dataset``), with ``label``
     a ClassLabel over the full ``labels.json``.
 
@@ -90,8 +91,10 @@ def load_hf_dataset(output: str, split: str | None = None, *, storage_options: d
     manifest = storage.read_json("manifest.json")
     config = manifest["config"]
     if config.get("tensor_type", NESTED_LIST) != NESTED_LIST:
-        raise ValueError(f"{output} was written with tensor_type {config['tensor_type']!r}, which datasets "
-                         "cannot read; rerun with tensor_type: nested_list")
+        raise ValueError(
+            f"{output} was written with tensor_type {config['tensor_type']!r}, which datasets "
+            "cannot read; rerun with tensor_type: nested_list"
+        )
     names = storage.read_json("labels.json")
     features = datasets.Features.from_dict(datasets_features(names, config["max_length"], config["n_mels"]))
     files: dict[str, list[str]] = {}
@@ -102,6 +105,7 @@ def load_hf_dataset(output: str, split: str | None = None, *, storage_options: d
         raise ValueError(f"no data files in {output}" + (f" for split {split!r}" if split else ""))
     protocol = split_protocol(storage.root)[0]
     options = fs_options(protocol, storage_options) if protocol != "file" else None
-    loaded = datasets.load_dataset("parquet", data_files=files, features=features, storage_options=options,
-                                   **load_kwargs)
+    loaded = datasets.load_dataset(
+        "parquet", data_files=files, features=features, storage_options=options, **load_kwargs
+    )
     return loaded[split] if split is not None else loaded

@@ -27,7 +27,7 @@ import torch
 
 from ..spectrogram import FilterbankProjection, complex_power
 
-AST_MEAN = -4.2677393      # AudioSet log-mel statistics used by ASTFeatureExtractor
+AST_MEAN = -4.2677393  # AudioSet log-mel statistics used by ASTFeatureExtractor
 AST_STD = 4.5689974
 AST_SAMPLE_RATE = 16000
 PREEMPHASIS = 0.97
@@ -51,8 +51,9 @@ def mel_scale(freq: torch.Tensor) -> torch.Tensor:
     return 1127.0 * (1.0 + freq / 700.0).log()
 
 
-def kaldi_mel_banks(num_bins: int, fft_size: int, sample_rate: float, low_freq: float = LOW_FREQ,
-                    high_freq: float = 0.0) -> torch.Tensor:
+def kaldi_mel_banks(
+    num_bins: int, fft_size: int, sample_rate: float, low_freq: float = LOW_FREQ, high_freq: float = 0.0
+) -> torch.Tensor:
     """Triangular mel filters ``[num_bins, fft_size // 2 + 1]`` (Kaldi's, no VTLN warping).
 
     ``high_freq <= 0`` is an offset from Nyquist, as in Kaldi. The Nyquist FFT bin
@@ -85,19 +86,20 @@ def frames_of(waveform: torch.Tensor, size: int, shift: int) -> torch.Tensor:
     return waveform.unfold(-1, size, shift)
 
 
-def power_spectrum(frames: torch.Tensor, fft_size: int, window: torch.Tensor,
-                   preemphasis: float = PREEMPHASIS) -> torch.Tensor:
+def power_spectrum(
+    frames: torch.Tensor, fft_size: int, window: torch.Tensor, preemphasis: float = PREEMPHASIS
+) -> torch.Tensor:
     """Kaldi's per-frame processing: remove DC, pre-emphasise, window, |FFT|^2.
 
     Written into one zero-padded buffer in place (no intermediate frame copies), and the power
     taken as re² + im² (no square root, see ``complex_power``).
     """
     padded = frames.new_zeros((*frames.shape[:-1], fft_size))
-    body = padded[..., :frames.shape[-1]]
+    body = padded[..., : frames.shape[-1]]
     torch.sub(frames, frames.mean(dim=-1, keepdim=True), out=body)
-    if preemphasis:      # x[t] - p * x[t - 1], the first sample against itself
+    if preemphasis:  # x[t] - p * x[t - 1], the first sample against itself
         first = body[..., :1] * (1.0 - preemphasis)
-        body[..., 1:] -= preemphasis * body[..., :-1]      # the right side is computed before the update
+        body[..., 1:] -= preemphasis * body[..., :-1]  # the right side is computed before the update
         body[..., :1] = first
     body *= window
     return complex_power(torch.fft.rfft(padded))
@@ -131,9 +133,17 @@ class ASTFeatures(torch.nn.Module):
     extractor on the unpadded audio.
     """
 
-    def __init__(self, sample_rate: int = AST_SAMPLE_RATE, n_mels: int = 128, max_length: int = 1024,
-                 normalize: bool = True, mean: float = AST_MEAN, std: float = AST_STD,
-                 frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0):
+    def __init__(
+        self,
+        sample_rate: int = AST_SAMPLE_RATE,
+        n_mels: int = 128,
+        max_length: int = 1024,
+        normalize: bool = True,
+        mean: float = AST_MEAN,
+        std: float = AST_STD,
+        frame_length_ms: float = 25.0,
+        frame_shift_ms: float = 10.0,
+    ):
         super().__init__()
         self.sample_rate, self.n_mels, self.max_length = sample_rate, n_mels, max_length
         self.do_normalize, self.mean, self.std = normalize, mean, std
@@ -144,7 +154,7 @@ class ASTFeatures(torch.nn.Module):
     def fbank(self, waveform: torch.Tensor) -> torch.Tensor:
         """Unpadded log-mel filterbank ``[..., frames, n_mels]``."""
         frames = frames_of(waveform, self.size, self.shift)
-        if frames.shape[-2] == 0:    # shorter than one frame: no frames (some FFT backends reject empty input)
+        if frames.shape[-2] == 0:  # shorter than one frame: no frames (some FFT backends reject empty input)
             return waveform.new_zeros((*waveform.shape[:-1], 0, self.n_mels))
         return log_mel(power_spectrum(frames, self.fft_size, self.window), self.banks)
 

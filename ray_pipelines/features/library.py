@@ -42,16 +42,17 @@ def in_skipped_dir(path: str, skip_dirs: list[str]) -> bool:
 class LibraryScan:
     """The outcome of scanning: kept songs with their labels, and what was left out and why."""
 
-    items: list[InputItem]                                   # kept songs, sorted by key
-    labels: dict[str, str]                                   # key -> label name, kept songs only
-    songs_per_label: dict[str, int]                          # kept labels -> songs
-    dropped: dict[str, int] = field(default_factory=dict)    # labels under min_per_label -> songs
-    unlabelled: list[str] = field(default_factory=list)      # keys of files at the root
-    skipped: int = 0                                         # files inside skip_dirs
+    items: list[InputItem]  # kept songs, sorted by key
+    labels: dict[str, str]  # key -> label name, kept songs only
+    songs_per_label: dict[str, int]  # kept labels -> songs
+    dropped: dict[str, int] = field(default_factory=dict)  # labels under min_per_label -> songs
+    unlabelled: list[str] = field(default_factory=list)  # keys of files at the root
+    skipped: int = 0  # files inside skip_dirs
 
 
-def scan_library(items: list[InputItem], *, skip_dirs: list[str], min_per_label: int,
-                 always_keep: set[str] = frozenset()) -> LibraryScan:
+def scan_library(
+    items: list[InputItem], *, skip_dirs: list[str], min_per_label: int, always_keep: set[str] = frozenset()
+) -> LibraryScan:
     """Label every listed file and drop labels with fewer than ``min_per_label`` songs.
 
     ``always_keep`` names labels that stay whatever their count (labels an
@@ -85,8 +86,9 @@ def scan_library(items: list[InputItem], *, skip_dirs: list[str], min_per_label:
             labels[item.key] = label
             kept_items.append(item)
     kept_items.sort(key=lambda i: i.key)
-    return LibraryScan(items=kept_items, labels=labels, songs_per_label=counts, dropped=dropped,
-                       unlabelled=unlabelled, skipped=skipped)
+    return LibraryScan(
+        items=kept_items, labels=labels, songs_per_label=counts, dropped=dropped, unlabelled=unlabelled, skipped=skipped
+    )
 
 
 def extend_label_names(known: list[str], current: list[str]) -> list[str]:

@@ -14,12 +14,19 @@ from typing import Any
 import numpy as np
 
 
-def balance_report(names: list[str], songs: dict[str, dict[str, str]], snippets: dict[str, int],
-                   failed: set[str], split_names: list[str]) -> dict[str, Any]:
+def balance_report(
+    names: list[str],
+    songs: dict[str, dict[str, str]],
+    snippets: dict[str, int],
+    failed: set[str],
+    split_names: list[str],
+) -> dict[str, Any]:
     """``songs``: key -> {"label", "split"}; ``snippets``: key -> snippets written; ``failed``: keys
     with no output because they could not be decoded."""
-    per_label = {name: {"songs": dict.fromkeys(split_names, 0), "snippets": dict.fromkeys(split_names, 0),
-                        "failed_songs": 0} for name in names}
+    per_label = {
+        name: {"songs": dict.fromkeys(split_names, 0), "snippets": dict.fromkeys(split_names, 0), "failed_songs": 0}
+        for name in names
+    }
     for key, song in songs.items():
         entry = per_label.get(song["label"])
         if entry is None:
@@ -33,9 +40,17 @@ def balance_report(names: list[str], songs: dict[str, dict[str, str]], snippets:
     labels = []
     for index, name in enumerate(names):
         entry = per_label[name]
-        labels.append({"index": index, "name": name, "songs": entry["songs"], "snippets": entry["snippets"],
-                       "songs_total": sum(entry["songs"].values()), "snippets_total": sum(entry["snippets"].values()),
-                       "failed_songs": entry["failed_songs"]})
+        labels.append(
+            {
+                "index": index,
+                "name": name,
+                "songs": entry["songs"],
+                "snippets": entry["snippets"],
+                "songs_total": sum(entry["songs"].values()),
+                "snippets_total": sum(entry["snippets"].values()),
+                "failed_songs": entry["failed_songs"],
+            }
+        )
     totals = np.array([entry["songs_total"] for entry in labels], dtype=float)
     low, high = (float(np.percentile(totals, 25)), float(np.percentile(totals, 75))) if len(totals) else (0.0, 0.0)
     return {
@@ -83,8 +98,10 @@ def balance_chart(report: dict[str, Any]) -> bytes:
     library = report.get("library") or {}
     notes = []
     if library.get("dropped_labels"):
-        notes.append("dropped (fewer than min_per_label songs): "
-                     + ", ".join(f"{name} ({count})" for name, count in library["dropped_labels"].items()))
+        notes.append(
+            "dropped (fewer than min_per_label songs): "
+            + ", ".join(f"{name} ({count})" for name, count in library["dropped_labels"].items())
+        )
     if library.get("unlabelled_files"):
         notes.append(f"{library['unlabelled_files']} files without a label folder left out")
     if notes:

@@ -60,7 +60,7 @@ def split_of_point(point: float, fractions: dict[str, float]) -> str:
     for name, (low, high) in spans.items():
         if low <= point < high:
             return name
-    return next(name for name in reversed(spans) if fractions[name] > 0)   # rounding past the last edge
+    return next(name for name in reversed(spans) if fractions[name] > 0)  # rounding past the last edge
 
 
 def distance(point: float, span: tuple[float, float]) -> float:
@@ -70,13 +70,14 @@ def distance(point: float, span: tuple[float, float]) -> float:
 
 @dataclass
 class SplitAssignment:
-    splits: dict[str, str]                                        # key -> split
-    moved: list[str] = field(default_factory=list)                # keys balancing moved this time
+    splits: dict[str, str]  # key -> split
+    moved: list[str] = field(default_factory=list)  # keys balancing moved this time
     uncovered: dict[str, list[str]] = field(default_factory=dict)  # label -> splits it still lacks
 
 
-def assign_splits(labels: dict[str, str], fractions: dict[str, float], seed: int,
-                  fixed: dict[str, str] | None = None) -> SplitAssignment:
+def assign_splits(
+    labels: dict[str, str], fractions: dict[str, float], seed: int, fixed: dict[str, str] | None = None
+) -> SplitAssignment:
     """Assign every key of ``labels`` (key -> label) to a split; ``fixed`` keys keep theirs."""
     fixed = fixed or {}
     spans = intervals(fractions)
@@ -103,4 +104,3 @@ def assign_splits(labels: dict[str, str], fractions: dict[str, float], seed: int
         result.splits.update(split)
     result.moved.sort()
     return result
-

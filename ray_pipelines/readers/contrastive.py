@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ class ContrastiveViews(Dataset):
     row-group read cached per worker.
     """
 
-    def __init__(self, output: str, split: str = "train", *, seed: int = 0,
-                 storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self, output: str, split: str = "train", *, seed: int = 0, storage_options: dict[str, Any] | None = None
+    ):
         self.files = list_shards(output, split, storage_options)
         self.storage_options = storage_options
         self.seed = seed
@@ -34,8 +36,9 @@ class ContrastiveViews(Dataset):
             pf = open_parquet(path, storage_options)
             for group in range(pf.num_row_groups):
                 table = pf.read_row_group(group, columns=["key", "version"])
-                for row, (key, version) in enumerate(zip(table.column("key").to_pylist(),
-                                                         table.column("version").to_pylist())):
+                for row, (key, version) in enumerate(
+                    zip(table.column("key").to_pylist(), table.column("version").to_pylist())
+                ):
                     clips.setdefault(key, {})[int(version)] = (file_index, group, row)
         self.keys = sorted(clips)
         self.locations = [clips[k] for k in self.keys]

@@ -28,8 +28,9 @@ from ..storage import Storage
 from .parquet import ShardRows, list_shards
 
 
-def crop_latents(latents: np.ndarray, mask: np.ndarray, length: int,
-                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def crop_latents(
+    latents: np.ndarray, mask: np.ndarray, length: int, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """``[C, N]`` latents and ``[N]`` mask -> exactly ``length`` frames, and the crop start.
 
     The start is uniform over the starts whose crop holds at least one real
@@ -38,17 +39,16 @@ def crop_latents(latents: np.ndarray, mask: np.ndarray, length: int,
     frames = latents.shape[-1]
     if frames <= length:
         pad = length - frames
-        return (np.pad(latents, [(0, 0)] * (latents.ndim - 1) + [(0, pad)]),
-                np.pad(mask, (0, pad)), 0)
+        return (np.pad(latents, [(0, 0)] * (latents.ndim - 1) + [(0, pad)]), np.pad(mask, (0, pad)), 0)
     start = 0
     if rng is not None:
         cumulative = np.concatenate([[0], np.cumsum(np.asarray(mask, dtype=np.int64) > 0)])
-        real_in_crop = cumulative[length:] - cumulative[:-length]      # one per start 0..N-L
+        real_in_crop = cumulative[length:] - cumulative[:-length]  # one per start 0..N-L
         candidates = np.flatnonzero(real_in_crop > 0)
-        if len(candidates) == 0:                                       # no real frame at all
+        if len(candidates) == 0:  # no real frame at all
             candidates = np.arange(frames - length + 1)
         start = int(candidates[rng.integers(len(candidates))])
-    return latents[..., start:start + length], mask[start:start + length], start
+    return latents[..., start : start + length], mask[start : start + length], start
 
 
 class _Cropper:
@@ -59,11 +59,16 @@ class _Cropper:
         self.random_crop = random_crop
         self.seed = seed
 
-    def __call__(self, latents: np.ndarray, metadata: dict[str, Any], epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(
+        self, latents: np.ndarray, metadata: dict[str, Any], epoch: int
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         mask = np.asarray(metadata["padding_mask"], dtype=np.uint8)
         if self.latent_crop_length is not None:
-            rng = (sample_rng(self.seed, "crop", epoch, metadata.get("key", ""), int(metadata.get("window", 0)))
-                   if self.random_crop else None)
+            rng = (
+                sample_rng(self.seed, "crop", epoch, metadata.get("key", ""), int(metadata.get("window", 0)))
+                if self.random_crop
+                else None
+            )
             latents, mask, start = crop_latents(latents, mask, self.latent_crop_length, rng)
             metadata["latent_crop_start"] = start
             metadata["latent_crop_length"] = self.latent_crop_length
@@ -74,8 +79,15 @@ class _Cropper:
 class EncodedLatents(Dataset):
     """The ``sat`` layout: items listed in ``filelist.txt``, each an ``.npy`` and its ``.json``."""
 
-    def __init__(self, output: str, *, latent_crop_length: int | None = None, random_crop: bool = True,
-                 seed: int = 0, storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        output: str,
+        *,
+        latent_crop_length: int | None = None,
+        random_crop: bool = True,
+        seed: int = 0,
+        storage_options: dict[str, Any] | None = None,
+    ):
         self.storage = Storage(output, storage_options)
         if not self.storage.exists(FILELIST):
             raise FileNotFoundError(f"{output} has no {FILELIST}: is it an encode job's committed sat-layout output?")
@@ -102,24 +114,43 @@ class EncodedLatents(Dataset):
 class EncodedShardRows(ShardRows):
     """The ``parquet`` layout, streamed row group by row group (see :class:`ShardRows`)."""
 
-    def __init__(self, output: str, *, latent_crop_length: int | None = None, random_crop: bool = True,
-                 seed: int = 0, storage_options: dict[str, Any] | None = None, **kwargs):
-        super().__init__(list_shards(output, storage_options=storage_options), seed=seed,
-                         storage_options=storage_options, **kwargs)
+    def __init__(
+        self,
+        output: str,
+        *,
+        latent_crop_length: int | None = None,
+        random_crop: bool = True,
+        seed: int = 0,
+        storage_options: dict[str, Any] | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            list_shards(output, storage_options=storage_options), seed=seed, storage_options=storage_options, **kwargs
+        )
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         self.transform = self._to_item
 
     def _to_item(self, row: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        metadata = {name: (value.tolist() if isinstance(value, np.ndarray) and name != "padding_mask" else
-                           value.item() if isinstance(value, np.generic) else value)
-                    for name, value in row.items() if name != "latents"}
+        metadata = {
+            name: (
+                value.tolist()
+                if isinstance(value, np.ndarray) and name != "padding_mask"
+                else value.item()
+                if isinstance(value, np.generic)
+                else value
+            )
+            for name, value in row.items()
+            if name != "latents"
+        }
         return self.crop(row["latents"], metadata, self.epoch)
 
 
 def open_encoded(output: str, layout: str | None = None, **kwargs) -> EncodedLatents | EncodedShardRows:
     """The dataset for an encode output; ``layout`` (``sat``/``parquet``) picks one of a ``both`` output."""
     storage = Storage(output, kwargs.get("storage_options"))
-    written = storage.read_json("_job.json").get("config", {}).get("layout", "sat") if storage.exists("_job.json") else "sat"
+    written = (
+        storage.read_json("_job.json").get("config", {}).get("layout", "sat") if storage.exists("_job.json") else "sat"
+    )
     chosen = layout or ("sat" if written in ("sat", "both") else "parquet")
     if written != "both" and chosen != written:
         raise ValueError(f"{output} was written with layout {written!r}, not {chosen!r}")

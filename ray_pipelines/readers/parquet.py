@@ -10,7 +10,8 @@ reproducibly per ``(seed, epoch)``.
 from __future__ import annotations
 
 import posixpath
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -47,9 +48,19 @@ class ShardRows(IterableDataset):
     ``set_epoch(n)`` changes the shuffle order between epochs.
     """
 
-    def __init__(self, files: list[str], columns: list[str] | None = None, *, shuffle: bool = False,
-                 seed: int = 0, shuffle_buffer: int = 1024, transform: Callable[[dict[str, Any]], Any] | None = None,
-                 storage_options: dict[str, Any] | None = None, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        files: list[str],
+        columns: list[str] | None = None,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 1024,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.files = list(files)
         self.columns = columns
         self.shuffle = shuffle

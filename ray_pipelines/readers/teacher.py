@@ -14,7 +14,8 @@ teacher columns instead, e.g. ``fields=("x", "y", "pesto_f0", "loudness_db")``.
 from __future__ import annotations
 
 import posixpath
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -66,21 +67,43 @@ class TeacherCache(IterableDataset):
     between distributed processes.
     """
 
-    def __init__(self, output: str, split: str = "train", *, fields: Sequence[str] = DEFAULT_FIELDS,
-                 as_dict: bool = False, columns: Sequence[str] | None = None, dtype: torch.dtype | None = None,
-                 shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256,
-                 storage_options: dict[str, Any] | None = None, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        output: str,
+        split: str = "train",
+        *,
+        fields: Sequence[str] = DEFAULT_FIELDS,
+        as_dict: bool = False,
+        columns: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+        storage_options: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.files = list_shards(output, split, storage_options)
         available = self._column_names(storage_options)
         wanted = list(columns or available) if as_dict else list(fields)
         missing = [name for name in wanted if name not in available]
         if missing:
             hint = " (no teacher in this cache outputs y)" if "y" in missing else ""
-            raise ValueError(f"{output} [{split}] has no column {', '.join(missing)}{hint}; "
-                             f"columns: {', '.join(available)}")
+            raise ValueError(
+                f"{output} [{split}] has no column {', '.join(missing)}{hint}; columns: {', '.join(available)}"
+            )
         transform = RowToDict(dtype) if as_dict else RowToTuple(wanted, dtype)
-        self.rows = ShardRows(self.files, columns=wanted, shuffle=shuffle, seed=seed, shuffle_buffer=shuffle_buffer,
-                              transform=transform, storage_options=storage_options, rank=rank, world_size=world_size)
+        self.rows = ShardRows(
+            self.files,
+            columns=wanted,
+            shuffle=shuffle,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            transform=transform,
+            storage_options=storage_options,
+            rank=rank,
+            world_size=world_size,
+        )
         self.columns = wanted
 
     def _column_names(self, storage_options: dict[str, Any] | None) -> list[str]:

@@ -42,10 +42,11 @@ class FilterRule(BaseModel):
     hard_high: float | None = Field(None, description="median/mean: replaces the computed upper bound.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FilterRule":
+    def _consistent(self) -> FilterRule:
         if self.lower_quantile >= self.upper_quantile:
-            raise ValueError(f"lower_quantile ({self.lower_quantile}) must be below upper_quantile "
-                             f"({self.upper_quantile})")
+            raise ValueError(
+                f"lower_quantile ({self.lower_quantile}) must be below upper_quantile ({self.upper_quantile})"
+            )
         if self.bounds[0] > self.bounds[1]:
             raise ValueError(f"bounds: low ({self.bounds[0]}) is above high ({self.bounds[1]})")
         if (self.hard_low is not None or self.hard_high is not None) and self.mode not in ("median", "mean"):
@@ -121,9 +122,9 @@ def compute_bounds(rule: FilterRule, train_values: np.ndarray) -> Bounds:
 
 @dataclass
 class FilterResult:
-    kept: np.ndarray                 # bool per item
-    reasons: list[str]               # "" for kept items
-    bounds: dict[str, Bounds]        # per score
+    kept: np.ndarray  # bool per item
+    reasons: list[str]  # "" for kept items
+    bounds: dict[str, Bounds]  # per score
 
 
 def _reason(name: str, value: float, bounds: Bounds) -> str:
@@ -134,8 +135,9 @@ def _reason(name: str, value: float, bounds: Bounds) -> str:
     return f"{name} {value:.6g} above {bounds.high:.6g}"
 
 
-def run_filters(scores: dict[str, np.ndarray], splits: np.ndarray, rules: dict[str, FilterRule],
-                train_split: str = "train") -> FilterResult:
+def run_filters(
+    scores: dict[str, np.ndarray], splits: np.ndarray, rules: dict[str, FilterRule], train_split: str = "train"
+) -> FilterResult:
     """Bounds per score from the ``train_split`` items, applied to all; kept = kept by every rule."""
     splits = np.asarray(splits).astype(str)
     train = splits == train_split

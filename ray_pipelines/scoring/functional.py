@@ -27,8 +27,9 @@ def patch_grid(n_mels: int, frames: int, patch: tuple[int, int]) -> tuple[int, i
     return -(-n_mels // patch[0]), -(-frames // patch[1])
 
 
-def random_patch_mask(n_mels: int, frames: int, patch: tuple[int, int], ratio: float,
-                      rng: np.random.Generator) -> torch.Tensor:
+def random_patch_mask(
+    n_mels: int, frames: int, patch: tuple[int, int], ratio: float, rng: np.random.Generator
+) -> torch.Tensor:
     """A ``[n_mels, frames]`` bool mask (True = hidden) covering a random ``ratio`` of patches.
 
     As in MAE, ``L - int(L * (1 - ratio))`` of the ``L`` patches are hidden,

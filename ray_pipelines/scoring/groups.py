@@ -17,8 +17,8 @@ not match) are left out.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class GroupResult:
     split: str
     group: str
     label: str
-    decided_by: str            # majority | tie | all_filtered | no_votes
+    decided_by: str  # majority | tie | all_filtered | no_votes
     items: int
     kept_items: int
     votes: dict[str, int]
@@ -49,8 +49,13 @@ class GroupResult:
         return ";".join(f"{label}={count}" for label, count in sorted(self.votes.items()))
 
 
-def vote_groups(groups: Sequence[str], splits: Sequence[str], labels: Sequence[str], kept: Sequence[bool],
-                all_filtered_label: str = "good") -> list[GroupResult]:
+def vote_groups(
+    groups: Sequence[str],
+    splits: Sequence[str],
+    labels: Sequence[str],
+    kept: Sequence[bool],
+    all_filtered_label: str = "good",
+) -> list[GroupResult]:
     """One result per (split, group), sorted; items with an empty group are skipped."""
     members: dict[tuple[str, str], list[int]] = {}
     for i, (group, split) in enumerate(zip(groups, splits)):
@@ -66,6 +71,7 @@ def vote_groups(groups: Sequence[str], splits: Sequence[str], labels: Sequence[s
             winner, how = all_filtered_label, "all_filtered"
         elif winner is None:
             winner = all_filtered_label
-        results.append(GroupResult(split, group, winner, how, len(indices), kept_items,
-                                   dict(Counter(v for v in votes if v))))
+        results.append(
+            GroupResult(split, group, winner, how, len(indices), kept_items, dict(Counter(v for v in votes if v)))
+        )
     return results

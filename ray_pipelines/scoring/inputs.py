@@ -25,7 +25,8 @@ import io
 import json
 import re
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -54,8 +55,14 @@ class PathLabels:
     not match.
     """
 
-    def __init__(self, split_pattern: str | None, class_pattern: str | None, group_pattern: str | None,
-                 seed: int = 0, val_fraction: float = 0.0):
+    def __init__(
+        self,
+        split_pattern: str | None,
+        class_pattern: str | None,
+        group_pattern: str | None,
+        seed: int = 0,
+        val_fraction: float = 0.0,
+    ):
         self.split_pattern = re.compile(split_pattern) if split_pattern else None
         self.class_pattern = re.compile(class_pattern) if class_pattern else None
         self.group_pattern = re.compile(group_pattern) if group_pattern else None
@@ -79,8 +86,11 @@ class PathLabels:
             split = shard_split
         else:
             split = train_val_split(self.seed, key, self.val_fraction)
-        return {"split": split, "class": self._match(self.class_pattern, key) or "",
-                "group": self._match(self.group_pattern, key) or ""}, error
+        return {
+            "split": split,
+            "class": self._match(self.class_pattern, key) or "",
+            "group": self._match(self.group_pattern, key) or "",
+        }, error
 
     def label(self, items: Iterable[InputItem], shard_splits: dict[str, str] | None = None) -> list[InputItem]:
         out = []
@@ -102,8 +112,9 @@ def list_tensor_files(specs: list[str], storage_options: dict[str, Any] | None) 
     return [items[k] for k in sorted(items)]
 
 
-def list_shard_inputs(root: str, column: str, index_column: str | None, splits: list[str] | None,
-                      storage_options: dict[str, Any] | None) -> tuple[list[InputItem], dict[str, str]]:
+def list_shard_inputs(
+    root: str, column: str, index_column: str | None, splits: list[str] | None, storage_options: dict[str, Any] | None
+) -> tuple[list[InputItem], dict[str, str]]:
     """One item per source key of a committed job output, with where each of its rows lies.
 
     Returns the items and each key's shard split. Reads only the key, index and
@@ -115,8 +126,11 @@ def list_shard_inputs(root: str, column: str, index_column: str | None, splits: 
     if not storage.exists("manifest.json"):
         raise SourceError(f"{root} has no manifest.json: shard inputs must be a committed job output")
     manifest = storage.read_json("manifest.json")
-    files = [f for f in manifest.get("files", []) if f["path"].endswith(".parquet")
-             and (splits is None or f.get("split") in splits)]
+    files = [
+        f
+        for f in manifest.get("files", [])
+        if f["path"].endswith(".parquet") and (splits is None or f.get("split") in splits)
+    ]
     locations: dict[str, list[list[Any]]] = {}
     shard_split: dict[str, str] = {}
     sources: dict[str, str] = {}
@@ -125,8 +139,9 @@ def list_shard_inputs(root: str, column: str, index_column: str | None, splits: 
             parquet = pq.ParquetFile(f)
             names = parquet.schema_arrow.names
             if column not in names:
-                raise SourceError(f"tensor_column {column!r} is not in {storage.url(record['path'])} "
-                                  f"(columns: {', '.join(names)})")
+                raise SourceError(
+                    f"tensor_column {column!r} is not in {storage.url(record['path'])} (columns: {', '.join(names)})"
+                )
             index_name = index_column or next((n for n in KNOWN_INDEX_COLUMNS if n in names), None)
             if index_name is not None and index_name not in names:
                 raise SourceError(f"shard_index_column {index_name!r} is not in {storage.url(record['path'])}")
@@ -142,9 +157,17 @@ def list_shard_inputs(root: str, column: str, index_column: str | None, splits: 
                     shard_split.setdefault(key, record.get("split", ""))
                     sources.setdefault(key, origin or storage.url(record["path"]))
     etag = str(manifest.get("fingerprint", ""))[:16]
-    items = [InputItem(key=key, uri=storage.root, size=0, etag=etag, source=sources[key],
-                       extra={"locations": json.dumps(sorted(locs, key=lambda loc: loc[3]))})
-             for key, locs in sorted(locations.items())]
+    items = [
+        InputItem(
+            key=key,
+            uri=storage.root,
+            size=0,
+            etag=etag,
+            source=sources[key],
+            extra={"locations": json.dumps(sorted(locs, key=lambda loc: loc[3]))},
+        )
+        for key, locs in sorted(locations.items())
+    ]
     return items, shard_split
 
 
@@ -171,8 +194,10 @@ def conform_mel(value: Any, n_mels: int, frames: int) -> tuple[np.ndarray | None
     if array.ndim == 2:
         array = array[None]
     if array.shape != (1, n_mels, frames):
-        return None, (f"wrong shape: expected [1, {n_mels}, {frames}] or [{n_mels}, {frames}] "
-                      f"(n_mels, frames), got {list(np.shape(value))}")
+        return None, (
+            f"wrong shape: expected [1, {n_mels}, {frames}] or [{n_mels}, {frames}] "
+            f"(n_mels, frames), got {list(np.shape(value))}"
+        )
     array = np.ascontiguousarray(array, dtype=np.float32)
     bad = int((~np.isfinite(array)).sum())
     if bad:
@@ -186,12 +211,18 @@ class TensorRows:
     def __init__(self, n_mels: int, frames: int):
         self.n_mels, self.frames = n_mels, frames
 
-    def row(self, item: dict[str, Any], index: int, expected: int, error: str,
-            mel: np.ndarray | None) -> dict[str, Any]:
+    def row(
+        self, item: dict[str, Any], index: int, expected: int, error: str, mel: np.ndarray | None
+    ) -> dict[str, Any]:
         return {
-            "key": item["key"], INDEX_COLUMN: int(index), "samples_per_input": int(expected),
-            "split": item.get("split") or "", "error": error, "etag": item.get("etag", ""),
-            "source": item.get("source") or item.get("uri", ""), "class": item.get("class") or "",
+            "key": item["key"],
+            INDEX_COLUMN: int(index),
+            "samples_per_input": int(expected),
+            "split": item.get("split") or "",
+            "error": error,
+            "etag": item.get("etag", ""),
+            "source": item.get("source") or item.get("uri", ""),
+            "class": item.get("class") or "",
             "group": item.get("group") or "",
             "mel": mel if mel is not None else np.zeros((1, self.n_mels, self.frames), dtype=np.float32),
         }
@@ -254,8 +285,16 @@ class TensorFileDecoder(TensorRows):
 class ShardDecoder(TensorRows):
     """Shard inputs -> one mel row per source row, read a row group at a time (small LRU cache)."""
 
-    def __init__(self, *, root: str, column: str, n_mels: int, frames: int,
-                 storage_options: dict[str, Any] | None = None, cache_row_groups: int = 2):
+    def __init__(
+        self,
+        *,
+        root: str,
+        column: str,
+        n_mels: int,
+        frames: int,
+        storage_options: dict[str, Any] | None = None,
+        cache_row_groups: int = 2,
+    ):
         super().__init__(n_mels, frames)
         self.root, self.column = root, column
         self.storage_options = storage_options or {}
@@ -300,7 +339,7 @@ def torch_load_reason(data: bytes, error: Exception) -> str:
         return "not a torch.save file (neither a zip archive nor a pickle)"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     unpickler = next((line for line in lines if "WeightsUnpickler error:" in line), None)
-    if unpickler is not None:   # a real pickle with a type weights_only refuses (an nn.Module, a custom class)
+    if unpickler is not None:  # a real pickle with a type weights_only refuses (an nn.Module, a custom class)
         detail = unpickler.split("WeightsUnpickler error:", 1)[1].strip().split(". Please use")[0]
         return f"not loadable with weights_only=True: {detail}"
     first = lines[0].split(". ")[0] if lines else type(error).__name__

@@ -34,7 +34,6 @@ from torch import nn
 from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
 
 
-
 class Reconstructor(Protocol):
     def reconstruct(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -56,7 +55,7 @@ class ModelSpec(BaseModel):
     heads: int = Field(4, ge=1)
 
     @model_validator(mode="after")
-    def _complete(self) -> "ModelSpec":
+    def _complete(self) -> ModelSpec:
         if self.kind == "torchscript" and not self.path:
             raise ValueError("model.kind torchscript needs model.path (the torch.jit.save archive)")
         if self.kind == "factory":
@@ -78,8 +77,7 @@ class ReferenceMAE(nn.Module):
     left untouched).
     """
 
-    def __init__(self, patch: tuple[int, int] = (16, 16), dim: int = 64, depth: int = 2, heads: int = 4,
-                 seed: int = 0):
+    def __init__(self, patch: tuple[int, int] = (16, 16), dim: int = 64, depth: int = 2, heads: int = 4, seed: int = 0):
         super().__init__()
         self.patch = (int(patch[0]), int(patch[1]))
         self.dim = dim
@@ -88,8 +86,9 @@ class ReferenceMAE(nn.Module):
             torch.manual_seed(seed)
             self.embed = nn.Linear(area, dim)
             self.mask_token = nn.Parameter(0.02 * torch.randn(dim))
-            layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu",
-                                               batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(dim)
             self.head = nn.Linear(dim, area)
@@ -128,7 +127,7 @@ class ReferenceMAE(nn.Module):
             r, c = axis(rows), axis(cols)
             grid = torch.cat([r[:, None, :].expand(rows, cols, -1), c[None, :, :].expand(rows, cols, -1)], dim=-1)
             table = grid.reshape(rows * cols, -1)
-            if table.shape[1] < self.dim:   # dim not a multiple of 4: pad the last channels
+            if table.shape[1] < self.dim:  # dim not a multiple of 4: pad the last channels
                 table = nn.functional.pad(table, (0, self.dim - table.shape[1]))
             self._positions[cache_key] = table.to(device)
         return self._positions[cache_key]
@@ -137,7 +136,7 @@ class ReferenceMAE(nn.Module):
         _, _, height, width = mel.shape
         tokens = self.embed(self.patchify(mel))
         if mask is not None:
-            hidden = self.patchify(mask.to(mel.dtype)).amax(dim=-1) > 0      # a patch is hidden if any bin is
+            hidden = self.patchify(mask.to(mel.dtype)).amax(dim=-1) > 0  # a patch is hidden if any bin is
             tokens = torch.where(hidden[..., None], self.mask_token.to(tokens.dtype), tokens)
         rows, cols = self._grid(height, width)
         tokens = tokens + self.positions(rows, cols, tokens.device).to(tokens.dtype)
@@ -165,22 +164,27 @@ class ModuleReconstructor(nn.Module):
         return self.reconstruct(mel, mask)
 
 
-def reference_mae(patch: tuple[int, int] = (16, 16), dim: int = 64, depth: int = 2, heads: int = 4,
-                  seed: int = 0) -> ReferenceMAE:
+def reference_mae(
+    patch: tuple[int, int] = (16, 16), dim: int = 64, depth: int = 2, heads: int = 4, seed: int = 0
+) -> ReferenceMAE:
     """A ``module:factory`` entry point for the reference model (``ray_pipelines.scoring.models:reference_mae``)."""
     return ReferenceMAE(tuple(patch), dim, depth, heads, seed)
 
 
-def build_model(spec: ModelSpec, device: torch.device | str = "cpu",
-                storage_options: dict[str, Any] | None = None) -> nn.Module:
+def build_model(
+    spec: ModelSpec, device: torch.device | str = "cpu", storage_options: dict[str, Any] | None = None
+) -> nn.Module:
     """The model ``spec`` names, in eval mode on ``device``, with a ``reconstruct`` method."""
     if spec.kind == "reference":
         model: nn.Module = ReferenceMAE(spec.patch, spec.dim, spec.depth, spec.heads, spec.seed)
     elif spec.kind == "torchscript":
         model = ModuleReconstructor(load_torchscript(read_model_file(spec.path, storage_options), spec.path))
     else:
-        state = (load_state_dict(read_model_file(spec.checkpoint, storage_options), spec.checkpoint)
-                 if spec.checkpoint else None)
+        state = (
+            load_state_dict(read_model_file(spec.checkpoint, storage_options), spec.checkpoint)
+            if spec.checkpoint
+            else None
+        )
         model = ModuleReconstructor(build_from_factory(spec.factory, spec.kwargs, state, spec.checkpoint or ""))
     return model.to(device).eval()
 
@@ -194,5 +198,6 @@ def check_model(model: nn.Module, n_mels: int, frames: int, masked: bool) -> Non
         out = model.reconstruct(mel.to(device), None if mask is None else mask.to(device))
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(mel.shape):
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"the model maps [B, 1, {n_mels}, {frames}] to {got}; "
-                         f"reconstruct must return the input's shape")
+        raise ValueError(
+            f"the model maps [B, 1, {n_mels}, {frames}] to {got}; reconstruct must return the input's shape"
+        )

@@ -13,8 +13,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def histogram_figure(values_by_split: dict[str, np.ndarray], name: str, low: float | None = None,
-                     high: float | None = None, bins: int = 50) -> Figure:
+def histogram_figure(
+    values_by_split: dict[str, np.ndarray],
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    bins: int = 50,
+) -> Figure:
     """One step histogram per split over shared bins; dashed red lines at the bounds that are set."""
     figure = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(figure)

@@ -40,10 +40,12 @@ class FilterSettings(BaseModel):
     reconstruction_loss: FilterRule = Field(default_factory=FilterRule)
     signal_energy: FilterRule = Field(default_factory=FilterRule)
     train_split: str = Field("train", description="The split whose scores define the bounds.")
-    all_filtered_label: str = Field("good", description="Label of a group whose items were all filtered out; "
-                                                        "also wins ties it takes part in.")
-    predictions: str | None = Field(None, description="CSV (filename, prediction[, item]) voted on per group "
-                                                      "instead of the class labels.")
+    all_filtered_label: str = Field(
+        "good", description="Label of a group whose items were all filtered out; also wins ties it takes part in."
+    )
+    predictions: str | None = Field(
+        None, description="CSV (filename, prediction[, item]) voted on per group instead of the class labels."
+    )
     histogram_bins: int = Field(50, ge=1)
 
     def rules(self) -> dict[str, FilterRule]:
@@ -92,9 +94,14 @@ def key_lists(table: ScoreTable, kept: np.ndarray, errors: dict[str, str]) -> tu
     return sorted(k for k, v in all_kept.items() if v), sorted(k for k, v in all_kept.items() if not v)
 
 
-def write_filter_outputs(storage: Storage, table: ScoreTable, settings: FilterSettings,
-                         errors: list[tuple[str, int, str]] | dict[str, str] | None = None, scores_from: str = "",
-                         storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_filter_outputs(
+    storage: Storage,
+    table: ScoreTable,
+    settings: FilterSettings,
+    errors: list[tuple[str, int, str]] | dict[str, str] | None = None,
+    scores_from: str = "",
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run the filters on ``table`` and write filter.json, the key lists, decisions, groups, plots.
 
     ``errors``: errors.jsonl entries ``(key, index, reason)`` (stale ones are
@@ -102,22 +109,29 @@ def write_filter_outputs(storage: Storage, table: ScoreTable, settings: FilterSe
     """
     errors = errors if isinstance(errors, dict) else live_errors(table, errors or [])
     splits = table["split"].astype(str)
-    result: FilterResult = run_filters({name: table[name] for name in SCORES}, splits, settings.rules(),
-                                       settings.train_split)
+    result: FilterResult = run_filters(
+        {name: table[name] for name in SCORES}, splits, settings.rules(), settings.train_split
+    )
     kept_keys, ignored_keys = key_lists(table, result.kept, errors)
     storage.write_bytes("kept.txt", "".join(f"{k}\n" for k in kept_keys).encode())
     storage.write_bytes("ignored.txt", "".join(f"{k}\n" for k in ignored_keys).encode())
 
-    decisions = [[table["key"][i], int(table["item"][i]), splits[i], int(result.kept[i]), result.reasons[i]]
-                 for i in range(len(table))]
+    decisions = [
+        [table["key"][i], int(table["item"][i]), splits[i], int(result.kept[i]), result.reasons[i]]
+        for i in range(len(table))
+    ]
     decisions += [[key, -1, "", 0, f"error: {reason}"] for key, reason in sorted(errors.items())]
     storage.write_bytes("decisions.csv", _csv(decisions, ["filename", "item", "split", "kept", "reason"]))
 
     labels = item_labels(table, settings, storage_options)
     groups = vote_groups(table["group"], splits, labels, result.kept, settings.all_filtered_label)
-    storage.write_bytes("groups.csv", _csv(
-        [[g.split, g.group, g.label, g.decided_by, g.items, g.kept_items, g.votes_text()] for g in groups],
-        ["split", "group", "label", "decided_by", "items", "kept_items", "votes"]))
+    storage.write_bytes(
+        "groups.csv",
+        _csv(
+            [[g.split, g.group, g.label, g.decided_by, g.items, g.kept_items, g.votes_text()] for g in groups],
+            ["split", "group", "label", "decided_by", "items", "kept_items", "votes"],
+        ),
+    )
 
     for name in SCORES:
         bounds = result.bounds[name]
@@ -125,17 +139,26 @@ def write_filter_outputs(storage: Storage, table: ScoreTable, settings: FilterSe
         figure = histogram_figure(by_split, name, bounds.low, bounds.high, settings.histogram_bins)
         storage.write_bytes(f"histograms/{name}.png", figure_png(figure))
 
-    counts = {s: {"items": int((splits == s).sum()), "kept": int((result.kept & (splits == s)).sum()),
-                  "ignored": int((~result.kept & (splits == s)).sum())} for s in sorted(set(splits))}
+    counts = {
+        s: {
+            "items": int((splits == s).sum()),
+            "kept": int((result.kept & (splits == s)).sum()),
+            "ignored": int((~result.kept & (splits == s)).sum()),
+        }
+        for s in sorted(set(splits))
+    }
     report = {
         "scores": scores_from,
         "train_split": settings.train_split,
         "bounds": {name: result.bounds[name].report for name in SCORES},
         "counts": counts,
         "keys": {"kept": len(kept_keys), "ignored": len(ignored_keys), "errors": len(errors)},
-        "groups": {"groups": len(groups), "all_filtered": sum(g.decided_by == "all_filtered" for g in groups),
-                   "ties": sum(g.decided_by == "tie" for g in groups),
-                   "labels": "predictions" if settings.predictions else "class"},
+        "groups": {
+            "groups": len(groups),
+            "all_filtered": sum(g.decided_by == "all_filtered" for g in groups),
+            "ties": sum(g.decided_by == "tie" for g in groups),
+            "labels": "predictions" if settings.predictions else "class",
+        },
         "settings": settings.model_dump(mode="json"),
     }
     storage.write_json("filter.json", report)
@@ -147,9 +170,14 @@ def format_filter_report(report: dict[str, Any]) -> str:
     lines = [f"filter (bounds from the {report['train_split']!r} split)"]
     for name, bounds in report["bounds"].items():
         low, high = bounds.get("low"), bounds.get("high")
-        span = "keep all" if bounds["mode"] == "none" else \
-            f"keep [{'-inf' if low is None else f'{low:.6g}'}, {'inf' if high is None else f'{high:.6g}'}]"
-        lines.append(f"  {name:<20} {bounds['mode']:<10} {span}" + (f"  ({bounds['note']})" if "note" in bounds else ""))
+        span = (
+            "keep all"
+            if bounds["mode"] == "none"
+            else f"keep [{'-inf' if low is None else f'{low:.6g}'}, {'inf' if high is None else f'{high:.6g}'}]"
+        )
+        lines.append(
+            f"  {name:<20} {bounds['mode']:<10} {span}" + (f"  ({bounds['note']})" if "note" in bounds else "")
+        )
     for split, c in report["counts"].items():
         lines.append(f"  {split or 'all':<20} {c['kept']} kept, {c['ignored']} ignored of {c['items']}")
     k = report["keys"]

@@ -21,8 +21,16 @@ from typing import Any
 
 import numpy as np
 
-SUMMARY_COLUMNS = ("mean", "std", "histogram_bins", "histogram_counts",
-                   "energy_mean", "energy_std", "energy_histogram_bins", "energy_histogram_counts")
+SUMMARY_COLUMNS = (
+    "mean",
+    "std",
+    "histogram_bins",
+    "histogram_counts",
+    "energy_mean",
+    "energy_std",
+    "energy_histogram_bins",
+    "energy_histogram_counts",
+)
 
 
 def score_stats(values: np.ndarray, bins: int = 50) -> dict[str, Any]:
@@ -43,12 +51,17 @@ def split_summary(loss: np.ndarray, energy: np.ndarray, bins: int = 50) -> dict[
     """One summary row (the CSV columns) plus item counts."""
     loss_stats, energy_stats = score_stats(loss, bins), score_stats(energy, bins)
     return {
-        "mean": loss_stats["mean"], "std": loss_stats["std"],
-        "histogram_bins": loss_stats["histogram_bins"], "histogram_counts": loss_stats["histogram_counts"],
-        "energy_mean": energy_stats["mean"], "energy_std": energy_stats["std"],
+        "mean": loss_stats["mean"],
+        "std": loss_stats["std"],
+        "histogram_bins": loss_stats["histogram_bins"],
+        "histogram_counts": loss_stats["histogram_counts"],
+        "energy_mean": energy_stats["mean"],
+        "energy_std": energy_stats["std"],
         "energy_histogram_bins": energy_stats["histogram_bins"],
         "energy_histogram_counts": energy_stats["histogram_counts"],
-        "items": int(len(loss)), "finite_loss": loss_stats["count"], "finite_energy": energy_stats["count"],
+        "items": int(len(loss)),
+        "finite_loss": loss_stats["count"],
+        "finite_energy": energy_stats["count"],
     }
 
 
@@ -57,8 +70,9 @@ def summary_csv(summary: dict[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SUMMARY_COLUMNS)
-    writer.writerow([json.dumps(summary[c]) if isinstance(summary[c], list) else repr(float(summary[c]))
-                     for c in SUMMARY_COLUMNS])
+    writer.writerow(
+        [json.dumps(summary[c]) if isinstance(summary[c], list) else repr(float(summary[c])) for c in SUMMARY_COLUMNS]
+    )
     return buffer.getvalue()
 
 

@@ -37,7 +37,7 @@ class ScoreTable:
         return self.columns[name]
 
     @classmethod
-    def from_columns(cls, columns: dict[str, Any]) -> "ScoreTable":
+    def from_columns(cls, columns: dict[str, Any]) -> ScoreTable:
         n = len(columns["key"])
         data = {
             "key": np.asarray(columns["key"], dtype=object).astype(str).astype(object),
@@ -52,8 +52,9 @@ class ScoreTable:
         return cls({name: values[order] for name, values in data.items()})
 
     @classmethod
-    def from_output(cls, root: str, storage_options: dict[str, Any] | None = None,
-                    manifest: dict[str, Any] | None = None) -> "ScoreTable":
+    def from_output(
+        cls, root: str, storage_options: dict[str, Any] | None = None, manifest: dict[str, Any] | None = None
+    ) -> ScoreTable:
         """Every score file a committed score job output lists in its manifest."""
         storage = Storage(root, storage_options)
         manifest = manifest or storage.read_json("manifest.json")
@@ -68,22 +69,27 @@ class ScoreTable:
         return cls.from_columns({name: table.column(name).to_numpy() for name in PARQUET_COLUMNS})
 
     @classmethod
-    def from_csv(cls, url: str, storage_options: dict[str, Any] | None = None) -> "ScoreTable":
+    def from_csv(cls, url: str, storage_options: dict[str, Any] | None = None) -> ScoreTable:
         """A scores CSV (this job's, or the evaluation script's: filename, split, scores; class/group/item optional)."""
         fs, path = get_fs(url, storage_options)
         with fs.open(path, "r") as f:
             rows = list(csv.DictReader(f))
-        missing = [c for c in ("filename", "split", "reconstruction_loss", "signal_energy")
-                   if rows and c not in rows[0]]
+        missing = [
+            c for c in ("filename", "split", "reconstruction_loss", "signal_energy") if rows and c not in rows[0]
+        ]
         if missing:
             raise ValueError(f"{url}: missing column(s) {', '.join(missing)}")
-        return cls.from_columns({
-            "key": [r["filename"] for r in rows], "item": [int(r.get("item") or 0) for r in rows],
-            "split": [r["split"] for r in rows], "class": [r.get("class") or "" for r in rows],
-            "group": [r.get("group") or "" for r in rows],
-            "reconstruction_loss": [float(r["reconstruction_loss"]) for r in rows],
-            "signal_energy": [float(r["signal_energy"]) for r in rows],
-        })
+        return cls.from_columns(
+            {
+                "key": [r["filename"] for r in rows],
+                "item": [int(r.get("item") or 0) for r in rows],
+                "split": [r["split"] for r in rows],
+                "class": [r.get("class") or "" for r in rows],
+                "group": [r.get("group") or "" for r in rows],
+                "reconstruction_loss": [float(r["reconstruction_loss"]) for r in rows],
+                "signal_energy": [float(r["signal_energy"]) for r in rows],
+            }
+        )
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -91,9 +97,17 @@ class ScoreTable:
         writer.writerow(CSV_COLUMNS)
         c = self.columns
         for i in range(len(self)):
-            writer.writerow([c["key"][i], c["split"][i], c["class"][i], c["group"][i],
-                             repr(float(c["reconstruction_loss"][i])), repr(float(c["signal_energy"][i])),
-                             int(c["item"][i])])
+            writer.writerow(
+                [
+                    c["key"][i],
+                    c["split"][i],
+                    c["class"][i],
+                    c["group"][i],
+                    repr(float(c["reconstruction_loss"][i])),
+                    repr(float(c["signal_energy"][i])),
+                    int(c["item"][i]),
+                ]
+            )
         return buffer.getvalue()
 
 
@@ -114,7 +128,7 @@ def read_errors(root: str, storage_options: dict[str, Any] | None = None) -> lis
     return errors
 
 
-def live_errors(table: "ScoreTable", errors: list[tuple[str, int, str]]) -> dict[str, str]:
+def live_errors(table: ScoreTable, errors: list[tuple[str, int, str]]) -> dict[str, str]:
     """``{key: reason}`` of the errors the scores do not contradict.
 
     errors.jsonl keeps a retryable error (storage hiccup) from an earlier

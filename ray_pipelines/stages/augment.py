@@ -22,10 +22,25 @@ class AugmentStage:
     independent of how rows were grouped into batches.
     """
 
-    def __init__(self, *, seed: int, sample_rate: int, duration: float, n_mels: int, n_fft: int,
-                 hop_length: int, f_min: float, f_max: float | None, top_db: float | None,
-                 num_waveform_augs: int, num_spectrogram_augs: int, waveform_pool: dict[str, Any],
-                 spectrogram_pool: dict[str, Any], dtype: str = "float32", device: str | None = None):
+    def __init__(
+        self,
+        *,
+        seed: int,
+        sample_rate: int,
+        duration: float,
+        n_mels: int,
+        n_fft: int,
+        hop_length: int,
+        f_min: float,
+        f_max: float | None,
+        top_db: float | None,
+        num_waveform_augs: int,
+        num_spectrogram_augs: int,
+        waveform_pool: dict[str, Any],
+        spectrogram_pool: dict[str, Any],
+        dtype: str = "float32",
+        device: str | None = None,
+    ):
         self.seed = seed
         self.device = pick_device(device)
         self.num_samples = int(round(duration * sample_rate))
@@ -34,8 +49,15 @@ class AugmentStage:
         self.freqs = self.mel.frequencies()
         self.n_mels = n_mels
         self.pool = AugmentationPool(
-            WaveformPoolConfig.model_validate(waveform_pool), SpectrogramPoolConfig.model_validate(spectrogram_pool),
-            num_waveform_augs, num_spectrogram_augs, sample_rate, self.num_samples, n_mels, self.frames)
+            WaveformPoolConfig.model_validate(waveform_pool),
+            SpectrogramPoolConfig.model_validate(spectrogram_pool),
+            num_waveform_augs,
+            num_spectrogram_augs,
+            sample_rate,
+            self.num_samples,
+            n_mels,
+            self.frames,
+        )
         self.out_dtype = np.dtype(dtype)
         self.micro_batch = None if self.device.type == "cuda" else 1
 
@@ -45,19 +67,22 @@ class AugmentStage:
 
     def augment(self, audio: torch.Tensor, keys: list[str], versions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both views of every row of ``audio [B, T]``; returns two ``[B, n_mels, frames]`` tensors."""
-        views = [self.pool.draw(sample_rng(self.seed, key, int(version), view))
-                 for view in (1, 2) for key, version in zip(keys, versions)]
+        views = [
+            self.pool.draw(sample_rng(self.seed, key, int(version), view))
+            for view in (1, 2)
+            for key, version in zip(keys, versions)
+        ]
         stacked = torch.cat([audio, audio], dim=0)
         step = self.micro_batch or len(views)
         specs = []
         with torch.inference_mode():
             for start in range(0, len(views), step):
-                part = views[start:start + step]
-                wave = self.pool.apply_signal(stacked[start:start + step], part)
+                part = views[start : start + step]
+                wave = self.pool.apply_signal(stacked[start : start + step], part)
                 power = self.pool.apply_spectral(self.mel.power(wave), part, self.freqs)
                 specs.append(self.pool.apply_masks(self.mel.from_power(power), part))
         spec = torch.cat(specs, dim=0)
-        return spec[: len(keys)], spec[len(keys):]
+        return spec[: len(keys)], spec[len(keys) :]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")

@@ -17,8 +17,9 @@ from .device import pick_device
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def window_metadata(start_seconds: np.ndarray, file_seconds: np.ndarray, sample_size: int,
-                    sample_rate: int) -> dict[str, np.ndarray]:
+def window_metadata(
+    start_seconds: np.ndarray, file_seconds: np.ndarray, sample_size: int, sample_rate: int
+) -> dict[str, np.ndarray]:
     """stable-audio-tools' per-sample metadata for windows of ``sample_size`` samples.
 
     ``seconds_start = floor(start)``, ``seconds_total = ceil(file length)`` (whole
@@ -50,13 +51,29 @@ class EncodeStage:
     finite, becomes an error row; the others go on.
     """
 
-    def __init__(self, *, model: dict[str, Any], sample_size: int, seed: int = 0, sample_rate: int | None = None,
-                 audio_channels: int | None = None, is_discrete: bool = False, sample_posterior: bool = True,
-                 precision: str = "fp32", batch_size: int = 1, storage_options: dict[str, Any] | None = None,
-                 device: str | None = None):
+    def __init__(
+        self,
+        *,
+        model: dict[str, Any],
+        sample_size: int,
+        seed: int = 0,
+        sample_rate: int | None = None,
+        audio_channels: int | None = None,
+        is_discrete: bool = False,
+        sample_posterior: bool = True,
+        precision: str = "fp32",
+        batch_size: int = 1,
+        storage_options: dict[str, Any] | None = None,
+        device: str | None = None,
+    ):
         self.device = pick_device(device)
-        loaded = load_encoder(ModelConfig.model_validate(model), sample_rate=sample_rate, channels=audio_channels,
-                              is_discrete=is_discrete, storage_options=storage_options)
+        loaded = load_encoder(
+            ModelConfig.model_validate(model),
+            sample_rate=sample_rate,
+            channels=audio_channels,
+            is_discrete=is_discrete,
+            storage_options=storage_options,
+        )
         self.encoder: Encoder = loaded.encoder
         self.dtype = PRECISIONS[precision]
         self.encoder.to(device=self.device, dtype=self.dtype)
@@ -96,9 +113,12 @@ class EncodeStage:
         try:
             z = self.encode(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), keys, windows)
         except Exception as e:
-            if len(keys) > 1:   # find the row that fails; encode the others
-                return [r for i in range(len(keys))
-                        for r in self._encode_rows(audio[i:i + 1], keys[i:i + 1], windows[i:i + 1])]
+            if len(keys) > 1:  # find the row that fails; encode the others
+                return [
+                    r
+                    for i in range(len(keys))
+                    for r in self._encode_rows(audio[i : i + 1], keys[i : i + 1], windows[i : i + 1])
+                ]
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return [f"encode failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
@@ -106,8 +126,10 @@ class EncodeStage:
         out: list[np.ndarray | str] = []
         for row in z.numpy():
             if not self.is_discrete and not np.isfinite(row).all():
-                out.append("non-finite latents: the model produced NaN/inf"
-                           + (" (fp16 overflow? try bf16)" if self.dtype == torch.float16 else ""))
+                out.append(
+                    "non-finite latents: the model produced NaN/inf"
+                    + (" (fp16 overflow? try bf16)" if self.dtype == torch.float16 else "")
+                )
                 continue
             value = row.astype(self.out_dtype)
             if self.out_dtype == np.float16 and not np.isfinite(value).all():
@@ -119,7 +141,7 @@ class EncodeStage:
     # ---- the batch ----------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")
-        if audio.ndim == 2:   # mono decoded as [B, T]
+        if audio.ndim == 2:  # mono decoded as [B, T]
             audio = audio[:, None, :]
         n = len(audio)
         errors = np.array([str(e) for e in batch["error"]], dtype=object)
@@ -132,7 +154,7 @@ class EncodeStage:
         results: dict[int, np.ndarray] = {}
         todo = np.flatnonzero(errors == "")
         for start in range(0, len(todo), self.micro_batch):
-            rows = todo[start:start + self.micro_batch]
+            rows = todo[start : start + self.micro_batch]
             encoded = self._encode_rows(audio[rows], [keys[i] for i in rows], [windows[i] for i in rows])
             for i, value in zip(rows, encoded):
                 if isinstance(value, str):

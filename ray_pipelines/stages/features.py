@@ -22,8 +22,17 @@ class FeaturesStage:
     go through at once.
     """
 
-    def __init__(self, *, sample_rate: int = 16000, n_mels: int = 128, max_length: int = 1024,
-                 normalize: bool = True, mean: float = AST_MEAN, std: float = AST_STD, device: str | None = None):
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        n_mels: int = 128,
+        max_length: int = 1024,
+        normalize: bool = True,
+        mean: float = AST_MEAN,
+        std: float = AST_STD,
+        device: str | None = None,
+    ):
         self.device = pick_device(device)
         self.features = ASTFeatures(sample_rate, n_mels, max_length, normalize, mean, std).to(self.device)
         self.shape = (max_length, n_mels)
@@ -33,7 +42,7 @@ class FeaturesStage:
         ``valid``. Straight into the output: no second batch-sized buffer to fill and copy."""
         with torch.inference_mode():
             pending = rows
-            if self.device.type == "cuda":      # full-length rows go through as one batch
+            if self.device.type == "cuda":  # full-length rows go through as one batch
                 whole = valid[rows] >= audio.shape[-1]
                 full, pending = rows[whole], rows[~whole]
                 if len(full):

@@ -36,10 +36,21 @@ class ScoreStage:
     shapes, not on the other rows' values).
     """
 
-    def __init__(self, *, model: dict[str, Any], n_mels: int, frames: int, forward_batch: int | None = None,
-                 seed: int = 0, mask_ratio: float = 0.0, mask_patch: tuple[int, int] = (16, 16),
-                 spectrogram: dict[str, Any] | None = None, normalize: dict[str, float] | None = None,
-                 storage_options: dict[str, Any] | None = None, device: str | None = None):
+    def __init__(
+        self,
+        *,
+        model: dict[str, Any],
+        n_mels: int,
+        frames: int,
+        forward_batch: int | None = None,
+        seed: int = 0,
+        mask_ratio: float = 0.0,
+        mask_patch: tuple[int, int] = (16, 16),
+        spectrogram: dict[str, Any] | None = None,
+        normalize: dict[str, float] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        device: str | None = None,
+    ):
         self.device = pick_device(device)
         self.model = build_model(ModelSpec.model_validate(model), self.device, storage_options)
         self.n_mels, self.frames = n_mels, frames
@@ -52,8 +63,13 @@ class ScoreStage:
         """``[rows, 1, n_mels, frames]`` bool: one seeded mask per (key, item), nothing hidden in padding rows."""
         masks = torch.zeros(rows, 1, self.n_mels, self.frames, dtype=torch.bool)
         for i, (key, item) in enumerate(zip(keys, items)):
-            masks[i, 0] = random_patch_mask(self.n_mels, self.frames, self.mask_patch, self.mask_ratio,
-                                            sample_rng(self.seed, key, int(item), "mask"))
+            masks[i, 0] = random_patch_mask(
+                self.n_mels,
+                self.frames,
+                self.mask_patch,
+                self.mask_ratio,
+                sample_rng(self.seed, key, int(item), "mask"),
+            )
         return masks
 
     def to_mel(self, payload: torch.Tensor) -> torch.Tensor:
@@ -69,14 +85,14 @@ class ScoreStage:
         losses, energies = [], []
         with torch.inference_mode():
             for start in range(0, n, size):
-                chunk = np.ascontiguousarray(payload[start:start + size], dtype=np.float32)
+                chunk = np.ascontiguousarray(payload[start : start + size], dtype=np.float32)
                 real = len(chunk)
-                if real < size:   # pad to the fixed forward shape
+                if real < size:  # pad to the fixed forward shape
                     chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), np.float32)])
                 mel = self.to_mel(torch.from_numpy(chunk).to(self.device))
                 mask = None
                 if self.mask_ratio > 0:
-                    mask = self.masks(keys[start:start + real], items[start:start + real], size).to(self.device)
+                    mask = self.masks(keys[start : start + real], items[start : start + real], size).to(self.device)
                 reconstruction = self.model.reconstruct(mel, mask)
                 losses.append(reconstruction_mse(mel, reconstruction)[:real].cpu().numpy())
                 energies.append(signal_energy(mel)[:real].cpu().numpy())
@@ -91,7 +107,7 @@ class ScoreStage:
         energy = np.full(n, np.nan)
         ok = np.flatnonzero(batch["error"] == "")
         if len(ok):
-            rows = payload if len(ok) == n else payload[ok]      # no copy in the common case
+            rows = payload if len(ok) == n else payload[ok]  # no copy in the common case
             keys = [str(k) for k in batch["key"][ok]]
             loss[ok], energy[ok] = self.score(rows, keys, batch["item"][ok].astype(int).tolist())
         out = {name: batch[name] for name in PASS_COLUMNS if name in batch}

@@ -29,8 +29,9 @@ from .device import pick_device
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Kaiser-windowed sinc as librosa's "kaiser_best": negligible cost next to any teacher.
-RESAMPLE_KWARGS = dict(lowpass_filter_width=64, rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser",
-                       beta=14.769656459379492)
+RESAMPLE_KWARGS = dict(
+    lowpass_filter_width=64, rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser", beta=14.769656459379492
+)
 # Columns the decoders hand over that the stage casts to the output dtype.
 FLOAT_COLUMNS = ("f0", "db")
 
@@ -42,9 +43,18 @@ class TeacherStage:
     ``chunk_size``: most rows per teacher call on CUDA (bounds device memory); 1 on CPU.
     """
 
-    def __init__(self, *, teachers: list[dict[str, Any]], sample_rate: int, num_samples: int,
-                 dtype: str = "float32", autocast: str | None = None, input_column: str = "audio",
-                 chunk_size: int = 32, device: str | None = None):
+    def __init__(
+        self,
+        *,
+        teachers: list[dict[str, Any]],
+        sample_rate: int,
+        num_samples: int,
+        dtype: str = "float32",
+        autocast: str | None = None,
+        input_column: str = "audio",
+        chunk_size: int = 32,
+        device: str | None = None,
+    ):
         self.device = pick_device(device)
         self.sample_rate, self.num_samples = sample_rate, num_samples
         self.out_dtype = np.dtype(dtype)
@@ -64,8 +74,9 @@ class TeacherStage:
 
     def resampler(self, source: int, target: int) -> torch.nn.Module:
         if (source, target) not in self.resamplers:
-            self.resamplers[(source, target)] = torchaudio.transforms.Resample(
-                source, target, **RESAMPLE_KWARGS).to(self.device)
+            self.resamplers[(source, target)] = torchaudio.transforms.Resample(source, target, **RESAMPLE_KWARGS).to(
+                self.device
+            )
         return self.resamplers[(source, target)]
 
     def resample(self, audio: torch.Tensor, source: int, target: int) -> torch.Tensor:
@@ -79,7 +90,7 @@ class TeacherStage:
     def run_teachers(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """``[B, T]`` at the job's rate on the device -> ``{column: [B, ...]}`` float32."""
         out: dict[str, torch.Tensor] = {}
-        at_rate: dict[int, torch.Tensor] = {}       # teachers of one rate share the resampled clips
+        at_rate: dict[int, torch.Tensor] = {}  # teachers of one rate share the resampled clips
         with torch.inference_mode():
             for teacher in self.teachers:
                 if teacher.sample_rate not in at_rate:
@@ -90,8 +101,9 @@ class TeacherStage:
                 for spec in teacher.outputs:
                     value = results[spec.name].float()
                     if spec.kind == "waveform":
-                        value = _fit_length(self.resample(value, teacher.sample_rate, self.sample_rate),
-                                            self.num_samples)
+                        value = _fit_length(
+                            self.resample(value, teacher.sample_rate, self.sample_rate), self.num_samples
+                        )
                     out[column_name(teacher.name, spec.name)] = value
         return out
 
@@ -102,13 +114,15 @@ class TeacherStage:
         outputs = {name: np.zeros((n, *shape), dtype=self.out_dtype) for name, shape in self.shapes.items()}
         ok = np.flatnonzero(errors == "")
         for start in range(0, len(ok), self.chunk_size):
-            rows = ok[start:start + self.chunk_size]
+            rows = ok[start : start + self.chunk_size]
             wave = torch.from_numpy(np.ascontiguousarray(audio[rows], dtype=np.float32)).to(self.device)
             for name, value in self.run_teachers(wave).items():
                 values = value.cpu().numpy()
                 if values.shape[1:] != self.shapes[name]:
-                    raise RuntimeError(f"teacher output {name} has shape {values.shape[1:]}, expected "
-                                       f"{self.shapes[name]}: outputs must have one shape per config")
+                    raise RuntimeError(
+                        f"teacher output {name} has shape {values.shape[1:]}, expected "
+                        f"{self.shapes[name]}: outputs must have one shape per config"
+                    )
                 finite = np.isfinite(values.reshape(len(rows), -1)).all(axis=1)
                 for row in rows[~finite]:
                     if errors[row] == "":

@@ -12,7 +12,7 @@ One small interface (:class:`Teacher`: ``outputs``, ``sample_rate``, batched
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
@@ -22,8 +22,9 @@ from .loudness import LoudnessSpec, LoudnessTeacher
 from .pesto import PestoSpec, PestoTeacher
 from .user import FactorySpec, ModelTeacher, TorchScriptSpec
 
-TeacherSpec = Annotated[Union[PestoSpec, CrepeSpec, LoudnessSpec, TorchScriptSpec, FactorySpec],
-                        Field(discriminator="kind")]
+TeacherSpec = Annotated[
+    PestoSpec | CrepeSpec | LoudnessSpec | TorchScriptSpec | FactorySpec, Field(discriminator="kind")
+]
 _SPEC_ADAPTER: TypeAdapter = TypeAdapter(TeacherSpec)
 
 
@@ -38,7 +39,21 @@ def build_teacher(spec: Any) -> Teacher:
 
 
 __all__ = [
-    "CrepeSpec", "CrepeTeacher", "FactorySpec", "LoudnessSpec", "LoudnessTeacher", "ModelTeacher", "PestoSpec",
-    "PestoTeacher", "Teacher", "TeacherLoadError", "TeacherOutput", "TeacherSpec", "TorchScriptSpec",
-    "build_teacher", "column_name", "describe", "parse_spec",
+    "CrepeSpec",
+    "CrepeTeacher",
+    "FactorySpec",
+    "LoudnessSpec",
+    "LoudnessTeacher",
+    "ModelTeacher",
+    "PestoSpec",
+    "PestoTeacher",
+    "Teacher",
+    "TeacherLoadError",
+    "TeacherOutput",
+    "TeacherSpec",
+    "TorchScriptSpec",
+    "build_teacher",
+    "column_name",
+    "describe",
+    "parse_spec",
 ]

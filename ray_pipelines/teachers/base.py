@@ -61,7 +61,7 @@ class Teacher(abc.ABC):
         """The torch modules to move between devices (none for pure functions)."""
         return []
 
-    def to(self, device: torch.device | str) -> "Teacher":
+    def to(self, device: torch.device | str) -> Teacher:
         self.device = torch.device(device)
         for module in self.modules():
             module.to(self.device)

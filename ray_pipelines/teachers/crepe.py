@@ -23,10 +23,10 @@ from .base import Teacher, TeacherLoadError, TeacherOutput, file_sha256
 from .spec import TeacherSpecBase
 
 CREPE_SAMPLE_RATE = 16000
-WINDOW = 1024                 # samples per analysed frame
+WINDOW = 1024  # samples per analysed frame
 PITCH_BINS = 360
 CENTS_PER_BIN = 20
-CENTS_OFFSET = 1997.3794084376191   # cents of bin 0 (about 32.7 Hz)
+CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 32.7 Hz)
 OUTPUTS = (TeacherOutput("f0"), TeacherOutput("periodicity"))
 
 
@@ -53,8 +53,12 @@ def hz_to_bin(hz: float) -> float:
     return (1200.0 * math.log2(hz / 10.0) - CENTS_OFFSET) / CENTS_PER_BIN
 
 
-def decode_pitch(probabilities: torch.Tensor, fmin: float, fmax: float,
-                 method: Literal["weighted_argmax", "argmax"] = "weighted_argmax") -> tuple[torch.Tensor, torch.Tensor]:
+def decode_pitch(
+    probabilities: torch.Tensor,
+    fmin: float,
+    fmax: float,
+    method: Literal["weighted_argmax", "argmax"] = "weighted_argmax",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[..., 360]`` bin probabilities -> (f0 Hz, periodicity), both ``[...]``.
 
     Bins outside ``[fmin, fmax]`` are ignored. ``weighted_argmax`` averages the
@@ -97,25 +101,35 @@ class CrepeTeacher(Teacher):
     sample_rate = CREPE_SAMPLE_RATE
     outputs = OUTPUTS
 
-    def __init__(self, name: str, capacity: str = "tiny", hop_ms: float = 10.0, fmin: float = 50.0,
-                 fmax: float = 2006.0, decoder: str = "weighted_argmax", frames_per_chunk: int = 512):
+    def __init__(
+        self,
+        name: str,
+        capacity: str = "tiny",
+        hop_ms: float = 10.0,
+        fmin: float = 50.0,
+        fmax: float = 2006.0,
+        decoder: str = "weighted_argmax",
+        frames_per_chunk: int = 512,
+    ):
         super().__init__(name)
         self.net = build_crepe(capacity)
         self.hop_length = int(round(hop_ms * self.sample_rate / 1000))
         self.fmin, self.fmax, self.decoder = fmin, fmax, decoder
-        self.frames_per_chunk = frames_per_chunk   # bounds activation memory (full: ~1 MB per frame)
+        self.frames_per_chunk = frames_per_chunk  # bounds activation memory (full: ~1 MB per frame)
         self.version = crepe_version(capacity)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.net]
 
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        frames = frame_audio(audio, self.hop_length)                  # [B, N, 1024]
+        frames = frame_audio(audio, self.hop_length)  # [B, N, 1024]
         flat = frames.reshape(-1, WINDOW)
-        probabilities = torch.cat([self.net(flat[i:i + self.frames_per_chunk]).float()
-                                   for i in range(0, len(flat), self.frames_per_chunk)])
-        f0, periodicity = decode_pitch(probabilities.reshape(*frames.shape[:2], PITCH_BINS),
-                                       self.fmin, self.fmax, self.decoder)  # type: ignore[arg-type]
+        probabilities = torch.cat(
+            [self.net(flat[i : i + self.frames_per_chunk]).float() for i in range(0, len(flat), self.frames_per_chunk)]
+        )
+        f0, periodicity = decode_pitch(
+            probabilities.reshape(*frames.shape[:2], PITCH_BINS), self.fmin, self.fmax, self.decoder
+        )  # type: ignore[arg-type]
         return {"f0": f0, "periodicity": periodicity}
 
 
@@ -135,7 +149,7 @@ class CrepeSpec(TeacherSpecBase):
     frames_per_chunk: int = Field(512, ge=1, description="Frames per forward pass (memory bound).")
 
     @model_validator(mode="after")
-    def _range(self) -> "CrepeSpec":
+    def _range(self) -> CrepeSpec:
         if self.fmin >= self.fmax:
             raise ValueError(f"fmin ({self.fmin}) must be below fmax ({self.fmax})")
         return self
@@ -147,9 +161,11 @@ class CrepeSpec(TeacherSpecBase):
         return OUTPUTS
 
     def build(self) -> CrepeTeacher:
-        return CrepeTeacher(self.teacher_name, self.capacity, self.hop_ms, self.fmin, self.fmax, self.decoder,
-                            self.frames_per_chunk)
+        return CrepeTeacher(
+            self.teacher_name, self.capacity, self.hop_ms, self.fmin, self.fmax, self.decoder, self.frames_per_chunk
+        )
 
     def identity(self) -> dict[str, Any]:
-        return self.base_identity(crepe_version(self.capacity), file_sha256(crepe_weights_path(self.capacity)),
-                                  CREPE_SAMPLE_RATE)
+        return self.base_identity(
+            crepe_version(self.capacity), file_sha256(crepe_weights_path(self.capacity)), CREPE_SAMPLE_RATE
+        )

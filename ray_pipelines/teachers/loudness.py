@@ -33,24 +33,35 @@ def a_weighting_db(frequencies: torch.Tensor, min_db: float = -80.0) -> torch.Te
     """IEC 61672 A-weighting in dB at ``frequencies`` (Hz), floored at ``min_db`` (as librosa)."""
     f_sq = frequencies.double() ** 2
     c = torch.tensor([12194.217, 20.598997, 107.65265, 737.86223], dtype=torch.float64) ** 2
-    weights = 2.0 + 20.0 * (math.log10(c[0]) + 2 * torch.log10(f_sq) - torch.log10(f_sq + c[0])
-                            - torch.log10(f_sq + c[1]) - 0.5 * torch.log10(f_sq + c[2])
-                            - 0.5 * torch.log10(f_sq + c[3]))
+    weights = 2.0 + 20.0 * (
+        math.log10(c[0])
+        + 2 * torch.log10(f_sq)
+        - torch.log10(f_sq + c[0])
+        - torch.log10(f_sq + c[1])
+        - 0.5 * torch.log10(f_sq + c[2])
+        - 0.5 * torch.log10(f_sq + c[3])
+    )
     return weights.clamp_min(min_db).to(frequencies.dtype)
 
 
-def a_weighted_loudness(audio: torch.Tensor, sample_rate: int, n_fft: int = 1024, hop_length: int = 160,
-                        top_db: float | None = 80.0, window: torch.Tensor | None = None,
-                        weights: torch.Tensor | None = None) -> torch.Tensor:
+def a_weighted_loudness(
+    audio: torch.Tensor,
+    sample_rate: int,
+    n_fft: int = 1024,
+    hop_length: int = 160,
+    top_db: float | None = 80.0,
+    window: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``[B, T]`` -> ``[B, 1 + T // hop_length]`` A-weighted loudness in dB."""
     if window is None:
         window = torch.hann_window(n_fft, device=audio.device)
     if weights is None:
         freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, device=audio.device)
         weights = a_weighting_db(freqs) - REF_DB
-    padded = torch.nn.functional.pad(audio, (n_fft // 2, n_fft // 2))      # librosa: center, zero padding
+    padded = torch.nn.functional.pad(audio, (n_fft // 2, n_fft // 2))  # librosa: center, zero padding
     spec = torch.stft(padded, n_fft, hop_length, window=window, center=False, return_complex=True)
-    db = 20.0 * torch.log10(spec.abs().clamp_min(AMIN))                       # [B, F, N]
+    db = 20.0 * torch.log10(spec.abs().clamp_min(AMIN))  # [B, F, N]
     if top_db is not None:
         db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - top_db)
     weighted = (db + weights[:, None]).clamp_min(MIN_DB)
@@ -62,8 +73,14 @@ class LoudnessTeacher(Teacher):
     outputs = OUTPUTS
     version = LOUDNESS_VERSION
 
-    def __init__(self, name: str = "loudness", sample_rate: int = 16000, n_fft: int = 1024, hop_ms: float = 10.0,
-                 top_db: float | None = 80.0):
+    def __init__(
+        self,
+        name: str = "loudness",
+        sample_rate: int = 16000,
+        n_fft: int = 1024,
+        hop_ms: float = 10.0,
+        top_db: float | None = 80.0,
+    ):
         super().__init__(name)
         self.sample_rate = sample_rate
         self.n_fft, self.top_db = n_fft, top_db
@@ -75,7 +92,7 @@ class LoudnessTeacher(Teacher):
         freqs = torch.linspace(0, self.sample_rate / 2, self.n_fft // 2 + 1, device=device)
         self.weights = a_weighting_db(freqs) - REF_DB
 
-    def to(self, device: torch.device | str) -> "LoudnessTeacher":
+    def to(self, device: torch.device | str) -> LoudnessTeacher:
         super().to(device)
         self._build(self.device)
         return self
@@ -83,8 +100,9 @@ class LoudnessTeacher(Teacher):
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         # STFT and logs in float32 even under autocast: dB of tiny magnitudes needs the range.
         with torch.autocast(self.device.type, enabled=False):
-            db = a_weighted_loudness(audio.float(), self.sample_rate, self.n_fft, self.hop_length, self.top_db,
-                                     self.window, self.weights)
+            db = a_weighted_loudness(
+                audio.float(), self.sample_rate, self.n_fft, self.hop_length, self.top_db, self.window, self.weights
+            )
         return {"db": db}
 
 

@@ -21,7 +21,7 @@ from pydantic import Field
 from .base import Teacher, TeacherLoadError, TeacherOutput, file_sha256
 from .spec import TeacherSpecBase
 
-PESTO_SAMPLE_RATE = 16000     # its CQT is laid out for 16 kHz (the top bins sit just below Nyquist)
+PESTO_SAMPLE_RATE = 16000  # its CQT is laid out for 16 kHz (the top bins sit just below Nyquist)
 OUTPUTS = (TeacherOutput("f0"), TeacherOutput("confidence"))
 
 
@@ -42,8 +42,18 @@ def load_pesto_checkpoint(path: str) -> dict[str, Any]:
     from omegaconf.listconfig import ListConfig
     from omegaconf.nodes import AnyNode
 
-    allowed = [DictConfig, ListConfig, AnyNode, Metadata, ContainerMetadata, typing.Any,
-               collections.defaultdict, dict, list, int]
+    allowed = [
+        DictConfig,
+        ListConfig,
+        AnyNode,
+        Metadata,
+        ContainerMetadata,
+        typing.Any,
+        collections.defaultdict,
+        dict,
+        list,
+        int,
+    ]
     with torch.serialization.safe_globals(allowed):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -55,14 +65,20 @@ def build_pesto(model: str, step_ms: float, sample_rate: int, reduction: str) ->
     checkpoint = load_pesto_checkpoint(pesto_checkpoint_path(model))
     hparams, hcqt_params = checkpoint["hparams"], dict(checkpoint["hcqt_params"])
     preprocessor = Preprocessor(hop_size=step_ms, sampling_rate=sample_rate, **hcqt_params)
-    net = PESTO(Resnet1d(**hparams["encoder"]), preprocessor=preprocessor, crop_kwargs=hparams["pitch_shift"],
-                reduction=reduction)
+    net = PESTO(
+        Resnet1d(**hparams["encoder"]),
+        preprocessor=preprocessor,
+        crop_kwargs=hparams["pitch_shift"],
+        reduction=reduction,
+    )
     missing, unexpected = net.load_state_dict(checkpoint["state_dict"], strict=False)
     # The CQT kernels are computed from the sample rate, not stored (pesto's loader tolerates the same).
     missing = [k for k in missing if not k.startswith("preprocessor.hcqt_kernels.")]
     if missing or unexpected:
-        raise TeacherLoadError(f"pesto {model}: checkpoint does not fit the model "
-                               f"(missing {missing[:3]}, unexpected {list(unexpected)[:3]})")
+        raise TeacherLoadError(
+            f"pesto {model}: checkpoint does not fit the model "
+            f"(missing {missing[:3]}, unexpected {list(unexpected)[:3]})"
+        )
     return net.eval()
 
 
@@ -71,8 +87,7 @@ class PestoTeacher(Teacher):
     sample_rate = PESTO_SAMPLE_RATE
     outputs = OUTPUTS
 
-    def __init__(self, name: str = "pesto", model: str = "mir-1k_g7", step_ms: float = 10.0,
-                 reduction: str = "alwa"):
+    def __init__(self, name: str = "pesto", model: str = "mir-1k_g7", step_ms: float = 10.0, reduction: str = "alwa"):
         super().__init__(name)
         self.net = build_pesto(model, step_ms, self.sample_rate, reduction)
         self.version = pesto_version(model)
@@ -81,8 +96,9 @@ class PestoTeacher(Teacher):
         return [self.net]
 
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        f0, confidence, _volume, _activations = self.net(audio, sr=self.sample_rate, convert_to_freq=True,
-                                                         return_activations=True)
+        f0, confidence, _volume, _activations = self.net(
+            audio, sr=self.sample_rate, convert_to_freq=True, return_activations=True
+        )
         return {"f0": f0.float(), "confidence": confidence.float()}
 
 
@@ -108,5 +124,6 @@ class PestoSpec(TeacherSpecBase):
         return PestoTeacher(self.teacher_name, self.model, self.step_ms, self.reduction)
 
     def identity(self) -> dict[str, Any]:
-        return self.base_identity(pesto_version(self.model), file_sha256(pesto_checkpoint_path(self.model)),
-                                  PESTO_SAMPLE_RATE)
+        return self.base_identity(
+            pesto_version(self.model), file_sha256(pesto_checkpoint_path(self.model)), PESTO_SAMPLE_RATE
+        )

@@ -20,8 +20,10 @@ class TeacherSpecBase(BaseModel, abc.ABC):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str | None = Field(
-        None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
-        description="Column prefix for this teacher's outputs (<name>_<output>). Default: from the kind.")
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="Column prefix for this teacher's outputs (<name>_<output>). Default: from the kind.",
+    )
 
     @property
     def teacher_name(self) -> str:
@@ -41,6 +43,11 @@ class TeacherSpecBase(BaseModel, abc.ABC):
         """``{"name", "kind", "version", "weights_sha256", ...}`` (JSON values only)."""
 
     def base_identity(self, version: str, weights_sha256: str, sample_rate: int) -> dict[str, Any]:
-        return {"name": self.teacher_name, "kind": self.kind, "version": version,  # type: ignore[attr-defined]
-                "weights_sha256": weights_sha256, "sample_rate": sample_rate,
-                "outputs": [o.name for o in self.declared_outputs()]}
+        return {
+            "name": self.teacher_name,
+            "kind": self.kind,
+            "version": version,  # type: ignore[attr-defined]
+            "weights_sha256": weights_sha256,
+            "sample_rate": sample_rate,
+            "outputs": [o.name for o in self.declared_outputs()],
+        }

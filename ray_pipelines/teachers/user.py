@@ -19,8 +19,14 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
-from ..models import (build_from_factory, bytes_sha256, factory_code_sha256, load_state_dict, load_torchscript,
-                      read_model_file)
+from ..models import (
+    build_from_factory,
+    bytes_sha256,
+    factory_code_sha256,
+    load_state_dict,
+    load_torchscript,
+    read_model_file,
+)
 from .base import OutputKind, Teacher, TeacherLoadError, TeacherOutput
 from .spec import TeacherSpecBase
 
@@ -31,8 +37,16 @@ InputLayout = Literal["batch_time", "batch_channel_time"]
 class ModelTeacher(Teacher):
     """Wraps a loaded ``nn.Module`` or ``ScriptModule``."""
 
-    def __init__(self, name: str, kind: str, module: torch.nn.Module, sample_rate: int,
-                 outputs: dict[str, OutputKind], input_layout: InputLayout, version: str):
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        module: torch.nn.Module,
+        sample_rate: int,
+        outputs: dict[str, OutputKind],
+        input_layout: InputLayout,
+        version: str,
+    ):
         super().__init__(name)
         self.kind = kind
         self.module = module.eval()
@@ -59,8 +73,13 @@ class ModelTeacher(Teacher):
             raise RuntimeError(f"teacher {self.name!r} returned {type(result).__name__}, not tensors")
         for output in self.outputs:
             value = named.get(output.name)
-            if output.kind == "waveform" and isinstance(value, torch.Tensor) and value.ndim == 3 and value.shape[1] == 1:
-                named[output.name] = value[:, 0]      # [B, 1, T] -> [B, T]
+            if (
+                output.kind == "waveform"
+                and isinstance(value, torch.Tensor)
+                and value.ndim == 3
+                and value.shape[1] == 1
+            ):
+                named[output.name] = value[:, 0]  # [B, 1, T] -> [B, T]
         return {n: v.float() for n, v in named.items() if n in names}
 
 
@@ -69,7 +88,8 @@ class UserSpecBase(TeacherSpecBase):
     sample_rate: int = Field(..., gt=0, description="The rate the model expects; audio is resampled to it.")
     outputs: dict[str, OutputKind] = Field(
         default_factory=lambda: {"y": "waveform"},
-        description="Output names in the order the model returns them, each 'waveform' or 'tensor'.")
+        description="Output names in the order the model returns them, each 'waveform' or 'tensor'.",
+    )
     input_layout: InputLayout = "batch_time"
     version: str = Field("", description="Your model's version, recorded in the manifest and fingerprint.")
 
@@ -102,8 +122,9 @@ class TorchScriptSpec(UserSpecBase):
 
     def build(self) -> ModelTeacher:
         module, _ = self._load()
-        return ModelTeacher(self.name, self.kind, module, self.sample_rate, self.outputs, self.input_layout,
-                            self.version)
+        return ModelTeacher(
+            self.name, self.kind, module, self.sample_rate, self.outputs, self.input_layout, self.version
+        )
 
     def identity(self) -> dict[str, Any]:
         return self.base_identity(self.version, bytes_sha256(read_model_file(self.path)), self.sample_rate)
@@ -132,11 +153,12 @@ class FactorySpec(UserSpecBase):
             raise
         except Exception as e:
             raise TeacherLoadError(f"factory {self.factory} failed: {type(e).__name__}: {e}") from None
-        return ModelTeacher(self.name, self.kind, module, self.sample_rate, self.outputs, self.input_layout,
-                            self.version)
+        return ModelTeacher(
+            self.name, self.kind, module, self.sample_rate, self.outputs, self.input_layout, self.version
+        )
 
     def identity(self) -> dict[str, Any]:
-        _, data = self.load_state_dict()      # refuses pickled-code checkpoints here, on the driver
+        _, data = self.load_state_dict()  # refuses pickled-code checkpoints here, on the driver
         identity = self.base_identity(self.version, bytes_sha256(data) if data else "", self.sample_rate)
         identity["factory"] = self.factory
         identity["kwargs"] = self.kwargs

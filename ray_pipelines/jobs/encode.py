@@ -1,0 +1,257 @@
+"""The encode job: pre-encode audio into autoencoder latents or tokens.
+
+The Ray version of stable-audio-tools' ``pre_encode.py``: each input (or each
+consecutive window of it, ``windows: all``) is padded or cropped to
+``sample_size`` samples, encoded by the configured model in an actor pool
+(GPU when present, fp16/bf16), and written as ``{output}/{rank}/{id}.npy`` +
+``.json`` (what stable-audio-tools' pre-encoded dataset reads), Parquet
+shards, or both; with the engine's manifests, resume and error rows.
+
+    ray-pipelines encode --config encode
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from ray_pipelines.config import CommonConfig
+from ray_pipelines.encoders.config import ModelConfig
+from ray_pipelines.encoders.loading import ModelInfo, inspect_encoder, load_encoder
+from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_encode_data_file, write_filelist
+from ray_pipelines.encoders.windows import EncodeDecoder, WindowPlan
+from ray_pipelines.engine.decode import WindowDecoder
+from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.engine.runner import apply_key_lists
+from ray_pipelines.engine.sink import ShardSink
+from ray_pipelines.seeding import unit_interval
+from ray_pipelines.sources import InputItem
+from ray_pipelines.stages.encode import EncodeStage
+from ray_pipelines.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class EncodeConfig(CommonConfig):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    # pre_encode.py's options, names and defaults
+    batch_size: int = Field(1, ge=1, description="Windows per model call (on CUDA; CPU encodes one at a time).")
+    sample_size: int = Field(1320960, ge=1, description="Samples per window: audio is padded or cropped to it.")
+    sample_rate: int | None = Field(
+        None, gt=0, description="Default: the model's. Set only for models that do not declare it."
+    )
+    audio_channels: int | None = Field(None, ge=1, description="Default: the model's.")
+    model_half: bool = Field(False, description="Run the model in fp16 and store float16 latents.")
+    bf16: bool = Field(False, description="Run the model in bf16 (latents stored as float32).")
+    is_discrete: bool = Field(False, description="The model returns integer tokens [B, Q, N].")
+    limit_batches: int | None = Field(None, ge=1, description="Encode at most limit_batches * batch_size inputs.")
+    shuffle: bool = Field(
+        False, description="Which inputs limit/limit_batches keep: a seeded random subset instead of the first keys."
+    )
+    # this job's own
+    windows: Literal["first", "all"] = Field(
+        "first",
+        description="first: one window from the start of each file; all: consecutive windows "
+        "covering the whole file, the last one padded.",
+    )
+    layout: Literal["sat", "parquet", "both"] = "sat"
+    sample_posterior: bool = Field(
+        True, description="VAEs: sample the posterior with noise seeded per (seed, key, window); false: take its mean."
+    )
+    min_duration: float = Field(0.0, ge=0, description="Shorter inputs become error rows.")
+    silence_db: float | None = Field(
+        None,
+        description="A window whose peak is below this (dBFS) is an error "
+        "row; null keeps silent windows (as pre_encode does).",
+    )
+    rows_per_file: int = Field(512, ge=1)
+
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = CommonConfig.RUNTIME_FIELDS | {"limit_batches", "shuffle"}
+
+    @model_validator(mode="after")
+    def _one_precision(self) -> EncodeConfig:
+        if self.model_half and self.bf16:
+            raise ValueError("model_half (fp16) and bf16 are exclusive; choose one")
+        return self
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.model_half else "bf16" if self.bf16 else "fp32"
+
+
+class EncodeJob(Job):
+    name = "encode"
+    config_model = EncodeConfig
+    index_column = "window"
+    rows_label = "clips"
+
+    def __init__(self, config: EncodeConfig):
+        super().__init__(config)
+        # Load and probe the model here, on the driver: a wrong path, a missing optional
+        # package or a continuous/discrete mismatch stops the job before Ray starts.
+        loaded = load_encoder(
+            config.model,
+            sample_rate=config.sample_rate,
+            channels=config.audio_channels,
+            is_discrete=config.is_discrete,
+            storage_options=config.storage_options,
+        )
+        self.model: ModelInfo = inspect_encoder(loaded, sample_size=config.sample_size, is_discrete=config.is_discrete)
+        del loaded
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def output_columns(self) -> list[str]:
+        return [
+            "key",
+            "window",
+            "latents",
+            "padding_mask",
+            "seconds_start",
+            "seconds_total",
+            "timestamps",
+            "sample_rate",
+            "path",
+            "relpath",
+            "start_seconds",
+            "valid_samples",
+        ]
+
+    # ---- planning -----------------------------------------------------------------
+    def list_inputs(self) -> list[InputItem]:
+        """Listed inputs; with ``limit_batches`` only the first (or, ``shuffle``, a seeded random)
+        ``limit_batches * batch_size`` of those the keep/ignore lists allow."""
+        c = self.config
+        items = apply_key_lists(super().list_inputs(), c)  # before the limit_batches budget
+        if c.shuffle:
+            items.sort(key=lambda i: unit_interval(c.seed, "shuffle", i.key))
+        budget = [n for n in (c.limit, c.limit_batches * c.batch_size if c.limit_batches else None) if n]
+        if budget:
+            items = items[: min(budget)]  # the engine then sorts by key and applies limit again
+        return items
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        return {"model_weights_sha256": self.model.weights_sha256}
+
+    def decoder(self) -> WindowDecoder:
+        c = self.config
+        return EncodeDecoder(
+            plan=WindowPlan(c.windows, c.sample_size, self.sample_rate),
+            sample_rate=self.sample_rate,
+            duration=c.sample_size / self.sample_rate,
+            index_column="window",
+            channels=self.model.channels,
+            min_duration=c.min_duration,
+            silence_db=c.silence_db,
+            storage_options=c.storage_options,
+            valid_column="valid_samples",
+        )
+
+    def stage_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        return dict(
+            model=c.model.model_dump(mode="json"),
+            sample_size=c.sample_size,
+            seed=c.seed,
+            sample_rate=c.sample_rate,
+            audio_channels=c.audio_channels,
+            is_discrete=c.is_discrete,
+            sample_posterior=c.sample_posterior,
+            precision=c.precision,
+            batch_size=c.batch_size,
+            storage_options=c.storage_options,
+        )
+
+    def stages(self) -> list[StageSpec]:
+        return [StageSpec(EncodeStage, self.stage_kwargs(), gpu=True)]
+
+    # ---- output -------------------------------------------------------------------
+    def schema_metadata(self) -> dict[str, str]:
+        m = self.model
+        return {
+            "ray_pipelines.encode.model": json.dumps(
+                {
+                    "sample_rate": m.sample_rate,
+                    "channels": m.channels,
+                    "downsampling_ratio": m.downsampling_ratio,
+                    "is_discrete": m.is_discrete,
+                    "weights_sha256": m.weights_sha256,
+                },
+                sort_keys=True,
+            )
+        }
+
+    def make_sink(self, fingerprint: str) -> ShardSink:
+        c = self.config
+        kwargs = dict(
+            output=c.output,
+            storage_options=c.storage_options,
+            fingerprint=fingerprint,
+            index_column=self.index_column,
+            output_columns=self.output_columns,
+            rows_per_file=c.rows_per_file,
+            compression=c.compression,
+            direct_io=c.direct_io,
+            schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
+        )
+        if c.layout == "parquet":
+            return ShardSink(**kwargs)
+        return SatSink(write_parquet=c.layout == "both", **kwargs)
+
+    def is_data_file(self, relpath: str) -> bool:
+        return is_encode_data_file(relpath)
+
+    def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
+        """``filelist.txt`` (from every committed manifest) and ``details.json``."""
+        c = self.config
+        files = manifest.get("files", [])
+        collisions = id_collisions(files)
+        for collision in collisions:
+            log.warning("encode: two windows drew the same sample id %s: %s", collision["id"], collision["samples"])
+        samples = write_filelist(storage, files) if c.layout != "parquet" else []
+        config = c.model_dump(mode="json")
+        storage.write_json(
+            DETAILS,
+            {
+                # the keys pre_encode.py writes
+                "model_config": self.model.description.get("model_config", self.model.description),
+                "dataset_config": {"input": c.input, "windows": c.windows},
+                "sample_size": c.sample_size,
+                "args": config,
+                # and what this job adds
+                "model": {k: v for k, v in self.model.as_dict().items() if k != "description"},
+                "config": config,
+                "fingerprint": manifest.get("fingerprint"),
+                "layout": c.layout,
+                "samples": len(samples) if c.layout != "parquet" else manifest["counts"]["rows_written"],
+                "id_collisions": collisions,
+            },
+        )
+        return {
+            "samples in filelist.txt": len(samples) if c.layout != "parquet" else "-",
+            "sample id collisions": len(collisions),
+        }
+
+    def throughput_units(self, rows: int) -> dict[str, float]:
+        return {"audio seconds": rows * self.config.sample_size / self.sample_rate}
+
+
+JOB = EncodeJob
+__all__ = ["JOB", "EncodeConfig", "EncodeDecoder", "EncodeJob", "WindowPlan", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_pipelines.cli import run_job_command
+
+    return run_job_command("encode", sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The features job: a labelled AST spectrogram dataset from a music library.
+
+The library's top-level folders are the labels. Songs are split by song,
+stratified by label (``splits.json``); each song gives ``snippets_per_song``
+snippets of ``snippet_seconds`` spread evenly over it, and each snippet the
+AST feature extractor's ``input_values [max_length, n_mels]``. Output:
+``{output}/<split>/part-*.parquet`` (loadable with Hugging Face datasets,
+``label`` a ClassLabel), ``labels.json``, ``splits.json`` and the class-balance
+report ``balance.json`` / ``balance.png``. See docs/features.md.
+
+    ray-pipelines features --config features
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ray_pipelines.config import CommonConfig
+from ray_pipelines.engine.decode import Window, WindowDecoder
+from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.engine.manifest import OutputState
+from ray_pipelines.features.catalog import LibraryPlan, describe, plan_library, read_memory, save_plan
+from ray_pipelines.features.hf import FIXED_SHAPE_TENSOR, NESTED_LIST, huggingface_metadata
+from ray_pipelines.features.kaldi import AST_MEAN, AST_SAMPLE_RATE, AST_STD, frame_sizes
+from ray_pipelines.features.report import balance_chart, balance_report
+from ray_pipelines.features.sink import FeaturesSink
+from ray_pipelines.features.split import DEFAULT_SPLITS
+from ray_pipelines.sources import InputItem
+from ray_pipelines.stages.features import FeaturesStage
+from ray_pipelines.storage import Storage
+
+log = logging.getLogger(__name__)
+
+BALANCE_JSON = "balance.json"
+BALANCE_PNG = "balance.png"
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class FeaturesConfig(CommonConfig):
+    extensions: list[str] = Field(
+        default_factory=lambda: ["mp3", "flac", "ogg", "wav", "m4a"],
+        description="Audio file extensions taken from the library.",
+    )
+    skip_dirs: list[str] = Field(
+        default_factory=lambda: ["__MACOSX", ".*"], description="Folder names (fnmatch patterns) skipped at any depth."
+    )
+    min_per_label: int = Field(6, ge=1, description="Labels with fewer songs are dropped (and reported).")
+    splits: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_SPLITS), description="Split name -> fraction of each label's songs."
+    )
+    snippets_per_song: int = Field(6, ge=1)
+    snippet_seconds: float = Field(10.24, gt=0, description="Snippet length; shorter songs give one padded snippet.")
+    sample_rate: int = Field(AST_SAMPLE_RATE, gt=0, description="AST models expect 16000.")
+    n_mels: int = Field(128, gt=3)
+    max_length: int = Field(1024, ge=1, description="Frames per snippet after padding or cropping.")
+    normalize: bool = Field(True, description="(x - mean) / (2 * std), as ASTFeatureExtractor's do_normalize.")
+    mean: float = AST_MEAN
+    std: float = Field(AST_STD, gt=0)
+    min_duration: float = Field(0.025, ge=0, description="Songs shorter than this (one 25 ms frame) are error rows.")
+    silence_db: float | None = Field(
+        None, description="Snippets whose peak is below this (dBFS) become error rows; null keeps silent snippets."
+    )
+    tensor_type: Literal["nested_list", "fixed_shape_tensor"] = Field(
+        NESTED_LIST,
+        description="nested_list: readable by Hugging Face datasets; fixed_shape_tensor: the Arrow "
+        "tensor extension type (datasets cannot read it).",
+    )
+    batch_size: int = Field(16, ge=1)
+    inputs_per_block: int = Field(16, ge=1, description="Songs per decode block (x snippets_per_song rows).")
+    rows_per_file: int = Field(256, ge=1, description="A snippet is max_length * n_mels * 4 bytes (512 KiB).")
+    compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
+        "lz4",
+        description="Parquet codec. Features are noisy floats: zstd level 1 leaves 0.81 of the bytes, "
+        "lz4 0.86 at four fifths of zstd's write CPU (both with byte-stream-split floats).",
+    )
+
+    @field_validator("splits")
+    @classmethod
+    def _valid_splits(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("needs at least one split")
+        bad = [name for name in value if not SPLIT_NAME.match(name)]
+        if bad:
+            raise ValueError(f"split names become folder names; use letters, digits, '-' and '_' ({bad})")
+        if any(fraction < 0 for fraction in value.values()):
+            raise ValueError("split fractions must not be negative")
+        if abs(sum(value.values()) - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, they sum to {sum(value.values()):g}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeaturesConfig:
+        used = sum(1 for fraction in self.splits.values() if fraction > 0)
+        if self.min_per_label < used:
+            raise ValueError(
+                f"min_per_label ({self.min_per_label}) must be at least the number of splits "
+                f"({used}) so every kept label can have a song in each"
+            )
+        size, _, _ = frame_sizes(self.sample_rate)
+        if round(self.snippet_seconds * self.sample_rate) < size:
+            raise ValueError(f"snippet_seconds ({self.snippet_seconds}) is shorter than one 25 ms frame")
+        return self
+
+
+class SnippetPlan:
+    """``snippets_per_song`` windows spread evenly: the first at the start, the last ending at
+    the end of the song (one window: centred). A song no longer than one snippet gives one
+    snippet at 0, zero-padded."""
+
+    def __init__(self, snippets_per_song: int, snippet_seconds: float):
+        self.count, self.seconds = snippets_per_song, snippet_seconds
+
+    def __call__(self, key: str, file_seconds: float) -> list[Window]:
+        room = file_seconds - self.seconds
+        if room <= 0:
+            return [Window(0, 0.0)]
+        if self.count == 1:
+            return [Window(0, room / 2)]
+        return [Window(i, room * i / (self.count - 1)) for i in range(self.count)]
+
+
+class FeaturesJob(Job):
+    name = "features"
+    config_model = FeaturesConfig
+    index_column = "snippet"
+    rows_label = "snippets"
+    decode_chunk = 2  # songs decoded then featurised together: 12 snippets, about 8 MB of audio
+
+    def __init__(self, config: FeaturesConfig):
+        super().__init__(config)
+        self.plan: LibraryPlan | None = None
+
+    @property
+    def output_columns(self) -> list[str]:
+        return ["input_values", "label", "path", "snippet", "start_seconds"]
+
+    def storage(self) -> Storage:
+        return Storage(self.config.output, self.config.storage_options)
+
+    # ---- planning (driver) -------------------------------------------------------
+    def list_inputs(self) -> list[InputItem]:
+        """Scan the library, keep labels, split by song, and record labels and splits.
+
+        The plan is written before any row is, so a run that dies half-way and
+        its resume agree on every split; the runner claims the output first.
+        """
+        c = self.config
+        storage = self.storage()
+        self.plan = plan_library(
+            super().list_inputs(),
+            storage=storage,
+            seed=c.seed,
+            fractions=dict(c.splits),
+            skip_dirs=c.skip_dirs,
+            min_per_label=c.min_per_label,
+        )
+        save_plan(storage, self.plan, c.seed, dict(c.splits))
+        self._log_plan()
+        return self.plan.items()
+
+    def _log_plan(self) -> None:
+        info = describe(self.plan, self.config.min_per_label)
+        log.info("features: %d songs in %d labels", info["songs"], len(self.plan.scan.songs_per_label))
+        if info["dropped_labels"]:
+            log.warning(
+                "features: dropped labels with fewer than %d songs: %s",
+                info["min_per_label"],
+                ", ".join(f"{k} ({v})" for k, v in info["dropped_labels"].items()),
+            )
+        if info["unlabelled_files"]:
+            log.warning(
+                "features: %d files directly under the root have no label folder and are left out",
+                info["unlabelled_files"],
+            )
+        if info["new_labels"] and len(info["new_labels"]) < len(self.plan.names):
+            log.warning(
+                "features: new labels %s are appended after the ones already written; shards written "
+                "earlier name fewer labels in their datasets metadata (see docs/features.md)",
+                info["new_labels"],
+            )
+        for label, splits in info["uncovered"].items():
+            log.warning("features: label %s has no song in %s (no new song could move there)", label, splits)
+
+    # ---- per-row work (workers) ------------------------------------------------
+    def decoder(self) -> WindowDecoder:
+        c = self.config
+        return WindowDecoder(
+            plan=SnippetPlan(c.snippets_per_song, c.snippet_seconds),
+            sample_rate=c.sample_rate,
+            duration=c.snippet_seconds,
+            index_column="snippet",
+            min_duration=c.min_duration,
+            silence_db=c.silence_db,
+            storage_options=c.storage_options,
+            passthrough=("label", "path"),
+            valid_column="valid_samples",
+        )
+
+    def stages(self) -> list[StageSpec]:
+        c = self.config
+        return [
+            StageSpec(
+                FeaturesStage,
+                dict(
+                    sample_rate=c.sample_rate,
+                    n_mels=c.n_mels,
+                    max_length=c.max_length,
+                    normalize=c.normalize,
+                    mean=c.mean,
+                    std=c.std,
+                ),
+            )
+        ]
+
+    # ---- output -----------------------------------------------------------------
+    def label_names(self) -> list[str]:
+        if self.plan is not None:
+            return self.plan.names
+        return read_memory(self.storage(), self.config.seed, dict(self.config.splits))[0]
+
+    def schema_metadata(self) -> dict[str, str]:
+        c = self.config
+        axes = {"ray_pipelines.axes": json.dumps({"input_values": ["frame", "mel"]})}  # read by preview
+        if c.tensor_type == FIXED_SHAPE_TENSOR:
+            return axes  # datasets cannot read the extension type: no features to describe
+        return {**axes, **huggingface_metadata(self.label_names(), c.max_length, c.n_mels)}
+
+    def make_sink(self, fingerprint: str) -> FeaturesSink:
+        c = self.config
+        return FeaturesSink(
+            output=c.output,
+            storage_options=c.storage_options,
+            fingerprint=fingerprint,
+            index_column=self.index_column,
+            output_columns=self.output_columns,
+            rows_per_file=c.rows_per_file,
+            compression=c.compression,
+            direct_io=c.direct_io,
+            schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
+            tensor_type=c.tensor_type,
+        )
+
+    def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write the class-balance report (JSON and PNG) from the committed manifests."""
+        c = self.config
+        names, songs = read_memory(storage, c.seed, dict(c.splits))
+        progress = OutputState(storage, self.is_data_file).progress()
+        snippets = {key: len(indices) for key, indices in progress.written.items()}
+        failed = {key for key in progress.final_errors if not snippets.get(key)}
+        report = balance_report(names, songs, snippets, failed, list(c.splits))
+        if self.plan is not None:
+            report["library"] = describe(self.plan, c.min_per_label)
+        storage.write_json(BALANCE_JSON, report)
+        storage.write_bytes(BALANCE_PNG, balance_chart(report))
+        # Shown in the job summary (short values) and returned to callers in JobResult.extra.
+        dropped = report.get("library", {}).get("dropped_labels", {})
+        return {
+            "labels": f"{len(names)} (labels.json)",
+            "dropped labels": dropped or "none",
+            "under-represented": report["under_represented"] or "none",
+            "over-represented": report["over_represented"] or "none",
+            "class balance": f"{BALANCE_JSON}, {BALANCE_PNG}",
+        }
+
+    def throughput_units(self, rows: int) -> dict[str, float]:
+        return {"audio seconds": rows * self.config.snippet_seconds}
+
+
+JOB = FeaturesJob
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_pipelines.cli import run_job_command
+
+    return run_job_command("features", sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

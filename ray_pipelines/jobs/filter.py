@@ -1,0 +1,123 @@
+"""``ray-pipelines filter SCORES --config FILE``: re-run the score filters from stored scores.
+
+SCORES is a score job's output root (its Parquet scores and errors.jsonl are
+read) or a scores CSV (this job's scores.csv, or an evaluation script's with
+filename, split, reconstruction_loss, signal_energy). Nothing is recomputed
+and no Ray is started. The config is a score config (its ``filter`` section
+is used) or a file holding just that section; ``--set`` keys are relative to
+the section (``--set signal_energy.mode=mean``).
+
+Writes filter.json, kept.txt, ignored.txt, decisions.csv, groups.csv and
+histograms/*.png (plus the summaries) into ``--output``, by default next to
+the scores (a score output root, or the CSV's folder), replacing what an
+earlier filter run wrote there; filter.json records the settings used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ray_pipelines.config import ConfigError, parse_overrides, validate_config
+from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
+from ray_pipelines.scoring.table import ScoreTable, read_errors
+from ray_pipelines.storage import Storage, split_protocol
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ray-pipelines filter", description="Re-run the score filters from stored scores (nothing recomputed)."
+    )
+    p.add_argument("scores", help="A score job output root, or a scores CSV.")
+    p.add_argument("--config", "-c", help="A score config (its 'filter' section) or a filter section file.")
+    p.add_argument(
+        "--set",
+        "-s",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a filter key (dotted, relative to the filter section); repeatable.",
+    )
+    p.add_argument("--output", "-o", help="Where to write (default: beside the scores).")
+    p.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for SCORES and --output (e.g. endpoint_url=http://...); repeatable.",
+    )
+    return p
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
+def load_filter_settings(path: str | None, overrides: list[str]) -> FilterSettings:
+    """The filter section of ``path`` (a score config or a bare section), with ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys")
+        data = loaded.get("filter", {}) if "filter" in loaded else loaded
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: 'filter' must be a mapping")
+    return validate_config(FilterSettings, _merge(data, parse_overrides(overrides)))
+
+
+def is_csv(scores: str) -> bool:
+    return split_protocol(scores)[1].lower().endswith(".csv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = load_filter_settings(args.config, args.overrides)
+        options = parse_overrides(args.storage_options)
+    except ConfigError as e:
+        print(f"ray-pipelines filter: {e}", file=sys.stderr)
+        return 2
+    try:
+        if is_csv(args.scores):
+            table, errors = ScoreTable.from_csv(args.scores, options), {}
+            protocol, path = split_protocol(args.scores)
+            beside = posixpath.dirname(path) if protocol != "file" else str(Path(path).resolve().parent)
+            default_output = beside if protocol == "file" else f"{protocol}://{beside}"
+        else:
+            if not Storage(args.scores, options).exists("manifest.json"):
+                raise FileNotFoundError(f"{args.scores} has no manifest.json (not a committed score output)")
+            table, errors = ScoreTable.from_output(args.scores, options), read_errors(args.scores, options)
+            default_output = args.scores
+        storage = Storage(args.output or default_output, options)
+        write_summaries(storage, table, settings.histogram_bins)
+        report = write_filter_outputs(
+            storage, table, settings, errors, scores_from=args.scores, storage_options=options
+        )
+    except (OSError, ValueError, KeyError) as e:
+        print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(format_filter_report(report))
+    print(f"  written to           {storage.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The score job: quality scores per item and outlier filters for a dataset.
+
+Per item: ``signal_energy`` = mean(mel^2) and ``reconstruction_loss`` = MSE
+between the mel and a model's reconstruction (the built-in reference masked
+autoencoder, a TorchScript archive, or ``module:factory`` + checkpoint).
+Inputs: audio files, a ``{split}/{class}/*.pt`` folder of mel tensors, or
+another job's Parquet shards. Writes the scores (Parquet + scores.csv),
+per-split summaries, histograms, and the filter outputs (filter.json,
+kept.txt, ignored.txt, decisions.csv, groups.csv); see docs/score.md.
+
+    ray-pipelines score --config score
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ray_pipelines.config import CommonConfig, ConfigError
+from ray_pipelines.engine.decode import WindowDecoder
+from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.models import weights_sha256
+from ray_pipelines.scoring.inputs import (
+    INDEX_COLUMN,
+    FirstWindow,
+    PathLabels,
+    ShardDecoder,
+    TensorFileDecoder,
+    list_shard_inputs,
+    list_tensor_files,
+)
+from ray_pipelines.scoring.models import ModelSpec, build_model, check_model
+from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
+from ray_pipelines.scoring.table import ScoreTable, read_errors
+from ray_pipelines.sources import InputItem
+from ray_pipelines.stages.score import ScoreStage
+from ray_pipelines.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class MelNormalize(BaseModel):
+    """``(mel - mean) / std`` before scoring (e.g. dB log-mels to roughly unit scale)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+
+
+class ScoreConfig(CommonConfig):
+    source: Literal["audio", "pt", "shards"] = Field(
+        "audio", description="audio files; .pt mel tensors; or another job's committed Parquet output."
+    )
+    tensor_column: str = Field("view1", description="shards: the [1, n_mels, T] tensor column to score.")
+    shard_index_column: str | None = Field(
+        None, description="shards: the source's per-input sample column (default: version/window/snippet/index)."
+    )
+    shard_splits: list[str] | None = Field(None, description="shards: only these splits (default all).")
+    split_pattern: str | None = Field(
+        r"^([^/]+)/",
+        description="Regex, one group, over the key: the split. null: the shard's split "
+        "(shards), else a hash split by val_fraction.",
+    )
+    class_pattern: str | None = Field(r"^[^/]+/([^/]+)/", description="Regex, one group: the class label.")
+    group_pattern: str | None = Field(None, description="Regex, one group: the group (e.g. a patient id).")
+    val_fraction: float = Field(0.0, ge=0, le=1, description="Hash split share of 'val' when split_pattern is null.")
+
+    # the spectrogram: computed from audio, or the shape tensor inputs must have
+    sample_rate: int = Field(22050, gt=0)
+    n_mels: int = Field(128, gt=0)
+    duration: float = Field(3.0, gt=0, description="audio: seconds scored per file (zero-padded).")
+    offset: float = Field(0.0, ge=0, description="audio: seconds skipped at the start of each file.")
+    frames: int | None = Field(None, gt=0, description="Mel frames; default 1 + duration*sample_rate // hop_length.")
+    n_fft: int = Field(2048, gt=0)
+    hop_length: int = Field(512, gt=0)
+    f_min: float = Field(0.0, ge=0)
+    f_max: float | None = None
+    top_db: float | None = Field(80.0, gt=0)
+    min_duration: float = Field(0.05, ge=0, description="audio: shorter files become error rows.")
+    silence_db: float | None = Field(
+        None,
+        description="audio: windows quieter than this (dBFS) become error rows; "
+        "null scores them (the energy filter judges them).",
+    )
+    normalize: MelNormalize | None = None
+
+    # the model
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    mask_ratio: float = Field(0.0, ge=0, lt=1, description="Share of patches hidden from the model (MAE).")
+    mask_patch: tuple[int, int] = Field((16, 16), description="Mask patch size (mel bins, frames).")
+    forward_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per model forward, padded to exactly this (scores' bytes depend on it). "
+        "Default 16 on CPU, 64 on CUDA.",
+    )
+
+    # derived outputs; changing them re-derives the outputs without recomputing scores
+    filter: FilterSettings = Field(default_factory=FilterSettings)
+
+    batch_size: int = Field(64, ge=1)
+    inputs_per_block: int = Field(256, ge=1)
+    rows_per_file: int = Field(65536, ge=1)
+
+    RUNTIME_FIELDS = CommonConfig.RUNTIME_FIELDS | {"filter"}
+
+    @field_validator("split_pattern", "class_pattern", "group_pattern")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            groups = re.compile(value).groups
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from None
+        if groups != 1:
+            raise ValueError(f"needs exactly one capture group, {value!r} has {groups}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoreConfig:
+        if self.f_max is not None and self.f_max > self.sample_rate / 2:
+            raise ValueError(f"f_max ({self.f_max}) is above Nyquist ({self.sample_rate / 2})")
+        if self.source == "shards" and len(self.inputs()) != 1:
+            raise ValueError("source shards takes one input: the root of a committed job output")
+        return self
+
+    @property
+    def mel_frames(self) -> int:
+        return self.frames or 1 + int(round(self.duration * self.sample_rate)) // self.hop_length
+
+
+class ScoreJob(Job):
+    name = "score"
+    config_model = ScoreConfig
+    index_column = INDEX_COLUMN
+    rows_label = "items"
+
+    def __init__(self, config: ScoreConfig):
+        super().__init__(config)
+        self._model_fingerprint: dict[str, Any] | None = None
+
+    @property
+    def output_columns(self) -> list[str]:
+        return ["key", "item", "split", "class", "group", "reconstruction_loss", "signal_energy", "source"]
+
+    # ---- planning ------------------------------------------------------------------------------
+    def path_labels(self) -> PathLabels:
+        c = self.config
+        return PathLabels(c.split_pattern, c.class_pattern, c.group_pattern, c.seed, c.val_fraction)
+
+    def list_inputs(self) -> list[InputItem]:
+        c = self.config
+        if c.source == "audio":
+            return self.path_labels().label(super().list_inputs())
+        if c.source == "pt":
+            return self.path_labels().label(list_tensor_files(c.inputs(), c.storage_options))
+        items, shard_splits = list_shard_inputs(
+            c.inputs()[0], c.tensor_column, c.shard_index_column, c.shard_splits, c.storage_options
+        )
+        return self.path_labels().label(items, shard_splits)
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        """The model's weight digest; loading it here also checks it maps the mel shape to itself."""
+        if self._model_fingerprint is None:
+            c = self.config
+            try:
+                model = build_model(c.model, "cpu", c.storage_options)
+                check_model(model, c.n_mels, c.mel_frames, masked=c.mask_ratio > 0)
+            except ConfigError as e:  # already says what is wrong (e.g. model file not found)
+                raise ConfigError(f"model ({c.model.kind}): {e}") from None
+            except Exception as e:
+                raise ConfigError(f"model ({c.model.kind}): {type(e).__name__}: {e}") from None
+            self._model_fingerprint = {"model_weights_sha256": weights_sha256(model)}
+        return self._model_fingerprint
+
+    # ---- per-row work ----------------------------------------------------------------------------
+    def decoder(self):
+        c = self.config
+        if c.source == "audio":
+            return WindowDecoder(
+                plan=FirstWindow(c.offset, c.duration),
+                sample_rate=c.sample_rate,
+                duration=c.duration,
+                index_column=INDEX_COLUMN,
+                min_duration=c.min_duration,
+                silence_db=c.silence_db,
+                storage_options=c.storage_options,
+                passthrough=("class", "group"),
+            )
+        if c.source == "pt":
+            return TensorFileDecoder(n_mels=c.n_mels, frames=c.mel_frames, storage_options=c.storage_options)
+        return ShardDecoder(
+            root=c.inputs()[0],
+            column=c.tensor_column,
+            n_mels=c.n_mels,
+            frames=c.mel_frames,
+            storage_options=c.storage_options,
+        )
+
+    def stage_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        spectrogram = None
+        if c.source == "audio":
+            spectrogram = dict(
+                sample_rate=c.sample_rate,
+                n_fft=c.n_fft,
+                hop_length=c.hop_length,
+                n_mels=c.n_mels,
+                f_min=c.f_min,
+                f_max=c.f_max,
+                top_db=c.top_db,
+            )
+        return dict(
+            model=c.model.model_dump(mode="json"),
+            n_mels=c.n_mels,
+            frames=c.mel_frames,
+            forward_batch=c.forward_batch,
+            seed=c.seed,
+            mask_ratio=c.mask_ratio,
+            mask_patch=tuple(c.mask_patch),
+            spectrogram=spectrogram,
+            normalize=c.normalize.model_dump() if c.normalize else None,
+            storage_options=c.storage_options,
+        )
+
+    def stages(self) -> list[StageSpec]:
+        return [StageSpec(ScoreStage, self.stage_kwargs(), batch_size=self.config.batch_size)]
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
+        """scores.csv, summaries and the filter outputs, from the committed Parquet scores."""
+        c = self.config
+        table = ScoreTable.from_output(storage.root, c.storage_options, manifest)
+        storage.write_bytes("scores.csv", table.to_csv().encode())
+        summaries = write_summaries(storage, table, c.filter.histogram_bins)
+        report = write_filter_outputs(
+            storage,
+            table,
+            c.filter,
+            read_errors(storage.root, c.storage_options),
+            scores_from=storage.root,
+            storage_options=c.storage_options,
+        )
+        log.info("%s", format_filter_report(report))
+        return {"summaries": summaries, "filter": report}
+
+
+JOB = ScoreJob
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ray_pipelines.cli import run_job_command
+
+    return run_job_command("score", sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
