@@ -199,6 +199,7 @@ def test_pods_run_the_projects_images_gpu_only_where_gpus_are_requested():
     types = launcher["available_node_types"]
     assert types["gpu_worker"]["docker"]["worker_image"] == images["gpu"]
     assert "docker" not in types["cpu_worker"] and "worker_image" not in launcher["docker"]
+    assert types["cpu_worker"]["min_workers"] >= 1  # as on KubeRay: CPUs to size the pools from at a job's start
 
 
 def test_the_documented_builds_make_the_images_the_manifests_run():
@@ -329,9 +330,26 @@ def nightly() -> dict[str, Any]:
     return doc
 
 
-def test_the_nightly_cluster_is_the_long_running_clusters_spec():
-    (cluster,) = [d for _, d in deploy.manifests() if d["kind"] == "RayCluster"]
-    assert nightly()["spec"]["jobTemplate"]["rayClusterSpec"] == cluster["spec"]
+def without_worker_counts(spec: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(spec)
+    for group in spec["workerGroupSpecs"]:
+        del group["replicas"], group["minReplicas"]
+    return spec
+
+
+def minimum_workers(spec: dict[str, Any]) -> dict[str, int]:
+    return {g["groupName"]: g["minReplicas"] for g in spec["workerGroupSpecs"] if g["replicas"] == g["minReplicas"]}
+
+
+def test_the_nightly_cluster_is_the_long_running_clusters_spec_with_a_gpu_worker_from_the_start():
+    (cluster,) = [d["spec"] for _, d in deploy.manifests() if d["kind"] == "RayCluster"]
+    nightly_cluster = nightly()["spec"]["jobTemplate"]["rayClusterSpec"]
+    assert without_worker_counts(nightly_cluster) == without_worker_counts(cluster)
+    # A job sizes its pools from the nodes present when it starts and has them grow from there: KubeRay
+    # submits once the minimum replicas run, so the nightly starts with a worker of each group, and the
+    # long-running cluster always has a CPU worker.
+    assert minimum_workers(nightly_cluster) == {"cpu": 1, "gpu": 1}
+    assert minimum_workers(cluster)["cpu"] >= 1
 
 
 def test_the_nightly_schedule_has_deadlines_ttls_and_retries():
