@@ -6,6 +6,7 @@ checks in test_deploy_manifests.py and the local run in test_deploy_entrypoints.
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from collections.abc import Iterator
@@ -100,6 +101,13 @@ def referenced_secrets(pod_spec: Doc) -> set[str]:
     return names
 
 
+def job_model(name: str) -> type:
+    """The config model of the job ``ray-pipelines <name>`` runs."""
+    from ray_pipelines.cli import JOBS
+
+    return importlib.import_module(JOBS[name]).JOB.config_model
+
+
 def entrypoint_argv(spec: Doc) -> list[str]:
     """A job's entrypoint split as the submitter's shell splits it."""
     return shlex.split(spec["entrypoint"])
@@ -154,6 +162,15 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip()]  # type: ignore[misc]
 
 
+def copied_sources() -> list[str]:
+    """The repository paths docker/Dockerfile's COPY instructions take from the build context."""
+    sources = []
+    for instruction, args in dockerfile_instructions():
+        if instruction == "COPY":
+            sources += [a for a in args.split() if not a.startswith("--")][:-1]
+    return sources
+
+
 def base_images() -> dict[str, str]:
     """``{flavour: base image}`` from the tagged stages ``FROM image AS ray-<flavour>``."""
     images = {}
@@ -164,10 +181,15 @@ def base_images() -> dict[str, str]:
     return images
 
 
+def normalised(name: str) -> str:
+    """A distribution name as package indexes compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def lock_pins() -> dict[str, str]:
     """``{normalised name: version}`` pinned by docker/requirements.lock."""
     pins = re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", LOCK.read_text(), flags=re.M)
-    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
+    return {normalised(name): version for name, version in pins}
 
 
 def lock_command() -> list[str]:

@@ -15,7 +15,6 @@ environment without the object-store credentials, and must complete on sample FL
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import secrets
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import pytest
 
-from ray_pipelines.cli import JOBS
 from ray_pipelines.config import load_config
 from tests import deploy
 from tests.audio_helpers import tone, write_audio
@@ -50,17 +48,15 @@ def kuberay_submit_command(address: str, submission_id: str, entrypoint: str) ->
 def install_like_the_image(tmp: Path) -> Path:
     """`pip install` of the files the Dockerfile copies, into a folder of its own; returns that folder."""
     context = tmp / "context"
-    for instruction, args in deploy.dockerfile_instructions():
-        sources = [a for a in args.split() if not a.startswith("--")][:-1] if instruction == "COPY" else []
-        for source in sources:
-            if source.endswith(".lock"):
-                continue  # the dependencies: the test environment has the locked versions
-            src, dst = deploy.REPO / source, context / source
-            if src.is_dir():
-                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(src, dst)
+    for source in deploy.copied_sources():
+        if source.endswith(".lock"):
+            continue  # the dependencies: the test environment has the locked versions
+        src, dst = deploy.REPO / source, context / source
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
     site = tmp / "site-packages"
     subprocess.run(
         [
@@ -117,7 +113,7 @@ def output_of(entrypoint: str) -> str:
     """The output the entrypoint's job writes: its config loaded as the driver loads it."""
     argv = shlex.split(entrypoint)
     (config,) = deploy.option_values(argv, "--config")
-    model = importlib.import_module(JOBS[argv[1]]).JOB.config_model
+    model = deploy.job_model(argv[1])
     return load_config(model, config, deploy.option_values(argv, "--set")).output.removeprefix("s3://")
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import re
 from functools import cache
 from typing import Any
@@ -236,12 +235,9 @@ def test_everything_the_dockerfile_copies_exists_and_is_in_the_build_context():
         for line in (deploy.REPO / ".dockerignore").read_text().splitlines()
         if line.startswith("!")
     }
-    for instruction, args in deploy.dockerfile_instructions():
-        if instruction == "COPY":
-            sources = [a for a in args.split() if not a.startswith("--")][:-1]
-            for source in sources:
-                assert (deploy.REPO / source).exists(), source
-                assert source.rstrip("/") in included, f"{source} is excluded by .dockerignore"
+    for source in deploy.copied_sources():
+        assert (deploy.REPO / source).exists(), source
+        assert source.rstrip("/") in included, f"{source} is excluded by .dockerignore"
 
 
 def test_the_lock_satisfies_pyproject():
@@ -249,16 +245,12 @@ def test_the_lock_satisfies_pyproject():
     pins = deploy.lock_pins()
     for text in project()["dependencies"] + project()["optional-dependencies"]["teachers"]:
         requirement = Requirement(text)
-        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        name = deploy.normalised(requirement.name)
         assert name in pins, f"{name} is not in docker/requirements.lock"
         assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} vs {requirement}"
 
 
 # --- what the pods read -----------------------------------------------------------------------------
-
-
-def job_model(name: str):
-    return importlib.import_module(JOBS[name]).JOB.config_model
 
 
 def test_each_entrypoint_reads_only_what_the_image_or_the_drivers_pod_holds():
@@ -282,7 +274,7 @@ def test_each_entrypoint_reads_only_what_the_image_or_the_drivers_pod_holds():
             files = {p.name: p for p in configmap_sources[mounts[mount]]}
             path = files[config[len(mount) :].lstrip("/")]
         # The config the driver will load validates, with the entrypoint's overrides.
-        load_config(job_model(argv[1]), path, deploy.option_values(argv, "--set"))
+        load_config(deploy.job_model(argv[1]), path, deploy.option_values(argv, "--set"))
 
 
 def test_the_launcher_mounts_the_job_configs_and_the_token_from_files_that_exist():
