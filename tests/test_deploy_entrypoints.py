@@ -58,6 +58,8 @@ def install_like_the_image(tmp: Path) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     site = tmp / "site-packages"
+    # No build isolation: the environment's setuptools (torch requires >= 77, as pyproject.toml does) builds
+    # the wheel without fetching anything.
     subprocess.run(
         [
             sys.executable,
