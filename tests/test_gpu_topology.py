@@ -438,5 +438,33 @@ def test_output_is_the_same_bytes_as_on_the_cpu_topology(name, gpu_runs, cpu_run
         assert len(samples) == len(rows) and samples == sat_samples(cpu_out)
 
 
+def test_the_gpu_run_fits_its_eight_minutes_and_finds_the_bench_code_it_reuses():
+    """bench/gpu.py gets one run on a lent GPU machine: its worst case (every part stopped at its
+    budget, plus the install) must fit the 8 minutes planned, and the functions it borrows from
+    the other benchmarks (which change under other issues) must still be there."""
+    import inspect
+
+    from bench import encode, score, teacher
+    from bench.gpu import PARTS, RUNNERS, TOTAL_LIMIT, planned_seconds
+
+    assert planned_seconds() <= TOTAL_LIMIT == 480 and [p.name for p in PARTS] == list(RUNNERS)
+    borrowed = {
+        teacher: ["PerSampleTeacher", "TEACHERS", "GpuBusy", "run_job_child", "stage_loop"],
+        encode: ["bare_model", "job_run"],
+        score: ["FRAMES", "N_MELS", "baseline", "make_pt_folder"],
+    }
+    assert [f"{m.__name__}.{n}" for m, names in borrowed.items() for n in names if not hasattr(m, n)] == []
+    assert list(inspect.signature(encode.bare_model).parameters) == [
+        "model",
+        "sample_size",
+        "batch_size",
+        "precision",
+        "device",
+        "threads",
+        "min_seconds",
+    ]
+    assert list(inspect.signature(encode.job_run).parameters) == ["inputs", "output", "clips", "settings"]
+
+
 if __name__ == "__main__":
     drive(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
