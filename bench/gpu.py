@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.teacher import GpuBusy as SmiBusy
+
 REPO = Path(__file__).resolve().parents[1]
 CARRIED_AUDIO = REPO / ".whl" / "audio"  # real recordings carried to the device (bench/gpu.sh prepare)
 SHARED_AUDIO = REPO.parent / "shared" / "audio" / "sonic-pi"
@@ -143,16 +145,15 @@ class Context:
         return ("met" if met else "NOT met") if self.cuda else SKIPPED
 
 
-class GpuBusy:
-    """The GPU's busy share (utilization.gpu) while a block runs: NVML every 50 ms through
-    nvidia-ml-py where installed, else bench.teacher's nvidia-smi sampler; nothing without CUDA."""
+class GpuBusy(SmiBusy):
+    """bench.teacher's GPU busy sampler (utilization.gpu, its steady state), read through NVML
+    every 50 ms where nvidia-ml-py is installed (else from nvidia-smi, as there); nothing is
+    sampled without CUDA, and the share is then None."""
 
     def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.samples: list[int] = []
-        self._smi = None
+        super().__init__()
+        self.cuda, self.nvml = cuda, False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
         import pynvml
@@ -168,25 +169,22 @@ class GpuBusy:
             import pynvml
 
             pynvml.nvmlInit()
-            self._thread.start()
-        except Exception:  # no NVML bindings: sample nvidia-smi instead
-            from bench.teacher import GpuBusy as SmiBusy
-
-            self._smi = SmiBusy().__enter__()
+        except Exception:  # no NVML bindings: nvidia-smi
+            return super().__enter__()
+        self.nvml = True
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._smi is not None:
-            self._smi.__exit__(*exc)
-            self.samples = self._smi.samples
-        elif self._thread.is_alive():
+        if self.nvml:
             self._stop.set()
             self._thread.join()
+        elif self.cuda:
+            super().__exit__(*exc)
 
-    def steady_state(self) -> float | None:
-        """Mean busy % from the first to the last busy sample (start-up and commit left out)."""
-        busy = [i for i, s in enumerate(self.samples) if s > 0]
-        return float(np.mean(self.samples[busy[0] : busy[-1] + 1])) if busy else None
+    def share(self) -> float | None:
+        return self.steady_state() if self.cuda and self.samples else None
 
 
 class CpuByTask:
@@ -404,7 +402,7 @@ def part_teacher(ctx: Context) -> None:
         args.teachers, args.block = "pesto", 4  # the rehearsal: the job's code path, on CPU actors
     with GpuBusy(ctx.cuda) as busy:
         run, _ = run_job_child(args, ctx.work / "teacher-job", gpu=ctx.cuda)
-    share = busy.steady_state()
+    share = busy.share()
     ctx.say(f"teacher job: {run}")
     ctx.row(
         f"teacher job ({args.teachers}, {run['rows']} clips, {'1 GPU' if ctx.cuda else 'CPU'}): GPU busy share",
@@ -469,14 +467,14 @@ def part_encode(ctx: Context) -> None:
         ctx.row(
             f"encode job vs bare model, {precision}, built-in VAE hidden {hidden}, batch {batch}, "
             f"{sample_size} samples, {n}/{2 * n} clips",
-            f"{num(marginal)} vs {num(bare)} clips/s = {percent(100 * ratio)}; GPU busy {percent(busy.steady_state())}",
+            f"{num(marginal)} vs {num(bare)} clips/s = {percent(100 * ratio)}; GPU busy {percent(busy.share())}",
             ">= 90 %",
             ctx.verdict(ratio >= 0.9),
             bare=bare,
             marginal=marginal,
             small=small,
             large=large,
-            gpu_busy=busy.steady_state(),
+            gpu_busy=busy.share(),
         )
 
 
@@ -559,7 +557,7 @@ def part_e2e(ctx: Context) -> None:
     steady = 2 * (result.steady_rows_per_second or 0) or rate
     stage = ctx.earlier.get("augment", {}).get("views_per_second", {})
     stage_rate = max(stage.values()) if stage else None
-    share, cores = gpu.steady_state(), cpu.cores()
+    share, cores = gpu.share(), cpu.cores()
     decode_cores = ctx.cpus - 1 - 0.25  # the plan: 1 CPU for the GPU actor, a write task of 0.25 at a time
     if not ctx.cuda:
         side = SKIPPED
