@@ -231,32 +231,32 @@ def drive(address: str, spec: Path, report: Path) -> None:
 # ---- fixtures ---------------------------------------------------------------------------------
 
 
+CLIPS = ["bass/bass_hit_c.flac", "loop/loop_amen.flac", "tabla/tabla_ke1.flac", "electronic/elec_flip.flac"]
+
+
+def real_or_tone(target: Path, recording: Path | None, seconds: float, freq: float, seed: int) -> None:
+    """A copy of a real recording where there is one, else a generated tone."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if recording is not None and recording.exists():
+        shutil.copy(recording, target)
+    else:
+        write_audio(target, tone(seconds, freq=freq, seed=seed))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """Real recordings where present (else generated tones), plus one file that fails to decode."""
+    """Four clips (real recordings where present) plus one that fails to decode, and a library of
+    two labels with three songs each."""
     root = tmp_path_factory.mktemp("gpu-topology-inputs")
     source = SHARED_AUDIO / "sonic-pi"
-    picks = {
-        "clips": ["bass/bass_hit_c.flac", "loop/loop_amen.flac", "tabla/tabla_ke1.flac", "electronic/elec_flip.flac"],
-        "library": [f"{label}/{song}" for label in ("bass", "loop") for song in range(3)],
-    }
-    for i, name in enumerate(picks["clips"]):
-        target = root / "clips" / Path(name).name
-        if source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source / name, target)
-        else:
-            write_audio(target, tone(1.5, freq=200.0 + 150 * i, seed=i))
-    for label in ("bass", "loop"):
-        songs = sorted((source / label).glob("*.flac"))[:3] if source.exists() else []
-        for i in range(3):
-            target = root / "library" / label / f"song{i}.flac"
-            if songs:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(songs[i], target)
-            else:
-                write_audio(target, tone(2.5, freq=110.0 * (i + 1) * (2 if label == "loop" else 1), seed=i))
+    for i, name in enumerate(CLIPS):
+        real_or_tone(root / "clips" / Path(name).name, source / name, 1.5, 200.0 + 150 * i, i)
     (root / "clips" / "broken.flac").write_bytes(b"fLaC but not really a flac file")
+    for octave, label in enumerate(("bass", "loop"), start=1):
+        songs = sorted((source / label).glob("*.flac"))[:3]
+        for i in range(3):
+            song = songs[i] if i < len(songs) else None
+            real_or_tone(root / "library" / label / f"song{i}.flac", song, 2.5, 110.0 * (i + 1) * octave, i)
     return root
 
 
