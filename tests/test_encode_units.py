@@ -347,6 +347,7 @@ def test_a_user_vae_posterior_is_sampled_per_key(tmp_path):
     assert np.array_equal(mean["latents"][0], expected) and not np.array_equal(a[0], expected)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_stage_on_cuda_in_fp16_matches_the_cpu():
     rng = np.random.default_rng(1)
