@@ -149,7 +149,8 @@ def test_every_rayjob_and_raycronjob_entrypoint_completes_as_written(tmp_path, t
     assert len({output_of(entrypoint) for entrypoint in jobs.values()}) == len(jobs)
 
     # A short temp dir: Ray's socket paths under it must stay within 107 bytes.
-    with local_head(tmp_path_factory.mktemp("ray"), head_env, cwd=home) as address:
+    with local_head(tmp_path_factory.mktemp("ray"), head_env, cwd=home) as head:
+        address = head.dashboard
         for name, entrypoint in jobs.items():
             submission_id = f"{name}-{secrets.token_hex(3)}"
             command = kuberay_submit_command(address, submission_id, entrypoint)

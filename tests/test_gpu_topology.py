@@ -18,21 +18,18 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
 from tests.audio_helpers import REPO, SHARED_AUDIO, tone, write_audio
-from tests.conftest import free_port
+from tests.ray_head import local_head
 
-RAY = str(Path(sys.executable).parent / "ray")
 JOBS = ["augment", "teacher", "encode", "features", "score"]
 # What each job's stage and decoder are called in Ray Data's execution plan.
 STAGES = {
@@ -42,17 +39,7 @@ STAGES = {
     "features": "FeaturesStage",
     "score": "ScoreStage",
 }
-# Ray's port flags: every port of this head its own (other Ray instances hold the defaults).
-PORT_FLAGS = [
-    "--port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-    "--node-manager-port",
-    "--object-manager-port",
-    "--ray-client-server-port",
-]
+OBJECT_STORE = ("--object-store-memory", str(256 * 2**20))
 
 
 def job_configs(inputs: Path, outputs: Path) -> dict[str, dict]:
@@ -260,36 +247,11 @@ def inputs(tmp_path_factory) -> Path:
     return root
 
 
-def head_processes(temp_dir: str) -> list[psutil.Process]:
-    """This test's head only: the processes whose command line names its temp dir."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in part for part in (proc.info["cmdline"] or [])):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
-
-def stop_head(temp_dir: str) -> None:
-    procs = head_processes(temp_dir)
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def gpu_runs(inputs, tmp_path_factory) -> tuple[dict, Path]:
     """Start a head with 2 CPUs and one fake GPU, run the five jobs from one driver, stop the head."""
     root = tmp_path_factory.mktemp("gpu-topology")
-    temp_dir = str(tmp_path_factory.mktemp("rayhead-gpu"))
-    port = free_port()
+    temp_dir = tmp_path_factory.mktemp("rayhead-gpu")
     # Workers (of the head and of the driver) import this checkout's ray_pipelines and tests.
     # Ray 2.60 clusters require a token (~/.ray/auth_token, made by the first `ray start`).
     env = {
@@ -298,17 +260,11 @@ def gpu_runs(inputs, tmp_path_factory) -> tuple[dict, Path]:
         "RAY_AUTH_MODE": "token",
     }
     env.pop("RAY_ADDRESS", None)
-    ports = [arg for flag in PORT_FLAGS for arg in (flag, str(port if flag == "--port" else free_port()))]
-    command = [RAY, "start", "--head", "--num-cpus", "2", "--num-gpus", "1", "--node-ip-address", "127.0.0.1"]
-    command += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir, *ports]
-    command += ["--object-store-memory", str(256 * 2**20), "--min-worker-port", "10000", "--max-worker-port", "19999"]
-    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    try:
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
+    with local_head(temp_dir, env, num_gpus=1, dashboard=False, extra_args=OBJECT_STORE) as head:
         spec, report = root / "jobs.json", root / "report.json"
         spec.write_text(json.dumps(job_configs(inputs, root / "out")))
         driver = subprocess.run(
-            [sys.executable, "-m", "tests.test_gpu_topology", f"127.0.0.1:{port}", str(spec), str(report)],
+            [sys.executable, "-m", "tests.test_gpu_topology", head.address, str(spec), str(report)],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -316,8 +272,6 @@ def gpu_runs(inputs, tmp_path_factory) -> tuple[dict, Path]:
             timeout=900,
         )
         assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-5000:]
-    finally:
-        stop_head(temp_dir)
     return json.loads(report.read_text()), root / "out"
 
 

@@ -21,8 +21,8 @@ def ray_head(tmp_path_factory):
         "RAY_AUTH_MODE": "token",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    with local_head(tmp_path_factory.mktemp("rayhead"), env) as address:
-        yield address, env
+    with local_head(tmp_path_factory.mktemp("rayhead"), env) as head:
+        yield head.dashboard, env
 
 
 def test_ray_job_submit_runs_the_augment_job(ray_head, tmp_path):
