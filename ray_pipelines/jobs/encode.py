@@ -209,7 +209,9 @@ class EncodeJob(Job):
         return is_encode_data_file(relpath)
 
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
-        """``filelist.txt`` (from every committed manifest) and ``details.json``."""
+        """The dataset card of the Parquet layout, ``filelist.txt`` (from every committed manifest) and
+        ``details.json``."""
+        super().after_commit(storage, manifest)
         c = self.config
         files = manifest.get("files", [])
         collisions = id_collisions(files)
