@@ -90,7 +90,9 @@ def test_a_model_whose_frame_axis_cannot_be_told_is_refused(tmp_path):
 
 def test_codebook_size_from_the_config_and_tokens_outside_it(tmp_path):
     model = tokenizer(tmp_path)
-    with pytest.raises(ModelLoadError, match="model.codebook_size: the config says 1000 but the model declares codebook_size = 32"):
+    with pytest.raises(
+        ModelLoadError, match="model.codebook_size: the config says 1000 but the model declares codebook_size = 32"
+    ):
         load_encoder(ModelConfig.model_validate({**model, "codebook_size": 1000}), is_discrete=True)
     # a model that does not declare it: the config's, and a token past it is an error row
     small = tokenizer(tmp_path, codebook_size=32)
