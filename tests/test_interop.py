@@ -271,3 +271,41 @@ def test_the_same_readers_from_s3(outputs, s3_bucket, tmp_path):
     connection = duckdb.connect()
     connection.register_filesystem(fs)  # s3fs: DuckDB reads s3:// through it, no extension needed
     assert connection.sql(f"select count(*) from '{url}/test/*.parquet'").fetchall() == [(splits["test"],)]
+
+
+def test_every_default_extension_is_listed_and_decoded(tmp_path):
+    """One default list for every job: each extension in it is a format the decoders read
+    (libsndfile, or FFmpeg through PyAV), tested by writing and decoding a real file of each."""
+    import av
+    import soundfile as sf
+
+    from ray_pipelines.audio.decode import AudioFile, InputAudio, load_window
+    from ray_pipelines.config import AUDIO_EXTENSIONS, CommonConfig
+    from ray_pipelines.sources import list_inputs
+
+    rate = 48000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate // 5) / rate)).astype(np.float32)
+    libsndfile = {"wav": "WAV", "wave": "WAV", "flac": "FLAC", "ogg": "OGG", "oga": "OGG", "opus": "OGG"}
+    libsndfile |= {"mp3": "MP3", "aiff": "AIFF", "aif": "AIFF", "aifc": "AIFF", "au": "AU", "snd": "AU"}
+    libsndfile |= {"caf": "CAF", "w64": "W64", "rf64": "RF64"}
+    subtypes = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
+    ffmpeg = {"m4a": ("ipod", "aac"), "aac": ("adts", "aac"), "ac3": ("ac3", "ac3")}
+    assert sorted(AUDIO_EXTENSIONS) == sorted([*libsndfile, *ffmpeg])
+    for ext, fmt in libsndfile.items():
+        subtype = "OPUS" if ext == "opus" else subtypes.get(fmt, "PCM_16")
+        sf.write(str(tmp_path / f"tone.{ext}"), wave, rate, format=fmt, subtype=subtype)
+    for ext, (container, codec) in ffmpeg.items():
+        with av.open(str(tmp_path / f"tone.{ext}"), "w", format=container) as out:
+            stream = out.add_stream(codec, rate=rate)
+            stream.layout = "mono"
+            frame = av.AudioFrame.from_ndarray(wave[None], format="flt", layout="mono")
+            frame.sample_rate = rate
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                out.mux(packet)
+    (tmp_path / "notes.txt").write_text("not audio")
+    listed = list_inputs(str(tmp_path), CommonConfig(input="-", output="-").extensions)
+    assert sorted(item.key for item in listed) == sorted(f"tone.{ext}" for ext in AUDIO_EXTENSIONS)
+    for item in listed:
+        with AudioFile(InputAudio(item.uri)) as audio_file:
+            audio, valid = load_window(audio_file, 0.0, 0.1, 16000)
+        assert valid == 1600 and np.abs(audio).max() > 0.1, item.key

@@ -11,8 +11,8 @@ by :func:`datasets_features` from the Arrow schema the sink wrote):
   kept: ``load_dataset(<output dir>)`` without the card only knows
   train/validation/test folder names) and whose ``dataset_info`` gives the
   features: tensors of 2 to 5 dimensions as ``Array2D``..``Array5D`` (their
-  ``with_format("numpy")`` batches are about 50 times faster than nested
-  lists'), ``ClassLabel`` with the full label list, and the row count of
+  ``with_format("numpy")`` batches are 51-232 times faster than nested
+  lists': ``bench/formats.py``), ``ClassLabel`` with the full label list, and the row count of
   every split (checked by ``datasets`` when it loads; ``num_bytes`` is the
   Parquet files' size);
 - ``dataset_info.json``, the same ``DatasetInfo``, for outputs on object
