@@ -4,6 +4,8 @@ be told (no Ray: the loader, the probe and the stage)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,83 @@ def test_codebook_size_from_the_config_and_tokens_outside_it(tmp_path):
     assert out["error"][0].startswith("tokens outside the codebook [0, 4)")
     with torch.no_grad():
         assert stage.encoder.encode(torch.from_numpy(audio)).max() >= 4
+
+
+SAT_TOKENIZER = '''
+import torch
+from torch import nn
+from stable_audio_tools.models.bottleneck import FSQBottleneck, RVQBottleneck
+
+
+class SatTokenizer(nn.Module):
+    """A strided projection into one of stable-audio-tools' own discrete bottlenecks."""
+
+    def __init__(self, bottleneck="rvq", hop=256, dim=8, sample_rate=44100, channels=2):
+        super().__init__()
+        self.sample_rate, self.channels, self.downsampling_ratio = sample_rate, channels, hop
+        torch.manual_seed(0)  # the driver and the stage build the same weights
+        self.proj = nn.Conv1d(channels, dim, kernel_size=hop, stride=hop)
+        if bottleneck == "rvq":  # its tokens come [B, N, Q]
+            self.bottleneck = RVQBottleneck(dim=dim, num_quantizers=2, codebook_size=32)
+        else:  # FSQ: [B, Q, N]
+            self.bottleneck = FSQBottleneck(dim=dim, levels=[5, 4, 4], num_codebooks=2)
+        self.codebook_size = int(self.bottleneck.codebook_size)
+
+    def encode(self, audio):
+        _, info = self.bottleneck.encode(self.proj(audio), return_info=True)
+        return info[self.bottleneck.tokens_id]
+
+
+def make(**kwargs):
+    return SatTokenizer(**kwargs).eval()
+'''
+
+
+@pytest.mark.parametrize("bottleneck, axis, codebook_size", [("rvq", 1, 32), ("fsq", 2, 80)])
+def test_stable_audio_tools_bottlenecks_read_back_by_its_own_pre_encoded_dataset(
+    tmp_path, bottleneck, axis, codebook_size
+):
+    """stable-audio-tools' RVQ and FSQ bottlenecks through the stage and the sat layout, read back
+    by its PreEncodedDataset (skipped where stable-audio-tools is not installed: it pins libraries
+    this project cannot share, e.g. pandas 2.0.2)."""
+    pytest.importorskip("stable_audio_tools.models.bottleneck")
+    dataset_module = pytest.importorskip("stable_audio_tools.data.dataset")
+    from ray_pipelines.encoders.sat_sink import SatSink, write_filelist
+    from ray_pipelines.jobs.encode import EncodeJob
+    from ray_pipelines.storage import Storage
+
+    source = write_model(tmp_path, f"sat_{bottleneck}", SAT_TOKENIZER)
+    model = {"kind": "factory", "factory": f"{source}:make", "factory_kwargs": {"bottleneck": bottleneck}}
+    info = inspect_encoder(
+        load_encoder(ModelConfig.model_validate(model), is_discrete=True), sample_size=SAMPLE_SIZE, is_discrete=True
+    )
+    assert (info.frames_axis, info.latent_channels, info.codebook_size) == (axis, 2, codebook_size)
+    assert info.stored_dtype == "uint8"
+    stage = EncodeStage(model=model, sample_size=SAMPLE_SIZE, is_discrete=True, frames_axis=axis)
+    audio = np.random.default_rng(2).standard_normal((2, 2, SAMPLE_SIZE)).astype(np.float32) * 0.3
+    rows = stage(batch_of(audio, [SAMPLE_SIZE, HOP * 10 + 1], keys=["full.wav", "short.wav"]))
+    with torch.inference_mode():
+        direct = stage.encoder.encode(torch.from_numpy(audio)).numpy()
+    expected = direct.transpose(0, 2, 1) if axis == 1 else direct  # [B, Q, N]
+    assert np.array_equal(rows["latents"], expected) and rows["latents"].dtype == np.uint8
+
+    out = tmp_path / "out"
+    columns = EncodeJob.output_columns.fget(None)
+    sink = SatSink(
+        output=str(out), storage_options={}, fingerprint="t" * 64, index_column="window", output_columns=columns
+    )
+    sink.write_rows(rows, rank=0)
+    files = [f for part in (out / "_manifests").glob("*.json") for f in json.loads(part.read_text())["files"]]
+    write_filelist(Storage(str(out)), files)
+
+    config = dataset_module.LocalDatasetConfig(id="tokens", path=str(out))
+    whole = {info["relpath"]: (latents, info) for latents, info in dataset_module.PreEncodedDataset([config])}
+    assert sorted(whole) == ["full.wav", "short.wav"]
+    for i, key in enumerate(rows["key"]):
+        latents, metadata = whole[key]
+        assert latents.shape == (2, FRAMES) and torch.equal(latents, torch.from_numpy(expected[i]))
+        assert len(metadata["padding_mask"][0]) == FRAMES
+    assert whole["short.wav"][1]["padding_mask"][0].sum() == 11
+    cropped = dataset_module.PreEncodedDataset([config], latent_crop_length=8)
+    latents, metadata = cropped[0]
+    assert latents.shape == (2, 8) and len(metadata["padding_mask"][0]) == 8  # it crops N, not Q

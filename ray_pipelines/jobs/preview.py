@@ -104,7 +104,7 @@ def data_files(storage: Storage, split: str | None) -> list[tuple[str, int]]:
     return sorted(files)
 
 
-def image_columns(schema: pa.Schema, dims: tuple[int, ...]) -> list[str]:
+def tensor_columns(schema: pa.Schema, dims: tuple[int, ...]) -> list[str]:
     return [f.name for f in schema if (d := tensor_shape(f.type)) is not None and len(d[0]) in dims]
 
 
@@ -118,12 +118,12 @@ def numeric_columns(schema: pa.Schema) -> list[str]:
 def pick_column(schema: pa.Schema, wanted: str | None) -> str | None:
     """The tensor column to show: ``wanted``, else the first 2-D/3-D one, else the first 1-D one;
     None when there is no tensor (scores: histograms)."""
-    tensors = image_columns(schema, (1, 2, 3))
+    tensors = tensor_columns(schema, (1, 2, 3))
     if wanted:
         if wanted not in tensors:
             raise SystemExit(f"column {wanted!r} is not a 1-D, 2-D or 3-D tensor; choose one of {tensors or 'none'}")
         return wanted
-    images = image_columns(schema, (2, 3))
+    images = tensor_columns(schema, (2, 3))
     return (images or tensors or [None])[0]
 
 
