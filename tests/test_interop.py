@@ -309,3 +309,19 @@ def test_every_default_extension_is_listed_and_decoded(tmp_path):
         with AudioFile(InputAudio(item.uri)) as audio_file:
             audio, valid = load_window(audio_file, 0.0, 0.1, 16000)
         assert valid == 1600 and np.abs(audio).max() > 0.1, item.key
+
+
+def test_column_to_numpy_reads_both_representations():
+    """The readers' conversion: nested lists (also sliced and chunked) and format 1's fixed_shape_tensor."""
+    import pyarrow as pa
+
+    from ray_pipelines.engine.arrow import column_to_numpy, tensor_array
+
+    x = np.arange(4 * 15, dtype=np.float32).reshape(4, 1, 3, 5)
+    nested = tensor_array(x)
+    assert np.array_equal(column_to_numpy(nested), x)
+    assert np.array_equal(column_to_numpy(pa.chunked_array([nested[:1], nested[1:]])), x)
+    assert np.array_equal(column_to_numpy(nested.slice(2, 2)), x[2:])
+    assert np.array_equal(column_to_numpy(pa.FixedShapeTensorArray.from_numpy_ndarray(x)), x)
+    masks = np.array([[1, 0], [0, 1]], dtype=bool)
+    assert np.array_equal(column_to_numpy(tensor_array(masks)), masks)
