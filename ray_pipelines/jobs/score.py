@@ -233,7 +233,8 @@ class ScoreJob(Job):
 
     # ---- outputs ---------------------------------------------------------------------------------
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
-        """scores.csv, summaries and the filter outputs, from the committed Parquet scores."""
+        """The dataset card, then scores.csv, summaries and the filter outputs, from the committed Parquet scores."""
+        super().after_commit(storage, manifest)
         c = self.config
         table = ScoreTable.from_output(storage.root, c.storage_options, manifest)
         storage.write_bytes("scores.csv", table.to_csv().encode())
