@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -338,6 +339,9 @@ def side_files(out: Path) -> dict[str, bytes]:
         if path.is_file() and path.name not in RUN_FILES and relpath.parts[0] != "_manifests":
             if path.suffix not in data or len(relpath.parts) == 1:
                 files[str(relpath)] = path.read_bytes().replace(str(out).encode(), b"<output>")
+    for card in ("README.md", "dataset_info.json"):  # the HF card's split sizes count file bytes: layout
+        if card in files:
+            files[card] = re.sub(rb'(num_bytes"?: )\d+', rb"\1<layout>", files[card])
     if "filelist.txt" in files:  # the encode job's {rank}/{id}.npy list: ids, without the rank
         files["filelist.txt"] = sorted(line.split(b"/")[-1] for line in files["filelist.txt"].splitlines())
     return files
