@@ -82,7 +82,7 @@ class FilterSettings(BaseModel):
     def scatter_pair(self, scores: tuple[str, ...] | list[str]) -> tuple[str, str] | None:
         if self.scatter:
             return self.scatter
-        ruled = [name for name in scores if name in self.rules(scores)]
+        ruled = list(self.rules(scores))
         pair = (ruled + [name for name in scores if name not in ruled])[:2]
         return (pair[0], pair[1]) if len(pair) == 2 else None
 
