@@ -143,7 +143,7 @@ def run_loop(files: list[Path], names: tuple[str, ...]) -> tuple[float, float, d
 
 
 # ---- the job -----------------------------------------------------------------------------------------
-def job_config(clips: str, output: str, scorers: list[str], limit: int | None = None):
+def job_config(clips: str, output: str, scorers: list[str], limit: int | None = None, per_block: int = 64):
     from ray_pipelines.config import validate_config
     from ray_pipelines.jobs.score import ScoreConfig
 
@@ -159,6 +159,7 @@ def job_config(clips: str, output: str, scorers: list[str], limit: int | None = 
             "class_pattern": None,
             "normalize": {"mean": -40.0, "std": 20.0},
             "limit": limit,
+            "inputs_per_block": per_block,
         },
     )
 
@@ -194,7 +195,8 @@ def run_job(clips: Path, output: Path, names: tuple[str, ...], limit: int) -> Ru
     from ray_pipelines.engine.runner import run_job as run
     from ray_pipelines.jobs.score import ScoreJob
 
-    job = ScoreJob(job_config(str(clips), str(output), list(names), limit))
+    per_block = 16 if "dnsmos" in names else 64  # the packaged score.yaml's 16 where DNSMOS runs: enough blocks
+    job = ScoreJob(job_config(str(clips), str(output), list(names), limit, per_block))
     with TreeCPU() as cpu:
         result = run(job, overwrite=True, progress=False)
     assert result.counts["errors"] == 0, result.counts

@@ -20,7 +20,6 @@ Cost: about a third of a CPU-second per segment (the clip's length sets the numb
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -61,9 +60,7 @@ def segments(audio: np.ndarray) -> list[np.ndarray]:
 class DnsmosScorer:
     columns = COLUMNS
 
-    def __init__(
-        self, *, personalized: bool = False, device: torch.device | str = "cpu", forward_batch: int = 16, **_: Any
-    ):
+    def __init__(self, *, personalized: bool = False, device: torch.device | str = "cpu", forward_batch: int = 16):
         import onnxruntime as ort
         from speechmos import dnsmos as speechmos_dnsmos
 

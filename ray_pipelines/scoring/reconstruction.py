@@ -24,10 +24,11 @@ from ..seeding import sample_rng
 from ..spectrogram import LogMelSpectrogram
 from .functional import random_patch_mask, reconstruction_mse, signal_energy
 from .models import ModelSpec, build_model
+from .scorers import COLUMNS as SCORER_COLUMNS
 
 
 class ReconstructionScorer:
-    columns = ("reconstruction_loss", "signal_energy")
+    columns = SCORER_COLUMNS["reconstruction"]
 
     def __init__(
         self,

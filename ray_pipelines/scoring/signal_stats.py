@@ -26,7 +26,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import special
 
-COLUMNS = ("peak_dbfs", "rms_dbfs", "clipping_fraction", "dc_offset", "silence_fraction", "bandwidth_hz", "snr_db")
+from .scorers import COLUMNS as SCORER_COLUMNS
+
+COLUMNS = SCORER_COLUMNS["signal"]
 LEVEL_FLOOR = 1e-8  # -160 dBFS
 
 # WADA-SNR: shape of the Gamma distribution of clean speech amplitudes, and the SNR grid of the curve.

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .scorers import COLUMNS as SCORER_COLUMNS
+
 SAMPLE_RATE = 16000
 WINDOW = 512  # samples per speech probability at 16 kHz
 
@@ -37,7 +39,7 @@ class VadOptions(BaseModel):
 
 
 class SpeechScorer:
-    columns = ("speech_fraction",)
+    columns = SCORER_COLUMNS["vad"]
 
     def __init__(self, *, device: torch.device | str = "cpu", forward_batch: int = 16, **options: Any):
         from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
