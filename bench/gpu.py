@@ -19,7 +19,7 @@ in the same run:
   else nvidia-smi) while the teacher job runs all three (target >= 80 %);
 - encode: the encode job's marginal throughput against the bare model's batched ``encode``, in
   fp16 and bf16 (target >= 90 %);
-- score: the score job against the evaluation script's per-file loop (bench.score; target >= 5x);
+- score: the score job against the evaluation script's per-file loop (bench.score_mae; target >= 5x);
 - e2e: the augment job on every CPU and the GPU over 2,000 real clips: views/s, the GPU's and
   the CPUs' busy shares, and which side is the bottleneck.
 
@@ -497,9 +497,9 @@ def linked_inputs(dest: Path, count: int) -> Path:
 
 
 def part_score(ctx: Context) -> None:
-    """bench.score's per-file loop (on the GPU when there is one, as the job's stage) against the
+    """bench.score_mae's per-file loop (on the GPU when there is one, as the job's stage) against the
     score job on every CPU and the GPU, over the same ``.pt`` mel spectrograms."""
-    from bench.score import FRAMES, N_MELS, baseline, make_pt_folder
+    from bench.score_mae import FRAMES, N_MELS, baseline, make_pt_folder
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import run_job
     from ray_pipelines.jobs.score import ScoreConfig, ScoreJob

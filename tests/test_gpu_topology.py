@@ -100,6 +100,7 @@ def job_configs(inputs: Path, outputs: Path) -> dict[str, dict]:
             "hop_length": 256,
             "split_pattern": None,
             "class_pattern": None,
+            "scorers": ["reconstruction", "signal"],  # the GPU model stage and a CPU scorer in the same pool
             "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2},
             "mask_ratio": 0.5,
             "mask_patch": [8, 8],
@@ -402,14 +403,14 @@ def test_the_gpu_run_fits_its_eight_minutes_and_finds_the_bench_code_it_reuses()
     the other benchmarks (which change under other issues) must still be there."""
     import inspect
 
-    from bench import encode, score, teacher
+    from bench import encode, score_mae, teacher
     from bench.gpu import PARTS, RUNNERS, TOTAL_LIMIT, planned_seconds
 
     assert planned_seconds() <= TOTAL_LIMIT == 480 and [p.name for p in PARTS] == list(RUNNERS)
     borrowed = {
         teacher: ["PerSampleTeacher", "TEACHERS", "GpuBusy", "run_job_child", "stage_loop"],
         encode: ["bare_model", "job_run"],
-        score: ["FRAMES", "N_MELS", "baseline", "make_pt_folder"],
+        score_mae: ["FRAMES", "N_MELS", "baseline", "make_pt_folder"],
     }
     assert [f"{m.__name__}.{n}" for m, names in borrowed.items() for n in names if not hasattr(m, n)] == []
     assert list(inspect.signature(encode.bare_model).parameters) == [
