@@ -17,6 +17,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine.progress import Progress
 
 # job name -> module holding JOB (a Job subclass)
 JOBS = {
@@ -127,7 +131,7 @@ def _run(name: str, job, args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .console import FilteredStderr, configure_logging
     from .engine.manifest import OutputConflict
-    from .engine.progress import Progress, make_progress
+    from .engine.progress import make_progress
     from .engine.runner import run_job
     from .engine.summary import format_summary
     from .sources import SourceError
@@ -135,8 +139,7 @@ def _run(name: str, job, args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.ray_progress)
     ray_was_running = _ray_running()  # a caller's Ray (tests, notebooks) stays up
     with FilteredStderr(enabled=not args.verbose) as console:
-        monitor = make_progress(name, job.rows_label, console, quiet=args.quiet or args.no_progress)
-        counts = monitor or Progress(name, job.rows_label)  # counts what was written, shows nothing
+        counts = make_progress(name, job.rows_label, console, quiet=args.quiet or args.no_progress)
         try:
             result = run_job(
                 job, address=args.address, overwrite=args.overwrite, progress=args.ray_progress, monitor=counts
@@ -164,7 +167,7 @@ def _run(name: str, job, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopped_message(name: str, counts) -> str:
+def _stopped_message(name: str, counts: Progress) -> str:
     kept = f"{counts.inputs_done} of {counts.to_do} inputs ({counts.rows} {counts.rows_label})"
     before = f", besides the {counts.skipped} committed before" if counts.skipped else ""
     return (
@@ -218,7 +221,14 @@ def version_text() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # before a job started (imports, listing): nothing was written
+        print("\nray-pipelines: stopped (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     commands = sorted([*JOBS, *TOOLS, "configs"])
     if not argv or argv[0] in ("-h", "--help"):
         print(main_help())

@@ -249,10 +249,10 @@ def models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
 
 
-def _kind_of(model: type[BaseModel]) -> set[str]:
-    """The tags a discriminated-union member answers to (its ``kind`` literal)."""
+def kinds_of(model: type[BaseModel]) -> tuple[str, ...]:
+    """The tags a discriminated-union member answers to (its ``kind`` literal), e.g. ``("pesto",)``."""
     field = model.model_fields.get("kind")
-    return {str(a) for a in typing.get_args(field.annotation)} if field is not None else set()
+    return tuple(str(a) for a in typing.get_args(field.annotation)) if field is not None else ()
 
 
 def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
@@ -267,7 +267,7 @@ def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
         if fields:
             models = [m for f in fields for m in models_in(f.annotation)]
         elif isinstance(part, str):
-            models = [m for m in models if part in _kind_of(m)] or models
+            models = [m for m in models if part in kinds_of(m)] or models
     keys = sorted({name for m in models for name in m.model_fields})
     close = difflib.get_close_matches(str(unknown), keys, n=1, cutoff=0.6)
     return close[0] if close else None

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import PACKAGED_CONFIGS, models_in, packaged_config_names
+from .config import PACKAGED_CONFIGS, kinds_of, models_in, packaged_config_names
 
 WIDTH = 100
 
@@ -33,8 +33,8 @@ def _type_name(annotation: Any) -> str:
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
     models = models_in(annotation)
-    if len(models) > 1 and all(_kinds(m) for m in models):  # a discriminated union (teachers)
-        kinds = "|".join(k for m in models for k in _kinds(m))
+    if len(models) > 1 and all(kinds_of(m) for m in models):  # a discriminated union (teachers)
+        kinds = "|".join(k for m in models for k in kinds_of(m))
         shown = f"mapping with kind: {kinds}"
         return f"list of ({shown})" if origin in (list, tuple) else shown
     if origin in (typing.Union, types.UnionType):
@@ -50,11 +50,6 @@ def _type_name(annotation: Any) -> str:
         names = list(models[0].model_fields)
         return "{" + ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") + "}"
     return getattr(annotation, "__name__", str(annotation))
-
-
-def _kinds(model: type[BaseModel]) -> tuple[str, ...]:
-    field = model.model_fields.get("kind")
-    return tuple(str(a) for a in typing.get_args(field.annotation)) if field is not None else ()
 
 
 def _default(field: FieldInfo) -> Any:
@@ -101,7 +96,7 @@ def keys_help(model: type[BaseModel], prefix: str = "", depth: int = 0, skip: tu
         if len(union) > 1 and depth < 2:  # each kind's own keys (teachers[].capacity for kind torchcrepe)
             item = f"{key}[]" if typing.get_origin(field.annotation) in (list, tuple) else key
             for member in union:
-                lines.append(f"  {item} with kind: {'|'.join(_kinds(member))}")
+                lines.append(f"  {item} with kind: {'|'.join(kinds_of(member))}")
                 lines.append(keys_help(member, f"{item}.", depth + 1, skip=("kind",)))
     return "\n".join(line for line in lines if line)
 

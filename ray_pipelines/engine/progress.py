@@ -9,7 +9,7 @@
 - :class:`LineProgress`: one plain line every ``every_seconds`` or every ``every_percent``
   of the inputs, for logs and pipes.
 
-``make_progress`` picks one for a stream (none with ``quiet``).
+``make_progress`` picks one for a stream (with ``quiet``, the silent base class).
 """
 
 from __future__ import annotations
@@ -262,12 +262,11 @@ class LineProgress(Progress):
                 self._write(self.end_line(finished))
 
 
-def make_progress(
-    job: str, rows_label: str = "rows", stream: TextIO | None = None, quiet: bool = False
-) -> Progress | None:
-    """A bar when ``stream`` is a terminal, plain lines otherwise, nothing when ``quiet``."""
+def make_progress(job: str, rows_label: str = "rows", stream: TextIO | None = None, quiet: bool = False) -> Progress:
+    """A bar when ``stream`` is a terminal, plain lines otherwise; with ``quiet``, a :class:`Progress`
+    that only counts (what a Ctrl-C message reports)."""
     if quiet:
-        return None
+        return Progress(job, rows_label)
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
         return BarProgress(job, rows_label, stream)
