@@ -118,7 +118,8 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     try:
         config = load_config(job_cls.config_model, args.config, args.overrides)
     except ConfigError as e:
-        print(f"ray-pipelines {name}: {e}", file=sys.stderr)
+        hint = "\n(--print-config prints a config that validates: give the required keys with --set or --config)"
+        print(f"ray-pipelines {name}: {e}{hint if args.print_config else ''}", file=sys.stderr)
         return 2
     if args.print_config:
         print(config_yaml(name, config), end="")

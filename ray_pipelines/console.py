@@ -100,11 +100,16 @@ class FilteredStderr:
             if not chunk:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
-            kept = b"".join(line + b"\n" for line in lines if not self._noise(line))
-            if kept:
-                os.write(self._saved, kept)
-        if pending and not self._noise(pending):
-            os.write(self._saved, pending)
+            self._forward(b"".join(line + b"\n" for line in lines if not self._noise(line)))
+        if not self._noise(pending):
+            self._forward(pending)
+
+    def _forward(self, data: bytes) -> None:
+        try:
+            if data:
+                os.write(self._saved, data)
+        except OSError:  # the real stderr is gone (a closed pipe): keep draining, never block writers
+            pass
 
     def __exit__(self, *exc) -> None:
         if not self.enabled:

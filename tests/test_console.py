@@ -213,3 +213,30 @@ def test_quiet_prints_only_the_summary_and_verbose_shows_ray(library, tmp_path):
     )
     assert verbose.returncode == 0, verbose.stderr
     assert "core_worker.cc" in verbose.stderr and "Starting execution of Dataset" in verbose.stderr
+
+
+FILTER_SCRIPT = """
+import os, subprocess, sys
+from ray_pipelines.console import FilteredStderr
+with FilteredStderr() as console:
+    print("a python line", file=sys.stderr)
+    os.write(2, b"[2026-12-02 08:06:44,244 E 15207 15207] core_worker.cc:2465: Actor with class name: 'M' and ID: "
+                b"'05' has constructor arguments in the object store and max_restarts > 0. If the arguments ...\\n"
+                b"[2026-12-02 08:06:45,000 E 15207 15207] core_worker.cc:100: a C++ error that matters\\n")
+    subprocess.run(["sh", "-c", "echo a child process line >&2"])
+    print("a bar frame\\r", end="", file=console, flush=True)
+print("after the filter", file=sys.stderr)
+"""
+
+
+def test_the_stderr_filter_drops_only_the_constructor_arguments_line():
+    result = subprocess.run(
+        [sys.executable, "-c", FILTER_SCRIPT], env=environment("filter"), capture_output=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stderr.decode() == (
+        "a python line\n"
+        "[2026-12-02 08:06:45,000 E 15207 15207] core_worker.cc:100: a C++ error that matters\n"
+        "a child process line\n"
+        "a bar frame\rafter the filter\n"
+    )
