@@ -124,10 +124,10 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     if args.print_config:
         print(config_yaml(name, config), end="")
         return 0
-    return _run(name, job_cls(config), args)
+    return _run(name, job_cls, config, args)
 
 
-def _run(name: str, job, args: argparse.Namespace) -> int:
+def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     """Run the job with the live progress; the summary at the end (exit codes: module docstring)."""
     from .config import ConfigError
     from .console import FilteredStderr, configure_logging
@@ -140,8 +140,9 @@ def _run(name: str, job, args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.ray_progress)
     ray_was_running = _ray_running()  # a caller's Ray (tests, notebooks) stays up
     with FilteredStderr(enabled=not args.verbose) as console:
-        counts = make_progress(name, job.rows_label, console, quiet=args.quiet or args.no_progress)
+        counts = make_progress(name, job_cls.rows_label, console, quiet=args.quiet or args.no_progress)
         try:
+            job = job_cls(config)  # may load a model: its errors are the job's
             result = run_job(
                 job, address=args.address, overwrite=args.overwrite, progress=args.ray_progress, monitor=counts
             )
