@@ -62,20 +62,29 @@ def environment(mark: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "RAY_PIPELINES_TEST_MARK": mark}
 
 
-def processes_marked(mark: str) -> list[psutil.Process]:
-    found = []
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def processes_left(mark: str, known: list[psutil.Process] = ()) -> list[psutil.Process]:
+    """Processes still running that carry ``mark`` in their environment, or of ``known`` (the
+    driver's descendants seen while it ran: Ray's agents do not inherit the environment)."""
+    found = [proc for proc in known if alive(proc)]
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("RAY_PIPELINES_TEST_MARK") == mark and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.environ().get("RAY_PIPELINES_TEST_MARK") == mark and alive(proc) and proc not in found:
                 found.append(proc)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        except psutil.Error:
             continue
     return found
 
 
-def wait_for_no_processes(mark: str, seconds: float = 60) -> list[psutil.Process]:
+def wait_for_no_processes(mark: str, known: list[psutil.Process] = (), seconds: float = 60) -> list[psutil.Process]:
     deadline = time.time() + seconds
-    while (left := processes_marked(mark)) and time.time() < deadline:
+    while (left := processes_left(mark, known)) and time.time() < deadline:
         time.sleep(0.5)
     return left
 
@@ -127,6 +136,8 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
     while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
         time.sleep(0.05)
     assert proc.poll() is None, "the job ended before it could be interrupted"
+    spawned = psutil.Process(proc.pid).children(recursive=True)  # Ray's processes, agents included
+    assert any("raylet" in p.name() for p in spawned)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     stopped_at = time.time()
     output, _ = proc.communicate(timeout=120)
@@ -136,7 +147,7 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
     assert "augment: stopped (Ctrl-C). This run wrote" in output
     assert "Run the same command again to resume" in output
     assert not (out / "_SUCCESS").exists()
-    assert not wait_for_no_processes(mark), "Ray processes outlived the interrupted job"
+    assert not wait_for_no_processes(mark, spawned), "Ray processes outlived the interrupted job"
 
     written = len(list((out / "_manifests").glob("part-*.json")))
     rerun = subprocess.run(

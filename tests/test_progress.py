@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from ray_pipelines.engine.progress import BarProgress, LineProgress, Progress, duration, make_progress
+from ray_pipelines.engine.progress import BarProgress, LineProgress, Progress, duration, make_progress, rate
 from ray_pipelines.engine.sink import report
 
 
@@ -28,11 +28,11 @@ def test_line_progress_every_few_percent_with_rates_eta_and_a_final_line():
     assert lines[0] == "augment: 40 inputs to process (50 listed, 10 already committed)"
     # A line at 25 %, 50 % and 75 % (10, 20 and 30 inputs), then the end line instead of 100 %.
     assert lines[1] == (
-        "augment: 10/40 inputs (25%), 2.50 inputs/s, 20 rows, 5.0 rows/s, 1 error row, elapsed 0:04, ETA 0:12"
+        "augment: 10/40 inputs (25%), 2.5 inputs/s, 20 rows, 5.0 rows/s, 1 error row, elapsed 0:04, ETA 0:12"
     )
-    assert lines[2].startswith("augment: 20/40 inputs (50%), 2.50 inputs/s, 40 rows, 5.0 rows/s, 2 error rows")
+    assert lines[2].startswith("augment: 20/40 inputs (50%), 2.5 inputs/s, 40 rows, 5.0 rows/s, 2 error rows")
     assert lines[3].startswith("augment: 30/40 inputs (75%)") and lines[3].endswith("ETA 0:04")
-    assert lines[4] == "augment: done, 40/40 inputs in 0:16 (2.50 inputs/s), 80 rows, 5.0 rows/s, 4 error rows"
+    assert lines[4] == "augment: done, 40/40 inputs in 0:16 (2.5 inputs/s), 80 rows, 5.0 rows/s, 4 error rows"
     assert len(lines) == 5
 
 
@@ -50,7 +50,7 @@ def test_line_progress_a_line_every_few_seconds_on_slow_progress():
         "teacher: 6/100 inputs (6%)",
         "teacher: stopped",
     ]
-    assert "18 clips, 0.8 clips/s, no errors" in lines[-1]
+    assert "18 clips, 0.75 clips/s, no errors" in lines[-1]
 
 
 def test_counts_cap_at_the_inputs_to_do_and_ignore_fenced_writes():
@@ -82,7 +82,7 @@ def test_bar_shows_counts_and_rate_after_the_input_count():
     frames = [frame for frame in text.replace("\n", "\r").split("\r") if "|" in frame]
     assert "| 4/4 inputs [" in frames[-1] and "24 snippets, 2.4 snippets/s" in frames[-1]
     assert text.rstrip().endswith(
-        "features: done, 4/4 inputs in 0:10 (0.40 inputs/s), 24 snippets, 2.4 snippets/s, 2 error rows"
+        "features: done, 4/4 inputs in 0:10 (0.4 inputs/s), 24 snippets, 2.4 snippets/s, 2 error rows"
     )
 
 
@@ -96,3 +96,4 @@ def test_make_progress_picks_a_bar_for_a_terminal_lines_for_a_pipe_nothing_when_
     assert isinstance(make_progress("augment", stream=io.StringIO()), LineProgress)
     assert type(make_progress("augment", stream=FakeTerminal(), quiet=True)) is Progress  # counts, shows nothing
     assert [duration(s) for s in (0, 59.6, 75, 3725)] == ["0:00", "1:00", "1:15", "1:02:05"]
+    assert [rate(r) for r in (0, 0.0351, 0.5, 28.24, 239.8)] == ["0", "0.035", "0.5", "28.2", "240"]

@@ -31,6 +31,15 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def rate(per_second: float) -> str:
+    """A rate that never reads 0 while something moves: ``240``, ``28.2``, ``0.035``."""
+    if per_second >= 100:
+        return f"{per_second:.0f}"
+    if per_second >= 1:
+        return f"{per_second:.1f}"
+    return f"{per_second:.2g}"
+
+
 class Progress:
     """Counts what the write reports say; the displays below decide when and how to show it.
 
@@ -105,14 +114,14 @@ class Progress:
         _, rows_per_second = self.rates()
         plural = "s" if self.error_rows > 1 else ""
         errors = f", {self.error_rows} error row{plural}" if self.error_rows else ", no errors"
-        return f"{self.rows} {self.rows_label}, {rows_per_second:.1f} {self.rows_label}/s{errors}"
+        return f"{self.rows} {self.rows_label}, {rate(rows_per_second)} {self.rows_label}/s{errors}"
 
     def status_line(self) -> str:
         inputs_per_second, _ = self.rates()
         eta = self.eta()
         return (
             f"{self.job}: {self.inputs_done}/{self.to_do} inputs ({100 * self.fraction:.0f}%), "
-            f"{inputs_per_second:.2f} inputs/s, {self.counts_text()}, "
+            f"{rate(inputs_per_second)} inputs/s, {self.counts_text()}, "
             f"elapsed {duration(self.elapsed)}, ETA {duration(eta) if eta is not None else '?'}"
         )
 
@@ -121,7 +130,7 @@ class Progress:
         what = "done" if finished else "stopped"
         return (
             f"{self.job}: {what}, {self.inputs_done}/{self.to_do} inputs in {duration(self.elapsed)} "
-            f"({inputs_per_second:.2f} inputs/s), {self.counts_text()}"
+            f"({rate(inputs_per_second)} inputs/s), {self.counts_text()}"
         )
 
     # ---- display hooks (the base class shows nothing) --------------------------------
