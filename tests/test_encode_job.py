@@ -14,6 +14,7 @@ import torch
 
 from ray_pipelines.config import validate_config
 from ray_pipelines.encoders.sat_sink import sample_id
+from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.readers.encode import collate_encoded, open_encoded
@@ -115,8 +116,8 @@ def test_latents_are_fp16_and_equal_to_the_stage_on_the_same_audio(encoded, clip
         assert latents.tobytes() == found[(key, int(window))][0].tobytes()
     # Parquet holds the same latents and masks.
     table = pq.read_table(next(out.glob("part-*.parquet")))
-    parquet = table.column("latents").combine_chunks().to_numpy_ndarray()
-    masks = table.column("padding_mask").combine_chunks().to_numpy_ndarray()
+    parquet = column_to_numpy(table.column("latents"))
+    masks = column_to_numpy(table.column("padding_mask"))
     for i, (key, window) in enumerate(zip(table.column("key").to_pylist(), table.column("window").to_pylist())):
         assert parquet[i].tobytes() == found[(key, window)][0].tobytes()
         assert masks[i].tolist() == found[(key, window)][1]["padding_mask"]

@@ -47,9 +47,10 @@ from torch import nn
 
 
 class CodebookTokenizer(nn.Module):
-    def __init__(self, channels=2, hop=256, features=8, codebooks=2, codebook_size=32, sample_rate=44100):
+    def __init__(self, channels=2, hop=256, features=8, codebooks=2, codebook_size=32, sample_rate=44100, layout="QN"):
         super().__init__()
         self.sample_rate, self.channels, self.downsampling_ratio = sample_rate, channels, hop
+        self.codebook_size, self.layout = codebook_size, layout
         self.proj = nn.Conv1d(channels, features, kernel_size=hop, stride=hop, bias=False)
         self.register_buffer("codebooks", torch.zeros(codebooks, codebook_size, features))
 
@@ -57,7 +58,12 @@ class CodebookTokenizer(nn.Module):
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         feats = self.proj(audio).transpose(1, 2)                                  # [B, N, F]
         dist = ((feats[:, None, :, None, :] - self.codebooks[None, :, None, :, :]) ** 2).sum(-1)  # [B, Q, N, K]
-        return dist.argmin(-1)                                                    # [B, Q, N]
+        tokens = dist.argmin(-1)                                                  # [B, Q, N]
+        if self.layout == "NQ":  # as stable-audio-tools' RVQ bottlenecks return them
+            return tokens.transpose(1, 2)
+        if self.layout == "N":  # one codebook, no codebook axis
+            return tokens[:, 0]
+        return tokens
 
 
 def make_tokenizer(**kwargs):
@@ -347,6 +353,7 @@ def test_a_user_vae_posterior_is_sampled_per_key(tmp_path):
     assert np.array_equal(mean["latents"][0], expected) and not np.array_equal(a[0], expected)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_stage_on_cuda_in_fp16_matches_the_cpu():
     rng = np.random.default_rng(1)

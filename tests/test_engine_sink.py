@@ -54,7 +54,7 @@ def test_names_come_from_content_and_rows_are_sorted(tmp_path):
         for i in range(metadata.num_columns)
     }
     assert stats["key"].min == "a" and stats["key"].max == "b" and stats["version"].max == 1
-    assert stats["view1.list.element"] is None
+    assert stats["view1.list.element.list.element.list.element"] is None
     table = pq.read_table(tmp_path / "train" / first[0])
     assert list(zip(table.column("key").to_pylist(), table.column("version").to_pylist())) == [
         ("a", 0),
@@ -97,13 +97,12 @@ def test_byte_stream_split_goes_to_float_tensor_values_only():
 
     from ray_pipelines.engine.arrow import column_array
     from ray_pipelines.engine.sink import float_tensor_leaves
-    from ray_pipelines.features.hf import nested_list_array
 
     x = np.zeros((2, 4, 3), dtype=np.float32)
     schema = pa.schema(
         [
-            ("mel", column_array(x).type),
-            ("features", nested_list_array(x).type),
+            ("mel", column_array(x[:, None]).type),
+            ("features", column_array(x).type),
             ("latents16", column_array(x.astype(np.float16)).type),
             ("tokens", column_array(x.astype(np.int64)).type),
             ("score", pa.float64()),
@@ -111,4 +110,7 @@ def test_byte_stream_split_goes_to_float_tensor_values_only():
     )
     # Parquet leaf paths (what pyarrow's use_byte_stream_split matches); float16 and integer
     # tensors stay plain so readers older than format 2.11 can read them.
-    assert float_tensor_leaves(schema) == ["mel.list.element", "features.list.element.list.element"]
+    assert float_tensor_leaves(schema) == [
+        "mel.list.element.list.element.list.element",
+        "features.list.element.list.element",
+    ]

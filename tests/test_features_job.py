@@ -17,7 +17,7 @@ from ray_pipelines.audio.decode import AudioFile, InputAudio, load_window
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import table_to_numpy
 from ray_pipelines.engine.runner import run_job
-from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SnippetPlan
+from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SeedSnippets
 from tests.audio_helpers import copy_shared
 
 SPLITS = ["test", "train", "validate"]
@@ -110,7 +110,7 @@ def test_rows_are_snippets_with_ast_features(runs):
     assert rows["input_values"].shape[1:] == (48, 32) and rows["input_values"].dtype == np.float32
     manifest = json.loads((runs["run1"] / "manifest.json").read_text())
     assert manifest["counts"]["rows_written"] == len(rows["path"])
-    plan = SnippetPlan(2, 1.0)
+    plan = SeedSnippets(2, 1.0, 16000)  # the default rule: the seed notebook's positions
     library = runs["library"]
     extractor = transformers.ASTFeatureExtractor(num_mel_bins=32, max_length=48)
     checked = 0
@@ -124,9 +124,9 @@ def test_rows_are_snippets_with_ast_features(runs):
         assert np.abs(rows["input_values"][i] - expected).max() < 1e-5
         checked += 1
     assert checked == 6
-    # Songs longer than a snippet give two; shorter ones one (zero-padded).
+    # Every song gives two snippets, as in the notebook: a short song's second one is its tail.
     per_song = {p: int((rows["path"] == p).sum()) for p in set(rows["path"])}
-    assert per_song["loop/loop_amen_full.flac"] == 2 and per_song["bass_drum/bd_808.flac"] == 1
+    assert per_song["loop/loop_amen_full.flac"] == 2 and per_song["bass_drum/bd_808.flac"] == 2
     # Features are noisy floats: lz4 by default, values byte-stream-split.
     shard = next((runs["run1"] / "train").glob("part-*.parquet"))
     column = pq.ParquetFile(shard).metadata.row_group(0).column(0)
@@ -194,12 +194,14 @@ def test_rerun_after_adding_songs_keeps_splits_and_only_processes_new_songs(runs
     assert perc == set(SPLITS)
 
 
-def test_reader_helper_loads_every_split_with_the_full_label_list(runs, tmp_path):
-    pytest.importorskip("datasets")
-    from ray_pipelines.features.hf import load_hf_dataset
-
-    loaded = load_hf_dataset(str(runs["output"]), cache_dir=str(tmp_path / "hf"))
+def test_load_dataset_of_the_output_dir_gives_every_split_with_the_full_label_list(runs, tmp_path):
+    """After the rerun appended a label, shards written before name fewer labels in their own
+    metadata; the dataset card names them all, so every split loads with one ClassLabel."""
+    datasets = pytest.importorskip("datasets")
+    loaded = datasets.load_dataset(str(runs["output"]), cache_dir=str(tmp_path / "hf"))
     labels = json.loads((runs["output"] / "labels.json").read_text())
-    assert sorted(loaded) == SPLITS
+    assert sorted(loaded) == SPLITS  # validate included, under its own name
     assert all(loaded[s].features["label"].names == labels for s in SPLITS)
     assert sum(len(loaded[s]) for s in SPLITS) == runs["second"]["counts"]["rows_written"]
+    first = loaded["validate"].with_format("numpy")[:3]
+    assert first["input_values"].shape == (3, 48, 32) and first["input_values"].dtype == np.float32

@@ -145,6 +145,7 @@ def test_stage_rows_error_rows_and_batch_independence():
     assert np.array_equal(alone, values[0])  # same bytes whatever shares the batch
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     audio, valid = real_audio(REAL[0])

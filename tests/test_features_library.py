@@ -14,9 +14,8 @@ from ray_pipelines.config import ConfigError, validate_config
 from ray_pipelines.features.catalog import LABELS_FILE, SPLITS_FILE, plan_library, save_plan
 from ray_pipelines.features.library import extend_label_names, in_skipped_dir, label_of, scan_library
 from ray_pipelines.features.report import balance_chart, balance_report
-from ray_pipelines.features.sink import FeaturesSink
 from ray_pipelines.features.split import assign_splits
-from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SnippetPlan
+from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SeedSnippets, SpreadSnippets
 from ray_pipelines.sources import list_inputs
 from ray_pipelines.storage import Storage
 from tests.audio_helpers import encoded_bytes, tone, write_audio, write_tar
@@ -127,8 +126,8 @@ def test_plan_is_recorded_and_honoured_by_the_next_run(tmp_path):
     assert {k: third.songs[k]["split"] for k in fresh} == fresh
 
 
-def test_snippet_plan_spreads_windows_evenly():
-    plan = SnippetPlan(6, 10.24)
+def test_spread_rule_spreads_windows_evenly():
+    plan = SpreadSnippets(6, 10.24)
     windows = plan("k", 61.2)
     assert [w.index for w in windows] == list(range(6))
     starts = [w.start for w in windows]
@@ -136,19 +135,32 @@ def test_snippet_plan_spreads_windows_evenly():
     assert np.allclose(np.diff(starts), (61.2 - 10.24) / 5)
     assert [(w.index, w.start) for w in plan("k", 10.0)] == [(0, 0.0)]  # shorter: one padded snippet
     assert [(w.index, w.start) for w in plan("k", 10.24)] == [(0, 0.0)]
-    assert SnippetPlan(1, 2.0)("k", 10.0)[0].start == pytest.approx(4.0)  # one snippet: centred
+    assert SpreadSnippets(1, 2.0)("k", 10.0)[0].start == pytest.approx(4.0)  # one snippet: centred
+
+
+def test_seed_rule_is_the_notebooks_loop():
+    """range(0, len - len % S, len // S) over the 16 kHz song, for every song length."""
+    plan = SeedSnippets(6, 10.24, 16000)
+    for frames, rate in [(44100 * 61 + 17, 44100), (5 * 22050, 22050), (470_400, 44100), (16000 * 3 + 5, 16000)]:
+        length = -(-frames * 16000 // rate)  # librosa.load(sr=16000)'s length
+        expected = list(range(0, length - length % 6, length // 6))
+        windows = plan("k", frames / rate)
+        assert [w.index for w in windows] == list(range(6))
+        assert [round(w.start * 16000) for w in windows] == expected
 
 
 def test_config_validation():
     base = {"input": "lib", "output": "out"}
-    assert validate_config(FeaturesConfig, base).extensions == ["mp3", "flac", "ogg", "wav", "m4a"]
+    config = validate_config(FeaturesConfig, base)
+    assert {"mp3", "flac", "ogg", "oga", "opus", "wav", "m4a", "aiff"} <= set(config.extensions)
+    assert config.snippet_rule == "seed"
     for bad, words in [
         ({"splits": {"train": 0.7, "test": 0.2}}, "sum to 1"),
         ({"splits": {"tr/ain": 1.0}}, "folder names"),
         ({"min_per_label": 2}, "min_per_label"),
         ({"snippet_seconds": 0.01}, "shorter than one"),
         ({"n_mels": 3}, "n_mels"),
-        ({"tensor_type": "torch"}, "tensor_type"),
+        ({"snippet_rule": "even"}, "snippet_rule"),
     ]:
         with pytest.raises(ConfigError, match=words):
             validate_config(FeaturesConfig, {**base, **bad})
@@ -175,19 +187,14 @@ def test_balance_report_percentiles_and_chart():
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-@pytest.mark.parametrize("tensor_type", ["nested_list", "fixed_shape_tensor"])
-def test_sink_types_and_readback(tmp_path, tensor_type):
+def test_sink_types_and_readback(tmp_path):
     from ray_pipelines.engine.arrow import table_to_numpy
 
-    cfg = validate_config(
-        FeaturesConfig,
-        {"input": "lib", "output": str(tmp_path), "max_length": 8, "n_mels": 4, "tensor_type": tensor_type},
-    )
+    cfg = validate_config(FeaturesConfig, {"input": "lib", "output": str(tmp_path), "max_length": 8, "n_mels": 4})
     job = FeaturesJob(cfg)
     job.plan = None
     Storage(str(tmp_path)).write_json(LABELS_FILE, ["jazz", "rock"])
     sink = job.make_sink("f" * 64)
-    assert isinstance(sink, FeaturesSink)
     values = np.random.default_rng(0).standard_normal((3, 8, 4)).astype(np.float32)
     rows = {
         "key": np.array(["rock/b", "jazz/a", "rock/b"], dtype=object),
@@ -211,15 +218,12 @@ def test_sink_types_and_readback(tmp_path, tensor_type):
     assert str(table.schema.field("label").type) == "int64"
     metadata = table.schema.metadata
     assert json.loads(metadata[b"ray_pipelines.axes"]) == {"input_values": ["frame", "mel"]}
-    if tensor_type == "nested_list":
-        features = json.loads(metadata[b"huggingface"])["info"]["features"]
-        assert features["label"] == {"_type": "ClassLabel", "names": ["jazz", "rock"]}
-        outer = table.schema.field("input_values").type
-        assert pa.types.is_fixed_size_list(outer) and outer.list_size == 8
-        assert pa.types.is_fixed_size_list(outer.value_type) and outer.value_type.list_size == 4
-    else:
-        assert b"huggingface" not in metadata
-        assert table.schema.field("input_values").type.extension_name == "arrow.fixed_shape_tensor"
+    features = json.loads(metadata[b"huggingface"])["info"]["features"]
+    assert features["label"] == {"_type": "ClassLabel", "names": ["jazz", "rock"]}
+    assert features["input_values"] == {"_type": "Array2D", "shape": [8, 4], "dtype": "float32"}
+    outer = table.schema.field("input_values").type
+    assert pa.types.is_fixed_size_list(outer) and outer.list_size == 8
+    assert pa.types.is_fixed_size_list(outer.value_type) and outer.value_type.list_size == 4
 
 
 def test_example_configs_load():

@@ -7,6 +7,7 @@ import json
 import pyarrow.parquet as pq
 
 from ray_pipelines.config import validate_config
+from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.readers import ContrastiveViews
@@ -40,11 +41,14 @@ def test_augment_from_s3_to_s3(s3_bucket, ray_local, tmp_path):
     assert result.counts["listed"] == 5 and result.counts["errors"] == 1
     assert result.counts["rows_written"] == 8
     assert fs.exists(f"{bucket}/views/_SUCCESS")
+    info = json.loads(fs.cat(f"{bucket}/views/dataset_info.json"))  # the dataset card, written to S3 too
+    assert info["features"]["view1"] == {"_type": "Array3D", "shape": [1, 32, 63], "dtype": "float32"}
+    assert fs.cat(f"{bucket}/views/README.md").startswith(b"---\nconfigs:")
     manifest = json.loads(fs.cat(f"{bucket}/views/manifest.json"))
     keys = set()
     for f in manifest["files"]:
         table = pq.read_table(f"{bucket}/views/{f['path']}", filesystem=fs)
-        assert table.column("view1").combine_chunks().to_numpy_ndarray().shape[1:] == (1, 32, 63)
+        assert column_to_numpy(table.column("view1")).shape[1:] == (1, 32, 63)
         keys |= set(table.column("key").to_pylist())
     assert keys == {"set0/clip0.flac", "set1/clip1.flac", "set0/clip2.flac", "shard-0.tar/a.wav"}
     errors = [json.loads(line) for line in fs.cat(f"{bucket}/views/errors.jsonl").decode().splitlines()]

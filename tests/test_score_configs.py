@@ -14,11 +14,25 @@ from ray_pipelines.scoring.inputs import PathLabels
 CONFIGS = Path(__file__).resolve().parents[1] / "ray_pipelines" / "configs"
 
 
-@pytest.mark.parametrize("name", ["score.yaml", "score-pt.yaml", "score-shards.yaml"])
+@pytest.mark.parametrize("name", ["score.yaml", "score-mae.yaml", "score-pt.yaml", "score-shards.yaml"])
 def test_example_configs_validate(name):
     config = load_config(ScoreConfig, CONFIGS / name)
-    assert config.mel_frames == 130
+    assert config.mel_frames == (313 if name == "score.yaml" else 130)
     assert load_filter_settings(str(CONFIGS / name), []) == config.filter
+
+
+def test_the_default_config_runs_the_pretrained_and_signal_scorers_with_the_issue_filter():
+    config = load_config(ScoreConfig, CONFIGS / "score.yaml")
+    assert config.scorer_names == ["dnsmos", "vad", "signal"]
+    assert config.score_columns[:5] == ["dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808", "speech_fraction"]
+    rules = config.filter.rules(config.score_columns)
+    assert rules["dnsmos_ovrl"].bounds == (3.0, None) and rules["speech_fraction"].bounds == (0.5, None)
+    assert rules["clipping_fraction"].bounds == (None, 0.001)
+    assert "reconstruction_loss" not in config.score_columns
+    # the class defaults pick the scorers by source
+    assert validate_config(ScoreConfig, {"input": "in", "output": "out"}).scorer_names == ["dnsmos", "vad", "signal"]
+    tensors = validate_config(ScoreConfig, {"input": "in", "output": "out", "source": "pt"})
+    assert tensors.scorer_names == ["reconstruction"]
 
 
 def test_filter_section_file_and_overrides():
@@ -29,6 +43,13 @@ def test_filter_section_file_and_overrides():
     assert (settings.signal_energy.mode, settings.signal_energy.upper_quantile) == ("percentile", 0.9)
     with pytest.raises(ConfigError, match="signal_energy.mode"):
         load_filter_settings(None, ["signal_energy.mode=iqr"])
+    # any score column is a rule; null bounds are open
+    settings = load_filter_settings(None, ["dnsmos_ovrl.mode=hardcode", "dnsmos_ovrl.bounds=[3.0, null]"])
+    assert settings.named_rules["dnsmos_ovrl"].bounds == (3.0, None)
+    assert list(settings.rules(["dnsmos_ovrl", "reconstruction_loss", "snr_db"])) == [
+        "dnsmos_ovrl",
+        "reconstruction_loss",  # the seed's default median rule
+    ]
 
 
 def test_bad_values_are_named():
@@ -39,6 +60,24 @@ def test_bad_values_are_named():
         validate_config(ScoreConfig, {**base, "split_pattern": "(["})
     with pytest.raises(ConfigError, match="filter.reconstruction_loss: .*hard_low/hard_high"):
         validate_config(ScoreConfig, {**base, "filter": {"reconstruction_loss": {"mode": "hardcode", "hard_low": 1}}})
+    with pytest.raises(ConfigError, match="filter names dnsmos_ovr, which the scores do not have"):
+        validate_config(ScoreConfig, {**base, "filter": {"dnsmos_ovr": {"mode": "none"}}})
+    with pytest.raises(ConfigError, match="filter names reconstruction_loss"):  # not a column of the default set
+        validate_config(ScoreConfig, {**base, "filter": {"reconstruction_loss": {"mode": "none"}}})
+    with pytest.raises(ConfigError, match="filter names bogus"):
+        validate_config(ScoreConfig, {**base, "filter": {"scatter": ["snr_db", "bogus"]}})
+    with pytest.raises(ConfigError, match="scorers dnsmos, signal need audio"):
+        validate_config(ScoreConfig, {**base, "source": "pt", "scorers": ["dnsmos", "signal"]})
+    with pytest.raises(ConfigError, match="model is set but scorers does not include reconstruction"):
+        validate_config(ScoreConfig, {**base, "model": {"kind": "reference", "seed": 3}})
+    with pytest.raises(ConfigError, match="scorers: each at most once"):
+        validate_config(ScoreConfig, {**base, "scorers": ["vad", "vad"]})
+    with pytest.raises(ConfigError, match="scorers.0"):
+        validate_config(ScoreConfig, {**base, "scorers": ["utmos"]})
+    with pytest.raises(ConfigError, match="side 'lower' drops the bound"):
+        validate_config(
+            ScoreConfig, {**base, "filter": {"snr_db": {"mode": "median", "side": "lower", "hard_high": 5}}}
+        )
     with pytest.raises(ConfigError, match="source shards takes one input"):
         validate_config(ScoreConfig, {**base, "input": ["a", "b"], "source": "shards"})
     with pytest.raises(ConfigError, match="mask_ratio"):
@@ -47,11 +86,24 @@ def test_bad_values_are_named():
 
 def test_filter_settings_do_not_change_the_fingerprint_but_scoring_settings_do():
     base = validate_config(ScoreConfig, {"input": "in", "output": "out"})
-    refiltered = validate_config(
-        ScoreConfig, {"input": "in", "output": "out", "filter": {"signal_energy": {"mode": "none"}}}
-    )
-    rescored = validate_config(ScoreConfig, {"input": "in", "output": "out", "mask_ratio": 0.5})
+    refiltered = validate_config(ScoreConfig, {"input": "in", "output": "out", "filter": {"snr_db": {"mode": "none"}}})
+    rescored = validate_config(ScoreConfig, {"input": "in", "output": "out", "signal": {"clip_level": 0.9}})
     assert base.fingerprint() == refiltered.fingerprint() != rescored.fingerprint()
+
+
+def test_the_fingerprint_names_the_scorers_and_digests_their_model_files():
+    from ray_pipelines.jobs.score import JOB
+
+    extra = JOB(validate_config(ScoreConfig, {"input": "in", "output": "out"})).fingerprint_extra()
+    assert extra["scorers"] == ["dnsmos", "vad", "signal"]
+    assert sorted(extra["model_files_sha256"]) == [
+        "silero_vad/data/silero_vad.jit",
+        "speechmos/dnsmos_models/model_v8.onnx",
+        "speechmos/dnsmos_models/sig_bak_ovr.onnx",
+        "speechmos/pdnsmos_models/sig_bak_ovr.onnx",
+    ]
+    assert all(len(digest) == 64 for digest in extra["model_files_sha256"].values())
+    assert "model_weights_sha256" not in extra  # no reconstruction scorer, no user model loaded
 
 
 def test_path_labels_from_patterns_and_hash_splits():

@@ -67,8 +67,9 @@ def mel_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def stage(**kwargs) -> ScoreStage:
-    return ScoreStage(**{"model": SMALL_MODEL, "n_mels": 16, "frames": 22, "forward_batch": 4, **kwargs})
+def stage(device: str | None = None, **kwargs) -> ScoreStage:
+    reconstruction = {"model": SMALL_MODEL, "n_mels": 16, "frames": 22, **kwargs}
+    return ScoreStage(scorers={"reconstruction": reconstruction}, forward_batch=4, device=device)
 
 
 def test_stage_scores_do_not_depend_on_batch_company():
@@ -128,7 +129,8 @@ def test_conform_mel_accepts_two_layouts_and_names_what_is_wrong():
 def test_stage_on_cuda_matches_cpu_and_keeps_batch_independence():
     batch = mel_batch(7)
     on_gpu = stage(device="cuda", mask_ratio=0.5, mask_patch=(8, 8))
-    assert next(on_gpu.model.parameters()).is_cuda and on_gpu.forward_batch == 4
+    model = on_gpu.scorers["reconstruction"].model
+    assert next(model.parameters()).is_cuda and on_gpu.forward_batch == 4
     gpu = on_gpu({k: v.copy() for k, v in batch.items()})
     cpu = stage(mask_ratio=0.5, mask_patch=(8, 8))({k: v.copy() for k, v in batch.items()})
     assert gpu["reconstruction_loss"] == pytest.approx(cpu["reconstruction_loss"], rel=1e-4)

@@ -247,6 +247,7 @@ def test_score_job_on_audio_files_through_the_cli(tmp_path, ray_local, capsys):
         "normalize": {"mean": -40.0, "std": 20.0},
         "actors": 1,
         "batch_size": 4,
+        "scorers": ["reconstruction"],
         "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2},
     }
     (tmp_path / "score.yaml").write_text(yaml.safe_dump(config))

@@ -55,7 +55,8 @@ def mel_batch(n: int = 3) -> dict[str, np.ndarray]:
 
 
 def run_stage(model: dict, **kwargs) -> dict[str, np.ndarray]:
-    return ScoreStage(model=model, n_mels=16, frames=22, forward_batch=2, **kwargs)(mel_batch())
+    reconstruction = {"model": model, "n_mels": 16, "frames": 22, **kwargs}
+    return ScoreStage(scorers={"reconstruction": reconstruction}, forward_batch=2)(mel_batch())
 
 
 def test_reference_weights_come_from_the_seed_alone():
@@ -145,6 +146,7 @@ def test_wrong_models_fail_before_any_work(tmp_path):
         {
             "input": str(tmp_path),
             "output": str(tmp_path / "out"),
+            "scorers": ["reconstruction"],
             "model": {"kind": "torchscript", "path": str(tmp_path / "missing.pt")},
         },
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ray_pipelines.scoring.filters import FilterRule
-from ray_pipelines.scoring.plots import histogram_figure
+from ray_pipelines.scoring.plots import histogram_figure, scatter_figure
 from ray_pipelines.scoring.report import FilterSettings, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.summary import SUMMARY_COLUMNS, read_summary_csv, score_stats, summary_csv
 from ray_pipelines.scoring.table import ScoreTable
@@ -130,6 +130,79 @@ def test_histogram_draws_the_cut_lines_that_are_set():
     assert lines == [1.5]
     figure = histogram_figure({"train": np.zeros(0)}, "loss", low=None, high=7.0)
     assert [line.get_xdata()[0] for line in figure.axes[0].lines] == [7.0]
+
+
+def test_histogram_leaves_cuts_outside_the_data_undrawn_but_named():
+    # a median rule's low cut of -0.58 under a loss that is never negative
+    figure = histogram_figure({"train": np.linspace(0.1, 2.0, 20)}, "loss", low=-0.58, high=1.5)
+    axes = figure.axes[0]
+    assert [line.get_xdata()[0] for line in axes.lines] == [1.5]
+    assert axes.get_xlim() == pytest.approx((0.1, 2.0))
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == ["train (20)", "low cut -0.58 (outside the data)", "high cut 1.5"]
+
+
+def test_scatter_colours_kept_and_ignored_items():
+    x, y = np.array([1.0, 2.0, 3.0, np.nan]), np.array([4.0, 5.0, 6.0, 7.0])
+    figure = scatter_figure(x, y, np.array([True, False, True, True]), "snr_db", "dnsmos_ovrl")
+    axes = figure.axes[0]
+    kept, ignored = axes.collections
+    assert kept.get_offsets().tolist() == [[1.0, 4.0], [3.0, 6.0]] and ignored.get_offsets().tolist() == [[2.0, 5.0]]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["kept (2)", "ignored (1)"]
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("snr_db", "dnsmos_ovrl")
+
+
+def test_any_score_column_is_summarised_plotted_and_filtered(tmp_path):
+    table = ScoreTable.from_columns(
+        {
+            "key": [f"train/c{i}.wav" for i in range(6)],
+            "split": ["train"] * 6,
+            "dnsmos_ovrl": [3.5, 3.1, 2.0, 3.9, 3.2, 4.0],
+            "clipping_fraction": [0.0, 0.0, 0.0, 0.05, 0.0, 0.0],
+            "speech_fraction": [0.9, 0.8, 0.95, 0.9, 0.1, 0.7],
+        }
+    )
+    assert table.scores == ("dnsmos_ovrl", "clipping_fraction", "speech_fraction")
+    settings = FilterSettings(
+        dnsmos_ovrl=FilterRule(mode="hardcode", bounds=(3.0, None)),
+        clipping_fraction=FilterRule(mode="hardcode", bounds=(None, 0.001)),
+        speech_fraction=FilterRule(mode="median", k=0.5, side="lower"),
+    )
+    storage = Storage(str(tmp_path))
+    write_summaries(storage, table, bins=3)
+    summary = read_summary_csv((tmp_path / "summary/train.csv").read_text())
+    assert list(summary)[:4] == [
+        "dnsmos_ovrl_mean",
+        "dnsmos_ovrl_std",
+        "dnsmos_ovrl_histogram_bins",
+        "dnsmos_ovrl_histogram_counts",
+    ]
+    assert summary["speech_fraction_mean"] == pytest.approx(np.mean([0.9, 0.8, 0.95, 0.9, 0.1, 0.7]))
+    report = write_filter_outputs(storage, table, settings)
+    # speech: Q1 0.725, Q3 0.9, IQR 0.175 -> low 0.6375 (no upper cut); OVRL >= 3; clipping <= 0.1 %
+    assert report["bounds"]["speech_fraction"]["low"] == pytest.approx(0.6375)
+    assert report["bounds"]["speech_fraction"]["high"] is None
+    assert (tmp_path / "kept.txt").read_text().split() == ["train/c0.wav", "train/c1.wav", "train/c5.wav"]
+    reasons = {
+        r["filename"]: r["reason"] for r in csv.DictReader(io.StringIO((tmp_path / "decisions.csv").read_text()))
+    }
+    assert reasons["train/c2.wav"] == "dnsmos_ovrl 2 below 3"
+    assert reasons["train/c3.wav"] == "clipping_fraction 0.05 above 0.001"
+    assert reasons["train/c4.wav"] == "speech_fraction 0.1 below 0.6375"
+    assert sorted(p.name for p in (tmp_path / "histograms").iterdir()) == [
+        "clipping_fraction.png",
+        "dnsmos_ovrl.png",
+        "speech_fraction.png",
+    ]
+    assert (tmp_path / "scatter.png").exists()  # default pair: the first two scores with a rule
+    assert settings.scatter_pair(table.scores) == ("dnsmos_ovrl", "clipping_fraction")
+    (tmp_path / "scores.csv").write_text(table.to_csv())
+    assert (tmp_path / "scores.csv").read_text().splitlines()[0] == (
+        "filename,split,class,group,dnsmos_ovrl,clipping_fraction,speech_fraction,item"
+    )
+    assert ScoreTable.from_csv(str(tmp_path / "scores.csv")).scores == table.scores
+    with pytest.raises(ValueError, match="filter names snr_db, which the scores do not have"):
+        write_filter_outputs(storage, table, FilterSettings(snr_db=FilterRule()))
 
 
 def test_stale_errors_from_an_earlier_attempt_do_not_ignore_scored_keys(tmp_path):

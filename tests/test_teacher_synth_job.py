@@ -92,7 +92,7 @@ def test_validation_runs_are_byte_identical_and_record_the_teachers(sine_caches)
     teachers = {t["name"]: t for t in manifest["fingerprint_extra"]["teachers"]}
     assert set(teachers) == {"pesto", "crepe_tiny", "loudness"}
     assert teachers["pesto"]["version"].startswith("pesto-pitch") and len(teachers["pesto"]["weights_sha256"]) == 64
-    assert manifest["schema"]["pesto_f0"] == {"type": "fixed_shape_tensor", "dtype": "float", "shape": [121]}
+    assert manifest["schema"]["pesto_f0"] == {"type": "tensor", "dtype": "float32", "shape": [121]}
     metadata = pq.read_schema(next(Path(first.output).glob("val/*.parquet"))).metadata
     assert json.loads(metadata[b"ray_pipelines.teachers"])[0]["name"] == "pesto"
 

@@ -294,6 +294,18 @@ def crop_or_pad(audio: np.ndarray, length: int) -> np.ndarray:
     return np.pad(audio, pad)
 
 
+# Audio decoded on each side of a window before resampling, in samples at the lower of the two
+# rates: soxr HQ's filter reaches about 60 of them, so the trimmed window equals the same samples of
+# the whole file resampled at once (measured: 4e-7 max difference from 8 to 96 kHz; 64 left 3e-4).
+RESAMPLE_MARGIN = 128
+
+
+def resampled_length(frames: int, sample_rate: int, target_rate: int) -> int:
+    """Samples of a whole file resampled to ``target_rate`` as ``librosa.load`` returns it:
+    ``ceil(frames * target / rate)`` (soxr gives ``round``; librosa pads the last one with 0)."""
+    return -(-frames * target_rate // sample_rate)
+
+
 def load_window(
     audio_file: AudioFile, start_seconds: float, duration: float, sample_rate: int, channels: int | None = None
 ) -> tuple[np.ndarray, int]:
@@ -302,14 +314,37 @@ def load_window(
     Returns the window (``[n]`` mono or ``[C, n]``) of exactly
     ``round(duration * sample_rate)`` samples, and how many of them are real
     audio (the rest is zero padding).
+
+    The window is samples ``[m, m + n)``, ``m = round(start_seconds * sample_rate)``, of the
+    whole file resampled once (as a per-song loop with ``librosa.load(sr=...)`` would cut it):
+    only a margin around it is decoded, starting on a native sample that falls exactly on the
+    target rate's grid, resampled with soxr and trimmed. Windows never depend on where other
+    windows were cut.
     """
     sr = audio_file.sample_rate
-    start = int(round(start_seconds * sr))
-    native = audio_file.read(start, int(math.ceil(duration * sr)))
-    audio = resample(conform_channels(native, channels), sr, sample_rate)
     length = int(round(duration * sample_rate))
-    valid = min(length, int(round(native.shape[-1] * sample_rate / sr)))
-    return crop_or_pad(audio, length), valid
+    start = int(round(start_seconds * sample_rate))
+    total = resampled_length(audio_file.frames, sr, sample_rate)
+    valid = max(0, min(length, total - start))
+    if sr == sample_rate:
+        audio = conform_channels(audio_file.read(start, length), channels)
+        return crop_or_pad(np.ascontiguousarray(audio, dtype=np.float32), length), valid
+    # ``native`` native samples span exactly ``target`` output samples: chunks start on those blocks.
+    common = math.gcd(sr, sample_rate)
+    native, target = sr // common, sample_rate // common
+    margin = -(-RESAMPLE_MARGIN * sample_rate // min(sr, sample_rate))
+    first = max(0, start - margin) // target
+    last = -(-min(total, start + length + margin) // target)
+    chunk = audio_file.read(first * native, (last - first) * native)
+    audio = resample(conform_channels(chunk, channels), sr, sample_rate)
+    offset = start - first * target
+    audio = crop_or_pad(audio[..., offset : offset + length], length)
+    # Past the end of the whole resampled file (soxr's own length) it holds zeros.
+    end = (2 * audio_file.frames * sample_rate + sr) // (2 * sr) - start
+    if end < length:
+        audio = np.array(audio)  # a slice of the resampled chunk: write a copy
+        audio[..., max(0, end) :] = 0
+    return audio, valid
 
 
 def check_finite(audio: np.ndarray) -> None:

@@ -1,9 +1,11 @@
 """The one interface every audio encoder is used through.
 
-``encode(audio [B, C, T]) -> [B, D, N]`` continuous latents, or ``[B, Q, N]``
-integer tokens for a discrete model, with the attributes the job needs to
-plan windows and masks: ``sample_rate``, ``channels`` and
-``downsampling_ratio`` (audio samples per latent frame).
+``encode(audio [B, C, T]) -> [B, D, N]`` continuous latents, or integer tokens
+for a discrete model (``[B, Q, N]``; ``[B, N, Q]`` and ``[B, N]`` are detected
+and stored ``[Q, N]``, see ``loading.inspect_encoder``), with the attributes
+the job needs to plan windows and masks: ``sample_rate``, ``channels`` and
+``downsampling_ratio`` (audio samples per latent frame), and for tokens
+``codebook_size`` (tokens lie in ``[0, codebook_size)``; it picks their dtype).
 
 A VAE also offers ``posterior(audio) -> (mean, std)``; the stage then either
 takes the mean (``encode``) or samples the posterior with noise drawn per
@@ -28,6 +30,7 @@ class Encoder(nn.Module):
     channels: int
     downsampling_ratio: int
     is_discrete: bool = False
+    codebook_size: int | None = None  # discrete models, when known
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -47,6 +50,7 @@ class Encoder(nn.Module):
             "channels": self.channels,
             "downsampling_ratio": self.downsampling_ratio,
             "is_discrete": self.is_discrete,
+            "codebook_size": self.codebook_size,
         }
 
 
@@ -60,8 +64,8 @@ class ModuleEncoder(Encoder):
     Calls ``module.encode(audio)`` when the module has it, else ``module(audio)``;
     a ``module.posterior(audio) -> (mean, std)`` is used for posterior sampling.
     The attributes come from the module when it declares them, else from the
-    job's config (``sample_rate``, ``audio_channels``, ``model.downsampling_ratio``);
-    a value given in both places must agree.
+    job's config (``sample_rate``, ``audio_channels``, ``model.downsampling_ratio``,
+    and ``model.codebook_size`` in ``load_encoder``); a value given in both places must agree.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class ModuleEncoder(Encoder):
             "model.downsampling_ratio",
         )
         self.is_discrete = is_discrete
+        self.codebook_size = _attr(module, ("codebook_size",)) if is_discrete else None
         self._module_has_encode = callable(getattr(module, "encode", None))
         self._module_has_posterior = callable(getattr(module, "posterior", None))
 

@@ -34,6 +34,12 @@ class ModelConfig(BaseModel):
     downsampling_ratio: int | None = Field(
         None, ge=1, description="Audio samples per latent frame, for models that do not declare it."
     )
+    codebook_size: int | None = Field(
+        None,
+        ge=1,
+        description="Discrete models that do not declare codebook_size: tokens lie in [0, codebook_size), "
+        "stored in the narrowest integer type that holds them (unknown: int64).",
+    )
     builtin: ReferenceModelConfig = Field(default_factory=ReferenceModelConfig)
 
     @model_validator(mode="after")

@@ -1,8 +1,9 @@
 """Load any configured encoder behind the :class:`Encoder` interface, and inspect it.
 
 ``load_encoder`` runs once per actor (and once on the driver, which also
-probes the model with a short silent input to learn its output channels and
-check that continuous/discrete matches the config before any work starts).
+probes the model with a short silent input to learn its output layout and
+channels and check that continuous/discrete matches the config before any
+work starts).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
@@ -96,6 +98,13 @@ def load_encoder(
     else:  # pragma: no cover - the config's Literal keeps this out
         raise ModelLoadError(f"unknown model.kind {model.kind!r}")
     _check_agrees(encoder, sample_rate, channels)
+    if is_discrete and model.codebook_size is not None:
+        if encoder.codebook_size not in (None, model.codebook_size):
+            raise ModelLoadError(
+                f"model.codebook_size: the config says {model.codebook_size} but the model declares "
+                f"codebook_size = {encoder.codebook_size}; remove model.codebook_size or fix it"
+            )
+        encoder.codebook_size = model.codebook_size
     encoder.eval().requires_grad_(False)
     return LoadedEncoder(encoder, digest.hexdigest())
 
@@ -121,8 +130,12 @@ class ModelInfo:
     downsampling_ratio: int
     is_discrete: bool
     has_posterior: bool
-    latent_channels: int  # D (continuous) or Q (codebooks)
+    latent_channels: int  # D (continuous) or Q (codebooks): the first axis of what is stored
+    latent_frames: int  # N = sample_size / downsampling_ratio: the last axis of what is stored
+    frames_axis: int  # where encode() puts the frames: 2 ([B, D, N]), 1 ([B, N, Q]) or -1 ([B, N])
+    codebook_size: int | None  # discrete models: tokens lie in [0, codebook_size) (None: unknown)
     output_dtype: str  # of encode(), at float32
+    stored_dtype: str  # what the output holds: float32/float16 latents, the narrowest integer for tokens
     weights_sha256: str
     description: dict[str, Any]
 
@@ -130,8 +143,56 @@ class ModelInfo:
         return asdict(self)
 
 
-def inspect_encoder(loaded: LoadedEncoder, *, sample_size: int, is_discrete: bool) -> ModelInfo:
-    """Probe ``encode`` on a short silent input and check it against the config."""
+def token_dtype(codebook_size: int | None) -> np.dtype:
+    """The narrowest integer type that holds tokens ``0 .. codebook_size - 1`` (int64 when unknown).
+    uint8 up to 256 codes; above that signed types (torch has no uint16/uint32 arithmetic)."""
+    if codebook_size is None:
+        return np.dtype(np.int64)
+    for dtype in (np.uint8, np.int16, np.int32):
+        if codebook_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def stored_dtype(is_discrete: bool, codebook_size: int | None, precision: str) -> np.dtype:
+    """What the output holds: tokens in :func:`token_dtype`, latents in float16 for fp16 (pre_encode's
+    model_half), else float32 (NumPy has no bfloat16)."""
+    if is_discrete:
+        return token_dtype(codebook_size)
+    return np.dtype(np.float16 if precision == "fp16" else np.float32)
+
+
+def frames_axis(shape: tuple[int, ...], frames: int) -> int | None:
+    """Which axis of a ``[B, ., .]`` (or ``[B, N]``) output holds ``frames`` latent frames:
+    2 or 1, -1 for ``[B, N]``; None when neither or both do."""
+    if len(shape) == 2:
+        return -1 if shape[1] == frames else None
+    matching = [axis for axis in (1, 2) if shape[axis] == frames]
+    return matching[0] if len(matching) == 1 else None
+
+
+def _probe(encoder: Encoder, length: int) -> torch.Tensor:
+    try:
+        with torch.inference_mode():
+            return encoder.encode(torch.zeros(1, encoder.channels, length))
+    except Exception as e:
+        raise ModelLoadError(
+            f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
+def inspect_encoder(
+    loaded: LoadedEncoder, *, sample_size: int, is_discrete: bool, precision: str = "fp32"
+) -> ModelInfo:
+    """Probe ``encode`` on short silent inputs and check it against the config.
+
+    The frame axis is found from the frame count the downsampling ratio gives
+    (``length / ratio``): ``[B, D, N]``, ``[B, N, Q]`` (stable-audio-tools' RVQ
+    bottlenecks) or ``[B, N]`` (one codebook). When both axes have that many
+    (Q = N), a second probe one frame shorter tells them apart; a model that
+    still leaves it open, or whose output has no axis of N frames, is refused.
+    """
     encoder = loaded.encoder
     ratio = encoder.downsampling_ratio
     if sample_size % ratio:
@@ -140,31 +201,49 @@ def inspect_encoder(loaded: LoadedEncoder, *, sample_size: int, is_discrete: boo
             f"sample_size: {sample_size} is not a multiple of the model's downsampling ratio "
             f"{ratio}; use {below or above} or {above}"
         )
-    length = min(sample_size, 16 * ratio)
-    try:
-        with torch.inference_mode():
-            out = encoder.encode(torch.zeros(1, encoder.channels, length))
-    except Exception as e:
-        raise ModelLoadError(
-            f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 3 or out.shape[0] != 1:
+    frames = min(sample_size // ratio, 16)
+    out = _probe(encoder, frames * ratio)
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.ndim not in (2, 3)
+        or out.shape[0] != 1
+        or (out.ndim == 2 and not is_discrete)
+    ):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelLoadError(f"the model's encode must return [B, D, N]; it returned {shape} for [1, C, T]")
+    axis = frames_axis(tuple(out.shape), frames)
+    if axis is None and out.ndim == 3 and out.shape[1] == out.shape[2] == frames and frames > 1:
+        shorter = _probe(encoder, (frames - 1) * ratio)  # Q = N here: one frame fewer tells them apart
+        axis = frames_axis(tuple(shorter.shape), frames - 1)
+    if axis is None:
+        raise ModelLoadError(
+            f"cannot tell the model's frame axis: for {frames * ratio} samples (downsampling ratio {ratio}, "
+            f"so {frames} frames) encode returned {tuple(out.shape)}, "
+            + (
+                "and both axes kept that length"
+                if out.ndim == 3 and out.shape[1] == out.shape[2]
+                else "no axis of that length"
+            )
+            + "; check model.downsampling_ratio"
+        )
     integer = not (out.dtype.is_floating_point or out.dtype.is_complex)
     if is_discrete and not integer:
         raise ModelLoadError(f"is_discrete: true, but the model returns {out.dtype} latents, not integer tokens")
     if not is_discrete and integer:
         raise ModelLoadError(f"the model returns integer tokens ({out.dtype}); set is_discrete: true")
+    channels = 1 if axis == -1 else int(out.shape[3 - axis])
     return ModelInfo(
         sample_rate=encoder.sample_rate,
         channels=encoder.channels,
         downsampling_ratio=ratio,
         is_discrete=is_discrete,
         has_posterior=encoder.has_posterior,
-        latent_channels=int(out.shape[1]),
+        latent_channels=channels,
+        latent_frames=sample_size // ratio,
+        frames_axis=axis,
+        codebook_size=encoder.codebook_size if is_discrete else None,
         output_dtype=str(out.dtype).replace("torch.", ""),
+        stored_dtype=stored_dtype(is_discrete, encoder.codebook_size, precision).name,
         weights_sha256=loaded.weights_sha256,
         description=encoder.describe(),
     )

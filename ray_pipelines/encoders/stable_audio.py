@@ -70,6 +70,8 @@ class StableAudioEncoder(Encoder):
         self.channels = int(model_config.get("audio_channels", 2))
         self.downsampling_ratio = int(model.downsampling_ratio)
         self.is_discrete = bool(getattr(model, "is_discrete", False))
+        size = getattr(getattr(model, "bottleneck", None), "codebook_size", None)  # its DiscreteBottleneck's
+        self.codebook_size = int(size) if self.is_discrete and size is not None else None
         self.is_vae = type(getattr(model, "bottleneck", None)).__name__ == "VAEBottleneck"
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:

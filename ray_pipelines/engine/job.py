@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from ..config import CommonConfig
 from ..sources import InputItem, list_inputs
 from ..storage import Storage
+from .hf import write_dataset_card
 from .manifest import default_is_data_file
 from .sink import ShardSink
 
@@ -76,6 +77,10 @@ class Job(abc.ABC):
     def schema_metadata(self) -> dict[str, str]:
         return {}
 
+    def class_labels(self) -> dict[str, list[str]]:
+        """Integer label columns and their names: ``ClassLabel`` features for Hugging Face datasets."""
+        return {}
+
     def make_sink(self, fingerprint: str) -> ShardSink:
         cfg = self.config
         return ShardSink(
@@ -88,13 +93,17 @@ class Job(abc.ABC):
             compression=cfg.compression,
             direct_io=cfg.direct_io,
             schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
+            class_labels=self.class_labels(),
         )
 
     def is_data_file(self, relpath: str) -> bool:
         return default_is_data_file(relpath)
 
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Write job-specific extras next to the data; returns entries for the summary."""
+        """Write extras next to the data; returns entries for the summary. Here: the Hugging Face
+        dataset card (README.md, dataset_info.json) of the Parquet files, so ``load_dataset(output)``
+        gives every split with its features; jobs that add extras call this first."""
+        write_dataset_card(storage, manifest, self.name, self.class_labels())
         return {}
 
     def throughput_units(self, rows: int) -> dict[str, float]:

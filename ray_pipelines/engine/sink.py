@@ -26,8 +26,9 @@ from ray.data.datasource import Datasink
 
 from ..audio.decode import is_retryable
 from ..storage import Storage
-from .arrow import table_from_columns
+from .arrow import table_from_columns, tensor_shape
 from .decode import concat_batches
+from .hf import huggingface_metadata
 from .manifest import JOB_FILE, MANIFEST_DIR
 
 # Bookkeeping columns every row carries through the pipeline; never written as data.
@@ -68,6 +69,7 @@ class ShardSink(Datasink):
         rows_per_file: int = 512,
         compression: str = "zstd",
         schema_metadata: dict[str, str] | None = None,
+        class_labels: dict[str, list[str]] | None = None,
         direct_io: bool = True,
     ):
         self.output = output
@@ -78,6 +80,7 @@ class ShardSink(Datasink):
         self.rows_per_file = rows_per_file
         self.compression = None if compression == "none" else compression
         self.schema_metadata = schema_metadata or {}
+        self.class_labels = class_labels or {}  # column -> label names (a ClassLabel for datasets)
         self.direct_io = direct_io  # local shard files past the page cache (ray_pipelines/direct_io.py)
         self.run_id = ""  # set by the runner; fences off writers of an earlier, killed run
         self.write_returns: list[dict[str, Any]] = []
@@ -158,11 +161,15 @@ class ShardSink(Datasink):
         )
 
     def make_table(self, rows: dict[str, np.ndarray]) -> pa.Table:
-        """The Arrow table of one file's rows (override to choose other column types)."""
-        return table_from_columns(
-            {c: rows[c] for c in self.output_columns},
-            {"ray_pipelines.fingerprint": self.fingerprint, **self.schema_metadata},
-        )
+        """The Arrow table of one file's rows (tensors as nested fixed-size lists, ``engine.arrow``),
+        with the job's metadata and the ``datasets`` features of its columns (``engine.hf``)."""
+        table = table_from_columns({c: rows[c] for c in self.output_columns})
+        metadata = {
+            "ray_pipelines.fingerprint": self.fingerprint,
+            **self.schema_metadata,
+            **huggingface_metadata(table.schema, self.class_labels),
+        }
+        return table.replace_schema_metadata(metadata)
 
     def write_split(
         self, storage: Storage, split: str, rows: dict[str, np.ndarray]
@@ -212,11 +219,7 @@ def scalar_columns(schema: pa.Schema) -> list[str]:
     """Columns worth dictionary encoding and min/max statistics: not tensors. Tensor values almost
     never repeat (Parquet's failed dictionary attempt costs more than writing them plainly), and the
     minimum of a million spectrogram bins selects nothing."""
-    return [
-        f.name
-        for f in schema
-        if not (isinstance(f.type, pa.FixedShapeTensorType) or pa.types.is_fixed_size_list(f.type))
-    ]
+    return [f.name for f in schema if tensor_shape(f.type) is None and not pa.types.is_fixed_size_list(f.type)]
 
 
 def float_tensor_leaves(schema: pa.Schema) -> list[str]:
@@ -227,23 +230,23 @@ def float_tensor_leaves(schema: pa.Schema) -> list[str]:
     it for floats since format 2.8 (2019); other types are left alone for older readers."""
     leaves = []
     for field in schema:
-        path, value_type = field.name, field.type
-        if isinstance(value_type, pa.BaseExtensionType):
-            value_type = value_type.storage_type
-        if not pa.types.is_fixed_size_list(value_type):
+        described = tensor_shape(field.type)
+        if described is None or isinstance(field.type, pa.FixedShapeTensorType):
             continue
-        while pa.types.is_fixed_size_list(value_type):
-            path, value_type = path + ".list.element", value_type.value_type
+        shape, value_type = described
         if pa.types.is_float32(value_type) or pa.types.is_float64(value_type):
-            leaves.append(path)
+            leaves.append(field.name + ".list.element" * len(shape))
     return leaves
 
 
 def describe_schema(schema: pa.Schema) -> dict[str, Any]:
+    """The manifest's schema: tensors as ``{"type": "tensor", "dtype": "float32", "shape": [...]}``."""
     out = {}
     for field in schema:
-        entry: dict[str, Any] = {"type": str(field.type)}
-        if isinstance(field.type, pa.FixedShapeTensorType):
-            entry = {"type": "fixed_shape_tensor", "dtype": str(field.type.value_type), "shape": list(field.type.shape)}
-        out[field.name] = entry
+        described = tensor_shape(field.type)
+        if described is None:
+            out[field.name] = {"type": str(field.type)}
+        else:
+            shape, value_type = described
+            out[field.name] = {"type": "tensor", "dtype": value_type.to_pandas_dtype().__name__, "shape": shape}
     return out

@@ -47,7 +47,9 @@ class EncodeConfig(CommonConfig):
     audio_channels: int | None = Field(None, ge=1, description="Default: the model's.")
     model_half: bool = Field(False, description="Run the model in fp16 and store float16 latents.")
     bf16: bool = Field(False, description="Run the model in bf16 (latents stored as float32).")
-    is_discrete: bool = Field(False, description="The model returns integer tokens [B, Q, N].")
+    is_discrete: bool = Field(
+        False, description="The model returns integer tokens ([B, Q, N], [B, N, Q] or [B, N]; stored [Q, N])."
+    )
     limit_batches: int | None = Field(None, ge=1, description="Encode at most limit_batches * batch_size inputs.")
     shuffle: bool = Field(
         False, description="Which inputs limit/limit_batches keep: a seeded random subset instead of the first keys."
@@ -100,7 +102,9 @@ class EncodeJob(Job):
             is_discrete=config.is_discrete,
             storage_options=config.storage_options,
         )
-        self.model: ModelInfo = inspect_encoder(loaded, sample_size=config.sample_size, is_discrete=config.is_discrete)
+        self.model: ModelInfo = inspect_encoder(
+            loaded, sample_size=config.sample_size, is_discrete=config.is_discrete, precision=config.precision
+        )
         del loaded
 
     @property
@@ -166,6 +170,7 @@ class EncodeJob(Job):
             sample_posterior=c.sample_posterior,
             precision=c.precision,
             batch_size=c.batch_size,
+            frames_axis=self.model.frames_axis,
             storage_options=c.storage_options,
         )
 
@@ -182,6 +187,9 @@ class EncodeJob(Job):
                     "channels": m.channels,
                     "downsampling_ratio": m.downsampling_ratio,
                     "is_discrete": m.is_discrete,
+                    "latent_shape": [m.latent_channels, m.latent_frames],
+                    "codebook_size": m.codebook_size,
+                    "dtype": m.stored_dtype,
                     "weights_sha256": m.weights_sha256,
                 },
                 sort_keys=True,
@@ -209,7 +217,9 @@ class EncodeJob(Job):
         return is_encode_data_file(relpath)
 
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
-        """``filelist.txt`` (from every committed manifest) and ``details.json``."""
+        """The dataset card of the Parquet layout, ``filelist.txt`` (from every committed manifest) and
+        ``details.json``."""
+        super().after_commit(storage, manifest)
         c = self.config
         files = manifest.get("files", [])
         collisions = id_collisions(files)

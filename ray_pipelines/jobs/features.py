@@ -2,11 +2,12 @@
 
 The library's top-level folders are the labels. Songs are split by song,
 stratified by label (``splits.json``); each song gives ``snippets_per_song``
-snippets of ``snippet_seconds`` spread evenly over it, and each snippet the
-AST feature extractor's ``input_values [max_length, n_mels]``. Output:
-``{output}/<split>/part-*.parquet`` (loadable with Hugging Face datasets,
-``label`` a ClassLabel), ``labels.json``, ``splits.json`` and the class-balance
-report ``balance.json`` / ``balance.png``. See docs/features.md.
+snippets of ``snippet_seconds`` (at the seed notebook's positions, or spread
+over the song: ``snippet_rule``), and each snippet the AST feature extractor's
+``input_values [max_length, n_mels]``. Output: ``{output}/<split>/part-*.parquet``
+with a Hugging Face dataset card (``load_dataset(output)``, ``label`` a
+ClassLabel), ``labels.json``, ``splits.json`` and the class-balance report
+``balance.json`` / ``balance.png``. See docs/features.md.
 
     ray-pipelines features --config features
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 from typing import Any, Literal
@@ -26,10 +28,8 @@ from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.manifest import OutputState
 from ray_pipelines.features.catalog import LibraryPlan, describe, plan_library, read_memory, save_plan
-from ray_pipelines.features.hf import FIXED_SHAPE_TENSOR, NESTED_LIST, huggingface_metadata
 from ray_pipelines.features.kaldi import AST_MEAN, AST_SAMPLE_RATE, AST_STD, frame_sizes
 from ray_pipelines.features.report import balance_chart, balance_report
-from ray_pipelines.features.sink import FeaturesSink
 from ray_pipelines.features.split import DEFAULT_SPLITS
 from ray_pipelines.sources import InputItem
 from ray_pipelines.stages.features import FeaturesStage
@@ -43,10 +43,6 @@ SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class FeaturesConfig(CommonConfig):
-    extensions: list[str] = Field(
-        default_factory=lambda: ["mp3", "flac", "ogg", "wav", "m4a"],
-        description="Audio file extensions taken from the library.",
-    )
     skip_dirs: list[str] = Field(
         default_factory=lambda: ["__MACOSX", ".*"], description="Folder names (fnmatch patterns) skipped at any depth."
     )
@@ -55,7 +51,12 @@ class FeaturesConfig(CommonConfig):
         default_factory=lambda: dict(DEFAULT_SPLITS), description="Split name -> fraction of each label's songs."
     )
     snippets_per_song: int = Field(6, ge=1)
-    snippet_seconds: float = Field(10.24, gt=0, description="Snippet length; shorter songs give one padded snippet.")
+    snippet_seconds: float = Field(10.24, gt=0, description="Snippet length (features of a shorter one are padded).")
+    snippet_rule: Literal["seed", "spread"] = Field(
+        "seed",
+        description="seed: the seed notebook's snippets, k * (length // snippets_per_song) samples into the "
+        "16 kHz song, for every song; spread: from the start to the end of the song, one for a short song.",
+    )
     sample_rate: int = Field(AST_SAMPLE_RATE, gt=0, description="AST models expect 16000.")
     n_mels: int = Field(128, gt=3)
     max_length: int = Field(1024, ge=1, description="Frames per snippet after padding or cropping.")
@@ -65,11 +66,6 @@ class FeaturesConfig(CommonConfig):
     min_duration: float = Field(0.025, ge=0, description="Songs shorter than this (one 25 ms frame) are error rows.")
     silence_db: float | None = Field(
         None, description="Snippets whose peak is below this (dBFS) become error rows; null keeps silent snippets."
-    )
-    tensor_type: Literal["nested_list", "fixed_shape_tensor"] = Field(
-        NESTED_LIST,
-        description="nested_list: readable by Hugging Face datasets; fixed_shape_tensor: the Arrow "
-        "tensor extension type (datasets cannot read it).",
     )
     batch_size: int = Field(16, ge=1)
     inputs_per_block: int = Field(16, ge=1, description="Songs per decode block (x snippets_per_song rows).")
@@ -108,7 +104,24 @@ class FeaturesConfig(CommonConfig):
         return self
 
 
-class SnippetPlan:
+class SeedSnippets:
+    """The seed notebook's snippets (its loop ``range(0, len - len % S, len // S)``): snippet k of
+    S starts ``k * (len // S)`` samples into the song at ``sample_rate`` (``len`` its length
+    there, as ``librosa.load(sr=...)`` returns it), whatever the song's length. A snippet past the
+    end holds what is left of the song and its features are padded, as the extractor does."""
+
+    def __init__(self, snippets_per_song: int, snippet_seconds: float, sample_rate: int):
+        self.count, self.seconds, self.rate = snippets_per_song, snippet_seconds, sample_rate
+
+    def __call__(self, key: str, file_seconds: float) -> list[Window]:
+        # ceil(frames * rate / native rate); the exact value is a multiple of 1 / native rate
+        # (over 2.6e-6 below 384 kHz), so the 1e-6 only absorbs the float rounding of file_seconds.
+        length = math.ceil(file_seconds * self.rate - 1e-6)
+        step = max(1, length // self.count)
+        return [Window(k, k * step / self.rate) for k in range(min(self.count, length))]
+
+
+class SpreadSnippets:
     """``snippets_per_song`` windows spread evenly: the first at the start, the last ending at
     the end of the song (one window: centred). A song no longer than one snippet gives one
     snippet at 0, zero-padded."""
@@ -123,6 +136,13 @@ class SnippetPlan:
         if self.count == 1:
             return [Window(0, room / 2)]
         return [Window(i, room * i / (self.count - 1)) for i in range(self.count)]
+
+
+def snippet_plan(config: FeaturesConfig) -> SeedSnippets | SpreadSnippets:
+    c = config
+    if c.snippet_rule == "seed":
+        return SeedSnippets(c.snippets_per_song, c.snippet_seconds, c.sample_rate)
+    return SpreadSnippets(c.snippets_per_song, c.snippet_seconds)
 
 
 class FeaturesJob(Job):
@@ -191,7 +211,7 @@ class FeaturesJob(Job):
     def decoder(self) -> WindowDecoder:
         c = self.config
         return WindowDecoder(
-            plan=SnippetPlan(c.snippets_per_song, c.snippet_seconds),
+            plan=snippet_plan(c),
             sample_rate=c.sample_rate,
             duration=c.snippet_seconds,
             index_column="snippet",
@@ -225,29 +245,14 @@ class FeaturesJob(Job):
         return read_memory(self.storage(), self.config.seed, dict(self.config.splits))[0]
 
     def schema_metadata(self) -> dict[str, str]:
-        c = self.config
-        axes = {"ray_pipelines.axes": json.dumps({"input_values": ["frame", "mel"]})}  # read by preview
-        if c.tensor_type == FIXED_SHAPE_TENSOR:
-            return axes  # datasets cannot read the extension type: no features to describe
-        return {**axes, **huggingface_metadata(self.label_names(), c.max_length, c.n_mels)}
+        return {"ray_pipelines.axes": json.dumps({"input_values": ["frame", "mel"]})}  # read by preview
 
-    def make_sink(self, fingerprint: str) -> FeaturesSink:
-        c = self.config
-        return FeaturesSink(
-            output=c.output,
-            storage_options=c.storage_options,
-            fingerprint=fingerprint,
-            index_column=self.index_column,
-            output_columns=self.output_columns,
-            rows_per_file=c.rows_per_file,
-            compression=c.compression,
-            direct_io=c.direct_io,
-            schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
-            tensor_type=c.tensor_type,
-        )
+    def class_labels(self) -> dict[str, list[str]]:
+        return {"label": self.label_names()}
 
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Write the class-balance report (JSON and PNG) from the committed manifests."""
+        """The dataset card, then the class-balance report (JSON and PNG) from the committed manifests."""
+        super().after_commit(storage, manifest)
         c = self.config
         names, songs = read_memory(storage, c.seed, dict(c.splits))
         progress = OutputState(storage, self.is_data_file).progress()

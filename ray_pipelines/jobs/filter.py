@@ -2,15 +2,18 @@
 
 SCORES is a score job's output root (its Parquet scores and errors.jsonl are
 read) or a scores CSV (this job's scores.csv, or an evaluation script's with
-filename, split, reconstruction_loss, signal_energy). Nothing is recomputed
-and no Ray is started. The config is a score config (its ``filter`` section
-is used) or a file holding just that section; ``--set`` keys are relative to
-the section (``--set signal_energy.mode=mean``).
+filename, split and score columns such as reconstruction_loss,
+signal_energy). Nothing is recomputed and no Ray is started. The config is a
+score config (its ``filter`` section is used) or a file holding just that
+section; ``--set`` keys are relative to the section (``--set
+dnsmos_ovrl.mode=percentile``).
 
-Writes filter.json, kept.txt, ignored.txt, decisions.csv, groups.csv and
-histograms/*.png (plus the summaries) into ``--output``, by default next to
-the scores (a score output root, or the CSV's folder), replacing what an
-earlier filter run wrote there; filter.json records the settings used.
+Writes filter.json, kept.txt, ignored.txt, decisions.csv, groups.csv,
+histograms/*.png and scatter.png (plus the summaries) into ``--output``, by
+default next to the scores (a score output root, or the CSV's folder),
+replacing what an earlier filter run wrote there; filter.json records the
+settings used. Exit codes: 0 done, 2 bad config (also a rule naming a score
+the scores do not have), 1 unreadable scores.
 """
 
 from __future__ import annotations
@@ -106,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{args.scores} has no manifest.json (not a committed score output)")
             table, errors = ScoreTable.from_output(args.scores, options), read_errors(args.scores, options)
             default_output = args.scores
+    except (OSError, ValueError, KeyError) as e:
+        print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    try:
+        settings.rules(table.scores)
+    except ValueError as e:
+        print(f"ray-pipelines filter: {e}", file=sys.stderr)
+        return 2
+    try:
         storage = Storage(args.output or default_output, options)
         write_summaries(storage, table, settings.histogram_bins)
         report = write_filter_outputs(

@@ -1,14 +1,21 @@
-"""``ray-pipelines preview OUTPUT [--n 6]``: a grid PNG of a few rows' spectrograms.
+"""``ray-pipelines preview OUTPUT [--n 6]``: a PNG of a few rows of any job's output.
 
-Works on any job output with a 2-D or 3-D tensor column, stored either as
-the Arrow ``fixed_shape_tensor`` type or as nested fixed-size lists (the
-features job's ``input_values [frames, n_mels]``, the augment job's
-``view1`` / ``view2 [1, n_mels, frames]``). Frequency goes up, time to the
-right: a column whose axes the output names (schema metadata
-``ray_pipelines.axes``, e.g. ``{"input_values": ["frame", "mel"]}``) is
-oriented by those names; otherwise the last two axes are taken as
-``[frequency, time]`` (the torchaudio convention) unless ``--time-major``.
-A 3-D tensor shows its first channel (``--channel`` to pick another).
+Works on every job's output and layout: Parquet shards (augment, teacher,
+encode ``parquet``/``both``, features, score) and the encode job's
+stable-audio-tools layout (``{rank}/{id}.npy`` + ``.json`` through
+``filelist.txt``). What it draws depends on the column:
+
+- a 2-D or 3-D tensor (log-mels, AST features, latents, tokens) as an
+  image, frequency (or channel) up, time across: a column whose axes the
+  output names (schema metadata ``ray_pipelines.axes``, e.g.
+  ``{"input_values": ["frame", "mel"]}``) is oriented by those names;
+  otherwise the last two axes are taken as ``[frequency, time]`` (the
+  torchaudio convention) unless ``--time-major``. A 3-D tensor shows its
+  first channel (``--channel`` to pick another). The augment job's views
+  come in pairs: each row shows its ``view1`` and ``view2`` side by side.
+- a 1-D tensor (the teacher job's clips and pitch curves) as a line;
+- an output without tensors (the score job's scores) as a histogram of
+  each numeric column over all rows.
 
     ray-pipelines preview demo-output/features --n 6 --split train --out preview.png
 """
@@ -19,20 +26,24 @@ import argparse
 import io
 import json
 import math
+import posixpath
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_pipelines.engine.arrow import column_to_numpy
+from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.storage import Storage
 
 TIME_AXES = {"frame", "frames", "time", "t"}
 TITLE_COLUMNS = ("path", "key")
-INDEX_COLUMNS = ("snippet", "version", "window", "index")
+INDEX_COLUMNS = ("snippet", "version", "window", "item", "index")
+PAIRS = {"view1": "view2"}  # columns drawn side by side with their partner
+FILELIST = "filelist.txt"  # the encode job's stable-audio-tools layout
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="A job's output root (local path or URL).")
     p.add_argument("--n", type=int, default=6, help="Rows to show (default 6).")
     p.add_argument("--split", help="Only this split (e.g. train).")
-    p.add_argument("--column", help="Tensor column to show (default: the first 2-D/3-D one).")
+    p.add_argument("--column", help="Column to show (default: the first 2-D/3-D tensor, else 1-D, else scores).")
     p.add_argument("--channel", type=int, default=0, help="Channel of a 3-D tensor (default 0).")
     p.add_argument(
         "--time-major",
@@ -60,9 +71,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass
+class Panel:
+    """One plot of the grid: an image ``[frequency, time]``, a line, or a histogram."""
+
+    kind: str  # "image", "line" or "hist"
+    data: np.ndarray
+    title: str
+
+
+# ---- finding the data ---------------------------------------------------------------------------
+
+
 def data_files(storage: Storage, split: str | None) -> list[tuple[str, int]]:
     """(path, rows) of an output's Parquet files: from manifest.json when committed, else from
-    whatever is there (reading the footers)."""
+    whatever is there (reading the footers). Empty when it has none."""
     if storage.exists("manifest.json"):
         files = [
             (f["path"], int(f["rows"]))
@@ -78,41 +101,47 @@ def data_files(storage: Storage, split: str | None) -> list[tuple[str, int]]:
             for p in found
             if split is None or p.split("/")[0] == split
         ]
-    if not files:
-        raise SystemExit(f"no Parquet files in {storage.root}" + (f" for split {split!r}" if split else ""))
     return sorted(files)
 
 
-def tensor_shape(field_type: pa.DataType) -> list[int] | None:
-    """The per-row shape of a tensor column, or None for anything else."""
-    if isinstance(field_type, pa.FixedShapeTensorType):
-        return list(field_type.shape)
-    shape = []
-    while pa.types.is_fixed_size_list(field_type):
-        shape.append(field_type.list_size)
-        field_type = field_type.value_type
-    return shape if shape and (pa.types.is_floating(field_type) or pa.types.is_integer(field_type)) else None
+def tensor_columns(schema: pa.Schema, dims: tuple[int, ...]) -> list[str]:
+    return [f.name for f in schema if (d := tensor_shape(f.type)) is not None and len(d[0]) in dims]
 
 
-def pick_column(schema: pa.Schema, wanted: str | None) -> str:
-    shapes = {f.name: tensor_shape(f.type) for f in schema}
-    images = [name for name, shape in shapes.items() if shape and len(shape) in (2, 3)]
+def numeric_columns(schema: pa.Schema) -> list[str]:
+    skip = {*INDEX_COLUMNS, "label", "sample_rate"}
+    return [
+        f.name for f in schema if (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)) and f.name not in skip
+    ]
+
+
+def pick_column(schema: pa.Schema, wanted: str | None) -> str | None:
+    """The tensor column to show: ``wanted``, else the first 2-D/3-D one, else the first 1-D one;
+    None when there is no tensor (scores: histograms)."""
+    tensors = tensor_columns(schema, (1, 2, 3))
     if wanted:
-        if wanted not in images:
-            raise SystemExit(f"column {wanted!r} is not a 2-D or 3-D tensor; choose one of {images or 'none'}")
+        if wanted not in tensors:
+            raise SystemExit(f"column {wanted!r} is not a 1-D, 2-D or 3-D tensor; choose one of {tensors or 'none'}")
         return wanted
-    if not images:
-        raise SystemExit(f"no 2-D or 3-D tensor column among {schema.names}")
-    return images[0]
+    images = tensor_columns(schema, (2, 3))
+    return (images or tensors or [None])[0]
+
+
+def read_columns(storage: Storage, files: list[tuple[str, int]], columns: list[str]) -> dict[str, np.ndarray]:
+    """Every row of ``columns`` (scalars: a few bytes a row)."""
+    tables = []
+    for path, _ in files:
+        with storage.fs.open(storage.abspath(path), "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    table = pa.concat_tables(tables)
+    return {name: column_to_numpy(table.column(name)) for name in columns}
 
 
 def read_rows(
-    storage: Storage, files: list[tuple[str, int]], column: str, n: int, shuffle: bool, seed: int
+    storage: Storage, files: list[tuple[str, int]], columns: list[str], n: int, shuffle: bool, seed: int
 ) -> tuple[dict[str, Any], pa.Schema]:
-    """``n`` rows (the first ones, or a random sample) of ``column`` plus title columns.
-
-    Only the row groups holding the chosen rows are read.
-    """
+    """``n`` rows (the first ones, or a random sample) of ``columns`` plus title columns.
+    Only the row groups holding the chosen rows are read."""
     everything = [(path, i) for path, rows in files for i in range(rows)]
     if shuffle:
         picks = sorted(everything[i] for i in np.random.default_rng(seed).permutation(len(everything))[:n])
@@ -120,7 +149,8 @@ def read_rows(
         picks = everything[:n]
     handles = {path: pq.ParquetFile(storage.fs.open(storage.abspath(path), "rb")) for path, _ in picks}
     schema = handles[picks[0][0]].schema_arrow
-    wanted = [column, *(c for c in (*TITLE_COLUMNS, *INDEX_COLUMNS, "label") if c in schema.names)]
+    extra = [c for c in (*TITLE_COLUMNS, *INDEX_COLUMNS, "label") if c in schema.names and c not in columns]
+    wanted = [*columns, *extra]
     tables = []
     for path in dict.fromkeys(p for p, _ in picks):
         handle = handles[path]
@@ -140,6 +170,26 @@ def read_rows(
     return {name: column_to_numpy(table.column(name)) for name in wanted}, schema
 
 
+def read_sat_samples(storage: Storage, n: int, shuffle: bool, seed: int) -> dict[str, Any]:
+    """``n`` samples of the stable-audio-tools layout: ``latents`` [C, N] from each ``.npy``, and
+    ``key``/``window`` from its ``.json``."""
+    with storage.fs.open(storage.abspath(FILELIST), "rb") as f:
+        paths = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
+    if shuffle:
+        paths = [paths[i] for i in sorted(np.random.default_rng(seed).permutation(len(paths))[:n])]
+    rows: dict[str, list] = {"latents": [], "key": [], "window": []}
+    for relpath in paths[:n]:
+        with storage.fs.open(storage.abspath(relpath), "rb") as f:
+            rows["latents"].append(np.load(f, allow_pickle=False))
+        metadata = storage.read_json(posixpath.splitext(relpath)[0] + ".json")
+        rows["key"].append(metadata.get("key", relpath))
+        rows["window"].append(metadata.get("window", 0))
+    return {name: np.array(values) if name != "latents" else values for name, values in rows.items()}
+
+
+# ---- drawing ------------------------------------------------------------------------------------
+
+
 def label_names(schema: pa.Schema) -> list[str] | None:
     metadata = schema.metadata or {}
     try:
@@ -149,8 +199,8 @@ def label_names(schema: pa.Schema) -> list[str] | None:
         return None
 
 
-def column_axes(schema: pa.Schema, column: str) -> list[str] | None:
-    metadata = schema.metadata or {}
+def column_axes(schema: pa.Schema | None, column: str) -> list[str] | None:
+    metadata = (schema.metadata if schema is not None else None) or {}
     try:
         return list(json.loads(metadata[b"ray_pipelines.axes"])[column])
     except (KeyError, ValueError, TypeError):
@@ -183,25 +233,61 @@ def title_of(rows: dict[str, Any], i: int, names: list[str] | None) -> str:
     return "\n".join(parts)
 
 
-def render(images: list[np.ndarray], titles: list[str], column: str) -> bytes:
+def tensor_panels(
+    rows: dict[str, Any],
+    columns: list[str],
+    schema: pa.Schema | None,
+    time_major: bool,
+    channel: int,
+) -> list[Panel]:
+    """Panels of each row's ``columns`` (one, or a pair), in row order."""
+    names = label_names(schema) if schema is not None else None
+    panels = []
+    for i in range(len(rows[columns[0]])):
+        title = title_of(rows, i, names)
+        for column in columns:
+            value = np.asarray(rows[column][i], dtype=np.float32)
+            suffix = f"\n{column}" if len(columns) > 1 else ""
+            if value.ndim == 1:
+                panels.append(Panel("line", value, title + suffix))
+            else:
+                panels.append(
+                    Panel("image", as_image(value, column_axes(schema, column), time_major, channel), title + suffix)
+                )
+    return panels
+
+
+def histogram_panels(rows: dict[str, Any], columns: list[str]) -> list[Panel]:
+    return [Panel("hist", np.asarray(rows[c], dtype=np.float64), f"{c} ({len(rows[c])} rows)") for c in columns]
+
+
+def render(panels: list[Panel], title: str, cols: int = 3) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(3, len(images))
-    rows = math.ceil(len(images) / cols)
+    cols = min(cols, len(panels))
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(images) :]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        shown = ax.imshow(image, origin="lower", aspect="auto", cmap="magma", interpolation="nearest")
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("time (frames)", fontsize=7)
-        ax.set_ylabel("frequency bin", fontsize=7)
+    for ax, panel in zip(axes.flat, panels):
+        if panel.kind == "image":
+            shown = ax.imshow(panel.data, origin="lower", aspect="auto", cmap="magma", interpolation="nearest")
+            ax.set_xlabel("time (frames)", fontsize=7)
+            ax.set_ylabel("frequency bin / channel", fontsize=7)
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+        elif panel.kind == "line":
+            ax.plot(panel.data, linewidth=0.6)
+            ax.set_xlabel("sample / frame", fontsize=7)
+        else:
+            finite = panel.data[np.isfinite(panel.data)]
+            ax.hist(finite, bins=min(50, max(5, len(finite) // 4 or 5)))
+            ax.set_ylabel("rows", fontsize=7)
+        ax.set_title(panel.title, fontsize=8)
         ax.tick_params(labelsize=6)
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
-    fig.suptitle(column, fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -221,18 +307,32 @@ def preview(
     seed: int = 0,
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[bytes, int]:
-    """The PNG bytes of the preview grid and how many rows it shows."""
+    """The PNG bytes of the preview and how many rows it shows."""
     if n < 1:
         raise SystemExit("--n must be at least 1")
     storage = Storage(output, storage_options)
     files = data_files(storage, split)
+    if not files:
+        if storage.exists(FILELIST) and column in (None, "latents"):
+            rows = read_sat_samples(storage, n, shuffle, seed)
+            if rows["latents"]:
+                panels = tensor_panels(rows, ["latents"], None, time_major, channel)
+                return render(panels, "latents (stable-audio-tools layout)"), len(panels)
+        raise SystemExit(f"no Parquet files in {storage.root}" + (f" for split {split!r}" if split else ""))
     with storage.fs.open(storage.abspath(files[0][0]), "rb") as f:
-        column = pick_column(pq.read_schema(f), column)
-    rows, schema = read_rows(storage, files, column, n, shuffle, seed)
-    axes, names = column_axes(schema, column), label_names(schema)
-    images = [as_image(np.asarray(v, dtype=np.float32), axes, time_major, channel) for v in rows[column]]
-    titles = [title_of(rows, i, names) for i in range(len(images))]
-    return render(images, titles, column), len(images)
+        schema = pq.read_schema(f)
+    chosen = pick_column(schema, column)
+    if chosen is None:  # no tensors: the distribution of every numeric column, over all rows
+        numeric = numeric_columns(schema)
+        if not numeric:
+            raise SystemExit(f"no tensor or numeric column among {schema.names}")
+        values = read_columns(storage, files, numeric)
+        return render(histogram_panels(values, numeric), "scores"), len(values[numeric[0]])
+    partner = PAIRS.get(chosen)
+    columns = [chosen, partner] if column is None and partner in schema.names else [chosen]
+    rows, schema = read_rows(storage, files, columns, n, shuffle, seed)
+    panels = tensor_panels(rows, columns, schema, time_major, channel)
+    return render(panels, " | ".join(columns), cols=2 if len(columns) == 2 else 3), len(rows[chosen])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

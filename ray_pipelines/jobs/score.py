@@ -1,12 +1,14 @@
 """The score job: quality scores per item and outlier filters for a dataset.
 
-Per item: ``signal_energy`` = mean(mel^2) and ``reconstruction_loss`` = MSE
-between the mel and a model's reconstruction (the built-in reference masked
-autoencoder, a TorchScript archive, or ``module:factory`` + checkpoint).
+Per item, the columns of the configured scorers (``scorers``; docs/score.md):
+``dnsmos`` (pretrained DNSMOS P.835 SIG/BAK/OVRL and P.808), ``vad`` (Silero
+VAD speech fraction), ``signal`` (levels, clipping, DC, silence, bandwidth,
+WADA-SNR) -- the default on audio -- and ``reconstruction`` (the user's model's
+reconstruction loss and the mel energy; the default on spectrogram inputs).
 Inputs: audio files, a ``{split}/{class}/*.pt`` folder of mel tensors, or
 another job's Parquet shards. Writes the scores (Parquet + scores.csv),
-per-split summaries, histograms, and the filter outputs (filter.json,
-kept.txt, ignored.txt, decisions.csv, groups.csv); see docs/score.md.
+per-split summaries, plots, and the filter outputs (filter.json, kept.txt,
+ignored.txt, decisions.csv, groups.csv).
 
     ray-pipelines score --config score
 """
@@ -24,6 +26,8 @@ from ray_pipelines.config import CommonConfig, ConfigError
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.models import weights_sha256
+from ray_pipelines.scoring import scorers as builtin
+from ray_pipelines.scoring.dnsmos import DnsmosOptions
 from ray_pipelines.scoring.inputs import (
     INDEX_COLUMN,
     FirstWindow,
@@ -35,7 +39,9 @@ from ray_pipelines.scoring.inputs import (
 )
 from ray_pipelines.scoring.models import ModelSpec, build_model, check_model
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
+from ray_pipelines.scoring.signal_stats import SignalOptions
 from ray_pipelines.scoring.table import ScoreTable, read_errors
+from ray_pipelines.scoring.vad import VadOptions
 from ray_pipelines.sources import InputItem
 from ray_pipelines.stages.score import ScoreStage
 from ray_pipelines.storage import Storage
@@ -69,6 +75,16 @@ class ScoreConfig(CommonConfig):
     group_pattern: str | None = Field(None, description="Regex, one group: the group (e.g. a patient id).")
     val_fraction: float = Field(0.0, ge=0, le=1, description="Hash split share of 'val' when split_pattern is null.")
 
+    # the scorers and their settings
+    scorers: list[builtin.ScorerName] | None = Field(
+        None,
+        description="Scorers to run, in order: dnsmos, vad, signal, reconstruction. "
+        "Default: dnsmos, vad, signal on audio; reconstruction on pt/shards (spectrogram) inputs.",
+    )
+    dnsmos: DnsmosOptions = Field(default_factory=DnsmosOptions)
+    vad: VadOptions = Field(default_factory=VadOptions)
+    signal: SignalOptions = Field(default_factory=SignalOptions)
+
     # the spectrogram: computed from audio, or the shape tensor inputs must have
     sample_rate: int = Field(22050, gt=0)
     n_mels: int = Field(128, gt=0)
@@ -88,7 +104,7 @@ class ScoreConfig(CommonConfig):
     )
     normalize: MelNormalize | None = None
 
-    # the model
+    # the reconstruction scorer's model
     model: ModelSpec = Field(default_factory=ModelSpec)
     mask_ratio: float = Field(0.0, ge=0, lt=1, description="Share of patches hidden from the model (MAE).")
     mask_patch: tuple[int, int] = Field((16, 16), description="Mask patch size (mel bins, frames).")
@@ -127,7 +143,28 @@ class ScoreConfig(CommonConfig):
             raise ValueError(f"f_max ({self.f_max}) is above Nyquist ({self.sample_rate / 2})")
         if self.source == "shards" and len(self.inputs()) != 1:
             raise ValueError("source shards takes one input: the root of a committed job output")
+        names = self.scorer_names
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"scorers: each at most once, at least one (got {names})")
+        if self.source != "audio" and (audio_only := [n for n in names if n in builtin.AUDIO_ONLY]):
+            raise ValueError(
+                f"scorers {', '.join(audio_only)} need audio (source: audio); {self.source} inputs hold "
+                "spectrograms: use scorers: [reconstruction]"
+            )
+        if "model" in self.model_fields_set and "reconstruction" not in names:
+            raise ValueError("model is set but scorers does not include reconstruction (the scorer that uses it)")
+        self.filter.rules(self.score_columns)  # a rule or scatter naming a score no scorer makes
         return self
+
+    @property
+    def scorer_names(self) -> list[str]:
+        if self.scorers is not None:
+            return list(self.scorers)
+        return list(builtin.DEFAULT_AUDIO_SCORERS if self.source == "audio" else builtin.DEFAULT_TENSOR_SCORERS)
+
+    @property
+    def score_columns(self) -> list[str]:
+        return builtin.score_columns(self.scorer_names)
 
     @property
     def mel_frames(self) -> int:
@@ -146,7 +183,7 @@ class ScoreJob(Job):
 
     @property
     def output_columns(self) -> list[str]:
-        return ["key", "item", "split", "class", "group", "reconstruction_loss", "signal_energy", "source"]
+        return ["key", "item", "split", "class", "group", *self.config.score_columns, "source"]
 
     # ---- planning ------------------------------------------------------------------------------
     def path_labels(self) -> PathLabels:
@@ -165,17 +202,27 @@ class ScoreJob(Job):
         return self.path_labels().label(items, shard_splits)
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        """The model's weight digest; loading it here also checks it maps the mel shape to itself."""
+        """The scorers that run and the digests of their models' weights.
+
+        Hashing the built-in models' files also checks their packages are installed; loading the
+        user's model here checks it maps the mel shape to itself.
+        """
         if self._model_fingerprint is None:
             c = self.config
-            try:
-                model = build_model(c.model, "cpu", c.storage_options)
-                check_model(model, c.n_mels, c.mel_frames, masked=c.mask_ratio > 0)
-            except ConfigError as e:  # already says what is wrong (e.g. model file not found)
-                raise ConfigError(f"model ({c.model.kind}): {e}") from None
-            except Exception as e:
-                raise ConfigError(f"model ({c.model.kind}): {type(e).__name__}: {e}") from None
-            self._model_fingerprint = {"model_weights_sha256": weights_sha256(model)}
+            extra: dict[str, Any] = {
+                "scorers": c.scorer_names,
+                "model_files_sha256": builtin.model_digests(c.scorer_names),
+            }
+            if "reconstruction" in c.scorer_names:
+                try:
+                    model = build_model(c.model, "cpu", c.storage_options)
+                    check_model(model, c.n_mels, c.mel_frames, masked=c.mask_ratio > 0)
+                except ConfigError as e:  # already says what is wrong (e.g. model file not found)
+                    raise ConfigError(f"model ({c.model.kind}): {e}") from None
+                except Exception as e:
+                    raise ConfigError(f"model ({c.model.kind}): {type(e).__name__}: {e}") from None
+                extra["model_weights_sha256"] = weights_sha256(model)
+            self._model_fingerprint = extra
         return self._model_fingerprint
 
     # ---- per-row work ----------------------------------------------------------------------------
@@ -191,6 +238,7 @@ class ScoreJob(Job):
                 silence_db=c.silence_db,
                 storage_options=c.storage_options,
                 passthrough=("class", "group"),
+                valid_column="valid",  # the waveform scorers score a short file's real samples only
             )
         if c.source == "pt":
             return TensorFileDecoder(n_mels=c.n_mels, frames=c.mel_frames, storage_options=c.storage_options)
@@ -202,7 +250,7 @@ class ScoreJob(Job):
             storage_options=c.storage_options,
         )
 
-    def stage_kwargs(self) -> dict[str, Any]:
+    def reconstruction_kwargs(self) -> dict[str, Any]:
         c = self.config
         spectrogram = None
         if c.source == "audio":
@@ -219,7 +267,6 @@ class ScoreJob(Job):
             model=c.model.model_dump(mode="json"),
             n_mels=c.n_mels,
             frames=c.mel_frames,
-            forward_batch=c.forward_batch,
             seed=c.seed,
             mask_ratio=c.mask_ratio,
             mask_patch=tuple(c.mask_patch),
@@ -228,12 +275,28 @@ class ScoreJob(Job):
             storage_options=c.storage_options,
         )
 
+    def stage_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        options = {
+            "dnsmos": lambda: c.dnsmos.model_dump(),
+            "vad": lambda: c.vad.model_dump(),
+            "signal": lambda: c.signal.model_dump(),
+            "reconstruction": self.reconstruction_kwargs,
+        }
+        return dict(
+            scorers={name: options[name]() for name in c.scorer_names},
+            sample_rate=c.sample_rate if c.source == "audio" else None,
+            forward_batch=c.forward_batch,
+        )
+
     def stages(self) -> list[StageSpec]:
-        return [StageSpec(ScoreStage, self.stage_kwargs(), batch_size=self.config.batch_size)]
+        gpu = any(name in builtin.USES_GPU for name in self.config.scorer_names)
+        return [StageSpec(ScoreStage, self.stage_kwargs(), batch_size=self.config.batch_size, gpu=gpu)]
 
     # ---- outputs ---------------------------------------------------------------------------------
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
-        """scores.csv, summaries and the filter outputs, from the committed Parquet scores."""
+        """The dataset card, then scores.csv, summaries and the filter outputs, from the committed Parquet scores."""
+        super().after_commit(storage, manifest)
         c = self.config
         table = ScoreTable.from_output(storage.root, c.storage_options, manifest)
         storage.write_bytes("scores.csv", table.to_csv().encode())

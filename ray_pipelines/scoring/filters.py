@@ -1,19 +1,23 @@
 """Outlier filters on the scores: bounds from the train split, applied to every split.
 
-Each score (``reconstruction_loss``, ``signal_energy``) has its own rule:
+Any score column can have a rule:
 
 - ``median``: keep ``[Q1 - k*IQR, Q3 + k*IQR]`` (k = 1.5);
 - ``mean``: keep ``[mean - k*std, mean + k*std]`` (k = 1.5, population std unless ``ddof: 1``);
 - ``percentile``: keep ``[quantile(lower), quantile(upper)]`` (0.05, 0.95);
-- ``hardcode``: keep ``bounds`` (1.5, 7.0);
-- ``none``: keep everything.
+- ``hardcode``: keep ``bounds`` (1.5, 7.0; either end may be None: open);
+- ``none``: keep every finite value.
 
 Quantiles interpolate linearly between order statistics (NumPy's and
 pandas' default). Bounds are inclusive. For ``median`` and ``mean``,
-``hard_low`` / ``hard_high`` replace the computed lower / upper bound. When
-the train split has no finite score the computed bounds are undefined and
-only hard cut-offs (if any) apply; the report says so. An item whose score is
-not finite is always rejected. An item is kept only when both rules keep it.
+``hard_low`` / ``hard_high`` replace the computed lower / upper bound.
+``side: lower`` (or ``upper``) keeps only that cut, e.g. to drop low quality
+scores but not high ones. When the train split has no finite score the
+computed bounds are undefined and only hard cut-offs (if any) apply; the
+report says so. An item whose score is not finite is rejected by a rule on
+that score. An item is kept only when every rule keeps it (their union of
+rejections). Scores without a rule are not filtered, except the
+reconstruction scorer's two, which keep the seed's median/IQR default.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCORES = ("reconstruction_loss", "signal_energy")
-
 
 class FilterRule(BaseModel):
     """How one score is filtered."""
@@ -37,9 +39,14 @@ class FilterRule(BaseModel):
     ddof: int = Field(0, ge=0, le=1, description="mean: 0 = population std (NumPy), 1 = sample std (pandas).")
     lower_quantile: float = Field(0.05, ge=0, le=1, description="percentile: lower quantile.")
     upper_quantile: float = Field(0.95, ge=0, le=1, description="percentile: upper quantile.")
-    bounds: tuple[float, float] = Field((1.5, 7.0), description="hardcode: fixed (low, high).")
+    bounds: tuple[float | None, float | None] = Field(
+        (1.5, 7.0), description="hardcode: fixed (low, high); null leaves that side open."
+    )
     hard_low: float | None = Field(None, description="median/mean: replaces the computed lower bound.")
     hard_high: float | None = Field(None, description="median/mean: replaces the computed upper bound.")
+    side: Literal["both", "lower", "upper"] = Field(
+        "both", description="Which cuts apply: both, lower only (reject low values), upper only."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FilterRule:
@@ -47,8 +54,13 @@ class FilterRule(BaseModel):
             raise ValueError(
                 f"lower_quantile ({self.lower_quantile}) must be below upper_quantile ({self.upper_quantile})"
             )
-        if self.bounds[0] > self.bounds[1]:
-            raise ValueError(f"bounds: low ({self.bounds[0]}) is above high ({self.bounds[1]})")
+        low, high = self.bounds
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"bounds: low ({low}) is above high ({high})")
+        if (self.side == "lower" and self.hard_high is not None) or (
+            self.side == "upper" and self.hard_low is not None
+        ):
+            raise ValueError(f"side {self.side!r} drops the bound that hard_low/hard_high sets")
         if (self.hard_low is not None or self.hard_high is not None) and self.mode not in ("median", "mean"):
             raise ValueError(f"hard_low/hard_high apply to the median and mean modes, not {self.mode!r}")
         if self.hard_low is not None and self.hard_high is not None and self.hard_low > self.hard_high:
@@ -86,8 +98,8 @@ def compute_bounds(rule: FilterRule, train_values: np.ndarray) -> Bounds:
     if rule.mode == "none":
         return Bounds(None, None, report)
     if rule.mode == "hardcode":
-        low, high = float(rule.bounds[0]), float(rule.bounds[1])
-        return Bounds(low, high, {**report, "low": low, "high": high})
+        low, high = (None if b is None else float(b) for b in rule.bounds)
+        return _one_sided(rule, low, high, report)
 
     low = high = None
     if rule.mode == "median":
@@ -115,7 +127,14 @@ def compute_bounds(rule: FilterRule, train_values: np.ndarray) -> Bounds:
     if rule.hard_high is not None:
         high = float(rule.hard_high)
     report["hard"] = {"low": rule.hard_low, "high": rule.hard_high}
-    low, high = _number(low), _number(high)
+    return _one_sided(rule, _number(low), _number(high), report)
+
+
+def _one_sided(rule: FilterRule, low: float | None, high: float | None, report: dict[str, Any]) -> Bounds:
+    """The bounds with the side the rule drops left open."""
+    if rule.side != "both":
+        report["side"] = rule.side
+        low, high = (low, None) if rule.side == "lower" else (None, high)
     report.update(low=low, high=high)
     return Bounds(low, high, report)
 
@@ -138,7 +157,7 @@ def _reason(name: str, value: float, bounds: Bounds) -> str:
 def run_filters(
     scores: dict[str, np.ndarray], splits: np.ndarray, rules: dict[str, FilterRule], train_split: str = "train"
 ) -> FilterResult:
-    """Bounds per score from the ``train_split`` items, applied to all; kept = kept by every rule."""
+    """Bounds per ruled score from the ``train_split`` items, applied to all; kept = kept by every rule."""
     splits = np.asarray(splits).astype(str)
     train = splits == train_split
     n = len(splits)

@@ -1,4 +1,4 @@
-"""Histogram PNGs of a score per split, with the filter's cut lines.
+"""Score plots: a histogram per score with the filter's cut lines, and a scatter of two scores.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot global state),
 so it is safe in any process and thread.
@@ -11,6 +11,13 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+
+def _figure() -> tuple[Figure, object]:
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
 
 
 def histogram_figure(
@@ -20,10 +27,12 @@ def histogram_figure(
     high: float | None = None,
     bins: int = 50,
 ) -> Figure:
-    """One step histogram per split over shared bins; dashed red lines at the bounds that are set."""
-    figure = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    """One step histogram per split over shared bins; dashed red lines at the bounds that are set.
+
+    A cut outside the data's range is not drawn (it would only stretch the axis, e.g. a low cut
+    of -0.58 under a loss that is never negative); the legend names it as outside the data.
+    """
+    figure, axes = _figure()
     finite = {}
     for split, values in values_by_split.items():
         values = np.asarray(values, dtype=np.float64)
@@ -33,14 +42,39 @@ def histogram_figure(
     for split, values in sorted(finite.items()):
         counts, _ = np.histogram(values, bins=edges)
         axes.stairs(counts, edges, label=f"{split or 'all'} ({len(values)})")
+    handles, labels = axes.get_legend_handles_labels()
     for bound, label in ((low, "low"), (high, "high")):
-        if bound is not None:
-            axes.axvline(bound, color="red", linestyle="--", label=f"{label} cut {bound:.4g}")
+        if bound is None:
+            continue
+        if len(everything) == 0 or edges[0] <= bound <= edges[-1]:
+            handles.append(axes.axvline(bound, color="red", linestyle="--"))
+            labels.append(f"{label} cut {bound:.4g}")
+        else:  # outside the data: named, not drawn
+            handles.append(Line2D([], [], color="red", linestyle=":"))
+            labels.append(f"{label} cut {bound:.4g} (outside the data)")
+    if len(everything):
+        axes.set_xlim(edges[0], edges[-1])
     axes.set_xlabel(name)
     axes.set_ylabel("items")
     axes.set_title(f"{name} by split")
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small")
+    if handles:
+        axes.legend(handles, labels, fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def scatter_figure(x: np.ndarray, y: np.ndarray, kept: np.ndarray, x_name: str, y_name: str) -> Figure:
+    """Two scores per item, kept items in blue and ignored ones in red (non-finite points left out)."""
+    figure, axes = _figure()
+    x, y, kept = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(kept, bool)
+    finite = np.isfinite(x) & np.isfinite(y)
+    for mask, label, color in ((kept, "kept", "tab:blue"), (~kept, "ignored", "tab:red")):
+        mask = mask & finite
+        axes.scatter(x[mask], y[mask], s=8, alpha=0.6, color=color, label=f"{label} ({int(mask.sum())})")
+    axes.set_xlabel(x_name)
+    axes.set_ylabel(y_name)
+    axes.set_title(f"{y_name} against {x_name}")
+    axes.legend(fontsize="small")
     figure.tight_layout()
     return figure
 

@@ -9,7 +9,8 @@ Written next to the scores by the score job (after commit) and again by
     kept.txt / ignored.txt    input keys, one per line (keep_list / ignore_list for other jobs)
     decisions.csv             filename,item,split,kept,reason per item (and per failed input)
     groups.csv                split,group,label,decided_by,items,kept_items,votes
-    histograms/<score>.png    histogram per split with the cut lines
+    histograms/<score>.png    histogram per split with the cut lines, one per score
+    scatter.png               two scores per item, kept and ignored in two colours
 
 An input key is kept when every one of its items is kept; a key with an
 ignored item, or that failed to decode (errors.jsonl), is ignored. Every
@@ -26,19 +27,26 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..storage import Storage
-from .filters import SCORES, FilterResult, FilterRule, run_filters
+from .filters import FilterResult, FilterRule, run_filters
 from .groups import vote_groups
-from .plots import figure_png, histogram_figure
+from .plots import figure_png, histogram_figure, scatter_figure
 from .summary import split_summary, summary_csv
 from .table import ScoreTable, live_errors, read_predictions
 
+# Rules a score gets when the section does not name it: the seed's median/IQR for the
+# reconstruction scorer's two scores; every other score is only filtered when named.
+DEFAULT_RULES = {"reconstruction_loss": FilterRule(), "signal_energy": FilterRule()}
+
 
 class FilterSettings(BaseModel):
-    """The filter section of a score config (also a config file of its own for ``ray-pipelines filter``)."""
+    """The filter section of a score config (also a config file of its own for ``ray-pipelines filter``).
 
-    model_config = ConfigDict(extra="forbid")
-    reconstruction_loss: FilterRule = Field(default_factory=FilterRule)
-    signal_energy: FilterRule = Field(default_factory=FilterRule)
+    Besides the settings below, every key is a score column's name and its value that score's
+    :class:`FilterRule` (``dnsmos_ovrl: {mode: hardcode, bounds: [3.0, null]}``).
+    """
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, FilterRule] = Field(init=False)
     train_split: str = Field("train", description="The split whose scores define the bounds.")
     all_filtered_label: str = Field(
         "good", description="Label of a group whose items were all filtered out; also wins ties it takes part in."
@@ -47,9 +55,36 @@ class FilterSettings(BaseModel):
         None, description="CSV (filename, prediction[, item]) voted on per group instead of the class labels."
     )
     histogram_bins: int = Field(50, ge=1)
+    scatter: tuple[str, str] | None = Field(
+        None, description="The two scores of scatter.png (default: the first two with a rule, else the first two)."
+    )
 
-    def rules(self) -> dict[str, FilterRule]:
-        return {name: getattr(self, name) for name in SCORES}
+    @property
+    def named_rules(self) -> dict[str, FilterRule]:
+        return dict(self.__pydantic_extra__ or {})
+
+    def rules(self, scores: tuple[str, ...] | list[str]) -> dict[str, FilterRule]:
+        """The rule of each score that has one (named, or a default), in score order.
+
+        Raises ValueError naming any rule or scatter score that is not among ``scores``.
+        """
+        unknown = [name for name in [*self.named_rules, *(self.scatter or ())] if name not in scores]
+        if unknown:
+            raise ValueError(
+                f"filter names {', '.join(sorted(set(unknown)))}, which the scores do not have "
+                f"(scores: {', '.join(scores) or 'none'})"
+            )
+        named = self.named_rules
+        return {
+            name: named.get(name, DEFAULT_RULES.get(name)) for name in scores if name in named or name in DEFAULT_RULES
+        }
+
+    def scatter_pair(self, scores: tuple[str, ...] | list[str]) -> tuple[str, str] | None:
+        if self.scatter:
+            return self.scatter
+        ruled = list(self.rules(scores))
+        pair = (ruled + [name for name in scores if name not in ruled])[:2]
+        return (pair[0], pair[1]) if len(pair) == 2 else None
 
 
 def _csv(rows: list[list[Any]], header: list[str]) -> bytes:
@@ -69,7 +104,7 @@ def write_summaries(storage: Storage, table: ScoreTable, bins: int = 50) -> dict
     splits = table["split"].astype(str)
     for split in sorted(set(splits)):
         rows = splits == split
-        summary = split_summary(table["reconstruction_loss"][rows], table["signal_energy"][rows], bins)
+        summary = split_summary({name: table[name][rows] for name in table.scores}, bins)
         storage.write_bytes(f"summary/{split or 'all'}.csv", summary_csv(summary).encode())
         summaries[split] = {k: (_json_number(v) if isinstance(v, float) else v) for k, v in summary.items()}
     storage.write_json("summary.json", summaries)
@@ -109,9 +144,8 @@ def write_filter_outputs(
     """
     errors = errors if isinstance(errors, dict) else live_errors(table, errors or [])
     splits = table["split"].astype(str)
-    result: FilterResult = run_filters(
-        {name: table[name] for name in SCORES}, splits, settings.rules(), settings.train_split
-    )
+    rules = settings.rules(table.scores)
+    result: FilterResult = run_filters({name: table[name] for name in rules}, splits, rules, settings.train_split)
     kept_keys, ignored_keys = key_lists(table, result.kept, errors)
     storage.write_bytes("kept.txt", "".join(f"{k}\n" for k in kept_keys).encode())
     storage.write_bytes("ignored.txt", "".join(f"{k}\n" for k in ignored_keys).encode())
@@ -133,11 +167,16 @@ def write_filter_outputs(
         ),
     )
 
-    for name in SCORES:
-        bounds = result.bounds[name]
+    for name in table.scores:
+        bounds = result.bounds.get(name)
         by_split = {s: table[name][splits == s] for s in sorted(set(splits))}
-        figure = histogram_figure(by_split, name, bounds.low, bounds.high, settings.histogram_bins)
+        low, high = (bounds.low, bounds.high) if bounds else (None, None)
+        figure = histogram_figure(by_split, name, low, high, settings.histogram_bins)
         storage.write_bytes(f"histograms/{name}.png", figure_png(figure))
+    pair = settings.scatter_pair(table.scores)
+    if pair:
+        figure = scatter_figure(table[pair[0]], table[pair[1]], result.kept, *pair)
+        storage.write_bytes("scatter.png", figure_png(figure))
 
     counts = {
         s: {
@@ -150,7 +189,7 @@ def write_filter_outputs(
     report = {
         "scores": scores_from,
         "train_split": settings.train_split,
-        "bounds": {name: result.bounds[name].report for name in SCORES},
+        "bounds": {name: bounds.report for name, bounds in result.bounds.items()},
         "counts": counts,
         "keys": {"kept": len(kept_keys), "ignored": len(ignored_keys), "errors": len(errors)},
         "groups": {

@@ -1,9 +1,11 @@
 """The stored scores: read from a score job's output (Parquet) or a scores CSV, written as CSV.
 
-CSV columns: ``filename,split,class,group,reconstruction_loss,signal_energy,item``
-(the first six are the evaluation script's; ``item`` numbers the items of one
-input, 0 for files). Floats are written with ``repr`` (shortest text that
-reads back to the same float).
+CSV columns: ``filename,split,class,group,<score columns...>,item``; with the
+reconstruction scorer alone that is the evaluation script's
+``filename,split,class,group,reconstruction_loss,signal_energy`` plus ``item``
+(which numbers the items of one input, 0 for files). Every column that is not
+a label (key/filename, item, split, class, group, source) is a score. Floats
+are written with ``repr`` (shortest text that reads back to the same float).
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ import pyarrow.parquet as pq
 
 from ..storage import Storage, get_fs
 
-PARQUET_COLUMNS = ("key", "item", "split", "class", "group", "reconstruction_loss", "signal_energy")
-CSV_COLUMNS = ("filename", "split", "class", "group", "reconstruction_loss", "signal_energy", "item")
+LABEL_COLUMNS = ("key", "item", "split", "class", "group")
+NOT_SCORES = frozenset({*LABEL_COLUMNS, "source", "filename"})
 
 
 @dataclass
 class ScoreTable:
-    """Scores of every item, sorted by (key, item). Columns are NumPy arrays named as in Parquet."""
+    """Scores of every item, sorted by (key, item). Columns are NumPy arrays named as in Parquet;
+    ``scores`` names the score columns (float64) in their stored order."""
 
     columns: dict[str, np.ndarray]
+    scores: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.columns["key"])
@@ -45,11 +49,11 @@ class ScoreTable:
             "split": np.asarray(columns["split"], dtype=object).astype(str).astype(object),
             "class": np.asarray(columns.get("class", [""] * n), dtype=object).astype(str).astype(object),
             "group": np.asarray(columns.get("group", [""] * n), dtype=object).astype(str).astype(object),
-            "reconstruction_loss": np.asarray(columns["reconstruction_loss"], dtype=np.float64),
-            "signal_energy": np.asarray(columns["signal_energy"], dtype=np.float64),
         }
+        scores = tuple(name for name in columns if name not in NOT_SCORES)
+        data.update({name: np.asarray(columns[name], dtype=np.float64) for name in scores})
         order = np.lexsort((data["item"], data["key"].astype(str)))
-        return cls({name: values[order] for name, values in data.items()})
+        return cls({name: values[order] for name, values in data.items()}, scores)
 
     @classmethod
     def from_output(
@@ -62,23 +66,30 @@ class ScoreTable:
         for record in manifest.get("files", []):
             if record["path"].endswith(".parquet"):
                 with storage.fs.open(storage.abspath(record["path"]), "rb") as f:
-                    tables.append(pq.read_table(f, columns=list(PARQUET_COLUMNS)))
+                    parquet = pq.ParquetFile(f)
+                    wanted = [n for n in parquet.schema_arrow.names if n != "source"]
+                    tables.append(parquet.read(columns=wanted))
         if not tables:
-            return cls.from_columns({name: [] for name in PARQUET_COLUMNS})
+            return cls.from_columns({name: [] for name in LABEL_COLUMNS})
         table = pa.concat_tables(tables)
-        return cls.from_columns({name: table.column(name).to_numpy() for name in PARQUET_COLUMNS})
+        return cls.from_columns({name: table.column(name).to_numpy() for name in table.column_names})
 
     @classmethod
     def from_csv(cls, url: str, storage_options: dict[str, Any] | None = None) -> ScoreTable:
-        """A scores CSV (this job's, or the evaluation script's: filename, split, scores; class/group/item optional)."""
+        """A scores CSV (this job's, or an evaluation script's): filename, split, score columns;
+        class/group/item optional."""
         fs, path = get_fs(url, storage_options)
         with fs.open(path, "r") as f:
-            rows = list(csv.DictReader(f))
-        missing = [
-            c for c in ("filename", "split", "reconstruction_loss", "signal_energy") if rows and c not in rows[0]
-        ]
-        if missing:
-            raise ValueError(f"{url}: missing column(s) {', '.join(missing)}")
+            reader = csv.DictReader(f)
+            header, rows = list(reader.fieldnames or []), list(reader)
+        missing = [c for c in ("filename", "split") if c not in header]
+        scores = [c for c in header if c not in NOT_SCORES]
+        if missing or not scores:
+            raise ValueError(f"{url}: needs the columns filename, split and at least one score (has: {header})")
+        try:
+            values = {name: [float(r[name]) for r in rows] for name in scores}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{url}: a score is not a number: {e}") from None
         return cls.from_columns(
             {
                 "key": [r["filename"] for r in rows],
@@ -86,15 +97,14 @@ class ScoreTable:
                 "split": [r["split"] for r in rows],
                 "class": [r.get("class") or "" for r in rows],
                 "group": [r.get("group") or "" for r in rows],
-                "reconstruction_loss": [float(r["reconstruction_loss"]) for r in rows],
-                "signal_energy": [float(r["signal_energy"]) for r in rows],
+                **values,
             }
         )
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(["filename", "split", "class", "group", *self.scores, "item"])
         c = self.columns
         for i in range(len(self)):
             writer.writerow(
@@ -103,8 +113,7 @@ class ScoreTable:
                     c["split"][i],
                     c["class"][i],
                     c["group"][i],
-                    repr(float(c["reconstruction_loss"][i])),
-                    repr(float(c["signal_energy"][i])),
+                    *(repr(float(c[name][i])) for name in self.scores),
                     int(c["item"][i]),
                 ]
             )

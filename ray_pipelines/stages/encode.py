@@ -10,7 +10,7 @@ import torch
 from ..encoders.base import Encoder
 from ..encoders.config import ModelConfig
 from ..encoders.functional import posterior_noise, sample_posterior
-from ..encoders.loading import load_encoder
+from ..encoders.loading import load_encoder, stored_dtype
 from ..padding import latent_padding_mask
 from .device import pick_device
 
@@ -41,6 +41,11 @@ def window_metadata(
 class EncodeStage:
     """``{"key", "window", "audio" [B, C, T], "valid_samples", "error", ...}`` -> ``latents [B, D, N]`` + mask.
 
+    Tokens are stored ``[Q, N]`` whatever order the model returns them in
+    (``frames_axis``, found by ``inspect_encoder`` on the driver), in the
+    narrowest integer type that holds ``codebook_size``; a token outside
+    ``[0, codebook_size)`` makes its row an error row.
+
     The model is loaded once per actor, moved to ``cuda`` when the actor has a
     GPU, and cast to fp16 (``precision="fp16"``, pre_encode's ``model_half``) or
     bf16. On CUDA rows are encoded ``batch_size`` at a time; on CPU one at a
@@ -63,6 +68,7 @@ class EncodeStage:
         sample_posterior: bool = True,
         precision: str = "fp32",
         batch_size: int = 1,
+        frames_axis: int = 2,
         storage_options: dict[str, Any] | None = None,
         device: str | None = None,
     ):
@@ -81,7 +87,9 @@ class EncodeStage:
         self.seed = seed
         self.is_discrete = is_discrete
         self.sample_posterior = sample_posterior and not is_discrete and self.encoder.has_posterior
-        self.out_dtype = np.dtype(np.int64 if is_discrete else (np.float16 if precision == "fp16" else np.float32))
+        self.frames_axis = frames_axis
+        self.codebook_size = self.encoder.codebook_size if is_discrete else None
+        self.out_dtype = stored_dtype(is_discrete, self.codebook_size, precision)
         self.micro_batch = max(1, batch_size) if self.device.type == "cuda" else 1
         self.sample_rate = self.encoder.sample_rate
         self.ratio = self.encoder.downsampling_ratio
@@ -89,7 +97,7 @@ class EncodeStage:
 
     # ---- the model --------------------------------------------------------------
     def encode(self, audio: torch.Tensor, keys: list[str], windows: list[int]) -> torch.Tensor:
-        """``[b, C, T]`` -> ``[b, D, N]`` on the CPU: latents in float32 (or tokens in int64)."""
+        """``[b, C, T]`` -> ``[b, D, N]`` on the CPU: latents in float32 (or tokens ``[b, Q, N]`` in int64)."""
         x = audio.to(self.device, self.dtype, non_blocking=True)
         with torch.inference_mode():
             if self.sample_posterior:
@@ -97,6 +105,10 @@ class EncodeStage:
                 z = sample_posterior(mean, std, posterior_noise(self.seed, keys, windows, tuple(mean.shape[1:])))
             else:
                 z = self.encoder.encode(x)
+        if self.frames_axis == -1:  # one codebook: [b, N]
+            z = z[:, None, :]
+        elif self.frames_axis == 1:  # [b, N, Q]
+            z = z.transpose(1, 2)
         if self.is_discrete:
             return z.to(torch.int64).cpu()
         return z.float().cpu()
@@ -125,6 +137,13 @@ class EncodeStage:
         self._latent_shape = tuple(z.shape[1:])
         out: list[np.ndarray | str] = []
         for row in z.numpy():
+            if (
+                self.is_discrete
+                and self.codebook_size is not None
+                and (row.min() < 0 or row.max() >= self.codebook_size)
+            ):
+                out.append(f"tokens outside the codebook [0, {self.codebook_size}): {row.min()} .. {row.max()}")
+                continue
             if not self.is_discrete and not np.isfinite(row).all():
                 out.append(
                     "non-finite latents: the model produced NaN/inf"

@@ -1,116 +1,101 @@
-"""The score stage: reconstruction loss and signal energy per item, batched, on the GPU when present."""
+"""The score stage: every configured scorer on each batch, in one actor (GPU when present)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import torch
 
-from ..scoring.functional import random_patch_mask, reconstruction_mse, signal_energy
-from ..scoring.models import ModelSpec, build_model
-from ..seeding import sample_rng
-from ..spectrogram import LogMelSpectrogram
+from ..scoring.scorers import Clips, Scorer, build_scorer
 from .device import pick_device
 
-# Columns handed on to the sink; the spectrogram itself is dropped here, it is not written.
+# Columns handed on to the sink; the audio or spectrogram itself is dropped here, it is not written.
 PASS_COLUMNS = ("key", "item", "samples_per_input", "split", "error", "etag", "source", "class", "group")
 # Rows per model forward unless configured. On CPU small chunks keep the activations in cache
-# (the reference model runs about 1.5x faster per item at 16 than at 1 or 64 on one core).
+# (the reference MAE runs about 1.5x faster per item at 16 than at 1 or 64 on one core; Silero
+# VAD about 5x faster at 16 than one clip at a time).
 CPU_FORWARD_BATCH = 16
 CUDA_FORWARD_BATCH = 64
 
 
 class ScoreStage:
-    """``{"mel" [B, 1, n_mels, T] | "audio" [B, samples], "error", ...}`` -> ``reconstruction_loss``, ``signal_energy``.
+    """``{"audio" [B, samples] (+ "valid") | "mel" [B, 1, n_mels, T], "error", ...}`` -> one column per score.
 
-    Audio rows become log-mels first (``spectrogram``: LogMelSpectrogram
-    arguments). ``normalize`` (``{"mean", "std"}``) standardises every mel
-    before both scores. With ``mask_ratio > 0`` each item's model input hides
-    a random set of ``mask_patch`` patches drawn from ``(seed, key, item)``.
-
-    Rows go through the model in chunks of exactly ``forward_batch`` rows
-    (the last one zero-padded; default 16 on CPU, 64 on CUDA): every forward
-    has the same shape, so an item's score is the same bytes whichever rows
-    shared its batch (a matrix multiply's summation order depends on the
-    shapes, not on the other rows' values).
+    ``scorers``: ``{name: options}`` (``ray_pipelines.scoring.scorers``), run in that order;
+    ``sample_rate``: the rate of ``audio``; ``valid``, when present, is each row's number of real
+    samples (scorers of the waveform score those only). A scorer that raises on a batch is run
+    again row by row: the rows it still fails on become error rows (``score failed: <scorer>:
+    ...``) and the others keep their scores, so one bad clip never costs its batch.
     """
 
     def __init__(
         self,
         *,
-        model: dict[str, Any],
-        n_mels: int,
-        frames: int,
+        scorers: dict[str, dict[str, Any]],
+        sample_rate: int | None = None,
         forward_batch: int | None = None,
-        seed: int = 0,
-        mask_ratio: float = 0.0,
-        mask_patch: tuple[int, int] = (16, 16),
-        spectrogram: dict[str, Any] | None = None,
-        normalize: dict[str, float] | None = None,
-        storage_options: dict[str, Any] | None = None,
         device: str | None = None,
     ):
         self.device = pick_device(device)
-        self.model = build_model(ModelSpec.model_validate(model), self.device, storage_options)
-        self.n_mels, self.frames = n_mels, frames
         self.forward_batch = forward_batch or (CUDA_FORWARD_BATCH if self.device.type == "cuda" else CPU_FORWARD_BATCH)
-        self.seed, self.mask_ratio, self.mask_patch = seed, mask_ratio, (int(mask_patch[0]), int(mask_patch[1]))
-        self.spectrogram = LogMelSpectrogram(**spectrogram).to(self.device) if spectrogram else None
-        self.normalize = normalize
+        self.sample_rate = sample_rate
+        self.scorers: dict[str, Scorer] = {
+            name: build_scorer(name, options, self.device, self.forward_batch) for name, options in scorers.items()
+        }
+        self.columns = [column for scorer in self.scorers.values() for column in scorer.columns]
 
-    def masks(self, keys: list[str], items: list[int], rows: int) -> torch.Tensor:
-        """``[rows, 1, n_mels, frames]`` bool: one seeded mask per (key, item), nothing hidden in padding rows."""
-        masks = torch.zeros(rows, 1, self.n_mels, self.frames, dtype=torch.bool)
-        for i, (key, item) in enumerate(zip(keys, items)):
-            masks[i, 0] = random_patch_mask(
-                self.n_mels,
-                self.frames,
-                self.mask_patch,
-                self.mask_ratio,
-                sample_rng(self.seed, key, int(item), "mask"),
-            )
-        return masks
+    def clips(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> Clips:
+        def take(name: str) -> np.ndarray | None:
+            if name not in batch:
+                return None
+            return batch[name] if len(ok) == len(batch["key"]) else batch[name][ok]  # no copy in the common case
 
-    def to_mel(self, payload: torch.Tensor) -> torch.Tensor:
-        """Input payload (mels, or audio when a spectrogram is configured) -> normalised ``[B, 1, n_mels, T]``."""
-        mel = self.spectrogram(payload)[:, None] if self.spectrogram is not None else payload
-        if self.normalize:
-            mel = (mel - self.normalize["mean"]) / self.normalize["std"]
-        return mel
+        return Clips(
+            keys=[str(k) for k in batch["key"][ok]],
+            items=batch["item"][ok].astype(int).tolist(),
+            sample_rate=self.sample_rate,
+            audio=take("audio"),
+            lengths=take("valid"),
+            mel=take("mel"),
+        )
 
-    def score(self, payload: np.ndarray, keys: list[str], items: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of ``n`` rows of ``payload`` (float64 ``[n]`` each)."""
-        n, size = len(payload), self.forward_batch
-        losses, energies = [], []
-        with torch.inference_mode():
-            for start in range(0, n, size):
-                chunk = np.ascontiguousarray(payload[start : start + size], dtype=np.float32)
-                real = len(chunk)
-                if real < size:  # pad to the fixed forward shape
-                    chunk = np.concatenate([chunk, np.zeros((size - real, *chunk.shape[1:]), np.float32)])
-                mel = self.to_mel(torch.from_numpy(chunk).to(self.device))
-                mask = None
-                if self.mask_ratio > 0:
-                    mask = self.masks(keys[start : start + real], items[start : start + real], size).to(self.device)
-                reconstruction = self.model.reconstruct(mel, mask)
-                losses.append(reconstruction_mse(mel, reconstruction)[:real].cpu().numpy())
-                energies.append(signal_energy(mel)[:real].cpu().numpy())
-        if not losses:
-            return np.zeros(0), np.zeros(0)
-        return np.concatenate(losses), np.concatenate(energies)
+    @staticmethod
+    def run_guarded(name: str, scorer: Scorer, clips: Clips) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """The scorer's columns for ``clips`` and ``{row: reason}`` for the rows it failed on."""
+        try:
+            return scorer(clips), {}
+        except Exception as e:
+            if len(clips) == 1:
+                return {c: np.full(1, np.nan) for c in scorer.columns}, {0: f"score failed: {name}: {_describe(e)}"}
+        values = {c: np.full(len(clips), np.nan) for c in scorer.columns}
+        failed = {}
+        for row in range(len(clips)):
+            one, failure = ScoreStage.run_guarded(name, scorer, clips.subset([row]))
+            if failure:
+                failed[row] = failure[0]
+            for column in scorer.columns:
+                values[column][row] = one[column][0]
+        return values, failed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        payload = batch["audio"] if self.spectrogram is not None else batch["mel"]
         n = len(batch["key"])
-        loss = np.full(n, np.nan)
-        energy = np.full(n, np.nan)
-        ok = np.flatnonzero(batch["error"] == "")
+        errors = np.array(batch["error"], dtype=object)
+        scores = {column: np.full(n, np.nan) for column in self.columns}
+        ok = np.flatnonzero(errors == "")
         if len(ok):
-            rows = payload if len(ok) == n else payload[ok]  # no copy in the common case
-            keys = [str(k) for k in batch["key"][ok]]
-            loss[ok], energy[ok] = self.score(rows, keys, batch["item"][ok].astype(int).tolist())
+            clips = self.clips(batch, ok)
+            for name, scorer in self.scorers.items():
+                values, failed = self.run_guarded(name, scorer, clips)
+                for column in scorer.columns:
+                    scores[column][ok] = values[column]
+                for row, reason in failed.items():
+                    errors[ok[row]] = errors[ok[row]] or reason
         out = {name: batch[name] for name in PASS_COLUMNS if name in batch}
-        out["reconstruction_loss"] = loss
-        out["signal_energy"] = energy
+        out["error"] = errors
+        out.update(scores)
         return out
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

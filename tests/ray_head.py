@@ -1,0 +1,109 @@
+"""A local `ray start --head` for tests that submit jobs: its own ports and temp dir, stopped by its own pids.
+
+Other Ray instances run on the same machine, so nothing here uses a default port or `ray stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+# Every port a head opens besides the GCS port and the dashboard's.
+PORT_FLAGS = [
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+    "--ray-client-server-port",
+]
+
+
+def _head_processes(temp_dir: str) -> list[psutil.Process]:
+    """Processes of this head only: their command lines name its temp dir."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in (proc.info["cmdline"] or [])):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """A started head: its GCS address (``ray.init(address=...)``) and dashboard URL (job submission)."""
+
+    address: str
+    dashboard: str | None
+
+
+@contextlib.contextmanager
+def local_head(
+    temp_dir: Path,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    num_cpus: int = 2,
+    num_gpus: int = 0,
+    dashboard: bool = True,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[Head]:
+    """Start a head with ``env`` (its workers and job drivers inherit it) in ``cwd``, on loopback, every port
+    its own (other Ray instances on this machine hold the defaults); stop it by its own process ids."""
+    port, dashboard_port = free_port(), free_port()
+    command = [RAY, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+    command += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--port", str(port)]
+    if num_gpus:
+        command += ["--num-gpus", str(num_gpus)]
+    if dashboard:
+        command += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+        command += ["--dashboard-port", str(dashboard_port)]
+    else:
+        command += ["--include-dashboard", "false"]
+    for flag in PORT_FLAGS:
+        command += [flag, str(free_port())]
+    command += ["--min-worker-port", "20000", "--max-worker-port", "29999", *extra_args]
+    started = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
+        yield Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}" if dashboard else None)
+    finally:
+        stop_processes(str(temp_dir))
+
+
+def stop_processes(temp_dir: str) -> None:
+    """SIGTERM, then SIGKILL after 15 s, every process of the head started in ``temp_dir``."""
+    procs = _head_processes(temp_dir)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def submit_when_ready(
+    command: list[str], env: dict[str, str], timeout: float = 300, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run a `ray job ...` command, retrying while the head's job agent is still starting."""
+    deadline = time.time() + 90
+    while True:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+        # Right after `ray start` the job agent may not be up yet; the server says so.
+        if "No available agent" not in done.stdout + done.stderr or time.time() > deadline:
+            return done
+        time.sleep(2)

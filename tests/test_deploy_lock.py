@@ -1,0 +1,69 @@
+"""docker/requirements.lock is what `make lock` makes from pyproject.toml, and it resolves with Ray's image.
+
+Both tests resolve against PyPI (package metadata only, through uv's cache), as `make install` does.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import deploy
+
+UV = Path(sys.executable).parent / "uv"
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def pins_and_hashes(text: str) -> str:
+    """The lock without its header comment (which names the output file)."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+def uv(args: list[str]) -> None:
+    done = subprocess.run([str(UV), *args], cwd=deploy.REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"uv {' '.join(args)}:\n{done.stderr[-3000:]}"
+
+
+def test_the_makefile_makes_the_lock_with_the_recorded_command():
+    recipe = re.search(r"^lock:.*\n((?:\t.*\n)+)", (deploy.REPO / "Makefile").read_text(), flags=re.M).group(1)
+    date = re.search(r"^LOCK_DATE := (\S+)", (deploy.REPO / "Makefile").read_text(), flags=re.M).group(1)
+    words = recipe.replace("\\\n", " ").replace("$(LOCK_DATE)", date).split()
+    assert words[0] == "$(VENV)/bin/uv"
+    assert [w for w in words[1:] if w != "--quiet"] == deploy.lock_command()[1:]
+
+
+def test_make_lock_gives_the_checked_in_lock_again(tmp_path):
+    command = deploy.lock_command()
+    assert option(command, "-o") == "docker/requirements.lock" and "--exclude-newer" in command
+    out = tmp_path / "requirements.lock"
+    command[command.index("-o") + 1] = str(out)
+    uv([*command[1:], "--quiet"])
+    assert pins_and_hashes(out.read_text()) == pins_and_hashes(deploy.LOCK.read_text()), (
+        "docker/requirements.lock is not what `make lock` makes from pyproject.toml: run `make lock`"
+    )
+
+
+def test_the_lock_resolves_together_with_what_rays_base_image_holds(tmp_path):
+    """The base image holds ray[all]; the lock is installed over it and `pip check` must still pass."""
+    command = deploy.lock_command()
+    requirements = tmp_path / "ray-image.in"
+    requirements.write_text(f"ray[all]=={deploy.lock_pins()['ray']}\n")
+    uv(
+        [
+            "pip",
+            "compile",
+            str(requirements),
+            "--constraint",
+            str(deploy.LOCK),
+            *("--python-version", option(command, "--python-version")),
+            *("--python-platform", option(command, "--python-platform")),
+            *("--exclude-newer", option(command, "--exclude-newer")),
+            "--quiet",
+            *("-o", str(tmp_path / "ray-image.txt")),
+        ]
+    )

@@ -1,0 +1,176 @@
+"""``ray-pipelines preview``: a PNG of any job's output and layout (no Ray): images of 2-D/3-D
+tensors (augment views in pairs), lines of 1-D tensors, score histograms, the encode job's
+stable-audio-tools layout, and outputs written before the tensor format changed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ray_pipelines.encoders.sat_sink import SatSink, write_filelist
+from ray_pipelines.engine.sink import ShardSink
+from ray_pipelines.jobs import preview
+from ray_pipelines.storage import Storage
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def bookkeeping(keys: list[str], index_column: str, split: str) -> dict[str, np.ndarray]:
+    n = len(keys)
+    return {
+        "key": np.array(keys, dtype=object),
+        index_column: np.arange(n) % 2,
+        "error": np.array([""] * n, dtype=object),
+        "split": np.array([split] * n, dtype=object),
+        "samples_per_input": np.full(n, 2),
+        "etag": np.array([""] * n, dtype=object),
+    }
+
+
+def write(tmp_path, columns: list[str], index_column: str, data: dict[str, np.ndarray], split: str = "train", **kw):
+    sink = ShardSink(
+        output=str(tmp_path),
+        storage_options={},
+        fingerprint="f" * 64,
+        index_column=index_column,
+        output_columns=columns,
+        **kw,
+    )
+    keys = list(data.pop("key"))
+    sink.write_rows({**bookkeeping(keys, index_column, split), **data}, rank=0)
+    return tmp_path
+
+
+@pytest.fixture
+def features_output(tmp_path):
+    """A features-shaped output: input_values [frames=40, mels=16], labels named."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        keys = [f"{split}/song{i // 2}.mp3" for i in range(6)]
+        values = rng.standard_normal((6, 40, 16)).astype(np.float32)
+        values[:, :, :4] += 5.0  # a bright band in the lowest mel bins
+        write(
+            tmp_path,
+            ["input_values", "label", "path", "snippet", "start_seconds"],
+            "snippet",
+            {
+                "key": keys,
+                "input_values": values,
+                "label": np.arange(6) % 2,
+                "path": np.array(keys, dtype=object),
+                "start_seconds": np.zeros(6),
+            },
+            split=split,
+            schema_metadata={"ray_pipelines.axes": json.dumps({"input_values": ["frame", "mel"]})},
+            class_labels={"label": ["jazz", "rock"]},
+        )
+    return tmp_path
+
+
+def test_preview_of_a_features_output(features_output, tmp_path):
+    out = tmp_path / "grid.png"
+    assert preview.main([str(features_output), "--n", "4", "--split", "train", "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert data[:8] == PNG and len(data) > 20_000
+
+
+def test_rows_titles_and_orientation(features_output):
+    storage = Storage(str(features_output))
+    files = preview.data_files(storage, "train")
+    rows, schema = preview.read_rows(storage, files, ["input_values"], 5, shuffle=False, seed=0)
+    assert rows["input_values"].shape == (5, 40, 16)
+    assert preview.label_names(schema) == ["jazz", "rock"]
+    assert preview.title_of(rows, 1, ["jazz", "rock"]) == "train/song0.mp3\nsnippet 1\nlabel rock"
+    image = preview.as_image(rows["input_values"][0], preview.column_axes(schema, "input_values"), False, 0)
+    assert image.shape == (16, 40)  # frequency up, time across
+    assert image[:4].mean() > image[4:].mean() + 3
+    sample, _ = preview.read_rows(storage, files, ["input_values"], 3, shuffle=True, seed=1)
+    assert len(sample["path"]) == 3
+
+
+def test_augment_views_come_in_pairs(tmp_path):
+    rng = np.random.default_rng(1)
+    views = {name: rng.standard_normal((3, 1, 24, 50)).astype(np.float32) for name in ("view1", "view2")}
+    write(tmp_path, ["key", "version", "view1", "view2"], "version", {"key": [f"c{i}.flac" for i in range(3)], **views})
+    files = preview.data_files(Storage(str(tmp_path)), None)  # no manifest.json: found on disk
+    assert [rows for _, rows in files] == [3]
+    rows, schema = preview.read_rows(Storage(str(tmp_path)), files, ["view1", "view2"], 3, False, 0)
+    panels = preview.tensor_panels(rows, ["view1", "view2"], schema, False, 0)
+    assert [p.title.splitlines()[-1] for p in panels] == ["view1", "view2"] * 3
+    assert np.array_equal(panels[1].data, views["view2"][0, 0]) and panels[0].kind == "image"
+    png, shown = preview.preview(str(tmp_path), n=6)
+    assert png[:8] == PNG and shown == 3
+    _, shown = preview.preview(str(tmp_path), column="view2", n=2)  # one column asked for: no pairs
+    assert shown == 2
+    with pytest.raises(SystemExit, match="not a 1-D, 2-D or 3-D tensor"):
+        preview.preview(str(tmp_path), column="key")
+
+
+def test_one_dimensional_tensors_are_lines_and_scores_are_histograms(tmp_path):
+    rng = np.random.default_rng(2)
+    teacher = write(
+        tmp_path / "teacher",
+        ["key", "window", "x", "pesto_f0"],
+        "window",
+        {"key": ["a", "b"], "x": rng.standard_normal((2, 800)).astype(np.float32), "pesto_f0": np.ones((2, 9))},
+    )
+    storage = Storage(str(teacher))
+    rows, schema = preview.read_rows(storage, preview.data_files(storage, None), ["x"], 2, False, 0)
+    panels = preview.tensor_panels(rows, ["x"], schema, False, 0)
+    assert [p.kind for p in panels] == ["line", "line"] and panels[0].data.shape == (800,)
+    assert preview.preview(str(teacher), n=2)[1] == 2
+    scores = write(
+        tmp_path / "score",
+        ["key", "item", "reconstruction_loss", "signal_energy", "source"],
+        "item",
+        {
+            "key": [f"k{i}" for i in range(40)],
+            "reconstruction_loss": rng.random(40),
+            "signal_energy": rng.random(40),
+            "source": np.array(["s"] * 40, dtype=object),
+        },
+    )
+    png, shown = preview.preview(str(scores))
+    assert png[:8] == PNG and shown == 40
+
+
+def test_stable_audio_tools_layout(tmp_path):
+    rng = np.random.default_rng(3)
+    sink = SatSink(
+        output=str(tmp_path),
+        storage_options={},
+        fingerprint="e" * 64,
+        index_column="window",
+        output_columns=["key", "window", "latents", "padding_mask"],
+    )
+    data = {
+        **bookkeeping(["a.wav", "b.wav"], "window", ""),
+        "latents": rng.standard_normal((2, 4, 30)).astype(np.float32),
+        "padding_mask": np.ones((2, 30), dtype=np.uint8),
+    }
+    record = sink.write_rows(data, rank=0)
+    assert record["rows"] == 2 and not list(tmp_path.rglob("*.parquet"))
+    parts = [json.loads(p.read_text()) for p in (tmp_path / "_manifests").glob("*.json")]
+    write_filelist(Storage(str(tmp_path)), [f for part in parts for f in part["files"]])
+    png, shown = preview.preview(str(tmp_path), n=4)
+    assert png[:8] == PNG and shown == 2
+    rows = preview.read_sat_samples(Storage(str(tmp_path)), 2, False, 0)
+    assert rows["latents"][0].shape == (4, 30) and sorted(rows["key"]) == ["a.wav", "b.wav"]
+
+
+def test_outputs_written_before_the_format_change_still_preview(tmp_path):
+    """Output format 1 stored tensors as arrow.fixed_shape_tensor: still read as [n, *shape]."""
+    views = np.random.default_rng(4).standard_normal((2, 1, 8, 12)).astype(np.float32)
+    (tmp_path / "train").mkdir()
+    table = pa.table(
+        {"key": ["a", "b"], "version": [0, 1], "view1": pa.FixedShapeTensorArray.from_numpy_ndarray(views)}
+    )
+    pq.write_table(table, tmp_path / "train" / "part-0.parquet")
+    storage = Storage(str(tmp_path))
+    rows, _ = preview.read_rows(storage, preview.data_files(storage, None), ["view1"], 2, False, 0)
+    assert np.array_equal(rows["view1"], views)
+    assert preview.preview(str(tmp_path))[1] == 2
