@@ -16,11 +16,11 @@ import typing
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import PACKAGED_CONFIGS, kinds_of, models_in, packaged_config_names
+from .config import PACKAGED_CONFIGS, CommonConfig, kinds_of, models_in, packaged_config_names
 
 WIDTH = 100
 
@@ -105,32 +105,61 @@ def _comment(text: str, indent: str) -> list[str]:
     return textwrap.wrap(text, WIDTH, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ")
 
 
-def _yaml_lines(model: type[BaseModel] | None, data: dict[str, Any], indent: str) -> list[str]:
+def _yaml_lines(
+    model: type[BaseModel] | None, data: dict[str, Any], indent: str, commented: frozenset[str] = frozenset()
+) -> list[str]:
     lines: list[str] = []
     for key, value in data.items():
         field = model.model_fields.get(key) if model is not None else None
         if field is not None and field.description:
             lines.extend(_comment(field.description, indent))
         nested = _one_model(field) if field is not None else None
-        if nested is not None and isinstance(value, dict) and value:
+        if nested is not None and isinstance(value, dict) and value and key not in commented:
             lines.append(f"{indent}{key}:")
             lines.extend(_yaml_lines(nested, value, indent + "  "))
             continue
         # Lists and mappings of scalars on one line ({min: 1, max: 2}); everything else in block style.
         flow = None if isinstance(value, (list, dict)) else False
         dumped = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=flow, width=WIDTH).rstrip("\n")
+        if key in commented:
+            lines.append(f"{indent}# (the default, left unset: this config refuses {key} when given explicitly)")
+            dumped = "\n".join(f"# {line}" for line in dumped.split("\n"))
         lines.extend(indent + line for line in dumped.split("\n"))
     return lines
 
 
-def config_yaml(job: str, config: BaseModel) -> str:
+def _refused_when_set(config: CommonConfig, data: dict[str, Any]) -> frozenset[str]:
+    """Keys left at their default that the config refuses, or fingerprints differently, when given
+    explicitly (a validator that asks whether a key was set: the score job's ``model`` without the
+    reconstruction scorer). Empty for most configs: then every key is printed as a value."""
+
+    def same(candidate: dict[str, Any]) -> bool:
+        try:
+            return type(config).model_validate(candidate).fingerprint() == config.fingerprint()
+        except ValidationError:
+            return False
+
+    if same(data):
+        return frozenset()
+    kept = {k: v for k, v in data.items() if k in config.model_fields_set}
+    refused = set()
+    for key in (k for k in data if k not in kept):
+        if same({**kept, key: data[key]}):
+            kept[key] = data[key]
+        else:
+            refused.add(key)
+    return frozenset(refused)
+
+
+def config_yaml(job: str, config: CommonConfig) -> str:
     """``config`` as YAML you can save and edit: every key (defaults included), each under its
     description. Run it as is with ``--config FILE``: the same config fingerprint."""
     header = [
         f"# The {job} job's config: every key with its value, defaults included.",
         f"# Save it, edit it, run it: ray-pipelines {job} --config FILE",
     ]
-    return "\n".join(header + _yaml_lines(type(config), config.model_dump(mode="json"), "")) + "\n"
+    data = config.model_dump(mode="json")
+    return "\n".join(header + _yaml_lines(type(config), data, "", _refused_when_set(config, data))) + "\n"
 
 
 def json_schema(model: type[BaseModel]) -> str:
