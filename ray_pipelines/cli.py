@@ -3,16 +3,24 @@
 Jobs live in ``ray_pipelines.jobs`` (``ray_pipelines/jobs/<name>.py``), each with a ``JOB``
 class; ``python -m jobs.<name>`` in a checkout runs the same code as this CLI.
 Exit codes: 0 the job ran (even with error rows), 2 bad config or output
-conflict, 1 the job could not run (storage unreachable, Ray failure).
+conflict, 1 the job could not run (storage unreachable, Ray failure), 130 stopped
+by Ctrl-C (what was written is kept; a rerun resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine.progress import Progress
 
 # job name -> module holding JOB (a Job subclass)
 JOBS = {
@@ -27,12 +35,30 @@ TOOLS = {
     "preview": "ray_pipelines.jobs.preview",  # spectrogram preview grid of an output
     "filter": "ray_pipelines.jobs.filter",  # re-run score filters from stored scores
 }
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
-def job_parser(name: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"ray-pipelines {name}", description=f"Run the {name} job.")
+# ---- argument parsing -------------------------------------------------------------------
+def job_parser(name: str, config_model=None) -> argparse.ArgumentParser:
+    """The job's options; with ``config_model``, ``--help`` also lists every config key."""
+    from .config_docs import keys_help, packaged_configs_table
+
+    epilog = None
+    if config_model is not None:
+        examples = packaged_configs_table(name)
+        epilog = f"config keys (set in the YAML file or with --set KEY=VALUE):\n{keys_help(config_model)}\n\n" + (
+            f"packaged example configs (--config NAME):\n{examples}\n" if examples else ""
+        )
+    parser = argparse.ArgumentParser(
+        prog=f"ray-pipelines {name}",
+        description=f"Run the {name} job.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
-        "--config", "-c", help="YAML config file, or the name of a packaged example config (e.g. augment)."
+        "--config",
+        "-c",
+        help="YAML config file, or the name of a packaged example config (`ray-pipelines configs` lists them).",
     )
     parser.add_argument(
         "--set",
@@ -47,56 +73,181 @@ def job_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace an output written with another config instead of refusing."
     )
-    parser.add_argument("--no-progress", action="store_true", help="Hide Ray Data progress bars.")
-    parser.add_argument("--quiet", "-q", action="store_true", help="Only print the summary.")
+    config = parser.add_argument_group("config")
+    config.add_argument(
+        "--print-config",
+        action="store_true",
+        help="Print the merged config (every default filled in) as YAML, and exit. Runs as is with --config.",
+    )
+    config.add_argument("--schema", action="store_true", help="Print the config's JSON schema, and exit.")
+    console = parser.add_argument_group("console")
+    console.add_argument("--quiet", "-q", action="store_true", help="No progress: only the summary and errors.")
+    console.add_argument("--no-progress", action="store_true", help="No live progress (logs and summary as usual).")
+    console.add_argument(
+        "--verbose", "-v", action="store_true", help="Show Ray's own log lines, workers' output and full tracebacks."
+    )
+    console.add_argument("--ray-progress", action="store_true", help="Also show Ray Data's own progress display.")
     return parser
 
 
+def main_help() -> str:
+    from . import __version__
+
+    return (
+        f"ray-pipelines {__version__}: turn raw audio collections into ML-ready datasets on Ray.\n\n"
+        "usage: ray-pipelines <job> --config FILE|NAME [--set KEY=VALUE ...] [options]\n"
+        "       ray-pipelines <tool> [options]\n\n"
+        f"jobs:  {', '.join(JOBS)}\n"
+        f"tools: {', '.join(TOOLS)}\n"
+        "       configs [NAME]   list the packaged example configs, or print one\n\n"
+        "Run `ray-pipelines <command> --help` for a command's options (a job's lists its config keys).\n"
+        "ray-pipelines --version prints the versions."
+    )
+
+
+# ---- commands ---------------------------------------------------------------------------
 def run_job_command(name: str, argv: Sequence[str]) -> int:
     from .config import ConfigError, load_config
+    from .config_docs import config_yaml, json_schema
+
+    job_cls = importlib.import_module(JOBS[name]).JOB
+    args = job_parser(name, job_cls.config_model).parse_args(list(argv))
+    if args.schema:
+        print(json_schema(job_cls.config_model))
+        return 0
+    try:
+        config = load_config(job_cls.config_model, args.config, args.overrides)
+    except ConfigError as e:
+        hint = "\n(--print-config prints a config that validates: give the required keys with --set or --config)"
+        print(f"ray-pipelines {name}: {e}{hint if args.print_config else ''}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(config_yaml(name, config), end="")
+        return 0
+    return _run(name, job_cls, config, args)
+
+
+def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
+    """Run the job with the live progress; the summary at the end (exit codes: module docstring)."""
+    from .config import ConfigError
+    from .console import FilteredStderr, configure_logging
     from .engine.manifest import OutputConflict
+    from .engine.progress import make_progress
     from .engine.runner import run_job
     from .engine.summary import format_summary
     from .sources import SourceError
 
-    args = job_parser(name).parse_args(list(argv))
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    job_cls = importlib.import_module(JOBS[name]).JOB
-    try:
-        config = load_config(job_cls.config_model, args.config, args.overrides)
-        job = job_cls(config)
-        result = run_job(job, address=args.address, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ConfigError, OutputConflict) as e:
-        print(f"ray-pipelines {name}: {e}", file=sys.stderr)
-        return 2
-    except SourceError as e:
-        print(f"ray-pipelines {name}: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # storage or Ray failures: one clear line, the traceback in the log
-        logging.getLogger("ray_pipelines").debug("job failed", exc_info=True)
-        print(f"ray-pipelines {name}: the job could not run: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    configure_logging(args.verbose, args.ray_progress)
+    ray_was_running = _ray_running()  # a caller's Ray (tests, notebooks) stays up
+    with FilteredStderr(enabled=not args.verbose) as console:
+        counts = make_progress(name, job_cls.rows_label, console, quiet=args.quiet or args.no_progress)
+        try:
+            job = job_cls(config)  # may load a model: its errors are the job's
+            result = run_job(
+                job, address=args.address, overwrite=args.overwrite, progress=args.ray_progress, monitor=counts
+            )
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would interrupt the clean-up
+            print(_stopped_message(name, counts), file=console, flush=True)
+            return INTERRUPTED
+        except (ConfigError, OutputConflict) as e:
+            print(f"ray-pipelines {name}: {e}", file=sys.stderr)
+            return 2
+        except SourceError as e:
+            print(f"ray-pipelines {name}: {e}", file=sys.stderr)
+            return 1
+        except Exception as e:  # storage or Ray failures: one clear line (the traceback with --verbose)
+            if args.verbose:
+                traceback.print_exc()
+            logging.getLogger("ray_pipelines").debug("job failed", exc_info=True)
+            print(f"ray-pipelines {name}: the job could not run: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        finally:
+            if not ray_was_running:
+                _shutdown_ray()
     print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)))
     return 0
 
 
+def _stopped_message(name: str, counts: Progress) -> str:
+    kept = f"{counts.inputs_done} of {counts.to_do} inputs ({counts.rows} {counts.rows_label})"
+    before = f", besides the {counts.skipped} committed before" if counts.skipped else ""
+    return (
+        f"\n{name}: stopped (Ctrl-C). This run wrote {kept}{before}; what was written is kept.\n"
+        f"Run the same command again to resume: committed inputs are skipped."
+    )
+
+
+def _ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def _shutdown_ray() -> None:
+    """Disconnect from Ray; an embedded Ray stops its processes here, inside the stderr filter
+    (Ray's own atexit hook would do it later, outside)."""
+    if _ray_running():
+        sys.modules["ray"].shutdown()
+
+
+def configs_command(argv: Sequence[str]) -> int:
+    """``ray-pipelines configs``: the packaged example configs; ``configs NAME``: print one."""
+    from .config import ConfigError, resolve_config_path
+    from .config_docs import packaged_configs_table
+
+    if not argv:
+        print("packaged example configs (run one with `ray-pipelines <job> --config NAME`):")
+        print(packaged_configs_table())
+        print("\nPrint one to start your own: ray-pipelines configs NAME > my-config.yaml")
+        return 0
+    try:
+        print(resolve_config_path(argv[0]).read_text(), end="")
+    except ConfigError as e:
+        print(f"ray-pipelines configs: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{p} {installed(p)}" for p in ("ray", "torch", "torchaudio", "pyarrow"))
+    return f"ray-pipelines {__version__} (python {sys.version.split()[0]}, {libraries})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = sorted([*JOBS, *TOOLS])
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # before a job started (imports, listing): nothing was written
+        print("\nray-pipelines: stopped (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
+    commands = sorted([*JOBS, *TOOLS, "configs"])
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            f"usage: ray-pipelines {{{','.join(commands)}}} [options]\n"
-            "Run `ray-pipelines <command> --help` for a command's options."
-        )
+        print(main_help())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(version_text())
+        return 0
     command, rest = argv[0], argv[1:]
     if command in JOBS:
         return run_job_command(command, rest)
     if command in TOOLS:
         return int(importlib.import_module(TOOLS[command]).main(rest) or 0)
-    print(f"ray-pipelines: unknown command {command!r}; choose one of {', '.join(commands)}", file=sys.stderr)
+    if command == "configs":
+        return configs_command(rest)
+    guess = difflib.get_close_matches(command, commands, n=1)
+    hint = f"did you mean {guess[0]}? " if guess else ""
+    print(f"ray-pipelines: unknown command {command!r}; {hint}choose one of {', '.join(commands)}", file=sys.stderr)
     return 2
 
 

@@ -9,8 +9,10 @@ output instead of being refused.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -233,15 +235,16 @@ def validate_config(model: type[CommonConfig], data: dict[str, Any]) -> CommonCo
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e, model)) from None
 
 
-def format_validation_error(error: ValidationError) -> str:
+def format_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
     lines = ["invalid config:"]
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(root)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            guess = did_you_mean(model, item["loc"]) if model is not None else None
+            lines.append(f"  {key}: unknown key" + (f"; did you mean {guess}?" if guess else ""))
         elif item["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         else:
@@ -249,3 +252,35 @@ def format_validation_error(error: ValidationError) -> str:
             shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
             lines.append(f"  {key}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's annotation can hold (through Optional, unions, lists, dicts)."""
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+    return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+
+
+def kinds_of(model: type[BaseModel]) -> tuple[str, ...]:
+    """The tags a discriminated-union member answers to (its ``kind`` literal), e.g. ``("pesto",)``."""
+    field = model.model_fields.get("kind")
+    return tuple(str(a) for a in typing.get_args(field.annotation)) if field is not None else ()
+
+
+def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The closest key to the unknown ``loc[-1]`` among the keys its section allows.
+
+    Walks ``loc`` through the models' fields: list indices and dict keys are skipped, and a
+    discriminated union's tag (``teachers.0.torchcrepe.capcity``) picks the member it names."""
+    *parents, unknown = loc
+    models = [model]
+    for part in parents:
+        fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
+        if fields:
+            models = [m for f in fields for m in models_in(f.annotation)]
+        elif isinstance(part, str):
+            models = [m for m in models if part in kinds_of(m)] or models
+    keys = sorted({name for m in models for name in m.model_fields})
+    close = difflib.get_close_matches(str(unknown), keys, n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -19,6 +19,7 @@ import soundfile as sf
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_type
 from ray_pipelines.engine.manifest import OutputConflict
+from ray_pipelines.engine.progress import Progress
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, copy_shared, encoded_bytes, make_library, tone, write_audio, write_tar
@@ -129,15 +130,43 @@ class WriteTasksAugmentJob(AugmentJob):
 def test_same_files_whether_actors_or_write_tasks_write_them(reference, clips, tmp_path, ray_local):
     ref_out, _ = reference
     out = tmp_path / "write-tasks"
-    result = run_job(WriteTasksAugmentJob(config(clips, out, actors=1)), progress=False)
+    monitor = ArrivalTimes("augment")
+    result = run_job(WriteTasksAugmentJob(config(clips, out, actors=1)), progress=False, monitor=monitor)
     files = sorted(p.relative_to(out) for p in out.glob("*/part-*.parquet"))
     assert files == sorted(p.relative_to(ref_out) for p in ref_out.glob("*/part-*.parquet"))
     assert all((out / f).read_bytes() == (ref_out / f).read_bytes() for f in files)
     # Either way the driver gets one report per block with the same keys.
     assert sum(w["rows"] for w in result.writes) == result.run_rows == result.counts["rows_written"]
+    assert sum(w["inputs"] for w in result.writes) == result.counts["processed_this_run"]
     assert all(
-        set(w) == {"rows", "error_rows", "files", "bytes", "fenced", "finished_at", "writer"} for w in result.writes
+        set(w) == {"inputs", "rows", "error_rows", "files", "bytes", "fenced", "finished_at", "writer"}
+        for w in result.writes
     )
+    # The reports stream to the driver as the write tasks finish, not all at the end.
+    assert len(monitor.arrived) == len(result.writes) >= 3
+    assert monitor.arrived[0] < max(w["finished_at"] for w in result.writes)
+    assert (monitor.inputs_done, monitor.rows) == (result.counts["processed_this_run"], result.run_rows)
+
+
+def test_actor_written_reports_stream_to_the_driver_too(clips, tmp_path, ray_local):
+    monitor = ArrivalTimes("augment")
+    result = run_job(
+        AugmentJob(config(clips, tmp_path / "out", actors=1, inputs_per_block=1, limit=4)), monitor=monitor
+    )
+    assert len(monitor.arrived) == len(result.writes) == 4
+    assert monitor.arrived[0] < max(w["finished_at"] for w in result.writes)
+    assert monitor.inputs_done == monitor.to_do == 4 and monitor.rows == result.run_rows == 8
+
+
+class ArrivalTimes(Progress):
+    """Records when each write report reached the driver."""
+
+    def __init__(self, job: str):
+        super().__init__(job)
+        self.arrived: list[float] = []
+
+    def show_update(self) -> None:
+        self.arrived.append(time.time())
 
 
 def test_rerun_skips_everything_and_refuses_another_config(reference, clips, tmp_path, ray_local):

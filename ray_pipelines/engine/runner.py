@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,10 @@ from ..storage import Storage
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
 from .manifest import OutputState
+from .progress import Progress
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
 from .sink import ShardSink
+from .write_stream import stream_write
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,18 @@ def select_inputs(job: Job) -> list[dict[str, Any]]:
     return [i.to_row() for i in items]
 
 
-def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, progress: bool = True) -> JobResult:
-    """Run ``job`` to completion (resuming whatever its output already holds)."""
+def run_job(
+    job: Job,
+    *,
+    address: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    monitor: Progress | None = None,
+) -> JobResult:
+    """Run ``job`` to completion (resuming whatever its output already holds).
+
+    ``progress``: Ray Data's own progress display. ``monitor`` gets the input counts and then
+    every write report as it arrives (engine/progress.py: the CLI's live progress)."""
     cfg = job.config
     started = time.time()
     storage = Storage(cfg.output, cfg.storage_options)
@@ -113,11 +126,21 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     skipped = len(rows) - len(pending)
     log.info("%s: %d inputs listed, %d already committed, %d to process", job.name, len(rows), skipped, len(pending))
 
-    how, writes = "", []
-    if pending:
-        how = connect(address)
-        configure_data_context(cfg, progress)
-        writes = _execute(job, pending, fingerprint, run_id)
+    how, writes, finished = "", [], False
+    if monitor is not None:
+        monitor.start(listed=len(rows), skipped=skipped, to_do=len(pending))
+    try:
+        if pending:
+            how = connect(address)
+            configure_data_context(cfg, progress)
+            for report in _execute(job, pending, fingerprint, run_id):
+                writes.append(report)
+                if monitor is not None:
+                    monitor.update(report)
+        finished = True
+    finally:
+        if monitor is not None:
+            monitor.close(finished)
     ran_at = time.time()
 
     manifest = state.commit(
@@ -184,8 +207,9 @@ class DecodeStageWrite(DecodeThenStage):
         return {name: np.array([value]) for name, value in report.items()}
 
 
-def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> list[dict[str, Any]]:
-    """Build and run the Ray Data plan; returns what each write (in an actor or a write task) reported."""
+def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> Iterator[dict[str, Any]]:
+    """Build the Ray Data plan; the iterator runs it, yielding each write's report (from an actor
+    or a write task) as it arrives."""
     cfg = job.config
     stages = job.stages()
     num_blocks = max(1, math.ceil(len(pending) / cfg.inputs_per_block))
@@ -238,13 +262,13 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
                 num_gpus=gpus or None,
                 **actor_args,
             )
-        if fused_write:
-            return [{name: python_scalar(value) for name, value in row.items()} for row in ds.take_all()]
-        # One writer per actor keeps up; more would only start more worker processes
-        # (each pays seconds of imports) for the same bytes.
-        ds.write_datasink(
-            sink,
-            ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES},
-            concurrency=plan.max_size,
-        )
-    return sink.write_returns
+    if fused_write:
+        return ({name: python_scalar(value) for name, value in row.items()} for row in ds.iter_rows())
+    # One writer per actor keeps up; more would only start more worker processes
+    # (each pays seconds of imports) for the same bytes.
+    return stream_write(
+        ds,
+        sink,
+        ray_remote_args={"num_cpus": WRITE_TASK_CPUS, "max_retries": MAX_TASK_RETRIES},
+        concurrency=plan.max_size,
+    )

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 CPU_RESERVE = 0.5
 WRITE_TASK_CPUS = 0.25
 MAX_TASK_RETRIES = 2
+# Whether workers' stdout/stderr stream to the driver's console; the CLI turns it off unless
+# --verbose (ray_pipelines/console.py). Off, they stay in Ray's worker log files.
+WORKER_LOGS_TO_DRIVER = True
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> str:
@@ -29,7 +32,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return "existing Ray session"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=WORKER_LOGS_TO_DRIVER, configure_logging=False)
         return f"cluster at {address}"
     # Keep idle workers: otherwise every write task pays a fresh worker's start-up
     # (about 1 CPU-second per block, measured in bench/encode.py).
@@ -37,7 +40,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
-        log_to_driver=not quiet,
+        log_to_driver=WORKER_LOGS_TO_DRIVER and not quiet,
         configure_logging=False,
         _system_config={"kill_idle_workers_interval_ms": 0},
     )

@@ -153,7 +153,11 @@ class ShardSink(Datasink):
         name = content_hash(self.fingerprint, keys, indices)
         storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part)
         return report(
-            rows=int(ok.sum()), error_rows=len(error_rows), files=len(files), bytes=sum(int(f["bytes"]) for f in files)
+            inputs=len(inputs),
+            rows=int(ok.sum()),
+            error_rows=len(error_rows),
+            files=len(files),
+            bytes=sum(int(f["bytes"]) for f in files),
         )
 
     def make_table(self, rows: dict[str, np.ndarray]) -> pa.Table:
@@ -193,10 +197,14 @@ class ShardSink(Datasink):
         )
 
 
-def report(rows: int = 0, error_rows: int = 0, files: int = 0, bytes: int = 0, fenced: bool = False) -> dict[str, Any]:
-    """What a write reports to the driver (``JobResult.writes``): the same keys every time
-    (``writer`` names the process that wrote, for the steady-state rate)."""
+def report(
+    inputs: int = 0, rows: int = 0, error_rows: int = 0, files: int = 0, bytes: int = 0, fenced: bool = False
+) -> dict[str, Any]:
+    """What a write reports to the driver (``JobResult.writes``, the live progress): the same keys
+    every time (``inputs``: the inputs this write holds rows of; ``writer`` names the process that
+    wrote, for the steady-state rate)."""
     return {
+        "inputs": inputs,
         "rows": rows,
         "error_rows": error_rows,
         "files": files,

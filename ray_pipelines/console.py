@@ -1,0 +1,123 @@
+"""What a person sees in the terminal while a job runs: our progress and summary, no Ray log lines.
+
+By default (``quiet_ray``):
+
+- Ray's and Ray Data's console handlers show errors only (their log files keep everything:
+  ``/tmp/ray/session_latest/logs``, ``.../logs/ray-data``); this hides the token-auth notice
+  and Ray Data's INFO lines.
+- Workers' stdout/stderr stay in Ray's worker log files instead of streaming to the driver.
+- :class:`FilteredStderr` drops the one C++ line Ray prints for every actor pool:
+  ``core_worker.cc: Actor ... has constructor arguments in the object store and max_restarts > 0``.
+  Its cause is Ray Data's, not ours: every actor pool gets its map transformer and DataContext
+  as ``ray.put`` object references (however small the constructor kwargs), and the core worker
+  warns about any reference argument of a restartable actor (ray-project/ray#57733, open).
+  Turning restarts off would silence it at the cost of crash recovery, so the line is filtered.
+
+``--verbose`` leaves all of it as Ray has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+from typing import TextIO
+
+# Lines of the driver's stderr (C++ and Python alike) that say nothing a user can act on.
+NOISE = (
+    re.compile(rb"core_worker\.cc:\d+: Actor .* has constructor arguments in the object store and max_restarts > 0"),
+)
+
+
+def configure_logging(verbose: bool, ray_progress: bool = False) -> None:
+    """Our loggers (WARNING, or INFO with timestamps when ``verbose``) and Ray's console handlers."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    if not verbose:
+        quiet_ray(keep_ray_data_info=ray_progress)
+
+
+def quiet_ray(keep_ray_data_info: bool = False) -> None:
+    """Ray's and Ray Data's console handlers to ERROR (their file handlers keep every level);
+    workers' output stays in their log files. ``keep_ray_data_info``: Ray Data's own progress
+    display (``--ray-progress``) is INFO lines when not in a terminal."""
+    import ray.data  # noqa: F401  (sets up Ray Data's loggers)
+
+    from .engine import runtime
+
+    runtime.WORKER_LOGS_TO_DRIVER = False
+    # ray.init(configure_logging=False) removes the "ray" logger's handlers, after which its
+    # warnings reach Python's last-resort handler: the logger's level is what holds them back.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    for name, level in (("ray", logging.ERROR), ("ray.data", logging.INFO if keep_ray_data_info else logging.ERROR)):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(level)
+
+
+class FilteredStderr:
+    """Route this process's stderr (file descriptor 2, so C++ writes too) through a thread that
+    drops :data:`NOISE` lines. ``with FilteredStderr() as console:`` gives ``console``, a text
+    stream on the real stderr for output that must not wait for a line end (a progress bar).
+    Does nothing (``console`` is ``sys.stderr``) when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool = True, patterns: tuple[re.Pattern, ...] = NOISE):
+        self.enabled = enabled
+        self.patterns = patterns
+        self._saved: int | None = None
+        self._reader: int | None = None
+        self._thread: threading.Thread | None = None
+        self.console: TextIO = sys.stderr
+
+    def __enter__(self) -> TextIO:
+        if not self.enabled:
+            return self.console
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._reader, writer = os.pipe()
+        os.dup2(writer, 2)
+        os.close(writer)
+        self._thread = threading.Thread(target=self._pump, daemon=True, name="stderr-filter")
+        self._thread.start()
+        self.console = os.fdopen(os.dup(self._saved), "w", buffering=1)
+        return self.console
+
+    def _noise(self, line: bytes) -> bool:
+        return any(p.search(line) for p in self.patterns)
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self._reader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            self._forward(b"".join(line + b"\n" for line in lines if not self._noise(line)))
+        if not self._noise(pending):
+            self._forward(pending)
+
+    def _forward(self, data: bytes) -> None:
+        try:
+            if data:
+                os.write(self._saved, data)
+        except OSError:  # the real stderr is gone (a closed pipe): keep draining, never block writers
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        sys.stderr.flush()
+        self.console.flush()
+        os.dup2(self._saved, 2)  # closes our end of the pipe: the pump reads to the end and stops
+        self._thread.join(timeout=5)
+        self.console.close()
+        os.close(self._reader)
+        os.close(self._saved)

@@ -1,0 +1,125 @@
+"""Config you can discover: --print-config, --schema, --help, did-you-mean, --version, configs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+
+import jsonschema
+import pytest
+import yaml
+
+from ray_pipelines import __version__
+from ray_pipelines.cli import JOBS, main
+from ray_pipelines.config import ConfigError, load_config, packaged_config_names
+
+# Every packaged example config of a job (score-filter.yaml is a filter section, not a job config).
+JOB_CONFIGS = [name for name in packaged_config_names() if name.split("-")[0] in JOBS and name != "score-filter"]
+
+
+def model_of(job: str):
+    return importlib.import_module(JOBS[job]).JOB.config_model
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's --help
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("name", JOB_CONFIGS)
+def test_print_config_runs_as_a_config_with_the_same_fingerprint(name, tmp_path, capsys):
+    job = name.split("-")[0]
+    code, printed, err = run_cli(capsys, job, "--config", name, "--set", "seed=7", "--print-config")
+    assert code == 0, err
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    original = load_config(model_of(job), name, ["seed=7"])
+    again = load_config(model_of(job), saved)
+    assert again.fingerprint() == original.fingerprint()
+    assert again.model_dump() == original.model_dump()
+    assert "seed: 7" in printed.splitlines()
+    # Every key is there, defaults included, each under its description when it has one; a default the
+    # config refuses when given explicitly (score: model without the reconstruction scorer) as a comment.
+    data = yaml.safe_load(printed)
+    commented = set(re.findall(r"left unset: this config refuses (\w+) when given explicitly", printed))
+    assert set(data) | commented == set(model_of(job).model_fields)
+    assert commented <= ({"model"} if job == "score" else set())
+    description = model_of(job).model_fields["seed"].description
+    assert f"# {description}" in printed
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_schema_is_a_valid_json_schema_that_accepts_the_printed_configs(job, capsys):
+    code, out, _ = run_cli(capsys, job, "--schema")
+    assert code == 0
+    schema = json.loads(out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert set(schema["required"]) >= {"input", "output"}
+    for name in (n for n in JOB_CONFIGS if n.split("-")[0] == job):
+        code, out, _ = run_cli(capsys, job, "--config", name, "--print-config")
+        printed = yaml.safe_load(out)
+        assert not list(validator.iter_errors(printed)), name
+    # And it rejects what validation rejects: an unknown key, a wrong type.
+    assert list(validator.iter_errors({"input": "a", "output": "b", "no_such_key": 1}))
+    assert list(validator.iter_errors({"input": "a", "output": "b", "seed": "zero"}))
+
+
+def test_unknown_keys_get_a_did_you_mean_at_any_depth():
+    with pytest.raises(ConfigError) as error:
+        load_config(
+            model_of("teacher"),
+            "teacher-synth",
+            ["batchsize=4", "synth.num_sample=3", "teachers=[{kind: torchcrepe, capcity: tiny}]", "zzz=1"],
+        )
+    message = str(error.value)
+    assert "  batchsize: unknown key; did you mean batch_size?" in message
+    assert "  synth.num_sample: unknown key; did you mean num_samples?" in message
+    assert "  teachers.0.torchcrepe.capcity: unknown key; did you mean capacity?" in message
+    assert "  zzz: unknown key\n" in message + "\n"
+
+
+def test_cli_did_you_mean_exits_2_before_starting_anything(capsys):
+    code, out, err = run_cli(capsys, "augment", "--config", "augment", "--set", "num_version=3")
+    assert code == 2 and out == ""
+    assert "num_version: unknown key; did you mean num_versions?" in err
+    code, _, err = run_cli(capsys, "augmnet")
+    assert code == 2 and "did you mean augment?" in err
+
+
+def test_help_lists_every_key_with_its_type_default_and_description(capsys):
+    code, out, _ = run_cli(capsys, "augment", "--help")
+    assert code == 0
+    model = model_of("augment")
+    for name in model.model_fields:
+        assert f"\n  {name}  (" in out or f"\n  {name}:  (section)" in out, name
+    assert "  num_versions  (int; default 5)\n      Versions (independent crops) per clip." in out
+    assert "  input  (str or list of str; required)" in out
+    assert "  waveform_pool.gain.min_db  (float; default -6.0)" in out
+    assert '  compression  (none|snappy|zstd|lz4|gzip; default "zstd")' in out
+    assert "packaged example configs (--config NAME):\n  augment " in out
+    assert "--print-config" in out and "--schema" in out and "--verbose" in out
+
+
+def test_help_lists_each_kind_of_a_list_of_models(capsys):
+    _, out, _ = run_cli(capsys, "teacher", "--help")
+    assert "  teachers[] with kind: torchcrepe" in out
+    assert '  teachers[].capacity  (tiny|full; default "tiny")' in out
+
+
+def test_version_and_the_packaged_configs(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith(f"ray-pipelines {__version__} (python ") and "ray 2.60.0" in out
+    code, out, _ = run_cli(capsys, "configs")
+    assert code == 0
+    for name in packaged_config_names():
+        assert f"\n  {name} " in out
+    code, out, _ = run_cli(capsys, "configs", "augment")
+    assert code == 0 and yaml.safe_load(out)["num_versions"] == 5
+    code, _, err = run_cli(capsys, "configs", "no-such-config")
+    assert code == 2 and "packaged configs:" in err

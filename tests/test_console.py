@@ -1,0 +1,253 @@
+"""The console a person sees: live progress in a terminal and in a pipe, quiet logs, Ctrl-C.
+
+Each test runs ``ray-pipelines augment`` as a subprocess on a small library (its own embedded
+Ray, as a user's shell would), and asserts counts, rates and lines, never timings.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ray_pipelines.config import validate_config
+from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+from tests.audio_helpers import REPO, make_library
+from tests.test_augment_job import rows_by_key
+
+SETTINGS = dict(
+    num_versions=2,
+    duration=1.0,
+    sample_rate=16000,
+    n_mels=32,
+    n_fft=512,
+    hop_length=256,
+    batch_size=2,
+    inputs_per_block=1,
+    actors=1,
+    seed=5,
+)
+RAY_NOISE = ("core_worker.cc", "Token authentication", "streaming_executor.py", "Traceback", "(MapWorker")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    """12 one-second tones (3 per format) and one file that is not audio (an error row)."""
+    root = tmp_path_factory.mktemp("console-library")
+    make_library(root, n_per_format=3, seconds=1.0)
+    (root / "wav" / "broken.wav").write_bytes(b"RIFF but no audio")
+    return root
+
+
+def command(library: Path, output: Path, *options: str) -> list[str]:
+    sets = [a for k, v in {**SETTINGS, "input": library, "output": output}.items() for a in ("--set", f"{k}={v}")]
+    return [sys.executable, "-m", "ray_pipelines.cli", "augment", *sets, *options]
+
+
+def environment(mark: str) -> dict[str, str]:
+    """The checkout first on the path (the subprocess runs from another folder), and a mark
+    every process it starts (Ray's included) inherits, to find leftovers by."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "RAY_PIPELINES_TEST_MARK": mark}
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def processes_left(mark: str, known: list[psutil.Process] = ()) -> list[psutil.Process]:
+    """Processes still running that carry ``mark`` in their environment, or of ``known`` (the
+    driver's descendants seen while it ran: Ray's agents do not inherit the environment)."""
+    found = [proc for proc in known if alive(proc)]
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_PIPELINES_TEST_MARK") == mark and alive(proc) and proc not in found:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_for_no_processes(mark: str, known: list[psutil.Process] = (), seconds: float = 60) -> list[psutil.Process]:
+    deadline = time.time() + seconds
+    while (left := processes_left(mark, known)) and time.time() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def summary_value(output: str, label: str) -> str:
+    return re.search(rf"^  {re.escape(label)}\s+(.*)$", output, re.M).group(1)
+
+
+def check_progress_lines(output: str, to_do: int, listed: int, skipped: int) -> None:
+    """The plain progress lines: a start line, counts that only grow, rates, the final line."""
+    lines = [line for line in output.splitlines() if line.startswith("augment: ")]
+    already = f", {skipped} already committed" if skipped else ""
+    assert lines[0] == f"augment: {to_do} inputs to process ({listed} listed{already})"
+    status = [
+        re.match(r"augment: (\d+)/(\d+) inputs \((\d+)%\), ([\d.]+) inputs/s, (\d+) rows, ([\d.]+) rows/s", line)
+        for line in lines[1:-1]
+    ]
+    assert all(status), lines
+    done = [int(m.group(1)) for m in status]
+    assert done == sorted(done) and all(int(m.group(2)) == to_do for m in status)
+    for m in status:  # rates are present and agree with the counts (0 only before the first write)
+        assert (float(m.group(4)) > 0) == (int(m.group(1)) > 0) and (float(m.group(6)) > 0) == (int(m.group(5)) > 0)
+    rows = int(summary_value(output, "rows this run"))
+    final = re.fullmatch(
+        rf"augment: done, {to_do}/{to_do} inputs in \d+:\d\d \(([\d.]+) inputs/s\), {rows} rows, ([\d.]+) rows/s, "
+        r"(no errors|\d+ error rows?)",  # this run's error rows (the summary counts the whole output)
+        lines[-1],
+    )
+    assert final and float(final.group(1)) > 0 and float(final.group(2)) > 0, lines[-1]
+
+
+def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_to_the_same_bytes(
+    library, tmp_path, ray_local
+):
+    reference = tmp_path / "reference"
+    run_job(AugmentJob(validate_config(AugmentConfig, {"input": str(library), "output": str(reference), **SETTINGS})))
+
+    out, mark = tmp_path / "out", uuid.uuid4().hex
+    proc = subprocess.Popen(
+        command(library, out),
+        cwd=tmp_path,
+        env=environment(mark),
+        start_new_session=True,  # its own process group, like a shell's foreground job
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before it could be interrupted"
+    spawned = psutil.Process(proc.pid).children(recursive=True)  # Ray's processes, agents included
+    assert any("raylet" in p.name() for p in spawned)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    stopped_at = time.time()
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert time.time() - stopped_at < 60
+    assert not any(noise in output for noise in RAY_NOISE), output
+    assert "augment: stopped (Ctrl-C). This run wrote" in output
+    assert "Run the same command again to resume" in output
+    assert not (out / "_SUCCESS").exists()
+    assert not wait_for_no_processes(mark, spawned), "Ray processes outlived the interrupted job"
+
+    written = len(list((out / "_manifests").glob("part-*.json")))
+    rerun = subprocess.run(
+        command(library, out), cwd=tmp_path, env=environment(mark), capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    listed, skipped = 13, int(summary_value(rerun.stdout, "already committed").split()[0])
+    assert skipped >= written >= 1
+    check_progress_lines(rerun.stderr + rerun.stdout, to_do=listed - skipped, listed=listed, skipped=skipped)
+    assert not any(noise in rerun.stderr for noise in RAY_NOISE), rerun.stderr
+    assert rows_by_key(out) == rows_by_key(reference)
+
+
+def run_in_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> tuple[int, str]:
+    """Run ``args`` with a pseudo-terminal as stdin, stdout and stderr; returns (exit code, output)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: every process holding it exited
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_a_bar_in_a_terminal_with_counts_rates_and_the_final_line(library, tmp_path):
+    mark = uuid.uuid4().hex
+    code, output = run_in_terminal(command(library, tmp_path / "out"), tmp_path, environment(mark))
+    assert code == 0, output
+    frames = [f.strip() for f in output.replace("\n", "\r").split("\r") if f.strip()]
+    assert frames[0] == "augment: 13 inputs to process (13 listed)"
+    bars = [f for f in frames if re.match(r"augment:\s+\d+%\|", f)]
+    counts = [int(re.search(r"\| (\d+)/13 inputs", f).group(1)) for f in bars]
+    assert counts[0] == 0 and counts[-1] == 13 and counts == sorted(counts)
+    rows = int(summary_value(output.replace("\r", ""), "rows this run"))
+    assert re.search(
+        rf"13/13 inputs \[[\d:]+<[\d:]+,\s+[\d.]+ inputs/s, {rows} rows, [\d.]+ rows/s, 1 error row\]", bars[-1]
+    )
+    assert re.search(rf"augment: done, 13/13 inputs in \d+:\d\d \([\d.]+ inputs/s\), {rows} rows", output)
+    assert "augment job finished" in output
+    assert not any(noise in output for noise in RAY_NOISE), output
+    assert not wait_for_no_processes(mark)
+
+
+def test_quiet_prints_only_the_summary_and_verbose_shows_ray(library, tmp_path):
+    mark = uuid.uuid4().hex
+    quiet = subprocess.run(
+        command(library, tmp_path / "out", "--quiet", "--set", "limit=2"),
+        cwd=tmp_path,
+        env=environment(mark),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    assert quiet.stdout.lstrip().startswith("augment job finished")
+    verbose = subprocess.run(
+        command(library, tmp_path / "out", "--verbose", "--set", "limit=4"),
+        cwd=tmp_path,
+        env=environment(mark),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert verbose.returncode == 0, verbose.stderr
+    assert "core_worker.cc" in verbose.stderr and "Starting execution of Dataset" in verbose.stderr
+
+
+FILTER_SCRIPT = """
+import os, subprocess, sys
+from ray_pipelines.console import FilteredStderr
+with FilteredStderr() as console:
+    print("a python line", file=sys.stderr)
+    os.write(2, b"[2026-12-02 08:06:44,244 E 15207 15207] core_worker.cc:2465: Actor with class name: 'M' and ID: "
+                b"'05' has constructor arguments in the object store and max_restarts > 0. If the arguments ...\\n"
+                b"[2026-12-02 08:06:45,000 E 15207 15207] core_worker.cc:100: a C++ error that matters\\n")
+    subprocess.run(["sh", "-c", "echo a child process line >&2"])
+    print("a bar frame\\r", end="", file=console, flush=True)
+print("after the filter", file=sys.stderr)
+"""
+
+
+def test_the_stderr_filter_drops_only_the_constructor_arguments_line():
+    result = subprocess.run(
+        [sys.executable, "-c", FILTER_SCRIPT], env=environment("filter"), capture_output=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stderr.decode() == (
+        "a python line\n"
+        "[2026-12-02 08:06:45,000 E 15207 15207] core_worker.cc:100: a C++ error that matters\n"
+        "a child process line\n"
+        "a bar frame\rafter the filter\n"
+    )

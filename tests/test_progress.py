@@ -1,0 +1,99 @@
+"""The live progress displays, fed write reports by hand on a fake clock (no Ray)."""
+
+from __future__ import annotations
+
+import io
+
+from ray_pipelines.engine.progress import BarProgress, LineProgress, Progress, duration, make_progress, rate
+from ray_pipelines.engine.sink import report
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_line_progress_every_few_percent_with_rates_eta_and_a_final_line():
+    clock, out = Clock(), io.StringIO()
+    progress = LineProgress("augment", "rows", out, every_seconds=60, every_percent=25, heartbeat=False, clock=clock)
+    progress.start(listed=50, skipped=10, to_do=40)
+    for _ in range(8):  # 8 blocks of 5 inputs, 10 rows each, one error row in every other block, 2 s apart
+        clock.now += 2.0
+        progress.update(report(inputs=5, rows=10, error_rows=progress.inputs_done % 10 == 0, files=1, bytes=100))
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "augment: 40 inputs to process (50 listed, 10 already committed)"
+    # A line at 25 %, 50 % and 75 % (10, 20 and 30 inputs), then the end line instead of 100 %.
+    assert lines[1] == (
+        "augment: 10/40 inputs (25%), 2.5 inputs/s, 20 rows, 5.0 rows/s, 1 error row, elapsed 0:04, ETA 0:12"
+    )
+    assert lines[2].startswith("augment: 20/40 inputs (50%), 2.5 inputs/s, 40 rows, 5.0 rows/s, 2 error rows")
+    assert lines[3].startswith("augment: 30/40 inputs (75%)") and lines[3].endswith("ETA 0:04")
+    assert lines[4] == "augment: done, 40/40 inputs in 0:16 (2.5 inputs/s), 80 rows, 5.0 rows/s, 4 error rows"
+    assert len(lines) == 5
+
+
+def test_line_progress_a_line_every_few_seconds_on_slow_progress():
+    clock, out = Clock(), io.StringIO()
+    progress = LineProgress("teacher", "clips", out, every_seconds=10, every_percent=50, heartbeat=False, clock=clock)
+    progress.start(listed=100, skipped=0, to_do=100)
+    for _ in range(6):  # 1 % every 4 s: a line each time 10 s have passed since the last one
+        clock.now += 4.0
+        progress.update(report(inputs=1, rows=3))
+    progress.close(finished=False)
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == [
+        "teacher: 3/100 inputs (3%)",
+        "teacher: 6/100 inputs (6%)",
+        "teacher: stopped",
+    ]
+    assert "18 clips, 0.75 clips/s, no errors" in lines[-1]
+
+
+def test_counts_cap_at_the_inputs_to_do_and_ignore_fenced_writes():
+    progress = Progress("encode")
+    progress.start(listed=3, skipped=0, to_do=3)
+    progress.update(report(inputs=2, rows=4))
+    progress.update(report(inputs=2, rows=4))  # an input split over two writes counts in both
+    progress.update(report(fenced=True))
+    assert (progress.inputs_done, progress.rows) == (3, 8)
+    assert progress.eta() == 0
+
+
+def test_nothing_to_do_is_one_line():
+    out = io.StringIO()
+    progress = LineProgress("score", stream=out, heartbeat=False)
+    progress.start(listed=7, skipped=7, to_do=0)
+    progress.close()
+    assert out.getvalue() == "score: all 7 inputs already committed, nothing to do\n"
+
+
+def test_bar_shows_counts_and_rate_after_the_input_count():
+    clock, out = Clock(), io.StringIO()
+    bar = BarProgress("features", "snippets", out, clock=clock)
+    bar.start(listed=4, skipped=0, to_do=4)
+    clock.now += 10
+    bar.update(report(inputs=4, rows=24, error_rows=2))
+    bar.close()
+    text = out.getvalue()
+    frames = [frame for frame in text.replace("\n", "\r").split("\r") if "|" in frame]
+    assert "| 4/4 inputs [" in frames[-1] and "24 snippets, 2.4 snippets/s" in frames[-1]
+    assert text.rstrip().endswith(
+        "features: done, 4/4 inputs in 0:10 (0.4 inputs/s), 24 snippets, 2.4 snippets/s, 2 error rows"
+    )
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_make_progress_picks_a_bar_for_a_terminal_lines_for_a_pipe_nothing_when_quiet():
+    assert isinstance(make_progress("augment", stream=FakeTerminal()), BarProgress)
+    assert isinstance(make_progress("augment", stream=io.StringIO()), LineProgress)
+    assert type(make_progress("augment", stream=FakeTerminal(), quiet=True)) is Progress  # counts, shows nothing
+    assert [duration(s) for s in (0, 59.6, 75, 3725)] == ["0:00", "1:00", "1:15", "1:02:05"]
+    assert [rate(r) for r in (0, 0.0351, 0.5, 28.24, 239.8)] == ["0", "0.035", "0.5", "28.2", "240"]
