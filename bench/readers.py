@@ -1,4 +1,4 @@
-"""Benchmark of the readers: ``python -m bench.readers [--quick] [--no-s3] [--writer]``.
+"""Benchmark of the readers: ``python -m bench.readers [--quick] [--tables local,s3,writer]``.
 
 For each job's output at a realistic size, a shuffled DataLoader with 2
 workers (persistent, as stable-audio-tools' loader), two epochs, items/s of:
@@ -16,12 +16,13 @@ workers (persistent, as stable-audio-tools' loader), two epochs, items/s of:
    size of one item), and the raw file bytes per second.
 
 Then the same readers from S3 (a moto server in this process, on the same two
-cores). ``--writer`` adds the table the writer's defaults were chosen from:
+cores). ``--tables writer`` adds the table the writer's defaults were chosen from:
 each output rewritten with other codecs and row-group sizes, its size, the
 sequential pyarrow rate and the reader's shuffled epoch.
 
-Outputs: augment and features are written by the jobs themselves from the
-real recordings (cycled); the teacher cache (synthetic signals of
+Outputs: augment and features are written by the jobs themselves, from the
+real recordings (cycled) and from 3-minute songs of real loops (bench.features'
+library); the teacher cache (synthetic signals of
 ``ray_pipelines.synth`` and a filtered copy as ``y``) and the encode output
 (``[64, 645]`` float32 latents, the shape of stable-audio-tools' VAE on 30 s at
 44.1 kHz, Gaussian like posterior samples, padding masks of real clip lengths)
@@ -48,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from bench.common import make_clips, table
+from bench.features import make_library
 
 WORKERS = 2
 EPOCHS = 2
@@ -112,6 +114,8 @@ def write_output(
 def teacher_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A synthetic teacher cache: 1.2 s clips at 44.1 kHz from the project's generator, ``y`` a
     one-pole low-pass of ``x`` (an effect teacher), the drawn ``f0``/``db``/``family``."""
+    import scipy.signal
+
     from ray_pipelines.synth import SynthConfig, stored_f0, synth_sample
 
     cfg, samples = SynthConfig(num_samples=n), 52920
@@ -120,9 +124,7 @@ def teacher_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     for i in range(n):
         audio, params = synth_sample(cfg, seed, f"synth/train/{i:06d}", i, 44100, samples)
         x[i], f0[i], db[i], family[i] = audio, stored_f0(params), params.db, params.family
-    y = x.copy()
-    for t in range(1, samples):  # vectorised over clips
-        y[:, t] = 0.8 * y[:, t - 1] + 0.2 * x[:, t]
+    y = scipy.signal.lfilter([0.2], [1.0, -0.8], x, axis=1).astype(np.float32)
     return {
         "key": np.array([f"synth/train/{i:06d}" for i in range(n)], dtype=object),
         "window": np.zeros(n, dtype=np.int64),
@@ -224,8 +226,9 @@ def prepare(work: Path, clips: int, teacher: int, encode: int) -> dict[str, Path
             AugmentJob(validate_config(AugmentConfig, {"input": str(audio), "output": str(outputs["augment"])}))
         )
     if not committed(outputs["features"]):
-        print(f"writing the features output (the same {clips} clips)...", flush=True)
-        cfg = {"input": str(audio), "output": str(outputs["features"])}
+        songs = max(48, clips // 6)
+        print(f"writing the features output ({songs} 3-minute songs of real loops x 6 snippets)...", flush=True)
+        cfg = {"input": str(make_library("flac", songs)), "output": str(outputs["features"])}
         run_quiet_job(FeaturesJob(validate_config(FeaturesConfig, cfg)))
     if not committed(outputs["teacher"]):
         print(f"writing the teacher cache ({teacher} synthetic clips)...", flush=True)
@@ -602,32 +605,59 @@ def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int
             shutil.copy(source / name, dest / name)
 
 
+def cpu_per_item(fn: Callable[[], int], runs: int = 3) -> float:
+    """Least CPU microseconds per item over ``runs`` calls of ``fn`` (which returns its item count),
+    counting every thread of this process: steadier than wall time on a shared machine."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.process_time()
+        items = fn()
+        best = min(best, (time.process_time() - started) / max(1, items) * 1e6)
+    return best
+
+
 def writer_table(work: Path, outputs: dict[str, Path]) -> str:
+    """Each output rewritten with each variant: size, pyarrow's sequential read and the reader's
+    shuffled epoch (in this process), in CPU microseconds per row / item."""
+    from ray_pipelines.engine.arrow import column_to_numpy
     from ray_pipelines.readers.parquet import list_shards
 
     rows = []
     for job in ("augment", "teacher", "encode", "features"):
         raw_bytes = None
         for codec, level, target in WRITER_VARIANTS:
-            name = f"{codec}{level or ''}-{target // 1024}k"
-            dest = work / "writer" / f"{job}-{name}"
+            dest = work / "writer" / f"{job}-{codec}{level or ''}-{target // 1024}k"
             rewrite(outputs[job], dest, codec, level, target)
             case = next(c for c in job_cases({**outputs, job: dest}, {}) if c["job"].startswith(job))
             files = list_shards(str(dest), None)
-            size = sum(os.path.getsize(f) for f in files)
-            limit, _ = sequential_limit(case["files"], case["tensors"])
             if raw_bytes is None:
                 raw_bytes = sum(pq.read_table(f).nbytes for f in files)
-            reader = epochs_rate(lambda case=case: case["reader"](0))
+
+            def sequential(case=case) -> int:
+                n = 0
+                for path in case["files"]:
+                    t = pq.read_table(path, use_threads=False)
+                    for name in case["tensors"]:
+                        column_to_numpy(t.column(name))
+                    n += t.num_rows
+                return n
+
+            def epoch(case=case) -> int:
+                dataset, kwargs = case["reader"](0)
+                return sum(len(b[0]) for b in DataLoader(dataset, **kwargs))
+
+            groups = sum(pq.ParquetFile(f).num_row_groups for f in files)
+            table_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
             rows.append(
                 [
                     job,
                     codec,
                     str(level or "-"),
-                    f"{target // 1024} KiB",
-                    f"{size / raw_bytes:.3f}",
-                    fmt(limit),
-                    fmt(reader),
+                    f"{target // 1024:,} KiB",
+                    f"{table_rows / groups:.1f}",
+                    f"{sum(os.path.getsize(f) for f in files) / raw_bytes:.3f}",
+                    fmt(cpu_per_item(sequential)),
+                    fmt(cpu_per_item(epoch)),
                 ]
             )
             shutil.rmtree(dest)
@@ -636,9 +666,10 @@ def writer_table(work: Path, outputs: dict[str, Path]) -> str:
         "codec",
         "level",
         "row-group target",
+        "rows per group",
         "size / raw",
-        "pyarrow sequential rows/s",
-        "reader in-process items/s",
+        "pyarrow sequential, CPU us per row",
+        "reader's shuffled epoch, CPU us per item",
     ]
     return table(rows, header)
 
@@ -650,8 +681,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small outputs, one run each: a smoke test")
     parser.add_argument("--work", default="/tmp/bench-readers", help="outputs are written (once) and kept here")
-    parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) table")
-    parser.add_argument("--writer", action="store_true", help="add the writer-defaults table")
+    parser.add_argument(
+        "--tables", default="local,s3", help="comma-separated: local (readers vs baselines), s3, writer (defaults)"
+    )
     args = parser.parse_args()
 
     clips, teacher, encode, runs = (200, 300, 300, 1) if args.quick else (1500, 2000, 3000, 3)
@@ -660,15 +692,15 @@ def main() -> None:
     started = time.time()
     outputs = prepare(work, clips, teacher, encode)
     seeds = seed_copies(work, outputs)
+    tables = args.tables.split(",")
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, load {os.getloadavg()}")
     print(f"DataLoader: {WORKERS} persistent workers, shuffled, {EPOCHS} epochs; median of {runs} alternating runs\n")
-    print(local_table(outputs, seeds, runs), flush=True)
-    if not args.no_s3:
-        print()
-        print(s3_table(outputs), flush=True)
-    if args.writer:
-        print()
-        print(writer_table(work, outputs), flush=True)
+    if "local" in tables:
+        print(local_table(outputs, seeds, runs) + "\n", flush=True)
+    if "s3" in tables:
+        print(s3_table(outputs) + "\n", flush=True)
+    if "writer" in tables:
+        print(writer_table(work, outputs) + "\n", flush=True)
     print(f"\nload average at the end: {os.getloadavg()}; {time.time() - started:.0f} s")
 
 
