@@ -26,7 +26,6 @@ used when it is initialised.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -79,12 +78,6 @@ def manifest_files(
 def list_shards(output: str, split: str | None = None, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Data files of a committed output (from manifest.json), optionally one split's."""
     return [f["url"] for f in manifest_files(output, split, storage_options)]
-
-
-def open_parquet(url: str, storage_options: dict[str, Any] | None = None) -> pq.ParquetFile:
-    """A Parquet shard (local path or fsspec URL), opened for row-group reads."""
-    storage = Storage(posixpath.dirname(url), storage_options)
-    return pq.ParquetFile(storage.fs.open(storage.abspath(posixpath.basename(url)), "rb"))
 
 
 def take_rows(column: pa.ChunkedArray, positions: np.ndarray) -> np.ndarray:
@@ -219,17 +212,16 @@ class ShardRows(IterableDataset):
             (chunk, rows[starts[chunk] + a : starts[chunk] + b] if rows is not None else self._chunk_rows(chunk)[a:b])
             for chunk, a, b in pieces
         ]
-        groups = list(windows(pieces, self._window_items(), WINDOW_CHUNKS))
+        bounds = np.cumsum([0] + [len(w) for w in windows(pieces, self._window_items(), WINDOW_CHUNKS)]).tolist()
         pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="shard-rows")
+
+        def read_window(w: int) -> list[Future]:
+            return [pool.submit(self._read_piece, *piece) for piece in wanted[bounds[w] : bounds[w + 1]]]
+
         try:
-            position = 0
-            ahead: list[Future] = []
-            for w, group in enumerate(groups):
-                if w == 0:
-                    ahead = [pool.submit(self._read_piece, *wanted[position + i]) for i in range(len(group))]
-                current, position = ahead, position + len(group)
-                if w + 1 < len(groups):  # read the next window while this one is yielded
-                    ahead = [pool.submit(self._read_piece, *wanted[position + i]) for i in range(len(groups[w + 1]))]
+            ahead = read_window(0) if len(bounds) > 1 else []
+            for w in range(len(bounds) - 1):
+                current, ahead = ahead, read_window(w + 1) if w + 2 < len(bounds) else []  # read the next one now
                 yield from self._yield_window([f.result() for f in current], epoch, shard, w)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
