@@ -12,8 +12,11 @@ workers (persistent, as stable-audio-tools' loader), two epochs, items/s of:
 2. the project's reader (``ContrastiveViews``, ``TeacherCache``,
    ``EncodedShardRows`` / ``EncodedLatents``, ``FeatureSnippets``), shuffled;
 3. the read limit: pyarrow reading every file sequentially in one thread,
-   decompression and conversion to NumPy included (rows/s, a row being the
-   size of one item), and the raw file bytes per second.
+   decompression and conversion to NumPy included, the columns the reader
+   yields (rows/s; a row is one item's data), and the raw file bytes per
+   second; plus the reader in this process (``num_workers=0``: its own
+   background threads decode, no DataLoader worker copies batches into shared
+   memory).
 
 Then the same readers from S3 (a moto server in this process, on the same two
 cores). ``--tables writer`` adds the table the writer's defaults were chosen from:
@@ -350,18 +353,23 @@ def loader_kwargs(batch_size: int, workers: int = WORKERS, **extra) -> dict[str,
     return kwargs
 
 
-def sequential_limit(files: list[str], tensor_columns: list[str], open_file=None) -> tuple[float, float]:
-    """(rows/s of pyarrow reading every file in turn, one thread, to NumPy; raw bytes/s of the files)."""
+def read_columns(path_or_file, columns: list[str] | None) -> int:
+    """pyarrow reads a whole file in one thread (``columns``: the ones a reader yields) to NumPy; its rows."""
     from ray_pipelines.engine.arrow import column_to_numpy
 
+    t = pq.read_table(path_or_file, columns=columns, use_threads=False)
+    for column in t.columns:
+        column_to_numpy(column)
+    return t.num_rows
+
+
+def sequential_limit(files: list[str], columns: list[str] | None, open_file=None) -> tuple[float, float]:
+    """(rows/s of pyarrow reading every file in turn, one thread, to NumPy; raw bytes/s of the files)."""
     open_file = open_file or (lambda p: open(p, "rb"))
     started, rows = time.perf_counter(), 0
     for path in files:
         with open_file(path) as f:
-            t = pq.read_table(f, use_threads=False)
-        for name in tensor_columns:
-            column_to_numpy(t.column(name))
-        rows += t.num_rows
+            rows += read_columns(f, columns)
     rows_rate = rows / (time.perf_counter() - started)
     started, size = time.perf_counter(), 0
     for path in files:
@@ -394,7 +402,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "baseline": (lambda: (SeedViews(seeds["augment"]), loader_kwargs(256, shuffle=True))) if seeds else None,
             "baseline_name": "one torch.load per .pt sample",
             "files": list_shards(where["augment"], "train", storage_options),
-            "tensors": ["view1", "view2"],
+            "columns": ["view1", "view2"],
         },
         {
             "job": "teacher (TeacherCache)",
@@ -407,7 +415,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "baseline": (lambda: (seed_teacher(seeds["teacher"]), loader_kwargs(64, shuffle=True))) if seeds else None,
             "baseline_name": "one big .pt loaded whole",
             "files": list_shards(where["teacher"], "train", storage_options),
-            "tensors": ["x", "y"],
+            "columns": ["x", "y", "f0", "db"],
         },
         {
             "job": "encode, Parquet (EncodedShardRows)",
@@ -429,7 +437,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             ),
             "baseline_name": "one np.load per .npy (+ .json), PreEncodedDataset",
             "files": list_shards(where["encode"], None, storage_options),
-            "tensors": ["latents", "padding_mask"],
+            "columns": None,  # the reader yields every column (metadata)
         },
         {
             "job": "encode, SAT .npy/.json (EncodedLatents)",
@@ -451,7 +459,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             ),
             "baseline_name": "one np.load per .npy (+ .json), PreEncodedDataset",
             "files": [],
-            "tensors": [],
+            "columns": None,
         },
         {
             "job": "features (FeatureSnippets)",
@@ -464,7 +472,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "baseline": None,
             "baseline_name": "",
             "files": list_shards(where["features"], "train", storage_options),
-            "tensors": ["input_values"],
+            "columns": ["input_values", "label"],
         },
     ]
     return cases
@@ -488,7 +496,7 @@ def local_table(outputs, seeds, runs: int) -> str:
                 baseline.append(epochs_rate(case["baseline"]))
             reader.append(epochs_rate(case["reader"]))
         in_process = epochs_rate(lambda case=case: case["reader"](0))
-        limit, raw = sequential_limit(case["files"], case["tensors"]) if case["files"] else (None, None)
+        limit, raw = sequential_limit(case["files"], case["columns"]) if case["files"] else (None, None)
         b = statistics.median(baseline) if baseline else None
         r = statistics.median(reader)
         rows.append(
@@ -512,12 +520,36 @@ def local_table(outputs, seeds, runs: int) -> str:
         "baseline items/s",
         "reader items/s",
         "reader / baseline",
-        "pyarrow sequential rows/s",
+        "pyarrow sequential rows/s (the reader's columns)",
         "reader / sequential",
         "raw file MB/s",
         "reader, in-process (num_workers=0) items/s",
     ]
     return table(rows, header)
+
+
+S3_FRACTION = 0.2  # of each output's files uploaded to moto (it keeps them in this process's memory)
+
+
+def upload_part(fs, local: Path, remote: str, fraction: float) -> None:
+    """The first ``fraction`` of an output's files (per split; SAT items by filelist.txt), with a
+    manifest.json (and filelist.txt) naming just those."""
+    manifest = json.loads((local / "manifest.json").read_text())
+    keep = []
+    for split in sorted({f.get("split", "") for f in manifest["files"]}):
+        parquet = [f for f in manifest["files"] if f.get("split", "") == split and f["path"].endswith(".parquet")]
+        keep += parquet[: max(1, int(len(parquet) * fraction))]
+    if (local / "filelist.txt").exists():
+        items = (local / "filelist.txt").read_text().split()
+        items = items[: max(1, int(len(items) * fraction))]
+        fs.pipe(f"{remote}/filelist.txt", "".join(i + "\n" for i in items).encode())
+        for item in items:
+            for path in (item, item[: -len(".npy")] + ".json"):
+                fs.put(str(local / path), f"{remote}/{path}")
+    for record in keep:
+        fs.put(str(local / record["path"]), f"{remote}/{record['path']}")
+    fs.pipe(f"{remote}/manifest.json", json.dumps({**manifest, "files": keep}).encode())
+    fs.put(str(local / "_job.json"), f"{remote}/_job.json")
 
 
 def s3_table(outputs) -> str:
@@ -536,13 +568,13 @@ def s3_table(outputs) -> str:
         fs = s3fs.S3FileSystem(client_kwargs=options)
         fs.mkdir("bench")
         for name, path in outputs.items():
-            fs.put(str(path), f"bench/{name}", recursive=True)
+            upload_part(fs, path, f"bench/{name}", S3_FRACTION)
         rows = []
         for case in job_cases(outputs, {}, options, url=lambda name: f"s3://bench/{name}"):
             print(f"  S3: {case['job']}...", flush=True)
             rate = epochs_rate(case["reader"])
             limit, raw = (
-                sequential_limit([f.split("://", 1)[1] for f in case["files"]], case["tensors"], fs.open)
+                sequential_limit([f.split("://", 1)[1] for f in case["files"]], case["columns"], fs.open)
                 if case["files"]
                 else (None, None)
             )
@@ -573,20 +605,23 @@ WRITER_VARIANTS = [  # (codec, level, row-group target bytes)
 ]
 
 
-def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int) -> None:
-    """A copy of a committed output with its Parquet files rewritten as the sink would with these settings."""
+def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int) -> float:
+    """A copy of a committed output with its Parquet files rewritten as the sink would with these
+    settings; returns the CPU microseconds per row the writes took."""
     from ray_pipelines.engine.sink import float_tensor_leaves, scalar_columns
 
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.npy", "*.json", "filelist.txt"))
     manifest = json.loads((source / "manifest.json").read_text())
+    write_seconds, written_rows = 0.0, 0
     for record in manifest["files"]:
         if not record["path"].endswith(".parquet"):
             continue
         table_ = pq.read_table(source / record["path"])
         row_bytes = max(1, table_.nbytes // max(1, table_.num_rows))
         scalars = scalar_columns(table_.schema)
+        started = time.process_time()
         pq.write_table(
             table_,
             dest / record["path"],
@@ -597,12 +632,14 @@ def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int
             write_statistics=scalars,
             use_byte_stream_split=float_tensor_leaves(table_.schema) or False,
         )
+        write_seconds += time.process_time() - started
+        written_rows += table_.num_rows
         record["bytes"] = (dest / record["path"]).stat().st_size
     manifest["files"] = [f for f in manifest["files"] if f["path"].endswith(".parquet")]
     (dest / "manifest.json").write_text(json.dumps(manifest))
-    for name in ("_job.json",):
-        if (source / name).exists():
-            shutil.copy(source / name, dest / name)
+    if (source / "_job.json").exists():
+        shutil.copy(source / "_job.json", dest / "_job.json")
+    return write_seconds / max(1, written_rows) * 1e6
 
 
 def cpu_per_item(fn: Callable[[], int], runs: int = 3) -> float:
@@ -619,7 +656,6 @@ def cpu_per_item(fn: Callable[[], int], runs: int = 3) -> float:
 def writer_table(work: Path, outputs: dict[str, Path]) -> str:
     """Each output rewritten with each variant: size, pyarrow's sequential read and the reader's
     shuffled epoch (in this process), in CPU microseconds per row / item."""
-    from ray_pipelines.engine.arrow import column_to_numpy
     from ray_pipelines.readers.parquet import list_shards
 
     rows = []
@@ -627,20 +663,14 @@ def writer_table(work: Path, outputs: dict[str, Path]) -> str:
         raw_bytes = None
         for codec, level, target in WRITER_VARIANTS:
             dest = work / "writer" / f"{job}-{codec}{level or ''}-{target // 1024}k"
-            rewrite(outputs[job], dest, codec, level, target)
+            write_cpu = rewrite(outputs[job], dest, codec, level, target)
             case = next(c for c in job_cases({**outputs, job: dest}, {}) if c["job"].startswith(job))
             files = list_shards(str(dest), None)
             if raw_bytes is None:
                 raw_bytes = sum(pq.read_table(f).nbytes for f in files)
 
             def sequential(case=case) -> int:
-                n = 0
-                for path in case["files"]:
-                    t = pq.read_table(path, use_threads=False)
-                    for name in case["tensors"]:
-                        column_to_numpy(t.column(name))
-                    n += t.num_rows
-                return n
+                return sum(read_columns(path, case["columns"]) for path in case["files"])
 
             def epoch(case=case) -> int:
                 dataset, kwargs = case["reader"](0)
@@ -656,6 +686,7 @@ def writer_table(work: Path, outputs: dict[str, Path]) -> str:
                     f"{target // 1024:,} KiB",
                     f"{table_rows / groups:.1f}",
                     f"{sum(os.path.getsize(f) for f in files) / raw_bytes:.3f}",
+                    fmt(write_cpu),
                     fmt(cpu_per_item(sequential)),
                     fmt(cpu_per_item(epoch)),
                 ]
@@ -668,6 +699,7 @@ def writer_table(work: Path, outputs: dict[str, Path]) -> str:
         "row-group target",
         "rows per group",
         "size / raw",
+        "write, CPU us per row",
         "pyarrow sequential, CPU us per row",
         "reader's shuffled epoch, CPU us per item",
     ]
