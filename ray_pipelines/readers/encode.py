@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from ..encoders.sat_sink import FILELIST
 from ..seeding import sample_rng
 from ..storage import Storage, is_local
 from .clients import ProcessFilesystem
-from .epoch import Shard, SharedEpoch, check_epoch_unchanged, distributed_rank, epoch_order, share
+from .epoch import EpochDataset, check_epoch_unchanged, epoch_order, share
 from .parquet import ShardRows, manifest_files
 
 
@@ -94,7 +93,7 @@ class _Cropper:
         return torch.from_numpy(np.array(latents, copy=True)), metadata
 
 
-class EncodedLatents(IterableDataset):
+class EncodedLatents(EpochDataset):
     """The ``sat`` layout: items listed in ``filelist.txt``, each an ``.npy`` and its ``.json``.
 
     Iterated, an epoch yields every item once across DataLoader workers and ranks
@@ -117,6 +116,7 @@ class EncodedLatents(IterableDataset):
         world_size: int | None = None,
         prefetch: int | None = None,
     ):
+        super().__init__(seed, shuffle, rank, world_size)
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
         if not self.storage.exists(FILELIST):
@@ -124,30 +124,11 @@ class EncodedLatents(IterableDataset):
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
-        self.seed, self.shuffle = seed, shuffle
-        self._rank_given = (rank, world_size)
-        self.rank, self.world_size = distributed_rank(rank, world_size)
-        self._epoch = SharedEpoch(0)
         self.prefetch = prefetch or (16 if is_local(self.storage.fs) else 64)
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch.value
-
-    def set_epoch(self, epoch: int) -> None:
-        """Order and crops of the next epoch; takes effect in DataLoader workers, persistent ones too."""
-        self._epoch.value = epoch
-        self._refresh_rank()
-
-    def _refresh_rank(self) -> None:
-        if get_worker_info() is None:
-            self.rank, self.world_size = distributed_rank(*self._rank_given)
 
     def __len__(self) -> int:
         """Items this rank reads per epoch (all items with one process)."""
-        self._refresh_rank()
-        lo, hi = share(len(self.files), self.rank, self.world_size)
-        return hi - lo
+        return self.rank_items(len(self.files))
 
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]
@@ -163,9 +144,8 @@ class EncodedLatents(IterableDataset):
         return self.crop(latents, metadata, self.epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
-        self._refresh_rank()
+        shard = self.current_shard()
         epoch = self.epoch
-        shard = Shard.current(self.rank, self.world_size)
         lo, hi = share(len(self.files), shard.index, shard.count)
         mine = epoch_order(len(self.files), self.seed, epoch, self.shuffle)[lo:hi].tolist()
         pool = ThreadPoolExecutor(max_workers=min(self.prefetch, 16), thread_name_prefix="sat-latents")

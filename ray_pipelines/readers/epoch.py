@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
 
 import numpy as np
-from torch.utils.data import get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 
 class SharedEpoch:
@@ -98,6 +98,45 @@ class Shard:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return cls(rank * workers + worker, world_size * workers)
+
+
+class EpochDataset(IterableDataset):
+    """What every reader has: a seed, a shared epoch, and its rank's share of each epoch.
+
+    ``rank``/``world_size`` default to ``torch.distributed``'s, looked up again in the
+    training process at ``set_epoch``, ``len`` and the start of each epoch (workers
+    keep what their copy was given).
+    """
+
+    def __init__(self, seed: int, shuffle: bool, rank: int | None, world_size: int | None):
+        self.seed, self.shuffle = seed, shuffle
+        self._rank_given = (rank, world_size)
+        self.rank, self.world_size = distributed_rank(rank, world_size)
+        self._epoch = SharedEpoch(0)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next epoch's order (and rows or crops); reaches DataLoader workers, persistent ones too."""
+        self._epoch.value = epoch
+        self._refresh_rank()
+
+    def _refresh_rank(self) -> None:
+        if get_worker_info() is None:  # in the training process, where torch.distributed lives
+            self.rank, self.world_size = distributed_rank(*self._rank_given)
+
+    def rank_items(self, total: int) -> int:
+        """How many of an epoch's ``total`` items this rank reads."""
+        self._refresh_rank()
+        lo, hi = share(total, self.rank, self.world_size)
+        return hi - lo
+
+    def current_shard(self) -> Shard:
+        """This process's share: its rank times its DataLoader worker."""
+        self._refresh_rank()
+        return Shard.current(self.rank, self.world_size)
 
 
 def epoch_order(units: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

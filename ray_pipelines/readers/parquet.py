@@ -34,21 +34,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from ..engine.arrow import column_to_numpy
 from ..storage import Storage
-from .epoch import (
-    Shard,
-    SharedEpoch,
-    check_epoch_unchanged,
-    distributed_rank,
-    epoch_order,
-    shard_pieces,
-    share,
-    window_order,
-    windows,
-)
+from .epoch import EpochDataset, Shard, check_epoch_unchanged, epoch_order, shard_pieces, window_order, windows
 from .rowgroups import RowGroupIndex, RowGroupReader, build_index
 
 # A chunk (the unit that is ordered and read at once): consecutive row groups of one file.
@@ -115,7 +104,7 @@ def to_tensor(value: Any) -> torch.Tensor:
     return torch.as_tensor(value)
 
 
-class ShardRows(IterableDataset):
+class ShardRows(EpochDataset):
     """Rows (dicts of NumPy values) of Parquet shards, a shuffled window at a time.
 
     ``transform(row) -> item`` turns a row into what training needs (a picklable
@@ -141,16 +130,12 @@ class ShardRows(IterableDataset):
         threads: int | None = None,
         sizes: Sequence[int] | None = None,
     ):
+        super().__init__(seed, shuffle, rank, world_size)
         self.files = list(files)
         self.columns = list(columns) if columns is not None else None
-        self.shuffle = shuffle
-        self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.transform = transform
         self.storage_options = storage_options
-        self._rank_given = (rank, world_size)
-        self.rank, self.world_size = distributed_rank(rank, world_size)
-        self._epoch = SharedEpoch(0)
         self.index, footers = build_index(self.files, storage_options, sizes)
         self.reader = RowGroupReader(self.index, storage_options)
         self.reader.remember_footers(footers)  # the first reads need not fetch them again
@@ -166,25 +151,9 @@ class ShardRows(IterableDataset):
         """The rows (numbers across all files, ascending) this epoch yields; None: all of them."""
         return None
 
-    # ---- epochs ------------------------------------------------------------------------
-    @property
-    def epoch(self) -> int:
-        return self._epoch.value
-
-    def set_epoch(self, epoch: int) -> None:
-        """Order (and rows) of the next epoch; takes effect in DataLoader workers, persistent ones too."""
-        self._epoch.value = epoch
-        self._refresh_rank()
-
-    def _refresh_rank(self) -> None:
-        if get_worker_info() is None:  # in the training process, where torch.distributed lives
-            self.rank, self.world_size = distributed_rank(*self._rank_given)
-
     def __len__(self) -> int:
         """Rows this rank reads in the current epoch."""
-        self._refresh_rank()
-        lo, hi = share(self._epoch_total(self.epoch), self.rank, self.world_size)
-        return hi - lo
+        return self.rank_items(self._epoch_total(self.epoch))
 
     def _epoch_total(self, epoch: int) -> int:
         rows = self.epoch_rows(epoch)
@@ -201,9 +170,8 @@ class ShardRows(IterableDataset):
 
     # ---- reading -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        self._refresh_rank()
+        shard = self.current_shard()
         epoch = self.epoch
-        shard = Shard.current(self.rank, self.world_size)
         rows = self.epoch_rows(epoch)
         sizes, starts = self._chunk_items(rows)
         pieces = shard_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), shard)
