@@ -1,7 +1,9 @@
 """Benchmark of the readers: ``python -m bench.readers [--quick] [--tables local,s3,writer]``.
 
 For each job's output at a realistic size, a shuffled DataLoader with 2
-workers (persistent, as stable-audio-tools' loader), two epochs, items/s of:
+workers (persistent, as stable-audio-tools' loader), two epochs, items/s and
+CPU per item (this process and its workers: steadier than wall time on a
+shared machine) of:
 
 1. the seed-style baseline on the same data, in the same run: one
    ``torch.load`` per ``.pt`` sample for augment (the seed's
@@ -51,7 +53,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from bench.common import make_clips, table
+from bench.common import TreeCPU, make_clips, table
 from bench.features import make_library
 
 WORKERS = 2
@@ -328,22 +330,25 @@ def collate_latents(items):
 # ---- measuring -----------------------------------------------------------------------------------------
 
 
-def epochs_rate(make: Callable[[], tuple[Any, dict[str, Any]]], epochs: int = EPOCHS) -> float:
-    """Items/s of ``epochs`` shuffled epochs through a DataLoader, worker start-up and set-up included."""
-    started = time.perf_counter()
-    dataset, loader_kwargs = make()
-    loader = DataLoader(dataset, **loader_kwargs)
-    items = 0
-    for epoch in range(epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        elif hasattr(dataset, "epoch"):
-            dataset.epoch = epoch
-        for batch in loader:
-            first = batch[0] if isinstance(batch, (tuple, list)) else batch
-            items += len(first)
-    del loader
-    return items / (time.perf_counter() - started)
+def epochs_rate(make: Callable[[], tuple[Any, dict[str, Any]]], epochs: int = EPOCHS) -> tuple[float, float]:
+    """(items/s, CPU microseconds per item of this process and its DataLoader workers) of ``epochs``
+    shuffled epochs through a DataLoader, worker start-up and set-up included."""
+    with TreeCPU() as cpu:
+        started = time.perf_counter()
+        dataset, loader_kwargs = make()
+        loader = DataLoader(dataset, **loader_kwargs)
+        items = 0
+        for epoch in range(epochs):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            elif hasattr(dataset, "epoch"):
+                dataset.epoch = epoch
+            for batch in loader:
+                first = batch[0] if isinstance(batch, (tuple, list)) else batch
+                items += len(first)
+        del loader
+        seconds = time.perf_counter() - started
+    return items / seconds, cpu.seconds / max(1, items) * 1e6
 
 
 def loader_kwargs(batch_size: int, workers: int = WORKERS, **extra) -> dict[str, Any]:
@@ -376,10 +381,6 @@ def sequential_limit(files: list[str], columns: list[str] | None, open_file=None
         with open_file(path) as f:
             size += len(f.read())
     return rows_rate, size / (time.perf_counter() - started)
-
-
-def median_of(runs: int, fn: Callable[[], float]) -> float:
-    return statistics.median(fn() for _ in range(runs))
 
 
 def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=None, url=None) -> list[dict]:
@@ -495,10 +496,10 @@ def local_table(outputs, seeds, runs: int) -> str:
             if case["baseline"]:
                 baseline.append(epochs_rate(case["baseline"]))
             reader.append(epochs_rate(case["reader"]))
-        in_process = epochs_rate(lambda case=case: case["reader"](0))
+        in_process, in_process_cpu = epochs_rate(lambda case=case: case["reader"](0))
         limit, raw = sequential_limit(case["files"], case["columns"]) if case["files"] else (None, None)
-        b = statistics.median(baseline) if baseline else None
-        r = statistics.median(reader)
+        b, b_cpu = (statistics.median(x) for x in zip(*baseline)) if baseline else (None, None)
+        r, r_cpu = (statistics.median(x) for x in zip(*reader))
         rows.append(
             [
                 case["job"],
@@ -507,10 +508,13 @@ def local_table(outputs, seeds, runs: int) -> str:
                 fmt(b),
                 fmt(r),
                 ratio(r, b),
+                fmt(b_cpu),
+                fmt(r_cpu),
                 fmt(limit),
                 ratio(r, limit) if limit else "-",
                 fmt(raw / 1e6 if raw else None),
                 fmt(in_process),
+                fmt(in_process_cpu),
             ]
         )
     header = [
@@ -520,10 +524,13 @@ def local_table(outputs, seeds, runs: int) -> str:
         "baseline items/s",
         "reader items/s",
         "reader / baseline",
+        "baseline CPU us/item",
+        "reader CPU us/item",
         "pyarrow sequential rows/s (the reader's columns)",
         "reader / sequential",
         "raw file MB/s",
-        "reader, in-process (num_workers=0) items/s",
+        "reader in-process (num_workers=0) items/s",
+        "in-process CPU us/item",
     ]
     return table(rows, header)
 
@@ -572,7 +579,7 @@ def s3_table(outputs) -> str:
         rows = []
         for case in job_cases(outputs, {}, options, url=lambda name: f"s3://bench/{name}"):
             print(f"  S3: {case['job']}...", flush=True)
-            rate = epochs_rate(case["reader"])
+            rate, _ = epochs_rate(case["reader"])
             limit, raw = (
                 sequential_limit([f.split("://", 1)[1] for f in case["files"]], case["columns"], fs.open)
                 if case["files"]
