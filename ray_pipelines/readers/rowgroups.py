@@ -67,20 +67,16 @@ class RowGroupIndex:
         return len(self.rows)
 
 
-def _footer_entries(md: pq.FileMetaData) -> tuple[list[int], list[int], list[int], list[int]]:
-    rows, starts, stops, decoded = [], [], [], []
+def _footer_entries(md: pq.FileMetaData) -> np.ndarray:
+    """``[row groups, 4]``: rows, first byte, end byte and decoded size of each row group."""
+    entries = np.zeros((md.num_row_groups, 4), dtype=np.int64)
     for g in range(md.num_row_groups):
         rg = md.row_group(g)
-        lo, hi = None, 0
-        for c in range(rg.num_columns):
-            begin, length = chunk_range(rg.column(c))
-            lo = begin if lo is None else min(lo, begin)
-            hi = max(hi, begin + length)
-        rows.append(rg.num_rows)
-        starts.append(lo or 0)
-        stops.append(hi)
-        decoded.append(rg.total_byte_size)
-    return rows, starts, stops, decoded
+        ranges = [chunk_range(rg.column(c)) for c in range(rg.num_columns)]
+        first = min((begin for begin, _ in ranges), default=0)
+        end = max((begin + length for begin, length in ranges), default=0)
+        entries[g] = (rg.num_rows, first, end, rg.total_byte_size)
+    return entries
 
 
 def build_index(
@@ -90,19 +86,19 @@ def build_index(
     sizes = file_sizes(files, storage_options) if sizes is None else [int(s) for s in sizes]
     footers = read_footers(files, storage_options, sizes)
     per_file = [_footer_entries(md) for md in footers]
-    counts = [len(entry[0]) for entry in per_file]
-    rows = np.array([r for entry in per_file for r in entry[0]], dtype=np.int64)
-    first_row = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64) if len(rows) else rows
+    entries = np.concatenate(per_file) if per_file else np.zeros((0, 4), dtype=np.int64)
+    counts = [len(e) for e in per_file]
+    rows = entries[:, 0]
     index = RowGroupIndex(
         files=list(files),
         sizes=sizes,
         file=np.repeat(np.arange(len(files), dtype=np.int32), counts),
         group=np.concatenate([np.arange(n, dtype=np.int32) for n in counts]) if counts else np.zeros(0, np.int32),
         rows=rows,
-        first_row=first_row,
-        start=np.array([s for entry in per_file for s in entry[1]], dtype=np.int64),
-        stop=np.array([s for entry in per_file for s in entry[2]], dtype=np.int64),
-        decoded_bytes=np.array([s for entry in per_file for s in entry[3]], dtype=np.int64),
+        first_row=np.cumsum(rows) - rows,
+        start=entries[:, 1],
+        stop=entries[:, 2],
+        decoded_bytes=entries[:, 3],
         schema=footers[0].schema.to_arrow_schema() if footers else None,
     )
     return index, footers
