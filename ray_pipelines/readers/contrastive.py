@@ -59,13 +59,12 @@ class ContrastiveViews(ShardRows):
 
     def _after_index(self, footers: list[pq.FileMetaData]) -> None:
         keys, versions = self._keys_and_versions(footers)
-        self.keys, clip = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
-        self.keys = self.keys.tolist()
-        by_clip = np.lexsort((versions, clip))  # rows sorted by (clip, version)
-        self._rows_by_clip = by_clip
-        self._versions_by_clip = versions[by_clip]
-        self._count = np.bincount(clip, minlength=len(self.keys))
-        self._first = np.concatenate([[0], np.cumsum(self._count)[:-1]]).astype(np.int64)
+        unique_keys, clip = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+        self.keys = unique_keys.tolist()
+        self._rows_by_clip = np.lexsort((versions, clip))  # row numbers sorted by (clip, version)
+        self._versions_by_clip = versions[self._rows_by_clip]
+        self._count = np.bincount(clip, minlength=len(self.keys))  # versions per clip
+        self._first = np.cumsum(self._count) - self._count  # each clip's first position in those
         self.offsets = np.random.default_rng(self.seed).integers(0, 1 << 30, size=len(self.keys))
 
     def _keys_and_versions(self, footers: list[pq.FileMetaData]) -> tuple[list[str], np.ndarray]:

@@ -141,6 +141,11 @@ class ShardRows(EpochDataset):
         self.reader.remember_footers(footers)  # the first reads need not fetch them again
         self.threads = threads or (2 if self.reader.local else 8)
         self.chunk_groups = chunk_row_groups(self.index)
+        # Each chunk's rows, [first, end) in the numbering across all files.
+        self.chunk_first_row = self.index.first_row[self.chunk_groups[:, 0]]
+        self.chunk_end_row = (
+            self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
+        )
         self._after_index(footers)
 
     # ---- for subclasses ----------------------------------------------------------------
@@ -161,12 +166,10 @@ class ShardRows(EpochDataset):
 
     def _chunk_items(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Items per chunk, and where each chunk's items start in ``rows``."""
-        first = self.index.first_row[self.chunk_groups[:, 0]]
-        last = self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         if rows is None:
-            return last - first, None
-        starts = np.searchsorted(rows, first)
-        return np.searchsorted(rows, last) - starts, starts
+            return self.chunk_end_row - self.chunk_first_row, None
+        starts = np.searchsorted(rows, self.chunk_first_row)
+        return np.searchsorted(rows, self.chunk_end_row) - starts, starts
 
     # ---- reading -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
@@ -177,7 +180,12 @@ class ShardRows(EpochDataset):
         pieces = shard_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), shard)
         # One list of wanted row numbers per piece.
         wanted = [
-            (chunk, rows[starts[chunk] + a : starts[chunk] + b] if rows is not None else self._chunk_rows(chunk)[a:b])
+            (
+                chunk,
+                rows[starts[chunk] + a : starts[chunk] + b]
+                if rows is not None
+                else self.chunk_first_row[chunk] + np.arange(a, b),
+            )
             for chunk, a, b in pieces
         ]
         bounds = np.cumsum([0] + [len(w) for w in windows(pieces, self._window_items(), WINDOW_CHUNKS)]).tolist()
@@ -194,10 +202,6 @@ class ShardRows(EpochDataset):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         check_epoch_unchanged(self._epoch, epoch)
-
-    def _chunk_rows(self, chunk: int) -> np.ndarray:
-        lo, hi = self.chunk_groups[chunk]
-        return np.arange(self.index.first_row[lo], self.index.first_row[hi - 1] + self.index.rows[hi - 1])
 
     def _window_items(self) -> int:
         if self.shuffle_buffer:
