@@ -300,10 +300,11 @@ class SeedViews(Dataset):
 
 
 class SeedPreEncoded(Dataset):
-    """stable-audio-tools' PreEncodedDataset, reduced to its reads: np.load of the .npy, json of the .json."""
+    """stable-audio-tools' PreEncodedDataset, reduced to its work: np.load of the .npy, json of the
+    .json, a random crop of ``crop`` latent frames (as its ``latent_crop_length``)."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, crop: int = 256):
+        self.root, self.crop = root, crop
         self.files = (root / "filelist.txt").read_text().split()
 
     def __len__(self) -> int:
@@ -312,9 +313,9 @@ class SeedPreEncoded(Dataset):
     def __getitem__(self, i: int):
         path = self.root / self.files[i]
         latents = torch.from_numpy(np.load(path))
-        metadata = json.loads(path.with_suffix(".json").read_text())
-        metadata["padding_mask"] = torch.tensor(metadata["padding_mask"], dtype=torch.bool)
-        return latents, metadata["padding_mask"]
+        mask = torch.tensor(json.loads(path.with_suffix(".json").read_text())["padding_mask"], dtype=torch.bool)
+        start = int(torch.randint(0, max(1, latents.shape[-1] - self.crop + 1), ()))
+        return latents[..., start : start + self.crop].clone(), mask[start : start + self.crop]
 
 
 def seed_teacher(path: Path) -> TensorDataset:
@@ -436,7 +437,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 if seeds
                 else None
             ),
-            "baseline_name": "one np.load per .npy (+ .json), PreEncodedDataset",
+            "baseline_name": "one np.load per .npy (+ .json), cropped, as PreEncodedDataset",
             "files": list_shards(where["encode"], None, storage_options),
             "columns": None,  # the reader yields every column (metadata)
         },
@@ -458,7 +459,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 if seeds
                 else None
             ),
-            "baseline_name": "one np.load per .npy (+ .json), PreEncodedDataset",
+            "baseline_name": "one np.load per .npy (+ .json), cropped, as PreEncodedDataset",
             "files": [],
             "columns": None,
         },
