@@ -90,7 +90,9 @@ class CommonConfig(BaseModel):
     )
     rows_per_file: int = Field(2048, ge=1, description="Most rows in one Parquet shard file.")
     compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
-        "zstd", description="Parquet codec. zstd: log-mels shrink to about a quarter, as fast to write as none."
+        "lz4",
+        description="Parquet codec. lz4: log-mels shrink to about a third, the cheapest to decode in the "
+        "one-row row groups the readers need (zstd: 8 % smaller, more reader CPU).",
     )
     direct_io: bool = Field(
         True,

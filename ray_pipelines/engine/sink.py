@@ -33,9 +33,14 @@ from .manifest import JOB_FILE, MANIFEST_DIR
 
 # Bookkeeping columns every row carries through the pipeline; never written as data.
 KEY, ERROR, SPLIT, EXPECTED, ETAG = "key", "error", "split", "samples_per_input", "etag"
-TARGET_ROW_GROUP_BYTES = 32 * 1024 * 1024
-# zstd level 1: on log-mels the same size as Arrow's default level 3 at three quarters of the CPU
-# (measured on the augment job's shards; the write tasks are the pipeline's largest overhead).
+# Row groups are the unit a reader can read alone (pyarrow reads no less), so a tensor row (a view
+# pair, a clip, a snippet: 130-520 KiB) gets one of its own: an epoch of ContrastiveViews then decodes
+# one version of each clip instead of all of them (2-3x less reader CPU on the augment output, the
+# same for the other outputs), shuffles and splits at row level, and holds a few rows per worker.
+# Scalar tables (scores) still get groups of about this size. Measured by bench/readers.py --tables writer.
+TARGET_ROW_GROUP_BYTES = 128 * 1024
+# zstd level 1 (when zstd is chosen): on log-mels the same size as Arrow's default level 3 at three
+# quarters of the CPU (measured on the augment job's shards).
 ZSTD_LEVEL = 1
 
 
@@ -67,7 +72,7 @@ class ShardSink(Datasink):
         index_column: str,
         output_columns: list[str],
         rows_per_file: int = 512,
-        compression: str = "zstd",
+        compression: str = "lz4",
         schema_metadata: dict[str, str] | None = None,
         class_labels: dict[str, list[str]] | None = None,
         direct_io: bool = True,

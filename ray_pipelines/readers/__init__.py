@@ -1,6 +1,24 @@
-"""PyTorch datasets over written outputs (plain pyarrow underneath; no Ray needed)."""
+"""PyTorch datasets over written outputs (plain pyarrow underneath; no Ray needed).
+
+Every reader is an ``IterableDataset`` whose epoch yields each item exactly once
+across DataLoader workers and ``torch.distributed`` ranks, shuffled from
+``(seed, epoch)``, with ``set_epoch`` reaching persistent workers.
+"""
 
 from .contrastive import ContrastiveViews
-from .parquet import ShardRows, list_shards
+from .encode import EncodedLatents, EncodedShardRows, open_encoded
+from .features import FeatureSnippets
+from .parquet import OutputRows, ShardRows, list_shards
+from .teacher import TeacherCache
 
-__all__ = ["ContrastiveViews", "ShardRows", "list_shards"]
+__all__ = [
+    "ContrastiveViews",
+    "EncodedLatents",
+    "EncodedShardRows",
+    "FeatureSnippets",
+    "OutputRows",
+    "ShardRows",
+    "TeacherCache",
+    "list_shards",
+    "open_encoded",
+]

@@ -2,73 +2,124 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset
 
-from ..engine.arrow import table_to_numpy
-from .parquet import list_shards, open_parquet, to_tensor
+from .parquet import ShardRows, manifest_files, take_rows, to_tensor
 
 
-class ContrastiveViews(Dataset):
+class ViewPair:
+    """Row -> ``(view1, view2)`` float32 tensors (a class: DataLoader workers may pickle it)."""
+
+    def __call__(self, row: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_tensor(row["view1"]).float(), to_tensor(row["view2"]).float()
+
+
+class ContrastiveViews(ShardRows):
     """``(view1, view2)`` per clip, a different pre-generated version each epoch.
 
-    Map-style: index ``i`` is a clip; ``set_epoch(e)`` picks, for every clip,
-    version ``(e + offset(clip)) mod n_versions`` (offset drawn from the
-    seed), so consecutive epochs see different views of the same clip. The
-    index of (clip, version) -> (file, row) is built from the ``key`` and
-    ``version`` columns only; a row's tensors are read on access with one
-    row-group read cached per worker.
+    An ``IterableDataset`` (a :class:`~.parquet.ShardRows`): an epoch yields every
+    clip once across DataLoader workers and ranks, in an order shuffled from
+    ``(seed, epoch)`` across all shards; ``set_epoch(e)`` picks, for every clip,
+    version ``(e + offset(clip)) mod n_versions`` (offsets drawn from the seed, so
+    clips do not all switch together) and only the row groups holding those
+    versions are read. The augment job writes a row group per row (a view pair is
+    larger than the writer's row-group target), so an epoch decodes one fifth of
+    a five-version output, not all of it.
+
+    The index of (clip, version) -> row comes from the row groups' statistics
+    (one row each), or from the ``key`` and ``version`` columns. ``dataset[i]``
+    reads clip ``i`` (sorted keys) alone, for a look at single items.
     """
 
     def __init__(
-        self, output: str, split: str = "train", *, seed: int = 0, storage_options: dict[str, Any] | None = None
+        self,
+        output: str,
+        split: str = "train",
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        **kwargs,
     ):
-        self.files = list_shards(output, split, storage_options)
-        self.storage_options = storage_options
-        self.seed = seed
-        self.epoch = 0
-        clips: dict[str, dict[int, tuple[int, int, int]]] = {}
-        for file_index, path in enumerate(self.files):
-            pf = open_parquet(path, storage_options)
-            for group in range(pf.num_row_groups):
-                table = pf.read_row_group(group, columns=["key", "version"])
-                for row, (key, version) in enumerate(
-                    zip(table.column("key").to_pylist(), table.column("version").to_pylist())
-                ):
-                    clips.setdefault(key, {})[int(version)] = (file_index, group, row)
-        self.keys = sorted(clips)
-        self.locations = [clips[k] for k in self.keys]
-        rng = np.random.default_rng(seed)
-        self.offsets = rng.integers(0, 1 << 30, size=len(self.keys))
-        self._cache: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None
+        records = manifest_files(output, split, storage_options)
+        super().__init__(
+            [f["url"] for f in records],
+            columns=["view1", "view2"],
+            shuffle=shuffle,
+            seed=seed,
+            transform=ViewPair(),
+            storage_options=storage_options,
+            sizes=[int(f["bytes"]) for f in records],
+            **kwargs,
+        )
 
-    def __len__(self) -> int:
-        return len(self.keys)
+    def _after_index(self, footers: list[pq.FileMetaData]) -> None:
+        keys, versions = self._keys_and_versions(footers)
+        unique_keys, clip = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+        self.keys = unique_keys.tolist()
+        self._rows_by_clip = np.lexsort((versions, clip))  # row numbers sorted by (clip, version)
+        self._versions_by_clip = versions[self._rows_by_clip]
+        self._count = np.bincount(clip, minlength=len(self.keys))  # versions per clip
+        self._first = np.cumsum(self._count) - self._count  # each clip's first position in those
+        self.offsets = np.random.default_rng(self.seed).integers(0, 1 << 30, size=len(self.keys))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _keys_and_versions(self, footers: list[pq.FileMetaData]) -> tuple[list[str], np.ndarray]:
+        """Per row: its key and version, from one-row row groups' statistics, else from the columns."""
+        from_stats = _statistics_values(footers, ("key", "version"))
+        if from_stats is not None:
+            keys, versions = from_stats
+            return keys, np.asarray(versions, dtype=np.int64)
+        keys: list[str] = []
+        versions: list[int] = []
+        for file, md in enumerate(footers):
+            table = self.reader.read(file, list(range(md.num_row_groups)), ["key", "version"])
+            keys.extend(table.column("key").to_pylist())
+            versions.extend(table.column("version").to_pylist())
+        return keys, np.asarray(versions, dtype=np.int64)
+
+    def _chosen(self, epoch: int) -> np.ndarray:
+        """For each clip, its position in the (clip, version)-sorted rows this epoch."""
+        return self._first + (epoch + self.offsets) % self._count
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        return np.sort(self._rows_by_clip[self._chosen(epoch)])
 
     def version_for(self, index: int, epoch: int | None = None) -> int:
-        versions = sorted(self.locations[index])
         epoch = self.epoch if epoch is None else epoch
-        return versions[(epoch + int(self.offsets[index])) % len(versions)]
-
-    def _row_group(self, file_index: int, group: int) -> dict[str, np.ndarray]:
-        if self._cache is None or self._cache[0] != (file_index, group):
-            pf = open_parquet(self.files[file_index], self.storage_options)
-            table = pf.read_row_group(group, columns=["view1", "view2"])
-            self._cache = ((file_index, group), table_to_numpy(table))
-        return self._cache[1]
+        return int(self._versions_by_clip[self._first[index] + (epoch + self.offsets[index]) % self._count[index]])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        file_index, group, row = self.locations[index][self.version_for(index)]
-        data = self._row_group(file_index, group)
-        return to_tensor(data["view1"][row]).float(), to_tensor(data["view2"][row]).float()
+        row = int(self._rows_by_clip[self._chosen(self.epoch)[index]])
+        at = int(np.searchsorted(self.index.first_row, row, side="right") - 1)
+        table = self.reader.read(int(self.index.file[at]), [int(self.index.group[at])], self.columns)
+        position = np.array([row - self.index.first_row[at]])
+        return self.transform({name: take_rows(table.column(name), position)[0] for name in self.columns})
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(len(self)):
-            yield self[i]
+    def clips(self) -> int:
+        """Clips in the split (all ranks)."""
+        return len(self.keys)
+
+
+def _statistics_values(footers: list[pq.FileMetaData], names: tuple[str, ...]) -> tuple[list, ...] | None:
+    """Each row's value of ``names`` when every row group holds one row with min/max statistics; else None."""
+    values: tuple[list, ...] = tuple([] for _ in names)
+    for md in footers:
+        if md.num_row_groups == 0:
+            continue
+        leaves = {md.schema.column(i).path: i for i in range(md.num_columns)}
+        if any(name not in leaves for name in names):
+            return None
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            if rg.num_rows != 1:
+                return None
+            for out, name in zip(values, names):
+                stats = rg.column(leaves[name]).statistics
+                if stats is None or not stats.has_min_max or stats.min != stats.max:
+                    return None
+                out.append(stats.min)
+    return values

@@ -1,9 +1,15 @@
 """PyTorch datasets over the encode job's output: ``(latents [C, N], metadata)`` pairs.
 
-- :class:`EncodedLatents` (map-style) reads the ``sat`` layout through
-  ``filelist.txt``: each item is ``{rank}/{id}.npy`` and its ``.json``.
-- :class:`EncodedShardRows` (iterable, streaming) reads the ``parquet`` layout.
+- :class:`EncodedLatents` reads the ``sat`` layout through ``filelist.txt``:
+  each item is ``{rank}/{id}.npy`` and its ``.json``, read ahead in threads.
+- :class:`EncodedShardRows` reads the ``parquet`` layout (a
+  :class:`~.parquet.ShardRows`).
 - :func:`open_encoded` picks the right one from the output's ``_job.json``.
+
+Both are ``IterableDataset``s: an epoch yields every item once across
+DataLoader workers and ranks, in an order drawn from ``(seed, epoch)`` with
+``shuffle=True``; ``set_epoch`` changes the order and the crops, also in
+persistent workers.
 
 ``metadata["padding_mask"]`` is a bool tensor ``[N]`` (True = real audio).
 With ``latent_crop_length = L`` every item is exactly ``L`` frames: longer
@@ -15,28 +21,39 @@ stable-audio-tools' pre-encoded dataset.
 
 from __future__ import annotations
 
+import io
+import json
 import posixpath
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..encoders.sat_sink import FILELIST
 from ..seeding import sample_rng
-from ..storage import Storage
-from .parquet import ShardRows, list_shards
+from ..storage import Storage, is_local
+from .clients import ProcessFilesystem
+from .epoch import EpochDataset, check_epoch_unchanged, epoch_order, share
+from .parquet import ShardRows, manifest_files
 
 
 def crop_latents(
     latents: np.ndarray, mask: np.ndarray, length: int, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """``[C, N]`` latents and ``[N]`` mask -> exactly ``length`` frames, and the crop start.
+    """``[C, N]`` latents (or ``[Q, N]`` tokens) and ``[N]`` mask -> exactly ``length`` frames, and the crop start.
 
     The start is uniform over the starts whose crop holds at least one real
     frame (0 when ``rng`` is None); shorter inputs are zero-padded.
     """
     frames = latents.shape[-1]
+    if len(mask) != frames:
+        raise ValueError(
+            f"padding_mask has {len(mask)} entries but the latents' last axis has {frames} frames "
+            f"(shape {list(latents.shape)}): latents are [C, N] (tokens [Q, N]) with a mask of N"
+        )
     if frames <= length:
         pad = length - frames
         return (np.pad(latents, [(0, 0)] * (latents.ndim - 1) + [(0, pad)]), np.pad(mask, (0, pad)), 0)
@@ -76,8 +93,15 @@ class _Cropper:
         return torch.from_numpy(np.array(latents, copy=True)), metadata
 
 
-class EncodedLatents(Dataset):
-    """The ``sat`` layout: items listed in ``filelist.txt``, each an ``.npy`` and its ``.json``."""
+class EncodedLatents(EpochDataset):
+    """The ``sat`` layout: items listed in ``filelist.txt``, each an ``.npy`` and its ``.json``.
+
+    Iterated, an epoch yields every item once across DataLoader workers and ranks
+    (``shuffle``: in an order drawn from ``(seed, epoch)``), reading ``prefetch``
+    items ahead in background threads (concurrent GETs on object stores).
+    ``dataset[i]`` reads item ``i`` of ``filelist.txt`` alone, as stable-audio-tools'
+    ``PreEncodedDataset`` does.
+    """
 
     def __init__(
         self,
@@ -86,33 +110,59 @@ class EncodedLatents(Dataset):
         latent_crop_length: int | None = None,
         random_crop: bool = True,
         seed: int = 0,
+        shuffle: bool = False,
         storage_options: dict[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        prefetch: int | None = None,
     ):
+        super().__init__(seed, shuffle, rank, world_size)
         self.storage = Storage(output, storage_options)
+        self._client = ProcessFilesystem(self.storage.root, storage_options)
         if not self.storage.exists(FILELIST):
             raise FileNotFoundError(f"{output} has no {FILELIST}: is it an encode job's committed sat-layout output?")
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.prefetch = prefetch or (16 if is_local(self.storage.fs) else 64)
 
     def __len__(self) -> int:
-        return len(self.files)
+        """Items this rank reads per epoch (all items with one process)."""
+        return self.rank_items(len(self.files))
+
+    def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        relpath = self.files[index]
+        fs = self._client.get()  # not self.storage.fs: this may be a DataLoader worker
+        stem = posixpath.splitext(relpath)[0]
+        latents = np.load(io.BytesIO(fs.cat_file(self.storage.abspath(relpath))), allow_pickle=False)
+        metadata = json.loads(fs.cat_file(self.storage.abspath(stem + ".json")))
+        metadata["latent_filename"] = self.storage.url(relpath)
+        return latents, metadata
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        relpath = self.files[index]
-        with self.storage.fs.open(self.storage.abspath(relpath), "rb") as f:
-            latents = np.load(f, allow_pickle=False)
-        metadata = self.storage.read_json(posixpath.splitext(relpath)[0] + ".json")
-        metadata["latent_filename"] = self.storage.url(relpath)
+        latents, metadata = self._load(index)
         return self.crop(latents, metadata, self.epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        shard = self.current_shard()
+        epoch = self.epoch
+        lo, hi = share(len(self.files), shard.index, shard.count)
+        mine = epoch_order(len(self.files), self.seed, epoch, self.shuffle)[lo:hi].tolist()
+        pool = ThreadPoolExecutor(max_workers=min(self.prefetch, 16), thread_name_prefix="sat-latents")
+        try:
+            ahead = deque(pool.submit(self._load, i) for i in mine[: self.prefetch])
+            for i in mine[self.prefetch :] + [None] * len(ahead):
+                latents, metadata = ahead.popleft().result()
+                if i is not None:
+                    ahead.append(pool.submit(self._load, i))
+                yield self.crop(latents, metadata, epoch)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        check_epoch_unchanged(self._epoch, epoch)
 
 
 class EncodedShardRows(ShardRows):
-    """The ``parquet`` layout, streamed row group by row group (see :class:`ShardRows`)."""
+    """The ``parquet`` layout, a :class:`~.parquet.ShardRows` (shuffled windows, workers, ranks, S3)."""
 
     def __init__(
         self,
@@ -124,8 +174,13 @@ class EncodedShardRows(ShardRows):
         storage_options: dict[str, Any] | None = None,
         **kwargs,
     ):
+        records = manifest_files(output, storage_options=storage_options)
         super().__init__(
-            list_shards(output, storage_options=storage_options), seed=seed, storage_options=storage_options, **kwargs
+            [f["url"] for f in records],
+            seed=seed,
+            storage_options=storage_options,
+            sizes=[int(f["bytes"]) for f in records],
+            **kwargs,
         )
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         self.transform = self._to_item

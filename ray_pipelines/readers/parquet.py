@@ -1,29 +1,58 @@
 """Stream rows out of a job's Parquet shards, for training loops.
 
-``ShardRows`` is an ``IterableDataset`` that reads one row group at a time
-(memory stays at about one row group per worker), splits the row groups
-among DataLoader workers (and ranks) so every row is read exactly once per
-epoch, and optionally shuffles row-group order and rows within a buffer,
-reproducibly per ``(seed, epoch)``.
+:class:`ShardRows` is an ``IterableDataset`` over any set of the jobs' Parquet
+files. An epoch:
+
+1. cuts the files into chunks (consecutive row groups of one file, up to
+   ``CHUNK_BYTES`` decoded) and puts the chunks of all files in one order,
+   shuffled from ``(seed, epoch)`` (:mod:`.epoch`);
+2. gives each rank and DataLoader worker a contiguous, equal share of the
+   rows in that order (every row on exactly one of them, shares differing by
+   one row at most);
+3. reads each share a window at a time (at least ``WINDOW_CHUNKS`` chunks and
+   about ``WINDOW_BYTES`` decoded, or ``shuffle_buffer`` rows), the
+   next window in background threads while the current one is yielded, and
+   yields each window's rows in a random order.
+
+Each row group is decompressed once per epoch, and only the row groups that
+hold rows the epoch wants (a subclass may pick rows per epoch, see
+:meth:`ShardRows.epoch_rows`: :class:`~.contrastive.ContrastiveViews` reads one
+version of each clip). Local files are read by pyarrow; ``s3://`` (any fsspec
+URL) with ranged reads of whole row groups, a window's ranges fetched
+concurrently. ``set_epoch`` reaches persistent DataLoader workers (the epoch
+lives in shared memory); ``torch.distributed``'s rank and world size are
+used when it is initialised.
 """
 
 from __future__ import annotations
 
-import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
-from ..engine.arrow import table_to_numpy
+from ..engine.arrow import column_to_numpy
 from ..storage import Storage
+from .epoch import EpochDataset, Shard, check_epoch_unchanged, epoch_order, shard_pieces, window_order, windows
+from .rowgroups import RowGroupIndex, RowGroupReader, build_index
+
+# A chunk (the unit that is ordered and read at once): consecutive row groups of one file.
+CHUNK_BYTES = 8 * 1024 * 1024
+# A shuffle window: rows of several chunks, yielded in a random order. Two are held per
+# reader process (the one being yielded and the next one being read).
+WINDOW_BYTES = 32 * 1024 * 1024
+# ... and at least this many chunks, so that a window mixes several files even with few rows.
+WINDOW_CHUNKS = 4
 
 
-def list_shards(output: str, split: str | None = None, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Data files of a committed output (from manifest.json), optionally one split's."""
+def manifest_files(
+    output: str, split: str | None = None, storage_options: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """File records (``path``, ``split``, ``rows``, ``bytes``) of a committed output, optionally one split's."""
     storage = Storage(output, storage_options)
     if not storage.exists("manifest.json"):
         raise FileNotFoundError(f"{output} has no manifest.json: is the job committed (_SUCCESS)?")
@@ -32,101 +61,264 @@ def list_shards(output: str, split: str | None = None, storage_options: dict[str
     if split is not None and not files:
         splits = sorted({f.get("split") for f in manifest["files"]})
         raise ValueError(f"split {split!r} not in {output} (splits: {', '.join(splits)})")
-    return [storage.url(f["path"]) for f in files if f["path"].endswith(".parquet")]
+    return [{**f, "url": storage.url(f["path"])} for f in files if f["path"].endswith(".parquet")]
 
 
-def open_parquet(url: str, storage_options: dict[str, Any] | None = None) -> pq.ParquetFile:
-    """A Parquet shard (local path or fsspec URL), opened for row-group reads."""
-    storage = Storage(posixpath.dirname(url), storage_options)
-    return pq.ParquetFile(storage.fs.open(storage.abspath(posixpath.basename(url)), "rb"))
+def list_shards(output: str, split: str | None = None, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Data files of a committed output (from manifest.json), optionally one split's."""
+    return [f["url"] for f in manifest_files(output, split, storage_options)]
 
 
-class ShardRows(IterableDataset):
-    """Rows (dicts of NumPy values) from Parquet shards, streamed row group by row group.
+def take_rows(column: pa.ChunkedArray, positions: np.ndarray) -> np.ndarray:
+    """Rows ``positions`` (ascending) of a column, as a new writable array (tensors ``[n, *shape]``).
 
-    ``transform(row) -> item`` turns a row into what training needs.
-    ``set_epoch(n)`` changes the shuffle order between epochs.
+    Tensor columns (``fixed_shape_tensor`` or nested fixed-size lists) are copied
+    chunk by chunk from zero-copy views, once; other columns go through
+    :func:`~ray_pipelines.engine.arrow.column_to_numpy`.
+    """
+    chunks = [c for c in column.chunks if len(c)]
+    if chunks and _is_tensor(column.type):
+        views = [column_to_numpy(c) for c in chunks]
+        if all(v.dtype != object for v in views):
+            out = np.empty((len(positions), *views[0].shape[1:]), dtype=views[0].dtype)
+            bounds = np.cumsum([0] + [len(v) for v in views])
+            cuts = np.searchsorted(positions, bounds)
+            for view, lo, a, b in zip(views, bounds, cuts[:-1], cuts[1:]):
+                if b > a:
+                    np.take(view, positions[a:b] - lo, axis=0, out=out[a:b])
+            return out
+    values = column_to_numpy(column)
+    return values[positions]
+
+
+def _is_tensor(type_: pa.DataType) -> bool:
+    if isinstance(type_, pa.BaseExtensionType):
+        type_ = type_.storage_type
+    return pa.types.is_fixed_size_list(type_)
+
+
+def to_tensor(value: Any) -> torch.Tensor:
+    """An array or number as a tensor (sharing memory with the reader's own arrays)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return torch.as_tensor(value)
+
+
+class ShardRows(EpochDataset):
+    """Rows (dicts of NumPy values) of Parquet shards, a shuffled window at a time.
+
+    ``transform(row) -> item`` turns a row into what training needs (a picklable
+    callable: DataLoader workers may pickle it). ``set_epoch(n)`` changes the
+    order (and, in subclasses, the rows) between epochs, also in persistent
+    workers. ``rank``/``world_size`` default to ``torch.distributed``'s.
+    ``threads``: background reads per reader process (default 2 on local disk,
+    8 on object stores, where requests wait on the network).
     """
 
     def __init__(
         self,
-        files: list[str],
-        columns: list[str] | None = None,
+        files: Sequence[str],
+        columns: Sequence[str] | None = None,
         *,
         shuffle: bool = False,
         seed: int = 0,
-        shuffle_buffer: int = 1024,
+        shuffle_buffer: int | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         storage_options: dict[str, Any] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+        threads: int | None = None,
+        sizes: Sequence[int] | None = None,
     ):
+        super().__init__(seed, shuffle, rank, world_size)
         self.files = list(files)
-        self.columns = columns
-        self.shuffle = shuffle
-        self.seed = seed
+        self.columns = list(columns) if columns is not None else None
         self.shuffle_buffer = shuffle_buffer
         self.transform = transform
         self.storage_options = storage_options
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self._units: list[tuple[str, int]] | None = None
+        self.index, footers = build_index(self.files, storage_options, sizes)
+        self.reader = RowGroupReader(self.index, storage_options)
+        self.reader.remember_footers(footers)  # the first reads need not fetch them again
+        self.threads = threads or (2 if self.reader.local else 8)
+        self.chunk_groups = chunk_row_groups(self.index)
+        # Each chunk's rows, [first, end) in the numbering across all files.
+        self.chunk_first_row = self.index.first_row[self.chunk_groups[:, 0]]
+        self.chunk_end_row = (
+            self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
+        )
+        self._after_index(footers)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    # ---- for subclasses ----------------------------------------------------------------
+    def _after_index(self, footers: list[pq.FileMetaData]) -> None:
+        """Called once the index is built (subclasses read what they need from the footers)."""
 
-    def _open(self, url: str) -> pq.ParquetFile:
-        return open_parquet(url, self.storage_options)
-
-    def units(self) -> list[tuple[str, int]]:
-        """(file, row group) pairs: the unit of work split among workers."""
-        if self._units is None:
-            self._units = [(f, g) for f in self.files for g in range(self._open(f).num_row_groups)]
-        return self._units
+    def epoch_rows(self, epoch: int) -> np.ndarray | None:
+        """The rows (numbers across all files, ascending) this epoch yields; None: all of them."""
+        return None
 
     def __len__(self) -> int:
-        return sum(self._open(f).metadata.num_rows for f in self.files)
+        """Rows this rank reads in the current epoch."""
+        return self.rank_items(self._epoch_total(self.epoch))
 
-    def _my_units(self) -> list[tuple[str, int]]:
-        units = list(self.units())
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.shuffle:
-            rng.shuffle(units)
-        info = get_worker_info()
-        workers = info.num_workers if info else 1
-        worker = info.id if info else 0
-        shard, shards = self.rank * workers + worker, self.world_size * workers
-        return units[shard::shards]
+    def _epoch_total(self, epoch: int) -> int:
+        rows = self.epoch_rows(epoch)
+        return self.index.num_rows if rows is None else len(rows)
 
-    def _rows(self) -> Iterator[dict[str, Any]]:
-        current, handle = None, None
-        for path, group in self._my_units():
-            if path != current:
-                current, handle = path, self._open(path)
-            table = handle.read_row_group(group, columns=self.columns)
-            batch = table_to_numpy(table)
-            for i in range(table.num_rows):
-                yield {name: values[i] for name, values in batch.items()}
+    def _chunk_items(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Items per chunk, and where each chunk's items start in ``rows``."""
+        if rows is None:
+            return self.chunk_end_row - self.chunk_first_row, None
+        starts = np.searchsorted(rows, self.chunk_first_row)
+        return np.searchsorted(rows, self.chunk_end_row) - starts, starts
 
+    # ---- reading -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        rows = self._rows()
-        if self.shuffle and self.shuffle_buffer > 1:
-            rows = _buffer_shuffle(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, 1]))
-        for row in rows:
-            yield self.transform(row) if self.transform else row
+        shard = self.current_shard()
+        epoch = self.epoch
+        rows = self.epoch_rows(epoch)
+        sizes, starts = self._chunk_items(rows)
+        pieces = shard_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), shard)
+        # One list of wanted row numbers per piece.
+        wanted = [
+            (
+                chunk,
+                rows[starts[chunk] + a : starts[chunk] + b]
+                if rows is not None
+                else self.chunk_first_row[chunk] + np.arange(a, b),
+            )
+            for chunk, a, b in pieces
+        ]
+        bounds = np.cumsum([0] + [len(w) for w in windows(pieces, self._window_items(), WINDOW_CHUNKS)]).tolist()
+        pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="shard-rows")
+
+        def read_window(w: int) -> list[Future]:
+            return [pool.submit(self._read_piece, *piece) for piece in wanted[bounds[w] : bounds[w + 1]]]
+
+        try:
+            ahead = read_window(0) if len(bounds) > 1 else []
+            for w in range(len(bounds) - 1):
+                current, ahead = ahead, read_window(w + 1) if w + 2 < len(bounds) else []  # read the next one now
+                yield from self._yield_window([f.result() for f in current], epoch, shard, w)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        check_epoch_unchanged(self._epoch, epoch)
+
+    def _window_items(self) -> int:
+        if self.shuffle_buffer:
+            return self.shuffle_buffer
+        row_bytes = max(1, int(self.index.decoded_bytes.sum()) // max(1, self.index.num_rows))
+        return max(1, WINDOW_BYTES // row_bytes)
+
+    def _read_piece(self, chunk: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Columns of ``rows`` (ascending row numbers within ``chunk``), decoding only their row groups."""
+        index = self.index
+        lo, hi = self.chunk_groups[chunk]
+        at = lo + np.searchsorted(index.first_row[lo:hi], rows, side="right") - 1
+        needed, first_of = np.unique(at, return_index=True)
+        table = self.reader.read(int(index.file[lo]), index.group[needed].tolist(), self.columns)
+        offsets = np.concatenate([[0], np.cumsum(index.rows[needed])[:-1]])
+        positions = offsets[np.repeat(np.arange(len(needed)), np.diff(np.append(first_of, len(rows))))]
+        positions = positions + rows - index.first_row[at]
+        return {name: take_rows(table.column(name), positions) for name in table.column_names}
+
+    def _yield_window(self, pieces: list[dict[str, np.ndarray]], epoch: int, shard: Shard, w: int) -> Iterator[Any]:
+        if not pieces:
+            return
+        names = list(pieces[0])
+        counts = [len(p[names[0]]) for p in pieces] if names else [0 for _ in pieces]
+        piece_of = np.repeat(np.arange(len(pieces)), counts)
+        row_of = np.concatenate([np.arange(n) for n in counts]) if counts else np.zeros(0, dtype=np.int64)
+        transform = self.transform
+        for i in window_order(len(piece_of), self.seed, epoch, shard, w, self.shuffle).tolist():
+            piece, r = pieces[piece_of[i]], row_of[i]
+            row = {name: piece[name][r] for name in names}
+            yield transform(row) if transform else row
 
 
-def _buffer_shuffle(rows: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
-    buffer: list[Any] = []
-    for row in rows:
-        buffer.append(row)
-        if len(buffer) >= size:
-            i = int(rng.integers(len(buffer)))
-            buffer[i], buffer[-1] = buffer[-1], buffer[i]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+def chunk_row_groups(index: RowGroupIndex, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """``[n_chunks, 2]``: each chunk's first and end position in the index (row groups of one file)."""
+    bounds: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i in range(len(index)):
+        if i > start and (index.file[i] != index.file[start] or size + index.decoded_bytes[i] > chunk_bytes):
+            bounds.append((start, i))
+            start, size = i, 0
+        size += int(index.decoded_bytes[i])
+    if len(index):
+        bounds.append((start, len(index)))
+    return np.array(bounds, dtype=np.int64).reshape(-1, 2)
 
 
-def to_tensor(value: Any) -> torch.Tensor:
-    return torch.from_numpy(np.array(value, copy=True))
+# ---- a job's output, rows as tuples or dicts of tensors ---------------------------------------------
+
+
+def _to_torch(value: Any, dtype: torch.dtype | None) -> Any:
+    """Arrays and numbers become tensors (floats cast to ``dtype`` if given); strings stay strings."""
+    if isinstance(value, str):
+        return value
+    tensor = to_tensor(value)
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor
+
+
+class RowToTuple:
+    """Row dict -> tuple of tensors in ``fields`` order (a class, not a lambda: workers may pickle it)."""
+
+    def __init__(self, fields: Sequence[str], dtype: torch.dtype | None):
+        self.fields, self.dtype = tuple(fields), dtype
+
+    def __call__(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(_to_torch(row[name], self.dtype) for name in self.fields)
+
+
+class RowToDict:
+    def __init__(self, dtype: torch.dtype | None):
+        self.dtype = dtype
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {name: _to_torch(value, self.dtype) for name, value in row.items()}
+
+
+class OutputRows(ShardRows):
+    """Rows of one split of a job's output, as tuples of tensors (``fields``) or dicts (``as_dict``).
+
+    ``fields``: the columns of each tuple; ``as_dict=True`` yields ``{column: value}``
+    for ``columns`` (default all). ``dtype``: cast float tensors (e.g.
+    ``torch.float32`` from a float64 output). The rest as :class:`ShardRows`.
+    """
+
+    default_fields: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        output: str,
+        split: str = "train",
+        *,
+        fields: Sequence[str] | None = None,
+        as_dict: bool = False,
+        columns: Sequence[str] | None = None,
+        dtype: torch.dtype | None = None,
+        storage_options: dict[str, Any] | None = None,
+        **kwargs,
+    ):
+        records = manifest_files(output, split, storage_options)
+        super().__init__(
+            [f["url"] for f in records],
+            storage_options=storage_options,
+            sizes=[int(f["bytes"]) for f in records],
+            **kwargs,
+        )
+        available = self.index.schema.names if self.index.schema is not None else []
+        wanted = list(columns or available) if as_dict else list(fields or self.default_fields or available)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise ValueError(
+                f"{output} [{split}] has no column {', '.join(missing)}{self._missing_hint(missing)}; "
+                f"columns: {', '.join(available)}"
+            )
+        self.columns = wanted
+        self.transform = RowToDict(dtype) if as_dict else RowToTuple(wanted, dtype)
+
+    def _missing_hint(self, missing: list[str]) -> str:
+        return ""

@@ -1,0 +1,197 @@
+"""What every reader shares: the epoch number, who reads which items, and in what order.
+
+- :class:`SharedEpoch` keeps the epoch in shared memory, so ``set_epoch`` in the
+  training process reaches DataLoader workers that were started earlier
+  (``persistent_workers=True``), which hold their own copy of the dataset.
+- :class:`Shard` is this process's share of an epoch: its distributed rank
+  (``torch.distributed``, or given) times its DataLoader worker.
+- :func:`epoch_order` and :func:`shard_pieces` turn the sizes of the units a
+  reader reads (chunks of row groups, files) into the pieces one shard reads:
+  the units are put in one order for the whole job (shuffled from
+  ``(seed, epoch)``), their items laid end to end, and each shard takes a
+  contiguous, equal share of that sequence (shares differ by one item at most),
+  so every item is read exactly once per epoch by exactly one shard.
+- :func:`windows` groups a shard's pieces into shuffle windows: the items of
+  several units (from several files) are read together and yielded in a
+  random order drawn from ``(seed, epoch, shard, window)``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.context import get_spawning_popen
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+
+class SharedEpoch:
+    """An epoch number that DataLoader workers read at the start of each epoch.
+
+    The value lives in shared memory, inherited by the workers when they start
+    (fork, spawn or forkserver), so ``set_epoch`` reaches persistent workers.
+    Pickled any other way (a copy of the dataset), it becomes a private value.
+    """
+
+    def __init__(self, value: int = 0):
+        self._shared = multiprocessing.RawValue("q", int(value))
+
+    @property
+    def value(self) -> int:
+        return int(self._shared.value)
+
+    @value.setter
+    def value(self, epoch: int) -> None:
+        self._shared.value = int(epoch)
+
+    def __reduce__(self):
+        if get_spawning_popen() is not None:  # a worker being started: share the memory
+            return (_attach, (self._shared,))
+        return (SharedEpoch, (self.value,))
+
+
+def _attach(shared) -> SharedEpoch:
+    epoch = SharedEpoch.__new__(SharedEpoch)
+    epoch._shared = shared
+    return epoch
+
+
+class EpochChanged(RuntimeError):
+    """``set_epoch`` was called while an epoch was being read."""
+
+
+def check_epoch_unchanged(epoch: SharedEpoch, used: int) -> None:
+    """Fail loudly when the epoch moved under a running iteration (its order was the old epoch's)."""
+    if epoch.value != used:
+        raise EpochChanged(
+            f"set_epoch({epoch.value}) was called while epoch {used} was being read; call set_epoch "
+            "before iterating the DataLoader (for epoch in ...: dataset.set_epoch(epoch); for batch in loader: ...)"
+        )
+
+
+def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: as given, else torch.distributed's when initialised, else ``(0, 1)``."""
+    if rank is not None and world_size is not None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        return rank, world_size
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return (dist.get_rank() if rank is None else rank), (
+            dist.get_world_size() if world_size is None else world_size
+        )
+    return (rank or 0), (world_size or 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One reader process's share: ``index`` of ``count`` (ranks x DataLoader workers)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def current(cls, rank: int, world_size: int) -> Shard:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return cls(rank * workers + worker, world_size * workers)
+
+
+class EpochDataset(IterableDataset):
+    """What every reader has: a seed, a shared epoch, and its rank's share of each epoch.
+
+    ``rank``/``world_size`` default to ``torch.distributed``'s, looked up again in the
+    training process at ``set_epoch``, ``len`` and the start of each epoch (workers
+    keep what their copy was given).
+    """
+
+    def __init__(self, seed: int, shuffle: bool, rank: int | None, world_size: int | None):
+        self.seed, self.shuffle = seed, shuffle
+        self._rank_given = (rank, world_size)
+        self.rank, self.world_size = distributed_rank(rank, world_size)
+        self._epoch = SharedEpoch(0)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next epoch's order (and rows or crops); reaches DataLoader workers, persistent ones too."""
+        self._epoch.value = epoch
+        self._refresh_rank()
+
+    def _refresh_rank(self) -> None:
+        if get_worker_info() is None:  # in the training process, where torch.distributed lives
+            self.rank, self.world_size = distributed_rank(*self._rank_given)
+
+    def rank_items(self, total: int) -> int:
+        """How many of an epoch's ``total`` items this rank reads."""
+        self._refresh_rank()
+        lo, hi = share(total, self.rank, self.world_size)
+        return hi - lo
+
+    def current_shard(self) -> Shard:
+        """This process's share: its rank times its DataLoader worker."""
+        self._refresh_rank()
+        return Shard.current(self.rank, self.world_size)
+
+
+def epoch_order(units: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order units are read in this epoch: the same in every rank and worker."""
+    if not shuffle:
+        return np.arange(units)
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(units)
+
+
+def share(total: int, index: int, count: int) -> tuple[int, int]:
+    """Items ``[start, stop)`` of ``total`` that share ``index`` of ``count`` takes (sizes differ by one at most)."""
+    return index * total // count, (index + 1) * total // count
+
+
+def shard_pieces(sizes: np.ndarray, order: np.ndarray, shard: Shard) -> list[tuple[int, int, int]]:
+    """``(unit, first, stop)`` pieces of the units in ``order`` whose items fall in ``shard``'s share.
+
+    ``sizes[u]`` is the number of items unit ``u`` has this epoch; the pieces are
+    in reading order and ``first:stop`` counts items within the unit.
+    """
+    ordered = np.asarray(sizes, dtype=np.int64)[order]
+    ends = np.cumsum(ordered)
+    starts = ends - ordered
+    lo, hi = share(int(ends[-1]) if len(ends) else 0, shard.index, shard.count)
+    pieces = []
+    for position in range(int(np.searchsorted(ends, lo, side="right")), len(order)):
+        if starts[position] >= hi:
+            break
+        if ordered[position] == 0:
+            continue
+        first = max(lo, int(starts[position])) - int(starts[position])
+        stop = min(hi, int(ends[position])) - int(starts[position])
+        pieces.append((int(order[position]), first, stop))
+    return pieces
+
+
+def windows(
+    pieces: list[tuple[int, int, int]], min_items: int, min_pieces: int
+) -> Iterator[list[tuple[int, int, int]]]:
+    """Consecutive pieces grouped until a group holds ``min_items`` items and ``min_pieces`` pieces
+    (units: several files), the last group whatever is left."""
+    group: list[tuple[int, int, int]] = []
+    items = 0
+    for piece in pieces:
+        group.append(piece)
+        items += piece[2] - piece[1]
+        if items >= min_items and len(group) >= min_pieces:
+            yield group
+            group, items = [], 0
+    if group:
+        yield group
+
+
+def window_order(items: int, seed: int, epoch: int, shard: Shard, window: int, shuffle: bool) -> np.ndarray:
+    """The order a window's items are yielded in."""
+    if not shuffle:
+        return np.arange(items)
+    return np.random.default_rng([seed, epoch, shard.index, shard.count, window]).permutation(items)

@@ -1,0 +1,268 @@
+"""The readers' epochs: every item once across workers and ranks, orders, epochs, both tensor layouts.
+
+Outputs are written by the project's own ShardSink and committed as a job
+commits them (bench.readers.write_output); tensors in both representations
+the writer may use: the canonical ``fixed_shape_tensor`` and nested
+fixed-size lists (what Hugging Face datasets, polars and DuckDB read with
+their shape).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import ray_pipelines.engine.sink as sink_module
+from bench.readers import write_output
+from ray_pipelines.engine.arrow import column_to_numpy
+from ray_pipelines.engine.sink import ShardSink
+from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
+from ray_pipelines.readers.epoch import EpochChanged
+
+ROWS = 60  # generic output: 60 rows in 6 files
+CLIPS, VERSIONS = 12, 3  # contrastive output: 12 clips x 3 versions in 4 files
+
+
+def nested_lists(table: pa.Table) -> pa.Table:
+    """The table with every fixed_shape_tensor column as nested fixed-size lists of the same shape."""
+    columns = {}
+    for field, column in zip(table.schema, table.columns):
+        if isinstance(field.type, pa.FixedShapeTensorType):
+            values = column_to_numpy(column)
+            nested = pa.array(values.ravel())
+            for size in reversed(values.shape[1:]):
+                nested = pa.FixedSizeListArray.from_arrays(nested, size)
+            column = nested
+        columns[field.name] = column
+    return pa.table(columns).replace_schema_metadata(table.schema.metadata)
+
+
+class NestedListSink(ShardSink):
+    def make_table(self, rows):
+        return nested_lists(super().make_table(rows))
+
+
+def write(output: Path, job: str, rows: dict, *, nested: bool, one_row_groups: bool, **kwargs) -> Path:
+    """Commit ``rows`` in one of the layouts: tensors nested or canonical; a row group per row, or per file."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sink_module, "TARGET_ROW_GROUP_BYTES", 1 if one_row_groups else 1 << 30)
+        write_output(output, job, rows, sink_class=NestedListSink if nested else None, **kwargs)
+    return output
+
+
+LAYOUTS = [
+    pytest.param((False, False), id="fixed_shape_tensor, a row group per file"),
+    pytest.param((True, True), id="nested lists, a row group per row"),
+]
+
+
+def generic_rows() -> dict:
+    ids = np.arange(ROWS)
+    return {
+        "key": np.array([f"k{i:03d}" for i in ids], dtype=object),
+        "index": np.zeros(ROWS, dtype=np.int64),
+        "x": np.repeat(ids[:, None], 4, axis=1).astype(np.float32),  # x = [id, id, id, id]
+        "split": np.full(ROWS, "train", dtype=object),
+    }
+
+
+def write_rows(out: Path, nested: bool, one_row_groups: bool) -> Path:
+    return write(
+        out,
+        "rows",
+        generic_rows(),
+        nested=nested,
+        one_row_groups=one_row_groups,
+        index_column="index",
+        output_columns=["key", "index", "x"],
+        rows_per_block=10,
+    )
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def rows_output(request, tmp_path_factory) -> Path:
+    return write_rows(tmp_path_factory.mktemp("rows") / "out", *request.param)
+
+
+def contrastive_rows() -> dict:
+    """Noise views [1, 32, 24] whose first bin is 10 * clip + version (an item says which row it is),
+    view2 = -view1."""
+    clip = np.repeat(np.arange(CLIPS), VERSIONS)
+    version = np.tile(np.arange(VERSIONS), CLIPS)
+    view1 = np.random.default_rng(0).standard_normal((len(clip), 1, 32, 24)).astype(np.float32)
+    view1[:, 0, 0, 0] = 10 * clip + version
+    return {
+        "key": np.array([f"clip{c:02d}.flac" for c in clip], dtype=object),
+        "version": version.astype(np.int64),
+        "view1": view1,
+        "view2": -view1,
+        "split": np.full(len(clip), "train", dtype=object),
+    }
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def views_output(request, tmp_path_factory) -> Path:
+    nested, one_row_groups = request.param
+    out = tmp_path_factory.mktemp("views") / "out"
+    write(
+        out,
+        "augment",
+        contrastive_rows(),
+        nested=nested,
+        one_row_groups=one_row_groups,
+        index_column="version",
+        output_columns=["key", "version", "view1", "view2"],
+        rows_per_block=9,
+    )
+    return out
+
+
+def ids(batches) -> list[int]:
+    return [int(v) for batch in batches for v in batch[0][:, 0]]
+
+
+def read_ids(dataset, workers: int = 0, batch_size: int = 4, **kwargs) -> list[int]:
+    return ids(DataLoader(dataset, batch_size=batch_size, num_workers=workers, **kwargs))
+
+
+def test_layouts_are_what_the_tests_claim(rows_output):
+    files = list_shards(str(rows_output), "train")
+    assert len(files) == 6
+    md = pq.ParquetFile(files[0]).metadata
+    x_type = pq.read_schema(files[0]).field("x").type
+    if isinstance(x_type, pa.FixedShapeTensorType):
+        assert md.num_row_groups == 1
+    else:
+        assert pa.types.is_fixed_size_list(x_type) and md.num_row_groups == md.num_rows == 10
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_every_row_once_per_epoch_across_workers_and_ranks(rows_output, world_size):
+    files = list_shards(str(rows_output), "train")
+    for epoch in (0, 1):
+        seen, lengths = [], []
+        for rank in range(world_size):
+            dataset = ShardRows(files, ["x"], shuffle=True, seed=7, rank=rank, world_size=world_size, shuffle_buffer=4)
+            dataset.set_epoch(epoch)
+            got = ids(DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collate_x))
+            assert len(got) == len(dataset)
+            seen += got
+            lengths.append(len(got))
+        assert sorted(seen) == list(range(ROWS))  # each row exactly once, on exactly one rank
+        assert max(lengths) - min(lengths) <= 1
+
+
+def collate_x(rows):
+    return (torch.stack([torch.from_numpy(r["x"]) for r in rows]),)
+
+
+def test_order_changes_with_epoch_and_repeats_for_a_seed(rows_output):
+    def order(seed, epoch):
+        dataset = OutputRows(str(rows_output), fields=("x",), shuffle=True, seed=seed, shuffle_buffer=8)
+        dataset.set_epoch(epoch)
+        return read_ids(dataset, workers=2)
+
+    first = order(seed=1, epoch=0)
+    assert sorted(first) == list(range(ROWS))
+    assert first == order(seed=1, epoch=0)  # identical seeds, identical orders
+    assert first != order(seed=1, epoch=1) and first != order(seed=2, epoch=0)
+    in_files = [int(k[1:]) for f in list_shards(str(rows_output), "train") for k in pq.read_table(f)["key"].to_pylist()]
+    assert read_ids(OutputRows(str(rows_output), fields=("x",))) == in_files  # unshuffled: the files' order
+
+
+def test_items_of_several_files_interleave_in_the_first_batch(rows_output):
+    # Even with a buffer of 4 rows: a window holds several chunks, so several files.
+    dataset = OutputRows(str(rows_output), fields=("x",), shuffle=True, seed=3, shuffle_buffer=4)
+    first_batch = read_ids(dataset, batch_size=8)[:8]
+    files_of = {i // 10 for i in first_batch}  # a file holds 10 consecutive ids
+    assert len(files_of) >= 3
+
+
+def test_contrastive_views_rotate_versions_with_persistent_workers(views_output):
+    dataset = ContrastiveViews(str(views_output), "train", seed=5)
+    assert len(dataset) == CLIPS == dataset.clips()
+    loader = DataLoader(dataset, batch_size=5, num_workers=2, persistent_workers=True)
+    orders = []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)  # reaches the workers started in epoch 0
+        values = [int(v[0, 0, 0]) for view1, view2 in loader for v in view1]
+        assert sorted(v // 10 for v in values) == list(range(CLIPS))  # every clip once
+        assert all(v % 10 == dataset.version_for(v // 10, epoch) for v in values)
+        orders.append(values)
+    # every clip shows another version in each of the three epochs, and the order changes
+    by_clip = [{v // 10: v % 10 for v in o} for o in orders]
+    assert all(len({versions[c] for versions in by_clip}) == VERSIONS for c in range(CLIPS))
+    assert orders[0] != orders[1]
+
+
+def test_contrastive_views_single_item(views_output):
+    dataset = ContrastiveViews(str(views_output), "train", seed=5)
+    dataset.set_epoch(4)
+    view1, view2 = dataset[3]
+    assert view1.shape == (1, 32, 24) and view1.dtype == torch.float32
+    assert float(view1[0, 0, 0]) == 30 + dataset.version_for(3) and torch.equal(view2, -view1)
+
+
+def test_an_epoch_reads_only_the_row_groups_of_its_versions(views_output):
+    dataset = ContrastiveViews(str(views_output), "train", seed=0)
+    one_row_groups = len(dataset.index) == CLIPS * VERSIONS
+    read = []
+    original = dataset.reader.read
+    dataset.reader.read = lambda file, groups, columns: read.append(len(groups)) or original(file, groups, columns)
+    assert sum(len(view1) for view1, _ in DataLoader(dataset, batch_size=4)) == CLIPS
+    assert sum(read) == (CLIPS if one_row_groups else len(dataset.index))
+
+
+def test_set_epoch_during_an_epoch_fails_loudly(rows_output):
+    dataset = OutputRows(str(rows_output), fields=("x",), shuffle=True, shuffle_buffer=2)
+    with pytest.raises(EpochChanged, match="set_epoch"):
+        for i, _ in enumerate(DataLoader(dataset, batch_size=1, num_workers=2, persistent_workers=True)):
+            if i == 2:
+                dataset.set_epoch(1)
+    dataset.set_epoch(2)
+    with pytest.raises(EpochChanged):
+        for i, _ in enumerate(dataset):
+            if i == 2:
+                dataset.set_epoch(3)
+
+
+def distributed_reader(rank: int, world_size: int, init_file: str, files: list[str], out: str) -> None:
+    """One rank of a real gloo process group: the reader takes its rank and world size from torch.distributed."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        dataset = ShardRows(files, ["x"], shuffle=True, seed=11)
+        assert (dataset.rank, dataset.world_size) == (rank, world_size)
+        got = ids(DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_x))
+        Path(out).write_text(json.dumps({"ids": got, "len": len(dataset)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torch_distributed_ranks_split_the_epoch(tmp_path):
+    files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=True)), "train")
+    context = multiprocessing.get_context("fork")
+    procs = [
+        context.Process(
+            target=distributed_reader, args=(r, 2, str(tmp_path / "pg"), files, str(tmp_path / f"rank{r}.json"))
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(len(r["ids"]) == r["len"] == ROWS // 2 for r in results)
+    assert Counter(results[0]["ids"] + results[1]["ids"]) == Counter(range(ROWS))

@@ -1,0 +1,91 @@
+"""Encode readers: the SAT .npy/.json layout and Parquet, exactly once, shuffled, cropped on N.
+
+The outputs are written by the project's SatSink (``layout: both``) and
+committed as the encode job does, with ``filelist.txt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from bench.readers import encode_rows, write_encode
+from ray_pipelines.readers.encode import (
+    EncodedLatents,
+    EncodedShardRows,
+    collate_encoded,
+    crop_latents,
+    open_encoded,
+)
+
+ITEMS, Q, N = 24, 2, 40
+
+
+def token_rows() -> dict:
+    """Discrete tokens [Q, N] (codebooks first) with a padding mask of N frames: real clips of 5 to 40 frames."""
+    rows = encode_rows(ITEMS, channels=Q, frames=N, ratio=256)
+    rng = np.random.default_rng(1)
+    valid = rng.integers(5, N + 1, ITEMS)
+    rows["padding_mask"] = (np.arange(N)[None, :] < valid[:, None]).astype(np.uint8)
+    rows["valid_samples"] = valid * 256
+    tokens = rng.integers(1, 1000, (ITEMS, Q, N)).astype(np.int16)
+    rows["latents"] = tokens * rows["padding_mask"][:, None, :]  # 0 in the padding
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tokens_output(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("encode") / "out"
+    write_encode(out, ITEMS, rows=token_rows())
+    return out
+
+
+def keys(items) -> list[str]:
+    return [md["key"] for _, md in items]
+
+
+@pytest.mark.parametrize("layout", ["sat", "parquet"])
+def test_every_item_once_per_epoch_across_workers_and_ranks(tokens_output, layout):
+    orders = []
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(2):
+            dataset = open_encoded(str(tokens_output), layout, shuffle=True, seed=3, rank=rank, world_size=2)
+            dataset.set_epoch(epoch)
+            loader = DataLoader(dataset, batch_size=5, num_workers=2, collate_fn=collate_encoded)
+            got = [md["key"] for _, metadata in loader for md in metadata]
+            assert len(got) == len(dataset) == ITEMS // 2
+            seen += got
+        assert sorted(seen) == sorted(token_rows()["key"].tolist())
+        orders.append(seen)
+    assert orders[0] != orders[1]
+
+
+def test_both_layouts_give_the_same_cropped_tokens_on_the_last_axis(tokens_output):
+    sat = EncodedLatents(str(tokens_output), latent_crop_length=16, seed=2)
+    parquet = EncodedShardRows(str(tokens_output), latent_crop_length=16, seed=2)
+    for epoch in (0, 1):
+        sat.set_epoch(epoch)
+        parquet.set_epoch(epoch)
+        by_key = {md["key"]: (z, md) for z, md in parquet}
+        items = list(sat)
+        assert len(items) == len(by_key) == ITEMS
+        for tokens, md in items:
+            assert tokens.shape == (Q, 16) and tokens.dtype == torch.int16  # N cropped, codebooks kept
+            assert md["padding_mask"].shape == (16,) and md["padding_mask"].any()
+            # the crop keeps tokens where the mask is set, zeros where it is not
+            assert torch.equal(tokens != 0, md["padding_mask"][None, :].expand(Q, 16))
+            other, other_md = by_key[md["key"]]
+            assert torch.equal(tokens, other) and md["latent_crop_start"] == other_md["latent_crop_start"]
+    first = sat[0]
+    assert first[0].shape == (Q, 16) and first[1]["latent_filename"].endswith(".npy")
+
+
+def test_a_mask_that_does_not_match_the_last_axis_is_refused():
+    tokens = np.zeros((N, Q), dtype=np.int16)  # frames first: the layout tokens must not have
+    with pytest.raises(ValueError, match=r"padding_mask has 40 entries but the latents' last axis has 2 frames"):
+        crop_latents(tokens, np.ones(N, dtype=np.uint8), 16)

@@ -1,0 +1,67 @@
+"""The readers from s3:// on a real S3 endpoint (moto server): ranged reads, workers, epochs."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+import ray_pipelines.readers.rowgroups as rowgroups
+from bench.readers import write_encode
+from ray_pipelines.readers import ContrastiveViews, OutputRows
+from ray_pipelines.readers.encode import EncodedLatents, collate_encoded
+from tests.test_readers import CLIPS, ROWS, contrastive_rows, generic_rows, write
+
+
+def test_rows_from_s3_every_row_once_with_persistent_workers(s3_bucket):
+    bucket, options, _ = s3_bucket
+    url = f"s3://{bucket}/rows"
+    write(url, "rows", generic_rows(), nested=True, one_row_groups=True, index_column="index",
+          output_columns=["key", "index", "x"], rows_per_block=10, storage_options=options)  # fmt: skip
+    dataset = OutputRows(url, fields=("x",), shuffle=True, seed=1, shuffle_buffer=8, storage_options=options)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, persistent_workers=True)
+    orders = []
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        orders.append([int(v) for (x,) in loader for v in x[:, 0]])
+        assert sorted(orders[-1]) == list(range(ROWS))
+    assert orders[0] != orders[1]
+
+
+def test_contrastive_views_from_s3_fetch_only_their_row_groups(s3_bucket, tmp_path, monkeypatch):
+    bucket, options, fs = s3_bucket
+    url = f"s3://{bucket}/views"
+    write(url, "augment", contrastive_rows(), nested=False, one_row_groups=True, index_column="version",
+          output_columns=["key", "version", "view1", "view2"], rows_per_block=9, storage_options=options)  # fmt: skip
+    fetched = []
+
+    def counting(fs_, paths, starts, stops):
+        fetched.append(sum(b - a for a, b in zip(starts, stops)))
+        return cat_ranges(fs_, paths, starts, stops)
+
+    cat_ranges = rowgroups._cat_ranges
+    monkeypatch.setattr(rowgroups, "_cat_ranges", counting)
+    monkeypatch.setattr(rowgroups, "HOLE_BYTES", 0)  # one range per row group, to count them
+    dataset = ContrastiveViews(url, "train", seed=4, storage_options=options)
+    fetched.clear()  # the footers read when the dataset was made
+    values = sorted(int(v1[0, 0, 0]) for v1, _ in dataset)
+    assert values == sorted(10 * c + dataset.version_for(c) for c in range(CLIPS))
+    data_bytes = sum(fs.size(p) for p in fs.find(f"{bucket}/views/train"))
+    assert 0 < sum(fetched) < 0.6 * data_bytes  # a third of the rows and their files' footers, not everything
+    with_workers = DataLoader(ContrastiveViews(url, "train", seed=4, storage_options=options), 4, num_workers=2)
+    assert sorted(int(v[0, 0, 0]) for view1, _ in with_workers for v in view1) == values
+
+
+def test_sat_layout_from_s3_with_workers(s3_bucket, tmp_path):
+    bucket, options, _ = s3_bucket
+    url = f"s3://{bucket}/latents"
+    write_encode(url, 16, storage_options=options)
+    local = tmp_path / "latents"
+    write_encode(local, 16)
+    expected = {md["key"]: z for z, md in EncodedLatents(str(local))}
+    dataset = EncodedLatents(url, shuffle=True, storage_options=options)
+    got = {}
+    for latents, metadata in DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collate_encoded):
+        for z, md in zip(latents, metadata):
+            assert md["key"] not in got and md["latent_filename"].startswith("s3://")
+            got[md["key"]] = z
+    assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)
