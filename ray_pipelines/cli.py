@@ -2,8 +2,8 @@
 
 Jobs live in ``ray_pipelines.jobs`` (``ray_pipelines/jobs/<name>.py``), each with a ``JOB``
 class; ``python -m jobs.<name>`` in a checkout runs the same code as this CLI.
-Exit codes: 0 the job ran (even with error rows), 2 bad config or output
-conflict, 1 the job could not run (storage unreachable, Ray failure).
+Exit codes (``EXIT_CODES``): 0 complete, 3 ran but incomplete (run again), 2 config or output
+conflict, 1 could not run.
 """
 
 from __future__ import annotations
@@ -22,6 +22,17 @@ JOBS = {
     "features": "ray_pipelines.jobs.features",
     "score": "ray_pipelines.jobs.score",
 }
+# What a scheduler reads: retry on 3, alert on 1 and 2. Printed in every job's --help.
+EXIT_CODES = """exit codes:
+  0  complete: every input is output rows or a final error (errors.jsonl); _SUCCESS written
+  3  ran but incomplete: inputs to retry remain (storage hiccups, lost workers); no _SUCCESS;
+     run again to finish
+  2  config or output conflict: a bad config, another job's or config's output, a secret in
+     storage_options, an output inside the input tree, or a live run holding the output's lease
+  1  could not run: inputs not listable or matching nothing, the output store refusing writes
+     (no space, read-only, permission, credentials; committed work is kept), a Ray failure"""
+EXIT_COMPLETE, EXIT_FAILED, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3
+
 # tool commands -> module holding main(argv)
 TOOLS = {
     "preview": "ray_pipelines.jobs.preview",  # spectrogram preview grid of an output
@@ -30,7 +41,12 @@ TOOLS = {
 
 
 def job_parser(name: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"ray-pipelines {name}", description=f"Run the {name} job.")
+    parser = argparse.ArgumentParser(
+        prog=f"ray-pipelines {name}",
+        description=f"Run the {name} job.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--config", "-c", help="YAML config file, or the name of a packaged example config (e.g. augment)."
     )
@@ -47,6 +63,11 @@ def job_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace an output written with another config instead of refusing."
     )
+    parser.add_argument(
+        "--break-lease",
+        action="store_true",
+        help="Take the output's lease even from a run that looks alive (only when you know it is gone).",
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide Ray Data progress bars.")
     parser.add_argument("--quiet", "-q", action="store_true", help="Only print the summary.")
     return parser
@@ -56,6 +77,7 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     from .config import ConfigError, load_config
     from .engine.manifest import OutputConflict
     from .engine.runner import run_job
+    from .engine.stop import OutputStoreError
     from .engine.summary import format_summary
     from .sources import SourceError
 
@@ -67,19 +89,29 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     try:
         config = load_config(job_cls.config_model, args.config, args.overrides)
         job = job_cls(config)
-        result = run_job(job, address=args.address, overwrite=args.overwrite, progress=not args.no_progress)
+        result = run_job(
+            job,
+            address=args.address,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            break_lease=args.break_lease,
+        )
     except (ConfigError, OutputConflict) as e:
         print(f"ray-pipelines {name}: {e}", file=sys.stderr)
-        return 2
-    except SourceError as e:
+        return EXIT_CONFLICT
+    except (SourceError, OutputStoreError) as e:
         print(f"ray-pipelines {name}: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except Exception as e:  # storage or Ray failures: one clear line, the traceback in the log
         logging.getLogger("ray_pipelines").debug("job failed", exc_info=True)
         print(f"ray-pipelines {name}: the job could not run: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)))
-    return 0
+    if not result.complete:
+        left = result.counts["to_retry"]
+        print(f"ray-pipelines {name}: {left} inputs to retry; run again to finish", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_COMPLETE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import CommonConfig
-from ..sources import InputItem, list_inputs
+from ..sources import InputItem, list_specs
 from ..storage import Storage
 from .manifest import default_is_data_file
 from .sink import ShardSink
@@ -48,11 +48,15 @@ class Job(abc.ABC):
 
     # ---- planning (driver) -------------------------------------------------------
     def list_inputs(self) -> list[InputItem]:
-        items: dict[str, InputItem] = {}
-        for spec in self.config.inputs():
-            for item in list_inputs(spec, self.config.extensions, self.config.storage_options):
-                items.setdefault(item.key, item)
-        return [items[k] for k in sorted(items)]
+        """Everything the input specs hold now (the engine compares it with what the output
+        committed: new, changed and deleted inputs). Restricting it is :meth:`pick_inputs`'s job."""
+        c = self.config
+        return list_specs(c.inputs(), c.extensions, c.storage_options, c.allow_empty)
+
+    def pick_inputs(self, items: list[InputItem]) -> list[InputItem]:
+        """The listed inputs (after keep/ignore lists) this run takes; the engine then sorts them
+        and applies ``limit``. Inputs left out are neither processed nor counted as deleted."""
+        return items
 
     def fingerprint_extra(self) -> dict[str, Any]:
         """Anything besides the config that changes output bytes (model weight hashes)."""

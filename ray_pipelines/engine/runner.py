@@ -1,7 +1,7 @@
 """run_job: the one place where a job meets Ray.
 
-    list inputs ─► drop committed ─► from_items ─► decode (CPU tasks) ─► stages (actor pools)
-                                                 ─► ShardSink (write tasks) ─► commit (driver)
+    lease ─► list inputs ─► changes ─► drop committed ─► from_items ─► decode (CPU tasks) ─► stages
+    (actor pools) ─► ShardSink (write tasks) ─► [lost inputs again] ─► commit (driver) ─► release
 
 On a CPU cluster a one-stage job runs as a single actor pool instead: each actor
 decodes its input block, runs the stage and writes the shards itself
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,14 +22,18 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from ..config import CommonConfig
-from ..sources import InputItem, read_key_list
+from ..config import CommonConfig, ConfigError
+from ..sources import InputItem, SourceError, overlapping_input, read_key_list
 from ..storage import Storage
+from .changes import detect_changes
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
-from .manifest import OutputState
+from .lease import LeaseLost, held_lease
+from .manifest import OutputState, Progress, lost_keys, progress_of
+from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
 from .sink import ShardSink
+from .stop import OutputStoreError, StopSignal, store_failure
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,11 @@ class JobResult:
     @property
     def counts(self) -> dict[str, int]:
         return self.manifest["counts"]
+
+    @property
+    def complete(self) -> bool:
+        """Every selected input is output rows or a final error (``_SUCCESS`` was written)."""
+        return bool(self.manifest.get("complete"))
 
     @property
     def steady_rows_per_second(self) -> float | None:
@@ -79,62 +89,119 @@ def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem
     return items
 
 
-def select_inputs(job: Job) -> list[dict[str, Any]]:
-    """Listed inputs after keep/ignore lists and ``limit`` (applied to sorted keys)."""
+def select_inputs(job: Job, listed: list[InputItem] | None = None) -> list[dict[str, Any]]:
+    """Listed inputs after keep/ignore lists, the job's pick and ``limit`` (applied to sorted keys)."""
     cfg = job.config
-    items = apply_key_lists(job.list_inputs(), cfg)
-    items.sort(key=lambda i: i.key)
+    items = job.pick_inputs(apply_key_lists(job.list_inputs() if listed is None else listed, cfg))
+    items = sorted(items, key=lambda i: i.key)
     if cfg.limit is not None:
         items = items[: cfg.limit]
     return [i.to_row() for i in items]
 
 
-def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, progress: bool = True) -> JobResult:
-    """Run ``job`` to completion (resuming whatever its output already holds)."""
+def pending_inputs(rows: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
+    """The resume check: rows whose input is not done yet, each with the sample indices to skip."""
+    pending = []
+    for row in rows:
+        if progress.is_done(row["key"]):
+            continue
+        already = progress.done_indices(row["key"])
+        row["skip"] = sorted(already) if already else []
+        pending.append(row)
+    return pending
+
+
+def run_job(
+    job: Job,
+    *,
+    address: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    break_lease: bool = False,
+) -> JobResult:
+    """Run ``job`` to completion (resuming whatever its output already holds).
+
+    Raises ConfigError / OutputConflict (another job, config or live run owns the output; LeaseLost
+    when this run was fenced off), SourceError (the input cannot be listed or matched nothing) and
+    OutputStoreError (the output store refuses writes). An incomplete run returns normally with
+    ``result.complete`` false.
+    """
     cfg = job.config
     started = time.time()
+    overlap = overlapping_input(cfg.inputs(), cfg.output, cfg.storage_options)
+    if overlap:
+        raise ConfigError(
+            f"output {cfg.output} overlaps input {overlap}: the next run would read the job's own files; "
+            "write the output outside the input tree"
+        )
     storage = Storage(cfg.output, cfg.storage_options)
     fingerprint_extra = job.fingerprint_extra()  # may hash model weights: once per run
     fingerprint = cfg.fingerprint(fingerprint_extra)
     config = cfg.model_dump(mode="json")
     state = OutputState(storage, job.is_data_file)
-    run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite)
+    try:
+        with held_lease(storage, uuid.uuid4().hex, cfg.lease_timeout, break_lease) as lease:
+            run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite, lease.run_id)
 
-    rows = select_inputs(job)
-    listed_at = time.time()
-    done = state.progress()
-    pending = []
-    for row in rows:
-        if done.is_done(row["key"]):
-            continue
-        already = done.done_indices(row["key"])
-        row["skip"] = sorted(already) if already else []
-        pending.append(row)
-    skipped = len(rows) - len(pending)
-    log.info("%s: %d inputs listed, %d already committed, %d to process", job.name, len(rows), skipped, len(pending))
+            listed = job.list_inputs()
+            if not listed and not cfg.allow_empty:
+                raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
+            rows = select_inputs(job, listed)
+            listed_at = time.time()
+            done = state.progress()
+            changes = detect_changes(listed, done)
+            stale = changes.stale(cfg.on_change, cfg.on_delete)
+            if stale:
+                rewritten = drop_inputs(state, job.make_sink(fingerprint), stale, still_holds=lease.check)
+                log.info("%s: took %d stale inputs out of %d manifests", job.name, len(stale), rewritten)
+                done = state.progress()
+            pending = pending_inputs(rows, done)
+            log.info(
+                "%s: %d inputs listed (%d new, %d changed, %d deleted, %d unchanged), %d selected, %d to process",
+                job.name,
+                len(listed),
+                changes.new,
+                len(changes.changed),
+                len(changes.deleted),
+                changes.unchanged,
+                len(rows),
+                len(pending),
+            )
+            _warn_kept_stale(job.name, changes.report(cfg.on_change, cfg.on_delete))
 
-    how, writes = "", []
-    if pending:
-        how = connect(address)
-        configure_data_context(cfg, progress)
-        writes = _execute(job, pending, fingerprint, run_id)
-    ran_at = time.time()
+            how, writes = "", []
+            if pending:
+                how = connect(address)
+                configure_data_context(cfg, progress)
+                stop = StopSignal()
+                lease.on_lost = lambda reason: stop.stop("fenced", reason)
+                writes = _execute_with_retries(job, pending, fingerprint, run_id, state, stop)
+            ran_at = time.time()
 
-    manifest = state.commit(
-        job=job.name,
-        fingerprint=fingerprint,
-        config=config,
-        listed=len(rows),
-        skipped=skipped,
-        processed_keys=[r["key"] for r in pending],
-        timings={
-            "list_seconds": round(listed_at - started, 3),
-            "run_seconds": round(ran_at - listed_at, 3),
-            "commit_seconds": round(time.time() - ran_at, 3),
-        },
-        extra={"fingerprint_extra": fingerprint_extra},
-    )
-    extra = job.after_commit(storage, manifest)
+            manifest = state.commit(
+                job=job.name,
+                fingerprint=fingerprint,
+                config=config,
+                listed=len(rows),
+                skipped=len(rows) - len(pending),
+                processed_keys=[r["key"] for r in pending],
+                timings={
+                    "list_seconds": round(listed_at - started, 3),
+                    "run_seconds": round(ran_at - listed_at, 3),
+                    "commit_seconds": round(time.time() - ran_at, 3),
+                },
+                extra={"fingerprint_extra": fingerprint_extra},
+                run_id=run_id,
+                selected_keys=[r["key"] for r in rows],
+                inputs=changes.report(cfg.on_change, cfg.on_delete),
+                still_holds=lease.renew,
+            )
+            extra = job.after_commit(storage, manifest)
+    except OSError as e:  # the output store refused a write on the driver (prepare, rewrite, commit)
+        reason = store_failure(e, where=storage.root)
+        if reason:
+            raise OutputStoreError(reason) from e
+        raise
     return JobResult(
         manifest=manifest,
         seconds=time.time() - started,
@@ -146,6 +213,51 @@ def run_job(job: Job, *, address: str | None = None, overwrite: bool = False, pr
     )
 
 
+def _warn_kept_stale(name: str, report: dict[str, Any]) -> None:
+    for what, keys in report["kept_stale"].items():
+        count = report[what]
+        setting = "on_change: keep" if what == "changed" else "on_delete: keep"
+        log.warning("%s: %d %s inputs keep their old rows (%s): %s", name, count, what, setting, ", ".join(keys[:10]))
+
+
+def _execute_with_retries(
+    job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, state: OutputState, stop: StopSignal
+) -> list[dict[str, Any]]:
+    """Run the plan; inputs whose blocks were lost (a worker or node died) run again, up to
+    ``lost_retries`` times. A stop (the output store failed, or this run was fenced off) ends it."""
+    writes: list[dict[str, Any]] = []
+    retries = job.config.lost_retries
+    for attempt in range(retries + 1):
+        try:
+            writes += _execute(job, pending, fingerprint, run_id, stop)
+        except Exception as e:
+            _raise_if_stopped(stop, e)
+            raise
+        _raise_if_stopped(stop)
+        parts = state.load_parts()
+        progress = progress_of(parts)
+        lost = set(lost_keys([row["key"] for row in pending], progress, parts, run_id))
+        if not lost or attempt == retries:
+            break
+        log.warning(
+            "%s: %d inputs were lost to worker or node failures; running them again (retry %d of %d)",
+            job.name,
+            len(lost),
+            attempt + 1,
+            retries,
+        )
+        pending = pending_inputs([row for row in pending if row["key"] in lost], progress)
+    return writes
+
+
+def _raise_if_stopped(stop: StopSignal, cause: BaseException | None = None) -> None:
+    kind, reason = stop.state()
+    if kind == "store":
+        raise OutputStoreError(reason) from cause
+    if kind == "fenced":
+        raise LeaseLost(reason) from cause
+
+
 class DecodeThenStage:
     """An actor stage with the decoder in front: input rows in, stage output out.
 
@@ -153,12 +265,15 @@ class DecodeThenStage:
     large blocks keep per-block costs low, small chunks keep the decoded audio in cache.
     """
 
-    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None):
+    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None, stop=None):
         self.decoder = decoder
         self.stage = stage_cls(**stage_kwargs)
         self.chunk = chunk
+        self.stop = stop  # the run's StopSignal: a stopped run decodes nothing more
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.stop is not None:
+            self.stop.check()
         n = len(next(iter(batch.values()), ()))
         size = self.chunk or max(1, n)
         outputs = []
@@ -184,7 +299,9 @@ class DecodeStageWrite(DecodeThenStage):
         return {name: np.array([value]) for name, value in report.items()}
 
 
-def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> list[dict[str, Any]]:
+def _execute(
+    job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, stop: StopSignal | None = None
+) -> list[dict[str, Any]]:
     """Build and run the Ray Data plan; returns what each write (in an actor or a write task) reported."""
     cfg = job.config
     stages = job.stages()
@@ -198,7 +315,7 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
         ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
         actor_args = dict(num_cpus=plan.num_cpus, max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
         sink = job.make_sink(fingerprint)
-        sink.run_id = run_id
+        sink.run_id, sink.stop = run_id, stop
         fused_write = False
         if plan.num_gpus == 0:
             # CPU cluster: the first actor stage decodes its own input block, so decoded
@@ -209,6 +326,7 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
                 "stage_cls": first.cls,
                 "stage_kwargs": first.kwargs,
                 "chunk": job.decode_chunk,
+                "stop": stop,
             }
             # A one-stage job's actors also write their output (unless the sink lays files
             # out by write-task rank): no output tensors through the object store, no write tasks.

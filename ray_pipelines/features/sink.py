@@ -17,6 +17,8 @@ SCALAR_TYPES = {"label": pa.int64(), "path": pa.string(), "snippet": pa.int64(),
 class FeaturesSink(ShardSink):
     """``input_values`` as nested fixed-size lists (or fixed_shape_tensor), scalars with fixed types."""
 
+    key_column = "path"  # the song's key (the data has no separate key column)
+
     def __init__(self, *, tensor_type: str = NESTED_LIST, **kwargs):
         super().__init__(**kwargs)
         self.tensor_type = tensor_type

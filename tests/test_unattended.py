@@ -1,0 +1,206 @@
+"""Unattended runs (issue 15) on local disk and on moto's S3 server: inputs that change, are deleted
+and come back; a driver killed while it rewrites stale rows; incomplete runs; two runs at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ray_pipelines.config import validate_config
+from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+from tests.audio_helpers import REPO, encoded_bytes, tone
+from tests.output_helpers import Store, assert_no_leftovers, committed_rows, error_rows
+
+TINY = dict(
+    num_versions=2,
+    duration=0.5,
+    sample_rate=16000,
+    n_mels=16,
+    n_fft=512,
+    hop_length=256,
+    batch_size=8,
+    inputs_per_block=2,  # blocks of two inputs: a changed one shares its files with another
+    actors=1,
+    seed=5,
+)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> Store:
+    if request.param == "local":
+        return Store.local(tmp_path)
+    return Store.s3(*request.getfixturevalue("s3_bucket"))
+
+
+def clip(freq: float, seconds: float = 0.7) -> bytes:
+    return encoded_bytes(tone(seconds, 16000, freq=freq), "flac", 16000)
+
+
+def augment(store: Store, output: str, inputs: str = "in", **overrides) -> AugmentJob:
+    settings = {
+        "input": store.url(inputs),
+        "output": store.url(output),
+        "storage_options": store.options,
+        **TINY,
+        **overrides,
+    }
+    return AugmentJob(validate_config(AugmentConfig, settings))
+
+
+def rows(store: Store, output: str) -> dict:
+    return committed_rows(store, output, "key", "version")
+
+
+def test_changed_deleted_and_reuploaded_inputs_end_equal_to_a_fresh_run(store, ray_local):
+    for i in range(6):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    first = run_job(augment(store, "out", on_delete="prune"), progress=False)
+    assert first.complete and first.manifest["inputs"]["new"] == 6 and len(rows(store, "out")) == 12
+
+    # Night two: clip1 re-uploaded with new content, clip4 deleted, clip6 new.
+    store.write("in/clip1.flac", clip(1000, seconds=0.8))
+    store.delete("in/clip4.flac")
+    store.write("in/clip6.flac", clip(700))
+    second = run_job(augment(store, "out", on_delete="prune"), progress=False)
+    inputs = second.manifest["inputs"]
+    assert (inputs["new"], inputs["changed"], inputs["deleted"], inputs["unchanged"]) == (1, 1, 1, 4)
+    assert second.counts["processed_this_run"] == 2 and second.complete
+    assert {key for key, _ in rows(store, "out")} == {f"clip{i}.flac" for i in (0, 1, 2, 3, 5, 6)}
+
+    # Night three: clip4 comes back (new content), clip2 changes, clip5 goes; its rows are kept this time.
+    clip5_rows = {at: row for at, row in rows(store, "out").items() if at[0] == "clip5.flac"}
+    store.write("in/clip4.flac", clip(1200))
+    store.write("in/clip2.flac", clip(1500, seconds=0.9))
+    store.delete("in/clip5.flac")
+    third = run_job(augment(store, "out", on_delete="keep"), progress=False)
+    inputs = third.manifest["inputs"]
+    assert (inputs["new"], inputs["changed"], inputs["deleted"]) == (1, 1, 1)
+    assert inputs["kept_stale"] == {"deleted": ["clip5.flac"]} and third.complete
+
+    fresh = run_job(augment(store, "fresh"), progress=False)  # the final inputs, from scratch
+    assert fresh.complete
+    final = rows(store, "out")
+    assert {at: row for at, row in final.items() if at[0] == "clip5.flac"} == clip5_rows
+    assert {at: row for at, row in final.items() if at[0] != "clip5.flac"} == rows(store, "fresh")  # byte for byte
+    assert error_rows(store, "out") == error_rows(store, "fresh") == []
+    assert_no_leftovers(store, "out")
+
+
+def test_on_change_keep_reports_and_keeps_old_rows(tmp_path, ray_local):
+    store = Store.local(tmp_path)
+    for i in range(2):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    run_job(augment(store, "out"), progress=False)
+    before = rows(store, "out")
+    store.write("in/clip0.flac", clip(900))
+    kept = run_job(augment(store, "out", on_change="keep"), progress=False)
+    assert kept.manifest["inputs"]["kept_stale"] == {"changed": ["clip0.flac"]}
+    assert kept.counts["processed_this_run"] == 0 and kept.complete and rows(store, "out") == before
+    reprocessed = run_job(augment(store, "out"), progress=False)  # the default: reprocess
+    assert reprocessed.counts["processed_this_run"] == 1 and rows(store, "out") != before
+
+
+KILL_DURING_REWRITE = """
+import os, signal, sys
+from ray_pipelines.engine import rewrite
+
+real_switch, switched = rewrite.switch_part, []
+
+def switch_then_die(storage, name, replacement):
+    # {kill}: the driver dies on its second manifest switch
+    switched.append(name)
+    if len(switched) == 2 and "{kill}" == "after-replacement":
+        storage.write_json(rewrite.replacement_name(replacement), replacement)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if len(switched) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_switch(storage, name, replacement)
+
+rewrite.switch_part = switch_then_die
+from ray_pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store, ray_local):
+    # Three blocks of two; one input changes in each, so three manifests are rewritten. The kill
+    # lands in the second: on local disk after its new files and before its switch, on S3 between
+    # the replacement manifest's write and the old one's removal.
+    kill = "after-replacement" if store.is_s3 else "before-switch"
+    for i in range(6):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    assert run_job(augment(store, "out"), progress=False).complete
+    for i in (0, 2, 4):
+        store.write(f"in/clip{i}.flac", clip(900 + 100 * i, seconds=0.8))
+
+    args = ["--no-progress", "--quiet", "--set", f"input={store.url('in')}", "--set", f"output={store.url('out')}"]
+    args += [a for k, v in {**TINY, "storage_options": store.options}.items() for a in ("--set", f"{k}={v}")]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_REWRITE.replace("{kill}", kill), "augment", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not store.exists("out/_SUCCESS")
+
+    resumed = run_job(augment(store, "out"), progress=False)
+    assert resumed.complete and resumed.counts["duplicates"] == 0
+    assert run_job(augment(store, "fresh"), progress=False).complete
+    assert rows(store, "out") == rows(store, "fresh")
+    assert_no_leftovers(store, "out")
+
+
+def cli_args(store: Store, inputs: str, output: str, **overrides) -> list[str]:
+    settings = {**TINY, "storage_options": store.options, **overrides}
+    args = ["--no-progress", "--quiet", "--set", f"input={store.url(inputs)}", "--set", f"output={store.url(output)}"]
+    return args + [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray_pipelines.cli", "augment", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_an_incomplete_run_exits_3_without_success_and_the_next_run_finishes(store, ray_local):
+    store.write("in/clip0.flac", clip(300))
+    store.write("in/list.txt", b"clip0.flac\nlater.flac\n")
+    proc = start_cli(*cli_args(store, "in/list.txt", "out"))
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 3, stderr[-2000:]
+    assert "1 inputs to retry; run again to finish" in stderr
+    assert not store.exists("out/_SUCCESS")
+    manifest = store.read_json("out/manifest.json")
+    assert manifest["complete"] is False and manifest["counts"]["to_retry"] == 1
+    assert [(key, reason.split(":")[0]) for key, _, reason in error_rows(store, "out")] == [("later.flac", "missing")]
+
+    store.write("in/later.flac", clip(500))
+    again = run_job(augment(store, "out", inputs="in/list.txt"), progress=False)
+    assert again.complete and again.counts["to_retry"] == 0 and store.exists("out/_SUCCESS")
+    assert error_rows(store, "out") == [] and len(rows(store, "out")) == 4
+
+
+def test_two_runs_started_together_one_is_refused_the_other_completes(store, ray_local):
+    for i in range(4):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    procs = [start_cli(*cli_args(store, "in", "out")) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert f"output {store.url('out')} is in use by run" in refused
+    manifest = store.read_json("out/manifest.json")
+    assert manifest["complete"] and manifest["counts"]["rows_written"] == 8 and store.exists("out/_SUCCESS")
+    assert not store.exists("out/_lease.json")  # released by the run that held it
+    assert_no_leftovers(store, "out")
