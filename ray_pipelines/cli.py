@@ -75,9 +75,9 @@ def job_parser(name: str) -> argparse.ArgumentParser:
 
 def run_job_command(name: str, argv: Sequence[str]) -> int:
     from .config import ConfigError, load_config
+    from .engine.control import OutputStoreError
     from .engine.manifest import OutputConflict
     from .engine.runner import run_job
-    from .engine.stop import OutputStoreError
     from .engine.summary import format_summary
     from .sources import SourceError
 

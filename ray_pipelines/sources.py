@@ -176,6 +176,11 @@ def _list_from_list_file(fs, path: str, extensions: list[str], storage_options) 
                 InputItem(key=key, uri=entry_spec, size=0, error="missing: listed in the list file but not found")
             )
             continue
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            items.append(InputItem(key=key, uri=entry_spec, size=0, error=f"symlink loop: {entry_path} ({e.strerror})"))
+            continue
         link_error = _link_error(entry_fs, entry_path, info)
         if link_error:
             items.append(InputItem(key=key, uri=entry_spec, size=0, error=link_error))

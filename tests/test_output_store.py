@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ray_pipelines.config import validate_config
+from ray_pipelines.engine.control import OutputStoreError
 from ray_pipelines.engine.runner import run_job
-from ray_pipelines.engine.stop import OutputStoreError
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, tone, write_audio
 from tests.conftest import free_port
@@ -168,7 +168,7 @@ def test_an_output_inside_the_input_tree_is_refused(clips):
 
 
 def test_store_failures_are_told_apart_from_other_errors():
-    from ray_pipelines.engine.stop import store_failure
+    from ray_pipelines.engine.control import store_failure
 
     assert (
         store_failure(OSError(28, "No space left on device", "/o/x")) == "write failed: No space left on device: /o/x"

@@ -26,6 +26,7 @@ from ..config import CommonConfig, ConfigError
 from ..sources import InputItem, SourceError, overlapping_input, read_key_list
 from ..storage import Storage
 from .changes import detect_changes
+from .control import OutputStoreError, RunControl, store_failure
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
 from .lease import LeaseLost, held_lease
@@ -33,7 +34,6 @@ from .manifest import OutputState, Progress, lost_keys, progress_of
 from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
 from .sink import ShardSink
-from .stop import OutputStoreError, StopSignal, store_failure
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,9 @@ def run_job(
             if pending:
                 how = connect(address)
                 configure_data_context(cfg, progress)
-                stop = StopSignal()
-                lease.on_lost = lambda reason: stop.stop("fenced", reason)
-                writes = _execute_with_retries(job, pending, fingerprint, run_id, state, stop)
+                control = RunControl()
+                lease.on_lost = lambda reason: control.stop("fenced", reason)
+                writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control)
             ran_at = time.time()
 
             manifest = state.commit(
@@ -221,19 +221,21 @@ def _warn_kept_stale(name: str, report: dict[str, Any]) -> None:
 
 
 def _execute_with_retries(
-    job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, state: OutputState, stop: StopSignal
+    job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, state: OutputState, control: RunControl
 ) -> list[dict[str, Any]]:
-    """Run the plan; inputs whose blocks were lost (a worker or node died) run again, up to
-    ``lost_retries`` times. A stop (the output store failed, or this run was fenced off) ends it."""
+    """Run the plan; inputs whose blocks were lost (a worker or node died) run again on a pool
+    planned for the cluster as it is then, up to ``lost_retries`` times. A stop (the output store
+    failed, or this run was fenced off) ends the run."""
     writes: list[dict[str, Any]] = []
     retries = job.config.lost_retries
     for attempt in range(retries + 1):
         try:
-            writes += _execute(job, pending, fingerprint, run_id, stop)
+            with control.watch_nodes():
+                writes += _execute(job, pending, fingerprint, run_id, control)
         except Exception as e:
-            _raise_if_stopped(stop, e)
+            _raise_if_stopped(control, e)
             raise
-        _raise_if_stopped(stop)
+        _raise_if_stopped(control)
         parts = state.load_parts()
         progress = progress_of(parts)
         lost = set(lost_keys([row["key"] for row in pending], progress, parts, run_id))
@@ -250,12 +252,28 @@ def _execute_with_retries(
     return writes
 
 
-def _raise_if_stopped(stop: StopSignal, cause: BaseException | None = None) -> None:
-    kind, reason = stop.state()
+def _raise_if_stopped(control: RunControl, cause: BaseException | None = None) -> None:
+    kind, reason = control.state()
     if kind == "store":
         raise OutputStoreError(reason) from cause
     if kind == "fenced":
         raise LeaseLost(reason) from cause
+
+
+class ControlledStage:
+    """An actor stage under the run's control: registered (so a lost node's actor is let go) and
+    stopped before a block when the run was told to stop. Wraps stages that do not decode."""
+
+    def __init__(self, stage_cls: type, stage_kwargs: dict[str, Any], control: RunControl | None = None):
+        self.stage = stage_cls(**stage_kwargs)
+        self.control = control
+        if control is not None:
+            control.register_actor()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.control is not None:
+            self.control.check()
+        return self.stage(batch)
 
 
 class DecodeThenStage:
@@ -265,15 +283,17 @@ class DecodeThenStage:
     large blocks keep per-block costs low, small chunks keep the decoded audio in cache.
     """
 
-    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None, stop=None):
+    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None, control=None):
         self.decoder = decoder
         self.stage = stage_cls(**stage_kwargs)
         self.chunk = chunk
-        self.stop = stop  # the run's StopSignal: a stopped run decodes nothing more
+        self.control = control  # the run's RunControl: registered; a stopped run decodes nothing more
+        if control is not None:
+            control.register_actor()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if self.stop is not None:
-            self.stop.check()
+        if self.control is not None:
+            self.control.check()
         n = len(next(iter(batch.values()), ()))
         size = self.chunk or max(1, n)
         outputs = []
@@ -300,7 +320,7 @@ class DecodeStageWrite(DecodeThenStage):
 
 
 def _execute(
-    job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, stop: StopSignal | None = None
+    job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, control: RunControl | None = None
 ) -> list[dict[str, Any]]:
     """Build and run the Ray Data plan; returns what each write (in an actor or a write task) reported."""
     cfg = job.config
@@ -315,7 +335,7 @@ def _execute(
         ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
         actor_args = dict(num_cpus=plan.num_cpus, max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
         sink = job.make_sink(fingerprint)
-        sink.run_id, sink.stop = run_id, stop
+        sink.run_id, sink.control = run_id, control
         fused_write = False
         if plan.num_gpus == 0:
             # CPU cluster: the first actor stage decodes its own input block, so decoded
@@ -326,7 +346,7 @@ def _execute(
                 "stage_cls": first.cls,
                 "stage_kwargs": first.kwargs,
                 "chunk": job.decode_chunk,
-                "stop": stop,
+                "control": control,
             }
             # A one-stage job's actors also write their output (unless the sink lays files
             # out by write-task rank): no output tensors through the object store, no write tasks.
@@ -346,10 +366,14 @@ def _execute(
         for stage in stages:
             gpus = plan.num_gpus if stage.gpu else 0.0
             # Decoding stages take whole input blocks; other stages take rows in batches.
-            batch_size = None if issubclass(stage.cls, DecodeThenStage) else (stage.batch_size or cfg.batch_size)
+            decodes = issubclass(stage.cls, DecodeThenStage)
+            batch_size = None if decodes else (stage.batch_size or cfg.batch_size)
+            cls, kwargs = stage.cls, stage.kwargs
+            if not decodes:  # under the run's control, as DecodeThenStage is
+                cls, kwargs = ControlledStage, {"stage_cls": cls, "stage_kwargs": kwargs, "control": control}
             ds = ds.map_batches(
-                stage.cls,
-                fn_constructor_kwargs=stage.kwargs,
+                cls,
+                fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),

@@ -9,9 +9,9 @@ sample indices written per input, and the error rows. The manifest is
 written last, so its presence means the files are complete.
 
 A failure of the output store itself (no space, read-only, permission,
-credentials) raises :class:`~ray_pipelines.engine.stop.OutputStoreError` and
-tells the run's :class:`~ray_pipelines.engine.stop.StopSignal`, so every other
-block stops before it starts and the driver exits with the store's own error.
+credentials) raises :class:`~ray_pipelines.engine.control.OutputStoreError` and
+tells the run's :class:`~ray_pipelines.engine.control.RunControl`, so every
+other block stops before it starts and the driver exits with the store's own error.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from ray.data.datasource import Datasink
 from ..audio.decode import is_retryable
 from ..storage import Storage
 from .arrow import table_from_columns
+from .control import OutputStoreError, store_failure
 from .decode import concat_batches
 from .manifest import JOB_FILE, MANIFEST_DIR
-from .stop import OutputStoreError, store_failure
 
 # Bookkeeping columns every row carries through the pipeline; never written as data.
 KEY, ERROR, SPLIT, EXPECTED, ETAG = "key", "error", "split", "samples_per_input", "etag"
@@ -90,7 +90,7 @@ class ShardSink(Datasink):
         self.schema_metadata = schema_metadata or {}
         self.direct_io = direct_io  # local shard files past the page cache (ray_pipelines/direct_io.py)
         self.run_id = ""  # set by the runner; fences off writers of an earlier, killed run
-        self.stop = None  # the run's StopSignal (set by the runner): checked before every block
+        self.control = None  # the run's RunControl (set by the runner): checked before every block
         self.write_returns: list[dict[str, Any]] = []
 
     # ---- Datasink interface -----------------------------------------------------
@@ -105,8 +105,8 @@ class ShardSink(Datasink):
     # ---- the work --------------------------------------------------------------
     def write_block(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
         """Write a batch of output rows (possibly none); returns the write report (:func:`report`)."""
-        if self.stop is not None:
-            self.stop.check()
+        if self.control is not None:
+            self.control.check()
         if len(columns.get(KEY, ())) == 0:
             return report()
         try:
@@ -115,8 +115,8 @@ class ShardSink(Datasink):
             reason = store_failure(e, where=self.output)
             if not reason:
                 raise
-            if self.stop is not None:
-                self.stop.stop("store", reason)
+            if self.control is not None:
+                self.control.stop("store", reason)
             raise OutputStoreError(reason) from e
 
     def write_rows(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
