@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -204,3 +205,29 @@ def test_two_runs_started_together_one_is_refused_the_other_completes(store, ray
     assert manifest["complete"] and manifest["counts"]["rows_written"] == 8 and store.exists("out/_SUCCESS")
     assert not store.exists("out/_lease.json")  # released by the run that held it
     assert_no_leftovers(store, "out")
+
+
+def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_local):
+    from ray_pipelines.engine.lease import Lease
+    from ray_pipelines.storage import Storage
+
+    store = Store.local(tmp_path)
+    for i in range(12):
+        store.write(f"in/clip{i:02d}.flac", clip(300 + 20 * i))
+    # One input per block and a short lease (heartbeats every 0.3 s), so the run notices quickly.
+    proc = start_cli(*cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "out").glob("_manifests/*.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its lease could be taken"
+    operator = Lease(Storage(store.url("out")), "operator", 600)
+    operator.acquire(break_lease=True)  # e.g. someone ran with --break-lease
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "lost its lease" in stderr and "held by run operator" in stderr
+    assert not store.exists("out/manifest.json") and not store.exists("out/_SUCCESS")
+    operator.release()
+
+    resumed = run_job(augment(store, "out"), progress=False)  # what the fenced run committed is kept
+    assert resumed.complete and resumed.counts["skipped_already_committed"] >= 1
+    assert resumed.counts["duplicates"] == 0 and len(rows(store, "out")) == 24

@@ -29,8 +29,9 @@ REPORTED_KEYS = 100  # stale keys named in manifest.json (all of them are counte
 def identity_changed(recorded: str, listed: str) -> bool:
     """Whether an input's content differs from what its committed rows were made from.
 
-    Unknown on either side: no. A recorded bare mtime (outputs written before sizes were part of
-    the identity) matches a listed ``mtime/size`` with the same mtime.
+    Unknown on either side: no. An identity recorded before it had its last ``/part`` (a bare
+    mtime before sizes were added; a score shard input's fingerprint before the source input's
+    identity was) matches a listed one that starts with it.
     """
     return bool(recorded and listed) and recorded != listed and not listed.startswith(recorded + "/")
 

@@ -165,7 +165,7 @@ def list_shard_inputs(
             key=key,
             uri=storage.root,
             size=0,
-            etag=f"{fingerprint}:{source_etags.get(key, '')}",
+            etag=f"{fingerprint}/{source_etags.get(key, '')}",  # outputs scored before: the fingerprint alone
             source=sources[key],
             extra={"locations": json.dumps(sorted(locs, key=lambda loc: loc[3]))},
         )
