@@ -10,7 +10,7 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["augment", "teacher", "encode", "features", "score"]
+BENCHMARKS = ["augment", "teacher", "encode", "features", "score", "changes"]
 
 
 def main(argv: list[str]) -> int:

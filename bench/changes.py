@@ -10,7 +10,8 @@ on one output built here on local disk the way the sinks lay it out (one per-ran
 2. the pending-input pass alone (the resume check without reading the manifests);
 3. change detection (``changes.detect_changes``) on the same listing and ``Progress``.
 
-Each is timed ``--repeats`` times (median). Ratios are 3 over 1 (the target) and 3 over 2.
+Each is timed ``--repeats`` times, the three taking turns in every round (median). Ratios are 3
+over 1 (the target) and 3 over 2.
 """
 
 from __future__ import annotations
@@ -74,20 +75,24 @@ def listing(inputs: int) -> list[InputItem]:
     return items
 
 
-def median_seconds(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
+def interleaved_medians(steps: dict[str, object], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds of each step, the steps taking turns in every round (a shared machine's load
+    then weighs on all of them alike); and each step's last result."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    results: dict[str, object] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+        for name, step in steps.items():
+            started = time.perf_counter()
+            results[name] = step()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="20,000 inputs, 3 repeats")
     parser.add_argument("--inputs", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     inputs, repeats = (20_000, 3) if args.quick else (args.inputs, args.repeats)
 
@@ -97,13 +102,17 @@ def main() -> None:
         listed = listing(inputs)
         rows = [item.to_row() for item in listed]
 
-        def resume_check():
-            return pending_inputs([dict(r) for r in rows], state.progress())
-
         progress = state.progress()
-        resume, pending = median_seconds(resume_check, repeats)
-        pending_pass, _ = median_seconds(lambda: pending_inputs([dict(r) for r in rows], progress), repeats)
-        detection, changes = median_seconds(lambda: detect_changes(listed, progress), repeats)
+        seconds, results = interleaved_medians(
+            {
+                "resume": lambda: pending_inputs([dict(r) for r in rows], state.progress()),
+                "pass": lambda: pending_inputs([dict(r) for r in rows], progress),
+                "detection": lambda: detect_changes(listed, progress),
+            },
+            repeats,
+        )
+    resume, pending_pass, detection = seconds["resume"], seconds["pass"], seconds["detection"]
+    pending, changes = results["resume"], results["detection"]
 
     assert len(changes.changed) == inputs // 100 and len(changes.deleted) == inputs // 100
     assert changes.new == inputs // 100 and len(pending) == changes.new  # changed ones are still committed here

@@ -66,19 +66,19 @@ class InputChanges:
 
 def detect_changes(listed: Iterable[InputItem], progress: Progress) -> InputChanges:
     """Classify the listed inputs against the committed ones (``progress.expected`` holds every key a
-    live manifest names; ``progress.etags`` the identity its rows were made from)."""
+    live manifest names; ``progress.etags`` the identity its rows were made from). Listed keys are unique."""
     committed, recorded = progress.expected, progress.etags
-    keys: set[str] = set()
-    changed = []
-    for item in listed:
-        keys.add(item.key)
-        seen = recorded.get(item.key, item.etag)  # fast path: the same identity, or none recorded
-        if seen != item.etag and identity_changed(seen, item.etag) and item.key in committed:
-            changed.append(item.key)
-    new = len(keys - committed.keys())
+    listed = list(listed)
+    keys = {item.key for item in listed}
+    changed = [
+        item.key
+        for item in listed  # fast path: the same identity, or none recorded (get's default)
+        if recorded.get(item.key, item.etag) != item.etag
+        and item.key in committed
+        and identity_changed(recorded[item.key], item.etag)
+    ]
+    deleted = committed.keys() - keys
+    new = len(keys) - (len(committed) - len(deleted))  # listed and not committed
     return InputChanges(
-        new=new,
-        unchanged=len(keys) - new - len(changed),
-        changed=sorted(changed),
-        deleted=sorted(committed.keys() - keys),
+        new=new, unchanged=len(keys) - new - len(changed), changed=sorted(changed), deleted=sorted(deleted)
     )
