@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from ray_pipelines.encoders.sat_sink import SatSink
+from ray_pipelines.encoders.sat_sink import SatSink, is_encode_data_file
 from ray_pipelines.engine.changes import detect_changes, identity_changed
 from ray_pipelines.engine.manifest import OutputState, Progress
 from ray_pipelines.engine.rewrite import drop_inputs
@@ -41,6 +41,12 @@ def test_an_input_committed_from_two_versions_counts_as_changed():
     progress.add_part({"inputs": {"a": {"expected": 2, "written": [0], "etag": "old"}}})
     progress.add_part({"inputs": {"a": {"expected": 2, "written": [1], "etag": "new"}}})
     assert detect_changes([InputItem("a", "a", 1, etag="new")], progress).changed == ["a"]
+
+
+def commit(state: OutputState) -> dict:
+    return state.commit(
+        job="augment", fingerprint="f" * 64, config={}, listed=0, skipped=0, processed_keys=[], timings={}
+    )
 
 
 def batch(keys, indices, key_column="key", index_column="version", errors=None) -> dict[str, np.ndarray]:
@@ -82,6 +88,9 @@ def test_dropping_inputs_rewrites_their_files_and_switches_manifests(tmp_path):
     assert len(parts) == 1 and len(state.read_parts()) == 1  # the old manifests are gone
     ((name, part),) = parts.items()
     assert set(part["inputs"]) == {"a"} and part["errors"] == [] and len(part["replaces"]) == 1
+    # The old files stay until the commit (the last manifest.json still names them), then go.
+    assert before < {p.name for p in tmp_path.glob("train/*.parquet")}
+    commit(state)
     files = sorted(tmp_path.glob("train/*.parquet"))
     assert [f.name for f in files] == [part["files"][0]["path"].split("/")[-1]] and files[0].name not in before
     table = pq.read_table(files[0])
@@ -106,14 +115,12 @@ def test_a_replaced_manifest_counts_for_nothing_even_before_it_is_deleted(tmp_pa
         {"inputs": {"b": {"expected": 1, "written": [0]}}, "files": [], "replaces": ["_manifests/part-old.json"]},
     )
     assert set(state.progress().written) == {"b"}
-    manifest = state.commit(
-        job="augment", fingerprint="f" * 64, config={}, listed=1, skipped=1, processed_keys=[], timings={}
-    )
+    manifest = commit(state)
     assert not storage.exists("_manifests/part-old.json") and manifest["complete"]
 
 
 def test_per_sample_files_leave_with_their_json_partners(tmp_path):
-    state = OutputState(Storage(str(tmp_path)))
+    state = OutputState(Storage(str(tmp_path)), is_encode_data_file)
     run_id = state.prepare("encode", "f" * 64, {}, {}, overwrite=False)
     sink = SatSink(
         output=str(tmp_path),
@@ -129,6 +136,7 @@ def test_per_sample_files_leave_with_their_json_partners(tmp_path):
     sink.write_rows(rows, rank=4)
     assert len(list(tmp_path.glob("train/4/*"))) == 4
     drop_inputs(state, sink, {"b"})
+    commit(state)
     (part,) = state.live_parts().values()
     left = sorted(p.name for p in tmp_path.glob("train/4/*"))
     assert sorted(f["path"].split("/")[-1] for f in part["files"]) == left and len(left) == 2
@@ -150,5 +158,6 @@ def test_features_rows_are_found_by_their_path_column(tmp_path):
     rows["input_values"] = rows.pop("view1").reshape(3, 2, 3)
     sink.write_rows(rows, rank=0)
     drop_inputs(state, sink, {"x/1.mp3"})
+    commit(state)
     (table_path,) = tmp_path.glob("train/*.parquet")
     assert pq.read_table(table_path)["path"].to_pylist() == ["y/2.mp3"]

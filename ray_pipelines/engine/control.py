@@ -61,6 +61,19 @@ def store_failure(error: BaseException, where: str = "") -> str:
     return ""
 
 
+@contextlib.contextmanager
+def store_failures_raised(where: str) -> Iterator[None]:
+    """In the body (the driver's own reads and writes of the output), a failure of the store itself
+    becomes :class:`OutputStoreError` with its words in one line; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        reason = store_failure(e, where=where)
+        if reason:
+            raise OutputStoreError(reason) from e
+        raise
+
+
 @ray.remote(num_cpus=0)
 class _Control:
     def __init__(self):

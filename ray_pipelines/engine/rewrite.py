@@ -9,20 +9,21 @@ manifest that names any of the inputs, in order:
 2. the manifest is written again without those inputs, under a name derived from its content, with
    the old one in ``replaces``. This one write is the switch: from then on the old manifest counts
    for nothing (``manifest.live_of``), whether or not it still exists;
-3. the old manifest is deleted, then the old files that no live manifest names.
+3. the old manifest is deleted. Its old files, which no live manifest names any more, are orphans:
+   the commit deletes them with any others, so until then the last commit's ``manifest.json`` still
+   finds every file it names.
 
 A run killed anywhere leaves the old manifest live (step 1 done in part: its new files are orphans,
-deleted at commit, and the next run writes the same names again) or the new one (the old manifest
-and files are dead: the next commit deletes them). Each step is a function of the manifest and the
-inputs taken out, so doing it again writes the same bytes under the same names. Readers of the
-output never see tombstones: a row is in a live file or in none.
+and the next run writes the same names again) or the new one (the old manifest and files are dead).
+Each step is a function of the manifest and the inputs taken out, so doing it again writes the same
+bytes under the same names. After the commit, readers of the output never see tombstones: a row is
+in a live file or in none.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,6 @@ def drop_inputs(
     """Remove every committed row and error row of ``keys``; returns how many manifests were rewritten.
     ``still_holds`` raises when the run lost the output (checked before each manifest)."""
     live = live_of(state.read_parts())
-    references = Counter(f["path"] for part in live.values() for f in part.get("files", ()))
     rewritten = 0
     for name in sorted(live):
         inputs = keys_in(live[name], keys)
@@ -45,7 +45,7 @@ def drop_inputs(
             continue
         if still_holds is not None:
             still_holds()
-        rewrite_part(state.storage, sink, name, live[name], inputs, references)
+        rewrite_part(state.storage, sink, name, live[name], inputs)
         rewritten += 1
     return rewritten
 
@@ -54,19 +54,10 @@ def keys_in(part: dict[str, Any], keys: set[str]) -> set[str]:
     return keys.intersection(part.get("inputs", {})) | {e["key"] for e in part.get("errors", ()) if e["key"] in keys}
 
 
-def rewrite_part(
-    storage: Storage, sink: ShardSink, name: str, part: dict[str, Any], keys: set[str], references: Counter
-) -> None:
-    """Steps 1-3 for one manifest (``references``: how many live manifests name each file, kept current)."""
+def rewrite_part(storage: Storage, sink: ShardSink, name: str, part: dict[str, Any], keys: set[str]) -> None:
+    """Steps 1-3 for one manifest."""
     files = sink.drop_from_files(storage, part.get("files", []), keys)
     switch_part(storage, name, without_inputs(part, keys, files, name))
-    old = [f["path"] for f in part.get("files", ())]
-    new = {f["path"] for f in files}
-    references.subtract(old)
-    references.update(new)
-    for path in old:
-        if path not in new and references[path] <= 0:
-            storage.remove(path)
 
 
 def without_inputs(

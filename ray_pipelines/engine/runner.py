@@ -26,10 +26,10 @@ from ..config import CommonConfig, ConfigError
 from ..sources import InputItem, SourceError, overlapping_input, read_key_list
 from ..storage import Storage
 from .changes import detect_changes
-from .control import OutputStoreError, RunControl, store_failure
+from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
-from .lease import LeaseLost, held_lease
+from .lease import Lease, LeaseLost, held_lease
 from .manifest import OutputState, Progress, lost_keys, progress_of
 from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
@@ -119,7 +119,7 @@ def run_job(
     progress: bool = True,
     break_lease: bool = False,
 ) -> JobResult:
-    """Run ``job`` to completion (resuming whatever its output already holds).
+    """Run ``job`` to completion (resuming whatever its output already holds), holding the output's lease.
 
     Raises ConfigError / OutputConflict (another job, config or live run owns the output; LeaseLost
     when this run was fenced off), SourceError (the input cannot be listed or matched nothing) and
@@ -127,7 +127,6 @@ def run_job(
     ``result.complete`` false.
     """
     cfg = job.config
-    started = time.time()
     overlap = overlapping_input(cfg.inputs(), cfg.output, cfg.storage_options)
     if overlap:
         raise ConfigError(
@@ -135,73 +134,82 @@ def run_job(
             "write the output outside the input tree"
         )
     storage = Storage(cfg.output, cfg.storage_options)
+    with (
+        store_failures_raised(storage.root),
+        held_lease(storage, uuid.uuid4().hex, cfg.lease_timeout, break_lease) as lease,
+    ):
+        return _run_holding_lease(job, storage, lease, address=address, overwrite=overwrite, progress=progress)
+
+
+def _run_holding_lease(
+    job: Job, storage: Storage, lease: Lease, *, address: str | None, overwrite: bool, progress: bool
+) -> JobResult:
+    cfg = job.config
+    started = time.time()
     fingerprint_extra = job.fingerprint_extra()  # may hash model weights: once per run
     fingerprint = cfg.fingerprint(fingerprint_extra)
     config = cfg.model_dump(mode="json")
     state = OutputState(storage, job.is_data_file)
-    try:
-        with held_lease(storage, uuid.uuid4().hex, cfg.lease_timeout, break_lease) as lease:
-            run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite, lease.run_id)
+    run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite, lease.run_id)
 
-            listed = job.list_inputs()
-            if not listed and not cfg.allow_empty:
-                raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
-            rows = select_inputs(job, listed)
-            listed_at = time.time()
-            done = state.progress()
-            changes = detect_changes(listed, done)
-            stale = changes.stale(cfg.on_change, cfg.on_delete)
-            if stale:
-                rewritten = drop_inputs(state, job.make_sink(fingerprint), stale, still_holds=lease.check)
-                log.info("%s: took %d stale inputs out of %d manifests", job.name, len(stale), rewritten)
-                done = state.progress()
-            pending = pending_inputs(rows, done)
-            log.info(
-                "%s: %d inputs listed (%d new, %d changed, %d deleted, %d unchanged), %d selected, %d to process",
-                job.name,
-                len(listed),
-                changes.new,
-                len(changes.changed),
-                len(changes.deleted),
-                changes.unchanged,
-                len(rows),
-                len(pending),
-            )
-            _warn_kept_stale(job.name, changes.report(cfg.on_change, cfg.on_delete))
+    listed = job.list_inputs()
+    if not listed and not cfg.allow_empty:
+        raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
+    rows = select_inputs(job, listed)
+    listed_at = time.time()
+    done = state.progress()
+    changes = detect_changes(listed, done)
+    stale = changes.stale(cfg.on_change, cfg.on_delete)
+    if stale:
+        rewritten = drop_inputs(state, job.make_sink(fingerprint), stale, still_holds=lease.check)
+        log.info("%s: took %d stale inputs out of %d manifests", job.name, len(stale), rewritten)
+        done = state.progress()
+    pending = pending_inputs(rows, done)
+    skipped = len(rows) - len(pending)
+    log.info(
+        "%s: %d inputs listed (%d new, %d changed, %d deleted, %d unchanged), %d selected, %d already committed, "
+        "%d to process",
+        job.name,
+        len(listed),
+        changes.new,
+        len(changes.changed),
+        len(changes.deleted),
+        changes.unchanged,
+        len(rows),
+        skipped,
+        len(pending),
+    )
+    report = changes.report(cfg.on_change, cfg.on_delete)
+    _warn_kept_stale(job.name, report)
 
-            how, writes = "", []
-            if pending:
-                how = connect(address)
-                configure_data_context(cfg, progress)
-                control = RunControl()
-                lease.on_lost = lambda reason: control.stop("fenced", reason)
-                writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control)
-            ran_at = time.time()
+    how, writes = "", []
+    if pending:
+        how = connect(address)
+        configure_data_context(cfg, progress)
+        control = RunControl()
+        lease.on_lost = lambda reason: control.stop("fenced", reason)
+        writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control)
+    ran_at = time.time()
 
-            manifest = state.commit(
-                job=job.name,
-                fingerprint=fingerprint,
-                config=config,
-                listed=len(rows),
-                skipped=len(rows) - len(pending),
-                processed_keys=[r["key"] for r in pending],
-                timings={
-                    "list_seconds": round(listed_at - started, 3),
-                    "run_seconds": round(ran_at - listed_at, 3),
-                    "commit_seconds": round(time.time() - ran_at, 3),
-                },
-                extra={"fingerprint_extra": fingerprint_extra},
-                run_id=run_id,
-                selected_keys=[r["key"] for r in rows],
-                inputs=changes.report(cfg.on_change, cfg.on_delete),
-                still_holds=lease.renew,
-            )
-            extra = job.after_commit(storage, manifest)
-    except OSError as e:  # the output store refused a write on the driver (prepare, rewrite, commit)
-        reason = store_failure(e, where=storage.root)
-        if reason:
-            raise OutputStoreError(reason) from e
-        raise
+    manifest = state.commit(
+        job=job.name,
+        fingerprint=fingerprint,
+        config=config,
+        listed=len(rows),
+        skipped=skipped,
+        processed_keys=[r["key"] for r in pending],
+        timings={
+            "list_seconds": round(listed_at - started, 3),
+            "run_seconds": round(ran_at - listed_at, 3),
+            "commit_seconds": round(time.time() - ran_at, 3),
+        },
+        extra={"fingerprint_extra": fingerprint_extra},
+        run_id=run_id,
+        selected_keys=[r["key"] for r in rows],
+        inputs=report,
+        still_holds=lease.renew,
+    )
+    extra = job.after_commit(storage, manifest)
     return JobResult(
         manifest=manifest,
         seconds=time.time() - started,
