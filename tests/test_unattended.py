@@ -11,6 +11,7 @@ import time
 import pytest
 
 from ray_pipelines.config import validate_config
+from ray_pipelines.engine.job import StageSpec
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, encoded_bytes, tone
@@ -231,3 +232,25 @@ def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_l
     resumed = run_job(augment(store, "out"), progress=False)  # what the fenced run committed is kept
     assert resumed.complete and resumed.counts["skipped_already_committed"] >= 1
     assert resumed.counts["duplicates"] == 0 and len(rows(store, "out")) == 24
+
+
+class PassThrough:
+    """A second stage, so the first one's output goes through an actor the runner wraps (ControlledStage)."""
+
+    def __call__(self, batch):
+        return batch
+
+
+class TwoStageAugment(AugmentJob):
+    def stages(self):
+        return [*super().stages(), StageSpec(PassThrough, {}, gpu=False)]
+
+
+def test_stages_after_the_first_run_under_the_run_control_and_write_the_same_rows(tmp_path, ray_local):
+    store = Store.local(tmp_path)
+    for i in range(3):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    two = run_job(TwoStageAugment(augment(store, "two").config), progress=False)
+    assert two.complete and two.counts["rows_written"] == 6
+    assert run_job(augment(store, "one"), progress=False).complete
+    assert rows(store, "two") == rows(store, "one")
