@@ -82,18 +82,22 @@ def test_break_lease_takes_a_live_lease(output):
 
 def test_the_heartbeat_thread_reports_a_lost_lease(output):
     fenced = []
-    lease = Lease(output, "beating", 0.5)
+    lease = Lease(output, "beating", 2)  # a heartbeat every 0.2 s
     lease.acquire()
     lease.on_lost = fenced.append
     lease.start_heartbeat()
-    time.sleep(0.3)
-    assert lease_json(output)["run_id"] == "beating" and not fenced  # renewed, so never stale
-    Lease(output, "breaker", 60).acquire(break_lease=True)
-    deadline = time.time() + 10
-    while not fenced and time.time() < deadline:
-        time.sleep(0.05)
-    assert fenced and "held by run breaker" in fenced[0]
-    lease.release()
+    try:
+        first = lease_json(output)["heartbeat_at"]
+        deadline = time.time() + 30
+        while lease_json(output)["heartbeat_at"] == first and time.time() < deadline:
+            time.sleep(0.05)
+        assert lease_json(output)["run_id"] == "beating" and not fenced  # renewed by the thread
+        Lease(output, "breaker", 60).acquire(break_lease=True)  # wins the race with the heartbeats
+        while not fenced and time.time() < deadline:
+            time.sleep(0.05)
+        assert fenced and "held by run breaker" in fenced[0]
+    finally:
+        lease.release()
     assert lease_json(output)["run_id"] == "breaker"
 
 

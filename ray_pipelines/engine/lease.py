@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -37,7 +38,8 @@ from .manifest import LEASE_FILE, LEASE_LOCK, OutputConflict
 
 log = logging.getLogger(__name__)
 
-TAKE_ATTEMPTS = 5
+TAKE_ATTEMPTS = 5  # a lease that keeps changing under a stale-takeover is alive after all
+BREAK_ATTEMPTS = 100  # --break-lease races a live holder's heartbeats until it wins
 
 
 class LeaseHeld(OutputConflict):
@@ -326,7 +328,9 @@ class Lease:
 
     def acquire(self, break_lease: bool = False) -> None:
         """Take the lease, or raise :class:`LeaseHeld` naming the live holder."""
-        for _ in range(TAKE_ATTEMPTS):
+        for attempt in range(BREAK_ATTEMPTS if break_lease else TAKE_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0.0, 0.05))  # another run changed it first: look again, staggered
             self.holder.heartbeat_at = time.time()
             token = self.store.create(self.holder.encode())
             if token is None:
@@ -345,7 +349,7 @@ class Lease:
                     )
                 token = self.store.replace(self.holder.encode(), seen)
                 if token is None:
-                    continue  # another run changed it first: look again
+                    continue
                 log.warning(
                     "took over the lease on %s from %s: %s",
                     self.storage.root,
