@@ -322,3 +322,5 @@ def read_key_list(spec: str, storage_options: dict[str, Any] | None = None) -> s
             return {line.strip() for line in f if line.strip() and not line.startswith("#")}
     except FileNotFoundError:
         raise SourceError(f"key list not found: {spec}") from None
+    except Exception as e:  # permissions, unreachable storage: an input problem, not the output's
+        raise SourceError(f"cannot read key list {spec}: {type(e).__name__}: {e}") from None

@@ -52,6 +52,13 @@ def node_tree(temp_dir: Path) -> list[psutil.Process]:
     return list({p.pid: p for p in procs}.values())
 
 
+def is_map_worker(proc: psutil.Process) -> bool:
+    try:
+        return "MapWorker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
 def kill(procs: list[psutil.Process]) -> None:
     for proc in procs:
         try:
@@ -86,6 +93,16 @@ def two_nodes(tmp_path_factory):
             "--min-worker-port=25000",
             "--max-worker-port=29999",
         )
+        # The job plans its pool from the CPUs the cluster has when it starts: wait for the node's.
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            status = subprocess.run(
+                [RAY, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=60
+            )
+            if "/3.0 CPU" in status.stdout:
+                break
+            time.sleep(1)
+        assert "/3.0 CPU" in status.stdout, status.stdout + status.stderr
         yield f"127.0.0.1:{port}", env, node_dir
     finally:
         kill(node_tree(node_dir) + node_tree(head_dir))
@@ -106,10 +123,12 @@ def test_a_node_lost_mid_job_is_retried_within_the_run(two_nodes, tmp_path, ray_
         stderr=subprocess.STDOUT,
         text=True,
     )
-    # Three actors (0.83 CPU each) on three CPUs: one runs on the second node. Lose that node
-    # once the job is under way.
+    # Three actors (0.83 CPU each) on three CPUs: one runs on the second node. Lose that node once
+    # the job is under way and its actor is at work (blocks of one input queue up on every actor).
     deadline = time.time() + 600
-    while time.time() < deadline and driver.poll() is None and len(list(out.glob("_manifests/*.json"))) < 3:
+    while time.time() < deadline and driver.poll() is None:
+        if len(list(out.glob("_manifests/*.json"))) >= 2 and any(is_map_worker(p) for p in node_tree(node_dir)):
+            break
         time.sleep(0.1)
     assert driver.poll() is None, "the job ended before the node could be lost"
     kill(node_tree(node_dir))

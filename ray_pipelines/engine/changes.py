@@ -1,7 +1,7 @@
 """Inputs that changed since their rows were committed: new, changed, deleted, unchanged.
 
 Every run compares each listed input's identity (``InputItem.etag``: the store's etag, or
-``mtime/size`` where it has none; engine/sources.py) with the one the output's per-rank manifests
+``mtime/size`` where it has none; ray_pipelines/sources.py) with the one the output's per-rank manifests
 recorded for it (``Progress.etags``), and the committed keys with the listed ones:
 
 - **new**: listed, nothing committed;

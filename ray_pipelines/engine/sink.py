@@ -215,9 +215,9 @@ class ShardSink(Datasink):
         """The file records of a per-rank manifest once the rows of ``keys`` are gone from its files.
 
         A Parquet file holding some of those rows is written again without them, under the content
-        name of the rows it keeps (the old file stays until the caller removes it); a file left
-        without rows disappears from the list; per-sample files (records with a ``key``) of those
-        keys are dropped. Everything else is kept as it is.
+        name of the rows it keeps; a file left without rows disappears from the list; per-sample
+        files (records with a ``key``) of those keys are dropped. Everything else is kept as it is.
+        Old files are not deleted here: once no live manifest names them, the commit does.
         """
         kept = []
         for record in files:
@@ -237,7 +237,8 @@ class ShardSink(Datasink):
         with storage.fs.open(storage.abspath(path), "rb") as f:
             source = pq.ParquetFile(f)
             ids = source.read(columns=[self.key_column, self.index_column])
-            keep = pc.invert(pc.is_in(ids.column(self.key_column), value_set=pa.array(sorted(keys), pa.string())))
+            stale = pa.array(sorted(keys)).cast(ids.schema.field(self.key_column).type)
+            keep = pc.invert(pc.is_in(ids.column(self.key_column), value_set=stale))
             remaining = ids.filter(keep)
             if remaining.num_rows == ids.num_rows:
                 return [record]
