@@ -1,7 +1,9 @@
 """A node lost mid-job, on one machine: a head and a second node started with `ray start` (their
 own ports and temp dirs, loopback only, stopped by their own process ids). The second node dies
-while the job runs; its inputs are run again within the run, which ends complete (exit 0), or,
-with the in-run retries exhausted, incomplete (exit 3, no _SUCCESS) and a rerun finishes it."""
+while the job runs; its inputs are run again within the run (by Ray, when the lost actor finds room
+to restart, else by the run's own retry), which ends complete (exit 0), or, with the in-run retries
+exhausted, incomplete (exit 3, no _SUCCESS) and a rerun finishes it. Either way the output equals an
+uninterrupted run's. (tests/test_unattended.py has the run's retry without a cluster.)"""
 
 from __future__ import annotations
 
@@ -136,8 +138,7 @@ def test_a_node_lost_mid_job_is_retried_within_the_run(two_nodes, tmp_path, ray_
 
     assert driver.returncode in (0, 3), log[-4000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    if driver.returncode == 0:  # retried within the run
-        assert "were lost to worker or node failures; running them again" in log
+    if driver.returncode == 0:  # its blocks ran again: by Ray (the actor restarted) or by the run
         assert manifest["complete"] and (out / "_SUCCESS").exists()
     else:  # retries exhausted: reported, and the next run finishes
         assert not manifest["complete"] and not (out / "_SUCCESS").exists() and manifest["counts"]["lost"] > 0

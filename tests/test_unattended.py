@@ -241,9 +241,27 @@ class PassThrough:
         return batch
 
 
+class FailsOnce:
+    """A second stage whose first block holding ``key`` fails (a marker file remembers it did): the
+    block's rows never reach a writer, as when its worker dies."""
+
+    def __init__(self, key: str, marker: str):
+        self.key, self.marker = key, marker
+
+    def __call__(self, batch):
+        if self.key in set(batch["key"]) and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise RuntimeError("this block is lost")
+        return batch
+
+
 class TwoStageAugment(AugmentJob):
+    def __init__(self, config, second: StageSpec | None = None):
+        super().__init__(config)
+        self.second = second or StageSpec(PassThrough, {}, gpu=False)
+
     def stages(self):
-        return [*super().stages(), StageSpec(PassThrough, {}, gpu=False)]
+        return [*super().stages(), self.second]
 
 
 def test_stages_after_the_first_run_under_the_run_control_and_write_the_same_rows(tmp_path, ray_local):
@@ -254,3 +272,25 @@ def test_stages_after_the_first_run_under_the_run_control_and_write_the_same_row
     assert two.complete and two.counts["rows_written"] == 6
     assert run_job(augment(store, "one"), progress=False).complete
     assert rows(store, "two") == rows(store, "one")
+
+
+def test_lost_inputs_run_again_within_the_run_or_leave_it_incomplete(tmp_path, ray_local):
+    store = Store.local(tmp_path)
+    for i in range(4):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+
+    def flaky(output: str, retries: int) -> TwoStageAugment:
+        marker = StageSpec(FailsOnce, {"key": "clip2.flac", "marker": str(tmp_path / f"{output}.lost")}, gpu=False)
+        return TwoStageAugment(augment(store, output, lost_retries=retries).config, marker)
+
+    retried = run_job(flaky("retried", 1), progress=False)  # lost once, run again in the same run
+    assert retried.complete and retried.counts["lost"] == 0 and store.exists("retried/_SUCCESS")
+    assert len(rows(store, "retried")) == 8
+
+    given_up = run_job(flaky("given-up", 0), progress=False)  # no retries left: incomplete
+    assert not given_up.complete and not store.exists("given-up/_SUCCESS")
+    assert given_up.counts["lost"] >= 1 and given_up.counts["to_retry"] == given_up.counts["lost"]
+    lost = [key for key, _, reason in error_rows(store, "given-up") if reason.startswith("lost:")]
+    assert "clip2.flac" in lost
+    assert run_job(flaky("given-up", 0), progress=False).complete  # the next run finishes it
+    assert rows(store, "given-up") == rows(store, "retried")
