@@ -9,7 +9,15 @@ import time
 
 import pytest
 
-from ray_pipelines.engine.lease import Holder, Lease, LeaseHeld, LeaseLost, LocalLeaseFile, S3LeaseObject
+from ray_pipelines.engine.lease import (
+    Holder,
+    Lease,
+    LeaseHeld,
+    LeaseLost,
+    LocalLeaseFile,
+    S3LeaseObject,
+    lease_store,
+)
 from ray_pipelines.engine.manifest import LEASE_FILE
 from ray_pipelines.storage import Storage
 
@@ -23,8 +31,8 @@ def output(request, tmp_path) -> Storage:
 
 
 def lease_json(storage: Storage) -> dict:
-    with storage.fs.open(storage.abspath(LEASE_FILE), "rb") as f:
-        return json.loads(f.read())
+    data, _ = lease_store(storage).read()  # one GET: a file object would fail if a heartbeat lands in between
+    return json.loads(data)
 
 
 def test_the_store_is_the_atomic_one(output):

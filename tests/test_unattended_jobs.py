@@ -1,6 +1,6 @@
-"""Inputs that change and go away, for the teacher, encode (its .npy layout, on disk and on S3),
-features and score jobs: after a changed, a deleted (pruned) and a new input, the output equals a
-fresh run on the final inputs, row for row and byte for byte (tests/test_unattended.py does augment)."""
+"""Inputs that change and go away, for the teacher, encode (its .npy layout), features and score
+jobs: after a changed, a deleted (pruned) and a new input, the output equals a fresh run on the final
+inputs, row for row and byte for byte (tests/test_unattended.py does augment, on disk and on S3)."""
 
 from __future__ import annotations
 
@@ -79,12 +79,9 @@ def contents(name: str, store: Store, output: str) -> dict:
     return samples
 
 
-@pytest.mark.parametrize(
-    "name, where",
-    [("teacher", "local"), ("encode", "local"), ("encode", "s3"), ("features", "local"), ("score", "local")],
-)
-def test_changed_deleted_and_new_inputs_end_equal_to_a_fresh_run(name, where, tmp_path, request, ray_local):
-    store = Store.local(tmp_path) if where == "local" else Store.s3(*request.getfixturevalue("s3_bucket"))
+@pytest.mark.parametrize("name", ["teacher", "encode", "features", "score"])
+def test_changed_deleted_and_new_inputs_end_equal_to_a_fresh_run(name, tmp_path, ray_local):
+    store = Store.local(tmp_path)
     for i in range(6):
         store.write(f"in/{label(i)}/clip{i}.flac", clip(i))
     assert run_job(job(name, store, "out"), progress=False).complete

@@ -255,8 +255,7 @@ class PlainLeaseFile:
 
     def read(self) -> tuple[bytes, str] | None:
         try:
-            with self.storage.fs.open(self.storage.abspath(LEASE_FILE), "rb") as f:
-                data = f.read()
+            data = self.storage.fs.cat_file(self.storage.abspath(LEASE_FILE))  # one request
         except FileNotFoundError:
             return None
         return data, _digest(data)
