@@ -10,7 +10,7 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["augment", "teacher", "encode", "features", "score", "score_mae", "formats"]
+BENCHMARKS = ["augment", "teacher", "encode", "features", "score", "score_mae", "formats", "changes"]
 
 
 def main(argv: list[str]) -> int:

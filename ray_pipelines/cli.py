@@ -2,9 +2,8 @@
 
 Jobs live in ``ray_pipelines.jobs`` (``ray_pipelines/jobs/<name>.py``), each with a ``JOB``
 class; ``python -m jobs.<name>`` in a checkout runs the same code as this CLI.
-Exit codes: 0 the job ran (even with error rows), 2 bad config or output
-conflict, 1 the job could not run (storage unreachable, Ray failure), 130 stopped
-by Ctrl-C (what was written is kept; a rerun resumes).
+Exit codes (``EXIT_CODES``): 0 complete, 3 ran but incomplete (run again), 2 config or output
+conflict, 1 could not run, 130 stopped by Ctrl-C (what was written is kept; a rerun resumes).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .engine.progress import Progress
+    from .engine.progress import ProgressDisplay
 
 # job name -> module holding JOB (a Job subclass)
 JOBS = {
@@ -30,6 +29,17 @@ JOBS = {
     "features": "ray_pipelines.jobs.features",
     "score": "ray_pipelines.jobs.score",
 }
+# What a scheduler reads: retry on 3, alert on 1 and 2. Printed in every job's --help.
+EXIT_CODES = """exit codes:
+  0  complete: every input is output rows or a final error (errors.jsonl); _SUCCESS written
+  3  ran but incomplete: inputs to retry remain (storage hiccups, lost workers); no _SUCCESS;
+     run again to finish
+  2  config or output conflict: a bad config, another job's or config's output, a secret in
+     storage_options, an output inside the input tree, or a live run holding the output's lease
+  1  could not run: inputs not listable or matching nothing, the output store refusing writes
+     (no space, read-only, permission, credentials; committed work is kept), a Ray failure"""
+EXIT_COMPLETE, EXIT_FAILED, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3
+
 # tool commands -> module holding main(argv)
 TOOLS = {
     "preview": "ray_pipelines.jobs.preview",  # spectrogram preview grid of an output
@@ -43,11 +53,13 @@ def job_parser(name: str, config_model=None) -> argparse.ArgumentParser:
     """The job's options; with ``config_model``, ``--help`` also lists every config key."""
     from .config_docs import keys_help, packaged_configs_table
 
-    epilog = None
+    epilog = EXIT_CODES
     if config_model is not None:
         examples = packaged_configs_table(name)
-        epilog = f"config keys (set in the YAML file or with --set KEY=VALUE):\n{keys_help(config_model)}\n\n" + (
-            f"packaged example configs (--config NAME):\n{examples}\n" if examples else ""
+        epilog = (
+            f"config keys (set in the YAML file or with --set KEY=VALUE):\n{keys_help(config_model)}\n\n"
+            + (f"packaged example configs (--config NAME):\n{examples}\n\n" if examples else "")
+            + EXIT_CODES
         )
     parser = argparse.ArgumentParser(
         prog=f"ray-pipelines {name}",
@@ -72,6 +84,11 @@ def job_parser(name: str, config_model=None) -> argparse.ArgumentParser:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray).")
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace an output written with another config instead of refusing."
+    )
+    parser.add_argument(
+        "--break-lease",
+        action="store_true",
+        help="Take the output's lease even from a run that looks alive (only when you know it is gone).",
     )
     config = parser.add_argument_group("config")
     config.add_argument(
@@ -120,7 +137,7 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     except ConfigError as e:
         hint = "\n(--print-config prints a config that validates: give the required keys with --set or --config)"
         print(f"ray-pipelines {name}: {e}{hint if args.print_config else ''}", file=sys.stderr)
-        return 2
+        return EXIT_CONFLICT
     if args.print_config:
         print(config_yaml(name, config), end="")
         return 0
@@ -131,6 +148,7 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     """Run the job with the live progress; the summary at the end (exit codes: module docstring)."""
     from .config import ConfigError
     from .console import FilteredStderr, configure_logging
+    from .engine.control import OutputStoreError
     from .engine.manifest import OutputConflict
     from .engine.progress import make_progress
     from .engine.runner import run_job
@@ -144,7 +162,12 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
         try:
             job = job_cls(config)  # may load a model: its errors are the job's
             result = run_job(
-                job, address=args.address, overwrite=args.overwrite, progress=args.ray_progress, monitor=counts
+                job,
+                address=args.address,
+                overwrite=args.overwrite,
+                progress=args.ray_progress,
+                monitor=counts,
+                break_lease=args.break_lease,
             )
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would interrupt the clean-up
@@ -152,24 +175,28 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
             return INTERRUPTED
         except (ConfigError, OutputConflict) as e:
             print(f"ray-pipelines {name}: {e}", file=sys.stderr)
-            return 2
-        except SourceError as e:
+            return EXIT_CONFLICT
+        except (SourceError, OutputStoreError) as e:
             print(f"ray-pipelines {name}: {e}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         except Exception as e:  # storage or Ray failures: one clear line (the traceback with --verbose)
             if args.verbose:
                 traceback.print_exc()
             logging.getLogger("ray_pipelines").debug("job failed", exc_info=True)
             print(f"ray-pipelines {name}: the job could not run: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         finally:
             if not ray_was_running:
                 _shutdown_ray()
     print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)))
-    return 0
+    if not result.complete:
+        left = result.counts["to_retry"]
+        print(f"ray-pipelines {name}: {left} inputs to retry; run again to finish", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_COMPLETE
 
 
-def _stopped_message(name: str, counts: Progress) -> str:
+def _stopped_message(name: str, counts: ProgressDisplay) -> str:
     kept = f"{counts.inputs_done} of {counts.to_do} inputs ({counts.rows} {counts.rows_label})"
     before = f", besides the {counts.skipped} committed before" if counts.skipped else ""
     return (

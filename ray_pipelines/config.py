@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .storage import SECRET_OPTION_KEYS
+from .storage import find_secrets, url_credentials
 
 # What every job writes, the same for all: the file layout, column types and metadata, the
 # decoding of windows. Bump it when those change: it is part of the config fingerprint, so an
@@ -101,6 +101,31 @@ class CommonConfig(BaseModel):
         "on a VM). false: through the page cache, whose write-back is asynchronous (a slow disk). Other "
         "filesystems (NFS, FUSE, tmpfs) and object stores always write the ordinary way.",
     )
+    # Unattended runs (docs/operations.md): what a run does with inputs that changed or went away
+    # since their rows were committed, and how it shares the output with other runs.
+    on_change: Literal["reprocess", "keep"] = Field(
+        "reprocess",
+        description="An input whose etag (or size and mtime) differs from the one its rows were made from: "
+        "reprocess (its old rows leave the output, new ones are written) or keep (old rows stay; reported).",
+    )
+    on_delete: Literal["keep", "prune"] = Field(
+        "keep",
+        description="An input no longer listed whose rows are in the output: keep them (reported) or prune "
+        "(its rows and errors leave the output).",
+    )
+    allow_empty: bool = Field(False, description="Run even when an input spec matches nothing (else exit 1).")
+    lost_retries: int = Field(
+        1,
+        ge=0,
+        description="Times the inputs of blocks lost to a worker or node failure are run again within the run "
+        "before it ends incomplete (exit 3).",
+    )
+    lease_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds without a heartbeat after which another run may take over this run's lease on "
+        "the output (heartbeats every tenth of it).",
+    )
 
     # Fields that change how a job runs but not the bytes it writes.
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -120,18 +145,34 @@ class CommonConfig(BaseModel):
             "rows_per_file",
             "compression",
             "direct_io",
+            "on_change",
+            "on_delete",
+            "allow_empty",
+            "lost_retries",
+            "lease_timeout",
         }
     )
 
     @field_validator("storage_options")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        leaked = sorted(k for k in value if k.lower() in SECRET_OPTION_KEYS)
+        leaked = find_secrets(value)
         if leaked:
             raise ValueError(
-                f"storage_options must not hold secrets ({', '.join(leaked)}); "
-                "set them in the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+                f"storage_options must not hold secrets ({', '.join(leaked)}); they would be written to the "
+                "output's _job.json and manifest.json. Set them in the environment "
+                "(e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
             )
+        return value
+
+    @field_validator("input", "output", "keep_list", "ignore_list")
+    @classmethod
+    def _no_credentials_in_urls(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for url in [value] if isinstance(value, str) else value or []:
+            if url_credentials(url):
+                raise ValueError(
+                    f"{url_credentials(url)} holds credentials (user:password@); set them in the environment"
+                )
         return value
 
     @field_validator("extensions")

@@ -9,7 +9,9 @@ else is added to the source. Listing reads no audio, only names and sizes
 
 from __future__ import annotations
 
+import errno
 import glob as globlib
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterable
@@ -17,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .storage import get_fs, split_protocol, to_url
+from .storage import get_fs, is_local, split_protocol, to_url
 
 LIST_FILE_EXTENSIONS = (".txt", ".lst", ".list")
 
@@ -33,7 +35,7 @@ class InputItem:
     key: str
     uri: str
     size: int
-    etag: str = ""  # etag or mtime: tells a changed input from a committed one
+    etag: str = ""  # its identity (etag, else mtime/size): tells a changed input from a committed one
     member_offset: int = -1  # >= 0 for a tar member: data offset inside the shard
     error: str = ""  # listing-time error (e.g. unsafe tar member name)
     source: str = ""  # where it came from, for people: the URL, or shard URL#member
@@ -63,9 +65,28 @@ def _glob_root(path: str) -> str:
 
 
 def _etag_of(info: dict[str, Any]) -> str:
-    for name in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "created"):
-        if info.get(name) is not None:
+    """An input's identity, compared with the one its committed rows recorded (engine/changes.py):
+    the store's content tag (S3 ETag, GCS md5Hash) where it has one, else ``mtime/size``."""
+    for name in ("ETag", "etag", "md5Hash"):
+        if info.get(name):
             return str(info[name]).strip('"')
+    for name in ("mtime", "LastModified", "last_modified", "created"):
+        if info.get(name) is not None:
+            return f"{info[name]}/{int(info.get('size') or 0)}"
+    return ""
+
+
+def _link_error(fs, path: str, info: dict[str, Any]) -> str:
+    """Why a local symlink that does not lead to a file cannot be an input ("" when it is not one):
+    a loop is final, a dangling link may heal (its target may still be copied in)."""
+    if not (is_local(fs) and info.get("islink") and info.get("type") != "file"):
+        return ""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"symlink loop: {path} ({e.strerror})"
+        return f"missing: broken symlink to {info.get('destination', '?')}"
     return ""
 
 
@@ -88,10 +109,10 @@ def list_inputs(spec: str, extensions: Iterable[str], storage_options: dict[str,
         if _has_magic(path):
             root = _glob_root(path)
             infos = fs.glob(path, detail=True)
-            files = {p: i for p, i in infos.items() if i.get("type", "file") == "file"}
+            files = {p: i for p, i in infos.items() if i.get("type", "file") == "file" or _link_error(fs, p, i)}
         elif fs.isdir(path):
             root = path.rstrip("/")
-            files = fs.find(root, detail=True)
+            files = {p: i for p, i in fs.find(root, detail=True).items() if i.get("type", "file") != "directory"}
         elif fs.exists(path):
             root = posixpath.dirname(path.rstrip("/"))
             files = {path: fs.info(path)}
@@ -108,7 +129,10 @@ def list_inputs(spec: str, extensions: Iterable[str], storage_options: dict[str,
     shards: list[tuple[str, str, dict[str, Any]]] = []
     for file_path, info in sorted(files.items()):
         key = _relative_key(file_path, root)
-        if _is_tar(file_path):
+        link_error = _link_error(fs, file_path, info) if _is_audio(file_path, extensions) else ""
+        if link_error:
+            items.append(InputItem(key=key, uri=to_url(fs, file_path), size=0, error=link_error))
+        elif _is_tar(file_path):
             shards.append((file_path, key, info))
         elif _is_audio(file_path, extensions):
             items.append(
@@ -152,7 +176,15 @@ def _list_from_list_file(fs, path: str, extensions: list[str], storage_options) 
                 InputItem(key=key, uri=entry_spec, size=0, error="missing: listed in the list file but not found")
             )
             continue
-        if _is_tar(entry_path):
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            items.append(InputItem(key=key, uri=entry_spec, size=0, error=f"symlink loop: {entry_path} ({e.strerror})"))
+            continue
+        link_error = _link_error(entry_fs, entry_path, info)
+        if link_error:
+            items.append(InputItem(key=key, uri=entry_spec, size=0, error=link_error))
+        elif _is_tar(entry_path):
             items.extend(_list_tar(entry_fs, entry_path, key, info, extensions))
         else:
             items.append(
@@ -176,9 +208,21 @@ def _list_tar(fs, shard_path: str, shard_key: str, info: dict[str, Any], extensi
     try:
         with fs.open(shard_path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
-                if not member.isfile() or not _is_audio(member.name, extensions):
+                if not _is_audio(member.name, extensions) or not (member.isfile() or member.issym() or member.islnk()):
                     continue
                 key = f"{shard_key}/{member.name}"
+                if member.issym() or member.islnk():  # its bytes are another member's, or outside the shard
+                    kind = "symlink" if member.issym() else "hardlink"
+                    items.append(
+                        InputItem(
+                            key=key,
+                            uri=shard_url,
+                            size=0,
+                            etag=etag,
+                            error=f"tar member is a link ({kind} to {member.linkname!r}); store the file itself",
+                        )
+                    )
+                    continue
                 if not _safe_member_name(member.name):
                     items.append(
                         InputItem(
@@ -213,6 +257,63 @@ def _list_tar(fs, shard_path: str, shard_key: str, info: dict[str, Any], extensi
     return items
 
 
+def list_specs(
+    specs: Iterable[str],
+    extensions: Iterable[str],
+    storage_options: dict[str, Any] | None = None,
+    allow_empty: bool = False,
+) -> list[InputItem]:
+    """Every input of every spec, one per key (the first spec naming a key wins), sorted by key.
+
+    A spec that matches nothing (a glob typo, an empty folder or list file) raises
+    :class:`SourceError` unless ``allow_empty``: an empty run would look like a finished one.
+    """
+    extensions = list(extensions)
+    items: dict[str, InputItem] = {}
+    for spec in specs:
+        found = list_inputs(spec, extensions, storage_options)
+        if not found and not allow_empty:
+            raise SourceError(
+                f"no inputs matched {spec} (extensions: {', '.join(extensions)}); "
+                "check the path, or set allow_empty: true if an empty input is expected"
+            )
+        for item in found:
+            items.setdefault(item.key, item)
+    return [items[k] for k in sorted(items)]
+
+
+def input_tree(spec: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The folder a spec reads everything under (a glob's fixed part, a directory, a tar shard's
+    folder), as ``protocol://path``; ``""`` for a single file or a list file (they name their inputs)."""
+    protocol, _ = split_protocol(spec)
+    try:
+        fs, path = get_fs(spec, storage_options)
+        if _has_magic(path):
+            root = _glob_root(path)
+        elif path.lower().endswith(LIST_FILE_EXTENSIONS) or not fs.isdir(path):
+            return ""
+        else:
+            root = path
+    except Exception:  # a generator (synth://) or an unreachable store: nothing to compare
+        return ""
+    if protocol == "file":
+        root = os.path.realpath(root)
+    return f"{protocol}://{root.rstrip('/')}"
+
+
+def overlapping_input(specs: Iterable[str], output: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The first spec whose tree holds the output (the next run would read the job's own files),
+    or that lies inside the output; ``""`` when they are apart."""
+    protocol, path = split_protocol(output)
+    out = os.path.realpath(path) if protocol == "file" else path.rstrip("/")
+    out = f"{protocol}://{out}"
+    for spec in specs:
+        tree = input_tree(spec, storage_options)
+        if tree and (out == tree or out.startswith(tree + "/") or tree.startswith(out + "/")):
+            return spec
+    return ""
+
+
 def read_key_list(spec: str, storage_options: dict[str, Any] | None = None) -> set[str]:
     """Keys from a keep/ignore list file (one key per line, '#' comments)."""
     fs, path = get_fs(spec, storage_options)
@@ -221,3 +322,5 @@ def read_key_list(spec: str, storage_options: dict[str, Any] | None = None) -> s
             return {line.strip() for line in f if line.strip() and not line.startswith("#")}
     except FileNotFoundError:
         raise SourceError(f"key list not found: {spec}") from None
+    except Exception as e:  # permissions, unreachable storage: an input problem, not the output's
+        raise SourceError(f"cannot read key list {spec}: {type(e).__name__}: {e}") from None

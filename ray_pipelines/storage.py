@@ -20,7 +20,7 @@ import fsspec
 
 from .direct_io import DirectFile
 
-# Keys that must never appear in storage_options: they belong in the environment.
+# Keys that must never appear in storage_options, at any depth: they belong in the environment.
 SECRET_OPTION_KEYS = frozenset(
     {
         "key",
@@ -36,6 +36,61 @@ SECRET_OPTION_KEYS = frozenset(
         "secret_key",
     }
 )
+# Parts of a key name (lower case, without '_' and '-') that mark a secret wherever they appear:
+# client_kwargs.aws_secret_access_key, s3_additional_kwargs.SSECustomerKey, account_key, sas_token, ...
+SECRET_NAME_PARTS = (
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "credential",
+    "privatekey",
+    "sessionkey",
+    "accesskey",
+    "accountkey",
+    "customerkey",
+    "apikey",
+    "connectionstring",
+)
+# Values of `token` that name a way to authenticate rather than hold a secret (gcsfs).
+TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
+
+
+def _is_secret_name(name: str) -> bool:
+    normal = name.lower().replace("_", "").replace("-", "")
+    return name.lower() in SECRET_OPTION_KEYS or any(part in normal for part in SECRET_NAME_PARTS)
+
+
+def find_secrets(options: Any, path: str = "") -> list[str]:
+    """Dotted paths of every secret in ``options``, at any depth (nested dicts and lists): keys
+    named like credentials, and URLs with a ``user:password@`` part."""
+    found = []
+    if isinstance(options, dict):
+        for name, value in options.items():
+            where = f"{path}{name}"
+            secret_token_mode = str(name).lower() == "token" and isinstance(value, str) and value in TOKEN_MODES
+            if _is_secret_name(str(name)) and value not in (None, "") and not secret_token_mode:
+                found.append(where)
+            else:
+                found.extend(find_secrets(value, where + "."))
+    elif isinstance(options, (list, tuple)):
+        for i, value in enumerate(options):
+            found.extend(find_secrets(value, f"{path}{i}."))
+    elif isinstance(options, str) and url_credentials(options):
+        found.append(path.rstrip("."))
+    return found
+
+
+def url_credentials(url: str) -> str:
+    """``url`` with its password hidden when it carries ``user:password@``, else ``""``."""
+    if "://" not in url:
+        return ""
+    scheme, rest = url.split("://", 1)
+    authority = rest.split("/", 1)[0]
+    if "@" not in authority or ":" not in authority.rsplit("@", 1)[0]:
+        return ""
+    user = authority.rsplit("@", 1)[0].split(":", 1)[0]
+    return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
 
 
 def split_protocol(url: str) -> tuple[str, str]:

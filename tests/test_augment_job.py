@@ -19,7 +19,7 @@ import soundfile as sf
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_type
 from ray_pipelines.engine.manifest import OutputConflict
-from ray_pipelines.engine.progress import Progress
+from ray_pipelines.engine.progress import ProgressDisplay
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, copy_shared, encoded_bytes, make_library, tone, write_audio, write_tar
@@ -158,7 +158,7 @@ def test_actor_written_reports_stream_to_the_driver_too(clips, tmp_path, ray_loc
     assert monitor.inputs_done == monitor.to_do == 4 and monitor.rows == result.run_rows == 8
 
 
-class ArrivalTimes(Progress):
+class ArrivalTimes(ProgressDisplay):
     """Records when each write report reached the driver."""
 
     def __init__(self, job: str):

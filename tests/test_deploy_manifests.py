@@ -380,7 +380,11 @@ def test_the_operator_is_installed_with_the_features_the_manifests_use():
     assert install[install.index("--version") + 1] in (deploy.CRDS / "README.md").read_text()
 
 
-def test_the_nightly_config_marks_where_the_mirror_settings_go():
+def test_the_nightly_config_mirrors_the_bucket():
+    """Re-uploads reprocessed, deletions pruned, and an empty listing an error (never a prune of everything)."""
+    from ray_pipelines.config import load_config
+    from ray_pipelines.jobs.augment import AugmentConfig
+
     (config,) = deploy.option_values(deploy.entrypoint_argv(nightly()["spec"]["jobTemplate"]), "--config")
-    text = (deploy.JOB_CONFIGS / config.rsplit("/", 1)[1]).read_text()
-    assert "# MIRROR-SETTINGS (issue 15)" in text
+    loaded = load_config(AugmentConfig, deploy.JOB_CONFIGS / config.rsplit("/", 1)[1])
+    assert (loaded.on_change, loaded.on_delete, loaded.allow_empty) == ("reprocess", "prune", False)

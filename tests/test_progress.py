@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from ray_pipelines.engine.progress import BarProgress, LineProgress, Progress, duration, make_progress, rate
+from ray_pipelines.engine.progress import BarProgress, LineProgress, ProgressDisplay, duration, make_progress, rate
 from ray_pipelines.engine.sink import report
 
 
@@ -54,7 +54,7 @@ def test_line_progress_a_line_every_few_seconds_on_slow_progress():
 
 
 def test_counts_cap_at_the_inputs_to_do_and_ignore_fenced_writes():
-    progress = Progress("encode")
+    progress = ProgressDisplay("encode")
     progress.start(listed=3, skipped=0, to_do=3)
     progress.update(report(inputs=2, rows=4))
     progress.update(report(inputs=2, rows=4))  # an input split over two writes counts in both
@@ -94,6 +94,6 @@ class FakeTerminal(io.StringIO):
 def test_make_progress_picks_a_bar_for_a_terminal_lines_for_a_pipe_nothing_when_quiet():
     assert isinstance(make_progress("augment", stream=FakeTerminal()), BarProgress)
     assert isinstance(make_progress("augment", stream=io.StringIO()), LineProgress)
-    assert type(make_progress("augment", stream=FakeTerminal(), quiet=True)) is Progress  # counts, shows nothing
+    assert type(make_progress("augment", stream=FakeTerminal(), quiet=True)) is ProgressDisplay  # counts, shows nothing
     assert [duration(s) for s in (0, 59.6, 75, 3725)] == ["0:00", "1:00", "1:15", "1:02:05"]
     assert [rate(r) for r in (0, 0.0351, 0.5, 28.24, 239.8)] == ["0", "0.035", "0.5", "28.2", "240"]

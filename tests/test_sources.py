@@ -79,3 +79,69 @@ def test_key_list(tmp_path):
     path = tmp_path / "keep.txt"
     path.write_text("a/one.wav\n# comment\n\nb/three.ogg\n")
     assert read_key_list(str(path)) == {"a/one.wav", "b/three.ogg"}
+
+
+def test_an_input_identity_is_mtime_and_size_on_local_disk(library):
+    item = next(i for i in list_inputs(str(library), EXT) if i.key == "a/one.wav")
+    mtime, size = item.etag.split("/")
+    assert float(mtime) > 0 and int(size) == item.size == (library / "a" / "one.wav").stat().st_size
+
+
+def test_tar_links_are_error_rows_not_silently_dropped(tmp_path):
+    import io
+    import tarfile
+
+    shard = tmp_path / "shards" / "links.tar"
+    shard.parent.mkdir()
+    data = encoded_bytes(tone(0.5), "wav")
+    with tarfile.open(shard, "w") as tar:
+        real = tarfile.TarInfo("real.wav")
+        real.size = len(data)
+        tar.addfile(real, io.BytesIO(data))
+        for name, kind in (("soft.wav", tarfile.SYMTYPE), ("hard.wav", tarfile.LNKTYPE)):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, "real.wav"
+            tar.addfile(link)
+    items = {i.key: i for i in list_inputs(str(shard.parent), EXT)}
+    assert set(items) == {"links.tar/real.wav", "links.tar/soft.wav", "links.tar/hard.wav"}
+    assert not items["links.tar/real.wav"].error
+    assert items["links.tar/soft.wav"].error.startswith("tar member is a link (symlink to 'real.wav')")
+    assert items["links.tar/hard.wav"].error.startswith("tar member is a link (hardlink to 'real.wav')")
+
+
+def test_a_symlink_loop_is_a_final_error_and_a_dangling_link_a_retryable_one(library, tmp_path):
+    from ray_pipelines.audio.decode import is_retryable
+
+    (library / "loop.wav").symlink_to("loop.wav")
+    (library / "gone.wav").symlink_to("nowhere.wav")
+    for spec in (str(library), str(library / "*.wav")):
+        items = {i.key: i for i in list_inputs(spec, EXT)}
+        assert items["loop.wav"].error.startswith("symlink loop:") and not is_retryable(items["loop.wav"].error)
+        assert items["gone.wav"].error.startswith("missing: broken symlink") and is_retryable(items["gone.wav"].error)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{library / 'loop.wav'}\n")
+    assert list_inputs(str(listing), EXT)[0].error.startswith("symlink loop:")
+    with pytest.raises(Exception) as opened:  # the decoder says the same if a loop appears later
+        AudioFile(InputAudio(str(library / "loop.wav"), 10))
+    assert str(opened.value).startswith("symlink loop:")
+
+
+def test_a_spec_that_matches_nothing_is_an_error_unless_allowed(tmp_path):
+    from ray_pipelines.sources import list_specs
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.txt").write_text("# nothing listed\n")
+    for spec in (str(tmp_path / "empty"), str(tmp_path / "*.flac"), str(tmp_path / "empty.txt")):
+        with pytest.raises(SourceError, match="no inputs matched"):
+            list_specs([spec], EXT)
+        assert list_specs([spec], EXT, allow_empty=True) == []
+
+
+def test_an_output_overlapping_an_input_tree_is_found(library, tmp_path):
+    from ray_pipelines.sources import overlapping_input
+
+    assert overlapping_input([str(library / "**" / "*.wav")], str(library / "out")) == str(library / "**" / "*.wav")
+    assert overlapping_input([str(library / "a")], str(library)) == str(library / "a")  # the input inside the output
+    assert overlapping_input([str(library)], str(tmp_path / "out")) == ""
+    assert overlapping_input([str(library / "a" / "one.wav")], str(library / "a" / "out")) == ""  # a single file
+    assert overlapping_input(["synth://"], str(tmp_path / "out")) == ""

@@ -14,6 +14,7 @@ in the job's error rows.
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import re
@@ -39,6 +40,16 @@ RETRYABLE_PREFIXES = ("unreadable:", "missing:", "lost:")
 
 def is_retryable(reason: str) -> bool:
     return reason.startswith(RETRYABLE_PREFIXES)
+
+
+def open_failure(error: Exception) -> str:
+    """The reason recorded for an input that could not be opened. A missing file or a storage
+    error may heal (retryable); a symlink loop never does (final, or every run would retry it)."""
+    if isinstance(error, FileNotFoundError):
+        return "missing: file not found"
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        return f"symlink loop: {error.filename or ''} ({error.strerror})"
+    return f"unreadable: {type(error).__name__}: {error}"
 
 
 class _RangeFile(io.RawIOBase):
@@ -112,10 +123,8 @@ class AudioFile:
             # Python file object every small read of the decoder is a Python call (an MP3 window
             # made thousands: a fifth of its decode time).
             self._local_path = path if is_local(fs) and source.member_offset < 0 else None
-        except FileNotFoundError:
-            raise DecodeError("missing: file not found") from None
-        except Exception as e:  # network or permission errors: retryable on a later run
-            raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
+        except Exception as e:  # missing, network or permission errors: retryable on a later run
+            raise DecodeError(open_failure(e)) from None
         try:
             self._open()
         except BaseException:

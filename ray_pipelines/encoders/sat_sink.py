@@ -146,6 +146,12 @@ class SatSink(ShardSink):
             "padding_mask": {"type": "json", "length": int(rows["padding_mask"].shape[1])},
         }
 
+    def drop_from_files(self, storage: Storage, files: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
+        """Per-sample files of ``keys`` leave with their ``.json`` partners (whose records name no key)."""
+        stems = {r["path"][:-4] for r in files if r["path"].endswith(".npy") and r.get("key") in keys}
+        partnered = [r for r in files if not (r["path"].endswith(".json") and r["path"][:-5] in stems)]
+        return super().drop_from_files(storage, partnered, keys)
+
 
 def id_collisions(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Samples of different windows that drew the same 13-digit id (about n^2 / 2e13 expected)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import CommonConfig
-from ..sources import InputItem, list_inputs
+from ..sources import InputItem, list_specs
 from ..storage import Storage
 from .hf import write_dataset_card
 from .manifest import default_is_data_file
@@ -39,6 +39,8 @@ class Job(abc.ABC):
     name: ClassVar[str]
     config_model: ClassVar[type[CommonConfig]]
     index_column: ClassVar[str] = "index"  # the per-input sample number column (version, window, ...)
+    # The data column holding each row's input key (read back when a changed input's rows are dropped).
+    key_column: ClassVar[str] = "key"
     rows_label: ClassVar[str] = "rows"  # what a written row is, for the summary
     # On CPU clusters the first actor decodes its own blocks, this many inputs at a time
     # (None: the whole block at once). Jobs whose decoded inputs are large set a few.
@@ -49,11 +51,15 @@ class Job(abc.ABC):
 
     # ---- planning (driver) -------------------------------------------------------
     def list_inputs(self) -> list[InputItem]:
-        items: dict[str, InputItem] = {}
-        for spec in self.config.inputs():
-            for item in list_inputs(spec, self.config.extensions, self.config.storage_options):
-                items.setdefault(item.key, item)
-        return [items[k] for k in sorted(items)]
+        """Everything the input specs hold now (the engine compares it with what the output
+        committed: new, changed and deleted inputs). Restricting it is :meth:`pick_inputs`'s job."""
+        c = self.config
+        return list_specs(c.inputs(), c.extensions, c.storage_options, c.allow_empty)
+
+    def pick_inputs(self, items: list[InputItem]) -> list[InputItem]:
+        """The listed inputs (after keep/ignore lists) this run takes; the engine then sorts them
+        and applies ``limit``. Inputs left out are neither processed nor counted as deleted."""
+        return items
 
     def fingerprint_extra(self) -> dict[str, Any]:
         """Anything besides the config that changes output bytes (model weight hashes)."""
@@ -94,6 +100,7 @@ class Job(abc.ABC):
             direct_io=cfg.direct_io,
             schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
             class_labels=self.class_labels(),
+            key_column=self.key_column,
         )
 
     def is_data_file(self, relpath: str) -> bool:

@@ -2,17 +2,20 @@
 
 Layout under the output root::
 
-    _job.json                  job name, config fingerprint, config (written first)
+    _lease.json                the run holding the output (engine/lease.py)
+    _job.json                  job name, config fingerprint, config, run id (written first)
     _manifests/part-*.json     one per write task: files written, samples per input, errors
     <split>/part-*.parquet     data files, named from their content
-    manifest.json              the merged job manifest (written at commit)
+    manifest.json              the merged job manifest (written at commit; ``complete`` true or false)
     errors.jsonl               one line per input (or window) that did not make it
-    _SUCCESS                   written last; absent while a run is in progress
+    _SUCCESS                   written last, and only when the run is complete
 
 A write task writes its data files first and its per-rank manifest last, so
 a manifest on disk means its files are complete. Data files no manifest
 names (left by a killed or failed attempt) are deleted at commit, and never
-counted.
+counted. A per-rank manifest rewritten without some inputs (engine/rewrite.py)
+names the one it replaces in ``replaces``; a replaced manifest counts for
+nothing from the moment its replacement exists, and is deleted.
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ import platform
 import posixpath
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..storage import Storage
 
 MANIFEST_DIR = "_manifests"
+LEASE_FILE = "_lease.json"
+LEASE_LOCK = "_lease.lock"  # local disk only: serialises the lease's compare-and-replace
 JOB_FILE = "_job.json"
 SUCCESS_FILE = "_SUCCESS"
 MANIFEST_FILE = "manifest.json"
 ERRORS_FILE = "errors.jsonl"
+MIXED_ETAG = "\x00mixed"  # an input whose committed rows came from different versions of it
 
 
 class OutputConflict(RuntimeError):
@@ -59,7 +65,9 @@ class Progress:
             seen |= indices
             self.expected[key] = max(self.expected.get(key, 0), int(info.get("expected", 0)))
             if info.get("etag"):
-                self.etags[key] = info["etag"]
+                seen_etag = self.etags.setdefault(key, info["etag"])
+                if seen_etag != info["etag"]:
+                    self.etags[key] = MIXED_ETAG
         for error in part.get("errors", []):
             if not error.get("retry", False):
                 self.final_errors.setdefault(error["key"], {})[int(error.get("index", -1))] = error["reason"]
@@ -84,9 +92,16 @@ class OutputState:
 
     # ---- before a run ------------------------------------------------------------
     def prepare(
-        self, job: str, fingerprint: str, config: dict[str, Any], fingerprinted: dict[str, Any], overwrite: bool
+        self,
+        job: str,
+        fingerprint: str,
+        config: dict[str, Any],
+        fingerprinted: dict[str, Any],
+        overwrite: bool,
+        run_id: str | None = None,
     ) -> str:
-        """Claim the output for this job and config; returns this run's id.
+        """Claim the output for this job and config; returns this run's id (``run_id``, the
+        lease's, or a new one).
 
         The run id in ``_job.json`` fences off an earlier run's stray writers (Ray
         workers that outlive a killed driver): a write task commits its manifest
@@ -96,7 +111,7 @@ class OutputState:
         config fingerprint and ``overwrite`` is false.
         """
         existing = self.storage.read_json(JOB_FILE) if self.storage.exists(JOB_FILE) else None
-        if existing is None and not self.storage.is_empty() and not overwrite:
+        if existing is None and self._contents() and not overwrite:
             raise OutputConflict(
                 f"output {self.storage.root} is not empty and was not written by ray-pipelines; "
                 "choose another output or pass --overwrite to replace its contents"
@@ -115,11 +130,12 @@ class OutputState:
                     f"changed: {', '.join(changed) or '?'}). "
                     "Use a new output path for a new version, or pass --overwrite to replace it"
                 )
-        if overwrite and not self.storage.is_empty():
-            self.storage.remove("")
+        if overwrite:
+            for relpath in self._contents():  # everything but the lease this run holds
+                self.storage.remove(relpath)
         self.storage.makedirs(MANIFEST_DIR)
         self.storage.remove(SUCCESS_FILE)
-        run_id = uuid.uuid4().hex
+        run_id = run_id or uuid.uuid4().hex
         self.storage.write_json(
             JOB_FILE,
             {
@@ -132,12 +148,27 @@ class OutputState:
         )
         return run_id
 
+    def _contents(self) -> list[str]:
+        """Top-level entries of the output root (relative), lease files left out."""
+        fs, root = self.storage.fs, self.storage.path
+        if not fs.exists(root):
+            return []
+        fs.invalidate_cache(root)
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+        return sorted(n for n in names if not is_lease_file(n))
+
+    def read_parts(self) -> dict[str, dict[str, Any]]:
+        """Every per-rank manifest on disk, replaced ones included: relpath -> content."""
+        return {
+            path: self.storage.read_json(path) for path in self.storage.list(MANIFEST_DIR) if path.endswith(".json")
+        }
+
+    def live_parts(self) -> dict[str, dict[str, Any]]:
+        """The per-rank manifests that count: relpath -> content (replaced ones left out)."""
+        return live_of(self.read_parts())
+
     def load_parts(self) -> list[dict[str, Any]]:
-        parts = []
-        for path in self.storage.list(MANIFEST_DIR):
-            if path.endswith(".json"):
-                parts.append(self.storage.read_json(path))
-        return parts
+        return list(self.live_parts().values())
 
     def progress(self) -> Progress:
         return progress_of(self.load_parts())
@@ -170,30 +201,42 @@ class OutputState:
         processed_keys: list[str],
         timings: dict[str, float],
         extra: dict[str, Any] | None = None,
+        run_id: str = "",
+        selected_keys: list[str] | None = None,
+        inputs: dict[str, Any] | None = None,
+        still_holds: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Merge per-rank manifests into manifest.json and errors.jsonl, then write _SUCCESS."""
-        parts = self.load_parts()
+        """Merge per-rank manifests into manifest.json and errors.jsonl; write _SUCCESS only when the
+        run is complete: every selected input (``selected_keys``, else ``processed_keys``) is rows or
+        a final error. ``still_holds`` raises when this run no longer holds the output (lease lost):
+        it is called before anything is deleted and again before manifest.json is written."""
+        check_lease = still_holds or (lambda: None)
+        check_lease()
+        everything = self.read_parts()
+        live = live_of(everything)
+        for path in everything.keys() - live.keys():  # replaced by a rewritten manifest
+            self.storage.remove(path)
+        parts = list(live.values())
         progress = progress_of(parts)
         orphans = self.remove_orphans(progress)
 
         errors: list[dict[str, Any]] = []
         for part in parts:
             errors.extend(e for e in part.get("errors", []) if not _superseded(e, progress))
-        logged = {(e["key"], int(e.get("index", -1))) for e in errors}
-        lost = []
-        for key in processed_keys:
-            if not progress.is_done(key) and (key, -1) not in logged:
-                lost.append(
-                    {
-                        "key": key,
-                        "index": -1,
-                        "retry": True,
-                        "reason": "lost: its block failed after bounded retries (worker crash or out of "
-                        "memory); it will be retried on the next run",
-                    }
-                )
+        lost = [
+            {
+                "key": key,
+                "index": -1,
+                "retry": True,
+                "reason": "lost: its rows never committed (the worker or node running its block died, or the "
+                "block raised: see the driver log); it is retried by the next run",
+            }
+            for key in lost_keys(processed_keys, progress, parts, run_id)
+        ]
         errors.extend(lost)
         errors.sort(key=lambda e: (e["key"], int(e.get("index", -1))))
+        scope = processed_keys if selected_keys is None else selected_keys
+        to_retry = sum(1 for key in scope if not progress.is_done(key))
 
         files = sorted(progress.files, key=lambda f: f["path"])
         splits: dict[str, int] = {}
@@ -206,6 +249,7 @@ class OutputState:
             "fingerprint": fingerprint,
             "config": config,
             "versions": library_versions(),
+            "complete": to_retry == 0,
             "counts": {
                 "listed": listed,
                 "skipped_already_committed": skipped,
@@ -215,9 +259,11 @@ class OutputState:
                 "errors": len({e["key"] for e in errors}),
                 "error_rows": len(errors),
                 "lost": len(lost),
+                "to_retry": to_retry,
                 "duplicates": progress.duplicates,
                 "orphans_removed": len(orphans),
             },
+            "inputs": inputs or {},
             "splits": splits,
             "schema": schema,
             "files": files,
@@ -225,17 +271,38 @@ class OutputState:
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra or {}),
         }
+        check_lease()
         self.storage.write_bytes(ERRORS_FILE, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
         self.storage.write_json(MANIFEST_FILE, manifest)
-        self.storage.write_bytes(SUCCESS_FILE, b"")
+        if manifest["complete"]:
+            self.storage.write_bytes(SUCCESS_FILE, b"")
         return manifest
 
 
-def progress_of(parts: list[dict[str, Any]]) -> Progress:
+def progress_of(parts: Iterable[dict[str, Any]]) -> Progress:
     progress = Progress()
     for part in parts:
         progress.add_part(part)
     return progress
+
+
+def live_of(parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Leave out the per-rank manifests a rewritten one replaces (its ``replaces`` list)."""
+    replaced = {name for part in parts.values() for name in part.get("replaces", ())}
+    return {path: part for path, part in parts.items() if path not in replaced}
+
+
+def lost_keys(processed_keys: list[str], progress: Progress, parts: list[dict[str, Any]], run_id: str) -> list[str]:
+    """Inputs this run sent that are not done and got no error row from it: their rows never
+    committed (a worker or node died, or the block raised). Without a run id, errors of any run count."""
+    failed = {e["key"] for p in parts if not run_id or p.get("run_id") == run_id for e in p.get("errors", ())}
+    return [key for key in processed_keys if not progress.is_done(key) and key not in failed]
+
+
+def is_lease_file(relpath: str) -> bool:
+    """The lease and its lock (and a lease's temp file), never data or state to clean up."""
+    name = posixpath.basename(relpath)
+    return name in (LEASE_FILE, LEASE_LOCK) or name.startswith(LEASE_FILE + ".tmp-")
 
 
 def _superseded(error: dict[str, Any], progress: Progress) -> bool:

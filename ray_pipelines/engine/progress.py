@@ -1,8 +1,8 @@
 """Live progress of a run, fed by the runner with each block's write report as it arrives.
 
-``run_job(job, monitor=...)`` calls :meth:`Progress.start` once the inputs are listed,
-:meth:`Progress.update` with every write report (see ``engine.sink.report``) and
-:meth:`Progress.close` when the run ends (finished, failed or interrupted). Two displays:
+``run_job(job, monitor=...)`` calls :meth:`ProgressDisplay.start` once the inputs are listed,
+:meth:`ProgressDisplay.update` with every write report (see ``engine.sink.report``) and
+:meth:`ProgressDisplay.close` when the run ends (finished, failed or interrupted). Two displays:
 
 - :class:`BarProgress`: a tqdm bar, for a terminal; redrawn every second so the elapsed
   time and the ETA move while a slow block is still running.
@@ -40,7 +40,7 @@ def rate(per_second: float) -> str:
     return f"{per_second:.2g}"
 
 
-class Progress:
+class ProgressDisplay:
     """Counts what the write reports say; the displays below decide when and how to show it.
 
     ``inputs_done`` adds the inputs each report names; an input whose rows were split over two
@@ -165,7 +165,7 @@ class _Ticker:
         self._thread.join(timeout=5)
 
 
-class BarProgress(Progress):
+class BarProgress(ProgressDisplay):
     """A tqdm bar over the inputs, with rows, rate and errors after it."""
 
     def __init__(self, job: str, rows_label: str = "rows", stream: TextIO | None = None, **kwargs):
@@ -217,7 +217,7 @@ class BarProgress(Progress):
             print(self.end_line(finished), file=self.stream, flush=True)
 
 
-class LineProgress(Progress):
+class LineProgress(ProgressDisplay):
     """A line when another ``every_percent`` of the inputs is done or ``every_seconds`` passed
     (``heartbeat``: also while no report arrives)."""
 
@@ -271,11 +271,13 @@ class LineProgress(Progress):
                 self._write(self.end_line(finished))
 
 
-def make_progress(job: str, rows_label: str = "rows", stream: TextIO | None = None, quiet: bool = False) -> Progress:
-    """A bar when ``stream`` is a terminal, plain lines otherwise; with ``quiet``, a :class:`Progress`
+def make_progress(
+    job: str, rows_label: str = "rows", stream: TextIO | None = None, quiet: bool = False
+) -> ProgressDisplay:
+    """A bar when ``stream`` is a terminal, plain lines otherwise; with ``quiet``, a :class:`ProgressDisplay`
     that only counts (what a Ctrl-C message reports)."""
     if quiet:
-        return Progress(job, rows_label)
+        return ProgressDisplay(job, rows_label)
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
         return BarProgress(job, rows_label, stream)

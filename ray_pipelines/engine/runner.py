@@ -1,7 +1,7 @@
 """run_job: the one place where a job meets Ray.
 
-    list inputs ─► drop committed ─► from_items ─► decode (CPU tasks) ─► stages (actor pools)
-                                                 ─► ShardSink (write tasks) ─► commit (driver)
+    lease ─► list inputs ─► changes ─► drop committed ─► from_items ─► decode (CPU tasks) ─► stages
+    (actor pools) ─► ShardSink (write tasks) ─► [lost inputs again] ─► commit (driver) ─► release
 
 On a CPU cluster a one-stage job runs as a single actor pool instead: each actor
 decodes its input block, runs the stage and writes the shards itself
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,13 +23,17 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy
 
-from ..config import CommonConfig
-from ..sources import InputItem, read_key_list
+from ..config import CommonConfig, ConfigError
+from ..sources import InputItem, SourceError, overlapping_input, read_key_list
 from ..storage import Storage
+from .changes import detect_changes
+from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
-from .manifest import OutputState
-from .progress import Progress
+from .lease import Lease, LeaseLost, held_lease
+from .manifest import OutputState, Progress, lost_keys, progress_of
+from .progress import ProgressDisplay
+from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
 from .sink import ShardSink
 from .write_stream import stream_write
@@ -49,6 +54,11 @@ class JobResult:
     @property
     def counts(self) -> dict[str, int]:
         return self.manifest["counts"]
+
+    @property
+    def complete(self) -> bool:
+        """Every selected input is output rows or a final error (``_SUCCESS`` was written)."""
+        return bool(self.manifest.get("complete"))
 
     @property
     def steady_rows_per_second(self) -> float | None:
@@ -82,14 +92,26 @@ def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem
     return items
 
 
-def select_inputs(job: Job) -> list[dict[str, Any]]:
-    """Listed inputs after keep/ignore lists and ``limit`` (applied to sorted keys)."""
+def select_inputs(job: Job, listed: list[InputItem] | None = None) -> list[dict[str, Any]]:
+    """Listed inputs after keep/ignore lists, the job's pick and ``limit`` (applied to sorted keys)."""
     cfg = job.config
-    items = apply_key_lists(job.list_inputs(), cfg)
-    items.sort(key=lambda i: i.key)
+    items = job.pick_inputs(apply_key_lists(job.list_inputs() if listed is None else listed, cfg))
+    items = sorted(items, key=lambda i: i.key)
     if cfg.limit is not None:
         items = items[: cfg.limit]
     return [i.to_row() for i in items]
+
+
+def pending_inputs(rows: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
+    """The resume check: rows whose input is not done yet, each with the sample indices to skip."""
+    pending = []
+    for row in rows:
+        if progress.is_done(row["key"]):
+            continue
+        already = progress.done_indices(row["key"])
+        row["skip"] = sorted(already) if already else []
+        pending.append(row)
+    return pending
 
 
 def run_job(
@@ -98,33 +120,83 @@ def run_job(
     address: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
-    monitor: Progress | None = None,
+    monitor: ProgressDisplay | None = None,
+    break_lease: bool = False,
 ) -> JobResult:
-    """Run ``job`` to completion (resuming whatever its output already holds).
+    """Run ``job`` to completion (resuming whatever its output already holds), holding the output's lease.
 
-    ``progress``: Ray Data's own progress display. ``monitor`` gets the input counts and then
-    every write report as it arrives (engine/progress.py: the CLI's live progress)."""
+    ``progress``: Ray Data's own progress display. ``monitor`` gets the input counts and then every
+    write report as it arrives (engine/progress.py: the CLI's live progress).
+
+    Raises ConfigError / OutputConflict (another job, config or live run owns the output; LeaseLost
+    when this run was fenced off), SourceError (the input cannot be listed or matched nothing) and
+    OutputStoreError (the output store refuses writes). An incomplete run returns normally with
+    ``result.complete`` false.
+    """
+    cfg = job.config
+    overlap = overlapping_input(cfg.inputs(), cfg.output, cfg.storage_options)
+    if overlap:
+        raise ConfigError(
+            f"output {cfg.output} overlaps input {overlap}: the next run would read the job's own files; "
+            "write the output outside the input tree"
+        )
+    storage = Storage(cfg.output, cfg.storage_options)
+    with (
+        store_failures_raised(storage.root),
+        held_lease(storage, uuid.uuid4().hex, cfg.lease_timeout, break_lease) as lease,
+    ):
+        return _run_holding_lease(
+            job, storage, lease, address=address, overwrite=overwrite, progress=progress, monitor=monitor
+        )
+
+
+def _run_holding_lease(
+    job: Job,
+    storage: Storage,
+    lease: Lease,
+    *,
+    address: str | None,
+    overwrite: bool,
+    progress: bool,
+    monitor: ProgressDisplay | None,
+) -> JobResult:
     cfg = job.config
     started = time.time()
-    storage = Storage(cfg.output, cfg.storage_options)
     fingerprint_extra = job.fingerprint_extra()  # may hash model weights: once per run
     fingerprint = cfg.fingerprint(fingerprint_extra)
     config = cfg.model_dump(mode="json")
     state = OutputState(storage, job.is_data_file)
-    run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite)
+    run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite, lease.run_id)
 
-    rows = select_inputs(job)
+    listed = job.list_inputs()
+    if not listed and not cfg.allow_empty:
+        raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
+    rows = select_inputs(job, listed)
     listed_at = time.time()
     done = state.progress()
-    pending = []
-    for row in rows:
-        if done.is_done(row["key"]):
-            continue
-        already = done.done_indices(row["key"])
-        row["skip"] = sorted(already) if already else []
-        pending.append(row)
+    changes = detect_changes(listed, done)
+    stale = changes.stale(cfg.on_change, cfg.on_delete)
+    if stale:
+        rewritten = drop_inputs(state, job.make_sink(fingerprint), stale, still_holds=lease.check)
+        log.info("%s: took %d stale inputs out of %d manifests", job.name, len(stale), rewritten)
+        done = state.progress()
+    pending = pending_inputs(rows, done)
     skipped = len(rows) - len(pending)
-    log.info("%s: %d inputs listed, %d already committed, %d to process", job.name, len(rows), skipped, len(pending))
+    log.info(
+        "%s: %d inputs listed (%d new, %d changed, %d deleted, %d unchanged), %d selected, %d already committed, "
+        "%d to process",
+        job.name,
+        len(listed),
+        changes.new,
+        len(changes.changed),
+        len(changes.deleted),
+        changes.unchanged,
+        len(rows),
+        skipped,
+        len(pending),
+    )
+    report = changes.report(cfg.on_change, cfg.on_delete)
+    _warn_kept_stale(job.name, report)
 
     how, writes, finished = "", [], False
     if monitor is not None:
@@ -133,10 +205,9 @@ def run_job(
         if pending:
             how = connect(address)
             configure_data_context(cfg, progress)
-            for report in _execute(job, pending, fingerprint, run_id):
-                writes.append(report)
-                if monitor is not None:
-                    monitor.update(report)
+            control = RunControl()
+            lease.on_lost = lambda reason: control.stop("fenced", reason)
+            writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control, monitor)
         finished = True
     finally:
         if monitor is not None:
@@ -156,6 +227,10 @@ def run_job(
             "commit_seconds": round(time.time() - ran_at, 3),
         },
         extra={"fingerprint_extra": fingerprint_extra},
+        run_id=run_id,
+        selected_keys=[r["key"] for r in rows],
+        inputs=report,
+        still_holds=lease.renew,
     )
     extra = job.after_commit(storage, manifest)
     return JobResult(
@@ -169,6 +244,78 @@ def run_job(
     )
 
 
+def _warn_kept_stale(name: str, report: dict[str, Any]) -> None:
+    for what, keys in report["kept_stale"].items():
+        count = report[what]
+        setting = "on_change: keep" if what == "changed" else "on_delete: keep"
+        log.warning("%s: %d %s inputs keep their old rows (%s): %s", name, count, what, setting, ", ".join(keys[:10]))
+
+
+def _execute_with_retries(
+    job: Job,
+    pending: list[dict[str, Any]],
+    fingerprint: str,
+    run_id: str,
+    state: OutputState,
+    control: RunControl,
+    monitor: ProgressDisplay | None = None,
+) -> list[dict[str, Any]]:
+    """Run the plan, handing each write report to ``monitor`` as it arrives; inputs whose blocks were
+    lost (a worker or node died) run again on a pool planned for the cluster as it is then, up to
+    ``lost_retries`` times. A stop (the output store failed, or this run was fenced off) ends the run."""
+    writes: list[dict[str, Any]] = []
+    retries = job.config.lost_retries
+    for attempt in range(retries + 1):
+        try:
+            with control.watch_nodes():
+                for report in _execute(job, pending, fingerprint, run_id, control):
+                    writes.append(report)
+                    if monitor is not None:
+                        monitor.update(report)
+        except Exception as e:
+            _raise_if_stopped(control, e)
+            raise
+        _raise_if_stopped(control)
+        parts = state.load_parts()
+        progress = progress_of(parts)
+        lost = set(lost_keys([row["key"] for row in pending], progress, parts, run_id))
+        if not lost or attempt == retries:
+            break
+        log.warning(
+            "%s: %d inputs were lost to worker or node failures; running them again (retry %d of %d)",
+            job.name,
+            len(lost),
+            attempt + 1,
+            retries,
+        )
+        pending = pending_inputs([row for row in pending if row["key"] in lost], progress)
+    return writes
+
+
+def _raise_if_stopped(control: RunControl, cause: BaseException | None = None) -> None:
+    kind, reason = control.state()
+    if kind == "store":
+        raise OutputStoreError(reason) from cause
+    if kind == "fenced":
+        raise LeaseLost(reason) from cause
+
+
+class ControlledStage:
+    """An actor stage under the run's control: registered (so a lost node's actor is let go) and
+    stopped before a block when the run was told to stop. Wraps stages that do not decode."""
+
+    def __init__(self, stage_cls: type, stage_kwargs: dict[str, Any], control: RunControl | None = None):
+        self.stage = stage_cls(**stage_kwargs)
+        self.control = control
+        if control is not None:
+            control.register_actor()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.control is not None:
+            self.control.check()
+        return self.stage(batch)
+
+
 class DecodeThenStage:
     """An actor stage with the decoder in front: input rows in, stage output out.
 
@@ -176,12 +323,17 @@ class DecodeThenStage:
     large blocks keep per-block costs low, small chunks keep the decoded audio in cache.
     """
 
-    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None):
+    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None, control=None):
         self.decoder = decoder
         self.stage = stage_cls(**stage_kwargs)
         self.chunk = chunk
+        self.control = control  # the run's RunControl: registered; a stopped run decodes nothing more
+        if control is not None:
+            control.register_actor()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.control is not None:
+            self.control.check()
         n = len(next(iter(batch.values()), ()))
         size = self.chunk or max(1, n)
         outputs = []
@@ -207,7 +359,9 @@ class DecodeStageWrite(DecodeThenStage):
         return {name: np.array([value]) for name, value in report.items()}
 
 
-def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str) -> Iterator[dict[str, Any]]:
+def _execute(
+    job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, control: RunControl | None = None
+) -> Iterator[dict[str, Any]]:
     """Build the Ray Data plan; the iterator runs it, yielding each write's report (from an actor
     or a write task) as it arrives."""
     cfg = job.config
@@ -222,7 +376,7 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
         ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
         actor_args = dict(num_cpus=plan.num_cpus, max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
         sink = job.make_sink(fingerprint)
-        sink.run_id = run_id
+        sink.run_id, sink.control = run_id, control
         fused_write = False
         if plan.num_gpus == 0:
             # CPU cluster: the first actor stage decodes its own input block, so decoded
@@ -233,6 +387,7 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
                 "stage_cls": first.cls,
                 "stage_kwargs": first.kwargs,
                 "chunk": job.decode_chunk,
+                "control": control,
             }
             # A one-stage job's actors also write their output (unless the sink lays files
             # out by write-task rank): no output tensors through the object store, no write tasks.
@@ -252,10 +407,14 @@ def _execute(job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: 
         for stage in stages:
             gpus = plan.num_gpus if stage.gpu else 0.0
             # Decoding stages take whole input blocks; other stages take rows in batches.
-            batch_size = None if issubclass(stage.cls, DecodeThenStage) else (stage.batch_size or cfg.batch_size)
+            decodes = issubclass(stage.cls, DecodeThenStage)
+            batch_size = None if decodes else (stage.batch_size or cfg.batch_size)
+            cls, kwargs = stage.cls, stage.kwargs
+            if not decodes:  # under the run's control, as DecodeThenStage is
+                cls, kwargs = ControlledStage, {"stage_cls": cls, "stage_kwargs": kwargs, "control": control}
             ds = ds.map_batches(
-                stage.cls,
-                fn_constructor_kwargs=stage.kwargs,
+                cls,
+                fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),

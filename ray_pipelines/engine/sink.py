@@ -7,12 +7,18 @@ files (the hash covers the config fingerprint and the rows' keys, never a
 run id), then writes ``_manifests/part-<hash>.json`` naming those files, the
 sample indices written per input, and the error rows. The manifest is
 written last, so its presence means the files are complete.
+
+A failure of the output store itself (no space, read-only, permission,
+credentials) raises :class:`~ray_pipelines.engine.control.OutputStoreError` and
+tells the run's :class:`~ray_pipelines.engine.control.RunControl`, so every
+other block stops before it starts and the driver exits with the store's own error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import socket
 import time
 from collections.abc import Iterable
@@ -20,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
@@ -27,6 +34,7 @@ from ray.data.datasource import Datasink
 from ..audio.decode import is_retryable
 from ..storage import Storage
 from .arrow import table_from_columns, tensor_shape
+from .control import OutputStoreError, store_failure
 from .decode import concat_batches
 from .hf import huggingface_metadata
 from .manifest import JOB_FILE, MANIFEST_DIR
@@ -76,8 +84,10 @@ class ShardSink(Datasink):
         schema_metadata: dict[str, str] | None = None,
         class_labels: dict[str, list[str]] | None = None,
         direct_io: bool = True,
+        key_column: str = KEY,
     ):
         self.output = output
+        self.key_column = key_column
         self.storage_options = storage_options or {}
         self.fingerprint = fingerprint
         self.index_column = index_column
@@ -88,6 +98,7 @@ class ShardSink(Datasink):
         self.class_labels = class_labels or {}  # column -> label names (a ClassLabel for datasets)
         self.direct_io = direct_io  # local shard files past the page cache (ray_pipelines/direct_io.py)
         self.run_id = ""  # set by the runner; fences off writers of an earlier, killed run
+        self.control = None  # the run's RunControl (set by the runner): checked before every block
         self.write_returns: list[dict[str, Any]] = []
 
     # ---- Datasink interface -----------------------------------------------------
@@ -102,9 +113,19 @@ class ShardSink(Datasink):
     # ---- the work --------------------------------------------------------------
     def write_block(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
         """Write a batch of output rows (possibly none); returns the write report (:func:`report`)."""
+        if self.control is not None:
+            self.control.check()
         if len(columns.get(KEY, ())) == 0:
             return report()
-        return self.write_rows(columns, rank)
+        try:
+            return self.write_rows(columns, rank)
+        except OSError as e:
+            reason = store_failure(e, where=self.output)
+            if not reason:
+                raise
+            if self.control is not None:
+                self.control.stop("store", reason)
+            raise OutputStoreError(reason) from e
 
     def write_rows(self, columns: dict[str, np.ndarray], rank: int) -> dict[str, Any]:
         storage = Storage(self.output, self.storage_options)
@@ -145,6 +166,7 @@ class ShardSink(Datasink):
 
         part = {
             "rank": rank,
+            "run_id": self.run_id,
             "fingerprint": self.fingerprint,
             "files": files,
             "inputs": inputs,
@@ -184,22 +206,76 @@ class ShardSink(Datasink):
         name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column])
         relpath = f"{split}/part-{name}.parquet" if split else f"part-{name}.parquet"
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-        scalars = scalar_columns(table.schema)
         with storage.open_atomic(relpath, direct=self.direct_io) as f:
             pq.write_table(
-                table,
-                f,
-                row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes),
-                compression=self.compression,
-                compression_level=ZSTD_LEVEL if self.compression == "zstd" else None,
-                use_dictionary=scalars,
-                write_statistics=scalars,
-                use_byte_stream_split=float_tensor_leaves(table.schema) or False,
+                table, f, row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes), **self.parquet_options(table)
             )
         size = storage.fs.size(storage.abspath(relpath))
         return [{"path": relpath, "split": split, "rows": table.num_rows, "bytes": int(size)}], describe_schema(
             table.schema
         )
+
+    def parquet_options(self, table: pa.Table) -> dict[str, Any]:
+        """How this sink encodes a table's columns (shared by the writes and the rewrites)."""
+        scalars = scalar_columns(table.schema)
+        return dict(
+            compression=self.compression,
+            compression_level=ZSTD_LEVEL if self.compression == "zstd" else None,
+            use_dictionary=scalars,
+            write_statistics=scalars,
+            use_byte_stream_split=float_tensor_leaves(table.schema) or False,
+        )
+
+    # ---- dropping committed rows (engine/rewrite.py) ----------------------------------------
+    def drop_from_files(self, storage: Storage, files: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
+        """The file records of a per-rank manifest once the rows of ``keys`` are gone from its files.
+
+        A Parquet file holding some of those rows is written again without them, under the content
+        name of the rows it keeps; a file left without rows disappears from the list; per-sample
+        files (records with a ``key``) of those keys are dropped. Everything else is kept as it is.
+        Old files are not deleted here: once no live manifest names them, the commit does.
+        """
+        kept = []
+        for record in files:
+            if "key" in record:
+                if record["key"] not in keys:
+                    kept.append(record)
+            elif record["path"].endswith(".parquet"):
+                kept.extend(self.parquet_without(storage, record, keys))
+            else:
+                kept.append(record)
+        return kept
+
+    def parquet_without(self, storage: Storage, record: dict[str, Any], keys: set[str]) -> list[dict[str, Any]]:
+        """``[record]`` of the Parquet file without the rows of ``keys`` (``[]`` when none remain),
+        written row group by row group (bounded memory, however large the file)."""
+        path = record["path"]
+        with storage.fs.open(storage.abspath(path), "rb") as f:
+            source = pq.ParquetFile(f)
+            ids = source.read(columns=[self.key_column, self.index_column])
+            stale = pa.array(sorted(keys)).cast(ids.schema.field(self.key_column).type)
+            keep = pc.invert(pc.is_in(ids.column(self.key_column), value_set=stale))
+            remaining = ids.filter(keep)
+            if remaining.num_rows == ids.num_rows:
+                return [record]
+            if remaining.num_rows == 0:
+                return []
+            kept_keys = np.asarray(remaining.column(self.key_column).to_pylist(), dtype=object)
+            name = content_hash(self.fingerprint, kept_keys.astype(str), remaining.column(self.index_column).to_numpy())
+            relpath = posixpath.join(posixpath.dirname(path), f"part-{name}.parquet")
+            keep = keep.combine_chunks() if isinstance(keep, pa.ChunkedArray) else keep
+            with storage.open_atomic(relpath, direct=self.direct_io) as out:
+                first = source.read_row_group(0)
+                with pq.ParquetWriter(out, source.schema_arrow, **self.parquet_options(first)) as writer:
+                    start = 0
+                    for group in range(source.num_row_groups):
+                        table = first if group == 0 else source.read_row_group(group)
+                        mask = keep.slice(start, table.num_rows)
+                        start += table.num_rows
+                        if pc.any(mask).as_py():
+                            writer.write_table(table.filter(mask))
+        size = storage.fs.size(storage.abspath(relpath))
+        return [{**record, "path": relpath, "rows": remaining.num_rows, "bytes": int(size)}]
 
 
 def report(

@@ -16,6 +16,7 @@ def format_summary(
         ("output", result.output),
         ("ray", result.ray or "not started (nothing to do)"),
         ("inputs listed", c["listed"]),
+        ("input changes", _changes(result.manifest.get("inputs", {}))),
         ("already committed", f"{c['skipped_already_committed']} (skipped before reading)"),
         ("processed this run", c["processed_this_run"]),
         (f"{rows_label} in output", f"{c['rows_written']}" + (f" ({splits})" if splits else "")),
@@ -27,6 +28,8 @@ def format_summary(
     ]
     if c.get("lost"):
         lines.append(("lost (retried next run)", c["lost"]))
+    complete = result.manifest.get("complete", True)
+    lines.append(("complete", "yes (_SUCCESS written)" if complete else f"no: {c.get('to_retry', 0)} inputs to retry"))
     if c["processed_this_run"]:
         lines.append(
             (
@@ -48,6 +51,21 @@ def format_summary(
     width = max(len(label) for label, _ in lines)
     body = "\n".join(f"  {label:<{width}}  {value}" for label, value in lines)
     return f"\n{job_name} job finished\n{body}\n"
+
+
+def _changes(inputs: dict) -> str:
+    """New, changed, deleted and unchanged inputs since the last commit, and what was done."""
+    if not inputs:
+        return "-"
+    changed = {"reprocess": "reprocessed", "keep": "kept"}.get(inputs.get("on_change", ""), "")
+    deleted = {"prune": "pruned", "keep": "kept"}.get(inputs.get("on_delete", ""), "")
+    return (
+        f"{inputs['new']} new, {inputs['changed']} changed"
+        + (f" ({changed})" if inputs["changed"] else "")
+        + f", {inputs['deleted']} deleted"
+        + (f" ({deleted})" if inputs["deleted"] else "")
+        + f", {inputs['unchanged']} unchanged"
+    )
 
 
 def _short(value) -> str | None:

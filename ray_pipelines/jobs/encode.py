@@ -26,7 +26,6 @@ from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_
 from ray_pipelines.encoders.windows import EncodeDecoder, WindowPlan
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
-from ray_pipelines.engine.runner import apply_key_lists
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.seeding import unit_interval
 from ray_pipelines.sources import InputItem
@@ -129,13 +128,12 @@ class EncodeJob(Job):
         ]
 
     # ---- planning -----------------------------------------------------------------
-    def list_inputs(self) -> list[InputItem]:
-        """Listed inputs; with ``limit_batches`` only the first (or, ``shuffle``, a seeded random)
-        ``limit_batches * batch_size`` of those the keep/ignore lists allow."""
+    def pick_inputs(self, items: list[InputItem]) -> list[InputItem]:
+        """With ``limit_batches`` only the first (or, ``shuffle``, a seeded random)
+        ``limit_batches * batch_size`` of the inputs the keep/ignore lists allow."""
         c = self.config
-        items = apply_key_lists(super().list_inputs(), c)  # before the limit_batches budget
         if c.shuffle:
-            items.sort(key=lambda i: unit_interval(c.seed, "shuffle", i.key))
+            items = sorted(items, key=lambda i: unit_interval(c.seed, "shuffle", i.key))
         budget = [n for n in (c.limit, c.limit_batches * c.batch_size if c.limit_batches else None) if n]
         if budget:
             items = items[: min(budget)]  # the engine then sorts by key and applies limit again

@@ -149,6 +149,7 @@ class FeaturesJob(Job):
     name = "features"
     config_model = FeaturesConfig
     index_column = "snippet"
+    key_column = "path"  # the song's key (the data has no separate key column)
     rows_label = "snippets"
     decode_chunk = 2  # songs decoded then featurised together: 12 snippets, about 8 MB of audio
 

@@ -195,7 +195,7 @@ class ScoreJob(Job):
         if c.source == "audio":
             return self.path_labels().label(super().list_inputs())
         if c.source == "pt":
-            return self.path_labels().label(list_tensor_files(c.inputs(), c.storage_options))
+            return self.path_labels().label(list_tensor_files(c.inputs(), c.storage_options, c.allow_empty))
         items, shard_splits = list_shard_inputs(
             c.inputs()[0], c.tensor_column, c.shard_index_column, c.shard_splits, c.storage_options
         )

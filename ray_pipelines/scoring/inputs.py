@@ -32,9 +32,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from ..audio.decode import open_failure
 from ..engine.arrow import column_to_numpy
 from ..engine.decode import Window, python_scalar, rows_to_batch
-from ..sources import InputItem, SourceError, list_inputs
+from ..engine.manifest import OutputState
+from ..sources import InputItem, SourceError, list_specs
 from ..splits import train_val_split
 from ..storage import Storage, get_fs
 
@@ -103,13 +105,11 @@ class PathLabels:
 
 
 # ---- listing (driver) ---------------------------------------------------------------------------
-def list_tensor_files(specs: list[str], storage_options: dict[str, Any] | None) -> list[InputItem]:
+def list_tensor_files(
+    specs: list[str], storage_options: dict[str, Any] | None, allow_empty: bool = False
+) -> list[InputItem]:
     """``.pt`` files under each spec (directory, glob, list file, tar shards), one item per key."""
-    items: dict[str, InputItem] = {}
-    for spec in specs:
-        for item in list_inputs(spec, TENSOR_EXTENSIONS, storage_options):
-            items.setdefault(item.key, item)
-    return [items[k] for k in sorted(items)]
+    return list_specs(specs, TENSOR_EXTENSIONS, storage_options, allow_empty)
 
 
 def list_shard_inputs(
@@ -156,13 +156,16 @@ def list_shard_inputs(
                     entry.append([record["path"], group, row, int(index) if index is not None else len(entry)])
                     shard_split.setdefault(key, record.get("split", ""))
                     sources.setdefault(key, origin or storage.url(record["path"]))
-    etag = str(manifest.get("fingerprint", ""))[:16]
+    # A key's identity: the source output's config and the identity of the input its rows came from,
+    # so rows the source job rewrote (a re-uploaded recording) are scored again.
+    fingerprint = str(manifest.get("fingerprint", ""))[:16]
+    source_etags = OutputState(storage).progress().etags
     items = [
         InputItem(
             key=key,
             uri=storage.root,
             size=0,
-            etag=etag,
+            etag=f"{fingerprint}/{source_etags.get(key, '')}",  # outputs scored before: the fingerprint alone
             source=sources[key],
             extra={"locations": json.dumps(sorted(locs, key=lambda loc: loc[3]))},
         )
@@ -266,10 +269,8 @@ class TensorFileDecoder(TensorRows):
             return []
         try:
             data = self.read_bytes(item)
-        except FileNotFoundError:
-            return [self.row(item, -1, 0, "missing: file not found", None)]
-        except Exception as e:  # network or permission errors: retried on a later run
-            return [self.row(item, -1, 0, f"unreadable: {type(e).__name__}: {e}", None)]
+        except Exception as e:  # missing, network or permission errors: retried on a later run
+            return [self.row(item, -1, 0, open_failure(e), None)]
         if not data:
             return [self.row(item, -1, 0, "empty file (0 bytes)", None)]
         try:

@@ -1,0 +1,435 @@
+"""One run at a time on an output: a lease with a heartbeat, taken and renewed atomically.
+
+``_lease.json`` at the output root names the run that holds the output (run id, host, process,
+start time, last heartbeat, its timeout). It is
+
+- **taken** by creating it only if it does not exist: on local disk a complete temp file
+  hard-linked into place (``link`` fails if the name exists), on S3 ``PutObject`` with
+  ``If-None-Match: *``;
+- **renewed** (heartbeat, every tenth of the timeout) and **taken over** by replacing it only if it
+  is still the version read: on S3 ``PutObject`` with ``If-Match: <etag>``; on local disk a
+  compare-and-replace under an exclusive ``flock`` of ``_lease.lock``;
+- **released** by deleting it only if it is still this run's (S3 ``DeleteObject`` with ``If-Match``).
+
+A lease whose heartbeat is older than its timeout, or whose process is gone (same host, same PID
+namespace), is stale and may be taken over; ``--break-lease`` takes it regardless. A run that finds
+its lease replaced has been fenced off: it stops and commits nothing (the runner checks the lease
+again just before writing ``manifest.json`` and ``_SUCCESS``). Stores with neither (other fsspec
+protocols, S3 look-alikes that ignore the headers) get the same protocol without the atomicity; the
+lease is read back after every write, which catches all but the closest races.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+from ..storage import Storage, is_local
+from .manifest import LEASE_FILE, LEASE_LOCK, OutputConflict
+
+log = logging.getLogger(__name__)
+
+TAKE_ATTEMPTS = 5  # a lease that keeps changing under a stale-takeover is alive after all
+BREAK_ATTEMPTS = 100  # --break-lease races a live holder's heartbeats until it wins
+
+
+class LeaseHeld(OutputConflict):
+    """A live run holds the output."""
+
+
+class LeaseLost(OutputConflict):
+    """This run's lease was taken over: it was fenced off and must not commit."""
+
+
+@dataclass
+class Holder:
+    """What a lease says about the run that holds it."""
+
+    run_id: str
+    host: str
+    pid: int
+    pid_namespace: str
+    started_at: float
+    heartbeat_at: float
+    timeout_s: float
+
+    @classmethod
+    def this_process(cls, run_id: str, timeout_s: float) -> Holder:
+        now = time.time()
+        return cls(run_id, socket.gethostname(), os.getpid(), _pid_namespace(), now, now, timeout_s)
+
+    @classmethod
+    def parse(cls, data: bytes) -> Holder | None:
+        try:
+            fields = json.loads(data)
+            return cls(**{name: fields[name] for name in cls.__dataclass_fields__})
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def encode(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+    def stale_because(self, now: float) -> str:
+        """Why another run may take this lease over ("" while it is live)."""
+        age = now - self.heartbeat_at
+        if age > self.timeout_s:
+            return f"its last heartbeat was {age:.0f} s ago (timeout {self.timeout_s:g} s)"
+        if self.host == socket.gethostname() and self.pid_namespace and self.pid_namespace == _pid_namespace():
+            if not _process_alive(self.pid):
+                return f"its process {self.pid} on this host is gone"
+        return ""
+
+    def describe(self, now: float) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started_at))
+        return (
+            f"run {self.run_id} on host {self.host} (pid {self.pid}), started {started}, "
+            f"last heartbeat {max(0.0, now - self.heartbeat_at):.0f} s ago"
+        )
+
+
+def _pid_namespace() -> str:
+    """Processes on one host can only be checked from the same PID namespace (containers)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+# ---- stores: create-if-absent, read with a version token, replace-if-unchanged, delete-if-unchanged ----
+class LocalLeaseFile:
+    """``_lease.json`` on a local (or NFS) filesystem."""
+
+    def __init__(self, storage: Storage):
+        self.path = storage.abspath(LEASE_FILE)
+        self.lock_path = storage.abspath(LEASE_LOCK)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _temp(self, data: bytes) -> str:
+        tmp = f"{self.path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        return tmp
+
+    def create(self, data: bytes) -> str | None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self._temp(data)
+        try:
+            with self._locked():
+                os.link(tmp, self.path)  # atomic: fails if the name exists
+        except FileExistsError:
+            return None
+        finally:
+            os.unlink(tmp)
+        return _digest(data)
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, _digest(data)
+
+    def replace(self, data: bytes, token: str) -> str | None:
+        tmp = self._temp(data)
+        try:
+            with self._locked():
+                current = self.read()
+                if current is None or current[1] != token:
+                    return None
+                os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return _digest(data)
+
+    def delete(self, token: str) -> bool:
+        with self._locked():
+            current = self.read()
+            if current is None or current[1] != token:
+                return False
+            os.unlink(self.path)
+        return True
+
+
+class S3LeaseObject:
+    """``_lease.json`` on S3 with conditional requests (``If-None-Match: *`` and ``If-Match``)."""
+
+    def __init__(self, storage: Storage):
+        self.fs = storage.fs
+        self.bucket, self.key, _ = self.fs.split_path(storage.abspath(LEASE_FILE))
+
+    def _put(self, data: bytes, **condition: str) -> str | None:
+        try:
+            response = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, **condition)
+        except (FileExistsError, FileNotFoundError):  # If-None-Match failed / If-Match on a deleted lease
+            return None
+        except OSError as e:
+            if _precondition_failed(e):
+                return None
+            raise
+        finally:
+            self.fs.invalidate_cache(f"{self.bucket}/{self.key}")
+        return response["ETag"]
+
+    def create(self, data: bytes) -> str | None:
+        return self._put(data, IfNoneMatch="*")
+
+    def read(self) -> tuple[bytes, str] | None:
+        from fsspec.asyn import sync
+
+        async def get() -> tuple[bytes, str]:
+            response = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
+            async with response["Body"] as body:
+                return await body.read(), response["ETag"]  # one GET: the bytes and their version
+
+        try:
+            return sync(self.fs.loop, get)
+        except FileNotFoundError:
+            return None
+
+    def replace(self, data: bytes, token: str) -> str | None:
+        return self._put(data, IfMatch=token)
+
+    def delete(self, token: str) -> bool:
+        try:
+            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=token)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            if _precondition_failed(e):
+                return False
+            if not _not_implemented(e):
+                raise
+            current = self.read()  # a store without conditional deletes: check, then delete
+            if current is None or current[1] != token:
+                return False
+            self.fs.rm(f"{self.bucket}/{self.key}")
+        finally:
+            self.fs.invalidate_cache(f"{self.bucket}/{self.key}")
+        return True
+
+
+class PlainLeaseFile:
+    """Any other fsspec store: the same protocol, checked by reading back, without atomicity."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        log.warning(
+            "lease on %s: the store has no conditional writes here; two runs started within moments of "
+            "each other may both proceed (keep one scheduler per output)",
+            storage.root,
+        )
+
+    def create(self, data: bytes) -> str | None:
+        return None if self.read() is not None else self._write(data)
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            data = self.storage.fs.cat_file(self.storage.abspath(LEASE_FILE))  # one request
+        except FileNotFoundError:
+            return None
+        return data, _digest(data)
+
+    def _write(self, data: bytes) -> str:
+        self.storage.write_bytes(LEASE_FILE, data)
+        return _digest(data)
+
+    def replace(self, data: bytes, token: str) -> str | None:
+        current = self.read()
+        return self._write(data) if current is not None and current[1] == token else None
+
+    def delete(self, token: str) -> bool:
+        current = self.read()
+        if current is None or current[1] != token:
+            return False
+        self.storage.remove(LEASE_FILE)
+        return True
+
+
+def lease_store(storage: Storage):
+    if is_local(storage.fs):
+        return LocalLeaseFile(storage)
+    if type(storage.fs).__name__ == "S3FileSystem":
+        return S3LeaseObject(storage)
+    return PlainLeaseFile(storage)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _error_code(error: BaseException) -> tuple[str, int]:
+    """The S3 error code and HTTP status behind an exception s3fs translated (its ``__cause__``)."""
+    response = getattr(error.__cause__, "response", None) or getattr(error, "response", None) or {}
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return str(response.get("Error", {}).get("Code", "")), status
+
+
+def _precondition_failed(error: BaseException) -> bool:
+    """412 PreconditionFailed, or 409 ConditionalRequestConflict (S3: a concurrent conditional write won)."""
+    code, status = _error_code(error)
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
+def _not_implemented(error: BaseException) -> bool:
+    code, status = _error_code(error)
+    return code == "NotImplemented" or status == 501
+
+
+# ---- the lease ----------------------------------------------------------------------------------
+class Lease:
+    """This run's hold on one output."""
+
+    def __init__(self, storage: Storage, run_id: str, timeout_s: float, store=None):
+        self.storage = storage
+        self.store = store or lease_store(storage)
+        self.holder = Holder.this_process(run_id, timeout_s)
+        self.token: str | None = None
+        self.lost = ""  # why this run was fenced off ("" while it holds the lease)
+        self.on_lost: Callable[[str], None] | None = None  # told once, from the heartbeat thread
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the heartbeat thread and the committing thread both renew
+
+    @property
+    def run_id(self) -> str:
+        return self.holder.run_id
+
+    def acquire(self, break_lease: bool = False) -> None:
+        """Take the lease, or raise :class:`LeaseHeld` naming the live holder."""
+        for attempt in range(BREAK_ATTEMPTS if break_lease else TAKE_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0.0, 0.05))  # another run changed it first: look again, staggered
+            self.holder.heartbeat_at = time.time()
+            token = self.store.create(self.holder.encode())
+            if token is None:
+                current = self.store.read()
+                if current is None:
+                    continue  # released between our create and our read: try again
+                data, seen = current
+                other = Holder.parse(data)
+                now = time.time()
+                why = "--break-lease" if break_lease else ("it is unreadable" if other is None else "")
+                why = why or other.stale_because(now)
+                if not why:
+                    raise LeaseHeld(
+                        f"output {self.storage.root} is in use by {other.describe(now)}; wait for it to finish, "
+                        f"or pass --break-lease if that run is gone (its lease times out after {other.timeout_s:g} s)"
+                    )
+                token = self.store.replace(self.holder.encode(), seen)
+                if token is None:
+                    continue
+                log.warning(
+                    "took over the lease on %s from %s: %s",
+                    self.storage.root,
+                    other.describe(now) if other else "an unreadable lease",
+                    why,
+                )
+            if self._still_mine(token):
+                self.token = token
+                return
+        raise LeaseHeld(f"output {self.storage.root}: could not take its lease; other runs keep changing it")
+
+    def _still_mine(self, token: str) -> bool:
+        """Read back: catches stores that accept conditional headers but ignore them."""
+        current = self.store.read()
+        return current is not None and current[1] == token and Holder.parse(current[0]) == self.holder
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if the heartbeat found the lease taken over (no I/O)."""
+        if self.lost:
+            raise LeaseLost(self.lost)
+
+    def renew(self) -> None:
+        """Heartbeat: rewrite the lease only if it is still ours, else raise :class:`LeaseLost`."""
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
+        if self.lost:
+            raise LeaseLost(self.lost)
+        self.holder.heartbeat_at = time.time()
+        token = self.store.replace(self.holder.encode(), self.token)
+        if token is None:
+            current = self.store.read()
+            other = Holder.parse(current[0]) if current else None
+            taker = other.describe(time.time()) if other else "nobody (the lease was removed)"
+            self.lost = (
+                f"this run ({self.run_id}) lost its lease on {self.storage.root}: it is now held by {taker}; "
+                "this run was fenced off and commits nothing"
+            )
+            raise LeaseLost(self.lost)
+        self.token = token
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            if self.token is None or self.lost:
+                return
+            try:
+                self.store.delete(self.token)
+            except Exception as e:  # the store failed: the lease times out by itself
+                log.warning("could not release the lease on %s: %s", self.storage.root, e)
+            self.token = None
+
+    def start_heartbeat(self) -> None:
+        interval = min(60.0, max(0.05, self.holder.timeout_s / 10))
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.renew()
+                except LeaseLost as e:
+                    log.error("%s", e)
+                    if self.on_lost is not None:
+                        self.on_lost(str(e))
+                    return
+                except Exception as e:  # a store hiccup: the next beat tries again
+                    log.warning("lease heartbeat on %s failed: %s", self.storage.root, e)
+
+        self._thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+
+@contextlib.contextmanager
+def held_lease(storage: Storage, run_id: str, timeout_s: float, break_lease: bool = False) -> Iterator[Lease]:
+    """Hold the output's lease (with a heartbeat) for the body; release it at the end."""
+    lease = Lease(storage, run_id, timeout_s)
+    lease.acquire(break_lease)
+    lease.start_heartbeat()
+    try:
+        yield lease
+    finally:
+        lease.release()

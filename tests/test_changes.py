@@ -1,0 +1,164 @@
+"""Change detection and taking committed inputs out of an output, without Ray: identities,
+new/changed/deleted counts, rewritten Parquet files and per-sample files, replaced manifests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ray_pipelines.encoders.sat_sink import SatSink, is_encode_data_file
+from ray_pipelines.engine.changes import detect_changes, identity_changed
+from ray_pipelines.engine.manifest import OutputState, Progress
+from ray_pipelines.engine.rewrite import drop_inputs
+from ray_pipelines.engine.sink import ShardSink
+from ray_pipelines.jobs.features import FeaturesJob
+from ray_pipelines.sources import InputItem
+from ray_pipelines.storage import Storage
+
+
+def test_identities_compare_etags_and_mtime_size_and_accept_older_bare_mtimes():
+    assert not identity_changed("abc", "abc")
+    assert identity_changed("abc", "abd")
+    assert identity_changed("1700000000.5/100", "1700000000.5/120")  # same mtime, other size
+    assert not identity_changed("1700000000.5", "1700000000.5/100")  # written before sizes were recorded
+    assert identity_changed("1700000000.5", "1700000001.5/100")
+    assert not identity_changed("", "x") and not identity_changed("x", "")  # nothing to compare
+
+
+def test_detect_changes_counts_new_changed_deleted_and_unchanged():
+    progress = Progress()
+    for key, etag in (("a", "1"), ("b", "2"), ("c", "3"), ("d", "")):
+        progress.add_part({"inputs": {key: {"expected": 1, "written": [0], "etag": etag}}})
+    listed = [InputItem(key, key, 1, etag=etag) for key, etag in (("a", "1"), ("b", "9"), ("d", "7"), ("e", "5"))]
+    changes = detect_changes(listed, progress)
+    assert (changes.new, changes.unchanged, changes.changed, changes.deleted) == (1, 2, ["b"], ["c"])
+    assert changes.stale("reprocess", "keep") == {"b"} and changes.stale("keep", "prune") == {"c"}
+    assert changes.report("keep", "keep")["kept_stale"] == {"changed": ["b"], "deleted": ["c"]}
+
+
+def test_an_input_committed_from_two_versions_counts_as_changed():
+    progress = Progress()
+    progress.add_part({"inputs": {"a": {"expected": 2, "written": [0], "etag": "old"}}})
+    progress.add_part({"inputs": {"a": {"expected": 2, "written": [1], "etag": "new"}}})
+    assert detect_changes([InputItem("a", "a", 1, etag="new")], progress).changed == ["a"]
+
+
+def commit(state: OutputState) -> dict:
+    return state.commit(
+        job="augment", fingerprint="f" * 64, config={}, listed=0, skipped=0, processed_keys=[], timings={}
+    )
+
+
+def batch(keys, indices, key_column="key", index_column="version", errors=None) -> dict[str, np.ndarray]:
+    n = len(keys)
+    columns = {
+        "key": np.array(keys, dtype=object),
+        index_column: np.array(indices),
+        "view1": np.arange(n * 6, dtype=np.float32).reshape(n, 1, 2, 3) + np.array(indices).reshape(n, 1, 1, 1),
+        "error": np.array(errors or [""] * n, dtype=object),
+        "split": np.array(["train"] * n, dtype=object),
+        "samples_per_input": np.full(n, 2),
+        "etag": np.array(["e"] * n, dtype=object),
+    }
+    if key_column != "key":
+        columns[key_column] = columns["key"].copy()
+    return columns
+
+
+def test_dropping_inputs_rewrites_their_files_and_switches_manifests(tmp_path):
+    state = OutputState(Storage(str(tmp_path)))
+    run_id = state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+    sink = ShardSink(
+        output=str(tmp_path),
+        storage_options=None,
+        fingerprint="f" * 64,
+        index_column="version",
+        output_columns=["key", "version", "view1"],
+        rows_per_file=3,
+    )
+    sink.run_id = run_id
+    sink.write_rows(batch(["a", "a", "b", "b", "c"], [0, 1, 0, 1, 0], errors=["", "", "", "", "silent"]), rank=0)
+    sink.write_rows(batch(["d", "d"], [0, 1]), rank=1)
+    before = {p.name for p in tmp_path.glob("train/*.parquet")}
+    assert len(before) == 3  # a0 a1 b0 | b1 | d0 d1
+
+    rewritten = drop_inputs(state, sink, {"b", "c", "d"})
+    assert rewritten == 2
+    parts = state.live_parts()
+    assert len(parts) == 1 and len(state.read_parts()) == 1  # the old manifests are gone
+    ((name, part),) = parts.items()
+    assert set(part["inputs"]) == {"a"} and part["errors"] == [] and len(part["replaces"]) == 1
+    # The old files stay until the commit (the last manifest.json still names them), then go.
+    assert before < {p.name for p in tmp_path.glob("train/*.parquet")}
+    commit(state)
+    files = sorted(tmp_path.glob("train/*.parquet"))
+    assert [f.name for f in files] == [part["files"][0]["path"].split("/")[-1]] and files[0].name not in before
+    table = pq.read_table(files[0])
+    assert list(zip(table["key"].to_pylist(), table["version"].to_pylist())) == [("a", 0), ("a", 1)]
+    assert table.schema.metadata[b"ray_pipelines.fingerprint"] == b"f" * 64
+    original = batch(["a", "a"], [0, 1])["view1"]
+    np.testing.assert_array_equal(table["view1"].combine_chunks().to_numpy_ndarray(), original)
+    progress = state.progress()
+    assert progress.written == {"a": {0, 1}} and not progress.final_errors
+
+    # The same drop again changes nothing (a rerun after a kill writes the same names).
+    assert drop_inputs(state, sink, {"b", "c", "d"}) == 0 and state.live_parts() == parts
+
+
+def test_a_replaced_manifest_counts_for_nothing_even_before_it_is_deleted(tmp_path):
+    state = OutputState(Storage(str(tmp_path)))
+    state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+    storage = state.storage
+    storage.write_json("_manifests/part-old.json", {"inputs": {"a": {"expected": 1, "written": [0]}}, "files": []})
+    storage.write_json(
+        "_manifests/part-new.json",
+        {"inputs": {"b": {"expected": 1, "written": [0]}}, "files": [], "replaces": ["_manifests/part-old.json"]},
+    )
+    assert set(state.progress().written) == {"b"}
+    manifest = commit(state)
+    assert not storage.exists("_manifests/part-old.json") and manifest["complete"]
+
+
+def test_per_sample_files_leave_with_their_json_partners(tmp_path):
+    state = OutputState(Storage(str(tmp_path)), is_encode_data_file)
+    run_id = state.prepare("encode", "f" * 64, {}, {}, overwrite=False)
+    sink = SatSink(
+        output=str(tmp_path),
+        storage_options=None,
+        fingerprint="f" * 64,
+        index_column="window",
+        output_columns=["key", "window", "latents"],
+    )
+    sink.run_id = run_id
+    rows = batch(["a", "b"], [0, 0], index_column="window")
+    rows["latents"] = rows.pop("view1").reshape(2, 2, 3)
+    rows["padding_mask"] = np.ones((2, 3), dtype=np.int64)
+    sink.write_rows(rows, rank=4)
+    assert len(list(tmp_path.glob("train/4/*"))) == 4
+    drop_inputs(state, sink, {"b"})
+    commit(state)
+    (part,) = state.live_parts().values()
+    left = sorted(p.name for p in tmp_path.glob("train/4/*"))
+    assert sorted(f["path"].split("/")[-1] for f in part["files"]) == left and len(left) == 2
+    assert {f.get("key") for f in part["files"]} == {"a", None}
+
+
+def test_features_rows_are_found_by_their_path_column(tmp_path):
+    state = OutputState(Storage(str(tmp_path)))
+    run_id = state.prepare("features", "f" * 64, {}, {}, overwrite=False)
+    sink = ShardSink(  # as FeaturesJob.make_sink makes it: the song's key is its `path` column
+        output=str(tmp_path),
+        storage_options=None,
+        fingerprint="f" * 64,
+        index_column="snippet",
+        output_columns=["input_values", "path", "snippet"],
+        key_column=FeaturesJob.key_column,
+    )
+    sink.run_id = run_id
+    rows = batch(["x/1.mp3", "x/1.mp3", "y/2.mp3"], [0, 1, 0], key_column="path", index_column="snippet")
+    rows["input_values"] = rows.pop("view1").reshape(3, 2, 3)
+    sink.write_rows(rows, rank=0)
+    drop_inputs(state, sink, {"x/1.mp3"})
+    commit(state)
+    (table_path,) = tmp_path.glob("train/*.parquet")
+    assert pq.read_table(table_path)["path"].to_pylist() == ["y/2.mp3"]

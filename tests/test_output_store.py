@@ -1,0 +1,203 @@
+"""When the output store itself fails (full, read-only, credentials rejected) the run stops early
+with the store's own error (exit 1) and keeps what it committed; configs that would leak a secret,
+read their own output or list nothing are refused before anything is written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_pipelines.config import validate_config
+from ray_pipelines.engine.control import OutputStoreError
+from ray_pipelines.engine.runner import run_job
+from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+from tests.audio_helpers import REPO, tone, write_audio
+from tests.conftest import free_port
+from tests.output_helpers import Store, committed_rows
+
+# Rows of about 64 KiB (uncompressed): a few fill a 512 KiB tmpfs.
+BIG_ROWS = dict(
+    num_versions=4,
+    duration=2.0,
+    sample_rate=16000,
+    n_mels=64,
+    n_fft=512,
+    hop_length=256,
+    compression="none",
+    inputs_per_block=1,
+    actors=1,
+    seed=2,
+)
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ray_pipelines.cli", "augment", "--no-progress", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """Mount a small tmpfs (needs root, as in CI); skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+class BlockErrors(logging.Handler):
+    """What Ray Data logs about failed blocks (their exceptions included)."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(
+            record.getMessage()
+            + "\n"
+            + (logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+        )
+
+
+@pytest.fixture
+def clips(tmp_path) -> Path:
+    for i in range(6):
+        write_audio(tmp_path / "in" / f"clip{i}.flac", tone(2.0, 16000, freq=200.0 + 40 * i), 16000)
+    return tmp_path / "in"
+
+
+def test_a_full_disk_stops_the_run_with_the_os_error_and_keeps_what_was_committed(
+    mount_tmpfs, clips, tmp_path, ray_local
+):
+    disk = mount_tmpfs("full", "size=512k")
+    cfg = validate_config(AugmentConfig, {"input": str(clips), "output": str(disk / "out"), **BIG_ROWS})
+    blocks = BlockErrors()
+    logging.getLogger("ray.data").addHandler(blocks)
+    try:
+        with pytest.raises(OutputStoreError, match=r"^write failed: No space left on device: .*full/out") as failed:
+            run_job(AugmentJob(cfg), progress=False)
+    finally:
+        logging.getLogger("ray.data").removeHandler(blocks)
+    assert "\n" not in str(failed.value)
+    # The blocks after the failure stopped before decoding anything (one actor: they come in turn).
+    assert any("run stopped (store): write failed: No space left on device" in text for text in blocks.texts)
+    assert not (disk / "out" / "_SUCCESS").exists() and not (disk / "out" / "manifest.json").exists()
+    committed = list((disk / "out" / "_manifests").glob("part-*.json"))
+    assert 1 <= len(committed) < 6  # the blocks before the disk filled up are kept
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space again
+    resumed = run_job(AugmentJob(cfg), progress=False)
+    assert resumed.complete and resumed.counts["skipped_already_committed"] == len(committed)
+    reference = validate_config(AugmentConfig, {"input": str(clips), "output": str(tmp_path / "ref"), **BIG_ROWS})
+    assert run_job(AugmentJob(reference), progress=False).complete
+    store = Store.local(tmp_path)
+    assert committed_rows(store, "full/out", "key", "version") == committed_rows(store, "ref", "key", "version")
+
+
+def test_a_read_only_output_exits_1_with_the_os_error(mount_tmpfs, clips):
+    disk = mount_tmpfs("ro", "size=1m,ro")
+    done = run_cli("--set", f"input={clips}", "--set", f"output={disk}")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("ray-pipelines augment: write failed: Read-only file system")
+
+
+def test_rejected_credentials_exit_1_with_the_store_error(clips, tmp_path):
+    # A second moto server that checks credentials: the test's keys exist in no account.
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from moto.server import main; main(['-H', '127.0.0.1', '-p', '{port}'])"],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        endpoint = f"{{endpoint_url: 'http://127.0.0.1:{port}'}}"
+        done = run_cli(
+            "--set", f"input={clips}", "--set", "output=s3://views/out", "--set", f"storage_options={endpoint}"
+        )
+    finally:
+        server.kill()
+        server.wait()
+    assert done.returncode == 1, done.stderr
+    assert "write failed: The AWS Access Key Id you provided does not exist in our records" in done.stderr
+
+
+def test_nested_secrets_are_refused_and_nothing_is_written(clips, tmp_path):
+    out = tmp_path / "out"
+    leaked = "{endpoint_url: 'http://127.0.0.1:9', client_kwargs: {aws_secret_access_key: hunter2}}"
+    done = run_cli("--set", f"input={clips}", "--set", f"output={out}", "--set", f"storage_options={leaked}")
+    assert done.returncode == 2 and "client_kwargs.aws_secret_access_key" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout and not out.exists()
+    for options in (
+        {"s3_additional_kwargs": {"SSECustomerKey": "k"}},
+        {"config_kwargs": {"session_token": "t"}},
+        {"client_kwargs": {"endpoint_url": "http://user:pass@host:9000"}},
+        {"anything": [{"password": "p"}]},
+    ):
+        with pytest.raises(ValueError, match="must not hold secrets"):
+            validate_config(AugmentConfig, {"input": "a", "output": "b", "storage_options": options})
+    fine = {"endpoint_url": "http://h", "s3_additional_kwargs": {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "x"}}
+    validate_config(AugmentConfig, {"input": "a", "output": "b", "storage_options": fine})
+
+
+def test_an_input_that_matches_nothing_exits_1_unless_allowed(tmp_path):
+    (tmp_path / "in").mkdir()
+    done = run_cli("--set", f"input={tmp_path}/in/*.flaac", "--set", f"output={tmp_path}/out")
+    assert done.returncode == 1 and "no inputs matched" in done.stderr and "*.flaac" in done.stderr
+    empty = validate_config(
+        AugmentConfig, {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "allow_empty": True}
+    )
+    result = run_job(AugmentJob(empty), progress=False)  # nothing to do: Ray is never started
+    assert result.complete and result.counts["listed"] == 0 and (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_an_output_inside_the_input_tree_is_refused(clips):
+    done = run_cli("--set", f"input={clips}/**/*.flac", "--set", f"output={clips}/derived")
+    assert done.returncode == 2 and "overlaps input" in done.stderr
+    assert not (clips / "derived").exists()
+
+
+def test_store_failures_are_told_apart_from_other_errors():
+    from ray_pipelines.engine.control import store_failure
+
+    assert (
+        store_failure(OSError(28, "No space left on device", "/o/x")) == "write failed: No space left on device: /o/x"
+    )
+    assert store_failure(PermissionError("Access Denied")) == "write failed: Access Denied"
+    assert store_failure(ConnectionError("reset")) == "" and store_failure(FileNotFoundError(2, "gone")) == ""
+    wrapped = RuntimeError("block failed")
+    wrapped.__cause__ = OSError(30, "Read-only file system")
+    assert store_failure(wrapped) == "write failed: Read-only file system"
