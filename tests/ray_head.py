@@ -31,8 +31,8 @@ PORT_FLAGS = [
 ]
 
 
-def _head_processes(temp_dir: str) -> list[psutil.Process]:
-    """Processes of this head only: their command lines name its temp dir."""
+def node_processes(temp_dir: str) -> list[psutil.Process]:
+    """Processes of one node only: their command lines name its temp dir."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -60,6 +60,7 @@ def local_head(
     num_gpus: int = 0,
     dashboard: bool = True,
     extra_args: tuple[str, ...] = (),
+    worker_ports: tuple[int, int] = (20000, 29999),
 ) -> Iterator[Head]:
     """Start a head with ``env`` (its workers and job drivers inherit it) in ``cwd``, on loopback, every port
     its own (other Ray instances on this machine hold the defaults); stop it by its own process ids."""
@@ -75,7 +76,7 @@ def local_head(
         command += ["--include-dashboard", "false"]
     for flag in PORT_FLAGS:
         command += [flag, str(free_port())]
-    command += ["--min-worker-port", "20000", "--max-worker-port", "29999", *extra_args]
+    command += ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1]), *extra_args]
     started = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
@@ -84,9 +85,28 @@ def local_head(
         stop_processes(str(temp_dir))
 
 
+@contextlib.contextmanager
+def worker_node(
+    temp_dir: Path, env: dict[str, str], address: str, num_cpus: int = 1, worker_ports: tuple[int, int] = (25000, 29999)
+) -> Iterator[None]:
+    """A second node joining the head at ``address``, on loopback with its own ports and temp dir."""
+    command = [RAY, "start", "--address", address, "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+    command += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir)]
+    for flag in PORT_FLAGS:
+        if flag != "--ray-client-server-port":  # a head's only
+            command += [flag, str(free_port())]
+    command += ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1])]
+    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
+        yield
+    finally:
+        stop_processes(str(temp_dir))
+
+
 def stop_processes(temp_dir: str) -> None:
     """SIGTERM, then SIGKILL after 15 s, every process of the head started in ``temp_dir``."""
-    procs = _head_processes(temp_dir)
+    procs = node_processes(temp_dir)
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)

@@ -21,31 +21,15 @@ from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, tone, write_audio
-from tests.conftest import free_port
 from tests.output_helpers import Store, assert_no_leftovers, committed_rows
-from tests.test_job_submit import RAY, _head_processes
+from tests.ray_head import RAY, local_head, node_processes, worker_node
 
 JOB = dict(num_versions=2, duration=1.0, sample_rate=16000, n_mels=32, n_fft=512, hop_length=256, inputs_per_block=1)
 
 
-def start_node(temp_dir: Path, env: dict, *args: str) -> None:
-    ports = [
-        ("--dashboard-agent-listen-port", free_port()),
-        ("--dashboard-agent-grpc-port", free_port()),
-        ("--runtime-env-agent-port", free_port()),
-        ("--metrics-export-port", free_port()),
-        ("--node-manager-port", free_port()),
-        ("--object-manager-port", free_port()),
-    ]
-    command = [RAY, "start", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir)]
-    command += [str(part) for pair in ports for part in pair] + list(args)
-    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stderr[-3000:]
-
-
 def node_tree(temp_dir: Path) -> list[psutil.Process]:
     """A node's processes (their command lines name its temp dir) and everything they started."""
-    procs = _head_processes(str(temp_dir))
+    procs = node_processes(str(temp_dir))
     for proc in list(procs):
         try:
             procs.extend(proc.children(recursive=True))
@@ -74,40 +58,22 @@ def kill(procs: list[psutil.Process]) -> None:
 def two_nodes(tmp_path_factory):
     head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
-    port = free_port()
+    head = local_head(head_dir, env, num_cpus=2, dashboard=False, worker_ports=(20000, 24999))
     try:
-        start_node(
-            head_dir,
-            env,
-            "--head",
-            "--num-cpus=2",
-            f"--port={port}",
-            "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}",
-            "--min-worker-port=20000",
-            "--max-worker-port=24999",
-        )
-        start_node(
-            node_dir,
-            env,
-            f"--address=127.0.0.1:{port}",
-            "--num-cpus=1",
-            "--min-worker-port=25000",
-            "--max-worker-port=29999",
-        )
-        # The job plans its pool from the CPUs the cluster has when it starts: wait for the node's.
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            status = subprocess.run(
-                [RAY, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=60
-            )
-            if "/3.0 CPU" in status.stdout:
-                break
-            time.sleep(1)
-        assert "/3.0 CPU" in status.stdout, status.stdout + status.stderr
-        yield f"127.0.0.1:{port}", env, node_dir
+        with head as started, worker_node(node_dir, env, started.address, num_cpus=1):
+            # The job plans its pool from the CPUs the cluster has when it starts: wait for the node's.
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                status = subprocess.run(
+                    [RAY, "status", f"--address={started.address}"], env=env, capture_output=True, text=True, timeout=60
+                )
+                if "/3.0 CPU" in status.stdout:
+                    break
+                time.sleep(1)
+            assert "/3.0 CPU" in status.stdout, status.stdout + status.stderr
+            yield started.address, env, node_dir
     finally:
-        kill(node_tree(node_dir) + node_tree(head_dir))
+        kill(node_tree(node_dir) + node_tree(head_dir))  # workers too, whatever the test left
 
 
 def test_a_node_lost_mid_job_is_retried_within_the_run(two_nodes, tmp_path, ray_local):
