@@ -101,7 +101,7 @@ def test_help_lists_every_key_with_its_type_default_and_description(capsys):
     assert "  num_versions  (int; default 5)\n      Versions (independent crops) per clip." in out
     assert "  input  (str or list of str; required)" in out
     assert "  waveform_pool.gain.min_db  (float; default -6.0)" in out
-    assert '  compression  (none|snappy|zstd|lz4|gzip; default "zstd")' in out
+    assert '  compression  (none|snappy|zstd|lz4|gzip; default "lz4")' in out
     assert "packaged example configs (--config NAME):\n  augment " in out
     assert "--print-config" in out and "--schema" in out and "--verbose" in out
 

@@ -2,9 +2,9 @@
 
 Outputs are written by the project's own ShardSink and committed as a job
 commits them (bench.readers.write_output); tensors in both representations
-the writer may use: the canonical ``fixed_shape_tensor`` and nested
-fixed-size lists (what Hugging Face datasets, polars and DuckDB read with
-their shape).
+an output may hold: nested fixed-size lists (what the sink writes, and what
+Hugging Face datasets, polars and DuckDB read with their shape) and
+``arrow.fixed_shape_tensor`` (outputs written before, format 1).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 import ray_pipelines.engine.sink as sink_module
 from bench.readers import write_output
-from ray_pipelines.engine.arrow import column_to_numpy
+from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
 from ray_pipelines.readers.epoch import EpochChanged
@@ -32,30 +32,27 @@ ROWS = 60  # generic output: 60 rows in 6 files
 CLIPS, VERSIONS = 12, 3  # contrastive output: 12 clips x 3 versions in 4 files
 
 
-def nested_lists(table: pa.Table) -> pa.Table:
-    """The table with every fixed_shape_tensor column as nested fixed-size lists of the same shape."""
+def fixed_shape_tensors(table: pa.Table) -> pa.Table:
+    """The table with every tensor column as ``arrow.fixed_shape_tensor`` (what outputs of format 1 hold)."""
     columns = {}
     for field, column in zip(table.schema, table.columns):
-        if isinstance(field.type, pa.FixedShapeTensorType):
-            values = column_to_numpy(column)
-            nested = pa.array(values.ravel())
-            for size in reversed(values.shape[1:]):
-                nested = pa.FixedSizeListArray.from_arrays(nested, size)
-            column = nested
+        if tensor_shape(field.type) is not None:
+            column = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(column_to_numpy(column)))
         columns[field.name] = column
     return pa.table(columns).replace_schema_metadata(table.schema.metadata)
 
 
-class NestedListSink(ShardSink):
+class FixedShapeTensorSink(ShardSink):
     def make_table(self, rows):
-        return nested_lists(super().make_table(rows))
+        return fixed_shape_tensors(super().make_table(rows))
 
 
 def write(output: Path, job: str, rows: dict, *, nested: bool, one_row_groups: bool, **kwargs) -> Path:
-    """Commit ``rows`` in one of the layouts: tensors nested or canonical; a row group per row, or per file."""
+    """Commit ``rows`` in one of the layouts: tensors as nested fixed-size lists (what the sink writes) or as
+    ``fixed_shape_tensor`` (earlier outputs); a row group per row, or per file."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sink_module, "TARGET_ROW_GROUP_BYTES", 1 if one_row_groups else 1 << 30)
-        write_output(output, job, rows, sink_class=NestedListSink if nested else None, **kwargs)
+        write_output(output, job, rows, sink_class=None if nested else FixedShapeTensorSink, **kwargs)
     return output
 
 

@@ -43,7 +43,7 @@ SETTINGS = {
         ScoreJob,
         ScoreConfig,
         {"duration": 0.5, "n_mels": 16, "n_fft": 512, "hop_length": 256, "batch_size": 4}
-        | {"model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2}},
+        | {"scorers": ["reconstruction"], "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2}},
     ),
 }
 KEY_AND_INDEX = {"teacher": ("key", "window"), "features": ("path", "snippet"), "score": ("key", "item")}

@@ -316,6 +316,12 @@ class ControlledStage:
         return self.stage(batch)
 
 
+def controlled(stage_cls: type) -> type:
+    """:class:`ControlledStage` under the stage's own name: Ray Data names an operator after its
+    class, so the plan, the progress and the dashboard say ``MapBatches(AugmentStage)``."""
+    return type(stage_cls.__name__, (ControlledStage,), {"__doc__": ControlledStage.__doc__})
+
+
 class DecodeThenStage:
     """An actor stage with the decoder in front: input rows in, stage output out.
 
@@ -411,7 +417,7 @@ def _execute(
             batch_size = None if decodes else (stage.batch_size or cfg.batch_size)
             cls, kwargs = stage.cls, stage.kwargs
             if not decodes:  # under the run's control, as DecodeThenStage is
-                cls, kwargs = ControlledStage, {"stage_cls": cls, "stage_kwargs": kwargs, "control": control}
+                cls, kwargs = controlled(cls), {"stage_cls": cls, "stage_kwargs": kwargs, "control": control}
             ds = ds.map_batches(
                 cls,
                 fn_constructor_kwargs=kwargs,
