@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +28,22 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def short_tmp():
+    """Makes temp dirs directly under the system's temp dir, removed at the end of the session: Ray's unix
+    socket paths under a head's temp dir must stay within 107 bytes, which pytest's own temp paths
+    (longer under pytest-xdist: ``.../popen-gw0/...``) do not leave room for."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix=f"rp-{name}-")))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

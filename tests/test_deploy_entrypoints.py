@@ -119,7 +119,7 @@ def output_of(entrypoint: str) -> str:
     return load_config(model, config, deploy.option_values(argv, "--set")).output.removeprefix("s3://")
 
 
-def test_every_rayjob_and_raycronjob_entrypoint_completes_as_written(tmp_path, tmp_path_factory, bucket, s3_endpoint):
+def test_every_rayjob_and_raycronjob_entrypoint_completes_as_written(tmp_path, short_tmp, bucket, s3_endpoint):
     site = install_like_the_image(tmp_path)
     mounts = mount_configmaps(tmp_path / "pod")
     home = tmp_path / "home"  # the image's WORKDIR: nothing from the repository in it
@@ -148,8 +148,7 @@ def test_every_rayjob_and_raycronjob_entrypoint_completes_as_written(tmp_path, t
     # Distinct outputs, so that each run has the inputs to process (a shared one would skip them).
     assert len({output_of(entrypoint) for entrypoint in jobs.values()}) == len(jobs)
 
-    # A short temp dir: Ray's socket paths under it must stay within 107 bytes.
-    with local_head(tmp_path_factory.mktemp("ray"), head_env, cwd=home) as head:
+    with local_head(short_tmp("ray"), head_env, cwd=home) as head:
         address = head.dashboard
         for name, entrypoint in jobs.items():
             submission_id = f"{name}-{secrets.token_hex(3)}"

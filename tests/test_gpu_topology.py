@@ -250,10 +250,10 @@ def inputs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gpu_runs(inputs, tmp_path_factory) -> tuple[dict, Path]:
+def gpu_runs(inputs, tmp_path_factory, short_tmp) -> tuple[dict, Path]:
     """Start a head with 2 CPUs and one fake GPU, run the five jobs from one driver, stop the head."""
     root = tmp_path_factory.mktemp("gpu-topology")
-    temp_dir = tmp_path_factory.mktemp("rayhead-gpu")
+    temp_dir = short_tmp("rayhead-gpu")
     # Workers (of the head and of the driver) import this checkout's ray_pipelines and tests.
     # Ray 2.60 clusters require a token (~/.ray/auth_token, made by the first `ray start`).
     env = {

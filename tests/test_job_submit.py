@@ -14,14 +14,14 @@ from tests.ray_head import RAY, local_head, submit_when_ready
 
 
 @pytest.fixture
-def ray_head(tmp_path_factory):
+def ray_head(short_tmp):
     # As after `source .venv/bin/activate`: the job's `python` is the project's.
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    with local_head(tmp_path_factory.mktemp("rayhead"), env) as head:
+    with local_head(short_tmp("rayhead"), env) as head:
         yield head.dashboard, env
 
 

@@ -55,8 +55,8 @@ def kill(procs: list[psutil.Process]) -> None:
 
 
 @pytest.fixture
-def two_nodes(tmp_path_factory):
-    head_dir, node_dir = tmp_path_factory.mktemp("head"), tmp_path_factory.mktemp("node")
+def two_nodes(short_tmp):
+    head_dir, node_dir = short_tmp("head"), short_tmp("node")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
     head = local_head(head_dir, env, num_cpus=2, dashboard=False, worker_ports=(20000, 24999))
     try:
