@@ -27,6 +27,8 @@ import posixpath
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,7 @@ import torch
 from ..encoders.sat_sink import FILELIST
 from ..seeding import sample_rng
 from ..storage import Storage, is_local
+from .batches import ColumnSpec, Window, column_specs
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, check_epoch_unchanged, epoch_order, share
 from .parquet import ShardRows, manifest_files
@@ -184,6 +187,49 @@ class EncodedShardRows(ShardRows):
         )
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         self.transform = self._to_item
+
+    def _batch_plan(self, epoch: int):
+        """Latents ``[n, C, L]`` and ``padding_mask`` ``[n, L]`` bool, cropped per item as the items are
+        (the same starts), ``latent_crop_start`` ``[n]``; the other columns batched as they are."""
+        specs = column_specs(self.index.schema, self._batch_names())
+        by_name = {spec.name: spec for spec in specs}
+        if "latents" not in by_name or "padding_mask" not in by_name:
+            raise ValueError("an encode output's Parquet files have latents and padding_mask columns")
+        mask = by_name["padding_mask"]
+        if self.crop.latent_crop_length is None:
+            return [s if s is not mask else replace(mask, dtype=torch.bool) for s in specs], [], [], None
+        length, latents = self.crop.latent_crop_length, by_name["latents"]
+        copied = [s for s in specs if s.name not in ("latents", "padding_mask")]
+        sources = [latents, replace(mask, kind="gather")]
+        custom = [
+            replace(latents, shape=(*latents.shape[:-1], length)),
+            ColumnSpec("padding_mask", "gather", (length,), torch.bool),
+            ColumnSpec("latent_crop_start", "gather", (), torch.int64),
+        ]
+        return copied, sources, custom, partial(self._crop_into, epoch)
+
+    def _crop_into(self, epoch: int, batch: dict[str, Any], window: Window, order: np.ndarray, at: int) -> None:
+        length = self.crop.latent_crop_length
+        latents, masks = batch["latents"].numpy(), batch["padding_mask"].numpy()
+        starts = batch["latent_crop_start"].numpy()
+        keys, numbers = window.arrays.get("key"), window.arrays.get("window")
+        for j, i in enumerate(order.tolist(), start=at):
+            rng = None
+            if self.crop.random_crop:
+                key = keys[i] if keys is not None else ""
+                rng = sample_rng(self.seed, "crop", epoch, key, int(numbers[i]) if numbers is not None else 0)
+            mask = np.asarray(window.arrays["padding_mask"][i], dtype=np.uint8)
+            latents[j], mask, starts[j] = crop_latents(window.row("latents", i), mask, length, rng)
+            masks[j] = mask
+
+    def _finish_batch(self, batch: dict[str, Any]) -> Any:
+        """``(latents [n, C, L], metadata)``: the other columns batched (tensors, strings as lists)."""
+        if self.batch_transform:
+            return self.batch_transform(batch)
+        latents = batch.pop("latents")
+        if self.crop.latent_crop_length is not None:
+            batch["latent_crop_length"] = self.crop.latent_crop_length
+        return latents, batch
 
     def _to_item(self, row: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         metadata = {
