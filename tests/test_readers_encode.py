@@ -119,3 +119,29 @@ def test_batched_parquet_latents_are_the_items_cropped_alike(tokens_output, crop
                     assert metadata["latent_crop_start"][j].item() == md["latent_crop_start"]
             seen += metadata["key"]
         assert sorted(seen) == sorted(expected)
+
+
+@pytest.mark.parametrize("layout", ["sat", "parquet"])
+def test_batched_every_item_once_across_workers_and_ranks_as_the_items(tokens_output, layout):
+    orders = []
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(2):
+            kwargs = dict(shuffle=True, seed=3, rank=rank, world_size=2, latent_crop_length=16)
+            items = open_encoded(str(tokens_output), layout, **kwargs)
+            batched = open_encoded(str(tokens_output), layout, batch_size=5, **kwargs)
+            items.set_epoch(epoch)
+            batched.set_epoch(epoch)
+            expected = {md["key"]: (z, md) for z, md in items}
+            batches = list(DataLoader(batched, batch_size=None, num_workers=2, persistent_workers=True))
+            assert len(batches) == len(batched) == -(-(ITEMS // 2) // 5)
+            for latents, metadata in batches:
+                assert latents.is_shared() and metadata["padding_mask"].is_shared()
+                for j, key in enumerate(metadata["key"]):
+                    z, md = expected[key]
+                    assert torch.equal(latents[j], z) and torch.equal(metadata["padding_mask"][j], md["padding_mask"])
+                    assert int(metadata["latent_crop_start"][j]) == md["latent_crop_start"]
+                seen += metadata["key"]
+        assert sorted(seen) == sorted(token_rows()["key"].tolist())
+        orders.append(seen)
+    assert orders[0] != orders[1]

@@ -33,13 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from ..encoders.sat_sink import FILELIST
 from ..seeding import sample_rng
 from ..storage import Storage, is_local
-from .batches import ColumnSpec, Window, column_specs
+from .batches import ColumnSpec, Window, column_specs, empty_tensor
 from .clients import ProcessFilesystem
-from .epoch import EpochDataset, check_epoch_unchanged, epoch_order, share
+from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, rank_batches, share
 from .parquet import ShardRows, manifest_files
 
 
@@ -79,17 +80,22 @@ class _Cropper:
         self.random_crop = random_crop
         self.seed = seed
 
+    def arrays(
+        self, latents: np.ndarray, mask: np.ndarray, key: str, window: int, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """The item's latents and uint8 mask, cropped (views where possible), and the crop start (None: no crop)."""
+        mask = np.asarray(mask, dtype=np.uint8)
+        if self.latent_crop_length is None:
+            return latents, mask, None
+        rng = sample_rng(self.seed, "crop", epoch, key, int(window)) if self.random_crop else None
+        return crop_latents(latents, mask, self.latent_crop_length, rng)
+
     def __call__(
         self, latents: np.ndarray, metadata: dict[str, Any], epoch: int
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        mask = np.asarray(metadata["padding_mask"], dtype=np.uint8)
-        if self.latent_crop_length is not None:
-            rng = (
-                sample_rng(self.seed, "crop", epoch, metadata.get("key", ""), int(metadata.get("window", 0)))
-                if self.random_crop
-                else None
-            )
-            latents, mask, start = crop_latents(latents, mask, self.latent_crop_length, rng)
+        key, window = metadata.get("key", ""), int(metadata.get("window", 0))
+        latents, mask, start = self.arrays(latents, metadata["padding_mask"], key, window, epoch)
+        if start is not None:
             metadata["latent_crop_start"] = start
             metadata["latent_crop_length"] = self.latent_crop_length
         metadata["padding_mask"] = torch.from_numpy(mask.astype(bool))
@@ -103,7 +109,9 @@ class EncodedLatents(EpochDataset):
     (``shuffle``: in an order drawn from ``(seed, epoch)``), reading ``prefetch``
     items ahead in background threads (concurrent GETs on object stores).
     ``dataset[i]`` reads item ``i`` of ``filelist.txt`` alone, as stable-audio-tools'
-    ``PreEncodedDataset`` does.
+    ``PreEncodedDataset`` does. ``batch_size=B`` (DataLoader ``batch_size=None``)
+    yields ``(latents [B, C, L], metadata)`` batches assembled in the worker (see
+    :meth:`_batches`).
     """
 
     def __init__(
@@ -118,8 +126,13 @@ class EncodedLatents(EpochDataset):
         rank: int | None = None,
         world_size: int | None = None,
         prefetch: int | None = None,
+        batch_size: int | None = None,
+        drop_last: bool = False,
     ):
         super().__init__(seed, shuffle, rank, world_size)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (or None for items), got {batch_size}")
+        self.batch_size, self.drop_last = batch_size, drop_last
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
         if not self.storage.exists(FILELIST):
@@ -130,8 +143,9 @@ class EncodedLatents(EpochDataset):
         self.prefetch = prefetch or (16 if is_local(self.storage.fs) else 64)
 
     def __len__(self) -> int:
-        """Items this rank reads per epoch (all items with one process)."""
-        return self.rank_items(len(self.files))
+        """Items this rank reads per epoch (all items with one process); batches in batched mode."""
+        items = self.rank_items(len(self.files))
+        return rank_batches(items, self.batch_size, self.drop_last) if self.batch_size else items
 
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]
@@ -146,22 +160,65 @@ class EncodedLatents(EpochDataset):
         latents, metadata = self._load(index)
         return self.crop(latents, metadata, self.epoch)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         shard = self.current_shard()
         epoch = self.epoch
-        lo, hi = share(len(self.files), shard.index, shard.count)
+        if self.batch_size:
+            lo, hi = batched_share(len(self.files), shard, self.batch_size, self.drop_last)
+        else:
+            lo, hi = share(len(self.files), shard.index, shard.count)
         mine = epoch_order(len(self.files), self.seed, epoch, self.shuffle)[lo:hi].tolist()
         pool = ThreadPoolExecutor(max_workers=min(self.prefetch, 16), thread_name_prefix="sat-latents")
         try:
-            ahead = deque(pool.submit(self._load, i) for i in mine[: self.prefetch])
-            for i in mine[self.prefetch :] + [None] * len(ahead):
-                latents, metadata = ahead.popleft().result()
-                if i is not None:
-                    ahead.append(pool.submit(self._load, i))
-                yield self.crop(latents, metadata, epoch)
+            loaded = self._read_ahead(pool, mine)
+            if self.batch_size:
+                yield from self._batches(loaded, len(mine), epoch)
+            else:
+                for latents, metadata in loaded:
+                    yield self.crop(latents, metadata, epoch)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         check_epoch_unchanged(self._epoch, epoch)
+
+    def _read_ahead(self, pool: ThreadPoolExecutor, mine: list[int]) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        ahead = deque(pool.submit(self._load, i) for i in mine[: self.prefetch])
+        for i in mine[self.prefetch :] + [None] * len(ahead):
+            loaded = ahead.popleft().result()
+            if i is not None:
+                ahead.append(pool.submit(self._load, i))
+            yield loaded
+
+    def _batches(self, loaded: Iterator, total: int, epoch: int) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        """``(latents [n, C, L], metadata)``: ``padding_mask`` ``[n, L]`` bool and ``latent_crop_start``
+        ``[n]`` tensors, every other field a list; each tensor in shared memory in a DataLoader worker."""
+        shared = get_worker_info() is not None
+        while total > 0:
+            size = min(self.batch_size, total)
+            total -= size
+            latents = masks = starts = None
+            metadata: dict[str, Any] = {}
+            for j in range(size):
+                z, md = next(loaded)
+                z, mask, start = self.crop.arrays(
+                    z, md.pop("padding_mask"), md.get("key", ""), md.get("window", 0), epoch
+                )
+                if latents is None:
+                    latents = empty_tensor((size, *z.shape), torch.from_numpy(z[:0]).dtype, shared)
+                    masks = empty_tensor((size, len(mask)), torch.bool, shared)
+                    starts = empty_tensor((size,), torch.int64, shared)
+                if z.shape != latents.shape[1:]:
+                    raise ValueError(
+                        f"{md.get('latent_filename')}: latents {list(z.shape)} differ from the batch's "
+                        f"{list(latents.shape[1:])}; set latent_crop_length to batch latents of several lengths"
+                    )
+                latents.numpy()[j], masks.numpy()[j], starts.numpy()[j] = z, mask, start or 0
+                for name, value in md.items():
+                    metadata.setdefault(name, []).append(value)
+            metadata["padding_mask"] = masks
+            if self.crop.latent_crop_length is not None:
+                metadata["latent_crop_start"] = starts
+                metadata["latent_crop_length"] = self.crop.latent_crop_length
+            yield latents, metadata
 
 
 class EncodedShardRows(ShardRows):
@@ -209,18 +266,19 @@ class EncodedShardRows(ShardRows):
         return copied, sources, custom, partial(self._crop_into, epoch)
 
     def _crop_into(self, epoch: int, batch: dict[str, Any], window: Window, order: np.ndarray, at: int) -> None:
-        length = self.crop.latent_crop_length
         latents, masks = batch["latents"].numpy(), batch["padding_mask"].numpy()
         starts = batch["latent_crop_start"].numpy()
-        keys, numbers = window.arrays.get("key"), window.arrays.get("window")
+        keys, numbers, source_masks = (
+            window.arrays.get("key"),
+            window.arrays.get("window"),
+            window.arrays["padding_mask"],
+        )
         for j, i in enumerate(order.tolist(), start=at):
-            rng = None
-            if self.crop.random_crop:
-                key = keys[i] if keys is not None else ""
-                rng = sample_rng(self.seed, "crop", epoch, key, int(numbers[i]) if numbers is not None else 0)
-            mask = np.asarray(window.arrays["padding_mask"][i], dtype=np.uint8)
-            latents[j], mask, starts[j] = crop_latents(window.row("latents", i), mask, length, rng)
-            masks[j] = mask
+            key = keys[i] if keys is not None else ""
+            number = numbers[i] if numbers is not None else 0
+            latents[j], masks[j], starts[j] = self.crop.arrays(
+                window.row("latents", i), source_masks[i], key, number, epoch
+            )
 
     def _finish_batch(self, batch: dict[str, Any]) -> Any:
         """``(latents [n, C, L], metadata)``: the other columns batched (tensors, strings as lists)."""
