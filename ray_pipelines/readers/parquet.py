@@ -321,16 +321,22 @@ class ShardRows(EpochDataset):
 
 
 def chunk_row_groups(index: RowGroupIndex, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
-    """``[n_chunks, 2]``: each chunk's first and end position in the index (row groups of one file)."""
+    """``[n_chunks, 2]``: each chunk's first and end position in the index (row groups of one file).
+
+    A chunk takes row groups while they fit in ``chunk_bytes`` (at least one); a loop per
+    chunk, not per row group (a one-row-group-per-row output has thousands per file).
+    """
     bounds: list[tuple[int, int]] = []
-    start, size = 0, 0
-    for i in range(len(index)):
-        if i > start and (index.file[i] != index.file[start] or size + index.decoded_bytes[i] > chunk_bytes):
-            bounds.append((start, i))
-            start, size = i, 0
-        size += int(index.decoded_bytes[i])
-    if len(index):
-        bounds.append((start, len(index)))
+    ends = np.cumsum(index.decoded_bytes)
+    file_ends = np.flatnonzero(np.diff(index.file)) + 1 if len(index) else np.zeros(0, np.int64)
+    for lo, hi in zip([0, *file_ends.tolist()], [*file_ends.tolist(), len(index)]):
+        start = lo
+        while start < hi:
+            before = int(ends[start - 1]) if start else 0
+            stop = int(np.searchsorted(ends[start:hi], before + chunk_bytes, side="right")) + start
+            stop = max(stop, start + 1)
+            bounds.append((start, stop))
+            start = stop
     return np.array(bounds, dtype=np.int64).reshape(-1, 2)
 
 
