@@ -351,3 +351,21 @@ def test_batched_contrastive_views_rotate_versions_with_persistent_workers(views
         assert all(v % 10 == dataset.version_for(v // 10, epoch) for v in values)
         by_epoch.append({v // 10: v % 10 for v in values})
     assert all(len({versions[c] for versions in by_epoch}) == VERSIONS for c in range(CLIPS))
+
+
+def test_batched_dicts_are_the_items_with_their_casts(rows_output, copy_path):
+    def read(**kwargs):
+        dataset = OutputRows(str(rows_output), as_dict=True, dtype=torch.float64, shuffle=True, seed=4, **kwargs)
+        return dataset, DataLoader(dataset, batch_size=None if "batch_size" in kwargs else 1, num_workers=2)
+
+    _, items = read()
+    expected = {row["key"][0]: row for row in items}
+    dataset, batches = read(batch_size=7)
+    got = 0
+    for batch in batches:
+        assert list(batch) == ["key", "index", "x"] and isinstance(batch["key"], list)
+        assert batch["x"].dtype == torch.float64 and batch["index"].dtype == torch.int64  # floats cast, ints kept
+        for j, key in enumerate(batch["key"]):
+            assert torch.equal(batch["x"][j], expected[key]["x"][0]) and batch["index"][j] == expected[key]["index"][0]
+            got += 1
+    assert got == ROWS == len(expected)
