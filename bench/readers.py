@@ -12,7 +12,10 @@ shared machine) of:
    ``np.load`` (+ its ``.json``) per ``.npy`` for encode, as
    stable-audio-tools' ``PreEncodedDataset`` does;
 2. the project's reader (``ContrastiveViews``, ``TeacherCache``,
-   ``EncodedShardRows`` / ``EncodedLatents``, ``FeatureSnippets``), shuffled;
+   ``EncodedShardRows`` / ``EncodedLatents``, ``FeatureSnippets``), shuffled,
+   in item mode (the DataLoader batches with ``default_collate``) and in
+   batched mode (``batch_size=`` on the reader, the DataLoader's ``None``: the
+   worker writes each batch straight into shared memory), the same batch size;
 3. the read limit: pyarrow reading every file sequentially in one thread,
    decompression and conversion to NumPy included, the columns the reader
    yields (rows/s; a row is one item's data), and the raw file bytes per
@@ -352,7 +355,8 @@ def epochs_rate(make: Callable[[], tuple[Any, dict[str, Any]]], epochs: int = EP
     return items / seconds, cpu.seconds / max(1, items) * 1e6
 
 
-def loader_kwargs(batch_size: int, workers: int = WORKERS, **extra) -> dict[str, Any]:
+def loader_kwargs(batch_size: int | None, workers: int = WORKERS, **extra) -> dict[str, Any]:
+    """The DataLoader's arguments (``batch_size=None`` for a reader in batched mode)."""
     kwargs = {"batch_size": batch_size, "num_workers": workers, **extra}
     if workers:
         kwargs["persistent_workers"] = True
@@ -401,6 +405,10 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 ContrastiveViews(where["augment"], "train", seed=0, **so),
                 loader_kwargs(256, w),
             ),
+            "batched": lambda w=WORKERS: (
+                ContrastiveViews(where["augment"], "train", seed=0, batch_size=256, **so),
+                loader_kwargs(None, w),
+            ),
             "baseline": (lambda: (SeedViews(seeds["augment"]), loader_kwargs(256, shuffle=True))) if seeds else None,
             "baseline_name": "one torch.load per .pt sample",
             "files": list_shards(where["augment"], "train", storage_options),
@@ -414,6 +422,10 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 TeacherCache(where["teacher"], "train", shuffle=True, **so),
                 loader_kwargs(64, w),
             ),
+            "batched": lambda w=WORKERS: (
+                TeacherCache(where["teacher"], "train", shuffle=True, batch_size=64, **so),
+                loader_kwargs(None, w),
+            ),
             "baseline": (lambda: (seed_teacher(seeds["teacher"]), loader_kwargs(64, shuffle=True))) if seeds else None,
             "baseline_name": "one big .pt loaded whole",
             "files": list_shards(where["teacher"], "train", storage_options),
@@ -426,6 +438,10 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "reader": lambda w=WORKERS: (
                 EncodedShardRows(where["encode"], shuffle=True, latent_crop_length=256, **so),
                 loader_kwargs(64, w, collate_fn=collate_latents),
+            ),
+            "batched": lambda w=WORKERS: (
+                EncodedShardRows(where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, **so),
+                loader_kwargs(None, w),
             ),
             "baseline": (
                 (
@@ -449,6 +465,10 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 EncodedLatents(where["encode"], shuffle=True, latent_crop_length=256, **so),
                 loader_kwargs(64, w, collate_fn=collate_latents),
             ),
+            "batched": lambda w=WORKERS: (
+                EncodedLatents(where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, **so),
+                loader_kwargs(None, w),
+            ),
             "baseline": (
                 (
                     lambda: (
@@ -471,6 +491,10 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 FeatureSnippets(where["features"], "train", shuffle=True, **so),
                 loader_kwargs(32, w),
             ),
+            "batched": lambda w=WORKERS: (
+                FeatureSnippets(where["features"], "train", shuffle=True, batch_size=32, **so),
+                loader_kwargs(None, w),
+            ),
             "baseline": None,
             "baseline_name": "",
             "files": list_shards(where["features"], "train", storage_options),
@@ -492,46 +516,55 @@ def local_table(outputs, seeds, runs: int) -> str:
     rows = []
     for case in job_cases(outputs, seeds):
         print(f"  {case['job']}...", flush=True)
-        baseline, reader = [], []
-        for _ in range(runs):  # alternate, so both see the same machine
+        baseline, reader, batched = [], [], []
+        for _ in range(runs):  # alternate, so all see the same machine
             if case["baseline"]:
                 baseline.append(epochs_rate(case["baseline"]))
             reader.append(epochs_rate(case["reader"]))
-        in_process, in_process_cpu = epochs_rate(lambda case=case: case["reader"](0))
+            batched.append(epochs_rate(case["batched"]))
+        in_process, _ = epochs_rate(lambda case=case: case["reader"](0))
+        in_process_batched, _ = epochs_rate(lambda case=case: case["batched"](0))
         limit, raw = sequential_limit(case["files"], case["columns"]) if case["files"] else (None, None)
         b, b_cpu = (statistics.median(x) for x in zip(*baseline)) if baseline else (None, None)
         r, r_cpu = (statistics.median(x) for x in zip(*reader))
+        c, c_cpu = (statistics.median(x) for x in zip(*batched))
         rows.append(
             [
                 case["job"],
-                case["items"],
-                case["baseline_name"] or "-",
+                str(case["batch"]),
                 fmt(b),
                 fmt(r),
+                fmt(c),
                 ratio(r, b),
+                ratio(c, b),
                 fmt(b_cpu),
                 fmt(r_cpu),
+                fmt(c_cpu),
                 fmt(limit),
                 ratio(r, limit) if limit else "-",
+                ratio(c, limit) if limit else "-",
                 fmt(raw / 1e6 if raw else None),
                 fmt(in_process),
-                fmt(in_process_cpu),
+                fmt(in_process_batched),
             ]
         )
     header = [
         "output (reader)",
-        "item",
-        "seed-style baseline",
+        "batch",
         "baseline items/s",
-        "reader items/s",
-        "reader / baseline",
+        "item mode items/s",
+        "batched items/s",
+        "item / baseline",
+        "batched / baseline",
         "baseline CPU us/item",
-        "reader CPU us/item",
+        "item CPU us/item",
+        "batched CPU us/item",
         "pyarrow sequential rows/s (the reader's columns)",
-        "reader / sequential",
+        "item / sequential",
+        "batched / sequential",
         "raw file MB/s",
-        "reader in-process (num_workers=0) items/s",
-        "in-process CPU us/item",
+        "item mode in-process (num_workers=0) items/s",
+        "batched in-process items/s",
     ]
     return table(rows, header)
 
@@ -581,19 +614,32 @@ def s3_table(outputs) -> str:
         for case in job_cases(outputs, {}, options, url=lambda name: f"s3://bench/{name}"):
             print(f"  S3: {case['job']}...", flush=True)
             rate, _ = epochs_rate(case["reader"])
+            batched, _ = epochs_rate(case["batched"])
             limit, raw = (
                 sequential_limit([f.split("://", 1)[1] for f in case["files"]], case["columns"], fs.open)
                 if case["files"]
                 else (None, None)
             )
-            rows.append([case["job"], fmt(rate), fmt(limit), ratio(rate, limit), fmt(raw / 1e6 if raw else None)])
+            rows.append(
+                [
+                    case["job"],
+                    fmt(rate),
+                    fmt(batched),
+                    fmt(limit),
+                    ratio(rate, limit),
+                    ratio(batched, limit),
+                    fmt(raw / 1e6 if raw else None),
+                ]
+            )
         return table(
             rows,
             [
                 "output (reader), s3:// on moto",
-                "reader items/s",
+                "item mode items/s",
+                "batched items/s",
                 "pyarrow sequential rows/s (s3fs)",
-                "reader / sequential",
+                "item / sequential",
+                "batched / sequential",
                 "raw MB/s (s3fs)",
             ],
         )
@@ -720,6 +766,7 @@ def writer_table(work: Path, outputs: dict[str, Path]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small outputs, one run each: a smoke test")
+    parser.add_argument("--runs", type=int, help="alternating runs per reader (default 3, 1 with --quick)")
     parser.add_argument("--work", default="/tmp/bench-readers", help="outputs are written (once) and kept here")
     parser.add_argument(
         "--tables", default="local,s3", help="comma-separated: local (readers vs baselines), s3, writer (defaults)"
@@ -727,6 +774,7 @@ def main() -> None:
     args = parser.parse_args()
 
     clips, teacher, encode, runs = (200, 300, 300, 1) if args.quick else (1500, 2000, 3000, 3)
+    runs = args.runs or runs
     work = Path(args.work) / ("quick" if args.quick else "full")
     torch.set_num_threads(1)
     started = time.time()

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import ray_pipelines.engine.sink as sink_module
+import ray_pipelines.readers.batches as batches_module
 from bench.readers import write_output
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
@@ -263,3 +264,108 @@ def test_torch_distributed_ranks_split_the_epoch(tmp_path):
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(len(r["ids"]) == r["len"] == ROWS // 2 for r in results)
     assert Counter(results[0]["ids"] + results[1]["ids"]) == Counter(range(ROWS))
+
+
+# ---- batched mode: whole batches assembled in the reader (DataLoader batch_size=None) -------------------
+
+
+@pytest.fixture(params=["gathered", "views"])
+def copy_path(request, monkeypatch) -> str:
+    """Run a test with the tensor columns gathered per piece, and with rows copied from the decoded buffers."""
+    monkeypatch.setattr(batches_module, "VIEW_BYTES", 1 << 30 if request.param == "gathered" else 1)
+    return request.param
+
+
+def batched_ids(loader) -> list[int]:
+    return [int(v) for (x,) in loader for v in x[:, 0]]
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_batched_every_row_once_per_epoch_across_workers_and_ranks(rows_output, copy_path, world_size):
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(world_size):
+            dataset = OutputRows(
+                str(rows_output), fields=("x",), shuffle=True, seed=7, rank=rank, world_size=world_size,
+                shuffle_buffer=4, batch_size=4,
+            )  # fmt: skip
+            dataset.set_epoch(epoch)
+            batches = list(DataLoader(dataset, batch_size=None, num_workers=2))
+            assert len(batches) == len(dataset) == -(-(ROWS // world_size) // 4)
+            sizes = [len(x) for (x,) in batches]
+            # only the rank's last batch may be short (the workers split whole batches)
+            assert sorted(sizes, reverse=True) == [4] * (len(sizes) - 1) + [ROWS // world_size - 4 * (len(sizes) - 1)]
+            for (x,) in batches:
+                assert x.is_shared() and x.dtype == torch.float32 and x.shape[1:] == (4,)
+                assert torch.equal(x, x[:, :1].expand(-1, 4))  # whole rows: x = [id, id, id, id]
+            seen += batched_ids(batches)
+        assert sorted(seen) == list(range(ROWS))
+
+
+def test_batched_drop_last_and_in_process_batches(rows_output):
+    dataset = OutputRows(str(rows_output), fields=("x",), shuffle=True, seed=2, batch_size=8, drop_last=True)
+    batches = list(DataLoader(dataset, batch_size=None, num_workers=2))
+    assert len(batches) == len(dataset) == ROWS // 8 and all(len(x) == 8 for (x,) in batches)
+    assert len(set(batched_ids(batches))) == 8 * (ROWS // 8)
+    in_process = list(OutputRows(str(rows_output), fields=("x",), batch_size=8))  # no worker: private memory
+    assert not in_process[0][0].is_shared() and len(in_process) == -(-ROWS // 8)
+
+
+def test_batched_order_changes_with_epoch_repeats_for_a_seed_and_mixes_files(rows_output, copy_path):
+    def order(seed, epoch, workers=2):
+        dataset = OutputRows(str(rows_output), fields=("x",), shuffle=True, seed=seed, shuffle_buffer=4, batch_size=8)
+        dataset.set_epoch(epoch)
+        return batched_ids(DataLoader(dataset, batch_size=None, num_workers=workers))
+
+    first = order(seed=1, epoch=0)
+    assert sorted(first) == list(range(ROWS))
+    assert first == order(seed=1, epoch=0)
+    assert first != order(seed=1, epoch=1) and first != order(seed=2, epoch=0)
+    assert len({i // 10 for i in order(seed=3, epoch=0, workers=0)[:8]}) >= 3  # a file holds 10 consecutive ids
+
+
+def test_batched_values_are_the_items(views_output, copy_path):
+    items = ContrastiveViews(str(views_output), "train", seed=5)
+    batched = ContrastiveViews(str(views_output), "train", seed=5, batch_size=5)
+    for epoch in (0, 1):
+        items.set_epoch(epoch)
+        batched.set_epoch(epoch)
+        expected = {int(v1[0, 0, 0]): (v1, v2) for v1, v2 in items}
+        got = {}
+        for view1, view2 in DataLoader(batched, batch_size=None, num_workers=2):
+            assert view1.shape[1:] == (1, 32, 24) and view1.dtype == view2.dtype == torch.float32
+            assert view1.is_shared() and view2.is_shared()
+            got.update({int(a[0, 0, 0]): (a, b) for a, b in zip(view1, view2)})
+        assert got.keys() == expected.keys() and len(got) == CLIPS  # the epoch's versions, each clip once
+        assert all(torch.equal(got[k][0], expected[k][0]) and torch.equal(got[k][1], expected[k][1]) for k in got)
+
+
+def test_batched_contrastive_views_rotate_versions_with_persistent_workers(views_output, copy_path):
+    dataset = ContrastiveViews(str(views_output), "train", seed=5, batch_size=4)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    by_epoch = []
+    for epoch in range(VERSIONS):
+        dataset.set_epoch(epoch)
+        values = [int(v[0, 0, 0]) for view1, _ in loader for v in view1]
+        assert sorted(v // 10 for v in values) == list(range(CLIPS))
+        assert all(v % 10 == dataset.version_for(v // 10, epoch) for v in values)
+        by_epoch.append({v // 10: v % 10 for v in values})
+    assert all(len({versions[c] for versions in by_epoch}) == VERSIONS for c in range(CLIPS))
+
+
+def test_batched_dicts_are_the_items_with_their_casts(rows_output, copy_path):
+    def read(**kwargs):
+        dataset = OutputRows(str(rows_output), as_dict=True, dtype=torch.float64, shuffle=True, seed=4, **kwargs)
+        return dataset, DataLoader(dataset, batch_size=None if "batch_size" in kwargs else 1, num_workers=2)
+
+    _, items = read()
+    expected = {row["key"][0]: row for row in items}
+    dataset, batches = read(batch_size=7)
+    got = 0
+    for batch in batches:
+        assert list(batch) == ["key", "index", "x"] and isinstance(batch["key"], list)
+        assert batch["x"].dtype == torch.float64 and batch["index"].dtype == torch.int64  # floats cast, ints kept
+        for j, key in enumerate(batch["key"]):
+            assert torch.equal(batch["x"][j], expected[key]["x"][0]) and batch["index"][j] == expected[key]["index"][0]
+            got += 1
+    assert got == ROWS == len(expected)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import ray_pipelines.readers.batches as batches_module
 from bench.readers import encode_rows, write_encode
 from ray_pipelines.readers.encode import (
     EncodedLatents,
@@ -89,3 +90,58 @@ def test_a_mask_that_does_not_match_the_last_axis_is_refused():
     tokens = np.zeros((N, Q), dtype=np.int16)  # frames first: the layout tokens must not have
     with pytest.raises(ValueError, match=r"padding_mask has 40 entries but the latents' last axis has 2 frames"):
         crop_latents(tokens, np.ones(N, dtype=np.uint8), 16)
+
+
+@pytest.mark.parametrize("view_bytes", [1, 1 << 30], ids=["views", "gathered"])
+@pytest.mark.parametrize("crop", [16, None])
+def test_batched_parquet_latents_are_the_items_cropped_alike(tokens_output, crop, view_bytes, monkeypatch):
+    monkeypatch.setattr(batches_module, "VIEW_BYTES", view_bytes)
+    items = EncodedShardRows(str(tokens_output), latent_crop_length=crop, shuffle=True, seed=2)
+    batched = EncodedShardRows(str(tokens_output), latent_crop_length=crop, shuffle=True, seed=2, batch_size=5)
+    assert len(batched) == -(-ITEMS // 5)
+    for epoch in (0, 1):
+        items.set_epoch(epoch)
+        batched.set_epoch(epoch)
+        expected = {md["key"]: (z, md) for z, md in items}
+        seen = []
+        for latents, metadata in DataLoader(batched, batch_size=None, num_workers=2):
+            assert latents.is_shared() and latents.dtype == torch.int16 and latents.shape[1:] == (Q, crop or N)
+            assert metadata["padding_mask"].dtype == torch.bool and metadata["padding_mask"].shape == (
+                len(latents),
+                crop or N,
+            )
+            assert len(metadata["key"]) == len(latents) and metadata["window"].shape == (len(latents),)
+            for j, key in enumerate(metadata["key"]):
+                z, md = expected[key]
+                assert torch.equal(latents[j], z) and torch.equal(metadata["padding_mask"][j], md["padding_mask"])
+                assert metadata["seconds_total"][j].item() == md["seconds_total"]
+                if crop:
+                    assert metadata["latent_crop_start"][j].item() == md["latent_crop_start"]
+            seen += metadata["key"]
+        assert sorted(seen) == sorted(expected)
+
+
+@pytest.mark.parametrize("layout", ["sat", "parquet"])
+def test_batched_every_item_once_across_workers_and_ranks_as_the_items(tokens_output, layout):
+    orders = []
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(2):
+            kwargs = dict(shuffle=True, seed=3, rank=rank, world_size=2, latent_crop_length=16)
+            items = open_encoded(str(tokens_output), layout, **kwargs)
+            batched = open_encoded(str(tokens_output), layout, batch_size=5, **kwargs)
+            items.set_epoch(epoch)
+            batched.set_epoch(epoch)
+            expected = {md["key"]: (z, md) for z, md in items}
+            batches = list(DataLoader(batched, batch_size=None, num_workers=2, persistent_workers=True))
+            assert len(batches) == len(batched) == -(-(ITEMS // 2) // 5)
+            for latents, metadata in batches:
+                assert latents.is_shared() and metadata["padding_mask"].is_shared()
+                for j, key in enumerate(metadata["key"]):
+                    z, md = expected[key]
+                    assert torch.equal(latents[j], z) and torch.equal(metadata["padding_mask"][j], md["padding_mask"])
+                    assert int(metadata["latent_crop_start"][j]) == md["latent_crop_start"]
+                seen += metadata["key"]
+        assert sorted(seen) == sorted(token_rows()["key"].tolist())
+        orders.append(seen)
+    assert orders[0] != orders[1]

@@ -65,3 +65,22 @@ def test_sat_layout_from_s3_with_workers(s3_bucket, tmp_path):
             assert md["key"] not in got and md["latent_filename"].startswith("s3://")
             got[md["key"]] = z
     assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)
+
+
+def test_batched_rows_from_s3_with_persistent_workers(s3_bucket):
+    bucket, options, _ = s3_bucket
+    url = f"s3://{bucket}/batched"
+    write(url, "rows", generic_rows(), nested=True, one_row_groups=True, index_column="index",
+          output_columns=["key", "index", "x"], rows_per_block=10, storage_options=options)  # fmt: skip
+    dataset = OutputRows(
+        url, fields=("x",), shuffle=True, seed=1, shuffle_buffer=8, storage_options=options, batch_size=8
+    )
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    orders = []
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(dataset) and all(x.is_shared() for (x,) in batches)
+        orders.append([int(v) for (x,) in batches for v in x[:, 0]])
+        assert sorted(orders[-1]) == list(range(ROWS))
+    assert orders[0] != orders[1]

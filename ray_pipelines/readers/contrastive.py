@@ -33,6 +33,10 @@ class ContrastiveViews(ShardRows):
     The index of (clip, version) -> row comes from the row groups' statistics
     (one row each), or from the ``key`` and ``version`` columns. ``dataset[i]``
     reads clip ``i`` (sorted keys) alone, for a look at single items.
+
+    ``batch_size=B`` (DataLoader ``batch_size=None``) yields ``(view1, view2)`` batches
+    ``[B, *view shape]``, assembled in the worker straight into shared memory
+    (:class:`~.parquet.ShardRows`).
     """
 
     def __init__(
@@ -56,6 +60,13 @@ class ContrastiveViews(ShardRows):
             sizes=[int(f["bytes"]) for f in records],
             **kwargs,
         )
+
+    def _batch_float_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def _finish_batch(self, batch: dict[str, Any]) -> Any:
+        """``(view1, view2)``, each ``[n, *view shape]`` float32 (batched mode)."""
+        return self.batch_transform(batch) if self.batch_transform else (batch["view1"], batch["view2"])
 
     def _after_index(self, footers: list[pq.FileMetaData]) -> None:
         keys, versions = self._keys_and_versions(footers)

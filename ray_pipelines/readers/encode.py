@@ -27,16 +27,20 @@ import posixpath
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from ..encoders.sat_sink import FILELIST
 from ..seeding import sample_rng
 from ..storage import Storage, is_local
+from .batches import ColumnSpec, Window, column_specs, empty_tensor
 from .clients import ProcessFilesystem
-from .epoch import EpochDataset, check_epoch_unchanged, epoch_order, share
+from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, rank_batches, share
 from .parquet import ShardRows, manifest_files
 
 
@@ -76,17 +80,22 @@ class _Cropper:
         self.random_crop = random_crop
         self.seed = seed
 
+    def arrays(
+        self, latents: np.ndarray, mask: np.ndarray, key: str, window: int, epoch: int
+    ) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """The item's latents and uint8 mask, cropped (views where possible), and the crop start (None: no crop)."""
+        mask = np.asarray(mask, dtype=np.uint8)
+        if self.latent_crop_length is None:
+            return latents, mask, None
+        rng = sample_rng(self.seed, "crop", epoch, key, int(window)) if self.random_crop else None
+        return crop_latents(latents, mask, self.latent_crop_length, rng)
+
     def __call__(
         self, latents: np.ndarray, metadata: dict[str, Any], epoch: int
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        mask = np.asarray(metadata["padding_mask"], dtype=np.uint8)
-        if self.latent_crop_length is not None:
-            rng = (
-                sample_rng(self.seed, "crop", epoch, metadata.get("key", ""), int(metadata.get("window", 0)))
-                if self.random_crop
-                else None
-            )
-            latents, mask, start = crop_latents(latents, mask, self.latent_crop_length, rng)
+        key, window = metadata.get("key", ""), int(metadata.get("window", 0))
+        latents, mask, start = self.arrays(latents, metadata["padding_mask"], key, window, epoch)
+        if start is not None:
             metadata["latent_crop_start"] = start
             metadata["latent_crop_length"] = self.latent_crop_length
         metadata["padding_mask"] = torch.from_numpy(mask.astype(bool))
@@ -100,7 +109,9 @@ class EncodedLatents(EpochDataset):
     (``shuffle``: in an order drawn from ``(seed, epoch)``), reading ``prefetch``
     items ahead in background threads (concurrent GETs on object stores).
     ``dataset[i]`` reads item ``i`` of ``filelist.txt`` alone, as stable-audio-tools'
-    ``PreEncodedDataset`` does.
+    ``PreEncodedDataset`` does. ``batch_size=B`` (DataLoader ``batch_size=None``)
+    yields ``(latents [B, C, L], metadata)`` batches assembled in the worker (see
+    :meth:`_batches`).
     """
 
     def __init__(
@@ -115,8 +126,13 @@ class EncodedLatents(EpochDataset):
         rank: int | None = None,
         world_size: int | None = None,
         prefetch: int | None = None,
+        batch_size: int | None = None,
+        drop_last: bool = False,
     ):
         super().__init__(seed, shuffle, rank, world_size)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (or None for items), got {batch_size}")
+        self.batch_size, self.drop_last = batch_size, drop_last
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
         if not self.storage.exists(FILELIST):
@@ -127,8 +143,9 @@ class EncodedLatents(EpochDataset):
         self.prefetch = prefetch or (16 if is_local(self.storage.fs) else 64)
 
     def __len__(self) -> int:
-        """Items this rank reads per epoch (all items with one process)."""
-        return self.rank_items(len(self.files))
+        """Items this rank reads per epoch (all items with one process); batches in batched mode."""
+        items = self.rank_items(len(self.files))
+        return rank_batches(items, self.batch_size, self.drop_last) if self.batch_size else items
 
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]
@@ -143,22 +160,65 @@ class EncodedLatents(EpochDataset):
         latents, metadata = self._load(index)
         return self.crop(latents, metadata, self.epoch)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         shard = self.current_shard()
         epoch = self.epoch
-        lo, hi = share(len(self.files), shard.index, shard.count)
+        if self.batch_size:
+            lo, hi = batched_share(len(self.files), shard, self.batch_size, self.drop_last)
+        else:
+            lo, hi = share(len(self.files), shard.index, shard.count)
         mine = epoch_order(len(self.files), self.seed, epoch, self.shuffle)[lo:hi].tolist()
         pool = ThreadPoolExecutor(max_workers=min(self.prefetch, 16), thread_name_prefix="sat-latents")
         try:
-            ahead = deque(pool.submit(self._load, i) for i in mine[: self.prefetch])
-            for i in mine[self.prefetch :] + [None] * len(ahead):
-                latents, metadata = ahead.popleft().result()
-                if i is not None:
-                    ahead.append(pool.submit(self._load, i))
-                yield self.crop(latents, metadata, epoch)
+            loaded = self._read_ahead(pool, mine)
+            if self.batch_size:
+                yield from self._batches(loaded, len(mine), epoch)
+            else:
+                for latents, metadata in loaded:
+                    yield self.crop(latents, metadata, epoch)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         check_epoch_unchanged(self._epoch, epoch)
+
+    def _read_ahead(self, pool: ThreadPoolExecutor, mine: list[int]) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        ahead = deque(pool.submit(self._load, i) for i in mine[: self.prefetch])
+        for i in mine[self.prefetch :] + [None] * len(ahead):
+            loaded = ahead.popleft().result()
+            if i is not None:
+                ahead.append(pool.submit(self._load, i))
+            yield loaded
+
+    def _batches(self, loaded: Iterator, total: int, epoch: int) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        """``(latents [n, C, L], metadata)``: ``padding_mask`` ``[n, L]`` bool and ``latent_crop_start``
+        ``[n]`` tensors, every other field a list; each tensor in shared memory in a DataLoader worker."""
+        shared = get_worker_info() is not None
+        while total > 0:
+            size = min(self.batch_size, total)
+            total -= size
+            latents = masks = starts = None
+            metadata: dict[str, Any] = {}
+            for j in range(size):
+                z, md = next(loaded)
+                z, mask, start = self.crop.arrays(
+                    z, md.pop("padding_mask"), md.get("key", ""), md.get("window", 0), epoch
+                )
+                if latents is None:
+                    latents = empty_tensor((size, *z.shape), torch.from_numpy(z[:0]).dtype, shared)
+                    masks = empty_tensor((size, len(mask)), torch.bool, shared)
+                    starts = empty_tensor((size,), torch.int64, shared)
+                if z.shape != latents.shape[1:]:
+                    raise ValueError(
+                        f"{md.get('latent_filename')}: latents {list(z.shape)} differ from the batch's "
+                        f"{list(latents.shape[1:])}; set latent_crop_length to batch latents of several lengths"
+                    )
+                latents.numpy()[j], masks.numpy()[j], starts.numpy()[j] = z, mask, start or 0
+                for name, value in md.items():
+                    metadata.setdefault(name, []).append(value)
+            metadata["padding_mask"] = masks
+            if self.crop.latent_crop_length is not None:
+                metadata["latent_crop_start"] = starts
+                metadata["latent_crop_length"] = self.crop.latent_crop_length
+            yield latents, metadata
 
 
 class EncodedShardRows(ShardRows):
@@ -184,6 +244,50 @@ class EncodedShardRows(ShardRows):
         )
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         self.transform = self._to_item
+
+    def _batch_plan(self, epoch: int):
+        """Latents ``[n, C, L]`` and ``padding_mask`` ``[n, L]`` bool, cropped per item as the items are
+        (the same starts), ``latent_crop_start`` ``[n]``; the other columns batched as they are."""
+        specs = column_specs(self.index.schema, self._batch_names())
+        by_name = {spec.name: spec for spec in specs}
+        if "latents" not in by_name or "padding_mask" not in by_name:
+            raise ValueError("an encode output's Parquet files have latents and padding_mask columns")
+        mask = by_name["padding_mask"]
+        if self.crop.latent_crop_length is None:
+            return [s if s is not mask else replace(mask, dtype=torch.bool) for s in specs], [], [], None
+        length, latents = self.crop.latent_crop_length, by_name["latents"]
+        copied = [s for s in specs if s.name not in ("latents", "padding_mask")]
+        sources = [latents, replace(mask, kind="gather")]
+        custom = [
+            replace(latents, shape=(*latents.shape[:-1], length)),
+            ColumnSpec("padding_mask", "gather", (length,), torch.bool),
+            ColumnSpec("latent_crop_start", "gather", (), torch.int64),
+        ]
+        return copied, sources, custom, partial(self._crop_into, epoch)
+
+    def _crop_into(self, epoch: int, batch: dict[str, Any], window: Window, order: np.ndarray, at: int) -> None:
+        latents, masks = batch["latents"].numpy(), batch["padding_mask"].numpy()
+        starts = batch["latent_crop_start"].numpy()
+        keys, numbers, source_masks = (
+            window.arrays.get("key"),
+            window.arrays.get("window"),
+            window.arrays["padding_mask"],
+        )
+        for j, i in enumerate(order.tolist(), start=at):
+            key = keys[i] if keys is not None else ""
+            number = numbers[i] if numbers is not None else 0
+            latents[j], masks[j], starts[j] = self.crop.arrays(
+                window.row("latents", i), source_masks[i], key, number, epoch
+            )
+
+    def _finish_batch(self, batch: dict[str, Any]) -> Any:
+        """``(latents [n, C, L], metadata)``: the other columns batched (tensors, strings as lists)."""
+        if self.batch_transform:
+            return self.batch_transform(batch)
+        latents = batch.pop("latents")
+        if self.crop.latent_crop_length is not None:
+            batch["latent_crop_length"] = self.crop.latent_crop_length
+        return latents, batch
 
     def _to_item(self, row: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         metadata = {

@@ -88,16 +88,17 @@ def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int
 
 @dataclass(frozen=True)
 class Shard:
-    """One reader process's share: ``index`` of ``count`` (ranks x DataLoader workers)."""
+    """One reader process's share: ``index`` of ``count`` (ranks x DataLoader workers, ``workers`` per rank)."""
 
     index: int
     count: int
+    workers: int = 1
 
     @classmethod
     def current(cls, rank: int, world_size: int) -> Shard:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return cls(rank * workers + worker, world_size * workers)
+        return cls(rank * workers + worker, world_size * workers, workers)
 
 
 class EpochDataset(IterableDataset):
@@ -157,10 +158,36 @@ def shard_pieces(sizes: np.ndarray, order: np.ndarray, shard: Shard) -> list[tup
     ``sizes[u]`` is the number of items unit ``u`` has this epoch; the pieces are
     in reading order and ``first:stop`` counts items within the unit.
     """
+    lo, hi = share(int(np.sum(sizes)), shard.index, shard.count)
+    return range_pieces(sizes, order, lo, hi)
+
+
+def batched_share(total: int, shard: Shard, batch_size: int, drop_last: bool) -> tuple[int, int]:
+    """Items ``[start, stop)`` of an epoch's ``total`` that a shard reads when its workers yield whole batches.
+
+    The rank (``shard.index // shard.workers``) takes its share as in item mode; its
+    ``ceil(n / batch_size)`` batches (``floor`` with ``drop_last``) are split
+    among its DataLoader workers in contiguous runs, so only the rank's last batch may be
+    short and the rank yields exactly :func:`rank_batches` batches.
+    """
+    workers = shard.workers
+    rank, worker = divmod(shard.index, workers)
+    lo, hi = share(total, rank, shard.count // workers)
+    batches = rank_batches(hi - lo, batch_size, drop_last)
+    first, stop = share(batches, worker, workers)
+    return lo + first * batch_size, min(hi, lo + stop * batch_size)
+
+
+def rank_batches(items: int, batch_size: int, drop_last: bool) -> int:
+    return items // batch_size if drop_last else -(-items // batch_size)
+
+
+def range_pieces(sizes: np.ndarray, order: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """``(unit, first, stop)`` pieces of the units in ``order`` holding items ``[lo, hi)`` of the
+    sequence the units' items make laid end to end in that order."""
     ordered = np.asarray(sizes, dtype=np.int64)[order]
     ends = np.cumsum(ordered)
     starts = ends - ordered
-    lo, hi = share(int(ends[-1]) if len(ends) else 0, shard.index, shard.count)
     pieces = []
     for position in range(int(np.searchsorted(ends, lo, side="right")), len(order)):
         if starts[position] >= hi:

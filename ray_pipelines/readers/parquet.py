@@ -28,16 +28,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy
 from ..storage import Storage
-from .epoch import EpochDataset, Shard, check_epoch_unchanged, epoch_order, shard_pieces, window_order, windows
+from .batches import BatchBuilder, ColumnSpec, CustomFill, Window, column_specs, piece_columns
+from .epoch import (
+    EpochDataset,
+    Shard,
+    batched_share,
+    check_epoch_unchanged,
+    epoch_order,
+    range_pieces,
+    rank_batches,
+    shard_pieces,
+    window_order,
+    windows,
+)
 from .rowgroups import RowGroupIndex, RowGroupReader, build_index
 
 # A chunk (the unit that is ordered and read at once): consecutive row groups of one file.
@@ -113,6 +127,14 @@ class ShardRows(EpochDataset):
     workers. ``rank``/``world_size`` default to ``torch.distributed``'s.
     ``threads``: background reads per reader process (default 2 on local disk,
     8 on object stores, where requests wait on the network).
+
+    ``batch_size=B``: yield whole batches (use the DataLoader with ``batch_size=None``):
+    a dict ``{column: tensor [n, *shape]}`` (strings: a list), ``n = B`` except for the
+    rank's last batch (dropped with ``drop_last``), each column one tensor in shared
+    memory in a DataLoader worker (see :mod:`.batches`); ``batch_transform(batch)``
+    turns it into what training needs (``transform`` is for items only). The items
+    and every guarantee are those of the item mode; the rank's batches are split
+    among its workers in contiguous runs, so ``len`` is the rank's number of batches.
     """
 
     def __init__(
@@ -129,8 +151,14 @@ class ShardRows(EpochDataset):
         world_size: int | None = None,
         threads: int | None = None,
         sizes: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        batch_transform: Callable[[dict[str, Any]], Any] | None = None,
     ):
         super().__init__(seed, shuffle, rank, world_size)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (or None for items), got {batch_size}")
+        self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
         self.files = list(files)
         self.columns = list(columns) if columns is not None else None
         self.shuffle_buffer = shuffle_buffer
@@ -157,8 +185,9 @@ class ShardRows(EpochDataset):
         return None
 
     def __len__(self) -> int:
-        """Rows this rank reads in the current epoch."""
-        return self.rank_items(self._epoch_total(self.epoch))
+        """Rows this rank reads in the current epoch (batches, in batched mode)."""
+        items = self.rank_items(self._epoch_total(self.epoch))
+        return rank_batches(items, self.batch_size, self.drop_last) if self.batch_size else items
 
     def _epoch_total(self, epoch: int) -> int:
         rows = self.epoch_rows(epoch)
@@ -173,11 +202,43 @@ class ShardRows(EpochDataset):
 
     # ---- reading -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
+        return self._iter_batches() if self.batch_size else self._iter_items()
+
+    def _iter_items(self) -> Iterator[Any]:
         shard = self.current_shard()
         epoch = self.epoch
         rows = self.epoch_rows(epoch)
         sizes, starts = self._chunk_items(rows)
         pieces = shard_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), shard)
+        for w, read in enumerate(self._read_windows(pieces, rows, starts, self._read_piece)):
+            yield from self._yield_window(read, epoch, shard, w)
+        check_epoch_unchanged(self._epoch, epoch)
+
+    def _iter_batches(self) -> Iterator[Any]:
+        shard = self.current_shard()
+        epoch = self.epoch
+        rows = self.epoch_rows(epoch)
+        sizes, starts = self._chunk_items(rows)
+        lo, hi = batched_share(int(sizes.sum()), shard, self.batch_size, self.drop_last)
+        pieces = range_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), lo, hi)
+        copied, sources, custom, fill = self._batch_plan(epoch)
+        # Shared memory only where a batch travels to another process (a DataLoader worker's).
+        builder = BatchBuilder(copied, self.batch_size, hi - lo, get_worker_info() is not None, custom, fill)
+        read_piece = partial(self._read_batch_piece, [*copied, *sources])
+        for w, read in enumerate(self._read_windows(pieces, rows, starts, read_piece)):
+            window = Window(read)
+            for batch in builder.add(window, window_order(window.items, self.seed, epoch, shard, w, self.shuffle)):
+                yield self._finish_batch(batch)
+        check_epoch_unchanged(self._epoch, epoch)
+
+    def _read_windows(
+        self,
+        pieces: list[tuple[int, int, int]],
+        rows: np.ndarray | None,
+        starts: np.ndarray | None,
+        read_piece: Callable[[int, np.ndarray], Any],
+    ) -> Iterator[list[Any]]:
+        """``read_piece`` of each piece, a window at a time, the next window read in background threads."""
         # One list of wanted row numbers per piece.
         wanted = [
             (
@@ -192,16 +253,29 @@ class ShardRows(EpochDataset):
         pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="shard-rows")
 
         def read_window(w: int) -> list[Future]:
-            return [pool.submit(self._read_piece, *piece) for piece in wanted[bounds[w] : bounds[w + 1]]]
+            return [pool.submit(read_piece, *piece) for piece in wanted[bounds[w] : bounds[w + 1]]]
 
         try:
             ahead = read_window(0) if len(bounds) > 1 else []
             for w in range(len(bounds) - 1):
                 current, ahead = ahead, read_window(w + 1) if w + 2 < len(bounds) else []  # read the next one now
-                yield from self._yield_window([f.result() for f in current], epoch, shard, w)
+                yield [f.result() for f in current]
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        check_epoch_unchanged(self._epoch, epoch)
+
+    # ---- batched mode: what subclasses change ----------------------------------------------
+    def _batch_names(self) -> list[str]:
+        return list(self.columns) if self.columns is not None else list(self.index.schema.names)
+
+    def _batch_plan(self, epoch: int) -> tuple[list[ColumnSpec], list[ColumnSpec], list[ColumnSpec], CustomFill | None]:
+        """Columns copied into batches as they are; columns read only for ``fill``; columns ``fill`` makes."""
+        return column_specs(self.index.schema, self._batch_names(), self._batch_float_dtype()), [], [], None
+
+    def _batch_float_dtype(self) -> torch.dtype | None:
+        return None
+
+    def _finish_batch(self, batch: dict[str, Any]) -> Any:
+        return self.batch_transform(batch) if self.batch_transform else batch
 
     def _window_items(self) -> int:
         if self.shuffle_buffer:
@@ -211,15 +285,26 @@ class ShardRows(EpochDataset):
 
     def _read_piece(self, chunk: int, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Columns of ``rows`` (ascending row numbers within ``chunk``), decoding only their row groups."""
+        table, positions = self._piece_table(chunk, rows)
+        return {name: take_rows(table.column(name), positions) for name in table.column_names}
+
+    def _read_batch_piece(self, specs: list[ColumnSpec], chunk: int, rows: np.ndarray):
+        """The batched mode's piece: views of the decoded buffers of large columns, small ones gathered."""
+        table, positions = self._piece_table(chunk, rows, [spec.name for spec in specs])
+        return piece_columns(table, positions, specs, take_rows)
+
+    def _piece_table(
+        self, chunk: int, rows: np.ndarray, columns: list[str] | None = None
+    ) -> tuple[pa.Table, np.ndarray]:
+        """The row groups of ``chunk`` that hold ``rows`` (decoded), and the rows' positions in them."""
         index = self.index
         lo, hi = self.chunk_groups[chunk]
         at = lo + np.searchsorted(index.first_row[lo:hi], rows, side="right") - 1
         needed, first_of = np.unique(at, return_index=True)
-        table = self.reader.read(int(index.file[lo]), index.group[needed].tolist(), self.columns)
+        table = self.reader.read(int(index.file[lo]), index.group[needed].tolist(), columns or self.columns)
         offsets = np.concatenate([[0], np.cumsum(index.rows[needed])[:-1]])
         positions = offsets[np.repeat(np.arange(len(needed)), np.diff(np.append(first_of, len(rows))))]
-        positions = positions + rows - index.first_row[at]
-        return {name: take_rows(table.column(name), positions) for name in table.column_names}
+        return table, positions + rows - index.first_row[at]
 
     def _yield_window(self, pieces: list[dict[str, np.ndarray]], epoch: int, shard: Shard, w: int) -> Iterator[Any]:
         if not pieces:
@@ -236,16 +321,22 @@ class ShardRows(EpochDataset):
 
 
 def chunk_row_groups(index: RowGroupIndex, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
-    """``[n_chunks, 2]``: each chunk's first and end position in the index (row groups of one file)."""
+    """``[n_chunks, 2]``: each chunk's first and end position in the index (row groups of one file).
+
+    A chunk takes row groups while they fit in ``chunk_bytes`` (at least one); a loop per
+    chunk, not per row group (a one-row-group-per-row output has thousands per file).
+    """
     bounds: list[tuple[int, int]] = []
-    start, size = 0, 0
-    for i in range(len(index)):
-        if i > start and (index.file[i] != index.file[start] or size + index.decoded_bytes[i] > chunk_bytes):
-            bounds.append((start, i))
-            start, size = i, 0
-        size += int(index.decoded_bytes[i])
-    if len(index):
-        bounds.append((start, len(index)))
+    ends = np.cumsum(index.decoded_bytes)
+    file_ends = np.flatnonzero(np.diff(index.file)) + 1 if len(index) else np.zeros(0, np.int64)
+    for lo, hi in zip([0, *file_ends.tolist()], [*file_ends.tolist(), len(index)]):
+        start = lo
+        while start < hi:
+            before = int(ends[start - 1]) if start else 0
+            stop = int(np.searchsorted(ends[start:hi], before + chunk_bytes, side="right")) + start
+            stop = max(stop, start + 1)
+            bounds.append((start, stop))
+            start = stop
     return np.array(bounds, dtype=np.int64).reshape(-1, 2)
 
 
@@ -318,7 +409,17 @@ class OutputRows(ShardRows):
                 f"columns: {', '.join(available)}"
             )
         self.columns = wanted
+        self.as_dict, self.dtype = as_dict, dtype
         self.transform = RowToDict(dtype) if as_dict else RowToTuple(wanted, dtype)
+
+    def _batch_float_dtype(self) -> torch.dtype | None:
+        return self.dtype
+
+    def _finish_batch(self, batch: dict[str, Any]) -> Any:
+        """A dict of the columns (``as_dict``) or a tuple in ``fields`` order, like the items."""
+        if self.batch_transform:
+            return self.batch_transform(batch)
+        return batch if self.as_dict else tuple(batch[name] for name in self.columns)
 
     def _missing_hint(self, missing: list[str]) -> str:
         return ""

@@ -49,8 +49,8 @@ class RowGroupIndex:
     group: np.ndarray  # int32
     rows: np.ndarray  # int64
     first_row: np.ndarray  # int64
-    start: np.ndarray  # int64: first byte of the row group's column chunks
-    stop: np.ndarray  # int64: end of its last column chunk
+    start: np.ndarray  # int64: first byte of the row group's column chunks (0 for local files)
+    stop: np.ndarray  # int64: end of its last column chunk (0 for local files)
     decoded_bytes: np.ndarray  # int64: uncompressed size
     schema: pa.Schema | None
 
@@ -67,14 +67,20 @@ class RowGroupIndex:
         return len(self.rows)
 
 
-def _footer_entries(md: pq.FileMetaData) -> np.ndarray:
-    """``[row groups, 4]``: rows, first byte, end byte and decoded size of each row group."""
+def _footer_entries(md: pq.FileMetaData, ranges: bool = True) -> np.ndarray:
+    """``[row groups, 4]``: rows, first byte, end byte and decoded size of each row group.
+
+    Byte ranges only with ``ranges`` (object stores fetch them; local files are read by
+    pyarrow, and the ranges cost a metadata call per column chunk: thousands per file).
+    """
     entries = np.zeros((md.num_row_groups, 4), dtype=np.int64)
     for g in range(md.num_row_groups):
         rg = md.row_group(g)
-        ranges = [chunk_range(rg.column(c)) for c in range(rg.num_columns)]
-        first = min((begin for begin, _ in ranges), default=0)
-        end = max((begin + length for begin, length in ranges), default=0)
+        first = end = 0
+        if ranges:
+            spans = [chunk_range(rg.column(c)) for c in range(rg.num_columns)]
+            first = min((begin for begin, _ in spans), default=0)
+            end = max((begin + length for begin, length in spans), default=0)
         entries[g] = (rg.num_rows, first, end, rg.total_byte_size)
     return entries
 
@@ -85,7 +91,8 @@ def build_index(
     """The index of ``files`` (and their footers, for a caller that wants more from them)."""
     sizes = file_sizes(files, storage_options) if sizes is None else [int(s) for s in sizes]
     footers = read_footers(files, storage_options, sizes)
-    per_file = [_footer_entries(md) for md in footers]
+    ranges = bool(files) and not is_local(get_fs(files[0], storage_options)[0])
+    per_file = [_footer_entries(md, ranges) for md in footers]
     entries = np.concatenate(per_file) if per_file else np.zeros((0, 4), dtype=np.int64)
     counts = [len(e) for e in per_file]
     rows = entries[:, 0]

@@ -146,16 +146,20 @@ def list_shard_inputs(
             if index_name is not None and index_name not in names:
                 raise SourceError(f"shard_index_column {index_name!r} is not in {storage.url(record['path'])}")
             wanted = ["key"] + [n for n in (index_name, "source") if n in names]
-            for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=wanted)
-                keys = table.column("key").to_pylist()
-                indices = table.column(index_name).to_pylist() if index_name else [None] * len(keys)
-                origins = table.column("source").to_pylist() if "source" in wanted else [None] * len(keys)
-                for row, (key, index, origin) in enumerate(zip(keys, indices, origins)):
-                    entry = locations.setdefault(key, [])
-                    entry.append([record["path"], group, row, int(index) if index is not None else len(entry)])
-                    shard_split.setdefault(key, record.get("split", ""))
-                    sources.setdefault(key, origin or storage.url(record["path"]))
+            # The whole file's small columns in one read (the writer puts a tensor row in a row group of
+            # its own, so a read per row group would be a read per row); row groups from the footer.
+            table = parquet.read(columns=wanted, use_threads=False)
+            sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+            groups = np.repeat(np.arange(len(sizes)), sizes).tolist()
+            rows = (np.arange(sum(sizes)) - np.repeat(np.cumsum(sizes) - sizes, sizes)).tolist()
+            keys = table.column("key").to_pylist()
+            indices = table.column(index_name).to_pylist() if index_name else [None] * len(keys)
+            origins = table.column("source").to_pylist() if "source" in wanted else [None] * len(keys)
+            for group, row, key, index, origin in zip(groups, rows, keys, indices, origins):
+                entry = locations.setdefault(key, [])
+                entry.append([record["path"], group, row, int(index) if index is not None else len(entry)])
+                shard_split.setdefault(key, record.get("split", ""))
+                sources.setdefault(key, origin or storage.url(record["path"]))
     # A key's identity: the source output's config and the identity of the input its rows came from,
     # so rows the source job rewrote (a re-uploaded recording) are scored again.
     fingerprint = str(manifest.get("fingerprint", ""))[:16]
@@ -284,7 +288,12 @@ class TensorFileDecoder(TensorRows):
 
 
 class ShardDecoder(TensorRows):
-    """Shard inputs -> one mel row per source row, read a row group at a time (small LRU cache)."""
+    """Shard inputs -> one mel row per source row.
+
+    Each file is opened (and its footer parsed) once and kept open (the last
+    ``open_files``); an item's row groups in one file are read in one call, and
+    the last ``cache_row_groups`` row groups are kept for the next items.
+    """
 
     def __init__(
         self,
@@ -295,42 +304,82 @@ class ShardDecoder(TensorRows):
         frames: int,
         storage_options: dict[str, Any] | None = None,
         cache_row_groups: int = 2,
+        open_files: int = 4,
     ):
         super().__init__(n_mels, frames)
         self.root, self.column = root, column
         self.storage_options = storage_options or {}
         self.cache_row_groups = cache_row_groups
+        self.open_files = open_files
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._files: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
         self._storage: Storage | None = None
 
-    def row_group(self, path: str, group: int) -> np.ndarray:
-        cache_key = (path, group)
-        if cache_key in self._cache:
-            self._cache.move_to_end(cache_key)
-            return self._cache[cache_key]
+    def __getstate__(self) -> dict[str, Any]:  # open files and the filesystem stay in their process
+        return {**self.__dict__, "_cache": OrderedDict(), "_files": OrderedDict(), "_storage": None}
+
+    def parquet_file(self, path: str) -> pq.ParquetFile:
+        """``path`` opened once and kept open (its footer parsed once)."""
+        if path in self._files:
+            self._files.move_to_end(path)
+            return self._files[path][1]
         if self._storage is None:
             self._storage = Storage(self.root, self.storage_options)
-        with self._storage.fs.open(self._storage.abspath(path), "rb") as f:
-            table = pq.ParquetFile(f).read_row_group(group, columns=[self.column])
-        values = column_to_numpy(table.column(self.column))
-        self._cache[cache_key] = values
+        handle = self._storage.fs.open(self._storage.abspath(path), "rb")
+        try:
+            parquet = pq.ParquetFile(handle)
+        except BaseException:
+            handle.close()
+            raise
+        self._files[path] = (handle, parquet)
+        while len(self._files) > self.open_files:
+            _, (old, _) = self._files.popitem(last=False)
+            old.close()
+        return parquet
+
+    def row_groups(self, path: str, groups: list[int]) -> dict[int, np.ndarray]:
+        """The column's values of ``groups`` of ``path``: cached ones, the others read in one call."""
+        found = {}
+        for group in groups:
+            if (path, group) in self._cache:
+                self._cache.move_to_end((path, group))
+                found[group] = self._cache[path, group]
+        missing = sorted(set(groups) - found.keys())
+        if missing:
+            parquet = self.parquet_file(path)
+            values = column_to_numpy(parquet.read_row_groups(missing, columns=[self.column]).column(self.column))
+            sizes = [parquet.metadata.row_group(g).num_rows for g in missing]
+            for group, part in zip(missing, np.split(values, np.cumsum(sizes)[:-1])):
+                found[group] = self._cache[path, group] = part
         while len(self._cache) > self.cache_row_groups:
             self._cache.popitem(last=False)
-        return values
+        return found
+
+    def row_group(self, path: str, group: int) -> np.ndarray:
+        return self.row_groups(path, [group])[group]
 
     def decode_input(self, item: dict[str, Any], skip: set[int]) -> list[dict[str, Any]]:
-        locations = json.loads(item["locations"])
+        locations = [loc for loc in json.loads(item["locations"]) if loc[3] not in skip]
+        by_file: dict[str, dict[int, np.ndarray] | str] = {}
+        for path in dict.fromkeys(loc[0] for loc in locations):
+            try:
+                by_file[path] = self.row_groups(path, sorted({loc[1] for loc in locations if loc[0] == path}))
+            except FileNotFoundError:
+                by_file[path] = f"missing: shard file {path} not found"
+            except Exception as e:
+                by_file[path] = f"unreadable: {path}: {type(e).__name__}: {e}"
+        total = len(json.loads(item["locations"]))
         rows = []
         for path, group, row, index in locations:
-            if index in skip:
-                continue
-            try:
-                mel, error = conform_mel(self.row_group(path, group)[row], self.n_mels, self.frames)
-            except FileNotFoundError:
-                mel, error = None, f"missing: shard file {path} not found"
-            except Exception as e:
-                mel, error = None, f"unreadable: {path}: {type(e).__name__}: {e}"
-            rows.append(self.row(item, index, len(locations), error, mel))
+            values = by_file[path]
+            if isinstance(values, str):
+                mel, error = None, values
+            else:
+                try:
+                    mel, error = conform_mel(values[group][row], self.n_mels, self.frames)
+                except Exception as e:
+                    mel, error = None, f"unreadable: {path}: {type(e).__name__}: {e}"
+            rows.append(self.row(item, index, total, error, mel))
         return rows
 
 
