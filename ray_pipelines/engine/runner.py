@@ -31,7 +31,7 @@ from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import OutputState, Progress, lost_keys, progress_of
+from .manifest import OutputState, Progress, lost_keys
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
@@ -104,13 +104,15 @@ def select_inputs(job: Job, listed: list[InputItem] | None = None) -> list[dict[
 
 def pending_inputs(rows: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
     """The resume check: rows whose input is not done yet, each with the sample indices to skip."""
+    if not rows:
+        return []
+    positions = progress.positions([row["key"] for row in rows])
+    done = progress.done_at(positions)
     pending = []
-    for row in rows:
-        if progress.is_done(row["key"]):
-            continue
-        already = progress.done_indices(row["key"])
-        row["skip"] = sorted(already) if already else []
-        pending.append(row)
+    for row, position, finished in zip(rows, positions.tolist(), done.tolist()):
+        if not finished:
+            row["skip"] = progress.done_indices_at(position) if position >= 0 else []
+            pending.append(row)
     return pending
 
 
@@ -276,9 +278,8 @@ def _execute_with_retries(
             _raise_if_stopped(control, e)
             raise
         _raise_if_stopped(control)
-        parts = state.load_parts()
-        progress = progress_of(parts)
-        lost = set(lost_keys([row["key"] for row in pending], progress, parts, run_id))
+        progress = state.progress()  # reads only the manifests written since
+        lost = set(lost_keys([row["key"] for row in pending], progress, run_id))
         if not lost or attempt == retries:
             break
         log.warning(
