@@ -115,7 +115,7 @@ from ray_pipelines.engine import rewrite
 
 real_switch, switched = rewrite.switch_part, []
 
-def switch_then_die(storage, name, replacement):
+def switch_then_die(storage, name, replacement, folded=False):
     # {kill}: the driver dies on its second manifest switch
     switched.append(name)
     if len(switched) == 2 and "{kill}" == "after-replacement":
@@ -123,7 +123,7 @@ def switch_then_die(storage, name, replacement):
         os.kill(os.getpid(), signal.SIGKILL)
     if len(switched) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-    real_switch(storage, name, replacement)
+    real_switch(storage, name, replacement, folded)
 
 rewrite.switch_part = switch_then_die
 from ray_pipelines.cli import main
