@@ -61,12 +61,14 @@ class Progress:
         etags = _etags(ids_in, inputs["etag"], n)
 
         written = inputs["written"].combine_chunks() if inputs.num_rows else pa.array([], pa.list_(pa.int32()))
-        flat = pc.list_flatten(written).to_numpy(zero_copy_only=False).astype(np.int64)
         parents = pc.list_parent_indices(written).to_numpy(zero_copy_only=False)
-        codes = (ids_in[parents].astype(np.int64) << 32) | flat
-        written_codes = np.unique(codes)
+        codes = ids_in[parents]
+        del parents
+        codes <<= 32
+        codes |= pc.list_flatten(written).to_numpy(zero_copy_only=False)
+        written_codes = _sorted_unique(codes)
         duplicates = int(len(codes) - len(written_codes))
-        del codes, flat, parents
+        del codes
 
         final = errors.filter(pc.invert(errors["retry"].fill_null(False)))
         final_ids = _ids(final["key"], keys)
@@ -74,7 +76,7 @@ class Progress:
         whole_error = np.zeros(n, bool)
         whole_error[final_ids[final_index < 0]] = True
         sample_errors = (final_ids[final_index >= 0].astype(np.int64) << 32) | final_index[final_index >= 0]
-        done_codes = np.union1d(written_codes, sample_errors) if len(sample_errors) else written_codes
+        done_codes = _sorted_unique(np.r_[written_codes, sample_errors]) if len(sample_errors) else written_codes
         written_count = np.bincount(written_codes >> 32, minlength=n)
         done_count = np.bincount(done_codes >> 32, minlength=n)
         done = whole_error | ((expected > 0) & (done_count >= expected))
@@ -191,6 +193,18 @@ class Progress:
     def files(self) -> list[dict[str, Any]]:
         table = self.table
         return [json.loads(r) for r in table.filter(pc.equal(table["kind"], FILE))["record"].to_pylist()]
+
+
+def _sorted_unique(codes: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort and a diff: numpy 2's hash-based ``unique`` took 5.5 s on 5M
+    int64 codes, the sort 0.4 s)."""
+    codes = np.sort(codes)
+    if len(codes) < 2:
+        return codes
+    keep = np.empty(len(codes), bool)
+    keep[0] = True
+    np.not_equal(codes[1:], codes[:-1], out=keep[1:])
+    return codes[keep]
 
 
 def _ids(column: pa.ChunkedArray | pa.Array, keys: pa.Array) -> np.ndarray:

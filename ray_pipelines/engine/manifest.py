@@ -80,6 +80,7 @@ class OutputState:
         self._disk = empty_table()  # rows of the manifests on disk read so far
         self._disk_names: set[str] = set()
         self._progress: Progress | None = None
+        self._index_parts: set[str] | None = None  # names of the manifests the index holds
 
     # ---- before a run ------------------------------------------------------------
     def prepare(
@@ -158,8 +159,8 @@ class OutputState:
         return self._index
 
     def is_folded(self, name: str) -> bool:
-        index = self.index()
-        return index is not None and bool(pc.any(pc.equal(index["part"], name)).as_py())
+        self.state_table()
+        return self._index_parts is not None and name in self._index_parts
 
     def refresh(self) -> None:
         """List the manifests on disk; forget the ones gone, read the new ones."""
@@ -181,7 +182,10 @@ class OutputState:
         """Rows of every live manifest: the index's, overridden by manifests on disk of the same
         name, less the ones a manifest on disk replaces."""
         self.refresh()
-        return live_table(self.index(), self._disk, self._disk_names)
+        index = self.index()
+        if index is not None and self._index_parts is None:
+            self._index_parts = set(part_names(index))
+        return live_table(index, self._disk, self._disk_names, self._index_parts)
 
     def read_parts(self) -> dict[str, dict[str, Any]]:
         """Every per-rank manifest on disk (not folded yet), replaced ones included: relpath -> content."""
@@ -236,7 +240,7 @@ class OutputState:
         for start in range(0, len(folded_parts), DELETE_BATCH):
             self.storage.remove_many(folded_parts[start : start + DELETE_BATCH])
             stop_point("fold:deleting")
-        self._index, self._index_read = index, True
+        self._index, self._index_read, self._index_parts = index, True, None
         self._disk, self._disk_names, self._progress = empty_table(), set(), None
 
     def commit(
@@ -262,8 +266,8 @@ class OutputState:
         index and manifest.json are written."""
         check_lease = still_holds or (lambda: None)
         check_lease()
-        table = self.state_table()
         progress = self.progress()
+        table = progress.table
         orphans = self.remove_orphans(progress)
 
         errors = [e for e in progress.error_rows if not _superseded(e, progress)]
@@ -322,13 +326,15 @@ class OutputState:
         return manifest
 
 
-def live_table(index: pa.Table | None, disk: pa.Table, disk_names: set[str]) -> pa.Table:
+def live_table(
+    index: pa.Table | None, disk: pa.Table, disk_names: set[str], index_parts: set[str] | None = None
+) -> pa.Table:
     """The live rows: the index's parts that no manifest on disk overrides (same name) or replaces,
     and the manifests on disk that none replaces."""
     replaced = replaced_names(disk)
     tables = []
     if index is not None:
-        drop = disk_names | replaced
+        drop = (disk_names | replaced) & (set(part_names(index)) if index_parts is None else index_parts)
         if drop:
             index = index.filter(pc.invert(pc.is_in(index["part"], value_set=pa.array(sorted(drop), pa.string()))))
         tables.append(index)

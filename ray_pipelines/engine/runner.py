@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -360,6 +361,26 @@ class DecodeStageWrite(DecodeThenStage):
         return {name: np.array([value]) for name, value in report.items()}
 
 
+def input_dataset(pending: list[dict[str, Any]], per_block: int, num_blocks: int) -> ray.data.Dataset:
+    """The pending inputs as Ray blocks of ``per_block`` rows: one Arrow table, column by column, sliced
+    into blocks without copies (``from_items`` would turn every input into a Python row for Ray, 54 s
+    for a million). Rows whose fields Arrow cannot type as columns fall back to ``from_items``."""
+    try:
+        table = pending_table(pending)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return ray.data.from_items(pending, override_num_blocks=num_blocks)
+    return ray.data.from_arrow([table.slice(start, per_block) for start in range(0, table.num_rows, per_block)])
+
+
+def pending_table(pending: list[dict[str, Any]]) -> pa.Table:
+    names = list(dict.fromkeys(name for row in pending for name in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in pending]
+        columns[name] = pa.array(values, pa.list_(pa.int64())) if name == "skip" else pa.array(values)
+    return pa.table(columns)
+
+
 def _execute(
     job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, control: RunControl | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -374,7 +395,7 @@ def _execute(
         # which warns that the keyword moves in 2.64.
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
+        ds = input_dataset(pending, cfg.inputs_per_block, num_blocks)
         actor_args = dict(num_cpus=plan.num_cpus, max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
         sink = job.make_sink(fingerprint)
         sink.run_id, sink.control = run_id, control

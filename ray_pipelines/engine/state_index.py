@@ -115,8 +115,8 @@ def folded(table: pa.Table) -> pa.Table:
     the state, and a manifest written later under such a name must count) and tombstones (manifests
     that name nothing, which only retire a folded one) left out."""
     named = pc.unique(table.filter(pc.not_equal(table["kind"], HEADER))["part"])
-    keep = pc.is_in(table["part"], value_set=named)
-    table = table.filter(keep)
+    if len(named) < len(pc.unique(table["part"])):
+        table = table.filter(pc.is_in(table["part"], value_set=named))
     return table.set_column(
         SCHEMA.get_field_index("replaces"), "replaces", pa.nulls(table.num_rows, pa.list_(pa.string()))
     )
