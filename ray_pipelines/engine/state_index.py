@@ -51,29 +51,56 @@ PART_FIELDS = ("inputs", "errors", "files", "replaces")  # what the other column
 
 
 def parts_table(parts: Iterable[tuple[str, dict[str, Any]]]) -> pa.Table:
-    """The rows of many manifests (relpath, content), built in one pass."""
-    cols: dict[str, list] = {name: [] for name in SCHEMA.names}
-
-    def row(part, kind, run_id, key=None, expected=None, written=None, etag=None, index=None, retry=None,
-            replaces=None, record=None):  # fmt: skip
-        for name, value in zip(
-            SCHEMA.names, (part, kind, key, expected, written, etag, index, retry, run_id, replaces, record)
-        ):
-            cols[name].append(value)
-
+    """The rows of many manifests (relpath, content), built in one pass: each kind's columns as
+    plain lists, then one Arrow table per kind (the other columns null)."""
+    head: dict[str, list] = {"part": [], "run_id": [], "replaces": [], "record": []}
+    inp: dict[str, list] = {"part": [], "run_id": [], "key": [], "expected": [], "written": [], "etag": []}
+    err: dict[str, list] = {"part": [], "run_id": [], "key": [], "index": [], "retry": [], "record": []}
+    fil: dict[str, list] = {"part": [], "run_id": [], "record": []}
     for name, part in parts:
         run_id = str(part.get("run_id", ""))
-        header = {k: v for k, v in part.items() if k not in PART_FIELDS}
-        row(name, HEADER, run_id, replaces=list(part.get("replaces", ())), record=dumps(header))
-        for key, info in part.get("inputs", {}).items():
-            written = info.get("written", [])
-            row(name, INPUT, run_id, key, int(info.get("expected", 0)), written, str(info.get("etag", "")))
+        head["part"].append(name)
+        head["run_id"].append(run_id)
+        head["replaces"].append(list(part.get("replaces", ())))
+        head["record"].append(dumps({k: v for k, v in part.items() if k not in PART_FIELDS}))
+        inputs = part.get("inputs", {})
+        inp["part"].extend([name] * len(inputs))
+        inp["run_id"].extend([run_id] * len(inputs))
+        for key, info in inputs.items():
+            inp["key"].append(key)
+            inp["expected"].append(int(info.get("expected", 0)))
+            inp["written"].append(info.get("written", []))
+            inp["etag"].append(str(info.get("etag", "")))
         for error in part.get("errors", ()):
-            index, retry = int(error.get("index", -1)), bool(error.get("retry", False))
-            row(name, ERROR, run_id, error["key"], index=index, retry=retry, record=dumps(error))
+            for column, value in zip(
+                err,
+                (
+                    name,
+                    run_id,
+                    error["key"],
+                    int(error.get("index", -1)),
+                    bool(error.get("retry", False)),
+                    dumps(error),
+                ),
+            ):
+                err[column].append(value)
         for record in part.get("files", ()):
-            row(name, FILE, run_id, record=dumps(record))
-    return pa.table(cols, schema=SCHEMA)
+            fil["part"].append(name)
+            fil["run_id"].append(run_id)
+            fil["record"].append(dumps(record))
+    tables = [_kind_table(kind, columns) for kind, columns in ((HEADER, head), (INPUT, inp), (ERROR, err), (FILE, fil))]
+    return pa.concat_tables([t for t in tables if t.num_rows] or [empty_table()])
+
+
+def _kind_table(kind: int, columns: dict[str, list]) -> pa.Table:
+    n = len(columns["part"])
+    arrays = [
+        pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type)
+        for f in SCHEMA
+        if f.name != "kind"
+    ]
+    arrays.insert(SCHEMA.get_field_index("kind"), pa.array(np.full(n, kind, np.int8)))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def empty_table() -> pa.Table:
@@ -133,7 +160,7 @@ def read_index(storage: Storage) -> pa.Table | None:
 
 def write_index(storage: Storage, table: pa.Table) -> None:
     """One atomic write (local: temp file renamed; object stores: the upload completes on close)."""
-    table = table.sort_by([("part", "ascending")])  # the same state, the same bytes
+    table = table.sort_by([("part", "ascending"), ("kind", "ascending")])  # the same state, the same bytes
     with storage.open_atomic(INDEX_FILE) as f:
         pq.write_table(table, f, compression="zstd", row_group_size=1 << 20)
 
