@@ -155,6 +155,8 @@ def read_index(storage: Storage) -> pa.Table | None:
         data = storage.fs.cat_file(storage.abspath(INDEX_FILE))
     except FileNotFoundError:
         return None
+    # Cast always: Parquet names list items "element", and the index's bytes must not depend on
+    # whether its rows were read back or built here.
     return pq.read_table(pa.BufferReader(data)).cast(SCHEMA)
 
 
