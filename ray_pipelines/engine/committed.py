@@ -61,9 +61,8 @@ class Progress:
         etags = _etags(ids_in, inputs["etag"], n)
 
         written = inputs["written"].combine_chunks() if inputs.num_rows else pa.array([], pa.list_(pa.int32()))
-        parents = pc.list_parent_indices(written).to_numpy(zero_copy_only=False)
-        codes = ids_in[parents]
-        del parents
+        # Each written sample's key id, without an int64 parent index per sample first.
+        codes = np.repeat(ids_in, _np(pc.list_value_length(written).fill_null(0), np.int64))
         codes <<= 32
         codes |= pc.list_flatten(written).to_numpy(zero_copy_only=False)
         total = len(codes)
