@@ -105,7 +105,8 @@ def main() -> None:
         progress = state.progress()
         seconds, results = interleaved_medians(
             {
-                "resume": lambda: pending_inputs([dict(r) for r in rows], state.progress()),
+                # A fresh state each round: an OutputState reads what is committed once per run.
+                "resume": lambda: pending_inputs([dict(r) for r in rows], OutputState(Storage(tmp)).progress()),
                 "pass": lambda: pending_inputs([dict(r) for r in rows], progress),
                 "detection": lambda: detect_changes(listed, progress),
             },

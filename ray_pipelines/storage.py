@@ -193,8 +193,43 @@ class Storage:
         with self.open_atomic(relpath) as f:
             f.write(data)
 
-    def write_json(self, relpath: str, obj: Any) -> None:
-        self.write_bytes(relpath, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+    def write_json(self, relpath: str, obj: Any, compact: bool = False) -> None:
+        """Pretty-printed for people (manifest.json), ``compact`` for machine state (per-block manifests)."""
+        layout = {"separators": (",", ":")} if compact else {"indent": 2}
+        self.write_bytes(relpath, (json.dumps(obj, sort_keys=True, default=_json_default, **layout) + "\n").encode())
+
+    def cat_many(self, relpaths: list[str]) -> dict[str, bytes]:
+        """The bytes of many files in one call: fsspec's ``cat`` of a list of paths, which s3fs
+        and other async filesystems fetch concurrently. Relpath -> bytes."""
+        if not relpaths:
+            return {}
+        wanted = {self.abspath(r).rstrip("/"): r for r in relpaths}
+        got = self.fs.cat(list(wanted))
+        if len(wanted) == 1 and not isinstance(got, dict):
+            got = {next(iter(wanted)): got}
+        out = {}
+        for path, data in got.items():
+            path = path.rstrip("/")
+            rel = wanted.get(path) or wanted.get(self.fs._strip_protocol(path)) or path[len(self.path) :].lstrip("/")
+            out[rel] = data
+        return out
+
+    def remove_many(self, relpaths: list[str]) -> None:
+        """Delete files (s3fs: DeleteObjects of up to 1,000 keys per request); missing ones are fine."""
+        if not relpaths:
+            return
+        paths = [self.abspath(r) for r in relpaths]
+        if is_local(self.fs):
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            return
+        try:
+            self.fs.rm(paths)
+        except FileNotFoundError:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(path)
 
     def read_json(self, relpath: str) -> Any:
         with self.fs.open(self.abspath(relpath), "rb") as f:
@@ -203,11 +238,13 @@ class Storage:
     def list(self, relpath: str) -> list[str]:
         """Paths (relative to the root) of the files directly under ``relpath``."""
         base = self.abspath(relpath)
-        if not self.fs.exists(base):
-            return []
         self.fs.invalidate_cache(base)
+        try:  # one listing request (no separate existence check)
+            entries = self.fs.ls(base, detail=True)
+        except FileNotFoundError:
+            return []
         out = []
-        for info in self.fs.ls(base, detail=True):
+        for info in entries:
             if info.get("type") == "file":
                 out.append(posixpath.join(relpath, posixpath.basename(info["name"].rstrip("/"))))
         return sorted(out)

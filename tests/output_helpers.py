@@ -82,11 +82,14 @@ def error_rows(store: Store, output: str) -> list[tuple[str, int, str]]:
 
 
 def assert_no_leftovers(store: Store, output: str) -> None:
-    """Only live per-rank manifests remain (none replaced), and the data files on disk are exactly
-    those they name, which are those manifest.json names."""
-    parts = {p: store.read_json(f"{output}/_manifests/{p}") for p in store.files(f"{output}/_manifests")}
-    replaced = {name.split("/")[-1] for part in parts.values() for name in part.get("replaces", ())}
-    assert not replaced & parts.keys()
+    """Every per-rank manifest was folded into the index (none left, none replaced), and the data
+    files on disk are exactly those the committed state names, which are those manifest.json names."""
+    from ray_pipelines.engine.manifest import OutputState
+    from ray_pipelines.storage import Storage
+
+    assert store.files(f"{output}/_manifests") == ["index.parquet"]
+    parts = OutputState(Storage(store.url(output), store.options)).live_parts()
+    assert not any(part.get("replaces") for part in parts.values())
     named = sorted(f["path"] for part in parts.values() for f in part["files"])
     assert named == sorted(f["path"] for f in store.read_json(f"{output}/manifest.json")["files"])
     on_disk = [p for p in store.files(output) if p.split("/")[-1].startswith("part-") and not p.startswith("_")]

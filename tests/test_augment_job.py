@@ -96,10 +96,11 @@ def test_outputs_layout_shapes_and_manifest(reference, clips):
     }
     leaf = "view1" + ".list.element" * 3
     assert "BYTE_STREAM_SPLIT" in encodings[leaf] and "RLE_DICTIONARY" in encodings["key"]
-    # Every file is named in a per-rank manifest and in manifest.json.
+    # Every file is named in manifest.json.
     listed = {f["path"] for f in manifest["files"]}
     assert listed == {str(p.relative_to(out)) for p in out.glob("*/part-*.parquet")}
-    assert len(list((out / "_manifests").glob("part-*.json"))) >= 1
+    # The per-rank manifests were folded into the committed-state index and deleted.
+    assert (out / "_manifests" / "index.parquet").exists() and not list((out / "_manifests").glob("part-*.json"))
 
 
 def test_split_is_a_pure_function_of_key(reference):

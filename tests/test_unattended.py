@@ -115,7 +115,7 @@ from ray_pipelines.engine import rewrite
 
 real_switch, switched = rewrite.switch_part, []
 
-def switch_then_die(storage, name, replacement):
+def switch_then_die(storage, name, replacement, folded=False):
     # {kill}: the driver dies on its second manifest switch
     switched.append(name)
     if len(switched) == 2 and "{kill}" == "after-replacement":
@@ -123,7 +123,7 @@ def switch_then_die(storage, name, replacement):
         os.kill(os.getpid(), signal.SIGKILL)
     if len(switched) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
-    real_switch(storage, name, replacement)
+    real_switch(storage, name, replacement, folded)
 
 rewrite.switch_part = switch_then_die
 from ray_pipelines.cli import main
@@ -159,6 +159,39 @@ def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store,
     assert resumed.complete and resumed.counts["duplicates"] == 0
     assert run_job(augment(store, "fresh"), progress=False).complete
     assert rows(store, "out") == rows(store, "fresh")
+    assert_no_leftovers(store, "out")
+
+
+@pytest.mark.parametrize("step", ["fold:after-index", "fold:deleting"])
+def test_a_driver_killed_inside_the_fold_reruns_to_a_fresh_run(store, ray_local, step):
+    """The augment CLI SIGKILLed inside its commit's fold (engine/manifest.py ``stop_point``): after the
+    new index is written, or between deletions of the manifests it folded. The second run of the
+    night, the first run's state already folded into an index, so the fold merges old and new."""
+    for i in range(4):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    assert run_job(augment(store, "out"), progress=False).complete
+    for i in range(4, 9):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_PIPELINES_KILL_AT": step}
+    code = "import sys; from ray_pipelines.engine import manifest; manifest.DELETE_BATCH = 1; "
+    code += "from ray_pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    killed = subprocess.run(
+        [sys.executable, "-c", code, "augment", *cli_args(store, "in", "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert store.exists("out/_manifests/index.parquet") and not store.exists("out/_SUCCESS")
+
+    resumed = run_job(augment(store, "out"), progress=False)
+    assert resumed.complete and resumed.counts["processed_this_run"] == 0 and resumed.counts["duplicates"] == 0
+    assert resumed.counts["inputs_with_output"] == 9
+    assert run_job(augment(store, "fresh"), progress=False).complete
+    assert rows(store, "out") == rows(store, "fresh")
+    assert error_rows(store, "out") == error_rows(store, "fresh") == []
     assert_no_leftovers(store, "out")
 
 

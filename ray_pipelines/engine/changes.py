@@ -11,7 +11,7 @@ recorded for it (``Progress.etags``), and the committed keys with the listed one
 - **unchanged**: the rest (resumed where a killed run left it).
 
 An identity missing on either side (generated inputs) counts as unchanged. The comparison works on
-the dicts ``Progress`` already holds, once per run (cost: docs/benchmarks.md).
+the columnar ``Progress`` (Arrow arrays), once per run (cost: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..sources import InputItem
-from .manifest import Progress
+from .committed import Progress
 
 REPORTED_KEYS = 100  # stale keys named in manifest.json (all of them are counted)
 
@@ -65,20 +69,28 @@ class InputChanges:
 
 
 def detect_changes(listed: Iterable[InputItem], progress: Progress) -> InputChanges:
-    """Classify the listed inputs against the committed ones (``progress.expected`` holds every key a
-    live manifest names; ``progress.etags`` the identity its rows were made from). Listed keys are unique."""
-    committed, recorded = progress.expected, progress.etags
+    """Classify the listed inputs against the committed ones (``progress.committed_keys()``: every key a
+    live manifest names among its inputs; ``progress.etag_array()`` the identity its rows were made from).
+    Listed keys are unique. Vectorised over Arrow arrays; only differing identities reach Python."""
     listed = list(listed)
-    keys = {item.key for item in listed}
+    keys = pa.array([item.key for item in listed], pa.string())
+    etags = pa.array([item.etag or "" for item in listed], pa.string())
+    committed = progress.committed_keys()
+    positions = progress.positions(keys)
+    known = positions >= 0
+    recorded = progress.etag_array().take(pa.array(np.maximum(positions, 0))) if len(progress.keys) else etags
+    differs = known & np.asarray(
+        pc.and_(pc.not_equal(recorded, etags), pc.and_(pc.not_equal(recorded, ""), pc.not_equal(etags, ""))),
+        dtype=bool,
+    )
+    in_committed = known & np.asarray(pc.is_in(keys, value_set=committed), dtype=bool) if len(committed) else known
     changed = [
-        item.key
-        for item in listed  # fast path: the same identity, or none recorded (get's default)
-        if recorded.get(item.key, item.etag) != item.etag
-        and item.key in committed
-        and identity_changed(recorded[item.key], item.etag)
+        listed[i].key
+        for i in np.flatnonzero(differs & in_committed)
+        if identity_changed(recorded[int(i)].as_py(), listed[int(i)].etag)
     ]
-    deleted = committed.keys() - keys
-    new = len(keys) - (len(committed) - len(deleted))  # listed and not committed
+    deleted = committed.filter(pc.invert(pc.is_in(committed, value_set=keys))).to_pylist() if len(committed) else []
+    new = len(listed) - (len(committed) - len(deleted))  # listed and not committed
     return InputChanges(
-        new=new, unchanged=len(keys) - new - len(changed), changed=sorted(changed), deleted=sorted(deleted)
+        new=new, unchanged=len(listed) - new - len(changed), changed=sorted(changed), deleted=sorted(deleted)
     )

@@ -4,7 +4,8 @@ Layout under the output root::
 
     _lease.json                the run holding the output (engine/lease.py)
     _job.json                  job name, config fingerprint, config, run id (written first)
-    _manifests/part-*.json     one per write task: files written, samples per input, errors
+    _manifests/part-*.json     one per write task: files written, samples per input, errors (until folded)
+    _manifests/index.parquet   the folded manifests, one columnar table (engine/state_index.py)
     <split>/part-*.parquet     data files, named from their content
     manifest.json              the merged job manifest (written at commit; ``complete`` true or false)
     errors.jsonl               one line per input (or window) that did not make it
@@ -16,20 +17,39 @@ names (left by a killed or failed attempt) are deleted at commit, and never
 counted. A per-rank manifest rewritten without some inputs (engine/rewrite.py)
 names the one it replaces in ``replaces``; a replaced manifest counts for
 nothing from the moment its replacement exists, and is deleted.
+
+The commit folds every live manifest into ``_manifests/index.parquet`` and deletes the folded
+manifests (``OutputState.fold``), so a run reads one index and only the manifests written since.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import posixpath
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..storage import Storage
+from .committed import MIXED_ETAG, Progress
+from .state_index import (
+    INDEX_FILE,
+    empty_table,
+    folded,
+    part_names,
+    part_of,
+    parts_table,
+    read_index,
+    replaced_names,
+    write_index,
+)
 
 MANIFEST_DIR = "_manifests"
 LEASE_FILE = "_lease.json"
@@ -38,49 +58,15 @@ JOB_FILE = "_job.json"
 SUCCESS_FILE = "_SUCCESS"
 MANIFEST_FILE = "manifest.json"
 ERRORS_FILE = "errors.jsonl"
-MIXED_ETAG = "\x00mixed"  # an input whose committed rows came from different versions of it
+READ_BATCH = 1000  # manifests fetched per concurrent batch (fsspec ``cat`` of a list of paths)
+DELETE_BATCH = 1000  # manifests deleted per request (S3 DeleteObjects takes up to 1,000 keys)
+KILL_AT = "RAY_PIPELINES_KILL_AT"  # tests: SIGKILL this process at the named step (``stop_point``)
+
+__all__ = ["MIXED_ETAG", "INDEX_FILE", "OutputState", "Progress"]
 
 
 class OutputConflict(RuntimeError):
     """The output holds another job's or another config's data."""
-
-
-@dataclass
-class Progress:
-    """What committed manifests say about each input key."""
-
-    written: dict[str, set[int]] = field(default_factory=dict)  # key -> sample indices written
-    expected: dict[str, int] = field(default_factory=dict)  # key -> samples the input yields
-    final_errors: dict[str, dict[int, str]] = field(default_factory=dict)  # key -> {index: reason}; -1 = whole input
-    etags: dict[str, str] = field(default_factory=dict)
-    files: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: int = 0
-
-    def add_part(self, part: dict[str, Any]) -> None:
-        self.files.extend(part.get("files", []))
-        for key, info in part.get("inputs", {}).items():
-            seen = self.written.setdefault(key, set())
-            indices = set(info.get("written", []))
-            self.duplicates += len(seen & indices)
-            seen |= indices
-            self.expected[key] = max(self.expected.get(key, 0), int(info.get("expected", 0)))
-            if info.get("etag"):
-                seen_etag = self.etags.setdefault(key, info["etag"])
-                if seen_etag != info["etag"]:
-                    self.etags[key] = MIXED_ETAG
-        for error in part.get("errors", []):
-            if not error.get("retry", False):
-                self.final_errors.setdefault(error["key"], {})[int(error.get("index", -1))] = error["reason"]
-
-    def done_indices(self, key: str) -> set[int]:
-        return self.written.get(key, set()) | set(self.final_errors.get(key, {}))
-
-    def is_done(self, key: str) -> bool:
-        """Every sample of the input is written or failed for good (or the whole input failed)."""
-        if -1 in self.final_errors.get(key, {}):
-            return True
-        expected = self.expected.get(key, 0)  # 0: only a whole-input error was seen, which was retryable
-        return expected > 0 and len(self.done_indices(key)) >= expected
 
 
 class OutputState:
@@ -89,6 +75,12 @@ class OutputState:
     def __init__(self, storage: Storage, is_data_file: Callable[[str], bool] | None = None):
         self.storage = storage
         self.is_data_file = is_data_file or default_is_data_file
+        self._index: pa.Table | None = None
+        self._index_read = False
+        self._disk = empty_table()  # rows of the manifests on disk read so far
+        self._disk_names: set[str] = set()
+        self._progress: Progress | None = None
+        self._index_parts: set[str] | None = None  # names of the manifests the index holds
 
     # ---- before a run ------------------------------------------------------------
     def prepare(
@@ -157,21 +149,62 @@ class OutputState:
         names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
         return sorted(n for n in names if not is_lease_file(n))
 
+    # ---- the committed state -----------------------------------------------------
+    # Read once per run: the index (one GET) and each per-block manifest once (fetched
+    # concurrently, in batches); later calls read only manifests that appeared since.
+    def index(self) -> pa.Table | None:
+        """The folded state (engine/state_index.py), read once; None for outputs without one."""
+        if not self._index_read:
+            self._index, self._index_read = read_index(self.storage), True
+        return self._index
+
+    def is_folded(self, name: str) -> bool:
+        self.state_table()
+        return self._index_parts is not None and name in self._index_parts
+
+    def refresh(self) -> None:
+        """List the manifests on disk; forget the ones gone, read the new ones."""
+        listed = {p for p in self.storage.list(MANIFEST_DIR) if p.endswith(".json")}
+        gone, new = self._disk_names - listed, sorted(listed - self._disk_names)
+        if not gone and not new:
+            return
+        if gone:
+            self._disk = self._disk.filter(pc.invert(pc.is_in(self._disk["part"], value_set=pa.array(sorted(gone)))))
+        tables = [self._disk]
+        for start in range(0, len(new), READ_BATCH):
+            batch = self.storage.cat_many(new[start : start + READ_BATCH])
+            tables.append(parts_table((name, json.loads(batch[name])) for name in new[start : start + READ_BATCH]))
+        self._disk = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
+        self._disk_names = listed
+        self._progress = None
+
+    def state_table(self) -> pa.Table:
+        """Rows of every live manifest: the index's, overridden by manifests on disk of the same
+        name, less the ones a manifest on disk replaces."""
+        self.refresh()
+        index = self.index()
+        if index is not None and self._index_parts is None:
+            self._index_parts = set(part_names(index))
+        return live_table(index, self._disk, self._disk_names, self._index_parts)
+
     def read_parts(self) -> dict[str, dict[str, Any]]:
-        """Every per-rank manifest on disk, replaced ones included: relpath -> content."""
-        return {
-            path: self.storage.read_json(path) for path in self.storage.list(MANIFEST_DIR) if path.endswith(".json")
-        }
+        """Every per-rank manifest on disk (not folded yet), replaced ones included: relpath -> content."""
+        self.refresh()
+        return {name: part_of(self._disk, name) for name in sorted(self._disk_names)}
 
     def live_parts(self) -> dict[str, dict[str, Any]]:
-        """The per-rank manifests that count: relpath -> content (replaced ones left out)."""
-        return live_of(self.read_parts())
+        """The per-rank manifests that count, folded or not: relpath -> content (replaced ones left out)."""
+        table = self.state_table()
+        return {name: part_of(table, name) for name in sorted(part_names(table))}
 
     def load_parts(self) -> list[dict[str, Any]]:
         return list(self.live_parts().values())
 
     def progress(self) -> Progress:
-        return progress_of(self.load_parts())
+        table = self.state_table()
+        if self._progress is None:
+            self._progress = Progress(table)
+        return self._progress
 
     # ---- after a run -------------------------------------------------------------
     def remove_orphans(self, progress: Progress) -> list[str]:
@@ -186,9 +219,29 @@ class OutputState:
             rel = path[len(root) :].lstrip("/") if path.startswith(root) else posixpath.relpath(path, root)
             if rel.startswith(MANIFEST_DIR + "/") or rel in referenced or not self.is_data_file(rel):
                 continue
-            fs.rm(path)
             removed.append(rel)
+        self.storage.remove_many(removed)
         return removed
+
+    def fold(self, table: pa.Table) -> None:
+        """Write the live state as the new index, then delete the manifests it folded.
+
+        A kill before the index is written leaves the old index and the manifests (nothing changed);
+        after it, manifests not yet deleted are read again and override their folded copies, which
+        are the same. Replaced manifests are deleted before the index is written: once their
+        replacement is folded, its ``replaces`` list is gone, so they must not be found again."""
+        replaced = sorted(self._disk_names & replaced_names(self._disk))
+        self.storage.remove_many(replaced)
+        stop_point("fold:before-index")
+        index = folded(table)
+        write_index(self.storage, index)
+        stop_point("fold:after-index")
+        folded_parts = sorted(self._disk_names - set(replaced))
+        for start in range(0, len(folded_parts), DELETE_BATCH):
+            self.storage.remove_many(folded_parts[start : start + DELETE_BATCH])
+            stop_point("fold:deleting")
+        self._index, self._index_read, self._index_parts = index, True, None
+        self._disk, self._disk_names, self._progress = empty_table(), set(), None
 
     def commit(
         self,
@@ -206,23 +259,18 @@ class OutputState:
         inputs: dict[str, Any] | None = None,
         still_holds: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Merge per-rank manifests into manifest.json and errors.jsonl; write _SUCCESS only when the
-        run is complete: every selected input (``selected_keys``, else ``processed_keys``) is rows or
-        a final error. ``still_holds`` raises when this run no longer holds the output (lease lost):
-        it is called before anything is deleted and again before manifest.json is written."""
+        """Fold the per-rank manifests into the index (``fold``) and write manifest.json and errors.jsonl;
+        write _SUCCESS only when the run is complete: every selected input (``selected_keys``, else
+        ``processed_keys``) is rows or a final error. ``still_holds`` raises when this run no longer
+        holds the output (lease lost): it is called before anything is deleted and again before the
+        index and manifest.json are written."""
         check_lease = still_holds or (lambda: None)
         check_lease()
-        everything = self.read_parts()
-        live = live_of(everything)
-        for path in everything.keys() - live.keys():  # replaced by a rewritten manifest
-            self.storage.remove(path)
-        parts = list(live.values())
-        progress = progress_of(parts)
+        progress = self.progress()
+        table = progress.table
         orphans = self.remove_orphans(progress)
 
-        errors: list[dict[str, Any]] = []
-        for part in parts:
-            errors.extend(e for e in part.get("errors", []) if not _superseded(e, progress))
+        errors = [e for e in progress.error_rows if not _superseded(e, progress)]
         lost = [
             {
                 "key": key,
@@ -231,19 +279,17 @@ class OutputState:
                 "reason": "lost: its rows never committed (the worker or node running its block died, or the "
                 "block raised: see the driver log); it is retried by the next run",
             }
-            for key in lost_keys(processed_keys, progress, parts, run_id)
+            for key in lost_keys(processed_keys, progress, run_id)
         ]
         errors.extend(lost)
         errors.sort(key=lambda e: (e["key"], int(e.get("index", -1))))
         scope = processed_keys if selected_keys is None else selected_keys
-        to_retry = sum(1 for key in scope if not progress.is_done(key))
+        to_retry = progress.count_not_done(scope)
 
         files = sorted(progress.files, key=lambda f: f["path"])
         splits: dict[str, int] = {}
         for f in files:
             splits[f.get("split", "")] = splits.get(f.get("split", ""), 0) + int(f["rows"])
-        schema = next((p["schema"] for p in parts if p.get("schema")), {})
-        inputs_written = sum(1 for k, v in progress.written.items() if v)
         manifest = {
             "job": job,
             "fingerprint": fingerprint,
@@ -254,7 +300,7 @@ class OutputState:
                 "listed": listed,
                 "skipped_already_committed": skipped,
                 "processed_this_run": len(processed_keys),
-                "inputs_with_output": inputs_written,
+                "inputs_with_output": progress.inputs_written(),
                 "rows_written": sum(splits.values()),
                 "errors": len({e["key"] for e in errors}),
                 "error_rows": len(errors),
@@ -265,13 +311,14 @@ class OutputState:
             },
             "inputs": inputs or {},
             "splits": splits,
-            "schema": schema,
+            "schema": first_schema(table),
             "files": files,
             "timings": timings,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra or {}),
         }
         check_lease()
+        self.fold(table)
         self.storage.write_bytes(ERRORS_FILE, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
         self.storage.write_json(MANIFEST_FILE, manifest)
         if manifest["complete"]:
@@ -279,11 +326,37 @@ class OutputState:
         return manifest
 
 
+def live_table(
+    index: pa.Table | None, disk: pa.Table, disk_names: set[str], index_parts: set[str] | None = None
+) -> pa.Table:
+    """The live rows: the index's parts that no manifest on disk overrides (same name) or replaces,
+    and the manifests on disk that none replaces."""
+    replaced = replaced_names(disk)
+    tables = []
+    if index is not None:
+        drop = (disk_names | replaced) & (set(part_names(index)) if index_parts is None else index_parts)
+        if drop:
+            index = index.filter(pc.invert(pc.is_in(index["part"], value_set=pa.array(sorted(drop), pa.string()))))
+        tables.append(index)
+    if replaced:
+        disk = disk.filter(pc.invert(pc.is_in(disk["part"], value_set=pa.array(sorted(replaced), pa.string()))))
+    tables.append(disk)
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def first_schema(table: pa.Table) -> dict[str, Any]:
+    """The data schema the first manifest that has one records (they all record the same)."""
+    headers = table.filter(pc.equal(table["kind"], 0))["record"]
+    for chunk in headers.chunks:
+        for record in chunk.to_pylist():
+            schema = json.loads(record).get("schema")
+            if schema:
+                return schema
+    return {}
+
+
 def progress_of(parts: Iterable[dict[str, Any]]) -> Progress:
-    progress = Progress()
-    for part in parts:
-        progress.add_part(part)
-    return progress
+    return Progress(parts_table((f"#{i}", part) for i, part in enumerate(parts)))
 
 
 def live_of(parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -292,11 +365,23 @@ def live_of(parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {path: part for path, part in parts.items() if path not in replaced}
 
 
-def lost_keys(processed_keys: list[str], progress: Progress, parts: list[dict[str, Any]], run_id: str) -> list[str]:
+def lost_keys(processed_keys: list[str], progress: Progress, run_id: str) -> list[str]:
     """Inputs this run sent that are not done and got no error row from it: their rows never
     committed (a worker or node died, or the block raised). Without a run id, errors of any run count."""
-    failed = {e["key"] for p in parts if not run_id or p.get("run_id") == run_id for e in p.get("errors", ())}
-    return [key for key in processed_keys if not progress.is_done(key) and key not in failed]
+    if not processed_keys:
+        return []
+    errors = progress.errors_table
+    if run_id:
+        errors = errors.filter(pc.equal(errors["run_id"], run_id))
+    failed = set(errors["key"].to_pylist())
+    done = progress.done_mask(processed_keys)
+    return [key for key, d in zip(processed_keys, done) if not d and key not in failed]
+
+
+def stop_point(name: str) -> None:
+    """Tests kill the driver here (``RAY_PIPELINES_KILL_AT=<name>``) to check what each step leaves."""
+    if os.environ.get(KILL_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_lease_file(relpath: str) -> bool:
@@ -310,7 +395,7 @@ def _superseded(error: dict[str, Any], progress: Progress) -> bool:
     if not error.get("retry"):
         return False
     index = int(error.get("index", -1))
-    return progress.is_done(error["key"]) if index < 0 else index in progress.written.get(error["key"], set())
+    return progress.is_done(error["key"]) if index < 0 else index in progress.written_of(error["key"])
 
 
 def default_is_data_file(relpath: str) -> bool:

@@ -8,10 +8,12 @@ manifest that names any of the inputs, in order:
    they keep (``ShardSink.drop_from_files``; per-sample files of those inputs are just dropped);
 2. the manifest is written again without those inputs, under a name derived from its content, with
    the old one in ``replaces``. This one write is the switch: from then on the old manifest counts
-   for nothing (``manifest.live_of``), whether or not it still exists;
-3. the old manifest is deleted. Its old files, which no live manifest names any more, are orphans:
-   the commit deletes them with any others, so until then the last commit's ``manifest.json`` still
-   finds every file it names.
+   for nothing (``manifest.live_table``), whether or not it still exists;
+3. the old manifest is deleted (one folded into the index, engine/state_index.py, is not a file:
+   step 2's replacement already hides it, and one left with nothing is retired by a *tombstone*, a
+   manifest naming nothing that replaces it; the next commit's fold drops both). Its old files, which
+   no live manifest names any more, are orphans: the commit deletes them with any others, so until
+   then the last commit's ``manifest.json`` still finds every file it names.
 
 A run killed anywhere leaves the old manifest live (step 1 done in part: its new files are orphans,
 and the next run writes the same names again) or the new one (the old manifest and files are dead).
@@ -27,9 +29,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..storage import Storage
-from .manifest import MANIFEST_DIR, OutputState, live_of
+from .manifest import MANIFEST_DIR, OutputState
 from .sink import ShardSink
+from .state_index import part_of
 
 
 def drop_inputs(
@@ -37,15 +43,17 @@ def drop_inputs(
 ) -> int:
     """Remove every committed row and error row of ``keys``; returns how many manifests were rewritten.
     ``still_holds`` raises when the run lost the output (checked before each manifest)."""
-    live = live_of(state.read_parts())
+    table = state.state_table()
+    named = table.filter(pc.is_in(table["key"], value_set=pa.array(sorted(keys), pa.string())))
     rewritten = 0
-    for name in sorted(live):
-        inputs = keys_in(live[name], keys)
+    for name in sorted(set(named["part"].to_pylist())):
+        part = part_of(table, name)
+        inputs = keys_in(part, keys)
         if not inputs:
             continue
         if still_holds is not None:
             still_holds()
-        rewrite_part(state.storage, sink, name, live[name], inputs)
+        rewrite_part(state.storage, sink, name, part, inputs, folded=state.is_folded(name))
         rewritten += 1
     return rewritten
 
@@ -54,10 +62,12 @@ def keys_in(part: dict[str, Any], keys: set[str]) -> set[str]:
     return keys.intersection(part.get("inputs", {})) | {e["key"] for e in part.get("errors", ()) if e["key"] in keys}
 
 
-def rewrite_part(storage: Storage, sink: ShardSink, name: str, part: dict[str, Any], keys: set[str]) -> None:
-    """Steps 1-3 for one manifest."""
+def rewrite_part(
+    storage: Storage, sink: ShardSink, name: str, part: dict[str, Any], keys: set[str], folded: bool = False
+) -> None:
+    """Steps 1-3 for one manifest (``folded``: it is in the index, engine/state_index.py)."""
     files = sink.drop_from_files(storage, part.get("files", []), keys)
-    switch_part(storage, name, without_inputs(part, keys, files, name))
+    switch_part(storage, name, without_inputs(part, keys, files, name), folded)
 
 
 def without_inputs(
@@ -76,16 +86,21 @@ def without_inputs(
     }
 
 
-def switch_part(storage: Storage, name: str, replacement: dict[str, Any] | None) -> None:
+def switch_part(storage: Storage, name: str, replacement: dict[str, Any] | None, folded: bool = False) -> None:
     """Make ``replacement`` the live manifest in place of ``name`` (or retire ``name`` when nothing
-    is left of it): one write, or one delete, is the switch."""
+    is left of it): one write, or one delete, is the switch. A manifest folded into the index cannot
+    be deleted there: it is retired by a tombstone, a manifest naming nothing that replaces it."""
+    if replacement is None and folded:
+        replacement = {"inputs": {}, "errors": [], "files": [], "replaces": [name]}
     if replacement is not None:
-        storage.write_json(replacement_name(replacement), replacement)
+        storage.write_json(replacement_name(replacement), replacement, compact=True)
     storage.remove(name)
 
 
 def replacement_name(part: dict[str, Any]) -> str:
     """A rewritten manifest's name: a digest of what it names (the same content, the same name)."""
     named = {"inputs": part["inputs"], "errors": part["errors"], "files": [f["path"] for f in part["files"]]}
+    if not part["inputs"]:  # a tombstone: named after what it retires
+        named["replaces"] = part["replaces"]
     digest = hashlib.blake2b(json.dumps(named, sort_keys=True).encode(), digest_size=10).hexdigest()
     return f"{MANIFEST_DIR}/part-{digest}.json"

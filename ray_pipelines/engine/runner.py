@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -31,7 +32,7 @@ from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import OutputState, Progress, lost_keys, progress_of
+from .manifest import OutputState, Progress, lost_keys
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
@@ -104,13 +105,15 @@ def select_inputs(job: Job, listed: list[InputItem] | None = None) -> list[dict[
 
 def pending_inputs(rows: list[dict[str, Any]], progress: Progress) -> list[dict[str, Any]]:
     """The resume check: rows whose input is not done yet, each with the sample indices to skip."""
+    if not rows:
+        return []
+    positions = progress.positions([row["key"] for row in rows])
+    done = progress.done_at(positions)
     pending = []
-    for row in rows:
-        if progress.is_done(row["key"]):
-            continue
-        already = progress.done_indices(row["key"])
-        row["skip"] = sorted(already) if already else []
-        pending.append(row)
+    for row, position, finished in zip(rows, positions.tolist(), done.tolist()):
+        if not finished:
+            row["skip"] = progress.done_indices_at(position) if position >= 0 else []
+            pending.append(row)
     return pending
 
 
@@ -276,9 +279,8 @@ def _execute_with_retries(
             _raise_if_stopped(control, e)
             raise
         _raise_if_stopped(control)
-        parts = state.load_parts()
-        progress = progress_of(parts)
-        lost = set(lost_keys([row["key"] for row in pending], progress, parts, run_id))
+        progress = state.progress()  # reads only the manifests written since
+        lost = set(lost_keys([row["key"] for row in pending], progress, run_id))
         if not lost or attempt == retries:
             break
         log.warning(
@@ -365,6 +367,26 @@ class DecodeStageWrite(DecodeThenStage):
         return {name: np.array([value]) for name, value in report.items()}
 
 
+def input_dataset(pending: list[dict[str, Any]], per_block: int, num_blocks: int) -> ray.data.Dataset:
+    """The pending inputs as Ray blocks of ``per_block`` rows: one Arrow table, column by column, sliced
+    into blocks without copies (``from_items`` would turn every input into a Python row for Ray, 54 s
+    for a million). Rows whose fields Arrow cannot type as columns fall back to ``from_items``."""
+    try:
+        table = pending_table(pending)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return ray.data.from_items(pending, override_num_blocks=num_blocks)
+    return ray.data.from_arrow([table.slice(start, per_block) for start in range(0, table.num_rows, per_block)])
+
+
+def pending_table(pending: list[dict[str, Any]]) -> pa.Table:
+    names = list(dict.fromkeys(name for row in pending for name in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in pending]
+        columns[name] = pa.array(values, pa.list_(pa.int64())) if name == "skip" else pa.array(values)
+    return pa.table(columns)
+
+
 def _execute(
     job: Job, pending: list[dict[str, Any]], fingerprint: str, run_id: str, control: RunControl | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -379,7 +401,7 @@ def _execute(
         # which warns that the keyword moves in 2.64.
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        ds = ray.data.from_items(pending, override_num_blocks=num_blocks)
+        ds = input_dataset(pending, cfg.inputs_per_block, num_blocks)
         actor_args = dict(num_cpus=plan.num_cpus, max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
         sink = job.make_sink(fingerprint)
         sink.run_id, sink.control = run_id, control

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 CPU_RESERVE = 0.5
 WRITE_TASK_CPUS = 0.25
 MAX_TASK_RETRIES = 2
+# An autoscaler without a GPU limit (maxReplicas unset) still gets a bounded pool: Ray Data adds
+# actors up to this many as blocks wait, and the input blocks cap it further.
+GPU_CEILING = 64
 # Whether workers' stdout/stderr stream to the driver's console; the CLI turns it off unless
 # --verbose (ray_pipelines/console.py). Off, they stay in Ray's worker log files.
 WORKER_LOGS_TO_DRIVER = True
@@ -56,23 +59,55 @@ class PoolPlan:
     decode_cpus: float  # per decode task
 
 
-def plan_pool(cfg: CommonConfig, uses_gpu: bool = True, max_useful: int | None = None) -> PoolPlan:
-    """Pool size and per-actor resources from the config and the cluster.
+def cluster_capacity() -> tuple[dict[str, float], dict[str, float]]:
+    """What the cluster has now, and the most its autoscaler may start (KubeRay worker groups'
+    ``maxReplicas`` times their resources; the same as now where no autoscaler config is published)."""
+    now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    try:
+        from ray._private.state import state
 
-    GPU when the cluster has one and ``num_gpus`` is unset (or > 0). On CPU the
-    actors share all CPUs but ``CPU_RESERVE`` (decode then fuses into the
-    actors; see docs/architecture.md). ``max_useful`` (the number of input
-    blocks) caps the pool: more actors than blocks would only sit idle.
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # older or newer Ray without it, or no GCS: what is there is all there is
+        most = {}
+    return now, {k: max(float(most.get(k, 0) or 0), now.get(k, 0.0)) for k in set(now) | set(most)}
+
+
+def plan_pool(
+    cfg: CommonConfig,
+    uses_gpu: bool = True,
+    max_useful: int | None = None,
+    capacity: tuple[dict[str, float], dict[str, float]] | None = None,
+) -> PoolPlan:
+    """Pool size and per-actor resources from the config and the cluster (``capacity``: what it has
+    now and the most its autoscaler may start, :func:`cluster_capacity`).
+
+    GPU when the cluster has one, or its autoscaler may start one, and ``num_gpus`` is unset (or > 0).
+    A cluster that scales GPU workers from zero (``minReplicas: 0``) has none when the job starts: the
+    pool is then planned from what the autoscaler may start, with one actor to begin with, and Ray
+    Data's requests for the rest scale the workers up. On CPU the actors share all CPUs but
+    ``CPU_RESERVE`` (decode then fuses into the actors; see docs/architecture.md). ``max_useful``
+    (the number of input blocks) caps the pool: more actors than blocks would only sit idle.
     """
-    resources = ray.cluster_resources()
-    cpus = float(resources.get("CPU", 1))
-    gpus = float(resources.get("GPU", 0))
-    num_gpus = (1.0 if gpus >= 1 else 0.0) if cfg.num_gpus is None else float(cfg.num_gpus)
+    now, most = capacity if capacity is not None else cluster_capacity()
+    cpus = float(now.get("CPU", 1)) or float(most.get("CPU", 1))
+    gpus_now, gpus_most = float(now.get("GPU", 0)), float(most.get("GPU", now.get("GPU", 0)))
+    num_gpus = (1.0 if gpus_most >= 1 else 0.0) if cfg.num_gpus is None else float(cfg.num_gpus)
     if not uses_gpu:
         num_gpus = 0.0
-    if num_gpus > 0 and gpus == 0:
+    if num_gpus > 0 and gpus_most == 0:
         raise ConfigError(
-            f"num_gpus: {num_gpus} GPUs per actor asked for, but the cluster has no GPU (set num_gpus: 0 to run on CPU)"
+            f"num_gpus: {num_gpus} GPUs per actor asked for, but the cluster has no GPU and its autoscaler "
+            "can start none (set num_gpus: 0 to run on CPU)"
+        )
+    scaling_up = num_gpus > 0 and gpus_now < num_gpus
+    gpus = min(gpus_most, GPU_CEILING) if scaling_up else gpus_now
+    if scaling_up:
+        log.warning(
+            "the cluster has %g GPUs now; its autoscaler may start up to %s: planning GPU actors "
+            "(%g GPU each) that start as GPU workers come up",
+            gpus_now,
+            f"{gpus_most:g}" if gpus_most < GPU_CEILING else "any number",
+            num_gpus,
         )
     if isinstance(cfg.actors, ActorPool):
         low, high = cfg.actors.min, cfg.actors.max
@@ -80,6 +115,8 @@ def plan_pool(cfg: CommonConfig, uses_gpu: bool = True, max_useful: int | None =
         low = high = cfg.actors
     elif num_gpus > 0:
         low = high = max(1, int(gpus // num_gpus))
+        if scaling_up:
+            low = 1  # the first worker's actor starts the run; the others join as workers come up
     else:
         low = high = max(1, int(cpus))
     if max_useful is not None:

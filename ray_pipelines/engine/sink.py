@@ -178,7 +178,7 @@ class ShardSink(Datasink):
             # files as orphans for that run's commit to remove, and commit nothing.
             return report(fenced=True)
         name = content_hash(self.fingerprint, keys, indices)
-        storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part)
+        storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part, compact=True)
         return report(
             inputs=len(inputs),
             rows=int(ok.sum()),

@@ -1,0 +1,177 @@
+"""The committed state as one columnar table: per-block manifests folded into ``_manifests/index.parquet``.
+
+Every per-block manifest (``_manifests/part-*.json``, engine/sink.py) becomes rows of one Arrow table
+with a ``part`` column naming the manifest it came from:
+
+- one *header* row (the manifest's own fields but inputs, errors and files, as JSON; its ``replaces``
+  list as a list column),
+- one *input* row per input it names (key, expected samples, written indices, identity),
+- one *error* row per error row (key, index, retry, the error as JSON),
+- one *file* row per file it names (the file record as JSON).
+
+The commit writes the live part of that table (replaced manifests left out) to ``index.parquet`` in one
+atomic write and then deletes the manifests it folded; a run reads the index plus whatever manifests
+are still on disk (written since, or left by a fold that was killed before it deleted them). A manifest
+on disk always wins over the folded one of the same name (engine/manifest.py: ``live_table``), so a
+manifest that is both folded and present counts once. Reading it back is one GET; its size grows with
+the committed inputs, about 20-30 bytes each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..storage import Storage
+
+INDEX_FILE = "_manifests/index.parquet"
+HEADER, INPUT, ERROR, FILE = 0, 1, 2, 3
+SCHEMA = pa.schema(
+    [
+        ("part", pa.string()),  # the manifest's relpath (_manifests/part-<hash>.json)
+        ("kind", pa.int8()),
+        ("key", pa.string()),  # input and error rows
+        ("expected", pa.int64()),  # input rows: samples the input yields
+        ("written", pa.list_(pa.int32())),  # input rows: sample indices written
+        ("etag", pa.string()),  # input rows: the identity the rows were made from
+        ("index", pa.int64()),  # error rows: the sample (-1: the whole input)
+        ("retry", pa.bool_()),  # error rows: retried by the next run
+        ("run_id", pa.string()),  # every row: the run that wrote the manifest
+        ("replaces", pa.list_(pa.string())),  # header rows: manifests this one replaces (engine/rewrite.py)
+        ("record", pa.string()),  # header, error and file rows: the rest, as JSON
+    ]
+)
+PART_FIELDS = ("inputs", "errors", "files", "replaces")  # what the other columns hold
+
+
+def parts_table(parts: Iterable[tuple[str, dict[str, Any]]]) -> pa.Table:
+    """The rows of many manifests (relpath, content), built in one pass: each kind's columns as
+    plain lists, then one Arrow table per kind (the other columns null)."""
+    head: dict[str, list] = {"part": [], "run_id": [], "replaces": [], "record": []}
+    inp: dict[str, list] = {"part": [], "run_id": [], "key": [], "expected": [], "written": [], "etag": []}
+    err: dict[str, list] = {"part": [], "run_id": [], "key": [], "index": [], "retry": [], "record": []}
+    fil: dict[str, list] = {"part": [], "run_id": [], "record": []}
+    for name, part in parts:
+        run_id = str(part.get("run_id", ""))
+        head["part"].append(name)
+        head["run_id"].append(run_id)
+        head["replaces"].append(list(part.get("replaces", ())))
+        head["record"].append(dumps({k: v for k, v in part.items() if k not in PART_FIELDS}))
+        inputs = part.get("inputs", {})
+        inp["part"].extend([name] * len(inputs))
+        inp["run_id"].extend([run_id] * len(inputs))
+        for key, info in inputs.items():
+            inp["key"].append(key)
+            inp["expected"].append(int(info.get("expected", 0)))
+            inp["written"].append(info.get("written", []))
+            inp["etag"].append(str(info.get("etag", "")))
+        for error in part.get("errors", ()):
+            for column, value in zip(
+                err,
+                (
+                    name,
+                    run_id,
+                    error["key"],
+                    int(error.get("index", -1)),
+                    bool(error.get("retry", False)),
+                    dumps(error),
+                ),
+            ):
+                err[column].append(value)
+        for record in part.get("files", ()):
+            fil["part"].append(name)
+            fil["run_id"].append(run_id)
+            fil["record"].append(dumps(record))
+    tables = [_kind_table(kind, columns) for kind, columns in ((HEADER, head), (INPUT, inp), (ERROR, err), (FILE, fil))]
+    return pa.concat_tables([t for t in tables if t.num_rows] or [empty_table()])
+
+
+def _kind_table(kind: int, columns: dict[str, list]) -> pa.Table:
+    n = len(columns["part"])
+    arrays = [
+        pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(n, f.type)
+        for f in SCHEMA
+        if f.name != "kind"
+    ]
+    arrays.insert(SCHEMA.get_field_index("kind"), pa.array(np.full(n, kind, np.int8)))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def empty_table() -> pa.Table:
+    return SCHEMA.empty_table()
+
+
+def part_of(table: pa.Table, name: str) -> dict[str, Any]:
+    """One manifest's content again, from its rows (for a rewrite of a folded manifest)."""
+    rows = table.filter(pc.equal(table["part"], name)).to_pylist()
+    part: dict[str, Any] = {"inputs": {}, "errors": [], "files": []}
+    for r in rows:
+        kind = r["kind"]
+        if kind == HEADER:
+            part.update(json.loads(r["record"]))
+            if r["replaces"]:
+                part["replaces"] = list(r["replaces"])
+        elif kind == INPUT:
+            part["inputs"][r["key"]] = {"expected": r["expected"], "written": list(r["written"]), "etag": r["etag"]}
+        elif kind == ERROR:
+            part["errors"].append(json.loads(r["record"]))
+        else:
+            part["files"].append(json.loads(r["record"]))
+    return part
+
+
+def part_names(table: pa.Table) -> list[str]:
+    return pc.unique(table["part"]).to_pylist()
+
+
+def replaced_names(table: pa.Table) -> set[str]:
+    """Every manifest a header row in ``table`` says it replaces."""
+    replaces = table["replaces"]
+    flat = pc.list_flatten(replaces.combine_chunks() if isinstance(replaces, pa.ChunkedArray) else replaces)
+    return set(flat.to_pylist()) if len(flat) else set()
+
+
+def folded(table: pa.Table) -> pa.Table:
+    """What the index keeps of the live state: ``replaces`` emptied (what they replaced is gone from
+    the state, and a manifest written later under such a name must count) and tombstones (manifests
+    that name nothing, which only retire a folded one) left out."""
+    named = pc.unique(table.filter(pc.not_equal(table["kind"], HEADER))["part"])
+    if len(named) < len(pc.unique(table["part"])):
+        table = table.filter(pc.is_in(table["part"], value_set=named))
+    return table.set_column(
+        SCHEMA.get_field_index("replaces"), "replaces", pa.nulls(table.num_rows, pa.list_(pa.string()))
+    )
+
+
+def read_index(storage: Storage) -> pa.Table | None:
+    """The folded state, or None when the output has none (written before the index, or new)."""
+    try:
+        data = storage.fs.cat_file(storage.abspath(INDEX_FILE))
+    except FileNotFoundError:
+        return None
+    # Cast always: Parquet names list items "element", and the index's bytes must not depend on
+    # whether its rows were read back or built here.
+    return pq.read_table(pa.BufferReader(data)).cast(SCHEMA)
+
+
+def write_index(storage: Storage, table: pa.Table) -> None:
+    """One atomic write (local: temp file renamed; object stores: the upload completes on close)."""
+    table = table.sort_by([("part", "ascending"), ("kind", "ascending")])  # the same state, the same bytes
+    with storage.open_atomic(INDEX_FILE) as f:
+        pq.write_table(table, f, compression="zstd", row_group_size=1 << 20)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

@@ -1,0 +1,54 @@
+"""Sizing the actor pool from what the cluster has now and what its autoscaler may start: a
+KubeRay cluster whose GPU workers scale from zero (minReplicas 0) still gets a GPU pool."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ray_pipelines.config import CommonConfig, ConfigError
+from ray_pipelines.engine.runtime import GPU_CEILING, PoolPlan, plan_pool
+
+
+def config(**keys) -> CommonConfig:
+    return CommonConfig(input="/in", output="/out", **keys)
+
+
+def test_a_cluster_with_gpus_now_gets_one_actor_per_gpu():
+    plan = plan_pool(config(), capacity=({"CPU": 16, "GPU": 4}, {"CPU": 16, "GPU": 4}), max_useful=100)
+    assert plan == PoolPlan(4, 4, 1.0, num_cpus=1.0, decode_cpus=1.0)
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_gpu_workers_at_zero_replicas_still_plan_a_gpu_pool():
+    # Head only (4 CPUs, no GPU) now; the autoscaler may start 2 workers of 4 GPUs.
+    capacity = ({"CPU": 4}, {"CPU": 4 + 2 * 16, "GPU": 8})
+    lines, logger = Lines(), logging.getLogger("ray_pipelines.engine.runtime")
+    logger.addHandler(lines)
+    try:
+        plan = plan_pool(config(), capacity=capacity, max_useful=100)
+    finally:
+        logger.removeHandler(lines)
+    assert plan == PoolPlan(1, 8, 1.0, num_cpus=1.0, decode_cpus=1.0)
+    assert any("has 0 GPUs now; its autoscaler may start up to 8" in line for line in lines.lines)
+    # Fewer input blocks than GPUs: no more actors than blocks.
+    assert plan_pool(config(num_gpus=2), capacity=capacity, max_useful=3) == PoolPlan(1, 3, 2.0, 1.0, 1.0)
+    # An autoscaler without a GPU limit: bounded all the same.
+    assert plan_pool(config(), capacity=({"CPU": 4}, {"CPU": 4, "GPU": 2**62})).max_size == GPU_CEILING
+
+
+def test_gpus_asked_for_where_none_can_ever_come_are_refused():
+    with pytest.raises(ConfigError, match="its autoscaler can start none"):
+        plan_pool(config(num_gpus=1), capacity=({"CPU": 4}, {"CPU": 4}))
+    # Unset num_gpus on a CPU cluster: a CPU pool, one actor per CPU.
+    plan = plan_pool(config(), capacity=({"CPU": 4}, {"CPU": 4}), max_useful=100)
+    assert plan == PoolPlan(4, 4, 0.0, num_cpus=0.875, decode_cpus=0.875)

@@ -1,0 +1,187 @@
+"""The committed-state index: commits fold per-block manifests into ``_manifests/index.parquet``,
+later runs read the index plus the manifests written since, and a driver SIGKILLed at any step of
+the fold leaves a state the next commit reads and finishes exactly as a clean commit would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ray_pipelines.engine.manifest import DELETE_BATCH, KILL_AT, OutputState
+from ray_pipelines.engine.rewrite import drop_inputs
+from ray_pipelines.engine.runner import pending_inputs
+from ray_pipelines.engine.state_index import INDEX_FILE
+from ray_pipelines.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = [f"k{i:03d}" for i in range(24)]
+
+
+def part(keys: list[str], expected: int = 2, written=(0, 1), etag: str = "e", errors=()) -> dict:
+    return {
+        "rank": 0,
+        "run_id": "r1",
+        "fingerprint": "f" * 8,
+        "files": [{"path": f"train/part-{keys[0]}.parquet", "split": "train", "rows": len(keys), "bytes": 1}],
+        "inputs": {k: {"expected": expected, "written": list(written), "etag": etag} for k in keys},
+        "errors": list(errors),
+        "schema": {"x": {"type": "int64"}},
+    }
+
+
+def build(root: Path, blocks: int = 6) -> Storage:
+    """Per-block manifests of 4 inputs each (the last block's input k023 with a final error), and
+    their data files (empty stand-ins: only their names matter to the commit)."""
+    storage = Storage(str(root))
+    for b in range(blocks):
+        keys = KEYS[4 * b : 4 * b + 4]
+        errors = [{"key": "k023", "index": 1, "reason": "silent", "retry": False}] if "k023" in keys else []
+        content = part(keys, errors=errors)
+        if errors:
+            content["inputs"]["k023"]["written"] = [0]
+        storage.write_json(f"_manifests/part-{b:04d}.json", content, compact=True)
+        storage.write_bytes(f"train/part-{keys[0]}.parquet", b"x")
+    return storage
+
+
+def commit(state: OutputState, keys=KEYS) -> dict:
+    return state.commit(
+        job="augment",
+        fingerprint="f" * 8,
+        config={},
+        listed=len(keys),
+        skipped=0,
+        processed_keys=list(keys),
+        timings={},
+        run_id="r1",
+    )
+
+
+def snapshot(root: Path) -> dict:
+    """What a commit leaves, less the times: manifest.json's counts, files and errors; errors.jsonl;
+    the committed state as the engine reads it; the files on disk."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    state = OutputState(Storage(str(root)))
+    progress = state.progress()
+    return {
+        "counts": manifest["counts"],
+        "files": manifest["files"],
+        "complete": manifest["complete"],
+        "errors": (root / "errors.jsonl").read_text(),
+        "written": progress.written,
+        "final_errors": progress.final_errors,
+        "parts": state.live_parts(),
+        "on_disk": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()),
+    }
+
+
+def test_commit_folds_manifests_into_the_index_and_reads_it_back(tmp_path):
+    storage = build(tmp_path)
+    before = OutputState(storage).progress()
+    manifest = commit(OutputState(storage))
+    assert manifest["complete"] and manifest["counts"]["inputs_with_output"] == 24
+    assert sorted(p.name for p in (tmp_path / "_manifests").iterdir()) == ["index.parquet"]
+    after = OutputState(storage).progress()
+    assert after.written == before.written and after.final_errors == {"k023": {1: "silent"}}
+    assert after.is_done("k023") and after.done_indices("k023") == {0, 1}
+    assert not (tmp_path / "_manifests" / "part-0000.json").exists()
+    # A manifest written after the fold is read with the index, and an input it finishes is done.
+    storage.write_json("_manifests/part-new.json", part(["zz"], expected=1, written=(0,)), compact=True)
+    progress = OutputState(storage).progress()
+    assert progress.is_done("zz") and len(progress.written) == 25
+    rows = [{"key": k} for k in ["k000", "zz", "new"]]
+    assert [r["key"] for r in pending_inputs(rows, progress)] == ["new"]
+
+
+def test_a_manifest_both_folded_and_present_counts_once(tmp_path):
+    storage = build(tmp_path)
+    copy = (tmp_path / "_manifests" / "part-0001.json").read_bytes()
+    commit(OutputState(storage))
+    (tmp_path / "_manifests" / "part-0001.json").write_bytes(copy)  # as a fold killed before deleting it
+    progress = OutputState(storage).progress()
+    assert progress.duplicates == 0 and progress.written["k004"] == {0, 1} and len(progress.files) == 6
+
+
+def test_outputs_without_an_index_are_resumed_from_their_manifests(tmp_path):
+    """The previous format: pretty-printed manifests, no index. Everything is newer than the index."""
+    storage = Storage(str(tmp_path))
+    for b in range(3):
+        keys = KEYS[4 * b : 4 * b + 4]
+        (tmp_path / "_manifests").mkdir(exist_ok=True)
+        (tmp_path / "_manifests" / f"part-{b}.json").write_text(json.dumps(part(keys), indent=2, sort_keys=True))
+    progress = OutputState(storage).progress()
+    assert len(progress.written) == 12 and all(progress.is_done(k) for k in KEYS[:12])
+    rows = [{"key": k} for k in KEYS[:13]]
+    assert [r["key"] for r in pending_inputs(rows, progress)] == ["k012"]
+
+
+def test_a_folded_manifest_is_rewritten_and_retired_through_new_manifests(tmp_path):
+    from ray_pipelines.engine.sink import ShardSink
+
+    storage = build(tmp_path, blocks=2)
+    storage.write_json("_manifests/part-solo.json", part(["solo"]), compact=True)
+    commit(OutputState(storage, lambda _: False), keys=KEYS[:8] + ["solo"])
+    sink = ShardSink(output=str(tmp_path), storage_options={}, fingerprint="f" * 8, index_column="version",
+                     output_columns=[])  # fmt: skip
+    sink.drop_from_files = lambda storage, files, keys: files  # the stand-in files hold no rows
+    state = OutputState(storage, lambda _: False)
+    assert drop_inputs(state, sink, {"k001", "solo"}) == 2
+    progress = OutputState(storage).progress()
+    assert "k001" not in progress.written and "solo" not in progress.written and "k000" in progress.written
+    commit(OutputState(storage, lambda _: False), keys=KEYS[:8])
+    progress = OutputState(storage).progress()
+    assert sorted(progress.written) == [k for k in KEYS[:8] if k != "k001"]
+    assert sorted(p.name for p in (tmp_path / "_manifests").iterdir()) == ["index.parquet"]
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from ray_pipelines.engine import manifest
+    from ray_pipelines.storage import Storage
+    from tests.test_state_index import commit
+    manifest.DELETE_BATCH = 2  # several deletion batches, so a kill can fall between them
+    commit(manifest.OutputState(Storage(sys.argv[1])))
+    """
+)
+
+
+@pytest.mark.parametrize("step", ["fold:before-index", "fold:after-index", "fold:deleting"])
+def test_a_driver_killed_inside_the_fold_leaves_a_state_the_next_commit_finishes(tmp_path, step):
+    """A real driver process SIGKILLed at each step of the fold (after replaced manifests went,
+    after the index was written, between deletions); a second commit then ends where a clean one does."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    build(clean)
+    build(killed)
+    # Rows of the second manifest replaced by a rewrite (the replaced one still on disk), so the
+    # fold has replaced manifests to delete too.
+    storage = Storage(str(killed))
+    for root in (clean, killed):
+        rewritten = {**part(KEYS[4:8]), "replaces": ["_manifests/part-0001.json"], "run_id": "r1"}
+        Storage(str(root)).write_json("_manifests/part-rewritten.json", rewritten, compact=True)
+    commit(OutputState(Storage(str(clean))))
+
+    env = {**os.environ, KILL_AT: step, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed)], env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == -9  # SIGKILL at the step
+    assert not (killed / "manifest.json").exists()
+    if step != "fold:before-index":
+        assert (killed / INDEX_FILE).exists()
+    if step == "fold:deleting":
+        left = list((killed / "_manifests").glob("part-*.json"))
+        assert 0 < len(left) < 6  # some folded manifests deleted, some still there
+    # What the killed fold left reads as the same committed state.
+    assert OutputState(storage).progress().written == OutputState(Storage(str(clean))).progress().written
+    commit(OutputState(storage))
+    assert snapshot(killed) == snapshot(clean)
+    assert (killed / INDEX_FILE).read_bytes() == (clean / INDEX_FILE).read_bytes()
+
+
+def test_delete_batches_are_s3_sized():
+    assert DELETE_BATCH == 1000
