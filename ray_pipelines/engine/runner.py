@@ -343,6 +343,7 @@ class DecodeThenStage:
     """
 
     def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None, control=None):
+        mark("actor constructor start")
         self.decoder = decoder
         self.stage = stage_cls(**stage_kwargs)
         self.chunk = chunk
@@ -461,6 +462,7 @@ def _execute(
                 num_gpus=gpus or None,
                 **actor_args,
             )
+    mark("plan built")
     if fused_write:
         return ({name: python_scalar(value) for name, value in row.items()} for row in ds.iter_rows())
     # One writer per actor keeps up; more would only start more worker processes
