@@ -16,6 +16,11 @@ Measures, on the same machine in one run:
    large run's writes while every writer was busy);
 and peak memory (whole process tree) of the pipeline at two dataset sizes.
 Views/s are per CPU core, ratios are against the numbers of the same run.
+
+``--small-end`` (issue 19) instead measures wall time from the command to the end, both as
+subprocesses (imports count), alternating, at 200 and 1,000 clips: the ``multiprocessing.Pool``
+loop a user writes (the baseline above, one worker per core) against ``python -m jobs.augment``
+on embedded Ray; and the job's start-up timeline (``RAY_PIPELINES_TIMELINE``) at 200 clips.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from bench.common import REPO, make_clips, run_measured, table
 VIEWS_PER_CLIP = 5 * 2  # num_versions x two views, the defaults
 
 
-def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
+def baseline(clips: list[Path], out: Path, seed: int = 0, prefix: str = "") -> float:
     """The notebook: decode, then per version and view random torchaudio augmentations, save .pt."""
     import random
 
@@ -91,7 +96,7 @@ def baseline(clips: list[Path], out: Path, seed: int = 0) -> float:
                 for name in rng.sample(names, 3):
                     y = wave_aug(name, y)
                 views.append(tmask(fmask(to_db(mel(y)))))
-            torch.save({"view1": views[0], "view2": views[1]}, out / f"{i}_{version}.pt")
+            torch.save({"view1": views[0], "view2": views[1]}, out / f"{prefix}{i}_{version}.pt")
     return len(clips) * VIEWS_PER_CLIP / (time.perf_counter() - start)
 
 
@@ -196,11 +201,141 @@ def pipeline(input_dir: Path, output: Path, limit: int) -> tuple[dict, int]:
     return json.loads(out.strip().splitlines()[-1]), peak
 
 
+def _pool_chunk(task: tuple[list[str], str, int, str]) -> int:
+    paths, out, seed, prefix = task
+    torch.set_num_threads(1)  # one process per core, as a user's Pool(2) on 2 cores
+    baseline([Path(p) for p in paths], Path(out), seed=seed, prefix=prefix)
+    return len(paths)
+
+
+def pool_child(args: argparse.Namespace) -> None:
+    """The plain loop a user writes: ``multiprocessing.Pool`` over the clips, one worker per core,
+    each decoding, augmenting and saving one .pt per sample (the baseline above)."""
+    import multiprocessing
+
+    clips = sorted(Path(args.input).rglob("*.flac"))[: args.limit]
+    cores = os.cpu_count() or 1
+    per_task = max(1, len(clips) // (cores * 8))  # small tasks: the workers finish together
+    tasks = [
+        ([str(p) for p in clips[i : i + per_task]], args.output, i, f"{i}_") for i in range(0, len(clips), per_task)
+    ]
+    with multiprocessing.Pool(cores) as pool:
+        done = sum(pool.imap_unordered(_pool_chunk, tasks))
+    print(json.dumps({"clips": done}))
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.time() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return seconds
+
+
+def job_command(clips_dir: Path, output: Path, limit: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "jobs.augment",
+        "--config",
+        str(REPO / "jobs" / "configs" / "augment.yaml"),
+        "--set",
+        f"input={clips_dir}",
+        "--set",
+        f"output={output}",
+        "--set",
+        f"limit={limit}",
+        "--overwrite",
+        "--no-progress",
+    ]
+
+
+def timeline_rows(path: Path, started: float) -> list[list[str]]:
+    """The first time each milestone was reached, seconds after the command started."""
+    first: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        at, _pid, name = line.split(" ", 2)
+        first.setdefault(name, float(at))
+    return [[name, f"{at - started:.2f}"] for name, at in sorted(first.items(), key=lambda kv: kv[1])]
+
+
+def small_end(repeats: int, sizes: list[int]) -> None:
+    cores = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="bench-augment-small-"))
+    clips_dir = make_clips(work / "clips", max(sizes))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    load_before = os.getloadavg()
+    times: dict[tuple[str, int], list[float]] = {}
+    for size in sizes:
+        for rep in range(repeats):
+            # Alternate which goes first: the machine is shared, its load drifts.
+            order = ["loop", "job"] if rep % 2 == 0 else ["job", "loop"]
+            for what in order:
+                out = work / f"{what}-{size}-{rep}"
+                if what == "loop":
+                    cmd = [sys.executable, "-m", "bench.augment", "--pool-child", "--input", str(clips_dir)]
+                    cmd += ["--output", str(out), "--limit", str(size)]
+                else:
+                    cmd = job_command(clips_dir, out, size)
+                seconds = _timed(cmd, env)
+                times.setdefault((what, size), []).append(seconds)
+                print(f"  {what} {size} clips, repetition {rep + 1}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    # The job's start-up timeline at the smallest size, in a run of its own.
+    timeline = work / "timeline.txt"
+    started = time.time()
+    _timed(job_command(clips_dir, work / "job-timeline", min(sizes)), {**env, "RAY_PIPELINES_TIMELINE": str(timeline)})
+    ended = time.time()
+    load_after = os.getloadavg()
+
+    rows = []
+    for size in sizes:
+        loop, job = times[("loop", size)], times[("job", size)]
+        views = size * VIEWS_PER_CLIP
+        rows.append(
+            [
+                f"{size:,}",
+                f"{views:,}",
+                " / ".join(f"{t:.1f}" for t in loop),
+                " / ".join(f"{t:.1f}" for t in job),
+                f"{min(loop) / min(job):.2f}x",
+                f"{float(np.median(loop)) / float(np.median(job)):.2f}x",
+                f"{views / min(job):.0f}",
+            ]
+        )
+    print(
+        f"\naugment, the small end: {platform.node()}, {cores} cores, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average before {load_before[0]:.2f} / after {load_after[0]:.2f}"
+    )
+    print(
+        table(
+            rows,
+            [
+                "clips",
+                "views",
+                f"Pool({cores}) loop, s (each run)",
+                "job from the command, s (each run)",
+                "job speed-up, best vs best",
+                "median vs median",
+                "job views/s (best)",
+            ],
+        )
+    )
+    print(f"\njob start-up timeline at {min(sizes)} clips (seconds after the command):")
+    print(table([*timeline_rows(timeline, started), ["process exit", f"{ended - started:.2f}"]], ["milestone", "s"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loop-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pool-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--small-end", action="store_true", help="wall time from the command: Pool loop vs the job (issue 19)"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="--small-end: alternating repetitions per size")
+    parser.add_argument("--sizes", default="200,1000", help="--small-end: clip counts")
     parser.add_argument("--input"), parser.add_argument("--output"), parser.add_argument("--limit", type=int)
     parser.add_argument("--offset", type=int, default=0), parser.add_argument("--start-at", type=float, default=0.0)
     args = parser.parse_args()
@@ -208,6 +343,10 @@ def main() -> None:
         return pipeline_child(args)
     if args.loop_child:
         return loop_child(args)
+    if args.pool_child:
+        return pool_child(args)
+    if args.small_end:
+        return small_end(args.repeats, [int(n) for n in args.sizes.split(",")])
 
     cores = os.cpu_count() or 1
     small, large = (40, 200) if args.quick else (200, 2000)

@@ -128,6 +128,9 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     from .config_docs import config_yaml, json_schema
 
     job_cls = importlib.import_module(JOBS[name]).JOB
+    from .engine.timeline import mark
+
+    mark("job module imported")
     args = job_parser(name, job_cls.config_model).parse_args(list(argv))
     if args.schema:
         print(json_schema(job_cls.config_model))
@@ -188,7 +191,10 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
         finally:
             if not ray_was_running:
                 _shutdown_ray()
-    print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)))
+    print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)), flush=True)
+    from .engine.timeline import mark
+
+    mark("summary printed")
     if not result.complete:
         left = result.counts["to_retry"]
         print(f"ray-pipelines {name}: {left} inputs to retry; run again to finish", file=sys.stderr)
@@ -213,7 +219,11 @@ def _shutdown_ray() -> None:
     """Disconnect from Ray; an embedded Ray stops its processes here, inside the stderr filter
     (Ray's own atexit hook would do it later, outside)."""
     if _ray_running():
+        from .engine.timeline import mark
+
+        mark("ray.shutdown start")
         sys.modules["ray"].shutdown()
+        mark("ray.shutdown done")
 
 
 def configs_command(argv: Sequence[str]) -> int:

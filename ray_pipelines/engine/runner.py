@@ -37,6 +37,7 @@ from .progress import ProgressDisplay
 from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
 from .sink import ShardSink
+from .timeline import mark
 from .write_stream import stream_write
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,9 @@ def _run_holding_lease(
     state = OutputState(storage, job.is_data_file)
     run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite, lease.run_id)
 
+    mark("prepared")
     listed = job.list_inputs()
+    mark("listed")
     if not listed and not cfg.allow_empty:
         raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
     rows = select_inputs(job, listed)
@@ -185,6 +188,7 @@ def _run_holding_lease(
         done = state.progress()
     pending = pending_inputs(rows, done)
     skipped = len(rows) - len(pending)
+    mark("resume checked")
     log.info(
         "%s: %d inputs listed (%d new, %d changed, %d deleted, %d unchanged), %d selected, %d already committed, "
         "%d to process",
@@ -206,7 +210,9 @@ def _run_holding_lease(
         monitor.start(listed=len(rows), skipped=skipped, to_do=len(pending))
     try:
         if pending:
+            mark("ray.init start")
             how = connect(address)
+            mark("ray.init done")
             configure_data_context(cfg, progress)
             control = RunControl()
             lease.on_lost = lambda reason: control.stop("fenced", reason)
@@ -216,6 +222,7 @@ def _run_holding_lease(
         if monitor is not None:
             monitor.close(finished)
     ran_at = time.time()
+    mark("run done")
 
     manifest = state.commit(
         job=job.name,
@@ -235,6 +242,7 @@ def _run_holding_lease(
         inputs=report,
         still_holds=lease.renew,
     )
+    mark("committed")
     extra = job.after_commit(storage, manifest)
     return JobResult(
         manifest=manifest,
@@ -272,6 +280,8 @@ def _execute_with_retries(
         try:
             with control.watch_nodes():
                 for report in _execute(job, pending, fingerprint, run_id, control):
+                    if not writes:
+                        mark("first block written")
                     writes.append(report)
                     if monitor is not None:
                         monitor.update(report)
@@ -311,6 +321,7 @@ class ControlledStage:
         self.control = control
         if control is not None:
             control.register_actor()
+        mark("actor ready")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.control is not None:
@@ -332,12 +343,14 @@ class DecodeThenStage:
     """
 
     def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None, control=None):
+        mark("actor constructor start")
         self.decoder = decoder
         self.stage = stage_cls(**stage_kwargs)
         self.chunk = chunk
         self.control = control  # the run's RunControl: registered; a stopped run decodes nothing more
         if control is not None:
             control.register_actor()
+        mark("actor ready")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.control is not None:
@@ -449,6 +462,7 @@ def _execute(
                 num_gpus=gpus or None,
                 **actor_args,
             )
+    mark("plan built")
     if fused_write:
         return ({name: python_scalar(value) for name, value in row.items()} for row in ds.iter_rows())
     # One writer per actor keeps up; more would only start more worker processes
