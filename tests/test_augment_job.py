@@ -159,6 +159,22 @@ def test_actor_written_reports_stream_to_the_driver_too(clips, tmp_path, ray_loc
     assert monitor.inputs_done == monitor.to_do == 4 and monitor.rows == result.run_rows == 8
 
 
+def test_the_timeline_records_the_drivers_milestones_in_order(clips, tmp_path, ray_local, monkeypatch):
+    timeline = tmp_path / "timeline.txt"
+    monkeypatch.setenv("RAY_PIPELINES_TIMELINE", str(timeline))
+    run_job(AugmentJob(config(clips, tmp_path / "out", actors=1, inputs_per_block=1, limit=2)))
+    lines = [line.split(" ", 2) for line in timeline.read_text().splitlines()]
+    driver = [name for _, pid, name in lines if int(pid) == os.getpid()]
+    milestones = ["prepared", "listed", "resume checked", "plan built", "first block written", "run done", "committed"]
+    assert [name for name in driver if name in milestones] == milestones
+    times = [float(t) for t, pid, _ in lines if int(pid) == os.getpid()]
+    assert times == sorted(times) and len(times) == len(driver)  # appended as they happened
+    monkeypatch.delenv("RAY_PIPELINES_TIMELINE")
+    timeline.unlink()
+    run_job(AugmentJob(config(clips, tmp_path / "out", actors=1, inputs_per_block=1, limit=2)))
+    assert not timeline.exists()  # off unless asked for
+
+
 class ArrivalTimes(ProgressDisplay):
     """Records when each write report reached the driver."""
 
