@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,40 +19,15 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def start_embedded_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the whole session (2 CPUs, like the CI machine)."""
     import ray
 
     if not ray.is_initialized():
-        start_embedded_ray()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def embedded_ray_idle():
-    """Each test file starts on an idle embedded Ray: if what an earlier file ran (a job stopped by an
-    exception, a fenced-off run) still holds CPUs after 30 s, Ray is restarted, so that this file's
-    jobs do not wait forever for an actor that cannot be placed."""
-    import ray
-
-    if ray.is_initialized():
-        total = ray.cluster_resources().get("CPU", 0.0)
-        deadline = time.monotonic() + 30
-        while ray.available_resources().get("CPU", 0.0) < total - 1e-6:
-            if time.monotonic() > deadline:
-                ray.shutdown()
-                start_embedded_ray()
-                break
-            time.sleep(0.5)
-    yield
 
 
 @pytest.fixture(scope="session")
