@@ -77,23 +77,3 @@ def s3_bucket(s3_endpoint):
     fs.mkdir(name)
     yield name, options, fs
     fs.rm(name, recursive=True)
-
-
-# The files that take longest (each a minute or more: several end-to-end runs, Ray heads, driver kills),
-# longest first. `make test` runs two test processes that each take a whole file at a time
-# (pytest-xdist, --dist loadfile); starting these first keeps one of them from running alone at the end.
-LONGEST_FILES = [
-    "test_unattended.py",
-    "test_console.py",
-    "test_gpu_topology.py",
-    "test_deploy_entrypoints.py",
-    "test_unattended_jobs.py",
-    "test_multinode.py",
-    "test_install.py",
-    "test_augment_job.py",
-]
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
