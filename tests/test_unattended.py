@@ -162,7 +162,9 @@ def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store,
     assert_no_leftovers(store, "out")
 
 
-@pytest.mark.parametrize("step", ["fold:after-index", "fold:deleting"])
+@pytest.mark.parametrize(
+    "store, step", [("local", "fold:after-index"), ("s3", "fold:deleting")], indirect=["store"]
+)  # each store once; every step (a real driver killed at each): tests/test_state_index.py
 def test_a_driver_killed_inside_the_fold_reruns_to_a_fresh_run(store, ray_local, step):
     """The augment CLI SIGKILLed inside its commit's fold (engine/manifest.py ``stop_point``): after the
     new index is written, or between deletions of the manifests it folded. The second run of the
