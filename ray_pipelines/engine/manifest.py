@@ -346,7 +346,7 @@ def live_table(
 
 def first_schema(table: pa.Table) -> dict[str, Any]:
     """The data schema the first manifest that has one records (they all record the same)."""
-    headers = table.filter(pc.equal(table["kind"], 0))["record"]
+    headers = table["record"].filter(pc.equal(table["kind"], 0))
     for chunk in headers.chunks:
         for record in chunk.to_pylist():
             schema = json.loads(record).get("schema")

@@ -141,7 +141,7 @@ def folded(table: pa.Table) -> pa.Table:
     """What the index keeps of the live state: ``replaces`` emptied (what they replaced is gone from
     the state, and a manifest written later under such a name must count) and tombstones (manifests
     that name nothing, which only retire a folded one) left out."""
-    named = pc.unique(table.filter(pc.not_equal(table["kind"], HEADER))["part"])
+    named = pc.unique(table["part"].filter(pc.not_equal(table["kind"], HEADER)))
     if len(named) < len(pc.unique(table["part"])):
         table = table.filter(pc.is_in(table["part"], value_set=named))
     return table.set_column(
