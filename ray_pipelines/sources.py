@@ -28,7 +28,7 @@ class SourceError(RuntimeError):
     """The source cannot be listed at all (missing path, unreachable storage)."""
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ per input: 65 MB less for a listing of a million inputs
 class InputItem:
     """One input to a job. Tar members carry the shard URL plus byte range."""
 
