@@ -10,7 +10,7 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["augment", "teacher", "encode", "features", "score", "score_mae", "formats", "changes"]
+BENCHMARKS = ["augment", "teacher", "encode", "features", "score", "score_mae", "formats", "changes", "listing"]
 
 
 def main(argv: list[str]) -> int:

@@ -145,3 +145,33 @@ def test_an_output_overlapping_an_input_tree_is_found(library, tmp_path):
     assert overlapping_input([str(library)], str(tmp_path / "out")) == ""
     assert overlapping_input([str(library / "a" / "one.wav")], str(library / "a" / "out")) == ""  # a single file
     assert overlapping_input(["synth://"], str(tmp_path / "out")) == ""
+
+
+def test_subfolders_of_a_bucket_are_listed_concurrently_to_what_one_walk_finds(s3_bucket, monkeypatch):
+    import ray_pipelines.sources as sources
+
+    bucket, options, fs = s3_bucket
+    names = ["top.flac", "notes.txt", "a/1.flac", "a/deep/2.flac", "b/3.wav", "b/4.flac", "c/d/e/5.flac"]
+    fs.pipe({f"{bucket}/in/{name}": b"x" * (i + 1) for i, name in enumerate(names)})
+    fs.pipe({f"{bucket}/in/empty/": b""})  # a folder marker, as consoles create: not a file
+    walked = {p: i for p, i in fs.find(f"{bucket}/in", detail=True).items() if i.get("type") != "directory"}
+
+    folders = []
+    find = type(fs)._find
+
+    async def recording_find(self, path, **kwargs):
+        folders.append(path)
+        return await find(self, path, **kwargs)
+
+    monkeypatch.setattr(type(fs), "_find", recording_find)
+    listed = sources.find_files(fs, f"{bucket}/in")
+    assert sorted(folders) == [f"{bucket}/in/{f}" for f in ("a", "b", "c", "empty")]  # one walk per subfolder
+    assert {p: i["size"] for p, i in listed.items()} == {p: i["size"] for p, i in walked.items()}
+    assert {f"{bucket}/in/{name}" for name in names} <= set(listed)  # (and the marker, as find gives it)
+
+    fs.pipe({f"{bucket}/in/later.flac": b"y"})  # a root listing cached by the first run is not reused
+    assert f"{bucket}/in/later.flac" in sources.find_files(fs, f"{bucket}/in")
+
+    items = sources.list_inputs(f"s3://{bucket}/in", EXT, options)
+    assert [i.key for i in items] == sorted(["top.flac", "later.flac", "a/1.flac", "a/deep/2.flac", "b/3.wav",
+                                             "b/4.flac", "c/d/e/5.flac"])  # fmt: skip
