@@ -9,6 +9,7 @@ else is added to the source. Listing reads no audio, only names and sizes
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import glob as globlib
 import os
@@ -18,6 +19,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from fsspec.asyn import sync
 
 from .storage import get_fs, is_local, split_protocol, to_url
 
@@ -145,7 +148,7 @@ def list_inputs(spec: str, extensions: Iterable[str], storage_options: dict[str,
     return sorted(items, key=lambda i: i.key)
 
 
-# Concurrent listings of subfolders: s3fs and gcsfs share one HTTP connection pool per filesystem.
+# Subfolder walks in flight at once (beyond its connection pool, 10 by default, aiobotocore queues them).
 LIST_CONCURRENCY = 32
 
 
@@ -165,24 +168,20 @@ def find_files(fs, root: str) -> dict[str, dict[str, Any]]:
     if len(subfolders) < 2:  # nothing to share out: one walk
         found = [fs.find(root, detail=True)]
     else:
-        from fsspec.asyn import sync
-
-        found = sync(fs.loop, _find_all, fs, subfolders)  # on the filesystem's own event loop
+        found = sync(fs.loop, _walk_all, fs, subfolders)  # on the filesystem's own event loop
     for part in found:
         files.update(part)
     return {p: i for p, i in files.items() if i.get("type", "file") != "directory"}
 
 
-async def _find_all(fs, folders: list[str]) -> list[dict[str, dict[str, Any]]]:
-    import asyncio
-
+async def _walk_all(fs, folders: list[str]) -> list[dict[str, dict[str, Any]]]:
     limit = asyncio.Semaphore(LIST_CONCURRENCY)
 
-    async def find(folder: str) -> dict[str, dict[str, Any]]:
+    async def walk(folder: str) -> dict[str, dict[str, Any]]:
         async with limit:
             return await fs._find(folder, detail=True)
 
-    return await asyncio.gather(*(find(folder) for folder in folders))
+    return await asyncio.gather(*(walk(folder) for folder in folders))
 
 
 def _relative_key(file_path: str, root: str) -> str:
