@@ -93,14 +93,19 @@ def test_a_node_lost_mid_job_is_retried_within_the_run(two_nodes, tmp_path, ray_
     )
     # Three actors (0.83 CPU each) on three CPUs: one runs on the second node. Lose that node once
     # the job is under way and its actor is at work (blocks of one input queue up on every actor).
-    deadline = time.time() + 600
-    while time.time() < deadline and driver.poll() is None:
-        if len(list(out.glob("_manifests/*.json"))) >= 2 and any(is_map_worker(p) for p in node_tree(node_dir)):
-            break
-        time.sleep(0.1)
-    assert driver.poll() is None, "the job ended before the node could be lost"
-    kill(node_tree(node_dir))
-    log, _ = driver.communicate(timeout=900)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and driver.poll() is None:
+            if len(list(out.glob("_manifests/*.json"))) >= 2 and any(is_map_worker(p) for p in node_tree(node_dir)):
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, "the job ended before the node could be lost"
+        kill(node_tree(node_dir))
+        log, _ = driver.communicate(timeout=900)
+    finally:
+        if driver.poll() is None:  # a failed wait leaves no driver behind
+            driver.kill()
+            driver.wait(timeout=60)
 
     assert driver.returncode in (0, 3), log[-4000:]
     manifest = json.loads((out / "manifest.json").read_text())

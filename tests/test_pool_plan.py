@@ -52,3 +52,21 @@ def test_gpus_asked_for_where_none_can_ever_come_are_refused():
     # Unset num_gpus on a CPU cluster: a CPU pool, one actor per CPU.
     plan = plan_pool(config(), capacity=({"CPU": 4}, {"CPU": 4}), max_useful=100)
     assert plan == PoolPlan(4, 4, 0.0, num_cpus=0.875, decode_cpus=0.875)
+
+
+def test_a_cpu_actor_never_asks_for_more_than_the_smallest_node_has():
+    # A 2 + 1 CPU cluster and one block left (a lost node's inputs running again): one actor. Sized
+    # from the cluster's total it would ask for 2.5 CPUs, which neither node can place.
+    capacity = ({"CPU": 3}, {"CPU": 3})
+    assert plan_pool(config(), capacity=capacity, max_useful=1).num_cpus == 2.5
+    plan = plan_pool(config(), capacity=capacity, max_useful=1, node_cpus=1.0)
+    assert plan == PoolPlan(1, 1, 0.0, num_cpus=1.0, decode_cpus=1.0)
+    # Many blocks: one actor per CPU, well under a node's size, as before.
+    assert plan_pool(config(), capacity=capacity, max_useful=100, node_cpus=1.0).num_cpus == round(2.5 / 3, 3)
+
+
+def test_the_smallest_node_is_read_from_ray(ray_local):
+    from ray_pipelines.engine.runtime import smallest_node_cpus
+
+    assert smallest_node_cpus() == 2.0  # the session's embedded Ray: one node of 2 CPUs
+    assert plan_pool(config(), max_useful=1).num_cpus == 1.5  # 2 - CPU_RESERVE, within the node

@@ -72,11 +72,19 @@ def cluster_capacity() -> tuple[dict[str, float], dict[str, float]]:
     return now, {k: max(float(most.get(k, 0) or 0), now.get(k, 0.0)) for k in set(now) | set(most)}
 
 
+def smallest_node_cpus() -> float | None:
+    """CPUs of the smallest live node that has any (None when Ray reports none)."""
+    sizes = [float(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    sizes = [size for size in sizes if size > 0]
+    return min(sizes) if sizes else None
+
+
 def plan_pool(
     cfg: CommonConfig,
     uses_gpu: bool = True,
     max_useful: int | None = None,
     capacity: tuple[dict[str, float], dict[str, float]] | None = None,
+    node_cpus: float | None = None,
 ) -> PoolPlan:
     """Pool size and per-actor resources from the config and the cluster (``capacity``: what it has
     now and the most its autoscaler may start, :func:`cluster_capacity`).
@@ -87,8 +95,15 @@ def plan_pool(
     Data's requests for the rest scale the workers up. On CPU the actors share all CPUs but
     ``CPU_RESERVE`` (decode then fuses into the actors; see docs/architecture.md). ``max_useful``
     (the number of input blocks) caps the pool: more actors than blocks would only sit idle.
+
+    A CPU actor never asks for more than the smallest node has (``node_cpus``, from Ray when
+    ``capacity`` is not given): a pool of one actor on a 2 + 1 CPU cluster would otherwise ask for
+    2.5 CPUs, which no node can place, and wait forever (seen when a lost node's inputs ran again
+    before Ray had marked the node dead).
     """
-    now, most = capacity if capacity is not None else cluster_capacity()
+    if capacity is None:
+        capacity, node_cpus = cluster_capacity(), smallest_node_cpus()
+    now, most = capacity
     cpus = float(now.get("CPU", 1)) or float(most.get("CPU", 1))
     gpus_now, gpus_most = float(now.get("GPU", 0)), float(most.get("GPU", now.get("GPU", 0)))
     num_gpus = (1.0 if gpus_most >= 1 else 0.0) if cfg.num_gpus is None else float(cfg.num_gpus)
@@ -125,6 +140,8 @@ def plan_pool(
     if num_gpus > 0:
         return PoolPlan(low, high, num_gpus, num_cpus=1.0, decode_cpus=1.0)
     per_actor = max(0.1, round((cpus - CPU_RESERVE) / high, 3))
+    if node_cpus is not None:
+        per_actor = min(per_actor, node_cpus)
     return PoolPlan(low, high, 0.0, num_cpus=per_actor, decode_cpus=per_actor)
 
 
