@@ -20,42 +20,14 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 
 from bench.common import table
-from bench.scale import COUNTER_SERVER, requests
+from bench.scale import requests, start_moto
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-# The counting server, holding each request for LATENCY seconds first (an environment variable).
-SERVER = COUNTER_SERVER.replace(
-    "    with lock:\n        count[0] += 1\n",
-    "    with lock:\n        count[0] += 1\n"
-    "    import os, time\n    time.sleep(float(os.environ.get('LATENCY', '0')))\n",
-)
-assert SERVER != COUNTER_SERVER
-
-
-def start_server(latency_s: float) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LATENCY": str(latency_s)}
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], env=env, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests(endpoint)
-            return proc, endpoint
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("moto did not start")
 
 
 def fill(fs, root: str, objects: int, prefixes: int) -> None:
@@ -97,7 +69,7 @@ def main() -> None:
     rows = []
     load_before = os.getloadavg()[0]
     for latency_ms in [float(x) for x in args.latency_ms.split(",")]:
-        proc, endpoint = start_server(latency_ms / 1000)
+        proc, endpoint = start_moto(latency_ms / 1000)
         try:
             fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
             fs.mkdir("bench")

@@ -199,29 +199,34 @@ def measure(code: str, case: str, root: str, options: dict, inputs: int, new: in
 
 
 # ---- moto behind a request counter ---------------------------------------------------------------
+# argv: the port, and the seconds each request is held before moto answers it (a store's latency).
 COUNTER_SERVER = """
-import sys, threading
+import sys, threading, time
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 app = DomainDispatcherApplication(create_backend_app)
 count = [0]
 lock = threading.Lock()
+latency = float(sys.argv[2])
 def counting(environ, start_response):
     if environ.get("PATH_INFO") == "/__requests":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [str(count[0]).encode()]
     with lock:
         count[0] += 1
+    if latency:
+        time.sleep(latency)
     return app(environ, start_response)
 make_server("127.0.0.1", int(sys.argv[1]), counting, threaded=True).serve_forever()
 """
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
+def start_moto(latency_s: float = 0.0) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", COUNTER_SERVER, str(port)], stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-c", COUNTER_SERVER, str(port), str(latency_s)]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
