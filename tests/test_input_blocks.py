@@ -37,5 +37,6 @@ def test_rows_arrow_cannot_type_as_columns_still_reach_ray(ray_local):
     pending = pending_rows(5)
     pending[2]["label"] = 7  # one job column mixing strings and numbers: no Arrow column type
     ds = input_dataset(pending, per_block=2, num_blocks=3)
-    assert len(ds.take_all()) == 5
-    assert sorted(row["key"] for row in ds.take_all()) == sorted(row["key"] for row in pending)
+    rows = ds.take_all()
+    assert len(rows) == 5
+    assert sorted(row["key"] for row in rows) == sorted(row["key"] for row in pending)
