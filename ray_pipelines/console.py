@@ -18,11 +18,16 @@ By default (``quiet_ray``):
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
+import select
+import struct
 import sys
+import termios
 import threading
+import time
 from typing import TextIO
 
 # Lines of the driver's stderr (C++ and Python alike) that say nothing a user can act on.
@@ -63,8 +68,13 @@ def quiet_ray(keep_ray_data_info: bool = False) -> None:
 class FilteredStderr:
     """Route this process's stderr (file descriptor 2, so C++ writes too) through a thread that
     drops :data:`NOISE` lines. ``with FilteredStderr() as console:`` gives ``console``, a text
-    stream on the real stderr for output that must not wait for a line end (a progress bar).
-    Does nothing (``console`` is ``sys.stderr``) when ``enabled`` is false."""
+    stream on the real stderr for output that must not wait for a line end (a progress bar); what
+    reached stderr before a ``console`` write is shown before it. Does nothing (``console`` is
+    ``sys.stderr``) when ``enabled`` is false."""
+
+    # How long a console write waits for the filter to catch up: a process that writes to stderr
+    # without pause must not stall the progress display.
+    SETTLE_TIMEOUT_S = 0.5
 
     def __init__(self, enabled: bool = True, patterns: tuple[re.Pattern, ...] = NOISE):
         self.enabled = enabled
@@ -72,6 +82,8 @@ class FilteredStderr:
         self._saved: int | None = None
         self._reader: int | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._forwarding = False  # the pump holds bytes it has read and not yet written
         self.console: TextIO = sys.stderr
 
     def __enter__(self) -> TextIO:
@@ -84,7 +96,7 @@ class FilteredStderr:
         os.close(writer)
         self._thread = threading.Thread(target=self._pump, daemon=True, name="stderr-filter")
         self._thread.start()
-        self.console = os.fdopen(os.dup(self._saved), "w", buffering=1)
+        self.console = _InOrderConsole(os.fdopen(os.dup(self._saved), "w", buffering=1), self._settle)
         return self.console
 
     def _noise(self, line: bytes) -> bool:
@@ -94,15 +106,30 @@ class FilteredStderr:
         pending = b""
         while True:
             try:
+                select.select([self._reader], [], [])  # the bytes stay counted in the pipe until read
+                with self._lock:
+                    self._forwarding = True
                 chunk = os.read(self._reader, 65536)
-            except OSError:
+            except (OSError, ValueError):
                 break
             if not chunk:
                 break
             *lines, pending = (pending + chunk).split(b"\n")
             self._forward(b"".join(line + b"\n" for line in lines if not self._noise(line)))
+            with self._lock:
+                self._forwarding = False
         if not self._noise(pending):
             self._forward(pending)
+
+    def _settle(self) -> None:
+        """Wait (at most ``SETTLE_TIMEOUT_S``) until every whole line written to stderr so far is
+        forwarded: the pipe is empty and the pump holds nothing."""
+        deadline = time.monotonic() + self.SETTLE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._forwarding and _unread_bytes(self._reader) == 0:
+                    return
+            time.sleep(0.001)
 
     def _forward(self, data: bytes) -> None:
         try:
@@ -121,3 +148,28 @@ class FilteredStderr:
         self.console.close()
         os.close(self._reader)
         os.close(self._saved)
+
+
+def _unread_bytes(fd: int) -> int:
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+class _InOrderConsole:
+    """A text stream on the real stderr whose writes wait for the filter to forward what reached
+    stderr first (a child process's line, a C++ log line), then go out at once."""
+
+    def __init__(self, stream: TextIO, settle):
+        self._stream = stream
+        self._settle = settle
+
+    def write(self, text: str) -> int:
+        self._settle()
+        written = self._stream.write(text)
+        self._stream.flush()
+        return written
+
+    def __getattr__(self, name):  # flush, fileno, isatty, close: the stream's own
+        return getattr(self._stream, name)
