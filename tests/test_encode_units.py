@@ -447,7 +447,7 @@ def test_limit_batches_and_shuffle_pick_the_inputs(tmp_path):
                 **settings,
             },
         )
-        return sorted(row["key"] for row in select_inputs(EncodeJob(cfg)))  # what a run takes
+        return sorted(select_inputs(EncodeJob(cfg))["key"].to_pylist())  # what a run takes
 
     assert keys(limit_batches=2, batch_size=2) == ["clip0.wav", "clip1.wav", "clip2.wav", "clip3.wav"]
     shuffled = keys(limit_batches=1, batch_size=3, shuffle=True)

@@ -40,7 +40,7 @@ def test_keep_list_on_the_augment_job_processes_only_the_kept_keys(tmp_path, ray
         },
     )
     job = augment_job.JOB(config)
-    assert [row["key"] for row in select_inputs(job)] == ["bad/bad_2.wav", "good/good_0.wav"]
+    assert select_inputs(job)["key"].to_pylist() == ["bad/bad_2.wav", "good/good_0.wav"]
 
     result = run_job(job, progress=False)
     assert result.counts["listed"] == 2 and result.counts["rows_written"] == 2

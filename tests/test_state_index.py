@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from ray_pipelines.engine.manifest import DELETE_BATCH, KILL_AT, OutputState
@@ -95,8 +96,8 @@ def test_commit_folds_manifests_into_the_index_and_reads_it_back(tmp_path):
     storage.write_json("_manifests/part-new.json", part(["zz"], expected=1, written=(0,)), compact=True)
     progress = OutputState(storage).progress()
     assert progress.is_done("zz") and len(progress.written) == 25
-    rows = [{"key": k} for k in ["k000", "zz", "new"]]
-    assert [r["key"] for r in pending_inputs(rows, progress)] == ["new"]
+    selected = pa.table({"key": ["k000", "zz", "new"]})
+    assert pending_inputs(selected, progress)["key"].to_pylist() == ["new"]
 
 
 def test_a_manifest_both_folded_and_present_counts_once(tmp_path):
@@ -117,8 +118,7 @@ def test_outputs_without_an_index_are_resumed_from_their_manifests(tmp_path):
         (tmp_path / "_manifests" / f"part-{b}.json").write_text(json.dumps(part(keys), indent=2, sort_keys=True))
     progress = OutputState(storage).progress()
     assert len(progress.written) == 12 and all(progress.is_done(k) for k in KEYS[:12])
-    rows = [{"key": k} for k in KEYS[:13]]
-    assert [r["key"] for r in pending_inputs(rows, progress)] == ["k012"]
+    assert pending_inputs(pa.table({"key": KEYS[:13]}), progress)["key"].to_pylist() == ["k012"]
 
 
 def test_a_folded_manifest_is_rewritten_and_retired_through_new_manifests(tmp_path):
@@ -185,3 +185,70 @@ def test_a_driver_killed_inside_the_fold_leaves_a_state_the_next_commit_finishes
 
 def test_delete_batches_are_s3_sized():
     assert DELETE_BATCH == 1000
+
+
+def plain_model(parts: list[dict]) -> dict[str, dict]:
+    """What the manifests say per key, computed the obvious way (a dict and a set per key)."""
+    model: dict[str, dict] = {}
+    for content in parts:
+        for key, info in content["inputs"].items():
+            m = model.setdefault(key, {"expected": 0, "written": set(), "done": set(), "etags": set(), "whole": False})
+            m["expected"] = max(m["expected"], info["expected"])
+            m["written"] |= set(info["written"])
+            m["done"] |= set(info["written"])
+            m["etags"] |= {info["etag"]} - {""}
+        for error in content["errors"]:
+            m = model.setdefault(
+                error["key"], {"expected": 0, "written": set(), "done": set(), "etags": set(), "whole": False}
+            )
+            if not error["retry"]:
+                if error["index"] < 0:
+                    m["whole"] = True
+                else:
+                    m["done"].add(error["index"])
+    return model
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_columnar_state_says_what_a_plain_reading_of_the_manifests_says(seed):
+    """Random manifests (keys in several blocks, empty and differing identities, samples written twice,
+    final and retried errors, keys known only from an error row), some read as one table and some
+    added one by one (a chunked table): every per-key answer matches the plain model."""
+    import random
+
+    from ray_pipelines.engine.committed import MIXED_ETAG, Progress
+    from ray_pipelines.engine.state_index import parts_table
+
+    rng = random.Random(seed)
+    keys = [f"k{i:03d}" for i in range(60)]
+    parts = []
+    for b in range(12):
+        inputs = {}
+        for key in rng.sample(keys[:50], 8):
+            expected = rng.choice([1, 3, 5])
+            written = sorted(rng.sample(range(expected), rng.randint(0, expected)))
+            inputs[key] = {"expected": expected, "written": written, "etag": rng.choice(["", "a", "a", "b"])}
+        errors = [
+            {"key": rng.choice(keys), "index": rng.choice([-1, 0, 1, 2, 4]), "reason": "x", "retry": rng.random() < 0.3}
+            for _ in range(rng.randint(0, 4))
+        ]
+        parts.append({"run_id": f"r{b % 3}", "inputs": inputs, "errors": errors, "files": []})
+    progress = Progress(parts_table([(f"_manifests/part-{b:04d}.json", p) for b, p in enumerate(parts[:7])]))
+    for b, content in enumerate(parts[7:], start=7):
+        progress.add_part(content, f"_manifests/part-{b:04d}.json")
+
+    model = plain_model(parts)
+    assert progress.keys.to_pylist() == sorted(model)
+    etags = dict(zip(progress.keys.to_pylist(), progress.etag_array().to_pylist()))
+    for key, m in model.items():
+        assert progress.written_of(key) == m["written"], key
+        want_done = m["whole"] or (m["expected"] > 0 and len(m["done"]) >= m["expected"])
+        assert progress.is_done(key) == want_done, key
+        assert etags[key] == ("" if not m["etags"] else m["etags"].pop() if len(m["etags"]) == 1 else MIXED_ETAG), key
+    assert progress.expected == {k: m["expected"] for k, m in model.items() if any(k in p["inputs"] for p in parts)}
+    assert progress.done_mask(["unknown"]).tolist() == [False]
+    pending = pending_inputs(pa.table({"key": keys}), progress).to_pylist()
+    assert [r["key"] for r in pending] == [k for k in keys if not progress.is_done(k)]
+    for row in pending:
+        done = model.get(row["key"], {"done": set()})["done"]
+        assert row["skip"] == sorted(done), row["key"]

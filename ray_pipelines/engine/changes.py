@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from ..sources import InputItem
 from .committed import Progress
+from .memory import release_unused_memory
 
 REPORTED_KEYS = 100  # stale keys named in manifest.json (all of them are counted)
 
@@ -91,6 +92,8 @@ def detect_changes(listed: Iterable[InputItem], progress: Progress) -> InputChan
     ]
     deleted = committed.filter(pc.invert(pc.is_in(committed, value_set=keys))).to_pylist() if len(committed) else []
     new = len(listed) - (len(committed) - len(deleted))  # listed and not committed
+    del keys, etags, recorded, positions
+    release_unused_memory()  # the lookups' hash tables of every listed and committed key
     return InputChanges(
         new=new, unchanged=len(listed) - new - len(changed), changed=sorted(changed), deleted=sorted(deleted)
     )

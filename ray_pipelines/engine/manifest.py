@@ -255,7 +255,7 @@ class OutputState:
         timings: dict[str, float],
         extra: dict[str, Any] | None = None,
         run_id: str = "",
-        selected_keys: list[str] | None = None,
+        selected_keys: list[str] | pa.ChunkedArray | None = None,
         inputs: dict[str, Any] | None = None,
         still_holds: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
