@@ -27,7 +27,7 @@ from pathlib import Path
 from bench.common import table
 from ray_pipelines.engine.changes import detect_changes
 from ray_pipelines.engine.manifest import MANIFEST_DIR, OutputState
-from ray_pipelines.engine.runner import pending_inputs
+from ray_pipelines.engine.runner import inputs_table, pending_inputs
 from ray_pipelines.sources import InputItem
 from ray_pipelines.storage import Storage
 
@@ -100,14 +100,14 @@ def main() -> None:
         build_output(Path(tmp), inputs)
         state = OutputState(Storage(tmp))
         listed = listing(inputs)
-        rows = [item.to_row() for item in listed]
+        selected = inputs_table(listed)
 
         progress = state.progress()
         seconds, results = interleaved_medians(
             {
                 # A fresh state each round: an OutputState reads what is committed once per run.
-                "resume": lambda: pending_inputs([dict(r) for r in rows], OutputState(Storage(tmp)).progress()),
-                "pass": lambda: pending_inputs([dict(r) for r in rows], progress),
+                "resume": lambda: pending_inputs(selected, OutputState(Storage(tmp)).progress()),
+                "pass": lambda: pending_inputs(selected, progress),
                 "detection": lambda: detect_changes(listed, progress),
             },
             repeats,

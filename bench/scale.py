@@ -2,18 +2,19 @@
 
 Synthetic committed outputs in the manifest format (32 inputs per block, 5 rows per input, one data
 file per block), on local disk and on moto's S3 server on 127.0.0.1 (its own process, behind a WSGI
-wrapper that counts requests). Two cases per size, each measured in a fresh subprocess (peak RSS from
-``getrusage``):
+wrapper that counts requests). Two cases per size, each measured in a fresh subprocess (peak RSS: its
+``VmHWM``):
 
 - **resume check**: a rerun with nothing to do: read the committed state, pick the pending inputs
   (``OutputState.progress`` + ``runner.pending_inputs`` over the listed keys);
 - **commit after 1 % new**: 1 % more inputs were just written (their per-block manifests and data
   files are on the store) and the run commits (``OutputState.commit``).
 
-The baseline is the code on ``main`` (exported with ``git archive`` and put first on the subprocess's
-``PYTHONPATH``) on the output as main writes it (pretty-printed per-block manifests, no index); the new
-code runs on the output as it leaves it (the folded index ``_manifests/index.parquet``, built by
-``state_index``). Both in the same run, on the same store.
+The baseline is the code at ``--baseline`` (a git ref, default ``main``; exported with ``git archive`` and
+put first on the subprocess's ``PYTHONPATH``) on the output as that code leaves it (``--baseline-layout``:
+``index``, the folded index ``_manifests/index.parquet``; ``parts``, pretty-printed per-block manifests and
+no index, as code before the index wrote it); the new code (the working tree) runs on the output with
+the index (built by ``state_index``). Both in the same run, on the same store.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import socket
 import subprocess
 import sys
@@ -141,18 +141,29 @@ def index_bytes(inputs: int) -> bytes:
 
 
 # ---- one measurement, in its own process ---------------------------------------------------------
-def worker(case: str, root: str, options: dict, inputs: int, new: int) -> dict:
+def worker(case: str, root: str, options: dict, inputs: int, new: int, code: str) -> dict:
+    import pyarrow as pa
+
+    from ray_pipelines.engine import runner
+
+    assert runner.__file__.startswith(code), f"measuring {runner.__file__}, not the code in {code}"
     from ray_pipelines.engine.manifest import OutputState
-    from ray_pipelines.engine.runner import pending_inputs
     from ray_pipelines.storage import Storage
 
     keys = [key(i) for i in range(inputs + new)]
-    rows = [{"key": k} for k in keys] if case == "resume" else None
+    selected = None
+    if case == "resume":
+        # The selected inputs as the code's runner holds them: a key column (since the inputs table),
+        # or a row dict per input (before).
+        columnar = hasattr(runner, "inputs_table")
+        selected = pa.table({"key": pa.array(keys, pa.string())}) if columnar else [{"key": k} for k in keys]
+        if columnar:
+            del keys
     listing_rss = rss_now()
     state = OutputState(Storage(root, options))
     started = time.perf_counter()
     if case == "resume":
-        pending = pending_inputs(rows, state.progress())
+        pending = runner.pending_inputs(selected, state.progress())
         assert len(pending) == new, (len(pending), new)
     else:
         manifest = state.commit(
@@ -168,14 +179,16 @@ def worker(case: str, root: str, options: dict, inputs: int, new: int) -> dict:
         )
         assert manifest["complete"] and manifest["counts"]["inputs_with_output"] == inputs + new, manifest["counts"]
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "peak_rss": peak, "listing_rss": listing_rss}
+    return {"seconds": seconds, "peak_rss": rss_now("VmHWM:"), "listing_rss": listing_rss}
 
 
-def rss_now() -> int:
+def rss_now(field: str = "VmRSS:") -> int:
+    """This process's resident memory now (``VmHWM:``: its peak). Not ``getrusage``'s ``ru_maxrss``,
+    which after a fork and exec keeps the parent's peak (this bench's parent holds a million inputs'
+    worth of files while it builds them)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -184,9 +197,10 @@ def measure(code: str, case: str, root: str, options: dict, inputs: int, new: in
     path = [code, str(REPO)] if code != str(REPO) else [str(REPO)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     before = requests(counter)
-    args = json.dumps({"case": case, "root": root, "options": options, "inputs": inputs, "new": new})
+    args = json.dumps({"case": case, "root": root, "options": options, "inputs": inputs, "new": new, "code": code})
+    # Run in the code's own folder: ``python -m`` puts the working directory first on sys.path.
     out = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "--worker", args], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "bench.scale", "--worker", args], env=env, cwd=code, capture_output=True, text=True
     )
     lines = out.stdout.strip().splitlines()
     if not lines or not lines[-1].startswith("{"):
@@ -245,10 +259,10 @@ def requests(endpoint: str | None) -> int:
 
 
 # ---- the run -------------------------------------------------------------------------------------
-def export_main(dest: Path) -> str:
-    """The baseline: main's ray_pipelines package, exported (the worktree's bench module stays)."""
+def export_baseline(dest: Path, ref: str) -> str:
+    """The baseline: the ray_pipelines package at ``ref``, exported (the worktree's bench module stays)."""
     dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", "main", "ray_pipelines"], cwd=REPO, capture_output=True, check=True)
+    archive = subprocess.run(["git", "archive", ref, "ray_pipelines"], cwd=REPO, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return str(dest)
 
@@ -256,13 +270,14 @@ def export_main(dest: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", default="main", help="the git ref whose code is the baseline")
+    parser.add_argument("--baseline-layout", choices=("index", "parts"), default="index", help="its output format")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="committed inputs on local disk")
     parser.add_argument("--s3-sizes", default="10000,100000", help="committed inputs on moto (both codes)")
     parser.add_argument("--s3-new-only", default="1000000", help="sizes on moto measured for the new code only")
     args = parser.parse_args()
     if args.worker:
-        spec = json.loads(args.worker)
-        print(json.dumps(worker(spec["case"], spec["root"], spec["options"], spec["inputs"], spec["new"])))
+        print(json.dumps(worker(**json.loads(args.worker))))
         return
 
     import fsspec
@@ -270,14 +285,14 @@ def main() -> None:
     parse = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        base = export_main(Path(tmp) / "main")
+        base = export_baseline(Path(tmp) / "baseline", args.baseline)
         moto, endpoint = start_moto() if args.s3_sizes or args.s3_new_only else (None, None)
         try:
             plans = [("local", n, True) for n in parse(args.sizes)]
             plans += [("moto", n, True) for n in parse(args.s3_sizes)]
             plans += [("moto", n, False) for n in parse(args.s3_new_only)]
             for store, inputs, with_base in plans:
-                rows.extend(run_size(store, inputs, with_base, base, tmp, endpoint, fsspec))
+                rows.extend(run_size(store, inputs, with_base, base, args.baseline_layout, tmp, endpoint, fsspec))
                 print(f"done: {store} {inputs:,}", file=sys.stderr, flush=True)
         finally:
             if moto is not None:
@@ -290,10 +305,21 @@ def main() -> None:
     print(table(rows, HEADER))
 
 
-HEADER = ["store", "inputs", "case", "code", "seconds", "requests", "peak RSS MB", "listing MB", "vs main", "per 10x"]
+HEADER = [
+    "store",
+    "inputs",
+    "case",
+    "code",
+    "seconds",
+    "requests",
+    "peak RSS MB",
+    "listing MB",
+    "vs baseline",
+    "per 10x",
+]
 
 
-def run_size(store, inputs, with_base, base, tmp, endpoint, fsspec) -> list[list[str]]:
+def run_size(store, inputs, with_base, base, base_layout, tmp, endpoint, fsspec) -> list[list[str]]:
     new = inputs // NEW_FRACTION
     if store == "local":
         fs, options, prefix = fsspec.filesystem("file"), {}, f"{tmp}/out"
@@ -307,7 +333,9 @@ def run_size(store, inputs, with_base, base, tmp, endpoint, fsspec) -> list[list
         fs.mkdir(bucket)
         prefix, counter = f"{bucket}/out", endpoint
     out = []
-    codes = [("main", base, "parts"), ("new", str(REPO), "index")] if with_base else [("new", str(REPO), "index")]
+    codes = (
+        [("baseline", base, base_layout), ("new", str(REPO), "index")] if with_base else [("new", str(REPO), "index")]
+    )
     for case in ("resume", "commit"):
         results = {}
         for name, code, layout in codes:
@@ -317,7 +345,7 @@ def run_size(store, inputs, with_base, base, tmp, endpoint, fsspec) -> list[list
             results[name] = measure(code, case, url, options, inputs, 0 if case == "resume" else new, counter)
             fs.rm(root, recursive=True)
         for name, r in results.items():
-            ratio = f"{r['seconds'] / results['main']['seconds']:.3f}" if "main" in results else ""
+            ratio = f"{r['seconds'] / results['baseline']['seconds']:.3f}" if "baseline" in results else ""
             growth = growth_of(store, case, name, inputs, r["seconds"])
             out.append(
                 [
