@@ -115,8 +115,7 @@ ITEM_COLUMNS = {
     "etag": pa.string(),
     "member_offset": pa.int64(),
     "error": pa.string(),
-    "source": pa.string(),
-}
+}  # then "source", which falls back to the uri
 
 
 def inputs_table(items: list[InputItem]) -> pa.Table:
