@@ -105,7 +105,7 @@ def index_bytes(inputs: int) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ray_pipelines.engine.state_index import FILE, HEADER, INPUT, SCHEMA, dumps, write_index  # noqa: F401
+    from ray_pipelines.engine.state_index import FILE, HEADER, INPUT, STORED_SCHEMA, WRITE_ROWS, dumps
 
     blocks = (inputs + PER_BLOCK - 1) // PER_BLOCK
     header = {k: v for k, v in part(0, 1).items() if k not in ("inputs", "errors", "files")}
@@ -134,9 +134,9 @@ def index_bytes(inputs: int) -> bytes:
         "replaces": nulls(pa.list_(pa.string()), n),
         "record": pa.concat_arrays([pa.array(records, pa.string()), nulls(pa.string(), inputs)]),
     }
-    table = pa.table(columns, schema=SCHEMA).sort_by([("part", "ascending")])
+    table = pa.table(columns, schema=STORED_SCHEMA).sort_by([("part", "ascending")])
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=1 << 20)
+    pq.write_table(table, sink, compression="zstd", row_group_size=WRITE_ROWS)  # as write_index does
     return sink.getvalue().to_pybytes()
 
 
@@ -147,18 +147,22 @@ def worker(case: str, root: str, options: dict, inputs: int, new: int, code: str
     from ray_pipelines.engine import runner
 
     assert runner.__file__.startswith(code), f"measuring {runner.__file__}, not the code in {code}"
+    from ray_pipelines.engine import manifest as manifest_module
     from ray_pipelines.engine.manifest import OutputState
     from ray_pipelines.storage import Storage
 
     keys = [key(i) for i in range(inputs + new)]
-    selected = None
-    if case == "resume":
-        # The selected inputs as the code's runner holds them: a key column (since the inputs table),
-        # or a row dict per input (before).
-        columnar = hasattr(runner, "inputs_table")
-        selected = pa.table({"key": pa.array(keys, pa.string())}) if columnar else [{"key": k} for k in keys]
-        if columnar:
-            del keys
+    # The inputs as the code's runner holds them: a key column (since the inputs table), or a row
+    # dict per input (before); its commit gets the key column (or the list of keys) likewise.
+    columnar = hasattr(runner, "inputs_table")
+    selected = pa.table({"key": pa.array(keys, pa.string())}) if columnar else [{"key": k} for k in keys]
+    if columnar:
+        del keys
+        keys = selected["key"]
+    if case != "resume":
+        selected = None
+    # What this run processed: a key column where the code's commit takes one, else a list.
+    processed = keys[inputs:] if hasattr(manifest_module, "key_array") or not columnar else keys[inputs:].to_pylist()
     listing_rss = rss_now()
     state = OutputState(Storage(root, options))
     started = time.perf_counter()
@@ -172,7 +176,7 @@ def worker(case: str, root: str, options: dict, inputs: int, new: int, code: str
             config={},
             listed=inputs + new,
             skipped=inputs,
-            processed_keys=keys[inputs:],
+            processed_keys=processed,
             selected_keys=keys,
             timings={},
             run_id="bench",

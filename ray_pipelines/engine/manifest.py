@@ -31,14 +31,16 @@ import posixpath
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..storage import Storage
 from .committed import MIXED_ETAG, Progress
+from .memory import release_unused_memory
 from .state_index import (
     INDEX_FILE,
     empty_table,
@@ -63,6 +65,7 @@ DELETE_BATCH = 1000  # manifests deleted per request (S3 DeleteObjects takes up 
 KILL_AT = "RAY_PIPELINES_KILL_AT"  # tests: SIGKILL this process at the named step (``stop_point``)
 
 __all__ = ["MIXED_ETAG", "INDEX_FILE", "OutputState", "Progress"]
+KeyColumn = Sequence[str] | pa.Array | pa.ChunkedArray  # the runner passes its inputs table's key column
 
 
 class OutputConflict(RuntimeError):
@@ -251,11 +254,11 @@ class OutputState:
         config: dict[str, Any],
         listed: int,
         skipped: int,
-        processed_keys: list[str],
+        processed_keys: KeyColumn,
         timings: dict[str, float],
         extra: dict[str, Any] | None = None,
         run_id: str = "",
-        selected_keys: list[str] | pa.ChunkedArray | None = None,
+        selected_keys: KeyColumn | None = None,
         inputs: dict[str, Any] | None = None,
         still_holds: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
@@ -268,9 +271,9 @@ class OutputState:
         check_lease()
         progress = self.progress()
         table = progress.table
-        orphans = self.remove_orphans(progress)
-
         errors = [e for e in progress.error_rows if not _superseded(e, progress)]
+        # After the state's columns are built (the driver's peak): not with the data-file listing held.
+        orphans = self.remove_orphans(progress)
         lost = [
             {
                 "key": key,
@@ -318,6 +321,9 @@ class OutputState:
             **(extra or {}),
         }
         check_lease()
+        del progress  # the fold does not need it: its columns (100 MB at a million inputs) go first
+        self._progress = None
+        release_unused_memory()
         self.fold(table)
         self.storage.write_bytes(ERRORS_FILE, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
         self.storage.write_json(MANIFEST_FILE, manifest)
@@ -365,17 +371,24 @@ def live_of(parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {path: part for path, part in parts.items() if path not in replaced}
 
 
-def lost_keys(processed_keys: list[str], progress: Progress, run_id: str) -> list[str]:
+def key_array(keys: KeyColumn) -> pa.Array | pa.ChunkedArray:
+    """Input keys as an Arrow string column (the runner's are one already; tests pass lists)."""
+    return keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys), pa.string())
+
+
+def lost_keys(processed_keys: KeyColumn, progress: Progress, run_id: str) -> list[str]:
     """Inputs this run sent that are not done and got no error row from it: their rows never
     committed (a worker or node died, or the block raised). Without a run id, errors of any run count."""
-    if not processed_keys:
+    if not len(processed_keys):
         return []
+    keys = key_array(processed_keys)
     errors = progress.errors_table
     if run_id:
         errors = errors.filter(pc.equal(errors["run_id"], run_id))
-    failed = set(errors["key"].to_pylist())
-    done = progress.done_mask(processed_keys)
-    return [key for key, d in zip(processed_keys, done) if not d and key not in failed]
+    lost = ~progress.done_mask(keys)
+    if errors.num_rows:
+        lost &= ~np.asarray(pc.is_in(keys, value_set=errors["key"].combine_chunks()), dtype=bool)
+    return keys.filter(pa.array(lost)).to_pylist()
 
 
 def stop_point(name: str) -> None:

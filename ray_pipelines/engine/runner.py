@@ -218,12 +218,17 @@ def _run_holding_lease(
         done = state.progress()
     pending = pending_inputs(selected, done)
     skipped = selected.num_rows - pending.num_rows
+    listed_count = len(listed)
+    # Neither is needed again, and at a million inputs they are the driver's biggest objects: the
+    # listing (an InputItem per input) and the committed state's columns (the commit reads its own).
+    del listed, done
+    release_unused_memory()
     mark("resume checked")
     log.info(
         "%s: %d inputs listed (%d new, %d changed, %d deleted, %d unchanged), %d selected, %d already committed, "
         "%d to process",
         job.name,
-        len(listed),
+        listed_count,
         changes.new,
         len(changes.changed),
         len(changes.deleted),
@@ -260,7 +265,7 @@ def _run_holding_lease(
         config=config,
         listed=selected.num_rows,
         skipped=skipped,
-        processed_keys=pending["key"].to_pylist(),
+        processed_keys=pending["key"],
         timings={
             "list_seconds": round(listed_at - started, 3),
             "run_seconds": round(ran_at - listed_at, 3),
@@ -320,7 +325,7 @@ def _execute_with_retries(
             raise
         _raise_if_stopped(control)
         progress = state.progress()  # reads only the manifests written since
-        lost = lost_keys(pending["key"].to_pylist(), progress, run_id)
+        lost = lost_keys(pending["key"], progress, run_id)
         if not lost or attempt == retries:
             break
         log.warning(
