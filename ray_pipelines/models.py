@@ -12,52 +12,23 @@ fingerprints, so a new model never silently extends an old output.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import inspect
 import io
-import os
 import pickle
 import re
-import sys
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import ConfigError
-from .storage import get_fs
-
-
-class ModelLoadError(ConfigError):
-    """A model that cannot be built (missing file, code in a checkpoint, bad factory).
-
-    A :class:`~ray_pipelines.config.ConfigError`: the CLI reports it like a bad config (exit 2),
-    before Ray starts.
-    """
-
-
-def bytes_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_model_file(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """The bytes of a model or checkpoint file (local path or fsspec URL)."""
-    try:
-        fs, path = get_fs(url, storage_options)
-        with fs.open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ModelLoadError(f"model file not found: {url}") from None
-    except Exception as e:
-        raise ModelLoadError(f"cannot read model file {url}: {type(e).__name__}: {e}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else ""
+from .model_files import (  # noqa: F401  (re-exported: the torch-free half lives in model_files)
+    ModelLoadError,
+    _first_line,
+    bytes_sha256,
+    factory_code_sha256,
+    read_model_file,
+    resolve_factory,
+)
 
 
 def load_checkpoint(data: bytes, name: str) -> Any:
@@ -115,55 +86,6 @@ def load_torchscript(data: bytes, name: str) -> nn.Module:
             return torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as e:
         raise ModelLoadError(f"cannot load TorchScript model {name}: {type(e).__name__}: {_first_line(e)}") from None
-
-
-def resolve_factory(reference: str) -> Callable[..., Any]:
-    """``package.module:name`` or ``path/to/file.py:name`` -> the callable."""
-    target, _, attribute = reference.rpartition(":")
-    if not target or not attribute:
-        raise ModelLoadError(f"factory {reference!r} must look like 'package.module:function' or 'file.py:function'")
-    try:
-        module = (
-            _module_from_file(target) if target.endswith(".py") or "/" in target else importlib.import_module(target)
-        )
-    except ModelLoadError:
-        raise
-    except Exception as e:
-        raise ModelLoadError(f"factory {reference!r}: cannot import {target}: {type(e).__name__}: {e}") from None
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise ModelLoadError(f"factory {reference!r}: {target} has no callable {attribute!r}")
-    return factory
-
-
-def _module_from_file(path: str):
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise ModelLoadError(f"factory file not found: {path}")
-    name = "ray_pipelines_user_model_" + bytes_sha256(path.encode())[:12]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
-
-
-def factory_code_sha256(reference: str) -> str:
-    """Hash of the factory's source file, so editing the model code changes the fingerprint."""
-    try:
-        source = inspect.getsourcefile(resolve_factory(reference))
-    except TypeError:
-        source = None
-    if not source or not os.path.exists(source):
-        return ""
-    with open(source, "rb") as f:
-        return bytes_sha256(f.read())
 
 
 def build_from_factory(

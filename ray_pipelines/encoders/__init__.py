@@ -6,8 +6,9 @@ reference VAE, a TorchScript file, ``module:factory`` + checkpoint, and
 stable-audio-tools model configs (optional package, imported lazily).
 
 The names below are imported on first use: the torch-free modules of this
-package (``sat_sink``, ``windows``) run in decode and write tasks, which
-should not pay for importing torch.
+package (``config``, ``info``, ``sat_sink``, ``windows``) run in the driver
+(which never imports torch) and in decode and write tasks, which should not
+pay for importing it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ _EXPORTS = {
     "posterior_noise": "functional",
     "sample_posterior": "functional",
     "LoadedEncoder": "loading",
-    "ModelInfo": "loading",
+    "ModelInfo": "info",
     "inspect_encoder": "loading",
     "load_encoder": "loading",
+    "probe_encoder": "loading",
     "ReferenceAutoencoder": "reference",
-    "ReferenceModelConfig": "reference",
+    "ReferenceModelConfig": "config",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,14 +1,40 @@
-"""The ``model:`` section of the encode job's config: which encoder to load, and from where."""
+"""The ``model:`` section of the encode job's config: which encoder to load, and from where.
+
+No torch here: the driver validates this config and never imports torch (``reference`` builds the
+built-in model where it runs).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from .reference import ReferenceModelConfig
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ModelKind = Literal["builtin", "torchscript", "factory", "stable-audio-tools"]
+
+
+class ReferenceModelConfig(BaseModel):
+    """Shape of the built-in model. ``downsampling_ratio`` is the product of ``strides``."""
+
+    model_config = ConfigDict(extra="forbid")
+    sample_rate: int = Field(44100, gt=0)
+    channels: int = Field(2, ge=1, description="Audio channels the model takes.")
+    latent_dim: int = Field(16, ge=1, description="Latent channels D (the posterior has 2 * D).")
+    hidden: int = Field(8, ge=1, description="Channels after the input convolution.")
+    strides: list[int] = Field(default_factory=lambda: [4, 4, 4, 4], min_length=1)
+    seed: int = Field(0, description="Weight seed.")
+
+    @field_validator("strides")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(s < 1 for s in value):
+            raise ValueError(f"strides must be >= 1, got {value}")
+        return value
+
+    @property
+    def downsampling_ratio(self) -> int:
+        return math.prod(self.strides)
 
 
 class ModelConfig(BaseModel):

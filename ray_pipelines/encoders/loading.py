@@ -9,7 +9,7 @@ work starts).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
 from .base import Encoder, ModelLoadError, ModuleEncoder
 from .config import ModelConfig
+from .info import ModelInfo
 from .reference import ReferenceAutoencoder
 
 
@@ -119,28 +120,6 @@ def _check_agrees(encoder: Encoder, sample_rate: int | None, channels: int | Non
                 f"{key}: the config says {configured} but the model takes {declared}; "
                 f"remove {key} from the config (it comes from the model) or fix it"
             )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the job needs to know about a model before it runs."""
-
-    sample_rate: int
-    channels: int
-    downsampling_ratio: int
-    is_discrete: bool
-    has_posterior: bool
-    latent_channels: int  # D (continuous) or Q (codebooks): the first axis of what is stored
-    latent_frames: int  # N = sample_size / downsampling_ratio: the last axis of what is stored
-    frames_axis: int  # where encode() puts the frames: 2 ([B, D, N]), 1 ([B, N, Q]) or -1 ([B, N])
-    codebook_size: int | None  # discrete models: tokens lie in [0, codebook_size) (None: unknown)
-    output_dtype: str  # of encode(), at float32
-    stored_dtype: str  # what the output holds: float32/float16 latents, the narrowest integer for tokens
-    weights_sha256: str
-    description: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def token_dtype(codebook_size: int | None) -> np.dtype:
@@ -247,3 +226,25 @@ def inspect_encoder(
         weights_sha256=loaded.weights_sha256,
         description=encoder.describe(),
     )
+
+
+def probe_encoder(
+    model: dict[str, Any],
+    *,
+    sample_rate: int | None,
+    channels: int | None,
+    is_discrete: bool,
+    storage_options: dict[str, Any] | None,
+    sample_size: int,
+    precision: str,
+) -> dict[str, Any]:
+    """:func:`load_encoder` then :func:`inspect_encoder`, as JSON values (``ModelInfo.as_dict``): what the
+    encode job's driver learns about its model, in a child process (``ray_pipelines.isolated``)."""
+    loaded = load_encoder(
+        ModelConfig.model_validate(model),
+        sample_rate=sample_rate,
+        channels=channels,
+        is_discrete=is_discrete,
+        storage_options=storage_options,
+    )
+    return inspect_encoder(loaded, sample_size=sample_size, is_discrete=is_discrete, precision=precision).as_dict()

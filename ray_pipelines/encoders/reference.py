@@ -12,34 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.nn import functional as F
 
 from .base import Encoder
-
-
-class ReferenceModelConfig(BaseModel):
-    """Shape of the built-in model. ``downsampling_ratio`` is the product of ``strides``."""
-
-    model_config = ConfigDict(extra="forbid")
-    sample_rate: int = Field(44100, gt=0)
-    channels: int = Field(2, ge=1, description="Audio channels the model takes.")
-    latent_dim: int = Field(16, ge=1, description="Latent channels D (the posterior has 2 * D).")
-    hidden: int = Field(8, ge=1, description="Channels after the input convolution.")
-    strides: list[int] = Field(default_factory=lambda: [4, 4, 4, 4], min_length=1)
-    seed: int = Field(0, description="Weight seed.")
-
-    @field_validator("strides")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(s < 1 for s in value):
-            raise ValueError(f"strides must be >= 1, got {value}")
-        return value
-
-    @property
-    def downsampling_ratio(self) -> int:
-        return math.prod(self.strides)
+from .config import ReferenceModelConfig  # noqa: F401  (re-exported: the config is torch-free, in config)
 
 
 def _down_block(in_channels: int, out_channels: int, stride: int) -> nn.Module:

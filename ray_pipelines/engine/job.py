@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -19,14 +20,45 @@ from .sink import ShardSink
 class StageSpec:
     """One actor-pool stage: a callable class and its constructor kwargs.
 
+    ``cls`` is the class, or its ``"package.module:ClassName"``: a name is imported only where the
+    stage runs (in the actor's constructor), so a stage module that imports torch never loads in the
+    driver. Ray Data's operator is named after the class either way (``MapBatches(AugmentStage)``).
     ``gpu``: the stage benefits from a GPU (it gets ``num_gpus`` per actor when
     the cluster has GPUs); CPU-only stages never ask for one.
     """
 
-    cls: type
+    cls: type | str
     kwargs: dict[str, Any] = field(default_factory=dict)
     batch_size: int | None = None
     gpu: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cls, str):
+            module, _, name = self.cls.partition(":")
+            if not module or not name.isidentifier():
+                raise ValueError(f"a stage name must look like 'package.module:ClassName', got {self.cls!r}")
+
+    @property
+    def name(self) -> str:
+        """The stage class's name (what Ray Data's operator is called)."""
+        return stage_name(self.cls)
+
+    def resolve(self) -> type:
+        """The stage class itself (imports its module when ``cls`` is a name)."""
+        return stage_class(self.cls)
+
+
+def stage_name(cls: type | str) -> str:
+    """``AugmentStage`` for the class or for ``"ray_pipelines.stages.augment:AugmentStage"``."""
+    return cls.rpartition(":")[2] if isinstance(cls, str) else cls.__name__
+
+
+def stage_class(cls: type | str) -> type:
+    """The class itself, or the one ``"package.module:ClassName"`` names (its module imported here)."""
+    if not isinstance(cls, str):
+        return cls
+    module, _, name = cls.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class Job(abc.ABC):

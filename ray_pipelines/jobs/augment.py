@@ -14,13 +14,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ray_pipelines.augment.pool import AugmentationPool, SpectrogramPoolConfig, WaveformPoolConfig
+from ray_pipelines.augment.params import AugmentationChoices, SpectrogramPoolConfig, WaveformPoolConfig
 from ray_pipelines.config import CommonConfig
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.seeding import sample_rng
 from ray_pipelines.splits import train_val_split
-from ray_pipelines.stages.augment import AugmentStage
+
+# Imported in the actors only (the stage imports torch; the driver never does).
+AUGMENT_STAGE = "ray_pipelines.stages.augment:AugmentStage"
 
 
 class AugmentConfig(CommonConfig):
@@ -53,7 +55,7 @@ class AugmentConfig(CommonConfig):
     def _pool_fits(self) -> AugmentConfig:
         frames = 1 + int(round(self.duration * self.sample_rate)) // self.hop_length
         # Raises a ValueError naming the problem (too many augs, min above max).
-        AugmentationPool(
+        AugmentationChoices(
             self.waveform_pool,
             self.spectrogram_pool,
             self.num_waveform_augs,
@@ -135,7 +137,7 @@ class AugmentJob(Job):
         )
 
     def stages(self) -> list[StageSpec]:
-        return [StageSpec(AugmentStage, self.stage_kwargs())]
+        return [StageSpec(AUGMENT_STAGE, self.stage_kwargs())]
 
     def throughput_units(self, rows: int) -> dict[str, float]:
         return {"views": 2.0 * rows}

@@ -19,9 +19,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from ray_pipelines import isolated
 from ray_pipelines.config import CommonConfig
 from ray_pipelines.encoders.config import ModelConfig
-from ray_pipelines.encoders.loading import ModelInfo, inspect_encoder, load_encoder
+from ray_pipelines.encoders.info import ModelInfo
 from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_encode_data_file, write_filelist
 from ray_pipelines.encoders.windows import EncodeDecoder, WindowPlan
 from ray_pipelines.engine.decode import WindowDecoder
@@ -29,10 +30,12 @@ from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.seeding import unit_interval
 from ray_pipelines.sources import InputItem
-from ray_pipelines.stages.encode import EncodeStage
 from ray_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# Imported in the actors only (the stage imports torch; the driver never does).
+ENCODE_STAGE = "ray_pipelines.stages.encode:EncodeStage"
 
 
 class EncodeConfig(CommonConfig):
@@ -92,19 +95,20 @@ class EncodeJob(Job):
 
     def __init__(self, config: EncodeConfig):
         super().__init__(config)
-        # Load and probe the model here, on the driver: a wrong path, a missing optional
-        # package or a continuous/discrete mismatch stops the job before Ray starts.
-        loaded = load_encoder(
-            config.model,
+        # Load and probe the model before Ray starts: a wrong path, a missing optional package or a
+        # continuous/discrete mismatch stops the job here. That takes torch, so it runs in a child
+        # process (ray_pipelines.isolated): the driver never imports torch.
+        probed = isolated.call(
+            "ray_pipelines.encoders.loading:probe_encoder",
+            model=config.model.model_dump(mode="json"),
             sample_rate=config.sample_rate,
             channels=config.audio_channels,
             is_discrete=config.is_discrete,
             storage_options=config.storage_options,
+            sample_size=config.sample_size,
+            precision=config.precision,
         )
-        self.model: ModelInfo = inspect_encoder(
-            loaded, sample_size=config.sample_size, is_discrete=config.is_discrete, precision=config.precision
-        )
-        del loaded
+        self.model = ModelInfo(**probed)
 
     @property
     def sample_rate(self) -> int:
@@ -173,7 +177,7 @@ class EncodeJob(Job):
         )
 
     def stages(self) -> list[StageSpec]:
-        return [StageSpec(EncodeStage, self.stage_kwargs(), gpu=True)]
+        return [StageSpec(ENCODE_STAGE, self.stage_kwargs(), gpu=True)]
 
     # ---- output -------------------------------------------------------------------
     def schema_metadata(self) -> dict[str, str]:

@@ -28,14 +28,16 @@ from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.manifest import OutputState
 from ray_pipelines.features.catalog import LibraryPlan, describe, plan_library, read_memory, save_plan
-from ray_pipelines.features.kaldi import AST_MEAN, AST_SAMPLE_RATE, AST_STD, frame_sizes
+from ray_pipelines.features.frames import AST_MEAN, AST_SAMPLE_RATE, AST_STD, frame_sizes
 from ray_pipelines.features.report import balance_chart, balance_report
 from ray_pipelines.features.split import DEFAULT_SPLITS
 from ray_pipelines.sources import InputItem
-from ray_pipelines.stages.features import FeaturesStage
 from ray_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# Imported in the actors only (the stage imports torch; the driver never does).
+FEATURES_STAGE = "ray_pipelines.stages.features:FeaturesStage"
 
 BALANCE_JSON = "balance.json"
 BALANCE_PNG = "balance.png"
@@ -227,7 +229,7 @@ class FeaturesJob(Job):
         c = self.config
         return [
             StageSpec(
-                FeaturesStage,
+                FEATURES_STAGE,
                 dict(
                     sample_rate=c.sample_rate,
                     n_mels=c.n_mels,

@@ -22,12 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ray_pipelines import isolated
 from ray_pipelines.config import CommonConfig, ConfigError
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
-from ray_pipelines.models import weights_sha256
 from ray_pipelines.scoring import scorers as builtin
-from ray_pipelines.scoring.dnsmos import DnsmosOptions
 from ray_pipelines.scoring.inputs import (
     INDEX_COLUMN,
     FirstWindow,
@@ -37,16 +36,17 @@ from ray_pipelines.scoring.inputs import (
     list_shard_inputs,
     list_tensor_files,
 )
-from ray_pipelines.scoring.models import ModelSpec, build_model, check_model
+from ray_pipelines.scoring.options import DnsmosOptions, ModelSpec, VadOptions
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.signal_stats import SignalOptions
 from ray_pipelines.scoring.table import ScoreTable, read_errors
-from ray_pipelines.scoring.vad import VadOptions
 from ray_pipelines.sources import InputItem
-from ray_pipelines.stages.score import ScoreStage
 from ray_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# Imported in the actors only (the stage imports torch; the driver never does).
+SCORE_STAGE = "ray_pipelines.stages.score:ScoreStage"
 
 
 class MelNormalize(BaseModel):
@@ -205,7 +205,8 @@ class ScoreJob(Job):
         """The scorers that run and the digests of their models' weights.
 
         Hashing the built-in models' files also checks their packages are installed; loading the
-        user's model here checks it maps the mel shape to itself.
+        user's model here checks it maps the mel shape to itself. Building the model takes torch,
+        so that runs in a child process (``ray_pipelines.isolated``): the driver never imports torch.
         """
         if self._model_fingerprint is None:
             c = self.config
@@ -215,13 +216,19 @@ class ScoreJob(Job):
             }
             if "reconstruction" in c.scorer_names:
                 try:
-                    model = build_model(c.model, "cpu", c.storage_options)
-                    check_model(model, c.n_mels, c.mel_frames, masked=c.mask_ratio > 0)
+                    digest = isolated.call(
+                        "ray_pipelines.scoring.models:model_weights_digest",
+                        model=c.model.model_dump(mode="json"),
+                        n_mels=c.n_mels,
+                        frames=c.mel_frames,
+                        masked=c.mask_ratio > 0,
+                        storage_options=c.storage_options,
+                    )
                 except ConfigError as e:  # already says what is wrong (e.g. model file not found)
                     raise ConfigError(f"model ({c.model.kind}): {e}") from None
                 except Exception as e:
                     raise ConfigError(f"model ({c.model.kind}): {type(e).__name__}: {e}") from None
-                extra["model_weights_sha256"] = weights_sha256(model)
+                extra["model_weights_sha256"] = digest
             self._model_fingerprint = extra
         return self._model_fingerprint
 
@@ -291,7 +298,7 @@ class ScoreJob(Job):
 
     def stages(self) -> list[StageSpec]:
         gpu = any(name in builtin.USES_GPU for name in self.config.scorer_names)
-        return [StageSpec(ScoreStage, self.stage_kwargs(), batch_size=self.config.batch_size, gpu=gpu)]
+        return [StageSpec(SCORE_STAGE, self.stage_kwargs(), batch_size=self.config.batch_size, gpu=gpu)]
 
     # ---- outputs ---------------------------------------------------------------------------------
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -26,11 +26,13 @@ from ray_pipelines.engine.decode import Window, WindowDecoder, rows_to_batch
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.sources import InputItem
 from ray_pipelines.splits import train_val_split
-from ray_pipelines.stages.teacher import TeacherStage
 from ray_pipelines.synth import SynthConfig, sample_key, stored_f0, synth_sample
 from ray_pipelines.teachers import TeacherLoadError, TeacherSpec, column_name, describe
 
 log = logging.getLogger(__name__)
+
+# Imported in the actors only (the stage imports torch; the driver never does).
+TEACHER_STAGE = "ray_pipelines.stages.teacher:TeacherStage"
 
 SYNTH_INPUT = "synth://"
 # Columns the job writes itself; teacher columns must not collide with them.
@@ -251,7 +253,7 @@ class TeacherJob(Job):
         )
 
     def stages(self) -> list[StageSpec]:
-        return [StageSpec(TeacherStage, self.stage_kwargs(), batch_size=self.config.batch_size, gpu=True)]
+        return [StageSpec(TEACHER_STAGE, self.stage_kwargs(), batch_size=self.config.batch_size, gpu=True)]
 
     # ---- output -------------------------------------------------------------------
     @property

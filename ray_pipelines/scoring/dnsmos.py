@@ -23,22 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from .options import DnsmosOptions  # noqa: F401  (re-exported: torch-free, in options)
 from .scorers import COLUMNS as SCORER_COLUMNS
 
 COLUMNS = SCORER_COLUMNS["dnsmos"]
 SAMPLE_RATE = 16000
 SEGMENT_SECONDS = 9.01  # speechmos.dnsmos.INPUT_LENGTH
-
-
-class DnsmosOptions(BaseModel):
-    """The ``dnsmos`` section of a score config."""
-
-    model_config = ConfigDict(extra="forbid")
-    personalized: bool = Field(
-        False, description="pDNSMOS: the personalized model, which also counts interfering talkers as noise."
-    )
 
 
 def segments(audio: np.ndarray) -> list[np.ndarray]:

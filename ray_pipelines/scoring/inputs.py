@@ -17,6 +17,9 @@ samples_per_input, split, error, etag, source) plus ``class``, ``group`` and
 the payload (``mel`` ``[1, n_mels, T]`` float32, or ``audio``). A problem with
 one input (unreadable, not a tensor, wrong shape, non-finite values) becomes
 an error row with a reason; nothing raises out of a decoder.
+
+The decoders are pickled to Ray tasks from the driver, which never imports torch: torch is
+imported where a ``.pt`` file is read, in the task.
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from ..audio.decode import open_failure
 from ..engine.arrow import column_to_numpy
@@ -191,7 +194,8 @@ class FirstWindow:
 
 def conform_mel(value: Any, n_mels: int, frames: int) -> tuple[np.ndarray | None, str]:
     """A ``[1, n_mels, frames]`` float32 array from a tensor or array, or ``(None, reason)``."""
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only where torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             return None, f"wrong dtype: {value.dtype} (a real-valued mel spectrogram is expected)"
         value = value.detach().to("cpu", torch.float32).numpy()
@@ -277,6 +281,8 @@ class TensorFileDecoder(TensorRows):
             return [self.row(item, -1, 0, open_failure(e), None)]
         if not data:
             return [self.row(item, -1, 0, "empty file (0 bytes)", None)]
+        import torch
+
         try:
             value = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:

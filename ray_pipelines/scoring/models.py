@@ -25,45 +25,17 @@ A user module is called as ``module.reconstruct(mel, mask)`` when it has a
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
+from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file, weights_sha256
+from .options import ModelSpec
 
 
 class Reconstructor(Protocol):
     def reconstruct(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
-class ModelSpec(BaseModel):
-    """Which model reconstructs the spectrograms."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["reference", "torchscript", "factory"] = "reference"
-    path: str | None = Field(None, description="torchscript: the archive (local path or fsspec URL).")
-    factory: str | None = Field(None, description="factory: 'package.module:function' returning an nn.Module.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="factory: keyword arguments.")
-    checkpoint: str | None = Field(None, description="factory: state dict file, read with weights_only=True.")
-    # The reference model's shape and weight seed.
-    seed: int = Field(0, description="reference: weight seed.")
-    patch: tuple[int, int] = Field((16, 16), description="reference: patch size (mel bins, frames).")
-    dim: int = Field(64, gt=0)
-    depth: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-
-    @model_validator(mode="after")
-    def _complete(self) -> ModelSpec:
-        if self.kind == "torchscript" and not self.path:
-            raise ValueError("model.kind torchscript needs model.path (the torch.jit.save archive)")
-        if self.kind == "factory":
-            if not self.factory or ":" not in self.factory:
-                raise ValueError("model.kind factory needs model.factory as 'package.module:function'")
-        if self.kind == "reference" and self.dim % (2 * self.heads):
-            raise ValueError(f"model.dim ({self.dim}) must be a multiple of 2 * model.heads ({2 * self.heads})")
-        return self
 
 
 class ReferenceMAE(nn.Module):
@@ -201,3 +173,14 @@ def check_model(model: nn.Module, n_mels: int, frames: int, masked: bool) -> Non
         raise ValueError(
             f"the model maps [B, 1, {n_mels}, {frames}] to {got}; reconstruct must return the input's shape"
         )
+
+
+def model_weights_digest(
+    model: dict[str, Any], n_mels: int, frames: int, masked: bool, storage_options: dict[str, Any] | None = None
+) -> str:
+    """Build the model ``model`` (a :class:`ModelSpec`'s dict) describes on the CPU, check it maps the mel
+    shape to itself, and hash its weights: the score job's fingerprint, computed in a child process
+    (``ray_pipelines.isolated``) so the driver never imports torch."""
+    built = build_model(ModelSpec.model_validate(model), "cpu", storage_options)
+    check_model(built, n_mels, frames, masked=masked)
+    return weights_sha256(built)

@@ -20,22 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from .options import VadOptions  # noqa: F401  (re-exported: torch-free, in options)
 from .scorers import COLUMNS as SCORER_COLUMNS
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # samples per speech probability at 16 kHz
-
-
-class VadOptions(BaseModel):
-    """The ``vad`` section of a score config (Silero's get_speech_timestamps settings)."""
-
-    model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.5, gt=0, lt=1, description="Speech probability at or above which a window is speech.")
-    min_speech_ms: int = Field(250, ge=0, description="Shorter speech segments are dropped.")
-    min_silence_ms: int = Field(100, ge=0, description="Silences shorter than this do not end a segment.")
-    speech_pad_ms: int = Field(30, ge=0, description="Padding added on each side of a segment.")
 
 
 class SpeechScorer:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pick_device(device: str | None = None, cpu_threads: int = 1) -> torch.device:
@@ -11,7 +14,11 @@ def pick_device(device: str | None = None, cpu_threads: int = 1) -> torch.device
 
     On CPU the stage runs single-threaded by default: Ray scales by actors, and a
     fixed thread count keeps float reductions in one order (deterministic bytes).
+    torch is imported here, where a stage runs: importing ``ray_pipelines.stages``
+    (as the driver does) does not import it.
     """
+    import torch
+
     chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if chosen.type == "cpu" and cpu_threads:
         torch.set_num_threads(cpu_threads)

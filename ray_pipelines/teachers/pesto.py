@@ -10,29 +10,21 @@ is rebuilt the way ``pesto.loader.load_model`` does.
 from __future__ import annotations
 
 import collections
-import os
 import typing
-from importlib.metadata import version as package_version
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
-from .base import Teacher, TeacherLoadError, TeacherOutput, file_sha256
-from .spec import TeacherSpecBase
+from .base import Teacher, TeacherLoadError
+from .spec import (  # noqa: F401  (re-exported: the spec and the weights' location are torch-free, in spec)
+    PESTO_OUTPUTS,
+    PESTO_SAMPLE_RATE,
+    PestoSpec,
+    pesto_checkpoint_path,
+    pesto_version,
+)
 
-PESTO_SAMPLE_RATE = 16000  # its CQT is laid out for 16 kHz (the top bins sit just below Nyquist)
-OUTPUTS = (TeacherOutput("f0"), TeacherOutput("confidence"))
-
-
-def pesto_checkpoint_path(model: str) -> str:
-    import pesto
-
-    path = os.path.join(os.path.dirname(pesto.__file__), "weights", f"{model}.ckpt")
-    if not os.path.exists(path):
-        shipped = sorted(f[:-5] for f in os.listdir(os.path.dirname(path)) if f.endswith(".ckpt"))
-        raise TeacherLoadError(f"pesto: no shipped model {model!r} (the package has: {', '.join(shipped)})")
-    return path
+OUTPUTS = PESTO_OUTPUTS
 
 
 def load_pesto_checkpoint(path: str) -> dict[str, Any]:
@@ -100,30 +92,3 @@ class PestoTeacher(Teacher):
             audio, sr=self.sample_rate, convert_to_freq=True, return_activations=True
         )
         return {"f0": f0.float(), "confidence": confidence.float()}
-
-
-def pesto_version(model: str) -> str:
-    return f"pesto-pitch {package_version('pesto-pitch')} {model}"
-
-
-class PestoSpec(TeacherSpecBase):
-    """``kind: pesto`` — outputs ``f0`` (Hz) and ``confidence`` (0..1), one value per ``step_ms``."""
-
-    kind: Literal["pesto"] = "pesto"
-    model: str = Field("mir-1k_g7", description="A checkpoint shipped in pesto/weights (mir-1k_g7, mir-1k).")
-    step_ms: float = Field(10.0, gt=0, description="Hop between frames in milliseconds.")
-    reduction: Literal["alwa", "argmax", "mean"] = "alwa"
-
-    def default_name(self) -> str:
-        return "pesto"
-
-    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
-        return OUTPUTS
-
-    def build(self) -> PestoTeacher:
-        return PestoTeacher(self.teacher_name, self.model, self.step_ms, self.reduction)
-
-    def identity(self) -> dict[str, Any]:
-        return self.base_identity(
-            pesto_version(self.model), file_sha256(pesto_checkpoint_path(self.model)), PESTO_SAMPLE_RATE
-        )

