@@ -45,9 +45,11 @@ class InputItem:
     extra: dict[str, Any] = field(default_factory=dict)  # job columns (e.g. label, split)
 
     def to_row(self) -> dict[str, Any]:
+        """The row the engine hands to Ray for this input (``runner.inputs_table``): ``source`` is
+        None where it would repeat the uri (decoders fall back to the uri)."""
         row = asdict(self)
         extra = row.pop("extra")
-        row["source"] = self.source or self.uri
+        row["source"] = self.source or None
         row.update(extra)
         return row
 

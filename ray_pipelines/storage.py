@@ -13,10 +13,11 @@ import json
 import os
 import posixpath
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import fsspec
+import fsspec.asyn
 
 from .direct_io import DirectFile
 
@@ -248,6 +249,32 @@ class Storage:
             if info.get("type") == "file":
                 out.append(posixpath.join(relpath, posixpath.basename(info["name"].rstrip("/"))))
         return sorted(out)
+
+    def select_files(self, keep: Callable[[str], bool]) -> list[str]:
+        """Relative paths of every file under the root that ``keep`` accepts, listed a page at a time.
+        On S3 the listing goes straight through the pages (s3fs's ``find`` would hold every object's
+        details in its cache: 38 MB for the 31,000 data files of a million inputs); elsewhere
+        ``find``."""
+        if type(self.fs).__name__ == "S3FileSystem" and hasattr(self.fs, "_iterdir"):
+            return fsspec.asyn.sync(self.fs.loop, self._select_s3, keep)
+        if not self.fs.exists(self.path):
+            return []
+        self.fs.invalidate_cache(self.path)
+        return [rel for rel in map(self._relative, self.fs.find(self.path)) if keep(rel)]
+
+    async def _select_s3(self, keep: Callable[[str], bool]) -> list[str]:
+        bucket, key, _ = self.fs.split_path(self.path)
+        prefix = key.rstrip("/") + "/" if key else ""
+        selected, base = [], f"{bucket}/{prefix}"
+        async for info in self.fs._iterdir(bucket, delimiter="", prefix=prefix):
+            if info.get("type") == "file" and info["name"].startswith(base):
+                rel = info["name"][len(base) :]
+                if keep(rel):
+                    selected.append(rel)
+        return selected
+
+    def _relative(self, path: str) -> str:
+        return path[len(self.path) :].lstrip("/") if path.startswith(self.path) else posixpath.relpath(path, self.path)
 
     def remove(self, relpath: str) -> None:
         path = self.abspath(relpath)

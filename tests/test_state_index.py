@@ -100,6 +100,58 @@ def test_commit_folds_manifests_into_the_index_and_reads_it_back(tmp_path):
     assert pending_inputs(selected, progress)["key"].to_pylist() == ["new"]
 
 
+def test_the_decoded_state_is_let_go_during_a_run_and_decoded_again_from_the_bytes_read(tmp_path):
+    """The runner lets go of the decoded index while the run processes: later reads decode the bytes
+    read at the start (the file is not read again: here it is gone), and the commit folds as usual."""
+    storage = build(tmp_path)
+    commit(OutputState(storage))
+    storage.write_json("_manifests/part-new.json", part(["zz"], expected=1, written=(0,)), compact=True)
+    state = OutputState(storage)
+    before = state.progress().written
+    state.forget_decoded()
+    assert state._index is None and state._progress is None
+    index_bytes = (tmp_path / INDEX_FILE).read_bytes()
+    (tmp_path / INDEX_FILE).unlink()
+    assert state.progress().written == before and len(before) == 25
+    manifest = commit(state, keys=KEYS + ["zz"])
+    assert manifest["complete"] and manifest["counts"]["inputs_with_output"] == 25
+    assert OutputState(storage).progress().written == before
+    assert (tmp_path / INDEX_FILE).read_bytes() != index_bytes  # the new index holds zz
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_the_commit_removes_only_data_files_no_manifest_names(request, tmp_path, store):
+    """Orphans (a failed attempt's data files) go; named data files, manifests, the job's other files
+    and files under a neighbouring prefix stay. On S3 the listing goes page by page (more than one)."""
+    if store == "s3":
+        bucket, options, fs = request.getfixturevalue("s3_bucket")
+        root = f"s3://{bucket}/out"
+        fs.pipe({f"{bucket}/out-other/train/part-zz.parquet": b"x"})  # shares the prefix "out"
+    else:
+        root, options = str(tmp_path / "out"), {}
+    storage = Storage(root, options)
+    for b in range(3):
+        keys = KEYS[4 * b : 4 * b + 4]
+        storage.write_json(f"_manifests/part-{b:04d}.json", part(keys), compact=True)
+        storage.write_bytes(f"train/part-{keys[0]}.parquet", b"x")
+    orphans = [f"train/part-orphan{i:04d}.parquet" for i in range(1100)] + ["val/part-orphan.parquet"]
+    if store == "s3":
+        fs.pipe({f"{bucket}/out/{rel}": b"x" for rel in orphans})
+    else:
+        for rel in orphans:
+            storage.write_bytes(rel, b"x")
+    storage.write_bytes("README.md", b"card")
+    storage.write_bytes("train/notes.txt", b"not a data file")
+    manifest = commit(OutputState(storage), keys=KEYS[:12])
+    assert manifest["counts"]["orphans_removed"] == len(orphans)
+    assert sorted(storage.select_files(lambda rel: True)) == sorted(
+        [INDEX_FILE, "README.md", "_SUCCESS", "errors.jsonl", "manifest.json", "train/notes.txt"]
+        + [f"train/part-{KEYS[4 * b]}.parquet" for b in range(3)]
+    )
+    if store == "s3":
+        assert fs.exists(f"{bucket}/out-other/train/part-zz.parquet")
+
+
 def test_a_manifest_both_folded_and_present_counts_once(tmp_path):
     storage = build(tmp_path)
     copy = (tmp_path / "_manifests" / "part-0001.json").read_bytes()

@@ -150,9 +150,10 @@ class Progress:
         """Inputs with at least one written sample."""
         return int((self._cols["written_count"] > 0).sum())
 
-    def committed_keys(self) -> pa.Array:
-        """Keys a committed manifest names among its inputs (what change detection compares)."""
-        return self.keys.filter(pa.array(self._cols["in_inputs"]))
+    def in_inputs(self) -> np.ndarray:
+        """Per key of :attr:`keys`: whether a committed manifest names it among its inputs (not
+        only in an error row)."""
+        return self._cols["in_inputs"]
 
     def etag_array(self) -> pa.Array:
         """Per key of :attr:`keys`: the recorded identity ("" when none, ``MIXED_ETAG`` when mixed)."""

@@ -29,7 +29,7 @@ from ray.data.block import BlockAccessor
 from ..config import CommonConfig, ConfigError
 from ..sources import InputItem, SourceError, overlapping_input, read_key_list
 from ..storage import Storage
-from .changes import detect_changes
+from .changes import detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
@@ -115,7 +115,7 @@ ITEM_COLUMNS = {
     "etag": pa.string(),
     "member_offset": pa.int64(),
     "error": pa.string(),
-}  # then "source", which falls back to the uri
+}  # then "source" (null: the uri)
 
 
 def inputs_table(items: list[InputItem]) -> pa.Table:
@@ -123,7 +123,9 @@ def inputs_table(items: list[InputItem]) -> pa.Table:
     were 280 MB of the driver's memory). A job column whose values Arrow cannot type as one column
     (strings and numbers mixed) is kept as pickled Python objects, as Ray Data itself does."""
     columns = {name: pa.array([getattr(i, name) for i in items], kind) for name, kind in ITEM_COLUMNS.items()}
-    columns["source"] = pa.array([i.source or i.uri for i in items], pa.string())  # for people: where it came from
+    # Where it came from, for people; null where that is the uri (the decoders fall back to it): the
+    # uri again would be 45 MB at a million inputs.
+    columns["source"] = pa.array([i.source or None for i in items], pa.string())
     for name in dict.fromkeys(name for i in items for name in i.extra):
         values = [i.extra.get(name) for i in items]
         try:
@@ -208,9 +210,15 @@ def _run_holding_lease(
     if not listed and not cfg.allow_empty:
         raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
     selected = select_inputs(job, listed)
+    # From here on the listing is two columns: the InputItem list (the driver's biggest object at a
+    # million inputs) goes before the committed state is built.
+    identities, listed_count = listed_identities(listed), len(listed)
+    del listed
+    release_unused_memory()
     listed_at = time.time()
     done = state.progress()
-    changes = detect_changes(listed, done)
+    changes = detect_changes(identities, done)
+    del identities
     stale = changes.stale(cfg.on_change, cfg.on_delete)
     if stale:
         rewritten = drop_inputs(state, job.make_sink(fingerprint), stale, still_holds=lease.check)
@@ -218,11 +226,10 @@ def _run_holding_lease(
         done = state.progress()
     pending = pending_inputs(selected, done)
     skipped = selected.num_rows - pending.num_rows
-    listed_count = len(listed)
-    # Neither is needed again, and at a million inputs they are the driver's biggest objects: the
-    # listing (an InputItem per input) and the committed state's columns (the commit reads its own).
-    del listed, done
-    release_unused_memory()
+    # Neither is needed while the run processes: the committed state's columns and its decoded index
+    # (the lost-input check and the commit build their own from the bytes already read).
+    del done
+    state.forget_decoded()
     mark("resume checked")
     log.info(
         "%s: %d inputs listed (%d new, %d changed, %d deleted, %d unchanged), %d selected, %d already committed, "
@@ -351,10 +358,13 @@ def _raise_if_stopped(control: RunControl, cause: BaseException | None = None) -
 
 class ControlledStage:
     """An actor stage under the run's control: registered (so a lost node's actor is let go) and
-    stopped before a block when the run was told to stop. Wraps stages that do not decode."""
+    stopped before a block when the run was told to stop. Wraps stages that do not decode.
+    ``stage_cls`` may be a ``"package.module:ClassName"`` (``StageSpec.cls``): imported here, in the actor."""
 
-    def __init__(self, stage_cls: type, stage_kwargs: dict[str, Any], control: RunControl | None = None):
-        self.stage = stage_cls(**stage_kwargs)
+    def __init__(self, stage_cls: type | str, stage_kwargs: dict[str, Any], control: RunControl | None = None):
+        from .job import stage_class
+
+        self.stage = stage_class(stage_cls)(**stage_kwargs)
         self.control = control
         if control is not None:
             control.register_actor()
@@ -366,10 +376,13 @@ class ControlledStage:
         return self.stage(batch)
 
 
-def controlled(stage_cls: type) -> type:
+def controlled(stage_cls: type | str) -> type:
     """:class:`ControlledStage` under the stage's own name: Ray Data names an operator after its
-    class, so the plan, the progress and the dashboard say ``MapBatches(AugmentStage)``."""
-    return type(stage_cls.__name__, (ControlledStage,), {"__doc__": ControlledStage.__doc__})
+    class, so the plan, the progress and the dashboard say ``MapBatches(AugmentStage)``, for a
+    class and for its ``"package.module:AugmentStage"`` name alike (the name is not imported here)."""
+    from .job import stage_name
+
+    return type(stage_name(stage_cls), (ControlledStage,), {"__doc__": ControlledStage.__doc__})
 
 
 class DecodeThenStage:
@@ -377,12 +390,17 @@ class DecodeThenStage:
 
     ``chunk`` inputs at a time go through decode and stage (None: the whole block):
     large blocks keep per-block costs low, small chunks keep the decoded audio in cache.
+    ``stage_cls`` may be a ``"package.module:ClassName"``, imported here (in the actor).
     """
 
-    def __init__(self, decoder, stage_cls: type, stage_kwargs: dict[str, Any], chunk: int | None = None, control=None):
+    def __init__(
+        self, decoder, stage_cls: type | str, stage_kwargs: dict[str, Any], chunk: int | None = None, control=None
+    ):
+        from .job import stage_class
+
         mark("actor constructor start")
         self.decoder = decoder
-        self.stage = stage_cls(**stage_kwargs)
+        self.stage = stage_class(stage_cls)(**stage_kwargs)
         self.chunk = chunk
         self.control = control  # the run's RunControl: registered; a stopped run decodes nothing more
         if control is not None:
@@ -475,7 +493,7 @@ def _execute(
         for stage in stages:
             gpus = plan.num_gpus if stage.gpu else 0.0
             # Decoding stages take whole input blocks; other stages take rows in batches.
-            decodes = issubclass(stage.cls, DecodeThenStage)
+            decodes = isinstance(stage.cls, type) and issubclass(stage.cls, DecodeThenStage)
             batch_size = None if decodes else (stage.batch_size or cfg.batch_size)
             cls, kwargs = stage.cls, stage.kwargs
             if not decodes:  # under the run's control, as DecodeThenStage is
