@@ -333,3 +333,20 @@ def test_key_positions_are_the_same_whatever_the_lookup_ranges(monkeypatch, slic
     assert progress.positions(pa.chunked_array([queries[:4], queries[4:]])).tolist() == want
     assert progress.positions(pa.array([None, "k003", None])).tolist() == [-1, 1, -1]
     assert progress.positions([]).tolist() == []
+
+
+def test_the_state_of_a_table_in_sliced_chunks_is_the_state_of_the_whole(tmp_path):
+    """Chunks that are slices of one array (their list values share one buffer) give the same state."""
+    from ray_pipelines.engine.committed import Progress
+    from ray_pipelines.engine.state_index import parts_table
+
+    parts = [
+        (f"_manifests/part-{b}.json", part(KEYS[4 * b : 4 * b + 4], expected=3, written=[0, 1, 2][: b % 4]))
+        for b in range(6)
+    ]
+    whole = parts_table(parts).combine_chunks()
+    sliced = pa.Table.from_batches([whole.slice(i, 5).to_batches()[0] for i in range(0, whole.num_rows, 5)])
+    assert sliced["written"].num_chunks > 1
+    a, b = Progress(whole), Progress(sliced)
+    assert a.written == b.written and a.expected == b.expected
+    assert [a.is_done(k) for k in KEYS] == [b.is_done(k) for k in KEYS]

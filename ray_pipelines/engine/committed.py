@@ -283,9 +283,10 @@ def _list_parts(chunk: pa.ListArray, rows: np.ndarray) -> tuple[np.ndarray, np.n
     null list), and the chunk's values as NumPy (no copy)."""
     offsets = chunk.offsets.to_numpy().astype(np.int64)
     valid = _np(chunk.is_valid(), bool)[rows] if chunk.null_count else np.ones(len(rows), bool)
-    starts = offsets[rows]
-    lengths = np.where(valid, offsets[rows + 1] - starts, 0)
-    return starts, lengths, chunk.values.to_numpy(zero_copy_only=False)
+    lengths = np.where(valid, offsets[rows + 1] - offsets[rows], 0)
+    # Only this chunk's values (a sliced chunk's child array holds its neighbours' too).
+    values = chunk.values.slice(offsets[0], offsets[-1] - offsets[0])
+    return offsets[rows] - offsets[0], lengths, values.to_numpy(zero_copy_only=False)
 
 
 def _is_range(starts: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> np.ndarray:
