@@ -255,7 +255,7 @@ class Storage:
         On S3 the listing goes straight through the pages (s3fs's ``find`` would hold every object's
         details in its cache: 38 MB for the 31,000 data files of a million inputs); elsewhere
         ``find``."""
-        if type(self.fs).__name__ == "S3FileSystem" and hasattr(self.fs, "_iterdir"):
+        if split_protocol(self.root)[0] in ("s3", "s3a") and hasattr(self.fs, "_iterdir"):
             return fsspec.asyn.sync(self.fs.loop, self._select_s3, keep)
         if not self.fs.exists(self.path):
             return []

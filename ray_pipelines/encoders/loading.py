@@ -29,7 +29,7 @@ class LoadedEncoder:
 
 
 def load_encoder(
-    model: ModelConfig,
+    model: ModelConfig | dict[str, Any],
     *,
     sample_rate: int | None = None,
     channels: int | None = None,
@@ -39,8 +39,10 @@ def load_encoder(
     """Build the encoder ``model`` describes (on the CPU, in eval mode, no grads).
 
     ``sample_rate``/``channels`` (the job's ``sample_rate``/``audio_channels``)
-    fill in what the model does not declare and must agree with what it does.
+    fill in what the model does not declare and must agree with what it does. ``model`` may be the
+    config as a dict (what the job hands its actors and the driver's model check).
     """
+    model = ModelConfig.model_validate(model) if isinstance(model, dict) else model
     digest = hashlib.sha256()
     if model.kind == "builtin":
         if is_discrete:
@@ -241,10 +243,6 @@ def probe_encoder(
     """:func:`load_encoder` then :func:`inspect_encoder`, as JSON values (``ModelInfo.as_dict``): what the
     encode job's driver learns about its model, in a child process (``ray_pipelines.isolated``)."""
     loaded = load_encoder(
-        ModelConfig.model_validate(model),
-        sample_rate=sample_rate,
-        channels=channels,
-        is_discrete=is_discrete,
-        storage_options=storage_options,
+        model, sample_rate=sample_rate, channels=channels, is_discrete=is_discrete, storage_options=storage_options
     )
     return inspect_encoder(loaded, sample_size=sample_size, is_discrete=is_discrete, precision=precision).as_dict()

@@ -27,6 +27,7 @@ MIXED_ETAG = "\x00mixed"  # an input whose committed rows came from different ve
 LOW = np.int64(0xFFFFFFFF)
 # ``Progress.positions`` hashes at least this many committed keys at a time, in at most this many passes.
 LOOKUP_SLICE, LOOKUP_PASSES = 1 << 17, 8
+KeyColumn = Sequence[str] | pa.Array | pa.ChunkedArray  # the runner passes its inputs table's key column
 
 
 class Progress:
@@ -67,14 +68,14 @@ class Progress:
     def duplicates(self) -> int:
         return self._cols["duplicates"]
 
-    def positions(self, keys: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    def positions(self, keys: KeyColumn) -> np.ndarray:
         """Each key's position in :attr:`keys`, -1 where nothing is committed for it.
 
         A lookup hashes one side: at a million keys that hash table alone grew the driver by 90 MB.
         So the smaller side is hashed: few queried keys (a run's lost inputs) are hashed whole; against
         many, the sorted committed keys are hashed a range at a time (at most ``LOOKUP_PASSES``
         ranges), each probed by the queried keys that fall in it, so every query is still probed once."""
-        array = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(keys, pa.string())
+        array = key_array(keys)
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
         committed, n = self.keys, len(self.keys)
@@ -106,7 +107,7 @@ class Progress:
             out[hit if rows is None else rows[hit]] = found[hit] + start
         return out
 
-    def done_mask(self, keys: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    def done_mask(self, keys: KeyColumn) -> np.ndarray:
         """Per key: every sample written or failed for good (or the whole input failed)."""
         return self.done_at(self.positions(keys))
 
@@ -143,7 +144,7 @@ class Progress:
         pos = int(self.positions([key])[0])
         return set(self._written_at(pos).tolist()) if pos >= 0 else set()
 
-    def count_not_done(self, keys: Sequence[str] | pa.Array | pa.ChunkedArray) -> int:
+    def count_not_done(self, keys: KeyColumn) -> int:
         return int(len(keys) - self.done_mask(keys).sum()) if len(keys) else 0
 
     def inputs_written(self) -> int:
@@ -195,6 +196,11 @@ class Progress:
     def files(self) -> list[dict[str, Any]]:
         table = self.table
         return [json.loads(r) for r in table["record"].filter(pc.equal(table["kind"], FILE)).to_pylist()]
+
+
+def key_array(keys: KeyColumn) -> pa.Array | pa.ChunkedArray:
+    """Input keys as an Arrow string column (the runner's are one already; tests pass lists)."""
+    return keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys), pa.string())
 
 
 def _build_columns(table: pa.Table) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import posixpath
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..storage import Storage
-from .committed import MIXED_ETAG, Progress
+from .committed import MIXED_ETAG, KeyColumn, Progress, key_array
 from .memory import release_unused_memory
 from .state_index import (
     INDEX_FILE,
@@ -66,7 +66,6 @@ DELETE_BATCH = 1000  # manifests deleted per request (S3 DeleteObjects takes up 
 KILL_AT = "RAY_PIPELINES_KILL_AT"  # tests: SIGKILL this process at the named step (``stop_point``)
 
 __all__ = ["MIXED_ETAG", "INDEX_FILE", "OutputState", "Progress"]
-KeyColumn = Sequence[str] | pa.Array | pa.ChunkedArray  # the runner passes its inputs table's key column
 
 
 class OutputConflict(RuntimeError):
@@ -328,8 +327,7 @@ class OutputState:
         }
         check_lease()
         del progress  # the fold does not need it: its columns (100 MB at a million inputs) go first
-        self._progress = None
-        release_unused_memory()
+        self.forget_decoded()
         self.fold(table)
         self.storage.write_bytes(ERRORS_FILE, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
         self.storage.write_json(MANIFEST_FILE, manifest)
@@ -375,11 +373,6 @@ def live_of(parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Leave out the per-rank manifests a rewritten one replaces (its ``replaces`` list)."""
     replaced = {name for part in parts.values() for name in part.get("replaces", ())}
     return {path: part for path, part in parts.items() if path not in replaced}
-
-
-def key_array(keys: KeyColumn) -> pa.Array | pa.ChunkedArray:
-    """Input keys as an Arrow string column (the runner's are one already; tests pass lists)."""
-    return keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys), pa.string())
 
 
 def lost_keys(processed_keys: KeyColumn, progress: Progress, run_id: str) -> list[str]:

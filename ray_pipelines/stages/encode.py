@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from ..encoders.base import Encoder
-from ..encoders.config import ModelConfig
 from ..encoders.functional import posterior_noise, sample_posterior
 from ..encoders.loading import load_encoder, stored_dtype
 from ..padding import latent_padding_mask
@@ -74,7 +73,7 @@ class EncodeStage:
     ):
         self.device = pick_device(device)
         loaded = load_encoder(
-            ModelConfig.model_validate(model),
+            model,
             sample_rate=sample_rate,
             channels=audio_channels,
             is_discrete=is_discrete,
