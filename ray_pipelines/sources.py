@@ -15,9 +15,10 @@ import glob as globlib
 import os
 import posixpath
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from fsspec.asyn import sync
@@ -31,6 +32,9 @@ class SourceError(RuntimeError):
     """The source cannot be listed at all (missing path, unreachable storage)."""
 
 
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(slots=True)  # no __dict__ per input: 65 MB less for a listing of a million inputs
 class InputItem:
     """One input to a job. Tar members carry the shard URL plus byte range."""
@@ -42,15 +46,16 @@ class InputItem:
     member_offset: int = -1  # >= 0 for a tar member: data offset inside the shard
     error: str = ""  # listing-time error (e.g. unsafe tar member name)
     source: str = ""  # where it came from, for people: the URL, or shard URL#member
-    extra: dict[str, Any] = field(default_factory=dict)  # job columns (e.g. label, split)
+    # Job columns (e.g. label, split). Read-only: replace it, never update it in place; items without
+    # any share one empty mapping (an empty dict per input was 65 MB of a million inputs' listing).
+    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)
 
     def to_row(self) -> dict[str, Any]:
         """The row the engine hands to Ray for this input (``runner.inputs_table``): ``source`` is
         None where it would repeat the uri (decoders fall back to the uri)."""
-        row = asdict(self)
-        extra = row.pop("extra")
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         row["source"] = self.source or None
-        row.update(extra)
+        row.update(self.extra)
         return row
 
 

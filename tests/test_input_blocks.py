@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from ray_pipelines.engine.committed import Progress
 from ray_pipelines.engine.runner import input_dataset, inputs_table, pending_inputs
@@ -40,6 +41,26 @@ def test_the_inputs_table_holds_what_each_items_row_holds():
     items = listed_items(7)
     assert inputs_table(items).to_pylist() == [item.to_row() for item in items]
     assert inputs_table([]).num_rows == 0
+
+
+def test_a_consumed_listing_becomes_the_same_table_slice_by_slice(monkeypatch):
+    """The runner hands its listing over to be consumed: the items leave the list a slice at a time as
+    they become rows (here 3 slices of 64), and the table is the one a kept list gives, in one chunk.
+    Items without job columns share one read-only empty mapping."""
+    from ray_pipelines.engine import runner
+
+    monkeypatch.setattr(runner, "INPUTS_SLICE", 64)
+    items = listed_items(150)
+    want = inputs_table(items)
+    listing = list(items)
+    got = inputs_table(listing, consume=True)
+    assert listing == [] and got.equals(want) and got["key"].num_chunks == 1
+    assert got.to_pylist() == [item.to_row() for item in items]
+    plain = [InputItem(key="a", uri="/a", size=1), InputItem(key="b", uri="/b", size=2)]
+    assert plain[0].extra is plain[1].extra and dict(plain[0].extra) == {}
+    with pytest.raises(TypeError):
+        plain[0].extra["label"] = 1  # type: ignore[index]
+    assert "label" not in inputs_table(plain).column_names
 
 
 def test_blocks_of_the_configured_size_hold_every_pending_input_with_its_skip_list(ray_local):

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ray_pipelines.engine.manifest import DELETE_BATCH, KILL_AT, OutputState
@@ -235,6 +236,53 @@ def test_a_driver_killed_inside_the_fold_leaves_a_state_the_next_commit_finishes
     assert (killed / INDEX_FILE).read_bytes() == (clean / INDEX_FILE).read_bytes()
 
 
+def test_the_fold_merges_the_old_index_a_row_group_at_a_time_into_the_same_bytes(tmp_path, monkeypatch):
+    """The fold reads the old index a row group at a time and merges the manifests on disk into it:
+    with row groups of 7 rows (manifests spanning groups; new manifests sorting before, between and
+    after the folded ones; one folded manifest overridden, one replaced, one retired by a tombstone)
+    the index holds the live state in the bytes a write of the whole live table gives."""
+    from ray_pipelines.engine import state_index
+    from ray_pipelines.engine.state_index import decode_index, folded, write_index
+
+    monkeypatch.setattr(state_index, "WRITE_ROWS", 7)
+    storage = build(tmp_path)
+    commit(OutputState(storage))
+    assert pq.ParquetFile(tmp_path / INDEX_FILE).num_row_groups > 3  # manifests span row groups
+    tombstone = {"inputs": {}, "errors": [], "files": [], "replaces": ["_manifests/part-0004.json"]}
+    new = {
+        "_manifests/part-0000a.json": part(["a0", "a1"]),
+        "_manifests/part-0002b.json": part(["m0"]),
+        "_manifests/part-9.json": part(["z0", "z1", "z2"]),
+        "_manifests/part-0003.json": part(["k012", "k013"]),
+        "_manifests/part-r.json": {**part(["k004", "k005"]), "replaces": ["_manifests/part-0001.json"]},
+        "_manifests/part-t.json": tombstone,
+    }
+    for name, content in new.items():
+        storage.write_json(name, content, compact=True)
+    expected_table = folded(OutputState(storage).state_table())  # the live rows, whole
+    write_index(Storage(str(tmp_path / "whole")), expected_table)
+    state = OutputState(storage)
+    before = state.progress()
+    state.fold()
+    assert (tmp_path / INDEX_FILE).read_bytes() == (tmp_path / "whole" / INDEX_FILE).read_bytes()
+    after = OutputState(storage).progress()
+    assert_same_state(after, before, KEYS + ["a0", "m0", "z2", "zz"])
+    assert "k016" not in after.written and "k006" not in after.written and after.written["k004"] == {0, 1}
+    assert len(decode_index((tmp_path / INDEX_FILE).read_bytes())) == len(expected_table)
+
+
+def test_the_commit_builds_its_state_without_the_identities(tmp_path):
+    """Only change detection reads the inputs' identities (240 MB at ten million): a state built
+    without them says so when asked, and one asked with them is built again with them."""
+    state = OutputState(build(tmp_path))
+    bare = state.progress(identities=False)
+    with pytest.raises(TypeError, match="identities"):
+        bare.etag_array()
+    full = state.progress()
+    assert full is not bare and full.etags == {k: "e" for k in KEYS}
+    assert state.progress(identities=False) is full and full.done_mask(KEYS).all()
+
+
 def test_delete_batches_are_s3_sized():
     assert DELETE_BATCH == 1000
 
@@ -312,6 +360,26 @@ def test_the_columnar_state_says_what_a_plain_reading_of_the_manifests_says(seed
     for row in pending:
         done = model.get(row["key"], {"done": set()})["done"]
         assert row["skip"] == sorted(done), row["key"]
+
+    # The same state from row groups of any size (as OutputState reads the index): the same answers.
+    whole = progress.table
+    cuts = sorted(rng.sample(range(1, whole.num_rows), 5))
+    streamed = Progress.from_groups(whole.slice(a, b - a) for a, b in zip([0, *cuts], [*cuts, whole.num_rows]))
+    assert_same_state(streamed, progress, keys + ["unknown"])
+
+
+def assert_same_state(a, b, keys: list[str]) -> None:
+    assert a.keys.equals(b.keys) and a.etag_array().equals(b.etag_array())
+    assert a.done_mask(keys).tolist() == b.done_mask(keys).tolist()
+    assert [a.done_indices(k) for k in keys] == [b.done_indices(k) for k in keys]
+    assert (a.duplicates, a.inputs_written(), a.written, a.expected) == (
+        b.duplicates,
+        b.inputs_written(),
+        b.written,
+        b.expected,
+    )
+    rows = lambda p: sorted(json.dumps(r, sort_keys=True) for r in p.files + p.error_rows)  # noqa: E731 (any order)
+    assert (rows(a), a.final_errors, a.schema) == (rows(b), b.final_errors, b.schema)
 
 
 @pytest.mark.parametrize("slice_keys", [1, 3, 7, 1000])

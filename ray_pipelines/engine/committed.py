@@ -1,8 +1,9 @@
 """What the committed manifests say about each input, in columnar form.
 
-``Progress`` is built from the committed state's table (engine/state_index.py) with a handful of
+``Progress`` is built from the committed state's rows (engine/state_index.py), a row group at a time
+(``Progress.from_groups``: only what the columns need is kept of each group), with a handful of
 vectorised passes: the keys sorted and unique (a pyarrow string array), per key the expected sample
-count, the identity, whether it failed for good as a whole, and how many distinct samples are done;
+count, the identity's row, whether it failed for good as a whole, and how many distinct samples are done;
 the done ``(key, sample)`` pairs as one sorted int64 array (``key_id << 32 | sample``). Lookups are
 ``pyarrow.compute.index_in`` against the key array, so a million committed inputs take tens of MB
 instead of a Python set per input. The dict views (``written``, ``expected``, ``etags``,
@@ -12,7 +13,7 @@ instead of a Python set per input. The dict views (``written``, ``expected``, ``
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .memory import release_unused_memory
-from .state_index import ERROR, FILE, INPUT, empty_table, parts_table
+from .state_index import ERROR, FILE, HEADER, INPUT, empty_table, parts_table
 
 MIXED_ETAG = "\x00mixed"  # an input whose committed rows came from different versions of it
 LOW = np.int64(0xFFFFFFFF)
@@ -34,10 +35,25 @@ class Progress:
     """What committed manifests say about each input key (built lazily from a state table)."""
 
     def __init__(self, table: pa.Table | None = None):
-        self._tables = [table] if table is not None else []
+        self._tables: list[pa.Table] | None = [table] if table is not None else []
+
+    @classmethod
+    def from_groups(cls, groups: Iterable[pa.Table], identities: bool = True) -> Progress:
+        """Built at once from the state's rows a group at a time (``OutputState`` hands the committed
+        index a row group at a time): only the columns below are kept, never the rows themselves (at
+        ten million inputs the decoded index alone was 1.5 GB). Such a ``Progress`` has no ``table``;
+        without ``identities`` it has no :meth:`etag_array` either (the commit never asks: 240 MB at
+        ten million inputs)."""
+        progress = cls()
+        progress._tables = None
+        progress.__dict__["_cols"] = _build_columns(groups, identities)
+        release_unused_memory()  # the groups' decoded rows and the build's temporaries
+        return progress
 
     def add_part(self, part: dict[str, Any], name: str = "") -> None:
-        """Add one manifest (tests and small tools; the engine builds from the whole table)."""
+        """Add one manifest (tests and small tools; the engine builds from the whole state)."""
+        if self._tables is None:
+            raise TypeError("a Progress built from row groups cannot take more manifests")
         self._tables.append(parts_table([(name or f"#{len(self._tables)}", part)]))
         self.__dict__.pop("_cols", None)
         for view in ("written", "expected", "etags", "final_errors", "files", "error_rows"):
@@ -45,12 +61,14 @@ class Progress:
 
     @property
     def table(self) -> pa.Table:
+        if self._tables is None:
+            raise TypeError("a Progress built from row groups keeps no table")
         return pa.concat_tables(self._tables) if self._tables else empty_table()
 
     # ---- the columnar state -------------------------------------------------------------------
     @cached_property
     def _cols(self) -> dict[str, Any]:
-        cols = _build_columns(self.table)
+        cols = _build_columns([self.table])
         release_unused_memory()  # the build's temporaries: a few hundred MB at a million inputs
         return cols
 
@@ -79,12 +97,13 @@ class Progress:
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
         committed, n = self.keys, len(self.keys)
-        out = np.full(len(array), -1, np.int64)
+        position = np.int32 if n < 2**31 else np.int64  # a position per queried key: 40 MB at ten million
+        out = np.full(len(array), -1, position)
         if not len(array) or not n:
             return out
         if len(array) <= min(n, LOOKUP_SLICE):
             queried = pc.unique(array)
-            at = np.full(len(queried), -1, np.int64)
+            at = np.full(len(queried), -1, position)
             found = _np(pc.index_in(committed, value_set=queried).fill_null(-1), np.int64)
             hit = np.flatnonzero(found >= 0)
             at[found[hit]] = hit
@@ -115,7 +134,7 @@ class Progress:
         done = self._cols["done"]
         if len(done) == 0:
             return np.zeros(len(positions), bool)
-        return (positions >= 0) & done[np.maximum(positions, 0)]
+        return (positions >= 0) & np.take(done, positions, mode="clip")  # clip: -1 reads done[0], masked
 
     def done_indices_at(self, position: int) -> list[int]:
         """Sorted samples written or failed for good of the key at ``position`` (>= 0)."""
@@ -157,8 +176,16 @@ class Progress:
         return self._cols["in_inputs"]
 
     def etag_array(self) -> pa.Array:
-        """Per key of :attr:`keys`: the recorded identity ("" when none, ``MIXED_ETAG`` when mixed)."""
-        return self._cols["etags"]
+        """Per key of :attr:`keys`: the recorded identity ("" when none, ``MIXED_ETAG`` when mixed),
+        taken from the state table's rows when asked for (change detection does; the commit never)."""
+        at, mixed = self._cols["etag_rows"], self._cols["mixed_etags"]
+        if at is None:
+            raise TypeError("this Progress was built without the inputs' identities")
+        if not len(at):
+            return pa.array([], pa.string())
+        out = self._cols["etag_values"].take(pa.array(at, mask=at < 0))
+        out = out.fill_null("") if out.null_count else out
+        return out if mixed is None else pc.if_else(pa.array(mixed), MIXED_ETAG, out)
 
     # ---- dict views, for small outputs and tests ----------------------------------------------
     @cached_property
@@ -194,8 +221,12 @@ class Progress:
 
     @cached_property
     def files(self) -> list[dict[str, Any]]:
-        table = self.table
-        return [json.loads(r) for r in table["record"].filter(pc.equal(table["kind"], FILE)).to_pylist()]
+        return [json.loads(r) for r in self._cols["file_records"].to_pylist()]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The data schema the first manifest that has one records (they all record the same)."""
+        return self._cols["schema"]
 
 
 def key_array(keys: KeyColumn) -> pa.Array | pa.ChunkedArray:
@@ -203,27 +234,99 @@ def key_array(keys: KeyColumn) -> pa.Array | pa.ChunkedArray:
     return keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys), pa.string())
 
 
-def _build_columns(table: pa.Table) -> dict[str, Any]:
-    """The columnar state from the state table. Works on whole columns with NumPy masks rather than
-    a filtered copy of the input rows (at a million inputs the copy alone was 87 MB): the input
-    columns (expected, written, etag) are null on every other kind of row."""
-    kind = _np(table["kind"], np.int8)
+ERROR_COLUMNS = ["key", "index", "retry", "run_id", "record"]
+
+
+class _KeyedRows:
+    """What the build keeps of each group of state rows: per row with a key (input and error rows,
+    in row order) its key, kind, expected samples, identity and whether its written list is exactly
+    ``0 .. expected-1``; the written lists of the other input rows; the error rows; the file
+    records; the data schema. Not the rows themselves: a group's are freed once it is read."""
+
+    def __init__(self, identities: bool = True) -> None:
+        self.identities = identities
+        self.keys: list[pa.Array] = []
+        self.kinds: list[np.ndarray] = []
+        self.expected: list[np.ndarray] = []
+        self.whole: list[np.ndarray] = []
+        self.etags: list[pa.Array] = []
+        self.irregular_rows: list[np.ndarray] = []  # among all keyed rows
+        self.irregular_lists: list[pa.Array] = []
+        self.errors: list[pa.Table] = []
+        self.file_records: list[pa.Array] = []
+        self.schema: dict[str, Any] | None = None
+        self.count = 0
+
+    def add(self, table: pa.Table) -> None:
+        kind = _np(table["kind"], np.int8)
+        keyed = (kind == INPUT) | (kind == ERROR)
+        if self.schema is None:
+            self.schema = _first_schema(table["record"], kind)
+        self.file_records.append(_combined(table["record"].filter(pa.array(kind == FILE))))
+        self.errors.append(table.select(ERROR_COLUMNS).filter(pa.array(kind == ERROR)))
+        rows = table.select(["kind", "key", "expected", "written", "etag"]).filter(pa.array(keyed))
+        kind = _np(rows["kind"], np.int8)
+        expected = _np(rows["expected"].fill_null(0), np.int64)
+        written = _combined(rows["written"])
+        is_input = np.flatnonzero(kind == INPUT)
+        starts, lengths, values = _list_parts(written, is_input)
+        whole = np.zeros(len(kind), bool)
+        whole[is_input] = (lengths == expected[is_input]) & _is_range(starts, lengths, values)
+        irregular = is_input[~whole[is_input]]
+        self.irregular_rows.append(irregular + self.count)
+        self.irregular_lists.append(written.take(pa.array(irregular, pa.int64())))
+        self.keys.append(_combined(rows["key"]))
+        if self.identities:
+            self.etags.append(_combined(rows["etag"]))
+        self.kinds.append(kind)
+        self.expected.append(expected)
+        self.whole.append(whole)
+        self.count += len(kind)
+
+    def take(self, name: str, kind: pa.DataType | type) -> np.ndarray | pa.Array:
+        """The pieces kept under ``name`` as one array, letting go of the pieces."""
+        pieces = getattr(self, name)
+        setattr(self, name, [])
+        if isinstance(kind, pa.DataType):
+            whole = _concat(pieces, kind)
+            del pieces
+            release_unused_memory()  # the pieces' pages (Arrow's pool would keep them for the build)
+            return whole
+        return np.concatenate(pieces) if pieces else np.zeros(0, kind)
+
+
+def _build_columns(tables: Iterable[pa.Table], identities: bool = True) -> dict[str, Any]:
+    """The columnar state from the state's rows, one table (or row group) at a time: what each
+    keyed row says (``_KeyedRows``), then whole-array passes over those rows with NumPy masks."""
+    kept = _KeyedRows(identities)
+    for table in tables:
+        kept.add(table)
+    # Each list of pieces is let go of as soon as it is one array (at ten million inputs the keys
+    # are 270 MB, the identities 240 MB).
+    kind = kept.take("kinds", np.int8)
     is_input, is_error = kind == INPUT, kind == ERROR
-    errors = table.select(["key", "index", "retry", "run_id", "record"]).filter(pa.array(is_error))
-    keys, ids = _sorted_keys(table["key"], is_input | is_error)  # ids: per row; -1 on rows without a key
+    keys, ids = _sorted_keys(kept)  # ids: per keyed row
+    del kind
     n = len(keys)
+    expected_rows = kept.take("expected", np.int64)
     ids_in = ids[is_input]
     expected = np.zeros(n, np.int64)
-    np.maximum.at(expected, ids_in, _np(table["expected"].fill_null(0), np.int64)[is_input])
+    np.maximum.at(expected, ids_in, expected_rows[is_input])
     in_inputs = np.zeros(n, bool)
     in_inputs[ids_in] = True
     del ids_in
-    etags = _etags(np.where(is_input, ids, -1), table["etag"], n)
+    etag_values, etag_rows, mixed_etags = None, None, None
+    if identities:
+        etag_values = kept.take("etags", pa.string())
+        etag_rows, mixed_etags = _etag_rows(ids, is_input, etag_values, n)
+    irregular = (kept.take("irregular_rows", np.int64), kept.take("irregular_lists", pa.list_(pa.int32())))
+    whole_rows = kept.take("whole", bool)
+    written = _written_samples(ids, is_input, whole_rows, expected_rows, irregular, expected)
+    del expected_rows, irregular, whole_rows
+
+    errors = pa.concat_tables(kept.errors) if kept.errors else empty_table().select(ERROR_COLUMNS)
     ids_error = ids[is_error]
-
-    written = _written_samples(table["written"], is_input, ids, expected)
     del ids
-
     is_final = ~_np(errors["retry"].fill_null(False), bool)
     final = errors.filter(pa.array(is_final))
     final_ids = ids_error[is_final]
@@ -245,7 +348,9 @@ def _build_columns(table: pa.Table) -> dict[str, Any]:
         "keys": keys,
         "expected": expected,
         "in_inputs": in_inputs,
-        "etags": etags,
+        "etag_values": etag_values,
+        "etag_rows": etag_rows,
+        "mixed_etags": mixed_etags,
         "whole_range": written["whole_range"],
         "written_codes": written["codes"],
         "error_codes": error_codes,
@@ -253,31 +358,43 @@ def _build_columns(table: pa.Table) -> dict[str, Any]:
         "done": done,
         "duplicates": written["duplicates"],
         "errors": errors,
+        "file_records": kept.take("file_records", pa.string()),
+        "schema": kept.schema or {},
     }
 
 
-def _written_samples(column: pa.ChunkedArray, is_input: np.ndarray, ids: np.ndarray, expected: np.ndarray) -> dict:
+def _written_samples(
+    ids: np.ndarray,
+    is_input: np.ndarray,
+    whole_rows: np.ndarray,
+    expected_rows: np.ndarray,
+    irregular: tuple[np.ndarray, pa.ListArray],
+    expected: np.ndarray,
+) -> dict:
     """The written samples per key, compactly. Almost every key has one input row whose written list
-    is exactly ``0 .. expected-1``: such a key is marked ``whole_range`` and costs one flag; only the
-    other keys' samples are kept, as sorted distinct codes ``key_id << 32 | sample``. (Every sample
-    as a code was 40 MB at a million inputs, and twice that while it was sorted.) Chunk by chunk, so
-    no copy of the whole list column is made."""
+    is exactly ``0 .. expected-1`` (``whole_rows``): such a key is marked ``whole_range`` and costs
+    one flag; only the other keys' samples are kept, as sorted distinct codes ``key_id << 32 |
+    sample``. (Every sample as a code was 40 MB at a million inputs, and twice that while it was
+    sorted.) A whole row's samples need no list: they are ``0 .. expected-1`` of that row; the other
+    rows' lists come in ``irregular`` (their rows among the keyed rows, and the lists)."""
     n = len(expected)
     rows_per_key = np.bincount(ids[is_input], minlength=n)
-    sole_and_whole = np.zeros(n, bool)  # set per key from its row; valid where rows_per_key == 1
-    irregular_rows, start = [], 0
-    for chunk in column.chunks:
-        rows = np.flatnonzero(is_input[start : start + len(chunk)])
-        keys = ids[start + rows]
-        starts, lengths, values = _list_parts(chunk, rows)
-        whole = (lengths == expected[keys]) & _is_range(starts, lengths, values)
-        sole_and_whole[keys[whole]] = True
-        irregular_rows.append(start + rows[~whole | (rows_per_key[keys] > 1)])
-        start += len(chunk)
-    whole_range = sole_and_whole & (rows_per_key == 1)
-    # The rows of every key not marked: its one row is not a whole range, or it has several rows.
-    irregular = np.concatenate(irregular_rows) if irregular_rows else np.zeros(0, np.int64)
-    codes = _codes_of_rows(column, irregular, ids)
+    whole_range = np.zeros(n, bool)
+    whole_range[ids[is_input & whole_rows]] = True
+    whole_range &= rows_per_key == 1
+    # Keys not marked: the samples of each of their input rows, whole or not.
+    whole_of_others = np.flatnonzero(is_input & whole_rows & ~whole_range[np.maximum(ids, 0)])
+    lengths = expected_rows[whole_of_others]
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    samples = np.arange(int(lengths.sum()), dtype=np.int64) - first
+    codes = [(np.repeat(ids[whole_of_others].astype(np.int64), lengths) << 32) | samples]
+    irregular_rows, lists = irregular
+    if len(irregular_rows):
+        starts, lengths, values = _list_parts(lists, np.arange(len(lists)))
+        first = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        samples = values[first + np.arange(int(lengths.sum()))].astype(np.int64)
+        codes.append((np.repeat(ids[irregular_rows].astype(np.int64), lengths) << 32) | samples)
+    codes = np.concatenate(codes)
     total = len(codes)
     codes = _sorted_unique(codes)
     count = np.where(whole_range, expected, _counts(codes, n))
@@ -309,20 +426,6 @@ def _is_range(starts: np.ndarray, lengths: np.ndarray, values: np.ndarray) -> np
     return (lengths == 0) | ((first == 0) & (inside == 0))
 
 
-def _codes_of_rows(column: pa.ChunkedArray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``key_id << 32 | sample`` for every sample the lists at ``rows`` (sorted) hold."""
-    out, start = [], 0
-    for chunk in column.chunks:
-        local = rows[(rows >= start) & (rows < start + len(chunk))] - start
-        if len(local):
-            starts, lengths, values = _list_parts(chunk, local)
-            first = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
-            samples = values[first + np.arange(int(lengths.sum()))]
-            out.append((np.repeat(ids[start + local], lengths) << 32) | samples.astype(np.int64))
-        start += len(chunk)
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
-
-
 def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     if not len(sorted_codes):
         return np.zeros(len(codes), bool)
@@ -330,27 +433,26 @@ def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return sorted_codes[at] == codes
 
 
-def _sorted_keys(column: pa.ChunkedArray, has_key: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-    """The distinct keys of the rows ``has_key`` marks, sorted, and each row's position among them
-    (-1 on the other rows). A sort and a comparison of neighbours, not a hash table: at a million
-    keys Arrow's ``unique`` grew the driver by 150 MB, the sort by a fifth of that."""
-    rows = np.flatnonzero(has_key)
-    ids = np.full(len(has_key), -1, np.int64)
-    if not len(rows):
-        return pa.array([], pa.string()), ids
-    values = column.filter(pa.array(has_key))
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+def _sorted_keys(kept: _KeyedRows) -> tuple[pa.Array, np.ndarray]:
+    """The distinct keys of the keyed rows, sorted, and each row's position among them (int32 below
+    2**31 keys). A sort and a comparison of neighbours, not a hash table: at a million keys Arrow's
+    ``unique`` grew the driver by 150 MB, the sort by a fifth of that. The keys in row order are let
+    go of once sorted (at ten million, 270 MB)."""
+    values = kept.take("keys", pa.string())
+    if not len(values):
+        return pa.array([], pa.string()), np.zeros(0, np.int64)
     order = pc.sort_indices(values)
-    values = values.take(order)
-    release_unused_memory()  # each copy of the keys freed here would stay in the driver (Arrow's pool)
-    first = np.ones(len(values), bool)  # the first row of each distinct key, in sorted order
-    if len(values) > 1:
-        first[1:] = _np(pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)), bool)
-    rank = np.cumsum(first, dtype=np.int64)
-    rank -= 1
-    ids[rows[order.to_numpy().view(np.int64)]] = rank
-    keys = values if first.all() else values.filter(pa.array(first))
-    del values, order, first, rows, rank
+    sorted_values = values.take(order)
+    del values
+    release_unused_memory()
+    first = np.ones(len(sorted_values), bool)  # the first row of each distinct key, in sorted order
+    if len(sorted_values) > 1:
+        first[1:] = _np(pc.not_equal(sorted_values.slice(1), sorted_values.slice(0, len(sorted_values) - 1)), bool)
+    position = np.int32 if len(first) < 2**31 else np.int64
+    ids = np.empty(len(first), position)
+    ids[order.to_numpy().view(np.int64)] = np.cumsum(first, dtype=position) - 1
+    keys = sorted_values if first.all() else sorted_values.filter(pa.array(first))
+    del sorted_values, order, first
     release_unused_memory()  # the sort's copies of every key: Arrow's pool would keep them
     return keys, ids
 
@@ -385,29 +487,51 @@ def _slice(codes: np.ndarray, pos: int) -> np.ndarray:
     return codes[lo:hi] & LOW
 
 
-def _etags(ids: np.ndarray, etag: pa.ChunkedArray, n: int) -> pa.Array:
-    """Per key: the one non-empty identity its input rows record, "" when none, MIXED_ETAG when they
-    differ. ``ids``: each row's key id, -1 on rows that are not inputs."""
-    if len(ids) == 0:
-        return pa.array([""] * n, pa.string())
-    etag = etag.combine_chunks() if isinstance(etag, pa.ChunkedArray) else etag
-    nonempty = (ids >= 0) & _np(pc.not_equal(etag, "").fill_null(False), bool)
-    rows = np.flatnonzero(nonempty)
-    ids = ids[rows]
-    if not len(ids):
-        return pa.array([""] * n, pa.string())
+def _etag_rows(ids: np.ndarray, is_input: np.ndarray, etag: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per key: the keyed row whose identity it records (-1 when none), and per key whether its
+    input rows record different ones (None when no key has two rows with one). Rows, not the
+    strings: the commit never needs the identities. ``ids``: each keyed row's key id; ``etag``:
+    each keyed row's identity."""
     at = np.full(n, -1, np.int64)
-    if np.bincount(ids, minlength=n).max() <= 1:  # the usual state: one input row per key, one string copy
-        at[ids] = rows
-        out = etag.take(pa.array(at, mask=at < 0))
-        return out.fill_null("") if out.null_count else out
-    order = np.argsort(ids, kind="stable")
-    ids, etag = ids[order], etag.take(pa.array(rows[order]))
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    group_first = np.repeat(starts, np.diff(np.r_[starts, len(ids)]))
-    differs = _np(pc.not_equal(etag, etag.take(pa.array(group_first))), bool)
+    if len(ids) == 0:
+        return at, None
+    rows = np.flatnonzero(is_input & _np(pc.not_equal(etag, "").fill_null(False), bool))
+    key_ids = ids[rows]
+    at[key_ids] = rows
+    if np.count_nonzero(at >= 0) == len(rows):  # the usual state: one input row per key
+        return at, None
+    order = np.argsort(key_ids, kind="stable")
+    key_ids, rows = key_ids[order], rows[order]
+    values = etag.take(pa.array(rows))
+    starts = np.flatnonzero(np.r_[True, key_ids[1:] != key_ids[:-1]])
+    group_first = np.repeat(starts, np.diff(np.r_[starts, len(key_ids)]))
+    differs = _np(pc.not_equal(values, values.take(pa.array(group_first))), bool)
     mixed = np.zeros(n, bool)
-    mixed[ids[differs]] = True
-    at[ids[starts]] = starts
-    out = etag.take(pa.array(at, mask=at < 0)).fill_null("")
-    return pc.if_else(pa.array(mixed), MIXED_ETAG, out)
+    mixed[key_ids[differs]] = True
+    at[key_ids[starts]] = rows[starts]  # each key's first row
+    return at, mixed
+
+
+def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def _concat(arrays: list[pa.Array], kind: pa.DataType) -> pa.Array:
+    """One array of the pieces (their copies are let go of by the caller)."""
+    arrays = [a for a in arrays if len(a)]
+    if not arrays:
+        return pa.array([], kind)
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
+def _first_schema(records: pa.ChunkedArray | pa.Array, kind: np.ndarray) -> dict[str, Any] | None:
+    """The data schema the first header row with one records, read a record at a time."""
+    headers = np.flatnonzero(kind == HEADER)
+    records = _combined(records) if len(headers) else records
+    for row in headers:
+        schema = json.loads(records[int(row)].as_py()).get("schema")
+        if schema:
+            return schema
+    return None

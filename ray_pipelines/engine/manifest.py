@@ -31,7 +31,7 @@ import posixpath
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ from .state_index import (
     decode_index,
     empty_table,
     folded,
+    index_groups,
     part_names,
     part_of,
     parts_table,
@@ -84,6 +85,7 @@ class OutputState:
         self._disk = empty_table()  # rows of the manifests on disk read so far
         self._disk_names: set[str] = set()
         self._progress: Progress | None = None
+        self._progress_identities = False
         self._index_parts: set[str] | None = None  # names of the manifests the index holds
 
     # ---- before a run ------------------------------------------------------------
@@ -158,11 +160,30 @@ class OutputState:
     # concurrently, in batches); later calls read only manifests that appeared since.
     def index(self) -> pa.Table | None:
         """The folded state (engine/state_index.py), read once; None for outputs without one."""
-        if not self._index_read:
-            self._index_data, self._index_read = read_index_bytes(self.storage), True
-        if self._index is None and self._index_data is not None:
+        if self._index is None and self._index_bytes() is not None:
             self._index = decode_index(self._index_data)
         return self._index
+
+    def _index_bytes(self) -> bytes | None:
+        if not self._index_read:
+            self._index_data, self._index_read = read_index_bytes(self.storage), True
+        return self._index_data
+
+    def _index_groups(self) -> Iterator[pa.Table]:
+        """The index's rows a row group at a time (whole when decoded already), in file order."""
+        if self._index is not None:
+            yield self._index
+        elif self._index_bytes() is not None:
+            yield from index_groups(self._index_data)
+
+    def _live_groups(self) -> Iterator[pa.Table]:
+        """The live rows (see ``live_table``) a row group of the index at a time, then the manifests
+        on disk."""
+        replaced = replaced_names(self._disk)
+        drop = pa.array(sorted(self._disk_names | replaced), pa.string())
+        for group in self._index_groups():
+            yield without_parts(group, drop)
+        yield without_parts(self._disk, pa.array(sorted(replaced), pa.string()))
 
     def forget_decoded(self) -> None:
         """Let go of the decoded committed state while a run processes (at a million inputs the
@@ -215,10 +236,14 @@ class OutputState:
     def load_parts(self) -> list[dict[str, Any]]:
         return list(self.live_parts().values())
 
-    def progress(self) -> Progress:
-        table = self.state_table()
-        if self._progress is None:
-            self._progress = Progress(table)
+    def progress(self, identities: bool = True) -> Progress:
+        """The committed state's columns, built from the index a row group at a time (the decoded
+        rows are never all held: 1.5 GB at ten million inputs); ``identities``: with each input's
+        identity (change detection needs them, the commit does not)."""
+        self.refresh()
+        if self._progress is None or (identities and not self._progress_identities):
+            self._progress = Progress.from_groups(self._live_groups(), identities)
+            self._progress_identities = identities
         return self._progress
 
     # ---- after a run -------------------------------------------------------------
@@ -231,24 +256,30 @@ class OutputState:
         self.storage.remove_many(removed)
         return removed
 
-    def fold(self, table: pa.Table) -> None:
+    def fold(self) -> None:
         """Write the live state as the new index, then delete the manifests it folded.
 
-        A kill before the index is written leaves the old index and the manifests (nothing changed);
-        after it, manifests not yet deleted are read again and override their folded copies, which
-        are the same. Replaced manifests are deleted before the index is written: once their
-        replacement is folded, its ``replaces`` list is gone, so they must not be found again."""
-        replaced = sorted(self._disk_names & replaced_names(self._disk))
+        The old index's rows are read a row group at a time and merged in order with the manifests on
+        disk (``write_index``): the driver never holds the whole state's rows. A kill before the index
+        is written leaves the old index and the manifests (nothing changed); after it, manifests not
+        yet deleted are read again and override their folded copies, which are the same. Replaced
+        manifests are deleted before the index is written: once their replacement is folded, its
+        ``replaces`` list is gone, so they must not be found again. Folds the manifests on disk as
+        last read (``refresh``, which the commit's ``progress`` did)."""
+        replaced_all = replaced_names(self._disk)
+        replaced = sorted(self._disk_names & replaced_all)
         self.storage.remove_many(replaced)
         stop_point("fold:before-index")
-        index = folded(table)
-        write_index(self.storage, index)
+        drop = pa.array(sorted(self._disk_names | replaced_all), pa.string())
+        new_rows = folded(without_parts(self._disk, pa.array(sorted(replaced_all), pa.string())))
+        write_index(self.storage, new_rows, (without_parts(group, drop) for group in self._index_groups()))
         stop_point("fold:after-index")
         folded_parts = sorted(self._disk_names - set(replaced))
         for start in range(0, len(folded_parts), DELETE_BATCH):
             self.storage.remove_many(folded_parts[start : start + DELETE_BATCH])
             stop_point("fold:deleting")
-        self._index, self._index_data, self._index_read, self._index_parts = index, None, True, None
+        # Read again if asked for (one GET): the new index is not held.
+        self._index, self._index_data, self._index_read, self._index_parts = None, None, False, None
         self._disk, self._disk_names, self._progress = empty_table(), set(), None
 
     def commit(
@@ -274,8 +305,7 @@ class OutputState:
         index and manifest.json are written."""
         check_lease = still_holds or (lambda: None)
         check_lease()
-        progress = self.progress()
-        table = progress.table
+        progress = self.progress(identities=False)
         errors = [e for e in progress.error_rows if not _superseded(e, progress)]
         # After the state's columns are built (the driver's peak): not with the data-file listing held.
         orphans = self.remove_orphans(progress)
@@ -319,7 +349,7 @@ class OutputState:
             },
             "inputs": inputs or {},
             "splits": splits,
-            "schema": first_schema(table),
+            "schema": progress.schema,
             "files": files,
             "timings": timings,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -328,12 +358,17 @@ class OutputState:
         check_lease()
         del progress  # the fold does not need it: its columns (100 MB at a million inputs) go first
         self.forget_decoded()
-        self.fold(table)
+        self.fold()
         self.storage.write_bytes(ERRORS_FILE, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
         self.storage.write_json(MANIFEST_FILE, manifest)
         if manifest["complete"]:
             self.storage.write_bytes(SUCCESS_FILE, b"")
         return manifest
+
+
+def without_parts(table: pa.Table, names: pa.Array) -> pa.Table:
+    """``table`` less the rows of the manifests ``names``."""
+    return table.filter(pc.invert(pc.is_in(table["part"], value_set=names))) if len(names) else table
 
 
 def live_table(
@@ -345,24 +380,9 @@ def live_table(
     tables = []
     if index is not None:
         drop = (disk_names | replaced) & (set(part_names(index)) if index_parts is None else index_parts)
-        if drop:
-            index = index.filter(pc.invert(pc.is_in(index["part"], value_set=pa.array(sorted(drop), pa.string()))))
-        tables.append(index)
-    if replaced:
-        disk = disk.filter(pc.invert(pc.is_in(disk["part"], value_set=pa.array(sorted(replaced), pa.string()))))
-    tables.append(disk)
+        tables.append(without_parts(index, pa.array(sorted(drop), pa.string())))
+    tables.append(without_parts(disk, pa.array(sorted(replaced), pa.string())))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
-
-def first_schema(table: pa.Table) -> dict[str, Any]:
-    """The data schema the first manifest that has one records (they all record the same)."""
-    headers = table["record"].filter(pc.equal(table["kind"], 0))
-    for chunk in headers.chunks:
-        for record in chunk.to_pylist():
-            schema = json.loads(record).get("schema")
-            if schema:
-                return schema
-    return {}
 
 
 def progress_of(parts: Iterable[dict[str, Any]]) -> Progress:

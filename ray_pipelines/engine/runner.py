@@ -97,15 +97,21 @@ def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem
     return items
 
 
-def select_inputs(job: Job, listed: list[InputItem] | None = None) -> pa.Table:
+def select_inputs(job: Job, listed: list[InputItem] | None = None, consume: bool = False) -> pa.Table:
     """Listed inputs after keep/ignore lists, the job's pick and ``limit`` (applied to sorted keys):
-    one row per input, the fields of :class:`InputItem` and the job's columns."""
+    one row per input, the fields of :class:`InputItem` and the job's columns. ``consume``: the
+    items leave ``listed`` as they become rows (the runner's listing, of which it keeps two columns:
+    at a million inputs the driver then never holds the items and the table whole)."""
     cfg = job.config
-    items = job.pick_inputs(apply_key_lists(job.list_inputs() if listed is None else listed, cfg))
-    items = sorted(items, key=lambda i: i.key)
+    source = job.list_inputs() if listed is None else listed
+    items = job.pick_inputs(apply_key_lists(source, cfg))
+    if items is source and (listed is None or consume):
+        items.sort(key=lambda i: i.key)  # in place: a sorted copy would keep every item alive
+    else:
+        items = sorted(items, key=lambda i: i.key)
     if cfg.limit is not None:
-        items = items[: cfg.limit]
-    return inputs_table(items)
+        del items[cfg.limit :]
+    return inputs_table(items, consume=True)
 
 
 ITEM_COLUMNS = {
@@ -116,25 +122,42 @@ ITEM_COLUMNS = {
     "member_offset": pa.int64(),
     "error": pa.string(),
 }  # then "source" (null: the uri)
+INPUTS_SLICE = 1 << 16  # items turned into columns at a time
 
 
-def inputs_table(items: list[InputItem]) -> pa.Table:
+def inputs_table(items: list[InputItem], consume: bool = False) -> pa.Table:
     """The inputs as columns, built field by field: no Python row per input (a million row dicts
     were 280 MB of the driver's memory). A job column whose values Arrow cannot type as one column
-    (strings and numbers mixed) is kept as pickled Python objects, as Ray Data itself does."""
+    (strings and numbers mixed) is kept as pickled Python objects, as Ray Data itself does.
+    ``consume``: the items are taken out of ``items`` a slice at a time as they become rows."""
+    job_columns = {}
+    for name in dict.fromkeys(name for i in items for name in i.extra):
+        values = [i.extra.get(name) for i in items]
+        try:
+            job_columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            job_columns[name] = BlockAccessor.batch_to_block({name: np.array(values, dtype=object)})[name]
+    if consume:
+        pieces = []
+        while items:
+            pieces.append(_item_columns(items[:INPUTS_SLICE]))
+            del items[:INPUTS_SLICE]
+    else:
+        pieces = [_item_columns(items[at : at + INPUTS_SLICE]) for at in range(0, len(items), INPUTS_SLICE)]
+    table = pa.concat_tables(pieces).combine_chunks() if pieces else _item_columns([])
+    del pieces
+    for name, column in job_columns.items():
+        table = table.append_column(name, column)
+    release_unused_memory()  # the array builders' spare capacity, the slices
+    return table
+
+
+def _item_columns(items: list[InputItem]) -> pa.Table:
     columns = {name: pa.array([getattr(i, name) for i in items], kind) for name, kind in ITEM_COLUMNS.items()}
     # Where it came from, for people; null where that is the uri (the decoders fall back to it): the
     # uri again would be 45 MB at a million inputs.
     columns["source"] = pa.array([i.source or None for i in items], pa.string())
-    for name in dict.fromkeys(name for i in items for name in i.extra):
-        values = [i.extra.get(name) for i in items]
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[name] = BlockAccessor.batch_to_block({name: np.array(values, dtype=object)})[name]
-    table = pa.table(columns)
-    release_unused_memory()  # the array builders' spare capacity
-    return table
+    return pa.table(columns)
 
 
 def pending_inputs(selected: pa.Table, progress: Progress) -> pa.Table:
@@ -209,10 +232,10 @@ def _run_holding_lease(
     mark("listed")
     if not listed and not cfg.allow_empty:
         raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
-    selected = select_inputs(job, listed)
     # From here on the listing is two columns: the InputItem list (the driver's biggest object at a
-    # million inputs) goes before the committed state is built.
+    # million inputs) becomes the inputs table's rows as it goes, before the committed state is built.
     identities, listed_count = listed_identities(listed), len(listed)
+    selected = select_inputs(job, listed, consume=True)
     del listed
     release_unused_memory()
     listed_at = time.time()

@@ -19,8 +19,9 @@ the committed inputs, about 20-30 bytes each.
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -167,36 +168,97 @@ def read_index_bytes(storage: Storage) -> bytes | None:
 
 def decode_index(data: bytes) -> pa.Table:
     """The index file's rows as a table of :data:`SCHEMA`."""
-    # A row group at a time, handing the reader's buffers back after each: reading the whole file at
-    # once held twice the table's size again (230 MB more at a million inputs). Cast always: Parquet
-    # names list items "element", and the index's bytes must not depend on whether its rows were read
-    # back or built here.
-    groups = []
+    groups = list(index_groups(data))
+    return pa.concat_tables(groups) if groups else empty_table()
+
+
+def index_groups(data: bytes) -> Iterator[pa.Table]:
+    """The index file's rows a row group at a time (``WRITE_ROWS`` each), as tables of :data:`SCHEMA`."""
+    # Handing the reader's buffers back after each: reading the whole file at once held twice the
+    # table's size again (230 MB more at a million inputs). Cast always: Parquet names list items
+    # "element", and the index's bytes must not depend on whether its rows were read back or built here.
     file = pq.ParquetFile(pa.BufferReader(data), read_dictionary=DICTIONARY_COLUMNS)
     for group in range(file.num_row_groups):
-        groups.append(file.read_row_group(group).cast(SCHEMA))
+        rows = file.read_row_group(group).cast(SCHEMA)
         release_unused_memory()
-    return pa.concat_tables(groups) if groups else empty_table()
+        yield rows
 
 
 WRITE_ROWS = 1 << 18  # rows sorted and written at a time (one row group each)
 
 
-def write_index(storage: Storage, table: pa.Table) -> None:
-    """One atomic write (local: temp file renamed; object stores: the upload completes on close).
-    Rows in (part, kind) order, so the same state gives the same bytes; taken in that order a slice at
-    a time, so the driver never holds a sorted copy of the whole table (150 MB at a million inputs)."""
-    sort_key = pa.table({"part": _value_ranks(table["part"]), "kind": table["kind"]})
-    order = pc.sort_indices(sort_key, sort_keys=[("part", "ascending"), ("kind", "ascending")])
-    del sort_key
+def write_index(storage: Storage, table: pa.Table, folded_groups: Iterable[pa.Table] = ()) -> None:
+    """One atomic write (local: temp file renamed; object stores: the upload completes on close) of
+    ``folded_groups`` (rows already in order: the old index's, a row group at a time) merged with
+    ``table``'s rows. Rows in (part, kind) order, so the same state gives the same bytes whichever
+    way it came; ``WRITE_ROWS`` rows per row group. ``table``'s rows are taken in that order a slice
+    at a time, so the driver never holds a sorted copy of it (150 MB at a million inputs), nor the
+    old index whole (1.5 GB at ten million)."""
+    order = _row_order(table)
+    ranks = _value_ranks(table["part"])[order.to_numpy()] if len(order) else np.zeros(0, np.int64)
+    names = _sorted_names(table["part"])  # ranks index these
+    taken = 0
+
+    def rows_before(name: str | None) -> pa.Table:
+        """``table``'s rows not yet taken whose manifest sorts before ``name`` (None: all)."""
+        nonlocal taken
+        end = len(order) if name is None else int(np.searchsorted(ranks, bisect.bisect_left(names, name)))
+        rows, taken = table.take(order.slice(taken, max(end - taken, 0))), max(end, taken)
+        return rows
+
     with storage.open_atomic(INDEX_FILE) as f, pq.ParquetWriter(f, STORED_SCHEMA, compression="zstd") as writer:
-        for start in range(0, len(order), WRITE_ROWS):
-            rows = table.take(order.slice(start, WRITE_ROWS)).cast(STORED_SCHEMA)
-            writer.write_table(rows, row_group_size=WRITE_ROWS)
-            del rows
-            release_unused_memory()  # the take's temporaries: else each slice's stay (150 MB at 1M)
-        if not len(order):
-            writer.write_table(table.cast(STORED_SCHEMA))
+        out = _RowGroups(writer)
+        for group in folded_groups:
+            if group.num_rows:
+                last = group["part"][group.num_rows - 1].as_py()
+                out.add(_in_order(pa.concat_tables([group.cast(SCHEMA), rows_before(last)])))
+        out.add(rows_before(None))
+        out.close(empty=table)
+
+
+class _RowGroups:
+    """Rows written ``WRITE_ROWS`` to a row group, as they come."""
+
+    def __init__(self, writer: pq.ParquetWriter):
+        self.writer, self.pending, self.count, self.written = writer, [], 0, 0
+
+    def add(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.pending.append(rows.cast(STORED_SCHEMA))
+            self.count += rows.num_rows
+        while self.count >= WRITE_ROWS:
+            self._write(WRITE_ROWS)
+
+    def close(self, empty: pa.Table) -> None:
+        if self.count:
+            self._write(self.count)
+        if not self.written:
+            self.writer.write_table(empty.cast(STORED_SCHEMA))
+
+    def _write(self, count: int) -> None:
+        rows = pa.concat_tables(self.pending)
+        self.writer.write_table(rows.slice(0, count).combine_chunks(), row_group_size=WRITE_ROWS)
+        rest = rows.slice(count)
+        self.pending, self.count, self.written = [rest] if rest.num_rows else [], rest.num_rows, self.written + count
+        del rows, rest
+        release_unused_memory()  # the slice's temporaries: else each slice's stay (150 MB at 1M)
+
+
+def _row_order(table: pa.Table) -> pa.Array:
+    """``table``'s rows in (part, kind) order (stable: rows of one manifest and kind keep theirs)."""
+    sort_key = pa.table({"part": _value_ranks(table["part"]), "kind": table["kind"]})
+    return pc.sort_indices(sort_key, sort_keys=[("part", "ascending"), ("kind", "ascending")])
+
+
+def _in_order(table: pa.Table) -> pa.Table:
+    return table.take(_row_order(table))
+
+
+def _sorted_names(column: pa.ChunkedArray) -> list[str]:
+    """The distinct values of a dictionary column, sorted (what ``_value_ranks`` ranks them by)."""
+    column = pa.chunked_array(column.chunks, NAMES) if column.num_chunks else pa.chunked_array([], NAMES)
+    chunks = pa.table({"c": column}).unify_dictionaries()["c"].chunks
+    return sorted(chunks[0].dictionary.to_pylist()) if chunks else []
 
 
 def _value_ranks(column: pa.ChunkedArray) -> np.ndarray:

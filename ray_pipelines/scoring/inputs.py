@@ -101,7 +101,7 @@ class PathLabels:
         out = []
         for item in items:
             labels, error = self.of(item.key, (shard_splits or {}).get(item.key))
-            item.extra.update(labels)
+            item.extra = {**item.extra, **labels}
             item.error = item.error or error
             out.append(item)
         return out
