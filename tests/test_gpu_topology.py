@@ -129,7 +129,8 @@ def pool_plan(job, result) -> dict:
     from ray_pipelines.engine.runtime import plan_pool
 
     blocks = math.ceil(result.counts["listed"] / job.config.inputs_per_block)  # fresh outputs: nothing skipped
-    return vars(plan_pool(job.config, uses_gpu=any(s.gpu for s in job.stages()), max_useful=blocks))
+    stages = job.stages()
+    return vars(plan_pool(job.config, uses_gpu=any(s.gpu for s in stages), max_useful=blocks, pools=len(stages)))
 
 
 # ---- the driver on the GPU head (a subprocess: the test process holds the embedded Ray) ----------

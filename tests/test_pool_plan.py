@@ -65,6 +65,18 @@ def test_a_cpu_actor_never_asks_for_more_than_the_smallest_node_has():
     assert plan_pool(config(), capacity=capacity, max_useful=100, node_cpus=1.0).num_cpus == round(2.5 / 3, 3)
 
 
+def test_the_actors_of_every_stage_fit_on_the_cpus_together():
+    """Two actor stages and one block left on 2 CPUs: sized per pool, each actor asked for 1.5 CPUs
+    and the second stage's, placed first, kept the first stage's from ever starting. Shared, both
+    fit beside the reserve."""
+    capacity = ({"CPU": 2}, {"CPU": 2})
+    assert plan_pool(config(), capacity=capacity, max_useful=1).num_cpus == 1.5
+    two = plan_pool(config(), capacity=capacity, max_useful=1, pools=2)
+    assert two == PoolPlan(1, 1, 0.0, num_cpus=0.75, decode_cpus=0.75)
+    many = plan_pool(config(), capacity=({"CPU": 4}, {"CPU": 4}), max_useful=100, pools=2)
+    assert many.max_size == 4 and 2 * many.max_size * many.num_cpus <= 4 - 0.5
+
+
 def test_the_smallest_node_is_read_from_ray(ray_local):
     from ray_pipelines.engine.runtime import smallest_node_cpus
 

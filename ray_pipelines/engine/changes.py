@@ -73,12 +73,14 @@ def listed_identities(listed: Iterable[InputItem]) -> pa.Table:
     """What change detection needs of the listing: each input's key and identity, as two columns
     (the runner keeps these and lets go of the ``InputItem`` list: 440 MB at a million inputs)."""
     listed = list(listed)
-    return pa.table(
+    table = pa.table(
         {
             "key": pa.array([item.key for item in listed], pa.string()),
             "etag": pa.array([item.etag or "" for item in listed], pa.string()),
         }
     )
+    release_unused_memory()  # the builders' spare capacity: 40 MB at a million inputs
+    return table
 
 
 def detect_changes(listed: pa.Table | Iterable[InputItem], progress: Progress) -> InputChanges:

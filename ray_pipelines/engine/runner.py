@@ -354,7 +354,7 @@ def _execute_with_retries(
             _raise_if_stopped(control, e)
             raise
         _raise_if_stopped(control)
-        progress = state.progress()  # reads only the manifests written since
+        progress = state.progress(identities=False)  # reads only the manifests written since; the commit reuses it
         lost = lost_keys(pending["key"], progress, run_id)
         if not lost or attempt == retries:
             break
@@ -476,7 +476,7 @@ def _execute(
     cfg = job.config
     stages = job.stages()
     num_blocks = max(1, math.ceil(pending.num_rows / cfg.inputs_per_block))
-    plan = plan_pool(cfg, uses_gpu=any(s.gpu for s in stages), max_useful=num_blocks)
+    plan = plan_pool(cfg, uses_gpu=any(s.gpu for s in stages), max_useful=num_blocks, pools=len(stages))
     with warnings.catch_warnings():
         # Retry and restart bounds are only reachable through ray_remote_args in Ray 2.60,
         # which warns that the keyword moves in 2.64.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ def plan_pool(
     max_useful: int | None = None,
     capacity: tuple[dict[str, float], dict[str, float]] | None = None,
     node_cpus: float | None = None,
+    pools: int = 1,
 ) -> PoolPlan:
     """Pool size and per-actor resources from the config and the cluster (``capacity``: what it has
     now and the most its autoscaler may start, :func:`cluster_capacity`).
@@ -99,7 +101,10 @@ def plan_pool(
     A CPU actor never asks for more than the smallest node has (``node_cpus``, from Ray when
     ``capacity`` is not given): a pool of one actor on a 2 + 1 CPU cluster would otherwise ask for
     2.5 CPUs, which no node can place, and wait forever (seen when a lost node's inputs ran again
-    before Ray had marked the node dead).
+    before Ray had marked the node dead). A job with ``pools`` actor stages shares the CPUs among
+    all their actors: each pool sized for every CPU asked for twice what a 2-CPU machine has with one
+    block left, and when the second stage's actor was placed first the first stage's never could
+    (a run that waited forever).
     """
     if capacity is None:
         capacity, node_cpus = cluster_capacity(), smallest_node_cpus()
@@ -139,7 +144,8 @@ def plan_pool(
         low = min(low, high)
     if num_gpus > 0:
         return PoolPlan(low, high, num_gpus, num_cpus=1.0, decode_cpus=1.0)
-    per_actor = max(0.1, round((cpus - CPU_RESERVE) / high, 3))
+    # Rounded down, so that the actors of every pool still fit together.
+    per_actor = max(0.1, math.floor(1000 * (cpus - CPU_RESERVE) / (high * max(1, pools))) / 1000)
     if node_cpus is not None:
         per_actor = min(per_actor, node_cpus)
     return PoolPlan(low, high, 0.0, num_cpus=per_actor, decode_cpus=per_actor)
