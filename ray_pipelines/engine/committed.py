@@ -93,11 +93,9 @@ class Progress:
         So the smaller side is hashed: few queried keys (a run's lost inputs) are hashed whole; against
         many, the sorted committed keys are hashed a range at a time (at most ``LOOKUP_PASSES``
         ranges), each probed by the queried keys that fall in it, so every query is still probed once."""
-        array = key_array(keys)
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+        array = _combined(key_array(keys))
         committed, n = self.keys, len(self.keys)
-        position = np.int32 if n < 2**31 else np.int64  # a position per queried key: 40 MB at ten million
+        position = _position_type(n)  # a position per queried key: 40 MB at ten million
         out = np.full(len(array), -1, position)
         if not len(array) or not n:
             return out
@@ -448,7 +446,7 @@ def _sorted_keys(kept: _KeyedRows) -> tuple[pa.Array, np.ndarray]:
     first = np.ones(len(sorted_values), bool)  # the first row of each distinct key, in sorted order
     if len(sorted_values) > 1:
         first[1:] = _np(pc.not_equal(sorted_values.slice(1), sorted_values.slice(0, len(sorted_values) - 1)), bool)
-    position = np.int32 if len(first) < 2**31 else np.int64
+    position = _position_type(len(first))
     ids = np.empty(len(first), position)
     ids[order.to_numpy().view(np.int64)] = np.cumsum(first, dtype=position) - 1
     keys = sorted_values if first.all() else sorted_values.filter(pa.array(first))
@@ -477,9 +475,12 @@ def _sorted_unique(codes: np.ndarray) -> np.ndarray:
 
 
 def _np(column: pa.ChunkedArray | pa.Array, dtype) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    return column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return _combined(column).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def _position_type(count: int) -> type:
+    """The integer type of positions among ``count`` keys: int32 while it can hold them."""
+    return np.int32 if count < 2**31 else np.int64
 
 
 def _slice(codes: np.ndarray, pos: int) -> np.ndarray:

@@ -176,14 +176,22 @@ class OutputState:
         elif self._index_bytes() is not None:
             yield from index_groups(self._index_data)
 
-    def _live_groups(self) -> Iterator[pa.Table]:
-        """The live rows (see ``live_table``) a row group of the index at a time, then the manifests
-        on disk."""
-        replaced = replaced_names(self._disk)
-        drop = pa.array(sorted(self._disk_names | replaced), pa.string())
+    # The live state: the index's manifests that no manifest on disk overrides (same name: the one on
+    # disk wins, so one both folded and still present counts once) or replaces, and the manifests on
+    # disk that none replaces.
+    def _live_index_groups(self) -> Iterator[pa.Table]:
+        """The index's live rows, a row group at a time."""
+        drop = _names(self._disk_names | replaced_names(self._disk))
         for group in self._index_groups():
             yield without_parts(group, drop)
-        yield without_parts(self._disk, pa.array(sorted(replaced), pa.string()))
+
+    def _live_disk(self) -> pa.Table:
+        """The live rows of the manifests on disk."""
+        return without_parts(self._disk, _names(replaced_names(self._disk)))
+
+    def _live_groups(self) -> Iterator[pa.Table]:
+        yield from self._live_index_groups()
+        yield self._live_disk()
 
     def forget_decoded(self) -> None:
         """Let go of the decoded committed state while a run processes (at a million inputs the
@@ -204,8 +212,7 @@ class OutputState:
         gone, new = self._disk_names - listed, sorted(listed - self._disk_names)
         if not gone and not new:
             return
-        if gone:
-            self._disk = self._disk.filter(pc.invert(pc.is_in(self._disk["part"], value_set=pa.array(sorted(gone)))))
+        self._disk = without_parts(self._disk, _names(gone))
         tables = [self._disk]
         for start in range(0, len(new), READ_BATCH):
             batch = self.storage.cat_many(new[start : start + READ_BATCH])
@@ -221,7 +228,7 @@ class OutputState:
         index = self.index()
         if index is not None and self._index_parts is None:
             self._index_parts = set(part_names(index))
-        return live_table(index, self._disk, self._disk_names, self._index_parts)
+        return pa.concat_tables(list(self._live_groups()))
 
     def read_parts(self) -> dict[str, dict[str, Any]]:
         """Every per-rank manifest on disk (not folded yet), replaced ones included: relpath -> content."""
@@ -266,13 +273,10 @@ class OutputState:
         manifests are deleted before the index is written: once their replacement is folded, its
         ``replaces`` list is gone, so they must not be found again. Folds the manifests on disk as
         last read (``refresh``, which the commit's ``progress`` did)."""
-        replaced_all = replaced_names(self._disk)
-        replaced = sorted(self._disk_names & replaced_all)
+        replaced = sorted(self._disk_names & replaced_names(self._disk))
         self.storage.remove_many(replaced)
         stop_point("fold:before-index")
-        drop = pa.array(sorted(self._disk_names | replaced_all), pa.string())
-        new_rows = folded(without_parts(self._disk, pa.array(sorted(replaced_all), pa.string())))
-        write_index(self.storage, new_rows, (without_parts(group, drop) for group in self._index_groups()))
+        write_index(self.storage, folded(self._live_disk()), self._live_index_groups())
         stop_point("fold:after-index")
         folded_parts = sorted(self._disk_names - set(replaced))
         for start in range(0, len(folded_parts), DELETE_BATCH):
@@ -371,18 +375,8 @@ def without_parts(table: pa.Table, names: pa.Array) -> pa.Table:
     return table.filter(pc.invert(pc.is_in(table["part"], value_set=names))) if len(names) else table
 
 
-def live_table(
-    index: pa.Table | None, disk: pa.Table, disk_names: set[str], index_parts: set[str] | None = None
-) -> pa.Table:
-    """The live rows: the index's parts that no manifest on disk overrides (same name) or replaces,
-    and the manifests on disk that none replaces."""
-    replaced = replaced_names(disk)
-    tables = []
-    if index is not None:
-        drop = (disk_names | replaced) & (set(part_names(index)) if index_parts is None else index_parts)
-        tables.append(without_parts(index, pa.array(sorted(drop), pa.string())))
-    tables.append(without_parts(disk, pa.array(sorted(replaced), pa.string())))
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+def _names(names: set[str]) -> pa.Array:
+    return pa.array(sorted(names), pa.string())
 
 
 def progress_of(parts: Iterable[dict[str, Any]]) -> Progress:

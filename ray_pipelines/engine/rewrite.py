@@ -8,7 +8,7 @@ manifest that names any of the inputs, in order:
    they keep (``ShardSink.drop_from_files``; per-sample files of those inputs are just dropped);
 2. the manifest is written again without those inputs, under a name derived from its content, with
    the old one in ``replaces``. This one write is the switch: from then on the old manifest counts
-   for nothing (``manifest.live_table``), whether or not it still exists;
+   for nothing (``OutputState._live_groups``), whether or not it still exists;
 3. the old manifest is deleted (one folded into the index, engine/state_index.py, is not a file:
    step 2's replacement already hides it, and one left with nothing is retired by a *tombstone*, a
    manifest naming nothing that replaces it; the next commit's fold drops both). Its old files, which

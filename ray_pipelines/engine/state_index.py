@@ -12,7 +12,7 @@ with a ``part`` column naming the manifest it came from:
 The commit writes the live part of that table (replaced manifests left out) to ``index.parquet`` in one
 atomic write and then deletes the manifests it folded; a run reads the index plus whatever manifests
 are still on disk (written since, or left by a fold that was killed before it deleted them). A manifest
-on disk always wins over the folded one of the same name (engine/manifest.py: ``live_table``), so a
+on disk always wins over the folded one of the same name (engine/manifest.py: ``OutputState._live_groups``), so a
 manifest that is both folded and present counts once. Reading it back is one GET; its size grows with
 the committed inputs, about 20-30 bytes each.
 """
@@ -194,9 +194,10 @@ def write_index(storage: Storage, table: pa.Table, folded_groups: Iterable[pa.Ta
     way it came; ``WRITE_ROWS`` rows per row group. ``table``'s rows are taken in that order a slice
     at a time, so the driver never holds a sorted copy of it (150 MB at a million inputs), nor the
     old index whole (1.5 GB at ten million)."""
-    order = _row_order(table)
-    ranks = _value_ranks(table["part"])[order.to_numpy()] if len(order) else np.zeros(0, np.int64)
-    names = _sorted_names(table["part"])  # ranks index these
+    names, ranks = _part_ranks(table["part"])
+    names = names.to_pylist()
+    order = _row_order(table, ranks)
+    ranks = ranks[order.to_numpy()]  # in the sorted rows' order: ascending, each an index into ``names``
     taken = 0
 
     def rows_before(name: str | None) -> pa.Table:
@@ -244,9 +245,11 @@ class _RowGroups:
         release_unused_memory()  # the slice's temporaries: else each slice's stay (150 MB at 1M)
 
 
-def _row_order(table: pa.Table) -> pa.Array:
-    """``table``'s rows in (part, kind) order (stable: rows of one manifest and kind keep theirs)."""
-    sort_key = pa.table({"part": _value_ranks(table["part"]), "kind": table["kind"]})
+def _row_order(table: pa.Table, part_ranks: np.ndarray | None = None) -> pa.Array:
+    """``table``'s rows in (part, kind) order (stable: rows of one manifest and kind keep theirs);
+    ``part_ranks``: ``_part_ranks(table["part"])[1]`` where the caller has it already."""
+    ranks = _part_ranks(table["part"])[1] if part_ranks is None else part_ranks
+    sort_key = pa.table({"part": ranks, "kind": table["kind"]})
     return pc.sort_indices(sort_key, sort_keys=[("part", "ascending"), ("kind", "ascending")])
 
 
@@ -254,24 +257,20 @@ def _in_order(table: pa.Table) -> pa.Table:
     return table.take(_row_order(table))
 
 
-def _sorted_names(column: pa.ChunkedArray) -> list[str]:
-    """The distinct values of a dictionary column, sorted (what ``_value_ranks`` ranks them by)."""
-    column = pa.chunked_array(column.chunks, NAMES) if column.num_chunks else pa.chunked_array([], NAMES)
-    chunks = pa.table({"c": column}).unify_dictionaries()["c"].chunks
-    return sorted(chunks[0].dictionary.to_pylist()) if chunks else []
-
-
-def _value_ranks(column: pa.ChunkedArray) -> np.ndarray:
-    """Per row of a dictionary column: its value's rank in sorted order (Arrow sorts tables by
-    plain columns only, and decoding the names to sort them would copy every row's string)."""
+def _part_ranks(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """The values of a dictionary column (the manifest names) sorted, and per row its value's rank
+    among them (Arrow sorts tables by plain columns only, and decoding the names to sort them would
+    copy every row's string)."""
     column = pa.chunked_array(column.chunks, NAMES) if column.num_chunks else pa.chunked_array([], NAMES)
     chunks = pa.table({"c": column}).unify_dictionaries()["c"].chunks
     if not chunks:
-        return np.zeros(0, np.int64)
+        return pa.array([], pa.string()), np.zeros(0, np.int64)
     values = chunks[0].dictionary
+    by_value = pc.sort_indices(values)
     ranks = np.empty(len(values), np.int64)
-    ranks[pc.sort_indices(values).to_numpy()] = np.arange(len(values))
-    return np.concatenate([ranks[c.indices.to_numpy(zero_copy_only=False)] for c in chunks])
+    ranks[by_value.to_numpy()] = np.arange(len(values))
+    rows = np.concatenate([ranks[c.indices.to_numpy(zero_copy_only=False)] for c in chunks])
+    return values.take(by_value), rows
 
 
 def dumps(obj: Any) -> str:
