@@ -15,7 +15,9 @@ shared machine) of:
    ``EncodedShardRows`` / ``EncodedLatents``, ``FeatureSnippets``), shuffled,
    in item mode (the DataLoader batches with ``default_collate``) and in
    batched mode (``batch_size=`` on the reader, the DataLoader's ``None``: the
-   worker writes each batch straight into shared memory), the same batch size;
+   worker writes each batch straight into shared memory), the same batch size,
+   and batched with ``reuse_batches=3`` ("reused": each worker writes into the
+   memory of 3 batches in turn, no fresh pages per batch);
 3. the read limit: pyarrow reading every file sequentially in one thread,
    decompression and conversion to NumPy included, the columns the reader
    yields (rows/s; a row is one item's data), and the raw file bytes per
@@ -61,6 +63,8 @@ from bench.features import make_library
 
 WORKERS = 2
 EPOCHS = 2
+# Batched mode with reused memory: the DataLoader's default prefetch_factor (2) + 1, the least that is safe.
+REUSE = 3
 
 
 # ---- writing committed outputs through the project's sinks ---------------------------------------------
@@ -405,8 +409,8 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 ContrastiveViews(where["augment"], "train", seed=0, **so),
                 loader_kwargs(256, w),
             ),
-            "batched": lambda w=WORKERS: (
-                ContrastiveViews(where["augment"], "train", seed=0, batch_size=256, **so),
+            "batched": lambda w=WORKERS, reuse=0: (
+                ContrastiveViews(where["augment"], "train", seed=0, batch_size=256, reuse_batches=reuse, **so),
                 loader_kwargs(None, w),
             ),
             "baseline": (lambda: (SeedViews(seeds["augment"]), loader_kwargs(256, shuffle=True))) if seeds else None,
@@ -422,8 +426,8 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 TeacherCache(where["teacher"], "train", shuffle=True, **so),
                 loader_kwargs(64, w),
             ),
-            "batched": lambda w=WORKERS: (
-                TeacherCache(where["teacher"], "train", shuffle=True, batch_size=64, **so),
+            "batched": lambda w=WORKERS, reuse=0: (
+                TeacherCache(where["teacher"], "train", shuffle=True, batch_size=64, reuse_batches=reuse, **so),
                 loader_kwargs(None, w),
             ),
             "baseline": (lambda: (seed_teacher(seeds["teacher"]), loader_kwargs(64, shuffle=True))) if seeds else None,
@@ -439,8 +443,10 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 EncodedShardRows(where["encode"], shuffle=True, latent_crop_length=256, **so),
                 loader_kwargs(64, w, collate_fn=collate_latents),
             ),
-            "batched": lambda w=WORKERS: (
-                EncodedShardRows(where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, **so),
+            "batched": lambda w=WORKERS, reuse=0: (
+                EncodedShardRows(
+                    where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, reuse_batches=reuse, **so
+                ),
                 loader_kwargs(None, w),
             ),
             "baseline": (
@@ -465,8 +471,10 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 EncodedLatents(where["encode"], shuffle=True, latent_crop_length=256, **so),
                 loader_kwargs(64, w, collate_fn=collate_latents),
             ),
-            "batched": lambda w=WORKERS: (
-                EncodedLatents(where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, **so),
+            "batched": lambda w=WORKERS, reuse=0: (
+                EncodedLatents(
+                    where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, reuse_batches=reuse, **so
+                ),
                 loader_kwargs(None, w),
             ),
             "baseline": (
@@ -491,8 +499,8 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
                 FeatureSnippets(where["features"], "train", shuffle=True, **so),
                 loader_kwargs(32, w),
             ),
-            "batched": lambda w=WORKERS: (
-                FeatureSnippets(where["features"], "train", shuffle=True, batch_size=32, **so),
+            "batched": lambda w=WORKERS, reuse=0: (
+                FeatureSnippets(where["features"], "train", shuffle=True, batch_size=32, reuse_batches=reuse, **so),
                 loader_kwargs(None, w),
             ),
             "baseline": None,
@@ -514,57 +522,53 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def local_table(outputs, seeds, runs: int) -> str:
     rows = []
+    modes = ("item", "batched", "reused")
     for case in job_cases(outputs, seeds):
         print(f"  {case['job']}...", flush=True)
-        baseline, reader, batched = [], [], []
+        factories = {
+            "item": case["reader"],
+            "batched": case["batched"],
+            "reused": lambda w=WORKERS, case=case: case["batched"](w, REUSE),
+        }
+        baseline: list[tuple[float, float]] = []
+        measured: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
         for _ in range(runs):  # alternate, so all see the same machine
             if case["baseline"]:
                 baseline.append(epochs_rate(case["baseline"]))
-            reader.append(epochs_rate(case["reader"]))
-            batched.append(epochs_rate(case["batched"]))
-        in_process, _ = epochs_rate(lambda case=case: case["reader"](0))
-        in_process_batched, _ = epochs_rate(lambda case=case: case["batched"](0))
+            for mode in modes:
+                measured[mode].append(epochs_rate(factories[mode]))
+        in_process = {mode: epochs_rate(lambda f=factories[mode]: f(0))[0] for mode in modes}
         limit, raw = sequential_limit(case["files"], case["columns"]) if case["files"] else (None, None)
         b, b_cpu = (statistics.median(x) for x in zip(*baseline)) if baseline else (None, None)
-        r, r_cpu = (statistics.median(x) for x in zip(*reader))
-        c, c_cpu = (statistics.median(x) for x in zip(*batched))
+        rate = {mode: statistics.median(r for r, _ in measured[mode]) for mode in modes}
+        cpu = {mode: statistics.median(c for _, c in measured[mode]) for mode in modes}
         rows.append(
             [
                 case["job"],
                 str(case["batch"]),
                 fmt(b),
-                fmt(r),
-                fmt(c),
-                ratio(r, b),
-                ratio(c, b),
+                *(fmt(rate[mode]) for mode in modes),
+                *(ratio(rate[mode], b) for mode in modes),
                 fmt(b_cpu),
-                fmt(r_cpu),
-                fmt(c_cpu),
+                *(fmt(cpu[mode]) for mode in modes),
                 fmt(limit),
-                ratio(r, limit) if limit else "-",
-                ratio(c, limit) if limit else "-",
+                *((ratio(rate[mode], limit) if limit else "-") for mode in modes),
                 fmt(raw / 1e6 if raw else None),
-                fmt(in_process),
-                fmt(in_process_batched),
+                *(fmt(in_process[mode]) for mode in modes),
             ]
         )
     header = [
         "output (reader)",
         "batch",
         "baseline items/s",
-        "item mode items/s",
-        "batched items/s",
-        "item / baseline",
-        "batched / baseline",
+        *(f"{mode} items/s" for mode in modes),
+        *(f"{mode} / baseline" for mode in modes),
         "baseline CPU us/item",
-        "item CPU us/item",
-        "batched CPU us/item",
+        *(f"{mode} CPU us/item" for mode in modes),
         "pyarrow sequential rows/s (the reader's columns)",
-        "item / sequential",
-        "batched / sequential",
+        *(f"{mode} / sequential" for mode in modes),
         "raw file MB/s",
-        "item mode in-process (num_workers=0) items/s",
-        "batched in-process items/s",
+        *(f"{mode} in-process (num_workers=0) items/s" for mode in modes),
     ]
     return table(rows, header)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -369,3 +370,68 @@ def test_batched_dicts_are_the_items_with_their_casts(rows_output, copy_path):
             assert torch.equal(batch["x"][j], expected[key]["x"][0]) and batch["index"][j] == expected[key]["index"][0]
             got += 1
     assert got == ROWS == len(expected)
+
+
+def memory_id(tensor: torch.Tensor):
+    """Which memory a tensor lives in: the shared-memory file (a worker's batch; each arrival is mapped
+    anew, so pointers differ) or, in-process, its address."""
+    if not tensor.is_shared():
+        return tensor.untyped_storage().data_ptr()
+    fd, _ = tensor.untyped_storage()._share_fd_cpu_()
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def take_checking_reuse(reused, fresh, workers: int, epochs: int, same, intact_for: int = 1) -> set:
+    """Iterate ``reused`` and ``fresh`` (readers alike but for ``reuse_batches``) through DataLoaders in step,
+    as a training loop does: each reused batch must equal the fresh one when it is taken and still after
+    ``intact_for`` more batches have been taken (the contract: W x (R - prefetch_factor) - 1 through W workers,
+    R - 1 in-process); returns the memory (:func:`memory_id`) the reused batches lived in."""
+    kwargs = dict(batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    reused_loader, fresh_loader = DataLoader(reused, **kwargs), DataLoader(fresh, **kwargs)
+    storages = set()
+    for epoch in range(epochs):
+        reused.set_epoch(epoch)
+        fresh.set_epoch(epoch)
+        held = []  # (batch, its fresh twin) of the last batches taken
+        for batch, expected in zip(reused_loader, fresh_loader, strict=True):
+            assert same(batch, expected)
+            storages.add(memory_id(batch[0]))
+            assert batch[0].is_shared() == (workers > 0)
+            held.append((batch, expected))
+            if len(held) > intact_for:
+                old, old_expected = held.pop(0)
+                assert same(old, old_expected), "a reused batch changed before its time"
+    return storages
+
+
+def same_views(a, b) -> bool:
+    return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_reused_batches_are_the_fresh_ones_and_live_in_a_few_buffers(views_output, copy_path):
+    def reader(reuse: int) -> ContrastiveViews:
+        return ContrastiveViews(str(views_output), "train", seed=5, batch_size=2, reuse_batches=reuse)
+
+    # 2 workers, prefetch_factor 2: R = 4 batches of memory per worker, each batch intact for 2 x 2 - 1 more
+    storages = take_checking_reuse(reader(4), reader(0), workers=2, epochs=VERSIONS, same=same_views, intact_for=3)
+    assert len(storages) <= 2 * 4  # 18 batches over 3 epochs, in the memory of 4 per worker
+    fresh_storages = take_checking_reuse(reader(0), reader(0), workers=2, epochs=1, same=same_views)
+    assert len(fresh_storages) == CLIPS // 2  # without reuse: a buffer per batch
+    # in-process: batch k and k + R share memory, and a batch is rewritten when the reader makes batch k + R
+    in_process = take_checking_reuse(reader(2), reader(0), workers=0, epochs=2, same=same_views)
+    assert len(in_process) == 2
+    batches = iter(reader(2))
+    first = next(batches)[0]
+    kept = first.clone()
+    next(batches)
+    assert torch.equal(first, kept)
+    third = next(batches)[0]  # written where the first was
+    assert third.data_ptr() == first.data_ptr() and not torch.equal(first, kept)
+
+
+def test_reuse_batches_needs_the_batched_mode(rows_output):
+    with pytest.raises(ValueError, match="reuse_batches needs the batched mode"):
+        OutputRows(str(rows_output), fields=("x",), reuse_batches=3)
+    with pytest.raises(ValueError, match="reuse_batches must be 0"):
+        OutputRows(str(rows_output), fields=("x",), batch_size=4, reuse_batches=-1)

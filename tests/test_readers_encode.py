@@ -22,6 +22,7 @@ from ray_pipelines.readers.encode import (
     crop_latents,
     open_encoded,
 )
+from tests.test_readers import take_checking_reuse
 
 ITEMS, Q, N = 24, 2, 40
 
@@ -145,3 +146,25 @@ def test_batched_every_item_once_across_workers_and_ranks_as_the_items(tokens_ou
         assert sorted(seen) == sorted(token_rows()["key"].tolist())
         orders.append(seen)
     assert orders[0] != orders[1]
+
+
+def same_latents(a, b) -> bool:
+    (z, md), (expected_z, expected_md) = a, b
+    return (
+        torch.equal(z, expected_z)
+        and torch.equal(md["padding_mask"], expected_md["padding_mask"])
+        and torch.equal(md["latent_crop_start"], expected_md["latent_crop_start"])
+        and md["key"] == expected_md["key"]
+    )
+
+
+@pytest.mark.parametrize("layout", ["sat", "parquet"])
+def test_reused_batches_are_the_fresh_ones(tokens_output, layout):
+    def reader(reuse: int):
+        kwargs = dict(shuffle=True, seed=3, latent_crop_length=16, batch_size=3, reuse_batches=reuse)
+        return open_encoded(str(tokens_output), layout, **kwargs)
+
+    # R = prefetch_factor + 1: a batch intact while the next W - 1 = 1 is taken
+    storages = take_checking_reuse(reader(3), reader(0), workers=2, epochs=2, same=same_latents, intact_for=1)
+    assert len(storages) <= 2 * 3  # 16 batches in the memory of 3 per worker
+    assert len(take_checking_reuse(reader(2), reader(0), workers=0, epochs=1, same=same_latents)) == 2

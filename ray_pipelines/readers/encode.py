@@ -38,7 +38,7 @@ from torch.utils.data import get_worker_info
 from ..encoders.sat_sink import FILELIST
 from ..seeding import sample_rng
 from ..storage import Storage, is_local
-from .batches import ColumnSpec, Window, column_specs, empty_tensor
+from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, column_specs
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, rank_batches, share
 from .parquet import ShardRows, manifest_files
@@ -111,7 +111,7 @@ class EncodedLatents(EpochDataset):
     ``dataset[i]`` reads item ``i`` of ``filelist.txt`` alone, as stable-audio-tools'
     ``PreEncodedDataset`` does. ``batch_size=B`` (DataLoader ``batch_size=None``)
     yields ``(latents [B, C, L], metadata)`` batches assembled in the worker (see
-    :meth:`_batches`).
+    :meth:`_batches`); ``reuse_batches`` as for :class:`~.parquet.ShardRows`.
     """
 
     def __init__(
@@ -128,11 +128,12 @@ class EncodedLatents(EpochDataset):
         prefetch: int | None = None,
         batch_size: int | None = None,
         drop_last: bool = False,
+        reuse_batches: int = 0,
     ):
         super().__init__(seed, shuffle, rank, world_size)
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1 (or None for items), got {batch_size}")
+        check_batching(batch_size, reuse_batches)
         self.batch_size, self.drop_last = batch_size, drop_last
+        self.batch_memory = ProcessBatchMemory(reuse_batches)
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
         if not self.storage.exists(FILELIST):
@@ -191,10 +192,11 @@ class EncodedLatents(EpochDataset):
     def _batches(self, loaded: Iterator, total: int, epoch: int) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
         """``(latents [n, C, L], metadata)``: ``padding_mask`` ``[n, L]`` bool and ``latent_crop_start``
         ``[n]`` tensors, every other field a list; each tensor in shared memory in a DataLoader worker."""
-        shared = get_worker_info() is not None
+        memory = self.batch_memory.get(shared=get_worker_info() is not None)
         while total > 0:
             size = min(self.batch_size, total)
             total -= size
+            memory.next_batch()
             latents = masks = starts = None
             metadata: dict[str, Any] = {}
             for j in range(size):
@@ -203,9 +205,9 @@ class EncodedLatents(EpochDataset):
                     z, md.pop("padding_mask"), md.get("key", ""), md.get("window", 0), epoch
                 )
                 if latents is None:
-                    latents = empty_tensor((size, *z.shape), torch.from_numpy(z[:0]).dtype, shared)
-                    masks = empty_tensor((size, len(mask)), torch.bool, shared)
-                    starts = empty_tensor((size,), torch.int64, shared)
+                    latents = memory.empty("latents", (size, *z.shape), torch.from_numpy(z[:0]).dtype)
+                    masks = memory.empty("padding_mask", (size, len(mask)), torch.bool)
+                    starts = memory.empty("latent_crop_start", (size,), torch.int64)
                 if z.shape != latents.shape[1:]:
                     raise ValueError(
                         f"{md.get('latent_filename')}: latents {list(z.shape)} differ from the batch's "

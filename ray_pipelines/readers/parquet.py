@@ -39,7 +39,16 @@ from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy
 from ..storage import Storage
-from .batches import BatchBuilder, ColumnSpec, CustomFill, Window, column_specs, piece_columns
+from .batches import (
+    BatchBuilder,
+    ColumnSpec,
+    CustomFill,
+    ProcessBatchMemory,
+    Window,
+    check_batching,
+    column_specs,
+    piece_columns,
+)
 from .epoch import (
     EpochDataset,
     Shard,
@@ -135,6 +144,12 @@ class ShardRows(EpochDataset):
     turns it into what training needs (``transform`` is for items only). The items
     and every guarantee are those of the item mode; the rank's batches are split
     among its workers in contiguous runs, so ``len`` is the rank's number of batches.
+    ``reuse_batches=R`` (batched mode): each reader process writes its batches into
+    the memory of R batches in turn instead of fresh memory (no page faults per
+    batch). With the DataLoader's ``prefetch_factor`` P (default 2) use ``R >= P + 1``:
+    a batch is then intact while the next ``num_workers x (R - P) - 1`` batches are
+    taken (in-process: ``R - 1``), enough for a loop that uses each batch before
+    asking for the next (or ``pin_memory=True``); clone what you keep longer.
     """
 
     def __init__(
@@ -154,11 +169,12 @@ class ShardRows(EpochDataset):
         batch_size: int | None = None,
         drop_last: bool = False,
         batch_transform: Callable[[dict[str, Any]], Any] | None = None,
+        reuse_batches: int = 0,
     ):
         super().__init__(seed, shuffle, rank, world_size)
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1 (or None for items), got {batch_size}")
+        check_batching(batch_size, reuse_batches)
         self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
+        self.batch_memory = ProcessBatchMemory(reuse_batches)
         self.files = list(files)
         self.columns = list(columns) if columns is not None else None
         self.shuffle_buffer = shuffle_buffer
@@ -223,7 +239,8 @@ class ShardRows(EpochDataset):
         pieces = range_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), lo, hi)
         copied, sources, custom, fill = self._batch_plan(epoch)
         # Shared memory only where a batch travels to another process (a DataLoader worker's).
-        builder = BatchBuilder(copied, self.batch_size, hi - lo, get_worker_info() is not None, custom, fill)
+        memory = self.batch_memory.get(shared=get_worker_info() is not None)
+        builder = BatchBuilder(copied, self.batch_size, hi - lo, memory, custom, fill)
         read_piece = partial(self._read_batch_piece, [*copied, *sources])
         for w, read in enumerate(self._read_windows(pieces, rows, starts, read_piece)):
             window = Window(read)
