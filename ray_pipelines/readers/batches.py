@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy, tensor_shape
 
@@ -190,6 +191,8 @@ def check_batching(batch_size: int | None, reuse_batches: int) -> None:
     """Refuse a reader's batch arguments that cannot work, with what to pass instead."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1 (or None for items), got {batch_size}")
+    if reuse_batches < 0:
+        raise ValueError(f"reuse_batches must be 0 (fresh memory per batch) or more, got {reuse_batches}")
     if reuse_batches and batch_size is None:
         raise ValueError(
             "reuse_batches needs the batched mode: pass batch_size= too (and the DataLoader batch_size=None)"
@@ -216,7 +219,7 @@ class BatchMemory:
         """An uninitialised ``shape`` tensor for column ``name`` of the current batch."""
         if not self.reuse:
             return empty_tensor(shape, dtype, self.shared)
-        slot = self._slots[max(self._slot, 0)]
+        slot = self._slots[self._slot]
         kept = slot.get(name)
         if kept is None or kept.dtype != dtype or kept.shape[1:] != shape[1:] or len(kept) < shape[0]:
             kept = slot[name] = empty_tensor(shape, dtype, self.shared)
@@ -228,13 +231,14 @@ class ProcessBatchMemory:
     worker's copy of the reader gets its own, in shared memory) and kept across epochs; never pickled."""
 
     def __init__(self, reuse: int):
-        if reuse < 0:
-            raise ValueError(f"reuse_batches must be 0 (fresh memory per batch) or more, got {reuse}")
         self.reuse = reuse
         self._memory: BatchMemory | None = None
         self._pid = 0
 
-    def get(self, shared: bool) -> BatchMemory:
+    def get(self) -> BatchMemory:
+        """This process's memory: shared only where a batch travels to another process (a DataLoader
+        worker's)."""
+        shared = get_worker_info() is not None
         if self._memory is None or self._pid != os.getpid() or self._memory.shared != shared:
             self._memory, self._pid = BatchMemory(shared, self.reuse), os.getpid()
         return self._memory

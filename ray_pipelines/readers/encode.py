@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from ..encoders.sat_sink import FILELIST
 from ..seeding import sample_rng
@@ -192,7 +191,7 @@ class EncodedLatents(EpochDataset):
     def _batches(self, loaded: Iterator, total: int, epoch: int) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
         """``(latents [n, C, L], metadata)``: ``padding_mask`` ``[n, L]`` bool and ``latent_crop_start``
         ``[n]`` tensors, every other field a list; each tensor in shared memory in a DataLoader worker."""
-        memory = self.batch_memory.get(shared=get_worker_info() is not None)
+        memory = self.batch_memory.get()
         while total > 0:
             size = min(self.batch_size, total)
             total -= size

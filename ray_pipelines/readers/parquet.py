@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy
 from ..storage import Storage
@@ -238,9 +237,7 @@ class ShardRows(EpochDataset):
         lo, hi = batched_share(int(sizes.sum()), shard, self.batch_size, self.drop_last)
         pieces = range_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), lo, hi)
         copied, sources, custom, fill = self._batch_plan(epoch)
-        # Shared memory only where a batch travels to another process (a DataLoader worker's).
-        memory = self.batch_memory.get(shared=get_worker_info() is not None)
-        builder = BatchBuilder(copied, self.batch_size, hi - lo, memory, custom, fill)
+        builder = BatchBuilder(copied, self.batch_size, hi - lo, self.batch_memory.get(), custom, fill)
         read_piece = partial(self._read_batch_piece, [*copied, *sources])
         for w, read in enumerate(self._read_windows(pieces, rows, starts, read_piece)):
             window = Window(read)
