@@ -82,3 +82,30 @@ def test_the_smallest_node_is_read_from_ray(ray_local):
 
     assert smallest_node_cpus() == 2.0  # the session's embedded Ray: one node of 2 CPUs
     assert plan_pool(config(), max_useful=1).num_cpus == 1.5  # 2 - CPU_RESERVE, within the node
+
+
+def test_a_ray_nodes_call_that_never_answers_costs_a_timeout_not_the_run(ray_local, monkeypatch):
+    """Ray's global state accessor asks the GCS without a timeout; one lost reply once held a test run's
+    driver in ray.nodes() for good. The engine asks in a thread and goes on without the list."""
+    import threading
+    import time
+
+    from ray_pipelines.engine import runtime
+    from ray_pipelines.engine.control import RunControl
+
+    assert [n["Alive"] for n in runtime.ray_nodes()] == [True]  # the real call answers
+    released = threading.Event()
+    monkeypatch.setattr(runtime.ray, "nodes", lambda: released.wait(30) and [])  # a reply that does not come
+    monkeypatch.setattr(runtime, "NODES_TIMEOUT_S", 0.3)
+    started = time.monotonic()
+    assert runtime.ray_nodes() is None and runtime.smallest_node_cpus() is None  # the second: one call at a time
+    with RunControl.__new__(RunControl).watch_nodes(every_s=0.05):  # its start and its watch go on
+        time.sleep(0.2)
+    assert time.monotonic() - started < 5
+    assert plan_pool(config(), max_useful=1).num_cpus == 1.5  # planning falls back to the cluster's total
+    released.set()  # the stuck call returns; the next one is asked again
+    deadline = time.monotonic() + 5
+    while runtime._nodes_call.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    monkeypatch.setattr(runtime.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 3.0}}])
+    assert runtime.smallest_node_cpus() == 3.0

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 import ray
 
+from .runtime import ray_nodes
+
 log = logging.getLogger(__name__)
 
 # errno values that mean the store itself refuses writes (not one input's problem, not a hiccup).
@@ -133,7 +135,10 @@ class RunControl:
 
     def release_lost_nodes(self, seen_dead: set[str]) -> int:
         """Kill (no restart) the registered actors of nodes that died since ``seen_dead`` was taken."""
-        dead = {node["NodeID"] for node in ray.nodes() if not node.get("Alive")} - seen_dead
+        nodes = ray_nodes()
+        if nodes is None:  # no answer this time: the next look finds the same dead nodes
+            return 0
+        dead = {node["NodeID"] for node in nodes if not node.get("Alive")} - seen_dead
         if not dead:
             return 0
         handles = ray.get(self._actor.actors_on.remote(sorted(dead)), timeout=60)
@@ -147,7 +152,9 @@ class RunControl:
     def watch_nodes(self, every_s: float = 2.0) -> Iterator[None]:
         """For the body: a driver thread that releases the actors of nodes that die."""
         done = threading.Event()
-        seen_dead = {node["NodeID"] for node in ray.nodes() if not node.get("Alive")}
+        # Nodes dead before the run held none of its actors (unknown when Ray does not answer: then
+        # the first look releases nothing new, as none of them has registered actors).
+        seen_dead = {node["NodeID"] for node in ray_nodes() or [] if not node.get("Alive")}
 
         def watch() -> None:
             while not done.wait(every_s):

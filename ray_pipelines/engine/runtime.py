@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -21,6 +22,9 @@ MAX_TASK_RETRIES = 2
 # An autoscaler without a GPU limit (maxReplicas unset) still gets a bounded pool: Ray Data adds
 # actors up to this many as blocks wait, and the input blocks cap it further.
 GPU_CEILING = 64
+# How long the driver waits for ray.nodes(): Ray asks the GCS without a timeout (its global state
+# accessor retries forever), and a reply lost once left a test run's driver waiting there for good.
+NODES_TIMEOUT_S = 30.0
 # Whether workers' stdout/stderr stream to the driver's console; the CLI turns it off unless
 # --verbose (ray_pipelines/console.py). Off, they stay in Ray's worker log files.
 WORKER_LOGS_TO_DRIVER = True
@@ -73,9 +77,36 @@ def cluster_capacity() -> tuple[dict[str, float], dict[str, float]]:
     return now, {k: max(float(most.get(k, 0) or 0), now.get(k, 0.0)) for k in set(now) | set(most)}
 
 
+_nodes_call = threading.Lock()  # held while a ray.nodes() call is out (at most one at a time)
+
+
+def ray_nodes(timeout_s: float | None = None) -> list[dict] | None:
+    """``ray.nodes()``, or None when it has not answered within ``timeout_s`` (default
+    ``NODES_TIMEOUT_S``) or an earlier call is still waiting: the call runs in a daemon thread, so a
+    reply that never comes costs that thread, not the run."""
+    if not _nodes_call.acquire(blocking=False):
+        return None
+    answer: list[list[dict]] = []
+
+    def ask() -> None:
+        try:
+            answer.append(ray.nodes())
+        finally:
+            _nodes_call.release()
+
+    asking = threading.Thread(target=ask, name="ray-nodes", daemon=True)
+    asking.start()
+    asking.join(NODES_TIMEOUT_S if timeout_s is None else timeout_s)
+    if not answer:
+        log.warning("ray.nodes() has not answered; going on without the nodes' list")
+        return None
+    return answer[0]
+
+
 def smallest_node_cpus() -> float | None:
-    """CPUs of the smallest live node that has any (None when Ray reports none)."""
-    sizes = [float(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    """CPUs of the smallest live node that has any (None when Ray reports none, or does not answer)."""
+    nodes = ray_nodes() or []
+    sizes = [float(node.get("Resources", {}).get("CPU", 0)) for node in nodes if node.get("Alive")]
     sizes = [size for size in sizes if size > 0]
     return min(sizes) if sizes else None
 
