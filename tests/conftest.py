@@ -77,12 +77,3 @@ def s3_bucket(s3_endpoint):
     fs.mkdir(name)
     yield name, options, fs
     fs.rm(name, recursive=True)
-
-
-@pytest.fixture
-def small_tensor_pages(monkeypatch):
-    """The readers decode even the tests' small tensor rows from their Parquet pages (readers/pages.py),
-    the path real outputs take (rows of at least pages.MIN_ROW_BYTES)."""
-    import ray_pipelines.readers.pages as pages
-
-    monkeypatch.setattr(pages, "MIN_ROW_BYTES", 0)
