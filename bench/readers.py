@@ -17,7 +17,13 @@ shared machine) of:
    batched mode (``batch_size=`` on the reader, the DataLoader's ``None``: the
    worker writes each batch straight into shared memory), the same batch size,
    and batched with ``reuse_batches=3`` ("reused": each worker writes into the
-   memory of 3 batches in turn, no fresh pages per batch);
+   memory of 3 batches in turn, no fresh pages per batch), the last also with
+   every tensor column decoded by pyarrow ("reused, pyarrow pages": what the
+   readers' page decoder, readers/pages.py, saves). The baseline and the reused
+   reader also run a third epoch, measured apart ("3rd epoch": the same
+   workers, no set-up: the rate a long training run sees); the page decoder's
+   kernels load once per training process (numba, measured in a fresh process)
+   and a column adds that load to the reused reader's two epochs;
 3. the read limit: pyarrow reading every file sequentially in one thread,
    decompression and conversion to NumPy included, the columns the reader
    yields (rows/s; a row is one item's data), and the raw file bytes per
@@ -48,10 +54,12 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -338,25 +346,69 @@ def collate_latents(items):
 # ---- measuring -----------------------------------------------------------------------------------------
 
 
-def epochs_rate(make: Callable[[], tuple[Any, dict[str, Any]]], epochs: int = EPOCHS) -> tuple[float, float]:
-    """(items/s, CPU microseconds per item of this process and its DataLoader workers) of ``epochs``
-    shuffled epochs through a DataLoader, worker start-up and set-up included."""
+class Rate(NamedTuple):
+    """What :func:`epochs_rate` measured; ``steady_*`` only when asked (else None)."""
+
+    rate: float  # items/s over the measured epochs, set-up and worker start-up included
+    cpu: float  # CPU microseconds per item of this process and its DataLoader workers, the same span
+    items: int
+    steady_rate: float | None = None  # one more epoch, after those: the rate a long training run sees
+    steady_cpu: float | None = None
+
+
+def run_epoch(dataset, loader: DataLoader, epoch: int) -> int:
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    elif hasattr(dataset, "epoch"):
+        dataset.epoch = epoch
+    items = 0
+    for batch in loader:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        items += len(first)
+    return items
+
+
+def epochs_rate(make: Callable[[], tuple[Any, dict[str, Any]]], epochs: int = EPOCHS, steady: bool = False) -> Rate:
+    """``epochs`` shuffled epochs through a DataLoader, worker start-up and set-up included; with
+    ``steady``, one more epoch measured apart (the same workers: no set-up in it)."""
     with TreeCPU() as cpu:
         started = time.perf_counter()
         dataset, loader_kwargs = make()
         loader = DataLoader(dataset, **loader_kwargs)
-        items = 0
-        for epoch in range(epochs):
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            elif hasattr(dataset, "epoch"):
-                dataset.epoch = epoch
-            for batch in loader:
-                first = batch[0] if isinstance(batch, (tuple, list)) else batch
-                items += len(first)
-        del loader
+        items = sum(run_epoch(dataset, loader, epoch) for epoch in range(epochs))
         seconds = time.perf_counter() - started
-    return items / seconds, cpu.seconds / max(1, items) * 1e6
+    measured = Rate(items / seconds, cpu.seconds / max(1, items) * 1e6, items)
+    if steady:
+        with TreeCPU() as later:
+            started = time.perf_counter()
+            more = run_epoch(dataset, loader, epochs)
+            seconds = time.perf_counter() - started
+        measured = measured._replace(steady_rate=more / seconds, steady_cpu=later.seconds / max(1, more) * 1e6)
+    del loader
+    return measured
+
+
+def pyarrow_pages(make: Callable[[], Any]) -> Any:
+    """``make()`` with every tensor column decoded by pyarrow (the readers' page decoder off): what it saves."""
+    import ray_pipelines.readers.parquet as parquet
+
+    parquet.DECODE_PAGES = False
+    try:
+        return make()
+    finally:
+        parquet.DECODE_PAGES = True
+
+
+def kernels_load_seconds() -> float:
+    """Wall seconds a fresh training process spends loading the page decoder's compiled kernels (numba's
+    start-up; once per process, inherited by forked DataLoader workers): the benchmark's process pays it
+    once for all its readers, so it is measured apart and added to the reader's time where it says so."""
+    code = (
+        "import time, ray_pipelines.readers.page_kernels as k; t = time.perf_counter(); k.warm(); "
+        "print(time.perf_counter() - t)"
+    )
+    runs = [float(subprocess.check_output([sys.executable, "-c", code], text=True)) for _ in range(3)]
+    return statistics.median(runs)
 
 
 def loader_kwargs(batch_size: int | None, workers: int = WORKERS, **extra) -> dict[str, Any]:
@@ -416,6 +468,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "baseline": (lambda: (SeedViews(seeds["augment"]), loader_kwargs(256, shuffle=True))) if seeds else None,
             "baseline_name": "one torch.load per .pt sample",
             "files": list_shards(where["augment"], "train", storage_options),
+            "pages": True,  # tensor columns decoded from their pages
             "columns": ["view1", "view2"],
         },
         {
@@ -433,6 +486,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "baseline": (lambda: (seed_teacher(seeds["teacher"]), loader_kwargs(64, shuffle=True))) if seeds else None,
             "baseline_name": "one big .pt loaded whole",
             "files": list_shards(where["teacher"], "train", storage_options),
+            "pages": True,  # tensor columns decoded from their pages
             "columns": ["x", "y", "f0", "db"],
         },
         {
@@ -461,6 +515,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             ),
             "baseline_name": "one np.load per .npy (+ .json), cropped, as PreEncodedDataset",
             "files": list_shards(where["encode"], None, storage_options),
+            "pages": True,  # tensor columns decoded from their pages
             "columns": None,  # the reader yields every column (metadata)
         },
         {
@@ -489,6 +544,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             ),
             "baseline_name": "one np.load per .npy (+ .json), cropped, as PreEncodedDataset",
             "files": [],
+            "pages": False,  # .npy files: no Parquet pages
             "columns": None,
         },
         {
@@ -506,6 +562,7 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "baseline": None,
             "baseline_name": "",
             "files": list_shards(where["features"], "train", storage_options),
+            "pages": True,  # tensor columns decoded from their pages
             "columns": ["input_values", "label"],
         },
     ]
@@ -522,26 +579,37 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def local_table(outputs, seeds, runs: int) -> str:
     rows = []
-    modes = ("item", "batched", "reused")
+    modes = ("item", "batched", "reused, pyarrow pages", "reused")
+    load = kernels_load_seconds()
+    print(f"  the page kernels load in {load:.2f} s in a fresh process", flush=True)
     for case in job_cases(outputs, seeds):
         print(f"  {case['job']}...", flush=True)
         factories = {
             "item": case["reader"],
             "batched": case["batched"],
+            "reused, pyarrow pages": lambda w=WORKERS, case=case: pyarrow_pages(lambda: case["batched"](w, REUSE)),
             "reused": lambda w=WORKERS, case=case: case["batched"](w, REUSE),
         }
-        baseline: list[tuple[float, float]] = []
-        measured: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
+        baseline: list[Rate] = []
+        measured: dict[str, list[Rate]] = {mode: [] for mode in modes}
         for _ in range(runs):  # alternate, so all see the same machine
             if case["baseline"]:
-                baseline.append(epochs_rate(case["baseline"]))
+                baseline.append(epochs_rate(case["baseline"], steady=True))
             for mode in modes:
-                measured[mode].append(epochs_rate(factories[mode]))
-        in_process = {mode: epochs_rate(lambda f=factories[mode]: f(0))[0] for mode in modes}
+                measured[mode].append(epochs_rate(factories[mode], steady=mode == "reused"))
+        in_process = {mode: epochs_rate(lambda f=factories[mode]: f(0)).rate for mode in modes}
         limit, raw = sequential_limit(case["files"], case["columns"]) if case["files"] else (None, None)
-        b, b_cpu = (statistics.median(x) for x in zip(*baseline)) if baseline else (None, None)
-        rate = {mode: statistics.median(r for r, _ in measured[mode]) for mode in modes}
-        cpu = {mode: statistics.median(c for _, c in measured[mode]) for mode in modes}
+
+        def median(rates: list[Rate], field: str) -> float | None:
+            return statistics.median(getattr(r, field) for r in rates) if rates else None
+
+        b, b_cpu, b_steady, b_steady_cpu = (median(baseline, f) for f in ("rate", "cpu", "steady_rate", "steady_cpu"))
+        rate = {mode: median(measured[mode], "rate") for mode in modes}
+        cpu = {mode: median(measured[mode], "cpu") for mode in modes}
+        steady, steady_cpu = median(measured["reused"], "steady_rate"), median(measured["reused"], "steady_cpu")
+        items = measured["reused"][0].items
+        # the reused reader's rate had its process loaded the kernels itself (page-decoded outputs only)
+        with_load = items / (items / rate["reused"] + load) if case["pages"] else rate["reused"]
         rows.append(
             [
                 case["job"],
@@ -549,8 +617,14 @@ def local_table(outputs, seeds, runs: int) -> str:
                 fmt(b),
                 *(fmt(rate[mode]) for mode in modes),
                 *(ratio(rate[mode], b) for mode in modes),
+                ratio(with_load, b),
+                fmt(b_steady),
+                fmt(steady),
+                ratio(steady, b_steady),
                 fmt(b_cpu),
                 *(fmt(cpu[mode]) for mode in modes),
+                fmt(b_steady_cpu),
+                fmt(steady_cpu),
                 fmt(limit),
                 *((ratio(rate[mode], limit) if limit else "-") for mode in modes),
                 fmt(raw / 1e6 if raw else None),
@@ -563,8 +637,14 @@ def local_table(outputs, seeds, runs: int) -> str:
         "baseline items/s",
         *(f"{mode} items/s" for mode in modes),
         *(f"{mode} / baseline" for mode in modes),
+        "reused / baseline, the kernels' load included",
+        "3rd epoch: baseline items/s",
+        "3rd epoch: reused items/s",
+        "3rd epoch: reused / baseline",
         "baseline CPU us/item",
         *(f"{mode} CPU us/item" for mode in modes),
+        "3rd epoch: baseline CPU us/item",
+        "3rd epoch: reused CPU us/item",
         "pyarrow sequential rows/s (the reader's columns)",
         *(f"{mode} / sequential" for mode in modes),
         "raw file MB/s",
@@ -617,8 +697,8 @@ def s3_table(outputs) -> str:
         rows = []
         for case in job_cases(outputs, {}, options, url=lambda name: f"s3://bench/{name}"):
             print(f"  S3: {case['job']}...", flush=True)
-            rate, _ = epochs_rate(case["reader"])
-            batched, _ = epochs_rate(case["batched"])
+            rate = epochs_rate(case["reader"]).rate
+            batched = epochs_rate(case["batched"]).rate
             limit, raw = (
                 sequential_limit([f.split("://", 1)[1] for f in case["files"]], case["columns"], fs.open)
                 if case["files"]

@@ -19,6 +19,14 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that decode pages (the ``small_tensor_pages`` fixture) carry the ``pages`` mark: `make test` runs
+    them in a pytest process of their own, apart from the process that holds the session's Ray (Makefile)."""
+    for item in items:
+        if "small_tensor_pages" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pages)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the whole session (2 CPUs, like the CI machine)."""
@@ -34,7 +42,7 @@ def ray_local():
 def short_tmp():
     """Makes temp dirs directly under the system's temp dir, removed at the end of the session: Ray's unix
     socket paths under a head's temp dir must stay within 107 bytes, which pytest's own temp paths
-    (longer under pytest-xdist: ``.../popen-gw0/...``) do not leave room for."""
+    do not leave room for."""
     made: list[Path] = []
 
     def make(name: str) -> Path:
@@ -77,3 +85,12 @@ def s3_bucket(s3_endpoint):
     fs.mkdir(name)
     yield name, options, fs
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture
+def small_tensor_pages(monkeypatch):
+    """The readers decode even the tests' small tensor rows from their Parquet pages (readers/pages.py),
+    the path real outputs take (rows of at least pages.MIN_ROW_BYTES)."""
+    import ray_pipelines.readers.pages as pages
+
+    monkeypatch.setattr(pages, "MIN_ROW_BYTES", 0)

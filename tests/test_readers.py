@@ -30,6 +30,9 @@ from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
 from ray_pipelines.readers.epoch import EpochChanged
 
+# Every test here reads tensors as real outputs are read: decoded from their pages.
+pytestmark = pytest.mark.usefixtures("small_tensor_pages")
+
 ROWS = 60  # generic output: 60 rows in 6 files
 CLIPS, VERSIONS = 12, 3  # contrastive output: 12 clips x 3 versions in 4 files
 
@@ -142,6 +145,8 @@ def test_layouts_are_what_the_tests_claim(rows_output):
         assert md.num_row_groups == 1
     else:
         assert pa.types.is_fixed_size_list(x_type) and md.num_row_groups == md.num_rows == 10
+    # both layouts' tensors are read from their pages
+    assert list(ShardRows(files, ["x"]).tensor_leaves) == ["x"]
 
 
 @pytest.mark.parametrize("world_size", [1, 2])
@@ -215,8 +220,10 @@ def test_an_epoch_reads_only_the_row_groups_of_its_versions(views_output):
     dataset = ContrastiveViews(str(views_output), "train", seed=0)
     one_row_groups = len(dataset.index) == CLIPS * VERSIONS
     read = []
-    original = dataset.reader.read
-    dataset.reader.read = lambda file, groups, columns: read.append(len(groups)) or original(file, groups, columns)
+    original = dataset.reader.read_with_tensors
+    dataset.reader.read_with_tensors = lambda file, groups, *args: (
+        read.append(len(groups)) or original(file, groups, *args)
+    )
     assert sum(len(view1) for view1, _ in DataLoader(dataset, batch_size=4)) == CLIPS
     assert sum(read) == (CLIPS if one_row_groups else len(dataset.index))
 

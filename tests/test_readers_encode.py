@@ -24,6 +24,9 @@ from ray_pipelines.readers.encode import (
 )
 from tests.test_readers import take_checking_reuse
 
+# Every test here reads tensors as real outputs are read: decoded from their pages.
+pytestmark = pytest.mark.usefixtures("small_tensor_pages")
+
 ITEMS, Q, N = 24, 2, 40
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from torch.utils.data import DataLoader
 
 import ray_pipelines.readers.rowgroups as rowgroups
@@ -10,6 +11,9 @@ from bench.readers import write_encode
 from ray_pipelines.readers import ContrastiveViews, OutputRows
 from ray_pipelines.readers.encode import EncodedLatents, collate_encoded
 from tests.test_readers import CLIPS, ROWS, contrastive_rows, generic_rows, write
+
+# Every test here reads tensors as real outputs are read: decoded from their pages.
+pytestmark = pytest.mark.usefixtures("small_tensor_pages")
 
 
 def test_rows_from_s3_every_row_once_with_persistent_workers(s3_bucket):

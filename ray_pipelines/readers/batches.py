@@ -123,10 +123,24 @@ class PieceColumns:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # gathered numbers, or objects for lists
 
 
-def piece_columns(table: pa.Table, positions: np.ndarray, specs: list[ColumnSpec], take_rows) -> PieceColumns:
-    """The piece's rows ``positions`` of ``table``: views for large columns, gathered arrays for the rest."""
+def piece_columns(
+    table: pa.Table,
+    positions: np.ndarray,
+    specs: list[ColumnSpec],
+    take_rows,
+    decoded_rows: Callable[[str], ViewRows | None] = lambda name: None,
+) -> PieceColumns:
+    """The piece's rows ``positions`` of ``table``: views for large columns, gathered arrays for the rest;
+    a column ``decoded_rows`` has (decoded from its pages, :mod:`.pages`) is taken from there."""
     piece = PieceColumns(len(positions))
     for spec in specs:
+        decoded = decoded_rows(spec.name)
+        if decoded is not None:
+            if spec.kind == "view":
+                piece.views[spec.name] = decoded
+            else:
+                piece.arrays[spec.name] = gather_rows(decoded)
+            continue
         column = table.column(spec.name)
         if spec.kind == "view":
             rows = view_rows(column, positions)
@@ -158,7 +172,7 @@ class Window:
                 self.views[name] = (views, np.concatenate(chunks).tolist(), np.concatenate(positions).tolist())
             else:  # some piece had no views (nulls): gather this column everywhere
                 self.arrays[name] = np.concatenate(
-                    [p.arrays[name] if name in p.arrays else _gather(p.views[name]) for p in pieces]
+                    [p.arrays[name] if name in p.arrays else gather_rows(p.views[name]) for p in pieces]
                 )
         for name in pieces[0].arrays:
             if name not in self.arrays:
@@ -172,7 +186,8 @@ class Window:
         return self.arrays[name][i]
 
 
-def _gather(rows: ViewRows) -> np.ndarray:
+def gather_rows(rows: ViewRows) -> np.ndarray:
+    """The rows as one new ``[n, *shape]`` array."""
     return np.stack([rows.views[c][p] for c, p in zip(rows.chunk.tolist(), rows.position.tolist())])
 
 

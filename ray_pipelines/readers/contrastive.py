@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from .parquet import ShardRows, manifest_files, take_rows, to_tensor
+from .parquet import ShardRows, manifest_files, to_tensor
 
 
 class ViewPair:
@@ -105,10 +105,9 @@ class ContrastiveViews(ShardRows):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = int(self._rows_by_clip[self._chosen(self.epoch)[index]])
-        at = int(np.searchsorted(self.index.first_row, row, side="right") - 1)
-        table = self.reader.read(int(self.index.file[at]), [int(self.index.group[at])], self.columns)
-        position = np.array([row - self.index.first_row[at]])
-        return self.transform({name: take_rows(table.column(name), position)[0] for name in self.columns})
+        chunk = int(np.searchsorted(self.chunk_first_row, row, side="right") - 1)
+        columns = self._read_piece(chunk, np.array([row]))  # its row group alone, tensors from their pages
+        return self.transform({name: values[0] for name, values in columns.items()})
 
     def clips(self) -> int:
         """Clips in the split (all ranks)."""

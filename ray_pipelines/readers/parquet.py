@@ -26,8 +26,10 @@ used when it is initialised.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -43,9 +45,11 @@ from .batches import (
     ColumnSpec,
     CustomFill,
     ProcessBatchMemory,
+    ViewRows,
     Window,
     check_batching,
     column_specs,
+    gather_rows,
     piece_columns,
 )
 from .epoch import (
@@ -60,8 +64,12 @@ from .epoch import (
     window_order,
     windows,
 )
+from .pages import tensor_leaves
 from .rowgroups import RowGroupIndex, RowGroupReader, build_index
 
+# Tensor columns decoded from their Parquet pages when they allow it (.pages); "0": pyarrow decodes
+# everything (the benchmark's comparison, and a way out should a file ever be misread).
+DECODE_PAGES = os.environ.get("RAY_PIPELINES_DECODE_PAGES", "1") != "0"
 # A chunk (the unit that is ordered and read at once): consecutive row groups of one file.
 CHUNK_BYTES = 8 * 1024 * 1024
 # A shuffle window: rows of several chunks, yielded in a random order. Two are held per
@@ -182,6 +190,12 @@ class ShardRows(EpochDataset):
         self.index, footers = build_index(self.files, storage_options, sizes)
         self.reader = RowGroupReader(self.index, storage_options)
         self.reader.remember_footers(footers)  # the first reads need not fetch them again
+        # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
+        self.tensor_leaves = tensor_leaves(footers[0], self.index.schema.names) if footers and DECODE_PAGES else {}
+        if self.tensor_leaves:
+            from .page_kernels import warm  # numba loads only where pages are decoded
+
+            warm()  # here, before DataLoader workers fork, not once in each of them
         self.threads = threads or (2 if self.reader.local else 8)
         self.chunk_groups = chunk_row_groups(self.index)
         # Each chunk's rows, [first, end) in the numbering across all files.
@@ -299,26 +313,34 @@ class ShardRows(EpochDataset):
 
     def _read_piece(self, chunk: int, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Columns of ``rows`` (ascending row numbers within ``chunk``), decoding only their row groups."""
-        table, positions = self._piece_table(chunk, rows)
-        return {name: take_rows(table.column(name), positions) for name in table.column_names}
+        piece = self._piece_read(chunk, rows)
+        names = self.columns if self.columns is not None else self.index.schema.names
+        return {
+            name: gather_rows(piece.tensor_rows(name))
+            if name in piece.tensors
+            else take_rows(piece.table.column(name), piece.positions)
+            for name in names
+        }
 
     def _read_batch_piece(self, specs: list[ColumnSpec], chunk: int, rows: np.ndarray):
         """The batched mode's piece: views of the decoded buffers of large columns, small ones gathered."""
-        table, positions = self._piece_table(chunk, rows, [spec.name for spec in specs])
-        return piece_columns(table, positions, specs, take_rows)
+        piece = self._piece_read(chunk, rows, [spec.name for spec in specs])
+        return piece_columns(piece.table, piece.positions, specs, take_rows, piece.tensor_rows)
 
-    def _piece_table(
-        self, chunk: int, rows: np.ndarray, columns: list[str] | None = None
-    ) -> tuple[pa.Table, np.ndarray]:
-        """The row groups of ``chunk`` that hold ``rows`` (decoded), and the rows' positions in them."""
+    def _piece_read(self, chunk: int, rows: np.ndarray, columns: list[str] | None = None) -> PieceRead:
+        """The row groups of ``chunk`` that hold ``rows``: tensor columns decoded from their pages, the
+        others by pyarrow, and where each row is in them."""
         index = self.index
         lo, hi = self.chunk_groups[chunk]
         at = lo + np.searchsorted(index.first_row[lo:hi], rows, side="right") - 1
         needed, first_of = np.unique(at, return_index=True)
-        table = self.reader.read(int(index.file[lo]), index.group[needed].tolist(), columns or self.columns)
+        table, tensors = self.reader.read_with_tensors(
+            int(index.file[lo]), index.group[needed].tolist(), columns or self.columns, self.tensor_leaves
+        )
         offsets = np.concatenate([[0], np.cumsum(index.rows[needed])[:-1]])
         positions = offsets[np.repeat(np.arange(len(needed)), np.diff(np.append(first_of, len(rows))))]
-        return table, positions + rows - index.first_row[at]
+        in_group = rows - index.first_row[at]
+        return PieceRead(table, positions + in_group, tensors, np.searchsorted(needed, at), in_group)
 
     def _yield_window(self, pieces: list[dict[str, np.ndarray]], epoch: int, shard: Shard, w: int) -> Iterator[Any]:
         if not pieces:
@@ -332,6 +354,25 @@ class ShardRows(EpochDataset):
             piece, r = pieces[piece_of[i]], row_of[i]
             row = {name: piece[name][r] for name in names}
             yield transform(row) if transform else row
+
+
+@dataclass
+class PieceRead:
+    """A piece's row groups read: ``table`` (the columns pyarrow decoded; row ``positions[i]`` is the
+    piece's row i) and ``tensors`` (columns decoded from their pages: one array per row group read;
+    row i is row ``in_group[i]`` of array ``group[i]``)."""
+
+    table: pa.Table
+    positions: np.ndarray
+    tensors: dict[str, list[np.ndarray]]
+    group: np.ndarray
+    in_group: np.ndarray
+
+    def tensor_rows(self, name: str) -> ViewRows | None:
+        """The piece's rows of a column decoded from its pages, as views; None for other columns."""
+        if name not in self.tensors:
+            return None
+        return ViewRows(self.tensors[name], self.group, self.in_group)
 
 
 def chunk_row_groups(index: RowGroupIndex, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:

@@ -5,8 +5,11 @@ on object stores one ranged GET of each file's tail): for every row group its
 file, rows, byte range and decoded size, as flat NumPy arrays, so a dataset
 of millions of rows costs a few bytes per row group in every worker.
 
-:class:`RowGroupReader` reads chosen row groups of one file. Local files go
-through pyarrow's own file reader. On object stores the byte ranges of the
+:class:`RowGroupReader` reads chosen row groups of one file. Tensor columns
+in the layout the sink writes are decoded from their pages (:mod:`.pages`;
+local files by ``os.pread`` of their column chunks), the other columns (and
+any chunk the fast path refuses) by pyarrow: local files through its own
+file reader. On object stores the byte ranges of the
 wanted row groups (neighbours closer than ``HOLE_BYTES`` merged into one
 range) and, when not cached, the footer are fetched in one ``cat_ranges``
 call (concurrent requests on s3fs), then decoded from memory.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import os
 import struct
 import threading
 from collections import OrderedDict
@@ -29,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ..storage import get_fs, is_local
 from .clients import ProcessFilesystem
+from .pages import NotDecodable, TensorLeaf, decode_chunk
 
 # Footer bytes fetched in the first request (a footer is a few KiB per 100 row groups).
 TAIL_BYTES = 256 * 1024
@@ -202,6 +207,15 @@ class RangeFile(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
+    def range(self, start: int, stop: int) -> memoryview:
+        """Bytes ``start``..``stop`` without copying them when they were fetched."""
+        i = bisect.bisect_right(self._starts, start) - 1
+        if i >= 0:
+            piece_start, data = self._pieces[i]
+            if stop <= piece_start + len(data):
+                return memoryview(data)[start - piece_start : stop - piece_start]
+        return memoryview(self._bytes(start, stop))
+
     def _bytes(self, start: int, stop: int) -> bytes:
         if start >= stop:
             return b""
@@ -262,15 +276,64 @@ class RowGroupReader:
 
     def read(self, file: int, groups: list[int], columns: list[str] | None) -> pa.Table:
         """Row groups ``groups`` (numbers within ``file``) as one table, in that order."""
+        return self.read_with_tensors(file, groups, columns, {})[0]
+
+    def read_with_tensors(
+        self, file: int, groups: list[int], columns: list[str] | None, tensors: dict[str, TensorLeaf]
+    ) -> tuple[pa.Table, dict[str, list[np.ndarray]]]:
+        """Row groups ``groups`` of ``file``: the tensor columns of ``tensors`` decoded from their pages
+        (:mod:`.pages`; one ``[rows, *shape]`` array per row group, in ``groups`` order) and the other
+        ``columns`` (None: all) as one table. A tensor column the fast path cannot read is in the table."""
         fs = self._client.get()
         path = self._paths[file]
+        wanted = [name for name in tensors if columns is None or name in columns]
         if is_local(fs):
-            with pq.ParquetFile(path, metadata=self._footer(file)) as pf:
-                self._remember(file, pf.metadata)
-                return pf.read_row_groups(groups, columns=columns, use_threads=False)
-        return self._read_remote(fs, file, path, groups, columns)
+            md = self._footer(file)
+            if md is None:
+                md = pq.read_metadata(path)
+                self._remember(file, md)
+            decoded = {}
+            if wanted:
+                with open(path, "rb") as raw:
+                    decoded = self._decode_tensors(md, groups, tensors, wanted, _pread(raw.fileno()))
+            rest = _other_columns(md, columns, decoded)
+            if rest == []:  # every wanted column decoded from its pages: pyarrow has nothing to read
+                return pa.table({}), decoded
+            with pq.ParquetFile(path, metadata=md) as pf:
+                return pf.read_row_groups(groups, columns=rest, use_threads=False), decoded
+        source, md = self._remote_source(fs, file, path, groups, columns)
+        decoded = self._decode_tensors(md, groups, tensors, wanted, source.range)
+        rest = _other_columns(md, columns, decoded)
+        if rest == []:
+            return pa.table({}), decoded
+        return pq.ParquetFile(source, metadata=md).read_row_groups(groups, columns=rest, use_threads=False), decoded
 
-    def _read_remote(self, fs, file: int, path: str, groups: list[int], columns: list[str] | None) -> pa.Table:
+    @staticmethod
+    def _decode_tensors(
+        md: pq.FileMetaData, groups: list[int], tensors: dict[str, TensorLeaf], wanted: list[str], read_range
+    ) -> dict[str, list[np.ndarray]]:
+        decoded = {}
+        for name in wanted:
+            leaf = tensors[name]
+            if leaf.leaf >= md.num_columns or md.schema.column(leaf.leaf).path.split(".")[0] != name:
+                continue  # this file's columns are not where the first file's were
+            try:
+                arrays = []
+                for g in groups:
+                    chunk = md.row_group(g).column(leaf.leaf)
+                    start, length = chunk_range(chunk)
+                    arrays.append(
+                        decode_chunk(read_range(start, start + length), chunk, leaf, md.row_group(g).num_rows)
+                    )
+            except (NotDecodable, IndexError, ValueError):
+                continue  # pyarrow decodes this column (and says what is wrong with a damaged file)
+            decoded[name] = arrays
+        return decoded
+
+    def _remote_source(
+        self, fs, file: int, path: str, groups: list[int], columns: list[str] | None
+    ) -> tuple[RangeFile, pq.FileMetaData]:
+        """The wanted row groups' bytes (and the footer, when not cached) fetched in one ``cat_ranges``."""
         md = self._footer(file)
         size = self.index.sizes[file]
         if md is not None:  # the footer is known: fetch just the wanted columns' chunks
@@ -285,14 +348,30 @@ class RowGroupReader:
         source = RangeFile(
             size, [(a, d) for (a, _), d in zip(ranges, data)], fetch=lambda a, b: fs.cat_file(path, start=a, end=b)
         )
-        pf = pq.ParquetFile(source, metadata=md)
-        self._remember(file, pf.metadata)
-        return pf.read_row_groups(groups, columns=columns, use_threads=False)
+        if md is None:
+            md = pq.ParquetFile(source).metadata
+        self._remember(file, md)
+        return source, md
 
     def remember_footers(self, footers: list[pq.FileMetaData]) -> None:
         """Start the footer cache with (the last ``FOOTER_CACHE`` of) these."""
         for file, md in enumerate(footers[-FOOTER_CACHE:], start=max(0, len(footers) - FOOTER_CACHE)):
             self._remember(file, md)
+
+
+def _pread(fd: int):
+    """``read_range(start, stop)`` of an open local file."""
+    return lambda start, stop: memoryview(os.pread(fd, stop - start, start))
+
+
+def _other_columns(
+    md: pq.FileMetaData, columns: list[str] | None, decoded: dict[str, list[np.ndarray]]
+) -> list[str] | None:
+    """``columns`` (None: all) less those already decoded."""
+    if not decoded:
+        return columns
+    names = columns if columns is not None else md.schema.to_arrow_schema().names
+    return [name for name in names if name not in decoded]
 
 
 def column_chunk_ranges(
