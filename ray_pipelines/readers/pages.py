@@ -22,8 +22,10 @@ fast path for the layout the project writes, never a second Parquet reader.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
@@ -107,17 +109,14 @@ def decode_chunk(raw: memoryview, chunk: pq.ColumnChunkMetaData, leaf: TensorLea
     total = rows * leaf.row_values
     if chunk.num_values != total:
         raise NotDecodable("the value count is not rows x row size")
-    # Imported here: numba (and LLVM with it) loads only in a process that decodes pages, never in a job's
-    # driver that merely imports the readers.
-    from .page_kernels import DECODED, NULL_LEVEL, OTHER_ENCODING, decode_values, page_header
-
+    kernels = load_kernels()
     out = pool_array(total, leaf.dtype)
     out_bytes = out.view(np.uint8)
     itemsize = leaf.dtype.itemsize
     buf = read_only(np.frombuffer(raw, dtype=np.uint8))
     pos = done = 0
     while done < total:
-        end, kind, uncompressed, compressed, values, encoding = page_header(buf, pos)
+        end, kind, uncompressed, compressed, values, encoding = kernels.page_header(buf, pos)
         if end < 0 or kind != DATA_PAGE or compressed < 0 or end + compressed > len(buf):
             raise NotDecodable("not a data page (v1)")
         if values <= 0 or done + values > total:
@@ -126,7 +125,7 @@ def decode_chunk(raw: memoryview, chunk: pq.ColumnChunkMetaData, leaf: TensorLea
         if codec is not None and not values * itemsize <= uncompressed <= values * (itemsize + 4) + 64:
             raise NotDecodable("page size")
         page = _decompress(raw[end : end + compressed], codec, chunk.compression, uncompressed)
-        found = decode_values(
+        found = kernels.decode_values(
             page,
             values,
             leaf.max_repetition_level,
@@ -135,12 +134,25 @@ def decode_chunk(raw: memoryview, chunk: pq.ColumnChunkMetaData, leaf: TensorLea
             itemsize,
             out_bytes[done * itemsize : (done + values) * itemsize],
         )
-        if found != DECODED:
-            why = {NULL_LEVEL: "a null (definition level below the maximum)", OTHER_ENCODING: f"encoding {encoding}"}
+        if found != kernels.DECODED:
+            why = {
+                kernels.NULL_LEVEL: "a null (definition level below the maximum)",
+                kernels.OTHER_ENCODING: f"encoding {encoding}",
+            }
             raise NotDecodable(why.get(found, "page shorter than its levels and values"))
         pos = end + compressed
         done += values
     return out.reshape(rows, *leaf.shape)
+
+
+@functools.cache
+def load_kernels() -> ModuleType:
+    """:mod:`.page_kernels`, imported on first use: numba (and LLVM with it) loads only in a process that
+    decodes pages, never in a job's driver that merely imports the readers. Cached: the decoder asks per
+    column chunk, and an import statement there costs 2 us of a 40 us chunk."""
+    from . import page_kernels as kernels
+
+    return kernels
 
 
 def pool_array(size: int, dtype: np.dtype) -> np.ndarray:

@@ -64,7 +64,7 @@ from .epoch import (
     window_order,
     windows,
 )
-from .pages import tensor_leaves
+from .pages import load_kernels, tensor_leaves
 from .rowgroups import RowGroupIndex, RowGroupReader, build_index
 
 # Tensor columns decoded from their Parquet pages when they allow it (.pages); "0": pyarrow decodes
@@ -193,9 +193,7 @@ class ShardRows(EpochDataset):
         # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
         self.tensor_leaves = tensor_leaves(footers[0], self.index.schema.names) if footers and DECODE_PAGES else {}
         if self.tensor_leaves:
-            from .page_kernels import warm  # numba loads only where pages are decoded
-
-            warm()  # here, before DataLoader workers fork, not once in each of them
+            load_kernels().warm()  # here, before DataLoader workers fork, not once in each of them
         self.threads = threads or (2 if self.reader.local else 8)
         self.chunk_groups = chunk_row_groups(self.index)
         # Each chunk's rows, [first, end) in the numbering across all files.
