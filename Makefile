@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # Two pytest processes, one after the other: the reader tests that decode Parquet pages (numba kernels,
 # marked `pages`) apart from the process that holds the session's Ray, which never loads numba (see
-# docs/architecture.md, "Readers": a full suite with both in one process hung 3 times in 5 in a Ray job).
+# docs/architecture.md, "Readers": the process that drives Ray neither forks nor loads numba).
 test: $(STAMP)
 	RAY_PIPELINES_DECODE_PAGES=0 $(PY) -m pytest -q tests -m "not pages"
 	$(PY) -m pytest -q tests -m pages

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,13 +29,42 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.pages)
 
 
+# Forks of this process made while it drives Ray. Ray advises against forking a driver (its docs: DataLoader
+# workers by forkserver or spawn), and every hang or sudden exit of this suite's pytest process came after a
+# DataLoader forked its workers from it: its GCS subscription stopped answering, or it exited with 1 mid-run.
+FORKS_UNDER_RAY: list[str] = []
+
+
+def note_fork_under_ray() -> None:
+    """Runs before every ``os.fork`` of this process (``os.register_at_fork``); fork+exec by ``subprocess``
+    starts a fresh program and is left alone."""
+    ray = sys.modules.get("ray")
+    caller = sys._getframe(1).f_code.co_filename
+    if ray is not None and ray.is_initialized() and not caller.endswith("subprocess.py"):
+        FORKS_UNDER_RAY.append(caller)
+
+
+os.register_at_fork(before=note_fork_under_ray)
+
+
+@pytest.fixture(autouse=True)
+def no_fork_under_ray():
+    """Fails the test that forked this process while it drove Ray (see ``FORKS_UNDER_RAY``)."""
+    yield
+    forks, FORKS_UNDER_RAY[:] = list(FORKS_UNDER_RAY), []
+    if forks:
+        pytest.fail(f"forked while this process drives Ray (from {forks[0]}): use forkserver or spawn")
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """One embedded Ray for the whole session (2 CPUs, like the CI machine)."""
+    """One embedded Ray for the whole session (2 CPUs, like the CI machine). From here on this process's
+    multiprocessing (DataLoader workers included) starts workers by forkserver, never by fork."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    multiprocessing.set_start_method("forkserver", force=True)
     yield ray
     ray.shutdown()
 
