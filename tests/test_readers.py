@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +30,8 @@ from bench.readers import write_output
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
-from ray_pipelines.readers.epoch import EpochChanged
+from ray_pipelines.readers.epoch import FORKED_FROM_RAY, EpochChanged
+from tests.audio_helpers import REPO
 
 # Every test here reads tensors as real outputs are read: decoded from their pages.
 pytestmark = pytest.mark.usefixtures("small_tensor_pages")
@@ -253,6 +256,36 @@ def distributed_reader(rank: int, world_size: int, init_file: str, files: list[s
         Path(out).write_text(json.dumps({"ids": got, "len": len(dataset)}))
     finally:
         dist.destroy_process_group()
+
+
+READ_UNDER_RAY = """
+import sys
+import ray
+from torch.utils.data import DataLoader
+from ray_pipelines.readers import ShardRows
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+dataset = ShardRows(sys.argv[1:], ["x"], shuffle=True)
+for context in ("forkserver", "fork"):
+    print("context", context, file=sys.stderr, flush=True)
+    loader = DataLoader(dataset, batch_size=7, num_workers=2, multiprocessing_context=context, collate_fn=list)
+    print(context, sum(len(batch) for batch in loader))
+ray.shutdown()
+"""
+
+
+def test_workers_forked_from_a_ray_driver_warn_once_each(tmp_path):
+    """A training process that drives Ray and forks its DataLoader workers is told to use forkserver; workers
+    started by forkserver say nothing (in a subprocess: this test process never forks a Ray driver, see
+    tests/conftest.py)."""
+    files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=False)), "train")
+    done = subprocess.run(
+        [sys.executable, "-c", READ_UNDER_RAY, *files], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["forkserver", str(ROWS), "fork", str(ROWS)]  # every row read either way
+    by_forkserver, by_fork = done.stderr.split("context fork\n")
+    assert FORKED_FROM_RAY not in by_forkserver
+    assert by_fork.count(FORKED_FROM_RAY) == 2  # once in each worker
 
 
 def test_torch_distributed_ranks_split_the_epoch(tmp_path):

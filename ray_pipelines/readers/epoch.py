@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
@@ -97,8 +99,29 @@ class Shard:
     @classmethod
     def current(cls, rank: int, world_size: int) -> Shard:
         info = get_worker_info()
+        if info is not None:
+            warn_if_forked_from_ray()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return cls(rank * workers + worker, world_size * workers, workers)
+
+
+FORKED_FROM_RAY = (
+    "this DataLoader worker was forked from a process connected to Ray (ray.init, or a Ray task or actor); "
+    "Ray advises against forking such a process, which can leave it hung or make it exit: give the "
+    "DataLoader multiprocessing_context='forkserver' (or 'spawn')"
+)
+_warned_forked_from_ray = False
+
+
+def warn_if_forked_from_ray() -> None:
+    """Warns once per DataLoader worker that was forked from a process connected to Ray: a worker
+    started by forkserver or spawn never ran ``ray.init``, a forked one inherits its parent's state."""
+    global _warned_forked_from_ray
+    ray = sys.modules.get("ray")
+    if _warned_forked_from_ray or ray is None or not ray.is_initialized():
+        return
+    _warned_forked_from_ray = True
+    warnings.warn(FORKED_FROM_RAY, RuntimeWarning, stacklevel=2)
 
 
 class EpochDataset(IterableDataset):
