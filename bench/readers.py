@@ -258,6 +258,10 @@ def prepare(work: Path, clips: int, teacher: int, encode: int) -> dict[str, Path
     if not committed(outputs["encode"]):
         print(f"writing the encode output ({encode} latents, both layouts)...", flush=True)
         write_encode(outputs["encode"], encode)
+    # The jobs above ran on an embedded Ray in this process; the DataLoaders below fork their workers,
+    # which a process connected to Ray must not do (readers/epoch.py, warn_if_forked_from_ray).
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
     return outputs
 
 
