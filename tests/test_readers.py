@@ -114,11 +114,8 @@ def contrastive_rows() -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
-def views_output(request, tmp_path_factory) -> Path:
-    nested, one_row_groups = request.param
-    out = tmp_path_factory.mktemp("views") / "out"
-    write(
+def write_views(out: Path, nested: bool, one_row_groups: bool) -> Path:
+    return write(
         out,
         "augment",
         contrastive_rows(),
@@ -128,7 +125,11 @@ def views_output(request, tmp_path_factory) -> Path:
         output_columns=["key", "version", "view1", "view2"],
         rows_per_block=9,
     )
-    return out
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def views_output(request, tmp_path_factory) -> Path:
+    return write_views(tmp_path_factory.mktemp("views") / "out", *request.param)
 
 
 def ids(batches) -> list[int]:

@@ -8,7 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from .footers import FooterTable, statistics_values
 from .parquet import ShardRows, manifest_files, to_tensor
+from .rowgroups import Footers
 
 
 class ViewPair:
@@ -68,8 +70,8 @@ class ContrastiveViews(ShardRows):
         """``(view1, view2)``, each ``[n, *view shape]`` float32 (batched mode)."""
         return self.batch_transform(batch) if self.batch_transform else (batch["view1"], batch["view2"])
 
-    def _after_index(self, footers: list[pq.FileMetaData]) -> None:
-        keys, versions = self._keys_and_versions(footers)
+    def _after_index(self, footers: Footers, tables: list[FooterTable | None] | None) -> None:
+        keys, versions = self._keys_and_versions(footers, tables)
         unique_keys, clip = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
         self.keys = unique_keys.tolist()
         self._rows_by_clip = np.lexsort((versions, clip))  # row numbers sorted by (clip, version)
@@ -78,15 +80,22 @@ class ContrastiveViews(ShardRows):
         self._first = np.cumsum(self._count) - self._count  # each clip's first position in those
         self.offsets = np.random.default_rng(self.seed).integers(0, 1 << 30, size=len(self.keys))
 
-    def _keys_and_versions(self, footers: list[pq.FileMetaData]) -> tuple[list[str], np.ndarray]:
-        """Per row: its key and version, from one-row row groups' statistics, else from the columns."""
-        from_stats = _statistics_values(footers, ("key", "version"))
+    def _keys_and_versions(
+        self, footers: Footers, tables: list[FooterTable | None] | None
+    ) -> tuple[list[str], np.ndarray]:
+        """Per row: its key and version, from one-row row groups' statistics (read from the footers'
+        tables when every file has one), else from the columns."""
+        from_stats = None
+        if self.files and tables is not None and all(table is not None for table in tables):
+            from_stats = statistics_values(footers.parsed(0), tables, ("key", "version"))
+        if from_stats is None:
+            from_stats = _statistics_values(footers.all_parsed(), ("key", "version"))
         if from_stats is not None:
             keys, versions = from_stats
             return keys, np.asarray(versions, dtype=np.int64)
         keys: list[str] = []
         versions: list[int] = []
-        for file, md in enumerate(footers):
+        for file, md in enumerate(footers.all_parsed()):
             table = self.reader.read(file, list(range(md.num_row_groups)), ["key", "version"])
             keys.extend(table.column("key").to_pylist())
             versions.extend(table.column("version").to_pylist())

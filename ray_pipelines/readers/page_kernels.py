@@ -39,6 +39,30 @@ def _varint(buf, pos):
     return -1, pos
 
 
+@kernel
+def _zigzag(buf, pos):
+    """A zigzag varint (Thrift's i16, i32 and i64) at ``pos``: (value, next position, whether it was whole)."""
+    raw, pos = _varint(buf, pos)
+    return (raw >> 1) ^ -(raw & 1), pos, raw >= 0
+
+
+@kernel
+def _field_header(buf, pos, last):
+    """A Thrift compact struct field's header at ``pos`` (``last``: the struct's previous field id):
+    (type, field id, next position); type -1 when the bytes end first."""
+    if pos >= buf.size:
+        return -1, 0, pos
+    head = np.int64(buf[pos])
+    pos += 1
+    kind = head & 0x0F
+    if kind == _STOP:
+        return kind, 0, pos
+    if head >> 4:
+        return kind, last + (head >> 4), pos
+    field, pos, whole = _zigzag(buf, pos)
+    return (kind if whole else -1), field, pos
+
+
 # What decode_values finds (0: the values are in ``out``).
 DECODED, SHORT_PAGE, NULL_LEVEL, OTHER_ENCODING = 0, 1, 2, 3
 PLAIN, BYTE_STREAM_SPLIT = 0, 9  # Parquet encodings
@@ -58,30 +82,24 @@ def page_header(buf, pos):
     last = np.zeros(_MAX_DEPTH, dtype=np.int64)  # the last field id at each nesting depth
     depth = 0
     data_page = False  # whether depth 1 is the DataPageHeader
-    while pos < buf.size:
-        head = np.int64(buf[pos])
-        pos += 1
-        kind_of_field = head & 0x0F
+    while True:
+        kind_of_field, field, pos = _field_header(buf, pos, last[depth])
+        if kind_of_field < 0:
+            break
         if kind_of_field == _STOP:
             if depth == 0:
                 return pos, kind, uncompressed, compressed, values, encoding
             depth -= 1
             continue
-        if head >> 4:
-            field = last[depth] + (head >> 4)
-        else:
-            raw, pos = _varint(buf, pos)
-            field = (raw >> 1) ^ -(raw & 1)
         last[depth] = field
         if kind_of_field == _TRUE or kind_of_field == _FALSE:
             continue
         if kind_of_field == _BYTE:
             pos += 1
         elif kind_of_field == _I16 or kind_of_field == _I32 or kind_of_field == _I64:
-            raw, pos = _varint(buf, pos)
-            if raw < 0:
+            value, pos, whole = _zigzag(buf, pos)
+            if not whole:
                 break
-            value = (raw >> 1) ^ -(raw & 1)
             if depth == 0:
                 if field == 1:
                     kind = value
@@ -202,6 +220,176 @@ def decode_values(page, values, max_repetition, max_definition, encoding, itemsi
     return DECODED
 
 
+# What footer_tables keeps of each column chunk (ColumnMetaData's fields) and of its statistics.
+(
+    CHUNK_TYPE,
+    CHUNK_CODEC,
+    CHUNK_VALUES,
+    CHUNK_COMPRESSED,
+    CHUNK_DATA_PAGE,
+    CHUNK_DICTIONARY_PAGE,
+    CHUNK_MIN_AT,
+    CHUNK_MIN_LENGTH,
+    CHUNK_MAX_AT,
+    CHUNK_MAX_LENGTH,
+    CHUNK_NAME_AT,
+    CHUNK_NAME_LENGTH,
+) = range(12)
+CHUNK_FIELDS = 12
+_LIST, _SET, _MAP = 9, 10, 11
+# Where footer_tables is: the struct or list it reads (what its fields or elements mean).
+_FILE, _ROW_GROUPS, _ROW_GROUP, _CHUNKS, _CHUNK, _CHUNK_META, _STATISTICS, _PATH, _OTHER = range(9)
+
+
+@kernel
+def footer_tables(buf):
+    """A Parquet footer's ``FileMetaData`` (Thrift compact protocol, ``buf`` is all of it), in two
+    tables: ``row_groups [groups, 2]`` (rows, total byte size) and ``chunks [groups, columns,
+    CHUNK_FIELDS]`` (see the CHUNK_ names: physical type, codec, values, compressed size, page
+    offsets, -1 for a field the chunk lacks; and where in ``buf`` its statistics' ``min_value`` and
+    ``max_value`` and the first name of its path in the schema are). Returns ``(ok, row_groups,
+    chunks)``: not ok when the footer is cut short, holds a map or set, nests deeper than 16 or its
+    row groups differ in column count (the caller then reads it with pyarrow). One pass, no
+    allocation per field."""
+    depth_limit = 16
+    frame_list = np.zeros(depth_limit, dtype=np.bool_)  # a list (True) or a struct
+    frame_what = np.zeros(depth_limit, dtype=np.int64)  # _FILE, _ROW_GROUP, ...
+    last = np.zeros(depth_limit, dtype=np.int64)  # a struct's last field id
+    remaining = np.zeros(depth_limit, dtype=np.int64)  # a list's elements still to read
+    element = np.zeros(depth_limit, dtype=np.int64)  # a list's element type
+    row_groups = np.full((0, 2), -1, dtype=np.int64)
+    chunks = np.full((0, 0, CHUNK_FIELDS), -1, dtype=np.int64)
+    group = column = -1
+    columns = -1
+    depth = 0
+    frame_what[0] = _FILE
+    pos = 0
+    size = buf.size
+    while True:
+        what = frame_what[depth]
+        if frame_list[depth]:
+            if remaining[depth] == 0:
+                depth -= 1
+                continue
+            remaining[depth] -= 1
+            kind = element[depth]
+            field = 0
+            if kind == _TRUE or kind == _FALSE:  # a list's booleans take a byte each
+                pos += 1
+                continue
+        else:
+            kind, field, pos = _field_header(buf, pos, last[depth])
+            if kind < 0:
+                return False, row_groups, chunks
+            if kind == _STOP:
+                if depth == 0:
+                    return True, row_groups, chunks
+                depth -= 1
+                continue
+            last[depth] = field
+            if kind == _TRUE or kind == _FALSE:
+                continue
+        if kind == _BYTE:
+            pos += 1
+        elif kind == _I16 or kind == _I32 or kind == _I64:
+            value, pos, whole = _zigzag(buf, pos)
+            if not whole:
+                return False, row_groups, chunks
+            if what == _ROW_GROUP:
+                if field == 3:
+                    row_groups[group, 0] = value
+                elif field == 2:
+                    row_groups[group, 1] = value
+            elif what == _CHUNK_META:
+                slot = -1
+                if field == 1:
+                    slot = CHUNK_TYPE
+                elif field == 4:
+                    slot = CHUNK_CODEC
+                elif field == 5:
+                    slot = CHUNK_VALUES
+                elif field == 7:
+                    slot = CHUNK_COMPRESSED
+                elif field == 9:
+                    slot = CHUNK_DATA_PAGE
+                elif field == 11:
+                    slot = CHUNK_DICTIONARY_PAGE
+                if slot >= 0:
+                    chunks[group, column, slot] = value
+        elif kind == _DOUBLE:
+            pos += 8
+        elif kind == _BINARY:
+            length, pos = _varint(buf, pos)
+            if length < 0 or pos + length > size:
+                return False, row_groups, chunks
+            if what == _STATISTICS and (field == 5 or field == 6):
+                at = CHUNK_MAX_AT if field == 5 else CHUNK_MIN_AT
+                chunks[group, column, at] = pos
+                chunks[group, column, at + 1] = length
+            elif what == _PATH and chunks[group, column, CHUNK_NAME_AT] < 0:  # the top-level name
+                chunks[group, column, CHUNK_NAME_AT] = pos
+                chunks[group, column, CHUNK_NAME_LENGTH] = length
+            pos += length
+        elif kind == _LIST or kind == _STRUCT:
+            if depth + 1 >= depth_limit:
+                return False, row_groups, chunks
+            inner = _OTHER
+            if kind == _STRUCT:
+                if what == _ROW_GROUPS:
+                    inner = _ROW_GROUP
+                    group += 1
+                    column = -1
+                elif what == _CHUNKS:
+                    inner = _CHUNK
+                    column += 1
+                elif what == _CHUNK and field == 3:
+                    inner = _CHUNK_META
+                elif what == _CHUNK_META and field == 12:
+                    inner = _STATISTICS
+                if (inner == _CHUNK or inner == _CHUNK_META or inner == _STATISTICS) and column >= columns:
+                    return False, row_groups, chunks
+                depth += 1
+                frame_list[depth] = False
+                last[depth] = 0
+            else:
+                if pos >= size:
+                    return False, row_groups, chunks
+                head = np.int64(buf[pos])
+                pos += 1
+                count = head >> 4
+                if count == 15:
+                    count, pos = _varint(buf, pos)
+                if count < 0 or count > size - pos:  # every element takes a byte at least
+                    return False, row_groups, chunks
+                if what == _FILE and field == 4:
+                    if group >= 0 or len(row_groups):  # a second list of row groups
+                        return False, row_groups, chunks
+                    inner = _ROW_GROUPS
+                    row_groups = np.full((count, 2), -1, dtype=np.int64)
+                elif what == _ROW_GROUP and field == 1:
+                    inner = _CHUNKS
+                    if columns < 0:
+                        columns = count
+                        if len(row_groups) * count > size:
+                            return False, row_groups, chunks
+                        chunks = np.full((len(row_groups), count, CHUNK_FIELDS), -1, dtype=np.int64)
+                    elif count != columns:
+                        return False, row_groups, chunks
+                elif what == _CHUNK_META and field == 3:
+                    inner = _PATH
+                depth += 1
+                frame_list[depth] = True
+                remaining[depth] = count
+                element[depth] = head & 0x0F
+            frame_what[depth] = inner
+            if group >= len(row_groups) and inner == _ROW_GROUP:
+                return False, row_groups, chunks
+        else:  # a map or a set: FileMetaData has none
+            return False, row_groups, chunks
+        if pos > size:
+            return False, row_groups, chunks
+
+
 def warm() -> None:
     """Load (or compile) every kernel in this process, e.g. before DataLoader workers fork (which
     would each load them again). The pages they read are read-only arrays (a type of its own to
@@ -210,4 +398,5 @@ def warm() -> None:
     page[0], page[4], page[5] = 2, 2, 1  # 2 bytes of definition levels: a run of one level 1
     page.flags.writeable = False
     page_header(page, 0)
+    footer_tables(page[:0])
     decode_values(page, 1, 0, 1, BYTE_STREAM_SPLIT, 4, np.empty(4, dtype=np.uint8))

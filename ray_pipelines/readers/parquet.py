@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from ..engine.arrow import column_to_numpy
@@ -64,8 +63,9 @@ from .epoch import (
     window_order,
     windows,
 )
+from .footers import FooterTable, footer_table
 from .pages import load_kernels, tensor_leaves
-from .rowgroups import RowGroupIndex, RowGroupReader, build_index
+from .rowgroups import Footers, RowGroupIndex, RowGroupReader, build_index, read_footers
 
 # Tensor columns decoded from their Parquet pages when they allow it (.pages); "0": pyarrow decodes
 # everything (the benchmark's comparison, and a way out should a file ever be misread).
@@ -187,13 +187,20 @@ class ShardRows(EpochDataset):
         self.shuffle_buffer = shuffle_buffer
         self.transform = transform
         self.storage_options = storage_options
-        self.index, footers = build_index(self.files, storage_options, sizes)
-        self.reader = RowGroupReader(self.index, storage_options)
-        self.reader.remember_footers(footers)  # the first reads need not fetch them again
+        footers = read_footers(self.files, storage_options, sizes)
+        first = footers.parsed(0) if self.files else None
+        names = first.schema.to_arrow_schema().names if first else []
         # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
-        self.tensor_leaves = tensor_leaves(footers[0], self.index.schema.names) if footers and DECODE_PAGES else {}
+        self.tensor_leaves = tensor_leaves(first, names) if first and DECODE_PAGES else {}
+        tables = None
         if self.tensor_leaves:
             load_kernels().warm()  # here, before DataLoader workers fork, not once in each of them
+            tables = [footer_table(raw) for raw in footers.raw]  # the index without pyarrow (.footers)
+        wanted = self.columns if self.columns is not None else names
+        if footers.remote or tables is None or not all(name in self.tensor_leaves for name in wanted):
+            footers.all_parsed()  # reads will ask pyarrow for them: parsed once here, not in every worker
+        self.index = build_index(self.files, footers, tables)
+        self.reader = RowGroupReader(self.index, storage_options)
         self.threads = threads or (2 if self.reader.local else 8)
         self.chunk_groups = chunk_row_groups(self.index)
         # Each chunk's rows, [first, end) in the numbering across all files.
@@ -201,11 +208,13 @@ class ShardRows(EpochDataset):
         self.chunk_end_row = (
             self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         )
-        self._after_index(footers)
+        self._after_index(footers, tables)
+        self.reader.remember_footers(footers.parsed_so_far(), tables)  # the first reads need not read them again
 
     # ---- for subclasses ----------------------------------------------------------------
-    def _after_index(self, footers: list[pq.FileMetaData]) -> None:
-        """Called once the index is built (subclasses read what they need from the footers)."""
+    def _after_index(self, footers: Footers, tables: list[FooterTable | None] | None) -> None:
+        """Called once the index is built (subclasses read what they need from the footers, or from
+        their tables where :mod:`.footers` made them)."""
 
     def epoch_rows(self, epoch: int) -> np.ndarray | None:
         """The rows (numbers across all files, ascending) this epoch yields; None: all of them."""

@@ -1,9 +1,11 @@
 """Row groups of a set of Parquet files: where they are, and reading a few of them.
 
-:class:`RowGroupIndex` is built from the files' footers (read concurrently;
-on object stores one ranged GET of each file's tail): for every row group its
-file, rows, byte range and decoded size, as flat NumPy arrays, so a dataset
-of millions of rows costs a few bytes per row group in every worker.
+:class:`RowGroupIndex` is built from the files' footers (locally two ``pread``
+calls a file; on object stores one ranged GET of each file's tail, concurrent),
+from their tables (:mod:`.footers`) where the page decoder's kernels run, else
+from pyarrow's parse: for every row group its file, rows, byte range and decoded
+size, as flat NumPy arrays, so a dataset of millions of rows costs a few bytes
+per row group in every worker.
 
 :class:`RowGroupReader` reads chosen row groups of one file. Tensor columns
 in the layout the sink writes are decoded from their pages (:mod:`.pages`;
@@ -33,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ..storage import get_fs, is_local
 from .clients import ProcessFilesystem
+from .footers import FooterTable, footer_table
 from .pages import NotDecodable, TensorLeaf, decode_chunk
 
 # Footer bytes fetched in the first request (a footer is a few KiB per 100 row groups).
@@ -90,20 +93,53 @@ def _footer_entries(md: pq.FileMetaData, ranges: bool = True) -> np.ndarray:
     return entries
 
 
-def build_index(
-    files: list[str], storage_options: dict[str, Any] | None = None, sizes: list[int] | None = None
-) -> tuple[RowGroupIndex, list[pq.FileMetaData]]:
-    """The index of ``files`` (and their footers, for a caller that wants more from them)."""
-    sizes = file_sizes(files, storage_options) if sizes is None else [int(s) for s in sizes]
-    footers = read_footers(files, storage_options, sizes)
-    ranges = bool(files) and not is_local(get_fs(files[0], storage_options)[0])
-    per_file = [_footer_entries(md, ranges) for md in footers]
+@dataclass
+class Footers:
+    """Every file's footer as its Thrift bytes (for :mod:`.footers`' tables), parsed by pyarrow when
+    asked (:meth:`parsed`: a few ms a file, which a reader that has the tables may never need)."""
+
+    raw: list[bytes]
+    sizes: list[int]
+    remote: bool  # on an object store (row groups' byte ranges are wanted there)
+
+    def __post_init__(self) -> None:
+        self._parsed: dict[int, pq.FileMetaData] = {}
+
+    def parsed(self, file: int) -> pq.FileMetaData:
+        md = self._parsed.get(file)
+        if md is None:
+            md = self._parsed[file] = parse_footer(self.raw[file], self.sizes[file])
+        return md
+
+    def all_parsed(self) -> list[pq.FileMetaData]:
+        return [self.parsed(file) for file in range(len(self.raw))]
+
+    def parsed_so_far(self) -> dict[int, pq.FileMetaData]:
+        return dict(self._parsed)
+
+
+def parse_footer(raw: bytes, size: int) -> pq.FileMetaData:
+    """pyarrow's parse of a footer's Thrift bytes (of a file of ``size`` bytes)."""
+    tail = raw + struct.pack("<i", len(raw)) + b"PAR1"
+    # pyarrow reads the file's last 64 KiB first: bytes before the footer that it never parses
+    tail = bytes(max(0, min(size, TAIL_BYTES) - len(tail))) + tail
+    return pq.read_metadata(RangeFile(size, [(size - len(tail), tail)]))
+
+
+def build_index(files: list[str], footers: Footers, tables: list[FooterTable | None] | None = None) -> RowGroupIndex:
+    """The index of ``files``, from their footers; from ``tables`` (:func:`.footers.footer_table`) for
+    the files that have one, which saves pyarrow a metadata call per row group and column chunk."""
+    tables = tables or [None] * len(files)
+    per_file = [
+        _footer_entries(footers.parsed(file), footers.remote) if table is None else _table_entries(table)
+        for file, table in enumerate(tables)
+    ]
     entries = np.concatenate(per_file) if per_file else np.zeros((0, 4), dtype=np.int64)
     counts = [len(e) for e in per_file]
     rows = entries[:, 0]
-    index = RowGroupIndex(
+    return RowGroupIndex(
         files=list(files),
-        sizes=sizes,
+        sizes=footers.sizes,
         file=np.repeat(np.arange(len(files), dtype=np.int32), counts),
         group=np.concatenate([np.arange(n, dtype=np.int32) for n in counts]) if counts else np.zeros(0, np.int32),
         rows=rows,
@@ -111,9 +147,14 @@ def build_index(
         start=entries[:, 1],
         stop=entries[:, 2],
         decoded_bytes=entries[:, 3],
-        schema=footers[0].schema.to_arrow_schema() if footers else None,
+        schema=footers.parsed(0).schema.to_arrow_schema() if files else None,
     )
-    return index, footers
+
+
+def _table_entries(table: FooterTable) -> np.ndarray:
+    """:func:`_footer_entries` from a footer's table (byte ranges always: they cost nothing here)."""
+    start, stop = table.spans()
+    return np.stack([table.rows, start, stop, table.row_groups[:, 1]], axis=1)
 
 
 def file_sizes(files: list[str], storage_options: dict[str, Any] | None) -> list[int]:
@@ -127,28 +168,46 @@ def file_sizes(files: list[str], storage_options: dict[str, Any] | None) -> list
 
 def read_footers(
     files: list[str], storage_options: dict[str, Any] | None = None, sizes: list[int] | None = None
-) -> list[pq.FileMetaData]:
-    """Every file's parsed footer: local files by pyarrow, remote ones by ranged reads of their tails."""
+) -> Footers:
+    """Every file's footer bytes: local files by two ``pread`` calls each (its length, then it), object
+    stores by one ranged read of each file's tail (concurrent; a second one for a longer footer)."""
+    sizes = [int(s) for s in sizes] if sizes is not None else file_sizes(files, storage_options)
     if not files:
-        return []
+        return Footers([], sizes, remote=False)
     fs, _ = get_fs(files[0], storage_options)
     paths = [get_fs(url, storage_options)[1] for url in files]
     if is_local(fs):
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            return list(pool.map(pq.read_metadata, paths))
-    sizes = list(sizes) if sizes is not None else file_sizes(files, storage_options)
+        raw = []
+        for path, size in zip(paths, sizes):
+            with open(path, "rb") as file:
+                raw.append(footer_from_tail(_pread(file.fileno()), size, path, read_first=8))
+        return Footers(raw, sizes, remote=False)
     starts = [max(0, size - TAIL_BYTES) for size in sizes]
     tails = _cat_ranges(fs, paths, starts, sizes)
-    footers = []
+    raw = []
     for path, size, start, tail in zip(paths, sizes, starts, tails):
-        length = struct.unpack("<i", tail[-8:-4])[0] + 8
-        if tail[-4:] != b"PAR1":
-            raise ValueError(f"{path} is not a Parquet file (no PAR1 magic at its end)")
-        if length > len(tail):  # a footer larger than the first read: fetch the rest
-            start = size - length
-            tail = _cat_ranges(fs, [path], [start], [size - len(tail)])[0] + tail
-        footers.append(pq.read_metadata(RangeFile(size, [(start, tail)])))
-    return footers
+
+        def read_range(a: int, b: int, path=path, start=start, tail=tail) -> bytes:
+            if a >= start:
+                return tail[a - start : b - start]
+            return _cat_ranges(fs, [path], [a], [start])[0] + tail[: b - start]
+
+        raw.append(footer_from_tail(read_range, size, path, read_first=len(tail)))
+    return Footers(raw, sizes, remote=True)
+
+
+def footer_from_tail(read_range, size: int, path: str, read_first: int = TAIL_BYTES) -> bytes:
+    """A Parquet file's footer bytes through ``read_range(start, stop)``: its last ``read_first`` bytes
+    (or its length and magic alone with 8), then whatever more a longer footer needs."""
+    tail = bytes(read_range(max(0, size - read_first), size)) if size >= 8 else b""
+    if len(tail) < 8 or tail[-4:] != b"PAR1":
+        raise ValueError(f"{path} is not a Parquet file (no PAR1 magic at its end)")
+    length = struct.unpack("<i", tail[-8:-4])[0] + 8
+    if not 8 < length <= size:
+        raise ValueError(f"{path}: its footer length ({length - 8} bytes) does not fit the file ({size} bytes)")
+    if length > len(tail):
+        tail = bytes(read_range(size - length, size - len(tail))) + tail
+    return tail[len(tail) - length : len(tail) - 8]
 
 
 def _cat_ranges(fs, paths: list[str], starts: list[int], stops: list[int]) -> list[bytes]:
@@ -241,7 +300,8 @@ def coalesce(starts: np.ndarray, stops: np.ndarray, hole: int) -> list[tuple[int
 
 
 class RowGroupReader:
-    """Reads row groups of the index's files; one per process (it caches parsed footers)."""
+    """Reads row groups of the index's files; one per process (it caches parsed footers and, where the
+    page decoder's kernels run, footer tables: :mod:`.footers`)."""
 
     def __init__(self, index: RowGroupIndex, storage_options: dict[str, Any] | None = None):
         self.index = index
@@ -249,10 +309,11 @@ class RowGroupReader:
         self._client = ProcessFilesystem(index.files[0] if index.files else "", storage_options)
         self._paths = [get_fs(url, storage_options)[1] for url in index.files]
         self._footers: OrderedDict[int, pq.FileMetaData] = OrderedDict()
+        self._tables: OrderedDict[int, FooterTable | None] = OrderedDict()
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_lock": None, "_footers": OrderedDict()}
+        return {**self.__dict__, "_lock": None, "_footers": OrderedDict(), "_tables": OrderedDict()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
@@ -261,18 +322,36 @@ class RowGroupReader:
     def local(self) -> bool:
         return not self.index.files or is_local(self._client.get())
 
-    def _footer(self, file: int) -> pq.FileMetaData | None:
+    def _cached(self, cache: OrderedDict, file: int) -> Any:
         with self._lock:
-            md = self._footers.get(file)
-            if md is not None:
-                self._footers.move_to_end(file)
-            return md
+            if file not in cache:
+                return _MISSING
+            cache.move_to_end(file)
+            return cache[file]
+
+    def _keep(self, cache: OrderedDict, file: int, value: Any) -> None:
+        with self._lock:
+            cache[file] = value
+            while len(cache) > FOOTER_CACHE:
+                cache.popitem(last=False)
+
+    def _footer(self, file: int) -> pq.FileMetaData | None:
+        md = self._cached(self._footers, file)
+        return None if md is _MISSING else md
 
     def _remember(self, file: int, md: pq.FileMetaData) -> None:
-        with self._lock:
-            self._footers[file] = md
-            while len(self._footers) > FOOTER_CACHE:
-                self._footers.popitem(last=False)
+        self._keep(self._footers, file, md)
+
+    def _table(self, file: int, read_range) -> FooterTable | None:
+        """``file``'s footer table (None: the kernel gave up on it), read from its tail when not cached."""
+        table = self._cached(self._tables, file)
+        if table is _MISSING:
+            try:
+                table = footer_table(footer_from_tail(read_range, self.index.sizes[file], "", read_first=8))
+            except ValueError:
+                table = None  # pyarrow reads the file (and says what is wrong with it)
+            self._keep(self._tables, file, table)
+        return table
 
     def read(self, file: int, groups: list[int], columns: list[str] | None) -> pa.Table:
         """Row groups ``groups`` (numbers within ``file``) as one table, in that order."""
@@ -283,21 +362,29 @@ class RowGroupReader:
     ) -> tuple[pa.Table, dict[str, list[np.ndarray]]]:
         """Row groups ``groups`` of ``file``: the tensor columns of ``tensors`` decoded from their pages
         (:mod:`.pages`; one ``[rows, *shape]`` array per row group, in ``groups`` order) and the other
-        ``columns`` (None: all) as one table. A tensor column the fast path cannot read is in the table."""
+        ``columns`` (None: all) as one table. A tensor column the fast path cannot read is in the table.
+        Locally the chunks are found in the file's footer table, so a read whose every column is decoded
+        never asks pyarrow for the footer."""
         fs = self._client.get()
         path = self._paths[file]
         wanted = [name for name in tensors if columns is None or name in columns]
         if is_local(fs):
-            md = self._footer(file)
-            if md is None:
-                md = pq.read_metadata(path)
-                self._remember(file, md)
-            decoded = {}
+            decoded: dict[str, list[np.ndarray]] = {}
             if wanted:
                 with open(path, "rb") as raw:
-                    decoded = self._decode_tensors(md, groups, tensors, wanted, _pread(raw.fileno()))
+                    read_range = _pread(raw.fileno())
+                    table = self._table(file, read_range)
+                    if table is not None:
+                        decoded = _decode_from_table(table, groups, tensors, wanted, read_range)
+                    if len(decoded) < len(wanted):
+                        md = self._local_footer(file, path)
+                        others = [name for name in wanted if name not in decoded]
+                        decoded.update(self._decode_tensors(md, groups, tensors, others, read_range))
+            if columns is not None and all(name in decoded for name in columns):
+                return pa.table({}), decoded  # pyarrow has nothing to read
+            md = self._local_footer(file, path)
             rest = _other_columns(md, columns, decoded)
-            if rest == []:  # every wanted column decoded from its pages: pyarrow has nothing to read
+            if rest == []:
                 return pa.table({}), decoded
             with pq.ParquetFile(path, metadata=md) as pf:
                 return pf.read_row_groups(groups, columns=rest, use_threads=False), decoded
@@ -307,6 +394,13 @@ class RowGroupReader:
         if rest == []:
             return pa.table({}), decoded
         return pq.ParquetFile(source, metadata=md).read_row_groups(groups, columns=rest, use_threads=False), decoded
+
+    def _local_footer(self, file: int, path: str) -> pq.FileMetaData:
+        md = self._footer(file)
+        if md is None:
+            md = pq.read_metadata(path)
+            self._remember(file, md)
+        return md
 
     @staticmethod
     def _decode_tensors(
@@ -353,10 +447,36 @@ class RowGroupReader:
         self._remember(file, md)
         return source, md
 
-    def remember_footers(self, footers: list[pq.FileMetaData]) -> None:
-        """Start the footer cache with (the last ``FOOTER_CACHE`` of) these."""
-        for file, md in enumerate(footers[-FOOTER_CACHE:], start=max(0, len(footers) - FOOTER_CACHE)):
-            self._remember(file, md)
+    def remember_footers(self, footers: dict[int, pq.FileMetaData], tables: list[FooterTable | None] | None) -> None:
+        """Start the caches with (the last ``FOOTER_CACHE`` of) these parsed footers and footer tables."""
+        for file in sorted(footers)[-FOOTER_CACHE:]:
+            self._remember(file, footers[file])
+        for file, table in list(enumerate(tables or []))[-FOOTER_CACHE:]:
+            self._keep(self._tables, file, table)
+
+
+_MISSING = object()
+
+
+def _decode_from_table(
+    table: FooterTable, groups: list[int], tensors: dict[str, TensorLeaf], wanted: list[str], read_range
+) -> dict[str, list[np.ndarray]]:
+    """:meth:`RowGroupReader._decode_tensors` with the chunks found in a footer table (no pyarrow call)."""
+    decoded = {}
+    for name in wanted:
+        leaf = tensors[name]
+        try:
+            arrays = []
+            for g in groups:
+                chunk = table.chunk(g, leaf.leaf, name)
+                if chunk is None:
+                    raise NotDecodable(f"{name} is not this file's leaf {leaf.leaf}")
+                start, length = chunk_range(chunk)
+                arrays.append(decode_chunk(read_range(start, start + length), chunk, leaf, int(table.rows[g])))
+        except (NotDecodable, IndexError, ValueError):
+            continue  # pyarrow's metadata is asked, then maybe pyarrow decodes it
+        decoded[name] = arrays
+    return decoded
 
 
 def _pread(fd: int):

@@ -1,0 +1,154 @@
+"""Parquet footers read as tables of numbers, without a Python object per row group.
+
+A reader's index needs each row group's rows, size and byte range, and
+``ContrastiveViews`` each one-row group's key and version (its statistics).
+pyarrow gives them one metadata object and property call at a time: for an
+augment output of 6,000 one-row groups that is 100-250 ms of a reader's start,
+more than an epoch of reading takes once started. :func:`footer_table` walks
+the footer's Thrift bytes once in a compiled kernel (``page_kernels.footer_tables``)
+and returns the numbers as arrays. Used where the page decoder's kernels are
+loaded anyway (readers of tensor columns, :mod:`.pages`); anything the kernel
+does not expect makes it give up, and the caller asks pyarrow as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .pages import load_kernels, read_only
+
+# Parquet's enums, named as pyarrow names them (it calls LZ4_RAW, what it writes for "lz4", "LZ4" too).
+CODEC_NAMES = ("UNCOMPRESSED", "SNAPPY", "GZIP", "LZO", "BROTLI", "LZ4", "ZSTD", "LZ4")
+PHYSICAL_TYPES = ("BOOLEAN", "INT32", "INT64", "INT96", "FLOAT", "DOUBLE", "BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY")
+
+
+class ChunkFacts(NamedTuple):
+    """What :func:`.pages.decode_chunk` and :func:`.rowgroups.chunk_range` ask of a column chunk, under
+    the names of pyarrow's ``ColumnChunkMetaData`` (which they also take)."""
+
+    compression: str
+    has_dictionary_page: bool
+    physical_type: str
+    num_values: int
+    data_page_offset: int
+    dictionary_page_offset: int
+    total_compressed_size: int
+
+
+def _name(names: tuple[str, ...], number: int) -> str:
+    return names[number] if 0 <= number < len(names) else f"unknown {number}"
+
+
+@dataclass(frozen=True)
+class FooterTable:
+    """One file's row groups and column chunks (``page_kernels.CHUNK_*`` fields), from its footer."""
+
+    row_groups: np.ndarray  # [groups, 2]: rows, total byte size
+    chunks: np.ndarray  # [groups, columns, CHUNK_FIELDS]
+    raw: bytes  # the footer's bytes, which the statistics' offsets point into
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.row_groups[:, 0]
+
+    def spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row group's first byte and end (over its column chunks, dictionary pages included)."""
+        kernels = load_kernels()
+        data = self.chunks[:, :, kernels.CHUNK_DATA_PAGE]
+        dictionary = self.chunks[:, :, kernels.CHUNK_DICTIONARY_PAGE]
+        begin = np.where((dictionary > 0) & (dictionary < data), dictionary, data)
+        end = begin + self.chunks[:, :, kernels.CHUNK_COMPRESSED]
+        if not self.chunks.shape[1]:
+            return np.zeros(len(self.row_groups), np.int64), np.zeros(len(self.row_groups), np.int64)
+        return begin.min(axis=1), end.max(axis=1)
+
+    def chunk(self, group: int, column: int, name: str) -> ChunkFacts | None:
+        """Row group ``group``'s chunk of leaf ``column``; None when that leaf's path does not start with
+        ``name`` (a file whose columns are not where the first file's were)."""
+        kernels = load_kernels()
+        fields = self.chunks[group, column].tolist()
+        at, length = fields[kernels.CHUNK_NAME_AT], fields[kernels.CHUNK_NAME_LENGTH]
+        if at < 0 or self.raw[at : at + length] != name.encode():
+            return None
+        return ChunkFacts(
+            _name(CODEC_NAMES, fields[kernels.CHUNK_CODEC]),
+            fields[kernels.CHUNK_DICTIONARY_PAGE] >= 0,
+            _name(PHYSICAL_TYPES, fields[kernels.CHUNK_TYPE]),
+            fields[kernels.CHUNK_VALUES],
+            fields[kernels.CHUNK_DATA_PAGE],
+            fields[kernels.CHUNK_DICTIONARY_PAGE],
+            fields[kernels.CHUNK_COMPRESSED],
+        )
+
+    def equal_min_max(self, column: int) -> list[bytes] | None:
+        """Column ``column``'s statistics value per row group when min equals max in every one
+        (one-row groups), else None."""
+        kernels = load_kernels()
+        fields = self.chunks[:, column]
+        low_at, low_length = fields[:, kernels.CHUNK_MIN_AT], fields[:, kernels.CHUNK_MIN_LENGTH]
+        high_at, high_length = fields[:, kernels.CHUNK_MAX_AT], fields[:, kernels.CHUNK_MAX_LENGTH]
+        if (low_at < 0).any() or (high_at < 0).any() or (low_length != high_length).any():
+            return None
+        raw = self.raw
+        values = [raw[a : a + n] for a, n in zip(low_at.tolist(), low_length.tolist())]
+        if any(value != raw[b : b + len(value)] for value, b in zip(values, high_at.tolist())):
+            return None
+        return values
+
+
+def footer_table(raw: bytes) -> FooterTable | None:
+    """``raw`` (a footer's Thrift bytes) as a table; None when the kernel gives up on it."""
+    kernels = load_kernels()
+    ok, row_groups, chunks = kernels.footer_tables(read_only(np.frombuffer(raw, dtype=np.uint8)))
+    if not ok or (row_groups < 0).any():
+        return None
+    return FooterTable(row_groups, chunks, raw)
+
+
+def statistics_values(
+    first: pq.FileMetaData, tables: list[FooterTable], names: tuple[str, ...]
+) -> tuple[list, ...] | None:
+    """Each row's value of the scalar columns ``names`` (strings, 32 or 64-bit integers, as in the first
+    file's schema ``first``) from the statistics of one-row groups, as pyarrow's ``statistics.min``
+    gives them; None when a file has larger groups, a column elsewhere or without statistics, or of
+    another type."""
+    kernels = load_kernels()
+    leaves = {first.schema.column(i).path: i for i in range(first.num_columns)}
+    if any(name not in leaves for name in names):
+        return None
+    kinds = []
+    for name in names:
+        column = first.schema.column(leaves[name])
+        if column.physical_type == "BYTE_ARRAY" and column.logical_type.type == "STRING":
+            kinds.append((PHYSICAL_TYPES.index("BYTE_ARRAY"), None))
+        elif column.physical_type in ("INT32", "INT64") and column.logical_type.type == "NONE":
+            kinds.append((PHYSICAL_TYPES.index(column.physical_type), 4 if column.physical_type == "INT32" else 8))
+        else:
+            return None
+    values: tuple[list, ...] = tuple([] for _ in names)
+    for table in tables:
+        if not len(table.row_groups):
+            continue
+        if (table.rows != 1).any() or table.chunks.shape[1] != first.num_columns:
+            return None
+        for out, name, (physical, width) in zip(values, names, kinds):
+            fields = table.chunks[:, leaves[name]]
+            named_at, named_length = fields[0, kernels.CHUNK_NAME_AT], fields[0, kernels.CHUNK_NAME_LENGTH]
+            if (fields[:, kernels.CHUNK_TYPE] != physical).any() or (
+                table.raw[named_at : named_at + named_length] != name.encode()
+            ):
+                return None
+            found = table.equal_min_max(leaves[name])
+            if found is None:
+                return None
+            if width is None:
+                out.extend(value.decode() for value in found)
+            elif any(len(value) != width for value in found):
+                return None
+            else:
+                out.extend(np.frombuffer(b"".join(found), dtype=f"<i{width}").tolist())
+    return values
