@@ -32,8 +32,11 @@ had ``pin_memory`` copy it) before asking for the next needs only R = P + 1.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,14 +195,44 @@ def gather_rows(rows: ViewRows) -> np.ndarray:
 
 
 def empty_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor; in shared memory when ``shared`` (then torch sends it to another
-    process as a handle, without copying it)."""
+    """An uninitialised tensor, its pages already mapped (:func:`populate`); in shared memory when
+    ``shared`` (then torch sends it to another process as a handle, without copying it)."""
     if not shared:
-        return torch.empty(shape, dtype=dtype)
+        return populate(torch.empty(shape, dtype=dtype))
     # Allocated in shared memory directly (as default_collate does): torch.empty(...).share_memory_()
     # would copy the fresh tensor into it once more (17 vs 12 CPU-ms for a 17 MB batch on the VM).
     storage = torch.UntypedStorage._new_shared(max(1, math.prod(shape)) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+    return populate(torch.empty(0, dtype=dtype).set_(storage, 0, shape))
+
+
+MADV_POPULATE_WRITE = 23  # Linux 5.14+
+PAGE = 4096
+
+
+def populate(tensor: torch.Tensor) -> torch.Tensor:
+    """Map a fresh tensor's pages in one system call (``madvise(MADV_POPULATE_WRITE)``) instead of a
+    page fault per 4 KiB as rows are copied in: on the VM, 17 MB took 34-36 ms of faults and 8-9 ms
+    populated, the copy included. A batch's memory is new on every batch without ``reuse_batches``,
+    and on the first epoch with it. Best effort: elsewhere (another OS, an older kernel) the faults
+    happen as before."""
+    libc = _libc()
+    size = tensor.numel() * tensor.element_size()
+    if libc is not None and size >= 16 * PAGE:
+        start = tensor.data_ptr() // PAGE * PAGE
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(tensor.data_ptr() + size - start), MADV_POPULATE_WRITE)
+    return tensor
+
+
+@functools.cache
+def _libc():
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def check_batching(batch_size: int | None, reuse_batches: int) -> None:
