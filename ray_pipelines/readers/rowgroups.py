@@ -375,11 +375,11 @@ class RowGroupReader:
                     read_range = _pread(raw.fileno())
                     table = self._table(file, read_range)
                     if table is not None:
-                        decoded = _decode_from_table(table, groups, tensors, wanted, read_range)
+                        decoded = _decode_columns(_table_chunks(table), groups, tensors, wanted, read_range)
                     if len(decoded) < len(wanted):
                         md = self._local_footer(file, path)
                         others = [name for name in wanted if name not in decoded]
-                        decoded.update(self._decode_tensors(md, groups, tensors, others, read_range))
+                        decoded.update(_decode_columns(_metadata_chunks(md), groups, tensors, others, read_range))
             if columns is not None and all(name in decoded for name in columns):
                 return pa.table({}), decoded  # pyarrow has nothing to read
             md = self._local_footer(file, path)
@@ -389,7 +389,7 @@ class RowGroupReader:
             with pq.ParquetFile(path, metadata=md) as pf:
                 return pf.read_row_groups(groups, columns=rest, use_threads=False), decoded
         source, md = self._remote_source(fs, file, path, groups, columns)
-        decoded = self._decode_tensors(md, groups, tensors, wanted, source.range)
+        decoded = _decode_columns(_metadata_chunks(md), groups, tensors, wanted, source.range)
         rest = _other_columns(md, columns, decoded)
         if rest == []:
             return pa.table({}), decoded
@@ -401,28 +401,6 @@ class RowGroupReader:
             md = pq.read_metadata(path)
             self._remember(file, md)
         return md
-
-    @staticmethod
-    def _decode_tensors(
-        md: pq.FileMetaData, groups: list[int], tensors: dict[str, TensorLeaf], wanted: list[str], read_range
-    ) -> dict[str, list[np.ndarray]]:
-        decoded = {}
-        for name in wanted:
-            leaf = tensors[name]
-            if leaf.leaf >= md.num_columns or md.schema.column(leaf.leaf).path.split(".")[0] != name:
-                continue  # this file's columns are not where the first file's were
-            try:
-                arrays = []
-                for g in groups:
-                    chunk = md.row_group(g).column(leaf.leaf)
-                    start, length = chunk_range(chunk)
-                    arrays.append(
-                        decode_chunk(read_range(start, start + length), chunk, leaf, md.row_group(g).num_rows)
-                    )
-            except (NotDecodable, IndexError, ValueError):
-                continue  # pyarrow decodes this column (and says what is wrong with a damaged file)
-            decoded[name] = arrays
-        return decoded
 
     def _remote_source(
         self, fs, file: int, path: str, groups: list[int], columns: list[str] | None
@@ -458,25 +436,47 @@ class RowGroupReader:
 _MISSING = object()
 
 
-def _decode_from_table(
-    table: FooterTable, groups: list[int], tensors: dict[str, TensorLeaf], wanted: list[str], read_range
+def _decode_columns(
+    chunk_of, groups: list[int], tensors: dict[str, TensorLeaf], wanted: list[str], read_range
 ) -> dict[str, list[np.ndarray]]:
-    """:meth:`RowGroupReader._decode_tensors` with the chunks found in a footer table (no pyarrow call)."""
+    """The ``wanted`` tensor columns of row groups ``groups`` decoded from their pages (one array per
+    row group); ``chunk_of(group, leaf, name)`` gives a chunk's facts and rows, None for facts when the
+    leaf is not ``name`` in this file. A column any of whose chunks is refused is left out."""
     decoded = {}
     for name in wanted:
         leaf = tensors[name]
         try:
             arrays = []
             for g in groups:
-                chunk = table.chunk(g, leaf.leaf, name)
+                chunk, rows = chunk_of(g, leaf.leaf, name)
                 if chunk is None:
                     raise NotDecodable(f"{name} is not this file's leaf {leaf.leaf}")
                 start, length = chunk_range(chunk)
-                arrays.append(decode_chunk(read_range(start, start + length), chunk, leaf, int(table.rows[g])))
+                arrays.append(decode_chunk(read_range(start, start + length), chunk, leaf, rows))
         except (NotDecodable, IndexError, ValueError):
-            continue  # pyarrow's metadata is asked, then maybe pyarrow decodes it
+            continue  # pyarrow decodes this column (and says what is wrong with a damaged file)
         decoded[name] = arrays
     return decoded
+
+
+def _table_chunks(table: FooterTable):
+    """``chunk_of`` for :func:`_decode_columns` from a footer table (no pyarrow call)."""
+    return lambda g, leaf, name: (table.chunk(g, leaf, name), int(table.rows[g]))
+
+
+def _metadata_chunks(md: pq.FileMetaData):
+    """``chunk_of`` for :func:`_decode_columns` from pyarrow's parsed footer (each leaf's name checked once)."""
+    named: dict[int, str | None] = {}
+
+    def chunk_of(g: int, leaf: int, name: str):
+        if leaf not in named:
+            named[leaf] = md.schema.column(leaf).path.split(".")[0] if leaf < md.num_columns else None
+        if named[leaf] != name:
+            return None, 0
+        group = md.row_group(g)
+        return group.column(leaf), group.num_rows
+
+    return chunk_of
 
 
 def _pread(fd: int):
