@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -64,23 +64,28 @@ def local_head(
 ) -> Iterator[Head]:
     """Start a head with ``env`` (its workers and job drivers inherit it) in ``cwd``, on loopback, every port
     its own (other Ray instances on this machine hold the defaults); stop it by its own process ids."""
-    port, dashboard_port = free_port(), free_port()
-    command = [RAY, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats"]
-    command += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--port", str(port)]
-    if num_gpus:
-        command += ["--num-gpus", str(num_gpus)]
-    if dashboard:
-        command += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
-        command += ["--dashboard-port", str(dashboard_port)]
-    else:
-        command += ["--include-dashboard", "false"]
-    for flag in PORT_FLAGS:
-        command += [flag, str(free_port())]
-    command += ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1]), *extra_args]
-    started = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+    ports = {}
+
+    def command() -> list[str]:
+        ports.update(gcs=free_port(), dashboard=free_port())
+        args = [RAY, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+        args += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--port", str(ports["gcs"])]
+        if num_gpus:
+            args += ["--num-gpus", str(num_gpus)]
+        if dashboard:
+            args += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+            args += ["--dashboard-port", str(ports["dashboard"])]
+        else:
+            args += ["--include-dashboard", "false"]
+        for flag in PORT_FLAGS:
+            args += [flag, str(free_port())]
+        args += ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1])]
+        return args + list(extra_args)
+
     try:
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
-        yield Head(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}" if dashboard else None)
+        start_node(command, temp_dir, env, cwd)
+        dashboard_url = f"http://127.0.0.1:{ports['dashboard']}" if dashboard else None
+        yield Head(f"127.0.0.1:{ports['gcs']}", dashboard_url)
     finally:
         stop_processes(str(temp_dir))
 
@@ -90,18 +95,37 @@ def worker_node(
     temp_dir: Path, env: dict[str, str], address: str, num_cpus: int = 1, worker_ports: tuple[int, int] = (25000, 29999)
 ) -> Iterator[None]:
     """A second node joining the head at ``address``, on loopback with its own ports and temp dir."""
-    command = [RAY, "start", "--address", address, "--num-cpus", str(num_cpus), "--disable-usage-stats"]
-    command += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir)]
-    for flag in PORT_FLAGS:
-        if flag != "--ray-client-server-port":  # a head's only
-            command += [flag, str(free_port())]
-    command += ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1])]
-    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+
+    def command() -> list[str]:
+        args = [RAY, "start", "--address", address, "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+        args += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir)]
+        for flag in PORT_FLAGS:
+            if flag != "--ray-client-server-port":  # a head's only
+                args += [flag, str(free_port())]
+        return args + ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1])]
+
     try:
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
+        start_node(command, temp_dir, env)
         yield
     finally:
         stop_processes(str(temp_dir))
+
+
+def start_node(command: Callable[[], list[str]], temp_dir: Path, env: dict[str, str], cwd: Path | None = None) -> None:
+    """``ray start`` with ``command()``'s arguments, once more with fresh ports if the first start fails.
+
+    A port that ``free_port`` found free can be taken by another process before the node binds it, and a
+    node whose raylet does not register within Ray's 30 s ends its start with "timed out during startup"
+    (seen once in a full run of the suite); either way the node's processes are stopped and it starts
+    again. A second failure fails the test with both outputs."""
+    failures = []
+    for _ in range(2):
+        started = subprocess.run(command(), env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+        if started.returncode == 0:
+            return
+        failures.append(started.stdout[-2000:] + started.stderr[-3000:])
+        stop_processes(str(temp_dir))
+    raise AssertionError("`ray start` failed twice:\n" + "\n---\n".join(failures))
 
 
 def stop_processes(temp_dir: str) -> None:
