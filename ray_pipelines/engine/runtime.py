@@ -80,10 +80,10 @@ def cluster_capacity() -> tuple[dict[str, float], dict[str, float]]:
 _nodes_call = threading.Lock()  # held while a ray.nodes() call is out (at most one at a time)
 
 
-def ray_nodes(timeout_s: float | None = None) -> list[dict] | None:
-    """``ray.nodes()``, or None when it has not answered within ``timeout_s`` (default
-    ``NODES_TIMEOUT_S``) or an earlier call is still waiting: the call runs in a daemon thread, so a
-    reply that never comes costs that thread, not the run."""
+def ray_nodes() -> list[dict] | None:
+    """``ray.nodes()``, or None when it has not answered within ``NODES_TIMEOUT_S`` or an earlier call
+    is still waiting: the call runs in a daemon thread, so a reply that never comes costs that thread,
+    not the run."""
     if not _nodes_call.acquire(blocking=False):
         return None
     answer: list[list[dict]] = []
@@ -96,7 +96,7 @@ def ray_nodes(timeout_s: float | None = None) -> list[dict] | None:
 
     asking = threading.Thread(target=ask, name="ray-nodes", daemon=True)
     asking.start()
-    asking.join(NODES_TIMEOUT_S if timeout_s is None else timeout_s)
+    asking.join(NODES_TIMEOUT_S)
     if not answer:
         log.warning("ray.nodes() has not answered; going on without the nodes' list")
         return None
