@@ -23,8 +23,13 @@ in the same run:
 - e2e: the augment job on every CPU and the GPU over 2,000 real clips: views/s, the GPU's and
   the CPUs' busy shares, and which side is the bottleneck.
 
-Budgets (seconds): tests 45, augment 35, teacher 110, encode 100, score 55, e2e 90: 435 s at
+Budgets (seconds): tests 45, augment 25, teacher 145, encode 100, score 55, e2e 65: 435 s at
 most, plus about 30 s to install the wheels and a few seconds of start-up: under 8 minutes.
+
+A rerun of what a first run could not finish in its budget (the parts' processes inherit these):
+``BENCH_GPU_TEACHER=job`` makes the teacher part run only the teacher job (all three teachers,
+its size from the time left, no per-sample or stage loops); ``BENCH_GPU_PRECISIONS=bf16`` makes the
+encode part measure only those precisions (comma-separated, of fp16 and bf16).
 
 Without CUDA every part still runs its code at toy sizes on the CPU ("CPU rehearsal": a check
 that the script works, not a measurement) and the CUDA targets read "skipped (no CUDA)".
@@ -84,13 +89,15 @@ class Part:
     title: str
 
 
+# Sized from the H200 run of 2026-12-04 (docs/benchmarks.md): the parts took tests 37 s, augment 17-19,
+# score 51, e2e 46; the teacher part ran out at 110 s before its job (its three per-sample loops took 49 s).
 PARTS = [
     Part("tests", 45, "CUDA-only tests"),
-    Part("augment", 35, "augment stage on the GPU"),
-    Part("teacher", 110, "teachers: GPU batched vs per-sample CPU loop"),
+    Part("augment", 25, "augment stage on the GPU"),
+    Part("teacher", 145, "teachers: GPU batched vs per-sample CPU loop"),
     Part("encode", 100, "encode job vs bare model"),
     Part("score", 55, "score job vs per-file loop"),
-    Part("e2e", 90, "augment job end to end"),
+    Part("e2e", 65, "augment job end to end"),
 ]
 INSTALL_SECONDS = 30  # pip install of the carried wheels on the device (bench/gpu.sh)
 TOTAL_LIMIT = 8 * 60
@@ -363,10 +370,13 @@ def per_sample_loop(teacher: dict, workers: int, seconds: float) -> tuple[float,
 
 
 def part_teacher(ctx: Context) -> None:
-    from bench.teacher import TEACHERS, run_job_child, stage_loop
+    from bench.teacher import TEACHERS, stage_loop
 
     # CREPE full takes seconds per clip on one core: the CPU rehearsal leaves it out.
     names = ["pesto", "crepe_tiny", "crepe_full"] if ctx.cuda else ["pesto", "crepe_tiny"]
+    if os.environ.get("BENCH_GPU_TEACHER") == "job":  # a rerun: the job alone, as long as the time left allows
+        teacher_job(ctx, names, None)
+        return
     loop_seconds = 5.0 if ctx.cuda else 1.0
     # The CPU loops first: their DataLoader workers fork this process before it holds a CUDA context.
     cpu, rounds = {}, {}
@@ -393,10 +403,18 @@ def part_teacher(ctx: Context) -> None:
             per_sample_loop=cpu[name],
             loop_rounds=rounds[name],
         )
-    # The teacher job with all three on the GPU, long enough for a steady state (about 10 s of
-    # GPU work; its writes are 0.2 MB a clip, about 4 GB at most).
-    combined = 1 / sum(1 / gpu[name] for name in names)
-    samples = int(min(16384, max(1024, combined * 10))) // 256 * 256 if ctx.cuda else 8
+    teacher_job(ctx, names, 1 / sum(1 / gpu[name] for name in names))
+
+
+def teacher_job(ctx: Context, names: list[str], combined: float | None) -> None:
+    """The teacher job with ``names`` on the GPU while its busy share is sampled, long enough for a
+    steady state: about 10 s of GPU work at the stages' ``combined`` rate (clips/s; None: a third of
+    the time left, less the job's start-up, at the stages' rate measured on an H200 for all three,
+    190 clips/s); its writes are 0.2 MB a clip, about 4 GB at most."""
+    from bench.teacher import run_job_child
+
+    seconds = 10.0 if combined is not None else max(5.0, (ctx.left() - 30) / 3)
+    samples = int(min(16384, max(1024, (combined or 190.0) * seconds))) // 256 * 256 if ctx.cuda else 8
     args = argparse.Namespace(samples=samples, teachers=",".join(names), workers=ctx.cpus, block=256, autocast="")
     if not ctx.cuda:
         args.teachers, args.block = "pesto", 4  # the rehearsal: the job's code path, on CPU actors
@@ -424,6 +442,8 @@ def part_encode(ctx: Context) -> None:
     sample_size = 1320960 if ctx.cuda else 65536  # pre_encode's default: 30 s at 44.1 kHz
     device = torch.device(ctx.device)
     precisions = ["fp16", "bf16"] if ctx.cuda else ["fp32"]
+    if ctx.cuda and os.environ.get("BENCH_GPU_PRECISIONS"):  # a rerun of the precisions a first run missed
+        precisions = [p for p in ("fp16", "bf16") if p in os.environ["BENCH_GPU_PRECISIONS"].split(",")]
     # A model about as slow as a real 30 s audio VAE (<= 100 windows/s), so that the GPU, not the
     # decode CPUs, is what the job should be bound by: the smallest width that slow enough.
     hidden = 8
