@@ -23,10 +23,10 @@ demo: $(STAMP)
 # from the process that holds the session's Ray, which never loads numba (see docs/architecture.md,
 # "Readers": the process that drives Ray neither forks nor loads numba). They run at once: the Ray
 # process leaves about a third of two cores idle while its end-to-end tests wait on processes starting,
-# and the pages process takes it (measured in CI: the whole run 1-2 minutes shorter,
-# the Ray process's time within its noise; docs/benchmarks.md). `nice 19` ranks it lowest where the kernel compares it with
-# Ray's processes (with autogroup, only within its own session). Its report follows the other's; fails
-# when either fails.
+# and the pages process takes it (measured in CI: the whole run 1-2 minutes shorter, the Ray process's
+# time within its noise; docs/benchmarks.md). `nice 19` ranks it lowest where the kernel compares it
+# with Ray's processes (with autogroup, only within its own session). Its report follows the other's;
+# fails when either fails.
 test: $(STAMP)
 	@pages_log=$$(mktemp); \
 	nice -n 19 $(PY) -m pytest -q -p no:cacheprovider --durations=5 tests -m pages > $$pages_log 2>&1 & pages=$$!; \

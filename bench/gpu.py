@@ -443,7 +443,9 @@ def part_encode(ctx: Context) -> None:
     device = torch.device(ctx.device)
     precisions = ["fp16", "bf16"] if ctx.cuda else ["fp32"]
     if ctx.cuda and os.environ.get("BENCH_GPU_PRECISIONS"):  # a rerun of the precisions a first run missed
-        precisions = [p for p in ("fp16", "bf16") if p in os.environ["BENCH_GPU_PRECISIONS"].split(",")]
+        precisions = os.environ["BENCH_GPU_PRECISIONS"].split(",")
+        if not set(precisions) <= {"fp16", "bf16"}:
+            raise ValueError(f"BENCH_GPU_PRECISIONS={','.join(precisions)}: name fp16 and/or bf16")
     # A model about as slow as a real 30 s audio VAE (<= 100 windows/s), so that the GPU, not the
     # decode CPUs, is what the job should be bound by: the smallest width that slow enough.
     hidden = 8
