@@ -20,8 +20,10 @@ from ray_pipelines.readers.encode import (
     EncodedShardRows,
     collate_encoded,
     crop_latents,
+    crop_starts,
     open_encoded,
 )
+from ray_pipelines.seeding import derive_seed
 from tests.test_readers import take_checking_reuse
 
 # Every test here reads tensors as real outputs are read: decoded from their pages.
@@ -90,6 +92,29 @@ def test_both_layouts_give_the_same_cropped_tokens_on_the_last_axis(tokens_outpu
     assert first[0].shape == (Q, 16) and first[1]["latent_filename"].endswith(".npy")
 
 
+def test_crop_starts_are_uniform_over_the_starts_that_keep_a_real_frame():
+    length, frames, draws = 8, 30, 4600
+    masks = np.zeros((4, frames), dtype=np.uint8)
+    masks[0] = 1  # real throughout: every start 0..22
+    masks[1, 25:27] = 1  # frames 25 and 26: a crop [s, s + 8) holds one for s in 18..22
+    masks[2, :3] = 1  # frames 0..2: starts 0..2
+    expected = [range(23), range(18, 23), range(3), range(23)]  # row 3 has no real frame: any start
+    numbers = [derive_seed(0, "test", i) for i in range(draws)]
+    for mask, usable in zip(masks, expected):
+        starts = crop_starts(np.repeat(mask[None], draws, axis=0), length, numbers)
+        counts = np.bincount(starts, minlength=frames - length + 1)
+        assert set(np.flatnonzero(counts).tolist()) == set(usable)
+        mean = draws / len(usable)
+        assert counts[list(usable)].min() > 0.75 * mean and counts[list(usable)].max() < 1.25 * mean
+        # one item at a time (the item mode, the sat layout) picks what the batch picks
+        for number, start in list(zip(numbers, starts.tolist()))[:50]:
+            tokens = np.arange(frames)[None].repeat(2, axis=0)
+            cropped, cropped_mask, got = crop_latents(tokens, mask, length, number)
+            assert got == start and cropped[0].tolist() == list(range(start, start + length))
+            assert cropped_mask.tolist() == mask[start : start + length].tolist()
+    assert crop_starts(masks, length, None).tolist() == [0, 0, 0, 0]  # random_crop=False
+
+
 def test_a_mask_that_does_not_match_the_last_axis_is_refused():
     tokens = np.zeros((N, Q), dtype=np.int16)  # frames first: the layout tokens must not have
     with pytest.raises(ValueError, match=r"padding_mask has 40 entries but the latents' last axis has 2 frames"):
@@ -97,7 +122,7 @@ def test_a_mask_that_does_not_match_the_last_axis_is_refused():
 
 
 @pytest.mark.parametrize("view_bytes", [1, 1 << 30], ids=["views", "gathered"])
-@pytest.mark.parametrize("crop", [16, None])
+@pytest.mark.parametrize("crop", [16, None, N + 8])  # N + 8: every item zero-padded
 def test_batched_parquet_latents_are_the_items_cropped_alike(tokens_output, crop, view_bytes, monkeypatch):
     monkeypatch.setattr(batches_module, "VIEW_BYTES", view_bytes)
     items = EncodedShardRows(str(tokens_output), latent_crop_length=crop, shuffle=True, seed=2)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..encoders.sat_sink import FILELIST
-from ..seeding import sample_rng
+from ..seeding import derive_seed
 from ..storage import Storage, is_local
 from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, column_specs
 from .clients import ProcessFilesystem
@@ -44,12 +44,12 @@ from .parquet import ShardRows, manifest_files
 
 
 def crop_latents(
-    latents: np.ndarray, mask: np.ndarray, length: int, rng: np.random.Generator | None = None
+    latents: np.ndarray, mask: np.ndarray, length: int, draw: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``[C, N]`` latents (or ``[Q, N]`` tokens) and ``[N]`` mask -> exactly ``length`` frames, and the crop start.
 
-    The start is uniform over the starts whose crop holds at least one real
-    frame (0 when ``rng`` is None); shorter inputs are zero-padded.
+    The start is the one :func:`crop_starts` picks with ``draw`` (0 when
+    ``draw`` is None); shorter inputs are zero-padded.
     """
     frames = latents.shape[-1]
     if len(mask) != frames:
@@ -60,15 +60,26 @@ def crop_latents(
     if frames <= length:
         pad = length - frames
         return (np.pad(latents, [(0, 0)] * (latents.ndim - 1) + [(0, pad)]), np.pad(mask, (0, pad)), 0)
-    start = 0
-    if rng is not None:
-        cumulative = np.concatenate([[0], np.cumsum(np.asarray(mask, dtype=np.int64) > 0)])
-        real_in_crop = cumulative[length:] - cumulative[:-length]  # one per start 0..N-L
-        candidates = np.flatnonzero(real_in_crop > 0)
-        if len(candidates) == 0:  # no real frame at all
-            candidates = np.arange(frames - length + 1)
-        start = int(candidates[rng.integers(len(candidates))])
+    start = int(crop_starts(np.asarray(mask)[None], length, None if draw is None else [draw])[0])
     return latents[..., start : start + length], mask[start : start + length], start
+
+
+def crop_starts(masks: np.ndarray, length: int, draws: list[int] | None) -> np.ndarray:
+    """Crop starts of ``length`` frames for ``masks [n, N]`` (``N > length``), one per row: uniform over
+    the starts whose crop holds at least one real frame (over every start where none does), the
+    ``draw % count``-th of them for the row's 64-bit ``draw`` (the bias is below 1e-15); 0 without
+    draws. A whole batch at once: the batched reader's crops cost a few NumPy calls, not a
+    generator per item."""
+    n, frames = masks.shape
+    if draws is None:
+        return np.zeros(n, dtype=np.int64)
+    cumulative = np.zeros((n, frames + 1), dtype=np.int32)
+    np.cumsum(masks > 0, axis=1, out=cumulative[:, 1:])
+    usable = (cumulative[:, length:] - cumulative[:, :-length]) > 0  # [n, N - length + 1]
+    usable[~usable.any(axis=1)] = True  # no real frame at all: any start
+    ranks = np.cumsum(usable, axis=1)
+    picks = np.array([draw % count for draw, count in zip(draws, ranks[:, -1].tolist())], dtype=np.int64)
+    return np.argmax(ranks > picks[:, None], axis=1).astype(np.int64)
 
 
 class _Cropper:
@@ -79,6 +90,12 @@ class _Cropper:
         self.random_crop = random_crop
         self.seed = seed
 
+    def draws(self, keys, windows, epoch: int) -> list[int] | None:
+        """Each item's crop draw, from ``(seed, epoch, key, window)`` (None with ``random_crop=False``)."""
+        if not self.random_crop:
+            return None
+        return [derive_seed(self.seed, "crop", epoch, key, int(window)) for key, window in zip(keys, windows)]
+
     def arrays(
         self, latents: np.ndarray, mask: np.ndarray, key: str, window: int, epoch: int
     ) -> tuple[np.ndarray, np.ndarray, int | None]:
@@ -86,8 +103,8 @@ class _Cropper:
         mask = np.asarray(mask, dtype=np.uint8)
         if self.latent_crop_length is None:
             return latents, mask, None
-        rng = sample_rng(self.seed, "crop", epoch, key, int(window)) if self.random_crop else None
-        return crop_latents(latents, mask, self.latent_crop_length, rng)
+        draws = self.draws([key], [window], epoch)
+        return crop_latents(latents, mask, self.latent_crop_length, None if draws is None else draws[0])
 
     def __call__(
         self, latents: np.ndarray, metadata: dict[str, Any], epoch: int
@@ -267,19 +284,27 @@ class EncodedShardRows(ShardRows):
         return copied, sources, custom, partial(self._crop_into, epoch)
 
     def _crop_into(self, epoch: int, batch: dict[str, Any], window: Window, order: np.ndarray, at: int) -> None:
+        """The crops of ``order``'s items, as :class:`_Cropper` crops an item: starts and masks for the
+        batch's rows at once, then each item's latents copied from its crop."""
         latents, masks = batch["latents"].numpy(), batch["padding_mask"].numpy()
         starts = batch["latent_crop_start"].numpy()
-        keys, numbers, source_masks = (
-            window.arrays.get("key"),
-            window.arrays.get("window"),
-            window.arrays["padding_mask"],
+        length, stop = self.crop.latent_crop_length, at + len(order)
+        source_masks = np.asarray(window.arrays["padding_mask"][order], dtype=np.uint8)
+        if source_masks.shape[1] != window.row("latents", int(order[0])).shape[-1] or source_masks.shape[1] <= length:
+            for j, i in enumerate(order.tolist(), start=at):  # refused (mask of another length) or zero-padded
+                latents[j], masks[j], starts[j] = crop_latents(window.row("latents", i), source_masks[j - at], length)
+            return
+        keys, numbers = window.arrays.get("key"), window.arrays.get("window")
+        draws = self.crop.draws(
+            keys[order] if keys is not None else [""] * len(order),
+            numbers[order] if numbers is not None else [0] * len(order),
+            epoch,
         )
-        for j, i in enumerate(order.tolist(), start=at):
-            key = keys[i] if keys is not None else ""
-            number = numbers[i] if numbers is not None else 0
-            latents[j], masks[j], starts[j] = self.crop.arrays(
-                window.row("latents", i), source_masks[i], key, number, epoch
-            )
+        chosen = crop_starts(source_masks, length, draws)
+        starts[at:stop] = chosen
+        masks[at:stop] = np.take_along_axis(source_masks, chosen[:, None] + np.arange(length), axis=1)
+        for j, i, start in zip(range(at, stop), order.tolist(), chosen.tolist()):
+            latents[j] = window.row("latents", i)[..., start : start + length]
 
     def _finish_batch(self, batch: dict[str, Any]) -> Any:
         """``(latents [n, C, L], metadata)``: the other columns batched (tensors, strings as lists)."""
