@@ -6,6 +6,7 @@ committed as the encode job does, with ``filelist.txt``.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from bench.readers import encode_rows, write_encode
 from ray_pipelines.readers.encode import (
     EncodedLatents,
     EncodedShardRows,
+    array_from_npy,
     collate_encoded,
     crop_latents,
     crop_starts,
@@ -113,6 +115,32 @@ def test_crop_starts_are_uniform_over_the_starts_that_keep_a_real_frame():
             assert got == start and cropped[0].tolist() == list(range(start, start + length))
             assert cropped_mask.tolist() == mask[start : start + length].tolist()
     assert crop_starts(masks, length, None).tolist() == [0, 0, 0, 0]  # random_crop=False
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_npy_bytes_are_read_as_np_load_reads_them(version):
+    arrays = [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.asfortranarray(np.arange(15, dtype=np.float64).reshape(3, 5)),
+        np.zeros((0, 4), dtype=np.int16),
+        np.array(3.5),
+        np.arange(6, dtype=">i4").reshape(2, 3),
+    ]
+    for array in arrays:
+        stream = io.BytesIO()
+        np.lib.format.write_array(stream, array, version=version)
+        got = array_from_npy(stream.getvalue())
+        assert got.dtype == array.dtype and got.shape == array.shape and np.array_equal(got, array)
+        assert not got.flags.writeable  # a view of the bytes read
+        if array.size:
+            with pytest.raises(ValueError):  # cut short
+                array_from_npy(stream.getvalue()[:-1])
+    stream = io.BytesIO()
+    np.save(stream, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        array_from_npy(stream.getvalue())
+    with pytest.raises(ValueError, match="magic string"):
+        array_from_npy(b"not an npy file at all")
 
 
 def test_a_mask_that_does_not_match_the_last_axis_is_refused():
