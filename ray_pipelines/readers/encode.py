@@ -317,27 +317,19 @@ class EncodedShardRows(ShardRows):
         return copied, sources, custom, partial(self._crop_into, epoch)
 
     def _crop_into(self, epoch: int, batch: dict[str, Any], window: Window, order: np.ndarray, at: int) -> None:
-        """The crops of ``order``'s items, as :class:`_Cropper` crops an item: starts and masks for the
-        batch's rows at once, then each item's latents copied from its crop."""
+        """The crops of ``order``'s items (:meth:`_Cropper.batch`: their starts drawn at once), copied in."""
         latents, masks = batch["latents"].numpy(), batch["padding_mask"].numpy()
         starts = batch["latent_crop_start"].numpy()
-        length, stop = self.crop.latent_crop_length, at + len(order)
-        source_masks = np.asarray(window.arrays["padding_mask"][order], dtype=np.uint8)
-        if source_masks.shape[1] != window.row("latents", int(order[0])).shape[-1] or source_masks.shape[1] <= length:
-            for j, i in enumerate(order.tolist(), start=at):  # refused (mask of another length) or zero-padded
-                latents[j], masks[j], starts[j] = crop_latents(window.row("latents", i), source_masks[j - at], length)
-            return
         keys, numbers = window.arrays.get("key"), window.arrays.get("window")
-        draws = self.crop.draws(
+        crops = self.crop.batch(
+            [window.row("latents", i) for i in order.tolist()],
+            list(window.arrays["padding_mask"][order]),
             keys[order] if keys is not None else [""] * len(order),
             numbers[order] if numbers is not None else [0] * len(order),
             epoch,
         )
-        chosen = crop_starts(source_masks, length, draws)
-        starts[at:stop] = chosen
-        masks[at:stop] = np.take_along_axis(source_masks, chosen[:, None] + np.arange(length), axis=1)
-        for j, i, start in zip(range(at, stop), order.tolist(), chosen.tolist()):
-            latents[j] = window.row("latents", i)[..., start : start + length]
+        for j, (z, mask, start) in enumerate(crops, start=at):
+            latents[j], masks[j], starts[j] = z, mask, start
 
     def _finish_batch(self, batch: dict[str, Any]) -> Any:
         """``(latents [n, C, L], metadata)``: the other columns batched (tensors, strings as lists)."""
