@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader
 
 import ray_pipelines.engine.sink as sink_module
 import ray_pipelines.readers.batches as batches_module
+import ray_pipelines.readers.parquet as parquet_module
+import ray_pipelines.readers.rowgroups as rowgroups_module
 from bench.readers import write_output
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
@@ -230,6 +232,32 @@ def test_an_epoch_reads_only_the_row_groups_of_its_versions(views_output):
     )
     assert sum(len(view1) for view1, _ in DataLoader(dataset, batch_size=4)) == CLIPS
     assert sum(read) == (CLIPS if one_row_groups else len(dataset.index))
+
+
+def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path, monkeypatch):
+    """pyarrow reads a local output's small columns a whole file at a time, once per process: a later
+    epoch reads none of them again (tensors come from their pages). Kept only when every row of them
+    fits in SMALL_COLUMNS_BYTES."""
+    files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=True)), "train")
+    dataset = ShardRows(files, shuffle=True, seed=1)
+    assert list(dataset.tensor_leaves) == ["x"] and dataset.reader.kept_columns == {"key", "index"}
+    first = {int(row["x"][0]): row for row in dataset}
+    assert len(first) == ROWS and len(dataset.reader._kept) == len(files)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("pyarrow opened a file for a kept column")
+
+    monkeypatch.setattr(rowgroups_module.pq, "ParquetFile", refused)
+    dataset.set_epoch(1)
+    second = list(dataset)
+    assert [int(row["x"][0]) for row in second] != list(first)  # another order, the same rows
+    for row in second:
+        expected = first[int(row["x"][0])]
+        assert (row["key"], row["index"]) == (expected["key"], expected["index"])
+        assert row["key"] == f"k{int(row['x'][0]):03d}"
+    monkeypatch.undo()
+    monkeypatch.setattr(parquet_module, "SMALL_COLUMNS_BYTES", ROWS * 8)  # not room for every row's key
+    assert ShardRows(files).reader.kept_columns == frozenset()
 
 
 def test_set_epoch_during_an_epoch_fails_loudly(rows_output):

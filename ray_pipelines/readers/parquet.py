@@ -26,6 +26,7 @@ used when it is initialised.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..engine.arrow import column_to_numpy
+from ..engine.arrow import column_to_numpy, tensor_shape
 from ..storage import Storage
 from .batches import (
     BatchBuilder,
@@ -65,7 +66,7 @@ from .epoch import (
 )
 from .footers import FooterTable, footer_table
 from .pages import load_kernels, tensor_leaves
-from .rowgroups import Footers, RowGroupIndex, RowGroupReader, build_index, read_footers
+from .rowgroups import SMALL_COLUMNS_BYTES, Footers, RowGroupIndex, RowGroupReader, build_index, read_footers
 
 # Tensor columns decoded from their Parquet pages when they allow it (.pages); "0": pyarrow decodes
 # everything (the benchmark's comparison, and a way out should a file ever be misread).
@@ -210,6 +211,8 @@ class ShardRows(EpochDataset):
         )
         self._after_index(footers, tables)
         self.reader.remember_footers(footers.parsed_so_far(), tables)  # the first reads need not read them again
+        if self.reader.local:
+            self.reader.kept_columns = kept_columns(self.index, [n for n in names if n not in self.tensor_leaves])
 
     # ---- for subclasses ----------------------------------------------------------------
     def _after_index(self, footers: Footers, tables: list[FooterTable | None] | None) -> None:
@@ -380,6 +383,36 @@ class PieceRead:
         if name not in self.tensors:
             return None
         return ViewRows(self.tensors[name], self.group, self.in_group)
+
+
+def kept_columns(index: RowGroupIndex, names: list[str]) -> frozenset[str]:
+    """``names`` when a reader process may keep them for every row (:data:`.rowgroups.SMALL_COLUMNS_BYTES`,
+    estimated from their types: strings at ``STRING_ROW_BYTES``), else none. Columns of other types
+    (variable-length lists, structs) are never kept."""
+    per_row = 0
+    kept = []
+    for name in names:
+        row_bytes = _fixed_row_bytes(index.schema.field(name).type)
+        if row_bytes is not None:
+            per_row += row_bytes
+            kept.append(name)
+    return frozenset(kept) if kept and index.num_rows * per_row <= SMALL_COLUMNS_BYTES else frozenset()
+
+
+# What a string or binary value is taken to weigh when deciding whether small columns are kept.
+STRING_ROW_BYTES = 256
+
+
+def _fixed_row_bytes(arrow_type: pa.DataType) -> int | None:
+    """A row's bytes for numbers, booleans and tensors of them; ``STRING_ROW_BYTES`` for strings;
+    None for any other type."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_binary(arrow_type):
+        return STRING_ROW_BYTES
+    described = tensor_shape(arrow_type)
+    shape, value_type = (described[0], described[1]) if described is not None else ((), arrow_type)
+    if pa.types.is_integer(value_type) or pa.types.is_floating(value_type) or pa.types.is_boolean(value_type):
+        return max(1, math.prod(shape) * max(1, value_type.bit_width // 8))
+    return None
 
 
 def chunk_row_groups(index: RowGroupIndex, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:

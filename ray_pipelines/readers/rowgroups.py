@@ -45,6 +45,9 @@ TAIL_BYTES = 256 * 1024
 HOLE_BYTES = 1024 * 1024
 # Parsed footers kept per process (the files of the windows being read).
 FOOTER_CACHE = 64
+# A local output's small columns (scalars, masks, strings: what the page decoder leaves to pyarrow) are
+# kept per reader process, each file's read whole once, when all of them fit in this (see ShardRows).
+SMALL_COLUMNS_BYTES = 128 * 1024 * 1024
 
 
 @dataclass
@@ -311,9 +314,14 @@ class RowGroupReader:
         self._footers: OrderedDict[int, pq.FileMetaData] = OrderedDict()
         self._tables: OrderedDict[int, FooterTable | None] = OrderedDict()
         self._lock = threading.Lock()
+        # Columns whose whole files are read once and kept in this process (local files only): set by
+        # the reader when they fit in SMALL_COLUMNS_BYTES. pyarrow's cost is per column chunk, so a
+        # one-row-group layout paid it for every row of every epoch.
+        self.kept_columns: frozenset[str] = frozenset()
+        self._kept: dict[int, pa.Table] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_lock": None, "_footers": OrderedDict(), "_tables": OrderedDict()}
+        return {**self.__dict__, "_lock": None, "_footers": OrderedDict(), "_tables": OrderedDict(), "_kept": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
@@ -384,16 +392,45 @@ class RowGroupReader:
                 return pa.table({}), decoded  # pyarrow has nothing to read
             md = self._local_footer(file, path)
             rest = _other_columns(md, columns, decoded)
-            if rest == []:
-                return pa.table({}), decoded
-            with pq.ParquetFile(path, metadata=md) as pf:
-                return pf.read_row_groups(groups, columns=rest, use_threads=False), decoded
+            if rest is None:
+                rest = md.schema.to_arrow_schema().names
+            kept = [name for name in rest if name in self.kept_columns]
+            read = [name for name in rest if name not in self.kept_columns]
+            if read:
+                with pq.ParquetFile(path, metadata=md) as pf:
+                    table = pf.read_row_groups(groups, columns=read, use_threads=False)
+            if not kept:
+                return (table if read else pa.table({})), decoded
+            taken = self._kept_file(file, path, md).take(self._file_rows(file, groups))
+            if read:  # both, in the order asked for
+                taken = pa.Table.from_arrays(
+                    [(table if name in read else taken).column(name) for name in rest], names=rest
+                )
+            return taken.select(rest), decoded
         source, md = self._remote_source(fs, file, path, groups, columns)
         decoded = _decode_columns(_metadata_chunks(md), groups, tensors, wanted, source.range)
         rest = _other_columns(md, columns, decoded)
         if rest == []:
             return pa.table({}), decoded
         return pq.ParquetFile(source, metadata=md).read_row_groups(groups, columns=rest, use_threads=False), decoded
+
+    def _kept_file(self, file: int, path: str, md: pq.FileMetaData) -> pa.Table:
+        """``file``'s kept columns, all its rows (read on first use in this process)."""
+        with self._lock:
+            table = self._kept.get(file)
+        if table is None:
+            with pq.ParquetFile(path, metadata=md) as pf:
+                table = pf.read(columns=sorted(self.kept_columns), use_threads=False).combine_chunks()
+            with self._lock:
+                self._kept[file] = table
+        return table
+
+    def _file_rows(self, file: int, groups: list[int]) -> np.ndarray:
+        """The rows (numbers within ``file``) of its row groups ``groups``, in that order."""
+        rows = self.index.rows[self.index.file_groups(file)]
+        first = np.concatenate([[0], np.cumsum(rows)[:-1]])[groups]
+        counts = rows[groups]
+        return np.repeat(first - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
 
     def _local_footer(self, file: int, path: str) -> pq.FileMetaData:
         md = self._footer(file)
