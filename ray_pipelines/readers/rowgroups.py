@@ -420,7 +420,9 @@ class RowGroupReader:
             table = self._kept.get(file)
         if table is None:
             with pq.ParquetFile(path, metadata=md) as pf:
-                table = pf.read(columns=sorted(self.kept_columns), use_threads=False).combine_chunks()
+                present = set(md.schema.to_arrow_schema().names)  # a file may lack one the reader never asks for
+                names = sorted(name for name in self.kept_columns if name in present)
+                table = pf.read(columns=names, use_threads=False).combine_chunks()
             with self._lock:
                 self._kept[file] = table
         return table
