@@ -7,6 +7,8 @@ committed as the encode job does, with ``filelist.txt``.
 from __future__ import annotations
 
 import io
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader
 
 import ray_pipelines.readers.batches as batches_module
 from bench.readers import encode_rows, write_encode
+from ray_pipelines.readers.clients import ProcessFilesystem
 from ray_pipelines.readers.encode import (
     EncodedLatents,
     EncodedShardRows,
@@ -23,6 +26,7 @@ from ray_pipelines.readers.encode import (
     collate_encoded,
     crop_latents,
     crop_starts,
+    loads_json,
     open_encoded,
 )
 from ray_pipelines.seeding import derive_seed
@@ -141,6 +145,27 @@ def test_npy_bytes_are_read_as_np_load_reads_them(version):
         array_from_npy(stream.getvalue())
     with pytest.raises(ValueError, match="magic string"):
         array_from_npy(b"not an npy file at all")
+
+
+def test_an_items_json_is_parsed_as_json_parses_it():
+    """orjson where it can, json for what orjson refuses (NaN, integers past 64 bits); errors stay json's."""
+    plain = b'{"padding_mask": [1, 1, 0], "key": "a/b.wav", "window": 2, "seconds_start": 1.5, "tags": null}'
+    assert loads_json(plain) == json.loads(plain)
+    assert math.isnan(loads_json(b'{"seconds_total": NaN}')["seconds_total"])
+    for big in (123456789012345678901234567890, -9223372036854775809, 18446744073709551615, -(2**63)):
+        assert loads_json(f'{{"id": {big}, "m": [1, 0]}}'.encode()) == {"id": big, "m": [1, 0]}
+    assert loads_json(b'{"x": 1e400}')["x"] == math.inf
+    with pytest.raises(json.JSONDecodeError):
+        loads_json(b'{"padding_mask": [1, 1')
+
+
+def test_a_local_item_is_read_whole(tmp_path):
+    data = bytes(range(256)) * 1000
+    (tmp_path / "x.npy").write_bytes(data)
+    for url in (str(tmp_path), f"file://{tmp_path}"):
+        client = ProcessFilesystem(url)
+        assert client.local and client.cat(str(tmp_path / "x.npy")) == data
+    assert not ProcessFilesystem("s3://bucket/out").local
 
 
 def test_a_mask_that_does_not_match_the_last_axis_is_refused():

@@ -14,7 +14,7 @@ from typing import Any
 
 import fsspec
 
-from ..storage import get_fs
+from ..storage import get_fs, split_protocol
 
 
 class ProcessFilesystem:
@@ -25,6 +25,7 @@ class ProcessFilesystem:
         self._fs: fsspec.AbstractFileSystem | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self.local = split_protocol(url)[0] == "file"
 
     def get(self) -> fsspec.AbstractFileSystem:
         with self._lock:
@@ -32,6 +33,14 @@ class ProcessFilesystem:
                 self._fs, _ = get_fs(self.url, self.storage_options)
                 self._pid = os.getpid()
             return self._fs
+
+    def cat(self, path: str) -> bytes:
+        """The whole file at ``path``; a local one read with ``open`` (fsspec's ``cat_file`` added 9 us
+        to a 165 KB read's 26)."""
+        if self.local:
+            with open(path, "rb") as f:
+                return f.read()
+        return self.get().cat_file(path)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "storage_options": self.storage_options}

@@ -29,10 +29,11 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 
 from ..encoders.sat_sink import FILELIST
@@ -87,16 +88,58 @@ def array_from_npy(data: bytes) -> np.ndarray:
     """An ``.npy`` file's array (``data``: all its bytes) as a read-only view of ``data``: ``np.load``
     of a ``BytesIO`` copies the values out once more (about 40 us of a 165 KB latent's 80). Anything but
     a plain array of numbers in format 1.0 or 2.0 goes to ``np.load``, which reads or refuses it."""
-    stream = io.BytesIO(data)
-    version = np.lib.format.read_magic(stream)
-    header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version in header:
-        shape, fortran_order, dtype = header[version](stream)
-        if not dtype.hasobject:
-            count = math.prod(shape)
-            values = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
-            return values.reshape(shape, order="F" if fortran_order else "C")
+    layout = _npy_layout(_npy_header(data))
+    if layout is not None:
+        shape, fortran_order, dtype, offset = layout
+        values = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
+        return values.reshape(shape, order="F" if fortran_order else "C")
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+# 19 digits in a row: a number orjson may read otherwise than json (integers past 64 bits, below -2**63
+# too, become floats). Found by mapping every digit to "0" and searching for 19 of them: the whole
+# call then takes 7 us, where a regular expression's search alone took 17.
+_DIGITS_AS_ZEROS = bytes(48 if chr(b).isdigit() and b < 128 else 32 for b in range(256))
+_LONG_DIGITS = b"0" * 19
+
+
+def loads_json(data: bytes) -> Any:
+    """An item's ``.json`` as ``json.loads`` reads it, parsed by orjson where that is the same (6 us for
+    a 645-frame mask's 2.3 KB, json's 31): what orjson refuses (``NaN``) or may read otherwise (19
+    digits in a row: integers past 64 bits) goes to json."""
+    if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZEROS):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def _npy_header(data: bytes) -> bytes:
+    """The magic, version and header of an ``.npy`` file (format 1.0: a 2-byte length; 2.0: 4 bytes)."""
+    if data[:6] != np.lib.format.MAGIC_PREFIX:
+        np.lib.format.read_magic(io.BytesIO(data))  # raises: not an .npy file
+    if data[6:8] == b"\x01\x00":
+        return data[: 10 + int.from_bytes(data[8:10], "little")]
+    if data[6:8] == b"\x02\x00":
+        return data[: 12 + int.from_bytes(data[8:12], "little")]
+    return b""
+
+
+@lru_cache(maxsize=64)
+def _npy_layout(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """``(shape, fortran_order, dtype, offset of the values)`` of a plain array's header, else None.
+    Cached: an output's latents share a handful of headers, and parsing one took 15 of the 18 us an
+    item's array took."""
+    if not header:
+        return None
+    stream = io.BytesIO(header)
+    version = np.lib.format.read_magic(stream)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+    shape, fortran_order, dtype = read(stream)
+    if dtype.hasobject:
+        return None
+    return shape, fortran_order, dtype, len(header)
 
 
 class _Cropper:
@@ -195,10 +238,9 @@ class EncodedLatents(EpochDataset):
 
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]
-        fs = self._client.get()  # not self.storage.fs: this may be a DataLoader worker
         stem = posixpath.splitext(relpath)[0]
-        latents = array_from_npy(fs.cat_file(self.storage.abspath(relpath)))
-        metadata = json.loads(fs.cat_file(self.storage.abspath(stem + ".json")))
+        latents = array_from_npy(self._client.cat(self.storage.abspath(relpath)))
+        metadata = loads_json(self._client.cat(self.storage.abspath(stem + ".json")))
         metadata["latent_filename"] = self.storage.url(relpath)
         return latents, metadata
 
