@@ -234,6 +234,39 @@ def test_an_epoch_reads_only_the_row_groups_of_its_versions(views_output):
     assert sum(read) == (CLIPS if one_row_groups else len(dataset.index))
 
 
+class ReadThreadsSeen(torch.utils.data.IterableDataset):
+    """Yields what local_read_threads says in the process that iterates it."""
+
+    def __iter__(self):
+        from ray_pipelines.readers.parquet import local_read_threads
+
+        info = torch.utils.data.get_worker_info()
+        if info is None or info.id == 0:
+            yield local_read_threads()
+
+
+def test_local_reads_take_a_second_thread_only_where_every_reader_process_has_a_spare_core(monkeypatch):
+    from ray_pipelines.readers.parquet import local_read_threads
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert local_read_threads() == 2  # one process, 8 cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 ranks on this machine, 2 cores each
+    assert local_read_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "5")
+    assert local_read_threads() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")
+    assert local_read_threads() == 2  # read as one rank
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert local_read_threads() == 1  # one core: nothing to spare
+    # In DataLoader workers: every worker counts (forked workers inherit the patched affinity).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    for workers, expected in ((2, 2), (3, 1)):
+        seen = list(DataLoader(ReadThreadsSeen(), batch_size=None, num_workers=workers, multiprocessing_context="fork"))
+        assert seen == [expected]
+
+
 def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path, monkeypatch):
     """pyarrow reads a local output's small columns a whole file at a time, once per process: a later
     epoch reads none of them again (tensors come from their pages). Kept only when every row of them

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy, tensor_shape
 from ..storage import Storage
@@ -142,8 +143,9 @@ class ShardRows(EpochDataset):
     callable: DataLoader workers may pickle it). ``set_epoch(n)`` changes the
     order (and, in subclasses, the rows) between epochs, also in persistent
     workers. ``rank``/``world_size`` default to ``torch.distributed``'s.
-    ``threads``: background reads per reader process (default 2 on local disk,
-    8 on object stores, where requests wait on the network).
+    ``threads``: background reads per reader process (default on local disk:
+    :func:`local_read_threads`, 1 or 2; 8 on object stores, where requests wait on
+    the network).
 
     ``batch_size=B``: yield whole batches (use the DataLoader with ``batch_size=None``):
     a dict ``{column: tensor [n, *shape]}`` (strings: a list), ``n = B`` except for the
@@ -202,7 +204,7 @@ class ShardRows(EpochDataset):
             footers.all_parsed()  # reads will ask pyarrow for them: parsed once here, not in every worker
         self.index = build_index(self.files, footers, tables)
         self.reader = RowGroupReader(self.index, storage_options)
-        self.threads = threads or (2 if self.reader.local else 8)
+        self.threads = threads  # None: decided in the process that reads (_read_threads)
         self.chunk_groups = chunk_row_groups(self.index)
         # Each chunk's rows, [first, end) in the numbering across all files.
         self.chunk_first_row = self.index.first_row[self.chunk_groups[:, 0]]
@@ -288,7 +290,7 @@ class ShardRows(EpochDataset):
             for chunk, a, b in pieces
         ]
         bounds = np.cumsum([0] + [len(w) for w in windows(pieces, self._window_items(), WINDOW_CHUNKS)]).tolist()
-        pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="shard-rows")
+        pool = ThreadPoolExecutor(max_workers=self._read_threads(), thread_name_prefix="shard-rows")
 
         def read_window(w: int) -> list[Future]:
             return [pool.submit(read_piece, *piece) for piece in wanted[bounds[w] : bounds[w + 1]]]
@@ -300,6 +302,9 @@ class ShardRows(EpochDataset):
                 yield [f.result() for f in current]
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _read_threads(self) -> int:
+        return self.threads or (local_read_threads() if self.reader.local else 8)
 
     # ---- batched mode: what subclasses change ----------------------------------------------
     def _batch_names(self) -> list[str]:
@@ -364,6 +369,22 @@ class ShardRows(EpochDataset):
             piece, r = pieces[piece_of[i]], row_of[i]
             row = {name: piece[name][r] for name in names}
             yield transform(row) if transform else row
+
+
+def local_read_threads() -> int:
+    """Background read threads for a reader process on local disk: 2 where the machine has a core to
+    spare for each reader process (DataLoader workers, times the ranks on this machine as torchrun's
+    ``LOCAL_WORLD_SIZE`` says), else 1. A local read is mostly decoding (the bytes are in the page
+    cache), so a second thread gains only where a core would idle; with as many reader processes as
+    cores it costs more CPU per item (2-core VM, 2 workers: 7-35 %, the first epoch more)."""
+    info = get_worker_info()
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    processes = max(1, info.num_workers if info is not None else 1) * ranks
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cores >= 2 * processes else 1
 
 
 @dataclass
