@@ -539,6 +539,38 @@ def test_reuse_batches_needs_the_batched_mode(rows_output):
         OutputRows(str(rows_output), fields=("x",), batch_size=4, reuse_batches=-1)
 
 
+BATCH_COLUMNS = [("x", (5, 3), torch.float32), ("mask", (5, 7), torch.bool), ("n", (5,), torch.int64)]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_batchs_columns_are_views_of_one_storage_that_do_not_overlap(shared):
+    tensors = batches_module.batch_tensors([*BATCH_COLUMNS, ("h", (5, 2, 3), torch.float16)], shared)
+    assert [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()] == [
+        *((name, shape, dtype) for name, shape, dtype in BATCH_COLUMNS),
+        ("h", (5, 2, 3), torch.float16),
+    ]
+    assert len({t.untyped_storage().data_ptr() for t in tensors.values()}) == 1
+    assert all(t.is_shared() == shared and t.is_contiguous() and t.data_ptr() % 64 == 0 for t in tensors.values())
+    for value, t in enumerate(tensors.values(), start=1):
+        t.fill_(value)
+    assert [t.double().unique().tolist() for t in tensors.values()] == [[1.0], [1.0], [3.0], [4.0]]
+
+
+def test_reused_batch_memory_keeps_a_slots_storage_while_the_columns_stay_alike():
+    memory = batches_module.BatchMemory(shared=False, reuse=2)
+    first = []
+    for _ in range(2):
+        memory.next_batch()
+        first.append(memory.tensors(BATCH_COLUMNS))
+    memory.next_batch()  # slot 0 again, a shorter batch: views of its first rows
+    short = memory.tensors([(name, (3, *shape[1:]), dtype) for name, shape, dtype in BATCH_COLUMNS])
+    assert short["x"].shape == (3, 3) and short["x"].data_ptr() == first[0]["x"].data_ptr()
+    assert first[0]["x"].data_ptr() != first[1]["x"].data_ptr()
+    memory.next_batch()  # slot 1 with another dtype: new memory
+    other = memory.tensors([("x", (5, 3), torch.float64), *BATCH_COLUMNS[1:]])
+    assert other["x"].dtype == torch.float64 and other["x"].data_ptr() != first[1]["x"].data_ptr()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="MADV_POPULATE_WRITE is Linux's")
 @pytest.mark.parametrize("shared", [False, True])
 def test_batch_memory_is_mapped_when_made_and_keeps_what_is_written(shared):

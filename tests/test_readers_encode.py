@@ -30,7 +30,7 @@ from ray_pipelines.readers.encode import (
     open_encoded,
 )
 from ray_pipelines.seeding import derive_seed
-from tests.test_readers import take_checking_reuse
+from tests.test_readers import memory_id, take_checking_reuse
 
 # Every test here reads tensors as real outputs are read: decoded from their pages.
 pytestmark = pytest.mark.usefixtures("small_tensor_pages")
@@ -219,6 +219,9 @@ def test_batched_every_item_once_across_workers_and_ranks_as_the_items(tokens_ou
             assert len(batches) == len(batched) == -(-(ITEMS // 2) // 5)
             for latents, metadata in batches:
                 assert latents.is_shared() and metadata["padding_mask"].is_shared()
+                # the batch's tensors arrive as views of one shared storage (one file descriptor)
+                tensors = [latents, *(v for v in metadata.values() if isinstance(v, torch.Tensor))]
+                assert len(tensors) >= 3 and len({memory_id(t) for t in tensors}) == 1
                 for j, key in enumerate(metadata["key"]):
                     z, md = expected[key]
                     assert torch.equal(latents[j], z) and torch.equal(metadata["padding_mask"][j], md["padding_mask"])

@@ -296,9 +296,14 @@ class EncodedLatents(EpochDataset):
                 epoch,
             )
             first, first_mask, _ = crops[0]
-            latents = memory.empty("latents", (size, *first.shape), torch_dtype(first.dtype))
-            masks = memory.empty("padding_mask", (size, len(first_mask)), torch.bool)
-            starts = memory.empty("latent_crop_start", (size,), torch.int64)
+            tensors = memory.tensors(
+                [
+                    ("latents", (size, *first.shape), torch_dtype(first.dtype)),
+                    ("padding_mask", (size, len(first_mask)), torch.bool),
+                    ("latent_crop_start", (size,), torch.int64),
+                ]
+            )
+            latents, masks, starts = tensors["latents"], tensors["padding_mask"], tensors["latent_crop_start"]
             latents_out, masks_out, starts_out = latents.numpy(), masks.numpy(), starts.numpy()
             metadata: dict[str, Any] = {}
             for j, ((z, mask, start), (_, md)) in enumerate(zip(crops, items)):
