@@ -27,6 +27,7 @@ from ray_pipelines.readers.encode import (
     crop_latents,
     crop_starts,
     loads_json,
+    mask_array,
     open_encoded,
 )
 from ray_pipelines.seeding import derive_seed
@@ -157,6 +158,15 @@ def test_an_items_json_is_parsed_as_json_parses_it():
     assert loads_json(b'{"x": 1e400}')["x"] == math.inf
     with pytest.raises(json.JSONDecodeError):
         loads_json(b'{"padding_mask": [1, 1')
+
+
+def test_a_json_mask_becomes_the_uint8_values_numpy_gives():
+    for mask in ([1, 0, 1, 1], [True, False], [1.0, 0.0], [0, 2, 255], np.array([1, 0], dtype=np.int64), []):
+        got, expected = mask_array(mask), np.asarray(mask, dtype=np.uint8)
+        assert got.dtype == np.uint8 and got.tolist() == expected.tolist()
+    for bad in ([256], [-1]):
+        with pytest.raises(OverflowError):
+            mask_array(bad)
 
 
 def test_a_local_item_is_read_whole(tmp_path):
