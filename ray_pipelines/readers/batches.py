@@ -69,20 +69,25 @@ def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
 
 
+def numeric_shape(arrow_type: pa.DataType) -> tuple[tuple[int, ...], pa.DataType] | None:
+    """``(row shape, value type)`` of a column of numbers or booleans (shape ``()``) or of fixed-shape
+    tensors of them; None for any other column (strings, variable-length lists, structs)."""
+    described = tensor_shape(arrow_type)
+    shape, value_type = (tuple(described[0]), described[1]) if described is not None else ((), arrow_type)
+    if pa.types.is_integer(value_type) or pa.types.is_floating(value_type) or pa.types.is_boolean(value_type):
+        return shape, value_type
+    return None
+
+
 def column_specs(schema: pa.Schema, names: list[str], float_dtype: torch.dtype | None = None) -> list[ColumnSpec]:
     """Specs of ``names`` from the files' Arrow schema; float columns cast to ``float_dtype`` if given."""
     specs = []
     for name in names:
-        arrow_type = schema.field(name).type
-        described = tensor_shape(arrow_type)
-        shape: tuple[int, ...] = ()
-        if described is not None:
-            shape, value_type = tuple(described[0]), described[1]
-        else:
-            value_type = arrow_type
-        if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type) or pa.types.is_boolean(value_type)):
+        numeric = numeric_shape(schema.field(name).type)
+        if numeric is None:
             specs.append(ColumnSpec(name, "list"))
             continue
+        shape, value_type = numeric
         np_dtype = np.dtype(bool) if pa.types.is_boolean(value_type) else np.dtype(value_type.to_pandas_dtype())
         dtype = torch_dtype(np_dtype)
         if float_dtype is not None and dtype.is_floating_point:

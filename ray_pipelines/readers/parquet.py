@@ -39,7 +39,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import get_worker_info
 
-from ..engine.arrow import column_to_numpy, tensor_shape
+from ..engine.arrow import column_to_numpy
 from ..storage import Storage
 from .batches import (
     BatchBuilder,
@@ -51,6 +51,7 @@ from .batches import (
     check_batching,
     column_specs,
     gather_rows,
+    numeric_shape,
     piece_columns,
 )
 from .epoch import (
@@ -430,11 +431,11 @@ def _fixed_row_bytes(arrow_type: pa.DataType) -> int | None:
     None for any other type."""
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_binary(arrow_type):
         return STRING_ROW_BYTES
-    described = tensor_shape(arrow_type)
-    shape, value_type = (described[0], described[1]) if described is not None else ((), arrow_type)
-    if pa.types.is_integer(value_type) or pa.types.is_floating(value_type) or pa.types.is_boolean(value_type):
-        return max(1, math.prod(shape) * max(1, value_type.bit_width // 8))
-    return None
+    numeric = numeric_shape(arrow_type)
+    if numeric is None:
+        return None
+    shape, value_type = numeric
+    return max(1, math.prod(shape) * max(1, value_type.bit_width // 8))
 
 
 def chunk_row_groups(index: RowGroupIndex, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:

@@ -429,10 +429,10 @@ class RowGroupReader:
 
     def _file_rows(self, file: int, groups: list[int]) -> np.ndarray:
         """The rows (numbers within ``file``) of its row groups ``groups``, in that order."""
-        rows = self.index.rows[self.index.file_groups(file)]
-        first = np.concatenate([[0], np.cumsum(rows)[:-1]])[groups]
-        counts = rows[groups]
-        return np.repeat(first - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+        at = self.index.file_groups(file)
+        first = self.index.first_row[at][groups] - self.index.first_row[at.start]  # within the file
+        counts = self.index.rows[at][groups]
+        return np.repeat(first - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
 
     def _local_footer(self, file: int, path: str) -> pq.FileMetaData:
         md = self._footer(file)
