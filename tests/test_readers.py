@@ -543,7 +543,7 @@ BATCH_COLUMNS = [("x", (5, 3), torch.float32), ("mask", (5, 7), torch.bool), ("n
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_a_batchs_columns_are_views_of_one_storage_that_do_not_overlap(shared):
+def test_a_batchs_columns_are_views_of_one_storage_that_do_not_overlap(shared, monkeypatch):
     tensors = batches_module.batch_tensors([*BATCH_COLUMNS, ("h", (5, 2, 3), torch.float16)], shared)
     assert [(name, tuple(t.shape), t.dtype) for name, t in tensors.items()] == [
         *((name, shape, dtype) for name, shape, dtype in BATCH_COLUMNS),
@@ -554,6 +554,8 @@ def test_a_batchs_columns_are_views_of_one_storage_that_do_not_overlap(shared):
     for value, t in enumerate(tensors.values(), start=1):
         t.fill_(value)
     assert [t.double().unique().tolist() for t in tensors.values()] == [[1.0], [1.0], [3.0], [4.0]]
+    monkeypatch.setattr(batches_module, "empty_tensor", lambda *args: pytest.fail("allocated for no tensors"))
+    assert batches_module.batch_tensors([], shared) == {}  # a batch of strings only: nothing allocated
 
 
 def test_reused_batch_memory_keeps_a_slots_storage_while_the_columns_stay_alike():

@@ -222,6 +222,8 @@ def batch_tensors(columns: list[tuple[str, tuple[int, ...], torch.dtype]], share
     (its pages mapped at once, :func:`populate`; in shared memory when ``shared``). torch sends tensors
     that share a storage to another process as one file descriptor: a batch of 12 columns each in its
     own shared memory cost the training process 2.7 ms to receive, 0.35-0.54 ms as views of one."""
+    if not columns:  # a batch of strings only: no memory to share
+        return {}
     offsets, size = [], 0
     for _, shape, dtype in columns:
         size = -(-size // COLUMN_ALIGN) * COLUMN_ALIGN
