@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from ray_pipelines.augment import functional as F
+from ray_pipelines.augment.params import SPECTROGRAM_ORDER, WAVEFORM_ORDER, ViewDraws, ViewParams, pack_views
 from ray_pipelines.augment.pool import AugmentationPool, SpectrogramPoolConfig, WaveformPoolConfig
+from ray_pipelines.config import validate_config
+from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.seeding import derive_seed, sample_rng
 from ray_pipelines.spectrogram import LogMelSpectrogram
 from ray_pipelines.splits import assign_split, train_val_split
-from ray_pipelines.stages.augment import AugmentStage
+from ray_pipelines.stages.augment import DRAWS_COLUMN, AugmentStage
 
 
 def test_gain_polarity_shift_are_exact():
@@ -120,6 +123,27 @@ def test_disabled_entries_are_never_drawn():
         assert "pitch_shift" not in p.waveform and "noise" not in p.waveform and p.spectrogram == ("frequency_mask",)
 
 
+def test_packed_draws_carry_every_parameter_bit_for_bit():
+    pool = make_pool()
+    views = [pool.draw(sample_rng(seed, "k", 0, view)) for seed in range(200) for view in (1, 2)]
+    views.append(ViewParams(waveform=(), spectrogram=(), noise_seed=2**63 - 2, gain_db=-1 / 3, shift=-16537))
+    draws = ViewDraws.unpack(pack_views(views))
+    assert len(draws) == len(views) and ViewDraws.PACKED_WIDTH == pack_views(views).shape[1]
+    for i, v in enumerate(views):
+        assert [n for n in WAVEFORM_ORDER if draws.chose(n)[i]] == list(v.waveform)
+        assert [n for n in SPECTROGRAM_ORDER if draws.chose(n)[i]] == list(v.spectrogram)
+        for name in ("gain_db", "sign", "stretch_rate", "semitones", "lowpass_hz", "highpass_hz", "snr_db", "shift"):
+            assert getattr(draws, name)[i] == getattr(v, name), name  # exact, not close
+        assert (draws.band_low_hz[i], draws.band_high_hz[i]) == v.band_hz
+        assert int(draws.noise_seed[i]) == v.noise_seed
+        for name in SPECTROGRAM_ORDER:
+            start, width = v.masks.get(name, (0, 0))
+            assert (getattr(draws, f"{name}_start")[i], getattr(draws, f"{name}_width")[i]) == (start, width)
+    assert draws.shift.dtype == np.int64 and draws.noise_seed.dtype == np.uint64
+    some = draws.take(np.array([3, 0]))
+    assert some.gain_db.tolist() == [views[3].gain_db, views[0].gain_db]
+
+
 def stage(**kw) -> AugmentStage:
     args = dict(
         seed=0,
@@ -167,6 +191,26 @@ def test_stage_output_is_independent_of_batch_composition():
     np.testing.assert_array_equal(part["view2"], full["view2"][2:4])
 
 
+def test_views_drawn_in_the_jobs_decode_tasks_are_the_stages_own_bit_for_bit():
+    """The job draws each view's parameters where it decodes (column ``view_draws``); the
+    stage draws them itself without that column: the same draws, the same bytes."""
+    job = AugmentJob(validate_config(AugmentConfig, {"input": "-", "output": "-", "seed": 3, "duration": 1.0}))
+    plan = job.decoder().plan
+    s = AugmentStage(**job.stage_kwargs(), device="cpu")
+    rows = batch(5, 22050)
+    rows["error"][2] = "undecodable"
+    keys, versions = list(rows["key"]), rows["version"].tolist()
+    column = np.stack([plan(k, 10.0)[v].extra[DRAWS_COLUMN] for k, v in zip(keys, versions)])
+    assert column.shape == (5, 2, ViewDraws.PACKED_WIDTH)
+    np.testing.assert_array_equal(column, s.draws(keys, versions))
+    drawn_there = s({**rows, DRAWS_COLUMN: column})
+    drawn_here = s(dict(rows))
+    assert DRAWS_COLUMN not in drawn_there  # used up: it is no output column
+    for view in ("view1", "view2"):
+        assert drawn_there[view].tobytes() == drawn_here[view].tobytes()
+        assert not drawn_there[view][2].any() and drawn_there[view][[0, 1, 3, 4]].any()
+
+
 def test_float16_output():
     out = stage(dtype="float16", duration=1.0)(batch(2, 22050))
     assert out["view1"].dtype == np.float16 and out["view1"].shape == (2, 1, 128, 44)
@@ -192,3 +236,10 @@ def test_stage_on_cuda_matches_shapes_and_is_deterministic():
     a, b = s(batch(8)), s(batch(8))
     assert a["view1"].shape == (8, 1, 128, 130)
     np.testing.assert_array_equal(a["view1"], b["view1"])
+    # One generator reseeded per view draws what a fresh generator per view draws.
+    views = ViewDraws.unpack(s.draws([f"k{i}" for i in range(8)], [0] * 8))
+    x = torch.zeros(len(views), 1000, device="cuda")
+    noise = s.pool._noise(views, x)
+    for i, seed in enumerate(views.noise_seed.tolist()):
+        fresh = torch.Generator(device="cuda").manual_seed(seed)
+        torch.testing.assert_close(noise[i], torch.randn(1000, generator=fresh, device="cuda"), rtol=0, atol=0)

@@ -3,16 +3,19 @@
 A view draws ``num_waveform_augs`` distinct waveform augmentations and
 ``num_spectrogram_augs`` distinct spectrogram augmentations from the enabled
 pools, plus their parameters, all from the view's own generator. Nothing here
-imports torch: the augment job's config (validated on the driver) uses it;
-``pool.AugmentationPool`` applies the draws to tensors in the actors.
+imports torch: the augment job's config (validated on the driver) uses it, its
+decode tasks draw every view's parameters (:class:`ViewDraws`, packed into a
+column), and ``pool.AugmentationPool`` applies them to tensors in the actors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..seeding import sample_rng
 
 
 class _Range(BaseModel):
@@ -120,6 +123,85 @@ class ViewParams:
     masks: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, width)
 
 
+# What a view's draws travel as, from the decode task that draws them to the actor that applies
+# them: one float64 row per view. Every value is exact in float64: the floats are float64 already,
+# the integers are far below 2**53, and the 63-bit noise seed travels as two 32-bit halves.
+_VIEW_FLOATS = ("gain_db", "sign", "stretch_rate", "semitones", "lowpass_hz", "highpass_hz", "snr_db")
+_FLOAT_FIELDS = (*_VIEW_FLOATS, "band_low_hz", "band_high_hz")
+_INT_FIELDS = ("shift", "frequency_mask_start", "frequency_mask_width", "time_mask_start", "time_mask_width")
+_PACKED_FIELDS = ("chosen", *_FLOAT_FIELDS, *_INT_FIELDS, "noise_seed_high", "noise_seed_low")
+# Bit ``i`` of ``chosen``: the i-th augmentation of WAVEFORM_ORDER + SPECTROGRAM_ORDER.
+_CHOICE_BITS = {name: 1 << i for i, name in enumerate(WAVEFORM_ORDER + SPECTROGRAM_ORDER)}
+
+
+@dataclass
+class ViewDraws:
+    """The draws of a batch of views as arrays (one value per view), what the stage applies.
+
+    Built by ``unpack`` from what :func:`pack_views` made of :class:`ViewParams`, bit for bit.
+    """
+
+    chosen: np.ndarray  # int64 bit set, see _CHOICE_BITS
+    gain_db: np.ndarray
+    sign: np.ndarray
+    stretch_rate: np.ndarray
+    semitones: np.ndarray
+    lowpass_hz: np.ndarray
+    highpass_hz: np.ndarray
+    band_low_hz: np.ndarray
+    band_high_hz: np.ndarray
+    snr_db: np.ndarray
+    shift: np.ndarray  # int64 from here on
+    frequency_mask_start: np.ndarray
+    frequency_mask_width: np.ndarray
+    time_mask_start: np.ndarray
+    time_mask_width: np.ndarray
+    noise_seed: np.ndarray  # uint64
+
+    PACKED_WIDTH = len(_PACKED_FIELDS)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def chose(self, name: str) -> np.ndarray:
+        """Which views chose augmentation ``name`` (bool per view)."""
+        return (self.chosen & _CHOICE_BITS[name]) != 0
+
+    def take(self, rows) -> ViewDraws:
+        """The views at ``rows`` (indices or a slice)."""
+        return ViewDraws(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    @classmethod
+    def unpack(cls, packed: np.ndarray) -> ViewDraws:
+        """From ``[views, PACKED_WIDTH]`` (any leading shape) float64."""
+        packed = np.asarray(packed, dtype=np.float64).reshape(-1, cls.PACKED_WIDTH)
+        column = {name: packed[:, i] for i, name in enumerate(_PACKED_FIELDS)}
+        high, low = (column[n].astype(np.uint64) for n in ("noise_seed_high", "noise_seed_low"))
+        values = {n: np.ascontiguousarray(column[n]) for n in _FLOAT_FIELDS}
+        values.update({n: column[n].astype(np.int64) for n in ("chosen", *_INT_FIELDS)})
+        return cls(**values, noise_seed=(high << np.uint64(32)) | low)
+
+
+def pack_views(views: list[ViewParams]) -> np.ndarray:
+    """``[len(views), PACKED_WIDTH]`` float64: what travels in the ``view_draws`` column."""
+    rows = []
+    for v in views:
+        masks = [v.masks.get(name, (0, 0)) for name in SPECTROGRAM_ORDER]
+        rows.append(
+            [
+                sum(_CHOICE_BITS[name] for name in (*v.waveform, *v.spectrogram)),
+                *(getattr(v, name) for name in _VIEW_FLOATS),
+                *v.band_hz,
+                v.shift,
+                *masks[0],
+                *masks[1],
+                v.noise_seed >> 32,
+                v.noise_seed & 0xFFFFFFFF,
+            ]
+        )
+    return np.array(rows, dtype=np.float64).reshape(len(views), ViewDraws.PACKED_WIDTH)
+
+
 def _validate_ranges(pool: BaseModel) -> None:
     for name in type(pool).model_fields:
         aug = getattr(pool, name)
@@ -219,6 +301,11 @@ class AugmentationChoices:
             if name in p.spectrogram:
                 p.masks[name] = (start, width)
         return p
+
+    def draw_views(self, seed: int, key: str, version: int) -> np.ndarray:
+        """Both views of one (clip, version), packed (``[2, PACKED_WIDTH]``): views 1 and 2
+        drawn from ``sample_rng(seed, key, version, view)``."""
+        return pack_views([self.draw(sample_rng(seed, key, int(version), view)) for view in (1, 2)])
 
 
 def _log_uniform(u: float, low: float, high: float) -> float:

@@ -31,44 +31,47 @@ from .params import (  # noqa: F401  (re-exported: the pools' configs and draws 
     SpectrogramPoolConfig,
     TimeShiftAug,
     TimeStretchAug,
+    ViewDraws,
     ViewParams,
     WaveformPoolConfig,
 )
 
 
 class AugmentationPool(AugmentationChoices):
-    """Draws per-view parameters (:class:`~.params.AugmentationChoices`) and applies them to batches of views."""
+    """Draws per-view parameters (:class:`~.params.AugmentationChoices`) and applies them to batches of views
+    (:class:`~.params.ViewDraws`: one array per parameter, so a batch costs a few tensor copies, not a
+    Python loop over its views)."""
 
     # ---- applying ------------------------------------------------------------------
-    def _steps(self, names: tuple[str, ...], x: torch.Tensor, views: list[ViewParams], apply) -> torch.Tensor:
+    def _steps(self, names: tuple[str, ...], x: torch.Tensor, views: ViewDraws, apply) -> torch.Tensor:
         """Run each step in ``names`` on the rows whose view chose it."""
         out = x
         for name in names:
-            rows = [i for i, v in enumerate(views) if name in v.waveform]
-            if len(rows) == len(views):  # every row chose it (always so for one view): no gather
+            chose = views.chose(name)
+            if chose.all():  # every row chose it (always so for one view): no gather
                 out = apply(name, out, views)
-            elif rows:
-                index = torch.tensor(rows, device=x.device)
+            elif chose.any():
+                rows = np.flatnonzero(chose)
+                index = torch.from_numpy(rows).to(x.device)
                 out = out.clone() if out is x else out
-                out[index] = apply(name, out[index], [views[i] for i in rows])
+                out[index] = apply(name, out[index], views.take(rows))
         return out
 
-    def apply_signal(self, audio: torch.Tensor, views: list[ViewParams]) -> torch.Tensor:
+    def apply_signal(self, audio: torch.Tensor, views: ViewDraws) -> torch.Tensor:
         """Gain, polarity, time shift and noise on ``audio [B, T]``."""
         return self._steps(SIGNAL_STEPS, audio, views, self._signal_step)
 
-    def apply_spectral(self, power: torch.Tensor, views: list[ViewParams], freqs: torch.Tensor) -> torch.Tensor:
+    def apply_spectral(self, power: torch.Tensor, views: ViewDraws, freqs: torch.Tensor) -> torch.Tensor:
         """Time stretch, pitch shift and filters on STFT power ``[B, F, N]`` (bin centres ``freqs``)."""
         return self._steps(
             SPECTRAL_STEPS, power, views, lambda name, mag, chosen: self._spectral_step(name, mag, chosen, freqs)
         )
 
     @staticmethod
-    def _param(views: list[ViewParams], attr: str, like: torch.Tensor, index: int | None = None) -> torch.Tensor:
-        values = [getattr(v, attr) if index is None else getattr(v, attr)[index] for v in views]
-        return torch.tensor(values, dtype=like.dtype, device=like.device)
+    def _param(views: ViewDraws, attr: str, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(getattr(views, attr), dtype=like.dtype).to(like.device)
 
-    def _signal_step(self, name: str, x: torch.Tensor, views: list[ViewParams]) -> torch.Tensor:
+    def _signal_step(self, name: str, x: torch.Tensor, views: ViewDraws) -> torch.Tensor:
         if name == "gain":
             return F.gain(x, self._param(views, "gain_db", x))
         if name == "polarity":
@@ -79,9 +82,7 @@ class AugmentationPool(AugmentationChoices):
             return F.add_noise(x, self._noise(views, x), self._param(views, "snr_db", x))
         raise KeyError(name)
 
-    def _spectral_step(
-        self, name: str, mag: torch.Tensor, views: list[ViewParams], freqs: torch.Tensor
-    ) -> torch.Tensor:
+    def _spectral_step(self, name: str, mag: torch.Tensor, views: ViewDraws, freqs: torch.Tensor) -> torch.Tensor:
         if name == "time_stretch":
             return F.time_stretch(mag, self._param(views, "stretch_rate", mag))
         if name == "pitch_shift":
@@ -93,34 +94,33 @@ class AugmentationPool(AugmentationChoices):
             response = F.butterworth_response(freqs, self._param(views, "highpass_hz", mag), order, highpass=True)
         elif name == "bandpass":
             response = F.butterworth_response(
-                freqs, self._param(views, "band_hz", mag, 0), order, highpass=True
-            ) * F.butterworth_response(freqs, self._param(views, "band_hz", mag, 1), order, highpass=False)
+                freqs, self._param(views, "band_low_hz", mag), order, highpass=True
+            ) * F.butterworth_response(freqs, self._param(views, "band_high_hz", mag), order, highpass=False)
         else:
             raise KeyError(name)
         return F.apply_response(mag, response)
 
-    def _noise(self, views: list[ViewParams], x: torch.Tensor) -> torch.Tensor:
+    def _noise(self, views: ViewDraws, x: torch.Tensor) -> torch.Tensor:
         """White Gaussian noise, one independent stream per view (NumPy on CPU, torch on GPU)."""
         t = x.shape[-1]
+        seeds = views.noise_seed.tolist()
         if x.device.type == "cpu":
-            rows = [
-                np.random.Generator(np.random.PCG64(v.noise_seed)).standard_normal(t, dtype=np.float32) for v in views
-            ]
+            rows = [np.random.Generator(np.random.PCG64(seed)).standard_normal(t, dtype=np.float32) for seed in seeds]
             return torch.from_numpy(np.stack(rows)).to(x.dtype)
-        noise = torch.empty((len(views), t), device=x.device, dtype=x.dtype)
-        for i, v in enumerate(views):
-            generator = torch.Generator(device=x.device).manual_seed(v.noise_seed)
-            noise[i] = torch.randn(t, generator=generator, device=x.device, dtype=x.dtype)
+        noise = torch.empty((len(seeds), t), device=x.device, dtype=x.dtype)
+        generator = torch.Generator(device=x.device)
+        for i, seed in enumerate(seeds):  # one launch per view, straight into its row
+            torch.randn(t, generator=generator.manual_seed(seed), device=x.device, dtype=x.dtype, out=noise[i])
         return noise
 
-    def apply_masks(self, spec: torch.Tensor, views: list[ViewParams]) -> torch.Tensor:
+    def apply_masks(self, spec: torch.Tensor, views: ViewDraws) -> torch.Tensor:
         """Each view's chosen masks on log-mel ``[B, n_mels, frames]``; masked cells take
         the mean of that view's spectrogram."""
         out = spec
         fill = spec.mean(dim=(-2, -1))
         for name, axis in (("frequency_mask", 1), ("time_mask", 2)):
-            start = torch.tensor([v.masks.get(name, (0, 0))[0] for v in views])
-            width = torch.tensor([v.masks.get(name, (0, 0))[1] for v in views])
-            if width.numel() and int(width.max()) > 0:
-                out = F.mask_along_axis(out, start, width, fill, axis)
+            width = getattr(views, f"{name}_width")
+            if width.size and int(width.max()) > 0:
+                start = torch.from_numpy(getattr(views, f"{name}_start"))
+                out = F.mask_along_axis(out, start, torch.from_numpy(width), fill, axis)
         return out

@@ -23,6 +23,7 @@ from ray_pipelines.splits import train_val_split
 
 # Imported in the actors only (the stage imports torch; the driver never does).
 AUGMENT_STAGE = "ray_pipelines.stages.augment:AugmentStage"
+VIEW_DRAWS = "view_draws"  # the stage's DRAWS_COLUMN (not imported: it would import torch)
 
 
 class AugmentConfig(CommonConfig):
@@ -53,34 +54,46 @@ class AugmentConfig(CommonConfig):
 
     @model_validator(mode="after")
     def _pool_fits(self) -> AugmentConfig:
-        frames = 1 + int(round(self.duration * self.sample_rate)) // self.hop_length
-        # Raises a ValueError naming the problem (too many augs, min above max).
-        AugmentationChoices(
+        self.choices()  # raises a ValueError naming the problem (too many augs, min above max)
+        if self.f_max is not None and self.f_max > self.sample_rate / 2:
+            raise ValueError(f"f_max ({self.f_max}) is above Nyquist ({self.sample_rate / 2})")
+        return self
+
+    def choices(self) -> AugmentationChoices:
+        """What the views draw from, sized as the stage sizes its crops and spectrograms."""
+        num_samples = int(round(self.duration * self.sample_rate))
+        return AugmentationChoices(
             self.waveform_pool,
             self.spectrogram_pool,
             self.num_waveform_augs,
             self.num_spectrogram_augs,
             self.sample_rate,
-            int(self.duration * self.sample_rate),
+            num_samples,
             self.n_mels,
-            frames,
+            1 + num_samples // self.hop_length,  # LogMelSpectrogram.frames
         )
-        if self.f_max is not None and self.f_max > self.sample_rate / 2:
-            raise ValueError(f"f_max ({self.f_max}) is above Nyquist ({self.sample_rate / 2})")
-        return self
 
 
 class CropPlan:
-    """Where each version's crop starts: uniform over the file, drawn from (seed, key, version)."""
+    """Where each version's crop starts (uniform over the file, drawn from (seed, key, version)),
+    and its two views' augmentation parameters (column ``view_draws``, drawn here in the decode
+    tasks: the actor feeding the GPU would otherwise spend most of its time drawing them)."""
 
-    def __init__(self, seed: int, num_versions: int, duration: float):
+    def __init__(self, seed: int, num_versions: int, duration: float, choices: AugmentationChoices | None = None):
         self.seed, self.num_versions, self.duration = seed, num_versions, duration
+        self.choices = choices
 
     def __call__(self, key: str, file_seconds: float) -> list[Window]:
         room = max(0.0, file_seconds - self.duration)
         return [
-            Window(v, float(sample_rng(self.seed, key, v, "crop").random() * room)) for v in range(self.num_versions)
+            Window(v, float(sample_rng(self.seed, key, v, "crop").random() * room), self._draws(key, v))
+            for v in range(self.num_versions)
         ]
+
+    def _draws(self, key: str, version: int) -> dict | None:
+        if self.choices is None:
+            return None
+        return {VIEW_DRAWS: self.choices.draw_views(self.seed, key, version)}
 
 
 class SplitOf:
@@ -107,7 +120,7 @@ class AugmentJob(Job):
     def decoder(self) -> WindowDecoder:
         c = self.config
         return WindowDecoder(
-            plan=CropPlan(c.seed, c.num_versions, c.duration),
+            plan=CropPlan(c.seed, c.num_versions, c.duration, c.choices()),
             sample_rate=c.sample_rate,
             duration=c.duration,
             index_column="version",

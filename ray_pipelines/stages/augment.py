@@ -7,19 +7,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..augment.pool import AugmentationPool, SpectrogramPoolConfig, WaveformPoolConfig
-from ..seeding import sample_rng
+from ..augment.pool import AugmentationPool, SpectrogramPoolConfig, ViewDraws, WaveformPoolConfig
 from ..spectrogram import LogMelSpectrogram
 from .device import pick_device
+
+# Both views' parameters of each row, drawn by the job's decode tasks (``params.pack_views``).
+DRAWS_COLUMN = "view_draws"
 
 
 class AugmentStage:
     """``{"key", "version", "audio" [B, T], "error", ...}`` -> ``view1``, ``view2`` ``[B, 1, n_mels, frames]``.
 
-    Each view's randomness comes from ``(seed, key, version, view)`` alone. On
-    CUDA the whole batch is augmented at once; on CPU views are processed one
-    at a time (the same speed there), which makes every view's bytes
-    independent of how rows were grouped into batches.
+    Each view's randomness comes from ``(seed, key, version, view)`` alone: its
+    parameters arrive drawn in column ``view_draws`` (the job draws them in its
+    decode tasks, many at once on the CPUs, so the one process feeding the GPU
+    does not), or are drawn here when the column is absent. On CUDA the whole
+    batch is augmented at once; on CPU views are processed one at a time (the
+    same speed there), which makes every view's bytes independent of how rows
+    were grouped into batches.
     """
 
     def __init__(
@@ -59,44 +64,58 @@ class AugmentStage:
             self.frames,
         )
         self.out_dtype = np.dtype(dtype)
+        self.out_torch_dtype = torch.from_numpy(np.zeros(0, self.out_dtype)).dtype
         self.micro_batch = None if self.device.type == "cuda" else 1
 
     @property
     def view_shape(self) -> tuple[int, int, int]:
         return (1, self.n_mels, self.frames)
 
-    def augment(self, audio: torch.Tensor, keys: list[str], versions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both views of every row of ``audio [B, T]``; returns two ``[B, n_mels, frames]`` tensors."""
-        views = [
-            self.pool.draw(sample_rng(self.seed, key, int(version), view))
-            for view in (1, 2)
-            for key, version in zip(keys, versions)
-        ]
+    def draws(self, keys: list[str], versions: list[int]) -> np.ndarray:
+        """``[B, 2, PACKED_WIDTH]``: both views' draws of each row, as the job's decode tasks
+        make them (column ``view_draws``) so that the stage's actor does not."""
+        return np.stack([self.pool.draw_views(self.seed, key, version) for key, version in zip(keys, versions)])
+
+    def augment(self, audio: torch.Tensor, draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views of every row of ``audio [B, T]`` (``draws [B, 2, PACKED_WIDTH]``);
+        returns two ``[B, n_mels, frames]`` tensors."""
+        views = ViewDraws.unpack(np.concatenate([draws[:, 0], draws[:, 1]]))  # every view 1, then every view 2
         stacked = torch.cat([audio, audio], dim=0)
         step = self.micro_batch or len(views)
         specs = []
         with torch.inference_mode():
             for start in range(0, len(views), step):
-                part = views[start : start + step]
+                part = views.take(slice(start, start + step))
                 wave = self.pool.apply_signal(stacked[start : start + step], part)
                 power = self.pool.apply_spectral(self.mel.power(wave), part, self.freqs)
                 specs.append(self.pool.apply_masks(self.mel.from_power(power), part))
-        spec = torch.cat(specs, dim=0)
-        return spec[: len(keys)], spec[len(keys) :]
+        spec = torch.cat(specs, dim=0) if len(specs) > 1 else specs[0]
+        return spec[: len(audio)], spec[len(audio) :]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")
+        draws = batch.pop(DRAWS_COLUMN, None)
         n = len(audio)
         out_shape = (n, *self.view_shape)
-        view1 = np.zeros(out_shape, dtype=self.out_dtype)
-        view2 = np.zeros(out_shape, dtype=self.out_dtype)
         ok = np.flatnonzero(batch["error"] == "")
+        every = len(ok) == n
+        # All rows good (the usual case): no gathered copy in, and the views copied from the
+        # device straight into the arrays returned.
+        make = np.empty if every else np.zeros
+        view1, view2 = make(out_shape, dtype=self.out_dtype), make(out_shape, dtype=self.out_dtype)
         if len(ok):
-            tensor = torch.from_numpy(np.ascontiguousarray(audio[ok], dtype=np.float32)).to(self.device)
-            keys = [str(k) for k in batch["key"][ok]]
-            v1, v2 = self.augment(tensor, keys, batch["version"][ok].tolist())
-            view1[ok, 0] = v1.float().cpu().numpy().astype(self.out_dtype)
-            view2[ok, 0] = v2.float().cpu().numpy().astype(self.out_dtype)
+            rows = slice(None) if every else ok
+            tensor = torch.from_numpy(np.ascontiguousarray(audio[rows], dtype=np.float32)).to(self.device)
+            if draws is None:
+                draws = self.draws([str(k) for k in batch["key"][ok]], batch["version"][ok].tolist())
+            else:
+                draws = draws[rows]
+            for out, view in zip((view1, view2), self.augment(tensor, draws)):
+                view = view.to(self.out_torch_dtype)
+                if every:
+                    torch.from_numpy(out[:, 0]).copy_(view)
+                else:
+                    out[ok, 0] = view.cpu().numpy()
         batch["view1"] = view1
         batch["view2"] = view2
         return batch
