@@ -38,7 +38,7 @@ from .manifest import OutputState, Progress, lost_keys
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
-from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, configure_data_context, connect, plan_pool
+from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, PoolPlan, configure_data_context, connect, plan_pool
 from .sink import ShardSink
 from .timeline import mark
 from .write_stream import stream_write
@@ -399,6 +399,20 @@ class ControlledStage:
         return self.stage(batch)
 
 
+def actor_pool(plan: PoolPlan, gpus: float, batches_in_flight: int) -> ActorPoolStrategy:
+    """The stage's actor pool. A GPU actor may work on several batches at once (in threads: Ray
+    Data runs a UDF one call at a time unless ``enable_true_multi_threading``), so that one batch's
+    CPU work overlaps another's GPU work; CPU actors keep one, their cores are already busy."""
+    if gpus and batches_in_flight > 1:
+        return ActorPoolStrategy(
+            min_size=plan.min_size,
+            max_size=plan.max_size,
+            max_concurrent_calls_per_actor=batches_in_flight,
+            enable_true_multi_threading=True,
+        )
+    return ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size)
+
+
 def controlled(stage_cls: type | str) -> type:
     """:class:`ControlledStage` under the stage's own name: Ray Data names an operator after its
     class, so the plan, the progress and the dashboard say ``MapBatches(AugmentStage)``, for a
@@ -526,7 +540,7 @@ def _execute(
                 fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
                 batch_format="numpy",
-                compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
+                compute=actor_pool(plan, gpus, cfg.gpu_batches_in_flight),
                 num_gpus=gpus or None,
                 **actor_args,
             )
