@@ -18,18 +18,19 @@ in the same run:
   per-sample loop in one DataLoader worker per CPU (target >= 20x); the GPU's busy share (NVML,
   else nvidia-smi) while the teacher job runs all three (target >= 80 %);
 - encode: the encode job's marginal throughput against the bare model's batched ``encode``, in
-  fp16 and bf16 (target >= 90 %);
+  fp16, with one batch and with two batches at a time in the GPU actor (``gpu_batches_in_flight``;
+  target >= 90 %);
 - score: the score job against the evaluation script's per-file loop (bench.score_mae; target >= 5x);
 - e2e: the augment job on every CPU and the GPU over 2,000 real clips: views/s, the GPU's and
   the CPUs' busy shares, and which side is the bottleneck.
 
-Budgets (seconds): tests 45, augment 25, teacher 145, encode 100, score 55, e2e 65: 435 s at
+Budgets (seconds): tests 45, augment 35, teacher 135, encode 110, score 55, e2e 65: 445 s at
 most, plus about 30 s to install the wheels and a few seconds of start-up: under 8 minutes.
 
 A rerun of what a first run could not finish in its budget (the parts' processes inherit these):
 ``BENCH_GPU_TEACHER=job`` makes the teacher part run only the teacher job (all three teachers,
 its size from the time left, no per-sample or stage loops); ``BENCH_GPU_PRECISIONS=bf16`` makes the
-encode part measure only those precisions (comma-separated, of fp16 and bf16).
+encode part measure those precisions instead of fp16 (comma-separated, of fp16 and bf16).
 
 Without CUDA every part still runs its code at toy sizes on the CPU ("CPU rehearsal": a check
 that the script works, not a measurement) and the CUDA targets read "skipped (no CUDA)".
@@ -89,13 +90,14 @@ class Part:
     title: str
 
 
-# Sized from the H200 run of 2026-12-04 (docs/benchmarks.md): the parts took tests 37 s, augment 17-19,
-# score 51, e2e 46; the teacher part ran out at 110 s before its job (its three per-sample loops took 49 s).
+# Sized from the H200 runs of 2026-12-04 (docs/benchmarks.md): the parts took tests 37 s, augment 17-19
+# (it measures twice as much since), score 51, e2e 46; the teacher part ran out at 110 s before its job
+# (its three per-sample loops took 49 s); the encode part measured one setting in about 50 s.
 PARTS = [
     Part("tests", 45, "CUDA-only tests"),
-    Part("augment", 25, "augment stage on the GPU"),
-    Part("teacher", 145, "teachers: GPU batched vs per-sample CPU loop"),
-    Part("encode", 100, "encode job vs bare model"),
+    Part("augment", 35, "augment stage on the GPU"),
+    Part("teacher", 135, "teachers: GPU batched vs per-sample CPU loop"),
+    Part("encode", 110, "encode job vs bare model"),
     Part("score", 55, "score job vs per-file loop"),
     Part("e2e", 65, "augment job end to end"),
 ]
@@ -192,6 +194,43 @@ class GpuBusy(SmiBusy):
 
     def share(self) -> float | None:
         return self.steady_state() if self.cuda and self.samples else None
+
+
+class RayDataStats:
+    """Ray Data's own execution summary of the datasets run meanwhile (per operator: tasks, wall and
+    CPU time, the UDF's time, rows, time in backpressure), printed to gpu.log: where a job's time
+    went, to read after a device run that cannot be repeated. Ray 2.60 logs only the last
+    operator's part (``include_parent=False``), so this keeps the stats object its streaming
+    executor makes (a private method: if it is gone, the part says so and goes on)."""
+
+    def __init__(self):
+        self.stats: dict = {}  # by executor: Ray makes them more than once (its shutdown, get_stats)
+
+    def __enter__(self) -> RayDataStats:
+        try:
+            from ray.data._internal.execution.streaming_executor import StreamingExecutor
+        except ImportError as e:
+            print(f"Ray Data's execution summary: unavailable ({e})", flush=True)
+            return self
+        self._cls, self._original = StreamingExecutor, StreamingExecutor._generate_stats
+        kept = self.stats
+
+        def generate_stats(executor):
+            stats = self._original(executor)
+            kept[id(executor)] = stats
+            return stats
+
+        StreamingExecutor._generate_stats = generate_stats
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if hasattr(self, "_cls"):
+            self._cls._generate_stats = self._original
+        for stats in self.stats.values():
+            try:
+                print("Ray Data's execution summary:\n" + stats.to_summary().to_string(include_parent=True), flush=True)
+            except Exception as e:  # a diagnostic: never the part's failure
+                print(f"Ray Data's execution summary: unavailable ({type(e).__name__}: {e})", flush=True)
 
 
 class CpuByTask:
@@ -309,41 +348,60 @@ def part_tests(ctx: Context) -> None:
 
 
 def part_augment(ctx: Context) -> None:
-    """The job's augment stage as its GPU actor calls it (numpy in, numpy out), 3 s clips."""
+    """The job's augment stage as its GPU actor calls it (numpy in, numpy out), 3 s clips, each
+    view's parameters drawn beforehand as the job's decode tasks draw them (their cost on one CPU
+    core is a row of its own); and the same batches on device tensors alone (no copies), to
+    tell the GPU's share of a call from the transfers'."""
     import torch
 
     from ray_pipelines.config import validate_config
     from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
-    from ray_pipelines.stages.augment import AugmentStage
+    from ray_pipelines.stages.augment import DRAWS_COLUMN, AugmentStage
 
     job = AugmentJob(validate_config(AugmentConfig, {"input": "-", "output": "-"}))
     stage = AugmentStage(**job.stage_kwargs(), device=ctx.device)
     samples = int(round(job.config.duration * job.config.sample_rate))
     rng = np.random.default_rng(0)
     sizes = (64, 512) if ctx.cuda else (2, 4)
-    for size in sizes:
-        batch = {
-            "key": np.array([f"clip{i:05d}.flac" for i in range(size)], dtype=object),
-            "version": np.arange(size) % job.config.num_versions,
-            "error": np.array([""] * size, dtype=object),
-            "audio": (0.1 * rng.standard_normal((size, samples))).astype(np.float32),
-        }
-        stage(dict(batch))  # warm-up: kernels, cuFFT plans, the allocator
+
+    def timed(call, views: int) -> float:
+        """Views per second of ``call`` (repeated for up to 8 s, or a quarter of the time left)."""
+        call()  # warm-up: kernels, cuFFT plans, the allocator
         calls, started = 0, time.perf_counter()
-        while calls < 2 or (ctx.cuda and time.perf_counter() - started < min(8.0, ctx.left() / 4)):
-            stage(dict(batch))
+        while calls < 2 or (ctx.cuda and time.perf_counter() - started < min(8.0, ctx.left() / 6)):
+            call()
             calls += 1
         if ctx.cuda:
             torch.cuda.synchronize()
-        rate = 2 * size * calls / (time.perf_counter() - started)
+        return views * calls / (time.perf_counter() - started)
+
+    for size in sizes:
+        keys = [f"clip{i:05d}.flac" for i in range(size)]
+        versions = (np.arange(size) % job.config.num_versions).tolist()
+        started = time.perf_counter()
+        draws = stage.draws(keys, versions)
+        drawing = 2 * size / (time.perf_counter() - started)
+        batch = {
+            "key": np.array(keys, dtype=object),
+            "version": np.array(versions),
+            "error": np.array([""] * size, dtype=object),
+            "audio": (0.1 * rng.standard_normal((size, samples))).astype(np.float32),
+            DRAWS_COLUMN: draws,
+        }
+        rate = timed(lambda batch=batch: stage(dict(batch)), 2 * size)
+        on_device = torch.from_numpy(batch["audio"]).to(ctx.device)
+        compute = timed(lambda x=on_device, draws=draws: stage.augment(x, draws), 2 * size)
         ctx.raw.setdefault("views_per_second", {})[size] = rate  # read by the e2e part
         ctx.row(
-            f"augment stage, batches of {size} clips of 3 s ({ctx.device})",
-            f"{num(rate)} views/s",
+            f"augment stage, batches of {size} clips of 3 s ({ctx.device}), views drawn beforehand",
+            f"{num(rate)} views/s; on device tensors alone {num(compute)}; the draws {num(drawing)} views/s "
+            "per CPU core (in the decode tasks)",
             ">= 20,000 views/s",
             ctx.verdict(rate >= 20000),
             batch=size,
             views_per_second=rate,
+            on_device=compute,
+            draws_per_core=drawing,
         )
 
 
@@ -408,12 +466,12 @@ def part_teacher(ctx: Context) -> None:
 
 def teacher_job(ctx: Context, names: list[str], combined: float | None) -> None:
     """The teacher job with ``names`` on the GPU while its busy share is sampled, long enough for a
-    steady state: about 10 s of GPU work at the stages' ``combined`` rate (clips/s; None: a third of
-    the time left, less the job's start-up, at the stages' rate measured on an H200 for all three,
-    190 clips/s); its writes are 0.2 MB a clip, about 4 GB at most."""
+    steady state: about 10 s of GPU work at the stages' ``combined`` rate (clips/s; None: the time
+    left, less the job's start-up, over 1.6, at the stages' rate measured on an H200 for all three,
+    190 clips/s: the whole job ran at 116 clips/s there); its writes are 0.2 MB a clip, 4 GB at most."""
     from bench.teacher import run_job_child
 
-    seconds = 10.0 if combined is not None else max(5.0, (ctx.left() - 30) / 3)
+    seconds = 10.0 if combined is not None else max(5.0, (ctx.left() - 40) / 1.6)
     samples = int(min(16384, max(1024, (combined or 190.0) * seconds))) // 256 * 256 if ctx.cuda else 8
     args = argparse.Namespace(samples=samples, teachers=",".join(names), workers=ctx.cpus, block=256, autocast="")
     if not ctx.cuda:
@@ -433,7 +491,8 @@ def teacher_job(ctx: Context, names: list[str], combined: float | None) -> None:
 
 
 def part_encode(ctx: Context) -> None:
-    """The job's marginal rate, N/(t(2N) - t(N)), against the bare model's batched rate."""
+    """The job's marginal rate, N/(t(2N) - t(N)), against the bare model's batched rate: in fp16
+    with one batch at a time in the GPU actor and with two (``gpu_batches_in_flight``)."""
     import torch
 
     from bench.encode import bare_model, job_run
@@ -441,11 +500,12 @@ def part_encode(ctx: Context) -> None:
     batch = 8 if ctx.cuda else 1
     sample_size = 1320960 if ctx.cuda else 65536  # pre_encode's default: 30 s at 44.1 kHz
     device = torch.device(ctx.device)
-    precisions = ["fp16", "bf16"] if ctx.cuda else ["fp32"]
-    if ctx.cuda and os.environ.get("BENCH_GPU_PRECISIONS"):  # a rerun of the precisions a first run missed
+    precisions = ["fp16"] if ctx.cuda else ["fp32"]
+    if ctx.cuda and os.environ.get("BENCH_GPU_PRECISIONS"):  # other precisions than fp16
         precisions = os.environ["BENCH_GPU_PRECISIONS"].split(",")
         if not set(precisions) <= {"fp16", "bf16"}:
             raise ValueError(f"BENCH_GPU_PRECISIONS={','.join(precisions)}: name fp16 and/or bf16")
+    runs = [(precision, in_flight) for precision in precisions for in_flight in (1, 2)]
     # A model about as slow as a real 30 s audio VAE (<= 100 windows/s), so that the GPU, not the
     # decode CPUs, is what the job should be bound by: the smallest width that slow enough.
     hidden = 8
@@ -461,13 +521,15 @@ def part_encode(ctx: Context) -> None:
     embedded_ray(ctx.cpus)
     warm = {"sample_size": 65536, "batch_size": batch, "model": model, "inputs_per_block": batch}
     job_run(inputs, ctx.work / "encode-warm-up", 2 * batch, warm)  # Ray Data's own actors, CUDA in the workers
-    pace = None  # the job's rate so far: sizes the next runs to the time left
-    for i, precision in enumerate(precisions):
-        clips, wall, _ = bare_model(model, sample_size, batch, precision, device, 1, 4.0 if ctx.cuda else 0.5)
-        bare = clips / wall
-        # N and 2N clips: about 6 s and 12 s of work at the expected rate, within the time left
+    pace, bare_rates = None, {}  # the job's rate so far: sizes the next runs to the time left
+    for i, (precision, in_flight) in enumerate(runs):
+        if precision not in bare_rates:
+            clips, wall, _ = bare_model(model, sample_size, batch, precision, device, 1, 3.0 if ctx.cuda else 0.5)
+            bare_rates[precision] = clips / wall
+        bare = bare_rates[precision]
+        # N and 2N clips: about 4 s and 8 s of work at the expected rate, within the time left
         # (each run also pays about 10 s of actor start-up).
-        seconds = min(6.0, (ctx.left() - 25 * (len(precisions) - i)) / 3)
+        seconds = min(4.0, (ctx.left() - 25 * (len(runs) - i)) / 3)
         n = max(2 * batch, int(min(bare, pace or bare) * seconds) // batch * batch) if ctx.cuda else 4
         n = min(n, 2000)
         settings = {
@@ -478,22 +540,25 @@ def part_encode(ctx: Context) -> None:
             "model_half": precision == "fp16",
             "bf16": precision == "bf16",
             "inputs_per_block": batch,
+            "gpu_batches_in_flight": in_flight,
         }
-        small = job_run(inputs, ctx.work / f"encode-{precision}-n", n, settings)
+        name = f"encode-{precision}-{in_flight}"
+        small = job_run(inputs, ctx.work / f"{name}-n", n, settings)
         with GpuBusy(ctx.cuda) as busy:
-            large = job_run(inputs, ctx.work / f"encode-{precision}-2n", 2 * n, settings)
+            large = job_run(inputs, ctx.work / f"{name}-2n", 2 * n, settings)
         pace = large[0] / large[1]
         extra = large[1] - small[1]
         marginal = (large[0] - small[0]) / extra if extra > 0 else float("nan")
         ratio = marginal / bare
         ctx.row(
-            f"encode job vs bare model, {precision}, built-in VAE hidden {hidden}, batch {batch}, "
-            f"{sample_size} samples, {n}/{2 * n} clips",
+            f"encode job vs bare model, {precision}, {in_flight} batch{'es' if in_flight > 1 else ''} in flight, "
+            f"built-in VAE hidden {hidden}, batch {batch}, {sample_size} samples, {n}/{2 * n} clips",
             f"{num(marginal)} vs {num(bare)} clips/s = {percent(100 * ratio)}; GPU busy {percent(busy.share())}",
             ">= 90 %",
             ctx.verdict(ratio >= 0.9),
             bare=bare,
             marginal=marginal,
+            in_flight=in_flight,
             small=small,
             large=large,
             gpu_busy=busy.share(),
@@ -572,7 +637,7 @@ def part_e2e(ctx: Context) -> None:
     # rest is the job's default config: 5 versions x 2 views, 3 s crops at 22.05 kHz, 128 mels.
     config = {"input": str(ctx.work / "clips"), "output": str(ctx.work / "augment"), "limit": clips}
     config["batch_size"] = 256 if ctx.cuda else 4
-    with GpuBusy(ctx.cuda) as gpu, CpuByTask() as cpu:
+    with GpuBusy(ctx.cuda) as gpu, CpuByTask() as cpu, RayDataStats():
         result = run_job(AugmentJob(validate_config(AugmentConfig, config)), progress=False)
     views = 2 * result.run_rows
     rate = views / result.manifest["timings"]["run_seconds"]
