@@ -20,6 +20,7 @@ EXTRA=(
   pesto-pitch==2.0.1 omegaconf==2.4.0                                     # the PESTO teacher
   torchcrepe==0.0.24 resampy==0.4.3 librosa==0.11.0 audioread==3.1.0 decorator==5.3.1
   pooch==1.9.0 platformdirs==4.14.9                                       # torchcrepe imports librosa
+  orjson==3.13.0                                                          # the readers' .json items
 )
 # Real recordings (CC0, ../shared/audio/sonic-pi) that the e2e part cycles into 2,000 clips.
 RECORDINGS=(

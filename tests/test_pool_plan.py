@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from ray_pipelines.config import CommonConfig, ConfigError
-from ray_pipelines.engine.runner import actor_pool
+from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, actor_pool, write_tasks
 from ray_pipelines.engine.runtime import GPU_CEILING, PoolPlan, plan_pool
 
 
@@ -121,3 +121,9 @@ def test_a_gpu_actor_takes_several_batches_at_once_only_when_asked_and_only_on_a
         one = actor_pool(plan, gpus, in_flight)
         assert (one.min_size, one.max_size) == (1, 3)
         assert not one.max_concurrent_calls_per_actor and not one.enable_true_multi_threading
+
+
+def test_a_gpu_actor_gets_several_write_tasks_a_cpu_actor_one():
+    assert write_tasks(PoolPlan(4, 4, 1.0, num_cpus=1.0, decode_cpus=1.0)) == 4 * WRITE_TASKS_PER_GPU_ACTOR
+    assert write_tasks(PoolPlan(1, 1, 0.5, num_cpus=1.0, decode_cpus=1.0)) == WRITE_TASKS_PER_GPU_ACTOR
+    assert write_tasks(PoolPlan(2, 6, 0.0, num_cpus=0.5, decode_cpus=0.5)) == 6
