@@ -18,8 +18,7 @@ in the same run:
   per-sample loop in one DataLoader worker per CPU (target >= 20x); the GPU's busy share (NVML,
   else nvidia-smi) while the teacher job runs all three (target >= 80 %);
 - encode: the encode job's marginal throughput against the bare model's batched ``encode``, in
-  fp16, with one batch and with two batches at a time in the GPU actor (``gpu_batches_in_flight``;
-  target >= 90 %);
+  fp16 and bf16 (target >= 90 %);
 - score: the score job against the evaluation script's per-file loop (bench.score_mae; target >= 5x);
 - e2e: the augment job on every CPU and the GPU over 6,000 real clips: views/s, the GPU's and
   the CPUs' busy shares, and which side is the bottleneck.
@@ -30,7 +29,7 @@ most, plus about 30 s to install the wheels and a few seconds of start-up: under
 A rerun of what a first run could not finish in its budget (the parts' processes inherit these):
 ``BENCH_GPU_TEACHER=job`` makes the teacher part run only the teacher job (all three teachers,
 its size from the time left, no per-sample or stage loops); ``BENCH_GPU_PRECISIONS=bf16`` makes the
-encode part measure those precisions instead of fp16 (comma-separated, of fp16 and bf16).
+encode part measure only those precisions (comma-separated, of fp16 and bf16).
 
 Without CUDA every part still runs its code at toy sizes on the CPU ("CPU rehearsal": a check
 that the script works, not a measurement) and the CUDA targets read "skipped (no CUDA)".
@@ -92,7 +91,7 @@ class Part:
 
 # Sized from the H200 runs of 2026-12-04 (docs/benchmarks.md): the parts took tests 37 s, augment 17-19
 # (it measures twice as much since), score 51, e2e 46; the teacher part ran out at 110 s before its job
-# (its three per-sample loops took 49 s); the encode part measured one setting in about 50 s.
+# (its three per-sample loops took 49 s); the encode part measured a precision in 40-50 s.
 PARTS = [
     Part("tests", 45, "CUDA-only tests"),
     Part("augment", 35, "augment stage on the GPU"),
@@ -222,6 +221,24 @@ class RayDataStats:
 
         StreamingExecutor._generate_stats = generate_stats
         return self
+
+    def task_seconds(self) -> dict[str, float]:
+        """Every operator's task wall time, summed over its tasks (its tasks' busy seconds)."""
+        found: dict[str, float] = {}
+
+        def walk(summary) -> None:
+            for parent in summary.parents or []:
+                walk(parent)
+            for operator in summary.operators_stats:
+                if operator.wall_time is not None:
+                    found[operator.operator_name] = found.get(operator.operator_name, 0.0) + operator.wall_time.sum
+
+        for stats in self.stats.values():
+            try:
+                walk(stats.to_summary())
+            except Exception as e:  # a diagnostic: never the part's failure
+                print(f"Ray Data's task times: unavailable ({type(e).__name__}: {e})", flush=True)
+        return found
 
     def __exit__(self, *exc) -> None:
         if hasattr(self, "_cls"):
@@ -491,8 +508,7 @@ def teacher_job(ctx: Context, names: list[str], combined: float | None) -> None:
 
 
 def part_encode(ctx: Context) -> None:
-    """The job's marginal rate, N/(t(2N) - t(N)), against the bare model's batched rate: in fp16
-    with one batch at a time in the GPU actor and with two (``gpu_batches_in_flight``)."""
+    """The job's marginal rate, N/(t(2N) - t(N)), against the bare model's batched rate, in fp16 and bf16."""
     import torch
 
     from bench.encode import bare_model, job_run
@@ -500,12 +516,11 @@ def part_encode(ctx: Context) -> None:
     batch = 8 if ctx.cuda else 1
     sample_size = 1320960 if ctx.cuda else 65536  # pre_encode's default: 30 s at 44.1 kHz
     device = torch.device(ctx.device)
-    precisions = ["fp16"] if ctx.cuda else ["fp32"]
-    if ctx.cuda and os.environ.get("BENCH_GPU_PRECISIONS"):  # other precisions than fp16
+    precisions = ["fp16", "bf16"] if ctx.cuda else ["fp32"]
+    if ctx.cuda and os.environ.get("BENCH_GPU_PRECISIONS"):  # a rerun of the precisions a first run missed
         precisions = os.environ["BENCH_GPU_PRECISIONS"].split(",")
         if not set(precisions) <= {"fp16", "bf16"}:
             raise ValueError(f"BENCH_GPU_PRECISIONS={','.join(precisions)}: name fp16 and/or bf16")
-    runs = [(precision, in_flight) for precision in precisions for in_flight in (1, 2)]
     # A model about as slow as a real 30 s audio VAE (<= 100 windows/s), so that the GPU, not the
     # decode CPUs, is what the job should be bound by: the smallest width that slow enough.
     hidden = 8
@@ -521,16 +536,13 @@ def part_encode(ctx: Context) -> None:
     embedded_ray(ctx.cpus)
     warm = {"sample_size": 65536, "batch_size": batch, "model": model, "inputs_per_block": batch}
     job_run(inputs, ctx.work / "encode-warm-up", 2 * batch, warm)  # Ray Data's own actors, CUDA in the workers
-    bare_rates = {}
-    for i, (precision, in_flight) in enumerate(runs):
-        if precision not in bare_rates:
-            clips, wall, _ = bare_model(model, sample_size, batch, precision, device, 1, 3.0 if ctx.cuda else 0.5)
-            bare_rates[precision] = clips / wall
-        bare = bare_rates[precision]
+    for i, precision in enumerate(precisions):
+        clips, wall, _ = bare_model(model, sample_size, batch, precision, device, 1, 3.0 if ctx.cuda else 0.5)
+        bare = clips / wall
         # N and 2N clips: about 5 s and 10 s of work at three quarters of the bare rate (the job
-        # ran at 76 % of it on an H200), the same N for every setting as the time left allows
+        # ran at 76-93 % of it on an H200), the same N for both precisions as the time left allows
         # (each run also pays about 10 s of actor start-up; 3 s runs measured 67 % to 188 %).
-        seconds = max(1.0, min(5.0, (ctx.left() / (len(runs) - i) - 25) / 3))
+        seconds = max(1.0, min(5.0, (ctx.left() / (len(precisions) - i) - 25) / 3))
         n = max(2 * batch, int(0.75 * bare * seconds) // batch * batch) if ctx.cuda else 4
         n = min(n, 2000)
         settings = {
@@ -541,9 +553,8 @@ def part_encode(ctx: Context) -> None:
             "model_half": precision == "fp16",
             "bf16": precision == "bf16",
             "inputs_per_block": batch,
-            "gpu_batches_in_flight": in_flight,
         }
-        name = f"encode-{precision}-{in_flight}"
+        name = f"encode-{precision}"
         small = job_run(inputs, ctx.work / f"{name}-n", n, settings)
         with GpuBusy(ctx.cuda) as busy:
             large = job_run(inputs, ctx.work / f"{name}-2n", 2 * n, settings)
@@ -551,14 +562,13 @@ def part_encode(ctx: Context) -> None:
         marginal = (large[0] - small[0]) / extra if extra > 0 else float("nan")
         ratio = marginal / bare
         ctx.row(
-            f"encode job vs bare model, {precision}, {in_flight} batch{'es' if in_flight > 1 else ''} in flight, "
-            f"built-in VAE hidden {hidden}, batch {batch}, {sample_size} samples, {n}/{2 * n} clips",
+            f"encode job vs bare model, {precision}, built-in VAE hidden {hidden}, batch {batch}, "
+            f"{sample_size} samples, {n}/{2 * n} clips",
             f"{num(marginal)} vs {num(bare)} clips/s = {percent(100 * ratio)}; GPU busy {percent(busy.share())}",
             ">= 90 %",
             ctx.verdict(ratio >= 0.9),
             bare=bare,
             marginal=marginal,
-            in_flight=in_flight,
             small=small,
             large=large,
             gpu_busy=busy.share(),
@@ -637,7 +647,7 @@ def part_e2e(ctx: Context) -> None:
     # rest is the job's default config: 5 versions x 2 views, 3 s crops at 22.05 kHz, 128 mels.
     config = {"input": str(ctx.work / "clips"), "output": str(ctx.work / "augment"), "limit": clips}
     config["batch_size"] = 256 if ctx.cuda else 4
-    with GpuBusy(ctx.cuda) as gpu, CpuByTask() as cpu, RayDataStats():
+    with GpuBusy(ctx.cuda) as gpu, CpuByTask() as cpu, RayDataStats() as stats:
         result = run_job(AugmentJob(validate_config(AugmentConfig, config)), progress=False)
     views = 2 * result.run_rows
     rate = views / result.manifest["timings"]["run_seconds"]
@@ -645,25 +655,32 @@ def part_e2e(ctx: Context) -> None:
     stage = ctx.earlier.get("augment", {}).get("views_per_second", {})
     stage_rate = max(stage.values()) if stage else None
     share, cores = gpu.share(), cpu.cores()
-    # The plan: 1 CPU for the GPU actor, up to WRITE_TASKS_PER_GPU_ACTOR write tasks, decode on the rest.
-    decode_cores = ctx.cpus - 1 - cores.get("write tasks", 0)
+    # Each side's task time over the tasks it may run at once (the plan: 1 CPU for the GPU actor,
+    # up to WRITE_TASKS_PER_GPU_ACTOR write tasks of 0.25 CPU, 1-CPU decode tasks on the rest):
+    # the side that needs the longest is the bottleneck. (Busy shares over the whole run phase
+    # include the start-up and the tail, when nothing is saturated.)
+    seconds = stats.task_seconds()
+    slots = {"MapBatches(WindowDecoder)": max(1.0, ctx.cpus - 1 - WRITE_TASKS_PER_GPU_ACTOR * 0.25)}
+    slots["Write"] = WRITE_TASKS_PER_GPU_ACTOR
+    needed = {name: total / slots.get(name, 1) for name, total in seconds.items()}
+    sides = {
+        "MapBatches(WindowDecoder)": "the decode CPUs",
+        "MapBatches(AugmentStage)": "the GPU actor",
+        "Write": f"the write tasks ({WRITE_TASKS_PER_GPU_ACTOR} at a time)",
+    }
     if not ctx.cuda:
         side = SKIPPED
-    elif share is not None and share >= 80:
-        side = "the GPU"
-    elif cores.get("decode tasks", 0) >= 0.85 * decode_cores:
-        side = "the decode CPUs"
-    elif cores.get("stage actor", 0) >= 0.85:
-        side = "the GPU actor's own CPU work (one process feeding the GPU)"
-    elif cores.get("write tasks", 0) >= 0.85 * WRITE_TASKS_PER_GPU_ACTOR:
-        side = f"the write tasks ({WRITE_TASKS_PER_GPU_ACTOR} at a time per GPU actor)"
+    elif not needed:
+        side = "not named: Ray Data's execution summary was unavailable"
     else:
-        side = "none saturated: see the busy figures"
+        slowest = max(needed, key=needed.get)
+        side = sides.get(slowest, slowest)
+    per_slot = ", ".join(f"{sides.get(name, name)} {value:.1f} s" for name, value in needed.items())
     busy = ", ".join(f"{kind} {value}" for kind, value in cores.items())
     ctx.row(
         f"augment job, {clips} real clips ({views} views), {ctx.cpus} CPUs + {'1 GPU' if ctx.cuda else '1 fake GPU'}",
-        f"{num(rate)} views/s run phase, {num(steady)} steady; GPU busy {percent(share)}; cores busy: {busy}"
-        + (f"; stage alone {num(stage_rate)} views/s" if stage_rate else ""),
+        f"{num(rate)} views/s run phase, {num(steady)} steady; GPU busy {percent(share)}; cores busy: {busy}; "
+        f"task time per slot: {per_slot}" + (f"; stage alone {num(stage_rate)} views/s" if stage_rate else ""),
         "bottleneck named",
         side,
         views=views,
@@ -671,6 +688,7 @@ def part_e2e(ctx: Context) -> None:
         steady=steady,
         gpu_busy=share,
         cores=cores,
+        task_seconds=seconds,
         errors=result.counts["errors"],
     )
 

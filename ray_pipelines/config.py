@@ -72,14 +72,6 @@ class CommonConfig(BaseModel):
     num_gpus: float | None = Field(
         None, ge=0, description="GPUs per actor. 0 = CPU. Unset: use GPUs when the cluster has them."
     )
-    gpu_batches_in_flight: int = Field(
-        1,
-        ge=1,
-        le=4,
-        description="Batches a GPU actor works on at once. 2: one batch's CPU work (Ray's batching, copies to "
-        "and from the GPU) overlaps another's GPU work, for a second batch's GPU memory (the stage runs in "
-        "two threads). No effect on CPU actors or on the bytes written.",
-    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options (endpoint_url, region). Never secrets."
     )
@@ -145,7 +137,6 @@ class CommonConfig(BaseModel):
             "batch_size",
             "actors",
             "num_gpus",
-            "gpu_batches_in_flight",
             "storage_options",
             "keep_list",
             "ignore_list",

@@ -56,7 +56,6 @@ def job_configs(inputs: Path, outputs: Path) -> dict[str, dict]:
             "n_fft": 512,
             "hop_length": 256,
             "batch_size": 3,
-            "gpu_batches_in_flight": 2,  # two calls at once in the GPU actor; CPU actors ignore it
             "inputs_per_block": 2,
             "seed": 3,
         },
@@ -67,7 +66,6 @@ def job_configs(inputs: Path, outputs: Path) -> dict[str, dict]:
             "teachers": [{"kind": "pesto"}, {"kind": "loudness"}],
             "duration": 0.5,
             "batch_size": 3,
-            "gpu_batches_in_flight": 2,  # two calls at once in the GPU actor; CPU actors ignore it
             "inputs_per_block": 2,
             "seed": 3,
         },
@@ -78,7 +76,6 @@ def job_configs(inputs: Path, outputs: Path) -> dict[str, dict]:
             "windows": "all",
             "layout": "both",
             "batch_size": 3,
-            "gpu_batches_in_flight": 2,  # two calls at once in the GPU actor; CPU actors ignore it
             "inputs_per_block": 2,
             "seed": 3,
         },

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from ray_pipelines.config import CommonConfig, ConfigError
-from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, actor_pool, write_tasks
+from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, write_tasks
 from ray_pipelines.engine.runtime import GPU_CEILING, PoolPlan, plan_pool
 
 
@@ -110,17 +110,6 @@ def test_a_ray_nodes_call_that_never_answers_costs_a_timeout_not_the_run(ray_loc
         time.sleep(0.01)
     monkeypatch.setattr(runtime.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 3.0}}])
     assert runtime.smallest_node_cpus() == 3.0
-
-
-def test_a_gpu_actor_takes_several_batches_at_once_only_when_asked_and_only_on_a_gpu():
-    plan = PoolPlan(1, 3, 1.0, num_cpus=1.0, decode_cpus=1.0)
-    two = actor_pool(plan, 1.0, 2)
-    assert (two.min_size, two.max_size) == (1, 3)
-    assert two.max_concurrent_calls_per_actor == 2 and two.enable_true_multi_threading is True
-    for gpus, in_flight in ((1.0, 1), (0.0, 2), (0.0, 1)):  # the default, and CPU actors whatever is asked
-        one = actor_pool(plan, gpus, in_flight)
-        assert (one.min_size, one.max_size) == (1, 3)
-        assert not one.max_concurrent_calls_per_actor and not one.enable_true_multi_threading
 
 
 def test_a_gpu_actor_gets_several_write_tasks_a_cpu_actor_one():

@@ -399,20 +399,6 @@ class ControlledStage:
         return self.stage(batch)
 
 
-def actor_pool(plan: PoolPlan, gpus: float, batches_in_flight: int) -> ActorPoolStrategy:
-    """The stage's actor pool. A GPU actor may work on several batches at once (in threads: Ray
-    Data runs a UDF one call at a time unless ``enable_true_multi_threading``), so that one batch's
-    CPU work overlaps another's GPU work; CPU actors keep one, their cores are already busy."""
-    if gpus and batches_in_flight > 1:
-        return ActorPoolStrategy(
-            min_size=plan.min_size,
-            max_size=plan.max_size,
-            max_concurrent_calls_per_actor=batches_in_flight,
-            enable_true_multi_threading=True,
-        )
-    return ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size)
-
-
 # A GPU actor makes blocks several times faster than one write task encodes them: on an H200 the
 # augment stage made about 15,000 views/s, one write task wrote 2,700 (a 41 MB block of 624 views
 # in 230 ms of Parquet encoding), so a job with one write task at a time ran at 2,608 views/s.
@@ -552,7 +538,7 @@ def _execute(
                 fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
                 batch_format="numpy",
-                compute=actor_pool(plan, gpus, cfg.gpu_batches_in_flight),
+                compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
                 num_gpus=gpus or None,
                 **actor_args,
             )
