@@ -141,3 +141,57 @@ def test_real_recording_decodes():
         assert f.sample_rate == 16000 and f.duration == pytest.approx(30.0, abs=0.5)
         window, valid = load_window(f, 10.0, 3.0, 22050)
     assert window.shape == (66150,) and valid == 66150 and np.abs(window).max() > 0.01
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("rate", [44100, 22050])
+def test_windows_of_a_file_decoded_whole_are_the_windows_read_one_by_one(tmp_path, fmt, rate):
+    """Overlapping windows (the augment job's crops of a short clip) read from a file decoded
+    once whole are the very samples each window's own read gives, at the file's rate and resampled."""
+    audio = tone(4.0, 44100, freq=330.0, channels=2) * np.linspace(0.2, 1.0, 4 * 44100, dtype=np.float32)[:, None]
+    path = write_audio(tmp_path / f"clip.{fmt}", audio)
+    starts = [0.0, 0.37, 1.0, 2.5, 3.2]  # the last runs past the end: padded
+    with open_path(path) as f:
+        one_by_one = [load_window(f, start, 1.5, rate, channels=2) for start in starts]
+    with open_path(path) as f:
+        assert f.decode_whole()
+        whole = [load_window(f, start, 1.5, rate, channels=2) for start in starts]
+    for (a, valid_a), (b, valid_b) in zip(one_by_one, whole):
+        assert valid_a == valid_b and a.tobytes() == b.tobytes()
+
+
+def test_a_file_that_does_not_decode_whole_still_yields_the_windows_before_the_damage(tmp_path):
+    path = write_audio(tmp_path / "long.flac", tone(20.0, 44100, freq=200.0))
+    cut = tmp_path / "long_cut.flac"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with open_path(cut) as f:
+        assert not f.decode_whole()
+        window, _ = load_window(f, 2.0, 3.0, 22050)
+        assert np.abs(window).max() > 0.3
+        with pytest.raises(DecodeError, match="truncated|corrupt"):
+            load_window(f, 15.0, 3.0, 22050)
+
+
+def test_the_decoder_reads_a_short_clip_once_for_all_its_crops(tmp_path, monkeypatch):
+    """Five 3 s crops of a 4 s clip: one read of the whole file, not five overlapping ones, and the
+    same rows either way (whole-file decoding off: WHOLE_FILE_BYTES = 0)."""
+    from ray_pipelines.audio import flac
+    from ray_pipelines.config import validate_config
+    from ray_pipelines.engine import decode as engine_decode
+    from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+
+    path = write_audio(tmp_path / "clip.flac", tone(4.0, 44100, freq=220.0, channels=2))
+    decoder = AugmentJob(validate_config(AugmentConfig, {"input": "-", "output": "-"})).decoder()
+    batch = {"key": np.array(["clip.flac"], dtype=object), "uri": np.array([str(path)], dtype=object)}
+    reads = []
+    original = flac.FlacReader.read
+    monkeypatch.setattr(flac.FlacReader, "read", lambda self, start, n: reads.append(n) or original(self, start, n))
+    whole = decoder(dict(batch))
+    assert reads == [4 * 44100]
+    reads.clear()
+    monkeypatch.setattr(engine_decode, "WHOLE_FILE_BYTES", 0)
+    one_by_one = decoder(dict(batch))
+    assert len(reads) == 5 and sum(reads) > 3 * 4 * 44100
+    assert len(whole["key"]) == 5 and list(whole) == list(one_by_one)
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], one_by_one[name])

@@ -114,7 +114,7 @@ class AudioFile:
         self._local_path: str | None = None
         self._sf: sf.SoundFile | None = None
         self._flac: flac.FlacReader | None = None
-        self._av_audio: np.ndarray | None = None
+        self._decoded: np.ndarray | None = None  # the whole file in memory: PyAV's formats, decode_whole()
         self.backend = ""
         try:
             fs, path = get_fs(source.uri, storage_options)
@@ -200,21 +200,33 @@ class AudioFile:
             raise
         except Exception as e:
             raise DecodeError(_first_line(e)) from None
-        self._av_audio = np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.float32)
-        self.channels, self.frames = self._av_audio.shape
+        self._decoded = np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.float32)
+        self.channels, self.frames = self._decoded.shape
         self.backend = "pyav"
 
     @property
     def duration(self) -> float:
         return self.frames / self.sample_rate
 
+    def decode_whole(self) -> bool:
+        """Decode the whole file once; later reads slice it. For windows that together read more
+        than the file (five 3 s crops of a 5 s clip decoded it three times over): the same frames,
+        since every backend reads exact samples. False where the whole does not decode; reads then
+        go on window by window, so a corrupt tail still leaves the windows before it."""
+        if self._decoded is None:
+            try:
+                self._decoded = self.read(0, self.frames)
+            except DecodeError:
+                return False
+        return True
+
     def read(self, start: int, num_frames: int) -> np.ndarray:
         """Frames ``[start, start + num_frames)`` clipped to the file, as float32 ``[C, n]``
         (a view: not necessarily contiguous)."""
         start = max(0, min(int(start), self.frames))
         num_frames = max(0, min(int(num_frames), self.frames - start))
-        if self._av_audio is not None:
-            return self._av_audio[:, start : start + num_frames]
+        if self._decoded is not None:
+            return self._decoded[:, start : start + num_frames]
         if self._flac is not None:
             try:
                 return self._flac.read(start, num_frames)

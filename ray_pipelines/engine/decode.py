@@ -19,6 +19,10 @@ from ..audio.decode import AudioFile, DecodeError, InputAudio, check_finite, che
 
 # Columns every decoded row carries besides the job's payload.
 ROW_COLUMNS = ("key", "split", "samples_per_input", "error", "etag", "source")
+# A file whose windows together span more than it is decoded once whole (up to this many bytes
+# of float32 samples, about 3 minutes of 44.1 kHz stereo): the augment job's five 3 s crops of a
+# 4 s clip read it four times over, and the decode tasks are what bounds that job on a GPU.
+WHOLE_FILE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class WindowDecoder:
                         f"too short: {audio_file.duration:.3f} s is below min_duration {self.min_duration:g} s"
                     )
                 windows = self.plan(item["key"], audio_file.duration)
+                todo = sum(window.index not in skip for window in windows)
+                if todo > 1 and todo * self.duration > audio_file.duration:
+                    if audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
+                        audio_file.decode_whole()
                 rows = []
                 for window in windows:
                     if window.index in skip:
