@@ -123,6 +123,9 @@ class ViewParams:
     masks: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, width)
 
 
+# The column that carries both views' draws of each row from the augment job's decode tasks to
+# its stage (dropped there: it is no output column).
+DRAWS_COLUMN = "view_draws"
 # What a view's draws travel as, from the decode task that draws them to the actor that applies
 # them: one float64 row per view. Every value is exact in float64: the floats are float64 already,
 # the integers are far below 2**53, and the 63-bit noise seed travels as two 32-bit halves.

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ray_pipelines.augment.params import AugmentationChoices, SpectrogramPoolConfig, WaveformPoolConfig
+from ray_pipelines.augment.params import DRAWS_COLUMN, AugmentationChoices, SpectrogramPoolConfig, WaveformPoolConfig
 from ray_pipelines.config import CommonConfig
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
@@ -23,7 +23,6 @@ from ray_pipelines.splits import train_val_split
 
 # Imported in the actors only (the stage imports torch; the driver never does).
 AUGMENT_STAGE = "ray_pipelines.stages.augment:AugmentStage"
-VIEW_DRAWS = "view_draws"  # the stage's DRAWS_COLUMN (not imported: it would import torch)
 
 
 class AugmentConfig(CommonConfig):
@@ -93,7 +92,7 @@ class CropPlan:
     def _draws(self, key: str, version: int) -> dict | None:
         if self.choices is None:
             return None
-        return {VIEW_DRAWS: self.choices.draw_views(self.seed, key, version)}
+        return {DRAWS_COLUMN: self.choices.draw_views(self.seed, key, version)}
 
 
 class SplitOf:

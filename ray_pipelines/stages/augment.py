@@ -7,12 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..augment.params import DRAWS_COLUMN
 from ..augment.pool import AugmentationPool, SpectrogramPoolConfig, ViewDraws, WaveformPoolConfig
 from ..spectrogram import LogMelSpectrogram
 from .device import pick_device
-
-# Both views' parameters of each row, drawn by the job's decode tasks (``params.pack_views``).
-DRAWS_COLUMN = "view_draws"
 
 
 class AugmentStage:
