@@ -76,23 +76,22 @@ class AugmentConfig(CommonConfig):
 class CropPlan:
     """Where each version's crop starts (uniform over the file, drawn from (seed, key, version)),
     and its two views' augmentation parameters (column ``view_draws``, drawn here in the decode
-    tasks: the actor feeding the GPU would otherwise spend most of its time drawing them)."""
+    tasks: the one actor feeding a GPU spent as long drawing them as applying them)."""
 
-    def __init__(self, seed: int, num_versions: int, duration: float, choices: AugmentationChoices | None = None):
+    def __init__(self, seed: int, num_versions: int, duration: float, choices: AugmentationChoices):
         self.seed, self.num_versions, self.duration = seed, num_versions, duration
         self.choices = choices
 
     def __call__(self, key: str, file_seconds: float) -> list[Window]:
         room = max(0.0, file_seconds - self.duration)
         return [
-            Window(v, float(sample_rng(self.seed, key, v, "crop").random() * room), self._draws(key, v))
+            Window(
+                v,
+                float(sample_rng(self.seed, key, v, "crop").random() * room),
+                {DRAWS_COLUMN: self.choices.draw_views(self.seed, key, v)},
+            )
             for v in range(self.num_versions)
         ]
-
-    def _draws(self, key: str, version: int) -> dict | None:
-        if self.choices is None:
-            return None
-        return {DRAWS_COLUMN: self.choices.draw_views(self.seed, key, version)}
 
 
 class SplitOf:
