@@ -455,3 +455,16 @@ def test_limit_batches_and_shuffle_pick_the_inputs(tmp_path):
     assert len(shuffled) == 3 and shuffled == keys(limit_batches=1, batch_size=3, shuffle=True)
     assert {tuple(keys(limit=3, shuffle=True, seed=s)) for s in range(6)} != {("clip0.wav", "clip1.wav", "clip2.wav")}
     assert keys() == [f"clip{i}.wav" for i in range(6)]
+
+
+def test_a_batchs_consecutive_rows_go_to_the_model_as_a_view_others_as_a_copy():
+    from ray_pipelines.stages.rows import take_rows
+
+    audio = np.arange(24, dtype=np.float32).reshape(6, 4)
+    every = take_rows(audio, np.arange(6))
+    assert np.shares_memory(every, audio) and every.tolist() == audio.tolist()
+    middle = take_rows(audio, np.array([2, 3, 4]))
+    assert np.shares_memory(middle, audio) and middle.tolist() == audio[2:5].tolist()
+    gapped = take_rows(audio, np.array([0, 2, 5]))
+    assert not np.shares_memory(gapped, audio) and gapped.tolist() == audio[[0, 2, 5]].tolist()
+    assert take_rows(audio, np.array([], dtype=np.int64)).shape == (0, 4)

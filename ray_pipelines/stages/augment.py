@@ -11,6 +11,7 @@ from ..augment.params import DRAWS_COLUMN
 from ..augment.pool import AugmentationPool, SpectrogramPoolConfig, ViewDraws, WaveformPoolConfig
 from ..spectrogram import LogMelSpectrogram
 from .device import pick_device
+from .rows import take_rows
 
 
 class AugmentStage:
@@ -108,12 +109,11 @@ class AugmentStage:
         every = len(ok) == len(audio)
         outputs = self._outputs(len(audio), every)
         if len(ok):
-            rows = slice(None) if every else ok  # all rows good (the usual case): no gathered copy
-            tensor = torch.from_numpy(np.ascontiguousarray(audio[rows], dtype=np.float32)).to(self.device)
+            tensor = torch.from_numpy(np.ascontiguousarray(take_rows(audio, ok), dtype=np.float32)).to(self.device)
             if draws is None:
                 draws = self.draws([str(k) for k in batch["key"][ok]], batch["version"][ok].tolist())
             else:
-                draws = draws[rows]
+                draws = take_rows(draws, ok)
             for out, view in zip(outputs, self.augment(tensor, draws)):
                 view = view.to(self.out_torch_dtype)
                 if every:

@@ -12,6 +12,7 @@ from ..encoders.functional import posterior_noise, sample_posterior
 from ..encoders.loading import load_encoder, stored_dtype
 from ..padding import latent_padding_mask
 from .device import pick_device
+from .rows import take_rows
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -35,14 +36,6 @@ def window_metadata(
         "seconds_total": np.ceil(file_seconds - 1e-9).astype(np.int64),
         "timestamps": timestamps,
     }
-
-
-def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``array[rows]``, as a view where the rows are consecutive (the usual case: a batch of 30 s
-    stereo windows is 85 MB that a gathered copy would write once more before the GPU gets it)."""
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-        return array[rows[0] : rows[-1] + 1]
-    return array[rows]
 
 
 class EncodeStage:

@@ -7,6 +7,7 @@ import torch
 
 from ..features.kaldi import AST_MEAN, AST_STD, ASTFeatures
 from .device import pick_device
+from .rows import take_rows
 
 
 class FeaturesStage:
@@ -46,7 +47,8 @@ class FeaturesStage:
                 whole = valid[rows] >= audio.shape[-1]
                 full, pending = rows[whole], rows[~whole]
                 if len(full):
-                    wave = torch.from_numpy(np.ascontiguousarray(audio[full], dtype=np.float32)).to(self.device)
+                    wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, full), dtype=np.float32))
+                    wave = wave.to(self.device)
                     values[full] = self.features(wave).cpu().numpy()
             for i in pending:
                 wave = torch.from_numpy(np.ascontiguousarray(audio[i], dtype=np.float32)).to(self.device)

@@ -26,6 +26,7 @@ import torchaudio
 
 from ..teachers import Teacher, build_teacher, column_name
 from .device import pick_device
+from .rows import take_rows
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Kaiser-windowed sinc as librosa's "kaiser_best": negligible cost next to any teacher.
@@ -115,7 +116,7 @@ class TeacherStage:
         ok = np.flatnonzero(errors == "")
         for start in range(0, len(ok), self.chunk_size):
             rows = ok[start : start + self.chunk_size]
-            wave = torch.from_numpy(np.ascontiguousarray(audio[rows], dtype=np.float32)).to(self.device)
+            wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, rows), dtype=np.float32)).to(self.device)
             for name, value in self.run_teachers(wave).items():
                 values = value.cpu().numpy()
                 if values.shape[1:] != self.shapes[name]:
