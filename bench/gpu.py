@@ -382,7 +382,7 @@ def part_augment(ctx: Context) -> None:
     sizes = (64, 512) if ctx.cuda else (2, 4)
 
     def timed(call, views: int) -> float:
-        """Views per second of ``call`` (repeated for up to 8 s, or a quarter of the time left)."""
+        """Views per second of ``call`` (repeated for up to 8 s, or a sixth of the time left)."""
         call()  # warm-up: kernels, cuFFT plans, the allocator
         calls, started = 0, time.perf_counter()
         while calls < 2 or (ctx.cuda and time.perf_counter() - started < min(8.0, ctx.left() / 6)):
@@ -638,6 +638,7 @@ def part_e2e(ctx: Context) -> None:
     from bench.common import make_clips
     from ray_pipelines.config import validate_config
     from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, run_job
+    from ray_pipelines.engine.runtime import WRITE_TASK_CPUS
     from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 
     clips = 6000 if ctx.cuda else 16  # 2,000 ran for 12 s on an H200, half of it start-up
@@ -660,8 +661,10 @@ def part_e2e(ctx: Context) -> None:
     # the side that needs the longest is the bottleneck. (Busy shares over the whole run phase
     # include the start-up and the tail, when nothing is saturated.)
     seconds = stats.task_seconds()
-    slots = {"MapBatches(WindowDecoder)": max(1.0, ctx.cpus - 1 - WRITE_TASKS_PER_GPU_ACTOR * 0.25)}
-    slots["Write"] = WRITE_TASKS_PER_GPU_ACTOR
+    slots = {
+        "MapBatches(WindowDecoder)": max(1.0, ctx.cpus - 1 - WRITE_TASKS_PER_GPU_ACTOR * WRITE_TASK_CPUS),
+        "Write": WRITE_TASKS_PER_GPU_ACTOR,
+    }
     needed = {name: total / slots.get(name, 1) for name, total in seconds.items()}
     sides = {
         "MapBatches(WindowDecoder)": "the decode CPUs",
