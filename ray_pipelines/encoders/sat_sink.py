@@ -32,9 +32,9 @@ from ..engine.manifest import default_is_data_file
 from ..engine.sink import KEY, ShardSink
 from ..seeding import derive_seed
 from ..storage import Storage, is_local
+from .sat_layout import FILELIST
 
 ID_DIGITS = 13
-FILELIST = "filelist.txt"
 DETAILS = "details.json"
 # {rank}/{13 digits}.npy|.json, and the temp files a killed writer may leave next to them.
 _SAMPLE_FILE = re.compile(rf"^(?:[\w.=-]+/)?\d+/\d{{{ID_DIGITS}}}\.(npy|json)(\.tmp-[\w.-]+)?$")

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ray_pipelines.encoders.sat_layout import FILELIST
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.storage import Storage
 
@@ -43,7 +44,6 @@ TIME_AXES = {"frame", "frames", "time", "t"}
 TITLE_COLUMNS = ("path", "key")
 INDEX_COLUMNS = ("snippet", "version", "window", "item", "index")
 PAIRS = {"view1": "view2"}  # columns drawn side by side with their partner
-FILELIST = "filelist.txt"  # the encode job's stable-audio-tools layout
 
 
 def parser() -> argparse.ArgumentParser:

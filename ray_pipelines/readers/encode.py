@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 import torch
 
-from ..encoders.sat_sink import FILELIST
+from ..encoders.sat_layout import FILELIST
 from ..seeding import derive_seed
 from ..storage import Storage, is_local
 from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, column_specs, torch_dtype
