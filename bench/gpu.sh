@@ -5,6 +5,9 @@
 #                                 wheels a CUDA machine lacks and a dozen real recordings (.whl/audio)
 #   bash bench/gpu.sh [ARGS]      on the CUDA machine: install .whl/*.whl into /tmp/site if its
 #                                 Python has no Ray, then python -m bench.gpu ARGS (--parts, --out)
+#   bash bench/gpu.sh readers [ARGS]  the same install, then python -m bench.readers --tables local on
+#                                 the carried recordings (ARGS added): the readers' table on a second
+#                                 machine (it needs numba there: the page decoder's kernels)
 #
 # The device-tool call: run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=510).
 # On a CPU machine: PYTHON=/path/to/venv/bin/python bash bench/gpu.sh (CUDA parts skipped).
@@ -74,5 +77,13 @@ if ! "$PY" -c "import ray" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PYTHONPATH  # Ray's workers inherit it
   echo "installed $(ls .whl/*.whl | wc -l) wheels into /tmp/site in $((SECONDS - started)) s"
+fi
+if [ "${1:-}" = readers ]; then
+  shift
+  if ! "$PY" -c "import numba" 2>/dev/null; then
+    echo "no numba here: the readers would decode every page with pyarrow, not what they do elsewhere" >&2
+    exit 3
+  fi
+  exec env PYTHONUNBUFFERED=1 "$PY" -m bench.readers --tables local --audio .whl/audio "$@"
 fi
 exec env PYTHONUNBUFFERED=1 "$PY" -m bench.gpu "$@"

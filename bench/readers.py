@@ -66,7 +66,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from bench.common import TreeCPU, make_clips, table
+from bench.common import SHARED, TreeCPU, make_clips, table
 from bench.features import make_library
 
 WORKERS = 2
@@ -233,13 +233,13 @@ def run_quiet_job(job) -> None:
     run_job(job, progress=False)
 
 
-def prepare(work: Path, clips: int, teacher: int, encode: int) -> dict[str, Path]:
+def prepare(work: Path, clips: int, teacher: int, encode: int, audio_source: Path = SHARED) -> dict[str, Path]:
     from ray_pipelines.config import validate_config
     from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
     from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob
 
     outputs = {name: work / name for name in ("augment", "teacher", "encode", "features")}
-    audio = make_clips(work / "clips", clips)
+    audio = make_clips(work / "clips", clips, source=audio_source)
     if not committed(outputs["augment"]):
         print(f"writing the augment output ({clips} real clips x 5 versions)...", flush=True)
         run_quiet_job(
@@ -857,6 +857,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="alternating runs per reader (default 3, 1 with --quick)")
     parser.add_argument("--work", default="/tmp/bench-readers", help="outputs are written (once) and kept here")
     parser.add_argument(
+        "--audio",
+        type=Path,
+        default=SHARED,
+        help="real recordings the augment output's clips cycle through (bench/gpu.sh readers: the carried ones)",
+    )
+    parser.add_argument(
         "--tables", default="local,s3", help="comma-separated: local (readers vs baselines), s3, writer (defaults)"
     )
     args = parser.parse_args()
@@ -866,7 +872,7 @@ def main() -> None:
     work = Path(args.work) / ("quick" if args.quick else "full")
     torch.set_num_threads(1)
     started = time.time()
-    outputs = prepare(work, clips, teacher, encode)
+    outputs = prepare(work, clips, teacher, encode, args.audio)
     seeds = seed_copies(work, outputs)
     tables = args.tables.split(",")
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, load {os.getloadavg()}")
