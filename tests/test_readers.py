@@ -588,6 +588,23 @@ def test_reused_batch_memory_keeps_a_slots_storage_while_the_columns_stay_alike(
     assert other["x"].dtype == torch.float64 and other["x"].data_ptr() != first[1]["x"].data_ptr()
 
 
+def test_a_short_batch_in_a_new_slot_leaves_room_for_the_full_batches_after_it():
+    """An epoch's short last batch may be a slot's first: the slot is made for the batch size, so the
+    next epoch's full batch in it is written into the same memory, not into a new mapping."""
+    memory = batches_module.BatchMemory(shared=False, reuse=1)
+    memory.next_batch()
+    short = memory.tensors([(name, (2, *shape[1:]), dtype) for name, shape, dtype in BATCH_COLUMNS], capacity=5)
+    assert short["x"].shape == (2, 3) and short["x"].untyped_storage().nbytes() >= 5 * 3 * 4
+    memory.next_batch()
+    full = memory.tensors(BATCH_COLUMNS, capacity=5)
+    assert full["x"].shape == (5, 3) and full["x"].data_ptr() == short["x"].data_ptr()
+    memory = batches_module.BatchMemory(shared=False, reuse=1)  # without a capacity: its rows only
+    memory.next_batch()
+    small = memory.tensors([(name, (2, *shape[1:]), dtype) for name, shape, dtype in BATCH_COLUMNS])
+    memory.next_batch()
+    assert memory.tensors(BATCH_COLUMNS)["x"].data_ptr() != small["x"].data_ptr()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="MADV_POPULATE_WRITE is Linux's")
 @pytest.mark.parametrize("shared", [False, True])
 def test_batch_memory_is_mapped_when_made_and_keeps_what_is_written(shared):

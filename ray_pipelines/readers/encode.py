@@ -313,7 +313,8 @@ class EncodedLatents(EpochDataset):
                     ("latents", (size, *first.shape), torch_dtype(first.dtype)),
                     ("padding_mask", (size, len(first_mask)), torch.bool),
                     ("latent_crop_start", (size,), torch.int64),
-                ]
+                ],
+                capacity=self.batch_size,
             )
             latents, masks, starts = tensors["latents"], tensors["padding_mask"], tensors["latent_crop_start"]
             latents_out, masks_out, starts_out = latents.numpy(), masks.numpy(), starts.numpy()
