@@ -268,27 +268,37 @@ def test_local_reads_take_a_second_thread_only_where_every_reader_process_has_a_
 
 
 def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path, monkeypatch):
-    """pyarrow reads a local output's small columns a whole file at a time, once per process: a later
-    epoch reads none of them again (tensors come from their pages). Kept only when every row of them
-    fits in SMALL_COLUMNS_BYTES."""
+    """pyarrow reads a local output's small columns a whole file at a time, once, when the reader is made:
+    no epoch reads them again (tensors come from their pages), and DataLoader workers forked after that
+    share the tables; a pickled copy (forkserver, spawn) reads its own on first need. Kept only when
+    every row of them fits in SMALL_COLUMNS_BYTES, and only the columns the reader yields."""
+    import pickle
+
     files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=True)), "train")
     dataset = ShardRows(files, shuffle=True, seed=1)
     assert list(dataset.tensor_leaves) == ["x"] and dataset.reader.kept_columns == {"key", "index"}
-    first = {int(row["x"][0]): row for row in dataset}
-    assert len(first) == ROWS and len(dataset.reader._kept) == len(files)
+    assert len(dataset.reader._kept) == len(files)  # read when the reader was made
+    copied = pickle.loads(pickle.dumps(dataset))
+    assert copied.reader._kept == {}
 
     def refused(*args, **kwargs):
         raise AssertionError("pyarrow opened a file for a kept column")
 
     monkeypatch.setattr(rowgroups_module.pq, "ParquetFile", refused)
+    first = {int(row["x"][0]): row for row in dataset}
+    assert len(first) == ROWS
     dataset.set_epoch(1)
     second = list(dataset)
     assert [int(row["x"][0]) for row in second] != list(first)  # another order, the same rows
-    for row in second:
+    forked = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    for row in [*second, *forked]:  # forked workers read nothing either: they have the parent's tables
         expected = first[int(row["x"][0])]
-        assert (row["key"], row["index"]) == (expected["key"], expected["index"])
+        assert (row["key"], int(row["index"])) == (expected["key"], int(expected["index"]))
         assert row["key"] == f"k{int(row['x'][0]):03d}"
+    assert ShardRows(files, columns=["x"]).reader.kept_columns == frozenset()  # nothing it would yield
     monkeypatch.undo()
+    assert sorted(row["key"] for row in copied) == sorted(row["key"] for row in first.values())
+    assert len(copied.reader._kept) == len(files)
     monkeypatch.setattr(parquet_module, "SMALL_COLUMNS_BYTES", ROWS * 8)  # not room for every row's key
     assert ShardRows(files).reader.kept_columns == frozenset()
 

@@ -215,7 +215,11 @@ class ShardRows(EpochDataset):
         self._after_index(footers, tables)
         self.reader.remember_footers(footers.parsed_so_far(), tables)  # the first reads need not read them again
         if self.reader.local:
-            self.reader.kept_columns = kept_columns(self.index, [n for n in names if n not in self.tensor_leaves])
+            self.reader.kept_columns = kept_columns(self.index, [n for n in wanted if n not in self.tensor_leaves])
+            if self.reader.kept_columns:
+                # Read here, before DataLoader workers fork: they share these tables instead of each
+                # reading (and holding) its own in its first epoch.
+                self.reader.keep_files(footers.all_parsed(), threads=min(8, os.cpu_count() or 1))
 
     # ---- for subclasses ----------------------------------------------------------------
     def _after_index(self, footers: Footers, tables: list[FooterTable | None] | None) -> None:

@@ -414,6 +414,16 @@ class RowGroupReader:
             return pa.table({}), decoded
         return pq.ParquetFile(source, metadata=md).read_row_groups(groups, columns=rest, use_threads=False), decoded
 
+    def keep_files(self, footers: list[pq.FileMetaData], threads: int) -> None:
+        """Read every file's kept columns now, ``threads`` files at a time (pyarrow releases the GIL).
+
+        A reader does it in the process that makes it: DataLoader workers forked from there then share
+        the tables, where each worker read every file's for itself in its first epoch (10 ms of pyarrow
+        per 128-row encode file on the VM, in every worker) and held its own copy. A worker started by
+        forkserver or spawn gets none (``__getstate__``) and reads its own on first need."""
+        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kept-columns") as pool:
+            list(pool.map(self._kept_file, range(len(footers)), self._paths, footers))
+
     def _kept_file(self, file: int, path: str, md: pq.FileMetaData) -> pa.Table:
         """``file``'s kept columns, all its rows (read on first use in this process)."""
         with self._lock:
