@@ -203,6 +203,7 @@ class ShardRows(EpochDataset):
         wanted = self.columns if self.columns is not None else names
         if footers.remote or tables is None or not all(name in self.tensor_leaves for name in wanted):
             footers.all_parsed()  # reads will ask pyarrow for them: parsed once here, not in every worker
+            import_pandas()
         self.index = build_index(self.files, footers, tables)
         self.reader = RowGroupReader(self.index, storage_options)
         self.threads = threads  # None: decided in the process that reads (_read_threads)
@@ -374,6 +375,18 @@ class ShardRows(EpochDataset):
             piece, r = pieces[piece_of[i]], row_of[i]
             row = {name: piece[name][r] for name in names}
             yield transform(row) if transform else row
+
+
+def import_pandas() -> None:
+    """Import pandas (when installed) in the process that makes a reader whose workers will convert
+    columns with pyarrow: pyarrow imports it on its first conversion of a column to NumPy or of NumPy
+    indices, and DataLoader workers forked without it each imported it in their first epoch (0.3 s of
+    CPU on the VM). Importing the readers does not (no pandas, no Ray: a training process may not
+    need them); a reader of tensor columns only (``ContrastiveViews``) never converts that way."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
 
 
 def local_read_threads() -> int:
