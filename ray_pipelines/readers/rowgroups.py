@@ -425,7 +425,8 @@ class RowGroupReader:
             list(pool.map(self._kept_file, range(len(footers)), self._paths, footers))
 
     def _kept_file(self, file: int, path: str, md: pq.FileMetaData) -> pa.Table:
-        """``file``'s kept columns, all its rows (read on first use in this process)."""
+        """``file``'s kept columns, all its rows (read by :meth:`keep_files`, or on first use in a process
+        whose copy of the reader came without them)."""
         with self._lock:
             table = self._kept.get(file)
         if table is None:
