@@ -614,12 +614,12 @@ def test_reused_batch_memory_keeps_a_slots_storage_while_the_columns_stay_alike(
 def test_a_short_batch_in_a_new_slot_leaves_room_for_the_full_batches_after_it():
     """An epoch's short last batch may be a slot's first: the slot is made for the batch size, so the
     next epoch's full batch in it is written into the same memory, not into a new mapping."""
-    memory = batches_module.BatchMemory(shared=False, reuse=1)
+    memory = batches_module.BatchMemory(shared=False, reuse=1, capacity=5)
     memory.next_batch()
-    short = memory.tensors([(name, (2, *shape[1:]), dtype) for name, shape, dtype in BATCH_COLUMNS], capacity=5)
+    short = memory.tensors([(name, (2, *shape[1:]), dtype) for name, shape, dtype in BATCH_COLUMNS])
     assert short["x"].shape == (2, 3) and short["x"].untyped_storage().nbytes() >= 5 * 3 * 4
     memory.next_batch()
-    full = memory.tensors(BATCH_COLUMNS, capacity=5)
+    full = memory.tensors(BATCH_COLUMNS)
     assert full["x"].shape == (5, 3) and full["x"].data_ptr() == short["x"].data_ptr()
     memory = batches_module.BatchMemory(shared=False, reuse=1)  # without a capacity: its rows only
     memory.next_batch()

@@ -284,10 +284,13 @@ class BatchMemory:
     memory of ``reuse`` batches used in turn (see the module's docstring for when a batch is
     rewritten). A batch's columns are views of one storage (:func:`batch_tensors`); a slot's are
     kept while the columns' names, dtypes and row shapes stay the same and its rows suffice, and a
-    shorter batch is a view of the slot's first rows."""
+    shorter batch is a view of the slot's first rows. A new slot holds ``capacity`` rows when that
+    is more than its first batch's (the reader's batch size): an epoch's short last batch that is a
+    slot's first would otherwise make it too small, and its next full batch would map the slot's
+    memory anew (on the VM, 8,300 page faults for a 34 MB augment batch, in the second epoch)."""
 
-    def __init__(self, shared: bool, reuse: int = 0):
-        self.shared, self.reuse = shared, reuse
+    def __init__(self, shared: bool, reuse: int = 0, capacity: int = 0):
+        self.shared, self.reuse, self.capacity = shared, reuse, capacity
         # per slot: (the columns' names, row shapes and dtypes; rows it holds; its tensors)
         self._slots: list[tuple[tuple, int, dict[str, torch.Tensor]] | None] = [None] * reuse
         self._slot = -1
@@ -297,21 +300,16 @@ class BatchMemory:
         if self.reuse:
             self._slot = (self._slot + 1) % self.reuse
 
-    def tensors(
-        self, columns: list[tuple[str, tuple[int, ...], torch.dtype]], capacity: int = 0
-    ) -> dict[str, torch.Tensor]:
+    def tensors(self, columns: list[tuple[str, tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
         """Uninitialised tensors for the current batch's ``(name, shape, dtype)`` columns (every shape
-        ``[rows, ...]`` with the batch's rows). A new slot holds ``capacity`` rows when that is more
-        (the reader's batch size): an epoch's short last batch that is a slot's first would otherwise
-        make it too small, and its next full batch would map the slot's memory anew (on the VM, 8,300
-        page faults for a 34 MB augment batch, in the second epoch)."""
+        ``[rows, ...]`` with the batch's rows)."""
         if not self.reuse:
             return batch_tensors(columns, self.shared)
         rows = columns[0][1][0] if columns else 0
         layout = tuple((name, shape[1:], dtype) for name, shape, dtype in columns)
         kept = self._slots[self._slot]
         if kept is None or kept[0] != layout or kept[1] < rows:
-            held = max(rows, capacity)
+            held = max(rows, self.capacity)
             full = [(name, (held, *shape[1:]), dtype) for name, shape, dtype in columns]
             kept = self._slots[self._slot] = (layout, held, batch_tensors(full, self.shared))
         return {name: tensor[:rows] for name, tensor in kept[2].items()}
@@ -321,8 +319,8 @@ class ProcessBatchMemory:
     """A reader's :class:`BatchMemory`, one per process (made where the reader iterates: a DataLoader
     worker's copy of the reader gets its own, in shared memory) and kept across epochs; never pickled."""
 
-    def __init__(self, reuse: int):
-        self.reuse = reuse
+    def __init__(self, reuse: int, capacity: int = 0):
+        self.reuse, self.capacity = reuse, capacity  # capacity: the reader's batch size (BatchMemory)
         self._memory: BatchMemory | None = None
         self._pid = 0
 
@@ -331,11 +329,11 @@ class ProcessBatchMemory:
         worker's)."""
         shared = get_worker_info() is not None
         if self._memory is None or self._pid != os.getpid() or self._memory.shared != shared:
-            self._memory, self._pid = BatchMemory(shared, self.reuse), os.getpid()
+            self._memory, self._pid = BatchMemory(shared, self.reuse, self.capacity), os.getpid()
         return self._memory
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"reuse": self.reuse, "_memory": None, "_pid": 0}
+        return {"reuse": self.reuse, "capacity": self.capacity, "_memory": None, "_pid": 0}
 
 
 # fill(batch, window, order, at): the columns a reader fills itself (e.g. crops), after the others.
@@ -367,8 +365,7 @@ class BatchBuilder:
         self.memory.next_batch()
         specs = [*self.specs, *self.custom]
         tensors = self.memory.tensors(
-            [(spec.name, (self._size, *spec.shape), spec.dtype) for spec in specs if spec.kind != "list"],
-            capacity=self.batch_size,
+            [(spec.name, (self._size, *spec.shape), spec.dtype) for spec in specs if spec.kind != "list"]
         )
         for spec in specs:
             self._batch[spec.name] = [] if spec.kind == "list" else tensors[spec.name]

@@ -233,7 +233,7 @@ class EncodedLatents(EpochDataset):
         super().__init__(seed, shuffle, rank, world_size)
         check_batching(batch_size, reuse_batches)
         self.batch_size, self.drop_last = batch_size, drop_last
-        self.batch_memory = ProcessBatchMemory(reuse_batches)
+        self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
         if not self.storage.exists(FILELIST):
@@ -313,8 +313,7 @@ class EncodedLatents(EpochDataset):
                     ("latents", (size, *first.shape), torch_dtype(first.dtype)),
                     ("padding_mask", (size, len(first_mask)), torch.bool),
                     ("latent_crop_start", (size,), torch.int64),
-                ],
-                capacity=self.batch_size,
+                ]
             )
             latents, masks, starts = tensors["latents"], tensors["padding_mask"], tensors["latent_crop_start"]
             latents_out, masks_out, starts_out = latents.numpy(), masks.numpy(), starts.numpy()

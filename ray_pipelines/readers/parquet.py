@@ -185,7 +185,7 @@ class ShardRows(EpochDataset):
         super().__init__(seed, shuffle, rank, world_size)
         check_batching(batch_size, reuse_batches)
         self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
-        self.batch_memory = ProcessBatchMemory(reuse_batches)
+        self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.files = list(files)
         self.columns = list(columns) if columns is not None else None
         self.shuffle_buffer = shuffle_buffer
