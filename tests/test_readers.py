@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -33,6 +34,7 @@ from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
 from ray_pipelines.readers.epoch import FORKED_FROM_RAY, EpochChanged
+from ray_pipelines.readers.errors import UnreadableFile
 from tests.audio_helpers import REPO
 
 # Every test here reads tensors as real outputs are read: decoded from their pages.
@@ -301,6 +303,46 @@ def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path
     assert len(copied.reader._kept) == len(files)
     monkeypatch.setattr(parquet_module, "SMALL_COLUMNS_BYTES", ROWS * 8)  # not room for every row's key
     assert ShardRows(files).reader.kept_columns == frozenset()
+
+
+def overwrite(path: str, at: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_damaged_file_is_named_with_pyarrows_reason(tmp_path, layout):
+    """pyarrow's errors for a damaged file do not say which file; the readers' do, wherever it is read: its
+    footer or small columns when the reader is made, a tensor page in a DataLoader worker, a file cut short
+    since the reader was made (and then the sizes say so). A file that is whole again reads as before."""
+    files = list_shards(str(write_rows(tmp_path / "out", *layout)), "train")
+    damaged = files[2]
+    original = Path(damaged).read_bytes()
+    md = pq.read_metadata(damaged)
+    leaf = {md.schema.column(i).path.split(".")[0]: i for i in range(md.num_columns)}
+    x_page, key_page = (md.row_group(0).column(leaf[name]).data_page_offset for name in ("x", "key"))
+    footer = len(original) - 8 - int.from_bytes(original[-8:-4], "little")
+
+    dataset = ShardRows(files, shuffle=True, seed=1)
+    overwrite(damaged, x_page + 2, b"\xff" * 30)  # after the reader was made: read in a worker
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    with pytest.raises(UnreadableFile, match=f"reading {damaged}: Couldn't deserialize thrift"):
+        list(loader)
+    os.truncate(damaged, x_page + 4)
+    sizes = f"({len(original)} bytes when the reader was made, {x_page + 4} now)"
+    with pytest.raises(UnreadableFile, match=f"reading {damaged}: .*{re.escape(sizes)}"):
+        list(dataset)
+    for at in (footer + 10, key_page + 2):  # a footer pyarrow cannot parse; a small column's page
+        Path(damaged).write_bytes(original)
+        overwrite(damaged, at, b"\xfe" * 30)
+        with pytest.raises(UnreadableFile, match=f"reading {damaged}: Couldn't deserialize thrift"):
+            ShardRows(files, shuffle=True, seed=1)
+    Path(damaged).write_bytes(original)
+    assert sorted(int(row["x"][0]) for row in dataset) == list(range(ROWS))
+    os.remove(damaged)  # a missing file: the OS's error, which names it
+    with pytest.raises(FileNotFoundError, match=damaged):
+        list(dataset)
 
 
 def test_set_epoch_during_an_epoch_fails_loudly(rows_output):

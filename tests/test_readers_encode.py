@@ -30,6 +30,7 @@ from ray_pipelines.readers.encode import (
     mask_array,
     open_encoded,
 )
+from ray_pipelines.readers.errors import UnreadableFile
 from ray_pipelines.seeding import derive_seed
 from tests.test_readers import memory_id, take_checking_reuse
 
@@ -176,6 +177,23 @@ def test_a_local_item_is_read_whole(tmp_path):
         client = ProcessFilesystem(url)
         assert client.local and client.cat(str(tmp_path / "x.npy")) == data
     assert not ProcessFilesystem("s3://bucket/out").local
+
+
+def test_a_damaged_item_file_is_named(tmp_path):
+    """An .npy cut short or a .json that is not JSON: NumPy's and json's errors do not say which file; the
+    SAT reader's do (from a DataLoader worker too)."""
+    write_encode(tmp_path / "out", 6, rows=token_rows())
+    dataset = EncodedLatents(str(tmp_path / "out"), shuffle=True)
+    npy = tmp_path / "out" / dataset.files[3]
+    sidecar = npy.with_suffix(".json")
+    npy_bytes = npy.read_bytes()
+    npy.write_bytes(npy_bytes[:-5])
+    with pytest.raises(UnreadableFile, match=f"reading {npy}: "):
+        list(DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_encoded))
+    npy.write_bytes(npy_bytes)
+    sidecar.write_text('{"padding_mask": [1, 1')
+    with pytest.raises(UnreadableFile, match=f"reading {sidecar}: Expecting"):
+        list(dataset)
 
 
 def test_a_mask_that_does_not_match_the_last_axis_is_refused():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
@@ -10,6 +12,7 @@ import ray_pipelines.readers.rowgroups as rowgroups
 from bench.readers import write_encode
 from ray_pipelines.readers import ContrastiveViews, OutputRows
 from ray_pipelines.readers.encode import EncodedLatents, collate_encoded
+from ray_pipelines.readers.errors import UnreadableFile
 from tests.test_readers import CLIPS, ROWS, contrastive_rows, generic_rows, write
 
 # Every test here reads tensors as real outputs are read: decoded from their pages.
@@ -88,3 +91,18 @@ def test_batched_rows_from_s3_with_persistent_workers(s3_bucket):
         orders.append([int(v) for (x,) in batches for v in x[:, 0]])
         assert sorted(orders[-1]) == list(range(ROWS))
     assert orders[0] != orders[1]
+
+
+def test_a_damaged_object_is_named_with_pyarrows_reason(s3_bucket):
+    bucket, options, fs = s3_bucket
+    url = f"s3://{bucket}/damaged"
+    write(url, "rows", generic_rows(), nested=True, one_row_groups=True, index_column="index",
+          output_columns=["key", "index", "x"], rows_per_block=10, storage_options=options)  # fmt: skip
+    dataset = OutputRows(url, fields=("x",), shuffle=True, seed=1, storage_options=options)
+    damaged = dataset.files[1]
+    data = bytearray(fs.cat_file(damaged))
+    page = pq.read_metadata(pa.BufferReader(bytes(data))).row_group(0).column(2).data_page_offset
+    data[page + 2 : page + 32] = b"\xff" * 30  # a tensor page, after the reader was made
+    fs.pipe_file(damaged, bytes(data))
+    with pytest.raises(UnreadableFile, match=f"reading {damaged}: Couldn't deserialize thrift"):
+        list(DataLoader(dataset, batch_size=4, num_workers=2))

@@ -42,6 +42,7 @@ from ..storage import Storage, is_local
 from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, column_specs, torch_dtype
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, rank_batches, share
+from .errors import naming_the_file
 from .parquet import ShardRows, manifest_files
 
 
@@ -254,8 +255,11 @@ class EncodedLatents(EpochDataset):
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]
         stem = posixpath.splitext(relpath)[0]
-        latents = array_from_npy(self._client.cat(self.storage.abspath(relpath)))
-        metadata = loads_json(self._client.cat(self.storage.abspath(stem + ".json")))
+        # A damaged .npy or .json raises NumPy's or json's ValueError, which does not say which file.
+        with naming_the_file(self.storage.url(relpath), (ValueError, OSError)):
+            latents = array_from_npy(self._client.cat(self.storage.abspath(relpath)))
+        with naming_the_file(self.storage.url(stem + ".json"), (ValueError, OSError)):
+            metadata = loads_json(self._client.cat(self.storage.abspath(stem + ".json")))
         metadata["latent_filename"] = self.storage.url(relpath)
         return latents, metadata
 

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ..storage import get_fs, is_local
 from .clients import ProcessFilesystem
+from .errors import naming_the_file
 from .footers import FooterTable, footer_table
 from .pages import NotDecodable, TensorLeaf, decode_chunk
 
@@ -48,6 +49,8 @@ FOOTER_CACHE = 64
 # A local output's small columns (scalars, masks, strings: what the page decoder leaves to pyarrow) are
 # kept per reader process, each file's read whole once, when all of them fit in this (see ShardRows).
 SMALL_COLUMNS_BYTES = 128 * 1024 * 1024
+# What pyarrow raises for a file it cannot read (re-raised naming the file: .errors).
+PYARROW_ERRORS = (pa.ArrowException, OSError)
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Footers:
     """Every file's footer as its Thrift bytes (for :mod:`.footers`' tables), parsed by pyarrow when
     asked (:meth:`parsed`: a few ms a file, which a reader that has the tables may never need)."""
 
+    files: list[str]
     raw: list[bytes]
     sizes: list[int]
     remote: bool  # on an object store (row groups' byte ranges are wanted there)
@@ -111,7 +115,8 @@ class Footers:
     def parsed(self, file: int) -> pq.FileMetaData:
         md = self._parsed.get(file)
         if md is None:
-            md = self._parsed[file] = parse_footer(self.raw[file], self.sizes[file])
+            with naming_the_file(self.files[file], PYARROW_ERRORS):
+                md = self._parsed[file] = parse_footer(self.raw[file], self.sizes[file])
         return md
 
     def all_parsed(self) -> list[pq.FileMetaData]:
@@ -176,7 +181,7 @@ def read_footers(
     stores by one ranged read of each file's tail (concurrent; a second one for a longer footer)."""
     sizes = [int(s) for s in sizes] if sizes is not None else file_sizes(files, storage_options)
     if not files:
-        return Footers([], sizes, remote=False)
+        return Footers([], [], sizes, remote=False)
     fs, _ = get_fs(files[0], storage_options)
     paths = [get_fs(url, storage_options)[1] for url in files]
     if is_local(fs):
@@ -184,7 +189,7 @@ def read_footers(
         for path, size in zip(paths, sizes):
             with open(path, "rb") as file:
                 raw.append(footer_from_tail(_pread(file.fileno()), size, path, read_first=8))
-        return Footers(raw, sizes, remote=False)
+        return Footers(list(files), raw, sizes, remote=False)
     starts = [max(0, size - TAIL_BYTES) for size in sizes]
     tails = _cat_ranges(fs, paths, starts, sizes)
     raw = []
@@ -196,7 +201,7 @@ def read_footers(
             return _cat_ranges(fs, [path], [a], [start])[0] + tail[: b - start]
 
         raw.append(footer_from_tail(read_range, size, path, read_first=len(tail)))
-    return Footers(raw, sizes, remote=True)
+    return Footers(list(files), raw, sizes, remote=True)
 
 
 def footer_from_tail(read_range, size: int, path: str, read_first: int = TAIL_BYTES) -> bytes:
@@ -372,7 +377,29 @@ class RowGroupReader:
         (:mod:`.pages`; one ``[rows, *shape]`` array per row group, in ``groups`` order) and the other
         ``columns`` (None: all) as one table. A tensor column the fast path cannot read is in the table.
         Locally the chunks are found in the file's footer table, so a read whose every column is decoded
-        never asks pyarrow for the footer."""
+        never asks pyarrow for the footer. A file pyarrow cannot read raises :class:`.errors.UnreadableFile`."""
+        with self._naming(file):
+            return self._read_with_tensors(file, groups, columns, tensors)
+
+    def _naming(self, file: int):
+        """:func:`naming_the_file` for ``file``; locally it says when the file's size is not what it was
+        when the reader was made (rewritten or cut short since)."""
+
+        def changed() -> str | None:
+            if not self.local:
+                return None
+            try:
+                size = os.path.getsize(self._paths[file])
+            except OSError:
+                return "the file is gone"
+            then = self.index.sizes[file]
+            return None if size == then else f"{then} bytes when the reader was made, {size} now"
+
+        return naming_the_file(self.index.files[file], PYARROW_ERRORS, changed)
+
+    def _read_with_tensors(
+        self, file: int, groups: list[int], columns: list[str] | None, tensors: dict[str, TensorLeaf]
+    ) -> tuple[pa.Table, dict[str, list[np.ndarray]]]:
         fs = self._client.get()
         path = self._paths[file]
         wanted = [name for name in tensors if columns is None or name in columns]
@@ -430,7 +457,7 @@ class RowGroupReader:
         with self._lock:
             table = self._kept.get(file)
         if table is None:
-            with pq.ParquetFile(path, metadata=md) as pf:
+            with self._naming(file), pq.ParquetFile(path, metadata=md) as pf:
                 present = set(md.schema.to_arrow_schema().names)  # a file may lack one the reader never asks for
                 names = sorted(name for name in self.kept_columns if name in present)
                 table = pf.read(columns=names, use_threads=False).combine_chunks()

@@ -1,0 +1,34 @@
+"""Errors a reader raises for a file it cannot read, naming the file.
+
+pyarrow's errors for a damaged Parquet file ("Couldn't deserialize thrift",
+"Invalid column metadata") and NumPy's or json's for a damaged ``.npy`` or
+``.json`` do not say which file; in a training run over thousands of files the
+name is what the user needs to find, delete or rewrite it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class UnreadableFile(OSError):
+    """A file of an output that could not be read (damaged, or changed since the reader was made); the
+    message names it and gives the underlying reason."""
+
+
+@contextmanager
+def naming_the_file(
+    url: str, errors: tuple[type[BaseException], ...], changed: Callable[[], str | None] | None = None
+) -> Iterator[None]:
+    """Re-raise ``errors`` raised inside as :class:`UnreadableFile` naming ``url``; ``changed()`` may add
+    why (the file is not as the reader found it). Errors that name the file already (a missing file, a
+    file that is not Parquet) pass unchanged."""
+    try:
+        yield
+    except errors as error:
+        message = str(error)
+        if isinstance(error, UnreadableFile) or url in message or url.split("://", 1)[-1] in message:
+            raise
+        why = changed() if changed is not None else None
+        raise UnreadableFile(f"reading {url}: {message}".rstrip() + (f" ({why})" if why else "")) from error
