@@ -202,8 +202,10 @@ def encode_rows(n: int, channels: int = 64, frames: int = 645, ratio: int = 2048
 def write_encode(
     output: Path | str, n: int, storage_options: dict[str, Any] | None = None, rows: dict | None = None
 ) -> None:
-    """Both layouts (``layout: both``): the SAT .npy/.json files with filelist.txt, and Parquet."""
+    """Both layouts (``layout: both``): the SAT .npy/.json files with filelist.txt, and Parquet in the
+    encode job's default codec."""
     from ray_pipelines.encoders.sat_sink import SatSink, write_filelist
+    from ray_pipelines.jobs.encode import EncodeConfig
     from ray_pipelines.storage import Storage
 
     manifest = write_output(
@@ -216,6 +218,7 @@ def write_encode(
         write_parquet=True,
         config={"layout": "both"},
         storage_options=storage_options,
+        compression=EncodeConfig.model_fields["compression"].default,
     )
     write_filelist(Storage(str(output), storage_options), manifest["files"])
 

@@ -247,23 +247,26 @@ class ReadThreadsSeen(torch.utils.data.IterableDataset):
             yield local_read_threads()
 
 
-def test_local_reads_take_a_second_thread_only_where_every_reader_process_has_a_spare_core(monkeypatch):
+def test_local_reads_take_a_second_thread_only_where_every_reader_process_has_three_cores(monkeypatch):
+    """A core for the thread that fills batches and one for each of its two read threads."""
     from ray_pipelines.readers.parquet import local_read_threads
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert local_read_threads() == 2  # one process, 8 cores
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 ranks on this machine, 2 cores each
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    assert local_read_threads() == 2  # one process, 6 cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: 2 ranks on this machine, 3 cores each
     assert local_read_threads() == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "5")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
     assert local_read_threads() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")
     assert local_read_threads() == 2  # read as one rank
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert local_read_threads() == 1  # one core: nothing to spare
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert local_read_threads() == 1  # one process on 2 cores: its two read threads would outnumber them
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert local_read_threads() == 1
     # In DataLoader workers: every worker counts (forked workers inherit the patched affinity).
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
     for workers, expected in ((2, 2), (3, 1)):
         seen = list(DataLoader(ReadThreadsSeen(), batch_size=None, num_workers=workers, multiprocessing_context="fork"))
         assert seen == [expected]

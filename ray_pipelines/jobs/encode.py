@@ -63,6 +63,11 @@ class EncodeConfig(CommonConfig):
         "covering the whole file, the last one padded.",
     )
     layout: Literal["sat", "parquet", "both"] = "sat"
+    compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
+        "none",
+        description="Parquet codec (layouts parquet and both). Latents barely compress (lz4 leaves 0.92 of "
+        "the bytes): uncompressed, the readers spend about a sixth less CPU per item.",
+    )
     sample_posterior: bool = Field(
         True, description="VAEs: sample the posterior with noise seeded per (seed, key, window); false: take its mean."
     )
