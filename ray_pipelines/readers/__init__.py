@@ -7,6 +7,7 @@ across DataLoader workers and ``torch.distributed`` ranks, shuffled from
 
 from .contrastive import ContrastiveViews
 from .encode import EncodedLatents, EncodedShardRows, open_encoded
+from .errors import UnreadableFile
 from .features import FeatureSnippets
 from .parquet import OutputRows, ShardRows, list_shards
 from .teacher import TeacherCache
@@ -19,6 +20,7 @@ __all__ = [
     "OutputRows",
     "ShardRows",
     "TeacherCache",
+    "UnreadableFile",
     "list_shards",
     "open_encoded",
 ]
