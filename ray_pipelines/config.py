@@ -26,6 +26,8 @@ from .storage import find_secrets, url_credentials
 # output written before is refused (naming ``output_format``) instead of mixed with new files.
 # 2: tensors as nested fixed-size lists, dataset cards, windows cut from the whole file resampled.
 OUTPUT_FORMAT = 2
+# The Parquet codecs a job may write with (`compression`; jobs pick their own default).
+Codec = Literal["none", "snappy", "zstd", "lz4", "gzip"]
 
 # Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC and AC-3), for every job.
 AUDIO_EXTENSIONS = [
@@ -89,7 +91,7 @@ class CommonConfig(BaseModel):
         "(their inputs become error rows) before it fails.",
     )
     rows_per_file: int = Field(2048, ge=1, description="Most rows in one Parquet shard file.")
-    compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
+    compression: Codec = Field(
         "lz4",
         description="Parquet codec. lz4: log-mels shrink to about a third, the cheapest to decode in the "
         "one-row row groups the readers need (zstd: 8 % smaller, more reader CPU).",

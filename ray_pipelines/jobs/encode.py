@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from ray_pipelines import isolated
-from ray_pipelines.config import CommonConfig
+from ray_pipelines.config import Codec, CommonConfig
 from ray_pipelines.encoders.config import ModelConfig
 from ray_pipelines.encoders.info import ModelInfo
 from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_encode_data_file, write_filelist
@@ -63,7 +63,7 @@ class EncodeConfig(CommonConfig):
         "covering the whole file, the last one padded.",
     )
     layout: Literal["sat", "parquet", "both"] = "sat"
-    compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
+    compression: Codec = Field(
         "none",
         description="Parquet codec (layouts parquet and both). Latents barely compress (lz4 leaves 0.92 of "
         "the bytes): uncompressed, the readers spend about a sixth less CPU per item.",

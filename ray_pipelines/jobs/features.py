@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ray_pipelines.config import CommonConfig
+from ray_pipelines.config import Codec, CommonConfig
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.manifest import OutputState
@@ -72,7 +72,7 @@ class FeaturesConfig(CommonConfig):
     batch_size: int = Field(16, ge=1)
     inputs_per_block: int = Field(16, ge=1, description="Songs per decode block (x snippets_per_song rows).")
     rows_per_file: int = Field(256, ge=1, description="A snippet is max_length * n_mels * 4 bytes (512 KiB).")
-    compression: Literal["none", "snappy", "zstd", "lz4", "gzip"] = Field(
+    compression: Codec = Field(
         "none",
         description="Parquet codec. Features are noisy floats that barely compress (lz4 leaves 0.84 of the "
         "bytes, zstd level 1 0.80): uncompressed, the readers spend about a third less CPU per snippet.",

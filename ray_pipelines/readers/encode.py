@@ -255,12 +255,13 @@ class EncodedLatents(EpochDataset):
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]
         stem = posixpath.splitext(relpath)[0]
+        url = self.storage.url(relpath)
         # A damaged .npy or .json raises NumPy's or json's ValueError, which does not say which file.
-        with naming_the_file(self.storage.url(relpath), (ValueError, OSError)):
+        with naming_the_file(url, (ValueError, OSError)):
             latents = array_from_npy(self._client.cat(self.storage.abspath(relpath)))
         with naming_the_file(self.storage.url(stem + ".json"), (ValueError, OSError)):
             metadata = loads_json(self._client.cat(self.storage.abspath(stem + ".json")))
-        metadata["latent_filename"] = self.storage.url(relpath)
+        metadata["latent_filename"] = url
         return latents, metadata
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:

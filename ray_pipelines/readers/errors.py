@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ..storage import split_protocol
+
 
 class UnreadableFile(OSError):
     """A file of an output that could not be read (damaged, or changed since the reader was made); the
@@ -28,7 +30,7 @@ def naming_the_file(
         yield
     except errors as error:
         message = str(error)
-        if isinstance(error, UnreadableFile) or url in message or url.split("://", 1)[-1] in message:
+        if isinstance(error, UnreadableFile) or url in message or split_protocol(url)[1] in message:
             raise
         why = changed() if changed is not None else None
         raise UnreadableFile(f"reading {url}: {message}".rstrip() + (f" ({why})" if why else "")) from error
