@@ -9,12 +9,14 @@ Hugging Face datasets, polars and DuckDB read with their shape) and
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -308,6 +310,38 @@ def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path
     assert ShardRows(files).reader.kept_columns == frozenset()
 
 
+class ThreadsReading(io.FileIO):
+    """A file that notes which threads read it."""
+
+    def __init__(self, path, threads: set[int]):
+        super().__init__(path, "rb")
+        self.threads = threads
+
+    def read(self, size=-1):
+        self.threads.add(threading.get_ident())
+        return super().read(size)
+
+    def readinto(self, buffer):
+        self.threads.add(threading.get_ident())
+        return super().readinto(buffer)
+
+
+def test_pyarrow_reads_the_chunks_in_the_readers_own_thread(tmp_path):
+    """The readers open files with rowgroups.parquet_file: no pre-buffering, so pyarrow reads each column
+    chunk in the thread that asked, where by default it hands every chunk's read to Arrow's I/O threads and
+    waits (two thread wake-ups per chunk: most of what a one-row group's small column costs)."""
+    table = pa.table({"index": np.arange(64), "key": [f"k{i:03d}" for i in range(64)]})
+    path = tmp_path / "one-row-groups.parquet"
+    pq.write_table(table, path, row_group_size=1)
+    for opener, handed_over in ((rowgroups_module.parquet_file, False), (pq.ParquetFile, True)):
+        threads: set[int] = set()
+        with ThreadsReading(path, threads) as f:
+            read = opener(f).read_row_groups(list(range(64)), use_threads=False)
+        assert read.equals(table)
+        assert threading.get_ident() in threads
+        assert (len(threads) > 1) == handed_over, opener  # pyarrow's default: what parquet_file turns off
+
+
 def overwrite(path: str, at: int, data: bytes) -> None:
     with open(path, "r+b") as f:
         f.seek(at)
@@ -377,6 +411,7 @@ def distributed_reader(rank: int, world_size: int, init_file: str, files: list[s
 
 READ_UNDER_RAY = """
 import sys
+import threading
 import ray
 from torch.utils.data import DataLoader
 from ray_pipelines.readers import ShardRows
