@@ -429,7 +429,7 @@ def loader_kwargs(batch_size: int | None, workers: int = WORKERS, **extra) -> di
 
 def read_columns(path_or_file, columns: list[str] | None) -> int:
     """pyarrow reads a whole file in one thread (``columns``: the ones a reader yields) to NumPy; its rows.
-    Without pre-buffering, pyarrow's faster way here (the readers' too: rowgroups.parquet_file)."""
+    Without pre-buffering, pyarrow's faster way here (the readers' too: arrow.open_parquet)."""
     from ray_pipelines.engine.arrow import column_to_numpy
 
     t = pq.read_table(path_or_file, columns=columns, use_threads=False, pre_buffer=False)

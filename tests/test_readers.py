@@ -27,6 +27,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import ray_pipelines.engine.arrow as arrow_module
 import ray_pipelines.engine.sink as sink_module
 import ray_pipelines.readers.batches as batches_module
 import ray_pipelines.readers.parquet as parquet_module
@@ -327,19 +328,20 @@ class ThreadsReading(io.FileIO):
 
 
 def test_pyarrow_reads_the_chunks_in_the_readers_own_thread(tmp_path):
-    """The readers open files with rowgroups.parquet_file: no pre-buffering, so pyarrow reads each column
-    chunk in the thread that asked, where by default it hands every chunk's read to Arrow's I/O threads and
-    waits (two thread wake-ups per chunk: most of what a one-row group's small column costs)."""
+    """The readers (and the project's other Parquet reads) open files with arrow.open_parquet: no
+    pre-buffering, so pyarrow reads each column chunk in the thread that asked, where by default it hands
+    every chunk's read to Arrow's I/O threads and waits (two thread wake-ups per chunk: most of what a
+    one-row group's small column costs)."""
     table = pa.table({"index": np.arange(64), "key": [f"k{i:03d}" for i in range(64)]})
     path = tmp_path / "one-row-groups.parquet"
     pq.write_table(table, path, row_group_size=1)
-    for opener, handed_over in ((rowgroups_module.parquet_file, False), (pq.ParquetFile, True)):
+    for opener, handed_over in ((arrow_module.open_parquet, False), (pq.ParquetFile, True)):
         threads: set[int] = set()
         with ThreadsReading(path, threads) as f:
             read = opener(f).read_row_groups(list(range(64)), use_threads=False)
         assert read.equals(table)
         assert threading.get_ident() in threads
-        assert (len(threads) > 1) == handed_over, opener  # pyarrow's default: what parquet_file turns off
+        assert (len(threads) > 1) == handed_over, opener  # pyarrow's default: what open_parquet turns off
 
 
 def overwrite(path: str, at: int, data: bytes) -> None:

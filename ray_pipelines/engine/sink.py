@@ -33,7 +33,7 @@ from ray.data.datasource import Datasink
 
 from ..audio.decode import is_retryable
 from ..storage import Storage
-from .arrow import table_from_columns, tensor_shape
+from .arrow import open_parquet, table_from_columns, tensor_shape
 from .control import OutputStoreError, store_failure
 from .decode import concat_batches
 from .hf import huggingface_metadata
@@ -251,7 +251,7 @@ class ShardSink(Datasink):
         written row group by row group (bounded memory, however large the file)."""
         path = record["path"]
         with storage.fs.open(storage.abspath(path), "rb") as f:
-            source = pq.ParquetFile(f)
+            source = open_parquet(f)
             ids = source.read(columns=[self.key_column, self.index_column])
             stale = pa.array(sorted(keys)).cast(ids.schema.field(self.key_column).type)
             keep = pc.invert(pc.is_in(ids.column(self.key_column), value_set=stale))

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..storage import Storage
+from .arrow import open_parquet
 from .memory import release_unused_memory
 
 INDEX_FILE = "_manifests/index.parquet"
@@ -177,7 +178,7 @@ def index_groups(data: bytes) -> Iterator[pa.Table]:
     # Handing the reader's buffers back after each: reading the whole file at once held twice the
     # table's size again (230 MB more at a million inputs). Cast always: Parquet names list items
     # "element", and the index's bytes must not depend on whether its rows were read back or built here.
-    file = pq.ParquetFile(pa.BufferReader(data), read_dictionary=DICTIONARY_COLUMNS)
+    file = open_parquet(pa.BufferReader(data), read_dictionary=DICTIONARY_COLUMNS)
     for group in range(file.num_row_groups):
         rows = file.read_row_group(group).cast(SCHEMA)
         release_unused_memory()

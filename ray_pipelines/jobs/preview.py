@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_pipelines.encoders.sat_layout import FILELIST
-from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
+from ray_pipelines.engine.arrow import column_to_numpy, open_parquet, tensor_shape
 from ray_pipelines.storage import Storage
 
 TIME_AXES = {"frame", "frames", "time", "t"}
@@ -97,7 +97,7 @@ def data_files(storage: Storage, split: str | None) -> list[tuple[str, int]]:
             p[len(storage.path) :].lstrip("/") for p in storage.fs.find(storage.path) if p.endswith(".parquet")
         )
         files = [
-            (p, pq.ParquetFile(storage.fs.open(storage.abspath(p), "rb")).metadata.num_rows)
+            (p, open_parquet(storage.fs.open(storage.abspath(p), "rb")).metadata.num_rows)
             for p in found
             if split is None or p.split("/")[0] == split
         ]
@@ -132,7 +132,7 @@ def read_columns(storage: Storage, files: list[tuple[str, int]], columns: list[s
     tables = []
     for path, _ in files:
         with storage.fs.open(storage.abspath(path), "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
+            tables.append(open_parquet(f).read(columns=columns))
     table = pa.concat_tables(tables)
     return {name: column_to_numpy(table.column(name)) for name in columns}
 
@@ -147,7 +147,7 @@ def read_rows(
         picks = sorted(everything[i] for i in np.random.default_rng(seed).permutation(len(everything))[:n])
     else:
         picks = everything[:n]
-    handles = {path: pq.ParquetFile(storage.fs.open(storage.abspath(path), "rb")) for path, _ in picks}
+    handles = {path: open_parquet(storage.fs.open(storage.abspath(path), "rb")) for path, _ in picks}
     schema = handles[picks[0][0]].schema_arrow
     extra = [c for c in (*TITLE_COLUMNS, *INDEX_COLUMNS, "label") if c in schema.names and c not in columns]
     wanted = [*columns, *extra]

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..engine.arrow import open_parquet
 from ..storage import get_fs, is_local
 from .clients import ProcessFilesystem
 from .errors import naming_the_file
@@ -296,16 +297,6 @@ class RangeFile(io.RawIOBase):
         return self._fetch(start, stop)
 
 
-def parquet_file(source, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
-    """pyarrow's ``ParquetFile`` without pre-buffering. pyarrow pre-buffers by default: each column
-    chunk's read is handed to Arrow's I/O thread pool and the reading thread waits for it, two thread
-    wake-ups per chunk. The readers read the chunks of a few one-row groups at a time from a local file
-    or from bytes already fetched (:class:`RangeFile`), where that hand-over costs more than the read:
-    encode's eleven small columns of a 128-row file took 10.9 ms with it and 4.3 ms without, 15.4 and
-    4.6 ms through a Python file object (docs/benchmarks.md, readers: *pyarrow without pre-buffering*)."""
-    return pq.ParquetFile(source, metadata=metadata, pre_buffer=False)
-
-
 def coalesce(starts: np.ndarray, stops: np.ndarray, hole: int) -> list[tuple[int, int]]:
     """Sorted byte ranges with gaps up to ``hole`` merged."""
     merged: list[list[int]] = []
@@ -434,7 +425,7 @@ class RowGroupReader:
             kept = [name for name in rest if name in self.kept_columns]
             read = [name for name in rest if name not in self.kept_columns]
             if read:
-                with parquet_file(path, md) as pf:
+                with open_parquet(path, md) as pf:
                     table = pf.read_row_groups(groups, columns=read, use_threads=False)
             if not kept:
                 return (table if read else pa.table({})), decoded
@@ -449,7 +440,7 @@ class RowGroupReader:
         rest = _other_columns(md, columns, decoded)
         if rest == []:
             return pa.table({}), decoded
-        return parquet_file(source, md).read_row_groups(groups, columns=rest, use_threads=False), decoded
+        return open_parquet(source, md).read_row_groups(groups, columns=rest, use_threads=False), decoded
 
     def keep_files(self, footers: list[pq.FileMetaData], threads: int) -> None:
         """Read every file's kept columns now, ``threads`` files at a time (pyarrow releases the GIL).
@@ -467,7 +458,7 @@ class RowGroupReader:
         with self._lock:
             table = self._kept.get(file)
         if table is None:
-            with self._naming(file), parquet_file(path, md) as pf:
+            with self._naming(file), open_parquet(path, md) as pf:
                 present = set(md.schema.to_arrow_schema().names)  # a file may lack one the reader never asks for
                 names = sorted(name for name in self.kept_columns if name in present)
                 table = pf.read(columns=names, use_threads=False).combine_chunks()
@@ -508,7 +499,7 @@ class RowGroupReader:
             size, [(a, d) for (a, _), d in zip(ranges, data)], fetch=lambda a, b: fs.cat_file(path, start=a, end=b)
         )
         if md is None:
-            md = parquet_file(source).metadata
+            md = open_parquet(source).metadata
         self._remember(file, md)
         return source, md
 

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..audio.decode import open_failure
-from ..engine.arrow import column_to_numpy
+from ..engine.arrow import column_to_numpy, open_parquet
 from ..engine.decode import Window, python_scalar, rows_to_batch
 from ..engine.manifest import OutputState
 from ..sources import InputItem, SourceError, list_specs
@@ -139,7 +139,7 @@ def list_shard_inputs(
     sources: dict[str, str] = {}
     for record in files:
         with storage.fs.open(storage.abspath(record["path"]), "rb") as f:
-            parquet = pq.ParquetFile(f)
+            parquet = open_parquet(f)
             names = parquet.schema_arrow.names
             if column not in names:
                 raise SourceError(
@@ -333,7 +333,7 @@ class ShardDecoder(TensorRows):
             self._storage = Storage(self.root, self.storage_options)
         handle = self._storage.fs.open(self._storage.abspath(path), "rb")
         try:
-            parquet = pq.ParquetFile(handle)
+            parquet = open_parquet(handle)
         except BaseException:
             handle.close()
             raise

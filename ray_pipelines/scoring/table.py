@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from ..engine.arrow import open_parquet
 from ..storage import Storage, get_fs
 
 LABEL_COLUMNS = ("key", "item", "split", "class", "group")
@@ -66,7 +66,7 @@ class ScoreTable:
         for record in manifest.get("files", []):
             if record["path"].endswith(".parquet"):
                 with storage.fs.open(storage.abspath(record["path"]), "rb") as f:
-                    parquet = pq.ParquetFile(f)
+                    parquet = open_parquet(f)
                     wanted = [n for n in parquet.schema_arrow.names if n != "source"]
                     tables.append(parquet.read(columns=wanted))
         if not tables:
