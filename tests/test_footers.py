@@ -151,7 +151,7 @@ def test_contrastive_views_index_the_same_from_tables_and_from_pyarrow(tmp_path,
     tables = [footer_table(raw) for raw in footers.raw]
     assert all(table is not None for table in tables)
     assert statistics_values(footers.parsed(0), tables, ("key", "version")) == _statistics_values(
-        footers.all_parsed(), ("key", "version")
+        footers.each_parsed(), ("key", "version")
     )
     with_tables = ContrastiveViews(str(out), "train", seed=3)
     monkeypatch.setattr("ray_pipelines.readers.parquet.DECODE_PAGES", False)  # no tables: pyarrow's route

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -89,13 +90,13 @@ class ContrastiveViews(ShardRows):
         if self.files and tables is not None and all(table is not None for table in tables):
             from_stats = statistics_values(footers.parsed(0), tables, ("key", "version"))
         if from_stats is None:
-            from_stats = _statistics_values(footers.all_parsed(), ("key", "version"))
+            from_stats = _statistics_values(footers.each_parsed(), ("key", "version"))
         if from_stats is not None:
             keys, versions = from_stats
             return keys, np.asarray(versions, dtype=np.int64)
         keys: list[str] = []
         versions: list[int] = []
-        for file, md in enumerate(footers.all_parsed()):
+        for file, md in enumerate(footers.each_parsed()):
             table = self.reader.read(file, list(range(md.num_row_groups)), ["key", "version"])
             keys.extend(table.column("key").to_pylist())
             versions.extend(table.column("version").to_pylist())
@@ -123,7 +124,7 @@ class ContrastiveViews(ShardRows):
         return len(self.keys)
 
 
-def _statistics_values(footers: list[pq.FileMetaData], names: tuple[str, ...]) -> tuple[list, ...] | None:
+def _statistics_values(footers: Iterable[pq.FileMetaData], names: tuple[str, ...]) -> tuple[list, ...] | None:
     """Each row's value of ``names`` when every row group holds one row with min/max statistics; else None."""
     values: tuple[list, ...] = tuple([] for _ in names)
     for md in footers:

@@ -202,7 +202,9 @@ class ShardRows(EpochDataset):
             tables = [footer_table(raw) for raw in footers.raw]  # the index without pyarrow (.footers)
         wanted = self.columns if self.columns is not None else names
         if footers.remote or tables is None or not all(name in self.tensor_leaves for name in wanted):
-            footers.all_parsed()  # reads will ask pyarrow for them: parsed once here, not in every worker
+            # Reads will ask pyarrow for footers: the ones a process keeps are parsed here, once, not in
+            # every worker (the others on first need: a process keeps FOOTER_CACHE).
+            footers.parse_last()
             import_pandas()
         self.index = build_index(self.files, footers, tables)
         self.reader = RowGroupReader(self.index, storage_options)
@@ -220,7 +222,7 @@ class ShardRows(EpochDataset):
             if self.reader.kept_columns:
                 # Read here, before DataLoader workers fork: they share these tables instead of each
                 # reading (and holding) its own in its first epoch.
-                self.reader.keep_files(footers.all_parsed(), threads=min(8, os.cpu_count() or 1))
+                self.reader.keep_files(footers, threads=min(8, os.cpu_count() or 1))
 
     # ---- for subclasses ----------------------------------------------------------------
     def _after_index(self, footers: Footers, tables: list[FooterTable | None] | None) -> None:

@@ -25,6 +25,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,12 @@ def _footer_entries(md: pq.FileMetaData, ranges: bool = True) -> np.ndarray:
 @dataclass
 class Footers:
     """Every file's footer as its Thrift bytes (for :mod:`.footers`' tables), parsed by pyarrow when
-    asked (:meth:`parsed`: a few ms a file, which a reader that has the tables may never need)."""
+    asked (:meth:`parsed`: a few ms a file, which a reader that has the tables may never need).
+
+    A parsed footer weighs far more than its bytes (1.4 MB of memory for a 128-row encode file's
+    172 KB), so only the last ``FOOTER_CACHE`` parsed are kept, and the first file's (the schema's):
+    walking every file's (:meth:`each_parsed`) holds a few at a time, where a list of them all held
+    11 GB for an output of a million latents."""
 
     files: list[str]
     raw: list[bytes]
@@ -111,17 +117,34 @@ class Footers:
     remote: bool  # on an object store (row groups' byte ranges are wanted there)
 
     def __post_init__(self) -> None:
-        self._parsed: dict[int, pq.FileMetaData] = {}
+        self._parsed: OrderedDict[int, pq.FileMetaData] = OrderedDict()
+
+    def parse(self, file: int) -> pq.FileMetaData:
+        """``file``'s footer parsed by pyarrow, not kept."""
+        with naming_the_file(self.files[file], PYARROW_ERRORS):
+            return parse_footer(self.raw[file], self.sizes[file])
 
     def parsed(self, file: int) -> pq.FileMetaData:
+        """``file``'s footer parsed, and kept (among the last ``FOOTER_CACHE``, or the first file's)."""
         md = self._parsed.get(file)
         if md is None:
-            with naming_the_file(self.files[file], PYARROW_ERRORS):
-                md = self._parsed[file] = parse_footer(self.raw[file], self.sizes[file])
+            md = self._parsed[file] = self.parse(file)
+            while len(self._parsed) > FOOTER_CACHE + 1:
+                del self._parsed[next(other for other in self._parsed if other != 0)]
         return md
 
-    def all_parsed(self) -> list[pq.FileMetaData]:
-        return [self.parsed(file) for file in range(len(self.raw))]
+    def kept_or_parsed(self, file: int) -> pq.FileMetaData:
+        """``file``'s footer as kept, else parsed and not kept (safe in threads: changes nothing kept)."""
+        md = self._parsed.get(file)
+        return self.parse(file) if md is None else md
+
+    def each_parsed(self) -> Iterator[pq.FileMetaData]:
+        return (self.parsed(file) for file in range(len(self.raw)))
+
+    def parse_last(self) -> None:
+        """Parse the footers :meth:`parsed_so_far` hands to a reader (the last ``FOOTER_CACHE``)."""
+        for file in range(max(0, len(self.raw) - FOOTER_CACHE), len(self.raw)):
+            self.parsed(file)
 
     def parsed_so_far(self) -> dict[int, pq.FileMetaData]:
         return dict(self._parsed)
@@ -442,15 +465,20 @@ class RowGroupReader:
             return pa.table({}), decoded
         return open_parquet(source, md).read_row_groups(groups, columns=rest, use_threads=False), decoded
 
-    def keep_files(self, footers: list[pq.FileMetaData], threads: int) -> None:
-        """Read every file's kept columns now, ``threads`` files at a time (pyarrow releases the GIL).
+    def keep_files(self, footers: Footers, threads: int) -> None:
+        """Read every file's kept columns now, ``threads`` files at a time (pyarrow releases the GIL),
+        each file's footer parsed for the read and dropped after it (:class:`Footers`: their weight).
 
         A reader does it in the process that makes it: DataLoader workers forked from there then share
         the tables, where each worker read every file's for itself in its first epoch (4 ms of pyarrow
         per 128-row encode file on the VM, in every worker) and held its own copy. A worker started by
         forkserver or spawn gets none (``__getstate__``) and reads its own on first need."""
+
+        def keep(file: int) -> None:
+            self._kept_file(file, self._paths[file], footers.kept_or_parsed(file))
+
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kept-columns") as pool:
-            list(pool.map(self._kept_file, range(len(footers)), self._paths, footers))
+            list(pool.map(keep, range(len(footers.raw))))
 
     def _kept_file(self, file: int, path: str, md: pq.FileMetaData) -> pa.Table:
         """``file``'s kept columns, all its rows (read by :meth:`keep_files`, or on first use in a process
