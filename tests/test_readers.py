@@ -279,7 +279,8 @@ def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path
     """pyarrow reads a local output's small columns a whole file at a time, once, when the reader is made:
     no epoch reads them again (tensors come from their pages), and DataLoader workers forked after that
     share the tables; a pickled copy (forkserver, spawn) reads its own on first need. Kept only when
-    every row of them fits in SMALL_COLUMNS_BYTES, and only the columns the reader yields."""
+    every row of them fits in SMALL_COLUMNS_BYTES (measured on the first file's), and only the columns
+    the reader yields."""
     import pickle
 
     files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=True)), "train")
@@ -307,8 +308,17 @@ def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path
     monkeypatch.undo()
     assert sorted(row["key"] for row in copied) == sorted(row["key"] for row in first.values())
     assert len(copied.reader._kept) == len(files)
+    # Whether they fit is measured on the first file's columns (strings by their real length).
+    first_file = ShardRows(files).reader._kept[0]  # the columns kept here (monkeypatch.undo: x is one)
+    every_row = -(-first_file.nbytes * ROWS // first_file.num_rows)  # rounded up
     monkeypatch.setattr(parquet_module, "SMALL_COLUMNS_BYTES", ROWS * 8)  # not room for every row's key
     assert ShardRows(files).reader.kept_columns == frozenset()
+    monkeypatch.setattr(parquet_module, "SMALL_COLUMNS_BYTES", every_row - 1)
+    too_small = ShardRows(files)
+    assert too_small.reader.kept_columns == frozenset() and too_small.reader._kept == {}
+    assert sorted(row["key"] for row in too_small) == sorted(row["key"] for row in first.values())
+    monkeypatch.setattr(parquet_module, "SMALL_COLUMNS_BYTES", every_row)
+    assert len(ShardRows(files).reader._kept) == len(files)
 
 
 @pytest.mark.parametrize("kept", [True, False])

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy
+from ..engine.memory import release_unused_memory
 from ..storage import Storage
 from .batches import (
     BatchBuilder,
@@ -222,7 +223,12 @@ class ShardRows(EpochDataset):
             if self.reader.kept_columns:
                 # Read here, before DataLoader workers fork: they share these tables instead of each
                 # reading (and holding) its own in its first epoch.
-                self.reader.keep_files(footers, threads=min(8, os.cpu_count() or 1))
+                self.reader.keep_files(footers, threads=min(8, os.cpu_count() or 1), limit=SMALL_COLUMNS_BYTES)
+        # What making the reader parsed and read is freed (every file's footer bytes and table; each
+        # footer parsed, 1.4 MB for an encode file), and glibc keeps freed memory per thread: given
+        # back before DataLoader workers fork (0.5-2 ms), it no longer sits in the training process.
+        del footers, tables
+        release_unused_memory()
 
     # ---- for subclasses ----------------------------------------------------------------
     def _after_index(self, footers: Footers, tables: list[FooterTable | None] | None) -> None:
@@ -429,9 +435,11 @@ class PieceRead:
 
 
 def kept_columns(index: RowGroupIndex, names: list[str]) -> frozenset[str]:
-    """``names`` when a reader process may keep them for every row (:data:`.rowgroups.SMALL_COLUMNS_BYTES`,
-    estimated from their types: strings at ``STRING_ROW_BYTES``), else none. Columns of other types
-    (variable-length lists, structs) are never kept."""
+    """``names`` when a reader process may keep them for every row, else none: numbers, booleans and
+    tensors of them and strings, unless their least size (a string at its 4-byte offset alone) passes
+    :data:`.rowgroups.SMALL_COLUMNS_BYTES`. Whether they fit is then measured on the first file's
+    (:meth:`.rowgroups.RowGroupReader.keep_files`). Columns of other types (variable-length lists,
+    structs) are never kept."""
     per_row = 0
     kept = []
     for name in names:
@@ -442,13 +450,13 @@ def kept_columns(index: RowGroupIndex, names: list[str]) -> frozenset[str]:
     return frozenset(kept) if kept and index.num_rows * per_row <= SMALL_COLUMNS_BYTES else frozenset()
 
 
-# What a string or binary value is taken to weigh when deciding whether small columns are kept.
-STRING_ROW_BYTES = 256
+# A string or binary value's least weight in a kept table (its offset).
+STRING_ROW_BYTES = 4
 
 
 def _fixed_row_bytes(arrow_type: pa.DataType) -> int | None:
-    """A row's bytes for numbers, booleans and tensors of them; ``STRING_ROW_BYTES`` for strings;
-    None for any other type."""
+    """A row's bytes for numbers, booleans and tensors of them; ``STRING_ROW_BYTES`` (the least) for
+    strings; None for any other type."""
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_binary(arrow_type):
         return STRING_ROW_BYTES
     numeric = numeric_shape(arrow_type)

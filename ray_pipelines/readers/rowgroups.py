@@ -344,8 +344,8 @@ class RowGroupReader:
         self._tables: OrderedDict[int, FooterTable | None] = OrderedDict()
         self._lock = threading.Lock()
         # Columns whose whole files are read once and kept in this process (local files only): set by
-        # the reader when they fit in SMALL_COLUMNS_BYTES. pyarrow's cost is per column chunk, so a
-        # one-row-group layout paid it for every row of every epoch.
+        # the reader, and kept when they fit in SMALL_COLUMNS_BYTES (measured on the first file's:
+        # keep_files). pyarrow's cost is per column chunk: a one-row-group layout paid it every row.
         self.kept_columns: frozenset[str] = frozenset()
         self._kept: dict[int, pa.Table] = {}
 
@@ -465,20 +465,25 @@ class RowGroupReader:
             return pa.table({}), decoded
         return open_parquet(source, md).read_row_groups(groups, columns=rest, use_threads=False), decoded
 
-    def keep_files(self, footers: Footers, threads: int) -> None:
+    def keep_files(self, footers: Footers, threads: int, limit: int) -> None:
         """Read every file's kept columns now, ``threads`` files at a time (pyarrow releases the GIL),
-        each file's footer parsed for the read and dropped after it (:class:`Footers`: their weight).
+        each file's footer parsed for the read and dropped after it (:class:`Footers`: their weight);
+        none when the first file's, by its bytes per row, say that every row's would pass ``limit``.
 
         A reader does it in the process that makes it: DataLoader workers forked from there then share
         the tables, where each worker read every file's for itself in its first epoch (4 ms of pyarrow
         per 128-row encode file on the VM, in every worker) and held its own copy. A worker started by
         forkserver or spawn gets none (``__getstate__``) and reads its own on first need."""
 
-        def keep(file: int) -> None:
-            self._kept_file(file, self._paths[file], footers.kept_or_parsed(file))
+        def keep(file: int) -> pa.Table:
+            return self._kept_file(file, self._paths[file], footers.kept_or_parsed(file))
 
+        first = keep(0)
+        if first.nbytes * self.index.num_rows > limit * max(1, first.num_rows):
+            self.kept_columns, self._kept = frozenset(), {}
+            return
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kept-columns") as pool:
-            list(pool.map(keep, range(len(footers.raw))))
+            list(pool.map(keep, range(1, len(footers.raw))))
 
     def _kept_file(self, file: int, path: str, md: pq.FileMetaData) -> pa.Table:
         """``file``'s kept columns, all its rows (read by :meth:`keep_files`, or on first use in a process
@@ -487,7 +492,7 @@ class RowGroupReader:
             table = self._kept.get(file)
         if table is None:
             with self._naming(file), open_parquet(path, md) as pf:
-                present = set(md.schema.to_arrow_schema().names)  # a file may lack one the reader never asks for
+                present = set(pf.schema_arrow.names)  # a file may lack one the reader never asks for
                 names = sorted(name for name in self.kept_columns if name in present)
                 table = pf.read(columns=names, use_threads=False).combine_chunks()
             with self._lock:
