@@ -25,6 +25,7 @@ import io
 import json
 import math
 import posixpath
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -89,12 +90,21 @@ def array_from_npy(data: bytes) -> np.ndarray:
     """An ``.npy`` file's array (``data``: all its bytes) as a read-only view of ``data``: ``np.load``
     of a ``BytesIO`` copies the values out once more (about 40 us of a 165 KB latent's 80). Anything but
     a plain array of numbers in format 1.0 or 2.0 goes to ``np.load``, which reads or refuses it."""
-    layout = _npy_layout(_npy_header(data))
+    with _NPY_HEADERS:
+        layout = _npy_layout(_npy_header(data))
     if layout is not None:
         shape, fortran_order, dtype, offset = layout
         values = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
         return values.reshape(shape, order="F" if fortran_order else "C")
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    with _NPY_HEADERS:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+# NumPy parses an .npy header with ast.literal_eval, and CPython 3.11's AST constructor keeps its
+# recursion depth per interpreter, not per thread: the read-ahead threads parsing headers at once
+# failed now and then with "SystemError: AST constructor recursion depth mismatch" (cpython
+# gh-106905). One header at a time; each distinct header is parsed once (_npy_layout's cache).
+_NPY_HEADERS = threading.Lock()
 
 
 def mask_array(mask: Any) -> np.ndarray:
