@@ -6,6 +6,7 @@ committed as the encode job does, with ``filelist.txt``.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import math
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import ray_pipelines.readers.batches as batches_module
+import ray_pipelines.readers.encode as encode_module
 from bench.readers import encode_rows, write_encode
 from ray_pipelines.readers.clients import ProcessFilesystem
 from ray_pipelines.readers.encode import (
@@ -125,23 +127,35 @@ def test_crop_starts_are_uniform_over_the_starts_that_keep_a_real_frame():
 
 
 @pytest.mark.parametrize("version", [(1, 0), (2, 0)])
-def test_npy_bytes_are_read_as_np_load_reads_them(version):
+def test_npy_bytes_are_read_as_np_load_reads_them(version, monkeypatch):
+    """Plain arrays' headers are read without NumPy's ast.literal_eval (CPython 3.11 fails an AST
+    conversion that another interrupts: encode._PLAIN_HEADER); other headers go to NumPy."""
     arrays = [
         np.arange(24, dtype=np.float32).reshape(2, 3, 4),
         np.asfortranarray(np.arange(15, dtype=np.float64).reshape(3, 5)),
         np.zeros((0, 4), dtype=np.int16),
         np.array(3.5),
         np.arange(6, dtype=">i4").reshape(2, 3),
+        np.arange(7, dtype=np.float16),
+        np.array([[True, False]]),
+        np.arange(200, dtype=np.uint8).reshape(2, 100),
     ]
-    for array in arrays:
-        stream = io.BytesIO()
-        np.lib.format.write_array(stream, array, version=version)
-        got = array_from_npy(stream.getvalue())
-        assert got.dtype == array.dtype and got.shape == array.shape and np.array_equal(got, array)
-        assert not got.flags.writeable  # a view of the bytes read
-        if array.size:
-            with pytest.raises(ValueError):  # cut short
-                array_from_npy(stream.getvalue()[:-1])
+    encode_module._npy_layout.cache_clear()
+    with monkeypatch.context() as patched:
+        patched.setattr(ast, "literal_eval", lambda text: pytest.fail(f"NumPy's parser read {text!r}"))
+        for array in arrays:
+            stream = io.BytesIO()
+            np.lib.format.write_array(stream, array, version=version)
+            got = array_from_npy(stream.getvalue())
+            assert got.dtype == array.dtype and got.shape == array.shape and np.array_equal(got, array)
+            assert not got.flags.writeable  # a view of the bytes read
+            if array.size:
+                with pytest.raises(ValueError):  # cut short
+                    array_from_npy(stream.getvalue()[:-1])
+    structured = np.zeros(3, dtype=[("a", "<f4"), ("b", "<i2")])  # a header NumPy's parser reads
+    stream = io.BytesIO()
+    np.lib.format.write_array(stream, structured, version=version)
+    assert np.array_equal(array_from_npy(stream.getvalue()), structured)
     stream = io.BytesIO()
     np.save(stream, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle=False"):

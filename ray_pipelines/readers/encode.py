@@ -25,6 +25,7 @@ import io
 import json
 import math
 import posixpath
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -90,21 +91,27 @@ def array_from_npy(data: bytes) -> np.ndarray:
     """An ``.npy`` file's array (``data``: all its bytes) as a read-only view of ``data``: ``np.load``
     of a ``BytesIO`` copies the values out once more (about 40 us of a 165 KB latent's 80). Anything but
     a plain array of numbers in format 1.0 or 2.0 goes to ``np.load``, which reads or refuses it."""
-    with _NPY_HEADERS:
-        layout = _npy_layout(_npy_header(data))
+    layout = _npy_layout(_npy_header(data))
     if layout is not None:
         shape, fortran_order, dtype, offset = layout
         values = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
         return values.reshape(shape, order="F" if fortran_order else "C")
-    with _NPY_HEADERS:
+    with _NUMPY_HEADER_PARSE:
         return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-# NumPy parses an .npy header with ast.literal_eval, and CPython 3.11's AST constructor keeps its
-# recursion depth per interpreter, not per thread: the read-ahead threads parsing headers at once
-# failed now and then with "SystemError: AST constructor recursion depth mismatch" (cpython
-# gh-106905). One header at a time; each distinct header is parsed once (_npy_layout's cache).
-_NPY_HEADERS = threading.Lock()
+# NumPy parses an .npy header with ast.literal_eval, and CPython 3.11 keeps the AST constructor's
+# recursion depth per interpreter: a conversion that another one interrupts (another thread's, or one
+# that a garbage collection inside it starts, as pytest's hook for errors in finalizers does when it
+# formats a traceback) fails with "SystemError: AST constructor recursion depth mismatch" (cpython
+# gh-106905). The SAT reader's DataLoader workers hit it now and then in the test suite. So the header
+# NumPy writes for a plain array is read without ast (_PLAIN_HEADER), and anything else goes to NumPy
+# one thread at a time.
+_NUMPY_HEADER_PARSE = threading.Lock()
+# The dict NumPy writes (np.lib.format: its keys sorted, the values repr'd), then spaces and a newline.
+_PLAIN_HEADER = re.compile(
+    rb"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (True|False), 'shape': \(((?:\d+, )*(?:\d+,?)?)\), \} *\n?"
+)
 
 
 def mask_array(mask: Any) -> np.ndarray:
@@ -156,10 +163,18 @@ def _npy_layout(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | 
     item's array took."""
     if not header:
         return None
-    stream = io.BytesIO(header)
-    version = np.lib.format.read_magic(stream)
-    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
-    shape, fortran_order, dtype = read(stream)
+    plain = _PLAIN_HEADER.fullmatch(header, 10 if header[6:7] == b"\x01" else 12)
+    if plain is not None:
+        descr, fortran_order, shape = plain.groups()
+        dtype = np.dtype(descr.decode())
+        shape = tuple(int(size) for size in shape.split(b",") if size.strip())
+        fortran_order = fortran_order == b"True"
+    else:
+        stream = io.BytesIO(header)
+        version = np.lib.format.read_magic(stream)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+        with _NUMPY_HEADER_PARSE:
+            shape, fortran_order, dtype = read(stream)
     if dtype.hasobject:
         return None
     return shape, fortran_order, dtype, len(header)
