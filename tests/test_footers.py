@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import ray_pipelines.readers.contrastive as contrastive_module
+import ray_pipelines.readers.rowgroups as rowgroups_module
 from ray_pipelines.engine.arrow import tensor_array
 from ray_pipelines.readers import ContrastiveViews, ShardRows, list_shards
 from ray_pipelines.readers.contrastive import _statistics_values
@@ -90,12 +92,21 @@ def test_statistics_of_one_row_groups_are_read_as_pyarrow_reads_them():
     data = written(table_of_everything(), rows_per_group=1, write_statistics=True, use_dictionary=True)
     md = pq.read_metadata(pa.BufferReader(data))
     table = footer_table(footer_bytes(data))
-    got = statistics_values(md, [table], ("key", "version"))
-    assert got == _statistics_values([md], ("key", "version"))
-    assert got[0][:2] == ["clip00.flac", "clip01.flac"] and got[1][:4] == [0, 1, 2, 0]
+    got = statistics_values(md, [table, table], ("key", "version"))
+    assert isinstance(got[0], pa.LargeStringArray) and got[1].dtype == np.int64
+    by_pyarrow = _statistics_values([md], ("key", "version"))
+    assert [got[0].to_pylist(), got[1].tolist()] == [values * 2 for values in by_pyarrow]
+    assert got[0].to_pylist()[:2] == ["clip00.flac", "clip01.flac"] and got[1].tolist()[:4] == [0, 1, 2, 0]
     assert statistics_values(md, [table], ("score",)) is None  # a float: not read from statistics
     several = written(table_of_everything(), rows_per_group=2, write_statistics=True)
     assert statistics_values(md, [footer_table(footer_bytes(several))], ("key",)) is None  # min != max
+    # A key that is not UTF-8 (pyarrow writes what it is given): neither route takes it, the columns are read.
+    keys = pa.StringArray.from_buffers(3, pa.py_buffer(np.array([0, 2, 3, 5], np.int32)), pa.py_buffer(b"ab\xffcd"))
+    not_utf8 = written(pa.table({"key": keys, "version": np.arange(3)}), rows_per_group=1, write_statistics=True)
+    md = pq.read_metadata(pa.BufferReader(not_utf8))
+    assert statistics_values(md, [footer_table(footer_bytes(not_utf8))], ("version",))[0].tolist() == [0, 1, 2]
+    assert statistics_values(md, [footer_table(footer_bytes(not_utf8))], ("key", "version")) is None
+    assert _statistics_values([md], ("key", "version")) is None
 
 
 def test_damaged_footers_are_refused_or_read_never_crash():
@@ -150,13 +161,19 @@ def test_contrastive_views_index_the_same_from_tables_and_from_pyarrow(tmp_path,
     footers = read_footers(list_shards(str(out), "train"))
     tables = [footer_table(raw) for raw in footers.raw]
     assert all(table is not None for table in tables)
-    assert statistics_values(footers.parsed(0), tables, ("key", "version")) == _statistics_values(
-        footers.each_parsed(), ("key", "version")
-    )
+    keys, versions = statistics_values(footers.parsed(0), tables, ("key", "version"))
+    assert [keys.to_pylist(), versions.tolist()] == list(_statistics_values(footers.each_parsed(), ("key", "version")))
     with_tables = ContrastiveViews(str(out), "train", seed=3)
+    assert len(with_tables.files) > 2
+    monkeypatch.setattr(rowgroups_module, "FOOTER_BATCH", 2)  # the footers read 2 files at a time
+    batched = ContrastiveViews(str(out), "train", seed=3)
     monkeypatch.setattr("ray_pipelines.readers.parquet.DECODE_PAGES", False)  # no tables: pyarrow's route
     without = ContrastiveViews(str(out), "train", seed=3)
-    assert with_tables.keys == without.keys
-    assert np.array_equal(with_tables._rows_by_clip, without._rows_by_clip)
-    for name in ("file", "group", "rows", "first_row", "decoded_bytes"):
-        assert np.array_equal(getattr(with_tables.index, name), getattr(without.index, name))
+    monkeypatch.setattr(contrastive_module, "_statistics_values", lambda footers, names: None)
+    from_columns = ContrastiveViews(str(out), "train", seed=3)  # no statistics: the key and version columns
+    for other in (batched, without, from_columns):
+        assert with_tables.keys.equals(other.keys)
+        assert np.array_equal(with_tables._rows_by_clip, other._rows_by_clip)
+        assert np.array_equal(with_tables._versions_by_clip, other._versions_by_clip)
+        for name in ("file", "group", "rows", "first_row", "decoded_bytes"):
+            assert np.array_equal(getattr(with_tables.index, name), getattr(other.index, name))

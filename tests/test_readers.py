@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import threading
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from bench.readers import write_output
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
+from ray_pipelines.readers.contrastive import sorted_unique, string_array
 from ray_pipelines.readers.epoch import FORKED_FROM_RAY, EpochChanged
 from ray_pipelines.readers.errors import UnreadableFile
 from tests.audio_helpers import REPO
@@ -225,6 +227,17 @@ def test_contrastive_views_single_item(views_output):
     view1, view2 = dataset[3]
     assert view1.shape == (1, 32, 24) and view1.dtype == torch.float32
     assert float(view1[0, 0, 0]) == 30 + dataset.version_for(3) and torch.equal(view2, -view1)
+    assert dataset.keys.to_pylist() == [f"clip{c:02d}.flac" for c in range(CLIPS)]  # clip 3 is keys[3]
+
+
+def test_clips_are_numbered_in_the_order_numpy_sorts_their_keys():
+    """ContrastiveViews numbers clips by their sorted keys in Arrow (no Python string per row): the order and
+    numbers np.unique gives, non-ASCII keys included (UTF-8's byte order is the code points' order)."""
+    keys = ["b.wav", "é.flac", "a.wav", "Z.wav", "日本.wav", "", "b.wav", "😀.mp3", "e\u0301.flac", "a.wav", "ß"]
+    unique, position = sorted_unique(string_array(keys))
+    expected, inverse = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    assert unique.to_pylist() == expected.tolist() and len(unique) == 9
+    assert position.tolist() == inverse.tolist()
 
 
 def test_an_epoch_reads_only_the_row_groups_of_its_versions(views_output):
@@ -322,18 +335,23 @@ def test_small_columns_are_read_once_per_process_and_only_when_they_fit(tmp_path
 
 
 @pytest.mark.parametrize("kept", [True, False])
-def test_a_reader_is_made_holding_a_few_parsed_footers(tmp_path, monkeypatch, kept):
-    """A parsed footer weighs 1.4 MB for a 128-row encode file, so making a reader parses a file's at most
-    once and holds at most FOOTER_CACHE of them and the first file's (all of them, held at once, were 11 GB
-    for a million latents), whether the small columns are kept (each file's footer parsed for its read)
-    or not (only the first file's and those the reader keeps)."""
-    files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=True)), "train")
+def test_a_reader_is_made_holding_a_few_files_footers(tmp_path, monkeypatch, small_tensor_pages, kept):
+    """Making a reader holds a batch of files' footers at a time (their bytes and tables: about 1-2.5 KB a
+    row group, 55 GB for 10 million clips in five augment versions when every file's was held) and at most
+    FOOTER_CACHE parsed footers and the first file's (1.4 MB each for a 128-row encode file; all of them
+    were 11 GB for a million latents), each parsed at most once, whether the small columns are kept or not."""
+    files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=True)), "train") * 3
     monkeypatch.setattr(rowgroups_module, "FOOTER_CACHE", 2)
+    monkeypatch.setattr(rowgroups_module, "FOOTER_BATCH", 2)
     if not kept:
         monkeypatch.setattr(parquet_module, "SMALL_COLUMNS_BYTES", 0)
     parse, parsed = rowgroups_module.Footers.parse, rowgroups_module.Footers.parsed
+    read_footers, footer_table = rowgroups_module.read_footers, parquet_module.footer_table
     calls: Counter[int] = Counter()
-    held: list[int] = []
+    held: list[int] = []  # parsed footers held, at each parse
+    batches: list[weakref.ref] = []
+    tables: list[weakref.ref] = []
+    alive: list[tuple[int, int]] = []  # footers' batches and tables alive, at each batch read and table made
 
     def counted_parse(self, file):
         calls[file] += 1
@@ -344,15 +362,37 @@ def test_a_reader_is_made_holding_a_few_parsed_footers(tmp_path, monkeypatch, ke
         held.append(len(self._parsed))
         return md
 
+    def held_now(refs: list[weakref.ref]) -> int:
+        return sum(ref() is not None for ref in refs)
+
+    def watched_read_footers(*args, **kwargs):
+        alive.append((held_now(batches), held_now(tables)))
+        footers = read_footers(*args, **kwargs)
+        batches.append(weakref.ref(footers))
+        return footers
+
+    def watched_footer_table(raw):
+        table = footer_table(raw)
+        tables.append(weakref.ref(table))
+        alive.append((held_now(batches), held_now(tables)))
+        return table
+
     monkeypatch.setattr(rowgroups_module.Footers, "parse", counted_parse)
     monkeypatch.setattr(rowgroups_module.Footers, "parsed", watched_parsed)
+    monkeypatch.setattr(rowgroups_module, "read_footers", watched_read_footers)
+    monkeypatch.setattr(parquet_module, "footer_table", watched_footer_table)
     dataset = ShardRows(files, shuffle=True, seed=3)
-    assert len(files) == 6 and bool(dataset.reader.kept_columns) == kept
+    assert len(files) == 18 and bool(dataset.reader.kept_columns) == kept
+    assert len(batches) == 9 and len(alive) == 9 + 18  # 2 files' footers a batch, a table each
+    # The batch before the one being read, its tables and those being made (and the last 2 files', kept
+    # for the reader: the last batch's).
+    assert max(batch for batch, _ in alive) == 1 and max(table for _, table in alive) == 4
     assert held and max(held) <= 3
     assert set(calls.values()) == {1}
-    assert set(calls) == (set(range(6)) if kept else {0, 4, 5})  # the schema's, then the last FOOTER_CACHE
+    assert set(calls) == {0, 16, 17}  # the schema's, then the last FOOTER_CACHE (kept columns: pyarrow's own)
+    assert sorted(dataset.reader._footers) == [16, 17] and sorted(dataset.reader._tables) == [16, 17]
     rows = list(dataset)
-    assert sorted(int(row["x"][0]) for row in rows) == list(range(ROWS))
+    assert sorted(int(row["x"][0]) for row in rows) == sorted(list(range(ROWS)) * 3)
     assert all(row["key"] == f"k{int(row['x'][0]):03d}" for row in rows)
 
 
@@ -459,6 +499,7 @@ def distributed_reader(rank: int, world_size: int, init_file: str, files: list[s
 READ_UNDER_RAY = """
 import sys
 import threading
+import weakref
 import ray
 from torch.utils.data import DataLoader
 from ray_pipelines.readers import ShardRows

@@ -83,6 +83,15 @@ def table_from_columns(columns: dict[str, np.ndarray], metadata: dict[str, str] 
     return table
 
 
+def large_strings(data: bytes | np.ndarray, lengths: np.ndarray) -> pa.LargeStringArray:
+    """Strings whose UTF-8 bytes are ``data``, one after the other, ``lengths`` bytes each, as an Arrow
+    array made from its buffers: no Python object per string (and ``pa.array`` of a Python list imports
+    pandas, which a reader of tensor columns otherwise never needs). Not checked for UTF-8."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.LargeStringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
 def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Arrow column -> NumPy, tensors as ``[n, *shape]`` (either representation)."""
     if isinstance(column, pa.ChunkedArray):

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import get_worker_info
 
@@ -69,7 +70,17 @@ from .epoch import (
 )
 from .footers import FooterTable, footer_table
 from .pages import load_kernels, tensor_leaves
-from .rowgroups import SMALL_COLUMNS_BYTES, Footers, RowGroupIndex, RowGroupReader, build_index, read_footers
+from .rowgroups import (
+    SMALL_COLUMNS_BYTES,
+    Footers,
+    IndexPart,
+    RowGroupIndex,
+    RowGroupReader,
+    build_index,
+    file_sizes,
+    footer_batches,
+    index_part,
+)
 
 # Tensor columns decoded from their Parquet pages when they allow it (.pages); "0": pyarrow decodes
 # everything (the benchmark's comparison, and a way out should a file ever be misread).
@@ -192,22 +203,8 @@ class ShardRows(EpochDataset):
         self.shuffle_buffer = shuffle_buffer
         self.transform = transform
         self.storage_options = storage_options
-        footers = read_footers(self.files, storage_options, sizes)
-        first = footers.parsed(0) if self.files else None
-        names = first.schema.to_arrow_schema().names if first else []
-        # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
-        self.tensor_leaves = tensor_leaves(first, names) if first and DECODE_PAGES else {}
-        tables = None
-        if self.tensor_leaves:
-            load_kernels().warm()  # here, before DataLoader workers fork, not once in each of them
-            tables = [footer_table(raw) for raw in footers.raw]  # the index without pyarrow (.footers)
-        wanted = self.columns if self.columns is not None else names
-        if footers.remote or tables is None or not all(name in self.tensor_leaves for name in wanted):
-            # Reads will ask pyarrow for footers: the ones a process keeps are parsed here, once, not in
-            # every worker (the others on first need: a process keeps FOOTER_CACHE).
-            footers.parse_last()
-            import_pandas()
-        self.index = build_index(self.files, footers, tables)
+        sizes = [int(size) for size in sizes] if sizes is not None else file_sizes(self.files, storage_options)
+        parsed, tables = self._read_footers(sizes)
         self.reader = RowGroupReader(self.index, storage_options)
         self.threads = threads  # None: decided in the process that reads (_read_threads)
         self.chunk_groups = chunk_row_groups(self.index)
@@ -216,24 +213,69 @@ class ShardRows(EpochDataset):
         self.chunk_end_row = (
             self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         )
-        self._after_index(footers, tables)
-        self.reader.remember_footers(footers.parsed_so_far(), tables)  # the first reads need not read them again
-        if self.reader.local:
+        self._after_index()
+        self.reader.remember_footers(parsed, tables)  # the first reads need not read them again
+        if self.reader.local and self.files:
+            wanted = self.columns if self.columns is not None else self.index.schema.names
             self.reader.kept_columns = kept_columns(self.index, [n for n in wanted if n not in self.tensor_leaves])
             if self.reader.kept_columns:
                 # Read here, before DataLoader workers fork: they share these tables instead of each
                 # reading (and holding) its own in its first epoch.
-                self.reader.keep_files(footers, threads=min(8, os.cpu_count() or 1), limit=SMALL_COLUMNS_BYTES)
-        # What making the reader parsed and read is freed (every file's footer bytes and table; each
-        # footer parsed, 1.4 MB for an encode file), and glibc keeps freed memory per thread: given
+                self.reader.keep_files(parsed, threads=min(8, os.cpu_count() or 1), limit=SMALL_COLUMNS_BYTES)
+        # What making the reader parsed and read is freed (footers' bytes and tables; each footer parsed
+        # for a kept read, 1.4 MB for an encode file), and glibc keeps freed memory per thread: given
         # back before DataLoader workers fork (0.5-2 ms), it no longer sits in the training process.
-        del footers, tables
+        del parsed, tables
         release_unused_memory()
 
+    def _read_footers(self, sizes: list[int]) -> tuple[dict[int, pq.FileMetaData], dict[int, FooterTable | None]]:
+        """Builds ``self.index`` from the files' footers, read ``FOOTER_BATCH`` files at a time and each
+        batch dropped once its part of the index is made (and what a subclass takes from the footers:
+        :meth:`_footer_batch`), so that making a reader holds a batch's footers, not every file's.
+
+        Returns what a reader process starts its caches with: file 0's parsed footer and the last
+        ``FOOTER_CACHE`` files' parsed footers (where reads will ask pyarrow for them: parsed here, once,
+        not in every worker) and footer tables."""
+        parts: list[IndexPart] = []
+        parsed: dict[int, pq.FileMetaData] = {}
+        tables: dict[int, FooterTable | None] = {}
+        schema, pyarrow_reads = None, False
+        self.tensor_leaves = {}
+        for footers in footer_batches(self.files, self.storage_options, sizes):
+            if footers.first == 0:
+                first = footers.parsed(0)
+                schema = first.schema.to_arrow_schema()
+                # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
+                self.tensor_leaves = tensor_leaves(first, schema.names) if DECODE_PAGES else {}
+                if self.tensor_leaves:
+                    load_kernels().warm()  # here, before DataLoader workers fork, not once in each of them
+                wanted = self.columns if self.columns is not None else schema.names
+                pyarrow_reads = (
+                    footers.remote or not self.tensor_leaves or not all(name in self.tensor_leaves for name in wanted)
+                )
+                if pyarrow_reads:
+                    import_pandas()
+            # The index without pyarrow where the kernels run (.footers)
+            batch_tables = [footer_table(raw) for raw in footers.raw] if self.tensor_leaves else None
+            if pyarrow_reads:
+                footers.parse_last(len(self.files))
+            parts.append(index_part(footers, batch_tables))
+            self._footer_batch(footers, batch_tables, first)
+            last = footers.last_files(len(self.files))
+            parsed.update((file, md) for file, md in footers.parsed_so_far().items() if file == 0 or file in last)
+            if batch_tables is not None:
+                tables.update((file, t) for file, t in zip(footers.numbers, batch_tables) if file in last)
+        self.index = build_index(self.files, sizes, parts, schema)
+        return parsed, tables
+
     # ---- for subclasses ----------------------------------------------------------------
-    def _after_index(self, footers: Footers, tables: list[FooterTable | None] | None) -> None:
-        """Called once the index is built (subclasses read what they need from the footers, or from
-        their tables where :mod:`.footers` made them)."""
+    def _footer_batch(self, footers: Footers, tables: list[FooterTable | None] | None, first: pq.FileMetaData) -> None:
+        """Called with each batch of the files' footers, in file order, while the index is made (the
+        batch's footer tables where :mod:`.footers` made them; ``first``: file 0's parsed footer):
+        subclasses take what they need from them here, the batch is dropped after."""
+
+    def _after_index(self) -> None:
+        """Called once the index is built (and the reader made)."""
 
     def epoch_rows(self, epoch: int) -> np.ndarray | None:
         """The rows (numbers across all files, ascending) this epoch yields; None: all of them."""

@@ -48,6 +48,9 @@ TAIL_BYTES = 256 * 1024
 HOLE_BYTES = 1024 * 1024
 # Parsed footers kept per process (the files of the windows being read).
 FOOTER_CACHE = 64
+# Files whose footers (their bytes and tables, 1-2.5 KB a row group) are held at once while a reader is
+# made: a batch's, not every file's (55 GB for 10 million clips in five augment versions).
+FOOTER_BATCH = 64
 # A local output's small columns (scalars, masks, strings: what the page decoder leaves to pyarrow) are
 # kept per reader process, each file's read whole once, when all of them fit in this (see ShardRows).
 SMALL_COLUMNS_BYTES = 128 * 1024 * 1024
@@ -103,11 +106,12 @@ def _footer_entries(md: pq.FileMetaData, ranges: bool = True) -> np.ndarray:
 
 @dataclass
 class Footers:
-    """Every file's footer as its Thrift bytes (for :mod:`.footers`' tables), parsed by pyarrow when
-    asked (:meth:`parsed`: a few ms a file, which a reader that has the tables may never need).
+    """Some files' footers as their Thrift bytes (for :mod:`.footers`' tables), parsed by pyarrow when
+    asked (:meth:`parsed`: a few ms a file, which a reader that has the tables may never need). Files are
+    numbered among all the reader's files: ``first`` is the number of ``files[0]``.
 
     A parsed footer weighs far more than its bytes (1.4 MB of memory for a 128-row encode file's
-    172 KB), so only the last ``FOOTER_CACHE`` parsed are kept, and the first file's (the schema's):
+    172 KB), so only the last ``FOOTER_CACHE`` parsed are kept, and file 0's (the schema's):
     walking every file's (:meth:`each_parsed`) holds a few at a time, where a list of them all held
     11 GB for an output of a million latents."""
 
@@ -115,17 +119,23 @@ class Footers:
     raw: list[bytes]
     sizes: list[int]
     remote: bool  # on an object store (row groups' byte ranges are wanted there)
+    first: int = 0
 
     def __post_init__(self) -> None:
         self._parsed: OrderedDict[int, pq.FileMetaData] = OrderedDict()
 
+    @property
+    def numbers(self) -> range:
+        """The files' numbers among all the reader's files."""
+        return range(self.first, self.first + len(self.raw))
+
     def parse(self, file: int) -> pq.FileMetaData:
         """``file``'s footer parsed by pyarrow, not kept."""
-        with naming_the_file(self.files[file], PYARROW_ERRORS):
-            return parse_footer(self.raw[file], self.sizes[file])
+        with naming_the_file(self.files[file - self.first], PYARROW_ERRORS):
+            return parse_footer(self.raw[file - self.first], self.sizes[file - self.first])
 
     def parsed(self, file: int) -> pq.FileMetaData:
-        """``file``'s footer parsed, and kept (among the last ``FOOTER_CACHE``, or the first file's)."""
+        """``file``'s footer parsed, and kept (among the last ``FOOTER_CACHE``, or file 0's)."""
         md = self._parsed.get(file)
         if md is None:
             md = self._parsed[file] = self.parse(file)
@@ -133,17 +143,17 @@ class Footers:
                 del self._parsed[next(other for other in self._parsed if other != 0)]
         return md
 
-    def kept_or_parsed(self, file: int) -> pq.FileMetaData:
-        """``file``'s footer as kept, else parsed and not kept (safe in threads: changes nothing kept)."""
-        md = self._parsed.get(file)
-        return self.parse(file) if md is None else md
-
     def each_parsed(self) -> Iterator[pq.FileMetaData]:
-        return (self.parsed(file) for file in range(len(self.raw)))
+        return (self.parsed(file) for file in self.numbers)
 
-    def parse_last(self) -> None:
-        """Parse the footers :meth:`parsed_so_far` hands to a reader (the last ``FOOTER_CACHE``)."""
-        for file in range(max(0, len(self.raw) - FOOTER_CACHE), len(self.raw)):
+    def last_files(self, total: int) -> range:
+        """Those of the last ``FOOTER_CACHE`` of ``total`` files that are here (whose footers a reader
+        process starts with: :meth:`RowGroupReader.remember_footers`)."""
+        return range(max(self.first, total - FOOTER_CACHE), self.numbers.stop)
+
+    def parse_last(self, total: int) -> None:
+        """Parse the footers of :meth:`last_files`."""
+        for file in self.last_files(total):
             self.parsed(file)
 
     def parsed_so_far(self) -> dict[int, pq.FileMetaData]:
@@ -158,28 +168,44 @@ def parse_footer(raw: bytes, size: int) -> pq.FileMetaData:
     return pq.read_metadata(RangeFile(size, [(size - len(tail), tail)]))
 
 
-def build_index(files: list[str], footers: Footers, tables: list[FooterTable | None] | None = None) -> RowGroupIndex:
-    """The index of ``files``, from their footers; from ``tables`` (:func:`.footers.footer_table`) for
-    the files that have one, which saves pyarrow a metadata call per row group and column chunk."""
-    tables = tables or [None] * len(files)
+@dataclass
+class IndexPart:
+    """Some files' row groups (:func:`index_part`): ``entries`` ``[row groups, 4]`` (rows, first byte, end
+    byte, decoded size) and each file's number of row groups."""
+
+    entries: np.ndarray
+    counts: list[int]
+
+
+def index_part(footers: Footers, tables: list[FooterTable | None] | None = None) -> IndexPart:
+    """``footers``' files' part of the index; from ``tables`` (:func:`.footers.footer_table`) for the files
+    that have one, which saves pyarrow a metadata call per row group and column chunk."""
+    tables = tables or [None] * len(footers.raw)
     per_file = [
         _footer_entries(footers.parsed(file), footers.remote) if table is None else _table_entries(table)
-        for file, table in enumerate(tables)
+        for file, table in zip(footers.numbers, tables)
     ]
     entries = np.concatenate(per_file) if per_file else np.zeros((0, 4), dtype=np.int64)
-    counts = [len(e) for e in per_file]
+    return IndexPart(entries, [len(e) for e in per_file])
+
+
+def build_index(files: list[str], sizes: list[int], parts: list[IndexPart], schema: pa.Schema | None) -> RowGroupIndex:
+    """The index of ``files`` from their parts, in file order."""
+    entries = np.concatenate([part.entries for part in parts]) if parts else np.zeros((0, 4), dtype=np.int64)
+    counts = np.array([n for part in parts for n in part.counts], dtype=np.int64)
     rows = entries[:, 0]
+    group_starts = np.cumsum(counts) - counts
     return RowGroupIndex(
         files=list(files),
-        sizes=footers.sizes,
-        file=np.repeat(np.arange(len(files), dtype=np.int32), counts),
-        group=np.concatenate([np.arange(n, dtype=np.int32) for n in counts]) if counts else np.zeros(0, np.int32),
+        sizes=list(sizes),
+        file=np.repeat(np.arange(len(counts), dtype=np.int32), counts),
+        group=(np.arange(len(rows)) - np.repeat(group_starts, counts)).astype(np.int32),
         rows=rows,
         first_row=np.cumsum(rows) - rows,
         start=entries[:, 1],
         stop=entries[:, 2],
         decoded_bytes=entries[:, 3],
-        schema=footers.parsed(0).schema.to_arrow_schema() if files else None,
+        schema=schema,
     )
 
 
@@ -198,14 +224,22 @@ def file_sizes(files: list[str], storage_options: dict[str, Any] | None) -> list
         return [int(size) for size in pool.map(fs.size, paths)]
 
 
+def footer_batches(files: list[str], storage_options: dict[str, Any] | None, sizes: list[int]) -> Iterator[Footers]:
+    """The files' footers (:func:`read_footers`), ``FOOTER_BATCH`` files at a time."""
+    for first in range(0, len(files), FOOTER_BATCH):
+        batch = slice(first, first + FOOTER_BATCH)
+        yield read_footers(files[batch], storage_options, sizes[batch], first=first)
+
+
 def read_footers(
-    files: list[str], storage_options: dict[str, Any] | None = None, sizes: list[int] | None = None
+    files: list[str], storage_options: dict[str, Any] | None = None, sizes: list[int] | None = None, first: int = 0
 ) -> Footers:
     """Every file's footer bytes: local files by two ``pread`` calls each (its length, then it), object
-    stores by one ranged read of each file's tail (concurrent; a second one for a longer footer)."""
+    stores by one ranged read of each file's tail (concurrent; a second one for a longer footer).
+    ``first``: the number of ``files[0]`` among a reader's files (:class:`Footers`)."""
     sizes = [int(s) for s in sizes] if sizes is not None else file_sizes(files, storage_options)
     if not files:
-        return Footers([], [], sizes, remote=False)
+        return Footers([], [], sizes, remote=False, first=first)
     fs, _ = get_fs(files[0], storage_options)
     paths = [get_fs(url, storage_options)[1] for url in files]
     if is_local(fs):
@@ -213,7 +247,7 @@ def read_footers(
         for path, size in zip(paths, sizes):
             with open(path, "rb") as file:
                 raw.append(footer_from_tail(_pread(file.fileno()), size, path, read_first=8))
-        return Footers(list(files), raw, sizes, remote=False)
+        return Footers(list(files), raw, sizes, remote=False, first=first)
     starts = [max(0, size - TAIL_BYTES) for size in sizes]
     tails = _cat_ranges(fs, paths, starts, sizes)
     raw = []
@@ -225,7 +259,7 @@ def read_footers(
             return _cat_ranges(fs, [path], [a], [start])[0] + tail[: b - start]
 
         raw.append(footer_from_tail(read_range, size, path, read_first=len(tail)))
-    return Footers(list(files), raw, sizes, remote=True)
+    return Footers(list(files), raw, sizes, remote=True, first=first)
 
 
 def footer_from_tail(read_range, size: int, path: str, read_first: int = TAIL_BYTES) -> bytes:
@@ -465,10 +499,11 @@ class RowGroupReader:
             return pa.table({}), decoded
         return open_parquet(source, md).read_row_groups(groups, columns=rest, use_threads=False), decoded
 
-    def keep_files(self, footers: Footers, threads: int, limit: int) -> None:
+    def keep_files(self, parsed: dict[int, pq.FileMetaData], threads: int, limit: int) -> None:
         """Read every file's kept columns now, ``threads`` files at a time (pyarrow releases the GIL),
-        each file's footer parsed for the read and dropped after it (:class:`Footers`: their weight);
-        none when the first file's, by its bytes per row, say that every row's would pass ``limit``.
+        with the footers already ``parsed`` (file number -> footer) and pyarrow's parse of each other
+        file's, dropped after its read (their weight: :class:`Footers`); none when the first file's, by
+        its bytes per row, say that every row's would pass ``limit``.
 
         A reader does it in the process that makes it: DataLoader workers forked from there then share
         the tables, where each worker read every file's for itself in its first epoch (4 ms of pyarrow
@@ -476,16 +511,16 @@ class RowGroupReader:
         forkserver or spawn gets none (``__getstate__``) and reads its own on first need."""
 
         def keep(file: int) -> pa.Table:
-            return self._kept_file(file, self._paths[file], footers.kept_or_parsed(file))
+            return self._kept_file(file, self._paths[file], parsed.get(file))
 
         first = keep(0)
         if first.nbytes * self.index.num_rows > limit * max(1, first.num_rows):
             self.kept_columns, self._kept = frozenset(), {}
             return
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kept-columns") as pool:
-            list(pool.map(keep, range(1, len(footers.raw))))
+            list(pool.map(keep, range(1, len(self.index.files))))
 
-    def _kept_file(self, file: int, path: str, md: pq.FileMetaData) -> pa.Table:
+    def _kept_file(self, file: int, path: str, md: pq.FileMetaData | None) -> pa.Table:
         """``file``'s kept columns, all its rows (read by :meth:`keep_files`, or on first use in a process
         whose copy of the reader came without them)."""
         with self._lock:
@@ -536,12 +571,12 @@ class RowGroupReader:
         self._remember(file, md)
         return source, md
 
-    def remember_footers(self, footers: dict[int, pq.FileMetaData], tables: list[FooterTable | None] | None) -> None:
+    def remember_footers(self, footers: dict[int, pq.FileMetaData], tables: dict[int, FooterTable | None]) -> None:
         """Start the caches with (the last ``FOOTER_CACHE`` of) these parsed footers and footer tables."""
         for file in sorted(footers)[-FOOTER_CACHE:]:
             self._remember(file, footers[file])
-        for file, table in list(enumerate(tables or []))[-FOOTER_CACHE:]:
-            self._keep(self._tables, file, table)
+        for file in sorted(tables)[-FOOTER_CACHE:]:
+            self._keep(self._tables, file, tables[file])
 
 
 _MISSING = object()
