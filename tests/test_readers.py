@@ -37,7 +37,7 @@ from bench.readers import write_output
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
-from ray_pipelines.readers.contrastive import sorted_unique, string_array
+from ray_pipelines.readers.contrastive import KeyedRows, sorted_unique, string_array
 from ray_pipelines.readers.epoch import FORKED_FROM_RAY, EpochChanged
 from ray_pipelines.readers.errors import UnreadableFile
 from tests.audio_helpers import REPO
@@ -238,6 +238,11 @@ def test_clips_are_numbered_in_the_order_numpy_sorts_their_keys():
     expected, inverse = np.unique(np.array(keys, dtype=object), return_inverse=True)
     assert unique.to_pylist() == expected.tolist() and len(unique) == 9
     assert position.tolist() == inverse.tolist()
+    # A batch of files at a time (a key in several of them), numbered together.
+    parts = [KeyedRows.of(string_array(keys[a:b]), np.arange(a, b)) for a, b in ((0, 7), (7, 9), (9, 11))]
+    assert len(parts[0].distinct) == 6 and len(parts[2].distinct) == 2  # "b.wav" twice in one, "a.wav" in two
+    numbered, number = KeyedRows.numbered(parts)
+    assert numbered.equals(unique) and number.tolist() == inverse.tolist()
 
 
 def test_an_epoch_reads_only_the_row_groups_of_its_versions(views_output):

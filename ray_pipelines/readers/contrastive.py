@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,9 +58,9 @@ class ContrastiveViews(ShardRows):
         **kwargs,
     ):
         records = manifest_files(output, split, storage_options)
-        # Each row's key and version, from the footers a batch at a time (_footer_batch); None: read
-        # from the columns once the index is made.
-        self._found: list[tuple[pa.Array, np.ndarray]] | None = []
+        # Each batch of files' rows, from their footers (_footer_batch): its distinct keys, each row's
+        # position among them and its version; None: read from the columns once the index is made.
+        self._found: list[KeyedRows] | None = []
         super().__init__(
             [f["url"] for f in records],
             columns=["view1", "view2"],
@@ -83,31 +84,29 @@ class ContrastiveViews(ShardRows):
         when every file of the batch has one, else from pyarrow's parse)."""
         if self._found is None:
             return
+        found = None
         if tables is not None and all(table is not None for table in tables):
             found = statistics_values(first, tables, ("key", "version"))
-            if found is not None:
-                self._found.append(found)
+        if found is None:
+            parsed = _statistics_values(footers.each_parsed(), ("key", "version"))
+            if parsed is None:
+                self._found = None  # the columns, every file's
                 return
-        parsed = _statistics_values(footers.each_parsed(), ("key", "version"))
-        if parsed is None:
-            self._found = None  # the columns, every file's
-            return
-        keys, versions = parsed
-        self._found.append((string_array(keys), np.asarray(versions, dtype=np.int64)))
+            found = string_array(parsed[0]), np.asarray(parsed[1], dtype=np.int64)
+        self._found.append(KeyedRows.of(*found))
 
     def _after_index(self) -> None:
         found = self._found if self._found is not None else self._keys_and_versions_read()
         del self._found
-        keys = pa.concat_arrays([keys for keys, _ in found]) if found else string_array([])
-        versions = np.concatenate([versions for _, versions in found]) if found else np.zeros(0, np.int64)
-        self.keys, clip = sorted_unique(keys)
+        self.keys, clip = KeyedRows.numbered(found)
+        versions = np.concatenate([part.versions for part in found]) if found else np.zeros(0, np.int64)
         self._rows_by_clip = np.lexsort((versions, clip))  # row numbers sorted by (clip, version)
         self._versions_by_clip = versions[self._rows_by_clip]
         self._count = np.bincount(clip, minlength=len(self.keys))  # versions per clip
         self._first = np.cumsum(self._count) - self._count  # each clip's first position in those
         self.offsets = np.random.default_rng(self.seed).integers(0, 1 << 30, size=len(self.keys))
 
-    def _keys_and_versions_read(self) -> list[tuple[pa.Array, np.ndarray]]:
+    def _keys_and_versions_read(self) -> list[KeyedRows]:
         """Each file's rows' keys and versions, read from the columns (row groups without statistics, or
         larger)."""
         found = []
@@ -115,7 +114,7 @@ class ContrastiveViews(ShardRows):
             at = self.index.file_groups(file)
             table = self.reader.read(file, list(range(at.stop - at.start)), ["key", "version"])
             keys = table.column("key").combine_chunks().cast(pa.large_string())
-            found.append((keys, np.asarray(table.column("version").to_pylist(), dtype=np.int64)))
+            found.append(KeyedRows.of(keys, np.asarray(table.column("version").to_pylist(), dtype=np.int64)))
         return found
 
     def _chosen(self, epoch: int) -> np.ndarray:
@@ -140,16 +139,47 @@ class ContrastiveViews(ShardRows):
         return len(self.keys)
 
 
+@dataclass
+class KeyedRows:
+    """Some rows' keys, as their distinct keys and each row's position among them (a clip's versions
+    are mostly written together: a fifth of the keys), and the rows' versions."""
+
+    distinct: pa.Array
+    position: np.ndarray  # int32
+    versions: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, keys: pa.Array, versions: np.ndarray) -> KeyedRows:
+        distinct = pc.unique(keys)
+        return cls(distinct, int_values(pc.index_in(keys, value_set=distinct)), versions)
+
+    @staticmethod
+    def numbered(parts: list[KeyedRows]) -> tuple[pa.Array, np.ndarray]:
+        """Every part's rows' keys numbered together: the distinct keys, sorted, and each row's number
+        (:func:`sorted_unique` over all the rows' keys, which are never all held)."""
+        if not parts:
+            return string_array([]), np.zeros(0, np.int64)
+        keys, number = sorted_unique(pa.concat_arrays([part.distinct for part in parts]))
+        starts = np.cumsum([0] + [len(part.distinct) for part in parts[:-1]])
+        return keys, np.concatenate([number[start + part.position] for start, part in zip(starts, parts)])
+
+
+def int_values(array: pa.Array) -> np.ndarray:
+    """An int32 array without nulls (what ``pc.index_in`` gives for values all in its set) as NumPy, from
+    its buffer: pyarrow's ``to_numpy`` imports pandas, which a reader of tensor columns otherwise never
+    needs."""
+    if array.type != pa.int32() or array.null_count:
+        raise ValueError(f"expected int32 values without nulls, got {array.type} with {array.null_count} nulls")
+    return np.frombuffer(array.buffers()[1], np.int32, len(array), array.offset * 4)
+
+
 def sorted_unique(keys: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """The distinct ``keys``, sorted, and each one's position among them: ``np.unique(keys,
     return_inverse=True)`` in Arrow, without a Python string per row (an output of 10 million clips in
     five versions held 50 million of them, 4 GB, and sorted them in Python)."""
     unique = pc.unique(keys)
     unique = unique.take(pc.sort_indices(unique))
-    position = pc.index_in(keys, value_set=unique)  # int32, no nulls: every key is there
-    # its values read from its buffer: pyarrow's to_numpy imports pandas, which a reader of tensor
-    # columns otherwise never needs
-    return unique, np.frombuffer(position.buffers()[1], np.int32, len(position), position.offset * 4).astype(np.int64)
+    return unique, int_values(pc.index_in(keys, value_set=unique)).astype(np.int64)
 
 
 def string_array(values: list[str]) -> pa.LargeStringArray:
