@@ -225,10 +225,22 @@ def file_sizes(files: list[str], storage_options: dict[str, Any] | None) -> list
 
 
 def footer_batches(files: list[str], storage_options: dict[str, Any] | None, sizes: list[int]) -> Iterator[Footers]:
-    """The files' footers (:func:`read_footers`), ``FOOTER_BATCH`` files at a time."""
-    for first in range(0, len(files), FOOTER_BATCH):
+    """The files' footers (:func:`read_footers`), ``FOOTER_BATCH`` files at a time, the next batch read in
+    a background thread while one is used: the reads (a disk's, an object store's) overlap the work on
+    the batch before (a reader's index, its keys) instead of waiting for it."""
+
+    def read(first: int) -> Footers:
         batch = slice(first, first + FOOTER_BATCH)
-        yield read_footers(files[batch], storage_options, sizes[batch], first=first)
+        return read_footers(files[batch], storage_options, sizes[batch], first=first)
+
+    firsts = range(0, len(files), FOOTER_BATCH)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="footers") as ahead:
+        pending = ahead.submit(read, 0) if files else None
+        for first in firsts:
+            footers = pending.result()
+            pending = ahead.submit(read, first + FOOTER_BATCH) if first + FOOTER_BATCH < len(files) else None
+            yield footers
+            del footers  # not held while the next one is read
 
 
 def read_footers(
