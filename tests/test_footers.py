@@ -92,10 +92,13 @@ def test_statistics_of_one_row_groups_are_read_as_pyarrow_reads_them():
     data = written(table_of_everything(), rows_per_group=1, write_statistics=True, use_dictionary=True)
     md = pq.read_metadata(pa.BufferReader(data))
     table = footer_table(footer_bytes(data))
-    got = statistics_values(md, [table, table], ("key", "version"))
+    # Several files' footers at once (their bytes joined): each row's values from its own footer.
+    other = written(table_of_everything().slice(5), rows_per_group=1, write_statistics=True)
+    other_md = pq.read_metadata(pa.BufferReader(other))
+    got = statistics_values(md, [table, footer_table(footer_bytes(other)), table], ("key", "version"))
     assert isinstance(got[0], pa.LargeStringArray) and got[1].dtype == np.int64
-    by_pyarrow = _statistics_values([md], ("key", "version"))
-    assert [got[0].to_pylist(), got[1].tolist()] == [values * 2 for values in by_pyarrow]
+    by_pyarrow = _statistics_values([md, other_md, md], ("key", "version"))
+    assert [got[0].to_pylist(), got[1].tolist()] == list(by_pyarrow) and len(got[0]) == 12 + 7 + 12
     assert got[0].to_pylist()[:2] == ["clip00.flac", "clip01.flac"] and got[1].tolist()[:4] == [0, 1, 2, 0]
     assert statistics_values(md, [table], ("score",)) is None  # a float: not read from statistics
     several = written(table_of_everything(), rows_per_group=2, write_statistics=True)
