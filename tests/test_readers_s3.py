@@ -60,6 +60,34 @@ def test_contrastive_views_from_s3_fetch_only_their_row_groups(s3_bucket, tmp_pa
     assert sorted(int(v[0, 0, 0]) for view1, _ in with_workers for v in view1) == values
 
 
+def test_contrastive_views_from_s3_read_their_footers_a_batch_at_a_time(s3_bucket, monkeypatch):
+    """Made from an object store a batch of files' footers at a time (one concurrent fetch of their tails
+    each, the next one while a batch is used), a reader is the one made from all of them at once."""
+    bucket, options, _ = s3_bucket
+    url = f"s3://{bucket}/batched-views"
+    write(url, "augment", contrastive_rows(), nested=False, one_row_groups=True, index_column="version",
+          output_columns=["key", "version", "view1", "view2"], rows_per_block=9, storage_options=options)  # fmt: skip
+    at_once = ContrastiveViews(url, "train", seed=4, storage_options=options)
+    files = len(at_once.files)
+    assert files > 2
+    fetches = []
+
+    def counting(fs_, paths, starts, stops):
+        fetches.append(len(paths))
+        return cat_ranges(fs_, paths, starts, stops)
+
+    cat_ranges = rowgroups._cat_ranges
+    monkeypatch.setattr(rowgroups, "_cat_ranges", counting)
+    monkeypatch.setattr(rowgroups, "FOOTER_BATCH", 2)
+    batched = ContrastiveViews(url, "train", seed=4, storage_options=options)
+    assert fetches == [2] * (files // 2) + [1] * (files % 2)  # each batch's tails in one fetch
+    assert batched.keys.equals(at_once.keys) and np.array_equal(batched._rows_by_clip, at_once._rows_by_clip)
+    for name in ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes"):
+        assert np.array_equal(getattr(batched.index, name), getattr(at_once.index, name))
+    values = sorted(int(v1[0, 0, 0]) for v1, _ in batched)
+    assert values == sorted(10 * c + batched.version_for(c) for c in range(CLIPS))
+
+
 def test_sat_layout_from_s3_with_workers(s3_bucket, tmp_path):
     bucket, options, _ = s3_bucket
     url = f"s3://{bucket}/latents"
