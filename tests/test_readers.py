@@ -13,6 +13,7 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -399,6 +400,10 @@ def test_a_reader_is_made_holding_a_few_files_footers(tmp_path, monkeypatch, sma
     rows = list(dataset)
     assert sorted(int(row["x"][0]) for row in rows) == sorted(list(range(ROWS)) * 3)
     assert all(row["key"] == f"k{int(row['x'][0]):03d}" for row in rows)
+    # Local files' byte ranges are never read: one zero held for all of them, and pickled as such.
+    index = pickle.loads(pickle.dumps(dataset)).index
+    assert index.start.strides == index.stop.strides == (0,) and len(index.start) == len(dataset.index)
+    assert not index.start.any() and np.array_equal(index.rows, dataset.index.rows)
 
 
 class ThreadsReading(io.FileIO):

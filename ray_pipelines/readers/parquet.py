@@ -239,11 +239,11 @@ class ShardRows(EpochDataset):
         parts: list[IndexPart] = []
         parsed: dict[int, pq.FileMetaData] = {}
         tables: dict[int, FooterTable | None] = {}
-        schema, pyarrow_reads = None, False
+        schema, pyarrow_reads, remote = None, False, False
         self.tensor_leaves = {}
         for footers in footer_batches(self.files, self.storage_options, sizes):
             if footers.first == 0:
-                first = footers.parsed(0)
+                first, remote = footers.parsed(0), footers.remote
                 schema = first.schema.to_arrow_schema()
                 # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
                 self.tensor_leaves = tensor_leaves(first, schema.names) if DECODE_PAGES else {}
@@ -265,7 +265,7 @@ class ShardRows(EpochDataset):
             parsed.update((file, md) for file, md in footers.parsed_so_far().items() if file == 0 or file in last)
             if batch_tables is not None:
                 tables.update((file, t) for file, t in zip(footers.numbers, batch_tables) if file in last)
-        self.index = build_index(self.files, sizes, parts, schema)
+        self.index = build_index(self.files, sizes, parts, schema, remote)
         return parsed, tables
 
     # ---- for subclasses ----------------------------------------------------------------

@@ -68,10 +68,26 @@ class RowGroupIndex:
     group: np.ndarray  # int32
     rows: np.ndarray  # int64
     first_row: np.ndarray  # int64
-    start: np.ndarray  # int64: first byte of the row group's column chunks (0 for local files)
+    start: np.ndarray  # int64: first byte of the row group's column chunks (0 for local files: not read)
     stop: np.ndarray  # int64: end of its last column chunk (0 for local files)
     decoded_bytes: np.ndarray  # int64: uncompressed size
     schema: pa.Schema | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """As it is, but a local index's byte ranges (one zero, held once: :func:`build_index`) as their
+        length: NumPy pickles such a view as a full array (a DataLoader worker started by spawn or
+        forkserver would hold 16 bytes a row group of zeros)."""
+        state = dict(self.__dict__)
+        for name in ("start", "stop"):
+            if state[name].strides == (0,):
+                state[name] = len(state[name])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in ("start", "stop"):
+            if isinstance(state[name], int):
+                state[name] = no_ranges(state[name])
+        self.__dict__.update(state)
 
     def file_groups(self, file: int) -> slice:
         """Positions of ``file``'s row groups in the arrays."""
@@ -189,12 +205,20 @@ def index_part(footers: Footers, tables: list[FooterTable | None] | None = None)
     return IndexPart(entries, [len(e) for e in per_file])
 
 
-def build_index(files: list[str], sizes: list[int], parts: list[IndexPart], schema: pa.Schema | None) -> RowGroupIndex:
-    """The index of ``files`` from their parts, in file order."""
+def build_index(
+    files: list[str], sizes: list[int], parts: list[IndexPart], schema: pa.Schema | None, remote: bool = True
+) -> RowGroupIndex:
+    """The index of ``files`` from their parts, in file order. Byte ranges only where the files are
+    ``remote`` (local reads never use them: a zero for every row group, held once), each column its own
+    array (32 bytes a row group locally, where the parts' rows held 48)."""
     entries = np.concatenate([part.entries for part in parts]) if parts else np.zeros((0, 4), dtype=np.int64)
     counts = np.array([n for part in parts for n in part.counts], dtype=np.int64)
-    rows = entries[:, 0]
+    rows = entries[:, 0].copy()
     group_starts = np.cumsum(counts) - counts
+    if remote:
+        start, stop = entries[:, 1].copy(), entries[:, 2].copy()
+    else:
+        start = stop = no_ranges(len(rows))
     return RowGroupIndex(
         files=list(files),
         sizes=list(sizes),
@@ -202,11 +226,16 @@ def build_index(files: list[str], sizes: list[int], parts: list[IndexPart], sche
         group=(np.arange(len(rows)) - np.repeat(group_starts, counts)).astype(np.int32),
         rows=rows,
         first_row=np.cumsum(rows) - rows,
-        start=entries[:, 1],
-        stop=entries[:, 2],
-        decoded_bytes=entries[:, 3],
+        start=start,
+        stop=stop,
+        decoded_bytes=entries[:, 3].copy(),
         schema=schema,
     )
+
+
+def no_ranges(groups: int) -> np.ndarray:
+    """A zero for each of ``groups`` row groups, held once (a local index's byte ranges)."""
+    return np.broadcast_to(np.zeros(1, dtype=np.int64), groups)
 
 
 def _table_entries(table: FooterTable) -> np.ndarray:
