@@ -80,7 +80,8 @@ def test_contrastive_views_from_s3_read_their_footers_a_batch_at_a_time(s3_bucke
     monkeypatch.setattr(rowgroups, "_cat_ranges", counting)
     monkeypatch.setattr(rowgroups, "FOOTER_BATCH", 2)
     batched = ContrastiveViews(url, "train", seed=4, storage_options=options)
-    assert fetches == [2] * (files // 2) + [1] * (files % 2)  # each batch's tails in one fetch
+    # The first file's tail (how the files are read), then each batch's tails in one fetch.
+    assert fetches == [1] + [2] * (files // 2) + [1] * (files % 2)
     assert batched.keys.equals(at_once.keys) and np.array_equal(batched._rows_by_clip, at_once._rows_by_clip)
     for name in ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes"):
         assert np.array_equal(getattr(batched.index, name), getattr(at_once.index, name))

@@ -68,7 +68,7 @@ from .epoch import (
     window_order,
     windows,
 )
-from .footers import FooterTable, footer_table
+from .footers import FooterTable
 from .pages import load_kernels, tensor_leaves
 from .rowgroups import (
     SMALL_COLUMNS_BYTES,
@@ -80,6 +80,7 @@ from .rowgroups import (
     file_sizes,
     footer_batches,
     index_part,
+    read_footers,
 )
 
 # Tensor columns decoded from their Parquet pages when they allow it (.pages); "0": pyarrow decodes
@@ -239,24 +240,24 @@ class ShardRows(EpochDataset):
         parts: list[IndexPart] = []
         parsed: dict[int, pq.FileMetaData] = {}
         tables: dict[int, FooterTable | None] = {}
-        schema, pyarrow_reads, remote = None, False, False
         self.tensor_leaves = {}
-        for footers in footer_batches(self.files, self.storage_options, sizes):
-            if footers.first == 0:
-                first, remote = footers.parsed(0), footers.remote
-                schema = first.schema.to_arrow_schema()
-                # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
-                self.tensor_leaves = tensor_leaves(first, schema.names) if DECODE_PAGES else {}
-                if self.tensor_leaves:
-                    load_kernels().warm()  # here, before DataLoader workers fork, not once in each of them
-                wanted = self.columns if self.columns is not None else schema.names
-                pyarrow_reads = (
-                    footers.remote or not self.tensor_leaves or not all(name in self.tensor_leaves for name in wanted)
-                )
-                if pyarrow_reads:
-                    import_pandas()
-            # The index without pyarrow where the kernels run (.footers)
-            batch_tables = [footer_table(raw) for raw in footers.raw] if self.tensor_leaves else None
+        first, schema, pyarrow_reads, remote = None, None, False, False
+        if self.files:  # the first file's footer says how the others are read
+            first_file = read_footers(self.files[:1], self.storage_options, sizes[:1])
+            first, remote = first_file.parsed(0), first_file.remote
+            del first_file
+            schema = first.schema.to_arrow_schema()
+            # Tensor columns read from their pages where they are in the layout the sink writes (.pages).
+            self.tensor_leaves = tensor_leaves(first, schema.names) if DECODE_PAGES else {}
+            if self.tensor_leaves:
+                load_kernels().warm()  # here, before DataLoader workers fork, not once in each of them
+            wanted = self.columns if self.columns is not None else schema.names
+            pyarrow_reads = remote or not self.tensor_leaves or not all(name in self.tensor_leaves for name in wanted)
+            if pyarrow_reads:
+                import_pandas()
+        # With the kernels, the index from footer tables, without pyarrow (.footers)
+        batches = footer_batches(self.files, self.storage_options, sizes, bool(self.tensor_leaves), first)
+        for footers, batch_tables in batches:
             if pyarrow_reads:
                 footers.parse_last(len(self.files))
             parts.append(index_part(footers, batch_tables))

@@ -159,6 +159,10 @@ class Footers:
                 del self._parsed[next(other for other in self._parsed if other != 0)]
         return md
 
+    def keep_parsed(self, file: int, md: pq.FileMetaData) -> None:
+        """Keep ``file``'s footer, parsed elsewhere."""
+        self._parsed[file] = md
+
     def each_parsed(self) -> Iterator[pq.FileMetaData]:
         return (self.parsed(file) for file in self.numbers)
 
@@ -253,23 +257,34 @@ def file_sizes(files: list[str], storage_options: dict[str, Any] | None) -> list
         return [int(size) for size in pool.map(fs.size, paths)]
 
 
-def footer_batches(files: list[str], storage_options: dict[str, Any] | None, sizes: list[int]) -> Iterator[Footers]:
-    """The files' footers (:func:`read_footers`), ``FOOTER_BATCH`` files at a time, the next batch read in
-    a background thread while one is used: the reads (a disk's, an object store's) overlap the work on
-    the batch before (a reader's index, its keys) instead of waiting for it."""
+def footer_batches(
+    files: list[str],
+    storage_options: dict[str, Any] | None,
+    sizes: list[int],
+    tables: bool = False,
+    first_footer: pq.FileMetaData | None = None,
+) -> Iterator[tuple[Footers, list[FooterTable | None] | None]]:
+    """The files' footers (:func:`read_footers`), ``FOOTER_BATCH`` files at a time, with their footer
+    tables (:func:`.footers.footer_table`) when ``tables``. The next batch is read, and its tables made,
+    in a background thread while one is used: the reads (a disk's, an object store's) and the tables'
+    kernel (it runs without the GIL) overlap the work on the batch before (a reader's index, its keys).
+    ``first_footer``: file 0's, already parsed (kept in the first batch: not parsed again)."""
 
-    def read(first: int) -> Footers:
+    def read(first: int) -> tuple[Footers, list[FooterTable | None] | None]:
         batch = slice(first, first + FOOTER_BATCH)
-        return read_footers(files[batch], storage_options, sizes[batch], first=first)
+        footers = read_footers(files[batch], storage_options, sizes[batch], first=first)
+        if first == 0 and first_footer is not None:
+            footers.keep_parsed(0, first_footer)
+        return footers, [footer_table(raw) for raw in footers.raw] if tables else None
 
     firsts = range(0, len(files), FOOTER_BATCH)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="footers") as ahead:
         pending = ahead.submit(read, 0) if files else None
         for first in firsts:
-            footers = pending.result()
+            batch = pending.result()
             pending = ahead.submit(read, first + FOOTER_BATCH) if first + FOOTER_BATCH < len(files) else None
-            yield footers
-            del footers  # not held while the next one is read
+            yield batch
+            del batch  # not held while the next one is read
 
 
 def read_footers(
