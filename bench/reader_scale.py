@@ -48,7 +48,7 @@ def write_output(dest: Path, clips: int) -> Path:
     import pyarrow.parquet as pq
 
     from ray_pipelines.engine.arrow import tensor_array
-    from ray_pipelines.engine.sink import float_tensor_leaves, scalar_columns
+    from ray_pipelines.engine.sink import encoding_options
 
     if (dest / "manifest.json").exists():
         return dest
@@ -71,16 +71,7 @@ def write_output(dest: Path, clips: int) -> Path:
             }
         )
         path = f"train/part-{number:07d}.parquet"
-        scalars = scalar_columns(data.schema)
-        pq.write_table(
-            data,
-            dest / path,
-            row_group_size=1,
-            compression="lz4",
-            use_dictionary=scalars,
-            write_statistics=scalars,
-            use_byte_stream_split=float_tensor_leaves(data.schema) or False,
-        )
+        pq.write_table(data, dest / path, row_group_size=1, **encoding_options(data.schema, "lz4", None))
         files.append({"path": path, "split": "train", "rows": n, "bytes": (dest / path).stat().st_size})
     (dest / "manifest.json").write_text(json.dumps({"complete": True, "files": files}))
     return dest

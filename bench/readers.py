@@ -755,7 +755,7 @@ WRITER_VARIANTS = [  # (codec, level, row-group target bytes)
 def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int) -> float:
     """A copy of a committed output with its Parquet files rewritten as the sink would with these
     settings; returns the CPU microseconds per row the writes took."""
-    from ray_pipelines.engine.sink import float_tensor_leaves, scalar_columns
+    from ray_pipelines.engine.sink import encoding_options
 
     if dest.exists():
         shutil.rmtree(dest)
@@ -767,17 +767,12 @@ def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int
             continue
         table_ = pq.read_table(source / record["path"])
         row_bytes = max(1, table_.nbytes // max(1, table_.num_rows))
-        scalars = scalar_columns(table_.schema)
         started = time.process_time()
         pq.write_table(
             table_,
             dest / record["path"],
             row_group_size=max(1, target // row_bytes),
-            compression=None if codec == "none" else codec,
-            compression_level=level,
-            use_dictionary=scalars,
-            write_statistics=scalars,
-            use_byte_stream_split=float_tensor_leaves(table_.schema) or False,
+            **encoding_options(table_.schema, None if codec == "none" else codec, level),
         )
         write_seconds += time.process_time() - started
         written_rows += table_.num_rows

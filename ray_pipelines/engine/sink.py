@@ -217,14 +217,7 @@ class ShardSink(Datasink):
 
     def parquet_options(self, table: pa.Table) -> dict[str, Any]:
         """How this sink encodes a table's columns (shared by the writes and the rewrites)."""
-        scalars = scalar_columns(table.schema)
-        return dict(
-            compression=self.compression,
-            compression_level=ZSTD_LEVEL if self.compression == "zstd" else None,
-            use_dictionary=scalars,
-            write_statistics=scalars,
-            use_byte_stream_split=float_tensor_leaves(table.schema) or False,
-        )
+        return encoding_options(table.schema, self.compression, ZSTD_LEVEL if self.compression == "zstd" else None)
 
     # ---- dropping committed rows (engine/rewrite.py) ----------------------------------------
     def drop_from_files(self, storage: Storage, files: list[dict[str, Any]], keys: set[str]) -> list[dict[str, Any]]:
@@ -294,6 +287,20 @@ def report(
         "finished_at": time.time(),
         "writer": f"{socket.gethostname()}:{os.getpid()}",
     }
+
+
+def encoding_options(schema: pa.Schema, compression: str | None, compression_level: int | None) -> dict[str, Any]:
+    """``pq.write_table``'s options for the sink's encodings of ``schema``'s columns with a codec: dictionary
+    and statistics for scalar columns only, float tensor values byte-stream-split (the benchmarks'
+    copies of outputs are written with them too)."""
+    scalars = scalar_columns(schema)
+    return dict(
+        compression=compression,
+        compression_level=compression_level,
+        use_dictionary=scalars,
+        write_statistics=scalars,
+        use_byte_stream_split=float_tensor_leaves(schema) or False,
+    )
 
 
 def scalar_columns(schema: pa.Schema) -> list[str]:
