@@ -123,10 +123,10 @@ def statistics_values(
         return None
     raw = np.frombuffer(b"".join(table.raw for table in tables), dtype=np.uint8)
     # Each row group's footer: where its bytes start and end in ``raw``.
-    lengths = np.array([len(table.raw) for table in tables], dtype=np.int64)
+    footer_bytes = np.array([len(table.raw) for table in tables], dtype=np.int64)
     groups = np.array([len(table.row_groups) for table in tables], dtype=np.int64)
-    end = np.repeat(np.cumsum(lengths), groups)
-    start = end - np.repeat(lengths, groups)
+    end = np.repeat(np.cumsum(footer_bytes), groups)
+    start = end - np.repeat(footer_bytes, groups)
     columns = []
     for name, (physical, width) in zip(names, kinds):
         leaf = leaves[name]
