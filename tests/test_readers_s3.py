@@ -90,6 +90,34 @@ def test_contrastive_views_from_s3_read_their_footers_a_batch_at_a_time(s3_bucke
     assert values == sorted(10 * c + batched.version_for(c) for c in range(CLIPS))
 
 
+def test_contrastive_views_from_s3_with_an_index_cache_read_one_footer(s3_bucket, monkeypatch):
+    """A reader whose index is in the cache (on the object store too) reads it in one request instead of
+    every file's footer: only the first file's tail is fetched, and the reader is the same."""
+    bucket, options, fs = s3_bucket
+    url, cache = f"s3://{bucket}/cached-views", f"s3://{bucket}/reader-cache"
+    write(url, "augment", contrastive_rows(), nested=False, one_row_groups=True, index_column="version",
+          output_columns=["key", "version", "view1", "view2"], rows_per_block=9, storage_options=options)  # fmt: skip
+    plain = ContrastiveViews(url, "train", seed=4, storage_options=options)
+    ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
+    assert len(fs.ls(f"{bucket}/reader-cache")) == 1
+    fetches = []
+
+    def counting(fs_, paths, starts, stops):
+        fetches.append(len(paths))
+        return cat_ranges(fs_, paths, starts, stops)
+
+    cat_ranges = rowgroups._cat_ranges
+    monkeypatch.setattr(rowgroups, "_cat_ranges", counting)
+    cached = ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
+    assert fetches == [1] and len(plain.files) > 2  # the first file's tail; no other footer
+    assert cached.keys.equals(plain.keys) and np.array_equal(cached._rows_by_clip, plain._rows_by_clip)
+    for name in ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes"):
+        assert np.array_equal(getattr(cached.index, name), getattr(plain.index, name))
+    assert (cached.index.stop > cached.index.start).all()  # the byte ranges kept for ranged reads
+    values = sorted(int(v[0, 0, 0]) for v1, _ in DataLoader(cached, batch_size=4, num_workers=2) for v in v1)
+    assert values == sorted(10 * c + cached.version_for(c) for c in range(CLIPS))
+
+
 def test_sat_layout_from_s3_with_workers(s3_bucket, tmp_path):
     bucket, options, _ = s3_bucket
     url = f"s3://{bucket}/latents"

@@ -15,7 +15,7 @@ import torch
 from ..engine.arrow import large_strings
 from .footers import FooterTable, statistics_values
 from .parquet import ShardRows, manifest_files, to_tensor
-from .rowgroups import Footers
+from .rowgroups import Footers, RowGroupIndex
 
 
 class ViewPair:
@@ -96,15 +96,51 @@ class ContrastiveViews(ShardRows):
         self._found.append(KeyedRows.of(*found))
 
     def _after_index(self) -> None:
-        found = self._found if self._found is not None else self._keys_and_versions_read()
+        if self.cached is not None:  # from the index cache (_cached_arrays, checked by _check_cached)
+            self.keys = large_strings(self.cached["key_bytes"], self.cached["key_lengths"])
+            self._rows_by_clip = self.cached["rows_by_clip"]
+            self._versions_by_clip = self.cached["versions_by_clip"]
+            self._count = self.cached["versions_per_clip"]
+        else:
+            found = self._found if self._found is not None else self._keys_and_versions_read()
+            self.keys, clip = KeyedRows.numbered(found)
+            versions = np.concatenate([part.versions for part in found]) if found else np.zeros(0, np.int64)
+            self._rows_by_clip = np.lexsort((versions, clip))  # row numbers sorted by (clip, version)
+            self._versions_by_clip = versions[self._rows_by_clip]
+            self._count = np.bincount(clip, minlength=len(self.keys))  # versions per clip
         del self._found
-        self.keys, clip = KeyedRows.numbered(found)
-        versions = np.concatenate([part.versions for part in found]) if found else np.zeros(0, np.int64)
-        self._rows_by_clip = np.lexsort((versions, clip))  # row numbers sorted by (clip, version)
-        self._versions_by_clip = versions[self._rows_by_clip]
-        self._count = np.bincount(clip, minlength=len(self.keys))  # versions per clip
         self._first = np.cumsum(self._count) - self._count  # each clip's first position in those
         self.offsets = np.random.default_rng(self.seed).integers(0, 1 << 30, size=len(self.keys))
+
+    def _check_cached(self, cached: dict[str, np.ndarray], index: RowGroupIndex) -> None:
+        names = ("key_bytes", "key_lengths", "rows_by_clip", "versions_by_clip", "versions_per_clip")
+        if any(name not in cached or cached[name].ndim != 1 for name in names):
+            raise ValueError("no clips")
+        data, lengths, rows, versions, count = (cached[name] for name in names)
+        total = index.num_rows
+        if not (
+            data.dtype == np.uint8
+            and all(a.dtype == np.int64 for a in (lengths, rows, versions, count))
+            and len(lengths) == len(count)
+            and int(lengths.sum()) == len(data)
+            and (lengths >= 0).all()
+            and (count > 0).all()
+            and int(count.sum()) == len(rows) == len(versions) == total
+            and (len(rows) == 0 or (rows.min() >= 0 and rows.max() < total))
+        ):
+            raise ValueError("its clips do not fit its index")
+
+    def _cached_arrays(self) -> dict[str, np.ndarray]:
+        """The clips' keys (UTF-8 bytes and lengths) and their rows and versions, for the index cache."""
+        offsets = np.frombuffer(self.keys.buffers()[1], np.int64, len(self.keys) + 1, self.keys.offset)
+        data = np.frombuffer(self.keys.buffers()[2], np.uint8) if len(self.keys) else np.zeros(0, np.uint8)
+        return {
+            "key_bytes": data[offsets[0] : offsets[-1]],
+            "key_lengths": np.diff(offsets),
+            "rows_by_clip": self._rows_by_clip,
+            "versions_by_clip": self._versions_by_clip,
+            "versions_per_clip": self._count,
+        }
 
     def _keys_and_versions_read(self) -> list[KeyedRows]:
         """Each file's rows' keys and versions, read from the columns (row groups without statistics, or

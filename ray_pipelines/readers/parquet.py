@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from torch.utils.data import get_worker_info
 from ..engine.arrow import column_to_numpy
 from ..engine.memory import release_unused_memory
 from ..storage import Storage
+from . import index_cache as index_cache_module
 from .batches import (
     BatchBuilder,
     ColumnSpec,
@@ -174,6 +176,10 @@ class ShardRows(EpochDataset):
     a batch is then intact while the next ``num_workers x (R - P) - 1`` batches are
     taken (in-process: ``R - 1``), enough for a loop that uses each batch before
     asking for the next (or ``pin_memory=True``); clone what you keep longer.
+
+    ``index_cache``: a folder (local or any fsspec URL, with ``storage_options``) where the
+    reader's index is kept for the next readers of the same files, which then read it
+    instead of every file's footer (:mod:`.index_cache`; for large outputs and many ranks).
     """
 
     def __init__(
@@ -194,6 +200,7 @@ class ShardRows(EpochDataset):
         drop_last: bool = False,
         batch_transform: Callable[[dict[str, Any]], Any] | None = None,
         reuse_batches: int = 0,
+        index_cache: str | None = None,
     ):
         super().__init__(seed, shuffle, rank, world_size)
         check_batching(batch_size, reuse_batches)
@@ -204,7 +211,10 @@ class ShardRows(EpochDataset):
         self.shuffle_buffer = shuffle_buffer
         self.transform = transform
         self.storage_options = storage_options
+        self.index_cache = index_cache
         sizes = [int(size) for size in sizes] if sizes is not None else file_sizes(self.files, storage_options)
+        # What a subclass keeps in the index cache (_cached_arrays), when the index came from there.
+        self.cached: dict[str, np.ndarray] | None = None
         parsed, tables = self._read_footers(sizes)
         self.reader = RowGroupReader(self.index, storage_options)
         self.threads = threads  # None: decided in the process that reads (_read_threads)
@@ -215,6 +225,10 @@ class ShardRows(EpochDataset):
             self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         )
         self._after_index()
+        if index_cache is not None and self.files and self.cached is None:
+            arrays = index_cache_module.index_arrays(self.index, self._cached_arrays())
+            index_cache_module.save(index_cache, self._cache_name(sizes), arrays, storage_options)
+        self.cached = None
         self.reader.remember_footers(parsed, tables)  # the first reads need not read them again
         if self.reader.local and self.files:
             wanted = self.columns if self.columns is not None else self.index.schema.names
@@ -255,6 +269,8 @@ class ShardRows(EpochDataset):
             pyarrow_reads = remote or not self.tensor_leaves or not all(name in self.tensor_leaves for name in wanted)
             if pyarrow_reads:
                 import_pandas()
+            if self.index_cache is not None and self._load_cached_index(sizes, first, remote):
+                return {0: first}, {}
         # With the kernels, the index from footer tables, without pyarrow (.footers)
         batches = footer_batches(self.files, self.storage_options, sizes, bool(self.tensor_leaves), first)
         for footers, batch_tables in batches:
@@ -269,6 +285,31 @@ class ShardRows(EpochDataset):
         self.index = build_index(self.files, sizes, parts, schema, remote)
         return parsed, tables
 
+    def _cache_name(self, sizes: list[int]) -> str:
+        return index_cache_module.cache_name(type(self).__name__, self.files, sizes)
+
+    def _load_cached_index(self, sizes: list[int], first: pq.FileMetaData, remote: bool) -> bool:
+        """``self.index`` (and ``self.cached``) from the index cache; False when it has none for these
+        files, or one that does not agree with the first file's footer (``first``)."""
+        arrays = index_cache_module.load(self.index_cache, self._cache_name(sizes), self.storage_options)
+        if arrays is None:
+            return False
+        try:
+            index, cached = index_cache_module.index_from_arrays(arrays, self.files, sizes, remote)
+            first_groups = index.file_groups(0)
+            if not index.schema.equals(first.schema.to_arrow_schema()) or (
+                first_groups.stop - first_groups.start != first.num_row_groups
+            ):
+                raise ValueError(f"it is not of {self.files[0]} as that file is now")
+            self._check_cached(cached, index)
+            self.index, self.cached = index, cached
+        except ValueError as error:
+            warnings.warn(
+                f"reader index cache in {self.index_cache} not used ({error}): made from the footers", stacklevel=2
+            )
+            return False
+        return True
+
     # ---- for subclasses ----------------------------------------------------------------
     def _footer_batch(self, footers: Footers, tables: list[FooterTable | None] | None, first: pq.FileMetaData) -> None:
         """Called with each batch of the files' footers, in file order, while the index is made (the
@@ -276,7 +317,17 @@ class ShardRows(EpochDataset):
         subclasses take what they need from them here, the batch is dropped after."""
 
     def _after_index(self) -> None:
-        """Called once the index is built (and the reader made)."""
+        """Called once the index is built (and the reader made); ``self.cached`` holds what
+        :meth:`_cached_arrays` returned when the index came from the index cache (else None)."""
+
+    def _cached_arrays(self) -> dict[str, np.ndarray]:
+        """What the subclass took from the footers, kept in the index cache with the index (after
+        :meth:`_after_index`)."""
+        return {}
+
+    def _check_cached(self, cached: dict[str, np.ndarray], index: RowGroupIndex) -> None:
+        """Raises ValueError when ``cached`` (from a cache file) is not what :meth:`_cached_arrays` gives
+        for ``index`` (a damaged file): the reader is then made from the footers."""
 
     def epoch_rows(self, epoch: int) -> np.ndarray | None:
         """The rows (numbers across all files, ascending) this epoch yields; None: all of them."""

@@ -1,0 +1,118 @@
+"""A reader's index kept between runs: made once from the footers, loaded by every later reader of the
+same files.
+
+Making a reader reads every file's footer: about 3 s per million row groups on local disk (the
+readers' benchmark, *Making a reader at scale*), and on an object store a request per file from every
+rank at every start (64 ranks over the 80,000 files of ten million clips: 5 million requests before
+the first batch). With ``index_cache=FOLDER`` (a local folder or any fsspec URL, reached with the
+reader's ``storage_options``), a reader looks there first for a file named by a digest of its kind and
+of the files' URLs and sizes: found, it is read (one request) instead of the footers; not found, the
+reader is made as before and writes it for the next ones (whole or not at all). A cache that cannot be
+read or written is said in a warning, and the reader goes on from the footers.
+
+What is kept: the row-group index (:class:`~.rowgroups.RowGroupIndex`: its arrays, the schema in
+Arrow's IPC form) and what a reader derives from the footers besides (``ContrastiveViews``: the clips'
+keys and versions), as NumPy arrays in one ``.npz``, read without pickle (a cache in a shared bucket
+cannot run code). The files are known by their URLs and sizes, as within one reader's life: a file
+rewritten in place to the same size is not noticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..storage import Storage
+from .rowgroups import RowGroupIndex, no_ranges
+
+# Part of every cache file's name: a change to what is kept, or to how the index is made, changes it.
+FORMAT = 1
+# The index's arrays in a cache file (``first_row`` is derived from ``rows``), with their dtypes.
+INDEX_ARRAYS = {"file": np.int32, "group": np.int32, "rows": np.int64, "decoded_bytes": np.int64}
+RANGE_ARRAYS = ("start", "stop")  # an object store's index only (a local one reads no byte ranges)
+INDEX = "index."  # the index's arrays' names in the file start with this (np.savez has a ``file`` argument)
+SCHEMA = "schema"
+EXTRA = "extra."  # what a subclass keeps: its arrays' names start with this
+
+
+def cache_name(kind: str, files: Sequence[str], sizes: Sequence[int]) -> str:
+    """The cache file of a reader of ``kind`` over ``files`` of ``sizes``."""
+    digest = hashlib.sha256(f"{FORMAT}\n{kind}\n".encode())
+    for url, size in zip(files, sizes):
+        digest.update(f"{url}\t{size}\n".encode())
+    return f"index-{digest.hexdigest()[:40]}.npz"
+
+
+def index_arrays(index: RowGroupIndex, extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a cache file holds for ``index`` and a subclass's ``extra`` arrays."""
+    names = [*INDEX_ARRAYS, *(RANGE_ARRAYS if index.start.strides != (0,) else ())]  # real byte ranges only
+    arrays = {INDEX + name: np.ascontiguousarray(getattr(index, name)) for name in names}
+    arrays[SCHEMA] = np.frombuffer(index.schema.serialize(), dtype=np.uint8)
+    arrays.update((EXTRA + name, value) for name, value in extra.items())
+    return arrays
+
+
+def index_from_arrays(
+    arrays: dict[str, np.ndarray], files: list[str], sizes: list[int], remote: bool
+) -> tuple[RowGroupIndex, dict[str, np.ndarray]]:
+    """The index and the subclass's arrays back from a cache file's; raises ValueError when they do not
+    make an index of ``files`` (a damaged or foreign file)."""
+    names = [*INDEX_ARRAYS, *(RANGE_ARRAYS if remote else ())]
+    missing = [name for name in names if INDEX + name not in arrays] + ([SCHEMA] if SCHEMA not in arrays else [])
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    columns = {name: arrays[INDEX + name] for name in names}
+    groups = len(columns["rows"])
+    for name, values in columns.items():
+        if values.ndim != 1 or len(values) != groups or values.dtype != INDEX_ARRAYS.get(name, np.int64):
+            raise ValueError(f"{name}: {values.dtype} {values.shape}, not {groups} row groups")
+    file, rows = columns["file"], columns["rows"]
+    if groups and (file[0] < 0 or file[-1] >= len(files) or (np.diff(file) < 0).any() or (rows < 0).any()):
+        raise ValueError("row groups of files the reader does not have, or out of order")
+    schema = pa.ipc.read_schema(pa.py_buffer(arrays[SCHEMA].tobytes()))
+    start = columns["start"] if remote else no_ranges(groups)
+    stop = columns["stop"] if remote else no_ranges(groups)
+    index = RowGroupIndex(
+        files=list(files),
+        sizes=list(sizes),
+        file=file,
+        group=columns["group"],
+        rows=rows,
+        first_row=np.cumsum(rows) - rows,
+        start=start,
+        stop=stop,
+        decoded_bytes=columns["decoded_bytes"],
+        schema=schema,
+    )
+    extra = {name[len(EXTRA) :]: value for name, value in arrays.items() if name.startswith(EXTRA)}
+    return index, extra
+
+
+def load(folder: str, name: str, storage_options: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """The arrays of cache file ``name`` in ``folder``; None when there is none, or it cannot be read
+    (then said in a warning)."""
+    storage = Storage(folder, storage_options)
+    try:
+        with storage.fs.open(storage.abspath(name), "rb") as f, np.load(f, allow_pickle=False) as saved:
+            return {key: saved[key] for key in saved.files}
+    except (FileNotFoundError, NotADirectoryError):  # none yet (a folder that cannot be: save says so)
+        return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"reader index cache {storage.url(name)} not read ({error}): made from the footers", stacklevel=3)
+        return None
+
+
+def save(folder: str, name: str, arrays: dict[str, np.ndarray], storage_options: dict[str, Any] | None) -> None:
+    """Write cache file ``name`` in ``folder`` (whole or not at all); a failure is said in a warning."""
+    try:
+        storage = Storage(folder, storage_options)
+        with storage.open_atomic(name) as f:
+            np.savez(f, **arrays)
+    except OSError as error:
+        warnings.warn(f"reader index cache not written to {folder} ({error})", stacklevel=3)

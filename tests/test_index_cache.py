@@ -1,0 +1,148 @@
+"""A reader's index kept in a cache folder: read there instead of every file's footer, the same reader."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import ray_pipelines.readers.parquet as parquet_module
+import ray_pipelines.readers.rowgroups as rowgroups_module
+from ray_pipelines.readers import ContrastiveViews, OutputRows, list_shards
+from tests.test_readers import CLIPS, ROWS, write_rows, write_views
+
+pytestmark = pytest.mark.usefixtures("small_tensor_pages")
+
+INDEX_ARRAYS = ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes")
+
+
+@pytest.fixture
+def footer_reads(monkeypatch):
+    """How many times a reader read its files' footers (all but the first file's: ``footer_batches``)."""
+    calls = []
+    real = parquet_module.footer_batches
+
+    def counting(files, *args, **kwargs):
+        calls.append(len(files))
+        return real(files, *args, **kwargs)
+
+    monkeypatch.setattr(parquet_module, "footer_batches", counting)
+    monkeypatch.setattr(rowgroups_module, "FOOTER_BATCH", 2)  # several batches, as on a large output
+    return calls
+
+
+def assert_same_index(a, b) -> None:
+    for name in INDEX_ARRAYS:
+        assert np.array_equal(getattr(a.index, name), getattr(b.index, name)), name
+    assert a.index.schema.equals(b.index.schema) and a.index.files == b.index.files
+
+
+def cache_files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def epochs(dataset, workers: int) -> list[list[int]]:
+    """Each epoch's items (view1's first bin: 10 * clip + version) in the order read."""
+    loader = DataLoader(dataset, batch_size=4, num_workers=workers, persistent_workers=workers > 0)
+    orders = []
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        orders.append([int(v) for view1, _ in loader for v in view1[:, 0, 0, 0]])
+    return orders
+
+
+def test_contrastive_views_from_the_cache_are_the_views_from_the_footers(tmp_path, footer_reads):
+    out = write_views(tmp_path / "out", nested=True, one_row_groups=True)
+    cache = tmp_path / "cache"
+    plain = ContrastiveViews(str(out), "train", seed=5)
+    assert footer_reads == [len(plain.files)] and len(plain.files) > 2 and cache_files(cache) == []
+    made = ContrastiveViews(str(out), "train", seed=5, index_cache=str(cache))
+    assert len(footer_reads) == 2 and len(cache_files(cache)) == 1  # made from the footers, then kept
+    cached = ContrastiveViews(str(out), "train", seed=5, index_cache=str(cache))
+    assert len(footer_reads) == 2  # no footer read but the first file's
+    for reader in (made, cached):
+        assert_same_index(plain, reader)
+        assert reader.keys.equals(plain.keys) and reader.clips() == CLIPS
+        assert np.array_equal(reader._rows_by_clip, plain._rows_by_clip)
+        assert np.array_equal(reader._versions_by_clip, plain._versions_by_clip)
+        assert [reader.version_for(c, 4) for c in range(CLIPS)] == [plain.version_for(c, 4) for c in range(CLIPS)]
+    expected = epochs(plain, workers=0)
+    assert sorted(expected[0]) == sorted(10 * c + plain.version_for(c, 0) for c in range(CLIPS))
+    assert epochs(cached, workers=0) == expected
+    assert epochs(cached, workers=2) == epochs(plain, workers=2)  # in DataLoader workers too (pickled)
+
+
+def test_rows_from_the_cache_are_the_rows_from_the_footers(tmp_path, footer_reads):
+    out = write_rows(tmp_path / "out", nested=True, one_row_groups=True)
+    cache = tmp_path / "cache"
+
+    def reader(**kwargs):
+        return OutputRows(str(out), as_dict=True, shuffle=True, seed=2, batch_size=7, **kwargs)
+
+    plain = reader()
+    reader(index_cache=str(cache))
+    cached = reader(index_cache=str(cache))
+    assert len(footer_reads) == 2 and len(cache_files(cache)) == 1
+    assert_same_index(plain, cached)
+    assert cached.reader.kept_columns == plain.reader.kept_columns != frozenset()  # small columns still kept
+    for epoch in (0, 1):
+        plain.set_epoch(epoch), cached.set_epoch(epoch)
+        got, want = list(cached), list(plain)
+        assert [b["key"] for b in got] == [b["key"] for b in want]
+        assert all(torch.equal(g["x"], w["x"]) for g, w in zip(got, want))
+        assert sum(len(b["key"]) for b in got) == ROWS
+
+
+def test_a_changed_output_is_not_read_from_an_older_cache(tmp_path, footer_reads):
+    out = write_rows(tmp_path / "out", nested=True, one_row_groups=True)
+    cache = tmp_path / "cache"
+    files = list_shards(str(out), "train")
+    parquet_module.ShardRows(files, index_cache=str(cache))
+    fewer = parquet_module.ShardRows(files[:-1], index_cache=str(cache))  # a file less: another index
+    assert len(footer_reads) == 2 and len(cache_files(cache)) == 2
+    assert fewer.index.num_rows < ROWS and fewer.index.file.max() == len(files) - 2
+    # A file rewritten (fewer rows: another size): the index is made again from the footers.
+    table = pq.read_table(files[1])
+    pq.write_table(table.slice(0, 3), files[1], row_group_size=1)
+    rewritten = parquet_module.ShardRows(files, index_cache=str(cache))
+    assert len(footer_reads) == 3 and len(cache_files(cache)) == 3
+    assert rewritten.index.num_rows == ROWS - table.num_rows + 3
+    assert_same_index(parquet_module.ShardRows(files), rewritten)
+
+
+def test_a_damaged_cache_file_is_said_and_made_again(tmp_path, footer_reads):
+    out = write_views(tmp_path / "out", nested=True, one_row_groups=True)
+    cache = tmp_path / "cache"
+    plain = ContrastiveViews(str(out), "train", seed=1, index_cache=str(cache))
+    (name,) = cache_files(cache)
+    saved = (cache / name).read_bytes()
+    (cache / name).write_bytes(saved[: len(saved) // 2])  # cut short
+    with pytest.warns(UserWarning, match="not read"):
+        again = ContrastiveViews(str(out), "train", seed=1, index_cache=str(cache))
+    assert len(footer_reads) == 2 and again.keys.equals(plain.keys)
+    assert (cache / name).read_bytes() == saved  # written whole again
+    # A whole file whose clips do not fit its index (one row's number too large) is not used either.
+    with np.load(io.BytesIO(saved)) as arrays:
+        damaged = {key: arrays[key] for key in arrays.files}
+    damaged["extra.rows_by_clip"] = damaged["extra.rows_by_clip"] + 1
+    with open(cache / name, "wb") as f:
+        np.savez(f, **damaged)
+    with pytest.warns(UserWarning, match="not used.*clips do not fit"):
+        checked = ContrastiveViews(str(out), "train", seed=1, index_cache=str(cache))
+    assert len(footer_reads) == 3 and np.array_equal(checked._rows_by_clip, plain._rows_by_clip)
+    ContrastiveViews(str(out), "train", seed=1, index_cache=str(cache))
+    assert len(footer_reads) == 3  # the file written again is read
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_and_the_reader_made(tmp_path, footer_reads):
+    out = write_views(tmp_path / "out", nested=True, one_row_groups=True)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.warns(UserWarning, match="not written"):
+        reader = ContrastiveViews(str(out), "train", seed=1, index_cache=str(blocked / "cache"))
+    assert reader.clips() == CLIPS and len(footer_reads) == 1
+    assert sorted(epochs(reader, workers=0)[0]) == sorted(10 * c + reader.version_for(c, 0) for c in range(CLIPS))
