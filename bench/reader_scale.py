@@ -18,12 +18,15 @@ making the reader, after its imports):
 The baseline is the code at ``--baseline`` (a git ref, default ``main``, exported as ``bench.scale``
 does), the new code the working tree, alternating, ``--runs`` each, after one run not counted (the
 files in the page cache for all of them: a cold first run would be the disk's figure, not the code's).
+A third row is the new code reading its index from an index cache (``index_cache=``, a local folder
+the run not counted wrote it to; its size is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -77,10 +80,17 @@ def write_output(dest: Path, clips: int) -> Path:
     return dest
 
 
-def worker(reader: str, output: str) -> dict:
-    """Make the reader once, in this process: seconds, memory added at its peak and held after."""
+def worker(reader: str, output: str, index_cache: str | None = None, storage_options: dict | None = None) -> dict:
+    """Make the reader once, in this process: seconds, memory added at its peak and held after (and, from
+    an object store, the files whose bytes it fetched)."""
     import ray_pipelines
     import ray_pipelines.readers.pages as pages
+    import ray_pipelines.readers.rowgroups as rowgroups
+
+    fetched = []
+    if storage_options:  # count the files whose ranges (their footers) are fetched
+        cat_ranges = rowgroups._cat_ranges
+        rowgroups._cat_ranges = lambda fs, paths, *ranges: fetched.extend(paths) or cat_ranges(fs, paths, *ranges)
 
     # The small views are decoded from their pages, as real views (66 KB) are: the footers' tables then
     # give the index and the keys, as they do for a real output (the path being measured).
@@ -88,14 +98,17 @@ def worker(reader: str, output: str) -> dict:
     pages.load_kernels().warm()  # once per training process, whichever reader: not what is measured
     from ray_pipelines.readers import ContrastiveViews, ShardRows, list_shards
 
-    files = list_shards(output, "train")
+    files = list_shards(output, "train", storage_options)
     before = _status_kb("VmRSS")
     started = time.perf_counter()
+    options = {"index_cache": index_cache} if index_cache else {}  # (a baseline may not have it)
+    if storage_options:
+        options["storage_options"] = storage_options
     if reader == "ContrastiveViews":
-        dataset = ContrastiveViews(output, "train", batch_size=256, reuse_batches=3)
+        dataset = ContrastiveViews(output, "train", batch_size=256, reuse_batches=3, **options)
         items = dataset.clips()
     else:
-        dataset = ShardRows(files, shuffle=True, batch_size=256, reuse_batches=3)
+        dataset = ShardRows(files, shuffle=True, batch_size=256, reuse_batches=3, **options)
         items = dataset.index.num_rows
     seconds = time.perf_counter() - started
     return {
@@ -105,6 +118,7 @@ def worker(reader: str, output: str) -> dict:
         "items": int(items),
         "row_groups": len(dataset.index),
         "files": len(files),
+        "footers_fetched": len(fetched),
         "code": str(Path(ray_pipelines.__file__).parent.parent),
     }
 
@@ -115,11 +129,16 @@ def _status_kb(field: str) -> int:
     return int(line.split()[1])
 
 
-def run_worker(code: str, reader: str, output: Path) -> dict:
+def run_worker(
+    code: str, reader: str, output: Path | str, index_cache: Path | str | None = None, storage_options=None
+) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([code, str(REPO)])}
+    task = {"reader": reader, "output": str(output), "storage_options": storage_options}
+    if index_cache:
+        task["index_cache"] = str(index_cache)
     # Run in the code's own folder: ``python -m`` puts the working directory first on sys.path.
     done = subprocess.run(
-        [sys.executable, "-m", "bench.reader_scale", "--worker", json.dumps({"reader": reader, "output": str(output)})],
+        [sys.executable, "-m", "bench.reader_scale", "--worker", json.dumps(task)],
         cwd=code,
         env=env,
         capture_output=True,
@@ -141,6 +160,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="main", help="the git ref whose code is the baseline")
     parser.add_argument("--runs", type=int, default=2, help="alternating runs of each code")
     parser.add_argument("--work", default="/tmp/bench-reader-scale", help="outputs are written (once) and kept here")
+    parser.add_argument("--s3", action="store_true", help="then ContrastiveViews of the first size from moto S3")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(**json.loads(args.worker))))
@@ -151,15 +171,22 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = export_baseline(Path(tmp) / "baseline", args.baseline)
-        codes = {"baseline": base, "new": str(REPO)}
         for clips in [int(c) for c in args.clips.split(",")]:
             output = write_output(Path(args.work) / f"views-{clips}", clips)
             for reader in ("ContrastiveViews", "ShardRows"):
+                cache = Path(tmp) / f"index-cache-{clips}-{reader}"
+                codes = {
+                    "baseline": (base, None),
+                    "new": (str(REPO), None),
+                    "new, from the index cache": (str(REPO), cache),
+                }
                 results: dict[str, list[dict]] = {name: [] for name in codes}
-                run_worker(codes["new"], reader, output)  # not counted: every measured run finds the files cached
+                # Not counted: every measured run finds the files cached; this one writes the index cache.
+                run_worker(str(REPO), reader, output, cache)
+                cache_mb = sum(f.stat().st_size for f in cache.iterdir()) / 1e6
                 for _ in range(args.runs):
-                    for name, code in codes.items():
-                        results[name].append(run_worker(code, reader, output))
+                    for name, (code, index_cache) in codes.items():
+                        results[name].append(run_worker(code, reader, output, index_cache))
                 first = results["new"][0]
                 assert all(r["items"] == first["items"] for rs in results.values() for r in rs), results
                 for name in codes:
@@ -183,7 +210,7 @@ def main() -> None:
                             f"{peak * 1024 * 1024 / first['row_groups']:,.0f}",
                         ]
                     )
-                print(f"  {reader}, {clips:,} clips: done", flush=True)
+                print(f"  {reader}, {clips:,} clips: done (its index cache: {cache_mb:,.1f} MB)", flush=True)
     header = [
         "reader",
         "row groups (views)",
@@ -199,7 +226,58 @@ def main() -> None:
     ]
     print(f"\nbaseline: {args.baseline}; median of {args.runs} alternating runs, each in a fresh process\n")
     print(table(rows, header))
+    if args.s3:
+        clips = int(args.clips.split(",")[0])
+        print(f"\nFrom S3 (a moto server in the benchmark's process), ContrastiveViews, {clips:,} clips:\n")
+        print(s3_table(write_output(Path(args.work) / f"views-{clips}", clips), args.runs))
     print(f"\nload average at the end: {os.getloadavg()}; {time.time() - started:.0f} s")
+
+
+def s3_table(output: Path, runs: int) -> str:
+    """``ContrastiveViews`` of ``output`` uploaded to a moto server, made from the footers and from an index
+    cache on the same store: seconds and the files whose footers were fetched (the working tree's code)."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"endpoint_url": f"http://{host}:{port}"}
+        fs = s3fs.S3FileSystem(client_kwargs=options)
+        fs.mkdir("bench")
+        fs.put(str(output) + "/", "bench/views", recursive=True)
+        manifest = json.loads((output / "manifest.json").read_text())
+        fs.pipe("bench/views/manifest.json", json.dumps(manifest).encode())
+        variants = {"from the footers": None, "from the index cache": "s3://bench/index-cache"}
+        run_worker(str(REPO), "ContrastiveViews", "s3://bench/views", variants["from the index cache"], options)
+        results: dict[str, list[dict]] = {name: [] for name in variants}
+        for _ in range(runs):
+            for name, cache in variants.items():
+                results[name].append(run_worker(str(REPO), "ContrastiveViews", "s3://bench/views", cache, options))
+        footers = statistics.median(r["seconds"] for r in results["from the footers"])
+        rows = [
+            [
+                name,
+                f"{results[name][0]['files']:,}",
+                f"{statistics.median(r['seconds'] for r in result):.2f}",
+                " / ".join(f"{r['seconds']:.2f}" for r in result),
+                f"{statistics.median(r['seconds'] for r in result) / footers:.2f}",
+                f"{result[0]['footers_fetched']:,}",
+                f"{statistics.median(r['peak_mb'] for r in result):,.0f}",
+            ]
+            for name, result in results.items()
+        ]
+        return table(
+            rows,
+            ["made", "files", "seconds to make", "each run", "vs footers", "files fetched from", "peak MB added"],
+        )
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
