@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 import ray_pipelines.readers.parquet as parquet_module
 import ray_pipelines.readers.rowgroups as rowgroups_module
+from ray_pipelines.engine.arrow import open_parquet
 from ray_pipelines.readers import ContrastiveViews, OutputRows, list_shards
 from tests.test_readers import CLIPS, ROWS, write_rows, write_views
 
@@ -76,7 +77,7 @@ def test_contrastive_views_from_the_cache_are_the_views_from_the_footers(tmp_pat
     assert epochs(cached, workers=2) == epochs(plain, workers=2)  # in DataLoader workers too (pickled)
 
 
-def test_rows_from_the_cache_are_the_rows_from_the_footers(tmp_path, footer_reads):
+def test_rows_from_the_cache_are_the_rows_from_the_footers(tmp_path, footer_reads, monkeypatch):
     out = write_rows(tmp_path / "out", nested=True, one_row_groups=True)
     cache = tmp_path / "cache"
 
@@ -85,10 +86,15 @@ def test_rows_from_the_cache_are_the_rows_from_the_footers(tmp_path, footer_read
 
     plain = reader()
     reader(index_cache=str(cache))
+    opened = []
+    monkeypatch.setattr(rowgroups_module, "open_parquet", lambda *args: opened.append(args) or open_parquet(*args))
     cached = reader(index_cache=str(cache))
     assert len(footer_reads) == 2 and len(cache_files(cache)) == 1
     assert_same_index(plain, cached)
-    assert cached.reader.kept_columns == plain.reader.kept_columns != frozenset()  # small columns still kept
+    # The small columns kept as every file's were, from the cache: no file opened for them.
+    assert cached.reader.kept_columns == plain.reader.kept_columns == {"key", "index"}
+    assert opened == [] and len(cached.reader._kept) == len(plain.files)
+    assert all(cached.reader._kept[f].equals(plain.reader._kept[f]) for f in range(len(plain.files)))
     for epoch in (0, 1):
         plain.set_epoch(epoch), cached.set_epoch(epoch)
         got, want = list(cached), list(plain)
@@ -104,12 +110,17 @@ def test_a_changed_output_is_not_read_from_an_older_cache(tmp_path, footer_reads
     parquet_module.ShardRows(files, index_cache=str(cache))
     fewer = parquet_module.ShardRows(files[:-1], index_cache=str(cache))  # a file less: another index
     assert len(footer_reads) == 2 and len(cache_files(cache)) == 2
+    # Other columns: other small columns kept, so another cache file (the same index in it).
+    keys = parquet_module.ShardRows(files, ["key", "x"], index_cache=str(cache))
+    assert len(footer_reads) == 3 and len(cache_files(cache)) == 3 and keys.reader.kept_columns == {"key"}
+    again = parquet_module.ShardRows(files, ["key", "x"], index_cache=str(cache))
+    assert len(footer_reads) == 3 and again.reader._kept[0].column_names == ["key"]
     assert fewer.index.num_rows < ROWS and fewer.index.file.max() == len(files) - 2
     # A file rewritten (fewer rows: another size): the index is made again from the footers.
     table = pq.read_table(files[1])
     pq.write_table(table.slice(0, 3), files[1], row_group_size=1)
     rewritten = parquet_module.ShardRows(files, index_cache=str(cache))
-    assert len(footer_reads) == 3 and len(cache_files(cache)) == 3
+    assert len(footer_reads) == 4 and len(cache_files(cache)) == 4
     assert rewritten.index.num_rows == ROWS - table.num_rows + 3
     assert_same_index(parquet_module.ShardRows(files), rewritten)
 

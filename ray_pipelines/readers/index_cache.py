@@ -5,15 +5,17 @@ Making a reader reads every file's footer: about 3 s per million row groups on l
 readers' benchmark, *Making a reader at scale*), and on an object store a request per file from every
 rank at every start (64 ranks over the 80,000 files of ten million clips: 5 million requests before
 the first batch). With ``index_cache=FOLDER`` (a local folder or any fsspec URL, reached with the
-reader's ``storage_options``), a reader looks there first for a file named by a digest of its kind and
-of the files' URLs and sizes: found, it is read (one request) instead of the footers; not found, the
+reader's ``storage_options``), a reader looks there first for a file named by a digest of its kind, its
+columns and the files' URLs and sizes: found, it is read (one request) instead of the footers; not found, the
 reader is made as before and writes it for the next ones (whole or not at all). A cache that cannot be
 read or written is said in a warning, and the reader goes on from the footers.
 
 What is kept: the row-group index (:class:`~.rowgroups.RowGroupIndex`: its arrays, the schema in
-Arrow's IPC form) and what a reader derives from the footers besides (``ContrastiveViews``: the clips'
-keys and versions), as NumPy arrays in one ``.npz``, read without pickle (a cache in a shared bucket
-cannot run code). The files are known by their URLs and sizes, as within one reader's life: a file
+Arrow's IPC form), what a reader derives from the footers besides (``ContrastiveViews``: the clips'
+keys and versions) and, where a local reader keeps every file's small columns
+(:meth:`~.rowgroups.RowGroupReader.keep_files`, read from every file when it is made), those columns
+as one Arrow table: NumPy arrays in one ``.npz``, read without pickle (a cache in a shared bucket cannot
+run code). The files are known by their URLs and sizes, as within one reader's life: a file
 rewritten in place to the same size is not noticed.
 """
 
@@ -23,6 +25,7 @@ import hashlib
 import warnings
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,30 +42,43 @@ RANGE_ARRAYS = ("start", "stop")  # an object store's index only (a local one re
 INDEX = "index."  # the index's arrays' names in the file start with this (np.savez has a ``file`` argument)
 SCHEMA = "schema"
 EXTRA = "extra."  # what a subclass keeps: its arrays' names start with this
+KEPT = "kept"  # the kept small columns, an Arrow IPC stream
 
 
-def cache_name(kind: str, files: Sequence[str], sizes: Sequence[int]) -> str:
-    """The cache file of a reader of ``kind`` over ``files`` of ``sizes``."""
-    digest = hashlib.sha256(f"{FORMAT}\n{kind}\n".encode())
+@dataclass
+class CachedIndex:
+    """What a cache file gives back: the index, the subclass's arrays, the kept columns (or None)."""
+
+    index: RowGroupIndex
+    extra: dict[str, np.ndarray]
+    kept: pa.Table | None
+
+
+def cache_name(kind: str, columns: Sequence[str] | None, files: Sequence[str], sizes: Sequence[int]) -> str:
+    """The cache file of a reader of ``kind`` reading ``columns`` (None: all) of ``files`` of ``sizes``."""
+    digest = hashlib.sha256(f"{FORMAT}\n{kind}\n{columns}\n".encode())
     for url, size in zip(files, sizes):
         digest.update(f"{url}\t{size}\n".encode())
     return f"index-{digest.hexdigest()[:40]}.npz"
 
 
-def index_arrays(index: RowGroupIndex, extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What a cache file holds for ``index`` and a subclass's ``extra`` arrays."""
+def index_arrays(index: RowGroupIndex, extra: dict[str, np.ndarray], kept: pa.Table | None) -> dict[str, np.ndarray]:
+    """What a cache file holds for ``index``, a subclass's ``extra`` arrays and the ``kept`` columns."""
     names = [*INDEX_ARRAYS, *(RANGE_ARRAYS if index.start.strides != (0,) else ())]  # real byte ranges only
     arrays = {INDEX + name: np.ascontiguousarray(getattr(index, name)) for name in names}
     arrays[SCHEMA] = np.frombuffer(index.schema.serialize(), dtype=np.uint8)
     arrays.update((EXTRA + name, value) for name, value in extra.items())
+    if kept is not None:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, kept.schema) as stream:
+            stream.write_table(kept)
+        arrays[KEPT] = np.frombuffer(sink.getvalue(), dtype=np.uint8)
     return arrays
 
 
-def index_from_arrays(
-    arrays: dict[str, np.ndarray], files: list[str], sizes: list[int], remote: bool
-) -> tuple[RowGroupIndex, dict[str, np.ndarray]]:
-    """The index and the subclass's arrays back from a cache file's; raises ValueError when they do not
-    make an index of ``files`` (a damaged or foreign file)."""
+def index_from_arrays(arrays: dict[str, np.ndarray], files: list[str], sizes: list[int], remote: bool) -> CachedIndex:
+    """The index, the subclass's arrays and the kept columns back from a cache file's; raises ValueError
+    when they do not make an index of ``files`` (a damaged or foreign file)."""
     names = [*INDEX_ARRAYS, *(RANGE_ARRAYS if remote else ())]
     missing = [name for name in names if INDEX + name not in arrays] + ([SCHEMA] if SCHEMA not in arrays else [])
     if missing:
@@ -91,7 +107,13 @@ def index_from_arrays(
         schema=schema,
     )
     extra = {name[len(EXTRA) :]: value for name, value in arrays.items() if name.startswith(EXTRA)}
-    return index, extra
+    kept = None
+    if KEPT in arrays:
+        try:  # the table's buffers are the array's bytes (no copy)
+            kept = pa.ipc.open_stream(pa.py_buffer(arrays[KEPT])).read_all()
+        except pa.ArrowInvalid as error:
+            raise ValueError(f"its kept columns: {error}") from error
+    return CachedIndex(index, extra, kept)
 
 
 def load(folder: str, name: str, storage_options: dict[str, Any] | None) -> dict[str, np.ndarray] | None:

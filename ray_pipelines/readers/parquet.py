@@ -213,8 +213,10 @@ class ShardRows(EpochDataset):
         self.storage_options = storage_options
         self.index_cache = index_cache
         sizes = [int(size) for size in sizes] if sizes is not None else file_sizes(self.files, storage_options)
-        # What a subclass keeps in the index cache (_cached_arrays), when the index came from there.
+        # What a subclass keeps in the index cache (_cached_arrays), and the kept small columns, when the
+        # index came from there.
         self.cached: dict[str, np.ndarray] | None = None
+        self._cached_kept: pa.Table | None = None
         parsed, tables = self._read_footers(sizes)
         self.reader = RowGroupReader(self.index, storage_options)
         self.threads = threads  # None: decided in the process that reads (_read_threads)
@@ -225,18 +227,20 @@ class ShardRows(EpochDataset):
             self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         )
         self._after_index()
-        if index_cache is not None and self.files and self.cached is None:
-            arrays = index_cache_module.index_arrays(self.index, self._cached_arrays())
-            index_cache_module.save(index_cache, self._cache_name(sizes), arrays, storage_options)
-        self.cached = None
+        from_cache, self.cached = self.cached is not None, None
         self.reader.remember_footers(parsed, tables)  # the first reads need not read them again
         if self.reader.local and self.files:
             wanted = self.columns if self.columns is not None else self.index.schema.names
             self.reader.kept_columns = kept_columns(self.index, [n for n in wanted if n not in self.tensor_leaves])
-            if self.reader.kept_columns:
+            cached_kept = self._cached_kept
+            if self.reader.kept_columns and not (cached_kept is not None and self.reader.keep_table(cached_kept)):
                 # Read here, before DataLoader workers fork: they share these tables instead of each
                 # reading (and holding) its own in its first epoch.
                 self.reader.keep_files(parsed, threads=min(8, os.cpu_count() or 1), limit=SMALL_COLUMNS_BYTES)
+        del self._cached_kept
+        if index_cache is not None and self.files and not from_cache:
+            arrays = index_cache_module.index_arrays(self.index, self._cached_arrays(), self.reader.kept_table())
+            index_cache_module.save(index_cache, self._cache_name(sizes), arrays, storage_options)
         # What making the reader parsed and read is freed (footers' bytes and tables; each footer parsed
         # for a kept read, 1.4 MB for an encode file), and glibc keeps freed memory per thread: given
         # back before DataLoader workers fork (0.5-2 ms), it no longer sits in the training process.
@@ -286,7 +290,7 @@ class ShardRows(EpochDataset):
         return parsed, tables
 
     def _cache_name(self, sizes: list[int]) -> str:
-        return index_cache_module.cache_name(type(self).__name__, self.files, sizes)
+        return index_cache_module.cache_name(type(self).__name__, self.columns, self.files, sizes)
 
     def _load_cached_index(self, sizes: list[int], first: pq.FileMetaData, remote: bool) -> bool:
         """``self.index`` (and ``self.cached``) from the index cache; False when it has none for these
@@ -295,14 +299,14 @@ class ShardRows(EpochDataset):
         if arrays is None:
             return False
         try:
-            index, cached = index_cache_module.index_from_arrays(arrays, self.files, sizes, remote)
-            first_groups = index.file_groups(0)
-            if not index.schema.equals(first.schema.to_arrow_schema()) or (
+            cached = index_cache_module.index_from_arrays(arrays, self.files, sizes, remote)
+            first_groups = cached.index.file_groups(0)
+            if not cached.index.schema.equals(first.schema.to_arrow_schema()) or (
                 first_groups.stop - first_groups.start != first.num_row_groups
             ):
                 raise ValueError(f"it is not of {self.files[0]} as that file is now")
-            self._check_cached(cached, index)
-            self.index, self.cached = index, cached
+            self._check_cached(cached.extra, cached.index)
+            self.index, self.cached, self._cached_kept = cached.index, cached.extra, cached.kept
         except ValueError as error:
             warnings.warn(
                 f"reader index cache in {self.index_cache} not used ({error}): made from the footers", stacklevel=2

@@ -576,6 +576,27 @@ class RowGroupReader:
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kept-columns") as pool:
             list(pool.map(keep, range(1, len(self.index.files))))
 
+    def kept_table(self) -> pa.Table | None:
+        """Every file's kept columns as one table, in file order (what the index cache keeps); None when
+        none are kept, or the files' tables do not make one (a file without a column)."""
+        if not self.kept_columns or len(self._kept) < len(self.index.files):
+            return None
+        try:
+            return pa.concat_tables([self._kept[file] for file in range(len(self.index.files))])
+        except pa.ArrowInvalid:
+            return None
+
+    def keep_table(self, table: pa.Table) -> bool:
+        """Every file's kept columns from one table in file order (:meth:`kept_table`, from the index
+        cache) instead of the files; False, and nothing taken, when it is not of these columns and rows."""
+        if table.column_names != sorted(self.kept_columns) or table.num_rows != self.index.num_rows:
+            return False
+        files = len(self.index.files)
+        rows = np.bincount(self.index.file, weights=self.index.rows, minlength=files).astype(np.int64)
+        starts = np.cumsum(rows) - rows
+        self._kept = {file: table.slice(int(starts[file]), int(rows[file])) for file in range(files)}
+        return True
+
     def _kept_file(self, file: int, path: str, md: pq.FileMetaData | None) -> pa.Table:
         """``file``'s kept columns, all its rows (read by :meth:`keep_files`, or on first use in a process
         whose copy of the reader came without them)."""
