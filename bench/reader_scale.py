@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import statistics
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, table
+from bench.common import REPO, moto_s3, table
 from bench.scale import export_baseline
 
 VERSIONS = 5
@@ -236,23 +235,8 @@ def main() -> None:
 def s3_table(output: Path, runs: int) -> str:
     """``ContrastiveViews`` of ``output`` uploaded to a moto server, made from the footers and from an index
     cache on the same store: seconds and the files whose footers were fetched (the working tree's code)."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
-        os.environ.setdefault(name, value)
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {"endpoint_url": f"http://{host}:{port}"}
-        fs = s3fs.S3FileSystem(client_kwargs=options)
-        fs.mkdir("bench")
-        fs.put(str(output) + "/", "bench/views", recursive=True)
-        manifest = json.loads((output / "manifest.json").read_text())
-        fs.pipe("bench/views/manifest.json", json.dumps(manifest).encode())
+    with moto_s3("bench") as (options, fs):
+        fs.put(str(output) + "/", "bench/views", recursive=True)  # the files and manifest.json
         variants = {"from the footers": None, "from the index cache": "s3://bench/index-cache"}
         run_worker(str(REPO), "ContrastiveViews", "s3://bench/views", variants["from the index cache"], options)
         results: dict[str, list[dict]] = {name: [] for name in variants}
@@ -276,8 +260,6 @@ def s3_table(output: Path, runs: int) -> str:
             rows,
             ["made", "files", "seconds to make", "each run", "vs footers", "files fetched from", "peak MB added"],
         )
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from bench.common import SHARED, TreeCPU, make_clips, table
+from bench.common import SHARED, TreeCPU, make_clips, moto_s3, table
 from bench.features import make_library
 
 WORKERS = 2
@@ -688,19 +688,7 @@ def upload_part(fs, local: Path, remote: str, fraction: float) -> None:
 
 def s3_table(outputs) -> str:
     """The readers from a moto S3 server (in this process) with storage_options, 2 workers."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        options = {"endpoint_url": f"http://{host}:{port}"}
-        fs = s3fs.S3FileSystem(client_kwargs=options)
-        fs.mkdir("bench")
+    with moto_s3("bench") as (options, fs):
         for name, path in outputs.items():
             upload_part(fs, path, f"bench/{name}", S3_FRACTION)
         rows = []
@@ -736,8 +724,6 @@ def s3_table(outputs) -> str:
                 "raw MB/s (s3fs)",
             ],
         )
-    finally:
-        server.stop()
 
 
 # ---- the writer's defaults ------------------------------------------------------------------------------

@@ -21,6 +21,25 @@ from tests.test_readers import CLIPS, ROWS, contrastive_rows, generic_rows, writ
 pytestmark = pytest.mark.usefixtures("small_tensor_pages")
 
 
+def write_views_s3(url: str, options: dict) -> None:
+    """The tests' contrastive output on S3 (views as ``fixed_shape_tensor``, a row group per row)."""
+    write(url, "augment", contrastive_rows(), nested=False, one_row_groups=True, index_column="version",
+          output_columns=["key", "version", "view1", "view2"], rows_per_block=9, storage_options=options)  # fmt: skip
+
+
+def files_per_fetch(monkeypatch) -> list[int]:
+    """From now on, how many files each concurrent fetch of byte ranges (``rowgroups._cat_ranges``) reads."""
+    fetches: list[int] = []
+    cat_ranges = rowgroups._cat_ranges
+
+    def counting(fs, paths, starts, stops):
+        fetches.append(len(paths))
+        return cat_ranges(fs, paths, starts, stops)
+
+    monkeypatch.setattr(rowgroups, "_cat_ranges", counting)
+    return fetches
+
+
 def test_rows_from_s3_every_row_once_with_persistent_workers(s3_bucket):
     bucket, options, _ = s3_bucket
     url = f"s3://{bucket}/rows"
@@ -39,8 +58,7 @@ def test_rows_from_s3_every_row_once_with_persistent_workers(s3_bucket):
 def test_contrastive_views_from_s3_fetch_only_their_row_groups(s3_bucket, tmp_path, monkeypatch):
     bucket, options, fs = s3_bucket
     url = f"s3://{bucket}/views"
-    write(url, "augment", contrastive_rows(), nested=False, one_row_groups=True, index_column="version",
-          output_columns=["key", "version", "view1", "view2"], rows_per_block=9, storage_options=options)  # fmt: skip
+    write_views_s3(url, options)
     fetched = []
 
     def counting(fs_, paths, starts, stops):
@@ -65,19 +83,11 @@ def test_contrastive_views_from_s3_read_their_footers_a_batch_at_a_time(s3_bucke
     each, the next one while a batch is used), a reader is the one made from all of them at once."""
     bucket, options, _ = s3_bucket
     url = f"s3://{bucket}/batched-views"
-    write(url, "augment", contrastive_rows(), nested=False, one_row_groups=True, index_column="version",
-          output_columns=["key", "version", "view1", "view2"], rows_per_block=9, storage_options=options)  # fmt: skip
+    write_views_s3(url, options)
     at_once = ContrastiveViews(url, "train", seed=4, storage_options=options)
     files = len(at_once.files)
     assert files > 2
-    fetches = []
-
-    def counting(fs_, paths, starts, stops):
-        fetches.append(len(paths))
-        return cat_ranges(fs_, paths, starts, stops)
-
-    cat_ranges = rowgroups._cat_ranges
-    monkeypatch.setattr(rowgroups, "_cat_ranges", counting)
+    fetches = files_per_fetch(monkeypatch)
     monkeypatch.setattr(rowgroups, "FOOTER_BATCH", 2)
     batched = ContrastiveViews(url, "train", seed=4, storage_options=options)
     # The first file's tail (how the files are read), then each batch's tails in one fetch.
@@ -95,19 +105,11 @@ def test_contrastive_views_from_s3_with_an_index_cache_read_one_footer(s3_bucket
     every file's footer: only the first file's tail is fetched, and the reader is the same."""
     bucket, options, fs = s3_bucket
     url, cache = f"s3://{bucket}/cached-views", f"s3://{bucket}/reader-cache"
-    write(url, "augment", contrastive_rows(), nested=False, one_row_groups=True, index_column="version",
-          output_columns=["key", "version", "view1", "view2"], rows_per_block=9, storage_options=options)  # fmt: skip
+    write_views_s3(url, options)
     plain = ContrastiveViews(url, "train", seed=4, storage_options=options)
     ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
     assert len(fs.ls(f"{bucket}/reader-cache")) == 1
-    fetches = []
-
-    def counting(fs_, paths, starts, stops):
-        fetches.append(len(paths))
-        return cat_ranges(fs_, paths, starts, stops)
-
-    cat_ranges = rowgroups._cat_ranges
-    monkeypatch.setattr(rowgroups, "_cat_ranges", counting)
+    fetches = files_per_fetch(monkeypatch)
     cached = ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
     assert fetches == [1] and len(plain.files) > 2  # the first file's tail; no other footer
     assert cached.keys.equals(plain.keys) and np.array_equal(cached._rows_by_clip, plain._rows_by_clip)
