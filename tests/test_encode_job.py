@@ -177,6 +177,18 @@ def test_windows_all_tiles_a_long_file_exactly(tmp_path, ray_local):
     assert sum(md["padding_mask"]) == md["valid_samples"]
 
 
+def test_one_call_opens_either_layout_with_an_index_cache(encoded, tmp_path):
+    out, manifest, _ = encoded
+    cache = tmp_path / "index-cache"
+    sat = open_encoded(str(out), "sat", latent_crop_length=64, seed=1, index_cache=str(cache))
+    assert len(sat) == manifest["counts"]["rows_written"] and not cache.exists()  # nothing to keep
+    made = open_encoded(str(out), "parquet", latent_crop_length=64, seed=1, index_cache=str(cache))
+    assert [p.suffix for p in cache.iterdir()] == [".npz"]
+    cached = open_encoded(str(out), "parquet", latent_crop_length=64, seed=1, index_cache=str(cache))
+    assert cached.index.num_rows == made.index.num_rows == manifest["counts"]["rows_written"]
+    assert [md["key"] for _, md in cached] == [md["key"] for _, md in made]
+
+
 def test_reader_yields_latents_and_metadata_from_both_layouts(encoded):
     out, manifest, _ = encoded
     sat = open_encoded(str(out), latent_crop_length=64, seed=1)

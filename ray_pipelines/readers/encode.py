@@ -238,6 +238,8 @@ class EncodedLatents(EpochDataset):
     ``PreEncodedDataset`` does. ``batch_size=B`` (DataLoader ``batch_size=None``)
     yields ``(latents [B, C, L], metadata)`` batches assembled in the worker (see
     :meth:`_batches`); ``reuse_batches`` as for :class:`~.parquet.ShardRows`.
+    ``index_cache`` is accepted so that one call opens either layout (:func:`open_encoded`),
+    and unused: this layout's index is ``filelist.txt``, one read, with no footers to keep.
     """
 
     def __init__(
@@ -255,6 +257,7 @@ class EncodedLatents(EpochDataset):
         batch_size: int | None = None,
         drop_last: bool = False,
         reuse_batches: int = 0,
+        index_cache: str | None = None,
     ):
         super().__init__(seed, shuffle, rank, world_size)
         check_batching(batch_size, reuse_batches)
