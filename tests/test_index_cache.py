@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -108,21 +110,52 @@ def test_a_changed_output_is_not_read_from_an_older_cache(tmp_path, footer_reads
     cache = tmp_path / "cache"
     files = list_shards(str(out), "train")
     parquet_module.ShardRows(files, index_cache=str(cache))
-    fewer = parquet_module.ShardRows(files[:-1], index_cache=str(cache))  # a file less: another index
-    assert len(footer_reads) == 2 and len(cache_files(cache)) == 2
-    # Other columns: other small columns kept, so another cache file (the same index in it).
+    (first,) = cache_files(cache)
+    # A file less: another index, which replaces the folder's older one (one file per reader and folder).
+    fewer = parquet_module.ShardRows(files[:-1], index_cache=str(cache))
+    assert len(footer_reads) == 2 and len(cache_files(cache)) == 1 and cache_files(cache) != [first]
+    assert fewer.index.num_rows < ROWS and fewer.index.file.max() == len(files) - 2
+    # Other columns: other small columns kept, so a cache file of their own beside it (the same index in it).
     keys = parquet_module.ShardRows(files, ["key", "x"], index_cache=str(cache))
-    assert len(footer_reads) == 3 and len(cache_files(cache)) == 3 and keys.reader.kept_columns == {"key"}
+    assert len(footer_reads) == 3 and len(cache_files(cache)) == 2 and keys.reader.kept_columns == {"key"}
     again = parquet_module.ShardRows(files, ["key", "x"], index_cache=str(cache))
     assert len(footer_reads) == 3 and again.reader._kept[0].column_names == ["key"]
-    assert fewer.index.num_rows < ROWS and fewer.index.file.max() == len(files) - 2
     # A file rewritten (fewer rows: another size): the index is made again from the footers.
     table = pq.read_table(files[1])
     pq.write_table(table.slice(0, 3), files[1], row_group_size=1)
     rewritten = parquet_module.ShardRows(files, index_cache=str(cache))
-    assert len(footer_reads) == 4 and len(cache_files(cache)) == 4
+    assert len(footer_reads) == 4 and len(cache_files(cache)) == 2
     assert rewritten.index.num_rows == ROWS - table.num_rows + 3
     assert_same_index(parquet_module.ShardRows(files), rewritten)
+
+
+def test_a_nightly_output_keeps_one_cache_file_per_split(tmp_path, footer_reads):
+    """An output that grows every night: each night's readers make one new cache file per split, and
+    the split's file of the night before is removed; the other split's is kept."""
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    train = write_views(out, nested=True, one_row_groups=True)
+    valid = tmp_path / "valid-split"
+    shutil.copytree(out / "train", valid)
+    assert ContrastiveViews(str(train), "train", index_cache=str(cache)).clips() == CLIPS
+    valid_files = sorted(str(p) for p in valid.rglob("*.parquet"))
+    parquet_module.ShardRows(valid_files, index_cache=str(cache))
+    before = cache_files(cache)
+    assert len(before) == 2
+    # The next night: the train split has one more file (a copy of one of its files under a new name).
+    added = sorted((out / "train").rglob("*.parquet"))[0]
+    shutil.copy(added, added.with_name("part-night-2.parquet"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    (record,) = [f for f in manifest["files"] if f["path"].endswith(added.name)]
+    manifest["files"].append({**record, "path": record["path"].replace(added.name, "part-night-2.parquet")})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    grown = ContrastiveViews(str(train), "train", index_cache=str(cache))
+    after = cache_files(cache)
+    assert len(after) == 2 and len(set(after) - set(before)) == 1  # the train file replaced, the valid one kept
+    assert grown.index.num_rows == sum(pq.ParquetFile(f).metadata.num_rows for f in grown.files)
+    assert len(grown.files) == len(valid_files) + 1
+    assert parquet_module.ShardRows(valid_files, index_cache=str(cache)).index.num_rows > 0
+    assert cache_files(cache) == after and len(footer_reads) == 3  # the valid split's file was read
 
 
 def test_a_damaged_cache_file_is_said_and_made_again(tmp_path, footer_reads):

@@ -118,6 +118,12 @@ def test_contrastive_views_from_s3_with_an_index_cache_read_one_footer(s3_bucket
     assert (cached.index.stop > cached.index.start).all()  # the byte ranges kept for ranged reads
     values = sorted(int(v[0, 0, 0]) for v1, _ in DataLoader(cached, batch_size=4, num_workers=2) for v in v1)
     assert values == sorted(10 * c + cached.version_for(c) for c in range(CLIPS))
+    # A file of the same reader for the folder's earlier files is removed when the new one is written.
+    (name,) = [path.rsplit("/", 1)[1] for path in fs.ls(f"{bucket}/reader-cache", refresh=True)]
+    older = f"{bucket}/reader-cache/{name[: name.rindex('-') + 1]}{'0' * 32}.npz"
+    fs.pipe(older, b"the index of the files before"), fs.rm(f"{bucket}/reader-cache/{name}")
+    ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
+    assert [path.rsplit("/", 1)[1] for path in fs.ls(f"{bucket}/reader-cache", refresh=True)] == [name]
 
 
 def test_sat_layout_from_s3_with_workers(s3_bucket, tmp_path):

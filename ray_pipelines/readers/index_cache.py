@@ -17,11 +17,19 @@ keys and versions) and, where a local reader keeps every file's small columns
 as one Arrow table: NumPy arrays in one ``.npz``, read without pickle (a cache in a shared bucket cannot
 run code). The files are known by their URLs and sizes, as within one reader's life: a file
 rewritten in place to the same size is not noticed.
+
+A cache file's name is ``index-<reader>-<files>.npz``: ``<reader>`` a digest of the reader's kind, its
+columns and the folder its files are in (an output's split), ``<files>`` one of the files' URLs and
+sizes. An output rewritten (a nightly job's new files) gets a new ``<files>``, and writing that file
+removes the folder's other files of the same ``<reader>``: a cache serving a changing output holds one
+file per reader and folder, not one per night. (Readers of different subsets of one folder's files,
+of the same kind and columns, replace each other's file: give them cache folders of their own.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -35,7 +43,7 @@ from ..storage import Storage
 from .rowgroups import RowGroupIndex, no_ranges
 
 # Part of every cache file's name: a change to what is kept, or to how the index is made, changes it.
-FORMAT = 1
+FORMAT = 2
 # The index's arrays in a cache file (``first_row`` is derived from ``rows``), with their dtypes.
 INDEX_ARRAYS = {"file": np.int32, "group": np.int32, "rows": np.int64, "decoded_bytes": np.int64}
 RANGE_ARRAYS = ("start", "stop")  # an object store's index only (a local one reads no byte ranges)
@@ -56,10 +64,21 @@ class CachedIndex:
 
 def cache_name(kind: str, columns: Sequence[str] | None, files: Sequence[str], sizes: Sequence[int]) -> str:
     """The cache file of a reader of ``kind`` reading ``columns`` (None: all) of ``files`` of ``sizes``."""
-    digest = hashlib.sha256(f"{FORMAT}\n{kind}\n{columns}\n".encode())
+    return f"{reader_prefix(kind, columns, files)}{files_digest(files, sizes)}.npz"
+
+
+def reader_prefix(kind: str, columns: Sequence[str] | None, files: Sequence[str]) -> str:
+    """What the names of every cache file of one reader over one folder start with, whatever its files."""
+    folder = posixpath.commonpath([posixpath.dirname(url) for url in files]) if files else ""
+    digest = hashlib.sha256(f"{FORMAT}\n{kind}\n{columns}\n{folder}\n".encode())
+    return f"index-{digest.hexdigest()[:16]}-"
+
+
+def files_digest(files: Sequence[str], sizes: Sequence[int]) -> str:
+    digest = hashlib.sha256()
     for url, size in zip(files, sizes):
         digest.update(f"{url}\t{size}\n".encode())
-    return f"index-{digest.hexdigest()[:40]}.npz"
+    return digest.hexdigest()[:32]
 
 
 def index_arrays(index: RowGroupIndex, extra: dict[str, np.ndarray], kept: pa.Table | None) -> dict[str, np.ndarray]:
@@ -131,10 +150,19 @@ def load(folder: str, name: str, storage_options: dict[str, Any] | None) -> dict
 
 
 def save(folder: str, name: str, arrays: dict[str, np.ndarray], storage_options: dict[str, Any] | None) -> None:
-    """Write cache file ``name`` in ``folder`` (whole or not at all); a failure is said in a warning."""
+    """Write cache file ``name`` in ``folder`` (whole or not at all), then remove the folder's older
+    files of the same reader (``name``'s prefix: the same folder's files before they changed); a
+    failure is said in a warning."""
     try:
         storage = Storage(folder, storage_options)
         with storage.open_atomic(name) as f:
             np.savez(f, **arrays)
     except OSError as error:
         warnings.warn(f"reader index cache not written to {folder} ({error})", stacklevel=3)
+        return
+    prefix = name[: name.rindex("-") + 1]
+    try:
+        older = [path for path in storage.list("") if path.startswith(prefix) and path.endswith(".npz")]
+        storage.remove_many([path for path in older if path != name])  # (not another rank's temp file)
+    except OSError as error:
+        warnings.warn(f"older reader index cache files in {folder} not removed ({error})", stacklevel=3)
