@@ -158,6 +158,25 @@ def test_a_nightly_output_keeps_one_cache_file_per_split(tmp_path, footer_reads)
     assert cache_files(cache) == after and len(footer_reads) == 3  # the valid split's file was read
 
 
+def test_one_process_per_node_writes_a_local_cache(tmp_path, footer_reads, monkeypatch):
+    """torchrun's LOCAL_RANK says which process of a node writes a missing local cache file; the others
+    make the same reader from the footers and write nothing."""
+    out = write_views(tmp_path / "out", nested=True, one_row_groups=True)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    second = ContrastiveViews(str(out), "train", seed=3, rank=1, world_size=2, index_cache=str(cache))
+    assert cache_files(cache) == [] and second.clips() == CLIPS
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    first = ContrastiveViews(str(out), "train", seed=3, rank=0, world_size=2, index_cache=str(cache))
+    assert len(cache_files(cache)) == 1 and len(footer_reads) == 2
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cached = ContrastiveViews(str(out), "train", seed=3, rank=1, world_size=2, index_cache=str(cache))
+    assert len(footer_reads) == 2 and cached.keys.equals(first.keys)  # read by every rank
+    assert sorted(epochs(cached, workers=0)[0] + epochs(first, workers=0)[0]) == sorted(
+        10 * c + first.version_for(c, 0) for c in range(CLIPS)
+    )
+
+
 def test_a_damaged_cache_file_is_said_and_made_again(tmp_path, footer_reads):
     out = write_views(tmp_path / "out", nested=True, one_row_groups=True)
     cache = tmp_path / "cache"

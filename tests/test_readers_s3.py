@@ -107,8 +107,11 @@ def test_contrastive_views_from_s3_with_an_index_cache_read_one_footer(s3_bucket
     url, cache = f"s3://{bucket}/cached-views", f"s3://{bucket}/reader-cache"
     write_views_s3(url, options)
     plain = ContrastiveViews(url, "train", seed=4, storage_options=options)
+    # One writer for a bucket's cache, rank 0: another rank makes its reader and writes nothing.
+    ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache, rank=1, world_size=2)
+    assert not fs.exists(f"{bucket}/reader-cache")
     ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
-    assert len(fs.ls(f"{bucket}/reader-cache")) == 1
+    assert len(fs.ls(f"{bucket}/reader-cache", refresh=True)) == 1
     fetches = files_per_fetch(monkeypatch)
     cached = ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
     assert fetches == [1] and len(plain.files) > 2  # the first file's tail; no other footer

@@ -29,6 +29,7 @@ of the same kind and columns, replace each other's file: give them cache folders
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import warnings
 import zipfile
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..storage import Storage
+from ..storage import Storage, is_local
 from .rowgroups import RowGroupIndex, no_ranges
 
 # Part of every cache file's name: a change to what is kept, or to how the index is made, changes it.
@@ -147,6 +148,16 @@ def load(folder: str, name: str, storage_options: dict[str, Any] | None) -> dict
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         warnings.warn(f"reader index cache {storage.url(name)} not read ({error}): made from the footers", stacklevel=3)
         return None
+
+
+def writes_here(folder: str, storage_options: dict[str, Any] | None, rank: int) -> bool:
+    """Whether this process writes a cache file it did not find: one writer per cache folder, not every
+    rank (64 ranks would each upload the same 2.5 GB for ten million clips). On an object store (one
+    folder for all nodes) rank 0; on local disk each node's first process (``LOCAL_RANK`` 0, as torchrun
+    sets it: the folder may be that node's own), or every process where no launcher says which."""
+    if not is_local(Storage(folder, storage_options).fs):
+        return rank == 0
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def save(folder: str, name: str, arrays: dict[str, np.ndarray], storage_options: dict[str, Any] | None) -> None:

@@ -238,7 +238,12 @@ class ShardRows(EpochDataset):
                 # reading (and holding) its own in its first epoch.
                 self.reader.keep_files(parsed, threads=min(8, os.cpu_count() or 1), limit=SMALL_COLUMNS_BYTES)
         del self._cached_kept
-        if index_cache is not None and self.files and not from_cache:
+        if (
+            index_cache is not None
+            and self.files
+            and not from_cache
+            and index_cache_module.writes_here(index_cache, storage_options, self.rank)
+        ):
             arrays = index_cache_module.index_arrays(self.index, self._cached_arrays(), self.reader.kept_table())
             index_cache_module.save(index_cache, self._cache_name(sizes), arrays, storage_options)
         # What making the reader parsed and read is freed (footers' bytes and tables; each footer parsed
