@@ -5,10 +5,11 @@ Making a reader reads every file's footer: about 3 s per million row groups on l
 readers' benchmark, *Making a reader at scale*), and on an object store a request per file from every
 rank at every start (64 ranks over the 80,000 files of ten million clips: 5 million requests before
 the first batch). With ``index_cache=FOLDER`` (a local folder or any fsspec URL, reached with the
-reader's ``storage_options``), a reader looks there first for a file named by a digest of its kind, its
-columns and the files' URLs and sizes: found, it is read (one request) instead of the footers; not found, the
-reader is made as before and writes it for the next ones (whole or not at all). A cache that cannot be
-read or written is said in a warning, and the reader goes on from the footers.
+reader's ``storage_options``), a reader looks there first for a file named by digests of its kind, its
+columns and the files' URLs and sizes (below): found, it is read (one request) instead of the footers;
+not found, the reader is made as before and one process per folder (:func:`writes_here`) writes it for
+the next ones (whole or not at all). A cache that cannot be read or written is said in a warning, and
+the reader goes on from the footers.
 
 What is kept: the row-group index (:class:`~.rowgroups.RowGroupIndex`: its arrays, the schema in
 Arrow's IPC form), what a reader derives from the footers besides (``ContrastiveViews``: the clips'
