@@ -243,14 +243,14 @@ def s3_table(output: Path, runs: int) -> str:
         for _ in range(runs):
             for name, cache in variants.items():
                 results[name].append(run_worker(str(REPO), "ContrastiveViews", "s3://bench/views", cache, options))
-        footers = statistics.median(r["seconds"] for r in results["from the footers"])
+        seconds = {name: statistics.median(r["seconds"] for r in result) for name, result in results.items()}
         rows = [
             [
                 name,
-                f"{results[name][0]['files']:,}",
-                f"{statistics.median(r['seconds'] for r in result):.2f}",
+                f"{result[0]['files']:,}",
+                f"{seconds[name]:.2f}",
                 " / ".join(f"{r['seconds']:.2f}" for r in result),
-                f"{statistics.median(r['seconds'] for r in result) / footers:.2f}",
+                f"{seconds[name] / seconds['from the footers']:.2f}",
                 f"{result[0]['footers_fetched']:,}",
                 f"{statistics.median(r['peak_mb'] for r in result):,.0f}",
             ]

@@ -16,11 +16,9 @@ import ray_pipelines.readers.parquet as parquet_module
 import ray_pipelines.readers.rowgroups as rowgroups_module
 from ray_pipelines.engine.arrow import open_parquet
 from ray_pipelines.readers import ContrastiveViews, OutputRows, list_shards
-from tests.test_readers import CLIPS, ROWS, write_rows, write_views
+from tests.test_readers import CLIPS, ROWS, assert_same_index, write_rows, write_views
 
 pytestmark = pytest.mark.usefixtures("small_tensor_pages")
-
-INDEX_ARRAYS = ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes")
 
 
 @pytest.fixture
@@ -36,12 +34,6 @@ def footer_reads(monkeypatch):
     monkeypatch.setattr(parquet_module, "footer_batches", counting)
     monkeypatch.setattr(rowgroups_module, "FOOTER_BATCH", 2)  # several batches, as on a large output
     return calls
-
-
-def assert_same_index(a, b) -> None:
-    for name in INDEX_ARRAYS:
-        assert np.array_equal(getattr(a.index, name), getattr(b.index, name)), name
-    assert a.index.schema.equals(b.index.schema) and a.index.files == b.index.files
 
 
 def cache_files(folder) -> list[str]:

@@ -142,6 +142,13 @@ def views_output(request, tmp_path_factory) -> Path:
     return write_views(tmp_path_factory.mktemp("views") / "out", *request.param)
 
 
+def assert_same_index(a, b) -> None:
+    """Two readers' row-group indexes are the same: every array, the schema, the files."""
+    for name in ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes"):
+        assert np.array_equal(getattr(a.index, name), getattr(b.index, name)), name
+    assert a.index.schema.equals(b.index.schema) and a.index.files == b.index.files
+
+
 def ids(batches) -> list[int]:
     return [int(v) for batch in batches for v in batch[0][:, 0]]
 

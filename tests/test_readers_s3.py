@@ -15,7 +15,7 @@ from bench.readers import write_encode
 from ray_pipelines.readers import ContrastiveViews, OutputRows
 from ray_pipelines.readers.encode import EncodedLatents, collate_encoded
 from ray_pipelines.readers.errors import UnreadableFile
-from tests.test_readers import CLIPS, ROWS, contrastive_rows, generic_rows, write
+from tests.test_readers import CLIPS, ROWS, assert_same_index, contrastive_rows, generic_rows, write
 
 # Every test here reads tensors as real outputs are read: decoded from their pages.
 pytestmark = pytest.mark.usefixtures("small_tensor_pages")
@@ -93,8 +93,7 @@ def test_contrastive_views_from_s3_read_their_footers_a_batch_at_a_time(s3_bucke
     # The first file's tail (how the files are read), then each batch's tails in one fetch.
     assert fetches == [1] + [2] * (files // 2) + [1] * (files % 2)
     assert batched.keys.equals(at_once.keys) and np.array_equal(batched._rows_by_clip, at_once._rows_by_clip)
-    for name in ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes"):
-        assert np.array_equal(getattr(batched.index, name), getattr(at_once.index, name))
+    assert_same_index(batched, at_once)
     assert (batched.index.stop > batched.index.start).all()  # the byte ranges fetched from an object store
     values = sorted(int(v1[0, 0, 0]) for v1, _ in batched)
     assert values == sorted(10 * c + batched.version_for(c) for c in range(CLIPS))
@@ -116,8 +115,7 @@ def test_contrastive_views_from_s3_with_an_index_cache_read_one_footer(s3_bucket
     cached = ContrastiveViews(url, "train", seed=4, storage_options=options, index_cache=cache)
     assert fetches == [1] and len(plain.files) > 2  # the first file's tail; no other footer
     assert cached.keys.equals(plain.keys) and np.array_equal(cached._rows_by_clip, plain._rows_by_clip)
-    for name in ("file", "group", "rows", "first_row", "start", "stop", "decoded_bytes"):
-        assert np.array_equal(getattr(cached.index, name), getattr(plain.index, name))
+    assert_same_index(cached, plain)
     assert (cached.index.stop > cached.index.start).all()  # the byte ranges kept for ranged reads
     values = sorted(int(v[0, 0, 0]) for v1, _ in DataLoader(cached, batch_size=4, num_workers=2) for v in v1)
     assert values == sorted(10 * c + cached.version_for(c) for c in range(CLIPS))
