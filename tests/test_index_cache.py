@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import ray_pipelines.readers.index_cache as index_cache
 import ray_pipelines.readers.parquet as parquet_module
 import ray_pipelines.readers.rowgroups as rowgroups_module
 from ray_pipelines.engine.arrow import open_parquet
@@ -201,3 +204,34 @@ def test_a_cache_folder_that_cannot_be_written_is_said_and_the_reader_made(tmp_p
         reader = ContrastiveViews(str(out), "train", seed=1, index_cache=str(blocked / "cache"))
     assert reader.clips() == CLIPS and len(footer_reads) == 1
     assert sorted(epochs(reader, workers=0)[0]) == sorted(10 * c + reader.version_for(c, 0) for c in range(CLIPS))
+
+
+@pytest.mark.parametrize("remote", [True, False], ids=["object store", "local"])
+def test_an_index_of_no_row_groups_goes_through_a_cache_file(remote):
+    """An output with no row groups (an empty split): its cache file makes the same empty index. An empty
+    array's strides are those of a local index's one zero held once, so ``has_ranges`` is true for it:
+    its no byte ranges are written, and an object store's reader finds them."""
+    schema = pa.schema([("x", pa.float32())])
+    index = rowgroups_module.build_index(["a.parquet"], [10], [], schema, remote=remote)
+    assert index.has_ranges and len(index.start) == len(index.stop) == 0
+    arrays = index_cache.index_arrays(index, {}, None)
+    assert len(arrays["index.start"]) == len(arrays["index.stop"]) == 0
+    back = index_cache.index_from_arrays(arrays, ["a.parquet"], [10], remote=remote).index
+    assert back.num_rows == 0 and back.schema == schema and len(back.file) == len(back.start) == 0
+
+
+def test_a_local_index_holds_no_byte_ranges_and_an_object_stores_does(tmp_path):
+    """One zero held for every row group locally (``has_ranges`` false, so through pickling and out of a
+    cache file, which stores no ranges for it); an object store's ranges kept as read, pickled whole."""
+    out = write_rows(tmp_path / "out", nested=True, one_row_groups=True)
+    local = OutputRows(str(out), shuffle=False).index
+    groups = len(local.rows)
+    assert groups > 1 and not local.has_ranges and not pickle.loads(pickle.dumps(local)).has_ranges
+    arrays = index_cache.index_arrays(local, {}, None)
+    assert "index.start" not in arrays and "index.stop" not in arrays
+    assert not index_cache.index_from_arrays(arrays, local.files, local.sizes, remote=False).index.has_ranges
+    with pytest.raises(ValueError, match="no start, stop"):  # an object store's reader needs the ranges
+        index_cache.index_from_arrays(arrays, local.files, local.sizes, remote=True)
+    ranges = {"index.start": np.arange(groups, dtype=np.int64), "index.stop": np.arange(groups, dtype=np.int64) + 1}
+    remote = index_cache.index_from_arrays({**arrays, **ranges}, local.files, local.sizes, remote=True).index
+    assert remote.has_ranges and pickle.loads(pickle.dumps(remote)).stop.tolist() == list(range(1, groups + 1))

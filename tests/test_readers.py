@@ -409,7 +409,8 @@ def test_a_reader_is_made_holding_a_few_files_footers(tmp_path, monkeypatch, sma
     assert all(row["key"] == f"k{int(row['x'][0]):03d}" for row in rows)
     # Local files' byte ranges are never read: one zero held for all of them, and pickled as such.
     index = pickle.loads(pickle.dumps(dataset)).index
-    assert index.start.strides == index.stop.strides == (0,) and len(index.start) == len(dataset.index)
+    assert not index.has_ranges and index.start.strides == index.stop.strides == (0,)
+    assert len(index.start) == len(dataset.index)
     assert not index.start.any() and np.array_equal(index.rows, dataset.index.rows)
 
 

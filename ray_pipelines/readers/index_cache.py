@@ -85,7 +85,7 @@ def files_digest(files: Sequence[str], sizes: Sequence[int]) -> str:
 
 def index_arrays(index: RowGroupIndex, extra: dict[str, np.ndarray], kept: pa.Table | None) -> dict[str, np.ndarray]:
     """What a cache file holds for ``index``, a subclass's ``extra`` arrays and the ``kept`` columns."""
-    names = [*INDEX_ARRAYS, *(RANGE_ARRAYS if index.start.strides != (0,) else ())]  # real byte ranges only
+    names = [*INDEX_ARRAYS, *(RANGE_ARRAYS if index.has_ranges else ())]
     arrays = {INDEX + name: np.ascontiguousarray(getattr(index, name)) for name in names}
     arrays[SCHEMA] = np.frombuffer(index.schema.serialize(), dtype=np.uint8)
     arrays.update((EXTRA + name, value) for name, value in extra.items())

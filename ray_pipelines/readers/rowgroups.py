@@ -78,9 +78,8 @@ class RowGroupIndex:
         length: NumPy pickles such a view as a full array (a DataLoader worker started by spawn or
         forkserver would hold 16 bytes a row group of zeros)."""
         state = dict(self.__dict__)
-        for name in ("start", "stop"):
-            if state[name].strides == (0,):
-                state[name] = len(state[name])
+        if not self.has_ranges:
+            state["start"] = state["stop"] = len(self.start)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -97,6 +96,12 @@ class RowGroupIndex:
     @property
     def num_rows(self) -> int:
         return int(self.rows.sum())
+
+    @property
+    def has_ranges(self) -> bool:
+        """Whether the index holds its row groups' byte ranges (an object store's), not :func:`no_ranges`
+        (an empty array's strides are zero too: an index of no row groups holds its no ranges)."""
+        return len(self.start) == 0 or self.start.strides != (0,)
 
     def __len__(self) -> int:
         return len(self.rows)
