@@ -160,20 +160,6 @@ def teacher_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 TEACHER_COLUMNS = ["key", "window", "x", "y", "f0", "db", "family", "source"]
-ENCODE_COLUMNS = [
-    "key",
-    "window",
-    "latents",
-    "padding_mask",
-    "seconds_start",
-    "seconds_total",
-    "timestamps",
-    "sample_rate",
-    "path",
-    "relpath",
-    "start_seconds",
-    "valid_samples",
-]
 
 
 def encode_rows(n: int, channels: int = 64, frames: int = 645, ratio: int = 2048, seed: int = 0) -> dict:
@@ -206,7 +192,7 @@ def write_encode(
     """Both layouts (``layout: both``): the SAT .npy/.json files with filelist.txt, and Parquet in the
     encode job's default codec."""
     from ray_pipelines.encoders.sat_sink import SatSink, write_filelist
-    from ray_pipelines.jobs.encode import EncodeConfig
+    from ray_pipelines.jobs.encode import OUTPUT_COLUMNS, EncodeConfig
     from ray_pipelines.storage import Storage
 
     manifest = write_output(
@@ -214,7 +200,7 @@ def write_encode(
         "encode",
         rows if rows is not None else encode_rows(n),
         index_column="window",
-        output_columns=ENCODE_COLUMNS,
+        output_columns=list(OUTPUT_COLUMNS),
         sink_class=SatSink,
         write_parquet=True,
         config={"layout": "both"},
@@ -498,64 +484,24 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
             "pages": True,  # tensor columns decoded from their pages
             "columns": ["x", "y", "f0", "db"],
         },
-        {
-            "job": "encode, Parquet (EncodedShardRows)",
-            "items": "latents [64, 645]",
-            "batch": 64,
-            "reader": lambda w=WORKERS: (
-                EncodedShardRows(where["encode"], shuffle=True, latent_crop_length=256, **so),
-                loader_kwargs(64, w, collate_fn=collate_latents),
-            ),
-            "batched": lambda w=WORKERS, reuse=0: (
-                EncodedShardRows(
-                    where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, reuse_batches=reuse, **so
-                ),
-                loader_kwargs(None, w),
-            ),
-            "baseline": (
-                (
-                    lambda: (
-                        SeedPreEncoded(outputs["encode"]),
-                        loader_kwargs(64, shuffle=True, collate_fn=collate_latents),
-                    )
-                )
-                if seeds
-                else None
-            ),
-            "baseline_name": "one np.load per .npy (+ .json), cropped, as PreEncodedDataset",
-            "files": list_shards(where["encode"], None, storage_options),
-            "pages": True,  # tensor columns decoded from their pages
-            "columns": None,  # the reader yields every column (metadata)
-        },
-        {
-            "job": "encode, SAT .npy/.json (EncodedLatents)",
-            "items": "latents [64, 645]",
-            "batch": 64,
-            "reader": lambda w=WORKERS: (
-                EncodedLatents(where["encode"], shuffle=True, latent_crop_length=256, **so),
-                loader_kwargs(64, w, collate_fn=collate_latents),
-            ),
-            "batched": lambda w=WORKERS, reuse=0: (
-                EncodedLatents(
-                    where["encode"], shuffle=True, latent_crop_length=256, batch_size=64, reuse_batches=reuse, **so
-                ),
-                loader_kwargs(None, w),
-            ),
-            "baseline": (
-                (
-                    lambda: (
-                        SeedPreEncoded(outputs["encode"]),
-                        loader_kwargs(64, shuffle=True, collate_fn=collate_latents),
-                    )
-                )
-                if seeds
-                else None
-            ),
-            "baseline_name": "one np.load per .npy (+ .json), cropped, as PreEncodedDataset",
-            "files": [],
-            "pages": False,  # .npy files: no Parquet pages
-            "columns": None,
-        },
+        encode_case(
+            "encode, Parquet (EncodedShardRows)",
+            EncodedShardRows,
+            where["encode"],
+            outputs["encode"] if seeds else None,
+            so,
+            files=list_shards(where["encode"], None, storage_options),
+            pages=True,  # tensor columns decoded from their pages
+        ),
+        encode_case(
+            "encode, SAT .npy/.json (EncodedLatents)",
+            EncodedLatents,
+            where["encode"],
+            outputs["encode"] if seeds else None,
+            so,
+            files=[],
+            pages=False,  # .npy files: no Parquet pages
+        ),
         {
             "job": "features (FeatureSnippets)",
             "items": "snippets [1024, 128]",
@@ -576,6 +522,35 @@ def job_cases(outputs: dict[str, Path], seeds: dict[str, Path], storage_options=
         },
     ]
     return cases
+
+
+def encode_case(
+    name: str, reader_cls, where: str, seed_output: Path | None, so: dict, files: list, pages: bool
+) -> dict:
+    """A table row of the encode output read by ``reader_cls`` (one layout), against the seed-style
+    ``PreEncodedDataset`` of the SAT files in ``seed_output`` (None: no baseline)."""
+    return {
+        "job": name,
+        "items": "latents [64, 645]",
+        "batch": 64,
+        "reader": lambda w=WORKERS: (
+            reader_cls(where, shuffle=True, latent_crop_length=256, **so),
+            loader_kwargs(64, w, collate_fn=collate_latents),
+        ),
+        "batched": lambda w=WORKERS, reuse=0: (
+            reader_cls(where, shuffle=True, latent_crop_length=256, batch_size=64, reuse_batches=reuse, **so),
+            loader_kwargs(None, w),
+        ),
+        "baseline": (
+            (lambda: (SeedPreEncoded(seed_output), loader_kwargs(64, shuffle=True, collate_fn=collate_latents)))
+            if seed_output is not None
+            else None
+        ),
+        "baseline_name": "one np.load per .npy (+ .json), cropped, as PreEncodedDataset",
+        "files": files,
+        "pages": pages,
+        "columns": None,  # the reader yields every column (metadata)
+    }
 
 
 def fmt(value: float | None, digits: int = 0) -> str:

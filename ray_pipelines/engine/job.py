@@ -119,9 +119,11 @@ class Job(abc.ABC):
         """Integer label columns and their names: ``ClassLabel`` features for Hugging Face datasets."""
         return {}
 
-    def make_sink(self, fingerprint: str) -> ShardSink:
+    def sink_options(self, fingerprint: str) -> dict[str, Any]:
+        """The :class:`ShardSink` arguments of this job's config and columns (a job with a sink of its
+        own passes them on to it)."""
         cfg = self.config
-        return ShardSink(
+        return dict(
             output=cfg.output,
             storage_options=cfg.storage_options,
             fingerprint=fingerprint,
@@ -134,6 +136,9 @@ class Job(abc.ABC):
             class_labels=self.class_labels(),
             key_column=self.key_column,
         )
+
+    def make_sink(self, fingerprint: str) -> ShardSink:
+        return ShardSink(**self.sink_options(fingerprint))
 
     def is_data_file(self, relpath: str) -> bool:
         return default_is_data_file(relpath)

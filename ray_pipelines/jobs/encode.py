@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 
 # Imported in the actors only (the stage imports torch; the driver never does).
 ENCODE_STAGE = "ray_pipelines.stages.encode:EncodeStage"
+# The columns of every window's row, in the files' order (the SAT layout's .json holds the metadata ones).
+OUTPUT_COLUMNS = (
+    "key",
+    "window",
+    "latents",
+    "padding_mask",
+    "seconds_start",
+    "seconds_total",
+    "timestamps",
+    "sample_rate",
+    "path",
+    "relpath",
+    "start_seconds",
+    "valid_samples",
+)
 
 
 class EncodeConfig(CommonConfig):
@@ -121,20 +136,7 @@ class EncodeJob(Job):
 
     @property
     def output_columns(self) -> list[str]:
-        return [
-            "key",
-            "window",
-            "latents",
-            "padding_mask",
-            "seconds_start",
-            "seconds_total",
-            "timestamps",
-            "sample_rate",
-            "path",
-            "relpath",
-            "start_seconds",
-            "valid_samples",
-        ]
+        return list(OUTPUT_COLUMNS)
 
     # ---- planning -----------------------------------------------------------------
     def pick_inputs(self, items: list[InputItem]) -> list[InputItem]:
@@ -204,21 +206,10 @@ class EncodeJob(Job):
         }
 
     def make_sink(self, fingerprint: str) -> ShardSink:
-        c = self.config
-        kwargs = dict(
-            output=c.output,
-            storage_options=c.storage_options,
-            fingerprint=fingerprint,
-            index_column=self.index_column,
-            output_columns=self.output_columns,
-            rows_per_file=c.rows_per_file,
-            compression=c.compression,
-            direct_io=c.direct_io,
-            schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
-        )
-        if c.layout == "parquet":
-            return ShardSink(**kwargs)
-        return SatSink(write_parquet=c.layout == "both", **kwargs)
+        layout = self.config.layout
+        if layout == "parquet":
+            return ShardSink(**self.sink_options(fingerprint))
+        return SatSink(write_parquet=layout == "both", **self.sink_options(fingerprint))
 
     def is_data_file(self, relpath: str) -> bool:
         return is_encode_data_file(relpath)
