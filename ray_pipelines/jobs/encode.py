@@ -206,10 +206,10 @@ class EncodeJob(Job):
         }
 
     def make_sink(self, fingerprint: str) -> ShardSink:
-        layout = self.config.layout
+        options, layout = self.sink_options(fingerprint), self.config.layout
         if layout == "parquet":
-            return ShardSink(**self.sink_options(fingerprint))
-        return SatSink(write_parquet=layout == "both", **self.sink_options(fingerprint))
+            return ShardSink(**options)
+        return SatSink(write_parquet=layout == "both", **options)
 
     def is_data_file(self, relpath: str) -> bool:
         return is_encode_data_file(relpath)
