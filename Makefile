@@ -19,23 +19,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m jobs.demo
 
-# Two pytest processes: the reader tests that decode Parquet pages (numba kernels, marked `pages`) apart
-# from the process that holds the session's Ray, which never loads numba (see docs/architecture.md,
-# "Readers": the process that drives Ray neither forks nor loads numba). They run at once: the Ray
-# process leaves about a third of two cores idle while its end-to-end tests wait on processes starting,
-# and the pages process takes it (measured in CI: the whole run 1-2 minutes shorter, the Ray process's
-# time within its noise; docs/benchmarks.md). It runs in a session of its own whose autogroup is set
-# to nice 19 where the kernel lets it (`/proc/self/autogroup`): with autogroup scheduling the kernel
-# shares the CPU between sessions first, and Ray's daemons and workers run in sessions of their own,
-# so a plain `nice 19` ranked the pages process lowest only within make's session. Stopped with the
-# run (Ctrl-C: it is not in the terminal's process group). Its report follows the other's; fails when
-# either fails.
+# Three pytest processes at once. The tests that drive Ray run in two pytest-xdist workers, each with
+# its own embedded Ray of 2 CPUs, a whole test file to each (a module's job runs happen once) and the
+# longest files first (tests/conftest.py): in one process they left about a third of the two cores idle
+# while they waited on processes starting (docs/benchmarks.md, "The test suite"). The tests that decode
+# Parquet pages (numba kernels, marked `pages`) run in a process of their own, apart from the ones that
+# hold a Ray, which never load numba (docs/architecture.md, "Readers": the process that drives Ray
+# neither forks nor loads numba); at the same priority as the others, so it finishes with them rather
+# than after them. A background job of a non-interactive shell ignores Ctrl-C, hence the trap. Its report
+# follows the other's; fails when either fails. TEST_WORKERS=0 runs the Ray tests in make's pytest process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	@pages_log=$$(mktemp); \
-	setsid -w sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null; exec nice -n 19 "$$@"' pages \
-		$(PY) -m pytest -q -p no:cacheprovider --durations=5 tests -m pages > $$pages_log 2>&1 & pages=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=5 tests -m pages > $$pages_log 2>&1 & pages=$$!; \
 	trap 'kill $$pages 2>/dev/null' INT TERM; \
-	RAY_PIPELINES_DECODE_PAGES=0 $(PY) -m pytest -q --durations=15 tests -m "not pages"; ray_status=$$?; \
+	RAY_PIPELINES_DECODE_PAGES=0 $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder tests -m "not pages"; ray_status=$$?; \
 	wait $$pages; pages_status=$$?; \
 	echo "---- the pages process (pytest tests -m pages, run alongside) ----"; cat $$pages_log; rm -f $$pages_log; \
 	exit $$(( ray_status != 0 || pages_status != 0 ))

@@ -21,12 +21,35 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+# The test files that take longest, longest first (a full run's `--durations=0`, summed per file, 2026-12-05).
+# `make test` hands whole files to its two pytest-xdist workers in collection order; one of these started
+# last would leave a single worker running it after the other had finished.
+LONGEST_FILES = (
+    "test_unattended.py",
+    "test_console.py",
+    "test_gpu_topology.py",
+    "test_augment_job.py",
+    "test_driver_imports.py",
+    "test_multinode.py",
+    "test_unattended_jobs.py",
+    "test_deploy_entrypoints.py",
+    "test_install.py",
+    "test_interop.py",
+    "test_output_store.py",
+    "test_job_submit.py",
+    "test_encode_resume.py",
+)
+
+
 def pytest_collection_modifyitems(items):
     """Tests that decode pages (the ``small_tensor_pages`` fixture) carry the ``pages`` mark: `make test` runs
-    them in a pytest process of their own, apart from the process that holds the session's Ray (Makefile)."""
+    them in a pytest process of their own, apart from the processes that hold a Ray (Makefile). The files of
+    ``LONGEST_FILES`` go first, in its order; the others follow in theirs (a stable sort)."""
     for item in items:
         if "small_tensor_pages" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.pages)
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 # Forks of this process made while it drives Ray. Ray advises against forking a driver (its docs: DataLoader
@@ -58,8 +81,9 @@ def no_fork_under_ray():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One embedded Ray for the whole session (2 CPUs, like the CI machine). From here on this process's
-    multiprocessing (DataLoader workers included) starts workers by forkserver, never by fork."""
+    """One embedded Ray for the whole session (2 CPUs, like the CI machine; one in each of `make test`'s
+    pytest-xdist workers). From here on this process's multiprocessing (DataLoader workers included) starts
+    workers by forkserver, never by fork."""
     import ray
 
     if not ray.is_initialized():

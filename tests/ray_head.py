@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,19 @@ PORT_FLAGS = [
     "--object-manager-port",
     "--ray-client-server-port",
 ]
+
+
+def worker_ports_of_this_process() -> tuple[tuple[int, int], tuple[int, int]]:
+    """The worker ports (first, last) of a head and of a second node started by this test process.
+
+    Ports 20000-29999 (below Linux's ephemeral range, apart from the 10002-19999 of an embedded Ray) are
+    split between pytest-xdist's workers (`make test` runs two, and each may start a node while the other
+    does), and each share between a head and a node joining it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    half = 10000 // workers // 2
+    first = 20000 + index * 2 * half
+    return (first, first + half - 1), (first + half, first + 2 * half - 1)
 
 
 def node_processes(temp_dir: str) -> list[psutil.Process]:
@@ -60,7 +74,6 @@ def local_head(
     num_gpus: int = 0,
     dashboard: bool = True,
     extra_args: tuple[str, ...] = (),
-    worker_ports: tuple[int, int] = (20000, 29999),
 ) -> Iterator[Head]:
     """Start a head with ``env`` (its workers and job drivers inherit it) in ``cwd``, on loopback, every port
     its own (other Ray instances on this machine hold the defaults); stop it by its own process ids."""
@@ -79,7 +92,8 @@ def local_head(
             args += ["--include-dashboard", "false"]
         for flag in PORT_FLAGS:
             args += [flag, str(free_port())]
-        args += ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1])]
+        first, last = worker_ports_of_this_process()[0]
+        args += ["--min-worker-port", str(first), "--max-worker-port", str(last)]
         return args + list(extra_args)
 
     try:
@@ -91,9 +105,7 @@ def local_head(
 
 
 @contextlib.contextmanager
-def worker_node(
-    temp_dir: Path, env: dict[str, str], address: str, num_cpus: int = 1, worker_ports: tuple[int, int] = (25000, 29999)
-) -> Iterator[None]:
+def worker_node(temp_dir: Path, env: dict[str, str], address: str, num_cpus: int = 1) -> Iterator[None]:
     """A second node joining the head at ``address``, on loopback with its own ports and temp dir."""
 
     def command() -> list[str]:
@@ -102,7 +114,8 @@ def worker_node(
         for flag in PORT_FLAGS:
             if flag != "--ray-client-server-port":  # a head's only
                 args += [flag, str(free_port())]
-        return args + ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1])]
+        first, last = worker_ports_of_this_process()[1]
+        return args + ["--min-worker-port", str(first), "--max-worker-port", str(last)]
 
     try:
         start_node(command, temp_dir, env)

@@ -58,7 +58,7 @@ def kill(procs: list[psutil.Process]) -> None:
 def two_nodes(short_tmp):
     head_dir, node_dir = short_tmp("head"), short_tmp("node")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
-    head = local_head(head_dir, env, num_cpus=2, dashboard=False, worker_ports=(20000, 24999))
+    head = local_head(head_dir, env, num_cpus=2, dashboard=False)
     try:
         with head as started, worker_node(node_dir, env, started.address, num_cpus=1):
             # The job plans its pool from the CPUs the cluster has when it starts: wait for the node's.
