@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,8 @@ from ray_pipelines.engine.manifest import OutputConflict
 from ray_pipelines.engine.progress import ProgressDisplay
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
-from tests.audio_helpers import REPO, copy_shared, encoded_bytes, make_library, tone, write_audio, write_tar
+from tests.audio_helpers import copy_shared, encoded_bytes, make_library, tone, write_audio, write_tar
+from tests.killed_run import run_killed_at_first_block
 
 SMALL = dict(
     num_versions=2,
@@ -266,14 +265,7 @@ def test_resume_after_a_killed_run_equals_an_uninterrupted_run(reference, clips,
         "--set",
         f"output={out}",
     ]
-    proc = subprocess.Popen(
-        args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_killed_at_first_block(args, tmp_path / "killed-run.log")
     committed = len(list((out / "_manifests").glob("part-*.json")))
     assert committed >= 1 and not (out / "_SUCCESS").exists(), "the run should have been killed mid-way"
     # A half-written file from the killed attempt, named like a data file but in no manifest.

@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from ray_pipelines.config import validate_config
+from ray_pipelines.engine.manifest import WAIT_AT
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, make_library
@@ -126,7 +127,9 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
     proc = subprocess.Popen(
         command(library, out),
         cwd=tmp_path,
-        env=environment(mark),
+        # The driver waits as its first block's report arrives, so the Ctrl-C finds it running however
+        # loaded the machine (its blocks' manifests exist for about 2 s of an unheld run).
+        env={**environment(mark), WAIT_AT: "run:first-block"},
         start_new_session=True,  # its own process group, like a shell's foreground job
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from ray_pipelines.config import validate_config
@@ -18,7 +13,8 @@ from ray_pipelines.encoders.sat_sink import npy_bytes, sample_id
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.stages.encode import EncodeStage
-from tests.audio_helpers import REPO, SHARED_AUDIO
+from tests.audio_helpers import SHARED_AUDIO
+from tests.killed_run import run_killed_at_first_block
 
 SETTINGS = {"sample_size": 32768, "windows": "all", "seed": 11, "actors": 1}
 CLIPS = [
@@ -80,23 +76,7 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path
         "--set",
         f"output={out}",
     ]
-    proc = subprocess.Popen(
-        args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
-        time.sleep(0.02)
-    # Kill the driver and every process it started at once (Ray workers run in their own
-    # process groups: left alone they would finish their write tasks after the "kill").
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for child in tree:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
-    psutil.wait_procs(tree, timeout=10)
+    run_killed_at_first_block(args, tmp_path / "killed-run.log")
     assert list((out / "_manifests").glob("part-*.json")) and not (out / "_SUCCESS").exists(), (
         "the run should have been killed mid-way"
     )

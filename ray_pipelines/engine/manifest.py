@@ -65,6 +65,7 @@ ERRORS_FILE = "errors.jsonl"
 READ_BATCH = 1000  # manifests fetched per concurrent batch (fsspec ``cat`` of a list of paths)
 DELETE_BATCH = 1000  # manifests deleted per request (S3 DeleteObjects takes up to 1,000 keys)
 KILL_AT = "RAY_PIPELINES_KILL_AT"  # tests: SIGKILL this process at the named step (``stop_point``)
+WAIT_AT = "RAY_PIPELINES_WAIT_AT"  # tests: wait at the named step until a signal ends the process
 
 __all__ = ["MIXED_ETAG", "INDEX_FILE", "OutputState", "Progress"]
 
@@ -405,9 +406,13 @@ def lost_keys(processed_keys: KeyColumn, progress: Progress, run_id: str) -> lis
 
 
 def stop_point(name: str) -> None:
-    """Tests kill the driver here (``RAY_PIPELINES_KILL_AT=<name>``) to check what each step leaves."""
+    """Tests kill the driver here (``RAY_PIPELINES_KILL_AT=<name>``) to check what each step leaves, or hold
+    it here (``RAY_PIPELINES_WAIT_AT=<name>``) for a signal of their own: Ctrl-C's SIGINT raises
+    ``KeyboardInterrupt`` in the wait, where the driver would wait for its next report anyway."""
     if os.environ.get(KILL_AT) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(WAIT_AT) == name:
+        time.sleep(3600)
 
 
 def is_lease_file(relpath: str) -> bool:

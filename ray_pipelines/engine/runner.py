@@ -34,7 +34,7 @@ from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import concat_batches, python_scalar
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import OutputState, Progress, lost_keys
+from .manifest import OutputState, Progress, lost_keys, stop_point
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
@@ -347,6 +347,7 @@ def _execute_with_retries(
                 for report in _execute(job, pending, fingerprint, run_id, control):
                     if not writes:
                         mark("first block written")
+                        stop_point("run:first-block")  # tests: a run killed with blocks still to write
                     writes.append(report)
                     if monitor is not None:
                         monitor.update(report)

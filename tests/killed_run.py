@@ -1,0 +1,50 @@
+"""A job's CLI run killed once its first block is written, with every process it started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import psutil
+
+from ray_pipelines.engine.manifest import KILL_AT
+from tests.audio_helpers import REPO
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Processes whose environment carries ``mark`` (Ray's workers inherit the driver's)."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("RAY_PIPELINES_TEST_MARK") == mark:
+                found.append(proc)
+    return found
+
+
+def run_killed_at_first_block(args: list[str], log: Path) -> None:
+    """Run ``args`` (a job's CLI on an embedded Ray): its driver SIGKILLs itself as its first block's report
+    arrives (``stop_point("run:first-block")``, engine/runner.py), at a point a run reaches however loaded
+    the machine is; then what is left of its process group (the embedded Ray's daemons) is killed, and so
+    are its Ray workers (in process groups of their own: left alone they would finish their write tasks
+    after the kill). ``log`` gets the run's stderr."""
+    mark = uuid.uuid4().hex
+    env = {**os.environ, KILL_AT: "run:first-block", "RAY_PIPELINES_TEST_MARK": mark}
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    code = proc.wait(timeout=300)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    left = marked(mark)
+    for child in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(left, timeout=10)
+    assert code == -signal.SIGKILL, (
+        f"the run should have been killed at its first block (exit {code}):\n{log.read_text()}"
+    )
