@@ -4,14 +4,16 @@ and come back; a driver killed while it rewrites stale rows; incomplete runs; tw
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.job import StageSpec
+from ray_pipelines.engine.manifest import WAIT_AT
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, encoded_bytes, tone
@@ -203,10 +205,11 @@ def cli_args(store: Store, inputs: str, output: str, **overrides) -> list[str]:
     return args + [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
 
 
-def start_cli(*args: str) -> subprocess.Popen:
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "ray_pipelines.cli", "augment", *args],
         cwd=REPO,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -257,14 +260,17 @@ def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_l
     store = Store.local(tmp_path)
     for i in range(12):
         store.write(f"in/clip{i:02d}.flac", clip(300 + 20 * i))
-    # One input per block and a short lease (heartbeats every 0.3 s), so the run notices quickly.
-    proc = start_cli(*cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "out").glob("_manifests/*.json")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before its lease could be taken"
+    # One input per block and a short lease (heartbeats every 0.3 s), so the run notices quickly. The driver
+    # waits as its first block's report arrives (its first manifest written), however loaded the machine.
+    args = cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3)
+    proc = start_cli(*args, env={**os.environ, WAIT_AT: "run:first-block"})
+    held = proc.stderr.readline() if select.select([proc.stderr], [], [], 300)[0] else "no line in 300 s"
+    assert held.startswith("waiting at run:first-block"), held + proc.communicate(timeout=300)[1][-2000:]
+    assert list((tmp_path / "out").glob("_manifests/part-*.json"))
     operator = Lease(Storage(store.url("out")), "operator", 600)
     operator.acquire(break_lease=True)  # e.g. someone ran with --break-lease
+    # The run goes on; its heartbeat or, at the latest, its commit finds the lease gone.
+    proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stderr[-2000:]
     assert "lost its lease" in stderr and "held by run operator" in stderr

@@ -29,6 +29,7 @@ import os
 import platform
 import posixpath
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -65,7 +66,7 @@ ERRORS_FILE = "errors.jsonl"
 READ_BATCH = 1000  # manifests fetched per concurrent batch (fsspec ``cat`` of a list of paths)
 DELETE_BATCH = 1000  # manifests deleted per request (S3 DeleteObjects takes up to 1,000 keys)
 KILL_AT = "RAY_PIPELINES_KILL_AT"  # tests: SIGKILL this process at the named step (``stop_point``)
-WAIT_AT = "RAY_PIPELINES_WAIT_AT"  # tests: wait at the named step until a signal ends the process
+WAIT_AT = "RAY_PIPELINES_WAIT_AT"  # tests: hold this process at the named step until a signal
 
 __all__ = ["MIXED_ETAG", "INDEX_FILE", "OutputState", "Progress"]
 
@@ -405,14 +406,30 @@ def lost_keys(processed_keys: KeyColumn, progress: Progress, run_id: str) -> lis
     return keys.filter(pa.array(lost)).to_pylist()
 
 
+class _GoOn(Exception):
+    """SIGUSR1 ended a stop point's wait."""
+
+
+def _go_on(signum, frame) -> None:
+    raise _GoOn
+
+
 def stop_point(name: str) -> None:
     """Tests kill the driver here (``RAY_PIPELINES_KILL_AT=<name>``) to check what each step leaves, or hold
-    it here (``RAY_PIPELINES_WAIT_AT=<name>``) for a signal of their own: Ctrl-C's SIGINT raises
-    ``KeyboardInterrupt`` in the wait, where the driver would wait for its next report anyway."""
+    it here (``RAY_PIPELINES_WAIT_AT=<name>``, from the main thread) until a signal of theirs: SIGUSR1 lets
+    the run go on, Ctrl-C's SIGINT raises ``KeyboardInterrupt`` in the wait, where the driver would wait
+    for its next report anyway. A held driver says so on stderr once it can take the signal."""
     if os.environ.get(KILL_AT) == name:
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(WAIT_AT) == name:
-        time.sleep(3600)
+        previous = signal.signal(signal.SIGUSR1, _go_on)
+        try:
+            print(f"waiting at {name} ({WAIT_AT})", file=sys.stderr, flush=True)
+            time.sleep(3600)
+        except _GoOn:
+            pass
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
 
 
 def is_lease_file(relpath: str) -> bool:
