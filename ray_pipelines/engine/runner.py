@@ -347,7 +347,7 @@ def _execute_with_retries(
                 for report in _execute(job, pending, fingerprint, run_id, control):
                     if not writes:
                         mark("first block written")
-                        stop_point("run:first-block")  # tests: a run killed with blocks still to write
+                        stop_point("run:first-block")  # tests: a run killed or held with blocks still to write
                     writes.append(report)
                     if monitor is not None:
                         monitor.update(report)
