@@ -1,4 +1,5 @@
-"""A job's CLI run killed once its first block is written, with every process it started."""
+"""A job's CLI run killed once its first block is written, with every process it started; the environment
+mark that finds those processes (tests/test_console.py looks for leftovers by it too)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import psutil
 from ray_pipelines.engine.manifest import KILL_AT
 from tests.audio_helpers import REPO
 
+TEST_MARK = "RAY_PIPELINES_TEST_MARK"  # an environment variable a run's processes inherit (Ray's workers too)
+
 
 def marked(mark: str) -> list[psutil.Process]:
     """Processes whose environment carries ``mark`` (Ray's workers inherit the driver's)."""
     found = []
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if proc.environ().get("RAY_PIPELINES_TEST_MARK") == mark:
+            if proc.environ().get(TEST_MARK) == mark:
                 found.append(proc)
     return found
 
@@ -32,7 +35,7 @@ def run_killed_at_first_block(args: list[str], log: Path) -> None:
     are its Ray workers (in process groups of their own: left alone they would finish their write tasks
     after the kill). ``log`` gets the run's stderr."""
     mark = uuid.uuid4().hex
-    env = {**os.environ, KILL_AT: "run:first-block", "RAY_PIPELINES_TEST_MARK": mark}
+    env = {**os.environ, KILL_AT: "run:first-block", TEST_MARK: mark}
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
             args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr

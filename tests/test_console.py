@@ -25,6 +25,7 @@ from ray_pipelines.engine.manifest import WAIT_AT
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, make_library
+from tests.killed_run import TEST_MARK, marked
 from tests.test_augment_job import rows_by_key
 
 SETTINGS = dict(
@@ -60,7 +61,7 @@ def environment(mark: str) -> dict[str, str]:
     """The checkout first on the path (the subprocess runs from another folder), and a mark
     every process it starts (Ray's included) inherits, to find leftovers by."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "RAY_PIPELINES_TEST_MARK": mark}
+    return {**os.environ, "PYTHONPATH": path, TEST_MARK: mark}
 
 
 def alive(proc: psutil.Process) -> bool:
@@ -74,13 +75,7 @@ def processes_left(mark: str, known: list[psutil.Process] = ()) -> list[psutil.P
     """Processes still running that carry ``mark`` in their environment, or of ``known`` (the
     driver's descendants seen while it ran: Ray's agents do not inherit the environment)."""
     found = [proc for proc in known if alive(proc)]
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("RAY_PIPELINES_TEST_MARK") == mark and alive(proc) and proc not in found:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    return found + [proc for proc in marked(mark) if alive(proc) and proc not in found]
 
 
 def wait_for_no_processes(mark: str, known: list[psutil.Process] = (), seconds: float = 60) -> list[psutil.Process]:
