@@ -110,5 +110,10 @@ def test_reader_with_two_workers_yields_every_row_once(audio_cache):
 
 
 def test_reader_names_missing_columns(audio_cache):
-    with pytest.raises(ValueError, match=r"no column f0, db; columns: key, window, start_seconds, x, y"):
+    with pytest.raises(ValueError, match=r"no column f0, db; columns: key, window, start_seconds, x, y") as error:
         TeacherCache(audio_cache.output, "train")
+    # the defaults are a synthetic cache's: the message says what to pass for this one
+    assert 'e.g. fields=("x", "y", ' in str(error.value) and str(error.value).endswith("as_dict=True")
+    assert '"key"' not in str(error.value) and '"source"' not in str(error.value)
+    with pytest.raises(ValueError, match=r"no column nope; columns: key, .*source$"):
+        TeacherCache(audio_cache.output, "train", fields=("x", "nope"))

@@ -653,9 +653,10 @@ class OutputRows(ShardRows):
         wanted = list(columns or available) if as_dict else list(fields or self.default_fields or available)
         missing = [name for name in wanted if name not in available]
         if missing:
+            advice = "" if (fields or as_dict) else f"; {self._fields_advice(available)}"
             raise ValueError(
                 f"{output} [{split}] has no column {', '.join(missing)}{self._missing_hint(missing)}; "
-                f"columns: {', '.join(available)}"
+                f"columns: {', '.join(available)}{advice}"
             )
         self.columns = wanted
         self.as_dict, self.dtype = as_dict, dtype
@@ -672,3 +673,7 @@ class OutputRows(ShardRows):
 
     def _missing_hint(self, missing: list[str]) -> str:
         return ""
+
+    def _fields_advice(self, available: list[str]) -> str:
+        """What to pass when the default fields are not in this output."""
+        return "name the columns with fields=(...) or read them all with as_dict=True"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from .parquet import OutputRows, RowToDict, RowToTuple
 
 DEFAULT_FIELDS = ("x", "y", "f0", "db")
+CLIP_COLUMNS = ("key", "window", "start_seconds", "family", "source", "x")  # the rest: drawn f0/db, teacher outputs
 
 __all__ = ["DEFAULT_FIELDS", "RowToDict", "RowToTuple", "TeacherCache"]
 
@@ -34,3 +35,8 @@ class TeacherCache(OutputRows):
 
     def _missing_hint(self, missing: list[str]) -> str:
         return " (no teacher in this cache outputs y)" if "y" in missing else ""
+
+    def _fields_advice(self, available: list[str]) -> str:
+        targets = [name for name in available if name not in CLIP_COLUMNS]
+        example = ", ".join(f'"{name}"' for name in ["x", *targets])
+        return f"name the columns, e.g. fields=({example}), or read them all with as_dict=True"
