@@ -37,7 +37,15 @@ import ray_pipelines.readers.rowgroups as rowgroups_module
 from bench.readers import write_output
 from ray_pipelines.engine.arrow import column_to_numpy, tensor_shape
 from ray_pipelines.engine.sink import ShardSink
-from ray_pipelines.readers import ContrastiveViews, OutputRows, ShardRows, list_shards
+from ray_pipelines.readers import (
+    ContrastiveViews,
+    FeatureSnippets,
+    OutputRows,
+    ShardRows,
+    TeacherCache,
+    list_shards,
+    open_encoded,
+)
 from ray_pipelines.readers.contrastive import KeyedRows, sorted_unique, string_array
 from ray_pipelines.readers.epoch import FORKED_FROM_RAY, EpochChanged
 from ray_pipelines.readers.errors import UnreadableFile
@@ -236,6 +244,20 @@ def test_contrastive_views_single_item(views_output):
     assert view1.shape == (1, 32, 24) and view1.dtype == torch.float32
     assert float(view1[0, 0, 0]) == 30 + dataset.version_for(3) and torch.equal(view2, -view1)
     assert dataset.keys.to_pylist() == [f"clip{c:02d}.flac" for c in range(CLIPS)]  # clip 3 is keys[3]
+
+
+def test_a_jobs_reader_refuses_another_jobs_output_by_name(views_output, rows_output):
+    augment = str(views_output)
+    for read_as, job in ((TeacherCache, "teacher"), (FeatureSnippets, "features"), (open_encoded, "encode")):
+        with pytest.raises(ValueError) as error:
+            read_as(augment) if read_as is open_encoded else read_as(augment, "train")
+        assert str(error.value) == (
+            f"{augment} is the augment job's output, not the {job} job's: "
+            "read it with ContrastiveViews (or OutputRows, which reads any job's rows)"
+        )
+    assert len(OutputRows(augment, "train", as_dict=True)) == CLIPS * VERSIONS  # any job's rows
+    with pytest.raises(ValueError, match=r"is the rows job's output, not the augment job's: read it with OutputRows$"):
+        ContrastiveViews(str(rows_output), "train")
 
 
 def test_clips_are_numbered_in_the_order_numpy_sorts_their_keys():

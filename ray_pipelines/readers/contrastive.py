@@ -57,7 +57,7 @@ class ContrastiveViews(ShardRows):
         storage_options: dict[str, Any] | None = None,
         **kwargs,
     ):
-        records = manifest_files(output, split, storage_options)
+        records = manifest_files(output, split, storage_options, job="augment")
         # Each batch of files' rows, from their footers (_footer_batch): its distinct keys, each row's
         # position among them and its version; None: read from the columns once the index is made.
         self._found: list[KeyedRows] | None = []

@@ -45,7 +45,7 @@ from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, col
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, rank_batches, share
 from .errors import naming_the_file
-from .parquet import ShardRows, manifest_files
+from .parquet import ShardRows, check_job, manifest_files
 
 
 def crop_latents(
@@ -380,7 +380,7 @@ class EncodedShardRows(ShardRows):
         storage_options: dict[str, Any] | None = None,
         **kwargs,
     ):
-        records = manifest_files(output, storage_options=storage_options)
+        records = manifest_files(output, storage_options=storage_options, job="encode")
         super().__init__(
             [f["url"] for f in records],
             seed=seed,
@@ -453,9 +453,9 @@ class EncodedShardRows(ShardRows):
 def open_encoded(output: str, layout: str | None = None, **kwargs) -> EncodedLatents | EncodedShardRows:
     """The dataset for an encode output; ``layout`` (``sat``/``parquet``) picks one of a ``both`` output."""
     storage = Storage(output, kwargs.get("storage_options"))
-    written = (
-        storage.read_json("_job.json").get("config", {}).get("layout", "sat") if storage.exists("_job.json") else "sat"
-    )
+    job = storage.read_json("_job.json") if storage.exists("_job.json") else {}
+    check_job(output, job.get("job"), "encode")
+    written = job.get("config", {}).get("layout", "sat")
     chosen = layout or ("sat" if written in ("sat", "both") else "parquet")
     if written != "both" and chosen != written:
         raise ValueError(f"{output} was written with layout {written!r}, not {chosen!r}")

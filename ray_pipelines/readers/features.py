@@ -15,3 +15,4 @@ class FeatureSnippets(OutputRows):
     """``(input_values, label)`` tuples of a features output split (other ``fields`` or ``as_dict`` as you like)."""
 
     default_fields = ("input_values", "label")
+    job = "features"

@@ -97,14 +97,42 @@ WINDOW_BYTES = 32 * 1024 * 1024
 WINDOW_CHUNKS = 4
 
 
+# Each job's reader, named where another job's output is given to a reader (score: OutputRows).
+READER_OF_JOB = {
+    "augment": "ContrastiveViews",
+    "teacher": "TeacherCache",
+    "encode": "open_encoded",
+    "features": "FeatureSnippets",
+}
+
+
+def check_job(output: str, written_by: str | None, expected: str | None) -> None:
+    """Refuse another job's output by name (its columns would be refused too, in words that do not say why)."""
+    if expected is None or written_by is None or written_by == expected:
+        return
+    reader = READER_OF_JOB.get(written_by, "OutputRows")
+    raise ValueError(
+        f"{output} is the {written_by} job's output, not the {expected} job's: read it with {reader}"
+        + ("" if reader == "OutputRows" else " (or OutputRows, which reads any job's rows)")
+    )
+
+
 def manifest_files(
-    output: str, split: str | None = None, storage_options: dict[str, Any] | None = None
+    output: str,
+    split: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    job: str | None = None,
 ) -> list[dict[str, Any]]:
-    """File records (``path``, ``split``, ``rows``, ``bytes``) of a committed output, optionally one split's."""
+    """File records (``path``, ``split``, ``rows``, ``bytes``) of a committed output, optionally one split's.
+
+    ``job``: the job whose output the caller reads (:func:`check_job`).
+    """
     storage = Storage(output, storage_options)
     if not storage.exists("manifest.json"):
         raise FileNotFoundError(f"{output} has no manifest.json: is the job committed (_SUCCESS)?")
     manifest = storage.read_json("manifest.json")
+    check_job(output, manifest.get("job"), job)
     files = [f for f in manifest["files"] if split is None or f.get("split") == split]
     if split is not None and not files:
         splits = sorted({f.get("split") for f in manifest["files"]})
@@ -629,6 +657,7 @@ class OutputRows(ShardRows):
     """
 
     default_fields: tuple[str, ...] = ()
+    job: str | None = None  # the job whose output this reads (None: any)
 
     def __init__(
         self,
@@ -642,7 +671,7 @@ class OutputRows(ShardRows):
         storage_options: dict[str, Any] | None = None,
         **kwargs,
     ):
-        records = manifest_files(output, split, storage_options)
+        records = manifest_files(output, split, storage_options, job=self.job)
         super().__init__(
             [f["url"] for f in records],
             storage_options=storage_options,

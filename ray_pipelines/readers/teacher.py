@@ -32,6 +32,7 @@ class TeacherCache(OutputRows):
     """
 
     default_fields = DEFAULT_FIELDS
+    job = "teacher"
 
     def _missing_hint(self, missing: list[str]) -> str:
         return " (no teacher in this cache outputs y)" if "y" in missing else ""
