@@ -174,3 +174,14 @@ def test_outputs_written_before_the_format_change_still_preview(tmp_path):
     rows, _ = preview.read_rows(storage, preview.data_files(storage, None), ["view1"], 2, False, 0)
     assert np.array_equal(rows["view1"], views)
     assert preview.preview(str(tmp_path))[1] == 2
+
+
+def test_a_missing_output_and_a_folder_without_parquet_are_told_apart(tmp_path):
+    with pytest.raises(SystemExit, match=r"nope does not exist$"):
+        preview.preview(str(tmp_path / "nope"))
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "a.flac").write_bytes(b"fLaC")
+    with pytest.raises(SystemExit, match=r"^no Parquet files in .*audio$"):
+        preview.preview(str(tmp_path / "audio"))
+    with pytest.raises(SystemExit, match=r"^no Parquet files in .*audio for split 'val'$"):
+        preview.preview(str(tmp_path / "audio"), split="val")

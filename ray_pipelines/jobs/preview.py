@@ -318,6 +318,8 @@ def preview(
             if rows["latents"]:
                 panels = tensor_panels(rows, ["latents"], None, time_major, channel)
                 return render(panels, "latents (stable-audio-tools layout)"), len(panels)
+        if not storage.exists(""):
+            raise SystemExit(f"{output} does not exist")
         raise SystemExit(f"no Parquet files in {storage.root}" + (f" for split {split!r}" if split else ""))
     with storage.fs.open(storage.abspath(files[0][0]), "rb") as f:
         schema = pq.read_schema(f)
