@@ -216,11 +216,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -260,20 +260,25 @@ def load_config(
     """Read YAML (a file, or a packaged config by name), apply ``--set`` overrides, validate with ``model``."""
     data: dict[str, Any] = dict(defaults or {})
     if path is not None:
-        path = resolve_config_path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        data = _deep_merge(data, loaded)
-    data = _deep_merge(data, parse_overrides(overrides or []))
+        data = deep_merge(data, read_config_file(path))
+    data = deep_merge(data, parse_overrides(overrides or []))
     return validate_config(model, data)
+
+
+def read_config_file(spec: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file, or in a packaged config named by ``spec``."""
+    path = resolve_config_path(spec)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    return loaded
 
 
 def validate_config(model: type[CommonConfig], data: dict[str, Any]) -> CommonConfig:

@@ -144,3 +144,16 @@ def test_rule_validation_names_the_problem():
         FilterRule(mode="percentile", lower_quantile=0.9, upper_quantile=0.1)
     with pytest.raises(ValidationError, match="bounds"):
         FilterRule(mode="hardcode", bounds=(7.0, 1.5))
+
+
+def test_a_rule_without_a_mode_given_another_modes_option_is_refused_not_a_median_rule():
+    with pytest.raises(ValidationError, match="bounds is an option of mode hardcode; .*so it is 'median': set mode"):
+        FilterRule(bounds=(3.0, None))
+    with pytest.raises(ValidationError, match="ddof is an option of mode mean"):
+        FilterRule(ddof=1)
+    with pytest.raises(ValidationError, match="upper_quantile is an option of mode percentile"):
+        FilterRule(upper_quantile=0.9)
+    assert FilterRule(k=2.0).mode == "median"  # median's own option
+    # a mode named: other modes' options stay (what --set NAME.mode=... leaves) and are not used
+    rule = FilterRule(mode="percentile", k=2.0, bounds=(0.0, 1.0))
+    assert kept_values(rule, ONE_TO_TEN) == kept_values(FilterRule(mode="percentile"), ONE_TO_TEN)

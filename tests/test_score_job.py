@@ -209,6 +209,24 @@ def test_filter_tool_reruns_filters_from_stored_scores(scored, tmp_path):
     assert filter_main([str(out), "--set", "reconstruction_loss.mode=bogus"]) == 2
 
 
+def test_filter_tool_takes_a_packaged_config_by_name_and_refuses_another_jobs_output(scored, tmp_path, capsys):
+    root, _, _, _ = scored
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    out = root / "out"
+    assert filter_main([str(out), "--config", "score-filter", "--output", str(tmp_path / "packaged")]) == 0
+    report = json.loads((tmp_path / "packaged/filter.json").read_text())
+    assert report["bounds"]["reconstruction_loss"]["mode"] == "mean"  # score-filter.yaml's rule, not the default
+    assert report["bounds"]["reconstruction_loss"]["high"] <= 7.0  # its hard_high
+    other = tmp_path / "teacher-output"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"job": "teacher", "files": []}))
+    capsys.readouterr()
+    assert filter_main([str(other)]) == 1
+    assert f"{other} is the teacher job's output, not a score job's" in capsys.readouterr().err
+    assert not (other / "filter.json").exists()
+
+
 def test_rerun_with_another_filter_recomputes_nothing(scored):
     root, _, _, config = scored
     changed = config.model_copy(

@@ -24,9 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ray_pipelines.config import ConfigError, parse_overrides, validate_config
+from ray_pipelines.config import ConfigError, deep_merge, parse_overrides, read_config_file, validate_config
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.table import ScoreTable, read_errors
 from ray_pipelines.storage import Storage, split_protocol
@@ -37,7 +35,11 @@ def parser() -> argparse.ArgumentParser:
         prog="ray-pipelines filter", description="Re-run the score filters from stored scores (nothing recomputed)."
     )
     p.add_argument("scores", help="A score job output root, or a scores CSV.")
-    p.add_argument("--config", "-c", help="A score config (its 'filter' section) or a filter section file.")
+    p.add_argument(
+        "--config",
+        "-c",
+        help="A score config (its 'filter' section), a filter section file, or a packaged config's name.",
+    )
     p.add_argument(
         "--set",
         "-s",
@@ -59,31 +61,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = (
-            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
-
-
 def load_filter_settings(path: str | None, overrides: list[str]) -> FilterSettings:
-    """The filter section of ``path`` (a score config or a bare section), with ``--set`` overrides."""
+    """The filter section of ``path`` (a score config, a bare section, or a packaged config's name),
+    with ``--set`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys")
+        loaded = read_config_file(path)
         data = loaded.get("filter", {}) if "filter" in loaded else loaded
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: 'filter' must be a mapping")
-    return validate_config(FilterSettings, _merge(data, parse_overrides(overrides)))
+    return validate_config(FilterSettings, deep_merge(data, parse_overrides(overrides)))
+
+
+def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a committed score output; another job's output is refused by name."""
+    storage = Storage(root, options)
+    if not storage.exists("manifest.json"):
+        raise FileNotFoundError(f"{root} has no manifest.json (not a committed score output)")
+    manifest = storage.read_json("manifest.json")
+    if manifest.get("job", "score") != "score":
+        raise ValueError(f"{root} is the {manifest['job']} job's output, not a score job's: it has no scores to filter")
+    return manifest
 
 
 def is_csv(scores: str) -> bool:
@@ -105,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             beside = posixpath.dirname(path) if protocol != "file" else str(Path(path).resolve().parent)
             default_output = beside if protocol == "file" else f"{protocol}://{beside}"
         else:
-            if not Storage(args.scores, options).exists("manifest.json"):
-                raise FileNotFoundError(f"{args.scores} has no manifest.json (not a committed score output)")
-            table, errors = ScoreTable.from_output(args.scores, options), read_errors(args.scores, options)
+            manifest = read_score_manifest(args.scores, options)
+            table = ScoreTable.from_output(args.scores, options, manifest)
+            errors = read_errors(args.scores, options)
             default_output = args.scores
     except (OSError, ValueError, KeyError) as e:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)

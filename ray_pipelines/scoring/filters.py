@@ -29,6 +29,17 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The modes that use each option. A rule without a mode is a median rule; one given an option of
+# another mode alone (``{bounds: [3, null]}``) meant that mode, so it is refused rather than ignored.
+# With a mode named, other modes' options are left alone: ``--set NAME.mode=...`` cannot remove them.
+MODES_USING = {
+    "k": ("median", "mean"),
+    "ddof": ("mean",),
+    "lower_quantile": ("percentile",),
+    "upper_quantile": ("percentile",),
+    "bounds": ("hardcode",),
+}
+
 
 class FilterRule(BaseModel):
     """How one score is filtered."""
@@ -61,6 +72,12 @@ class FilterRule(BaseModel):
             self.side == "upper" and self.hard_low is not None
         ):
             raise ValueError(f"side {self.side!r} drops the bound that hard_low/hard_high sets")
+        for name, modes in MODES_USING.items():
+            if "mode" not in self.model_fields_set and name in self.model_fields_set and self.mode not in modes:
+                raise ValueError(
+                    f"{name} is an option of mode {modes[0]}{' or ' + modes[1] if len(modes) > 1 else ''}; "
+                    f"this rule names no mode, so it is {self.mode!r}: set mode: {modes[0]}"
+                )
         if (self.hard_low is not None or self.hard_high is not None) and self.mode not in ("median", "mean"):
             raise ValueError(f"hard_low/hard_high apply to the median and mean modes, not {self.mode!r}")
         if self.hard_low is not None and self.hard_high is not None and self.hard_low > self.hard_high:
