@@ -198,6 +198,11 @@ def _relative_key(file_path: str, root: str) -> str:
     return file_path.lstrip("/")
 
 
+LISTED_DIRECTORY = (
+    "not a file: a list file names files or .tar shards, one per line; give a folder as an input of its own"
+)
+
+
 def _list_from_list_file(fs, path: str, extensions: list[str], storage_options) -> list[InputItem]:
     """A text file with one input per line (paths relative to the list file, or URLs)."""
     with fs.open(path, "r") as f:
@@ -230,6 +235,8 @@ def _list_from_list_file(fs, path: str, extensions: list[str], storage_options) 
         link_error = _link_error(entry_fs, entry_path, info)
         if link_error:
             items.append(InputItem(key=key, uri=entry_spec, size=0, error=link_error))
+        elif info.get("type") == "directory":  # final: it will not become a file by itself
+            items.append(InputItem(key=key, uri=entry_spec, size=0, error=LISTED_DIRECTORY))
         elif _is_tar(entry_path):
             items.extend(_list_tar(entry_fs, entry_path, key, info, extensions))
         else:

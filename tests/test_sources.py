@@ -126,6 +126,19 @@ def test_a_symlink_loop_is_a_final_error_and_a_dangling_link_a_retryable_one(lib
     assert str(opened.value).startswith("symlink loop:")
 
 
+def test_a_directory_in_a_list_file_is_a_final_error_row(library, tmp_path):
+    from ray_pipelines.audio.decode import is_retryable
+
+    listing = library / "list.txt"
+    listing.write_text("a/one.wav\nb\n")
+    items = {i.key: i for i in list_inputs(str(listing), EXT)}
+    assert not items["a/one.wav"].error
+    assert items["b"].error.startswith("not a file: a list file names files") and not is_retryable(items["b"].error)
+    with pytest.raises(Exception) as opened:  # the decoder's word for a directory met later: final too
+        AudioFile(InputAudio(str(library / "b"), 10))
+    assert str(opened.value).startswith("not a file:") and not is_retryable(str(opened.value))
+
+
 def test_a_spec_that_matches_nothing_is_an_error_unless_allowed(tmp_path):
     from ray_pipelines.sources import list_specs
 

@@ -44,9 +44,11 @@ def is_retryable(reason: str) -> bool:
 
 def open_failure(error: Exception) -> str:
     """The reason recorded for an input that could not be opened. A missing file or a storage
-    error may heal (retryable); a symlink loop never does (final, or every run would retry it)."""
+    error may heal (retryable); a symlink loop or a directory never does (final, or every run would retry it)."""
     if isinstance(error, FileNotFoundError):
         return "missing: file not found"
+    if isinstance(error, IsADirectoryError):
+        return f"not a file: {error.filename or ''} is a directory"
     if isinstance(error, OSError) and error.errno == errno.ELOOP:
         return f"symlink loop: {error.filename or ''} ({error.strerror})"
     return f"unreadable: {type(error).__name__}: {error}"
