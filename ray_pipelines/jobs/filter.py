@@ -79,6 +79,7 @@ def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
     if not storage.exists("manifest.json"):
         raise FileNotFoundError(f"{root} has no manifest.json (not a committed score output)")
     manifest = storage.read_json("manifest.json")
+    # the readers' check_job says the same for their jobs; importing it here would import torch (1.4 s)
     if manifest.get("job", "score") != "score":
         raise ValueError(f"{root} is the {manifest['job']} job's output, not a score job's: it has no scores to filter")
     return manifest
