@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
+import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import ray
 from ray.data import DataContext
@@ -25,6 +28,10 @@ GPU_CEILING = 64
 # How long the driver waits for ray.nodes(): Ray asks the GCS without a timeout (its global state
 # accessor retries forever), and a reply lost once left a test run's driver waiting there for good.
 NODES_TIMEOUT_S = 30.0
+# How long a named cluster may not answer before the job gives up (RAY_PIPELINES_CONNECT_TIMEOUT_S).
+# ray.init itself retries a silent address 20 times at up to 10 s each, behind the progress line,
+# before it says anything; a mistyped --address then looked like a job stuck at 0 %.
+CONNECT_TIMEOUT_S = 30.0
 # Whether workers' stdout/stderr stream to the driver's console; the CLI turns it off unless
 # --verbose (ray_pipelines/console.py). Off, they stay in Ray's worker log files.
 WORKER_LOGS_TO_DRIVER = True
@@ -40,6 +47,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return "existing Ray session"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        wait_for_cluster(address, float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S)))
         ray.init(address=address, log_to_driver=WORKER_LOGS_TO_DRIVER, configure_logging=False)
         return f"cluster at {address}"
     # Keep idle workers: otherwise every write task pays a fresh worker's start-up
@@ -53,6 +61,38 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         _system_config={"kill_idle_workers_interval_ms": 0},
     )
     return "embedded local Ray"
+
+
+def cluster_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port a cluster address names (``host:port``, ``ray://host:port``); None for
+    ``auto``/``local`` and what Ray resolves itself."""
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname and port else None
+
+
+def wait_for_cluster(address: str, timeout_s: float) -> None:
+    """Return once something accepts connections at ``address``'s host and port; after
+    ``timeout_s`` of refusals (or no such host), a ConnectionError that says what to check."""
+    endpoint = cluster_endpoint(address)
+    if endpoint is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(endpoint, timeout=max(0.1, min(5.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                reason = e.strerror or str(e) or type(e).__name__
+                raise ConnectionError(
+                    f"no Ray cluster answers at {address} ({reason}, for {timeout_s:g} s): check --address or "
+                    "RAY_ADDRESS, or leave both unset to run on an embedded local Ray"
+                ) from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,57 @@
+"""A named cluster that does not answer: a prompt exit 1 that says what to check, not minutes at 0 %."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from ray_pipelines.cli import main
+from ray_pipelines.engine.runtime import cluster_endpoint, wait_for_cluster
+from tests.audio_helpers import tone, write_audio
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cluster_addresses_name_a_host_and_port_or_are_left_to_ray():
+    assert cluster_endpoint("127.0.0.1:6379") == ("127.0.0.1", 6379)
+    assert cluster_endpoint("[::1]:6379") == ("::1", 6379)
+    assert cluster_endpoint("ray://head-svc:10001") == ("head-svc", 10001)
+    for left_to_ray in ("auto", "local", "head-svc", "head-svc:port"):
+        assert cluster_endpoint(left_to_ray) is None
+
+
+def test_waiting_for_a_cluster_returns_once_it_listens_and_names_the_address_when_it_never_does():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        wait_for_cluster(f"127.0.0.1:{listening.getsockname()[1]}", 5.0)
+    port = closed_port()
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"no Ray cluster answers at 127.0.0.1:{port} \(Connection refused"):
+        wait_for_cluster(f"127.0.0.1:{port}", 1.0)
+    assert time.monotonic() - started < 10  # the timeout, not ray.init's minutes of retries
+    wait_for_cluster("auto", 0.0)  # Ray finds (or refuses) these itself
+
+
+def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_path, monkeypatch, capsys):
+    import ray
+
+    write_audio(tmp_path / "in" / "a.wav", tone(1.0))
+    out = tmp_path / "out"
+    monkeypatch.setenv("RAY_PIPELINES_CONNECT_TIMEOUT_S", "1")
+    port = closed_port()
+    argv = ["augment", "--config", "augment", "--set", f"input={tmp_path / 'in'}", "--set", f"output={out}"]
+    assert main([*argv, "--address", f"127.0.0.1:{port}", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"ConnectionError: no Ray cluster answers at 127.0.0.1:{port}" in err
+    assert "leave both unset to run on an embedded local Ray" in err
+    assert not ray.is_initialized()
+    assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
+    assert not (out / "manifest.json").exists()
