@@ -300,6 +300,14 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or "local" in protocols
 
 
+def s3_error(error: BaseException) -> tuple[str, int]:
+    """The S3 error code and HTTP status behind an exception s3fs translated (its ``__cause__``):
+    ``("NoSuchBucket", 404)``; ``("", 0)`` where there is none."""
+    response = getattr(error.__cause__, "response", None) or getattr(error, "response", None) or {}
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return str(response.get("Error", {}).get("Code", "")), status
+
+
 def _json_default(value: Any) -> Any:
     """Let numpy scalars and paths pass through json.dumps."""
     if hasattr(value, "item"):

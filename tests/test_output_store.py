@@ -155,6 +155,18 @@ def test_rejected_credentials_exit_1_with_the_store_error(clips, tmp_path):
     assert "write failed: The AWS Access Key Id you provided does not exist in our records" in done.stderr
 
 
+def test_an_output_bucket_that_does_not_exist_exits_1_with_the_store_error(clips, s3_endpoint):
+    # Its lease's conditional PUT fails as a lost race would (s3fs: FileNotFoundError): told apart by the code.
+    endpoint = f"{{endpoint_url: '{s3_endpoint}'}}"
+    done = run_cli(
+        "--set", f"input={clips}", "--set", "output=s3://no-such-bucket/out", "--set", f"storage_options={endpoint}"
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ray-pipelines augment: write failed: The specified bucket does not exist: s3://no-such-bucket/out"
+    )
+
+
 def test_nested_secrets_are_refused_and_nothing_is_written(clips, tmp_path):
     out = tmp_path / "out"
     leaked = "{endpoint_url: 'http://127.0.0.1:9', client_kwargs: {aws_secret_access_key: hunter2}}"
@@ -191,6 +203,8 @@ def test_an_output_inside_the_input_tree_is_refused(clips):
 
 
 def test_store_failures_are_told_apart_from_other_errors():
+    from botocore.exceptions import ClientError
+
     from ray_pipelines.engine.control import store_failure
 
     assert (
@@ -198,6 +212,9 @@ def test_store_failures_are_told_apart_from_other_errors():
     )
     assert store_failure(PermissionError("Access Denied")) == "write failed: Access Denied"
     assert store_failure(ConnectionError("reset")) == "" and store_failure(FileNotFoundError(2, "gone")) == ""
+    no_bucket = FileNotFoundError("The specified bucket does not exist")  # as s3fs raises it, from botocore's
+    no_bucket.__cause__ = ClientError({"Error": {"Code": "NoSuchBucket"}, "ResponseMetadata": {}}, "PutObject")
+    assert store_failure(no_bucket) == "write failed: The specified bucket does not exist"
     wrapped = RuntimeError("block failed")
     wrapped.__cause__ = OSError(30, "Read-only file system")
     assert store_failure(wrapped) == "write failed: Read-only file system"

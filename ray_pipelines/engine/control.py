@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import ray
 
+from ..storage import s3_error
 from .runtime import ray_nodes
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,11 @@ def store_failure(error: BaseException, where: str = "") -> str:
         if isinstance(seen, OutputStoreError):
             return str(seen)
         # s3fs turns AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken into PermissionError.
-        if isinstance(seen, PermissionError) or (isinstance(seen, OSError) and seen.errno in STORE_ERRNOS):
+        if (
+            isinstance(seen, PermissionError)
+            or (isinstance(seen, OSError) and seen.errno in STORE_ERRNOS)
+            or s3_error(seen)[0] == "NoSuchBucket"
+        ):
             words = seen.strerror or str(seen)
             place = getattr(seen, "filename", None) or where
             return f"write failed: {words}" + (f": {place}" if place else "")

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from ..storage import Storage, is_local
+from ..storage import Storage, is_local, s3_error
 from .manifest import LEASE_FILE, LEASE_LOCK, OutputConflict
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,9 @@ class S3LeaseObject:
     def _put(self, data: bytes, **condition: str) -> str | None:
         try:
             response = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, **condition)
-        except (FileExistsError, FileNotFoundError):  # If-None-Match failed / If-Match on a deleted lease
+        except (FileExistsError, FileNotFoundError) as e:  # If-None-Match failed / If-Match on a deleted lease
+            if s3_error(e)[0] == "NoSuchBucket":  # not a lost race: nothing can be written there
+                raise
             return None
         except OSError as e:
             if _precondition_failed(e):
@@ -288,21 +290,14 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _error_code(error: BaseException) -> tuple[str, int]:
-    """The S3 error code and HTTP status behind an exception s3fs translated (its ``__cause__``)."""
-    response = getattr(error.__cause__, "response", None) or getattr(error, "response", None) or {}
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return str(response.get("Error", {}).get("Code", "")), status
-
-
 def _precondition_failed(error: BaseException) -> bool:
     """412 PreconditionFailed, or 409 ConditionalRequestConflict (S3: a concurrent conditional write won)."""
-    code, status = _error_code(error)
+    code, status = s3_error(error)
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
 
 
 def _not_implemented(error: BaseException) -> bool:
-    code, status = _error_code(error)
+    code, status = s3_error(error)
     return code == "NotImplemented" or status == 501
 
 
