@@ -196,6 +196,17 @@ def test_an_input_that_matches_nothing_exits_1_unless_allowed(tmp_path):
     assert result.complete and result.counts["listed"] == 0 and (tmp_path / "out" / "_SUCCESS").exists()
 
 
+def test_an_output_that_is_a_file_is_refused_and_left_alone(clips, tmp_path):
+    taken = tmp_path / "views"
+    taken.write_text("a file already here")
+    done = run_cli("--set", f"input={clips}", "--set", f"output={taken}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ray-pipelines augment: output {taken} is a file: give the folder (or prefix) the job writes its output into"
+    )
+    assert taken.read_text() == "a file already here"
+
+
 def test_an_output_inside_the_input_tree_is_refused(clips):
     done = run_cli("--set", f"input={clips}/**/*.flac", "--set", f"output={clips}/derived")
     assert done.returncode == 2 and "overlaps input" in done.stderr

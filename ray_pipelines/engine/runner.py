@@ -200,6 +200,8 @@ def run_job(
             "write the output outside the input tree"
         )
     storage = Storage(cfg.output, cfg.storage_options)
+    if storage.fs.isfile(storage.root):
+        raise ConfigError(f"output {cfg.output} is a file: give the folder (or prefix) the job writes its output into")
     with (
         store_failures_raised(storage.root),
         held_lease(storage, uuid.uuid4().hex, cfg.lease_timeout, break_lease) as lease,
