@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from ray_pipelines.cli import main
 from ray_pipelines.engine.runtime import cluster_endpoint, wait_for_cluster
-from tests.audio_helpers import tone, write_audio
+from tests.audio_helpers import REPO, tone, write_audio
 
 
 def closed_port() -> int:
@@ -40,18 +42,24 @@ def test_waiting_for_a_cluster_returns_once_it_listens_and_names_the_address_whe
     wait_for_cluster("auto", 0.0)  # Ray finds (or refuses) these itself
 
 
-def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_path, monkeypatch, capsys):
-    import ray
-
+def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_path):
+    # A process of its own: a test process may hold a Ray session, which the job would use instead.
     write_audio(tmp_path / "in" / "a.wav", tone(1.0))
-    out = tmp_path / "out"
-    monkeypatch.setenv("RAY_PIPELINES_CONNECT_TIMEOUT_S", "1")
-    port = closed_port()
-    argv = ["augment", "--config", "augment", "--set", f"input={tmp_path / 'in'}", "--set", f"output={out}"]
-    assert main([*argv, "--address", f"127.0.0.1:{port}", "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert f"ConnectionError: no Ray cluster answers at 127.0.0.1:{port}" in err
-    assert "leave both unset to run on an embedded local Ray" in err
-    assert not ray.is_initialized()
+    out, port = tmp_path / "out", closed_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--quiet"]
+        + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={out}", "--address", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        env={**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"ray-pipelines augment: the job could not run: ConnectionError: no Ray cluster answers at 127.0.0.1:{port}"
+    )
+    assert last.endswith("leave both unset to run on an embedded local Ray")
     assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
     assert not (out / "manifest.json").exists()
