@@ -75,7 +75,7 @@ class FilterRule(BaseModel):
         for name, modes in MODES_USING.items():
             if "mode" not in self.model_fields_set and name in self.model_fields_set and self.mode not in modes:
                 raise ValueError(
-                    f"{name} is an option of mode {modes[0]}{' or ' + modes[1] if len(modes) > 1 else ''}; "
+                    f"{name} is an option of mode {' or '.join(modes)}; "
                     f"this rule names no mode, so it is {self.mode!r}: set mode: {modes[0]}"
                 )
         if (self.hard_low is not None or self.hard_high is not None) and self.mode not in ("median", "mean"):
