@@ -185,3 +185,18 @@ def test_a_missing_output_and_a_folder_without_parquet_are_told_apart(tmp_path):
         preview.preview(str(tmp_path / "audio"))
     with pytest.raises(SystemExit, match=r"^no Parquet files in .*audio for split 'val'$"):
         preview.preview(str(tmp_path / "audio"), split="val")
+
+
+def test_a_split_the_output_does_not_have_is_named_with_the_splits_it_has(tmp_path):
+    from bench.readers import write_output  # commits as a job does: manifest.json names the splits
+
+    rows = {
+        "key": np.array([f"k{i}" for i in range(4)], dtype=object),
+        "index": np.zeros(4, dtype=np.int64),
+        "x": np.ones((4, 8), dtype=np.float32),
+        "split": np.array(["train", "train", "val", "val"], dtype=object),
+    }
+    write_output(tmp_path / "out", "rows", rows, index_column="index", output_columns=["key", "index", "x"])
+    with pytest.raises(SystemExit, match=r"^no split 'test' in .*out \(splits: train, val\)$"):
+        preview.preview(str(tmp_path / "out"), split="test")
+    assert preview.preview(str(tmp_path / "out"), split="val")[1] == 2

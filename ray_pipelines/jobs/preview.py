@@ -320,6 +320,9 @@ def preview(
                 return render(panels, "latents (stable-audio-tools layout)"), len(panels)
         if not storage.exists(""):
             raise SystemExit(f"{output} does not exist")
+        if split and storage.exists("manifest.json"):
+            splits = sorted({str(f.get("split")) for f in storage.read_json("manifest.json")["files"]})
+            raise SystemExit(f"no split {split!r} in {storage.root} (splits: {', '.join(splits)})")
         raise SystemExit(f"no Parquet files in {storage.root}" + (f" for split {split!r}" if split else ""))
     with storage.fs.open(storage.abspath(files[0][0]), "rb") as f:
         schema = pq.read_schema(f)
