@@ -55,6 +55,7 @@ def runs(ray_local, tmp_path_factory):
         (later / relpath).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(library / relpath, later / relpath)
     (library / "tabla" / "broken.flac").write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    (library / "loop.flac").symlink_to("loop.flac")  # at the root: no label, and the listing cannot read it
     output = root / "out"
     config = validate_config(FeaturesConfig, {"input": str(library), "output": str(output), **OPTIONS})
     first = run_job(FeaturesJob(config), progress=False)
@@ -140,6 +141,9 @@ def test_corrupt_and_too_short_files_become_error_rows(runs):
     assert by_key["tabla/broken.flac"]["reason"].startswith("undecodable")
     assert by_key["electronic/elec_tick.flac"]["reason"].startswith("too short")
     assert not by_key["tabla/broken.flac"]["retry"]
+    # an unreadable input outside any label folder is an error row too, not a silently left-out file
+    assert by_key["loop.flac"]["reason"].startswith("symlink loop") and not by_key["loop.flac"]["retry"]
+    assert json.loads((runs["run1"] / "balance.json").read_text())["library"]["unlabelled_files"] == 0
     rows = read_rows(runs["run1"])
     assert "tabla/broken.flac" not in set(rows["path"])
     balance = json.loads((runs["run1"] / "balance.json").read_text())

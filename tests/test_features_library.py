@@ -85,6 +85,24 @@ def test_tar_members_are_labelled_by_their_own_folders(tmp_path):
     assert all(i.key.startswith("shard-000.tar/") for i in result.items)
 
 
+def test_a_damaged_shard_is_an_input_to_account_for_not_an_unlabelled_song(tmp_path):
+    members = {f"house/s{i}.flac": encoded_bytes(tone(0.05, seed=i), "flac") for i in range(3)}
+    write_tar(tmp_path / "shard-000.tar", members)
+    (tmp_path / "shard-001.tar").write_bytes(b"not a tar")
+    write_audio(tmp_path / "loose.wav", tone(0.05, 8000), 8000)
+    items = list_inputs(str(tmp_path), ["flac", "wav"])
+    result = scan_library(items, skip_dirs=[], min_per_label=3)
+    assert result.songs_per_label == {"house": 3} and result.unlabelled == ["loose.wav"]
+    assert [(i.key, i.error) for i in result.unreadable] == [
+        ("shard-001.tar", "unreadable tar shard: truncated header")
+    ]
+    storage = Storage(str(tmp_path / "out"))
+    plan = plan_library(items, storage=storage, seed=0, fractions=SPLITS, skip_dirs=[], min_per_label=3)
+    planned = {i.key: i for i in plan.items()}  # what the engine decodes or records as an error row
+    assert sorted(planned) == [f"shard-000.tar/house/s{i}.flac" for i in range(3)] + ["shard-001.tar"]
+    assert planned["shard-001.tar"].error and planned["shard-001.tar"].extra["label"] == -1  # an int, as the others
+
+
 def test_path_helpers():
     assert label_of("rock/a/b.mp3") == "rock" and label_of("b.mp3") is None and label_of("./rock/b.mp3") == "rock"
     assert in_skipped_dir("rock/.git/x.mp3", [".*"]) and not in_skipped_dir("rock/.x.mp3", [".*"])

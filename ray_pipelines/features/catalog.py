@@ -26,6 +26,7 @@ from .split import SplitAssignment, assign_splits
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
+NO_LABEL = -1  # an unreadable input outside any label folder: an error row, never a row
 SPLITS_FILE = "splits.json"
 
 
@@ -41,12 +42,17 @@ class LibraryPlan:
         return self.names.index(name)
 
     def items(self) -> list[InputItem]:
-        """Kept songs with ``label`` (int), ``split`` and ``path`` attached for the decoder."""
+        """Kept songs with ``label`` (int), ``split`` and ``path`` attached for the decoder, then the
+        inputs the listing could not read outside any label folder (they become error rows)."""
         index = {name: i for i, name in enumerate(self.names)}
         out = []
         for item in self.scan.items:
             song = self.songs[item.key]
             item.extra = {**item.extra, "label": index[song["label"]], "split": song["split"], "path": item.key}
+            out.append(item)
+        for item in self.scan.unreadable:
+            # No rows come of it, but its columns keep their types (a missing label made the column float).
+            item.extra = {**item.extra, "label": NO_LABEL, "split": "", "path": item.key}
             out.append(item)
         return out
 

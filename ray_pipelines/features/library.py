@@ -4,6 +4,8 @@
     rock/CD1/extras/02.flac     -> label "rock" (deeper folders keep the label)
     jazz/.cache/x.mp3           -> skipped when ".*" is in skip_dirs
     loose.mp3                   -> unlabelled (no folder), reported and left out
+    broken.tar                  -> an error row (an input the listing could not read has no label
+                                   to give, and is not an unlabelled song)
 
 Paths are relative to the source root the engine lists from (the directory,
 the glob's fixed prefix, the list file's folder; for a tar shard, the member
@@ -48,6 +50,7 @@ class LibraryScan:
     dropped: dict[str, int] = field(default_factory=dict)  # labels under min_per_label -> songs
     unlabelled: list[str] = field(default_factory=list)  # keys of files at the root
     skipped: int = 0  # files inside skip_dirs
+    unreadable: list[InputItem] = field(default_factory=list)  # listing errors at the root: error rows
 
 
 def scan_library(
@@ -60,6 +63,7 @@ def scan_library(
     """
     by_label: dict[str, list[InputItem]] = {}
     unlabelled: list[str] = []
+    unreadable: list[InputItem] = []
     skipped = 0
     for item in sorted(items, key=lambda i: i.key):
         path = library_path(item)
@@ -68,7 +72,10 @@ def scan_library(
             continue
         label = label_of(path)
         if label is None:
-            unlabelled.append(item.key)
+            if item.error:  # e.g. a damaged tar shard: listed as one input, and it must be accounted for
+                unreadable.append(item)
+            else:
+                unlabelled.append(item.key)
             continue
         by_label.setdefault(label, []).append(item)
 
@@ -87,7 +94,13 @@ def scan_library(
             kept_items.append(item)
     kept_items.sort(key=lambda i: i.key)
     return LibraryScan(
-        items=kept_items, labels=labels, songs_per_label=counts, dropped=dropped, unlabelled=unlabelled, skipped=skipped
+        items=kept_items,
+        labels=labels,
+        songs_per_label=counts,
+        dropped=dropped,
+        unlabelled=unlabelled,
+        skipped=skipped,
+        unreadable=unreadable,
     )
 
 
