@@ -19,6 +19,7 @@ import yaml
 import ray_pipelines.jobs.score as score_job
 from ray_pipelines.config import load_config
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.engine.summary import format_summary
 from ray_pipelines.scoring.filters import FilterRule, compute_bounds
 from ray_pipelines.scoring.summary import read_summary_csv
 from ray_pipelines.stages.score import ScoreStage
@@ -127,7 +128,7 @@ def test_scores_of_a_pt_folder(scored):
 
 
 def test_summaries_filters_and_groups_of_the_job(scored):
-    root, tensors, _, _ = scored
+    root, tensors, result, _ = scored
     out = root / "out"
     rows = read_csv(out / "scores.csv")
     train_loss = np.array([float(r["reconstruction_loss"]) for r in rows if r["split"] == "train"])
@@ -145,6 +146,10 @@ def test_summaries_filters_and_groups_of_the_job(scored):
     assert sorted(kept + ignored) == sorted(
         [*tensors, "train/good/garbage.pt", "val/good/wrong_shape.pt", "val/bad/a_dict.pt"]
     )
+    # the job's summary line says the same
+    shown = f"{len(kept)} inputs ({len(ignored)} ignored, 3 of them errors): kept.txt"
+    assert result.extra["kept"] == shown
+    assert ["kept", *shown.split()] in [line.split() for line in format_summary("score", result, "items").splitlines()]
     groups = {(g["split"], g["group"]): g for g in read_csv(out / "groups.csv")}
     assert len(groups) == 4
     assert groups["train", "patient3"]["kept_items"] == str(

@@ -317,7 +317,14 @@ class ScoreJob(Job):
             storage_options=c.storage_options,
         )
         log.info("%s", format_filter_report(report))
-        return {"summaries": summaries, "filter": report}
+        # The two reports for callers (JobResult.extra); the summary shows the short lines only.
+        keys = report["keys"]
+        return {
+            "summaries": summaries,
+            "filter": report,
+            "kept": f"{keys['kept']} inputs ({keys['ignored']} ignored, {keys['errors']} of them errors): kept.txt",
+            "scores": "scores.csv, summary.json, filter.json, decisions.csv",
+        }
 
 
 JOB = ScoreJob
