@@ -26,8 +26,8 @@ from .split import SplitAssignment, assign_splits
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
-NO_LABEL = -1  # an unreadable input outside any label folder: an error row, never a row
 SPLITS_FILE = "splits.json"
+NO_LABEL = -1  # an unreadable input outside any label folder: an error row, never a row
 
 
 @dataclass
