@@ -3,7 +3,8 @@
 Jobs live in ``ray_pipelines.jobs`` (``ray_pipelines/jobs/<name>.py``), each with a ``JOB``
 class; ``python -m jobs.<name>`` in a checkout runs the same code as this CLI.
 Exit codes (``EXIT_CODES``): 0 complete, 3 ran but incomplete (run again), 2 config or output
-conflict, 1 could not run, 130 stopped by Ctrl-C (what was written is kept; a rerun resumes).
+conflict, 1 could not run, 130 stopped by Ctrl-C, 143 stopped by SIGTERM (what was written is kept; a rerun
+resumes: ``stopping.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import difflib
 import importlib
 import logging
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -39,7 +39,9 @@ EXIT_CODES = """exit codes:
      the output's lease
   1  could not run: inputs not listable or matching nothing, the output store refusing writes
      (no space, read-only, permission, credentials, no such bucket; committed work is kept),
-     no cluster answering at --address / RAY_ADDRESS, a Ray failure"""
+     no cluster answering at --address / RAY_ADDRESS, a Ray failure
+  130, 143  stopped by Ctrl-C (SIGINT), by SIGTERM (ray job stop, timeout, a pod's deletion):
+     what was written is kept; rerun to resume"""
 EXIT_COMPLETE, EXIT_FAILED, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 # tool commands -> module holding main(argv)
@@ -47,7 +49,6 @@ TOOLS = {
     "preview": "ray_pipelines.jobs.preview",  # spectrogram preview grid of an output
     "filter": "ray_pipelines.jobs.filter",  # re-run score filters from stored scores
 }
-INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 # ---- argument parsing -------------------------------------------------------------------
@@ -159,11 +160,13 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     from .engine.runner import run_job
     from .engine.summary import format_summary
     from .sources import SourceError
+    from .stopping import exit_code, how, ignore_stop_signals, stop_on_sigterm
 
     configure_logging(args.verbose, args.ray_progress)
     ray_was_running = _ray_running()  # a caller's Ray (tests, notebooks) stays up
     with FilteredStderr(enabled=not args.verbose) as console:
         counts = make_progress(name, job_cls.rows_label, console, quiet=args.quiet or args.no_progress)
+        stop_on_sigterm()  # SIGTERM unwinds the run as Ctrl-C does (lease released, Ray shut down)
         try:
             job = job_cls(config)  # may load a model: its errors are the job's
             result = run_job(
@@ -174,10 +177,10 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
                 monitor=counts,
                 break_lease=args.break_lease,
             )
-        except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would interrupt the clean-up
-            print(_stopped_message(name, counts), file=console, flush=True)
-            return INTERRUPTED
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (stopping.Terminated)
+            ignore_stop_signals()
+            print(_stopped_message(name, counts, how(stop)), file=console, flush=True)
+            return exit_code(stop)
         except (ConfigError, OutputConflict) as e:
             print(f"ray-pipelines {name}: {e}", file=sys.stderr)
             return EXIT_CONFLICT
@@ -204,11 +207,11 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     return EXIT_COMPLETE
 
 
-def _stopped_message(name: str, counts: ProgressDisplay) -> str:
+def _stopped_message(name: str, counts: ProgressDisplay, how: str) -> str:
     kept = f"{counts.inputs_done} of {counts.to_do} inputs ({counts.rows} {counts.rows_label})"
     before = f", besides the {counts.skipped} committed before" if counts.skipped else ""
     return (
-        f"\n{name}: stopped (Ctrl-C). This run wrote {kept}{before}; what was written is kept.\n"
+        f"\n{name}: stopped ({how}). This run wrote {kept}{before}; what was written is kept.\n"
         f"Run the same command again to resume: committed inputs are skipped."
     )
 
@@ -264,9 +267,11 @@ def version_text() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
-    except KeyboardInterrupt:  # before a job started (imports, listing): nothing was written
-        print("\nray-pipelines: stopped (Ctrl-C)", file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as stop:  # before a job started (imports, listing): nothing was written
+        from .stopping import exit_code, how
+
+        print(f"\nray-pipelines: stopped ({how(stop)})", file=sys.stderr)
+        return exit_code(stop)
 
 
 def _main(argv: list[str]) -> int:

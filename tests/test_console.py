@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from ray_pipelines.config import validate_config
-from ray_pipelines.engine.manifest import WAIT_AT
+from ray_pipelines.engine.manifest import LEASE_FILE, WAIT_AT
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, make_library
@@ -157,6 +157,38 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
     check_progress_lines(rerun.stderr + rerun.stdout, to_do=listed - skipped, listed=listed, skipped=skipped)
     assert not any(noise in rerun.stderr for noise in RAY_NOISE), rerun.stderr
     assert rows_by_key(out) == rows_by_key(reference)
+
+
+def test_sigterm_to_the_driver_alone_stops_like_ctrl_c_exits_143_and_releases_the_lease(library, tmp_path):
+    """What `timeout`, `docker stop` and a pod's deletion do: SIGTERM to the driver process only.
+    Before, Ray's own handler (sys.exit(15)) ended the job with exit code 15 and the core worker's
+    C++ handler printed a stack dump; the CLI now unwinds it as it does a Ctrl-C."""
+    out, mark = tmp_path / "out", uuid.uuid4().hex
+    proc = subprocess.Popen(
+        command(library, out),
+        cwd=tmp_path,
+        env={**environment(mark), WAIT_AT: "run:first-block"},  # held with its first block committed
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before it could be stopped"
+    spawned = psutil.Process(proc.pid).children(recursive=True)
+    assert (out / LEASE_FILE).exists()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output
+    assert "augment: stopped (SIGTERM). This run wrote" in output, output
+    assert "Run the same command again to resume" in output
+    assert not any(noise in output for noise in (*RAY_NOISE, "SIGTERM received")), output
+    assert not (out / LEASE_FILE).exists(), "the stopped run kept its lease"
+    assert not (out / "_SUCCESS").exists() and not (out / "manifest.json").exists()
+    assert list((out / "_manifests").glob("part-*.json")), "what was written is kept"
+    assert not wait_for_no_processes(mark, spawned), "Ray processes outlived the stopped job"
 
 
 def run_in_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> tuple[int, str]:

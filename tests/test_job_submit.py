@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from ray_pipelines.engine.manifest import LEASE_FILE, WAIT_AT
 from tests.audio_helpers import REPO, tone, write_audio
 from tests.ray_head import RAY, local_head, submit_when_ready
 
@@ -25,20 +30,15 @@ def ray_head(short_tmp):
         yield head.dashboard, env
 
 
-def test_ray_job_submit_runs_the_augment_job(ray_head, tmp_path):
+def test_ray_job_stop_unwinds_the_driver_and_a_second_submission_resumes_to_complete(ray_head, tmp_path):
+    """`ray job stop` sends the driver SIGTERM (SIGKILL 3 s later): the driver stops as after Ctrl-C,
+    keeps what was written and releases its lease; the next submission resumes and completes."""
     address, env = ray_head
     audio = tmp_path / "audio"
-    for i in range(2):
+    for i in range(3):
         write_audio(audio / f"clip{i}.wav", tone(1.0, freq=300.0 + 100 * i))
     out = tmp_path / "out"
-    command = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        address,
-        "--working-dir",
-        str(REPO),
+    job = [
         "--",
         "python",
         "-m",
@@ -46,20 +46,40 @@ def test_ray_job_submit_runs_the_augment_job(ray_head, tmp_path):
         "--no-progress",
         "--config",
         "jobs/configs/augment.yaml",
-        "--set",
-        f"input={audio}",
-        "--set",
-        f"output={out}",
-        "--set",
-        "num_versions=1",
-        "--set",
-        "duration=1.0",
-        "--set",
-        "n_mels=32",
+        *("--set", f"input={audio}", "--set", f"output={out}", "--set", "inputs_per_block=1"),
+        *("--set", "num_versions=1", "--set", "duration=1.0", "--set", "n_mels=32"),
     ]
-    submitted = submit_when_ready(command, env)
+    ray_job = [RAY, "job"]
+    at = ["--address", address]
+
+    held = f"held-{uuid.uuid4().hex[:8]}"  # its driver waits once its first block is committed
+    runtime_env = json.dumps({"env_vars": {WAIT_AT: "run:first-block"}})
+    submitted = submit_when_ready(
+        [*ray_job, "submit", *at, "--no-wait", "--submission-id", held, "--runtime-env-json", runtime_env]
+        + ["--working-dir", str(REPO), *job],
+        env,
+    )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    assert "augment job finished" in submitted.stdout
+    deadline, logs = time.time() + 240, ""
+    while time.time() < deadline and "waiting at run:first-block" not in logs:
+        time.sleep(1)
+        logs = subprocess.run([*ray_job, "logs", *at, held], env=env, capture_output=True, text=True).stdout
+    assert "waiting at run:first-block" in logs, logs[-3000:]
+    assert (out / LEASE_FILE).exists()
+    stopped = subprocess.run([*ray_job, "stop", *at, held], env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    logs = subprocess.run([*ray_job, "logs", *at, held], env=env, capture_output=True, text=True).stdout
+    assert "augment: stopped (SIGTERM). This run wrote" in logs, logs[-3000:]
+    assert "SIGTERM received" not in logs, logs[-3000:]  # the core worker's C++ stack dump
+    assert not (out / LEASE_FILE).exists(), "the stopped driver kept its lease"
+    assert not (out / "_SUCCESS").exists()
+    written = len(list((out / "_manifests").glob("part-*.json")))
+    assert written >= 1
+
+    resumed = submit_when_ready([*ray_job, "submit", *at, "--working-dir", str(REPO), *job], env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "augment job finished" in resumed.stdout
+    assert re.search(rf"already committed\s+{written} ", resumed.stdout), resumed.stdout[-3000:]
     assert (out / "_SUCCESS").exists()
     deadline = time.time() + 5
     while time.time() < deadline and not list(out.glob("*/part-*.parquet")):

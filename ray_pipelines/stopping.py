@@ -1,0 +1,45 @@
+"""Stopping a job from outside: Ctrl-C (SIGINT) and SIGTERM take the same path.
+
+SIGTERM is what ``ray job stop``, ``timeout``, ``docker stop``, systemd and Kubernetes send. The CLI
+turns it into :class:`Terminated`, a ``KeyboardInterrupt``, so it unwinds the run exactly as Ctrl-C
+does: the driver stops iterating, what was written stays committed, the lease is released, an
+embedded Ray is shut down, and the job exits 143 (the shell's code for SIGTERM) instead of dying
+where it stands with the lease held.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for a process stopped by SIGINT
+TERMINATED = 128 + signal.SIGTERM  # 143
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Terminated` in the main thread (a no-op elsewhere)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def ignore_stop_signals() -> None:
+    """While a stopped run cleans up: a second Ctrl-C or SIGTERM would interrupt the clean-up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def exit_code(stop: KeyboardInterrupt) -> int:
+    return TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
+
+
+def how(stop: KeyboardInterrupt) -> str:
+    """The stop's name for messages."""
+    return "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
