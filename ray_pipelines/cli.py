@@ -40,7 +40,7 @@ EXIT_CODES = """exit codes:
   1  could not run: inputs not listable or matching nothing, the output store refusing writes
      (no space, read-only, permission, credentials, no such bucket; committed work is kept),
      no cluster answering at --address / RAY_ADDRESS, a Ray failure
-  130, 143  stopped by Ctrl-C (SIGINT), by SIGTERM (ray job stop, timeout, a pod's deletion):
+  130, 143  stopped by Ctrl-C (SIGINT), by SIGTERM (ray job stop, timeout, docker stop):
      what was written is kept; rerun to resume"""
 EXIT_COMPLETE, EXIT_FAILED, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3
 

@@ -1,10 +1,11 @@
 """Stopping a job from outside: Ctrl-C (SIGINT) and SIGTERM take the same path.
 
-SIGTERM is what ``ray job stop``, ``timeout``, ``docker stop``, systemd and Kubernetes send. The CLI
-turns it into :class:`Terminated`, a ``KeyboardInterrupt``, so it unwinds the run exactly as Ctrl-C
-does: the driver stops iterating, what was written stays committed, the lease is released, an
-embedded Ray is shut down, and the job exits 143 (the shell's code for SIGTERM) instead of dying
-where it stands with the lease held.
+SIGTERM is what ``ray job stop``, ``timeout``, ``docker stop``, ``kill`` and systemd send, and what
+Kubernetes sends a pod's main process when it deletes the pod. The CLI turns it into
+:class:`Terminated`, a ``KeyboardInterrupt``, so it unwinds the run exactly as Ctrl-C does: the
+driver stops iterating, what was written stays committed, the lease is released, an embedded Ray is
+shut down, and the job exits 143 (the shell's code for SIGTERM) instead of dying where it stands
+with the lease held.
 """
 
 from __future__ import annotations

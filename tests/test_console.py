@@ -160,7 +160,7 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
 
 
 def test_sigterm_to_the_driver_alone_stops_like_ctrl_c_exits_143_and_releases_the_lease(library, tmp_path):
-    """What `timeout`, `docker stop` and a pod's deletion do: SIGTERM to the driver process only.
+    """What `timeout`, `docker stop` and `kill` do: SIGTERM to the driver process only.
     Before, Ray's own handler (sys.exit(15)) ended the job with exit code 15 and the core worker's
     C++ handler printed a stack dump; the CLI now unwinds it as it does a Ctrl-C."""
     out, mark = tmp_path / "out", uuid.uuid4().hex
