@@ -81,6 +81,13 @@ class CommonConfig(BaseModel):
         default_factory=lambda: list(AUDIO_EXTENSIONS),
         description="File extensions taken from directories, globs and tar shards (which inputs, like input).",
     )
+    include_hidden: bool = Field(
+        False,
+        description="Also take dotfiles, files in dot folders and under __MACOSX/ from directories, globs and "
+        "tar shards. Left out by default: macOS puts a ._ twin (metadata, not audio) beside every file it "
+        "copies to another disk or tar, each an error row. A single file, a list file's lines and a glob "
+        "that spells a hidden part (data/.takes/*.wav) are always read.",
+    )
     keep_list: str | None = Field(None, description="File of keys: process only these.")
     ignore_list: str | None = Field(None, description="File of keys: skip these.")
     inputs_per_block: int = Field(8, ge=1, description="Inputs per decode block (a crash loses at most one block).")
@@ -134,6 +141,7 @@ class CommonConfig(BaseModel):
         {
             "input",
             "extensions",
+            "include_hidden",
             "output",
             "limit",
             "batch_size",

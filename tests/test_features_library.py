@@ -31,7 +31,8 @@ def touch_library(root, layout: dict[str, int], ext: str = "wav") -> None:
 
 
 def scan(root, **kwargs):
-    items = list_inputs(str(root), kwargs.pop("extensions", ["mp3", "flac", "ogg", "wav", "m4a"]))
+    extensions = kwargs.pop("extensions", ["mp3", "flac", "ogg", "wav", "m4a"])
+    items = list_inputs(str(root), extensions, include_hidden=kwargs.pop("include_hidden", False))
     return scan_library(
         items,
         skip_dirs=kwargs.pop("skip_dirs", ["__MACOSX", ".*"]),
@@ -55,13 +56,16 @@ def test_label_is_the_first_folder_and_skip_dirs_apply_at_any_depth(tmp_path):
     )
     write_audio(tmp_path / "loose.wav", tone(0.05, 8000), 8000)
     (tmp_path / "jazz" / "cover.jpg").write_bytes(b"not audio")
-    result = scan(tmp_path)
-    assert result.songs_per_label == {"jazz": 6, "rock": 7}
+    (tmp_path / "rock" / "Album A" / "._song0.wav").write_bytes(b"\x00\x05\x16\x07 macOS metadata")
+    result = scan(tmp_path, include_hidden=True)  # what skip_dirs sees when hidden files are listed
+    assert result.songs_per_label == {"jazz": 6, "rock": 8}  # (the ._ twin a "song": an error row later)
     assert result.dropped == {"thin": 5}
     assert result.unlabelled == ["loose.wav"]
     assert result.skipped == 2 + 2 + 7
     assert {result.labels[i.key] for i in result.items} == {"jazz", "rock"}
     assert all(result.labels[i.key] == i.key.split("/")[0] for i in result.items)
+    default = scan(tmp_path)  # hidden names are never listed (sources.is_hidden), the ._ twin with them
+    assert (default.songs_per_label, default.skipped) == ({"jazz": 6, "rock": 7}, 0)
 
 
 def test_extensions_and_min_per_label_options(tmp_path):

@@ -70,6 +70,46 @@ def test_tar_members_become_inputs_with_byte_ranges(tmp_path):
     np.testing.assert_allclose(window, clip, atol=1e-3)
 
 
+# What macOS leaves beside a collection: an AppleDouble twin of each file (a few KB of metadata, not
+# audio), its zips' __MACOSX/ folder, Finder's .DS_Store; and a tool's dot folder.
+APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4000)
+
+
+def test_hidden_files_are_left_out_of_folders_globs_and_shards_but_named_ones_are_read(library, tmp_path):
+    (library / "a" / "._one.wav").write_bytes(APPLE_DOUBLE)
+    (library / "__MACOSX" / "a").mkdir(parents=True)
+    (library / "__MACOSX" / "a" / "._one.wav").write_bytes(APPLE_DOUBLE)
+    (library / ".DS_Store").write_bytes(b"Bud1")
+    write_audio(library / ".takes" / "take1.wav", tone(0.5))
+    expected = ["a/deep/two.flac", "a/one.wav", "b/three.ogg"]
+    assert [i.key for i in list_inputs(str(library), EXT)] == expected
+    assert [i.key for i in list_inputs(str(library / "**" / "*.wav"), EXT)] == ["a/one.wav"]
+    # asked for by name: a glob that spells the hidden part, a folder inside it, one file, a list file
+    assert [i.key for i in list_inputs(str(library / ".takes" / "*.wav"), EXT)] == ["take1.wav"]
+    assert [i.key for i in list_inputs(str(library / "**" / ".*" / "*.wav"), EXT)] == [".takes/take1.wav"]
+    assert [i.key for i in list_inputs(str(library / ".takes"), EXT)] == ["take1.wav"]
+    assert [i.key for i in list_inputs(str(library / "a" / "._one.wav"), EXT)] == ["._one.wav"]
+    (tmp_path / "named.txt").write_text(f"{library}/.takes/take1.wav\n")
+    assert [i.key for i in list_inputs(str(tmp_path / "named.txt"), EXT)] == [f"{library}/.takes/take1.wav".lstrip("/")]
+
+    clip = encoded_bytes(tone(0.5, 44100))
+    shard = write_tar(  # as macOS's tar writes it (COPYFILE_DISABLE unset): a ._ twin before each member
+        tmp_path / "shards" / "shard-000.tar",
+        {"./._x.flac": APPLE_DOUBLE, "./x.flac": clip, "clips/._y.flac": APPLE_DOUBLE, "clips/y.flac": clip},
+    )
+    (tmp_path / "shards" / "._shard-000.tar").write_bytes(APPLE_DOUBLE)  # the shard's own twin: not a tar
+    members = ["shard-000.tar/./x.flac", "shard-000.tar/clips/y.flac"]
+    assert [i.key for i in list_inputs(str(shard.parent), EXT)] == members
+    assert [i.key for i in list_inputs(str(shard), EXT)] == members  # a shard named alone: its twins left out too
+
+    everything = [i.key for i in list_inputs(str(library), EXT, include_hidden=True)]
+    assert everything == sorted([*expected, ".takes/take1.wav", "__MACOSX/a/._one.wav", "a/._one.wav"])
+    twins = ["shard-000.tar/./._x.flac", "shard-000.tar/clips/._y.flac"]
+    everything = {i.key: i.error for i in list_inputs(str(shard.parent), EXT, include_hidden=True)}
+    assert sorted(everything) == sorted(["._shard-000.tar", *members, *twins])
+    assert everything["._shard-000.tar"].startswith("unreadable tar shard")  # what every twin was before
+
+
 def test_missing_input_is_a_source_error(tmp_path):
     with pytest.raises(SourceError, match="not found"):
         list_inputs(str(tmp_path / "nowhere"), EXT)

@@ -86,7 +86,7 @@ class Job(abc.ABC):
         """Everything the input specs hold now (the engine compares it with what the output
         committed: new, changed and deleted inputs). Restricting it is :meth:`pick_inputs`'s job."""
         c = self.config
-        return list_specs(c.inputs(), c.extensions, c.storage_options, c.allow_empty)
+        return list_specs(c.inputs(), c.extensions, c.storage_options, c.allow_empty, c.include_hidden)
 
     def pick_inputs(self, items: list[InputItem]) -> list[InputItem]:
         """The listed inputs (after keep/ignore lists) this run takes; the engine then sorts them
