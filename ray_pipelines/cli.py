@@ -160,13 +160,13 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     from .engine.runner import run_job
     from .engine.summary import format_summary
     from .sources import SourceError
-    from .stopping import exit_code, how, ignore_stop_signals, stop_on_sigterm
+    from .stopping import exit_code, how, ignore_stop_signals, sigterm_stops_like_ctrl_c
 
     configure_logging(args.verbose, args.ray_progress)
     ray_was_running = _ray_running()  # a caller's Ray (tests, notebooks) stays up
-    with FilteredStderr(enabled=not args.verbose) as console:
+    # SIGTERM unwinds the run as Ctrl-C does: what was written is kept, the lease released, Ray shut down
+    with sigterm_stops_like_ctrl_c(), FilteredStderr(enabled=not args.verbose) as console:
         counts = make_progress(name, job_cls.rows_label, console, quiet=args.quiet or args.no_progress)
-        stop_on_sigterm()  # SIGTERM unwinds the run as Ctrl-C does (lease released, Ray shut down)
         try:
             job = job_cls(config)  # may load a model: its errors are the job's
             result = run_job(

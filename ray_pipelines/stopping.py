@@ -10,8 +10,10 @@ with the lease held.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for a process stopped by SIGINT
 TERMINATED = 128 + signal.SIGTERM  # 143
@@ -25,10 +27,21 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated
 
 
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM raises :class:`Terminated` in the main thread (a no-op elsewhere)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere nothing changes). After:
+    the SIGINT and SIGTERM handlers as they were, for a caller that goes on (tests, notebooks)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(number, handler)
 
 
 def ignore_stop_signals() -> None:

@@ -24,6 +24,7 @@ from ray_pipelines.config import validate_config
 from ray_pipelines.engine.manifest import LEASE_FILE, WAIT_AT
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+from ray_pipelines.stopping import Terminated, exit_code, ignore_stop_signals, sigterm_stops_like_ctrl_c
 from tests.audio_helpers import REPO, make_library
 from tests.killed_run import TEST_MARK, marked
 from tests.test_augment_job import rows_by_key
@@ -189,6 +190,20 @@ def test_sigterm_to_the_driver_alone_stops_like_ctrl_c_exits_143_and_releases_th
     assert not (out / "_SUCCESS").exists() and not (out / "manifest.json").exists()
     assert list((out / "_manifests").glob("part-*.json")), "what was written is kept"
     assert not wait_for_no_processes(mark, spawned), "Ray processes outlived the stopped job"
+
+
+def test_sigterm_raises_terminated_within_a_run_and_the_handlers_are_put_back_after_it():
+    """What `_run` wraps a job in, in this process: a caller that goes on (a test, a notebook) keeps its own
+    SIGINT and SIGTERM handlers, also after a stop whose clean-up ignored both."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with sigterm_stops_like_ctrl_c():
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs here, in the main thread
+        ignore_stop_signals()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert exit_code(Terminated()) == 143 and exit_code(KeyboardInterrupt()) == 130
 
 
 def run_in_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> tuple[int, str]:
