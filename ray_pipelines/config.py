@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -184,6 +185,18 @@ class CommonConfig(BaseModel):
                     f"{url_credentials(url)} holds credentials (user:password@); set them in the environment"
                 )
         return value
+
+    @field_validator("input", "output", "keep_list", "ignore_list")
+    @classmethod
+    def _expand_home(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """``~/clips`` in a config file (a shell expands it only on the command line) is the home folder's."""
+
+        def expanded(path: str) -> str:
+            return os.path.expanduser(path) if path.startswith("~") else path
+
+        if isinstance(value, list):
+            return [expanded(v) for v in value]
+        return expanded(value) if isinstance(value, str) else value
 
     @field_validator("extensions")
     @classmethod

@@ -121,7 +121,7 @@ def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fss
     protocol, path = split_protocol(url)
     if protocol == "file":
         fs = fsspec.filesystem("file")
-        return fs, os.path.abspath(path)
+        return fs, os.path.abspath(os.path.expanduser(path))  # ~/model.pt in a config file (no shell expands it)
     fs = fsspec.filesystem(protocol, **fs_options(protocol, storage_options))
     return fs, path
 

@@ -9,6 +9,7 @@ import pytest
 
 from ray_pipelines.config import ConfigError, load_config, parse_overrides
 from ray_pipelines.jobs.augment import AugmentConfig
+from ray_pipelines.storage import get_fs
 
 REPO_ARGS = ["--set", "input=/tmp/in", "--set", "output=/tmp/out"]
 
@@ -57,6 +58,17 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert cfg.waveform_pool.gain is None and cfg.dtype == "float16" and cfg.num_versions == 2
     with pytest.raises(ConfigError, match="expects key=value"):
         parse_overrides(["novalue"])
+
+
+def test_a_home_folder_in_a_config_file_is_the_home_folder(tmp_path, monkeypatch):
+    """YAML leaves ``~/clips`` as it is (only a shell expands it); it was a folder named ``~`` in the
+    current directory: "input not found: ~/clips", and an output written under ./~/."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = "input: [~/clips, s3://bucket/~x]\noutput: ~/views\nkeep_list: ~/keep.txt\n"
+    cfg = load_config(AugmentConfig, write(tmp_path, text))
+    assert cfg.input == [f"{tmp_path}/clips", "s3://bucket/~x"]
+    assert (cfg.output, cfg.keep_list) == (f"{tmp_path}/views", f"{tmp_path}/keep.txt")
+    assert get_fs("~/model.pt")[1] == f"{tmp_path}/model.pt"  # model and list files named in any config
 
 
 def test_fingerprint_ignores_runtime_keys_only(tmp_path):
