@@ -208,6 +208,8 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
 
 
 def _stopped_message(name: str, counts: ProgressDisplay, how: str) -> str:
+    if not counts.to_do:  # before the listing was done (connecting, listing): no input was written
+        return f"\n{name}: stopped ({how}) before it processed any input."
     kept = f"{counts.inputs_done} of {counts.to_do} inputs ({counts.rows} {counts.rows_label})"
     before = f", besides the {counts.skipped} committed before" if counts.skipped else ""
     return (

@@ -192,6 +192,27 @@ def test_sigterm_to_the_driver_alone_stops_like_ctrl_c_exits_143_and_releases_th
     assert not wait_for_no_processes(mark, spawned), "Ray processes outlived the stopped job"
 
 
+def test_a_run_stopped_before_it_listed_says_so_and_releases_the_lease(library, tmp_path):
+    """SIGTERM while the run lists its inputs (held at that point here; minutes for a bucket of millions)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        command(library, out),
+        cwd=tmp_path,
+        env={**environment(uuid.uuid4().hex), WAIT_AT: "run:prepared"},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr.readline().strip() == "waiting at run:prepared (RAY_PIPELINES_WAIT_AT)"
+    assert (out / LEASE_FILE).exists()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "augment: stopped (SIGTERM) before it processed any input."
+    assert not (out / LEASE_FILE).exists() and not list(out.glob("*/part-*.parquet"))
+
+
 def test_sigterm_raises_terminated_within_a_run_and_the_handlers_are_put_back_after_it():
     """What `_run` wraps a job in, in this process: a caller that goes on (a test, a notebook) keeps its own
     SIGINT and SIGTERM handlers, also after a stop whose clean-up ignored both."""

@@ -230,6 +230,7 @@ def _run_holding_lease(
     run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite, lease.run_id)
 
     mark("prepared")
+    stop_point("run:prepared")  # tests: a run stopped while it lists (minutes for a bucket of millions)
     listed = job.list_inputs()
     mark("listed")
     if not listed and not cfg.allow_empty:
