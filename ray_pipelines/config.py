@@ -63,7 +63,8 @@ class CommonConfig(BaseModel):
     input: str | list[str] = Field(
         ...,
         description="Path, glob, fsspec URL (s3://bucket/prefix/**/*.flac), directory, "
-        "a .txt/.lst file listing inputs, or .tar shards; or a list of those.",
+        "a .txt/.lst file listing inputs, or .tar shards; or a list of those (keys are paths below each "
+        "spec's folder: two files with one key are refused).",
     )
     output: str = Field(..., description="Output root: local path or fsspec URL.")
     seed: int = Field(0, description="Job seed; every random draw derives from it.")

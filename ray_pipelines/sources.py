@@ -24,6 +24,7 @@ from typing import Any
 
 from fsspec.asyn import sync
 
+from .config import ConfigError
 from .storage import get_fs, is_local, split_protocol, to_url
 
 log = logging.getLogger(__name__)
@@ -358,13 +359,17 @@ def list_specs(
     allow_empty: bool = False,
     include_hidden: bool = False,
 ) -> list[InputItem]:
-    """Every input of every spec, one per key (the first spec naming a key wins), sorted by key.
+    """Every input of every spec, one per key, sorted by key.
 
     A spec that matches nothing (a glob typo, an empty folder or list file) raises
-    :class:`SourceError` unless ``allow_empty``: an empty run would look like a finished one.
+    :class:`SourceError` unless ``allow_empty``: an empty run would look like a finished one. A file
+    that two specs both name (a glob and a folder around it) is one input; two different files with
+    the same key (``a/x.flac`` under both ``/data1`` and ``/data2``) raise :class:`ConfigError`: keeping
+    one of them, as listing did before, left the other out of the output without a word.
     """
     extensions = list(extensions)
     items: dict[str, InputItem] = {}
+    clashes: list[tuple[InputItem, InputItem]] = []
     for spec in specs:
         found = list_inputs(spec, extensions, storage_options, include_hidden)
         if not found and not allow_empty:
@@ -373,7 +378,17 @@ def list_specs(
                 "check the path, or set allow_empty: true if an empty input is expected"
             )
         for item in found:
-            items.setdefault(item.key, item)
+            first = items.setdefault(item.key, item)
+            if (first.source or first.uri) != (item.source or item.uri):
+                clashes.append((first, item))
+    if clashes:
+        first, other = clashes[0]
+        more = f" ({len(clashes) - 1} more keys likewise)" if len(clashes) > 1 else ""
+        raise ConfigError(
+            f"input: two different files have the key {first.key!r}: {first.source or first.uri} and "
+            f"{other.source or other.uri}{more}. A key is the path below its spec's folder: give one folder "
+            "above both, or each spec an output of its own"
+        )
     return [items[k] for k in sorted(items)]
 
 

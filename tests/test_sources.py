@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from ray_pipelines.audio.decode import AudioFile, InputAudio, load_window
-from ray_pipelines.sources import SourceError, list_inputs, read_key_list
-from tests.audio_helpers import encoded_bytes, tone, write_audio, write_tar
+from ray_pipelines.config import ConfigError
+from ray_pipelines.sources import SourceError, list_inputs, list_specs, read_key_list
+from tests.audio_helpers import REPO, encoded_bytes, tone, write_audio, write_tar
 
 EXT = ["wav", "flac", "ogg", "mp3"]
 
@@ -108,6 +112,29 @@ def test_hidden_files_are_left_out_of_folders_globs_and_shards_but_named_ones_ar
     everything = {i.key: i.error for i in list_inputs(str(shard.parent), EXT, include_hidden=True)}
     assert sorted(everything) == sorted(["._shard-000.tar", *members, *twins])
     assert everything["._shard-000.tar"].startswith("unreadable tar shard")  # what every twin was before
+
+
+def test_two_specs_naming_one_file_give_one_input_and_two_files_with_one_key_are_refused(library, tmp_path):
+    inputs = list_specs([str(library), str(library / "a" / "*.wav"), str(library / "a" / "one.wav")], EXT)
+    assert [i.key for i in inputs] == ["a/deep/two.flac", "a/one.wav", "b/three.ogg", "one.wav"]  # a/one.wav twice
+    other = tmp_path / "other"
+    write_audio(other / "a" / "one.wav", tone(0.25))  # another recording under the same relative path
+    write_audio(other / "c" / "four.wav", tone(0.25))
+    with pytest.raises(ConfigError) as refused:  # it was left out of the output without a word
+        list_specs([str(library), str(other)], EXT)
+    assert str(refused.value).startswith(
+        f"input: two different files have the key 'a/one.wav': {library}/a/one.wav and {other}/a/one.wav. "
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--set"]
+        + [f"input=[{library}, {other}]", "--set", f"output={tmp_path / 'out'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "two different files have the key 'a/one.wav'" in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "_lease.json").exists()
 
 
 def test_missing_input_is_a_source_error(tmp_path):
