@@ -379,7 +379,7 @@ def list_specs(
             )
         for item in found:
             first = items.setdefault(item.key, item)
-            if (first.source or first.uri) != (item.source or item.uri):
+            if first is not item and (first.source or first.uri) != (item.source or item.uri):
                 clashes.append((first, item))
     if clashes:
         first, other = clashes[0]
