@@ -113,20 +113,15 @@ def check_progress_lines(output: str, to_do: int, listed: int, skipped: int) -> 
     assert final and float(final.group(1)) > 0 and float(final.group(2)) > 0, lines[-1]
 
 
-def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_to_the_same_bytes(
-    library, tmp_path, ray_local
-):
-    reference = tmp_path / "reference"
-    run_job(AugmentJob(validate_config(AugmentConfig, {"input": str(library), "output": str(reference), **SETTINGS})))
-
-    out, mark = tmp_path / "out", uuid.uuid4().hex
+def start_held_after_its_first_block(library: Path, out: Path, mark: str) -> tuple[subprocess.Popen, list]:
+    """The CLI in a process group of its own (a shell's foreground job), its output in one pipe, held once
+    its first block is committed, so a signal finds it running however loaded the machine (unheld, its
+    blocks' manifests exist for about 2 s); with the processes it started (Ray's, agents included)."""
     proc = subprocess.Popen(
         command(library, out),
-        cwd=tmp_path,
-        # The driver waits as its first block's report arrives, so the Ctrl-C finds it running however
-        # loaded the machine (its blocks' manifests exist for about 2 s of an unheld run).
+        cwd=out.parent,
         env={**environment(mark), WAIT_AT: "run:first-block"},
-        start_new_session=True,  # its own process group, like a shell's foreground job
+        start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -134,8 +129,18 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
         time.sleep(0.05)
-    assert proc.poll() is None, "the job ended before it could be interrupted"
-    spawned = psutil.Process(proc.pid).children(recursive=True)  # Ray's processes, agents included
+    assert proc.poll() is None, "the job ended before it could be stopped"
+    return proc, psutil.Process(proc.pid).children(recursive=True)
+
+
+def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_to_the_same_bytes(
+    library, tmp_path, ray_local
+):
+    reference = tmp_path / "reference"
+    run_job(AugmentJob(validate_config(AugmentConfig, {"input": str(library), "output": str(reference), **SETTINGS})))
+
+    out, mark = tmp_path / "out", uuid.uuid4().hex
+    proc, spawned = start_held_after_its_first_block(library, out, mark)
     assert any("raylet" in p.name() for p in spawned)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     stopped_at = time.time()
@@ -165,20 +170,7 @@ def test_sigterm_to_the_driver_alone_stops_like_ctrl_c_exits_143_and_releases_th
     Before, Ray's own handler (sys.exit(15)) ended the job with exit code 15 and the core worker's
     C++ handler printed a stack dump; the CLI now unwinds it as it does a Ctrl-C."""
     out, mark = tmp_path / "out", uuid.uuid4().hex
-    proc = subprocess.Popen(
-        command(library, out),
-        cwd=tmp_path,
-        env={**environment(mark), WAIT_AT: "run:first-block"},  # held with its first block committed
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list((out / "_manifests").glob("part-*.json")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the job ended before it could be stopped"
-    spawned = psutil.Process(proc.pid).children(recursive=True)
+    proc, spawned = start_held_after_its_first_block(library, out, mark)
     assert (out / LEASE_FILE).exists()
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
