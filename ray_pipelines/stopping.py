@@ -44,6 +44,21 @@ def sigterm_stops_like_ctrl_c() -> Iterator[None]:
                 signal.signal(number, handler)
 
 
+@contextlib.contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """Around ``ray.init``, which replaces the caller's SIGTERM handler with Ray's own (``sys.exit(15)``:
+    no stop message, exit code 15): puts the caller's back, if it set one (the CLI's, above). Setting it
+    again also takes SIGTERM back from the core worker's C++ crash handler, which printed a stack dump
+    for a plain ``kill``."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    callers = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if callable(callers):
+            signal.signal(signal.SIGTERM, callers)
+
+
 def ignore_stop_signals() -> None:
     """While a stopped run cleans up: a second Ctrl-C or SIGTERM would interrupt the clean-up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

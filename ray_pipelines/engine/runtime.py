@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import signal
 import socket
 import threading
 import time
@@ -17,6 +15,7 @@ import ray
 from ray.data import DataContext
 
 from ..config import ActorPool, CommonConfig, ConfigError
+from ..stopping import sigterm_handler_kept
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     if ray.is_initialized():
         return "existing Ray session"
     address = address or os.environ.get("RAY_ADDRESS")
-    with callers_sigterm_handler_kept():
+    with sigterm_handler_kept():  # ray.init sets its own
         if address:
             wait_for_cluster(address, float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S)))
             ray.init(address=address, log_to_driver=WORKER_LOGS_TO_DRIVER, configure_logging=False)
@@ -64,21 +63,6 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
             _system_config={"kill_idle_workers_interval_ms": 0},
         )
         return "embedded local Ray"
-
-
-@contextlib.contextmanager
-def callers_sigterm_handler_kept():
-    """Put back a SIGTERM handler the caller set (the CLI's: stop as Ctrl-C does) once ``ray.init``
-    has replaced it with Ray's own (``sys.exit(15)``, which skips the CLI's stop message and exit code).
-    Setting it again also takes SIGTERM back from the core worker's C++ crash handler, which printed a
-    stack dump for a plain ``kill``."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    callers = signal.getsignal(signal.SIGTERM) if in_main_thread else None
-    try:
-        yield
-    finally:
-        if callable(callers):
-            signal.signal(signal.SIGTERM, callers)
 
 
 def cluster_endpoint(address: str) -> tuple[str, int] | None:
