@@ -4,6 +4,7 @@ renewed, taken over when stale or broken, fenced off when lost, released only by
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -117,6 +118,63 @@ def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_at_once(output):
     lease.acquire()
     assert lease_json(output)["run_id"] == "next"
     lease.release()
+
+
+def silent_holder(output: Storage, run_id: str, late_s: float, timeout_s: float = 10.0) -> Holder:
+    """A lease left on the output by a run on another host whose heartbeats stopped ``late_s`` ago (a
+    crashed pod): its process cannot be checked, only its heartbeat."""
+    holder = Holder.this_process(run_id, timeout_s)
+    holder.host, holder.heartbeat_at = "a-pod-that-crashed", time.time() - late_s
+    output.write_bytes(LEASE_FILE, holder.encode())
+    return holder
+
+
+def test_a_silent_holders_lease_is_waited_for_and_taken_over_when_it_times_out(output):
+    """What a scheduler's retry meets minutes after a crash: before, exit 2 until the lease timed out."""
+    silent_holder(output, "crashed", late_s=8.0)  # 3 beats late (1 s each), 2 s before its timeout
+    said = logging.Handler()
+    said.emit = lambda record: warnings.append(record.getMessage())
+    warnings: list[str] = []
+    logging.getLogger("ray_pipelines.engine.lease").addHandler(said)
+    try:
+        started = time.monotonic()
+        lease = Lease(output, "retry", 10)
+        lease.acquire()
+        waited = time.monotonic() - started
+    finally:
+        logging.getLogger("ray_pipelines.engine.lease").removeHandler(said)
+    assert 1.0 < waited < 20
+    assert lease_json(output)["run_id"] == "retry"
+    assert "held by run crashed on host a-pod-that-crashed" in warnings[0] and "heartbeats stopped" in warnings[0]
+    assert warnings[1].startswith("took over the lease")
+    lease.release()
+
+
+def test_a_live_holder_is_refused_at_once_and_a_silent_one_that_beats_again_after_the_wait(output):
+    live = Lease(output, "beating", 10)
+    live.acquire()  # heartbeat now: live, however long its timeout
+    started = time.monotonic()
+    with pytest.raises(LeaseHeld, match="in use by run beating"):
+        Lease(output, "second", 10).acquire()
+    assert time.monotonic() - started < 1.5  # no wait for a live holder
+    live.release()
+
+    slow = silent_holder(output, "slow", late_s=4.0)  # its store hiccuped, then it beats again
+
+    def beat_again() -> None:
+        time.sleep(1.0)
+        slow.heartbeat_at = time.time()
+        output.write_bytes(LEASE_FILE, slow.encode())
+
+    beating = threading.Thread(target=beat_again)
+    beating.start()
+    started = time.monotonic()
+    with pytest.raises(LeaseHeld, match="in use by run slow"):
+        Lease(output, "second", 10).acquire()
+    waited = time.monotonic() - started
+    beating.join()
+    assert 0.9 < waited < 5.0  # back as soon as the lease changed, not at its timeout
+    assert lease_json(output)["run_id"] == "slow"
 
 
 def test_runs_racing_for_a_free_lease_have_one_winner(output):

@@ -12,7 +12,8 @@ start time, last heartbeat, its timeout). It is
 - **released** by deleting it only if it is still this run's (S3 ``DeleteObject`` with ``If-Match``).
 
 A lease whose heartbeat is older than its timeout, or whose process is gone (same host, same PID
-namespace), is stale and may be taken over; ``--break-lease`` takes it regardless. A run that finds
+namespace), is stale and may be taken over; ``--break-lease`` takes it regardless. A run that finds a
+lease whose heartbeats stopped (:meth:`Holder.silent`) waits for it to go stale rather than give up. A run that finds
 its lease replaced has been fenced off: it stops and commits nothing (the runner checks the lease
 again just before writing ``manifest.json`` and ``_SUCCESS``). Stores with neither (other fsspec
 protocols, S3 look-alikes that ignore the headers) get the same protocol without the atomicity; the
@@ -40,6 +41,15 @@ log = logging.getLogger(__name__)
 
 TAKE_ATTEMPTS = 5  # a lease that keeps changing under a stale-takeover is alive after all
 BREAK_ATTEMPTS = 100  # --break-lease races a live holder's heartbeats until it wins
+# A holder whose heartbeat is this many beats late, and at least SILENT_MIN_S, is most likely gone (a
+# crashed pod whose retry came up on a fresh cluster): a run waits for its lease to time out and takes
+# it over, rather than exit 2 (and burn a scheduler's retry) minutes before that.
+SILENT_BEATS = 3
+SILENT_MIN_S = 2.0
+
+
+def heartbeat_interval(timeout_s: float) -> float:
+    return min(60.0, max(0.05, timeout_s / 10))
 
 
 class LeaseHeld(OutputConflict):
@@ -87,6 +97,10 @@ class Holder:
             if not _process_alive(self.pid):
                 return f"its process {self.pid} on this host is gone"
         return ""
+
+    def silent(self, now: float) -> bool:
+        """Live by its timeout, but its heartbeats stopped: most likely gone."""
+        return now - self.heartbeat_at > max(SILENT_BEATS * heartbeat_interval(self.timeout_s), SILENT_MIN_S)
 
     def describe(self, now: float) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started_at))
@@ -321,7 +335,9 @@ class Lease:
         return self.holder.run_id
 
     def acquire(self, break_lease: bool = False) -> None:
-        """Take the lease, or raise :class:`LeaseHeld` naming the live holder."""
+        """Take the lease, or raise :class:`LeaseHeld` naming the live holder. A silent holder's lease
+        (:meth:`Holder.silent`) is waited for, once, until it times out or changes."""
+        waited = False
         for attempt in range(BREAK_ATTEMPTS if break_lease else TAKE_ATTEMPTS):
             if attempt:
                 time.sleep(random.uniform(0.0, 0.05))  # another run changed it first: look again, staggered
@@ -336,6 +352,10 @@ class Lease:
                 now = time.time()
                 why = "--break-lease" if break_lease else ("it is unreadable" if other is None else "")
                 why = why or other.stale_because(now)
+                if not why and not waited and other.silent(now):
+                    waited = True
+                    self._wait_while_unchanged(other, seen)
+                    continue
                 if not why:
                     raise LeaseHeld(
                         f"output {self.storage.root} is in use by {other.describe(now)}; wait for it to finish, "
@@ -354,6 +374,23 @@ class Lease:
                 self.token = token
                 return
         raise LeaseHeld(f"output {self.storage.root}: could not take its lease; other runs keep changing it")
+
+    def _wait_while_unchanged(self, other: Holder, seen: str) -> None:
+        """Until the silent holder's lease times out, or it is renewed, released or taken by another run."""
+        now = time.time()
+        deadline = other.heartbeat_at + other.timeout_s + 1.0
+        log.warning(
+            "output %s is held by %s, whose heartbeats stopped; waiting %.0f s for its lease to time out "
+            "(--break-lease takes it now, if that run is gone)",
+            self.storage.root,
+            other.describe(now),
+            max(0.0, deadline - now),
+        )
+        while time.time() < deadline:
+            time.sleep(min(heartbeat_interval(other.timeout_s), max(0.0, deadline - time.time())))
+            current = self.store.read()
+            if current is None or current[1] != seen:
+                return
 
     def _still_mine(self, token: str) -> bool:
         """Read back: catches stores that accept conditional headers but ignore them."""
@@ -400,7 +437,7 @@ class Lease:
             self.token = None
 
     def start_heartbeat(self) -> None:
-        interval = min(60.0, max(0.05, self.holder.timeout_s / 10))
+        interval = heartbeat_interval(self.holder.timeout_s)
 
         def beat() -> None:
             while not self._stop.wait(interval):
