@@ -15,6 +15,8 @@ import glob as globlib
 import logging
 import os
 import posixpath
+import re
+import stat
 import tarfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from fsspec.asyn import sync
+from fsspec.utils import glob_translate
 
 from .config import ConfigError
 from .storage import get_fs, is_local, split_protocol, to_url
@@ -143,7 +146,7 @@ def list_inputs(
             return _list_from_list_file(fs, path, extensions, storage_options, include_hidden)
         if _has_magic(path):
             root = _glob_root(path)
-            infos = fs.glob(path, detail=True)
+            infos = glob_local(path, root) if is_local(fs) else fs.glob(path, detail=True)
             files = {p: i for p, i in infos.items() if i.get("type", "file") == "file" or _link_error(fs, p, i)}
             skip_hidden = not (include_hidden or is_hidden(_relative_key(path, root)))  # a pattern may ask for them
         elif fs.isdir(path):
@@ -199,6 +202,8 @@ def find_files(fs, root: str) -> dict[str, dict[str, Any]]:
     left out. On an asynchronous object store (s3fs, gcsfs) whose root holds subfolders, one delimited
     listing of the root names them and each is walked concurrently: ``find`` walks the whole tree one
     page of 1,000 keys at a time, one request after another (10,000 pages for 10 million objects)."""
+    if is_local(fs):
+        return walk_local(root)
     subfolders: list[str] = []
     files: dict[str, dict[str, Any]] = {}
     if getattr(fs, "async_impl", False) and hasattr(fs, "_find"):
@@ -214,6 +219,52 @@ def find_files(fs, root: str) -> dict[str, dict[str, Any]]:
     for part in found:
         files.update(part)
     return {p: i for p, i in files.items() if i.get("type", "file") != "directory"}
+
+
+def walk_local(root: str, maxdepth: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every file under a local folder (``maxdepth`` levels: 1 is the folder's own files), with what
+    ``fs.find`` gives of it (``mtime``, ``size``: the identity), following symlinked folders.
+
+    Datasets are often assembled from links (``train/speaker1 -> /mnt/corpus/speaker1``), and
+    torchvision's ``ImageFolder`` follows them too; ``fs.find`` did not, so such a folder's files were
+    left out without a word, and a glob left out symlinked files as well. A symlinked file's identity is
+    its target's (a replaced target is a changed input). A link to a folder above it (a loop) is not
+    followed: its files are listed once, by their path without the loop. A link that leads nowhere
+    (dangling, or a loop of links) is listed as such, for ``_link_error`` to name."""
+    files: dict[str, dict[str, Any]] = {}
+    top = os.stat(root)
+    stack = [(root, 1, frozenset({(top.st_dev, top.st_ino)}))]  # (folder, depth, the real folders above)
+    while stack:
+        folder, depth, above = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = entry.path
+                try:
+                    info = entry.stat()  # follows a link
+                except OSError:
+                    if entry.is_symlink():
+                        files[path] = dict(name=path, type="other", islink=True, destination=os.readlink(path))
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    link = entry.is_symlink()
+                    files[path] = dict(name=path, type="file", size=info.st_size, mtime=info.st_mtime, islink=link)
+                elif stat.S_ISDIR(info.st_mode) and (maxdepth is None or depth < maxdepth):
+                    real = (info.st_dev, info.st_ino)
+                    if real in above:
+                        log.info("%s: a link to a folder above it, not followed", path)
+                    else:
+                        stack.append((path, depth + 1, above | {real}))
+    return files
+
+
+def glob_local(pattern: str, root: str) -> dict[str, dict[str, Any]]:
+    """``fs.glob`` on local disk (its own pattern rules: ``glob_translate``) over :func:`walk_local`, so
+    a glob finds what a folder listing finds: files through symlinked folders, and symlinked files."""
+    if not os.path.isdir(root):
+        return {}
+    maxdepth = None if "**" in pattern else pattern[len(root) + 1 :].count("/") + 1
+    matches = re.compile(glob_translate(pattern)).match
+    return {path: info for path, info in walk_local(root, maxdepth).items() if matches(path)}
 
 
 async def _walk_all(fs, folders: list[str]) -> list[dict[str, dict[str, Any]]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import fsspec
 import numpy as np
 import pytest
 
@@ -191,6 +193,34 @@ def test_a_symlink_loop_is_a_final_error_and_a_dangling_link_a_retryable_one(lib
     with pytest.raises(Exception) as opened:  # the decoder says the same if a loop appears later
         AudioFile(InputAudio(str(library / "loop.wav"), 10))
     assert str(opened.value).startswith("symlink loop:")
+
+
+def test_symlinked_folders_and_files_are_inputs_like_any_other_and_a_loop_is_walked_once(library, tmp_path):
+    """A dataset assembled from links (before: a linked folder's files were left out without a word, and
+    a glob left out linked files too)."""
+    write_audio(tmp_path / "corpus" / "speaker1" / "u1.wav", tone(0.5))
+    (library / "c").symlink_to(tmp_path / "corpus")  # a folder elsewhere
+    (library / "b" / "link.wav").symlink_to(library / "a" / "one.wav")  # a file
+    (library / "a" / "deep" / "up").symlink_to(library)  # a loop: a folder above it
+    linked = ["a/deep/two.flac", "a/one.wav", "b/link.wav", "b/three.ogg", "c/speaker1/u1.wav"]
+    assert [i.key for i in list_inputs(str(library), EXT)] == linked
+    assert [i.key for i in list_inputs(str(library / "**" / "*.wav"), EXT)] == [
+        "a/one.wav",
+        "b/link.wav",
+        "c/speaker1/u1.wav",
+    ]
+    assert [i.key for i in list_inputs(str(library / "*" / "*.wav"), EXT)] == ["a/one.wav", "b/link.wav"]
+
+    items = {i.key: i for i in list_inputs(str(library), EXT)}
+    local = fsspec.filesystem("file")
+    for key in ("a/one.wav", "a/deep/two.flac"):  # a plain file's identity is what it was (no rerun after upgrading)
+        info = local.info(str(library / key))
+        assert items[key].etag == f"{info['mtime']}/{info['size']}"
+    assert items["b/link.wav"].etag == items["a/one.wav"].etag  # a link's is its target's
+    write_audio(library / "a" / "one.wav", tone(0.7))
+    os.utime(library / "a" / "one.wav", (1, 1))
+    target_replaced = {i.key: i.etag for i in list_inputs(str(library), EXT)}["b/link.wav"]
+    assert target_replaced == f"1.0/{(library / 'a' / 'one.wav').stat().st_size}" != items["b/link.wav"].etag
 
 
 def test_a_directory_in_a_list_file_is_a_final_error_row(library, tmp_path):
