@@ -176,7 +176,9 @@ def list_inputs(
                 hidden.append(key)
             continue
         link_error = _link_error(fs, file_path, info) if _is_audio(file_path, extensions) else ""
-        if link_error:
+        if _readable_name(key) != key and (_is_audio(file_path, extensions) or _is_tar(file_path)):
+            items.append(_not_utf8_item(key, int(info.get("size") or 0), _etag_of(info)))
+        elif link_error:
             items.append(InputItem(key=key, uri=to_url(fs, file_path), size=0, error=link_error))
         elif _is_tar(file_path):
             shards.append((file_path, key, info))
@@ -284,6 +286,29 @@ def _relative_key(file_path: str, root: str) -> str:
     return file_path.lstrip("/")
 
 
+def _readable_name(name: str) -> str:
+    """``name`` as it can be stored (UTF-8): bytes that are not UTF-8 (a name written by an old system in
+    Latin-1 or Shift-JIS reaches Python as surrogates) shown as ``\\xe9``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _not_utf8_item(key: str, size: int, etag: str) -> InputItem:
+    """A final error row for a file whose name is not UTF-8: its key could not be stored (Arrow, JSON)
+    and one such name stopped the whole job with UnicodeEncodeError."""
+    shown = _readable_name(key)
+    return InputItem(
+        key=shown,
+        uri=shown,
+        size=size,
+        etag=etag,
+        error=f"file name is not UTF-8 ({shown}): rename it, e.g. convmv -f latin1 -t utf8 --notest",
+    )
+
+
 LISTED_DIRECTORY = (
     "not a file: a list file names files or .tar shards, one per line; give a folder as an input of its own"
 )
@@ -357,6 +382,9 @@ def _list_tar(
                 if not include_hidden and is_hidden(member.name):  # macOS's tar adds a ._ twin of every file
                     continue
                 key = f"{shard_key}/{member.name}"
+                if _readable_name(key) != key:  # tarfile reads a non-UTF-8 name as surrogates too
+                    items.append(_not_utf8_item(key, member.size, etag))
+                    continue
                 if member.issym() or member.islnk():  # its bytes are another member's, or outside the shard
                     kind = "symlink" if member.issym() else "hardlink"
                     items.append(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import fsspec
 import numpy as np
 import pytest
 
-from ray_pipelines.audio.decode import AudioFile, InputAudio, load_window
+from ray_pipelines.audio.decode import AudioFile, InputAudio, is_retryable, load_window
 from ray_pipelines.config import ConfigError
+from ray_pipelines.engine.runner import inputs_table
 from ray_pipelines.sources import SourceError, list_inputs, list_specs, read_key_list
 from tests.audio_helpers import REPO, encoded_bytes, tone, write_audio, write_tar
 
@@ -137,6 +141,27 @@ def test_two_specs_naming_one_file_give_one_input_and_two_files_with_one_key_are
     )
     assert done.returncode == 2 and "two different files have the key 'a/one.wav'" in done.stderr, done.stderr
     assert not (tmp_path / "out" / "_lease.json").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_a_final_error_row_that_can_be_stored(library, tmp_path):
+    """A name written in Latin-1 by an old system (Python reads its bytes as surrogates): one such file
+    stopped the whole job with UnicodeEncodeError where the inputs became an Arrow table."""
+    write_audio(library / "b" / "cafe.wav", tone(0.5))
+    os.rename(bytes(library / "b" / "cafe.wav"), bytes(library / "b") + b"/caf\xe9.wav")
+    tar = tmp_path / "shards" / "s.tar"
+    tar.parent.mkdir()
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as shard:
+        member = tarfile.TarInfo("na\xefve.flac")  # stored as Latin-1 bytes; read back as surrogates
+        data = encoded_bytes(tone(0.5, 44100))
+        member.size = len(data)
+        shard.addfile(member, io.BytesIO(data))
+    for spec, key in ((str(library), "b/caf\\xe9.wav"), (str(tar.parent), "s.tar/na\\xefve.flac")):
+        items = {i.key: i for i in list_inputs(spec, EXT)}
+        assert items[key].error.startswith(f"file name is not UTF-8 ({key}): rename it")
+        assert not is_retryable(items[key].error)
+        table = inputs_table(list(items.values()))  # where the job stopped
+        assert key in table["key"].to_pylist() and json.dumps(items[key].error)
+    assert not list_inputs(str(library), EXT)[0].error  # the others are inputs as before
 
 
 def test_missing_input_is_a_source_error(tmp_path):
