@@ -452,6 +452,12 @@ def list_specs(
     for spec in specs:
         found = list_inputs(spec, extensions, storage_options, include_hidden)
         if not found and not allow_empty:
+            hidden = [] if include_hidden else list_inputs(spec, extensions, storage_options, include_hidden=True)
+            if hidden:  # a folder whose recordings all sit in a dot folder
+                raise SourceError(
+                    f"no inputs matched {spec} apart from hidden files ({len(hidden)}, e.g. {hidden[0].key}): set "
+                    "include_hidden: true to take dotfiles, dot folders and __MACOSX/"
+                )
             raise SourceError(
                 f"no inputs matched {spec} (extensions: {', '.join(extensions)}); "
                 "check the path, or set allow_empty: true if an empty input is expected"

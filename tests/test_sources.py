@@ -108,6 +108,12 @@ def test_hidden_files_are_left_out_of_folders_globs_and_shards_but_named_ones_ar
         {"./._x.flac": APPLE_DOUBLE, "./x.flac": clip, "clips/._y.flac": APPLE_DOUBLE, "clips/y.flac": clip},
     )
     (tmp_path / "shards" / "._shard-000.tar").write_bytes(APPLE_DOUBLE)  # the shard's own twin: not a tar
+    write_audio(tmp_path / "only" / ".takes" / "t.wav", tone(0.5))  # every recording in a dot folder
+    with pytest.raises(
+        SourceError, match=r"no inputs matched \S+/only apart from hidden files \(1, e.g. .takes/t.wav\)"
+    ):
+        list_specs([str(tmp_path / "only")], EXT)
+    assert [i.key for i in list_specs([str(tmp_path / "only")], EXT, include_hidden=True)] == [".takes/t.wav"]
     members = ["shard-000.tar/./x.flac", "shard-000.tar/clips/y.flac"]
     assert [i.key for i in list_inputs(str(shard.parent), EXT)] == members
     assert [i.key for i in list_inputs(str(shard), EXT)] == members  # a shard named alone: its twins left out too
