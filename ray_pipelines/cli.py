@@ -18,6 +18,8 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .stopping import exit_code, how, ignore_stop_signals, sigterm_stops_like_ctrl_c
+
 if TYPE_CHECKING:
     from .engine.progress import ProgressDisplay
 
@@ -160,7 +162,6 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     from .engine.runner import run_job
     from .engine.summary import format_summary
     from .sources import SourceError
-    from .stopping import exit_code, how, ignore_stop_signals, sigterm_stops_like_ctrl_c
 
     configure_logging(args.verbose, args.ray_progress)
     ray_was_running = _ray_running()  # a caller's Ray (tests, notebooks) stays up
@@ -270,8 +271,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt as stop:  # before a job started (imports, listing): nothing was written
-        from .stopping import exit_code, how
-
         print(f"\nray-pipelines: stopped ({how(stop)})", file=sys.stderr)
         return exit_code(stop)
 

@@ -12,9 +12,9 @@ start time, last heartbeat, its timeout). It is
 - **released** by deleting it only if it is still this run's (S3 ``DeleteObject`` with ``If-Match``).
 
 A lease whose heartbeat is older than its timeout, or whose process is gone (same host, same PID
-namespace), is stale and may be taken over; ``--break-lease`` takes it regardless. A run that finds a
-lease whose heartbeats stopped (:meth:`Holder.silent`) waits for it to go stale rather than give up. A run that finds
-its lease replaced has been fenced off: it stops and commits nothing (the runner checks the lease
+namespace), is stale and may be taken over; ``--break-lease`` takes it regardless. A run that finds
+a lease whose heartbeats stopped (:meth:`Holder.silent`) waits for it to go stale rather than give
+up. A run that finds its lease replaced has been fenced off: it stops and commits nothing (the runner checks the lease
 again just before writing ``manifest.json`` and ``_SUCCESS``). Stores with neither (other fsspec
 protocols, S3 look-alikes that ignore the headers) get the same protocol without the atomicity; the
 lease is read back after every write, which catches all but the closest races.
