@@ -10,7 +10,18 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["augment", "teacher", "encode", "features", "score", "score_mae", "formats", "changes", "listing"]
+BENCHMARKS = [
+    "augment",
+    "teacher",
+    "encode",
+    "features",
+    "score",
+    "score_mae",
+    "formats",
+    "changes",
+    "listing",
+    "local_listing",
+]
 
 
 def main(argv: list[str]) -> int:
