@@ -232,13 +232,21 @@ def walk_local(root: str, maxdepth: int | None = None) -> dict[str, dict[str, An
     left out without a word, and a glob left out symlinked files as well. A symlinked file's identity is
     its target's (a replaced target is a changed input). A link to a folder above it (a loop) is not
     followed: its files are listed once, by their path without the loop. A link that leads nowhere
-    (dangling, or a loop of links) is listed as such, for ``_link_error`` to name."""
+    (dangling, or a loop of links) is listed as such, for ``_link_error`` to name. A file or folder deleted
+    while the walk runs is left out, as ``fs.find`` left it out."""
     files: dict[str, dict[str, Any]] = {}
     top = os.stat(root)
     stack = [(root, 1, frozenset({(top.st_dev, top.st_ino)}))]  # (folder, depth, the real folders above)
     while stack:
         folder, depth, above = stack.pop()
-        with os.scandir(folder) as entries:
+        try:
+            entries = os.scandir(folder)
+        except FileNotFoundError:
+            if folder == root:
+                raise
+            log.debug("%s: deleted while the folder above it was listed, left out", folder)
+            continue  # its files are gone: not inputs (another error, e.g. permissions, fails the listing)
+        with entries:
             for entry in entries:
                 path = entry.path
                 try:
