@@ -12,6 +12,8 @@ By default (``quiet_ray``):
   as ``ray.put`` object references (however small the constructor kwargs), and the core worker
   warns about any reference argument of a restartable actor (ray-project/ray#57733, open).
   Turning restarts off would silence it at the cost of crash recovery, so the line is filtered.
+- Blocks that failed because the run was told to stop (the output store refused a write, the lease
+  was taken over) are one warning line (:class:`StoppedBlocks`), not a traceback each.
 
 ``--verbose`` leaves all of it as Ray has it.
 """
@@ -28,6 +30,7 @@ import sys
 import termios
 import threading
 import time
+import traceback
 from typing import TextIO
 
 # Lines of the driver's stderr (C++ and Python alike) that say nothing a user can act on.
@@ -63,6 +66,40 @@ def quiet_ray(keep_ray_data_info: bool = False) -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(level)
+                if not any(isinstance(f, StoppedBlocks) for f in handler.filters):
+                    handler.addFilter(StoppedBlocks())
+
+
+# What a block that failed because the run was told to stop (engine/control.py) raised, as Ray's
+# traceback text names it (the exception crossed from an actor: its class is known by name only).
+STOPPED_BLOCK = re.compile(
+    r"^ray_pipelines\.engine\.control\.(?:RunStopped: run stopped \(\w+\)|OutputStoreError): (.+)$", re.M
+)
+
+
+class StoppedBlocks(logging.Filter):
+    """Ray Data logs every failed block with a traceback of some 50 lines. When the output store
+    refused a write (or the run's lease was taken over) every block in flight fails the same way:
+    one screen of tracebacks per block, for what the run's last line says in one. On the console
+    such a block is one warning line, once per reason; Ray Data's log file keeps each traceback."""
+
+    def __init__(self):
+        super().__init__()
+        self.told: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        found = STOPPED_BLOCK.search("".join(traceback.format_exception(*record.exc_info)))
+        if not found:
+            return True  # any other failed block: its traceback is what a person needs
+        reason = found.group(1).strip()
+        if reason not in self.told:
+            self.told.add(reason)
+            logging.getLogger("ray_pipelines.engine.control").warning(
+                "the run is stopping: %s (blocks in flight end first; tracebacks in Ray Data's log)", reason
+            )
+        return False
 
 
 class FilteredStderr:

@@ -120,6 +120,25 @@ def test_a_full_disk_stops_the_run_with_the_os_error_and_keeps_what_was_committe
     assert committed_rows(store, "full/out", "key", "version") == committed_rows(store, "ref", "key", "version")
 
 
+def test_a_full_disk_on_the_console_is_one_warning_and_the_last_line_not_a_traceback_per_block(mount_tmpfs, clips):
+    """Before: every block that failed on the full disk, or stopped because of it, printed Ray Data's
+    traceback (some 50 lines each); a run with many blocks in flight filled the screen."""
+    disk = mount_tmpfs("full", "size=512k")
+    done = run_cli(
+        "--set",
+        f"input={clips}",
+        "--set",
+        f"output={disk / 'out'}",
+        *sum((["--set", f"{k}={v}"] for k, v in BIG_ROWS.items()), []),
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("ray-pipelines augment: write failed: No space left on device: ")
+    assert "Traceback" not in done.stderr and "UserCodeException" not in done.stderr, done.stderr
+    stopping = [line for line in lines if "the run is stopping: write failed: No space left on device" in line]
+    assert len(stopping) == 1 and stopping[0].startswith("WARNING "), done.stderr
+
+
 def test_a_read_only_output_exits_1_with_the_os_error(mount_tmpfs, clips):
     disk = mount_tmpfs("ro", "size=1m,ro")
     done = run_cli("--set", f"input={clips}", "--set", f"output={disk}")
