@@ -6,7 +6,8 @@ By default (``quiet_ray``):
   ``/tmp/ray/session_latest/logs``, ``.../logs/ray-data``); this hides the token-auth notice
   and Ray Data's INFO lines.
 - Workers' stdout/stderr stay in Ray's worker log files instead of streaming to the driver.
-- :class:`FilteredStderr` drops the one C++ line Ray prints for every actor pool:
+- :class:`FilteredStderr` drops Ray's retry warnings for a cluster that refuses the driver's auth
+  token (the job's last line says what to set), and the one C++ line Ray prints for every actor pool:
   ``core_worker.cc: Actor ... has constructor arguments in the object store and max_restarts > 0``.
   Its cause is Ray Data's, not ours: every actor pool gets its map transformer and DataContext
   as ``ray.put`` object references (however small the constructor kwargs), and the core worker
@@ -36,6 +37,9 @@ from typing import TextIO
 # Lines of the driver's stderr (C++ and Python alike) that say nothing a user can act on.
 NOISE = (
     re.compile(rb"core_worker\.cc:\d+: Actor .* has constructor arguments in the object store and max_restarts > 0"),
+    # Ray retries a cluster that refuses the driver's token for 20 s, a line each second; the job's last
+    # line says what to set (engine/runtime.token_advice).
+    re.compile(rb"gcs_client\.cc:\d+: Failed to get cluster ID from GCS server: Unauthenticated: .*InvalidAuthToken"),
 )
 
 

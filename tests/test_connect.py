@@ -63,3 +63,49 @@ def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_
     assert last.endswith("leave both unset to run on an embedded local Ray")
     assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
     assert not (out / "manifest.json").exists()
+
+
+def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_path, short_tmp):
+    """Ray 2.60's `ray start` turns token auth on, and Ray sends a token to an address it is given only
+    with RAY_AUTH_MODE=token. Before: Ray's retry warning every second for 20 s, then `ConnectionError:
+    Failed to connect to Ray cluster at ...` and nothing about tokens."""
+    from tests.ray_head import local_head
+
+    write_audio(tmp_path / "in" / "a.wav", tone(1.0))
+    out = tmp_path / "out"
+    driver_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    driver_env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's own retries: 2 s, not 20
+
+    def job(address: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--quiet"]
+            + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={out}", "--address", address],
+            cwd=REPO,
+            env={**driver_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    with local_head(short_tmp("head"), {**os.environ, "RAY_AUTH_MODE": "token"}, num_cpus=1, dashboard=False) as head:
+        unasked = job(head.address)
+        wrong = job(head.address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)
+    assert unasked.returncode == 1, unasked.stderr
+    assert unasked.stderr.strip().splitlines()[-1] == (
+        f"ray-pipelines augment: the job could not run: ConnectionError: the Ray cluster at {head.address} wants an "
+        "auth token (token auth is on by default since Ray 2.60), and Ray sends one to an address it is given only "
+        "with RAY_AUTH_MODE=token: export RAY_AUTH_MODE=token, with the cluster's token in RAY_AUTH_TOKEN, "
+        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
+    )
+    assert "InvalidAuthToken" not in unasked.stderr  # Ray's retry warnings: the last line says it all
+    assert wrong.returncode == 1, wrong.stderr
+    assert (
+        wrong.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"ConnectionError: the Ray cluster at {head.address} refused this driver's auth token: put the cluster's "
+            "token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token "
+            "(`ray get-auth-token` on the head prints it)"
+        )
+    )
+    assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()

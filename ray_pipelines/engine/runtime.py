@@ -50,7 +50,12 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     with sigterm_handler_kept():  # ray.init sets its own
         if address:
             wait_for_cluster(address, float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S)))
-            ray.init(address=address, log_to_driver=WORKER_LOGS_TO_DRIVER, configure_logging=False)
+            try:
+                ray.init(address=address, log_to_driver=WORKER_LOGS_TO_DRIVER, configure_logging=False)
+            except ConnectionError as e:
+                if token_refused(e):
+                    raise ConnectionError(token_advice(address)) from e
+                raise
             return f"cluster at {address}"
         # Keep idle workers: otherwise every write task pays a fresh worker's start-up
         # (about 1 CPU-second per block, measured in bench/encode.py).
@@ -95,6 +100,33 @@ def wait_for_cluster(address: str, timeout_s: float) -> None:
                     "RAY_ADDRESS, or leave both unset to run on an embedded local Ray"
                 ) from None
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def token_refused(error: BaseException) -> bool:
+    """Whether ``ray.init``'s ConnectionError was the cluster refusing this driver's auth token: Ray
+    says so only in the text of the error it chains (``AuthenticationError: ... InvalidAuthToken``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if "InvalidAuthToken" in str(seen) or type(seen).__name__ == "AuthenticationError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def token_advice(address: str) -> str:
+    """What to do when the cluster at ``address`` refused this driver's token. A cluster started with
+    ``ray start`` uses token auth by default since Ray 2.60, and Ray sends a token to an address named
+    by ``--address`` or ``RAY_ADDRESS`` only with ``RAY_AUTH_MODE=token`` (it never sends one unasked:
+    the address may not be the cluster the token is for). Before, the job printed Ray's retry warning
+    every second for 20 s, then ``ConnectionError: Failed to connect to Ray cluster at ...``."""
+    where = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return (
+            f"the Ray cluster at {address} wants an auth token (token auth is on by default since Ray 2.60), and "
+            f"Ray sends one to an address it is given only with RAY_AUTH_MODE=token: export RAY_AUTH_MODE=token, "
+            f"with the cluster's token in {where}"
+        )
+    return f"the Ray cluster at {address} refused this driver's auth token: put the cluster's token in {where}"
 
 
 @dataclass(frozen=True)
