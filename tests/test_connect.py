@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 
-from ray_pipelines.engine.runtime import cluster_endpoint, wait_for_cluster
+from ray_pipelines.engine.runtime import cluster_endpoint, gcs_problem, wait_for_cluster
 from tests.audio_helpers import REPO, tone, write_audio
 
 
@@ -109,3 +114,52 @@ def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_
         )
     )
     assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
+
+
+@contextlib.contextmanager
+def http_server():
+    """What a Ray head's dashboard port is to a driver: an HTTP/1 server (it answers HTTP/2 with 505)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_address_that_is_not_a_ray_gcs_is_named_at_once(tmp_path):
+    """Before: `ray.init` asked such an address for its cluster id 20 times, 30 s each, the job at 0 %
+    for 13 minutes (the dashboard's port, Ray Client's, another service)."""
+    grpc_service = grpc.server(ThreadPoolExecutor(1))  # a gRPC server without Ray's services (Ray Client's)
+    grpc_port = grpc_service.add_insecure_port("127.0.0.1:0")
+    grpc_service.start()
+    try:
+        started = time.monotonic()
+        assert gcs_problem(f"127.0.0.1:{grpc_port}", 5.0) == (
+            f"127.0.0.1:{grpc_port} is a gRPC service but not a Ray cluster's GCS (Ray Client's port, 10001, is "
+            "ray://HOST:10001): give the head's GCS address (host:6379 by default)"
+        )
+        assert time.monotonic() - started < 5  # an answer, not the timeout
+    finally:
+        grpc_service.stop(None)
+    assert gcs_problem("ray://127.0.0.1:1", 1.0) == gcs_problem("auto", 1.0) == ""  # left to Ray
+
+    write_audio(tmp_path / "in" / "a.wav", tone(1.0))
+    with http_server() as address:
+        done = subprocess.run(
+            [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--quiet"]
+            + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={tmp_path / 'out'}", "--address", address],
+            cwd=REPO,
+            env={**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "2"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ray-pipelines augment: the job could not run: ConnectionError: something answers at {address}, but not "
+        "a Ray cluster: it does not speak gRPC (the dashboard's port, 8265, is for `ray job submit --address "
+        "http://HOST:8265`): give the head's GCS address (host:6379 by default)"
+    )
+    assert not (tmp_path / "out" / "_lease.json").exists()

@@ -49,7 +49,11 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     address = address or os.environ.get("RAY_ADDRESS")
     with sigterm_handler_kept():  # ray.init sets its own
         if address:
-            wait_for_cluster(address, float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S)))
+            timeout_s = float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+            wait_for_cluster(address, timeout_s)
+            problem = gcs_problem(address, min(GCS_PROBE_TIMEOUT_S, timeout_s))
+            if problem:
+                raise ConnectionError(problem)
             try:
                 ray.init(address=address, log_to_driver=WORKER_LOGS_TO_DRIVER, configure_logging=False)
             except ConnectionError as e:
@@ -100,6 +104,51 @@ def wait_for_cluster(address: str, timeout_s: float) -> None:
                     "RAY_ADDRESS, or leave both unset to run on an embedded local Ray"
                 ) from None
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+# How long a named address has to take an HTTP/2 connection and answer one GCS request.
+GCS_PROBE_TIMEOUT_S = 10.0
+DEFAULT_GCS_ADDRESS = "the head's GCS address (host:6379 by default)"
+
+
+def gcs_problem(address: str, timeout_s: float = GCS_PROBE_TIMEOUT_S) -> str:
+    """Why ``address``, where something accepts connections, will not take this driver: "" when its
+    GCS answers (or the address is not checked: a ``ray://`` Ray Client address, TLS).
+
+    ``ray.init`` asks an address for its cluster id 20 times, waiting 30 s for each answer: a port that
+    is not a Ray GCS (the dashboard's 8265, Ray Client's 10001, another service) held the job at 0 %
+    for 13 minutes, and a cluster wanting a token this driver does not send for 20 s of Ray's
+    warnings. One gRPC request of Ray's own (``GetClusterId``) tells them apart in milliseconds."""
+    endpoint = cluster_endpoint(address)
+    if endpoint is None or "://" in address or os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return ""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    host, port = endpoint
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return (
+                f"something answers at {address}, but not a Ray cluster: it does not speak gRPC (the dashboard's "
+                f"port, 8265, is for `ray job submit --address http://HOST:8265`): give {DEFAULT_GCS_ADDRESS}"
+            )
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return (
+                    f"{address} is a gRPC service but not a Ray cluster's GCS (Ray Client's port, 10001, is "
+                    f"ray://HOST:10001): give {DEFAULT_GCS_ADDRESS}"
+                )
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                return token_advice(address)
+            # Anything else (a token this probe does not send, a GCS still starting): ray.init decides.
+    return ""
 
 
 def token_refused(error: BaseException) -> bool:
