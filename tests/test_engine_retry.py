@@ -10,6 +10,12 @@ from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import tone, write_audio
 
 
+def alive_actors(class_name: str) -> int:
+    from ray._private.state import actors
+
+    return sum(a["ActorClassName"] == class_name and a["State"] != "DEAD" for a in actors().values())
+
+
 def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_path, ray_local):
     src = tmp_path / "in"
     write_audio(src / "here.wav", tone(1.0))
@@ -28,7 +34,11 @@ def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_pa
             "hop_length": 256,
         },
     )
+    controls_before = alive_actors("_Control")
     first = run_job(AugmentJob(cfg), progress=False)
+    # Each run's control actor ends with its blocks: a session running job after job (a notebook, the
+    # test suite) kept a worker process for every run before.
+    assert alive_actors("_Control") == controls_before
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [(e["key"], e["retry"]) for e in errors] == [("later.wav", True)]
     assert errors[0]["reason"].startswith("missing")
@@ -36,6 +46,7 @@ def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_pa
 
     write_audio(src / "later.wav", tone(1.0, freq=600.0))
     second = run_job(AugmentJob(cfg), progress=False)
+    assert alive_actors("_Control") == controls_before
     assert second.counts["skipped_already_committed"] == 1 and second.counts["processed_this_run"] == 1
     assert second.counts["rows_written"] == 2 and second.counts["errors"] == 0
     assert (tmp_path / "out" / "errors.jsonl").read_text() == ""

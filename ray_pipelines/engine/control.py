@@ -114,6 +114,13 @@ class RunControl:
         self._actor = _Control.options(scheduling_strategy=here).remote()
         self._seen: tuple[str, str] | None = None
 
+    def close(self) -> None:
+        """End the control actor once the run's blocks are done. Left to Ray, it lived as long as the
+        driver's Ray session: a notebook or a script running several jobs in one session kept one
+        worker process (about 200 MB) per run."""
+        with contextlib.suppress(Exception):  # already gone with its node or Ray: nothing to end
+            ray.kill(self._actor, no_restart=True)
+
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self, kind: str, reason: str) -> None:
         ray.get(self._actor.set.remote(kind, reason), timeout=60)

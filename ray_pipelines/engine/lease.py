@@ -445,8 +445,9 @@ class Lease:
                     self.renew()
                 except LeaseLost as e:
                     log.error("%s", e)
-                    if self.on_lost is not None:
-                        self.on_lost(str(e))
+                    told = self.on_lost  # read once: the run may clear it as its blocks end
+                    if told is not None:
+                        told(str(e))
                     return
                 except Exception as e:  # a store hiccup: the next beat tries again
                     log.warning("lease heartbeat on %s failed: %s", self.storage.root, e)

@@ -31,7 +31,7 @@ from ..sources import InputItem, SourceError, overlapping_input, read_key_list
 from ..storage import Storage
 from .changes import detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
-from .decode import concat_batches, python_scalar
+from .decode import concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
 from .manifest import OutputState, Progress, lost_keys, stop_point
@@ -41,7 +41,7 @@ from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, PoolPlan, configure_data_context, connect, plan_pool
 from .sink import ShardSink
 from .timeline import mark
-from .write_stream import stream_write
+from .write_stream import report_rows, stream_write
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,11 @@ def _run_holding_lease(
             configure_data_context(cfg, progress)
             control = RunControl()
             lease.on_lost = lambda reason: control.stop("fenced", reason)
-            writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control, monitor)
+            try:
+                writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control, monitor)
+            finally:
+                lease.on_lost = None  # a lease lost from here on fails the commit (still_holds)
+                control.close()
         finished = True
     finally:
         if monitor is not None:
@@ -347,13 +351,19 @@ def _execute_with_retries(
     for attempt in range(retries + 1):
         try:
             with control.watch_nodes():
-                for report in _execute(job, pending, fingerprint, run_id, control):
-                    if not writes:
-                        mark("first block written")
-                        stop_point("run:first-block")  # tests: a run killed or held with blocks still to write
-                    writes.append(report)
-                    if monitor is not None:
-                        monitor.update(report)
+                reports = _execute(job, pending, fingerprint, run_id, control)
+                try:
+                    for report in reports:
+                        if not writes:
+                            mark("first block written")
+                            stop_point("run:first-block")  # tests: a run killed or held with blocks still to write
+                        writes.append(report)
+                        if monitor is not None:
+                            monitor.update(report)
+                finally:
+                    # The plan's execution ends here, on a stop too (Ctrl-C, SIGTERM, an error), before a
+                    # caller shuts Ray down: not whenever the garbage collector gets to the iterator.
+                    reports.close()
         except Exception as e:
             _raise_if_stopped(control, e)
             raise
@@ -548,7 +558,7 @@ def _execute(
             )
     mark("plan built")
     if fused_write:
-        return ({name: python_scalar(value) for name, value in row.items()} for row in ds.iter_rows())
+        return report_rows(ds)
     return stream_write(
         ds,
         sink,
