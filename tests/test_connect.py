@@ -103,7 +103,7 @@ def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_
         "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
     )
     assert "InvalidAuthToken" not in unasked.stderr  # Ray's retry warnings: the last line says it all
-    assert wrong.returncode == 1, wrong.stderr
+    assert wrong.returncode == 1 and "InvalidAuthToken" not in wrong.stderr, wrong.stderr
     assert (
         wrong.stderr.strip()
         .splitlines()[-1]
