@@ -504,8 +504,10 @@ def test_a_damaged_file_is_named_with_pyarrows_reason(tmp_path, layout):
             ShardRows(files, shuffle=True, seed=1)
     Path(damaged).write_bytes(original)
     assert sorted(int(row["x"][0]) for row in dataset) == list(range(ROWS))
-    os.remove(damaged)  # a missing file: the OS's error, which names it
-    with pytest.raises(FileNotFoundError, match=re.escape(damaged)):
+    os.remove(damaged)  # a missing file: still a FileNotFoundError, and it says why it may be gone
+    with pytest.raises(
+        FileNotFoundError, match=f"reading {re.escape(damaged)}: the file is gone: .* make the reader again"
+    ):
         list(dataset)
 
 

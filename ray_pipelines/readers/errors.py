@@ -19,16 +19,30 @@ class UnreadableFile(OSError):
     message names it and gives the underlying reason."""
 
 
+class GoneFile(UnreadableFile, FileNotFoundError):
+    """A file of the reader's that is not there (still a ``FileNotFoundError``), with the likely why."""
+
+
+# Readers hold the files of the commit they were made from; a training run that outlives a nightly
+# commit met the OS's bare "No such file or directory" for each file that commit replaced.
+GONE = (
+    "the file is gone: a newer run of the job that wrote it may have committed the output again since the "
+    "reader was made (a commit deletes the files it rewrote or pruned): make the reader again"
+)
+
+
 @contextmanager
 def naming_the_file(
     url: str, errors: tuple[type[BaseException], ...], changed: Callable[[], str | None] | None = None
 ) -> Iterator[None]:
     """Re-raise ``errors`` raised inside as :class:`UnreadableFile` naming ``url``; ``changed()`` may add
-    why (the file is not as the reader found it). Errors that name the file already (a missing file, a
-    file that is not Parquet) pass unchanged."""
+    why (the file is not as the reader found it). Errors that name the file already (a file that is not
+    Parquet) pass unchanged; a missing file is a :class:`GoneFile`, which says why it may be gone."""
     try:
         yield
     except errors as error:
+        if isinstance(error, FileNotFoundError) and not isinstance(error, UnreadableFile):
+            raise GoneFile(f"reading {url}: {GONE}") from error
         message = str(error)
         if isinstance(error, UnreadableFile) or url in message or split_protocol(url)[1] in message:
             raise
