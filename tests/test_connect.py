@@ -128,9 +128,11 @@ def http_server():
         server.server_close()
 
 
-def test_an_address_that_is_not_a_ray_gcs_is_named_at_once(tmp_path):
+def test_an_address_that_is_not_a_ray_gcs_is_named_at_once(tmp_path, monkeypatch):
     """Before: `ray.init` asked such an address for its cluster id 20 times, 30 s each, the job at 0 %
-    for 13 minutes (the dashboard's port, Ray Client's, another service)."""
+    for 13 minutes (the dashboard's port, Ray Client's, another service). The probe goes straight to the
+    address, as Ray does, whatever proxy the environment names."""
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
     grpc_service = grpc.server(ThreadPoolExecutor(1))  # a gRPC server without Ray's services (Ray Client's)
     grpc_port = grpc_service.add_insecure_port("127.0.0.1:0")
     grpc_service.start()

@@ -123,11 +123,13 @@ def gcs_problem(address: str, timeout_s: float = GCS_PROBE_TIMEOUT_S) -> str:
     if endpoint is None or "://" in address or os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
         return ""
     import grpc
+    from ray._private.ray_constants import GLOBAL_GRPC_OPTIONS
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
     host, port = endpoint
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    with grpc.insecure_channel(target) as channel:
+    # Ray's own channel options: no HTTP proxy from the environment (unless RAY_grpc_enable_http_proxy).
+    with grpc.insecure_channel(target, options=GLOBAL_GRPC_OPTIONS) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
