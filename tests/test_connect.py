@@ -47,19 +47,24 @@ def test_waiting_for_a_cluster_returns_once_it_listens_and_names_the_address_whe
     wait_for_cluster("auto", 0.0)  # Ray finds (or refuses) these itself
 
 
-def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_path):
-    # A process of its own: a test process may hold a Ray session, which the job would use instead.
+def job_at(address: str, tmp_path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """The augment CLI over one clip in ``tmp_path/in`` (written here), to ``tmp_path/out``, at ``address``: a
+    process of its own (a test process may hold a Ray session, which the job would use instead)."""
     write_audio(tmp_path / "in" / "a.wav", tone(1.0))
-    out, port = tmp_path / "out", closed_port()
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--quiet"]
-        + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={out}", "--address", f"127.0.0.1:{port}"],
+        + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={tmp_path / 'out'}", "--address", address],
         cwd=REPO,
-        env={**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "1"},
+        env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_path):
+    out, port = tmp_path / "out", closed_port()
+    done = job_at(f"127.0.0.1:{port}", tmp_path, {**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "1"})
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(
@@ -76,21 +81,12 @@ def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_
     Failed to connect to Ray cluster at ...` and nothing about tokens."""
     from tests.ray_head import local_head
 
-    write_audio(tmp_path / "in" / "a.wav", tone(1.0))
     out = tmp_path / "out"
     driver_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     driver_env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's own retries: 2 s, not 20
 
     def job(address: str, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--quiet"]
-            + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={out}", "--address", address],
-            cwd=REPO,
-            env={**driver_env, **env},
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        return job_at(address, tmp_path, {**driver_env, **env}, timeout=180)
 
     with local_head(short_tmp("head"), {**os.environ, "RAY_AUTH_MODE": "token"}, num_cpus=1, dashboard=False) as head:
         unasked = job(head.address)
@@ -147,17 +143,8 @@ def test_an_address_that_is_not_a_ray_gcs_is_named_at_once(tmp_path, monkeypatch
         grpc_service.stop(None)
     assert gcs_problem("ray://127.0.0.1:1", 1.0) == gcs_problem("auto", 1.0) == ""  # left to Ray
 
-    write_audio(tmp_path / "in" / "a.wav", tone(1.0))
     with http_server() as address:
-        done = subprocess.run(
-            [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--quiet"]
-            + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={tmp_path / 'out'}", "--address", address],
-            cwd=REPO,
-            env={**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "2"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = job_at(address, tmp_path, {**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "2"})
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"ray-pipelines augment: the job could not run: ConnectionError: something answers at {address}, but not "
