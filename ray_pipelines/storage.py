@@ -300,6 +300,17 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or "local" in protocols
 
 
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What a call on a store raises when the store cannot be reached or refuses: the OS's errors
+    (s3fs translates S3's error responses into them) and botocore's own, which s3fs passes through
+    as they are (an endpoint that does not answer, no credentials found)."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:  # no s3fs installed: local and other fsspec stores raise OSError
+        return (OSError,)
+    return (OSError, BotoCoreError)
+
+
 def s3_error(error: BaseException) -> tuple[str, int]:
     """The S3 error code and HTTP status behind an exception s3fs translated (its ``__cause__``):
     ``("NoSuchBucket", 404)``; ``("", 0)`` where there is none."""

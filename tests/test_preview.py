@@ -15,6 +15,7 @@ from ray_pipelines.encoders.sat_sink import SatSink, write_filelist
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.jobs import preview
 from ray_pipelines.storage import Storage
+from tests.conftest import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -108,6 +109,10 @@ def test_augment_views_come_in_pairs(tmp_path):
     assert shown == 2
     with pytest.raises(SystemExit, match="not a 1-D, 2-D or 3-D tensor"):
         preview.preview(str(tmp_path), column="key")
+    with pytest.raises(
+        SystemExit, match=r"^--channel 1: the tensor has 1 channel \(0\)$"
+    ):  # not channel 0 drawn instead
+        preview.preview(str(tmp_path), channel=1)
 
 
 def test_one_dimensional_tensors_are_lines_and_scores_are_histograms(tmp_path):
@@ -200,3 +205,17 @@ def test_a_split_the_output_does_not_have_is_named_with_the_splits_it_has(tmp_pa
     with pytest.raises(SystemExit, match=r"^no split 'test' in .*out \(splits: train, val\)$"):
         preview.preview(str(tmp_path / "out"), split="test")
     assert preview.preview(str(tmp_path / "out"), split="val")[1] == 2
+
+
+def test_a_store_that_does_not_answer_and_an_unwritable_out_are_one_line_each(features_output, tmp_path, capsys):
+    unreachable = [f"endpoint_url=http://127.0.0.1:{free_port()}", "config_kwargs.retries.max_attempts=1"]
+    options = [arg for option in unreachable for arg in ("--storage-option", option)]
+    assert preview.main(["s3://bucket/out", *options]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ray-pipelines preview: cannot read s3://bucket/out: EndpointConnectionError: ")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    missing = tmp_path / "no-such-folder" / "grid.png"
+    assert preview.main([str(features_output), "--out", str(missing)]) == 1
+    err = capsys.readouterr().err
+    reason = f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
+    assert err == f"ray-pipelines preview: cannot write {missing}: {reason}\n"

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from ray_pipelines.scoring.filters import FilterRule, compute_bounds, run_filters
+from tests.conftest import free_port
 
 ONE_TO_TEN = np.arange(1.0, 11.0)  # sorted; quantile q sits at position 9q (linear interpolation)
 
@@ -157,3 +158,13 @@ def test_a_rule_without_a_mode_given_another_modes_option_is_refused_not_a_media
     # a mode named: other modes' options stay (what --set NAME.mode=... leaves) and are not used
     rule = FilterRule(mode="percentile", k=2.0, bounds=(0.0, 1.0))
     assert kept_values(rule, ONE_TO_TEN) == kept_values(FilterRule(mode="percentile"), ONE_TO_TEN)
+
+
+def test_the_filter_tool_says_in_one_line_that_the_store_does_not_answer(capsys):
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    unreachable = [f"endpoint_url=http://127.0.0.1:{free_port()}", "config_kwargs.retries.max_attempts=1"]
+    assert filter_main(["s3://bucket/scores", *(a for o in unreachable for a in ("--storage-option", o))]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ray-pipelines filter: EndpointConnectionError: Could not connect to the endpoint URL")
+    assert len(err.splitlines()) == 1

@@ -27,7 +27,7 @@ from typing import Any
 from ray_pipelines.config import ConfigError, deep_merge, parse_overrides, read_config_file, validate_config
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.table import ScoreTable, read_errors
-from ray_pipelines.storage import Storage, split_protocol
+from ray_pipelines.storage import Storage, split_protocol, storage_errors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             table = ScoreTable.from_output(args.scores, options, manifest)
             errors = read_errors(args.scores, options)
             default_output = args.scores
-    except (OSError, ValueError, KeyError) as e:
+    except (*storage_errors(), ValueError, KeyError) as e:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     try:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         report = write_filter_outputs(
             storage, table, settings, errors, scores_from=args.scores, storage_options=options
         )
-    except (OSError, ValueError, KeyError) as e:
+    except (*storage_errors(), ValueError, KeyError) as e:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(format_filter_report(report))

@@ -210,7 +210,11 @@ def column_axes(schema: pa.Schema | None, column: str) -> list[str] | None:
 def as_image(value: np.ndarray, axes: list[str] | None, time_major: bool, channel: int) -> np.ndarray:
     """One row's tensor -> ``[frequency, time]``."""
     if value.ndim == 3:
-        value, axes = value[min(channel, value.shape[0] - 1)], axes[1:] if axes else None
+        if not 0 <= channel < value.shape[0]:
+            count = value.shape[0]
+            have = "1 channel (0)" if count == 1 else f"{count} channels (0 to {count - 1})"
+            raise SystemExit(f"--channel {channel}: the tensor has {have}")
+        value, axes = value[channel], axes[1:] if axes else None
     if axes:
         time_major = axes[0].lower() in TIME_AXES
     return value.T if time_major else value
@@ -342,29 +346,32 @@ def preview(
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ray_pipelines.config import parse_overrides
+    from ray_pipelines.storage import get_fs, storage_errors
 
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     options = parse_overrides(args.storage_option)
-    png, shown = preview(
-        args.output,
-        n=args.n,
-        split=args.split,
-        column=args.column,
-        channel=args.channel,
-        time_major=args.time_major,
-        shuffle=args.random,
-        seed=args.seed,
-        storage_options=options,
-    )
-    if "://" in args.out:
-        from ray_pipelines.storage import get_fs
-
-        fs, path = get_fs(args.out, options)
-        with fs.open(path, "wb") as f:
+    try:
+        png, shown = preview(
+            args.output,
+            n=args.n,
+            split=args.split,
+            column=args.column,
+            channel=args.channel,
+            time_major=args.time_major,
+            shuffle=args.random,
+            seed=args.seed,
+            storage_options=options,
+        )
+    except storage_errors() as e:  # an endpoint that does not answer, no credentials, a damaged file
+        print(f"ray-pipelines preview: cannot read {args.output}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    try:
+        fs, path = get_fs(args.out, options) if "://" in args.out else (None, args.out)
+        with fs.open(path, "wb") if fs is not None else open(path, "wb") as f:
             f.write(png)
-    else:
-        with open(args.out, "wb") as f:
-            f.write(png)
+    except storage_errors() as e:
+        print(f"ray-pipelines preview: cannot write {args.out}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     print(f"preview of {shown} rows written to {args.out}")
     return 0
 
