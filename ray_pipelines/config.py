@@ -179,6 +179,18 @@ class CommonConfig(BaseModel):
 
     @field_validator("input", "output", "keep_list", "ignore_list")
     @classmethod
+    def _not_blank(cls, value: str | list[str] | None) -> str | list[str] | None:
+        """An empty path would be the working directory: a job reading, or writing into, whatever folder
+        it was started from (a ``--set input=`` whose value the shell left empty)."""
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list: give at least one path or URL")
+        paths = [value] if isinstance(value, str) else value or []
+        if any(not path.strip() for path in paths):
+            raise ValueError("empty: give a path or URL" if isinstance(value, str) else "an empty path in the list")
+        return value
+
+    @field_validator("input", "output", "keep_list", "ignore_list")
+    @classmethod
     def _no_credentials_in_urls(cls, value: str | list[str] | None) -> str | list[str] | None:
         for url in [value] if isinstance(value, str) else value or []:
             if url_credentials(url):
@@ -322,7 +334,8 @@ def format_validation_error(error: ValidationError, model: type[BaseModel] | Non
         else:
             value = item.get("input")
             shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
-            lines.append(f"  {key}: {item['msg']}{shown}")
+            message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
+            lines.append(f"  {key}: {message}{shown}")
     return "\n".join(lines)
 
 

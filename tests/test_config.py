@@ -40,6 +40,14 @@ def test_defaults_mirror_the_notebook(tmp_path):
         ("input: a\noutput: b\nstorage_options: {secret: x}\n", "must not hold secrets (secret)"),
         ("input: a\noutput: b\nwaveform_pool: {gain: {min_dB: 3}}\n", "waveform_pool.gain.min_dB: unknown key"),
         ("- just\n- a list\n", "must hold a mapping"),
+        # an empty path would be the working directory: read from or written into wherever the job started
+        ("input: ''\noutput: b\n", "\n  input: empty: give a path or URL (got '')"),
+        ("input: a\noutput: ' '\n", "\n  output: empty: give a path or URL (got ' ')"),
+        ("input: []\noutput: b\n", "\n  input: an empty list: give at least one path or URL (got [])"),
+        ("input: [a, '']\noutput: b\n", "\n  input: an empty path in the list (got ['a', ''])"),
+        ("input: a\noutput: b\nkeep_list: ''\n", "\n  keep_list: empty: give a path or URL"),
+        # a validator's own words, without pydantic's "Value error, " before them
+        ("input: a\noutput: b\nstorage_options: {token: x}\n", "\n  storage_options: storage_options must not"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, message):
