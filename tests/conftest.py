@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -107,6 +108,17 @@ def short_tmp():
     yield make
     for path in made:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class Lines(logging.Handler):
+    """The messages a logger gives while attached (pytest runs with ``-p no:logging``: no caplog)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def free_port() -> int:

@@ -37,6 +37,23 @@ def test_detect_changes_counts_new_changed_deleted_and_unchanged():
     assert changes.report("keep", "keep")["kept_stale"] == {"changed": ["b"], "deleted": ["c"]}
 
 
+def test_inputs_a_run_does_not_select_are_left_out_not_new_and_committed_ones_not_deleted():
+    """A keep list (or limit) takes some of the listed inputs: the others are not new work on every
+    run, and those committed by an earlier, wider run still exist (their rows are not deleted)."""
+    import pyarrow as pa
+
+    progress = Progress()
+    for key in ("a", "b"):
+        progress.add_part({"inputs": {key: {"expected": 1, "written": [0], "etag": key}}})
+    listed = [InputItem(key, key, 1, etag=key) for key in ("a", "b", "c", "d", "e")]
+    changes = detect_changes(listed, progress, selected=pa.array(["a", "c"]))
+    assert (changes.new, changes.left_out, changes.unchanged, changes.changed, changes.deleted) == (1, 2, 2, [], [])
+    report = changes.report("reprocess", "prune")
+    assert report["new"] + report["left_out"] + report["changed"] + report["unchanged"] == len(listed)
+    everything = detect_changes(listed, progress, selected=pa.array(["a", "b", "c", "d", "e"]))
+    assert (everything.new, everything.left_out) == (3, 0) == (detect_changes(listed, progress).new, 0)
+
+
 def test_an_input_committed_from_two_versions_counts_as_changed():
     progress = Progress()
     progress.add_part({"inputs": {"a": {"expected": 2, "written": [0], "etag": "old"}}})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow.parquet as pq
 
 import ray_pipelines.jobs.augment as augment_job
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job, select_inputs
+from ray_pipelines.engine.summary import format_summary
 from tests.audio_helpers import tone, write_audio
+from tests.conftest import Lines
 
 TINY = {
     "num_versions": 1,
@@ -40,10 +44,25 @@ def test_keep_list_on_the_augment_job_processes_only_the_kept_keys(tmp_path, ray
         },
     )
     job = augment_job.JOB(config)
-    assert select_inputs(job)["key"].to_pylist() == ["bad/bad_2.wav", "good/good_0.wav"]
-
-    result = run_job(job, progress=False)
+    said, logger = Lines(), logging.getLogger("ray_pipelines.engine.runner")
+    logger.addHandler(said)
+    try:
+        assert select_inputs(job)["key"].to_pylist() == ["bad/bad_2.wav", "good/good_0.wav"]
+        result = run_job(job, progress=False)
+        again = run_job(job, progress=False)  # nothing to do: the inputs left out are not new on every run
+    finally:
+        logger.removeHandler(said)
     assert result.counts["listed"] == 2 and result.counts["rows_written"] == 2
+    inputs = result.manifest["inputs"]
+    assert (inputs["new"], inputs["left_out"], inputs["unchanged"]) == (2, 4, 0)
+    inputs = again.manifest["inputs"]
+    assert (inputs["new"], inputs["left_out"], inputs["unchanged"], again.counts["processed_this_run"]) == (0, 4, 2, 0)
+    summary = format_summary("augment", again)
+    assert "inputs listed       6 (2 selected)" in summary
+    assert "0 new, 0 changed, 0 deleted, 2 unchanged, 4 left out (not selected)" in summary
+    # the key that names no input (a typo, or a path where a key belongs) is said, with a key that does
+    unmatched = f"keep_list {tmp_path / 'kept.txt'}: 1 of its 4 keys name no listed input ('not/there.wav')"
+    assert said.lines.count(f"{unmatched}; a listed input's key: 'bad/bad_0.wav'") == 3  # once per listing
     written = sorted(
         k
         for path in (tmp_path / "out").rglob("part-*.parquet")

@@ -10,6 +10,7 @@ import pytest
 from ray_pipelines.config import CommonConfig, ConfigError
 from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, write_tasks
 from ray_pipelines.engine.runtime import GPU_CEILING, PoolPlan, plan_pool
+from tests.conftest import Lines
 
 
 def config(**keys) -> CommonConfig:
@@ -19,15 +20,6 @@ def config(**keys) -> CommonConfig:
 def test_a_cluster_with_gpus_now_gets_one_actor_per_gpu():
     plan = plan_pool(config(), capacity=({"CPU": 16, "GPU": 4}, {"CPU": 16, "GPU": 4}), max_useful=100)
     assert plan == PoolPlan(4, 4, 1.0, num_cpus=1.0, decode_cpus=1.0)
-
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def test_gpu_workers_at_zero_replicas_still_plan_a_gpu_pool():

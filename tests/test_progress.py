@@ -71,6 +71,23 @@ def test_nothing_to_do_is_one_line():
     assert out.getvalue() == "score: all 7 inputs already committed, nothing to do\n"
 
 
+def test_the_start_line_says_how_many_of_the_listed_inputs_a_keep_list_or_limit_selected():
+    def start_line(**counts) -> str:
+        progress = ProgressDisplay("augment")
+        progress.start(**counts)
+        return progress.start_line()
+
+    assert start_line(listed=50, skipped=1, to_do=9, selected=10) == (
+        "augment: 9 inputs to process (50 listed, 10 selected, 1 already committed)"
+    )
+    assert start_line(listed=50, skipped=10, to_do=0, selected=10) == (
+        "augment: all 10 inputs already committed (50 listed, 10 selected), nothing to do"
+    )
+    assert start_line(listed=50, skipped=0, to_do=0, selected=0) == (
+        "augment: none of the 50 inputs listed is selected (keep_list, limit), nothing to do"
+    )
+
+
 def test_bar_shows_counts_and_rate_after_the_input_count():
     clock, out = Clock(), io.StringIO()
     bar = BarProgress("features", "snippets", out, clock=clock)

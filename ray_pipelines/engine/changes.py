@@ -47,6 +47,7 @@ class InputChanges:
     unchanged: int = 0
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    left_out: int = 0  # listed, never committed, and not selected (keep/ignore list, limit, the job's pick)
 
     def stale(self, on_change: str, on_delete: str) -> set[str]:
         """Keys whose committed rows must leave the output before this run writes."""
@@ -63,6 +64,7 @@ class InputChanges:
             "changed": len(self.changed),
             "deleted": len(self.deleted),
             "unchanged": self.unchanged,
+            "left_out": self.left_out,
             "on_change": on_change,
             "on_delete": on_delete,
             "kept_stale": {what: keys for what, keys in kept.items() if keys},
@@ -83,11 +85,16 @@ def listed_identities(listed: Iterable[InputItem]) -> pa.Table:
     return table
 
 
-def detect_changes(listed: pa.Table | Iterable[InputItem], progress: Progress) -> InputChanges:
+def detect_changes(
+    listed: pa.Table | Iterable[InputItem], progress: Progress, selected: pa.Array | None = None
+) -> InputChanges:
     """Classify the listed inputs against the committed ones (``progress.in_inputs()``: the keys a
     live manifest names among its inputs; ``progress.etag_array()`` the identity its rows were made from).
     Listed keys are unique. One lookup of the listed keys (``progress.positions``), then NumPy over the
-    committed keys' positions; only differing identities reach Python."""
+    committed keys' positions; only differing identities reach Python. ``selected``: the keys this run
+    takes (after keep/ignore lists, ``limit``); an uncommitted input outside them is ``left_out``, not
+    ``new`` (else a keep list's other inputs would be new on every run). Changed, deleted and unchanged
+    are over the whole listing: an input left out still exists, so its committed rows are not deleted."""
     listed = listed if isinstance(listed, pa.Table) else listed_identities(listed)
     keys, etags = listed["key"].combine_chunks(), listed["etag"].combine_chunks()
     positions = progress.positions(keys)
@@ -110,9 +117,17 @@ def detect_changes(listed: pa.Table | Iterable[InputItem], progress: Progress) -
     still_listed[positions[known]] = True
     gone = np.flatnonzero(in_inputs & ~still_listed)
     deleted = progress.keys.take(pa.array(gone)).to_pylist() if len(gone) else []
-    new = listed.num_rows - int(in_committed.sum())  # listed and not committed
+    uncommitted = listed.num_rows - int(in_committed.sum())
+    left_out = 0
+    if selected is not None and len(selected) < listed.num_rows:
+        taken = np.asarray(pc.is_in(keys, value_set=selected), dtype=bool)
+        left_out = int((~in_committed & ~taken).sum())
     del keys, etags, recorded, positions, at
     release_unused_memory()  # the lookups' hash tables
     return InputChanges(
-        new=new, unchanged=listed.num_rows - new - len(changed), changed=sorted(changed), deleted=sorted(deleted)
+        new=uncommitted - left_out,
+        unchanged=listed.num_rows - uncommitted - len(changed),
+        changed=sorted(changed),
+        deleted=sorted(deleted),
+        left_out=left_out,
     )

@@ -51,15 +51,17 @@ class ProgressDisplay:
     def __init__(self, job: str, rows_label: str = "rows", clock: Callable[[], float] = time.monotonic):
         self.job, self.rows_label = job, rows_label
         self.clock = clock
-        self.listed = self.skipped = self.to_do = 0
+        self.listed = self.selected = self.skipped = self.to_do = 0
         self.inputs_done = self.rows = self.error_rows = self.bytes = 0
         self.started = clock()
         self.closed = False
         self._lock = threading.Lock()
 
     # ---- what the runner calls ------------------------------------------------------
-    def start(self, listed: int, skipped: int, to_do: int) -> None:
+    def start(self, listed: int, skipped: int, to_do: int, selected: int | None = None) -> None:
+        """``selected``: of the ``listed`` inputs, those the run takes (keep/ignore lists, ``limit``)."""
         self.listed, self.skipped, self.to_do = listed, skipped, to_do
+        self.selected = listed if selected is None else selected
         self.started = self.clock()
         self.show_start()
 
@@ -104,10 +106,14 @@ class ProgressDisplay:
     def start_line(self) -> str:
         if not self.listed:
             return f"{self.job}: no inputs listed, nothing to do"
+        if not self.selected:
+            return f"{self.job}: none of the {self.listed} inputs listed is selected (keep_list, limit), nothing to do"
+        selected = f", {self.selected} selected" if self.selected != self.listed else ""
         if not self.to_do:
-            return f"{self.job}: all {self.listed} inputs already committed, nothing to do"
+            listed = f" ({self.listed} listed{selected})" if selected else ""
+            return f"{self.job}: all {self.selected} inputs already committed{listed}, nothing to do"
         already = f", {self.skipped} already committed" if self.skipped else ""
-        return f"{self.job}: {self.to_do} inputs to process ({self.listed} listed{already})"
+        return f"{self.job}: {self.to_do} inputs to process ({self.listed} listed{selected}{already})"
 
     def counts_text(self) -> str:
         """``200 rows, 16.1 rows/s, 3 error rows``: what the bar shows after the input count."""

@@ -90,11 +90,29 @@ def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem
     """Only ``keep_list`` keys (when given), none of the ``ignore_list`` keys."""
     if cfg.keep_list:
         keep = read_key_list(cfg.keep_list, cfg.storage_options)
-        items = [i for i in items if i.key in keep]
+        kept = [i for i in items if i.key in keep]
+        if len(kept) < len(keep):  # listed keys are unique: each kept item matched one key
+            _warn_unmatched_keys(cfg.keep_list, keep, kept, items[0].key if items else None)
+        items = kept
     if cfg.ignore_list:
         ignore = read_key_list(cfg.ignore_list, cfg.storage_options)
         items = [i for i in items if i.key not in ignore]
     return items
+
+
+def _warn_unmatched_keys(spec: str, keep: set[str], matched: list[InputItem], a_key: str | None) -> None:
+    """A keep list's keys that name no listed input: a typo, a file since deleted, or paths or URLs
+    where keys belong (a key is the path below its input spec's folder, as ``a_key``)."""
+    unmatched = sorted(keep.difference(i.key for i in matched))
+    example = f"; a listed input's key: {a_key!r}" if a_key is not None else ""
+    log.warning(
+        "keep_list %s: %d of its %d keys name no listed input (%s)%s",
+        spec,
+        len(unmatched),
+        len(keep),
+        ", ".join(repr(k) for k in unmatched[:5]) + (", ..." if len(unmatched) > 5 else ""),
+        example,
+    )
 
 
 def select_inputs(job: Job, listed: list[InputItem] | None = None, consume: bool = False) -> pa.Table:
@@ -243,7 +261,7 @@ def _run_holding_lease(
     release_unused_memory()
     listed_at = time.time()
     done = state.progress()
-    changes = detect_changes(identities, done)
+    changes = detect_changes(identities, done, selected["key"].combine_chunks())
     del identities
     stale = changes.stale(cfg.on_change, cfg.on_delete)
     if stale:
@@ -275,7 +293,7 @@ def _run_holding_lease(
 
     how, writes, finished = "", [], False
     if monitor is not None:
-        monitor.start(listed=selected.num_rows, skipped=skipped, to_do=pending.num_rows)
+        monitor.start(listed=listed_count, skipped=skipped, to_do=pending.num_rows, selected=selected.num_rows)
     try:
         if pending.num_rows:
             mark("ray.init start")

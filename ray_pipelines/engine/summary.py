@@ -15,7 +15,7 @@ def format_summary(
     lines = [
         ("output", result.output),
         ("ray", result.ray or "not started (nothing to do)"),
-        ("inputs listed", c["listed"]),
+        ("inputs listed", _listed(c["listed"], result.manifest.get("inputs", {}))),
         ("input changes", _changes(result.manifest.get("inputs", {}))),
         ("already committed", f"{c['skipped_already_committed']} (skipped before reading)"),
         ("processed this run", c["processed_this_run"]),
@@ -53,6 +53,12 @@ def format_summary(
     return f"\n{job_name} job finished\n{body}\n"
 
 
+def _listed(selected: int, inputs: dict) -> str:
+    """Every input listed (``counts.listed`` holds those selected: keep/ignore lists, ``limit``)."""
+    listed = sum(inputs.get(what, 0) for what in ("new", "changed", "unchanged", "left_out")) if inputs else selected
+    return f"{listed}" + (f" ({selected} selected)" if listed != selected else "")
+
+
 def _changes(inputs: dict) -> str:
     """New, changed, deleted and unchanged inputs since the last commit, and what was done."""
     if not inputs:
@@ -65,6 +71,7 @@ def _changes(inputs: dict) -> str:
         + f", {inputs['deleted']} deleted"
         + (f" ({deleted})" if inputs["deleted"] else "")
         + f", {inputs['unchanged']} unchanged"
+        + (f", {inputs['left_out']} left out (not selected)" if inputs.get("left_out") else "")
     )
 
 
