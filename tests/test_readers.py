@@ -256,6 +256,12 @@ def test_a_jobs_reader_refuses_another_jobs_output_by_name(views_output, rows_ou
             "read it with ContrastiveViews (or OutputRows, which reads any job's rows)"
         )
     assert len(OutputRows(augment, "train", as_dict=True)) == CLIPS * VERSIONS  # any job's rows
+    # either name picks the columns for either form (columns= for tuples was once ignored: every column came)
+    version, key = next(iter(OutputRows(augment, "train", columns=["version", "key"])))
+    assert version.dtype == torch.int64 and key.startswith("clip") and key.endswith(".flac")
+    assert list(next(iter(OutputRows(augment, "train", fields=["key"], as_dict=True)))) == ["key"]
+    with pytest.raises(ValueError, match=r"^fields=\('key',\) and columns=\('version',\) differ: give one of them$"):
+        OutputRows(augment, "train", fields=["key"], columns=["version"])
     with pytest.raises(ValueError, match=r"is the rows job's output, not the augment job's: read it with OutputRows$"):
         ContrastiveViews(str(rows_output), "train")
 

@@ -652,7 +652,7 @@ class OutputRows(ShardRows):
     """Rows of one split of a job's output, as tuples of tensors (``fields``) or dicts (``as_dict``).
 
     ``fields``: the columns of each tuple; ``as_dict=True`` yields ``{column: value}``
-    for ``columns`` (default all). ``dtype``: cast float tensors (e.g.
+    for ``columns`` (default all). Either name picks the columns for either form. ``dtype``: cast float tensors (e.g.
     ``torch.float32`` from a float64 output). The rest as :class:`ShardRows`.
     """
 
@@ -678,11 +678,14 @@ class OutputRows(ShardRows):
             sizes=[int(f["bytes"]) for f in records],
             **kwargs,
         )
+        if fields and columns and list(fields) != list(columns):
+            raise ValueError(f"fields={tuple(fields)} and columns={tuple(columns)} differ: give one of them")
         available = self.index.schema.names if self.index.schema is not None else []
-        wanted = list(columns or available) if as_dict else list(fields or self.default_fields or available)
+        chosen = fields or columns  # columns= for tuples (or fields= for dicts) was once ignored without a word
+        wanted = list(chosen or (() if as_dict else self.default_fields) or available)
         missing = [name for name in wanted if name not in available]
         if missing:
-            advice = "" if (fields or as_dict) else f"; {self._fields_advice(available)}"
+            advice = "" if (chosen or as_dict) else f"; {self._fields_advice(available)}"
             raise ValueError(
                 f"{output} [{split}] has no column {', '.join(missing)}{self._missing_hint(missing)}; "
                 f"columns: {', '.join(available)}{advice}"
