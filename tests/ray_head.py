@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -105,8 +106,12 @@ def local_head(
 
 
 @contextlib.contextmanager
-def worker_node(temp_dir: Path, env: dict[str, str], address: str, num_cpus: int = 1) -> Iterator[None]:
-    """A second node joining the head at ``address``, on loopback with its own ports and temp dir."""
+def worker_node(
+    temp_dir: Path, env: dict[str, str], address: str, num_cpus: int = 1, own_disk: Path | None = None
+) -> Iterator[None]:
+    """A second node joining the head at ``address``, on loopback with its own ports and temp dir.
+    ``own_disk``: a folder the node does not share with this machine: in a mount namespace of its own
+    (the node's processes only), an empty tmpfs lies over it, as a node's local disk would be."""
 
     def command() -> list[str]:
         args = [RAY, "start", "--address", address, "--num-cpus", str(num_cpus), "--disable-usage-stats"]
@@ -115,7 +120,11 @@ def worker_node(temp_dir: Path, env: dict[str, str], address: str, num_cpus: int
             if flag != "--ray-client-server-port":  # a head's only
                 args += [flag, str(free_port())]
         first, last = worker_ports_of_this_process()[1]
-        return args + ["--min-worker-port", str(first), "--max-worker-port", str(last)]
+        args += ["--min-worker-port", str(first), "--max-worker-port", str(last)]
+        if own_disk is None:
+            return args
+        mounted = f"mount -t tmpfs tmpfs {shlex.quote(str(own_disk))} && exec {shlex.join(args)}"
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounted]
 
     try:
         start_node(command, temp_dir, env)

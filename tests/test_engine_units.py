@@ -89,3 +89,24 @@ def test_steady_rate_counts_rows_while_every_writer_was_busy():
     # Writers that never overlapped: back to the span of all writes.
     apart = [{**w, "writer": "b", "finished_at": w["finished_at"] + 30} for w in a]
     assert JobResult(manifest={}, seconds=60.0, output="", writes=a + apart).steady_rows_per_second == 90 / 50.0
+
+
+def test_what_other_nodes_do_not_see_is_said_in_one_clause():
+    from ray_pipelines.engine.shared_paths import blindness, local_files
+
+    assert blindness("/o", [], [], 3) == ""
+    assert blindness("/o", ["a [1]"], [], 3) == (
+        "node a [1] (1 of the 3 other nodes) does not see the output /o (a local path)"
+    )
+    assert blindness("/o", [], [("b [2]", "/i/x.flac"), ("a [1]", "/i/y.flac")], 3) == (
+        "nodes a [1], b [2] (2 of the 3 other nodes) do not see the input /i/x.flac"
+    )
+    assert blindness("/o", ["a [1]"], [("a [1]", "/i/x.flac")], 1) == (
+        "node a [1] (1 of the 1 other nodes) does not see the output /o (a local path) nor the input /i/x.flac"
+    )
+    assert blindness("/o", ["a [1]"], [("b [2]", "/i/x.flac")], 2) == (
+        "node a [1] (1 of the 2 other nodes) does not see the output /o (a local path); "
+        "node b [2] (1 of the 2 other nodes) does not see the input /i/x.flac"
+    )
+    # only local inputs are looked for on the nodes (a file:// URL as its path)
+    assert local_files(["/a/b.flac", "file:///c.wav", "s3://x/y.flac", "synth://0"]) == ["/a/b.flac", "/c.wav"]

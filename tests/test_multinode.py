@@ -7,8 +7,11 @@ uninterrupted run's. (tests/test_unattended.py has the run's retry without a clu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -56,11 +59,18 @@ def kill(procs: list[psutil.Process]) -> None:
 
 @pytest.fixture
 def two_nodes(short_tmp):
+    with two_node_cluster(short_tmp) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def two_node_cluster(short_tmp, own_disk: Path | None = None):
+    """A head (2 CPUs) and a second node (1 CPU); ``own_disk``: a folder the second node does not share."""
     head_dir, node_dir = short_tmp("head"), short_tmp("node")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
     head = local_head(head_dir, env, num_cpus=2, dashboard=False)
     try:
-        with head as started, worker_node(node_dir, env, started.address, num_cpus=1):
+        with head as started, worker_node(node_dir, env, started.address, num_cpus=1, own_disk=own_disk):
             # The job plans its pool from the CPUs the cluster has when it starts: wait for the node's.
             deadline = time.time() + 120
             while time.time() < deadline:
@@ -124,3 +134,47 @@ def test_a_node_lost_mid_job_is_retried_within_the_run(two_nodes, tmp_path, ray_
 
 def config(root: Path, output: str) -> AugmentConfig:
     return validate_config(AugmentConfig, {"input": str(root / "in"), "output": str(root / output), **JOB})
+
+
+def mounts_privately() -> bool:
+    """Whether this machine lets a process lay a tmpfs over a folder in a mount namespace of its own (root)."""
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not mounts_privately(), reason="needs unshare --mount (root) to give a node a disk of its own")
+def test_local_paths_another_node_does_not_see_stop_the_run_before_it_reads(short_tmp, tmp_path):
+    """A local input and output on a cluster whose second node has its own disk there (no shared file
+    system): before, its blocks found no inputs and wrote to a disk the driver's commit never reads
+    (exit 3, on every rerun); now the run stops at once, names the node and the paths (exit 2). The same
+    cluster then runs the job on paths both nodes share."""
+    own_disk = tmp_path / "disk"  # the head and the driver see these files; the second node an empty tmpfs
+    for i in range(3):
+        write_audio(own_disk / "in" / f"clip{i}.flac", tone(1.0, 16000, freq=200.0 + 15 * i), 16000)
+    shutil.copytree(own_disk / "in", tmp_path / "in")
+    settings = [a for k, v in {**JOB, "inputs_per_block": 1}.items() for a in ("--set", f"{k}={v}")]
+
+    def augment(address: str, env: dict[str, str], root: Path) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "ray_pipelines.cli", "augment", "--no-progress", "--address", address]
+        command += [*settings, "--set", f"input={root / 'in'}", "--set", f"output={root / 'out'}"]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    with two_node_cluster(short_tmp, own_disk) as (address, env, _):
+        blind = augment(address, env, own_disk)
+        shared = augment(address, env, tmp_path)
+    assert blind.returncode == 2, blind.stderr[-3000:]
+    said = blind.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"ray-pipelines augment: node \S+ \[[0-9a-f]{8}\] \(1 of the 1 other nodes\) does not see "
+        rf"the output {re.escape(str(own_disk / 'out'))} \(a local path\) "
+        rf"nor the input {re.escape(str(own_disk / 'in' / 'clip0.flac'))}: a cluster's tasks read and write on "
+        r"every node, so a local path needs a file system mounted at that path on each of them .*",
+        said,
+    ), said
+    out = own_disk / "out"
+    assert not (out / "_SUCCESS").exists() and not (out / "_lease.json").exists()
+    assert not list(out.rglob("*.parquet")) and not list(out.glob("_manifests/part-*"))
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    assert len(committed_rows(Store.local(tmp_path), "out", "key", "version")) == 3 * JOB["num_versions"]

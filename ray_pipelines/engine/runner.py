@@ -28,17 +28,18 @@ from ray.data.block import BlockAccessor
 
 from ..config import CommonConfig, ConfigError
 from ..sources import InputItem, SourceError, overlapping_input, read_key_list
-from ..storage import Storage
+from ..storage import Storage, is_local
 from .changes import detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import OutputState, Progress, lost_keys, stop_point
+from .manifest import LEASE_FILE, OutputState, Progress, lost_keys, stop_point
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
 from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, PoolPlan, configure_data_context, connect, plan_pool
+from .shared_paths import check_nodes_see_local_paths, local_files
 from .sink import ShardSink
 from .timeline import mark
 from .write_stream import report_rows, stream_write
@@ -300,6 +301,13 @@ def _run_holding_lease(
             how = connect(address)
             mark("ray.init done")
             configure_data_context(cfg, progress)
+            check_nodes_see_local_paths(
+                cfg.output,
+                storage.abspath(LEASE_FILE) if is_local(storage.fs) else None,
+                lease.run_id,
+                local_files(pending["uri"].take([0, pending.num_rows - 1]).to_pylist()),
+            )
+            mark("local paths checked")
             control = RunControl()
             lease.on_lost = lambda reason: control.stop("fenced", reason)
             try:

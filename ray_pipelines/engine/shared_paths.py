@@ -1,0 +1,115 @@
+"""Local paths on a cluster of several nodes: every node must see the driver's files at the same path.
+
+A job's tasks read its inputs and write its output on whichever node they run. A local path (not a
+URL) works on a cluster only where a file system is shared at that path by every node (NFS, EFS, a
+volume mounted on each pod). Without one, a worker node finds none of its inputs (each an error row
+to retry) and writes its blocks to its own disk, where the driver's commit never sees them: every
+such block is lost, the run ends incomplete (exit 3), and so does every rerun.
+
+Before anything is read, one zero-CPU task on each other node looks for what the driver sees: this
+run's ``_lease.json`` under a local output (its run id, so that a same-named folder left on a node's
+own disk by an earlier run does not pass) and the first and last local inputs of the run. A node
+that sees neither stops the run in one line naming the node and the path (exit 2: the config is
+wrong for this cluster). Nodes an autoscaler adds later are not asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ..config import ConfigError
+from ..storage import split_protocol
+from .runtime import ray_nodes
+
+log = logging.getLogger(__name__)
+
+# How long the driver waits for the nodes' answers (each starts a worker process first).
+LOOK_TIMEOUT_S = 120.0
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _look(lease_path: str | None, inputs: list[str]) -> tuple[str | None, list[str]]:
+    """On one node: the run id in the lease file there (None: no such file) and the inputs missing there."""
+    run_id = None
+    if lease_path is not None:
+        try:
+            with open(lease_path, "rb") as f:
+                run_id = json.loads(f.read()).get("run_id")
+        except (OSError, ValueError):
+            pass
+    return run_id, [path for path in inputs if not os.path.exists(path)]
+
+
+def local_files(uris: list[str]) -> list[str]:
+    """The local paths among input URIs (``file://`` ones without their protocol)."""
+    return [split_protocol(uri)[1] for uri in uris if split_protocol(uri)[0] == "file"]
+
+
+def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str, inputs: list[str]) -> None:
+    """Raise :class:`ConfigError` when an alive node other than the driver's does not see this run's lease
+    file (``lease_path``: set when the output is local) or one of ``inputs`` (local input files)."""
+    if lease_path is None and not inputs:
+        return
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [n for n in ray_nodes() or [] if n.get("Alive") and n["NodeID"] != here]
+    if not nodes:
+        return
+    asked = {
+        _look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            lease_path, inputs
+        ): n
+        for n in nodes
+    }
+    ready, waiting = ray.wait(list(asked), num_returns=len(asked), timeout=LOOK_TIMEOUT_S)
+    for ref in waiting:
+        ray.cancel(ref, force=True)
+        log.warning("node %s did not answer whether it sees the run's local paths", _name(asked[ref]))
+    blind_to_output, blind_to_inputs = [], []
+    for ref in ready:
+        node = _name(asked[ref])
+        try:
+            seen_run, missing = ray.get(ref)
+        except Exception as e:  # the node died meanwhile: its tasks will not run there either
+            log.warning("node %s could not be asked whether it sees the run's local paths: %s", node, e)
+            continue
+        if lease_path is not None and seen_run != run_id:
+            blind_to_output.append(node)
+        if missing:
+            blind_to_inputs.append((node, missing[0]))
+    problem = blindness(output, blind_to_output, blind_to_inputs, len(nodes))
+    if problem:
+        raise ConfigError(
+            problem + ": a cluster's tasks read and write on every node, so a local path needs a file system "
+            "mounted at that path on each of them (NFS, EFS, a shared volume); else use object storage "
+            "(s3://bucket/...)"
+        )
+
+
+def blindness(output: str, blind_to_output: list[str], blind_to_inputs: list[tuple[str, str]], of: int) -> str:
+    """What the nodes do not see, in one clause ('' when they see it all): ``blind_to_output`` names
+    the nodes without this run's lease, ``blind_to_inputs`` pairs a node with an input missing there."""
+    blind_to_input = [node for node, _ in blind_to_inputs]
+    unseen_input = f"the input {blind_to_inputs[0][1]}" if blind_to_inputs else ""
+    unseen_output = f"the output {output} (a local path)"
+    if blind_to_output and sorted(blind_to_output) == sorted(blind_to_input):
+        return f"{_nodes(blind_to_output, of)} {unseen_output} nor {unseen_input}"
+    problems = [f"{_nodes(blind_to_output, of)} {unseen_output}"] if blind_to_output else []
+    problems += [f"{_nodes(blind_to_input, of)} {unseen_input}"] if blind_to_input else []
+    return "; ".join(problems)
+
+
+def _name(node: dict) -> str:
+    """A node's address and the start of its id (nodes on one machine share the address)."""
+    return f"{node['NodeManagerAddress']} [{node['NodeID'][:8]}]"
+
+
+def _nodes(names: list[str], of: int) -> str:
+    """``node A (1 of the 3 other nodes) does not see``, ``nodes A, B (2 of ...) do not see``."""
+    shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+    many = len(names) > 1
+    return f"node{'s' if many else ''} {shown} ({len(names)} of the {of} other nodes) do{'' if many else 'es'} not see"
