@@ -66,6 +66,15 @@ def test_bad_values_are_named():
         validate_config(ScoreConfig, {**base, "filter": {"reconstruction_loss": {"mode": "none"}}})
     with pytest.raises(ConfigError, match="filter names bogus"):
         validate_config(ScoreConfig, {**base, "filter": {"scatter": ["snr_db", "bogus"]}})
+    with pytest.raises(ConfigError) as said:  # the way out is named: a packaged config with fewer scorers
+        load_config(ScoreConfig, "score", ["input=in", "output=out", "scorers=[signal]"])
+    assert str(said.value).endswith(
+        "add the scorers that give them, or take them out of the filter section "
+        "(--set filter.dnsmos_ovrl=null --set filter.speech_fraction=null --set filter.scatter=null)"
+    )
+    taken_out = ["filter.dnsmos_ovrl=null", "filter.speech_fraction=null", "filter.scatter=null"]
+    config = load_config(ScoreConfig, "score", ["input=in", "output=out", "scorers=[signal]", *taken_out])
+    assert sorted(config.filter.named_rules) == ["clipping_fraction", "snr_db"] and config.filter.scatter is None
     with pytest.raises(ConfigError, match="scorers dnsmos, signal need audio"):
         validate_config(ScoreConfig, {**base, "source": "pt", "scorers": ["dnsmos", "signal"]})
     with pytest.raises(ConfigError, match="model is set but scorers does not include reconstruction"):

@@ -24,7 +24,7 @@ import io
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..storage import Storage
 from .filters import FilterResult, FilterRule, run_filters
@@ -42,7 +42,8 @@ class FilterSettings(BaseModel):
     """The filter section of a score config (also a config file of its own for ``ray-pipelines filter``).
 
     Besides the settings below, every key is a score column's name and its value that score's
-    :class:`FilterRule` (``dnsmos_ovrl: {mode: hardcode, bounds: [3.0, null]}``).
+    :class:`FilterRule` (``dnsmos_ovrl: {mode: hardcode, bounds: [3.0, null]}``); ``null`` takes a rule
+    out (``--set filter.dnsmos_ovrl=null`` on a packaged config run without the dnsmos scorer).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -59,6 +60,13 @@ class FilterSettings(BaseModel):
         None, description="The two scores of scatter.png (default: the first two with a rule, else the first two)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_rules_left_out(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None or key in cls.model_fields}
+        return data
+
     @property
     def named_rules(self) -> dict[str, FilterRule]:
         return dict(self.__pydantic_extra__ or {})
@@ -68,11 +76,16 @@ class FilterSettings(BaseModel):
 
         Raises ValueError naming any rule or scatter score that is not among ``scores``.
         """
-        unknown = [name for name in [*self.named_rules, *(self.scatter or ())] if name not in scores]
-        if unknown:
+        rules_unknown = [name for name in self.named_rules if name not in scores]
+        scatter_unknown = [name for name in self.scatter or () if name not in scores]
+        if rules_unknown or scatter_unknown:
+            ways_out = [f"filter.{name}=null" for name in rules_unknown] + ["filter.scatter=null"] * bool(
+                scatter_unknown
+            )
             raise ValueError(
-                f"filter names {', '.join(sorted(set(unknown)))}, which the scores do not have "
-                f"(scores: {', '.join(scores) or 'none'})"
+                f"filter names {', '.join(sorted({*rules_unknown, *scatter_unknown}))}, which the scores do not have "
+                f"(scores: {', '.join(scores) or 'none'}): add the scorers that give them, or take them out "
+                f"of the filter section ({' '.join('--set ' + way for way in ways_out)})"
             )
         named = self.named_rules
         return {
