@@ -52,6 +52,15 @@ def test_inputs_a_run_does_not_select_are_left_out_not_new_and_committed_ones_no
     assert report["new"] + report["left_out"] + report["changed"] + report["unchanged"] == len(listed)
     everything = detect_changes(listed, progress, selected=pa.array(["a", "b", "c", "d", "e"]))
     assert (everything.new, everything.left_out) == (3, 0) == (detect_changes(listed, progress).new, 0)
+    # a changed input the run does not take keeps its rows until a run takes it (they were taken out,
+    # and the input not processed: it had no rows at all)
+    listed[1] = InputItem("b", "b", 1, etag="b, uploaded again")
+    changes = detect_changes(listed, progress, selected=pa.array(["a", "c"]))
+    assert (changes.new, changes.left_out, changes.unchanged, changes.changed) == (1, 3, 1, [])
+    assert changes.stale("reprocess", "prune") == set()
+    taken = detect_changes(listed, progress, selected=pa.array(["b", "c"]))
+    assert (taken.new, taken.left_out, taken.unchanged, taken.changed) == (1, 2, 1, ["b"])
+    assert taken.stale("reprocess", "keep") == {"b"}
 
 
 def test_an_input_committed_from_two_versions_counts_as_changed():

@@ -63,12 +63,27 @@ def test_keep_list_on_the_augment_job_processes_only_the_kept_keys(tmp_path, ray
     # the key that names no input (a typo, or a path where a key belongs) is said, with a key that does
     unmatched = f"keep_list {tmp_path / 'kept.txt'}: 1 of its 4 keys name no listed input ('not/there.wav')"
     assert said.lines.count(f"{unmatched}; a listed input's key: 'bad/bad_0.wav'") == 3  # once per listing
-    written = sorted(
-        k
-        for path in (tmp_path / "out").rglob("part-*.parquet")
-        for k in pq.read_table(path, columns=["key"]).column("key").to_pylist()
-    )
-    assert written == ["bad/bad_2.wav", "good/good_0.wav"]
+    assert written_keys(tmp_path / "out") == ["bad/bad_2.wav", "good/good_0.wav"]
+
+    # A committed input uploaded again while the lists leave it out keeps its rows until a run takes it
+    # (they were taken out as stale and the input not processed: it had no rows at all).
+    write_audio(tmp_path / "audio" / "bad/bad_2.wav", tone(0.7, freq=900.0, seed=9))
+    (tmp_path / "ignored.txt").write_text("good/good_2.wav\nbad/bad_2.wav\n")
+    left = run_job(job, progress=False)
+    assert (left.manifest["inputs"]["changed"], left.manifest["inputs"]["left_out"]) == (0, 5)
+    assert written_keys(tmp_path / "out") == ["bad/bad_2.wav", "good/good_0.wav"]
+    (tmp_path / "ignored.txt").write_text("good/good_2.wav\n")
+    taken = run_job(job, progress=False)
+    assert (taken.manifest["inputs"]["changed"], taken.counts["processed_this_run"]) == (1, 1)
+    assert written_keys(tmp_path / "out") == ["bad/bad_2.wav", "good/good_0.wav"] and taken.complete
     # the lists are runtime settings: a run without them resumes the same output with the rest
     unfiltered = config.model_copy(update={"keep_list": None, "ignore_list": None})
     assert unfiltered.fingerprint() == config.fingerprint()
+
+
+def written_keys(output) -> list[str]:
+    return sorted(
+        k
+        for path in output.rglob("part-*.parquet")
+        for k in pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    )

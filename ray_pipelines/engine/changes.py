@@ -91,10 +91,13 @@ def detect_changes(
     """Classify the listed inputs against the committed ones (``progress.in_inputs()``: the keys a
     live manifest names among its inputs; ``progress.etag_array()`` the identity its rows were made from).
     Listed keys are unique. One lookup of the listed keys (``progress.positions``), then NumPy over the
-    committed keys' positions; only differing identities reach Python. ``selected``: the keys this run
-    takes (after keep/ignore lists, ``limit``); an uncommitted input outside them is ``left_out``, not
-    ``new`` (else a keep list's other inputs would be new on every run). Changed, deleted and unchanged
-    are over the whole listing: an input left out still exists, so its committed rows are not deleted."""
+    committed keys' positions; only differing identities reach Python.
+
+    ``selected``: the keys this run takes (after keep/ignore lists, ``limit``). An input outside them is
+    left alone: uncommitted, it is ``left_out``, not ``new`` (else a keep list's other inputs would be new
+    on every run); changed, it is ``left_out`` too and keeps its rows until a run selects it (taking them
+    out would leave the input with no rows at all). Deleted and unchanged are over the whole listing: an
+    input left out still exists, so its committed rows are not deleted."""
     listed = listed if isinstance(listed, pa.Table) else listed_identities(listed)
     keys, etags = listed["key"].combine_chunks(), listed["etag"].combine_chunks()
     positions = progress.positions(keys)
@@ -108,25 +111,27 @@ def detect_changes(
     # Committed keys are the ones a manifest names among its inputs (not those only in an error row).
     in_inputs = progress.in_inputs()
     in_committed = known & in_inputs[at] if len(in_inputs) else known
-    changed = [
-        keys[int(i)].as_py()
+    taken = np.ones(listed.num_rows, bool)
+    if selected is not None and len(selected) < listed.num_rows:
+        taken = np.asarray(pc.is_in(keys, value_set=selected), dtype=bool)
+    changed_at = [
+        int(i)
         for i in np.flatnonzero(differs & in_committed)
         if identity_changed(recorded[int(i)].as_py(), etags[int(i)].as_py())
     ]
+    changed = [keys[i].as_py() for i in changed_at if taken[i]]
     still_listed = np.zeros(len(in_inputs), bool)
     still_listed[positions[known]] = True
     gone = np.flatnonzero(in_inputs & ~still_listed)
     deleted = progress.keys.take(pa.array(gone)).to_pylist() if len(gone) else []
-    uncommitted = listed.num_rows - int(in_committed.sum())
-    left_out = 0
-    if selected is not None and len(selected) < listed.num_rows:
-        taken = np.asarray(pc.is_in(keys, value_set=selected), dtype=bool)
-        left_out = int((~in_committed & ~taken).sum())
-    del keys, etags, recorded, positions, at
+    new = int((taken & ~in_committed).sum())
+    left_out = int((~taken & ~in_committed).sum()) + len(changed_at) - len(changed)  # the changed not taken
+    committed = int(in_committed.sum())
+    del keys, etags, recorded, positions, at, taken
     release_unused_memory()  # the lookups' hash tables
     return InputChanges(
-        new=uncommitted - left_out,
-        unchanged=listed.num_rows - uncommitted - len(changed),
+        new=new,
+        unchanged=committed - len(changed_at),
         changed=sorted(changed),
         deleted=sorted(deleted),
         left_out=left_out,
