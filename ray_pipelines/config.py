@@ -322,10 +322,29 @@ def validate_config(model: type[CommonConfig], data: dict[str, Any]) -> CommonCo
         raise ConfigError(format_validation_error(e, model)) from None
 
 
+# Pydantic's error types for a value of the wrong type, and what each union member wanted, in words.
+WRONG_TYPE = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "none_required": "null",
+}
+
+
 def format_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line per problem, keyed by the config key (``actors.max``), a union's tries told as one."""
     lines = ["invalid config:"]
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(root)"
+    for item, key in _readable_errors(error.errors()):
         if item["type"] == "extra_forbidden":
             guess = did_you_mean(model, item["loc"]) if model is not None else None
             lines.append(f"  {key}: unknown key" + (f"; did you mean {guess}?" if guess else ""))
@@ -337,6 +356,42 @@ def format_validation_error(error: ValidationError, model: type[BaseModel] | Non
             message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
             lines.append(f"  {key}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    """A loc part naming the member of a union pydantic tried (``int``, ``list[str]``,
+    ``function-after[_ordered(), ActorPool]``), not a key: config keys are lower-case identifiers."""
+    return isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS)
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "tuple", "none"})
+
+
+def _readable_errors(errors: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Each error with its key, union members' tags left out. Where a union was tried, the members that
+    failed only on the value's type are dropped when another member got further (``actors: {min: 3,
+    max: 1}`` is a pool whose max is too small, not "not an integer"), else told as one error:
+    ``input: should be a string or a list (got 5)``."""
+    by_union: dict[str, list[tuple[dict[str, Any], str]]] = {}
+    plain: list[tuple[dict[str, Any], str]] = []
+    for item in errors:
+        loc = item["loc"]
+        tag_at = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+        key = ".".join(str(p) for p in loc if not _is_union_tag(p)) or "(root)"
+        if tag_at is None:
+            plain.append((item, key))
+        else:
+            by_union.setdefault(".".join(str(p) for p in loc[:tag_at]) or "(root)", []).append((item, key))
+    readable = list(plain)
+    for root, tried in by_union.items():
+        further = [(item, key) for item, key in tried if item["type"] not in WRONG_TYPE]
+        if further:
+            readable += further
+            continue
+        wanted = list(dict.fromkeys(WRONG_TYPE[item["type"]] for item, _ in tried))
+        merged = {**tried[0][0], "type": "union_type", "msg": "should be " + " or ".join(wanted)}
+        readable.append((merged, root))
+    return readable
 
 
 def models_in(annotation: Any) -> list[type[BaseModel]]:

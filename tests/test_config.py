@@ -46,6 +46,18 @@ def test_defaults_mirror_the_notebook(tmp_path):
         ("input: []\noutput: b\n", "\n  input: an empty list: give at least one path or URL (got [])"),
         ("input: [a, '']\noutput: b\n", "\n  input: an empty path in the list (got ['a', ''])"),
         ("input: a\noutput: b\nkeep_list: ''\n", "\n  keep_list: empty: give a path or URL"),
+        # a union's members told as one key: what it should be, or the member that got further
+        ("input: 5\noutput: b\n", "invalid config:\n  input: should be a string or a list (got 5)"),
+        (
+            "input: a\noutput: b\nactors: abc\n",
+            "invalid config:\n  actors: should be an integer or a mapping (got 'abc')",
+        ),
+        (
+            "input: a\noutput: b\nactors: {min: 3, max: 1}\n",
+            "invalid config:\n  actors: actors.max (1) is smaller than",
+        ),
+        ("input: a\noutput: b\nactors: {min: 0}\n", "invalid config:\n  actors.min: Input should be greater than or"),
+        ("input: a\noutput: b\nactors: {mn: 1}\n", "invalid config:\n  actors.mn: unknown key; did you mean min?"),
         # a validator's own words, without pydantic's "Value error, " before them
         ("input: a\noutput: b\nstorage_options: {token: x}\n", "\n  storage_options: storage_options must not"),
     ],
@@ -54,6 +66,7 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_config(AugmentConfig, write(tmp_path, text))
     assert message in str(error.value)
+    assert "function-after" not in str(error.value) and ".int:" not in str(error.value)  # no union member tags
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
