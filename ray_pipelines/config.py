@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -231,23 +232,46 @@ class CommonConfig(BaseModel):
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[x, y]"]`` -> nested dict, values parsed as YAML scalars."""
+    """``["a.b=1", "c=[x, y]"]`` -> nested dict, values parsed as YAML scalars (:func:`override_value`)."""
     out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        dotted, raw = pair.split("=", 1)
-        if not dotted:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {dotted}: {part} is not a mapping")
-        node[leaf] = value
+    for dotted, raw in split_overrides(pairs):
+        _set_dotted(out, dotted, override_value(raw))
     return out
+
+
+def split_overrides(pairs: list[str]) -> list[tuple[str, str]]:
+    """``key=value`` pairs as ``(dotted key, the value's text)``."""
+    split = []
+    for pair in pairs:
+        dotted, equals, raw = pair.partition("=")
+        if not equals or not dotted:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        split.append((dotted, raw))
+    return split
+
+
+def override_value(raw: str) -> Any:
+    """A ``--set`` value: YAML (``3``, ``[a, b]``, ``null``, ``{min: 1}``), except text YAML would cut or
+    refuse, which is kept as typed: a ``#`` after a space (``/data/take #1`` was ``/data/take``), and what
+    is not YAML (``*.flac``, ``@eaDir/x``, ``%20``: a traceback before)."""
+    if raw == "":
+        return raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    cut_by_comment = isinstance(value, (str, type(None))) and re.search(r"(^|\s)#", raw)
+    return raw if cut_by_comment else value
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part} is not a mapping")
+    node[leaf] = value
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +320,22 @@ def load_config(
     if path is not None:
         data = deep_merge(data, read_config_file(path))
     data = deep_merge(data, parse_overrides(overrides or []))
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e
+    # A value YAML read as a number, a boolean or a mapping where the key wants text is the text typed:
+    # `--set output=0123` (YAML 1.1 read 83), `output=yes` (True), `output=take: 2` (a mapping).
+    typed = {
+        dotted: raw
+        for dotted, raw in split_overrides(overrides or [])
+        if not isinstance(override_value(raw), (str, type(None)))
+    }
+    wants_text = {_error_key(item["loc"]) for item in first.errors() if item["type"] == "string_type"}
+    if not typed.keys() & wants_text:
+        raise ConfigError(format_validation_error(first, model)) from None
+    for dotted in typed.keys() & wants_text:
+        _set_dotted(data, dotted, typed[dotted])
     return validate_config(model, data)
 
 
@@ -367,6 +407,11 @@ def _is_union_tag(part: Any) -> bool:
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "tuple", "none"})
 
 
+def _error_key(loc: tuple[Any, ...]) -> str:
+    """The config key an error's location names, union members' tags left out."""
+    return ".".join(str(p) for p in loc if not _is_union_tag(p)) or "(root)"
+
+
 def _readable_errors(errors: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
     """Each error with its key, union members' tags left out. Where a union was tried, the members that
     failed only on the value's type are dropped when another member got further (``actors: {min: 3,
@@ -377,7 +422,7 @@ def _readable_errors(errors: list[dict[str, Any]]) -> list[tuple[dict[str, Any],
     for item in errors:
         loc = item["loc"]
         tag_at = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
-        key = ".".join(str(p) for p in loc if not _is_union_tag(p)) or "(root)"
+        key = _error_key(loc)
         if tag_at is None:
             plain.append((item, key))
         else:

@@ -81,6 +81,26 @@ def test_overrides_are_typed_and_nested(tmp_path):
         parse_overrides(["novalue"])
 
 
+def test_set_values_yaml_would_cut_refuse_or_retype_are_the_text_typed(tmp_path):
+    from ray_pipelines.config import override_value
+
+    assert override_value("3") == 3 and override_value("[a, b]") == ["a", "b"] and override_value("null") is None
+    assert override_value("[a, 'b #c']") == ["a", "b #c"]  # a quoted # is no comment
+    # not YAML: an alias, a directive, a reserved indicator (each a traceback before), a broken list
+    for text in ("*.flac", "**/*.wav", "%20x", "@eaDir/a.wav", "`x", "[a"):
+        assert override_value(text) == text
+    # a comment would have cut the text: /data/take #1 was /data/take, #x was null
+    assert override_value("/data/take #1") == "/data/take #1" and override_value("#x") == "#x"
+    config = write(tmp_path, "input: a\noutput: b\n")
+    for typed in ("0123", "yes", "take: 2", "1e3"):  # YAML read 83, True, a mapping, 1000.0
+        assert load_config(AugmentConfig, config, [f"output={typed}"]).output == typed
+    assert load_config(AugmentConfig, config, ["input=0777"]).input == "0777"  # a union with str
+    with pytest.raises(ConfigError, match="num_versions: Input should be a valid integer"):
+        load_config(AugmentConfig, config, ["num_versions=[3]"])  # wants a number: not taken as text
+    with pytest.raises(ConfigError, match="output: Input should be a valid string"):
+        load_config(AugmentConfig, config, ["output=null"])  # null stays null: no folder named null
+
+
 def test_a_home_folder_in_a_config_file_is_the_home_folder(tmp_path, monkeypatch):
     """YAML leaves ``~/clips`` as it is (only a shell expands it); it was a folder named ``~`` in the
     current directory: "input not found: ~/clips", and an output written under ./~/."""
