@@ -326,7 +326,7 @@ def _list_from_list_file(
     fs, path: str, extensions: list[str], storage_options, include_hidden: bool
 ) -> list[InputItem]:
     """A text file with one input per line (paths relative to the list file, or URLs)."""
-    with fs.open(path, "r") as f:
+    with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
         lines = [line.strip() for line in f]
     base = posixpath.dirname(path)
     items: list[InputItem] = []
@@ -521,7 +521,7 @@ def read_key_list(spec: str, storage_options: dict[str, Any] | None = None) -> s
     """Keys from a keep/ignore list file (one key per line, '#' comments)."""
     fs, path = get_fs(spec, storage_options)
     try:
-        with fs.open(path, "r") as f:
+        with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
             return {line.strip() for line in f if line.strip() and not line.startswith("#")}
     except FileNotFoundError:
         raise SourceError(f"key list not found: {spec}") from None

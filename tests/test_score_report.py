@@ -122,6 +122,9 @@ def test_summaries_per_split_and_the_csv_table_round_trip(tmp_path):
     )
     old = ScoreTable.from_csv(str(tmp_path / "old.csv"))
     assert old["key"].tolist() == ["a.pt", "b.pt"] and old["class"].tolist() == ["", ""]
+    # Excel's "CSV UTF-8": a byte-order mark before the header (was: "needs the columns filename, split")
+    (tmp_path / "excel.csv").write_bytes((tmp_path / "old.csv").read_text().replace("\n", "\r\n").encode("utf-8-sig"))
+    assert ScoreTable.from_csv(str(tmp_path / "excel.csv"))["key"].tolist() == ["a.pt", "b.pt"]
 
 
 def test_histogram_draws_the_cut_lines_that_are_set():

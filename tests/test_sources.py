@@ -57,6 +57,9 @@ def test_list_file(library, tmp_path):
     assert set(items) == {"a/one.wav", "b/three.ogg", "missing.wav"}
     assert items["missing.wav"].error.startswith("missing")
     assert not items["a/one.wav"].error
+    # saved by a Windows editor: a byte-order mark and CRLF line ends (the first line was "missing")
+    listing.write_bytes("a/one.wav\r\nb/three.ogg\r\n".encode("utf-8-sig"))
+    assert [(i.key, i.error) for i in list_inputs(str(listing), EXT)] == [("a/one.wav", ""), ("b/three.ogg", "")]
 
 
 def test_tar_members_become_inputs_with_byte_ranges(tmp_path):
@@ -178,6 +181,8 @@ def test_missing_input_is_a_source_error(tmp_path):
 def test_key_list(tmp_path):
     path = tmp_path / "keep.txt"
     path.write_text("a/one.wav\n# comment\n\nb/three.ogg\n")
+    assert read_key_list(str(path)) == {"a/one.wav", "b/three.ogg"}
+    path.write_bytes("a/one.wav\r\nb/three.ogg\r\n".encode("utf-8-sig"))  # Notepad's, Excel's
     assert read_key_list(str(path)) == {"a/one.wav", "b/three.ogg"}
 
 

@@ -79,7 +79,7 @@ class ScoreTable:
         """A scores CSV (this job's, or an evaluation script's): filename, split, score columns;
         class/group/item optional."""
         fs, path = get_fs(url, storage_options)
-        with fs.open(path, "r") as f:
+        with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
             reader = csv.DictReader(f)
             header, rows = list(reader.fieldnames or []), list(reader)
         missing = [c for c in ("filename", "split") if c not in header]
@@ -158,7 +158,7 @@ def live_errors(table: ScoreTable, errors: list[tuple[str, int, str]]) -> dict[s
 def read_predictions(url: str, storage_options: dict[str, Any] | None = None) -> dict[tuple[str, int], str]:
     """``{(filename, item): prediction}`` from a CSV with columns filename, prediction (item optional)."""
     fs, path = get_fs(url, storage_options)
-    with fs.open(path, "r") as f:
+    with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
         rows = list(csv.DictReader(f))
     if rows and ("filename" not in rows[0] or "prediction" not in rows[0]):
         raise ValueError(f"{url}: a predictions CSV needs the columns filename and prediction")
