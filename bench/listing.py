@@ -12,6 +12,10 @@ shard or day). Both ways in the same run, alternating, on the same objects:
   walked concurrently on s3fs's event loop.
 
 Both must return the same files; the table gives seconds, requests and the ratio.
+
+A second table does the same for a **list file** of S3 URLs (``input: s3://bucket/inputs.txt``, one
+object per line, ``--list-lines`` of them): one ``fs.info`` per line one after another (what
+``sources.list_inputs`` did before, the baseline) against the lookups ``LIST_CONCURRENCY`` at a time.
 """
 
 from __future__ import annotations
@@ -54,19 +58,37 @@ def measure(endpoint: str, root: str, how: str) -> tuple[float, int, int]:
     return seconds, requests(endpoint) - before, len(found)
 
 
+def measure_list_file(endpoint: str, list_url: str, paths: list[str], how: str) -> tuple[float, int, int]:
+    import s3fs
+
+    from ray_pipelines.sources import list_inputs
+
+    before = requests(endpoint)
+    started = time.perf_counter()
+    if how == "one at a time":
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+        found = [fs.info(path) for path in fs.cat_file(list_url).decode().split()]
+    else:
+        found = list_inputs(list_url, ["flac"], storage_options={"endpoint_url": endpoint})
+    seconds = time.perf_counter() - started
+    assert len(found) == len(paths), (len(found), len(paths))
+    return seconds, requests(endpoint) - before, len(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objects", type=int, default=20000)
     parser.add_argument("--prefixes", type=int, default=20)
     parser.add_argument("--latency-ms", default="0,30,100", help="added per request, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--list-lines", type=int, default=500, help="lines of the list file (0: no list file)")
     parser.add_argument("--quick", action="store_true", help="3,000 objects in 6 subfolders, one run each")
     args = parser.parse_args()
     if args.quick:
-        args.objects, args.prefixes, args.repeats = 3000, 6, 1
+        args.objects, args.prefixes, args.repeats, args.list_lines = 3000, 6, 1, 200
     import s3fs
 
-    rows = []
+    rows, list_rows = [], []
     load_before = os.getloadavg()[0]
     for latency_ms in [float(x) for x in args.latency_ms.split(",")]:
         proc, endpoint = start_moto(latency_ms / 1000)
@@ -74,6 +96,8 @@ def main() -> None:
             fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
             fs.mkdir("bench")
             fill(fs, "bench/in", args.objects, args.prefixes)
+            if args.list_lines:
+                list_rows.extend(list_file_rows(endpoint, fs, latency_ms, args))
             runs: dict[str, list[tuple[float, int, int]]] = {"one walk": [], "per subfolder": []}
             for r in range(args.repeats):
                 order = ["one walk", "per subfolder"] if r % 2 == 0 else ["per subfolder", "one walk"]
@@ -114,6 +138,37 @@ def main() -> None:
         "speed-up",
     ]
     print(table(rows, header))
+    if list_rows:
+        header = ["added latency ms", "lines", "lookups", "seconds (each run)", "median s", "requests", "speed-up"]
+        print("\nA list file of S3 URLs (input: s3://bench/inputs.txt)")
+        print(table(list_rows, header))
+
+
+def list_file_rows(endpoint: str, fs, latency_ms: float, args) -> list[list[str]]:
+    paths = sorted(fs.find("bench/in"))[: args.list_lines]
+    fs.pipe("bench/inputs.txt", "".join(f"s3://{path}\n" for path in paths).encode())
+    runs: dict[str, list[tuple[float, int, int]]] = {"one at a time": [], "concurrent": []}
+    for r in range(args.repeats):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for how in order:
+            runs[how].append(measure_list_file(endpoint, "s3://bench/inputs.txt", paths, how))
+    base = statistics.median(s for s, _, _ in runs["one at a time"])
+    rows = []
+    for how, results in runs.items():
+        seconds = statistics.median(s for s, _, _ in results)
+        each = " / ".join(f"{s:.2f}" for s, _, _ in results)
+        rows.append(
+            [
+                f"{latency_ms:g}",
+                f"{len(paths):,}",
+                how,
+                each,
+                f"{seconds:.2f}",
+                str(results[0][1]),
+                f"{base / seconds:.2f}x",
+            ]
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -329,44 +329,87 @@ def _list_from_list_file(
     with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
         lines = [line.strip() for line in f]
     base = posixpath.dirname(path)
-    items: list[InputItem] = []
+    specs = []  # (key, spec)
     for line in lines:
         if not line or line.startswith("#"):
             continue
         if "://" not in line and not line.startswith("/"):
-            line_path = posixpath.join(base, line)
-            entry_spec = to_url(fs, line_path)
-            key = line
+            specs.append((line, to_url(fs, posixpath.join(base, line))))
         else:
-            entry_spec = line
-            key = split_protocol(line)[1].lstrip("/")
-        entry_fs, entry_path = get_fs(entry_spec, storage_options)
-        try:
-            info = entry_fs.info(entry_path)
-        except FileNotFoundError:
-            items.append(
-                InputItem(key=key, uri=entry_spec, size=0, error="missing: listed in the list file but not found")
-            )
-            continue
-        except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
-            items.append(InputItem(key=key, uri=entry_spec, size=0, error=f"symlink loop: {entry_path} ({e.strerror})"))
-            continue
-        link_error = _link_error(entry_fs, entry_path, info)
-        if link_error:
-            items.append(InputItem(key=key, uri=entry_spec, size=0, error=link_error))
-        elif info.get("type") == "directory":  # final: it will not become a file by itself
-            items.append(InputItem(key=key, uri=entry_spec, size=0, error=LISTED_DIRECTORY))
-        elif _is_tar(entry_path):
-            items.extend(_list_tar(entry_fs, entry_path, key, info, extensions, include_hidden))
-        else:
-            items.append(
-                InputItem(
-                    key=key, uri=to_url(entry_fs, entry_path), size=int(info.get("size") or 0), etag=_etag_of(info)
-                )
-            )
+            specs.append((split_protocol(line)[1].lstrip("/"), line))
+    del lines
+    items: list[InputItem] = []
+    for start in range(0, len(specs), LIST_FILE_CHUNK):  # the store's answers held a chunk at a time
+        entries = [(key, spec, *get_fs(spec, storage_options)) for key, spec in specs[start : start + LIST_FILE_CHUNK]]
+        infos = _infos_of([(entry_fs, entry_path) for _, _, entry_fs, entry_path in entries])
+        for (key, entry_spec, entry_fs, entry_path), info in zip(entries, infos):
+            items.extend(_list_file_entry(key, entry_spec, entry_fs, entry_path, info, extensions, include_hidden))
     return items
+
+
+# Lines of a list file whose files are looked up together (their infos held at once).
+LIST_FILE_CHUNK = 10_000
+
+
+def _list_file_entry(
+    key: str, entry_spec: str, entry_fs, entry_path: str, info, extensions: list[str], include_hidden: bool
+) -> list[InputItem]:
+    """The inputs one line of a list file names (a tar shard names its members), from its ``info``
+    (or the error looking it up raised: a missing file or a link loop is an error row)."""
+    if isinstance(info, FileNotFoundError):
+        return [InputItem(key=key, uri=entry_spec, size=0, error="missing: listed in the list file but not found")]
+    if isinstance(info, OSError) and info.errno == errno.ELOOP:
+        return [InputItem(key=key, uri=entry_spec, size=0, error=f"symlink loop: {entry_path} ({info.strerror})")]
+    if isinstance(info, BaseException):
+        raise info
+    link_error = _link_error(entry_fs, entry_path, info)
+    if link_error:
+        return [InputItem(key=key, uri=entry_spec, size=0, error=link_error)]
+    if info.get("type") == "directory":  # final: it will not become a file by itself
+        return [InputItem(key=key, uri=entry_spec, size=0, error=LISTED_DIRECTORY)]
+    if _is_tar(entry_path):
+        return _list_tar(entry_fs, entry_path, key, info, extensions, include_hidden)
+    size = int(info.get("size") or 0)
+    return [InputItem(key=key, uri=to_url(entry_fs, entry_path), size=size, etag=_etag_of(info))]
+
+
+def _infos_of(entries: list[tuple[Any, str]]) -> list[dict[str, Any] | BaseException]:
+    """``fs.info`` of each ``(fs, path)``, or the error it raised. On an asynchronous object store the
+    requests go out ``LIST_CONCURRENCY`` at a time: one after another, a list file of a million S3 URLs
+    was a million round trips before the job started."""
+    found: list[dict[str, Any] | BaseException] = [{} for _ in entries]
+    by_fs: dict[int, tuple[Any, list[int]]] = {}
+    for at, (fs, _) in enumerate(entries):
+        by_fs.setdefault(id(fs), (fs, []))[1].append(at)
+    for fs, positions in by_fs.values():
+        paths = [entries[at][1] for at in positions]
+        if getattr(fs, "async_impl", False) and hasattr(fs, "_info") and len(paths) > 1:
+            infos = sync(fs.loop, _info_all, fs, paths)  # on the filesystem's own event loop
+        else:
+            infos = [_info_or_error(fs, path) for path in paths]
+        for at, info in zip(positions, infos):
+            found[at] = info
+    return found
+
+
+def _info_or_error(fs, path: str) -> dict[str, Any] | BaseException:
+    try:
+        return fs.info(path)
+    except Exception as e:  # the caller tells a missing file from a failure of the store
+        return e
+
+
+async def _info_all(fs, paths: list[str]) -> list[dict[str, Any] | BaseException]:
+    limit = asyncio.Semaphore(LIST_CONCURRENCY)
+
+    async def info(path: str) -> dict[str, Any] | BaseException:
+        async with limit:
+            try:
+                return await fs._info(path)
+            except Exception as e:
+                return e
+
+    return await asyncio.gather(*(info(path) for path in paths))
 
 
 def _safe_member_name(name: str) -> bool:

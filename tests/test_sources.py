@@ -352,3 +352,23 @@ def test_a_subfolder_deleted_while_the_walk_runs_is_left_out_not_an_input_not_fo
     keys, walked = done.stdout.split("\n")[:2]
     assert keys.split() == [k for k in ("a/deep/two.flac", "a/one.wav", "b/three.ogg") if k.startswith(walked + "/")]
     assert not (library / ("b" if walked == "a" else "a")).exists()
+
+
+def test_a_list_file_of_s3_urls_is_looked_up_concurrently_to_the_same_items(s3_bucket):
+    """Its lines' files are looked up LIST_CONCURRENCY at a time (one after another, a million lines were
+    a million round trips): the same items, in the list's order, with each one's etag and size."""
+    bucket, options, fs = s3_bucket
+    for i in range(25):
+        fs.pipe(f"{bucket}/in/c{i % 3}/clip{i:02d}.flac", bytes(100 + i))
+    lines = [f"s3://{bucket}/in/c{i % 3}/clip{i:02d}.flac" for i in range(25)]
+    lines += [f"s3://{bucket}/in/gone.flac", "c1/clip01.flac", f"s3://{bucket}/in/c2"]  # missing, relative, a folder
+    fs.pipe(f"{bucket}/in/inputs.txt", "\n".join(lines).encode())
+    items = list_inputs(f"s3://{bucket}/in/inputs.txt", EXT, storage_options=options)
+    assert [i.key for i in items] == [line.removeprefix("s3://") for line in lines]
+    by_key = {i.key: i for i in items}
+    for i in range(25):
+        item, info = by_key[f"{bucket}/in/c{i % 3}/clip{i:02d}.flac"], fs.info(f"{bucket}/in/c{i % 3}/clip{i:02d}.flac")
+        assert (item.size, item.etag, item.error) == (100 + i, info["ETag"].strip('"'), "")
+    assert by_key[f"{bucket}/in/gone.flac"].error.startswith("missing: listed in the list file")
+    assert (by_key["c1/clip01.flac"].size, by_key["c1/clip01.flac"].error) == (101, "")
+    assert by_key[f"{bucket}/in/c2"].error.startswith("not a file: a list file names files")
