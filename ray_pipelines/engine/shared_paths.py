@@ -55,7 +55,10 @@ def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str
     file (``lease_path``: set when the output is local) or one of ``inputs`` (local input files)."""
     if lease_path is None and not inputs:
         return
-    here = ray.get_runtime_context().get_node_id()
+    try:
+        here = ray.get_runtime_context().get_node_id()
+    except Exception:  # a driver that is no node's (Ray Client): every node is asked, its own answers yes
+        here = None
     nodes = [n for n in ray_nodes() or [] if n.get("Alive") and n["NodeID"] != here]
     if not nodes:
         return
