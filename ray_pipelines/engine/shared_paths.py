@@ -57,7 +57,7 @@ def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str
         return
     try:
         here = ray.get_runtime_context().get_node_id()
-    except Exception:  # a driver that is no node's (Ray Client): every node is asked, its own answers yes
+    except Exception:  # a driver on no node of the cluster (Ray Client): every node is asked
         here = None
     nodes = [n for n in ray_nodes() or [] if n.get("Alive") and n["NodeID"] != here]
     if not nodes:
