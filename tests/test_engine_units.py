@@ -110,3 +110,21 @@ def test_what_other_nodes_do_not_see_is_said_in_one_clause():
     )
     # only local inputs are looked for on the nodes (a file:// URL as its path)
     assert local_files(["/a/b.flac", "file:///c.wav", "s3://x/y.flac", "synth://0"]) == ["/a/b.flac", "/c.wav"]
+
+
+def test_the_summary_counts_inputs_error_rows_and_the_listing_in_words():
+    from ray_pipelines.engine.runner import JobResult
+    from ray_pipelines.engine.summary import format_summary
+
+    counts = dict.fromkeys(("skipped_already_committed", "processed_this_run", "rows_written", "to_retry"), 0)
+    inputs = {"new": 1, "changed": 0, "deleted": 0, "unchanged": 4, "left_out": 3, "on_change": "reprocess"}
+    manifest = {"counts": {**counts, "listed": 5, "errors": 1, "error_rows": 1}, "inputs": inputs, "splits": {}}
+    manifest["timings"] = {}
+    lines = format_summary("augment", JobResult(manifest, 1.0, "/out")).splitlines()
+    assert "  inputs with errors  1 (1 error row, see errors.jsonl)" in lines
+    assert "  inputs listed       8 (5 selected)" in lines
+    assert "  input changes       1 new, 0 changed, 0 deleted, 4 unchanged, 3 left out (not selected)" in lines
+    manifest["counts"].update(errors=2, error_rows=7)
+    assert "  inputs with errors  2 (7 error rows, see errors.jsonl)" in format_summary(
+        "x", JobResult(manifest, 1, "/o")
+    )

@@ -23,7 +23,9 @@ def format_summary(
         (f"{rows_label} this run", result.run_rows),
         (
             "inputs with errors",
-            f"{c['errors']} ({c['error_rows']} error rows, see errors.jsonl)" if c["errors"] else "0",
+            f"{c['errors']} ({c['error_rows']} error row{'s' * (c['error_rows'] != 1)}, see errors.jsonl)"
+            if c["errors"]
+            else "0",
         ),
     ]
     if c.get("lost"):
