@@ -262,7 +262,11 @@ def _run_holding_lease(
     release_unused_memory()
     listed_at = time.time()
     done = state.progress()
-    changes = detect_changes(identities, done, selected["key"].combine_chunks())
+    # The keys this run took, where a list or limit took fewer than listed (a copy of the column: not
+    # made for the usual run, which takes them all).
+    taken = selected["key"].combine_chunks() if selected.num_rows < listed_count else None
+    changes = detect_changes(identities, done, taken)
+    del taken
     del identities
     stale = changes.stale(cfg.on_change, cfg.on_delete)
     if stale:
