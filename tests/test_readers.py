@@ -266,6 +266,18 @@ def test_a_jobs_reader_refuses_another_jobs_output_by_name(views_output, rows_ou
         ContrastiveViews(str(rows_output), "train")
 
 
+def test_an_output_without_rows_says_why_not_that_the_split_is_missing(tmp_path):
+    """A committed output whose inputs were all error rows, or all left out by a keep list."""
+    manifest = {"job": "augment", "files": [], "counts": {"listed": 0, "errors": 0}, "inputs": {"left_out": 5}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as said:
+        ContrastiveViews(str(tmp_path), "train")
+    assert str(said.value) == (
+        f"{tmp_path} has no rows at all (counts: 0 inputs selected, 0 with errors (errors.jsonl), "
+        "5 left out by keep/ignore lists or limit)"
+    )
+
+
 def test_clips_are_numbered_in_the_order_numpy_sorts_their_keys():
     """ContrastiveViews numbers clips by their sorted keys in Arrow (no Python string per row): the order and
     numbers np.unique gives, non-ASCII keys included (UTF-8's byte order is the code points' order)."""

@@ -117,6 +117,14 @@ def check_job(output: str, written_by: str | None, expected: str | None) -> None
     )
 
 
+def _counts_said(manifest: dict[str, Any]) -> str:
+    counts, inputs = manifest.get("counts", {}), manifest.get("inputs", {})
+    said = [f"{counts.get('listed', 0)} inputs selected", f"{counts.get('errors', 0)} with errors (errors.jsonl)"]
+    if inputs.get("left_out"):
+        said.append(f"{inputs['left_out']} left out by keep/ignore lists or limit")
+    return ", ".join(said)
+
+
 def manifest_files(
     output: str,
     split: str | None = None,
@@ -135,7 +143,9 @@ def manifest_files(
     check_job(output, manifest.get("job"), job)
     files = [f for f in manifest["files"] if split is None or f.get("split") == split]
     if split is not None and not files:
-        splits = sorted({f.get("split") for f in manifest["files"]})
+        splits = sorted({str(f.get("split")) for f in manifest["files"]})
+        if not splits:  # every input an error row, or none selected (errors.jsonl, manifest.json's counts)
+            raise ValueError(f"{output} has no rows at all (counts: {_counts_said(manifest)})")
         raise ValueError(f"split {split!r} not in {output} (splits: {', '.join(splits)})")
     return [{**f, "url": storage.url(f["path"])} for f in files if f["path"].endswith(".parquet")]
 
