@@ -168,3 +168,19 @@ def test_the_filter_tool_says_in_one_line_that_the_store_does_not_answer(capsys)
     err = capsys.readouterr().err
     assert err.startswith("ray-pipelines filter: EndpointConnectionError: Could not connect to the endpoint URL")
     assert len(err.splitlines()) == 1
+
+
+def test_the_filter_tool_names_its_own_set_lines_for_rules_on_missing_scores(tmp_path, capsys):
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db,clipping_fraction\na.wav,train,20,0\nb.wav,val,10,0.5\n")
+    assert filter_main([str(scores), "--config", "score"]) == 2  # the packaged score config's rules
+    assert capsys.readouterr().err.endswith(
+        "or take them out of the filter section (--set dnsmos_ovrl=null --set speech_fraction=null "
+        "--set scatter=null)\n"
+    )
+    out = tmp_path / "out"
+    taken_out = ["--set", "dnsmos_ovrl=null", "--set", "speech_fraction=null", "--set", "scatter=null"]
+    assert filter_main([str(scores), "--config", "score", *taken_out, "--output", str(out)]) == 0
+    assert (out / "kept.txt").read_text().split() == ["a.wav"]  # b.wav: clipping above 0.001

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     try:
-        settings.rules(table.scores)
+        settings.rules(table.scores, section="")  # this tool's --set keys are the filter section's own
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2

@@ -71,17 +71,17 @@ class FilterSettings(BaseModel):
     def named_rules(self) -> dict[str, FilterRule]:
         return dict(self.__pydantic_extra__ or {})
 
-    def rules(self, scores: tuple[str, ...] | list[str]) -> dict[str, FilterRule]:
+    def rules(self, scores: tuple[str, ...] | list[str], section: str = "filter.") -> dict[str, FilterRule]:
         """The rule of each score that has one (named, or a default), in score order.
 
-        Raises ValueError naming any rule or scatter score that is not among ``scores``.
+        Raises ValueError naming any rule or scatter score that is not among ``scores``, with the
+        ``--set`` that takes each out (``section``: the keys' prefix there; the filter tool's has none).
         """
         rules_unknown = [name for name in self.named_rules if name not in scores]
         scatter_unknown = [name for name in self.scatter or () if name not in scores]
         if rules_unknown or scatter_unknown:
-            ways_out = [f"filter.{name}=null" for name in rules_unknown] + ["filter.scatter=null"] * bool(
-                scatter_unknown
-            )
+            named = rules_unknown + ["scatter"] * bool(scatter_unknown)
+            ways_out = [f"{section}{name}=null" for name in named]
             raise ValueError(
                 f"filter names {', '.join(sorted({*rules_unknown, *scatter_unknown}))}, which the scores do not have "
                 f"(scores: {', '.join(scores) or 'none'}): add the scorers that give them, or take them out "
