@@ -119,7 +119,7 @@ class OutputState:
         if existing is not None and not overwrite:
             if existing.get("job") != job:
                 raise OutputConflict(
-                    f"output {self.storage.root} holds a '{existing.get('job')}' job's data, not '{job}'; "
+                    f"output {self.storage.root} holds the {existing.get('job')} job's data, not the {job} job's; "
                     "choose another output or pass --overwrite"
                 )
             if existing.get("fingerprint") != fingerprint:
