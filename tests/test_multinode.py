@@ -162,9 +162,10 @@ def test_local_paths_another_node_does_not_see_stop_the_run_before_it_reads(shor
         return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
     with two_node_cluster(short_tmp, own_disk) as (address, env, _):
-        blind = augment(address, env, own_disk)
+        blind = augment(address, {**env, "RAY_PIPELINES_SHARED_PATH_WAIT_S": "6"}, own_disk)  # asked 2-3 times
         shared = augment(address, env, tmp_path)
     assert blind.returncode == 2, blind.stderr[-3000:]
+    assert "1 of the 1 other nodes do not see the run's local paths; asking them again for up to 6 s" in blind.stderr
     said = blind.stderr.strip().splitlines()[-1]
     assert re.fullmatch(
         r"ray-pipelines augment: node \S+ \[[0-9a-f]{8}\] \(1 of the 1 other nodes\) does not see "

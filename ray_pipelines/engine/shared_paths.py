@@ -2,22 +2,26 @@
 
 A job's tasks read its inputs and write its output on whichever node they run. A local path (not a
 URL) works on a cluster only where a file system is shared at that path by every node (NFS, EFS, a
-volume mounted on each pod). Without one, a worker node finds none of its inputs (each an error row
-to retry) and writes its blocks to its own disk, where the driver's commit never sees them: every
-such block is lost, the run ends incomplete (exit 3), and so does every rerun.
+volume mounted on each pod). Without one, a worker node finds none of its inputs, and its writers fail
+(the run's ``_job.json`` is not on that node's disk): its blocks go to the lost-input retry, and whether
+the run ends complete depends on where Ray puts them again.
 
 Before anything is read, one zero-CPU task on each other node looks for what the driver sees: this
 run's ``_lease.json`` under a local output (its run id, so that a same-named folder left on a node's
-own disk by an earlier run does not pass) and the first and last local inputs of the run. A node
-that sees neither stops the run in one line naming the node and the path (exit 2: the config is
-wrong for this cluster). Nodes an autoscaler adds later are not asked.
+own disk by an earlier run does not pass) and the first and last local inputs of the run. A node that
+does not see them is asked again every few seconds for up to ``RAY_PIPELINES_SHARED_PATH_WAIT_S``
+(60 s: a network file system may keep a node's cached directory for up to a minute, ``acdirmax``),
+then stops the run in one line naming the node and the path (exit 2: the config is wrong for this
+cluster). Nodes an autoscaler adds later are not asked.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
+import time
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -30,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # How long the driver waits for the nodes' answers (each starts a worker process first).
 LOOK_TIMEOUT_S = 120.0
+# How long a node that does not see the paths is asked again (RAY_PIPELINES_SHARED_PATH_WAIT_S), and how often.
+WAIT_S = 60.0
+ASK_AGAIN_S = 5.0
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -62,6 +69,39 @@ def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str
     nodes = [n for n in ray_nodes() or [] if n.get("Alive") and n["NodeID"] != here]
     if not nodes:
         return
+    others = len(nodes)
+    wait_s = float(os.environ.get("RAY_PIPELINES_SHARED_PATH_WAIT_S", WAIT_S))
+    deadline = time.monotonic() + wait_s
+    for attempt in itertools.count():
+        blind_to_output, blind_to_inputs = _ask(nodes, lease_path, run_id, inputs)
+        blind = set(blind_to_output) | {name for name, _ in blind_to_inputs}
+        left = deadline - time.monotonic()
+        if not blind or left <= 0:
+            break
+        if attempt == 0:
+            log.warning(
+                "%d of the %d other nodes do not see the run's local paths; asking them again for up to %.0f s "
+                "(a network file system may show a new file late)",
+                len(blind),
+                others,
+                wait_s,
+            )
+        time.sleep(min(ASK_AGAIN_S, left))
+        nodes = [n for n in nodes if _name(n) in blind]
+    problem = blindness(output, blind_to_output, blind_to_inputs, others)
+    if problem:
+        raise ConfigError(
+            problem + ": a cluster's tasks read and write on every node, so a local path needs a file system "
+            "mounted at that path on each of them (NFS, EFS, a shared volume); else use object storage "
+            "(s3://bucket/...)"
+        )
+
+
+def _ask(
+    nodes: list[dict], lease_path: str | None, run_id: str, inputs: list[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """One look on each of ``nodes``: the nodes without this run's lease file, and each node missing an
+    input with the first it misses. A node that does not answer (or died) is left out, with a warning."""
     asked = {
         _look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
             lease_path, inputs
@@ -84,13 +124,7 @@ def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str
             blind_to_output.append(node)
         if missing:
             blind_to_inputs.append((node, missing[0]))
-    problem = blindness(output, blind_to_output, blind_to_inputs, len(nodes))
-    if problem:
-        raise ConfigError(
-            problem + ": a cluster's tasks read and write on every node, so a local path needs a file system "
-            "mounted at that path on each of them (NFS, EFS, a shared volume); else use object storage "
-            "(s3://bucket/...)"
-        )
+    return blind_to_output, blind_to_inputs
 
 
 def blindness(output: str, blind_to_output: list[str], blind_to_inputs: list[tuple[str, str]], of: int) -> str:
