@@ -277,14 +277,19 @@ def glob_local(pattern: str, root: str) -> dict[str, dict[str, Any]]:
     return {path: info for path, info in walk_local(root, maxdepth).items() if matches(path)}
 
 
-async def _walk_all(fs, folders: list[str]) -> list[dict[str, dict[str, Any]]]:
+async def _each_at_most_so_many(call, args: list[Any], return_exceptions: bool = False) -> list[Any]:
+    """``await call(arg)`` for every arg, ``LIST_CONCURRENCY`` of them in flight at once, in order."""
     limit = asyncio.Semaphore(LIST_CONCURRENCY)
 
-    async def walk(folder: str) -> dict[str, dict[str, Any]]:
+    async def one(arg: Any) -> Any:
         async with limit:
-            return await fs._find(folder, detail=True)
+            return await call(arg)
 
-    return await asyncio.gather(*(walk(folder) for folder in folders))
+    return await asyncio.gather(*(one(arg) for arg in args), return_exceptions=return_exceptions)
+
+
+async def _walk_all(fs, folders: list[str]) -> list[dict[str, dict[str, Any]]]:
+    return await _each_at_most_so_many(lambda folder: fs._find(folder, detail=True), folders)
 
 
 def _relative_key(file_path: str, root: str) -> str:
@@ -400,16 +405,7 @@ def _info_or_error(fs, path: str) -> dict[str, Any] | BaseException:
 
 
 async def _info_all(fs, paths: list[str]) -> list[dict[str, Any] | BaseException]:
-    limit = asyncio.Semaphore(LIST_CONCURRENCY)
-
-    async def info(path: str) -> dict[str, Any] | BaseException:
-        async with limit:
-            try:
-                return await fs._info(path)
-            except Exception as e:
-                return e
-
-    return await asyncio.gather(*(info(path) for path in paths))
+    return await _each_at_most_so_many(fs._info, paths, return_exceptions=True)  # errors told per path
 
 
 def _safe_member_name(name: str) -> bool:

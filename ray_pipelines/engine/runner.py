@@ -266,8 +266,7 @@ def _run_holding_lease(
     # made for the usual run, which takes them all).
     taken = selected["key"].combine_chunks() if selected.num_rows < listed_count else None
     changes = detect_changes(identities, done, taken)
-    del taken
-    del identities
+    del taken, identities
     stale = changes.stale(cfg.on_change, cfg.on_delete)
     if stale:
         rewritten = drop_inputs(state, job.make_sink(fingerprint), stale, still_holds=lease.check)
