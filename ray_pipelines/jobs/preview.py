@@ -366,8 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ray-pipelines preview: cannot read {args.output}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     try:
-        fs, path = get_fs(args.out, options) if "://" in args.out else (None, args.out)
-        with fs.open(path, "wb") if fs is not None else open(path, "wb") as f:
+        fs, path = get_fs(args.out, options)  # a local path too
+        with fs.open(path, "wb") as f:
             f.write(png)
     except storage_errors() as e:
         print(f"ray-pipelines preview: cannot write {args.out}: {type(e).__name__}: {e}", file=sys.stderr)
