@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from ray_pipelines.engine.manifest import OutputState
+from ray_pipelines.engine.manifest import OutputConflict, OutputState
 from ray_pipelines.engine.sink import ShardSink
 from ray_pipelines.storage import Storage
+from tests.conftest import Lines
 
 
 def rows(keys, versions, error=None) -> dict[str, np.ndarray]:
@@ -78,6 +83,43 @@ def test_a_stale_run_commits_nothing_and_its_files_are_removed(tmp_path):
     )
     assert not list(tmp_path.glob("train/*.parquet"))
     assert manifest["counts"]["orphans_removed"] == 1 and manifest["counts"]["lost"] == 1
+
+
+def test_a_claim_that_committed_nothing_is_taken_by_another_job_or_config_and_one_that_did_is_not(tmp_path):
+    """A run that stopped before its first block (its input matched nothing, its listing failed) left
+    only its claim; before, the corrected rerun was refused unless it passed --overwrite."""
+    said, logger = Lines(), logging.getLogger("ray_pipelines.engine.manifest")
+    logger.addHandler(said)
+    try:
+        OutputState(Storage(str(tmp_path))).prepare("features", "a" * 64, {}, {"n_mels": 128}, overwrite=False)
+        (tmp_path / "labels.json").write_text("{}")  # what the features job writes as it lists
+        state, run_id = prepare(tmp_path)  # the augment job
+        assert json.loads((tmp_path / "_job.json").read_text())["job"] == "augment"
+        assert not (tmp_path / "labels.json").exists()
+        assert said.lines == [
+            f"output {tmp_path} was claimed by a features job's run that committed nothing: this run takes it"
+        ]
+        state.prepare("augment", "b" * 64, {}, {"n_mels": 64}, overwrite=False)  # another config, nothing committed
+        assert "another config (changed: n_mels)" in said.lines[-1]
+        state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+        written = sink(tmp_path)
+        written.run_id = json.loads((tmp_path / "_job.json").read_text())["run_id"]
+        written.write_rows(rows(["a"], [0]), rank=0)  # one block's manifest: the output holds rows now
+        for job, fingerprint, refusal in (
+            ("features", "a" * 64, "holds the augment job's data"),
+            ("augment", "b" * 64, "another config"),
+        ):
+            with pytest.raises(OutputConflict, match=refusal):
+                OutputState(Storage(str(tmp_path))).prepare(job, fingerprint, {}, {}, overwrite=False)
+        state.commit(
+            job="augment", fingerprint="f" * 64, config={}, listed=1, skipped=0, processed_keys=["a"], timings={}
+        )
+        assert not list((tmp_path / "_manifests").glob("part-*.json"))  # folded into the index
+        with pytest.raises(OutputConflict, match="another config"):
+            OutputState(Storage(str(tmp_path))).prepare("augment", "b" * 64, {}, {}, overwrite=False)
+        assert len(said.lines) == 3  # the two take-overs above and the return to "f"
+    finally:
+        logger.removeHandler(said)
 
 
 def test_error_rows_go_to_the_manifest_not_the_data(tmp_path):

@@ -25,6 +25,7 @@ manifests (``OutputState.fold``), so a run reads one index and only the manifest
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import posixpath
@@ -67,6 +68,8 @@ READ_BATCH = 1000  # manifests fetched per concurrent batch (fsspec ``cat`` of a
 DELETE_BATCH = 1000  # manifests deleted per request (S3 DeleteObjects takes up to 1,000 keys)
 KILL_AT = "RAY_PIPELINES_KILL_AT"  # tests: SIGKILL this process at the named step (``stop_point``)
 WAIT_AT = "RAY_PIPELINES_WAIT_AT"  # tests: hold this process at the named step until a signal
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MIXED_ETAG", "INDEX_FILE", "OutputState", "Progress"]
 
@@ -116,20 +119,17 @@ class OutputState:
                 f"output {self.storage.root} is not empty and was not written by ray-pipelines; "
                 "choose another output or pass --overwrite to replace its contents"
             )
-        if existing is not None and not overwrite:
-            if existing.get("job") != job:
-                raise OutputConflict(
-                    f"output {self.storage.root} holds the {existing.get('job')} job's data, not the {job} job's; "
-                    "choose another output or pass --overwrite"
-                )
-            if existing.get("fingerprint") != fingerprint:
-                changed = _changed_keys(existing.get("fingerprinted", {}), fingerprinted)
-                raise OutputConflict(
-                    f"output {self.storage.root} was written with another config (fingerprint "
-                    f"{existing.get('fingerprint', '?')[:12]} != {fingerprint[:12]}; "
-                    f"changed: {', '.join(changed) or '?'}). "
-                    "Use a new output path for a new version, or pass --overwrite to replace it"
-                )
+        conflict = None if existing is None else _claim_conflict(existing, job, fingerprint, fingerprinted)
+        if conflict and not overwrite:
+            refusal, claimed_by = conflict
+            if self._committed_anything():
+                raise OutputConflict(f"output {self.storage.root} {refusal}")
+            # A run that stopped before its first commit (nothing matched its input, a listing error,
+            # a stop while it listed) leaves only its claim: nothing there for another config to spoil.
+            log.warning(
+                "output %s was claimed by %s that committed nothing: this run takes it", self.storage.root, claimed_by
+            )
+            overwrite = True
         if overwrite:
             for relpath in self._contents():  # everything but the lease this run holds
                 self.storage.remove(relpath)
@@ -147,6 +147,12 @@ class OutputState:
             },
         )
         return run_id
+
+    def _committed_anything(self) -> bool:
+        """Whether a run ever committed here: a manifest, the index or a block's manifest."""
+        if self.storage.exists(MANIFEST_FILE):
+            return True
+        return any(p.endswith((".json", ".parquet")) for p in self.storage.list(MANIFEST_DIR))
 
     def _contents(self) -> list[str]:
         """Top-level entries of the output root (relative), lease files left out."""
@@ -449,6 +455,28 @@ def _superseded(error: dict[str, Any], progress: Progress) -> bool:
 def default_is_data_file(relpath: str) -> bool:
     """Data files are the ``part-*`` files the sinks write (other files are left alone)."""
     return posixpath.basename(relpath).startswith("part-")
+
+
+def _claim_conflict(
+    existing: dict[str, Any], job: str, fingerprint: str, fingerprinted: dict[str, Any]
+) -> tuple[str, str] | None:
+    """Why ``_job.json``'s claim is not this run's, or None when it is: (the refusal's words after
+    "output X", what the claiming run was)."""
+    if existing.get("job") != job:
+        return (
+            f"holds the {existing.get('job')} job's data, not the {job} job's; "
+            "choose another output or pass --overwrite",
+            f"a {existing.get('job')} job's run",
+        )
+    if existing.get("fingerprint") != fingerprint:
+        changed = ", ".join(_changed_keys(existing.get("fingerprinted", {}), fingerprinted)) or "?"
+        return (
+            f"was written with another config (fingerprint {existing.get('fingerprint', '?')[:12]} != "
+            f"{fingerprint[:12]}; changed: {changed}). Use a new output path for a new version, or pass "
+            "--overwrite to replace it",
+            f"a run with another config (changed: {changed})",
+        )
+    return None
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
