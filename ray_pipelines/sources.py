@@ -89,7 +89,7 @@ def _etag_of(info: dict[str, Any]) -> str:
     for name in ("ETag", "etag", "md5Hash"):
         if info.get(name):
             return str(info[name]).strip('"')
-    for name in ("mtime", "LastModified", "last_modified", "created"):
+    for name in ("mtime", "LastModified", "last_modified", "Last-Modified", "created"):
         if info.get(name) is not None:
             return f"{info[name]}/{int(info.get('size') or 0)}"
     return ""
@@ -159,6 +159,7 @@ def list_inputs(
             skip_hidden = False
         else:
             raise SourceError(f"input not found: {spec}")
+        _add_missing_sizes(fs, files)
     except SourceError:
         raise
     except FileNotFoundError:
@@ -193,6 +194,15 @@ def list_inputs(
             for members in pool.map(lambda s: _list_tar(fs, *s, extensions, include_hidden), shards):
                 items.extend(members)
     return sorted(items, key=lambda i: i.key)
+
+
+def _add_missing_sizes(fs, files: dict[str, dict[str, Any]]) -> None:
+    """Look up the files a listing gave without a size (an HTTP server's index page names only the
+    links): the size and identity come from each file's own answer (a HEAD request), not 0 and none."""
+    unsized = [path for path, info in files.items() if info.get("size") is None and info.get("type") == "file"]
+    for path, info in zip(unsized, _infos_of([(fs, path) for path in unsized])):
+        if isinstance(info, dict):
+            files[path] = info  # a file gone since is an error row when it is read
 
 
 # Subfolder walks in flight at once (beyond its connection pool, 10 by default, aiobotocore queues them).

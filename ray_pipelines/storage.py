@@ -117,13 +117,14 @@ def fs_options(protocol: str, storage_options: dict[str, Any] | None) -> dict[st
 
 
 def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem for ``url`` and the path inside it (no protocol)."""
+    """The filesystem for ``url`` and the path inside it, as that filesystem names it (without the
+    protocol for object stores; HTTP's paths are the whole URL)."""
     protocol, path = split_protocol(url)
     if protocol == "file":
         fs = fsspec.filesystem("file")
         return fs, os.path.abspath(os.path.expanduser(path))  # ~/model.pt in a config file (no shell expands it)
     fs = fsspec.filesystem(protocol, **fs_options(protocol, storage_options))
-    return fs, path
+    return fs, fs._strip_protocol(url)
 
 
 def join_url(base: str, *parts: str) -> str:
@@ -134,11 +135,10 @@ def join_url(base: str, *parts: str) -> str:
 
 
 def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """Re-attach the filesystem's protocol to a bare path listed by ``fs``."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    """The URL of a path ``fs`` listed (a local path stays a path)."""
+    if is_local(fs):
         return path
-    return f"{protocol}://{path}"
+    return fs.unstrip_protocol(path)
 
 
 class Storage:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 
 import fsspec
 import numpy as np
@@ -60,6 +63,61 @@ def test_list_file(library, tmp_path):
     # saved by a Windows editor: a byte-order mark and CRLF line ends (the first line was "missing")
     listing.write_bytes("a/one.wav\r\nb/three.ogg\r\n".encode("utf-8-sig"))
     assert [(i.key, i.error) for i in list_inputs(str(listing), EXT)] == [("a/one.wav", ""), ("b/three.ogg", "")]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # not one stderr line per request
+        pass
+
+
+@pytest.fixture
+def served(library):
+    """``library`` behind a real HTTP server on 127.0.0.1 (Python's: index pages name the links, no sizes)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=library))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_urls_are_inputs_from_a_folder_a_glob_a_url_and_list_files(library, served):
+    """An https:// dataset (a web server, a model hub's files): fsspec's HTTP paths are whole URLs, and
+    an index page gives no sizes (before: every file an 'empty file (0 bytes)' error, and every
+    list-file line 'missing')."""
+    local = {i.key: i for i in list_inputs(str(library), EXT)}
+    folder = {i.key: i for i in list_inputs(f"{served}/", EXT)}
+    assert sorted(folder) == sorted(local) == ["a/deep/two.flac", "a/one.wav", "b/three.ogg"]
+    assert {k: (i.uri, i.size, i.error) for k, i in folder.items()} == {
+        k: (f"{served}/{k}", local[k].size, "") for k in local
+    }
+    assert all(i.etag.endswith(f" GMT/{i.size}") for i in folder.values())  # Last-Modified and size
+    assert [(i.key, i.uri) for i in list_inputs(f"{served}/a/**/*.flac", EXT)] == [
+        ("deep/two.flac", f"{served}/a/deep/two.flac")
+    ]
+    assert [(i.key, i.size) for i in list_inputs(f"{served}/b/three.ogg", EXT)] == [
+        ("three.ogg", local["b/three.ogg"].size)
+    ]
+    (library / "urls.txt").write_text(f"{served}/a/one.wav\n{served}/nope.wav\n")
+    (library / "relative.txt").write_text("a/one.wav\nb/three.ogg\n")
+    host = served.removeprefix("http://")
+    for listing in (str(library / "urls.txt"), f"{served}/urls.txt"):  # the list file local or served
+        items = {i.key: i for i in list_inputs(listing, EXT)}
+        assert (items[f"{host}/a/one.wav"].uri, items[f"{host}/a/one.wav"].size) == (
+            f"{served}/a/one.wav",
+            local["a/one.wav"].size,
+        )
+        assert items[f"{host}/nope.wav"].error == "missing: listed in the list file but not found"
+    served_lines = list_inputs(f"{served}/relative.txt", EXT)
+    assert [(i.key, i.uri) for i in served_lines] == [
+        ("a/one.wav", f"{served}/a/one.wav"),
+        ("b/three.ogg", f"{served}/b/three.ogg"),
+    ]
+    with AudioFile(InputAudio(folder["a/deep/two.flac"].uri, folder["a/deep/two.flac"].size)) as remote:
+        with AudioFile(InputAudio(str(library / "a" / "deep" / "two.flac"), local["a/deep/two.flac"].size)) as disk:
+            np.testing.assert_array_equal(
+                load_window(remote, 0.1, 0.3, 16000)[0], load_window(disk, 0.1, 0.3, 16000)[0]
+            )
 
 
 def test_tar_members_become_inputs_with_byte_ranges(tmp_path):
