@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .storage import find_secrets, url_credentials
+from .storage import find_secrets, url_credentials, url_problem
 
 # What every job writes, the same for all: the file layout, column types and metadata, the
 # decoding of windows. Bump it when those change: it is part of the config fingerprint, so an
@@ -139,6 +139,9 @@ class CommonConfig(BaseModel):
         "the output (heartbeats every tenth of it).",
     )
 
+    # Inputs a job makes itself rather than reads (the teacher job's ``synth://``).
+    INPUT_SCHEMES: ClassVar[frozenset[str]] = frozenset()
+
     # Fields that change how a job runs but not the bytes it writes.
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
@@ -198,6 +201,18 @@ class CommonConfig(BaseModel):
                 raise ValueError(
                     f"{url_credentials(url)} holds credentials (user:password@); set them in the environment"
                 )
+        return value
+
+    @field_validator("input", "output", "keep_list", "ignore_list")
+    @classmethod
+    def _storage_here(cls, value: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
+        """A URL no installed filesystem opens fails here, not after the output is claimed."""
+        for url in [value] if isinstance(value, str) else value or []:
+            if info.field_name == "input" and url.split("://", 1)[0] in cls.INPUT_SCHEMES:
+                continue
+            problem = url_problem(url, written=info.field_name == "output")
+            if problem:
+                raise ValueError(problem)
         return value
 
     @field_validator("input", "output", "keep_list", "ignore_list")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -80,6 +81,31 @@ def find_secrets(options: Any, path: str = "") -> list[str]:
     elif isinstance(options, str) and url_credentials(options):
         found.append(path.rstrip("."))
     return found
+
+
+# A path that starts like a URL with one slash missing (``s3:/bucket/out``): a local folder named ``s3:``.
+_ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
+
+
+def url_problem(url: str, written: bool = False) -> str:
+    """Why ``url`` cannot be read (or ``written``) from here, "" when it can: a protocol fsspec does not
+    know or whose package is not installed, an http(s) output, or a URL with one slash missing."""
+    protocol, _ = split_protocol(url)
+    if protocol == "file":
+        missed = _ONE_SLASH.match(url)
+        if missed and missed.group(1).lower() in fsspec.available_protocols():
+            fixed = f"{missed.group(1)}://{url[missed.end() :]}"
+            return f"a local folder named {missed.group(1)}:, not a URL; did you mean {fixed}?"
+        return ""
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as e:  # fsspec's message names the package (gs://: "Please install gcsfs ...")
+        return f"{protocol}:// needs a package that is not installed: {e}"
+    except ValueError:
+        return f"{protocol}:// is no storage protocol fsspec knows"
+    if written and protocol in ("http", "https"):
+        return f"{protocol}:// is read-only here: write to a local path or object storage (s3://...)"
+    return ""
 
 
 def url_credentials(url: str) -> str:

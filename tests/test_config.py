@@ -58,6 +58,20 @@ def test_defaults_mirror_the_notebook(tmp_path):
         ),
         ("input: a\noutput: b\nactors: {min: 0}\n", "invalid config:\n  actors.min: Input should be greater than or"),
         ("input: a\noutput: b\nactors: {mn: 1}\n", "invalid config:\n  actors.mn: unknown key; did you mean min?"),
+        # a URL no installed filesystem serves, refused before the output is claimed (it was refused only
+        # after: an ImportError from the listing, a connection error on an http output's lease)
+        (
+            "input: gs://b/x\noutput: b\n",
+            "\n  input: gs:// needs a package that is not installed: Please install gcsfs",
+        ),
+        ("input: [a, 'foo://x']\noutput: b\n", "\n  input: foo:// is no storage protocol fsspec knows"),
+        ("input: a\noutput: 'https://h/o'\n", "\n  output: https:// is read-only here: write to a local path"),
+        ("input: a\noutput: b\nkeep_list: 'az://c/k.txt'\n", "\n  keep_list: az:// needs a package"),
+        # one slash short: was a local folder named "s3:" in the working directory
+        (
+            "input: a\noutput: 's3:/bucket/out'\n",
+            "\n  output: a local folder named s3:, not a URL; did you mean s3://bucket/out?",
+        ),
         # a validator's own words, without pydantic's "Value error, " before them
         ("input: a\noutput: b\nstorage_options: {token: x}\n", "\n  storage_options: storage_options must not"),
     ],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -55,6 +55,8 @@ RESERVED_COLUMNS = frozenset(
 
 
 class TeacherConfig(CommonConfig):
+    INPUT_SCHEMES: ClassVar[frozenset[str]] = frozenset({SYNTH_INPUT.removesuffix("://")})
+
     teachers: list[TeacherSpec] = Field(..., min_length=1, description="Teachers to run; each output is a column.")
     sample_rate: int = Field(44100, gt=0, description="Rate of the stored clips x (and y).")
     duration: float = Field(1.2, gt=0, description="Clip length in seconds; shorter audio is zero-padded.")
