@@ -219,3 +219,11 @@ def test_a_store_that_does_not_answer_and_an_unwritable_out_are_one_line_each(fe
     err = capsys.readouterr().err
     reason = f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'"
     assert err == f"ray-pipelines preview: cannot write {missing}: {reason}\n"
+    # a URL no installed filesystem serves, or one that cannot be written: refused first (were tracebacks)
+    assert preview.main(["gs://bucket/out"]) == 2
+    assert capsys.readouterr().err == (
+        "ray-pipelines preview: gs://bucket/out: gs:// needs a package that is not installed: "
+        "Please install gcsfs to access Google Storage\n"
+    )
+    assert preview.main([str(features_output), "--out", "https://host/grid.png"]) == 2
+    assert "https:// is read-only here" in capsys.readouterr().err

@@ -168,6 +168,10 @@ def test_the_filter_tool_says_in_one_line_that_the_store_does_not_answer(capsys)
     err = capsys.readouterr().err
     assert err.startswith("ray-pipelines filter: EndpointConnectionError: Could not connect to the endpoint URL")
     assert len(err.splitlines()) == 1
+    assert filter_main(["az://container/scores"]) == 2  # no adlfs: one line, not an ImportError's traceback
+    assert capsys.readouterr().err.startswith("ray-pipelines filter: az://container/scores: az:// needs a package")
+    assert filter_main(["s3://bucket/scores", "--output", "s3:/bucket/kept"]) == 2  # one slash short
+    assert capsys.readouterr().err.endswith("a local folder named s3:, not a URL; did you mean s3://bucket/kept?\n")
 
 
 def test_the_filter_tool_names_its_own_set_lines_for_rules_on_missing_scores(tmp_path, capsys):

@@ -27,7 +27,7 @@ from typing import Any
 from ray_pipelines.config import ConfigError, deep_merge, parse_overrides, read_config_file, validate_config
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.table import ScoreTable, read_errors
-from ray_pipelines.storage import Storage, split_protocol, storage_errors
+from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_problem
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_filter_settings(args.config, args.overrides)
         options = parse_overrides(args.storage_options)
+        for url, written in ((args.scores, False), (args.output, True)):
+            if url and url_problem(url, written):
+                raise ConfigError(f"{url}: {url_problem(url, written)}")
     except ConfigError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2

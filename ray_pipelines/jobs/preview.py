@@ -346,10 +346,14 @@ def preview(
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ray_pipelines.config import parse_overrides
-    from ray_pipelines.storage import get_fs, storage_errors
+    from ray_pipelines.storage import get_fs, storage_errors, url_problem
 
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     options = parse_overrides(args.storage_option)
+    for url, written in ((args.output, False), (args.out, True)):
+        if url_problem(url, written):
+            print(f"ray-pipelines preview: {url}: {url_problem(url, written)}", file=sys.stderr)
+            return 2
     try:
         png, shown = preview(
             args.output,
