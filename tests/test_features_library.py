@@ -16,7 +16,7 @@ from ray_pipelines.features.library import extend_label_names, in_skipped_dir, l
 from ray_pipelines.features.report import balance_chart, balance_report
 from ray_pipelines.features.split import assign_splits
 from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SeedSnippets, SpreadSnippets
-from ray_pipelines.sources import list_inputs
+from ray_pipelines.sources import SourceError, list_inputs
 from ray_pipelines.storage import Storage
 from tests.audio_helpers import encoded_bytes, tone, write_audio, write_tar
 
@@ -75,6 +75,24 @@ def test_extensions_and_min_per_label_options(tmp_path):
     assert scan(tmp_path, extensions=["flac"], min_per_label=2).songs_per_label == {"a": 2}
     assert scan(tmp_path, min_per_label=2, skip_dirs=[]).dropped == {}
     assert scan(tmp_path, min_per_label=9, always_keep={"b"}).songs_per_label == {"b": 2}
+
+
+def test_a_library_whose_every_file_is_left_out_says_why_not_that_nothing_matched(tmp_path):
+    """Three songs in two thin labels and one loose file: before, 'no inputs matched <folder>'."""
+    touch_library(tmp_path / "lib", {"bass": 2, "tabla": 1, "drums/.cache": 1})
+    write_audio(tmp_path / "lib" / "loose.wav", tone(0.05, 8000), 8000)
+    config = {"input": str(tmp_path / "lib"), "output": str(tmp_path / "out"), "skip_dirs": [".cache"]}
+    job = FeaturesJob(FeaturesConfig.model_validate({**config, "include_hidden": True}))
+    with pytest.raises(SourceError) as error:
+        job.list_inputs()
+    assert str(error.value) == (
+        "none of the 5 listed files is kept: labels with fewer than min_per_label (6) songs: bass (2), tabla (1); "
+        "1 directly under the input folder, in no label folder (e.g. loose.wav; the label is the file's folder); "
+        "1 in skip_dirs ['.cache']; set allow_empty: true if an empty output is expected"
+    )
+    assert not (tmp_path / "out" / LABELS_FILE).exists()  # refused before the plan is recorded
+    empty = FeaturesJob(FeaturesConfig.model_validate({**config, "allow_empty": True}))
+    assert empty.list_inputs() == [] and Storage(str(tmp_path / "out")).read_json(LABELS_FILE) == []
 
 
 def test_tar_members_are_labelled_by_their_own_folders(tmp_path):

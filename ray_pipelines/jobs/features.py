@@ -31,7 +31,7 @@ from ray_pipelines.features.catalog import LibraryPlan, describe, plan_library, 
 from ray_pipelines.features.frames import AST_MEAN, AST_SAMPLE_RATE, AST_STD, frame_sizes
 from ray_pipelines.features.report import balance_chart, balance_report
 from ray_pipelines.features.split import DEFAULT_SPLITS
-from ray_pipelines.sources import InputItem
+from ray_pipelines.sources import InputItem, SourceError
 from ray_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -175,17 +175,39 @@ class FeaturesJob(Job):
         """
         c = self.config
         storage = self.storage()
+        listed = super().list_inputs()
         self.plan = plan_library(
-            super().list_inputs(),
+            listed,
             storage=storage,
             seed=c.seed,
             fractions=dict(c.splits),
             skip_dirs=c.skip_dirs,
             min_per_label=c.min_per_label,
         )
+        if listed and not self.plan.items() and not c.allow_empty:
+            raise SourceError(  # not "no inputs matched": they did, and the plan left every one out
+                f"none of the {len(listed)} listed files is kept: {self._left_out()}; "
+                "set allow_empty: true if an empty output is expected"
+            )
         save_plan(storage, self.plan, c.seed, dict(c.splits))
         self._log_plan()
         return self.plan.items()
+
+    def _left_out(self) -> str:
+        """Why the scan left files out, in the config's words."""
+        scan, c = self.plan.scan, self.config
+        reasons = []
+        if scan.dropped:
+            dropped = ", ".join(f"{label} ({songs})" for label, songs in scan.dropped.items())
+            reasons.append(f"labels with fewer than min_per_label ({c.min_per_label}) songs: {dropped}")
+        if scan.unlabelled:
+            reasons.append(
+                f"{len(scan.unlabelled)} directly under the input folder, in no label folder "
+                f"(e.g. {scan.unlabelled[0]}; the label is the file's folder)"
+            )
+        if scan.skipped:
+            reasons.append(f"{scan.skipped} in skip_dirs {c.skip_dirs}")
+        return "; ".join(reasons)
 
     def _log_plan(self) -> None:
         info = describe(self.plan, self.config.min_per_label)
