@@ -117,6 +117,10 @@ def _is_tar(path: str) -> bool:
     return path.lower().endswith(".tar")
 
 
+# Tar shards compressed as a whole: a member has no byte range to read it by (docs: repack as .tar).
+COMPRESSED_TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tzst")
+
+
 def is_hidden(relpath: str) -> bool:
     """A dotfile, a file in a dot folder (``.git``, ``.Trash``), or one under ``__MACOSX/``.
 
@@ -138,12 +142,29 @@ def list_inputs(
 ) -> list[InputItem]:
     """List every input named by ``spec``: a glob, directory, file, list file or tar shard(s); hidden names
     (:func:`is_hidden`) only with ``include_hidden`` or where the spec names them."""
+    items, compressed = _list_inputs(spec, extensions, storage_options, include_hidden)
+    if compressed:
+        log.warning("%s: left out %s", spec, _compressed_shards(compressed))
+    return items
+
+
+def _compressed_shards(keys: list[str]) -> str:
+    return (
+        f"{len(keys)} compressed tar shards (e.g. {keys[0]}): a member of a tar compressed as a whole has no "
+        "byte range to read it by; repack them as .tar (the audio in them is compressed already)"
+    )
+
+
+def _list_inputs(
+    spec: str, extensions: Iterable[str], storage_options: dict[str, Any] | None, include_hidden: bool
+) -> tuple[list[InputItem], list[str]]:
+    """:func:`list_inputs`'s items, and the keys of the compressed tar shards it left out."""
     extensions = list(extensions)
     protocol, _ = split_protocol(spec)
     fs, path = get_fs(spec, storage_options)
     try:
         if path.lower().endswith(LIST_FILE_EXTENSIONS) and not _has_magic(path):
-            return _list_from_list_file(fs, path, extensions, storage_options, include_hidden)
+            return _list_from_list_file(fs, path, extensions, storage_options, include_hidden), []
         if _has_magic(path):
             root = _glob_root(path)
             infos = glob_local(path, root) if is_local(fs) else fs.glob(path, detail=True)
@@ -170,11 +191,15 @@ def list_inputs(
     items: list[InputItem] = []
     shards: list[tuple[str, str, dict[str, Any]]] = []
     hidden: list[str] = []
+    compressed: list[str] = []
     for file_path, info in sorted(files.items()):
         key = _relative_key(file_path, root)
         if skip_hidden and is_hidden(key):
             if _is_audio(file_path, extensions) or _is_tar(file_path):  # (a .DS_Store was never an input)
                 hidden.append(key)
+            continue
+        if file_path.lower().endswith(COMPRESSED_TAR_EXTENSIONS):
+            compressed.append(key)
             continue
         link_error = _link_error(fs, file_path, info) if _is_audio(file_path, extensions) else ""
         if _readable_name(key) != key and (_is_audio(file_path, extensions) or _is_tar(file_path)):
@@ -193,7 +218,7 @@ def list_inputs(
         with ThreadPoolExecutor(max_workers=8) as pool:
             for members in pool.map(lambda s: _list_tar(fs, *s, extensions, include_hidden), shards):
                 items.extend(members)
-    return sorted(items, key=lambda i: i.key)
+    return sorted(items, key=lambda i: i.key), compressed
 
 
 def _add_missing_sizes(fs, files: dict[str, dict[str, Any]]) -> None:
@@ -384,6 +409,9 @@ def _list_file_entry(
         return [InputItem(key=key, uri=entry_spec, size=0, error=LISTED_DIRECTORY)]
     if _is_tar(entry_path):
         return _list_tar(entry_fs, entry_path, key, info, extensions, include_hidden)
+    if entry_path.lower().endswith(COMPRESSED_TAR_EXTENSIONS):
+        reason = "compressed tar shard: its members have no byte range to read them by; repack it as .tar"
+        return [InputItem(key=key, uri=entry_spec, size=0, error=reason)]
     size = int(info.get("size") or 0)
     return [InputItem(key=key, uri=to_url(entry_fs, entry_path), size=size, etag=_etag_of(info))]
 
@@ -507,7 +535,11 @@ def list_specs(
     items: dict[str, InputItem] = {}
     clashes: list[tuple[InputItem, InputItem]] = []
     for spec in specs:
-        found = list_inputs(spec, extensions, storage_options, include_hidden)
+        found, compressed = _list_inputs(spec, extensions, storage_options, include_hidden)
+        if compressed and (found or allow_empty):
+            log.warning("%s: left out %s", spec, _compressed_shards(compressed))
+        elif compressed:
+            raise SourceError(f"no inputs matched {spec} apart from {_compressed_shards(compressed)}")
         if not found and not allow_empty:
             hidden = [] if include_hidden else list_inputs(spec, extensions, storage_options, include_hidden=True)
             if hidden:  # a folder whose recordings all sit in a dot folder

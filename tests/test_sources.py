@@ -6,6 +6,7 @@ import functools
 import http.server
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from ray_pipelines.config import ConfigError
 from ray_pipelines.engine.runner import inputs_table
 from ray_pipelines.sources import SourceError, list_inputs, list_specs, read_key_list
 from tests.audio_helpers import REPO, encoded_bytes, tone, write_audio, write_tar
+from tests.conftest import Lines
 
 EXT = ["wav", "flac", "ogg", "mp3"]
 
@@ -118,6 +120,42 @@ def test_http_urls_are_inputs_from_a_folder_a_glob_a_url_and_list_files(library,
             np.testing.assert_array_equal(
                 load_window(remote, 0.1, 0.3, 16000)[0], load_window(disk, 0.1, 0.3, 16000)[0]
             )
+
+
+def test_compressed_tar_shards_are_named_with_the_reason_not_passed_over_silently(tmp_path):
+    """A folder of .tar.gz shards was 'no inputs matched' with nothing about the shards (they were
+    neither audio nor .tar); a list file's .tgz line was an error row from the audio decoder."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("shard-0.tar.gz", "shard-1.tgz"):
+        with tarfile.open(shards / name, "w:gz") as tar:
+            info = tarfile.TarInfo("x.flac")
+            data = encoded_bytes(tone(0.2))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    reason = "a member of a tar compressed as a whole has no byte range to read it by; repack them as .tar"
+    with pytest.raises(
+        SourceError,
+        match=rf"^no inputs matched {shards} apart from 2 compressed tar shards \(e.g. shard-0.tar.gz\): {reason}",
+    ):
+        list_specs([str(shards)], EXT)
+    said, logger = Lines(), logging.getLogger("ray_pipelines.sources")
+    logger.addHandler(said)
+    try:
+        write_audio(shards / "loose.wav", tone(0.2))
+        assert [i.key for i in list_specs([str(shards)], EXT)] == ["loose.wav"]
+        assert said.lines == [
+            f"{shards}: left out 2 compressed tar shards (e.g. shard-0.tar.gz): {reason} "
+            "(the audio in them is compressed already)"
+        ]
+    finally:
+        logger.removeHandler(said)
+    (tmp_path / "list.txt").write_text("shards/shard-1.tgz\n")
+    [line] = list_inputs(str(tmp_path / "list.txt"), EXT)
+    assert (line.key, line.error) == (
+        "shards/shard-1.tgz",
+        "compressed tar shard: its members have no byte range to read them by; repack it as .tar",
+    )
 
 
 def test_tar_members_become_inputs_with_byte_ranges(tmp_path):
