@@ -117,8 +117,12 @@ def _is_tar(path: str) -> bool:
     return path.lower().endswith(".tar")
 
 
-# Tar shards compressed as a whole: a member has no byte range to read it by (docs: repack as .tar).
-COMPRESSED_TAR_EXTENSIONS = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tzst")
+# Archives other than a plain .tar: tars compressed as a whole (a member has no byte range to read it by),
+# zip, 7z and rar. Named and left out, so a folder of them is not "no inputs matched" without a word.
+OTHER_ARCHIVE_EXTENSIONS = (
+    *(".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tzst"),
+    *(".zip", ".7z", ".rar"),
+)
 
 
 def is_hidden(relpath: str) -> bool:
@@ -142,23 +146,23 @@ def list_inputs(
 ) -> list[InputItem]:
     """List every input named by ``spec``: a glob, directory, file, list file or tar shard(s); hidden names
     (:func:`is_hidden`) only with ``include_hidden`` or where the spec names them."""
-    items, compressed = _list_inputs(spec, extensions, storage_options, include_hidden)
-    if compressed:
-        log.warning("%s: left out %s", spec, _compressed_shards(compressed))
+    items, archives = _list_inputs(spec, extensions, storage_options, include_hidden)
+    if archives:
+        log.warning("%s: left out %s", spec, _other_archives(archives))
     return items
 
 
-def _compressed_shards(keys: list[str]) -> str:
+def _other_archives(keys: list[str]) -> str:
     return (
-        f"{len(keys)} compressed tar shards (e.g. {keys[0]}): a member of a tar compressed as a whole has no "
-        "byte range to read it by; repack them as .tar (the audio in them is compressed already)"
+        f"{len(keys)} archives that are not plain .tar (e.g. {keys[0]}): only a .tar's members are read where "
+        "they lie (by byte range); unpack them, or repack them as .tar (the audio in them is compressed already)"
     )
 
 
 def _list_inputs(
     spec: str, extensions: Iterable[str], storage_options: dict[str, Any] | None, include_hidden: bool
 ) -> tuple[list[InputItem], list[str]]:
-    """:func:`list_inputs`'s items, and the keys of the compressed tar shards it left out."""
+    """:func:`list_inputs`'s items, and the keys of the other archives it left out."""
     extensions = list(extensions)
     protocol, _ = split_protocol(spec)
     fs, path = get_fs(spec, storage_options)
@@ -191,15 +195,15 @@ def _list_inputs(
     items: list[InputItem] = []
     shards: list[tuple[str, str, dict[str, Any]]] = []
     hidden: list[str] = []
-    compressed: list[str] = []
+    archives: list[str] = []
     for file_path, info in sorted(files.items()):
         key = _relative_key(file_path, root)
         if skip_hidden and is_hidden(key):
             if _is_audio(file_path, extensions) or _is_tar(file_path):  # (a .DS_Store was never an input)
                 hidden.append(key)
             continue
-        if file_path.lower().endswith(COMPRESSED_TAR_EXTENSIONS):
-            compressed.append(key)
+        if file_path.lower().endswith(OTHER_ARCHIVE_EXTENSIONS):
+            archives.append(key)
             continue
         link_error = _link_error(fs, file_path, info) if _is_audio(file_path, extensions) else ""
         if _readable_name(key) != key and (_is_audio(file_path, extensions) or _is_tar(file_path)):
@@ -218,7 +222,7 @@ def _list_inputs(
         with ThreadPoolExecutor(max_workers=8) as pool:
             for members in pool.map(lambda s: _list_tar(fs, *s, extensions, include_hidden), shards):
                 items.extend(members)
-    return sorted(items, key=lambda i: i.key), compressed
+    return sorted(items, key=lambda i: i.key), archives
 
 
 def _add_missing_sizes(fs, files: dict[str, dict[str, Any]]) -> None:
@@ -409,8 +413,8 @@ def _list_file_entry(
         return [InputItem(key=key, uri=entry_spec, size=0, error=LISTED_DIRECTORY)]
     if _is_tar(entry_path):
         return _list_tar(entry_fs, entry_path, key, info, extensions, include_hidden)
-    if entry_path.lower().endswith(COMPRESSED_TAR_EXTENSIONS):
-        reason = "compressed tar shard: its members have no byte range to read them by; repack it as .tar"
+    if entry_path.lower().endswith(OTHER_ARCHIVE_EXTENSIONS):
+        reason = "an archive that is not plain .tar: only a .tar's members are read; unpack it, or repack it as .tar"
         return [InputItem(key=key, uri=entry_spec, size=0, error=reason)]
     size = int(info.get("size") or 0)
     return [InputItem(key=key, uri=to_url(entry_fs, entry_path), size=size, etag=_etag_of(info))]
@@ -535,11 +539,11 @@ def list_specs(
     items: dict[str, InputItem] = {}
     clashes: list[tuple[InputItem, InputItem]] = []
     for spec in specs:
-        found, compressed = _list_inputs(spec, extensions, storage_options, include_hidden)
-        if compressed and (found or allow_empty):
-            log.warning("%s: left out %s", spec, _compressed_shards(compressed))
-        elif compressed:
-            raise SourceError(f"no inputs matched {spec} apart from {_compressed_shards(compressed)}")
+        found, archives = _list_inputs(spec, extensions, storage_options, include_hidden)
+        if archives and (found or allow_empty):
+            log.warning("%s: left out %s", spec, _other_archives(archives))
+        elif archives:
+            raise SourceError(f"no inputs matched {spec} apart from {_other_archives(archives)}")
         if not found and not allow_empty:
             hidden = [] if include_hidden else list_inputs(spec, extensions, storage_options, include_hidden=True)
             if hidden:  # a folder whose recordings all sit in a dot folder

@@ -122,9 +122,9 @@ def test_http_urls_are_inputs_from_a_folder_a_glob_a_url_and_list_files(library,
             )
 
 
-def test_compressed_tar_shards_are_named_with_the_reason_not_passed_over_silently(tmp_path):
-    """A folder of .tar.gz shards was 'no inputs matched' with nothing about the shards (they were
-    neither audio nor .tar); a list file's .tgz line was an error row from the audio decoder."""
+def test_archives_other_than_tar_are_named_with_the_reason_not_passed_over_silently(tmp_path):
+    """A folder of .tar.gz shards (or zips) was 'no inputs matched' with nothing about them (neither
+    audio nor .tar); a list file's .tgz line was an error row from the audio decoder."""
     shards = tmp_path / "shards"
     shards.mkdir()
     for name in ("shard-0.tar.gz", "shard-1.tgz"):
@@ -133,10 +133,12 @@ def test_compressed_tar_shards_are_named_with_the_reason_not_passed_over_silentl
             data = encoded_bytes(tone(0.2))
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    reason = "a member of a tar compressed as a whole has no byte range to read it by; repack them as .tar"
+    (shards / "shard-2.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+    reason = r"only a .tar's members are read where they lie \(by byte range\); unpack them, or repack them as .tar"
     with pytest.raises(
         SourceError,
-        match=rf"^no inputs matched {shards} apart from 2 compressed tar shards \(e.g. shard-0.tar.gz\): {reason}",
+        match=rf"^no inputs matched {shards} apart from 3 archives that are not plain .tar \(e.g. shard-0.tar.gz\): "
+        + reason,
     ):
         list_specs([str(shards)], EXT)
     said, logger = Lines(), logging.getLogger("ray_pipelines.sources")
@@ -145,8 +147,9 @@ def test_compressed_tar_shards_are_named_with_the_reason_not_passed_over_silentl
         write_audio(shards / "loose.wav", tone(0.2))
         assert [i.key for i in list_specs([str(shards)], EXT)] == ["loose.wav"]
         assert said.lines == [
-            f"{shards}: left out 2 compressed tar shards (e.g. shard-0.tar.gz): {reason} "
-            "(the audio in them is compressed already)"
+            f"{shards}: left out 3 archives that are not plain .tar (e.g. shard-0.tar.gz): only a .tar's members are "
+            "read where they lie (by byte range); unpack them, or repack them as .tar (the audio in them is "
+            "compressed already)"
         ]
     finally:
         logger.removeHandler(said)
@@ -154,7 +157,7 @@ def test_compressed_tar_shards_are_named_with_the_reason_not_passed_over_silentl
     [line] = list_inputs(str(tmp_path / "list.txt"), EXT)
     assert (line.key, line.error) == (
         "shards/shard-1.tgz",
-        "compressed tar shard: its members have no byte range to read them by; repack it as .tar",
+        "an archive that is not plain .tar: only a .tar's members are read; unpack it, or repack it as .tar",
     )
 
 
