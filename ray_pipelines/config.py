@@ -31,10 +31,11 @@ OUTPUT_FORMAT = 2
 # The Parquet codecs a job may write with (`compression`; jobs pick their own default).
 Codec = Literal["none", "snappy", "zstd", "lz4", "gzip"]
 
-# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC and AC-3), for every job.
+# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC, AC-3 and Matroska/WebM audio, the
+# .webm a video site's audio-only download is), for every job. Video containers (.mp4) only when asked.
 AUDIO_EXTENSIONS = [
     *("wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "au", "snd", "caf", "w64", "rf64"),
-    *("m4a", "aac", "ac3"),
+    *("m4a", "aac", "ac3", "webm", "mka"),
 ]
 
 

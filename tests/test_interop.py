@@ -291,6 +291,7 @@ def test_every_default_extension_is_listed_and_decoded(tmp_path):
     libsndfile |= {"caf": "CAF", "w64": "W64", "rf64": "RF64"}
     subtypes = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
     ffmpeg = {"m4a": ("ipod", "aac"), "aac": ("adts", "aac"), "ac3": ("ac3", "ac3")}
+    ffmpeg |= {"webm": ("webm", "libopus"), "mka": ("matroska", "libopus")}
     assert sorted(AUDIO_EXTENSIONS) == sorted([*libsndfile, *ffmpeg])
     for ext, fmt in libsndfile.items():
         subtype = "OPUS" if ext == "opus" else subtypes.get(fmt, "PCM_16")
