@@ -172,6 +172,10 @@ def test_the_filter_tool_says_in_one_line_that_the_store_does_not_answer(capsys)
     assert capsys.readouterr().err.startswith("ray-pipelines filter: az://container/scores: az:// needs a package")
     assert filter_main(["s3://bucket/scores", "--output", "s3:/bucket/kept"]) == 2  # one slash short
     assert capsys.readouterr().err.endswith("a local folder named s3:, not a URL; did you mean s3://bucket/kept?\n")
+    assert filter_main(["https://host/scores.csv"]) == 2  # the lists would go beside it: on a web server
+    assert capsys.readouterr().err.endswith(
+        "https:// is read-only here: write to a local path or object storage (s3://...); give --output\n"
+    )
 
 
 def test_the_filter_tool_names_its_own_set_lines_for_rules_on_missing_scores(tmp_path, capsys):
