@@ -210,6 +210,17 @@ def test_order_changes_with_epoch_and_repeats_for_a_seed(rows_output):
     assert first != order(seed=1, epoch=1) and first != order(seed=2, epoch=0)
     in_files = [int(k[1:]) for f in list_shards(str(rows_output), "train") for k in pq.read_table(f)["key"].to_pylist()]
     assert read_ids(OutputRows(str(rows_output), fields=("x",))) == in_files  # unshuffled: the files' order
+    # NumPy draws the orders: a negative seed or epoch was its "expected non-negative integer", a float
+    # epoch cut to an int without a word
+    with pytest.raises(ValueError, match=r"^seed must be 0 or more, got -1$"):
+        OutputRows(str(rows_output), fields=("x",), seed=-1)
+    dataset = OutputRows(str(rows_output), fields=("x",), seed=np.int64(1))
+    with pytest.raises(ValueError, match=r"^epoch must be 0 or more, got -1$"):
+        dataset.set_epoch(-1)
+    with pytest.raises(TypeError, match=r"^epoch must be an integer, got 1.5$"):
+        dataset.set_epoch(1.5)
+    dataset.set_epoch(np.int32(2))
+    assert (dataset.seed, dataset.epoch) == (1, 2)
 
 
 def test_items_of_several_files_interleave_in_the_first_batch(rows_output):

@@ -19,11 +19,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import operator
 import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
+from typing import Any
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -124,6 +126,18 @@ def warn_if_forked_from_ray() -> None:
     warnings.warn(FORKED_FROM_RAY, RuntimeWarning, stacklevel=2)
 
 
+def _count(name: str, value: Any) -> int:
+    """``value`` as a non-negative int (NumPy's too): the orders are drawn from ``(seed, epoch)`` by NumPy,
+    which refuses negatives in its own words, and a float epoch was cut to an int without a word."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name} must be 0 or more, got {number}")
+    return number
+
+
 class EpochDataset(IterableDataset):
     """What every reader has: a seed, a shared epoch, and its rank's share of each epoch.
 
@@ -133,7 +147,7 @@ class EpochDataset(IterableDataset):
     """
 
     def __init__(self, seed: int, shuffle: bool, rank: int | None, world_size: int | None):
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle = _count("seed", seed), shuffle
         self._rank_given = (rank, world_size)
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self._epoch = SharedEpoch(0)
@@ -144,7 +158,7 @@ class EpochDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """The next epoch's order (and rows or crops); reaches DataLoader workers, persistent ones too."""
-        self._epoch.value = epoch
+        self._epoch.value = _count("epoch", epoch)
         self._refresh_rank()
 
     def _refresh_rank(self) -> None:
