@@ -94,7 +94,8 @@ def url_problem(url: str, written: bool = False) -> str:
     if protocol == "file":
         missed = _ONE_SLASH.match(url)
         if missed and missed.group(1).lower() in fsspec.available_protocols():
-            fixed = f"{missed.group(1)}://{url[missed.end() :]}"
+            rest = url[missed.end() :]
+            fixed = f"/{rest}" if missed.group(1).lower() in ("file", "local") else f"{missed.group(1)}://{rest}"
             return f"a local folder named {missed.group(1)}:, not a URL; did you mean {fixed}?"
         return ""
     try:

@@ -72,6 +72,10 @@ def test_defaults_mirror_the_notebook(tmp_path):
             "input: a\noutput: 's3:/bucket/out'\n",
             "\n  output: a local folder named s3:, not a URL; did you mean s3://bucket/out?",
         ),
+        (
+            "input: 'file:/data/in'\noutput: b\n",
+            "\n  input: a local folder named file:, not a URL; did you mean /data/in?",
+        ),
         # a validator's own words, without pydantic's "Value error, " before them
         ("input: a\noutput: b\nstorage_options: {token: x}\n", "\n  storage_options: storage_options must not"),
     ],
