@@ -124,6 +124,20 @@ def test_a_changed_output_is_not_read_from_an_older_cache(tmp_path, footer_reads
     assert_same_index(parquet_module.ShardRows(files), rewritten)
 
 
+def test_a_cache_or_output_url_nothing_here_serves_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """``index_cache="s3:/bucket/cache"`` (one slash) made a folder named ``s3:`` in the working directory."""
+    out = write_rows(tmp_path / "out", nested=True, one_row_groups=True)
+    files = list_shards(str(out), "train")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^index_cache s3:/bucket/cache: a local folder named s3:, not a URL; did"):
+        parquet_module.ShardRows(files, index_cache="s3:/bucket/cache")
+    with pytest.raises(ValueError, match=r"^index_cache https://host/cache: https:// is read-only here"):
+        parquet_module.ShardRows(files, index_cache="https://host/cache")
+    with pytest.raises(ValueError, match=r"^gs://bucket/out: gs:// needs a package that is not installed"):
+        OutputRows("gs://bucket/out", "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_a_nightly_output_keeps_one_cache_file_per_split(tmp_path, footer_reads):
     """An output that grows every night: each night's readers make one new cache file per split, and
     the split's file of the night before is removed; the other split's is kept."""

@@ -43,7 +43,7 @@ from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy
 from ..engine.memory import release_unused_memory
-from ..storage import Storage
+from ..storage import Storage, url_problem
 from . import index_cache as index_cache_module
 from .batches import (
     BatchBuilder,
@@ -136,6 +136,8 @@ def manifest_files(
 
     ``job``: the job whose output the caller reads (:func:`check_job`).
     """
+    if url_problem(output):
+        raise ValueError(f"{output}: {url_problem(output)}")
     storage = Storage(output, storage_options)
     if not storage.exists("manifest.json"):
         raise FileNotFoundError(f"{output} has no manifest.json: is the job committed (_SUCCESS)?")
@@ -242,6 +244,8 @@ class ShardRows(EpochDataset):
     ):
         super().__init__(seed, shuffle, rank, world_size)
         check_batching(batch_size, reuse_batches)
+        if index_cache is not None and url_problem(index_cache, written=True):
+            raise ValueError(f"index_cache {index_cache}: {url_problem(index_cache, written=True)}")
         self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.files = list(files)
