@@ -13,6 +13,7 @@ import argparse
 import difflib
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ EXIT_CODES = """exit codes:
   130, 143  stopped by Ctrl-C (SIGINT), by SIGTERM (ray job stop, timeout, docker stop):
      what was written is kept; rerun to resume"""
 EXIT_COMPLETE, EXIT_FAILED, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left (help, configs)
 
 # tool commands -> module holding main(argv)
 TOOLS = {
@@ -197,7 +199,10 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
         finally:
             if not ray_was_running:
                 _shutdown_ray()
-    print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)), flush=True)
+    try:
+        print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)), flush=True)
+    except BrokenPipeError:  # stdout's reader is gone (a log shipper, `| head`): the exit code still tells
+        _stdout_to_devnull()
     from .engine.timeline import mark
 
     mark("summary printed")
@@ -273,6 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # before a job started (imports, listing): nothing was written
         print(f"\nray-pipelines: stopped ({how(stop)})", file=sys.stderr)
         return exit_code(stop)
+    except BrokenPipeError:  # `ray-pipelines configs | head -1`: stop as a pipeline's writer does, quietly
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: Python flushes it again at exit, which would raise once more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _main(argv: list[str]) -> int:

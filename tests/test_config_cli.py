@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -13,6 +15,7 @@ import yaml
 from ray_pipelines import __version__
 from ray_pipelines.cli import JOBS, main
 from ray_pipelines.config import ConfigError, load_config, packaged_config_names
+from tests.audio_helpers import REPO
 
 # Every packaged example config of a job (score-filter.yaml is a filter section, not a job config).
 JOB_CONFIGS = [name for name in packaged_config_names() if name.split("-")[0] in JOBS and name != "score-filter"]
@@ -110,6 +113,24 @@ def test_help_lists_each_kind_of_a_list_of_models(capsys):
     _, out, _ = run_cli(capsys, "teacher", "--help")
     assert "  teachers[] with kind: torchcrepe" in out
     assert '  teachers[].capacity  (tiny|full; default "tiny")' in out
+
+
+def test_a_pipe_whose_reader_left_ends_quietly_and_a_job_keeps_its_exit_code(tmp_path):
+    """``ray-pipelines configs | head -1`` printed BrokenPipeError's traceback; a complete job whose
+    stdout's reader had gone (a log shipper, ``| true``) exited 1, the summary's traceback."""
+
+    def stdout_closed(*argv: str) -> tuple[int, str]:
+        cli = [sys.executable, "-m", "ray_pipelines.cli", *argv]
+        process = subprocess.Popen(cli, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process.stdout.close()  # gone before the first line (the interpreter takes far longer to start)
+        err = process.stderr.read()
+        return process.wait(timeout=300), err
+
+    assert stdout_closed("configs") == (141, "")  # 128 + SIGPIPE, as a shell's writer
+    (tmp_path / "in").mkdir()
+    run = ["--no-progress", "--set", f"input={tmp_path / 'in'}", "--set", f"output={tmp_path / 'out'}"]
+    code, err = stdout_closed("augment", *run, "--set", "allow_empty=true")  # complete, Ray never started
+    assert (code, err) == (0, "") and (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_version_and_the_packaged_configs(capsys):
