@@ -53,6 +53,8 @@ SECRET_NAME_PARTS = (
     "customerkey",
     "apikey",
     "connectionstring",
+    "authorization",  # HTTP headers: client_kwargs.headers.Authorization (a bearer token), Cookie
+    "cookie",
 )
 # Values of `token` that name a way to authenticate rather than hold a secret (gcsfs).
 TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "browser", "cache"})

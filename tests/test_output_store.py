@@ -197,6 +197,8 @@ def test_nested_secrets_are_refused_and_nothing_is_written(clips, tmp_path):
         {"config_kwargs": {"session_token": "t"}},
         {"client_kwargs": {"endpoint_url": "http://user:pass@host:9000"}},
         {"anything": [{"password": "p"}]},
+        {"client_kwargs": {"headers": {"Authorization": "Bearer hf_x"}}},  # an https:// input's headers
+        {"client_kwargs": {"headers": {"Cookie": "session=x"}}},
     ):
         with pytest.raises(ValueError, match="must not hold secrets"):
             validate_config(AugmentConfig, {"input": "a", "output": "b", "storage_options": options})
