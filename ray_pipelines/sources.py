@@ -18,6 +18,7 @@ import posixpath
 import re
 import stat
 import tarfile
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -66,6 +67,15 @@ class InputItem:
         row["source"] = self.source or None
         row.update(self.extra)
         return row
+
+
+def without_query(url: str) -> str:
+    """An http(s) URL without its query and fragment (a presigned URL's signature, which changes with
+    every signing and must not reach the output's keys and rows); any other URL or path as it is."""
+    if not url.lower().startswith(("http://", "https://")):
+        return url  # an S3 key or a file name may hold '?' and '#'
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def _has_magic(path: str) -> bool:
@@ -380,7 +390,7 @@ def _list_from_list_file(
         if "://" not in line and not line.startswith("/"):
             specs.append((line, to_url(fs, posixpath.join(base, line))))
         else:
-            specs.append((split_protocol(line)[1].lstrip("/"), line))
+            specs.append((split_protocol(without_query(line))[1].lstrip("/"), line))
     del lines
     items: list[InputItem] = []
     for start in range(0, len(specs), LIST_FILE_CHUNK):  # the store's answers held a chunk at a time
@@ -417,7 +427,9 @@ def _list_file_entry(
         reason = "an archive that is not plain .tar: only a .tar's members are read; unpack it, or repack it as .tar"
         return [InputItem(key=key, uri=entry_spec, size=0, error=reason)]
     size = int(info.get("size") or 0)
-    return [InputItem(key=key, uri=to_url(entry_fs, entry_path), size=size, etag=_etag_of(info))]
+    uri = to_url(entry_fs, entry_path)
+    source = without_query(uri) if without_query(uri) != uri else ""  # what the output's rows name
+    return [InputItem(key=key, uri=uri, size=size, etag=_etag_of(info), source=source)]
 
 
 def _infos_of(entries: list[tuple[Any, str]]) -> list[dict[str, Any] | BaseException]:

@@ -110,6 +110,13 @@ def test_http_urls_are_inputs_from_a_folder_a_glob_a_url_and_list_files(library,
             local["a/one.wav"].size,
         )
         assert items[f"{host}/nope.wav"].error == "missing: listed in the list file but not found"
+    # A presigned URL: the signature (new with every signing, a credential while it lasts) stays in the
+    # uri the decoder fetches, out of the key and of the source the rows keep
+    signed = f"{served}/b/three.ogg?X-Amz-Signature=abc&X-Amz-Expires=600"
+    (library / "signed.txt").write_text(f"{signed}\n")
+    [item] = list_inputs(str(library / "signed.txt"), EXT)
+    assert (item.key, item.uri, item.source) == (f"{host}/b/three.ogg", signed, f"{served}/b/three.ogg")
+    assert item.size == local["b/three.ogg"].size and item.to_row()["source"] == f"{served}/b/three.ogg"
     served_lines = list_inputs(f"{served}/relative.txt", EXT)
     assert [(i.key, i.uri) for i in served_lines] == [
         ("a/one.wav", f"{served}/a/one.wav"),
