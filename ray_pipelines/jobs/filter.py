@@ -95,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_filter_settings(args.config, args.overrides)
         options = parse_overrides(args.storage_options)
         for url, written in ((args.scores, False), (args.output or args.scores, True)):
-            if url_problem(url, written):  # (the output is beside the scores unless --output names one)
-                more = "" if args.output else "; give --output"
-                raise ConfigError(f"{url}: {url_problem(url, written)}{more}")
+            if problem := url_problem(url, written):  # (the output is beside the scores unless --output names one)
+                raise ConfigError(f"{url}: {problem}" + ("" if args.output else "; give --output"))
     except ConfigError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2

@@ -351,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     options = parse_overrides(args.storage_option)
     for url, written in ((args.output, False), (args.out, True)):
-        if url_problem(url, written):
-            print(f"ray-pipelines preview: {url}: {url_problem(url, written)}", file=sys.stderr)
+        if problem := url_problem(url, written):
+            print(f"ray-pipelines preview: {url}: {problem}", file=sys.stderr)
             return 2
     try:
         png, shown = preview(

@@ -136,8 +136,8 @@ def manifest_files(
 
     ``job``: the job whose output the caller reads (:func:`check_job`).
     """
-    if url_problem(output):
-        raise ValueError(f"{output}: {url_problem(output)}")
+    if problem := url_problem(output):
+        raise ValueError(f"{output}: {problem}")
     storage = Storage(output, storage_options)
     if not storage.exists("manifest.json"):
         raise FileNotFoundError(f"{output} has no manifest.json: is the job committed (_SUCCESS)?")
@@ -244,8 +244,8 @@ class ShardRows(EpochDataset):
     ):
         super().__init__(seed, shuffle, rank, world_size)
         check_batching(batch_size, reuse_batches)
-        if index_cache is not None and url_problem(index_cache, written=True):
-            raise ValueError(f"index_cache {index_cache}: {url_problem(index_cache, written=True)}")
+        if index_cache is not None and (problem := url_problem(index_cache, written=True)):
+            raise ValueError(f"index_cache {index_cache}: {problem}")
         self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.files = list(files)
