@@ -39,7 +39,8 @@ EXIT_CODES = """exit codes:
      run again to finish
   2  config or output conflict: a bad config, another job's or config's output, a secret in
      storage_options, an output inside the input tree or that is a file, a local path another
-     node of the cluster does not see, or a live run holding the output's lease
+     node of the cluster does not see, a relative output in a submitted job (inside Ray's copy
+     of the working directory), or a live run holding the output's lease
   1  could not run: inputs not listable or matching nothing, the output store refusing writes
      (no space, read-only, permission, credentials, no such bucket; committed work is kept),
      no cluster answering at --address / RAY_ADDRESS, a Ray failure

@@ -85,3 +85,12 @@ def test_ray_job_stop_unwinds_the_driver_and_a_second_submission_resumes_to_comp
     while time.time() < deadline and not list(out.glob("*/part-*.parquet")):
         time.sleep(0.1)
     assert len(list(out.glob("*/part-*.parquet"))) >= 1
+
+    # A relative output (the packaged config's `demo-output/augment`, no --set) resolves inside Ray's copy
+    # of the working dir, deleted with what is in it: refused (it completed there, exit 0, out of sight)
+    relative = ["output=views" if arg.startswith("output=") else arg for arg in job]
+    refused = submit_when_ready([*ray_job, "submit", *at, "--working-dir", str(REPO), *relative], env)
+    assert refused.returncode != 0, refused.stdout[-3000:]
+    said = re.search(r"output views is inside (\S+), the copy of the working directory Ray made", refused.stdout)
+    assert said and "/runtime_resources/working_dir_files/_ray_pkg_" in said.group(1), refused.stdout[-3000:]
+    assert not Path(said.group(1), "views").exists()

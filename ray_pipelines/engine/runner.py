@@ -27,7 +27,7 @@ from ray.data import ActorPoolStrategy
 from ray.data.block import BlockAccessor
 
 from ..config import CommonConfig, ConfigError
-from ..sources import InputItem, SourceError, overlapping_input, read_key_list
+from ..sources import InputItem, SourceError, overlapping_input, ray_working_dir_copy, read_key_list
 from ..storage import Storage, is_local
 from .changes import detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
@@ -212,6 +212,13 @@ def run_job(
     ``result.complete`` false.
     """
     cfg = job.config
+    copy = ray_working_dir_copy(cfg.output)
+    if copy:
+        raise ConfigError(
+            f"output {cfg.output} is inside {copy}, the copy of the working directory Ray made for this job, "
+            "which Ray deletes with what is in it: give an absolute path outside it (on a cluster, one every "
+            "node mounts) or a URL (s3://bucket/...)"
+        )
     overlap = overlapping_input(cfg.inputs(), cfg.output, cfg.storage_options)
     if overlap:
         raise ConfigError(
