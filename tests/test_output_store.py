@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ray_pipelines.config import validate_config
+from ray_pipelines.config import ConfigError, validate_config
 from ray_pipelines.engine.control import OutputStoreError
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+from ray_pipelines.sources import SourceError
 from tests.audio_helpers import REPO, tone, write_audio
 from tests.conftest import free_port
 from tests.output_helpers import Store, committed_rows
@@ -215,6 +216,28 @@ def test_an_input_that_matches_nothing_exits_1_unless_allowed(tmp_path):
     )
     result = run_job(AugmentJob(empty), progress=False)  # nothing to do: Ray is never started
     assert result.complete and result.counts["listed"] == 0 and (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_in_a_submitted_jobs_working_dir_copy_a_relative_output_is_refused_and_missing_inputs_explained(
+    tmp_path, monkeypatch
+):
+    """Where Ray unpacks `--working-dir .` for a job's driver (test_job_submit submits one for real): the
+    packaged configs' relative output completed there, exit 0, and Ray deleted it with the copy; their
+    relative input (gitignored, so never uploaded) was 'input not found' without a word why."""
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    refused = validate_config(AugmentConfig, {"input": "demo-audio", "output": "demo-output/augment"})
+    with pytest.raises(ConfigError, match=f"^output demo-output/augment is inside {copy}, the copy of the working"):
+        run_job(AugmentJob(refused), progress=False)
+    missing = validate_config(AugmentConfig, {"input": "demo-audio", "output": str(tmp_path / "views")})
+    with pytest.raises(SourceError) as error:
+        run_job(AugmentJob(missing), progress=False)
+    assert str(error.value) == (
+        f"input not found: demo-audio (relative inputs such as demo-audio are read in {copy}, Ray's copy of the "
+        "working directory, which leaves out what .gitignore names: give an absolute path or a URL)"
+    )
+    assert sorted(p.name for p in copy.iterdir()) == []
 
 
 def test_an_output_that_is_a_file_is_refused_and_left_alone(clips, tmp_path):

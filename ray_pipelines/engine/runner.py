@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import uuid
 import warnings
@@ -237,6 +238,19 @@ def run_job(
         )
 
 
+def _in_ray_working_dir_copy(specs: list[str]) -> str:
+    """What to add to a listing error where relative inputs were read in a submitted job's copy of its
+    working directory: Ray leaves out what .gitignore names (data folders usually), so they are not there."""
+    copy = ray_working_dir_copy(".")
+    relative = [s for s in specs if "://" not in s and not os.path.isabs(os.path.expanduser(s))]
+    if not copy or not relative:
+        return ""
+    return (
+        f" (relative inputs such as {relative[0]} are read in {copy}, Ray's copy of the working directory, "
+        "which leaves out what .gitignore names: give an absolute path or a URL)"
+    )
+
+
 def _run_holding_lease(
     job: Job,
     storage: Storage,
@@ -257,7 +271,10 @@ def _run_holding_lease(
 
     mark("prepared")
     stop_point("run:prepared")  # tests: a run stopped while it lists (minutes for a bucket of millions)
-    listed = job.list_inputs()
+    try:
+        listed = job.list_inputs()
+    except SourceError as e:
+        raise SourceError(f"{e}{_in_ray_working_dir_copy(cfg.inputs())}") from None
     mark("listed")
     if not listed and not cfg.allow_empty:
         raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
