@@ -606,10 +606,10 @@ def input_tree(spec: str, storage_options: dict[str, Any] | None = None) -> str:
 RAY_WORKING_DIR_COPIES = os.path.join("runtime_resources", "working_dir_files")
 
 
-def ray_working_dir_copy(output: str) -> str:
-    """The copy of a Ray job's working_dir a local ``output`` lies in (a relative path, resolved in a
-    submitted job's driver), or ``""``."""
-    protocol, path = split_protocol(output)
+def ray_working_dir_copy(spec: str) -> str:
+    """The copy of a Ray job's working_dir a local ``spec`` lies in (a relative path resolved in a
+    submitted job's driver does), or ``""`` (a URL, or a path elsewhere)."""
+    protocol, path = split_protocol(spec)
     if protocol != "file":
         return ""
     resolved = os.path.realpath(os.path.expanduser(path))
