@@ -184,14 +184,15 @@ class FeaturesJob(Job):
             skip_dirs=c.skip_dirs,
             min_per_label=c.min_per_label,
         )
-        if listed and not self.plan.items() and not c.allow_empty:
+        items = self.plan.items()
+        if listed and not items and not c.allow_empty:
             raise SourceError(  # not "no inputs matched": they did, and the plan left every one out
                 f"none of the {len(listed)} listed files is kept: {self._left_out()}; "
                 "set allow_empty: true if an empty output is expected"
             )
         save_plan(storage, self.plan, c.seed, dict(c.splits))
         self._log_plan()
-        return self.plan.items()
+        return items
 
     def _left_out(self) -> str:
         """Why the scan left files out, in the config's words."""
