@@ -428,8 +428,8 @@ def _list_file_entry(
         return [InputItem(key=key, uri=entry_spec, size=0, error=reason)]
     size = int(info.get("size") or 0)
     uri = to_url(entry_fs, entry_path)
-    source = without_query(uri) if without_query(uri) != uri else ""  # what the output's rows name
-    return [InputItem(key=key, uri=uri, size=size, etag=_etag_of(info), source=source)]
+    bare = without_query(uri)  # what the output's rows name
+    return [InputItem(key=key, uri=uri, size=size, etag=_etag_of(info), source=bare if bare != uri else "")]
 
 
 def _infos_of(entries: list[tuple[Any, str]]) -> list[dict[str, Any] | BaseException]:
