@@ -29,6 +29,7 @@ from fsspec.asyn import sync
 from fsspec.utils import glob_translate
 
 from .config import ConfigError
+from .key_lines import parse_key_line
 from .storage import get_fs, is_local, split_protocol, to_url
 
 log = logging.getLogger(__name__)
@@ -381,12 +382,10 @@ def _list_from_list_file(
 ) -> list[InputItem]:
     """A text file with one input per line (paths relative to the list file, or URLs)."""
     with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
-        lines = [line.strip() for line in f]
+        lines = [line for line in map(parse_key_line, f) if line is not None]
     base = posixpath.dirname(path)
     specs = []  # (key, spec)
     for line in lines:
-        if not line or line.startswith("#"):
-            continue
         if "://" not in line and not line.startswith("/"):
             specs.append((line, to_url(fs, posixpath.join(base, line))))
         else:
@@ -634,11 +633,11 @@ def overlapping_input(specs: Iterable[str], output: str, storage_options: dict[s
 
 
 def read_key_list(spec: str, storage_options: dict[str, Any] | None = None) -> set[str]:
-    """Keys from a keep/ignore list file (one key per line, '#' comments)."""
+    """Keys from a keep/ignore list file (one key per line, '#' comments: :mod:`.key_lines`)."""
     fs, path = get_fs(spec, storage_options)
     try:
         with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
-            return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+            return {key for key in map(parse_key_line, f) if key is not None}
     except FileNotFoundError:
         raise SourceError(f"key list not found: {spec}") from None
     except Exception as e:  # permissions, unreachable storage: an input problem, not the output's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -192,3 +193,23 @@ def test_the_filter_tool_names_its_own_set_lines_for_rules_on_missing_scores(tmp
     taken_out = ["--set", "dnsmos_ovrl=null", "--set", "speech_fraction=null", "--set", "scatter=null"]
     assert filter_main([str(scores), "--config", "score", *taken_out, "--output", str(out)]) == 0
     assert (out / "kept.txt").read_text().split() == ["a.wav"]  # b.wav: clipping above 0.001
+
+
+def test_the_key_lists_name_every_key_as_a_keep_list_reads_it_back(tmp_path):
+    """kept.txt / ignored.txt are other jobs' keep_list / ignore_list: a key that a plain line would lose
+    (a leading '#' read as a comment, spaces stripped, a line break splitting it) is written quoted."""
+    from ray_pipelines.jobs.filter import main as filter_main
+    from ray_pipelines.sources import read_key_list
+
+    awkward = ["#1 take.wav", " intro.wav", "outro.wav ", "new\nline.wav", '"quoted".wav', "tab\tin.wav", "a/ok.wav"]
+    rows = [[key, "train", "20" if i % 2 else "0"] for i, key in enumerate(awkward)]
+    scores = tmp_path / "scores.csv"
+    with scores.open("w", newline="") as f:
+        csv.writer(f).writerows([["filename", "split", "snr_db"], *rows])
+    out = tmp_path / "out"
+    assert filter_main([str(scores), "--set", "snr_db={mode: hardcode, bounds: [10, null]}", "--output", str(out)]) == 0
+    kept, ignored = read_key_list(str(out / "kept.txt")), read_key_list(str(out / "ignored.txt"))
+    assert kept == set(awkward[1::2]) and ignored == set(awkward[0::2])
+    # keys a plain line holds stay plain: the lists still read as one path per line
+    assert (out / "kept.txt").read_text().splitlines() == ['" intro.wav"', '"new\\nline.wav"', "tab\tin.wav"]
+    assert '"#1 take.wav"' in (out / "ignored.txt").read_text().splitlines()

@@ -65,6 +65,15 @@ def test_list_file(library, tmp_path):
     # saved by a Windows editor: a byte-order mark and CRLF line ends (the first line was "missing")
     listing.write_bytes("a/one.wav\r\nb/three.ogg\r\n".encode("utf-8-sig"))
     assert [(i.key, i.error) for i in list_inputs(str(listing), EXT)] == [("a/one.wav", ""), ("b/three.ogg", "")]
+    # a name a plain line would lose (a leading '#', a line break) as a JSON string, as kept.txt writes it
+    write_audio(library / "#1 take.wav", tone(0.5))
+    write_audio(library / "a" / "new\nline.wav", tone(0.5))
+    listing.write_text('"#1 take.wav"\n"a/new\\nline.wav"\n  a/one.wav  \n')
+    assert [(i.key, i.error) for i in list_inputs(str(listing), EXT)] == [
+        ("#1 take.wav", ""),
+        ("a/new\nline.wav", ""),
+        ("a/one.wav", ""),
+    ]
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -6,7 +6,8 @@ Written next to the scores by the score job (after commit) and again by
     summary/<split>.csv       the summary CSV format (one row) per split
     summary.json              the same, plus item counts, for every split
     filter.json               the settings, the bounds actually used, counts
-    kept.txt / ignored.txt    input keys, one per line (keep_list / ignore_list for other jobs)
+    kept.txt / ignored.txt    input keys, one per line (keep_list / ignore_list for other jobs;
+                              a key with a line break, a leading '#' or spaces: a JSON string)
     decisions.csv             filename,item,split,kept,reason per item (and per failed input)
     groups.csv                split,group,label,decided_by,items,kept_items,votes
     histograms/<score>.png    histogram per split with the cut lines, one per score
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..key_lines import key_line
 from ..storage import Storage
 from .filters import FilterResult, FilterRule, run_filters
 from .groups import vote_groups
@@ -160,8 +162,8 @@ def write_filter_outputs(
     rules = settings.rules(table.scores)
     result: FilterResult = run_filters({name: table[name] for name in rules}, splits, rules, settings.train_split)
     kept_keys, ignored_keys = key_lists(table, result.kept, errors)
-    storage.write_bytes("kept.txt", "".join(f"{k}\n" for k in kept_keys).encode())
-    storage.write_bytes("ignored.txt", "".join(f"{k}\n" for k in ignored_keys).encode())
+    storage.write_bytes("kept.txt", "".join(f"{key_line(k)}\n" for k in kept_keys).encode())
+    storage.write_bytes("ignored.txt", "".join(f"{key_line(k)}\n" for k in ignored_keys).encode())
 
     decisions = [
         [table["key"][i], int(table["item"][i]), splits[i], int(result.kept[i]), result.reasons[i]]
