@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import threading
+import warnings
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -689,6 +690,32 @@ def test_batched_drop_last_and_in_process_batches(rows_output):
     assert len(set(batched_ids(batches))) == 8 * (ROWS // 8)
     in_process = list(OutputRows(str(rows_output), fields=("x",), batch_size=8))  # no worker: private memory
     assert not in_process[0][0].is_shared() and len(in_process) == -(-ROWS // 8)
+
+
+def test_batched_ranks_yield_as_many_batches_as_each_other(rows_output):
+    """DistributedDataParallel runs a step per batch on every rank, and a rank with a batch more waits in its
+    all-reduce for the others for ever. 60 rows on 8 ranks are shares of 7 and 8 rows."""
+
+    def rank_batches(batch_size: int, drop_last: bool, workers: int) -> list[list[int]]:
+        found = []
+        for rank in range(8):
+            dataset = OutputRows(
+                str(rows_output), fields=("x",), shuffle=True, seed=5, rank=rank, world_size=8,
+                batch_size=batch_size, drop_last=drop_last,
+            )  # fmt: skip
+            batches = list(DataLoader(dataset, batch_size=None, num_workers=workers))
+            assert len(batches) == len(dataset)
+            found.append([len(x) for (x,) in batches])
+        return found
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about
+        # drop_last: every rank the full batches of the smallest share (shares of 8 had 2 batches, of 7 one)
+        assert rank_batches(4, drop_last=True, workers=2) == [[4]] * 8
+        assert [len(sizes) for sizes in rank_batches(4, drop_last=False, workers=0)] == [2] * 8
+    # 7 rows are one batch of 7, 8 rows two: no split gives every row once and every rank as many batches
+    with pytest.warns(RuntimeWarning, match=r"the 8 ranks yield 1 or 2 batches of 7 from this epoch's 60 items"):
+        assert sorted(len(sizes) for sizes in rank_batches(7, drop_last=False, workers=0)) == [1] * 4 + [2] * 4
 
 
 def test_batched_order_changes_with_epoch_repeats_for_a_seed_and_mixes_files(rows_output, copy_path):

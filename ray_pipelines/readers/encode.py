@@ -43,7 +43,7 @@ from ..seeding import derive_seed
 from ..storage import Storage, is_local
 from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, column_specs, torch_dtype
 from .clients import ProcessFilesystem
-from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, rank_batches, share
+from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share
 from .errors import naming_the_file
 from .parquet import ShardRows, check_job, manifest_files
 
@@ -269,6 +269,7 @@ class EncodedLatents(EpochDataset):
             raise FileNotFoundError(f"{output} has no {FILELIST}: is it an encode job's committed sat-layout output?")
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
+        self.warn_if_ranks_differ(lambda: len(self.files), batch_size, drop_last)
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         # Local reads are CPU work (the page cache) more than waiting: more threads there only contend
         # for the GIL and each takes its own malloc arena (fresh pages in the first epoch). On the 2-core
@@ -277,8 +278,7 @@ class EncodedLatents(EpochDataset):
 
     def __len__(self) -> int:
         """Items this rank reads per epoch (all items with one process); batches in batched mode."""
-        items = self.rank_items(len(self.files))
-        return rank_batches(items, self.batch_size, self.drop_last) if self.batch_size else items
+        return self.rank_length(len(self.files), self.batch_size, self.drop_last)
 
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]

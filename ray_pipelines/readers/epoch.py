@@ -22,7 +22,7 @@ import multiprocessing
 import operator
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
 from typing import Any
@@ -165,11 +165,22 @@ class EpochDataset(IterableDataset):
         if get_worker_info() is None:  # in the training process, where torch.distributed lives
             self.rank, self.world_size = distributed_rank(*self._rank_given)
 
-    def rank_items(self, total: int) -> int:
-        """How many of an epoch's ``total`` items this rank reads."""
+    def rank_length(self, total: int, batch_size: int | None, drop_last: bool) -> int:
+        """How many of an epoch's ``total`` items (batches, with ``batch_size``) this rank reads."""
         self._refresh_rank()
+        if batch_size:
+            return rank_batches(total, self.rank, self.world_size, batch_size, drop_last)
         lo, hi = share(total, self.rank, self.world_size)
         return hi - lo
+
+    def warn_if_ranks_differ(self, total: Callable[[], int], batch_size: int | None, drop_last: bool) -> None:
+        """Warns, where the reader is made, when the ranks' numbers of batches of an epoch's ``total()``
+        items differ (:func:`rank_batches`)."""
+        if batch_size and self.world_size > 1:
+            items = total()
+            counts = {rank_batches(items, r, self.world_size, batch_size, drop_last) for r in range(self.world_size)}
+            if len(counts) > 1:
+                warnings.warn(uneven_batches(items, self.world_size, batch_size, counts), RuntimeWarning, stacklevel=3)
 
     def current_shard(self) -> Shard:
         """This process's share: its rank times its DataLoader worker."""
@@ -209,19 +220,44 @@ def batched_share(total: int, shard: Shard, batch_size: int, drop_last: bool) ->
     """
     workers = shard.workers
     rank, worker = divmod(shard.index, workers)
-    lo, hi = share(total, rank, shard.count // workers)
-    batches = rank_batches(hi - lo, batch_size, drop_last)
+    ranks = shard.count // workers
+    lo, hi = share(total, rank, ranks)
+    batches = rank_batches(total, rank, ranks, batch_size, drop_last)
     first, stop = share(batches, worker, workers)
     return lo + first * batch_size, min(hi, lo + stop * batch_size)
 
 
-def rank_batches(items: int, batch_size: int, drop_last: bool) -> int:
-    return items // batch_size if drop_last else -(-items // batch_size)
+def rank_batches(total: int, rank: int, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """Batches ``rank`` yields of an epoch's ``total`` items.
+
+    Under DistributedDataParallel every rank must run as many steps: a rank with one batch more
+    waits in its gradients' all-reduce for ranks that have ended the epoch, for ever. With
+    ``drop_last`` every rank yields the full batches of the smallest share. Without it a rank's
+    share (they differ by one item at most) ends in its one short batch, which makes the counts
+    equal unless the smallest share is whole batches and a larger one is not; then no split gives
+    every item once and every rank as many batches (:func:`uneven_batches` says so).
+    """
+    if drop_last:
+        return total // world_size // batch_size
+    lo, hi = share(total, rank, world_size)
+    return -(-(hi - lo) // batch_size)
+
+
+def uneven_batches(total: int, world_size: int, batch_size: int, counts: set[int]) -> str:
+    return (
+        f"the {world_size} ranks yield {' or '.join(map(str, sorted(counts)))} batches of {batch_size} from this "
+        f"epoch's {total} items: under DistributedDataParallel a rank with a batch more waits for the others at "
+        "the epoch's end for ever; give the reader drop_last=True (every rank the same full batches), another "
+        "batch_size, or run the loop in DDP's model.join()"
+    )
 
 
 def range_pieces(sizes: np.ndarray, order: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
     """``(unit, first, stop)`` pieces of the units in ``order`` holding items ``[lo, hi)`` of the
-    sequence the units' items make laid end to end in that order."""
+    sequence the units' items make laid end to end in that order (none for an empty range: a
+    DataLoader worker whose share is no batch reads nothing)."""
+    if lo >= hi:
+        return []
     ordered = np.asarray(sizes, dtype=np.int64)[order]
     ends = np.cumsum(ordered)
     starts = ends - ordered

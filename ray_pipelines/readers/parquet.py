@@ -65,7 +65,6 @@ from .epoch import (
     check_epoch_unchanged,
     epoch_order,
     range_pieces,
-    rank_batches,
     shard_pieces,
     window_order,
     windows,
@@ -205,7 +204,8 @@ class ShardRows(EpochDataset):
 
     ``batch_size=B``: yield whole batches (use the DataLoader with ``batch_size=None``):
     a dict ``{column: tensor [n, *shape]}`` (strings: a list), ``n = B`` except for the
-    rank's last batch (dropped with ``drop_last``), each column one tensor in shared
+    rank's last batch (``drop_last``: every rank the smallest share's full batches, as
+    many on each, which DistributedDataParallel needs), each column one tensor in shared
     memory in a DataLoader worker (see :mod:`.batches`); ``batch_transform(batch)``
     turns it into what training needs (``transform`` is for items only). The items
     and every guarantee are those of the item mode; the rank's batches are split
@@ -269,6 +269,7 @@ class ShardRows(EpochDataset):
             self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         )
         self._after_index()
+        self.warn_if_ranks_differ(lambda: self._epoch_total(self.epoch), batch_size, drop_last)
         from_cache, self.cached = self.cached is not None, None
         self.reader.remember_footers(parsed, tables)  # the first reads need not read them again
         if self.reader.local and self.files:
@@ -386,8 +387,7 @@ class ShardRows(EpochDataset):
 
     def __len__(self) -> int:
         """Rows this rank reads in the current epoch (batches, in batched mode)."""
-        items = self.rank_items(self._epoch_total(self.epoch))
-        return rank_batches(items, self.batch_size, self.drop_last) if self.batch_size else items
+        return self.rank_length(self._epoch_total(self.epoch), self.batch_size, self.drop_last)
 
     def _epoch_total(self, epoch: int) -> int:
         rows = self.epoch_rows(epoch)
