@@ -290,6 +290,24 @@ def test_an_output_without_rows_says_why_not_that_the_split_is_missing(tmp_path)
     )
 
 
+def test_a_reader_of_an_incomplete_output_says_so(tmp_path):
+    """An output whose last run ended 3 (inputs to retry, no _SUCCESS) is read, with a warning: a training run
+    on it would otherwise miss those inputs' rows without a word."""
+    output = write_rows(tmp_path / "out", nested=True, one_row_groups=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(OutputRows(str(output), fields=("x",))) == ROWS  # complete: nothing to say
+    manifest = json.loads((output / "manifest.json").read_text())
+    manifest["complete"], manifest["counts"]["to_retry"] = False, 3
+    (output / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(RuntimeWarning) as said:
+        assert len(OutputRows(str(output), fields=("x",))) == ROWS
+    assert [str(w.message) for w in said] == [
+        f"{output} is incomplete: its last run left 3 inputs to retry (no _SUCCESS), whose rows are not read: "
+        "rerun the job to finish it; reading the rows committed"
+    ]
+
+
 def test_clips_are_numbered_in_the_order_numpy_sorts_their_keys():
     """ContrastiveViews numbers clips by their sorted keys in Arrow (no Python string per row): the order and
     numbers np.unique gives, non-ASCII keys included (UTF-8's byte order is the code points' order)."""

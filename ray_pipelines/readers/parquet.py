@@ -116,6 +116,12 @@ def check_job(output: str, written_by: str | None, expected: str | None) -> None
     )
 
 
+INCOMPLETE = (
+    "its last run left {to_retry} inputs to retry (no _SUCCESS), whose rows are not read: rerun the job to "
+    "finish it; reading the rows committed"
+)
+
+
 def _counts_said(manifest: dict[str, Any]) -> str:
     counts, inputs = manifest.get("counts", {}), manifest.get("inputs", {})
     said = [f"{counts.get('listed', 0)} inputs selected", f"{counts.get('errors', 0)} with errors (errors.jsonl)"]
@@ -142,6 +148,9 @@ def manifest_files(
         raise FileNotFoundError(f"{output} has no manifest.json: is the job committed (_SUCCESS)?")
     manifest = storage.read_json("manifest.json")
     check_job(output, manifest.get("job"), job)
+    if manifest.get("complete") is False:  # its last run ended 3 (or was stopped): rows of some inputs missing
+        to_retry = manifest.get("counts", {}).get("to_retry", 0)
+        warnings.warn(f"{output} is incomplete: {INCOMPLETE.format(to_retry=to_retry)}", RuntimeWarning, stacklevel=3)
     files = [f for f in manifest["files"] if split is None or f.get("split") == split]
     if split is not None and not files:
         splits = sorted({str(f.get("split")) for f in manifest["files"]})
