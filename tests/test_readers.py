@@ -308,6 +308,22 @@ def test_a_reader_of_an_incomplete_output_says_so(tmp_path):
     ]
 
 
+def test_a_reader_given_a_folder_that_is_not_an_output_says_what_it_is(rows_output, tmp_path):
+    """The easy mistakes: a typo, a split's folder for the output, manifest.json itself."""
+    said = {
+        given: pytest.raises(FileNotFoundError, OutputRows, given).value.args[0]
+        for given in (str(tmp_path / "nope"), str(rows_output / "train"), str(rows_output / "manifest.json"))
+    }
+    assert said == {
+        f"{tmp_path / 'nope'}": f"{tmp_path / 'nope'} not found",
+        f"{rows_output / 'train'}": f"{rows_output / 'train'} is a folder inside the output {rows_output}: give the "
+        "output's root (the folder holding manifest.json), and a split as split=",
+        f"{rows_output / 'manifest.json'}": f"{rows_output / 'manifest.json'} is a file: give the job's output folder",
+    }
+    with pytest.raises(FileNotFoundError, match=r"^\S+ has no manifest.json: is the job committed \(_SUCCESS\)\?$"):
+        OutputRows(str(tmp_path))  # a folder that is there: the job never committed it
+
+
 def test_clips_are_numbered_in_the_order_numpy_sorts_their_keys():
     """ContrastiveViews numbers clips by their sorted keys in Arrow (no Python string per row): the order and
     numbers np.unique gives, non-ASCII keys included (UTF-8's byte order is the code points' order)."""

@@ -211,6 +211,15 @@ def test_a_damaged_item_file_is_named(tmp_path):
         list(dataset)
 
 
+def test_a_rank_folder_of_the_sat_layout_is_not_taken_for_the_output(tokens_output):
+    with pytest.raises(FileNotFoundError) as said:
+        open_encoded(str(tokens_output / "0"), "sat")
+    assert str(said.value) == (
+        f"{tokens_output / '0'} is a folder inside the output {tokens_output}: give the output's root (the folder "
+        "holding filelist.txt)"
+    )
+
+
 def test_a_mask_that_does_not_match_the_last_axis_is_refused():
     tokens = np.zeros((N, Q), dtype=np.int16)  # frames first: the layout tokens must not have
     with pytest.raises(ValueError, match=r"padding_mask has 40 entries but the latents' last axis has 2 frames"):

@@ -45,7 +45,7 @@ from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, col
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share
 from .errors import naming_the_file
-from .parquet import ShardRows, check_job, manifest_files
+from .parquet import ShardRows, check_job, manifest_files, not_an_output
 
 
 def crop_latents(
@@ -266,7 +266,11 @@ class EncodedLatents(EpochDataset):
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
         if not self.storage.exists(FILELIST):
-            raise FileNotFoundError(f"{output} has no {FILELIST}: is it an encode job's committed sat-layout output?")
+            why = (
+                not_an_output(self.storage, FILELIST)
+                or f"has no {FILELIST}: is it an encode job's committed sat-layout output?"
+            )
+            raise FileNotFoundError(f"{output} {why}")
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
         self.warn_if_ranks_differ(lambda: len(self.files), batch_size, drop_last)

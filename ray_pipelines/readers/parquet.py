@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -145,7 +146,8 @@ def manifest_files(
         raise ValueError(f"{output}: {problem}")
     storage = Storage(output, storage_options)
     if not storage.exists("manifest.json"):
-        raise FileNotFoundError(f"{output} has no manifest.json: is the job committed (_SUCCESS)?")
+        why = not_an_output(storage, "manifest.json", "and a split as split=")
+        raise FileNotFoundError(f"{output} {why or 'has no manifest.json: is the job committed (_SUCCESS)?'}")
     manifest = storage.read_json("manifest.json")
     check_job(output, manifest.get("job"), job)
     if manifest.get("complete") is False:  # its last run ended 3 (or was stopped): rows of some inputs missing
@@ -163,6 +165,22 @@ def manifest_files(
 def list_shards(output: str, split: str | None = None, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Data files of a committed output (from manifest.json), optionally one split's."""
     return [f["url"] for f in manifest_files(output, split, storage_options)]
+
+
+def not_an_output(storage: Storage, marker: str, also: str = "") -> str | None:
+    """Why the folder a reader was given holds no ``marker`` (a file every committed output has) where it
+    is an easy mistake: a typo, the marker file itself, a folder inside the output (``also``: what else to
+    give then). None: none of those."""
+    if not storage.fs.exists(storage.path):
+        return "not found"
+    if storage.fs.isfile(storage.path):
+        return "is a file: give the job's output folder"
+    parent = posixpath.dirname(storage.root)
+    if parent and parent != storage.root and Storage(parent, storage.storage_options).exists(marker):
+        return f"is a folder inside the output {parent}: give the output's root (the folder holding {marker})" + (
+            f", {also}" if also else ""
+        )
+    return None
 
 
 def take_rows(column: pa.ChunkedArray, positions: np.ndarray) -> np.ndarray:
