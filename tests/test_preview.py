@@ -207,6 +207,35 @@ def test_a_split_the_output_does_not_have_is_named_with_the_splits_it_has(tmp_pa
     assert preview.preview(str(tmp_path / "out"), split="val")[1] == 2
 
 
+def test_a_folder_of_outputs_is_told_to_pick_one_and_an_output_being_written_shows_its_data(tmp_path):
+    """``preview demo-output`` read every job's Parquet files as one table (pyarrow: "Schema at index 1 was
+    different"); an output being written (no manifest.json yet) showed the engine's index among its rows."""
+    from bench.readers import write_output
+
+    rows = {
+        "key": np.array(["k0", "k1"], dtype=object),
+        "index": np.zeros(2, dtype=np.int64),
+        "x": np.ones((2, 8), dtype=np.float32),
+        "split": np.array(["train", "train"], dtype=object),
+    }
+    for name in ("augment", "score"):
+        write_output(tmp_path / "outputs" / name, "rows", dict(rows), index_column="index", output_columns=["key", "x"])
+    with pytest.raises(SystemExit) as said:
+        preview.preview(str(tmp_path / "outputs"))
+    assert (
+        str(said.value)
+        == f"{tmp_path / 'outputs'} is not a job's output but holds 2: augment, score: preview one of them"
+    )
+
+    being_written = write(
+        tmp_path / "running", ["x"], "index", {"key": ["a", "b", "c"], "x": np.ones((3, 4), np.float32)}
+    )
+    (being_written / "_job.json").write_text("{}")  # claimed by a run that has not committed
+    (being_written / "_manifests").mkdir(exist_ok=True)
+    pq.write_table(pa.table({"key": ["a"], "etag": [""]}), being_written / "_manifests" / "index.parquet")
+    assert preview.preview(str(being_written), n=6)[1] == 3
+
+
 def test_a_store_that_does_not_answer_and_an_unwritable_out_are_one_line_each(features_output, tmp_path, capsys):
     unreachable = [f"endpoint_url=http://127.0.0.1:{free_port()}", "config_kwargs.retries.max_attempts=1"]
     options = [arg for option in unreachable for arg in ("--storage-option", option)]

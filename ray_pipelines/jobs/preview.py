@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from ray_pipelines.encoders.sat_layout import FILELIST
 from ray_pipelines.engine.arrow import column_to_numpy, open_parquet, tensor_shape
+from ray_pipelines.engine.manifest import JOB_FILE
 from ray_pipelines.storage import Storage
 
 TIME_AXES = {"frame", "frames", "time", "t"}
@@ -93,15 +94,25 @@ def data_files(storage: Storage, split: str | None) -> list[tuple[str, int]]:
             if f["path"].endswith(".parquet") and (split is None or f.get("split") == split)
         ]
     else:
-        found = sorted(
-            p[len(storage.path) :].lstrip("/") for p in storage.fs.find(storage.path) if p.endswith(".parquet")
-        )
+        everything = [p[len(storage.path) :].lstrip("/") for p in storage.fs.find(storage.path)]
+        if not storage.exists(JOB_FILE):
+            refuse_outputs_inside(storage, everything)
+        # an output being written: its data files, not the engine's own (_manifests/index.parquet)
+        found = sorted(p for p in everything if p.endswith(".parquet") and not p.startswith("_"))
         files = [
             (p, open_parquet(storage.fs.open(storage.abspath(p), "rb")).metadata.num_rows)
             for p in found
             if split is None or p.split("/")[0] == split
         ]
     return sorted(files)
+
+
+def refuse_outputs_inside(storage: Storage, relpaths: list[str]) -> None:
+    """A folder that holds outputs (``demo-output``) is not one: its Parquet files are several jobs'."""
+    outputs = sorted({posixpath.dirname(p) for p in relpaths if posixpath.basename(p) in ("manifest.json", JOB_FILE)})
+    if outputs:
+        shown = ", ".join(outputs[:8]) + (", ..." if len(outputs) > 8 else "")
+        raise SystemExit(f"{storage.root} is not a job's output but holds {len(outputs)}: {shown}: preview one of them")
 
 
 def tensor_columns(schema: pa.Schema, dims: tuple[int, ...]) -> list[str]:
