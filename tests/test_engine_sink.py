@@ -122,6 +122,31 @@ def test_a_claim_that_committed_nothing_is_taken_by_another_job_or_config_and_on
         logger.removeHandler(said)
 
 
+def test_a_folder_with_data_of_its_own_is_refused_and_one_with_only_hidden_names_or_its_marker_is_taken(
+    tmp_path, s3_bucket
+):
+    """A folder made for the output (by Finder: .DS_Store; in git: .gitkeep; by the S3 console's "Create
+    folder": an empty ``out/`` object) is empty; another's data is not, and is left alone."""
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputConflict, match=r"is not empty and was not written by ray-pipelines; choose another"):
+        prepare(tmp_path / "theirs")
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
+
+    (tmp_path / "made").mkdir()
+    for name in (".DS_Store", ".gitkeep"):
+        (tmp_path / "made" / name).write_bytes(b"")
+    state, run_id = prepare(tmp_path / "made")
+    assert run_id and (tmp_path / "made" / ".DS_Store").exists() and (tmp_path / "made" / "_job.json").exists()
+
+    bucket, options, fs = s3_bucket
+    fs.call_s3("put_object", Bucket=bucket, Key="out/", Body=b"")
+    assert fs.ls(f"{bucket}/out", detail=False) == [f"{bucket}/out/"]  # the marker, listed in its folder
+    state = OutputState(Storage(f"s3://{bucket}/out", {"client_kwargs": {"endpoint_url": options["endpoint_url"]}}))
+    assert state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+    assert fs.exists(f"{bucket}/out/_job.json")
+
+
 def test_error_rows_go_to_the_manifest_not_the_data(tmp_path):
     state, run_id = prepare(tmp_path)
     s = sink(tmp_path)

@@ -114,7 +114,8 @@ class OutputState:
         config fingerprint and ``overwrite`` is false.
         """
         existing = self.storage.read_json(JOB_FILE) if self.storage.exists(JOB_FILE) else None
-        if existing is None and self._contents() and not overwrite:
+        if existing is None and not overwrite and any(not name.startswith(".") for name in self._contents()):
+            # Hidden names are the OS's and tools' (.DS_Store, .gitkeep), not data the run could spoil.
             raise OutputConflict(
                 f"output {self.storage.root} is not empty and was not written by ray-pipelines; "
                 "choose another output or pass --overwrite to replace its contents"
@@ -160,7 +161,8 @@ class OutputState:
         if not fs.exists(root):
             return []
         fs.invalidate_cache(root)
-        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)]
+        # An object store lists a folder's own marker (``out/``, the S3 console's "Create folder") in it.
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False) if p.rstrip("/") != root]
         return sorted(n for n in names if not is_lease_file(n))
 
     # ---- the committed state -----------------------------------------------------
