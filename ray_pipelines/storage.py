@@ -317,12 +317,6 @@ class Storage:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
-    def is_empty(self) -> bool:
-        if not self.fs.exists(self.path):
-            return True
-        self.fs.invalidate_cache(self.path)
-        return not self.fs.ls(self.path)
-
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
