@@ -17,6 +17,7 @@ import ray_pipelines.jobs.score as score_job
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.sources import SourceError
 from tests.audio_helpers import tone, write_audio
 
 TINY_AUGMENT = {
@@ -102,3 +103,35 @@ def test_score_job_reads_the_augment_jobs_shards(augmented):
     wrong = config.model_copy(update={"tensor_column": "view3", "output": str(root / "wrong")})
     with pytest.raises(Exception, match="tensor_column 'view3' is not in"):
         run_job(score_job.JOB(wrong), progress=False)
+
+
+def test_the_features_jobs_shards_are_listed_by_their_path_column(tmp_path):
+    """The features job keys its rows by ``path`` (the layout HF's audio classification datasets have), not
+    ``key``: listing them stopped the score job with ``KeyError: 'Field "key" does not exist in schema'``."""
+    import json
+
+    from bench.readers import write_output
+    from ray_pipelines.scoring.inputs import list_shard_inputs
+
+    songs = np.array(["rock/a.flac", "rock/a.flac", "jazz/b.flac"], dtype=object)
+    rows = {
+        "key": songs,
+        "path": songs,
+        "snippet": np.array([0, 1, 0]),
+        "input_values": np.ones((3, 8, 4), dtype=np.float32),
+        "label": np.array([1, 1, 0]),
+        "split": np.array(["train", "train", "test"], dtype=object),
+    }
+    write_output(
+        tmp_path / "features", "features", rows, index_column="snippet",
+        output_columns=["input_values", "label", "path", "snippet"], key_column="path",
+    )  # fmt: skip
+    items, splits = list_shard_inputs(str(tmp_path / "features"), "input_values", None, None, None)
+    assert [item.key for item in items] == ["jazz/b.flac", "rock/a.flac"]
+    assert splits == {"jazz/b.flac": "test", "rock/a.flac": "train"}
+    assert [loc[3] for loc in json.loads(items[1].extra["locations"])] == [0, 1]  # its snippets, in order
+
+    rows = {"key": songs, "index": np.arange(3), "x": np.ones((3, 4), dtype=np.float32)}
+    write_output(tmp_path / "unkeyed", "rows", rows, index_column="index", output_columns=["index", "x"])
+    with pytest.raises(SourceError, match=r"has no key column \(key or path; columns: index, x\)"):
+        list_shard_inputs(str(tmp_path / "unkeyed"), "x", None, None, None)

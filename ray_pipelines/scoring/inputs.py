@@ -46,6 +46,7 @@ from ..storage import Storage, get_fs
 INDEX_COLUMN = "item"
 # Index columns of the other jobs' outputs, tried in this order when reading their shards.
 KNOWN_INDEX_COLUMNS = ("version", "window", "snippet", "index", "item")
+KEY_COLUMNS = ("key", "path")  # the input key column of a job's rows (the features job's is path)
 TENSOR_EXTENSIONS = ("pt",)
 
 
@@ -148,14 +149,21 @@ def list_shard_inputs(
             index_name = index_column or next((n for n in KNOWN_INDEX_COLUMNS if n in names), None)
             if index_name is not None and index_name not in names:
                 raise SourceError(f"shard_index_column {index_name!r} is not in {storage.url(record['path'])}")
-            wanted = ["key"] + [n for n in (index_name, "source") if n in names]
+            # the input's key: `key`, or `path` where the source job names it so (the features job)
+            key_name = next((n for n in KEY_COLUMNS if n in names), None)
+            if key_name is None:
+                raise SourceError(
+                    f"{storage.url(record['path'])} has no key column ({' or '.join(KEY_COLUMNS)}; columns: "
+                    f"{', '.join(names)}): shard inputs must be a job's output"
+                )
+            wanted = [key_name] + [n for n in (index_name, "source") if n in names]
             # The whole file's small columns in one read (the writer puts a tensor row in a row group of
             # its own, so a read per row group would be a read per row); row groups from the footer.
             table = parquet.read(columns=wanted, use_threads=False)
             sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
             groups = np.repeat(np.arange(len(sizes)), sizes).tolist()
             rows = (np.arange(sum(sizes)) - np.repeat(np.cumsum(sizes) - sizes, sizes)).tolist()
-            keys = table.column("key").to_pylist()
+            keys = table.column(key_name).to_pylist()
             indices = table.column(index_name).to_pylist() if index_name else [None] * len(keys)
             origins = table.column("source").to_pylist() if "source" in wanted else [None] * len(keys)
             for group, row, key, index, origin in zip(groups, rows, keys, indices, origins):
