@@ -17,6 +17,7 @@ import ray_pipelines.jobs.score as score_job
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.engine.summary import format_summary
 from ray_pipelines.sources import SourceError
 from tests.audio_helpers import tone, write_audio
 
@@ -59,24 +60,22 @@ def augment_views(output) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
 
 def test_score_job_reads_the_augment_jobs_shards(augmented):
     root = augmented
-    config = validate_config(
-        score_job.ScoreConfig,
-        {
-            "input": str(root / "augment"),
-            "output": str(root / "scores"),
-            "source": "shards",
-            "tensor_column": "view1",
-            "split_pattern": None,
-            "class_pattern": r"^([^/]+)/",
-            "n_mels": 16,
-            "frames": FRAMES,
-            "normalize": {"mean": -40.0, "std": 20.0},
-            "actors": 1,
-            "batch_size": 4,
-            "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2},
-            "filter": {"train_split": "train"},
-        },
-    )
+    settings = {
+        "input": str(root / "augment"),
+        "output": str(root / "scores"),
+        "source": "shards",
+        "tensor_column": "view1",
+        "split_pattern": None,
+        "class_pattern": r"^([^/]+)/",
+        "n_mels": 16,
+        "frames": FRAMES,
+        "normalize": {"mean": -40.0, "std": 20.0},
+        "actors": 1,
+        "batch_size": 4,
+        "model": {"patch": [8, 8], "dim": 16, "depth": 1, "heads": 2},
+        "filter": {"train_split": "train"},
+    }
+    config = validate_config(score_job.ScoreConfig, settings)
     result = run_job(score_job.JOB(config), progress=False)
     assert result.counts["listed"] == 4 and result.counts["rows_written"] == 8 and result.counts["errors"] == 0
 
@@ -103,6 +102,21 @@ def test_score_job_reads_the_augment_jobs_shards(augmented):
     wrong = config.model_copy(update={"tensor_column": "view3", "output": str(root / "wrong")})
     with pytest.raises(Exception, match="tensor_column 'view3' is not in"):
         run_job(score_job.JOB(wrong), progress=False)
+
+    # Every input an error row (views of another shape): complete, and the lists say so. The filter found
+    # no score columns in a table of no rows and stopped the job after its commit, with no key lists.
+    rules = {"train_split": "train", "reconstruction_loss": {"mode": "percentile"}, "signal_energy": {"mode": "mean"}}
+    changes = {"n_mels": 32, "output": str(root / "mismatched"), "filter": rules}
+    mismatched = validate_config(score_job.ScoreConfig, {**settings, **changes})
+    result = run_job(score_job.JOB(mismatched), progress=False)
+    assert result.complete and result.counts["rows_written"] == 0
+    assert (result.counts["errors"], result.counts["error_rows"]) == (4, 8)  # every view of the 4 inputs
+    assert result.extra["kept"] == "0 inputs (4 ignored, 4 of them errors): kept.txt"
+    assert (root / "mismatched/kept.txt").read_text() == ""
+    assert sorted((root / "mismatched/ignored.txt").read_text().split()) == sorted({k for k, _ in views})
+    header = (root / "mismatched/scores.csv").read_text()
+    assert header == "filename,split,class,group,reconstruction_loss,signal_energy,item\n"
+    assert "summaries" not in format_summary("score", result)  # none to name, and no empty line for them
 
 
 def test_the_features_jobs_shards_are_listed_by_their_path_column(tmp_path):

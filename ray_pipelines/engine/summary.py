@@ -82,6 +82,8 @@ def _short(value) -> str | None:
     if isinstance(value, (str, int, float)):
         return str(value)
     scalar = (str, int, float, bool, type(None))
+    if isinstance(value, (dict, list, tuple)) and not value:
+        return None  # nothing to show (the score job's summaries when every input is an error row)
     if isinstance(value, dict) and len(value) <= 8 and all(isinstance(v, scalar) for v in value.values()):
         return ", ".join(f"{k}={v}" for k, v in value.items())
     if isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, scalar) for v in value):

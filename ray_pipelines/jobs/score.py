@@ -158,9 +158,7 @@ class ScoreConfig(CommonConfig):
 
     @property
     def scorer_names(self) -> list[str]:
-        if self.scorers is not None:
-            return list(self.scorers)
-        return list(builtin.DEFAULT_AUDIO_SCORERS if self.source == "audio" else builtin.DEFAULT_TENSOR_SCORERS)
+        return builtin.configured_scorers(self.scorers, self.source)
 
     @property
     def score_columns(self) -> list[str]:

@@ -71,6 +71,13 @@ def score_columns(names: list[str] | tuple[str, ...]) -> list[str]:
     return [column for name in names for column in COLUMNS[name]]
 
 
+def configured_scorers(scorers: list[str] | tuple[str, ...] | None, source: str) -> list[str]:
+    """The scorers a config runs: those it names, else the source's defaults."""
+    if scorers is not None:
+        return list(scorers)
+    return list(DEFAULT_AUDIO_SCORERS if source == "audio" else DEFAULT_TENSOR_SCORERS)
+
+
 def package_dir(package: str) -> Path:
     """Where an installed package lives, found without importing it (silero_vad's import sets torch's threads)."""
     spec = importlib.util.find_spec(package)

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ..engine.arrow import open_parquet
 from ..storage import Storage, get_fs
+from .scorers import configured_scorers, score_columns
 
 LABEL_COLUMNS = ("key", "item", "split", "class", "group")
 NOT_SCORES = frozenset({*LABEL_COLUMNS, "source", "filename"})
@@ -69,8 +70,10 @@ class ScoreTable:
                     parquet = open_parquet(f)
                     wanted = [n for n in parquet.schema_arrow.names if n != "source"]
                     tables.append(parquet.read(columns=wanted))
-        if not tables:
-            return cls.from_columns({name: [] for name in LABEL_COLUMNS})
+        if not tables:  # every input an error row: the columns the config's scorers give, no rows
+            config = manifest.get("config", {})
+            scores = score_columns(configured_scorers(config.get("scorers"), config.get("source", "audio")))
+            return cls.from_columns({name: [] for name in (*LABEL_COLUMNS, *scores)})
         table = pa.concat_tables(tables)
         return cls.from_columns({name: table.column(name).to_numpy() for name in table.column_names})
 
