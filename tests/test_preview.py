@@ -207,6 +207,17 @@ def test_a_split_the_output_does_not_have_is_named_with_the_splits_it_has(tmp_pa
     assert preview.preview(str(tmp_path / "out"), split="val")[1] == 2
 
 
+def test_a_committed_output_without_rows_says_its_inputs_were_error_rows(tmp_path):
+    manifest = {"job": "augment", "files": [], "counts": {"listed": 14, "errors": 14}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit) as said:
+        preview.preview(str(tmp_path))
+    assert (
+        str(said.value)
+        == f"no rows in {tmp_path}: of its 14 inputs, 14 are error rows (errors.jsonl) and none gave rows"
+    )
+
+
 def test_a_folder_of_outputs_is_told_to_pick_one_and_an_output_being_written_shows_its_data(tmp_path):
     """``preview demo-output`` read every job's Parquet files as one table (pyarrow: "Schema at index 1 was
     different"); an output being written (no manifest.json yet) showed the engine's index among its rows."""

@@ -335,9 +335,17 @@ def preview(
                 return render(panels, "latents (stable-audio-tools layout)"), len(panels)
         if not storage.exists(""):
             raise SystemExit(f"{output} does not exist")
-        if split and storage.exists("manifest.json"):
-            splits = sorted({str(f.get("split")) for f in storage.read_json("manifest.json")["files"]})
-            raise SystemExit(f"no split {split!r} in {storage.root} (splits: {', '.join(splits)})")
+        if storage.exists("manifest.json"):
+            manifest = storage.read_json("manifest.json")
+            if not manifest["files"]:  # committed, with no rows
+                counts = manifest.get("counts", {})
+                raise SystemExit(
+                    f"no rows in {storage.root}: of its {counts.get('listed', 0)} inputs, "
+                    f"{counts.get('errors', 0)} are error rows (errors.jsonl) and none gave rows"
+                )
+            splits = sorted({str(f.get("split")) for f in manifest["files"] if f["path"].endswith(".parquet")})
+            if split and splits:
+                raise SystemExit(f"no split {split!r} in {storage.root} (splits: {', '.join(splits)})")
         raise SystemExit(f"no Parquet files in {storage.root}" + (f" for split {split!r}" if split else ""))
     with storage.fs.open(storage.abspath(files[0][0]), "rb") as f:
         schema = pq.read_schema(f)
