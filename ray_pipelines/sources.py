@@ -83,14 +83,25 @@ def _has_magic(path: str) -> bool:
     return globlib.has_magic(path)
 
 
+def _is_glob(fs, path: str) -> bool:
+    """A pattern, unless a file or folder of that very name is there: music libraries name folders
+    ``Album [2019]`` and files ``take [1].wav``, which as patterns match ``Album 2`` and ``take 1.wav``."""
+    return _has_magic(path) and not fs.exists(path)
+
+
+ESCAPED = re.compile(r"\[([\[*?])\]")  # [[], [*], [?]: the character itself in a pattern (glob.escape)
+
+
 def _glob_root(path: str) -> str:
-    """The directory part of ``path`` before its first wildcard."""
+    """The directory part of ``path`` before its first wildcard (``[[]``, ``[*]``, ``[?]``: the
+    character itself, as :func:`glob.escape` writes it)."""
     parts = path.split("/")
     fixed = []
     for part in parts:
-        if _has_magic(part):
+        literal = ESCAPED.sub(r"\1", part)
+        if _has_magic(ESCAPED.sub("", part)):
             break
-        fixed.append(part)
+        fixed.append(literal)
     return "/".join(fixed[:-1] if len(fixed) == len(parts) else fixed)
 
 
@@ -178,9 +189,10 @@ def _list_inputs(
     protocol, _ = split_protocol(spec)
     fs, path = get_fs(spec, storage_options)
     try:
-        if path.lower().endswith(LIST_FILE_EXTENSIONS) and not _has_magic(path):
+        glob = _is_glob(fs, path)
+        if path.lower().endswith(LIST_FILE_EXTENSIONS) and not glob:
             return _list_from_list_file(fs, path, extensions, storage_options, include_hidden), []
-        if _has_magic(path):
+        if glob:
             root = _glob_root(path)
             infos = glob_local(path, root) if is_local(fs) else fs.glob(path, detail=True)
             files = {p: i for p, i in infos.items() if i.get("type", "file") == "file" or _link_error(fs, p, i)}
@@ -565,6 +577,7 @@ def list_specs(
             raise SourceError(
                 f"no inputs matched {spec} (extensions: {', '.join(extensions)}); "
                 "check the path, or set allow_empty: true if an empty input is expected"
+                + (LITERAL_BRACKETS if "[" in split_protocol(spec)[1] else "")
             )
         for item in found:
             first = items.setdefault(item.key, item)
@@ -581,13 +594,19 @@ def list_specs(
     return [items[k] for k in sorted(items)]
 
 
+LITERAL_BRACKETS = (
+    "; in a pattern [...] matches one of the characters it holds: write a [ that is part of a name as [[] "
+    "(Music [[]FLAC]/**/*.flac)"
+)
+
+
 def input_tree(spec: str, storage_options: dict[str, Any] | None = None) -> str:
     """The folder a spec reads everything under (a glob's fixed part, a directory, a tar shard's
     folder), as ``protocol://path``; ``""`` for a single file or a list file (they name their inputs)."""
     protocol, _ = split_protocol(spec)
     try:
         fs, path = get_fs(spec, storage_options)
-        if _has_magic(path):
+        if _is_glob(fs, path):
             root = _glob_root(path)
         elif path.lower().endswith(LIST_FILE_EXTENSIONS) or not fs.isdir(path):
             return ""

@@ -20,7 +20,7 @@ import pytest
 from ray_pipelines.audio.decode import AudioFile, InputAudio, is_retryable, load_window
 from ray_pipelines.config import ConfigError
 from ray_pipelines.engine.runner import inputs_table
-from ray_pipelines.sources import SourceError, list_inputs, list_specs, read_key_list
+from ray_pipelines.sources import SourceError, list_inputs, list_specs, overlapping_input, read_key_list
 from tests.audio_helpers import REPO, encoded_bytes, tone, write_audio, write_tar
 from tests.conftest import Lines
 
@@ -74,6 +74,24 @@ def test_list_file(library, tmp_path):
         ("a/new\nline.wav", ""),
         ("a/one.wav", ""),
     ]
+
+
+def test_names_with_brackets_are_names_where_they_are_there_and_patterns_can_escape_them(tmp_path):
+    """Music libraries name folders "Album [2019]": as a pattern, [2019] matches one of 2, 0, 1, 9, so the
+    folder, a file in it and a glob below it matched nothing, and an output beside them was refused as
+    inside the input tree (the pattern's fixed part was their parent)."""
+    album = tmp_path / "Album [2019]"
+    for name in ("take [1].wav", "take 2.wav"):
+        write_audio(album / name, tone(0.3))
+    keys = lambda spec: [i.key for i in list_inputs(spec, EXT)]  # noqa: E731
+    assert keys(str(album)) == ["take 2.wav", "take [1].wav"]
+    assert keys(str(album / "take [1].wav")) == ["take [1].wav"]
+    assert keys(f"{tmp_path}/Album [[]2019]/take*.wav") == ["take 2.wav", "take [1].wav"]  # glob.escape's form
+    with pytest.raises(SourceError, match=r"write a \[ that is part of a name as \[\[\] \(Music \[\[\]FLAC\]"):
+        list_specs([f"{tmp_path}/Album [2019]/*.wav"], EXT)
+    for spec in (str(album), f"{tmp_path}/Album [[]2019]/*.wav"):
+        assert overlapping_input([spec], str(tmp_path / "out")) == ""
+        assert overlapping_input([spec], str(album / "out")) == spec
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
