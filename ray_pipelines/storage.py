@@ -9,12 +9,14 @@ region and similar settings.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import posixpath
 import re
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import fsspec
@@ -234,7 +236,10 @@ class Storage:
         if not relpaths:
             return {}
         wanted = {self.abspath(r).rstrip("/"): r for r in relpaths}
-        got = self.fs.cat(list(wanted))
+        if any(map(has_magic, wanted)):  # fsspec's cat would take [ ] * ? in them for a pattern
+            got = dict(zip(wanted, _each_literal(self.fs.cat_file, list(wanted))))
+        else:
+            got = self.fs.cat(list(wanted))
         if len(wanted) == 1 and not isinstance(got, dict):
             got = {next(iter(wanted)): got}
         out = {}
@@ -254,12 +259,19 @@ class Storage:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
             return
+        if any(map(has_magic, paths)):  # fsspec's rm would take [ ] * ? in them for a pattern
+            _each_literal(self._remove_file, paths)
+            return
         try:
             self.fs.rm(paths)
         except FileNotFoundError:
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm(path)
+
+    def _remove_file(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
 
     def read_json(self, relpath: str) -> Any:
         with self.fs.open(self.abspath(relpath), "rb") as f:
@@ -314,8 +326,28 @@ class Storage:
 
     def remove(self, relpath: str) -> None:
         path = self.abspath(relpath)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        if not self.fs.exists(path):
+            return
+        if has_magic(path) and not is_local(self.fs):  # (the local rm takes paths as named)
+            self.remove_many([self._relative(p) for p in self.fs.find(path)] if self.fs.isdir(path) else [relpath])
+            return
+        self.fs.rm(path, recursive=True)
+
+
+def has_magic(path: str) -> bool:
+    """Whether fsspec's methods that expand paths (``cat`` and ``rm`` of a list, ``rm`` of a folder) take
+    ``path`` for a pattern (they ask :func:`glob.has_magic`): an output named ``views [v2]`` lost its commit
+    to a FileNotFoundError, and on S3 a removal under it matched ``views 2/``, another folder, not its own."""
+    return glob.has_magic(path)
+
+
+LITERAL_CONCURRENCY = 16  # requests at once for paths read or removed one by one
+
+
+def _each_literal(call: Callable[[str], Any], paths: list[str]) -> list[Any]:
+    """``call(path)`` for each path, ``LITERAL_CONCURRENCY`` at once (the per-path calls take a path as named)."""
+    with ThreadPoolExecutor(max_workers=min(LITERAL_CONCURRENCY, len(paths)) or 1) as pool:
+        return list(pool.map(call, paths))
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -181,3 +181,32 @@ def test_byte_stream_split_goes_to_float_tensor_values_only():
         "mel.list.element.list.element.list.element",
         "features.list.element.list.element",
     ]
+
+
+def test_an_output_named_with_brackets_commits_and_removes_its_own_files_only(tmp_path, s3_bucket):
+    """fsspec's cat and rm of a list (and rm of a folder) take [ ] * ? for a pattern: every commit of an
+    output named "views [v2]" failed with FileNotFoundError, and on S3 a removal under it matched
+    "views 2/", another folder, and left its own."""
+    from bench.readers import write_output
+
+    rows = {"key": np.array(["a", "b"], dtype=object), "index": np.arange(2), "x": np.ones((2, 3), np.float32)}
+    manifest = write_output(tmp_path / "views [v2]", "rows", rows, index_column="index", output_columns=["key", "x"])
+    assert manifest["complete"] and (tmp_path / "views [v2]" / "_SUCCESS").exists()
+
+    bucket, options, fs = s3_bucket
+    for key in (
+        "views [v2]/train/a.parquet",
+        "views [v2]/train/b.parquet",
+        "views [v2]/x.json",
+        "views 2/train/a.parquet",
+    ):
+        fs.pipe(f"{bucket}/{key}", key.encode())
+    storage = Storage(f"s3://{bucket}/views [v2]", {"client_kwargs": {"endpoint_url": options["endpoint_url"]}})
+    assert storage.cat_many(["x.json", "train/a.parquet"]) == {
+        "x.json": b"views [v2]/x.json",
+        "train/a.parquet": b"views [v2]/train/a.parquet",
+    }
+    storage.remove("train")
+    storage.remove_many(["x.json", "gone.json"])  # one that is not there is fine
+    fs.invalidate_cache()
+    assert fs.find(bucket) == [f"{bucket}/views 2/train/a.parquet"]

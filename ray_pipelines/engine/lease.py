@@ -249,7 +249,7 @@ class S3LeaseObject:
             current = self.read()  # a store without conditional deletes: check, then delete
             if current is None or current[1] != token:
                 return False
-            self.fs.rm(f"{self.bucket}/{self.key}")
+            self.fs.rm_file(f"{self.bucket}/{self.key}")  # (rm takes [ ] * ? in an output's name for a pattern)
         finally:
             self.fs.invalidate_cache(f"{self.bucket}/{self.key}")
         return True
