@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import glob as globlib
 import logging
 import os
 import posixpath
@@ -30,7 +29,7 @@ from fsspec.utils import glob_translate
 
 from .config import ConfigError
 from .key_lines import parse_key_line
-from .storage import get_fs, is_local, split_protocol, to_url
+from .storage import get_fs, has_magic, is_local, split_protocol, to_url
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +78,10 @@ def without_query(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def _has_magic(path: str) -> bool:
-    return globlib.has_magic(path)
-
-
 def _is_glob(fs, path: str) -> bool:
     """A pattern, unless a file or folder of that very name is there: music libraries name folders
     ``Album [2019]`` and files ``take [1].wav``, which as patterns match ``Album 2`` and ``take 1.wav``."""
-    return _has_magic(path) and not fs.exists(path)
+    return has_magic(path) and not fs.exists(path)
 
 
 ESCAPED = re.compile(r"\[([\[*?])\]")  # [[], [*], [?]: the character itself in a pattern (glob.escape)
@@ -99,7 +94,7 @@ def _glob_root(path: str) -> str:
     fixed = []
     for part in parts:
         literal = ESCAPED.sub(r"\1", part)
-        if _has_magic(ESCAPED.sub("", part)):
+        if has_magic(ESCAPED.sub("", part)):
             break
         fixed.append(literal)
     return "/".join(fixed[:-1] if len(fixed) == len(parts) else fixed)
