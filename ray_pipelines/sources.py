@@ -79,9 +79,13 @@ def without_query(url: str) -> str:
 
 
 def _is_glob(fs, path: str) -> bool:
-    """A pattern, unless a file or folder of that very name is there: music libraries name folders
-    ``Album [2019]`` and files ``take [1].wav``, which as patterns match ``Album 2`` and ``take 1.wav``."""
-    return has_magic(path) and not fs.exists(path)
+    """A pattern, unless its only pattern characters are brackets and a file or folder of that very name
+    is there: music libraries name folders ``Album [2019]`` and files ``take [1].wav``, which as patterns
+    match ``Album 2`` and ``take 1.wav``. (``*`` and ``?`` stay patterns: ``/data/*.wav`` is every file
+    even where a stray file is named ``*.wav``.)"""
+    if not has_magic(path):
+        return False
+    return "*" in path or "?" in path or not fs.exists(path)
 
 
 ESCAPED = re.compile(r"\[([\[*?])\]")  # [[], [*], [?]: the character itself in a pattern (glob.escape)

@@ -87,6 +87,9 @@ def test_names_with_brackets_are_names_where_they_are_there_and_patterns_can_esc
     assert keys(str(album)) == ["take 2.wav", "take [1].wav"]
     assert keys(str(album / "take [1].wav")) == ["take [1].wav"]
     assert keys(f"{tmp_path}/Album [[]2019]/take*.wav") == ["take 2.wav", "take [1].wav"]  # glob.escape's form
+    write_audio(album / "*.wav", tone(0.3))  # a stray file named as a pattern: * and ? stay patterns
+    assert keys(f"{tmp_path}/Album [[]2019]/*.wav") == ["*.wav", "take 2.wav", "take [1].wav"]
+    (album / "*.wav").unlink()
     with pytest.raises(SourceError, match=r"write a \[ that is part of a name as \[\[\] \(Music \[\[\]FLAC\]"):
         list_specs([f"{tmp_path}/Album [2019]/*.wav"], EXT)
     for spec in (str(album), f"{tmp_path}/Album [[]2019]/*.wav"):
