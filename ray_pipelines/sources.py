@@ -219,24 +219,33 @@ def _list_inputs(
     hidden: list[str] = []
     archives: list[str] = []
     for file_path, info in sorted(files.items()):
-        key = _relative_key(file_path, root)
+        name = without_query(file_path)  # a presigned URL named alone: its signature is no part of its name
+        key = _relative_key(name, root)
         if skip_hidden and is_hidden(key):
-            if _is_audio(file_path, extensions) or _is_tar(file_path):  # (a .DS_Store was never an input)
+            if _is_audio(name, extensions) or _is_tar(name):  # (a .DS_Store was never an input)
                 hidden.append(key)
             continue
-        if file_path.lower().endswith(OTHER_ARCHIVE_EXTENSIONS):
+        if name.lower().endswith(OTHER_ARCHIVE_EXTENSIONS):
             archives.append(key)
             continue
-        link_error = _link_error(fs, file_path, info) if _is_audio(file_path, extensions) else ""
-        if _readable_name(key) != key and (_is_audio(file_path, extensions) or _is_tar(file_path)):
+        link_error = _link_error(fs, file_path, info) if _is_audio(name, extensions) else ""
+        if _readable_name(key) != key and (_is_audio(name, extensions) or _is_tar(name)):
             items.append(_not_utf8_item(key, int(info.get("size") or 0), _etag_of(info)))
         elif link_error:
             items.append(InputItem(key=key, uri=to_url(fs, file_path), size=0, error=link_error))
-        elif _is_tar(file_path):
+        elif _is_tar(name):
             shards.append((file_path, key, info))
-        elif _is_audio(file_path, extensions):
+        elif _is_audio(name, extensions):
+            uri = to_url(fs, file_path)
+            source = without_query(uri)  # what the output's rows name, as for a list file's URL lines
             items.append(
-                InputItem(key=key, uri=to_url(fs, file_path), size=int(info.get("size") or 0), etag=_etag_of(info))
+                InputItem(
+                    key=key,
+                    uri=uri,
+                    size=int(info.get("size") or 0),
+                    etag=_etag_of(info),
+                    source=source if source != uri else "",
+                )
             )
     if hidden:
         log.info("%s: left out %d hidden audio files, e.g. %s (sources.is_hidden)", spec, len(hidden), hidden[0])

@@ -147,6 +147,10 @@ def test_http_urls_are_inputs_from_a_folder_a_glob_a_url_and_list_files(library,
     [item] = list_inputs(str(library / "signed.txt"), EXT)
     assert (item.key, item.uri, item.source) == (f"{host}/b/three.ogg", signed, f"{served}/b/three.ogg")
     assert item.size == local["b/three.ogg"].size and item.to_row()["source"] == f"{served}/b/three.ogg"
+    # the same URL as the input itself, a '/' in its query too (it listed nothing: its name, query and all,
+    # is no .ogg)
+    [alone] = list_inputs(signed + "/x%2F", EXT)
+    assert (alone.key, alone.uri, alone.source) == ("three.ogg", signed + "/x%2F", f"{served}/b/three.ogg")
     served_lines = list_inputs(f"{served}/relative.txt", EXT)
     assert [(i.key, i.uri) for i in served_lines] == [
         ("a/one.wav", f"{served}/a/one.wav"),
