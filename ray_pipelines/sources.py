@@ -236,17 +236,7 @@ def _list_inputs(
         elif _is_tar(name):
             shards.append((file_path, key, info))
         elif _is_audio(name, extensions):
-            uri = to_url(fs, file_path)
-            source = without_query(uri)  # what the output's rows name, as for a list file's URL lines
-            items.append(
-                InputItem(
-                    key=key,
-                    uri=uri,
-                    size=int(info.get("size") or 0),
-                    etag=_etag_of(info),
-                    source=source if source != uri else "",
-                )
-            )
+            items.append(_file_item(key, fs, file_path, info))
     if hidden:
         log.info("%s: left out %d hidden audio files, e.g. %s (sources.is_hidden)", spec, len(hidden), hidden[0])
     if shards:
@@ -445,10 +435,17 @@ def _list_file_entry(
     if entry_path.lower().endswith(OTHER_ARCHIVE_EXTENSIONS):
         reason = "an archive that is not plain .tar: only a .tar's members are read; unpack it, or repack it as .tar"
         return [InputItem(key=key, uri=entry_spec, size=0, error=reason)]
-    size = int(info.get("size") or 0)
-    uri = to_url(entry_fs, entry_path)
-    bare = without_query(uri)  # what the output's rows name
-    return [InputItem(key=key, uri=uri, size=size, etag=_etag_of(info), source=bare if bare != uri else "")]
+    return [_file_item(key, entry_fs, entry_path, info)]
+
+
+def _file_item(key: str, fs, path: str, info: dict[str, Any]) -> InputItem:
+    """The input a listed file is: its URL (a presigned one's query kept: the decoder fetches with it) and,
+    where that has a query, the URL without it as the source the output's rows name."""
+    uri = to_url(fs, path)
+    bare = without_query(uri)
+    return InputItem(
+        key=key, uri=uri, size=int(info.get("size") or 0), etag=_etag_of(info), source=bare if bare != uri else ""
+    )
 
 
 def _infos_of(entries: list[tuple[Any, str]]) -> list[dict[str, Any] | BaseException]:
