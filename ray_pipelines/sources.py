@@ -564,8 +564,13 @@ def list_specs(
     one of them, as listing did before, left the other out of the output without a word.
     """
     extensions = list(extensions)
+    specs = list(specs)
     items: dict[str, InputItem] = {}
     clashes: list[tuple[InputItem, InputItem]] = []
+    # A file -> its first key, only where specs can name one file under two keys (one spec's folder inside
+    # another's, a single file or a list file beside a folder): a million-input listing pays nothing else.
+    first_keys: dict[str, str] | None = {} if _specs_can_nest(specs, storage_options) else None
+    renamed: list[tuple[InputItem, str]] = []
     for spec in specs:
         found, archives = _list_inputs(spec, extensions, storage_options, include_hidden)
         if archives and (found or allow_empty):
@@ -585,6 +590,11 @@ def list_specs(
                 + (LITERAL_BRACKETS if "[" in split_protocol(spec)[1] else "")
             )
         for item in found:
+            if first_keys is not None and not item.error:
+                first_key = first_keys.setdefault(item.source or item.uri, item.key)
+                if first_key != item.key:
+                    renamed.append((item, first_key))
+                    continue
             first = items.setdefault(item.key, item)
             if first is not item and (first.source or first.uri) != (item.source or item.uri):
                 clashes.append((first, item))
@@ -596,7 +606,26 @@ def list_specs(
             f"{other.source or other.uri}{more}. A key is the path below its spec's folder: give one folder "
             "above both, or each spec an output of its own"
         )
+    if renamed:
+        item, first_key = renamed[0]
+        log.warning(
+            "input: files named by two specs under two keys (%d, e.g. %s as %r and %r) are read once each, under "
+            "the key of the first spec naming them (not twice, in what could be two splits)",
+            len({item.source or item.uri for item, _ in renamed}),
+            item.source or item.uri,
+            first_key,
+            item.key,
+        )
     return [items[k] for k in sorted(items)]
+
+
+def _specs_can_nest(specs: list[str], storage_options: dict[str, Any] | None) -> bool:
+    """Whether two of ``specs`` can name one file under two keys (a key is the path below its spec's
+    tree): one tree inside another, or a spec without a tree (a single file, a list file)."""
+    if len(specs) < 2:
+        return False
+    trees = [input_tree(spec, storage_options) for spec in specs]
+    return "" in trees or any(inner.startswith(outer + "/") for outer in trees for inner in trees)
 
 
 LITERAL_BRACKETS = (

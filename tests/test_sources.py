@@ -270,8 +270,30 @@ def test_hidden_files_are_left_out_of_folders_globs_and_shards_but_named_ones_ar
 
 
 def test_two_specs_naming_one_file_give_one_input_and_two_files_with_one_key_are_refused(library, tmp_path):
-    inputs = list_specs([str(library), str(library / "a" / "*.wav"), str(library / "a" / "one.wav")], EXT)
-    assert [i.key for i in inputs] == ["a/deep/two.flac", "a/one.wav", "b/three.ogg", "one.wav"]  # a/one.wav twice
+    said, logger = Lines(), logging.getLogger("ray_pipelines.sources")
+    logger.addHandler(said)
+    try:  # the glob and the file give a/one.wav the key one.wav: it was read twice, under two keys
+        inputs = list_specs([str(library), str(library / "a" / "*.wav"), str(library / "a" / "one.wav")], EXT)
+        assert [i.key for i in inputs] == ["a/deep/two.flac", "a/one.wav", "b/three.ogg"]
+        inner_first = list_specs([str(library / "a"), str(library)], EXT)  # the first spec's keys are kept
+        assert [i.key for i in inner_first] == ["b/three.ogg", "deep/two.flac", "one.wav"]
+        assert [i.uri for i in inner_first] == [
+            str(library / p) for p in ("b/three.ogg", "a/deep/two.flac", "a/one.wav")
+        ]
+    finally:
+        logger.removeHandler(said)
+    end = "are read once each, under the key of the first spec naming them (not twice, in what could be two splits)"
+    assert said.lines == [
+        f"input: files named by two specs under two keys (1, e.g. {library}/a/one.wav as 'a/one.wav' and 'one.wav') "
+        + end,
+        f"input: files named by two specs under two keys (2, e.g. {library}/a/deep/two.flac as 'deep/two.flac' and "
+        "'a/deep/two.flac') " + end,
+    ]
+    assert [i.key for i in list_specs([str(library / "a"), str(library / "b")], EXT)] == [
+        "deep/two.flac",
+        "one.wav",
+        "three.ogg",
+    ]  # folders apart: keys as before
     other = tmp_path / "other"
     write_audio(other / "a" / "one.wav", tone(0.25))  # another recording under the same relative path
     write_audio(other / "c" / "four.wav", tone(0.25))
