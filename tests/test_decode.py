@@ -83,6 +83,29 @@ def test_bad_files_raise_clear_reasons(tmp_path, name, content, reason):
         open_path(path)
 
 
+def test_a_wav_whose_lengths_were_never_written_is_read_to_its_end(tmp_path):
+    """A recorder that crashed (or a card pulled) leaves the RIFF and data sizes 0: libsndfile found no
+    frames, so a 2 s recording was the error row `too short: 0.000 s`."""
+    audio = tone(2.0, 16000)
+    whole = write_audio(tmp_path / "whole.wav", audio, 16000).read_bytes()
+    data = whole.find(b"data")
+    unwritten = bytearray(whole)
+    unwritten[4:8] = unwritten[data + 4 : data + 8] = (0).to_bytes(4, "little")
+    path = tmp_path / "crashed.wav"
+    path.write_bytes(bytes(unwritten))
+    with open_path(path) as f:
+        assert (f.frames, f.sample_rate, f.channels, f.backend) == (32000, 16000, 1, "pyav")
+        window, valid = load_window(f, 0.0, 2.0, 16000)
+    with open_path(tmp_path / "whole.wav") as f:
+        expected, _ = load_window(f, 0.0, 2.0, 16000)
+    assert valid == 32000
+    np.testing.assert_array_equal(window, expected)
+    header_only = tmp_path / "header_only.wav"
+    header_only.write_bytes(bytes(unwritten[: data + 8]))  # no samples at all: as before, no frames
+    with open_path(header_only) as f:
+        assert (f.frames, f.backend) == (0, "soundfile")
+
+
 def test_truncated_flac_is_an_error(tmp_path):
     path = write_audio(tmp_path / "t.flac", tone(2.0))
     path.write_bytes(path.read_bytes()[:3000])

@@ -166,6 +166,8 @@ class AudioFile:
                 self._open_with_pyav()
             except DecodeError as av_error:
                 raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
+        if self._sf is not None and self.frames == 0:
+            self._read_past_an_unwritten_length()
         if self.sample_rate <= 0 or self.channels <= 0:
             raise DecodeError("undecodable: header has no sample rate or channels")
 
@@ -178,6 +180,18 @@ class AudioFile:
             return stream.read(len(magic)) == magic
         except Exception as e:  # storage errors: retryable on a later run, as at open
             raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
+
+    def _read_past_an_unwritten_length(self) -> None:
+        """A WAV whose recorder stopped before it wrote the lengths (a crash, a pulled card: both sizes 0)
+        has no frames for libsndfile, which believes its header; FFmpeg reads the samples there are, to
+        the end of the file. A file with no samples at all stays as libsndfile opened it (too short)."""
+        opened = self._sf
+        try:
+            self._open_with_pyav()
+        except DecodeError:
+            return
+        opened.close()
+        self._sf = None
 
     def _open_with_pyav(self) -> None:
         """Decode the whole stream with PyAV (formats libsndfile lacks are short clips in practice)."""
