@@ -45,6 +45,22 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int = 44100) -> Path
     return path
 
 
+def write_mp3_without_length(path: Path, audio: np.ndarray, sample_rate: int = 44100) -> Path:
+    """A mono MP3 with no Xing/Info frame (FFmpeg's ``-write_xing 0``, as stream rips and older encoders
+    write them): libsndfile can only estimate its length. ``write_audio`` writes one that states it."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp3", options={"write_xing": "0"}) as container:
+        stream = container.add_stream("libmp3lame", rate=sample_rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(audio[None, :], format="fltp", layout="mono")
+        frame.sample_rate = sample_rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
 def make_library(root: Path, n_per_format: int = 2, seconds: float = 2.0) -> list[Path]:
     """A folder of tones in every format: ``root/<fmt>/tone_<i>.<fmt>``."""
     paths = []

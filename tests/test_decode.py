@@ -16,7 +16,7 @@ from ray_pipelines.audio.decode import (
     crop_or_pad,
     load_window,
 )
-from tests.audio_helpers import FORMATS, SHARED_AUDIO, tone, write_audio
+from tests.audio_helpers import FORMATS, SHARED_AUDIO, tone, write_audio, write_mp3_without_length
 
 
 def open_path(path) -> AudioFile:
@@ -104,6 +104,39 @@ def test_a_wav_whose_lengths_were_never_written_is_read_to_its_end(tmp_path):
     header_only.write_bytes(bytes(unwritten[: data + 8]))  # no samples at all: as before, no frames
     with open_path(header_only) as f:
         assert (f.frames, f.backend) == (0, "soundfile")
+
+
+def test_an_mp3_that_does_not_state_its_length_is_read_to_where_it_ends(tmp_path):
+    """Without a Xing/Info frame libsndfile estimates an MP3's length from its size, always a few frames
+    long here: the windows reaching the end were 'truncated: header promises 311593 frames, decoding
+    stopped at 309888' (a features job lost 3 of the 6 snippets of every such file)."""
+    audio = tone(7.0, 44100)
+    path = write_mp3_without_length(tmp_path / "rip.mp3", audio, 44100)
+    decoded = sf.read(str(path), dtype="float32")[0]  # every frame there is
+    end = len(decoded)
+    with open_path(path) as f:
+        assert f.length_estimated and f.frames > end  # libsndfile's estimate
+        window, valid = load_window(f, 6.0, 2.0, 44100)  # runs past the end
+        assert (f.frames, f.length_estimated, valid) == (end, False, end - 6 * 44100)
+        np.testing.assert_allclose(window[:valid], decoded[6 * 44100 :], atol=1e-6)  # mpg123 after a seek
+        assert not window[valid:].any()
+        with pytest.raises(
+            DecodeError, match=rf"^past the end: the window starts at 7.100 s, the audio ends at {end / 44100:.3f} s$"
+        ):
+            load_window(f, 7.1, 0.5, 44100)
+    with open_path(path) as f:  # resampled: the valid samples of the end the read found
+        window, valid = load_window(f, 6.0, 2.0, 16000)
+        assert valid == -(-end * 16000 // 44100) - 6 * 16000
+    with open_path(path) as f:  # decoded whole: its real length too
+        assert f.decode_whole() and f.frames == end and not f.length_estimated
+    stated = write_audio(tmp_path / "lame.mp3", audio)  # libsndfile's LAME writes an Info frame
+    with open_path(stated) as f:
+        assert not f.length_estimated and f.frames == len(audio)
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(stated.read_bytes()[: stated.stat().st_size // 2])
+    with open_path(cut) as f:  # a length stated and not there: truncated, as before
+        with pytest.raises(DecodeError, match="^truncated"):
+            load_window(f, 5.0, 1.0, 44100)
 
 
 def test_truncated_flac_is_an_error(tmp_path):

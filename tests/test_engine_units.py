@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import soundfile as sf
 
 from ray_pipelines.engine.decode import Window, WindowDecoder, concat_batches
 from ray_pipelines.engine.runner import DecodeThenStage, JobResult
-from tests.audio_helpers import tone, write_audio
+from tests.audio_helpers import tone, write_audio, write_mp3_without_length
 
 
 def two_windows(key: str, duration: float) -> list[Window]:
@@ -55,6 +56,24 @@ def test_chunked_decode_then_stage_equals_the_whole_block(tmp_path):
     assert whole["window_label"].tolist()[4:6] == ["", ""]  # error rows: the extra column blank
     assert [e.split(":")[0] for e in whole["error"]] == ["", "", "", "", "undecodable", "undecodable", "", ""]
     assert np.all(whole["energy"][[0, 1, 2, 3, 6, 7]] > 0.1)
+
+
+def test_an_mp3_without_a_stated_length_has_its_windows_planned_on_its_real_length(tmp_path):
+    """Planned on libsndfile's estimate (a few frames long), the score job's last-second window started
+    too late and was part padding; its whole file is decoded first (it is short enough) instead."""
+    path = write_mp3_without_length(tmp_path / "rip.mp3", tone(7.0, 16000), 16000)
+    decoded = sf.read(str(path), dtype="float32")[0]
+    decoder = WindowDecoder(
+        plan=lambda key, seconds: [Window(0, seconds - 1.0)],  # the last second
+        sample_rate=16000,
+        duration=1.0,
+        index_column="window",
+        valid_column="valid",
+    )
+    rows = decoder(input_rows([path]))
+    assert (rows["error"].tolist(), rows["valid"].tolist()) == ([""], [16000])
+    assert rows["start_seconds"].tolist() == [len(decoded) / 16000 - 1.0]
+    np.testing.assert_array_equal(rows["audio"][0], decoded[-16000:])
 
 
 def test_concat_batches_fills_columns_a_batch_lacks():

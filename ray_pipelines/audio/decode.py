@@ -26,7 +26,7 @@ import soundfile as sf
 import soxr
 
 from ..storage import get_fs, is_local
-from . import flac
+from . import flac, mp3
 
 
 class DecodeError(Exception):
@@ -118,6 +118,9 @@ class AudioFile:
         self._flac: flac.FlacReader | None = None
         self._decoded: np.ndarray | None = None  # the whole file in memory: PyAV's formats, decode_whole()
         self.backend = ""
+        # ``frames`` is libsndfile's estimate (an MP3 without a Xing/Info frame: ``mp3.py``): a read past
+        # the end there ends the file, where elsewhere it is "truncated"; ``decode_whole`` makes it exact.
+        self.length_estimated = False
         try:
             fs, path = get_fs(source.uri, storage_options)
             self._raw = fs.open(path, "rb")
@@ -160,6 +163,7 @@ class AudioFile:
             self.sample_rate = int(self._sf.samplerate)
             self.frames = int(self._sf.frames)
             self.channels = int(self._sf.channels)
+            self.length_estimated = self._sf.format == "MP3" and not self._read_head(mp3.states_its_length)
         except Exception as sf_error:
             self._sf = None
             try:
@@ -172,12 +176,16 @@ class AudioFile:
             raise DecodeError("undecodable: header has no sample rate or channels")
 
     def _starts_with(self, magic: bytes) -> bool:
+        return self._read_head(lambda f: f.read(len(magic)) == magic)
+
+    def _read_head(self, check):
+        """``check(file)`` on the input read from its start."""
         stream = self._stream()
         try:
             if isinstance(stream, str):
                 with open(stream, "rb") as f:
-                    return f.read(len(magic)) == magic
-            return stream.read(len(magic)) == magic
+                    return check(f)
+            return check(stream)
         except Exception as e:  # storage errors: retryable on a later run, as at open
             raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
 
@@ -255,7 +263,10 @@ class AudioFile:
             data = self._sf.read(num_frames, dtype="float32", always_2d=True)
         except Exception as e:
             raise DecodeError(f"truncated or corrupt: {_first_line(e)}") from None
-        if data.shape[0] < num_frames:
+        if data.shape[0] < num_frames and self.length_estimated:
+            self.frames = start + data.shape[0]  # where the file really ends
+            self.length_estimated = False
+        elif data.shape[0] < num_frames:
             raise DecodeError(
                 f"truncated: header promises {self.frames} frames, decoding stopped at {start + data.shape[0]}"
             )
@@ -361,18 +372,18 @@ def load_window(
     sr = audio_file.sample_rate
     length = int(round(duration * sample_rate))
     start = int(round(start_seconds * sample_rate))
-    total = resampled_length(audio_file.frames, sr, sample_rate)
-    valid = max(0, min(length, total - start))
     if sr == sample_rate:
         audio = conform_channels(audio_file.read(start, length), channels)
+        valid = _valid_samples(audio_file, start, length, sample_rate)  # after the read: where the file ends
         return crop_or_pad(np.ascontiguousarray(audio, dtype=np.float32), length), valid
     # ``native`` native samples span exactly ``target`` output samples: chunks start on those blocks.
     common = math.gcd(sr, sample_rate)
     native, target = sr // common, sample_rate // common
     margin = -(-RESAMPLE_MARGIN * sample_rate // min(sr, sample_rate))
     first = max(0, start - margin) // target
-    last = -(-min(total, start + length + margin) // target)
+    last = -(-min(resampled_length(audio_file.frames, sr, sample_rate), start + length + margin) // target)
     chunk = audio_file.read(first * native, (last - first) * native)
+    valid = _valid_samples(audio_file, start, length, sample_rate)
     audio = resample(conform_channels(chunk, channels), sr, sample_rate)
     offset = start - first * target
     audio = crop_or_pad(audio[..., offset : offset + length], length)
@@ -382,6 +393,18 @@ def load_window(
         audio = np.array(audio)  # a slice of the resampled chunk: write a copy
         audio[..., max(0, end) :] = 0
     return audio, valid
+
+
+def _valid_samples(audio_file: AudioFile, start: int, length: int, sample_rate: int) -> int:
+    """How many of a window's samples are the file's: a window that starts past the end (the end an MP3
+    without a stated length really has, found by the read) has none, and is no window of the file."""
+    valid = min(length, resampled_length(audio_file.frames, audio_file.sample_rate, sample_rate) - start)
+    if valid <= 0 and length > 0:
+        raise DecodeError(
+            f"past the end: the window starts at {start / sample_rate:.3f} s, the audio ends at "
+            f"{audio_file.duration:.3f} s"
+        )
+    return valid
 
 
 def check_finite(audio: np.ndarray) -> None:

@@ -107,6 +107,8 @@ class WindowDecoder:
         skip = set(np.asarray(item["skip"]).tolist()) if item.get("skip") is not None else set()
         try:
             with AudioFile(InputAudio.from_row(item), self.storage_options) as audio_file:
+                if audio_file.length_estimated and audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
+                    audio_file.decode_whole()  # its real length, before the windows are planned on it
                 if audio_file.duration < self.min_duration:
                     raise DecodeError(
                         f"too short: {audio_file.duration:.3f} s is below min_duration {self.min_duration:g} s"
