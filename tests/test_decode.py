@@ -242,11 +242,11 @@ def test_the_decoder_reads_a_short_clip_once_for_all_its_crops(tmp_path, monkeyp
     reads = []
     original = flac.FlacReader.read
     monkeypatch.setattr(flac.FlacReader, "read", lambda self, start, n: reads.append(n) or original(self, start, n))
-    whole = decoder(dict(batch))
+    (whole,) = decoder(dict(batch))  # one piece
     assert reads == [4 * 44100]
     reads.clear()
     monkeypatch.setattr(engine_decode, "WHOLE_FILE_BYTES", 0)
-    one_by_one = decoder(dict(batch))
+    (one_by_one,) = decoder(dict(batch))
     assert len(reads) == 5 and sum(reads) > 3 * 4 * 44100
     assert len(whole["key"]) == 5 and list(whole) == list(one_by_one)
     for name in whole:

@@ -300,14 +300,14 @@ def test_stage_names_resolve_to_the_same_stage_in_the_actor_wrappers(files):
     assert spec.cls == "ray_pipelines.stages.augment:AugmentStage" and spec.resolve() is AugmentStage
     rows = [item.to_row() for item in job.list_inputs()]
     batch = {name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]}
-    by_name = DecodeThenStage(job.decoder(), spec.cls, spec.kwargs, chunk=2)(dict(batch))
-    by_class = DecodeThenStage(job.decoder(), AugmentStage, spec.kwargs, chunk=2)(dict(batch))
+    (by_name,) = DecodeThenStage(job.decoder(), spec.cls, spec.kwargs, chunk=2)(dict(batch))  # one piece
+    (by_class,) = DecodeThenStage(job.decoder(), AugmentStage, spec.kwargs, chunk=2)(dict(batch))
     assert by_name.keys() == by_class.keys() and len(by_name["view1"]) == 6
     for column in ("view1", "view2"):
         assert np.array_equal(by_name[column], by_class[column])
     wrapper = controlled(spec.cls)  # a GPU plan's actor: named like the stage, the name imported in it
     assert wrapper.__name__ == "AugmentStage"
-    decoded = job.decoder()(dict(batch))
+    (decoded,) = job.decoder()(dict(batch))
     out = wrapper(stage_cls=spec.cls, stage_kwargs=spec.kwargs)(dict(decoded))
     assert np.array_equal(out["view1"], by_class["view1"])
     with pytest.raises(ValueError, match="package.module:ClassName"):
@@ -340,7 +340,7 @@ def test_a_cli_run_leaves_torch_unimported_in_the_driver(files, tmp_path):
     (spec,) = job.stages()
     rows = [item.to_row() for item in job.list_inputs()]
     batch = {name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]}
-    local = DecodeThenStage(job.decoder(), spec.cls, spec.kwargs)(batch)
+    (local,) = DecodeThenStage(job.decoder(), spec.cls, spec.kwargs)(batch)
     expected = {(k, int(v)): local["view1"][i] for i, (k, v) in enumerate(zip(local["key"], local["version"]))}
     written = {}
     for path in out.glob("*/part-*.parquet"):

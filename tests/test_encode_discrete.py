@@ -58,7 +58,7 @@ def test_discrete_model_writes_integer_tokens(tmp_path, ray_local):
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
     weight, codebooks = state["proj.weight"].numpy().astype(np.float64), state["codebooks"].numpy().astype(np.float64)
     rows = [item.to_row() for item in job.list_inputs()]
-    decoded = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
+    (decoded,) = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
     for line in (out / "filelist.txt").read_text().splitlines():
         tokens = np.load(out / line)
         md = json.loads((out / line[:-4]).with_suffix(".json").read_text())

@@ -110,7 +110,7 @@ def test_latents_are_fp16_and_equal_to_the_stage_on_the_same_audio(encoded, clip
         assert latents.dtype == np.float16 and latents.shape == (16, 128) and np.isfinite(latents).all()
     # The same windows decoded and encoded here, outside Ray, give the same bytes.
     rows = [item.to_row() for item in job.list_inputs() if item.key in ("bass_hit_c.flac", "loop_amen.flac")]
-    decoded = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
+    (decoded,) = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
     expected = EncodeStage(**job.stage_kwargs())(decoded)
     for key, window, latents in zip(expected["key"], expected["window"], expected["latents"]):
         assert latents.tobytes() == found[(key, int(window))][0].tobytes()

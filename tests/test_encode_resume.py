@@ -52,7 +52,7 @@ def uninterrupted(job: EncodeJob) -> dict[str, bytes]:
     """Sample id -> .npy bytes of every window, decoded and encoded here in one go (what an
     uninterrupted run writes: test_encode_job checks a run against the same computation)."""
     rows = [item.to_row() for item in job.list_inputs()]
-    decoded = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
+    (decoded,) = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
     out = EncodeStage(**job.stage_kwargs())(decoded)
     assert (out["error"] == "").all()
     return {sample_id(k, w): npy_bytes(z) for k, w, z in zip(out["key"], out["window"], out["latents"])}

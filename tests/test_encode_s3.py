@@ -59,7 +59,7 @@ def test_encode_from_and_to_s3(s3_bucket, ray_local):
     # The reader streams the same layout over S3; latents equal the stage's on the same audio.
     dataset = EncodedLatents(output, storage_options=options)
     rows = [item.to_row() for item in job.list_inputs()]
-    decoded = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
+    (decoded,) = job.decoder()({name: np.array([r[name] for r in rows], dtype=object) for name in rows[0]})
     expected = EncodeStage(**job.stage_kwargs())(decoded)
     by_key = {md["key"]: (latents, md) for latents, md in (dataset[i] for i in range(len(dataset)))}
     for key, latents in zip(expected["key"], expected["latents"]):

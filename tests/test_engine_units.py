@@ -47,8 +47,8 @@ def test_chunked_decode_then_stage_equals_the_whole_block(tmp_path):
         path.write_bytes(b"not audio at all")
     paths = sorted(good + bad)  # a, b, c, d, e: chunks of two put c and d (errors only) together
     decoder = WindowDecoder(plan=two_windows, sample_rate=16000, duration=0.5, index_column="window")
-    whole = DecodeThenStage(decoder, Energy, {"scale": 2.0})(input_rows(paths))
-    chunked = DecodeThenStage(decoder, Energy, {"scale": 2.0}, chunk=2)(input_rows(paths))
+    (whole,) = DecodeThenStage(decoder, Energy, {"scale": 2.0})(input_rows(paths))  # a small block: one piece
+    (chunked,) = DecodeThenStage(decoder, Energy, {"scale": 2.0}, chunk=2)(input_rows(paths))
     assert set(chunked) == set(whole)
     for name in whole:
         np.testing.assert_array_equal(chunked[name], whole[name])
@@ -70,7 +70,7 @@ def test_an_mp3_without_a_stated_length_has_its_windows_planned_on_its_real_leng
         index_column="window",
         valid_column="valid",
     )
-    rows = decoder(input_rows([path]))
+    (rows,) = decoder(input_rows([path]))
     assert (rows["error"].tolist(), rows["valid"].tolist()) == ([""], [16000])
     assert rows["start_seconds"].tolist() == [len(decoded) / 16000 - 1.0]
     np.testing.assert_array_equal(rows["audio"][0], decoded[-16000:])

@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -117,3 +119,35 @@ def test_reader_names_missing_columns(audio_cache):
     assert '"key"' not in str(error.value) and '"source"' not in str(error.value)
     with pytest.raises(ValueError, match=r"no column nope; columns: key, .*source$"):
         TeacherCache(audio_cache.output, "train", fields=("x", "nope"))
+
+
+def test_every_window_of_a_long_file_goes_out_in_pieces_and_commits_as_one_input(ray_local, tmp_path):
+    """Every window of a long file (``max_windows: null``) went through the stage and the writer at once:
+    a worker held them all, with the stage's copies (a 30-minute file: 1.06 GB at the worker's peak, 0.77
+    GB in 16 MiB pieces). In pieces the rows are the same, one file per piece, and the input commits whole."""
+    write_audio(tmp_path / "in" / "talk.wav", tone(12.0, 16000, seed=4), 16000)
+    config = {
+        "input": str(tmp_path / "in"),
+        "sample_rate": 16000,
+        "duration": 0.25,  # 48 windows of 16,000 bytes
+        "max_windows": None,
+        "val_fraction": 0.0,
+        "actors": 1,
+        "teachers": [{"kind": "loudness"}],
+    }
+    tables = {}
+    for name, piece_bytes in (("whole", JOB.piece_bytes), ("pieces", 100_000)):  # 7 windows a piece
+        job = JOB(validate_config(TeacherConfig, {**config, "output": str(tmp_path / name)}))
+        job.piece_bytes = piece_bytes
+        result = run_job(job, progress=False)
+        assert result.complete and result.counts["rows_written"] == 48 and result.counts["inputs_with_output"] == 1
+        files = sorted((tmp_path / name / "train").glob("part-*.parquet"))
+        tables[name] = pa.concat_tables(pq.read_table(f) for f in files).sort_by([("window", "ascending")])
+        assert len(files) == {"whole": 1, "pieces": 7}[name]
+        assert len(result.writes) == len(files)
+    assert tables["pieces"]["window"].to_pylist() == list(range(48))
+    assert tables["pieces"].equals(tables["whole"])
+    again = JOB(validate_config(TeacherConfig, {**config, "output": str(tmp_path / "pieces")}))
+    again.piece_bytes = 100_000
+    rerun = run_job(again, progress=False)  # the seven parts made one committed input
+    assert rerun.complete and rerun.counts["processed_this_run"] == 0 and rerun.counts["rows_written"] == 48

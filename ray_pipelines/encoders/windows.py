@@ -8,6 +8,7 @@ than the work.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from ..audio.decode import DecodeError
@@ -40,8 +41,7 @@ class WindowPlan:
 class EncodeDecoder(WindowDecoder):
     """The engine's decoder, with ``file_seconds`` on every row (error rows too, so batches stack)."""
 
-    def decode_input(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        rows = super().decode_input(item)
-        for row in rows:
+    def input_rows(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for row in super().input_rows(item):
             row.setdefault("file_seconds", 0.0)
-        return rows
+            yield row

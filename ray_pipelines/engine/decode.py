@@ -9,7 +9,7 @@ wrong becomes an error row with a reason; nothing raises out of here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,11 @@ ROW_COLUMNS = ("key", "split", "samples_per_input", "error", "etag", "source")
 # of float32 samples, about 3 minutes of 44.1 kHz stereo): the augment job's five 3 s crops of a
 # 4 s clip read it four times over, and the decode tasks are what bounds that job on a GPU.
 WHOLE_FILE_BYTES = 64 * 2**20
+# A block's windows go through the decoder, its stage and out in pieces of about this many bytes of
+# decoded audio (one piece for a block that holds less, as nearly every block does): every window of a
+# 2-hour file (1.3 GB of mono 44.1 kHz) held at once, with the stage's own copies, took a worker about
+# three times that on top of its own (``Job.piece_bytes``).
+PIECE_BYTES = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -102,51 +107,82 @@ class WindowDecoder:
 
     def decode_input(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """All rows (windows or one error row) for one input."""
+        return list(self.input_rows(item))
+
+    def input_rows(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """:meth:`decode_input`'s rows, each window decoded as it is asked for: an input's windows need
+        not all be in memory at once (every window of an hour-long file). Errors before the first window
+        make the one error row of the input; a window's own failure, its error row."""
         if item.get("error"):
-            return [self._row(item, -1, 0, str(item["error"]), None)]
+            yield self._row(item, -1, 0, str(item["error"]), None)
+            return
         skip = set(np.asarray(item["skip"]).tolist()) if item.get("skip") is not None else set()
         try:
-            with AudioFile(InputAudio.from_row(item), self.storage_options) as audio_file:
-                if audio_file.length_estimated and audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
-                    audio_file.decode_whole()  # its real length, before the windows are planned on it
-                if audio_file.duration < self.min_duration:
-                    raise DecodeError(
-                        f"too short: {audio_file.duration:.3f} s is below min_duration {self.min_duration:g} s"
-                    )
-                windows = self.plan(item["key"], audio_file.duration)
-                todo = sum(window.index not in skip for window in windows)
-                if todo > 1 and todo * self.duration > audio_file.duration:
-                    if audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
-                        audio_file.decode_whole()
-                rows = []
-                for window in windows:
-                    if window.index in skip:
-                        continue
-                    try:
-                        audio, valid = load_window(
-                            audio_file, window.start, self.duration, self.sample_rate, self.channels
-                        )
-                        check_finite(audio)
-                        check_not_silent(audio, self.silence_db)
-                        rows.append(
-                            self._row(item, window.index, len(windows), "", audio, window.start, valid, window.extra)
-                        )
-                    except DecodeError as e:
-                        rows.append(
-                            self._row(item, window.index, len(windows), str(e), None, window.start, extra=window.extra)
-                        )
-                return rows
+            audio_file = AudioFile(InputAudio.from_row(item), self.storage_options)
         except DecodeError as e:
-            return [self._row(item, -1, 0, str(e), None)]
+            yield self._row(item, -1, 0, str(e), None)
+            return
         except Exception as e:  # a decoder bug must not take the other inputs down with it
-            return [self._row(item, -1, 0, f"undecodable: {type(e).__name__}: {e}", None)]
+            yield self._row(item, -1, 0, f"undecodable: {type(e).__name__}: {e}", None)
+            return
+        with audio_file:
+            try:
+                windows = self._plan(item, audio_file, skip)
+            except DecodeError as e:
+                yield self._row(item, -1, 0, str(e), None)
+                return
+            except Exception as e:
+                yield self._row(item, -1, 0, f"undecodable: {type(e).__name__}: {e}", None)
+                return
+            for window in windows:
+                if window.index in skip:
+                    continue
+                yield self._window_row(item, audio_file, window, len(windows))
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _plan(self, item: dict[str, Any], audio_file: AudioFile, skip: set[int]) -> list[Window]:
+        """The input's windows, once its length is known; the whole file decoded where that saves reads."""
+        if audio_file.length_estimated and audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
+            audio_file.decode_whole()  # its real length, before the windows are planned on it
+        if audio_file.duration < self.min_duration:
+            raise DecodeError(f"too short: {audio_file.duration:.3f} s is below min_duration {self.min_duration:g} s")
+        windows = self.plan(item["key"], audio_file.duration)
+        todo = sum(window.index not in skip for window in windows)
+        if todo > 1 and todo * self.duration > audio_file.duration:
+            if audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
+                audio_file.decode_whole()
+        return windows
+
+    def _window_row(self, item: dict[str, Any], audio_file: AudioFile, window: Window, count: int) -> dict[str, Any]:
+        try:
+            audio, valid = load_window(audio_file, window.start, self.duration, self.sample_rate, self.channels)
+            check_finite(audio)
+            check_not_silent(audio, self.silence_db)
+            return self._row(item, window.index, count, "", audio, window.start, valid, window.extra)
+        except DecodeError as e:
+            reason = str(e)
+        except Exception as e:  # a decoder bug: this window's error row, the windows before it kept
+            reason = f"undecodable: {type(e).__name__}: {e}"
+        return self._row(item, window.index, count, reason, None, window.start, extra=window.extra)
+
+    def pieces(self, batch: dict[str, np.ndarray], piece_bytes: int = PIECE_BYTES) -> Iterator[dict[str, np.ndarray]]:
+        """The batch's rows as NumPy batches of about ``piece_bytes`` of audio each (one batch where the
+        whole block holds less): what a block of long files' windows holds never sits in memory at once."""
         names = list(batch)
         rows: list[dict[str, Any]] = []
+        held = 0
         for i in range(len(batch["key"])):
-            rows.extend(self.decode_input({name: python_scalar(batch[name][i]) for name in names}))
-        return rows_to_batch(rows)
+            for row in self.input_rows({name: python_scalar(batch[name][i]) for name in names}):
+                rows.append(row)
+                held += row["audio"].nbytes
+                if held >= piece_bytes:
+                    yield rows_to_batch(rows)
+                    rows, held = [], 0
+        if rows:
+            yield rows_to_batch(rows)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """The decode task of a GPU plan (``map_batches``): the block's rows, in :meth:`pieces`."""
+        yield from self.pieces(batch)
 
 
 def python_scalar(value: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from ..config import CommonConfig
 from ..sources import InputItem, list_specs
 from ..storage import Storage
+from .decode import PIECE_BYTES
 from .hf import write_dataset_card
 from .manifest import default_is_data_file
 from .sink import ShardSink
@@ -77,6 +78,8 @@ class Job(abc.ABC):
     # On CPU clusters the first actor decodes its own blocks, this many inputs at a time
     # (None: the whole block at once). Jobs whose decoded inputs are large set a few.
     decode_chunk: ClassVar[int | None] = None
+    # What of a block's decoded audio goes through the stage and out at once (``engine.decode.PIECE_BYTES``).
+    piece_bytes: int = PIECE_BYTES
 
     def __init__(self, config: CommonConfig):
         self.config = config

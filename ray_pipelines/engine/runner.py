@@ -32,7 +32,7 @@ from ..sources import InputItem, SourceError, overlapping_input, ray_working_dir
 from ..storage import Storage, is_local
 from .changes import detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
-from .decode import concat_batches
+from .decode import PIECE_BYTES, concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
 from .manifest import LEASE_FILE, OutputState, Progress, lost_keys, stop_point
@@ -496,7 +496,13 @@ class DecodeThenStage:
     """
 
     def __init__(
-        self, decoder, stage_cls: type | str, stage_kwargs: dict[str, Any], chunk: int | None = None, control=None
+        self,
+        decoder,
+        stage_cls: type | str,
+        stage_kwargs: dict[str, Any],
+        chunk: int | None = None,
+        control=None,
+        piece_bytes: int = PIECE_BYTES,
     ):
         from .job import stage_class
 
@@ -504,21 +510,35 @@ class DecodeThenStage:
         self.decoder = decoder
         self.stage = stage_class(stage_cls)(**stage_kwargs)
         self.chunk = chunk
+        self.piece_bytes = piece_bytes
         self.control = control  # the run's RunControl: registered; a stopped run decodes nothing more
         if control is not None:
             control.register_actor()
         mark("actor ready")
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The block's stage output: one batch, or one per ``piece_bytes`` of decoded audio where the block
+        holds more (a long file's every window), each handed on before the next is decoded."""
         if self.control is not None:
             self.control.check()
         n = len(next(iter(batch.values()), ()))
         size = self.chunk or max(1, n)
-        outputs = []
+        outputs, held, handed_on = [], 0, False
         for start in range(0, n, size):
-            decoded = self.decoder({name: values[start : start + size] for name, values in batch.items()})
-            outputs.append(self.stage(decoded) if decoded else decoded)
-        return concat_batches(outputs)
+            chunk = {name: values[start : start + size] for name, values in batch.items()}
+            pieces = (
+                self.decoder.pieces(chunk, self.piece_bytes)
+                if hasattr(self.decoder, "pieces")
+                else [self.decoder(chunk)]
+            )
+            for decoded in pieces:
+                held += sum(v.nbytes for v in decoded.values() if isinstance(v, np.ndarray) and v.dtype != object)
+                outputs.append(self.stage(decoded) if decoded else decoded)
+                if held >= self.piece_bytes:
+                    yield concat_batches(outputs)
+                    outputs, held, handed_on = [], 0, True
+        if outputs or not handed_on:
+            yield concat_batches(outputs)
 
 
 class DecodeStageWrite(DecodeThenStage):
@@ -531,10 +551,11 @@ class DecodeStageWrite(DecodeThenStage):
         self.sink = sink
         self.blocks_written = 0  # the report's "rank": informational, names no file
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        report = self.sink.write_block(super().__call__(batch), rank=self.blocks_written)
-        self.blocks_written += 1
-        return {name: np.array([value]) for name, value in report.items()}
+    def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for output in super().__call__(batch):  # a piece written before the next is decoded
+            report = self.sink.write_block(output, rank=self.blocks_written)
+            self.blocks_written += 1
+            yield {name: np.array([value]) for name, value in report.items()}
 
 
 def input_dataset(pending: pa.Table, per_block: int) -> ray.data.Dataset:
@@ -576,6 +597,7 @@ def _execute(
                 "stage_kwargs": first.kwargs,
                 "chunk": job.decode_chunk,
                 "control": control,
+                "piece_bytes": job.piece_bytes,
             }
             # A one-stage job's actors also write their output (unless the sink lays files
             # out by write-task rank): no output tensors through the object store, no write tasks.
