@@ -16,7 +16,8 @@ from ray_pipelines.audio.decode import (
     crop_or_pad,
     load_window,
 )
-from tests.audio_helpers import FORMATS, SHARED_AUDIO, tone, write_audio, write_mp3_without_length
+from ray_pipelines.sources import list_inputs
+from tests.audio_helpers import FORMATS, SHARED_AUDIO, tone, write_audio, write_mp3_without_length, write_tar
 
 
 def open_path(path) -> AudioFile:
@@ -83,25 +84,49 @@ def test_bad_files_raise_clear_reasons(tmp_path, name, content, reason):
         open_path(path)
 
 
-def test_a_wav_whose_lengths_were_never_written_is_read_to_its_end(tmp_path):
+def unwritten_lengths(wav: bytes) -> bytes:
+    """A WAV as a recorder leaves it when it stops before writing the lengths: both sizes 0."""
+    data = wav.find(b"data")
+    crashed = bytearray(wav)
+    crashed[4:8] = crashed[data + 4 : data + 8] = (0).to_bytes(4, "little")
+    return bytes(crashed)
+
+
+@pytest.mark.parametrize(
+    "subtype, channels, backend",
+    [("PCM_16", 1, "soundfile"), ("PCM_24", 2, "soundfile"), ("FLOAT", 2, "soundfile"), ("IMA_ADPCM", 1, "pyav")],
+)
+def test_a_wav_whose_lengths_were_never_written_is_read_to_its_end(tmp_path, subtype, channels, backend):
     """A recorder that crashed (or a card pulled) leaves the RIFF and data sizes 0: libsndfile found no
-    frames, so a 2 s recording was the error row `too short: 0.000 s`."""
-    audio = tone(2.0, 16000)
-    whole = write_audio(tmp_path / "whole.wav", audio, 16000).read_bytes()
-    data = whole.find(b"data")
-    unwritten = bytearray(whole)
-    unwritten[4:8] = unwritten[data + 4 : data + 8] = (0).to_bytes(4, "little")
+    frames, so a 2 s recording was the error row `too short: 0.000 s`. PCM is read as raw samples, a
+    window at a time (a long recording never whole in memory); a compressed WAV through FFmpeg."""
+    audio = tone(2.0, 16000, channels=channels)
+    whole = tmp_path / "whole.wav"
+    sf.write(str(whole), audio, 16000, subtype=subtype)
     path = tmp_path / "crashed.wav"
-    path.write_bytes(bytes(unwritten))
+    path.write_bytes(unwritten_lengths(whole.read_bytes()))
+    with open_path(whole) as f:
+        frames = f.frames
+        expected, _ = load_window(f, 0.5, 1.0, 16000, channels=channels)
     with open_path(path) as f:
-        assert (f.frames, f.sample_rate, f.channels, f.backend) == (32000, 16000, 1, "pyav")
-        window, valid = load_window(f, 0.0, 2.0, 16000)
-    with open_path(tmp_path / "whole.wav") as f:
-        expected, _ = load_window(f, 0.0, 2.0, 16000)
-    assert valid == 32000
+        assert (f.frames, f.sample_rate, f.channels, f.backend) == (frames, 16000, channels, backend)
+        window, valid = load_window(f, 0.5, 1.0, 16000, channels=channels)
+    assert valid == 16000
     np.testing.assert_array_equal(window, expected)
+
+
+def test_a_wav_without_lengths_in_a_tar_shard_and_one_without_samples(tmp_path):
+    whole = write_audio(tmp_path / "whole.wav", tone(2.0, 16000), 16000)
+    shard = write_tar(tmp_path / "s.tar", {"a.flac": b"x" * 1000, "crashed.wav": unwritten_lengths(whole.read_bytes())})
+    (member,) = [i for i in list_inputs(str(shard), ["wav"])]
+    with AudioFile(InputAudio(member.uri, member.size, member.member_offset)) as f:
+        window, valid = load_window(f, 1.0, 1.0, 16000)
+        assert (f.frames, f.backend, valid) == (32000, "soundfile", 16000)
+    with open_path(whole) as f:
+        np.testing.assert_array_equal(window, load_window(f, 1.0, 1.0, 16000)[0])
+    crashed = unwritten_lengths(whole.read_bytes())
     header_only = tmp_path / "header_only.wav"
-    header_only.write_bytes(bytes(unwritten[: data + 8]))  # no samples at all: as before, no frames
+    header_only.write_bytes(crashed[: crashed.find(b"data") + 8])  # no samples at all: as before, no frames
     with open_path(header_only) as f:
         assert (f.frames, f.backend) == (0, "soundfile")
 

@@ -26,7 +26,7 @@ import soundfile as sf
 import soxr
 
 from ..storage import get_fs, is_local
-from . import flac, mp3
+from . import flac, mp3, wav
 
 
 class DecodeError(Exception):
@@ -191,15 +191,40 @@ class AudioFile:
 
     def _read_past_an_unwritten_length(self) -> None:
         """A WAV whose recorder stopped before it wrote the lengths (a crash, a pulled card: both sizes 0)
-        has no frames for libsndfile, which believes its header; FFmpeg reads the samples there are, to
-        the end of the file. A file with no samples at all stays as libsndfile opened it (too short)."""
+        has no frames for libsndfile, which believes its header (``wav.py``): its PCM samples are read
+        as raw samples up to the end of the file, a window at a time; another such file is decoded by
+        FFmpeg, which reads to the end. A file with no samples at all stays as libsndfile opened it (too
+        short)."""
         opened = self._sf
+        samples = self._raw_samples(opened)
+        if samples is not None and samples.frames > 0:
+            opened.close()
+            self._sf, self.frames = samples, int(samples.frames)
+            return
         try:
             self._open_with_pyav()
         except DecodeError:
             return
         opened.close()
         self._sf = None
+
+    def _raw_samples(self, opened: sf.SoundFile) -> sf.SoundFile | None:
+        """The samples of a PCM WAV without lengths, from its data chunk to the end, as raw samples."""
+        if opened.format not in ("WAV", "WAVEX") or opened.subtype not in wav.SAMPLE_BYTES or self.source.size <= 0:
+            return None
+        start = self._read_head(wav.samples_offset)
+        if not 0 < start < self.source.size:
+            return None
+        file_start = max(self.source.member_offset, 0)  # a tar member's bytes start there
+        samples = _RangeFile(self._raw, file_start + start, self.source.size - start)
+        return sf.SoundFile(
+            samples,
+            samplerate=opened.samplerate,
+            channels=opened.channels,
+            subtype=opened.subtype,
+            endian="LITTLE",
+            format="RAW",
+        )
 
     def _open_with_pyav(self) -> None:
         """Decode the whole stream with PyAV (formats libsndfile lacks are short clips in practice)."""
