@@ -131,6 +131,33 @@ def test_a_wav_without_lengths_in_a_tar_shard_and_one_without_samples(tmp_path):
         assert (f.frames, f.backend) == (0, "soundfile")
 
 
+def test_a_flac_whose_header_gives_no_length_is_decoded_to_its_end(tmp_path):
+    """A FLAC encoded to a pipe (``ffmpeg ... -f flac -``, ``flac -`` from stdin) has 0 total samples in its
+    STREAMINFO: libsndfile said 2^63 - 1 frames, every window was `truncated or corrupt: Internal
+    psf_fseek() failed.`, and a plan of every window that fits would never have ended."""
+    import av
+
+    whole = tmp_path / "whole.flac"
+    with av.open(str(whole), "w", format="flac") as container:  # FFmpeg's FLAC, as a pipe's would be
+        stream = container.add_stream("flac", rate=16000)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(tone(3.0, 16000, channels=2).T.copy(), format="fltp", layout="stereo")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    streamed = bytearray(whole.read_bytes())
+    streamed[21] &= 0xF0  # STREAMINFO's 36-bit total samples: the low 4 bits of byte 21, bytes 22-25
+    streamed[22:26] = bytes(4)
+    path = tmp_path / "streamed.flac"
+    path.write_bytes(bytes(streamed))
+    with open_path(whole) as f:
+        expected = load_window(f, 1.0, 1.5, 22050, channels=2)
+    with open_path(path) as f:
+        assert (f.frames, f.channels, f.backend) == (48000, 2, "pyav")
+        window, valid = load_window(f, 1.0, 1.5, 22050, channels=2)
+    assert valid == expected[1] and window.tobytes() == expected[0].tobytes()
+
+
 def test_an_mp3_that_does_not_state_its_length_is_read_to_where_it_ends(tmp_path):
     """Without a Xing/Info frame libsndfile estimates an MP3's length from its size, always a few frames
     long here: the windows reaching the end were 'truncated: header promises 311593 frames, decoding

@@ -28,6 +28,9 @@ import soxr
 from ..storage import get_fs, is_local
 from . import flac, mp3, wav
 
+# libsndfile's frame count for a stream whose header gives none (SF_COUNT_MAX, 2^63 - 1).
+UNKNOWN_LENGTH = 2**62
+
 
 class DecodeError(Exception):
     """An input that cannot become audio; ``str(e)`` is the reason recorded."""
@@ -163,15 +166,18 @@ class AudioFile:
             self.sample_rate = int(self._sf.samplerate)
             self.frames = int(self._sf.frames)
             self.channels = int(self._sf.channels)
-            self.length_estimated = self._sf.format == "MP3" and not self._read_head(mp3.states_its_length)
         except Exception as sf_error:
             self._sf = None
             try:
                 self._open_with_pyav()
             except DecodeError as av_error:
                 raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
-        if self._sf is not None and self.frames == 0:
-            self._read_past_an_unwritten_length()
+        if self._sf is not None:  # where libsndfile's length is not the file's
+            self.length_estimated = self._sf.format == "MP3" and not self._read_head(mp3.states_its_length)
+            if self.frames >= UNKNOWN_LENGTH:
+                self._decode_to_the_end()
+            elif self.frames == 0:
+                self._read_past_an_unwritten_length()
         if self.sample_rate <= 0 or self.channels <= 0:
             raise DecodeError("undecodable: header has no sample rate or channels")
 
@@ -188,6 +194,15 @@ class AudioFile:
             return check(stream)
         except Exception as e:  # storage errors: retryable on a later run, as at open
             raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
+
+    def _decode_to_the_end(self) -> None:
+        """A stream whose header gives no length (a FLAC encoded to a pipe: 0 total samples, which
+        libsndfile reports as 2^63 - 1 frames, and its seeks, soundfile's reads too, then fail at the
+        end) is decoded whole by FFmpeg, which reads to the end."""
+        opened = self._sf
+        self._open_with_pyav()
+        opened.close()
+        self._sf = None
 
     def _read_past_an_unwritten_length(self) -> None:
         """A WAV whose recorder stopped before it wrote the lengths (a crash, a pulled card: both sizes 0)
