@@ -58,6 +58,38 @@ def test_chunked_decode_then_stage_equals_the_whole_block(tmp_path):
     assert np.all(whole["energy"][[0, 1, 2, 3, 6, 7]] > 0.1)
 
 
+class Clips(Energy):
+    """A stand-in stage whose output holds the audio too (a teacher's clips); it notes each batch's rows."""
+
+    batches: list[int] = []
+
+    def __call__(self, batch):
+        Clips.batches.append(len(batch["key"]))
+        batch["energy"] = self.scale * np.square(batch["audio"]).mean(axis=1)
+        return batch
+
+
+def test_a_block_is_decoded_in_pieces_and_handed_on_in_pieces_of_its_output(tmp_path):
+    """Every window of a block at once was what a worker held (a long file's, every one); in pieces of
+    ``piece_bytes`` of audio, handed on where the stage's output holds that much (clips), else whole."""
+    paths = [write_audio(tmp_path / f"{name}.flac", tone(2.0, 16000, seed=i), 16000) for i, name in enumerate("abc")]
+    eight = WindowDecoder(  # 8 windows of 16,000 bytes per file
+        plan=lambda key, seconds: [Window(i, 0.25 * i) for i in range(8)],
+        sample_rate=16000,
+        duration=0.25,
+        index_column="window",
+    )
+    (whole,) = DecodeThenStage(eight, Clips, {"scale": 1.0})(input_rows(paths))
+    assert Clips.batches == [24]
+    Clips.batches.clear()
+    pieces = list(DecodeThenStage(eight, Clips, {"scale": 1.0}, piece_bytes=40_000)(input_rows(paths)))
+    assert Clips.batches == [3] * 8 and [len(p["key"]) for p in pieces] == [3] * 8  # 3 windows make 48,000
+    for name, values in concat_batches(pieces).items():
+        np.testing.assert_array_equal(values, whole[name])
+    (energies,) = DecodeThenStage(eight, Energy, {"scale": 1.0}, piece_bytes=40_000)(input_rows(paths))
+    np.testing.assert_array_equal(energies["energy"], whole["energy"])  # a small output: handed on whole
+
+
 def test_an_mp3_without_a_stated_length_has_its_windows_planned_on_its_real_length(tmp_path):
     """Planned on libsndfile's estimate (a few frames long), the score job's last-second window started
     too late and was part padding; its whole file is decoded first (it is short enough) instead."""

@@ -517,8 +517,9 @@ class DecodeThenStage:
         mark("actor ready")
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """The block's stage output: one batch, or one per ``piece_bytes`` of decoded audio where the block
-        holds more (a long file's every window), each handed on before the next is decoded."""
+        """The block's stage output: decoded and staged a piece of about ``piece_bytes`` of audio at a time
+        (nearly every block is one piece), handed on as one batch, or one per ``piece_bytes`` of output
+        where it is more (a teacher's every clip of a long file; an encode block's latents stay one)."""
         if self.control is not None:
             self.control.check()
         n = len(next(iter(batch.values()), ()))
@@ -532,8 +533,10 @@ class DecodeThenStage:
                 else [self.decoder(chunk)]
             )
             for decoded in pieces:
-                held += sum(v.nbytes for v in decoded.values() if isinstance(v, np.ndarray) and v.dtype != object)
-                outputs.append(self.stage(decoded) if decoded else decoded)
+                output = self.stage(decoded) if decoded else decoded
+                del decoded  # the piece's audio, before the next is decoded
+                outputs.append(output)
+                held += sum(v.nbytes for v in output.values() if isinstance(v, np.ndarray) and v.dtype != object)
                 if held >= self.piece_bytes:
                     yield concat_batches(outputs)
                     outputs, held, handed_on = [], 0, True
