@@ -145,6 +145,7 @@ def test_every_window_of_a_long_file_goes_out_in_pieces_and_commits_as_one_input
         tables[name] = pa.concat_tables(pq.read_table(f) for f in files).sort_by([("window", "ascending")])
         assert len(files) == {"whole": 1, "pieces": 7}[name]
         assert len(result.writes) == len(files)
+        assert sorted(w["inputs"] for w in result.writes) == [0] * (len(files) - 1) + [1]  # the last piece finishes it
     assert tables["pieces"]["window"].to_pylist() == list(range(48))
     assert tables["pieces"].equals(tables["whole"])
     again = JOB(validate_config(TeacherConfig, {**config, "output": str(tmp_path / "pieces")}))

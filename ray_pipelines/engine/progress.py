@@ -43,9 +43,10 @@ def rate(per_second: float) -> str:
 class ProgressDisplay:
     """Counts what the write reports say; the displays below decide when and how to show it.
 
-    ``inputs_done`` adds the inputs each report names; an input whose rows were split over two
-    writes (a block larger than Ray's target block size) counts in both, so it is capped at
-    the inputs to do. The manifest's counts in the summary are exact.
+    ``inputs_done`` adds the inputs each report finishes (its write holds their last sample: a long
+    input's pieces, or a block split by Ray's target block size, count once); an input resumed whose
+    last sample was committed before counts in none, and a retried write counts twice, so it is capped
+    at the inputs to do. The manifest's counts in the summary are exact.
     """
 
     def __init__(self, job: str, rows_label: str = "rows", clock: Callable[[], float] = time.monotonic):

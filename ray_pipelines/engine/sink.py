@@ -141,6 +141,9 @@ class ShardSink(Datasink):
         ok = errors == ""
 
         inputs: dict[str, dict[str, Any]] = {}
+        # Inputs whose last sample (or one error row) is in this write: the progress's inputs done. A long
+        # input's samples come in several writes (pieces), each naming it, and only its last finishes it.
+        finished = int(np.count_nonzero(indices == expected.astype(np.int64) - 1))  # an error row of one: -1, 0
         for i, key in enumerate(keys):
             entry = inputs.setdefault(key, {"expected": 0, "written": [], "etag": ""})
             entry["expected"] = max(entry["expected"], int(expected[i]))
@@ -180,7 +183,7 @@ class ShardSink(Datasink):
         name = content_hash(self.fingerprint, keys, indices)
         storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part, compact=True)
         return report(
-            inputs=len(inputs),
+            inputs=finished,
             rows=int(ok.sum()),
             error_rows=len(error_rows),
             files=len(files),
@@ -275,8 +278,8 @@ def report(
     inputs: int = 0, rows: int = 0, error_rows: int = 0, files: int = 0, bytes: int = 0, fenced: bool = False
 ) -> dict[str, Any]:
     """What a write reports to the driver (``JobResult.writes``, the live progress): the same keys
-    every time (``inputs``: the inputs this write holds rows of; ``writer`` names the process that
-    wrote, for the steady-state rate)."""
+    every time (``inputs``: the inputs whose last sample or error row this write holds; ``writer`` names
+    the process that wrote, for the steady-state rate)."""
     return {
         "inputs": inputs,
         "rows": rows,
