@@ -76,7 +76,7 @@ def commit(state: OutputState) -> dict:
     )
 
 
-def batch(keys, indices, key_column="key", index_column="version", errors=None) -> dict[str, np.ndarray]:
+def batch(keys, indices, key_column="key", index_column="version", errors=None, etag="e") -> dict[str, np.ndarray]:
     n = len(keys)
     columns = {
         "key": np.array(keys, dtype=object),
@@ -85,7 +85,7 @@ def batch(keys, indices, key_column="key", index_column="version", errors=None) 
         "error": np.array(errors or [""] * n, dtype=object),
         "split": np.array(["train"] * n, dtype=object),
         "samples_per_input": np.full(n, 2),
-        "etag": np.array(["e"] * n, dtype=object),
+        "etag": np.array([etag] * n, dtype=object),
     }
     if key_column != "key":
         columns[key_column] = columns["key"].copy()
@@ -133,6 +133,35 @@ def test_dropping_inputs_rewrites_their_files_and_switches_manifests(tmp_path):
 
     # The same drop again changes nothing (a rerun after a kill writes the same names).
     assert drop_inputs(state, sink, {"b", "c", "d"}) == 0 and state.live_parts() == committed
+
+
+def test_a_changed_input_written_again_as_before_is_committed_with_its_new_rows(tmp_path):
+    """A re-recorded file whose new rows are the very (key, sample) set its old block held (one input
+    alone, or one piece of a long one): its new manifest took the old one's name, which the drop had
+    retired, so the new rows counted for nothing and the run ended incomplete with the input lost."""
+    state = OutputState(Storage(str(tmp_path)))
+    sink = ShardSink(
+        output=str(tmp_path),
+        storage_options=None,
+        fingerprint="f" * 64,
+        index_column="version",
+        output_columns=["key", "version", "view1"],
+        rows_per_file=3,
+    )
+    sink.run_id = state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+    sink.write_rows(batch(["d", "d"], [0, 1], etag="take-1"), rank=0)
+    commit(state)
+    (old_file,) = tmp_path.glob("train/*.parquet")
+    sink.run_id = state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+    drop_inputs(state, sink, {"d"})  # changed: its rows leave, then it is processed again
+    new_rows = batch(["d", "d"], [0, 1], etag="take-2")
+    new_rows["view1"] = -new_rows["view1"]
+    sink.write_rows(new_rows, rank=0)
+    assert state.progress().written == {"d": {0, 1}}
+    assert commit(state)["complete"]
+    (new_file,) = tmp_path.glob("train/*.parquet")
+    assert new_file.name != old_file.name  # a reader of the old commit finds its file gone, never new rows
+    np.testing.assert_array_equal(column_to_numpy(pq.read_table(new_file)["view1"]), new_rows["view1"])
 
 
 def test_a_replaced_manifest_counts_for_nothing_even_before_it_is_deleted(tmp_path):

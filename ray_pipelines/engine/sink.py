@@ -52,11 +52,22 @@ TARGET_ROW_GROUP_BYTES = 128 * 1024
 ZSTD_LEVEL = 1
 
 
-def content_hash(fingerprint: str, keys: Iterable[str], indices: Iterable[int]) -> str:
+def content_hash(
+    fingerprint: str, keys: Iterable[str], indices: Iterable[int], etags: Iterable[str] | None = None
+) -> str:
+    """A name for rows: the same rows (keys, samples and, where given, the inputs' identities) get the
+    same name in every run, so a write done again replaces itself. The identities tell a changed input's
+    new rows from the ones it replaces: under the old rows' name, its new manifest was the one the
+    rewrite had retired (``engine.rewrite``), so the new rows counted for nothing and the input was lost
+    (a re-recorded file whose block held what its old block held: one input, or one long input's piece)."""
     h = hashlib.blake2b(digest_size=10)
     h.update(fingerprint.encode())
-    for key, index in zip(keys, indices):
-        h.update(f"\n{key}\x1f{int(index)}".encode())
+    if etags is None:
+        for key, index in zip(keys, indices):
+            h.update(f"\n{key}\x1f{int(index)}".encode())
+    else:
+        for key, index, etag in zip(keys, indices, etags):
+            h.update(f"\n{key}\x1f{int(index)}\x1f{etag}".encode())
     return h.hexdigest()
 
 
@@ -180,7 +191,7 @@ class ShardSink(Datasink):
             # A newer run owns the output (this task outlived a killed driver): leave the
             # files as orphans for that run's commit to remove, and commit nothing.
             return report(fenced=True)
-        name = content_hash(self.fingerprint, keys, indices)
+        name = content_hash(self.fingerprint, keys, indices, etags)
         storage.write_json(f"{MANIFEST_DIR}/part-{name}.json", part, compact=True)
         return report(
             inputs=finished,
@@ -206,7 +217,8 @@ class ShardSink(Datasink):
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Write one file of ``rows`` (sorted, all in ``split``); return its file records and schema."""
         table = self.make_table(rows)
-        name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column])
+        etags = rows[ETAG].astype(str) if ETAG in rows else None
+        name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column], etags)
         relpath = f"{split}/part-{name}.parquet" if split else f"part-{name}.parquet"
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
         with storage.open_atomic(relpath, direct=self.direct_io) as f:
