@@ -92,10 +92,9 @@ def batch(keys, indices, key_column="key", index_column="version", errors=None, 
     return columns
 
 
-def test_dropping_inputs_rewrites_their_files_and_switches_manifests(tmp_path):
-    state = OutputState(Storage(str(tmp_path)))
-    run_id = state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
-    sink = ShardSink(
+def views_sink(tmp_path) -> ShardSink:
+    """The sink of an augment-like output of ``view1`` rows, 3 to a file."""
+    return ShardSink(
         output=str(tmp_path),
         storage_options=None,
         fingerprint="f" * 64,
@@ -103,6 +102,12 @@ def test_dropping_inputs_rewrites_their_files_and_switches_manifests(tmp_path):
         output_columns=["key", "version", "view1"],
         rows_per_file=3,
     )
+
+
+def test_dropping_inputs_rewrites_their_files_and_switches_manifests(tmp_path):
+    state = OutputState(Storage(str(tmp_path)))
+    run_id = state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
+    sink = views_sink(tmp_path)
     sink.run_id = run_id
     sink.write_rows(batch(["a", "a", "b", "b", "c"], [0, 1, 0, 1, 0], errors=["", "", "", "", "silent"]), rank=0)
     sink.write_rows(batch(["d", "d"], [0, 1]), rank=1)
@@ -140,14 +145,7 @@ def test_a_changed_input_written_again_as_before_is_committed_with_its_new_rows(
     alone, or one piece of a long one): its new manifest took the old one's name, which the drop had
     retired, so the new rows counted for nothing and the run ended incomplete with the input lost."""
     state = OutputState(Storage(str(tmp_path)))
-    sink = ShardSink(
-        output=str(tmp_path),
-        storage_options=None,
-        fingerprint="f" * 64,
-        index_column="version",
-        output_columns=["key", "version", "view1"],
-        rows_per_file=3,
-    )
+    sink = views_sink(tmp_path)
     sink.run_id = state.prepare("augment", "f" * 64, {}, {}, overwrite=False)
     sink.write_rows(batch(["d", "d"], [0, 1], etag="take-1"), rank=0)
     commit(state)
