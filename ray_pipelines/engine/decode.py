@@ -23,10 +23,9 @@ ROW_COLUMNS = ("key", "split", "samples_per_input", "error", "etag", "source")
 # of float32 samples, about 3 minutes of 44.1 kHz stereo): the augment job's five 3 s crops of a
 # 4 s clip read it four times over, and the decode tasks are what bounds that job on a GPU.
 WHOLE_FILE_BYTES = 64 * 2**20
-# A block's windows go through the decoder, its stage and out in pieces of about this many bytes of
-# decoded audio (one piece for a block that holds less, as nearly every block does): every window of a
-# 2-hour file (1.3 GB of mono 44.1 kHz) held at once, with the stage's own copies, took a worker about
-# three times that on top of its own (``Job.piece_bytes``).
+# A block's windows go through the decoder and its stage in pieces of about this many bytes of decoded
+# audio (one piece for a block that holds less, as nearly every block does): every window of a 6-hour
+# 16 kHz file held at once took its worker 3.44 GB at its peak, 1.13 GB in pieces (``Job.piece_bytes``).
 PIECE_BYTES = 128 * 2**20
 
 
@@ -119,20 +118,14 @@ class WindowDecoder:
         skip = set(np.asarray(item["skip"]).tolist()) if item.get("skip") is not None else set()
         try:
             audio_file = AudioFile(InputAudio.from_row(item), self.storage_options)
-        except DecodeError as e:
-            yield self._row(item, -1, 0, str(e), None)
-            return
-        except Exception as e:  # a decoder bug must not take the other inputs down with it
-            yield self._row(item, -1, 0, f"undecodable: {type(e).__name__}: {e}", None)
+        except Exception as e:
+            yield self._row(item, -1, 0, error_reason(e), None)
             return
         with audio_file:
             try:
                 windows = self._plan(item, audio_file, skip)
-            except DecodeError as e:
-                yield self._row(item, -1, 0, str(e), None)
-                return
             except Exception as e:
-                yield self._row(item, -1, 0, f"undecodable: {type(e).__name__}: {e}", None)
+                yield self._row(item, -1, 0, error_reason(e), None)
                 return
             for window in windows:
                 if window.index in skip:
@@ -158,11 +151,8 @@ class WindowDecoder:
             check_finite(audio)
             check_not_silent(audio, self.silence_db)
             return self._row(item, window.index, count, "", audio, window.start, valid, window.extra)
-        except DecodeError as e:
-            reason = str(e)
-        except Exception as e:  # a decoder bug: this window's error row, the windows before it kept
-            reason = f"undecodable: {type(e).__name__}: {e}"
-        return self._row(item, window.index, count, reason, None, window.start, extra=window.extra)
+        except Exception as e:  # this window's error row, the windows before it kept
+            return self._row(item, window.index, count, error_reason(e), None, window.start, extra=window.extra)
 
     def pieces(self, batch: dict[str, np.ndarray], piece_bytes: int = PIECE_BYTES) -> Iterator[dict[str, np.ndarray]]:
         """The batch's rows as NumPy batches of about ``piece_bytes`` of audio each (one batch where the
@@ -183,6 +173,12 @@ class WindowDecoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """The decode task of a GPU plan (``map_batches``): the block's rows, in :meth:`pieces`."""
         yield from self.pieces(batch)
+
+
+def error_reason(error: Exception) -> str:
+    """An error row's reason: a :class:`DecodeError`'s own, else a decoder bug's (which must not take the
+    other inputs down with it) as ``undecodable``."""
+    return str(error) if isinstance(error, DecodeError) else f"undecodable: {type(error).__name__}: {error}"
 
 
 def python_scalar(value: Any) -> Any:
