@@ -175,7 +175,9 @@ class AudioFile:
         if self._sf is not None:  # where libsndfile's length is not the file's
             self.length_estimated = self._sf.format == "MP3" and not self._read_head(mp3.states_its_length)
             if self.frames >= UNKNOWN_LENGTH:
-                self._decode_to_the_end()
+                # No length in the header (a FLAC encoded to a pipe: 0 total samples), and libsndfile's
+                # seeks, soundfile's reads too, fail at the end of such a stream: FFmpeg reads to the end.
+                self._switch_to_pyav()
             elif self.frames == 0:
                 self._read_past_an_unwritten_length()
         if self.sample_rate <= 0 or self.channels <= 0:
@@ -195,13 +197,10 @@ class AudioFile:
         except Exception as e:  # storage errors: retryable on a later run, as at open
             raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
 
-    def _decode_to_the_end(self) -> None:
-        """A stream whose header gives no length (a FLAC encoded to a pipe: 0 total samples, which
-        libsndfile reports as 2^63 - 1 frames, and its seeks, soundfile's reads too, then fail at the
-        end) is decoded whole by FFmpeg, which reads to the end."""
-        opened = self._sf
+    def _switch_to_pyav(self) -> None:
+        """FFmpeg's whole decode in place of the file libsndfile opened (kept where FFmpeg fails: raises)."""
         self._open_with_pyav()
-        opened.close()
+        self._sf.close()
         self._sf = None
 
     def _read_past_an_unwritten_length(self) -> None:
@@ -210,18 +209,15 @@ class AudioFile:
         as raw samples up to the end of the file, a window at a time; another such file is decoded by
         FFmpeg, which reads to the end. A file with no samples at all stays as libsndfile opened it (too
         short)."""
-        opened = self._sf
-        samples = self._raw_samples(opened)
+        samples = self._raw_samples(self._sf)
         if samples is not None and samples.frames > 0:
-            opened.close()
+            self._sf.close()
             self._sf, self.frames = samples, int(samples.frames)
             return
         try:
-            self._open_with_pyav()
+            self._switch_to_pyav()
         except DecodeError:
-            return
-        opened.close()
-        self._sf = None
+            pass
 
     def _raw_samples(self, opened: sf.SoundFile) -> sf.SoundFile | None:
         """The samples of a PCM WAV without lengths, from its data chunk to the end, as raw samples."""
