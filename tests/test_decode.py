@@ -191,6 +191,23 @@ def test_an_mp3_that_does_not_state_its_length_is_read_to_where_it_ends(tmp_path
             load_window(f, 5.0, 1.0, 44100)
 
 
+def test_an_mp3_from_object_storage_decodes_as_from_disk(tmp_path, s3_bucket):
+    """From an object store libsndfile reads through the same file object the MP3 length check reads
+    from; the check left it moved, and the decoder read on from there: `truncated: header promises
+    308700 frames, decoding stopped at 47`, or the wrong samples."""
+    bucket, options, fs = s3_bucket
+    audio = tone(7.0, 44100)
+    for path in (write_audio(tmp_path / "lame.mp3", audio), write_mp3_without_length(tmp_path / "rip.mp3", audio)):
+        fs.put(str(path), f"{bucket}/{path.name}")
+        with open_path(path) as f:
+            expected = [load_window(f, start, 2.0, 44100) for start in (0.0, 3.0, 6.0)]
+        with AudioFile(InputAudio(f"s3://{bucket}/{path.name}", path.stat().st_size), options) as f:
+            windows = [load_window(f, start, 2.0, 44100) for start in (0.0, 3.0, 6.0)]
+        for (window, valid), (want, want_valid) in zip(windows, expected):
+            assert valid == want_valid
+            np.testing.assert_allclose(window, want, atol=1e-6)  # mpg123 after a seek
+
+
 def test_truncated_flac_is_an_error(tmp_path):
     path = write_audio(tmp_path / "t.flac", tone(2.0))
     path.write_bytes(path.read_bytes()[:3000])

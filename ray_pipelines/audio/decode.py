@@ -187,7 +187,10 @@ class AudioFile:
         return self._read_head(lambda f: f.read(len(magic)) == magic)
 
     def _read_head(self, check):
-        """``check(file)`` on the input read from its start."""
+        """``check(file)`` on the input read from its start. Where libsndfile already reads the same file
+        object (an object store's file), its position is put back: libsndfile's MP3 decoder reads on
+        from wherever the file is, and read garbage after a check had moved it."""
+        position = self._raw.tell() if self._raw is not None else 0
         stream = self._stream()
         try:
             if isinstance(stream, str):
@@ -196,6 +199,9 @@ class AudioFile:
             return check(stream)
         except Exception as e:  # storage errors: retryable on a later run, as at open
             raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
+        finally:
+            if not isinstance(stream, str) and self._raw is not None:
+                self._raw.seek(position)
 
     def _switch_to_pyav(self) -> None:
         """FFmpeg's whole decode in place of the file libsndfile opened (kept where FFmpeg fails: raises)."""
