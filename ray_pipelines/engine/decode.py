@@ -134,15 +134,15 @@ class WindowDecoder:
 
     def _plan(self, item: dict[str, Any], audio_file: AudioFile, skip: set[int]) -> list[Window]:
         """The input's windows, once its length is known; the whole file decoded where that saves reads."""
-        if audio_file.length_estimated and audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
+        fits_whole = audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES
+        if audio_file.length_estimated and fits_whole:
             audio_file.decode_whole()  # its real length, before the windows are planned on it
         if audio_file.duration < self.min_duration:
             raise DecodeError(f"too short: {audio_file.duration:.3f} s is below min_duration {self.min_duration:g} s")
         windows = self.plan(item["key"], audio_file.duration)
         todo = sum(window.index not in skip for window in windows)
-        if todo > 1 and todo * self.duration > audio_file.duration:
-            if audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES:
-                audio_file.decode_whole()
+        if todo > 1 and todo * self.duration > audio_file.duration and fits_whole:
+            audio_file.decode_whole()
         return windows
 
     def _window_row(self, item: dict[str, Any], audio_file: AudioFile, window: Window, count: int) -> dict[str, Any]:
