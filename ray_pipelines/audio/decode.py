@@ -173,8 +173,12 @@ class AudioFile:
             except DecodeError as av_error:
                 raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
         if self._sf is not None:  # where libsndfile's length is not the file's
-            self.length_estimated = self._sf.format == "MP3" and not self._read_head(mp3.states_its_length)
-            if self.frames >= UNKNOWN_LENGTH:
+            mp3_length = self._read_head(mp3.stated_length) if self._sf.format == "MP3" else None
+            self.length_estimated = mp3_length is mp3.Length.NOT_STATED
+            if mp3_length is mp3.Length.UNDERSTATED:
+                # MP3s joined end to end: libsndfile stops at the first one's frame count, FFmpeg reads on.
+                self._switch_to_pyav()
+            elif self.frames >= UNKNOWN_LENGTH:
                 # No length in the header (a FLAC encoded to a pipe: 0 total samples), and libsndfile's
                 # seeks, soundfile's reads too, fail at the end of such a stream: FFmpeg reads to the end.
                 self._switch_to_pyav()

@@ -1,40 +1,70 @@
-"""Whether an MP3 states its length.
+"""Whether an MP3 states its length, and whether what it states is the file's.
 
 An MP3 is a run of frames with no length in any header unless its first frame is a Xing/Info (LAME,
 FFmpeg) or VBRI (Fraunhofer) frame counting them. Without one, libsndfile (mpg123) estimates the length
 from the file's size and the first frame's bitrate: an MP3 from an older encoder, a stream rip or
 ``ffmpeg -write_xing 0`` decodes to a few frames more or fewer than it said, and reading up to the length
 it said was "truncated".
+
+With one, libsndfile stops where it counts, even where more frames follow: MP3s joined by ``cat`` (an
+audiobook's chapters, a DJ set) keep the first file's count, and libsndfile read the first file alone,
+without an error. The frame also gives the stream's size in bytes; frames (or another MP3's tag) right
+where that size ends mean the count is not the file's.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import BinaryIO
 
 ID3_HEADER = 10
+ID3V1_SIZE = 128  # a tag at the end of a file: "TAG" and its fields
 # Bytes read after an ID3v2 tag to find the first frame (junk before it included) and its tag.
 FIRST_FRAME_SEARCH = 8192
 LENGTH_TAGS = (b"Xing", b"Info")
 VBRI_OFFSET = 4 + 32  # after the frame header, always
 
 
-def states_its_length(file: BinaryIO) -> bool:
-    """Whether the MP3 read from ``file`` (at its start) opens with a Xing/Info or VBRI frame."""
+class Length(enum.Enum):
+    STATED = "stated"  # a Xing/Info or VBRI frame counts the frames, and the file ends with them
+    NOT_STATED = "not stated"  # libsndfile's length is an estimate from the file's size
+    UNDERSTATED = "understated"  # more frames follow those counted: libsndfile would stop at the count
+
+
+def stated_length(file: BinaryIO) -> Length:
+    """What the MP3 read from ``file`` (at its start, seekable) says of its length."""
     head = file.read(ID3_HEADER)
-    skip = 0
+    data_at = 0  # where ``data`` starts in the file
     if head[:3] == b"ID3" and len(head) == ID3_HEADER:
-        skip = _id3_size(head) - ID3_HEADER
-    if skip:
-        file.seek(skip, 1)
+        data_at = _id3_size(head)
+        file.seek(data_at)
         head = b""
     data = head + file.read(FIRST_FRAME_SEARCH)
     at = _first_frame(data)
     if at < 0:
-        return False
-    if data[at + VBRI_OFFSET : at + VBRI_OFFSET + 4] == b"VBRI":
-        return True
+        return Length.NOT_STATED
+    vbri_at = at + VBRI_OFFSET
     tag_at = at + 4 + _side_info_size(data[at + 1], data[at + 3])
-    return data[tag_at : tag_at + 4] in LENGTH_TAGS
+    if data[vbri_at : vbri_at + 4] == b"VBRI":
+        stream_bytes = _uint32(data, vbri_at + 10)  # after the version, delay and quality
+    elif data[tag_at : tag_at + 4] in LENGTH_TAGS:
+        flags = _uint32(data, tag_at + 4) or 0
+        stream_bytes = _uint32(data, tag_at + 8 + (4 if flags & 1 else 0)) if flags & 2 else None
+    else:
+        return Length.NOT_STATED
+    if stream_bytes:  # the frames' bytes, from the first frame (the tagged frame's own included)
+        file.seek(data_at + at + stream_bytes)
+        after = file.read(4)
+        if after[:3] == b"TAG":  # the first file's ID3v1 tag: what follows it
+            file.seek(ID3V1_SIZE - 4, 1)
+            after = file.read(4)
+        if after[:3] == b"ID3" or _is_frame_header(after):
+            return Length.UNDERSTATED
+    return Length.STATED
+
+
+def _uint32(data: bytes, at: int) -> int | None:
+    return int.from_bytes(data[at : at + 4], "big") if len(data) >= at + 4 else None
 
 
 def _id3_size(header: bytes) -> int:
@@ -48,11 +78,26 @@ def _first_frame(data: bytes) -> int:
     """Where the first Layer III frame header starts (11 sync bits, a known version, layer III), or -1."""
     at = data.find(b"\xff")
     while 0 <= at < len(data) - 4:
-        second = data[at + 1]
-        if second & 0xE0 == 0xE0 and (second >> 3) & 3 != 1 and (second >> 1) & 3 == 1:
+        if _layer3_sync(data[at + 1]):
             return at
         at = data.find(b"\xff", at + 1)
     return -1
+
+
+def _layer3_sync(second: int) -> bool:
+    """A frame header's second byte, after its 0xFF: the last 3 sync bits, a known version, layer III."""
+    return second & 0xE0 == 0xE0 and (second >> 3) & 3 != 1 and (second >> 1) & 3 == 1
+
+
+def _is_frame_header(data: bytes) -> bool:
+    """Whether ``data`` opens with a Layer III frame header whose bitrate and sample rate are valid."""
+    return (
+        len(data) >= 4
+        and data[0] == 0xFF
+        and _layer3_sync(data[1])
+        and (data[2] >> 4) not in (0, 15)  # free-format or a bad bitrate
+        and (data[2] >> 2) & 3 != 3  # a reserved sample rate
+    )
 
 
 def _side_info_size(second: int, fourth: int) -> int:
