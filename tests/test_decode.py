@@ -191,26 +191,28 @@ def test_an_mp3_that_does_not_state_its_length_is_read_to_where_it_ends(tmp_path
             load_window(f, 5.0, 1.0, 44100)
 
 
-def test_mp3s_joined_end_to_end_are_read_to_the_end_of_the_last(tmp_path):
+@pytest.mark.parametrize("fmt", ["mp3", "ogg"])
+def test_files_joined_end_to_end_are_read_to_the_end_of_the_last(tmp_path, fmt):
     """MP3s joined by ``cat`` (an audiobook's chapters, a DJ set) keep the first file's Info frame, which
-    counts the first file's frames alone: libsndfile stopped there, and every later recording was lost
-    without an error row. Where frames (or another MP3's tag) follow the stream size the frame gives,
-    FFmpeg reads the file to its end."""
-    first = write_audio(tmp_path / "first.mp3", tone(3.0, 44100, freq=440.0))
-    second = write_audio(tmp_path / "second.mp3", tone(3.0, 44100, freq=660.0, seed=1))
-    joined = tmp_path / "joined.mp3"
-    joined.write_bytes(first.read_bytes() + second.read_bytes())  # each ends with libsndfile's ID3v1 tag
-    assert sf.info(str(joined)).frames == 3 * 44100  # the first file's count
+    counts the first file's frames alone; an Ogg file may chain streams (an internet radio recording, a
+    stream per track; Ogg files joined by ``cat``). libsndfile read the first file alone, and every later
+    recording was lost without an error row. Where frames (or another MP3's tag) follow the stream size
+    the Info frame gives, or the last Ogg page is another stream's, FFmpeg reads the file to its end."""
+    first = write_audio(tmp_path / f"first.{fmt}", tone(3.0, 44100, freq=440.0))
+    second = write_audio(tmp_path / f"second.{fmt}", tone(3.0, 44100, freq=660.0, seed=1))
+    joined = tmp_path / f"joined.{fmt}"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())  # libsndfile's MP3s end with an ID3v1 tag
+    assert sf.info(str(joined)).frames == 3 * 44100  # the first file's length
     with open_path(joined) as f:
         assert f.backend == "pyav" and 6 * 44100 <= f.frames < 6.2 * 44100
         window, valid = load_window(f, 4.0, 1.0, 44100)  # inside the second recording
     spectrum = np.abs(np.fft.rfft(window))
     assert valid == 44100 and abs(np.argmax(spectrum) * 44100 / len(window) - 660.0) <= 2.0
-    shard = write_tar(tmp_path / "s.tar", {"joined.mp3": joined.read_bytes()})
-    (member,) = list_inputs(str(shard), ["mp3"])
+    shard = write_tar(tmp_path / "s.tar", {joined.name: joined.read_bytes()})
+    (member,) = list_inputs(str(shard), [fmt])
     with AudioFile(InputAudio(member.uri, member.size, member.member_offset)) as f:  # a tar member's bytes
         np.testing.assert_array_equal(load_window(f, 4.0, 1.0, 44100)[0], window)
-    for alone in (first, second):  # the length a file states is kept where it is the file's
+    for alone in (first, second):  # the length a file gives is kept where it is the file's
         with open_path(alone) as f:
             assert (f.backend, f.frames, f.length_estimated) == ("soundfile", 3 * 44100, False)
 

@@ -26,7 +26,7 @@ import soundfile as sf
 import soxr
 
 from ..storage import get_fs, is_local
-from . import flac, mp3, wav
+from . import flac, mp3, ogg, wav
 
 # libsndfile's frame count for a stream whose header gives none (SF_COUNT_MAX, 2^63 - 1).
 UNKNOWN_LENGTH = 2**62
@@ -173,10 +173,10 @@ class AudioFile:
             except DecodeError as av_error:
                 raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
         if self._sf is not None:  # where libsndfile's length is not the file's
-            mp3_length = self._read_head(mp3.stated_length) if self._sf.format == "MP3" else None
+            mp3_length = self._mp3_length()
             self.length_estimated = mp3_length is mp3.Length.NOT_STATED
-            if mp3_length is mp3.Length.UNDERSTATED:
-                # MP3s joined end to end: libsndfile stops at the first one's frame count, FFmpeg reads on.
+            if mp3_length is mp3.Length.UNDERSTATED or self._chained_ogg():
+                # Files joined end to end: libsndfile reads the first one alone, FFmpeg reads on.
                 self._switch_to_pyav()
             elif self.frames >= UNKNOWN_LENGTH:
                 # No length in the header (a FLAC encoded to a pipe: 0 total samples), and libsndfile's
@@ -186,6 +186,14 @@ class AudioFile:
                 self._read_past_an_unwritten_length()
         if self.sample_rate <= 0 or self.channels <= 0:
             raise DecodeError("undecodable: header has no sample rate or channels")
+
+    def _mp3_length(self) -> mp3.Length | None:
+        if self._sf.format != "MP3":
+            return None
+        return self._read_head(lambda f: mp3.stated_length(f, self.source.size))
+
+    def _chained_ogg(self) -> bool:
+        return self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.source.size))
 
     def _starts_with(self, magic: bytes) -> bool:
         return self._read_head(lambda f: f.read(len(magic)) == magic)

@@ -31,8 +31,8 @@ class Length(enum.Enum):
     UNDERSTATED = "understated"  # more frames follow those counted: libsndfile would stop at the count
 
 
-def stated_length(file: BinaryIO) -> Length:
-    """What the MP3 read from ``file`` (at its start, seekable) says of its length."""
+def stated_length(file: BinaryIO, size: int) -> Length:
+    """What the MP3 of ``size`` bytes read from ``file`` (at its start, seekable) says of its length."""
     head = file.read(ID3_HEADER)
     data_at = 0  # where ``data`` starts in the file
     if head[:3] == b"ID3" and len(head) == ID3_HEADER:
@@ -52,8 +52,9 @@ def stated_length(file: BinaryIO) -> Length:
         stream_bytes = _uint32(data, tag_at + 8 + (4 if flags & 1 else 0)) if flags & 2 else None
     else:
         return Length.NOT_STATED
-    if stream_bytes:  # the frames' bytes, from the first frame (the tagged frame's own included)
-        file.seek(data_at + at + stream_bytes)
+    end = data_at + at + (stream_bytes or size)  # the frames' bytes count from the first frame's start
+    if end < size - ID3V1_SIZE:  # more than a tag after them (a file's tail is not read where there is not)
+        file.seek(end)
         after = file.read(4)
         if after[:3] == b"TAG":  # the first file's ID3v1 tag: what follows it
             file.seek(ID3V1_SIZE - 4, 1)
