@@ -31,12 +31,20 @@ OUTPUT_FORMAT = 2
 # The Parquet codecs a job may write with (`compression`; jobs pick their own default).
 Codec = Literal["none", "snappy", "zstd", "lz4", "gzip"]
 
-# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC, AC-3 and Matroska/WebM audio, the
-# .webm a video site's audio-only download is), for every job. Video containers (.mp4) only when asked.
+# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC, AC-3, Matroska/WebM audio (the .webm
+# a video site's audio-only download is), WavPack, WMA, MP2, TTA and AMR), for every job.
 AUDIO_EXTENSIONS = [
     *("wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "au", "snd", "caf", "w64", "rf64"),
-    *("m4a", "aac", "ac3", "webm", "mka"),
+    *("m4a", "aac", "ac3", "webm", "mka", "wv", "wma", "mp2", "tta", "amr"),
 ]
+# Media FFmpeg reads that the defaults leave out, read only where ``extensions`` names them: video
+# containers (their audio track), and audio formats no encoder here writes to test them (Monkey's Audio,
+# Musepack, Speex, Shorten, TAK, DTS, E-AC-3, RealAudio) or decoded at many times audio's rate (DSD). A
+# listing names the ones it leaves out.
+OTHER_MEDIA_EXTENSIONS = (
+    *("mp4", "m4v", "mov", "mkv", "avi", "3gp", "flv", "mpg", "mpeg", "ts"),
+    *("ape", "mpc", "spx", "shn", "tak", "dts", "eac3", "ra", "dsf", "dff"),
+)
 
 
 class ConfigError(ValueError):

@@ -18,6 +18,7 @@ import re
 import stat
 import tarfile
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -27,7 +28,7 @@ from typing import Any
 from fsspec.asyn import sync
 from fsspec.utils import glob_translate
 
-from .config import ConfigError
+from .config import AUDIO_EXTENSIONS, OTHER_MEDIA_EXTENSIONS, ConfigError
 from .key_lines import parse_key_line
 from .storage import get_fs, has_magic, is_local, split_protocol, to_url
 
@@ -130,8 +131,12 @@ def _link_error(fs, path: str, info: dict[str, Any]) -> str:
     return ""
 
 
+def _extension(path: str) -> str:
+    return posixpath.splitext(path)[1].lower().lstrip(".")
+
+
 def _is_audio(path: str, extensions: Iterable[str]) -> bool:
-    return posixpath.splitext(path)[1].lower().lstrip(".") in set(extensions)
+    return _extension(path) in set(extensions)
 
 
 def _is_tar(path: str) -> bool:
@@ -167,30 +172,62 @@ def list_inputs(
 ) -> list[InputItem]:
     """List every input named by ``spec``: a glob, directory, file, list file or tar shard(s); hidden names
     (:func:`is_hidden`) only with ``include_hidden`` or where the spec names them."""
-    items, archives = _list_inputs(spec, extensions, storage_options, include_hidden)
-    if archives:
-        log.warning("%s: left out %s", spec, _other_archives(archives))
+    items, left_out = _list_inputs(spec, extensions, storage_options, include_hidden)
+    if left_out:
+        log.warning("%s: left out %s", spec, left_out)
     return items
 
 
-def _other_archives(keys: list[str]) -> str:
-    return (
-        f"{len(keys)} archives that are not plain .tar (e.g. {keys[0]}): only a .tar's members are read where "
-        "they lie (by byte range); unpack them, or repack them as .tar (the audio in them is compressed already)"
-    )
+@dataclass
+class LeftOut:
+    """Files a folder or glob listing left out that a user may have meant as inputs."""
+
+    archives: list[str] = field(default_factory=list)  # not plain .tar
+    # Media whose extension is not in ``extensions``: counted, not kept (a bucket of videos has millions).
+    media: Counter[str] = field(default_factory=Counter)  # extension -> files
+    media_example: str = ""
+
+    def add_media(self, key: str) -> None:
+        self.media[_extension(key)] += 1
+        self.media_example = self.media_example or key
+
+    def __bool__(self) -> bool:
+        return bool(self.archives or self.media)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.archives:
+            parts.append(
+                f"{len(self.archives)} archives that are not plain .tar (e.g. {self.archives[0]}): only a .tar's "
+                "members are read where they lie (by byte range); unpack them, or repack them as .tar (the audio "
+                "in them is compressed already)"
+            )
+        if self.media:
+            counts = self.media.most_common()
+            named = ", ".join(f"{ext}: {n}" for ext, n in counts[:MEDIA_KINDS_NAMED])
+            more = f", {len(counts) - MEDIA_KINDS_NAMED} more kinds" if len(counts) > MEDIA_KINDS_NAMED else ""
+            parts.append(
+                f"{self.media.total()} media files whose extension is not in `extensions` ({named}{more}; e.g. "
+                f"{self.media_example}): add their extensions to `extensions` to read their audio (through FFmpeg)"
+            )
+        return "; and ".join(parts)
+
+
+MEDIA_KINDS_NAMED = 5
+MEDIA_EXTENSIONS = frozenset((*AUDIO_EXTENSIONS, *OTHER_MEDIA_EXTENSIONS))
 
 
 def _list_inputs(
     spec: str, extensions: Iterable[str], storage_options: dict[str, Any] | None, include_hidden: bool
-) -> tuple[list[InputItem], list[str]]:
-    """:func:`list_inputs`'s items, and the keys of the other archives it left out."""
+) -> tuple[list[InputItem], LeftOut]:
+    """:func:`list_inputs`'s items, and the keys of the other archives and media it left out."""
     extensions = list(extensions)
     protocol, _ = split_protocol(spec)
     fs, path = get_fs(spec, storage_options)
     try:
         glob = _is_glob(fs, path)
         if path.lower().endswith(LIST_FILE_EXTENSIONS) and not glob:
-            return _list_from_list_file(fs, path, extensions, storage_options, include_hidden), []
+            return _list_from_list_file(fs, path, extensions, storage_options, include_hidden), LeftOut()
         if glob:
             root = _glob_root(path)
             infos = glob_local(path, root) if is_local(fs) else fs.glob(path, detail=True)
@@ -217,7 +254,8 @@ def _list_inputs(
     items: list[InputItem] = []
     shards: list[tuple[str, str, dict[str, Any]]] = []
     hidden: list[str] = []
-    archives: list[str] = []
+    left_out = LeftOut()
+    audio_listing = not MEDIA_EXTENSIONS.isdisjoint(extensions)  # (not the score job's .pt files)
     for file_path, info in sorted(files.items()):
         name = without_query(file_path)  # a presigned URL named alone: its signature is no part of its name
         key = _relative_key(name, root)
@@ -226,7 +264,7 @@ def _list_inputs(
                 hidden.append(key)
             continue
         if name.lower().endswith(OTHER_ARCHIVE_EXTENSIONS):
-            archives.append(key)
+            left_out.archives.append(key)
             continue
         link_error = _link_error(fs, file_path, info) if _is_audio(name, extensions) else ""
         if _readable_name(key) != key and (_is_audio(name, extensions) or _is_tar(name)):
@@ -237,13 +275,15 @@ def _list_inputs(
             shards.append((file_path, key, info))
         elif _is_audio(name, extensions):
             items.append(_file_item(key, fs, file_path, info))
+        elif audio_listing and _extension(name) in MEDIA_EXTENSIONS:
+            left_out.add_media(key)
     if hidden:
         log.info("%s: left out %d hidden audio files, e.g. %s (sources.is_hidden)", spec, len(hidden), hidden[0])
     if shards:
         with ThreadPoolExecutor(max_workers=8) as pool:
             for members in pool.map(lambda s: _list_tar(fs, *s, extensions, include_hidden), shards):
                 items.extend(members)
-    return sorted(items, key=lambda i: i.key), archives
+    return sorted(items, key=lambda i: i.key), left_out
 
 
 def _add_missing_sizes(fs, files: dict[str, dict[str, Any]]) -> None:
@@ -572,11 +612,11 @@ def list_specs(
     first_keys: dict[str, str] | None = {} if _specs_can_nest(specs, storage_options) else None
     renamed: list[tuple[InputItem, str]] = []
     for spec in specs:
-        found, archives = _list_inputs(spec, extensions, storage_options, include_hidden)
-        if archives and (found or allow_empty):
-            log.warning("%s: left out %s", spec, _other_archives(archives))
-        elif archives:
-            raise SourceError(f"no inputs matched {spec} apart from {_other_archives(archives)}")
+        found, left_out = _list_inputs(spec, extensions, storage_options, include_hidden)
+        if left_out and (found or allow_empty):
+            log.warning("%s: left out %s", spec, left_out)
+        elif left_out:
+            raise SourceError(f"no inputs matched {spec} apart from {left_out}")
         if not found and not allow_empty:
             hidden = [] if include_hidden else list_inputs(spec, extensions, storage_options, include_hidden=True)
             if hidden:  # a folder whose recordings all sit in a dot folder

@@ -291,17 +291,27 @@ def test_every_default_extension_is_listed_and_decoded(tmp_path):
     libsndfile |= {"caf": "CAF", "w64": "W64", "rf64": "RF64"}
     subtypes = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
     ffmpeg = {"m4a": ("ipod", "aac"), "aac": ("adts", "aac"), "ac3": ("ac3", "ac3")}
-    ffmpeg |= {"webm": ("webm", "libopus"), "mka": ("matroska", "libopus")}
+    ffmpeg |= {"webm": ("webm", "libopus"), "mka": ("matroska", "libopus"), "wv": ("wv", "wavpack")}
+    ffmpeg |= {
+        "wma": ("asf", "wmav2"),
+        "mp2": ("mp2", "mp2"),
+        "tta": ("tta", "tta"),
+        "amr": ("amr", "libopencore_amrnb"),
+    }
     assert sorted(AUDIO_EXTENSIONS) == sorted([*libsndfile, *ffmpeg])
     for ext, fmt in libsndfile.items():
         subtype = "OPUS" if ext == "opus" else subtypes.get(fmt, "PCM_16")
         sf.write(str(tmp_path / f"tone.{ext}"), wave, rate, format=fmt, subtype=subtype)
     for ext, (container, codec) in ffmpeg.items():
+        codec_rate = 8000 if ext == "amr" else rate  # AMR-NB is narrowband speech
         with av.open(str(tmp_path / f"tone.{ext}"), "w", format=container) as out:
-            stream = out.add_stream(codec, rate=rate)
+            stream = out.add_stream(codec, rate=codec_rate)
             stream.layout = "mono"
-            frame = av.AudioFrame.from_ndarray(wave[None], format="flt", layout="mono")
-            frame.sample_rate = rate
+            if ext == "wma":
+                stream.bit_rate = 64000  # WMA's encoder has no default
+            samples = wave if codec_rate == rate else np.ascontiguousarray(wave[:: rate // codec_rate])
+            frame = av.AudioFrame.from_ndarray(samples[None], format="fltp" if ext == "wma" else "flt", layout="mono")
+            frame.sample_rate = codec_rate
             for packet in [*stream.encode(frame), *stream.encode(None)]:
                 out.mux(packet)
     (tmp_path / "notes.txt").write_text("not audio")

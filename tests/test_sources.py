@@ -202,6 +202,36 @@ def test_archives_other_than_tar_are_named_with_the_reason_not_passed_over_silen
     )
 
 
+def test_media_whose_extension_is_not_taken_are_named_not_passed_over_silently(tmp_path):
+    """A folder of talks as .mp4 (or Monkey's Audio, or .wav where ``extensions`` names FLAC alone) was
+    'no inputs matched' with nothing about them, and beside other audio they were left out without a word."""
+    talks = tmp_path / "talks"
+    for name in ("a.mp4", "b.mp4", "c.ape"):
+        write_audio(talks / name.replace(".", "_") / "x.wav", tone(0.2))  # (a folder: no media)
+        (talks / name).write_bytes(encoded_bytes(tone(0.2)))
+    (talks / "notes.txt").write_text("not media")
+    with pytest.raises(
+        SourceError,
+        match=rf"^no inputs matched {talks}/\*\.\* apart from 3 media files whose extension is not in `extensions` "
+        r"\(mp4: 2, ape: 1; e.g. a.mp4\): add their extensions to `extensions` to read their audio \(through FFmpeg\)$",
+    ):
+        list_specs([f"{talks}/*.*"], EXT)
+    said, logger = Lines(), logging.getLogger("ray_pipelines.sources")
+    logger.addHandler(said)
+    try:
+        assert len(list_specs([str(talks)], EXT)) == 3  # the folders' WAVs
+        assert said.lines == [
+            f"{talks}: left out 3 media files whose extension is not in `extensions` (mp4: 2, ape: 1; e.g. a.mp4): "
+            "add their extensions to `extensions` to read their audio (through FFmpeg)"
+        ]
+        said.lines.clear()
+        assert [i.key for i in list_specs([f"{talks}/*.*"], [*EXT, "mp4", "ape"])] == ["a.mp4", "b.mp4", "c.ape"]
+        assert list_specs([f"{talks}/*.*"], ["pt"], allow_empty=True) == []  # not an audio listing: no media named
+        assert said.lines == []
+    finally:
+        logger.removeHandler(said)
+
+
 def test_tar_members_become_inputs_with_byte_ranges(tmp_path):
     clip = tone(1.0, 44100, freq=330.0)
     shard = write_tar(
