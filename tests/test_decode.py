@@ -208,6 +208,8 @@ def test_files_joined_end_to_end_are_read_to_the_end_of_the_last(tmp_path, fmt):
         window, valid = load_window(f, 4.0, 1.0, 44100)  # inside the second recording
     spectrum = np.abs(np.fft.rfft(window))
     assert valid == 44100 and abs(np.argmax(spectrum) * 44100 / len(window) - 660.0) <= 2.0
+    with AudioFile(InputAudio(str(joined))) as f:  # opened by hand, without the listing's size: the file's
+        assert (f.size, f.backend) == (joined.stat().st_size, "pyav")
     shard = write_tar(tmp_path / "s.tar", {joined.name: joined.read_bytes()})
     (member,) = list_inputs(str(shard), [fmt])
     with AudioFile(InputAudio(member.uri, member.size, member.member_offset)) as f:  # a tar member's bytes
@@ -215,6 +217,34 @@ def test_files_joined_end_to_end_are_read_to_the_end_of_the_last(tmp_path, fmt):
     for alone in (first, second):  # the length a file gives is kept where it is the file's
         with open_path(alone) as f:
             assert (f.backend, f.frames, f.length_estimated) == ("soundfile", 3 * 44100, False)
+
+
+def test_joined_parts_of_another_rate_or_channels_are_converted_to_the_first_or_refused(tmp_path):
+    """MP3s of two rates joined: FFmpeg's frames changed rate halfway, and the whole file was labelled
+    with the last one's (the first part played 9 % fast); of mono and stereo parts, concatenating the
+    frames raised a ValueError. An Ogg chain whose streams change rate FFmpeg cannot read: a clear error
+    row, not FFmpeg's 'Not yet implemented'."""
+    first = write_audio(tmp_path / "first.mp3", tone(2.0, 44100, freq=440.0))
+    for name, second in (
+        ("rate", write_audio(tmp_path / "second.mp3", tone(2.0, 48000, freq=660.0, seed=1), 48000)),
+        ("channels", write_audio(tmp_path / "stereo.mp3", tone(2.0, 44100, freq=660.0, channels=2, seed=1))),
+    ):
+        joined = tmp_path / f"joined_{name}.mp3"
+        joined.write_bytes(first.read_bytes() + second.read_bytes())
+        with open_path(joined) as f:
+            assert (f.backend, f.sample_rate, f.channels) == ("pyav", 44100, 1)
+            assert 4 * 44100 <= f.frames < 4.2 * 44100, name  # the second part at the first's rate
+            early, _ = load_window(f, 0.5, 1.0, 44100)
+            late, _ = load_window(f, 2.8, 1.0, 44100)
+        for window, freq in ((early, 440.0), (late, 660.0)):
+            assert abs(np.argmax(np.abs(np.fft.rfft(window))) * 44100 / len(window) - freq) <= 2.0, name
+    chain = tmp_path / "chain.ogg"
+    chain.write_bytes(
+        write_audio(tmp_path / "a.ogg", tone(2.0, 44100)).read_bytes()
+        + write_audio(tmp_path / "b.ogg", tone(2.0, 22050), 22050).read_bytes()
+    )
+    with pytest.raises(DecodeError, match=r"^undecodable: files joined end to end .* split it into its parts$"):
+        open_path(chain)
 
 
 def test_an_mp3_from_object_storage_decodes_as_from_disk(tmp_path, s3_bucket):

@@ -131,6 +131,8 @@ class AudioFile:
             # Python file object every small read of the decoder is a Python call (an MP3 window
             # made thousands: a fifth of its decode time).
             self._local_path = path if is_local(fs) and source.member_offset < 0 else None
+            # The input's bytes: the listing's size, else (an AudioFile opened by hand) the file's own.
+            self.size = source.size if source.size >= 0 else self._raw.seek(0, io.SEEK_END)
         except Exception as e:  # missing, network or permission errors: retryable on a later run
             raise DecodeError(open_failure(e)) from None
         try:
@@ -143,16 +145,16 @@ class AudioFile:
         if self._local_path is not None:
             return self._local_path
         if self.source.member_offset >= 0:
-            return _RangeFile(self._raw, self.source.member_offset, self.source.size)
+            return _RangeFile(self._raw, self.source.member_offset, self.size)
         self._raw.seek(0)
         return self._raw
 
     def _open(self) -> None:
-        if self.source.size == 0:
+        if self.size == 0:
             raise DecodeError("empty file (0 bytes)")
         if flac.available() and self._starts_with(flac.FLAC_MAGIC):
             try:
-                self._flac = flac.FlacReader(self._stream(), self.source.size)
+                self._flac = flac.FlacReader(self._stream(), self.size)
             except flac.FlacError:
                 pass  # an unusual FLAC (no length in its header, ...): libsndfile reads it or says why
             else:
@@ -177,7 +179,13 @@ class AudioFile:
             self.length_estimated = mp3_length is mp3.Length.NOT_STATED
             if mp3_length is mp3.Length.UNDERSTATED or self._chained_ogg():
                 # Files joined end to end: libsndfile reads the first one alone, FFmpeg reads on.
-                self._switch_to_pyav()
+                try:
+                    self._switch_to_pyav()
+                except DecodeError as e:  # an Ogg chain whose streams change rate or channels
+                    raise DecodeError(
+                        f"undecodable: files joined end to end (MP3s, a chained Ogg) that FFmpeg cannot read as "
+                        f"one ({e}); split it into its parts"
+                    ) from None
             elif self.frames >= UNKNOWN_LENGTH:
                 # No length in the header (a FLAC encoded to a pipe: 0 total samples), and libsndfile's
                 # seeks, soundfile's reads too, fail at the end of such a stream: FFmpeg reads to the end.
@@ -190,10 +198,10 @@ class AudioFile:
     def _mp3_length(self) -> mp3.Length | None:
         if self._sf.format != "MP3":
             return None
-        return self._read_head(lambda f: mp3.stated_length(f, self.source.size))
+        return self._read_head(lambda f: mp3.stated_length(f, self.size))
 
     def _chained_ogg(self) -> bool:
-        return self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.source.size))
+        return self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.size))
 
     def _starts_with(self, magic: bytes) -> bool:
         return self._read_head(lambda f: f.read(len(magic)) == magic)
@@ -239,13 +247,13 @@ class AudioFile:
 
     def _raw_samples(self, opened: sf.SoundFile) -> sf.SoundFile | None:
         """The samples of a PCM WAV without lengths, from its data chunk to the end, as raw samples."""
-        if opened.format not in ("WAV", "WAVEX") or opened.subtype not in wav.SAMPLE_BYTES or self.source.size <= 0:
+        if opened.format not in ("WAV", "WAVEX") or opened.subtype not in wav.SAMPLE_BYTES or self.size <= 0:
             return None
         start = self._read_head(wav.samples_offset)
-        if not 0 < start < self.source.size:
+        if not 0 < start < self.size:
             return None
         file_start = max(self.source.member_offset, 0)  # a tar member's bytes start there
-        samples = _RangeFile(self._raw, file_start + start, self.source.size - start)
+        samples = _RangeFile(self._raw, file_start + start, self.size - start)
         return sf.SoundFile(
             samples,
             samplerate=opened.samplerate,
@@ -264,16 +272,20 @@ class AudioFile:
                 if not container.streams.audio:
                     raise DecodeError("no audio stream")
                 stream = container.streams.audio[0]
-                resampler = av.AudioResampler(format="fltp")
-                chunks = []
+                chunks, resampler, settings, first = [], None, None, None
                 for frame in container.decode(stream):
-                    for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray())
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray())
+                    if (frame.format.name, frame.layout.name, frame.sample_rate) != settings:
+                        # The first frame's rate and channels for every frame: where they change (MP3s of
+                        # two rates joined end to end), FFmpeg converts the later part to the first's.
+                        chunks += _drained(resampler)
+                        settings = (frame.format.name, frame.layout.name, frame.sample_rate)
+                        first = first or (frame.layout, frame.sample_rate)
+                        resampler = av.AudioResampler(format="fltp", layout=first[0], rate=first[1])
+                    chunks += [out.to_ndarray() for out in resampler.resample(frame)]
+                chunks += _drained(resampler)
                 if not chunks:
                     raise DecodeError("no audio frames decoded")
-                self.sample_rate = int(stream.codec_context.sample_rate or stream.rate)
+                self.sample_rate = int(first[1])
         except DecodeError:
             raise
         except Exception as e:
@@ -342,6 +354,11 @@ class AudioFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drained(resampler) -> list[np.ndarray]:
+    """What a PyAV resampler still holds (none where there is no resampler yet)."""
+    return [] if resampler is None else [out.to_ndarray() for out in resampler.resample(None)]
 
 
 def _first_line(error: BaseException) -> str:
