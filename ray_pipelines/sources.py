@@ -206,9 +206,10 @@ class LeftOut:
             counts = self.media.most_common()
             named = ", ".join(f"{ext}: {n}" for ext, n in counts[:MEDIA_KINDS_NAMED])
             more = f", {len(counts) - MEDIA_KINDS_NAMED} more kinds" if len(counts) > MEDIA_KINDS_NAMED else ""
+            files = "1 media file" if self.media.total() == 1 else f"{self.media.total()} media files"
             parts.append(
-                f"{self.media.total()} media files whose extension is not in `extensions` ({named}{more}; e.g. "
-                f"{self.media_example}): add their extensions to `extensions` to read their audio (through FFmpeg)"
+                f"{files} whose extension is not in `extensions` ({named}{more}; e.g. {self.media_example}): add "
+                "the extension to `extensions` to read the audio (through FFmpeg)"
             )
         return "; and ".join(parts)
 

@@ -213,16 +213,18 @@ def test_media_whose_extension_is_not_taken_are_named_not_passed_over_silently(t
     with pytest.raises(
         SourceError,
         match=rf"^no inputs matched {talks}/\*\.\* apart from 3 media files whose extension is not in `extensions` "
-        r"\(mp4: 2, ape: 1; e.g. a.mp4\): add their extensions to `extensions` to read their audio \(through FFmpeg\)$",
+        r"\(mp4: 2, ape: 1; e.g. a.mp4\): add the extension to `extensions` to read the audio \(through FFmpeg\)$",
     ):
         list_specs([f"{talks}/*.*"], EXT)
+    with pytest.raises(SourceError, match=r"apart from 1 media file whose extension is not in `extensions` \(ape: 1;"):
+        list_specs([f"{talks}/c.*"], EXT)
     said, logger = Lines(), logging.getLogger("ray_pipelines.sources")
     logger.addHandler(said)
     try:
         assert len(list_specs([str(talks)], EXT)) == 3  # the folders' WAVs
         assert said.lines == [
             f"{talks}: left out 3 media files whose extension is not in `extensions` (mp4: 2, ape: 1; e.g. a.mp4): "
-            "add their extensions to `extensions` to read their audio (through FFmpeg)"
+            "add the extension to `extensions` to read the audio (through FFmpeg)"
         ]
         said.lines.clear()
         assert [i.key for i in list_specs([f"{talks}/*.*"], [*EXT, "mp4", "ape"])] == ["a.mp4", "b.mp4", "c.ape"]
