@@ -131,6 +131,30 @@ def test_a_wav_without_lengths_in_a_tar_shard_and_one_without_samples(tmp_path):
         assert (f.frames, f.backend) == (0, "soundfile")
 
 
+def test_a_wav_of_more_than_4_gib_whose_lengths_wrapped_is_read_to_its_end(tmp_path):
+    """A WAV's lengths are 32-bit: a plain WAV with 4 GiB of samples or more (FFmpeg writes one unless
+    asked for RF64) holds its data length modulo 4 GiB, and libsndfile read that much: of this
+    12.4-hour recording, its last 2 seconds. A sparse file: 4 GiB of silence on disk in a few KiB."""
+    end = tone(2.0, 48000)
+    tail = (end * 32767).astype("<i2").tobytes()
+    header = bytearray(write_audio(tmp_path / "short.wav", end, 48000).read_bytes()[:44])
+    assert header[36:40] == b"data"
+    data_bytes = 2**32 + len(tail)
+    header[4:8] = ((36 + data_bytes) % 2**32).to_bytes(4, "little")
+    header[40:44] = (data_bytes % 2**32).to_bytes(4, "little")  # as FFmpeg leaves it: wrapped
+    path = tmp_path / "day.wav"
+    with open(path, "wb") as f:
+        f.write(header)
+        f.seek(44 + 2**32)
+        f.write(tail)
+    assert sf.info(str(path)).frames == len(end)  # libsndfile: the wrapped length
+    with open_path(path) as f:
+        assert (f.frames, f.backend) == (data_bytes // 2, "soundfile")
+        window, valid = load_window(f, f.frames / 48000 - 1.5, 1.0, 48000)
+        assert valid == 48000 and not load_window(f, 3600.0, 1.0, 48000)[0].any()
+    np.testing.assert_array_equal(window, np.frombuffer(tail, "<i2")[24000:72000] / np.float32(32768))
+
+
 def test_a_flac_whose_header_gives_no_length_is_decoded_to_its_end(tmp_path):
     """A FLAC encoded to a pipe (``ffmpeg ... -f flac -``, ``flac -`` from stdin) has 0 total samples in its
     STREAMINFO: libsndfile said 2^63 - 1 frames, every window was `truncated or corrupt: Internal

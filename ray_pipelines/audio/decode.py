@@ -192,6 +192,8 @@ class AudioFile:
                 self._switch_to_pyav()
             elif self.frames == 0:
                 self._read_past_an_unwritten_length()
+            elif self.size >= wav.WRAP:
+                self._read_past_a_wrapped_length()
         if self.sample_rate <= 0 or self.channels <= 0:
             raise DecodeError("undecodable: header has no sample rate or channels")
 
@@ -245,15 +247,25 @@ class AudioFile:
         except DecodeError:
             pass
 
-    def _raw_samples(self, opened: sf.SoundFile) -> sf.SoundFile | None:
-        """The samples of a PCM WAV without lengths, from its data chunk to the end, as raw samples."""
+    def _read_past_a_wrapped_length(self) -> None:
+        """A plain WAV of 4 GiB of samples or more, whose 32-bit data length wrapped (``wav.py``): its PCM
+        samples are read as raw samples over the length the file holds."""
+        samples = self._raw_samples(self._sf, wrapped=True)
+        if samples is not None and samples.frames > self.frames:
+            self._sf.close()
+            self._sf, self.frames = samples, int(samples.frames)
+
+    def _raw_samples(self, opened: sf.SoundFile, wrapped: bool = False) -> sf.SoundFile | None:
+        """The samples of a PCM WAV as raw samples: from its data chunk to the end of the file (no
+        lengths), or over the header's length plus the 4 GiB multiples the file holds (``wrapped``)."""
         if opened.format not in ("WAV", "WAVEX") or opened.subtype not in wav.SAMPLE_BYTES or self.size <= 0:
             return None
-        start = self._read_head(wav.samples_offset)
+        start, stated = self._read_head(wav.data_chunk)
         if not 0 < start < self.size:
             return None
+        length = wav.unwrapped_length(start, stated, self.size) if wrapped else self.size - start
         file_start = max(self.source.member_offset, 0)  # a tar member's bytes start there
-        samples = _RangeFile(self._raw, file_start + start, self.size - start)
+        samples = _RangeFile(self._raw, file_start + start, length)
         return sf.SoundFile(
             samples,
             samplerate=opened.samplerate,

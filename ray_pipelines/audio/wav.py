@@ -1,9 +1,13 @@
-"""Where a WAV's samples start: for a WAV whose recorder never wrote its lengths.
+"""Where a WAV's samples are, for a WAV whose header does not say.
 
 A recorder writes a WAV's header first, with both lengths (the RIFF chunk's and the data chunk's) 0,
 and fills them in when it stops; after a crash or a pulled card they stay 0, and libsndfile, which
 believes them, finds no frames. The samples are all there, from the data chunk's header to the end of
 the file, and as plain PCM they read as raw samples, a window at a time, as any WAV does.
+
+A WAV's lengths are 32-bit: a plain WAV of 4 GiB of samples or more (a day of 48 kHz field recording;
+FFmpeg writes one unless asked for RF64) holds its data length modulo 4 GiB, and libsndfile read that
+much, the first hours of a recording of many, without an error.
 """
 
 from __future__ import annotations
@@ -16,16 +20,26 @@ SAMPLE_BYTES |= {"ULAW": 1, "ALAW": 1}
 HEAD_BYTES = 65536  # the chunks before the samples (fmt, fact, LIST, bext) fit in far less
 
 
-def samples_offset(file: BinaryIO) -> int:
+WRAP = 2**32  # a length field's range
+
+
+def data_chunk(file: BinaryIO) -> tuple[int, int]:
     """Where the samples of the little-endian RIFF/WAVE file read from ``file`` (at its start) begin,
-    just after its data chunk's header; -1 where its first 64 KiB hold no data chunk."""
+    just after its data chunk's header, and the length that header gives; (-1, 0) where its first
+    64 KiB hold no data chunk."""
     head = file.read(HEAD_BYTES)
     if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return -1
+        return -1, 0
     at = 12
     while at + 8 <= len(head):
         chunk, size = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
         if chunk == b"data":
-            return at + 8
+            return at + 8, size
         at += 8 + size + (size & 1)  # chunks are padded to an even length
-    return -1
+    return -1, 0
+
+
+def unwrapped_length(offset: int, stated: int, file_size: int) -> int:
+    """The data length of a WAV whose samples start at ``offset`` and whose header says ``stated``:
+    ``stated`` plus as many times 4 GiB as the file holds (chunks after the samples are far smaller)."""
+    return stated + max(0, (file_size - offset - stated) // WRAP) * WRAP
