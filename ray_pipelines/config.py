@@ -31,11 +31,11 @@ OUTPUT_FORMAT = 2
 # The Parquet codecs a job may write with (`compression`; jobs pick their own default).
 Codec = Literal["none", "snappy", "zstd", "lz4", "gzip"]
 
-# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC, AC-3, Matroska/WebM audio (the .webm
-# a video site's audio-only download is), WavPack, WMA, MP2, TTA and AMR), for every job.
+# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC (.m4b: audiobooks), AC-3, Matroska/WebM
+# audio (the .webm a video site's audio-only download is), WavPack, WMA, MP2, TTA and AMR), for every job.
 AUDIO_EXTENSIONS = [
     *("wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "au", "snd", "caf", "w64", "rf64"),
-    *("m4a", "aac", "ac3", "webm", "mka", "wv", "wma", "mp2", "tta", "amr"),
+    *("m4a", "m4b", "aac", "ac3", "webm", "mka", "wv", "wma", "mp2", "tta", "amr"),
 ]
 # Media FFmpeg reads that the defaults leave out, read only where ``extensions`` names them: video
 # containers (their audio track), and audio formats no encoder here writes to test them (Monkey's Audio,

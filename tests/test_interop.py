@@ -290,7 +290,7 @@ def test_every_default_extension_is_listed_and_decoded(tmp_path):
     libsndfile |= {"mp3": "MP3", "aiff": "AIFF", "aif": "AIFF", "aifc": "AIFF", "au": "AU", "snd": "AU"}
     libsndfile |= {"caf": "CAF", "w64": "W64", "rf64": "RF64"}
     subtypes = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
-    ffmpeg = {"m4a": ("ipod", "aac"), "aac": ("adts", "aac"), "ac3": ("ac3", "ac3")}
+    ffmpeg = {"m4a": ("ipod", "aac"), "m4b": ("ipod", "aac"), "aac": ("adts", "aac"), "ac3": ("ac3", "ac3")}
     ffmpeg |= {"webm": ("webm", "libopus"), "mka": ("matroska", "libopus"), "wv": ("wv", "wavpack")}
     ffmpeg |= {
         "wma": ("asf", "wmav2"),
