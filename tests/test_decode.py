@@ -271,6 +271,44 @@ def test_joined_parts_of_another_rate_or_channels_are_converted_to_the_first_or_
         open_path(chain)
 
 
+def test_a_long_file_ffmpeg_decodes_whole_goes_to_a_temporary_file_with_the_same_samples(tmp_path, monkeypatch):
+    """FFmpeg's formats are decoded whole: a list of decoded chunks and their concatenation held an hour
+    of 48 kHz stereo AAC twice (2.8 GB), so an audiobook of many hours did not fit in a worker. Past
+    ``pyav.SPILL_BYTES`` the frames go to a temporary file that libsndfile reads a window at a time."""
+    import av
+
+    from ray_pipelines.audio import pyav
+
+    path, rate = tmp_path / "book.m4b", 48000
+    with av.open(str(path), "w", format="ipod") as out:
+        stream = out.add_stream("aac", rate=rate)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(tone(4.0, rate, channels=2).T.copy(), format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    joined = tmp_path / "joined.mp3"  # MP3s joined: the container's duration is the first one's
+    joined.write_bytes(b"".join(write_audio(tmp_path / f"{i}.mp3", tone(3.0, seed=i)).read_bytes() for i in (1, 2)))
+    starts = (0.0, 1.7, 3.5)
+    with open_path(path) as f:  # in memory
+        assert (f.backend, f._pyav.spilled) == ("pyav", None)
+        frames, expected = f.frames, [load_window(f, start, 1.0, 16000, channels=2) for start in starts]
+    with open_path(joined) as f:
+        joined_frames = f.read(0, f.frames).copy()
+    monkeypatch.setattr(pyav, "SPILL_BYTES", 64 * 1024)  # 8,192 stereo frames in memory at most
+    with open_path(path) as f:
+        decoded = f._pyav
+        assert (f.backend, f._decoded, f.frames) == ("pyav", None, frames) and decoded.spilled is not None
+        for start, (window, valid) in zip(starts, expected):
+            got, got_valid = load_window(f, start, 1.0, 16000, channels=2)
+            assert got_valid == valid
+            np.testing.assert_array_equal(got, window)
+    assert decoded.spill_file.closed  # a temporary file: gone with it
+    with open_path(joined) as f:  # its buffer grown past the duration the container gave, then spilled
+        assert f._pyav.spilled is not None
+        np.testing.assert_array_equal(f.read(0, f.frames), joined_frames)
+
+
 def test_an_mp3_from_object_storage_decodes_as_from_disk(tmp_path, s3_bucket):
     """From an object store libsndfile reads through the same file object the MP3 length check reads
     from; the check left it moved, and the decoder read on from there: `truncated: header promises

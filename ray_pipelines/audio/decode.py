@@ -26,7 +26,7 @@ import soundfile as sf
 import soxr
 
 from ..storage import get_fs, is_local
-from . import flac, mp3, ogg, wav
+from . import flac, mp3, ogg, pyav, wav
 
 # libsndfile's frame count for a stream whose header gives none (SF_COUNT_MAX, 2^63 - 1).
 UNKNOWN_LENGTH = 2**62
@@ -120,6 +120,7 @@ class AudioFile:
         self._sf: sf.SoundFile | None = None
         self._flac: flac.FlacReader | None = None
         self._decoded: np.ndarray | None = None  # the whole file in memory: PyAV's formats, decode_whole()
+        self._pyav: pyav.Decoded | None = None  # PyAV's decode, whose temporary file close() removes
         self.backend = ""
         # ``frames`` is libsndfile's estimate (an MP3 without a Xing/Info frame: ``mp3.py``): a read past
         # the end there ends the file, where elsewhere it is "truncated"; ``decode_whole`` makes it exact.
@@ -227,9 +228,11 @@ class AudioFile:
 
     def _switch_to_pyav(self) -> None:
         """FFmpeg's whole decode in place of the file libsndfile opened (kept where FFmpeg fails: raises)."""
+        opened = self._sf
         self._open_with_pyav()
-        self._sf.close()
-        self._sf = None
+        opened.close()
+        if self._sf is opened:  # (not where the decode went to a temporary file that libsndfile reads)
+            self._sf = None
 
     def _read_past_an_unwritten_length(self) -> None:
         """A WAV whose recorder stopped before it wrote the lengths (a crash, a pulled card: both sizes 0)
@@ -276,38 +279,20 @@ class AudioFile:
         )
 
     def _open_with_pyav(self) -> None:
-        """Decode the whole stream with PyAV (formats libsndfile lacks are short clips in practice)."""
-        import av  # imported lazily: only formats libsndfile cannot read need it
-
+        """FFmpeg's decode of the whole stream (``pyav.py``): held in memory, or past a size in a
+        temporary file that libsndfile reads a window at a time."""
         try:
-            with av.open(self._stream(), mode="r") as container:
-                if not container.streams.audio:
-                    raise DecodeError("no audio stream")
-                stream = container.streams.audio[0]
-                samples, resampler, settings, first = None, None, None, None
-                for frame in container.decode(stream):
-                    if (frame.format.name, frame.layout.name, frame.sample_rate) != settings:
-                        # The first frame's rate and channels for every frame: where they change (MP3s of
-                        # two rates joined end to end), FFmpeg converts the later part to the first's.
-                        if resampler is not None:
-                            samples.extend(_drained(resampler))
-                        settings = (frame.format.name, frame.layout.name, frame.sample_rate)
-                        if first is None:
-                            first = (frame.layout, frame.sample_rate)
-                            samples = _Samples(len(frame.layout.channels), _expected_frames(container, first[1]))
-                        resampler = av.AudioResampler(format="fltp", layout=first[0], rate=first[1])
-                    samples.extend(out.to_ndarray() for out in resampler.resample(frame))
-                if resampler is not None:
-                    samples.extend(_drained(resampler))
-                if samples is None or not samples.frames:
-                    raise DecodeError("no audio frames decoded")
-                self.sample_rate = int(first[1])
-        except DecodeError:
-            raise
+            decoded = pyav.decode_all(self._stream())
+        except pyav.NoAudio as e:
+            raise DecodeError(str(e)) from None
         except Exception as e:
             raise DecodeError(_first_line(e)) from None
-        self._decoded = samples.array()
-        self.channels, self.frames = self._decoded.shape
+        self.sample_rate, self.channels, self.frames = decoded.sample_rate, decoded.channels, decoded.frames
+        self._pyav = decoded
+        if decoded.samples is not None:
+            self._decoded = decoded.samples
+        else:
+            self._sf = decoded.spilled
         self.backend = "pyav"
 
     @property
@@ -361,6 +346,9 @@ class AudioFile:
         if self._sf is not None:
             self._sf.close()
             self._sf = None
+        if self._pyav is not None:
+            self._pyav.close()
+            self._pyav = None
         if self._raw is not None:
             self._raw.close()
             self._raw = None
@@ -370,46 +358,6 @@ class AudioFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _drained(resampler) -> list[np.ndarray]:
-    """What a PyAV resampler still holds."""
-    return [out.to_ndarray() for out in resampler.resample(None)]
-
-
-def _expected_frames(container, sample_rate: int) -> int:
-    """Frames a container says it holds (its duration, in microseconds), with a margin; 0 where unknown,
-    and at most ``PREALLOCATED_FRAMES`` (a damaged header's duration is not allocated)."""
-    seconds = (container.duration or 0) / 1_000_000
-    return min(int(seconds * sample_rate * 1.01) + sample_rate, PREALLOCATED_FRAMES) if seconds > 0 else 0
-
-
-PREALLOCATED_FRAMES = 2**27  # per channel: 512 MiB of float32, 50 minutes at 44.1 kHz
-
-
-class _Samples:
-    """Decoded frames ``[C, n]`` appended into one float32 buffer sized from the container's duration
-    (grown by half where that was short: MP3s joined end to end say the first one's): the whole file is
-    held once, where a list of chunks and their concatenation held it twice (a 10-minute stereo m4a
-    peaked at 512 MB, 230 MB of it samples)."""
-
-    def __init__(self, channels: int, expected_frames: int):
-        self._buffer = np.empty((channels, max(expected_frames, 1)), np.float32)
-        self.frames = 0
-
-    def extend(self, chunks) -> None:
-        for chunk in chunks:
-            n = chunk.shape[1]
-            if self.frames + n > self._buffer.shape[1]:
-                grown = np.empty((len(self._buffer), max(self.frames + n, self._buffer.shape[1] * 3 // 2)), np.float32)
-                grown[:, : self.frames] = self._buffer[:, : self.frames]
-                self._buffer = grown
-            self._buffer[:, self.frames : self.frames + n] = chunk
-            self.frames += n
-
-    def array(self) -> np.ndarray:
-        """The frames, ``[C, frames]`` (a view of the buffer: rows a buffer's length apart)."""
-        return self._buffer[:, : self.frames]
 
 
 def _first_line(error: BaseException) -> str:
