@@ -175,7 +175,7 @@ class AudioFile:
                 self._open_with_pyav()
             except DecodeError as av_error:
                 raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
-        if self._sf is not None:  # where libsndfile's length is not the file's
+        if self.backend == "soundfile":  # where libsndfile's length is not the file's
             mp3_length = self._mp3_length()
             self.length_estimated = mp3_length is mp3.Length.NOT_STATED
             if mp3_length is mp3.Length.UNDERSTATED or self._chained_ogg():
