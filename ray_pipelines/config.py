@@ -31,8 +31,8 @@ OUTPUT_FORMAT = 2
 # The Parquet codecs a job may write with (`compression`; jobs pick their own default).
 Codec = Literal["none", "snappy", "zstd", "lz4", "gzip"]
 
-# Audio the decoders read (libsndfile; FFmpeg through PyAV for AAC (.m4b: audiobooks), AC-3, Matroska/WebM
-# audio (the .webm a video site's audio-only download is), WavPack, WMA, MP2, TTA and AMR), for every job.
+# Audio the decoders read (libsndfile, MP2 too; FFmpeg through PyAV for AAC (.m4b: audiobooks), AC-3,
+# Matroska/WebM audio (the .webm a video site's audio-only download is), WavPack, WMA, TTA and AMR).
 AUDIO_EXTENSIONS = [
     *("wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aiff", "aif", "aifc", "au", "snd", "caf", "w64", "rf64"),
     *("m4a", "m4b", "aac", "ac3", "webm", "mka", "wv", "wma", "mp2", "tta", "amr"),
@@ -42,7 +42,7 @@ AUDIO_EXTENSIONS = [
 # Musepack, Speex, Shorten, TAK, DTS, E-AC-3, RealAudio) or decoded at many times audio's rate (DSD). A
 # listing names the ones it leaves out.
 OTHER_MEDIA_EXTENSIONS = (
-    *("mp4", "m4v", "mov", "mkv", "avi", "3gp", "flv", "mpg", "mpeg", "ts"),
+    *("mp4", "m4v", "mov", "mkv", "avi", "3gp", "flv", "mpg", "mpeg"),
     *("ape", "mpc", "spx", "shn", "tak", "dts", "eac3", "ra", "dsf", "dff"),
 )
 
