@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -307,6 +309,15 @@ def test_a_long_file_ffmpeg_decodes_whole_goes_to_a_temporary_file_with_the_same
     with open_path(joined) as f:  # its buffer grown past the duration the container gave, then spilled
         assert f._pyav.spilled is not None
         np.testing.assert_array_equal(f.read(0, f.frames), joined_frames)
+    chain = tmp_path / "chain.ogg"  # FFmpeg fails at its second stream, after the first one spilled
+    chain.write_bytes(
+        b"".join(write_audio(tmp_path / f"{r}.ogg", tone(2.0, r), r).read_bytes() for r in (44100, 22050))
+    )
+    files_open = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(DecodeError, match="^undecodable: files joined end to end") as failed:
+        open_path(chain)
+    assert failed.value.__context__ is not None  # FFmpeg's error, and the frames that held the samples, alive
+    assert len(os.listdir("/proc/self/fd")) == files_open  # its temporary file closed all the same
 
 
 def test_an_mp3_from_object_storage_decodes_as_from_disk(tmp_path, s3_bucket):

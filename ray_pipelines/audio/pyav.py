@@ -52,29 +52,34 @@ def decode_all(stream: Any, spill_bytes: int | None = None) -> Decoded:
     """Every frame of the first audio stream of ``stream`` (a path or a file object)."""
     import av  # imported lazily: only the files above need it
 
-    with av.open(stream, mode="r") as container:
-        if not container.streams.audio:
-            raise NoAudio("no audio stream")
-        samples, resampler, settings, first = None, None, None, None
-        for frame in container.decode(container.streams.audio[0]):
-            if (frame.format.name, frame.layout.name, frame.sample_rate) != settings:
-                if resampler is not None:
-                    samples.extend(_drained(resampler))
-                settings = (frame.format.name, frame.layout.name, frame.sample_rate)
-                if first is None:
-                    first = (frame.layout, frame.sample_rate)
-                    samples = _Samples(
-                        len(frame.layout.channels),
-                        _expected_frames(container, frame.sample_rate),
-                        SPILL_BYTES if spill_bytes is None else spill_bytes,
-                    )
-                resampler = av.AudioResampler(format="fltp", layout=first[0], rate=first[1])
-            samples.extend(out.to_ndarray() for out in resampler.resample(frame))
-        if resampler is not None:
-            samples.extend(_drained(resampler))
-    if samples is None or not samples.frames:
-        raise NoAudio("no audio frames decoded")
-    return samples.decoded(int(first[1]))
+    samples, resampler, settings, first = None, None, None, None
+    try:
+        with av.open(stream, mode="r") as container:
+            if not container.streams.audio:
+                raise NoAudio("no audio stream")
+            for frame in container.decode(container.streams.audio[0]):
+                if (frame.format.name, frame.layout.name, frame.sample_rate) != settings:
+                    if resampler is not None:
+                        samples.extend(_drained(resampler))
+                    settings = (frame.format.name, frame.layout.name, frame.sample_rate)
+                    if first is None:
+                        first = (frame.layout, frame.sample_rate)
+                        samples = _Samples(
+                            len(frame.layout.channels),
+                            _expected_frames(container, frame.sample_rate),
+                            SPILL_BYTES if spill_bytes is None else spill_bytes,
+                        )
+                    resampler = av.AudioResampler(format="fltp", layout=first[0], rate=first[1])
+                samples.extend(out.to_ndarray() for out in resampler.resample(frame))
+            if resampler is not None:
+                samples.extend(_drained(resampler))
+        if samples is None or not samples.frames:
+            raise NoAudio("no audio frames decoded")
+        return samples.decoded(int(first[1]))
+    except BaseException:
+        if samples is not None:
+            samples.discard()  # a temporary file, where it had spilled
+        raise
 
 
 def _drained(resampler) -> list[np.ndarray]:
@@ -123,6 +128,10 @@ class _Samples:
             part = self._buffer[:, start : min(start + FRAMES_PER_WRITE, self.frames)]
             self._file.write(np.ascontiguousarray(part.T, dtype="<f4"))
         self._buffer = None
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
     def decoded(self, sample_rate: int) -> Decoded:
         if self._file is None:  # a view of the buffer: rows a buffer's length apart
