@@ -45,15 +45,19 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int = 44100) -> Path
     return path
 
 
-def write_mp3_without_length(path: Path, audio: np.ndarray, sample_rate: int = 44100) -> Path:
+def write_mp3_without_length(path: Path, audio: np.ndarray, sample_rate: int = 44100, vbr: bool = False) -> Path:
     """A mono MP3 with no Xing/Info frame (FFmpeg's ``-write_xing 0``, as stream rips and older encoders
-    write them): libsndfile can only estimate its length. ``write_audio`` writes one that states it."""
+    write them): libsndfile can only estimate its length. ``write_audio`` writes one that states it.
+    ``vbr``: LAME's variable bitrate (``-q:a 2``), whose frames' sizes follow the audio."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="mp3", options={"write_xing": "0"}) as container:
         stream = container.add_stream("libmp3lame", rate=sample_rate)
         stream.layout = "mono"
+        if vbr:
+            stream.codec_context.qscale = True
+            stream.codec_context.global_quality = 2 * 118  # FFmpeg's FF_QP2LAMBDA: LAME's V2
         frame = av.AudioFrame.from_ndarray(audio[None, :], format="fltp", layout="mono")
         frame.sample_rate = sample_rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:

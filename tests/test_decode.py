@@ -184,37 +184,51 @@ def test_a_flac_whose_header_gives_no_length_is_decoded_to_its_end(tmp_path):
     assert valid == expected[1] and window.tobytes() == expected[0].tobytes()
 
 
-def test_an_mp3_that_does_not_state_its_length_is_read_to_where_it_ends(tmp_path):
-    """Without a Xing/Info frame libsndfile estimates an MP3's length from its size, always a few frames
-    long here: the windows reaching the end were 'truncated: header promises 311593 frames, decoding
-    stopped at 309888' (a features job lost 3 of the 6 snippets of every such file)."""
-    audio = tone(7.0, 44100)
-    path = write_mp3_without_length(tmp_path / "rip.mp3", audio, 44100)
-    decoded = sf.read(str(path), dtype="float32")[0]  # every frame there is
-    end = len(decoded)
-    with open_path(path) as f:
-        assert f.length_estimated and f.frames > end  # libsndfile's estimate
-        window, valid = load_window(f, 6.0, 2.0, 44100)  # runs past the end
-        assert (f.frames, f.length_estimated, valid) == (end, False, end - 6 * 44100)
-        np.testing.assert_allclose(window[:valid], decoded[6 * 44100 :], atol=1e-6)  # mpg123 after a seek
-        assert not window[valid:].any()
-        with pytest.raises(
-            DecodeError, match=rf"^past the end: the window starts at 7.100 s, the audio ends at {end / 44100:.3f} s$"
-        ):
-            load_window(f, 7.1, 0.5, 44100)
-    with open_path(path) as f:  # resampled: the valid samples of the end the read found
-        window, valid = load_window(f, 6.0, 2.0, 16000)
-        assert valid == -(-end * 16000 // 44100) - 6 * 16000
-    with open_path(path) as f:  # decoded whole: its real length too
-        assert f.decode_whole() and f.frames == end and not f.length_estimated
-    stated = write_audio(tmp_path / "lame.mp3", audio)  # libsndfile's LAME writes an Info frame
+def test_an_mp3_that_does_not_state_its_length_is_read_to_its_end(tmp_path):
+    """Without a Xing/Info frame libsndfile estimates an MP3's length from its size and its first frame's
+    bitrate, and reads no further: a few frames long at a constant bitrate (every window reaching the end
+    was 'truncated: header promises 311593 frames, decoding stopped at 309888'), and at a variable one far
+    short, without an error: 1.7 s of this 10 s file. FFmpeg reads such a file to its end."""
+    rng = np.random.default_rng(0)
+    loud_then_quiet = np.concatenate([0.5 * rng.standard_normal(2 * 44100), tone(8.0, amplitude=0.001)])
+    for path, audio in (
+        (write_mp3_without_length(tmp_path / "rip.mp3", tone(7.0)), tone(7.0)),
+        (write_mp3_without_length(tmp_path / "vbr.mp3", loud_then_quiet.astype(np.float32), vbr=True), loud_then_quiet),
+    ):
+        estimate = sf.info(str(path)).frames
+        with open_path(path) as f:
+            assert f.backend == "pyav" and len(audio) <= f.frames < len(audio) + 2 * 1152  # + the encoder's delay
+            last = (f.frames - 44100) / 44100
+            window, valid = load_window(f, last, 2.0, 44100)  # runs past the end
+            assert valid == 44100 and not window[valid:].any() and np.abs(window[:valid]).max() > 0
+            with pytest.raises(DecodeError, match=r"^past the end: the window starts at"):
+                load_window(f, f.duration + 0.1, 0.5, 44100)
+        assert (estimate > f.frames) if path.name == "rip.mp3" else (estimate < 0.2 * f.frames)
+    stated = write_audio(tmp_path / "lame.mp3", tone(7.0))  # libsndfile's LAME writes an Info frame
     with open_path(stated) as f:
-        assert not f.length_estimated and f.frames == len(audio)
+        assert (f.backend, f.frames) == ("soundfile", 7 * 44100)
     cut = tmp_path / "cut.mp3"
     cut.write_bytes(stated.read_bytes()[: stated.stat().st_size // 2])
     with open_path(cut) as f:  # a length stated and not there: truncated, as before
         with pytest.raises(DecodeError, match="^truncated"):
             load_window(f, 5.0, 1.0, 44100)
+
+
+def test_a_packet_ffmpeg_refuses_is_passed_over_not_the_whole_file(tmp_path):
+    """Two MP3s without lengths from FFmpeg's LAME and one from libsndfile's, joined: FFmpeg's decoder
+    refuses the packet where the first two meet, and PyAV's ``container.decode`` raised it, so the whole
+    9 s file was an error row. The packet is passed over, as the ``ffmpeg`` command does."""
+    parts = [
+        write_mp3_without_length(tmp_path / "1.mp3", tone(3.0)),
+        write_mp3_without_length(tmp_path / "2.mp3", tone(3.0, freq=660.0, seed=1)),
+        write_audio(tmp_path / "3.mp3", tone(3.0, freq=880.0, seed=2)),
+    ]
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+    with open_path(joined) as f:
+        assert f.backend == "pyav" and 9 * 44100 <= f.frames < 9.2 * 44100
+        window, valid = load_window(f, 7.5, 1.0, 44100)
+    assert valid == 44100 and abs(np.argmax(np.abs(np.fft.rfft(window))) * 44100 / len(window) - 880.0) <= 2.0
 
 
 @pytest.mark.parametrize("fmt", ["mp3", "ogg"])
@@ -242,7 +256,7 @@ def test_files_joined_end_to_end_are_read_to_the_end_of_the_last(tmp_path, fmt):
         np.testing.assert_array_equal(load_window(f, 4.0, 1.0, 44100)[0], window)
     for alone in (first, second):  # the length a file gives is kept where it is the file's
         with open_path(alone) as f:
-            assert (f.backend, f.frames, f.length_estimated) == ("soundfile", 3 * 44100, False)
+            assert (f.backend, f.frames) == ("soundfile", 3 * 44100)
 
 
 def test_joined_parts_of_another_rate_or_channels_are_converted_to_the_first_or_refused(tmp_path):
@@ -269,7 +283,11 @@ def test_joined_parts_of_another_rate_or_channels_are_converted_to_the_first_or_
         write_audio(tmp_path / "a.ogg", tone(2.0, 44100)).read_bytes()
         + write_audio(tmp_path / "b.ogg", tone(2.0, 22050), 22050).read_bytes()
     )
-    with pytest.raises(DecodeError, match=r"^undecodable: files joined end to end .* split it into its parts$"):
+    with pytest.raises(
+        DecodeError,
+        match=r"^undecodable: a chained Ogg \(streams one after another\), which FFmpeg cannot read to its end "
+        r".* split it into its parts or encode it again$",
+    ):
         open_path(chain)
 
 
@@ -314,7 +332,7 @@ def test_a_long_file_ffmpeg_decodes_whole_goes_to_a_temporary_file_with_the_same
         b"".join(write_audio(tmp_path / f"{r}.ogg", tone(2.0, r), r).read_bytes() for r in (44100, 22050))
     )
     files_open = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(DecodeError, match="^undecodable: files joined end to end") as failed:
+    with pytest.raises(DecodeError, match="^undecodable: a chained Ogg") as failed:
         open_path(chain)
     assert failed.value.__context__ is not None  # FFmpeg's error, and the frames that held the samples, alive
     assert len(os.listdir("/proc/self/fd")) == files_open  # its temporary file closed all the same
@@ -324,7 +342,7 @@ def test_an_mp3_from_object_storage_decodes_as_from_disk(tmp_path, s3_bucket):
     """From an object store libsndfile reads through the same file object the MP3 length check reads
     from; the check left it moved, and the decoder read on from there: `truncated: header promises
     308700 frames, decoding stopped at 47`, or the wrong samples. Files joined end to end too (their
-    checks read the file's tail)."""
+    checks read the file's tail), and an MP3 without its length (FFmpeg reading the object store's file)."""
     bucket, options, fs = s3_bucket
     audio = tone(7.0, 44100)
     joined = {}
@@ -338,7 +356,7 @@ def test_an_mp3_from_object_storage_decodes_as_from_disk(tmp_path, s3_bucket):
         with open_path(path) as f:
             expected = [load_window(f, start, 2.0, 44100) for start in (0.0, 3.0, 6.0)]
         with AudioFile(InputAudio(f"s3://{bucket}/{path.name}", path.stat().st_size), options) as f:
-            assert f.backend == ("pyav" if path in joined.values() else "soundfile")
+            assert f.backend == ("soundfile" if path == lame else "pyav")
             windows = [load_window(f, start, 2.0, 44100) for start in (0.0, 3.0, 6.0)]
         for (window, valid), (want, want_valid) in zip(windows, expected):
             assert valid == want_valid

@@ -122,9 +122,6 @@ class AudioFile:
         self._decoded: np.ndarray | None = None  # the whole file in memory: PyAV's formats, decode_whole()
         self._pyav: pyav.Decoded | None = None  # PyAV's decode, whose temporary file close() removes
         self.backend = ""
-        # ``frames`` is libsndfile's estimate (an MP3 without a Xing/Info frame: ``mp3.py``): a read past
-        # the end there ends the file, where elsewhere it is "truncated"; ``decode_whole`` makes it exact.
-        self.length_estimated = False
         try:
             fs, path = get_fs(source.uri, storage_options)
             self._raw = fs.open(path, "rb")
@@ -176,16 +173,14 @@ class AudioFile:
             except DecodeError as av_error:
                 raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
         if self.backend == "soundfile":  # where libsndfile's length is not the file's
-            mp3_length = self._mp3_length()
-            self.length_estimated = mp3_length is mp3.Length.NOT_STATED
-            if mp3_length is mp3.Length.UNDERSTATED or self._chained_ogg():
-                # Files joined end to end: libsndfile reads the first one alone, FFmpeg reads on.
+            wrong_length = self._wrong_length()
+            if wrong_length:  # libsndfile would stop short (or read past the end): FFmpeg reads to the end
                 try:
                     self._switch_to_pyav()
                 except DecodeError as e:  # an Ogg chain whose streams change rate or channels
                     raise DecodeError(
-                        f"undecodable: files joined end to end (MP3s, a chained Ogg) that FFmpeg cannot read as "
-                        f"one ({e}); split it into its parts"
+                        f"undecodable: {wrong_length}, which FFmpeg cannot read to its end ({e}); split it into "
+                        "its parts or encode it again"
                     ) from None
             elif self.frames >= UNKNOWN_LENGTH:
                 # No length in the header (a FLAC encoded to a pipe: 0 total samples), and libsndfile's
@@ -198,13 +193,17 @@ class AudioFile:
         if self.sample_rate <= 0 or self.channels <= 0:
             raise DecodeError("undecodable: header has no sample rate or channels")
 
-    def _mp3_length(self) -> mp3.Length | None:
-        if self._sf.format != "MP3":
-            return None
-        return self._read_head(lambda f: mp3.stated_length(f, self.size))
-
-    def _chained_ogg(self) -> bool:
-        return self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.size))
+    def _wrong_length(self) -> str:
+        """What makes libsndfile's length not the file's, where its format says (``mp3.py``, ``ogg.py``)."""
+        if self._sf.format == "MP3":
+            length = self._read_head(lambda f: mp3.stated_length(f, self.size))
+            if length is mp3.Length.NOT_STATED:  # estimated from the size and the first frame's bitrate
+                return "an MP3 that does not state its length"
+            if length is mp3.Length.UNDERSTATED:
+                return "MP3s joined end to end"
+        if self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.size)):
+            return "a chained Ogg (streams one after another)"
+        return ""
 
     def _starts_with(self, magic: bytes) -> bool:
         return self._read_head(lambda f: f.read(len(magic)) == magic)
@@ -330,10 +329,7 @@ class AudioFile:
             data = self._sf.read(num_frames, dtype="float32", always_2d=True)
         except Exception as e:
             raise DecodeError(f"truncated or corrupt: {_first_line(e)}") from None
-        if data.shape[0] < num_frames and self.length_estimated:
-            self.frames = start + data.shape[0]  # where the file really ends
-            self.length_estimated = False
-        elif data.shape[0] < num_frames:
+        if data.shape[0] < num_frames:
             raise DecodeError(
                 f"truncated: header promises {self.frames} frames, decoding stopped at {start + data.shape[0]}"
             )
@@ -466,8 +462,8 @@ def load_window(
 
 
 def _valid_samples(audio_file: AudioFile, start: int, length: int, sample_rate: int) -> int:
-    """How many of a window's samples are the file's: a window that starts past the end (the end an MP3
-    without a stated length really has, found by the read) has none, and is no window of the file."""
+    """How many of a window's samples are the file's: a window that starts past the end has none, and
+    is no window of the file."""
     valid = min(length, resampled_length(audio_file.frames, audio_file.sample_rate, sample_rate) - start)
     if valid <= 0 and length > 0:
         raise DecodeError(

@@ -1,7 +1,8 @@
 """FFmpeg's decode of a whole stream, through PyAV.
 
 For what libsndfile cannot read (AAC, AC-3, WebM, WavPack, ...) and for files whose length libsndfile
-gets wrong (MP3s joined end to end, a chained Ogg, a FLAC without its length). FFmpeg cannot seek to a
+gets wrong (an MP3 that does not state it, MP3s joined end to end, a chained Ogg, a FLAC without its
+length). FFmpeg cannot seek to a
 sample exactly in every format, so the stream is decoded once, from its start, at its native rate and
 channels (the first frame's: where they change, as in MP3s of two rates joined, FFmpeg converts the
 later frames to them).
@@ -57,7 +58,7 @@ def decode_all(stream: Any, spill_bytes: int | None = None) -> Decoded:
         with av.open(stream, mode="r") as container:
             if not container.streams.audio:
                 raise NoAudio("no audio stream")
-            for frame in container.decode(container.streams.audio[0]):
+            for frame in _frames(container, container.streams.audio[0]):
                 if (frame.format.name, frame.layout.name, frame.sample_rate) != settings:
                     if resampler is not None:
                         samples.extend(_drained(resampler))
@@ -80,6 +81,19 @@ def decode_all(stream: Any, spill_bytes: int | None = None) -> Decoded:
         if samples is not None:
             samples.discard()  # a temporary file, where it had spilled
         raise
+
+
+def _frames(container, stream):
+    """The stream's decoded frames; a packet the decoder refuses is passed over, as the ``ffmpeg`` command
+    does (an MP3 joined from two encoders' files: the second's first frame, where they meet), where
+    PyAV's ``container.decode`` raised and the whole file was lost."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue
 
 
 def _drained(resampler) -> list[np.ndarray]:

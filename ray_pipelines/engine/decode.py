@@ -135,8 +135,6 @@ class WindowDecoder:
     def _plan(self, item: dict[str, Any], audio_file: AudioFile, skip: set[int]) -> list[Window]:
         """The input's windows, once its length is known; the whole file decoded where that saves reads."""
         fits_whole = audio_file.frames * audio_file.channels * 4 <= WHOLE_FILE_BYTES
-        if audio_file.length_estimated and fits_whole:
-            audio_file.decode_whole()  # its real length, before the windows are planned on it
         if audio_file.duration < self.min_duration:
             raise DecodeError(f"too short: {audio_file.duration:.3f} s is below min_duration {self.min_duration:g} s")
         windows = self.plan(item["key"], audio_file.duration)
