@@ -2,10 +2,9 @@
 
 For what libsndfile cannot read (AAC, AC-3, WebM, WavPack, ...) and for files whose length libsndfile
 gets wrong (an MP3 that does not state it, MP3s joined end to end, a chained Ogg, a FLAC without its
-length). FFmpeg cannot seek to a
-sample exactly in every format, so the stream is decoded once, from its start, at its native rate and
-channels (the first frame's: where they change, as in MP3s of two rates joined, FFmpeg converts the
-later frames to them).
+length). FFmpeg cannot seek to a sample exactly in every format, so the stream is decoded once, from
+its start, at its native rate and channels (the first frame's: where they change, as in MP3s of two
+rates joined, FFmpeg converts the later frames to them).
 
 The samples are held once, in a buffer sized from the container's duration; past ``SPILL_BYTES`` they
 go to a temporary file of float32 frames instead, which libsndfile reads a window at a time as raw
@@ -49,7 +48,7 @@ class Decoded:
             self.spill_file.close()  # a temporary file: gone with it
 
 
-def decode_all(stream: Any, spill_bytes: int | None = None) -> Decoded:
+def decode_all(stream: Any) -> Decoded:
     """Every frame of the first audio stream of ``stream`` (a path or a file object)."""
     import av  # imported lazily: only the files above need it
 
@@ -68,7 +67,7 @@ def decode_all(stream: Any, spill_bytes: int | None = None) -> Decoded:
                         samples = _Samples(
                             len(frame.layout.channels),
                             _expected_frames(container, frame.sample_rate),
-                            SPILL_BYTES if spill_bytes is None else spill_bytes,
+                            SPILL_BYTES,
                         )
                     resampler = av.AudioResampler(format="fltp", layout=first[0], rate=first[1])
                 samples.extend(out.to_ndarray() for out in resampler.resample(frame))
