@@ -109,8 +109,9 @@ class InputAudio:
 class AudioFile:
     """An open audio input. Use as a context manager.
 
-    ``sample_rate``, ``frames`` (per channel, at the native rate) and
-    ``channels`` come from the header; ``read`` returns float32 ``[C, n]``.
+    ``sample_rate``, ``frames`` (per channel, at the native rate) and ``channels`` come from the header,
+    or from FFmpeg's decode where the header's length is not the file's; ``size`` is the input's bytes;
+    ``read`` returns float32 ``[C, n]``.
     """
 
     def __init__(self, source: InputAudio, storage_options: dict[str, Any] | None = None):
