@@ -176,12 +176,12 @@ class AudioFile:
         if self.backend == "soundfile":  # where libsndfile's length is not the file's
             wrong_length = self._wrong_length()
             if wrong_length:  # libsndfile would stop short (or read past the end): FFmpeg reads to the end
+                what, advice = wrong_length
                 try:
                     self._switch_to_pyav()
                 except DecodeError as e:  # an Ogg chain whose streams change rate or channels
                     raise DecodeError(
-                        f"undecodable: {wrong_length}, which FFmpeg cannot read to its end ({e}); split it into "
-                        "its parts or encode it again"
+                        f"undecodable: {what}, which FFmpeg cannot read to its end ({e}); {advice}"
                     ) from None
             elif self.frames >= UNKNOWN_LENGTH:
                 # No length in the header (a FLAC encoded to a pipe: 0 total samples), and libsndfile's
@@ -194,17 +194,18 @@ class AudioFile:
         if self.sample_rate <= 0 or self.channels <= 0:
             raise DecodeError("undecodable: header has no sample rate or channels")
 
-    def _wrong_length(self) -> str:
-        """What makes libsndfile's length not the file's, where its format says (``mp3.py``, ``ogg.py``)."""
+    def _wrong_length(self) -> tuple[str, str] | None:
+        """What makes libsndfile's length not the file's, where its format says (``mp3.py``, ``ogg.py``),
+        and what to do with such a file FFmpeg cannot read either."""
         if self._sf.format == "MP3":
             length = self._read_head(lambda f: mp3.stated_length(f, self.size))
             if length is mp3.Length.NOT_STATED:  # estimated from the size and the first frame's bitrate
-                return "an MP3 that does not state its length"
+                return "an MP3 that does not state its length", "encode it again"
             if length is mp3.Length.UNDERSTATED:
-                return "MP3s joined end to end"
+                return "MP3s joined end to end", "split it into its parts"
         if self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.size)):
-            return "a chained Ogg (streams one after another)"
-        return ""
+            return "a chained Ogg (streams one after another)", "split it into its streams"
+        return None
 
     def _starts_with(self, magic: bytes) -> bool:
         return self._read_head(lambda f: f.read(len(magic)) == magic)
