@@ -107,3 +107,31 @@ def encoded_bytes(audio: np.ndarray, fmt: str = "flac", sample_rate: int = 44100
     f, subtype = FORMATS[fmt]
     sf.write(buffer, audio, sample_rate, format=f, subtype=subtype)
     return buffer.getvalue()
+
+
+class FailingAfter(io.RawIOBase):
+    """A real file whose reads fail past ``limit`` bytes, as a dropped connection would."""
+
+    def __init__(self, path, limit: int):
+        self._file, self._limit = open(path, "rb"), limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def readinto(self, buffer) -> int:
+        if self._file.tell() + len(buffer) > self._limit:
+            raise ConnectionError("connection reset by peer")
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

@@ -16,10 +16,19 @@ from ray_pipelines.audio.decode import (
     check_not_silent,
     conform_channels,
     crop_or_pad,
+    is_retryable,
     load_window,
 )
 from ray_pipelines.sources import list_inputs
-from tests.audio_helpers import FORMATS, SHARED_AUDIO, tone, write_audio, write_mp3_without_length, write_tar
+from tests.audio_helpers import (
+    FORMATS,
+    SHARED_AUDIO,
+    FailingAfter,
+    tone,
+    write_audio,
+    write_mp3_without_length,
+    write_tar,
+)
 
 
 def open_path(path) -> AudioFile:
@@ -361,6 +370,45 @@ def test_an_mp3_from_object_storage_decodes_as_from_disk(tmp_path, s3_bucket):
         for (window, valid), (want, want_valid) in zip(windows, expected):
             assert valid == want_valid
             np.testing.assert_allclose(window, want, atol=1e-6)  # mpg123 after a seek
+
+
+@pytest.mark.parametrize("name", ["long.wav", "long.flac", "long.ogg", "long.mp3", "long.m4a"])
+def test_a_connection_that_drops_mid_file_is_retryable_not_corrupt(tmp_path, monkeypatch, name):
+    """From object storage a read that fails (a connection reset after s3fs's own retries) reached
+    libsndfile and FFmpeg as the end of the file: a WAV's window was `truncated: header promises ...` and
+    an m4a FFmpeg's own message, both committed as final error rows and never tried again. The failure
+    is kept as it passes, and the input is `unreadable: ...`, tried again on the next run."""
+    import av
+
+    from ray_pipelines.audio import decode
+
+    audio = tone(20.0, 44100)
+    if name.endswith(".m4a"):
+        path = tmp_path / name
+        with av.open(str(path), "w", format="ipod") as out:
+            stream = out.add_stream("aac", rate=44100)
+            stream.layout = "mono"
+            frame = av.AudioFrame.from_ndarray(audio[None], format="fltp", layout="mono")
+            frame.sample_rate = 44100
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                out.mux(packet)
+    else:
+        path = write_audio(tmp_path / name, audio)
+    size = path.stat().st_size
+
+    class DroppingStore:  # an object store whose connection drops halfway through the file
+        protocol = ("s3",)
+
+        def open(self, _path, mode="rb"):
+            return FailingAfter(path, size // 2)
+
+    monkeypatch.setattr(decode, "get_fs", lambda uri, options=None: (DroppingStore(), str(path)))
+    with pytest.raises(DecodeError) as failed:
+        with AudioFile(InputAudio(f"s3://bucket/{name}", size)) as f:
+            load_window(f, 1.0, 1.0, 16000)  # before the drop: read
+            load_window(f, 15.0, 1.0, 16000)
+    assert str(failed.value).startswith("unreadable: ConnectionError: connection reset by peer")
+    assert is_retryable(str(failed.value))
 
 
 def test_truncated_flac_is_an_error(tmp_path):

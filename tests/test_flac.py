@@ -12,7 +12,7 @@ import soundfile as sf
 
 from ray_pipelines.audio import flac
 from ray_pipelines.audio.decode import AudioFile, DecodeError, InputAudio
-from tests.audio_helpers import SHARED_AUDIO, tone, write_audio
+from tests.audio_helpers import SHARED_AUDIO, FailingAfter, tone, write_audio
 
 pytestmark = pytest.mark.skipif(not flac.available(), reason="libFLAC not installed (the `flac` extra)")
 
@@ -130,34 +130,6 @@ def test_flac_magic_without_a_flac_stream_falls_back_and_fails_clearly(tmp_path)
         flac.FlacReader(str(path))
     with pytest.raises(DecodeError, match="undecodable"):
         AudioFile(InputAudio(str(path), path.stat().st_size))
-
-
-class FailingAfter(io.RawIOBase):
-    """A real file whose reads fail past ``limit`` bytes, as a dropped connection would."""
-
-    def __init__(self, path, limit: int):
-        self._file, self._limit = open(path, "rb"), limit
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        return self._file.seek(pos, whence)
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def readinto(self, buffer) -> int:
-        if self._file.tell() + len(buffer) > self._limit:
-            raise ConnectionError("connection reset by peer")
-        return self._file.readinto(buffer)
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
 
 
 def test_a_storage_error_mid_window_is_retryable_not_corrupt(tmp_path):

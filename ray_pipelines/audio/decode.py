@@ -93,6 +93,46 @@ class _RangeFile(io.RawIOBase):
         return len(data)
 
 
+class _KeepsStorageErrors(io.RawIOBase):
+    """A store's file whose read and seek errors (a connection that drops after s3fs's own retries) are
+    kept, and read as the end of the file. libsndfile took such a failed read for the end anyway
+    (`truncated: ...`) and FFmpeg gave its own message, which committed a storage hiccup as a corrupt
+    file, never tried again; ``error`` now tells the decoder the input is `unreadable:` (retried on the
+    next run). Kept rather than raised: through libsndfile's callbacks an exception is only printed."""
+
+    def __init__(self, file):
+        self._file, self.error = file, None
+
+    def _kept(self, call, failed, *args):
+        try:
+            return call(*args)
+        except Exception as e:
+            self.error = self.error or e
+            return failed
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self._kept(self._file.read, b"", n)
+
+    def readinto(self, buffer) -> int:
+        return self._kept(self._file.readinto, 0, buffer)
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self._kept(self._file.seek, self._file.tell(), pos, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 @dataclass(frozen=True)
 class InputAudio:
     """Where an input's bytes are: a URL, and for tar members their byte range."""
@@ -130,12 +170,16 @@ class AudioFile:
             # Python file object every small read of the decoder is a Python call (an MP3 window
             # made thousands: a fifth of its decode time).
             self._local_path = path if is_local(fs) and source.member_offset < 0 else None
+            if not is_local(fs):
+                self._raw = _KeepsStorageErrors(self._raw)
             # The input's bytes: the listing's size, else (an AudioFile opened by hand) the file's own.
             self.size = source.size if source.size >= 0 else self._raw.seek(0, io.SEEK_END)
         except Exception as e:  # missing, network or permission errors: retryable on a later run
             raise DecodeError(open_failure(e)) from None
         try:
             self._open()
+            if self._storage_failure():  # a failed read libsndfile or FFmpeg took for the end of the file
+                raise DecodeError(self._storage_failure())
         except BaseException:
             self.close()
             raise
@@ -172,7 +216,9 @@ class AudioFile:
             try:
                 self._open_with_pyav()
             except DecodeError as av_error:
-                raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
+                raise DecodeError(
+                    self._storage_failure() or f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}"
+                ) from None
         if self.backend == "soundfile":  # where libsndfile's length is not the file's
             wrong_length = self._wrong_length()
             if wrong_length:  # libsndfile would stop short (or read past the end): FFmpeg reads to the end
@@ -210,6 +256,11 @@ class AudioFile:
     def _starts_with(self, magic: bytes) -> bool:
         return self._read_head(lambda f: f.read(len(magic)) == magic)
 
+    def _storage_failure(self) -> str:
+        """The retryable reason for a store's read that failed under a decoder (``_KeepsStorageErrors``)."""
+        error = getattr(self._raw, "error", None)
+        return "" if error is None else f"unreadable: {type(error).__name__}: {error}"
+
     def _read_head(self, check):
         """``check(file)`` on the input read from its start. Where libsndfile already reads the same file
         object (an object store's file), its position is put back: libsndfile's MP3 decoder reads on
@@ -219,13 +270,17 @@ class AudioFile:
         try:
             if isinstance(stream, str):
                 with open(stream, "rb") as f:
-                    return check(f)
-            return check(stream)
+                    result = check(f)
+            else:
+                result = check(stream)
         except Exception as e:  # storage errors: retryable on a later run, as at open
             raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
         finally:
             if not isinstance(stream, str) and self._raw is not None:
                 self._raw.seek(position)
+        if self._storage_failure():  # the check read a failed read as the end of the file
+            raise DecodeError(self._storage_failure())
+        return result
 
     def _switch_to_pyav(self) -> None:
         """FFmpeg's whole decode in place of the file libsndfile opened (kept where FFmpeg fails: raises)."""
@@ -285,9 +340,12 @@ class AudioFile:
         try:
             decoded = pyav.decode_all(self._stream())
         except pyav.NoAudio as e:
-            raise DecodeError(str(e)) from None
+            raise DecodeError(self._storage_failure() or str(e)) from None
         except Exception as e:
-            raise DecodeError(_first_line(e)) from None
+            raise DecodeError(self._storage_failure() or _first_line(e)) from None
+        if self._storage_failure():  # FFmpeg may have taken the failed read for the end of the stream
+            decoded.close()
+            raise DecodeError(self._storage_failure())
         self.sample_rate, self.channels, self.frames = decoded.sample_rate, decoded.channels, decoded.frames
         self._pyav = decoded
         if decoded.samples is not None:
@@ -325,15 +383,16 @@ class AudioFile:
             except flac.FlacReadError as e:
                 raise DecodeError(f"unreadable: {e}") from None
             except flac.FlacError as e:
-                raise DecodeError(f"truncated or corrupt: {e}") from None
+                raise DecodeError(self._storage_failure() or f"truncated or corrupt: {e}") from None
         try:
             self._sf.seek(start)
             data = self._sf.read(num_frames, dtype="float32", always_2d=True)
         except Exception as e:
-            raise DecodeError(f"truncated or corrupt: {_first_line(e)}") from None
+            raise DecodeError(self._storage_failure() or f"truncated or corrupt: {_first_line(e)}") from None
         if data.shape[0] < num_frames:
             raise DecodeError(
-                f"truncated: header promises {self.frames} frames, decoding stopped at {start + data.shape[0]}"
+                self._storage_failure()
+                or f"truncated: header promises {self.frames} frames, decoding stopped at {start + data.shape[0]}"
             )
         return data.T  # no copy: the mono mix and soxr read the interleaved frames as they are
 
