@@ -177,9 +177,13 @@ class AudioFile:
         except Exception as e:  # missing, network or permission errors: retryable on a later run
             raise DecodeError(open_failure(e)) from None
         try:
-            self._open()
-            if self._storage_failure():  # a failed read libsndfile or FFmpeg took for the end of the file
-                raise DecodeError(self._storage_failure())
+            try:
+                self._open()
+            except DecodeError:
+                if not self._storage_failure():
+                    raise
+            if self._storage_failure():  # a failed read the decoders took for the end of the file, or bad data
+                raise DecodeError(self._storage_failure()) from None
         except BaseException:
             self.close()
             raise
@@ -216,9 +220,7 @@ class AudioFile:
             try:
                 self._open_with_pyav()
             except DecodeError as av_error:
-                raise DecodeError(
-                    self._storage_failure() or f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}"
-                ) from None
+                raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
         if self.backend == "soundfile":  # where libsndfile's length is not the file's
             wrong_length = self._wrong_length()
             if wrong_length:  # libsndfile would stop short (or read past the end): FFmpeg reads to the end
@@ -278,9 +280,7 @@ class AudioFile:
         finally:
             if not isinstance(stream, str) and self._raw is not None:
                 self._raw.seek(position)
-        if self._storage_failure():  # the check read a failed read as the end of the file
-            raise DecodeError(self._storage_failure())
-        return result
+        return result  # (a failed read it took for the end of the file: see __init__)
 
     def _switch_to_pyav(self) -> None:
         """FFmpeg's whole decode in place of the file libsndfile opened (kept where FFmpeg fails: raises)."""
@@ -340,12 +340,9 @@ class AudioFile:
         try:
             decoded = pyav.decode_all(self._stream())
         except pyav.NoAudio as e:
-            raise DecodeError(self._storage_failure() or str(e)) from None
+            raise DecodeError(str(e)) from None
         except Exception as e:
-            raise DecodeError(self._storage_failure() or _first_line(e)) from None
-        if self._storage_failure():  # FFmpeg may have taken the failed read for the end of the stream
-            decoded.close()
-            raise DecodeError(self._storage_failure())
+            raise DecodeError(_first_line(e)) from None
         self.sample_rate, self.channels, self.frames = decoded.sample_rate, decoded.channels, decoded.frames
         self._pyav = decoded
         if decoded.samples is not None:
