@@ -103,27 +103,36 @@ class _KeepsStorageErrors(io.RawIOBase):
     def __init__(self, file):
         self._file, self.error = file, None
 
-    def _kept(self, call, failed, *args):
+    def _keep(self, error: Exception) -> None:
+        self.error = self.error or error
+
+    # Each call written out: an MP3 window makes thousands of small reads (a call more cost 10 %).
+    def read(self, n: int = -1) -> bytes:
         try:
-            return call(*args)
+            return self._file.read(n)
         except Exception as e:
-            self.error = self.error or e
-            return failed
+            self._keep(e)
+            return b""
+
+    def readinto(self, buffer) -> int:
+        try:
+            return self._file.readinto(buffer)
+        except Exception as e:
+            self._keep(e)
+            return 0
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return self._file.seek(pos, whence)
+        except Exception as e:
+            self._keep(e)
+            return self._file.tell()
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
         return True
-
-    def read(self, n: int = -1) -> bytes:
-        return self._kept(self._file.read, b"", n)
-
-    def readinto(self, buffer) -> int:
-        return self._kept(self._file.readinto, 0, buffer)
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        return self._kept(self._file.seek, self._file.tell(), pos, whence)
 
     def tell(self) -> int:
         return self._file.tell()
