@@ -357,13 +357,23 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def storage_errors() -> tuple[type[BaseException], ...]:
     """What a call on a store raises when the store cannot be reached or refuses: the OS's errors
-    (s3fs translates S3's error responses into them) and botocore's own, which s3fs passes through
-    as they are (an endpoint that does not answer, no credentials found)."""
+    (s3fs translates S3's error responses into them), botocore's own, which s3fs passes through
+    as they are (an endpoint that does not answer, no credentials found), and aiohttp's, which
+    fsspec's HTTP store passes through (a server that drops the connection mid-body)."""
+    errors: list[type[BaseException]] = [OSError]  # local and other fsspec stores
     try:
         from botocore.exceptions import BotoCoreError
-    except ImportError:  # no s3fs installed: local and other fsspec stores raise OSError
-        return (OSError,)
-    return (OSError, BotoCoreError)
+
+        errors.append(BotoCoreError)
+    except ImportError:  # no s3fs installed
+        pass
+    try:
+        from aiohttp import ClientError
+
+        errors.append(ClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def s3_error(error: BaseException) -> tuple[str, int]:

@@ -110,10 +110,12 @@ def encoded_bytes(audio: np.ndarray, fmt: str = "flac", sample_rate: int = 44100
 
 
 class FailingAfter(io.RawIOBase):
-    """A real file whose reads fail past ``limit`` bytes, as a dropped connection would."""
+    """A real file whose reads fail past ``limit`` bytes, as a dropped connection would (or with
+    ``error``: another failure, such as fsspec's ValueError for an HTTP server without ranges)."""
 
-    def __init__(self, path, limit: int):
+    def __init__(self, path, limit: int, error: Exception | None = None):
         self._file, self._limit = open(path, "rb"), limit
+        self._error = error or ConnectionError("connection reset by peer")
 
     def readable(self) -> bool:
         return True
@@ -129,7 +131,7 @@ class FailingAfter(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         if self._file.tell() + len(buffer) > self._limit:
-            raise ConnectionError("connection reset by peer")
+            raise self._error
         return self._file.readinto(buffer)
 
     def close(self) -> None:

@@ -409,6 +409,13 @@ def test_a_connection_that_drops_mid_file_is_retryable_not_corrupt(tmp_path, mon
             load_window(f, 15.0, 1.0, 16000)
     assert str(failed.value).startswith("unreadable: ConnectionError: connection reset by peer")
     assert is_retryable(str(failed.value))
+    # What will not heal by itself (fsspec's HTTP store on a server without range requests) stays final.
+    no_ranges = ValueError("The HTTP server doesn't appear to support range requests.")
+    DroppingStore.open = lambda self, _path, mode="rb": FailingAfter(path, size // 2, no_ranges)
+    with pytest.raises(DecodeError) as failed:
+        with AudioFile(InputAudio(f"s3://bucket/{name}", size)) as f:
+            load_window(f, 15.0, 1.0, 16000)
+    assert not is_retryable(str(failed.value)), str(failed.value)
 
 
 def test_truncated_flac_is_an_error(tmp_path):

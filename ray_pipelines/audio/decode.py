@@ -25,7 +25,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..storage import get_fs, is_local
+from ..storage import get_fs, is_local, storage_errors
 from . import flac, mp3, ogg, pyav, wav
 
 # libsndfile's frame count for a stream whose header gives none (SF_COUNT_MAX, 2^63 - 1).
@@ -98,7 +98,9 @@ class _KeepsStorageErrors(io.RawIOBase):
     kept, and read as the end of the file. libsndfile took such a failed read for the end anyway
     (`truncated: ...`) and FFmpeg gave its own message, which committed a storage hiccup as a corrupt
     file, never tried again; ``error`` now tells the decoder the input is `unreadable:` (retried on the
-    next run). Kept rather than raised: through libsndfile's callbacks an exception is only printed."""
+    next run). Kept rather than raised: through libsndfile's callbacks an exception is only printed.
+    Only the store's errors (``storage_errors``): what will not heal by itself, such as an HTTP server
+    without range requests (fsspec's ``ValueError``), is raised as before, and stays final."""
 
     def __init__(self, file):
         self._file, self.error = file, None
@@ -110,21 +112,21 @@ class _KeepsStorageErrors(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:
         try:
             return self._file.read(n)
-        except Exception as e:
+        except storage_errors() as e:
             self._keep(e)
             return b""
 
     def readinto(self, buffer) -> int:
         try:
             return self._file.readinto(buffer)
-        except Exception as e:
+        except storage_errors() as e:
             self._keep(e)
             return 0
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
         try:
             return self._file.seek(pos, whence)
-        except Exception as e:
+        except storage_errors() as e:
             self._keep(e)
             return self._file.tell()
 
@@ -284,8 +286,10 @@ class AudioFile:
                     result = check(f)
             else:
                 result = check(stream)
-        except Exception as e:  # storage errors: retryable on a later run, as at open
+        except storage_errors() as e:  # retryable on a later run, as at open
             raise DecodeError(f"unreadable: {type(e).__name__}: {e}") from None
+        except Exception as e:  # what the store will not do (an HTTP server without ranges): final
+            raise DecodeError(f"undecodable: {type(e).__name__}: {e}") from None
         finally:
             if not isinstance(stream, str) and self._raw is not None:
                 self._raw.seek(position)

@@ -28,6 +28,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ..storage import storage_errors
+
 FLAC_MAGIC = b"fLaC"
 LIBRARY_ENV = "RAY_PIPELINES_LIBFLAC"
 
@@ -329,8 +331,9 @@ class FlacReader:
             wanted = size_p[0]
             view = (ctypes.c_char * wanted).from_address(buffer)
             got = self._source.readinto(memoryview(view).cast("B"))
-        except Exception as e:
-            self._error = FlacReadError(f"{type(e).__name__}: {e}")
+        except Exception as e:  # the store's errors may heal (retried next run); others are the file's
+            kind = FlacReadError if isinstance(e, storage_errors()) else FlacError
+            self._error = kind(f"{type(e).__name__}: {e}")
             return _READ_ABORT
         size_p[0] = got or 0
         return _READ_CONTINUE if got else _READ_END_OF_STREAM
