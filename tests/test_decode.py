@@ -145,7 +145,7 @@ def test_a_wav_without_lengths_in_a_tar_shard_and_one_without_samples(tmp_path):
 def test_a_wav_of_more_than_4_gib_whose_lengths_wrapped_is_read_to_its_end(tmp_path):
     """A WAV's lengths are 32-bit: a plain WAV with 4 GiB of samples or more (FFmpeg writes one unless
     asked for RF64) holds its data length modulo 4 GiB, and libsndfile read that much: of this
-    12.4-hour recording, its last 2 seconds. A sparse file: 4 GiB of silence on disk in a few KiB."""
+    12.4-hour recording, its first 2 seconds. A sparse file: 4 GiB of silence on disk in a few KiB."""
     end = tone(2.0, 48000)
     tail = (end * 32767).astype("<i2").tobytes()
     header = bytearray(write_audio(tmp_path / "short.wav", end, 48000).read_bytes()[:44])
