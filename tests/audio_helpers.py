@@ -65,6 +65,24 @@ def write_mp3_without_length(path: Path, audio: np.ndarray, sample_rate: int = 4
     return path
 
 
+def write_aac(path: Path, audio: np.ndarray, sample_rate: int = 44100) -> Path:
+    """AAC in an MP4 container (``.m4a``, ``.m4b``), by FFmpeg: a format libsndfile cannot read.
+    ``audio`` is ``[n]`` (mono) or ``[n, channels]``."""
+    import av
+
+    planar = np.ascontiguousarray(audio.T if audio.ndim == 2 else audio[None], dtype=np.float32)
+    layout = "mono" if len(planar) == 1 else "stereo"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="ipod") as container:
+        stream = container.add_stream("aac", rate=sample_rate)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
 def make_library(root: Path, n_per_format: int = 2, seconds: float = 2.0) -> list[Path]:
     """A folder of tones in every format: ``root/<fmt>/tone_<i>.<fmt>``."""
     paths = []

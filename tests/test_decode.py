@@ -25,6 +25,7 @@ from tests.audio_helpers import (
     SHARED_AUDIO,
     FailingAfter,
     tone,
+    write_aac,
     write_audio,
     write_mp3_without_length,
     write_tar,
@@ -304,18 +305,9 @@ def test_a_long_file_ffmpeg_decodes_whole_goes_to_a_temporary_file_with_the_same
     """FFmpeg's formats are decoded whole: a list of decoded chunks and their concatenation held an hour
     of 48 kHz stereo AAC twice (2.8 GB), so an audiobook of many hours did not fit in a worker. Past
     ``pyav.SPILL_BYTES`` the frames go to a temporary file that libsndfile reads a window at a time."""
-    import av
-
     from ray_pipelines.audio import pyav
 
-    path, rate = tmp_path / "book.m4b", 48000
-    with av.open(str(path), "w", format="ipod") as out:
-        stream = out.add_stream("aac", rate=rate)
-        stream.layout = "stereo"
-        frame = av.AudioFrame.from_ndarray(tone(4.0, rate, channels=2).T.copy(), format="fltp", layout="stereo")
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            out.mux(packet)
+    path = write_aac(tmp_path / "book.m4b", tone(4.0, 48000, channels=2), 48000)
     joined = tmp_path / "joined.mp3"  # MP3s joined: the container's duration is the first one's
     joined.write_bytes(b"".join(write_audio(tmp_path / f"{i}.mp3", tone(3.0, seed=i)).read_bytes() for i in (1, 2)))
     starts = (0.0, 1.7, 3.5)
@@ -378,22 +370,10 @@ def test_a_connection_that_drops_mid_file_is_retryable_not_corrupt(tmp_path, mon
     libsndfile and FFmpeg as the end of the file: a WAV's window was `truncated: header promises ...` and
     an m4a FFmpeg's own message, both committed as final error rows and never tried again. The failure
     is kept as it passes, and the input is `unreadable: ...`, tried again on the next run."""
-    import av
-
     from ray_pipelines.audio import decode
 
     audio = tone(20.0, 44100)
-    if name.endswith(".m4a"):
-        path = tmp_path / name
-        with av.open(str(path), "w", format="ipod") as out:
-            stream = out.add_stream("aac", rate=44100)
-            stream.layout = "mono"
-            frame = av.AudioFrame.from_ndarray(audio[None], format="fltp", layout="mono")
-            frame.sample_rate = 44100
-            for packet in [*stream.encode(frame), *stream.encode(None)]:
-                out.mux(packet)
-    else:
-        path = write_audio(tmp_path / name, audio)
+    path = write_aac(tmp_path / name, audio) if name.endswith(".m4a") else write_audio(tmp_path / name, audio)
     size = path.stat().st_size
 
     class DroppingStore:  # an object store whose connection drops halfway through the file
@@ -441,18 +421,7 @@ def test_nan_and_silence_checks():
 
 
 def test_pyav_fallback_decodes_aac(tmp_path):
-    import av
-
-    path = tmp_path / "clip.m4a"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=44100)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(tone(1.0, 44100, 440.0)[None, :], format="fltp", layout="mono")
-        frame.sample_rate = 44100
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+    path = write_aac(tmp_path / "clip.m4a", tone(1.0, 44100, 440.0))
     with open_path(path) as f:
         assert f.backend == "pyav"
         window, _ = load_window(f, 0.2, 0.5, 22050)
