@@ -193,8 +193,9 @@ class AudioFile:
             except DecodeError:
                 if not self._storage_failure():
                     raise
-            if self._storage_failure():  # a failed read the decoders took for the end of the file, or bad data
-                raise DecodeError(self._storage_failure()) from None
+            failure = self._storage_failure()  # a failed read the decoders took for the end, or for bad data
+            if failure:
+                raise DecodeError(failure) from None
         except BaseException:
             self.close()
             raise
