@@ -528,10 +528,12 @@ def _list_tar(
     fs, shard_path: str, shard_key: str, info: dict[str, Any], extensions: list[str], include_hidden: bool = False
 ) -> list[InputItem]:
     """One item per audio member of a WebDataset-style shard (key = shard key + member name); hidden member
-    names (:func:`is_hidden`) only with ``include_hidden``, however the shard was named."""
+    names (:func:`is_hidden`) only with ``include_hidden``, however the shard was named. A name the shard
+    holds twice (``tar -u`` or ``-r`` appends a file's new version) is its last member, as ``tar -x`` and
+    :meth:`tarfile.TarFile.getmember` take it."""
     shard_url = to_url(fs, shard_path)
     etag = _etag_of(info)
-    items: list[InputItem] = []
+    items: dict[str, InputItem] = {}
     try:
         with fs.open(shard_path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
@@ -541,52 +543,44 @@ def _list_tar(
                     continue
                 key = f"{shard_key}/{member.name}"
                 if _readable_name(key) != key:  # tarfile reads a non-UTF-8 name as surrogates too
-                    items.append(_not_utf8_item(key, member.size, etag))
+                    items[key] = _not_utf8_item(key, member.size, etag)
                     continue
                 if member.issym() or member.islnk():  # its bytes are another member's, or outside the shard
                     kind = "symlink" if member.issym() else "hardlink"
-                    items.append(
-                        InputItem(
-                            key=key,
-                            uri=shard_url,
-                            size=0,
-                            etag=etag,
-                            error=f"tar member is a link ({kind} to {member.linkname!r}); store the file itself",
-                        )
+                    items[key] = InputItem(
+                        key=key,
+                        uri=shard_url,
+                        size=0,
+                        etag=etag,
+                        error=f"tar member is a link ({kind} to {member.linkname!r}); store the file itself",
                     )
                     continue
                 if not _safe_member_name(member.name):
-                    items.append(
-                        InputItem(
-                            key=key,
-                            uri=shard_url,
-                            size=member.size,
-                            etag=etag,
-                            error=f"unsafe tar member name {member.name!r}: it escapes its folder",
-                        )
-                    )
-                    continue
-                items.append(
-                    InputItem(
+                    items[key] = InputItem(
                         key=key,
                         uri=shard_url,
                         size=member.size,
                         etag=etag,
-                        member_offset=member.offset_data,
-                        source=f"{shard_url}#{member.name}",
+                        error=f"unsafe tar member name {member.name!r}: it escapes its folder",
                     )
+                    continue
+                items[key] = InputItem(
+                    key=key,
+                    uri=shard_url,
+                    size=member.size,
+                    etag=etag,
+                    member_offset=member.offset_data,
+                    source=f"{shard_url}#{member.name}",
                 )
     except tarfile.TarError as e:
-        items.append(
-            InputItem(
-                key=shard_key,
-                uri=shard_url,
-                size=int(info.get("size") or 0),
-                etag=etag,
-                error=f"unreadable tar shard: {e}",
-            )
+        items[shard_key] = InputItem(
+            key=shard_key,
+            uri=shard_url,
+            size=int(info.get("size") or 0),
+            etag=etag,
+            error=f"unreadable tar shard: {e}",
         )
-    return items
+    return list(items.values())
 
 
 def list_specs(

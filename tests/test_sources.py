@@ -386,6 +386,23 @@ def test_an_input_identity_is_mtime_and_size_on_local_disk(library):
     assert float(mtime) > 0 and int(size) == item.size == (library / "a" / "one.wav").stat().st_size
 
 
+def test_a_member_appended_again_is_read_as_its_last_version(tmp_path):
+    """`tar -rf shard.tar x.wav` (or `-u`) appends a file's new version after the old one; `tar -x` keeps
+    the last. Listing kept the first, so the job read the recording the shard had replaced."""
+    old, new = tone(1.0, 44100, freq=330.0), tone(1.0, 44100, freq=880.0)
+    shard = write_tar(tmp_path / "shards" / "s.tar", {"clips/x.wav": encoded_bytes(old, "wav")})
+    data = encoded_bytes(new, "wav")
+    with tarfile.open(shard, "a") as tar:
+        info = tarfile.TarInfo("clips/x.wav")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (item,) = list_inputs(str(shard.parent), EXT)
+    assert item.key == "s.tar/clips/x.wav"
+    with AudioFile(InputAudio(item.uri, item.size, item.member_offset)) as f:
+        window, _ = load_window(f, 0.0, 1.0, 44100)
+    np.testing.assert_allclose(window, new, atol=1e-3)
+
+
 def test_tar_links_are_error_rows_not_silently_dropped(tmp_path):
     import io
     import tarfile
