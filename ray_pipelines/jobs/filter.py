@@ -5,8 +5,9 @@ read) or a scores CSV (this job's scores.csv, or an evaluation script's with
 filename, split and score columns such as reconstruction_loss,
 signal_energy). Nothing is recomputed and no Ray is started. The config is a
 score config (its ``filter`` section is used) or a file holding just that
-section; ``--set`` keys are relative to the section (``--set
-dnsmos_ovrl.mode=percentile``).
+section; without one, a score output's filters are the ones its job ran with
+(its manifest's config), a CSV's none. ``--set`` keys are relative to the
+section (``--set dnsmos_ovrl.mode=percentile``).
 
 Writes filter.json, kept.txt, ignored.txt, decisions.csv, groups.csv,
 histograms/*.png and scatter.png (plus the summaries) into ``--output``, by
@@ -61,10 +62,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_filter_settings(path: str | None, overrides: list[str]) -> FilterSettings:
-    """The filter section of ``path`` (a score config, a bare section, or a packaged config's name),
-    with ``--set`` overrides."""
-    data: dict[str, Any] = {}
+def load_filter_settings(path: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> FilterSettings:
+    """The filter section of ``path`` (a score config, a bare section, or a packaged config's name), else
+    ``base`` (the section a score job ran with), with ``--set`` overrides."""
+    data: dict[str, Any] = dict(base or {})
     if path is not None:
         loaded = read_config_file(path)
         data = loaded.get("filter", {}) if "filter" in loaded else loaded
@@ -91,8 +92,11 @@ def is_csv(scores: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # A score output without --config is filtered as its job filtered it, --set changing rules: starting
+    # from no rules rewrote its kept.txt (what other jobs take as their keep_list) with nearly every key.
+    job_rules = args.config is None and not is_csv(args.scores)
     try:
-        settings = load_filter_settings(args.config, args.overrides)
+        settings = None if job_rules else load_filter_settings(args.config, args.overrides)
         options = parse_overrides(args.storage_options)
         for url, written in ((args.scores, False), (args.output or args.scores, True)):
             if problem := url_problem(url, written):  # (the output is beside the scores unless --output names one)
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     try:
+        if settings is None:
+            settings = load_filter_settings(None, args.overrides, base=manifest.get("config", {}).get("filter"))
         settings.rules(table.scores, section="")  # this tool's --set keys are the filter section's own
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(format_filter_report(report))
+    rules = "the score job's config (manifest.json)" if job_rules else args.config or "no config"
+    print(f"  rules from           {rules}" + (f" and {len(args.overrides)} --set" if args.overrides else ""))
     print(f"  written to           {storage.root}")
     return 0
 
