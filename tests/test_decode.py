@@ -412,11 +412,29 @@ def test_missing_file_is_retryable_error(tmp_path):
 
 
 def test_nan_and_silence_checks():
-    with pytest.raises(DecodeError, match="non-finite samples: 1"):
-        check_finite(np.array([0.0, np.nan, 0.1], dtype=np.float32))
+    with pytest.raises(DecodeError, match=r"^non-finite samples: NaN/inf values from 0\.250 s$"):
+        check_finite(np.array([0.0, np.nan, 0.1], dtype=np.float32), 4)
+    stereo = np.zeros((2, 100), dtype=np.float32)
+    stereo[1, 30] = np.inf
+    with pytest.raises(DecodeError, match=r"from 10\.300 s$"):
+        check_finite(stereo, 100, start=10.0)
     with pytest.raises(DecodeError, match="silent"):
         check_not_silent(np.zeros(100, dtype=np.float32), -90.0)
     check_not_silent(np.zeros(100, dtype=np.float32), None)
+
+
+def test_a_nan_sample_is_named_where_the_file_holds_it_not_where_resampling_spread_it(tmp_path):
+    """soxr turns one NaN into NaNs over the whole chunk: checked after resampling, the message gave
+    their count (thousands) for a file with one bad sample, and a window's first could be its start."""
+    samples = tone(2.0, 16000)
+    samples[8000] = np.nan  # at 0.5 s
+    path = tmp_path / "nan.wav"
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    with open_path(path) as f:
+        with pytest.raises(DecodeError, match=r"^non-finite samples: NaN/inf values from 0\.500 s$"):
+            load_window(f, 0.0, 1.0, 22050)
+        window, _ = load_window(f, 1.0, 1.0, 22050)  # the window after it is read
+        assert np.isfinite(window).all()
     check_not_silent(np.full(100, 0.1, dtype=np.float32), -90.0)
 
 

@@ -522,7 +522,9 @@ def load_window(
     last = -(-min(resampled_length(audio_file.frames, sr, sample_rate), start + length + margin) // target)
     chunk = audio_file.read(first * native, (last - first) * native)
     valid = _valid_samples(audio_file, start, length, sample_rate)
-    audio = resample(conform_channels(chunk, channels), sr, sample_rate)
+    audio = conform_channels(chunk, channels)
+    check_finite(audio, sr, first * native / sr)  # before resampling, which spreads one inf over the chunk
+    audio = resample(audio, sr, sample_rate)
     offset = start - first * target
     audio = crop_or_pad(audio[..., offset : offset + length], length)
     # Past the end of the whole resampled file (soxr's own length) it holds zeros.
@@ -545,10 +547,13 @@ def _valid_samples(audio_file: AudioFile, start: int, length: int, sample_rate: 
     return valid
 
 
-def check_finite(audio: np.ndarray) -> None:
-    if not np.isfinite(audio).all():
-        bad = int((~np.isfinite(audio)).sum())
-        raise DecodeError(f"non-finite samples: {bad} NaN/inf values")
+def check_finite(audio: np.ndarray, sample_rate: int, start: float = 0.0) -> None:
+    """Reject samples (``[n]`` or ``[C, n]``, ``start`` seconds into the file) holding NaN or inf,
+    naming where the first one is."""
+    finite = np.isfinite(audio)
+    if not finite.all():
+        first = int(np.argmin(finite.all(axis=0) if finite.ndim > 1 else finite))
+        raise DecodeError(f"non-finite samples: NaN/inf values from {start + first / sample_rate:.3f} s")
 
 
 def check_not_silent(audio: np.ndarray, threshold_db: float | None) -> None:

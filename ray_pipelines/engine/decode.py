@@ -146,7 +146,7 @@ class WindowDecoder:
     def _window_row(self, item: dict[str, Any], audio_file: AudioFile, window: Window, count: int) -> dict[str, Any]:
         try:
             audio, valid = load_window(audio_file, window.start, self.duration, self.sample_rate, self.channels)
-            check_finite(audio)
+            check_finite(audio, self.sample_rate, window.start)
             check_not_silent(audio, self.silence_db)
             return self._row(item, window.index, count, "", audio, window.start, valid, window.extra)
         except Exception as e:  # this window's error row, the windows before it kept
