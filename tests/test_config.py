@@ -76,6 +76,15 @@ def test_defaults_mirror_the_notebook(tmp_path):
             "input: 'file:/data/in'\noutput: b\n",
             "\n  input: a local folder named file:, not a URL; did you mean /data/in?",
         ),
+        # spectrogram rows without signal: all of them (f_min above f_max) or the bands no STFT bin falls in
+        ("input: a\noutput: b\nf_min: 5000\nf_max: 4000\n", "\n  (root): f_min (5000.0) must be below f_max (4000.0)"),
+        ("input: a\noutput: b\nf_min: 12000\n", "f_min (12000.0) must be below f_max (11025.0, Nyquist)"),
+        ("input: a\noutput: b\nf_max: 30000\n", "f_max (30000.0) is above Nyquist (11025.0)"),
+        (
+            "input: a\noutput: b\nsample_rate: 44100\nn_fft: 512\n",
+            "n_mels (128) is more mel bands than n_fft 512 resolves at 44100 Hz from 0 to 22050 Hz: 11 of them "
+            "would hold no frequency bin (rows of the floor value in every spectrogram); use n_mels 91 or fewer",
+        ),
         # a validator's own words, without pydantic's "Value error, " before them
         ("input: a\noutput: b\nstorage_options: {token: x}\n", "\n  storage_options: storage_options must not"),
     ],

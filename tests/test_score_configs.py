@@ -91,6 +91,13 @@ def test_bad_values_are_named():
         validate_config(ScoreConfig, {**base, "input": ["a", "b"], "source": "shards"})
     with pytest.raises(ConfigError, match="mask_ratio"):
         validate_config(ScoreConfig, {**base, "mask_ratio": 1.0})
+    # the spectrogram's settings where the job computes one (a model's loss on audio), not a tensor's shape
+    coarse = {**base, "scorers": ["reconstruction"], "sample_rate": 44100, "n_fft": 512}
+    with pytest.raises(ConfigError, match=r"n_mels \(128\) is more mel bands than n_fft 512 resolves"):
+        validate_config(ScoreConfig, coarse)
+    assert validate_config(ScoreConfig, {**coarse, "source": "pt"}).n_mels == 128
+    with pytest.raises(ConfigError, match=r"f_min \(9000.0\) must be below f_max \(8000.0\)"):
+        validate_config(ScoreConfig, {**coarse, "n_fft": 2048, "f_min": 9000, "f_max": 8000})
 
 
 def test_filter_settings_do_not_change_the_fingerprint_but_scoring_settings_do():

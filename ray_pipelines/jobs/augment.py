@@ -18,6 +18,7 @@ from ray_pipelines.augment.params import DRAWS_COLUMN, AugmentationChoices, Spec
 from ray_pipelines.config import CommonConfig
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.mel_bands import mel_problem
 from ray_pipelines.seeding import sample_rng
 from ray_pipelines.splits import train_val_split
 
@@ -54,8 +55,8 @@ class AugmentConfig(CommonConfig):
     @model_validator(mode="after")
     def _pool_fits(self) -> AugmentConfig:
         self.choices()  # raises a ValueError naming the problem (too many augs, min above max)
-        if self.f_max is not None and self.f_max > self.sample_rate / 2:
-            raise ValueError(f"f_max ({self.f_max}) is above Nyquist ({self.sample_rate / 2})")
+        if problem := mel_problem(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max):
+            raise ValueError(problem)
         return self
 
     def choices(self) -> AugmentationChoices:

@@ -26,6 +26,7 @@ from ray_pipelines import isolated
 from ray_pipelines.config import CommonConfig, ConfigError
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.mel_bands import mel_problem
 from ray_pipelines.scoring import scorers as builtin
 from ray_pipelines.scoring.inputs import (
     INDEX_COLUMN,
@@ -139,11 +140,12 @@ class ScoreConfig(CommonConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> ScoreConfig:
-        if self.f_max is not None and self.f_max > self.sample_rate / 2:
-            raise ValueError(f"f_max ({self.f_max}) is above Nyquist ({self.sample_rate / 2})")
+        names = self.scorer_names
+        spectrogram = self.source == "audio" and "reconstruction" in names  # else the inputs are spectrograms
+        if spectrogram and (problem := mel_problem(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)):
+            raise ValueError(problem)
         if self.source == "shards" and len(self.inputs()) != 1:
             raise ValueError("source shards takes one input: the root of a committed job output")
-        names = self.scorer_names
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"scorers: each at most once, at least one (got {names})")
         if self.source != "audio" and (audio_only := [n for n in names if n in builtin.AUDIO_ONLY]):
