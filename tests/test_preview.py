@@ -141,6 +141,8 @@ def test_one_dimensional_tensors_are_lines_and_scores_are_histograms(tmp_path):
     )
     png, shown = preview.preview(str(scores))
     assert png[:8] == PNG and shown == 40
+    with pytest.raises(SystemExit, match=r"^column 'signal_energy': this output holds no tensor columns; leave out"):
+        preview.preview(str(scores), column="signal_energy")
 
 
 def test_stable_audio_tools_layout(tmp_path):

@@ -132,7 +132,12 @@ def pick_column(schema: pa.Schema, wanted: str | None) -> str | None:
     tensors = tensor_columns(schema, (1, 2, 3))
     if wanted:
         if wanted not in tensors:
-            raise SystemExit(f"column {wanted!r} is not a 1-D, 2-D or 3-D tensor; choose one of {tensors or 'none'}")
+            if not tensors:  # a score output: its preview is the scores' histograms
+                raise SystemExit(
+                    f"column {wanted!r}: this output holds no tensor columns; leave out --column for a histogram "
+                    "of each score column"
+                )
+            raise SystemExit(f"column {wanted!r} is not a 1-D, 2-D or 3-D tensor; choose one of {tensors}")
         return wanted
     images = tensor_columns(schema, (2, 3))
     return (images or tensors or [None])[0]
