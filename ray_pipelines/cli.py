@@ -158,7 +158,7 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
 def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     """Run the job with the live progress; the summary at the end (exit codes: module docstring)."""
     from .config import ConfigError
-    from .console import FilteredStderr, configure_logging
+    from .console import FilteredStderr, configure_logging, short_error
     from .engine.control import OutputStoreError
     from .engine.manifest import OutputConflict
     from .engine.progress import make_progress
@@ -195,7 +195,8 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
             if args.verbose:
                 traceback.print_exc()
             logging.getLogger("ray_pipelines").debug("job failed", exc_info=True)
-            print(f"ray-pipelines {name}: the job could not run: {type(e).__name__}: {e}", file=sys.stderr)
+            reason = str(e) if args.verbose else short_error(str(e))  # a Ray error's text holds its traceback
+            print(f"ray-pipelines {name}: the job could not run: {type(e).__name__}: {reason}", file=sys.stderr)
             return EXIT_FAILED
         finally:
             if not ray_was_running:

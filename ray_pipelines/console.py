@@ -15,6 +15,12 @@ By default (``quiet_ray``):
   Turning restarts off would silence it at the cost of crash recovery, so the line is filtered.
 - Blocks that failed because the run was told to stop (the output store refused a write, the lease
   was taken over) are one warning line (:class:`StoppedBlocks`), not a traceback each.
+- Errors that carry a traceback are one line: the first line and the exception at the end
+  (:func:`short_error`). That is Ray's notices of a failed task (``(raylet) Task ... failed. There
+  are 2 retries remaining``, printed by the driver's error listener), Ray Data's "Full stack trace"
+  of the error that ends the run (the job's last line names it), and that last line itself: an
+  actor whose constructor raised (a teacher that cannot take the clip length, a model file a worker
+  node cannot read) was some 700 lines of three tracebacks, the last line 90 of them.
 
 ``--verbose`` leaves all of it as Ray has it.
 """
@@ -63,6 +69,7 @@ def quiet_ray(keep_ray_data_info: bool = False) -> None:
     from .engine import runtime
 
     runtime.WORKER_LOGS_TO_DRIVER = False
+    _condense_error_notices()
     # ray.init(configure_logging=False) removes the "ray" logger's handlers, after which its
     # warnings reach Python's last-resort handler: the logger's level is what holds them back.
     logging.getLogger("ray").setLevel(logging.ERROR)
@@ -72,6 +79,58 @@ def quiet_ray(keep_ray_data_info: bool = False) -> None:
                 handler.setLevel(level)
                 if not any(isinstance(f, StoppedBlocks) for f in handler.filters):
                     handler.addFilter(StoppedBlocks())
+                    handler.addFilter(RunErrorTraces())
+
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
+TRACEBACK_START = re.compile(r"\s*(?:Error: )?Traceback \(most recent call last\):\s*$")
+
+
+def short_error(text: str) -> str:
+    """A Ray error's text without the traceback it carries: its first line, then the exception at its
+    end (the last line naming one). Text of one line is returned as it is, without colour codes."""
+    lines = [line.rstrip() for line in ANSI_CODE.sub("", text).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    first = TRACEBACK_START.sub("", lines[0])
+    cause = next((line.strip() for line in reversed(lines[1:]) if EXCEPTION_LINE.match(line.strip())), "")
+    if not cause or cause in first:
+        return first
+    return f"{first}{' ' if first.endswith('.') else ': '}{cause}"
+
+
+def _condense_error_notices() -> None:
+    """The driver's listener prints Ray's error notices (a task failed and is retried, a worker died)
+    with ``print_to_stdstream`` (to stdout, in colour): each one :func:`short_error`'s line."""
+    from ray._private import worker
+
+    print_notice = getattr(worker, "print_to_stdstream", None)
+    if print_notice is None or getattr(print_notice, "condensed", False):
+        return  # another Ray's internals, or done already
+
+    def condensed(data, *args, **kwargs):
+        if data.get("pid") == "raylet" and len(data.get("lines", ())) and any("\n" in s for s in data["lines"]):
+            data = {**data, "lines": [short_error(line) for line in data["lines"]]}
+        return print_notice(data, *args, **kwargs)
+
+    condensed.condensed = True
+    worker.print_to_stdstream = condensed
+
+
+class RunErrorTraces(logging.Filter):
+    """Ray Data logs the error that ends a run with "Exception occurred in ... code" and its full stack
+    trace, then raises it to the job, whose last line names it (:func:`short_error`); on the console
+    those records go (Ray Data's log file and ``--verbose`` keep them)."""
+
+    MESSAGES = (
+        "Exception occurred in Ray Data or Ray Core internal code",
+        "Exception occurred in user code",
+        "Full stack trace:",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.MESSAGES)
 
 
 # What a block that failed because the run was told to stop (engine/control.py) raised, as Ray's

@@ -332,3 +332,55 @@ def test_the_stderr_filter_drops_only_the_constructor_arguments_line():
         "a child process line\n"
         "a bar frame\rafter the filter\n"
     )
+
+
+def test_an_error_that_carries_a_traceback_is_one_line_on_the_console(ray_local, capsys):
+    """An actor whose constructor raised (a teacher that cannot take the clip length): Ray's notices
+    of the failed tasks, Ray Data's stack trace and the job's last line were some 700 lines."""
+    import logging
+
+    import ray
+    from ray._private import worker
+
+    from ray_pipelines.console import ANSI_CODE, RunErrorTraces, _condense_error_notices, short_error
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("the clip is too short for this teacher")
+
+        def ping(self) -> int:
+            return 1
+
+    with pytest.raises(ray.exceptions.ActorDiedError) as died:
+        ray.get(Broken.remote().ping.remote())
+    text = str(died.value)
+    assert text.count("\n") > 3 and "  File " in text  # the frames the last line printed whole
+    line = short_error(text)
+    assert line.startswith("The actor died because of an error raised in its creation task") and "\n" not in line
+    assert line.endswith(": RuntimeError: the clip is too short for this teacher")
+    assert short_error("a line of its own") == "a line of its own"
+
+    notice = (
+        "Task T.get_location failed. There are 2 retries remaining, so the task will be retried. Error: Traceback "
+        '(most recent call last):\n  File "stage.py", line 9, in __init__\n    pad(x)\nRuntimeError: Padding size'
+    )
+    printed = worker.print_to_stdstream
+    try:
+        _condense_error_notices()
+        capsys.readouterr()
+        worker.print_to_stdstream({"lines": [notice], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    finally:
+        worker.print_to_stdstream = printed
+    assert ANSI_CODE.sub("", capsys.readouterr().out) == (
+        "(raylet) Task T.get_location failed. There are 2 retries remaining, so the task will be retried. "
+        "RuntimeError: Padding size\n"
+    )
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("ray.data", logging.ERROR, "exceptions.py", 88, message, None, None)
+
+    traces = RunErrorTraces()
+    assert not traces.filter(record("Full stack trace:\n%s"))
+    assert not traces.filter(record("Exception occurred in Ray Data or Ray Core internal code. If you continue"))
+    assert traces.filter(record("MapBatches(DecodeStageWrite): actors died during initialization"))
