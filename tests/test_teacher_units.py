@@ -225,6 +225,18 @@ def test_non_finite_teacher_output_becomes_an_error_row(tmp_path):
     assert out["peak_log"][0, 0] == pytest.approx(np.log(0.3), rel=1e-5)
 
 
+def test_a_teacher_that_cannot_take_the_clip_length_is_named_when_the_stage_starts():
+    """pesto's frames need more than 2,048 samples: a 1 ms clip failed the actor's start with torch's
+    "Padding size should be less than the corresponding input dimension" and nothing more."""
+    with pytest.raises(ValueError) as said:
+        TeacherStage(teachers=[{"kind": "loudness"}, {"kind": "pesto"}], sample_rate=SR, num_samples=44)
+    assert str(said.value).startswith(
+        "teacher pesto fails on a silent clip of the job's duration (44 samples at 44100 Hz, 0.000997732 s): "
+        "RuntimeError: "
+    )
+    assert TeacherStage(teachers=[{"kind": "loudness"}], sample_rate=SR, num_samples=44).shapes == {"loudness_db": (1,)}
+
+
 def test_stage_bytes_do_not_depend_on_the_batch_on_cpu():
     n = int(0.3 * SR)
     rng = np.random.default_rng(0)

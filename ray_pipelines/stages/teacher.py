@@ -66,8 +66,21 @@ class TeacherStage:
         self.resamplers: dict[tuple[int, int], torch.nn.Module] = {}
         # One silent clip through every teacher: output shapes for zero-filled error rows, and a
         # broken teacher fails here, when the actor starts, not row by row.
-        probe = self.run_teachers(torch.zeros(1, num_samples, device=self.device))
+        probe = self.probe(torch.zeros(1, num_samples, device=self.device))
         self.shapes = {name: tuple(value.shape[1:]) for name, value in probe.items()}
+
+    def probe(self, silence: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teachers' outputs for a silent clip; a teacher that fails is named with the clip's length
+        (the actor's start fails with it: a clip too short for the teacher's frames, a broken model)."""
+        try:
+            return self.run_teachers(silence)
+        except Exception as error:
+            failing = [t.name for t in self.teachers if not self._runs(t, silence)] or [t.name for t in self.teachers]
+            seconds = self.num_samples / self.sample_rate
+            raise ValueError(
+                f"teacher {', '.join(failing)} fails on a silent clip of the job's duration ({self.num_samples} "
+                f"samples at {self.sample_rate} Hz, {seconds:g} s): {type(error).__name__}: {error}"
+            ) from error
 
     @property
     def columns(self) -> list[str]:
@@ -88,12 +101,20 @@ class TeacherStage:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def run_teachers(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``[B, T]`` at the job's rate on the device -> ``{column: [B, ...]}`` float32."""
+    def _runs(self, teacher: Teacher, audio: torch.Tensor) -> bool:
+        try:
+            self.run_teachers(audio, [teacher])
+            return True
+        except Exception:
+            return False
+
+    def run_teachers(self, audio: torch.Tensor, teachers: list[Teacher] | None = None) -> dict[str, torch.Tensor]:
+        """``[B, T]`` at the job's rate on the device -> ``{column: [B, ...]}`` float32 (of ``teachers``,
+        by default all of them)."""
         out: dict[str, torch.Tensor] = {}
         at_rate: dict[int, torch.Tensor] = {}  # teachers of one rate share the resampled clips
         with torch.inference_mode():
-            for teacher in self.teachers:
+            for teacher in self.teachers if teachers is None else teachers:
                 if teacher.sample_rate not in at_rate:
                     at_rate[teacher.sample_rate] = self.resample(audio, self.sample_rate, teacher.sample_rate)
                 inputs = at_rate[teacher.sample_rate]
