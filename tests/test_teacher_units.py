@@ -333,6 +333,11 @@ def test_stage_on_cuda_batches_and_matches_cpu():
             "only one teacher may output y",
         ),
         ({"synth": {"f0_range": [500, 100]}}, "f0_range"),
+        # a fundamental above Nyquist was generated at its alias, and stored as the clip's f0
+        (
+            {"sample_rate": 16000, "synth": {"f0_range": [50, 9000]}},
+            r"synth.f0_range: its top \(9000 Hz\) must be below Nyquist \(8000 Hz at sample_rate 16000\)",
+        ),
     ],
 )
 def test_bad_configs_are_refused_with_the_reason(change, message):

@@ -85,6 +85,12 @@ class TeacherConfig(CommonConfig):
     def _consistent(self) -> TeacherConfig:
         if self.synth is not None and self.input != SYNTH_INPUT:
             raise ValueError(f"synth is set but input is {self.input!r}; use input: {SYNTH_INPUT} for the generator")
+        if self.synth is not None and self.synth.f0_range[1] >= self.sample_rate / 2:
+            raise ValueError(  # a fundamental above Nyquist is heard at its alias, not at the f0 stored for it
+                f"synth.f0_range: its top ({self.synth.f0_range[1]:g} Hz) must be below Nyquist "
+                f"({self.sample_rate / 2:g} Hz at sample_rate {self.sample_rate}): a higher f0 aliases, and the "
+                "clip's pitch is not the f0 stored for it"
+            )
         names = [t.teacher_name for t in self.teachers]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
