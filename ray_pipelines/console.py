@@ -15,6 +15,8 @@ By default (``quiet_ray``):
   Turning restarts off would silence it at the cost of crash recovery, so the line is filtered.
 - Blocks that failed because the run was told to stop (the output store refused a write, the lease
   was taken over) are one warning line (:class:`StoppedBlocks`), not a traceback each.
+- Ray's "Unhandled error" records (a result no one asked for: Ray Data's own, such as a request its
+  autoscaling coordinator had cancelled by a stop) are not shown (:class:`UnhandledRayErrors`).
 - Errors that carry a traceback are one line: the first line and the exception at the end
   (:func:`short_error`). That is Ray's notices of a failed task (``(raylet) Task ... failed. There
   are 2 retries remaining``, printed by the driver's error listener), Ray Data's "Full stack trace"
@@ -70,6 +72,9 @@ def quiet_ray(keep_ray_data_info: bool = False) -> None:
 
     runtime.WORKER_LOGS_TO_DRIVER = False
     _condense_error_notices()
+    unhandled = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, UnhandledRayErrors) for f in unhandled.filters):
+        unhandled.addFilter(UnhandledRayErrors())
     # ray.init(configure_logging=False) removes the "ray" logger's handlers, after which its
     # warnings reach Python's last-resort handler: the logger's level is what holds them back.
     logging.getLogger("ray").setLevel(logging.ERROR)
@@ -116,6 +121,16 @@ def _condense_error_notices() -> None:
 
     condensed.condensed = True
     worker.print_to_stdstream = condensed
+
+
+class UnhandledRayErrors(logging.Filter):
+    """Ray logs an error of a task whose result no one asked for when its reference goes ("Unhandled
+    error (suppress with 'RAY_IGNORE_UNHANDLED_ERRORS=1')"). The job asks for every result of its own;
+    what is left are Ray Data's, such as its autoscaling coordinator's request cancelled by a stop
+    (``RpcError: CANCELLED``, a traceback after the stopped run's last line). Kept with --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unhandled error (suppress with")
 
 
 class RunErrorTraces(logging.Filter):

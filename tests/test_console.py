@@ -28,6 +28,7 @@ from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.stopping import Terminated, exit_code, ignore_stop_signals, sigterm_stops_like_ctrl_c
 from tests.audio_helpers import REPO, make_library
+from tests.conftest import Lines
 from tests.killed_run import TEST_MARK, marked
 from tests.test_augment_job import rows_by_key
 
@@ -384,3 +385,27 @@ def test_an_error_that_carries_a_traceback_is_one_line_on_the_console(ray_local,
     assert not traces.filter(record("Full stack trace:\n%s"))
     assert not traces.filter(record("Exception occurred in Ray Data or Ray Core internal code. If you continue"))
     assert traces.filter(record("MapBatches(DecodeStageWrite): actors died during initialization"))
+
+
+def test_rays_unhandled_errors_are_left_off_the_console():
+    """Ray Data's autoscaling coordinator's request, cancelled by a stop, printed a traceback after the
+    stopped run's last line."""
+    import logging
+
+    from ray._private import worker
+
+    from ray_pipelines.console import UnhandledRayErrors
+
+    logger, said, unhandled = logging.getLogger("ray._private.worker"), Lines(), UnhandledRayErrors()
+    logger.addHandler(said)
+    try:
+        worker._unhandled_error_handler(RuntimeError("RpcError: RPC error: CANCELLED"))  # Ray's own words
+        logger.error("another error of Ray's")
+        assert len(said.lines) == 2 and said.lines[0].startswith("Unhandled error (suppress with")
+        logger.addFilter(unhandled)
+        worker._unhandled_error_handler(RuntimeError("RpcError: RPC error: CANCELLED"))
+        logger.error("another error of Ray's")
+        assert said.lines[2:] == ["another error of Ray's"]
+    finally:
+        logger.removeHandler(said)
+        logger.removeFilter(unhandled)
