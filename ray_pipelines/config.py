@@ -9,6 +9,7 @@ output instead of being refused.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -263,6 +264,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(data: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """``data`` with each ``--set key=value`` applied in turn: the key set to the value, a mapping
+    included (``splits={train: 0.8, test: 0.2}`` replaces the splits: merged into the config's, its
+    fractions summed to 1.1 with the config's ``validate``); a dotted key changes one entry."""
+    out = copy.deepcopy(data)
+    for dotted, raw in split_overrides(pairs):
+        _set_dotted(out, dotted, override_value(raw))
+    return out
+
+
 def split_overrides(pairs: list[str]) -> list[tuple[str, str]]:
     """``key=value`` pairs as ``(dotted key, the value's text)``."""
     split = []
@@ -292,7 +303,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     *parents, leaf = dotted.split(".")
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or null in the config: a mapping of the one key
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a mapping")
     node[leaf] = value
@@ -343,7 +356,7 @@ def load_config(
     data: dict[str, Any] = dict(defaults or {})
     if path is not None:
         data = deep_merge(data, read_config_file(path))
-    data = deep_merge(data, parse_overrides(overrides or []))
+    data = apply_overrides(data, overrides or [])
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -108,6 +108,31 @@ def test_overrides_are_typed_and_nested(tmp_path):
         parse_overrides(["novalue"])
 
 
+def test_a_mapping_set_whole_replaces_the_configs_and_a_dotted_key_changes_one_entry(tmp_path):
+    """`--set splits={train: 0.8, test: 0.2}` was merged into the packaged config's three splits:
+    "split fractions must sum to 1, they sum to 1.1" for fractions that sum to 1."""
+    from ray_pipelines.jobs.features import FeaturesConfig
+
+    required = ["input=a", "output=b"]
+    assert load_config(FeaturesConfig, "features", [*required, "splits={train: 0.8, test: 0.2}"]).splits == {
+        "train": 0.8,
+        "test": 0.2,
+    }
+    changed = load_config(FeaturesConfig, "features", [*required, "splits.train=0.6", "splits.test=0.3"])
+    assert changed.splits == {"train": 0.6, "validate": 0.1, "test": 0.3}
+    config = write(tmp_path, "input: a\noutput: b\nstorage_options: {anon: true, client_kwargs: {region_name: eu}}\n")
+    endpoint = "client_kwargs: {endpoint_url: 'http://127.0.0.1:9000'}"
+    replaced = load_config(AugmentConfig, config, [f"storage_options={{{endpoint}}}"]).storage_options
+    assert replaced == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    merged = load_config(AugmentConfig, config, ["storage_options.client_kwargs.endpoint_url=http://127.0.0.1:9000"])
+    assert merged.storage_options == {
+        "anon": True,
+        "client_kwargs": {"region_name": "eu", "endpoint_url": "http://127.0.0.1:9000"},
+    }
+    # a dotted key under one the config leaves null
+    assert load_config(AugmentConfig, write(tmp_path, "input: a\noutput: b\nactors: null\n"), ["actors.min=1"]).actors
+
+
 def test_set_values_yaml_would_cut_refuse_or_retype_are_the_text_typed(tmp_path):
     from ray_pipelines.config import override_value
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ray_pipelines.config import ConfigError, deep_merge, parse_overrides, read_config_file, validate_config
+from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.table import ScoreTable, read_errors
 from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_problem
@@ -71,7 +71,7 @@ def load_filter_settings(path: str | None, overrides: list[str], base: dict[str,
         data = loaded.get("filter", {}) if "filter" in loaded else loaded
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: 'filter' must be a mapping")
-    return validate_config(FilterSettings, deep_merge(data, parse_overrides(overrides)))
+    return validate_config(FilterSettings, apply_overrides(data, overrides))
 
 
 def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
