@@ -115,7 +115,7 @@ def _condense_error_notices() -> None:
         return  # another Ray's internals, or done already
 
     def condensed(data, *args, **kwargs):
-        if data.get("pid") == "raylet" and len(data.get("lines", ())) and any("\n" in s for s in data["lines"]):
+        if data.get("pid") == "raylet" and any("\n" in line for line in data.get("lines", ())):
             data = {**data, "lines": [short_error(line) for line in data["lines"]]}
         return print_notice(data, *args, **kwargs)
 
