@@ -158,12 +158,13 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
 def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     """Run the job with the live progress; the summary at the end (exit codes: module docstring)."""
     from .config import ConfigError
-    from .console import FilteredStderr, configure_logging, short_error
+    from .console import FilteredStderr, configure_logging
     from .engine.control import OutputStoreError
     from .engine.manifest import OutputConflict
     from .engine.progress import make_progress
     from .engine.runner import run_job
     from .engine.summary import format_summary
+    from .error_text import short_error
     from .sources import SourceError
 
     configure_logging(args.verbose, args.ray_progress)

@@ -42,6 +42,8 @@ import time
 import traceback
 from typing import TextIO
 
+from .error_text import short_error
+
 # Lines of the driver's stderr (C++ and Python alike) that say nothing a user can act on.
 NOISE = (
     re.compile(rb"core_worker\.cc:\d+: Actor .* has constructor arguments in the object store and max_restarts > 0"),
@@ -85,24 +87,6 @@ def quiet_ray(keep_ray_data_info: bool = False) -> None:
                 if not any(isinstance(f, StoppedBlocks) for f in handler.filters):
                     handler.addFilter(StoppedBlocks())
                     handler.addFilter(RunErrorTraces())
-
-
-ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
-EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
-TRACEBACK_START = re.compile(r"\s*(?:Error: )?Traceback \(most recent call last\):\s*$")
-
-
-def short_error(text: str) -> str:
-    """A Ray error's text without the traceback it carries: its first line, then the exception at its
-    end (the last line naming one). Text of one line is returned as it is, without colour codes."""
-    lines = [line.rstrip() for line in ANSI_CODE.sub("", text).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else ""
-    first = TRACEBACK_START.sub("", lines[0])
-    cause = next((line.strip() for line in reversed(lines[1:]) if EXCEPTION_LINE.match(line.strip())), "")
-    if not cause or cause in first:
-        return first
-    return f"{first}{' ' if first.endswith('.') else ': '}{cause}"
 
 
 def _condense_error_notices() -> None:

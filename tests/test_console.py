@@ -343,7 +343,8 @@ def test_an_error_that_carries_a_traceback_is_one_line_on_the_console(ray_local,
     import ray
     from ray._private import worker
 
-    from ray_pipelines.console import ANSI_CODE, RunErrorTraces, _condense_error_notices, short_error
+    from ray_pipelines.console import RunErrorTraces, _condense_error_notices
+    from ray_pipelines.error_text import ANSI_CODE, short_error
 
     @ray.remote(num_cpus=0, max_restarts=0)
     class Broken:

@@ -53,6 +53,16 @@ class LogExcessPeak(torch.nn.Module):
         return torch.log(x.abs().amax(dim=-1, keepdim=True) - 0.2)
 
 
+class RefusesLoudClips(torch.nn.Module):
+    """Raises on a clip whose peak is over 0.4 (a user model with an input check): a teacher that
+    fails on some inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.abs().amax() > 0.4):
+            raise ValueError("input too loud for this model")
+        return x.abs().amax(dim=-1, keepdim=True)
+
+
 # ---- the generator -------------------------------------------------------------------------
 def test_validation_draws_ignore_the_seed_and_cover_the_ranges():
     cfg = SynthConfig(num_samples=10, validation=True, f0_range=(100.0, 1000.0), db_range=(-30.0, -10.0))
@@ -235,6 +245,38 @@ def test_a_teacher_that_cannot_take_the_clip_length_is_named_when_the_stage_star
         "RuntimeError: "
     )
     assert TeacherStage(teachers=[{"kind": "loudness"}], sample_rate=SR, num_samples=44).shapes == {"loudness_db": (1,)}
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_a_teacher_that_raises_on_a_clip_makes_that_clip_an_error_row_and_keeps_the_others(tmp_path, chunk_size):
+    """A user model that raised on one clip failed its block: every clip of it was `lost`, retried every
+    run for ever (exit 3), and the console printed each attempt's traceback."""
+    path = tmp_path / "picky.ts"
+    torch.jit.script(RefusesLoudClips()).save(str(path))
+    stage = TeacherStage(
+        teachers=[
+            {"kind": "loudness"},
+            {
+                "kind": "torchscript",
+                "name": "picky",
+                "path": str(path),
+                "sample_rate": SR,
+                "outputs": {"peak": "tensor"},
+            },
+        ],
+        sample_rate=SR,
+        num_samples=1000,
+    )
+    stage.chunk_size = chunk_size  # as on CUDA: a chunk that raises is run again clip by clip
+    levels = [0.1, 0.9, 0.2, 0.3]
+    audio = np.stack([np.full(1000, level) for level in levels]).astype(np.float32)
+    keys = np.array(["a", "loud", "b", "c"], dtype=object)
+    out = stage({"key": keys, "error": np.array([""] * 4, dtype=object), "audio": audio})
+    assert list(out["error"][[0, 2, 3]]) == ["", "", ""]
+    assert out["error"][1].startswith("teacher failed: picky: Error: The following operation failed in the TorchScript")
+    assert out["error"][1].endswith("ValueError: input too loud for this model")  # the scripted code's error
+    assert out["picky_peak"][[0, 2, 3], 0] == pytest.approx([0.1, 0.2, 0.3]) and not out["picky_peak"][1].any()
+    assert not out["loudness_db"][1].any() and out["loudness_db"][0].any()
 
 
 def test_stage_bytes_do_not_depend_on_the_batch_on_cpu():

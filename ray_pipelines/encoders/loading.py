@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..error_text import describe
 from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
 from .base import Encoder, ModelLoadError, ModuleEncoder
 from .config import ModelConfig
@@ -158,8 +159,7 @@ def _probe(encoder: Encoder, length: int) -> torch.Tensor:
             return encoder.encode(torch.zeros(1, encoder.channels, length))
     except Exception as e:
         raise ModelLoadError(
-            f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: {describe(e)}"
         ) from None
 
 

@@ -10,6 +10,7 @@ import torch
 from ..encoders.base import Encoder
 from ..encoders.functional import posterior_noise, sample_posterior
 from ..encoders.loading import load_encoder, stored_dtype
+from ..error_text import describe
 from ..padding import latent_padding_mask
 from .device import pick_device
 from .rows import take_rows
@@ -133,7 +134,7 @@ class EncodeStage:
                 ]
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            return [f"encode failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+            return [f"encode failed: {describe(e)}"]
         self._latent_shape = tuple(z.shape[1:])
         out: list[np.ndarray | str] = []
         for row in z.numpy():

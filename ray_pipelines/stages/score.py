@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..error_text import describe
 from ..scoring.scorers import Clips, Scorer, build_scorer
 from .device import pick_device
 
@@ -66,7 +67,7 @@ class ScoreStage:
             return scorer(clips), {}
         except Exception as e:
             if len(clips) == 1:
-                return {c: np.full(1, np.nan) for c in scorer.columns}, {0: f"score failed: {name}: {_describe(e)}"}
+                return {c: np.full(1, np.nan) for c in scorer.columns}, {0: f"score failed: {name}: {describe(e)}"}
         values = {c: np.full(len(clips), np.nan) for c in scorer.columns}
         failed = {}
         for row in range(len(clips)):
@@ -94,8 +95,3 @@ class ScoreStage:
         out["error"] = errors
         out.update(scores)
         return out
-
-
-def _describe(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -6,7 +6,10 @@ in the job's ``dtype`` with shapes fixed by the config. Audio is resampled
 to each teacher's rate on the device (one resampler per rate, built once);
 waveform outputs are resampled back to the job's rate. Rows that arrive as
 errors pass through with zero outputs; a row whose teacher output is not
-finite becomes an error row naming the teacher.
+finite becomes an error row naming the teacher. A teacher that raises on a
+chunk is run again clip by clip: the clips it still raises on become error
+rows (``teacher failed: <teacher>: ...``), the others keep their outputs, as
+the score and encode stages do (one clip never costs its block).
 
 On CUDA, ``chunk_size`` clips go through each teacher at once. On CPU clips
 go one at a time: batched CPU kernels round differently for other batch
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 import torchaudio
 
+from ..error_text import describe
 from ..teachers import Teacher, build_teacher, column_name
 from .device import pick_device
 from .rows import take_rows
@@ -35,6 +39,14 @@ RESAMPLE_KWARGS = dict(
 )
 # Columns the decoders hand over that the stage casts to the output dtype.
 FLOAT_COLUMNS = ("f0", "db")
+
+
+class TeacherFailed(RuntimeError):
+    """A teacher raised (or gave outputs it did not declare) on the clips it was handed."""
+
+    def __init__(self, teacher: str, error: Exception):
+        super().__init__(f"{teacher}: {describe(error)}")
+        self.teacher = teacher
 
 
 class TeacherStage:
@@ -74,11 +86,11 @@ class TeacherStage:
         (the actor's start fails with it: a clip too short for the teacher's frames, a broken model)."""
         try:
             return self.run_teachers(silence)
-        except Exception as error:
-            failing = [t.name for t in self.teachers if not self._runs(t, silence)] or [t.name for t in self.teachers]
+        except TeacherFailed as failed:
+            error = failed.__cause__
             seconds = self.num_samples / self.sample_rate
             raise ValueError(
-                f"teacher {', '.join(failing)} fails on a silent clip of the job's duration ({self.num_samples} "
+                f"teacher {failed.teacher} fails on a silent clip of the job's duration ({self.num_samples} "
                 f"samples at {self.sample_rate} Hz, {seconds:g} s): {type(error).__name__}: {error}"
             ) from error
 
@@ -101,27 +113,22 @@ class TeacherStage:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _runs(self, teacher: Teacher, audio: torch.Tensor) -> bool:
-        try:
-            self.run_teachers(audio, [teacher])
-            return True
-        except Exception:
-            return False
-
-    def run_teachers(self, audio: torch.Tensor, teachers: list[Teacher] | None = None) -> dict[str, torch.Tensor]:
-        """``[B, T]`` at the job's rate on the device -> ``{column: [B, ...]}`` float32 (of ``teachers``,
-        by default all of them)."""
+    def run_teachers(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``[B, T]`` at the job's rate on the device -> ``{column: [B, ...]}`` float32; a teacher that
+        raises raises :class:`TeacherFailed` naming it."""
         out: dict[str, torch.Tensor] = {}
         at_rate: dict[int, torch.Tensor] = {}  # teachers of one rate share the resampled clips
         with torch.inference_mode():
-            for teacher in self.teachers if teachers is None else teachers:
+            for teacher in self.teachers:
                 if teacher.sample_rate not in at_rate:
                     at_rate[teacher.sample_rate] = self.resample(audio, self.sample_rate, teacher.sample_rate)
-                inputs = at_rate[teacher.sample_rate]
-                with self._autocast():
-                    results = teacher(inputs)
-                for spec in teacher.outputs:
-                    value = results[spec.name].float()
+                try:
+                    with self._autocast():
+                        results = teacher(at_rate[teacher.sample_rate])
+                    values = {spec: results[spec.name].float() for spec in teacher.outputs}
+                except Exception as e:
+                    raise TeacherFailed(teacher.name, e) from e
+                for spec, value in values.items():
                     if spec.kind == "waveform":
                         value = _fit_length(
                             self.resample(value, teacher.sample_rate, self.sample_rate), self.num_samples
@@ -129,22 +136,41 @@ class TeacherStage:
                     out[column_name(teacher.name, spec.name)] = value
         return out
 
+    def run_guarded(
+        self, audio: np.ndarray, rows: np.ndarray
+    ) -> list[tuple[np.ndarray, dict[str, torch.Tensor] | str]]:
+        """The teachers' outputs for ``audio[rows]``, or where a teacher raises, ``rows`` again one by one:
+        ``(rows, outputs)`` per part that ran, ``(row, "teacher failed: ...")`` per clip that still raises."""
+        wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, rows), dtype=np.float32)).to(self.device)
+        try:
+            return [(rows, self.run_teachers(wave))]
+        except TeacherFailed as failed:
+            if len(rows) > 1:
+                return [part for row in rows for part in self.run_guarded(audio, np.array([row]))]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return [(rows, f"teacher failed: {failed}")]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop(self.input_column)
         n = len(audio)
         errors = batch["error"].astype(object).copy()
         outputs = {name: np.zeros((n, *shape), dtype=self.out_dtype) for name, shape in self.shapes.items()}
         ok = np.flatnonzero(errors == "")
-        for start in range(0, len(ok), self.chunk_size):
-            rows = ok[start : start + self.chunk_size]
-            wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, rows), dtype=np.float32)).to(self.device)
-            for name, value in self.run_teachers(wave).items():
+        chunks = [ok[start : start + self.chunk_size] for start in range(0, len(ok), self.chunk_size)]
+        for rows, teacher_outputs in (part for chunk in chunks for part in self.run_guarded(audio, chunk)):
+            if isinstance(teacher_outputs, str):  # the clip a teacher raised on: its outputs stay zeros
+                errors[rows] = teacher_outputs
+                continue
+            for name, value in teacher_outputs.items():
                 values = value.cpu().numpy()
-                if values.shape[1:] != self.shapes[name]:
-                    raise RuntimeError(
-                        f"teacher output {name} has shape {values.shape[1:]}, expected "
-                        f"{self.shapes[name]}: outputs must have one shape per config"
-                    )
+                if values.shape[1:] != self.shapes[name]:  # a model whose output shape follows its input
+                    for row in rows:
+                        errors[row] = errors[row] or (
+                            f"teacher output {name} has shape {values.shape[1:]}, expected {self.shapes[name]} "
+                            "(the silent clip's when the stage started): outputs must have one shape per config"
+                        )
+                    continue
                 finite = np.isfinite(values.reshape(len(rows), -1)).all(axis=1)
                 for row in rows[~finite]:
                     if errors[row] == "":
