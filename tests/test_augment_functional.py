@@ -211,6 +211,17 @@ def test_views_drawn_in_the_jobs_decode_tasks_are_the_stages_own_bit_for_bit():
         assert not drawn_there[view][2].any() and drawn_there[view][[0, 1, 3, 4]].any()
 
 
+def test_a_clip_whose_spectrogram_overflows_is_an_error_row_not_inf_views():
+    """Finite samples reaching 1e20 (a float WAV of garbage) overflow the float32 power: views of inf
+    were written as training data, without an error row."""
+    rows = batch(3, 22050)
+    rows["error"][2] = ""
+    rows["audio"][1] *= 1e21
+    out = stage(duration=1.0)(rows)
+    assert list(out["error"][[0, 2]]) == ["", ""] and np.isfinite(out["view1"][[0, 2]]).all()
+    assert out["error"][1].startswith("non-finite spectrogram: the audio's peak is ") and "e+20" in out["error"][1]
+
+
 def test_float16_output():
     out = stage(dtype="float16", duration=1.0)(batch(2, 22050))
     assert out["view1"].dtype == np.float16 and out["view1"].shape == (2, 1, 128, 44)

@@ -143,6 +143,10 @@ def test_stage_rows_error_rows_and_batch_independence():
     assert np.abs(values[1] - expected).max() < 1e-5
     alone = stage({k: v[:1] for k, v in batch.items()})["input_values"][0]
     assert np.array_equal(alone, values[0])  # same bytes whatever shares the batch
+    huge = {**batch, "audio": batch["audio"] * np.array([[1.0], [1e20], [1.0]], dtype=np.float32)}
+    out = stage(huge)  # finite samples whose fbank overflows: an error row, not inf features
+    assert (out["error"][0], out["error"][2]) == ("", "undecodable: test") and np.isfinite(out["input_values"][0]).all()
+    assert out["error"][1].startswith("non-finite spectrogram: the audio's peak is ")
 
 
 @pytest.mark.gpu

@@ -72,6 +72,15 @@ def stage(device: str | None = None, **kwargs) -> ScoreStage:
     return ScoreStage(scorers={"reconstruction": reconstruction}, forward_batch=4, device=device)
 
 
+def test_a_non_finite_score_makes_its_row_an_error_row():
+    """DNSMOS of samples reaching 1e20 was NaN, stored as the clip's scores; here a loss that overflows."""
+    batch = mel_batch(3)
+    batch["mel"][1] *= 1e20
+    out = stage()(batch)
+    assert list(out["error"]) == ["", "score failed: reconstruction: non-finite reconstruction_loss", ""]
+    assert np.isfinite(out["reconstruction_loss"][[0, 2]]).all()
+
+
 def test_stage_scores_do_not_depend_on_batch_company():
     batch = mel_batch(7)
     for extra in ({}, {"mask_ratio": 0.5, "mask_patch": (8, 8)}):

@@ -11,7 +11,7 @@ from ..augment.params import DRAWS_COLUMN
 from ..augment.pool import AugmentationPool, SpectrogramPoolConfig, ViewDraws, WaveformPoolConfig
 from ..spectrogram import LogMelSpectrogram
 from .device import pick_device
-from .rows import take_rows
+from .rows import non_finite_rows, take_rows
 
 
 class AugmentStage:
@@ -123,4 +123,5 @@ class AugmentStage:
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()  # the copies into pinned memory
         batch["view1"], batch["view2"] = (out.numpy() for out in outputs)
+        batch["error"] = non_finite_rows(batch["error"], ok, audio, batch["view1"], batch["view2"])
         return batch

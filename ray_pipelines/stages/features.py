@@ -7,7 +7,7 @@ import torch
 
 from ..features.kaldi import AST_MEAN, AST_STD, ASTFeatures
 from .device import pick_device
-from .rows import take_rows
+from .rows import non_finite_rows, take_rows
 
 
 class FeaturesStage:
@@ -59,6 +59,8 @@ class FeaturesStage:
         valid = batch.pop("valid_samples", None)
         valid = np.full(len(audio), audio.shape[-1]) if valid is None else valid.astype(np.int64)
         values = np.zeros((len(audio), *self.shape), dtype=np.float32)
-        self.compute_into(values, audio, valid, np.flatnonzero(batch["error"] == ""))
+        ok = np.flatnonzero(batch["error"] == "")
+        self.compute_into(values, audio, valid, ok)
         batch["input_values"] = values
+        batch["error"] = non_finite_rows(batch["error"], ok, audio, values)
         return batch

@@ -89,6 +89,8 @@ class ScoreStage:
                 values, failed = self.run_guarded(name, scorer, clips)
                 for column in scorer.columns:
                     scores[column][ok] = values[column]
+                    for row in np.flatnonzero(~np.isfinite(values[column])):  # DNSMOS of samples reaching 1e20
+                        failed.setdefault(int(row), f"score failed: {name}: non-finite {column}")
                 for row, reason in failed.items():
                     errors[ok[row]] = errors[ok[row]] or reason
         out = {name: batch[name] for name in PASS_COLUMNS if name in batch}
