@@ -45,8 +45,8 @@ class TeacherFailed(RuntimeError):
     """A teacher raised (or gave outputs it did not declare) on the clips it was handed."""
 
     def __init__(self, teacher: str, error: Exception):
-        super().__init__(f"{teacher}: {describe(error)}")
-        self.teacher = teacher
+        self.teacher, self.reason = teacher, describe(error)
+        super().__init__(f"{teacher}: {self.reason}")
 
 
 class TeacherStage:
@@ -87,12 +87,11 @@ class TeacherStage:
         try:
             return self.run_teachers(silence)
         except TeacherFailed as failed:
-            error = failed.__cause__
             seconds = self.num_samples / self.sample_rate
             raise ValueError(
                 f"teacher {failed.teacher} fails on a silent clip of the job's duration ({self.num_samples} "
-                f"samples at {self.sample_rate} Hz, {seconds:g} s): {type(error).__name__}: {error}"
-            ) from error
+                f"samples at {self.sample_rate} Hz, {seconds:g} s): {failed.reason}"
+            ) from failed.__cause__
 
     @property
     def columns(self) -> list[str]:
