@@ -121,25 +121,28 @@ def test_bad_inputs_are_error_rows(runs):
     assert errors["train/broken/empty.wav"] and errors["train/broken/garbage.wav"]
 
 
-def test_refiltering_the_stored_scores_on_bandwidth_finds_the_upsampled_clips(runs, tmp_path):
+def test_refiltering_the_stored_scores_on_bandwidth_finds_the_upsampled_clips(runs, tmp_path, capsys):
     root = runs[0]
     args = ["--set", "bandwidth_hz.mode=hardcode", "--set", "bandwidth_hz.bounds=[6000, null]"]
     # the scores CSV alone has no rules of its own: only the --set one applies
     assert filter_main([str(root / "one/scores.csv"), *args, "--output", str(tmp_path)]) == 0
+    assert "  rules from           no config and 2 --set\n" in capsys.readouterr().out
     kept = (tmp_path / "kept.txt").read_text().split()
     # the telephone speech (3.9 kHz) and the loop through 8 kHz fall below; noise and clipping add highs
     assert kept == ["train/music/tabla.flac", "train/speech/clipped.wav", "train/speech/noisy_0db.wav"]
     assert filter_main([str(root / "one"), "--set", "bandwidth.mode=none"]) == 2  # no such score
 
 
-def test_refiltering_a_score_output_starts_from_the_rules_its_job_ran_with(runs, tmp_path):
+def test_refiltering_a_score_output_starts_from_the_rules_its_job_ran_with(runs, tmp_path, capsys):
     """`ray-pipelines filter OUT --set ...` changed the rules named and dropped the job's others: its
     kept.txt, other jobs' keep_list, came back with the noisy, clipped and music clips in it."""
     out = runs[0] / "one"
     assert filter_main([str(out), "--output", str(tmp_path / "same")]) == 0
     assert (tmp_path / "same/kept.txt").read_bytes() == (out / "kept.txt").read_bytes()  # the job's own list
+    assert "  rules from           the score job's config (manifest.json)\n" in capsys.readouterr().out
     loosened = ["--set", "dnsmos_ovrl.bounds=[1.0, null]", "--output", str(tmp_path / "loosened")]
     assert filter_main([str(out), *loosened]) == 0  # the job's rule keeps its mode (hardcode)
+    assert "  rules from           the score job's config (manifest.json) and 1 --set\n" in capsys.readouterr().out
     bounds = json.loads((tmp_path / "loosened/filter.json").read_text())["bounds"]
     assert (bounds["dnsmos_ovrl"]["mode"], bounds["dnsmos_ovrl"]["low"]) == ("hardcode", 1.0)
     assert (bounds["clipping_fraction"]["high"], bounds["speech_fraction"]["low"]) == (0.001, 0.5)
