@@ -167,6 +167,21 @@ def test_what_other_nodes_do_not_see_is_said_in_one_clause():
     assert local_files(["/a/b.flac", "file:///c.wav", "s3://x/y.flac", "synth://0"]) == ["/a/b.flac", "/c.wav"]
 
 
+def test_a_node_keeps_its_last_answer_when_a_later_look_fails_and_is_dropped_when_it_dies():
+    """Seen in a full run of the suite: a node answered that it did not see the paths, and Ray refused the
+    next look there ("doesn't exist any more or is infeasible") while the node lived; the run went on as
+    if every node saw them."""
+    from ray_pipelines.engine.shared_paths import Answer, to_ask_again
+
+    blind, sees = Answer(sees_run=False, missing="/i/x.flac"), Answer(sees_run=True, missing=None)
+    answers = {"a": blind, "b": sees}
+    assert to_ask_again(["a", "b", "c"], answers, {"a", "b", "c"}) == ["a"]  # c never answered: left out
+    assert to_ask_again(["a"], answers, {"a", "b", "c"}) == ["a"] and answers == {"a": blind, "b": sees}
+    assert to_ask_again(["a"], answers, None) == ["a"]  # Ray did not say which nodes live
+    assert to_ask_again(["a"], answers, {"b", "c"}) == [] and answers == {"b": sees}  # a died
+    assert blind.blind and not sees.blind and Answer(sees_run=True, missing="/i/y.flac").blind
+
+
 def test_the_summary_counts_inputs_error_rows_and_the_listing_in_words():
     from ray_pipelines.engine.runner import JobResult
     from ray_pipelines.engine.summary import format_summary

@@ -12,7 +12,8 @@ own disk by an earlier run does not pass) and the first and last local inputs of
 does not see them is asked again every few seconds for up to ``RAY_PIPELINES_SHARED_PATH_WAIT_S``
 (60 s: a network file system may keep a node's cached directory for up to a minute, ``acdirmax``),
 then stops the run in one line naming the node and the path (exit 2: the config is wrong for this
-cluster). Nodes an autoscaler adds later are not asked.
+cluster). A node keeps its last answer when a later look cannot be placed there, and is left out
+when it dies. Nodes an autoscaler adds later are not asked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -57,6 +59,19 @@ def local_files(uris: list[str]) -> list[str]:
     return [split_protocol(uri)[1] for uri in uris if split_protocol(uri)[0] == "file"]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What one node said: whether it sees this run's lease file (True where the output is not local)
+    and the first local input it does not see."""
+
+    sees_run: bool
+    missing: str | None
+
+    @property
+    def blind(self) -> bool:
+        return not self.sees_run or self.missing is not None
+
+
 def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str, inputs: list[str]) -> None:
     """Raise :class:`ConfigError` when an alive node other than the driver's does not see this run's lease
     file (``lease_path``: set when the output is local) or one of ``inputs`` (local input files)."""
@@ -69,26 +84,35 @@ def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str
     nodes = [n for n in ray_nodes() or [] if n.get("Alive") and n["NodeID"] != here]
     if not nodes:
         return
-    others = len(nodes)
+    names = {n["NodeID"]: _name(n) for n in nodes}
     wait_s = float(os.environ.get("RAY_PIPELINES_SHARED_PATH_WAIT_S", WAIT_S))
     deadline = time.monotonic() + wait_s
+    answers: dict[str, Answer] = {}
+    asking, unasked_told = list(names), set()
     for attempt in itertools.count():
-        blind_to_output, blind_to_inputs = _ask(nodes, lease_path, run_id, inputs)
-        blind = set(blind_to_output) | {name for name, _ in blind_to_inputs}
+        said, unasked = _ask(asking, names, lease_path, run_id, inputs)
+        answers.update(said)
+        for node in unasked.keys() - unasked_told:
+            log.warning(
+                "node %s could not be asked whether it sees the run's local paths: %s", names[node], unasked[node]
+            )
+        unasked_told |= unasked.keys()
+        asking = to_ask_again(asking, answers, alive_node_ids())
         left = deadline - time.monotonic()
-        if not blind or left <= 0:
+        if not asking or left <= 0:
             break
-        if attempt == 0:
+        if attempt == 0 and any(a.blind for a in answers.values()):
             log.warning(
                 "%d of the %d other nodes do not see the run's local paths; asking them again for up to %.0f s "
                 "(a network file system may show a new file late)",
-                len(blind),
-                others,
+                sum(a.blind for a in answers.values()),
+                len(names),
                 wait_s,
             )
         time.sleep(min(ASK_AGAIN_S, left))
-        nodes = [n for n in nodes if _name(n) in blind]
-    problem = blindness(output, blind_to_output, blind_to_inputs, others)
+    blind_to_output = [names[node] for node, a in answers.items() if not a.sees_run]
+    blind_to_inputs = [(names[node], a.missing) for node, a in answers.items() if a.missing is not None]
+    problem = blindness(output, blind_to_output, blind_to_inputs, len(names))
     if problem:
         raise ConfigError(
             problem + ": a cluster's tasks read and write on every node, so a local path needs a file system "
@@ -97,34 +121,47 @@ def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str
         )
 
 
+def to_ask_again(asked: list[str], answers: dict[str, Answer], alive: set[str] | None) -> list[str]:
+    """The nodes of ``asked`` to ask again: those still alive whose last answer was blind. A node that dies
+    is dropped from ``answers`` (its tasks will not run there); one whose later look fails keeps its last
+    answer (Ray may refuse to place a task on a node it has just answered from, on a loaded machine: "The
+    node specified via NodeAffinitySchedulingStrategy doesn't exist any more or is infeasible"); one that
+    never answered is left out, with the warning. ``alive``: None when Ray did not say (all taken as alive)."""
+    if alive is not None:
+        for node in [node for node in answers if node not in alive]:
+            del answers[node]
+    return [node for node in asked if node in answers and answers[node].blind]
+
+
+def alive_node_ids() -> set[str] | None:
+    nodes = ray_nodes()
+    return None if nodes is None else {n["NodeID"] for n in nodes if n.get("Alive")}
+
+
 def _ask(
-    nodes: list[dict], lease_path: str | None, run_id: str, inputs: list[str]
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """One look on each of ``nodes``: the nodes without this run's lease file, and each node missing an
-    input with the first it misses. A node that does not answer (or died) is left out, with a warning."""
+    nodes: list[str], names: dict[str, str], lease_path: str | None, run_id: str, inputs: list[str]
+) -> tuple[dict[str, Answer], dict[str, str]]:
+    """One look on each of ``nodes`` (ids): the answers, and why each node that gave none did not."""
     asked = {
-        _look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+        _look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
             lease_path, inputs
-        ): n
-        for n in nodes
+        ): node
+        for node in nodes
     }
     ready, waiting = ray.wait(list(asked), num_returns=len(asked), timeout=LOOK_TIMEOUT_S)
+    unasked = {}
     for ref in waiting:
         ray.cancel(ref, force=True)
-        log.warning("node %s did not answer whether it sees the run's local paths", _name(asked[ref]))
-    blind_to_output, blind_to_inputs = [], []
+        unasked[asked[ref]] = f"no answer in {LOOK_TIMEOUT_S:.0f} s"
+    answers = {}
     for ref in ready:
-        node = _name(asked[ref])
         try:
             seen_run, missing = ray.get(ref)
-        except Exception as e:  # the node died meanwhile: its tasks will not run there either
-            log.warning("node %s could not be asked whether it sees the run's local paths: %s", node, e)
+        except Exception as e:  # the node died meanwhile, or Ray could not place the task there
+            unasked[asked[ref]] = str(e)
             continue
-        if lease_path is not None and seen_run != run_id:
-            blind_to_output.append(node)
-        if missing:
-            blind_to_inputs.append((node, missing[0]))
-    return blind_to_output, blind_to_inputs
+        answers[asked[ref]] = Answer(lease_path is None or seen_run == run_id, missing[0] if missing else None)
+    return answers, unasked
 
 
 def blindness(output: str, blind_to_output: list[str], blind_to_inputs: list[tuple[str, str]], of: int) -> str:
