@@ -90,7 +90,7 @@ def check_nodes_see_local_paths(output: str, lease_path: str | None, run_id: str
     answers: dict[str, Answer] = {}
     asking, unasked_told = list(names), set()
     for attempt in itertools.count():
-        said, unasked = _ask(asking, names, lease_path, run_id, inputs)
+        said, unasked = _ask(asking, lease_path, run_id, inputs)
         answers.update(said)
         for node in unasked.keys() - unasked_told:
             log.warning(
@@ -139,7 +139,7 @@ def alive_node_ids() -> set[str] | None:
 
 
 def _ask(
-    nodes: list[str], names: dict[str, str], lease_path: str | None, run_id: str, inputs: list[str]
+    nodes: list[str], lease_path: str | None, run_id: str, inputs: list[str]
 ) -> tuple[dict[str, Answer], dict[str, str]]:
     """One look on each of ``nodes`` (ids): the answers, and why each node that gave none did not."""
     asked = {
