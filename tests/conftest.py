@@ -89,7 +89,17 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # No idle workers kept: the jobs' actors never take one (Ray starts each actor in a process of its own),
+        # and the two Ray keeps by default, with the raylet tending them, cost an embedded Ray that lives the
+        # whole session 2.4 of its 3.3 CPU-seconds a minute (docs/benchmarks.md, the test suite's time).
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _system_config={"num_workers_soft_limit": 0},
+        )
     multiprocessing.set_start_method("forkserver", force=True)
     yield ray
     stop_embedded_ray(ray)
