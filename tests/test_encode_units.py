@@ -468,3 +468,28 @@ def test_a_batchs_consecutive_rows_go_to_the_model_as_a_view_others_as_a_copy():
     gapped = take_rows(audio, np.array([0, 2, 5]))
     assert not np.shares_memory(gapped, audio) and gapped.tolist() == audio[[0, 2, 5]].tolist()
     assert take_rows(audio, np.array([], dtype=np.int64)).shape == (0, 4)
+
+
+def test_a_model_call_that_raises_on_a_batch_is_run_again_row_by_row():
+    from ray_pipelines.stages.rows import run_else_row_by_row
+
+    calls = []
+
+    def run(rows):
+        calls.append(rows.tolist())
+        if 3 in rows or 5 in rows:
+            raise ValueError(f"bad clip among {rows.tolist()}")
+        return [row * 10 for row in rows]
+
+    parts = run_else_row_by_row(run, np.array([2, 3, 4, 5]), lambda error: f"failed: {error}")
+    assert [(rows.tolist(), result) for rows, result in parts] == [
+        ([2], [20]),
+        ([3], "failed: bad clip among [3]"),
+        ([4], [40]),
+        ([5], "failed: bad clip among [5]"),
+    ]
+    assert calls == [[2, 3, 4, 5], [2], [3], [4], [5]]
+    # A batch that runs is one call; only the failure named is caught.
+    assert [r.tolist() for r, _ in run_else_row_by_row(run, np.array([0, 1]), str)] == [[0, 1]]
+    with pytest.raises(ValueError, match="bad clip"):
+        run_else_row_by_row(run, np.array([3, 4]), str, failure=KeyError)

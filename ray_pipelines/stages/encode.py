@@ -13,7 +13,7 @@ from ..encoders.loading import load_encoder, stored_dtype
 from ..error_text import describe
 from ..padding import latent_padding_mask
 from .device import pick_device
-from .rows import take_rows
+from .rows import run_else_row_by_row, take_rows
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -121,41 +121,42 @@ class EncodeStage:
             self._latent_shape = tuple(z.shape[1:])
         return self._latent_shape
 
-    def _encode_rows(self, audio: np.ndarray, keys: list[str], windows: list[int]) -> list[np.ndarray | str]:
-        """Per row: latents ``[D, N]`` in the output dtype, or an error reason."""
-        try:
-            z = self.encode(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), keys, windows)
-        except Exception as e:
-            if len(keys) > 1:  # find the row that fails; encode the others
-                return [
-                    r
-                    for i in range(len(keys))
-                    for r in self._encode_rows(audio[i : i + 1], keys[i : i + 1], windows[i : i + 1])
-                ]
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            return [f"encode failed: {describe(e)}"]
-        self._latent_shape = tuple(z.shape[1:])
-        out: list[np.ndarray | str] = []
-        for row in z.numpy():
-            if (
-                self.is_discrete
-                and self.codebook_size is not None
-                and (row.min() < 0 or row.max() >= self.codebook_size)
-            ):
-                out.append(f"tokens outside the codebook [0, {self.codebook_size}): {row.min()} .. {row.max()}")
+    def _failed(self, error: Exception) -> str:
+        """A row's error for an encode that raised; the device's cached memory released after it."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return f"encode failed: {describe(error)}"
+
+    def _stored(self, row: np.ndarray) -> np.ndarray | str:
+        """A row's latents (or tokens) in the output dtype, or why they cannot be stored."""
+        if self.is_discrete and self.codebook_size is not None and (row.min() < 0 or row.max() >= self.codebook_size):
+            return f"tokens outside the codebook [0, {self.codebook_size}): {row.min()} .. {row.max()}"
+        if not self.is_discrete and not np.isfinite(row).all():
+            return "non-finite latents: the model produced NaN/inf" + (
+                " (fp16 overflow? try bf16)" if self.dtype == torch.float16 else ""
+            )
+        value = row.astype(self.out_dtype)
+        if self.out_dtype == np.float16 and not np.isfinite(value).all():
+            return "non-finite latents: values overflow float16; try bf16 (stored as float32)"
+        return value
+
+    def _encode_rows(
+        self, audio: np.ndarray, rows: np.ndarray, keys: list[str], windows: list[int]
+    ) -> dict[int, np.ndarray | str]:
+        """Per row of ``audio[rows]``: latents ``[D, N]`` in the output dtype, or an error reason."""
+
+        def encode(part: np.ndarray) -> torch.Tensor:
+            wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, part), dtype=np.float32))
+            return self.encode(wave, [keys[i] for i in part], [windows[i] for i in part])
+
+        out: dict[int, np.ndarray | str] = {}
+        for part, z in run_else_row_by_row(encode, rows, self._failed):
+            if isinstance(z, str):
+                out[int(part[0])] = z
                 continue
-            if not self.is_discrete and not np.isfinite(row).all():
-                out.append(
-                    "non-finite latents: the model produced NaN/inf"
-                    + (" (fp16 overflow? try bf16)" if self.dtype == torch.float16 else "")
-                )
-                continue
-            value = row.astype(self.out_dtype)
-            if self.out_dtype == np.float16 and not np.isfinite(value).all():
-                out.append("non-finite latents: values overflow float16; try bf16 (stored as float32)")
-                continue
-            out.append(value)
+            self._latent_shape = tuple(z.shape[1:])
+            for i, row in zip(part, z.numpy()):
+                out[int(i)] = self._stored(row)
         return out
 
     # ---- the batch ----------------------------------------------------------------
@@ -174,13 +175,11 @@ class EncodeStage:
         results: dict[int, np.ndarray] = {}
         todo = np.flatnonzero(errors == "")
         for start in range(0, len(todo), self.micro_batch):
-            rows = todo[start : start + self.micro_batch]
-            encoded = self._encode_rows(take_rows(audio, rows), [keys[i] for i in rows], [windows[i] for i in rows])
-            for i, value in zip(rows, encoded):
+            for i, value in self._encode_rows(audio, todo[start : start + self.micro_batch], keys, windows).items():
                 if isinstance(value, str):
                     errors[i] = value
                 else:
-                    results[int(i)] = value
+                    results[i] = value
 
         dims, frames = self.latent_shape()
         latents = np.zeros((n, dims, frames), dtype=self.out_dtype)

@@ -1,9 +1,14 @@
-"""Rows of a batch for a model call, without a copy where they allow it, and rows whose outputs are not
-finite (shared by the stages)."""
+"""Rows of a batch for a model call, without a copy where they allow it; a model call that one bad row
+must not cost its batch; rows whose outputs are not finite (shared by the stages)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
+
+Result = TypeVar("Result")
 
 
 def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -14,6 +19,24 @@ def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
         return array[rows[0] : rows[-1] + 1]
     return array[rows]
+
+
+def run_else_row_by_row(
+    run: Callable[[np.ndarray], Result],
+    rows: np.ndarray,
+    reason: Callable[[Exception], str],
+    failure: type[Exception] = Exception,
+) -> list[tuple[np.ndarray, Result | str]]:
+    """``run(rows)`` for a model call on a batch's ``rows``; where it raises ``failure`` on several rows,
+    each row is run again alone, so one bad clip never costs its batch. Returns ``(rows, result)`` per
+    call that ran and ``(row, reason(error))`` per row it still raises on (``reason`` names the failure
+    for the row's error, and frees what the failed call held where a device needs it)."""
+    try:
+        return [(rows, run(rows))]
+    except failure as error:
+        if len(rows) == 1:
+            return [(rows, reason(error))]
+    return [part for i in range(len(rows)) for part in run_else_row_by_row(run, rows[i : i + 1], reason, failure)]
 
 
 def non_finite_rows(errors: np.ndarray, ok: np.ndarray, audio: np.ndarray, *views: np.ndarray) -> np.ndarray:

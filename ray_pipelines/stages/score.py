@@ -9,6 +9,7 @@ import numpy as np
 from ..error_text import describe
 from ..scoring.scorers import Clips, Scorer, build_scorer
 from .device import pick_device
+from .rows import run_else_row_by_row
 
 # Columns handed on to the sink; the audio or spectrogram itself is dropped here, it is not written.
 PASS_COLUMNS = ("key", "item", "samples_per_input", "split", "error", "etag", "source", "class", "group")
@@ -62,20 +63,21 @@ class ScoreStage:
 
     @staticmethod
     def run_guarded(name: str, scorer: Scorer, clips: Clips) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-        """The scorer's columns for ``clips`` and ``{row: reason}`` for the rows it failed on."""
-        try:
-            return scorer(clips), {}
-        except Exception as e:
-            if len(clips) == 1:
-                return {c: np.full(1, np.nan) for c in scorer.columns}, {0: f"score failed: {name}: {describe(e)}"}
-        values = {c: np.full(len(clips), np.nan) for c in scorer.columns}
-        failed = {}
-        for row in range(len(clips)):
-            one, failure = ScoreStage.run_guarded(name, scorer, clips.subset([row]))
-            if failure:
-                failed[row] = failure[0]
+        """The scorer's columns for ``clips`` (NaN where it failed) and ``{row: reason}`` for the rows it
+        failed on."""
+        values = {column: np.full(len(clips), np.nan) for column in scorer.columns}
+        failed: dict[int, str] = {}
+        parts = run_else_row_by_row(
+            lambda rows: scorer(clips if len(rows) == len(clips) else clips.subset(rows.tolist())),
+            np.arange(len(clips)),
+            lambda error: f"score failed: {name}: {describe(error)}",
+        )
+        for rows, result in parts:
+            if isinstance(result, str):
+                failed[int(rows[0])] = result
+                continue
             for column in scorer.columns:
-                values[column][row] = one[column][0]
+                values[column][rows] = result[column]
         return values, failed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
