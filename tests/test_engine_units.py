@@ -182,6 +182,24 @@ def test_a_node_keeps_its_last_answer_when_a_later_look_fails_and_is_dropped_whe
     assert blind.blind and not sees.blind and Answer(sees_run=True, missing="/i/y.flac").blind
 
 
+def test_a_node_is_asked_what_it_sees_and_a_node_that_cannot_be_asked_is_named_in_one_line(ray_local, tmp_path):
+    """A lease file that is JSON but not the lease's object (a damaged or foreign file) is a lease of no run,
+    not an error with a remote traceback; a node Ray cannot place the look on gets its reason in one line."""
+    from ray_pipelines.engine.shared_paths import Answer, _ask
+
+    here = ray_local.get_runtime_context().get_node_id()
+    lease, clip = tmp_path / "_LEASE", tmp_path / "a.flac"
+    clip.write_bytes(b"x")
+    lease.write_text('{"run_id": "r1"}')
+    answers, unasked = _ask([here], str(lease), "r1", [str(clip), str(tmp_path / "gone.flac")])
+    assert answers == {here: Answer(sees_run=True, missing=str(tmp_path / "gone.flac"))} and unasked == {}
+    lease.write_text("[1, 2]")
+    answers, unasked = _ask([here, "ab" * 28], str(lease), "r1", [str(clip)])
+    assert answers == {here: Answer(sees_run=False, missing=None)}
+    assert list(unasked) == ["ab" * 28] and "\n" not in unasked["ab" * 28]
+    assert "NodeAffinitySchedulingStrategy" in unasked["ab" * 28]
+
+
 def test_the_summary_counts_inputs_error_rows_and_the_listing_in_words():
     from ray_pipelines.engine.runner import JobResult
     from ray_pipelines.engine.summary import format_summary

@@ -29,6 +29,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config import ConfigError
+from ..error_text import short_error
 from ..storage import split_protocol
 from .runtime import ray_nodes
 
@@ -48,7 +49,8 @@ def _look(lease_path: str | None, inputs: list[str]) -> tuple[str | None, list[s
     if lease_path is not None:
         try:
             with open(lease_path, "rb") as f:
-                run_id = json.loads(f.read()).get("run_id")
+                lease = json.loads(f.read())
+            run_id = lease.get("run_id") if isinstance(lease, dict) else None
         except (OSError, ValueError):
             pass
     return run_id, [path for path in inputs if not os.path.exists(path)]
@@ -158,7 +160,7 @@ def _ask(
         try:
             seen_run, missing = ray.get(ref)
         except Exception as e:  # the node died meanwhile, or Ray could not place the task there
-            unasked[asked[ref]] = str(e)
+            unasked[asked[ref]] = short_error(str(e))  # one line: a remote error carries a traceback
             continue
         answers[asked[ref]] = Answer(lease_path is None or seen_run == run_id, missing[0] if missing else None)
     return answers, unasked
