@@ -490,11 +490,20 @@ def kinds_of(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(str(a) for a in typing.get_args(field.annotation)) if field is not None else ()
 
 
+def extra_models(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """The models a section's keys of its own hold, where it takes keys of its own as typed values
+    (``filter``: any score column's name, each a ``FilterRule``)."""
+    if model.model_config.get("extra") != "allow":
+        return []
+    return models_in(typing.get_type_hints(model).get("__pydantic_extra__"))
+
+
 def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     """The closest key to the unknown ``loc[-1]`` among the keys its section allows.
 
-    Walks ``loc`` through the models' fields: list indices and dict keys are skipped, and a
-    discriminated union's tag (``teachers.0.torchcrepe.capcity``) picks the member it names."""
+    Walks ``loc`` through the models' fields: list indices and dict keys are skipped, a
+    discriminated union's tag (``teachers.0.torchcrepe.capcity``) picks the member it names, and a
+    section's own key leads to the model it holds (``filter.snr_db.bound``: a ``FilterRule``)."""
     *parents, unknown = loc
     models = [model]
     for part in parents:
@@ -502,7 +511,9 @@ def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
         if fields:
             models = [m for f in fields for m in models_in(f.annotation)]
         elif isinstance(part, str):
-            models = [m for m in models if part in kinds_of(m)] or models
+            models = (
+                [m for m in models if part in kinds_of(m)] or [e for m in models for e in extra_models(m)] or models
+            )
     keys = sorted({name for m in models for name in m.model_fields})
     close = difflib.get_close_matches(str(unknown), keys, n=1, cutoff=0.6)
     return close[0] if close else None

@@ -85,6 +85,12 @@ def test_unknown_keys_get_a_did_you_mean_at_any_depth():
     assert "  synth.num_sample: unknown key; did you mean num_samples?" in message
     assert "  teachers.0.torchcrepe.capcity: unknown key; did you mean capacity?" in message
     assert "  zzz: unknown key\n" in message + "\n"
+    # A section of score columns' own names (the score job's filter) leads to the rule each holds.
+    with pytest.raises(ConfigError) as error:
+        load_config(model_of("score"), "score", ["filter.speech_fraction.bound=[0.1, null]", "filter.snr_db.kk=2"])
+    message = str(error.value)
+    assert "  filter.speech_fraction.bound: unknown key; did you mean bounds?" in message
+    assert "  filter.snr_db.kk: unknown key; did you mean k?" in message
 
 
 def test_cli_did_you_mean_exits_2_before_starting_anything(capsys):
