@@ -45,6 +45,18 @@ def load_encoder(
     """
     model = ModelConfig.model_validate(model) if isinstance(model, dict) else model
     digest = hashlib.sha256()
+
+    def as_encoder(module: torch.nn.Module, name: str) -> ModuleEncoder:
+        """A plain module as an encoder, with what the config says the module does not declare."""
+        return ModuleEncoder(
+            module,
+            sample_rate=sample_rate,
+            channels=channels,
+            downsampling_ratio=model.downsampling_ratio,
+            is_discrete=is_discrete,
+            name=name,
+        )
+
     if model.kind == "builtin":
         if is_discrete:
             raise ModelLoadError(
@@ -58,15 +70,7 @@ def load_encoder(
     elif model.kind == "torchscript":
         data = read_model_file(model.path, storage_options)
         digest.update(data)
-        module = load_torchscript(data, model.path)
-        encoder = ModuleEncoder(
-            module,
-            sample_rate=sample_rate,
-            channels=channels,
-            downsampling_ratio=model.downsampling_ratio,
-            is_discrete=is_discrete,
-            name=f"the TorchScript model {model.path}",
-        )
+        encoder = as_encoder(load_torchscript(data, model.path), f"the TorchScript model {model.path}")
     elif model.kind == "factory":
         checkpoint = read_model_file(model.checkpoint, storage_options) if model.checkpoint else None
         digest.update(model.factory.encode())
@@ -74,17 +78,7 @@ def load_encoder(
             digest.update(checkpoint)
         state = load_state_dict(checkpoint, model.checkpoint) if checkpoint is not None else None
         module = build_from_factory(model.factory, model.factory_kwargs, state, model.checkpoint or "")
-        if isinstance(module, Encoder):
-            encoder = module
-        else:
-            encoder = ModuleEncoder(
-                module,
-                sample_rate=sample_rate,
-                channels=channels,
-                downsampling_ratio=model.downsampling_ratio,
-                is_discrete=is_discrete,
-                name=f"the model from {model.factory}",
-            )
+        encoder = module if isinstance(module, Encoder) else as_encoder(module, f"the model from {model.factory}")
     elif model.kind == "stable-audio-tools":
         from .stable_audio import import_factory, load_stable_audio
 
