@@ -130,7 +130,14 @@ def test_refiltering_the_stored_scores_on_bandwidth_finds_the_upsampled_clips(ru
     kept = (tmp_path / "kept.txt").read_text().split()
     # the telephone speech (3.9 kHz) and the loop through 8 kHz fall below; noise and clipping add highs
     assert kept == ["train/music/tabla.flac", "train/speech/clipped.wav", "train/speech/noisy_0db.wav"]
+    capsys.readouterr()
     assert filter_main([str(root / "one"), "--set", "bandwidth.mode=none"]) == 2  # no such score
+    assert "filter names bandwidth, which the scores do not have" in capsys.readouterr().err
+    # A score's name mistyped in a dotted --set: named as such, not as a new rule that names no mode.
+    assert filter_main([str(root / "one"), "--set", "speech_fractio.bounds=[0.1, null]"]) == 2
+    err = capsys.readouterr().err
+    assert "filter names speech_fractio, which the scores do not have" in err and "mode" not in err
+    assert "speech_fractio: did you mean speech_fraction?" in err
 
 
 def test_refiltering_a_score_output_starts_from_the_rules_its_job_ran_with(runs, tmp_path, capsys):

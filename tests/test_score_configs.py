@@ -58,10 +58,16 @@ def test_bad_values_are_named():
         validate_config(ScoreConfig, {**base, "group_pattern": "patient"})
     with pytest.raises(ConfigError, match="split_pattern: .*not a regular expression"):
         validate_config(ScoreConfig, {**base, "split_pattern": "(["})
-    with pytest.raises(ConfigError, match="filter.reconstruction_loss: .*hard_low/hard_high"):
+    with pytest.raises(ConfigError, match="filter.snr_db: .*hard_low/hard_high"):
+        validate_config(ScoreConfig, {**base, "filter": {"snr_db": {"mode": "hardcode", "hard_low": 1}}})
+    with pytest.raises(ConfigError, match="filter names reconstruction_loss"):  # the name first: no such score
         validate_config(ScoreConfig, {**base, "filter": {"reconstruction_loss": {"mode": "hardcode", "hard_low": 1}}})
     with pytest.raises(ConfigError, match="filter names dnsmos_ovr, which the scores do not have"):
         validate_config(ScoreConfig, {**base, "filter": {"dnsmos_ovr": {"mode": "none"}}})
+    with pytest.raises(ConfigError) as said:  # a score's name mistyped in a dotted --set, not a rule without a mode
+        load_config(ScoreConfig, "score", ["input=in", "output=out", "filter.speech_fractio.bounds=[0.1, null]"])
+    assert "filter names speech_fractio, which the scores do not have" in str(said.value)
+    assert "speech_fractio: did you mean speech_fraction?" in str(said.value) and "mode" not in str(said.value)
     with pytest.raises(ConfigError, match="filter names reconstruction_loss"):  # not a column of the default set
         validate_config(ScoreConfig, {**base, "filter": {"reconstruction_loss": {"mode": "none"}}})
     with pytest.raises(ConfigError, match="filter names bogus"):

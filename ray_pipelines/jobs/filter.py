@@ -62,16 +62,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_filter_settings(path: str | None, overrides: list[str], base: dict[str, Any] | None = None) -> FilterSettings:
+def load_filter_settings(
+    path: str | None, overrides: list[str], base: dict[str, Any] | None = None, scores: list[str] | None = None
+) -> FilterSettings:
     """The filter section of ``path`` (a score config, a bare section, or a packaged config's name), else
-    ``base`` (the section a score job ran with), with ``--set`` overrides."""
+    ``base`` (the section a score job ran with), with ``--set`` overrides. With ``scores`` known, a rule
+    for a score they do not have is refused first (``--set speech_fractio.bounds=...``: a mistyped name,
+    not a rule without a mode)."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         loaded = read_config_file(path)
         data = loaded.get("filter", {}) if "filter" in loaded else loaded
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: 'filter' must be a mapping")
-    return validate_config(FilterSettings, apply_overrides(data, overrides))
+    data = apply_overrides(data, overrides)
+    if scores is not None:
+        FilterSettings.check_section_names(data, scores, section="")
+    return validate_config(FilterSettings, data)
 
 
 def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if settings is None:
-            settings = load_filter_settings(None, args.overrides, base=manifest.get("config", {}).get("filter"))
+            base = manifest.get("config", {}).get("filter")
+            settings = load_filter_settings(None, args.overrides, base=base, scores=table.scores)
         settings.rules(table.scores, section="")  # this tool's --set keys are the filter section's own
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)

@@ -138,6 +138,23 @@ class ScoreConfig(CommonConfig):
             raise ValueError(f"needs exactly one capture group, {value!r} has {groups}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _filter_rules_name_scores(cls, data: Any) -> Any:
+        """A filter rule for a score no scorer makes is refused before the rule's own keys are checked:
+        ``--set filter.speech_fractio.bounds=[0.5, null]`` mistypes a score's name, which would else be
+        told as a problem of the new rule it makes (it names no mode)."""
+        if not isinstance(data, dict) or not isinstance(data.get("filter"), dict):
+            return data
+        scorers, source = data.get("scorers"), data.get("source", "audio")
+        named = scorers is None or (isinstance(scorers, list) and all(s in builtin.COLUMNS for s in map(str, scorers)))
+        if source not in ("audio", "pt", "shards") or not named:
+            return data  # their own errors are told where they are checked
+        FilterSettings.check_section_names(
+            data["filter"], builtin.score_columns(builtin.configured_scorers(scorers, source))
+        )
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> ScoreConfig:
         names = self.scorer_names

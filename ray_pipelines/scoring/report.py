@@ -21,6 +21,7 @@ key therefore lands in exactly one of kept.txt and ignored.txt.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 from typing import Any
 
@@ -73,22 +74,49 @@ class FilterSettings(BaseModel):
     def named_rules(self) -> dict[str, FilterRule]:
         return dict(self.__pydantic_extra__ or {})
 
+    @staticmethod
+    def check_names(
+        rules: list[str], scatter: tuple[str, ...] | None, scores: tuple[str, ...] | list[str], section: str = "filter."
+    ) -> None:
+        """Raises ValueError naming the ``rules`` and ``scatter`` scores that are not among ``scores``,
+        the closest score to each and the ``--set`` that takes each out (``section``: the keys' prefix)."""
+        rules_unknown = [name for name in rules if name not in scores]
+        scatter_unknown = [name for name in scatter or () if name not in scores]
+        if not rules_unknown and not scatter_unknown:
+            return
+        unknown = sorted({*rules_unknown, *scatter_unknown})
+        named = rules_unknown + ["scatter"] * bool(scatter_unknown)
+        ways_out = [f"{section}{name}=null" for name in named]
+        guesses = [
+            f"{name}: did you mean {close[0]}?"
+            for name in unknown
+            if (close := difflib.get_close_matches(name, list(scores), n=1, cutoff=0.6))
+        ]
+        raise ValueError(
+            f"filter names {', '.join(unknown)}, which the scores do not have "
+            f"(scores: {'; '.join([', '.join(scores) or 'none', *guesses])}): add the scorers that give them, "
+            f"or take them out of the filter section ({' '.join('--set ' + way for way in ways_out)})"
+        )
+
+    @classmethod
+    def check_section_names(
+        cls, data: dict[str, Any], scores: tuple[str, ...] | list[str], section: str = "filter."
+    ) -> None:
+        """:meth:`check_names` on a filter section as written, before its rules are validated: a rule
+        for a score there is not (``--set filter.speech_fractio.bounds=...``, a mistyped name) is told as
+        that, not as a problem of the new rule the ``--set`` made (it names no mode)."""
+        rules = [name for name, rule in data.items() if name not in cls.model_fields and rule is not None]
+        scatter = data.get("scatter")
+        named = isinstance(scatter, list) and all(isinstance(name, str) for name in scatter)
+        cls.check_names(rules, tuple(scatter) if named else None, scores, section)
+
     def rules(self, scores: tuple[str, ...] | list[str], section: str = "filter.") -> dict[str, FilterRule]:
         """The rule of each score that has one (named, or a default), in score order.
 
         Raises ValueError naming any rule or scatter score that is not among ``scores``, with the
         ``--set`` that takes each out (``section``: the keys' prefix there; the filter tool's has none).
         """
-        rules_unknown = [name for name in self.named_rules if name not in scores]
-        scatter_unknown = [name for name in self.scatter or () if name not in scores]
-        if rules_unknown or scatter_unknown:
-            named = rules_unknown + ["scatter"] * bool(scatter_unknown)
-            ways_out = [f"{section}{name}=null" for name in named]
-            raise ValueError(
-                f"filter names {', '.join(sorted({*rules_unknown, *scatter_unknown}))}, which the scores do not have "
-                f"(scores: {', '.join(scores) or 'none'}): add the scorers that give them, or take them out "
-                f"of the filter section ({' '.join('--set ' + way for way in ways_out)})"
-            )
+        self.check_names(list(self.named_rules), self.scatter, scores, section)
         named = self.named_rules
         return {
             name: named.get(name, DEFAULT_RULES.get(name)) for name in scores if name in named or name in DEFAULT_RULES
