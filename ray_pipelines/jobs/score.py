@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -146,9 +147,10 @@ class ScoreConfig(CommonConfig):
         told as a problem of the new rule it makes (it names no mode)."""
         if not isinstance(data, dict) or not isinstance(data.get("filter"), dict):
             return data
-        scorers, source = data.get("scorers"), data.get("source", "audio")
+        source_field = cls.model_fields["source"]
+        scorers, source = data.get("scorers"), data.get("source", source_field.default)
         named = scorers is None or (isinstance(scorers, list) and all(s in builtin.COLUMNS for s in map(str, scorers)))
-        if source not in ("audio", "pt", "shards") or not named:
+        if source not in typing.get_args(source_field.annotation) or not named:
             return data  # their own errors are told where they are checked
         FilterSettings.check_section_names(
             data["filter"], builtin.score_columns(builtin.configured_scorers(scorers, source))
