@@ -428,11 +428,20 @@ def format_validation_error(error: ValidationError, model: type[BaseModel] | Non
         elif item["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         else:
-            value = item.get("input")
+            value = _without_credentials(item.get("input"))
             shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
             message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
             lines.append(f"  {key}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _without_credentials(value: Any) -> Any:
+    """A value as an error may show it: a URL's ``user:password@`` with the password hidden."""
+    if isinstance(value, str):
+        return url_credentials(value) or value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without_credentials(v) for v in value)
+    return value
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -96,6 +96,19 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
     assert "function-after" not in str(error.value) and ".int:" not in str(error.value)  # no union member tags
 
 
+def test_a_url_with_a_password_is_refused_without_showing_the_password(tmp_path):
+    for text in (
+        "input: 'https://u:hunter2@h/x'\noutput: b\n",
+        "input: [a, 'https://u:hunter2@h/x']\noutput: b\n",
+        "input: a\noutput: 's3://key:hunter2@bucket/out'\n",
+        "input: a\noutput: b\nkeep_list: 'https://u:hunter2@h/keep.txt'\n",
+    ):
+        with pytest.raises(ConfigError) as error:
+            load_config(AugmentConfig, write(tmp_path, text))
+        assert "holds credentials (user:password@)" in str(error.value) and ":***@" in str(error.value)
+        assert "hunter2" not in str(error.value), text
+
+
 def test_overrides_are_typed_and_nested(tmp_path):
     assert parse_overrides(["a.b=3", "c=[1, 2]", "d=x"]) == {"a": {"b": 3}, "c": [1, 2], "d": "x"}
     cfg = load_config(

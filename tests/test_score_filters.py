@@ -173,6 +173,12 @@ def test_the_filter_tool_says_in_one_line_that_the_store_does_not_answer(capsys)
     assert capsys.readouterr().err.startswith("ray-pipelines filter: az://container/scores: az:// needs a package")
     assert filter_main(["s3://bucket/scores", "--output", "s3:/bucket/kept"]) == 2  # one slash short
     assert capsys.readouterr().err.endswith("a local folder named s3:, not a URL; did you mean s3://bucket/kept?\n")
+    # filter.json records where the scores came from: a password in the URL is refused, and not shown
+    assert filter_main(["s3://key:hunter2@bucket/scores", "--output", "/tmp/unused"]) == 2
+    assert capsys.readouterr().err == (
+        "ray-pipelines filter: s3://key:***@bucket/scores holds credentials (user:password@); "
+        "set them in the environment\n"
+    )
     assert filter_main(["https://host/scores.csv"]) == 2  # the lists would go beside it: on a web server
     assert capsys.readouterr().err.endswith(
         "https:// is read-only here: write to a local path or object storage (s3://...); give --output\n"

@@ -28,7 +28,7 @@ from typing import Any
 from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.table import ScoreTable, read_errors
-from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_problem
+from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_credentials, url_problem
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = None if job_rules else load_filter_settings(args.config, args.overrides)
         options = parse_overrides(args.storage_options)
         for url, written in ((args.scores, False), (args.output or args.scores, True)):
+            if hidden := url_credentials(url):  # filter.json records where the scores came from, as a job's manifest
+                raise ConfigError(f"{hidden} holds credentials (user:password@); set them in the environment")
             if problem := url_problem(url, written):  # (the output is beside the scores unless --output names one)
                 raise ConfigError(f"{url}: {problem}" + ("" if args.output else "; give --output"))
     except ConfigError as e:
