@@ -106,8 +106,10 @@ def job_parser(name: str, config_model=None) -> argparse.ArgumentParser:
     )
     config.add_argument("--schema", action="store_true", help="Print the config's JSON schema, and exit.")
     console = parser.add_argument_group("console")
-    console.add_argument("--quiet", "-q", action="store_true", help="No progress: only the summary and errors.")
-    console.add_argument("--no-progress", action="store_true", help="No live progress (logs and summary as usual).")
+    console.add_argument(
+        "--quiet", "-q", action="store_true", help="No progress display: only warnings, errors and the summary."
+    )
+    console.add_argument("--no-progress", action="store_true", help="The same as --quiet.")
     console.add_argument(
         "--verbose", "-v", action="store_true", help="Show Ray's own log lines, workers' output and full tracebacks."
     )
