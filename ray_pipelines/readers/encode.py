@@ -233,7 +233,7 @@ class EncodedLatents(EpochDataset):
 
     Iterated, an epoch yields every item once across DataLoader workers and ranks
     (``shuffle``: in an order drawn from ``(seed, epoch)``), reading ``prefetch``
-    items ahead in background threads (default 4 on local disk; 64 concurrent GETs on object stores).
+    items ahead in background threads (default 4 on local disk, 64 on object stores; at most 16 threads read at once).
     ``dataset[i]`` reads item ``i`` of ``filelist.txt`` alone, as stable-audio-tools'
     ``PreEncodedDataset`` does. ``batch_size=B`` (DataLoader ``batch_size=None``)
     yields ``(latents [B, C, L], metadata)`` batches assembled in the worker (see
