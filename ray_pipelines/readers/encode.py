@@ -43,7 +43,7 @@ from ..seeding import derive_seed
 from ..storage import Storage, is_local
 from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, column_specs, torch_dtype
 from .clients import ProcessFilesystem
-from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share
+from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share, stop_read_ahead
 from .errors import naming_the_file
 from .parquet import ShardRows, check_job, manifest_files, not_an_output
 
@@ -317,7 +317,7 @@ class EncodedLatents(EpochDataset):
                 for latents, metadata in loaded:
                     yield self.crop(latents, metadata, epoch)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_read_ahead(pool)
         check_epoch_unchanged(self._epoch, epoch)
 
     def _read_ahead(self, pool: ThreadPoolExecutor, mine: list[int]) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:

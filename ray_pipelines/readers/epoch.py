@@ -14,6 +14,7 @@
 - :func:`windows` groups a shard's pieces into shuffle windows: the items of
   several units (from several files) are read together and yielded in a
   random order drawn from ``(seed, epoch, shard, window)``.
+- :func:`stop_read_ahead` ends an epoch's background reads, however it ends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import operator
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
 from typing import Any
@@ -295,3 +297,12 @@ def window_order(items: int, seed: int, epoch: int, shard: Shard, window: int, s
     if not shuffle:
         return np.arange(items)
     return np.random.default_rng([seed, epoch, shard.index, shard.count, window]).permutation(items)
+
+
+def stop_read_ahead(pool: ThreadPoolExecutor, _is_finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+    """Cancel the reads an epoch's ``pool`` has not started, without waiting for those it has. Not while
+    the interpreter shuts down: an epoch left half-read is closed then, after ``concurrent.futures`` has
+    joined its threads, and its module globals are gone (``shutdown`` raised ``'NoneType' object has no
+    attribute 'Empty'``). ``_is_finalizing`` is bound here, as this module's globals may be gone too."""
+    if not _is_finalizing():
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -67,6 +67,7 @@ from .epoch import (
     epoch_order,
     range_pieces,
     shard_pieces,
+    stop_read_ahead,
     window_order,
     windows,
 )
@@ -487,7 +488,7 @@ class ShardRows(EpochDataset):
                 current, ahead = ahead, read_window(w + 1) if w + 2 < len(bounds) else []  # read the next one now
                 yield [f.result() for f in current]
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_read_ahead(pool)
 
     def _read_threads(self) -> int:
         return self.threads or (local_read_threads() if self.reader.local else 8)
