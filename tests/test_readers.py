@@ -592,12 +592,21 @@ def distributed_reader(rank: int, world_size: int, init_file: str, files: list[s
     """One rank of a real gloo process group: the reader takes its rank and world size from torch.distributed."""
     import torch.distributed as dist
 
+    # A reader made before the process group (and never told set_epoch) reads its rank's share all the
+    # same: its workers read every row on every rank before, as rank 0 of 1.
+    made_before = {context: ShardRows(files, ["x"], shuffle=True, seed=11) for context in ("fork", "forkserver")}
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         dataset = ShardRows(files, ["x"], shuffle=True, seed=11)
         assert (dataset.rank, dataset.world_size) == (rank, world_size)
         got = ids(DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_x))
-        Path(out).write_text(json.dumps({"ids": got, "len": len(dataset)}))
+        before = {
+            context: ids(
+                DataLoader(early, batch_size=4, num_workers=2, collate_fn=collate_x, multiprocessing_context=context)
+            )
+            for context, early in made_before.items()
+        }
+        Path(out).write_text(json.dumps({"ids": got, "len": len(dataset), "made_before": before}))
     finally:
         dist.destroy_process_group()
 
@@ -697,6 +706,8 @@ def test_torch_distributed_ranks_split_the_epoch(tmp_path):
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(len(r["ids"]) == r["len"] == ROWS // 2 for r in results)
     assert Counter(results[0]["ids"] + results[1]["ids"]) == Counter(range(ROWS))
+    for r in results:
+        assert r["made_before"] == {"fork": r["ids"], "forkserver": r["ids"]}
 
 
 # ---- batched mode: whole batches assembled in the reader (DataLoader batch_size=None) -------------------
@@ -893,6 +904,29 @@ def test_reuse_batches_needs_the_batched_mode(rows_output):
         OutputRows(str(rows_output), fields=("x",), reuse_batches=3)
     with pytest.raises(ValueError, match="reuse_batches must be 0"):
         OutputRows(str(rows_output), fields=("x",), batch_size=4, reuse_batches=-1)
+    # The batched mode's other options are refused without it too: they were ignored without a word (a DDP
+    # run's drop_last=True in item mode, a batch_transform never called).
+    with pytest.raises(ValueError, match="^drop_last needs the batched mode: .*the DataLoader's own drop_last"):
+        OutputRows(str(rows_output), fields=("x",), drop_last=True, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="^batch_transform needs the batched mode"):
+        OutputRows(str(rows_output), fields=("x",), batch_transform=len)
+    for bad in (2.0, True, 0, "4"):
+        with pytest.raises(ValueError, match="batch_size must be an integer of at least 1"):
+            OutputRows(str(rows_output), fields=("x",), batch_size=bad)
+    with pytest.raises(ValueError, match="reuse_batches must be 0"):
+        OutputRows(str(rows_output), fields=("x",), batch_size=4, reuse_batches=1.5)
+    assert OutputRows(str(rows_output), fields=("x",), batch_size=np.int64(4), drop_last=True).batch_size == 4
+
+
+def test_a_rank_given_is_checked_alone_too(rows_output):
+    """rank=3 alone read nothing and said its length was the whole epoch's; rank=1.0 failed later, in len."""
+    for given in ({"rank": 3}, {"rank": -1}, {"rank": 2, "world_size": 2}, {"world_size": 0}):
+        with pytest.raises(ValueError, match=r"rank -?\d is not in \[0, world_size=\d\)|must be 0 or more"):
+            OutputRows(str(rows_output), fields=("x",), **given)
+    with pytest.raises(TypeError, match="rank must be an integer, got 1.0"):
+        OutputRows(str(rows_output), fields=("x",), rank=1.0, world_size=2)
+    dataset = OutputRows(str(rows_output), fields=("x",), rank=np.int64(1), world_size=2)
+    assert (dataset.rank, dataset.world_size) == (1, 2) and len(dataset) == ROWS - ROWS // 2
 
 
 BATCH_COLUMNS = [("x", (5, 3), torch.float32), ("mask", (5, 7), torch.bool), ("n", (5,), torch.int64)]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import operator
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -267,16 +268,30 @@ def _libc():
         return None
 
 
-def check_batching(batch_size: int | None, reuse_batches: int) -> None:
-    """Refuse a reader's batch arguments that cannot work, with what to pass instead."""
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1 (or None for items), got {batch_size}")
-    if reuse_batches < 0:
-        raise ValueError(f"reuse_batches must be 0 (fresh memory per batch) or more, got {reuse_batches}")
-    if reuse_batches and batch_size is None:
+def check_batching(
+    batch_size: int | None, reuse_batches: int, drop_last: bool = False, batch_transform: Callable | None = None
+) -> None:
+    """Refuse a reader's batch arguments that cannot work, with what to pass instead: the batched mode's
+    own options without it would be ignored without a word (a DDP run's ``drop_last=True`` among them)."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not _is_int(batch_size) or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer of at least 1 (or None for items), got {batch_size!r}")
+    if isinstance(reuse_batches, bool) or not _is_int(reuse_batches) or reuse_batches < 0:
+        raise ValueError(f"reuse_batches must be 0 (fresh memory per batch) or more, got {reuse_batches!r}")
+    given = [name for name, value in (("reuse_batches", reuse_batches), ("drop_last", drop_last)) if value]
+    given += ["batch_transform"] * (batch_transform is not None)
+    if given and batch_size is None:
         raise ValueError(
-            "reuse_batches needs the batched mode: pass batch_size= too (and the DataLoader batch_size=None)"
+            f"{', '.join(given)} needs the batched mode: pass batch_size= too (and the DataLoader batch_size=None)"
+            + ("; in item mode the DataLoader's own drop_last applies" if drop_last else "")
         )
+
+
+def _is_int(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 class BatchMemory:

@@ -260,7 +260,7 @@ class EncodedLatents(EpochDataset):
         index_cache: str | None = None,
     ):
         super().__init__(seed, shuffle, rank, world_size)
-        check_batching(batch_size, reuse_batches)
+        check_batching(batch_size, reuse_batches, drop_last)
         self.batch_size, self.drop_last = batch_size, drop_last
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.storage = Storage(output, storage_options)

@@ -77,19 +77,28 @@ def check_epoch_unchanged(epoch: SharedEpoch, used: int) -> None:
         )
 
 
-def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """``(rank, world_size)``: as given, else torch.distributed's when initialised, else ``(0, 1)``."""
-    if rank is not None and world_size is not None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        return rank, world_size
+def distributed_initialised() -> bool:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return (dist.get_rank() if rank is None else rank), (
-            dist.get_world_size() if world_size is None else world_size
+    return dist.is_available() and dist.is_initialized()
+
+
+def distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``(rank, world_size)``: as given, else torch.distributed's when initialised, else ``(0, 1)``."""
+    if rank is None or world_size is None:
+        if distributed_initialised():
+            import torch.distributed as dist
+
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+        else:
+            rank, world_size = (0 if rank is None else rank), (1 if world_size is None else world_size)
+    rank, world_size = _count("rank", rank), _count("world_size", world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"rank {rank} is not in [0, world_size={world_size}) (give both, or neither: torch.distributed's)"
         )
-    return (rank or 0), (world_size or 1)
+    return rank, world_size
 
 
 @dataclass(frozen=True)
@@ -144,8 +153,10 @@ class EpochDataset(IterableDataset):
     """What every reader has: a seed, a shared epoch, and its rank's share of each epoch.
 
     ``rank``/``world_size`` default to ``torch.distributed``'s, looked up again in the
-    training process at ``set_epoch``, ``len`` and the start of each epoch (workers
-    keep what their copy was given).
+    training process at ``set_epoch``, ``len``, the start of each epoch and when a
+    DataLoader worker gets its copy (pickled for spawn and forkserver); a forked worker
+    looks them up in what it inherited. So a reader made before ``init_process_group``
+    reads its rank's share, set_epoch or not.
     """
 
     def __init__(self, seed: int, shuffle: bool, rank: int | None, world_size: int | None):
@@ -164,8 +175,15 @@ class EpochDataset(IterableDataset):
         self._refresh_rank()
 
     def _refresh_rank(self) -> None:
-        if get_worker_info() is None:  # in the training process, where torch.distributed lives
+        # In the training process, where torch.distributed lives, or in a worker forked from it (which
+        # inherits its process group); a spawned worker keeps what its pickled copy says (__getstate__).
+        if get_worker_info() is None or distributed_initialised():
             self.rank, self.world_size = distributed_rank(*self._rank_given)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a DataLoader worker started by spawn or forkserver: the rank as it is now."""
+        self._refresh_rank()
+        return self.__dict__
 
     def rank_length(self, total: int, batch_size: int | None, drop_last: bool) -> int:
         """How many of an epoch's ``total`` items (batches, with ``batch_size``) this rank reads."""

@@ -271,7 +271,7 @@ class ShardRows(EpochDataset):
         index_cache: str | None = None,
     ):
         super().__init__(seed, shuffle, rank, world_size)
-        check_batching(batch_size, reuse_batches)
+        check_batching(batch_size, reuse_batches, drop_last, batch_transform)
         if index_cache is not None and (problem := url_problem(index_cache, written=True)):
             raise ValueError(f"index_cache {index_cache}: {problem}")
         self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
