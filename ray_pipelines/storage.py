@@ -175,7 +175,8 @@ def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
 class Storage:
     """One output root: small helpers to read and write files under it."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+    def __init__(self, root: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+        root = os.fspath(root)
         self.root = root.rstrip("/") if "://" in root else os.path.abspath(root)
         self.storage_options = storage_options or {}
         self.fs, self.path = get_fs(self.root, self.storage_options)

@@ -17,7 +17,8 @@ from ray_pipelines.encoders.sat_sink import sample_id
 from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
-from ray_pipelines.readers.encode import collate_encoded, open_encoded
+from ray_pipelines.readers import OutputRows
+from ray_pipelines.readers.encode import EncodedShardRows, collate_encoded, open_encoded
 from ray_pipelines.stages.encode import EncodeStage
 from tests.audio_helpers import SHARED_AUDIO
 from tests.test_encode_units import IDENTITY_MODEL, write_model
@@ -175,6 +176,10 @@ def test_windows_all_tiles_a_long_file_exactly(tmp_path, ray_local):
     last, md = pieces[-1]
     assert md["valid_samples"] == len(reference) - (count - 1) * 65536 and not last[0, md["valid_samples"] :].any()
     assert sum(md["padding_mask"]) == md["valid_samples"]
+    # The Parquet readers given this SAT-only output say so (they read an empty dataset without a word)
+    for parquet_reader in (lambda: EncodedShardRows(str(out)), lambda: OutputRows(out)):
+        with pytest.raises(ValueError, match=r"holds no Parquet files: it is in stable-audio-tools' layout"):
+            parquet_reader()
 
 
 def test_one_call_opens_either_layout_with_an_index_cache(encoded, tmp_path):

@@ -256,6 +256,9 @@ def test_contrastive_views_single_item(views_output):
     assert view1.shape == (1, 32, 24) and view1.dtype == torch.float32
     assert float(view1[0, 0, 0]) == 30 + dataset.version_for(3) and torch.equal(view2, -view1)
     assert dataset.keys.to_pylist() == [f"clip{c:02d}.flac" for c in range(CLIPS)]  # clip 3 is keys[3]
+    by_path = ContrastiveViews(views_output, "train", seed=5)  # a Path (was a TypeError from deep inside)
+    by_path.set_epoch(4)
+    assert [torch.equal(a, b) for a, b in zip(by_path[3], (view1, view2))] == [True, True]
 
 
 def test_a_jobs_reader_refuses_another_jobs_output_by_name(views_output, rows_output):

@@ -133,7 +133,7 @@ def _counts_said(manifest: dict[str, Any]) -> str:
 
 
 def manifest_files(
-    output: str,
+    output: str | os.PathLike,
     split: str | None = None,
     storage_options: dict[str, Any] | None = None,
     *,
@@ -141,8 +141,9 @@ def manifest_files(
 ) -> list[dict[str, Any]]:
     """File records (``path``, ``split``, ``rows``, ``bytes``) of a committed output, optionally one split's.
 
-    ``job``: the job whose output the caller reads (:func:`check_job`).
+    ``job``: the job whose output the caller reads (:func:`check_job`). ``output`` may be a ``Path``.
     """
+    output = os.fspath(output)
     if problem := url_problem(output):
         raise ValueError(f"{output}: {problem}")
     storage = Storage(output, storage_options)
@@ -154,6 +155,10 @@ def manifest_files(
     if manifest.get("complete") is False:  # its last run ended 3 (or was stopped): rows of some inputs missing
         to_retry = manifest.get("counts", {}).get("to_retry", 0)
         warnings.warn(f"{output} is incomplete: {INCOMPLETE.format(to_retry=to_retry)}", RuntimeWarning, stacklevel=3)
+    if manifest["files"] and not any(f["path"].endswith(".parquet") for f in manifest["files"]):
+        sat = manifest.get("config", {}).get("layout") == "sat"  # the encode job's .npy + .json pairs
+        how = ": it is in stable-audio-tools' layout (.npy and .json); read it with open_encoded" if sat else ""
+        raise ValueError(f"{output} holds no Parquet files{how}")
     files = [f for f in manifest["files"] if split is None or f.get("split") == split]
     if split is not None and not files:
         splits = sorted({str(f.get("split")) for f in manifest["files"]})
