@@ -184,6 +184,9 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
                 monitor=counts,
                 break_lease=args.break_lease,
             )
+            # The run is over and what it did is committed (_SUCCESS, or inputs to retry): a stop from here
+            # on would only cut Ray's shutdown short, and exit 130 or 143 beside a _SUCCESS this run wrote.
+            ignore_stop_signals()
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (stopping.Terminated)
             ignore_stop_signals()
             print(_stopped_message(name, counts, how(stop)), file=console, flush=True)
@@ -237,9 +240,11 @@ def _shutdown_ray() -> None:
     """Disconnect from Ray; an embedded Ray stops its processes here, inside the stderr filter
     (Ray's own atexit hook would do it later, outside)."""
     if _ray_running():
+        from .engine.manifest import stop_point
         from .engine.timeline import mark
 
         mark("ray.shutdown start")
+        stop_point("ray:shutdown")  # tests hold the driver here
         sys.modules["ray"].shutdown()
         mark("ray.shutdown done")
 

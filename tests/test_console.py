@@ -229,6 +229,49 @@ def test_a_run_stopped_before_it_listed_says_so_and_releases_the_lease(library, 
     assert not (out / LEASE_FILE).exists() and not list(out.glob("*/part-*.parquet"))
 
 
+def held_at(step: str, library: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
+    """A two-input run held at ``step`` (``RAY_PIPELINES_WAIT_AT``), once it says so."""
+    proc = subprocess.Popen(
+        command(library, out, "--set", "limit=2"),
+        cwd=tmp_path,
+        env={**environment(uuid.uuid4().hex), WAIT_AT: step},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said = [proc.stderr.readline()]  # the progress lines come first
+    while said[-1] and not said[-1].startswith("waiting at"):
+        said.append(proc.stderr.readline())
+    assert said[-1].strip() == f"waiting at {step} (RAY_PIPELINES_WAIT_AT)", "".join(said)
+    return proc
+
+
+def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(library, tmp_path):
+    """_SUCCESS was written before what a job derives from its rows (the dataset card, the score job's
+    kept.txt): a run stopped between them left a "complete" output without them. And a stop while Ray shut
+    down, after _SUCCESS, exited 143 beside it, telling a scheduler to retry a finished run."""
+    out = tmp_path / "out"
+    stopped = held_at("commit:before-success", library, out, tmp_path)
+    assert (out / "README.md").exists() and (out / "dataset_info.json").exists()
+    assert not (out / "_SUCCESS").exists()
+    stopped.send_signal(signal.SIGTERM)
+    _, stderr = stopped.communicate(timeout=120)
+    assert stopped.returncode == 143 and not (out / "_SUCCESS").exists(), stderr
+    rerun = subprocess.run(
+        command(library, out, "--set", "limit=2"), cwd=tmp_path, env=environment(uuid.uuid4().hex), timeout=300
+    )
+    assert rerun.returncode == 0 and (out / "_SUCCESS").exists()  # nothing to do: committed again
+    finished = held_at("ray:shutdown", library, tmp_path / "another", tmp_path)  # committed, shutting Ray down
+    assert (tmp_path / "another" / "_SUCCESS").exists()
+    finished.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    finished.send_signal(signal.SIGUSR1)  # the hold's own end
+    stdout, stderr = finished.communicate(timeout=120)
+    assert finished.returncode == 0, stderr
+    assert "complete            yes (_SUCCESS written)" in stdout
+
+
 def test_sigterm_raises_terminated_within_a_run_and_the_handlers_are_put_back_after_it():
     """What `_run` wraps a job in, in this process: a caller that goes on (a test, a notebook) keeps its own
     SIGINT and SIGTERM handlers, also after a stop whose clean-up ignored both."""

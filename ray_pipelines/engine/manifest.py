@@ -9,7 +9,7 @@ Layout under the output root::
     <split>/part-*.parquet     data files, named from their content
     manifest.json              the merged job manifest (written at commit; ``complete`` true or false)
     errors.jsonl               one line per input (or window) that did not make it
-    _SUCCESS                   written last, and only when the run is complete
+    _SUCCESS                   written last (after the job's derived files), and only when the run is complete
 
 A write task writes its data files first and its per-rank manifest last, so
 a manifest on disk means its files are complete. Data files no manifest
@@ -311,12 +311,15 @@ class OutputState:
         selected_keys: KeyColumn | None = None,
         inputs: dict[str, Any] | None = None,
         still_holds: Callable[[], None] | None = None,
+        write_derived: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Fold the per-rank manifests into the index (``fold``) and write manifest.json and errors.jsonl;
         write _SUCCESS only when the run is complete: every selected input (``selected_keys``, else
         ``processed_keys``) is rows or a final error. ``still_holds`` raises when this run no longer
         holds the output (lease lost): it is called before anything is deleted and again before the
-        index and manifest.json are written."""
+        index and manifest.json are written. ``write_derived(manifest)`` writes what the job derives
+        from the committed output (the dataset card, the score job's lists), after manifest.json and
+        before _SUCCESS, which stays the last file: a run stopped between them is not complete."""
         check_lease = still_holds or (lambda: None)
         check_lease()
         progress = self.progress(identities=False)
@@ -375,7 +378,10 @@ class OutputState:
         self.fold()
         self.storage.write_bytes(ERRORS_FILE, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
         self.storage.write_json(MANIFEST_FILE, manifest)
+        if write_derived is not None:
+            write_derived(manifest)
         if manifest["complete"]:
+            stop_point("commit:before-success")
             self.storage.write_bytes(SUCCESS_FILE, b"")
         return manifest
 

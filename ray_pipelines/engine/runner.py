@@ -349,6 +349,7 @@ def _run_holding_lease(
     ran_at = time.time()
     mark("run done")
 
+    extra: dict[str, Any] = {}
     manifest = state.commit(
         job=job.name,
         fingerprint=fingerprint,
@@ -366,9 +367,9 @@ def _run_holding_lease(
         selected_keys=selected["key"],
         inputs=report,
         still_holds=lease.renew,
+        write_derived=lambda committed: extra.update(job.after_commit(storage, committed)),
     )
     mark("committed")
-    extra = job.after_commit(storage, manifest)
     return JobResult(
         manifest=manifest,
         seconds=time.time() - started,
