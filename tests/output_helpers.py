@@ -51,6 +51,9 @@ class Store:
     def read_json(self, relpath: str) -> Any:
         return json.loads(self.fs.cat_file(self.path(relpath)))
 
+    def read_jsonl(self, relpath: str) -> list[Any]:
+        return [json.loads(line) for line in self.fs.cat_file(self.path(relpath)).decode().splitlines()]
+
     def files(self, relpath: str) -> list[str]:
         """Every file under ``relpath``, relative to it."""
         self.fs.invalidate_cache()

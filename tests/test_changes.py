@@ -70,6 +70,27 @@ def test_an_input_committed_from_two_versions_counts_as_changed():
     assert detect_changes([InputItem("a", "a", 1, etag="new")], progress).changed == ["a"]
 
 
+def test_what_a_tar_shard_written_again_no_longer_gives_is_changed_not_deleted():
+    """One side is always the shard's own key (its "unreadable" error row): a shard that reads now, or one
+    that no longer does. A folder named like a shard, or a shard whose content did not change, keeps the
+    plain rule: keys no longer listed are deleted."""
+    progress = Progress()
+    committed = {"s/a.tar": "v1", "s/a.tar/0.flac": "v1", "b.tar/0.flac": "w1", "b.tar/1.flac": "w1"}
+    committed |= {"dir.tar/x.flac": "x1", "same.tar": "u1"}
+    for key, etag in committed.items():
+        progress.add_part({"inputs": {key: {"expected": 1, "written": [0], "etag": etag}}})
+    listed = [
+        InputItem("s/a.tar/0.flac", "u", 1, etag="v2"),  # a.tar reads now: its own error row goes
+        InputItem("s/a.tar/1.flac", "u", 1, etag="v2"),
+        InputItem("b.tar", "u", 1, etag="w2", error="unreadable tar shard: ..."),  # b.tar no longer reads
+        InputItem("dir.tar/y.flac", "u", 1, etag="y1"),  # a folder: x.flac was deleted
+        InputItem("same.tar/0.flac", "u", 1, etag="u1"),  # the same shard: not written again
+    ]
+    changes = detect_changes(listed, progress)
+    assert changes.changed == ["b.tar/0.flac", "b.tar/1.flac", "s/a.tar", "s/a.tar/0.flac"]
+    assert changes.deleted == ["dir.tar/x.flac", "same.tar"] and (changes.new, changes.unchanged) == (4, 0)
+
+
 def commit(state: OutputState) -> dict:
     return state.commit(
         job="augment", fingerprint="f" * 64, config={}, listed=0, skipped=0, processed_keys=[], timings={}

@@ -15,7 +15,7 @@ from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob
 from ray_pipelines.jobs.score import ScoreConfig, ScoreJob
 from ray_pipelines.jobs.teacher import TeacherConfig, TeacherJob
-from tests.audio_helpers import encoded_bytes, tone
+from tests.audio_helpers import encoded_bytes, tone, write_tar
 from tests.output_helpers import Store, assert_no_leftovers, committed_rows
 
 SETTINGS = {
@@ -106,3 +106,30 @@ def test_changed_deleted_and_new_inputs_end_equal_to_a_fresh_run(name, tmp_path,
     if name == "score":
         assert store.fs.cat_file(store.path("out/scores.csv")) == store.fs.cat_file(store.path("fresh/scores.csv"))
     assert np.all([store.exists(f"{output}/_SUCCESS") for output in ("out", "fresh")])
+
+
+def test_a_tar_shard_written_again_replaces_what_its_old_version_gave(tmp_path, ray_local):
+    """A shard listed half-written was an input of its own, an error row ("unreadable tar shard"); written
+    again whole, that row stayed, reported as a deleted input kept (on_delete: keep), and its key stayed
+    among the errors (and a score job's ignored.txt) for good. The shard is there, with new content: what
+    its old version gave and its new one does not is a changed input's, and leaves the output."""
+    store = Store.local(tmp_path)
+    whole = write_tar(tmp_path / "whole.tar", {f"clip{i}.flac": clip(i, seconds=1.5) for i in range(2)}).read_bytes()
+    store.write("in/shard.tar", whole[: len(whole) * 3 // 4])  # the first member whole, the second cut
+
+    def teacher(output: str) -> TeacherJob:
+        config = {"input": store.url("in"), "output": store.url(output), "actors": 1, **SETTINGS["teacher"][2]}
+        return TeacherJob(validate_config(TeacherConfig, config))  # on_delete: keep, the default
+
+    first = run_job(teacher("out"), progress=False)
+    errors = {e["key"]: e["reason"] for e in store.read_jsonl("out/errors.jsonl")}
+    assert first.complete and sorted(errors) == ["shard.tar", "shard.tar/clip1.flac"]  # its header read, not its data
+    assert errors["shard.tar"].startswith("unreadable tar shard")
+    store.write("in/shard.tar", whole)
+    second = run_job(teacher("out"), progress=False)
+    inputs = second.manifest["inputs"]
+    assert (inputs["new"], inputs["changed"], inputs["deleted"], inputs["kept_stale"]) == (0, 3, 0, {})
+    assert second.complete and store.read_jsonl("out/errors.jsonl") == []
+    assert run_job(teacher("fresh"), progress=False).complete
+    assert contents("teacher", store, "out") == contents("teacher", store, "fresh")
+    assert {key for key, _ in contents("teacher", store, "out")} == {"shard.tar/clip0.flac", "shard.tar/clip1.flac"}

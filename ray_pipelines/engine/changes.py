@@ -8,6 +8,9 @@ recorded for it (``Progress.etags``), and the committed keys with the listed one
 - **changed**: listed, committed from another version of it (``on_change: reprocess`` takes its rows
   out, engine/rewrite.py, and processes it again; ``keep`` leaves them and reports it);
 - **deleted**: committed, no longer listed (``on_delete: keep`` reports it; ``prune`` takes its rows out);
+  but where a tar shard was written again, what its old version gave that its new one does not (the
+  shard's own "unreadable" error row once it reads, or the members of a shard that no longer reads)
+  is **changed**: the input (the shard) is there, with new content (:func:`rewritten_shards`);
 - **unchanged**: the rest (resumed where a killed run left it).
 
 An identity missing on either side (generated inputs) counts as unchanged. The comparison works on
@@ -124,6 +127,11 @@ def detect_changes(
     still_listed[positions[known]] = True
     gone = np.flatnonzero(in_inputs & ~still_listed)
     deleted = progress.keys.take(pa.array(gone)).to_pylist() if len(gone) else []
+    rewritten: list[str] = []
+    if deleted:
+        rewritten = rewritten_shards(pa.array(deleted, pa.string()), progress.etag_array().take(pa.array(gone)), listed)
+        gone_for_good = set(deleted) - set(rewritten)
+        deleted = [key for key in deleted if key in gone_for_good]
     new = int((taken & ~in_committed).sum())
     left_out = int((~taken & ~in_committed).sum()) + len(changed_at) - len(changed)  # the changed not taken
     committed = int(in_committed.sum())
@@ -132,7 +140,44 @@ def detect_changes(
     return InputChanges(
         new=new,
         unchanged=committed - len(changed_at),
-        changed=sorted(changed),
+        changed=sorted(changed + rewritten),
         deleted=sorted(deleted),
         left_out=left_out,
     )
+
+
+# A tar shard's items are keyed "<shard key>/<member name>", its own error row (unreadable) "<shard key>"
+# (sources._list_tar); all of them carry the shard's identity.
+_MEMBER_NAME = r"(\.tar)/.*$"
+
+
+def rewritten_shards(deleted: pa.Array, recorded: pa.Array, listed: pa.Table) -> list[str]:
+    """The ``deleted`` keys (``recorded``: their committed identities) that a tar shard written again
+    no longer gives: a shard's own key when its members are now listed, or a member when the shard's own
+    key is now listed (it no longer reads), with another identity than the key's rows were made from.
+    One side is always the shard's own key, which only a tar file gives (a folder named ``x.tar`` does
+    not: its files keep being deleted one by one). Only tar keys are looked at, and the listing scanned
+    only when a deleted key is one."""
+    shard_of_deleted = pc.replace_substring_regex(deleted, _MEMBER_NAME, r"\1")
+    is_shard = pc.and_(pc.ends_with(deleted, ".tar"), pc.equal(shard_of_deleted, deleted))
+    is_member = pc.not_equal(shard_of_deleted, deleted)
+    if not pc.any(pc.or_(is_shard, is_member)).as_py():
+        return []
+    keys, etags = listed["key"].combine_chunks(), listed["etag"].combine_chunks()
+    listed_shards = pc.replace_substring_regex(keys, _MEMBER_NAME, r"\1")
+    members_listed = pc.not_equal(listed_shards, keys)
+    # Each affected shard's identity now: from a listed member (for a deleted shard key) or from the shard's
+    # own listed key (for deleted members).
+    wanted = pc.unique(shard_of_deleted)
+    by_member = pc.and_(members_listed, pc.is_in(listed_shards, value_set=wanted))
+    by_own_key = pc.is_in(keys, value_set=wanted)
+    now = dict(zip(listed_shards.filter(by_member).to_pylist(), etags.filter(by_member).to_pylist()))
+    now_unreadable = dict(zip(keys.filter(by_own_key).to_pylist(), etags.filter(by_own_key).to_pylist()))
+    rewritten = []
+    for key, shard, shard_key, identity in zip(
+        deleted.to_pylist(), shard_of_deleted.to_pylist(), is_shard.to_pylist(), recorded.to_pylist()
+    ):
+        identity_now = now.get(shard) if shard_key else now_unreadable.get(shard)
+        if identity_now is not None and identity_changed(identity or "", identity_now):
+            rewritten.append(key)
+    return rewritten
