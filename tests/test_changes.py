@@ -91,6 +91,23 @@ def test_what_a_tar_shard_written_again_no_longer_gives_is_changed_not_deleted()
     assert changes.deleted == ["dir.tar/x.flac", "same.tar"] and (changes.new, changes.unchanged) == (4, 0)
 
 
+def test_a_deleted_input_committed_only_as_a_retryable_error_leaves_whatever_on_delete_says():
+    """An input missing when listed (a broken link) or lost is a retryable error row, so its run exits 3;
+    deleted since, it kept that "retry" row in a complete output's errors.jsonl for good (on_delete: keep
+    keeps rows, and it has none). One with rows keeps them, an old retry row of its healed or not."""
+    progress = Progress()
+    missing = {"key": "gone.flac", "index": -1, "reason": "missing: broken symlink to x", "retry": True}
+    healed = {"key": "healed.flac", "index": -1, "reason": "read failed: timeout", "retry": True}
+    for key, written, errors in (("gone.flac", [], [missing]), ("healed.flac", [0], [healed]), ("kept.flac", [0], [])):
+        progress.add_part({"inputs": {key: {"expected": 1, "written": written, "etag": "e"}}, "errors": errors})
+    changes = detect_changes([InputItem("new.flac", "u", 1, etag="n")], progress)
+    assert changes.deleted == ["gone.flac", "healed.flac", "kept.flac"]
+    assert changes.deleted_unretried == ["gone.flac"]
+    assert changes.stale("reprocess", "keep") == {"gone.flac"}
+    assert changes.report("reprocess", "keep")["kept_stale"] == {"deleted": ["healed.flac", "kept.flac"]}
+    assert changes.stale("reprocess", "prune") == {"gone.flac", "healed.flac", "kept.flac"}
+
+
 def commit(state: OutputState) -> dict:
     return state.commit(
         job="augment", fingerprint="f" * 64, config={}, listed=0, skipped=0, processed_keys=[], timings={}

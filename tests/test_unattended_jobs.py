@@ -133,3 +133,19 @@ def test_a_tar_shard_written_again_replaces_what_its_old_version_gave(tmp_path, 
     assert run_job(teacher("fresh"), progress=False).complete
     assert contents("teacher", store, "out") == contents("teacher", store, "fresh")
     assert {key for key, _ in contents("teacher", store, "out")} == {"shard.tar/clip0.flac", "shard.tar/clip1.flac"}
+
+
+def test_an_input_missing_then_deleted_leaves_no_retry_row_in_a_complete_output(tmp_path, ray_local):
+    """A broken link is a retryable error ("missing: broken symlink"), so the run is incomplete; once the
+    link is gone the next run completed with its "retry" row still in errors.jsonl, for good."""
+    store = Store.local(tmp_path)
+    store.write("in/a/clip0.flac", clip(0))
+    (tmp_path / "in" / "a" / "link.flac").symlink_to(tmp_path / "nowhere.flac")
+    config = {"input": store.url("in"), "output": store.url("out"), "actors": 1, **SETTINGS["teacher"][2]}
+    first = run_job(TeacherJob(validate_config(TeacherConfig, config)), progress=False)
+    errors = store.read_jsonl("out/errors.jsonl")
+    assert not first.complete and [(e["key"], e["retry"]) for e in errors] == [("a/link.flac", True)]
+    (tmp_path / "in" / "a" / "link.flac").unlink()
+    second = run_job(TeacherJob(validate_config(TeacherConfig, config)), progress=False)
+    assert second.complete and store.read_jsonl("out/errors.jsonl") == [] and store.exists("out/_SUCCESS")
+    assert (second.manifest["inputs"]["deleted"], second.manifest["inputs"]["kept_stale"]) == (1, {})

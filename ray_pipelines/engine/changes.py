@@ -51,16 +51,23 @@ class InputChanges:
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     left_out: int = 0  # listed, never committed, and not selected (keep/ignore list, limit, the job's pick)
+    # Deleted inputs committed as a retryable error alone (missing, a read that failed, lost): nothing of
+    # them to keep, and no run can retry them; they leave the output whatever on_delete says.
+    deleted_unretried: list[str] = field(default_factory=list)
 
     def stale(self, on_change: str, on_delete: str) -> set[str]:
         """Keys whose committed rows must leave the output before this run writes."""
-        return set(self.changed if on_change == "reprocess" else ()) | set(self.deleted if on_delete == "prune" else ())
+        changed = set(self.changed if on_change == "reprocess" else ())
+        return changed | set(self.deleted if on_delete == "prune" else self.deleted_unretried)
 
     def report(self, on_change: str, on_delete: str) -> dict[str, Any]:
         """For manifest.json and the summary: counts, what was done, and the stale keys kept."""
+        unretried = set(self.deleted_unretried)
         kept = {
             "changed": self.changed[:REPORTED_KEYS] if on_change == "keep" else [],
-            "deleted": self.deleted[:REPORTED_KEYS] if on_delete == "keep" else [],
+            "deleted": [key for key in self.deleted if key not in unretried][:REPORTED_KEYS]
+            if on_delete == "keep"
+            else [],
         }
         return {
             "new": self.new,
@@ -143,7 +150,17 @@ def detect_changes(
         changed=sorted(changed + rewritten),
         deleted=sorted(deleted),
         left_out=left_out,
+        deleted_unretried=unretried(deleted, progress) if deleted else [],
     )
+
+
+def unretried(deleted: list[str], progress: Progress) -> list[str]:
+    """The ``deleted`` inputs whose record is a retryable error of the whole input (``index`` -1: missing,
+    a read that failed, lost) and no committed rows. Left in, their "retry" rows stayed in a complete
+    output's errors.jsonl for good."""
+    gone = set(deleted)
+    found = {e["key"] for e in progress.error_rows if e.get("retry") and int(e.get("index", -1)) < 0}
+    return sorted(key for key in found & gone if not len(progress.written_of(key)))
 
 
 # A tar shard's items are keyed "<shard key>/<member name>", its own error row (unreadable) "<shard key>"
