@@ -902,6 +902,13 @@ def test_reused_batches_are_the_fresh_ones_and_live_in_a_few_buffers(views_outpu
     assert third.data_ptr() == first.data_ptr() and not torch.equal(first, kept)
 
 
+def test_one_columns_name_is_that_column(rows_output):
+    """fields="index" was split into its letters ("has no column i, n, d, e, x")."""
+    by_name = list(OutputRows(str(rows_output), fields="index"))
+    assert len(by_name) == ROWS and all(len(item) == 1 and int(item[0]) == 0 for item in by_name)
+    assert list(OutputRows(str(rows_output), columns="index", as_dict=True))[0].keys() == {"index"}
+
+
 def test_reuse_batches_needs_the_batched_mode(rows_output):
     with pytest.raises(ValueError, match="reuse_batches needs the batched mode"):
         OutputRows(str(rows_output), fields=("x",), reuse_batches=3)

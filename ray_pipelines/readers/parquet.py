@@ -725,6 +725,8 @@ class OutputRows(ShardRows):
             sizes=[int(f["bytes"]) for f in records],
             **kwargs,
         )
+        # One column's name is that column (it was split into its letters: "has no column f, 0")
+        fields, columns = ((name,) if isinstance(name, str) else name for name in (fields, columns))
         if fields and columns and list(fields) != list(columns):
             raise ValueError(f"fields={tuple(fields)} and columns={tuple(columns)} differ: give one of them")
         available = self.index.schema.names if self.index.schema is not None else []
