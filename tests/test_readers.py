@@ -902,6 +902,16 @@ def test_reused_batches_are_the_fresh_ones_and_live_in_a_few_buffers(views_outpu
     assert third.data_ptr() == first.data_ptr() and not torch.equal(first, kept)
 
 
+def test_an_empty_index_cache_is_refused_not_the_working_directory(rows_output, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", " "):
+        with pytest.raises(ValueError, match="index_cache is empty: give a folder or a URL"):
+            OutputRows(str(rows_output), fields=("x",), index_cache=empty)
+    assert list(tmp_path.iterdir()) == []
+    OutputRows(str(rows_output), fields=("x",), index_cache=tmp_path / "cache")  # a Path is a folder
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]
+
+
 def test_one_columns_name_is_that_column(rows_output):
     """fields="index" was split into its letters ("has no column i, n, d, e, x")."""
     by_name = list(OutputRows(str(rows_output), fields="index"))

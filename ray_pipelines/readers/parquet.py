@@ -277,8 +277,12 @@ class ShardRows(EpochDataset):
     ):
         super().__init__(seed, shuffle, rank, world_size)
         check_batching(batch_size, reuse_batches, drop_last, batch_transform)
-        if index_cache is not None and (problem := url_problem(index_cache, written=True)):
-            raise ValueError(f"index_cache {index_cache}: {problem}")
+        if index_cache is not None:
+            index_cache = os.fspath(index_cache)
+            if not index_cache.strip():  # was the working directory, wherever the training started
+                raise ValueError("index_cache is empty: give a folder or a URL (or None for no cache)")
+            if problem := url_problem(index_cache, written=True):
+                raise ValueError(f"index_cache {index_cache}: {problem}")
         self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.files = list(files)
