@@ -60,9 +60,12 @@ def sigterm_handler_kept() -> Iterator[None]:
 
 
 def ignore_stop_signals() -> None:
-    """While a stopped run cleans up: a second Ctrl-C or SIGTERM would interrupt the clean-up."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """While a stopped run cleans up (a second Ctrl-C or SIGTERM would interrupt the clean-up), or a
+    finished one shuts Ray down. Only the main thread takes signals; elsewhere nothing changes (Python
+    refuses to set a handler there)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def exit_code(stop: KeyboardInterrupt) -> int:

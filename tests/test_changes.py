@@ -76,7 +76,7 @@ def test_what_a_tar_shard_written_again_no_longer_gives_is_changed_not_deleted()
     plain rule: keys no longer listed are deleted."""
     progress = Progress()
     committed = {"s/a.tar": "v1", "s/a.tar/0.flac": "v1", "b.tar/0.flac": "w1", "b.tar/1.flac": "w1"}
-    committed |= {"dir.tar/x.flac": "x1", "same.tar": "u1"}
+    committed |= {"dir.tar/x.flac": "x1", "same.tar": "u1", "UP.TAR": "t1"}
     for key, etag in committed.items():
         progress.add_part({"inputs": {key: {"expected": 1, "written": [0], "etag": etag}}})
     listed = [
@@ -85,10 +85,11 @@ def test_what_a_tar_shard_written_again_no_longer_gives_is_changed_not_deleted()
         InputItem("b.tar", "u", 1, etag="w2", error="unreadable tar shard: ..."),  # b.tar no longer reads
         InputItem("dir.tar/y.flac", "u", 1, etag="y1"),  # a folder: x.flac was deleted
         InputItem("same.tar/0.flac", "u", 1, etag="u1"),  # the same shard: not written again
+        InputItem("UP.TAR/0.flac", "u", 1, etag="t2"),  # sources take .TAR too
     ]
     changes = detect_changes(listed, progress)
-    assert changes.changed == ["b.tar/0.flac", "b.tar/1.flac", "s/a.tar", "s/a.tar/0.flac"]
-    assert changes.deleted == ["dir.tar/x.flac", "same.tar"] and (changes.new, changes.unchanged) == (4, 0)
+    assert changes.changed == ["UP.TAR", "b.tar/0.flac", "b.tar/1.flac", "s/a.tar", "s/a.tar/0.flac"]
+    assert changes.deleted == ["dir.tar/x.flac", "same.tar"] and (changes.new, changes.unchanged) == (5, 0)
 
 
 def test_a_deleted_input_committed_only_as_a_retryable_error_leaves_whatever_on_delete_says():
@@ -104,7 +105,9 @@ def test_a_deleted_input_committed_only_as_a_retryable_error_leaves_whatever_on_
     assert changes.deleted == ["gone.flac", "healed.flac", "kept.flac"]
     assert changes.deleted_unretried == ["gone.flac"]
     assert changes.stale("reprocess", "keep") == {"gone.flac"}
-    assert changes.report("reprocess", "keep")["kept_stale"] == {"deleted": ["healed.flac", "kept.flac"]}
+    report = changes.report("reprocess", "keep")
+    assert report["kept_stale"] == {"deleted": ["healed.flac", "kept.flac"]}
+    assert (report["deleted"], report["deleted_unretried"]) == (3, 1)  # 2 said kept in the warning
     assert changes.stale("reprocess", "prune") == {"gone.flac", "healed.flac", "kept.flac"}
 
 

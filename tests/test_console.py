@@ -284,6 +284,21 @@ def test_sigterm_raises_terminated_within_a_run_and_the_handlers_are_put_back_af
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     assert exit_code(Terminated()) == 143 and exit_code(KeyboardInterrupt()) == 130
+    # A run driven from another thread (an orchestrator's): no handler can be set there, and a finished run
+    # must not fail on trying ("signal only works in main thread").
+    failed = []
+    thread = threading.Thread(target=lambda: failed.extend(_raises(ignore_stop_signals)))
+    thread.start()
+    thread.join()
+    assert failed == [] and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def _raises(call) -> list[Exception]:
+    try:
+        call()
+    except Exception as e:
+        return [e]
+    return []
 
 
 def run_in_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> tuple[int, str]:

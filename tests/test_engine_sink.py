@@ -85,6 +85,46 @@ def test_a_stale_run_commits_nothing_and_its_files_are_removed(tmp_path):
     assert manifest["counts"]["orphans_removed"] == 1 and manifest["counts"]["lost"] == 1
 
 
+class LeaseLost(Exception):
+    pass
+
+
+@pytest.mark.parametrize("lost_meanwhile", [False, True])
+def test_success_follows_the_derived_files_and_a_lease_lost_meanwhile_writes_no_success(tmp_path, lost_meanwhile):
+    """The job's derived files (the dataset card, the score job's lists) are written at commit, before
+    _SUCCESS; a lease taken over while they were written (the score job reads every score) stops the
+    commit before _SUCCESS."""
+    state, run_id = prepare(tmp_path)
+    written = sink(tmp_path)
+    written.run_id = run_id
+    written.write_rows(rows(["a", "a"], [0, 1]), rank=0)  # both of its samples: complete
+    seen, holds = [], [True]
+
+    def still_holds() -> None:
+        if not holds[0]:
+            raise LeaseLost
+
+    def derived(manifest: dict) -> None:
+        seen.append((manifest["complete"], (tmp_path / "_SUCCESS").exists()))
+        holds[0] = not lost_meanwhile
+
+    try:
+        state.commit(
+            job="augment",
+            fingerprint="f" * 64,
+            config={},
+            listed=1,
+            skipped=0,
+            processed_keys=["a"],
+            timings={},
+            still_holds=still_holds,
+            write_derived=derived,
+        )
+    except LeaseLost:
+        assert lost_meanwhile
+    assert seen == [(True, False)] and (tmp_path / "_SUCCESS").exists() is not lost_meanwhile
+
+
 def test_a_claim_that_committed_nothing_is_taken_by_another_job_or_config_and_one_that_did_is_not(tmp_path):
     """A run that stopped before its first block (its input matched nothing, its listing failed) left
     only its claim; before, the corrected rerun was refused unless it passed --overwrite."""

@@ -68,6 +68,8 @@ def test_bad_values_are_named():
         load_config(ScoreConfig, "score", ["input=in", "output=out", "filter.speech_fractio.bounds=[0.1, null]"])
     assert "filter names speech_fractio, which the scores do not have" in str(said.value)
     assert "speech_fractio: did you mean speech_fraction?" in str(said.value) and "mode" not in str(said.value)
+    with pytest.raises(ConfigError, match="filter.1: Keys should be strings"):  # YAML's `1:`, not a TypeError
+        validate_config(ScoreConfig, {**base, "filter": {1: {"mode": "median"}}})
     with pytest.raises(ConfigError, match="filter names reconstruction_loss"):  # not a column of the default set
         validate_config(ScoreConfig, {**base, "filter": {"reconstruction_loss": {"mode": "none"}}})
     with pytest.raises(ConfigError, match="filter names bogus"):

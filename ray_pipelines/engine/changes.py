@@ -73,6 +73,7 @@ class InputChanges:
             "new": self.new,
             "changed": len(self.changed),
             "deleted": len(self.deleted),
+            "deleted_unretried": len(self.deleted_unretried),
             "unchanged": self.unchanged,
             "left_out": self.left_out,
             "on_change": on_change,
@@ -158,14 +159,18 @@ def unretried(deleted: list[str], progress: Progress) -> list[str]:
     """The ``deleted`` inputs whose record is a retryable error of the whole input (``index`` -1: missing,
     a read that failed, lost) and no committed rows. Left in, their "retry" rows stayed in a complete
     output's errors.jsonl for good."""
-    gone = set(deleted)
-    found = {e["key"] for e in progress.error_rows if e.get("retry") and int(e.get("index", -1)) < 0}
-    return sorted(key for key in found & gone if not len(progress.written_of(key)))
+    errors = progress.errors_table
+    whole_retry = pc.and_(pc.fill_null(errors["retry"], False), pc.less(pc.fill_null(errors["index"], -1), 0))
+    keys = pc.unique(errors["key"].filter(whole_retry))
+    found = keys.filter(pc.is_in(keys, value_set=pa.array(deleted, pa.string())))
+    return sorted(key for key, written in zip(found.to_pylist(), progress.written_counts(found)) if written == 0)
 
 
 # A tar shard's items are keyed "<shard key>/<member name>", its own error row (unreadable) "<shard key>"
 # (sources._list_tar); all of them carry the shard's identity.
-_MEMBER_NAME = r"(\.tar)/.*$"
+# sources._is_tar takes .TAR too. A shard inside a folder whose name ends in .tar is taken for that folder
+# (the keys alone cannot tell them apart): its keys keep the plain rule.
+_MEMBER_NAME = r"(?i)(\.tar)/.*$"
 
 
 def rewritten_shards(deleted: pa.Array, recorded: pa.Array, listed: pa.Table) -> list[str]:
@@ -176,7 +181,7 @@ def rewritten_shards(deleted: pa.Array, recorded: pa.Array, listed: pa.Table) ->
     not: its files keep being deleted one by one). Only tar keys are looked at, and the listing scanned
     only when a deleted key is one."""
     shard_of_deleted = pc.replace_substring_regex(deleted, _MEMBER_NAME, r"\1")
-    is_shard = pc.and_(pc.ends_with(deleted, ".tar"), pc.equal(shard_of_deleted, deleted))
+    is_shard = pc.and_(pc.match_substring_regex(deleted, r"(?i)\.tar$"), pc.equal(shard_of_deleted, deleted))
     is_member = pc.not_equal(shard_of_deleted, deleted)
     if not pc.any(pc.or_(is_shard, is_member)).as_py():
         return []

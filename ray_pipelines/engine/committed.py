@@ -164,6 +164,11 @@ class Progress:
     def count_not_done(self, keys: KeyColumn) -> int:
         return int(len(keys) - self.done_mask(keys).sum()) if len(keys) else 0
 
+    def written_counts(self, keys: KeyColumn) -> np.ndarray:
+        """Per key: how many of its samples are written (0 where nothing is committed for it)."""
+        positions = self.positions(keys)
+        return np.where(positions >= 0, self._cols["written_count"][np.maximum(positions, 0)], 0)
+
     def inputs_written(self) -> int:
         """Inputs with at least one written sample."""
         return int((self._cols["written_count"] > 0).sum())

@@ -382,6 +382,7 @@ class OutputState:
             write_derived(manifest)
         if manifest["complete"]:
             stop_point("commit:before-success")
+            check_lease()  # the derived files can take a while (the score job reads every score)
             self.storage.write_bytes(SUCCESS_FILE, b"")
         return manifest
 

@@ -367,7 +367,7 @@ def _run_holding_lease(
         selected_keys=selected["key"],
         inputs=report,
         still_holds=lease.renew,
-        write_derived=lambda committed: extra.update(job.after_commit(storage, committed)),
+        write_derived=lambda committed: extra.update(job.after_commit(storage, committed) or {}),
     )
     mark("committed")
     return JobResult(
@@ -383,7 +383,7 @@ def _run_holding_lease(
 
 def _warn_kept_stale(name: str, report: dict[str, Any]) -> None:
     for what, keys in report["kept_stale"].items():
-        count = report[what]
+        count = report[what] - (report.get("deleted_unretried", 0) if what == "deleted" else 0)
         setting = "on_change: keep" if what == "changed" else "on_delete: keep"
         log.warning("%s: %d %s inputs keep their old rows (%s): %s", name, count, what, setting, ", ".join(keys[:10]))
 

@@ -105,7 +105,11 @@ class FilterSettings(BaseModel):
         """:meth:`check_names` on a filter section as written, before its rules are validated: a rule
         for a score there is not (``--set filter.speech_fractio.bounds=...``, a mistyped name) is told as
         that, not as a problem of the new rule the ``--set`` made (it names no mode)."""
-        rules = [name for name, rule in data.items() if name not in cls.model_fields and rule is not None]
+        rules = [  # a key that is not text (YAML's `1:` or `yes:`) is left to the validation's own message
+            name
+            for name, rule in data.items()
+            if isinstance(name, str) and name not in cls.model_fields and rule is not None
+        ]
         scatter = data.get("scatter")
         named = isinstance(scatter, list) and all(isinstance(name, str) for name in scatter)
         cls.check_names(rules, tuple(scatter) if named else None, scores, section)
