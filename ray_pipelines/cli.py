@@ -226,8 +226,10 @@ def _stopped_message(name: str, counts: ProgressDisplay, how: str) -> str:
         return f"\n{name}: stopped ({how}) before it processed any input."
     kept = f"{counts.inputs_done} of {counts.to_do} inputs ({counts.rows} {counts.rows_label})"
     before = f", besides the {counts.skipped} committed before" if counts.skipped else ""
+    # Blocks already writing when the stop came still commit; their reports no longer reach the count.
     return (
-        f"\n{name}: stopped ({how}). This run wrote {kept}{before}; what was written is kept.\n"
+        f"\n{name}: stopped ({how}). This run wrote {kept} before the stop{before}, and the blocks that "
+        f"finished writing while it stopped; what was written is kept.\n"
         f"Run the same command again to resume: committed inputs are skipped."
     )
 

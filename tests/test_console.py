@@ -272,6 +272,21 @@ def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(lib
     assert "complete            yes (_SUCCESS written)" in stdout
 
 
+def test_the_stop_message_says_its_count_is_of_the_reports_before_the_stop():
+    """Blocks already writing when the stop came still commit, after the count stopped: the message said
+    "This run wrote 16 of 400 inputs" where 48 were committed."""
+    from ray_pipelines.cli import _stopped_message
+
+    counts = ProgressDisplay("teacher", "clips")
+    counts.start(listed=410, skipped=10, to_do=400)
+    counts.update({"inputs": 16, "rows": 16})
+    assert _stopped_message("teacher", counts, "SIGTERM") == (
+        "\nteacher: stopped (SIGTERM). This run wrote 16 of 400 inputs (16 clips) before the stop, besides the 10 "
+        "committed before, and the blocks that finished writing while it stopped; what was written is kept.\n"
+        "Run the same command again to resume: committed inputs are skipped."
+    )
+
+
 def test_sigterm_raises_terminated_within_a_run_and_the_handlers_are_put_back_after_it():
     """What `_run` wraps a job in, in this process: a caller that goes on (a test, a notebook) keeps its own
     SIGINT and SIGTERM handlers, also after a stop whose clean-up ignored both."""
