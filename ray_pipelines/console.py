@@ -42,7 +42,7 @@ import time
 import traceback
 from typing import TextIO
 
-from .error_text import short_error
+from .error_text import last_exception_line, short_error
 
 # Lines of the driver's stderr (C++ and Python alike) that say nothing a user can act on.
 NOISE = (
@@ -143,23 +143,39 @@ class StoppedBlocks(logging.Filter):
     """Ray Data logs every failed block with a traceback of some 50 lines. When the output store
     refused a write (or the run's lease was taken over) every block in flight fails the same way:
     one screen of tracebacks per block, for what the run's last line says in one. On the console
-    such a block is one warning line, once per reason; Ray Data's log file keeps each traceback."""
+    such a block is one warning line, once per reason; Ray Data's log file keeps each traceback.
+    Any other failed block shows its traceback, once per error: blocks that fail the same way after
+    it (an object store that stopped answering: 1,165 lines for six blocks) are one line, once."""
 
     def __init__(self):
         super().__init__()
         self.told: set[str] = set()
+        self.shown: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info or record.exc_info[1] is None:
             return True
-        found = STOPPED_BLOCK.search("".join(traceback.format_exception(*record.exc_info)))
+        text = "".join(traceback.format_exception(*record.exc_info))
+        found = STOPPED_BLOCK.search(text)
         if not found:
-            return True  # any other failed block: its traceback is what a person needs
+            return self._first_of_its_kind(last_exception_line(text))
         reason = found.group(1).strip()
         if reason not in self.told:
             self.told.add(reason)
             logging.getLogger("ray_pipelines.engine.control").warning(
                 "the run is stopping: %s (blocks in flight end first; tracebacks in Ray Data's log)", reason
+            )
+        return False
+
+    def _first_of_its_kind(self, error: str) -> bool:
+        """True (show the traceback) for a block's first error of its kind; after it, one line."""
+        if error not in self.shown:
+            self.shown.add(error)
+            return True
+        if f"again: {error}" not in self.told:
+            self.told.add(f"again: {error}")
+            logging.getLogger("ray_pipelines.engine.control").warning(
+                "more blocks failed the same way: %s (tracebacks in Ray Data's log)", error
             )
         return False
 

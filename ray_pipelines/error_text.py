@@ -28,6 +28,12 @@ def short_error(text: str) -> str:
     return f"{first}{' ' if first.endswith('.') else ': '}{cause}"
 
 
+def last_exception_line(text: str) -> str:
+    """The last line of ``text`` that names an exception (a traceback's own error), else its last line."""
+    lines = [line.strip() for line in ANSI_CODE.sub("", text).splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if EXCEPTION_LINE.match(line)), lines[-1] if lines else "")
+
+
 def describe(error: BaseException) -> str:
     """``Type: message`` in one line (:func:`short_error`), for an error row's reason."""
     text = short_error(str(error))

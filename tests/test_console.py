@@ -483,3 +483,31 @@ def test_rays_unhandled_errors_are_left_off_the_console():
     finally:
         logger.removeHandler(said)
         logger.removeFilter(unhandled)
+
+
+def test_blocks_that_fail_the_same_way_show_one_traceback_then_one_line():
+    """An object store that stopped answering mid-run failed every block in flight the same way: 1,165
+    lines of Ray Data's tracebacks for six blocks, before the job's own one-line error."""
+    import logging
+
+    from ray_pipelines.console import StoppedBlocks
+
+    data, told, said = logging.getLogger("tests.ray.data"), logging.getLogger("ray_pipelines.engine.control"), Lines()
+    shown, blocks = Lines(), StoppedBlocks()
+    data.addHandler(shown)
+    shown.addFilter(blocks)
+    told.addHandler(said)
+    try:
+        for url in ("http://127.0.0.1:9/out/_job.json",) * 3 + ("http://127.0.0.1:9/out/other",):
+            try:
+                raise ConnectionError(f"Could not connect to the endpoint URL: {url}")
+            except ConnectionError:
+                data.exception('An exception was raised from a task of operator "MapBatches(DecodeStageWrite)"')
+        assert len(shown.lines) == 2  # the first of each error, with its traceback
+        assert said.lines == [
+            "more blocks failed the same way: ConnectionError: Could not connect to the endpoint URL: "
+            "http://127.0.0.1:9/out/_job.json (tracebacks in Ray Data's log)"
+        ]
+    finally:
+        data.removeHandler(shown)
+        told.removeHandler(said)
