@@ -14,7 +14,8 @@ By default (``quiet_ray``):
   warns about any reference argument of a restartable actor (ray-project/ray#57733, open).
   Turning restarts off would silence it at the cost of crash recovery, so the line is filtered.
 - Blocks that failed because the run was told to stop (the output store refused a write, the lease
-  was taken over) are one warning line (:class:`StoppedBlocks`), not a traceback each.
+  was taken over) are one warning line (:class:`StoppedBlocks`), not a traceback each; other failed
+  blocks show one traceback per error, then one line for those that fail the same way.
 - Ray's "Unhandled error" records (a result no one asked for: Ray Data's own, such as a request its
   autoscaling coordinator had cancelled by a stop) are not shown (:class:`UnhandledRayErrors`).
 - Errors that carry a traceback are one line: the first line and the exception at the end
