@@ -150,8 +150,9 @@ class StoppedBlocks(logging.Filter):
 
     def __init__(self):
         super().__init__()
-        self.told: set[str] = set()
-        self.shown: set[str] = set()
+        self.told: set[str] = set()  # the reasons a run was stopped for, said once each
+        self.shown: set[str] = set()  # other errors whose first traceback was shown
+        self.repeated: set[str] = set()  # and those said once more, in one line
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info or record.exc_info[1] is None:
@@ -173,8 +174,8 @@ class StoppedBlocks(logging.Filter):
         if error not in self.shown:
             self.shown.add(error)
             return True
-        if f"again: {error}" not in self.told:
-            self.told.add(f"again: {error}")
+        if error not in self.repeated:
+            self.repeated.add(error)
             logging.getLogger("ray_pipelines.engine.control").warning(
                 "more blocks failed the same way: %s (tracebacks in Ray Data's log)", error
             )
