@@ -44,19 +44,71 @@ def sigterm_stops_like_ctrl_c() -> Iterator[None]:
                 signal.signal(number, handler)
 
 
+# How long a stop waits for what :func:`stops_held` guards (an embedded Ray starts in 3-15 s on the 2-core
+# VM) before it is raised anyway: a ``ray.init`` that hangs must not hold a stop for good.
+STOP_HELD_MAX_S = 60.0
+
+
 @contextlib.contextmanager
-def sigterm_handler_kept() -> Iterator[None]:
-    """Around ``ray.init``, which replaces the caller's SIGTERM handler with Ray's own (``sys.exit(15)``:
-    no stop message, exit code 15): puts the caller's back, if it set one (the CLI's, above). Setting it
-    again also takes SIGTERM back from the core worker's C++ crash handler, which printed a stack dump
-    for a plain ``kill``."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    callers = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+def stops_held(max_s: float = STOP_HELD_MAX_S) -> Iterator[None]:
+    """Within: a Ctrl-C or SIGTERM is noted, not raised; after: the SIGINT and SIGTERM handlers as they
+    were, then the stop noted raised through them. A second stop within raises at once (a user who
+    insists), and so does the first one after ``max_s`` seconds (``SIGALRM``, when no timer of the
+    caller's runs). For code a stop must not cut in the middle: ``ray.init``, which starts processes,
+    runs fork handlers where an exception a signal handler raises is printed and dropped (a run
+    stopped there went on to the end and exited 0), and replaces the SIGTERM handler with its own
+    (``sys.exit(15)``). Setting the handlers again afterwards also takes SIGTERM back from a C++
+    handler installed meanwhile. In the main thread only (elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    timer = signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # the caller's own alarm is left alone
+    if timer:
+        saved[signal.SIGALRM] = signal.getsignal(signal.SIGALRM)
+    held: list[int] = []
+    raised: list[bool] = []
+
+    def put_back() -> None:
+        if timer:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for number, handler in saved.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(number, handler)
+
+    def stop_now() -> None:
+        put_back()
+        raised.append(True)
+        _deliver(held[0], saved[held[0]])
+
+    def hold(signum, frame) -> None:
+        if signum != signal.SIGALRM:
+            held.append(signum)
+        if signum == signal.SIGALRM or len(held) > 1:
+            stop_now()
+        elif timer:
+            signal.setitimer(signal.ITIMER_REAL, max_s)
+
+    for number in saved:
+        signal.signal(number, hold)
     try:
         yield
-    finally:
-        if callable(callers):
-            signal.signal(signal.SIGTERM, callers)
+    except BaseException:
+        if held and not raised:  # it failed while stopping (Ctrl-C reaches the processes it started): the stop wins
+            stop_now()
+        put_back()
+        raise
+    put_back()
+    if held:
+        stop_now()
+
+
+def _deliver(signum: int, handler) -> None:
+    """What ``signum`` would have done under ``handler``: call it, or the default action."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
 
 
 def ignore_stop_signals() -> None:

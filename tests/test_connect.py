@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from ray_pipelines.engine.runtime import cluster_endpoint, gcs_problem, wait_for_cluster
+from ray_pipelines.engine.runtime import cluster_endpoint, gcs_problem, ray_starting, wait_for_cluster
 from tests.audio_helpers import REPO, tone, write_audio
 
 
@@ -152,3 +153,26 @@ def test_an_address_that_is_not_a_ray_gcs_is_named_at_once(tmp_path, monkeypatch
         "http://HOST:8265`): give the head's GCS address (host:6379 by default)"
     )
     assert not (tmp_path / "out" / "_lease.json").exists()
+
+
+def test_ray_starting_keeps_rays_stop_handlers_out_of_the_driver_and_puts_rays_settings_back():
+    """While ray.init runs in the driver: no SIGTERM handler of Ray's (ray.init's sys.exit(15)) and no C++
+    crash handler (it took SIGTERM and aborted); afterwards Ray's settings as they were, and a caller
+    without a SIGTERM handler left with what ray.init would have set (an exit that unwinds)."""
+    import ray._private.ray_constants as constants
+    import ray._private.utils as utils
+
+    before = constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, utils.set_sigterm_handler
+    caller = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with ray_starting():
+            assert constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is True
+            utils.set_sigterm_handler(lambda signum, frame: None)  # what ray.init does: kept out
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert (constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, utils.set_sigterm_handler) == before
+        with pytest.raises(SystemExit) as exited:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert exited.value.code == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, caller)

@@ -6,6 +6,7 @@ Ray, as a user's shell would), and asserts counts, rates and lines, never timing
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -26,7 +27,13 @@ from ray_pipelines.engine.manifest import LEASE_FILE, WAIT_AT
 from ray_pipelines.engine.progress import ProgressDisplay
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
-from ray_pipelines.stopping import Terminated, exit_code, ignore_stop_signals, sigterm_stops_like_ctrl_c
+from ray_pipelines.stopping import (
+    Terminated,
+    exit_code,
+    ignore_stop_signals,
+    sigterm_stops_like_ctrl_c,
+    stops_held,
+)
 from tests.audio_helpers import REPO, make_library
 from tests.conftest import Lines
 from tests.killed_run import TEST_MARK, marked
@@ -229,10 +236,10 @@ def test_a_run_stopped_before_it_listed_says_so_and_releases_the_lease(library, 
     assert not (out / LEASE_FILE).exists() and not list(out.glob("*/part-*.parquet"))
 
 
-def held_at(step: str, library: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
-    """A two-input run held at ``step`` (``RAY_PIPELINES_WAIT_AT``), once it says so."""
+def held_at(step: str, library: Path, out: Path, tmp_path: Path, inputs: int = 2) -> subprocess.Popen:
+    """A run of ``inputs`` inputs held at ``step`` (``RAY_PIPELINES_WAIT_AT``), once it says so."""
     proc = subprocess.Popen(
-        command(library, out, "--set", "limit=2"),
+        command(library, out, "--set", f"limit={inputs}"),
         cwd=tmp_path,
         env={**environment(uuid.uuid4().hex), WAIT_AT: step},
         start_new_session=True,
@@ -258,18 +265,44 @@ def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(lib
     stopped.send_signal(signal.SIGTERM)
     _, stderr = stopped.communicate(timeout=120)
     assert stopped.returncode == 143 and not (out / "_SUCCESS").exists(), stderr
-    rerun = subprocess.run(
-        command(library, out, "--set", "limit=2"), cwd=tmp_path, env=environment(uuid.uuid4().hex), timeout=300
-    )
-    assert rerun.returncode == 0 and (out / "_SUCCESS").exists()  # nothing to do: committed again
-    finished = held_at("ray:shutdown", library, tmp_path / "another", tmp_path)  # committed, shutting Ray down
-    assert (tmp_path / "another" / "_SUCCESS").exists()
+    # The rerun completes it, with one input more: it commits, writes _SUCCESS, and is held while Ray shuts down.
+    finished = held_at("ray:shutdown", library, out, tmp_path, inputs=3)
+    assert (out / "_SUCCESS").exists()
     finished.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     finished.send_signal(signal.SIGUSR1)  # the hold's own end
     stdout, stderr = finished.communicate(timeout=120)
     assert finished.returncode == 0, stderr
     assert "complete            yes (_SUCCESS written)" in stdout
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert (counts["processed_this_run"], counts["inputs_with_output"]) == (1, 3)
+
+
+# The CLI with SIGTERM sent while Ray makes the driver's core worker (the last second of ray.init, in C++).
+STOPPED_AS_RAY_STARTS = """
+import os, signal, sys, threading
+import ray._raylet
+made = ray._raylet.CoreWorker
+def core_worker(*args, **kwargs):
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    return made(*args, **kwargs)
+ray._raylet.CoreWorker = core_worker
+from ray_pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_while_ray_starts_unwinds_once_it_has_started(library, tmp_path):
+    """A SIGTERM while the embedded Ray started exited 15 (ray.init's own handler), 134 (the core worker's
+    C++ crash handler, the lease left behind), or not at all (raised inside a fork handler, where Python
+    drops it: the run went on and exited 0). Now it is held until Ray has started, then unwinds the run."""
+    out, mark = tmp_path / "out", uuid.uuid4().hex
+    args = [sys.executable, "-c", STOPPED_AS_RAY_STARTS, *command(library, out, "--set", "limit=2")[3:]]
+    stopped = subprocess.run(args, cwd=tmp_path, env=environment(mark), capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143, stopped.stderr
+    assert "augment: stopped (SIGTERM). This run wrote 0 of 2 inputs" in stopped.stderr
+    assert not (out / "_SUCCESS").exists() and not (out / LEASE_FILE).exists()
+    assert not wait_for_no_processes(mark), "Ray processes outlived the stopped job"
 
 
 def test_the_stop_message_says_its_count_is_of_the_reports_before_the_stop():
@@ -306,6 +339,49 @@ def test_sigterm_raises_terminated_within_a_run_and_the_handlers_are_put_back_af
     thread.start()
     thread.join()
     assert failed == [] and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_stop_held_is_raised_after_the_guarded_code_or_at_once_when_repeated_or_late():
+    """stops_held: the guarded code runs to its end through one SIGTERM, which is raised after it through
+    the caller's handler; a second stop, or the first one held past max_s, is raised where the code is."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
+    ran = []
+    with sigterm_stops_like_ctrl_c():
+        with pytest.raises(Terminated):
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # the handler runs here, and holds the stop
+                ran.append("to its end")
+        assert ran == ["to its end"] and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        with pytest.raises(KeyboardInterrupt) as second:  # Ctrl-C after a SIGTERM: the first stop is raised
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+                ran.append("past the second stop")
+        assert second.type is Terminated and ran == ["to its end"]
+        started = time.monotonic()
+        with pytest.raises(Terminated):
+            with stops_held(max_s=0.3):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                ran.append("past max_s")
+        assert ran == ["to its end"] and time.monotonic() - started < 4
+        with pytest.raises(Terminated) as failed:  # the code failed while stopping: the stop is what was asked
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+                raise ConnectionError("the raylet went away")
+        assert isinstance(failed.value.__context__, ConnectionError)
+        with stops_held():  # no stop: nothing raised
+            ran.append("quietly")
+    assert (
+        signal.getsignal(signal.SIGINT),
+        signal.getsignal(signal.SIGTERM),
+        signal.getsignal(signal.SIGALRM),
+    ) == before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def _raises(call) -> list[Exception]:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import ray
+import ray._private.ray_constants
+import ray._private.utils
 from ray.data import DataContext
 
 from ..config import ActorPool, CommonConfig, ConfigError
-from ..stopping import sigterm_handler_kept
+from ..stopping import stops_held
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +53,21 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     if ray.is_initialized():
         return "existing Ray session"
     address = address or os.environ.get("RAY_ADDRESS")
-    with sigterm_handler_kept():  # ray.init sets its own
-        if address:
-            timeout_s = float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
-            wait_for_cluster(address, timeout_s)
-            problem = gcs_problem(address, min(GCS_PROBE_TIMEOUT_S, timeout_s))
-            if problem:
-                raise ConnectionError(problem)
-            try:
+    if address:
+        timeout_s = float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+        wait_for_cluster(address, timeout_s)
+        problem = gcs_problem(address, min(GCS_PROBE_TIMEOUT_S, timeout_s))
+        if problem:
+            raise ConnectionError(problem)
+        try:
+            with ray_starting():
                 ray.init(address=address, log_to_driver=WORKER_LOGS_TO_DRIVER, configure_logging=False)
-            except ConnectionError as e:
-                if token_refused(e):
-                    raise ConnectionError(token_advice(address)) from e
-                raise
-            return f"cluster at {address}"
+        except ConnectionError as e:
+            if token_refused(e):
+                raise ConnectionError(token_advice(address)) from e
+            raise
+        return f"cluster at {address}"
+    with ray_starting():
         # Keep idle workers: otherwise every write task pays a fresh worker's start-up
         # (about 1 CPU-second per block, measured in bench/encode.py).
         ray.init(
@@ -71,7 +78,34 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
             configure_logging=False,
             _system_config={"kill_idle_workers_interval_ms": 0},
         )
-        return "embedded local Ray"
+    return "embedded local Ray"
+
+
+@contextlib.contextmanager
+def ray_starting() -> Iterator[None]:
+    """Around ``ray.init`` in the driver: a stop (Ctrl-C, SIGTERM) that comes while Ray starts is raised
+    once it has started (:func:`~ray_pipelines.stopping.stops_held`), so the run unwinds as from any
+    other point: exit 130/143, the lease released, an embedded Ray shut down. Two things in Ray would
+    otherwise act on it first: the SIGTERM handler ``ray.init`` sets (``sys.exit(15)``: exit 15, or no
+    stop at all where it ran inside a fork handler), kept out here; and the core worker's C++ crash
+    handler, which took SIGTERM for the second its constructor runs and aborted (exit 134, the lease
+    left behind), not installed in the driver. The driver keeps Python's tracebacks on a crash
+    (``ray.init`` turns on ``faulthandler``); its C++ stack is what a crash no longer prints."""
+    constants, utils = ray._private.ray_constants, ray._private.utils
+    saved = constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, utils.set_sigterm_handler
+    constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    utils.set_sigterm_handler = lambda handler: None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_as_ray_does)  # a caller without a handler keeps what ray.init sets
+    try:
+        with stops_held():
+            yield
+    finally:
+        constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, utils.set_sigterm_handler = saved
+
+
+def _exit_as_ray_does(signum, frame) -> None:
+    sys.exit(signum)
 
 
 def cluster_endpoint(address: str) -> tuple[str, int] | None:
