@@ -7,7 +7,9 @@ then each reader on each output: shapes, dtypes, split names and row counts.
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -177,6 +179,15 @@ def test_hugging_face_load_dataset_of_the_output_dir(outputs, job, tmp_path):
     info = datasets.DatasetInfo.from_directory(str(out))
     assert info.features == next(iter(loaded.values())).features
     assert {name: s.num_examples for name, s in info.splits.items()} == expected
+    # The card's lines for object storage, run on the folder (they named {split}/*.parquet: none in encode's)
+    files = ast.literal_eval(re.search(r"^files = (.*)$", (out / "README.md").read_text(), re.M).group(1))
+    from_card = datasets.load_dataset(
+        "parquet",
+        data_files={s: f"{out}/{f}" for s, f in files.items()},
+        features=info.features,
+        cache_dir=str(tmp_path / "hf-card"),
+    )
+    assert {name: len(split) for name, split in from_card.items()} == expected
 
 
 @pytest.mark.parametrize("job", JOBS)

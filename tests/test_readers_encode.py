@@ -304,3 +304,19 @@ def test_reused_batches_are_the_fresh_ones(tokens_output, layout):
     storages = take_checking_reuse(reader(3), reader(0), workers=2, epochs=2, same=same_latents, intact_for=1)
     assert len(storages) <= 2 * 3  # 16 batches in the memory of 3 per worker
     assert len(take_checking_reuse(reader(2), reader(0), workers=0, epochs=1, same=same_latents)) == 2
+
+
+def test_the_parquet_layout_is_read_by_the_split_name_datasets_gives_it_and_refuses_an_index(tokens_output):
+    """The encode job writes its Parquet files at the output's root (split "" in the manifest): OutputRows(out)
+    and OutputRows(out, "train") refused it ("split 'train' not in ... (splits: )"); [0] on the parquet
+    layout raised torch's "Subclasses of Dataset should implement __getitem__"."""
+    from ray_pipelines.readers import OutputRows
+
+    for split in ("train", ""):
+        assert sum(1 for _ in OutputRows(str(tokens_output), split, fields="key")) == ITEMS
+    with pytest.raises(ValueError, match=r"split 'test' not in \S+ \(splits: train\)$"):
+        OutputRows(str(tokens_output), "test")
+    with pytest.raises(
+        TypeError, match=r"by index: iterate it, .* \(the sat layout's items .*open_encoded\(output, 'sat'\)\)"
+    ):
+        open_encoded(str(tokens_output), "parquet")[0]

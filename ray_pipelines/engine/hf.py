@@ -118,6 +118,7 @@ def dataset_card(job: str, features: dict[str, Any], splits: dict[str, tuple[int
             ],
         },
     }
+    files = {entry["split"]: entry["path"] for entry in configs}  # the card's object-storage lines name them
     first = "train" if "train" in map(split_name, splits) else split_name(sorted(splits)[0])
     tensors = [f"`{name}`" for name, f in features.items() if f["_type"].startswith(("Array", "Sequence"))]
     body = f"""
@@ -137,7 +138,8 @@ From object storage (`load_dataset` reads this card only from a local folder):
 
 ```python
 info = datasets.DatasetInfo.from_directory("s3://bucket/out", storage_options=so)   # {INFO}
-ds = datasets.load_dataset("parquet", data_files={{s: f"s3://bucket/out/{{s}}/*.parquet" for s in info.splits}},
+files = {files!r}
+ds = datasets.load_dataset("parquet", data_files={{s: f"s3://bucket/out/{{f}}" for s, f in files.items()}},
                            features=info.features, storage_options=so)
 ```
 """

@@ -374,6 +374,8 @@ class EncodedLatents(EpochDataset):
 class EncodedShardRows(ShardRows):
     """The ``parquet`` layout, a :class:`~.parquet.ShardRows` (shuffled windows, workers, ranks, S3)."""
 
+    by_index = " (the sat layout's items are read by index: open_encoded(output, 'sat'))"
+
     def __init__(
         self,
         output: str,

@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from ..engine.arrow import column_to_numpy
+from ..engine.hf import split_name
 from ..engine.memory import release_unused_memory
 from ..storage import Storage, url_problem
 from . import index_cache as index_cache_module
@@ -118,6 +119,10 @@ def check_job(output: str, written_by: str | None, expected: str | None) -> None
     )
 
 
+NOT_COMMITTED = (
+    "has no manifest.json: no run has committed it yet (one still running, or stopped before its first commit: "
+    "rerun the job's command to finish it)"
+)
 INCOMPLETE = (
     "its last run left {to_retry} inputs to retry (no _SUCCESS), whose rows are not read: rerun the job to "
     "finish it; reading the rows committed"
@@ -149,7 +154,7 @@ def manifest_files(
     storage = Storage(output, storage_options)
     if not storage.exists("manifest.json"):
         why = not_an_output(storage, "manifest.json", "and a split as split=")
-        raise FileNotFoundError(f"{output} {why or 'has no manifest.json: is the job committed (_SUCCESS)?'}")
+        raise FileNotFoundError(f"{output} {why or NOT_COMMITTED}")
     manifest = storage.read_json("manifest.json")
     check_job(output, manifest.get("job"), job)
     if manifest.get("complete") is False:  # its last run ended 3 (or was stopped): rows of some inputs missing
@@ -159,9 +164,12 @@ def manifest_files(
         sat = manifest.get("config", {}).get("layout") == "sat"  # the encode job's .npy + .json pairs
         how = ": it is in stable-audio-tools' layout (.npy and .json); read it with open_encoded" if sat else ""
         raise ValueError(f"{output} holds no Parquet files{how}")
-    files = [f for f in manifest["files"] if split is None or f.get("split") == split]
+    # A split by its folder, or by the name datasets gives it (files at the root, as the encode job's: train)
+    files = [
+        f for f in manifest["files"] if split is None or split in (f.get("split", ""), split_name(f.get("split", "")))
+    ]
     if split is not None and not files:
-        splits = sorted({str(f.get("split")) for f in manifest["files"]})
+        splits = sorted({split_name(str(f.get("split", ""))) for f in manifest["files"]})
         if not splits:  # every input an error row, or none selected (errors.jsonl, manifest.json's counts)
             raise ValueError(f"{output} has no rows at all (counts: {_counts_said(manifest)})")
         raise ValueError(f"split {split!r} not in {output} (splits: {', '.join(splits)})")
@@ -421,6 +429,15 @@ class ShardRows(EpochDataset):
     def epoch_rows(self, epoch: int) -> np.ndarray | None:
         """The rows (numbers across all files, ascending) this epoch yields; None: all of them."""
         return None
+
+    def __getitem__(self, index: int):
+        # torch's Dataset says only "Subclasses of Dataset should implement __getitem__"
+        raise TypeError(
+            f"{type(self).__name__} reads an epoch as a stream (row groups in a shuffled order), not by index: "
+            f"iterate it, or give it to a DataLoader{self.by_index}"
+        )
+
+    by_index = ""  # where a reader that takes an index is, for the error above
 
     def __len__(self) -> int:
         """Rows this rank reads in the current epoch (batches, in batched mode)."""
