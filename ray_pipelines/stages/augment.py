@@ -11,7 +11,7 @@ from ..augment.params import DRAWS_COLUMN
 from ..augment.pool import AugmentationPool, SpectrogramPoolConfig, ViewDraws, WaveformPoolConfig
 from ..spectrogram import LogMelSpectrogram
 from .device import pick_device
-from .rows import non_finite_rows, take_rows
+from .rows import float_rows, non_finite_rows, take_rows
 
 
 class AugmentStage:
@@ -109,7 +109,7 @@ class AugmentStage:
         every = len(ok) == len(audio)
         outputs = self._outputs(len(audio), every)
         if len(ok):
-            tensor = torch.from_numpy(np.ascontiguousarray(take_rows(audio, ok), dtype=np.float32)).to(self.device)
+            tensor = float_rows(audio, ok).to(self.device)
             if draws is None:
                 draws = self.draws([str(k) for k in batch["key"][ok]], batch["version"][ok].tolist())
             else:

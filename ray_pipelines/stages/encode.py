@@ -13,7 +13,7 @@ from ..encoders.loading import load_encoder, stored_dtype
 from ..error_text import describe
 from ..padding import latent_padding_mask
 from .device import pick_device
-from .rows import run_else_row_by_row, take_rows
+from .rows import failure_reason, float_rows, run_else_row_by_row
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -121,12 +121,6 @@ class EncodeStage:
             self._latent_shape = tuple(z.shape[1:])
         return self._latent_shape
 
-    def _failed(self, error: Exception) -> str:
-        """A row's error for an encode that raised; the device's cached memory released after it."""
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return f"encode failed: {describe(error)}"
-
     def _stored(self, row: np.ndarray) -> np.ndarray | str:
         """A row's latents (or tokens) in the output dtype, or why they cannot be stored."""
         if self.is_discrete and self.codebook_size is not None and (row.min() < 0 or row.max() >= self.codebook_size):
@@ -146,11 +140,10 @@ class EncodeStage:
         """Per row of ``audio[rows]``: latents ``[D, N]`` in the output dtype, or an error reason."""
 
         def encode(part: np.ndarray) -> torch.Tensor:
-            wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, part), dtype=np.float32))
-            return self.encode(wave, [keys[i] for i in part], [windows[i] for i in part])
+            return self.encode(float_rows(audio, part), [keys[i] for i in part], [windows[i] for i in part])
 
         out: dict[int, np.ndarray | str] = {}
-        for part, z in run_else_row_by_row(encode, rows, self._failed):
+        for part, z in run_else_row_by_row(encode, rows, failure_reason("encode", self.device, describe)):
             if isinstance(z, str):
                 out[int(part[0])] = z
                 continue

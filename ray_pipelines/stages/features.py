@@ -7,7 +7,7 @@ import torch
 
 from ..features.kaldi import AST_MEAN, AST_STD, ASTFeatures
 from .device import pick_device
-from .rows import non_finite_rows, take_rows
+from .rows import float_rows, non_finite_rows
 
 
 class FeaturesStage:
@@ -47,9 +47,7 @@ class FeaturesStage:
                 whole = valid[rows] >= audio.shape[-1]
                 full, pending = rows[whole], rows[~whole]
                 if len(full):
-                    wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, full), dtype=np.float32))
-                    wave = wave.to(self.device)
-                    values[full] = self.features(wave).cpu().numpy()
+                    values[full] = self.features(float_rows(audio, full).to(self.device)).cpu().numpy()
             for i in pending:
                 wave = torch.from_numpy(np.ascontiguousarray(audio[i], dtype=np.float32)).to(self.device)
                 values[i] = self.features(wave, int(valid[i])).cpu().numpy()

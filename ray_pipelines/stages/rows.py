@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 Result = TypeVar("Result")
 
@@ -19,6 +20,24 @@ def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
         return array[rows[0] : rows[-1] + 1]
     return array[rows]
+
+
+def float_rows(audio: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """``audio[rows]`` as a float32 CPU tensor for a model: no copy where the rows are consecutive and
+    float32 already (:func:`take_rows`)."""
+    return torch.from_numpy(np.ascontiguousarray(take_rows(audio, rows), dtype=np.float32))
+
+
+def failure_reason(what: str, device: torch.device, describe: Callable[[Exception], str] = str) -> Callable:
+    """The ``reason`` for :func:`run_else_row_by_row`: ``"<what> failed: <error>"``, a CUDA device's cached
+    memory released first (what the failed call left there would crowd the rows run again alone)."""
+
+    def reason(error: Exception) -> str:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return f"{what} failed: {describe(error)}"
+
+    return reason
 
 
 def run_else_row_by_row(

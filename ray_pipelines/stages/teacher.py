@@ -30,7 +30,7 @@ import torchaudio
 from ..error_text import describe
 from ..teachers import Teacher, build_teacher, column_name
 from .device import pick_device
-from .rows import run_else_row_by_row, take_rows
+from .rows import failure_reason, float_rows, run_else_row_by_row
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Kaiser-windowed sinc as librosa's "kaiser_best": negligible cost next to any teacher.
@@ -135,12 +135,6 @@ class TeacherStage:
                     out[column_name(teacher.name, spec.name)] = value
         return out
 
-    def _failed(self, failed: TeacherFailed) -> str:
-        """A clip's error for a teacher that raised on it; the device's cached memory released after it."""
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        return f"teacher failed: {failed}"
-
     def run_guarded(
         self, audio: np.ndarray, rows: np.ndarray
     ) -> list[tuple[np.ndarray, dict[str, torch.Tensor] | str]]:
@@ -148,10 +142,9 @@ class TeacherStage:
         ``(rows, outputs)`` per part that ran, ``(row, "teacher failed: ...")`` per clip that still raises."""
 
         def run(part: np.ndarray) -> dict[str, torch.Tensor]:
-            wave = torch.from_numpy(np.ascontiguousarray(take_rows(audio, part), dtype=np.float32))
-            return self.run_teachers(wave.to(self.device))
+            return self.run_teachers(float_rows(audio, part).to(self.device))
 
-        return run_else_row_by_row(run, rows, self._failed, failure=TeacherFailed)
+        return run_else_row_by_row(run, rows, failure_reason("teacher", self.device), failure=TeacherFailed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop(self.input_column)
