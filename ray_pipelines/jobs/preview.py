@@ -370,11 +370,17 @@ def preview(
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ray_pipelines.config import parse_overrides
-    from ray_pipelines.storage import get_fs, storage_errors, url_problem
+    from ray_pipelines.storage import get_fs, storage_errors, url_credentials, url_problem
 
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     options = parse_overrides(args.storage_option)
     for url, written in ((args.output, False), (args.out, True)):
+        if hidden := url_credentials(url):  # refused as the jobs refuse it: every line below would show it
+            print(
+                f"ray-pipelines preview: {hidden} holds credentials (user:password@); set them in the environment",
+                file=sys.stderr,
+            )
+            return 2
         if problem := url_problem(url, written):
             print(f"ray-pipelines preview: {url}: {problem}", file=sys.stderr)
             return 2
