@@ -174,16 +174,22 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     # SIGTERM unwinds the run as Ctrl-C does: what was written is kept, the lease released, Ray shut down
     with sigterm_stops_like_ctrl_c(), FilteredStderr(enabled=not args.verbose) as console:
         counts = make_progress(name, job_cls.rows_label, console, quiet=args.quiet or args.no_progress)
+        late_stop = ""
         try:
             job = job_cls(config)  # may load a model: its errors are the job's
-            result = run_job(
-                job,
-                address=args.address,
-                overwrite=args.overwrite,
-                progress=args.ray_progress,
-                monitor=counts,
-                break_lease=args.break_lease,
-            )
+            try:
+                result = run_job(
+                    job,
+                    address=args.address,
+                    overwrite=args.overwrite,
+                    progress=args.ray_progress,
+                    monitor=counts,
+                    break_lease=args.break_lease,
+                )
+            except KeyboardInterrupt as stop:
+                if not _success_written(counts, config):
+                    raise
+                result, late_stop = None, how(stop)  # it came as the run released its lease, done
             # The run is over and what it did is committed (_SUCCESS, or inputs to retry): a stop from here
             # on would only cut Ray's shutdown short, and exit 130 or 143 beside a _SUCCESS this run wrote.
             ignore_stop_signals()
@@ -207,6 +213,9 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
         finally:
             if not ray_was_running:
                 _shutdown_ray()
+    if result is None:
+        print(f"{name}: complete (_SUCCESS written in {config.output}); the stop ({late_stop}) came after it")
+        return EXIT_COMPLETE
     try:
         print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)), flush=True)
     except BrokenPipeError:  # stdout's reader is gone (a log shipper, `| head`): the exit code still tells
@@ -219,6 +228,18 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
         print(f"ray-pipelines {name}: {left} inputs to retry; run again to finish", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_COMPLETE
+
+
+def _success_written(counts: ProgressDisplay, config) -> bool:
+    """Whether this run wrote ``_SUCCESS`` (its commit got that far, and the file is there): a stop that
+    came after it stopped nothing, and an exit 130/143 would tell a scheduler to retry a finished run."""
+    from .engine.manifest import SUCCESS_FILE
+    from .storage import Storage
+
+    try:
+        return counts.success_reached and Storage(config.output, config.storage_options).exists(SUCCESS_FILE)
+    except Exception:  # the store does not answer: the stop is what is known
+        return False
 
 
 def _stopped_message(name: str, counts: ProgressDisplay, how: str) -> str:

@@ -236,28 +236,34 @@ def test_a_run_stopped_before_it_listed_says_so_and_releases_the_lease(library, 
     assert not (out / LEASE_FILE).exists() and not list(out.glob("*/part-*.parquet"))
 
 
-def held_at(step: str, library: Path, out: Path, tmp_path: Path, inputs: int = 2) -> subprocess.Popen:
-    """A run of ``inputs`` inputs held at ``step`` (``RAY_PIPELINES_WAIT_AT``), once it says so."""
+def held_at(step: str, library: Path, out: Path, tmp_path: Path, inputs: int = 2, then: str = "") -> subprocess.Popen:
+    """A run of ``inputs`` inputs held at ``step`` (``RAY_PIPELINES_WAIT_AT``), once it says so; and at
+    ``then`` after it, if given (:func:`wait_for_hold`)."""
     proc = subprocess.Popen(
         command(library, out, "--set", f"limit={inputs}"),
         cwd=tmp_path,
-        env={**environment(uuid.uuid4().hex), WAIT_AT: step},
+        env={**environment(uuid.uuid4().hex), WAIT_AT: ",".join(filter(None, (step, then)))},
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    wait_for_hold(proc, step)
+    return proc
+
+
+def wait_for_hold(proc: subprocess.Popen, step: str) -> None:
     said = [proc.stderr.readline()]  # the progress lines come first
     while said[-1] and not said[-1].startswith("waiting at"):
         said.append(proc.stderr.readline())
     assert said[-1].strip() == f"waiting at {step} (RAY_PIPELINES_WAIT_AT)", "".join(said)
-    return proc
 
 
 def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(library, tmp_path):
     """_SUCCESS was written before what a job derives from its rows (the dataset card, the score job's
-    kept.txt): a run stopped between them left a "complete" output without them. And a stop while Ray shut
-    down, after _SUCCESS, exited 143 beside it, telling a scheduler to retry a finished run."""
+    kept.txt): a run stopped between them left a "complete" output without them. And a stop after _SUCCESS
+    (as the run released its lease, or while Ray shut down) exited 143 beside it, telling a scheduler to
+    retry a finished run."""
     out = tmp_path / "out"
     stopped = held_at("commit:before-success", library, out, tmp_path)
     assert (out / "README.md").exists() and (out / "dataset_info.json").exists()
@@ -265,15 +271,17 @@ def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(lib
     stopped.send_signal(signal.SIGTERM)
     _, stderr = stopped.communicate(timeout=120)
     assert stopped.returncode == 143 and not (out / "_SUCCESS").exists(), stderr
-    # The rerun completes it, with one input more: it commits, writes _SUCCESS, and is held while Ray shuts down.
-    finished = held_at("ray:shutdown", library, out, tmp_path, inputs=3)
+    # The rerun completes it, with one input more: held once _SUCCESS is written, then while Ray shuts down.
+    finished = held_at("commit:after-success", library, out, tmp_path, inputs=3, then="ray:shutdown")
     assert (out / "_SUCCESS").exists()
-    finished.send_signal(signal.SIGTERM)
+    finished.send_signal(signal.SIGTERM)  # raised in the hold: the run unwinds, done
+    wait_for_hold(finished, "ray:shutdown")
+    finished.send_signal(signal.SIGTERM)  # ignored
     time.sleep(0.5)
     finished.send_signal(signal.SIGUSR1)  # the hold's own end
     stdout, stderr = finished.communicate(timeout=120)
     assert finished.returncode == 0, stderr
-    assert "complete            yes (_SUCCESS written)" in stdout
+    assert stdout.splitlines()[-1] == f"augment: complete (_SUCCESS written in {out}); the stop (SIGTERM) came after it"
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     assert (counts["processed_this_run"], counts["inputs_with_output"]) == (1, 3)
 

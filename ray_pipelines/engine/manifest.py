@@ -312,6 +312,7 @@ class OutputState:
         inputs: dict[str, Any] | None = None,
         still_holds: Callable[[], None] | None = None,
         write_derived: Callable[[dict[str, Any]], None] | None = None,
+        before_success: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Fold the per-rank manifests into the index (``fold``) and write manifest.json and errors.jsonl;
         write _SUCCESS only when the run is complete: every selected input (``selected_keys``, else
@@ -319,7 +320,9 @@ class OutputState:
         holds the output (lease lost): it is called before anything is deleted and again before the
         index and manifest.json are written. ``write_derived(manifest)`` writes what the job derives
         from the committed output (the dataset card, the score job's lists), after manifest.json and
-        before _SUCCESS, which stays the last file: a run stopped between them is not complete."""
+        before _SUCCESS, which stays the last file: a run stopped between them is not complete.
+        ``before_success()`` is called just before _SUCCESS is written (the CLI: a stop from there on came
+        too late to stop the run)."""
         check_lease = still_holds or (lambda: None)
         check_lease()
         progress = self.progress(identities=False)
@@ -383,7 +386,10 @@ class OutputState:
         if manifest["complete"]:
             stop_point("commit:before-success")
             check_lease()  # the derived files can take a while (the score job reads every score)
+            if before_success is not None:
+                before_success()
             self.storage.write_bytes(SUCCESS_FILE, b"")
+            stop_point("commit:after-success")
         return manifest
 
 
@@ -431,12 +437,12 @@ def _go_on(signum, frame) -> None:
 
 def stop_point(name: str) -> None:
     """Tests kill the driver here (``RAY_PIPELINES_KILL_AT=<name>``) to check what each step leaves, or hold
-    it here (``RAY_PIPELINES_WAIT_AT=<name>``, from the main thread) until a signal of theirs: SIGUSR1 lets
+    it here (``RAY_PIPELINES_WAIT_AT=<name>[,<name>...]``, from the main thread) until a signal of theirs: SIGUSR1 lets
     the run go on, Ctrl-C's SIGINT raises ``KeyboardInterrupt`` in the wait, where the driver would wait
     for its next report anyway. A held driver says so on stderr once it can take the signal."""
     if os.environ.get(KILL_AT) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(WAIT_AT) == name:
+    if name in os.environ.get(WAIT_AT, "").split(","):
         previous = signal.signal(signal.SIGUSR1, _go_on)
         try:
             print(f"waiting at {name} ({WAIT_AT})", file=sys.stderr, flush=True)

@@ -56,6 +56,7 @@ class ProgressDisplay:
         self.inputs_done = self.rows = self.error_rows = self.bytes = 0
         self.started = clock()
         self.closed = False
+        self.success_reached = False  # the commit went on to write _SUCCESS (writing_success)
         self._lock = threading.Lock()
 
     # ---- what the runner calls ------------------------------------------------------
@@ -82,6 +83,10 @@ class ProgressDisplay:
             return
         self.closed = True
         self.show_end(finished)
+
+    def writing_success(self) -> None:
+        """The run's commit is writing ``_SUCCESS``: a stop from here on came after the run was done."""
+        self.success_reached = True
 
     # ---- figures ----------------------------------------------------------------------
     @property

@@ -368,6 +368,7 @@ def _run_holding_lease(
         inputs=report,
         still_holds=lease.renew,
         write_derived=lambda committed: extra.update(job.after_commit(storage, committed) or {}),
+        before_success=monitor.writing_success if monitor is not None else None,
     )
     mark("committed")
     return JobResult(
