@@ -95,7 +95,11 @@ def build_from_factory(
     checkpoint_name: str = "",
 ) -> nn.Module:
     """Call the factory and load ``state`` (strictly) into the module it returns."""
-    module = resolve_factory(reference)(**(kwargs or {}))
+    factory = resolve_factory(reference)
+    try:
+        module = factory(**(kwargs or {}))
+    except Exception as e:  # the user's code: a config error (exit 2, before Ray starts), not a failed run
+        raise ModelLoadError(f"factory {reference!r} failed: {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"factory {reference!r} returned {type(module).__name__}, not a torch.nn.Module")
     if state is not None:
@@ -106,6 +110,11 @@ def build_from_factory(
                 f"checkpoint {checkpoint_name} does not fit the model from {reference}: {_first_line(e)} ..."
             ) from None
     return module
+
+
+def model_classes(model: nn.Module) -> set[type]:
+    """The classes of a model's modules (whose files :func:`factory_code_sha256` hashes)."""
+    return {type(m) for m in model.modules()}
 
 
 def weights_sha256(model: nn.Module) -> str:

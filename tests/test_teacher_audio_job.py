@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ray_pipelines.config import validate_config
+from ray_pipelines.engine.manifest import OutputConflict
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.teacher import JOB, TeacherConfig
 from ray_pipelines.readers.teacher import TeacherCache
@@ -152,3 +153,16 @@ def test_every_window_of_a_long_file_goes_out_in_pieces_and_commits_as_one_input
     again.piece_bytes = 100_000
     rerun = run_job(again, progress=False)  # the seven parts made one committed input
     assert rerun.complete and rerun.counts["processed_this_run"] == 0 and rerun.counts["rows_written"] == 48
+
+
+def test_an_edit_to_the_code_beside_a_factory_refuses_the_output_naming_the_teacher(audio_cache):
+    """Only the factory's own file was hashed: a module beside it (the model's layers, a constant) edited
+    between two nightly runs let the second add rows of the new code to the first's."""
+    config = validate_config(TeacherConfig, audio_cache.manifest["config"])
+    beside = Path(config.teachers[2].factory.rpartition(":")[0]).parent / "fx_layers.py"
+    beside.write_text("GAIN = 2.0\n")
+    try:
+        with pytest.raises(OutputConflict, match=r"another config .*changed: models\.teachers\.2\.code_sha256\)"):
+            run_job(JOB(config), progress=False)
+    finally:
+        beside.unlink()

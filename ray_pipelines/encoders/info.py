@@ -23,6 +23,7 @@ class ModelInfo:
     stored_dtype: str  # what the output holds: float32/float16 latents, the narrowest integer for tokens
     weights_sha256: str
     description: dict[str, Any]
+    code_sha256: str = ""  # a factory's code ("" for the other kinds)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from ..error_text import describe
-from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file
+from ..models import (
+    build_from_factory,
+    factory_code_sha256,
+    load_state_dict,
+    load_torchscript,
+    model_classes,
+    read_model_file,
+)
 from .base import Encoder, ModelLoadError, ModuleEncoder
 from .config import ModelConfig
 from .info import ModelInfo
@@ -27,6 +34,7 @@ from .reference import ReferenceAutoencoder
 class LoadedEncoder:
     encoder: Encoder
     weights_sha256: str  # what the weights are (enters the job's config fingerprint)
+    code_sha256: str = ""  # a factory's code (enters it too; model_files.factory_code_sha256)
 
 
 def load_encoder(
@@ -45,6 +53,7 @@ def load_encoder(
     """
     model = ModelConfig.model_validate(model) if isinstance(model, dict) else model
     digest = hashlib.sha256()
+    code_sha256 = ""  # a factory's code (a TorchScript file's is in its bytes, hashed as its weights)
 
     def as_encoder(module: torch.nn.Module, name: str) -> ModuleEncoder:
         """A plain module as an encoder, with what the config says the module does not declare."""
@@ -78,6 +87,7 @@ def load_encoder(
             digest.update(checkpoint)
         state = load_state_dict(checkpoint, model.checkpoint) if checkpoint is not None else None
         module = build_from_factory(model.factory, model.factory_kwargs, state, model.checkpoint or "")
+        code_sha256 = factory_code_sha256(model.factory, model_classes(module))  # edited code: a new output
         encoder = module if isinstance(module, Encoder) else as_encoder(module, f"the model from {model.factory}")
     elif model.kind == "stable-audio-tools":
         from .stable_audio import import_factory, load_stable_audio
@@ -104,7 +114,7 @@ def load_encoder(
             )
         encoder.codebook_size = model.codebook_size
     encoder.eval().requires_grad_(False)
-    return LoadedEncoder(encoder, digest.hexdigest())
+    return LoadedEncoder(encoder, digest.hexdigest(), code_sha256)
 
 
 def _check_agrees(encoder: Encoder, sample_rate: int | None, channels: int | None) -> None:
@@ -221,6 +231,7 @@ def inspect_encoder(
         stored_dtype=stored_dtype(is_discrete, encoder.codebook_size, precision).name,
         weights_sha256=loaded.weights_sha256,
         description=encoder.describe(),
+        code_sha256=loaded.code_sha256,
     )
 
 

@@ -500,6 +500,8 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed.extend(_changed_keys(a, b, f"{prefix}{key}."))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and a != b:  # the teachers' hashes
+            changed.extend(_changed_keys(dict(enumerate(a)), dict(enumerate(b)), f"{prefix}{key}."))
         elif a != b:
             changed.append(f"{prefix}{key}")
     return changed

@@ -267,7 +267,9 @@ def _run_holding_lease(
     fingerprint = cfg.fingerprint(fingerprint_extra)
     config = cfg.model_dump(mode="json")
     state = OutputState(storage, job.is_data_file)
-    run_id = state.prepare(job.name, fingerprint, config, cfg.fingerprinted(), overwrite, lease.run_id)
+    # What a refusal compares to name what changed: the config's keys and the models' hashes ("models.")
+    fingerprinted = {**cfg.fingerprinted(), **({"models": fingerprint_extra} if fingerprint_extra else {})}
+    run_id = state.prepare(job.name, fingerprint, config, fingerprinted, overwrite, lease.run_id)
 
     mark("prepared")
     stop_point("run:prepared")  # tests: a run stopped while it lists (minutes for a bucket of millions)

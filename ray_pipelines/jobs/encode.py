@@ -151,7 +151,8 @@ class EncodeJob(Job):
         return items
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"model_weights_sha256": self.model.weights_sha256}
+        code = {"model_code_sha256": self.model.code_sha256} if self.model.code_sha256 else {}
+        return {"model_weights_sha256": self.model.weights_sha256, **code}
 
     def decoder(self) -> WindowDecoder:
         c = self.config
@@ -200,6 +201,7 @@ class EncodeJob(Job):
                     "codebook_size": m.codebook_size,
                     "dtype": m.stored_dtype,
                     "weights_sha256": m.weights_sha256,
+                    **({"code_sha256": m.code_sha256} if m.code_sha256 else {}),
                 },
                 sort_keys=True,
             )

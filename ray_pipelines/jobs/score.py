@@ -235,8 +235,8 @@ class ScoreJob(Job):
             }
             if "reconstruction" in c.scorer_names:
                 try:
-                    digest = isolated.call(
-                        "ray_pipelines.scoring.models:model_weights_digest",
+                    digests = isolated.call(
+                        "ray_pipelines.scoring.models:model_digests",
                         model=c.model.model_dump(mode="json"),
                         n_mels=c.n_mels,
                         frames=c.mel_frames,
@@ -247,7 +247,9 @@ class ScoreJob(Job):
                     raise ConfigError(f"model ({c.model.kind}): {e}") from None
                 except Exception as e:
                     raise ConfigError(f"model ({c.model.kind}): {type(e).__name__}: {e}") from None
-                extra["model_weights_sha256"] = digest
+                extra["model_weights_sha256"] = digests["weights"]
+                if digests["code"]:  # a factory's files or a TorchScript file (the reference model: none)
+                    extra["model_code_sha256"] = digests["code"]
             self._model_fingerprint = extra
         return self._model_fingerprint
 

@@ -30,7 +30,16 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..models import build_from_factory, load_state_dict, load_torchscript, read_model_file, weights_sha256
+from ..models import (
+    build_from_factory,
+    bytes_sha256,
+    factory_code_sha256,
+    load_state_dict,
+    load_torchscript,
+    model_classes,
+    read_model_file,
+    weights_sha256,
+)
 from .options import ModelSpec
 
 
@@ -175,12 +184,20 @@ def check_model(model: nn.Module, n_mels: int, frames: int, masked: bool) -> Non
         )
 
 
-def model_weights_digest(
+def model_digests(
     model: dict[str, Any], n_mels: int, frames: int, masked: bool, storage_options: dict[str, Any] | None = None
-) -> str:
+) -> dict[str, str]:
     """Build the model ``model`` (a :class:`ModelSpec`'s dict) describes on the CPU, check it maps the mel
-    shape to itself, and hash its weights: the score job's fingerprint, computed in a child process
-    (``ray_pipelines.isolated``) so the driver never imports torch."""
-    built = build_model(ModelSpec.model_validate(model), "cpu", storage_options)
+    shape to itself, and hash its weights and its code (a TorchScript file's bytes, which hold both; a
+    factory's files, :func:`~ray_pipelines.model_files.factory_code_sha256`): the score job's fingerprint,
+    computed in a child process (``ray_pipelines.isolated``) so the driver never imports torch."""
+    spec = ModelSpec.model_validate(model)
+    built = build_model(spec, "cpu", storage_options)
     check_model(built, n_mels, frames, masked=masked)
-    return weights_sha256(built)
+    if spec.kind == "torchscript":
+        code = bytes_sha256(read_model_file(spec.path, storage_options))
+    elif spec.kind == "factory":
+        code = factory_code_sha256(spec.factory, model_classes(built))
+    else:
+        code = ""  # the reference model: this project's code (its version is in the manifest)
+    return {"weights": weights_sha256(built), "code": code}

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..model_files import bytes_sha256, factory_code_sha256
+from ..models import build_from_factory, model_classes
 from .base import OutputKind, Teacher, TeacherOutput
 from .spec import (  # noqa: F401  (re-exported: the specs are torch-free, in spec)
     FactorySpec,
@@ -82,5 +83,10 @@ def factory_digests(spec: dict[str, Any]) -> dict[str, str]:
     ``torch.load(weights_only=True)`` first, which refuses one that needs pickled code) and its
     code. ``FactorySpec.identity`` runs this in a child process when torch is not imported yet."""
     factory = FactorySpec.model_validate(spec)
-    _, data = factory.load_state_dict()
-    return {"weights_sha256": bytes_sha256(data) if data else "", "code_sha256": factory_code_sha256(factory.factory)}
+    state, data = factory.load_state_dict()
+    # Built here too: a factory that fails, or a checkpoint that does not fit, is refused before Ray starts
+    module = build_from_factory(factory.factory, factory.kwargs, state, factory.checkpoint or "")
+    return {
+        "weights_sha256": bytes_sha256(data) if data else "",
+        "code_sha256": factory_code_sha256(factory.factory, model_classes(module)),
+    }
