@@ -401,3 +401,34 @@ def test_window_plan():
     assert [w.start for w in plan("k", 3.7)] == pytest.approx([0.0, 1.2, 2.4])
     assert [w.start for w in WindowPlan(1.2, 0.6, 2)("k", 3.7)] == pytest.approx([0.0, 0.6])
     assert len(plan("k", 0.5)) == 1  # a short file still gives one (padded) clip
+
+
+class Shaped(torch.nn.Module):
+    """A user 'effect' whose waveform comes out in the shape given (``b`` the batch, ``t`` the samples)."""
+
+    def __init__(self, shape: str):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape
+        return {"b1t": x[:, None], "b2t": torch.stack([x, x], 1), "b": x.mean(-1), "1t": x[:1]}[self.shape]
+
+
+@pytest.mark.parametrize(
+    "shape, said",
+    [
+        ("b2t", r"output 'y' has shape \[3, 2, 800\]: a waveform is \[B, T\] or \[B, 1, T\]"),  # stored as it came
+        ("b", r"output 'y' has shape \[3\]: a waveform is \[B, T\] or \[B, 1, T\]"),  # lost every block
+        ("1t", r"output 'y' has shape \[1, 800\]: its first axis must be the clips' \(3\)"),
+    ],
+)
+def test_a_user_teachers_waveform_of_another_shape_is_refused_by_name(shape, said, tmp_path):
+    path = tmp_path / f"{shape}.ts"
+    torch.jit.script(Shaped(shape)).save(str(path))
+    spec = {"kind": "torchscript", "name": "fx", "path": str(path), "sample_rate": 800, "outputs": {"y": "waveform"}}
+    with pytest.raises(RuntimeError, match=said):
+        build_teacher(spec)(torch.zeros(3, 800))
+    path = tmp_path / "b1t.ts"
+    torch.jit.script(Shaped("b1t")).save(str(path))
+    assert build_teacher({**spec, "path": str(path)})(torch.ones(3, 800))["y"].shape == (3, 800)

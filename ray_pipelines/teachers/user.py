@@ -67,15 +67,22 @@ class ModelTeacher(Teacher):
         else:
             raise RuntimeError(f"teacher {self.name!r} returned {type(result).__name__}, not tensors")
         for output in self.outputs:
-            value = named.get(output.name)
-            if (
-                output.kind == "waveform"
-                and isinstance(value, torch.Tensor)
-                and value.ndim == 3
-                and value.shape[1] == 1
-            ):
-                named[output.name] = value[:, 0]  # [B, 1, T] -> [B, T]
+            named[output.name] = self._checked(output, named.get(output.name), len(audio))
         return {n: v.float() for n, v in named.items() if n in names}
+
+    def _checked(self, output: TeacherOutput, value: Any, clips: int) -> torch.Tensor:
+        """An output as the stage stores it, or a RuntimeError saying what is wrong with it: a waveform of
+        another shape was stored as it came ([B, 2, T] as two channels), and one of [B] lost every block."""
+        said = f"teacher {self.name!r} output {output.name!r}"
+        if not isinstance(value, torch.Tensor):
+            raise RuntimeError(f"{said} is {type(value).__name__}, not a tensor")
+        if output.kind == "waveform" and value.ndim == 3 and value.shape[1] == 1:
+            value = value[:, 0]  # [B, 1, T] -> [B, T]
+        if value.ndim == 0 or value.shape[0] != clips:
+            raise RuntimeError(f"{said} has shape {list(value.shape)}: its first axis must be the clips' ({clips})")
+        if output.kind == "waveform" and value.ndim != 2:
+            raise RuntimeError(f"{said} has shape {list(value.shape)}: a waveform is [B, T] or [B, 1, T]")
+        return value
 
 
 def factory_digests(spec: dict[str, Any]) -> dict[str, str]:
