@@ -524,5 +524,13 @@ def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
                 [m for m in models if part in kinds_of(m)] or [e for m in models for e in extra_models(m)] or models
             )
     keys = sorted({name for m in models for name in m.model_fields})
+    synonym = SYNONYMS.get(str(unknown))
+    if synonym in keys:  # another job's name for the same key
+        return synonym
     close = difflib.get_close_matches(str(unknown), keys, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+# A key one job names another way (a factory's arguments: encode's model.factory_kwargs, the teacher's and
+# the score job's kwargs), told as the guess before names merely close in spelling ("factory").
+SYNONYMS = {"factory_kwargs": "kwargs", "kwargs": "factory_kwargs"}

@@ -91,6 +91,10 @@ def test_unknown_keys_get_a_did_you_mean_at_any_depth():
     message = str(error.value)
     assert "  filter.speech_fraction.bound: unknown key; did you mean bounds?" in message
     assert "  filter.snr_db.kk: unknown key; did you mean k?" in message
+    # A factory's arguments, named as another job names them (was: "did you mean factory?")
+    with pytest.raises(ConfigError) as error:
+        load_config(model_of("score"), "score-pt", ["model={kind: factory, factory: m:f, factory_kwargs: {}}"])
+    assert "  model.factory_kwargs: unknown key; did you mean kwargs?" in str(error.value)
 
 
 def test_cli_did_you_mean_exits_2_before_starting_anything(capsys):

@@ -83,7 +83,13 @@ def test_a_model_whose_frame_axis_cannot_be_told_is_refused(tmp_path):
         "def make(shape):\n"
         "    return Fixed(shape)\n",
     )
-    for shape, reason in (([16, 16], "both axes kept that length"), ([3, 5], "no axis of that length")):
+    # [8, 8]: the ratio given is half the model's (8 frames where 16 were due): no axis of 16, though equal
+    cases = (
+        ([16, 16], "both axes kept that length"),
+        ([3, 5], "no axis of that length"),
+        ([8, 8], "no axis of that length"),
+    )
+    for shape, reason in cases:
         config = ModelConfig(kind="factory", factory=f"{source}:make", factory_kwargs={"shape": shape})
         loaded = load_encoder(config, is_discrete=True)
         with pytest.raises(ModelLoadError, match=f"cannot tell the model's frame axis.*{reason}"):

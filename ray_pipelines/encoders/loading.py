@@ -206,7 +206,7 @@ def inspect_encoder(
             f"so {frames} frames) encode returned {tuple(out.shape)}, "
             + (
                 "and both axes kept that length"
-                if out.ndim == 3 and out.shape[1] == out.shape[2]
+                if out.ndim == 3 and out.shape[1] == out.shape[2] == frames
                 else "no axis of that length"
             )
             + "; check model.downsampling_ratio"
