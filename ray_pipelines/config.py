@@ -300,15 +300,30 @@ def override_value(raw: str) -> Any:
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
+    """``a.b.c=value`` into ``data``; a number after a list is its entry (``teachers.0.path``)."""
+    node: Any = data
     *parents, leaf = dotted.split(".")
-    for part in parents:
-        if node.get(part) is None:  # absent, or null in the config: a mapping of the one key
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
+    for at, part in enumerate(parents):
+        if isinstance(node, list):
+            node = node[_list_index(dotted, parents[at - 1], part, node)]
+        else:
+            if node.get(part) is None:  # absent, or null in the config: a mapping of the one key
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
             raise ConfigError(f"--set {dotted}: {part} is not a mapping")
-    node[leaf] = value
+    if isinstance(node, list):
+        node[_list_index(dotted, parents[-1], leaf, node)] = value
+    else:
+        node[leaf] = value
+
+
+def _list_index(dotted: str, name: str, part: str, items: list) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    raise ConfigError(
+        f"--set {dotted}: {name} is a list of {len(items)}: give an entry's index (0 to {len(items) - 1})"
+    )
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

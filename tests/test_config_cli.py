@@ -97,6 +97,19 @@ def test_unknown_keys_get_a_did_you_mean_at_any_depth():
     assert "  model.factory_kwargs: unknown key; did you mean kwargs?" in str(error.value)
 
 
+def test_set_reaches_into_a_list_by_index():
+    """The GPU teacher template's model path could not be set from the command line ("teachers is not a
+    mapping"): a number after a list is its entry."""
+    config = load_config(model_of("teacher"), "teacher-effect-gpu", ["teachers.0.path=/models/fx-v2.ts"])
+    assert config.teachers[0].path == "/models/fx-v2.ts" and config.teachers[0].name == "fx"
+    with pytest.raises(
+        ConfigError, match=r"--set teachers.1.path: teachers is a list of 1: give an entry's index \(0 to 0\)"
+    ):
+        load_config(model_of("teacher"), "teacher-effect-gpu", ["teachers.1.path=/x.ts"])
+    with pytest.raises(ConfigError, match=r"--set teachers.fx.path: teachers is a list of 1"):
+        load_config(model_of("teacher"), "teacher-effect-gpu", ["teachers.fx.path=/x.ts"])
+
+
 def test_cli_did_you_mean_exits_2_before_starting_anything(capsys):
     code, out, err = run_cli(capsys, "augment", "--config", "augment", "--set", "num_version=3")
     assert code == 2 and out == ""

@@ -36,7 +36,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["reference", "torchscript", "factory"] = "reference"
     path: str | None = Field(None, description="torchscript: the archive (local path or fsspec URL).")
-    factory: str | None = Field(None, description="factory: 'package.module:function' returning an nn.Module.")
+    factory: str | None = Field(
+        None, description="factory: 'package.module:function' or 'path/to/file.py:function' returning an nn.Module."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="factory: keyword arguments.")
     checkpoint: str | None = Field(None, description="factory: state dict file, read with weights_only=True.")
     # The reference model's shape and weight seed.
@@ -52,7 +54,9 @@ class ModelSpec(BaseModel):
             raise ValueError("model.kind torchscript needs model.path (the torch.jit.save archive)")
         if self.kind == "factory":
             if not self.factory or ":" not in self.factory:
-                raise ValueError("model.kind factory needs model.factory as 'package.module:function'")
+                raise ValueError(
+                    "model.kind factory needs model.factory as 'package.module:function' or 'file.py:function'"
+                )
         if self.kind == "reference" and self.dim % (2 * self.heads):
             raise ValueError(f"model.dim ({self.dim}) must be a multiple of 2 * model.heads ({2 * self.heads})")
         return self
