@@ -16,6 +16,7 @@ import io
 import pickle
 import re
 import warnings
+import zipfile
 from typing import Any
 
 import torch
@@ -85,7 +86,23 @@ def load_torchscript(data: bytes, name: str) -> nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as e:
-        raise ModelLoadError(f"cannot load TorchScript model {name}: {type(e).__name__}: {_first_line(e)}") from None
+        hint = (
+            ": it is a torch.save file (a state dict or a pickled module), not TorchScript: give it as a factory's "
+            "checkpoint (kind: factory), or save the model with torch.jit.save"
+            if _is_torch_save(data)
+            else f": {type(e).__name__}: {_first_line(e)}"
+        )
+        raise ModelLoadError(f"cannot load TorchScript model {name}{hint}") from None
+
+
+def _is_torch_save(data: bytes) -> bool:
+    """A ``torch.save`` zip (``data.pkl``, no ``code/`` folder as TorchScript's ``torch.jit.save`` writes)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
 
 
 def build_from_factory(

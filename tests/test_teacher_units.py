@@ -432,3 +432,17 @@ def test_a_user_teachers_waveform_of_another_shape_is_refused_by_name(shape, sai
     path = tmp_path / "b1t.ts"
     torch.jit.script(Shaped("b1t")).save(str(path))
     assert build_teacher({**spec, "path": str(path)})(torch.ones(3, 800))["y"].shape == (3, 800)
+
+
+def test_a_teacher_file_that_is_not_torchscript_is_refused_on_the_driver_saying_what_it_is(tmp_path):
+    """It failed every actor's start (exit 1, "ActorDiedError"); a state dict given as TorchScript was called
+    a corrupted file ("constants.pkl ... your checkpoint file is corrupted")."""
+    state = tmp_path / "fx_state.pt"
+    torch.save({"conv.weight": torch.zeros(1, 1, 3)}, state)
+    spec = parse_spec({"kind": "torchscript", "name": "fx", "path": str(state), "sample_rate": 16000})
+    with pytest.raises(TeacherLoadError, match=r"fx_state.pt: it is a torch.save file .* \(kind: factory\)"):
+        spec.identity()
+    junk = tmp_path / "junk.ts"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(TeacherLoadError, match=r"^cannot load TorchScript model \S+junk.ts: RuntimeError: "):
+        parse_spec({"kind": "torchscript", "name": "fx", "path": str(junk), "sample_rate": 16000}).identity()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import isolated
-from ..model_files import bytes_sha256, read_model_file
+from ..model_files import read_model_file
 from .common import OutputKind, TeacherLoadError, TeacherOutput, file_sha256
 
 if TYPE_CHECKING:
@@ -251,7 +251,10 @@ class TorchScriptSpec(UserSpecBase):
         )
 
     def identity(self) -> dict[str, Any]:
-        return self.base_identity(self.version, bytes_sha256(read_model_file(self.path)), self.sample_rate)
+        # Loaded once on the driver (in a child process: torch), so a file that is not TorchScript is a
+        # config error before Ray starts, as in the encode and score jobs, not every actor's failed start.
+        digest = isolated.call("ray_pipelines.teachers.user:torchscript_digest", path=self.path)
+        return self.base_identity(self.version, digest, self.sample_rate)
 
 
 class FactorySpec(UserSpecBase):

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..model_files import bytes_sha256, factory_code_sha256
+from ..model_files import bytes_sha256, factory_code_sha256, read_model_file
 from ..models import build_from_factory, model_classes
 from .base import OutputKind, Teacher, TeacherOutput
 from .spec import (  # noqa: F401  (re-exported: the specs are torch-free, in spec)
@@ -97,3 +97,12 @@ def factory_digests(spec: dict[str, Any]) -> dict[str, str]:
         "weights_sha256": bytes_sha256(data) if data else "",
         "code_sha256": factory_code_sha256(factory.factory, model_classes(module)),
     }
+
+
+def torchscript_digest(path: str) -> str:
+    """A TorchScript teacher's file hashed, once it loads as TorchScript (``TorchScriptSpec.identity``)."""
+    from ..models import load_torchscript
+
+    data = read_model_file(path)
+    load_torchscript(data, path)
+    return bytes_sha256(data)
