@@ -7,6 +7,7 @@ torch (loading checkpoints, TorchScript, building modules, hashing their weights
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import importlib
@@ -65,7 +66,10 @@ def resolve_factory(reference: str) -> Callable[..., Any]:
         raise ModelLoadError(f"factory {reference!r}: cannot import {target}: {type(e).__name__}: {e}") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
-        raise ModelLoadError(f"factory {reference!r}: {target} has no callable {attribute!r}")
+        names = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(attribute, names, n=1)
+        guess = f"; did you mean {close[0]}?" if close else ""
+        raise ModelLoadError(f"factory {reference!r}: {target} has no callable {attribute!r}{guess}")
     return factory
 
 

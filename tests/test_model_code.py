@@ -80,3 +80,11 @@ def test_a_factory_that_raises_is_a_model_load_error_naming_it(tmp_path):
     write(tmp_path / "boom.py", "def build():\n    raise RuntimeError('factory boom')\n")
     with pytest.raises(ModelLoadError, match=r"factory '.*boom.py:build' failed: RuntimeError: factory boom$"):
         build_from_factory(f"{tmp_path / 'boom.py'}:build")
+
+
+def test_a_mistyped_factory_name_gets_the_closest_callable(tmp_path):
+    write(tmp_path / "fx.py", "import torch\nGAIN = 2\ndef build_fx():\n    return torch.nn.Identity()\n")
+    with pytest.raises(ModelLoadError, match=r"fx.py has no callable 'build_fxx'; did you mean build_fx\?$"):
+        build_from_factory(f"{tmp_path / 'fx.py'}:build_fxx")
+    with pytest.raises(ModelLoadError, match=r"has no callable 'GAIN'$"):  # not callable, nothing close
+        build_from_factory(f"{tmp_path / 'fx.py'}:GAIN")
