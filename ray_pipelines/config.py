@@ -321,6 +321,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def _list_index(dotted: str, name: str, part: str, items: list) -> int:
     if part.isdigit() and int(part) < len(items):
         return int(part)
+    if not items:
+        raise ConfigError(f"--set {dotted}: {name} is an empty list: set it whole (--set '{name}=[...]')")
     raise ConfigError(
         f"--set {dotted}: {name} is a list of {len(items)}: give an entry's index (0 to {len(items) - 1})"
     )

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -91,66 +92,108 @@ def _module_from_file(path: str):
     return module
 
 
-# A factory's folder or package with more Python files than this is not hashed whole (a factory file
-# left in a home folder): its own file and its model's class files still are.
+# A factory's folder or package with more Python files than this (or more names to look through: a data
+# folder inside it) is not hashed whole (a factory file left in a home folder): its own file and its
+# model's class files still are, and a warning says so.
 MAX_CODE_FILES = 2000
+MAX_NAMES_SEEN = 20000
+USER_MODULE_PREFIX = "ray_pipelines_user_model_"  # modules loaded from a factory file (named by its path)
 
 
 def factory_code_sha256(reference: str, classes: Iterable[type] = ()) -> str:
     """A digest of the code a factory's model runs, so that editing it changes the config fingerprint
     (rows of the old code and the new never share an output). Hashed, where they are user code (not
     part of the Python installation, its packages or this project): the ``.py`` files of the factory's
-    package (a module factory's top-level package, or the folder of a factory file with the packages
-    in it), and the files that define ``classes`` (the built model's modules and their bases). The
-    factory's own file is always hashed. Editing any of them, even code the model does not run, makes
-    the next run refuse the output: a refusal is safe, rows of two models mixed are not."""
+    package (a module factory's top-level package; for a factory file or a top-level module, its folder's
+    ``.py`` files and the packages in it), and the files that define ``classes`` (the built model's
+    modules and their bases). The factory's own file is always hashed. Each file counts by its path
+    within that package or folder (or its module's name), not where the folder is: a copy elsewhere (a
+    Ray job's working_dir, unpacked under a new session folder at every start) hashes the same. Editing
+    any of them, even code the model does not run, makes the next run refuse the output: a refusal is
+    safe, rows of two models mixed are not."""
     try:
         source = inspect.getsourcefile(resolve_factory(reference))
     except TypeError:
         source = None
-    files = set()
-    if source and os.path.exists(source):
-        files.add(os.path.abspath(source))
-        target = reference.rpartition(":")[0]
-        if _is_user_code(source):
-            files.update(_package_files(target, source))
+    target = reference.rpartition(":")[0]
+    named = _reference_file(target) or source  # the file the reference names (not a decorator's)
+    root, files = (None, {})
+    if named and _is_user_code(named):
+        root, files = _package_files(target, named)
+    for path in (named, source):
+        if path and os.path.isfile(path):
+            files.setdefault(_label(path, root, None), path)
     for cls in classes:
         for base in getattr(cls, "__mro__", (cls,)):
             module = sys.modules.get(getattr(base, "__module__", "") or "")
             path = getattr(module, "__file__", None)
             if path and path.endswith(".py") and _is_user_code(path):
-                files.add(os.path.abspath(path))
+                files.setdefault(_label(path, root, module.__name__), path)
     if not files:
         return ""
     digest = hashlib.sha256()
-    for path in sorted(files):
-        with open(path, "rb") as f:
-            digest.update(f"{path}\n".encode() + hashlib.sha256(f.read()).digest())
+    for label, path in sorted(files.items()):
+        try:
+            with open(path, "rb") as f:
+                content = hashlib.sha256(f.read()).digest()
+        except OSError as e:  # unreadable: counted as such, the same on every run while it stays so
+            content = f"unreadable: {type(e).__name__}".encode()
+        digest.update(f"{label}\n".encode() + content)
     return digest.hexdigest()
 
 
-def _package_files(target: str, source: str) -> set[str]:
-    """The ``.py`` files of the package a factory lives in (see :func:`factory_code_sha256`)."""
-    if target.endswith(".py") or "/" in target:  # a factory file: its folder's files and packages
-        folder = os.path.dirname(os.path.abspath(source))
-        found = {os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py")}
-        roots = [
-            os.path.join(folder, n)
-            for n in os.listdir(folder)
-            if os.path.isfile(os.path.join(folder, n, "__init__.py"))
+def _reference_file(target: str) -> str | None:
+    if target.endswith(".py") or "/" in target:
+        return os.path.abspath(target)
+    return getattr(sys.modules.get(target), "__file__", None)
+
+
+def _label(path: str, root: str | None, module: str | None) -> str:
+    """How a hashed file is named in the digest: its path within the factory's folder or package, else its
+    module's name, else its file name (never the folder it is in)."""
+    path = os.path.abspath(path)
+    if root and path.startswith(root + os.sep):
+        return os.path.relpath(path, root).replace(os.sep, "/")
+    if module and not module.startswith(USER_MODULE_PREFIX):
+        return module
+    return os.path.basename(path)
+
+
+def _package_files(target: str, named: str) -> tuple[str, dict[str, str]]:
+    """(the folder that holds them, {label: path}) of the ``.py`` files of the package a factory lives in
+    (see :func:`factory_code_sha256`)."""
+    top = None if target.endswith(".py") or "/" in target else sys.modules.get(target.split(".")[0])
+    packages = [p for p in getattr(top, "__path__", None) or [] if _is_user_code(p)]
+    if packages:  # a module factory in a package: the whole top-level package
+        root = os.path.dirname(os.path.abspath(packages[0]))
+        candidates, walked = [], packages
+    else:  # a factory file, or a top-level module: its folder's files and the packages in it
+        root = os.path.dirname(os.path.abspath(named))
+        names = sorted(n for n in os.listdir(root) if not n.startswith("."))
+        candidates = [os.path.join(root, n) for n in names if n.endswith(".py")]
+        walked = [
+            os.path.join(root, n)
+            for n in names
+            if os.path.isfile(os.path.join(root, n, "__init__.py")) and _is_user_code(os.path.join(root, n))
         ]
-    else:
-        top = sys.modules.get(target.split(".")[0])
-        paths = list(getattr(top, "__path__", []) or [])
-        found = {os.path.abspath(top.__file__)} if top is not None and not paths and top.__file__ else set()
-        roots = [p for p in paths if _is_user_code(p)]
-    for root in roots:
-        for folder, subfolders, names in os.walk(root):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith((".", "__pycache__")))
-            found.update(os.path.join(folder, n) for n in names if n.endswith(".py"))
-            if len(found) > MAX_CODE_FILES:
-                return set()
-    return found if len(found) <= MAX_CODE_FILES else set()
+    seen = len(candidates)
+    for package in walked:
+        for folder, subfolders, names in os.walk(package):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d != "__pycache__")
+            seen += len(names) + len(subfolders)
+            candidates.extend(os.path.join(folder, n) for n in names if n.endswith(".py") and not n.startswith("."))
+            if seen > MAX_NAMES_SEEN or len(candidates) > MAX_CODE_FILES:
+                logging.getLogger(__name__).warning(
+                    "%s: more than %d Python files (or %d names) in %s: only the factory's file and its model's "
+                    "class files enter the fingerprint; keep the model's code in a package of its own",
+                    target,
+                    MAX_CODE_FILES,
+                    MAX_NAMES_SEEN,
+                    root,
+                )
+                return root, {}
+    files = {_label(p, root, None): p for p in candidates if os.path.isfile(p)}
+    return root, files
 
 
 def _is_user_code(path: str) -> bool:

@@ -116,7 +116,7 @@ def build_from_factory(
     try:
         module = factory(**(kwargs or {}))
     except Exception as e:  # the user's code: a config error (exit 2, before Ray starts), not a failed run
-        raise ModelLoadError(f"factory {reference!r} failed: {type(e).__name__}: {_first_line(e)}") from None
+        raise ModelLoadError(f"factory {reference!r} failed: {type(e).__name__}: {_first_line(e)}") from e
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"factory {reference!r} returned {type(module).__name__}, not a torch.nn.Module")
     if state is not None:

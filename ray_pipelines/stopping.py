@@ -62,7 +62,9 @@ def stops_held(max_s: float = STOP_HELD_MAX_S) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    # Signals the caller ignores (SIGINT in a job started in the background) stay ignored, not held
+    stops = [n for n in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(n) != signal.SIG_IGN]
+    saved = {number: signal.getsignal(number) for number in stops}
     timer = signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # the caller's own alarm is left alone
     if timer:
         saved[signal.SIGALRM] = signal.getsignal(signal.SIGALRM)

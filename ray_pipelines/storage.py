@@ -118,11 +118,12 @@ def url_credentials(url: str) -> str:
     if "://" not in url:
         return ""
     scheme, rest = url.split("://", 1)
-    authority = rest.split("/", 1)[0]
-    if "@" not in authority or ":" not in authority.rsplit("@", 1)[0]:
+    authority, _, path = rest.partition("/")
+    credentials, _, host = authority.rpartition("@")  # a password may hold "@" itself
+    if ":" not in credentials:
         return ""
-    user = authority.rsplit("@", 1)[0].split(":", 1)[0]
-    return f"{scheme}://{user}:***@{rest.split('@', 1)[1]}"
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" + (f"/{path}" if path or rest.endswith("/") else "")
 
 
 def split_protocol(url: str) -> tuple[str, str]:

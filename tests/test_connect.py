@@ -168,8 +168,9 @@ def test_ray_starting_keeps_rays_stop_handlers_out_of_the_driver_and_puts_rays_s
     try:
         with ray_starting():
             assert constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER is True
-            utils.set_sigterm_handler(lambda signum, frame: None)  # what ray.init does: kept out
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            rays = lambda signum, frame: None  # noqa: E731
+            utils.set_sigterm_handler(rays)  # what ray.init does: kept out
+            assert signal.getsignal(signal.SIGTERM) not in (rays, signal.SIG_DFL, signal.SIG_IGN)
         assert (constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, utils.set_sigterm_handler) == before
         with pytest.raises(SystemExit) as exited:
             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)

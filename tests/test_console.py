@@ -384,6 +384,15 @@ def test_a_stop_held_is_raised_after_the_guarded_code_or_at_once_when_repeated_o
         assert isinstance(failed.value.__context__, ConnectionError)
         with stops_held():  # no stop: nothing raised
             ran.append("quietly")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started in the background: SIGINT ignored
+        with pytest.raises(Terminated):
+            with stops_held():
+                os.kill(os.getpid(), signal.SIGINT)  # stays ignored, and does not take the SIGTERM's place
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+                ran.append("past both")
+        assert ran[-1] == "past both" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGINT, before[0])
     assert (
         signal.getsignal(signal.SIGINT),
         signal.getsignal(signal.SIGTERM),

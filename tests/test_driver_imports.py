@@ -224,8 +224,8 @@ def expected_extra(case: str, config: dict, files: dict[str, Path]) -> dict:
         torchscript, factory = (parse_spec(t).identity() for t in config["teachers"])
         assert torchscript["weights_sha256"] == sha256(files["torchscript"])
         assert factory["weights_sha256"] == sha256(files["checkpoint"])
-        # the factory's folder holds one .py file, which defines the model's class too: its path and bytes
-        folder_code = f"{files['factory']}\n".encode() + hashlib.sha256(files["factory"].read_bytes()).digest()
+        # the factory's folder holds one .py file, which defines the model's class too: its name and bytes
+        folder_code = f"{files['factory'].name}\n".encode() + hashlib.sha256(files["factory"].read_bytes()).digest()
         assert factory["code_sha256"] == hashlib.sha256(folder_code).hexdigest()
         return {"teachers": [torchscript, factory]}
     if case == "encode":

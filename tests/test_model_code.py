@@ -88,3 +88,24 @@ def test_a_mistyped_factory_name_gets_the_closest_callable(tmp_path):
         build_from_factory(f"{tmp_path / 'fx.py'}:build_fxx")
     with pytest.raises(ModelLoadError, match=r"has no callable 'GAIN'$"):  # not callable, nothing close
         build_from_factory(f"{tmp_path / 'fx.py'}:GAIN")
+
+
+def test_a_copy_elsewhere_hashes_the_same_and_what_is_not_code_is_left_out(tmp_path, monkeypatch):
+    """The digest named each file by its absolute path: a Ray job's working_dir, unpacked under a new session
+    folder at every start, refused its own output on the next run. An editor's lock file (a broken link
+    named .#fx.py) failed the fingerprint."""
+    import shutil
+
+    for place in ("a", "b"):
+        write(tmp_path / place / "proj" / "fx.py", "import torch\ndef build():\n    return torch.nn.Identity()\n")
+        write(tmp_path / place / "proj" / "fx_layers.py", "GAIN = 0.5\n")
+    (tmp_path / "a" / "proj" / ".#fx.py").symlink_to("/nonexistent/emacs-lock")
+    (tmp_path / "a" / "proj" / "folder.py").mkdir()
+    assert digest(f"{tmp_path / 'a' / 'proj' / 'fx.py'}:build") == digest(f"{tmp_path / 'b' / 'proj' / 'fx.py'}:build")
+    # a top-level module factory (its folder on sys.path): its folder's files, as for a factory file
+    shutil.copytree(tmp_path / "b" / "proj", tmp_path / "c")
+    monkeypatch.syspath_prepend(str(tmp_path / "c"))
+    first = digest("fx:build")
+    write(tmp_path / "c" / "fx_layers.py", "GAIN = 2.0\n")
+    assert digest("fx:build") != first
+    sys.modules.pop("fx", None)

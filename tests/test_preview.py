@@ -269,10 +269,12 @@ def test_a_store_that_does_not_answer_and_an_unwritable_out_are_one_line_each(fe
     )
     assert preview.main([str(features_output), "--out", "https://host/grid.png"]) == 2
     assert "https:// is read-only here" in capsys.readouterr().err
-    # a password in the URL: refused as the jobs refuse it, and not shown (it was echoed in every error line)
-    assert preview.main(["https://user:secret@host/out"]) == 2
-    err = capsys.readouterr().err
-    assert err == (
-        "ray-pipelines preview: https://user:***@host/out holds credentials (user:password@); "
-        "set them in the environment\n"
-    )
+    # a password in the URL: refused as the jobs refuse it, and not shown (it was echoed in every error line),
+    # an "@" in it too (the part after it was shown)
+    for url in ("https://user:secret@host/out", "https://user:se@cret@host/out"):
+        assert preview.main([url]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            "ray-pipelines preview: https://user:***@host/out holds credentials (user:password@); "
+            "set them in the environment\n"
+        )

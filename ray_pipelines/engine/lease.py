@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
+from ..stopping import stops_held
 from ..storage import Storage, is_local, s3_error
 from .manifest import LEASE_FILE, LEASE_LOCK, OutputConflict
 
@@ -465,4 +466,5 @@ def held_lease(storage: Storage, run_id: str, timeout_s: float, break_lease: boo
     try:
         yield lease
     finally:
-        lease.release()
+        with stops_held():  # a stop mid-release left the lease: held until it is released, then raised
+            lease.release()

@@ -484,7 +484,10 @@ def _claim_conflict(
             f"a {existing.get('job')} job's run",
         )
     if existing.get("fingerprint") != fingerprint:
-        changed = ", ".join(_changed_keys(existing.get("fingerprinted", {}), fingerprinted)) or "?"
+        old = existing.get("fingerprinted", {})
+        changed = ", ".join(_changed_keys(old, fingerprinted)) or "?"
+        if "models" in fingerprinted and "models" not in old:  # a claim of ray-pipelines before 2026-12-06
+            changed += " (its claim predates the models' hashes in _job.json: their code is hashed since then)"
         return (
             f"was written with another config (fingerprint {existing.get('fingerprint', '?')[:12]} != "
             f"{fingerprint[:12]}; changed: {changed}). Use a new output path for a new version, or pass "
