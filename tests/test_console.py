@@ -353,6 +353,7 @@ def test_a_stop_held_is_raised_after_the_guarded_code_or_at_once_when_repeated_o
     """stops_held: the guarded code runs to its end through one SIGTERM, which is raised after it through
     the caller's handler; a second stop, or the first one held past max_s, is raised where the code is."""
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (an xdist worker ignores it)
     ran = []
     with sigterm_stops_like_ctrl_c():
         with pytest.raises(Terminated):
@@ -392,7 +393,7 @@ def test_a_stop_held_is_raised_after_the_guarded_code_or_at_once_when_repeated_o
                 time.sleep(0.2)
                 ran.append("past both")
         assert ran[-1] == "past both" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-        signal.signal(signal.SIGINT, before[0])
+    signal.signal(signal.SIGINT, before[0])
     assert (
         signal.getsignal(signal.SIGINT),
         signal.getsignal(signal.SIGTERM),
