@@ -446,3 +446,19 @@ def test_a_teacher_file_that_is_not_torchscript_is_refused_on_the_driver_saying_
     junk.write_bytes(b"not a model")
     with pytest.raises(TeacherLoadError, match=r"^cannot load TorchScript model \S+junk.ts: RuntimeError: "):
         parse_spec({"kind": "torchscript", "name": "fx", "path": str(junk), "sample_rate": 16000}).identity()
+
+
+def test_a_teacher_factory_that_needs_a_gpu_is_left_to_the_actors_on_a_driver_without_one(tmp_path):
+    """The driver builds a factory teacher to check it; one that puts its model on a GPU itself fails on a
+    CPU-only head: it is left to the actors there, as before the check, its code still hashed."""
+    if torch.cuda.is_available():
+        pytest.skip("this driver has a GPU: the factory builds here")
+    factory = tmp_path / "gpu_fx.py"
+    factory.write_text("import torch\ndef make():\n    return torch.nn.Conv1d(1, 1, 3).cuda()\n")
+    spec = {"kind": "factory", "name": "fx", "factory": f"{factory}:make", "sample_rate": 16000}
+    identity = parse_spec(spec).identity()
+    assert len(identity["code_sha256"]) == 64 and identity["weights_sha256"] == ""
+    boom = tmp_path / "boom_fx.py"
+    boom.write_text("def make():\n    raise ValueError('bad channels')\n")
+    with pytest.raises(TeacherLoadError, match=r"failed: ValueError: bad channels"):  # not a GPU's absence
+        parse_spec({**spec, "factory": f"{boom}:make"}).identity()

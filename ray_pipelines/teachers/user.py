@@ -13,12 +13,13 @@ is refused with a :class:`TeacherLoadError` saying what to save instead.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from ..model_files import bytes_sha256, factory_code_sha256, read_model_file
-from ..models import build_from_factory, model_classes
+from ..models import ModelLoadError, build_from_factory, model_classes
 from .base import OutputKind, Teacher, TeacherOutput
 from .spec import (  # noqa: F401  (re-exported: the specs are torch-free, in spec)
     FactorySpec,
@@ -26,6 +27,8 @@ from .spec import (  # noqa: F401  (re-exported: the specs are torch-free, in sp
     TorchScriptSpec,
     UserSpecBase,
 )
+
+log = logging.getLogger(__name__)
 
 
 # ---- the teacher ------------------------------------------------------------------------
@@ -92,11 +95,27 @@ def factory_digests(spec: dict[str, Any]) -> dict[str, str]:
     factory = FactorySpec.model_validate(spec)
     state, data = factory.load_state_dict()
     # Built here too: a factory that fails, or a checkpoint that does not fit, is refused before Ray starts
-    module = build_from_factory(factory.factory, factory.kwargs, state, factory.checkpoint or "")
+    try:
+        classes = model_classes(build_from_factory(factory.factory, factory.kwargs, state, factory.checkpoint or ""))
+    except ModelLoadError as e:
+        if not _needs_a_gpu_here(e):
+            raise
+        # A factory that puts its model on a GPU itself, on a driver without one: the actors build it (as
+        # before this check); its package's files are hashed, its classes' files elsewhere are not.
+        log.warning("teacher factory %s needs a GPU to build; not checked on the driver: %s", factory.factory, e)
+        classes = set()
     return {
         "weights_sha256": bytes_sha256(data) if data else "",
-        "code_sha256": factory_code_sha256(factory.factory, model_classes(module)),
+        "code_sha256": factory_code_sha256(factory.factory, classes),
     }
+
+
+def _needs_a_gpu_here(error: BaseException) -> bool:
+    cause = error.__cause__
+    text = f"{type(cause).__name__}: {cause}" if cause is not None else str(error)
+    return not torch.cuda.is_available() and any(
+        mark in text for mark in ("CUDA", "cuda", "NVIDIA driver", "no GPU", "AcceleratorError")
+    )
 
 
 def torchscript_digest(path: str) -> str:
