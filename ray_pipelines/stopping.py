@@ -14,6 +14,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for a process stopped by SIGINT
 TERMINATED = 128 + signal.SIGTERM  # 143
@@ -39,9 +40,14 @@ def sigterm_stops_like_ctrl_c() -> Iterator[None]:
     try:
         yield
     finally:
-        for number, handler in saved.items():
-            if handler is not None:  # None: set outside Python, cannot be put back
-                signal.signal(number, handler)
+        _set_handlers(saved)
+
+
+def _set_handlers(handlers: dict[int, Any]) -> None:
+    """Put saved handlers back (one saved as None was set outside Python and cannot be put back)."""
+    for number, handler in handlers.items():
+        if handler is not None:
+            signal.signal(number, handler)
 
 
 # How long a stop waits for what :func:`stops_held` guards (an embedded Ray starts in 3-15 s on the 2-core
@@ -74,9 +80,7 @@ def stops_held(max_s: float = STOP_HELD_MAX_S) -> Iterator[None]:
     def put_back() -> None:
         if timer:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        for number, handler in saved.items():
-            if handler is not None:  # None: set outside Python, cannot be put back
-                signal.signal(number, handler)
+        _set_handlers(saved)
 
     def stop_now() -> None:
         put_back()

@@ -153,13 +153,18 @@ def reference_mae(
 
 
 def build_model(
-    spec: ModelSpec, device: torch.device | str = "cpu", storage_options: dict[str, Any] | None = None
+    spec: ModelSpec,
+    device: torch.device | str = "cpu",
+    storage_options: dict[str, Any] | None = None,
+    torchscript: bytes | None = None,
 ) -> nn.Module:
-    """The model ``spec`` names, in eval mode on ``device``, with a ``reconstruct`` method."""
+    """The model ``spec`` names, in eval mode on ``device``, with a ``reconstruct`` method (``torchscript``:
+    the TorchScript file's bytes, where the caller has read them already)."""
     if spec.kind == "reference":
         model: nn.Module = ReferenceMAE(spec.patch, spec.dim, spec.depth, spec.heads, spec.seed)
     elif spec.kind == "torchscript":
-        model = ModuleReconstructor(load_torchscript(read_model_file(spec.path, storage_options), spec.path))
+        data = torchscript if torchscript is not None else read_model_file(spec.path, storage_options)
+        model = ModuleReconstructor(load_torchscript(data, spec.path))
     else:
         state = (
             load_state_dict(read_model_file(spec.checkpoint, storage_options), spec.checkpoint)
@@ -192,10 +197,11 @@ def model_digests(
     factory's files, :func:`~ray_pipelines.model_files.factory_code_sha256`): the score job's fingerprint,
     computed in a child process (``ray_pipelines.isolated``) so the driver never imports torch."""
     spec = ModelSpec.model_validate(model)
-    built = build_model(spec, "cpu", storage_options)
+    data = read_model_file(spec.path, storage_options) if spec.kind == "torchscript" else None  # read once
+    built = build_model(spec, "cpu", storage_options, torchscript=data)
     check_model(built, n_mels, frames, masked=masked)
-    if spec.kind == "torchscript":
-        code = bytes_sha256(read_model_file(spec.path, storage_options))
+    if data is not None:
+        code = bytes_sha256(data)
     elif spec.kind == "factory":
         code = factory_code_sha256(spec.factory, model_classes(built))
     else:

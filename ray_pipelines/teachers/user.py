@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..model_files import bytes_sha256, factory_code_sha256, read_model_file
-from ..models import ModelLoadError, build_from_factory, model_classes
+from ..models import ModelLoadError, build_from_factory, load_torchscript, model_classes
 from .base import OutputKind, Teacher, TeacherOutput
 from .spec import (  # noqa: F401  (re-exported: the specs are torch-free, in spec)
     FactorySpec,
@@ -120,8 +120,6 @@ def _needs_a_gpu_here(error: BaseException) -> bool:
 
 def torchscript_digest(path: str) -> str:
     """A TorchScript teacher's file hashed, once it loads as TorchScript (``TorchScriptSpec.identity``)."""
-    from ..models import load_torchscript
-
     data = read_model_file(path)
     load_torchscript(data, path)
     return bytes_sha256(data)
