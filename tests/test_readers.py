@@ -844,6 +844,41 @@ def test_batched_dicts_are_the_items_with_their_casts(rows_output, copy_path):
     assert got == ROWS == len(expected)
 
 
+BATCHING_AGAIN = (
+    r"the reader yields whole batches \(its batch_size=\), and the DataLoader, given a batch_size too, would "
+    r"stack them again \([0-9]+ of them into one\): give the DataLoader batch_size=None"
+)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_dataloader_that_would_batch_the_readers_batches_again_is_refused(tmp_path, workers):
+    """A batched reader given a DataLoader ``batch_size=3`` as well: ``default_collate`` stacked 3 batches
+    into ``[3, B, ...]`` (and 3 times the memory) without a word. Every form a batch takes is refused by name:
+    a tuple, a dict, ``(view1, view2)``, a ``batch_transform``'s dict; the DataLoader's ``batch_size=None``
+    still gives the batches as they were."""
+    rows_output, views_output = (
+        write_rows(tmp_path / "rows", False, False),
+        write_views(tmp_path / "views", False, False),
+    )
+    readers = {
+        "tuple": OutputRows(str(rows_output), fields=("x",), batch_size=4),
+        "dict": OutputRows(str(rows_output), as_dict=True, batch_size=4),
+        "views": ContrastiveViews(str(views_output), "train", batch_size=4),
+        "transform": OutputRows(str(rows_output), batch_size=4, batch_transform=lambda b: {"x2": 2 * b["x"]}),
+    }
+    for name, reader in readers.items():
+        with pytest.raises(TypeError, match=BATCHING_AGAIN):
+            next(iter(DataLoader(reader, batch_size=3, num_workers=workers)))
+        (first, *_) = DataLoader(reader, batch_size=None, num_workers=workers)
+        tensor = first["x2"] if name == "transform" else first["x"] if name == "dict" else first[0]
+        assert tensor.shape[0] == 4, name  # a batch of 4 rows, not 3 batches
+    # the batches compare and convert as the plain dicts and tuples they are
+    (batch, *_) = readers["dict"]
+    assert isinstance(batch, dict) and dict(batch).keys() == batch.keys()
+    (batch, *_) = readers["tuple"]
+    assert isinstance(batch, tuple) and len(batch) == 1
+
+
 def memory_id(tensor: torch.Tensor):
     """Which memory a tensor lives in: the shared-memory file (a worker's batch; each arrival is mapped
     anew, so pointers differ) or, in-process, its address."""

@@ -35,7 +35,7 @@ from ray_pipelines.readers.encode import (
 )
 from ray_pipelines.readers.errors import UnreadableFile
 from ray_pipelines.seeding import derive_seed
-from tests.test_readers import memory_id, take_checking_reuse
+from tests.test_readers import BATCHING_AGAIN, memory_id, take_checking_reuse
 
 # Every test here reads tensors as real outputs are read: decoded from their pages.
 pytestmark = pytest.mark.usefixtures("small_tensor_pages")
@@ -253,6 +253,15 @@ def test_batched_parquet_latents_are_the_items_cropped_alike(tokens_output, crop
                     assert metadata["latent_crop_start"][j].item() == md["latent_crop_start"]
             seen += metadata["key"]
         assert sorted(seen) == sorted(expected)
+
+
+@pytest.mark.parametrize("layout", ["sat", "parquet"])
+def test_a_dataloader_that_would_batch_the_latent_batches_again_is_refused(tokens_output, layout):
+    batched = open_encoded(str(tokens_output), layout, batch_size=5, latent_crop_length=16)
+    with pytest.raises(TypeError, match=BATCHING_AGAIN):
+        next(iter(DataLoader(batched, batch_size=2)))
+    latents, metadata = next(iter(DataLoader(batched, batch_size=None)))
+    assert latents.shape == (5, Q, 16) and len(metadata["key"]) == 5
 
 
 @pytest.mark.parametrize("layout", ["sat", "parquet"])

@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch.utils.data import get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from ..engine.arrow import column_to_numpy, tensor_shape
 
@@ -284,6 +285,40 @@ def check_batching(
             f"{', '.join(given)} needs the batched mode: pass batch_size= too (and the DataLoader batch_size=None)"
             + ("; in item mode the DataLoader's own drop_last applies" if drop_last else "")
         )
+
+
+class BatchDict(dict):
+    """A batch a reader yields as a dict (batched mode): a dict, marked so that a DataLoader that would
+    batch it again is refused (:func:`refuse_batching_again`)."""
+
+
+class BatchTuple(tuple):
+    """A batch a reader yields as a tuple (batched mode), marked as :class:`BatchDict` is."""
+
+
+def reader_batch(batch: Any) -> Any:
+    """``batch`` marked as a whole batch where it is a plain dict or tuple (what else a ``batch_transform``
+    returns is left as it is)."""
+    if type(batch) is dict:
+        return BatchDict(batch)
+    if type(batch) is tuple:
+        return BatchTuple(batch)
+    return batch
+
+
+def refuse_batching_again(batch: list, *, collate_fn_map: dict | None = None) -> Any:
+    """``default_collate`` of a reader's whole batches: a DataLoader given ``batch_size=N`` as well would
+    stack N batches into one, ``[N, B, ...]``, without a word (and N times the memory)."""
+    raise TypeError(
+        "the reader yields whole batches (its batch_size=), and the DataLoader, given a batch_size too, would "
+        f"stack them again ({len(batch)} of them into one): give the DataLoader batch_size=None (or the reader "
+        "no batch_size, for items; or the DataLoader a collate_fn of your own to combine batches)"
+    )
+
+
+# torch's documented way to extend default_collate (its collate() docs): registered wherever a reader
+# module is imported, so in every DataLoader worker that unpickles a reader too.
+default_collate_fn_map.update({BatchDict: refuse_batching_again, BatchTuple: refuse_batching_again})
 
 
 def _is_int(value: Any) -> bool:

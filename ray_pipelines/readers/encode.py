@@ -41,7 +41,15 @@ import torch
 from ..encoders.sat_layout import FILELIST
 from ..seeding import derive_seed
 from ..storage import Storage, is_local
-from .batches import ColumnSpec, ProcessBatchMemory, Window, check_batching, column_specs, torch_dtype
+from .batches import (
+    ColumnSpec,
+    ProcessBatchMemory,
+    Window,
+    check_batching,
+    column_specs,
+    reader_batch,
+    torch_dtype,
+)
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share, stop_read_ahead
 from .errors import naming_the_file
@@ -368,7 +376,7 @@ class EncodedLatents(EpochDataset):
             if self.crop.latent_crop_length is not None:
                 metadata["latent_crop_start"] = starts
                 metadata["latent_crop_length"] = self.crop.latent_crop_length
-            yield latents, metadata
+            yield reader_batch((latents, metadata))
 
 
 class EncodedShardRows(ShardRows):

@@ -59,6 +59,7 @@ from .batches import (
     gather_rows,
     numeric_shape,
     piece_columns,
+    reader_batch,
 )
 from .epoch import (
     EpochDataset,
@@ -481,7 +482,7 @@ class ShardRows(EpochDataset):
         for w, read in enumerate(self._read_windows(pieces, rows, starts, read_piece)):
             window = Window(read)
             for batch in builder.add(window, window_order(window.items, self.seed, epoch, shard, w, self.shuffle)):
-                yield self._finish_batch(batch)
+                yield reader_batch(self._finish_batch(batch))
         check_epoch_unchanged(self._epoch, epoch)
 
     def _read_windows(
