@@ -43,7 +43,8 @@ EXIT_CODES = """exit codes:
      of the working directory), or a live run holding the output's lease
   1  could not run: inputs not listable or matching nothing, the output store refusing writes
      (no space, read-only, permission, credentials, no such bucket; committed work is kept),
-     no cluster answering at --address / RAY_ADDRESS, a Ray failure
+     no cluster answering at --address / RAY_ADDRESS, a model file or download the network did
+     not deliver, a Ray failure
   130, 143  stopped by Ctrl-C (SIGINT), by SIGTERM (ray job stop, timeout, docker stop):
      what was written is kept; rerun to resume"""
 EXIT_COMPLETE, EXIT_FAILED, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3
@@ -167,6 +168,7 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     from .engine.runner import run_job
     from .engine.summary import format_summary
     from .error_text import short_error
+    from .model_files import ModelUnreachable
     from .sources import SourceError
 
     configure_logging(args.verbose, args.ray_progress)
@@ -200,7 +202,7 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
         except (ConfigError, OutputConflict) as e:
             print(f"ray-pipelines {name}: {e}", file=sys.stderr)
             return EXIT_CONFLICT
-        except (SourceError, OutputStoreError) as e:
+        except (SourceError, OutputStoreError, ModelUnreachable) as e:
             print(f"ray-pipelines {name}: {e}", file=sys.stderr)
             return EXIT_FAILED
         except Exception as e:  # storage or Ray failures: one clear line (the traceback with --verbose)

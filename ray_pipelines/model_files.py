@@ -31,6 +31,76 @@ class ModelLoadError(ConfigError):
     """
 
 
+class ModelUnreachable(RuntimeError):
+    """A model's file or download that the network did not deliver (no connection, a timeout, an unknown
+    host, a server error): the run could not run (exit 1, as for storage that does not answer), not a
+    config error (exit 2); the same command may well work the next time."""
+
+
+# Exception classes (by name, anywhere in an exception's class hierarchy, so that no client library need
+# be imported) that say the network failed, not the request: Python's own, requests', httpx's (the Hub's
+# clients), urllib3's, botocore's and aiohttp's (s3fs).
+NETWORK_ERROR_NAMES = frozenset(
+    {
+        "ConnectionError",  # builtins (refused, reset, aborted), requests, botocore's EndpointConnectionError
+        "TimeoutError",
+        "gaierror",  # an unknown host
+        "URLError",
+        "Timeout",  # requests
+        "TransportError",  # httpx: connect, read, write and protocol errors, timeouts
+        "TimeoutException",
+        "NewConnectionError",  # urllib3
+        "MaxRetryError",
+        "ProtocolError",
+        "ConnectTimeoutError",  # botocore
+        "ReadTimeoutError",
+        "ClientConnectionError",  # aiohttp
+        "ServerTimeoutError",
+    }
+)
+
+
+def network_failure(error: BaseException | None) -> BaseException | None:
+    """The exception in ``error``'s chain (itself, what it was raised from or while handling) that says the
+    network failed, or that a server answered 5xx or 429; None where there is none (an HTTP 404 is the
+    request's fault: a wrong URL or model name)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        status = _http_status(error)
+        if status is not None:
+            if status >= 500 or status == 429:
+                return error
+        elif any(cls.__name__ in NETWORK_ERROR_NAMES for cls in type(error).__mro__):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status an error carries: urllib's ``code``, requests' and httpx's ``response.status_code``,
+    aiohttp's ``status``."""
+    for status in (
+        getattr(getattr(error, "response", None), "status_code", None),
+        getattr(error, "code", None) if type(error).__name__ == "HTTPError" else None,
+        getattr(error, "status", None),
+    ):
+        if isinstance(status, int) and 100 <= status < 600:
+            return status
+    return None
+
+
+def model_error(message: str, error: BaseException) -> Exception:
+    """The error to raise for ``message``, caused by ``error``: :class:`ModelUnreachable` where the network
+    failed, else :class:`ModelLoadError` (the model itself is wrong)."""
+    failed = network_failure(error)
+    if failed is not None:
+        return ModelUnreachable(
+            f"{message}: {type(failed).__name__}: {_first_line(failed)} (the network failed: rerun when it answers)"
+        )
+    return ModelLoadError(f"{message}: {type(error).__name__}: {_first_line(error)}")
+
+
 def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -41,10 +111,11 @@ def read_model_file(url: str, storage_options: dict[str, Any] | None = None) -> 
         fs, path = get_fs(url, storage_options)
         with fs.open(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
-        raise ModelLoadError(f"model file not found: {url}") from None
     except Exception as e:
-        raise ModelLoadError(f"cannot read model file {url}: {type(e).__name__}: {e}") from None
+        # fsspec's HTTP filesystem reports a refused connection or a 503 as FileNotFoundError too
+        if isinstance(e, FileNotFoundError) and network_failure(e) is None:
+            raise ModelLoadError(f"model file not found: {url}") from None
+        raise model_error(f"cannot read model file {url}", e) from None
 
 
 def _first_line(error: BaseException) -> str:
@@ -64,7 +135,7 @@ def resolve_factory(reference: str) -> Callable[..., Any]:
     except ModelLoadError:
         raise
     except Exception as e:
-        raise ModelLoadError(f"factory {reference!r}: cannot import {target}: {type(e).__name__}: {e}") from None
+        raise model_error(f"factory {reference!r}: cannot import {target}", e) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         names = [n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n))]

@@ -24,9 +24,11 @@ from torch import nn
 
 from .model_files import (  # noqa: F401  (re-exported: the torch-free half lives in model_files)
     ModelLoadError,
+    ModelUnreachable,
     _first_line,
     bytes_sha256,
     factory_code_sha256,
+    model_error,
     read_model_file,
     resolve_factory,
 )
@@ -115,8 +117,8 @@ def build_from_factory(
     factory = resolve_factory(reference)
     try:
         module = factory(**(kwargs or {}))
-    except Exception as e:  # the user's code: a config error (exit 2, before Ray starts), not a failed run
-        raise ModelLoadError(f"factory {reference!r} failed: {type(e).__name__}: {_first_line(e)}") from e
+    except Exception as e:  # the user's code: a config error (exit 2, before Ray starts), or the network's
+        raise model_error(f"factory {reference!r} failed", e) from e
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"factory {reference!r} returned {type(module).__name__}, not a torch.nn.Module")
     if state is not None:

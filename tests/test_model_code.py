@@ -4,12 +4,21 @@ or not the user's, do not."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
+import os
+import re
+import socket
+import subprocess
 import sys
+import threading
 
 import pytest
 
-from ray_pipelines.model_files import factory_code_sha256
-from ray_pipelines.models import ModelLoadError, build_from_factory, model_classes
+from ray_pipelines.model_files import factory_code_sha256, read_model_file
+from ray_pipelines.models import ModelLoadError, ModelUnreachable, build_from_factory, model_classes
+from tests.audio_helpers import REPO
 
 
 def write(path, text: str) -> None:
@@ -109,3 +118,106 @@ def test_a_copy_elsewhere_hashes_the_same_and_what_is_not_code_is_left_out(tmp_p
     write(tmp_path / "c" / "fx_layers.py", "GAIN = 2.0\n")
     assert digest("fx:build") != first
     sys.modules.pop("fx", None)
+
+
+# ---- a factory's download the network did not deliver: exit 1 (rerun), not a config error (exit 2) ----------
+
+
+class Statuses(http.server.BaseHTTPRequestHandler):
+    """Answers ``/<status>/...`` with that HTTP status and no body."""
+
+    def do_GET(self):
+        self.send_response(int(self.path.split("/")[1]))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def status_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Statuses)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port_url() -> str:
+    """An address on loopback where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/w.pt"
+
+
+DOWNLOADING = """import urllib.request
+import requests
+import torch
+
+
+def by_urllib(url):
+    urllib.request.urlopen(url, timeout=10).read()
+    return torch.nn.Identity()
+
+
+def by_requests(url):
+    requests.get(url, timeout=10).raise_for_status()
+    return torch.nn.Identity()
+"""
+UNREACHABLE = r"\(the network failed: rerun when it answers\)$"
+
+
+def test_a_download_the_network_did_not_deliver_is_unreachable_and_a_wrong_url_a_model_error(tmp_path):
+    """A factory that downloads its weights (a hub, a bucket) during an outage was refused as a bad config,
+    exit 2: "fix your config" to whoever is paged for a nightly run that the next night would finish."""
+    write(tmp_path / "fx.py", DOWNLOADING)
+    with status_server() as base:
+        for function in ("by_urllib", "by_requests"):
+            reference = f"{tmp_path / 'fx.py'}:{function}"
+            for url, error, reason in (
+                (closed_port_url(), ModelUnreachable, "ConnectionError" if function == "by_requests" else "URLError"),
+                (f"{base}/503/w.pt", ModelUnreachable, "HTTPError"),
+                (f"{base}/429/w.pt", ModelUnreachable, "HTTPError"),
+                (f"{base}/404/w.pt", ModelLoadError, "HTTPError"),  # the URL is wrong: the config's to fix
+            ):
+                with pytest.raises(error) as raised:
+                    build_from_factory(reference, {"url": url})
+                message = str(raised.value)
+                assert message.startswith(f"factory {reference!r} failed: {reason}: "), message
+                assert (error is ModelUnreachable) == bool(re.search(UNREACHABLE, message))
+        # a checkpoint given as a URL: the same split (fsspec's HTTP reports both as FileNotFoundError)
+        with pytest.raises(ModelUnreachable, match=rf"cannot read model file {base}/503/w.pt: .*{UNREACHABLE}"):
+            read_model_file(f"{base}/503/w.pt")
+        with pytest.raises(ModelLoadError, match=rf"model file not found: {base}/404/w.pt$"):
+            read_model_file(f"{base}/404/w.pt")
+    closed = closed_port_url()
+    with pytest.raises(
+        ModelUnreachable, match=rf"cannot read model file {closed}: ClientConnectorError: .*{UNREACHABLE}"
+    ):
+        read_model_file(closed)
+
+
+def test_the_cli_exits_1_for_a_teacher_factory_whose_download_failed(tmp_path):
+    """Through the driver's child process (the teacher's model check) and the CLI: exit 1, one line."""
+    write(tmp_path / "fx.py", DOWNLOADING)
+    teachers = [{"kind": "factory", "name": "fx", "factory": f"{tmp_path / 'fx.py'}:by_urllib", "sample_rate": 16000}]
+    teachers[0]["kwargs"] = {"url": closed_port_url()}
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_pipelines.cli", "teacher", "--set", "input=synth://"]
+        + ["--set", f"output={tmp_path / 'out'}", "--set", f"teachers={json.dumps(teachers)}"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("ray-pipelines teacher: factory ")
+    assert "failed: URLError: <urlopen error [Errno 111] Connection refused>" in done.stderr
+    assert done.stderr.rstrip().endswith("(the network failed: rerun when it answers)")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
