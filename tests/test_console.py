@@ -451,30 +451,6 @@ def test_a_bar_in_a_terminal_with_counts_rates_and_the_final_line(library, tmp_p
     assert not wait_for_no_processes(mark)
 
 
-def test_quiet_prints_only_the_summary_and_verbose_shows_ray(library, tmp_path):
-    mark = uuid.uuid4().hex
-    quiet = subprocess.run(
-        command(library, tmp_path / "out", "--quiet", "--set", "limit=2"),
-        cwd=tmp_path,
-        env=environment(mark),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
-    assert quiet.stdout.lstrip().startswith("augment job finished")
-    verbose = subprocess.run(
-        command(library, tmp_path / "out", "--verbose", "--set", "limit=4"),
-        cwd=tmp_path,
-        env=environment(mark),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert verbose.returncode == 0, verbose.stderr
-    assert "core_worker.cc" in verbose.stderr and "Starting execution of Dataset" in verbose.stderr
-
-
 FILTER_SCRIPT = """
 import os, subprocess, sys
 from ray_pipelines.console import FilteredStderr

@@ -107,6 +107,11 @@ STAGE_CLASSES = {
 
 def run_python(script: str, argument, timeout: int = 300) -> dict:
     """``script`` in a fresh interpreter (this test process has torch imported; that one must not)."""
+    return run_python_seen(script, argument, timeout)[0]
+
+
+def run_python_seen(script: str, argument, timeout: int = 300) -> tuple[dict, subprocess.CompletedProcess]:
+    """:func:`run_python`'s result, and the process with what it printed."""
     done = subprocess.run(
         [sys.executable, "-c", script, json.dumps(argument)],
         cwd=REPO,
@@ -116,7 +121,7 @@ def run_python(script: str, argument, timeout: int = 300) -> dict:
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), done
 
 
 def sha256(path) -> str:
@@ -318,12 +323,13 @@ def test_stage_names_resolve_to_the_same_stage_in_the_actor_wrappers(files):
 
 def test_a_cli_run_leaves_torch_unimported_in_the_driver(files, tmp_path):
     """The augment job through the CLI on an embedded Ray, then the preview tool: the driver never
-    imports torch, and the actors wrote the views the stage computes here."""
+    imports torch, and the actors wrote the views the stage computes here. The run is ``--quiet``: the
+    summary alone on stdout, nothing on stderr (no progress, no Ray)."""
     out = tmp_path / "augment"
     overrides = [
         a for k, v in {**AUGMENT, "input": files["clips"], "output": out}.items() for a in ("--set", f"{k}={v}")
     ]
-    found = run_python(
+    found, seen = run_python_seen(
         CLI,
         [
             ["augment", "--config", "augment", "--quiet", *overrides],
@@ -332,6 +338,7 @@ def test_a_cli_run_leaves_torch_unimported_in_the_driver(files, tmp_path):
         timeout=480,
     )
     assert found == {"codes": [0, 0], "torch": False}
+    assert seen.stderr == "" and seen.stdout.lstrip().startswith("augment job finished"), seen.stderr
     assert (out / "_SUCCESS").exists() and (tmp_path / "preview.png").stat().st_size > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["rows_written"] == 6 and manifest["counts"]["errors"] == 0

@@ -124,15 +124,17 @@ def test_the_installed_package_runs_from_another_directory_and_writes_only_there
     assert (tmp_path / "demo-output" / "augment" / "_SUCCESS").exists()
     assert len(list((tmp_path / "demo-audio").rglob("*.*"))) == 4
 
-    # A job by name with --config, from another folder again, on relative paths.
+    # A job by name with --config, from another folder again, on relative paths; --verbose shows Ray's logs.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     job = run(
         installed,
-        ["ray-pipelines", "augment", "--config", "augment", "--set", "input=../demo-audio", "--set", "output=views"],
+        ["ray-pipelines", "augment", "--config", "augment", "--set", "input=../demo-audio", "--set", "output=views"]
+        + ["--verbose"],
         elsewhere,
     )
     assert job.returncode == 0, job.stderr
+    assert "core_worker.cc" in job.stderr and "Starting execution of Dataset" in job.stderr
     assert (elsewhere / "views" / "_SUCCESS").exists()
 
     assert snapshot(package) == before, "something wrote into the installed package"
