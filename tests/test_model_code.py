@@ -18,7 +18,7 @@ import pytest
 
 from ray_pipelines.model_files import factory_code_sha256, read_model_file
 from ray_pipelines.models import ModelLoadError, ModelUnreachable, build_from_factory, model_classes
-from tests.audio_helpers import REPO
+from tests.audio_helpers import REPO, tone, write_audio
 
 
 def write(path, text: str) -> None:
@@ -202,14 +202,23 @@ def test_a_download_the_network_did_not_deliver_is_unreachable_and_a_wrong_url_a
         read_model_file(closed)
 
 
-def test_the_cli_exits_1_for_a_teacher_factory_whose_download_failed(tmp_path):
-    """Through the driver's child process (the teacher's model check) and the CLI: exit 1, one line."""
+@pytest.mark.parametrize("job", ["teacher", "score"])
+def test_the_cli_exits_1_for_a_factory_whose_download_failed(tmp_path, job):
+    """Through the driver's child process (the job's model check) and the CLI: exit 1, one line naming the
+    model. The score job's check turned every error of its child into a config error (exit 2)."""
     write(tmp_path / "fx.py", DOWNLOADING)
-    teachers = [{"kind": "factory", "name": "fx", "factory": f"{tmp_path / 'fx.py'}:by_urllib", "sample_rate": 16000}]
-    teachers[0]["kwargs"] = {"url": closed_port_url()}
+    factory = {"factory": f"{tmp_path / 'fx.py'}:by_urllib", "kwargs": {"url": closed_port_url()}}
+    if job == "teacher":
+        teachers = [{"kind": "factory", "name": "fx", "sample_rate": 16000, **factory}]
+        settings, named = ["input=synth://", f"teachers={json.dumps(teachers)}"], "teachers[0] (fx): "
+    else:
+        write_audio(tmp_path / "in" / "a.wav", tone(1.0, 16000), 16000)
+        model = {"kind": "factory", **factory}
+        settings = [f"input={tmp_path / 'in'}", "--config", "score-mae", f"model={json.dumps(model)}"]
+        named = "model (factory): "
     done = subprocess.run(
-        [sys.executable, "-m", "ray_pipelines.cli", "teacher", "--set", "input=synth://"]
-        + ["--set", f"output={tmp_path / 'out'}", "--set", f"teachers={json.dumps(teachers)}"],
+        [sys.executable, "-m", "ray_pipelines.cli", job, "--set", f"output={tmp_path / 'out'}"]
+        + [a for setting in settings for a in (("--set", setting) if "=" in setting else (setting,))],
         cwd=REPO,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         capture_output=True,
@@ -217,7 +226,9 @@ def test_the_cli_exits_1_for_a_teacher_factory_whose_download_failed(tmp_path):
         timeout=120,
     )
     assert done.returncode == 1, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines()[-1].startswith("ray-pipelines teacher: factory ")
+    assert done.stderr.strip().splitlines()[-1].startswith(f"ray-pipelines {job}: {named}factory "), done.stderr
     assert "failed: URLError: <urlopen error [Errno 111] Connection refused>" in done.stderr
     assert done.stderr.rstrip().endswith("(the network failed: rerun when it answers)")
-    assert not (tmp_path / "out").exists()  # refused before anything was written
+    # refused before anything was written (the score job checks its model once it holds the output's lease:
+    # the lock file, an empty file a local output keeps, is all there is)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*")) in ([], ["_lease.lock"])

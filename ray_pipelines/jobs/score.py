@@ -28,6 +28,7 @@ from ray_pipelines.config import CommonConfig, ConfigError
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.mel_bands import mel_problem
+from ray_pipelines.model_files import ModelUnreachable
 from ray_pipelines.scoring import scorers as builtin
 from ray_pipelines.scoring.inputs import (
     INDEX_COLUMN,
@@ -243,6 +244,8 @@ class ScoreJob(Job):
                         masked=c.mask_ratio > 0,
                         storage_options=c.storage_options,
                     )
+                except ModelUnreachable as e:  # a download or file the network did not deliver: exit 1
+                    raise ModelUnreachable(f"model ({c.model.kind}): {e}") from None
                 except ConfigError as e:  # already says what is wrong (e.g. model file not found)
                     raise ConfigError(f"model ({c.model.kind}): {e}") from None
                 except Exception as e:

@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from ray_pipelines.config import CommonConfig
 from ray_pipelines.engine.decode import Window, WindowDecoder, rows_to_batch
 from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.model_files import ModelUnreachable
 from ray_pipelines.sources import InputItem
 from ray_pipelines.splits import train_val_split
 from ray_pipelines.synth import SynthConfig, sample_key, stored_f0, synth_sample
@@ -205,8 +206,8 @@ class TeacherJob(Job):
         for i, spec in enumerate(config.teachers):
             try:
                 self.identities.append(spec.identity())
-            except TeacherLoadError as e:
-                raise TeacherLoadError(f"teachers[{i}] ({spec.teacher_name}): {e}") from None
+            except (TeacherLoadError, ModelUnreachable) as e:
+                raise type(e)(f"teachers[{i}] ({spec.teacher_name}): {e}") from None
         for identity in self.identities:
             log.info("teacher %s", describe(identity))
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import isolated
-from ..model_files import read_model_file
+from ..model_files import ModelUnreachable, read_model_file
 from .common import OutputKind, TeacherLoadError, TeacherOutput, file_sha256
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ class FactorySpec(UserSpecBase):
         state, _ = self.load_state_dict()
         try:
             module = build_from_factory(self.factory, self.kwargs, state, self.checkpoint or "")
-        except TeacherLoadError:
+        except (TeacherLoadError, ModelUnreachable):
             raise
         except Exception as e:
             raise TeacherLoadError(f"factory {self.factory} failed: {type(e).__name__}: {e}") from None
