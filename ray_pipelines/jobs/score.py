@@ -92,7 +92,11 @@ class ScoreConfig(CommonConfig):
     sample_rate: int = Field(22050, gt=0)
     n_mels: int = Field(128, gt=0)
     duration: float = Field(3.0, gt=0, description="audio: seconds scored per file (zero-padded).")
-    offset: float = Field(0.0, ge=0, description="audio: seconds skipped at the start of each file.")
+    offset: float = Field(
+        0.0,
+        ge=0,
+        description="audio: seconds skipped at the start of each file (a file that ends before it: an error row).",
+    )
     frames: int | None = Field(None, gt=0, description="Mel frames; default 1 + duration*sample_rate // hop_length.")
     n_fft: int = Field(2048, gt=0)
     hop_length: int = Field(512, gt=0)
@@ -234,6 +238,10 @@ class ScoreJob(Job):
                 "scorers": c.scorer_names,
                 "model_files_sha256": builtin.model_digests(c.scorer_names),
             }
+            if c.source == "audio" and c.offset > 0:
+                # Since 2026-12-06 a short file's window starts at offset too (FirstWindow): outputs scored
+                # before, with the window moved earlier, are refused rather than mixed with new rows.
+                extra["window_from_offset"] = True
             if "reconstruction" in c.scorer_names:
                 try:
                     digests = isolated.call(
@@ -261,7 +269,7 @@ class ScoreJob(Job):
         c = self.config
         if c.source == "audio":
             return WindowDecoder(
-                plan=FirstWindow(c.offset, c.duration),
+                plan=FirstWindow(c.offset, c.duration, c.min_duration),
                 sample_rate=c.sample_rate,
                 duration=c.duration,
                 index_column=INDEX_COLUMN,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..audio.decode import open_failure
+from ..audio.decode import DecodeError, open_failure
 from ..engine.arrow import column_to_numpy, open_parquet
 from ..engine.decode import Window, python_scalar, rows_to_batch
 from ..engine.manifest import OutputState
@@ -191,13 +191,23 @@ def list_shard_inputs(
 
 # ---- decoding (workers) -------------------------------------------------------------------------
 class FirstWindow:
-    """The audio plan: one window per file, ``offset`` seconds in (moved earlier if it would run past the end)."""
+    """The audio plan: one window per file, from ``offset`` seconds in, whatever the file's length (of a file
+    that ends within the window, its samples from ``offset`` on). A file that ends less than
+    ``min_duration`` after ``offset`` has nothing there to score: an error row. (Until 2026-12-06 the window
+    of a file shorter than ``offset + duration`` was moved earlier, into what ``offset`` skips: an intro.)"""
 
-    def __init__(self, offset: float, duration: float):
-        self.offset, self.duration = offset, duration
+    def __init__(self, offset: float, duration: float, min_duration: float = 0.0):
+        self.offset, self.duration, self.min_duration = offset, duration, min_duration
 
     def __call__(self, key: str, file_seconds: float) -> list[Window]:
-        return [Window(0, float(min(self.offset, max(0.0, file_seconds - self.duration))))]
+        left = file_seconds - self.offset
+        if self.offset > 0 and (left <= 0 or left < self.min_duration):
+            raise DecodeError(
+                f"too short for offset: {file_seconds:.3f} s ends "
+                + (f"before offset {self.offset:g} s" if left <= 0 else f"{left:.3f} s after offset {self.offset:g} s")
+                + (f" (min_duration {self.min_duration:g} s)" if left > 0 else "")
+            )
+        return [Window(0, float(self.offset))]
 
 
 def conform_mel(value: Any, n_mels: int, frames: int) -> tuple[np.ndarray | None, str]:
