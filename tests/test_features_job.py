@@ -81,6 +81,8 @@ def test_labels_are_sorted_folders_and_small_labels_are_dropped_and_reported(run
     balance = json.loads((run1 / "balance.json").read_text())
     assert balance["library"]["dropped_labels"] == {"percussion": 5}
     assert runs["first"].extra["dropped labels"] == {"percussion": 5}
+    # every label has rows in every split (tests/test_features_library.py: a label without)
+    assert balance["without_rows"] == {} and runs["first"].extra["labels without rows"] == "none"
     rows = read_rows(run1)
     assert not any(p.startswith("percussion/") for p in rows["path"])
     assert (run1 / "balance.png").read_bytes()[:4] == b"\x89PNG"

@@ -223,6 +223,13 @@ def test_balance_report_percentiles_and_chart():
     assert e["songs"] == {"train": 10, "validate": 10, "test": 10} and e["snippets_total"] == 180
     assert report["labels"][0]["failed_songs"] == 1 and report["labels"][0]["songs_total"] == 2
     assert report["totals"]["songs"]["train"] == 1 + 4 * 3 + 10 + 1 - 1
+    assert report["without_rows"] == {"a": ["test"]}  # its two songs: one in train, one in validate
+    # A label whose only song in a split failed has no rows there, whatever the split plan said; a split
+    # of fraction 0 is not expected to hold any.
+    snippets["a/1"] = 0
+    failed = {"a/broken", "a/1"}
+    report = balance_report(names, songs, snippets, failed, ["train", "validate", "test"], ["train", "validate"])
+    assert report["without_rows"] == {"a": ["validate"]} and report["labels"][0]["failed_songs"] == 2
     png = balance_chart(report)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -20,9 +20,13 @@ def balance_report(
     snippets: dict[str, int],
     failed: set[str],
     split_names: list[str],
+    filled_splits: list[str] | None = None,
 ) -> dict[str, Any]:
     """``songs``: key -> {"label", "split"}; ``snippets``: key -> snippets written; ``failed``: keys
-    with no output because they could not be decoded."""
+    with no output because they could not be decoded. ``without_rows``: each label with no snippet in a
+    split of ``filled_splits`` (those with a fraction above 0; default all), as the output holds it: the
+    split plan covers every label with songs, but a song that fails to decode, or that a keep or ignore
+    list or ``limit`` leaves out, writes nothing there."""
     per_label = {
         name: {"songs": dict.fromkeys(split_names, 0), "snippets": dict.fromkeys(split_names, 0), "failed_songs": 0}
         for name in names
@@ -58,6 +62,11 @@ def balance_report(
         "labels": labels,
         "songs_per_label_p25": low,
         "songs_per_label_p75": high,
+        "without_rows": {
+            e["name"]: missing
+            for e in labels
+            if (missing := [s for s in (filled_splits or split_names) if not e["snippets"].get(s)])
+        },
         "under_represented": [e["name"] for e in labels if e["songs_total"] < low],
         "over_represented": [e["name"] for e in labels if e["songs_total"] > high],
         "totals": {

@@ -284,15 +284,26 @@ class FeaturesJob(Job):
         progress = OutputState(storage, self.is_data_file).progress()
         snippets = {key: len(indices) for key, indices in progress.written.items()}
         failed = {key for key in progress.final_errors if not snippets.get(key)}
-        report = balance_report(names, songs, snippets, failed, list(c.splits))
+        filled = [split for split, fraction in c.splits.items() if fraction > 0]
+        report = balance_report(names, songs, snippets, failed, list(c.splits), filled)
         if self.plan is not None:
             report["library"] = describe(self.plan, c.min_per_label)
         storage.write_json(BALANCE_JSON, report)
         storage.write_bytes(BALANCE_PNG, balance_chart(report))
+        for label, splits in report["without_rows"].items():
+            log.warning(
+                "features: label %s has no rows in %s (its songs there failed to decode, or a keep or ignore "
+                "list or limit left them out: %s)",
+                label,
+                ", ".join(splits),
+                BALANCE_JSON,
+            )
         # Shown in the job summary (short values) and returned to callers in JobResult.extra.
         dropped = report.get("library", {}).get("dropped_labels", {})
+        without = "; ".join(f"{label} ({', '.join(splits)})" for label, splits in report["without_rows"].items())
         return {
             "labels": f"{len(names)} (labels.json)",
+            "labels without rows": without or "none",
             "dropped labels": dropped or "none",
             "under-represented": report["under_represented"] or "none",
             "over-represented": report["over_represented"] or "none",
@@ -309,7 +320,7 @@ JOB = FeaturesJob
 def main(argv: list[str] | None = None) -> int:
     from ray_pipelines.cli import run_job_command
 
-    return run_job_command("features", sys.argv[1:] if argv is None else argv)
+    return run_job_command("features", argv)  # None: this process's command line
 
 
 if __name__ == "__main__":
