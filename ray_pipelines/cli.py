@@ -134,7 +134,12 @@ def main_help() -> str:
 
 
 # ---- commands ---------------------------------------------------------------------------
-def run_job_command(name: str, argv: Sequence[str]) -> int:
+def run_job_command(name: str, argv: Sequence[str] | None = None, *, program: bool | None = None) -> int:
+    """The job ``name`` with the command line ``argv`` (None: this process's). ``program``: this call is the
+    process's own command (by default when ``argv`` is None), which exits when it returns: once its run
+    has ended, a stop no longer changes the exit code (:func:`~ray_pipelines.stopping.sigterm_stops_like_ctrl_c`)."""
+    program = argv is None if program is None else program
+    argv = sys.argv[1:] if argv is None else argv
     from .config import ConfigError, load_config
     from .config_docs import config_yaml, json_schema
 
@@ -155,10 +160,14 @@ def run_job_command(name: str, argv: Sequence[str]) -> int:
     if args.print_config:
         print(config_yaml(name, config), end="")
         return 0
-    return _run(name, job_cls, config, args)
+    code = _run(name, job_cls, config, args, program)
+    from .engine.manifest import stop_point
+
+    stop_point("cli:done")  # tests hold the program here, its run over and its summary printed
+    return code
 
 
-def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
+def _run(name: str, job_cls, config, args: argparse.Namespace, program: bool = False) -> int:
     """Run the job with the live progress; the summary at the end (exit codes: module docstring)."""
     from .config import ConfigError
     from .console import FilteredStderr, configure_logging
@@ -174,7 +183,7 @@ def _run(name: str, job_cls, config, args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.ray_progress)
     ray_was_running = _ray_running()  # a caller's Ray (tests, notebooks) stays up
     # SIGTERM unwinds the run as Ctrl-C does: what was written is kept, the lease released, Ray shut down
-    with sigterm_stops_like_ctrl_c(), FilteredStderr(enabled=not args.verbose) as console:
+    with sigterm_stops_like_ctrl_c(keep_ignored=program), FilteredStderr(enabled=not args.verbose) as console:
         counts = make_progress(name, job_cls.rows_label, console, quiet=args.quiet or args.no_progress)
         late_stop = ""
         try:
@@ -309,7 +318,7 @@ def version_text() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(list(sys.argv[1:] if argv is None else argv), program=argv is None)
     except KeyboardInterrupt as stop:  # before a job started (imports, listing): nothing was written
         print(f"\nray-pipelines: stopped ({how(stop)})", file=sys.stderr)
         return exit_code(stop)
@@ -325,7 +334,7 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], program: bool = False) -> int:
     commands = sorted([*JOBS, *TOOLS, "configs"])
     if not argv or argv[0] in ("-h", "--help"):
         print(main_help())
@@ -335,7 +344,7 @@ def _main(argv: list[str]) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command in JOBS:
-        return run_job_command(command, rest)
+        return run_job_command(command, rest, program=program)
     if command in TOOLS:
         return int(importlib.import_module(TOOLS[command]).main(rest) or 0)
     if command == "configs":

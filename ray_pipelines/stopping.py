@@ -29,9 +29,12 @@ def _raise_terminated(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+def sigterm_stops_like_ctrl_c(keep_ignored: bool = False) -> Iterator[None]:
     """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere nothing changes). After:
-    the SIGINT and SIGTERM handlers as they were, for a caller that goes on (tests, notebooks)."""
+    the SIGINT and SIGTERM handlers as they were, for a caller that goes on (tests, notebooks); with
+    ``keep_ignored`` (the program itself, about to exit), stops that :func:`ignore_stop_signals` turned off
+    once the run had ended stay off: a stop while the summary prints or the interpreter exits would
+    otherwise end the process by the signal (exit 143 beside a ``_SUCCESS`` the run wrote)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -40,7 +43,8 @@ def sigterm_stops_like_ctrl_c() -> Iterator[None]:
     try:
         yield
     finally:
-        _set_handlers(saved)
+        if not (keep_ignored and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN):
+            _set_handlers(saved)
 
 
 def _set_handlers(handlers: dict[int, Any]) -> None:

@@ -196,14 +196,20 @@ def test_a_stopped_run_leaves_no_thread_of_ray_data_behind(library, tmp_path, ra
     assert list((tmp_path / "out" / "_manifests").glob("part-*.json")), "the first block is kept"
 
 
-def test_sigterm_to_the_driver_alone_stops_like_ctrl_c_exits_143_and_releases_the_lease(library, tmp_path):
-    """What `timeout`, `docker stop` and `kill` do: SIGTERM to the driver process only.
-    Before, Ray's own handler (sys.exit(15)) ended the job with exit code 15 and the core worker's
-    C++ handler printed a stack dump; the CLI now unwinds it as it does a Ctrl-C."""
+def test_sigterm_to_the_runs_process_group_stops_like_ctrl_c_exits_143_and_releases_the_lease(library, tmp_path):
+    """What `timeout` does: SIGTERM to the process group it started the run in (`docker stop`, `kill` and
+    `ray job stop` send it to the driver alone: the other stop tests). Before, Ray's own handler
+    (sys.exit(15)) ended the job with exit code 15 and the core worker's C++ handler printed a stack dump;
+    then the embedded Ray's own processes, in the driver's group, took the signal too and died under the
+    stopping driver: exit 1, now and then with nothing said and the lease left (3 runs of 10 under
+    `timeout -s TERM`). The CLI now unwinds it as it does a Ctrl-C, and the embedded Ray's processes run
+    in process groups of their own."""
     out, mark = tmp_path / "out", uuid.uuid4().hex
     proc, spawned = start_held_after_its_first_block(library, out, mark)
     assert (out / LEASE_FILE).exists()
-    proc.send_signal(signal.SIGTERM)
+    ray_processes = [p for p in spawned if p.name() in ("raylet", "gcs_server")]
+    assert len(ray_processes) == 2 and all(os.getpgid(p.pid) != proc.pid for p in ray_processes)
+    os.killpg(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, output
     assert "augment: stopped (SIGTERM). This run wrote" in output, output
@@ -271,14 +277,16 @@ def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(lib
     stopped.send_signal(signal.SIGTERM)
     _, stderr = stopped.communicate(timeout=120)
     assert stopped.returncode == 143 and not (out / "_SUCCESS").exists(), stderr
-    # The rerun completes it, with one input more: held once _SUCCESS is written, then while Ray shuts down.
-    finished = held_at("commit:after-success", library, out, tmp_path, inputs=3, then="ray:shutdown")
+    # The rerun completes it, with one input more: held once _SUCCESS is written, then while Ray shuts down,
+    # then once the summary is printed (a stop there ended the process by the signal: exit 143).
+    finished = held_at("commit:after-success", library, out, tmp_path, inputs=3, then="ray:shutdown,cli:done")
     assert (out / "_SUCCESS").exists()
     finished.send_signal(signal.SIGTERM)  # raised in the hold: the run unwinds, done
-    wait_for_hold(finished, "ray:shutdown")
-    finished.send_signal(signal.SIGTERM)  # ignored
-    time.sleep(0.5)
-    finished.send_signal(signal.SIGUSR1)  # the hold's own end
+    for hold in ("ray:shutdown", "cli:done"):
+        wait_for_hold(finished, hold)
+        finished.send_signal(signal.SIGTERM)  # ignored
+        time.sleep(0.5)
+        finished.send_signal(signal.SIGUSR1)  # the hold's own end
     stdout, stderr = finished.communicate(timeout=120)
     assert finished.returncode == 0, stderr
     assert stdout.splitlines()[-1] == f"augment: complete (_SUCCESS written in {out}); the stop (SIGTERM) came after it"

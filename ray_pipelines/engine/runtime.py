@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import ray
 import ray._private.ray_constants
+import ray._private.services
 import ray._private.utils
 from ray.data import DataContext
 
@@ -67,7 +68,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
                 raise ConnectionError(token_advice(address)) from e
             raise
         return f"cluster at {address}"
-    with ray_starting():
+    with ray_starting(), ray_processes_in_own_groups():
         # Keep idle workers: otherwise every write task pays a fresh worker's start-up
         # (about 1 CPU-second per block, measured in bench/encode.py).
         ray.init(
@@ -102,6 +103,37 @@ def ray_starting() -> Iterator[None]:
             yield
     finally:
         constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER, utils.set_sigterm_handler = saved
+
+
+@contextlib.contextmanager
+def ray_processes_in_own_groups() -> Iterator[None]:
+    """Around an embedded ``ray.init``: the processes it starts (GCS, raylet, and through the raylet the
+    workers; Ray's monitors) each lead a process group of their own, not the driver's. A stop sent to the
+    driver's group (``timeout``, which signals the group it started; a shell's job control) then reaches
+    the driver alone, which unwinds and shuts its Ray down in order; before, Ray's processes took the
+    SIGTERM too (they block only SIGINT) and died under the stopping driver, which then now and then
+    exited 1 with its lease left. A driver that dies still takes them with it (Ray's kernel fate-sharing,
+    ``PR_SET_PDEATHSIG``); where that is missing they stay in the driver's group, as Ray needs then."""
+    services = ray._private.services
+    if sys.platform == "win32" or not ray._private.utils.detect_fate_sharing_support():
+        yield
+        return
+    popen = services.ConsolePopen
+
+    class OwnGroupPopen(popen):
+        def __init__(self, *args, preexec_fn=None, **kwargs):
+            def own_group() -> None:
+                os.setpgid(0, 0)
+                if preexec_fn is not None:
+                    preexec_fn()
+
+            super().__init__(*args, preexec_fn=own_group, **kwargs)
+
+    services.ConsolePopen = OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
 
 
 def _exit_as_ray_does(signum, frame) -> None:

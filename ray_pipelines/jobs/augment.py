@@ -161,7 +161,7 @@ JOB = AugmentJob
 def main(argv: list[str] | None = None) -> int:
     from ray_pipelines.cli import run_job_command
 
-    return run_job_command("augment", sys.argv[1:] if argv is None else argv)
+    return run_job_command("augment", argv)  # None: this process's command line
 
 
 if __name__ == "__main__":

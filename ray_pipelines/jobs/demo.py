@@ -51,7 +51,9 @@ def main() -> int:
     audio = make_sample_audio()
     print(f"demo: sample audio in {audio}")
     return run_job_command(
-        "augment", ["--config", "augment", "--set", f"input={audio.resolve()}", "--set", f"output={OUTPUT.resolve()}"]
+        "augment",
+        ["--config", "augment", "--set", f"input={audio.resolve()}", "--set", f"output={OUTPUT.resolve()}"],
+        program=True,
     )
 
 

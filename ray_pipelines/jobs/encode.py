@@ -260,7 +260,7 @@ __all__ = ["JOB", "EncodeConfig", "EncodeDecoder", "EncodeJob", "WindowPlan", "m
 def main(argv: list[str] | None = None) -> int:
     from ray_pipelines.cli import run_job_command
 
-    return run_job_command("encode", sys.argv[1:] if argv is None else argv)
+    return run_job_command("encode", argv)  # None: this process's command line
 
 
 if __name__ == "__main__":

@@ -365,7 +365,7 @@ JOB = ScoreJob
 def main(argv: list[str] | None = None) -> int:
     from ray_pipelines.cli import run_job_command
 
-    return run_job_command("score", sys.argv[1:] if argv is None else argv)
+    return run_job_command("score", argv)  # None: this process's command line
 
 
 if __name__ == "__main__":

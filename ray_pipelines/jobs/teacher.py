@@ -292,7 +292,7 @@ JOB = TeacherJob
 def main(argv: list[str] | None = None) -> int:
     from ray_pipelines.cli import run_job_command
 
-    return run_job_command("teacher", sys.argv[1:] if argv is None else argv)
+    return run_job_command("teacher", argv)  # None: this process's command line
 
 
 if __name__ == "__main__":
