@@ -219,3 +219,44 @@ def test_the_key_lists_name_every_key_as_a_keep_list_reads_it_back(tmp_path):
     # keys a plain line holds stay plain: the lists still read as one path per line
     assert (out / "kept.txt").read_text().splitlines() == ['" intro.wav"', '"new\\nline.wav"', "tab\tin.wav"]
     assert '"#1 take.wav"' in (out / "ignored.txt").read_text().splitlines()
+
+
+def test_the_filter_tool_refuses_a_train_split_the_scores_do_not_have(tmp_path, capsys):
+    """A mistyped train_split (``training``) gave every computed rule ``[-inf, inf]``: everything kept, exit 0."""
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db\na.wav,train,20\nb.wav,train,21\nc.wav,val,-40\n")
+    median = ["--set", "snr_db={mode: median, k: 1.5}", "--output", str(tmp_path / "out")]
+    assert filter_main([str(scores), *median, "--set", "train_split=training"]) == 2
+    assert capsys.readouterr().err == (
+        "ray-pipelines filter: train_split 'training' is no split of the scores (splits: train, val); the bounds "
+        "of snr_db come from it (--set train_split=...)\n"
+    )
+    assert not (tmp_path / "out").exists()
+    assert filter_main([str(scores), *median]) == 0
+    assert (tmp_path / "out" / "kept.txt").read_text().split() == ["a.wav", "b.wav"]
+    # bounds given by hand need no train split
+    hardcode = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}", "--set", "train_split=training"]
+    assert filter_main([str(scores), *hardcode, "--output", str(tmp_path / "hard")]) == 0
+
+
+def test_the_filter_tool_does_not_write_into_another_jobs_output(tmp_path, capsys):
+    """``--output`` naming another output (a second score run, an augment output) replaced its kept.txt, the
+    list other jobs take as their keep_list, without a word."""
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db\na.wav,train,20\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "_job.json").write_text('{"job": "augment", "fingerprint": "f"}')
+    (other / "kept.txt").write_text("theirs.wav\n")
+    assert (
+        filter_main([str(scores), "--set", "snr_db={mode: hardcode, bounds: [0, null]}", "--output", str(other)]) == 2
+    )
+    assert capsys.readouterr().err == (
+        f"ray-pipelines filter: --output {other} holds the augment job's output: give the filter outputs a "
+        "folder of their own\n"
+    )
+    assert (other / "kept.txt").read_text() == "theirs.wav\n"

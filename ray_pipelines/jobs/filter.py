@@ -93,6 +93,19 @@ def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+def other_output(output: str, scores: str, options: dict[str, Any]) -> str | None:
+    """Why ``--output`` must not be written: it holds a job's output other than the scores' own (its
+    kept.txt, the list other jobs take as their keep_list, would be replaced by these scores')."""
+    storage = Storage(output, options)
+    if Storage(scores, options).root == storage.root or not storage.exists("_job.json"):
+        return None
+    try:
+        job = storage.read_json("_job.json").get("job", "another")
+    except Exception:  # unreadable: still another output's
+        job = "another"
+    return f"--output {output} holds the {job} job's output: give the filter outputs a folder of their own"
+
+
 def is_csv(scores: str) -> bool:
     return split_protocol(scores)[1].lower().endswith(".csv")
 
@@ -132,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             base = manifest.get("config", {}).get("filter")
             settings = load_filter_settings(None, args.overrides, base=base, scores=table.scores)
         settings.rules(table.scores, section="")  # this tool's --set keys are the filter section's own
+        if problem := settings.train_split_problem(table["split"].astype(str), table.scores):
+            raise ValueError(problem + " (--set train_split=...)")
+        if args.output and (taken := other_output(args.output, args.scores, options)):
+            raise ValueError(taken)
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2

@@ -340,6 +340,8 @@ class ScoreJob(Job):
         table = ScoreTable.from_output(storage.root, c.storage_options, manifest)
         storage.write_bytes("scores.csv", table.to_csv().encode())
         summaries = write_summaries(storage, table, c.filter.histogram_bins)
+        if problem := c.filter.train_split_problem(table["split"].astype(str), table.scores):
+            log.warning("score: filter.%s: they keep everything (ray-pipelines filter reruns the rules)", problem)
         report = write_filter_outputs(
             storage,
             table,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from .table import ScoreTable, live_errors, read_predictions
 # Rules a score gets when the section does not name it: the seed's median/IQR for the
 # reconstruction scorer's two scores; every other score is only filtered when named.
 DEFAULT_RULES = {"reconstruction_loss": FilterRule(), "signal_energy": FilterRule()}
+COMPUTED = ("median", "mean", "percentile")  # the modes whose bounds come from the train split's scores
 
 
 class FilterSettings(BaseModel):
@@ -125,6 +127,19 @@ class FilterSettings(BaseModel):
         return {
             name: named.get(name, DEFAULT_RULES.get(name)) for name in scores if name in named or name in DEFAULT_RULES
         }
+
+    def train_split_problem(self, splits: Iterable[str], scores: tuple[str, ...] | list[str]) -> str | None:
+        """Why ``train_split`` cannot give the rules their bounds: a rule computes them (median, mean,
+        percentile) and the scores, which have rows, hold no such split (a mistyped ``training``): every
+        such rule then kept everything, ``[-inf, inf]``, without a word. None when it can."""
+        present = sorted(set(splits))
+        computed = [name for name, rule in self.rules(scores).items() if rule is not None and rule.mode in COMPUTED]
+        if not present or not computed or self.train_split in present:
+            return None
+        return (
+            f"train_split {self.train_split!r} is no split of the scores (splits: {', '.join(present)}); the "
+            f"bounds of {', '.join(computed)} come from it"
+        )
 
     def scatter_pair(self, scores: tuple[str, ...] | list[str]) -> tuple[str, str] | None:
         if self.scatter:
