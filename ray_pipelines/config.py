@@ -544,6 +544,10 @@ def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     synonym = SYNONYMS.get(str(unknown))
     if synonym in keys:  # another job's name for the same key
         return synonym
+    for m in models:  # a section's own key given at the top (the filter tool's section as a score config)
+        for name, section in m.model_fields.items():
+            if any(str(unknown) in inner.model_fields for inner in models_in(section.annotation)):
+                return f"{name}.{unknown}"
     close = difflib.get_close_matches(str(unknown), keys, n=1, cutoff=0.6)
     return close[0] if close else None
 

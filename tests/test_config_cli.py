@@ -95,6 +95,11 @@ def test_unknown_keys_get_a_did_you_mean_at_any_depth():
     with pytest.raises(ConfigError) as error:
         load_config(model_of("score"), "score-pt", ["model={kind: factory, factory: m:f, factory_kwargs: {}}"])
     assert "  model.factory_kwargs: unknown key; did you mean kwargs?" in str(error.value)
+    # A section's key given at the top (the filter tool's score-filter as a score config): the section's
+    # own (was: "did you mean shard_splits?")
+    with pytest.raises(ConfigError) as error:
+        load_config(model_of("score"), "score-filter", ["input=a", "output=b"])
+    assert "  train_split: unknown key; did you mean filter.train_split?" in str(error.value)
 
 
 def test_set_reaches_into_a_list_by_index():

@@ -260,3 +260,16 @@ def test_the_filter_tool_does_not_write_into_another_jobs_output(tmp_path, capsy
         "folder of their own\n"
     )
     assert (other / "kept.txt").read_text() == "theirs.wav\n"
+
+
+def test_the_filter_tool_names_a_job_config_without_a_filter_section(tmp_path, capsys):
+    """Before: one "Input should be a valid dictionary or instance of FilterRule" line per key of the file."""
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db\na.wav,train,20\n")
+    assert filter_main([str(scores), "--config", "augment", "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "ray-pipelines filter: config file augment is a job's config with no filter section: give a score "
+        "config that has one, or a filter section of its own (such as the packaged score-filter)\n"
+    )

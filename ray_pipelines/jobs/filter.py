@@ -72,6 +72,11 @@ def load_filter_settings(
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         loaded = read_config_file(path)
+        if "filter" not in loaded and ("input" in loaded or "output" in loaded):
+            raise ConfigError(
+                f"config file {path} is a job's config with no filter section: give a score config that has "
+                "one, or a filter section of its own (such as the packaged score-filter)"
+            )
         data = loaded.get("filter", {}) if "filter" in loaded else loaded
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: 'filter' must be a mapping")
