@@ -273,3 +273,15 @@ def test_the_filter_tool_names_a_job_config_without_a_filter_section(tmp_path, c
         "ray-pipelines filter: config file augment is a job's config with no filter section: give a score "
         "config that has one, or a filter section of its own (such as the packaged score-filter)\n"
     )
+
+
+def test_a_scores_csv_cell_that_is_not_a_number_is_named_by_line_and_column(tmp_path, capsys):
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db,loss\na.wav,train,20,0.5\nb.wav,train,,0.4\n")
+    assert filter_main([str(scores), "--output", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (
+        f"ray-pipelines filter: ValueError: {scores}: line 3 (b.wav): snr_db is not a number: '' (a missing score "
+        "is written nan: its item is then not kept)\n"
+    )

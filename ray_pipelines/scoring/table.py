@@ -89,10 +89,16 @@ class ScoreTable:
         scores = [c for c in header if c not in NOT_SCORES]
         if missing or not scores:
             raise ValueError(f"{url}: needs the columns filename, split and at least one score (has: {header})")
-        try:
-            values = {name: [float(r[name]) for r in rows] for name in scores}
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{url}: a score is not a number: {e}") from None
+        values: dict[str, list[float]] = {name: [] for name in scores}
+        for line, row in enumerate(rows, start=2):  # the header is line 1
+            for name in scores:
+                try:
+                    values[name].append(float(row[name]))
+                except (TypeError, ValueError):  # an empty cell, text, a short row (None)
+                    raise ValueError(
+                        f"{url}: line {line} ({row.get('filename')}): {name} is not a number: {row[name]!r} "
+                        "(a missing score is written nan: its item is then not kept)"
+                    ) from None
         return cls.from_columns(
             {
                 "key": [r["filename"] for r in rows],
