@@ -300,3 +300,26 @@ def test_library_on_s3_is_scanned_planned_and_recorded(s3_bucket):
     assert set(recorded) == {f"{label}/cd{i % 2}/s{i}.flac" for label in ("rock", "jazz") for i in range(3)}
     for label in ("rock", "jazz"):
         assert {v["split"] for k, v in recorded.items() if v["label"] == label} == set(SPLITS)
+
+
+def test_a_library_of_one_label_is_warned_of(tmp_path):
+    """An input one folder too high (``library/`` holding ``music/<labels>/``) made a one-label dataset, exit 0."""
+    import logging
+
+    from tests.conftest import Lines
+
+    for label in ("jazz", "rock"):
+        for i in range(3):
+            write_audio(tmp_path / "library" / "music" / label / f"s{i}.wav", tone(0.05, 8000, seed=i), 8000)
+    logger, said = logging.getLogger("ray_pipelines.jobs.features"), Lines()
+    logger.addHandler(said)
+    try:
+        for input_folder in ("library", "library/music"):
+            config = {"input": str(tmp_path / input_folder), "output": str(tmp_path / "out" / input_folder)}
+            FeaturesJob(validate_config(FeaturesConfig, {**config, "min_per_label": 3, "splits": SPLITS})).list_inputs()
+    finally:
+        logger.removeHandler(said)
+    assert [line for line in said.lines if "one label" in line] == [
+        "features: one label only (music): a file's label is its first folder under the input; give the folder "
+        "that holds the label folders"
+    ]

@@ -232,6 +232,12 @@ class FeaturesJob(Job):
             )
         for label, splits in info["uncovered"].items():
             log.warning("features: label %s has no song in %s (no new song could move there)", label, splits)
+        if len(self.plan.names) == 1:  # a classifier's dataset of one class: the input named one folder too high
+            log.warning(
+                "features: one label only (%s): a file's label is its first folder under the input; give the "
+                "folder that holds the label folders",
+                self.plan.names[0],
+            )
 
     # ---- per-row work (workers) ------------------------------------------------
     def decoder(self) -> WindowDecoder:
