@@ -207,9 +207,9 @@ def test_sigterm_to_the_runs_process_group_stops_like_ctrl_c_exits_143_and_relea
     out, mark = tmp_path / "out", uuid.uuid4().hex
     proc, spawned = start_held_after_its_first_block(library, out, mark)
     assert (out / LEASE_FILE).exists()
-    ray_processes = [p for p in spawned if p.name() in ("raylet", "gcs_server")]
-    assert len(ray_processes) == 2 and all(os.getpgid(p.pid) != proc.pid for p in ray_processes)
-    os.killpg(proc.pid, signal.SIGTERM)
+    groups = {p.name(): os.getpgid(p.pid) for p in spawned if p.name() in ("raylet", "gcs_server")}
+    os.killpg(proc.pid, signal.SIGTERM)  # before any assertion: a failed one must not leave the run held
+    assert len(groups) == 2 and proc.pid not in groups.values(), groups
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, output
     assert "augment: stopped (SIGTERM). This run wrote" in output, output
