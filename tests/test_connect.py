@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +15,7 @@ import pytest
 
 from ray_pipelines.engine.runtime import cluster_endpoint, gcs_problem, ray_starting, wait_for_cluster
 from tests.audio_helpers import REPO, tone, write_audio
+from tests.conftest import http_server
 
 
 def closed_port() -> int:
@@ -111,18 +109,6 @@ def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_
         )
     )
     assert not (out / "_lease.json").exists() and not (out / "_SUCCESS").exists()
-
-
-@contextlib.contextmanager
-def http_server():
-    """What a Ray head's dashboard port is to a driver: an HTTP/1 server (it answers HTTP/2 with 505)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_an_address_that_is_not_a_ray_gcs_is_named_at_once(tmp_path, monkeypatch):

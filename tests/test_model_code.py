@@ -12,13 +12,13 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from ray_pipelines.model_files import factory_code_sha256, read_model_file
 from ray_pipelines.models import ModelLoadError, ModelUnreachable, build_from_factory, model_classes
 from tests.audio_helpers import REPO, tone, write_audio
+from tests.conftest import http_server
 
 
 def write(path, text: str) -> None:
@@ -139,13 +139,8 @@ class Statuses(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def status_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Statuses)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Statuses) as address:
+        yield f"http://{address}"
 
 
 def closed_port_url() -> str:
