@@ -15,8 +15,9 @@ import importlib.util
 import inspect
 import logging
 import os
+import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import ConfigError
@@ -39,13 +40,12 @@ class ModelUnreachable(RuntimeError):
 
 # Exception classes (by name, anywhere in an exception's class hierarchy, so that no client library need
 # be imported) that say the network failed, not the request: Python's own, requests', httpx's (the Hub's
-# clients), urllib3's, botocore's and aiohttp's (s3fs).
+# clients), urllib3's, botocore's and aiohttp's (s3fs). urllib's URLError and an address lookup's gaierror
+# are told apart by what they carry (network_failure): a mistyped URL or host is the config's.
 NETWORK_ERROR_NAMES = frozenset(
     {
         "ConnectionError",  # builtins (refused, reset, aborted), requests, botocore's EndpointConnectionError
         "TimeoutError",
-        "gaierror",  # an unknown host
-        "URLError",
         "Timeout",  # requests
         "TransportError",  # httpx: connect, read, write and protocol errors, timeouts
         "TimeoutException",
@@ -61,27 +61,43 @@ NETWORK_ERROR_NAMES = frozenset(
 
 
 def network_failure(error: BaseException | None) -> BaseException | None:
-    """The exception in ``error``'s chain (itself, what it was raised from or while handling) that says the
-    network failed, or that a server answered 5xx or 429; None where there is none (an HTTP 404 is the
-    request's fault: a wrong URL or model name)."""
+    """The exception in ``error``'s chain (itself, what it was raised from or, unless suppressed, while
+    handling) that says the network failed, or that a server answered 5xx or 429; None where there is none
+    (an HTTP 404 is the request's fault: a wrong URL or model name)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         status = _http_status(error)
+        if isinstance(error, ModelUnreachable):
+            return error
         if status is not None:
             if status >= 500 or status == 429:
                 return error
+        elif isinstance(error, socket.gaierror):  # a lookup: only "try again" is the network's
+            return error if error.errno == socket.EAI_AGAIN else None
+        elif type(error).__name__ == "URLError":  # urllib: the failure it wraps, or the URL's fault (text)
+            reason = getattr(error, "reason", None)
+            if isinstance(reason, BaseException):
+                error = reason
+                continue
         elif any(cls.__name__ in NETWORK_ERROR_NAMES for cls in type(error).__mro__):
             return error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
     return None
 
 
 def _http_status(error: BaseException) -> int | None:
     """The HTTP status an error carries: urllib's ``code``, requests' and httpx's ``response.status_code``,
-    aiohttp's ``status``."""
+    botocore's ``response["ResponseMetadata"]["HTTPStatusCode"]`` (S3's SlowDown: 503), aiohttp's
+    ``status``."""
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping):
+        metadata = response.get("ResponseMetadata")
+        response_status = metadata.get("HTTPStatusCode") if isinstance(metadata, Mapping) else None
+    else:
+        response_status = getattr(response, "status_code", None)
     for status in (
-        getattr(getattr(error, "response", None), "status_code", None),
+        response_status,
         getattr(error, "code", None) if type(error).__name__ == "HTTPError" else None,
         getattr(error, "status", None),
     ):
@@ -94,6 +110,8 @@ def model_error(message: str, error: BaseException) -> Exception:
     """The error to raise for ``message``, caused by ``error``: :class:`ModelUnreachable` where the network
     failed, else :class:`ModelLoadError` (the model itself is wrong)."""
     failed = network_failure(error)
+    if isinstance(failed, ModelUnreachable):  # already says so (a model file the factory read)
+        return ModelUnreachable(f"{message}: {failed}")
     if failed is not None:
         return ModelUnreachable(
             f"{message}: {type(failed).__name__}: {_first_line(failed)} (the network failed: rerun when it answers)"

@@ -143,11 +143,13 @@ def status_server():
         yield f"http://{address}"
 
 
-def closed_port_url() -> str:
-    """An address on loopback where nothing listens (connection refused)."""
+@pytest.fixture
+def closed() -> str:
+    """An address on loopback where nothing listens (connection refused): the port stays bound, not
+    listening, while the test runs, so no other process can take it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/w.pt"
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/w.pt"
 
 
 DOWNLOADING = """import urllib.request
@@ -167,7 +169,7 @@ def by_requests(url):
 UNREACHABLE = r"\(the network failed: rerun when it answers\)$"
 
 
-def test_a_download_the_network_did_not_deliver_is_unreachable_and_a_wrong_url_a_model_error(tmp_path):
+def test_a_download_the_network_did_not_deliver_is_unreachable_and_a_wrong_url_a_model_error(tmp_path, closed):
     """A factory that downloads its weights (a hub, a bucket) during an outage was refused as a bad config,
     exit 2: "fix your config" to whoever is paged for a nightly run that the next night would finish."""
     write(tmp_path / "fx.py", DOWNLOADING)
@@ -175,7 +177,12 @@ def test_a_download_the_network_did_not_deliver_is_unreachable_and_a_wrong_url_a
         for function in ("by_urllib", "by_requests"):
             reference = f"{tmp_path / 'fx.py'}:{function}"
             for url, error, reason in (
-                (closed_port_url(), ModelUnreachable, "ConnectionError" if function == "by_requests" else "URLError"),
+                (
+                    closed,
+                    ModelUnreachable,
+                    "ConnectionError" if function == "by_requests" else "ConnectionRefusedError",
+                ),
+                ("htp://host/w.pt", ModelLoadError, "URLError" if function == "by_urllib" else "InvalidSchema"),
                 (f"{base}/503/w.pt", ModelUnreachable, "HTTPError"),
                 (f"{base}/429/w.pt", ModelUnreachable, "HTTPError"),
                 (f"{base}/404/w.pt", ModelLoadError, "HTTPError"),  # the URL is wrong: the config's to fix
@@ -190,19 +197,54 @@ def test_a_download_the_network_did_not_deliver_is_unreachable_and_a_wrong_url_a
             read_model_file(f"{base}/503/w.pt")
         with pytest.raises(ModelLoadError, match=rf"model file not found: {base}/404/w.pt$"):
             read_model_file(f"{base}/404/w.pt")
-    closed = closed_port_url()
     with pytest.raises(
         ModelUnreachable, match=rf"cannot read model file {closed}: ClientConnectorError: .*{UNREACHABLE}"
     ):
         read_model_file(closed)
 
 
+def test_what_is_a_network_failure_in_an_exceptions_chain():
+    """S3's SlowDown (s3fs raises it as an OSError caused by botocore's ClientError, its status in a dict) is
+    the network's; a mistyped URL, a missing local file and a context the code suppressed (``from None``)
+    are not."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    from ray_pipelines.model_files import model_error
+
+    def raised(make) -> Exception:
+        try:
+            make()
+        except Exception as e:
+            return e
+        raise AssertionError("nothing raised")
+
+    def suppressed():
+        try:
+            raise ConnectionResetError("reset")
+        except ConnectionResetError:
+            raise ValueError("bad checkpoint format") from None
+
+    def slow_down():
+        error = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+        raise translate_boto_error(error) from error
+
+    import urllib.request
+
+    assert isinstance(model_error("m", raised(slow_down)), ModelUnreachable)
+    for make in (suppressed, lambda: urllib.request.urlopen("htp://host/w.pt"), lambda: open("/nonexistent/w.pt")):
+        assert type(model_error("m", raised(make))) is ModelLoadError
+    # a model file the factory read itself, unreachable: said once, not wrapped into a model error
+    twice = model_error("factory 'f' failed", ModelUnreachable("cannot read model file u: X (the network failed)"))
+    assert isinstance(twice, ModelUnreachable) and str(twice).count("the network failed") == 1
+
+
 @pytest.mark.parametrize("job", ["teacher", "score"])
-def test_the_cli_exits_1_for_a_factory_whose_download_failed(tmp_path, job):
+def test_the_cli_exits_1_for_a_factory_whose_download_failed(tmp_path, job, closed):
     """Through the driver's child process (the job's model check) and the CLI: exit 1, one line naming the
     model. The score job's check turned every error of its child into a config error (exit 2)."""
     write(tmp_path / "fx.py", DOWNLOADING)
-    factory = {"factory": f"{tmp_path / 'fx.py'}:by_urllib", "kwargs": {"url": closed_port_url()}}
+    factory = {"factory": f"{tmp_path / 'fx.py'}:by_urllib", "kwargs": {"url": closed}}
     if job == "teacher":
         teachers = [{"kind": "factory", "name": "fx", "sample_rate": 16000, **factory}]
         settings, named = ["input=synth://", f"teachers={json.dumps(teachers)}"], "teachers[0] (fx): "
@@ -222,7 +264,7 @@ def test_the_cli_exits_1_for_a_factory_whose_download_failed(tmp_path, job):
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert done.stderr.strip().splitlines()[-1].startswith(f"ray-pipelines {job}: {named}factory "), done.stderr
-    assert "failed: URLError: <urlopen error [Errno 111] Connection refused>" in done.stderr
+    assert "failed: ConnectionRefusedError: [Errno 111] Connection refused" in done.stderr
     assert done.stderr.rstrip().endswith("(the network failed: rerun when it answers)")
     # refused before anything was written (the score job checks its model once it holds the output's lease:
     # the lock file, an empty file a local output keeps, is all there is)
