@@ -161,14 +161,20 @@ def test_a_rule_without_a_mode_given_another_modes_option_is_refused_not_a_media
     assert kept_values(rule, ONE_TO_TEN) == kept_values(FilterRule(mode="percentile"), ONE_TO_TEN)
 
 
-def test_the_filter_tool_says_in_one_line_that_the_store_does_not_answer(capsys):
+def test_the_filter_tool_says_in_one_line_that_the_store_does_not_answer(capsys, tmp_path):
     from ray_pipelines.jobs.filter import main as filter_main
 
     unreachable = [f"endpoint_url=http://127.0.0.1:{free_port()}", "config_kwargs.retries.max_attempts=1"]
-    assert filter_main(["s3://bucket/scores", *(a for o in unreachable for a in ("--storage-option", o))]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("ray-pipelines filter: EndpointConnectionError: Could not connect to the endpoint URL")
-    assert len(err.splitlines()) == 1
+    options = [a for o in unreachable for a in ("--storage-option", o)]
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db\na.wav,train,20\n")
+    rule = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}"]
+    # the scores' store, then the output's (its check for another job's output there)
+    for args in (["s3://bucket/scores", *options], [str(scores), *rule, "--output", "s3://bucket/kept", *options]):
+        assert filter_main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ray-pipelines filter: EndpointConnectionError: Could not connect to the endpoint URL")
+        assert len(err.splitlines()) == 1
     assert filter_main(["az://container/scores"]) == 2  # no adlfs: one line, not an ImportError's traceback
     assert capsys.readouterr().err.startswith("ray-pipelines filter: az://container/scores: az:// needs a package")
     assert filter_main(["s3://bucket/scores", "--output", "s3:/bucket/kept"]) == 2  # one slash short
@@ -260,6 +266,14 @@ def test_the_filter_tool_does_not_write_into_another_jobs_output(tmp_path, capsy
         "folder of their own\n"
     )
     assert (other / "kept.txt").read_text() == "theirs.wav\n"
+    # the folder the scores are in is their own output: a score output's scores.csv filtered into it
+    own = tmp_path / "score-out"
+    own.mkdir()
+    (own / "_job.json").write_text('{"job": "score", "fingerprint": "f"}')
+    (own / "scores.csv").write_text(scores.read_text())
+    rule = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}"]
+    assert filter_main([str(own / "scores.csv"), *rule, "--output", str(own)]) == 0
+    assert (own / "kept.txt").read_text() == "a.wav\n"
 
 
 def test_the_filter_tool_names_a_job_config_without_a_filter_section(tmp_path, capsys):
@@ -268,10 +282,14 @@ def test_the_filter_tool_names_a_job_config_without_a_filter_section(tmp_path, c
 
     scores = tmp_path / "scores.csv"
     scores.write_text("filename,split,snr_db\na.wav,train,20\n")
-    assert filter_main([str(scores), "--config", "augment", "--output", str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == (
-        "ray-pipelines filter: config file augment is a job's config with no filter section: give a score "
+    score_config = tmp_path / "mine.yaml"  # a score config whose input and output come by --set
+    score_config.write_text("scorers: [signal]\nsample_rate: 16000\n")
+    for config in (str(score_config), "augment"):
+        assert filter_main([str(scores), "--config", config, "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == "".join(
+        f"ray-pipelines filter: config file {config} is a job's config with no filter section: give a score "
         "config that has one, or a filter section of its own (such as the packaged score-filter)\n"
+        for config in (score_config, "augment")
     )
 
 

@@ -62,6 +62,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Keys of a job's config that a filter section never has (a section's keys are its settings and score names).
+JOB_KEYS = frozenset({"input", "output", "scorers", "source", "sample_rate", "duration", "model", "storage_options"})
+
+
 def load_filter_settings(
     path: str | None, overrides: list[str], base: dict[str, Any] | None = None, scores: list[str] | None = None
 ) -> FilterSettings:
@@ -72,7 +76,7 @@ def load_filter_settings(
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         loaded = read_config_file(path)
-        if "filter" not in loaded and ("input" in loaded or "output" in loaded):
+        if "filter" not in loaded and set(loaded) & JOB_KEYS:
             raise ConfigError(
                 f"config file {path} is a job's config with no filter section: give a score config that has "
                 "one, or a filter section of its own (such as the packaged score-filter)"
@@ -98,11 +102,12 @@ def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def other_output(output: str, scores: str, options: dict[str, Any]) -> str | None:
-    """Why ``--output`` must not be written: it holds a job's output other than the scores' own (its
-    kept.txt, the list other jobs take as their keep_list, would be replaced by these scores')."""
+def other_output(output: str, own: str, options: dict[str, Any]) -> str | None:
+    """Why ``--output`` must not be written: it holds a job's output other than ``own``, the folder the
+    scores are in (a score output, or a scores CSV's folder): its kept.txt, the list other jobs take as
+    their keep_list, would be replaced by these scores'."""
     storage = Storage(output, options)
-    if Storage(scores, options).root == storage.root or not storage.exists("_job.json"):
+    if Storage(own, options).root == storage.root or not storage.exists("_job.json"):
         return None
     try:
         job = storage.read_json("_job.json").get("job", "another")
@@ -152,10 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         settings.rules(table.scores, section="")  # this tool's --set keys are the filter section's own
         if problem := settings.train_split_problem(table["split"].astype(str), table.scores):
             raise ValueError(problem + " (--set train_split=...)")
-        if args.output and (taken := other_output(args.output, args.scores, options)):
-            raise ValueError(taken)
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
+        return 2
+    try:
+        taken = other_output(args.output, default_output, options) if args.output else None
+    except storage_errors() as e:
+        print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if taken:
+        print(f"ray-pipelines filter: {taken}", file=sys.stderr)
         return 2
     try:
         storage = Storage(args.output or default_output, options)
