@@ -546,6 +546,8 @@ def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
         return synonym
     for m in models:  # a section's own key given at the top (the filter tool's section as a score config)
         for name, section in m.model_fields.items():
+            if typing.get_origin(section.annotation) in (list, tuple, set, dict):
+                continue  # a list's or mapping's entries: `--set name.key` would not reach them
             if any(str(unknown) in inner.model_fields for inner in models_in(section.annotation)):
                 return f"{name}.{unknown}"
     close = difflib.get_close_matches(str(unknown), keys, n=1, cutoff=0.6)

@@ -100,6 +100,10 @@ def test_unknown_keys_get_a_did_you_mean_at_any_depth():
     with pytest.raises(ConfigError) as error:
         load_config(model_of("score"), "score-filter", ["input=a", "output=b"])
     assert "  train_split: unknown key; did you mean filter.train_split?" in str(error.value)
+    # ...but not into a list's entries, which `--set teachers.checkpoint=` would not reach
+    with pytest.raises(ConfigError) as error:
+        load_config(model_of("teacher"), "teacher-synth", ["checkpoint=w.pt"])
+    assert "  checkpoint: unknown key\n" in str(error.value) + "\n"
 
 
 def test_set_reaches_into_a_list_by_index():
