@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .stopping import exit_code, how, ignore_stop_signals, sigterm_stops_like_ctrl_c
+from .stopping import exit_code, exit_on_stop, how, ignore_stop_signals, sigterm_stops_like_ctrl_c
 
 if TYPE_CHECKING:
     from .engine.progress import ProgressDisplay
@@ -161,6 +161,8 @@ def run_job_command(name: str, argv: Sequence[str] | None = None, *, program: bo
         print(config_yaml(name, config), end="")
         return 0
     code = _run(name, job_cls, config, args, program)
+    if program:  # (a stopped run's code included: its stop is over)
+        exit_on_stop(code)
     from .engine.manifest import stop_point
 
     stop_point("cli:done")  # tests hold the program here, its run over and its summary printed
@@ -224,6 +226,8 @@ def _run(name: str, job_cls, config, args: argparse.Namespace, program: bool = F
         finally:
             if not ray_was_running:
                 _shutdown_ray()
+    if program:  # the run is over: a stop from here on ends the program with the run's own exit code
+        exit_on_stop(EXIT_COMPLETE if result is None or result.complete else EXIT_INCOMPLETE)
     if result is None:
         print(f"{name}: complete (_SUCCESS written in {config.output}); the stop ({late_stop}) came after it")
         return EXIT_COMPLETE

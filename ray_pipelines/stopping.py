@@ -11,7 +11,9 @@ with the lease held.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -128,6 +130,24 @@ def ignore_stop_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def exit_on_stop(code: int) -> None:
+    """Once the program's run has ended and ``code`` is its exit code: a Ctrl-C or SIGTERM ends the program
+    at once with that code (stdout flushed where it can be), neither by the signal (exit 143 beside the
+    ``_SUCCESS`` the run wrote) nor never (an ignored stop leaves a summary stuck on a stalled pipe
+    running). In the main thread only (elsewhere nothing changes)."""
+    if threading.current_thread() is threading.main_thread():
+
+        def end(signum: int, frame: Any) -> None:
+            try:
+                sys.stdout.flush()
+            except Exception:  # a stalled or closed pipe, or a flush the signal interrupted
+                pass
+            os._exit(code)
+
+        signal.signal(signal.SIGINT, end)
+        signal.signal(signal.SIGTERM, end)
 
 
 def exit_code(stop: KeyboardInterrupt) -> int:
