@@ -323,3 +323,12 @@ def test_a_library_of_one_label_is_warned_of(tmp_path):
         "features: one label only (music): a file's label is its first folder under the input; give the folder "
         "that holds the label folders"
     ]
+
+
+def test_labels_without_rows_are_said_in_one_line_of_the_first_few():
+    from ray_pipelines.jobs.features import labels_without_rows
+
+    assert labels_without_rows({}) == ""
+    assert labels_without_rows({"a": ["train"], "b": ["validate", "test"]}) == "a (train); b (validate, test)"
+    many = {f"l{i}": ["test"] for i in range(500)}  # a smoke run's limit over a large library
+    assert labels_without_rows(many) == "l0 (test); l1 (test); l2 (test); l3 (test); l4 (test); and 495 more"

@@ -24,9 +24,9 @@ def balance_report(
 ) -> dict[str, Any]:
     """``songs``: key -> {"label", "split"}; ``snippets``: key -> snippets written; ``failed``: keys
     with no output because they could not be decoded. ``without_rows``: each label with no snippet in a
-    split of ``filled_splits`` (those with a fraction above 0; default all), as the output holds it: the
-    split plan covers every label with songs, but a song that fails to decode, or that a keep or ignore
-    list or ``limit`` leaves out, writes nothing there."""
+    split of ``filled_splits`` (those with a fraction above 0; default all), as the output holds it: a song
+    that fails to decode, or that a keep or ignore list or ``limit`` leaves out, writes nothing there, and
+    a label the plan could not cover (``library.uncovered``) has no song there to begin with."""
     per_label = {
         name: {"songs": dict.fromkeys(split_names, 0), "snippets": dict.fromkeys(split_names, 0), "failed_songs": 0}
         for name in names

@@ -296,17 +296,17 @@ class FeaturesJob(Job):
             report["library"] = describe(self.plan, c.min_per_label)
         storage.write_json(BALANCE_JSON, report)
         storage.write_bytes(BALANCE_PNG, balance_chart(report))
-        for label, splits in report["without_rows"].items():
+        without = labels_without_rows(report["without_rows"])
+        if without:
             log.warning(
-                "features: label %s has no rows in %s (its songs there failed to decode, or a keep or ignore "
-                "list or limit left them out: %s)",
-                label,
-                ", ".join(splits),
+                "features: %d labels have no rows in a split: %s (songs that failed to decode, that a keep or "
+                "ignore list or limit left out, or none the plan could give it: %s)",
+                len(report["without_rows"]),
+                without,
                 BALANCE_JSON,
             )
         # Shown in the job summary (short values) and returned to callers in JobResult.extra.
         dropped = report.get("library", {}).get("dropped_labels", {})
-        without = "; ".join(f"{label} ({', '.join(splits)})" for label, splits in report["without_rows"].items())
         return {
             "labels": f"{len(names)} (labels.json)",
             "labels without rows": without or "none",
@@ -318,6 +318,14 @@ class FeaturesJob(Job):
 
     def throughput_units(self, rows: int) -> dict[str, float]:
         return {"audio seconds": rows * self.config.snippet_seconds}
+
+
+def labels_without_rows(without_rows: dict[str, list[str]], shown: int = 5) -> str:
+    """The first ``shown`` labels with their empty splits, and how many more (a smoke run's ``limit`` leaves
+    most of a large library's labels without rows)."""
+    listed = [f"{label} ({', '.join(splits)})" for label, splits in list(without_rows.items())[:shown]]
+    more = len(without_rows) - shown
+    return "; ".join(listed) + (f"; and {more} more" if more > 0 else "")
 
 
 JOB = FeaturesJob
