@@ -239,23 +239,26 @@ def test_what_is_a_network_failure_in_an_exceptions_chain():
     assert isinstance(twice, ModelUnreachable) and str(twice).count("the network failed") == 1
 
 
-@pytest.mark.parametrize("job", ["teacher", "score"])
-def test_the_cli_exits_1_for_a_factory_whose_download_failed(tmp_path, job, closed):
-    """Through the driver's child process (the job's model check) and the CLI: exit 1, one line naming the
-    model. The score job's check turned every error of its child into a config error (exit 2)."""
+def test_the_cli_exits_1_for_a_factory_whose_download_failed(tmp_path, closed):
+    """Through the driver's child process (the score job's model check) and the CLI: exit 1, one line naming
+    the model. The score job's check turned every error of its child into a config error (exit 2). The
+    teacher job names the teacher (its driver check, here in this process: torch is imported)."""
+    from ray_pipelines.config import validate_config
+    from ray_pipelines.jobs.teacher import TeacherConfig, TeacherJob
+
     write(tmp_path / "fx.py", DOWNLOADING)
     factory = {"factory": f"{tmp_path / 'fx.py'}:by_urllib", "kwargs": {"url": closed}}
-    if job == "teacher":
-        teachers = [{"kind": "factory", "name": "fx", "sample_rate": 16000, **factory}]
-        settings, named = ["input=synth://", f"teachers={json.dumps(teachers)}"], "teachers[0] (fx): "
-    else:
-        write_audio(tmp_path / "in" / "a.wav", tone(1.0, 16000), 16000)
-        model = {"kind": "factory", **factory}
-        settings = [f"input={tmp_path / 'in'}", "--config", "score-mae", f"model={json.dumps(model)}"]
-        named = "model (factory): "
+    teachers = [{"kind": "factory", "name": "fx", "sample_rate": 16000, **factory}]
+    teacher = {"input": "synth://", "output": str(tmp_path / "teach"), "teachers": teachers}
+    with pytest.raises(ModelUnreachable, match=rf"^teachers\[0\] \(fx\): factory .* failed: .*{UNREACHABLE}"):
+        TeacherJob(validate_config(TeacherConfig, teacher))
+
+    write_audio(tmp_path / "in" / "a.wav", tone(1.0, 16000), 16000)
+    model = {"kind": "factory", **factory}
+    settings = [f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", f"model={json.dumps(model)}"]
     done = subprocess.run(
-        [sys.executable, "-m", "ray_pipelines.cli", job, "--set", f"output={tmp_path / 'out'}"]
-        + [a for setting in settings for a in (("--set", setting) if "=" in setting else (setting,))],
+        [sys.executable, "-m", "ray_pipelines.cli", "score", "--config", "score-mae"]
+        + [a for setting in settings for a in ("--set", setting)],
         cwd=REPO,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         capture_output=True,
@@ -263,7 +266,9 @@ def test_the_cli_exits_1_for_a_factory_whose_download_failed(tmp_path, job, clos
         timeout=120,
     )
     assert done.returncode == 1, done.stderr[-3000:]
-    assert done.stderr.strip().splitlines()[-1].startswith(f"ray-pipelines {job}: {named}factory "), done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("ray-pipelines score: model (factory): factory "), (
+        done.stderr
+    )
     assert "failed: ConnectionRefusedError: [Errno 111] Connection refused" in done.stderr
     assert done.stderr.rstrip().endswith("(the network failed: rerun when it answers)")
     # refused before anything was written (the score job checks its model once it holds the output's lease:
