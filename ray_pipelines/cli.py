@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .stopping import exit_code, exit_on_stop, how, ignore_stop_signals, sigterm_stops_like_ctrl_c
+from .stopping import exit_code, exit_now, exit_on_stop, how, ignore_stop_signals, sigterm_stops_like_ctrl_c
 
 if TYPE_CHECKING:
     from .engine.progress import ProgressDisplay
@@ -166,6 +166,8 @@ def run_job_command(name: str, argv: Sequence[str] | None = None, *, program: bo
     from .engine.manifest import stop_point
 
     stop_point("cli:done")  # tests hold the program here, its run over and its summary printed
+    if program:
+        exit_now(code)
     return code
 
 
