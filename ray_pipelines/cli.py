@@ -136,8 +136,9 @@ def main_help() -> str:
 # ---- commands ---------------------------------------------------------------------------
 def run_job_command(name: str, argv: Sequence[str] | None = None, *, program: bool | None = None) -> int:
     """The job ``name`` with the command line ``argv`` (None: this process's). ``program``: this call is the
-    process's own command (by default when ``argv`` is None), which exits when it returns: once its run
-    has ended, a stop no longer changes the exit code (:func:`~ray_pipelines.stopping.sigterm_stops_like_ctrl_c`)."""
+    process's own command (by default when ``argv`` is None): once its run has ended, a stop ends it with
+    the run's exit code (:func:`~ray_pipelines.stopping.exit_on_stop`), and it ends without the interpreter's
+    shutdown (:func:`~ray_pipelines.stopping.exit_now`) rather than returning."""
     program = argv is None if program is None else program
     argv = sys.argv[1:] if argv is None else argv
     from .config import ConfigError, load_config
@@ -228,11 +229,12 @@ def _run(name: str, job_cls, config, args: argparse.Namespace, program: bool = F
         finally:
             if not ray_was_running:
                 _shutdown_ray()
+    code = EXIT_COMPLETE if result is None or result.complete else EXIT_INCOMPLETE
     if program:  # the run is over: a stop from here on ends the program with the run's own exit code
-        exit_on_stop(EXIT_COMPLETE if result is None or result.complete else EXIT_INCOMPLETE)
+        exit_on_stop(code)
     if result is None:
         print(f"{name}: complete (_SUCCESS written in {config.output}); the stop ({late_stop}) came after it")
-        return EXIT_COMPLETE
+        return code
     try:
         print(format_summary(name, result, job.rows_label, job.throughput_units(result.run_rows)), flush=True)
     except BrokenPipeError:  # stdout's reader is gone (a log shipper, `| head`): the exit code still tells
@@ -240,11 +242,10 @@ def _run(name: str, job_cls, config, args: argparse.Namespace, program: bool = F
     from .engine.timeline import mark
 
     mark("summary printed")
-    if not result.complete:
+    if code == EXIT_INCOMPLETE:
         left = result.counts["to_retry"]
         print(f"ray-pipelines {name}: {left} inputs to retry; run again to finish", file=sys.stderr)
-        return EXIT_INCOMPLETE
-    return EXIT_COMPLETE
+    return code
 
 
 def _success_written(counts: ProgressDisplay, config) -> bool:

@@ -67,9 +67,9 @@ def network_failure(error: BaseException | None) -> BaseException | None:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        status = _http_status(error)
         if isinstance(error, ModelUnreachable):
             return error
+        status = _http_status(error)
         if status is not None:
             if status >= 500 or status == 429:
                 return error

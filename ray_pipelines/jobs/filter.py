@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
+from ray_pipelines.engine.manifest import JOB_FILE
 from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.table import ScoreTable, read_errors
 from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_credentials, url_problem
@@ -107,10 +108,10 @@ def other_output(output: str, own: str, options: dict[str, Any]) -> str | None:
     scores are in (a score output, or a scores CSV's folder): its kept.txt, the list other jobs take as
     their keep_list, would be replaced by these scores'."""
     storage = Storage(output, options)
-    if Storage(own, options).root == storage.root or not storage.exists("_job.json"):
+    if Storage(own, options).root == storage.root or not storage.exists(JOB_FILE):
         return None
     try:
-        job = storage.read_json("_job.json").get("job", "another")
+        job = storage.read_json(JOB_FILE).get("job", "another")
     except Exception:  # unreadable: still another output's
         job = "another"
     return f"--output {output} holds the {job} job's output: give the filter outputs a folder of their own"
