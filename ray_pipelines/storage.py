@@ -173,6 +173,19 @@ def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+TEMP_MARK = ".tmp-"
+
+
+def temp_name(target: str) -> str:
+    """Where a local file is written before it is renamed to ``target`` (this process and thread's)."""
+    return f"{target}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}"
+
+
+def is_temp_file(relpath: str) -> bool:
+    """A file written under ``temp_name`` and not yet renamed (its writer killed, if it is still there)."""
+    return TEMP_MARK in posixpath.basename(relpath)
+
+
 class Storage:
     """One output root: small helpers to read and write files under it."""
 
@@ -205,7 +218,7 @@ class Storage:
         target = self.abspath(relpath)
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         if is_local(self.fs):
-            tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+            tmp = temp_name(target)
             try:
                 with DirectFile(tmp) if direct else open(tmp, "wb") as f:
                     yield f

@@ -90,7 +90,8 @@ def assert_no_leftovers(store: Store, output: str) -> None:
     from ray_pipelines.engine.manifest import OutputState
     from ray_pipelines.storage import Storage
 
-    assert store.files(f"{output}/_manifests") == ["index.parquet"]
+    left = store.files(f"{output}/_manifests")
+    assert left == ["index.parquet"], left
     parts = OutputState(Storage(store.url(output), store.options)).live_parts()
     assert not any(part.get("replaces") for part in parts.values())
     named = sorted(f["path"] for part in parts.values() for f in part["files"])

@@ -122,8 +122,9 @@ def test_the_decoded_state_is_let_go_during_a_run_and_decoded_again_from_the_byt
 
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_the_commit_removes_only_data_files_no_manifest_names(request, tmp_path, store):
-    """Orphans (a failed attempt's data files) go; named data files, manifests, the job's other files
-    and files under a neighbouring prefix stay. On S3 the listing goes page by page (more than one)."""
+    """Orphans (a failed attempt's data files, and its temp files) go; named data files, manifests, the
+    job's other files and files under a neighbouring prefix stay. On S3 the listing goes page by page
+    (more than one)."""
     if store == "s3":
         bucket, options, fs = request.getfixturevalue("s3_bucket")
         root = f"s3://{bucket}/out"
@@ -135,7 +136,9 @@ def test_the_commit_removes_only_data_files_no_manifest_names(request, tmp_path,
         keys = KEYS[4 * b : 4 * b + 4]
         storage.write_json(f"_manifests/part-{b:04d}.json", part(keys), compact=True)
         storage.write_bytes(f"train/part-{keys[0]}.parquet", b"x")
+    # A writer killed mid-write (its node lost) leaves its data file's and its manifest's temp files.
     orphans = [f"train/part-orphan{i:04d}.parquet" for i in range(1100)] + ["val/part-orphan.parquet"]
+    orphans += ["train/part-orphan.parquet.tmp-12-34", "_manifests/part-0003.json.tmp-12-34"]
     if store == "s3":
         fs.pipe({f"{bucket}/out/{rel}": b"x" for rel in orphans})
     else:

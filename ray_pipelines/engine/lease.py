@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from ..stopping import stops_held
-from ..storage import Storage, is_local, s3_error
+from ..storage import Storage, is_local, s3_error, temp_name
 from .manifest import LEASE_FILE, LEASE_LOCK, OutputConflict
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class LocalLeaseFile:
             os.close(fd)
 
     def _temp(self, data: bytes) -> str:
-        tmp = f"{self.path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        tmp = temp_name(self.path)
         with open(tmp, "wb") as f:
             f.write(data)
         return tmp

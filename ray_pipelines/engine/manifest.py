@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..storage import Storage
+from ..storage import TEMP_MARK, Storage, is_temp_file
 from .committed import MIXED_ETAG, KeyColumn, Progress, key_array
 from .memory import release_unused_memory
 from .state_index import (
@@ -265,11 +265,17 @@ class OutputState:
 
     # ---- after a run -------------------------------------------------------------
     def remove_orphans(self, progress: Progress) -> list[str]:
-        """Delete data files that no committed manifest names (a failed attempt's)."""
+        """Delete what a failed attempt left: data files no committed manifest names, and a manifest's
+        temp file (a writer killed mid-write, its node lost: the manifest never appeared, so its
+        files are orphans too)."""
         referenced = {f["path"] for f in progress.files}
-        removed = self.storage.select_files(
-            lambda rel: not rel.startswith(MANIFEST_DIR + "/") and rel not in referenced and self.is_data_file(rel)
-        )
+
+        def is_orphan(rel: str) -> bool:
+            if rel.startswith(MANIFEST_DIR + "/"):
+                return is_temp_file(rel)
+            return rel not in referenced and self.is_data_file(rel)
+
+        removed = self.storage.select_files(is_orphan)
         self.storage.remove_many(removed)
         return removed
 
@@ -456,7 +462,7 @@ def stop_point(name: str) -> None:
 def is_lease_file(relpath: str) -> bool:
     """The lease and its lock (and a lease's temp file), never data or state to clean up."""
     name = posixpath.basename(relpath)
-    return name in (LEASE_FILE, LEASE_LOCK) or name.startswith(LEASE_FILE + ".tmp-")
+    return name in (LEASE_FILE, LEASE_LOCK) or name.startswith(LEASE_FILE + TEMP_MARK)
 
 
 def _superseded(error: dict[str, Any], progress: Progress) -> bool:
