@@ -249,6 +249,18 @@ def test_a_folder_of_outputs_is_told_to_pick_one_and_an_output_being_written_sho
     assert preview.preview(str(being_written), n=6)[1] == 3
 
 
+def test_the_tools_exit_codes_tell_a_bad_argument_from_nothing_to_show(features_output, tmp_path, capsys):
+    """2 for an argument the output does not fit (a scheduler's config to mend), 1 for an output with
+    nothing to show; one line each (both exited 1, the line without the tool's name)."""
+    assert preview.main([str(features_output), "--n", "0", "--out", str(tmp_path / "a.png")]) == 2
+    assert capsys.readouterr().err == "ray-pipelines preview: --n must be at least 1\n"
+    assert preview.main([str(features_output), "--split", "val", "--out", str(tmp_path / "a.png")]) == 2
+    assert capsys.readouterr().err.endswith(" for split 'val'\n")
+    assert preview.main([str(tmp_path / "nope"), "--out", str(tmp_path / "a.png")]) == 1
+    assert capsys.readouterr().err == f"ray-pipelines preview: {tmp_path / 'nope'} does not exist\n"
+    assert not (tmp_path / "a.png").exists()
+
+
 def test_a_store_that_does_not_answer_and_an_unwritable_out_are_one_line_each(features_output, tmp_path, capsys):
     unreachable = [f"endpoint_url=http://127.0.0.1:{free_port()}", "config_kwargs.retries.max_attempts=1"]
     options = [arg for option in unreachable for arg in ("--storage-option", option)]

@@ -13,10 +13,11 @@ Layout under the output root::
 
 A write task writes its data files first and its per-rank manifest last, so
 a manifest on disk means its files are complete. Data files no manifest
-names (left by a killed or failed attempt), and the temp files of a writer killed
-mid-write, are deleted at commit, and never counted. A per-rank manifest rewritten without some inputs (engine/rewrite.py)
-names the one it replaces in ``replaces``; a replaced manifest counts for
-nothing from the moment its replacement exists, and is deleted.
+names (left by a killed or failed attempt), and the temp files of a writer
+killed mid-write, are deleted at commit, and never counted. A per-rank
+manifest rewritten without some inputs (engine/rewrite.py) names the one it
+replaces in ``replaces``; a replaced manifest counts for nothing from the
+moment its replacement exists, and is deleted.
 
 The commit folds every live manifest into ``_manifests/index.parquet`` and deletes the folded
 manifests (``OutputState.fold``), so a run reads one index and only the manifests written since.

@@ -34,7 +34,10 @@ from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_c
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ray-pipelines filter", description="Re-run the score filters from stored scores (nothing recomputed)."
+        prog="ray-pipelines filter",
+        description="Re-run the score filters from stored scores (nothing recomputed).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scores", help="A score job output root, or a scores CSV.")
     p.add_argument(
@@ -61,6 +64,14 @@ def parser() -> argparse.ArgumentParser:
         help="fsspec option for SCORES and --output (e.g. endpoint_url=http://...); repeatable.",
     )
     return p
+
+
+EXIT_CODES = """exit codes:
+  0  done: the filter outputs written
+  2  a bad config or --set (a rule naming a score the scores do not have, a train_split they
+     do not have), a URL holding credentials, an --output holding another job's output
+  1  the scores unreadable (not a committed score output, a damaged CSV), the store refusing
+     reads or writes"""
 
 
 # Keys of a job's config that a filter section never has (a section's keys are its settings and score names).

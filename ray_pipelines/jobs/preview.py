@@ -48,9 +48,21 @@ PAIRS = {"view1": "view2"}  # columns drawn side by side with their partner
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ray-pipelines preview", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="ray-pipelines preview",
+        description=__doc__.split("\n\n")[0],
+        epilog="exit codes: 0 written; 2 an argument the output does not fit (--n, --column, --channel,\n"
+        "--split) or a URL refused; 1 nothing to show (no such output, no rows), the output unreadable\n"
+        "or the PNG unwritable",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("output", help="A job's output root (local path or URL).")
-    p.add_argument("--n", type=int, default=6, help="Rows to show (default 6).")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=6,
+        help="Rows to show (default 6); an output without tensors (scores) is drawn as histograms of every row.",
+    )
     p.add_argument("--split", help="Only this split (e.g. train).")
     p.add_argument("--column", help="Column to show (default: the first 2-D/3-D tensor, else 1-D, else scores).")
     p.add_argument("--channel", type=int, default=0, help="Channel of a 3-D tensor (default 0).")
@@ -70,6 +82,15 @@ def parser() -> argparse.ArgumentParser:
         help="fsspec option for the output (e.g. endpoint_url=http://...).",
     )
     return p
+
+
+class Refused(SystemExit):
+    """Why there is no preview; ``status``: 2 for an argument that does not fit the output (--n,
+    --column, --channel, --split), 1 for an output with nothing to show."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -112,7 +133,7 @@ def refuse_outputs_inside(storage: Storage, relpaths: list[str]) -> None:
     outputs = sorted({posixpath.dirname(p) for p in relpaths if posixpath.basename(p) in ("manifest.json", JOB_FILE)})
     if outputs:
         shown = ", ".join(outputs[:8]) + (", ..." if len(outputs) > 8 else "")
-        raise SystemExit(f"{storage.root} is not a job's output but holds {len(outputs)}: {shown}: preview one of them")
+        raise Refused(f"{storage.root} is not a job's output but holds {len(outputs)}: {shown}: preview one of them", 2)
 
 
 def tensor_columns(schema: pa.Schema, dims: tuple[int, ...]) -> list[str]:
@@ -133,11 +154,12 @@ def pick_column(schema: pa.Schema, wanted: str | None) -> str | None:
     if wanted:
         if wanted not in tensors:
             if not tensors:  # a score output: its preview is the scores' histograms
-                raise SystemExit(
+                raise Refused(
                     f"column {wanted!r}: this output holds no tensor columns; leave out --column for a histogram "
-                    "of each score column"
+                    "of each score column",
+                    2,
                 )
-            raise SystemExit(f"column {wanted!r} is not a 1-D, 2-D or 3-D tensor; choose one of {tensors}")
+            raise Refused(f"column {wanted!r} is not a 1-D, 2-D or 3-D tensor; choose one of {tensors}", 2)
         return wanted
     images = tensor_columns(schema, (2, 3))
     return (images or tensors or [None])[0]
@@ -229,7 +251,7 @@ def as_image(value: np.ndarray, axes: list[str] | None, time_major: bool, channe
         if not 0 <= channel < value.shape[0]:
             count = value.shape[0]
             have = "1 channel (0)" if count == 1 else f"{count} channels (0 to {count - 1})"
-            raise SystemExit(f"--channel {channel}: the tensor has {have}")
+            raise Refused(f"--channel {channel}: the tensor has {have}", 2)
         value, axes = value[channel], axes[1:] if axes else None
     if axes:
         time_major = axes[0].lower() in TIME_AXES
@@ -329,7 +351,7 @@ def preview(
 ) -> tuple[bytes, int]:
     """The PNG bytes of the preview and how many rows it shows."""
     if n < 1:
-        raise SystemExit("--n must be at least 1")
+        raise Refused("--n must be at least 1", 2)
     storage = Storage(output, storage_options)
     files = data_files(storage, split)
     if not files:
@@ -339,26 +361,29 @@ def preview(
                 panels = tensor_panels(rows, ["latents"], None, time_major, channel)
                 return render(panels, "latents (stable-audio-tools layout)"), len(panels)
         if not storage.exists(""):
-            raise SystemExit(f"{output} does not exist")
+            raise Refused(f"{output} does not exist")
         if storage.exists("manifest.json"):
             manifest = storage.read_json("manifest.json")
             if not manifest["files"]:  # committed, with no rows
                 counts = manifest.get("counts", {})
-                raise SystemExit(
+                raise Refused(
                     f"no rows in {storage.root}: of its {counts.get('listed', 0)} inputs, "
                     f"{counts.get('errors', 0)} are error rows (errors.jsonl) and none gave rows"
                 )
             splits = sorted({str(f.get("split")) for f in manifest["files"] if f["path"].endswith(".parquet")})
             if split and splits:
-                raise SystemExit(f"no split {split!r} in {storage.root} (splits: {', '.join(splits)})")
-        raise SystemExit(f"no Parquet files in {storage.root}" + (f" for split {split!r}" if split else ""))
+                raise Refused(f"no split {split!r} in {storage.root} (splits: {', '.join(splits)})", 2)
+        other_splits = bool(split) and bool(data_files(storage, None))  # --split names one it does not have
+        raise Refused(
+            f"no Parquet files in {storage.root}" + (f" for split {split!r}" if split else ""), 2 if other_splits else 1
+        )
     with storage.fs.open(storage.abspath(files[0][0]), "rb") as f:
         schema = pq.read_schema(f)
     chosen = pick_column(schema, column)
     if chosen is None:  # no tensors: the distribution of every numeric column, over all rows
         numeric = numeric_columns(schema)
         if not numeric:
-            raise SystemExit(f"no tensor or numeric column among {schema.names}")
+            raise Refused(f"no tensor or numeric column among {schema.names}")
         values = read_columns(storage, files, numeric)
         return render(histogram_panels(values, numeric), "scores"), len(values[numeric[0]])
     partner = PAIRS.get(chosen)
@@ -396,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             storage_options=options,
         )
+    except Refused as e:
+        print(f"ray-pipelines preview: {e}", file=sys.stderr)
+        return e.status
     except storage_errors() as e:  # an endpoint that does not answer, no credentials, a damaged file
         print(f"ray-pipelines preview: cannot read {args.output}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
