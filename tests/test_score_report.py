@@ -11,7 +11,7 @@ import pytest
 
 from ray_pipelines.scoring.filters import FilterRule
 from ray_pipelines.scoring.plots import histogram_figure, scatter_figure
-from ray_pipelines.scoring.report import FilterSettings, write_filter_outputs, write_summaries
+from ray_pipelines.scoring.report import FilterSettings, filter_warnings, write_filter_outputs, write_summaries
 from ray_pipelines.scoring.summary import SUMMARY_COLUMNS, read_summary_csv, score_stats, summary_csv
 from ray_pipelines.scoring.table import ScoreTable
 from ray_pipelines.storage import Storage
@@ -100,10 +100,30 @@ def test_predictions_replace_class_labels_in_the_vote(tmp_path):
     )
     storage = Storage(str(tmp_path / "out"))
     settings = FilterSettings(predictions=str(predictions))
-    write_filter_outputs(storage, small_table(), settings)
+    report = write_filter_outputs(storage, small_table(), settings)
     groups = {g["group"]: g for g in csv.DictReader(io.StringIO((tmp_path / "out/groups.csv").read_text()))}
     assert (groups["p0"]["label"], groups["p0"]["votes"]) == ("good", "bad=2;good=2")  # a tie: "good" wins
     assert groups["p1"]["decided_by"] == "no_votes"  # no predictions for p1
+    # Items without a prediction are said (they were left out of the vote without a word), and so are
+    # rows whose filename is no scored key (a bare file name for the key's split/class/name path).
+    assert report["groups"]["predictions"] == {
+        "items": 10,
+        "items_with_prediction": 4,
+        "rows_naming_no_item": 0,
+        "first_unmatched": [],
+    }
+    assert filter_warnings(report) == [
+        "filter.predictions: 4 of 10 scored items have a prediction (the others do not vote)"
+    ]
+    predictions.write_text("filename,prediction,item\n" + "".join(f"p{i % 2}_{i}.pt,bad,0\n" for i in range(8)))
+    report = write_filter_outputs(storage, small_table(), settings)
+    assert report["groups"]["predictions"]["rows_naming_no_item"] == 8
+    assert filter_warnings(report) == [
+        "filter.predictions: 0 of 10 scored items have a prediction (the others do not vote); 8 rows name no "
+        "scored item (p0_0.pt, p0_2.pt, p0_4.pt, p0_6.pt, p1_1.pt, 3 more): a row's filename must be the "
+        "item's key (scores.csv's filename column)"
+    ]
+    assert filter_warnings(write_filter_outputs(storage, small_table(), FilterSettings())) == []
 
 
 def test_summaries_per_split_and_the_csv_table_round_trip(tmp_path):

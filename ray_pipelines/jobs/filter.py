@@ -27,7 +27,13 @@ from typing import Any
 
 from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
 from ray_pipelines.engine.manifest import JOB_FILE
-from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
+from ray_pipelines.scoring.report import (
+    FilterSettings,
+    filter_warnings,
+    format_filter_report,
+    write_filter_outputs,
+    write_summaries,
+)
 from ray_pipelines.scoring.table import ScoreTable, read_errors
 from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_credentials, url_problem
 
@@ -190,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(format_filter_report(report))
+    for warning in filter_warnings(report):
+        print(f"ray-pipelines filter: warning: {warning}", file=sys.stderr)
     rules = "the score job's config (manifest.json)" if job_rules else args.config or "no config"
     print(f"  rules from           {rules}" + (f" and {len(args.overrides)} --set" if args.overrides else ""))
     print(f"  written to           {storage.root}")

@@ -40,7 +40,13 @@ from ray_pipelines.scoring.inputs import (
     list_tensor_files,
 )
 from ray_pipelines.scoring.options import DnsmosOptions, ModelSpec, VadOptions
-from ray_pipelines.scoring.report import FilterSettings, format_filter_report, write_filter_outputs, write_summaries
+from ray_pipelines.scoring.report import (
+    FilterSettings,
+    filter_warnings,
+    format_filter_report,
+    write_filter_outputs,
+    write_summaries,
+)
 from ray_pipelines.scoring.signal_stats import SignalOptions
 from ray_pipelines.scoring.table import ScoreTable, read_errors
 from ray_pipelines.sources import InputItem
@@ -351,6 +357,8 @@ class ScoreJob(Job):
             storage_options=c.storage_options,
         )
         log.info("%s", format_filter_report(report))
+        for warning in filter_warnings(report):
+            log.warning("score: %s", warning)
         # The two reports for callers (JobResult.extra); the summary shows the short lines only.
         keys = report["keys"]
         return {

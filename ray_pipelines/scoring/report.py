@@ -173,12 +173,49 @@ def write_summaries(storage: Storage, table: ScoreTable, bins: int = 50) -> dict
     return summaries
 
 
-def item_labels(table: ScoreTable, settings: FilterSettings, storage_options: dict[str, Any] | None) -> np.ndarray:
-    """What each item votes for: its prediction when a predictions file is given, else its class."""
+def item_labels(
+    table: ScoreTable, settings: FilterSettings, storage_options: dict[str, Any] | None
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """What each item votes for: its prediction when a predictions file is given, else its class; and,
+    with predictions, how well they matched the scored items (``predictions_coverage``)."""
     if not settings.predictions:
-        return table["class"]
+        return table["class"], None
     predictions = read_predictions(settings.predictions, storage_options)
-    return np.array([predictions.get((k, int(i)), "") for k, i in zip(table["key"], table["item"])], dtype=object)
+    items = [(key, int(item)) for key, item in zip(table["key"], table["item"])]
+    labels = np.array([predictions.get(at, "") for at in items], dtype=object)
+    return labels, predictions_coverage(predictions, items)
+
+
+def predictions_coverage(predictions: dict[tuple[str, int], str], items: list[tuple[str, int]]) -> dict[str, Any]:
+    """How many scored items a predictions CSV names, and its rows naming none (a path written another
+    way than the scores' keys: ``clip.wav`` for ``train/good/clip.wav``), the first five of them."""
+    scored = set(items)
+    unmatched = sorted(at for at in predictions if at not in scored)
+    return {
+        "items": len(items),
+        "items_with_prediction": sum(at in predictions for at in items),
+        "rows_naming_no_item": len(unmatched),
+        "first_unmatched": [f"{key}#{item}" if item else key for key, item in unmatched[:5]],
+    }
+
+
+def filter_warnings(report: dict[str, Any]) -> list[str]:
+    """What a filter run did that its user did not likely mean (the score job logs them, the tool prints them)."""
+    coverage = report["groups"].get("predictions")
+    if not coverage:
+        return []
+    matched, items, unmatched = coverage["items_with_prediction"], coverage["items"], coverage["rows_naming_no_item"]
+    if matched == items and not unmatched:
+        return []
+    warning = f"filter.predictions: {matched} of {items} scored items have a prediction (the others do not vote)"
+    if unmatched:
+        shown = ", ".join(coverage["first_unmatched"])
+        more = unmatched - len(coverage["first_unmatched"])
+        warning += (
+            f"; {unmatched} rows name no scored item ({shown}{f', {more} more' if more else ''}): "
+            "a row's filename must be the item's key (scores.csv's filename column)"
+        )
+    return [warning]
 
 
 def key_lists(table: ScoreTable, kept: np.ndarray, errors: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -219,7 +256,7 @@ def write_filter_outputs(
     decisions += [[key, -1, "", 0, f"error: {reason}"] for key, reason in sorted(errors.items())]
     storage.write_bytes("decisions.csv", _csv(decisions, ["filename", "item", "split", "kept", "reason"]))
 
-    labels = item_labels(table, settings, storage_options)
+    labels, coverage = item_labels(table, settings, storage_options)
     groups = vote_groups(table["group"], splits, labels, result.kept, settings.all_filtered_label)
     storage.write_bytes(
         "groups.csv",
@@ -259,6 +296,7 @@ def write_filter_outputs(
             "all_filtered": sum(g.decided_by == "all_filtered" for g in groups),
             "ties": sum(g.decided_by == "tie" for g in groups),
             "labels": "predictions" if settings.predictions else "class",
+            **({"predictions": coverage} if coverage else {}),
         },
         "settings": settings.model_dump(mode="json"),
     }
