@@ -274,6 +274,12 @@ def test_the_filter_tool_does_not_write_into_another_jobs_output(tmp_path, capsy
     rule = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}"]
     assert filter_main([str(own / "scores.csv"), *rule, "--output", str(own)]) == 0
     assert (own / "kept.txt").read_text() == "a.wav\n"
+    # that output's run stopped before its first commit: what to do about it is said
+    assert filter_main([str(own)]) == 1
+    assert capsys.readouterr().err == (
+        f"ray-pipelines filter: FileNotFoundError: {own} has no manifest.json (not a committed score output; a run "
+        "started it and never committed: run the score job again to finish it)\n"
+    )
 
 
 def test_the_filter_tool_names_a_job_config_without_a_filter_section(tmp_path, capsys):

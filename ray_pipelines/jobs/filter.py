@@ -112,7 +112,11 @@ def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a committed score output; another job's output is refused by name."""
     storage = Storage(root, options)
     if not storage.exists("manifest.json"):
-        raise FileNotFoundError(f"{root} has no manifest.json (not a committed score output)")
+        started = storage.exists(JOB_FILE)  # a run claimed it and stopped before its first commit
+        raise FileNotFoundError(
+            f"{root} has no manifest.json (not a committed score output"
+            + ("; a run started it and never committed: run the score job again to finish it)" if started else ")")
+        )
     manifest = storage.read_json("manifest.json")
     # the readers' check_job says the same for their jobs; importing it here would import torch (1.4 s)
     if manifest.get("job", "score") != "score":
