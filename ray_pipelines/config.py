@@ -13,14 +13,24 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .storage import find_secrets, url_credentials, url_problem
 
@@ -31,6 +41,17 @@ from .storage import find_secrets, url_credentials, url_problem
 OUTPUT_FORMAT = 2
 # The Parquet codecs a job may write with (`compression`; jobs pick their own default).
 Codec = Literal["none", "snappy", "zstd", "lz4", "gzip"]
+
+
+def _peak_level(value: float) -> float:
+    if not math.isfinite(value) or value > 0:  # 10 for "10 dB down" made every window an error row
+        raise ValueError("a peak level in dBFS is 0 (full scale) or below, e.g. -60 for 60 dB down")
+    return value
+
+
+# A peak level in dBFS (``silence_db``), and a length of audio in seconds (``min_duration``).
+PeakDb = Annotated[float, AfterValidator(_peak_level)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 # Audio the decoders read (libsndfile, MP2 too; FFmpeg through PyAV for AAC (.m4b: audiobooks), AC-3,
 # Matroska/WebM audio (the .webm a video site's audio-only download is), WavPack, WMA, TTA and AMR).

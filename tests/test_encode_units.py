@@ -290,6 +290,24 @@ def test_config_checks_name_the_key():
         validate_config(EncodeConfig, {"input": "x", "output": "y", "model_half": True, "bf16": True})
     with pytest.raises(ConfigError, match="model.kind 'factory' needs model.factory"):
         validate_config(EncodeConfig, {"input": "x", "output": "y", "model": {"kind": "factory"}})
+    # A key the kind does not read (it encoded everything with the built-in model's untrained weights).
+    with pytest.raises(
+        ConfigError,
+        match=r"model.kind 'builtin' \(the default\) does not read model.path; set model.kind "
+        r"\(stable-audio-tools or torchscript\)",
+    ):
+        validate_config(EncodeConfig, {"input": "x", "output": "y", "model": {"path": "s3://b/vae.ts"}})
+    sat = {"kind": "stable-audio-tools", "path": "c.json", "checkpoint": "m.ckpt", "downsampling_ratio": 2048}
+    with pytest.raises(ConfigError, match="model.kind 'stable-audio-tools' does not read model.downsampling_ratio"):
+        validate_config(EncodeConfig, {"input": "x", "output": "y", "model": sat})
+    # ... while the whole config the actors are handed (every key, defaults included) is read back.
+    factory = validate_config(
+        EncodeConfig, {"input": "x", "output": "y", "model": {"kind": "factory", "factory": "m:f"}}
+    )
+    assert ModelConfig.model_validate(factory.model.model_dump(mode="json")) == factory.model
+    for bad in ({"silence_db": 10}, {"silence_db": float("nan")}, {"min_duration": float("inf")}):
+        with pytest.raises(ConfigError, match=f"{next(iter(bad))}: "):
+            validate_config(EncodeConfig, {"input": "x", "output": "y", **bad})
     cfg = validate_config(EncodeConfig, {"input": "x", "output": "y", "sample_size": 1000})
     with pytest.raises(ModelLoadError, match="sample_size: 1000 is not a multiple"):
         EncodeJob(cfg)

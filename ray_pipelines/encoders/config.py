@@ -37,6 +37,15 @@ class ReferenceModelConfig(BaseModel):
         return math.prod(self.strides)
 
 
+# The keys each kind reads.
+KIND_KEYS: dict[str, set[str]] = {
+    "builtin": {"kind", "builtin"},
+    "torchscript": {"kind", "path", "downsampling_ratio", "codebook_size"},
+    "factory": {"kind", "factory", "factory_kwargs", "checkpoint", "downsampling_ratio", "codebook_size"},
+    "stable-audio-tools": {"kind", "path", "checkpoint", "codebook_size"},
+}
+
+
 class ModelConfig(BaseModel):
     """One encoder.
 
@@ -74,6 +83,20 @@ class ModelConfig(BaseModel):
         missing = [f"model.{name}" for name in needs.get(self.kind, ()) if not getattr(self, name)]
         if missing:
             raise ValueError(f"model.kind {self.kind!r} needs {' and '.join(missing)}")
+        # A key the kind never reads was ignored: ``model: {path: vae.ts}`` without ``kind`` encoded
+        # everything with the built-in model's untrained weights.
+        # (Set to something other than its default: the config handed to the actors has every key.)
+        given = {name for name in self.model_fields_set if getattr(self, name) != _DEFAULTS.get(name)}
+        unused = sorted(given - KIND_KEYS[self.kind])
+        if unused:
+            names = ", ".join(f"model.{name}" for name in unused)
+            if "kind" in given:
+                raise ValueError(f"model.kind {self.kind!r} does not read {names}: remove it")
+            kinds = " or ".join(sorted(kind for kind, keys in KIND_KEYS.items() if set(unused) <= keys))
+            raise ValueError(f"model.kind 'builtin' (the default) does not read {names}; set model.kind ({kinds})")
         if self.factory is not None and ":" not in self.factory:
             raise ValueError(f"model.factory must be 'module:function', got {self.factory!r}")
         return self
+
+
+_DEFAULTS = {name: field.get_default(call_default_factory=True) for name, field in ModelConfig.model_fields.items()}

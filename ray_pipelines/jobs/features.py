@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ray_pipelines.config import Codec, CommonConfig
+from ray_pipelines.config import Codec, CommonConfig, PeakDb, Seconds
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.manifest import OutputState
@@ -65,8 +65,8 @@ class FeaturesConfig(CommonConfig):
     normalize: bool = Field(True, description="(x - mean) / (2 * std), as ASTFeatureExtractor's do_normalize.")
     mean: float = AST_MEAN
     std: float = Field(AST_STD, gt=0)
-    min_duration: float = Field(0.025, ge=0, description="Songs shorter than this (one 25 ms frame) are error rows.")
-    silence_db: float | None = Field(
+    min_duration: Seconds = Field(0.025, description="Songs shorter than this (one 25 ms frame) are error rows.")
+    silence_db: PeakDb | None = Field(
         None, description="Snippets whose peak is below this (dBFS) become error rows; null keeps silent snippets."
     )
     batch_size: int = Field(16, ge=1)
