@@ -451,7 +451,9 @@ def test_channel_conforming():
     stereo = np.stack([np.ones(4), 3 * np.ones(4)]).astype(np.float32)
     np.testing.assert_array_equal(conform_channels(stereo, None), 2 * np.ones(4))
     assert conform_channels(stereo[:1], 2).shape == (2, 4)
-    assert conform_channels(stereo, 1).shape == (1, 4)
+    # one channel of two is their mean, as stable-audio-tools' Mono (it was the left one)
+    np.testing.assert_array_equal(conform_channels(stereo, 1), 2 * np.ones((1, 4)))
+    np.testing.assert_array_equal(conform_channels(np.stack([stereo[0], stereo[1], stereo[0]]), 2), stereo)
     np.testing.assert_array_equal(crop_or_pad(np.ones(3), 5), [1, 1, 1, 0, 0])
 
 

@@ -311,6 +311,9 @@ def test_config_checks_name_the_key():
     cfg = validate_config(EncodeConfig, {"input": "x", "output": "y", "sample_size": 1000})
     with pytest.raises(ModelLoadError, match="sample_size: 1000 is not a multiple"):
         EncodeJob(cfg)
+    # a mono model's output records that it got the channels' mean (outputs given the left channel are refused)
+    mono = {"input": "x", "output": "y", "sample_size": 1024, "model": {"builtin": {"channels": 1}}}
+    assert EncodeJob(validate_config(EncodeConfig, mono)).fingerprint_extra()["mono_from"] == "mean"
     defaults = validate_config(EncodeConfig, {"input": "x", "output": "y"})
     assert (defaults.batch_size, defaults.sample_size, defaults.model_half, defaults.is_discrete) == (
         1,

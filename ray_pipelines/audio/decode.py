@@ -438,8 +438,9 @@ def _first_line(error: BaseException) -> str:
 def conform_channels(audio: np.ndarray, channels: int | None) -> np.ndarray:
     """``[C, n]`` -> mono ``[n]`` (channels None), or exactly ``channels`` rows.
 
-    Mono input is repeated to fill more channels; extra channels are dropped
-    (the first ones kept), as stable-audio-tools does.
+    As stable-audio-tools' ``Mono``/``Stereo`` transforms: mono input is repeated to fill more
+    channels; one channel from several is their mean; else extra channels are dropped (the first
+    ones kept).
     """
     if channels is None:
         if audio.shape[0] == 1:
@@ -456,7 +457,8 @@ def conform_channels(audio: np.ndarray, channels: int | None) -> np.ndarray:
     if audio.shape[0] == 1:
         return np.repeat(audio, channels, axis=0)
     if audio.shape[0] > channels:
-        return audio[:channels]
+        # (the left channel alone dropped whatever was panned right)
+        return conform_channels(audio, None)[None] if channels == 1 else audio[:channels]
     return np.concatenate([audio, np.repeat(audio[-1:], channels - audio.shape[0], axis=0)], axis=0)
 
 

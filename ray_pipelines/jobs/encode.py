@@ -152,7 +152,10 @@ class EncodeJob(Job):
 
     def fingerprint_extra(self) -> dict[str, Any]:
         code = {"model_code_sha256": self.model.code_sha256} if self.model.code_sha256 else {}
-        return {"model_weights_sha256": self.model.weights_sha256, **code}
+        # Since 2026-12-07 a mono model gets the channels' mean (it got the left one): outputs encoded
+        # before are refused rather than mixed with new rows.
+        mono = {"mono_from": "mean"} if self.model.channels == 1 else {}
+        return {"model_weights_sha256": self.model.weights_sha256, **code, **mono}
 
     def decoder(self) -> WindowDecoder:
         c = self.config
