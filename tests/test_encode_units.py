@@ -376,6 +376,21 @@ def test_a_user_vae_posterior_is_sampled_per_key(tmp_path):
     assert np.array_equal(mean["latents"][0], expected) and not np.array_equal(a[0], expected)
 
 
+def test_a_factory_without_a_checkpoint_is_known_by_the_weights_it_builds(tmp_path):
+    """Its weights were hashed as its name: an unseeded initialisation gave every actor other weights,
+    and a download that changed upstream mixed rows of two models, without a word."""
+    seeded = {"kind": "factory", "factory": f"{write_model(tmp_path, 'tiny_vae', VAE_MODEL)}:make_vae"}
+    unseeded_source = VAE_MODEL.replace("torch.manual_seed(0)\n", "")
+    unseeded = {"kind": "factory", "factory": f"{write_model(tmp_path, 'unseeded', unseeded_source)}:make_vae"}
+    assert load_encoder(seeded).weights_sha256 == load_encoder(seeded).weights_sha256
+    first = load_encoder(unseeded).weights_sha256
+    assert load_encoder(unseeded).weights_sha256 != first
+    # an actor whose model is not the one the driver checked stops before it encodes anything
+    with pytest.raises(ModelLoadError, match=r"other weights than the one the driver checked .*seed its initial"):
+        EncodeStage(model=unseeded, sample_size=640, weights_sha256=first)
+    EncodeStage(model=seeded, sample_size=640, weights_sha256=load_encoder(seeded).weights_sha256)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_stage_on_cuda_in_fp16_matches_the_cpu():

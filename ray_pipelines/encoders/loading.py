@@ -23,6 +23,7 @@ from ..models import (
     load_torchscript,
     model_classes,
     read_model_file,
+    weights_sha256,
 )
 from .base import Encoder, ModelLoadError, ModuleEncoder
 from .config import ModelConfig
@@ -83,10 +84,11 @@ def load_encoder(
     elif model.kind == "factory":
         checkpoint = read_model_file(model.checkpoint, storage_options) if model.checkpoint else None
         digest.update(model.factory.encode())
-        if checkpoint is not None:
-            digest.update(checkpoint)
         state = load_state_dict(checkpoint, model.checkpoint) if checkpoint is not None else None
         module = build_from_factory(model.factory, model.factory_kwargs, state, model.checkpoint or "")
+        # Without a checkpoint the weights are whatever the factory built (a download, a seeded or an
+        # unseeded initialisation): hash them, not the factory's name (EncodeStage compares its own).
+        digest.update(checkpoint if checkpoint is not None else weights_sha256(module).encode())
         code_sha256 = factory_code_sha256(model.factory, model_classes(module))  # edited code: a new output
         encoder = module if isinstance(module, Encoder) else as_encoder(module, f"the model from {model.factory}")
     elif model.kind == "stable-audio-tools":

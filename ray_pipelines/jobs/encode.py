@@ -185,6 +185,7 @@ class EncodeJob(Job):
             batch_size=c.batch_size,
             frames_axis=self.model.frames_axis,
             storage_options=c.storage_options,
+            weights_sha256=self.model.weights_sha256,
         )
 
     def stages(self) -> list[StageSpec]:

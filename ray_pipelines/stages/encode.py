@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..encoders.base import Encoder
+from ..encoders.base import Encoder, ModelLoadError
 from ..encoders.functional import posterior_noise, sample_posterior
 from ..encoders.loading import load_encoder, stored_dtype
 from ..error_text import describe
@@ -72,6 +72,7 @@ class EncodeStage:
         frames_axis: int = 2,
         storage_options: dict[str, Any] | None = None,
         device: str | None = None,
+        weights_sha256: str | None = None,
     ):
         self.device = pick_device(device)
         loaded = load_encoder(
@@ -81,6 +82,13 @@ class EncodeStage:
             is_discrete=is_discrete,
             storage_options=storage_options,
         )
+        if weights_sha256 is not None and loaded.weights_sha256 != weights_sha256:
+            raise ModelLoadError(
+                f"the model built here has other weights than the one the driver checked (sha256 "
+                f"{loaded.weights_sha256[:12]}, not {weights_sha256[:12]}): its latents would be another model's. "
+                "A factory without a checkpoint must build the same weights every time "
+                "(seed its initialisation, or give model.checkpoint)"
+            )
         self.encoder: Encoder = loaded.encoder
         self.dtype = PRECISIONS[precision]
         self.encoder.to(device=self.device, dtype=self.dtype)
