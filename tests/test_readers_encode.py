@@ -11,6 +11,8 @@ import io
 import json
 import math
 import re
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +220,21 @@ def test_a_rank_folder_of_the_sat_layout_is_not_taken_for_the_output(tokens_outp
         f"{tokens_output / '0'} is a folder inside the output {tokens_output}: give the output's root (the folder "
         "holding filelist.txt)"
     )
+
+
+def test_an_incomplete_sat_layout_output_is_read_with_a_warning_as_the_parquet_one(tokens_output, tmp_path):
+    """Its reader read filelist.txt alone: an output its last run left to retry was read without a word."""
+    out = tmp_path / "out"
+    shutil.copytree(tokens_output, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"], manifest["counts"]["to_retry"] = False, 2
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(RuntimeWarning, match=r"out is incomplete: its last run left 2 inputs to retry") as said:
+        reader = open_encoded(str(out), "sat")
+    assert said[0].filename == __file__ and len(reader) == ITEMS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_encoded(str(tokens_output), "sat")
 
 
 def test_a_mask_that_does_not_match_the_last_axis_is_refused():

@@ -53,7 +53,7 @@ from .batches import (
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share, stop_read_ahead
 from .errors import naming_the_file
-from .parquet import ShardRows, check_job, manifest_files, not_an_output
+from .parquet import ShardRows, check_job, manifest_files, not_an_output, warn_if_incomplete
 
 
 def crop_latents(
@@ -279,6 +279,10 @@ class EncodedLatents(EpochDataset):
                 or f"has no {FILELIST}: is it an encode job's committed sat-layout output?"
             )
             raise FileNotFoundError(f"{output} {why}")
+        if self.storage.exists("manifest.json"):  # (an output of an older version may lack it)
+            manifest = self.storage.read_json("manifest.json")
+            check_job(output, manifest.get("job"), "encode")
+            warn_if_incomplete(output, manifest, stacklevel=3)
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
         self.warn_if_ranks_differ(lambda: len(self.files), batch_size, drop_last)

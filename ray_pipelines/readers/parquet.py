@@ -138,6 +138,15 @@ def _counts_said(manifest: dict[str, Any]) -> str:
     return ", ".join(said)
 
 
+def warn_if_incomplete(output: str, manifest: dict[str, Any], stacklevel: int = 2) -> None:
+    """Warn (at the caller's ``stacklevel``) when the output's last run ended 3 or was stopped: rows of some
+    inputs are missing."""
+    if manifest.get("complete") is False:
+        to_retry = manifest.get("counts", {}).get("to_retry", 0)
+        message = f"{output} is incomplete: {INCOMPLETE.format(to_retry=to_retry)}"
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+
+
 def manifest_files(
     output: str | os.PathLike,
     split: str | None = None,
@@ -158,9 +167,7 @@ def manifest_files(
         raise FileNotFoundError(f"{output} {why or NOT_COMMITTED}")
     manifest = storage.read_json("manifest.json")
     check_job(output, manifest.get("job"), job)
-    if manifest.get("complete") is False:  # its last run ended 3 (or was stopped): rows of some inputs missing
-        to_retry = manifest.get("counts", {}).get("to_retry", 0)
-        warnings.warn(f"{output} is incomplete: {INCOMPLETE.format(to_retry=to_retry)}", RuntimeWarning, stacklevel=3)
+    warn_if_incomplete(output, manifest, stacklevel=3)
     if manifest["files"] and not any(f["path"].endswith(".parquet") for f in manifest["files"]):
         sat = manifest.get("config", {}).get("layout") == "sat"  # the encode job's .npy + .json pairs
         how = ": it is in stable-audio-tools' layout (.npy and .json); read it with open_encoded" if sat else ""
