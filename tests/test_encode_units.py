@@ -255,6 +255,19 @@ def test_factory_checkpoint_is_loaded_weights_only(tmp_path):
         load_encoder(ModelConfig(), is_discrete=True)
 
 
+def test_a_training_checkpoints_autoencoder_is_taken_as_stable_audio_tools_exports_it():
+    """A training checkpoint holds the discriminator too: the prefix was stripped only when every key had
+    it, so real ones were refused ("does not fit"). export_model takes the EMA copy when there is one."""
+    from ray_pipelines.encoders.stable_audio import autoencoder_state
+
+    own = {"encoder.layers.0.weight": 1, "bottleneck.proj": 2}
+    training = {**{f"autoencoder.{k}": v for k, v in own.items()}, "discriminator.convs.0": 3, "losses_disc.w": 4}
+    assert autoencoder_state(training) == own
+    ema = {f"autoencoder_ema.ema_model.{k}": 10 * v for k, v in own.items()}
+    assert autoencoder_state({**training, **ema, "autoencoder_ema.step": 7}) == {k: 10 * v for k, v in own.items()}
+    assert autoencoder_state(own) == own  # an exported model's state dict
+
+
 def test_missing_stable_audio_tools_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     try:
         import stable_audio_tools  # noqa: F401

@@ -101,17 +101,28 @@ class StableAudioEncoder(Encoder):
         }
 
 
+# What a training checkpoint (stable-audio-tools' AutoencoderTrainingWrapper) holds the autoencoder
+# under, beside its discriminator and losses: the EMA copy first, as the wrapper's export_model takes it.
+TRAINING_PREFIXES = ("autoencoder_ema.ema_model.", "autoencoder.")
+
+
+def autoencoder_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The autoencoder's own state dict: a training checkpoint's EMA copy (else its autoencoder), or an
+    exported model's state dict as it is."""
+    for prefix in TRAINING_PREFIXES:
+        own = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+        if own:
+            return own
+    return state
+
+
 def load_stable_audio(
     config_data: bytes, config_name: str, checkpoint: bytes, checkpoint_name: str
 ) -> StableAudioEncoder:
     create_model_from_config = import_factory()
     model_config = parse_model_config(config_data, config_name)
     model = create_model_from_config(model_config)
-    state = load_state_dict(checkpoint, checkpoint_name)
-    # Training checkpoints wrap the autoencoder; unwrapped ones are its own state dict.
-    prefix = "autoencoder."
-    if state and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix) :]: v for k, v in state.items()}
+    state = autoencoder_state(load_state_dict(checkpoint, checkpoint_name))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
