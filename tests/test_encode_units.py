@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ray_pipelines.audio.decode import DecodeError
+from ray_pipelines.audio.decode import DecodeError, is_retryable
 from ray_pipelines.config import ConfigError, validate_config
 from ray_pipelines.encoders import (
     ModelConfig,
@@ -85,6 +85,8 @@ class Identity(nn.Module):
         self.sample_rate, self.channels, self.downsampling_ratio = sample_rate, channels, 1
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.abs().max() > 5000:  # (as torch raises it for a GPU another job fills)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         if audio.abs().max() > 100:
             raise ValueError("audio out of range")
         return audio.clone()
@@ -423,15 +425,36 @@ def test_stage_turns_model_failures_into_error_rows(tmp_path):
     stage = EncodeStage(
         model={"kind": "factory", "factory": factory}, sample_size=64, sample_rate=16000, audio_channels=1, batch_size=4
     )
-    audio = np.ones((3, 1, 64), dtype=np.float32)
+    audio = np.ones((4, 1, 64), dtype=np.float32)
     audio[1] *= 1000.0
-    batch = batch_of(audio, [64, 64, 0])
+    audio[3] *= 10000.0
+    batch = batch_of(audio, [64, 64, 0, 64])
     batch["error"][0] = "undecodable: not audio"
     out = stage(batch)
     assert out["error"][0] == "undecodable: not audio"
     assert out["error"][1] == "encode failed: ValueError: audio out of range"
     assert out["error"][2] == "empty window: no audio samples in it"
+    # the device's fault, not the window's: retried by the next run (it was failed for good, exit 0)
+    assert out["error"][3] == "device: encode failed: OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    assert [is_retryable(e) for e in out["error"]] == [False, False, False, True]
     assert not out["latents"].any() and not out["padding_mask"].any()
+
+
+def test_a_cuda_error_under_a_teachers_or_scorers_failure_is_the_devices():
+    from ray_pipelines.stages.rows import model_failure
+    from ray_pipelines.stages.teacher import TeacherFailed
+
+    try:
+        try:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        except RuntimeError as e:
+            raise TeacherFailed("crepe", e) from e
+    except TeacherFailed as wrapped:
+        reason = model_failure("teacher", wrapped)
+    assert reason.startswith("device: teacher failed: crepe: RuntimeError: CUDA error: an illegal memory access")
+    assert model_failure("score", ValueError("nan in input"), lambda e: f"dnsmos: {e}") == (
+        "score failed: dnsmos: nan in input"
+    )
 
 
 # ---- output naming and the reader --------------------------------------------------------

@@ -36,9 +36,10 @@ class DecodeError(Exception):
     """An input that cannot become audio; ``str(e)`` is the reason recorded."""
 
 
-# Reasons that may heal by themselves (storage hiccups, a file still uploading):
+# Reasons that may heal by themselves (storage hiccups, a file still uploading, a GPU out of memory):
 # such inputs are retried on the next run instead of being committed as failed.
-RETRYABLE_PREFIXES = ("unreadable:", "missing:", "lost:")
+DEVICE_FAULT = "device:"  # a model's call failed for the device's sake (stages/rows.model_failure)
+RETRYABLE_PREFIXES = ("unreadable:", "missing:", "lost:", DEVICE_FAULT)
 
 
 def is_retryable(reason: str) -> bool:

@@ -9,6 +9,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ..audio.decode import DEVICE_FAULT
+
 Result = TypeVar("Result")
 
 
@@ -28,14 +30,38 @@ def float_rows(audio: np.ndarray, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(take_rows(audio, rows), dtype=np.float32))
 
 
+# CUDA's, cuBLAS's and cuDNN's errors, as torch raises them (RuntimeError).
+DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error")
+
+
+def is_device_fault(error: BaseException) -> bool:
+    """Out of GPU memory or a CUDA library's error (here or in what it was raised from): the device's state
+    (a GPU shared with another job, a transient fault), not the clip's."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, torch.OutOfMemoryError):
+            return True
+        if isinstance(seen, RuntimeError) and any(mark in str(seen) for mark in DEVICE_ERRORS):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def model_failure(what: str, error: Exception, describe: Callable[[Exception], str] = str) -> str:
+    """A row's error for a model that raised on it: ``"<what> failed: <error>"``; a device's fault is marked
+    retryable (``device:``, retried by the next run: it failed every later run's row for good, exit 0)."""
+    reason = f"{what} failed: {describe(error)}"
+    return f"{DEVICE_FAULT} {reason}" if is_device_fault(error) else reason
+
+
 def failure_reason(what: str, device: torch.device, describe: Callable[[Exception], str] = str) -> Callable:
-    """The ``reason`` for :func:`run_else_row_by_row`: ``"<what> failed: <error>"``, a CUDA device's cached
+    """The ``reason`` for :func:`run_else_row_by_row` (:func:`model_failure`), a CUDA device's cached
     memory released first (what the failed call left there would crowd the rows run again alone)."""
 
     def reason(error: Exception) -> str:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return f"{what} failed: {describe(error)}"
+        return model_failure(what, error, describe)
 
     return reason
 

@@ -9,7 +9,7 @@ import numpy as np
 from ..error_text import describe
 from ..scoring.scorers import Clips, Scorer, build_scorer
 from .device import pick_device
-from .rows import run_else_row_by_row
+from .rows import model_failure, run_else_row_by_row
 
 # Columns handed on to the sink; the audio or spectrogram itself is dropped here, it is not written.
 PASS_COLUMNS = ("key", "item", "samples_per_input", "split", "error", "etag", "source", "class", "group")
@@ -70,7 +70,7 @@ class ScoreStage:
         parts = run_else_row_by_row(
             lambda rows: scorer(clips if len(rows) == len(clips) else clips.subset(rows.tolist())),
             np.arange(len(clips)),
-            lambda error: f"score failed: {name}: {describe(error)}",
+            lambda error: model_failure("score", error, lambda e: f"{name}: {describe(e)}"),
         )
         for rows, result in parts:
             if isinstance(result, str):
