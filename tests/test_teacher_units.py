@@ -412,7 +412,9 @@ class Shaped(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape
-        return {"b1t": x[:, None], "b2t": torch.stack([x, x], 1), "b": x.mean(-1), "1t": x[:1]}[self.shape]
+        shaped = {"b1t": x[:, None], "b2t": torch.stack([x, x], 1), "b": x.mean(-1), "1t": x[:1]}
+        shaped.update({"short": x[:, :-100], "long": torch.cat([x, x], 1)})
+        return shaped[self.shape]
 
 
 @pytest.mark.parametrize(
@@ -421,6 +423,9 @@ class Shaped(torch.nn.Module):
         ("b2t", r"output 'y' has shape \[3, 2, 800\]: a waveform is \[B, T\] or \[B, 1, T\]"),  # stored as it came
         ("b", r"output 'y' has shape \[3\]: a waveform is \[B, T\] or \[B, 1, T\]"),  # lost every block
         ("1t", r"output 'y' has shape \[1, 800\]: its first axis must be the clips' \(3\)"),
+        # zero-padded or cut to the clip's length, out of step with x
+        ("short", r"output 'y' has 700 samples for clips of 800: a waveform output keeps the clip's length"),
+        ("long", r"output 'y' has 1600 samples for clips of 800"),
     ],
 )
 def test_a_user_teachers_waveform_of_another_shape_is_refused_by_name(shape, said, tmp_path):

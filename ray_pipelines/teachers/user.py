@@ -70,12 +70,13 @@ class ModelTeacher(Teacher):
         else:
             raise RuntimeError(f"teacher {self.name!r} returned {type(result).__name__}, not tensors")
         for output in self.outputs:
-            named[output.name] = self._checked(output, named.get(output.name), len(audio))
+            named[output.name] = self._checked(output, named.get(output.name), *audio.shape)
         return {n: v.float() for n, v in named.items() if n in names}
 
-    def _checked(self, output: TeacherOutput, value: Any, clips: int) -> torch.Tensor:
+    def _checked(self, output: TeacherOutput, value: Any, clips: int, samples: int) -> torch.Tensor:
         """An output as the stage stores it, or a RuntimeError saying what is wrong with it: a waveform of
-        another shape was stored as it came ([B, 2, T] as two channels), and one of [B] lost every block."""
+        another shape was stored as it came ([B, 2, T] as two channels), one of [B] lost every block, and
+        one of another length was cut or zero-padded to the clip's (out of step with ``x``)."""
         said = f"teacher {self.name!r} output {output.name!r}"
         if not isinstance(value, torch.Tensor):
             raise RuntimeError(f"{said} is {type(value).__name__}, not a tensor")
@@ -85,6 +86,11 @@ class ModelTeacher(Teacher):
             raise RuntimeError(f"{said} has shape {list(value.shape)}: its first axis must be the clips' ({clips})")
         if output.kind == "waveform" and value.ndim != 2:
             raise RuntimeError(f"{said} has shape {list(value.shape)}: a waveform is [B, T] or [B, 1, T]")
+        if output.kind == "waveform" and value.shape[1] != samples:
+            raise RuntimeError(
+                f"{said} has {value.shape[1]} samples for clips of {samples}: a waveform output keeps the clip's "
+                "length (crop or pad it in the model), or it is out of step with x"
+            )
         return value
 
 
