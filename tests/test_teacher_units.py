@@ -46,6 +46,14 @@ class HalfGain(torch.nn.Module):
         return 0.5 * x
 
 
+class NormalisesInPlace(torch.nn.Module):
+    """A user model that changes its input in place (to unit peak) before it returns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.div_(x.abs().amax(-1, keepdim=True).clamp_min(1e-8))
+        return x.mean(-1, keepdim=True)
+
+
 class LogExcessPeak(torch.nn.Module):
     """NaN for clips whose peak is under 0.2: a teacher that breaks on some inputs."""
 
@@ -215,6 +223,19 @@ def test_stage_resamples_per_teacher_and_keeps_error_rows(tmp_path):
     core = slice(2000, N - 2000)
     assert np.abs(out["y"][0, core] - 0.5 * audio[0, core]).max() < 1e-3
     assert list(out["error"]) == ["", "undecodable: junk"] and not out["y"][1].any()
+
+
+def test_a_teacher_that_changes_its_input_in_place_changes_neither_x_nor_the_next_teachers(tmp_path):
+    path = tmp_path / "norm.ts"
+    torch.jit.script(NormalisesInPlace()).save(str(path))
+    fx = {"kind": "torchscript", "name": "norm", "path": str(path), "sample_rate": SR, "outputs": {"m": "tensor"}}
+    alone = TeacherStage(teachers=[{"kind": "loudness"}], sample_rate=SR, num_samples=N)
+    stage = TeacherStage(teachers=[fx, {"kind": "loudness"}], sample_rate=SR, num_samples=N)
+    audio = (0.1 * np.sin(2 * np.pi * 440 * np.arange(N) / SR))[None].astype(np.float32)
+    batch = {"key": np.array(["a"], dtype=object), "error": np.array([""], dtype=object)}
+    out = stage({**batch, "audio": audio.copy()})
+    assert np.abs(out["x"]).max() == pytest.approx(0.1, rel=1e-4)  # was 1.0: the model's normalised copy
+    assert np.array_equal(out["loudness_db"], alone({**batch, "audio": audio.copy()})["loudness_db"])
 
 
 def test_non_finite_teacher_output_becomes_an_error_row(tmp_path):

@@ -57,6 +57,9 @@ class ModelTeacher(Teacher):
         return [self.module]
 
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        # A copy: the clips are the stored x (on the CPU, the decoded batch itself) and the other teachers'
+        # input, and a model may change its input in place (x.div_(peak) changed both without a word).
+        audio = audio.clone()
         result = self.module(audio[:, None] if self.input_layout == "batch_channel_time" else audio)
         names = [o.name for o in self.outputs]
         if isinstance(result, torch.Tensor):
