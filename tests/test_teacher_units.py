@@ -395,6 +395,27 @@ def test_stage_on_cuda_batches_and_matches_cpu():
             },
             "only one teacher may output y",
         ),
+        (  # one column kept the other's values
+            {
+                "teachers": [
+                    {
+                        "kind": "torchscript",
+                        "name": "fx",
+                        "path": "a.ts",
+                        "sample_rate": 1,
+                        "outputs": {"a_b": "tensor"},
+                    },
+                    {
+                        "kind": "torchscript",
+                        "name": "fx_a",
+                        "path": "b.ts",
+                        "sample_rate": 1,
+                        "outputs": {"b": "tensor"},
+                    },
+                ]
+            },
+            r"teacher outputs share a column name \(fx_a_b: fx's a_b and fx_a's b\): rename a teacher or an output",
+        ),
         ({"synth": {"f0_range": [500, 100]}}, "f0_range"),
         # a fundamental above Nyquist was generated at its alias, and stored as the clip's f0
         (

@@ -99,9 +99,23 @@ class TeacherConfig(CommonConfig):
         makers_of_y = [t.teacher_name for t in self.teachers if any(o.name == "y" for o in t.declared_outputs())]
         if len(makers_of_y) > 1:
             raise ValueError(f"only one teacher may output y, got {', '.join(makers_of_y)}")
-        clashes = sorted(set(self.teacher_columns()) & (RESERVED_COLUMNS - {"y"}))
+        columns = self.teacher_columns()
+        clashes = sorted(set(columns) & (RESERVED_COLUMNS - {"y"}))
         if clashes:
             raise ValueError(f"teacher output columns clash with the job's own columns: {', '.join(clashes)}")
+        shared = sorted({c for c in columns if columns.count(c) > 1})  # fx's a_b and fx_a's b: one kept
+        if shared:
+            makers = {
+                column: [
+                    f"{t.teacher_name}'s {o.name}"
+                    for t in self.teachers
+                    for o in t.declared_outputs()
+                    if column_name(t.teacher_name, o.name) == column
+                ]
+                for column in shared
+            }
+            said = "; ".join(f"{column}: {' and '.join(who)}" for column, who in makers.items())
+            raise ValueError(f"teacher outputs share a column name ({said}): rename a teacher or an output")
         return self
 
     @property
