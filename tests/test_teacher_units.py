@@ -113,6 +113,27 @@ def test_every_family_has_the_drawn_level_and_pitch(family):
 
 
 # ---- built-in teachers -----------------------------------------------------------------------
+def test_the_weighted_argmax_is_crepes_local_average_at_the_ends_of_the_range_too():
+    """CREPE's to_local_average_cents (the crepe package) over the 9 bins around the peak, the window cut
+    at the range's ends: it was clamped, bin 359 counted three times (8-11 cents off near 2 kHz)."""
+    from ray_pipelines.teachers.crepe import CENTS_OFFSET, PITCH_BINS, decode_pitch
+
+    def local_average_cents(salience: np.ndarray) -> float:  # crepe/core.py, as written there
+        center = int(np.argmax(salience))
+        start, end = max(0, center - 4), min(len(salience), center + 5)
+        cents = 20 * np.arange(PITCH_BINS) + CENTS_OFFSET
+        return float(np.sum(salience[start:end] * cents[start:end]) / np.sum(salience[start:end]))
+
+    rng = np.random.default_rng(0)
+    for peak in (0, 2, 180, 357, 359):
+        salience = rng.uniform(0.0, 0.3, PITCH_BINS)
+        salience[max(0, peak - 4) : peak + 5] = rng.uniform(0.4, 0.8, len(salience[max(0, peak - 4) : peak + 5]))
+        salience[peak] = 0.95
+        f0, periodicity = decode_pitch(torch.from_numpy(salience)[None].double(), 31.0, 2006.0)
+        expected = 10.0 * 2 ** (local_average_cents(salience) / 1200.0)
+        assert f0.item() == pytest.approx(expected, rel=1e-9) and periodicity.item() == pytest.approx(0.95)
+
+
 def test_loudness_matches_torchcrepe_a_weighted():
     import torchcrepe
 

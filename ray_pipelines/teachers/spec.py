@@ -171,9 +171,12 @@ class CrepeSpec(TeacherSpecBase):
         )
 
     def identity(self) -> dict[str, Any]:
-        return self.base_identity(
+        identity = self.base_identity(
             crepe_version(self.capacity), file_sha256(crepe_weights_path(self.capacity)), CREPE_SAMPLE_RATE
         )
+        if self.decoder == "weighted_argmax":  # since 2026-12-07: caches decoded before are refused, not mixed
+            identity["local_average"] = "window cut at the range's ends"
+        return identity
 
 
 class LoudnessSpec(TeacherSpecBase):
