@@ -438,6 +438,12 @@ def test_stage_on_cuda_batches_and_matches_cpu():
             r"teacher outputs share a column name \(fx_a_b: fx's a_b and fx_a's b\): rename a teacher or an output",
         ),
         ({"synth": {"f0_range": [500, 100]}}, "f0_range"),
+        # a hop or a clip of no samples failed every actor's start, as a clip "the teacher fails on"
+        ({"teachers": [{"kind": "torchcrepe", "hop_ms": 0.01}]}, r"hop_ms 0.01 is under one sample at 16000 Hz"),
+        ({"teachers": [{"kind": "loudness", "hop_ms": 0.01}]}, r"hop_ms 0.01 is under one sample at 16000 Hz"),
+        ({"duration": 1e-6}, r"duration 1e-06 s is under one sample at sample_rate 44100"),
+        # ignored by the generator, yet fingerprinted: changing them refused a resume
+        ({"val_fraction": 0.3, "max_windows": 4}, r"max_windows, val_fraction: for audio-file inputs; input synth://"),
         # a fundamental above Nyquist was generated at its alias, and stored as the clip's f0
         (
             {"sample_rate": 16000, "synth": {"f0_range": [50, 9000]}},

@@ -55,6 +55,10 @@ RESERVED_COLUMNS = frozenset(
 )
 
 
+# The keys only audio-file inputs read (synth:// makes its own clips and split).
+AUDIO_FILE_KEYS = frozenset({"max_windows", "window_hop", "min_duration", "silence_db", "val_fraction"})
+
+
 class TeacherConfig(CommonConfig):
     INPUT_SCHEMES: ClassVar[frozenset[str]] = frozenset({SYNTH_INPUT.removesuffix("://")})
 
@@ -92,6 +96,15 @@ class TeacherConfig(CommonConfig):
                 f"({self.sample_rate / 2:g} Hz at sample_rate {self.sample_rate}): a higher f0 aliases, and the "
                 "clip's pitch is not the f0 stored for it"
             )
+        if self.num_samples < 1:
+            raise ValueError(f"duration {self.duration:g} s is under one sample at sample_rate {self.sample_rate}")
+        ignored = sorted(
+            key
+            for key in AUDIO_FILE_KEYS & self.model_fields_set
+            if self.synth is not None and getattr(self, key) != type(self).model_fields[key].default
+        )
+        if ignored:  # (they changed the fingerprint, and so refused a resume, while they changed nothing)
+            raise ValueError(f"{', '.join(ignored)}: for audio-file inputs; input {SYNTH_INPUT} does not read them")
         names = [t.teacher_name for t in self.teachers]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

@@ -77,6 +77,13 @@ def crepe_version(capacity: str) -> str:
     return f"torchcrepe {package_version('torchcrepe')} {capacity}"
 
 
+def check_hop(hop_ms: float, sample_rate: int) -> None:
+    """A hop of ``hop_ms`` must be one sample at least at the rate the teacher runs at (0 failed every actor's
+    start as a clip "the teacher fails on")."""
+    if int(round(hop_ms * sample_rate / 1000)) < 1:
+        raise ValueError(f"hop_ms {hop_ms:g} is under one sample at {sample_rate} Hz (at least {1000 / sample_rate:g})")
+
+
 class TeacherSpecBase(BaseModel, abc.ABC):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -155,6 +162,7 @@ class CrepeSpec(TeacherSpecBase):
     def _range(self) -> CrepeSpec:
         if self.fmin >= self.fmax:
             raise ValueError(f"fmin ({self.fmin}) must be below fmax ({self.fmax})")
+        check_hop(self.hop_ms, CREPE_SAMPLE_RATE)
         return self
 
     def default_name(self) -> str:
@@ -187,6 +195,11 @@ class LoudnessSpec(TeacherSpecBase):
     n_fft: int = Field(1024, gt=0)
     hop_ms: float = Field(10.0, gt=0)
     top_db: float | None = Field(80.0, gt=0, description="Floor each clip's dB this far below its loudest bin.")
+
+    @model_validator(mode="after")
+    def _hop(self) -> LoudnessSpec:
+        check_hop(self.hop_ms, self.sample_rate)
+        return self
 
     def default_name(self) -> str:
         return "loudness"
