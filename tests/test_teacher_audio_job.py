@@ -90,6 +90,8 @@ def test_user_teacher_outputs_are_cached(audio_cache):
     assert clip["fir_peak"].shape == (1,) and clip["fir_peak"].item() == pytest.approx(x.abs().max().item(), rel=1e-6)
     padded = by_clip[("sub/c.ogg", 0)]
     assert not padded["x"][int(1.05 * SR) :].any()  # a 1 s file in a 1.2 s clip: zero padded
+    # how much of each clip is audio, for a student to mask the padding by (other jobs stored it; this one not)
+    assert int(padded["valid_samples"]) == SR and int(clip["valid_samples"]) == 52920
     assert clip["loudness_db"].shape == (121,)
 
 
@@ -113,7 +115,9 @@ def test_reader_with_two_workers_yields_every_row_once(audio_cache):
 
 
 def test_reader_names_missing_columns(audio_cache):
-    with pytest.raises(ValueError, match=r"no column f0, db; columns: key, window, start_seconds, x, y") as error:
+    with pytest.raises(
+        ValueError, match=r"no column f0, db; columns: key, window, start_seconds, valid_samples, x, y"
+    ) as error:
         TeacherCache(audio_cache.output, "train")
     # the defaults are a synthetic cache's: the message says what to pass for this one
     assert 'e.g. fields=("x", "y", ' in str(error.value) and str(error.value).endswith("as_dict=True")

@@ -42,6 +42,7 @@ RESERVED_COLUMNS = frozenset(
         "key",
         "window",
         "start_seconds",
+        "valid_samples",
         "x",
         "f0",
         "db",
@@ -252,7 +253,9 @@ class TeacherJob(Job):
         ]
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        return {"teachers": self.identities}
+        # Audio-file caches have a valid_samples column since 2026-12-07: caches written before are
+        # refused rather than mixed with shards of another schema.
+        return {"teachers": self.identities, **({} if self.config.is_synth else {"valid_samples": True})}
 
     # ---- per-row work -------------------------------------------------------------
     def decoder(self):
@@ -274,6 +277,7 @@ class TeacherJob(Job):
             min_duration=c.min_duration,
             silence_db=c.silence_db,
             storage_options=c.storage_options,
+            valid_column="valid_samples",  # the clip's samples of audio, the rest zero padding
         )
 
     def stage_kwargs(self) -> dict[str, Any]:
@@ -296,7 +300,7 @@ class TeacherJob(Job):
     def output_columns(self) -> list[str]:
         c = self.config
         teacher_columns = c.teacher_columns()
-        columns = ["key", "window"] + ([] if c.is_synth else ["start_seconds"]) + ["x"]
+        columns = ["key", "window"] + ([] if c.is_synth else ["start_seconds", "valid_samples"]) + ["x"]
         columns += ["y"] if "y" in teacher_columns else []
         columns += ["f0", "db", "family"] if c.is_synth else []
         columns += [name for name in teacher_columns if name != "y"]

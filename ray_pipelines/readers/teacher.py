@@ -15,7 +15,15 @@ from __future__ import annotations
 from .parquet import OutputRows, RowToDict, RowToTuple
 
 DEFAULT_FIELDS = ("x", "y", "f0", "db")
-CLIP_COLUMNS = ("key", "window", "start_seconds", "family", "source", "x")  # the rest: drawn f0/db, teacher outputs
+CLIP_COLUMNS = (
+    "key",
+    "window",
+    "start_seconds",
+    "valid_samples",
+    "family",
+    "source",
+    "x",
+)  # the rest: drawn f0/db, teacher outputs
 
 __all__ = ["DEFAULT_FIELDS", "RowToDict", "RowToTuple", "TeacherCache"]
 
