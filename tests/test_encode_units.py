@@ -440,18 +440,31 @@ def test_stage_turns_model_failures_into_error_rows(tmp_path):
     assert not out["latents"].any() and not out["padding_mask"].any()
 
 
-def test_a_cuda_error_under_a_teachers_or_scorers_failure_is_the_devices():
+def test_a_gpu_out_of_memory_under_a_teachers_or_scorers_failure_is_the_devices():
     from ray_pipelines.stages.rows import model_failure
     from ray_pipelines.stages.teacher import TeacherFailed
 
     try:
         try:
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            raise RuntimeError("CUDA out of memory. Tried to allocate 512.00 MiB")
         except RuntimeError as e:
             raise TeacherFailed("crepe", e) from e
     except TeacherFailed as wrapped:
         reason = model_failure("teacher", wrapped)
-    assert reason.startswith("device: teacher failed: crepe: RuntimeError: CUDA error: an illegal memory access")
+    assert reason.startswith("device: teacher failed: crepe: RuntimeError: CUDA out of memory")
+    # TorchScript's interpreter keeps only the text of what was raised in it
+    scripted = RuntimeError(
+        "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript code:\n...\n"
+        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
+    )
+    assert model_failure("encode", scripted).startswith("device: encode failed: ")
+    # what follows the input stays final: retried, it would fail every run again
+    for error in (
+        RuntimeError("CUDA error: device-side assert triggered"),
+        RuntimeError("CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a non-contiguous input."),
+        ValueError("nan in input"),
+    ):
+        assert not is_retryable(model_failure("score", error, lambda e: f"dnsmos: {e}"))
     assert model_failure("score", ValueError("nan in input"), lambda e: f"dnsmos: {e}") == (
         "score failed: dnsmos: nan in input"
     )

@@ -231,7 +231,14 @@ def test_an_incomplete_sat_layout_output_is_read_with_a_warning_as_the_parquet_o
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(RuntimeWarning, match=r"out is incomplete: its last run left 2 inputs to retry") as said:
         reader = open_encoded(str(out), "sat")
-    assert said[0].filename == __file__ and len(reader) == ITEMS
+    with pytest.warns(RuntimeWarning, match=r"out is incomplete") as direct:
+        EncodedLatents(str(out))
+    assert said[0].filename == direct[0].filename == __file__ and len(reader) == ITEMS
+    # another job's output is refused by name, as the Parquet readers refuse it
+    manifest["job"] = "augment"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"out is the augment job's output, not the encode job's"):
+        open_encoded(str(out), "sat")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         open_encoded(str(tokens_output), "sat")

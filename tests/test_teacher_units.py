@@ -132,6 +132,10 @@ def test_the_weighted_argmax_is_crepes_local_average_at_the_ends_of_the_range_to
         f0, periodicity = decode_pitch(torch.from_numpy(salience)[None].double(), 31.0, 2006.0)
         expected = 10.0 * 2 ** (local_average_cents(salience) / 1200.0)
         assert f0.item() == pytest.approx(expected, rel=1e-9) and periodicity.item() == pytest.approx(0.95)
+    # caches the clamped window decoded are refused once: those whose range takes an end bin, no others
+    assert parse_spec({"kind": "torchcrepe"}).identity()["local_average"] == "window cut at the range's ends"
+    assert "local_average" not in parse_spec({"kind": "torchcrepe", "fmax": 1999.0}).identity()
+    assert "local_average" not in parse_spec({"kind": "torchcrepe", "decoder": "argmax"}).identity()
 
 
 def test_loudness_matches_torchcrepe_a_weighted():

@@ -282,7 +282,7 @@ class EncodedLatents(EpochDataset):
         if self.storage.exists("manifest.json"):  # (an output of an older version may lack it)
             manifest = self.storage.read_json("manifest.json")
             check_job(output, manifest.get("job"), "encode")
-            warn_if_incomplete(output, manifest, stacklevel=3)
+            warn_if_incomplete(output, manifest)
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
         self.warn_if_ranks_differ(lambda: len(self.files), batch_size, drop_last)

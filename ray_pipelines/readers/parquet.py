@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -138,13 +139,23 @@ def _counts_said(manifest: dict[str, Any]) -> str:
     return ", ".join(said)
 
 
-def warn_if_incomplete(output: str, manifest: dict[str, Any], stacklevel: int = 2) -> None:
-    """Warn (at the caller's ``stacklevel``) when the output's last run ended 3 or was stopped: rows of some
-    inputs are missing."""
+def warn_if_incomplete(output: str, manifest: dict[str, Any]) -> None:
+    """Warn when the output's last run ended 3 or was stopped (rows of some inputs are missing), at the
+    line that made the reader (built directly, through ``open_*`` or by ``manifest_files``)."""
     if manifest.get("complete") is False:
         to_retry = manifest.get("counts", {}).get("to_retry", 0)
         message = f"{output} is incomplete: {INCOMPLETE.format(to_retry=to_retry)}"
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
+        warnings.warn(message, RuntimeWarning, stacklevel=_first_caller_outside_the_readers())
+
+
+def _first_caller_outside_the_readers() -> int:
+    """``warnings.warn``'s stacklevel, for a warning raised by its caller, of the first frame outside this
+    package."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def manifest_files(
@@ -167,7 +178,7 @@ def manifest_files(
         raise FileNotFoundError(f"{output} {why or NOT_COMMITTED}")
     manifest = storage.read_json("manifest.json")
     check_job(output, manifest.get("job"), job)
-    warn_if_incomplete(output, manifest, stacklevel=3)
+    warn_if_incomplete(output, manifest)
     if manifest["files"] and not any(f["path"].endswith(".parquet") for f in manifest["files"]):
         sat = manifest.get("config", {}).get("layout") == "sat"  # the encode job's .npy + .json pairs
         how = ": it is in stable-audio-tools' layout (.npy and .json); read it with open_encoded" if sat else ""

@@ -30,26 +30,32 @@ def float_rows(audio: np.ndarray, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(take_rows(audio, rows), dtype=np.float32))
 
 
-# CUDA's, cuBLAS's and cuDNN's errors, as torch raises them (RuntimeError).
-DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error")
+# A GPU's memory taken (by another job on it, by the batch before) and its hardware faults, as torch
+# raises them; a RuntimeError from TorchScript keeps only the text. Not a device-side assert or a
+# cuBLAS/cuDNN "not supported": those follow the input, and would be retried by every run.
+DEVICE_FAULTS = (
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "uncorrectable ECC error",
+)
 
 
 def is_device_fault(error: BaseException) -> bool:
-    """Out of GPU memory or a CUDA library's error (here or in what it was raised from): the device's state
-    (a GPU shared with another job, a transient fault), not the clip's."""
+    """Out of GPU memory or a GPU's hardware fault (here or in what it was raised from or during): the
+    device's state, not the clip's."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, torch.OutOfMemoryError):
+        if isinstance(seen, torch.OutOfMemoryError) or any(mark in str(seen) for mark in DEVICE_FAULTS):
             return True
-        if isinstance(seen, RuntimeError) and any(mark in str(seen) for mark in DEVICE_ERRORS):
-            return True
-        seen = seen.__cause__
+        seen = seen.__cause__ or seen.__context__
     return False
 
 
 def model_failure(what: str, error: Exception, describe: Callable[[Exception], str] = str) -> str:
     """A row's error for a model that raised on it: ``"<what> failed: <error>"``; a device's fault is marked
-    retryable (``device:``, retried by the next run: it failed every later run's row for good, exit 0)."""
+    retryable (``device:``, retried by the next run: a GPU another job filled failed rows for good, exit 0)."""
     reason = f"{what} failed: {describe(error)}"
     return f"{DEVICE_FAULT} {reason}" if is_device_fault(error) else reason
 

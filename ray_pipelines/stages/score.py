@@ -9,7 +9,7 @@ import numpy as np
 from ..error_text import describe
 from ..scoring.scorers import Clips, Scorer, build_scorer
 from .device import pick_device
-from .rows import model_failure, run_else_row_by_row
+from .rows import failure_reason, run_else_row_by_row
 
 # Columns handed on to the sink; the audio or spectrogram itself is dropped here, it is not written.
 PASS_COLUMNS = ("key", "item", "samples_per_input", "split", "error", "etag", "source", "class", "group")
@@ -61,8 +61,7 @@ class ScoreStage:
             mel=take("mel"),
         )
 
-    @staticmethod
-    def run_guarded(name: str, scorer: Scorer, clips: Clips) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    def run_guarded(self, name: str, scorer: Scorer, clips: Clips) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         """The scorer's columns for ``clips`` (NaN where it failed) and ``{row: reason}`` for the rows it
         failed on."""
         values = {column: np.full(len(clips), np.nan) for column in scorer.columns}
@@ -70,7 +69,7 @@ class ScoreStage:
         parts = run_else_row_by_row(
             lambda rows: scorer(clips if len(rows) == len(clips) else clips.subset(rows.tolist())),
             np.arange(len(clips)),
-            lambda error: model_failure("score", error, lambda e: f"{name}: {describe(e)}"),
+            failure_reason("score", self.device, lambda e: f"{name}: {describe(e)}"),
         )
         for rows, result in parts:
             if isinstance(result, str):

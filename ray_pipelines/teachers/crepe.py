@@ -18,20 +18,21 @@ import torch
 import torch.nn.functional as F
 
 from .base import Teacher, TeacherLoadError
-from .spec import (  # noqa: F401  (re-exported: the spec and the weights' location are torch-free, in spec)
+from .spec import (  # noqa: F401  (re-exported: the spec, the weights' location and the bins are torch-free, in spec)
+    CENTS_OFFSET,
+    CENTS_PER_BIN,
     CREPE_OUTPUTS,
     CREPE_SAMPLE_RATE,
+    PITCH_BINS,
     CrepeSpec,
     crepe_version,
     crepe_weights_path,
+    hz_to_bin,
 )
 
 OUTPUTS = CREPE_OUTPUTS
 
 WINDOW = 1024  # samples per analysed frame
-PITCH_BINS = 360
-CENTS_PER_BIN = 20
-CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 32.7 Hz)
 
 
 # ---- functional ---------------------------------------------------------------------
@@ -50,11 +51,6 @@ def bins_to_cents(bins: torch.Tensor) -> torch.Tensor:
 
 def cents_to_hz(cents: torch.Tensor) -> torch.Tensor:
     return 10.0 * 2.0 ** (cents / 1200.0)
-
-
-def hz_to_bin(hz: float) -> float:
-    """Fractional bin index of a frequency."""
-    return (1200.0 * math.log2(hz / 10.0) - CENTS_OFFSET) / CENTS_PER_BIN
 
 
 def decode_pitch(

@@ -18,6 +18,7 @@ import abc
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import re
 from importlib.metadata import version as package_version
@@ -41,6 +42,16 @@ if TYPE_CHECKING:
 PESTO_SAMPLE_RATE = 16000  # its CQT is laid out for 16 kHz (the top bins sit just below Nyquist)
 PESTO_OUTPUTS = (TeacherOutput("f0"), TeacherOutput("confidence"))
 CREPE_SAMPLE_RATE = 16000
+PITCH_BINS = 360
+CENTS_PER_BIN = 20
+CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 32.7 Hz)
+
+
+def hz_to_bin(hz: float) -> float:
+    """Fractional CREPE bin index of a frequency."""
+    return (1200.0 * math.log2(hz / 10.0) - CENTS_OFFSET) / CENTS_PER_BIN
+
+
 CREPE_OUTPUTS = (TeacherOutput("f0"), TeacherOutput("periodicity"))
 # Bump when the computation changes: it enters the fingerprint in place of a weights hash.
 LOUDNESS_VERSION = "a-weighted-1"
@@ -182,9 +193,14 @@ class CrepeSpec(TeacherSpecBase):
         identity = self.base_identity(
             crepe_version(self.capacity), file_sha256(crepe_weights_path(self.capacity)), CREPE_SAMPLE_RATE
         )
-        if self.decoder == "weighted_argmax":  # since 2026-12-07: caches decoded before are refused, not mixed
+        if self.decoder == "weighted_argmax" and self.reaches_an_end_bin():
+            # Since 2026-12-07 the window is cut there (it was clamped): caches decoded before are refused.
             identity["local_average"] = "window cut at the range's ends"
         return identity
+
+    def reaches_an_end_bin(self) -> bool:
+        """Whether ``fmin``/``fmax`` let the peak's window take CREPE's first or last bin (32.7 Hz, 2006 Hz)."""
+        return math.floor(hz_to_bin(self.fmin)) <= 0 or math.ceil(hz_to_bin(self.fmax)) >= PITCH_BINS
 
 
 class LoudnessSpec(TeacherSpecBase):
