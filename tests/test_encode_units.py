@@ -24,6 +24,7 @@ from ray_pipelines.encoders import (
     inspect_encoder,
     load_encoder,
     posterior_noise,
+    probe_encoder,
 )
 from ray_pipelines.encoders.sat_sink import (
     id_collisions,
@@ -312,6 +313,8 @@ def test_config_checks_name_the_key():
         r"\(stable-audio-tools or torchscript\)",
     ):
         validate_config(EncodeConfig, {"input": "x", "output": "y", "model": {"path": "s3://b/vae.ts"}})
+    with pytest.raises(ConfigError, match=r"does not read model.factory, model.path; no one model.kind reads them all"):
+        validate_config(EncodeConfig, {"input": "x", "output": "y", "model": {"path": "a.ts", "factory": "m:f"}})
     sat = {"kind": "stable-audio-tools", "path": "c.json", "checkpoint": "m.ckpt", "downsampling_ratio": 2048}
     with pytest.raises(ConfigError, match="model.kind 'stable-audio-tools' does not read model.downsampling_ratio"):
         validate_config(EncodeConfig, {"input": "x", "output": "y", "model": sat})
@@ -400,9 +403,14 @@ def test_a_factory_without_a_checkpoint_is_known_by_the_weights_it_builds(tmp_pa
     assert load_encoder(seeded).weights_sha256 == load_encoder(seeded).weights_sha256
     first = load_encoder(unseeded).weights_sha256
     assert load_encoder(unseeded).weights_sha256 != first
-    # an actor whose model is not the one the driver checked stops before it encodes anything
+    # the driver's check builds it twice and refuses it before Ray starts (exit 2) ...
+    probe = dict(sample_rate=None, channels=None, is_discrete=False, storage_options=None, precision="fp32")
+    with pytest.raises(ModelLoadError, match=r"unseeded.py:make_vae builds other weights each time it is called"):
+        probe_encoder(unseeded, sample_size=640, **probe)
+    assert probe_encoder(seeded, sample_size=640, **probe)["weights_sha256"] == load_encoder(seeded).weights_sha256
+    # ... and an actor whose model is not the one the driver checked stops before it encodes anything
     with pytest.raises(ModelLoadError, match=r"other weights than the one the driver checked .*seed its initial"):
-        EncodeStage(model=unseeded, sample_size=640, weights_sha256=first)
+        EncodeStage(model=unseeded, sample_size=640, weights_sha256=load_encoder(unseeded).weights_sha256)
     EncodeStage(model=seeded, sample_size=640, weights_sha256=load_encoder(seeded).weights_sha256)
 
 

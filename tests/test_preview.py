@@ -167,6 +167,9 @@ def test_stable_audio_tools_layout(tmp_path):
     assert png[:8] == PNG and shown == 2
     rows = preview.read_sat_samples(Storage(str(tmp_path)), 2, False, 0)
     assert rows["latents"][0].shape == (4, 30) and sorted(rows["key"]) == ["a.wav", "b.wav"]
+    # a column it does not have is the argument's fault (exit 2; it was "no Parquet files", exit 1)
+    with pytest.raises(preview.Refused, match=r"^column 'x': a stable-audio-tools layout output holds latents only$"):
+        preview.preview(str(tmp_path), column="x")
 
 
 def test_outputs_written_before_the_format_change_still_preview(tmp_path):

@@ -227,6 +227,22 @@ def test_the_key_lists_name_every_key_as_a_keep_list_reads_it_back(tmp_path):
     assert '"#1 take.wav"' in (out / "ignored.txt").read_text().splitlines()
 
 
+def test_the_filter_tool_warns_of_predictions_that_name_no_scored_item(tmp_path, capsys):
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db\ntrain/a.wav,train,20\ntrain/b.wav,train,5\n")
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("filename,prediction\na.wav,good\ntrain/b.wav,bad\n")  # a.wav: not the item's key
+    rules = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}", "--set", f"predictions={predictions}"]
+    assert filter_main([str(scores), *rules, "--output", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == (
+        "ray-pipelines filter: warning: filter.predictions: 1 of 2 scored items have a prediction (the others do "
+        "not vote); 1 row names no scored item (a.wav): a row's filename must be the item's key (scores.csv's "
+        "filename column)\n"
+    )
+
+
 def test_the_filter_tool_refuses_a_train_split_the_scores_do_not_have(tmp_path, capsys):
     """A mistyped train_split (``training``) gave every computed rule ``[-inf, inf]``: everything kept, exit 0."""
     from ray_pipelines.jobs.filter import main as filter_main
@@ -278,7 +294,7 @@ def test_the_filter_tool_does_not_write_into_another_jobs_output(tmp_path, capsy
     assert filter_main([str(own)]) == 1
     assert capsys.readouterr().err == (
         f"ray-pipelines filter: FileNotFoundError: {own} has no manifest.json (not a committed score output; a run "
-        "started it and never committed: run the score job again to finish it)\n"
+        "of the score job started it and never committed: run it again to finish it)\n"
     )
 
 

@@ -71,6 +71,7 @@ def test_bad_file_is_an_error_row_and_the_rest_is_written(audio_cache):
     assert Path(audio_cache.output, "_SUCCESS").exists()
     teachers = {t["name"]: t for t in audio_cache.manifest["fingerprint_extra"]["teachers"]}
     assert teachers["half"]["version"] == "v1" and teachers["fir"]["code_sha256"]
+    assert audio_cache.manifest["fingerprint_extra"]["valid_samples"] is True  # caches without the column refused
 
 
 def test_user_teacher_outputs_are_cached(audio_cache):

@@ -90,10 +90,11 @@ class ModelConfig(BaseModel):
         unused = sorted(given - KIND_KEYS[self.kind])
         if unused:
             names = ", ".join(f"model.{name}" for name in unused)
-            if "kind" in given:
+            if "kind" in self.model_fields_set:
                 raise ValueError(f"model.kind {self.kind!r} does not read {names}: remove it")
-            kinds = " or ".join(sorted(kind for kind, keys in KIND_KEYS.items() if set(unused) <= keys))
-            raise ValueError(f"model.kind 'builtin' (the default) does not read {names}; set model.kind ({kinds})")
+            kinds = sorted(kind for kind, keys in KIND_KEYS.items() if set(unused) <= keys)
+            fix = f"set model.kind ({' or '.join(kinds)})" if kinds else "no one model.kind reads them all"
+            raise ValueError(f"model.kind 'builtin' (the default) does not read {names}; {fix}")
         if self.factory is not None and ":" not in self.factory:
             raise ValueError(f"model.factory must be 'module:function', got {self.factory!r}")
         return self

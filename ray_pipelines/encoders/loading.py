@@ -249,7 +249,18 @@ def probe_encoder(
 ) -> dict[str, Any]:
     """:func:`load_encoder` then :func:`inspect_encoder`, as JSON values (``ModelInfo.as_dict``): what the
     encode job's driver learns about its model, in a child process (``ray_pipelines.isolated``)."""
-    loaded = load_encoder(
-        model, sample_rate=sample_rate, channels=channels, is_discrete=is_discrete, storage_options=storage_options
-    )
+
+    def load() -> LoadedEncoder:
+        return load_encoder(
+            model, sample_rate=sample_rate, channels=channels, is_discrete=is_discrete, storage_options=storage_options
+        )
+
+    loaded = load()
+    config = ModelConfig.model_validate(model)
+    if config.kind == "factory" and config.checkpoint is None and load().weights_sha256 != loaded.weights_sha256:
+        # Built twice here, so that the run is refused before Ray starts (each actor checks it too).
+        raise ModelLoadError(
+            f"model.factory {config.factory} builds other weights each time it is called: every actor would "
+            "encode with another model. Seed its initialisation, or give model.checkpoint"
+        )
     return inspect_encoder(loaded, sample_size=sample_size, is_discrete=is_discrete, precision=precision).as_dict()

@@ -31,13 +31,13 @@ import numpy as np
 from ..engine.manifest import default_is_data_file
 from ..engine.sink import KEY, ShardSink
 from ..seeding import derive_seed
-from ..storage import Storage, is_local
+from ..storage import TEMP_MARK, Storage, is_local
 from .sat_layout import FILELIST
 
 ID_DIGITS = 13
 DETAILS = "details.json"
 # {rank}/{13 digits}.npy|.json, and the temp files a killed writer may leave next to them.
-_SAMPLE_FILE = re.compile(rf"^(?:[\w.=-]+/)?\d+/\d{{{ID_DIGITS}}}\.(npy|json)(\.tmp-[\w.-]+)?$")
+_SAMPLE_FILE = re.compile(rf"^(?:[\w.=-]+/)?\d+/\d{{{ID_DIGITS}}}\.(npy|json)({re.escape(TEMP_MARK)}[\w.-]+)?$")
 # Columns copied into each sample's .json (besides padding_mask), under these names.
 METADATA_COLUMNS = {
     "key": "key",

@@ -112,10 +112,11 @@ def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a committed score output; another job's output is refused by name."""
     storage = Storage(root, options)
     if not storage.exists("manifest.json"):
-        started = storage.exists(JOB_FILE)  # a run claimed it and stopped before its first commit
+        # A run that claimed it (_job.json) and stopped before its first commit: its job can finish it.
+        job = storage.read_json(JOB_FILE).get("job") if storage.exists(JOB_FILE) else None
         raise FileNotFoundError(
             f"{root} has no manifest.json (not a committed score output"
-            + ("; a run started it and never committed: run the score job again to finish it)" if started else ")")
+            + (f"; a run of the {job} job started it and never committed: run it again to finish it)" if job else ")")
         )
     manifest = storage.read_json("manifest.json")
     # the readers' check_job says the same for their jobs; importing it here would import torch (1.4 s)

@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
         prog="ray-pipelines preview",
         description=__doc__.split("\n\n")[0],
         epilog="exit codes: 0 written; 2 an argument the output does not fit (--n, --column, --channel,\n"
-        "--split) or a URL refused; 1 nothing to show (no such output, no rows), the output unreadable\n"
-        "or the PNG unwritable",
+        "--split), a folder of outputs, or a URL refused; 1 nothing to show (no such output, no rows),\n"
+        "the output unreadable or the PNG unwritable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("output", help="A job's output root (local path or URL).")
@@ -355,7 +355,9 @@ def preview(
     storage = Storage(output, storage_options)
     files = data_files(storage, split)
     if not files:
-        if storage.exists(FILELIST) and column in (None, "latents"):
+        if storage.exists(FILELIST):
+            if column not in (None, "latents"):
+                raise Refused(f"column {column!r}: a stable-audio-tools layout output holds latents only", 2)
             rows = read_sat_samples(storage, n, shuffle, seed)
             if rows["latents"]:
                 panels = tensor_panels(rows, ["latents"], None, time_major, channel)

@@ -212,7 +212,8 @@ def filter_warnings(report: dict[str, Any]) -> list[str]:
         shown = ", ".join(coverage["first_unmatched"])
         more = unmatched - len(coverage["first_unmatched"])
         warning += (
-            f"; {unmatched} rows name no scored item ({shown}{f', {more} more' if more else ''}): "
+            f"; {unmatched} {'row names' if unmatched == 1 else 'rows name'} no scored item "
+            f"({shown}{f', {more} more' if more else ''}): "
             "a row's filename must be the item's key (scores.csv's filename column)"
         )
     return [warning]

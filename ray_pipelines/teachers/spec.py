@@ -92,7 +92,9 @@ def check_hop(hop_ms: float, sample_rate: int) -> None:
     """A hop of ``hop_ms`` must be one sample at least at the rate the teacher runs at (0 failed every actor's
     start as a clip "the teacher fails on")."""
     if int(round(hop_ms * sample_rate / 1000)) < 1:
-        raise ValueError(f"hop_ms {hop_ms:g} is under one sample at {sample_rate} Hz (at least {1000 / sample_rate:g})")
+        raise ValueError(
+            f"hop_ms {hop_ms:g} is under one sample at {sample_rate} Hz (give {1000 / sample_rate:g} or more)"
+        )
 
 
 class TeacherSpecBase(BaseModel, abc.ABC):
