@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .config import ConfigError
@@ -64,26 +64,37 @@ def network_failure(error: BaseException | None) -> BaseException | None:
     """The exception in ``error``'s chain (itself, what it was raised from or, unless suppressed, while
     handling) that says the network failed, or that a server answered 5xx or 429; None where there is none
     (an HTTP 404 is the request's fault: a wrong URL or model name)."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    chain = list(_chain(error))
+    # A host name's lookup decides wherever it is (requests' ConnectionError wraps urllib3's, which wraps
+    # it): only "try again" is the network's, an unknown name is the URL's fault.
+    lookup = next((e for e in chain if isinstance(e, socket.gaierror)), None)
+    if lookup is not None:
+        return lookup if lookup.errno == socket.EAI_AGAIN else None
+    for error in chain:
         if isinstance(error, ModelUnreachable):
             return error
         status = _http_status(error)
         if status is not None:
             if status >= 500 or status == 429:
                 return error
-        elif isinstance(error, socket.gaierror):  # a lookup: only "try again" is the network's
-            return error if error.errno == socket.EAI_AGAIN else None
-        elif type(error).__name__ == "URLError":  # urllib: the failure it wraps, or the URL's fault (text)
-            reason = getattr(error, "reason", None)
-            if isinstance(reason, BaseException):
-                error = reason
-                continue
+        elif type(error).__name__ == "URLError":
+            continue  # urllib: the failure it wraps follows in the chain; a text reason is the URL's fault
         elif any(cls.__name__ in NETWORK_ERROR_NAMES for cls in type(error).__mro__):
             return error
-        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
     return None
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then what it was raised from (or, unless suppressed, while handling), and so on; an error
+    that wraps its reason in ``reason`` (urllib's URLError, urllib3's MaxRetryError) is followed by it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        reason = getattr(error, "reason", None)
+        if isinstance(reason, BaseException) and id(reason) not in seen:
+            yield from _chain(reason)
+        error = error.__cause__ if error.__cause__ is not None or error.__suppress_context__ else error.__context__
 
 
 def _http_status(error: BaseException) -> int | None:

@@ -234,6 +234,30 @@ def test_what_is_a_network_failure_in_an_exceptions_chain():
     assert isinstance(model_error("m", raised(slow_down)), ModelUnreachable)
     for make in (suppressed, lambda: urllib.request.urlopen("htp://host/w.pt"), lambda: open("/nonexistent/w.pt")):
         assert type(model_error("m", raised(make))) is ModelLoadError
+    # requests' ConnectionError for a host name that does not exist, as requests and urllib3 raise it:
+    # the URL's fault; the same chain for a lookup that could not reach a name server is the network's
+    import socket
+
+    import requests
+    import urllib3
+
+    def unknown_host(errno: int):
+        def make():
+            try:
+                try:
+                    try:
+                        raise socket.gaierror(errno, "Name or service not known")
+                    except socket.gaierror as e:
+                        raise urllib3.exceptions.NameResolutionError("hub.exmaple", None, e) from e
+                except urllib3.exceptions.NameResolutionError as e:
+                    raise urllib3.exceptions.MaxRetryError(None, "/w.pt", e) from e
+            except urllib3.exceptions.MaxRetryError as e:
+                raise requests.exceptions.ConnectionError(e)  # noqa: B904 (as requests raises it: no "from")
+
+        return make
+
+    assert type(model_error("m", raised(unknown_host(socket.EAI_NONAME)))) is ModelLoadError
+    assert isinstance(model_error("m", raised(unknown_host(socket.EAI_AGAIN))), ModelUnreachable)
     # a model file the factory read itself, unreachable: said once, not wrapped into a model error
     twice = model_error("factory 'f' failed", ModelUnreachable("cannot read model file u: X (the network failed)"))
     assert isinstance(twice, ModelUnreachable) and str(twice).count("the network failed") == 1
