@@ -147,6 +147,15 @@ def test_stage_rows_error_rows_and_batch_independence():
     out = stage(huge)  # finite samples whose fbank overflows: an error row, not inf features
     assert (out["error"][0], out["error"][2]) == ("", "undecodable: test") and np.isfinite(out["input_values"][0]).all()
     assert out["error"][1].startswith("non-finite spectrogram: the audio's peak is ")
+    # a snippet with less than one 25 ms frame of audio (the seed rule's last of a 0.1 s song): an error row,
+    # not a row of padding alone
+    tail = stage({**batch, "valid_samples": np.array([valid, 399, 0])})
+    assert list(tail["error"]) == [
+        "",
+        "too short: 399 samples of audio in the snippet, under one 25 ms frame (400)",
+        "undecodable: test",
+    ]
+    assert np.array_equal(tail["input_values"][0], values[0]) and not tail["input_values"][1].any()
 
 
 @pytest.mark.gpu

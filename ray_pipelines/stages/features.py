@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..features.kaldi import AST_MEAN, AST_STD, ASTFeatures
+from ..features.kaldi import AST_MEAN, AST_STD, ASTFeatures, frame_sizes
 from .device import pick_device
 from .rows import float_rows, non_finite_rows
 
@@ -37,6 +37,7 @@ class FeaturesStage:
         self.device = pick_device(device)
         self.features = ASTFeatures(sample_rate, n_mels, max_length, normalize, mean, std).to(self.device)
         self.shape = (max_length, n_mels)
+        self.frame_size, _, _ = frame_sizes(sample_rate)
 
     def compute_into(self, values: np.ndarray, audio: np.ndarray, valid: np.ndarray, rows: np.ndarray) -> None:
         """Features of ``audio[rows]`` written to ``values[rows]``, given each row's real length
@@ -57,7 +58,15 @@ class FeaturesStage:
         valid = batch.pop("valid_samples", None)
         valid = np.full(len(audio), audio.shape[-1]) if valid is None else valid.astype(np.int64)
         values = np.zeros((len(audio), *self.shape), dtype=np.float32)
-        ok = np.flatnonzero(batch["error"] == "")
+        errors = batch["error"].astype(object).copy()
+        # The seed rule's last snippets of a song under about 0.15 s hold less than a frame of it: a row of
+        # padding alone (the extractor raises on such a clip).
+        for i in np.flatnonzero((errors == "") & (valid < self.frame_size)):
+            errors[i] = (
+                f"too short: {valid[i]} samples of audio in the snippet, under one 25 ms frame ({self.frame_size})"
+            )
+        batch["error"] = errors
+        ok = np.flatnonzero(errors == "")
         self.compute_into(values, audio, valid, ok)
         batch["input_values"] = values
         batch["error"] = non_finite_rows(batch["error"], ok, audio, values)
