@@ -70,3 +70,38 @@ def test_the_lock_resolves_together_with_what_rays_base_image_holds(tmp_path):
             *("-o", str(tmp_path / "ray-image.txt")),
         ]
     )
+
+
+# Imported only where installed, with its own message when it is not (docs/encode.md).
+OPTIONAL_IMPORTS = {"stable_audio_tools"}
+
+
+def test_every_package_the_code_imports_is_in_the_images_lock():
+    """safetensors was imported (models.py: .safetensors checkpoints) but declared nowhere: installed
+    here by a test dependency, missing from the image, where such a checkpoint raised ModuleNotFoundError."""
+    import ast
+    import importlib.metadata
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    imported: dict[str, str] = {}
+    for path in sorted((deploy.REPO / "ray_pipelines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                imported.setdefault(name.split(".")[0], str(path.relative_to(deploy.REPO)))
+    third_party = {m: f for m, f in imported.items() if m not in sys.stdlib_module_names | {"ray_pipelines"}}
+    distributions = importlib.metadata.packages_distributions()
+    locked = {normal(name) for name in pins((deploy.REPO / "docker" / "requirements.lock").read_text())}
+    missing = {
+        module: where
+        for module, where in third_party.items()
+        if module not in OPTIONAL_IMPORTS and not {normal(d) for d in distributions.get(module, [module])} & locked
+    }
+    assert not missing, f"imported but not in the lock (declare them in pyproject.toml, then make lock): {missing}"
