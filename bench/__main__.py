@@ -21,7 +21,10 @@ BENCHMARKS = [
     "changes",
     "listing",
     "local_listing",
+    "readers",
 ]
+# Run by hand with their own options (docs/benchmarks.md): scale and reader_scale write outputs of
+# millions of inputs and compare with another git ref's code; gpu runs on a lent GPU machine.
 
 
 def main(argv: list[str]) -> int:

@@ -170,6 +170,22 @@ def run_measured(args: list[str]) -> tuple[str, int]:
     return out, memory.peak
 
 
+def same_code_warning(ref: str) -> str | None:
+    """A warning when the baseline ``ref`` is the code this checkout runs (``main`` on main, nothing
+    changed): both columns would measure the same code."""
+
+    def rev(name: str) -> str:
+        done = subprocess.run(["git", "rev-parse", name], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "ray_pipelines"], cwd=REPO, capture_output=True, text=True
+    )
+    if rev(ref) == rev("HEAD") and not changed.stdout.strip():
+        return f"warning: --baseline {ref} is this checkout's code: both columns run the same; give another ref"
+    return None
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 

@@ -25,7 +25,7 @@ EXTRA=(
   pooch==1.9.0 platformdirs==4.14.9                                       # torchcrepe imports librosa
   orjson==3.13.0                                                          # the readers' .json items
 )
-# Real recordings (CC0, ../shared/audio/sonic-pi) that the e2e part cycles into 2,000 clips.
+# Real recordings (CC0, ../shared/audio/sonic-pi) that the e2e part cycles into 6,000 clips.
 RECORDINGS=(
   ambient/ambi_drone ambient/ambi_glass_rub ambient/ambi_dark_woosh bass/bass_thick_c bass/bass_trance_c
   bass/bass_woodsy_c drum_kit/drum_roll loop/loop_amen_full loop/loop_compus percussion/perc_bell

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import REPO, moto_s3, table
+from bench.common import REPO, moto_s3, same_code_warning, table
 from bench.scale import export_baseline
 
 VERSIONS = 5
@@ -168,6 +168,8 @@ def main() -> None:
     started = time.time()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}", flush=True)
     rows = []
+    if warning := same_code_warning(args.baseline):
+        print(warning, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         base = export_baseline(Path(tmp) / "baseline", args.baseline)
         for clips in [int(c) for c in args.clips.split(",")]:

@@ -33,7 +33,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import REPO, table
+from bench.common import REPO, same_code_warning, table
 
 # moto accepts any credentials; the real ones come from the environment, never from storage_options.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -300,6 +300,8 @@ def main() -> None:
 
     parse = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     rows = []
+    if warning := same_code_warning(args.baseline):
+        print(warning, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         base = export_baseline(Path(tmp) / "baseline", args.baseline)
         moto, endpoint = start_moto() if args.s3_sizes or args.s3_new_only else (None, None)
