@@ -99,6 +99,34 @@ def test_pool_draws_are_deterministic_and_within_ranges():
         assert 0 <= width <= 26 and start + width <= 130
 
 
+def test_a_mask_never_covers_a_whole_axis_and_outputs_that_let_it_are_refused():
+    """With fewer mel bins (16) or frames (22) than a mask's max_width (24, 26), a mask could cover the
+    whole axis: about one masked view in 25 was a constant, its mean, written without a word."""
+    pool = make_pool(n_mels=16, frames=22)
+    widths = {"frequency_mask": set(), "time_mask": set()}
+    for seed in range(2000):
+        for name, (start, width) in pool.draw(sample_rng(seed, "k", 0, 1)).masks.items():
+            widths[name].add(width)
+            assert start + width <= {"frequency_mask": 16, "time_mask": 22}[name]
+    assert max(widths["frequency_mask"]) == 15 and max(widths["time_mask"]) == 21
+    assert pool.masks_capped() and not make_pool().masks_capped()
+    # outputs written with such masks before are refused, no others
+    short = {"input": "x", "output": "y", "duration": 0.5}
+    assert AugmentJob(validate_config(AugmentConfig, short)).fingerprint_extra() == {"masks_below_axis": True}
+    assert AugmentJob(validate_config(AugmentConfig, {**short, "duration": 3.0})).fingerprint_extra() == {}
+
+
+def test_the_spectrogram_settings_are_checked_before_any_block_runs():
+    """A crop of n_fft / 2 samples or fewer failed every block in torch's STFT ("Padding size should be
+    less than the corresponding input dimension"); a hop longer than n_fft left samples out of every view."""
+    for settings, said in (
+        ({"duration": 0.04}, r"duration 0.04 s is 882 samples at sample_rate 22050: the spectrogram needs more"),
+        ({"n_fft": 512, "hop_length": 4096}, r"hop_length \(4096\) exceeds n_fft \(512\)"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            validate_config(AugmentConfig, {"input": "x", "output": "y", **settings})
+
+
 def test_every_pool_entry_gets_chosen():
     pool = make_pool()
     seen = set()

@@ -258,6 +258,11 @@ class AugmentationChoices:
         self.n_mels = n_mels
         self.frames = frames
 
+    def masks_capped(self) -> bool:
+        """Whether a mask's ``max_width`` reaches across its axis (capped one short of it since 2026-12-07)."""
+        sizes = {"frequency_mask": self.n_mels, "time_mask": self.frames}
+        return any((mask := getattr(self.spectrogram, name)) and mask.max_width >= size for name, size in sizes.items())
+
     # ---- drawing -----------------------------------------------------------------
     def draw(self, rng: np.random.Generator) -> ViewParams:
         """All of one view's random choices. Every parameter is drawn whether or not
@@ -298,7 +303,8 @@ class AugmentationChoices:
         p.noise_seed = int(rng.integers(0, 2**63 - 1))
         for name, size in (("frequency_mask", self.n_mels), ("time_mask", self.frames)):
             mask = getattr(self.spectrogram, name)
-            max_width = min(mask.max_width, size) if mask else 0
+            # Narrower than the axis: a mask of all of it made the view a constant (its mean).
+            max_width = min(mask.max_width, size - 1) if mask else 0
             width = int(rng.integers(0, max_width + 1))
             start = int(rng.integers(0, size - width + 1))
             if name in p.spectrogram:

@@ -10,7 +10,7 @@ version), two independently augmented log-mel views of it (``view1``,
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -54,6 +54,17 @@ class AugmentConfig(CommonConfig):
 
     @model_validator(mode="after")
     def _pool_fits(self) -> AugmentConfig:
+        samples = int(round(self.duration * self.sample_rate))
+        if samples <= self.n_fft // 2:  # torch's centred STFT pads n_fft/2 by reflection: every block failed
+            raise ValueError(
+                f"duration {self.duration:g} s is {samples} samples at sample_rate {self.sample_rate}: the "
+                f"spectrogram needs more than n_fft / 2 ({self.n_fft // 2})"
+            )
+        if self.hop_length > self.n_fft:
+            raise ValueError(
+                f"hop_length ({self.hop_length}) exceeds n_fft ({self.n_fft}): the samples between frames would "
+                "be in no view"
+            )
         self.choices()  # raises a ValueError naming the problem (too many augs, min above max)
         if problem := mel_problem(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max):
             raise ValueError(problem)
@@ -115,6 +126,11 @@ class AugmentJob(Job):
     @property
     def output_columns(self) -> list[str]:
         return ["key", "version", "view1", "view2", "source"]
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        # Outputs whose masks could cover a whole axis (fewer mel bins or frames than a mask's max_width)
+        # were written with some constant views: refused rather than mixed with the capped ones.
+        return {"masks_below_axis": True} if self.config.choices().masks_capped() else {}
 
     def decoder(self) -> WindowDecoder:
         c = self.config
