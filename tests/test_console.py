@@ -54,11 +54,14 @@ SETTINGS = dict(
 RAY_NOISE = ("core_worker.cc", "Token authentication", "streaming_executor.py", "Traceback", "(MapWorker")
 
 
+LISTED = 9  # the library's files
+
+
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    """12 one-second tones (3 per format) and one file that is not audio (an error row)."""
+    """8 one-second tones (2 per format) and one file that is not audio (an error row)."""
     root = tmp_path_factory.mktemp("console-library")
-    make_library(root, n_per_format=3, seconds=1.0)
+    make_library(root, n_per_format=2, seconds=1.0)
     (root / "wav" / "broken.wav").write_bytes(b"RIFF but no audio")
     return root
 
@@ -168,7 +171,7 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
         command(library, out), cwd=tmp_path, env=environment(mark), capture_output=True, text=True, timeout=600
     )
     assert rerun.returncode == 0, rerun.stderr
-    listed, skipped = 13, int(summary_value(rerun.stdout, "already committed").split()[0])
+    listed, skipped = LISTED, int(summary_value(rerun.stdout, "already committed").split()[0])
     assert skipped >= written >= 1
     check_progress_lines(rerun.stderr + rerun.stdout, to_do=listed - skipped, listed=listed, skipped=skipped)
     assert not any(noise in rerun.stderr for noise in RAY_NOISE), rerun.stderr
@@ -450,15 +453,16 @@ def test_a_bar_in_a_terminal_with_counts_rates_and_the_final_line(library, tmp_p
     code, output = run_in_terminal(command(library, tmp_path / "out"), tmp_path, environment(mark))
     assert code == 0, output
     frames = [f.strip() for f in output.replace("\n", "\r").split("\r") if f.strip()]
-    assert frames[0] == "augment: 13 inputs to process (13 listed)"
+    assert frames[0] == f"augment: {LISTED} inputs to process ({LISTED} listed)"
     bars = [f for f in frames if re.match(r"augment:\s+\d+%\|", f)]
-    counts = [int(re.search(r"\| (\d+)/13 inputs", f).group(1)) for f in bars]
-    assert counts[0] == 0 and counts[-1] == 13 and counts == sorted(counts)
+    counts = [int(re.search(rf"\| (\d+)/{LISTED} inputs", f).group(1)) for f in bars]
+    assert counts[0] == 0 and counts[-1] == LISTED and counts == sorted(counts)
     rows = int(summary_value(output.replace("\r", ""), "rows this run"))
     assert re.search(
-        rf"13/13 inputs \[[\d:]+<[\d:]+,\s+[\d.]+ inputs/s, {rows} rows, [\d.]+ rows/s, 1 error row\]", bars[-1]
+        rf"{LISTED}/{LISTED} inputs \[[\d:]+<[\d:]+,\s+[\d.]+ inputs/s, {rows} rows, [\d.]+ rows/s, 1 error row\]",
+        bars[-1],
     )
-    assert re.search(rf"augment: done, 13/13 inputs in \d+:\d\d \([\d.]+ inputs/s\), {rows} rows", output)
+    assert re.search(rf"augment: done, {LISTED}/{LISTED} inputs in \d+:\d\d \([\d.]+ inputs/s\), {rows} rows", output)
     assert "augment job finished" in output
     assert not any(noise in output for noise in RAY_NOISE), output
     assert not wait_for_no_processes(mark)

@@ -232,7 +232,7 @@ def expected_extra(case: str, config: dict, files: dict[str, Path]) -> dict:
         # the factory's folder holds one .py file, which defines the model's class too: its name and bytes
         folder_code = f"{files['factory'].name}\n".encode() + hashlib.sha256(files["factory"].read_bytes()).digest()
         assert factory["code_sha256"] == hashlib.sha256(folder_code).hexdigest()
-        return {"teachers": [torchscript, factory]}
+        return {"teachers": [torchscript, factory], "valid_samples": True}  # an audio-file cache's column
     if case == "encode":
         from ray_pipelines.encoders.config import ModelConfig
         from ray_pipelines.encoders.loading import load_encoder

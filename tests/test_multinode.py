@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,7 @@ from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import REPO, tone, write_audio
+from tests.killed_run import TEST_MARK, marked
 from tests.output_helpers import Store, assert_no_leftovers, committed_rows
 from tests.ray_head import RAY, local_head, node_processes, worker_node
 
@@ -67,7 +69,10 @@ def two_nodes(short_tmp):
 def two_node_cluster(short_tmp, own_disk: Path | None = None):
     """A head (2 CPUs) and a second node (1 CPU); ``own_disk``: a folder the second node does not share."""
     head_dir, node_dir = short_tmp("head"), short_tmp("node")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
+    # A mark the nodes' processes inherit: a worker the node's raylet was starting as it was killed is left
+    # an orphan whose command line names no temp dir (two such MapWorkers, 1 GB each, outlived a run).
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO), TEST_MARK: mark}
     head = local_head(head_dir, env, num_cpus=2, dashboard=False)
     try:
         with head as started, worker_node(node_dir, env, started.address, num_cpus=1, own_disk=own_disk):
@@ -83,7 +88,7 @@ def two_node_cluster(short_tmp, own_disk: Path | None = None):
             assert "/3.0 CPU" in status.stdout, status.stdout + status.stderr
             yield started.address, env, node_dir
     finally:
-        kill(node_tree(node_dir) + node_tree(head_dir))  # workers too, whatever the test left
+        kill(node_tree(node_dir) + node_tree(head_dir) + marked(mark))  # workers too, whatever the test left
 
 
 def test_a_node_lost_mid_job_is_retried_within_the_run(two_nodes, tmp_path, ray_local):

@@ -59,6 +59,9 @@ def rows(store: Store, output: str) -> dict:
     return committed_rows(store, output, "key", "version")
 
 
+# On S3 only: the same nights on local disk are tests/test_unattended_jobs.py's, for the other four jobs
+# (one engine, one Parquet sink; a run of this test there took 27-44 s of the suite's time).
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
 def test_changed_deleted_and_reuploaded_inputs_end_equal_to_a_fresh_run(store, ray_local):
     for i in range(6):
         store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
