@@ -42,14 +42,15 @@ DEVICE_FAULTS = (
 )
 
 
-def is_device_fault(error: BaseException) -> bool:
+def is_device_fault(error: BaseException | None) -> bool:
     """Out of GPU memory or a GPU's hardware fault (here or in what it was raised from or during): the
     device's state, not the clip's."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, torch.OutOfMemoryError) or any(mark in str(seen) for mark in DEVICE_FAULTS):
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, torch.OutOfMemoryError) or any(mark in str(error) for mark in DEVICE_FAULTS):
             return True
-        seen = seen.__cause__ or seen.__context__
+        error = error.__cause__ or error.__context__
     return False
 
 
