@@ -6,6 +6,7 @@ run and prints ratios; absolute numbers on shared machines are noise.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -28,8 +29,20 @@ BENCHMARKS = [
 
 
 def main(argv: list[str]) -> int:
-    flags = [a for a in argv if a.startswith("-")]
-    chosen = [a for a in argv if not a.startswith("-")] or BENCHMARKS
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run the benchmarks, one table each.",
+        epilog="A benchmark's own options: python -m bench.<name> --help.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run each: a smoke test")
+    parser.add_argument(
+        "names", nargs="*", metavar="name", help=f"benchmarks to run (default: {', '.join(BENCHMARKS)})"
+    )
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # `python -m bench readers --runs 1` passed "--runs" to every benchmark and took "1" for a name
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (a benchmark's own options: python -m bench.<name>)")
+    flags = ["--quick"] if args.quick else []
+    chosen = args.names or BENCHMARKS
     failed = []
     for name in chosen:
         if importlib.util.find_spec(f"bench.{name}") is None:
