@@ -9,6 +9,7 @@ interpreter."). One line keeps the first line and that exception at the end.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b")
@@ -38,3 +39,12 @@ def describe(error: BaseException) -> str:
     """``Type: message`` in one line (:func:`short_error`), for an error row's reason."""
     text = short_error(str(error))
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def exception_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then what it was raised from or while handling, and so on (a cycle ends it)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import ray
 
+from ..error_text import exception_chain
 from ..storage import s3_error
 from .runtime import ray_nodes
 
@@ -51,8 +52,7 @@ class RunStopped(RuntimeError):
 def store_failure(error: BaseException, where: str = "") -> str:
     """``"write failed: <the OS's or the store's words>: <file, else where>"`` when ``error`` (or what
     it wraps) is a failure of the store itself, else ``""``."""
-    seen: BaseException | None = error
-    while seen is not None:
+    for seen in exception_chain(error):
         if isinstance(seen, OutputStoreError):
             return str(seen)
         # s3fs turns AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken into PermissionError.
@@ -64,7 +64,6 @@ def store_failure(error: BaseException, where: str = "") -> str:
             words = seen.strerror or str(seen)
             place = getattr(seen, "filename", None) or where
             return f"write failed: {words}" + (f": {place}" if place else "")
-        seen = seen.__cause__ or seen.__context__
     return ""
 
 

@@ -22,6 +22,7 @@ import ray._private.utils
 from ray.data import DataContext
 
 from ..config import ActorPool, CommonConfig, ConfigError
+from ..error_text import exception_chain
 from ..stopping import stops_held
 
 log = logging.getLogger(__name__)
@@ -222,12 +223,10 @@ def gcs_problem(address: str, timeout_s: float = GCS_PROBE_TIMEOUT_S) -> str:
 def token_refused(error: BaseException) -> bool:
     """Whether ``ray.init``'s ConnectionError was the cluster refusing this driver's auth token: Ray
     says so only in the text of the error it chains (``AuthenticationError: ... InvalidAuthToken``)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if "InvalidAuthToken" in str(seen) or type(seen).__name__ == "AuthenticationError":
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        "InvalidAuthToken" in str(seen) or type(seen).__name__ == "AuthenticationError"
+        for seen in exception_chain(error)
+    )
 
 
 def token_advice(address: str) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..audio.decode import DEVICE_FAULT
+from ..error_text import exception_chain
 
 Result = TypeVar("Result")
 
@@ -45,13 +46,10 @@ DEVICE_FAULTS = (
 def is_device_fault(error: BaseException | None) -> bool:
     """Out of GPU memory or a GPU's hardware fault (here or in what it was raised from or during): the
     device's state, not the clip's."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, torch.OutOfMemoryError) or any(mark in str(error) for mark in DEVICE_FAULTS):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(
+        isinstance(seen, torch.OutOfMemoryError) or any(mark in str(seen) for mark in DEVICE_FAULTS)
+        for seen in exception_chain(error)
+    )
 
 
 def model_failure(what: str, error: Exception, describe: Callable[[Exception], str] = str) -> str:
