@@ -10,7 +10,6 @@ would make the cache differ between runs.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Literal
 
@@ -25,8 +24,10 @@ from .spec import (  # noqa: F401  (re-exported: the spec, the weights' location
     CREPE_SAMPLE_RATE,
     PITCH_BINS,
     CrepeSpec,
+    allowed_bins,
     crepe_version,
     crepe_weights_path,
+    hop_samples,
     hz_to_bin,
 )
 
@@ -66,7 +67,8 @@ def decode_pitch(
     average); periodicity is the peak's probability.
     """
     bins = torch.arange(PITCH_BINS, device=probabilities.device)
-    allowed = (bins >= math.floor(hz_to_bin(fmin))) & (bins < math.ceil(hz_to_bin(fmax)))
+    low, high = allowed_bins(fmin, fmax)
+    allowed = (bins >= low) & (bins < high)
     masked = probabilities.masked_fill(~allowed, 0.0)
     peak = masked.argmax(dim=-1, keepdim=True)
     periodicity = masked.gather(-1, peak).squeeze(-1)
@@ -110,7 +112,7 @@ class CrepeTeacher(Teacher):
     ):
         super().__init__(name)
         self.net = build_crepe(capacity)
-        self.hop_length = int(round(hop_ms * self.sample_rate / 1000))
+        self.hop_length = hop_samples(hop_ms, self.sample_rate)
         self.fmin, self.fmax, self.decoder = fmin, fmax, decoder
         self.frames_per_chunk = frames_per_chunk  # bounds activation memory (full: ~1 MB per frame)
         self.version = crepe_version(capacity)

@@ -19,6 +19,7 @@ from .spec import (  # noqa: F401  (re-exported: the spec and the version are to
     LOUDNESS_OUTPUTS,
     LOUDNESS_VERSION,
     LoudnessSpec,
+    hop_samples,
 )
 
 OUTPUTS = LOUDNESS_OUTPUTS
@@ -83,7 +84,7 @@ class LoudnessTeacher(Teacher):
         super().__init__(name)
         self.sample_rate = sample_rate
         self.n_fft, self.top_db = n_fft, top_db
-        self.hop_length = int(round(hop_ms * sample_rate / 1000))
+        self.hop_length = hop_samples(hop_ms, sample_rate)
         self._build(torch.device("cpu"))
 
     def _build(self, device: torch.device) -> None:

@@ -52,6 +52,11 @@ def hz_to_bin(hz: float) -> float:
     return (1200.0 * math.log2(hz / 10.0) - CENTS_OFFSET) / CENTS_PER_BIN
 
 
+def allowed_bins(fmin: float, fmax: float) -> tuple[int, int]:
+    """The CREPE bins ``[low, high)`` a pitch between ``fmin`` and ``fmax`` may take."""
+    return math.floor(hz_to_bin(fmin)), math.ceil(hz_to_bin(fmax))
+
+
 CREPE_OUTPUTS = (TeacherOutput("f0"), TeacherOutput("periodicity"))
 # Bump when the computation changes: it enters the fingerprint in place of a weights hash.
 LOUDNESS_VERSION = "a-weighted-1"
@@ -88,10 +93,15 @@ def crepe_version(capacity: str) -> str:
     return f"torchcrepe {package_version('torchcrepe')} {capacity}"
 
 
+def hop_samples(hop_ms: float, sample_rate: int) -> int:
+    """A teacher's hop of ``hop_ms`` in samples at ``sample_rate``."""
+    return int(round(hop_ms * sample_rate / 1000))
+
+
 def check_hop(hop_ms: float, sample_rate: int) -> None:
     """A hop of ``hop_ms`` must be one sample at least at the rate the teacher runs at (0 failed every actor's
     start as a clip "the teacher fails on")."""
-    if int(round(hop_ms * sample_rate / 1000)) < 1:
+    if hop_samples(hop_ms, sample_rate) < 1:
         raise ValueError(
             f"hop_ms {hop_ms:g} is under one sample at {sample_rate} Hz (give {1000 / sample_rate:g} or more)"
         )
@@ -202,7 +212,8 @@ class CrepeSpec(TeacherSpecBase):
 
     def reaches_an_end_bin(self) -> bool:
         """Whether ``fmin``/``fmax`` let the peak's window take CREPE's first or last bin (32.7 Hz, 2006 Hz)."""
-        return math.floor(hz_to_bin(self.fmin)) <= 0 or math.ceil(hz_to_bin(self.fmax)) >= PITCH_BINS
+        low, high = allowed_bins(self.fmin, self.fmax)
+        return low <= 0 or high >= PITCH_BINS
 
 
 class LoudnessSpec(TeacherSpecBase):
