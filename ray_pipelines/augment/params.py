@@ -258,10 +258,15 @@ class AugmentationChoices:
         self.n_mels = n_mels
         self.frames = frames
 
+    def mask_axes(self) -> tuple[tuple[str, int], ...]:
+        """Each mask and the size of the axis it masks."""
+        return (("frequency_mask", self.n_mels), ("time_mask", self.frames))
+
     def masks_capped(self) -> bool:
         """Whether a mask's ``max_width`` reaches across its axis (capped one short of it since 2026-12-07)."""
-        sizes = {"frequency_mask": self.n_mels, "time_mask": self.frames}
-        return any((mask := getattr(self.spectrogram, name)) and mask.max_width >= size for name, size in sizes.items())
+        return any(
+            (mask := getattr(self.spectrogram, name)) and mask.max_width >= size for name, size in self.mask_axes()
+        )
 
     # ---- drawing -----------------------------------------------------------------
     def draw(self, rng: np.random.Generator) -> ViewParams:
@@ -301,7 +306,7 @@ class AugmentationChoices:
         if w.noise:
             p.snr_db = w.noise.min_snr_db + u[8] * (w.noise.max_snr_db - w.noise.min_snr_db)
         p.noise_seed = int(rng.integers(0, 2**63 - 1))
-        for name, size in (("frequency_mask", self.n_mels), ("time_mask", self.frames)):
+        for name, size in self.mask_axes():
             mask = getattr(self.spectrogram, name)
             # Narrower than the axis: a mask of all of it made the view a constant (its mean).
             max_width = min(mask.max_width, size - 1) if mask else 0

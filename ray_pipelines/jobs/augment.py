@@ -54,7 +54,7 @@ class AugmentConfig(CommonConfig):
 
     @model_validator(mode="after")
     def _pool_fits(self) -> AugmentConfig:
-        samples = int(round(self.duration * self.sample_rate))
+        samples = self.num_samples
         if samples <= self.n_fft // 2:  # torch's centred STFT pads n_fft/2 by reflection: every block failed
             raise ValueError(
                 f"duration {self.duration:g} s is {samples} samples at sample_rate {self.sample_rate}: the "
@@ -70,9 +70,14 @@ class AugmentConfig(CommonConfig):
             raise ValueError(problem)
         return self
 
+    @property
+    def num_samples(self) -> int:
+        """Samples per crop."""
+        return int(round(self.duration * self.sample_rate))
+
     def choices(self) -> AugmentationChoices:
         """What the views draw from, sized as the stage sizes its crops and spectrograms."""
-        num_samples = int(round(self.duration * self.sample_rate))
+        num_samples = self.num_samples
         return AugmentationChoices(
             self.waveform_pool,
             self.spectrogram_pool,
