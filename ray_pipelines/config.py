@@ -69,6 +69,18 @@ OTHER_MEDIA_EXTENSIONS = (
 )
 
 
+def changed_fields(model: BaseModel, names: frozenset[str] | set[str] | None = None) -> set[str]:
+    """The fields of ``model`` (of ``names`` only, if given) its input set to other than their defaults (a
+    config dumped whole, as the actors are handed theirs, sets every field, most to their defaults)."""
+    fields = type(model).model_fields
+    return {
+        name
+        for name in model.model_fields_set
+        if (names is None or name in names)
+        and getattr(model, name) != fields[name].get_default(call_default_factory=True)
+    }
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the problem."""
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..config import changed_fields
+
 ModelKind = Literal["builtin", "torchscript", "factory", "stable-audio-tools"]
 
 
@@ -85,9 +87,7 @@ class ModelConfig(BaseModel):
             raise ValueError(f"model.kind {self.kind!r} needs {' and '.join(missing)}")
         # A key the kind never reads was ignored: ``model: {path: vae.ts}`` without ``kind`` encoded
         # everything with the built-in model's untrained weights.
-        # (Set to something other than its default: the config handed to the actors has every key.)
-        given = {name for name in self.model_fields_set if getattr(self, name) != _DEFAULTS.get(name)}
-        unused = sorted(given - KIND_KEYS[self.kind])
+        unused = sorted(changed_fields(self) - KIND_KEYS[self.kind])
         if unused:
             names = ", ".join(f"model.{name}" for name in unused)
             if "kind" in self.model_fields_set:
@@ -98,6 +98,3 @@ class ModelConfig(BaseModel):
         if self.factory is not None and ":" not in self.factory:
             raise ValueError(f"model.factory must be 'module:function', got {self.factory!r}")
         return self
-
-
-_DEFAULTS = {name: field.get_default(call_default_factory=True) for name, field in ModelConfig.model_fields.items()}

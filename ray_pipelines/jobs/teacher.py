@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ray_pipelines.config import CommonConfig, PeakDb, Seconds
+from ray_pipelines.config import CommonConfig, PeakDb, Seconds, changed_fields
 from ray_pipelines.engine.decode import Window, WindowDecoder, rows_to_batch
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.model_files import ModelUnreachable
@@ -99,11 +99,7 @@ class TeacherConfig(CommonConfig):
             )
         if self.num_samples < 1:
             raise ValueError(f"duration {self.duration:g} s is under one sample at sample_rate {self.sample_rate}")
-        ignored = sorted(
-            key
-            for key in AUDIO_FILE_KEYS & self.model_fields_set
-            if self.synth is not None and getattr(self, key) != type(self).model_fields[key].default
-        )
+        ignored = sorted(changed_fields(self, AUDIO_FILE_KEYS)) if self.synth is not None else []
         if ignored:  # (they changed the fingerprint, and so refused a resume, while they changed nothing)
             raise ValueError(f"{', '.join(ignored)}: for audio-file inputs; input {SYNTH_INPUT} does not read them")
         names = [t.teacher_name for t in self.teachers]
