@@ -1049,3 +1049,54 @@ def test_batch_memory_is_mapped_when_made_and_keeps_what_is_written(shared):
     assert grown >= 0.9 * 64 * 2**20, f"only {grown / 2**20:.1f} MiB mapped"
     tensor[3, 7, 11] = 200
     assert tensor[3, 7, 11] == 200 and tensor.is_shared() == shared
+
+
+class Scaled:
+    """A user's item transform (a class: DataLoader workers pickle it)."""
+
+    def __call__(self, item):
+        return tuple(2 * value for value in item)
+
+
+def test_a_users_transform_gets_the_readers_items_and_is_refused_with_batches(rows_output, views_output):
+    """OutputRows and its subclasses set their own conversion over the user's transform=, which then never ran
+    (no error); with batch_size= any reader's item transform was dropped without a word."""
+    plain = sorted(float(x[0]) for (x,) in OutputRows(str(rows_output), fields=("x",)))
+    doubled = list(DataLoader(OutputRows(str(rows_output), fields=("x",), transform=Scaled()), num_workers=2))
+    assert sorted(float(x[0, 0]) for (x,) in doubled) == [2 * v for v in plain]
+    as_dict = OutputRows(str(rows_output), columns=["key", "x"], as_dict=True, transform=lambda row: row["key"])
+    assert sorted(as_dict) == [f"k{i:03d}" for i in range(ROWS)]
+    pairs = list(ContrastiveViews(str(views_output), seed=1, transform=Scaled()))
+    plain_pairs = list(ContrastiveViews(str(views_output), seed=1))
+    assert len(pairs) == len(plain_pairs) == CLIPS
+    assert all(torch.equal(v1, 2 * p1) and torch.equal(v2, 2 * p2) for (v1, v2), (p1, p2) in zip(pairs, plain_pairs))
+    for reader, kwargs in ((OutputRows, {"fields": ("x",)}), (ShardRows, {}), (ContrastiveViews, {})):
+        where = str(views_output) if reader is ContrastiveViews else str(rows_output)
+        if reader is ShardRows:
+            where = list_shards(where, "train")
+        with pytest.raises(ValueError, match="transform applies to items.*pass batch_transform"):
+            reader(where, batch_size=4, transform=Scaled(), **kwargs)
+
+
+def test_columns_a_reader_does_not_have_are_refused_by_name(rows_output, views_output):
+    with pytest.raises(ValueError, match="no column nope in these files; columns: key, index, x"):
+        ShardRows(list_shards(str(rows_output), "train"), columns=["x", "nope"])
+    assert [sorted(row) for row in ShardRows(list_shards(str(rows_output), "train"), columns="x")][:1] == [["x"]]
+    with pytest.raises(ValueError, match="ContrastiveViews reads the view1 and view2 columns"):
+        ContrastiveViews(str(views_output), columns=["view1"])
+
+
+@pytest.mark.parametrize("batch_size", [None, 7])
+def test_dtype_casts_floats_to_bfloat16_and_refuses_other_types(rows_output, batch_size):
+    """bfloat16 failed in batched mode (NumPy has none); torch.int32 truncated x = 0.7 to 0 in both modes."""
+    for bad in (torch.int32, torch.bool, "float16"):
+        with pytest.raises(ValueError, match="give a torch floating dtype"):
+            OutputRows(str(rows_output), fields=("x",), dtype=bad, batch_size=batch_size)
+    dataset = OutputRows(str(rows_output), fields=("x", "index"), dtype=torch.bfloat16, batch_size=batch_size)
+    loader = DataLoader(dataset, batch_size=None if batch_size else 7, num_workers=2)
+    values = []
+    for x, index in loader:
+        assert x.dtype == torch.bfloat16 and index.dtype == torch.int64  # floats cast, integers kept
+        values += x[:, 0].float().tolist()
+        assert torch.equal(x, x[:, :1].expand_as(x))  # every row [id, id, id, id]
+    assert sorted(values) == [float(torch.tensor(float(i)).bfloat16()) for i in range(ROWS)]

@@ -353,3 +353,60 @@ def test_the_parquet_layout_is_read_by_the_split_name_datasets_gives_it_and_refu
         TypeError, match=r"by index: iterate it, .* \(the sat layout's items .*open_encoded\(output, 'sat'\)\)"
     ):
         open_encoded(str(tokens_output), "parquet")[0]
+
+
+def test_columns_without_the_crops_key_and_window_are_refused(tokens_output):
+    """columns=["latents", "padding_mask"] drew every item's crop from ("", 0): one start for all items."""
+    for columns in (["latents", "padding_mask"], ["latents", "padding_mask", "key"]):
+        with pytest.raises(
+            ValueError, match=r"columns= leaves out .*window.*a random crop is drawn per key and window"
+        ):
+            EncodedShardRows(str(tokens_output), latent_crop_length=8, columns=columns)
+    with pytest.raises(ValueError, match="columns= leaves out padding_mask, which an encode item needs"):
+        EncodedShardRows(str(tokens_output), columns=["latents", "key"])  # was a bare KeyError in the first item
+    kept = EncodedShardRows(
+        str(tokens_output), latent_crop_length=8, columns=["latents", "padding_mask", "key", "window"]
+    )
+    starts = {md["latent_crop_start"] for _, md in kept}
+    assert len(starts) > 3  # drawn per item
+    fixed = EncodedShardRows(
+        str(tokens_output), latent_crop_length=8, random_crop=False, columns=["latents", "padding_mask"]
+    )
+    assert len(list(fixed)) == ITEMS
+
+
+class Tagged:
+    def __call__(self, item):
+        latents, metadata = item
+        return latents.shape[-1], metadata["key"]
+
+
+@pytest.mark.parametrize("layout", ["sat", "parquet"])
+def test_both_layouts_take_a_transform_and_a_batch_transform(tokens_output, layout):
+    """The parquet layout's own conversion replaced a user's transform= (never called); the sat layout had
+    neither transform= nor batch_transform= (TypeError), so one open_encoded call did not fit both layouts."""
+    items = list(
+        DataLoader(
+            open_encoded(str(tokens_output), layout, latent_crop_length=8, transform=Tagged()),
+            batch_size=None,
+            num_workers=2,
+        )
+    )
+    assert sorted(key for _, key in items) == sorted(token_rows()["key"].tolist()) and {n for n, _ in items} == {8}
+    batched = open_encoded(
+        str(tokens_output),
+        layout,
+        latent_crop_length=8,
+        batch_size=5,
+        batch_transform=lambda batch: (batch["latents"].shape, batch["padding_mask"].shape, len(batch["key"])),
+    )
+    assert [(tuple(z), tuple(m), n) for z, m, n in batched] == [((5, Q, 8), (5, 8), 5)] * 4 + [((4, Q, 8), (4, 8), 4)]
+    with pytest.raises(ValueError, match="transform applies to items"):
+        open_encoded(str(tokens_output), layout, batch_size=5, transform=Tagged())
+
+
+@pytest.mark.parametrize("layout", ["sat", "parquet"])
+def test_a_missing_output_is_not_found_whatever_layout_is_asked(tmp_path, layout):
+    """open_encoded("/tmp/nope", layout="parquet") said the output "was written with layout 'sat'"."""
+    with pytest.raises(FileNotFoundError, match="nope"):
+        open_encoded(str(tmp_path / "nope"), layout)

@@ -55,6 +55,8 @@ from ..engine.arrow import column_to_numpy, tensor_shape
 # Rows at least this large are copied from the decoded buffers (no intermediate copy); smaller
 # ones are gathered per piece first, which takes one NumPy call per batch instead of one per row.
 VIEW_BYTES = 4096
+# Float dtypes a reader's ``dtype`` may ask for that NumPy does not have (filled through float32).
+NO_NUMPY_DTYPES = (torch.bfloat16,)
 
 
 @dataclass(frozen=True)
@@ -270,10 +272,15 @@ def _libc():
 
 
 def check_batching(
-    batch_size: int | None, reuse_batches: int, drop_last: bool = False, batch_transform: Callable | None = None
+    batch_size: int | None,
+    reuse_batches: int,
+    drop_last: bool = False,
+    batch_transform: Callable | None = None,
+    transform: Callable | None = None,
 ) -> None:
     """Refuse a reader's batch arguments that cannot work, with what to pass instead: the batched mode's
-    own options without it would be ignored without a word (a DDP run's ``drop_last=True`` among them)."""
+    own options without it would be ignored without a word (a DDP run's ``drop_last=True`` among them),
+    and so would an item ``transform`` with it."""
     if batch_size is not None and (isinstance(batch_size, bool) or not _is_int(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size must be an integer of at least 1 (or None for items), got {batch_size!r}")
     if isinstance(reuse_batches, bool) or not _is_int(reuse_batches) or reuse_batches < 0:
@@ -284,6 +291,11 @@ def check_batching(
         raise ValueError(
             f"{', '.join(given)} needs the batched mode: pass batch_size= too (and the DataLoader batch_size=None)"
             + ("; in item mode the DataLoader's own drop_last applies" if drop_last else "")
+        )
+    if transform is not None and batch_size is not None:
+        raise ValueError(
+            "transform applies to items, and batch_size= yields whole batches: pass batch_transform= "
+            "(it gets each batch) or leave batch_size out"
         )
 
 
@@ -441,17 +453,21 @@ class BatchBuilder:
             out = batch[spec.name]
             if spec.kind == "list":
                 out.extend(window.arrays[spec.name][order].tolist())
-            elif spec.name in window.views:
+                continue
+            # NumPy has no bfloat16: such a column's rows are gathered as float32, then cast by torch
+            staged = out.dtype in NO_NUMPY_DTYPES
+            target = np.empty((stop - at, *out.shape[1:]), np.float32) if staged else out.numpy()[at:stop]
+            if spec.name in window.views:
                 views, chunk, position = window.views[spec.name]
-                target = out.numpy()
-                for j, i in enumerate(order.tolist(), start=at):
+                for j, i in enumerate(order.tolist()):
                     target[j] = views[chunk[i]][position[i]]
             else:
-                target = out.numpy()[at:stop]
                 source = window.arrays[spec.name]
                 if source.dtype == target.dtype:
                     np.take(source, order, axis=0, out=target)
                 else:
                     target[...] = source[order]
+            if staged:
+                out[at:stop] = torch.from_numpy(target)
         if self.fill is not None:
             self.fill(batch, window, order, at)

@@ -14,7 +14,7 @@ import torch
 
 from ..engine.arrow import large_strings
 from .footers import FooterTable, statistics_values
-from .parquet import ShardRows, manifest_files, to_tensor
+from .parquet import ShardRows, manifest_files, then_transform, to_tensor
 from .rowgroups import Footers, RowGroupIndex
 
 
@@ -42,6 +42,7 @@ class ContrastiveViews(ShardRows):
     reads clip ``i`` alone, for a look at single items: the clip whose key is
     ``keys[i]`` (an Arrow array of the keys, sorted).
 
+    ``transform``, in item mode, gets each ``(view1, view2)`` pair and returns what training needs.
     ``batch_size=B`` (DataLoader ``batch_size=None``) yields ``(view1, view2)`` batches
     ``[B, *view shape]``, assembled in the worker straight into shared memory
     (:class:`~.parquet.ShardRows`).
@@ -57,6 +58,11 @@ class ContrastiveViews(ShardRows):
         storage_options: dict[str, Any] | None = None,
         **kwargs,
     ):
+        if "columns" in kwargs:
+            raise ValueError(
+                "ContrastiveViews reads the view1 and view2 columns; for other columns of an augment output "
+                "use ShardRows(list_shards(output, split), columns=[...])"
+            )
         records = manifest_files(output, split, storage_options, job="augment")
         # Each batch of files' rows, from their footers (_footer_batch): its distinct keys, each row's
         # position among them and its version; None: read from the columns once the index is made.
@@ -66,11 +72,11 @@ class ContrastiveViews(ShardRows):
             columns=["view1", "view2"],
             shuffle=shuffle,
             seed=seed,
-            transform=ViewPair(),
             storage_options=storage_options,
             sizes=[int(f["bytes"]) for f in records],
             **kwargs,
         )
+        self.transform = then_transform(ViewPair(), self.transform)
 
     def _batch_float_dtype(self) -> torch.dtype:
         return torch.float32

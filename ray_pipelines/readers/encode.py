@@ -28,7 +28,7 @@ import posixpath
 import re
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import lru_cache, partial
@@ -53,7 +53,7 @@ from .batches import (
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share, stop_read_ahead
 from .errors import naming_the_file
-from .parquet import ShardRows, check_job, manifest_files, not_an_output, warn_if_incomplete
+from .parquet import ShardRows, check_job, manifest_files, not_an_output, then_transform, warn_if_incomplete
 
 
 def crop_latents(
@@ -246,6 +246,8 @@ class EncodedLatents(EpochDataset):
     ``PreEncodedDataset`` does. ``batch_size=B`` (DataLoader ``batch_size=None``)
     yields ``(latents [B, C, L], metadata)`` batches assembled in the worker (see
     :meth:`_batches`); ``reuse_batches`` as for :class:`~.parquet.ShardRows`.
+    ``transform`` gets each item and ``batch_transform`` each batch as a dict of its columns
+    (``latents`` among them), as the Parquet layout's do, and return what training needs.
     ``index_cache`` is accepted so that one call opens either layout (:func:`open_encoded`),
     and unused: this layout's index is ``filelist.txt``, one read, with no footers to keep.
     """
@@ -266,10 +268,13 @@ class EncodedLatents(EpochDataset):
         drop_last: bool = False,
         reuse_batches: int = 0,
         index_cache: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        batch_transform: Callable[[Any], Any] | None = None,
     ):
         super().__init__(seed, shuffle, rank, world_size)
-        check_batching(batch_size, reuse_batches, drop_last)
+        check_batching(batch_size, reuse_batches, drop_last, batch_transform, transform)
         self.batch_size, self.drop_last = batch_size, drop_last
+        self.transform, self.batch_transform = transform, batch_transform
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
@@ -308,9 +313,13 @@ class EncodedLatents(EpochDataset):
         metadata["latent_filename"] = url
         return latents, metadata
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int) -> Any:
         latents, metadata = self._load(index)
-        return self.crop(latents, metadata, self.epoch)
+        return self._item(latents, metadata, self.epoch)
+
+    def _item(self, latents: np.ndarray, metadata: dict[str, Any], epoch: int) -> Any:
+        item = self.crop(latents, metadata, epoch)
+        return self.transform(item) if self.transform else item
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         shard = self.current_shard()
@@ -327,7 +336,7 @@ class EncodedLatents(EpochDataset):
                 yield from self._batches(loaded, len(mine), epoch)
             else:
                 for latents, metadata in loaded:
-                    yield self.crop(latents, metadata, epoch)
+                    yield self._item(latents, metadata, epoch)
         finally:
             stop_read_ahead(pool)
         check_epoch_unchanged(self._epoch, epoch)
@@ -380,7 +389,10 @@ class EncodedLatents(EpochDataset):
             if self.crop.latent_crop_length is not None:
                 metadata["latent_crop_start"] = starts
                 metadata["latent_crop_length"] = self.crop.latent_crop_length
-            yield reader_batch((latents, metadata))
+            if self.batch_transform:  # given the columns as a dict, as the Parquet layout's is
+                yield reader_batch(self.batch_transform({"latents": latents, **metadata}))
+            else:
+                yield reader_batch((latents, metadata))
 
 
 class EncodedShardRows(ShardRows):
@@ -407,7 +419,24 @@ class EncodedShardRows(ShardRows):
             **kwargs,
         )
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
-        self.transform = self._to_item
+        self._check_crop_columns()
+        self.transform = then_transform(self._to_item, self.transform)
+
+    def _check_crop_columns(self) -> None:
+        """``columns`` must hold what an item is made of: without ``key`` and ``window`` every item's crop
+        would be drawn from the same ``("", 0)``, one start for all."""
+        if self.columns is None:
+            return
+        needed = ["latents", "padding_mask"]
+        if self.crop.latent_crop_length is not None and self.crop.random_crop:
+            needed += ["key", "window"]  # the crop is drawn per (seed, epoch, key, window)
+        missing = [name for name in needed if name not in self.columns]
+        if missing:
+            raise ValueError(
+                f"columns= leaves out {', '.join(missing)}, which an encode item needs"
+                + (" (a random crop is drawn per key and window)" if {"key", "window"} & set(missing) else "")
+                + f": add {', '.join(missing)} (or leave columns out)"
+            )
 
     def _batch_plan(self, epoch: int):
         """Latents ``[n, C, L]`` and ``padding_mask`` ``[n, L]`` bool, cropped per item as the items are
@@ -475,7 +504,8 @@ def open_encoded(output: str, layout: str | None = None, **kwargs) -> EncodedLat
     check_job(output, job.get("job"), "encode")
     written = job.get("config", {}).get("layout", "sat")
     chosen = layout or ("sat" if written in ("sat", "both") else "parquet")
-    if written != "both" and chosen != written:
+    # Without _job.json (no output there, or one of an older version) the reader says what it finds.
+    if job and written != "both" and chosen != written:
         raise ValueError(f"{output} was written with layout {written!r}, not {chosen!r}")
     return EncodedLatents(output, **kwargs) if chosen == "sat" else EncodedShardRows(output, **kwargs)
 

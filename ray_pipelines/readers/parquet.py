@@ -303,7 +303,7 @@ class ShardRows(EpochDataset):
         index_cache: str | None = None,
     ):
         super().__init__(seed, shuffle, rank, world_size)
-        check_batching(batch_size, reuse_batches, drop_last, batch_transform)
+        check_batching(batch_size, reuse_batches, drop_last, batch_transform, transform)
         if index_cache is not None:
             index_cache = os.fspath(index_cache)
             if not index_cache.strip():  # was the working directory, wherever the training started
@@ -313,7 +313,8 @@ class ShardRows(EpochDataset):
         self.batch_size, self.drop_last, self.batch_transform = batch_size, drop_last, batch_transform
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
         self.files = list(files)
-        self.columns = list(columns) if columns is not None else None
+        # One column's name is that column (list("x") would split it into its letters)
+        self.columns = ([columns] if isinstance(columns, str) else list(columns)) if columns is not None else None
         self.shuffle_buffer = shuffle_buffer
         self.transform = transform
         self.storage_options = storage_options
@@ -324,6 +325,7 @@ class ShardRows(EpochDataset):
         self.cached: dict[str, np.ndarray] | None = None
         self._cached_kept: pa.Table | None = None
         parsed, tables = self._read_footers(sizes)
+        self._check_columns()
         self.reader = RowGroupReader(self.index, storage_options)
         self.threads = threads  # None: decided in the process that reads (_read_threads)
         self.chunk_groups = chunk_row_groups(self.index)
@@ -358,6 +360,15 @@ class ShardRows(EpochDataset):
         # back before DataLoader workers fork (0.5-2 ms), it no longer sits in the training process.
         del parsed, tables
         release_unused_memory()
+
+    def _check_columns(self) -> None:
+        """Refuse ``columns`` the files do not have, naming the ones they do (pyarrow's KeyError named neither)."""
+        if self.columns is None or self.index.schema is None:
+            return
+        available = self.index.schema.names
+        missing = [name for name in self.columns if name not in available]
+        if missing:
+            raise ValueError(f"no column {', '.join(missing)} in these files; columns: {', '.join(available)}")
 
     def _read_footers(self, sizes: list[int]) -> tuple[dict[int, pq.FileMetaData], dict[int, FooterTable | None]]:
         """Builds ``self.index`` from the files' footers, read ``FOOTER_BATCH`` files at a time and each
@@ -727,6 +738,31 @@ class RowToTuple:
         return tuple(_to_torch(row[name], self.dtype) for name in self.fields)
 
 
+class Then:
+    """``then(first(row))``: a reader's own conversion of a row, then the user's ``transform`` (a class, not a
+    lambda: workers may pickle it)."""
+
+    def __init__(self, first: Callable[[Any], Any], then: Callable[[Any], Any]):
+        self.first, self.then = first, then
+
+    def __call__(self, row: Any) -> Any:
+        return self.then(self.first(row))
+
+
+def then_transform(convert: Callable[[Any], Any], transform: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """A reader's item conversion followed by the user's ``transform`` if one was given (it gets the reader's
+    item, a tuple or dict of tensors, not the raw row)."""
+    return convert if transform is None else Then(convert, transform)
+
+
+def check_float_dtype(dtype: Any) -> None:
+    """``dtype`` casts float columns: an integer or bool one would truncate the values without a word."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(
+            f"dtype casts the float columns: give a torch floating dtype (e.g. torch.float16), got {dtype!r}"
+        )
+
+
 class RowToDict:
     def __init__(self, dtype: torch.dtype | None):
         self.dtype = dtype
@@ -740,7 +776,8 @@ class OutputRows(ShardRows):
 
     ``fields``: the columns of each tuple; ``as_dict=True`` yields ``{column: value}``
     for ``columns`` (default all). Either name picks the columns for either form. ``dtype``: cast float tensors (e.g.
-    ``torch.float32`` from a float64 output). The rest as :class:`ShardRows`.
+    ``torch.float32`` from a float64 output). ``transform``, in item mode, gets each item (the tuple or
+    dict of tensors) and returns what training needs. The rest as :class:`ShardRows`.
     """
 
     default_fields: tuple[str, ...] = ()
@@ -758,6 +795,7 @@ class OutputRows(ShardRows):
         storage_options: dict[str, Any] | None = None,
         **kwargs,
     ):
+        check_float_dtype(dtype)
         records = manifest_files(output, split, storage_options, job=self.job)
         super().__init__(
             [f["url"] for f in records],
@@ -781,7 +819,7 @@ class OutputRows(ShardRows):
             )
         self.columns = wanted
         self.as_dict, self.dtype = as_dict, dtype
-        self.transform = RowToDict(dtype) if as_dict else RowToTuple(wanted, dtype)
+        self.transform = then_transform(RowToDict(dtype) if as_dict else RowToTuple(wanted, dtype), self.transform)
 
     def _batch_float_dtype(self) -> torch.dtype | None:
         return self.dtype

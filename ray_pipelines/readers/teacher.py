@@ -34,7 +34,8 @@ class TeacherCache(OutputRows):
     ``fields``: the columns of each tuple (default ``x, y, f0, db``);
     ``as_dict=True`` yields ``{column: value}`` for ``columns`` (default all).
     ``dtype``: cast float tensors (e.g. ``torch.float32`` from a float64 cache).
-    ``shuffle``/``seed``/``shuffle_buffer``: reproducible per ``(seed, epoch)``;
+    ``shuffle``/``seed``/``shuffle_buffer``: reproducible per ``(seed, epoch)`` for a given number of
+    ranks and DataLoader workers (with another, the same rows in another order);
     call :meth:`set_epoch` between epochs. ``rank``/``world_size`` shard
     between distributed processes (default: ``torch.distributed``'s).
     """
