@@ -242,6 +242,8 @@ def expected_extra(case: str, config: dict, files: dict[str, Path]) -> dict:
 
     names = config.get("scorers", list(scorers.DEFAULT_AUDIO_SCORERS))
     extra = {"scorers": names, "model_files_sha256": scorers.model_digests(names)}
+    if "signal" in names:  # clips of min_duration (0.05 s: 800 samples) are shorter than signal.n_fft (1024)
+        extra["bandwidth_short_clips"] = True
     if "reconstruction" in names:
         from ray_pipelines.models import weights_sha256
         from ray_pipelines.scoring.models import ModelSpec, build_model

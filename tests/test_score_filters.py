@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from ray_pipelines.scoring.filters import FilterRule, compute_bounds, run_filters
+from ray_pipelines.scoring.report import FilterSettings
 from tests.conftest import free_port
 
 ONE_TO_TEN = np.arange(1.0, 11.0)  # sorted; quantile q sits at position 9q (linear interpolation)
@@ -48,9 +49,13 @@ def test_percentile_by_hand():
 
 
 def test_hardcode_defaults_and_inclusive_bounds():
-    bounds = compute_bounds(FilterRule(mode="hardcode"), ONE_TO_TEN)
+    # the seed's [1.5, 7.0]: the reconstruction scores' default (FilterSettings.rules); other scores must give bounds
+    rule = FilterSettings(signal_energy=FilterRule(mode="hardcode")).rules(["signal_energy"])["signal_energy"]
+    bounds = compute_bounds(rule, ONE_TO_TEN)
     assert (bounds.low, bounds.high) == (1.5, 7.0)
-    assert kept_values(FilterRule(mode="hardcode"), ONE_TO_TEN) == [2, 3, 4, 5, 6, 7]  # 7.0 itself is kept
+    assert kept_values(rule, ONE_TO_TEN) == [2, 3, 4, 5, 6, 7]  # 7.0 itself is kept
+    with pytest.raises(ValueError, match="needs bounds"):
+        compute_bounds(FilterRule(mode="hardcode"), ONE_TO_TEN)
     assert kept_values(FilterRule(mode="hardcode", bounds=(2.0, 5.0)), np.array([1.0, 2.0, 2.0, 5.0, 5.5])) == [2, 2, 5]
 
 
@@ -91,7 +96,7 @@ def test_empty_train_split_leaves_only_hard_cutoffs():
         assert bounds.keep(np.array([-1e9, 0.0, 1e9, np.nan])).tolist() == [True, True, True, False]
     hard = compute_bounds(FilterRule(mode="median", hard_high=2.0), empty)
     assert (hard.low, hard.high) == (None, 2.0)
-    assert compute_bounds(FilterRule(mode="hardcode"), empty).high == 7.0
+    assert compute_bounds(FilterRule(mode="hardcode", bounds=(None, 7.0)), empty).high == 7.0
     # sample std of one item is undefined too
     assert compute_bounds(FilterRule(mode="mean", ddof=1), np.array([4.0])).low is None
 

@@ -21,7 +21,7 @@ import sys
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from ray_pipelines import isolated
 from ray_pipelines.config import CommonConfig, ConfigError, PeakDb, Seconds
@@ -42,6 +42,7 @@ from ray_pipelines.scoring.inputs import (
 from ray_pipelines.scoring.options import DnsmosOptions, ModelSpec, VadOptions
 from ray_pipelines.scoring.report import (
     FilterSettings,
+    check_predictions_readable,
     filter_warnings,
     format_filter_report,
     write_filter_outputs,
@@ -54,6 +55,8 @@ from ray_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
 
+# Windows up to this long get the DNSMOS segments speechmos gives (ray_pipelines.scoring.dnsmos.segments).
+DNSMOS_EXACT_SECONDS = 16.0
 # Imported in the actors only (the stage imports torch; the driver never does).
 SCORE_STAGE = "ray_pipelines.stages.score:ScoreStage"
 
@@ -103,7 +106,12 @@ class ScoreConfig(CommonConfig):
         ge=0,
         description="audio: seconds skipped at the start of each file (a file that ends before it: an error row).",
     )
-    frames: int | None = Field(None, gt=0, description="Mel frames; default 1 + duration*sample_rate // hop_length.")
+    frames: int | None = Field(
+        None,
+        gt=0,
+        description="Mel frames; default 1 + duration*sample_rate // hop_length. audio: always that "
+        "(another value is refused); pt/shards: the tensors' T.",
+    )
     n_fft: int = Field(2048, gt=0)
     hop_length: int = Field(512, gt=0)
     f_min: float = Field(0.0, ge=0)
@@ -120,7 +128,7 @@ class ScoreConfig(CommonConfig):
     # the reconstruction scorer's model
     model: ModelSpec = Field(default_factory=ModelSpec)
     mask_ratio: float = Field(0.0, ge=0, lt=1, description="Share of patches hidden from the model (MAE).")
-    mask_patch: tuple[int, int] = Field((16, 16), description="Mask patch size (mel bins, frames).")
+    mask_patch: tuple[PositiveInt, PositiveInt] = Field((16, 16), description="Mask patch size (mel bins, frames).")
     forward_batch: int | None = Field(
         None,
         ge=1,
@@ -174,6 +182,14 @@ class ScoreConfig(CommonConfig):
         spectrogram = self.source == "audio" and "reconstruction" in names  # else the inputs are spectrograms
         if spectrogram and (problem := mel_problem(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max)):
             raise ValueError(problem)
+        if self.source == "audio" and self.frames is not None and self.frames != self.audio_frames:
+            # The log-mel of a window has exactly this many frames: masks or a model shape check of another
+            # T failed every row ("size of tensor a (72) must match (160)") and the run still exited 0.
+            raise ValueError(
+                f"frames: {self.frames} does not fit source audio: a {self.duration:g} s window at "
+                f"{self.sample_rate} Hz with hop_length {self.hop_length} gives {self.audio_frames} mel frames; "
+                f"leave frames unset (null) or set it to {self.audio_frames}"
+            )
         if self.source == "shards" and len(self.inputs()) != 1:
             raise ValueError("source shards takes one input: the root of a committed job output")
         if len(set(names)) != len(names) or not names:
@@ -197,8 +213,18 @@ class ScoreConfig(CommonConfig):
         return builtin.score_columns(self.scorer_names)
 
     @property
+    def shortest_clip(self) -> int:
+        """audio: the fewest real samples a scored clip can have (shorter files are error rows)."""
+        return int(min(self.min_duration, self.duration) * self.sample_rate)
+
+    @property
+    def audio_frames(self) -> int:
+        """Frames of the log-mel of a ``duration`` window (centred STFT: 1 + samples // hop_length)."""
+        return 1 + int(round(self.duration * self.sample_rate)) // self.hop_length
+
+    @property
     def mel_frames(self) -> int:
-        return self.frames or 1 + int(round(self.duration * self.sample_rate)) // self.hop_length
+        return self.frames or self.audio_frames
 
 
 class ScoreJob(Job):
@@ -240,6 +266,7 @@ class ScoreJob(Job):
         """
         if self._model_fingerprint is None:
             c = self.config
+            check_predictions_readable(c.filter.predictions, c.storage_options)  # before anything is written
             extra: dict[str, Any] = {
                 "scorers": c.scorer_names,
                 "model_files_sha256": builtin.model_digests(c.scorer_names),
@@ -248,6 +275,15 @@ class ScoreJob(Job):
                 # Since 2026-12-06 a short file's window starts at offset too (FirstWindow): outputs scored
                 # before, with the window moved earlier, are refused rather than mixed with new rows.
                 extra["window_from_offset"] = True
+            if c.source == "audio" and "signal" in c.scorer_names and c.shortest_clip <= c.signal.n_fft:
+                # Since 2026-12-07 a clip shorter than signal.n_fft has its bandwidth from a window of its own
+                # length (the n_fft window over the clip and its zero padding read about the Nyquist
+                # frequency): outputs where such clips can be are refused rather than mixed with new rows.
+                extra["bandwidth_short_clips"] = True
+            if c.source == "audio" and "dnsmos" in c.scorer_names and c.duration > DNSMOS_EXACT_SECONDS:
+                # Since 2026-12-07 DNSMOS scores every segment of a clip over 16 s (speechmos's float arithmetic
+                # dropped those starting at 7-23 s): outputs of longer windows are refused, not mixed.
+                extra["dnsmos_every_segment"] = True
             if "reconstruction" in c.scorer_names:
                 try:
                     digests = isolated.call(

@@ -4,7 +4,8 @@ The models are Microsoft's ONNX files inside the ``speechmos`` wheel (MIT licenc
 Corporation; the models are those of the DNS Challenge's DNSMOS), run with ONNX Runtime.
 Per clip the procedure is speechmos's ``dnsmos.run`` (the DNS Challenge's own script): at
 16 kHz, a clip shorter than 9.01 s is repeated (doubled) until it is at least that long; the
-model scores 9.01 s segments one second apart; SIG, BAK and OVRL are the raw outputs mapped
+model scores 9.01 s segments one second apart (all of them: speechmos drops some of a clip over 16 s,
+:func:`segments`); SIG, BAK and OVRL are the raw outputs mapped
 through DNSMOS's calibration polynomials and averaged over the segments, P.808 the mean of the
 P.808 model on each segment's mel spectrogram. The scores are the same numbers speechmos gives
 for the same samples (tests check it bit for bit); speechmos only refuses samples beyond
@@ -33,16 +34,26 @@ SEGMENT_SECONDS = 9.01  # speechmos.dnsmos.INPUT_LENGTH
 
 
 def segments(audio: np.ndarray) -> list[np.ndarray]:
-    """The 9.01 s segments speechmos scores for one 16 kHz clip (its arithmetic, kept as it is)."""
+    """The 9.01 s segments of one 16 kHz clip, one second apart: speechmos's for every clip up to 16 s.
+
+    speechmos cuts segment ``i`` at ``int((i + 9.01) * 16000)``, which float arithmetic makes one sample
+    short for ``i`` = 7 to 23 (16.009999... * 16000), and drops it: a 30 s clip kept 7 of its 21
+    segments, none starting between 7 and 23 s. A clip of 9.01 s or more here gets every segment
+    (``i * 16000 + 144160``: the same bytes for every segment speechmos keeps). A shorter clip is
+    repeated as speechmos does and keeps speechmos's segments (a clip repeated to 17-18 s: 7 of 9),
+    so every clip up to 16 s scores exactly as speechmos scores it.
+    """
     if len(audio) == 0:
         raise ValueError("empty clip")
     length = int(SEGMENT_SECONDS * SAMPLE_RATE)
+    repeated = len(audio) < length
     while len(audio) < length:
         audio = np.append(audio, audio)
     hops = int(np.floor(len(audio) / SAMPLE_RATE) - SEGMENT_SECONDS) + 1
     out = []
     for i in range(hops):
-        segment = audio[int(i * SAMPLE_RATE) : int((i + SEGMENT_SECONDS) * SAMPLE_RATE)]
+        end = int((i + SEGMENT_SECONDS) * SAMPLE_RATE) if repeated else i * SAMPLE_RATE + length
+        segment = audio[i * SAMPLE_RATE : end]
         if len(segment) == length:
             out.append(segment.astype(np.float32))
     return out

@@ -5,7 +5,8 @@ Any score column can have a rule:
 - ``median``: keep ``[Q1 - k*IQR, Q3 + k*IQR]`` (k = 1.5);
 - ``mean``: keep ``[mean - k*std, mean + k*std]`` (k = 1.5, population std unless ``ddof: 1``);
 - ``percentile``: keep ``[quantile(lower), quantile(upper)]`` (0.05, 0.95);
-- ``hardcode``: keep ``bounds`` (1.5, 7.0; either end may be None: open);
+- ``hardcode``: keep ``bounds`` (either end may be None: open); required, except for the
+  reconstruction scorer's two scores, which default to the seed's (1.5, 7.0);
 - ``none``: keep every finite value.
 
 Quantiles interpolate linearly between order statistics (NumPy's and
@@ -50,8 +51,10 @@ class FilterRule(BaseModel):
     ddof: int = Field(0, ge=0, le=1, description="mean: 0 = population std (NumPy), 1 = sample std (pandas).")
     lower_quantile: float = Field(0.05, ge=0, le=1, description="percentile: lower quantile.")
     upper_quantile: float = Field(0.95, ge=0, le=1, description="percentile: upper quantile.")
-    bounds: tuple[float | None, float | None] = Field(
-        (1.5, 7.0), description="hardcode: fixed (low, high); null leaves that side open."
+    bounds: tuple[float | None, float | None] | None = Field(
+        None,
+        description="hardcode: fixed (low, high); null leaves that side open. Required, except for "
+        "reconstruction_loss and signal_energy (default [1.5, 7.0]).",
     )
     hard_low: float | None = Field(None, description="median/mean: replaces the computed lower bound.")
     hard_high: float | None = Field(None, description="median/mean: replaces the computed upper bound.")
@@ -65,7 +68,7 @@ class FilterRule(BaseModel):
             raise ValueError(
                 f"lower_quantile ({self.lower_quantile}) must be below upper_quantile ({self.upper_quantile})"
             )
-        low, high = self.bounds
+        low, high = self.bounds or (None, None)
         if low is not None and high is not None and low > high:
             raise ValueError(f"bounds: low ({low}) is above high ({high})")
         if (self.side == "lower" and self.hard_high is not None) or (
@@ -115,6 +118,8 @@ def compute_bounds(rule: FilterRule, train_values: np.ndarray) -> Bounds:
     if rule.mode == "none":
         return Bounds(None, None, report)
     if rule.mode == "hardcode":
+        if rule.bounds is None:  # FilterSettings.rules gives the reconstruction scores' default, refuses others
+            raise ValueError("a hardcode rule needs bounds")
         low, high = (None if b is None else float(b) for b in rule.bounds)
         return _one_sided(rule, low, high, report)
 

@@ -23,14 +23,16 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..config import ConfigError
 from ..key_lines import key_line
-from ..storage import Storage
+from ..storage import Storage, get_fs, split_protocol
 from .filters import FilterResult, FilterRule, run_filters
 from .groups import vote_groups
 from .plots import figure_png, histogram_figure, scatter_figure
@@ -40,6 +42,45 @@ from .table import ScoreTable, live_errors, read_predictions
 # Rules a score gets when the section does not name it: the seed's median/IQR for the
 # reconstruction scorer's two scores; every other score is only filtered when named.
 DEFAULT_RULES = {"reconstruction_loss": FilterRule(), "signal_energy": FilterRule()}
+# The seed's hard bounds of those two scores, a hardcode rule's when it gives none; a hardcode rule of
+# any other score must give its bounds (these numbers cut a DNSMOS score or a level at random).
+HARDCODE_DEFAULT = (1.5, 7.0)
+
+
+def with_default_bounds(rule: FilterRule) -> FilterRule:
+    """``rule``, a hardcode rule without bounds given :data:`HARDCODE_DEFAULT` (only the reconstruction
+    scores' rules may lack them: :class:`FilterSettings` refuses the others)."""
+    if rule.mode == "hardcode" and rule.bounds is None:
+        return rule.model_copy(update={"bounds": HARDCODE_DEFAULT})
+    return rule
+
+
+def local_file_problem(path: str) -> str:
+    """Why the local file ``path`` cannot be read ("" when it can)."""
+    _, resolved = get_fs(path)
+    if not os.path.exists(resolved):
+        return f"no such file: {path}"
+    if not os.path.isfile(resolved):
+        return f"not a file: {path}"
+    if not os.access(resolved, os.R_OK):
+        return f"not readable: {path}"
+    return ""
+
+
+def check_predictions_readable(predictions: str | None, storage_options: dict[str, Any] | None) -> None:
+    """Raises ConfigError when the ``filter.predictions`` file is not there (a URL is asked; a local path
+    was checked with the config): run before the score job writes anything."""
+    if predictions is None:
+        return
+    if split_protocol(predictions)[0] == "file":
+        problem = local_file_problem(predictions)
+    else:
+        fs, path = get_fs(predictions, storage_options)
+        problem = "" if fs.isfile(path) else f"no such file: {predictions}"
+    if problem:
+        raise ConfigError(f"filter.predictions: {problem}")
+
+
 COMPUTED = ("median", "mean", "percentile")  # the modes whose bounds come from the train split's scores
 
 
@@ -71,6 +112,29 @@ class FilterSettings(BaseModel):
         if isinstance(data, dict):
             return {key: value for key, value in data.items() if value is not None or key in cls.model_fields}
         return data
+
+    @field_validator("predictions")
+    @classmethod
+    def _predictions_readable(cls, value: str | None) -> str | None:
+        """A local predictions file is there and readable (it was read only after every item was scored,
+        after kept.txt was rewritten); a URL is asked before the job writes anything
+        (:func:`check_predictions_readable`)."""
+        if value is not None and split_protocol(value)[0] == "file":
+            problem = local_file_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _hardcode_rules_have_bounds(self) -> FilterSettings:
+        for name, rule in self.named_rules.items():
+            if rule.mode == "hardcode" and rule.bounds is None and name not in DEFAULT_RULES:
+                raise ValueError(
+                    f"{name}: mode hardcode needs bounds: [low, high], null leaving a side open "
+                    f"(e.g. {name}: {{mode: hardcode, bounds: [3.0, null]}}); only "
+                    f"{' and '.join(DEFAULT_RULES)} default to {list(HARDCODE_DEFAULT)}"
+                )
+        return self
 
     @property
     def named_rules(self) -> dict[str, FilterRule]:
@@ -123,7 +187,7 @@ class FilterSettings(BaseModel):
         ``--set`` that takes each out (``section``: the keys' prefix there; the filter tool's has none).
         """
         self.check_names(list(self.named_rules), self.scatter, scores, section)
-        named = self.named_rules
+        named = {name: with_default_bounds(rule) for name, rule in self.named_rules.items()}
         return {
             name: named.get(name, DEFAULT_RULES.get(name)) for name in scores if name in named or name in DEFAULT_RULES
         }
@@ -246,6 +310,7 @@ def write_filter_outputs(
     splits = table["split"].astype(str)
     rules = settings.rules(table.scores)
     result: FilterResult = run_filters({name: table[name] for name in rules}, splits, rules, settings.train_split)
+    labels, coverage = item_labels(table, settings, storage_options)  # read before any output is replaced
     kept_keys, ignored_keys = key_lists(table, result.kept, errors)
     storage.write_bytes("kept.txt", "".join(f"{key_line(k)}\n" for k in kept_keys).encode())
     storage.write_bytes("ignored.txt", "".join(f"{key_line(k)}\n" for k in ignored_keys).encode())
@@ -257,7 +322,6 @@ def write_filter_outputs(
     decisions += [[key, -1, "", 0, f"error: {reason}"] for key, reason in sorted(errors.items())]
     storage.write_bytes("decisions.csv", _csv(decisions, ["filename", "item", "split", "kept", "reason"]))
 
-    labels, coverage = item_labels(table, settings, storage_options)
     groups = vote_groups(table["group"], splits, labels, result.kept, settings.all_filtered_label)
     storage.write_bytes(
         "groups.csv",

@@ -10,7 +10,8 @@ Definitions (``x`` = the clip's samples, full scale = 1.0; docs/score.md has the
   ``silence_threshold_db`` dBFS.
 - ``bandwidth_hz``: the highest frequency whose long-term average power (Hann-windowed frames of
   ``n_fft`` samples, half overlapping, DC removed) is within ``bandwidth_db`` dB of the strongest
-  frequency's. Audio upsampled from a lower rate has nothing above the old Nyquist frequency.
+  frequency's. Audio upsampled from a lower rate has nothing above the old Nyquist frequency. A clip
+  shorter than ``n_fft`` is one frame, Hann-windowed over its own length (:func:`effective_bandwidth`).
 - ``snr_db``: WADA-SNR (Kim and Stern, Interspeech 2008), a blind estimate: clean speech
   amplitudes are taken as Gamma-distributed (shape 0.4) and the noise as Gaussian; the statistic
   log(mean|x|) - mean(log|x|) grows with the SNR, and the curve that maps it to an SNR is computed
@@ -41,8 +42,15 @@ class SignalOptions(BaseModel):
     """The ``signal`` section of a score config."""
 
     model_config = ConfigDict(extra="forbid")
-    clip_level: float = Field(0.99, gt=0, description="|x| at or above this (full scale 1.0) counts as clipped.")
-    silence_threshold_db: float = Field(-60.0, description="Frames with an RMS level below this (dBFS) are silent.")
+    clip_level: float = Field(
+        0.99, gt=0, le=1, description="|x| at or above this (full scale 1.0) counts as clipped: 0 < clip_level <= 1."
+    )
+    silence_threshold_db: float = Field(
+        -60.0,
+        le=0,
+        allow_inf_nan=False,
+        description="Frames with an RMS level below this (dBFS, 0 or below) are silent.",
+    )
     frame_seconds: float = Field(0.02, gt=0, description="Frame length of the silence fraction.")
     bandwidth_db: float = Field(60.0, gt=0, description="Bandwidth: within this many dB of the strongest frequency.")
     n_fft: int = Field(1024, ge=16, description="Frame length of the long-term spectrum (bandwidth).")
@@ -100,11 +108,18 @@ def signal_statistics(
 
 
 def effective_bandwidth(x: np.ndarray, sample_rate: int, within_db: float = 60.0, n_fft: int = 1024) -> float:
-    """Highest frequency (Hz) whose long-term power is within ``within_db`` of the strongest; 0 for silence."""
+    """Highest frequency (Hz) whose long-term power is within ``within_db`` of the strongest; 0 for silence.
+
+    A clip shorter than ``n_fft`` is one frame: its samples under a Hann window of their own length,
+    zero-padded to ``n_fft`` after the window. (An ``n_fft`` window over the clip and its padding cut
+    the signal off where the window is still open: that edge leaks above any cut-off, and 800 samples
+    of 4 kHz band-limited noise at 16 kHz read 8000 Hz.)
+    """
     if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[:: n_fft // 2]
-    power = np.square(np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1))).mean(axis=0)
+        frames = (x * np.hanning(len(x)))[None]
+    else:
+        frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[:: n_fft // 2] * np.hanning(n_fft)
+    power = np.square(np.abs(np.fft.rfft(frames, n=n_fft, axis=1))).mean(axis=0)
     strongest = power.max()
     if strongest <= 0:
         return 0.0
