@@ -89,8 +89,9 @@ def mounted_configmaps(spec: Doc) -> dict[str, str]:
 
 
 def referenced_secrets(pod_spec: Doc) -> set[str]:
-    """Names of the Secrets a pod reads: envFrom, env valueFrom and secret volumes."""
+    """Names of the Secrets a pod reads: envFrom, env valueFrom, secret volumes and image pull secrets."""
     names = {v["secret"]["secretName"] for v in pod_spec.get("volumes", []) if "secret" in v}
+    names |= {s["name"] for s in pod_spec.get("imagePullSecrets", [])}
     for container in pod_spec.get("containers", []) + pod_spec.get("initContainers", []):
         names |= {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
         names |= {
@@ -149,7 +150,14 @@ def documented_configmap_sources() -> dict[str, list[Path]]:
 
 
 def documented_secrets() -> set[str]:
-    return {command[4] for command in documented(["kubectl", "create", "secret", "generic"])}
+    """The Secrets a documented ``kubectl create secret generic|docker-registry NAME`` creates."""
+    kinds = ("generic", "docker-registry")
+    return {command[4] for kind in kinds for command in documented(["kubectl", "create", "secret", kind])}
+
+
+def documented_blocks(language: str) -> list[str]:
+    """The fenced blocks of docs/operations.md in ``language`` (``yaml``, ``json``), as written."""
+    return re.findall(rf"```{language}\n(.*?)```", OPERATIONS.read_text(), flags=re.S)
 
 
 # --- docker/ ----------------------------------------------------------------------------------------

@@ -5,15 +5,22 @@
   Kubernetes' own schemas (kubernetes-validate); the cluster-launcher config against Ray's schema;
 - one Python and one Ray across the images, the lock, pyproject.toml and every manifest;
 - every file an entrypoint reads is in the image or mounted into the pod that runs it;
-- every Secret and ConfigMap a pod reads is created by KubeRay or by a command in docs/operations.md;
-- the nightly schedule has its deadlines, TTLs and retries, and runs on the long-running cluster's spec.
+- every Secret and ConfigMap a pod reads is created by KubeRay or by a command in docs/operations.md, and
+  the documented pull-Secret changes (for a private registry) keep every manifest valid;
+- the launcher's nodes boot the documented AMI, and the head's instance profile is documented with a policy
+  that covers the EC2 calls of Ray's autoscaler and passes the workers' role;
+- the nightly schedule has its deadlines, TTLs and retries, runs on the long-running cluster's spec, and
+  is paused by deleting it (KubeRay catches up every slot missed while suspended).
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
+import json
 import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -289,12 +296,104 @@ def test_the_launcher_mounts_the_job_configs_and_the_token_from_files_that_exist
     assert mounts["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"  # `ray get-auth-token --generate`
 
 
+# The AMI the launcher's nodes boot: AWS's DLAMI with an NVIDIA driver for CUDA 13, per region from its
+# public SSM parameter; the config holds a placeholder (an AMI id is per region and per release).
+DLAMI_SSM_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+AMI_PLACEHOLDER = "ami-REPLACE-ME"
+
+
+def test_every_launcher_node_boots_the_documented_ami():
+    """Unset, Ray boots its default AMI (a CUDA 11.2 driver), which cannot run the GPU image."""
+    launcher = yaml.safe_load(deploy.LAUNCHER_CONFIG.read_text())
+    for name, node_type in launcher["available_node_types"].items():
+        assert node_type["node_config"].get("ImageId") == AMI_PLACEHOLDER, name
+    lookups = deploy.documented(["aws", "ssm", "get-parameter"])
+    assert [c[c.index("--name") + 1] for c in lookups] == [DLAMI_SSM_PARAMETER]
+    assert [c[c.index("--region") + 1] for c in lookups] == [launcher["provider"]["region"]]
+    assert AMI_PLACEHOLDER in deploy.OPERATIONS.read_text()
+
+
+def allowed(policy: dict[str, Any], action: str, resource: str = "*") -> bool:
+    """Whether an IAM policy's Allow statements (wildcards and all) grant ``action`` on ``resource``."""
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        if statement["Effect"] == "Allow" and any(fnmatch.fnmatchcase(action, a) for a in actions):
+            if any(fnmatch.fnmatchcase(resource, r) for r in resources):
+                return True
+    return False
+
+
+def test_the_head_profile_lets_the_autoscaler_start_workers_with_the_workers_profile():
+    """Ray uses a head profile named in the config as it is: its role must launch and pass the workers' role."""
+    from ray.autoscaler._private.aws import node_provider
+
+    launcher = yaml.safe_load(deploy.LAUNCHER_CONFIG.read_text())
+    types = launcher["available_node_types"]
+    profile = {name: t["node_config"]["IamInstanceProfile"]["Name"] for name, t in types.items()}
+    head = profile.pop(launcher["head_node_type"])
+    (workers,) = set(profile.values())
+    assert head != workers
+    (policy,) = [json.loads(b) for b in deploy.documented_blocks("json") if "iam:PassRole" in b]
+    # The EC2 calls of Ray's AWS node provider, which the autoscaler on the head makes.
+    source = Path(node_provider.__file__).read_text()
+    calls = {
+        "create_instances(": "ec2:RunInstances",
+        "create_tags(": "ec2:CreateTags",
+        "terminate_instances": "ec2:TerminateInstances",
+        "instances.filter(": "ec2:DescribeInstances",
+    }
+    assert not launcher["provider"]["cache_stopped_nodes"]  # else ec2:StartInstances and ec2:StopInstances too
+    for call, action in calls.items():
+        assert call in source, f"Ray's AWS node provider no longer calls {call}: review the documented policy"
+        assert allowed(policy, action), action
+    assert allowed(policy, "iam:PassRole", f"arn:aws:iam::<account>:role/{workers}")
+    assert not allowed(policy, "iam:PassRole", "arn:aws:iam::<account>:role/some-other-role")
+    text = deploy.OPERATIONS.read_text()
+    assert f"`{head}`" in text and f"`{workers}`" in text
+
+
 def test_every_secret_and_configmap_a_pod_reads_is_created_or_documented():
     secrets, configmaps = deploy.documented_secrets(), set(deploy.documented_configmap_sources())
     for name, group, template in all_pods():
         assert deploy.referenced_secrets(template["spec"]) <= secrets, f"{name} {group}"
         used = {v["configMap"]["name"] for v in template["spec"].get("volumes", []) if "configMap" in v}
         assert used <= configmaps, f"{name} {group}"
+
+
+def with_documented_pull_secret(doc: dict[str, Any]) -> dict[str, Any]:
+    """A manifest as docs/operations.md has a private registry's user change it."""
+    blocks = [yaml.safe_load(b) for b in deploy.documented_blocks("yaml")]
+    (pod_lines,) = [b for b in blocks if list(b) == ["imagePullSecrets"]]
+    (submitter,) = [b for b in blocks if list(b) == ["submitterPodTemplate"]]
+    doc = copy.deepcopy(doc)
+    spec = deploy.cluster_spec(doc)
+    if spec:
+        for _, template in deploy.pod_templates(spec):
+            template["spec"].update(copy.deepcopy(pod_lines))
+    job = deploy.job_spec(doc)
+    if job is not None:
+        job.update(copy.deepcopy(submitter))
+    return doc
+
+
+@pytest.mark.parametrize("name, doc", deploy.manifests(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_the_documented_pull_secret_gives_valid_manifests_that_pull_every_image_with_it(name, doc):
+    changed = with_documented_pull_secret(doc)
+    assert crd_errors(changed) == []
+    spec, job = deploy.cluster_spec(changed), deploy.job_spec(changed)
+    templates = [t for _, t in deploy.pod_templates(spec)] if spec else []
+    if job is not None:
+        templates.append(job["submitterPodTemplate"])
+        (container,) = job["submitterPodTemplate"]["spec"]["containers"]
+        assert container["image"] == project_images()["cpu"]  # the head's: the submitter runs `ray job submit`
+        assert "command" not in container  # KubeRay then adds its own submit command
+    for template in templates:
+        assert [s["name"] for s in template["spec"]["imagePullSecrets"]] == ["registry-credentials"]
+        assert deploy.referenced_secrets(template["spec"]) <= deploy.documented_secrets()
+        pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "pod"}, "template": template}
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(pod_template, version, strict=True)
 
 
 def test_object_store_credentials_come_only_from_a_secret():
@@ -370,6 +469,18 @@ def test_the_nightly_schedule_has_deadlines_ttls_and_retries():
         ]
     ttl = {(r["policy"], r["condition"].get("jobStatus")): r["condition"]["ttlSeconds"] for r in rules}
     assert ttl[("DeleteCluster", "SUCCEEDED")] <= ttl[("DeleteSelf", "SUCCEEDED")]
+
+
+def test_the_nightly_is_paused_by_deleting_it_not_by_suspend():
+    """KubeRay's RayCronJob creates a RayJob for every slot missed while suspended as soon as it resumes."""
+    crd = yaml.load((deploy.CRDS / "ray.io_raycronjobs.yaml").read_text(), Loader=yaml.CSafeLoader)
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    fields = set(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"])
+    assert not fields & {"concurrencyPolicy", "startingDeadlineSeconds"}, "KubeRay can now skip missed slots"
+    assert "suspend" not in nightly()["spec"]
+    (delete,) = deploy.documented(["kubectl", "delete", "raycronjob"])
+    assert "--cascade=orphan" in delete  # keeps its RayJobs (a running night, the week of logs)
+    assert not [c for c in deploy.documented(["kubectl", "patch", "raycronjob"]) if "suspend" in " ".join(c)]
 
 
 def test_the_operator_is_installed_with_the_features_the_manifests_use():

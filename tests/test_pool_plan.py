@@ -9,7 +9,14 @@ import pytest
 
 from ray_pipelines.config import CommonConfig, ConfigError
 from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, write_tasks
-from ray_pipelines.engine.runtime import GPU_CEILING, PoolPlan, plan_pool
+from ray_pipelines.engine.runtime import (
+    GPU_CEILING,
+    PoolPlan,
+    autoscaler_limits,
+    cluster_capacity,
+    limits_from_autoscaling_config,
+    plan_pool,
+)
 from tests.conftest import Lines
 
 
@@ -108,3 +115,36 @@ def test_a_gpu_actor_gets_several_write_tasks_a_cpu_actor_one():
     assert write_tasks(PoolPlan(4, 4, 1.0, num_cpus=1.0, decode_cpus=1.0)) == 4 * WRITE_TASKS_PER_GPU_ACTOR
     assert write_tasks(PoolPlan(1, 1, 0.5, num_cpus=1.0, decode_cpus=1.0)) == WRITE_TASKS_PER_GPU_ACTOR
     assert write_tasks(PoolPlan(2, 6, 0.0, num_cpus=0.5, decode_cpus=0.5)) == 6
+
+
+def test_the_gpus_a_kuberay_cluster_may_start_come_from_its_worker_groups():
+    """Ray 2.60's autoscaler publishes no limits in the GCS (nothing calls report_cluster_config), so a GPU
+    group at minReplicas 0 looked like a cluster that can never have a GPU: a GPU job ran on CPU or exited 2.
+    The limits now come from the RayCluster as Ray's KubeRay autoscaler derives them (its own function on
+    the project's manifests; only the API request is not made here)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    from tests import deploy
+
+    for name, doc in deploy.manifests():
+        spec = deploy.cluster_spec(doc)
+        if spec is None:
+            continue
+        ray_cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "c", "namespace": "n"}}
+        limits = limits_from_autoscaling_config(_derive_autoscaling_config_from_ray_cr({**ray_cluster, "spec": spec}))
+        groups = {group["groupName"]: group for group in spec["workerGroupSpecs"]}
+        gpus = sum(
+            group["maxReplicas"]
+            * int(group["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+            for group in groups.values()
+        )
+        assert gpus > 0 and limits["GPU"] == gpus, name
+        plan = plan_pool(config(), capacity=({"CPU": 2}, {**limits, "CPU": max(limits["CPU"], 2)}), max_useful=100)
+        assert plan.num_gpus == 1.0 and plan.max_size == min(gpus, GPU_CEILING), name
+
+
+def test_outside_kubernetes_without_a_published_config_the_limits_are_what_is_there(ray_local, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert autoscaler_limits() == {}
+    now, most = cluster_capacity()
+    assert most == now and now["CPU"] > 0

@@ -255,16 +255,50 @@ class PoolPlan:
 
 
 def cluster_capacity() -> tuple[dict[str, float], dict[str, float]]:
-    """What the cluster has now, and the most its autoscaler may start (KubeRay worker groups'
-    ``maxReplicas`` times their resources; the same as now where no autoscaler config is published)."""
+    """What the cluster has now, and the most its autoscaler may start (:func:`autoscaler_limits`; the same
+    as now where neither says more)."""
     now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    most = autoscaler_limits()
+    return now, {k: max(float(most.get(k, 0) or 0), now.get(k, 0.0)) for k in set(now) | set(most)}
+
+
+def autoscaler_limits() -> dict[str, float]:
+    """The most of each resource the cluster's autoscaler may start: the config an autoscaler published in
+    the GCS (Ray's v2 autoscaler of later versions), else, on KubeRay, the RayCluster's worker groups read
+    through the Kubernetes API as Ray's KubeRay autoscaler reads them (Ray 2.60's autoscaler publishes
+    nothing, so a GPU group at ``minReplicas: 0`` looked like a cluster without GPUs); {} where neither."""
     try:
         from ray._private.state import state
 
-        most = state.get_max_resources_from_cluster_config() or {}
-    except Exception:  # older or newer Ray without it, or no GCS: what is there is all there is
-        most = {}
-    return now, {k: max(float(most.get(k, 0) or 0), now.get(k, 0.0)) for k in set(now) | set(most)}
+        published = state.get_max_resources_from_cluster_config()
+    except Exception:  # older or newer Ray without it, or no GCS
+        published = None
+    if published:
+        return {k: float(v or 0) for k, v in published.items()}
+    name, namespace = os.environ.get("RAY_CLUSTER_NAME"), os.environ.get("RAY_CLUSTER_NAMESPACE")
+    if not (name and namespace and os.environ.get("KUBERNETES_SERVICE_HOST")):
+        return {}
+    try:  # the head pod's service account may read its RayCluster (the autoscaler sidecar does); one request
+        from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+        from ray.autoscaler._private.kuberay.node_provider import KubernetesHttpApiClient
+
+        ray_cluster = KubernetesHttpApiClient(namespace).get(f"rayclusters/{name}")
+        return limits_from_autoscaling_config(_derive_autoscaling_config_from_ray_cr(ray_cluster))
+    except Exception as exc:  # no access, no API server answering: what is there is all there is
+        log.info("could not read RayCluster %s/%s for its worker groups' limits: %s", namespace, name, exc)
+        return {}
+
+
+def limits_from_autoscaling_config(config: dict) -> dict[str, float]:
+    """Each resource's most in an autoscaling config (``available_node_types``): the head's once, each
+    worker type's ``max_workers`` times its resources."""
+    head = config.get("head_node_type")
+    most: dict[str, float] = {}
+    for name, node_type in config.get("available_node_types", {}).items():
+        count = 1 if name == head else int(node_type.get("max_workers", 0) or 0)
+        for resource, amount in (node_type.get("resources") or {}).items():
+            most[resource] = most.get(resource, 0.0) + count * float(amount)
+    return most
 
 
 _nodes_call = threading.Lock()  # held while a ray.nodes() call is out (at most one at a time)
