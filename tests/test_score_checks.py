@@ -42,6 +42,9 @@ def test_mask_patch_sides_are_at_least_one():
         with pytest.raises(ConfigError, match=r"mask_patch\.[01]: Input should be greater than 0"):
             validate_config(ScoreConfig, {**BASE, "source": "pt", "mask_ratio": 0.5, "mask_patch": patch})
     assert validate_config(ScoreConfig, {**BASE, "source": "pt", "mask_patch": [1, 1]}).mask_patch == (1, 1)
+    # the reference model's patch: a 0 divided by zero in every actor too
+    with pytest.raises(ConfigError, match=r"model\.patch\.0: Input should be greater than 0"):
+        validate_config(ScoreConfig, {**BASE, "source": "pt", "model": {"patch": [0, 16]}})
 
 
 def test_signal_levels_are_bounded():

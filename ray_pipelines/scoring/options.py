@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class DnsmosOptions(BaseModel):
@@ -43,7 +43,7 @@ class ModelSpec(BaseModel):
     checkpoint: str | None = Field(None, description="factory: state dict file, read with weights_only=True.")
     # The reference model's shape and weight seed.
     seed: int = Field(0, description="reference: weight seed.")
-    patch: tuple[int, int] = Field((16, 16), description="reference: patch size (mel bins, frames).")
+    patch: tuple[PositiveInt, PositiveInt] = Field((16, 16), description="reference: patch size (mel bins, frames).")
     dim: int = Field(64, gt=0)
     depth: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
