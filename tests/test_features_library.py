@@ -4,6 +4,7 @@ and splits, the snippet plan, the balance report and the Parquet typing (no Ray)
 from __future__ import annotations
 
 import json
+import tarfile
 
 import numpy as np
 import pyarrow as pa
@@ -332,3 +333,41 @@ def test_labels_without_rows_are_said_in_one_line_of_the_first_few():
     assert labels_without_rows({"a": ["train"], "b": ["validate", "test"]}) == "a (train); b (validate, test)"
     many = {f"l{i}": ["test"] for i in range(500)}  # a smoke run's limit over a large library
     assert labels_without_rows(many) == "l0 (test); l1 (test); l2 (test); l3 (test); l4 (test); and 495 more"
+
+
+def test_shards_in_folders_are_labelled_skipped_and_accounted_for_by_their_own_path(tmp_path):
+    """A '#' in a shard's folder gave every member the label after it ("music #2/x.tar#rock/a" -> "2");
+    skip_dirs did not see a shard's folders; a damaged shard in a folder, a link member, were songs of a
+    label ("2024", "x.tar") that counted towards min_per_label, with no error row of their own."""
+    good = {
+        f"{label}/s{i}.flac": encoded_bytes(tone(0.05, seed=i), "flac")
+        for label in ("house", "techno")
+        for i in range(3)
+    }
+    write_tar(tmp_path / "music #2" / "x.tar", good)
+    write_tar(
+        tmp_path / "old" / "y.tar", {f"house/o{i}.flac": encoded_bytes(tone(0.05, seed=i), "flac") for i in range(2)}
+    )
+    (tmp_path / "2024").mkdir()
+    for i in range(3):  # three damaged shards in one folder: were a label "2024" of 3 songs
+        (tmp_path / "2024" / f"bad{i}.tar").write_bytes(b"not a tar")
+    with tarfile.open(tmp_path / "links.tar", "w") as tar:
+        for i in range(3):  # link members in a label folder: were songs of "house"
+            link = tarfile.TarInfo(f"house/l{i}.flac")
+            link.type, link.linkname = tarfile.SYMTYPE, "elsewhere.flac"
+            tar.addfile(link)
+    items = list_inputs(str(tmp_path), ["flac"])
+    result = scan_library(items, skip_dirs=["old"], min_per_label=3)
+    assert result.songs_per_label == {"house": 3, "techno": 3} and result.dropped == {}
+    assert {result.labels[i.key] for i in result.items if i.key.startswith("music #2/x.tar/house/")} == {"house"}
+    assert result.skipped == 2  # old/y.tar's members
+    assert sorted(i.key for i in result.unreadable) == [f"2024/bad{i}.tar" for i in range(3)] + [
+        f"links.tar/house/l{i}.flac" for i in range(3)
+    ]
+    assert all(i.error for i in result.unreadable)
+    plan = plan_library(
+        items, storage=Storage(str(tmp_path / "out")), seed=0, fractions=SPLITS, skip_dirs=["old"], min_per_label=3
+    )
+    planned = {i.key: i.extra["label"] for i in plan.items()}
+    assert [planned[f"2024/bad{i}.tar"] for i in range(3)] == [-1, -1, -1] and plan.names == ["house", "techno"]
+    assert all(key in plan.songs for key in result.labels) and not any(i.key in plan.songs for i in result.unreadable)

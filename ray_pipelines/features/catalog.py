@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
 SPLITS_FILE = "splits.json"
-NO_LABEL = -1  # an unreadable input outside any label folder: an error row, never a row
+NO_LABEL = -1  # an input the listing could not read: an error row, never a row
 
 
 @dataclass
@@ -43,7 +43,7 @@ class LibraryPlan:
 
     def items(self) -> list[InputItem]:
         """Kept songs with ``label`` (int), ``split`` and ``path`` attached for the decoder, then the
-        inputs the listing could not read outside any label folder (they become error rows)."""
+        inputs the listing could not read (they become error rows)."""
         index = {name: i for i, name in enumerate(self.names)}
         out = []
         for item in self.scan.items:

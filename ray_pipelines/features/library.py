@@ -4,12 +4,14 @@
     rock/CD1/extras/02.flac     -> label "rock" (deeper folders keep the label)
     jazz/.cache/x.mp3           -> skipped when ".*" is in skip_dirs
     loose.mp3                   -> unlabelled (no folder), reported and left out
-    broken.tar                  -> an error row (an input the listing could not read has no label
-                                   to give, and is not an unlabelled song)
+    broken.tar, 2024/broken.tar -> an error row (an input the listing could not read, a damaged
+                                   shard or a link member among them, is neither a song of a label
+                                   nor an unlabelled song: it is accounted for, and counts for no label)
 
 Paths are relative to the source root the engine lists from (the directory,
 the glob's fixed prefix, the list file's folder; for a tar shard, the member
 name inside the shard), so a library reads the same from disk, S3 or tars.
+``skip_dirs`` applies to every folder of the key: a shard's own folders too.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from ..sources import InputItem
 
 
 def library_path(item: InputItem) -> str:
-    """The path that carries the label: the key, or the member name for a tar member."""
-    if item.member_offset >= 0 and "#" in item.source:
-        return item.source.split("#", 1)[1]
+    """The path that carries the label: the key, or the member name for a tar member (its source is
+    ``<shard url>#<member>``, and the shard's URL, its ``uri``, may hold a ``#`` of its own)."""
+    shard = f"{item.uri}#"
+    if item.member_offset >= 0 and item.source.startswith(shard):
+        return item.source[len(shard) :]
     return item.key
 
 
@@ -50,7 +54,7 @@ class LibraryScan:
     dropped: dict[str, int] = field(default_factory=dict)  # labels under min_per_label -> songs
     unlabelled: list[str] = field(default_factory=list)  # keys of files at the root
     skipped: int = 0  # files inside skip_dirs
-    unreadable: list[InputItem] = field(default_factory=list)  # listing errors at the root: error rows
+    unreadable: list[InputItem] = field(default_factory=list)  # listing errors: error rows, in no label
 
 
 def scan_library(
@@ -66,16 +70,18 @@ def scan_library(
     unreadable: list[InputItem] = []
     skipped = 0
     for item in sorted(items, key=lambda i: i.key):
-        path = library_path(item)
-        if in_skipped_dir(path, skip_dirs):
+        if in_skipped_dir(item.key, skip_dirs):  # the key's folders: a tar shard's and its member's
             skipped += 1
             continue
-        label = label_of(path)
+        if item.error:
+            # A damaged shard, a link member, a name that is not UTF-8: listed as one input each, and to be
+            # accounted for, but no song: counted in a label it would keep one of under min_per_label, or
+            # be the song a split got when others could have.
+            unreadable.append(item)
+            continue
+        label = label_of(library_path(item))
         if label is None:
-            if item.error:  # e.g. a damaged tar shard: listed as one input, and it must be accounted for
-                unreadable.append(item)
-            else:
-                unlabelled.append(item.key)
+            unlabelled.append(item.key)
             continue
         by_label.setdefault(label, []).append(item)
 
