@@ -40,13 +40,15 @@ EXIT_CODES = """exit codes:
   2  config or output conflict: a bad config, another job's or config's output, a secret in
      storage_options, an output inside the input tree or that is a file, a local path another
      node of the cluster does not see, a relative output in a submitted job (inside Ray's copy
-     of the working directory), or a live run holding the output's lease
+     of the working directory), a live run holding the output's lease, or this run fenced off by
+     another that took the lease over
   1  could not run: inputs not listable or matching nothing, the output store refusing writes
      (no space, read-only, permission, credentials, no such bucket; committed work is kept),
      no cluster answering at --address / RAY_ADDRESS, a model file or download the network did
      not deliver, a Ray failure
   130, 143  stopped by Ctrl-C (SIGINT), by SIGTERM (ray job stop, timeout, docker stop):
-     what was written is kept; rerun to resume"""
+     what was written is kept; rerun to resume (without --overwrite: it only replaces another
+     config's output)"""
 EXIT_COMPLETE, EXIT_FAILED, EXIT_CONFLICT, EXIT_INCOMPLETE = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left (help, configs)
 
@@ -92,7 +94,10 @@ def job_parser(name: str, config_model=None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray).")
     parser.add_argument(
-        "--overwrite", action="store_true", help="Replace an output written with another config instead of refusing."
+        "--overwrite",
+        action="store_true",
+        help="Replace an output written by another job or config instead of refusing (one of this job and "
+        "config is resumed as without it; delete it to start over).",
     )
     parser.add_argument(
         "--break-lease",
@@ -213,13 +218,18 @@ def _run(name: str, job_cls, config, args: argparse.Namespace, program: bool = F
             ignore_stop_signals()
             print(_stopped_message(name, counts, how(stop)), file=console, flush=True)
             return exit_code(stop)
+        # A failed run is over too: a stop while Ray shuts down (the finally below) would replace its exit
+        # code 1 or 2 with 130/143, which says "stopped: rerun to resume" of a run that needs a fix.
         except (ConfigError, OutputConflict) as e:
+            ignore_stop_signals()
             print(f"ray-pipelines {name}: {e}", file=sys.stderr)
             return EXIT_CONFLICT
         except (SourceError, OutputStoreError, ModelUnreachable) as e:
+            ignore_stop_signals()
             print(f"ray-pipelines {name}: {e}", file=sys.stderr)
             return EXIT_FAILED
         except Exception as e:  # storage or Ray failures: one clear line (the traceback with --verbose)
+            ignore_stop_signals()
             if args.verbose:
                 traceback.print_exc()
             logging.getLogger("ray_pipelines").debug("job failed", exc_info=True)

@@ -215,3 +215,25 @@ def test_cli_exits_1_when_the_input_cannot_be_listed(tmp_path):
         timeout=60,
     )
     assert result.returncode == 1 and "input not found" in result.stderr
+
+
+def test_a_stop_while_a_failed_run_shuts_ray_down_keeps_the_failures_exit_code(tmp_path, monkeypatch):
+    """A SIGTERM while Ray shut down after a failure raised out of the CLI: exit 143 ("stopped, rerun to
+    resume") instead of the failure's 1, which asks for a fix."""
+    import os
+    import signal
+
+    import ray_pipelines.cli as cli
+
+    def shutdown_stopped() -> None:  # the stop arrives in Ray's shutdown (seconds on an embedded Ray)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "_ray_running", lambda: False)  # this test's own Ray, if any, is not the run's
+    monkeypatch.setattr(cli, "_shutdown_ray", shutdown_stopped)
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = cli.run_job_command("augment", ["--set", f"input={tmp_path}/missing", "--set", f"output={tmp_path}/out"])
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    assert code == 1

@@ -250,3 +250,28 @@ def test_an_output_named_with_brackets_commits_and_removes_its_own_files_only(tm
     storage.remove_many(["x.json", "gone.json"])  # one that is not there is fine
     fs.invalidate_cache()
     assert fs.find(bucket) == [f"{bucket}/views 2/train/a.parquet"]
+
+
+def test_overwrite_replaces_another_configs_output_and_resumes_this_ones(tmp_path):
+    """--overwrite emptied the output whatever its config: a nightly command that kept the flag after a
+    config change restarted from nothing on every run, and "rerun to resume" after a stop threw away
+    every committed input."""
+    said, logger = Lines(), logging.getLogger("ray_pipelines.engine.manifest")
+    logger.addHandler(said)
+    try:
+        state, run_id = prepare(tmp_path)
+        written = sink(tmp_path)
+        written.run_id = run_id
+        written.write_rows(rows(["a"], [0]), rank=0)
+        state.commit(
+            job="augment", fingerprint="f" * 64, config={}, listed=1, skipped=0, processed_keys=["a"], timings={}
+        )
+        committed = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
+        assert committed
+        OutputState(Storage(str(tmp_path))).prepare("augment", "f" * 64, {}, {}, overwrite=True)  # same config
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")) == committed
+        assert "--overwrite has nothing to replace, the run resumes it" in said.lines[-1]
+        OutputState(Storage(str(tmp_path))).prepare("augment", "b" * 64, {}, {}, overwrite=True)  # another config
+        assert not list(tmp_path.rglob("*.parquet"))
+    finally:
+        logger.removeHandler(said)

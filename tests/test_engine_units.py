@@ -216,3 +216,14 @@ def test_the_summary_counts_inputs_error_rows_and_the_listing_in_words():
     assert "  inputs with errors  2 (7 error rows, see errors.jsonl)" in format_summary(
         "x", JobResult(manifest, 1, "/o")
     )
+    # A shard written again whole: its old key changed and is not listed (2 members listed, not 3); of 3
+    # deleted inputs under on_delete: keep, one had nothing to keep (a retryable error alone) and left.
+    inputs.update(new=0, changed=3, rewritten=1, unchanged=0, left_out=0, deleted=3, deleted_unretried=1)
+    inputs["on_delete"] = "keep"
+    manifest["counts"]["listed"] = 2
+    lines = format_summary("teacher", JobResult(manifest, 1.0, "/out")).splitlines()
+    assert "  inputs listed       2" in lines
+    assert (
+        "  input changes       0 new, 3 changed (reprocessed), 3 deleted (2 kept, 1 with nothing to keep removed), "
+        "0 unchanged" in lines
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from ray_pipelines.engine.progress import BarProgress, LineProgress, ProgressDisplay, duration, make_progress, rate
 from ray_pipelines.engine.sink import report
 
@@ -114,3 +116,19 @@ def test_make_progress_picks_a_bar_for_a_terminal_lines_for_a_pipe_nothing_when_
     assert type(make_progress("augment", stream=FakeTerminal(), quiet=True)) is ProgressDisplay  # counts, shows nothing
     assert [duration(s) for s in (0, 59.6, 75, 3725)] == ["0:00", "1:00", "1:15", "1:02:05"]
     assert [rate(r) for r in (0, 0.0351, 0.5, 28.24, 239.8)] == ["0", "0.035", "0.5", "28.2", "240"]
+
+
+def test_the_eta_follows_the_pace_since_the_first_write_not_the_start_up():
+    """3 minutes of start-up (Ray, GPU actors, models) then 10 inputs/s: at 600 of 6,000 inputs the ETA
+    said 36 minutes (the average since the start, 2.5/s) where 9 were left."""
+    clock = Clock()
+    progress = ProgressDisplay("augment", clock=clock)
+    progress.start(listed=6000, skipped=0, to_do=6000)
+    clock.now += 180.0
+    progress.update(report(inputs=100, rows=100))
+    assert progress.eta() == pytest.approx(5900 / (100 / 180))  # one report: the rate since the start
+    for _ in range(5):
+        clock.now += 10.0
+        progress.update(report(inputs=100, rows=100))
+    assert progress.inputs_done == 600 and progress.eta() == pytest.approx(5400 / 10.0)
+    assert progress.rates()[0] == pytest.approx(600 / 230)  # the rate shown stays the run's average

@@ -177,3 +177,29 @@ def test_dnsmos_scores_every_segment_of_a_long_clip_and_speechmos_segments_up_to
         audio = clip[: int(round(seconds * RATE))]
         theirs, ours = speechmos_segments(audio), segments(audio)
         assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs)), seconds
+
+
+def test_a_model_check_killed_in_its_child_process_exits_1_not_as_a_config_error(tmp_path):
+    """The driver's model check runs in a child process; one killed there (out of memory) was reported as a
+    config error, exit 2, which a scheduler reads as 'fix the config' rather than 'retry later'."""
+    import subprocess
+    import sys
+
+    from tests.audio_helpers import tone, write_audio
+
+    write_audio(tmp_path / "in" / "a.wav", tone(1.0, RATE), RATE)
+    (tmp_path / "killed.py").write_text("import os\n\n\ndef build():\n    os._exit(137)  # as the OOM killer\n")
+    settings = {
+        "input": tmp_path / "in",
+        "output": tmp_path / "out",
+        "scorers": '["reconstruction"]',
+        "sample_rate": RATE,
+        "model.kind": "factory",
+        "model.factory": f"{tmp_path / 'killed.py'}:build",
+    }
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "ray_pipelines.cli", "score", *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert "without a reply" in result.stderr and not (tmp_path / "out" / "_SUCCESS").exists()

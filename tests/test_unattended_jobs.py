@@ -11,6 +11,7 @@ import pytest
 
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.engine.summary import format_summary
 from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob
 from ray_pipelines.jobs.score import ScoreConfig, ScoreJob
@@ -129,6 +130,7 @@ def test_a_tar_shard_written_again_replaces_what_its_old_version_gave(tmp_path, 
     second = run_job(teacher("out"), progress=False)
     inputs = second.manifest["inputs"]
     assert (inputs["new"], inputs["changed"], inputs["deleted"], inputs["kept_stale"]) == (0, 3, 0, {})
+    assert inputs["rewritten"] == 1 and "  inputs listed       2" in format_summary("teacher", second).splitlines()
     assert second.complete and store.read_jsonl("out/errors.jsonl") == []
     assert run_job(teacher("fresh"), progress=False).complete
     assert contents("teacher", store, "out") == contents("teacher", store, "fresh")

@@ -51,6 +51,9 @@ class InputChanges:
     changed: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     left_out: int = 0  # listed, never committed, and not selected (keep/ignore list, limit, the job's pick)
+    # Of ``changed``, the keys no longer listed themselves: a tar shard's key whose shard came back whole
+    # (its members are listed instead), so the listing's count is new + changed + unchanged + left out less these.
+    rewritten: int = 0
     # Deleted inputs committed as a retryable error alone (missing, a read that failed, lost): nothing of
     # them to keep, and no run can retry them; they leave the output whatever on_delete says.
     deleted_unretried: list[str] = field(default_factory=list)
@@ -76,6 +79,7 @@ class InputChanges:
             "deleted_unretried": len(self.deleted_unretried),
             "unchanged": self.unchanged,
             "left_out": self.left_out,
+            "rewritten": self.rewritten,
             "on_change": on_change,
             "on_delete": on_delete,
             "kept_stale": {what: keys for what, keys in kept.items() if keys},
@@ -151,6 +155,7 @@ def detect_changes(
         changed=sorted(changed + rewritten),
         deleted=sorted(deleted),
         left_out=left_out,
+        rewritten=len(rewritten),
         deleted_unretried=unretried(deleted, progress) if deleted else [],
     )
 

@@ -112,7 +112,8 @@ class OutputState:
         only while ``_job.json`` still names its run (see ``ShardSink``).
 
         Raises :class:`OutputConflict` when the output belongs to another job or
-        config fingerprint and ``overwrite`` is false.
+        config fingerprint and ``overwrite`` is false; with ``overwrite`` such an output (or one not
+        written by ray-pipelines) is emptied, and one of this job and config is resumed as without it.
         """
         existing = self.storage.read_json(JOB_FILE) if self.storage.exists(JOB_FILE) else None
         if existing is None and not overwrite and any(not name.startswith(".") for name in self._contents()):
@@ -132,6 +133,15 @@ class OutputState:
                 "output %s was claimed by %s that committed nothing: this run takes it", self.storage.root, claimed_by
             )
             overwrite = True
+        if overwrite and existing is not None and conflict is None:
+            # --overwrite replaces an output of another job or config; on this one's it would throw away
+            # every committed input of a run that is only resuming (a nightly command that kept the flag)
+            log.warning(
+                "output %s holds this job's output of this config: --overwrite has nothing to replace, the run "
+                "resumes it (delete the output to start over)",
+                self.storage.root,
+            )
+            overwrite = False
         if overwrite:
             for relpath in self._contents():  # everything but the lease this run holds
                 self.storage.remove(relpath)

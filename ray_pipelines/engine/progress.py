@@ -55,6 +55,7 @@ class ProgressDisplay:
         self.listed = self.selected = self.skipped = self.to_do = 0
         self.inputs_done = self.rows = self.error_rows = self.bytes = 0
         self.started = clock()
+        self._first_report: tuple[float, int] | None = None  # (when, inputs done then): the ETA's origin
         self.closed = False
         self.success_reached = False  # the commit went on to write _SUCCESS (writing_success)
         self._lock = threading.Lock()
@@ -65,6 +66,7 @@ class ProgressDisplay:
         self.listed, self.skipped, self.to_do = listed, skipped, to_do
         self.selected = listed if selected is None else selected
         self.started = self.clock()
+        self._first_report = None
         self.show_start()
 
     def update(self, report: dict[str, Any]) -> None:
@@ -72,6 +74,8 @@ class ProgressDisplay:
             return  # a newer run owns the output: nothing of this write was kept
         with self._lock:
             self.inputs_done = min(self.to_do, self.inputs_done + int(report.get("inputs", 0)))
+            if self._first_report is None:
+                self._first_report = (self.clock(), self.inputs_done)
             self.rows += int(report.get("rows", 0))
             self.error_rows += int(report.get("error_rows", 0))
             self.bytes += int(report.get("bytes", 0))
@@ -103,11 +107,17 @@ class ProgressDisplay:
         return self.inputs_done / seconds, self.rows / seconds
 
     def eta(self) -> float | None:
-        """Seconds left at the rate so far; None before the first input is done."""
+        """Seconds left at the rate since the first write report (the minutes before it, Ray and the actors
+        starting, models loading, are not the pace of what is left); before a second report, at the rate
+        since the start; None before the first input is done."""
+        left = self.to_do - self.inputs_done
+        first = self._first_report
+        if first is not None and self.inputs_done > first[1] and self.clock() > first[0]:
+            return left / ((self.inputs_done - first[1]) / (self.clock() - first[0]))
         inputs_per_second, _ = self.rates()
         if not inputs_per_second:
             return None
-        return (self.to_do - self.inputs_done) / inputs_per_second
+        return left / inputs_per_second
 
     def start_line(self) -> str:
         if not self.listed:

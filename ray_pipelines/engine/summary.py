@@ -57,7 +57,11 @@ def format_summary(
 
 def _listed(selected: int, inputs: dict) -> str:
     """Every input listed (``counts.listed`` holds those selected: keep/ignore lists, ``limit``)."""
-    listed = sum(inputs.get(what, 0) for what in ("new", "changed", "unchanged", "left_out")) if inputs else selected
+    listed = selected
+    if inputs:  # a rewritten shard's old key counts as changed, and is not listed itself
+        listed = sum(inputs.get(what, 0) for what in ("new", "changed", "unchanged", "left_out")) - inputs.get(
+            "rewritten", 0
+        )
     return f"{listed}" + (f" ({selected} selected)" if listed != selected else "")
 
 
@@ -67,6 +71,9 @@ def _changes(inputs: dict) -> str:
         return "-"
     changed = {"reprocess": "reprocessed", "keep": "kept"}.get(inputs.get("on_change", ""), "")
     deleted = {"prune": "pruned", "keep": "kept"}.get(inputs.get("on_delete", ""), "")
+    unretried = inputs.get("deleted_unretried", 0)  # nothing of them to keep: removed whatever on_delete says
+    if deleted == "kept" and unretried:
+        deleted = f"{inputs['deleted'] - unretried} kept, {unretried} with nothing to keep removed"
     return (
         f"{inputs['new']} new, {inputs['changed']} changed"
         + (f" ({changed})" if inputs["changed"] else "")

@@ -298,6 +298,8 @@ class ScoreJob(Job):
                     raise ModelUnreachable(f"model ({c.model.kind}): {e}") from None
                 except ConfigError as e:  # already says what is wrong (e.g. model file not found)
                     raise ConfigError(f"model ({c.model.kind}): {e}") from None
+                except isolated.ChildProcessFailed as e:  # killed (out of memory), not the config: exit 1
+                    raise isolated.ChildProcessFailed(f"model ({c.model.kind}): {e}") from None
                 except Exception as e:
                     raise ConfigError(f"model ({c.model.kind}): {type(e).__name__}: {e}") from None
                 extra["model_weights_sha256"] = digests["weights"]
