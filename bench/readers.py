@@ -102,6 +102,8 @@ def write_output(
     from ray_pipelines.storage import Storage
 
     storage = Storage(str(output), storage_options)
+    if storage.exists(""):  # written afresh: prepare's overwrite resumes an output of the same fingerprint
+        storage.fs.rm(storage.abspath(""), recursive=True)
     state = OutputState(storage)
     state.prepare(job, "bench", config or {}, {}, overwrite=True)
     sink = (sink_class or ShardSink)(

@@ -371,3 +371,22 @@ def test_shards_in_folders_are_labelled_skipped_and_accounted_for_by_their_own_p
     planned = {i.key: i.extra["label"] for i in plan.items()}
     assert [planned[f"2024/bad{i}.tar"] for i in range(3)] == [-1, -1, -1] and plan.names == ["house", "techno"]
     assert all(key in plan.songs for key in result.labels) and not any(i.key in plan.songs for i in result.unreadable)
+
+
+def test_an_output_whose_songs_the_new_labelling_puts_under_another_label_is_refused(tmp_path):
+    """Its committed rows carry the old label; resumed, new members of the same shard got the new one and
+    splits.json was rewritten under it: one song's rows under two labels, without a word."""
+    members = {f"house/s{i}.flac": encoded_bytes(tone(0.05, seed=i), "flac") for i in range(3)}
+    write_tar(tmp_path / "in" / "music #2" / "x.tar", members)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {f"music #2/x.tar/house/s{i}.flac": {"label": "2", "split": "train"} for i in range(3)}
+    (out / LABELS_FILE).write_text(json.dumps(["2"]))
+    (out / SPLITS_FILE).write_text(json.dumps({"seed": 0, "fractions": SPLITS, "songs": old}))
+    items = list_inputs(str(tmp_path / "in"), ["flac"])
+    with pytest.raises(ConfigError, match=r"3 songs this output recorded under one label now fall under another"):
+        plan_library(items, storage=Storage(str(out)), seed=0, fractions=SPLITS, skip_dirs=[], min_per_label=3)
+    fresh = plan_library(
+        items, storage=Storage(str(tmp_path / "new")), seed=0, fractions=SPLITS, skip_dirs=[], min_per_label=3
+    )
+    assert fresh.names == ["house"]

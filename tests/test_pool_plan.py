@@ -14,7 +14,7 @@ from ray_pipelines.engine.runtime import (
     PoolPlan,
     autoscaler_limits,
     cluster_capacity,
-    limits_from_autoscaling_config,
+    limits_from_ray_cluster,
     plan_pool,
 )
 from tests.conftest import Lines
@@ -122,8 +122,6 @@ def test_the_gpus_a_kuberay_cluster_may_start_come_from_its_worker_groups():
     group at minReplicas 0 looked like a cluster that can never have a GPU: a GPU job ran on CPU or exited 2.
     The limits now come from the RayCluster as Ray's KubeRay autoscaler derives them (its own function on
     the project's manifests; only the API request is not made here)."""
-    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-
     from tests import deploy
 
     for name, doc in deploy.manifests():
@@ -131,16 +129,21 @@ def test_the_gpus_a_kuberay_cluster_may_start_come_from_its_worker_groups():
         if spec is None:
             continue
         ray_cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "c", "namespace": "n"}}
-        limits = limits_from_autoscaling_config(_derive_autoscaling_config_from_ray_cr({**ray_cluster, "spec": spec}))
-        groups = {group["groupName"]: group for group in spec["workerGroupSpecs"]}
+        limits = limits_from_ray_cluster({**ray_cluster, "spec": spec})
         gpus = sum(
             group["maxReplicas"]
             * int(group["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-            for group in groups.values()
+            for group in spec["workerGroupSpecs"]
         )
         assert gpus > 0 and limits["GPU"] == gpus, name
         plan = plan_pool(config(), capacity=({"CPU": 2}, {**limits, "CPU": max(limits["CPU"], 2)}), max_useful=100)
         assert plan.num_gpus == 1.0 and plan.max_size == min(gpus, GPU_CEILING), name
+        # Without the autoscaler, or with the GPU group suspended, no GPU can come: none is counted
+        suspended = [{**g, "suspend": "nvidia.com/gpu" in str(g)} for g in spec["workerGroupSpecs"]]
+        assert limits_from_ray_cluster({**ray_cluster, "spec": {**spec, "enableInTreeAutoscaling": False}}) == {}
+        assert (
+            limits_from_ray_cluster({**ray_cluster, "spec": {**spec, "workerGroupSpecs": suspended}}).get("GPU", 0) == 0
+        )
 
 
 def test_outside_kubernetes_without_a_published_config_the_limits_are_what_is_there(ray_local, monkeypatch):

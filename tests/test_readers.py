@@ -1089,8 +1089,8 @@ def test_columns_a_reader_does_not_have_are_refused_by_name(rows_output, views_o
 @pytest.mark.parametrize("batch_size", [None, 7])
 def test_dtype_casts_floats_to_bfloat16_and_refuses_other_types(rows_output, batch_size):
     """bfloat16 failed in batched mode (NumPy has none); torch.int32 truncated x = 0.7 to 0 in both modes."""
-    for bad in (torch.int32, torch.bool, "float16"):
-        with pytest.raises(ValueError, match="give a torch floating dtype"):
+    for bad in (torch.int32, torch.bool, "float16", torch.float8_e4m3fn):
+        with pytest.raises(ValueError, match="dtype casts the float columns: give one of torch.float16, "):
             OutputRows(str(rows_output), fields=("x",), dtype=bad, batch_size=batch_size)
     dataset = OutputRows(str(rows_output), fields=("x", "index"), dtype=torch.bfloat16, batch_size=batch_size)
     loader = DataLoader(dataset, batch_size=None if batch_size else 7, num_workers=2)

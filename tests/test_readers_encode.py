@@ -398,9 +398,10 @@ def test_both_layouts_take_a_transform_and_a_batch_transform(tokens_output, layo
         layout,
         latent_crop_length=8,
         batch_size=5,
-        batch_transform=lambda batch: (batch["latents"].shape, batch["padding_mask"].shape, len(batch["key"])),
+        batch_transform=lambda b: (b["latents"].shape, b["padding_mask"].shape, len(b["key"]), b["latent_crop_length"]),
     )
-    assert [(tuple(z), tuple(m), n) for z, m, n in batched] == [((5, Q, 8), (5, 8), 5)] * 4 + [((4, Q, 8), (4, 8), 4)]
+    expected = [((5, Q, 8), (5, 8), 5, 8)] * 4 + [((4, Q, 8), (4, 8), 4, 8)]
+    assert [(tuple(z), tuple(m), n, length) for z, m, n, length in batched] == expected
     with pytest.raises(ValueError, match="transform applies to items"):
         open_encoded(str(tokens_output), layout, batch_size=5, transform=Tagged())
 

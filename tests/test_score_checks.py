@@ -144,7 +144,8 @@ def test_outputs_whose_short_clips_or_long_windows_now_score_otherwise_are_refus
     assert extra(scorers=["signal"], sample_rate=16000)["bandwidth_short_clips"] is True  # 800 samples
     assert extra(scorers=["signal"], signal={"n_fft": 4096})["bandwidth_short_clips"] is True
     assert "bandwidth_short_clips" not in extra(scorers=["vad"], sample_rate=16000)
-    assert "dnsmos_every_segment" not in extra(scorers=["dnsmos"], duration=16.0)
+    assert "dnsmos_every_segment" not in extra(scorers=["dnsmos"], duration=16.99)
+    assert extra(scorers=["dnsmos"], duration=17.0)["dnsmos_every_segment"] is True
     assert extra(scorers=["dnsmos"], duration=30.0)["dnsmos_every_segment"] is True
     assert "dnsmos_every_segment" not in extra(scorers=["signal"], duration=30.0)
 
@@ -173,7 +174,7 @@ def test_dnsmos_scores_every_segment_of_a_long_clip_and_speechmos_segments_up_to
     assert len(mine) == 21
     assert all(np.array_equal(s, clip[i * RATE : i * RATE + 144160].astype(np.float32)) for i, s in enumerate(mine))
     # up to 16 s, and every clip repeated to reach 9.01 s: exactly speechmos's segments
-    for seconds in (0.3, 3.0, 4.3, 4.5, 8.6, 9.0, 9.01, 10.0, 12.5, 15.99, 16.0):
+    for seconds in (0.3, 3.0, 4.3, 4.5, 8.6, 9.0, 9.01, 10.0, 12.5, 15.99, 16.0, 16.99):
         audio = clip[: int(round(seconds * RATE))]
         theirs, ours = speechmos_segments(audio), segments(audio)
         assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs)), seconds
@@ -203,3 +204,22 @@ def test_a_model_check_killed_in_its_child_process_exits_1_not_as_a_config_error
     )
     assert result.returncode == 1, result.stderr
     assert "without a reply" in result.stderr and not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_an_older_outputs_recorded_rules_do_not_lend_their_old_default_bounds_to_a_new_hardcode_rule():
+    """Score outputs written before the bounds had no default recorded every rule with [1.5, 7.0]: the filter
+    tool's --set snr_db.mode=hardcode on one kept SNRs of 1.5 to 7 dB, the refusal never came."""
+    from ray_pipelines.jobs.filter import without_unused_bounds
+
+    recorded = {
+        "train_split": "train",
+        "snr_db": {"mode": "median", "k": 1.5, "bounds": [1.5, 7.0]},
+        "clipping_fraction": {"mode": "hardcode", "bounds": [None, 0.001]},
+    }
+    base = without_unused_bounds(recorded)
+    assert base["snr_db"] == {"mode": "median", "k": 1.5} and base["clipping_fraction"] == recorded["clipping_fraction"]
+    with pytest.raises(ConfigError, match="snr_db: mode hardcode needs bounds"):
+        load_filter_settings(None, ["snr_db.mode=hardcode"], base=base)
+    kept = load_filter_settings(None, ["snr_db.mode=hardcode", "snr_db.bounds=[3.0, null]"], base=base)
+    assert kept.named_rules["snr_db"].bounds == (3.0, None)
+    assert without_unused_bounds(None) is None

@@ -279,14 +279,26 @@ def autoscaler_limits() -> dict[str, float]:
     if not (name and namespace and os.environ.get("KUBERNETES_SERVICE_HOST")):
         return {}
     try:  # the head pod's service account may read its RayCluster (the autoscaler sidecar does); one request
-        from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
         from ray.autoscaler._private.kuberay.node_provider import KubernetesHttpApiClient
 
-        ray_cluster = KubernetesHttpApiClient(namespace).get(f"rayclusters/{name}")
-        return limits_from_autoscaling_config(_derive_autoscaling_config_from_ray_cr(ray_cluster))
+        return limits_from_ray_cluster(KubernetesHttpApiClient(namespace).get(f"rayclusters/{name}"))
     except Exception as exc:  # no access, no API server answering: what is there is all there is
         log.info("could not read RayCluster %s/%s for its worker groups' limits: %s", namespace, name, exc)
         return {}
+
+
+def limits_from_ray_cluster(ray_cluster: dict) -> dict[str, float]:
+    """The most of each resource a RayCluster's autoscaler may start, derived as Ray's KubeRay autoscaler
+    derives its config: {} without ``enableInTreeAutoscaling`` (no group grows past its replicas now), and
+    a suspended group starts nothing."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    spec = ray_cluster.get("spec", {})
+    if not spec.get("enableInTreeAutoscaling"):
+        return {}
+    groups = [group for group in spec.get("workerGroupSpecs", []) if not group.get("suspend")]
+    config = _derive_autoscaling_config_from_ray_cr({**ray_cluster, "spec": {**spec, "workerGroupSpecs": groups}})
+    return limits_from_autoscaling_config(config)
 
 
 def limits_from_autoscaling_config(config: dict) -> dict[str, float]:

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import ConfigError
 from ..sources import InputItem
 from ..storage import Storage
 from .library import LibraryScan, extend_label_names, scan_library
@@ -85,6 +86,15 @@ def plan_library(
     known_names, recorded = read_memory(storage, seed, fractions)
     scan = scan_library(items, skip_dirs=skip_dirs, min_per_label=min_per_label, always_keep=set(known_names))
     labels = scan.labels
+    relabelled = sorted(key for key, label in labels.items() if key in recorded and recorded[key]["label"] != label)
+    if relabelled:  # the same song's rows under two labels: only a change of how labels are read does this
+        first = relabelled[0]
+        raise ConfigError(
+            f"{len(relabelled)} songs this output recorded under one label now fall under another (e.g. {first}: "
+            f"{recorded[first]['label']!r}, now {labels[first]!r}): since 2026-12-07 a tar member's label is "
+            "the first folder inside its shard even where the shard's path holds a '#'; write the dataset to a "
+            "new output (or delete this one)"
+        )
     fixed = {key: recorded[key]["split"] for key in labels if key in recorded}  # recorded songs never move
     assignment = assign_splits(labels, fractions, seed, fixed)
     names = extend_label_names(known_names, list(scan.songs_per_label))

@@ -108,6 +108,20 @@ def load_filter_settings(
     return validate_config(FilterSettings, data)
 
 
+def without_unused_bounds(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A score output's recorded filter section, the bounds of rules that are not ``hardcode`` left out: the
+    outputs of runs before 2026-12-07 recorded every rule with the default bounds then, [1.5, 7.0], which a
+    ``--set <score>.mode=hardcode`` would have taken for that score without a word (now it needs bounds)."""
+    if not section:
+        return section
+    return {
+        name: {k: v for k, v in rule.items() if k != "bounds"}
+        if isinstance(rule, dict) and "mode" in rule and rule["mode"] != "hardcode"
+        else rule
+        for name, rule in section.items()
+    }
+
+
 def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a committed score output; another job's output is refused by name."""
     storage = Storage(root, options)
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if settings is None:
-            base = manifest.get("config", {}).get("filter")
+            base = without_unused_bounds(manifest.get("config", {}).get("filter"))
             settings = load_filter_settings(None, args.overrides, base=base, scores=table.scores)
         settings.rules(table.scores, section="")  # this tool's --set keys are the filter section's own
         if problem := settings.train_split_problem(table["split"].astype(str), table.scores):

@@ -55,8 +55,9 @@ from ray_pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
 
-# Windows up to this long get the DNSMOS segments speechmos gives (ray_pipelines.scoring.dnsmos.segments).
-DNSMOS_EXACT_SECONDS = 16.0
+# Windows shorter than this get the DNSMOS segments speechmos gives (ray_pipelines.scoring.dnsmos.segments):
+# its first dropped segment starts at 7 s, and a clip has one there from 17 s on.
+DNSMOS_EXACT_SECONDS = 17.0
 # Imported in the actors only (the stage imports torch; the driver never does).
 SCORE_STAGE = "ray_pipelines.stages.score:ScoreStage"
 
@@ -280,9 +281,9 @@ class ScoreJob(Job):
                 # length (the n_fft window over the clip and its zero padding read about the Nyquist
                 # frequency): outputs where such clips can be are refused rather than mixed with new rows.
                 extra["bandwidth_short_clips"] = True
-            if c.source == "audio" and "dnsmos" in c.scorer_names and c.duration > DNSMOS_EXACT_SECONDS:
-                # Since 2026-12-07 DNSMOS scores every segment of a clip over 16 s (speechmos's float arithmetic
-                # dropped those starting at 7-23 s): outputs of longer windows are refused, not mixed.
+            if c.source == "audio" and "dnsmos" in c.scorer_names and c.duration >= DNSMOS_EXACT_SECONDS:
+                # Since 2026-12-07 DNSMOS scores every segment of a clip of 17 s or more (speechmos's float
+                # arithmetic dropped those starting at 7-23 s and 119-122 s): such outputs are refused, not mixed.
                 extra["dnsmos_every_segment"] = True
             if "reconstruction" in c.scorer_names:
                 try:

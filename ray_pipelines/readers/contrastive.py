@@ -58,7 +58,7 @@ class ContrastiveViews(ShardRows):
         storage_options: dict[str, Any] | None = None,
         **kwargs,
     ):
-        if "columns" in kwargs:
+        if kwargs.pop("columns", None) is not None:
             raise ValueError(
                 "ContrastiveViews reads the view1 and view2 columns; for other columns of an augment output "
                 "use ShardRows(list_shards(output, split), columns=[...])"

@@ -475,11 +475,11 @@ class EncodedShardRows(ShardRows):
 
     def _finish_batch(self, batch: dict[str, Any]) -> Any:
         """``(latents [n, C, L], metadata)``: the other columns batched (tensors, strings as lists)."""
+        if self.crop.latent_crop_length is not None:  # in a batch_transform's dict too, as the sat layout's
+            batch["latent_crop_length"] = self.crop.latent_crop_length
         if self.batch_transform:
             return self.batch_transform(batch)
         latents = batch.pop("latents")
-        if self.crop.latent_crop_length is not None:
-            batch["latent_crop_length"] = self.crop.latent_crop_length
         return latents, batch
 
     def _to_item(self, row: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -755,12 +755,15 @@ def then_transform(convert: Callable[[Any], Any], transform: Callable[[Any], Any
     return convert if transform is None else Then(convert, transform)
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_float_dtype(dtype: Any) -> None:
-    """``dtype`` casts float columns: an integer or bool one would truncate the values without a word."""
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(
-            f"dtype casts the float columns: give a torch floating dtype (e.g. torch.float16), got {dtype!r}"
-        )
+    """``dtype`` casts float columns: an integer or bool one would truncate the values without a word (and
+    the float8 types have no NumPy form the batched mode could fill)."""
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        names = ", ".join(str(d) for d in FLOAT_DTYPES)
+        raise ValueError(f"dtype casts the float columns: give one of {names}; got {dtype!r}")
 
 
 class RowToDict:

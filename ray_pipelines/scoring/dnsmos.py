@@ -4,7 +4,7 @@ The models are Microsoft's ONNX files inside the ``speechmos`` wheel (MIT licenc
 Corporation; the models are those of the DNS Challenge's DNSMOS), run with ONNX Runtime.
 Per clip the procedure is speechmos's ``dnsmos.run`` (the DNS Challenge's own script): at
 16 kHz, a clip shorter than 9.01 s is repeated (doubled) until it is at least that long; the
-model scores 9.01 s segments one second apart (all of them: speechmos drops some of a clip over 16 s,
+model scores 9.01 s segments one second apart (all of them: speechmos drops some of a clip of 17 s or more,
 :func:`segments`); SIG, BAK and OVRL are the raw outputs mapped
 through DNSMOS's calibration polynomials and averaged over the segments, P.808 the mean of the
 P.808 model on each segment's mel spectrogram. The scores are the same numbers speechmos gives
@@ -34,14 +34,14 @@ SEGMENT_SECONDS = 9.01  # speechmos.dnsmos.INPUT_LENGTH
 
 
 def segments(audio: np.ndarray) -> list[np.ndarray]:
-    """The 9.01 s segments of one 16 kHz clip, one second apart: speechmos's for every clip up to 16 s.
+    """The 9.01 s segments of one 16 kHz clip, one second apart: speechmos's for every clip under 17 s.
 
     speechmos cuts segment ``i`` at ``int((i + 9.01) * 16000)``, which float arithmetic makes one sample
-    short for ``i`` = 7 to 23 (16.009999... * 16000), and drops it: a 30 s clip kept 7 of its 21
+    short for ``i`` = 7 to 23 and 119 to 122 (16.009999... * 16000), and drops it: a 30 s clip kept 7 of its 21
     segments, none starting between 7 and 23 s. A clip of 9.01 s or more here gets every segment
     (``i * 16000 + 144160``: the same bytes for every segment speechmos keeps). A shorter clip is
     repeated as speechmos does and keeps speechmos's segments (a clip repeated to 17-18 s: 7 of 9),
-    so every clip up to 16 s scores exactly as speechmos scores it.
+    so every clip under 17 s (the first to have a segment at 7 s) scores exactly as speechmos scores it.
     """
     if len(audio) == 0:
         raise ValueError("empty clip")
