@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ray_pipelines.jobs.demo import copy_writable
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
 
@@ -99,13 +101,13 @@ def copy_shared(dest: Path, subdir: str = "sonic-pi", limit_per_folder: int | No
         import pytest
 
         pytest.skip(f"real recordings not found at {source}")
-    if limit_per_folder is None:
-        shutil.copytree(source, dest, dirs_exist_ok=True)
+    if limit_per_folder is None:  # the copies writable (tests change them), not read-only as there
+        copy_writable(source, dest)
         return dest
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         for f in sorted(folder.iterdir())[:limit_per_folder]:
             (dest / folder.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(f, dest / folder.name / f.name)
+            shutil.copyfile(f, dest / folder.name / f.name)
     return dest
 
 

@@ -390,3 +390,22 @@ def test_an_output_whose_songs_the_new_labelling_puts_under_another_label_is_ref
         items, storage=Storage(str(tmp_path / "new")), seed=0, fractions=SPLITS, skip_dirs=[], min_per_label=3
     )
     assert fresh.names == ["house"]
+
+
+def test_recordings_copied_from_a_read_only_collection_are_writable(tmp_path, monkeypatch):
+    """copytree kept ../shared's modes: read-only folders and files in demo-audio/ and the tests' copies,
+    which `make clean` and the tests that change a copied library could not change without root."""
+    import stat
+
+    from ray_pipelines.jobs.demo import make_sample_audio
+
+    source = tmp_path / "shared" / "rock"
+    write_audio(source / "a.wav", tone(0.05, 8000), 8000)
+    (source.parent / "SOURCES.md").write_text("credits")
+    for path in (source / "a.wav", source.parent / "SOURCES.md", source, source.parent):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    monkeypatch.setenv("RAY_PIPELINES_DEMO_AUDIO", str(source.parent))
+    dest = make_sample_audio(tmp_path / "demo-audio")
+    copied = [dest, dest / "rock", dest / "rock" / "a.wav"]
+    assert [p.relative_to(dest).as_posix() for p in sorted(dest.rglob("*"))] == ["rock", "rock/a.wav"]
+    assert all(p.stat().st_mode & stat.S_IWUSR for p in copied)

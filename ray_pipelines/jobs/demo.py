@@ -27,14 +27,28 @@ def shared_recordings() -> Path:
     return Path(os.environ.get("RAY_PIPELINES_DEMO_AUDIO") or Path.cwd().parent / "shared" / "audio" / "sonic-pi")
 
 
+def copy_writable(source: Path, dest: Path, ignore=None) -> None:
+    """``source``'s tree into ``dest``, the copies writable whatever ``source``'s modes: a read-only collection
+    gave read-only copies (copytree keeps modes), which `make clean` could not delete without root."""
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=ignore, copy_function=shutil.copyfile)
+    for folder, _, files in os.walk(dest):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
 def make_sample_audio(dest: Path = AUDIO) -> Path:
     """Sample audio for the demo: real recordings when present, else generated tones."""
     if dest.exists() and any(dest.rglob("*.*")):
         return dest
     shared = shared_recordings()
+    if os.environ.get("RAY_PIPELINES_DEMO_AUDIO") and not shared.is_dir():
+        print(f"RAY_PIPELINES_DEMO_AUDIO={shared} is not a folder: the demo runs on generated tones", flush=True)
     if shared.is_dir():
-        shutil.copytree(shared, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.md"))
-        return dest
+        copy_writable(shared, dest, ignore=shutil.ignore_patterns("*.md"))
+        if any(dest.rglob("*.*")):
+            return dest
+        print(f"{shared} holds no recordings: the demo runs on generated tones", flush=True)
     rng = np.random.default_rng(0)
     for label, base in (("low", 110.0), ("mid", 440.0), ("high", 1760.0)):
         for i in range(8):
