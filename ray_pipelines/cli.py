@@ -312,7 +312,7 @@ def configs_command(argv: Sequence[str]) -> int:
         return 0
     try:
         print(resolve_config_path(argv[0]).read_text(), end="")
-    except ConfigError as e:
+    except (ConfigError, OSError) as e:  # a path that is not there, or a folder
         print(f"ray-pipelines configs: {e}", file=sys.stderr)
         return 2
     return 0

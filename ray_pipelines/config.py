@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from .storage import find_secrets, url_credentials, url_problem
+from .storage import find_secrets, is_secret_name, url_credentials, url_problem
 
 # What every job writes, the same for all: the file layout, column types and metadata, the
 # decoding of windows. Bump it when those change: it is part of the config fingerprint, so an
@@ -85,6 +85,18 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the problem."""
 
 
+def secret_paths(config: dict[str, Any]) -> list[str]:
+    """:func:`~.storage.find_secrets` over a config, less the names "token" marks as a count or a tool rather
+    than a secret (a model's ``max_tokens``, ``tokenizer``, ``n_tokens``): a secret's name ends in it."""
+    kept = []
+    for path in find_secrets(config):
+        name = path.rsplit(".", 1)[-1].lower().replace("_", "").replace("-", "")
+        if "token" in name and not name.endswith("token") and not is_secret_name(name.replace("token", "")):
+            continue
+        kept.append(path)
+    return kept
+
+
 class ActorPool(BaseModel):
     """An autoscaling actor pool: between ``min`` and ``max`` actors."""
 
@@ -102,7 +114,9 @@ class ActorPool(BaseModel):
 class CommonConfig(BaseModel):
     """Keys every job understands."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No float key of a job takes infinity or NaN: `duration: .inf` raised OverflowError out of the config's
+    # own checks (a traceback, exit 1), `offset: .inf` or `mean: .nan` ran every row into an error.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     input: str | list[str] = Field(
         ...,
@@ -114,7 +128,7 @@ class CommonConfig(BaseModel):
     seed: int = Field(0, description="Job seed; every random draw derives from it.")
     limit: int | None = Field(None, ge=1, description="Process at most N inputs (after sorting keys).")
     batch_size: int = Field(32, ge=1, description="Rows per batch handed to an actor.")
-    actors: int | ActorPool | None = Field(
+    actors: Annotated[int, Field(ge=1)] | ActorPool | None = Field(
         None, description="Actor pool size, or {min, max}. Default: one per CPU (CPU) or per GPU."
     )
     num_gpus: float | None = Field(
@@ -211,6 +225,21 @@ class CommonConfig(BaseModel):
             "lease_timeout",
         }
     )
+
+    @model_validator(mode="after")
+    def _no_secrets_elsewhere(self) -> CommonConfig:
+        """No key outside storage_options (checked on its own) holds a credential either: a model's path
+        with ``user:password@``, a factory's ``hf_token`` or ``api_key`` were printed by --print-config and
+        written into the output's _job.json and manifest.json."""
+        checked = {"storage_options", "input", "output", "keep_list", "ignore_list"}  # by their own validators
+        leaked = secret_paths(self.model_dump(mode="json", exclude=checked))
+        if leaked:
+            raise ValueError(
+                f"{', '.join(leaked)}: a credential (a key named like one, or a URL with user:password@) would be "
+                "written to the output's _job.json and manifest.json; give it to the model through the "
+                "environment, or storage credentials through the environment (e.g. AWS_ACCESS_KEY_ID)"
+            )
+        return self
 
     @field_validator("storage_options")
     @classmethod

@@ -166,13 +166,17 @@ def json_schema(model: type[BaseModel]) -> str:
     return json.dumps(model.model_json_schema(), indent=2)
 
 
+# Packaged configs of a tool rather than of the job their name starts with
+TOOL_CONFIGS = {"score-filter": "filter"}
+
+
 def packaged_configs() -> list[tuple[str, str, str]]:
     """(name, job, first comment line) of each packaged example config."""
     out = []
     for name in packaged_config_names():
         text = (PACKAGED_CONFIGS / f"{name}.yaml").read_text()
         first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
-        out.append((name, name.split("-")[0], first))
+        out.append((name, TOOL_CONFIGS.get(name, name.split("-")[0]), first))
     return out
 
 

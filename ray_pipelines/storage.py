@@ -62,7 +62,7 @@ SECRET_NAME_PARTS = (
 TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
 
 
-def _is_secret_name(name: str) -> bool:
+def is_secret_name(name: str) -> bool:
     normal = name.lower().replace("_", "").replace("-", "")
     return name.lower() in SECRET_OPTION_KEYS or any(part in normal for part in SECRET_NAME_PARTS)
 
@@ -75,7 +75,7 @@ def find_secrets(options: Any, path: str = "") -> list[str]:
         for name, value in options.items():
             where = f"{path}{name}"
             secret_token_mode = str(name).lower() == "token" and isinstance(value, str) and value in TOKEN_MODES
-            if _is_secret_name(str(name)) and value not in (None, "") and not secret_token_mode:
+            if is_secret_name(str(name)) and value not in (None, "") and not secret_token_mode:
                 found.append(where)
             else:
                 found.extend(find_secrets(value, where + "."))

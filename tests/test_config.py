@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
-from ray_pipelines.config import ConfigError, load_config, parse_overrides
+from ray_pipelines.config import ConfigError, load_config, parse_overrides, validate_config
 from ray_pipelines.jobs.augment import AugmentConfig
 from ray_pipelines.storage import get_fs
 
@@ -237,3 +238,78 @@ def test_a_stop_while_a_failed_run_shuts_ray_down_keeps_the_failures_exit_code(t
         for number, handler in saved.items():
             signal.signal(number, handler)
     assert code == 1
+
+
+def test_float_keys_are_finite_and_actors_at_least_one():
+    """duration: .inf raised OverflowError out of the augment config's own checks (a traceback, exit 1);
+    offset: .inf, mean: .nan and actors: 0 were accepted and failed every row or the pool."""
+    from ray_pipelines.jobs.augment import AugmentConfig
+    from ray_pipelines.jobs.features import FeaturesConfig
+    from ray_pipelines.jobs.score import ScoreConfig
+    from ray_pipelines.jobs.teacher import TeacherConfig
+
+    base = {"input": "in", "output": "out"}
+    for model, key, value in (
+        (AugmentConfig, "duration", float("inf")),
+        (TeacherConfig, "duration", float("inf")),
+        (FeaturesConfig, "snippet_seconds", float("inf")),
+        (FeaturesConfig, "mean", float("nan")),
+        (ScoreConfig, "offset", float("inf")),
+        (AugmentConfig, "lease_timeout", float("inf")),
+    ):
+        with pytest.raises(ConfigError, match=f"{key}: Input should be a finite number"):
+            validate_config(model, {**base, key: value})
+    for actors in (0, -2):
+        with pytest.raises(ConfigError, match="actors: Input should be greater than or equal to 1"):
+            validate_config(AugmentConfig, {**base, "actors": actors})
+    assert validate_config(AugmentConfig, {**base, "actors": 2}).actors == 2
+
+
+def test_the_configs_command_and_a_jobs_help_name_only_what_fits(tmp_path, capsys):
+    """score --help offered score-filter (the filter tool's section, not a score config); `configs <folder>`
+    or a path that is not there raised a traceback."""
+    from ray_pipelines.cli import configs_command, job_parser
+    from ray_pipelines.jobs.score import ScoreConfig
+
+    score_help = job_parser("score", ScoreConfig).format_help()
+    assert "score-filter" not in score_help and "score-mae" in score_help
+    for spec in (str(tmp_path), str(tmp_path / "nope" / "x.yaml")):
+        assert configs_command([spec]) == 2
+        assert capsys.readouterr().err.startswith("ray-pipelines configs: ")
+
+
+def test_credentials_anywhere_in_a_config_are_refused_not_written_to_the_output():
+    """Only storage_options and the input/output URLs were checked: a model path with user:password@ and a
+    factory's hf_token were printed by --print-config and written into _job.json and manifest.json."""
+    from ray_pipelines.jobs.encode import EncodeConfig
+    from ray_pipelines.jobs.score import ScoreConfig
+    from ray_pipelines.jobs.teacher import TeacherConfig
+
+    base = {"input": "in", "output": "out"}
+    factory = {"kind": "factory", "factory": "models.py:build"}
+    for model, config, where in (
+        (EncodeConfig, {"model": {"kind": "torchscript", "path": "https://user:hunter2@host/m.ts"}}, "model.path"),
+        (
+            EncodeConfig,
+            {"model": {**factory, "factory_kwargs": {"hf_token": "hf_SECRET"}}},
+            "model.factory_kwargs.hf_token",
+        ),
+        (
+            ScoreConfig,
+            {"scorers": ["reconstruction"], "model": {**factory, "kwargs": {"api_key": "x"}}},
+            "model.kwargs.api_key",
+        ),
+        (
+            TeacherConfig,
+            {"teachers": [{"kind": "torchscript", "name": "fx", "sample_rate": 16000, "path": "https://tok:x@h/m.ts"}]},
+            "teachers.0.path",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=rf"{re.escape(where)}: a credential .* would be written to the output's"):
+            validate_config(model, {**base, **config})
+    # names that hold "token" as a count or a tool are a model's settings, not secrets
+    kwargs = {"max_tokens": 5, "tokenizer": "bpe", "n_tokens": 3}
+    score = validate_config(
+        ScoreConfig, {**base, "scorers": ["reconstruction"], "model": {**factory, "kwargs": kwargs}}
+    )
+    assert score.model.kwargs == kwargs
