@@ -441,11 +441,12 @@ def load_config(
     except ValidationError as e:
         first = e
     # A value YAML read as a number, a boolean or a mapping where the key wants text is the text typed:
-    # `--set output=0123` (YAML 1.1 read 83), `output=yes` (True), `output=take: 2` (a mapping).
+    # `--set output=0123` (YAML 1.1 read 83), `output=yes` (True), `output=take: 2` (a mapping). Not a list:
+    # `input=[2023, 2024]` taken whole as text was one glob pattern, "[2023, 2024]" (its error says to quote).
     typed = {
         dotted: raw
         for dotted, raw in split_overrides(overrides or [])
-        if not isinstance(override_value(raw), (str, type(None)))
+        if not isinstance(override_value(raw), (str, type(None), list))
     }
     wants_text = {_error_key(item["loc"]) for item in first.errors() if item["type"] == "string_type"}
     if not typed.keys() & wants_text:

@@ -313,3 +313,12 @@ def test_credentials_anywhere_in_a_config_are_refused_not_written_to_the_output(
         ScoreConfig, {**base, "scorers": ["reconstruction"], "model": {**factory, "kwargs": kwargs}}
     )
     assert score.model.kwargs == kwargs
+
+
+def test_a_list_set_on_the_command_line_with_numbers_is_refused_not_taken_as_one_pattern():
+    """--set 'input=[2023, 2024]' became the one glob pattern "[2023, 2024]", which matched nothing (or files
+    named 2, 0, 3 or 4) long after the config was accepted."""
+    with pytest.raises(ConfigError, match=r"input: should be a string \(got \[2023, 2024\]\)"):
+        load_config(AugmentConfig, None, ["input=[2023, 2024]", "output=out"])
+    assert load_config(AugmentConfig, None, ["input=['2023', '2024']", "output=out"]).input == ["2023", "2024"]
+    assert load_config(AugmentConfig, None, ["input=0123", "output=out"]).input == "0123"  # a scalar: its text
