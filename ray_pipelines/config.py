@@ -336,6 +336,22 @@ def apply_overrides(data: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def with_mapping_defaults(model: type[BaseModel], data: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """``data`` where a dotted ``--set`` goes into a mapping key the config leaves out: that key's default
+    mapping first. ``--set splits.train=0.6 --set splits.test=0.3`` (the README's example) means the default
+    splits with two entries changed; on a config without ``splits:`` it made a mapping of the two alone,
+    summed to 0.9 and refused, where the same flags on a config that spells the default out worked."""
+    out = dict(data)
+    for dotted, _ in split_overrides(pairs):
+        head, dot, _ = dotted.partition(".")
+        field = model.model_fields.get(head)
+        if dot and field is not None and out.get(head) is None:
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, dict):
+                out[head] = copy.deepcopy(default)
+    return out
+
+
 def split_overrides(pairs: list[str]) -> list[tuple[str, str]]:
     """``key=value`` pairs as ``(dotted key, the value's text)``."""
     split = []
@@ -435,7 +451,7 @@ def load_config(
     data: dict[str, Any] = dict(defaults or {})
     if path is not None:
         data = deep_merge(data, read_config_file(path))
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(with_mapping_defaults(model, data, overrides or []), overrides or [])
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -322,3 +322,15 @@ def test_a_list_set_on_the_command_line_with_numbers_is_refused_not_taken_as_one
         load_config(AugmentConfig, None, ["input=[2023, 2024]", "output=out"])
     assert load_config(AugmentConfig, None, ["input=['2023', '2024']", "output=out"]).input == ["2023", "2024"]
     assert load_config(AugmentConfig, None, ["input=0123", "output=out"]).input == "0123"  # a scalar: its text
+
+
+def test_a_dotted_set_into_a_mapping_the_config_leaves_out_changes_the_default_mapping():
+    """The README's `--set splits.train=0.6 --set splits.test=0.3` was refused ("they sum to 0.9") on a
+    packaged config without a splits key, and accepted on one that spells the default out."""
+    from ray_pipelines.jobs.features import FeaturesConfig
+
+    overrides = ["input=in", "output=out", "splits.train=0.6", "splits.test=0.3"]
+    for packaged in ("features-tar", "features"):
+        assert load_config(FeaturesConfig, packaged, overrides).splits == {"train": 0.6, "validate": 0.1, "test": 0.3}
+    whole = load_config(FeaturesConfig, "features-tar", ["input=in", "output=out", "splits={train: 0.8, test: 0.2}"])
+    assert whole.splits == {"train": 0.8, "test": 0.2}  # a whole mapping replaces it
