@@ -32,7 +32,14 @@ from pydantic import (
     model_validator,
 )
 
-from .storage import find_secrets, is_secret_name, url_credentials, url_problem
+from .storage import (
+    find_secrets,
+    is_secret_name,
+    misspelt_storage_options,
+    split_protocol,
+    url_credentials,
+    url_problem,
+)
 
 # What every job writes, the same for all: the file layout, column types and metadata, the
 # decoding of windows. Bump it when those change: it is part of the config fingerprint, so an
@@ -225,6 +232,16 @@ class CommonConfig(BaseModel):
             "lease_timeout",
         }
     )
+
+    @model_validator(mode="after")
+    def _storage_options_spelt(self) -> CommonConfig:
+        inputs = [self.input] if isinstance(self.input, str) else list(self.input or [])
+        for protocol in sorted({split_protocol(url)[0] for url in [*inputs, self.output] if url}):
+            misses = misspelt_storage_options(protocol, self.storage_options)
+            if misses:
+                said = ", ".join(f"{name} (did you mean {close}?)" for name, close in misses)
+                raise ValueError(f"storage_options: {said}: {protocol}:// would take it and ignore it")
+        return self
 
     @model_validator(mode="after")
     def _no_secrets_elsewhere(self) -> CommonConfig:

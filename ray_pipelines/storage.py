@@ -9,7 +9,9 @@ region and similar settings.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import glob
+import inspect
 import json
 import os
 import posixpath
@@ -132,6 +134,36 @@ def split_protocol(url: str) -> tuple[str, str]:
         protocol, path = url.split("://", 1)
         return protocol, path
     return "file", url
+
+
+# What storage_options may name for S3 besides s3fs's own parameters: fsspec's (listings and instance
+# caches, the async batch), the session's profile, and the project's aliases (fs_options).
+S3_EXTRA_OPTIONS = frozenset(
+    {
+        "profile",
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_paths",
+        "batch_size",
+        "region",
+    }
+)
+
+
+def misspelt_storage_options(protocol: str, storage_options: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """``(key, the known key it is close to)`` for each S3 storage option that is a near miss of a known one:
+    s3fs takes any keyword (the rest go to the session), so ``endpoint: http://minio:9000`` (not
+    ``endpoint_url``) was accepted and ignored, and the run talked to AWS instead. Keys close to none pass."""
+    if protocol not in ("s3", "s3a") or not storage_options:
+        return []
+    parameters = inspect.signature(fsspec.get_filesystem_class("s3").__init__).parameters
+    known = sorted((set(parameters) - {"self", "kwargs"}) | S3_EXTRA_OPTIONS)
+    misses = []
+    for name in storage_options:
+        if name not in known and (close := difflib.get_close_matches(name, known, n=1, cutoff=0.75)):
+            misses.append((name, close[0]))
+    return misses
 
 
 def fs_options(protocol: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:

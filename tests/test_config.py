@@ -334,3 +334,20 @@ def test_a_dotted_set_into_a_mapping_the_config_leaves_out_changes_the_default_m
         assert load_config(FeaturesConfig, packaged, overrides).splits == {"train": 0.6, "validate": 0.1, "test": 0.3}
     whole = load_config(FeaturesConfig, "features-tar", ["input=in", "output=out", "splits={train: 0.8, test: 0.2}"])
     assert whole.splits == {"train": 0.8, "test": 0.2}  # a whole mapping replaces it
+
+
+def test_a_misspelt_s3_storage_option_is_refused_with_the_key_it_is_close_to():
+    """s3fs takes any keyword: `endpoint: http://minio:9000` was accepted and ignored, and the run talked to
+    AWS with the environment's credentials instead of the MinIO it was meant for."""
+    s3 = {"input": "s3://bucket/in", "output": "s3://bucket/out"}
+    for options, said in (
+        ({"endpoint": "http://127.0.0.1:9000"}, "endpoint (did you mean endpoint_url?)"),
+        ({"regoin": "eu-west-1"}, "regoin (did you mean region?)"),
+        ({"requester_pay": True}, "requester_pays"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            validate_config(AugmentConfig, {**s3, "storage_options": options})
+    fine = {"endpoint_url": "http://127.0.0.1:9000", "region": "eu-west-1", "profile": "minio", "anon": False}
+    assert validate_config(AugmentConfig, {**s3, "storage_options": fine}).storage_options == fine
+    local = validate_config(AugmentConfig, {"input": "in", "output": "out", "storage_options": {"endpoint": "x"}})
+    assert local.storage_options == {"endpoint": "x"}  # only S3's options are known here
