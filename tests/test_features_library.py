@@ -409,3 +409,12 @@ def test_recordings_copied_from_a_read_only_collection_are_writable(tmp_path, mo
     copied = [dest, dest / "rock", dest / "rock" / "a.wav"]
     assert [p.relative_to(dest).as_posix() for p in sorted(dest.rglob("*"))] == ["rock", "rock/a.wav"]
     assert all(p.stat().st_mode & stat.S_IWUSR for p in copied)
+
+
+def test_labels_that_are_one_name_in_two_unicode_forms_are_found():
+    from ray_pipelines.features.library import lookalike_labels
+
+    composed, decomposed = "\u00c9lectro", "E\u0301lectro"  # as Linux writes it, as a macOS copy may
+    assert composed != decomposed
+    assert lookalike_labels([composed, "rock", decomposed, "jazz"]) == [sorted([composed, decomposed])]
+    assert lookalike_labels(["rock", "Rock", "jazz"]) == []  # case is a name's own

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import unicodedata
 from dataclasses import dataclass, field
 
 from ..sources import InputItem
@@ -108,6 +109,15 @@ def scan_library(
         skipped=skipped,
         unreadable=unreadable,
     )
+
+
+def lookalike_labels(names: list[str]) -> list[list[str]]:
+    """Label names that differ only in their Unicode form (``Électro`` written precomposed on Linux,
+    decomposed by a macOS copy): two labels to the job, one to a person."""
+    by_form: dict[str, list[str]] = {}
+    for name in names:
+        by_form.setdefault(unicodedata.normalize("NFC", name), []).append(name)
+    return [sorted(group) for group in by_form.values() if len(group) > 1]
 
 
 def extend_label_names(known: list[str], current: list[str]) -> list[str]:

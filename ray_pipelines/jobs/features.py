@@ -29,6 +29,7 @@ from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.manifest import OutputState
 from ray_pipelines.features.catalog import LibraryPlan, describe, plan_library, read_memory, save_plan
 from ray_pipelines.features.frames import AST_MEAN, AST_SAMPLE_RATE, AST_STD, frame_sizes
+from ray_pipelines.features.library import lookalike_labels
 from ray_pipelines.features.report import balance_chart, balance_report
 from ray_pipelines.features.split import DEFAULT_SPLITS
 from ray_pipelines.sources import InputItem, SourceError
@@ -212,6 +213,12 @@ class FeaturesJob(Job):
 
     def _log_plan(self) -> None:
         info = describe(self.plan, self.config.min_per_label)
+        for group in lookalike_labels(self.plan.names):
+            log.warning(
+                "features: labels %s are one name in two Unicode forms (a folder copied from macOS?): they are "
+                "separate labels; rename the folders to one form",
+                " and ".join(repr(name) for name in group),
+            )
         log.info("features: %d songs in %d labels", info["songs"], len(self.plan.scan.songs_per_label))
         if info["dropped_labels"]:
             log.warning(
