@@ -436,12 +436,18 @@ def _list_from_list_file(
         lines = [line for line in map(parse_key_line, f) if line is not None]
     base = posixpath.dirname(path)
     specs = []  # (key, spec)
+    seen: set[str] = set()
     for line in lines:
         if "://" not in line and not line.startswith("/"):
-            specs.append((line, to_url(fs, posixpath.join(base, line))))
+            # normpath: an object store has no "." folder (`./a.wav` from `find .` was missing on S3 every run);
+            # the key stays the line as written, as the outputs already committed have it
+            key, spec = line, to_url(fs, posixpath.join(base, posixpath.normpath(line)))
         else:
-            specs.append((split_protocol(without_query(line))[1].lstrip("/"), line))
-    del lines
+            key, spec = split_protocol(without_query(line))[1].lstrip("/"), line
+        if spec not in seen:  # one file named twice (`a.wav` and `./a.wav`) is read once, under its first key
+            seen.add(spec)
+            specs.append((key, spec))
+    del lines, seen
     items: list[InputItem] = []
     for start in range(0, len(specs), LIST_FILE_CHUNK):  # the store's answers held a chunk at a time
         entries = [(key, spec, *get_fs(spec, storage_options)) for key, spec in specs[start : start + LIST_FILE_CHUNK]]

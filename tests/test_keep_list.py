@@ -87,3 +87,28 @@ def written_keys(output) -> list[str]:
         for path in output.rglob("part-*.parquet")
         for k in pq.read_table(path, columns=["key"]).column("key").to_pylist()
     )
+
+
+def test_an_ignore_list_that_names_no_listed_input_is_said(tmp_path):
+    """An ignore list of paths or URLs where keys belong skipped nothing, without a word (a keep list's
+    unmatched keys were said)."""
+    from ray_pipelines.engine.runner import apply_key_lists
+    from ray_pipelines.sources import InputItem
+
+    items = [InputItem(key=f"good/good_{i}.wav", uri=f"/in/good/good_{i}.wav", size=1) for i in range(3)]
+    (tmp_path / "ignored.txt").write_text("/in/good/good_0.wav\n/in/good/good_1.wav\n")
+    config = validate_config(
+        augment_job.AugmentConfig, {"input": "in", "output": "out", "ignore_list": str(tmp_path / "ignored.txt")}
+    )
+    said, logger = Lines(), logging.getLogger("ray_pipelines.engine.runner")
+    logger.addHandler(said)
+    try:
+        assert apply_key_lists(items, config) == items
+        (tmp_path / "ignored.txt").write_text("good/good_0.wav\ngone/deleted.wav\n")  # one key matches: fine
+        assert [i.key for i in apply_key_lists(items, config)] == ["good/good_1.wav", "good/good_2.wav"]
+    finally:
+        logger.removeHandler(said)
+    assert said.lines == [
+        f"ignore_list {tmp_path / 'ignored.txt'}: 2 of its 2 keys name no listed input ('/in/good/good_0.wav', "
+        "'/in/good/good_1.wav'); a listed input's key: 'good/good_0.wav'"
+    ]

@@ -86,7 +86,7 @@ def test_the_start_line_says_how_many_of_the_listed_inputs_a_keep_list_or_limit_
         "augment: all 10 inputs already committed (50 listed, 10 selected), nothing to do"
     )
     assert start_line(listed=50, skipped=0, to_do=0, selected=0) == (
-        "augment: none of the 50 inputs listed is selected (keep_list, limit), nothing to do"
+        "augment: none of the 50 inputs listed is selected (keep_list, ignore_list, limit), nothing to do"
     )
 
 

@@ -571,8 +571,9 @@ def test_a_list_file_of_s3_urls_is_looked_up_concurrently_to_the_same_items(s3_b
     bucket, options, fs = s3_bucket
     for i in range(25):
         fs.pipe(f"{bucket}/in/c{i % 3}/clip{i:02d}.flac", bytes(100 + i))
+    fs.pipe(f"{bucket}/in/c1/extra.flac", bytes(99))
     lines = [f"s3://{bucket}/in/c{i % 3}/clip{i:02d}.flac" for i in range(25)]
-    lines += [f"s3://{bucket}/in/gone.flac", "c1/clip01.flac", f"s3://{bucket}/in/c2"]  # missing, relative, a folder
+    lines += [f"s3://{bucket}/in/gone.flac", "c1/extra.flac", f"s3://{bucket}/in/c2"]  # missing, relative, a folder
     fs.pipe(f"{bucket}/in/inputs.txt", "\n".join(lines).encode())
     items = list_inputs(f"s3://{bucket}/in/inputs.txt", EXT, storage_options=options)
     assert [i.key for i in items] == [line.removeprefix("s3://") for line in lines]
@@ -581,5 +582,20 @@ def test_a_list_file_of_s3_urls_is_looked_up_concurrently_to_the_same_items(s3_b
         item, info = by_key[f"{bucket}/in/c{i % 3}/clip{i:02d}.flac"], fs.info(f"{bucket}/in/c{i % 3}/clip{i:02d}.flac")
         assert (item.size, item.etag, item.error) == (100 + i, info["ETag"].strip('"'), "")
     assert by_key[f"{bucket}/in/gone.flac"].error.startswith("missing: listed in the list file")
-    assert (by_key["c1/clip01.flac"].size, by_key["c1/clip01.flac"].error) == (101, "")
+    assert (by_key["c1/extra.flac"].size, by_key["c1/extra.flac"].error) == (99, "")
     assert by_key[f"{bucket}/in/c2"].error.startswith("not a file: a list file names files")
+
+
+def test_a_list_files_dot_relative_lines_are_found_on_s3_and_one_file_named_twice_is_read_once(s3_bucket, tmp_path):
+    """`find . -name '*.flac' > list.txt` writes ./a.flac: on S3 that was s3://b/in/./a.flac, "missing" in
+    every run (exit 3 every night); `a.flac` and `./a.flac` in one list were read twice."""
+    bucket, options, fs = s3_bucket
+    fs.pipe(f"{bucket}/in/c1/a.flac", bytes(100))
+    fs.pipe(f"{bucket}/in/b.flac", bytes(120))
+    fs.pipe(f"{bucket}/in/list.txt", b"./c1/a.flac\nb.flac\n./b.flac\nc1/../b.flac\n")
+    items = list_inputs(f"s3://{bucket}/in/list.txt", EXT, storage_options=options)
+    assert [(i.key, i.size, i.error) for i in items] == [("./c1/a.flac", 100, ""), ("b.flac", 120, "")]
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "a.flac").write_bytes(bytes(100))
+    (tmp_path / "list.txt").write_text("c1/a.flac\n./c1/a.flac\n")
+    assert [i.key for i in list_inputs(str(tmp_path / "list.txt"), EXT)] == ["c1/a.flac"]

@@ -123,7 +123,10 @@ class ProgressDisplay:
         if not self.listed:
             return f"{self.job}: no inputs listed, nothing to do"
         if not self.selected:
-            return f"{self.job}: none of the {self.listed} inputs listed is selected (keep_list, limit), nothing to do"
+            return (
+                f"{self.job}: none of the {self.listed} inputs listed is selected (keep_list, ignore_list, limit), "
+                "nothing to do"
+            )
         selected = f", {self.selected} selected" if self.selected != self.listed else ""
         if not self.to_do:
             listed = f" ({self.listed} listed{selected})" if selected else ""

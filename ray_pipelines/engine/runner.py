@@ -94,24 +94,30 @@ def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem
         keep = read_key_list(cfg.keep_list, cfg.storage_options)
         kept = [i for i in items if i.key in keep]
         if len(kept) < len(keep):  # listed keys are unique: each kept item matched one key
-            _warn_unmatched_keys(cfg.keep_list, keep, kept, items[0].key if items else None)
+            _warn_unmatched_keys("keep_list", cfg.keep_list, keep, kept, items[0].key if items else None)
         items = kept
     if cfg.ignore_list:
         ignore = read_key_list(cfg.ignore_list, cfg.storage_options)
-        items = [i for i in items if i.key not in ignore]
+        left = [i for i in items if i.key not in ignore]
+        # Keys of inputs since deleted are an ignore list's everyday lot; none matching at all is paths or
+        # URLs where keys belong (which skipped nothing, without a word)
+        if ignore and items and len(left) == len(items):
+            _warn_unmatched_keys("ignore_list", cfg.ignore_list, ignore, [], items[0].key)
+        items = left
     return items
 
 
-def _warn_unmatched_keys(spec: str, keep: set[str], matched: list[InputItem], a_key: str | None) -> None:
-    """A keep list's keys that name no listed input: a typo, a file since deleted, or paths or URLs
+def _warn_unmatched_keys(what: str, spec: str, keys: set[str], matched: list[InputItem], a_key: str | None) -> None:
+    """A key list's keys that name no listed input: a typo, a file since deleted, or paths or URLs
     where keys belong (a key is the path below its input spec's folder, as ``a_key``)."""
-    unmatched = sorted(keep.difference(i.key for i in matched))
+    unmatched = sorted(keys.difference(i.key for i in matched))
     example = f"; a listed input's key: {a_key!r}" if a_key is not None else ""
     log.warning(
-        "keep_list %s: %d of its %d keys name no listed input (%s)%s",
+        "%s %s: %d of its %d keys name no listed input (%s)%s",
+        what,
         spec,
         len(unmatched),
-        len(keep),
+        len(keys),
         ", ".join(repr(k) for k in unmatched[:5]) + (", ..." if len(unmatched) > 5 else ""),
         example,
     )
