@@ -226,8 +226,10 @@ def _list_inputs(
     protocol, _ = split_protocol(spec)
     fs, path = get_fs(spec, storage_options)
     try:
-        glob = _is_glob(fs, path)
-        if path.lower().endswith(LIST_FILE_EXTENSIONS) and not glob:
+        # An http(s) URL's query is no pattern and no part of its name (a presigned list.txt?X-Amz-Signature=...)
+        named = without_query(path) if protocol in ("http", "https") else path
+        glob = _is_glob(fs, named)
+        if named.lower().endswith(LIST_FILE_EXTENSIONS) and not glob:
             return _list_from_list_file(fs, path, extensions, storage_options, include_hidden), LeftOut()
         if glob:
             root = _glob_root(path)
@@ -239,7 +241,7 @@ def _list_inputs(
             files = find_files(fs, root)
             skip_hidden = not include_hidden
         elif fs.exists(path):
-            root = posixpath.dirname(path.rstrip("/"))
+            root = posixpath.dirname(named.rstrip("/"))  # (a query may hold a '/')
             files = {path: fs.info(path)}
             skip_hidden = False
         else:

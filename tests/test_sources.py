@@ -156,6 +156,9 @@ def test_http_urls_are_inputs_from_a_folder_a_glob_a_url_and_list_files(library,
         ("a/one.wav", f"{served}/a/one.wav"),
         ("b/three.ogg", f"{served}/b/three.ogg"),
     ]
+    # a presigned list file: its query's '?' made it a glob ("no inputs matched"), and its name no .txt
+    presigned_list = list_inputs(f"{served}/relative.txt?X-Amz-Signature=abc&X-Amz-Expires=600", EXT)
+    assert [(i.key, i.uri) for i in presigned_list] == [(i.key, i.uri) for i in served_lines]
     with AudioFile(InputAudio(folder["a/deep/two.flac"].uri, folder["a/deep/two.flac"].size)) as remote:
         with AudioFile(InputAudio(str(library / "a" / "deep" / "two.flac"), local["a/deep/two.flac"].size)) as disk:
             np.testing.assert_array_equal(
