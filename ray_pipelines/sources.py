@@ -107,7 +107,7 @@ def _glob_root(path: str) -> str:
 
 def _etag_of(info: dict[str, Any]) -> str:
     """An input's identity, compared with the one its committed rows recorded (engine/changes.py):
-    the store's content tag (S3 ETag, GCS md5Hash) where it has one, else ``mtime/size``."""
+    the store's tag (an ETag, else GCS's md5Hash) where it has one, else ``mtime/size``."""
     for name in ("ETag", "etag", "md5Hash"):
         if info.get(name):
             return str(info[name]).strip('"')
