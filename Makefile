@@ -12,9 +12,10 @@ STAMP := $(VENV)/.installed
 # PYTHONDONTWRITEBYTECODE is set, as on the CI machine, a process would otherwise compile every module it
 # imports, every time. compileall's exit status is left aside: torch ships a file in Python 3.12 syntax
 # (pip skips it too).
-# A .venv without pip (python3 -m venv fails half-way without Debian's python3-venv) is made again.
+# A .venv without pip gets it (uv venv), or is made again where it cannot (python3 -m venv failed half-way
+# without Debian's python3-venv).
 $(STAMP): pyproject.toml Makefile
-	$(PY) -m pip --version > /dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip --version > /dev/null 2>&1 || $(PY) -m ensurepip --upgrade > /dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[flac,teachers,dev]'
 	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" > /dev/null || true

@@ -92,16 +92,38 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the problem."""
 
 
+# A tokenizer's special tokens: settings named like secrets, never one
+SPECIAL_TOKENS = frozenset(f"{kind}token" for kind in ("pad", "eos", "bos", "unk", "sep", "cls", "mask"))
+
+
 def secret_paths(config: dict[str, Any]) -> list[str]:
-    """:func:`~.storage.find_secrets` over a config, less the names "token" marks as a count or a tool rather
-    than a secret (a model's ``max_tokens``, ``tokenizer``, ``n_tokens``): a secret's name ends in it."""
+    """:func:`~.storage.find_secrets` over a config, less what a model's settings name so without holding a
+    secret: values that are no text (``use_auth_token: true``, ``token: false``), a bare ``key``, names
+    "token" marks as a count or a tool (``max_tokens``, ``tokenizer``) and a tokenizer's special tokens
+    (``pad_token: "<pad>"``)."""
     kept = []
     for path in find_secrets(config):
+        value: Any = config
+        for part in path.split("."):
+            value = value[int(part)] if isinstance(value, list) else value.get(part)
         name = path.rsplit(".", 1)[-1].lower().replace("_", "").replace("-", "")
+        if not isinstance(value, str) or name == "key" or name in SPECIAL_TOKENS:
+            continue
         if "token" in name and not name.endswith("token") and not is_secret_name(name.replace("token", "")):
             continue
         kept.append(path)
     return kept
+
+
+def non_finite_paths(value: Any, path: str = "") -> list[str]:
+    """Dotted paths of the infinite or NaN floats in a dumped config, at any depth."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path.rstrip(".")]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in non_finite_paths(item, f"{path}{key}.")]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in non_finite_paths(item, f"{path}{i}.")]
+    return []
 
 
 class ActorPool(BaseModel):
@@ -232,6 +254,15 @@ class CommonConfig(BaseModel):
             "lease_timeout",
         }
     )
+
+    @model_validator(mode="after")
+    def _finite_everywhere(self) -> CommonConfig:
+        """The sections' floats too (``signal.frame_seconds: .inf``, ``normalize.mean: .nan``): the top level's
+        are refused by ``allow_inf_nan`` above, which the section models do not inherit."""
+        found = non_finite_paths(self.model_dump())
+        if found:
+            raise ValueError(f"{', '.join(found)}: should be a finite number")
+        return self
 
     @model_validator(mode="after")
     def _storage_options_spelt(self) -> CommonConfig:

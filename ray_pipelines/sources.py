@@ -436,18 +436,21 @@ def _list_from_list_file(
     """A text file with one input per line (paths relative to the list file, or URLs)."""
     with fs.open(path, "r", encoding="utf-8-sig") as f:  # without the BOM Windows tools write
         lines = [line for line in map(parse_key_line, f) if line is not None]
-    base = posixpath.dirname(path)
+    base = posixpath.dirname(without_query(path))  # (a presigned list file's query may hold a '/')
     specs = []  # (key, spec)
     seen: set[str] = set()
     for line in lines:
         if "://" not in line and not line.startswith("/"):
-            # normpath: an object store has no "." folder (`./a.wav` from `find .` was missing on S3 every run);
-            # the key stays the line as written, as the outputs already committed have it
+            # normpath: an object store has no "." folder (`./a.wav` from `find .` was missing on S3 every run),
+            # and local paths are read normalised so anyway (fsspec's abspath). The key stays the line as
+            # written, as the outputs already committed have it.
             key, spec = line, to_url(fs, posixpath.join(base, posixpath.normpath(line)))
         else:
             key, spec = split_protocol(without_query(line))[1].lstrip("/"), line
-        if spec not in seen:  # one file named twice (`a.wav` and `./a.wav`) is read once, under its first key
-            seen.add(spec)
+        # the file it names: a URL without its query (signatures differ per signing), a path as it is read
+        named = without_query(spec) if "://" in spec else os.path.normpath(spec)
+        if named not in seen:  # one file named twice (`a.wav` and `./a.wav`) is read once, under its first key
+            seen.add(named)
             specs.append((key, spec))
     del lines, seen
     items: list[InputItem] = []

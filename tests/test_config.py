@@ -259,6 +259,15 @@ def test_float_keys_are_finite_and_actors_at_least_one():
     ):
         with pytest.raises(ConfigError, match=f"{key}: Input should be a finite number"):
             validate_config(model, {**base, key: value})
+    # the sections' floats too: allow_inf_nan does not reach the section models
+    for model, section in (
+        (ScoreConfig, {"signal": {"frame_seconds": float("inf")}}),
+        (AugmentConfig, {"waveform_pool": {"gain": {"max_db": float("inf")}}}),
+    ):
+        with pytest.raises(
+            ConfigError, match=r"(signal\.frame_seconds|waveform_pool\.gain\.max_db): should be a finite"
+        ):
+            validate_config(model, {**base, **section})
     for actors in (0, -2):
         with pytest.raises(ConfigError, match="actors: Input should be greater than or equal to 1"):
             validate_config(AugmentConfig, {**base, "actors": actors})
@@ -307,8 +316,9 @@ def test_credentials_anywhere_in_a_config_are_refused_not_written_to_the_output(
     ):
         with pytest.raises(ConfigError, match=rf"{re.escape(where)}: a credential .* would be written to the output's"):
             validate_config(model, {**base, **config})
-    # names that hold "token" as a count or a tool are a model's settings, not secrets
-    kwargs = {"max_tokens": 5, "tokenizer": "bpe", "n_tokens": 3}
+    # a model's settings named like secrets without holding one: counts and tools, switches, special tokens
+    kwargs = {"max_tokens": 5, "tokenizer": "bpe", "n_tokens": 3, "use_auth_token": True, "token": False}
+    kwargs |= {"pad_token": "<pad>", "eos_token": "</s>", "key": "mel"}
     score = validate_config(
         ScoreConfig, {**base, "scorers": ["reconstruction"], "model": {**factory, "kwargs": kwargs}}
     )

@@ -106,6 +106,10 @@ def test_an_ignore_list_that_names_no_listed_input_is_said(tmp_path):
         assert apply_key_lists(items, config) == items
         (tmp_path / "ignored.txt").write_text("good/good_0.wav\ngone/deleted.wav\n")  # one key matches: fine
         assert [i.key for i in apply_key_lists(items, config)] == ["good/good_1.wav", "good/good_2.wav"]
+        # with a keep list that already left its key out: it names a listed input all the same
+        (tmp_path / "kept.txt").write_text("good/good_1.wav\n")
+        kept = config.model_copy(update={"keep_list": str(tmp_path / "kept.txt")})
+        assert [i.key for i in apply_key_lists(items, kept)] == ["good/good_1.wav"]
     finally:
         logger.removeHandler(said)
     assert said.lines == [

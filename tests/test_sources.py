@@ -602,3 +602,14 @@ def test_a_list_files_dot_relative_lines_are_found_on_s3_and_one_file_named_twic
     (tmp_path / "c1" / "a.flac").write_bytes(bytes(100))
     (tmp_path / "list.txt").write_text("c1/a.flac\n./c1/a.flac\n")
     assert [i.key for i in list_inputs(str(tmp_path / "list.txt"), EXT)] == ["c1/a.flac"]
+
+
+def test_a_local_list_files_lines_naming_one_file_are_read_once_as_it_is_read(tmp_path):
+    """Local paths are read normalised by their text (fsspec's abspath: `link/../a.flac` is `a.flac`, the
+    link not followed), so lines that normalise to one path are one file, read once under the first key."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "a.flac").write_bytes(bytes(10))
+    (tmp_path / "a.flac").write_bytes(bytes(20))
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    (tmp_path / "list.txt").write_text(f"a.flac\nlink/../a.flac\n./a.flac\n{tmp_path / 'a.flac'}\n")
+    assert [(i.key, i.size) for i in list_inputs(str(tmp_path / "list.txt"), EXT)] == [("a.flac", 20)]

@@ -90,6 +90,7 @@ class JobResult:
 
 def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem]:
     """Only ``keep_list`` keys (when given), none of the ``ignore_list`` keys."""
+    listed = items
     if cfg.keep_list:
         keep = read_key_list(cfg.keep_list, cfg.storage_options)
         kept = [i for i in items if i.key in keep]
@@ -99,10 +100,10 @@ def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem
     if cfg.ignore_list:
         ignore = read_key_list(cfg.ignore_list, cfg.storage_options)
         left = [i for i in items if i.key not in ignore]
-        # Keys of inputs since deleted are an ignore list's everyday lot; none matching at all is paths or
-        # URLs where keys belong (which skipped nothing, without a word)
-        if ignore and items and len(left) == len(items):
-            _warn_unmatched_keys("ignore_list", cfg.ignore_list, ignore, [], items[0].key)
+        # Keys of inputs since deleted are an ignore list's everyday lot; none naming any listed input (the
+        # keep list's or not) is paths or URLs where keys belong, which skipped nothing without a word
+        if ignore and listed and not any(i.key in ignore for i in listed):
+            _warn_unmatched_keys("ignore_list", cfg.ignore_list, ignore, [], listed[0].key)
         items = left
     return items
 
