@@ -227,7 +227,7 @@ def _list_inputs(
     fs, path = get_fs(spec, storage_options)
     try:
         # An http(s) URL's query is no pattern and no part of its name (a presigned list.txt?X-Amz-Signature=...)
-        named = without_query(path) if protocol in ("http", "https") else path
+        named = without_query(path)  # (other URLs and paths as they are)
         glob = _is_glob(fs, named)
         if named.lower().endswith(LIST_FILE_EXTENSIONS) and not glob:
             return _list_from_list_file(fs, path, extensions, storage_options, include_hidden), LeftOut()
