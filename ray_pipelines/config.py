@@ -52,12 +52,13 @@ Codec = Literal["none", "snappy", "zstd", "lz4", "gzip"]
 
 def _peak_level(value: float) -> float:
     if not math.isfinite(value) or value > 0:  # 10 for "10 dB down" made every window an error row
-        raise ValueError("a peak level in dBFS is 0 (full scale) or below, e.g. -60 for 60 dB down")
+        raise ValueError("a level in dBFS is 0 (full scale) or below, e.g. -60 for 60 dB down")
     return value
 
 
-# A peak level in dBFS (``silence_db``), and a length of audio in seconds (``min_duration``).
-PeakDb = Annotated[float, AfterValidator(_peak_level)]
+# A level in dBFS (a peak: ``silence_db``; an RMS: the score job's ``signal.silence_threshold_db``), and a
+# length of audio in seconds (``min_duration``).
+LevelDb = Annotated[float, AfterValidator(_peak_level)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 # Audio the decoders read (libsndfile, MP2 too; FFmpeg through PyAV for AAC (.m4b: audiobooks), AC-3,

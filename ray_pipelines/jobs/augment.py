@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ray_pipelines.augment.params import DRAWS_COLUMN, AugmentationChoices, SpectrogramPoolConfig, WaveformPoolConfig
-from ray_pipelines.config import CommonConfig, PeakDb, Seconds
+from ray_pipelines.config import CommonConfig, LevelDb, Seconds
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.mel_bands import mel_problem
@@ -32,7 +32,7 @@ class AugmentConfig(CommonConfig):
     n_mels: int = Field(128, gt=0)
     duration: float = Field(3.0, gt=0, description="Crop length in seconds; shorter clips are zero-padded.")
     min_duration: Seconds = Field(0.05, description="Clips shorter than this become error rows.")
-    silence_db: PeakDb | None = Field(
+    silence_db: LevelDb | None = Field(
         -90.0, description="A crop whose peak is below this (dBFS) is an error row; null keeps silent crops."
     )
     num_waveform_augs: int = Field(3, ge=0)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from ray_pipelines import isolated
-from ray_pipelines.config import Codec, CommonConfig, PeakDb, Seconds
+from ray_pipelines.config import Codec, CommonConfig, LevelDb, Seconds
 from ray_pipelines.encoders.config import ModelConfig
 from ray_pipelines.encoders.info import ModelInfo
 from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_encode_data_file, write_filelist
@@ -87,7 +87,7 @@ class EncodeConfig(CommonConfig):
         True, description="VAEs: sample the posterior with noise seeded per (seed, key, window); false: take its mean."
     )
     min_duration: Seconds = Field(0.0, description="Shorter inputs become error rows.")
-    silence_db: PeakDb | None = Field(
+    silence_db: LevelDb | None = Field(
         None,
         description="A window whose peak is below this (dBFS) is an error "
         "row; null keeps silent windows (as pre_encode does).",

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ray_pipelines.config import Codec, CommonConfig, PeakDb, Seconds
+from ray_pipelines.config import Codec, CommonConfig, LevelDb, Seconds
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.manifest import OutputState
@@ -67,7 +67,7 @@ class FeaturesConfig(CommonConfig):
     mean: float = AST_MEAN
     std: float = Field(AST_STD, gt=0)
     min_duration: Seconds = Field(0.025, description="Songs shorter than this (one 25 ms frame) are error rows.")
-    silence_db: PeakDb | None = Field(
+    silence_db: LevelDb | None = Field(
         None, description="Snippets whose peak is below this (dBFS) become error rows; null keeps silent snippets."
     )
     batch_size: int = Field(16, ge=1)

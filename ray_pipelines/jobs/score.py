@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from ray_pipelines import isolated
-from ray_pipelines.config import CommonConfig, ConfigError, PeakDb, Seconds
+from ray_pipelines.config import CommonConfig, ConfigError, LevelDb, Seconds
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.mel_bands import mel_problem
@@ -119,7 +119,7 @@ class ScoreConfig(CommonConfig):
     f_max: float | None = None
     top_db: float | None = Field(80.0, gt=0)
     min_duration: Seconds = Field(0.05, description="audio: shorter files become error rows.")
-    silence_db: PeakDb | None = Field(
+    silence_db: LevelDb | None = Field(
         None,
         description="audio: windows quieter than this (dBFS) become error rows; "
         "null scores them (the energy filter judges them).",

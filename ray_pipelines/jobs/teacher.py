@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ray_pipelines.config import CommonConfig, PeakDb, Seconds, changed_fields
+from ray_pipelines.config import CommonConfig, LevelDb, Seconds, changed_fields
 from ray_pipelines.engine.decode import Window, WindowDecoder, rows_to_batch
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.model_files import ModelUnreachable
@@ -73,7 +73,7 @@ class TeacherConfig(CommonConfig):
     max_windows: int | None = Field(1, ge=1, description="Clips per file (null: every window that fits).")
     window_hop: float | None = Field(None, gt=0, description="Seconds between clip starts (default: duration).")
     min_duration: Seconds = Field(0.05, description="Files shorter than this become error rows.")
-    silence_db: PeakDb | None = Field(
+    silence_db: LevelDb | None = Field(
         -90.0, description="Clips whose peak is below this (dBFS) become error rows; null keeps them."
     )
     val_fraction: float = Field(0.1, ge=0, le=1, description="Share of files in split 'val' (by file key).")

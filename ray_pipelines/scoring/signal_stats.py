@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import special
 
+from ..config import LevelDb
 from .scorers import COLUMNS as SCORER_COLUMNS
 
 COLUMNS = SCORER_COLUMNS["signal"]
@@ -45,11 +46,8 @@ class SignalOptions(BaseModel):
     clip_level: float = Field(
         0.99, gt=0, le=1, description="|x| at or above this (full scale 1.0) counts as clipped: 0 < clip_level <= 1."
     )
-    silence_threshold_db: float = Field(
-        -60.0,
-        le=0,
-        allow_inf_nan=False,
-        description="Frames with an RMS level below this (dBFS, 0 or below) are silent.",
+    silence_threshold_db: LevelDb = Field(
+        -60.0, description="Frames with an RMS level below this (dBFS, 0 or below) are silent."
     )
     frame_seconds: float = Field(0.02, gt=0, description="Frame length of the silence fraction.")
     bandwidth_db: float = Field(60.0, gt=0, description="Bandwidth: within this many dB of the strongest frequency.")
