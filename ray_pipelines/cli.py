@@ -252,6 +252,13 @@ def _run(name: str, job_cls, config, args: argparse.Namespace, program: bool = F
     from .engine.timeline import mark
 
     mark("summary printed")
+    processed = result.counts["processed_this_run"]
+    if processed and not result.run_rows:  # complete as documented, yet most likely a config or model to fix
+        print(
+            f"ray-pipelines {name}: none of the {processed} inputs this run processed gave a row (the most common "
+            "errors are above, every one in errors.jsonl)",
+            file=sys.stderr,
+        )
     if code == EXIT_INCOMPLETE:
         left = result.counts["to_retry"]
         print(f"ray-pipelines {name}: {left} inputs to retry; run again to finish", file=sys.stderr)
@@ -275,10 +282,11 @@ def _stopped_message(name: str, counts: ProgressDisplay, how: str) -> str:
         return f"\n{name}: stopped ({how}) before it processed any input."
     kept = f"{counts.inputs_done} of {counts.to_do} inputs ({counts.rows} {counts.rows_label})"
     before = f", besides the {counts.skipped} committed before" if counts.skipped else ""
-    # Blocks already writing when the stop came still commit; their reports no longer reach the count.
+    # Blocks already writing when the stop came still commit, and a write's report reaches the count after
+    # its files: the count is a floor.
     return (
-        f"\n{name}: stopped ({how}). This run wrote {kept} before the stop{before}, and the blocks that "
-        f"finished writing while it stopped; what was written is kept.\n"
+        f"\n{name}: stopped ({how}). This run wrote at least {kept} before the stop{before}, and the blocks "
+        f"that finished writing as it stopped; what was written is kept.\n"
         f"Run the same command again to resume: committed inputs are skipped."
     )
 

@@ -18,6 +18,11 @@ By default (``quiet_ray``):
   blocks show one traceback per error, then one line for those that fail the same way.
 - Ray's "Unhandled error" records (a result no one asked for: Ray Data's own, such as a request its
   autoscaling coordinator had cancelled by a stop) are not shown (:class:`UnhandledRayErrors`).
+- Ray's notices (a task failed and is retried, a worker died: possibly out of memory) go to stderr, where
+  every other warning goes (Ray prints them to stdout, which a caller may keep for the summary or
+  data), and their colour codes are dropped where stderr is not a terminal (:class:`FilteredStderr`).
+  In a terminal each line forwarded from stderr first clears the progress bar's line, which the bar
+  redraws below it within a second (it was glued to the bar's end).
 - Errors that carry a traceback are one line: the first line and the exception at the end
   (:func:`short_error`). That is Ray's notices of a failed task (``(raylet) Task ... failed. There
   are 2 retries remaining``, printed by the driver's error listener), Ray Data's "Full stack trace"
@@ -43,7 +48,12 @@ import time
 import traceback
 from typing import TextIO
 
-from .error_text import last_exception_line, short_error
+from .error_text import ANSI_CODE, last_exception_line, short_error
+
+# Colour codes (Ray colours its notices whatever the stream): dropped where stderr is no terminal.
+ANSI_STYLE = re.compile(ANSI_CODE.pattern.encode())
+# What a terminal line starts with when it may hold the progress bar: back to its start, clear it.
+CLEAR_LINE = b"\r\x1b[K"
 
 # Lines of the driver's stderr (C++ and Python alike) that say nothing a user can act on.
 NOISE = (
@@ -92,7 +102,7 @@ def quiet_ray(keep_ray_data_info: bool = False) -> None:
 
 def _condense_error_notices() -> None:
     """The driver's listener prints Ray's error notices (a task failed and is retried, a worker died)
-    with ``print_to_stdstream`` (to stdout, in colour): each one :func:`short_error`'s line."""
+    with ``print_to_stdstream`` (to stdout, in colour): to stderr, each one :func:`short_error`'s line."""
     from ray._private import worker
 
     print_notice = getattr(worker, "print_to_stdstream", None)
@@ -100,8 +110,10 @@ def _condense_error_notices() -> None:
         return  # another Ray's internals, or done already
 
     def condensed(data, *args, **kwargs):
-        if data.get("pid") == "raylet" and any("\n" in line for line in data.get("lines", ())):
-            data = {**data, "lines": [short_error(line) for line in data["lines"]]}
+        if data.get("pid") == "raylet":
+            data = {**data, "is_err": True}  # to stderr, with the warnings (Ray: stdout)
+            if any("\n" in line for line in data.get("lines", ())):
+                data["lines"] = [short_error(line) for line in data["lines"]]
         return print_notice(data, *args, **kwargs)
 
     condensed.condensed = True
@@ -184,7 +196,9 @@ class StoppedBlocks(logging.Filter):
 
 class FilteredStderr:
     """Route this process's stderr (file descriptor 2, so C++ writes too) through a thread that
-    drops :data:`NOISE` lines. ``with FilteredStderr() as console:`` gives ``console``, a text
+    drops :data:`NOISE` lines (and colour codes where the real stderr is no terminal; where it is one,
+    each forwarded chunk first clears the line the progress bar may be on).
+    ``with FilteredStderr() as console:`` gives ``console``, a text
     stream on the real stderr for output that must not wait for a line end (a progress bar); what
     reached stderr before a ``console`` write is shown before it. Does nothing (``console`` is
     ``sys.stderr``) when ``enabled`` is false."""
@@ -201,6 +215,7 @@ class FilteredStderr:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._forwarding = False  # the pump holds bytes it has read and not yet written
+        self._terminal = False  # the real stderr is a terminal (set on entry)
         self.console: TextIO = sys.stderr
 
     def __enter__(self) -> TextIO:
@@ -208,6 +223,7 @@ class FilteredStderr:
             return self.console
         sys.stderr.flush()
         self._saved = os.dup(2)
+        self._terminal = os.isatty(self._saved)
         self._reader, writer = os.pipe()
         os.dup2(writer, 2)
         os.close(writer)
@@ -249,9 +265,14 @@ class FilteredStderr:
             time.sleep(0.001)
 
     def _forward(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._terminal:
+            data = CLEAR_LINE + data  # a progress bar's line, which the bar redraws below
+        else:
+            data = ANSI_STYLE.sub(b"", data)
         try:
-            if data:
-                os.write(self._saved, data)
+            os.write(self._saved, data)
         except OSError:  # the real stderr is gone (a closed pipe): keep draining, never block writers
             pass
 

@@ -338,8 +338,8 @@ def test_the_stop_message_says_its_count_is_of_the_reports_before_the_stop():
     counts.start(listed=410, skipped=10, to_do=400)
     counts.update({"inputs": 16, "rows": 16})
     assert _stopped_message("teacher", counts, "SIGTERM") == (
-        "\nteacher: stopped (SIGTERM). This run wrote 16 of 400 inputs (16 clips) before the stop, besides the 10 "
-        "committed before, and the blocks that finished writing while it stopped; what was written is kept.\n"
+        "\nteacher: stopped (SIGTERM). This run wrote at least 16 of 400 inputs (16 clips) before the stop, besides "
+        "the 10 committed before, and the blocks that finished writing as it stopped; what was written is kept.\n"
         "Run the same command again to resume: committed inputs are skipped."
     )
 
@@ -459,9 +459,12 @@ def test_a_bar_in_a_terminal_with_counts_rates_and_the_final_line(library, tmp_p
     assert counts[0] == 0 and counts[-1] == LISTED and counts == sorted(counts)
     rows = int(summary_value(output.replace("\r", ""), "rows this run"))
     assert re.search(
-        rf"{LISTED}/{LISTED} inputs \[[\d:]+<[\d:]+,\s+[\d.]+ inputs/s, {rows} rows, [\d.]+ rows/s, 1 error row\]",
+        rf"{LISTED}/{LISTED} inputs \[[\d:]+,\s+[\d.]+ inputs/s, {rows} rows, [\d.]+ rows/s, 1 error row\]",
         bars[-1],
     )
+    assert any(re.search(r"inputs/s, ETA (\d+:\d\d|\?), \d+ rows", f) for f in bars[:-1]), (
+        bars
+    )  # the pace since the first write
     assert re.search(rf"augment: done, {LISTED}/{LISTED} inputs in \d+:\d\d \([\d.]+ inputs/s\), {rows} rows", output)
     assert "augment job finished" in output
     assert not any(noise in output for noise in RAY_NOISE), output
@@ -477,6 +480,7 @@ with FilteredStderr() as console:
                 b"'05' has constructor arguments in the object store and max_restarts > 0. If the arguments ...\\n"
                 b"[2026-12-02 08:06:45,000 E 15207 15207] core_worker.cc:100: a C++ error that matters\\n")
     subprocess.run(["sh", "-c", "echo a child process line >&2"])
+    os.write(2, b"\\x1b[33m(raylet)\\x1b[0m A worker died or was killed while executing a task\\n")
     print("a bar frame\\r", end="", file=console, flush=True)
 print("after the filter", file=sys.stderr)
 """
@@ -491,8 +495,20 @@ def test_the_stderr_filter_drops_only_the_constructor_arguments_line():
         "a python line\n"
         "[2026-12-02 08:06:45,000 E 15207 15207] core_worker.cc:100: a C++ error that matters\n"
         "a child process line\n"
+        "(raylet) A worker died or was killed while executing a task\n"  # no colour codes in a file or pipe
         "a bar frame\rafter the filter\n"
     )
+
+
+def test_in_a_terminal_each_line_from_stderr_first_clears_the_progress_bars_line(tmp_path):
+    """A warning during a run was glued to the end of the bar (``... no errors]WARNING ray_pipelines...``):
+    in a terminal every forwarded line starts by clearing the line; the bar redraws below it."""
+    code, output = run_in_terminal([sys.executable, "-c", FILTER_SCRIPT], tmp_path, environment("filter-tty"), 60)
+    assert code == 0, output
+    assert output.startswith("\r\x1b[Ka python line\r\n")  # each chunk read at once: its first line clears
+    assert "core_worker.cc:100: a C++ error that matters\r\n" in output
+    assert "\x1b[33m(raylet)\x1b[0m A worker died" in output  # a terminal keeps Ray's colour
+    assert "constructor arguments" not in output
 
 
 def test_an_error_that_carries_a_traceback_is_one_line_on_the_console(ray_local, capsys):
@@ -532,11 +548,14 @@ def test_an_error_that_carries_a_traceback_is_one_line_on_the_console(ray_local,
         _condense_error_notices()
         capsys.readouterr()
         worker.print_to_stdstream({"lines": [notice], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        worker.print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False}, False)
     finally:
         worker.print_to_stdstream = printed
-    assert ANSI_CODE.sub("", capsys.readouterr().out) == (
+    printed_now = capsys.readouterr()
+    assert printed_now.out == ""  # Ray prints its notices to stdout, where a caller keeps the summary
+    assert ANSI_CODE.sub("", printed_now.err) == (
         "(raylet) Task T.get_location failed. There are 2 retries remaining, so the task will be retried. "
-        "RuntimeError: Padding size\n"
+        "RuntimeError: Padding size\n(raylet) A worker died or was killed\n"
     )
 
     def record(message: str) -> logging.LogRecord:
@@ -598,3 +617,25 @@ def test_blocks_that_fail_the_same_way_show_one_traceback_then_one_line():
     finally:
         data.removeHandler(shown)
         told.removeHandler(said)
+
+
+def test_a_run_whose_every_input_failed_says_why_in_the_summary_and_on_stderr(library, tmp_path):
+    """Every input an error row (here min_duration: 100 s; a broken model does the same) is complete and exits
+    0, as documented; the summary said "inputs with errors 9" and nothing of why."""
+    mark = uuid.uuid4().hex
+    done = subprocess.run(
+        command(library, tmp_path / "out", "--set", "min_duration=100"),
+        cwd=tmp_path,
+        env=environment(mark),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert summary_value(done.stdout, "rows in output") == "0"
+    assert re.search(
+        r"^  most common errors  8 too short \(e\.g\. \w+/\w+\.\w+: too short: 1\.000 s is below ", done.stdout, re.M
+    )
+    assert re.search(r"^\s+1 \w+ \(e\.g\. wav/broken\.wav: ", done.stdout, re.M), done.stdout
+    assert f"ray-pipelines augment: none of the {LISTED} inputs this run processed gave a row" in done.stderr
+    assert not wait_for_no_processes(mark)

@@ -211,7 +211,10 @@ def test_the_summary_counts_inputs_error_rows_and_the_listing_in_words():
     lines = format_summary("augment", JobResult(manifest, 1.0, "/out")).splitlines()
     assert "  inputs with errors  1 (1 error row, see errors.jsonl)" in lines
     assert "  inputs listed       8 (5 selected)" in lines
-    assert "  input changes       1 new, 0 changed, 0 deleted, 4 unchanged, 3 left out (not selected)" in lines
+    assert (
+        "  input changes       1 new, 0 changed, 0 deleted, 4 unchanged, "
+        "3 left out (not selected, never committed or changed)" in lines
+    )
     manifest["counts"].update(errors=2, error_rows=7)
     assert "  inputs with errors  2 (7 error rows, see errors.jsonl)" in format_summary(
         "x", JobResult(manifest, 1, "/o")
@@ -227,3 +230,38 @@ def test_the_summary_counts_inputs_error_rows_and_the_listing_in_words():
         "  input changes       0 new, 3 changed (reprocessed), 3 deleted (2 kept, 1 with nothing to keep removed), "
         "0 unchanged" in lines
     )
+
+
+def test_the_summary_names_the_most_common_kinds_of_error_row_with_an_example():
+    """A run whose every input failed (a broken model, a min_duration too long) said "inputs with errors 7"
+    and "complete yes": why took opening errors.jsonl."""
+    from ray_pipelines.engine.manifest import common_errors
+    from ray_pipelines.engine.runner import JobResult
+    from ray_pipelines.engine.summary import format_summary
+
+    errors = [
+        {"key": "a.flac", "index": -1, "reason": "too short: 0.019 s is below min_duration 100 s"},
+        {"key": "b.flac", "index": -1, "reason": "too short: 0.5 s is below min_duration 100 s"},
+        {"key": "c.flac", "index": 0, "reason": "teacher failed: RuntimeError: shape"},
+        {"key": "d.flac", "index": 1, "reason": "teacher failed: RuntimeError: shape"},
+        {"key": "e.flac", "index": 0, "reason": "teacher failed: ValueError: nan"},
+        {"key": "f.mp3", "index": -1, "reason": "unreadable: OSError: no"},
+        {"key": "g.mp3", "index": -1, "reason": "silent: peak -95.0 dBFS is below -90 dBFS"},
+    ]
+    kinds = common_errors(errors)
+    assert kinds == [
+        {"reason": "teacher failed", "rows": 3, "example": "c.flac: teacher failed: RuntimeError: shape"},
+        {"reason": "too short", "rows": 2, "example": "a.flac: too short: 0.019 s is below min_duration 100 s"},
+        {"reason": "silent", "rows": 1, "example": "g.mp3: silent: peak -95.0 dBFS is below -90 dBFS"},
+    ]
+    assert common_errors([]) == []
+    counts = dict.fromkeys(("skipped_already_committed", "processed_this_run", "rows_written", "to_retry"), 0)
+    manifest = {"counts": {**counts, "listed": 7, "errors": 7, "error_rows": 7}, "inputs": {}, "splits": {}}
+    manifest.update(timings={}, error_reasons=kinds)
+    lines = format_summary("teacher", JobResult(manifest, 1.0, "/out")).splitlines()
+    at = lines.index("  inputs with errors  7 (7 error rows, see errors.jsonl)")
+    assert lines[at + 1 : at + 4] == [
+        "  most common errors  3 teacher failed (e.g. c.flac: teacher failed: RuntimeError: shape)",
+        "                      2 too short (e.g. a.flac: too short: 0.019 s is below min_duration 100 s)",
+        "                      1 silent (e.g. g.mp3: silent: peak -95.0 dBFS is below -90 dBFS)",
+    ]

@@ -59,7 +59,7 @@ def test_keep_list_on_the_augment_job_processes_only_the_kept_keys(tmp_path, ray
     assert (inputs["new"], inputs["left_out"], inputs["unchanged"], again.counts["processed_this_run"]) == (0, 4, 2, 0)
     summary = format_summary("augment", again)
     assert "inputs listed       6 (2 selected)" in summary
-    assert "0 new, 0 changed, 0 deleted, 2 unchanged, 4 left out (not selected)" in summary
+    assert "0 new, 0 changed, 0 deleted, 2 unchanged, 4 left out (not selected, never committed or changed)" in summary
     # the key that names no input (a typo, or a path where a key belongs) is said, with a key that does
     unmatched = f"keep_list {tmp_path / 'kept.txt'}: 1 of its 4 keys name no listed input ('not/there.wav')"
     assert said.lines.count(f"{unmatched}; a listed input's key: 'bad/bad_0.wav'") == 3  # once per listing

@@ -132,3 +132,21 @@ def test_the_eta_follows_the_pace_since_the_first_write_not_the_start_up():
         progress.update(report(inputs=100, rows=100))
     assert progress.inputs_done == 600 and progress.eta() == pytest.approx(5400 / 10.0)
     assert progress.rates()[0] == pytest.approx(600 / 230)  # the rate shown stays the run's average
+
+
+def test_the_bar_shows_the_eta_of_the_pace_since_the_first_write():
+    """The bar showed tqdm's ``{remaining}``, the pace since the bar appeared (start-up included), where
+    the README promises the pace since the first write (what the log lines show)."""
+    clock, out = Clock(), FakeTerminal()
+    bar = BarProgress("augment", "rows", out, clock=clock)
+    bar.start(listed=100, skipped=0, to_do=100)
+    clock.now += 180.0  # Ray and the models starting
+    bar.update(report(inputs=10, rows=10))
+    clock.now += 10.0
+    bar.update(report(inputs=10, rows=10))  # 1 input/s since the first write: 80 left, 1:20
+    frames = [frame for frame in out.getvalue().replace("\n", "\r").split("\r") if "|" in frame]
+    assert "| 20/100 inputs [" in frames[-1] and "ETA 1:20, 20 rows" in frames[-1], frames[-1]
+    assert "<" not in frames[-1]  # not tqdm's remaining (its own clock: the pace since the bar appeared)
+    bar.close()
+    final = [frame for frame in out.getvalue().replace("\n", "\r").split("\r") if "|" in frame][-1]
+    assert "ETA" not in final and "20 rows" in final

@@ -388,6 +388,7 @@ class OutputState:
             "splits": splits,
             "schema": progress.schema,
             "files": files,
+            "error_reasons": common_errors(errors),
             "timings": timings,
             "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra or {}),
@@ -408,6 +409,19 @@ class OutputState:
             self.storage.write_bytes(SUCCESS_FILE, b"")
             stop_point("commit:after-success")
         return manifest
+
+
+def common_errors(errors: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:
+    """The ``top`` most common kinds of error row (a reason's text before its first ``": "``: ``too short``,
+    ``teacher failed``, ``unreadable``), each with its count and its first row as an example: what the
+    summary shows, so a run whose every input failed says why without opening errors.jsonl."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for error in errors:
+        reason = str(error["reason"])
+        kind = reason.split(": ", 1)[0][:80]
+        entry = kinds.setdefault(kind, {"reason": kind, "rows": 0, "example": f"{error['key']}: {reason}"[:240]})
+        entry["rows"] += 1
+    return sorted(kinds.values(), key=lambda entry: (-entry["rows"], entry["reason"]))[:top]
 
 
 def without_parts(table: pa.Table, names: pa.Array) -> pa.Table:

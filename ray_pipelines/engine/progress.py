@@ -207,27 +207,33 @@ class BarProgress(ProgressDisplay):
             total=self.to_do,
             desc=self.job,
             unit=" inputs",
-            postfix=self.counts_text(),
+            postfix=self.bar_postfix(),
             file=self.stream,
             # Follow the terminal's width; a terminal that reports none (a bare pseudo-terminal) gets 100.
             dynamic_ncols=bool(_terminal_columns(self.stream)),
             ncols=None if _terminal_columns(self.stream) else 100,
             smoothing=0,  # the average rate over the run, like the plain lines
+            # Our ETA (the pace since the first write, as the plain lines), not tqdm's {remaining}: that is the
+            # pace since the bar appeared, minutes of Ray and models starting included.
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} inputs "
-            "[{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]",
+            "[{elapsed}, {rate_noinv_fmt}{postfix}]",
         )
         self._ticker = _Ticker(1.0, self._refresh)
 
     def _refresh(self) -> None:
         with self._lock:
             if self.bar is not None:
-                self.bar.set_postfix_str(self.counts_text(), refresh=True)
+                self.bar.set_postfix_str(self.bar_postfix(), refresh=True)
+
+    def bar_postfix(self) -> str:
+        eta = self.eta()
+        return f"ETA {duration(eta) if eta is not None else '?'}, {self.counts_text()}"
 
     def show_update(self) -> None:
         with self._lock:
             if self.bar is not None:
                 self.bar.n = self.inputs_done
-                self.bar.set_postfix_str(self.counts_text(), refresh=True)
+                self.bar.set_postfix_str(self.bar_postfix(), refresh=True)
 
     def show_end(self, finished: bool) -> None:
         if self._ticker is not None:
@@ -235,7 +241,7 @@ class BarProgress(ProgressDisplay):
         with self._lock:
             if self.bar is not None:
                 self.bar.n = self.inputs_done
-                self.bar.set_postfix_str(self.counts_text(), refresh=True)
+                self.bar.set_postfix_str(self.counts_text(), refresh=True)  # no ETA on the finished bar
                 self.bar.close()
                 self.bar = None
         if self.to_do:

@@ -28,6 +28,10 @@ def format_summary(
             else "0",
         ),
     ]
+    for i, kind in enumerate(result.manifest.get("error_reasons", ())):
+        lines.append(
+            ("most common errors" if i == 0 else "", f"{kind['rows']} {kind['reason']} (e.g. {kind['example']})")
+        )
     if c.get("lost"):
         lines.append(("lost (retried next run)", c["lost"]))
     complete = result.manifest.get("complete", True)
@@ -80,7 +84,12 @@ def _changes(inputs: dict) -> str:
         + f", {inputs['deleted']} deleted"
         + (f" ({deleted})" if inputs["deleted"] else "")
         + f", {inputs['unchanged']} unchanged"
-        + (f", {inputs['left_out']} left out (not selected)" if inputs.get("left_out") else "")
+        # Left out: not selected and not committed as listed (a committed input not selected is unchanged).
+        + (
+            f", {inputs['left_out']} left out (not selected, never committed or changed)"
+            if inputs.get("left_out")
+            else ""
+        )
     )
 
 
