@@ -198,3 +198,35 @@ def test_runs_racing_for_a_free_lease_have_one_winner(output):
     assert len(winners) == 1 and len(refused) == 5
     assert lease_json(output)["run_id"] == winners[0].run_id
     winners[0].release()
+
+
+def test_an_s3_look_alike_that_ignores_conditional_headers_still_refuses_a_second_run(s3_bucket, monkeypatch):
+    """A store that accepts If-None-Match and If-Match without honouring them (the real moto server, the
+    headers dropped on the way): a second run took the live lease 2 s after the first, both renewed
+    without noticing, and the first one's release deleted the second one's lease."""
+    import s3fs
+
+    bucket, options, _ = s3_bucket
+    sent = s3fs.S3FileSystem.call_s3
+
+    def ignoring_conditions(self, method, *args, **kwargs):
+        kwargs.pop("IfNoneMatch", None)
+        kwargs.pop("IfMatch", None)
+        return sent(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", ignoring_conditions)
+    first = Lease(Storage(f"s3://{bucket}/out", options), "run-a", 300)
+    first.acquire()
+    second = Lease(Storage(f"s3://{bucket}/out", options), "run-b", 300)
+    with pytest.raises(LeaseHeld, match="run-a"):
+        second.acquire()
+    first.renew()
+    assert lease_json(first.storage)["run_id"] == "run-a"
+    operator = Lease(Storage(f"s3://{bucket}/out", options), "operator", 300)
+    operator.acquire(break_lease=True)  # taken over: the first run's renew and release must see it
+    with pytest.raises(LeaseLost):
+        first.renew()
+    first.release()
+    assert lease_json(operator.storage)["run_id"] == "operator"  # not deleted by the fenced run's release
+    operator.release()
+    assert lease_store(operator.storage).read() is None

@@ -273,3 +273,43 @@ def test_store_failures_are_told_apart_from_other_errors():
     wrapped = RuntimeError("block failed")
     wrapped.__cause__ = OSError(30, "Read-only file system")
     assert store_failure(wrapped) == "write failed: Read-only file system"
+
+
+SMALL = ("num_versions=1", "duration=1.0", "sample_rate=16000", "n_mels=32", "n_fft=512", "hop_length=256")
+
+
+def test_an_output_inside_another_runs_output_is_refused_and_one_moved_there_keeps_its_files(clips, tmp_path):
+    """``output=/data/views/v2`` beside a nightly ``/data/views``: the outer run's next commit deleted every
+    data file of v2 (its own manifests do not name them) and v2 was stuck at exit 1 with its _SUCCESS."""
+    small = [a for setting in SMALL for a in ("--set", setting)]
+    outer, elsewhere = tmp_path / "views", tmp_path / "views-v2"
+    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}", "--set", "limit=2")
+    assert done.returncode == 0, done.stderr
+    refused = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}/v2")
+    assert refused.returncode == 2, refused.stderr
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"ray-pipelines augment: output {outer}/v2 is inside {outer}, another run's output (its _job.json)")
+    )
+    assert not (outer / "v2").exists()
+    # An output made elsewhere and moved in (or made there before such outputs were refused) keeps its files.
+    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={elsewhere}", "--set", "limit=1")
+    assert done.returncode == 0, done.stderr
+    elsewhere.rename(outer / "v2")
+    nested = sorted(p.relative_to(outer) for p in (outer / "v2").rglob("part-*"))
+    assert any(p.suffix == ".parquet" for p in nested)
+    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}", "--set", "limit=4")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(outer) for p in (outer / "v2").rglob("part-*")) == nested
+
+
+def test_an_output_inside_another_runs_output_is_found_on_s3(s3_bucket):
+    from ray_pipelines.engine.manifest import enclosing_output
+    from ray_pipelines.storage import Storage
+
+    bucket, options, fs = s3_bucket
+    fs.pipe(f"{bucket}/data/views/_job.json", b"{}")
+    assert enclosing_output(Storage(f"s3://{bucket}/data/views/v2/x", options)) == f"s3://{bucket}/data/views"
+    assert enclosing_output(Storage(f"s3://{bucket}/data/views", options)) is None  # its own claim
+    assert enclosing_output(Storage(f"s3://{bucket}/data/views-v2", options)) is None

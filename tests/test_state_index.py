@@ -421,3 +421,63 @@ def test_the_state_of_a_table_in_sliced_chunks_is_the_state_of_the_whole(tmp_pat
     a, b = Progress(whole), Progress(sliced)
     assert a.written == b.written and a.expected == b.expected
     assert [a.is_done(k) for k in KEYS] == [b.is_done(k) for k in KEYS]
+
+
+REWRITE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from ray_pipelines.engine.manifest import OutputState
+    from ray_pipelines.engine.rewrite import drop_inputs
+    from ray_pipelines.engine.sink import ShardSink
+    from ray_pipelines.storage import Storage
+
+    out, run = sys.argv[1], sys.argv[2]
+
+    def sink():
+        s = ShardSink(output=out, storage_options=None, fingerprint="fp", index_column="index",
+                      output_columns=["key", "index", "x"], direct_io=False)
+        s.run_id = run
+        return s
+
+    def block(keys, etag, value):
+        n = 2 * len(keys)
+        return {"key": np.repeat(np.array(keys, dtype=object), 2), "index": np.tile(np.arange(2), len(keys)),
+                "error": np.array([""] * n, dtype=object), "samples_per_input": np.full(n, 2),
+                "etag": np.array([etag] * n, dtype=object), "split": np.array(["train"] * n, dtype=object),
+                "x": np.full((n, 3), value, np.float32)}
+
+    state = OutputState(Storage(out))
+    state.prepare("sim", "fp", {}, {}, False, run)
+    if run == "run2":
+        drop_inputs(state, sink(), {"a"})  # 'a' was uploaded again: its old rows leave the output
+    if run != "run3":  # run3 commits what the killed run2 wrote
+        sink().write_block(block(["a", "b"] if run == "run1" else ["a"], "e-" + run, 1.0 if run == "run1" else 2.0), 0)
+    state.commit(job="sim", fingerprint="fp", config={}, listed=2, skipped=0, processed_keys=["a", "b"], timings={},
+                 run_id=run, selected_keys=["a", "b"])
+    """
+)
+
+
+@pytest.mark.parametrize("step", ["fold:before-index", "fold:after-index"])
+def test_a_commit_killed_after_a_rewrite_leaves_every_file_the_last_manifest_names(tmp_path, step):
+    """An input uploaded again: the commit deleted its old files (orphans once rewritten) before it wrote the
+    new manifest.json, so a kill, a full disk or a stop in between left a complete manifest.json naming
+    files that were gone (the readers: FileNotFoundError) until the next run."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-c", REWRITE_SCRIPT, str(out), "run1"], env=env, cwd=ROOT, timeout=120)
+    assert first.returncode == 0
+    named = [f["path"] for f in json.loads((out / "manifest.json").read_text())["files"]]
+    killed = subprocess.run(
+        [sys.executable, "-c", REWRITE_SCRIPT, str(out), "run2"], env={**env, KILL_AT: step}, cwd=ROOT, timeout=120
+    )
+    assert killed.returncode == -9
+    assert all((out / path).exists() for path in named), named
+    again = subprocess.run([sys.executable, "-c", REWRITE_SCRIPT, str(out), "run3"], env=env, cwd=ROOT, timeout=120)
+    assert again.returncode == 0
+    final = json.loads((out / "manifest.json").read_text())
+    assert final["complete"] and final["counts"]["duplicates"] == 0 and final["counts"]["rows_written"] == 4
+    assert all((out / f["path"]).exists() for f in final["files"])
+    on_disk = sorted(str(p.relative_to(out)) for p in out.glob("train/part-*"))
+    assert on_disk == sorted(f["path"] for f in final["files"])  # the old files went with the next commit

@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -283,6 +284,32 @@ def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_l
     resumed = run_job(augment(store, "out"), progress=False)  # what the fenced run committed is kept
     assert resumed.complete and resumed.counts["skipped_already_committed"] >= 1
     assert resumed.counts["duplicates"] == 0 and len(rows(store, "out")) == 24
+
+
+def test_a_run_whose_lease_is_taken_before_its_blocks_start_stops_before_computing_any(tmp_path, ray_local):
+    """A lease lost while the run listed its inputs or started Ray (minutes on a big bucket): nothing told
+    the run, which computed every block, had each write fenced off, ran them all again as "lost", and
+    only its commit exited 2, leaving a stray data file per block."""
+    from ray_pipelines.engine.lease import Lease
+    from ray_pipelines.storage import Storage
+
+    store = Store.local(tmp_path)
+    for i in range(4):
+        store.write(f"in/clip{i:02d}.flac", clip(300 + 20 * i))
+    args = cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3)
+    proc = start_cli(*args, env={**os.environ, WAIT_AT: "run:prepared"})
+    held = proc.stderr.readline() if select.select([proc.stderr], [], [], 300)[0] else "no line in 300 s"
+    assert held.startswith("waiting at run:prepared"), held + proc.communicate(timeout=300)[1][-2000:]
+    operator = Lease(Storage(store.url("out")), "operator", 600)
+    operator.acquire(break_lease=True)
+    time.sleep(2)  # the run's heartbeat (every 0.3 s here) finds its lease gone while it waits
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-2000:]
+    assert "lost its lease" in stderr and "held by run operator" in stderr
+    assert "lost to worker or node failures" not in stderr
+    assert not [p for p in (tmp_path / "out").rglob("part-*") if "_manifests" not in p.parts]  # no block ran
+    operator.release()
 
 
 class PassThrough:

@@ -16,8 +16,8 @@ namespace), is stale and may be taken over; ``--break-lease`` takes it regardles
 a lease whose heartbeats stopped (:meth:`Holder.silent`) waits for it to go stale rather than give
 up. A run that finds its lease replaced has been fenced off: it stops and commits nothing (the runner checks the lease
 again just before writing ``manifest.json`` and ``_SUCCESS``). Stores with neither (other fsspec
-protocols, S3 look-alikes that ignore the headers) get the same protocol without the atomicity; the
-lease is read back after every write, which catches all but the closest races.
+protocols, S3 look-alikes that ignore the headers) get the same protocol without the atomicity: every
+write reads the lease first (and a lease taken is read back), which catches all but the closest races.
 """
 
 from __future__ import annotations
@@ -218,7 +218,12 @@ class S3LeaseObject:
             self.fs.invalidate_cache(f"{self.bucket}/{self.key}")
         return response["ETag"]
 
+    # Each write reads first: an S3 look-alike that ignores the conditional headers (they are recent in
+    # S3 itself) would let a second run's create, a fenced run's renew or its release replace or delete the
+    # holder's lease at any time; read first, only the closest races get through there.
     def create(self, data: bytes) -> str | None:
+        if self.read() is not None:
+            return None
         return self._put(data, IfNoneMatch="*")
 
     def read(self) -> tuple[bytes, str] | None:
@@ -235,9 +240,17 @@ class S3LeaseObject:
             return None
 
     def replace(self, data: bytes, token: str) -> str | None:
+        if not self._still(token):
+            return None
         return self._put(data, IfMatch=token)
 
+    def _still(self, token: str) -> bool:
+        current = self.read()
+        return current is not None and current[1] == token
+
     def delete(self, token: str) -> bool:
+        if not self._still(token):
+            return False
         try:
             self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=token)
         except FileNotFoundError:
@@ -247,9 +260,7 @@ class S3LeaseObject:
                 return False
             if not _not_implemented(e):
                 raise
-            current = self.read()  # a store without conditional deletes: check, then delete
-            if current is None or current[1] != token:
-                return False
+            # A store without conditional deletes (checked above): delete.
             self.fs.rm_file(f"{self.bucket}/{self.key}")  # (rm takes [ ] * ? in an output's name for a pattern)
         finally:
             self.fs.invalidate_cache(f"{self.bucket}/{self.key}")

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..storage import TEMP_MARK, Storage, is_temp_file
+from ..storage import TEMP_MARK, Storage, is_temp_file, split_protocol
 from .committed import MIXED_ETAG, KeyColumn, Progress, key_array
 from .memory import release_unused_memory
 from .state_index import (
@@ -160,6 +160,13 @@ class OutputState:
         )
         return run_id
 
+    def _files_named_by_manifest(self) -> frozenset[str]:
+        """The data files the last ``manifest.json`` names (none where there is none, or it is unreadable)."""
+        try:
+            return frozenset(str(f["path"]) for f in self.storage.read_json(MANIFEST_FILE).get("files", []))
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # none, or not one of ours
+            return frozenset()
+
     def _committed_anything(self) -> bool:
         """Whether a run ever committed here: a manifest, the index or a block's manifest."""
         if self.storage.exists(MANIFEST_FILE):
@@ -223,9 +230,11 @@ class OutputState:
         self._progress = None
         release_unused_memory()
 
-    def is_folded(self, name: str) -> bool:
-        self.state_table()
-        return self._index_parts is not None and name in self._index_parts
+    def folded_parts(self) -> frozenset[str]:
+        """The names of the manifests the index holds (a rewrite retires those with a tombstone)."""
+        if self._index_parts is None:
+            self.state_table()
+        return frozenset(self._index_parts or ())
 
     def refresh(self) -> None:
         """List the manifests on disk; forget the ones gone, read the new ones."""
@@ -275,20 +284,30 @@ class OutputState:
         return self._progress
 
     # ---- after a run -------------------------------------------------------------
-    def remove_orphans(self, progress: Progress) -> list[str]:
+    def remove_orphans(self, progress: Progress, named: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
         """Delete what a failed attempt left: data files no committed manifest names, and a manifest's
         temp file (a writer killed mid-write, its node lost: the manifest never appeared, so its
-        files are orphans too)."""
+        files are orphans too). Those in ``named`` (the files the last ``manifest.json`` names: an input
+        taken out, its files rewritten) are left for after the new ``manifest.json``, which no longer
+        names them (:meth:`commit`). Returns (deleted, left for later)."""
         referenced = {f["path"] for f in progress.files}
+        nested_claim = "/" + JOB_FILE
 
-        def is_orphan(rel: str) -> bool:
+        def is_orphan_or_claim(rel: str) -> bool:
+            if rel.endswith(nested_claim):
+                return True
             if rel.startswith(MANIFEST_DIR + "/"):
                 return is_temp_file(rel)
             return rel not in referenced and self.is_data_file(rel)
 
-        removed = self.storage.select_files(is_orphan)
+        found = self.storage.select_files(is_orphan_or_claim)
+        # Another run's output in a folder of this one (made before such outputs were refused, or this one
+        # made around it) keeps its files: its data files are named by its own manifests, not this run's.
+        nested = tuple(rel[: -len(JOB_FILE)] for rel in found if rel.endswith(nested_claim))
+        orphans = [rel for rel in found if not rel.endswith(nested_claim) and not (nested and rel.startswith(nested))]
+        removed = [rel for rel in orphans if rel not in named]
         self.storage.remove_many(removed)
-        return removed
+        return removed, [rel for rel in orphans if rel in named]
 
     def fold(self) -> None:
         """Write the live state as the new index, then delete the manifests it folded.
@@ -344,8 +363,9 @@ class OutputState:
         check_lease()
         progress = self.progress(identities=False)
         errors = [e for e in progress.error_rows if not _superseded(e, progress)]
-        # After the state's columns are built (the driver's peak): not with the data-file listing held.
-        orphans = self.remove_orphans(progress)
+        # After the state's columns are built (the driver's peak): not with the data-file listing held. Files
+        # the last manifest.json names stay until the new one is written: a reader of it finds every file.
+        orphans, named_orphans = self.remove_orphans(progress, self._files_named_by_manifest())
         lost = [
             {
                 "key": key,
@@ -382,7 +402,7 @@ class OutputState:
                 "lost": len(lost),
                 "to_retry": to_retry,
                 "duplicates": progress.duplicates,
-                "orphans_removed": len(orphans),
+                "orphans_removed": len(orphans) + len(named_orphans),
             },
             "inputs": inputs or {},
             "splits": splits,
@@ -399,6 +419,7 @@ class OutputState:
         self.fold()
         self.storage.write_bytes(ERRORS_FILE, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors).encode())
         self.storage.write_json(MANIFEST_FILE, manifest)
+        self.storage.remove_many(named_orphans)
         if write_derived is not None:
             write_derived(manifest)
         if manifest["complete"]:
@@ -409,6 +430,22 @@ class OutputState:
             self.storage.write_bytes(SUCCESS_FILE, b"")
             stop_point("commit:after-success")
         return manifest
+
+
+def enclosing_output(storage: Storage) -> str | None:
+    """The folder above ``storage``'s root that holds another run's output (its ``_job.json``), or None. A
+    run's commit deletes the data files its own manifests do not name, anywhere in its folder: an output
+    inside another's would lose its files to the other's next commit."""
+    fs, path = storage.fs, storage.path.rstrip("/")
+    parent = fs._parent(path)
+    while parent and parent != path:
+        try:
+            if fs.exists(posixpath.join(parent, JOB_FILE)):
+                return parent if "://" not in storage.root else f"{split_protocol(storage.root)[0]}://{parent}"
+        except OSError:  # a parent this run may not read (an S3 policy on a prefix): nothing known above it
+            return None
+        path, parent = parent, fs._parent(parent)
+    return None
 
 
 def common_errors(errors: list[dict[str, Any]], top: int = 3) -> list[dict[str, Any]]:

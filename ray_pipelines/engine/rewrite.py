@@ -29,6 +29,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,15 +46,24 @@ def drop_inputs(
     ``still_holds`` raises when the run lost the output (checked before each manifest)."""
     table = state.state_table()
     named = table.filter(pc.is_in(table["key"], value_set=pa.array(sorted(keys), pa.string())))
+    names = sorted(set(named["part"].to_pylist()))
+    folded = state.folded_parts()  # read once: the index does not change in here
+    # Their rows, grouped by manifest (a stable sort keeps each one's order): each manifest is a slice, not a
+    # filter of the whole state (at a million inputs, 93 ms per manifest rewritten).
+    rows = table.filter(pc.is_in(table["part"], value_set=pa.array(names, pa.string())))
+    parts = rows["part"].cast(pa.string())  # dictionary-encoded in the state
+    order = pc.sort_indices(parts)
+    rows, parts = rows.take(order), parts.take(order).to_numpy(zero_copy_only=False)
+    starts = np.searchsorted(parts, names, side="left").tolist() + [rows.num_rows]
     rewritten = 0
-    for name in sorted(set(named["part"].to_pylist())):
-        part = part_of(table, name)
+    for name, start, end in zip(names, starts, starts[1:]):
+        part = part_of(rows.slice(start, end - start), name)
         inputs = keys_in(part, keys)
         if not inputs:
             continue
         if still_holds is not None:
             still_holds()
-        rewrite_part(state.storage, sink, name, part, inputs, folded=state.is_folded(name))
+        rewrite_part(state.storage, sink, name, part, inputs, folded=name in folded)
         rewritten += 1
     return rewritten
 

@@ -35,7 +35,7 @@ from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import LEASE_FILE, OutputState, Progress, lost_keys, stop_point
+from .manifest import LEASE_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
@@ -236,6 +236,13 @@ def run_job(
     storage = Storage(cfg.output, cfg.storage_options)
     if storage.fs.isfile(storage.root):
         raise ConfigError(f"output {cfg.output} is a file: give the folder (or prefix) the job writes its output into")
+    outer = enclosing_output(storage)
+    if outer:
+        raise ConfigError(
+            f"output {cfg.output} is inside {outer}, another run's output (its _job.json): that output's next "
+            "commit would delete the files it does not name; give a path outside it (a sibling, such as "
+            f"{outer.rstrip('/')}-v2)"
+        )
     with (
         store_failures_raised(storage.root),
         held_lease(storage, uuid.uuid4().hex, cfg.lease_timeout, break_lease) as lease,
@@ -346,6 +353,9 @@ def _run_holding_lease(
             mark("local paths checked")
             control = RunControl()
             lease.on_lost = lambda reason: control.stop("fenced", reason)
+            # The heartbeat told no one while the run listed and Ray started: a lease lost by now ends the
+            # run here, not after every block was computed and fenced off (twice, as "lost" and retried).
+            lease.check()
             try:
                 writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control, monitor)
             finally:
