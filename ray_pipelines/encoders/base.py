@@ -24,7 +24,9 @@ from ..models import ModelLoadError  # noqa: F401  (re-exported: the encoders' l
 
 
 class Encoder(nn.Module):
-    """Base class: subclasses implement :meth:`encode` (and :meth:`posterior` for a VAE)."""
+    """Base class: subclasses implement :meth:`encode` (and :meth:`posterior` for a VAE). A factory's subclass
+    that does not set ``sample_rate``, ``channels`` or ``downsampling_ratio`` gets them from the job's config
+    (``loading.load_encoder``), as a plain module does."""
 
     sample_rate: int
     channels: int
@@ -61,7 +63,8 @@ CHANNEL_ATTRIBUTES = ("channels", "audio_channels", "io_channels", "in_channels"
 class ModuleEncoder(Encoder):
     """Wraps any ``nn.Module`` or TorchScript module as an :class:`Encoder`.
 
-    Calls ``module.encode(audio)`` when the module has it, else ``module(audio)``;
+    Calls ``module.encode(audio)`` when the module has it, else ``module(audio)`` (a TorchScript
+    module has ``encode`` only when it was compiled: ``@torch.jit.export`` or called by ``forward``);
     a ``module.posterior(audio) -> (mean, std)`` is used for posterior sampling.
     The attributes come from the module when it declares them, else from the
     job's config (``sample_rate``, ``audio_channels``, ``model.downsampling_ratio``,
@@ -91,11 +94,24 @@ class ModuleEncoder(Encoder):
         )
         self.is_discrete = is_discrete
         self.codebook_size = _attr(module, ("codebook_size",)) if is_discrete else None
-        self._module_has_encode = callable(getattr(module, "encode", None))
+        # No ``encode``: the module is called. A TorchScript file keeps only the methods forward reaches
+        # or @torch.jit.export names, so its Python encode may have been left out when it was scripted.
+        self.calls_forward = not callable(getattr(module, "encode", None))
         self._module_has_posterior = callable(getattr(module, "posterior", None))
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.module.encode(audio) if self._module_has_encode else self.module(audio)
+        return self.module(audio) if self.calls_forward else self.module.encode(audio)
+
+    def forward_note(self) -> str:
+        """What to add to an error about the model's output when it came from ``forward``, not ``encode``."""
+        if not self.calls_forward:
+            return ""
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return (
+                ". The TorchScript model has no encode method, so its forward was called: if encode is the "
+                "method to call, mark it @torch.jit.export before torch.jit.script and save the model again"
+            )
+        return f". {type(self.module).__name__} has no encode method, so its forward was called"
 
     def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self._module_has_posterior:

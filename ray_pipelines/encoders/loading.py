@@ -90,7 +90,11 @@ def load_encoder(
         # unseeded initialisation): hash them, not the factory's name (EncodeStage compares its own).
         digest.update(checkpoint if checkpoint is not None else weights_sha256(module).encode())
         code_sha256 = factory_code_sha256(model.factory, model_classes(module))  # edited code: a new output
-        encoder = module if isinstance(module, Encoder) else as_encoder(module, f"the model from {model.factory}")
+        name = f"the model from {model.factory}"
+        if isinstance(module, Encoder):
+            encoder = _fill_from_config(module, name, sample_rate, channels, model.downsampling_ratio)
+        else:
+            encoder = as_encoder(module, name)
     elif model.kind == "stable-audio-tools":
         from .stable_audio import import_factory, load_stable_audio
 
@@ -107,7 +111,7 @@ def load_encoder(
             )
     else:  # pragma: no cover - the config's Literal keeps this out
         raise ModelLoadError(f"unknown model.kind {model.kind!r}")
-    _check_agrees(encoder, sample_rate, channels)
+    _check_agrees(encoder, sample_rate, channels, model.downsampling_ratio)
     if is_discrete and model.codebook_size is not None:
         if encoder.codebook_size not in (None, model.codebook_size):
             raise ModelLoadError(
@@ -119,10 +123,31 @@ def load_encoder(
     return LoadedEncoder(encoder, digest.hexdigest(), code_sha256)
 
 
-def _check_agrees(encoder: Encoder, sample_rate: int | None, channels: int | None) -> None:
+def _fill_from_config(
+    encoder: Encoder, name: str, sample_rate: int | None, channels: int | None, downsampling_ratio: int | None
+) -> Encoder:
+    """An :class:`Encoder` subclass given, as a plain module is (``ModuleEncoder``), the attributes it does not
+    set from the config; one that neither gives is a config error. Values given in both are checked after."""
+    for attribute, key, configured in (
+        ("sample_rate", "sample_rate", sample_rate),
+        ("channels", "audio_channels", channels),
+        ("downsampling_ratio", "model.downsampling_ratio", downsampling_ratio),
+    ):
+        if getattr(encoder, attribute, None) is not None:
+            continue
+        if configured is None:
+            raise ModelLoadError(f"{key}: {name} does not declare {attribute}; set {key} in the config")
+        setattr(encoder, attribute, configured)
+    return encoder
+
+
+def _check_agrees(
+    encoder: Encoder, sample_rate: int | None, channels: int | None, downsampling_ratio: int | None
+) -> None:
     for key, configured, declared in (
         ("sample_rate", sample_rate, encoder.sample_rate),
         ("audio_channels", channels, encoder.channels),
+        ("model.downsampling_ratio", downsampling_ratio, encoder.downsampling_ratio),
     ):
         if configured is not None and configured != declared:
             raise ModelLoadError(
@@ -159,6 +184,11 @@ def frames_axis(shape: tuple[int, ...], frames: int) -> int | None:
     return matching[0] if len(matching) == 1 else None
 
 
+def _forward_note(encoder: Encoder) -> str:
+    """Said after an error about the model's output when that output came from ``forward`` (no ``encode``)."""
+    return encoder.forward_note() if isinstance(encoder, ModuleEncoder) else ""
+
+
 def _probe(encoder: Encoder, length: int) -> torch.Tensor:
     try:
         with torch.inference_mode():
@@ -166,6 +196,7 @@ def _probe(encoder: Encoder, length: int) -> torch.Tensor:
     except Exception as e:
         raise ModelLoadError(
             f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: {describe(e)}"
+            + _forward_note(encoder)
         ) from None
 
 
@@ -197,7 +228,9 @@ def inspect_encoder(
         or (out.ndim == 2 and not is_discrete)
     ):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelLoadError(f"the model's encode must return [B, D, N]; it returned {shape} for [1, C, T]")
+        raise ModelLoadError(
+            f"the model's encode must return [B, D, N]; it returned {shape} for [1, C, T]" + _forward_note(encoder)
+        )
     axis = frames_axis(tuple(out.shape), frames)
     if axis is None and out.ndim == 3 and out.shape[1] == out.shape[2] == frames and frames > 1:
         shorter = _probe(encoder, (frames - 1) * ratio)  # Q = N here: one frame fewer tells them apart
@@ -212,6 +245,7 @@ def inspect_encoder(
                 else "no axis of that length"
             )
             + "; check model.downsampling_ratio"
+            + _forward_note(encoder)
         )
     integer = not (out.dtype.is_floating_point or out.dtype.is_complex)
     if is_discrete and not integer:

@@ -89,8 +89,11 @@ class EncodeConfig(CommonConfig):
     min_duration: Seconds = Field(0.0, description="Shorter inputs become error rows.")
     silence_db: LevelDb | None = Field(
         None,
-        description="A window whose peak is below this (dBFS) is an error "
-        "row; null keeps silent windows (as pre_encode does).",
+        description="A window whose peak is below this (dBFS) is an error row; null keeps silent windows "
+        "(pre_encode drops those below -60 dBFS, each replaced by a random other file: -60 matches it).",
+    )
+    clamp: bool = Field(
+        False, description="Clamp the audio to [-1, 1] before the model, as stable-audio-tools' pre_encode does."
     )
     rows_per_file: int = Field(512, ge=1)
 
@@ -105,6 +108,12 @@ class EncodeConfig(CommonConfig):
     @property
     def precision(self) -> str:
         return "fp16" if self.model_half else "bf16" if self.bf16 else "fp32"
+
+    def fingerprinted(self) -> dict[str, Any]:
+        data = super().fingerprinted()
+        if not self.clamp:
+            data.pop("clamp")  # outputs written before the key existed were unclamped: they keep their fingerprint
+        return data
 
 
 class EncodeJob(Job):
@@ -181,6 +190,7 @@ class EncodeJob(Job):
             audio_channels=c.audio_channels,
             is_discrete=c.is_discrete,
             sample_posterior=c.sample_posterior,
+            clamp=c.clamp,
             precision=c.precision,
             batch_size=c.batch_size,
             frames_axis=self.model.frames_axis,

@@ -14,9 +14,11 @@ persistent workers.
 ``metadata["padding_mask"]`` is a bool tensor ``[N]`` (True = real audio).
 With ``latent_crop_length = L`` every item is exactly ``L`` frames: longer
 latents are cropped at a start drawn per (seed, epoch, key, window) among
-the starts that keep at least one real frame (or at 0 with
-``random_crop=False``); shorter ones are zero-padded with mask 0, like
-stable-audio-tools' pre-encoded dataset.
+the starts whose crop holds at least one real frame (or at 0 with
+``random_crop=False``); shorter ones are zero-padded with mask 0.
+stable-audio-tools' ``PreEncodedDataset`` differs on both: it draws starts only
+in ``[0, last_real_frame - L]`` (0 without its ``random_crop`` or when that
+range is empty) and does not pad, so its short latents stay short.
 """
 
 from __future__ import annotations

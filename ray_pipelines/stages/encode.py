@@ -52,7 +52,9 @@ class EncodeStage:
     bf16. On CUDA rows are encoded ``batch_size`` at a time; on CPU one at a
     time, so every row's bytes are independent of how rows were batched (CPU
     convolution kernels differ by batch size in the last bit; the speed is the
-    same). A VAE's posterior is sampled with noise drawn per (seed, key, window),
+    same). With ``clamp`` the audio is clamped to [-1, 1] right before the model, as
+    stable-audio-tools' ``SampleDataset`` does for ``pre_encode.py``.
+    A VAE's posterior is sampled with noise drawn per (seed, key, window),
     or its mean is taken. A row the model fails on, or whose latents are not
     finite, becomes an error row; the others go on.
     """
@@ -67,6 +69,7 @@ class EncodeStage:
         audio_channels: int | None = None,
         is_discrete: bool = False,
         sample_posterior: bool = True,
+        clamp: bool = False,
         precision: str = "fp32",
         batch_size: int = 1,
         frames_axis: int = 2,
@@ -96,6 +99,7 @@ class EncodeStage:
         self.seed = seed
         self.is_discrete = is_discrete
         self.sample_posterior = sample_posterior and not is_discrete and self.encoder.has_posterior
+        self.clamp = clamp
         self.frames_axis = frames_axis
         self.codebook_size = self.encoder.codebook_size if is_discrete else None
         self.out_dtype = stored_dtype(is_discrete, self.codebook_size, precision)
@@ -107,6 +111,8 @@ class EncodeStage:
     # ---- the model --------------------------------------------------------------
     def encode(self, audio: torch.Tensor, keys: list[str], windows: list[int]) -> torch.Tensor:
         """``[b, C, T]`` -> ``[b, D, N]`` on the CPU: latents in float32 (or tokens ``[b, Q, N]`` in int64)."""
+        if self.clamp:  # as stable-audio-tools' dataset does for pre_encode (hot float files, resampled peaks)
+            audio = audio.clamp(-1.0, 1.0)
         x = audio.to(self.device, self.dtype, non_blocking=True)
         with torch.inference_mode():
             if self.sample_posterior:
