@@ -445,6 +445,11 @@ def test_stage_on_cuda_batches_and_matches_cpu():
         # a hop or a clip of no samples failed every actor's start, as a clip "the teacher fails on"
         ({"teachers": [{"kind": "torchcrepe", "hop_ms": 0.01}]}, r"hop_ms 0.01 is under one sample at 16000 Hz"),
         ({"teachers": [{"kind": "loudness", "hop_ms": 0.01}]}, r"hop_ms 0.01 is under one sample at 16000 Hz"),
+        # accepted, then every actor failed with "non-positive stride is not supported" after Ray was up
+        (
+            {"teachers": [{"kind": "pesto", "step_ms": 0.03}]},
+            r"step_ms 0.03 is under one sample at 16000 Hz \(give 0.0625 or more\)",
+        ),
         ({"duration": 1e-6}, r"duration 1e-06 s is under one sample at sample_rate 44100"),
         # ignored by the generator, yet fingerprinted: changing them refused a resume
         ({"val_fraction": 0.3, "max_windows": 4}, r"max_windows, val_fraction: for audio-file inputs; input synth://"),

@@ -28,7 +28,7 @@ from ray_pipelines.model_files import ModelUnreachable
 from ray_pipelines.sources import InputItem
 from ray_pipelines.splits import train_val_split
 from ray_pipelines.synth import SynthConfig, sample_key, stored_f0, synth_sample
-from ray_pipelines.teachers import TeacherLoadError, TeacherSpec, column_name, describe
+from ray_pipelines.teachers import FactorySpec, TeacherLoadError, TeacherSpec, column_name, describe
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,17 @@ class TeacherJob(Job):
             autocast=c.autocast,
             input_column="x" if c.is_synth else "audio",
             chunk_size=c.batch_size,
+            built_weights=self.built_weights(),
         )
+
+    def built_weights(self) -> dict[str, str]:
+        """The weights hashed on the driver of factory teachers without a checkpoint (what they build: each
+        actor compares its own); one the driver could not build (it needs a GPU) is left out."""
+        return {
+            identity["name"]: identity["weights_sha256"]
+            for spec, identity in zip(self.config.teachers, self.identities)
+            if isinstance(spec, FactorySpec) and spec.checkpoint is None and identity["weights_sha256"]
+        }
 
     def stages(self) -> list[StageSpec]:
         return [StageSpec(TEACHER_STAGE, self.stage_kwargs(), batch_size=self.config.batch_size, gpu=True)]

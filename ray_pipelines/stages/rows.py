@@ -3,14 +3,18 @@ must not cost its batch; rows whose outputs are not finite (shared by the stages
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from .. import error_text
 from ..audio.decode import DEVICE_FAULT
 from ..error_text import exception_chain
+
+log = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
 
@@ -71,22 +75,59 @@ def failure_reason(what: str, device: torch.device, describe: Callable[[Exceptio
     return reason
 
 
+class BatchOnlyFailure:
+    """Warns, once per stage instance, that a model raised on a chunk of rows and then ran on each row alone:
+    a model that fails only when batched (one that takes a single clip as [C, T] and reads [B, T] as B
+    channels) otherwise costs, unseen, a failed call plus one call per row on every chunk. ``hint``: what
+    the stage's user should check; ``describe``: the chunk's error as text."""
+
+    def __init__(self, what: str, hint: str = "", describe: Callable[[Exception], str] = error_text.describe):
+        self.what, self.hint, self.describe, self.warned = what, hint, describe, False
+
+    def __call__(self, error: str, rows: int) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        log.warning(
+            "%s raised on a chunk of %d rows, then ran on each of them alone: every such chunk costs a failed "
+            "call plus one call per row (said once). The chunk's error: %s%s",
+            self.what,
+            rows,
+            error,
+            f". {self.hint}" if self.hint else "",
+        )
+
+
 def run_else_row_by_row(
     run: Callable[[np.ndarray], Result],
     rows: np.ndarray,
     reason: Callable[[Exception], str],
     failure: type[Exception] = Exception,
+    batch_only: BatchOnlyFailure | None = None,
 ) -> list[tuple[np.ndarray, Result | str]]:
     """``run(rows)`` for a model call on a batch's ``rows``; where it raises ``failure`` on several rows,
     each row is run again alone, so one bad clip never costs its batch. Returns ``(rows, result)`` per
     call that ran and ``(row, reason(error))`` per row it still raises on (``reason`` names the failure
-    for the row's error, and frees what the failed call held where a device needs it)."""
+    for the row's error, and frees what the failed call held where a device needs it). ``batch_only`` is
+    told when every row then ran alone (not after a device's fault: the rows alone fitting is expected)."""
     try:
         return [(rows, run(rows))]
     except failure as error:
         if len(rows) == 1:
             return [(rows, reason(error))]
-    return [part for i in range(len(rows)) for part in run_else_row_by_row(run, rows[i : i + 1], reason, failure)]
+        # The text only: the exception's frames would hold what the failed call allocated on the device.
+        chunk_error = batch_only.describe(error) if batch_only and not is_device_fault(error) else None
+    parts: list[tuple[np.ndarray, Result | str]] = []
+    every_row_ran = True
+    for i in range(len(rows)):
+        try:
+            parts.append((rows[i : i + 1], run(rows[i : i + 1])))
+        except failure as error:
+            parts.append((rows[i : i + 1], reason(error)))
+            every_row_ran = False
+    if batch_only and chunk_error is not None and every_row_ran:
+        batch_only(chunk_error, len(rows))
+    return parts
 
 
 def non_finite_rows(errors: np.ndarray, ok: np.ndarray, audio: np.ndarray, *views: np.ndarray) -> np.ndarray:

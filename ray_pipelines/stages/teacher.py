@@ -9,7 +9,8 @@ errors pass through with zero outputs; a row whose teacher output is not
 finite becomes an error row naming the teacher. A teacher that raises on a
 chunk is run again clip by clip: the clips it still raises on become error
 rows (``teacher failed: <teacher>: ...``), the others keep their outputs, as
-the score and encode stages do (one clip never costs its block).
+the score and encode stages do (one clip never costs its block); a chunk whose
+clips all run alone is warned of once (a model that fails only when batched).
 
 On CUDA, ``chunk_size`` clips go through each teacher at once. On CPU clips
 go one at a time: batched CPU kernels round differently for other batch
@@ -28,9 +29,10 @@ import torch
 import torchaudio
 
 from ..error_text import describe
-from ..teachers import Teacher, build_teacher, column_name
+from ..models import weights_sha256
+from ..teachers import Teacher, TeacherLoadError, build_teacher, column_name
 from .device import pick_device
-from .rows import failure_reason, float_rows, run_else_row_by_row
+from .rows import BatchOnlyFailure, failure_reason, float_rows, run_else_row_by_row
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Kaiser-windowed sinc as librosa's "kaiser_best": negligible cost next to any teacher.
@@ -39,6 +41,11 @@ RESAMPLE_KWARGS = dict(
 )
 # Columns the decoders hand over that the stage casts to the output dtype.
 FLOAT_COLUMNS = ("f0", "db")
+# What a teacher that fails on a chunk but on none of its clips alone likely is.
+BATCH_ONLY_HINT = (
+    "A user model that takes one clip as [C, T] (a Conv1d) reads a batch [B, T] as one clip of B channels: "
+    "give it input_layout: batch_channel_time ([B, 1, T])"
+)
 
 
 class TeacherFailed(RuntimeError):
@@ -54,6 +61,8 @@ class TeacherStage:
 
     ``teachers``: teacher specs as dicts (see ``ray_pipelines.teachers``).
     ``chunk_size``: most rows per teacher call on CUDA (bounds device memory); 1 on CPU.
+    ``built_weights``: ``{teacher name: weights SHA-256}`` the driver hashed for factory teachers without a
+    checkpoint; a teacher built here with other weights fails the actor's start.
     """
 
     def __init__(
@@ -67,6 +76,7 @@ class TeacherStage:
         input_column: str = "audio",
         chunk_size: int = 32,
         device: str | None = None,
+        built_weights: dict[str, str] | None = None,
     ):
         self.device = pick_device(device)
         self.sample_rate, self.num_samples = sample_rate, num_samples
@@ -74,8 +84,12 @@ class TeacherStage:
         self.input_column = input_column
         self.chunk_size = chunk_size if self.device.type == "cuda" else 1
         self.autocast_dtype = AUTOCAST_DTYPES[autocast] if autocast else None
-        self.teachers: list[Teacher] = [build_teacher(spec).to(self.device) for spec in teachers]
+        self.teachers: list[Teacher] = [build_teacher(spec) for spec in teachers]
+        for teacher in self.teachers:
+            _check_built_weights(teacher, (built_weights or {}).get(teacher.name))
+            teacher.to(self.device)
         self.resamplers: dict[tuple[int, int], torch.nn.Module] = {}
+        self.batch_only = BatchOnlyFailure("a teacher", BATCH_ONLY_HINT, describe=str)  # str: "<teacher>: ..."
         # One silent clip through every teacher: output shapes for zero-filled error rows, and a
         # broken teacher fails here, when the actor starts, not row by row.
         probe = self.probe(torch.zeros(1, num_samples, device=self.device))
@@ -144,7 +158,9 @@ class TeacherStage:
         def run(part: np.ndarray) -> dict[str, torch.Tensor]:
             return self.run_teachers(float_rows(audio, part).to(self.device))
 
-        return run_else_row_by_row(run, rows, failure_reason("teacher", self.device), failure=TeacherFailed)
+        return run_else_row_by_row(
+            run, rows, failure_reason("teacher", self.device), failure=TeacherFailed, batch_only=self.batch_only
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop(self.input_column)
@@ -178,6 +194,21 @@ class TeacherStage:
                 batch[name] = np.asarray(batch[name], dtype=self.out_dtype)
         batch.update(outputs)
         return batch
+
+
+def _check_built_weights(teacher: Teacher, expected: str | None) -> None:
+    """A factory teacher without a checkpoint must have here the weights the driver hashed (``expected``):
+    one that downloads them or initialises unseeded ran another model in each actor."""
+    if expected is None:
+        return
+    (module,) = teacher.modules()
+    built = weights_sha256(module)
+    if built != expected:
+        raise TeacherLoadError(
+            f"teacher {teacher.name}: the model built here has other weights than the one the driver checked "
+            f"(sha256 {built[:12]}, not {expected[:12]}): its outputs would be another model's. A factory without "
+            "a checkpoint must build the same weights every time (seed its initialisation, or give checkpoint)"
+        )
 
 
 def _fit_length(audio: torch.Tensor, length: int) -> torch.Tensor:

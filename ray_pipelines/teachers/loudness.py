@@ -19,7 +19,7 @@ from .spec import (  # noqa: F401  (re-exported: the spec and the version are to
     LOUDNESS_OUTPUTS,
     LOUDNESS_VERSION,
     LoudnessSpec,
-    hop_samples,
+    exact_hop_samples,
 )
 
 OUTPUTS = LOUDNESS_OUTPUTS
@@ -44,23 +44,36 @@ def a_weighting_db(frequencies: torch.Tensor, min_db: float = -80.0) -> torch.Te
     return weights.clamp_min(min_db).to(frequencies.dtype)
 
 
+def frame_starts(samples: int, hop: float) -> torch.Tensor:
+    """Where frames every ``hop`` samples (a fraction of one too) start in ``samples`` samples, as many as fit:
+    frame i at ``i * hop`` rounded to the nearest sample, so it never drifts from the time it stands for."""
+    count = 1 + math.floor(samples / hop + 1e-9)
+    return torch.floor(torch.arange(count, dtype=torch.float64) * hop + 0.5).long()
+
+
 def a_weighted_loudness(
     audio: torch.Tensor,
     sample_rate: int,
     n_fft: int = 1024,
-    hop_length: int = 160,
+    hop_length: int | float = 160,
     top_db: float | None = 80.0,
     window: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[B, T]`` -> ``[B, 1 + T // hop_length]`` A-weighted loudness in dB."""
+    """``[B, T]`` -> ``[B, 1 + T // hop_length]`` A-weighted loudness in dB (``hop_length`` a float: frames at
+    :func:`frame_starts`, ``1 + floor(T / hop_length)`` of them)."""
     if window is None:
         window = torch.hann_window(n_fft, device=audio.device)
     if weights is None:
         freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, device=audio.device)
         weights = a_weighting_db(freqs) - REF_DB
     padded = torch.nn.functional.pad(audio, (n_fft // 2, n_fft // 2))  # librosa: center, zero padding
-    spec = torch.stft(padded, n_fft, hop_length, window=window, center=False, return_complex=True)
+    if isinstance(hop_length, float):  # torch.stft takes whole hops: the same transform, frame by frame
+        starts = frame_starts(padded.shape[-1] - n_fft, hop_length).to(audio.device)
+        frames = padded[..., starts[:, None] + torch.arange(n_fft, device=audio.device)]  # [B, N, n_fft]
+        spec = torch.fft.rfft(frames * window, dim=-1).transpose(-1, -2)
+    else:
+        spec = torch.stft(padded, n_fft, hop_length, window=window, center=False, return_complex=True)
     db = 20.0 * torch.log10(spec.abs().clamp_min(AMIN))  # [B, F, N]
     if top_db is not None:
         db = torch.maximum(db, db.amax(dim=(-2, -1), keepdim=True) - top_db)
@@ -84,7 +97,7 @@ class LoudnessTeacher(Teacher):
         super().__init__(name)
         self.sample_rate = sample_rate
         self.n_fft, self.top_db = n_fft, top_db
-        self.hop_length = hop_samples(hop_ms, sample_rate)
+        self.hop_length = exact_hop_samples(hop_ms, sample_rate)  # 220.5 for 10 ms at 22.05 kHz
         self._build(torch.device("cpu"))
 
     def _build(self, device: torch.device) -> None:

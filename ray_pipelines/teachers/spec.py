@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from .pesto import PestoTeacher
     from .user import ModelTeacher
 
-PESTO_SAMPLE_RATE = 16000  # its CQT is laid out for 16 kHz (the top bins sit just below Nyquist)
+# PESTO runs at 16 kHz here, as CREPE (the clips are resampled once for both). Its CQT kernels are computed from the
+# rate (pesto.predict runs at the file's own): mir-1k_g7's top bin is about 3.3 kHz, far below Nyquist.
+PESTO_SAMPLE_RATE = 16000
 PESTO_OUTPUTS = (TeacherOutput("f0"), TeacherOutput("confidence"))
 CREPE_SAMPLE_RATE = 16000
 PITCH_BINS = 360
@@ -98,12 +100,25 @@ def hop_samples(hop_ms: float, sample_rate: int) -> int:
     return int(round(hop_ms * sample_rate / 1000))
 
 
-def check_hop(hop_ms: float, sample_rate: int) -> None:
+def pesto_hop_samples(step_ms: float, sample_rate: int = PESTO_SAMPLE_RATE) -> int:
+    """PESTO's hop in samples, rounded as its ``Preprocessor`` rounds it (half up)."""
+    return int(step_ms * sample_rate / 1000 + 0.5)
+
+
+def exact_hop_samples(hop_ms: float, sample_rate: int) -> int | float:
+    """The loudness teacher's hop in samples: whole where ``hop_ms`` is a whole number of samples, else the
+    fraction (10 ms at 22.05 kHz: 220.5). Rounded to 220 it drifted: frame i sat at 9.977 i ms, and a 10 s clip
+    gave 1003 frames where the 16 kHz teachers give 1001."""
+    exact = hop_ms * sample_rate / 1000
+    return round(exact) if abs(exact - round(exact)) < 1e-6 else exact
+
+
+def check_hop(hop_ms: float, sample_rate: int, key: str = "hop_ms", samples=hop_samples) -> None:
     """A hop of ``hop_ms`` must be one sample at least at the rate the teacher runs at (0 failed every actor's
-    start as a clip "the teacher fails on")."""
-    if hop_samples(hop_ms, sample_rate) < 1:
+    start as a clip "the teacher fails on"). ``samples``: how the teacher rounds ``hop_ms`` to samples."""
+    if samples(hop_ms, sample_rate) < 1:
         raise ValueError(
-            f"hop_ms {hop_ms:g} is under one sample at {sample_rate} Hz (give {1000 / sample_rate:g} or more)"
+            f"{key} {hop_ms:g} is under one sample at {sample_rate} Hz (give {1000 / sample_rate:g} or more)"
         )
 
 
@@ -152,6 +167,11 @@ class PestoSpec(TeacherSpecBase):
     model: str = Field("mir-1k_g7", description="A checkpoint shipped in pesto/weights (mir-1k_g7, mir-1k).")
     step_ms: float = Field(10.0, gt=0, description="Hop between frames in milliseconds.")
     reduction: Literal["alwa", "argmax", "mean"] = "alwa"
+
+    @model_validator(mode="after")
+    def _step(self) -> PestoSpec:
+        check_hop(self.step_ms, PESTO_SAMPLE_RATE, "step_ms", pesto_hop_samples)
+        return self
 
     def default_name(self) -> str:
         return "pesto"
@@ -244,7 +264,13 @@ class LoudnessSpec(TeacherSpecBase):
     def identity(self) -> dict[str, Any]:
         # No weights: the parameters that change the numbers stand in for them.
         params = json.dumps(self.model_dump(exclude={"name"}), sort_keys=True).encode()
-        return self.base_identity(LOUDNESS_VERSION, hashlib.sha256(params).hexdigest(), self.sample_rate)
+        identity = self.base_identity(LOUDNESS_VERSION, hashlib.sha256(params).hexdigest(), self.sample_rate)
+        hop = exact_hop_samples(self.hop_ms, self.sample_rate)
+        if isinstance(hop, float):
+            # Since 2026-12-07 a hop of a fraction of a sample is kept (it was rounded): caches written before with
+            # one (10 ms at 22.05 or 11.025 kHz) are refused once. Whole hops (the default's) are unchanged.
+            identity["hop_samples"] = hop
+        return identity
 
 
 # ---- user teachers ------------------------------------------------------------------------------
@@ -308,7 +334,11 @@ class FactorySpec(UserSpecBase):
     kind: Literal["factory"] = "factory"
     factory: str = Field(..., description="'package.module:function' or 'path/to/file.py:function'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
-    checkpoint: str | None = Field(None, description="State dict file (torch.save(model.state_dict(), ...)).")
+    checkpoint: str | None = Field(
+        None,
+        description="State dict file (torch.save(model.state_dict(), ...)); none: the weights the factory builds, "
+        "which must be the same every time (hashed).",
+    )
     state_dict_key: str | None = Field(None, description="Entry of the checkpoint that holds the state dict.")
 
     def load_state_dict(self) -> tuple[dict[str, torch.Tensor] | None, bytes]:

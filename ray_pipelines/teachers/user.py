@@ -4,7 +4,9 @@ Either way the model takes ``[B, T]`` (or ``[B, 1, T]`` with
 ``input_layout: batch_channel_time``) at ``sample_rate`` and returns a tensor,
 a tuple of tensors (in the order of ``outputs``) or a dict keyed by output
 name. A ``waveform`` output (e.g. ``y`` of an effect model) is resampled back
-to the job's rate; ``tensor`` outputs are stored as they come.
+to the job's rate; ``tensor`` outputs keep their shape. Every output is cast to
+float32 here and stored in the job's ``dtype`` (integers and booleans too); a
+complex one is refused when the actor starts (its imaginary part would be lost).
 
 Checkpoints are loaded with ``torch.load(weights_only=True)``: a file that
 needs pickled Python code (a whole ``nn.Module`` saved with ``torch.save``)
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from ..model_files import bytes_sha256, factory_code_sha256, read_model_file
-from ..models import ModelLoadError, build_from_factory, load_torchscript, model_classes
+from ..models import ModelLoadError, build_from_factory, load_torchscript, model_classes, weights_sha256
 from .base import OutputKind, Teacher, TeacherOutput
 from .spec import (  # noqa: F401  (re-exported: the specs are torch-free, in spec)
     FactorySpec,
@@ -83,6 +85,12 @@ class ModelTeacher(Teacher):
         said = f"teacher {self.name!r} output {output.name!r}"
         if not isinstance(value, torch.Tensor):
             raise RuntimeError(f"{said} is {type(value).__name__}, not a tensor")
+        if value.is_complex():  # cast to a real dtype, it lost its imaginary part (torch only warns)
+            raise RuntimeError(
+                f"{said} is complex ({str(value.dtype).removeprefix('torch.')}): outputs are stored as real "
+                "numbers; return its real and imaginary parts as two outputs (x.real, x.imag), or its magnitude "
+                "(x.abs())"
+            )
         if output.kind == "waveform" and value.ndim == 3 and value.shape[1] == 1:
             value = value[:, 0]  # [B, 1, T] -> [B, T]
         if value.ndim == 0 or value.shape[0] != clips:
@@ -99,24 +107,40 @@ class ModelTeacher(Teacher):
 
 def factory_digests(spec: dict[str, Any]) -> dict[str, str]:
     """The digests of a factory teacher's identity: its checkpoint's bytes (opened with
-    ``torch.load(weights_only=True)`` first, which refuses one that needs pickled code) and its
-    code. ``FactorySpec.identity`` runs this in a child process when torch is not imported yet."""
+    ``torch.load(weights_only=True)`` first, which refuses one that needs pickled code), or without a
+    checkpoint the built model's weights, and its code. ``FactorySpec.identity`` runs this in a child
+    process when torch is not imported yet."""
     factory = FactorySpec.model_validate(spec)
     state, data = factory.load_state_dict()
+
+    def build() -> torch.nn.Module:
+        return build_from_factory(factory.factory, factory.kwargs, state, factory.checkpoint or "")
+
     # Built here too: a factory that fails, or a checkpoint that does not fit, is refused before Ray starts
     try:
-        classes = model_classes(build_from_factory(factory.factory, factory.kwargs, state, factory.checkpoint or ""))
+        module = build()
     except ModelLoadError as e:
         if not _needs_a_gpu_here(e):
             raise
         # A factory that puts its model on a GPU itself, on a driver without one: the actors build it (as
-        # before this check); its package's files are hashed, its classes' files elsewhere are not.
+        # before this check); its package's files are hashed, its classes' files elsewhere are not, and
+        # without a checkpoint its weights are unknown here ("").
         log.warning("teacher factory %s needs a GPU to build; not checked on the driver: %s", factory.factory, e)
-        classes = set()
-    return {
-        "weights_sha256": bytes_sha256(data) if data else "",
-        "code_sha256": factory_code_sha256(factory.factory, classes),
-    }
+        module = None
+    weights = bytes_sha256(data) if data else ""
+    classes = model_classes(module) if module is not None else set()
+    if module is not None and not data:
+        # No checkpoint: the weights are whatever the factory builds (a download, a seeded or an unseeded
+        # initialisation). Hashed, as the encode job does, and built twice (one at a time), so that a factory
+        # giving other weights each time is refused here (each actor compares its own: built_weights).
+        weights = weights_sha256(module)
+        del module
+        if weights_sha256(build()) != weights:
+            raise ModelLoadError(
+                f"factory {factory.factory} builds other weights each time it is called: every actor would run "
+                "another model. Seed its initialisation, or give checkpoint"
+            )
+    return {"weights_sha256": weights, "code_sha256": factory_code_sha256(factory.factory, classes)}
 
 
 def _needs_a_gpu_here(error: BaseException) -> bool:
