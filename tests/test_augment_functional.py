@@ -36,6 +36,27 @@ def test_noise_hits_the_requested_snr():
     torch.testing.assert_close(snr, torch.tensor([10.0, 30.0]), atol=1e-3, rtol=0)
 
 
+def test_a_quiet_short_clip_gets_noise_at_its_snr_and_only_an_all_zero_crop_at_full_scale():
+    """A 0.05 s clip peaking at -80 dBFS (above silence_db -90) padded to 3 s has a crop power of -100.8 dB:
+    it was taken for silent and got noise 40 dB below full scale, an SNR of -60.8 dB (pure noise), where the
+    same clip 2 dB louder got exactly the 40 dB asked."""
+    sr, n = 22050, 66150
+    t = torch.arange(int(0.05 * sr)) / sr
+    crops = torch.zeros(3, n, dtype=torch.float64)
+    crops[0, : len(t)] = 10 ** (-80 / 20) * torch.sin(2 * math.pi * 1000 * t)
+    crops[1, : len(t)] = 10 ** (-78 / 20) * torch.sin(2 * math.pi * 1000 * t)  # crops[2]: all zero
+    crops = crops.float()
+    noise = torch.randn(3, n, generator=torch.Generator().manual_seed(7))
+    out = F.add_noise(crops, noise, torch.tensor([40.0, 40.0, 40.0]))
+    signal_db = 10 * torch.log10(crops[:2].double().pow(2).mean(-1))
+    noise_db = 10 * torch.log10((out - crops).double().pow(2).mean(-1))
+    torch.testing.assert_close(signal_db, torch.tensor([-100.79, -98.79], dtype=torch.float64), atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        signal_db - noise_db[:2], torch.tensor([40.0, 40.0], dtype=torch.float64), atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(noise_db[2], torch.tensor(-40.0, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
 def _tone_power(freq: float, sr: int = 22050, seconds: float = 1.0) -> tuple[torch.Tensor, LogMelSpectrogram]:
     mel = LogMelSpectrogram(sr, n_fft=2048, hop_length=512, n_mels=64)
     t = torch.arange(int(sr * seconds)) / sr

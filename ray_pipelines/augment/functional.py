@@ -46,10 +46,12 @@ def time_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 def add_noise(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
     """Add ``noise`` scaled so the signal-to-noise ratio is ``snr_db``.
 
-    A silent signal gets noise at ``snr_db`` below full scale instead.
+    An all-zero signal (no power to be relative to) gets noise at ``snr_db`` below full scale instead; any
+    other, however quiet, gets it relative to its own power (below 1e-10 it got the full-scale noise before
+    2026-12-07: a short -80 dBFS clip padded to its crop became pure noise).
     """
     signal_power = x.pow(2).mean(dim=-1)
-    signal_power = torch.where(signal_power > _EPS, signal_power, torch.ones_like(signal_power))
+    signal_power = torch.where(signal_power > 0, signal_power, torch.ones_like(signal_power))
     noise_power = noise.pow(2).mean(dim=-1).clamp_min(_EPS)
     scale = torch.sqrt(signal_power / (noise_power * torch.pow(10.0, snr_db.to(x.dtype) / 10.0)))
     return x + noise * scale[:, None]

@@ -33,7 +33,13 @@ class NoiseAug(_Range):
 
 
 class TimeShiftAug(_Range):
-    max_fraction: float = Field(0.25, ge=0, le=1, description="Largest circular shift, as a fraction of the clip.")
+    max_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Largest shift, as a fraction of the crop (duration); circular over the whole crop, padding "
+        "included.",
+    )
 
 
 class PitchShiftAug(_Range):
@@ -67,7 +73,12 @@ class BandPassAug(_Range):
 
 
 class PolarityAug(_Range):
-    """Invert the sign of the waveform (no parameters)."""
+    """Invert the sign of the waveform (no parameters).
+
+    It does not change a log-mel view: the power spectrogram of ``-x`` is that of ``x`` (and ``-x + noise``
+    has the distribution of ``x + noise``). Kept in the default pool for parity with the seed notebook's
+    pool (removing it would change every output's draws); ``polarity: null`` gives its draws to the others.
+    """
 
 
 class MaskAug(_Range):
@@ -86,7 +97,11 @@ class WaveformPoolConfig(BaseModel):
     lowpass: LowPassAug | None = Field(default_factory=LowPassAug)
     highpass: HighPassAug | None = Field(default_factory=HighPassAug)
     bandpass: BandPassAug | None = Field(default_factory=BandPassAug)
-    polarity: PolarityAug | None = Field(default_factory=PolarityAug)
+    polarity: PolarityAug | None = Field(
+        default_factory=PolarityAug,
+        description="No effect on a log-mel view (the same power spectrogram); kept for parity with the seed "
+        "notebook. null gives its draws to the others.",
+    )
 
 
 class SpectrogramPoolConfig(BaseModel):
@@ -126,6 +141,8 @@ class ViewParams:
 # The column that carries both views' draws of each row from the augment job's decode tasks to
 # its stage (dropped there: it is no output column).
 DRAWS_COLUMN = "view_draws"
+# How many of each row's crop samples are the clip's audio (the rest zero padding), from the decode tasks.
+VALID_COLUMN = "valid_samples"
 # What a view's draws travel as, from the decode task that draws them to the actor that applies
 # them: one float64 row per view. Every value is exact in float64: the floats are float64 already,
 # the integers are far below 2**53, and the 63-bit noise seed travels as two 32-bit halves.

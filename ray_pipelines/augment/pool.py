@@ -5,10 +5,13 @@ A view draws ``num_waveform_augs`` distinct waveform augmentations and
 pools, plus their parameters, all from the view's own generator. Chosen
 augmentations are applied in a fixed canonical order (gain, polarity, time
 shift, noise on the waveform; time stretch, pitch shift, low/high/band-pass
-on the STFT power; then frequency and time masks on the log-mel), so a view's result depends only on its own draws.
+on the STFT power; then frequency and time masks on the log-mel), so a view's result depends only on its own draws
+(and, for a clip shorter than its crop, on how much of the crop is audio: see ``spare_audio``).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -112,6 +115,35 @@ class AugmentationPool(AugmentationChoices):
         for i, seed in enumerate(seeds):  # one launch per view, straight into its row
             torch.randn(t, generator=generator.manual_seed(seed), device=x.device, dtype=x.dtype, out=noise[i])
         return noise
+
+    def spare_audio(self, views: ViewDraws, valid: np.ndarray, hop_length: int) -> ViewDraws:
+        """``views`` where each crop holds ``valid`` samples of audio (the rest zero padding): a time mask that
+        would cover every frame holding the clip's audio (a short clip fills a few of the frames) starts after
+        the first of them instead (its onset, where a one-shot is loudest), keeping its end. No draw changes;
+        every other view is left as it was."""
+        starts, widths = views.time_mask_start.copy(), views.time_mask_width.copy()
+        for i in np.flatnonzero((valid < self.num_samples) & (widths > 0)):
+            shift = int(views.shift[i]) if views.chose("time_shift")[i] else 0
+            rate = float(views.stretch_rate[i]) if views.chose("time_stretch")[i] else 1.0
+            audio = np.flatnonzero(self._audio_frames(int(valid[i]), shift, rate, hop_length))
+            end = starts[i] + widths[i]
+            if len(audio) and starts[i] <= audio[0] and audio[-1] < end:
+                starts[i], widths[i] = audio[0] + 1, end - audio[0] - 1
+        return replace(views, time_mask_start=starts, time_mask_width=widths)
+
+    def _audio_frames(self, valid: int, shift: int, rate: float, hop_length: int) -> np.ndarray:
+        """Which frames of the spectrogram the masks see hold the crop's first ``valid`` samples: after the time
+        shift (circular), the frames whose centre is nearest one of them; after the time stretch (output frame
+        ``m`` reads input frame ``m * rate``, between two frames: both), those reading such a frame."""
+        samples = (np.arange(valid) + shift) % self.num_samples
+        shifted = np.zeros(self.frames, dtype=bool)
+        shifted[np.minimum((samples + hop_length // 2) // hop_length, self.frames - 1)] = True
+        position = np.arange(self.frames, dtype=np.float32) * np.float32(rate)  # as time_stretch computes it
+        inside = position <= self.frames - 1  # past the input: silence
+        reads = position[inside]
+        stretched = np.zeros(self.frames, dtype=bool)
+        stretched[inside] = shifted[np.floor(reads).astype(np.int64)] | shifted[np.ceil(reads).astype(np.int64)]
+        return stretched
 
     def apply_masks(self, spec: torch.Tensor, views: ViewDraws) -> torch.Tensor:
         """Each view's chosen masks on log-mel ``[B, n_mels, frames]``; masked cells take

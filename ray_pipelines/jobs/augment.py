@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ray_pipelines.augment.params import DRAWS_COLUMN, AugmentationChoices, SpectrogramPoolConfig, WaveformPoolConfig
+from ray_pipelines.augment.params import (
+    DRAWS_COLUMN,
+    VALID_COLUMN,
+    AugmentationChoices,
+    SpectrogramPoolConfig,
+    WaveformPoolConfig,
+)
 from ray_pipelines.config import CommonConfig, LevelDb, Seconds
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
@@ -148,6 +154,7 @@ class AugmentJob(Job):
             min_duration=c.min_duration,
             silence_db=c.silence_db,
             storage_options=c.storage_options,
+            valid_column=VALID_COLUMN,  # a short clip's audio frames: the stage keeps one out of the time mask
         )
 
     def stage_kwargs(self) -> dict:

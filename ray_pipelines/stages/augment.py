@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..augment.params import DRAWS_COLUMN
+from ..augment.params import DRAWS_COLUMN, VALID_COLUMN
 from ..augment.pool import AugmentationPool, SpectrogramPoolConfig, ViewDraws, WaveformPoolConfig
 from ..spectrogram import LogMelSpectrogram
 from .device import pick_device
@@ -75,10 +75,15 @@ class AugmentStage:
         make them (column ``view_draws``) so that the stage's actor does not."""
         return np.stack([self.pool.draw_views(self.seed, key, version) for key, version in zip(keys, versions)])
 
-    def augment(self, audio: torch.Tensor, draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(
+        self, audio: torch.Tensor, draws: np.ndarray, valid: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both views of every row of ``audio [B, T]`` (``draws [B, 2, PACKED_WIDTH]``);
-        returns two ``[B, n_mels, frames]`` tensors."""
+        returns two ``[B, n_mels, frames]`` tensors. ``valid [B]``: each row's samples of audio, the rest
+        zero padding (a time mask never hides all of a short clip's frames; None: every row is all audio)."""
         views = ViewDraws.unpack(np.concatenate([draws[:, 0], draws[:, 1]]))  # every view 1, then every view 2
+        if valid is not None:
+            views = self.pool.spare_audio(views, np.concatenate([valid, valid]), self.mel.hop_length)
         stacked = torch.cat([audio, audio], dim=0)
         step = self.micro_batch or len(views)
         specs = []
@@ -105,6 +110,7 @@ class AugmentStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")
         draws = batch.pop(DRAWS_COLUMN, None)
+        valid = batch.pop(VALID_COLUMN, None)
         ok = np.flatnonzero(batch["error"] == "")
         every = len(ok) == len(audio)
         outputs = self._outputs(len(audio), every)
@@ -114,7 +120,8 @@ class AugmentStage:
                 draws = self.draws([str(k) for k in batch["key"][ok]], batch["version"][ok].tolist())
             else:
                 draws = take_rows(draws, ok)
-            for out, view in zip(outputs, self.augment(tensor, draws)):
+            valid = None if valid is None else np.asarray(valid, dtype=np.int64)[ok]
+            for out, view in zip(outputs, self.augment(tensor, draws, valid)):
                 view = view.to(self.out_torch_dtype)
                 if every:
                     out[:, 0].copy_(view, non_blocking=True)  # straight into the returned memory
