@@ -324,7 +324,7 @@ def test_a_stop_while_ray_starts_unwinds_once_it_has_started(library, tmp_path):
     args = [sys.executable, "-c", STOPPED_AS_RAY_STARTS, *command(library, out, "--set", "limit=2")[3:]]
     stopped = subprocess.run(args, cwd=tmp_path, env=environment(mark), capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 143, stopped.stderr
-    assert "augment: stopped (SIGTERM). This run wrote 0 of 2 inputs" in stopped.stderr
+    assert "augment: stopped (SIGTERM). This run wrote at least 0 of 2 inputs" in stopped.stderr
     assert not (out / "_SUCCESS").exists() and not (out / LEASE_FILE).exists()
     assert not wait_for_no_processes(mark), "Ray processes outlived the stopped job"
 

@@ -60,6 +60,14 @@ def rows(store: Store, output: str) -> dict:
     return committed_rows(store, output, "key", "version")
 
 
+def start_held(args: list[str], step: str) -> subprocess.Popen:
+    """The CLI started with ``args``, once it says it waits at ``step`` (``RAY_PIPELINES_WAIT_AT``)."""
+    proc = start_cli(*args, env={**os.environ, WAIT_AT: step})
+    held = proc.stderr.readline() if select.select([proc.stderr], [], [], 300)[0] else "no line in 300 s"
+    assert held.startswith(f"waiting at {step}"), held + proc.communicate(timeout=300)[1][-2000:]
+    return proc
+
+
 # On S3 only: the same nights on local disk are tests/test_unattended_jobs.py's, for the other four jobs
 # (one engine, one Parquet sink; a run of this test there took 27-44 s of the suite's time).
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
@@ -267,9 +275,7 @@ def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_l
     # One input per block and a short lease (heartbeats every 0.3 s), so the run notices quickly. The driver
     # waits as its first block's report arrives (its first manifest written), however loaded the machine.
     args = cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3)
-    proc = start_cli(*args, env={**os.environ, WAIT_AT: "run:first-block"})
-    held = proc.stderr.readline() if select.select([proc.stderr], [], [], 300)[0] else "no line in 300 s"
-    assert held.startswith("waiting at run:first-block"), held + proc.communicate(timeout=300)[1][-2000:]
+    proc = start_held(args, "run:first-block")
     assert list((tmp_path / "out").glob("_manifests/part-*.json"))
     operator = Lease(Storage(store.url("out")), "operator", 600)
     operator.acquire(break_lease=True)  # e.g. someone ran with --break-lease
@@ -297,9 +303,7 @@ def test_a_run_whose_lease_is_taken_before_its_blocks_start_stops_before_computi
     for i in range(4):
         store.write(f"in/clip{i:02d}.flac", clip(300 + 20 * i))
     args = cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3)
-    proc = start_cli(*args, env={**os.environ, WAIT_AT: "run:prepared"})
-    held = proc.stderr.readline() if select.select([proc.stderr], [], [], 300)[0] else "no line in 300 s"
-    assert held.startswith("waiting at run:prepared"), held + proc.communicate(timeout=300)[1][-2000:]
+    proc = start_held(args, "run:prepared")
     operator = Lease(Storage(store.url("out")), "operator", 600)
     operator.acquire(break_lease=True)
     time.sleep(2)  # the run's heartbeat (every 0.3 s here) finds its lease gone while it waits
