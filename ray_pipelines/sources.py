@@ -52,7 +52,7 @@ class InputItem:
 
     key: str
     uri: str
-    size: int
+    size: int  # bytes; -1 where the store does not say (an HTTP answer without Content-Length)
     etag: str = ""  # its identity (etag, else mtime/size): tells a changed input from a committed one
     member_offset: int = -1  # >= 0 for a tar member: data offset inside the shard
     error: str = ""  # listing-time error (e.g. unsafe tar member name)
@@ -113,8 +113,16 @@ def _etag_of(info: dict[str, Any]) -> str:
             return str(info[name]).strip('"')
     for name in ("mtime", "LastModified", "last_modified", "Last-Modified", "created"):
         if info.get(name) is not None:
-            return f"{info[name]}/{int(info.get('size') or 0)}"
+            size = _size_of(info)
+            return f"{info[name]}/{size}" if size >= 0 else str(info[name])  # (a size unknown is left out)
     return ""
+
+
+def _size_of(info: dict[str, Any]) -> int:
+    """A file's size in bytes from its info, or -1 where the store does not give it (an HTTP server that
+    answers without Content-Length): the decoder then measures the file, where 0 made it an "empty file"."""
+    size = info.get("size")
+    return -1 if size is None else int(size)
 
 
 def _link_error(fs, path: str, info: dict[str, Any]) -> str:
@@ -441,10 +449,8 @@ def _list_from_list_file(
     seen: set[str] = set()
     for line in lines:
         if "://" not in line and not line.startswith("/"):
-            # normpath: an object store has no "." folder (`./a.wav` from `find .` was missing on S3 every run),
-            # and local paths are read normalised so anyway (fsspec's abspath). The key stays the line as
-            # written, as the outputs already committed have it.
-            key, spec = line, to_url(fs, posixpath.join(base, posixpath.normpath(line)))
+            # The key stays the line as written, as the outputs already committed have it.
+            key, spec = line, to_url(fs, _joined_path(base, line))
         else:
             key, spec = split_protocol(without_query(line))[1].lstrip("/"), line
         # the file it names: a URL without its query (signatures differ per signing), a path as it is read
@@ -460,6 +466,17 @@ def _list_from_list_file(
         for (key, entry_spec, entry_fs, entry_path), info in zip(entries, infos):
             items.extend(_list_file_entry(key, entry_spec, entry_fs, entry_path, info, extensions, include_hidden))
     return items
+
+
+def _joined_path(folder: str, line: str) -> str:
+    """A list file's relative ``line`` below its ``folder``, with its ``.`` and ``..`` resolved: an object
+    store has no such folders (its keys are literal), so `./a.wav` (from `find .`) and `../audio/a.wav` named
+    no object and were missing on S3 in every run; local paths are read resolved so anyway (fsspec's
+    abspath). An http(s) URL's path is resolved, not its query (a presigned line's signature)."""
+    if folder.lower().startswith(("http://", "https://")):
+        url = urllib.parse.urlsplit(f"{folder}/{line}")
+        return urllib.parse.urlunsplit(url._replace(path=posixpath.normpath(url.path)))
+    return posixpath.normpath(posixpath.join(folder, line))
 
 
 # Lines of a list file whose files are looked up together (their infos held at once).
@@ -495,9 +512,7 @@ def _file_item(key: str, fs, path: str, info: dict[str, Any]) -> InputItem:
     where that has a query, the URL without it as the source the output's rows name."""
     uri = to_url(fs, path)
     bare = without_query(uri)
-    return InputItem(
-        key=key, uri=uri, size=int(info.get("size") or 0), etag=_etag_of(info), source=bare if bare != uri else ""
-    )
+    return InputItem(key=key, uri=uri, size=_size_of(info), etag=_etag_of(info), source=bare if bare != uri else "")
 
 
 def _infos_of(entries: list[tuple[Any, str]]) -> list[dict[str, Any] | BaseException]:

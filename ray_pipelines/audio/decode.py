@@ -17,7 +17,10 @@ from __future__ import annotations
 import errno
 import io
 import math
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +178,9 @@ class AudioFile:
         self._decoded: np.ndarray | None = None  # the whole file in memory: PyAV's formats, decode_whole()
         self._pyav: pyav.Decoded | None = None  # PyAV's decode, whose temporary file close() removes
         self.backend = ""
+        # How libsndfile's MP3 and Ogg decoders seek to give exact samples (``_seek_target``): this many
+        # samples before the window, at most to the second (None: anywhere), from the file's start.
+        self._seek_preroll, self._last_exact_seek, self._seek_from_start = 0, None, False
         try:
             fs, path = get_fs(source.uri, storage_options)
             self._raw = fs.open(path, "rb")
@@ -183,6 +189,8 @@ class AudioFile:
             # made thousands: a fifth of its decode time).
             self._local_path = path if is_local(fs) and source.member_offset < 0 else None
             if not is_local(fs):
+                if source.size < 0:  # (a listing that had no size for it)
+                    self._raw = _seekable(self._raw)
                 self._raw = _KeepsStorageErrors(self._raw)
             # The input's bytes: the listing's size, else (an AudioFile opened by hand) the file's own.
             self.size = source.size if source.size >= 0 else self._raw.seek(0, io.SEEK_END)
@@ -233,8 +241,14 @@ class AudioFile:
             try:
                 self._open_with_pyav()
             except DecodeError as av_error:
-                raise DecodeError(f"undecodable: soundfile: {_first_line(sf_error)}; pyav: {av_error}") from None
+                raise DecodeError(
+                    f"undecodable: soundfile: {self._soundfile_reason(sf_error)}; pyav: {av_error}"
+                ) from None
+        ogg_end = None  # how an Ogg file ends: whether it is whole, where seeks in it are exact
         if self.backend == "soundfile":  # where libsndfile's length is not the file's
+            if self._sf.format == "OGG":
+                ogg_end = self._read_head(lambda f: ogg.stream_end(f, self.size))
+            self._refuse_truncated(ogg_end)
             wrong_length = self._wrong_length()
             if wrong_length:  # libsndfile would stop short (or read past the end): FFmpeg reads to the end
                 what, advice = wrong_length
@@ -254,6 +268,67 @@ class AudioFile:
                 self._read_past_a_wrapped_length()
         if self.sample_rate <= 0 or self.channels <= 0:
             raise DecodeError("undecodable: header has no sample rate or channels")
+        if self.backend == "soundfile" and self._sf.format in ("MP3", "OGG"):
+            self._set_up_exact_seeks(ogg_end)
+
+    def _soundfile_reason(self, error: Exception) -> str:
+        """libsndfile's reason for a file it cannot open. Given a local file by name, it says the file "does
+        not exist or is not a regular file" of any file whose format it does not know (an .mp3 that is
+        not one), where a file object gets "Format not recognised"."""
+        reason = _first_line(error)
+        if (
+            self._local_path is not None
+            and reason.startswith("File does not exist or is not a regular file")
+            and os.path.isfile(self._local_path)
+        ):
+            return "Format not recognised."
+        return reason
+
+    def _refuse_truncated(self, ogg_end: ogg.End | None) -> None:
+        """A file cut short (a copy or upload that stopped) as a ``truncated`` error, where libsndfile would
+        read it as a whole, shorter file: a WAV whose data chunk says more bytes than the file holds (not
+        the lengths a writer to a pipe puts there, ``wav.states_length``), an Ogg file that ends inside a
+        page or after a page that does not end its stream."""
+        if self._sf.format in ("WAV", "WAVEX"):
+            start, stated = self._read_head(wav.data_chunk)
+            held = self.size - start
+            if start > 0 and wav.states_length(stated) and held < stated:
+                raise DecodeError(
+                    f"truncated: the data chunk says {stated} bytes of samples, the file holds {held} "
+                    f"({self.frames} frames, {self.frames / self.sample_rate:.3f} s)"
+                )
+        if ogg_end is not None and not (ogg_end.whole_page and ogg_end.end_of_stream):
+            where = "inside a page" if not ogg_end.whole_page else "after a page that does not end its stream"
+            raise DecodeError(
+                f"truncated: the Ogg stream ends {where} (at byte {self.size}, "
+                f"{self.frames / self.sample_rate:.3f} s decodable)"
+            )
+
+    def _set_up_exact_seeks(self, ogg_end: ogg.End | None) -> None:
+        """How libsndfile's MP3 and Ogg decoders seek to give the samples a decode from the file's start
+        gives (``_seek_target``; measured against whole decodes, tests/test_decode_seek.py).
+
+        MP3: the first samples after a seek were wrong (``mp3.seek_preroll``): reads start that much earlier.
+        Ogg Vorbis and Opus: a seek from where an earlier read left the decoder (libsndfile decodes on from
+        there to a target less than 2 s ahead) lost or shifted samples, and a seek into the last page's
+        samples gave shifted ones (``ogg.stream_end``): each seek starts from the file's start (a page search
+        from there), and at most at the last page."""
+        if self._sf.format == "MP3":
+            self._seek_preroll = mp3.seek_preroll(self.sample_rate)
+        elif self._sf.subtype in ("VORBIS", "OPUS"):
+            self._seek_from_start = True
+            granules = ogg_end.last_page_granules if ogg_end is not None else None
+            if granules is not None:
+                rate = ogg.OPUS_GRANULE_RATE if self._sf.subtype == "OPUS" else self.sample_rate
+                self._last_exact_seek = self.frames - -(-granules * self.sample_rate // rate)
+
+    def _seek_target(self, start: int) -> int:
+        """Where libsndfile seeks to read from ``start`` (reading on to ``start``, whose samples before it
+        are dropped): there, but for MP3 and Ogg (``_set_up_exact_seeks``)."""
+        target = start - self._seek_preroll if start > 0 else 0
+        if self._last_exact_seek is not None:
+            target = min(target, self._last_exact_seek)
+        return max(0, target)
 
     def _wrong_length(self) -> tuple[str, str] | None:
         """What makes libsndfile's length not the file's, where its format says (``mp3.py``, ``ogg.py``),
@@ -397,8 +472,11 @@ class AudioFile:
             except flac.FlacError as e:
                 raise DecodeError(self._storage_failure() or f"truncated or corrupt: {e}") from None
         try:
-            self._sf.seek(start)
-            data = self._sf.read(num_frames, dtype="float32", always_2d=True)
+            seek_to = self._seek_target(start)
+            if self._seek_from_start and seek_to > 0:
+                self._sf.seek(0)
+            self._sf.seek(seek_to)
+            data = self._sf.read(start - seek_to + num_frames, dtype="float32", always_2d=True)[start - seek_to :]
         except Exception as e:
             raise DecodeError(self._storage_failure() or f"truncated or corrupt: {_first_line(e)}") from None
         if data.shape[0] < num_frames:
@@ -427,6 +505,31 @@ class AudioFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# A stream whose length the store does not give (an HTTP server that answers without Content-Length:
+# fsspec's streaming file, which cannot seek) is copied to a temporary file, read from there.
+COPY_CHUNK_BYTES = 2**20
+
+
+def _seekable(file):
+    """``file``, or where it cannot seek (fsspec's ``ValueError``, "Cannot seek streaming HTTP file") its
+    bytes in a temporary file (removed when closed)."""
+    try:
+        file.seek(0, io.SEEK_END)
+        file.seek(0)
+        return file
+    except ValueError:
+        pass
+    copy = tempfile.TemporaryFile(prefix=pyav.SPILL_PREFIX)
+    try:
+        with file:
+            shutil.copyfileobj(file, copy, COPY_CHUNK_BYTES)
+    except BaseException:
+        copy.close()
+        raise
+    copy.seek(0)
+    return copy
 
 
 def _first_line(error: BaseException) -> str:

@@ -21,6 +21,15 @@ HEAD_BYTES = 65536  # the chunks before the samples (fmt, fact, LIST, bext) fit 
 
 
 WRAP = 2**32  # a length field's range
+# Data lengths that say "unknown", written by what cannot seek back to its header (a writer to a pipe):
+# sox's 0x7FFFF000, arecord's and others' up to 0xFFFFFFFF (FFmpeg's); and 0, a recorder stopped before it
+# wrote the length. Such a file holds fewer bytes than its length says, and is read to its end.
+UNKNOWN_LENGTHS_FROM = 0x7FFFF000
+
+
+def states_length(stated: int) -> bool:
+    """Whether a data chunk's length ``stated`` is the samples' length, not a writer's "unknown"."""
+    return 0 < stated < UNKNOWN_LENGTHS_FROM
 
 
 def data_chunk(file: BinaryIO) -> tuple[int, int]:
