@@ -54,6 +54,37 @@ def test_gpus_asked_for_where_none_can_ever_come_are_refused():
     assert plan == PoolPlan(4, 4, 0.0, num_cpus=0.875, decode_cpus=0.875)
 
 
+def test_more_gpus_per_actor_than_any_node_has_are_refused_and_fractions_fill_a_gpu():
+    """num_gpus: 2 on nodes of one GPU each waited at 0 % for a node that never came (Ray places an actor on
+    one node), until Ray Data's no-progress timeout, then exit 1."""
+    two_nodes = ({"CPU": 16, "GPU": 2}, {"CPU": 16, "GPU": 2})
+    with pytest.raises(ConfigError, match="no node of the cluster has more than 1 and its autoscaler can start none"):
+        plan_pool(config(num_gpus=2), capacity=two_nodes, node_gpus=1.0)
+    assert plan_pool(config(num_gpus=1), capacity=two_nodes, node_gpus=1.0, max_useful=100).max_size == 2
+    # A cluster whose autoscaler may start more: its nodes' sizes are not known here, so planned as before.
+    assert plan_pool(config(num_gpus=2), capacity=({"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 8}), node_gpus=1.0)
+    # Five actors of 0.2 GPU fit on one (1 // 0.2 is 4.0).
+    for share, actors in ((0.2, 5), (0.1, 10), (0.5, 2), (0.3, 3)):
+        plan = plan_pool(config(num_gpus=share), capacity=({"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 1}), max_useful=99)
+        assert plan.max_size == actors, share
+
+
+def test_a_runs_ray_data_settings_do_not_stay_in_the_callers_context():
+    """A notebook that called run_job and then ran its own Ray Data pipeline had max_errored_blocks 16 and
+    no order kept without asking."""
+    from ray.data import DataContext
+
+    from ray_pipelines.engine.runtime import configure_data_context, data_context_kept
+
+    ctx = DataContext.get_current()
+    before = (ctx.max_errored_blocks, ctx.op_resource_reservation_enabled, ctx.execution_options.preserve_order)
+    with data_context_kept():
+        configure_data_context(config(max_errored_blocks=7), progress=False)
+        assert ctx.max_errored_blocks == 7 and not ctx.execution_options.preserve_order
+    after = (ctx.max_errored_blocks, ctx.op_resource_reservation_enabled, ctx.execution_options.preserve_order)
+    assert after == before
+
+
 def test_a_cpu_actor_never_asks_for_more_than_the_smallest_node_has():
     # A 2 + 1 CPU cluster and one block left (a lost node's inputs running again): one actor. Sized
     # from the cluster's total it would ask for 2.5 CPUs, which neither node can place.

@@ -337,6 +337,34 @@ class FailsOnce:
         return batch
 
 
+class AugmentDyingOn:
+    """The augment stage, but its process dies (as in a native crash or an out-of-memory kill) on every
+    block holding ``key``; it records whether CUDA's devices were hidden from it (a CPU actor)."""
+
+    def __init__(self, key: str, seen: str, **stage_kwargs):
+        self.key, self.stage_kwargs, self.stage = key, stage_kwargs, None
+        with open(seen, "a") as f:
+            f.write(repr(os.environ.get("CUDA_VISIBLE_DEVICES")) + "\n")
+
+    def __call__(self, batch):
+        if self.key in set(batch["key"]):
+            os._exit(1)
+        if self.stage is None:  # (built here: a worker that dies first restarts without loading torch)
+            from ray_pipelines.stages.augment import AugmentStage
+
+            self.stage = AugmentStage(**self.stage_kwargs)
+        return self.stage(batch)
+
+
+class AugmentDyingJob(AugmentJob):
+    def __init__(self, config, key: str, seen: str):
+        super().__init__(config)
+        self.key, self.seen = key, seen
+
+    def stages(self):
+        return [StageSpec(AugmentDyingOn, {"key": self.key, "seen": self.seen, **self.stage_kwargs()})]
+
+
 class TwoStageAugment(AugmentJob):
     def __init__(self, config, second: StageSpec | None = None):
         super().__init__(config)
@@ -344,6 +372,24 @@ class TwoStageAugment(AugmentJob):
 
     def stages(self):
         return [*super().stages(), self.second]
+
+
+def test_an_input_that_kills_its_worker_every_time_is_lost_and_the_run_goes_on(tmp_path, ray_local):
+    """The pool's actors had 2 restarts: the third death left the actor dead for good, still counted in the
+    pool, which Ray Data never refilled; the run sat at 2 of 8 inputs for 30 minutes (Ray Data's no-progress
+    timeout), then exited 1 with nothing committed. The blocks queued on the dying worker are lost with it;
+    the retry runs each lost input alone, so only the one that kills its worker stays lost."""
+    store = Store.local(tmp_path)
+    for i in range(4):
+        store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
+    seen = tmp_path / "seen.txt"
+    job = AugmentDyingJob(augment(store, "out", inputs_per_block=2).config, "clip1.flac", str(seen))
+    result = run_job(job, progress=False)
+    assert not result.complete and result.counts["lost"] == 1 and result.counts["to_retry"] == 1
+    assert sorted({key for key, _ in rows(store, "out")}) == ["clip0.flac", "clip2.flac", "clip3.flac"]
+    assert [key for key, _, reason in error_rows(store, "out") if reason.startswith("lost:")] == ["clip1.flac"]
+    # Each actor of a CPU plan had the node's GPUs hidden (Ray leaves them visible to an actor of no GPU).
+    assert set(seen.read_text().split()) == {"''"}
 
 
 def test_lost_inputs_run_again_within_the_run_or_leave_it_incomplete(tmp_path, ray_local):

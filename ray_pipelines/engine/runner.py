@@ -39,7 +39,15 @@ from .manifest import LEASE_FILE, OutputState, Progress, enclosing_output, lost_
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
-from .runtime import MAX_TASK_RETRIES, WRITE_TASK_CPUS, PoolPlan, configure_data_context, connect, plan_pool
+from .runtime import (
+    MAX_TASK_RETRIES,
+    WRITE_TASK_CPUS,
+    PoolPlan,
+    configure_data_context,
+    connect,
+    data_context_kept,
+    plan_pool,
+)
 from .shared_paths import check_nodes_see_local_paths, local_files
 from .sink import ShardSink
 from .timeline import mark
@@ -343,24 +351,25 @@ def _run_holding_lease(
             mark("ray.init start")
             how = connect(address)
             mark("ray.init done")
-            configure_data_context(cfg, progress)
-            check_nodes_see_local_paths(
-                cfg.output,
-                storage.abspath(LEASE_FILE) if is_local(storage.fs) else None,
-                lease.run_id,
-                local_files(pending["uri"].take([0, pending.num_rows - 1]).to_pylist()),
-            )
-            mark("local paths checked")
-            control = RunControl()
-            lease.on_lost = lambda reason: control.stop("fenced", reason)
-            # The heartbeat told no one while the run listed and Ray started: a lease lost by now ends the
-            # run here, not after every block was computed and fenced off (twice, as "lost" and retried).
-            lease.check()
-            try:
-                writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control, monitor)
-            finally:
-                lease.on_lost = None  # a lease lost from here on fails the commit (still_holds)
-                control.close()
+            with data_context_kept():  # a caller's own pipelines keep their settings
+                configure_data_context(cfg, progress)
+                check_nodes_see_local_paths(
+                    cfg.output,
+                    storage.abspath(LEASE_FILE) if is_local(storage.fs) else None,
+                    lease.run_id,
+                    local_files(pending["uri"].take([0, pending.num_rows - 1]).to_pylist()),
+                )
+                mark("local paths checked")
+                control = RunControl()
+                lease.on_lost = lambda reason: control.stop("fenced", reason)
+                # The heartbeat told no one while the run listed and Ray started: a lease lost by now ends the
+                # run here, not after every block was computed and fenced off (twice, as "lost" and retried).
+                lease.check()
+                try:
+                    writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control, monitor)
+                finally:
+                    lease.on_lost = None  # a lease lost from here on fails the commit (still_holds)
+                    control.close()
         finished = True
     finally:
         if monitor is not None:
@@ -425,7 +434,9 @@ def _execute_with_retries(
     for attempt in range(retries + 1):
         try:
             with control.watch_nodes():
-                reports = _execute(job, pending, fingerprint, run_id, control)
+                # A retry runs each lost input alone: an input that kills its worker (a native crash, an
+                # out-of-memory kill) took the blocks queued on that worker with it, every time.
+                reports = _execute(job, pending, fingerprint, run_id, control, alone=attempt > 0)
                 try:
                     for report in reports:
                         if not writes:
@@ -592,22 +603,37 @@ def input_dataset(pending: pa.Table, per_block: int) -> ray.data.Dataset:
     return ray.data.from_blocks([pending.slice(start, per_block) for start in range(0, pending.num_rows, per_block)])
 
 
+# What a CPU actor gets: Ray 2.60 leaves CUDA_VISIBLE_DEVICES unset for an actor that asks for no GPU, so on
+# a GPU node torch saw the node's GPUs and the stage ran there, unreserved (num_gpus: 0 did not mean CPU).
+CPU_ONLY = {"runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}}
+
+
 def _execute(
-    job: Job, pending: pa.Table, fingerprint: str, run_id: str, control: RunControl | None = None
+    job: Job,
+    pending: pa.Table,
+    fingerprint: str,
+    run_id: str,
+    control: RunControl | None = None,
+    alone: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Build the Ray Data plan; the iterator runs it, yielding each write's report (from an actor
-    or a write task) as it arrives."""
+    or a write task) as it arrives. ``alone``: a block per input and one task at a time per actor (a
+    lost input's rerun, so that one whose worker dies takes no other with it)."""
     cfg = job.config
     stages = job.stages()
-    num_blocks = max(1, math.ceil(pending.num_rows / cfg.inputs_per_block))
+    per_block = 1 if alone else cfg.inputs_per_block
+    num_blocks = max(1, math.ceil(pending.num_rows / per_block))
     plan = plan_pool(cfg, uses_gpu=any(s.gpu for s in stages), max_useful=num_blocks, pools=len(stages))
     with warnings.catch_warnings():
         # Retry and restart bounds are only reachable through ray_remote_args in Ray 2.60,
         # which warns that the keyword moves in 2.64.
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        ds = input_dataset(pending, cfg.inputs_per_block)
-        actor_args = dict(num_cpus=plan.num_cpus, max_restarts=MAX_TASK_RETRIES, max_task_retries=MAX_TASK_RETRIES)
+        ds = input_dataset(pending, per_block)
+        # Restarted whenever one dies (Ray Data's own default): a pool actor that stays dead still counts in the
+        # pool, which never replaces it, and the run stalled until Ray Data's no-progress timeout (30 min), then
+        # exited 1, when one input killed its actor every time. Its task still fails after MAX_TASK_RETRIES.
+        actor_args = dict(num_cpus=plan.num_cpus, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)
         sink = job.make_sink(fingerprint)
         sink.run_id, sink.control = run_id, control
         fused_write = False
@@ -651,9 +677,12 @@ def _execute(
                 fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
                 batch_format="numpy",
-                compute=ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
+                compute=ActorPoolStrategy(
+                    min_size=plan.min_size, max_size=plan.max_size, max_tasks_in_flight_per_actor=1 if alone else None
+                ),
                 num_gpus=gpus or None,
                 **actor_args,
+                **({} if gpus else CPU_ONLY),
             )
     mark("plan built")
     if fused_write:

@@ -283,7 +283,14 @@ def autoscaler_limits() -> dict[str, float]:
 
         return limits_from_ray_cluster(KubernetesHttpApiClient(namespace).get(f"rayclusters/{name}"))
     except Exception as exc:  # no access, no API server answering: what is there is all there is
-        log.info("could not read RayCluster %s/%s for its worker groups' limits: %s", namespace, name, exc)
+        # A warning: without the limits a GPU group at 0 replicas plans the job on CPU (num_gpus unset).
+        log.warning(
+            "could not read RayCluster %s/%s for its worker groups' limits (a group at 0 replicas counts for "
+            "nothing: set num_gpus to plan on GPU workers that are not up yet): %s",
+            namespace,
+            name,
+            exc,
+        )
         return {}
 
 
@@ -341,10 +348,18 @@ def ray_nodes() -> list[dict] | None:
 
 def smallest_node_cpus() -> float | None:
     """CPUs of the smallest live node that has any (None when Ray reports none, or does not answer)."""
-    nodes = ray_nodes() or []
-    sizes = [float(node.get("Resources", {}).get("CPU", 0)) for node in nodes if node.get("Alive")]
-    sizes = [size for size in sizes if size > 0]
+    sizes = [size for size in _live_node_resources("CPU") if size > 0]
     return min(sizes) if sizes else None
+
+
+def largest_node_gpus() -> float | None:
+    """GPUs of the live node that has the most (None when Ray does not answer)."""
+    sizes = _live_node_resources("GPU")
+    return max(sizes) if sizes else None
+
+
+def _live_node_resources(name: str) -> list[float]:
+    return [float(node.get("Resources", {}).get(name, 0)) for node in ray_nodes() or [] if node.get("Alive")]
 
 
 def plan_pool(
@@ -354,6 +369,7 @@ def plan_pool(
     capacity: tuple[dict[str, float], dict[str, float]] | None = None,
     node_cpus: float | None = None,
     pools: int = 1,
+    node_gpus: float | None = None,
 ) -> PoolPlan:
     """Pool size and per-actor resources from the config and the cluster (``capacity``: what it has
     now and the most its autoscaler may start, :func:`cluster_capacity`).
@@ -374,7 +390,7 @@ def plan_pool(
     (a run that waited forever).
     """
     if capacity is None:
-        capacity, node_cpus = cluster_capacity(), smallest_node_cpus()
+        capacity, node_cpus, node_gpus = cluster_capacity(), smallest_node_cpus(), largest_node_gpus()
     now, most = capacity
     cpus = float(now.get("CPU", 1)) or float(most.get("CPU", 1))
     gpus_now, gpus_most = float(now.get("GPU", 0)), float(most.get("GPU", now.get("GPU", 0)))
@@ -385,6 +401,13 @@ def plan_pool(
         raise ConfigError(
             f"num_gpus: {num_gpus} GPUs per actor asked for, but the cluster has no GPU and its autoscaler "
             "can start none (set num_gpus: 0 to run on CPU)"
+        )
+    if num_gpus > 0 and gpus_most <= gpus_now and node_gpus is not None and num_gpus > node_gpus:
+        # Ray places an actor on one node: asked for more GPUs than any has, it waited for a node that never
+        # came, at 0 % until Ray Data's no-progress timeout (30 minutes), then exit 1.
+        raise ConfigError(
+            f"num_gpus: {num_gpus:g} GPUs per actor asked for, but no node of the cluster has more than "
+            f"{node_gpus:g} and its autoscaler can start none (an actor runs on one node)"
         )
     scaling_up = num_gpus > 0 and gpus_now < num_gpus
     gpus = min(gpus_most, GPU_CEILING) if scaling_up else gpus_now
@@ -401,7 +424,7 @@ def plan_pool(
     elif isinstance(cfg.actors, int):
         low = high = cfg.actors
     elif num_gpus > 0:
-        low = high = max(1, int(gpus // num_gpus))
+        low = high = max(1, math.floor(gpus / num_gpus + 1e-9))  # (1 // 0.2 is 4.0: 5 actors of 0.2 fit)
         if scaling_up:
             low = 1  # the first worker's actor starts the run; the others join as workers come up
     else:
@@ -419,6 +442,7 @@ def plan_pool(
 
 
 def configure_data_context(cfg: CommonConfig, progress: bool = True) -> DataContext:
+    """The run's settings on this process's Ray Data context (:func:`data_context_kept` puts a caller's back)."""
     ctx = DataContext.get_current()
     ctx.max_errored_blocks = cfg.max_errored_blocks
     # On small clusters the default per-operator reservation idles half the CPUs.
@@ -426,3 +450,21 @@ def configure_data_context(cfg: CommonConfig, progress: bool = True) -> DataCont
     ctx.enable_progress_bars = progress
     ctx.execution_options.preserve_order = False
     return ctx
+
+
+@contextlib.contextmanager
+def data_context_kept() -> Iterator[None]:
+    """For the body: the process's Ray Data context as it was before (a notebook's own pipelines after a
+    run_job kept its max_errored_blocks and its order otherwise)."""
+    ctx = DataContext.get_current()
+    saved = {name: getattr(ctx, name) for name in CONTEXT_SETTINGS}
+    order = ctx.execution_options.preserve_order
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+        ctx.execution_options.preserve_order = order
+
+
+CONTEXT_SETTINGS = ("max_errored_blocks", "op_resource_reservation_enabled", "enable_progress_bars")
