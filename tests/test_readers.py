@@ -569,6 +569,11 @@ def test_a_damaged_file_is_named_with_pyarrows_reason(tmp_path, layout):
         overwrite(damaged, at, b"\xfe" * 30)
         with pytest.raises(UnreadableFile, match=f"reading {re.escape(damaged)}: Couldn't deserialize thrift"):
             ShardRows(files, shuffle=True, seed=1)
+    # Cut short before the reader is made (a copy that stopped): its end is not a Parquet file's end.
+    # It was a ValueError, which a training script catching the documented UnreadableFile (OSError) missed.
+    os.truncate(damaged, len(original) - 100)
+    with pytest.raises(UnreadableFile, match=f"{re.escape(damaged)} is not a Parquet file .*cut short"):
+        ShardRows(files, shuffle=True, seed=1)
     Path(damaged).write_bytes(original)
     assert sorted(int(row["x"][0]) for row in dataset) == list(range(ROWS))
     os.remove(damaged)  # a missing file: still a FileNotFoundError, and it says why it may be gone

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             errors = read_errors(args.scores, options)
             default_output = args.scores
     except (*storage_errors(), ValueError, KeyError) as e:
-        print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"ray-pipelines filter: {_reason(e)}", file=sys.stderr)
         return 1
     try:
         if settings is None:
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             storage, table, settings, errors, scores_from=args.scores, storage_options=options
         )
     except (*storage_errors(), ValueError, KeyError) as e:
-        print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"ray-pipelines filter: {_reason(e)}", file=sys.stderr)
         return 1
     print(format_filter_report(report))
     for warning in filter_warnings(report):
@@ -225,3 +225,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _reason(error: Exception) -> str:
+    """What a failure says: a ValueError's own words (they name the file and what is wrong in it); a storage
+    error or a missing key with its kind (``FileNotFoundError: ...``), which its message alone may not say."""
+    return str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from ..engine.arrow import open_parquet
 from ..storage import get_fs, is_local
 from .clients import ProcessFilesystem
-from .errors import naming_the_file
+from .errors import UnreadableFile, naming_the_file
 from .footers import FooterTable, footer_table
 from .pages import NotDecodable, TensorLeaf, decode_chunk
 
@@ -328,10 +328,10 @@ def footer_from_tail(read_range, size: int, path: str, read_first: int = TAIL_BY
     (or its length and magic alone with 8), then whatever more a longer footer needs."""
     tail = bytes(read_range(max(0, size - read_first), size)) if size >= 8 else b""
     if len(tail) < 8 or tail[-4:] != b"PAR1":
-        raise ValueError(f"{path} is not a Parquet file (no PAR1 magic at its end)")
+        raise UnreadableFile(f"{path} is not a Parquet file (no PAR1 magic at its end: damaged, or cut short)")
     length = struct.unpack("<i", tail[-8:-4])[0] + 8
     if not 8 < length <= size:
-        raise ValueError(f"{path}: its footer length ({length - 8} bytes) does not fit the file ({size} bytes)")
+        raise UnreadableFile(f"{path}: its footer length ({length - 8} bytes) does not fit the file ({size} bytes)")
     if length > len(tail):
         tail = bytes(read_range(size - length, size - len(tail))) + tail
     return tail[len(tail) - length : len(tail) - 8]
@@ -480,7 +480,7 @@ class RowGroupReader:
         if table is _MISSING:
             try:
                 table = footer_table(footer_from_tail(read_range, self.index.sizes[file], "", read_first=8))
-            except ValueError:
+            except (ValueError, UnreadableFile):
                 table = None  # pyarrow reads the file (and says what is wrong with it)
             self._keep(self._tables, file, table)
         return table

@@ -7,7 +7,8 @@ several files mixed in a window), decompressing each row group once.
 
 Which columns make the tuple is up to the caller: a synthetic cache with an
 effect teacher has ``x, y, f0, db`` as written; for an audio cache name the
-teacher columns instead, e.g. ``fields=("x", "y", "pesto_f0", "loudness_db")``.
+teacher columns instead, e.g. ``fields=("x", "pesto_f0", "pesto_confidence",
+"loudness_db")`` (``y`` is an effect teacher's output).
 """
 
 from __future__ import annotations

@@ -82,7 +82,11 @@ class FilterRule(BaseModel):
                     f"this rule names no mode, so it is {self.mode!r}: set mode: {modes[0]}"
                 )
         if (self.hard_low is not None or self.hard_high is not None) and self.mode not in ("median", "mean"):
-            raise ValueError(f"hard_low/hard_high apply to the median and mean modes, not {self.mode!r}")
+            raise ValueError(
+                f"hard_low/hard_high apply to the median and mean modes, not {self.mode!r} (a rule that holds them "
+                "changes to another mode given whole, --set 'NAME={mode: " + self.mode + "}': --set cannot remove "
+                "a key)"
+            )
         if self.hard_low is not None and self.hard_high is not None and self.hard_low > self.hard_high:
             raise ValueError(f"hard_low ({self.hard_low}) is above hard_high ({self.hard_high})")
         return self
