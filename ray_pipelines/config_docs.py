@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import types
 import typing
@@ -171,13 +172,26 @@ TOOL_CONFIGS = {"score-filter": "filter"}
 
 
 def packaged_configs() -> list[tuple[str, str, str]]:
-    """(name, job, first comment line) of each packaged example config."""
+    """(name, job, first sentence of its opening comment) of each packaged example config."""
     out = []
     for name in packaged_config_names():
         text = (PACKAGED_CONFIGS / f"{name}.yaml").read_text()
-        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
-        out.append((name, TOOL_CONFIGS.get(name, name.split("-")[0]), first))
+        out.append((name, TOOL_CONFIGS.get(name, name.split("-")[0]), _first_sentence(text)))
     return out
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a YAML file's opening comment, over as many lines as it takes (a first line
+    alone cut "Credentials come from the" short)."""
+    comment = []
+    for line in text.splitlines():
+        if not line.startswith("#") or line.startswith("# Run:"):
+            break
+        comment.append(line.lstrip("# ").strip())
+    words = " ".join(comment)
+    # A full stop (not e.g.'s or i.e.'s) ends it, and so does a colon: the lead-in of what the config lists.
+    end = re.search(r"(?<!e\.g)(?<!i\.e)\.(?:\s|$)|:\s", words)
+    return words[: end.start()] + ("." if end.group().startswith(".") else "") if end else words
 
 
 def packaged_configs_table(job: str | None = None) -> str:

@@ -172,7 +172,20 @@ def test_version_and_the_packaged_configs(capsys):
     assert code == 0
     for name in packaged_config_names():
         assert f"\n  {name} " in out
+    # Each config's first sentence, whole: the first comment line alone ended "Credentials come from the".
+    assert re.search(r"^  augment-s3 +The augment job from and to object storage\.$", out, re.M), out
+    assert re.search(r"^  score-shards +The score job on another job's committed Parquet output, e\.g\. ", out, re.M)
     code, out, _ = run_cli(capsys, "configs", "augment")
     assert code == 0 and yaml.safe_load(out)["num_versions"] == 5
     code, _, err = run_cli(capsys, "configs", "no-such-config")
     assert code == 2 and "packaged configs:" in err
+
+
+def test_the_demo_takes_no_arguments_and_says_so_without_running(capsys, tmp_path, monkeypatch):
+    """`python -m jobs.demo --help` ran the whole demo, writing demo-audio/ and demo-output/ where it stood."""
+    from ray_pipelines.jobs.demo import main as demo
+
+    monkeypatch.chdir(tmp_path)
+    assert demo(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: python -m jobs.demo")
+    assert demo(["--set", "num_versions=2"]) == 2 and "usage: python -m jobs.demo" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

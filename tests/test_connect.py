@@ -139,6 +139,17 @@ def test_an_address_that_is_not_a_ray_gcs_is_named_at_once(tmp_path, monkeypatch
         "http://HOST:8265`): give the head's GCS address (host:6379 by default)"
     )
     assert not (tmp_path / "out" / "_lease.json").exists()
+    # RAY_ADDRESS=http://...:8265 (what a shell set up for `ray job submit` holds): Ray's own error, cut to
+    # its first line, ended on "To fix this, either:".
+    with http_server() as address:
+        done = job_at(f"http://{address}", tmp_path, dict(os.environ))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ray-pipelines augment: the job could not run: ConnectionError: http://{address} (--address or "
+        "RAY_ADDRESS) is an HTTP address, the dashboard's, which `ray job submit --address` takes; a job run here "
+        "needs the head's GCS address (host:6379 by default) or ray://HOST:10001 (Ray Client), or neither set for "
+        "an embedded local Ray"
+    )
 
 
 def test_ray_starting_keeps_rays_stop_handlers_out_of_the_driver_and_puts_rays_settings_back():

@@ -55,6 +55,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     if ray.is_initialized():
         return "existing Ray session"
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and urlsplit(address).scheme in ("http", "https"):
+        # Ray's own error for it ends on "either:" once cut to one line (the job's last line).
+        raise ConnectionError(
+            f"{address} (--address or RAY_ADDRESS) is an HTTP address, the dashboard's, which `ray job submit "
+            f"--address` takes; a job run here needs {DEFAULT_GCS_ADDRESS} or ray://HOST:10001 (Ray Client), or "
+            "neither set for an embedded local Ray"
+        )
     if address:
         timeout_s = float(os.environ.get("RAY_PIPELINES_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
         wait_for_cluster(address, timeout_s)

@@ -59,9 +59,17 @@ def make_sample_audio(dest: Path = AUDIO) -> Path:
     return dest
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from ray_pipelines.cli import run_job_command
 
+    args = sys.argv[1:] if argv is None else argv
+    if args:  # (`--help`, or anything else: the demo takes no arguments, and ran the job whatever they were)
+        print(
+            "usage: python -m jobs.demo   (make demo): sample audio to demo-audio/, then the augment job on it to "
+            f"{OUTPUT}/ in this folder; run `ray-pipelines augment --help` for the job's own settings",
+            file=sys.stderr if args not in (["--help"], ["-h"]) else sys.stdout,
+        )
+        return 0 if args in (["--help"], ["-h"]) else 2
     audio = make_sample_audio()
     print(f"demo: sample audio in {audio}")
     return run_job_command(
