@@ -302,6 +302,10 @@ def test_an_output_inside_another_runs_output_is_refused_and_one_moved_there_kee
     done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}", "--set", "limit=4")
     assert done.returncode == 0, done.stderr
     assert sorted(p.relative_to(outer) for p in (outer / "v2").rglob("part-*")) == nested
+    # Such an output already there resumes (with a warning): its files are safe, only new ones are refused.
+    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}/v2", "--set", "limit=2")
+    assert done.returncode == 0, done.stderr
+    assert f"output {outer}/v2 is inside {outer}, another run's output" in done.stderr
 
 
 def test_an_output_inside_another_runs_output_is_found_on_s3(s3_bucket):

@@ -77,12 +77,14 @@ def test_a_runs_ray_data_settings_do_not_stay_in_the_callers_context():
     from ray_pipelines.engine.runtime import configure_data_context, data_context_kept
 
     ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # a caller's (the run sets False)
     before = (ctx.max_errored_blocks, ctx.op_resource_reservation_enabled, ctx.execution_options.preserve_order)
     with data_context_kept():
         configure_data_context(config(max_errored_blocks=7), progress=False)
         assert ctx.max_errored_blocks == 7 and not ctx.execution_options.preserve_order
     after = (ctx.max_errored_blocks, ctx.op_resource_reservation_enabled, ctx.execution_options.preserve_order)
     assert after == before
+    ctx.execution_options.preserve_order = False
 
 
 def test_a_cpu_actor_never_asks_for_more_than_the_smallest_node_has():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -331,3 +333,11 @@ def test_a_scores_csv_cell_that_is_not_a_number_is_named_by_line_and_column(tmp_
         f"ray-pipelines filter: {scores}: line 3 (b.wav): snr_db is not a number: '' (a missing score "
         "is written nan: its item is then not kept)\n"
     )
+    # Run as a module (its own __main__): the same line, not a NameError from a helper defined below main.
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_pipelines.jobs.filter", str(scores), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stderr.endswith("its item is then not kept)\n"), done.stderr

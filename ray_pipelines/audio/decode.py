@@ -286,21 +286,22 @@ class AudioFile:
 
     def _refuse_truncated(self, ogg_end: ogg.End | None) -> None:
         """A file cut short (a copy or upload that stopped) as a ``truncated`` error, where libsndfile would
-        read it as a whole, shorter file: a WAV whose data chunk says more bytes than the file holds (not
-        the lengths a writer to a pipe puts there, ``wav.states_length``), an Ogg file that ends inside a
-        page or after a page that does not end its stream."""
+        read it as a whole, shorter file: a WAV whose data chunk says more whole frames than the file holds
+        (not the lengths a writer to a pipe puts there, ``wav.states_length``), an Ogg file that ends inside
+        a page. (One that ends on a whole page without the end-of-stream flag is read: recorders of a live
+        stream write such files whole, and a copy rarely stops on a page's last byte.)"""
         if self._sf.format in ("WAV", "WAVEX"):
             start, stated = self._read_head(wav.data_chunk)
             held = self.size - start
-            if start > 0 and wav.states_length(stated) and held < stated:
+            frame = wav.SAMPLE_BYTES.get(self._sf.subtype, 0) * self.channels or 1  # (else: in bytes)
+            if start > 0 and wav.states_length(stated) and held // frame < stated // frame:
                 raise DecodeError(
                     f"truncated: the data chunk says {stated} bytes of samples, the file holds {held} "
                     f"({self.frames} frames, {self.frames / self.sample_rate:.3f} s)"
                 )
-        if ogg_end is not None and not (ogg_end.whole_page and ogg_end.end_of_stream):
-            where = "inside a page" if not ogg_end.whole_page else "after a page that does not end its stream"
+        if ogg_end is not None and not ogg_end.whole_page:
             raise DecodeError(
-                f"truncated: the Ogg stream ends {where} (at byte {self.size}, "
+                f"truncated: the Ogg stream ends inside a page (at byte {self.size}, "
                 f"{self.frames / self.sample_rate:.3f} s decodable)"
             )
 

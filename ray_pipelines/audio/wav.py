@@ -27,6 +27,14 @@ WRAP = 2**32  # a length field's range
 UNKNOWN_LENGTHS_FROM = 0x7FFFF000
 
 
+# Bytes of one sample of libsndfile's WAV subtypes whose frames are whole samples (block formats such as
+# ADPCM are left out: their data is judged in bytes).
+SAMPLE_BYTES = {
+    **{"PCM_U8": 1, "PCM_S8": 1, "ULAW": 1, "ALAW": 1},
+    **{"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8},
+}
+
+
 def states_length(stated: int) -> bool:
     """Whether a data chunk's length ``stated`` is the samples' length, not a writer's "unknown"."""
     return 0 < stated < UNKNOWN_LENGTHS_FROM

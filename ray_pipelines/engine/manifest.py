@@ -284,12 +284,14 @@ class OutputState:
         return self._progress
 
     # ---- after a run -------------------------------------------------------------
-    def remove_orphans(self, progress: Progress, named: frozenset[str] = frozenset()) -> tuple[list[str], list[str]]:
+    def remove_orphans(
+        self, progress: Progress, named: Callable[[], frozenset[str]] = frozenset
+    ) -> tuple[list[str], list[str]]:
         """Delete what a failed attempt left: data files no committed manifest names, and a manifest's
         temp file (a writer killed mid-write, its node lost: the manifest never appeared, so its
-        files are orphans too). Those in ``named`` (the files the last ``manifest.json`` names: an input
-        taken out, its files rewritten) are left for after the new ``manifest.json``, which no longer
-        names them (:meth:`commit`). Returns (deleted, left for later)."""
+        files are orphans too). Those in ``named()`` (the files the last ``manifest.json`` names: an input
+        taken out, its files rewritten; asked only when there are orphans) are left for after the new
+        ``manifest.json``, which no longer names them (:meth:`commit`). Returns (deleted, left for later)."""
         referenced = {f["path"] for f in progress.files}
         nested_claim = "/" + JOB_FILE
 
@@ -305,9 +307,10 @@ class OutputState:
         # made around it) keeps its files: its data files are named by its own manifests, not this run's.
         nested = tuple(rel[: -len(JOB_FILE)] for rel in found if rel.endswith(nested_claim))
         orphans = [rel for rel in found if not rel.endswith(nested_claim) and not (nested and rel.startswith(nested))]
-        removed = [rel for rel in orphans if rel not in named]
+        last_named = named() if orphans else frozenset()
+        removed = [rel for rel in orphans if rel not in last_named]
         self.storage.remove_many(removed)
-        return removed, [rel for rel in orphans if rel in named]
+        return removed, [rel for rel in orphans if rel in last_named]
 
     def fold(self) -> None:
         """Write the live state as the new index, then delete the manifests it folded.
@@ -365,7 +368,7 @@ class OutputState:
         errors = [e for e in progress.error_rows if not _superseded(e, progress)]
         # After the state's columns are built (the driver's peak): not with the data-file listing held. Files
         # the last manifest.json names stay until the new one is written: a reader of it finds every file.
-        orphans, named_orphans = self.remove_orphans(progress, self._files_named_by_manifest())
+        orphans, named_orphans = self.remove_orphans(progress, self._files_named_by_manifest)
         lost = [
             {
                 "key": key,

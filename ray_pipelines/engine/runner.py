@@ -35,7 +35,7 @@ from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import LEASE_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
+from .manifest import JOB_FILE, LEASE_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
@@ -245,7 +245,14 @@ def run_job(
     if storage.fs.isfile(storage.root):
         raise ConfigError(f"output {cfg.output} is a file: give the folder (or prefix) the job writes its output into")
     outer = enclosing_output(storage)
-    if outer:
+    if outer and storage.exists(JOB_FILE):  # made there before such outputs were refused: resumed, as it is safe
+        log.warning(
+            "output %s is inside %s, another run's output: each keeps its own files, but a new output belongs "
+            "beside it, not in it",
+            cfg.output,
+            outer,
+        )
+    elif outer:
         raise ConfigError(
             f"output {cfg.output} is inside {outer}, another run's output (its _job.json): that output's next "
             "commit would delete the files it does not name; give a path outside it (a sibling, such as "
@@ -348,6 +355,7 @@ def _run_holding_lease(
         monitor.start(listed=listed_count, skipped=skipped, to_do=pending.num_rows, selected=selected.num_rows)
     try:
         if pending.num_rows:
+            lease.check()  # lost while the run listed: no Ray started for a run that cannot commit
             mark("ray.init start")
             how = connect(address)
             mark("ray.init done")
@@ -362,10 +370,10 @@ def _run_holding_lease(
                 mark("local paths checked")
                 control = RunControl()
                 lease.on_lost = lambda reason: control.stop("fenced", reason)
-                # The heartbeat told no one while the run listed and Ray started: a lease lost by now ends the
-                # run here, not after every block was computed and fenced off (twice, as "lost" and retried).
-                lease.check()
                 try:
+                    # The heartbeat told no one while Ray started: a lease lost by now ends the run here, not
+                    # after every block was computed and fenced off (twice, as "lost" and retried).
+                    lease.check()
                     writes = _execute_with_retries(job, pending, fingerprint, run_id, state, control, monitor)
                 finally:
                     lease.on_lost = None  # a lease lost from here on fails the commit (still_holds)
@@ -434,9 +442,18 @@ def _execute_with_retries(
     for attempt in range(retries + 1):
         try:
             with control.watch_nodes():
-                # A retry runs each lost input alone: an input that kills its worker (a native crash, an
-                # out-of-memory kill) took the blocks queued on that worker with it, every time.
-                reports = _execute(job, pending, fingerprint, run_id, control, alone=attempt > 0)
+                # A retry of a few lost inputs runs each alone: an input that kills its worker (a native
+                # crash, an out-of-memory kill) took the blocks queued on that worker with it, every time. (A
+                # lost node's many inputs run in blocks as before: one file and manifest each would be many.)
+                alone = attempt > 0 and pending.num_rows <= ALONE_AT_MOST * job.config.inputs_per_block
+                try:
+                    reports = _execute(job, pending, fingerprint, run_id, control, alone=alone)
+                except ConfigError as e:
+                    if not attempt:
+                        raise
+                    # The cluster as it is now cannot run them (its one GPU node lost): lost, for the next run.
+                    log.warning("%s: the lost inputs cannot run again in this run: %s", job.name, e)
+                    break
                 try:
                     for report in reports:
                         if not writes:
@@ -602,6 +619,9 @@ def input_dataset(pending: pa.Table, per_block: int) -> ray.data.Dataset:
     pending = pending.combine_chunks()
     return ray.data.from_blocks([pending.slice(start, per_block) for start in range(0, pending.num_rows, per_block)])
 
+
+# A retry of at most this many blocks' worth of lost inputs runs each input alone (see _execute_with_retries).
+ALONE_AT_MOST = 4
 
 # What a CPU actor gets: Ray 2.60 leaves CUDA_VISIBLE_DEVICES unset for an actor that asks for no GPU, so on
 # a GPU node torch saw the node's GPUs and the stage ran there, unreserved (num_gpus: 0 did not mean CPU).

@@ -353,20 +353,18 @@ def ray_nodes() -> list[dict] | None:
     return answer[0]
 
 
+def node_sizes() -> tuple[float | None, float | None]:
+    """CPUs of the smallest live node that has any, and GPUs of the live node that has the most (each None
+    when Ray reports none, or does not answer): one ``ray.nodes()`` call for both."""
+    live = [node.get("Resources", {}) for node in ray_nodes() or [] if node.get("Alive")]
+    cpus = [float(r.get("CPU", 0)) for r in live if float(r.get("CPU", 0)) > 0]
+    gpus = [float(r.get("GPU", 0)) for r in live]
+    return (min(cpus) if cpus else None), (max(gpus) if gpus else None)
+
+
 def smallest_node_cpus() -> float | None:
     """CPUs of the smallest live node that has any (None when Ray reports none, or does not answer)."""
-    sizes = [size for size in _live_node_resources("CPU") if size > 0]
-    return min(sizes) if sizes else None
-
-
-def largest_node_gpus() -> float | None:
-    """GPUs of the live node that has the most (None when Ray does not answer)."""
-    sizes = _live_node_resources("GPU")
-    return max(sizes) if sizes else None
-
-
-def _live_node_resources(name: str) -> list[float]:
-    return [float(node.get("Resources", {}).get(name, 0)) for node in ray_nodes() or [] if node.get("Alive")]
+    return node_sizes()[0]
 
 
 def plan_pool(
@@ -397,7 +395,7 @@ def plan_pool(
     (a run that waited forever).
     """
     if capacity is None:
-        capacity, node_cpus, node_gpus = cluster_capacity(), smallest_node_cpus(), largest_node_gpus()
+        capacity, (node_cpus, node_gpus) = cluster_capacity(), node_sizes()
     now, most = capacity
     cpus = float(now.get("CPU", 1)) or float(most.get("CPU", 1))
     gpus_now, gpus_most = float(now.get("GPU", 0)), float(most.get("GPU", now.get("GPU", 0)))

@@ -157,6 +157,12 @@ def is_csv(scores: str) -> bool:
     return split_protocol(scores)[1].lower().endswith(".csv")
 
 
+def _reason(error: Exception) -> str:
+    """What a failure says: a ValueError's own words (they name the file and what is wrong in it); a storage
+    error or a missing key with its kind (``FileNotFoundError: ...``), which its message alone may not say."""
+    return str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     # A score output without --config is filtered as its job filtered it, --set changing rules: starting
@@ -225,9 +231,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _reason(error: Exception) -> str:
-    """What a failure says: a ValueError's own words (they name the file and what is wrong in it); a storage
-    error or a missing key with its kind (``FileNotFoundError: ...``), which its message alone may not say."""
-    return str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"
