@@ -20,6 +20,7 @@ BENCHMARKS = [
     "score_mae",
     "formats",
     "changes",
+    "taking_out",
     "listing",
     "local_listing",
     "readers",
