@@ -142,11 +142,27 @@ def test_the_bar_shows_the_eta_of_the_pace_since_the_first_write():
     bar.start(listed=100, skipped=0, to_do=100)
     clock.now += 180.0  # Ray and the models starting
     bar.update(report(inputs=10, rows=10))
-    clock.now += 10.0
-    bar.update(report(inputs=10, rows=10))  # 1 input/s since the first write: 80 left, 1:20
+    clock.now += 20.0
+    bar.update(report(inputs=10, rows=10))  # 0.5 inputs/s since the first write: 80 left, 2:40
     frames = [frame for frame in out.getvalue().replace("\n", "\r").split("\r") if "|" in frame]
-    assert "| 20/100 inputs [" in frames[-1] and "ETA 1:20, 20 rows" in frames[-1], frames[-1]
+    assert "| 20/100 inputs [" in frames[-1] and "ETA 2:40, 20 rows" in frames[-1], frames[-1]
     assert "<" not in frames[-1]  # not tqdm's remaining (its own clock: the pace since the bar appeared)
     bar.close()
     final = [frame for frame in out.getvalue().replace("\n", "\r").split("\r") if "|" in frame][-1]
     assert "ETA" not in final and "20 rows" in final
+
+
+def test_reports_that_arrive_together_do_not_read_as_the_pace():
+    """The demo's second report came 10 ms after its first (blocks finishing together): "ETA 0:00" at 55 %.
+    The pace since the first write counts once it spans a second and a tenth of the start-up."""
+    clock = Clock()
+    progress = ProgressDisplay("augment", clock=clock)
+    progress.start(listed=116, skipped=0, to_do=116)
+    clock.now += 8.0
+    progress.update(report(inputs=32, rows=160))
+    clock.now += 0.01
+    progress.update(report(inputs=32, rows=160))
+    assert progress.eta() == pytest.approx(52 / (64 / 8.01))  # the rate since the start
+    clock.now += 1.0
+    progress.update(report(inputs=10, rows=50))
+    assert progress.eta() == pytest.approx(42 / (42 / 1.01))  # a second on: the pace since the first write
