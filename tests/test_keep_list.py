@@ -52,7 +52,8 @@ def test_keep_list_on_the_augment_job_processes_only_the_kept_keys(tmp_path, ray
         again = run_job(job, progress=False)  # nothing to do: the inputs left out are not new on every run
     finally:
         logger.removeHandler(said)
-    assert result.counts["listed"] == 2 and result.counts["rows_written"] == 2
+    # manifest.json's counts: the listing and what the keep list selected (listed held the selected before)
+    assert (result.counts["listed"], result.counts["selected"], result.counts["rows_written"]) == (6, 2, 2)
     inputs = result.manifest["inputs"]
     assert (inputs["new"], inputs["left_out"], inputs["unchanged"]) == (2, 4, 0)
     inputs = again.manifest["inputs"]

@@ -344,6 +344,7 @@ class OutputState:
         listed: int,
         skipped: int,
         processed_keys: KeyColumn,
+        selected: int | None = None,
         timings: dict[str, float],
         extra: dict[str, Any] | None = None,
         run_id: str = "",
@@ -395,7 +396,8 @@ class OutputState:
             "versions": library_versions(),
             "complete": to_retry == 0,
             "counts": {
-                "listed": listed,
+                "listed": listed,  # the listing (before 2026-12-07: the selected inputs, as "selected" is now)
+                "selected": listed if selected is None else selected,  # taken by keep/ignore lists and limit
                 "skipped_already_committed": skipped,
                 "processed_this_run": len(processed_keys),
                 "inputs_with_output": progress.inputs_written(),

@@ -390,7 +390,8 @@ def _run_holding_lease(
         job=job.name,
         fingerprint=fingerprint,
         config=config,
-        listed=selected.num_rows,
+        listed=listed_count,
+        selected=selected.num_rows,
         skipped=skipped,
         processed_keys=pending["key"],
         timings={

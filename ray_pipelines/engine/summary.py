@@ -15,7 +15,7 @@ def format_summary(
     lines = [
         ("output", result.output),
         ("ray", result.ray or "not started (nothing to do)"),
-        ("inputs listed", _listed(c["listed"], result.manifest.get("inputs", {}))),
+        ("inputs listed", _listed(c.get("selected", c["listed"]), result.manifest.get("inputs", {}))),
         ("input changes", _changes(result.manifest.get("inputs", {}))),
         ("already committed", f"{c['skipped_already_committed']} (skipped before reading)"),
         ("processed this run", c["processed_this_run"]),
