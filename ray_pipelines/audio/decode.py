@@ -249,7 +249,7 @@ class AudioFile:
             if self._sf.format == "OGG":
                 ogg_end = self._read_head(lambda f: ogg.stream_end(f, self.size))
             self._refuse_truncated(ogg_end)
-            wrong_length = self._wrong_length()
+            wrong_length = self._wrong_length(ogg_end)
             if wrong_length:  # libsndfile would stop short (or read past the end): FFmpeg reads to the end
                 what, advice = wrong_length
                 try:
@@ -331,7 +331,7 @@ class AudioFile:
             target = min(target, self._last_exact_seek)
         return max(0, target)
 
-    def _wrong_length(self) -> tuple[str, str] | None:
+    def _wrong_length(self, ogg_end: ogg.End | None = None) -> tuple[str, str] | None:
         """What makes libsndfile's length not the file's, where its format says (``mp3.py``, ``ogg.py``),
         and what to do with such a file FFmpeg cannot read either."""
         if self._sf.format == "MP3":
@@ -340,7 +340,7 @@ class AudioFile:
                 return "an MP3 that does not state its length", "encode it again"
             if length is mp3.Length.UNDERSTATED:
                 return "MP3s joined end to end", "split it into its parts"
-        if self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.size)):
+        if self._sf.format == "OGG" and self._read_head(lambda f: ogg.chains_streams(f, self.size, ogg_end)):
             return "a chained Ogg (streams one after another)", "split it into its streams"
         return None
 

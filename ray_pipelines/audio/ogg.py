@@ -31,12 +31,15 @@ TAIL_GUESS = 16384
 LARGEST_PAGE = PAGE_HEADER + 255 + 255 * 255
 
 
-def chains_streams(file: BinaryIO, size: int) -> bool:
+def chains_streams(file: BinaryIO, size: int, end: End | None = None) -> bool:
     """Whether the Ogg file of ``size`` bytes read from ``file`` (at its start, seekable) ends in a
-    stream other than the one it starts with."""
+    stream other than the one it starts with (``end``: its :func:`stream_end`, whose last page is the
+    file's, read already: then only its first page is read)."""
     head = file.read(PAGE_HEADER)
     if len(head) < PAGE_HEADER or head[:4] != OGG_MAGIC:
         return False
+    if end is not None:
+        return end.last_serial != head[SERIAL_AT : SERIAL_AT + 4]
     for tail_bytes in (TAIL_GUESS, LARGEST_PAGE):
         tail_at = max(0, size - tail_bytes)
         file.seek(tail_at)
@@ -62,11 +65,13 @@ def _last_page(tail: bytes) -> bytes | None:
 class End:
     """How an Ogg file ends: whether its bytes end with a whole page (``whole_page``), whether that page
     ends its stream (``end_of_stream``), and how many granule positions the last page adds to the page of
-    its stream before it that has one (its samples; None where the tail read holds no such page)."""
+    its stream before it that has one (its samples; None where the tail read holds no such page), and the
+    serial number of the stream of the last whole page."""
 
     whole_page: bool
     end_of_stream: bool
     last_page_granules: int | None
+    last_serial: bytes
 
 
 def stream_end(file: BinaryIO, size: int) -> End | None:
@@ -87,6 +92,7 @@ def stream_end(file: BinaryIO, size: int) -> End | None:
                     whole_page=after == len(tail),
                     end_of_stream=bool(last[FLAGS_AT] & END_OF_STREAM),
                     last_page_granules=_granules_added(headers),
+                    last_serial=last[SERIAL_AT : SERIAL_AT + 4],
                 )
             at = tail.find(OGG_MAGIC, at + 1)
         if tail_at == 0:
