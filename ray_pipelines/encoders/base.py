@@ -45,6 +45,11 @@ class Encoder(nn.Module):
     def has_posterior(self) -> bool:
         return type(self).posterior is not Encoder.posterior
 
+    def forward_note(self) -> str:
+        """What to add to an error about the model's output where it came from ``forward``, not ``encode``
+        ("" here: a subclass's own encode is called; :class:`ModuleEncoder` says when it called forward)."""
+        return ""
+
     def describe(self) -> dict[str, Any]:
         return {
             "class": type(self).__name__,

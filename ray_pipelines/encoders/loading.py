@@ -184,11 +184,6 @@ def frames_axis(shape: tuple[int, ...], frames: int) -> int | None:
     return matching[0] if len(matching) == 1 else None
 
 
-def _forward_note(encoder: Encoder) -> str:
-    """Said after an error about the model's output when that output came from ``forward`` (no ``encode``)."""
-    return encoder.forward_note() if isinstance(encoder, ModuleEncoder) else ""
-
-
 def _probe(encoder: Encoder, length: int) -> torch.Tensor:
     try:
         with torch.inference_mode():
@@ -196,7 +191,7 @@ def _probe(encoder: Encoder, length: int) -> torch.Tensor:
     except Exception as e:
         raise ModelLoadError(
             f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: {describe(e)}"
-            + _forward_note(encoder)
+            + encoder.forward_note()
         ) from None
 
 
@@ -229,7 +224,7 @@ def inspect_encoder(
     ):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelLoadError(
-            f"the model's encode must return [B, D, N]; it returned {shape} for [1, C, T]" + _forward_note(encoder)
+            f"the model's encode must return [B, D, N]; it returned {shape} for [1, C, T]" + encoder.forward_note()
         )
     axis = frames_axis(tuple(out.shape), frames)
     if axis is None and out.ndim == 3 and out.shape[1] == out.shape[2] == frames and frames > 1:
@@ -245,7 +240,7 @@ def inspect_encoder(
                 else "no axis of that length"
             )
             + "; check model.downsampling_ratio"
-            + _forward_note(encoder)
+            + encoder.forward_note()
         )
     integer = not (out.dtype.is_floating_point or out.dtype.is_complex)
     if is_discrete and not integer:
