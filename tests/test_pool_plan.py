@@ -111,9 +111,9 @@ def test_the_actors_of_every_stage_fit_on_the_cpus_together():
 
 
 def test_the_smallest_node_is_read_from_ray(ray_local):
-    from ray_pipelines.engine.runtime import smallest_node_cpus
+    from ray_pipelines.engine.runtime import node_sizes
 
-    assert smallest_node_cpus() == 2.0  # the session's embedded Ray: one node of 2 CPUs
+    assert node_sizes() == (2.0, 0.0)  # the session's embedded Ray: one node of 2 CPUs, no GPU
     assert plan_pool(config(), max_useful=1).num_cpus == 1.5  # 2 - CPU_RESERVE, within the node
 
 
@@ -131,7 +131,7 @@ def test_a_ray_nodes_call_that_never_answers_costs_a_timeout_not_the_run(ray_loc
     monkeypatch.setattr(runtime.ray, "nodes", lambda: released.wait(30) and [])  # a reply that does not come
     monkeypatch.setattr(runtime, "NODES_TIMEOUT_S", 0.3)
     started = time.monotonic()
-    assert runtime.ray_nodes() is None and runtime.smallest_node_cpus() is None  # the second: one call at a time
+    assert runtime.ray_nodes() is None and runtime.node_sizes() == (None, None)  # the second: one call at a time
     with RunControl.__new__(RunControl).watch_nodes(every_s=0.05):  # its start and its watch go on
         time.sleep(0.2)
     assert time.monotonic() - started < 5
@@ -141,7 +141,7 @@ def test_a_ray_nodes_call_that_never_answers_costs_a_timeout_not_the_run(ray_loc
     while runtime._nodes_call.locked() and time.monotonic() < deadline:
         time.sleep(0.01)
     monkeypatch.setattr(runtime.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 3.0}}])
-    assert runtime.smallest_node_cpus() == 3.0
+    assert runtime.node_sizes() == (3.0, 0.0)
 
 
 def test_a_gpu_actor_gets_several_write_tasks_a_cpu_actor_one():

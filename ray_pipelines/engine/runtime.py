@@ -362,11 +362,6 @@ def node_sizes() -> tuple[float | None, float | None]:
     return (min(cpus) if cpus else None), (max(gpus) if gpus else None)
 
 
-def smallest_node_cpus() -> float | None:
-    """CPUs of the smallest live node that has any (None when Ray reports none, or does not answer)."""
-    return node_sizes()[0]
-
-
 def plan_pool(
     cfg: CommonConfig,
     uses_gpu: bool = True,
