@@ -293,6 +293,32 @@ def test_a_teacher_that_cannot_take_the_clip_length_is_named_when_the_stage_star
     assert TeacherStage(teachers=[{"kind": "loudness"}], sample_rate=SR, num_samples=44).shapes == {"loudness_db": (1,)}
 
 
+@pytest.mark.parametrize("sample_rate", [8000, 16000, 44100, 48000])
+def test_the_config_refuses_exactly_the_durations_pesto_cannot_take(sample_rate):
+    """At the job's rate, the shortest clip PESTO runs on is the shortest the config accepts."""
+    shortest = 2048 * sample_rate // 16000 + 1  # 2,049 samples at 16 kHz after the resampler (which rounds up)
+    for num_samples, accepted in ((shortest - 1, False), (shortest, True)):
+        refusal = parse_spec({"kind": "pesto"}).clip_too_short(num_samples, sample_rate)
+        assert (refusal is None) == accepted, (num_samples, refusal)
+        try:
+            TeacherStage(teachers=[{"kind": "pesto"}], sample_rate=sample_rate, num_samples=num_samples)
+            runs = True
+        except ValueError as e:
+            assert "Padding size should be less than" in str(e.__cause__)
+            runs = False
+        assert runs == accepted, num_samples
+
+
+def test_pestos_shipped_mir_1k_is_refused_on_the_driver_saying_why():
+    """pesto-pitch 2.0.1 ships PESTO 1's mir-1k.ckpt: accepted by the config, then every actor failed after Ray
+    was up ("checkpoint does not fit")."""
+    with pytest.raises(
+        TeacherLoadError, match=r"model 'mir-1k' is PESTO 1's mir-1k .* no confidence head.*use mir-1k_g7"
+    ):
+        parse_spec({"kind": "pesto", "model": "mir-1k"}).identity()
+    assert len(parse_spec({"kind": "pesto", "model": "mir-1k_g7"}).identity()["weights_sha256"]) == 64
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3])
 def test_a_teacher_that_raises_on_a_clip_makes_that_clip_an_error_row_and_keeps_the_others(tmp_path, chunk_size):
     """A user model that raised on one clip failed its block: every clip of it was `lost`, retried every
@@ -451,6 +477,12 @@ def test_stage_on_cuda_batches_and_matches_cpu():
             r"step_ms 0.03 is under one sample at 16000 Hz \(give 0.0625 or more\)",
         ),
         ({"duration": 1e-6}, r"duration 1e-06 s is under one sample at sample_rate 44100"),
+        # accepted, then every actor failed on PESTO's padding after Ray was up (exit 1, not 2)
+        (
+            {"duration": 0.1, "teachers": [{"kind": "loudness"}, {"kind": "pesto", "name": "p"}]},
+            r"duration 0.1 s is too short for teacher p: PESTO's CQT needs clips of 2049 samples or more at 16000 Hz "
+            r"\(0.128062 s\), the duration gives 1600",
+        ),
         # ignored by the generator, yet fingerprinted: changing them refused a resume
         ({"val_fraction": 0.3, "max_windows": 4}, r"max_windows, val_fraction: for audio-file inputs; input synth://"),
         # a fundamental above Nyquist was generated at its alias, and stored as the clip's f0

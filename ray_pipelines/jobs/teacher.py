@@ -102,6 +102,12 @@ class TeacherConfig(CommonConfig):
         ignored = sorted(changed_fields(self, AUDIO_FILE_KEYS)) if self.synth is not None else []
         if ignored:  # (they changed the fingerprint, and so refused a resume, while they changed nothing)
             raise ValueError(f"{', '.join(ignored)}: for audio-file inputs; input {SYNTH_INPUT} does not read them")
+        for teacher in self.teachers:
+            too_short = teacher.clip_too_short(self.num_samples, self.sample_rate)
+            if too_short:
+                raise ValueError(
+                    f"duration {self.duration:g} s is too short for teacher {teacher.teacher_name}: {too_short}"
+                )
         names = [t.teacher_name for t in self.teachers]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

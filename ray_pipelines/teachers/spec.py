@@ -42,6 +42,15 @@ if TYPE_CHECKING:
 # PESTO runs at 16 kHz here, as CREPE (the clips are resampled once for both). Its CQT kernels are computed from the
 # rate (pesto.predict runs at the file's own): mir-1k_g7's top bin is about 3.3 kHz, far below Nyquist.
 PESTO_SAMPLE_RATE = 16000
+# Its CQT pads a clip by 2,048 samples on each side by reflection, which needs a longer clip (at 16 kHz: 0.128 s).
+PESTO_SHORTEST_CLIP = 2049
+# Shipped checkpoints PESTO's current model cannot load (by SHA-256): pesto-pitch 2.0.1 still ships PESTO 1's
+# mir-1k.ckpt (its layers named otherwise, no confidence head). pesto.load_model takes it with a warning and an
+# untrained confidence head; the build here refuses it after Ray has started, so the config refuses it first.
+PESTO_UNFIT_CHECKPOINTS = {
+    "f48c355153fc2fce13393a216ff1629cdfe776b527ce11c8e879df9165e1fb3d": "PESTO 1's mir-1k of pesto-pitch 2.0.1 "
+    "(other layer names, no confidence head: pesto's own loader leaves that head untrained)",
+}
 PESTO_OUTPUTS = (TeacherOutput("f0"), TeacherOutput("confidence"))
 CREPE_SAMPLE_RATE = 16000
 PITCH_BINS = 360
@@ -80,6 +89,9 @@ def pesto_checkpoint_path(model: str) -> str:
     if not os.path.exists(path):
         shipped = sorted(f[:-5] for f in os.listdir(os.path.dirname(path)) if f.endswith(".ckpt"))
         raise TeacherLoadError(f"pesto: no shipped model {model!r} (the package has: {', '.join(shipped)})")
+    unfit = PESTO_UNFIT_CHECKPOINTS.get(file_sha256(path))
+    if unfit:
+        raise TeacherLoadError(f"pesto: model {model!r} is {unfit}; use mir-1k_g7")
     return path
 
 
@@ -148,6 +160,11 @@ class TeacherSpecBase(BaseModel, abc.ABC):
     def identity(self) -> dict[str, Any]:
         """``{"name", "kind", "version", "weights_sha256", ...}`` (JSON values only)."""
 
+    def clip_too_short(self, num_samples: int, sample_rate: int) -> str | None:
+        """Why clips of ``num_samples`` at ``sample_rate`` are too short for this teacher (None: they are not).
+        A teacher that fails on them fails every actor's start, after Ray has started: the config refuses first."""
+        return None
+
     def base_identity(self, version: str, weights_sha256: str, sample_rate: int) -> dict[str, Any]:
         return {
             "name": self.teacher_name,
@@ -164,7 +181,9 @@ class PestoSpec(TeacherSpecBase):
     """``kind: pesto`` — outputs ``f0`` (Hz) and ``confidence`` (0..1), one value per ``step_ms``."""
 
     kind: Literal["pesto"] = "pesto"
-    model: str = Field("mir-1k_g7", description="A checkpoint shipped in pesto/weights (mir-1k_g7, mir-1k).")
+    model: str = Field(
+        "mir-1k_g7", description="A checkpoint shipped in pesto/weights (pesto-pitch 2.0.1: mir-1k_g7 only loads)."
+    )
     step_ms: float = Field(10.0, gt=0, description="Hop between frames in milliseconds.")
     reduction: Literal["alwa", "argmax", "mean"] = "alwa"
 
@@ -175,6 +194,15 @@ class PestoSpec(TeacherSpecBase):
 
     def default_name(self) -> str:
         return "pesto"
+
+    def clip_too_short(self, num_samples: int, sample_rate: int) -> str | None:
+        at_pesto_rate = -(-num_samples * PESTO_SAMPLE_RATE // sample_rate)  # the resampler's length: rounded up
+        if at_pesto_rate >= PESTO_SHORTEST_CLIP:
+            return None
+        return (
+            f"PESTO's CQT needs clips of {PESTO_SHORTEST_CLIP} samples or more at {PESTO_SAMPLE_RATE} Hz "
+            f"({PESTO_SHORTEST_CLIP / PESTO_SAMPLE_RATE:g} s), the duration gives {at_pesto_rate}"
+        )
 
     def declared_outputs(self) -> tuple[TeacherOutput, ...]:
         return PESTO_OUTPUTS
