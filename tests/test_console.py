@@ -638,4 +638,6 @@ def test_a_run_whose_every_input_failed_says_why_in_the_summary_and_on_stderr(li
     )
     assert re.search(r"^\s+1 \w+ \(e\.g\. wav/broken\.wav: ", done.stdout, re.M), done.stdout
     assert f"ray-pipelines augment: none of the {LISTED} inputs this run processed gave a row" in done.stderr
+    # a dataset card all the same: without one, load_dataset(out) took errors.jsonl for the data
+    assert "No rows yet" in (tmp_path / "out" / "README.md").read_text()
     assert not wait_for_no_processes(mark)

@@ -190,6 +190,26 @@ def test_hugging_face_load_dataset_of_the_output_dir(outputs, job, tmp_path):
     assert {name: len(split) for name, split in from_card.items()} == expected
 
 
+def test_an_output_without_rows_has_a_card_that_loads_no_files(ray_local, library, tmp_path):
+    """Without a card, load_dataset(out) of an output whose every row had gone (or that never had one) loaded
+    errors.jsonl as the dataset; an earlier run's dataset_info.json still counted the rows that left."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(next(library.glob("bass/*")), folder / "clip.wav")
+    out = tmp_path / "out"
+    config = dict(input=str(folder), num_versions=1, duration=0.5, sample_rate=16000, n_mels=16, n_fft=256, hop_length=128)
+    assert run(AugmentJob, AugmentConfig, out, **config).counts["rows_written"] == 1
+    assert (out / "dataset_info.json").exists()
+    (folder / "clip.wav").unlink()  # the only clip gone, pruned; a broken file in its place
+    (folder / "broken.wav").write_bytes(b"RIFF not audio")
+    done = run(AugmentJob, AugmentConfig, out, on_delete="prune", **config)
+    assert done.counts["rows_written"] == 0 and not list(out.rglob("part-*.parquet"))
+    assert "No rows yet" in (out / "README.md").read_text()
+    assert not (out / "dataset_info.json").exists()
+    with pytest.raises(datasets.exceptions.DataFilesNotFoundError):
+        datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))
+
+
 @pytest.mark.parametrize("job", JOBS)
 def test_polars(outputs, job):
     out, manifest, tensors = outputs[job]

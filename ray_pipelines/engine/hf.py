@@ -146,6 +146,20 @@ ds = datasets.load_dataset("parquet", data_files={{s: f"s3://bucket/out/{{f}}" f
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + body
 
 
+def empty_dataset_card(job: str, fingerprint: str) -> str:
+    """README.md of an output with no rows yet: without a card, ``load_dataset(output)`` loaded ``errors.jsonl``
+    as the data; with this one it finds no data files (``DataFilesNotFoundError``)."""
+    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "part-*.parquet"}]}]}
+    body = f"""
+# ray-pipelines `{job}` output
+
+Written by the `{job}` job of ray-pipelines (config fingerprint `{fingerprint[:12]}`).
+No rows yet: every input its runs took is an error row (`errors.jsonl`; `manifest.json` names the most common
+reasons) or none was selected. A run that writes rows rewrites this card.
+"""
+    return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + body
+
+
 def dataset_info(features: dict[str, Any], splits: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """``dataset_info.json``: what ``datasets.DatasetInfo.from_directory`` reads."""
     return {
@@ -172,12 +186,18 @@ def write_dataset_card(
     manifest: dict[str, Any],
     job: str,
     class_labels: dict[str, list[str]] | None = None,
+    writes_parquet: bool = True,
 ) -> bool:
-    """README.md and dataset_info.json for a committed output's Parquet files (none: nothing
-    written, as for the encode job's stable-audio-tools layout). The features come from the
-    schema of a written file, so they are exactly what the files hold."""
+    """README.md and dataset_info.json for a committed output's Parquet files. The features come from the
+    schema of a written file, so they are exactly what the files hold. Without Parquet files: nothing for a
+    layout of none (the encode job's stable-audio-tools layout), else a card saying there are no rows, and no
+    dataset_info.json (an earlier run's would count rows that are gone)."""
     files = [f for f in manifest.get("files", []) if f["path"].endswith(".parquet")]
     if not files:
+        if writes_parquet:
+            storage.write_bytes(CARD, empty_dataset_card(job, manifest.get("fingerprint", "")).encode())
+            if storage.exists(INFO):
+                storage.remove(INFO)
         return False
     with storage.fs.open(storage.abspath(files[0]["path"]), "rb") as f:
         schema = pq.read_schema(f)

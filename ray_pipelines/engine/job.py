@@ -150,8 +150,12 @@ class Job(abc.ABC):
         """Write extras next to the data; returns entries for the summary. Here: the Hugging Face
         dataset card (README.md, dataset_info.json) of the Parquet files, so ``load_dataset(output)``
         gives every split with its features; jobs that add extras call this first."""
-        write_dataset_card(storage, manifest, self.name, self.class_labels())
+        write_dataset_card(storage, manifest, self.name, self.class_labels(), self.writes_parquet())
         return {}
+
+    def writes_parquet(self) -> bool:
+        """Whether the output's rows are Parquet files (a Hugging Face dataset card describes them)."""
+        return True
 
     def throughput_units(self, rows: int) -> dict[str, float]:
         """Extra throughput figures for the summary, e.g. ``{"views": 2 * rows}``."""

@@ -230,6 +230,9 @@ class EncodeJob(Job):
     def is_data_file(self, relpath: str) -> bool:
         return is_encode_data_file(relpath)
 
+    def writes_parquet(self) -> bool:
+        return self.config.layout != "sat"
+
     def after_commit(self, storage: Storage, manifest: dict[str, Any]) -> dict[str, Any]:
         """The dataset card of the Parquet layout, ``filelist.txt`` (from every committed manifest) and
         ``details.json``."""
