@@ -64,3 +64,24 @@ def test_augment_from_s3_to_s3(s3_bucket, ray_local, tmp_path):
     train_or_val = sorted(manifest["splits"])[0]
     dataset = ContrastiveViews(f"s3://{bucket}/views", train_or_val, storage_options=options)
     assert dataset[0][0].shape == (1, 32, 63)
+
+
+def test_presigned_inputs_run_and_no_signature_is_recorded(s3_bucket, ray_local, tmp_path):
+    """A presigned list file of presigned clips: the signatures (credentials while they last) went into
+    _job.json's and manifest.json's config, which travel with the dataset."""
+    bucket, _options, fs = s3_bucket
+    for i in range(2):
+        fs.pipe(f"{bucket}/raw/clip{i}.flac", encoded_bytes(tone(1.0, freq=300.0 * (i + 1))))
+    lines = "".join(fs.sign(f"{bucket}/raw/clip{i}.flac", expiration=600) + "\n" for i in range(2))
+    fs.pipe(f"{bucket}/lists/clips.txt", lines.encode())
+    signed_list = fs.sign(f"{bucket}/lists/clips.txt", expiration=600)
+    assert "Signature=" in signed_list and "Signature=" in lines
+    out = tmp_path / "views"
+    settings = {"num_versions": 1, "duration": 1.0, "sample_rate": 16000, "n_mels": 16, "n_fft": 256}
+    cfg = validate_config(AugmentConfig, {"input": signed_list, "output": str(out), "hop_length": 128, **settings})
+    result = run_job(AugmentJob(cfg), progress=False)
+    assert result.counts["rows_written"] == 2 and (out / "_SUCCESS").exists()
+    for recorded in ("_job.json", "manifest.json"):
+        text = (out / recorded).read_text()
+        assert "Signature" not in text and "Credential" not in text, recorded
+        assert json.loads(text)["config"]["input"] == signed_list.split("?")[0]
