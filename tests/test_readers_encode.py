@@ -222,6 +222,17 @@ def test_a_rank_folder_of_the_sat_layout_is_not_taken_for_the_output(tokens_outp
     )
 
 
+def test_a_split_given_as_open_encodeds_layout_is_refused_saying_it_takes_none(tokens_output):
+    """open_encoded(out, "train"), the other readers' habit: "written with layout 'sat', not 'train'" (as if
+    train were a layout), and on a layout: both output the Parquet reader, silently."""
+    with pytest.raises(ValueError) as said:
+        open_encoded(str(tokens_output), "train")
+    assert str(said.value) == (
+        "layout must be 'sat' or 'parquet' (or None: the output's own), got 'train' (open_encoded takes no split: "
+        "it reads the output's windows of every split)"
+    )
+
+
 def test_an_incomplete_sat_layout_output_is_read_with_a_warning_as_the_parquet_one(tokens_output, tmp_path):
     """Its reader read filelist.txt alone: an output its last run left to retry was read without a word."""
     out = tmp_path / "out"
