@@ -763,6 +763,34 @@ def test_batched_drop_last_and_in_process_batches(rows_output):
     assert not in_process[0][0].is_shared() and len(in_process) == -(-ROWS // 8)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_one_chunk_split_is_shared_out_anew_each_epoch_and_drop_last_leaves_out_other_rows(tmp_path, layout):
+    """A split of one chunk (a small file): the shares were runs of file order, so a rank or worker read the same
+    rows every epoch (a features output's are grouped by label), and drop_last left the same rows out for ever."""
+    rows = {name: values[:20] for name, values in generic_rows().items()}
+    out = write(tmp_path / "out", "rows", rows, nested=layout[0], one_row_groups=layout[1], index_column="index",
+                output_columns=["key", "index", "x"], rows_per_block=20)  # fmt: skip
+    assert len(list_shards(str(out), "train")) == 1
+    rank_rows, read = set(), Counter()
+    for epoch in range(8):
+        shares = []
+        for rank in range(2):
+            dataset = OutputRows(str(out), fields=("x",), shuffle=True, seed=5, rank=rank, world_size=2)
+            dataset.set_epoch(epoch)
+            shares.append(frozenset(read_ids(dataset, workers=2)))
+        assert shares[0].isdisjoint(shares[1]) and shares[0] | shares[1] == set(range(20))  # exactly once
+        rank_rows.add(shares[0])
+        batched = OutputRows(str(out), fields=("x",), shuffle=True, seed=5, batch_size=8, drop_last=True)
+        batched.set_epoch(epoch)
+        got = batched_ids(DataLoader(batched, batch_size=None, num_workers=2))
+        assert len(got) == len(set(got)) == 16
+        read.update(got)
+    assert len(rank_rows) == 8  # rank 0's rows differ every epoch
+    assert sorted(read) == list(range(20))  # every row read in some epoch
+    unshuffled = OutputRows(str(out), fields=("x",), rank=0, world_size=2)
+    assert read_ids(unshuffled) == list(range(10))  # shuffle=False: the files' order, shares as before
+
+
 def test_batched_ranks_yield_as_many_batches_as_each_other(rows_output):
     """DistributedDataParallel runs a step per batch on every rank, and a rank with a batch more waits in its
     all-reduce for the others for ever. 60 rows on 8 ranks are shares of 7 and 8 rows."""

@@ -10,7 +10,10 @@
   the units are put in one order for the whole job (shuffled from
   ``(seed, epoch)``), their items laid end to end, and each shard takes a
   contiguous, equal share of that sequence (shares differ by one item at most),
-  so every item is read exactly once per epoch by exactly one shard.
+  so every item is read exactly once per epoch by exactly one shard. A unit two
+  shares split (or whose tail ``drop_last`` leaves out) is split by an order of
+  its items drawn from ``(seed, epoch, unit)`` (:func:`unit_item_order`), so a
+  split of one unit is shared out anew each epoch.
 - :func:`windows` groups a shard's pieces into shuffle windows: the items of
   several units (from several files) are read together and yielded in a
   random order drawn from ``(seed, epoch, shard, window)``.
@@ -213,6 +216,12 @@ def epoch_order(units: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     if not shuffle:
         return np.arange(units)
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(units)
+
+
+def unit_item_order(items: int, seed: int, epoch: int, unit: int) -> np.ndarray:
+    """The order of a unit's ``items`` in which shards that split it take their parts this epoch: the same
+    in every rank and worker (a part is a run of it: which items each shard reads changes with the epoch)."""
+    return np.random.default_rng([seed, epoch, unit, 0xC4C7]).permutation(items)
 
 
 def share(total: int, index: int, count: int) -> tuple[int, int]:

@@ -71,6 +71,7 @@ from .epoch import (
     range_pieces,
     shard_pieces,
     stop_read_ahead,
+    unit_item_order,
     window_order,
     windows,
 )
@@ -494,7 +495,7 @@ class ShardRows(EpochDataset):
         rows = self.epoch_rows(epoch)
         sizes, starts = self._chunk_items(rows)
         pieces = shard_pieces(sizes, epoch_order(len(sizes), self.seed, epoch, self.shuffle), shard)
-        for w, read in enumerate(self._read_windows(pieces, rows, starts, self._read_piece)):
+        for w, read in enumerate(self._read_windows(pieces, epoch, rows, sizes, starts, self._read_piece)):
             yield from self._yield_window(read, epoch, shard, w)
         check_epoch_unchanged(self._epoch, epoch)
 
@@ -508,7 +509,7 @@ class ShardRows(EpochDataset):
         copied, sources, custom, fill = self._batch_plan(epoch)
         builder = BatchBuilder(copied, self.batch_size, hi - lo, self.batch_memory.get(), custom, fill)
         read_piece = partial(self._read_batch_piece, [*copied, *sources])
-        for w, read in enumerate(self._read_windows(pieces, rows, starts, read_piece)):
+        for w, read in enumerate(self._read_windows(pieces, epoch, rows, sizes, starts, read_piece)):
             window = Window(read)
             for batch in builder.add(window, window_order(window.items, self.seed, epoch, shard, w, self.shuffle)):
                 yield reader_batch(self._finish_batch(batch))
@@ -517,21 +518,14 @@ class ShardRows(EpochDataset):
     def _read_windows(
         self,
         pieces: list[tuple[int, int, int]],
+        epoch: int,
         rows: np.ndarray | None,
+        sizes: np.ndarray,
         starts: np.ndarray | None,
         read_piece: Callable[[int, np.ndarray], Any],
     ) -> Iterator[list[Any]]:
         """``read_piece`` of each piece, a window at a time, the next window read in background threads."""
-        # One list of wanted row numbers per piece.
-        wanted = [
-            (
-                chunk,
-                rows[starts[chunk] + a : starts[chunk] + b]
-                if rows is not None
-                else self.chunk_first_row[chunk] + np.arange(a, b),
-            )
-            for chunk, a, b in pieces
-        ]
+        wanted = [(chunk, self._piece_rows(chunk, a, b, epoch, rows, sizes, starts)) for chunk, a, b in pieces]
         bounds = np.cumsum([0] + [len(w) for w in windows(pieces, self._window_items(), WINDOW_CHUNKS)]).tolist()
         pool = ThreadPoolExecutor(max_workers=self._read_threads(), thread_name_prefix="shard-rows")
 
@@ -545,6 +539,27 @@ class ShardRows(EpochDataset):
                 yield [f.result() for f in current]
         finally:
             stop_read_ahead(pool)
+
+    def _piece_rows(
+        self,
+        chunk: int,
+        a: int,
+        b: int,
+        epoch: int,
+        rows: np.ndarray | None,
+        sizes: np.ndarray,
+        starts: np.ndarray | None,
+    ) -> np.ndarray:
+        """The row numbers (ascending) of items ``a:b`` of ``chunk`` this epoch. A whole chunk's are its rows; a
+        part (a chunk that shares split, or whose tail ``drop_last`` leaves out) takes the chunk's items in an
+        order drawn from ``(seed, epoch, chunk)``, the same in every shard: in file order, the shards of a
+        one-chunk split read the same rows every epoch and ``drop_last`` left the same rows out, for ever."""
+        size = int(sizes[chunk])
+        first = int(starts[chunk]) if rows is not None else 0
+        chunk_rows = rows[first : first + size] if rows is not None else self.chunk_first_row[chunk] + np.arange(size)
+        if (a, b) == (0, size) or not self.shuffle:
+            return chunk_rows[a:b]
+        return np.sort(chunk_rows[unit_item_order(size, self.seed, epoch, chunk)[a:b]])
 
     def _read_threads(self) -> int:
         return self.threads or (local_read_threads() if self.reader.local else 8)
