@@ -619,6 +619,51 @@ def distributed_reader(rank: int, world_size: int, init_file: str, files: list[s
         dist.destroy_process_group()
 
 
+def uneven_reader_made_before_the_group(rank: int, init_file: str, out: str, result: str) -> None:
+    """A batched reader made before init_process_group (as rank 0 of 1: no warning then), told set_epoch after."""
+    import torch.distributed as dist
+
+    dataset = OutputRows(out, fields=("x",), batch_size=3)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            dataset.set_epoch(0)
+            dataset.set_epoch(1)  # warned once
+        batches = list(DataLoader(dataset, batch_size=None, num_workers=2))
+        messages = [(str(w.message), os.path.basename(w.filename)) for w in said]
+        Path(result).write_text(json.dumps({"batches": len(batches), "warnings": messages}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_reader_made_before_the_process_group_warns_of_uneven_batches_at_set_epoch(tmp_path):
+    """7 rows on 2 ranks in batches of 3: 1 batch on rank 0, 2 on rank 1 (a rank waits in DDP's all-reduce
+    for ever). Made after init_process_group the reader warned; made before, it was checked as rank 0 of 1."""
+    rows = {name: values[:7] for name, values in generic_rows().items()}
+    out = write(tmp_path / "out", "rows", rows, nested=True, one_row_groups=True, index_column="index",
+                output_columns=["key", "index", "x"], rows_per_block=7)  # fmt: skip
+    context = multiprocessing.get_context("fork")
+    procs = [
+        context.Process(
+            target=uneven_reader_made_before_the_group,
+            args=(r, str(tmp_path / "pg"), str(out), str(tmp_path / f"rank{r}.json")),
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["batches"] for r in results] == [1, 2]
+    for r in results:
+        [(message, filename)] = r["warnings"]
+        assert message.startswith("the 2 ranks yield 1 or 2 batches of 3 from this epoch's 7 items")
+        assert filename == "test_readers.py"  # the user's set_epoch line
+
+
 READ_UNDER_RAY = """
 import sys
 import threading

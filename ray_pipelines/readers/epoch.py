@@ -167,6 +167,7 @@ class EpochDataset(IterableDataset):
         self._rank_given = (rank, world_size)
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self._epoch = SharedEpoch(0)
+        self._ranks_check: tuple[Callable[[], int], int | None, bool, int] | None = None  # warn_if_ranks_differ's
 
     @property
     def epoch(self) -> int:
@@ -176,6 +177,9 @@ class EpochDataset(IterableDataset):
         """The next epoch's order (and rows or crops); reaches DataLoader workers, persistent ones too."""
         self._epoch.value = _count("epoch", epoch)
         self._refresh_rank()
+        if self._ranks_check is not None and self.world_size != self._ranks_check[-1]:
+            # a reader made before init_process_group was checked as rank 0 of 1
+            self.warn_if_ranks_differ(*self._ranks_check[:-1])
 
     def _refresh_rank(self) -> None:
         # In the training process, where torch.distributed lives, or in a worker forked from it (which
@@ -184,9 +188,10 @@ class EpochDataset(IterableDataset):
             self.rank, self.world_size = distributed_rank(*self._rank_given)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled for a DataLoader worker started by spawn or forkserver: the rank as it is now."""
+        """Pickled for a DataLoader worker started by spawn or forkserver: the rank as it is now (without the
+        rank check's callable: the training process warns, and a lambda does not pickle)."""
         self._refresh_rank()
-        return self.__dict__
+        return {**self.__dict__, "_ranks_check": None}
 
     def rank_length(self, total: int, batch_size: int | None, drop_last: bool) -> int:
         """How many of an epoch's ``total`` items (batches, with ``batch_size``) this rank reads."""
@@ -198,7 +203,9 @@ class EpochDataset(IterableDataset):
 
     def warn_if_ranks_differ(self, total: Callable[[], int], batch_size: int | None, drop_last: bool) -> None:
         """Warns, where the reader is made, when the ranks' numbers of batches of an epoch's ``total()``
-        items differ (:func:`rank_batches`)."""
+        items differ (:func:`rank_batches`); again at ``set_epoch`` where the world size has changed since (a
+        reader made before ``init_process_group``)."""
+        self._ranks_check = (total, batch_size, drop_last, self.world_size)
         if batch_size and self.world_size > 1:
             items = total()
             counts = {rank_batches(items, r, self.world_size, batch_size, drop_last) for r in range(self.world_size)}
