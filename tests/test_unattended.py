@@ -3,6 +3,7 @@ and come back; a driver killed while it rewrites stale rows; incomplete runs; tw
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -17,7 +18,9 @@ from ray_pipelines.engine.job import StageSpec
 from ray_pipelines.engine.manifest import WAIT_AT
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+from ray_pipelines.sources import SourceError
 from tests.audio_helpers import REPO, encoded_bytes, tone
+from tests.conftest import Lines
 from tests.output_helpers import Store, assert_no_leftovers, committed_rows, error_rows
 
 TINY = dict(
@@ -114,13 +117,29 @@ def test_keep_settings_report_stale_inputs_and_keep_their_rows(tmp_path, ray_loc
     kept = run_job(augment(store, "out", on_change="keep", on_delete="keep"), progress=False)
     assert kept.manifest["inputs"]["kept_stale"] == {"changed": ["clip0.flac"], "deleted": ["clip1.flac"]}
     assert kept.counts["processed_this_run"] == 0 and kept.complete and rows(store, "out") == before
-    defaults = run_job(augment(store, "out"), progress=False)  # reprocess the changed one, keep the deleted one
+    runner_log, said = logging.getLogger("ray_pipelines.engine.runner"), Lines()
+    said.setLevel(logging.WARNING)
+    runner_log.addHandler(said)
+    try:
+        defaults = run_job(augment(store, "out"), progress=False)  # reprocess the changed one, keep the deleted one
+    finally:
+        runner_log.removeHandler(said)
     assert defaults.counts["processed_this_run"] == 1
     assert defaults.manifest["inputs"]["kept_stale"] == {"deleted": ["clip1.flac"]}
     after = rows(store, "out")
     unchanged = [at for at in before if at[0] != "clip0.flac"]
     assert [after[at] for at in unchanged] == [before[at] for at in unchanged] and len(after) == len(before)
     assert all(after[at] != before[at] for at in before if at[0] == "clip0.flac")
+    # What leaves the output is named before it does (a run stopped after commits no report of it; the next
+    # run counted a changed input as new, a deleted one not at all): the log said nothing but a count at INFO.
+    assert "augment: 1 changed inputs' old rows leave the output, to be processed again: clip0.flac" in said.lines
+    said.lines = []
+    runner_log.addHandler(said)
+    try:
+        run_job(augment(store, "out", on_delete="prune"), progress=False)
+    finally:
+        runner_log.removeHandler(said)
+    assert said.lines == ["augment: 1 deleted inputs leave the output (on_delete: prune): clip1.flac"]
 
 
 KILL_DURING_REWRITE = """
@@ -209,6 +228,23 @@ def test_a_driver_killed_inside_the_fold_reruns_to_a_fresh_run(store, ray_local,
     assert rows(store, "out") == rows(store, "fresh")
     assert error_rows(store, "out") == error_rows(store, "fresh") == []
     assert_no_leftovers(store, "out")
+
+
+def test_a_listing_that_fails_or_matches_nothing_leaves_a_complete_outputs_success(tmp_path, ray_local):
+    """The nightly prefix came back empty (a re-sync, a listing outage): the run exits 1 and changes nothing,
+    yet it had removed _SUCCESS of the complete output, which manifest.json still said was complete."""
+    store = Store.local(tmp_path)
+    for i in range(2):
+        store.write(f"in/clip{i}.flac", clip(300 + 40 * i))
+    assert run_job(augment(store, "out", on_delete="prune"), progress=False).complete
+    for name in ("clip0.flac", "clip1.flac"):
+        (tmp_path / "in" / name).unlink()
+    with pytest.raises(SourceError, match=r"^no inputs matched "):
+        run_job(augment(store, "out", on_delete="prune"), progress=False)
+    assert store.exists("out/_SUCCESS") and len(rows(store, "out")) == 4
+    with pytest.raises(SourceError, match=r"^input not found: "):  # the folder itself gone
+        run_job(augment(store, "out", inputs="gone"), progress=False)
+    assert store.exists("out/_SUCCESS")
 
 
 def cli_args(store: Store, inputs: str, output: str, **overrides) -> list[str]:

@@ -146,7 +146,6 @@ class OutputState:
             for relpath in self._contents():  # everything but the lease this run holds
                 self.storage.remove(relpath)
         self.storage.makedirs(MANIFEST_DIR)
-        self.storage.remove(SUCCESS_FILE)
         run_id = run_id or uuid.uuid4().hex
         self.storage.write_json(
             JOB_FILE,

@@ -37,12 +37,12 @@ from ..sources import (
     without_query,
 )
 from ..storage import Storage, is_local
-from .changes import detect_changes, listed_identities
+from .changes import InputChanges, detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import JOB_FILE, LEASE_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
+from .manifest import JOB_FILE, LEASE_FILE, SUCCESS_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
@@ -342,8 +342,12 @@ def _run_holding_lease(
     taken = selected["key"].combine_chunks() if selected.num_rows < listed_count else None
     changes = detect_changes(identities, done, taken)
     del taken, identities
+    # From here on the run changes the output (takes inputs out, writes): _SUCCESS goes. A listing that failed
+    # or matched nothing (exit 1) left a complete output as it was, _SUCCESS and all.
+    storage.remove(SUCCESS_FILE)
     stale = changes.stale(cfg.on_change, cfg.on_delete)
     if stale:
+        _warn_taken_out(job.name, changes, cfg.on_change, cfg.on_delete)
         rewritten = drop_inputs(state, job.make_sink(fingerprint), stale, still_holds=lease.check)
         log.info("%s: took %d stale inputs out of %d manifests", job.name, len(stale), rewritten)
         done = state.progress()
@@ -437,6 +441,20 @@ def _run_holding_lease(
         writes=writes,
         extra=extra,
     )
+
+
+def _warn_taken_out(name: str, changes: InputChanges, on_change: str, on_delete: str) -> None:
+    """Names the inputs whose rows leave the output, before they do: a run stopped or killed after that commits
+    no report of them, and the run that then finishes counts a changed one as new and a deleted one not at all."""
+    taken = []
+    if on_change == "reprocess":
+        taken.append(("changed inputs' old rows leave the output, to be processed again", changes.changed))
+    if on_delete == "prune":
+        taken.append(("deleted inputs leave the output (on_delete: prune)", changes.deleted))
+    for what, keys in taken:
+        if keys:
+            more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+            log.warning("%s: %d %s: %s%s", name, len(keys), what, ", ".join(keys[:10]), more)
 
 
 def _warn_kept_stale(name: str, report: dict[str, Any]) -> None:
