@@ -19,7 +19,7 @@ from ray_pipelines.engine.lease import (
     S3LeaseObject,
     lease_store,
 )
-from ray_pipelines.engine.manifest import LEASE_FILE
+from ray_pipelines.engine.manifest import JOB_FILE, LEASE_FILE
 from ray_pipelines.storage import Storage
 
 
@@ -87,6 +87,20 @@ def test_break_lease_takes_a_live_lease(output):
     with pytest.raises(LeaseLost):
         live.renew()
     taker.release()
+
+
+def test_a_lease_taken_and_released_since_names_the_run_that_took_the_output(output):
+    """The taking run (--break-lease) finished and released the lease before this one's heartbeat: "held by
+    nobody (the lease was removed)", though _job.json names it."""
+    live = Lease(output, "live", 600)
+    live.acquire()
+    taker = Lease(output, "breaker", 600)
+    taker.acquire(break_lease=True)
+    output.write_json(JOB_FILE, {"job": "augment", "run_id": "breaker"})
+    taker.release()
+    with pytest.raises(LeaseLost, match=r"held by nobody \(the lease was removed; run breaker took the output over"):
+        live.renew()
+    live.release()
 
 
 def test_the_heartbeat_thread_reports_a_lost_lease(output):

@@ -3,6 +3,7 @@ and come back; a driver killed while it rewrites stale rows; incomplete runs; tw
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -326,6 +327,25 @@ def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_l
     resumed = run_job(augment(store, "out"), progress=False)  # what the fenced run committed is kept
     assert resumed.complete and resumed.counts["skipped_already_committed"] >= 1
     assert resumed.counts["duplicates"] == 0 and len(rows(store, "out")) == 24
+
+
+def test_a_run_taken_over_by_a_finished_run_stops_at_its_first_fenced_write_naming_that_run(tmp_path, ray_local):
+    """--break-lease while a run processes, the taking run done before the first's heartbeat (every 30 s):
+    each of the first run's writes came back fenced off, was taken for a block "lost to worker or node
+    failures" and computed again, and the run exited 2 saying the lease was "held by nobody"."""
+    store = Store.local(tmp_path)
+    for i in range(8):
+        store.write(f"in/clip{i:02d}.flac", clip(300 + 20 * i))
+    proc = start_held(cli_args(store, "in", "out", inputs_per_block=1), "run:first-block")
+    taker = run_job(augment(store, "out", inputs_per_block=1), progress=False, break_lease=True)
+    assert taker.complete
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-2000:]
+    taker_id = json.loads((tmp_path / "out" / "_job.json").read_text())["run_id"]
+    assert f"lost its lease on {store.url('out')}: run {taker_id} took the output over" in stderr
+    assert "lost to worker or node failures" not in stderr
+    assert store.exists("out/_SUCCESS") and len(rows(store, "out")) == 16  # the taker's commit stands
 
 
 def test_a_run_whose_lease_is_taken_before_its_blocks_start_stops_before_computing_any(tmp_path, ray_local):

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 from ..stopping import stops_held
 from ..storage import Storage, is_local, s3_error, temp_name
-from .manifest import LEASE_FILE, LEASE_LOCK, OutputConflict
+from .manifest import JOB_FILE, LEASE_FILE, LEASE_LOCK, OutputConflict
 
 log = logging.getLogger(__name__)
 
@@ -427,13 +427,22 @@ class Lease:
         if token is None:
             current = self.store.read()
             other = Holder.parse(current[0]) if current else None
-            taker = other.describe(time.time()) if other else "nobody (the lease was removed)"
+            taker = other.describe(time.time()) if other else f"nobody (the lease was removed{self._claimed_by()})"
             self.lost = (
                 f"this run ({self.run_id}) lost its lease on {self.storage.root}: it is now held by {taker}; "
                 "this run was fenced off and commits nothing"
             )
             raise LeaseLost(self.lost)
         self.token = token
+
+    def _claimed_by(self) -> str:
+        """``; run X took the output over`` where ``_job.json`` names another run (one that took the lease and
+        has released it since), else ""."""
+        try:
+            other = self.storage.read_json(JOB_FILE).get("run_id")
+        except Exception:  # a name for the message only
+            return ""
+        return f"; run {other} took the output over, its _job.json names it" if other and other != self.run_id else ""
 
     def release(self) -> None:
         self._stop.set()

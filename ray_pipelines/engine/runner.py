@@ -495,6 +495,9 @@ def _execute_with_retries(
                     break
                 try:
                     for report in reports:
+                        if report.get("fenced"):  # another run took the output over: nothing more of this is kept
+                            control.stop("fenced", _taken_over(state, run_id))
+                            _raise_if_stopped(control)
                         if not writes:
                             mark("first block written")
                             stop_point("run:first-block")  # tests: a run killed or held with blocks still to write
@@ -524,6 +527,19 @@ def _execute_with_retries(
             pending.filter(pc.is_in(pending["key"], value_set=pa.array(lost, pa.string()))), progress
         )
     return writes
+
+
+def _taken_over(state: OutputState, run_id: str) -> str:
+    """Why a write of this run was fenced off: ``_job.json`` names another run. (Its blocks were each retried as
+    "lost to worker or node failures", their work done twice, until the heartbeat noticed.)"""
+    try:
+        other = state.storage.read_json(JOB_FILE).get("run_id", "?")
+    except Exception:  # the reason matters more than the name: the write was fenced off all the same
+        other = "?"
+    return (
+        f"this run ({run_id}) lost its lease on {state.storage.root}: run {other} took the output over (its "
+        "_job.json names it; --break-lease, or a lease taken as stale); this run was fenced off and commits nothing"
+    )
 
 
 def _raise_if_stopped(control: RunControl, cause: BaseException | None = None) -> None:
