@@ -484,9 +484,11 @@ def resolve_config_path(spec: str | Path) -> Path:
     packaged = PACKAGED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
     if packaged.is_file():
         return packaged
+    # "here" is the driver's working directory: on a cluster (ray job submit) not the submitting shell's
     raise ConfigError(
-        f"no config file {spec!r} here and no packaged config of that name; packaged configs: "
-        f"{', '.join(packaged_config_names())}"
+        f"no config file {spec!r} in {os.getcwd()} and no packaged config of that name (packaged configs: "
+        f"{', '.join(packaged_config_names())}); a job submitted to a cluster runs in Ray's copy of "
+        "--working-dir, or in the head's own folder without one"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -123,6 +124,10 @@ def test_cli_did_you_mean_exits_2_before_starting_anything(capsys):
     code, out, err = run_cli(capsys, "augment", "--config", "augment", "--set", "num_version=3")
     assert code == 2 and out == ""
     assert "num_version: unknown key; did you mean num_versions?" in err
+    # "no config file 'nightly.yaml' here": on a cluster "here" is the head's folder, not the submitting shell's
+    code, _, err = run_cli(capsys, "augment", "--config", "nightly.yaml")
+    assert code == 2 and f"no config file 'nightly.yaml' in {os.getcwd()} and no packaged config" in err
+    assert "runs in Ray's copy of --working-dir" in err
     code, _, err = run_cli(capsys, "augmnet")
     assert code == 2 and "did you mean augment?" in err
 
