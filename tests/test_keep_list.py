@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pyarrow.parquet as pq
+import pytest
 
 import ray_pipelines.jobs.augment as augment_job
 from ray_pipelines.config import validate_config
@@ -117,3 +118,25 @@ def test_an_ignore_list_that_names_no_listed_input_is_said(tmp_path):
         f"ignore_list {tmp_path / 'ignored.txt'}: 2 of its 2 keys name no listed input ('/in/good/good_0.wav', "
         "'/in/good/good_1.wav'); a listed input's key: 'good/good_0.wav'"
     ]
+
+
+def test_a_keep_list_that_names_no_listed_input_fails_the_run_unless_allow_empty(tmp_path):
+    """Keys of another root (the input given as clips/train, the keys train/...): a warning, then a run of no
+    input that exited 0 with _SUCCESS and no rows, which a scheduler takes for a good night."""
+    from ray_pipelines.engine.runner import apply_key_lists
+    from ray_pipelines.sources import InputItem, SourceError
+
+    items = [InputItem(key=f"good_{i}.wav", uri=f"/in/train/good_{i}.wav", size=1) for i in range(3)]
+    (tmp_path / "kept.txt").write_text("train/good_0.wav\ntrain/good_1.wav\n")
+    settings = {"input": "in/train", "output": "out", "keep_list": str(tmp_path / "kept.txt")}
+    config = validate_config(augment_job.AugmentConfig, settings)
+    with pytest.raises(SourceError) as said:
+        apply_key_lists(items, config)
+    assert str(said.value) == (
+        f"keep_list {tmp_path / 'kept.txt'}: none of its 2 keys names a listed input ('train/good_0.wav', "
+        "'train/good_1.wav'); a listed input's key: 'good_0.wav' (set allow_empty: true to allow it)"
+    )
+    allowed = validate_config(augment_job.AugmentConfig, {**settings, "allow_empty": True})
+    assert apply_key_lists(items, allowed) == []
+    (tmp_path / "kept.txt").write_text("")  # an empty keep list (a filter that kept nothing) takes nothing
+    assert apply_key_lists(items, config) == []

@@ -109,6 +109,13 @@ def apply_key_lists(items: list[InputItem], cfg: CommonConfig) -> list[InputItem
     if cfg.keep_list:
         keep = read_key_list(cfg.keep_list, cfg.storage_options)
         kept = [i for i in items if i.key in keep]
+        if keep and items and not kept and not cfg.allow_empty:
+            # Keys of another root (paths, URLs, another input folder's): a run of nothing, exit 0 and _SUCCESS
+            raise SourceError(
+                f"keep_list {cfg.keep_list}: none of its {len(keep)} keys names a listed input "
+                f"({', '.join(repr(k) for k in sorted(keep)[:3])}{', ...' if len(keep) > 3 else ''}); a listed "
+                f"input's key: {items[0].key!r} (set allow_empty: true to allow it)"
+            )
         if len(kept) < len(keep):  # listed keys are unique: each kept item matched one key
             _warn_unmatched_keys("keep_list", cfg.keep_list, keep, kept, items[0].key if items else None)
         items = kept
