@@ -54,6 +54,31 @@ def test_gpus_asked_for_where_none_can_ever_come_are_refused():
     assert plan == PoolPlan(4, 4, 0.0, num_cpus=0.875, decode_cpus=0.875)
 
 
+def test_cpu_actors_grow_with_the_cpu_workers_an_autoscaler_may_start():
+    """One CPU worker of 15 up, a group that may grow to 32: the pool was 15 actors sized to fill that worker,
+    so no actor ever waited and Ray's autoscaler (which starts workers for waiting demand) never started one."""
+    capacity = ({"CPU": 15}, {"CPU": 32 * 15})
+    lines, logger = Lines(), logging.getLogger("ray_pipelines.engine.runtime")
+    logger.addHandler(lines)
+    level, _ = logger.level, logger.setLevel(logging.INFO)
+    try:
+        plan = plan_pool(config(), capacity=capacity, max_useful=1000)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    # sized as before to the CPUs up now (14.5 of 15 shared by 15), growing to one actor per CPU that may come
+    assert plan == PoolPlan(15, 480, 0.0, num_cpus=0.966, decode_cpus=0.966)
+    assert lines.lines == ["the cluster has 15 CPUs now; its autoscaler may start up to 480: 15 CPU actors, up to 480 "
+                           "as workers come up"]  # fmt: skip
+    assert plan_pool(config(), capacity=capacity, max_useful=40).max_size == 40  # no more actors than blocks
+    assert plan_pool(config(), capacity=({"CPU": 15}, {"CPU": 2.0**62}), max_useful=10**6).max_size == 1024
+    # given actors, or a cluster that cannot grow: as before
+    assert plan_pool(config(actors=4), capacity=capacity, max_useful=100) == PoolPlan(4, 4, 0.0, 3.625, 3.625)
+    assert plan_pool(config(), capacity=({"CPU": 15}, {"CPU": 15}), max_useful=100) == PoolPlan(
+        15, 15, 0.0, 0.966, 0.966
+    )
+
+
 def test_more_gpus_per_actor_than_any_node_has_are_refused_and_fractions_fill_a_gpu():
     """num_gpus: 2 on nodes of one GPU each waited at 0 % for a node that never came (Ray places an actor on
     one node), until Ray Data's no-progress timeout, then exit 1."""

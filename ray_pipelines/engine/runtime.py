@@ -34,6 +34,8 @@ MAX_TASK_RETRIES = 2
 # An autoscaler without a GPU limit (maxReplicas unset) still gets a bounded pool: Ray Data adds
 # actors up to this many as blocks wait, and the input blocks cap it further.
 GPU_CEILING = 64
+# The same for CPU actors on a cluster whose autoscaler may add CPU workers.
+CPU_CEILING = 1024
 # How long the driver waits for ray.nodes(): Ray asks the GCS without a timeout (its global state
 # accessor retries forever), and a reply lost once left a test run's driver waiting there for good.
 NODES_TIMEOUT_S = 30.0
@@ -429,13 +431,30 @@ def plan_pool(
             low = 1  # the first worker's actor starts the run; the others join as workers come up
     else:
         low = high = max(1, int(cpus))
+    cpus_most = min(float(most.get("CPU", cpus)), CPU_CEILING)
+    # CPU actors sized to the CPUs up now, on a cluster whose autoscaler may add CPU workers, filled them and
+    # asked for no more: Ray's autoscaler, which starts workers for waiting demand, never started one (a pool
+    # of 15 on one worker of a 1-to-32 group). The pool may grow to what the autoscaler may start.
+    cpu_scaling = num_gpus == 0 and cfg.actors is None and cpus_most >= cpus + 1
+    if cpu_scaling:
+        high = max(low, int(cpus_most))
     if max_useful is not None:
         high = max(1, min(high, max_useful))
         low = min(low, high)
     if num_gpus > 0:
         return PoolPlan(low, high, num_gpus, num_cpus=1.0, decode_cpus=1.0)
-    # Rounded down, so that the actors of every pool still fit together.
-    per_actor = max(0.1, math.floor(1000 * (cpus - CPU_RESERVE) / (high * max(1, pools))) / 1000)
+    if cpu_scaling and high > low:
+        log.info(
+            "the cluster has %g CPUs now; its autoscaler may start up to %g: %d CPU actors, up to %d as workers "
+            "come up",
+            cpus,
+            cpus_most,
+            low,
+            high,
+        )
+    # Rounded down, so that the actors of every pool still fit together (those up now, where more may come).
+    sized = low if cpu_scaling else high
+    per_actor = max(0.1, math.floor(1000 * (cpus - CPU_RESERVE) / (sized * max(1, pools))) / 1000)
     if node_cpus is not None:
         per_actor = min(per_actor, node_cpus)
     return PoolPlan(low, high, 0.0, num_cpus=per_actor, decode_cpus=per_actor)
