@@ -246,6 +246,13 @@ def test_a_listing_that_fails_or_matches_nothing_leaves_a_complete_outputs_succe
     with pytest.raises(SourceError, match=r"^input not found: "):  # the folder itself gone
         run_job(augment(store, "out", inputs="gone"), progress=False)
     assert store.exists("out/_SUCCESS")
+    # A run stopped while it lists has not looked at the inputs: exit 143 and no _SUCCESS, as the docs say
+    store.write("in/clip2.flac", clip(500))
+    proc = start_held(cli_args(store, "in", "out", on_delete="prune"), "run:prepared")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert not store.exists("out/_SUCCESS")
 
 
 def cli_args(store: Store, inputs: str, output: str, **overrides) -> list[str]:

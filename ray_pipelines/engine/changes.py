@@ -58,10 +58,23 @@ class InputChanges:
     # them to keep, and no run can retry them; they leave the output whatever on_delete says.
     deleted_unretried: list[str] = field(default_factory=list)
 
+    def stale_groups(self, on_change: str, on_delete: str) -> list[tuple[str, list[str]]]:
+        """The keys whose committed rows (or error rows) must leave the output before this run writes, in
+        groups said as the run's warning says them."""
+        groups = []
+        if on_change == "reprocess" and self.changed:
+            groups.append(("changed inputs' old rows leave the output, to be processed again", self.changed))
+        if on_delete == "prune" and self.deleted:
+            groups.append(("deleted inputs leave the output (on_delete: prune)", self.deleted))
+        elif self.deleted_unretried:
+            groups.append(
+                ("deleted inputs committed only as retryable errors leave the output", self.deleted_unretried)
+            )
+        return groups
+
     def stale(self, on_change: str, on_delete: str) -> set[str]:
         """Keys whose committed rows must leave the output before this run writes."""
-        changed = set(self.changed if on_change == "reprocess" else ())
-        return changed | set(self.deleted if on_delete == "prune" else self.deleted_unretried)
+        return {key for _, keys in self.stale_groups(on_change, on_delete) for key in keys}
 
     def report(self, on_change: str, on_delete: str) -> dict[str, Any]:
         """For manifest.json and the summary: counts, what was done, and the stale keys kept."""

@@ -146,6 +146,7 @@ class OutputState:
             for relpath in self._contents():  # everything but the lease this run holds
                 self.storage.remove(relpath)
         self.storage.makedirs(MANIFEST_DIR)
+        self.storage.remove(SUCCESS_FILE)
         run_id = run_id or uuid.uuid4().hex
         self.storage.write_json(
             JOB_FILE,
@@ -158,6 +159,17 @@ class OutputState:
             },
         )
         return run_id
+
+    def restore_success(self) -> None:
+        """``_SUCCESS`` back where ``manifest.json`` says complete: for a run that failed before it changed
+        anything (its listing failed or matched nothing), which leaves the output as it found it. (A run stopped
+        there leaves none: exit 130/143 says no ``_SUCCESS``.)"""
+        try:
+            complete = self.storage.read_json(MANIFEST_FILE).get("complete") is True
+        except (FileNotFoundError, ValueError, AttributeError):  # none (emptied by --overwrite), or not ours
+            return
+        if complete:
+            self.storage.write_bytes(SUCCESS_FILE, b"")
 
     def _files_named_by_manifest(self) -> frozenset[str]:
         """The data files the last ``manifest.json`` names (none where there is none, or it is unreadable)."""

@@ -42,7 +42,7 @@ from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import JOB_FILE, LEASE_FILE, SUCCESS_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
+from .manifest import JOB_FILE, LEASE_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
@@ -330,16 +330,21 @@ def _run_holding_lease(
     mark("prepared")
     stop_point("run:prepared")  # tests: a run stopped while it lists (minutes for a bucket of millions)
     try:
-        listed = job.list_inputs()
-    except SourceError as e:
-        raise SourceError(f"{e}{_in_ray_working_dir_copy(cfg.inputs())}") from None
-    mark("listed")
-    if not listed and not cfg.allow_empty:
-        raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
-    # From here on the listing is two columns: the InputItem list (the driver's biggest object at a
-    # million inputs) becomes the inputs table's rows as it goes, before the committed state is built.
-    identities, listed_count = listed_identities(listed), len(listed)
-    selected = select_inputs(job, listed, consume=True)
+        try:
+            listed = job.list_inputs()
+        except SourceError as e:
+            raise SourceError(f"{e}{_in_ray_working_dir_copy(cfg.inputs())}") from None
+        mark("listed")
+        if not listed and not cfg.allow_empty:
+            raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")
+        # From here on the listing is two columns: the InputItem list (the driver's biggest object at a
+        # million inputs) becomes the inputs table's rows as it goes, before the committed state is built.
+        identities, listed_count = listed_identities(listed), len(listed)
+        selected = select_inputs(job, listed, consume=True)
+    except SourceError:
+        # Nothing changed yet (an empty nightly prefix, a listing outage): a complete output stays complete
+        state.restore_success()
+        raise
     del listed
     release_unused_memory()
     listed_at = time.time()
@@ -349,9 +354,6 @@ def _run_holding_lease(
     taken = selected["key"].combine_chunks() if selected.num_rows < listed_count else None
     changes = detect_changes(identities, done, taken)
     del taken, identities
-    # From here on the run changes the output (takes inputs out, writes): _SUCCESS goes. A listing that failed
-    # or matched nothing (exit 1) left a complete output as it was, _SUCCESS and all.
-    storage.remove(SUCCESS_FILE)
     stale = changes.stale(cfg.on_change, cfg.on_delete)
     if stale:
         _warn_taken_out(job.name, changes, cfg.on_change, cfg.on_delete)
@@ -453,15 +455,9 @@ def _run_holding_lease(
 def _warn_taken_out(name: str, changes: InputChanges, on_change: str, on_delete: str) -> None:
     """Names the inputs whose rows leave the output, before they do: a run stopped or killed after that commits
     no report of them, and the run that then finishes counts a changed one as new and a deleted one not at all."""
-    taken = []
-    if on_change == "reprocess":
-        taken.append(("changed inputs' old rows leave the output, to be processed again", changes.changed))
-    if on_delete == "prune":
-        taken.append(("deleted inputs leave the output (on_delete: prune)", changes.deleted))
-    for what, keys in taken:
-        if keys:
-            more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
-            log.warning("%s: %d %s: %s%s", name, len(keys), what, ", ".join(keys[:10]), more)
+    for what, keys in changes.stale_groups(on_change, on_delete):
+        more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+        log.warning("%s: %d %s: %s%s", name, len(keys), what, ", ".join(keys[:10]), more)
 
 
 def _warn_kept_stale(name: str, report: dict[str, Any]) -> None:
