@@ -293,3 +293,15 @@ def test_a_store_that_does_not_answer_and_an_unwritable_out_are_one_line_each(fe
             "ray-pipelines preview: https://user:***@host/out holds credentials (user:password@); "
             "set them in the environment\n"
         )
+
+
+def test_an_out_named_for_another_image_format_is_refused(features_output, tmp_path, capsys):
+    """``--out grid.jpg`` wrote PNG bytes under a .jpg name without a word."""
+    for name in ("grid.jpg", "grid.svg"):
+        assert preview.main([str(features_output), "--out", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err == (
+            f"ray-pipelines preview: --out {tmp_path / name}: the preview is a PNG; give a .png name\n"
+        )
+        assert not (tmp_path / name).exists()
+    assert preview.main([str(features_output), "--n", "1", "--out", str(tmp_path / "grid.PNG")]) == 0
+    assert (tmp_path / "grid.PNG").read_bytes()[:8] == PNG

@@ -124,8 +124,12 @@ def test_bad_inputs_are_error_rows(runs):
 def test_refiltering_the_stored_scores_on_bandwidth_finds_the_upsampled_clips(runs, tmp_path, capsys):
     root = runs[0]
     args = ["--set", "bandwidth_hz.mode=hardcode", "--set", "bandwidth_hz.bounds=[6000, null]"]
-    # the scores CSV alone has no rules of its own: only the --set one applies
-    assert filter_main([str(root / "one/scores.csv"), *args, "--output", str(tmp_path)]) == 0
+    # a scores CSV alone (outside its output: at the root it is filtered as that output) has no rules of its
+    # own: only the --set one applies
+    csv_copy = tmp_path / "csv" / "scores.csv"
+    csv_copy.parent.mkdir()
+    csv_copy.write_text((root / "one/scores.csv").read_text())
+    assert filter_main([str(csv_copy), *args, "--output", str(tmp_path)]) == 0
     assert "  rules from           no config and 2 --set\n" in capsys.readouterr().out
     kept = (tmp_path / "kept.txt").read_text().split()
     # the telephone speech (3.9 kHz) and the loop through 8 kHz fall below; noise and clipping add highs

@@ -140,3 +140,24 @@ def test_path_labels_from_patterns_and_hash_splits():
     assert splits == {"train", "val"}
     assert hashed.of("x.wav", shard_split=None) == hashed.of("x.wav")
     assert PathLabels(None, None, None).of("x.wav", shard_split="test")[0]["split"] == "test"
+
+
+def test_a_mistyped_filter_setting_is_told_the_setting_it_is_close_to():
+    """``--set trainsplit=val`` was told as a rule for a score ``trainsplit`` (or as a rule that is not a mapping)."""
+    with pytest.raises(ConfigError, match=r"^trainsplit: unknown key; did you mean train_split\?$"):
+        load_filter_settings(None, ["trainsplit=val"])
+    with pytest.raises(ConfigError, match=r"^histogram_bin: unknown key; did you mean histogram_bins\?$"):
+        load_filter_settings(None, ["histogram_bin=20"], scores=["snr_db"])
+    base = {"input": "in", "output": "out", "scorers": ["signal"]}
+    with pytest.raises(ConfigError, match=r"filter\.trainsplit: unknown key; did you mean filter\.train_split\?"):
+        validate_config(ScoreConfig, {**base, "filter": {"trainsplit": "val"}})
+
+
+def test_a_null_filter_rule_takes_the_reconstruction_scores_default_out_in_the_job_and_the_tool():
+    config = load_config(ScoreConfig, "score-mae", ["input=in", "output=out", "filter.signal_energy=null"])
+    assert list(config.filter.rules(config.score_columns)) == ["reconstruction_loss"]
+    # the filter tool rerunning with the rules the job recorded (manifest.json) leaves it out too
+    recorded = config.filter.model_dump(mode="json")
+    assert recorded["signal_energy"] is None
+    again = load_filter_settings(None, [], base=recorded, scores=list(config.score_columns))
+    assert list(again.rules(config.score_columns)) == ["reconstruction_loss"]

@@ -1,11 +1,16 @@
-"""Filter rules against bounds computed by hand (no Ray)."""
+"""Filter rules against bounds computed by hand (no Ray), and the filter tool on scores CSVs and on real score
+outputs (two small signal-scorer runs on embedded Ray)."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ from pydantic import ValidationError
 
 from ray_pipelines.scoring.filters import FilterRule, compute_bounds, run_filters
 from ray_pipelines.scoring.report import FilterSettings
-from tests.conftest import free_port
+from tests.conftest import Lines, free_port
 
 ONE_TO_TEN = np.arange(1.0, 11.0)  # sorted; quantile q sits at position 9q (linear interpolation)
 
@@ -156,6 +161,22 @@ def test_rule_validation_names_the_problem():
         FilterRule(mode="hardcode", bounds=(7.0, 1.5))
 
 
+def test_a_hardcode_rule_whose_side_keeps_an_open_bound_is_refused():
+    """``side: upper`` with ``bounds: [3, null]`` kept [-inf, inf]: every value, without a word."""
+    said = "side 'upper' keeps only the high bound, which bounds [3, null] leaves open (null): the rule would keep"
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        FilterRule(mode="hardcode", side="upper", bounds=(3.0, None))
+    with pytest.raises(
+        ValidationError, match=re.escape("side 'lower' keeps only the low bound, which bounds [null, 7]")
+    ):
+        FilterRule(mode="hardcode", side="lower", bounds=(None, 7.0))
+    # the side's own bound given: that cut alone
+    assert kept_values(FilterRule(mode="hardcode", side="lower", bounds=(3.0, None)), ONE_TO_TEN) == list(
+        ONE_TO_TEN[2:]
+    )
+    assert kept_values(FilterRule(mode="hardcode", side="upper", bounds=(3.0, 5.0)), ONE_TO_TEN) == [1.0, 2, 3, 4, 5]
+
+
 def test_a_rule_without_a_mode_given_another_modes_option_is_refused_not_a_median_rule():
     with pytest.raises(ValidationError, match="bounds is an option of mode hardcode; .*so it is 'median': set mode"):
         FilterRule(bounds=(3.0, None))
@@ -261,7 +282,7 @@ def test_the_filter_tool_refuses_a_train_split_the_scores_do_not_have(tmp_path, 
     assert filter_main([str(scores), *median, "--set", "train_split=training"]) == 2
     assert capsys.readouterr().err == (
         "ray-pipelines filter: train_split 'training' is no split of the scores (splits: train, val); the bounds "
-        "of snr_db come from it (--set train_split=...)\n"
+        "of snr_db come from it (--set train_split=train)\n"
     )
     assert not (tmp_path / "out").exists()
     assert filter_main([str(scores), *median]) == 0
@@ -290,20 +311,28 @@ def test_the_filter_tool_does_not_write_into_another_jobs_output(tmp_path, capsy
         "folder of their own\n"
     )
     assert (other / "kept.txt").read_text() == "theirs.wav\n"
-    # the folder the scores are in is their own output: a score output's scores.csv filtered into it
+    # nor, without --output, into the folder of a CSV that sits in another job's output
+    (other / "scores.csv").write_text(scores.read_text())
+    assert filter_main([str(other / "scores.csv"), "--set", "snr_db={mode: hardcode, bounds: [0, null]}"]) == 2
+    assert capsys.readouterr().err == (
+        f"ray-pipelines filter: {other}, the scores CSV's folder (where the filter outputs go without --output), "
+        "holds the augment job's output: give the filter outputs a folder of their own (--output)\n"
+    )
+    assert (other / "kept.txt").read_text() == "theirs.wav\n"
+    # a score output's run stopped before its first commit: what to do about it is said, for its root and
+    # for a scores CSV at its root (that output's, filtered as it is: it has no committed rules or errors)
     own = tmp_path / "score-out"
     own.mkdir()
     (own / "_job.json").write_text('{"job": "score", "fingerprint": "f"}')
     (own / "scores.csv").write_text(scores.read_text())
     rule = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}"]
-    assert filter_main([str(own / "scores.csv"), *rule, "--output", str(own)]) == 0
-    assert (own / "kept.txt").read_text() == "a.wav\n"
-    # that output's run stopped before its first commit: what to do about it is said
-    assert filter_main([str(own)]) == 1
-    assert capsys.readouterr().err == (
-        f"ray-pipelines filter: FileNotFoundError: {own} has no manifest.json (not a committed score output; a run "
-        "of the score job started it and never committed: run it again to finish it)\n"
-    )
+    for args in ([str(own)], [str(own / "scores.csv"), *rule, "--output", str(own)]):
+        assert filter_main(args) == 1
+        assert capsys.readouterr().err == (
+            f"ray-pipelines filter: FileNotFoundError: {own} has no manifest.json (not a committed score output; "
+            "a run of the score job started it and never committed: run it again to finish it)\n"
+        )
+    assert not (own / "kept.txt").exists()
 
 
 def test_the_filter_tool_names_a_job_config_without_a_filter_section(tmp_path, capsys):
@@ -341,3 +370,109 @@ def test_a_scores_csv_cell_that_is_not_a_number_is_named_by_line_and_column(tmp_
         timeout=120,
     )
     assert done.returncode == 1 and done.stderr.endswith("its item is then not kept)\n"), done.stderr
+
+
+def score_signal(root, clips: dict[str, np.ndarray | bytes], rules: dict) -> Path:
+    """A real score job output (the signal scorer on embedded Ray) of ``clips`` (key: audio, or bytes that
+    are no audio), written under ``root``, with the filter ``rules``."""
+    import ray_pipelines.jobs.score as score_job
+    from ray_pipelines.config import validate_config
+    from ray_pipelines.engine.runner import run_job
+    from tests.audio_helpers import write_audio
+
+    for key, clip in clips.items():
+        path = root / "audio" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(clip) if isinstance(clip, bytes) else write_audio(path, clip)
+    config = {
+        "input": str(root / "audio"),
+        "output": str(root / "out"),
+        "scorers": ["signal"],
+        "sample_rate": 16000,
+        "duration": 0.5,
+        "min_duration": 0.1,
+        "actors": 1,
+        "filter": rules,
+    }
+    assert run_job(score_job.JOB(validate_config(score_job.ScoreConfig, config)), progress=False).complete
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def signal_scored(tmp_path_factory, ray_local):
+    """A score output with train and val splits, a quiet clip its rule ignores and a file that is no audio."""
+    from tests.audio_helpers import tone
+
+    clips = {
+        "train/good/a.wav": tone(0.6, amplitude=0.5, seed=1),
+        "train/good/b.wav": tone(0.6, freq=330.0, amplitude=0.4, seed=2),
+        "train/bad/quiet.wav": tone(0.6, amplitude=0.005, seed=3),  # rms about -49 dBFS
+        "val/good/c.wav": tone(0.6, freq=550.0, amplitude=0.5, seed=4),
+        "val/bad/broken.wav": b"this is not audio",
+    }
+    rules = {"rms_dbfs": {"mode": "hardcode", "bounds": [-30.0, None]}, "peak_dbfs": {"mode": "median"}}
+    return score_signal(tmp_path_factory.mktemp("signal_scored"), clips, rules)
+
+
+FILTER_FILES = ("kept.txt", "ignored.txt", "decisions.csv", "groups.csv", "summary.json")
+
+
+def test_a_scores_csv_at_a_score_outputs_root_is_filtered_as_that_output(signal_scored, tmp_path, capsys):
+    """``filter OUT/scores.csv`` (no --output) rewrote the output's kept.txt with every scored key (no rules)
+    and dropped its failed inputs (errors.jsonl) from both lists."""
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    out = tmp_path / "out"
+    shutil.copytree(signal_scored, out)
+    jobs = {name: (out / name).read_bytes() for name in FILTER_FILES}
+    assert jobs["kept.txt"].decode().split() == ["train/good/a.wav", "train/good/b.wav", "val/good/c.wav"]
+    assert jobs["ignored.txt"].decode().split() == ["train/bad/quiet.wav", "val/bad/broken.wav"]
+
+    assert filter_main([str(out / "scores.csv")]) == 0
+    assert "rules from           the score job's config (manifest.json)" in capsys.readouterr().out
+    assert {name: (out / name).read_bytes() for name in FILTER_FILES} == jobs  # the job's own lists again
+    # the same as filtering the output root, a --set changing the job's rule alike
+    looser = ["--set", "rms_dbfs.bounds=[-60, null]"]
+    assert filter_main([str(out), *looser, "--output", str(tmp_path / "from-root")]) == 0
+    assert filter_main([str(out / "scores.csv"), *looser, "--output", str(tmp_path / "from-csv")]) == 0
+    for name in FILTER_FILES:
+        assert (tmp_path / "from-root" / name).read_bytes() == (tmp_path / "from-csv" / name).read_bytes()
+    assert (tmp_path / "from-csv" / "ignored.txt").read_text() == "val/bad/broken.wav\n"  # its error counts
+
+
+def test_scores_without_their_train_split_are_filtered_as_the_job_filtered_them(tmp_path, ray_local, capsys):
+    """The job warned that its rules kept everything ("ray-pipelines filter reruns the rules"); the filter tool
+    then refused the job's own train_split (exit 2), though a rerun without --set writes the job's lists again."""
+    from ray_pipelines.jobs.filter import main as filter_main
+    from tests.audio_helpers import tone
+
+    clips = {
+        "val/good/a.wav": tone(0.6, amplitude=0.5, seed=1),
+        "val/good/b.wav": tone(0.6, freq=330.0, amplitude=0.4, seed=2),
+        "val/bad/quiet.wav": tone(0.6, amplitude=0.005, seed=3),
+    }
+    rules = {"rms_dbfs": {"mode": "hardcode", "bounds": [-30.0, None]}, "peak_dbfs": {"mode": "median"}}
+    logger, said = logging.getLogger("ray_pipelines.jobs.score"), Lines()
+    logger.addHandler(said)
+    try:
+        out = score_signal(tmp_path, clips, rules)
+    finally:
+        logger.removeHandler(said)
+    problem = (
+        "train_split 'train' is no split of the scores (splits: val); the bounds of peak_dbfs come from it: they "
+        "keep everything"
+    )
+    fix = "--set train_split=val reruns the rules with their bounds from a split the scores have"
+    assert f"score: filter.{problem} (ray-pipelines filter {out} {fix})" in said.lines
+    jobs = {name: (out / name).read_bytes() for name in FILTER_FILES}
+    assert jobs["ignored.txt"] == b"val/bad/quiet.wav\n"  # the hard bound still cuts
+
+    assert filter_main([str(out)]) == 0
+    assert capsys.readouterr().err == f"ray-pipelines filter: warning: {problem} ({fix})\n"
+    assert {name: (out / name).read_bytes() for name in FILTER_FILES} == jobs
+    # a train_split given here that the scores do not have is refused as before (a mistyped one)
+    assert filter_main([str(out), "--set", "train_split=training", "--output", str(tmp_path / "typo")]) == 2
+    assert capsys.readouterr().err.endswith("the bounds of peak_dbfs come from it (--set train_split=val)\n")
+    assert not (tmp_path / "typo").exists()
+    assert filter_main([str(out), "--set", "train_split=val", "--output", str(tmp_path / "val")]) == 0
+    assert capsys.readouterr().err == ""

@@ -252,3 +252,21 @@ def test_an_output_without_any_score_still_gets_its_reports(tmp_path):
     assert report["keys"] == {"kept": 0, "ignored": 1, "errors": 1}
     assert (tmp_path / "ignored.txt").read_text() == "a.pt\n" and (tmp_path / "kept.txt").read_text() == ""
     assert (tmp_path / "histograms/signal_energy.png").exists()
+
+
+def test_a_null_rule_takes_a_default_rule_out_and_filter_json_records_it(tmp_path):
+    """``signal_energy: null`` (docs: null removes a rule) put the seed's median rule back: the energy
+    outlier was still ignored while filter.json's settings showed no rule."""
+    storage = Storage(str(tmp_path))
+    settings = FilterSettings(signal_energy=None, reconstruction_loss=FilterRule(mode="none"))
+    assert list(settings.rules(["reconstruction_loss", "signal_energy"])) == ["reconstruction_loss"]
+    report = write_filter_outputs(storage, small_table(), settings)
+    assert list(report["bounds"]) == ["reconstruction_loss"]
+    assert (tmp_path / "ignored.txt").read_text() == ""  # val/good/p9_1.pt's energy 9 no longer judged
+    on_disk = json.loads((tmp_path / "filter.json").read_text())
+    assert "signal_energy" in on_disk["settings"] and on_disk["settings"]["signal_energy"] is None
+    # what filter.json (and the job's manifest) record reads back as the same settings: the rule stays out
+    again = FilterSettings.model_validate(on_disk["settings"])
+    assert list(again.rules(["reconstruction_loss", "signal_energy"])) == ["reconstruction_loss"]
+    # a score without a default rule: null is simply no rule, as before
+    assert "snr_db" not in FilterSettings(snr_db=None).model_dump()

@@ -3,18 +3,21 @@
 SCORES is a score job's output root (its Parquet scores and errors.jsonl are
 read) or a scores CSV (this job's scores.csv, or an evaluation script's with
 filename, split and score columns such as reconstruction_loss,
-signal_energy). Nothing is recomputed and no Ray is started. The config is a
-score config (its ``filter`` section is used) or a file holding just that
-section; without one, a score output's filters are the ones its job ran with
-(its manifest's config), a CSV's none. ``--set`` keys are relative to the
-section (``--set dnsmos_ovrl.mode=percentile``).
+signal_energy). A CSV at the root of a score output is that output's: its
+errors.jsonl and, without a config, its rules apply, as for the root. Nothing
+is recomputed and no Ray is started. The config is a score config (its
+``filter`` section is used) or a file holding just that section; without one,
+a score output's filters are the ones its job ran with (its manifest's
+config), another CSV's none. ``--set`` keys are relative to the section
+(``--set dnsmos_ovrl.mode=percentile``).
 
 Writes filter.json, kept.txt, ignored.txt, decisions.csv, groups.csv,
 histograms/*.png and scatter.png (plus the summaries) into ``--output``, by
-default next to the scores (a score output root, or the CSV's folder),
-replacing what an earlier filter run wrote there; filter.json records the
-settings used. Exit codes: 0 done, 2 bad config (also a rule naming a score
-the scores do not have), 1 unreadable scores.
+default next to the scores (a score output root, or the CSV's folder, unless
+that holds another job's output), replacing what an earlier filter run wrote
+there; filter.json records the settings used. Exit codes: 0 done, 2 bad
+config (also a rule naming a score the scores do not have), 1 unreadable
+scores.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
 from ray_pipelines.engine.manifest import JOB_FILE
 from ray_pipelines.scoring.report import (
+    RERUN_ON_A_SPLIT,
     FilterSettings,
     filter_warnings,
     format_filter_report,
@@ -75,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
 EXIT_CODES = """exit codes:
   0  done: the filter outputs written
   2  a bad config or --set (a rule naming a score the scores do not have, a train_split they
-     do not have), a URL holding credentials, an --output holding another job's output
+     do not have), a URL holding credentials, an --output (or a CSV's folder, without one)
+     holding another job's output
   1  the scores unreadable (not a committed score output, a damaged CSV), the store refusing
      reads or writes"""
 
@@ -103,6 +108,7 @@ def load_filter_settings(
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: 'filter' must be a mapping")
     data = apply_overrides(data, overrides)
+    FilterSettings.check_setting_names(data, section="")  # `trainsplit=val`: a mistyped setting, not a rule
     if scores is not None:
         FilterSettings.check_section_names(data, scores, section="")
     return validate_config(FilterSettings, data)
@@ -139,22 +145,49 @@ def read_score_manifest(root: str, options: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def other_output(output: str, own: str, options: dict[str, Any]) -> str | None:
-    """Why ``--output`` must not be written: it holds a job's output other than ``own``, the folder the
-    scores are in (a score output, or a scores CSV's folder): its kept.txt, the list other jobs take as
-    their keep_list, would be replaced by these scores'."""
+def other_output(output: str, own: str | None, options: dict[str, Any], given: bool = True) -> str | None:
+    """Why ``output`` must not be written: it holds a job's output other than ``own``, the score output the
+    scores are (None for a CSV of no score output's): its kept.txt, the list other jobs take as their
+    keep_list, would be replaced by these scores'. ``given``: ``--output`` names it (else it is the CSV's
+    folder, where the outputs go without one)."""
     storage = Storage(output, options)
-    if Storage(own, options).root == storage.root or not storage.exists(JOB_FILE):
+    if (own is not None and Storage(own, options).root == storage.root) or not storage.exists(JOB_FILE):
         return None
     try:
         job = storage.read_json(JOB_FILE).get("job", "another")
     except Exception:  # unreadable: still another output's
         job = "another"
-    return f"--output {output} holds the {job} job's output: give the filter outputs a folder of their own"
+    if given:
+        return f"--output {output} holds the {job} job's output: give the filter outputs a folder of their own"
+    return (
+        f"{output}, the scores CSV's folder (where the filter outputs go without --output), holds the {job} "
+        "job's output: give the filter outputs a folder of their own (--output)"
+    )
 
 
 def is_csv(scores: str) -> bool:
     return split_protocol(scores)[1].lower().endswith(".csv")
+
+
+def csv_folder(scores: str) -> str:
+    """The folder a scores CSV is in (a local one absolute)."""
+    protocol, path = split_protocol(scores)
+    if protocol == "file":
+        return str(Path(path).resolve().parent)
+    return f"{protocol}://{posixpath.dirname(path)}"
+
+
+def score_output_of(scores: str, options: dict[str, Any]) -> str | None:
+    """The score output whose scores ``scores`` are: a score output root itself, or the root a scores CSV
+    sits at (its scores.csv); None for a CSV of no score output's. Filtering OUT/scores.csv as a bare CSV
+    replaced the output's kept.txt with every key (no rules) and left its failed inputs out of both lists."""
+    if not is_csv(scores):
+        return scores
+    folder = Storage(csv_folder(scores), options)
+    for name in ("manifest.json", JOB_FILE):  # a run that never committed has only its claim, _job.json
+        if folder.exists(name):
+            return csv_folder(scores) if folder.read_json(name).get("job", "score") == "score" else None
+    return None
 
 
 def _reason(error: Exception) -> str:
@@ -165,11 +198,7 @@ def _reason(error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    # A score output without --config is filtered as its job filtered it, --set changing rules: starting
-    # from no rules rewrote its kept.txt (what other jobs take as their keep_list) with nearly every key.
-    job_rules = args.config is None and not is_csv(args.scores)
     try:
-        settings = None if job_rules else load_filter_settings(args.config, args.overrides)
         options = parse_overrides(args.storage_options)
         for url, written in ((args.scores, False), (args.output or args.scores, True)):
             if hidden := url_credentials(url):  # filter.json records where the scores came from, as a job's manifest
@@ -180,31 +209,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2
     try:
-        if is_csv(args.scores):
-            table, errors = ScoreTable.from_csv(args.scores, options), {}
-            protocol, path = split_protocol(args.scores)
-            beside = posixpath.dirname(path) if protocol != "file" else str(Path(path).resolve().parent)
-            default_output = beside if protocol == "file" else f"{protocol}://{beside}"
-        else:
-            manifest = read_score_manifest(args.scores, options)
-            table = ScoreTable.from_output(args.scores, options, manifest)
-            errors = read_errors(args.scores, options)
-            default_output = args.scores
+        score_output = score_output_of(args.scores, options)
+    except (*storage_errors(), ValueError) as e:
+        print(f"ray-pipelines filter: {_reason(e)}", file=sys.stderr)
+        return 1
+    # A score output without --config is filtered as its job filtered it, --set changing rules: starting
+    # from no rules rewrote its kept.txt (what other jobs take as their keep_list) with nearly every key.
+    job_rules = args.config is None and score_output is not None
+    try:
+        settings = None if job_rules else load_filter_settings(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"ray-pipelines filter: {e}", file=sys.stderr)
+        return 2
+    try:
+        table = ScoreTable.from_csv(args.scores, options) if is_csv(args.scores) else None
+        errors: list[tuple[str, int, str]] | dict[str, str] = {}
+        if score_output is not None:  # its failed inputs are ignored keys, whichever file its scores come from
+            manifest = read_score_manifest(score_output, options)
+            table = table if table is not None else ScoreTable.from_output(score_output, options, manifest)
+            errors = read_errors(score_output, options)
+        default_output = score_output or csv_folder(args.scores)
     except (*storage_errors(), ValueError, KeyError) as e:
         print(f"ray-pipelines filter: {_reason(e)}", file=sys.stderr)
         return 1
+    warnings: list[str] = []
     try:
+        job_split = None
         if settings is None:
             base = without_unused_bounds(manifest.get("config", {}).get("filter"))
             settings = load_filter_settings(None, args.overrides, base=base, scores=table.scores)
+            job_split = (base or {}).get("train_split", "train")
         settings.rules(table.scores, section="")  # this tool's --set keys are the filter section's own
-        if problem := settings.train_split_problem(table["split"].astype(str), table.scores):
-            raise ValueError(problem + " (--set train_split=...)")
+        splits = table["split"].astype(str)
+        if problem := settings.train_split_problem(splits, table.scores):
+            # the job's own train_split (it warned and kept everything): the same, so a rerun writes its lists
+            # again; one given here is likely mistyped (`training`), and would keep everything
+            if settings.train_split != job_split:
+                raise ValueError(f"{problem} ({settings.train_split_fix(splits)})")
+            warnings.append(f"{problem}: they keep everything ({settings.train_split_fix(splits)} {RERUN_ON_A_SPLIT})")
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2
     try:
-        taken = other_output(args.output, default_output, options) if args.output else None
+        taken = other_output(args.output or default_output, score_output, options, given=bool(args.output))
     except storage_errors() as e:
         print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -221,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray-pipelines filter: {_reason(e)}", file=sys.stderr)
         return 1
     print(format_filter_report(report))
-    for warning in filter_warnings(report):
+    for warning in warnings + filter_warnings(report):
         print(f"ray-pipelines filter: warning: {warning}", file=sys.stderr)
     rules = "the score job's config (manifest.json)" if job_rules else args.config or "no config"
     print(f"  rules from           {rules}" + (f" and {len(args.overrides)} --set" if args.overrides else ""))

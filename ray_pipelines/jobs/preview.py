@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
         prog="ray-pipelines preview",
         description=__doc__.split("\n\n")[0],
         epilog="exit codes: 0 written; 2 an argument the output does not fit (--n, --column, --channel,\n"
-        "--split), a folder of outputs, or a URL refused; 1 nothing to show (no such output, no rows),\n"
-        "the output unreadable or the PNG unwritable",
+        "--split), a folder of outputs, an --out not named .png, or a URL refused; 1 nothing to show\n"
+        "(no such output, no rows), the output unreadable or the PNG unwritable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("output", help="A job's output root (local path or URL).")
@@ -73,7 +73,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--random", action="store_true", help="Pick rows at random (--seed) instead of the first ones.")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="preview.png", help="PNG to write (default ./preview.png; a URL works too).")
+    p.add_argument(
+        "--out", default="preview.png", help="PNG to write, a .png name (default ./preview.png; a URL works too)."
+    )
     p.add_argument(
         "--storage-option",
         action="append",
@@ -397,10 +399,15 @@ def preview(
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ray_pipelines.config import parse_overrides
-    from ray_pipelines.storage import get_fs, storage_errors, url_credentials, url_problem
+    from ray_pipelines.storage import get_fs, split_protocol, storage_errors, url_credentials, url_problem
 
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     options = parse_overrides(args.storage_option)
+    # PNG bytes under a .jpg name were written without a word: a viewer or upload that trusts the name fails
+    suffix = posixpath.splitext(split_protocol(args.out)[1])[1]
+    if suffix and suffix.lower() != ".png":
+        print(f"ray-pipelines preview: --out {args.out}: the preview is a PNG; give a .png name", file=sys.stderr)
+        return 2
     for url, written in ((args.output, False), (args.out, True)):
         if hidden := url_credentials(url):  # refused as the jobs refuse it: every line below would show it
             print(

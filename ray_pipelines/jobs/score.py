@@ -41,6 +41,7 @@ from ray_pipelines.scoring.inputs import (
 )
 from ray_pipelines.scoring.options import DnsmosOptions, ModelSpec, VadOptions
 from ray_pipelines.scoring.report import (
+    RERUN_ON_A_SPLIT,
     FilterSettings,
     check_predictions_readable,
     filter_warnings,
@@ -385,8 +386,10 @@ class ScoreJob(Job):
         table = ScoreTable.from_output(storage.root, c.storage_options, manifest)
         storage.write_bytes("scores.csv", table.to_csv().encode())
         summaries = write_summaries(storage, table, c.filter.histogram_bins)
-        if problem := c.filter.train_split_problem(table["split"].astype(str), table.scores):
-            log.warning("score: filter.%s: they keep everything (ray-pipelines filter reruns the rules)", problem)
+        splits = table["split"].astype(str)
+        if problem := c.filter.train_split_problem(splits, table.scores):
+            fix = f"ray-pipelines filter {storage.root} {c.filter.train_split_fix(splits)}"
+            log.warning("score: filter.%s: they keep everything (%s %s)", problem, fix, RERUN_ON_A_SPLIT)
         report = write_filter_outputs(
             storage,
             table,

@@ -75,6 +75,15 @@ class FilterRule(BaseModel):
             self.side == "upper" and self.hard_low is not None
         ):
             raise ValueError(f"side {self.side!r} drops the bound that hard_low/hard_high sets")
+        if self.mode == "hardcode" and self.side != "both" and self.bounds is not None:
+            # the one bound the side keeps, left open: the rule kept every value without a word
+            which, kept_bound = ("low", low) if self.side == "lower" else ("high", high)
+            if kept_bound is None:
+                shown = ", ".join("null" if bound is None else f"{bound:g}" for bound in self.bounds)
+                raise ValueError(
+                    f"side {self.side!r} keeps only the {which} bound, which bounds [{shown}] leaves open (null): "
+                    f"the rule would keep every value; give the {which} bound, or the side that bounds sets"
+                )
         for name, modes in MODES_USING.items():
             if "mode" not in self.model_fields_set and name in self.model_fields_set and self.mode not in modes:
                 raise ValueError(

@@ -82,6 +82,8 @@ def check_predictions_readable(predictions: str | None, storage_options: dict[st
 
 
 COMPUTED = ("median", "mean", "percentile")  # the modes whose bounds come from the train split's scores
+# What FilterSettings.train_split_fix's --set does, in the warning of scores without their train split.
+RERUN_ON_A_SPLIT = "reruns the rules with their bounds from a split the scores have"
 
 
 class FilterSettings(BaseModel):
@@ -89,11 +91,12 @@ class FilterSettings(BaseModel):
 
     Besides the settings below, every key is a score column's name and its value that score's
     :class:`FilterRule` (``dnsmos_ovrl: {mode: hardcode, bounds: [3.0, null]}``); ``null`` takes a rule
-    out (``--set filter.dnsmos_ovrl=null`` on a packaged config run without the dnsmos scorer).
+    out (``--set filter.dnsmos_ovrl=null`` on a packaged config run without the dnsmos scorer), a default
+    rule's too: ``signal_energy: null`` stays in the section, so that score has no rule.
     """
 
     model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, FilterRule] = Field(init=False)
+    __pydantic_extra__: dict[str, FilterRule | None] = Field(init=False)
     train_split: str = Field("train", description="The split whose scores define the bounds.")
     all_filtered_label: str = Field(
         "good", description="Label of a group whose items were all filtered out; also wins ties it takes part in."
@@ -109,8 +112,14 @@ class FilterSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _null_rules_left_out(cls, data: Any) -> Any:
+        """A null rule is no rule: left out, except for a score with a default rule, where the null is kept
+        (and recorded in filter.json): leaving it out gave that score its default rule back."""
         if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None or key in cls.model_fields}
+            return {
+                key: value
+                for key, value in data.items()
+                if value is not None or key in cls.model_fields or key in DEFAULT_RULES
+            }
         return data
 
     @field_validator("predictions")
@@ -138,7 +147,24 @@ class FilterSettings(BaseModel):
 
     @property
     def named_rules(self) -> dict[str, FilterRule]:
-        return dict(self.__pydantic_extra__ or {})
+        """The rules the section gives (a null, taking a default rule out, is none)."""
+        return {name: rule for name, rule in (self.__pydantic_extra__ or {}).items() if rule is not None}
+
+    @property
+    def removed_rules(self) -> set[str]:
+        """The scores whose default rule the section takes out (``signal_energy: null``)."""
+        return {name for name, rule in (self.__pydantic_extra__ or {}).items() if rule is None}
+
+    @classmethod
+    def check_setting_names(cls, data: dict[str, Any], section: str = "filter.") -> None:
+        """Raises ConfigError for a key that is not a setting, given a setting's value (not a rule's
+        mapping) and close to a setting's name: ``trainsplit=val`` was told as a rule for a score
+        ``trainsplit`` the scores do not have, or that is not a mapping."""
+        for name, value in data.items():
+            if not isinstance(name, str) or name in cls.model_fields or value is None or isinstance(value, dict):
+                continue
+            if close := difflib.get_close_matches(name, list(cls.model_fields), n=1, cutoff=0.6):
+                raise ConfigError(f"{section}{name}: unknown key; did you mean {section}{close[0]}?")
 
     @staticmethod
     def check_names(
@@ -171,6 +197,7 @@ class FilterSettings(BaseModel):
         """:meth:`check_names` on a filter section as written, before its rules are validated: a rule
         for a score there is not (``--set filter.speech_fractio.bounds=...``, a mistyped name) is told as
         that, not as a problem of the new rule the ``--set`` made (it names no mode)."""
+        cls.check_setting_names(data, section)
         rules = [  # a key that is not text (YAML's `1:` or `yes:`) is left to the validation's own message
             name
             for name, rule in data.items()
@@ -188,9 +215,8 @@ class FilterSettings(BaseModel):
         """
         self.check_names(list(self.named_rules), self.scatter, scores, section)
         named = {name: with_default_bounds(rule) for name, rule in self.named_rules.items()}
-        return {
-            name: named.get(name, DEFAULT_RULES.get(name)) for name in scores if name in named or name in DEFAULT_RULES
-        }
+        defaults = {name: rule for name, rule in DEFAULT_RULES.items() if name not in self.removed_rules}
+        return {name: named.get(name, defaults.get(name)) for name in scores if name in named or name in defaults}
 
     def train_split_problem(self, splits: Iterable[str], scores: tuple[str, ...] | list[str]) -> str | None:
         """Why ``train_split`` cannot give the rules their bounds: a rule computes them (median, mean,
@@ -204,6 +230,11 @@ class FilterSettings(BaseModel):
             f"train_split {self.train_split!r} is no split of the scores (splits: {', '.join(present)}); the "
             f"bounds of {', '.join(computed)} come from it"
         )
+
+    @staticmethod
+    def train_split_fix(splits: Iterable[str]) -> str:
+        """The ``--set`` that takes the bounds from a split the scores have (the first by name)."""
+        return f"--set train_split={min(set(splits))}"
 
     def scatter_pair(self, scores: tuple[str, ...] | list[str]) -> tuple[str, str] | None:
         if self.scatter:
