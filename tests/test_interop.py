@@ -197,7 +197,9 @@ def test_an_output_without_rows_has_a_card_that_loads_no_files(ray_local, librar
     folder.mkdir()
     shutil.copy(next(library.glob("bass/*")), folder / "clip.wav")
     out = tmp_path / "out"
-    config = dict(input=str(folder), num_versions=1, duration=0.5, sample_rate=16000, n_mels=16, n_fft=256, hop_length=128)
+    config = dict(
+        input=str(folder), num_versions=1, duration=0.5, sample_rate=16000, n_mels=16, n_fft=256, hop_length=128
+    )
     assert run(AugmentJob, AugmentConfig, out, **config).counts["rows_written"] == 1
     assert (out / "dataset_info.json").exists()
     (folder / "clip.wav").unlink()  # the only clip gone, pruned; a broken file in its place
