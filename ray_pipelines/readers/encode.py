@@ -292,7 +292,7 @@ class EncodedLatents(EpochDataset):
             warn_if_incomplete(output, manifest)
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
-        self.warn_if_ranks_differ(lambda: len(self.files), batch_size, drop_last)
+        self.warn_if_ranks_differ(batch_size, drop_last)
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         # Local reads are CPU work (the page cache) more than waiting: more threads there only contend
         # for the GIL and each takes its own malloc arena (fresh pages in the first epoch). On the 2-core
@@ -301,7 +301,10 @@ class EncodedLatents(EpochDataset):
 
     def __len__(self) -> int:
         """Items this rank reads per epoch (all items with one process); batches in batched mode."""
-        return self.rank_length(len(self.files), self.batch_size, self.drop_last)
+        return self.rank_length(self.epoch_items(), self.batch_size, self.drop_last)
+
+    def epoch_items(self) -> int:
+        return len(self.files)
 
     def _load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         relpath = self.files[index]

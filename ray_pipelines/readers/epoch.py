@@ -12,8 +12,8 @@
   contiguous, equal share of that sequence (shares differ by one item at most),
   so every item is read exactly once per epoch by exactly one shard. A unit two
   shares split (or whose tail ``drop_last`` leaves out) is split by an order of
-  its items drawn from ``(seed, epoch, unit)`` (:func:`unit_item_order`), so a
-  split of one unit is shared out anew each epoch.
+  its row groups and their items drawn from ``(seed, epoch, unit)``
+  (:func:`unit_item_order`), so a split of one unit is shared out anew each epoch.
 - :func:`windows` groups a shard's pieces into shuffle windows: the items of
   several units (from several files) are read together and yielded in a
   random order drawn from ``(seed, epoch, shard, window)``.
@@ -167,7 +167,9 @@ class EpochDataset(IterableDataset):
         self._rank_given = (rank, world_size)
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self._epoch = SharedEpoch(0)
-        self._ranks_check: tuple[Callable[[], int], int | None, bool, int] | None = None  # warn_if_ranks_differ's
+        # What warn_if_ranks_differ was given (batch_size, drop_last), and the world size it checked.
+        self._batching_checked: tuple[int | None, bool] | None = None
+        self._world_size_checked = self.world_size
 
     @property
     def epoch(self) -> int:
@@ -177,9 +179,9 @@ class EpochDataset(IterableDataset):
         """The next epoch's order (and rows or crops); reaches DataLoader workers, persistent ones too."""
         self._epoch.value = _count("epoch", epoch)
         self._refresh_rank()
-        if self._ranks_check is not None and self.world_size != self._ranks_check[-1]:
+        if self._batching_checked is not None and self.world_size != self._world_size_checked:
             # a reader made before init_process_group was checked as rank 0 of 1
-            self.warn_if_ranks_differ(*self._ranks_check[:-1])
+            self.warn_if_ranks_differ(*self._batching_checked)
 
     def _refresh_rank(self) -> None:
         # In the training process, where torch.distributed lives, or in a worker forked from it (which
@@ -188,10 +190,9 @@ class EpochDataset(IterableDataset):
             self.rank, self.world_size = distributed_rank(*self._rank_given)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled for a DataLoader worker started by spawn or forkserver: the rank as it is now (without the
-        rank check's callable: the training process warns, and a lambda does not pickle)."""
+        """Pickled for a DataLoader worker started by spawn or forkserver: the rank as it is now."""
         self._refresh_rank()
-        return {**self.__dict__, "_ranks_check": None}
+        return self.__dict__
 
     def rank_length(self, total: int, batch_size: int | None, drop_last: bool) -> int:
         """How many of an epoch's ``total`` items (batches, with ``batch_size``) this rank reads."""
@@ -201,13 +202,17 @@ class EpochDataset(IterableDataset):
         lo, hi = share(total, self.rank, self.world_size)
         return hi - lo
 
-    def warn_if_ranks_differ(self, total: Callable[[], int], batch_size: int | None, drop_last: bool) -> None:
-        """Warns, where the reader is made, when the ranks' numbers of batches of an epoch's ``total()``
-        items differ (:func:`rank_batches`); again at ``set_epoch`` where the world size has changed since (a
-        reader made before ``init_process_group``)."""
-        self._ranks_check = (total, batch_size, drop_last, self.world_size)
+    def epoch_items(self) -> int:
+        """The current epoch's items, all ranks' (what :meth:`warn_if_ranks_differ` splits)."""
+        raise NotImplementedError
+
+    def warn_if_ranks_differ(self, batch_size: int | None, drop_last: bool) -> None:
+        """Warns, where the reader is made, when the ranks' numbers of batches of an epoch's items differ
+        (:func:`rank_batches`); again at ``set_epoch`` where the world size has changed since (a reader made
+        before ``init_process_group``)."""
+        self._batching_checked, self._world_size_checked = (batch_size, drop_last), self.world_size
         if batch_size and self.world_size > 1:
-            items = total()
+            items = self.epoch_items()
             counts = {rank_batches(items, r, self.world_size, batch_size, drop_last) for r in range(self.world_size)}
             if len(counts) > 1:
                 warnings.warn(uneven_batches(items, self.world_size, batch_size, counts), RuntimeWarning, stacklevel=3)
@@ -225,10 +230,20 @@ def epoch_order(units: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(units)
 
 
-def unit_item_order(items: int, seed: int, epoch: int, unit: int) -> np.ndarray:
-    """The order of a unit's ``items`` in which shards that split it take their parts this epoch: the same
-    in every rank and worker (a part is a run of it: which items each shard reads changes with the epoch)."""
-    return np.random.default_rng([seed, epoch, unit, 0xC4C7]).permutation(items)
+def unit_item_order(group_of: np.ndarray, seed: int, epoch: int, unit: int) -> np.ndarray:
+    """The order in which shards that split a unit take their parts of it this epoch, the same in every rank
+    and worker (``group_of``: the row group of each of its items, ascending): its row groups in an order drawn
+    from ``(seed, epoch, unit)``, each group's items rotated by a drawn offset. A part is a run of that order,
+    so it decodes its own groups and at most two that another part holds rows of (an order of rows made every
+    shard decode nearly all the unit's groups), and which rows each shard reads changes with the epoch."""
+    groups, first, counts = np.unique(group_of, return_index=True, return_counts=True)
+    rng = np.random.default_rng([seed, epoch, unit, 0xC4C7])
+    rank = np.empty(len(groups), dtype=np.int64)
+    rank[rng.permutation(len(groups))] = np.arange(len(groups))
+    offsets = rng.integers(0, counts)
+    group = np.searchsorted(groups, group_of)
+    rotated = (np.arange(len(group_of)) - first[group] + offsets[group]) % counts[group]
+    return np.lexsort((rotated, rank[group]))
 
 
 def share(total: int, index: int, count: int) -> tuple[int, int]:

@@ -336,7 +336,7 @@ class ShardRows(EpochDataset):
             self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         )
         self._after_index()
-        self.warn_if_ranks_differ(lambda: self._epoch_total(self.epoch), batch_size, drop_last)
+        self.warn_if_ranks_differ(batch_size, drop_last)
         from_cache, self.cached = self.cached is not None, None
         self.reader.remember_footers(parsed, tables)  # the first reads need not read them again
         if self.reader.local and self.files:
@@ -472,7 +472,10 @@ class ShardRows(EpochDataset):
 
     def __len__(self) -> int:
         """Rows this rank reads in the current epoch (batches, in batched mode)."""
-        return self.rank_length(self._epoch_total(self.epoch), self.batch_size, self.drop_last)
+        return self.rank_length(self.epoch_items(), self.batch_size, self.drop_last)
+
+    def epoch_items(self) -> int:
+        return self._epoch_total(self.epoch)
 
     def _epoch_total(self, epoch: int) -> int:
         rows = self.epoch_rows(epoch)
@@ -551,15 +554,17 @@ class ShardRows(EpochDataset):
         starts: np.ndarray | None,
     ) -> np.ndarray:
         """The row numbers (ascending) of items ``a:b`` of ``chunk`` this epoch. A whole chunk's are its rows; a
-        part (a chunk that shares split, or whose tail ``drop_last`` leaves out) takes the chunk's items in an
-        order drawn from ``(seed, epoch, chunk)``, the same in every shard: in file order, the shards of a
+        part (a chunk that shares split, or whose tail ``drop_last`` leaves out) takes the chunk's items in the
+        order :func:`~.epoch.unit_item_order` draws, the same in every shard: in file order, the shards of a
         one-chunk split read the same rows every epoch and ``drop_last`` left the same rows out, for ever."""
         size = int(sizes[chunk])
         first = int(starts[chunk]) if rows is not None else 0
         chunk_rows = rows[first : first + size] if rows is not None else self.chunk_first_row[chunk] + np.arange(size)
         if (a, b) == (0, size) or not self.shuffle:
             return chunk_rows[a:b]
-        return np.sort(chunk_rows[unit_item_order(size, self.seed, epoch, chunk)[a:b]])
+        lo, hi = self.chunk_groups[chunk]
+        group_of = np.searchsorted(self.index.first_row[lo:hi], chunk_rows, side="right") - 1
+        return np.sort(chunk_rows[unit_item_order(group_of, self.seed, epoch, chunk)[a:b]])
 
     def _read_threads(self) -> int:
         return self.threads or (local_read_threads() if self.reader.local else 8)
