@@ -39,6 +39,7 @@ from .storage import (
     split_protocol,
     url_credentials,
     url_problem,
+    without_query,
 )
 
 # What every job writes, the same for all: the file layout, column types and metadata, the
@@ -356,6 +357,19 @@ class CommonConfig(BaseModel):
     def fingerprinted(self) -> dict[str, Any]:
         """The output-relevant part of the config (runtime-only keys left out), and the output format."""
         return {**self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS)), "output_format": OUTPUT_FORMAT}
+
+    def recorded(self) -> dict[str, Any]:
+        """The config as the output records it (``_job.json``, ``manifest.json``, the encode job's
+        ``details.json``): http(s) inputs and key lists without their query (a presigned URL's signature is a
+        credential while it lasts, and new with every signing)."""
+        config = self.model_dump(mode="json")
+        for name in ("input", "keep_list", "ignore_list"):
+            value = config.get(name)
+            if isinstance(value, str):
+                config[name] = without_query(value)
+            elif isinstance(value, list):
+                config[name] = [without_query(v) for v in value]
+        return config
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
         """SHA-256 of :meth:`fingerprinted` plus ``extra`` (e.g. model weight hashes)."""

@@ -30,7 +30,7 @@ from fsspec.utils import glob_translate
 
 from .config import AUDIO_EXTENSIONS, OTHER_MEDIA_EXTENSIONS, ConfigError
 from .key_lines import parse_key_line
-from .storage import get_fs, has_magic, is_local, split_protocol, to_url
+from .storage import get_fs, has_magic, is_local, split_protocol, to_url, without_query
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,6 @@ class InputItem:
         row["source"] = self.source or None
         row.update(self.extra)
         return row
-
-
-def without_query(url: str) -> str:
-    """An http(s) URL without its query and fragment (a presigned URL's signature, which changes with
-    every signing and must not reach the output's keys and rows); any other URL or path as it is."""
-    if not url.lower().startswith(("http://", "https://")):
-        return url  # an S3 key or a file name may hold '?' and '#'
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def _is_glob(fs, path: str) -> bool:

@@ -17,6 +17,7 @@ import os
 import posixpath
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
@@ -126,6 +127,15 @@ def url_credentials(url: str) -> str:
         return ""
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}" + (f"/{path}" if path or rest.endswith("/") else "")
+
+
+def without_query(url: str) -> str:
+    """An http(s) URL without its query and fragment (a presigned URL's signature, which changes with
+    every signing and must not reach the output's keys and rows); any other URL or path as it is."""
+    if not url.lower().startswith(("http://", "https://")):
+        return url  # an S3 key or a file name may hold '?' and '#'
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def split_protocol(url: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
+from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.readers import ContrastiveViews
 from tests.audio_helpers import encoded_bytes, tone, write_tar
 
@@ -85,3 +86,13 @@ def test_presigned_inputs_run_and_no_signature_is_recorded(s3_bucket, ray_local,
         text = (out / recorded).read_text()
         assert "Signature" not in text and "Credential" not in text, recorded
         assert json.loads(text)["config"]["input"] == signed_list.split("?")[0]
+    # the encode job's details.json (pre_encode's keys: args, dataset_config) records the config too
+    model = {"kind": "builtin", "builtin": {"hidden": 4, "latent_dim": 4, "strides": [4, 4]}}
+    encoded = tmp_path / "latents"
+    cfg = validate_config(
+        EncodeConfig, {"input": signed_list, "output": str(encoded), "sample_size": 4096, "model": model}
+    )
+    assert run_job(EncodeJob(cfg), progress=False).complete
+    details = (encoded / "details.json").read_text()
+    assert "Signature" not in details and "Credential" not in details
+    assert json.loads(details)["dataset_config"]["input"] == signed_list.split("?")[0]

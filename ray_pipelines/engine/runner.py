@@ -34,7 +34,6 @@ from ..sources import (
     overlapping_input,
     ray_working_dir_copy,
     read_key_list,
-    without_query,
 )
 from ..storage import Storage, is_local
 from .changes import InputChanges, detect_changes, listed_identities
@@ -222,19 +221,6 @@ def pending_inputs(selected: pa.Table, progress: Progress) -> pa.Table:
     return pending
 
 
-def recorded_config(cfg: CommonConfig) -> dict[str, Any]:
-    """The config as ``_job.json`` and ``manifest.json`` record it: http(s) inputs and key lists without their
-    query (a presigned URL's signature is a credential while it lasts, and new with every signing)."""
-    config = cfg.model_dump(mode="json")
-    for name in ("input", "keep_list", "ignore_list"):
-        value = config.get(name)
-        if isinstance(value, str):
-            config[name] = without_query(value)
-        elif isinstance(value, list):
-            config[name] = [without_query(v) for v in value]
-    return config
-
-
 def run_job(
     job: Job,
     *,
@@ -321,7 +307,7 @@ def _run_holding_lease(
     started = time.time()
     fingerprint_extra = job.fingerprint_extra()  # may hash model weights: once per run
     fingerprint = cfg.fingerprint(fingerprint_extra)
-    config = recorded_config(cfg)
+    config = cfg.recorded()
     state = OutputState(storage, job.is_data_file)
     # What a refusal compares to name what changed: the config's keys and the models' hashes ("models.")
     fingerprinted = {**cfg.fingerprinted(), **({"models": fingerprint_extra} if fingerprint_extra else {})}

@@ -243,13 +243,13 @@ class EncodeJob(Job):
         for collision in collisions:
             log.warning("encode: two windows drew the same sample id %s: %s", collision["id"], collision["samples"])
         samples = write_filelist(storage, files) if c.layout != "parquet" else []
-        config = c.model_dump(mode="json")
+        config = c.recorded()  # a presigned input's signature left out
         storage.write_json(
             DETAILS,
             {
                 # the keys pre_encode.py writes
                 "model_config": self.model.description.get("model_config", self.model.description),
-                "dataset_config": {"input": c.input, "windows": c.windows},
+                "dataset_config": {"input": config["input"], "windows": c.windows},
                 "sample_size": c.sample_size,
                 "args": config,
                 # and what this job adds
