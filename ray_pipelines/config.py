@@ -36,6 +36,7 @@ from .storage import (
     find_secrets,
     is_secret_name,
     misspelt_storage_options,
+    ray_working_dir_copy,
     split_protocol,
     url_credentials,
     url_problem,
@@ -498,12 +499,18 @@ def resolve_config_path(spec: str | Path) -> Path:
     packaged = PACKAGED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
     if packaged.is_file():
         return packaged
-    # "here" is the driver's working directory: on a cluster (ray job submit) not the submitting shell's
     raise ConfigError(
-        f"no config file {spec!r} in {os.getcwd()} and no packaged config of that name (packaged configs: "
-        f"{', '.join(packaged_config_names())}); a job submitted to a cluster runs in Ray's copy of "
-        "--working-dir, or in the head's own folder without one"
+        f"no config file {spec!r}{_looked_in()} and no packaged config of that name (packaged configs: "
+        f"{', '.join(packaged_config_names())})"
     )
+
+
+def _looked_in() -> str:
+    """Where a relative config path was looked for: the driver's folder, which in a submitted job is Ray's
+    copy of the working directory (or the head's own folder without --working-dir), not the submitting shell's."""
+    copy = ray_working_dir_copy(".")
+    where = f" in {os.getcwd()}"
+    return f"{where}, Ray's copy of the job's --working-dir" if copy else where
 
 
 def load_config(
@@ -542,6 +549,8 @@ def read_config_file(spec: str | Path) -> dict[str, Any]:
     path = resolve_config_path(spec)
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"no config file {str(path)!r}{'' if path.is_absolute() else _looked_in()}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:

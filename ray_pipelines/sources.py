@@ -705,25 +705,6 @@ def input_tree(spec: str, storage_options: dict[str, Any] | None = None) -> str:
     return f"{protocol}://{root.rstrip('/')}"
 
 
-# Where Ray unpacks a job's working_dir (`ray job submit --working-dir .`) on a node; the copy is deleted
-# once no job uses it (the runtime-env cache), with anything written into it.
-RAY_WORKING_DIR_COPIES = os.path.join("runtime_resources", "working_dir_files")
-
-
-def ray_working_dir_copy(spec: str) -> str:
-    """The copy of a Ray job's working_dir a local ``spec`` lies in (a relative path resolved in a
-    submitted job's driver does), or ``""`` (a URL, or a path elsewhere)."""
-    protocol, path = split_protocol(spec)
-    if protocol != "file":
-        return ""
-    resolved = os.path.realpath(os.path.expanduser(path))
-    marker = f"{os.sep}{RAY_WORKING_DIR_COPIES}{os.sep}"
-    at = resolved.find(marker)
-    if at < 0:
-        return ""
-    return resolved[: at + len(marker)] + resolved[at + len(marker) :].split(os.sep, 1)[0]
-
-
 def overlapping_input(specs: Iterable[str], output: str, storage_options: dict[str, Any] | None = None) -> str:
     """The first spec whose tree holds the output (the next run would read the job's own files),
     or that lies inside the output; ``""`` when they are apart."""

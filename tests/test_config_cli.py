@@ -120,14 +120,21 @@ def test_set_reaches_into_a_list_by_index():
         load_config(model_of("teacher"), "teacher-effect-gpu", ["teachers.fx.path=/x.ts"])
 
 
-def test_cli_did_you_mean_exits_2_before_starting_anything(capsys):
+def test_cli_did_you_mean_exits_2_before_starting_anything(capsys, tmp_path, monkeypatch):
     code, out, err = run_cli(capsys, "augment", "--config", "augment", "--set", "num_version=3")
     assert code == 2 and out == ""
     assert "num_version: unknown key; did you mean num_versions?" in err
-    # "no config file 'nightly.yaml' here": on a cluster "here" is the head's folder, not the submitting shell's
+    # "no config file 'nightly.yaml' here": on a cluster "here" is the head's folder, not the submitting shell's;
+    # a path with a folder said "cannot read config file configs/nightly.yaml: No such file or directory"
     code, _, err = run_cli(capsys, "augment", "--config", "nightly.yaml")
     assert code == 2 and f"no config file 'nightly.yaml' in {os.getcwd()} and no packaged config" in err
-    assert "runs in Ray's copy of --working-dir" in err
+    code, _, err = run_cli(capsys, "augment", "--config", "configs/nightly.yaml")
+    assert code == 2 and err.strip().endswith(f"no config file 'configs/nightly.yaml' in {os.getcwd()}")
+    copy = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)  # where a submitted job's driver runs
+    code, _, err = run_cli(capsys, "augment", "--config", "configs/nightly.yaml")
+    assert code == 2 and err.strip().endswith(f"in {copy}, Ray's copy of the job's --working-dir")
     code, _, err = run_cli(capsys, "augmnet")
     assert code == 2 and "did you mean augment?" in err
 

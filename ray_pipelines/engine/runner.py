@@ -28,14 +28,8 @@ from ray.data import ActorPoolStrategy
 from ray.data.block import BlockAccessor
 
 from ..config import CommonConfig, ConfigError
-from ..sources import (
-    InputItem,
-    SourceError,
-    overlapping_input,
-    ray_working_dir_copy,
-    read_key_list,
-)
-from ..storage import Storage, is_local
+from ..sources import InputItem, SourceError, overlapping_input, read_key_list
+from ..storage import Storage, is_local, ray_working_dir_copy
 from .changes import InputChanges, detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
