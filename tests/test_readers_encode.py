@@ -231,6 +231,8 @@ def test_a_split_given_as_open_encodeds_layout_is_refused_saying_it_takes_none(t
         "layout must be 'sat' or 'parquet' (or None: the output's own), got 'train' (open_encoded takes no split: "
         "it reads the output's windows of every split)"
     )
+    with pytest.raises(ValueError, match=r"got 'both' \(a layout: both is an output's, which holds the two"):
+        open_encoded(str(tokens_output), "both")  # (it opened the Parquet reader, silently)
 
 
 def test_an_incomplete_sat_layout_output_is_read_with_a_warning_as_the_parquet_one(tokens_output, tmp_path):

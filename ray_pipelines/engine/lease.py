@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 from ..stopping import stops_held
 from ..storage import Storage, is_local, s3_error, temp_name
-from .manifest import JOB_FILE, LEASE_FILE, LEASE_LOCK, OutputConflict
+from .manifest import LEASE_FILE, LEASE_LOCK, OutputConflict, claiming_run
 
 log = logging.getLogger(__name__)
 
@@ -438,10 +438,7 @@ class Lease:
     def _claimed_by(self) -> str:
         """``; run X took the output over`` where ``_job.json`` names another run (one that took the lease and
         has released it since), else ""."""
-        try:
-            other = self.storage.read_json(JOB_FILE).get("run_id")
-        except Exception:  # a name for the message only
-            return ""
+        other = claiming_run(self.storage)
         return f"; run {other} took the output over, its _job.json names it" if other and other != self.run_id else ""
 
     def release(self) -> None:

@@ -79,6 +79,14 @@ class OutputConflict(RuntimeError):
     """The output holds another job's or another config's data."""
 
 
+def claiming_run(storage: Storage) -> str | None:
+    """The run ``_job.json`` names (None where there is none, or it cannot be read): for messages."""
+    try:
+        return storage.read_json(JOB_FILE).get("run_id")
+    except Exception:  # a name for a message only
+        return None
+
+
 class OutputState:
     """Reads and commits one output root."""
 

@@ -35,7 +35,7 @@ from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
 from .job import Job, StageSpec
 from .lease import Lease, LeaseLost, held_lease
-from .manifest import JOB_FILE, LEASE_FILE, OutputState, Progress, enclosing_output, lost_keys, stop_point
+from .manifest import JOB_FILE, LEASE_FILE, OutputState, Progress, claiming_run, enclosing_output, lost_keys, stop_point
 from .memory import release_unused_memory
 from .progress import ProgressDisplay
 from .rewrite import drop_inputs
@@ -515,10 +515,7 @@ def _execute_with_retries(
 def _taken_over(state: OutputState, run_id: str) -> str:
     """Why a write of this run was fenced off: ``_job.json`` names another run. (Its blocks were each retried as
     "lost to worker or node failures", their work done twice, until the heartbeat noticed.)"""
-    try:
-        other = state.storage.read_json(JOB_FILE).get("run_id", "?")
-    except Exception:  # the reason matters more than the name: the write was fenced off all the same
-        other = "?"
+    other = claiming_run(state.storage) or "?"
     return (
         f"this run ({run_id}) lost its lease on {state.storage.root}: run {other} took the output over (its "
         "_job.json names it; --break-lease, or a lease taken as stale); this run was fenced off and commits nothing"

@@ -505,10 +505,12 @@ class EncodedShardRows(ShardRows):
 def open_encoded(output: str, layout: str | None = None, **kwargs) -> EncodedLatents | EncodedShardRows:
     """The dataset for an encode output; ``layout`` (``sat``/``parquet``) picks one of a ``both`` output."""
     if layout not in (None, "sat", "parquet"):  # open_encoded(out, "train"): the other readers' split habit
-        raise ValueError(
-            f"layout must be 'sat' or 'parquet' (or None: the output's own), got {layout!r} (open_encoded takes "
-            "no split: it reads the output's windows of every split)"
+        what = (
+            "a layout: both is an output's, which holds the two: pick one to read"
+            if layout == "both"
+            else "open_encoded takes no split: it reads the output's windows of every split"
         )
+        raise ValueError(f"layout must be 'sat' or 'parquet' (or None: the output's own), got {layout!r} ({what})")
     storage = Storage(output, kwargs.get("storage_options"))
     job = storage.read_json("_job.json") if storage.exists("_job.json") else {}
     check_job(output, job.get("job"), "encode")
