@@ -260,3 +260,30 @@ def test_features_rows_are_found_by_their_path_column(tmp_path):
     commit(state)
     (table_path,) = tmp_path.glob("train/*.parquet")
     assert pq.read_table(table_path)["path"].to_pylist() == ["y/2.mp3"]
+
+
+def test_every_input_a_run_takes_out_is_named_before_it_leaves():
+    """The stale groups the run's warning names are the keys it takes out (on_delete: keep still takes out a
+    deleted input committed only as a retryable error: no run can retry it)."""
+    import logging
+
+    from ray_pipelines.engine.changes import InputChanges
+    from ray_pipelines.engine.runner import _warn_taken_out
+    from tests.conftest import Lines
+
+    changes = InputChanges(changed=["a.wav"], deleted=["b.wav", "c.wav"], deleted_unretried=["c.wav"])
+    said, logger = Lines(), logging.getLogger("ray_pipelines.engine.runner")
+    logger.addHandler(said)
+    try:
+        for on_change, on_delete in (("reprocess", "keep"), ("keep", "prune")):
+            _warn_taken_out("augment", changes, on_change, on_delete)
+            named = {key for _, keys in changes.stale_groups(on_change, on_delete) for key in keys}
+            assert named == changes.stale(on_change, on_delete)
+    finally:
+        logger.removeHandler(said)
+    assert changes.stale("reprocess", "keep") == {"a.wav", "c.wav"}
+    assert said.lines == [
+        "augment: 1 changed inputs' old rows leave the output, to be processed again: a.wav",
+        "augment: 1 deleted inputs committed only as retryable errors leave the output: c.wav",
+        "augment: 2 deleted inputs leave the output (on_delete: prune): b.wav, c.wav",
+    ]

@@ -10,10 +10,12 @@ import pytest
 from ray_pipelines.config import CommonConfig, ConfigError
 from ray_pipelines.engine.runner import WRITE_TASKS_PER_GPU_ACTOR, write_tasks
 from ray_pipelines.engine.runtime import (
+    CPU_NODES_CPU,
     GPU_CEILING,
     PoolPlan,
     autoscaler_limits,
     cluster_capacity,
+    limits_from_autoscaling_config,
     limits_from_ray_cluster,
     plan_pool,
 )
@@ -57,23 +59,41 @@ def test_gpus_asked_for_where_none_can_ever_come_are_refused():
 def test_cpu_actors_grow_with_the_cpu_workers_an_autoscaler_may_start():
     """One CPU worker of 15 up, a group that may grow to 32: the pool was 15 actors sized to fill that worker,
     so no actor ever waited and Ray's autoscaler (which starts workers for waiting demand) never started one."""
-    capacity = ({"CPU": 15}, {"CPU": 32 * 15})
+    config_of_groups = {
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "max_workers": 0},
+            "cpu": {"resources": {"CPU": 15}, "min_workers": 1, "max_workers": 32},
+            "gpu": {"resources": {"CPU": 47, "GPU": 1}, "min_workers": 0, "max_workers": 8},
+        },
+    }
+    most = limits_from_autoscaling_config(config_of_groups)
+    assert most == {"CPU": 32 * 15 + 8 * 47, "GPU": 8, CPU_NODES_CPU: 32 * 15}
+    capacity = ({"CPU": 15}, most)
     lines, logger = Lines(), logging.getLogger("ray_pipelines.engine.runtime")
     logger.addHandler(lines)
     level, _ = logger.level, logger.setLevel(logging.INFO)
     try:
-        plan = plan_pool(config(), capacity=capacity, max_useful=1000)
+        plan = plan_pool(config(num_gpus=0), capacity=capacity, max_useful=1000)
     finally:
         logger.removeHandler(lines)
         logger.setLevel(level)
-    # sized as before to the CPUs up now (14.5 of 15 shared by 15), growing to one actor per CPU that may come
+    # sized as before to the CPUs up now (14.5 of 15 shared by 15), growing to one actor per CPU that may come on
+    # nodes without GPUs (the GPU nodes' CPUs would have Ray's autoscaler start GPU nodes for CPU actors)
     assert plan == PoolPlan(15, 480, 0.0, num_cpus=0.966, decode_cpus=0.966)
     assert lines.lines == ["the cluster has 15 CPUs now; its autoscaler may start up to 480: 15 CPU actors, up to 480 "
                            "as workers come up"]  # fmt: skip
-    assert plan_pool(config(), capacity=capacity, max_useful=40).max_size == 40  # no more actors than blocks
-    assert plan_pool(config(), capacity=({"CPU": 15}, {"CPU": 2.0**62}), max_useful=10**6).max_size == 1024
+    assert plan_pool(config(num_gpus=0), capacity=capacity, max_useful=40).max_size == 40  # no more than blocks
+    unbounded = ({"CPU": 15}, {"CPU": 2.0**62, CPU_NODES_CPU: 2.0**62})
+    assert plan_pool(config(), capacity=unbounded, max_useful=10**6).max_size == 1024
+    # no CPU up yet (a head of no CPUs, workers from zero): one actor of a CPU to start, more as workers come;
+    # with an autoscaler without a limit an actor asked for 4.6e17 CPUs, never placed
+    assert plan_pool(config(), capacity=({"CPU": 0}, unbounded[1]), max_useful=10) == PoolPlan(1, 10, 0.0, 1.0, 1.0)
+    assert plan_pool(config(), capacity=({"CPU": 0}, {"CPU": 2.0**62}), max_useful=10).num_cpus <= 1024
     # given actors, or a cluster that cannot grow: as before
-    assert plan_pool(config(actors=4), capacity=capacity, max_useful=100) == PoolPlan(4, 4, 0.0, 3.625, 3.625)
+    assert plan_pool(config(actors=4, num_gpus=0), capacity=capacity, max_useful=100) == PoolPlan(
+        4, 4, 0.0, 3.625, 3.625
+    )
     assert plan_pool(config(), capacity=({"CPU": 15}, {"CPU": 15}), max_useful=100) == PoolPlan(
         15, 15, 0.0, 0.966, 0.966
     )

@@ -297,7 +297,7 @@ def test_a_store_that_does_not_answer_and_an_unwritable_out_are_one_line_each(fe
 
 def test_an_out_named_for_another_image_format_is_refused(features_output, tmp_path, capsys):
     """``--out grid.jpg`` wrote PNG bytes under a .jpg name without a word."""
-    for name in ("grid.jpg", "grid.svg"):
+    for name in ("grid.jpg", "grid.svg", "grid"):  # (a PNG named grid is one nobody opens as one)
         assert preview.main([str(features_output), "--out", str(tmp_path / name)]) == 2
         assert capsys.readouterr().err == (
             f"ray-pipelines preview: --out {tmp_path / name}: the preview is a PNG; give a .png name\n"

@@ -282,7 +282,7 @@ def test_the_filter_tool_refuses_a_train_split_the_scores_do_not_have(tmp_path, 
     assert filter_main([str(scores), *median, "--set", "train_split=training"]) == 2
     assert capsys.readouterr().err == (
         "ray-pipelines filter: train_split 'training' is no split of the scores (splits: train, val); the bounds "
-        "of snr_db come from it (--set train_split=train)\n"
+        "of snr_db come from it (--set train_split=<one of: train, val>)\n"
     )
     assert not (tmp_path / "out").exists()
     assert filter_main([str(scores), *median]) == 0
@@ -438,6 +438,11 @@ def test_a_scores_csv_at_a_score_outputs_root_is_filtered_as_that_output(signal_
     for name in FILTER_FILES:
         assert (tmp_path / "from-root" / name).read_bytes() == (tmp_path / "from-csv" / name).read_bytes()
     assert (tmp_path / "from-csv" / "ignored.txt").read_text() == "val/bad/broken.wav\n"  # its error counts
+    # an evaluation script's CSV beside the job's is a CSV of its own (no rules of the job's, none of its errors)
+    (out / "eval.csv").write_bytes((out / "scores.csv").read_bytes())
+    assert filter_main([str(out / "eval.csv"), "--output", str(tmp_path / "eval")]) == 0
+    assert "rules from           no config" in capsys.readouterr().out
+    assert "val/bad/broken.wav" not in (tmp_path / "eval" / "ignored.txt").read_text()
 
 
 def test_scores_without_their_train_split_are_filtered_as_the_job_filtered_them(tmp_path, ray_local, capsys):
@@ -462,7 +467,7 @@ def test_scores_without_their_train_split_are_filtered_as_the_job_filtered_them(
         "train_split 'train' is no split of the scores (splits: val); the bounds of peak_dbfs come from it: they "
         "keep everything"
     )
-    fix = "--set train_split=val reruns the rules with their bounds from a split the scores have"
+    fix = "--set train_split=<one of: val> reruns the rules with their bounds from a split the scores have"
     assert f"score: filter.{problem} (ray-pipelines filter {out} {fix})" in said.lines
     jobs = {name: (out / name).read_bytes() for name in FILTER_FILES}
     assert jobs["ignored.txt"] == b"val/bad/quiet.wav\n"  # the hard bound still cuts
@@ -472,7 +477,7 @@ def test_scores_without_their_train_split_are_filtered_as_the_job_filtered_them(
     assert {name: (out / name).read_bytes() for name in FILTER_FILES} == jobs
     # a train_split given here that the scores do not have is refused as before (a mistyped one)
     assert filter_main([str(out), "--set", "train_split=training", "--output", str(tmp_path / "typo")]) == 2
-    assert capsys.readouterr().err.endswith("the bounds of peak_dbfs come from it (--set train_split=val)\n")
+    assert capsys.readouterr().err.endswith("the bounds of peak_dbfs come from it (--set train_split=<one of: val>)\n")
     assert not (tmp_path / "typo").exists()
     assert filter_main([str(out), "--set", "train_split=val", "--output", str(tmp_path / "val")]) == 0
     assert capsys.readouterr().err == ""

@@ -253,6 +253,11 @@ def test_a_listing_that_fails_or_matches_nothing_leaves_a_complete_outputs_succe
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr[-2000:]
     assert not store.exists("out/_SUCCESS")
+    # ... and a run that then fails to list puts back only what it removed: none (manifest.json, the last
+    # commit's, still says complete; a stopped run may have taken inputs out since)
+    with pytest.raises(SourceError, match=r"^input not found: "):
+        run_job(augment(store, "out", inputs="gone"), progress=False)
+    assert not store.exists("out/_SUCCESS") and store.read_json("out/manifest.json")["complete"]
 
 
 def cli_args(store: Store, inputs: str, output: str, **overrides) -> list[str]:

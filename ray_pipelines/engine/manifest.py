@@ -92,6 +92,7 @@ class OutputState:
 
     def __init__(self, storage: Storage, is_data_file: Callable[[str], bool] | None = None):
         self.storage = storage
+        self._removed_success = False  # prepare found a _SUCCESS and removed it
         self.is_data_file = is_data_file or default_is_data_file
         self._index: pa.Table | None = None  # decoded from _index_data, or the last fold's
         self._index_data: bytes | None = None  # the index file as read (once per run)
@@ -154,6 +155,7 @@ class OutputState:
             for relpath in self._contents():  # everything but the lease this run holds
                 self.storage.remove(relpath)
         self.storage.makedirs(MANIFEST_DIR)
+        self._removed_success = self.storage.exists(SUCCESS_FILE)  # put back by restore_success
         self.storage.remove(SUCCESS_FILE)
         run_id = run_id or uuid.uuid4().hex
         self.storage.write_json(
@@ -169,14 +171,11 @@ class OutputState:
         return run_id
 
     def restore_success(self) -> None:
-        """``_SUCCESS`` back where ``manifest.json`` says complete: for a run that failed before it changed
-        anything (its listing failed or matched nothing), which leaves the output as it found it. (A run stopped
-        there leaves none: exit 130/143 says no ``_SUCCESS``.)"""
-        try:
-            complete = self.storage.read_json(MANIFEST_FILE).get("complete") is True
-        except (FileNotFoundError, ValueError, AttributeError):  # none (emptied by --overwrite), or not ours
-            return
-        if complete:
+        """``_SUCCESS`` back where :meth:`prepare` removed it: for a run that failed before it changed anything
+        (its listing failed or matched nothing), which leaves the output as it found it. Only that: a run
+        stopped after it took inputs out leaves the last ``manifest.json`` saying complete, and no ``_SUCCESS``.
+        (A run stopped while it lists leaves none either: exit 130/143 says no ``_SUCCESS``.)"""
+        if self._removed_success:
             self.storage.write_bytes(SUCCESS_FILE, b"")
 
     def _files_named_by_manifest(self) -> frozenset[str]:

@@ -321,8 +321,9 @@ def _run_holding_lease(
         # million inputs) becomes the inputs table's rows as it goes, before the committed state is built.
         identities, listed_count = listed_identities(listed), len(listed)
         selected = select_inputs(job, listed, consume=True)
-    except SourceError:
-        # Nothing changed yet (an empty nightly prefix, a listing outage): a complete output stays complete
+    except Exception:
+        # Nothing changed yet (an empty nightly prefix, a listing outage, two files of one key): a complete
+        # output stays complete (a stop, KeyboardInterrupt, is no Exception: it leaves no _SUCCESS)
         state.restore_success()
         raise
     del listed
@@ -732,8 +733,11 @@ def _execute(
                 fn_constructor_kwargs=kwargs,
                 batch_size=batch_size,
                 batch_format="numpy",
+                # (alone: one task at a time per actor never looks busy enough to Ray Data to grow a pool)
                 compute=ActorPoolStrategy(
-                    min_size=plan.min_size, max_size=plan.max_size, max_tasks_in_flight_per_actor=1 if alone else None
+                    min_size=plan.min_size,
+                    max_size=plan.min_size if alone else plan.max_size,
+                    max_tasks_in_flight_per_actor=1 if alone else None,
                 ),
                 num_gpus=gpus or None,
                 **actor_args,

@@ -36,6 +36,9 @@ MAX_TASK_RETRIES = 2
 GPU_CEILING = 64
 # The same for CPU actors on a cluster whose autoscaler may add CPU workers.
 CPU_CEILING = 1024
+# In what autoscaler_limits gives: the CPUs of the node types without a GPU, those a pool of CPU actors may grow
+# onto (Ray's autoscaler only ranks GPU nodes last for CPU demand: it starts them too).
+CPU_NODES_CPU = "CPU of nodes without GPUs"
 # How long the driver waits for ray.nodes(): Ray asks the GCS without a timeout (its global state
 # accessor retries forever), and a reply lost once left a test run's driver waiting there for good.
 NODES_TIMEOUT_S = 30.0
@@ -324,8 +327,11 @@ def limits_from_autoscaling_config(config: dict) -> dict[str, float]:
     most: dict[str, float] = {}
     for name, node_type in config.get("available_node_types", {}).items():
         count = 1 if name == head else int(node_type.get("max_workers", 0) or 0)
-        for resource, amount in (node_type.get("resources") or {}).items():
+        resources = node_type.get("resources") or {}
+        for resource, amount in resources.items():
             most[resource] = most.get(resource, 0.0) + count * float(amount)
+        if not resources.get("GPU"):
+            most[CPU_NODES_CPU] = most.get(CPU_NODES_CPU, 0.0) + count * float(resources.get("CPU", 0))
     return most
 
 
@@ -394,7 +400,8 @@ def plan_pool(
     if capacity is None:
         capacity, (node_cpus, node_gpus) = cluster_capacity(), node_sizes()
     now, most = capacity
-    cpus = float(now.get("CPU", 1)) or float(most.get("CPU", 1))
+    cpus_now = float(now.get("CPU", 1))
+    cpus = cpus_now or min(float(most.get("CPU", 1)), CPU_CEILING)  # none up yet: what may come
     gpus_now, gpus_most = float(now.get("GPU", 0)), float(most.get("GPU", now.get("GPU", 0)))
     num_gpus = (1.0 if gpus_most >= 1 else 0.0) if cfg.num_gpus is None else float(cfg.num_gpus)
     if not uses_gpu:
@@ -431,12 +438,13 @@ def plan_pool(
             low = 1  # the first worker's actor starts the run; the others join as workers come up
     else:
         low = high = max(1, int(cpus))
-    cpus_most = min(float(most.get("CPU", cpus)), CPU_CEILING)
+    cpus_most = min(float(most.get(CPU_NODES_CPU, 0.0)), CPU_CEILING)
     # CPU actors sized to the CPUs up now, on a cluster whose autoscaler may add CPU workers, filled them and
     # asked for no more: Ray's autoscaler, which starts workers for waiting demand, never started one (a pool
     # of 15 on one worker of a 1-to-32 group). The pool may grow to what the autoscaler may start.
-    cpu_scaling = num_gpus == 0 and cfg.actors is None and cpus_most >= cpus + 1
+    cpu_scaling = num_gpus == 0 and cfg.actors is None and cpus_most >= cpus_now + 1
     if cpu_scaling:
+        low = max(1, int(cpus_now))  # (none up: one actor, whose request starts the first worker)
         high = max(low, int(cpus_most))
     if max_useful is not None:
         high = max(1, min(high, max_useful))
@@ -447,14 +455,18 @@ def plan_pool(
         log.info(
             "the cluster has %g CPUs now; its autoscaler may start up to %g: %d CPU actors, up to %d as workers "
             "come up",
-            cpus,
+            cpus_now,
             cpus_most,
             low,
             high,
         )
-    # Rounded down, so that the actors of every pool still fit together (those up now, where more may come).
-    sized = low if cpu_scaling else high
-    per_actor = max(0.1, math.floor(1000 * (cpus - CPU_RESERVE) / (sized * max(1, pools))) / 1000)
+    # Rounded down, so that the actors of every pool still fit together (those up now, where more may come;
+    # none up: a CPU each).
+    if cpu_scaling and not cpus_now:
+        per_actor = 1.0
+    else:
+        sized = low if cpu_scaling else high
+        per_actor = max(0.1, math.floor(1000 * (cpus - CPU_RESERVE) / (sized * max(1, pools))) / 1000)
     if node_cpus is not None:
         per_actor = min(per_actor, node_cpus)
     return PoolPlan(low, high, 0.0, num_cpus=per_actor, decode_cpus=per_actor)

@@ -183,6 +183,8 @@ def score_output_of(scores: str, options: dict[str, Any]) -> str | None:
     replaced the output's kept.txt with every key (no rules) and left its failed inputs out of both lists."""
     if not is_csv(scores):
         return scores
+    if posixpath.basename(split_protocol(scores)[1]) != "scores.csv":  # an evaluation script's CSV beside it
+        return None
     folder = Storage(csv_folder(scores), options)
     for name in ("manifest.json", JOB_FILE):  # a run that never committed has only its claim, _job.json
         if folder.exists(name):

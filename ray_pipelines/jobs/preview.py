@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_overrides(args.storage_option)
     # PNG bytes under a .jpg name were written without a word: a viewer or upload that trusts the name fails
     suffix = posixpath.splitext(split_protocol(args.out)[1])[1]
-    if suffix and suffix.lower() != ".png":
+    if suffix.lower() != ".png":  # (a name without one too: a PNG named "grid" is one nobody opens as one)
         print(f"ray-pipelines preview: --out {args.out}: the preview is a PNG; give a .png name", file=sys.stderr)
         return 2
     for url, written in ((args.output, False), (args.out, True)):

@@ -233,8 +233,10 @@ class FilterSettings(BaseModel):
 
     @staticmethod
     def train_split_fix(splits: Iterable[str]) -> str:
-        """The ``--set`` that takes the bounds from a split the scores have (the first by name)."""
-        return f"--set train_split={min(set(splits))}"
+        """The ``--set`` that takes the bounds from a split the scores have, naming them all (which to compute
+        bounds from is the user's choice: the first by name could be a test split)."""
+        named = sorted(repr(split) if split == "" else split for split in set(splits))
+        return f"--set train_split=<one of: {', '.join(named)}>"
 
     def scatter_pair(self, scores: tuple[str, ...] | list[str]) -> tuple[str, str] | None:
         if self.scatter:
