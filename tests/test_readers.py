@@ -596,6 +596,22 @@ def test_set_epoch_during_an_epoch_fails_loudly(rows_output):
                 dataset.set_epoch(3)
 
 
+def run_ranks(tmp_path: Path, target_of, ranks: int = 2) -> list[dict]:
+    """``ranks`` forked processes, ``target_of(rank, result_path)`` giving each its function and arguments (it
+    writes its JSON result there); their results, once each has exited 0."""
+    context = multiprocessing.get_context("fork")
+    procs = [
+        context.Process(target=t, args=a)
+        for t, a in (target_of(r, str(tmp_path / f"rank{r}.json")) for r in range(ranks))
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
 def distributed_reader(rank: int, world_size: int, init_file: str, files: list[str], out: str) -> None:
     """One rank of a real gloo process group: the reader takes its rank and world size from torch.distributed."""
     import torch.distributed as dist
@@ -643,20 +659,9 @@ def test_a_reader_made_before_the_process_group_warns_of_uneven_batches_at_set_e
     rows = {name: values[:7] for name, values in generic_rows().items()}
     out = write(tmp_path / "out", "rows", rows, nested=True, one_row_groups=True, index_column="index",
                 output_columns=["key", "index", "x"], rows_per_block=7)  # fmt: skip
-    context = multiprocessing.get_context("fork")
-    procs = [
-        context.Process(
-            target=uneven_reader_made_before_the_group,
-            args=(r, str(tmp_path / "pg"), str(out), str(tmp_path / f"rank{r}.json")),
-        )
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    results = run_ranks(
+        tmp_path, lambda r, result: (uneven_reader_made_before_the_group, (r, str(tmp_path / "pg"), str(out), result))
+    )
     assert [r["batches"] for r in results] == [1, 2]
     for r in results:
         [(message, filename)] = r["warnings"]
@@ -744,19 +749,7 @@ def test_a_script_that_ends_with_epochs_half_read_exits_quietly(tmp_path):
 
 def test_torch_distributed_ranks_split_the_epoch(tmp_path):
     files = list_shards(str(write_rows(tmp_path / "out", nested=True, one_row_groups=True)), "train")
-    context = multiprocessing.get_context("fork")
-    procs = [
-        context.Process(
-            target=distributed_reader, args=(r, 2, str(tmp_path / "pg"), files, str(tmp_path / f"rank{r}.json"))
-        )
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    results = run_ranks(tmp_path, lambda r, result: (distributed_reader, (r, 2, str(tmp_path / "pg"), files, result)))
     assert all(len(r["ids"]) == r["len"] == ROWS // 2 for r in results)
     assert Counter(results[0]["ids"] + results[1]["ids"]) == Counter(range(ROWS))
     for r in results:
