@@ -81,6 +81,18 @@ def no_fork_under_ray():
         pytest.fail(f"forked while this process drives Ray (from {forks[0]}): use forkserver or spawn")
 
 
+@pytest.fixture(autouse=True)
+def root_logging_kept():
+    """The root logger's handlers as they were before each test: one that runs the CLI in-process
+    (console.configure_logging: basicConfig(force=True)) left a handler on its captured stderr, closed
+    after it, and a later test's warnings wrote "--- Logging error ---" into that test's stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the whole session (2 CPUs, like the CI machine; one in each of `make test`'s
