@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
-from ray_pipelines.engine.manifest import JOB_FILE
+from ray_pipelines.engine.manifest import JOB_FILE, MANIFEST_FILE
 from ray_pipelines.scoring.report import (
-    RERUN_ON_A_SPLIT,
     FilterSettings,
     filter_warnings,
     format_filter_report,
@@ -186,7 +185,7 @@ def score_output_of(scores: str, options: dict[str, Any]) -> str | None:
     if posixpath.basename(split_protocol(scores)[1]) != "scores.csv":  # an evaluation script's CSV beside it
         return None
     folder = Storage(csv_folder(scores), options)
-    for name in ("manifest.json", JOB_FILE):  # a run that never committed has only its claim, _job.json
+    for name in (MANIFEST_FILE, JOB_FILE):  # a run that never committed has only its claim, _job.json
         if folder.exists(name):
             return csv_folder(scores) if folder.read_json(name).get("job", "score") == "score" else None
     return None
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             # again; one given here is likely mistyped (`training`), and would keep everything
             if settings.train_split != job_split:
                 raise ValueError(f"{problem} ({settings.train_split_fix(splits)})")
-            warnings.append(f"{problem}: they keep everything ({settings.train_split_fix(splits)} {RERUN_ON_A_SPLIT})")
+            warnings.append(settings.keeps_everything(problem, splits))
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2

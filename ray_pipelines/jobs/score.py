@@ -41,7 +41,6 @@ from ray_pipelines.scoring.inputs import (
 )
 from ray_pipelines.scoring.options import DnsmosOptions, ModelSpec, VadOptions
 from ray_pipelines.scoring.report import (
-    RERUN_ON_A_SPLIT,
     FilterSettings,
     check_predictions_readable,
     filter_warnings,
@@ -388,8 +387,8 @@ class ScoreJob(Job):
         summaries = write_summaries(storage, table, c.filter.histogram_bins)
         splits = table["split"].astype(str)
         if problem := c.filter.train_split_problem(splits, table.scores):
-            fix = f"ray-pipelines filter {storage.root} {c.filter.train_split_fix(splits)}"
-            log.warning("score: filter.%s: they keep everything (%s %s)", problem, fix, RERUN_ON_A_SPLIT)
+            rerun = f"ray-pipelines filter {storage.root} "
+            log.warning("score: filter.%s", c.filter.keeps_everything(problem, splits, rerun))
         report = write_filter_outputs(
             storage,
             table,

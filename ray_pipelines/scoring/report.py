@@ -82,8 +82,6 @@ def check_predictions_readable(predictions: str | None, storage_options: dict[st
 
 
 COMPUTED = ("median", "mean", "percentile")  # the modes whose bounds come from the train split's scores
-# What FilterSettings.train_split_fix's --set does, in the warning of scores without their train split.
-RERUN_ON_A_SPLIT = "reruns the rules with their bounds from a split the scores have"
 
 
 class FilterSettings(BaseModel):
@@ -237,6 +235,16 @@ class FilterSettings(BaseModel):
         bounds from is the user's choice: the first by name could be a test split)."""
         named = sorted(repr(split) if split == "" else split for split in set(splits))
         return f"--set train_split=<one of: {', '.join(named)}>"
+
+    @classmethod
+    def keeps_everything(cls, problem: str, splits: Iterable[str], rerun: str = "") -> str:
+        """The warning of scores without the job's own train split (the job's and the filter tool's alike):
+        ``problem`` (:meth:`train_split_problem`), and the rerun (``rerun``: the command before the ``--set``)."""
+        fix = cls.train_split_fix(splits)
+        return (
+            f"{problem}: they keep everything ({rerun}{fix} reruns the rules with their bounds from a split the "
+            "scores have)"
+        )
 
     def scatter_pair(self, scores: tuple[str, ...] | list[str]) -> tuple[str, str] | None:
         if self.scatter:
