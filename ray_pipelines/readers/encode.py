@@ -292,16 +292,12 @@ class EncodedLatents(EpochDataset):
             warn_if_incomplete(output, manifest)
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
             self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
-        self.warn_if_ranks_differ(batch_size, drop_last)
+        self.warn_if_ranks_differ()
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         # Local reads are CPU work (the page cache) more than waiting: more threads there only contend
         # for the GIL and each takes its own malloc arena (fresh pages in the first epoch). On the 2-core
         # VM 4 took 176-206 CPU us per item in a first epoch against 16's 209-219, later 159-199 vs 176-196.
         self.prefetch = prefetch or (4 if is_local(self.storage.fs) else 64)
-
-    def __len__(self) -> int:
-        """Items this rank reads per epoch (all items with one process); batches in batched mode."""
-        return self.rank_length(self.epoch_items(), self.batch_size, self.drop_last)
 
     def epoch_items(self) -> int:
         return len(self.files)

@@ -162,14 +162,15 @@ class EpochDataset(IterableDataset):
     reads its rank's share, set_epoch or not.
     """
 
+    batch_size: int | None = None  # batched mode's (None: items), set by the reader
+    drop_last = False
+
     def __init__(self, seed: int, shuffle: bool, rank: int | None, world_size: int | None):
         self.seed, self.shuffle = _count("seed", seed), shuffle
         self._rank_given = (rank, world_size)
         self.rank, self.world_size = distributed_rank(rank, world_size)
         self._epoch = SharedEpoch(0)
-        # What warn_if_ranks_differ was given (batch_size, drop_last), and the world size it checked.
-        self._batching_checked: tuple[int | None, bool] | None = None
-        self._world_size_checked = self.world_size
+        self._world_size_checked: int | None = None  # the world size warn_if_ranks_differ checked
 
     @property
     def epoch(self) -> int:
@@ -179,9 +180,9 @@ class EpochDataset(IterableDataset):
         """The next epoch's order (and rows or crops); reaches DataLoader workers, persistent ones too."""
         self._epoch.value = _count("epoch", epoch)
         self._refresh_rank()
-        if self._batching_checked is not None and self.world_size != self._world_size_checked:
+        if self._world_size_checked is not None and self.world_size != self._world_size_checked:
             # a reader made before init_process_group was checked as rank 0 of 1
-            self.warn_if_ranks_differ(*self._batching_checked)
+            self.warn_if_ranks_differ()
 
     def _refresh_rank(self) -> None:
         # In the training process, where torch.distributed lives, or in a worker forked from it (which
@@ -203,17 +204,23 @@ class EpochDataset(IterableDataset):
         return hi - lo
 
     def epoch_items(self) -> int:
-        """The current epoch's items, all ranks' (what :meth:`warn_if_ranks_differ` splits)."""
+        """The current epoch's items, all ranks'."""
         raise NotImplementedError
 
-    def warn_if_ranks_differ(self, batch_size: int | None, drop_last: bool) -> None:
+    def __len__(self) -> int:
+        """Items this rank reads in the current epoch (all of them with one process); batches in batched mode."""
+        return self.rank_length(self.epoch_items(), self.batch_size, self.drop_last)
+
+    def warn_if_ranks_differ(self) -> None:
         """Warns, where the reader is made, when the ranks' numbers of batches of an epoch's items differ
         (:func:`rank_batches`); again at ``set_epoch`` where the world size has changed since (a reader made
         before ``init_process_group``)."""
-        self._batching_checked, self._world_size_checked = (batch_size, drop_last), self.world_size
-        if batch_size and self.world_size > 1:
-            items = self.epoch_items()
-            counts = {rank_batches(items, r, self.world_size, batch_size, drop_last) for r in range(self.world_size)}
+        self._world_size_checked = self.world_size
+        if self.batch_size and self.world_size > 1:
+            items, batch_size = self.epoch_items(), self.batch_size
+            counts = {
+                rank_batches(items, r, self.world_size, batch_size, self.drop_last) for r in range(self.world_size)
+            }
             if len(counts) > 1:
                 warnings.warn(uneven_batches(items, self.world_size, batch_size, counts), RuntimeWarning, stacklevel=3)
 

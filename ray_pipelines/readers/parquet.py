@@ -336,7 +336,7 @@ class ShardRows(EpochDataset):
             self.index.first_row[self.chunk_groups[:, 1] - 1] + self.index.rows[self.chunk_groups[:, 1] - 1]
         )
         self._after_index()
-        self.warn_if_ranks_differ(batch_size, drop_last)
+        self.warn_if_ranks_differ()
         from_cache, self.cached = self.cached is not None, None
         self.reader.remember_footers(parsed, tables)  # the first reads need not read them again
         if self.reader.local and self.files:
@@ -470,15 +470,8 @@ class ShardRows(EpochDataset):
 
     by_index = ""  # where a reader that takes an index is, for the error above
 
-    def __len__(self) -> int:
-        """Rows this rank reads in the current epoch (batches, in batched mode)."""
-        return self.rank_length(self.epoch_items(), self.batch_size, self.drop_last)
-
     def epoch_items(self) -> int:
-        return self._epoch_total(self.epoch)
-
-    def _epoch_total(self, epoch: int) -> int:
-        rows = self.epoch_rows(epoch)
+        rows = self.epoch_rows(self.epoch)
         return self.index.num_rows if rows is None else len(rows)
 
     def _chunk_items(self, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
