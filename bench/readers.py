@@ -1,4 +1,4 @@
-"""Benchmark of the readers: ``python -m bench.readers [--quick] [--tables local,s3,writer]``.
+"""Benchmark of the readers: ``python -m bench.readers [--quick] [--tables local,s3,writer,phases]``.
 
 For each job's output at a realistic size, a shuffled DataLoader with 2
 workers (persistent, as stable-audio-tools' loader), two epochs, items/s and
@@ -35,7 +35,10 @@ shared machine) of:
 Then the same readers from S3 (a moto server in this process, on the same two
 cores). ``--tables writer`` adds the table the writer's defaults were chosen from:
 each output rewritten with other codecs and row-group sizes, its size, the
-sequential pyarrow rate and the reader's shuffled epoch.
+sequential pyarrow rate and the reader's shuffled epoch. ``--tables phases``
+takes three epochs of each reader with a baseline apart: making it, the wait
+for each epoch's first batch (the first epoch's holds the workers' start) and
+each epoch, in milliseconds, against its baseline.
 
 Outputs: augment and features are written by the jobs themselves, from the
 real recordings (cycled) and from 3-minute songs of real loops (bench.features'
@@ -639,6 +642,47 @@ def local_table(outputs, seeds, runs: int) -> str:
     return table(rows, header)
 
 
+def epoch_phases(make: Callable[[], tuple[Any, dict[str, Any]]], epochs: int = EPOCHS + 1) -> list[float]:
+    """Milliseconds of each step of ``epochs`` epochs through a DataLoader: making the reader, then per epoch
+    the wait for its first batch and the whole epoch (the first epoch's first batch holds the workers' start)."""
+    started = time.perf_counter()
+    dataset, kwargs = make()
+    steps = [time.perf_counter() - started]
+    loader = DataLoader(dataset, **kwargs)
+    for epoch in range(epochs):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        elif hasattr(dataset, "epoch"):
+            dataset.epoch = epoch
+        started, first = time.perf_counter(), None
+        for _ in loader:
+            first = first if first is not None else time.perf_counter() - started
+        steps += [first or 0.0, time.perf_counter() - started]
+    del loader
+    return [step * 1e3 for step in steps]
+
+
+def phases_table(outputs, seeds, runs: int) -> str:
+    """Where each reader's epochs go, against its seed-style baseline: medians of ``runs`` alternating rounds."""
+    steps = ["make"] + [f"epoch {e + 1}{part}" for e in range(EPOCHS + 1) for part in (": first batch", "")]
+    rows = []
+    for case in job_cases(outputs, seeds):
+        if not case["baseline"]:
+            continue
+        print(f"  {case['job']}...", flush=True)
+        readers = {
+            case["baseline_name"]: case["baseline"],
+            "reused batched reader": lambda c=case: c["batched"](WORKERS, REUSE),
+        }
+        rounds: dict[str, list[list[float]]] = {name: [] for name in readers}
+        for _ in range(runs):
+            for name, make in readers.items():
+                rounds[name].append(epoch_phases(make))
+        for name, measured in rounds.items():
+            rows.append([case["job"], name, *(fmt(statistics.median(ms)) for ms in zip(*measured))])
+    return table(rows, ["output (reader)", "reader", *(f"{step}, ms" for step in steps)])
+
+
 S3_FRACTION = 0.2  # of each output's files uploaded to moto (it keeps them in this process's memory)
 
 
@@ -826,7 +870,9 @@ def main() -> None:
         help="real recordings the augment output's clips cycle through (bench/gpu.sh readers: the carried ones)",
     )
     parser.add_argument(
-        "--tables", default="local,s3", help="comma-separated: local (readers vs baselines), s3, writer (defaults)"
+        "--tables",
+        default="local,s3",
+        help="comma-separated: local (readers vs baselines), s3, writer (defaults), phases (where epochs go)",
     )
     args = parser.parse_args()
 
@@ -844,6 +890,8 @@ def main() -> None:
         print(local_table(outputs, seeds, runs) + "\n", flush=True)
     if "s3" in tables:
         print(s3_table(outputs) + "\n", flush=True)
+    if "phases" in tables:
+        print(phases_table(outputs, seeds, runs) + "\n", flush=True)
     if "writer" in tables:
         print(writer_table(work, outputs) + "\n", flush=True)
     print(f"\nload average at the end: {os.getloadavg()}; {time.time() - started:.0f} s")
