@@ -54,13 +54,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint docker/Dockerfile
 
-# The images' pinned dependency set, resolved from pyproject.toml for the images' Python and platform, wheels
-# only (the images build nothing from source).
+# The images' pinned dependency set, resolved from pyproject.toml (and docker/ray-image.in: what Ray's base image
+# holds beside ray, replaced by versions that fit) for the images' Python and platform, wheels only (the images
+# build nothing from source).
 # --exclude-newer makes it reproducible: tests/test_deploy_lock.py re-runs this command and compares.
 # Raise the date (and rerun) to take newer releases.
 LOCK_DATE := 2026-12-01T00:00:00Z
 lock: $(STAMP)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra teachers --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml docker/ray-image.in --extra teachers --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --exclude-newer $(LOCK_DATE) --only-binary :all: \
 		--generate-hashes --quiet -o docker/requirements.lock
 
