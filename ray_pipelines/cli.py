@@ -39,9 +39,10 @@ EXIT_CODES = """exit codes:
      run again to finish
   2  config or output conflict: a bad config, another job's or config's output, a secret in
      storage_options, an output inside the input tree or another run's output, or that is a
-     file, a local path another node of the cluster does not see, a relative output in a
-     submitted job (inside Ray's copy of the working directory), a live run holding the
-     output's lease, or this run fenced off by another that took the lease over
+     file or below one, a local path another node of the cluster does not see, a relative
+     output in a submitted job (inside Ray's copy of the working directory, or where the Ray
+     head was started), a live run holding the output's lease, or this run fenced off by
+     another that took the lease over
   1  could not run: inputs not listable or matching nothing, the output store refusing writes
      (no space, read-only, permission, credentials, no such bucket; committed work is kept),
      no cluster answering at --address / RAY_ADDRESS, a model file or download the network did

@@ -90,8 +90,12 @@ def find_secrets(options: Any, path: str = "") -> list[str]:
     return found
 
 
-# A path that starts like a URL with one slash missing (``s3:/bucket/out``): a local folder named ``s3:``.
-_ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
+# A path that starts like a URL with its "://" mistyped: one slash missing (``s3:/bucket/out``), no slash
+# (``s3:bucket/out``) or no colon (``s3//bucket/out``): a local folder named ``s3:`` or ``s3``. A protocol is
+# two characters or more, so a Windows drive (``C:data``) is no such typo; without the colon only object
+# stores' names count (``data//mels`` is a local path with a doubled slash, whatever fsspec's "data" is).
+_MISTYPED_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)(:/(?!/)|:(?!/)|//)")
+_REMOTE_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "hf", "http", "https"}
 
 
 def url_problem(url: str, written: bool = False) -> str:
@@ -99,17 +103,23 @@ def url_problem(url: str, written: bool = False) -> str:
     know or whose package is not installed, an http(s) output, or a URL with one slash missing."""
     protocol, _ = split_protocol(url)
     if protocol == "file":
-        missed = _ONE_SLASH.match(url)
-        if missed and missed.group(1).lower() in fsspec.available_protocols():
+        missed = _MISTYPED_URL.match(url)
+        name = missed.group(1).lower() if missed else ""
+        if name in fsspec.available_protocols() and (missed.group(2) != "//" or name in _REMOTE_PROTOCOLS):
             rest = url[missed.end() :]
-            fixed = f"/{rest}" if missed.group(1).lower() in ("file", "local") else f"{missed.group(1)}://{rest}"
-            return f"a local folder named {missed.group(1)}:, not a URL; did you mean {fixed}?"
+            fixed = f"/{rest}" if name in ("file", "local") else f"{name}://{rest}"
+            folder = missed.group(1) + (":" if missed.group(2).startswith(":") else "")
+            return f"a local folder named {folder}, not a URL; did you mean {fixed}?"
         return ""
     try:
         fsspec.get_filesystem_class(protocol)
     except ImportError as e:  # fsspec's message names the package (gs://: "Please install gcsfs ...")
         return f"{protocol}:// needs a package that is not installed: {e}"
     except ValueError:
+        if (
+            protocol.lower() != protocol and protocol.lower() in fsspec.available_protocols()
+        ):  # S3://: fsspec's are lower case
+            return f"{protocol}:// is no storage protocol fsspec knows; did you mean {protocol.lower()}://?"
         return f"{protocol}:// is no storage protocol fsspec knows"
     if written and protocol in ("http", "https"):
         return f"{protocol}:// is read-only here: write to a local path or object storage (s3://...)"
@@ -132,6 +142,9 @@ def url_credentials(url: str) -> str:
 # Where Ray unpacks a job's working_dir (`ray job submit --working-dir .`) on a node; the copy is deleted
 # once no job uses it (the runtime-env cache), with anything written into it.
 RAY_WORKING_DIR_COPIES = os.path.join("runtime_resources", "working_dir_files")
+# Set by Ray's job supervisor in a submitted job's driver (its runtime_env and metadata): how a driver knows it
+# was submitted, and so runs in the folder the Ray head was started in unless it has a working_dir.
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def ray_working_dir_copy(spec: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from ray_pipelines.config import ConfigError, load_config, parse_overrides, validate_config
 from ray_pipelines.jobs.augment import AugmentConfig
-from ray_pipelines.storage import get_fs
+from ray_pipelines.storage import get_fs, url_problem
 
 REPO_ARGS = ["--set", "input=/tmp/in", "--set", "output=/tmp/out"]
 
@@ -76,6 +76,19 @@ def test_defaults_mirror_the_notebook(tmp_path):
         (
             "input: 'file:/data/in'\noutput: b\n",
             "\n  input: a local folder named file:, not a URL; did you mean /data/in?",
+        ),
+        # no colon, no slash, upper case: a local folder again (s3//b: the colon missing wrote ./s3/b, exit 0)
+        (
+            "input: a\noutput: 's3//bucket/out'\n",
+            "\n  output: a local folder named s3, not a URL; did you mean s3://bucket/out?",
+        ),
+        (
+            "input: a\noutput: 's3:bucket/out'\n",
+            "\n  output: a local folder named s3:, not a URL; did you mean s3://bucket/out?",
+        ),
+        (
+            "input: 'S3://bucket/in'\noutput: b\n",
+            "\n  input: S3:// is no storage protocol fsspec knows; did you mean s3://?",
         ),
         # spectrogram rows without signal: all of them (f_min above f_max) or the bands no STFT bin falls in
         ("input: a\noutput: b\nf_min: 5000\nf_max: 4000\n", "\n  (root): f_min (5000.0) must be below f_max (4000.0)"),
@@ -361,3 +374,10 @@ def test_a_misspelt_s3_storage_option_is_refused_with_the_key_it_is_close_to():
     assert validate_config(AugmentConfig, {**s3, "storage_options": fine}).storage_options == fine
     local = validate_config(AugmentConfig, {"input": "in", "output": "out", "storage_options": {"endpoint": "x"}})
     assert local.storage_options == {"endpoint": "x"}  # only S3's options are known here
+
+
+@pytest.mark.parametrize("path", ["data//mels", "memory//x", "s3/bucket/out", "C:data", "clips/s3//x"])
+def test_local_paths_that_only_look_like_mistyped_urls_are_accepted(path):
+    """Only an object store's name before "//" is taken for a URL missing its colon: a doubled slash in a
+    local path (``data//mels``: fsspec knows a "data" protocol) and a drive letter stay paths."""
+    assert url_problem(path, written=True) == ""

@@ -418,3 +418,30 @@ def test_labels_that_are_one_name_in_two_unicode_forms_are_found():
     assert composed != decomposed
     assert lookalike_labels([composed, "rock", decomposed, "jazz"]) == [sorted([composed, decomposed])]
     assert lookalike_labels(["rock", "Rock", "jazz"]) == []  # case is a name's own
+
+
+def test_appending_a_label_warns_how_to_load_the_files_written_before(tmp_path):
+    """Files written before name fewer labels in their own metadata: `load_dataset("parquet", data_files=...)`
+    without features= failed on them ("Class label 4 greater than configured num_classes 4"), unsaid."""
+    import logging
+
+    from tests.conftest import Lines
+
+    touch_library(tmp_path / "lib", {"jazz": 3, "rock": 3})
+    config = {"input": str(tmp_path / "lib"), "output": str(tmp_path / "out"), "min_per_label": 3, "splits": SPLITS}
+    FeaturesJob(validate_config(FeaturesConfig, config)).list_inputs()
+    touch_library(tmp_path / "lib", {"pop": 3})
+    logger, said = logging.getLogger("ray_pipelines.jobs.features"), Lines()
+    logger.addHandler(said)
+    try:
+        FeaturesJob(validate_config(FeaturesConfig, config)).list_inputs()
+    finally:
+        logger.removeHandler(said)
+    out = str(tmp_path / "out")
+    assert [line for line in said.lines if "appended" in line] == [
+        "features: new labels ['pop'] are appended after the ones already written; files written earlier name "
+        'fewer labels in their own datasets metadata, so load_dataset("parquet", data_files=...) without '
+        'features= can fail on them ("Class label ... greater than configured num_classes"): load with '
+        f"load_dataset({out!r}) (its dataset card) or pass features=datasets.DatasetInfo.from_directory({out!r})"
+        ".features (see docs/features.md)"
+    ]

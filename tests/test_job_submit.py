@@ -94,3 +94,15 @@ def test_ray_job_stop_unwinds_the_driver_and_a_second_submission_resumes_to_comp
     said = re.search(r"output views is inside (\S+), the copy of the working directory Ray made", refused.stdout)
     assert said and "/runtime_resources/working_dir_files/_ray_pkg_" in said.group(1), refused.stdout[-3000:]
     assert not Path(said.group(1), "views").exists()
+
+    # Without --working-dir the driver runs where the head was started: a relative output was written
+    # there, exit 0 (a head started at a repository's root wrote into the repository); refused now
+    packaged = ["--", "ray-pipelines", "augment", "--no-progress", "--config", "augment", "--set", f"input={audio}"]
+    packaged += ["--set", "output=views", "--set", "num_versions=1", "--set", "duration=1.0"]
+    bare = submit_when_ready([*ray_job, "submit", *at, *packaged], env)
+    assert bare.returncode != 0, bare.stdout[-3000:]
+    said = re.search(
+        r"output views is relative, and this submitted job's driver runs in (\S+) \(where the Ray", bare.stdout
+    )
+    assert said, bare.stdout[-3000:]
+    assert not Path(said.group(1), "views").exists()

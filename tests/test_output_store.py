@@ -20,6 +20,7 @@ from ray_pipelines.engine.control import OutputStoreError
 from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.sources import SourceError
+from ray_pipelines.storage import RAY_JOB_CONFIG_ENV
 from tests.audio_helpers import REPO, tone, write_audio
 from tests.conftest import free_port
 from tests.output_helpers import Store, committed_rows
@@ -249,6 +250,41 @@ def test_an_output_that_is_a_file_is_refused_and_left_alone(clips, tmp_path):
         f"ray-pipelines augment: output {taken} is a file: give the folder (or prefix) the job writes its output into"
     )
     assert taken.read_text() == "a file already here"
+
+
+def test_an_output_below_a_file_is_refused_as_a_config_error(clips, tmp_path):
+    """Was "the job could not run: NotADirectoryError: [Errno 20] Not a directory", exit 1."""
+    taken = tmp_path / "views"
+    taken.write_text("a file already here")
+    done = run_cli("--set", f"input={clips}", "--set", f"output={taken}/run1/out")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ray-pipelines augment: output {taken}/run1/out is below {taken}, which is a file: no folder can be made there"
+    )
+    assert taken.read_text() == "a file already here"
+
+
+def test_relative_paths_in_a_job_submitted_without_a_working_dir_are_refused_or_explained(monkeypatch, tmp_path):
+    """A job submitted without --working-dir runs its driver where the Ray head was started: a relative output
+    was written there, exit 0 (into a repository, for a head started at its root), and a relative input was a
+    bare "input not found"."""
+    head_folder = tmp_path / "where-ray-start-ran"
+    head_folder.mkdir()
+    monkeypatch.chdir(head_folder)
+    monkeypatch.setenv(RAY_JOB_CONFIG_ENV, '{"runtime_env": {}, "metadata": {}}')
+    relative = validate_config(AugmentConfig, {"input": str(tmp_path / "clips"), "output": "views"})
+    with pytest.raises(
+        ConfigError, match=f"^output views is relative, and this submitted job's driver runs in {head_folder} "
+    ):
+        run_job(AugmentJob(relative), progress=False)
+    missing = validate_config(AugmentConfig, {"input": "clips", "output": str(tmp_path / "views")})
+    with pytest.raises(SourceError) as error:
+        run_job(AugmentJob(missing), progress=False)
+    assert str(error.value) == (
+        f"input not found: clips (relative inputs such as clips are read in {head_folder}, where the Ray head was "
+        "started: this submitted job has no --working-dir; give an absolute path or a URL)"
+    )
+    assert sorted(p.name for p in head_folder.iterdir()) == []
 
 
 def test_an_output_inside_the_input_tree_is_refused(clips):

@@ -29,7 +29,7 @@ from ray.data.block import BlockAccessor
 
 from ..config import CommonConfig, ConfigError
 from ..sources import InputItem, SourceError, overlapping_input, read_key_list
-from ..storage import Storage, is_local, ray_working_dir_copy
+from ..storage import RAY_JOB_CONFIG_ENV, Storage, is_local, ray_working_dir_copy
 from .changes import InputChanges, detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
@@ -248,9 +248,15 @@ def run_job(
             f"output {cfg.output} overlaps input {overlap}: the next run would read the job's own files; "
             "write the output outside the input tree"
         )
+    relative = submitted_relative_output(cfg.output)
+    if relative:
+        raise ConfigError(relative)
     storage = Storage(cfg.output, cfg.storage_options)
     if storage.fs.isfile(storage.root):
         raise ConfigError(f"output {cfg.output} is a file: give the folder (or prefix) the job writes its output into")
+    file_above = local_file_above(storage)
+    if file_above:
+        raise ConfigError(f"output {cfg.output} is below {file_above}, which is a file: no folder can be made there")
     outer = enclosing_output(storage)
     if outer and storage.exists(JOB_FILE):  # made there before such outputs were refused: resumed, as it is safe
         log.warning(
@@ -274,13 +280,43 @@ def run_job(
         )
 
 
+def submitted_relative_output(output: str) -> str:
+    """Why a relative local ``output`` is refused in a job submitted without ``--working-dir`` (its driver
+    runs in the folder the Ray head was started in, not where ``ray job submit`` was typed), else ``""``.
+    Inside a working_dir copy the caller's own check says more."""
+    if not os.environ.get(RAY_JOB_CONFIG_ENV) or "://" in output or os.path.isabs(os.path.expanduser(output)):
+        return ""
+    if ray_working_dir_copy("."):
+        return ""
+    return (
+        f"output {output} is relative, and this submitted job's driver runs in {os.getcwd()} (where the Ray head "
+        "was started, not where ray job submit ran): give an absolute path (on a cluster, one every node "
+        "mounts) or a URL (s3://bucket/...)"
+    )
+
+
+def local_file_above(storage: Storage) -> str:
+    """The nearest existing ancestor of a local output that is a file, or ``""``."""
+    if not is_local(storage.fs):
+        return ""
+    folder = os.path.dirname(os.path.abspath(storage.root))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return folder if os.path.isfile(folder) else ""
+
+
 def _in_ray_working_dir_copy(specs: list[str]) -> str:
     """What to add to a listing error where relative inputs were read in a submitted job's copy of its
     working directory: Ray leaves out what .gitignore names (data folders usually), so they are not there."""
     copy = ray_working_dir_copy(".")
     relative = [s for s in specs if "://" not in s and not os.path.isabs(os.path.expanduser(s))]
-    if not copy or not relative:
+    if not relative or not (copy or os.environ.get(RAY_JOB_CONFIG_ENV)):
         return ""
+    if not copy:
+        return (
+            f" (relative inputs such as {relative[0]} are read in {os.getcwd()}, where the Ray head was started: "
+            "this submitted job has no --working-dir; give an absolute path or a URL)"
+        )
     return (
         f" (relative inputs such as {relative[0]} are read in {copy}, Ray's copy of the working directory, "
         "which leaves out what .gitignore names: give an absolute path or a URL)"

@@ -4,6 +4,8 @@
     rock/CD1/extras/02.flac     -> label "rock" (deeper folders keep the label)
     jazz/.cache/x.mp3           -> skipped when ".*" is in skip_dirs
     loose.mp3                   -> unlabelled (no folder), reported and left out
+    ./rock/a.mp3, x/../rock/a   -> label "rock" (``.`` and ``..`` are path syntax, read resolved)
+    ../lib/rock/a.mp3           -> unlabelled: above the root (a list file's ``../`` line), reported
     broken.tar, 2024/broken.tar -> an error row (an input the listing could not read, a damaged
                                    shard or a link member among them, is neither a song of a label
                                    nor an unlabelled song: it is accounted for, and counts for no label)
@@ -33,15 +35,30 @@ def library_path(item: InputItem) -> str:
     return item.key
 
 
+def _resolved_parts(path: str) -> list[str]:
+    """The parts of ``path`` with ``.`` and ``..`` resolved as the listing reads a list file's lines
+    (``a/./b/x`` is ``a/b/x``, ``a/../b/x`` is ``b/x``); a path above the root keeps its leading ``..``.
+    Keys stay as written (outputs already committed name them so): only their reading here changes."""
+    return [part for part in posixpath.normpath(path or ".").split("/") if part not in ("", ".")]
+
+
+def above_root(path: str) -> bool:
+    """Whether ``path`` leads above the root it is relative to (a list file's ``../lib/rock/a.mp3``)."""
+    parts = _resolved_parts(path)
+    return bool(parts) and parts[0] == ".."
+
+
 def label_of(path: str) -> str | None:
-    """The first path component, or None for a file directly at the root."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    return parts[0] if len(parts) > 1 else None
+    """The first folder of the resolved path, or None for a file directly at the root or above it."""
+    parts = _resolved_parts(path)
+    return parts[0] if len(parts) > 1 and parts[0] != ".." else None
 
 
 def in_skipped_dir(path: str, skip_dirs: list[str]) -> bool:
-    """Whether any folder of ``path`` (at any depth, not the file name) matches a skip pattern."""
-    folders = [p for p in posixpath.dirname(path).split("/") if p]
+    """Whether any folder of ``path`` (at any depth, not the file name) matches a skip pattern. ``.`` and
+    ``..`` are path syntax, not folders (``tar -C lib .`` names members ``./rock/a.mp3``): ``.*`` skips
+    hidden folders, not every file of such a shard."""
+    folders = [part for part in _resolved_parts(path)[:-1] if part != ".."]
     return any(fnmatch.fnmatchcase(folder, pattern) for folder in folders for pattern in skip_dirs)
 
 
@@ -53,7 +70,8 @@ class LibraryScan:
     labels: dict[str, str]  # key -> label name, kept songs only
     songs_per_label: dict[str, int]  # kept labels -> songs
     dropped: dict[str, int] = field(default_factory=dict)  # labels under min_per_label -> songs
-    unlabelled: list[str] = field(default_factory=list)  # keys of files at the root
+    unlabelled: list[str] = field(default_factory=list)  # keys of files at the root (or above it)
+    above_root: list[str] = field(default_factory=list)  # the unlabelled ones above the root (``../`` lines)
     skipped: int = 0  # files inside skip_dirs
     unreadable: list[InputItem] = field(default_factory=list)  # listing errors: error rows, in no label
 
@@ -68,6 +86,7 @@ def scan_library(
     """
     by_label: dict[str, list[InputItem]] = {}
     unlabelled: list[str] = []
+    above: list[str] = []
     unreadable: list[InputItem] = []
     skipped = 0
     for item in sorted(items, key=lambda i: i.key):
@@ -80,9 +99,12 @@ def scan_library(
             # be the song a split got when others could have.
             unreadable.append(item)
             continue
-        label = label_of(library_path(item))
+        path = library_path(item)
+        label = label_of(path)
         if label is None:
             unlabelled.append(item.key)
+            if above_root(path):
+                above.append(item.key)
             continue
         by_label.setdefault(label, []).append(item)
 
@@ -106,6 +128,7 @@ def scan_library(
         songs_per_label=counts,
         dropped=dropped,
         unlabelled=unlabelled,
+        above_root=above,
         skipped=skipped,
         unreadable=unreadable,
     )

@@ -43,6 +43,12 @@ FEATURES_STAGE = "ray_pipelines.stages.features:FeaturesStage"
 BALANCE_JSON = "balance.json"
 BALANCE_PNG = "balance.png"
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# Why a file whose path leads above the root (a list file's `../` line) has no label.
+ABOVE_ROOT = (
+    "above the folder their paths are read from: a list file's lines are read from the list file's folder, "
+    "whose first folders are the labels, and a line going above it (../) has none; put the list file in the "
+    "folder that holds the label folders"
+)
 
 
 class FeaturesConfig(CommonConfig):
@@ -202,11 +208,15 @@ class FeaturesJob(Job):
         if scan.dropped:
             dropped = ", ".join(f"{label} ({songs})" for label, songs in scan.dropped.items())
             reasons.append(f"labels with fewer than min_per_label ({c.min_per_label}) songs: {dropped}")
-        if scan.unlabelled:
+        above = set(scan.above_root)
+        loose = [key for key in scan.unlabelled if key not in above]
+        if loose:
             reasons.append(
-                f"{len(scan.unlabelled)} directly under the input folder, in no label folder "
-                f"(e.g. {scan.unlabelled[0]}; the label is the file's folder)"
+                f"{len(loose)} directly under the input folder, in no label folder "
+                f"(e.g. {loose[0]}; the label is the file's folder)"
             )
+        if scan.above_root:
+            reasons.append(f"{len(scan.above_root)} {ABOVE_ROOT} (e.g. {scan.above_root[0]})")
         if scan.skipped:
             reasons.append(f"{scan.skipped} in skip_dirs {c.skip_dirs}")
         return "; ".join(reasons)
@@ -226,16 +236,24 @@ class FeaturesJob(Job):
                 info["min_per_label"],
                 ", ".join(f"{k} ({v})" for k, v in info["dropped_labels"].items()),
             )
-        if info["unlabelled_files"]:
+        above = self.plan.scan.above_root
+        if info["unlabelled_files"] > len(above):
             log.warning(
                 "features: %d files directly under the root have no label folder and are left out",
-                info["unlabelled_files"],
+                info["unlabelled_files"] - len(above),
             )
+        if above:
+            log.warning("features: %d files are left out: %s (e.g. %s)", len(above), ABOVE_ROOT, above[0])
         if info["new_labels"] and len(info["new_labels"]) < len(self.plan.names):
             log.warning(
-                "features: new labels %s are appended after the ones already written; shards written "
-                "earlier name fewer labels in their datasets metadata (see docs/features.md)",
+                "features: new labels %s are appended after the ones already written; files written earlier "
+                'name fewer labels in their own datasets metadata, so load_dataset("parquet", data_files=...) '
+                'without features= can fail on them ("Class label ... greater than configured num_classes"): '
+                "load with load_dataset(%r) (its dataset card) or pass "
+                "features=datasets.DatasetInfo.from_directory(%r).features (see docs/features.md)",
                 info["new_labels"],
+                self.config.output,
+                self.config.output,
             )
         for label, splits in info["uncovered"].items():
             log.warning("features: label %s has no song in %s (no new song could move there)", label, splits)
