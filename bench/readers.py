@@ -355,11 +355,16 @@ class Rate(NamedTuple):
     steady_cpu: float | None = None
 
 
-def run_epoch(dataset, loader: DataLoader, epoch: int) -> int:
+def set_epoch(dataset, epoch: int) -> None:
+    """The project's readers' ``set_epoch``; the seed-style datasets' ``epoch`` attribute."""
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     elif hasattr(dataset, "epoch"):
         dataset.epoch = epoch
+
+
+def run_epoch(dataset, loader: DataLoader, epoch: int) -> int:
+    set_epoch(dataset, epoch)
     items = 0
     for batch in loader:
         first = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -650,10 +655,7 @@ def epoch_phases(make: Callable[[], tuple[Any, dict[str, Any]]], epochs: int = E
     steps = [time.perf_counter() - started]
     loader = DataLoader(dataset, **kwargs)
     for epoch in range(epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        elif hasattr(dataset, "epoch"):
-            dataset.epoch = epoch
+        set_epoch(dataset, epoch)
         started, first = time.perf_counter(), None
         for _ in loader:
             first = first if first is not None else time.perf_counter() - started

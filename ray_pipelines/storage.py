@@ -92,20 +92,21 @@ def find_secrets(options: Any, path: str = "") -> list[str]:
 
 # A path that starts like a URL with its "://" mistyped: one slash missing (``s3:/bucket/out``), no slash
 # (``s3:bucket/out``) or no colon (``s3//bucket/out``): a local folder named ``s3:`` or ``s3``. A protocol is
-# two characters or more, so a Windows drive (``C:data``) is no such typo; without the colon only object
-# stores' names count (``data//mels`` is a local path with a doubled slash, whatever fsspec's "data" is).
+# two characters or more, so a Windows drive (``C:data``) is no such typo; but for the one-slash form only
+# object stores' names count (``data//mels`` is a local path with a doubled slash, ``data:2024/out`` a folder
+# named so, whatever fsspec's "data" protocol is).
 _MISTYPED_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)(:/(?!/)|:(?!/)|//)")
 _REMOTE_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "hf", "http", "https"}
 
 
 def url_problem(url: str, written: bool = False) -> str:
     """Why ``url`` cannot be read (or ``written``) from here, "" when it can: a protocol fsspec does not
-    know or whose package is not installed, an http(s) output, or a URL with one slash missing."""
+    know or whose package is not installed, an http(s) output, or a URL whose "://" is mistyped."""
     protocol, _ = split_protocol(url)
     if protocol == "file":
         missed = _MISTYPED_URL.match(url)
         name = missed.group(1).lower() if missed else ""
-        if name in fsspec.available_protocols() and (missed.group(2) != "//" or name in _REMOTE_PROTOCOLS):
+        if name in fsspec.available_protocols() and (missed.group(2) == ":/" or name in _REMOTE_PROTOCOLS):
             rest = url[missed.end() :]
             fixed = f"/{rest}" if name in ("file", "local") else f"{name}://{rest}"
             folder = missed.group(1) + (":" if missed.group(2).startswith(":") else "")
@@ -142,9 +143,27 @@ def url_credentials(url: str) -> str:
 # Where Ray unpacks a job's working_dir (`ray job submit --working-dir .`) on a node; the copy is deleted
 # once no job uses it (the runtime-env cache), with anything written into it.
 RAY_WORKING_DIR_COPIES = os.path.join("runtime_resources", "working_dir_files")
-# Set by Ray's job supervisor in a submitted job's driver (its runtime_env and metadata): how a driver knows it
-# was submitted, and so runs in the folder the Ray head was started in unless it has a working_dir.
+# Set by Ray's job supervisor in a submitted job's driver (its runtime_env and metadata), and inherited by
+# whatever the entrypoint starts.
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def in_ray_job_supervisor_folder() -> str:
+    """The current folder when it is that of the Ray job supervisor that started this process (a job
+    submitted without ``--working-dir`` whose entrypoint did not change folder: the folder the Ray head was
+    started in, not where ``ray job submit`` ran), else ``""``."""
+    if not os.environ.get(RAY_JOB_CONFIG_ENV):
+        return ""
+    import psutil  # Ray's own dependency; imported here, where a submitted job is at hand
+
+    here = os.path.realpath(os.getcwd())
+    try:
+        for parent in psutil.Process().parents():
+            if "JobSupervisor" in " ".join(parent.cmdline()):
+                return here if os.path.realpath(parent.cwd()) == here else ""
+    except psutil.Error:
+        return ""
+    return ""
 
 
 def ray_working_dir_copy(spec: str) -> str:

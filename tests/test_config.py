@@ -376,8 +376,12 @@ def test_a_misspelt_s3_storage_option_is_refused_with_the_key_it_is_close_to():
     assert local.storage_options == {"endpoint": "x"}  # only S3's options are known here
 
 
-@pytest.mark.parametrize("path", ["data//mels", "memory//x", "s3/bucket/out", "C:data", "clips/s3//x"])
+@pytest.mark.parametrize(
+    "path",
+    ["data//mels", "memory//x", "C:data", "file:data/in", "local:out", "data:2024/out", "tar:x", "s3/bucket/out"],
+)
 def test_local_paths_that_only_look_like_mistyped_urls_are_accepted(path):
-    """Only an object store's name before "//" is taken for a URL missing its colon: a doubled slash in a
-    local path (``data//mels``: fsspec knows a "data" protocol) and a drive letter stay paths."""
+    """Only an object store's name before "//" or a bare ":" is taken for a mistyped URL: a doubled slash in a
+    local path (``data//mels``: fsspec knows a "data" protocol), a folder named ``data:2024``, a drive letter
+    stay paths."""
     assert url_problem(path, written=True) == ""

@@ -106,3 +106,10 @@ def test_ray_job_stop_unwinds_the_driver_and_a_second_submission_resumes_to_comp
     )
     assert said, bare.stdout[-3000:]
     assert not Path(said.group(1), "views").exists()
+    # and a relative input not found there is named with that folder
+    lost = [f"input={audio.name}" if arg.startswith("input=") else arg for arg in packaged]
+    lost = [f"output={tmp_path / 'lost'}" if arg == "output=views" else arg for arg in lost]
+    missing = submit_when_ready([*ray_job, "submit", *at, *lost], env)
+    assert missing.returncode != 0, missing.stdout[-3000:]
+    hint = f"input not found: {audio.name} (relative inputs such as {audio.name} are read in {said.group(1)}, where"
+    assert hint in missing.stdout, missing.stdout[-3000:]

@@ -10,6 +10,7 @@ decodes its input block, runs the stage and writes the shards itself
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ from ray.data.block import BlockAccessor
 
 from ..config import CommonConfig, ConfigError
 from ..sources import InputItem, SourceError, overlapping_input, read_key_list
-from ..storage import RAY_JOB_CONFIG_ENV, Storage, is_local, ray_working_dir_copy
+from ..storage import Storage, in_ray_job_supervisor_folder, is_local, ray_working_dir_copy
 from .changes import InputChanges, detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
@@ -280,16 +281,20 @@ def run_job(
         )
 
 
+def relative_local(spec: str) -> bool:
+    """Whether an input or output is a relative local path (resolved in the driver's current folder)."""
+    return "://" not in spec and not os.path.isabs(os.path.expanduser(spec))
+
+
 def submitted_relative_output(output: str) -> str:
-    """Why a relative local ``output`` is refused in a job submitted without ``--working-dir`` (its driver
-    runs in the folder the Ray head was started in, not where ``ray job submit`` was typed), else ``""``.
-    Inside a working_dir copy the caller's own check says more."""
-    if not os.environ.get(RAY_JOB_CONFIG_ENV) or "://" in output or os.path.isabs(os.path.expanduser(output)):
-        return ""
-    if ray_working_dir_copy("."):
+    """Why a relative local ``output`` is refused in a job submitted without ``--working-dir`` whose driver
+    still runs where Ray's job supervisor does (the folder the Ray head was started in, not where
+    ``ray job submit`` ran), else ``""``. Inside a working_dir copy the caller's own check says more."""
+    head_folder = in_ray_job_supervisor_folder() if relative_local(output) else ""
+    if not head_folder or ray_working_dir_copy("."):
         return ""
     return (
-        f"output {output} is relative, and this submitted job's driver runs in {os.getcwd()} (where the Ray head "
+        f"output {output} is relative, and this submitted job's driver runs in {head_folder} (where the Ray head "
         "was started, not where ray job submit ran): give an absolute path (on a cluster, one every node "
         "mounts) or a URL (s3://bucket/...)"
     )
@@ -299,28 +304,32 @@ def local_file_above(storage: Storage) -> str:
     """The nearest existing ancestor of a local output that is a file, or ``""``."""
     if not is_local(storage.fs):
         return ""
-    folder = os.path.dirname(os.path.abspath(storage.root))
+    folder = os.path.dirname(os.path.abspath(storage.path))
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     return folder if os.path.isfile(folder) else ""
 
 
-def _in_ray_working_dir_copy(specs: list[str]) -> str:
-    """What to add to a listing error where relative inputs were read in a submitted job's copy of its
-    working directory: Ray leaves out what .gitignore names (data folders usually), so they are not there."""
-    copy = ray_working_dir_copy(".")
-    relative = [s for s in specs if "://" not in s and not os.path.isabs(os.path.expanduser(s))]
-    if not relative or not (copy or os.environ.get(RAY_JOB_CONFIG_ENV)):
+def _where_relative_inputs_were_read(specs: list[str]) -> str:
+    """What to add to a listing error where a relative input was not found in a submitted job's folder: Ray's
+    copy of its working directory (which leaves out what .gitignore names, data folders usually) or, without
+    one, the folder the Ray head was started in."""
+    missing = [s for s in specs if relative_local(s) and not os.path.exists(s) and not glob.glob(os.path.expanduser(s))]
+    if not missing:
         return ""
-    if not copy:
+    copy = ray_working_dir_copy(".")
+    if copy:
         return (
-            f" (relative inputs such as {relative[0]} are read in {os.getcwd()}, where the Ray head was started: "
+            f" (relative inputs such as {missing[0]} are read in {copy}, Ray's copy of the working directory, "
+            "which leaves out what .gitignore names: give an absolute path or a URL)"
+        )
+    head_folder = in_ray_job_supervisor_folder()
+    if head_folder:
+        return (
+            f" (relative inputs such as {missing[0]} are read in {head_folder}, where the Ray head was started: "
             "this submitted job has no --working-dir; give an absolute path or a URL)"
         )
-    return (
-        f" (relative inputs such as {relative[0]} are read in {copy}, Ray's copy of the working directory, "
-        "which leaves out what .gitignore names: give an absolute path or a URL)"
-    )
+    return ""
 
 
 def _run_holding_lease(
@@ -349,7 +358,7 @@ def _run_holding_lease(
         try:
             listed = job.list_inputs()
         except SourceError as e:
-            raise SourceError(f"{e}{_in_ray_working_dir_copy(cfg.inputs())}") from None
+            raise SourceError(f"{e}{_where_relative_inputs_were_read(cfg.inputs())}") from None
         mark("listed")
         if not listed and not cfg.allow_empty:
             raise SourceError(f"no inputs matched {', '.join(cfg.inputs())} (set allow_empty: true to allow it)")

@@ -92,8 +92,9 @@ def plan_library(
         raise ConfigError(
             f"{len(relabelled)} songs this output recorded under one label now fall under another (e.g. {first}: "
             f"{recorded[first]['label']!r}, now {labels[first]!r}): since 2026-12-07 a tar member's label is "
-            "the first folder inside its shard even where the shard's path holds a '#'; write the dataset to a "
-            "new output (or delete this one)"
+            "the first folder inside its shard even where the shard's path holds a '#', and a path's '.' and "
+            "'..' parts are resolved before its first folder is read (x/../rock/a.mp3 is rock's); write the "
+            "dataset to a new output (or delete this one)"
         )
     fixed = {key: recorded[key]["split"] for key in labels if key in recorded}  # recorded songs never move
     assignment = assign_splits(labels, fractions, seed, fixed)

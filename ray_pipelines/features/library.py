@@ -75,6 +75,12 @@ class LibraryScan:
     skipped: int = 0  # files inside skip_dirs
     unreadable: list[InputItem] = field(default_factory=list)  # listing errors: error rows, in no label
 
+    @property
+    def loose(self) -> list[str]:
+        """The unlabelled files directly at the root (not those above it)."""
+        above = set(self.above_root)
+        return [key for key in self.unlabelled if key not in above]
+
 
 def scan_library(
     items: list[InputItem], *, skip_dirs: list[str], min_per_label: int, always_keep: set[str] = frozenset()

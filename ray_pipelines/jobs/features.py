@@ -208,8 +208,7 @@ class FeaturesJob(Job):
         if scan.dropped:
             dropped = ", ".join(f"{label} ({songs})" for label, songs in scan.dropped.items())
             reasons.append(f"labels with fewer than min_per_label ({c.min_per_label}) songs: {dropped}")
-        above = set(scan.above_root)
-        loose = [key for key in scan.unlabelled if key not in above]
+        loose = scan.loose
         if loose:
             reasons.append(
                 f"{len(loose)} directly under the input folder, in no label folder "
@@ -237,23 +236,27 @@ class FeaturesJob(Job):
                 ", ".join(f"{k} ({v})" for k, v in info["dropped_labels"].items()),
             )
         above = self.plan.scan.above_root
-        if info["unlabelled_files"] > len(above):
+        if self.plan.scan.loose:
             log.warning(
                 "features: %d files directly under the root have no label folder and are left out",
-                info["unlabelled_files"] - len(above),
+                len(self.plan.scan.loose),
             )
         if above:
             log.warning("features: %d files are left out: %s (e.g. %s)", len(above), ABOVE_ROOT, above[0])
         if info["new_labels"] and len(info["new_labels"]) < len(self.plan.names):
+            output = self.config.output
+            # load_dataset takes a dataset card only from a local folder; a URL's DatasetInfo needs its options
+            card = "" if "://" in output else f"load_dataset({output!r}) (its dataset card) or "
+            options = ", storage_options=..." if "://" in output else ""
             log.warning(
                 "features: new labels %s are appended after the ones already written; files written earlier "
                 'name fewer labels in their own datasets metadata, so load_dataset("parquet", data_files=...) '
                 'without features= can fail on them ("Class label ... greater than configured num_classes"): '
-                "load with load_dataset(%r) (its dataset card) or pass "
-                "features=datasets.DatasetInfo.from_directory(%r).features (see docs/features.md)",
+                "load with %spass features=datasets.DatasetInfo.from_directory(%r%s).features (see docs/features.md)",
                 info["new_labels"],
-                self.config.output,
-                self.config.output,
+                card,
+                output,
+                options,
             )
         for label, splits in info["uncovered"].items():
             log.warning("features: label %s has no song in %s (no new song could move there)", label, splits)
