@@ -51,11 +51,10 @@ def test_the_lock_is_a_resolution_of_pyproject(tmp_path):
     )
 
 
-def test_the_lock_resolves_together_with_what_rays_base_image_holds(tmp_path):
-    """The base image holds ray[all]; the lock is installed over it and `pip check` must still pass."""
+def resolve_with_the_lock(requirements: Path, out: Path) -> None:
+    """``requirements`` resolved for the image's Python and platform with the lock's pins as constraints (a
+    conflict fails the test with uv's explanation)."""
     command = deploy.lock_command()
-    requirements = tmp_path / "ray-image.in"
-    requirements.write_text(f"ray[all]=={deploy.lock_pins()['ray']}\n")
     uv(
         [
             "pip",
@@ -67,9 +66,16 @@ def test_the_lock_resolves_together_with_what_rays_base_image_holds(tmp_path):
             *("--python-platform", option(command, "--python-platform")),
             *("--exclude-newer", option(command, "--exclude-newer")),
             "--quiet",
-            *("-o", str(tmp_path / "ray-image.txt")),
+            *("-o", str(out)),
         ]
     )
+
+
+def test_the_lock_resolves_together_with_what_rays_base_image_holds(tmp_path):
+    """The base image holds ray[all]; the lock is installed over it and `pip check` must still pass."""
+    requirements = tmp_path / "ray-image.in"
+    requirements.write_text(f"ray[all]=={deploy.lock_pins()['ray']}\n")
+    resolve_with_the_lock(requirements, tmp_path / "ray-image.txt")
 
 
 def test_the_lock_fits_what_rays_base_deps_layer_leaves_in_the_image(tmp_path):
@@ -77,7 +83,6 @@ def test_the_lock_fits_what_rays_base_deps_layer_leaves_in_the_image(tmp_path):
     installed over both: what the lock does not pin stays at the image's version, and `pip check` (the
     Dockerfile's) needs those to fit the lock's pins. boto3 1.29 (botocore < 1.33, the lock's is 1.43) and
     pyOpenSSL 24 (cryptography < 44) did not, until docker/ray-image.in put them in the lock."""
-    command = deploy.lock_command()
     ours = deploy.lock_pins()
     image = pins((deploy.REPO / "tests" / "data" / "ray-image" / "base_deps_py3.11.txt").read_text())
     kept = {name: version for name, version in image.items() if deploy.normalised(name) not in ours}
@@ -85,20 +90,7 @@ def test_the_lock_fits_what_rays_base_deps_layer_leaves_in_the_image(tmp_path):
     requirements.write_text(
         "".join(f"{name}=={version}\n" for name, version in kept.items()) + f"ray[all]=={ours['ray']}\n"
     )
-    uv(
-        [
-            "pip",
-            "compile",
-            str(requirements),
-            "--constraint",
-            str(deploy.LOCK),
-            *("--python-version", option(command, "--python-version")),
-            *("--python-platform", option(command, "--python-platform")),
-            *("--exclude-newer", option(command, "--exclude-newer")),
-            "--quiet",
-            *("-o", str(tmp_path / "ray-image.txt")),
-        ]
-    )
+    resolve_with_the_lock(requirements, tmp_path / "ray-image.txt")
 
 
 # Imported only where installed, with its own message when it is not (docs/encode.md).

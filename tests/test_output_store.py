@@ -241,25 +241,21 @@ def test_in_a_submitted_jobs_working_dir_copy_a_relative_output_is_refused_and_m
     assert sorted(p.name for p in copy.iterdir()) == []
 
 
-def test_an_output_that_is_a_file_is_refused_and_left_alone(clips, tmp_path):
+@pytest.mark.parametrize(
+    ("below", "said"),
+    [
+        ("", "is a file: give the folder (or prefix) the job writes its output into"),
+        # was "the job could not run: NotADirectoryError: [Errno 20] Not a directory", exit 1
+        ("/run1/out", "is below {taken}, which is a file: no folder can be made there"),
+    ],
+)
+def test_an_output_that_is_or_lies_below_a_file_is_refused_and_the_file_left_alone(clips, tmp_path, below, said):
     taken = tmp_path / "views"
     taken.write_text("a file already here")
-    done = run_cli("--set", f"input={clips}", "--set", f"output={taken}")
+    done = run_cli("--set", f"input={clips}", "--set", f"output={taken}{below}")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"ray-pipelines augment: output {taken} is a file: give the folder (or prefix) the job writes its output into"
-    )
-    assert taken.read_text() == "a file already here"
-
-
-def test_an_output_below_a_file_is_refused_as_a_config_error(clips, tmp_path):
-    """Was "the job could not run: NotADirectoryError: [Errno 20] Not a directory", exit 1."""
-    taken = tmp_path / "views"
-    taken.write_text("a file already here")
-    done = run_cli("--set", f"input={clips}", "--set", f"output={taken}/run1/out")
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
-        f"ray-pipelines augment: output {taken}/run1/out is below {taken}, which is a file: no folder can be made there"
+        f"ray-pipelines augment: output {taken}{below} " + said.format(taken=taken)
     )
     assert taken.read_text() == "a file already here"
 
