@@ -597,12 +597,43 @@ def format_validation_error(error: ValidationError, model: type[BaseModel] | Non
             lines.append(f"  {key}: unknown key" + (f"; did you mean {guess}?" if guess else ""))
         elif item["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif item["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            lines.append(f"  {key}.{_union_tag_problem(item, model)}")
         else:
             value = _without_credentials(item.get("input"))
             shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
             message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
             lines.append(f"  {key}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _union_tag_problem(item: dict[str, Any], model: type[BaseModel] | None) -> str:
+    """A discriminated union's tag (``kind``) missing or unknown, said with the tags it takes (pydantic's
+    "Unable to extract tag using discriminator 'kind'" named neither the key nor its values)."""
+    ctx = item.get("ctx") or {}
+    tag_key = str(ctx.get("discriminator", "kind")).strip("'")
+    if "expected_tags" in ctx:
+        kinds = re.findall(r"'([^']*)'", ctx["expected_tags"])
+    else:
+        kinds = [k for m in (models_at(model, item["loc"]) if model is not None else []) for k in kinds_of(m)]
+    one_of = f" (one of {', '.join(kinds)})" if kinds else ""
+    if item["type"] == "union_tag_invalid":
+        guess = difflib.get_close_matches(str(ctx.get("tag")), kinds, n=1, cutoff=0.6)
+        return (
+            f"{tag_key}: unknown {tag_key} {ctx.get('tag')!r}"
+            + (f"; did you mean {guess[0]}?" if guess else "")
+            + one_of
+        )
+    given = item.get("input")
+    slip = (
+        next((k for k in given if isinstance(k, str) and k.startswith(f"{tag_key}:")), None)
+        if isinstance(given, dict)
+        else None
+    )
+    if slip:  # `{kind:loudness}`: YAML reads one key "kind:loudness" without a space after the colon
+        value = slip.split(":", 1)[1].strip()
+        return f"{tag_key}: required key is missing{one_of}; YAML reads {slip!r} as one key: write '{tag_key}: {value}'"
+    return f"{tag_key}: required key is missing{one_of}"
 
 
 def _without_credentials(value: Any) -> Any:
@@ -677,15 +708,12 @@ def extra_models(model: type[BaseModel]) -> list[type[BaseModel]]:
     return models_in(typing.get_type_hints(model).get("__pydantic_extra__"))
 
 
-def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
-    """The closest key to the unknown ``loc[-1]`` among the keys its section allows.
-
-    Walks ``loc`` through the models' fields: list indices and dict keys are skipped, a
-    discriminated union's tag (``teachers.0.torchcrepe.capcity``) picks the member it names, and a
-    section's own key leads to the model it holds (``filter.snr_db.bound``: a ``FilterRule``)."""
-    *parents, unknown = loc
+def models_at(model: type[BaseModel], loc: typing.Sequence[Any]) -> list[type[BaseModel]]:
+    """The models a value at ``loc`` may be: list indices and dict keys are skipped, a discriminated union's
+    tag (``teachers.0.torchcrepe``) picks the member it names, and a section's own key leads to the model it
+    holds (``filter.snr_db``: a ``FilterRule``)."""
     models = [model]
-    for part in parents:
+    for part in loc:
         fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
         if fields:
             models = [m for f in fields for m in models_in(f.annotation)]
@@ -693,6 +721,17 @@ def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
             models = (
                 [m for m in models if part in kinds_of(m)] or [e for m in models for e in extra_models(m)] or models
             )
+    return models
+
+
+def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The closest key to the unknown ``loc[-1]`` among the keys its section allows.
+
+    Walks ``loc`` through the models' fields: list indices and dict keys are skipped, a
+    discriminated union's tag (``teachers.0.torchcrepe.capcity``) picks the member it names, and a
+    section's own key leads to the model it holds (``filter.snr_db.bound``: a ``FilterRule``)."""
+    *parents, unknown = loc
+    models = models_at(model, parents)
     keys = sorted({name for m in models for name in m.model_fields})
     synonym = SYNONYMS.get(str(unknown))
     if synonym in keys:  # another job's name for the same key

@@ -134,8 +134,9 @@ def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_model_file(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """The bytes of a model or checkpoint file (local path or fsspec URL)."""
+def read_model_file(url: str, storage_options: dict[str, Any] | None = None, key: str = "") -> bytes:
+    """The bytes of a model or checkpoint file (local path or fsspec URL); ``key``, the config key that names
+    it (``model.checkpoint``), starts a not-found message, which says where a relative path was looked for."""
     try:
         fs, path = get_fs(url, storage_options)
         with fs.open(path, "rb") as f:
@@ -143,7 +144,9 @@ def read_model_file(url: str, storage_options: dict[str, Any] | None = None) -> 
     except Exception as e:
         # fsspec's HTTP filesystem reports a refused connection or a 503 as FileNotFoundError too
         if isinstance(e, FileNotFoundError) and network_failure(e) is None:
-            raise ModelLoadError(f"model file not found: {url}") from None
+            relative = "://" not in url and not os.path.isabs(os.path.expanduser(url))
+            where = f" (relative to {os.getcwd()})" if relative else ""
+            raise ModelLoadError(f"{key + ': ' if key else ''}model file not found: {url}{where}") from None
         raise model_error(f"cannot read model file {url}", e) from None
 
 

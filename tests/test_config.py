@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from ray_pipelines.config import ConfigError, load_config, parse_overrides, validate_config
 from ray_pipelines.jobs.augment import AugmentConfig
@@ -385,3 +386,31 @@ def test_local_paths_that_only_look_like_mistyped_urls_are_accepted(path):
     local path (``data//mels``: fsspec knows a "data" protocol), a folder named ``data:2024``, a drive letter
     stay paths."""
     assert url_problem(path, written=True) == ""
+
+
+@pytest.mark.parametrize(
+    ("teachers", "said"),
+    [
+        # was "teachers.0: Unable to extract tag using discriminator 'kind'" (pydantic's words, no key, no kinds)
+        (
+            "[{name: fx, path: m.ts, sample_rate: 44100}]",
+            "teachers.0.kind: required key is missing (one of pesto, torchcrepe, loudness, torchscript, factory)",
+        ),
+        (
+            "[{kind:loudness}]",
+            "teachers.0.kind: required key is missing (one of pesto, torchcrepe, loudness, torchscript, factory); "
+            "YAML reads 'kind:loudness' as one key: write 'kind: loudness'",
+        ),
+        (
+            "[{kind: pesot}]",
+            "teachers.0.kind: unknown kind 'pesot'; did you mean pesto? (one of pesto, torchcrepe, loudness, "
+            "torchscript, factory)",
+        ),
+    ],
+)
+def test_a_teacher_without_a_known_kind_is_told_which_kinds_there_are(teachers, said):
+    from ray_pipelines.jobs.teacher import TeacherConfig
+
+    with pytest.raises(ConfigError) as error:
+        validate_config(TeacherConfig, {"input": "a", "output": "b", "teachers": yaml.safe_load(teachers)})
+    assert str(error.value) == f"invalid config:\n  {said}"

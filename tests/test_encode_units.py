@@ -238,8 +238,18 @@ def test_torchscript_model_loads_with_declared_attributes_and_clear_errors(tmp_p
         load_encoder(cfg, sample_rate=48000, is_discrete=True)
     with pytest.raises(ModelLoadError, match="not a multiple of the model's downsampling ratio 256; use 1024 or 1280"):
         inspect_encoder(loaded, sample_size=1100, is_discrete=True)
-    with pytest.raises(ModelLoadError, match="model file not found"):
+    with pytest.raises(ModelLoadError) as missing:
         load_encoder(ModelConfig(kind="torchscript", path=str(tmp_path / "missing.ts")))
+    assert str(missing.value) == f"model.path: model file not found: {tmp_path / 'missing.ts'}"
+
+
+def test_a_missing_model_file_names_its_key_and_where_a_relative_path_was_looked_for(tmp_path, monkeypatch):
+    """Was "model file not found: models/vae.ts": no key (docs/encode.md promised it), no folder."""
+    factory, _ = tokenizer_checkpoint(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError) as missing:
+        load_encoder(ModelConfig(kind="factory", factory=factory, checkpoint="models/nope.ckpt"))
+    assert str(missing.value) == f"model.checkpoint: model file not found: models/nope.ckpt (relative to {tmp_path})"
 
 
 def test_factory_checkpoint_is_loaded_weights_only(tmp_path):

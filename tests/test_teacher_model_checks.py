@@ -115,7 +115,7 @@ def test_a_complex_output_is_refused_when_the_stage_starts_and_integers_are_cast
         TeacherStage(
             teachers=[{**spec, "outputs": {"y": "waveform", "spec": "tensor"}}], sample_rate=SR, num_samples=64
         )
-    assert str(said.value).startswith("teacher fx fails on a silent clip of the job's duration (64 samples")
+    assert str(said.value).startswith("teacher fx fails on a test clip of the job's duration (quiet noise, 64 samples")
     assert str(said.value).endswith(
         "RuntimeError: teacher 'fx' output 'spec' is complex (complex64): outputs are stored as real numbers; "
         "return its real and imaginary parts as two outputs (x.real, x.imag), or its magnitude (x.abs())"

@@ -287,7 +287,8 @@ def test_a_teacher_that_cannot_take_the_clip_length_is_named_when_the_stage_star
     with pytest.raises(ValueError) as said:
         TeacherStage(teachers=[{"kind": "loudness"}, {"kind": "pesto"}], sample_rate=SR, num_samples=44)
     assert str(said.value).startswith(
-        "teacher pesto fails on a silent clip of the job's duration (44 samples at 44100 Hz, 0.000997732 s): "
+        "teacher pesto fails on a test clip of the job's duration (quiet noise, 44 samples at 44100 Hz, "
+        "0.000997732 s): "
         "RuntimeError: "
     )
     assert TeacherStage(teachers=[{"kind": "loudness"}], sample_rate=SR, num_samples=44).shapes == {"loudness_db": (1,)}
@@ -577,3 +578,26 @@ def test_a_teacher_factory_that_needs_a_gpu_is_left_to_the_actors_on_a_driver_wi
     boom.write_text("def make():\n    raise ValueError('bad channels')\n")
     with pytest.raises(TeacherLoadError, match=r"failed: ValueError: bad channels"):  # not a GPU's absence
         parse_spec({**spec, "factory": f"{boom}:make"}).identity()
+
+
+class PeakNormalised(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        peak = x.abs().amax(-1, keepdim=True)
+        if bool((peak == 0).any()):
+            raise RuntimeError("cannot normalise a silent clip")
+        return x / peak
+
+
+def test_a_teacher_that_cannot_take_silence_starts_and_a_silent_clip_is_its_error_row(tmp_path):
+    """The actor's probe was an all-zero clip: a model dividing by the peak, fine on every real clip (silence_db
+    keeps silent ones away by default), failed the whole job when its actors started, exit 1."""
+    path = tmp_path / "norm.ts"
+    torch.jit.script(PeakNormalised()).save(str(path))
+    fx = {"kind": "torchscript", "name": "norm", "path": str(path), "sample_rate": SR, "outputs": {"y": "waveform"}}
+    stage = TeacherStage(teachers=[fx], sample_rate=SR, num_samples=100)
+    audio = np.stack([np.zeros(100), np.full(100, 0.25)]).astype(np.float32)
+    out = stage(
+        {"key": np.array(["silent", "dc"], dtype=object), "error": np.array(["", ""], dtype=object), "audio": audio}
+    )
+    assert out["error"][0].startswith("teacher failed: norm: ") and "cannot normalise a silent clip" in out["error"][0]
+    assert out["error"][1] == "" and np.allclose(out["y"][1], 1.0)

@@ -78,11 +78,13 @@ def load_encoder(
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     elif model.kind == "torchscript":
-        data = read_model_file(model.path, storage_options)
+        data = read_model_file(model.path, storage_options, key="model.path")
         digest.update(data)
         encoder = as_encoder(load_torchscript(data, model.path), f"the TorchScript model {model.path}")
     elif model.kind == "factory":
-        checkpoint = read_model_file(model.checkpoint, storage_options) if model.checkpoint else None
+        checkpoint = (
+            read_model_file(model.checkpoint, storage_options, key="model.checkpoint") if model.checkpoint else None
+        )
         digest.update(model.factory.encode())
         state = load_state_dict(checkpoint, model.checkpoint) if checkpoint is not None else None
         module = build_from_factory(model.factory, model.factory_kwargs, state, model.checkpoint or "")
@@ -99,8 +101,8 @@ def load_encoder(
         from .stable_audio import import_factory, load_stable_audio
 
         import_factory()  # fail on a missing package before reading a large checkpoint
-        config_data = read_model_file(model.path, storage_options)
-        checkpoint = read_model_file(model.checkpoint, storage_options)
+        config_data = read_model_file(model.path, storage_options, key="model.path")
+        checkpoint = read_model_file(model.checkpoint, storage_options, key="model.checkpoint")
         digest.update(config_data)
         digest.update(checkpoint)
         encoder = load_stable_audio(config_data, model.path, checkpoint, model.checkpoint)

@@ -267,7 +267,8 @@ class EncodeJob(Job):
         }
 
     def throughput_units(self, rows: int) -> dict[str, float]:
-        return {"audio seconds": rows * self.config.sample_size / self.sample_rate}
+        # windows of sample_size, a short clip's padding included (not the audio it held)
+        return {"window seconds": rows * self.config.sample_size / self.sample_rate}
 
 
 JOB = EncodeJob

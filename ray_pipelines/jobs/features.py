@@ -345,7 +345,8 @@ class FeaturesJob(Job):
         }
 
     def throughput_units(self, rows: int) -> dict[str, float]:
-        return {"audio seconds": rows * self.config.snippet_seconds}
+        # snippets of snippet_seconds, a song's last one padded (not the audio it held)
+        return {"snippet seconds": rows * self.config.snippet_seconds}
 
 
 def labels_without_rows(without_rows: dict[str, list[str]], shown: int = 5) -> str:

@@ -326,7 +326,8 @@ class TeacherJob(Job):
         }
 
     def throughput_units(self, rows: int) -> dict[str, float]:
-        return {"audio seconds": rows * self.config.duration}
+        # windows of duration, a short clip's padding included (not the audio it held)
+        return {"window seconds": rows * self.config.duration}
 
 
 JOB = TeacherJob

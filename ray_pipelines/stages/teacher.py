@@ -35,6 +35,17 @@ from .device import pick_device
 from .rows import BatchOnlyFailure, failure_reason, float_rows, run_else_row_by_row
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_CLIP_SEED = 0
+
+
+def probe_clip(num_samples: int) -> torch.Tensor:
+    """The clip every teacher gets when an actor starts: seeded white noise at about -40 dBFS, not silence
+    (``silence_db`` keeps silent clips from the teachers by default, and a model that divides by a clip's
+    peak, fine on every real clip, failed the whole job on an all-zero probe)."""
+    generator = torch.Generator().manual_seed(PROBE_CLIP_SEED)
+    return 0.01 * torch.randn(1, num_samples, generator=generator)
+
+
 # Kaiser-windowed sinc as librosa's "kaiser_best": negligible cost next to any teacher.
 RESAMPLE_KWARGS = dict(
     lowpass_filter_width=64, rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser", beta=14.769656459379492
@@ -90,21 +101,21 @@ class TeacherStage:
             teacher.to(self.device)
         self.resamplers: dict[tuple[int, int], torch.nn.Module] = {}
         self.batch_only = BatchOnlyFailure("a teacher", BATCH_ONLY_HINT, describe=str)  # str: "<teacher>: ..."
-        # One silent clip through every teacher: output shapes for zero-filled error rows, and a
-        # broken teacher fails here, when the actor starts, not row by row.
-        probe = self.probe(torch.zeros(1, num_samples, device=self.device))
+        # One test clip through every teacher: output shapes for zero-filled error rows, and a broken
+        # teacher fails here, when the actor starts, not row by row.
+        probe = self.probe(probe_clip(num_samples).to(self.device))
         self.shapes = {name: tuple(value.shape[1:]) for name, value in probe.items()}
 
-    def probe(self, silence: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The teachers' outputs for a silent clip; a teacher that fails is named with the clip's length
+    def probe(self, clip: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teachers' outputs for a test clip; a teacher that fails is named with the clip's length
         (the actor's start fails with it: a clip too short for the teacher's frames, a broken model)."""
         try:
-            return self.run_teachers(silence)
+            return self.run_teachers(clip)
         except TeacherFailed as failed:
             seconds = self.num_samples / self.sample_rate
             raise ValueError(
-                f"teacher {failed.teacher} fails on a silent clip of the job's duration ({self.num_samples} "
-                f"samples at {self.sample_rate} Hz, {seconds:g} s): {failed.reason}"
+                f"teacher {failed.teacher} fails on a test clip of the job's duration (quiet noise, "
+                f"{self.num_samples} samples at {self.sample_rate} Hz, {seconds:g} s): {failed.reason}"
             ) from failed.__cause__
 
     @property

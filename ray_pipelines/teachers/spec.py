@@ -338,7 +338,7 @@ class TorchScriptSpec(UserSpecBase):
     def _load(self) -> tuple[torch.nn.Module, bytes]:
         from ..models import load_torchscript
 
-        data = read_model_file(self.path)
+        data = read_model_file(self.path, key="path")
         return load_torchscript(data, self.path), data
 
     def build(self) -> ModelTeacher:
@@ -374,7 +374,7 @@ class FactorySpec(UserSpecBase):
 
         if self.checkpoint is None:
             return None, b""
-        data = read_model_file(self.checkpoint)
+        data = read_model_file(self.checkpoint, key="checkpoint")
         return load_state_dict(data, self.checkpoint, self.state_dict_key), data
 
     def build(self) -> ModelTeacher:

@@ -153,6 +153,6 @@ def _needs_a_gpu_here(error: BaseException) -> bool:
 
 def torchscript_digest(path: str) -> str:
     """A TorchScript teacher's file hashed, once it loads as TorchScript (``TorchScriptSpec.identity``)."""
-    data = read_model_file(path)
+    data = read_model_file(path, key="path")
     load_torchscript(data, path)
     return bytes_sha256(data)
