@@ -92,9 +92,9 @@ def find_secrets(options: Any, path: str = "") -> list[str]:
 
 # A path that starts like a URL with its "://" mistyped: one slash missing (``s3:/bucket/out``), no slash
 # (``s3:bucket/out``) or no colon (``s3//bucket/out``): a local folder named ``s3:`` or ``s3``. A protocol is
-# two characters or more, so a Windows drive (``C:data``) is no such typo; but for the one-slash form only
-# object stores' names count (``data//mels`` is a local path with a doubled slash, ``data:2024/out`` a folder
-# named so, whatever fsspec's "data" protocol is).
+# two characters or more, so a Windows drive (``C:data``) is no such typo. The one-slash form counts for any
+# protocol fsspec knows; the other two only for object stores' names (``data//mels`` is a local path with a
+# doubled slash, ``data:2024/out`` a folder named so, whatever fsspec's "data" protocol is).
 _MISTYPED_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)(:/(?!/)|:(?!/)|//)")
 _REMOTE_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "hf", "http", "https"}
 

@@ -445,3 +445,17 @@ def test_appending_a_label_warns_how_to_load_the_files_written_before(tmp_path):
         f"load_dataset({out!r}) (its dataset card) or pass features=datasets.DatasetInfo.from_directory({out!r})"
         ".features (see docs/features.md)"
     ]
+
+
+def test_how_to_load_an_output_on_object_storage_leaves_out_the_card():
+    """load_dataset takes a dataset card only from a local folder; the sentence read "load with pass
+    features=..." for a URL output, and named storage options for a local one given as file://."""
+    from ray_pipelines.jobs.features import how_to_load
+
+    assert how_to_load("s3://bucket/genre") == (
+        "pass features=datasets.DatasetInfo.from_directory('s3://bucket/genre', storage_options=...).features"
+    )
+    assert how_to_load("file:///data/genre") == (
+        "load with load_dataset('/data/genre') (its dataset card) or pass "
+        "features=datasets.DatasetInfo.from_directory('/data/genre').features"
+    )

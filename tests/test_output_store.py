@@ -239,35 +239,72 @@ def test_in_a_submitted_jobs_working_dir_copy_a_relative_output_is_refused_and_m
         "working directory, which leaves out what .gitignore names: give an absolute path or a URL)"
     )
     assert sorted(p.name for p in copy.iterdir()) == []
+    # the data folder kept in git by a .gitkeep, its audio gitignored: there, but empty
+    (copy / "demo-audio").mkdir()
+    (copy / "demo-audio" / ".gitkeep").touch()
+    with pytest.raises(SourceError) as error:
+        run_job(AugmentJob(missing), progress=False)
+    assert str(error.value).endswith(
+        f"(relative inputs such as demo-audio are read in {copy}, Ray's copy of the working directory, which leaves "
+        "out what .gitignore names: give an absolute path or a URL)"
+    )
 
 
 @pytest.mark.parametrize(
-    ("below", "said"),
+    ("scheme", "below", "said"),
     [
-        ("", "is a file: give the folder (or prefix) the job writes its output into"),
+        ("", "", "is a file: give the folder (or prefix) the job writes its output into"),
         # was "the job could not run: NotADirectoryError: [Errno 20] Not a directory", exit 1
-        ("/run1/out", "is below {taken}, which is a file: no folder can be made there"),
+        ("", "/run1/out", "is below {taken}, which is a file: no folder can be made there"),
+        ("file://", "/run1/out", "is below {taken}, which is a file: no folder can be made there"),
     ],
 )
-def test_an_output_that_is_or_lies_below_a_file_is_refused_and_the_file_left_alone(clips, tmp_path, below, said):
+def test_an_output_that_is_or_lies_below_a_file_is_refused_and_the_file_left_alone(
+    clips, tmp_path, scheme, below, said
+):
     taken = tmp_path / "views"
     taken.write_text("a file already here")
-    done = run_cli("--set", f"input={clips}", "--set", f"output={taken}{below}")
+    done = run_cli("--set", f"input={clips}", "--set", f"output={scheme}{taken}{below}")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        f"ray-pipelines augment: output {taken}{below} " + said.format(taken=taken)
+        f"ray-pipelines augment: output {scheme}{taken}{below} " + said.format(taken=taken)
     )
     assert taken.read_text() == "a file already here"
 
 
-def test_relative_paths_are_left_alone_where_a_submitted_job_changed_folder(monkeypatch, tmp_path):
+# A stand-in for Ray's job supervisor (its process title holds "JobSupervisor"): it starts the entrypoint, a
+# Python process that says what the runner would refuse, in each folder named on its command line.
+SUPERVISOR = """
+import os, subprocess, sys
+child = "from ray_pipelines.engine.runner import submitted_relative_output as s; print(s('views') or '-')"
+for where in sys.argv[1:3]:
+    subprocess.run([sys.executable, "-c", child], cwd=where, check=True, env={**os.environ, sys.argv[3]: "{}"})
+"""
+
+
+def test_a_relative_output_is_refused_only_where_the_submitted_driver_still_runs_in_the_supervisors_folder(
+    tmp_path, monkeypatch
+):
     """Ray's job variable reaches whatever a submitted entrypoint starts: `bash -c "cd /mnt/proj && ray-pipelines
-    ... output=views"` means /mnt/proj/views. Only a driver still in the job supervisor's folder (where the head
-    was started) is refused (tests/test_job_submit.py, on a real head); here no supervisor started this process."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(RAY_JOB_CONFIG_ENV, '{"runtime_env": {}, "metadata": {}}')
-    assert in_ray_job_supervisor_folder() == ""
-    assert submitted_relative_output("views") == ""
+    ... output=views"` means /mnt/proj/views and is left alone; a driver in the supervisor's folder (where the
+    head was started) is refused (tests/test_job_submit.py: the same on a real head)."""
+    head, project = tmp_path / "where-ray-start-ran", tmp_path / "proj"
+    head.mkdir(), project.mkdir()
+    monkeypatch.chdir(head)
+    done = subprocess.run(
+        [sys.executable, "-c", SUPERVISOR, str(head), str(project), RAY_JOB_CONFIG_ENV, "ray::JobSupervisor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    in_head, in_project = done.stdout.splitlines()
+    assert in_head.startswith(f"output views is relative, and this submitted job's driver runs in {head} (where")
+    assert in_project == "-"
+    # no supervisor at all (a script's own subprocess with the variable inherited): left alone too
+    monkeypatch.setenv(RAY_JOB_CONFIG_ENV, "{}")
+    assert in_ray_job_supervisor_folder() == "" and submitted_relative_output("views") == ""
     assert _where_relative_inputs_were_read(["clips"]) == ""
 
 

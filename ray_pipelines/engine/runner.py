@@ -310,11 +310,19 @@ def local_file_above(storage: Storage) -> str:
     return folder if os.path.isfile(folder) else ""
 
 
+def _holds_files(spec: str) -> bool:
+    """Whether a local input names anything to read: a file, a folder with a file that is not hidden (a data
+    folder Ray's working_dir copy kept for its .gitkeep alone holds none), or a glob that matches."""
+    if os.path.isdir(spec):
+        return any(not name.startswith(".") for _, _, names in os.walk(spec) for name in names)
+    return os.path.exists(spec) or bool(glob.glob(spec))
+
+
 def _where_relative_inputs_were_read(specs: list[str]) -> str:
     """What to add to a listing error where a relative input was not found in a submitted job's folder: Ray's
     copy of its working directory (which leaves out what .gitignore names, data folders usually) or, without
     one, the folder the Ray head was started in."""
-    missing = [s for s in specs if relative_local(s) and not os.path.exists(s) and not glob.glob(os.path.expanduser(s))]
+    missing = [s for s in specs if relative_local(s) and not _holds_files(os.path.expanduser(s))]
     if not missing:
         return ""
     copy = ray_working_dir_copy(".")

@@ -33,7 +33,7 @@ from ray_pipelines.features.library import lookalike_labels
 from ray_pipelines.features.report import balance_chart, balance_report
 from ray_pipelines.features.split import DEFAULT_SPLITS
 from ray_pipelines.sources import InputItem, SourceError
-from ray_pipelines.storage import Storage
+from ray_pipelines.storage import Storage, split_protocol
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +244,13 @@ class FeaturesJob(Job):
         if above:
             log.warning("features: %d files are left out: %s (e.g. %s)", len(above), ABOVE_ROOT, above[0])
         if info["new_labels"] and len(info["new_labels"]) < len(self.plan.names):
-            output = self.config.output
-            # load_dataset takes a dataset card only from a local folder; a URL's DatasetInfo needs its options
-            card = "" if "://" in output else f"load_dataset({output!r}) (its dataset card) or "
-            options = ", storage_options=..." if "://" in output else ""
             log.warning(
                 "features: new labels %s are appended after the ones already written; files written earlier "
                 'name fewer labels in their own datasets metadata, so load_dataset("parquet", data_files=...) '
                 'without features= can fail on them ("Class label ... greater than configured num_classes"): '
-                "load with %spass features=datasets.DatasetInfo.from_directory(%r%s).features (see docs/features.md)",
+                "%s (see docs/features.md)",
                 info["new_labels"],
-                card,
-                output,
-                options,
+                how_to_load(self.config.output),
             )
         for label, splits in info["uncovered"].items():
             log.warning("features: label %s has no song in %s (no new song could move there)", label, splits)
@@ -355,6 +349,17 @@ def labels_without_rows(without_rows: dict[str, list[str]], shown: int = 5) -> s
     listed = [f"{label} ({', '.join(splits)})" for label, splits in list(without_rows.items())[:shown]]
     more = len(without_rows) - shown
     return "; ".join(listed) + (f"; and {more} more" if more > 0 else "")
+
+
+def how_to_load(output: str) -> str:
+    """How to load an output whose files name different label lists: through its dataset card, which
+    ``load_dataset`` takes only from a local folder, or with its ``DatasetInfo``'s features (a URL's read with
+    the job's storage options)."""
+    protocol, path = split_protocol(output)
+    if protocol != "file":
+        return f"pass features=datasets.DatasetInfo.from_directory({output!r}, storage_options=...).features"
+    features = f"features=datasets.DatasetInfo.from_directory({path!r}).features"
+    return f"load with load_dataset({path!r}) (its dataset card) or pass {features}"
 
 
 JOB = FeaturesJob

@@ -190,7 +190,7 @@ class TeacherStage:
                     for row in rows:
                         errors[row] = errors[row] or (
                             f"teacher output {name} has shape {values.shape[1:]}, expected {self.shapes[name]} "
-                            "(the silent clip's when the stage started): outputs must have one shape per config"
+                            "(the test clip's when the stage started): outputs must have one shape per config"
                         )
                     continue
                 finite = np.isfinite(values.reshape(len(rows), -1)).all(axis=1)
