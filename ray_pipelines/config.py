@@ -35,9 +35,8 @@ from pydantic import (
 from .storage import (
     find_secrets,
     is_secret_name,
-    misspelt_storage_options,
+    misspelt_options_problem,
     ray_working_dir_copy,
-    split_protocol,
     url_credentials,
     url_problem,
     without_query,
@@ -270,11 +269,9 @@ class CommonConfig(BaseModel):
     @model_validator(mode="after")
     def _storage_options_spelt(self) -> CommonConfig:
         inputs = [self.input] if isinstance(self.input, str) else list(self.input or [])
-        for protocol in sorted({split_protocol(url)[0] for url in [*inputs, self.output] if url}):
-            misses = misspelt_storage_options(protocol, self.storage_options)
-            if misses:
-                said = ", ".join(f"{name} (did you mean {close}?)" for name, close in misses)
-                raise ValueError(f"storage_options: {said}: {protocol}:// would take it and ignore it")
+        for url in [*inputs, self.output]:
+            if url and (problem := misspelt_options_problem(url, self.storage_options)):
+                raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -227,6 +227,17 @@ def misspelt_storage_options(protocol: str, storage_options: dict[str, Any] | No
     return misses
 
 
+def misspelt_options_problem(url: str, storage_options: dict[str, Any] | None) -> str:
+    """Why ``storage_options`` would mislead ``url``'s filesystem (a near miss of a known option, which s3fs
+    takes and ignores), or ``""``."""
+    protocol = split_protocol(url)[0]
+    misses = misspelt_storage_options(protocol, storage_options)
+    if not misses:
+        return ""
+    said = ", ".join(f"{name} (did you mean {close}?)" for name, close in misses)
+    return f"storage_options: {said}: {protocol}:// would take it and ignore it"
+
+
 def fs_options(protocol: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """Translate the project's storage_options into fsspec constructor kwargs."""
     options = dict(storage_options or {})

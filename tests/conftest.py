@@ -204,6 +204,34 @@ def s3_endpoint():
 
 
 @pytest.fixture
+def credential_checking_s3_endpoint():
+    """A second moto server, in a process of its own, that checks credentials: the tests' keys exist in no
+    account, so every request is refused as with a wrong key id (moto's INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    import subprocess
+    import time
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from moto.server import main; main(['-H', '127.0.0.1', '-p', '{port}'])"],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture
 def s3_bucket(s3_endpoint):
     """A fresh bucket; returns (bucket name, storage_options, s3fs filesystem)."""
     import uuid

@@ -7,10 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.sources import SourceError
 from ray_pipelines.storage import RAY_JOB_CONFIG_ENV, in_ray_job_supervisor_folder
 from tests.audio_helpers import REPO, tone, write_audio
-from tests.conftest import free_port
 from tests.output_helpers import Store, committed_rows
 
 # Rows of about 64 KiB (uncompressed): a few fill a 512 KiB tmpfs.
@@ -148,30 +145,9 @@ def test_a_read_only_output_exits_1_with_the_os_error(mount_tmpfs, clips):
     assert done.stderr.strip().splitlines()[-1].startswith("ray-pipelines augment: write failed: Read-only file system")
 
 
-def test_rejected_credentials_exit_1_with_the_store_error(clips, tmp_path):
-    # A second moto server that checks credentials: the test's keys exist in no account.
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", f"from moto.server import main; main(['-H', '127.0.0.1', '-p', '{port}'])"],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        endpoint = f"{{endpoint_url: 'http://127.0.0.1:{port}'}}"
-        done = run_cli(
-            "--set", f"input={clips}", "--set", "output=s3://views/out", "--set", f"storage_options={endpoint}"
-        )
-    finally:
-        server.kill()
-        server.wait()
+def test_rejected_credentials_exit_1_with_the_store_error(clips, credential_checking_s3_endpoint):
+    endpoint = f"{{endpoint_url: '{credential_checking_s3_endpoint}'}}"
+    done = run_cli("--set", f"input={clips}", "--set", "output=s3://views/out", "--set", f"storage_options={endpoint}")
     assert done.returncode == 1, done.stderr
     assert "write failed: The AWS Access Key Id you provided does not exist in our records" in done.stderr
 

@@ -424,3 +424,26 @@ def test_a_missing_output_is_not_found_whatever_layout_is_asked(tmp_path, layout
     """open_encoded("/tmp/nope", layout="parquet") said the output "was written with layout 'sat'"."""
     with pytest.raises(FileNotFoundError, match="nope"):
         open_encoded(str(tmp_path / "nope"), layout)
+
+
+def test_the_sat_reader_orders_by_sample_id_whatever_the_rank_folders(tokens_output, tmp_path):
+    """A window's rank folder is the write task's that took its block: two encodes of the same inputs listed
+    the same files in other folders and orders, and the same seed drew another epoch order."""
+    other = tmp_path / "out"
+    shutil.copytree(tokens_output, other)
+    listed = (other / "filelist.txt").read_text().split()
+    moved = []
+    for i, relpath in enumerate(listed):  # every other window in rank folder 1, the list reversed
+        if i % 2:
+            for suffix in (".npy", ".json"):
+                source = other / relpath.replace(".npy", suffix)
+                (other / "1").mkdir(exist_ok=True)
+                source.rename(other / "1" / source.name)
+            relpath = "1/" + relpath.split("/", 1)[1]
+        moved.append(relpath)
+    (other / "filelist.txt").write_text("\n".join(reversed(moved)) + "\n")
+    for shuffle in (True, False):
+        first = EncodedLatents(str(tokens_output), shuffle=shuffle, seed=5)
+        second = EncodedLatents(str(other), shuffle=shuffle, seed=5)
+        second.set_epoch(1), first.set_epoch(1)
+        assert keys(first) == keys(second) and sorted(keys(first)) == sorted(token_rows()["key"].tolist())

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import ray_pipelines.readers.rowgroups as rowgroups
 from bench.readers import write_encode
 from ray_pipelines.readers import ContrastiveViews, OutputRows
-from ray_pipelines.readers.encode import EncodedLatents, collate_encoded
+from ray_pipelines.readers.encode import EncodedLatents, collate_encoded, open_encoded
 from ray_pipelines.readers.errors import UnreadableFile
 from tests.test_readers import CLIPS, ROWS, assert_same_index, contrastive_rows, generic_rows, write
 
@@ -175,3 +175,52 @@ def test_a_damaged_object_is_named_with_pyarrows_reason(s3_bucket):
     fs.pipe_file(damaged, bytes(data))
     with pytest.raises(UnreadableFile, match=f"reading {re.escape(damaged)}: Couldn't deserialize thrift"):
         list(DataLoader(dataset, batch_size=4, num_workers=2))
+
+
+def test_a_file_deleted_under_a_reader_on_s3_is_gone_as_locally(s3_bucket):
+    """On S3 it was a plain OSError ("reading bucket/...: The specified key does not exist", the s3:// lost), not
+    the FileNotFoundError the README tells a training loop to catch and make the reader again on."""
+    bucket, options, fs = s3_bucket
+    url = f"s3://{bucket}/gone"
+    write_views_s3(url, options)
+    dataset = ContrastiveViews(url, "train", seed=0, storage_options=options)
+    gone = dataset.files[1]
+    fs.rm(gone)
+    with pytest.raises(
+        FileNotFoundError, match=f"reading {re.escape(gone)}: the file is gone: .* make the reader again"
+    ):
+        list(DataLoader(dataset, batch_size=4, num_workers=0))
+
+
+def test_an_index_cache_in_a_bucket_that_does_not_exist_is_not_written_and_no_bucket_made(s3_bucket):
+    """s3fs's makedirs made the mistyped bucket, and every later reader used it without a word."""
+    bucket, options, fs = s3_bucket
+    url = f"s3://{bucket}/views"
+    write_views_s3(url, options)
+    missing = f"no-such-{bucket}"
+    with pytest.warns(UserWarning, match=f"reader index cache not written to s3://{missing}/idx .*no bucket"):
+        dataset = ContrastiveViews(url, "train", seed=0, storage_options=options, index_cache=f"s3://{missing}/idx")
+    assert len(list(DataLoader(dataset, batch_size=4))) > 0
+    fs.invalidate_cache()
+    assert not fs.exists(missing)
+
+
+def test_credentials_the_store_refuses_are_named_with_the_output(credential_checking_s3_endpoint):
+    """s3fs said only "PermissionError: Forbidden": no output, no hint."""
+    options = {"endpoint_url": credential_checking_s3_endpoint}
+    with pytest.raises(
+        PermissionError, match=r"^s3://views/out: the store refused access \(.*\): check the credentials"
+    ):
+        ContrastiveViews("s3://views/out", "train", storage_options=options)
+
+
+def test_a_misspelt_storage_option_is_refused_with_the_option_meant(s3_bucket):
+    """`endpoint` for endpoint_url: a raw "AioSession.__init__() got an unexpected keyword argument 'endpoint'"
+    (or, with another near miss, an option s3fs takes and ignores); the jobs' configs already said which."""
+    bucket, options, _ = s3_bucket
+    url = f"s3://{bucket}/views"
+    write_views_s3(url, options)
+    said = f"{url}: storage_options: endpoint (did you mean endpoint_url?): s3:// would take it and ignore it"
+    for make in (ContrastiveViews, EncodedLatents, open_encoded):
+        with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
+            make(url, storage_options={"endpoint": options["endpoint_url"]})

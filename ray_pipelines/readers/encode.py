@@ -42,7 +42,7 @@ import torch
 
 from ..encoders.sat_layout import FILELIST
 from ..seeding import derive_seed
-from ..storage import Storage, is_local
+from ..storage import Storage, is_local, misspelt_options_problem
 from .batches import (
     ColumnSpec,
     ProcessBatchMemory,
@@ -54,7 +54,7 @@ from .batches import (
 )
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share, stop_read_ahead
-from .errors import naming_the_file
+from .errors import naming_the_file, store_refusals_named
 from .parquet import ShardRows, check_job, manifest_files, not_an_output, then_transform, warn_if_incomplete
 
 
@@ -278,9 +278,13 @@ class EncodedLatents(EpochDataset):
         self.batch_size, self.drop_last = batch_size, drop_last
         self.transform, self.batch_transform = transform, batch_transform
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
+        if problem := misspelt_options_problem(output, storage_options):
+            raise ValueError(f"{output}: {problem}")
         self.storage = Storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
-        if not self.storage.exists(FILELIST):
+        with store_refusals_named(output):
+            listed = self.storage.exists(FILELIST)
+        if not listed:
             why = (
                 not_an_output(self.storage, FILELIST)
                 or f"has no {FILELIST}: is it an encode job's committed sat-layout output?"
@@ -291,7 +295,11 @@ class EncodedLatents(EpochDataset):
             check_job(output, manifest.get("job"), "encode")
             warn_if_incomplete(output, manifest)
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
-            self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
+            listed = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
+        # By sample id (the file name), not the list's order: a window's rank folder is the write task's that
+        # took its block, so two encodes of the same inputs list their files in other orders, and a seed's
+        # epoch order (a permutation of positions) would differ between them.
+        self.files = sorted(listed, key=lambda relpath: (posixpath.basename(relpath), relpath))
         self.warn_if_ranks_differ()
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         # Local reads are CPU work (the page cache) more than waiting: more threads there only contend
@@ -507,8 +515,11 @@ def open_encoded(output: str, layout: str | None = None, **kwargs) -> EncodedLat
             else "open_encoded takes no split: it reads the output's windows of every split"
         )
         raise ValueError(f"layout must be 'sat' or 'parquet' (or None: the output's own), got {layout!r} ({what})")
+    if problem := misspelt_options_problem(output, kwargs.get("storage_options")):
+        raise ValueError(f"{output}: {problem}")
     storage = Storage(output, kwargs.get("storage_options"))
-    job = storage.read_json("_job.json") if storage.exists("_job.json") else {}
+    with store_refusals_named(output):
+        job = storage.read_json("_job.json") if storage.exists("_job.json") else {}
     check_job(output, job.get("job"), "encode")
     written = job.get("config", {}).get("layout", "sat")
     chosen = layout or ("sat" if written in ("sat", "both") else "parquet")

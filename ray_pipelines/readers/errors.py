@@ -48,3 +48,16 @@ def naming_the_file(
             raise
         why = changed() if changed is not None else None
         raise UnreadableFile(f"reading {url}: {message}".rstrip() + (f" ({why})" if why else "")) from error
+
+
+@contextmanager
+def store_refusals_named(url: str) -> Iterator[None]:
+    """A store's refusal of the reader's first request named with the output and the likely why: s3fs says
+    only "Forbidden" for a wrong secret or key id, or a bucket policy that leaves the reader out."""
+    try:
+        yield
+    except PermissionError as error:
+        raise PermissionError(
+            f"{url}: the store refused access ({error}): check the credentials (storage_options, or the "
+            "environment's AWS_* variables) and the bucket's policy"
+        ) from error

@@ -167,6 +167,9 @@ def save(folder: str, name: str, arrays: dict[str, np.ndarray], storage_options:
     failure is said in a warning."""
     try:
         storage = Storage(folder, storage_options)
+        bucket = storage.path.split("/", 1)[0]
+        if not is_local(storage.fs) and not storage.fs.exists(bucket):  # s3fs's makedirs would create it
+            raise FileNotFoundError(f"no bucket {bucket!r}: the cache makes none")
         with storage.open_atomic(name) as f:
             np.savez(f, **arrays)
     except OSError as error:

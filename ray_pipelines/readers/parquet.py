@@ -46,7 +46,7 @@ from torch.utils.data import get_worker_info
 from ..engine.arrow import column_to_numpy
 from ..engine.hf import split_name
 from ..engine.memory import release_unused_memory
-from ..storage import Storage, url_problem
+from ..storage import Storage, misspelt_options_problem, url_problem
 from . import index_cache as index_cache_module
 from .batches import (
     BatchBuilder,
@@ -75,6 +75,7 @@ from .epoch import (
     window_order,
     windows,
 )
+from .errors import store_refusals_named
 from .footers import FooterTable
 from .pages import load_kernels, tensor_leaves
 from .rowgroups import (
@@ -173,8 +174,12 @@ def manifest_files(
     output = os.fspath(output)
     if problem := url_problem(output):
         raise ValueError(f"{output}: {problem}")
+    if problem := misspelt_options_problem(output, storage_options):
+        raise ValueError(f"{output}: {problem}")
     storage = Storage(output, storage_options)
-    if not storage.exists("manifest.json"):
+    with store_refusals_named(output):
+        committed = storage.exists("manifest.json")
+    if not committed:
         why = not_an_output(storage, "manifest.json", "and a split as split=")
         raise FileNotFoundError(f"{output} {why or NOT_COMMITTED}")
     manifest = storage.read_json("manifest.json")

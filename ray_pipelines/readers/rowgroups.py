@@ -343,6 +343,8 @@ def _cat_ranges(fs, paths: list[str], starts: list[int], stops: list[int]) -> li
         return []
     got = fs.cat_ranges(paths, starts, stops, on_error="return")
     for path, value in zip(paths, got):
+        if isinstance(value, FileNotFoundError):  # still one: the reader says the file is gone, and why
+            raise FileNotFoundError(f"reading {path}: {value}") from value
         if isinstance(value, BaseException):
             raise OSError(f"reading {path}: {value}") from value
     return got
