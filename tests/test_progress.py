@@ -166,3 +166,17 @@ def test_reports_that_arrive_together_do_not_read_as_the_pace():
     clock.now += 1.0
     progress.update(report(inputs=10, rows=50))
     assert progress.eta() == pytest.approx(42 / (42 / 1.01))  # a second on: the pace since the first write
+
+
+def test_a_run_waiting_for_ray_says_so_and_one_that_failed_is_not_stopped():
+    """An unreachable --address showed "0/2 inputs (0%), 0 inputs/s, ... ETA ?" for 30 s, then "stopped",
+    though nothing had run and no one had stopped it."""
+    clock, out = Clock(), io.StringIO()
+    progress = LineProgress("augment", "rows", out, every_seconds=10, every_percent=50, heartbeat=False, clock=clock)
+    progress.start(listed=2, skipped=0, to_do=2)
+    progress.waiting_for = "waiting for Ray at 127.0.0.1:1"
+    clock.now += 10.0
+    assert progress.status_line() == "augment: 0/2 inputs, waiting for Ray at 127.0.0.1:1, elapsed 0:10"
+    progress.failed = True
+    progress.close(finished=False)
+    assert out.getvalue().splitlines()[-1].startswith("augment: failed, 0/2 inputs in 0:10")

@@ -57,6 +57,8 @@ class ProgressDisplay:
         self.started = clock()
         self._first_report: tuple[float, int] | None = None  # (when, inputs done then): the ETA's origin
         self.closed = False
+        self.failed = False  # the run ended on an error, not a stop (close says "failed")
+        self.waiting_for = ""  # what the run waits on before any work (Ray starting, a cluster answering)
         self.success_reached = False  # the commit went on to write _SUCCESS (writing_success)
         self._lock = threading.Lock()
 
@@ -148,6 +150,9 @@ class ProgressDisplay:
     def status_line(self) -> str:
         inputs_per_second, _ = self.rates()
         eta = self.eta()
+        if self.waiting_for:
+            done = f"{self.inputs_done}/{self.to_do} inputs"
+            return f"{self.job}: {done}, {self.waiting_for}, elapsed {duration(self.elapsed)}"
         return (
             f"{self.job}: {self.inputs_done}/{self.to_do} inputs ({100 * self.fraction:.0f}%), "
             f"{rate(inputs_per_second)} inputs/s, {self.counts_text()}, "
@@ -156,7 +161,7 @@ class ProgressDisplay:
 
     def end_line(self, finished: bool) -> str:
         inputs_per_second, _ = self.rates()
-        what = "done" if finished else "stopped"
+        what = "done" if finished else ("failed" if self.failed else "stopped")
         return (
             f"{self.job}: {what}, {self.inputs_done}/{self.to_do} inputs in {duration(self.elapsed)} "
             f"({rate(inputs_per_second)} inputs/s), {self.counts_text()}"

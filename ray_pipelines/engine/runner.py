@@ -424,7 +424,11 @@ def _run_holding_lease(
         if pending.num_rows:
             lease.check()  # lost while the run listed: no Ray started for a run that cannot commit
             mark("ray.init start")
+            if monitor is not None:  # (30 s for a cluster that does not answer: not a run making no progress)
+                monitor.waiting_for = f"waiting for Ray at {address}" if address else "waiting for Ray"
             how = connect(address)
+            if monitor is not None:
+                monitor.waiting_for = ""
             mark("ray.init done")
             with data_context_kept():  # a caller's own pipelines keep their settings
                 configure_data_context(cfg, progress)
@@ -446,6 +450,10 @@ def _run_holding_lease(
                     lease.on_lost = None  # a lease lost from here on fails the commit (still_holds)
                     control.close()
         finished = True
+    except Exception:  # an error, not a stop (Ctrl-C and SIGTERM are KeyboardInterrupts): "failed"
+        if monitor is not None:
+            monitor.failed = True
+        raise
     finally:
         if monitor is not None:
             monitor.close(finished)
