@@ -309,14 +309,31 @@ def _shutdown_ray() -> None:
         mark("ray.shutdown done")
 
 
+CONFIGS_USAGE = """usage: ray-pipelines configs [NAME]
+
+  configs        list the packaged example configs, each with what it runs
+  configs NAME   print one (a packaged config's name, or a config file's path) to start your own:
+                 ray-pipelines configs NAME > my-config.yaml"""
+
+
 def configs_command(argv: Sequence[str]) -> int:
     """``ray-pipelines configs``: the packaged example configs; ``configs NAME``: print one."""
     from .config import ConfigError, resolve_config_path
-    from .config_docs import packaged_configs_table
+    from .config_docs import TOOL_CONFIGS, packaged_configs_table
 
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(CONFIGS_USAGE)
+        return 0
+    if len(argv) > 1:
+        print(
+            f"ray-pipelines configs: takes one NAME, not also {' '.join(argv[1:])!r}\n{CONFIGS_USAGE}", file=sys.stderr
+        )
+        return 2
     if not argv:
         print("packaged example configs (run one with `ray-pipelines <job> --config NAME`):")
         print(packaged_configs_table())
+        for name, tool in TOOL_CONFIGS.items():  # not a job's config: `score --config score-filter` refuses it
+            print(f"({name} is the {tool} tool's config: ray-pipelines {tool} SCORES --config {name})")
         print("\nPrint one to start your own: ray-pipelines configs NAME > my-config.yaml")
         return 0
     try:

@@ -191,8 +191,9 @@ class CommonConfig(BaseModel):
     rows_per_file: int = Field(2048, ge=1, description="Most rows in one Parquet shard file.")
     compression: Codec = Field(
         "lz4",
-        description="Parquet codec. lz4: log-mels shrink to about a third, the cheapest to decode in the "
-        "one-row row groups the readers need (zstd: 8 % smaller, more reader CPU).",
+        description="Parquet codec. lz4: augment's log-mels shrink to about a third and teacher signals to about a "
+        "half, the cheapest to decode in the one-row row groups the readers need (zstd: about 8 % smaller, more "
+        "reader CPU; docs/benchmarks.md, The writer's codec with the page decoder).",
     )
     direct_io: bool = Field(
         True,

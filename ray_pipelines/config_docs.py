@@ -42,7 +42,10 @@ def _type_name(annotation: Any) -> str:
         return " or ".join(dict.fromkeys(_type_name(a) for a in args))
     if origin in (list, tuple, set, frozenset):
         inner = dict.fromkeys(_type_name(a) for a in args if a is not Ellipsis)
-        return f"list of {' or '.join(inner)}" if inner else "list"
+        if not inner:
+            return "list"
+        shown = " or ".join(inner)  # parenthesized: "list of (float or null) or null" (bounds)
+        return f"list of ({shown})" if " or " in shown else f"list of {shown}"
     if origin is dict or annotation is dict:
         return "mapping"
     if annotation is type(None):
@@ -76,8 +79,44 @@ def _one_model(field: FieldInfo) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def keys_help(model: type[BaseModel], prefix: str = "", depth: int = 0, skip: tuple[str, ...] = ()) -> str:
-    """Every key of ``model`` (nested sections as dotted keys): type, default, description."""
+# Sections whose further keys are names of the user's choosing, each holding the model that
+# ``__pydantic_extra__`` types: the placeholder such a key is listed under, and what it is.
+EXTRA_KEYS = {
+    "FilterSettings": (
+        "<score>",
+        "A rule per score, keyed by the score column's name: filter.<score>: {mode: hardcode, bounds: [3.0, "
+        "null]}; null takes a rule out, a default rule's too (docs/score.md, Filters).",
+    ),
+}
+
+
+def _extra_model(model: type[BaseModel]) -> type[BaseModel] | None:
+    """The model each further key of ``model`` holds (a score's filter rule), when its extra keys are typed."""
+    if model.model_config.get("extra") != "allow":
+        return None
+    extra = typing.get_type_hints(model).get("__pydantic_extra__")
+    values = typing.get_args(extra)[1:] if typing.get_origin(extra) is dict else ()
+    models = models_in(values[0]) if values else []
+    return models[0] if len(models) == 1 else None
+
+
+def _section_line(key: str, field: FieldInfo) -> str:
+    """``key:  (section)``, or ``(section or null; default null)`` for a section that is off unless given."""
+    kind = "section or null; default null" if _default(field) is None else "section"
+    return f"  {key}:  ({kind}){' ' + field.description if field.description else ''}"
+
+
+def keys_help(
+    model: type[BaseModel],
+    prefix: str = "",
+    depth: int = 0,
+    skip: tuple[str, ...] = (),
+    defaults: BaseModel | None = None,
+) -> str:
+    """Every key of ``model`` (nested sections as dotted keys): type, default, description.
+
+    ``defaults``: the section's own default value (a built-in pool's entries), whose values are the keys'
+    defaults when the section is left out, even where the model alone requires the key (a mask's max_width)."""
     lines: list[str] = []
     for name, field in model.model_fields.items():
         if name in skip:
@@ -86,10 +125,16 @@ def keys_help(model: type[BaseModel], prefix: str = "", depth: int = 0, skip: tu
         required = field.default is PydanticUndefined and field.default_factory is None
         nested = _one_model(field) if depth < 2 else None
         if nested is not None and not required:
-            lines.append(f"  {key}:  (section){' ' + field.description if field.description else ''}")
-            lines.append(keys_help(nested, f"{key}.", depth + 1))
+            lines.append(_section_line(key, field))
+            own_default = _default(field) if defaults is None else getattr(defaults, name)
+            section_default = own_default if isinstance(own_default, nested) else None
+            lines.append(keys_help(nested, f"{key}.", depth + 1, defaults=section_default))
             continue
-        detail = "required" if required else f"default {_shown(_default(field))}"
+        if defaults is not None:
+            given = f"default {_shown(getattr(defaults, name))}"
+            detail = f"{given}, required when {prefix.rstrip('.')} is given" if required else given
+        else:
+            detail = "required" if required else f"default {_shown(_default(field))}"
         lines.append(f"  {key}  ({_type_name(field.annotation)}; {detail})")
         if field.description:
             lines.extend(textwrap.wrap(field.description, WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6))
@@ -99,6 +144,12 @@ def keys_help(model: type[BaseModel], prefix: str = "", depth: int = 0, skip: tu
             for member in union:
                 lines.append(f"  {item} with kind: {'|'.join(kinds_of(member))}")
                 lines.append(keys_help(member, f"{item}.", depth + 1, skip=("kind",)))
+    extra = _extra_model(model)
+    if extra is not None:
+        placeholder, about = EXTRA_KEYS.get(model.__name__, ("<name>", ""))
+        lines.append(f"  {prefix}{placeholder}:  (section or null)")
+        lines.extend(textwrap.wrap(about, WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6))
+        lines.append(keys_help(extra, f"{prefix}{placeholder}.", depth + 1))
     return "\n".join(line for line in lines if line)
 
 

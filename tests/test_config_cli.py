@@ -159,6 +159,50 @@ def test_help_lists_each_kind_of_a_list_of_models(capsys):
     assert '  teachers[].capacity  (tiny|full; default "tiny")' in out
 
 
+def test_help_lists_a_score_filter_rules_keys_and_the_defaults_a_section_gives(capsys):
+    """score --help left out every key of a per-score filter rule, said `normalize: (section)` of a section
+    that is null unless given, and augment --help called the built-in masks' max_width required (24, 26)."""
+    code, out, _ = run_cli(capsys, "score", "--help")
+    assert code == 0
+    assert "\n  filter.<score>:  (section or null)\n      A rule per score, keyed by the score column's name" in out
+    for key in ("mode", "k", "ddof", "lower_quantile", "upper_quantile", "bounds", "hard_low", "hard_high", "side"):
+        assert f"\n  filter.<score>.{key}  (" in out, key
+    assert '  filter.<score>.mode  (none|median|mean|percentile|hardcode; default "median")' in out
+    assert "  filter.<score>.bounds  (list of (float or null) or null; default null)" in out
+    assert "\n  normalize:  (section or null; default null)\n" in out
+    _, out, _ = run_cli(capsys, "augment", "--help")
+    assert "  spectrogram_pool.frequency_mask.max_width  (int; default 24, required when " in out
+    assert "  spectrogram_pool.time_mask.max_width  (int; default 26, required when " in out
+    assert "  waveform_pool.gain:  (section)\n  waveform_pool.gain.min_db  (float; default -6.0)" in out
+
+
+def test_each_jobs_compression_help_fits_what_it_writes(capsys):
+    """The teacher and score jobs' compression help spoke of log-mels shrinking to a third."""
+    described = {}
+    for job in ("augment", "teacher", "score"):
+        _, out, _ = run_cli(capsys, job, "--help")
+        described[job] = out.split("\n  compression  ", 1)[1].split("\n  direct_io", 1)[0]
+    assert "log-mels shrink to about a third" in described["augment"]
+    assert "teacher signals to about a\n      half" in described["teacher"]
+    assert "scalar scores per item" in described["score"] and "log-mels" not in described["score"]
+    assert model_of("score").model_fields["compression"].default == "lz4"  # the default, as before
+
+
+def test_configs_help_its_extra_arguments_and_the_filter_tools_config(capsys):
+    """`configs --help` exited 2 (no config file '--help'), `configs NAME extra` ignored the extra, and the
+    listing said to run score-filter as a job's config (it is the filter tool's)."""
+    for flag in ("--help", "-h"):
+        code, out, err = run_cli(capsys, "configs", flag)
+        assert (code, err) == (0, "") and out.startswith("usage: ray-pipelines configs [NAME]")
+        assert "configs NAME   print one" in out
+    code, out, err = run_cli(capsys, "configs", "augment", "extra")
+    assert code == 2 and out == ""
+    assert err.startswith("ray-pipelines configs: takes one NAME, not also 'extra'\nusage: ")
+    code, out, _ = run_cli(capsys, "configs")
+    assert code == 0
+    assert "\n(score-filter is the filter tool's config: ray-pipelines filter SCORES --config score-filter)\n" in out
+
+
 def test_a_pipe_whose_reader_left_ends_quietly_and_a_job_keeps_its_exit_code(tmp_path):
     """``ray-pipelines configs | head -1`` printed BrokenPipeError's traceback; a complete job whose
     stdout's reader had gone (a log shipper, ``| true``) exited 1, the summary's traceback."""

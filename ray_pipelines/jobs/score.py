@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from ray_pipelines import isolated
-from ray_pipelines.config import CommonConfig, ConfigError, LevelDb, Seconds
+from ray_pipelines.config import Codec, CommonConfig, ConfigError, LevelDb, Seconds
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.mel_bands import mel_problem
@@ -143,6 +143,11 @@ class ScoreConfig(CommonConfig):
     batch_size: int = Field(64, ge=1)
     inputs_per_block: int = Field(256, ge=1)
     rows_per_file: int = Field(65536, ge=1)
+    compression: Codec = Field(
+        "lz4",
+        description="Parquet codec of the score shards: a row of scalar scores per item, small with any codec "
+        "(scores.csv and the reports are written from them at the end).",
+    )
 
     RUNTIME_FIELDS = CommonConfig.RUNTIME_FIELDS | {"filter"}
 
