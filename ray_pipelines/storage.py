@@ -235,7 +235,7 @@ def misspelt_options_problem(url: str, storage_options: dict[str, Any] | None) -
     if not misses:
         return ""
     said = ", ".join(f"{name} (did you mean {close}?)" for name, close in misses)
-    return f"storage_options: {said}: {protocol}:// would take it and ignore it"
+    return f"storage_options: {said}: {protocol}:// knows no such option (s3fs passes it on, to be ignored or refused)"
 
 
 def fs_options(protocol: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:

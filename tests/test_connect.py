@@ -46,12 +46,14 @@ def test_waiting_for_a_cluster_returns_once_it_listens_and_names_the_address_whe
     wait_for_cluster("auto", 0.0)  # Ray finds (or refuses) these itself
 
 
-def job_at(address: str, tmp_path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def job_at(
+    address: str, tmp_path, env: dict[str, str], timeout: float = 120, quiet: bool = True
+) -> subprocess.CompletedProcess:
     """The augment CLI over one clip in ``tmp_path/in`` (written here), to ``tmp_path/out``, at ``address``: a
     process of its own (a test process may hold a Ray session, which the job would use instead)."""
     write_audio(tmp_path / "in" / "a.wav", tone(1.0))
     return subprocess.run(
-        [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", "--quiet"]
+        [sys.executable, "-m", "ray_pipelines.cli", "augment", "--config", "augment", *(["--quiet"] if quiet else [])]
         + ["--set", f"input={tmp_path / 'in'}", "--set", f"output={tmp_path / 'out'}", "--address", address],
         cwd=REPO,
         env=env,
@@ -63,8 +65,10 @@ def job_at(address: str, tmp_path, env: dict[str, str], timeout: float = 120) ->
 
 def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_path):
     out, port = tmp_path / "out", closed_port()
-    done = job_at(f"127.0.0.1:{port}", tmp_path, {**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "1"})
+    done = job_at(f"127.0.0.1:{port}", tmp_path, {**os.environ, "RAY_PIPELINES_CONNECT_TIMEOUT_S": "1"}, quiet=False)
     assert done.returncode == 1, done.stderr
+    said = done.stdout + done.stderr  # the progress's end line: nothing ran, no one stopped it
+    assert "augment: failed, 0/1 inputs" in said and "augment: stopped" not in said, said
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(
         f"ray-pipelines augment: the job could not run: ConnectionError: no Ray cluster answers at 127.0.0.1:{port}"

@@ -174,7 +174,7 @@ def test_a_run_waiting_for_ray_says_so_and_one_that_failed_is_not_stopped():
     clock, out = Clock(), io.StringIO()
     progress = LineProgress("augment", "rows", out, every_seconds=10, every_percent=50, heartbeat=False, clock=clock)
     progress.start(listed=2, skipped=0, to_do=2)
-    progress.waiting_for = "waiting for Ray at 127.0.0.1:1"
+    progress.waiting("waiting for Ray at 127.0.0.1:1")
     clock.now += 10.0
     assert progress.status_line() == "augment: 0/2 inputs, waiting for Ray at 127.0.0.1:1, elapsed 0:10"
     progress.failed = True

@@ -447,3 +447,5 @@ def test_the_sat_reader_orders_by_sample_id_whatever_the_rank_folders(tokens_out
         second = EncodedLatents(str(other), shuffle=shuffle, seed=5)
         second.set_epoch(1), first.set_epoch(1)
         assert keys(first) == keys(second) and sorted(keys(first)) == sorted(token_rows()["key"].tolist())
+    # map-style, item i is still the list's, as stable-audio-tools reads it
+    assert second[0][1]["latent_filename"] == f"{other}/{moved[-1]}"

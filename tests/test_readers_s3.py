@@ -220,7 +220,10 @@ def test_a_misspelt_storage_option_is_refused_with_the_option_meant(s3_bucket):
     bucket, options, _ = s3_bucket
     url = f"s3://{bucket}/views"
     write_views_s3(url, options)
-    said = f"{url}: storage_options: endpoint (did you mean endpoint_url?): s3:// would take it and ignore it"
+    said = (
+        f"{url}: storage_options: endpoint (did you mean endpoint_url?): s3:// knows no such option (s3fs passes "
+        "it on, to be ignored or refused)"
+    )
     for make in (ContrastiveViews, EncodedLatents, open_encoded):
         with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
             make(url, storage_options={"endpoint": options["endpoint_url"]})

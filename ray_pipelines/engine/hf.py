@@ -140,7 +140,7 @@ From object storage (`load_dataset` reads this card only from a local folder):
 info = datasets.DatasetInfo.from_directory("s3://bucket/out", storage_options=so)   # {INFO}
 files = {files!r}
 ds = datasets.load_dataset("parquet", data_files={{s: f"s3://bucket/out/{{f}}" for s, f in files.items()}},
-                           features=info.features, storage_options=so)
+                           features=info.features, storage_options=dict(so))   # datasets adds to it
 ```
 """
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n" + body

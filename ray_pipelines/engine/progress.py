@@ -71,6 +71,12 @@ class ProgressDisplay:
         self._first_report = None
         self.show_start()
 
+    def waiting(self, what: str) -> None:
+        """What the run waits on before any work ("waiting for Ray at HOST:PORT"), shown instead of rates and
+        an ETA until ``waiting("")``: a cluster that does not answer took 30 s of "0 inputs/s, ETA ?"."""
+        self.waiting_for = what
+        self.show_update()
+
     def update(self, report: dict[str, Any]) -> None:
         if report.get("fenced"):
             return  # a newer run owns the output: nothing of this write was kept
@@ -235,6 +241,8 @@ class BarProgress(ProgressDisplay):
                 self.bar.set_postfix_str(self.bar_postfix(), refresh=True)
 
     def bar_postfix(self) -> str:
+        if self.waiting_for:
+            return self.waiting_for
         eta = self.eta()
         return f"ETA {duration(eta) if eta is not None else '?'}, {self.counts_text()}"
 

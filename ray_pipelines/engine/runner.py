@@ -425,10 +425,11 @@ def _run_holding_lease(
             lease.check()  # lost while the run listed: no Ray started for a run that cannot commit
             mark("ray.init start")
             if monitor is not None:  # (30 s for a cluster that does not answer: not a run making no progress)
-                monitor.waiting_for = f"waiting for Ray at {address}" if address else "waiting for Ray"
+                at = address or os.environ.get("RAY_ADDRESS")
+                monitor.waiting(f"waiting for Ray at {at}" if at else "waiting for Ray")
             how = connect(address)
             if monitor is not None:
-                monitor.waiting_for = ""
+                monitor.waiting("")
             mark("ray.init done")
             with data_context_kept():  # a caller's own pipelines keep their settings
                 configure_data_context(cfg, progress)

@@ -42,7 +42,7 @@ import torch
 
 from ..encoders.sat_layout import FILELIST
 from ..seeding import derive_seed
-from ..storage import Storage, is_local, misspelt_options_problem
+from ..storage import Storage, is_local
 from .batches import (
     ColumnSpec,
     ProcessBatchMemory,
@@ -55,7 +55,15 @@ from .batches import (
 from .clients import ProcessFilesystem
 from .epoch import EpochDataset, batched_share, check_epoch_unchanged, epoch_order, share, stop_read_ahead
 from .errors import naming_the_file, store_refusals_named
-from .parquet import ShardRows, check_job, manifest_files, not_an_output, then_transform, warn_if_incomplete
+from .parquet import (
+    ShardRows,
+    check_job,
+    manifest_files,
+    not_an_output,
+    output_storage,
+    then_transform,
+    warn_if_incomplete,
+)
 
 
 def crop_latents(
@@ -278,9 +286,7 @@ class EncodedLatents(EpochDataset):
         self.batch_size, self.drop_last = batch_size, drop_last
         self.transform, self.batch_transform = transform, batch_transform
         self.batch_memory = ProcessBatchMemory(reuse_batches, batch_size or 0)
-        if problem := misspelt_options_problem(output, storage_options):
-            raise ValueError(f"{output}: {problem}")
-        self.storage = Storage(output, storage_options)
+        self.storage = output_storage(output, storage_options)
         self._client = ProcessFilesystem(self.storage.root, storage_options)
         with store_refusals_named(output):
             listed = self.storage.exists(FILELIST)
@@ -295,11 +301,13 @@ class EncodedLatents(EpochDataset):
             check_job(output, manifest.get("job"), "encode")
             warn_if_incomplete(output, manifest)
         with self.storage.fs.open(self.storage.abspath(FILELIST), "rb") as f:
-            listed = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
-        # By sample id (the file name), not the list's order: a window's rank folder is the write task's that
-        # took its block, so two encodes of the same inputs list their files in other orders, and a seed's
-        # epoch order (a permutation of positions) would differ between them.
-        self.files = sorted(listed, key=lambda relpath: (posixpath.basename(relpath), relpath))
+            self.files = [line.strip() for line in f.read().decode().splitlines() if line.strip()]
+        # An epoch goes through the files by sample id (the file name), not the list's order: a window's rank
+        # folder is the write task's that took its block, so two encodes of the same inputs list their files
+        # in other orders, and a seed's order (a permutation of positions) would differ between them.
+        # ``dataset[i]`` stays the list's item i, as stable-audio-tools reads it.
+        by_id = sorted(range(len(self.files)), key=lambda i: (posixpath.basename(self.files[i]), self.files[i]))
+        self.by_sample_id = np.array(by_id, dtype=np.int64)
         self.warn_if_ranks_differ()
         self.crop = _Cropper(latent_crop_length, random_crop, seed)
         # Local reads are CPU work (the page cache) more than waiting: more threads there only contend
@@ -337,7 +345,7 @@ class EncodedLatents(EpochDataset):
             lo, hi = batched_share(len(self.files), shard, self.batch_size, self.drop_last)
         else:
             lo, hi = share(len(self.files), shard.index, shard.count)
-        mine = epoch_order(len(self.files), self.seed, epoch, self.shuffle)[lo:hi].tolist()
+        mine = self.by_sample_id[epoch_order(len(self.files), self.seed, epoch, self.shuffle)[lo:hi]].tolist()
         pool = ThreadPoolExecutor(max_workers=min(self.prefetch, 16), thread_name_prefix="sat-latents")
         try:
             loaded = self._read_ahead(pool, mine)
@@ -515,9 +523,7 @@ def open_encoded(output: str, layout: str | None = None, **kwargs) -> EncodedLat
             else "open_encoded takes no split: it reads the output's windows of every split"
         )
         raise ValueError(f"layout must be 'sat' or 'parquet' (or None: the output's own), got {layout!r} ({what})")
-    if problem := misspelt_options_problem(output, kwargs.get("storage_options")):
-        raise ValueError(f"{output}: {problem}")
-    storage = Storage(output, kwargs.get("storage_options"))
+    storage = output_storage(output, kwargs.get("storage_options"))
     with store_refusals_named(output):
         job = storage.read_json("_job.json") if storage.exists("_job.json") else {}
     check_job(output, job.get("job"), "encode")

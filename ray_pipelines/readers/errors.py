@@ -54,10 +54,11 @@ def naming_the_file(
 def store_refusals_named(url: str) -> Iterator[None]:
     """A store's refusal of the reader's first request named with the output and the likely why: s3fs says
     only "Forbidden" for a wrong secret or key id, or a bucket policy that leaves the reader out."""
+    where = "the environment's AWS_* variables" if split_protocol(url)[0] in ("s3", "s3a") else "the environment"
     try:
         yield
     except PermissionError as error:
         raise PermissionError(
-            f"{url}: the store refused access ({error}): check the credentials (storage_options, or the "
-            "environment's AWS_* variables) and the bucket's policy"
+            f"{url}: the store refused access ({error}): check the credentials (storage_options, or {where}) "
+            "and the bucket's policy"
         ) from error

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..storage import Storage, is_local
+from ..storage import Storage, is_local, split_protocol
 from .rowgroups import RowGroupIndex, no_ranges
 
 # Part of every cache file's name: a change to what is kept, or to how the index is made, changes it.
@@ -161,15 +161,30 @@ def writes_here(folder: str, storage_options: dict[str, Any] | None, rank: int) 
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+# Object stores whose makedirs creates a missing bucket (or container) rather than failing.
+BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def missing_bucket(storage: Storage) -> str:
+    """The bucket of an object-store ``storage`` when it is not there (or cannot be seen), else ``""``; a
+    store that cannot answer the question is taken to have it (the write then says what is wrong)."""
+    if split_protocol(storage.root)[0] not in BUCKET_STORES:
+        return ""
+    bucket = storage.path.split("/", 1)[0]
+    try:
+        return "" if storage.fs.exists(bucket) else bucket
+    except Exception:  # noqa: BLE001 (a store's own error for an odd name: not this check's to raise)
+        return ""
+
+
 def save(folder: str, name: str, arrays: dict[str, np.ndarray], storage_options: dict[str, Any] | None) -> None:
     """Write cache file ``name`` in ``folder`` (whole or not at all), then remove the folder's older
     files of the same reader (``name``'s prefix: the same folder's files before they changed); a
     failure is said in a warning."""
     try:
         storage = Storage(folder, storage_options)
-        bucket = storage.path.split("/", 1)[0]
-        if not is_local(storage.fs) and not storage.fs.exists(bucket):  # s3fs's makedirs would create it
-            raise FileNotFoundError(f"no bucket {bucket!r}: the cache makes none")
+        if bucket := missing_bucket(storage):  # s3fs's (gcsfs's, adlfs's) makedirs would create it
+            raise FileNotFoundError(f"no bucket {bucket!r} (or no right to see it): the cache makes none")
         with storage.open_atomic(name) as f:
             np.savez(f, **arrays)
     except OSError as error:

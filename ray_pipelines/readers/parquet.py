@@ -160,6 +160,15 @@ def _first_caller_outside_the_readers() -> int:
     return level
 
 
+def output_storage(output: str, storage_options: dict[str, Any] | None) -> Storage:
+    """The :class:`Storage` of an output a reader opens, refused first where the URL or a storage option is
+    mistyped (a did-you-mean, as the jobs' configs give)."""
+    for problem in (url_problem(output), misspelt_options_problem(output, storage_options)):
+        if problem:
+            raise ValueError(f"{output}: {problem}")
+    return Storage(output, storage_options)
+
+
 def manifest_files(
     output: str | os.PathLike,
     split: str | None = None,
@@ -172,11 +181,7 @@ def manifest_files(
     ``job``: the job whose output the caller reads (:func:`check_job`). ``output`` may be a ``Path``.
     """
     output = os.fspath(output)
-    if problem := url_problem(output):
-        raise ValueError(f"{output}: {problem}")
-    if problem := misspelt_options_problem(output, storage_options):
-        raise ValueError(f"{output}: {problem}")
-    storage = Storage(output, storage_options)
+    storage = output_storage(output, storage_options)
     with store_refusals_named(output):
         committed = storage.exists("manifest.json")
     if not committed:
