@@ -108,9 +108,16 @@ def check_progress_lines(output: str, to_do: int, listed: int, skipped: int) -> 
     lines = [line for line in output.splitlines() if line.startswith("augment: ")]
     already = f", {skipped} already committed" if skipped else ""
     assert lines[0] == f"augment: {to_do} inputs to process ({listed} listed{already})"
+    # while Ray starts (over 10 s on a loaded machine) the lines say so, and come before any count
+    waiting = [
+        line
+        for line in lines[1:-1]
+        if re.fullmatch(rf"augment: 0/{to_do} inputs, waiting for Ray, elapsed \d+:\d\d", line)
+    ]
+    assert lines[1 : 1 + len(waiting)] == waiting, lines
     status = [
         re.match(r"augment: (\d+)/(\d+) inputs \((\d+)%\), ([\d.]+) inputs/s, (\d+) rows, ([\d.]+) rows/s", line)
-        for line in lines[1:-1]
+        for line in lines[1 + len(waiting) : -1]
     ]
     assert all(status), lines
     done = [int(m.group(1)) for m in status]
