@@ -75,7 +75,7 @@ class ProgressDisplay:
         """What the run waits on before any work ("waiting for Ray at HOST:PORT"), shown instead of rates and
         an ETA until ``waiting("")``: a cluster that does not answer took 30 s of "0 inputs/s, ETA ?"."""
         self.waiting_for = what
-        self.show_update()
+        self.show_waiting()
 
     def update(self, report: dict[str, Any]) -> None:
         if report.get("fenced"):
@@ -178,6 +178,9 @@ class ProgressDisplay:
 
     def show_update(self) -> None: ...
 
+    def show_waiting(self) -> None:
+        """``waiting_for`` changed (no report arrived; the displays below show it as they show an update)."""
+
     def show_end(self, finished: bool) -> None: ...
 
 
@@ -252,6 +255,9 @@ class BarProgress(ProgressDisplay):
                 self.bar.n = self.inputs_done
                 self.bar.set_postfix_str(self.bar_postfix(), refresh=True)
 
+    def show_waiting(self) -> None:
+        self.show_update()
+
     def show_end(self, finished: bool) -> None:
         if self._ticker is not None:
             self._ticker.stop()
@@ -309,6 +315,9 @@ class LineProgress(ProgressDisplay):
                 self._last_percent = percent
 
     def show_update(self) -> None:
+        self._maybe_write()
+
+    def show_waiting(self) -> None:
         self._maybe_write()
 
     def show_end(self, finished: bool) -> None:
