@@ -37,6 +37,7 @@ from .storage import (
     is_secret_name,
     misspelt_options_problem,
     ray_working_dir_copy,
+    split_protocol,
     url_credentials,
     url_problem,
     without_query,
@@ -270,8 +271,9 @@ class CommonConfig(BaseModel):
     @model_validator(mode="after")
     def _storage_options_spelt(self) -> CommonConfig:
         inputs = [self.input] if isinstance(self.input, str) else list(self.input or [])
-        for url in [*inputs, self.output]:
-            if url and (problem := misspelt_options_problem(url, self.storage_options)):
+        one_per_protocol = {split_protocol(url)[0]: url for url in [*inputs, self.output] if url}
+        for url in one_per_protocol.values():  # (a list of many inputs: the options checked once per store)
+            if problem := misspelt_options_problem(url, self.storage_options):
                 raise ValueError(problem)
         return self
 

@@ -96,7 +96,9 @@ def find_secrets(options: Any, path: str = "") -> list[str]:
 # protocol fsspec knows; the other two only for object stores' names (``data//mels`` is a local path with a
 # doubled slash, ``data:2024/out`` a folder named so, whatever fsspec's "data" protocol is).
 _MISTYPED_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)(:/(?!/)|:(?!/)|//)")
-_REMOTE_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "oss", "hf", "http", "https"}
+# Object stores whose makedirs creates a missing bucket (or container) rather than failing.
+BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+_REMOTE_PROTOCOLS = BUCKET_STORES | {"adl", "oci", "oss", "hf", "http", "https"}
 
 
 def url_problem(url: str, written: bool = False) -> str:
@@ -229,7 +231,7 @@ def misspelt_storage_options(protocol: str, storage_options: dict[str, Any] | No
 
 def misspelt_options_problem(url: str, storage_options: dict[str, Any] | None) -> str:
     """Why ``storage_options`` would mislead ``url``'s filesystem (a near miss of a known option, which s3fs
-    takes and ignores), or ``""``."""
+    passes on to be ignored or refused later), or ``""``."""
     protocol = split_protocol(url)[0]
     misses = misspelt_storage_options(protocol, storage_options)
     if not misses:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..storage import Storage, is_local, split_protocol
+from ..storage import BUCKET_STORES, Storage, is_local, split_protocol
 from .rowgroups import RowGroupIndex, no_ranges
 
 # Part of every cache file's name: a change to what is kept, or to how the index is made, changes it.
@@ -159,10 +159,6 @@ def writes_here(folder: str, storage_options: dict[str, Any] | None, rank: int) 
     if not is_local(Storage(folder, storage_options).fs):
         return rank == 0
     return os.environ.get("LOCAL_RANK", "0") == "0"
-
-
-# Object stores whose makedirs creates a missing bucket (or container) rather than failing.
-BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 def missing_bucket(storage: Storage) -> str:
