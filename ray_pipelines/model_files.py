@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .config import ConfigError
-from .storage import get_fs
+from .storage import get_fs, relative_local
 
 
 class ModelLoadError(ConfigError):
@@ -144,8 +144,7 @@ def read_model_file(url: str, storage_options: dict[str, Any] | None = None, key
     except Exception as e:
         # fsspec's HTTP filesystem reports a refused connection or a 503 as FileNotFoundError too
         if isinstance(e, FileNotFoundError) and network_failure(e) is None:
-            relative = "://" not in url and not os.path.isabs(os.path.expanduser(url))
-            where = f" (relative to {os.getcwd()})" if relative else ""
+            where = f" (relative to {os.getcwd()})" if relative_local(url) else ""
             raise ModelLoadError(f"{key + ': ' if key else ''}model file not found: {url}{where}") from None
         raise model_error(f"cannot read model file {url}", e) from None
 

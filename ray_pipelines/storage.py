@@ -168,6 +168,11 @@ def in_ray_job_supervisor_folder() -> str:
     return ""
 
 
+def relative_local(spec: str) -> bool:
+    """Whether a path or URL is a relative local path (resolved in the process's current folder)."""
+    return "://" not in spec and not os.path.isabs(os.path.expanduser(spec))
+
+
 def ray_working_dir_copy(spec: str) -> str:
     """The copy of a Ray job's working_dir a local ``spec`` lies in (a relative path resolved in a
     submitted job's driver does), or ``""`` (a URL, or a path elsewhere)."""

@@ -30,7 +30,7 @@ from ray.data.block import BlockAccessor
 
 from ..config import CommonConfig, ConfigError
 from ..sources import InputItem, SourceError, overlapping_input, read_key_list
-from ..storage import Storage, in_ray_job_supervisor_folder, is_local, ray_working_dir_copy
+from ..storage import Storage, in_ray_job_supervisor_folder, is_local, ray_working_dir_copy, relative_local
 from .changes import InputChanges, detect_changes, listed_identities
 from .control import OutputStoreError, RunControl, store_failures_raised
 from .decode import PIECE_BYTES, concat_batches
@@ -279,11 +279,6 @@ def run_job(
         return _run_holding_lease(
             job, storage, lease, address=address, overwrite=overwrite, progress=progress, monitor=monitor
         )
-
-
-def relative_local(spec: str) -> bool:
-    """Whether an input or output is a relative local path (resolved in the driver's current folder)."""
-    return "://" not in spec and not os.path.isabs(os.path.expanduser(spec))
 
 
 def submitted_relative_output(output: str) -> str:
