@@ -148,7 +148,7 @@ def run_job_command(name: str, argv: Sequence[str] | None = None, *, program: bo
     program = argv is None if program is None else program
     argv = sys.argv[1:] if argv is None else argv
     from .config import ConfigError, load_config
-    from .config_docs import config_yaml, json_schema
+    from .config_docs import config_yaml, json_schema, tool_of_config
 
     job_cls = importlib.import_module(JOBS[name]).JOB
     from .engine.timeline import mark
@@ -158,6 +158,14 @@ def run_job_command(name: str, argv: Sequence[str] | None = None, *, program: bo
     if args.schema:
         print(json_schema(job_cls.config_model))
         return 0
+    tool = tool_of_config(args.config) if args.config is not None else None
+    if tool:  # its keys are a section of the score config: key-by-key "unknown key" errors named no cause
+        print(
+            f"ray-pipelines {name}: {args.config} is the {tool} tool's packaged config, not a job's: "
+            f"ray-pipelines {tool} SCORES --config {args.config}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFLICT
     try:
         config = load_config(job_cls.config_model, args.config, args.overrides)
     except ConfigError as e:

@@ -603,7 +603,7 @@ def format_validation_error(error: ValidationError, model: type[BaseModel] | Non
             value = _without_credentials(item.get("input"))
             shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
             message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's own words
-            lines.append(f"  {key}: {message}{shown}")
+            lines.append(f"  {key}: {message}{shown}{_yaml_slip(item)}")
     return "\n".join(lines)
 
 
@@ -634,6 +634,18 @@ def _union_tag_problem(item: dict[str, Any], model: type[BaseModel] | None) -> s
         value = slip.split(":", 1)[1].strip()
         return f"{tag_key}: required key is missing{one_of}; YAML reads {slip!r} as one key: write '{tag_key}: {value}'"
     return f"{tag_key}: required key is missing{one_of}"
+
+
+def _yaml_slip(item: dict[str, Any]) -> str:
+    """A mapping written ``- kind:pesto`` (no space after the colon): YAML reads one string, which pydantic
+    calls "not a valid dictionary"; the flow style's ``{kind:pesto}`` is told in :func:`_union_tag_problem`."""
+    given = item.get("input")
+    if item["type"] not in ("model_type", "model_attributes_type", "dict_type") or not isinstance(given, str):
+        return ""
+    slip = re.fullmatch(r"([A-Za-z_]\w*):(\S.*)", given.strip())
+    if not slip:
+        return ""
+    return f"; YAML reads {given!r} as one string: write '{slip[1]}: {slip[2]}'"
 
 
 def _without_credentials(value: Any) -> Any:

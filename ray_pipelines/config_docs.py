@@ -14,6 +14,7 @@ import re
 import textwrap
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,7 +22,15 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import PACKAGED_CONFIGS, CommonConfig, kinds_of, models_in, packaged_config_names
+from .config import (
+    PACKAGED_CONFIGS,
+    CommonConfig,
+    ConfigError,
+    kinds_of,
+    models_in,
+    packaged_config_names,
+    resolve_config_path,
+)
 
 WIDTH = 100
 
@@ -220,6 +229,16 @@ def json_schema(model: type[BaseModel]) -> str:
 
 # Packaged configs of a tool rather than of the job their name starts with
 TOOL_CONFIGS = {"score-filter": "filter"}
+
+
+def tool_of_config(spec: str | Path) -> str | None:
+    """The tool whose packaged config ``spec`` names (``score-filter``: the filter tool's); None for a job's
+    packaged config, a file of the user's, or a name that is neither (load_config says so)."""
+    try:
+        path = resolve_config_path(spec)
+    except ConfigError:
+        return None
+    return TOOL_CONFIGS.get(path.stem) if path.parent == PACKAGED_CONFIGS and path.is_file() else None
 
 
 def packaged_configs() -> list[tuple[str, str, str]]:

@@ -144,3 +144,15 @@ def weights_sha256(model: nn.Module) -> str:
         h.update(f"{name}\x1f{t.dtype}\x1f{list(t.shape)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+PROBE_AUDIO_SEED = 0
+
+
+def probe_audio(*shape: int) -> torch.Tensor:
+    """The audio a model is probed with before any work (a teacher's actors, the encode job's layout probe):
+    seeded white noise at about -40 dBFS, not silence. ``silence_db`` can keep silent audio from a model,
+    and a model that divides by its input's peak, fine on every real clip, failed the whole job on an
+    all-zero probe."""
+    generator = torch.Generator().manual_seed(PROBE_AUDIO_SEED)
+    return 0.01 * torch.randn(*shape, generator=generator)

@@ -401,6 +401,12 @@ def test_local_paths_that_only_look_like_mistyped_urls_are_accepted(path):
             "teachers.0.kind: required key is missing (one of pesto, torchcrepe, loudness, torchscript, factory); "
             "YAML reads 'kind:loudness' as one key: write 'kind: loudness'",
         ),
+        # the block style's slip (`- kind:loudness`): YAML reads a string, "not a valid dictionary" alone before
+        (
+            "['kind:loudness']",
+            "teachers.0: Input should be a valid dictionary or object to extract fields from (got 'kind:loudness'); "
+            "YAML reads 'kind:loudness' as one string: write 'kind: loudness'",
+        ),
         (
             "[{kind: pesot}]",
             "teachers.0.kind: unknown kind 'pesot'; did you mean pesto? (one of pesto, torchcrepe, loudness, "

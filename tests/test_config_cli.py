@@ -201,6 +201,14 @@ def test_configs_help_its_extra_arguments_and_the_filter_tools_config(capsys):
     code, out, _ = run_cli(capsys, "configs")
     assert code == 0
     assert "\n(score-filter is the filter tool's config: ray-pipelines filter SCORES --config score-filter)\n" in out
+    # ...and a job given it says whose it is (was: one "unknown key" error per filter key)
+    for spec in ("score-filter", "score-filter.yaml"):
+        code, out, err = run_cli(capsys, "score", "--config", spec, "--set", "input=a", "--set", "output=b")
+        assert (code, out) == (2, "")
+        assert err == (
+            f"ray-pipelines score: {spec} is the filter tool's packaged config, not a job's: "
+            f"ray-pipelines filter SCORES --config {spec}\n"
+        )
 
 
 def test_a_pipe_whose_reader_left_ends_quietly_and_a_job_keeps_its_exit_code(tmp_path):

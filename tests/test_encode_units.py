@@ -424,6 +424,26 @@ def test_a_factory_without_a_checkpoint_is_known_by_the_weights_it_builds(tmp_pa
     EncodeStage(model=seeded, sample_size=640, weights_sha256=load_encoder(seeded).weights_sha256)
 
 
+def test_a_model_that_cannot_take_silence_passes_the_drivers_probe(tmp_path):
+    """The driver probed with all zeros: a model dividing by its input's peak, fine on every real window
+    (and ``silence_db`` can keep silent ones away), was refused before the run, exit 2."""
+    source = IDENTITY_MODEL.replace(
+        "        return audio.clone()",
+        "        if bool((audio.abs().amax(-1) == 0).any()):\n"
+        "            raise ValueError('cannot normalise silence')\n"
+        "        return audio / audio.abs().amax(-1, keepdim=True)",
+    )
+    model = {"kind": "factory", "factory": f"{write_model(tmp_path, 'peak', source)}:make_identity"}
+    probe = dict(sample_rate=None, channels=None, is_discrete=False, storage_options=None, precision="fp32")
+    info = probe_encoder(model, sample_size=64, **probe)
+    assert (info["sample_rate"], info["channels"], info["latent_channels"]) == (16000, 1, 1)
+    stage = EncodeStage(model=model, sample_size=64, sample_rate=16000, audio_channels=1)
+    audio = np.stack([np.zeros((1, 64)), np.full((1, 64), 0.25)]).astype(np.float32)
+    out = stage(batch_of(audio, [64, 64]))
+    assert out["error"][0] == "encode failed: ValueError: cannot normalise silence"
+    assert out["error"][1] == "" and np.allclose(out["latents"][1], 1.0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_stage_on_cuda_in_fp16_matches_the_cpu():

@@ -150,5 +150,5 @@ def test_wrong_models_fail_before_any_work(tmp_path):
             "model": {"kind": "torchscript", "path": str(tmp_path / "missing.pt")},
         },
     )
-    with pytest.raises(ConfigError, match=r"model \(torchscript\): model file not found: .*missing\.pt"):
+    with pytest.raises(ConfigError, match=r"model \(torchscript\): model\.path: model file not found: .*missing\.pt"):
         JOB(config).fingerprint_extra()

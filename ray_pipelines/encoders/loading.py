@@ -1,7 +1,7 @@
 """Load any configured encoder behind the :class:`Encoder` interface, and inspect it.
 
 ``load_encoder`` runs once per actor (and once on the driver, which also
-probes the model with a short silent input to learn its output layout and
+probes the model with a short quiet input to learn its output layout and
 channels and check that continuous/discrete matches the config before any
 work starts).
 """
@@ -22,6 +22,7 @@ from ..models import (
     load_state_dict,
     load_torchscript,
     model_classes,
+    probe_audio,
     read_model_file,
     weights_sha256,
 )
@@ -189,10 +190,10 @@ def frames_axis(shape: tuple[int, ...], frames: int) -> int | None:
 def _probe(encoder: Encoder, length: int) -> torch.Tensor:
     try:
         with torch.inference_mode():
-            return encoder.encode(torch.zeros(1, encoder.channels, length))
+            return encoder.encode(probe_audio(1, encoder.channels, length))
     except Exception as e:
         raise ModelLoadError(
-            f"the model failed on a silent probe input [1, {encoder.channels}, {length}]: {describe(e)}"
+            f"the model failed on a probe input [1, {encoder.channels}, {length}] (quiet noise): {describe(e)}"
             + encoder.forward_note()
         ) from None
 

@@ -163,11 +163,11 @@ def build_model(
     if spec.kind == "reference":
         model: nn.Module = ReferenceMAE(spec.patch, spec.dim, spec.depth, spec.heads, spec.seed)
     elif spec.kind == "torchscript":
-        data = torchscript if torchscript is not None else read_model_file(spec.path, storage_options)
+        data = torchscript if torchscript is not None else read_model_file(spec.path, storage_options, "model.path")
         model = ModuleReconstructor(load_torchscript(data, spec.path))
     else:
         state = (
-            load_state_dict(read_model_file(spec.checkpoint, storage_options), spec.checkpoint)
+            load_state_dict(read_model_file(spec.checkpoint, storage_options, "model.checkpoint"), spec.checkpoint)
             if spec.checkpoint
             else None
         )
@@ -197,7 +197,7 @@ def model_digests(
     factory's files, :func:`~ray_pipelines.model_files.factory_code_sha256`): the score job's fingerprint,
     computed in a child process (``ray_pipelines.isolated``) so the driver never imports torch."""
     spec = ModelSpec.model_validate(model)
-    data = read_model_file(spec.path, storage_options) if spec.kind == "torchscript" else None  # read once
+    data = read_model_file(spec.path, storage_options, "model.path") if spec.kind == "torchscript" else None
     built = build_model(spec, "cpu", storage_options, torchscript=data)
     check_model(built, n_mels, frames, masked=masked)
     if data is not None:

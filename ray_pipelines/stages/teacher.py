@@ -29,23 +29,12 @@ import torch
 import torchaudio
 
 from ..error_text import describe
-from ..models import weights_sha256
+from ..models import probe_audio, weights_sha256
 from ..teachers import Teacher, TeacherLoadError, build_teacher, column_name
 from .device import pick_device
 from .rows import BatchOnlyFailure, failure_reason, float_rows, run_else_row_by_row
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PROBE_CLIP_SEED = 0
-
-
-def probe_clip(num_samples: int) -> torch.Tensor:
-    """The clip every teacher gets when an actor starts: seeded white noise at about -40 dBFS, not silence
-    (``silence_db`` keeps silent clips from the teachers by default, and a model that divides by a clip's
-    peak, fine on every real clip, failed the whole job on an all-zero probe)."""
-    generator = torch.Generator().manual_seed(PROBE_CLIP_SEED)
-    return 0.01 * torch.randn(1, num_samples, generator=generator)
-
-
 # Kaiser-windowed sinc as librosa's "kaiser_best": negligible cost next to any teacher.
 RESAMPLE_KWARGS = dict(
     lowpass_filter_width=64, rolloff=0.9475937167399596, resampling_method="sinc_interp_kaiser", beta=14.769656459379492
@@ -103,7 +92,7 @@ class TeacherStage:
         self.batch_only = BatchOnlyFailure("a teacher", BATCH_ONLY_HINT, describe=str)  # str: "<teacher>: ..."
         # One test clip through every teacher: output shapes for zero-filled error rows, and a broken
         # teacher fails here, when the actor starts, not row by row.
-        probe = self.probe(probe_clip(num_samples).to(self.device))
+        probe = self.probe(probe_audio(1, num_samples).to(self.device))
         self.shapes = {name: tuple(value.shape[1:]) for name, value in probe.items()}
 
     def probe(self, clip: torch.Tensor) -> dict[str, torch.Tensor]:
