@@ -20,6 +20,7 @@ from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.sources import SourceError
 from ray_pipelines.storage import RAY_JOB_CONFIG_ENV, in_ray_job_supervisor_folder
 from tests.audio_helpers import REPO, tone, write_audio
+from tests.conftest import Lines
 from tests.output_helpers import Store, committed_rows
 
 # Rows of about 64 KiB (uncompressed): a few fill a 512 KiB tmpfs.
@@ -308,17 +309,25 @@ def test_store_failures_are_told_apart_from_other_errors():
     assert store_failure(wrapped) == "write failed: Read-only file system"
 
 
-SMALL = ("num_versions=1", "duration=1.0", "sample_rate=16000", "n_mels=32", "n_fft=512", "hop_length=256")
+SMALL = dict(num_versions=1, duration=1.0, sample_rate=16000, n_mels=32, n_fft=512, hop_length=256)
 
 
-def test_an_output_inside_another_runs_output_is_refused_and_one_moved_there_keeps_its_files(clips, tmp_path):
+def test_an_output_inside_another_runs_output_is_refused_and_one_moved_there_keeps_its_files(
+    clips, tmp_path, ray_local
+):
     """``output=/data/views/v2`` beside a nightly ``/data/views``: the outer run's next commit deleted every
     data file of v2 (its own manifests do not name them) and v2 was stuck at exit 1 with its _SUCCESS."""
-    small = [a for setting in SMALL for a in ("--set", setting)]
+
+    def run(output: Path, limit: int):
+        config = validate_config(AugmentConfig, {"input": str(clips), "output": str(output), "limit": limit, **SMALL})
+        done = run_job(AugmentJob(config), progress=False)
+        assert done.complete
+        return done
+
     outer, elsewhere = tmp_path / "views", tmp_path / "views-v2"
-    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}", "--set", "limit=2")
-    assert done.returncode == 0, done.stderr
-    refused = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}/v2")
+    run(outer, 2)
+    small = [a for key, value in SMALL.items() for a in ("--set", f"{key}={value}")]
+    refused = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}/v2")  # the CLI's refusal
     assert refused.returncode == 2, refused.stderr
     assert (
         refused.stderr.strip()
@@ -327,18 +336,20 @@ def test_an_output_inside_another_runs_output_is_refused_and_one_moved_there_kee
     )
     assert not (outer / "v2").exists()
     # An output made elsewhere and moved in (or made there before such outputs were refused) keeps its files.
-    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={elsewhere}", "--set", "limit=1")
-    assert done.returncode == 0, done.stderr
+    run(elsewhere, 1)
     elsewhere.rename(outer / "v2")
     nested = sorted(p.relative_to(outer) for p in (outer / "v2").rglob("part-*"))
     assert any(p.suffix == ".parquet" for p in nested)
-    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}", "--set", "limit=4")
-    assert done.returncode == 0, done.stderr
+    run(outer, 4)
     assert sorted(p.relative_to(outer) for p in (outer / "v2").rglob("part-*")) == nested
     # Such an output already there resumes (with a warning): its files are safe, only new ones are refused.
-    done = run_cli(*small, "--set", f"input={clips}", "--set", f"output={outer}/v2", "--set", "limit=2")
-    assert done.returncode == 0, done.stderr
-    assert f"output {outer}/v2 is inside {outer}, another run's output" in done.stderr
+    said, logger = Lines(), logging.getLogger("ray_pipelines.engine.runner")
+    logger.addHandler(said)
+    try:
+        run(outer / "v2", 2)
+    finally:
+        logger.removeHandler(said)
+    assert any(line.startswith(f"output {outer}/v2 is inside {outer}, another run's output") for line in said.lines)
 
 
 def test_an_output_inside_another_runs_output_is_found_on_s3(s3_bucket):
