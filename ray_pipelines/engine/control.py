@@ -120,16 +120,21 @@ CONTROL_NAMESPACE = "ray_pipelines"
 
 def driver_control_actor():
     """The control actor of this driver, made by its first run and used by the next ones: one worker process
-    per driver rather than one started (about 1.3 CPU-seconds) and ended for every run of a session that runs
+    per driver rather than one started (about 2 CPU-seconds) and ended for every run of a session that runs
     job after job (a notebook, a scheduler's process, the test suite). Named by the driver's job id, so every
     driver on a cluster has its own, on its own node; owned by the driver, it ends with it. One that died
     (or a Ray session that ended since) is made anew."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    global _driver_control
     context = ray.get_runtime_context()
     key = (context.get_job_id(), context.get_node_id())  # a new Ray session: another node id
     here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
+    with _driver_control_lock:  # runs started together in threads: one actor, its creator's handle kept
+        return _live_driver_control(key, here)
+
+
+def _live_driver_control(key: tuple[str, str], here) -> object:
+    global _driver_control
     for attempt in range(10):
         if _driver_control is None or _driver_control[0] != key:
             actor = _Control.options(
@@ -148,6 +153,7 @@ def driver_control_actor():
 # The driver's handle, kept: Ray ends an actor once its creator's handle is gone (other handles to a
 # named actor do not keep it).
 _driver_control: tuple[tuple[str, str], object] | None = None
+_driver_control_lock = threading.Lock()
 
 
 class RunControl:
@@ -163,7 +169,7 @@ class RunControl:
     def close(self) -> None:
         """Forget the run once its blocks are done (the actor serves the driver's next run)."""
         with contextlib.suppress(Exception):  # already gone with its node or Ray: nothing to forget
-            ray.get(self._actor.forget.remote(self._run), timeout=60)
+            self._actor.forget.remote(self._run)  # not waited for: a stopping run unwinds at once
 
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self, kind: str, reason: str) -> None:
