@@ -82,15 +82,16 @@ def test_preview_of_a_features_output(features_output, tmp_path):
 def test_rows_titles_and_orientation(features_output):
     storage = Storage(str(features_output))
     files = preview.data_files(storage, "train")
-    rows, schema = preview.read_rows(storage, files, ["input_values"], 5, shuffle=False, seed=0)
-    assert rows["input_values"].shape == (5, 40, 16)
-    assert preview.label_names(schema) == ["jazz", "rock"]
+    picked = preview.read_rows(storage, files, ["input_values"], 5, shuffle=False, seed=0)
+    rows, schema = picked.values, picked.schemas[0]
+    assert rows["input_values"].shape == (5, 40, 16) and picked.splits == ["train"] * 5
+    assert preview.label_names(storage, picked.schemas) == ["jazz", "rock"]
     assert preview.title_of(rows, 1, ["jazz", "rock"]) == "train/song0.mp3\nsnippet 1\nlabel rock"
     image = preview.as_image(rows["input_values"][0], preview.column_axes(schema, "input_values"), False, 0)
     assert image.shape == (16, 40)  # frequency up, time across
     assert image[:4].mean() > image[4:].mean() + 3
-    sample, _ = preview.read_rows(storage, files, ["input_values"], 3, shuffle=True, seed=1)
-    assert len(sample["path"]) == 3
+    sample = preview.read_rows(storage, files, ["input_values"], 3, shuffle=True, seed=1)
+    assert len(sample.values["path"]) == 3
 
 
 def test_augment_views_come_in_pairs(tmp_path):
@@ -98,9 +99,9 @@ def test_augment_views_come_in_pairs(tmp_path):
     views = {name: rng.standard_normal((3, 1, 24, 50)).astype(np.float32) for name in ("view1", "view2")}
     write(tmp_path, ["key", "version", "view1", "view2"], "version", {"key": [f"c{i}.flac" for i in range(3)], **views})
     files = preview.data_files(Storage(str(tmp_path)), None)  # no manifest.json: found on disk
-    assert [rows for _, rows in files] == [3]
-    rows, schema = preview.read_rows(Storage(str(tmp_path)), files, ["view1", "view2"], 3, False, 0)
-    panels = preview.tensor_panels(rows, ["view1", "view2"], schema, False, 0)
+    assert [file.rows for file in files] == [3]
+    rows = preview.read_rows(Storage(str(tmp_path)), files, ["view1", "view2"], 3, False, 0)
+    panels = preview.tensor_panels(rows, ["view1", "view2"], False, None)
     assert [p.title.splitlines()[-1] for p in panels] == ["view1", "view2"] * 3
     assert np.array_equal(panels[1].data, views["view2"][0, 0]) and panels[0].kind == "image"
     png, shown = preview.preview(str(tmp_path), n=6)
@@ -124,8 +125,8 @@ def test_one_dimensional_tensors_are_lines_and_scores_are_histograms(tmp_path):
         {"key": ["a", "b"], "x": rng.standard_normal((2, 800)).astype(np.float32), "pesto_f0": np.ones((2, 9))},
     )
     storage = Storage(str(teacher))
-    rows, schema = preview.read_rows(storage, preview.data_files(storage, None), ["x"], 2, False, 0)
-    panels = preview.tensor_panels(rows, ["x"], schema, False, 0)
+    rows = preview.read_rows(storage, preview.data_files(storage, None), ["x"], 2, False, 0)
+    panels = preview.tensor_panels(rows, ["x"], False, None)
     assert [p.kind for p in panels] == ["line", "line"] and panels[0].data.shape == (800,)
     assert preview.preview(str(teacher), n=2)[1] == 2
     scores = write(
@@ -181,8 +182,8 @@ def test_outputs_written_before_the_format_change_still_preview(tmp_path):
     )
     pq.write_table(table, tmp_path / "train" / "part-0.parquet")
     storage = Storage(str(tmp_path))
-    rows, _ = preview.read_rows(storage, preview.data_files(storage, None), ["view1"], 2, False, 0)
-    assert np.array_equal(rows["view1"], views)
+    rows = preview.read_rows(storage, preview.data_files(storage, None), ["view1"], 2, False, 0)
+    assert np.array_equal(rows.values["view1"], views)
     assert preview.preview(str(tmp_path))[1] == 2
 
 
@@ -258,7 +259,9 @@ def test_the_tools_exit_codes_tell_a_bad_argument_from_nothing_to_show(features_
     assert preview.main([str(features_output), "--n", "0", "--out", str(tmp_path / "a.png")]) == 2
     assert capsys.readouterr().err == "ray-pipelines preview: --n must be at least 1\n"
     assert preview.main([str(features_output), "--split", "val", "--out", str(tmp_path / "a.png")]) == 2
-    assert capsys.readouterr().err.endswith(" for split 'val'\n")
+    assert (
+        capsys.readouterr().err == f"ray-pipelines preview: no split 'val' in {features_output} (splits: train, test)\n"
+    )
     assert preview.main([str(tmp_path / "nope"), "--out", str(tmp_path / "a.png")]) == 1
     assert capsys.readouterr().err == f"ray-pipelines preview: {tmp_path / 'nope'} does not exist\n"
     assert not (tmp_path / "a.png").exists()
@@ -305,3 +308,161 @@ def test_an_out_named_for_another_image_format_is_refused(features_output, tmp_p
         assert not (tmp_path / name).exists()
     assert preview.main([str(features_output), "--n", "1", "--out", str(tmp_path / "grid.PNG")]) == 0
     assert (tmp_path / "grid.PNG").read_bytes()[:8] == PNG
+
+
+def labelled_rows(split: str, labels: list[int], names: list[str], tmp_path, seed: int) -> None:
+    """One file of a features-shaped output whose schema knows ``names`` (those known when it was written)."""
+    keys = [f"{names[label]}/song{seed}_{i}.mp3" for i, label in enumerate(labels)]
+    write(
+        tmp_path,
+        ["input_values", "label", "path", "snippet"],
+        "snippet",
+        {
+            "key": keys,
+            "input_values": np.random.default_rng(seed).standard_normal((len(keys), 8, 4)).astype(np.float32),
+            "label": np.array(labels),
+            "path": np.array(keys, dtype=object),
+        },
+        split=split,
+        class_labels={"label": names},
+    )
+
+
+def test_a_label_a_rerun_appended_is_named_in_every_row(tmp_path):
+    """A features rerun that finds a new label appends its name (labels.json grows); the files written
+    before it name fewer. The names came from the first file read: a row of the new label read "label 2"."""
+    labelled_rows("test", [0, 1], ["jazz", "rock"], tmp_path, seed=0)  # written before the rerun
+    labelled_rows("test", [2, 2], ["jazz", "rock", "blues"], tmp_path, seed=5)  # (a file that sorts after it)
+    (tmp_path / "labels.json").write_text(json.dumps(["jazz", "rock", "blues"]))
+    files = preview.data_files(Storage(str(tmp_path)), "test")
+    assert preview.schema_label_names(pq.read_schema(tmp_path / files[0].path)) == ["jazz", "rock"]  # read first
+    shown = preview.grid(str(tmp_path), split="test", n=4)
+    assert [p.title.splitlines()[-1] for p in shown.panels] == [
+        "label jazz",
+        "label rock",
+        "label blues",
+        "label blues",
+    ]
+    (tmp_path / "labels.json").unlink()  # without it (another job's labels): the longest list among the files'
+    assert preview.grid(str(tmp_path), split="test", n=4).panels[-1].title.endswith("label blues")
+
+
+def test_rows_come_from_train_first_and_name_their_split(features_output):
+    """The features job's preview showed test rows only (test/ sorts before train/) and named no split."""
+    shown = preview.grid(str(features_output), n=3)
+    assert shown.title == "input_values, split train"  # one split: the figure's title names it
+    assert [p.title.splitlines()[0] for p in shown.panels] == ["train/song0.mp3", "train/song0.mp3", "train/song1.mp3"]
+    shown = preview.grid(str(features_output), n=8)
+    assert shown.title == "input_values, splits train, test"
+    assert [p.title.split("]")[0] for p in shown.panels] == ["[train"] * 6 + ["[test"] * 2
+    assert shown.panels[6].title.startswith("[test] test/song0.mp3\nsnippet 0")
+    sample = preview.grid(str(features_output), n=8, shuffle=True, seed=3)  # a random sample: train's rows first
+    splits = [p.title[1 : p.title.index("]")] for p in sample.panels]
+    assert splits == sorted(splits, key=lambda s: s != "train") and set(splits) == {"train", "test"}
+    histograms = preview.grid(str(write_scores(features_output.parent / "scores")))
+    assert histograms.title == "scores, splits train, val"
+
+
+def write_scores(output) -> str:
+    from bench.readers import write_output
+
+    rows = {
+        "key": np.array([f"k{i}" for i in range(6)], dtype=object),
+        "item": np.zeros(6, dtype=np.int64),
+        "snr_db": np.arange(6.0),
+        "split": np.array(["val", "val", "train", "train", "train", "train"], dtype=object),
+    }
+    write_output(output, "score", rows, index_column="item", output_columns=["key", "item", "snr_db"])
+    return output
+
+
+def encode_output(output, layout: str, commit: bool = True):
+    """An encode output of ``layout`` (files at the root: parquet, sat, or both) of two windows."""
+    from bench.readers import write_output
+    from ray_pipelines.encoders.sat_sink import SatSink
+
+    rows = {
+        "key": np.array(["a.wav", "b.wav"], dtype=object),
+        "window": np.zeros(2, dtype=np.int64),
+        "latents": np.random.default_rng(5).standard_normal((2, 4, 30)).astype(np.float32),
+        "padding_mask": np.ones((2, 30), dtype=np.uint8),
+        "path": np.array(["/data/audio/a.wav", "/data/audio/b.wav"], dtype=object),
+    }
+    columns = ["key", "window", "latents", "padding_mask", "path"]
+    sink = {"sink_class": SatSink, "write_parquet": layout == "both"} if layout != "parquet" else {}
+    manifest = write_output(
+        output, "encode", rows, index_column="window", output_columns=columns, config={"layout": layout}, **sink
+    )
+    if layout != "parquet":
+        write_filelist(Storage(str(output)), manifest["files"])
+    if not commit:  # as a run that has not committed yet: no manifest.json, no filelist.txt, no _SUCCESS
+        for name in ("manifest.json", "filelist.txt", "_SUCCESS"):
+            (output / name).unlink(missing_ok=True)
+    return output
+
+
+def test_encode_files_at_the_root_are_split_train_and_a_split_it_lacks_is_refused(tmp_path):
+    """The card and the readers call the encode job's root files split train: ``--split train`` was refused on
+    the Parquet layout ("splits: " and nothing); on layout both any --split drew the .npy files instead."""
+    parquet = encode_output(tmp_path / "parquet", "parquet")
+    shown = preview.grid(str(parquet), split="train")
+    assert shown.title == "latents, split train" and shown.shown == 2
+    both = encode_output(tmp_path / "both", "both")
+    assert preview.grid(str(both), split="train").title == "latents, split train"  # its Parquet files
+    assert preview.grid(str(both), split="train", column="padding_mask").title == "padding_mask, split train"
+    sat = encode_output(tmp_path / "sat", "sat")
+    assert preview.grid(str(sat), split="train").title == "latents (stable-audio-tools layout), split train"
+    for output in (parquet, both, sat):
+        for split in ("val", "bogus"):
+            with pytest.raises(preview.Refused) as said:
+                preview.grid(str(output), split=split)
+            assert (str(said.value), said.value.status) == (f"no split {split!r} in {output} (splits: train)", 2)
+
+
+def test_an_output_being_written_is_previewed_with_a_warning_or_refused_for_its_layout(tmp_path, capsys):
+    """Uncommitted Parquet files were drawn without a word; the stable-audio-tools layout mid-run said
+    "no Parquet files in ...", which it never has."""
+    running = encode_output(tmp_path / "parquet", "parquet", commit=False)
+    assert preview.grid(str(running)).shown == 2
+    assert capsys.readouterr().err == (
+        f"ray-pipelines preview: warning: {running} has no commit yet (no manifest.json: a run is writing it, "
+        "or stopped before its commit): the rows shown come from the files written so far and may be partial\n"
+    )
+    sat = encode_output(tmp_path / "sat", "sat", commit=False)
+    with pytest.raises(preview.Refused) as said:
+        preview.grid(str(sat))
+    assert said.value.status == 1 and str(said.value) == (
+        f"{sat} is the encode job's stable-audio-tools layout (no Parquet files by design), whose filelist.txt "
+        "its run writes at the commit: no run has committed yet (one is writing it, or stopped before its "
+        "commit); preview it once one has"
+    )
+    preview.grid(str(encode_output(tmp_path / "done", "parquet")))  # committed: no warning
+    assert capsys.readouterr().err == ""
+
+
+def test_channel_is_refused_where_there_is_none_to_pick(tmp_path):
+    """``--channel 1`` on the encode job's 2-D latents [C, N] drew them whole, as if it were taken."""
+    output = encode_output(tmp_path / "encode", "both")
+    for layout in (output, encode_output(tmp_path / "sat", "sat")):
+        with pytest.raises(preview.Refused) as said:
+            preview.grid(str(layout), channel=1)
+        assert said.value.status == 2 and str(said.value) == (
+            "--channel 1: latents is a 2-D tensor [4, 30], without channels: only a 3-D tensor's channel can be picked"
+        )
+    with pytest.raises(preview.Refused, match=r"^--channel 0: this output holds no tensor columns"):
+        preview.grid(str(write_scores(tmp_path / "scores")), channel=0)
+
+
+def test_titles_name_the_key_a_column_that_is_not_there_and_views_share_a_colour_range(tmp_path):
+    output = encode_output(tmp_path / "encode", "parquet")
+    assert [p.title for p in preview.grid(str(output)).panels] == ["a.wav\nwindow 0", "b.wav\nwindow 0"]  # not path
+    with pytest.raises(preview.Refused) as said:
+        preview.grid(str(output), column="nope")
+    assert str(said.value) == "column 'nope' is not a column of this output; choose one of ['latents', 'padding_mask']"
+    views = {"view1": np.zeros((2, 1, 6, 5), np.float32), "view2": np.zeros((2, 1, 6, 5), np.float32)}
+    views["view1"][:, 0, 0, 0], views["view2"][:, 0, 0, 0] = -80.0, 12.0  # a quiet view and a loud one
+    augment = write(tmp_path / "augment", ["key", "version", "view1", "view2"], "version", {"key": ["a", "b"], **views})
+    shown = preview.grid(str(augment))
+    assert [p.color_range for p in shown.panels] == [(-80.0, 12.0)] * 4
+    figure = preview.draw(shown.panels, shown.title, shown.cols)
+    assert [ax.images[0].get_clim() for ax in figure.axes if ax.images] == [(-80.0, 12.0)] * 4

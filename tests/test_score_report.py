@@ -162,7 +162,21 @@ def test_histogram_leaves_cuts_outside_the_data_undrawn_but_named():
     assert [line.get_xdata()[0] for line in axes.lines] == [1.5]
     assert axes.get_xlim() == pytest.approx((0.1, 2.0))
     labels = [text.get_text() for text in axes.get_legend().get_texts()]
-    assert labels == ["train (20)", "low cut -0.58 (outside the data)", "high cut 1.5"]
+    assert labels == ["train (20)", "low cut -0.58: below every item, rejects none", "high cut 1.5"]
+
+
+def test_histogram_tells_a_cut_that_rejects_every_item_from_one_that_rejects_none():
+    """Both were "(outside the data)": the default ``speech_fraction >= 0.5`` on music, which rejects every
+    item, read as a cut that rejects nothing."""
+    speech = {"train": np.linspace(0.0, 0.2, 20), "val": np.array([0.05, 0.1])}
+    figure = histogram_figure(speech, "speech_fraction", low=0.5, high=None)
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels[-1] == "low cut 0.5: above every item, rejects all"
+    figure = histogram_figure(speech, "speech_fraction", low=None, high=-0.1)
+    assert figure.axes[0].get_legend().get_texts()[-1].get_text() == "high cut -0.1: below every item, rejects all"
+    figure = histogram_figure(speech, "speech_fraction", low=None, high=0.9)
+    assert figure.axes[0].get_legend().get_texts()[-1].get_text() == "high cut 0.9: above every item, rejects none"
+    assert not figure.axes[0].lines  # outside the data: named, not drawn
 
 
 def test_scatter_colours_kept_and_ignored_items():
@@ -270,3 +284,18 @@ def test_a_null_rule_takes_a_default_rule_out_and_filter_json_records_it(tmp_pat
     assert list(again.rules(["reconstruction_loss", "signal_energy"])) == ["reconstruction_loss"]
     # a score without a default rule: null is simply no rule, as before
     assert "snr_db" not in FilterSettings(snr_db=None).model_dump()
+
+
+def test_the_card_of_an_output_without_tensor_columns_says_nothing_of_tensors():
+    """The score output's card read "Tensor columns (none) are nested fixed-size lists" and promised
+    "numpy arrays [8, *shape]"."""
+    from ray_pipelines.engine.hf import dataset_card
+
+    scores = {"key": {"_type": "Value", "dtype": "string"}, "snr_db": {"_type": "Value", "dtype": "float64"}}
+    card = dataset_card("score", scores, {"train": (8, 100), "val": (2, 30)}, "f" * 64)
+    assert "Tensor columns" not in card and "shape" not in card
+    assert 'rows = ds["train"][:8]                             # the first 8 rows: a list of values per column' in card
+    views = {**scores, "view1": {"_type": "Array3D", "shape": [1, 8, 4], "dtype": "float32"}}
+    card = dataset_card("augment", views, {"train": (8, 100)}, "f" * 64)
+    assert "Tensor columns (`view1`) are nested fixed-size lists: every reader keeps their shape." in card
+    assert 'rows = ds["train"].with_format("numpy")[:8]      # numpy arrays [8, *shape]' in card

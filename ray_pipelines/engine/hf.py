@@ -121,17 +121,28 @@ def dataset_card(job: str, features: dict[str, Any], splits: dict[str, tuple[int
     files = {entry["split"]: entry["path"] for entry in configs}  # the card's object-storage lines name them
     first = "train" if "train" in map(split_name, splits) else split_name(sorted(splits)[0])
     tensors = [f"`{name}`" for name, f in features.items() if f["_type"].startswith(("Array", "Sequence"))]
+    # Without tensor columns (the score job's), the lines about their shape would describe nothing.
+    tensor_line = (
+        f"Tensor columns ({', '.join(tensors)}) are nested fixed-size lists: every reader keeps their shape.\n"
+        if tensors
+        else ""
+    )
+    load_lines = (
+        f"""ds = load_dataset("<this folder>")                 # every split, arrays with their shape
+rows = ds["{first}"].with_format("numpy")[:8]      # numpy arrays [8, *shape]"""
+        if tensors
+        else f"""ds = load_dataset("<this folder>")                 # every split
+rows = ds["{first}"][:8]                             # the first 8 rows: a list of values per column"""
+    )
     body = f"""
 # ray-pipelines `{job}` output
 
 Written by the `{job}` job of ray-pipelines (config fingerprint `{fingerprint[:12]}`).
 Splits: {", ".join(f"`{split_name(f)}` ({rows} rows)" for f, (rows, _) in sorted(splits.items()))}.
-Tensor columns ({", ".join(tensors) or "none"}) are nested fixed-size lists: every reader keeps their shape.
-
+{tensor_line}
 ```python
 from datasets import load_dataset
-ds = load_dataset("<this folder>")                 # every split, arrays with their shape
-rows = ds["{first}"].with_format("numpy")[:8]      # numpy arrays [8, *shape]
+{load_lines}
 ```
 
 From object storage (`load_dataset` reads this card only from a local folder):

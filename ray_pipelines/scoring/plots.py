@@ -30,7 +30,8 @@ def histogram_figure(
     """One step histogram per split over shared bins; dashed red lines at the bounds that are set.
 
     A cut outside the data's range is not drawn (it would only stretch the axis, e.g. a low cut
-    of -0.58 under a loss that is never negative); the legend names it as outside the data.
+    of -0.58 under a loss that is never negative); the legend says which side of every item it is
+    and so whether it rejects all of them or none (a ``speech_fraction`` low cut of 0.5 on music).
     """
     figure, axes = _figure()
     finite = {}
@@ -50,8 +51,11 @@ def histogram_figure(
             handles.append(axes.axvline(bound, color="red", linestyle="--"))
             labels.append(f"{label} cut {bound:.4g}")
         else:  # outside the data: named, not drawn
+            above = bound > edges[-1]
+            rejects_all = above if label == "low" else not above  # items are kept from the low cut up to the high
             handles.append(Line2D([], [], color="red", linestyle=":"))
-            labels.append(f"{label} cut {bound:.4g} (outside the data)")
+            side = "above" if above else "below"
+            labels.append(f"{label} cut {bound:.4g}: {side} every item, rejects {'all' if rejects_all else 'none'}")
     if len(everything):
         axes.set_xlim(edges[0], edges[-1])
     axes.set_xlabel(name)
