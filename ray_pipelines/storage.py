@@ -481,6 +481,18 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or "local" in protocols
 
 
+def missing_bucket(storage: Storage) -> str:
+    """The bucket of an object-store ``storage`` when it is not there (or cannot be seen), else ``""``; a
+    store that cannot answer the question is taken to have it (the write then says what is wrong)."""
+    if split_protocol(storage.root)[0] not in BUCKET_STORES:
+        return ""
+    bucket = storage.path.split("/", 1)[0]
+    try:
+        return "" if storage.fs.exists(bucket) else bucket
+    except Exception:  # noqa: BLE001 (a store's own error for an odd name: not this check's to raise)
+        return ""
+
+
 def storage_errors() -> tuple[type[BaseException], ...]:
     """What a call on a store raises when the store cannot be reached or refuses: the OS's errors
     (s3fs translates S3's error responses into them), botocore's own, which s3fs passes through

@@ -484,3 +484,176 @@ def test_scores_without_their_train_split_are_filtered_as_the_job_filtered_them(
     assert not (tmp_path / "typo").exists()
     assert filter_main([str(out), "--set", "train_split=val", "--output", str(tmp_path / "val")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_filter_tool_makes_no_bucket_for_a_mistyped_output(s3_endpoint, tmp_path, capsys):
+    """s3fs's makedirs created the missing bucket of a mistyped ``--output`` and wrote there, exit 0."""
+    import uuid
+
+    import s3fs
+
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db\na.wav,train,20\n")
+    typo = f"typo-{uuid.uuid4().hex[:12]}"
+    rule = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}"]
+    endpoint = ["--storage-option", f"endpoint_url={s3_endpoint}"]
+    assert filter_main([str(scores), *rule, "--output", f"s3://{typo}/f", *endpoint]) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ray-pipelines")]  # (moto logs)
+    assert said == [
+        f"ray-pipelines filter: write failed: no bucket {typo!r} (or no right to see it): s3://{typo}/f; "
+        "the filter tool makes none"
+    ]
+    assert not s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).exists(typo)
+
+
+def test_a_rerun_removes_the_summaries_and_plots_of_splits_and_scores_no_longer_there(tmp_path):
+    """A split whose inputs were all pruned left its summary/<split>.csv, and a filter run into a reused
+    ``--output`` left the histograms (and scatter) of scores the new scores do not have: the outputs
+    differed from a fresh run's."""
+    from ray_pipelines.jobs.filter import main as filter_main
+    from ray_pipelines.scoring.report import write_summaries
+    from ray_pipelines.scoring.table import ScoreTable
+    from ray_pipelines.storage import Storage
+
+    before, after = tmp_path / "before.csv", tmp_path / "after.csv"
+    before.write_text("filename,split,snr_db,loss\na.wav,train,20,1\nb.wav,train,5,2\nh.wav,holdout,9,3\n")
+    after.write_text("filename,split,snr_db\na.wav,train,20\nb.wav,train,5\n")
+    rule = ["--set", "snr_db={mode: hardcode, bounds: [10, null]}"]
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert filter_main([str(before), *rule, "--output", str(out)]) == 0
+    assert {p.name for p in (out / "summary").iterdir()} == {"train.csv", "holdout.csv"}
+    assert {p.name for p in (out / "histograms").iterdir()} == {"snr_db.png", "loss.png"}
+    (out / "histograms" / "README.txt").write_text("not the filter's")  # a file it does not name stays
+
+    assert filter_main([str(after), *rule, "--output", str(out)]) == 0
+    assert filter_main([str(after), *rule, "--output", str(fresh)]) == 0
+    written = sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*"))
+    assert "scatter.png" not in written  # one score: no scatter
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted([*written, "histograms/README.txt"])
+
+    # the score job's rewrite (its after_commit) removes a pruned split's summary the same way
+    write_summaries(Storage(out), ScoreTable.from_csv(str(before)))
+    assert (out / "summary" / "holdout.csv").exists()
+    write_summaries(Storage(out), ScoreTable.from_csv(str(after)))
+    assert sorted(p.name for p in (out / "summary").iterdir()) == ["train.csv"]
+
+
+def test_the_filter_tool_does_not_write_beside_scores_a_live_run_is_committing(signal_scored, tmp_path, capsys):
+    """A run of the score job holding the output's lease rewrote kept.txt and filter.json at its commit,
+    after the filter tool had written them there (exit 0)."""
+    import json
+
+    from ray_pipelines.engine.lease import Holder
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    out = tmp_path / "out"
+    shutil.copytree(signal_scored, out)
+    job_lists = (out / "kept.txt").read_bytes()
+    holder = Holder.this_process("run-nightly-7", timeout_s=600.0)  # this process: alive
+    (out / "_lease.json").write_bytes(holder.encode())
+    looser = ["--set", "rms_dbfs.bounds=[-60, null]"]
+    for scores in (out, out / "scores.csv"):
+        assert filter_main([str(scores), *looser]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ray-pipelines filter: {out} is in use by run run-nightly-7 on host ")
+        assert err.endswith(
+            ", whose commit would write its own filter outputs over these: give the filter outputs a folder of "
+            "their own (--output), or wait for that run to finish (a run that is gone holds it until 600 s "
+            "after its last heartbeat)\n"
+        )
+    assert (out / "kept.txt").read_bytes() == job_lists
+    assert filter_main([str(out), *looser, "--output", str(tmp_path / "mine")]) == 0
+    assert "train/bad/quiet.wav" in (tmp_path / "mine" / "kept.txt").read_text()
+    # a lease a run would take over (its heartbeats stopped past its timeout) holds nothing back
+    stale = json.loads(holder.encode())
+    stale["heartbeat_at"] -= 3600
+    (out / "_lease.json").write_text(json.dumps(stale))
+    assert filter_main([str(out), *looser]) == 0
+    assert "train/bad/quiet.wav" in (out / "kept.txt").read_text()
+
+
+def test_the_filter_tool_warns_of_scores_whose_last_run_did_not_finish(signal_scored, tmp_path, capsys):
+    """An exit-3 run's output (``complete: false``) was filtered without a word: its inputs to retry are in
+    neither list's scores."""
+    import json
+
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    out = tmp_path / "out"
+    shutil.copytree(signal_scored, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    manifest["counts"]["to_retry"] = 2
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert filter_main([str(out), "--output", str(tmp_path / "f")]) == 0
+    assert capsys.readouterr().err == (
+        f"ray-pipelines filter: warning: {out} is incomplete: its last run left 2 inputs to retry (no _SUCCESS), "
+        "whose scores are not there: rerun the job to finish it; filtering the scores committed\n"
+    )
+
+
+@pytest.fixture
+def read_only_s3():
+    """A moto server in a process of its own that checks credentials (after the 7 requests that set it up),
+    with a bucket ``out`` that two users may read and not write: ``list_bucket`` (s3:ListBucket alone of
+    the listings: moto refuses its ListObjectsV2) and ``list_all``. Returns {user: the --storage-option
+    arguments that give its keys}."""
+    import json
+    import os
+    import socket
+    import time
+
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from moto.server import main; main(['-H', '127.0.0.1', '-p', '{port}'])"],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        iam = boto3.client("iam", **admin)
+        actions = {
+            "list_bucket": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
+            "list_all": ["s3:Get*", "s3:Head*", "s3:List*"],
+        }
+        options = {}
+        for user, allowed in actions.items():
+            iam.create_user(UserName=user)
+            keys = iam.create_access_key(UserName=user)["AccessKey"]
+            policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": allowed, "Resource": "*"}]}
+            iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
+            given = [f"endpoint_url={endpoint}", f"key={keys['AccessKeyId']}", f"secret={keys['SecretAccessKey']}"]
+            options[user] = [a for o in given for a in ("--storage-option", o)]
+        boto3.client("s3", **admin).create_bucket(Bucket="out")
+        yield options
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_store_refusing_the_filter_outputs_is_named_with_its_location(read_only_s3, tmp_path, capsys):
+    """Read-only credentials gave "PermissionError: Access Denied", naming no location; the job says
+    "write failed: Access Denied: s3://out/s1"."""
+    from ray_pipelines.jobs.filter import main as filter_main
+
+    options = read_only_s3
+    scores = tmp_path / "scores.csv"
+    scores.write_text("filename,split,snr_db\na.wav,train,20\n")
+    rule = ["--set", "snr_db={mode: hardcode, bounds: [0, null]}"]
+    # refused at the look for another job's output there (a listing), then at the first write
+    for user in ("list_bucket", "list_all"):
+        assert filter_main([str(scores), *rule, "--output", "s3://out/s1", *options[user]]) == 1
+        assert capsys.readouterr().err == "ray-pipelines filter: write failed: Access Denied: s3://out/s1\n", user

@@ -14,10 +14,14 @@ config), another CSV's none. ``--set`` keys are relative to the section
 Writes filter.json, kept.txt, ignored.txt, decisions.csv, groups.csv,
 histograms/*.png and scatter.png (plus the summaries) into ``--output``, by
 default next to the scores (a score output root, or the CSV's folder, unless
-that holds another job's output), replacing what an earlier filter run wrote
-there; filter.json records the settings used. Exit codes: 0 done, 2 bad
-config (also a rule naming a score the scores do not have), 1 unreadable
-scores.
+that holds another job's output, or a live run of the score job holds its
+lease: its commit would write over them), replacing what an earlier filter
+run wrote there (also removing its summaries and histograms of splits and
+scores these scores do not have); filter.json records the settings used.
+Written beside the scores, they last until the job's next run. Exit codes:
+0 done, 2 bad config (also a rule naming a score the scores do not have), 1
+unreadable scores, an output the store refuses (also a missing bucket: none
+is made).
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from __future__ import annotations
 import argparse
 import posixpath
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
-from ray_pipelines.engine.manifest import JOB_FILE, MANIFEST_FILE
+from ray_pipelines.engine.lease import Holder
+from ray_pipelines.engine.manifest import JOB_FILE, LEASE_FILE, MANIFEST_FILE
 from ray_pipelines.scoring.report import (
     FilterSettings,
     filter_warnings,
@@ -38,7 +44,7 @@ from ray_pipelines.scoring.report import (
     write_summaries,
 )
 from ray_pipelines.scoring.table import ScoreTable, read_errors
-from ray_pipelines.storage import Storage, split_protocol, storage_errors, url_credentials, url_problem
+from ray_pipelines.storage import Storage, missing_bucket, split_protocol, storage_errors, url_credentials, url_problem
 
 
 def parser() -> argparse.ArgumentParser:
@@ -79,9 +85,10 @@ EXIT_CODES = """exit codes:
   0  done: the filter outputs written
   2  a bad config or --set (a rule naming a score the scores do not have, a train_split they
      do not have), a URL holding credentials, an --output (or a CSV's folder, without one)
-     holding another job's output
+     holding another job's output, the output's lease held by a live run of the score job
+     (writing beside its scores)
   1  the scores unreadable (not a committed score output, a damaged CSV), the store refusing
-     reads or writes"""
+     reads or writes, an --output bucket that does not exist (none is made)"""
 
 
 # Keys of a job's config that a filter section never has (a section's keys are its settings and score names).
@@ -164,6 +171,42 @@ def other_output(output: str, own: str | None, options: dict[str, Any], given: b
     )
 
 
+def held_by_a_live_run(output: str, options: dict[str, Any]) -> str | None:
+    """Why ``output`` must not be written: a live run of its job holds its lease (``_lease.json``), and that
+    run's commit rewrites kept.txt, filter.json and the rest there with its own rules. None when no lease
+    is there, or one a run would take over (stale, unreadable)."""
+    storage = Storage(output, options)
+    try:
+        data = storage.fs.cat_file(storage.abspath(LEASE_FILE))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    holder = Holder.parse(data)
+    now = time.time()
+    if holder is None or holder.stale_because(now):
+        return None
+    return (
+        f"{storage.root} is in use by {holder.describe(now)}, whose commit would write its own filter outputs "
+        "over these: give the filter outputs a folder of their own (--output), or wait for that run to finish "
+        f"(a run that is gone holds it until {holder.timeout_s:g} s after its last heartbeat)"
+    )
+
+
+# The readers' words for an output whose last run did not finish (readers/parquet.py imports torch).
+INCOMPLETE = (
+    "{root} is incomplete: its last run left {to_retry} inputs to retry (no _SUCCESS), whose scores are not "
+    "there: rerun the job to finish it; filtering the scores committed"
+)
+
+
+def write_failure(error: Exception, where: str) -> str:
+    """The job's words for a store refusing the writes (``write failed: Access Denied: s3://out/s1``), else ""."""
+    if not isinstance(error, OSError):
+        return ""
+    from ray_pipelines.engine.control import store_failure  # imports Ray (0.7 s): only once a write failed
+
+    return store_failure(error, where)
+
+
 def is_csv(scores: str) -> bool:
     return split_protocol(scores)[1].lower().endswith(".csv")
 
@@ -222,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2
+    warnings: list[str] = []
     try:
         table = ScoreTable.from_csv(args.scores, options) if is_csv(args.scores) else None
         errors: list[tuple[str, int, str]] | dict[str, str] = {}
@@ -229,11 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             manifest = read_score_manifest(score_output, options)
             table = table if table is not None else ScoreTable.from_output(score_output, options, manifest)
             errors = read_errors(score_output, options)
+            if manifest.get("complete") is False:
+                to_retry = manifest.get("counts", {}).get("to_retry", 0)
+                warnings.append(INCOMPLETE.format(root=score_output, to_retry=to_retry))
         default_output = score_output or csv_folder(args.scores)
     except (*storage_errors(), ValueError, KeyError) as e:
         print(f"ray-pipelines filter: {_reason(e)}", file=sys.stderr)
         return 1
-    warnings: list[str] = []
     try:
         job_split = None
         if settings is None:
@@ -251,22 +297,34 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"ray-pipelines filter: {e}", file=sys.stderr)
         return 2
+    output = args.output or default_output
+    storage = Storage(output, options)
     try:
-        taken = other_output(args.output or default_output, score_output, options, given=bool(args.output))
-    except storage_errors() as e:
-        print(f"ray-pipelines filter: {type(e).__name__}: {e}", file=sys.stderr)
+        taken = other_output(output, score_output, options, given=bool(args.output))
+        # beside the scores (or --output naming their root): a running job's commit rewrites the same files
+        taken = taken or held_by_a_live_run(output, options)
+        # s3fs's makedirs (gcsfs's, adlfs's) would create a mistyped --output's bucket
+        no_bucket = missing_bucket(storage) if args.output else ""
+    except storage_errors() as e:  # the output's store refusing: said as the job says it (its checks read too)
+        print(f"ray-pipelines filter: {write_failure(e, storage.root) or f'{type(e).__name__}: {e}'}", file=sys.stderr)
         return 1
     if taken:
         print(f"ray-pipelines filter: {taken}", file=sys.stderr)
         return 2
+    if no_bucket:
+        print(
+            f"ray-pipelines filter: write failed: no bucket {no_bucket!r} (or no right to see it): {output}; "
+            "the filter tool makes none",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        storage = Storage(args.output or default_output, options)
         write_summaries(storage, table, settings.histogram_bins)
         report = write_filter_outputs(
             storage, table, settings, errors, scores_from=args.scores, storage_options=options
         )
     except (*storage_errors(), ValueError, KeyError) as e:
-        print(f"ray-pipelines filter: {_reason(e)}", file=sys.stderr)
+        print(f"ray-pipelines filter: {write_failure(e, storage.root) or _reason(e)}", file=sys.stderr)
         return 1
     print(format_filter_report(report))
     for warning in warnings + filter_warnings(report):

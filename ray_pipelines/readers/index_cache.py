@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..storage import BUCKET_STORES, Storage, is_local, split_protocol
+from ..storage import Storage, is_local, missing_bucket
 from .rowgroups import RowGroupIndex, no_ranges
 
 # Part of every cache file's name: a change to what is kept, or to how the index is made, changes it.
@@ -159,18 +159,6 @@ def writes_here(folder: str, storage_options: dict[str, Any] | None, rank: int) 
     if not is_local(Storage(folder, storage_options).fs):
         return rank == 0
     return os.environ.get("LOCAL_RANK", "0") == "0"
-
-
-def missing_bucket(storage: Storage) -> str:
-    """The bucket of an object-store ``storage`` when it is not there (or cannot be seen), else ``""``; a
-    store that cannot answer the question is taken to have it (the write then says what is wrong)."""
-    if split_protocol(storage.root)[0] not in BUCKET_STORES:
-        return ""
-    bucket = storage.path.split("/", 1)[0]
-    try:
-        return "" if storage.fs.exists(bucket) else bucket
-    except Exception:  # noqa: BLE001 (a store's own error for an odd name: not this check's to raise)
-        return ""
 
 
 def save(folder: str, name: str, arrays: dict[str, np.ndarray], storage_options: dict[str, Any] | None) -> None:
