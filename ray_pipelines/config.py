@@ -643,7 +643,7 @@ def _yaml_slip(item: dict[str, Any]) -> str:
     if item["type"] not in ("model_type", "model_attributes_type", "dict_type") or not isinstance(given, str):
         return ""
     slip = re.fullmatch(r"([A-Za-z_]\w*):(\S.*)", given.strip())
-    if not slip:
+    if not slip or slip[2].startswith(("/", "\\")) or len(slip[1]) == 1:  # a URL, a drive letter: meant as written
         return ""
     return f"; YAML reads {given!r} as one string: write '{slip[1]}: {slip[2]}'"
 

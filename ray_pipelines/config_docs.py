@@ -238,7 +238,8 @@ def tool_of_config(spec: str | Path) -> str | None:
         path = resolve_config_path(spec)
     except ConfigError:
         return None
-    return TOOL_CONFIGS.get(path.stem) if path.parent == PACKAGED_CONFIGS and path.is_file() else None
+    packaged = path.is_file() and path.resolve().parent == PACKAGED_CONFIGS.resolve()  # by name, path or link
+    return TOOL_CONFIGS.get(path.stem) if packaged else None
 
 
 def packaged_configs() -> list[tuple[str, str, str]]:

@@ -388,6 +388,17 @@ def test_local_paths_that_only_look_like_mistyped_urls_are_accepted(path):
     assert url_problem(path, written=True) == ""
 
 
+def test_a_url_or_a_drive_is_not_taken_for_a_yaml_slip():
+    from ray_pipelines.config import _yaml_slip
+
+    for value in ("s3://models/mae.ts", "http://minio:9000", "C:/models/x.ts"):
+        assert _yaml_slip({"type": "model_type", "input": value}) == ""
+    assert (
+        _yaml_slip({"type": "model_type", "input": "kind:pesto"})
+        == "; YAML reads 'kind:pesto' as one string: write 'kind: pesto'"
+    )
+
+
 @pytest.mark.parametrize(
     ("teachers", "said"),
     [

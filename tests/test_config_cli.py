@@ -202,7 +202,7 @@ def test_configs_help_its_extra_arguments_and_the_filter_tools_config(capsys):
     assert code == 0
     assert "\n(score-filter is the filter tool's config: ray-pipelines filter SCORES --config score-filter)\n" in out
     # ...and a job given it says whose it is (was: one "unknown key" error per filter key)
-    for spec in ("score-filter", "score-filter.yaml"):
+    for spec in ("score-filter", "score-filter.yaml", "jobs/configs/score-filter.yaml"):
         code, out, err = run_cli(capsys, "score", "--config", spec, "--set", "input=a", "--set", "output=b")
         assert (code, out) == (2, "")
         assert err == (

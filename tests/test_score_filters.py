@@ -525,19 +525,21 @@ def test_a_rerun_removes_the_summaries_and_plots_of_splits_and_scores_no_longer_
     assert filter_main([str(before), *rule, "--output", str(out)]) == 0
     assert {p.name for p in (out / "summary").iterdir()} == {"train.csv", "holdout.csv"}
     assert {p.name for p in (out / "histograms").iterdir()} == {"snr_db.png", "loss.png"}
-    (out / "histograms" / "README.txt").write_text("not the filter's")  # a file it does not name stays
+    for own in ("histograms/README.txt", "histograms/loss_curve.png", "summary/by_speaker.csv"):
+        (out / own).write_text("not the filter's")  # files it did not record stay, whatever their suffix
 
     assert filter_main([str(after), *rule, "--output", str(out)]) == 0
     assert filter_main([str(after), *rule, "--output", str(fresh)]) == 0
     written = sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*"))
     assert "scatter.png" not in written  # one score: no scatter
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted([*written, "histograms/README.txt"])
+    own = ["histograms/README.txt", "histograms/loss_curve.png", "summary/by_speaker.csv"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted([*written, *own])
 
     # the score job's rewrite (its after_commit) removes a pruned split's summary the same way
     write_summaries(Storage(out), ScoreTable.from_csv(str(before)))
     assert (out / "summary" / "holdout.csv").exists()
     write_summaries(Storage(out), ScoreTable.from_csv(str(after)))
-    assert sorted(p.name for p in (out / "summary").iterdir()) == ["train.csv"]
+    assert sorted(p.name for p in (out / "summary").iterdir()) == ["by_speaker.csv", "train.csv"]
 
 
 def test_the_filter_tool_does_not_write_beside_scores_a_live_run_is_committing(signal_scored, tmp_path, capsys):

@@ -356,12 +356,12 @@ def test_a_run_taken_over_by_a_finished_run_stops_at_its_first_fenced_write_nami
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stderr[-2000:]
     taker_id = json.loads((tmp_path / "out" / "_job.json").read_text())["run_id"]
-    fenced = f"lost its lease on {store.url('out')}: run {taker_id} took the output over"
-    # (on a machine so loaded that the taker outlasted that minute, the beat finds it still holding the lease)
-    beaten = f"lost its lease on {store.url('out')}: it is now held by run {taker_id} "
-    assert fenced in stderr or beaten in stderr, stderr[-2000:]
     assert "lost to worker or node failures" not in stderr
     assert store.exists("out/_SUCCESS") and len(rows(store, "out")) == 16  # the taker's commit stands
+    if f"lost its lease on {store.url('out')}: it is now held by run {taker_id} " in stderr:
+        # a machine so loaded that the taker outlasted that minute: the beat found it still holding the lease
+        pytest.skip("the first run's heartbeat came before its first fenced write")
+    assert f"lost its lease on {store.url('out')}: run {taker_id} took the output over" in stderr
 
 
 def test_a_run_whose_lease_is_taken_before_its_blocks_start_stops_before_computing_any(tmp_path, ray_local):

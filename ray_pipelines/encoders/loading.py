@@ -201,7 +201,7 @@ def _probe(encoder: Encoder, length: int) -> torch.Tensor:
 def inspect_encoder(
     loaded: LoadedEncoder, *, sample_size: int, is_discrete: bool, precision: str = "fp32"
 ) -> ModelInfo:
-    """Probe ``encode`` on short silent inputs and check it against the config.
+    """Probe ``encode`` on short quiet inputs (seeded noise) and check it against the config.
 
     The frame axis is found from the frame count the downsampling ratio gives
     (``length / ratio``): ``[B, D, N]``, ``[B, N, Q]`` (stable-audio-tools' RVQ

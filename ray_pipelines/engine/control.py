@@ -2,11 +2,11 @@
 
 **Stop.** When the output store refuses writes (no space, read-only, quota, permission,
 credentials rejected), every block would fail the same way after doing all of its decode and
-model work. The writer that meets the failure tells the run's :class:`RunControl` (kept by a tiny
-actor on the driver's node, one for all of a driver's runs); every block checks it before it
-starts and fails at once, and the driver ends the run with the store's own error in one line
-(exit 1). What was committed before stays, and the next run resumes from it. The lease heartbeat
-uses the same flag when the run is fenced off (its lease was taken over: exit 2).
+model work. The writer that meets the failure tells the run's :class:`RunControl` (a tiny actor on
+the driver's node); every block checks it before it starts and fails at once, and the driver ends
+the run with the store's own error in one line (exit 1). What was committed before stays, and the
+next run resumes from it. The lease heartbeat uses the same flag when the run is fenced off (its
+lease was taken over: exit 2).
 
 **Lost nodes.** Ray restarts an actor whose node died on another node, and its block waits for
 that restart. On a cluster that will not grow back (no autoscaler, no spare GPU) the restart never
@@ -23,8 +23,6 @@ import contextlib
 import errno
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 
 import ray
@@ -84,101 +82,52 @@ def store_failures_raised(where: str) -> Iterator[None]:
 
 @ray.remote(num_cpus=0)
 class _Control:
-    """The driver's control actor: each run's stop flag and pool actors, by the run's key."""
-
     def __init__(self):
-        self.runs: dict[str, dict] = {}
+        self.kind, self.reason = "", ""
+        self.actors: dict[str, tuple[str, object]] = {}  # actor id -> (node id, handle)
 
-    def _run(self, run: str) -> dict:
-        return self.runs.setdefault(run, {"kind": "", "reason": "", "actors": {}})
+    def set(self, kind: str, reason: str) -> None:
+        if not self.reason:  # the first reason is the one that stopped the run
+            self.kind, self.reason = kind, reason
 
-    def set(self, run: str, kind: str, reason: str) -> None:
-        state = self._run(run)
-        if not state["reason"]:  # the first reason is the one that stopped the run
-            state["kind"], state["reason"] = kind, reason
+    def get(self) -> tuple[str, str]:
+        return self.kind, self.reason
 
-    def get(self, run: str) -> tuple[str, str]:
-        state = self.runs.get(run, {})
-        return state.get("kind", ""), state.get("reason", "")
+    def register(self, node_id: str, actor_id: str, handle) -> None:
+        self.actors[actor_id] = (node_id, handle)  # a restarted actor registers again from its new node
 
-    def register(self, run: str, node_id: str, actor_id: str, handle) -> None:
-        self._run(run)["actors"][actor_id] = (node_id, handle)  # a restarted actor registers again from its new node
-
-    def actors_on(self, run: str, node_ids: list[str]) -> list:
+    def actors_on(self, node_ids: list[str]) -> list:
         dead = set(node_ids)
-        return [handle for node, handle in self.runs.get(run, {}).get("actors", {}).values() if node in dead]
-
-    def forget(self, run: str) -> None:
-        self.runs.pop(run, None)
-
-    def open_runs(self) -> list[str]:
-        return sorted(self.runs)
-
-
-CONTROL_NAMESPACE = "ray_pipelines"
-
-
-def driver_control_actor():
-    """The control actor of this driver, made by its first run and used by the next ones: one worker process
-    per driver rather than one started (about 2 CPU-seconds) and ended for every run of a session that runs
-    job after job (a notebook, a scheduler's process, the test suite). Named by the driver's job id, so every
-    driver on a cluster has its own, on its own node; owned by the driver, it ends with it. One that died
-    (or a Ray session that ended since) is made anew."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    context = ray.get_runtime_context()
-    key = (context.get_job_id(), context.get_node_id())  # a new Ray session: another node id
-    here = NodeAffinitySchedulingStrategy(context.get_node_id(), soft=False)
-    with _driver_control_lock:  # runs started together in threads: one actor, its creator's handle kept
-        return _live_driver_control(key, here)
-
-
-def _live_driver_control(key: tuple[str, str], here) -> object:
-    global _driver_control
-    for attempt in range(10):
-        if _driver_control is None or _driver_control[0] != key:
-            actor = _Control.options(
-                name=f"run-control-{key[0]}", namespace=CONTROL_NAMESPACE, get_if_exists=True, scheduling_strategy=here
-            ).remote()
-            _driver_control = (key, actor)
-        try:
-            ray.get(_driver_control[1].open_runs.remote(), timeout=60)
-            return _driver_control[1]
-        except ray.exceptions.RayActorError:  # died; its name may still be taken for a moment
-            _driver_control = None
-            time.sleep(0.1 * attempt)
-    raise RuntimeError("could not start the run's control actor (it died ten times)")
-
-
-# The driver's handle, kept: Ray ends an actor once its creator's handle is gone (other handles to a
-# named actor do not keep it).
-_driver_control: tuple[tuple[str, str], object] | None = None
-_driver_control_lock = threading.Lock()
+        return [handle for node, handle in self.actors.values() if node in dead]
 
 
 class RunControl:
-    """A run-wide stop flag and registry of pool actors, kept for the run by the driver's control actor (on the
-    driver's node, so it never dies with a lost worker node). Pickled into sinks and stages; each copy
-    remembers a stop once it has seen one."""
+    """A run-wide stop flag and registry of pool actors (an actor on the driver's node, so it never
+    dies with a lost worker node). Pickled into sinks and stages; each copy remembers a stop once
+    it has seen one."""
 
     def __init__(self):
-        self._actor = driver_control_actor()
-        self._run = uuid.uuid4().hex
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._actor = _Control.options(scheduling_strategy=here).remote()
         self._seen: tuple[str, str] | None = None
 
     def close(self) -> None:
-        """Forget the run once its blocks are done (the actor serves the driver's next run)."""
-        with contextlib.suppress(Exception):  # already gone with its node or Ray: nothing to forget
-            self._actor.forget.remote(self._run)  # not waited for: a stopping run unwinds at once
+        """End the control actor once the run's blocks are done. Left to Ray, it lived as long as the
+        driver's Ray session: a notebook or a script running several jobs in one session kept one
+        worker process (about 200 MB) per run."""
+        with contextlib.suppress(Exception):  # already gone with its node or Ray: nothing to end
+            ray.kill(self._actor, no_restart=True)
 
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self, kind: str, reason: str) -> None:
-        ray.get(self._actor.set.remote(self._run, kind, reason), timeout=60)
+        ray.get(self._actor.set.remote(kind, reason), timeout=60)
 
     def state(self) -> tuple[str, str]:
         """``(kind, reason)`` once stopped (``kind`` "store" or "fenced"), else ``("", "")``."""
         if self._seen is None:
-            kind, reason = ray.get(self._actor.get.remote(self._run), timeout=60)
+            kind, reason = ray.get(self._actor.get.remote(), timeout=60)
             if not reason:
                 return "", ""
             self._seen = (kind, reason)
@@ -193,7 +142,7 @@ class RunControl:
     def register_actor(self) -> None:
         """Called in a pool actor's constructor: where it runs, and a handle to kill it by."""
         context = ray.get_runtime_context()
-        self._actor.register.remote(self._run, context.get_node_id(), context.get_actor_id(), context.current_actor)
+        self._actor.register.remote(context.get_node_id(), context.get_actor_id(), context.current_actor)
 
     def release_lost_nodes(self, seen_dead: set[str]) -> int:
         """Kill (no restart) the registered actors of nodes that died since ``seen_dead`` was taken."""
@@ -203,7 +152,7 @@ class RunControl:
         dead = {node["NodeID"] for node in nodes if not node.get("Alive")} - seen_dead
         if not dead:
             return 0
-        handles = ray.get(self._actor.actors_on.remote(self._run, sorted(dead)), timeout=60)
+        handles = ray.get(self._actor.actors_on.remote(sorted(dead)), timeout=60)
         for handle in handles:
             ray.kill(handle, no_restart=True)
         seen_dead |= dead

@@ -14,8 +14,9 @@ Written next to the scores by the score job (after commit) and again by
     scatter.png               two scores per item, kept and ignored in two colours
 
 What an earlier run wrote there for a split or score the scores no longer have (a split whose
-inputs were all pruned, another scores' filter run into the same folder) is removed, and so is
-scatter.png when there are fewer than two scores: the outputs are those of a fresh run.
+inputs were all pruned, another scores' filter run into the same folder) is removed, and so is its
+scatter.png when no scatter is drawn now: the outputs are those of a fresh run. Only what an earlier
+run recorded (summary.json's splits, filter.json's ``plots``) is removed; other files there stay.
 
 An input key is kept when every one of its items is kept; a key with an
 ignored item, or that failed to decode (errors.jsonl), is ignored. Every
@@ -270,26 +271,35 @@ def _json_number(value: float) -> float | None:
     return None if not np.isfinite(value) else float(value)
 
 
-def remove_unwritten(storage: Storage, folder: str, suffix: str, written: Iterable[str]) -> None:
-    """Remove the files ``folder/*<suffix>`` (named by this module: one per split or score) that this run did
-    not write: those of a split whose every input was pruned, or of a score an earlier filter run into the
-    same folder had, stayed, and the outputs differed from a fresh run's."""
-    kept = set(written)
-    storage.remove_many([path for path in storage.list(folder) if path.endswith(suffix) and path not in kept])
+def remove_unwritten(storage: Storage, recorded: str, key: str, written: list[str]) -> None:
+    """Remove what an earlier run recorded in ``recorded`` (its ``key``: the files it wrote) and this run did
+    not write: the summary of a split whose every input was pruned, the histograms of scores an earlier filter
+    run into the same folder had. Only files a run of this module recorded: a user's own files there stay."""
+    try:
+        earlier = storage.read_json(recorded) if storage.exists(recorded) else {}
+    except (ValueError, OSError):  # unreadable: nothing known to remove
+        earlier = {}
+    listed = earlier.get(key) if isinstance(earlier, dict) else None
+    stale = [path for path in listed or [] if isinstance(path, str) and path not in set(written)]
+    storage.remove_many(stale)
+
+
+def summary_files(summaries: dict[str, Any]) -> list[str]:
+    return [f"summary/{split or 'all'}.csv" for split in summaries]
 
 
 def write_summaries(storage: Storage, table: ScoreTable, bins: int = 50) -> dict[str, dict[str, Any]]:
     summaries = {}
     splits = table["split"].astype(str)
-    written = []
     for split in sorted(set(splits)):
         rows = splits == split
         summary = split_summary({name: table[name][rows] for name in table.scores}, bins)
-        written.append(f"summary/{split or 'all'}.csv")
-        storage.write_bytes(written[-1], summary_csv(summary).encode())
+        storage.write_bytes(f"summary/{split or 'all'}.csv", summary_csv(summary).encode())
         summaries[split] = {k: (_json_number(v) if isinstance(v, float) else v) for k, v in summary.items()}
+    earlier = storage.read_json("summary.json") if storage.exists("summary.json") else {}
+    stale = set(summary_files(earlier if isinstance(earlier, dict) else {})) - set(summary_files(summaries))
+    storage.remove_many(sorted(stale))  # an earlier run's split that is no longer there (summary.json names them)
     storage.write_json("summary.json", summaries)
-    remove_unwritten(storage, "summary", ".csv", written)
     return summaries
 
 
@@ -393,13 +403,13 @@ def write_filter_outputs(
         low, high = (bounds.low, bounds.high) if bounds else (None, None)
         figure = histogram_figure(by_split, name, low, high, settings.histogram_bins)
         storage.write_bytes(f"histograms/{name}.png", figure_png(figure))
-    remove_unwritten(storage, "histograms", ".png", [f"histograms/{name}.png" for name in table.scores])
+    plots = [f"histograms/{name}.png" for name in table.scores]
     pair = settings.scatter_pair(table.scores)
     if pair:
         figure = scatter_figure(table[pair[0]], table[pair[1]], result.kept, *pair)
         storage.write_bytes("scatter.png", figure_png(figure))
-    else:  # fewer than two scores now: an earlier run's scatter would stay
-        storage.remove_many(["scatter.png"])
+        plots.append("scatter.png")
+    remove_unwritten(storage, "filter.json", "plots", plots)
 
     counts = {
         s: {
@@ -423,6 +433,7 @@ def write_filter_outputs(
             **({"predictions": coverage} if coverage else {}),
         },
         "settings": settings.model_dump(mode="json"),
+        "plots": plots,  # what the next run into this folder removes if it does not write it again
     }
     storage.write_json("filter.json", report)
     return report
