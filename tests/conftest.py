@@ -203,17 +203,17 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def credential_checking_s3_endpoint():
-    """A second moto server, in a process of its own, that checks credentials: the tests' keys exist in no
-    account, so every request is refused as with a wrong key id (moto's INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+@contextlib.contextmanager
+def credential_checking_moto(free_requests: int):
+    """A moto server in a process of its own that checks credentials once its first ``free_requests``
+    requests are answered (moto's INITIAL_NO_AUTH_ACTION_COUNT); yields its endpoint URL."""
     import subprocess
     import time
 
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", f"from moto.server import main; main(['-H', '127.0.0.1', '-p', '{port}'])"],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(free_requests)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -229,6 +229,14 @@ def credential_checking_s3_endpoint():
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture
+def credential_checking_s3_endpoint():
+    """A second moto server, in a process of its own, that checks credentials: the tests' keys exist in no
+    account, so every request is refused as with a wrong key id."""
+    with credential_checking_moto(0) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -603,28 +603,12 @@ def read_only_s3():
     the listings: moto refuses its ListObjectsV2) and ``list_all``. Returns {user: the --storage-option
     arguments that give its keys}."""
     import json
-    import os
-    import socket
-    import time
 
     import boto3
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", f"from moto.server import main; main(['-H', '127.0.0.1', '-p', '{port}'])"],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
+    from tests.conftest import credential_checking_moto
+
+    with credential_checking_moto(7) as endpoint:
         admin = {"endpoint_url": endpoint, "region_name": "us-east-1"}
         iam = boto3.client("iam", **admin)
         actions = {
@@ -641,9 +625,6 @@ def read_only_s3():
             options[user] = [a for o in given for a in ("--storage-option", o)]
         boto3.client("s3", **admin).create_bucket(Bucket="out")
         yield options
-    finally:
-        server.kill()
-        server.wait()
 
 
 def test_a_store_refusing_the_filter_outputs_is_named_with_its_location(read_only_s3, tmp_path, capsys):
