@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ray_pipelines.config import ConfigError, apply_overrides, parse_overrides, read_config_file, validate_config
-from ray_pipelines.engine.lease import Holder
-from ray_pipelines.engine.manifest import JOB_FILE, LEASE_FILE, MANIFEST_FILE
+from ray_pipelines.engine.lease import Holder, lease_store
+from ray_pipelines.engine.manifest import JOB_FILE, MANIFEST_FILE
 from ray_pipelines.scoring.report import (
     FilterSettings,
     filter_warnings,
@@ -177,10 +177,10 @@ def held_by_a_live_run(output: str, options: dict[str, Any]) -> str | None:
     is there, or one a run would take over (stale, unreadable)."""
     storage = Storage(output, options)
     try:
-        data = storage.fs.cat_file(storage.abspath(LEASE_FILE))
-    except (FileNotFoundError, NotADirectoryError):
+        current = lease_store(storage).read()  # read as the job's own lease reads it (one request)
+    except NotADirectoryError:
         return None
-    holder = Holder.parse(data)
+    holder = Holder.parse(current[0]) if current else None
     now = time.time()
     if holder is None or holder.stale_because(now):
         return None
