@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 # pip compiles the installed packages' bytecode on one core (about 50 s of a 2.3-minute install here);
 # compileall does it on all of them (about 30 s). The bytecode must be written at install time: where
 # PYTHONDONTWRITEBYTECODE is set, as on the CI machine, a process would otherwise compile every module it
-# imports, every time. compileall's exit status is left aside: torch ships a file in Python 3.12 syntax
-# (pip skips it too).
+# imports, every time; the project's own modules too (installed editable: every Ray worker compiled the
+# engine's). compileall's exit status is left aside for the packages: torch ships a file in Python 3.12
+# syntax (pip skips it too).
 # A .venv without pip gets it (uv venv), or is made again where it cannot (python3 -m venv failed half-way
 # without Debian's python3-venv).
 $(STAMP): pyproject.toml Makefile
@@ -19,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[flac,teachers,dev]'
 	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" > /dev/null || true
+	$(PY) -m compileall -q -j 0 ray_pipelines jobs tests bench > /dev/null
 	$(PY) -m pip check
 	touch $(STAMP)
 

@@ -117,6 +117,36 @@ def ray_local():
     stop_embedded_ray(ray)
 
 
+@pytest.fixture
+def on_session_ray(ray_local) -> dict[str, str]:
+    """Environment variables that put a CLI subprocess on this process's Ray (``ray_local``), a driver of its
+    own, instead of on an embedded Ray it starts and stops: an embedded Ray costs about 7 CPU-seconds more a run
+    (seven processes of Ray's and Ray Data's three actors; docs/benchmarks.md, the test suite's time). For
+    tests whose subject is the run, not the embedded Ray (tests/test_console.py keeps those), and whose CLI
+    run never waits on an in-process run for the session's two CPUs (then neither could go on). A test that
+    kills such a run calls :func:`wait_for_other_drivers_actors` before the next one."""
+    return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
+
+
+def wait_for_other_drivers_actors(timeout_s: float = 60) -> None:
+    """Return once every actor of the session's other drivers (CLI runs :func:`on_session_ray` put there)
+    has ended. Ray ends a dead driver's actors (a killed run's pool) soon after the driver, not at once:
+    one still running could write after the test goes on."""
+    import time
+
+    import ray
+    import ray._private.state
+
+    own = ray.get_runtime_context().get_job_id()
+    deadline = time.time() + timeout_s
+    while True:
+        alive = [a for a in ray._private.state.actors().values() if a["JobID"] != own and a["State"] != "DEAD"]
+        if not alive:
+            return
+        assert time.time() < deadline, f"actors of a finished driver still alive after {timeout_s} s: {alive}"
+        time.sleep(0.2)
+
+
 def stop_embedded_ray(ray) -> None:
     """``ray.shutdown()``, then the session's Ray processes that outlive it killed by their ids: a worker
     caught in Ray's exit as its raylet went (seen once in a CI run: an actor's main thread waiting on a

@@ -10,10 +10,13 @@ from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import tone, write_audio
 
 
-def alive_actors(class_name: str) -> int:
-    from ray._private.state import actors
+def run_control_keys() -> list[bytes]:
+    """What runs' controls hold in the GCS (each pool actor registers there: never none while a run goes)."""
+    from ray.experimental import internal_kv
 
-    return sum(a["ActorClassName"] == class_name and a["State"] != "DEAD" for a in actors().values())
+    from ray_pipelines.engine.control import KV_NAMESPACE
+
+    return internal_kv._internal_kv_list("run-control/", namespace=KV_NAMESPACE)
 
 
 def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_path, ray_local):
@@ -34,11 +37,11 @@ def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_pa
             "hop_length": 256,
         },
     )
-    controls_before = alive_actors("_Control")
+    controls_before = run_control_keys()
     first = run_job(AugmentJob(cfg), progress=False)
-    # Each run's control actor ends with its blocks: a session running job after job (a notebook, the
-    # test suite) kept a worker process for every run before.
-    assert alive_actors("_Control") == controls_before
+    # Each run's control is removed with its blocks: a session running job after job (a notebook, the
+    # test suite) kept a worker process for every run before, when it was an actor.
+    assert run_control_keys() == controls_before
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [(e["key"], e["retry"]) for e in errors] == [("later.wav", True)]
     assert errors[0]["reason"].startswith("missing")
@@ -46,7 +49,7 @@ def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_pa
 
     write_audio(src / "later.wav", tone(1.0, freq=600.0))
     second = run_job(AugmentJob(cfg), progress=False)
-    assert alive_actors("_Control") == controls_before
+    assert run_control_keys() == controls_before
     assert second.counts["skipped_already_committed"] == 1 and second.counts["processed_this_run"] == 1
     assert second.counts["rows_written"] == 2 and second.counts["errors"] == 0
     assert (tmp_path / "out" / "errors.jsonl").read_text() == ""

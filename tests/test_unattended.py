@@ -21,7 +21,7 @@ from ray_pipelines.engine.runner import run_job
 from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.sources import SourceError
 from tests.audio_helpers import REPO, encoded_bytes, tone
-from tests.conftest import Lines
+from tests.conftest import Lines, wait_for_other_drivers_actors
 from tests.output_helpers import Store, assert_no_leftovers, committed_rows, error_rows
 
 TINY = dict(
@@ -64,9 +64,10 @@ def rows(store: Store, output: str) -> dict:
     return committed_rows(store, output, "key", "version")
 
 
-def start_held(args: list[str], step: str) -> subprocess.Popen:
-    """The CLI started with ``args``, once it says it waits at ``step`` (``RAY_PIPELINES_WAIT_AT``)."""
-    proc = start_cli(*args, env={**os.environ, WAIT_AT: step})
+def start_held(args: list[str], step: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The CLI started with ``args``, once it says it waits at ``step`` (``RAY_PIPELINES_WAIT_AT``); ``env``
+    added to this process's environment."""
+    proc = start_cli(*args, env={**os.environ, **(env or {}), WAIT_AT: step})
     held = proc.stderr.readline() if select.select([proc.stderr], [], [], 300)[0] else "no line in 300 s"
     assert held.startswith(f"waiting at {step}"), held + proc.communicate(timeout=300)[1][-2000:]
     return proc
@@ -165,7 +166,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store, ray_local):
+def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store, on_session_ray):
     # Three blocks of two; one input changes in each, so three manifests are rewritten. The kill
     # lands in the second: on local disk after its new files and before its switch, on S3 between
     # the replacement manifest's write and the old one's removal.
@@ -181,13 +182,14 @@ def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store,
     killed = subprocess.run(
         [sys.executable, "-c", KILL_DURING_REWRITE.replace("{kill}", kill), "augment", *args],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, **on_session_ray, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not store.exists("out/_SUCCESS")
+    wait_for_other_drivers_actors()
 
     resumed = run_job(augment(store, "out"), progress=False)
     assert resumed.complete and resumed.counts["duplicates"] == 0
@@ -199,7 +201,7 @@ def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store,
 @pytest.mark.parametrize(
     "store, step", [("local", "fold:after-index"), ("s3", "fold:deleting")], indirect=["store"]
 )  # each store once; every step (a real driver killed at each): tests/test_state_index.py
-def test_a_driver_killed_inside_the_fold_reruns_to_a_fresh_run(store, ray_local, step):
+def test_a_driver_killed_inside_the_fold_reruns_to_a_fresh_run(store, on_session_ray, step):
     """The augment CLI SIGKILLed inside its commit's fold (engine/manifest.py ``stop_point``): after the
     new index is written, or between deletions of the manifests it folded. The second run of the
     night, the first run's state already folded into an index, so the fold merges old and new."""
@@ -208,7 +210,7 @@ def test_a_driver_killed_inside_the_fold_reruns_to_a_fresh_run(store, ray_local,
     assert run_job(augment(store, "out"), progress=False).complete
     for i in range(4, 9):
         store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_PIPELINES_KILL_AT": step}
+    env = {**os.environ, **on_session_ray, "PYTHONPATH": str(REPO), "RAY_PIPELINES_KILL_AT": step}
     code = "import sys; from ray_pipelines.engine import manifest; manifest.DELETE_BATCH = 1; "
     code += "from ray_pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
     killed = subprocess.run(
@@ -221,6 +223,7 @@ def test_a_driver_killed_inside_the_fold_reruns_to_a_fresh_run(store, ray_local,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert store.exists("out/_manifests/index.parquet") and not store.exists("out/_SUCCESS")
+    wait_for_other_drivers_actors()
 
     resumed = run_job(augment(store, "out"), progress=False)
     assert resumed.complete and resumed.counts["processed_this_run"] == 0 and resumed.counts["duplicates"] == 0
@@ -277,11 +280,11 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     )
 
 
-def test_an_incomplete_run_exits_3_without_success_and_the_next_run_finishes(s3_bucket, ray_local):
+def test_an_incomplete_run_exits_3_without_success_and_the_next_run_finishes(s3_bucket, on_session_ray):
     store = Store.s3(*s3_bucket)  # on local disk: test_lost_inputs_run_again_within_the_run_or_leave_it_incomplete
     store.write("in/clip0.flac", clip(300))
     store.write("in/list.txt", b"clip0.flac\nlater.flac\n")
-    proc = start_cli(*cli_args(store, "in/list.txt", "out"))
+    proc = start_cli(*cli_args(store, "in/list.txt", "out"), env={**os.environ, **on_session_ray})
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 3, stderr[-2000:]
     assert "1 inputs to retry; run again to finish" in stderr
@@ -291,18 +294,19 @@ def test_an_incomplete_run_exits_3_without_success_and_the_next_run_finishes(s3_
     assert [(key, reason.split(":")[0]) for key, _, reason in error_rows(store, "out")] == [("later.flac", "missing")]
 
     store.write("in/later.flac", clip(500))
+    wait_for_other_drivers_actors()
     again = run_job(augment(store, "out", inputs="in/list.txt"), progress=False)
     assert again.complete and again.counts["to_retry"] == 0 and store.exists("out/_SUCCESS")
     assert error_rows(store, "out") == [] and len(rows(store, "out")) == 4
 
 
-def test_two_runs_started_together_one_is_refused_the_other_completes(s3_bucket, ray_local):
+def test_two_runs_started_together_one_is_refused_the_other_completes(s3_bucket, on_session_ray):
     # On local disk the lease's atomic create is raced by threads in tests/test_lease.py, and a run
     # fenced off through the CLI below.
     store = Store.s3(*s3_bucket)
     for i in range(4):
         store.write(f"in/clip{i}.flac", clip(300 + 50 * i))
-    procs = [start_cli(*cli_args(store, "in", "out")) for _ in range(2)]
+    procs = [start_cli(*cli_args(store, "in", "out"), env={**os.environ, **on_session_ray}) for _ in range(2)]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -314,7 +318,7 @@ def test_two_runs_started_together_one_is_refused_the_other_completes(s3_bucket,
     assert_no_leftovers(store, "out")
 
 
-def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_local):
+def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, on_session_ray):
     from ray_pipelines.engine.lease import Lease
     from ray_pipelines.storage import Storage
 
@@ -324,7 +328,7 @@ def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_l
     # One input per block and a short lease (heartbeats every 0.3 s), so the run notices quickly. The driver
     # waits as its first block's report arrives (its first manifest written), however loaded the machine.
     args = cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3)
-    proc = start_held(args, "run:first-block")
+    proc = start_held(args, "run:first-block", on_session_ray)
     assert list((tmp_path / "out").glob("_manifests/part-*.json"))
     operator = Lease(Storage(store.url("out")), "operator", 600)
     operator.acquire(break_lease=True)  # e.g. someone ran with --break-lease
@@ -335,6 +339,7 @@ def test_a_run_whose_lease_is_taken_over_stops_and_never_commits(tmp_path, ray_l
     assert "lost its lease" in stderr and "held by run operator" in stderr
     assert not store.exists("out/manifest.json") and not store.exists("out/_SUCCESS")
     operator.release()
+    wait_for_other_drivers_actors()
 
     resumed = run_job(augment(store, "out"), progress=False)  # what the fenced run committed is kept
     assert resumed.complete and resumed.counts["skipped_already_committed"] >= 1
@@ -348,7 +353,8 @@ def test_a_run_taken_over_by_a_finished_run_stops_at_its_first_fenced_write_nami
     store = Store.local(tmp_path)
     for i in range(8):
         store.write(f"in/clip{i:02d}.flac", clip(300 + 20 * i))
-    # A long lease (a heartbeat a minute, the longest): the taker is done before the first run's next beat.
+    # A long lease (a heartbeat a minute, the longest): the taker is done before the first run's next beat. The
+    # held run on an embedded Ray of its own: on this process's, its actor would keep the taker's from starting.
     proc = start_held(cli_args(store, "in", "out", inputs_per_block=1, lease_timeout=3600), "run:first-block")
     taker = run_job(augment(store, "out", inputs_per_block=1), progress=False, break_lease=True)
     assert taker.complete

@@ -2,15 +2,15 @@
 
 **Stop.** When the output store refuses writes (no space, read-only, quota, permission,
 credentials rejected), every block would fail the same way after doing all of its decode and
-model work. The writer that meets the failure tells the run's :class:`RunControl` (a tiny actor on
-the driver's node); every block checks it before it starts and fails at once, and the driver ends
+model work. The writer that meets the failure tells the run's :class:`RunControl` (a flag in the
+GCS's key-value store); every block checks it before it starts and fails at once, and the driver ends
 the run with the store's own error in one line (exit 1). What was committed before stays, and the
 next run resumes from it. The lease heartbeat uses the same flag when the run is fenced off (its
 lease was taken over: exit 2).
 
 **Lost nodes.** Ray restarts an actor whose node died on another node, and its block waits for
 that restart. On a cluster that will not grow back (no autoscaler, no spare GPU) the restart never
-finds room and the run hangs. The pool's actors register with the control actor; while the plan
+finds room and the run hangs. The pool's actors register in the run's control; while the plan
 runs, a driver thread (:meth:`RunControl.watch_nodes`) kills, without restart, the actors of nodes
 Ray has marked dead. Their blocks fail, the surviving actors finish the rest, and the runner runs
 the lost inputs again on a pool sized for the nodes that are left (``lost_retries``). Actors that
@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
+import pickle
 import threading
+import uuid
 from collections.abc import Iterator
 
 import ray
+from ray.experimental import internal_kv
 
 from ..error_text import exception_chain
 from ..storage import s3_error
@@ -80,56 +84,41 @@ def store_failures_raised(where: str) -> Iterator[None]:
         raise
 
 
-@ray.remote(num_cpus=0)
-class _Control:
-    def __init__(self):
-        self.kind, self.reason = "", ""
-        self.actors: dict[str, tuple[str, object]] = {}  # actor id -> (node id, handle)
-
-    def set(self, kind: str, reason: str) -> None:
-        if not self.reason:  # the first reason is the one that stopped the run
-            self.kind, self.reason = kind, reason
-
-    def get(self) -> tuple[str, str]:
-        return self.kind, self.reason
-
-    def register(self, node_id: str, actor_id: str, handle) -> None:
-        self.actors[actor_id] = (node_id, handle)  # a restarted actor registers again from its new node
-
-    def actors_on(self, node_ids: list[str]) -> list:
-        dead = set(node_ids)
-        return [handle for node, handle in self.actors.values() if node in dead]
+# Where a run's stop flag and actor registry live: keys under the run's own prefix in the GCS's key-value
+# store (the one Ray's libraries keep their state in), read and written by the driver and every worker.
+# A small actor held them before: one more process per run, its start (a fresh interpreter importing Ray)
+# about 0.7 CPU-seconds, a sixth of a small run's cost (docs/benchmarks.md, the test suite's time).
+KV_NAMESPACE = "ray_pipelines"
 
 
 class RunControl:
-    """A run-wide stop flag and registry of pool actors (an actor on the driver's node, so it never
-    dies with a lost worker node). Pickled into sinks and stages; each copy remembers a stop once
+    """A run-wide stop flag and registry of pool actors, in the GCS (it never dies with a lost worker
+    node). Pickled into sinks and stages (it holds only its key prefix); each copy remembers a stop once
     it has seen one."""
 
     def __init__(self):
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self._actor = _Control.options(scheduling_strategy=here).remote()
+        self._prefix = f"run-control/{uuid.uuid4().hex}/"
         self._seen: tuple[str, str] | None = None
 
     def close(self) -> None:
-        """End the control actor once the run's blocks are done. Left to Ray, it lived as long as the
-        driver's Ray session: a notebook or a script running several jobs in one session kept one
-        worker process (about 200 MB) per run."""
-        with contextlib.suppress(Exception):  # already gone with its node or Ray: nothing to end
-            ray.kill(self._actor, no_restart=True)
+        """Remove the run's keys once its blocks are done (a driver killed before leaves its few keys in
+        the GCS, a few hundred bytes, until the cluster stops)."""
+        with contextlib.suppress(Exception):  # Ray already gone: nothing to remove
+            internal_kv._internal_kv_del(self._prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
 
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self, kind: str, reason: str) -> None:
-        ray.get(self._actor.set.remote(kind, reason), timeout=60)
+        # Not overwritten: the first reason is the one that stopped the run.
+        value = json.dumps([kind, reason])
+        internal_kv._internal_kv_put(self._prefix + "stop", value, overwrite=False, namespace=KV_NAMESPACE)
 
     def state(self) -> tuple[str, str]:
         """``(kind, reason)`` once stopped (``kind`` "store" or "fenced"), else ``("", "")``."""
         if self._seen is None:
-            kind, reason = ray.get(self._actor.get.remote(), timeout=60)
-            if not reason:
+            value = internal_kv._internal_kv_get(self._prefix + "stop", namespace=KV_NAMESPACE)
+            if not value:
                 return "", ""
+            kind, reason = json.loads(value)
             self._seen = (kind, reason)
         return self._seen
 
@@ -142,7 +131,24 @@ class RunControl:
     def register_actor(self) -> None:
         """Called in a pool actor's constructor: where it runs, and a handle to kill it by."""
         context = ray.get_runtime_context()
-        self._actor.register.remote(context.get_node_id(), context.get_actor_id(), context.current_actor)
+        # A restarted actor registers again, from its new node, under the same id.
+        entry = pickle.dumps((context.get_node_id(), context.current_actor))
+        internal_kv._internal_kv_put(self._actors_prefix + context.get_actor_id(), entry, namespace=KV_NAMESPACE)
+
+    @property
+    def _actors_prefix(self) -> str:
+        return self._prefix + "actors/"
+
+    def _actors_on(self, node_ids: set[str]) -> list:
+        """Handles of the registered actors on ``node_ids``."""
+        handles = []
+        for key in internal_kv._internal_kv_list(self._actors_prefix, namespace=KV_NAMESPACE):
+            entry = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+            if entry:
+                node_id, handle = pickle.loads(entry)
+                if node_id in node_ids:
+                    handles.append(handle)
+        return handles
 
     def release_lost_nodes(self, seen_dead: set[str]) -> int:
         """Kill (no restart) the registered actors of nodes that died since ``seen_dead`` was taken."""
@@ -152,7 +158,7 @@ class RunControl:
         dead = {node["NodeID"] for node in nodes if not node.get("Alive")} - seen_dead
         if not dead:
             return 0
-        handles = ray.get(self._actor.actors_on.remote(sorted(dead)), timeout=60)
+        handles = self._actors_on(dead)
         for handle in handles:
             ray.kill(handle, no_restart=True)
         seen_dead |= dead
