@@ -130,8 +130,10 @@ def on_session_ray(ray_local) -> dict[str, str]:
 
 def wait_for_other_drivers_actors(timeout_s: float = 60) -> None:
     """Return once every actor of the session's other drivers (CLI runs :func:`on_session_ray` put there)
-    has ended. Ray ends a dead driver's actors (a killed run's pool) soon after the driver, not at once:
-    one still running could write after the test goes on."""
+    has ended, its process gone too: Ray ends a dead driver's actors soon after the driver, not at once,
+    and marks one dead before its process is: one still running could write after the test goes on.
+    Detached actors are left out (Ray Data's per-cluster actors, made by whichever driver ran a dataset
+    first, live as long as the cluster)."""
     import time
 
     import ray
@@ -140,11 +142,27 @@ def wait_for_other_drivers_actors(timeout_s: float = 60) -> None:
     own = ray.get_runtime_context().get_job_id()
     deadline = time.time() + timeout_s
     while True:
-        alive = [a for a in ray._private.state.actors().values() if a["JobID"] != own and a["State"] != "DEAD"]
-        if not alive:
+        others = [a for a in ray._private.state.actors().values() if a["JobID"] != own and not a["IsDetached"]]
+        left = [a for a in others if a["State"] != "DEAD" or _process_of(a) is not None]
+        if not left:
             return
-        assert time.time() < deadline, f"actors of a finished driver still alive after {timeout_s} s: {alive}"
+        assert time.time() < deadline, f"actors of another driver still running after {timeout_s} s: {left}"
         time.sleep(0.2)
+
+
+def _process_of(actor: dict):
+    """The actor's process while it runs (not a later process given its pid), else None."""
+    import psutil
+
+    if not actor.get("Pid"):  # never started
+        return None
+    try:
+        proc = psutil.Process(actor["Pid"])
+        if proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() * 1000 > actor["StartTime"] + 1000:
+            return None
+        return proc
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return None
 
 
 def stop_embedded_ray(ray) -> None:

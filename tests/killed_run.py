@@ -14,7 +14,6 @@ import psutil
 
 from ray_pipelines.engine.manifest import KILL_AT
 from tests.audio_helpers import REPO
-from tests.conftest import wait_for_other_drivers_actors
 
 TEST_MARK = "RAY_PIPELINES_TEST_MARK"  # an environment variable a run's processes inherit (Ray's workers too)
 RAY_START_TIMED_OUT = "timed out during startup"  # Ray's words when an embedded node did not come up
@@ -30,9 +29,8 @@ def marked(mark: str) -> list[psutil.Process]:
     return found
 
 
-def run_killed_at_first_block(args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-    """Run ``args`` (a job's CLI on an embedded Ray, or with ``env`` from tests/conftest.py's
-    ``on_session_ray`` on the test's own): its driver SIGKILLs itself as its first block's report
+def run_killed_at_first_block(args: list[str], log: Path) -> None:
+    """Run ``args`` (a job's CLI on an embedded Ray): its driver SIGKILLs itself as its first block's report
     arrives (``stop_point("run:first-block")``, engine/runner.py), at a point a run reaches however loaded
     the machine is; then what is left of its process group (the embedded Ray's daemons) is killed, and so
     are its Ray workers (in process groups of their own: left alone they would finish their write tasks
@@ -42,20 +40,18 @@ def run_killed_at_first_block(args: list[str], log: Path, env: dict[str, str] | 
     machine: "timed out during startup", seen once in a full run of the suite) wrote no block and holds
     no lease: it is run once more, as tests/ray_head.py's ``start_node`` starts a node again."""
     for _ in range(2):
-        code = _run_and_kill_what_is_left(args, log, env or {})
+        code = _run_and_kill_what_is_left(args, log)
         if code != 1 or RAY_START_TIMED_OUT not in log.read_text():
             break
     assert code == -signal.SIGKILL, (
         f"the run should have been killed at its first block (exit {code}):\n{log.read_text()}"
     )
-    if env and "RAY_ADDRESS" in env:
-        wait_for_other_drivers_actors()  # its pool, ended by the test's Ray
 
 
-def _run_and_kill_what_is_left(args: list[str], log: Path, extra_env: dict[str, str]) -> int:
+def _run_and_kill_what_is_left(args: list[str], log: Path) -> int:
     """The run's exit code, once it and every process it started are gone."""
     mark = uuid.uuid4().hex
-    env = {**os.environ, **extra_env, KILL_AT: "run:first-block", TEST_MARK: mark}
+    env = {**os.environ, KILL_AT: "run:first-block", TEST_MARK: mark}
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
             args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr

@@ -246,7 +246,7 @@ def test_bad_inputs_become_error_rows_and_the_rest_completes(tmp_path, ray_local
     assert run_job(AugmentJob(config(src, out)), progress=False).counts["processed_this_run"] == 0
 
 
-def test_resume_after_a_killed_run_equals_an_uninterrupted_run(reference, clips, tmp_path, on_session_ray):
+def test_resume_after_a_killed_run_equals_an_uninterrupted_run(reference, clips, tmp_path, ray_local):
     ref_out, _ = reference
     out = tmp_path / "killed"
     args = [
@@ -265,7 +265,7 @@ def test_resume_after_a_killed_run_equals_an_uninterrupted_run(reference, clips,
         "--set",
         f"output={out}",
     ]
-    run_killed_at_first_block(args, tmp_path / "killed-run.log", on_session_ray)
+    run_killed_at_first_block(args, tmp_path / "killed-run.log")
     committed = len(list((out / "_manifests").glob("part-*.json")))
     assert committed >= 1 and not (out / "_SUCCESS").exists(), "the run should have been killed mid-way"
     # A half-written file from the killed attempt, named like a data file but in no manifest.

@@ -58,7 +58,7 @@ def uninterrupted(job: EncodeJob) -> dict[str, bytes]:
     return {sample_id(k, w): npy_bytes(z) for k, w, z in zip(out["key"], out["window"], out["latents"])}
 
 
-def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path, on_session_ray):
+def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path, ray_local):
     out = tmp_path / "killed"
     job = EncodeJob(validate_config(EncodeConfig, {"input": str(clips), "output": str(out), **SETTINGS}))
     expected = uninterrupted(job)
@@ -76,7 +76,7 @@ def test_resume_after_a_killed_run_gives_the_uninterrupted_bytes(clips, tmp_path
         "--set",
         f"output={out}",
     ]
-    run_killed_at_first_block(args, tmp_path / "killed-run.log", on_session_ray)
+    run_killed_at_first_block(args, tmp_path / "killed-run.log")
     assert list((out / "_manifests").glob("part-*.json")) and not (out / "_SUCCESS").exists(), (
         "the run should have been killed mid-way"
     )

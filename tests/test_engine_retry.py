@@ -10,16 +10,22 @@ from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from tests.audio_helpers import tone, write_audio
 
 
-def run_control_keys() -> list[bytes]:
-    """What runs' controls hold in the GCS (each pool actor registers there: never none while a run goes)."""
+def run_control_keys() -> set[bytes]:
+    """What runs' controls hold in the GCS (each pool actor registers there while a run goes; a killed
+    driver's stay)."""
     from ray.experimental import internal_kv
 
     from ray_pipelines.engine.control import KV_NAMESPACE
 
-    return internal_kv._internal_kv_list("run-control/", namespace=KV_NAMESPACE)
+    return set(internal_kv._internal_kv_list("run-control/", namespace=KV_NAMESPACE))
 
 
-def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_path, ray_local):
+def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_path, ray_local, monkeypatch):
+    from ray_pipelines.engine.control import RunControl
+
+    held_at_close = []  # each run's keys as its control is closed
+    close = RunControl.close
+    monkeypatch.setattr(RunControl, "close", lambda self: (held_at_close.append(run_control_keys()), close(self)))
     src = tmp_path / "in"
     write_audio(src / "here.wav", tone(1.0))
     listing = src / "inputs.txt"
@@ -42,6 +48,8 @@ def test_a_missing_input_is_retried_and_its_error_cleared_once_it_appears(tmp_pa
     # Each run's control is removed with its blocks: a session running job after job (a notebook, the
     # test suite) kept a worker process for every run before, when it was an actor.
     assert run_control_keys() == controls_before
+    (registered,) = [keys - controls_before for keys in held_at_close]  # its pool actor was there
+    assert registered and all(b"/actors/" in key for key in registered)
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert [(e["key"], e["retry"]) for e in errors] == [("later.wav", True)]
     assert errors[0]["reason"].startswith("missing")

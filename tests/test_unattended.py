@@ -166,7 +166,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store, on_session_ray):
+def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store, ray_local):
     # Three blocks of two; one input changes in each, so three manifests are rewritten. The kill
     # lands in the second: on local disk after its new files and before its switch, on S3 between
     # the replacement manifest's write and the old one's removal.
@@ -182,14 +182,13 @@ def test_a_driver_killed_while_rewriting_stale_rows_reruns_to_a_fresh_run(store,
     killed = subprocess.run(
         [sys.executable, "-c", KILL_DURING_REWRITE.replace("{kill}", kill), "augment", *args],
         cwd=REPO,
-        env={**os.environ, **on_session_ray, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not store.exists("out/_SUCCESS")
-    wait_for_other_drivers_actors()
 
     resumed = run_job(augment(store, "out"), progress=False)
     assert resumed.complete and resumed.counts["duplicates"] == 0

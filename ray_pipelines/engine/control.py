@@ -101,15 +101,19 @@ class RunControl:
     def __init__(self):
         self._prefix = f"run-control/{uuid.uuid4().hex}/"
         self._seen: tuple[str, str] | None = None
+        self._closed = False
 
     def close(self) -> None:
         """Remove the run's keys once its blocks are done (a driver killed before leaves its few keys in
         the GCS, a few hundred bytes, until the cluster stops)."""
+        self._closed = True  # a late stop (the lease heartbeat's) must not put a key back
         with contextlib.suppress(Exception):  # Ray already gone: nothing to remove
             internal_kv._internal_kv_del(self._prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
 
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self, kind: str, reason: str) -> None:
+        if self._closed:
+            return
         # Not overwritten: the first reason is the one that stopped the run.
         value = json.dumps([kind, reason])
         internal_kv._internal_kv_put(self._prefix + "stop", value, overwrite=False, namespace=KV_NAMESPACE)
@@ -133,24 +137,13 @@ class RunControl:
     def register_actor(self) -> None:
         """Called in a pool actor's constructor: where it runs, and a handle to kill it by."""
         context = ray.get_runtime_context()
-        # A restarted actor registers again, from its new node, under the same id.
+        # Under the actor's id: one restarted elsewhere registers again, its new node replacing the old.
+        key = f"{self._prefix}actors/{context.get_actor_id()}"
         entry = pickle.dumps((context.get_node_id(), context.current_actor))
-        internal_kv._internal_kv_put(self._actors_prefix + context.get_actor_id(), entry, namespace=KV_NAMESPACE)
-
-    @property
-    def _actors_prefix(self) -> str:
-        return self._prefix + "actors/"
-
-    def _actors_on(self, node_ids: set[str]) -> list:
-        """Handles of the registered actors on ``node_ids``."""
-        handles = []
-        for key in internal_kv._internal_kv_list(self._actors_prefix, namespace=KV_NAMESPACE):
-            entry = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
-            if entry:
-                node_id, handle = pickle.loads(entry)
-                if node_id in node_ids:
-                    handles.append(handle)
-        return handles
+        try:
+            internal_kv._internal_kv_put(key, entry, namespace=KV_NAMESPACE)
+        except Exception as e:  # an actor unregistered is only not released with a lost node: never its end
+            log.warning("pool actor not registered for lost-node release: %s", e)
 
     def release_lost_nodes(self, seen_dead: set[str]) -> int:
         """Kill (no restart) the registered actors of nodes that died since ``seen_dead`` was taken."""
@@ -160,12 +153,11 @@ class RunControl:
         dead = {node["NodeID"] for node in nodes if not node.get("Alive")} - seen_dead
         if not dead:
             return 0
-        handles = self._actors_on(dead)
-        for handle in handles:
-            ray.kill(handle, no_restart=True)
+        # On the cluster, not here: a Ray Client driver (ray://) can neither unpickle a handle nor kill by it.
+        released = ray.get(_kill_registered.remote(self._prefix, sorted(dead)), timeout=60)
         seen_dead |= dead
-        log.warning("%d nodes were lost; released their %d actors (their blocks run again)", len(dead), len(handles))
-        return len(handles)
+        log.warning("%d nodes were lost; released their %d actors (their blocks run again)", len(dead), released)
+        return released
 
     @contextlib.contextmanager
     def watch_nodes(self, every_s: float = 2.0) -> Iterator[None]:
@@ -189,3 +181,18 @@ class RunControl:
         finally:
             done.set()
             thread.join(timeout=30)
+
+
+@ray.remote(num_cpus=0)
+def _kill_registered(prefix: str, node_ids: list[str]) -> int:
+    """Kill (no restart) the pool actors registered under ``prefix`` on ``node_ids``; how many."""
+    killed = 0
+    for key in internal_kv._internal_kv_list(f"{prefix}actors/", namespace=KV_NAMESPACE):
+        try:
+            node_id, handle = pickle.loads(internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE))
+            if node_id in node_ids:
+                ray.kill(handle, no_restart=True)
+                killed += 1
+        except Exception as e:  # one gone already (or its entry unreadable) must not keep the others
+            log.warning("lost node's actor %s not released: %s", key.decode(errors="replace"), e)
+    return killed
