@@ -11,10 +11,10 @@ lease was taken over: exit 2).
 **Lost nodes.** Ray restarts an actor whose node died on another node, and its block waits for
 that restart. On a cluster that will not grow back (no autoscaler, no spare GPU) the restart never
 finds room and the run hangs. The pool's actors register in the run's control; while the plan
-runs, a driver thread (:meth:`RunControl.watch_nodes`) kills, without restart, the actors of nodes
-Ray has marked dead. Their blocks fail, the surviving actors finish the rest, and the runner runs
-the lost inputs again on a pool sized for the nodes that are left (``lost_retries``). Actors that
-crash on a live node still restart as before.
+runs, a driver thread (:meth:`RunControl.watch_nodes`) has the actors of nodes Ray has marked dead
+killed, without restart (by a task on the cluster). Their blocks fail, the surviving actors finish
+the rest, and the runner runs the lost inputs again on a pool sized for the nodes that are left
+(``lost_retries``). Actors that crash on a live node still restart as before.
 """
 
 from __future__ import annotations
