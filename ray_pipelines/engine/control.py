@@ -88,8 +88,8 @@ def store_failures_raised(where: str) -> Iterator[None]:
 # store, read and written by the driver and every worker (``ray.experimental.internal_kv``: the store Ray
 # Serve and Ray's job manager keep their state in; underscore functions, so checked against the Ray
 # the lock pins by the tests that stop runs and lose nodes). A small actor held them before: one more
-# process per run, its start (a fresh interpreter importing Ray) about 0.7 CPU-seconds, a sixth of a small
-# run's cost (docs/benchmarks.md, the test suite's time).
+# process per run, a fresh interpreter importing Ray; without it a small run costs 6.5 CPU-seconds rather
+# than 7.7 (docs/benchmarks.md, the test suite's time).
 KV_NAMESPACE = "ray_pipelines"
 
 
