@@ -7,19 +7,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench install clean lock
 
-# pip compiles the installed packages' bytecode on one core (about 50 s of a 2.3-minute install here);
-# compileall does it on all of them (about 30 s). The bytecode must be written at install time: where
-# PYTHONDONTWRITEBYTECODE is set, as on the CI machine, a process would otherwise compile every module it
-# imports, every time; the project's own modules too (installed editable: every Ray worker compiled the
-# engine's). compileall's exit status is left aside for the packages: torch ships a file in Python 3.12
-# syntax (pip skips it too).
+# Bytecode: each module is compiled by the first process that imports it and kept in __pycache__, as in any
+# Python where PYTHONDONTWRITEBYTECODE is unset; the make targets unset it (the CI machine sets it), since a
+# process would otherwise compile every module it imports, every time (every Ray worker, torch included).
+# Nothing is compiled ahead: the tests import about a quarter of the installed packages' 23,500 modules,
+# and compiling them all at install (compileall on both cores) took 36 s of every CI (docs/benchmarks.md,
+# "The test suite"). The project's own modules are compiled here all the same: a syntax check, 2 s.
 # A .venv without pip gets it (uv venv), or is made again where it cannot (python3 -m venv failed half-way
 # without Debian's python3-venv).
+unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip --version > /dev/null 2>&1 || $(PY) -m ensurepip --upgrade > /dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[flac,teachers,dev]'
-	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" > /dev/null || true
 	$(PY) -m compileall -q -j 0 ray_pipelines jobs tests bench > /dev/null
 	$(PY) -m pip check
 	touch $(STAMP)

@@ -1,7 +1,9 @@
 """The console a person sees: live progress in a terminal and in a pipe, quiet logs, Ctrl-C.
 
-Each test runs ``ray-pipelines augment`` as a subprocess on a small library (its own embedded
-Ray, as a user's shell would), and asserts counts, rates and lines, never timings.
+Each test runs ``ray-pipelines augment`` as a subprocess on a small library, and asserts counts, rates
+and lines, never timings. Runs whose stop or start involves Ray's processes start their own embedded Ray, as
+a user's shell would; the others connect to the test session's Ray (``on_session_ray``: an embedded Ray
+costs a run about 7 CPU-seconds more, and the suite's time is CPU).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ray_pipelines.stopping import (
     stops_held,
 )
 from tests.audio_helpers import REPO, make_library
-from tests.conftest import Lines
+from tests.conftest import Lines, wait_for_other_drivers_actors
 from tests.killed_run import TEST_MARK, marked
 from tests.test_augment_job import rows_by_key
 
@@ -154,7 +156,7 @@ def start_held_after_its_first_block(library: Path, out: Path, mark: str) -> tup
 
 
 def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_to_the_same_bytes(
-    library, tmp_path, ray_local
+    library, tmp_path, on_session_ray
 ):
     reference = tmp_path / "reference"
     run_job(AugmentJob(validate_config(AugmentConfig, {"input": str(library), "output": str(reference), **SETTINGS})))
@@ -174,9 +176,15 @@ def test_ctrl_c_stops_within_seconds_keeps_what_was_written_and_a_rerun_resumes_
     assert not wait_for_no_processes(mark, spawned), "Ray processes outlived the interrupted job"
 
     written = len(list((out / "_manifests").glob("part-*.json")))
-    rerun = subprocess.run(
-        command(library, out), cwd=tmp_path, env=environment(mark), capture_output=True, text=True, timeout=600
+    rerun = subprocess.run(  # on the session's Ray: the stop above was the embedded Ray's test
+        command(library, out),
+        cwd=tmp_path,
+        env={**environment(mark), **on_session_ray},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
+    wait_for_other_drivers_actors()
     assert rerun.returncode == 0, rerun.stderr
     listed, skipped = LISTED, int(summary_value(rerun.stdout, "already committed").split()[0])
     assert skipped >= written >= 1
@@ -252,13 +260,15 @@ def test_a_run_stopped_before_it_listed_says_so_and_releases_the_lease(library, 
     assert not (out / LEASE_FILE).exists() and not list(out.glob("*/part-*.parquet"))
 
 
-def held_at(step: str, library: Path, out: Path, tmp_path: Path, inputs: int = 2, then: str = "") -> subprocess.Popen:
+def held_at(
+    step: str, library: Path, out: Path, tmp_path: Path, inputs: int = 2, then: str = "", ray: dict | None = None
+) -> subprocess.Popen:
     """A run of ``inputs`` inputs held at ``step`` (``RAY_PIPELINES_WAIT_AT``), once it says so; and at
-    ``then`` after it, if given (:func:`wait_for_hold`)."""
+    ``then`` after it, if given (:func:`wait_for_hold`); on the Ray ``ray`` names (``on_session_ray``), if given."""
     proc = subprocess.Popen(
         command(library, out, "--set", f"limit={inputs}"),
         cwd=tmp_path,
-        env={**environment(uuid.uuid4().hex), WAIT_AT: ",".join(filter(None, (step, then)))},
+        env={**environment(uuid.uuid4().hex), **(ray or {}), WAIT_AT: ",".join(filter(None, (step, then)))},
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -275,21 +285,24 @@ def wait_for_hold(proc: subprocess.Popen, step: str) -> None:
     assert said[-1].strip() == f"waiting at {step} (RAY_PIPELINES_WAIT_AT)", "".join(said)
 
 
-def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(library, tmp_path):
+def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(library, tmp_path, on_session_ray):
     """_SUCCESS was written before what a job derives from its rows (the dataset card, the score job's
     kept.txt): a run stopped between them left a "complete" output without them. And a stop after _SUCCESS
     (as the run released its lease, or while Ray shut down) exited 143 beside it, telling a scheduler to
     retry a finished run."""
     out = tmp_path / "out"
-    stopped = held_at("commit:before-success", library, out, tmp_path)
+    stopped = held_at("commit:before-success", library, out, tmp_path, ray=on_session_ray)
     assert (out / "README.md").exists() and (out / "dataset_info.json").exists()
     assert not (out / "_SUCCESS").exists()
     stopped.send_signal(signal.SIGTERM)
     _, stderr = stopped.communicate(timeout=120)
     assert stopped.returncode == 143 and not (out / "_SUCCESS").exists(), stderr
+    wait_for_other_drivers_actors()
     # The rerun completes it, with one input more: held once _SUCCESS is written, then while Ray shuts down,
     # then once the summary is printed (a stop there ended the process by the signal: exit 143).
-    finished = held_at("commit:after-success", library, out, tmp_path, inputs=3, then="ray:shutdown,cli:done")
+    finished = held_at(
+        "commit:after-success", library, out, tmp_path, inputs=3, then="ray:shutdown,cli:done", ray=on_session_ray
+    )
     assert (out / "_SUCCESS").exists()
     finished.send_signal(signal.SIGTERM)  # raised in the hold: the run unwinds, done
     wait_for_hold(finished, "ray:shutdown")
@@ -303,6 +316,7 @@ def test_success_is_the_last_file_and_a_stop_after_it_does_not_contradict_it(lib
     except subprocess.TimeoutExpired:  # the stop ignored: the program still held (killed, not left behind)
         finished.kill()
         raise
+    wait_for_other_drivers_actors()
     assert finished.returncode == 0, stderr
     assert stdout.splitlines()[-1] == f"augment: complete (_SUCCESS written in {out}); the stop (SIGTERM) came after it"
     counts = json.loads((out / "manifest.json").read_text())["counts"]
@@ -455,9 +469,10 @@ def run_in_terminal(args: list[str], cwd: Path, env: dict[str, str], timeout: fl
     return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
 
 
-def test_a_bar_in_a_terminal_with_counts_rates_and_the_final_line(library, tmp_path):
-    mark = uuid.uuid4().hex
-    code, output = run_in_terminal(command(library, tmp_path / "out"), tmp_path, environment(mark))
+def test_a_bar_in_a_terminal_with_counts_rates_and_the_final_line(library, tmp_path, on_session_ray):
+    env = {**environment(uuid.uuid4().hex), **on_session_ray}
+    code, output = run_in_terminal(command(library, tmp_path / "out"), tmp_path, env)
+    wait_for_other_drivers_actors()
     assert code == 0, output
     frames = [f.strip() for f in output.replace("\n", "\r").split("\r") if f.strip()]
     assert frames[0] == f"augment: {LISTED} inputs to process ({LISTED} listed)"
@@ -475,7 +490,6 @@ def test_a_bar_in_a_terminal_with_counts_rates_and_the_final_line(library, tmp_p
     assert re.search(rf"augment: done, {LISTED}/{LISTED} inputs in \d+:\d\d \([\d.]+ inputs/s\), {rows} rows", output)
     assert "augment job finished" in output
     assert not any(noise in output for noise in RAY_NOISE), output
-    assert not wait_for_no_processes(mark)
 
 
 FILTER_SCRIPT = """
@@ -626,18 +640,18 @@ def test_blocks_that_fail_the_same_way_show_one_traceback_then_one_line():
         told.removeHandler(said)
 
 
-def test_a_run_whose_every_input_failed_says_why_in_the_summary_and_on_stderr(library, tmp_path):
+def test_a_run_whose_every_input_failed_says_why_in_the_summary_and_on_stderr(library, tmp_path, on_session_ray):
     """Every input an error row (here min_duration: 100 s; a broken model does the same) is complete and exits
     0, as documented; the summary said "inputs with errors 9" and nothing of why."""
-    mark = uuid.uuid4().hex
     done = subprocess.run(
         command(library, tmp_path / "out", "--set", "min_duration=100"),
         cwd=tmp_path,
-        env=environment(mark),
+        env={**environment(uuid.uuid4().hex), **on_session_ray},
         capture_output=True,
         text=True,
         timeout=600,
     )
+    wait_for_other_drivers_actors()
     assert done.returncode == 0, done.stderr
     assert summary_value(done.stdout, "rows in output") == "0"
     assert re.search(
@@ -647,4 +661,3 @@ def test_a_run_whose_every_input_failed_says_why_in_the_summary_and_on_stderr(li
     assert f"ray-pipelines augment: none of the {LISTED} inputs this run processed gave a row" in done.stderr
     # a dataset card all the same: without one, load_dataset(out) took errors.jsonl for the data
     assert "No rows yet" in (tmp_path / "out" / "README.md").read_text()
-    assert not wait_for_no_processes(mark)

@@ -20,7 +20,7 @@ from ray_pipelines.jobs.augment import AugmentConfig, AugmentJob
 from ray_pipelines.sources import SourceError
 from ray_pipelines.storage import RAY_JOB_CONFIG_ENV, in_ray_job_supervisor_folder
 from tests.audio_helpers import REPO, tone, write_audio
-from tests.conftest import Lines
+from tests.conftest import Lines, wait_for_other_drivers_actors
 from tests.output_helpers import Store, committed_rows
 
 # Rows of about 64 KiB (uncompressed): a few fill a 512 KiB tmpfs.
@@ -120,7 +120,9 @@ def test_a_full_disk_stops_the_run_with_the_os_error_and_keeps_what_was_committe
     assert committed_rows(store, "full/out", "key", "version") == committed_rows(store, "ref", "key", "version")
 
 
-def test_a_full_disk_on_the_console_is_one_warning_and_the_last_line_not_a_traceback_per_block(mount_tmpfs, clips):
+def test_a_full_disk_on_the_console_is_one_warning_and_the_last_line_not_a_traceback_per_block(
+    mount_tmpfs, clips, on_session_ray
+):
     """Before: every block that failed on the full disk, or stopped because of it, printed Ray Data's
     traceback (some 50 lines each); a run with many blocks in flight filled the screen."""
     disk = mount_tmpfs("full", "size=512k")
@@ -130,7 +132,9 @@ def test_a_full_disk_on_the_console_is_one_warning_and_the_last_line_not_a_trace
         "--set",
         f"output={disk / 'out'}",
         *sum((["--set", f"{k}={v}"] for k, v in BIG_ROWS.items()), []),
+        env={**os.environ, **on_session_ray},
     )
+    wait_for_other_drivers_actors()
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("ray-pipelines augment: write failed: No space left on device: ")
