@@ -122,9 +122,10 @@ def on_session_ray(ray_local) -> dict[str, str]:
     """Environment variables that put a CLI subprocess on this process's Ray (``ray_local``), a driver of its
     own, instead of on an embedded Ray it starts and stops: an embedded Ray costs about 7 CPU-seconds more a run
     (seven processes of Ray's and Ray Data's three actors; docs/benchmarks.md, the test suite's time). For
-    tests whose subject is the run, not the embedded Ray (tests/test_console.py keeps those), and whose CLI
-    run never waits on an in-process run for the session's two CPUs (then neither could go on). A test that
-    kills such a run calls :func:`wait_for_other_drivers_actors` before the next one."""
+    tests whose subject is the run, not the embedded Ray (tests/test_console.py keeps it for the runs whose
+    stop or start involves Ray's processes), and whose CLI run never waits on an in-process run for the
+    session's two CPUs (then neither could go on). A test that ends such a run calls
+    :func:`wait_for_other_drivers_actors` before the next one."""
     return {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
 
 

@@ -78,12 +78,11 @@ def test_a_job_given_an_address_nothing_answers_exits_1_and_leaves_no_lease(tmp_
     assert not (out / "manifest.json").exists()
 
 
-def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_path, short_tmp):
+def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_path, ray_local):
     """Ray 2.60's `ray start` turns token auth on, and Ray sends a token to an address it is given only
     with RAY_AUTH_MODE=token. Before: Ray's retry warning every second for 20 s, then `ConnectionError:
-    Failed to connect to Ray cluster at ...` and nothing about tokens."""
-    from tests.ray_head import local_head
-
+    Failed to connect to Ray cluster at ...` and nothing about tokens. The cluster here is the test session's
+    Ray (token auth on, as a `ray start` head's: tests/conftest.py, ``on_session_ray``)."""
     out = tmp_path / "out"
     driver_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     driver_env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's own retries: 2 s, not 20
@@ -91,12 +90,12 @@ def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_
     def job(address: str, **env: str) -> subprocess.CompletedProcess:
         return job_at(address, tmp_path, {**driver_env, **env}, timeout=180)
 
-    with local_head(short_tmp("head"), {**os.environ, "RAY_AUTH_MODE": "token"}, num_cpus=1, dashboard=False) as head:
-        unasked = job(head.address)
-        wrong = job(head.address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)
+    address = ray_local.get_runtime_context().gcs_address
+    unasked = job(address)
+    wrong = job(address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32)
     assert unasked.returncode == 1, unasked.stderr
     assert unasked.stderr.strip().splitlines()[-1] == (
-        f"ray-pipelines augment: the job could not run: ConnectionError: the Ray cluster at {head.address} wants an "
+        f"ray-pipelines augment: the job could not run: ConnectionError: the Ray cluster at {address} wants an "
         "auth token (token auth is on by default since Ray 2.60), and Ray sends one to an address it is given only "
         "with RAY_AUTH_MODE=token: export RAY_AUTH_MODE=token, with the cluster's token in RAY_AUTH_TOKEN, "
         "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
@@ -107,7 +106,7 @@ def test_a_cluster_that_refuses_the_drivers_token_is_named_with_what_to_set(tmp_
         wrong.stderr.strip()
         .splitlines()[-1]
         .endswith(
-            f"ConnectionError: the Ray cluster at {head.address} refused this driver's auth token: put the cluster's "
+            f"ConnectionError: the Ray cluster at {address} refused this driver's auth token: put the cluster's "
             "token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token "
             "(`ray get-auth-token` on the head prints it)"
         )
