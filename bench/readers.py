@@ -167,6 +167,24 @@ def teacher_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 TEACHER_COLUMNS = ["key", "window", "x", "y", "f0", "db", "family", "source"]
 
 
+def write_teacher(
+    output: Path | str, rows: dict[str, np.ndarray], storage_options: dict[str, Any] | None = None
+) -> None:
+    """A teacher cache in the teacher job's codec and row groups."""
+    from ray_pipelines.jobs.teacher import TeacherConfig, TeacherJob
+
+    write_output(
+        output,
+        "teacher",
+        rows,
+        index_column="window",
+        output_columns=TEACHER_COLUMNS,
+        storage_options=storage_options,
+        compression=TeacherConfig.model_fields["compression"].default,
+        row_group_bytes=TeacherJob.row_group_bytes,
+    )
+
+
 def encode_rows(n: int, channels: int = 64, frames: int = 645, ratio: int = 2048, seed: int = 0) -> dict:
     """Latents as stable-audio-tools' VAE makes them for 30 s windows, with the job's metadata."""
     from ray_pipelines.padding import latent_padding_mask
@@ -197,7 +215,7 @@ def write_encode(
     """Both layouts (``layout: both``): the SAT .npy/.json files with filelist.txt, and Parquet in the
     encode job's default codec."""
     from ray_pipelines.encoders.sat_sink import SatSink, write_filelist
-    from ray_pipelines.jobs.encode import OUTPUT_COLUMNS, EncodeConfig
+    from ray_pipelines.jobs.encode import OUTPUT_COLUMNS, EncodeConfig, EncodeJob
     from ray_pipelines.storage import Storage
 
     manifest = write_output(
@@ -211,6 +229,7 @@ def write_encode(
         config={"layout": "both"},
         storage_options=storage_options,
         compression=EncodeConfig.model_fields["compression"].default,
+        row_group_bytes=EncodeJob.row_group_bytes,
     )
     write_filelist(Storage(str(output), storage_options), manifest["files"])
 
@@ -247,9 +266,7 @@ def prepare(work: Path, clips: int, teacher: int, encode: int, audio_source: Pat
         run_quiet_job(FeaturesJob(validate_config(FeaturesConfig, cfg)))
     if not committed(outputs["teacher"]):
         print(f"writing the teacher cache ({teacher} synthetic clips)...", flush=True)
-        write_output(
-            outputs["teacher"], "teacher", teacher_rows(teacher), index_column="window", output_columns=TEACHER_COLUMNS
-        )
+        write_teacher(outputs["teacher"], teacher_rows(teacher))
     if not committed(outputs["encode"]):
         print(f"writing the encode output ({encode} latents, both layouts)...", flush=True)
         write_encode(outputs["encode"], encode)

@@ -16,6 +16,7 @@ from ray_pipelines.config import validate_config
 from ray_pipelines.encoders.sat_sink import sample_id
 from ray_pipelines.engine.arrow import column_to_numpy
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.engine.sink import WHOLE_READ_ROW_GROUP_BYTES
 from ray_pipelines.jobs.encode import EncodeConfig, EncodeJob
 from ray_pipelines.readers import OutputRows
 from ray_pipelines.readers.encode import EncodedShardRows, collate_encoded, open_encoded
@@ -120,6 +121,13 @@ def test_latents_are_fp16_and_equal_to_the_stage_on_the_same_audio(encoded, clip
     metadata = pq.read_metadata(shard)
     assert {metadata.row_group(0).column(i).compression for i in range(metadata.num_columns)} == {"UNCOMPRESSED"}
     table = pq.read_table(shard)
+    # PLAIN floats (the readers take them where they lie), a row group of several latents (all are read
+    # each epoch): as many as fit in the encode job's 2 MiB
+    assert not any(
+        "BYTE_STREAM_SPLIT" in metadata.row_group(0).column(i).encodings for i in range(metadata.num_columns)
+    )
+    fit = WHOLE_READ_ROW_GROUP_BYTES // (table.nbytes // table.num_rows)
+    assert fit > 1 and metadata.row_group(0).num_rows == min(fit, table.num_rows)
     parquet = column_to_numpy(table.column("latents"))
     masks = column_to_numpy(table.column("padding_mask"))
     for i, (key, window) in enumerate(zip(table.column("key").to_pylist(), table.column("window").to_pylist())):

@@ -199,6 +199,60 @@ def test_error_rows_go_to_the_manifest_not_the_data(tmp_path):
     assert progress.is_done("a")  # one written, one failed for good: nothing left to do
 
 
+def chunk_pages(path, group: int, column: int) -> list[tuple[int, int]]:
+    """(values, encoding) of each data page of a column chunk, from the page headers themselves."""
+    from ray_pipelines.readers.pages import load_kernels
+    from ray_pipelines.readers.rowgroups import chunk_range
+
+    chunk = pq.read_metadata(path).row_group(group).column(column)
+    start, length = chunk_range(chunk)
+    with open(path, "rb") as f:
+        f.seek(start)
+        raw = np.frombuffer(f.read(length), dtype=np.uint8)
+    pages, at = [], 0
+    while at < length:
+        end, _, _, size, values, encoding = load_kernels().page_header(raw, at)
+        pages.append((int(values), int(encoding)))
+        at = end + size
+    return pages
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_row_groups_of_a_few_rows_hold_each_tensor_chunk_in_one_page(tmp_path, compression):
+    """A job whose every row each epoch reads asks for row groups of 2 MiB: 6 rows of 320 KB here, each
+    tensor chunk one page (pyarrow's own limit would cut 1.9 MB in two), its floats PLAIN when
+    uncompressed (the readers take them in place) and byte-stream-split under a codec."""
+    from ray_pipelines.engine.arrow import column_to_numpy
+    from ray_pipelines.engine.sink import WHOLE_READ_ROW_GROUP_BYTES
+
+    n = 15
+    data = {
+        "key": np.array([f"k{i:02d}" for i in range(n)], dtype=object),
+        "version": np.zeros(n, dtype=np.int64),
+        "view1": np.random.default_rng(0).standard_normal((n, 1, 200, 400)).astype(np.float32),
+        "error": np.full(n, "", dtype=object),
+        "split": np.full(n, "train", dtype=object),
+        "samples_per_input": np.ones(n, dtype=np.int64),
+    }
+    state, run_id = prepare(tmp_path)
+    writer = ShardSink(
+        output=str(tmp_path), storage_options=None, fingerprint="f" * 64, index_column="version",
+        output_columns=["key", "version", "view1"], compression=compression,
+        row_group_bytes=WHOLE_READ_ROW_GROUP_BYTES,
+    )  # fmt: skip
+    writer.run_id = run_id
+    writer.write_rows(data, rank=0)
+    (path,) = tmp_path.glob("train/*.parquet")
+    metadata = pq.read_metadata(path)
+    assert [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)] == [6, 6, 3]
+    plain, byte_stream_split = 0, 9  # Parquet's encodings
+    for g, rows_in_group in enumerate([6, 6, 3]):
+        assert chunk_pages(path, g, 2) == [
+            (rows_in_group * 80_000, plain if compression == "none" else byte_stream_split)
+        ]
+    np.testing.assert_array_equal(column_to_numpy(pq.read_table(path).column("view1")), data["view1"])
+
+
 def test_byte_stream_split_goes_to_float_tensor_values_only():
     import pyarrow as pa
 

@@ -17,6 +17,7 @@ from ray_pipelines.audio.decode import AudioFile, InputAudio, load_window
 from ray_pipelines.config import validate_config
 from ray_pipelines.engine.arrow import table_to_numpy
 from ray_pipelines.engine.runner import run_job
+from ray_pipelines.engine.sink import WHOLE_READ_ROW_GROUP_BYTES
 from ray_pipelines.jobs.features import FeaturesConfig, FeaturesJob, SeedSnippets
 from tests.audio_helpers import copy_shared
 
@@ -130,11 +131,16 @@ def test_rows_are_snippets_with_ast_features(runs):
     # Every song gives two snippets, as in the notebook: a short song's second one is its tail.
     per_song = {p: int((rows["path"] == p).sum()) for p in set(rows["path"])}
     assert per_song["loop/loop_amen_full.flac"] == 2 and per_song["bass_drum/bd_808.flac"] == 2
-    # Features are noisy floats: uncompressed by default (they barely compress), values byte-stream-split.
-    shard = next((runs["run1"] / "train").glob("part-*.parquet"))
-    column = pq.ParquetFile(shard).metadata.row_group(0).column(0)
+    # Features are noisy floats: uncompressed by default (they barely compress), values PLAIN (what the
+    # readers take without a copy), row groups of a few snippets (every one is read each epoch).
+    shard = max((runs["run1"] / "train").glob("part-*.parquet"), key=lambda p: pq.read_metadata(p).num_rows)
+    metadata = pq.read_metadata(shard)
+    column = metadata.row_group(0).column(0)
     assert column.path_in_schema == "input_values.list.element.list.element"
-    assert column.compression == "UNCOMPRESSED" and "BYTE_STREAM_SPLIT" in column.encodings
+    assert column.compression == "UNCOMPRESSED" and "BYTE_STREAM_SPLIT" not in column.encodings
+    table = pq.read_table(shard)
+    fit = WHOLE_READ_ROW_GROUP_BYTES // (table.nbytes // table.num_rows)  # 3 of the default 512 KiB snippets
+    assert metadata.row_group(0).num_rows == min(fit, table.num_rows) > 1
 
 
 def test_corrupt_and_too_short_files_become_error_rows(runs):

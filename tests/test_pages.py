@@ -21,7 +21,7 @@ from ray_pipelines.engine.arrow import column_to_numpy, tensor_array
 from ray_pipelines.engine.sink import float_tensor_leaves
 from ray_pipelines.readers import ShardRows
 from ray_pipelines.readers.pages import NotDecodable, decode_chunk, tensor_leaves
-from ray_pipelines.readers.rowgroups import chunk_range
+from ray_pipelines.readers.rowgroups import chunk_range, pread_ranges
 
 ROWS = 12
 # Every test here reads tensors as real outputs are read: decoded from their pages.
@@ -89,6 +89,39 @@ def test_decoded_pages_are_what_pyarrow_decodes(shape, dtype, options, rows_per_
     assert decoded.dtype == dtype and decoded.shape == (ROWS, *shape)
     np.testing.assert_array_equal(decoded, expected)
     np.testing.assert_array_equal(decoded, pyarrow_values(data))
+
+
+@pytest.mark.parametrize("rows_per_group", [1, 3])
+def test_uncompressed_plain_pages_are_taken_where_they_lie(tmp_path, rows_per_group):
+    """What the sink writes uncompressed (PLAIN floats): the local read places the values 64-byte aligned
+    in a writable buffer and the decoder returns a view of them, no copy. Bytes that are read-only or
+    unaligned are copied out as before, to the same values."""
+    expected = values((4, 8))
+    path = tmp_path / "plain.parquet"
+    path.write_bytes(
+        written(
+            pa.table({"v": tensor_array(expected)}), rows_per_group, compression="none", use_byte_stream_split=False
+        )
+    )
+    md = pq.read_metadata(path)
+    leaf = tensor_leaves(md, ["v"])["v"]
+    with open(path, "rb") as f:
+        read_range = pread_ranges(f.fileno())
+        for g in range(md.num_row_groups):
+            chunk, rows = md.row_group(g).column(leaf.leaf), md.row_group(g).num_rows
+            start, length = chunk_range(chunk)
+            raw = read_range(start, start + length, rows * leaf.row_values * 4)
+            decoded = decode_chunk(raw, chunk, leaf, rows)
+            np.testing.assert_array_equal(decoded, expected[g * rows_per_group : g * rows_per_group + rows])
+            assert np.shares_memory(decoded, np.frombuffer(raw, dtype=np.uint8))
+            assert decoded.ctypes.data % 64 == 0 and decoded.flags.writeable
+            # the same bytes read-only (a fetched range), and one byte off alignment: copies, same values
+            assert not np.shares_memory(decode_chunk(memoryview(bytes(raw)), chunk, leaf, rows), decoded)
+            shifted = memoryview(bytearray(len(raw) + 1))[1:]
+            np.frombuffer(shifted, dtype=np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
+            copied = decode_chunk(shifted, chunk, leaf, rows)
+            assert not np.shares_memory(copied, np.frombuffer(shifted, dtype=np.uint8))
+            np.testing.assert_array_equal(copied, decoded)
 
 
 def test_fixed_shape_tensor_columns_of_format_1_are_decoded():

@@ -95,6 +95,14 @@ def test_validation_runs_are_byte_identical_and_record_the_teachers(sine_caches)
     assert manifest["schema"]["pesto_f0"] == {"type": "tensor", "dtype": "float32", "shape": [121]}
     metadata = pq.read_schema(next(Path(first.output).glob("val/*.parquet"))).metadata
     assert json.loads(metadata[b"ray_pipelines.teachers"])[0]["name"] == "pesto"
+    # Uncompressed PLAIN floats (the readers take them where they lie), a row group of several clips
+    # (every clip is read each epoch): the two-clip file is one group.
+    shard = max(Path(first.output).glob("val/*.parquet"), key=lambda p: pq.read_metadata(p).num_rows)
+    footer = pq.read_metadata(shard)
+    group = footer.row_group(0)
+    x = next(group.column(i) for i in range(footer.num_columns) if group.column(i).path_in_schema == "x.list.element")
+    assert x.compression == "UNCOMPRESSED" and "BYTE_STREAM_SPLIT" not in x.encodings
+    assert footer.num_rows == 2 and footer.num_row_groups == 1
 
 
 def test_training_set_changes_with_the_seed(ray_local, tmp_path):

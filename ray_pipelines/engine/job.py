@@ -75,6 +75,9 @@ class Job(abc.ABC):
     # The data column holding each row's input key (read back when a changed input's rows are dropped).
     key_column: ClassVar[str] = "key"
     rows_label: ClassVar[str] = "rows"  # what a written row is, for the summary
+    # Bytes a Parquet row group aims at (None: the sink's TARGET_ROW_GROUP_BYTES, a tensor row a group).
+    # Jobs whose every row each epoch reads set WHOLE_READ_ROW_GROUP_BYTES (engine/sink.py says why).
+    row_group_bytes: ClassVar[int | None] = None
     # On CPU clusters the first actor decodes its own blocks, this many inputs at a time
     # (None: the whole block at once). Jobs whose decoded inputs are large set a few.
     decode_chunk: ClassVar[int | None] = None
@@ -138,6 +141,7 @@ class Job(abc.ABC):
             schema_metadata={"ray_pipelines.job": self.name, **self.schema_metadata()},
             class_labels=self.class_labels(),
             key_column=self.key_column,
+            row_group_bytes=self.row_group_bytes,
         )
 
     def make_sink(self, fingerprint: str) -> ShardSink:

@@ -41,12 +41,21 @@ from .manifest import JOB_FILE, MANIFEST_DIR
 
 # Bookkeeping columns every row carries through the pipeline; never written as data.
 KEY, ERROR, SPLIT, EXPECTED, ETAG = "key", "error", "split", "samples_per_input", "etag"
-# Row groups are the unit a reader can read alone (pyarrow reads no less), so a tensor row (a view
-# pair, a clip, a snippet: 130-520 KiB) gets one of its own: an epoch of ContrastiveViews then decodes
-# one version of each clip instead of all of them (2-3x less reader CPU on the augment output, the
-# same for the other outputs), shuffles and splits at row level, and holds a few rows per worker.
-# Scalar tables (scores) still get groups of about this size. Measured by bench/readers.py --tables writer.
+# Row groups are the unit a reader can read alone (pyarrow reads no less), so a tensor row of an
+# output read in part each epoch (augment's view pairs, 130 KiB: ContrastiveViews reads one version of
+# each clip) gets one of its own: the epoch then decodes one version of each clip instead of all of
+# them (2-3x less reader CPU). Scalar tables (scores) get groups of about this size too.
 TARGET_ROW_GROUP_BYTES = 128 * 1024
+# Outputs whose every row each epoch reads (teacher clips, latents, feature snippets: 160-520 KiB a
+# row) get groups of a few rows: the readers' cost per row group (its chunks found, read, checked)
+# is then paid once for several rows (a teacher cache's epoch 25-35 % less reader CPU, latents' 35-40 %).
+# The readers' shuffle is unchanged: they order chunks of 8 MiB of row groups either way.
+# Measured by bench/readers.py (docs/benchmarks.md, "Row groups of a few rows, PLAIN pages viewed").
+WHOLE_READ_ROW_GROUP_BYTES = 2 * 1024 * 1024
+# A column chunk in one page (pyarrow cuts pages at 1 MiB): a multi-row group's tensor chunk, uncompressed
+# and PLAIN, is then one run of values the readers take where it lies (readers/pages.py); cut into
+# pages, each page's values are copied out. Only a single row larger than this is cut.
+PAGE_BYTES = 64 * 1024 * 1024
 # zstd level 1 (when zstd is chosen): on log-mels the same size as Arrow's default level 3 at three
 # quarters of the CPU (measured on the augment job's shards).
 ZSTD_LEVEL = 1
@@ -96,6 +105,7 @@ class ShardSink(Datasink):
         class_labels: dict[str, list[str]] | None = None,
         direct_io: bool = True,
         key_column: str = KEY,
+        row_group_bytes: int | None = None,
     ):
         self.output = output
         self.key_column = key_column
@@ -108,6 +118,7 @@ class ShardSink(Datasink):
         self.schema_metadata = schema_metadata or {}
         self.class_labels = class_labels or {}  # column -> label names (a ClassLabel for datasets)
         self.direct_io = direct_io  # local shard files past the page cache (ray_pipelines/direct_io.py)
+        self.row_group_bytes = row_group_bytes  # None: TARGET_ROW_GROUP_BYTES
         self.run_id = ""  # set by the runner; fences off writers of an earlier, killed run
         self.control = None  # the run's RunControl (set by the runner): checked before every block
         self.write_returns: list[dict[str, Any]] = []
@@ -221,10 +232,9 @@ class ShardSink(Datasink):
         name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column], etags)
         relpath = f"{split}/part-{name}.parquet" if split else f"part-{name}.parquet"
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+        group_rows = max(1, (self.row_group_bytes or TARGET_ROW_GROUP_BYTES) // row_bytes)
         with storage.open_atomic(relpath, direct=self.direct_io) as f:
-            pq.write_table(
-                table, f, row_group_size=max(1, TARGET_ROW_GROUP_BYTES // row_bytes), **self.parquet_options(table)
-            )
+            pq.write_table(table, f, row_group_size=group_rows, **self.parquet_options(table))
         size = storage.fs.size(storage.abspath(relpath))
         return [{"path": relpath, "split": split, "rows": table.num_rows, "bytes": int(size)}], describe_schema(
             table.schema
@@ -306,15 +316,18 @@ def report(
 
 def encoding_options(schema: pa.Schema, compression: str | None, compression_level: int | None) -> dict[str, Any]:
     """``pq.write_table``'s options for the sink's encodings of ``schema``'s columns with a codec: dictionary
-    and statistics for scalar columns only, float tensor values byte-stream-split (the benchmarks'
-    copies of outputs are written with them too)."""
+    and statistics for scalar columns only, float tensor values byte-stream-split when compressed (the
+    benchmarks' copies of outputs are written with them too). Uncompressed they stay PLAIN: the split
+    only helps a codec, and the readers take a PLAIN page's values where they lie, without a copy
+    (readers/pages.py), where split planes must be joined. A column chunk is one page (``PAGE_BYTES``)."""
     scalars = scalar_columns(schema)
     return dict(
         compression=compression,
         compression_level=compression_level,
         use_dictionary=scalars,
         write_statistics=scalars,
-        use_byte_stream_split=float_tensor_leaves(schema) or False,
+        use_byte_stream_split=(compression is not None and float_tensor_leaves(schema)) or False,
+        data_page_size=PAGE_BYTES,
     )
 
 

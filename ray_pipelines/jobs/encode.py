@@ -27,7 +27,7 @@ from ray_pipelines.encoders.sat_sink import DETAILS, SatSink, id_collisions, is_
 from ray_pipelines.encoders.windows import EncodeDecoder, WindowPlan
 from ray_pipelines.engine.decode import WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
-from ray_pipelines.engine.sink import ShardSink
+from ray_pipelines.engine.sink import WHOLE_READ_ROW_GROUP_BYTES, ShardSink
 from ray_pipelines.seeding import unit_interval
 from ray_pipelines.sources import InputItem
 from ray_pipelines.storage import Storage
@@ -120,6 +120,7 @@ class EncodeJob(Job):
     name = "encode"
     config_model = EncodeConfig
     index_column = "window"
+    row_group_bytes = WHOLE_READ_ROW_GROUP_BYTES
     rows_label = "clips"
 
     def __init__(self, config: EncodeConfig):

@@ -27,6 +27,7 @@ from ray_pipelines.config import Codec, CommonConfig, LevelDb, Seconds
 from ray_pipelines.engine.decode import Window, WindowDecoder
 from ray_pipelines.engine.job import Job, StageSpec
 from ray_pipelines.engine.manifest import OutputState
+from ray_pipelines.engine.sink import WHOLE_READ_ROW_GROUP_BYTES
 from ray_pipelines.features.catalog import LibraryPlan, describe, plan_library, read_memory, save_plan
 from ray_pipelines.features.frames import AST_MEAN, AST_SAMPLE_RATE, AST_STD, frame_sizes
 from ray_pipelines.features.library import lookalike_labels
@@ -158,6 +159,7 @@ class FeaturesJob(Job):
     name = "features"
     config_model = FeaturesConfig
     index_column = "snippet"
+    row_group_bytes = WHOLE_READ_ROW_GROUP_BYTES
     key_column = "path"  # the song's key (the data has no separate key column)
     rows_label = "snippets"
     decode_chunk = 2  # songs decoded then featurised together: 12 snippets, about 8 MB of audio

@@ -21,9 +21,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ray_pipelines.config import CommonConfig, LevelDb, Seconds, changed_fields
+from ray_pipelines.config import Codec, CommonConfig, LevelDb, Seconds, changed_fields
 from ray_pipelines.engine.decode import Window, WindowDecoder, rows_to_batch
 from ray_pipelines.engine.job import Job, StageSpec
+from ray_pipelines.engine.sink import WHOLE_READ_ROW_GROUP_BYTES
 from ray_pipelines.model_files import ModelUnreachable
 from ray_pipelines.sources import InputItem
 from ray_pipelines.splits import train_val_split
@@ -78,6 +79,13 @@ class TeacherConfig(CommonConfig):
     )
     val_fraction: float = Field(0.1, ge=0, le=1, description="Share of files in split 'val' (by file key).")
     batch_size: int = Field(32, ge=1, description="Clips per teacher call.")
+    compression: Codec = Field(
+        "none",
+        description="Parquet codec. Uncompressed, the readers take each clip's samples where they lie in the "
+        "page: a training epoch costs them about a quarter less CPU than with lz4, for 2.2x the bytes (lz4 keeps "
+        "about 0.46 of a teacher signal's; the seeds' .pt caches are uncompressed too). lz4 where storage or "
+        "the network is what is short.",
+    )
     inputs_per_block: int = Field(32, ge=1, description="Inputs per block (one block = one shard file or more).")
 
     @model_validator(mode="before")
@@ -227,6 +235,7 @@ class TeacherJob(Job):
     name = "teacher"
     config_model = TeacherConfig
     index_column = "window"
+    row_group_bytes = WHOLE_READ_ROW_GROUP_BYTES
     rows_label = "clips"
 
     def __init__(self, config: TeacherConfig):

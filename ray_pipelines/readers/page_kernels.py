@@ -211,26 +211,36 @@ def copy_bytes(source, target):
 
 
 @kernel
-def decode_values(page, values, max_repetition, max_definition, encoding, itemsize, out):
-    """A v1 data page's ``values`` (after its levels) into ``out`` (bytes), when no value or list
-    is null: repetition levels skipped (with no null the fixed sizes say the nesting), definition
-    levels checked to be all at the maximum. Returns DECODED or why not."""
+def values_start(page, values, max_repetition, max_definition, itemsize):
+    """Where a v1 data page's ``values`` begin (after its levels), when no value or list is null:
+    repetition levels skipped (with no null the fixed sizes say the nesting), definition levels
+    checked to be all at the maximum. Minus the reason (SHORT_PAGE, NULL_LEVEL) when not."""
     at = 0
     for max_level, check in ((max_repetition, False), (max_definition, True)):
         if max_level == 0:
             continue
         if at + 4 > page.size:
-            return SHORT_PAGE
+            return -SHORT_PAGE
         length = np.int64(page[at]) | (np.int64(page[at + 1]) << 8) | (np.int64(page[at + 2]) << 16)
         length |= np.int64(page[at + 3]) << 24
         at += 4
         if at + length > page.size:
-            return SHORT_PAGE
+            return -SHORT_PAGE
         if check and not levels_all_equal(page, at, length, values, max_level):
-            return NULL_LEVEL
+            return -NULL_LEVEL
         at += length
     if page.size - at < values * itemsize:
-        return SHORT_PAGE
+        return -SHORT_PAGE
+    return at
+
+
+@kernel
+def decode_values(page, values, max_repetition, max_definition, encoding, itemsize, out):
+    """A v1 data page's ``values`` into ``out`` (bytes), when no value or list is null
+    (:func:`values_start`). Returns DECODED or why not."""
+    at = values_start(page, values, max_repetition, max_definition, itemsize)
+    if at < 0:
+        return -at
     if encoding == PLAIN:
         copy_bytes(page[at : at + values * itemsize], out[: values * itemsize])
     elif encoding == BYTE_STREAM_SPLIT:
@@ -419,4 +429,5 @@ def warm() -> None:
     page.flags.writeable = False
     page_header(page, 0)
     footer_tables(page[:0])
+    values_start(page, 1, 0, 1, 4)
     decode_values(page, 1, 0, 1, BYTE_STREAM_SPLIT, 4, np.empty(4, dtype=np.uint8))

@@ -110,10 +110,14 @@ def decode_chunk(raw: memoryview, chunk: pq.ColumnChunkMetaData, leaf: TensorLea
     if chunk.num_values != total:
         raise NotDecodable("the value count is not rows x row size")
     kernels = load_kernels()
+    buf = read_only(np.frombuffer(raw, dtype=np.uint8))
+    if codec is None:
+        values = _plain_values(raw, buf, kernels, leaf, total)
+        if values is not None:
+            return values.reshape(rows, *leaf.shape)
     out = pool_array(total, leaf.dtype)
     out_bytes = out.view(np.uint8)
     itemsize = leaf.dtype.itemsize
-    buf = read_only(np.frombuffer(raw, dtype=np.uint8))
     pos = done = 0
     while done < total:
         end, kind, uncompressed, compressed, values, encoding = kernels.page_header(buf, pos)
@@ -143,6 +147,24 @@ def decode_chunk(raw: memoryview, chunk: pq.ColumnChunkMetaData, leaf: TensorLea
         pos = end + compressed
         done += values
     return out.reshape(rows, *leaf.shape)
+
+
+def _plain_values(raw: memoryview, buf: np.ndarray, kernels: ModuleType, leaf: TensorLeaf, total: int):
+    """The values of an uncompressed chunk whose one PLAIN page holds them all, as a view of the chunk's
+    bytes: nothing to decode, so nothing copied (the batch's copy of each row is the only one). None
+    when the chunk is otherwise, its bytes are read-only (a view would give read-only tensors) or its
+    values are not aligned for their type: the page loop decodes (or refuses) those."""
+    end, kind, _, compressed, values, encoding = kernels.page_header(buf, 0)
+    if end < 0 or kind != DATA_PAGE or encoding != kernels.PLAIN or values != total or raw.readonly:
+        return None
+    if compressed < 0 or end + compressed > len(buf):
+        return None
+    at = kernels.values_start(
+        buf[end : end + compressed], values, leaf.max_repetition_level, leaf.max_definition_level, leaf.dtype.itemsize
+    )
+    if at < 0 or (buf.ctypes.data + end + at) % leaf.dtype.itemsize:
+        return None
+    return np.frombuffer(raw, dtype=leaf.dtype, count=total, offset=end + at)
 
 
 @functools.cache

@@ -307,7 +307,7 @@ def read_footers(
         raw = []
         for path, size in zip(paths, sizes):
             with open(path, "rb") as file:
-                raw.append(footer_from_tail(_pread(file.fileno()), size, path, read_first=8))
+                raw.append(footer_from_tail(pread_ranges(file.fileno()), size, path, read_first=8))
         return Footers(list(files), raw, sizes, remote=False, first=first)
     starts = [max(0, size - TAIL_BYTES) for size in sizes]
     tails = _cat_ranges(fs, paths, starts, sizes)
@@ -528,7 +528,7 @@ class RowGroupReader:
             decoded: dict[str, list[np.ndarray]] = {}
             if wanted:
                 with open(path, "rb") as raw:
-                    read_range = _pread(raw.fileno())
+                    read_range = pread_ranges(raw.fileno())
                     table = self._table(file, read_range)
                     if table is not None:
                         decoded = _decode_columns(_table_chunks(table), groups, tensors, wanted, read_range)
@@ -556,7 +556,7 @@ class RowGroupReader:
                 )
             return taken.select(rest), decoded
         source, md = self._remote_source(fs, file, path, groups, columns)
-        decoded = _decode_columns(_metadata_chunks(md), groups, tensors, wanted, source.range)
+        decoded = _decode_columns(_metadata_chunks(md), groups, tensors, wanted, lambda a, b, _: source.range(a, b))
         rest = _other_columns(md, columns, decoded)
         if rest == []:
             return pa.table({}), decoded
@@ -682,7 +682,8 @@ def _decode_columns(
                 if chunk is None:
                     raise NotDecodable(f"{name} is not this file's leaf {leaf.leaf}")
                 start, length = chunk_range(chunk)
-                arrays.append(decode_chunk(read_range(start, start + length), chunk, leaf, rows))
+                plain_bytes = rows * leaf.row_values * leaf.dtype.itemsize if chunk.compression == "UNCOMPRESSED" else 0
+                arrays.append(decode_chunk(read_range(start, start + length, plain_bytes), chunk, leaf, rows))
         except (NotDecodable, IndexError, ValueError):
             continue  # pyarrow decodes this column (and says what is wrong with a damaged file)
         decoded[name] = arrays
@@ -709,9 +710,18 @@ def _metadata_chunks(md: pq.FileMetaData):
     return chunk_of
 
 
-def _pread(fd: int):
-    """``read_range(start, stop)`` of an open local file."""
-    return lambda start, stop: memoryview(os.pread(fd, stop - start, start))
+def pread_ranges(fd: int):
+    """``read_range(start, stop, values_bytes=0)`` of an open local file, into a writable buffer from
+    pyarrow's pool (which recycles its blocks: a new ``bytes`` per chunk is fresh memory to fault in),
+    placed so that the range's last ``values_bytes`` (an uncompressed PLAIN page's values, which
+    :mod:`.pages` then views in place) start 64-byte aligned."""
+
+    def read_range(start: int, stop: int, values_bytes: int = 0) -> memoryview:
+        shift = -(stop - start - values_bytes) % 64 if values_bytes else 0
+        buffer = memoryview(pa.allocate_buffer(stop - start + shift))[shift:]
+        return buffer[: os.preadv(fd, [buffer], start)]
+
+    return read_range
 
 
 def _other_columns(
