@@ -48,7 +48,8 @@ KEY, ERROR, SPLIT, EXPECTED, ETAG = "key", "error", "split", "samples_per_input"
 TARGET_ROW_GROUP_BYTES = 128 * 1024
 # Outputs whose every row each epoch reads (teacher clips, latents, feature snippets: 160-520 KiB a
 # row) get groups of a few rows: the readers' cost per row group (its chunks found, read, checked)
-# is then paid once for several rows (a teacher cache's epoch 25-35 % less reader CPU, latents' 35-40 %).
+# is then paid once for several rows (with the values viewed in place, readers/pages.py: an epoch of
+# teacher clips 27 % less reader CPU in one process, of latents 15 %, of feature snippets 14 %).
 # The readers' shuffle is unchanged: they order chunks of 8 MiB of row groups either way.
 # Measured by bench/readers.py (docs/benchmarks.md, "Row groups of a few rows, PLAIN pages viewed").
 WHOLE_READ_ROW_GROUP_BYTES = 2 * 1024 * 1024
