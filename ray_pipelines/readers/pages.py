@@ -112,9 +112,9 @@ def decode_chunk(raw: memoryview, chunk: pq.ColumnChunkMetaData, leaf: TensorLea
     kernels = load_kernels()
     buf = read_only(np.frombuffer(raw, dtype=np.uint8))
     if codec is None:
-        values = _plain_values(raw, buf, kernels, leaf, total)
-        if values is not None:
-            return values.reshape(rows, *leaf.shape)
+        viewed = _plain_values(raw, buf, kernels, leaf, total)
+        if viewed is not None:
+            return viewed.reshape(rows, *leaf.shape)
     out = pool_array(total, leaf.dtype)
     out_bytes = out.view(np.uint8)
     itemsize = leaf.dtype.itemsize

@@ -671,7 +671,9 @@ def _decode_columns(
 ) -> dict[str, list[np.ndarray]]:
     """The ``wanted`` tensor columns of row groups ``groups`` decoded from their pages (one array per
     row group); ``chunk_of(group, leaf, name)`` gives a chunk's facts and rows, None for facts when the
-    leaf is not ``name`` in this file. A column any of whose chunks is refused is left out."""
+    leaf is not ``name`` in this file; ``read_range(start, stop, values_bytes)`` a chunk's bytes (where
+    it can, placed for an uncompressed chunk's ``values_bytes`` of values: :func:`pread_ranges`). A
+    column any of whose chunks is refused is left out."""
     decoded = {}
     for name in wanted:
         leaf = tensors[name]
