@@ -775,6 +775,8 @@ WRITER_VARIANTS = [  # (codec, level, row-group target bytes)
     ("lz4", None, 128 * 1024),
     ("zstd", 3, 128 * 1024),
     ("none", None, 128 * 1024),
+    ("lz4", None, 2 * 1024 * 1024),  # the teacher, encode and features jobs' row groups (sink.WHOLE_READ_...)
+    ("none", None, 2 * 1024 * 1024),  # ... and their codec
 ]
 
 
