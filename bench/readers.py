@@ -167,9 +167,7 @@ def teacher_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 TEACHER_COLUMNS = ["key", "window", "x", "y", "f0", "db", "family", "source"]
 
 
-def write_teacher(
-    output: Path | str, rows: dict[str, np.ndarray], storage_options: dict[str, Any] | None = None
-) -> None:
+def write_teacher(output: Path | str, rows: dict[str, np.ndarray]) -> None:
     """A teacher cache in the teacher job's codec and row groups."""
     from ray_pipelines.jobs.teacher import TeacherConfig, TeacherJob
 
@@ -179,7 +177,6 @@ def write_teacher(
         rows,
         index_column="window",
         output_columns=TEACHER_COLUMNS,
-        storage_options=storage_options,
         compression=TeacherConfig.model_fields["compression"].default,
         row_group_bytes=TeacherJob.row_group_bytes,
     )
@@ -783,7 +780,7 @@ WRITER_VARIANTS = [  # (codec, level, row-group target bytes)
 def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int) -> float:
     """A copy of a committed output with its Parquet files rewritten as the sink would with these
     settings; returns the CPU microseconds per row the writes took."""
-    from ray_pipelines.engine.sink import encoding_options
+    from ray_pipelines.engine.sink import encoding_options, rows_per_group
 
     if dest.exists():
         shutil.rmtree(dest)
@@ -794,12 +791,12 @@ def rewrite(source: Path, dest: Path, codec: str, level: int | None, target: int
         if not record["path"].endswith(".parquet"):
             continue
         table_ = pq.read_table(source / record["path"])
-        row_bytes = max(1, table_.nbytes // max(1, table_.num_rows))
+        group_rows = rows_per_group(table_, target)
         started = time.process_time()
         pq.write_table(
             table_,
             dest / record["path"],
-            row_group_size=max(1, target // row_bytes),
+            row_group_size=group_rows,
             **encoding_options(table_.schema, None if codec == "none" else codec, level),
         )
         write_seconds += time.process_time() - started

@@ -232,8 +232,7 @@ class ShardSink(Datasink):
         etags = rows[ETAG].astype(str) if ETAG in rows else None
         name = content_hash(self.fingerprint, rows[KEY].astype(str), rows[self.index_column], etags)
         relpath = f"{split}/part-{name}.parquet" if split else f"part-{name}.parquet"
-        row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-        group_rows = max(1, (self.row_group_bytes or TARGET_ROW_GROUP_BYTES) // row_bytes)
+        group_rows = rows_per_group(table, self.row_group_bytes or TARGET_ROW_GROUP_BYTES)
         with storage.open_atomic(relpath, direct=self.direct_io) as f:
             pq.write_table(table, f, row_group_size=group_rows, **self.parquet_options(table))
         size = storage.fs.size(storage.abspath(relpath))
@@ -313,6 +312,12 @@ def report(
         "finished_at": time.time(),
         "writer": f"{socket.gethostname()}:{os.getpid()}",
     }
+
+
+def rows_per_group(table: pa.Table, target_bytes: int) -> int:
+    """Rows of ``table`` in a row group of about ``target_bytes`` (at least one)."""
+    row_bytes = max(1, table.nbytes // max(1, table.num_rows))
+    return max(1, target_bytes // row_bytes)
 
 
 def encoding_options(schema: pa.Schema, compression: str | None, compression_level: int | None) -> dict[str, Any]:

@@ -154,8 +154,10 @@ def _plain_values(raw: memoryview, buf: np.ndarray, kernels: ModuleType, leaf: T
     bytes: nothing to decode, so nothing copied (the batch's copy of each row is the only one). None
     when the chunk is otherwise, its bytes are read-only (a view would give read-only tensors) or its
     values are not aligned for their type: the page loop decodes (or refuses) those."""
+    if raw.readonly:
+        return None
     end, kind, _, compressed, values, encoding = kernels.page_header(buf, 0)
-    if end < 0 or kind != DATA_PAGE or encoding != kernels.PLAIN or values != total or raw.readonly:
+    if end < 0 or kind != DATA_PAGE or encoding != kernels.PLAIN or values != total:
         return None
     if compressed < 0 or end + compressed > len(buf):
         return None
